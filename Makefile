@@ -1,0 +1,51 @@
+# One command per job; each calls the `moevit` command line in ./.venv.
+# The venv is made on first use and reused after (the stamp tracks pyproject).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.moevit-installed
+CONFIG ?= tiny
+SIM    ?= icarus
+PYTEST ?= $(BIN)/python -m pytest
+
+.PHONY: help install sysdeps demo test test-all sim clean
+
+help:
+	@echo "make demo     train, evaluate and quantize the '$(CONFIG)' config on the synthetic set"
+	@echo "make test     the test suite (fast part of the simulations included)"
+	@echo "make sim      all cocotb simulations (SIM=icarus|verilator)"
+	@echo "make test-all every test, the slow simulations included"
+	@echo "make clean    remove build/"
+
+# torch first, pinned exactly: any other spelling pulls a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q --no-build-isolation -e ".[all]"
+	touch $@
+
+install: $(STAMP) sysdeps
+
+# System packages: Icarus Verilog for the cocotb simulations.
+sysdeps:
+	@command -v iverilog >/dev/null || { \
+	  echo "installing iverilog (apt-get)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq iverilog >/dev/null; }
+
+demo: $(STAMP)
+	$(BIN)/moevit demo --config $(CONFIG)
+
+test: install
+	$(PYTEST) -m "not slow"
+
+test-all: install
+	$(PYTEST)
+
+sim: install
+	$(BIN)/moevit sim --simulator $(SIM)
+
+clean:
+	rm -rf build

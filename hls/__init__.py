@@ -1,0 +1,1 @@
+"""HLS C++ of the accelerator units and its configuration generator."""

@@ -1,0 +1,1 @@
+"""The host driver: register map, weight packing, task switching, board and simulation backends."""

@@ -1,0 +1,3 @@
+from moevit.cli import main
+
+raise SystemExit(main())

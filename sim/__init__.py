@@ -1,0 +1,1 @@
+"""cocotb test benches and the simulator runner (Icarus, Verilator)."""

@@ -1,0 +1,49 @@
+import re
+
+import pytest
+
+from moevit.errors import ConfigError
+from moevit.model.config import CONFIGS, get_config
+
+
+def test_named_configs_have_exact_shapes():
+    edge = get_config("edge-moe")
+    assert (edge.dim, edge.depth, edge.heads, edge.patch) == (192, 12, 3, 16)
+    assert edge.image_size == (128, 256) and edge.tokens == 129
+    assert (edge.experts, edge.top_k, edge.expert_hidden, edge.mlp_hidden) == (16, 2, 384, 768)
+    assert edge.moe_blocks == (1, 3, 5, 7, 9, 11)
+    tiny = get_config("tiny")
+    assert tiny.tokens == 65 and tiny.head_dim == 16
+    assert all(config.source for config in CONFIGS.values())
+
+
+def test_config_round_trips_through_dict():
+    for config in CONFIGS.values():
+        assert type(config).from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"heads": 5}, r"^Dim 64 is not divisible by 5 heads$"),
+        ({"top_k": 9}, r"^Top-k 9 exceeds the number of experts 8$"),
+        ({"patch": 7}, r"^Image size 64x64 is not divisible by the patch size 7$"),
+        ({"dim": 0}, r"^Dim must be a positive integer, not 0$"),
+        ({"moe_blocks": (1, 4)}, r"^MoE block indices \[4\] are outside 0\.\.3$"),
+        ({"tasks": ()}, r"^A model needs at least one task$"),
+    ],
+)
+def test_bad_config_is_a_clear_error(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        get_config("tiny").replace(**changes)
+
+
+def test_unknown_config_and_task():
+    with pytest.raises(ConfigError, match=r"^Unknown config 'huge'; known configs are \["):
+        get_config("huge")
+    tiny = get_config("tiny")
+    assert tiny.task_index("depth") == 1 and tiny.task_index(0) == 0
+    with pytest.raises(ConfigError, match=re.escape("has no task 'normals'")):
+        tiny.task_index("normals")
+    with pytest.raises(ConfigError, match=r"task ids are 0\.\.1$"):
+        tiny.task_index(2)

@@ -1,8 +1,9 @@
 """The ``moevit`` command line: one entry point, one sub-command per job.
 
 Each area of the flow owns a ``commands`` module with a ``register(subparsers)``
-function that adds its sub-commands; handlers import heavy libraries (torch,
-amaranth, cocotb) only when they run, so ``moevit --help`` stays fast.
+function that adds its sub-commands and, optionally, ``register_bench(benches)``
+that adds kinds to ``moevit bench KIND``. Handlers import heavy libraries
+(torch, amaranth, cocotb) only when they run, so ``moevit --help`` stays fast.
 """
 
 import argparse
@@ -29,6 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"moevit {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    bench = subparsers.add_parser(
+        "bench", help="benchmarks: a table, or one JSON list of rows with --json"
+    )
+    benches = bench.add_subparsers(dest="bench", metavar="KIND", required=True)
     for name in COMMAND_MODULES:
         try:
             module = importlib.import_module(name)
@@ -37,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(subparsers)
+        if hasattr(module, "register_bench"):
+            module.register_bench(benches)
     return parser
 
 

@@ -247,8 +247,12 @@ CONFIGS = {
         ),
         ModelConfig(
             name="m3vit-s",
-            source="M³ViT (Liang et al., NeurIPS 2022), VITA-Group/M3ViT NYUD-v2 ViT-S config "
-            "(configs/nyud/vit/*.yml) and training flags",
+            source="M³ViT (Liang et al., NeurIPS 2022), github.com/VITA-Group/M3ViT @d448b6f: "
+            "configs/nyud/vit_moe/pup_moe_vit_small_multi_task_baseline.yml (img_size [480,640], "
+            "patch_size 16, embed_dim 384, depth 12, num_heads 12, mlp_ratio 4, qkv_bias, "
+            "num_classes 40, gate_dim 386 = 384 + 2 tasks) with README.md's training flags "
+            "(--moe_experts 16 --moe_top_k 4 --moe_mlp_ratio 1 --multi_gate True); "
+            "models/vision_transformer_moe.py puts MoE in blocks with i % 2 == 1",
             image_size=(480, 640),
             patch=16,
             dim=384,

@@ -47,3 +47,14 @@ def test_unknown_config_and_task():
         tiny.task_index("normals")
     with pytest.raises(ConfigError, match=r"task ids are 0\.\.1$"):
         tiny.task_index(2)
+
+
+def test_m3vit_s_follows_the_m3vit_repository():
+    # VITA-Group/M3ViT: configs/nyud/vit_moe/pup_moe_vit_small_multi_task_baseline.yml and
+    # README.md's flags --moe_experts 16 --moe_top_k 4 --moe_mlp_ratio 1 (hidden = 1 x 384).
+    m3vit = get_config("m3vit-s")
+    assert m3vit.image_size == (480, 640) and m3vit.patch == 16 and m3vit.tokens == 1201
+    assert (m3vit.dim, m3vit.depth, m3vit.heads, m3vit.mlp_hidden) == (384, 12, 12, 1536)
+    assert (m3vit.experts, m3vit.top_k, m3vit.expert_hidden) == (16, 4, 384)
+    assert m3vit.moe_blocks == (1, 3, 5, 7, 9, 11) and m3vit.qkv_bias
+    assert [(t.kind, t.classes) for t in m3vit.tasks] == [("semseg", 40), ("depth", 1)]

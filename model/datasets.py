@@ -43,6 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from moevit.errors import MoevitError
 
@@ -81,7 +83,7 @@ class _Item:
     targets: dict
 
 
-class DenseDataset:
+class DenseDataset(torch.utils.data.Dataset):
     """A multi-task dense-prediction dataset read from disk.
 
     Use :func:`nyud`, :func:`pascal_context`, :func:`cityscapes` or
@@ -126,9 +128,6 @@ class DenseDataset:
         return len(self._items)
 
     def __getitem__(self, index):
-        import torch
-        import torch.nn.functional as F
-
         item = self._items[index]
         size = self.config.image_size
         image = torch.from_numpy(np.ascontiguousarray(self._read_image(item.image), np.float32))
@@ -146,6 +145,11 @@ class DenseDataset:
             target = F.interpolate(target, size=size, mode="nearest-exact")[0]
             sample[task.name] = target[0].long() if task.kind == "semseg" else target
         return sample
+
+    def batch(self, indices):
+        """The samples at ``indices`` stacked, as a dict of tensors (as the synthetic set)."""
+        samples = [self[int(index)] for index in indices]
+        return {key: torch.stack([sample[key] for sample in samples]) for key in samples[0]}
 
     def _check_labels(self, labels, path):
         values = np.unique(labels)

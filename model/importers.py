@@ -1,0 +1,467 @@
+"""Weights from M³ViT checkpoints and Edge-MoE dumps, and back.
+
+Two foreign namings of the same network map onto :class:`MoEViT`'s
+(see :mod:`moevit.model.moevit` for ours):
+
+M³ViT checkpoints (``m3vit``; VITA-Group/M3ViT ``train_fastmoe.py``)
+    ``torch.save({"state_dict": model.state_dict(), ...})`` of its
+    ``MultiTaskModel`` (``models/models.py``): the ViT under ``backbone.``
+    (``models/vision_transformer_moe.py``, timm names: ``patch_embed.proj``,
+    ``cls_token``, ``pos_embed``, ``blocks.{i}.norm1``, ``.attn.qkv``,
+    ``.attn.proj``, ``.norm2``, dense ``.mlp.fc1/fc2``), in MoE blocks FastMoE's
+    experts (``models/custom_moe_layer.py``: ``.mlp.experts.htoh4.weight``
+    (E, hidden, dim), ``.htoh4.bias`` (E, hidden), ``.h4toh.weight``
+    (E, dim, hidden), ``.h4toh.bias`` (E, dim)) and with ``--multi_gate True``
+    one gate per task, ``.mlp.gate.{t}.w_gate`` (dim, E) — the transpose of
+    our ``gates.{t}.weight`` — plus, for the ``noisy`` gate type,
+    ``.mlp.gate.{t}.w_noise`` (dim, E) (``models/gate_funs/noisy_gate.py``;
+    the ``noisy_vmoe`` gate has none). Keys may carry DDP's ``module.``
+    prefix; a checkpoint saved by several ranks (a folder of ``<rank>.pth``,
+    ``utils/moe_utils.py``: rank 0 holds everything, the others only their
+    experts) is merged by concatenating the experts in rank order. M³ViT's
+    backbone has no final norm and its task decoders (``decoders.<task>.*``)
+    are convolutional up-sampling heads, not ours: the imported model keeps
+    the base model's ``norm`` and ``heads`` (and, without ``w_noise``, its
+    gate-noise weights), with a warning.
+
+Edge-MoE dumps (``edge-moe``; sharc-lab/Edge-MoE ``weights/``, read by
+``testbench/e2e.cpp`` and ``weights/scripts/prepare_for_onboard.py``)
+    One raw little-endian float32 file per tensor, ``<name>.float32.bin``:
+    ``patch_embed_weight`` (dim, C, p, p), ``patch_embed_bias`` (dim),
+    ``pos_embed`` (tokens, dim) whose row 0 is the class token (the kernel
+    starts token 0 from ``pos_embed[0]`` alone, ``src/conv.cpp``), and per
+    block ``l{i}_``: ``qkv_weight`` (3·dim, dim), ``qkv_bias``,
+    ``attn_proj_weight`` (dim, dim), ``attn_proj_bias``, ``norm1_weight``,
+    ``norm1_bias``, ``norm2_weight``, ``norm2_bias``; dense blocks
+    ``fc1_weight`` (mlp_hidden, dim), ``fc1_bias``, ``fc2_weight``,
+    ``fc2_bias``; MoE blocks ``htoh4_weight`` (E, hidden, dim),
+    ``htoh4_bias``, ``h4toh_weight`` (E, dim, hidden), ``h4toh_bias`` and
+    ``w_gate_T_task{t}`` (E, dim), already our gate's orientation. The
+    reference activations Edge-MoE keeps beside them (``image``,
+    ``l{i}_x_post_*``) are ignored. Edge-MoE's accelerator stops before the
+    final norm and the heads, so they are not in its dumps; moevit adds them
+    as ``norm_weight``, ``norm_bias``, ``head_task{t}_weight`` and
+    ``head_task{t}_bias`` when it exports, and reads them when present
+    (otherwise the base model's are kept, with a warning). Importing sets
+    ``cls_token`` to zero and puts the class token in ``pos_embed[0]``: the
+    same token 0, as Edge-MoE computes it.
+
+Every problem with the source is a :class:`~moevit.errors.CheckpointError`
+naming the file or key and the expected and found shapes.
+"""
+
+import re
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from moevit.errors import CheckpointError
+from moevit.model.config import CONFIGS, get_config
+from moevit.model.moevit import MoEViT
+
+__all__ = [
+    "FORMATS",
+    "import_m3vit",
+    "export_m3vit",
+    "import_edge_moe",
+    "export_edge_moe",
+    "import_weights",
+    "export_weights",
+]
+
+FORMATS = ("m3vit", "edge-moe")
+DEFAULT_CONFIGS = {"edge-moe": "edge-moe"}  # m3vit: found from the checkpoint's shapes
+BIN_SUFFIX = ".float32.bin"
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One tensor in a foreign naming: its name there, ours, and whether it is transposed."""
+
+    theirs: str
+    ours: str
+    transposed: bool = False
+    optional: bool = False
+
+
+# M³ViT ----------------------------------------------------------------------
+def _m3vit_entries(config):
+    entries = [
+        _Entry("backbone.patch_embed.proj.weight", "patch_embed.proj.weight"),
+        _Entry("backbone.patch_embed.proj.bias", "patch_embed.proj.bias"),
+        _Entry("backbone.cls_token", "cls_token"),
+        _Entry("backbone.pos_embed", "pos_embed"),
+    ]
+    for i in range(config.depth):
+        block = f"blocks.{i}"
+        names = ["norm1.weight", "norm1.bias", "attn.qkv.weight"]
+        names += ["attn.qkv.bias"] if config.qkv_bias else []
+        names += ["attn.proj.weight", "attn.proj.bias", "norm2.weight", "norm2.bias"]
+        if not config.is_moe(i):
+            names += ["mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias"]
+        entries += [_Entry(f"backbone.{block}.{name}", f"{block}.{name}") for name in names]
+        if config.is_moe(i):
+            for theirs, ours in (("htoh4", "fc1"), ("h4toh", "fc2")):
+                for what in ("weight", "bias"):
+                    entries.append(
+                        _Entry(f"backbone.{block}.mlp.experts.{theirs}.{what}", f"{block}.mlp.experts.{ours}.{what}")
+                    )
+            for t in range(len(config.tasks)):
+                entries.append(_Entry(f"backbone.{block}.mlp.gate.{t}.w_gate", f"{block}.mlp.gates.{t}.weight", True))
+                entries.append(
+                    _Entry(f"backbone.{block}.mlp.gate.{t}.w_noise", f"{block}.mlp.noise.{t}.weight", True, True)
+                )
+    return entries
+
+
+_SHARED_GATE = re.compile(r"^backbone\.blocks\.(\d+)\.mlp\.gate\.w_gate$")
+
+
+def _load_torch(path, what):
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle, zip and torch errors alike: a file we cannot read
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"Cannot read {what} {path}: {message}") from None
+    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise CheckpointError(f"{what} {path} holds no state dict of tensors")
+    return OrderedDict(data)
+
+
+def _read_m3vit(path):
+    """The state dict of a checkpoint file or of a folder saved by several ranks."""
+    path = Path(path)
+    if path.is_dir():
+        ranks = sorted(
+            (int(p.stem), p) for p in path.glob("*.pth") if p.stem.isdigit()
+        )
+        if not ranks or ranks[0][0] != 0:
+            raise CheckpointError(f"M³ViT checkpoint folder {path} has no 0.pth")
+        state = _load_torch(ranks[0][1], "M³ViT checkpoint")
+        for _, shard in ranks[1:]:
+            # Ranks other than 0 hold only their own experts (utils/moe_utils.py).
+            for key, value in _load_torch(shard, "M³ViT checkpoint").items():
+                if key not in state:
+                    raise CheckpointError(f"M³ViT checkpoint shard {shard} has {key}, which 0.pth lacks")
+                state[key] = torch.cat([state[key], value])
+    elif path.is_file():
+        state = _load_torch(path, "M³ViT checkpoint")
+    else:
+        raise CheckpointError(f"M³ViT checkpoint {path} does not exist")
+    if state and all(key.startswith("module.") for key in state):
+        state = OrderedDict((key[len("module."):], value) for key, value in state.items())
+    return state
+
+
+def _match_m3vit(state, config, source):
+    """``{our key: tensor}`` from an M³ViT state dict, or a CheckpointError."""
+    for key in state:
+        match = _SHARED_GATE.match(key)
+        if match:
+            raise CheckpointError(
+                f"M³ViT checkpoint {source} has one gate shared by all tasks ({key}); "
+                "moevit needs one gate per task (M³ViT's --multi_gate True)"
+            )
+    tensors, used = {}, set()
+    for entry in _m3vit_entries(config):
+        expected = _our_shape(config, entry.ours)
+        if entry.transposed:
+            expected = expected[::-1]
+        if entry.theirs not in state:
+            if entry.optional:
+                continue
+            raise CheckpointError(
+                f"M³ViT checkpoint {source} has no {entry.theirs} (config {config.name!r} expects shape {expected})"
+            )
+        value = state[entry.theirs]
+        if tuple(value.shape) != expected:
+            raise CheckpointError(
+                f"M³ViT checkpoint {source}: {entry.theirs} has shape {tuple(value.shape)}; "
+                f"config {config.name!r} expects {expected}"
+            )
+        tensors[entry.ours] = value.t() if entry.transposed else value
+        used.add(entry.theirs)
+    unknown = [key for key in state if key not in used and not key.startswith("decoders.")]
+    if unknown:
+        more = f" (and {len(unknown) - 3} more)" if len(unknown) > 3 else ""
+        raise CheckpointError(
+            f"M³ViT checkpoint {source} has keys config {config.name!r} does not know: "
+            f"{', '.join(unknown[:3])}{more}"
+        )
+    return tensors
+
+
+def import_m3vit(path, config=None, *, base=None):
+    """A :class:`MoEViT` with the weights of an M³ViT checkpoint.
+
+    Parameters
+    ----------
+    path : str or Path
+        A ``.pth``/``.pth.tar`` file, or a folder of per-rank ``<rank>.pth``.
+    config : ModelConfig or str, optional
+        The model's config; by default the one config in ``CONFIGS`` whose
+        shapes the checkpoint fits.
+    base : MoEViT, optional
+        Supplies what M³ViT checkpoints do not hold (final norm, heads, and
+        gate-noise weights of a ``noisy_vmoe`` checkpoint); a new model by
+        default. It is loaded in place and returned.
+
+    Returns
+    -------
+    MoEViT
+
+    Raises
+    ------
+    CheckpointError
+        The file is missing or unreadable, a key is missing or of the wrong
+        shape, a key is unknown, or the checkpoint has one shared gate.
+    """
+    state = _read_m3vit(path)
+    if config is None:
+        config = _find_config(state, path)
+    config = get_config(config) if isinstance(config, str) else config
+    tensors = _match_m3vit(state, config, path)
+    skipped = sum(key.startswith("decoders.") for key in state)
+    kept = ["norm", "heads"] + (["gate noise"] if not any(".noise." in key for key in tensors) else [])
+    warnings.warn(
+        f"M³ViT checkpoint {path} has no {', '.join(kept)} for moevit: they keep the base model's "
+        f"values ({skipped} decoder tensors of M³ViT's own heads skipped)",
+        stacklevel=2,
+    )
+    return _load(tensors, config, base)
+
+
+def _find_config(state, source):
+    errors = {}
+    for name, config in CONFIGS.items():
+        try:
+            _match_m3vit(state, config, source)
+            return config
+        except CheckpointError as error:
+            errors[name] = str(error)
+    pos = state.get("backbone.pos_embed")
+    found = f"its backbone.pos_embed has shape {tuple(pos.shape)}" if pos is not None else "it has no backbone.pos_embed"
+    raise CheckpointError(
+        f"M³ViT checkpoint {source} fits none of the configs {sorted(CONFIGS)} ({found}); "
+        "name one with --config to see the first mismatch"
+    )
+
+
+def export_m3vit(model, path):
+    """Write ``model``'s backbone as an M³ViT checkpoint (``{"state_dict": ...}``).
+
+    The final norm and the heads have no place in M³ViT's naming and are not
+    written; the gates' noise weights are written as ``w_noise`` (M³ViT's
+    ``noisy`` gate).
+    """
+    state = model.state_dict()
+    theirs = OrderedDict()
+    for entry in _m3vit_entries(model.config):
+        value = state[entry.ours]
+        theirs[entry.theirs] = (value.t() if entry.transposed else value).contiguous().clone()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"epoch": 0, "backbone": "VisionTransformer_moe", "state_dict": theirs}, path)
+    return path
+
+
+# Edge-MoE -------------------------------------------------------------------
+def _edge_entries(config):
+    """``(file stem, our key, optional)``; ``pos_embed`` is handled apart (class token)."""
+    entries = [
+        ("patch_embed_weight", "patch_embed.proj.weight", False),
+        ("patch_embed_bias", "patch_embed.proj.bias", False),
+    ]
+    for i in range(config.depth):
+        block = f"blocks.{i}"
+        pairs = [("qkv_weight", "attn.qkv.weight")]
+        pairs += [("qkv_bias", "attn.qkv.bias")] if config.qkv_bias else []
+        pairs += [
+            ("attn_proj_weight", "attn.proj.weight"),
+            ("attn_proj_bias", "attn.proj.bias"),
+            ("norm1_weight", "norm1.weight"),
+            ("norm1_bias", "norm1.bias"),
+            ("norm2_weight", "norm2.weight"),
+            ("norm2_bias", "norm2.bias"),
+        ]
+        if config.is_moe(i):
+            pairs += [
+                ("htoh4_weight", "mlp.experts.fc1.weight"),
+                ("htoh4_bias", "mlp.experts.fc1.bias"),
+                ("h4toh_weight", "mlp.experts.fc2.weight"),
+                ("h4toh_bias", "mlp.experts.fc2.bias"),
+            ]
+            pairs += [(f"w_gate_T_task{t}", f"mlp.gates.{t}.weight") for t in range(len(config.tasks))]
+        else:
+            pairs += [
+                ("fc1_weight", "mlp.fc1.weight"),
+                ("fc1_bias", "mlp.fc1.bias"),
+                ("fc2_weight", "mlp.fc2.weight"),
+                ("fc2_bias", "mlp.fc2.bias"),
+            ]
+        entries += [(f"l{i}_{theirs}", f"{block}.{ours}", False) for theirs, ours in pairs]
+    # moevit's additions: what follows Edge-MoE's backbone.
+    entries += [("norm_weight", "norm.weight", True), ("norm_bias", "norm.bias", True)]
+    for t in range(len(config.tasks)):
+        entries += [(f"head_task{t}_weight", f"heads.{t}.weight", True), (f"head_task{t}_bias", f"heads.{t}.bias", True)]
+    return entries
+
+
+_EDGE_REFERENCE = re.compile(r"^(image|l\d+_x_.+)$")  # Edge-MoE's test vectors, not weights
+
+
+def _read_bin(path, shape, config):
+    size = path.stat().st_size
+    expected = int(np.prod(shape)) * 4
+    if size != expected:
+        raise CheckpointError(
+            f"{path.name} has {size} bytes; config {config.name!r} expects shape {shape} "
+            f"as float32 = {expected} bytes"
+        )
+    return torch.from_numpy(np.fromfile(path, dtype="<f4").reshape(shape))
+
+
+def import_edge_moe(folder, config="edge-moe", *, base=None):
+    """A :class:`MoEViT` with the weights of an Edge-MoE dump folder.
+
+    Parameters
+    ----------
+    folder : str or Path
+        Holds the ``*.float32.bin`` files (Edge-MoE's ``weights/``).
+    config : ModelConfig or str
+        The model's config (Edge-MoE's model is ``edge-moe``).
+    base : MoEViT, optional
+        Supplies the final norm and the heads when the dump lacks them, and
+        the gate-noise weights; a new model by default.
+
+    Raises
+    ------
+    CheckpointError
+        The folder or a file is missing, a file has the wrong number of bytes,
+        or a ``.float32.bin`` file is not part of the naming.
+    """
+    folder = Path(folder)
+    config = get_config(config) if isinstance(config, str) else config
+    if not folder.is_dir():
+        raise CheckpointError(f"Edge-MoE dump folder {folder} does not exist")
+    tensors, used, absent = {}, {"pos_embed"}, []
+    for stem, ours, optional in _edge_entries(config):
+        path = folder / f"{stem}{BIN_SUFFIX}"
+        shape = _our_shape(config, ours)
+        if not path.is_file():
+            if optional:
+                absent.append(path.name)
+                continue
+            raise CheckpointError(
+                f"Edge-MoE dump folder {folder} has no {path.name} (config {config.name!r}: {ours} {shape})"
+            )
+        tensors[ours] = _read_bin(path, shape, config)
+        used.add(stem)
+    pos_path = folder / f"pos_embed{BIN_SUFFIX}"
+    if not pos_path.is_file():
+        raise CheckpointError(
+            f"Edge-MoE dump folder {folder} has no {pos_path.name} "
+            f"(config {config.name!r}: pos_embed {(config.tokens, config.dim)})"
+        )
+    pos = _read_bin(pos_path, (config.tokens, config.dim), config)
+    tensors["pos_embed"] = pos[None]
+    tensors["cls_token"] = torch.zeros(1, 1, config.dim)  # already in pos_embed[0]
+    unknown = sorted(
+        path.name
+        for path in folder.glob(f"*{BIN_SUFFIX}")
+        if path.name[: -len(BIN_SUFFIX)] not in used and not _EDGE_REFERENCE.match(path.name[: -len(BIN_SUFFIX)])
+    )
+    if unknown:
+        more = f" (and {len(unknown) - 3} more)" if len(unknown) > 3 else ""
+        raise CheckpointError(
+            f"Edge-MoE dump folder {folder} has files config {config.name!r} does not know: "
+            f"{', '.join(unknown[:3])}{more}"
+        )
+    if absent:
+        warnings.warn(
+            f"Edge-MoE dump folder {folder} has no {', '.join(absent)}: the final norm and heads "
+            "keep the base model's values",
+            stacklevel=2,
+        )
+    return _load(tensors, config, base)
+
+
+def export_edge_moe(model, folder, *, heads=True):
+    """Write ``model`` as Edge-MoE's per-tensor float32 files in ``folder``.
+
+    Parameters
+    ----------
+    model : MoEViT
+    folder : str or Path
+        Created if missing.
+    heads : bool
+        Also write moevit's ``norm_*`` and ``head_task{t}_*`` files (Edge-MoE
+        itself reads neither).
+
+    Returns
+    -------
+    Path
+        The folder.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = model.state_dict()
+    files = {stem: state[ours] for stem, ours, optional in _edge_entries(model.config) if heads or not optional}
+    pos = state["pos_embed"][0].clone()
+    pos[0] += state["cls_token"][0, 0]  # Edge-MoE's token 0 is pos_embed[0] alone
+    files["pos_embed"] = pos
+    for stem, value in files.items():
+        value.detach().to(torch.float32).contiguous().numpy().astype("<f4").tofile(folder / f"{stem}{BIN_SUFFIX}")
+    return folder
+
+
+# Shared ---------------------------------------------------------------------
+def _our_shape(config, key):
+    """Shape of our parameter ``key`` for ``config`` (from a model on the meta device)."""
+    cache = _SHAPES.get(config)
+    if cache is None:
+        with torch.device("meta"):
+            cache = {name: tuple(value.shape) for name, value in MoEViT(config).state_dict().items()}
+        _SHAPES[config] = cache
+    return cache[key]
+
+
+_SHAPES = {}
+
+
+def _load(tensors, config, base):
+    if base is None:
+        base = MoEViT(config)
+    elif base.config != config:
+        raise CheckpointError(
+            f"The base model has config {base.config.name!r}; the weights are for {config.name!r}"
+        )
+    state = base.state_dict()
+    for key, value in tensors.items():
+        state[key] = value.to(state[key].dtype).clone()
+    base.load_state_dict(state, strict=True)
+    return base
+
+
+def import_weights(kind, source, config=None, *, base=None):
+    """Import from ``kind`` (one of :data:`FORMATS`); see :func:`import_m3vit`, :func:`import_edge_moe`."""
+    if kind == "m3vit":
+        return import_m3vit(source, config, base=base)
+    if kind == "edge-moe":
+        return import_edge_moe(source, config or DEFAULT_CONFIGS["edge-moe"], base=base)
+    raise CheckpointError(f"Unknown weight format {kind!r}; known formats are {list(FORMATS)}")
+
+
+def export_weights(kind, model, destination):
+    """Export to ``kind`` (one of :data:`FORMATS`); see :func:`export_m3vit`, :func:`export_edge_moe`."""
+    if kind == "m3vit":
+        return export_m3vit(model, destination)
+    if kind == "edge-moe":
+        return export_edge_moe(model, destination)
+    raise CheckpointError(f"Unknown weight format {kind!r}; known formats are {list(FORMATS)}")

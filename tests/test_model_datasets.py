@@ -86,6 +86,9 @@ def test_nyud_sample_form_and_label_conventions(tmp_path):
     assert depth.dtype == torch.float32 and depth.shape == (1, *SIZE)
     assert torch.equal(depth[0, :, :16], torch.zeros(24, 16))  # invalid stays 0, unblended
     assert torch.equal(depth[0, :, 16:], torch.full((24, 16), 2.5))
+    batch = data.batch([1, 0])  # the synthetic set's fast path, same form
+    assert batch["image"].shape == (2, 3, *SIZE) and torch.equal(batch["semseg"][0], semseg)
+    assert batch["depth"].shape == (2, 1, *SIZE)
 
 
 def test_nyud_depth_only_config_does_not_need_segmentation(tmp_path):

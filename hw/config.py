@@ -1,0 +1,264 @@
+"""Hardware parameters of one accelerator instance.
+
+A :class:`HwConfig` fixes everything that is built into the RTL: the shape of
+the multiply-accumulate array, the data widths, the depths of the on-chip
+buffers and the clock target. Run-time shapes (tokens, features) are not
+here: they come with each operation's descriptor (:mod:`moevit.hw.descriptor`)
+and are checked against these limits when the descriptor is made.
+
+``DEFAULT_HW`` holds one instance per model config (``HwConfig.for_model``).
+Units other than the linear kernel add their parameters as fields here, with a
+default, a check in ``__post_init__`` and, where the model constrains them, a
+check in :meth:`HwConfig.check_model`.
+"""
+
+from dataclasses import dataclass, fields, replace
+
+from moevit.errors import ConfigError
+
+__all__ = ["HwConfig", "DEFAULT_HW", "get_hw_config", "products_width"]
+
+
+def products_width(count: int, a_width: int = 8, b_width: int = 8) -> int:
+    """Bits of a signed accumulator that holds any sum of ``count`` products.
+
+    The largest magnitude is ``count`` products of the two most negative
+    values, ``(-2**(a-1)) * (-2**(b-1)) = 2**(a+b-2)``, plus a sign bit.
+    """
+    return (count << (a_width + b_width - 2)).bit_length() + 1
+
+
+@dataclass(frozen=True)
+class HwConfig:
+    """Parameters of one accelerator instance.
+
+    Parameters
+    ----------
+    name : str
+        Name of the instance (usually the model config it serves).
+    rows : int
+        Token lanes of the multiply-accumulate array: tokens computed at once.
+    cols : int
+        Output lanes of the array: output features computed at once. The array
+        has ``rows * cols`` multiply-accumulate units, one DSP48E2 each.
+    act_width, weight_width : int
+        Bits of an activation and of a weight (signed); 8 in the numeric
+        contract.
+    acc_width : int
+        Bits of a multiply-accumulate unit's accumulator (signed); at most 32,
+        the int32 of the numeric contract, and enough for ``max_in`` products.
+    max_tokens : int
+        Depth of the input buffer in tokens: the most tokens one linear
+        descriptor may carry (a multiple of ``rows``). Longer sequences are
+        split into several descriptors.
+    max_in : int
+        Depth of the input and weight buffers in features: the most input
+        features of one linear descriptor.
+    out_depth : int
+        Depth of the output FIFO in beats (one beat = ``cols`` int8 outputs
+        of one token); it absorbs back-pressure on the output stream.
+    clock_mhz : float
+        Clock target in MHz (used by the cost model and the build scripts).
+    heads_parallel : int
+        Attention heads computed at once (the attention unit's parameter).
+    score_lanes : int
+        Multipliers along the head dimension in each of the attention unit's
+        QK and PV stages: a score takes ``head_dim / score_lanes`` cycles.
+        Must divide the head width.
+    kv_depth : int
+        Depth of the attention unit's key/value buffer, in tokens: the longest
+        sequence it takes.
+    max_head_dim : int
+        Widest attention head the key/value buffers hold (a multiple of
+        ``score_lanes``).
+
+    Raises
+    ------
+    ConfigError
+        When a parameter is out of range or two parameters disagree; the
+        message names the rule and the values.
+    """
+
+    name: str = "custom"
+    rows: int = 4
+    cols: int = 16
+    act_width: int = 8
+    weight_width: int = 8
+    acc_width: int = 32
+    max_tokens: int = 128
+    max_in: int = 256
+    out_depth: int = 64
+    clock_mhz: float = 250.0
+    # Attention unit (issue 7) parameters.
+    heads_parallel: int = 1
+    score_lanes: int = 8
+    kv_depth: int = 256
+    max_head_dim: int = 64
+
+    # Fixed by the numeric contract (moevit.model.intops.requantize).
+    BIAS_WIDTH = 32
+    MULTIPLIER_WIDTH = 15
+    SHIFT_WIDTH = 6
+
+    def __post_init__(self):
+        for what, name in (
+            ("Array rows", "rows"),
+            ("Array columns", "cols"),
+            ("Activation width", "act_width"),
+            ("Weight width", "weight_width"),
+            ("Accumulator width", "acc_width"),
+            ("Token buffer depth", "max_tokens"),
+            ("Input buffer depth", "max_in"),
+            ("Output FIFO depth", "out_depth"),
+            ("Heads in parallel", "heads_parallel"),
+            ("Score lanes", "score_lanes"),
+            ("Key/value buffer depth", "kv_depth"),
+            ("Attention head width", "max_head_dim"),
+        ):
+            _positive(what, getattr(self, name))
+        if isinstance(self.clock_mhz, bool) or not isinstance(self.clock_mhz, (int, float)) \
+                or not self.clock_mhz > 0:
+            raise ConfigError(f"Clock target must be a positive number of MHz, not {self.clock_mhz!r}")
+        if self.act_width != 8 or self.weight_width != 8:
+            raise ConfigError(
+                f"Activation and weight widths must be 8 (int8 numeric contract), not "
+                f"{self.act_width} and {self.weight_width}"
+            )
+        if self.acc_width > self.BIAS_WIDTH:
+            raise ConfigError(
+                f"Accumulator of {self.acc_width} bits exceeds the int32 accumulation of the "
+                f"numeric contract; at most {self.BIAS_WIDTH}"
+            )
+        needed = products_width(self.max_in, self.act_width, self.weight_width)
+        if self.acc_width < needed:
+            raise ConfigError(
+                f"Accumulator of {self.acc_width} bits cannot hold {self.max_in} int8 products; "
+                f"needs {needed}"
+            )
+        if self.max_head_dim % self.score_lanes:
+            raise ConfigError(
+                f"Score lanes {self.score_lanes} do not divide the attention head width "
+                f"{self.max_head_dim}"
+            )
+        if self.max_tokens % self.rows:
+            raise ConfigError(
+                f"Token buffer depth {self.max_tokens} is not a multiple of the {self.rows} "
+                f"array rows"
+            )
+
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulate units in the array."""
+        return self.rows * self.cols
+
+    def check_model(self, model) -> None:
+        """Check that this instance can run every layer of ``model``.
+
+        Parameters
+        ----------
+        model : moevit.model.config.ModelConfig
+
+        Raises
+        ------
+        ConfigError
+            When an output beat would straddle two attention heads (``cols``
+            must divide the head width, so the QKV output splits into heads
+            at beat boundaries), or a linear layer has more input features
+            than the input buffer holds.
+        """
+        if model.head_dim % self.cols:
+            raise ConfigError(
+                f"Array columns {self.cols} do not divide the head width {model.head_dim} of "
+                f"model {model.name!r}; QKV output beats would straddle two heads"
+            )
+        if model.heads % self.heads_parallel:
+            raise ConfigError(
+                f"Heads in parallel {self.heads_parallel} do not divide the {model.heads} heads "
+                f"of model {model.name!r}"
+            )
+        if model.head_dim % self.score_lanes:
+            raise ConfigError(
+                f"Score lanes {self.score_lanes} do not divide the head width {model.head_dim} "
+                f"of model {model.name!r}"
+            )
+        if model.head_dim > self.max_head_dim:
+            raise ConfigError(
+                f"Attention head width {self.max_head_dim} cannot hold the {model.head_dim}-wide "
+                f"heads of model {model.name!r}"
+            )
+        if model.tokens > self.kv_depth:
+            raise ConfigError(
+                f"Key/value buffer of {self.kv_depth} tokens cannot hold the {model.tokens} "
+                f"tokens of model {model.name!r}; needs {model.tokens}"
+            )
+        widest = max(model.patch_dim, model.dim, model.mlp_hidden, model.expert_hidden)
+        if widest > self.max_in:
+            raise ConfigError(
+                f"Input buffer of {self.max_in} features cannot hold the {widest} input features "
+                f"of model {model.name!r}; needs {widest}"
+            )
+
+    @classmethod
+    def for_model(cls, model, **changes) -> "HwConfig":
+        """The default instance for ``model`` (a ModelConfig or its name), with changes.
+
+        The result is checked against the model (:meth:`check_model`).
+        """
+        if isinstance(model, str):
+            from moevit.model.config import get_config
+
+            model = get_config(model)
+        base = _DEFAULTS.get(model.name)
+        if base is None:
+            widest = max(model.patch_dim, model.dim, model.mlp_hidden, model.expert_hidden)
+            base = dict(name=model.name, cols=min(16, model.head_dim), max_in=widest,
+                        max_tokens=-(-model.tokens // 4) * 4)
+        hw = cls(**{**base, **changes})
+        hw.check_model(model)
+        return hw
+
+    def replace(self, **changes) -> "HwConfig":
+        """A copy with some fields changed, validated again."""
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "HwConfig":
+        try:
+            return cls(**data)
+        except TypeError as error:
+            raise ConfigError(f"Malformed hardware config: {error}") from None
+
+
+def _positive(what, value):
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{what} must be a positive integer, not {value!r}")
+
+
+# One instance per model config. Rows are chosen so that the token count pads
+# little (tiny: 65 -> 68, edge-moe: 129 -> 136, ViT-S 197 -> 200); columns divide
+# the head width; the input buffer holds the widest layer's input.
+_DEFAULTS = {
+    "tiny": dict(name="tiny", rows=4, cols=16, max_tokens=128, max_in=256, out_depth=32),
+    "edge-moe": dict(name="edge-moe", rows=8, cols=32, max_tokens=256, max_in=768,
+                     out_depth=64),
+    "m3vit-s": dict(name="m3vit-s", rows=8, cols=32, max_tokens=256, max_in=1536,
+                    out_depth=64),
+}
+
+
+def get_hw_config(name: str) -> HwConfig:
+    """The default hardware instance of the named model config."""
+    return HwConfig.for_model(name)
+
+
+class _Defaults(dict):
+    def __missing__(self, name):
+        self[name] = get_hw_config(name)
+        return self[name]
+
+
+DEFAULT_HW = _Defaults()
+"""Default instance per model config name, made on first use: ``DEFAULT_HW["tiny"]``."""

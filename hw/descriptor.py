@@ -1,0 +1,412 @@
+"""Run-time descriptors: the operand of one accelerator instruction, as data.
+
+A descriptor says what one unit computes in one operation (shape, tiling,
+flags, per-tensor constants, buffer addresses). It is a frozen dataclass with
+a fixed bit layout, so the same object
+
+- packs to 32-bit words for the instruction stream and the host driver
+  (:meth:`Descriptor.pack`, :meth:`Descriptor.unpack`),
+- gives the RTL its port layout (:meth:`Descriptor.layout`, an Amaranth
+  ``data.StructLayout`` whose fields read as ``desc.p.tokens``), and
+- gives the cost model its work (:attr:`LinearDescriptor.macs`,
+  :meth:`LinearDescriptor.ideal_cycles`).
+
+It is validated against a :class:`~moevit.hw.config.HwConfig` when it is made.
+A new unit adds its descriptor beside :class:`LinearDescriptor`: subclass
+:class:`Descriptor`, give it an ``OPCODE``, declare each packed field with
+:func:`packed` and check it in ``validate``.
+"""
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from moevit.errors import ConfigError
+from moevit.hw.config import HwConfig
+
+__all__ = ["DescriptorError", "Descriptor", "LinearDescriptor", "AttentionDescriptor",
+           "LayerNormDescriptor", "packed", "OPCODE_WIDTH", "WORD_WIDTH"]
+
+OPCODE_WIDTH = 8
+WORD_WIDTH = 32
+
+
+class DescriptorError(ConfigError):
+    """A descriptor breaks a rule of its unit or of the hardware instance."""
+
+
+def packed(width: int, *, signed: bool = False, doc: str = "", derived: bool = False, **kwargs):
+    """A dataclass field that is packed into the descriptor's words.
+
+    Parameters
+    ----------
+    width : int
+        Bits of the field.
+    signed : bool
+        Two's complement field.
+    doc : str
+        What the field means (listed by :meth:`Descriptor.describe`).
+    derived : bool
+        Computed from the other fields and the HwConfig in ``validate``
+        (not a constructor argument).
+    """
+    metadata = {"bits": width, "signed": signed, "doc": doc}
+    if derived:
+        return field(default=0, init=False, metadata=metadata)
+    return field(metadata=metadata, **kwargs)
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """Base of every unit's descriptor.
+
+    Subclasses are frozen dataclasses whose first field is ``hw`` (the
+    :class:`HwConfig`, not packed) and whose other fields come from
+    :func:`packed`. The packed image is ``opcode`` in the low
+    ``OPCODE_WIDTH`` bits, then the fields in declaration order, LSB first,
+    padded to whole 32-bit words.
+    """
+
+    OPCODE = None
+
+    hw: HwConfig = field(compare=False, repr=False)
+
+    def __post_init__(self):
+        if not isinstance(self.hw, HwConfig):
+            raise DescriptorError(f"Descriptor needs a HwConfig, not {self.hw!r}")
+        self.validate()
+        for f in self.packed_fields():
+            value = getattr(self, f.name)
+            if isinstance(value, bool):
+                object.__setattr__(self, f.name, value := int(value))
+            if not isinstance(value, int):
+                raise DescriptorError(
+                    f"{type(self).__name__} field {f.name} must be an integer, not {value!r}")
+            low, high = _range(f)
+            if not low <= value <= high:
+                raise DescriptorError(
+                    f"{type(self).__name__} field {f.name} of {f.metadata['bits']} bits cannot "
+                    f"hold {value}; its range is {low}..{high}")
+
+    def validate(self) -> None:
+        """Check the fields against ``self.hw`` and set the derived ones."""
+
+    def _set(self, name, value):
+        object.__setattr__(self, name, value)
+
+    # Layout -----------------------------------------------------------------
+    @classmethod
+    def packed_fields(cls):
+        return [f for f in dataclasses.fields(cls) if "bits" in f.metadata]
+
+    @classmethod
+    def width(cls) -> int:
+        """Bits of the packed image, opcode included (before padding to words)."""
+        return OPCODE_WIDTH + sum(f.metadata["bits"] for f in cls.packed_fields())
+
+    @classmethod
+    def words(cls) -> int:
+        """32-bit words of the packed image."""
+        return -(-cls.width() // WORD_WIDTH)
+
+    @classmethod
+    def layout(cls):
+        """The Amaranth ``data.StructLayout`` of the packed image (opcode first)."""
+        from amaranth.hdl import signed, unsigned
+        from amaranth.lib import data
+
+        members = {"opcode": unsigned(OPCODE_WIDTH)}
+        for f in cls.packed_fields():
+            shape = signed if f.metadata["signed"] else unsigned
+            members[f.name] = shape(f.metadata["bits"])
+        return data.StructLayout(members)
+
+    @classmethod
+    def describe(cls) -> list:
+        """Rows (name, offset, bits, signed, doc) of the bit layout, for documentation."""
+        rows, offset = [("opcode", 0, OPCODE_WIDTH, False, "operation code")], OPCODE_WIDTH
+        for f in cls.packed_fields():
+            rows.append((f.name, offset, f.metadata["bits"], f.metadata["signed"],
+                         f.metadata["doc"]))
+            offset += f.metadata["bits"]
+        return rows
+
+    # Packing ----------------------------------------------------------------
+    def to_int(self) -> int:
+        """The packed image as one unsigned integer (LSB = opcode bit 0)."""
+        image, offset = self.OPCODE, OPCODE_WIDTH
+        for f in self.packed_fields():
+            bits = f.metadata["bits"]
+            image |= (getattr(self, f.name) & ((1 << bits) - 1)) << offset
+            offset += bits
+        return image
+
+    def pack(self) -> list:
+        """The packed image as a list of 32-bit words, least significant first."""
+        image = self.to_int()
+        mask = (1 << WORD_WIDTH) - 1
+        return [(image >> (WORD_WIDTH * k)) & mask for k in range(self.words())]
+
+    @classmethod
+    def unpack(cls, hw: HwConfig, words) -> "Descriptor":
+        """Rebuild a descriptor from its words (validated again against ``hw``)."""
+        words = list(words)
+        if len(words) != cls.words():
+            raise DescriptorError(
+                f"{cls.__name__} packs to {cls.words()} words, not {len(words)}")
+        image = sum((int(w) & 0xFFFFFFFF) << (WORD_WIDTH * k) for k, w in enumerate(words))
+        opcode = image & ((1 << OPCODE_WIDTH) - 1)
+        if opcode != cls.OPCODE:
+            raise DescriptorError(
+                f"{cls.__name__} has opcode {cls.OPCODE}, not {opcode}")
+        values, offset = {}, OPCODE_WIDTH
+        for f in cls.packed_fields():
+            bits = f.metadata["bits"]
+            value = (image >> offset) & ((1 << bits) - 1)
+            if f.metadata["signed"] and value >> (bits - 1):
+                value -= 1 << bits
+            values[f.name] = value
+            offset += bits
+        init = {f.name: values[f.name] for f in cls.packed_fields() if f.init}
+        made = cls(hw, **init)
+        derived = {f.name: values[f.name] for f in cls.packed_fields() if not f.init}
+        for name, value in derived.items():
+            if getattr(made, name) != value:
+                raise DescriptorError(
+                    f"{cls.__name__} field {name} is {value} in the words but {getattr(made, name)} "
+                    f"for this HwConfig")
+        return made
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in self.packed_fields()}
+
+
+def _check_range(what, value, low, high):
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise DescriptorError(f"{what} must be an integer in [{low}, {high}], not {value!r}")
+
+
+def _range(f):
+    bits = f.metadata["bits"]
+    if f.metadata["signed"]:
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
+
+
+@dataclass(frozen=True)
+class LinearDescriptor(Descriptor):
+    """One linear operation: ``y = post(requantize(x @ W.T + b, M, S))``.
+
+    ``x`` is ``tokens x in_features`` int8, ``W`` is ``out_features x
+    in_features`` int8, ``b`` int32 and ``M``, ``S`` (multiplier, shift) per
+    output channel; ``post`` is the fused integer GELU when ``gelu`` is set,
+    then the residual add when ``residual`` is set (the residual stream holds
+    the skip tensor, ``tokens x out_features`` int8). The kernel tiles the work
+    as ``out_tiles`` x ``token_tiles`` tiles of ``hw.rows`` tokens by
+    ``hw.cols`` outputs (output-stationary, out tile outermost), each tile
+    ``in_features`` cycles.
+
+    The per-channel constants live in memory at ``chan_addr`` and reach the
+    kernel on its ``chan`` stream; the per-tensor constants of the fused
+    operations (``gelu_*``, ``res_*``) are fields here.
+
+    Raises
+    ------
+    DescriptorError
+        When the shape exceeds the buffers of ``hw`` or a field its width.
+    """
+
+    OPCODE = 1
+
+    tokens: int = packed(16, doc="tokens (rows of x and y)", default=1)
+    in_features: int = packed(16, doc="input features (columns of x)", default=1)
+    out_features: int = packed(16, doc="output features (rows of W)", default=1)
+    gelu: int = packed(1, doc="fused integer GELU after requantization", default=0)
+    residual: int = packed(1, doc="residual add of the skip stream after GELU", default=0)
+    token_tiles: int = packed(16, derived=True, doc="ceil(tokens / hw.rows)")
+    out_tiles: int = packed(16, derived=True, doc="ceil(out_features / hw.cols)")
+    gelu_b: int = packed(12, doc="intops.gelu constant b (u12)", default=0)
+    gelu_c: int = packed(22, doc="intops.gelu constant c (u22)", default=0)
+    gelu_mult: int = packed(15, doc="requantize multiplier of the GELU output (u15)", default=0)
+    gelu_shift: int = packed(6, doc="requantize shift of the GELU output (1..47)", default=0)
+    res_mult_y: int = packed(15, doc="intops.residual_add multiplier of this op's output",
+                             default=0)
+    res_mult_skip: int = packed(15, doc="intops.residual_add multiplier of the skip stream",
+                                default=0)
+    res_shift: int = packed(6, doc="intops.residual_add shift (1..47)", default=0)
+    x_addr: int = packed(32, doc="byte address of x", default=0)
+    w_addr: int = packed(32, doc="byte address of W (tile-major beats)", default=0)
+    chan_addr: int = packed(32, doc="byte address of the per-channel bias, multiplier, shift",
+                            default=0)
+    res_addr: int = packed(32, doc="byte address of the skip tensor", default=0)
+    y_addr: int = packed(32, doc="byte address of y", default=0)
+
+    def validate(self):
+        hw = self.hw
+        for what, name in (("tokens", "tokens"), ("input features", "in_features"),
+                           ("output features", "out_features")):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise DescriptorError(
+                    f"Linear descriptor {what} must be a positive integer, not {value!r}")
+        if self.tokens > hw.max_tokens:
+            raise DescriptorError(
+                f"Linear descriptor of {self.tokens} tokens exceeds the {hw.max_tokens}-token "
+                f"buffer of hardware {hw.name!r}")
+        if self.in_features > hw.max_in:
+            raise DescriptorError(
+                f"Linear descriptor of {self.in_features} input features exceeds the "
+                f"{hw.max_in}-feature buffer of hardware {hw.name!r}")
+        if self.gelu:
+            _check_range("GELU constant b", self.gelu_b, 1, 2**12 - 1)
+            _check_range("GELU constant c", self.gelu_c, 1, 2**22 - 1)
+            if 2 * self.gelu_c < self.gelu_b ** 2:
+                raise DescriptorError(
+                    f"GELU constants need 2*c >= b*b, not c={self.gelu_c}, b={self.gelu_b}")
+            _check_range("GELU multiplier", self.gelu_mult, 1, 2**15 - 1)
+            _check_range("GELU shift", self.gelu_shift, 1, 47)
+        if self.residual:
+            _check_range("Residual multiplier of the output", self.res_mult_y, 1, 2**15 - 1)
+            _check_range("Residual multiplier of the skip", self.res_mult_skip, 1, 2**15 - 1)
+            _check_range("Residual shift", self.res_shift, 1, 47)
+        self._set("token_tiles", -(-self.tokens // hw.rows))
+        self._set("out_tiles", -(-self.out_features // hw.cols))
+
+    # Cost -------------------------------------------------------------------
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates of the operation."""
+        return self.tokens * self.in_features * self.out_features
+
+    def ideal_cycles(self) -> int:
+        """Cycles with every MAC unit busy every cycle: MACs / MAC units (rounded up)."""
+        return -(-self.macs // self.hw.macs)
+
+    def array_cycles(self) -> int:
+        """Cycles the array issues (padded tiles included): tiles x in_features."""
+        return self.token_tiles * self.out_tiles * self.in_features
+
+
+def _check_constants(what, pairs):
+    """Requantization multipliers u15 (>= 1) and shifts 1..47, as intops requires."""
+    for name, (mult, shift) in pairs.items():
+        if not isinstance(mult, int) or isinstance(mult, bool) or not 1 <= mult < 2**15:
+            raise DescriptorError(
+                f"{what} descriptor {name} multiplier must be an integer in [1, 32767], "
+                f"not {mult!r}")
+        if not isinstance(shift, int) or isinstance(shift, bool) or not 1 <= shift <= 47:
+            raise DescriptorError(
+                f"{what} descriptor {name} shift must be an integer in [1, 47], not {shift!r}")
+
+
+@dataclass(frozen=True)
+class AttentionDescriptor(Descriptor):
+    """Attention of ``heads`` heads over ``tokens`` tokens (the attention kernel).
+
+    Per head: ``out = requantize(weighted_sum(softmax(q @ k.T, sm_mult,
+    sm_shift), v), out_mult, out_shift)`` (``moevit.model.intops``), with
+    ``q``, ``k``, ``v`` int8 ``tokens x head_dim``. The kernel's
+    ``hw.heads_parallel`` lanes take ``rounds = heads / heads_parallel``
+    heads each; a score takes ``chunks = head_dim / hw.score_lanes`` cycles.
+
+    Raises
+    ------
+    DescriptorError
+        When the sequence exceeds the key/value buffers, the score lanes do
+        not divide the head width, the lanes do not divide the heads, or a
+        constant is out of its range.
+    """
+
+    OPCODE = 2
+
+    tokens: int = packed(16, doc="sequence length (rows of q, k, v)", default=1)
+    heads: int = packed(8, doc="attention heads", default=1)
+    head_dim: int = packed(16, doc="width of one head", default=1)
+    sm_mult: int = packed(15, doc="softmax multiplier M (intops.softmax)", default=1)
+    sm_shift: int = packed(6, doc="softmax shift S", default=1)
+    out_mult: int = packed(15, doc="context requantization multiplier", default=1)
+    out_shift: int = packed(6, doc="context requantization shift", default=1)
+    chunks: int = packed(8, derived=True, doc="head_dim / hw.score_lanes")
+    rounds: int = packed(8, derived=True, doc="heads / hw.heads_parallel")
+    q_addr: int = packed(32, doc="byte address of q (tokens x heads*head_dim)", default=0)
+    k_addr: int = packed(32, doc="byte address of k", default=0)
+    v_addr: int = packed(32, doc="byte address of v", default=0)
+    out_addr: int = packed(32, doc="byte address of the context", default=0)
+
+    def validate(self):
+        hw = self.hw
+        for what, name in (("tokens", "tokens"), ("heads", "heads"), ("head dim", "head_dim")):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise DescriptorError(
+                    f"Attention descriptor {what} must be a positive integer, not {value!r}")
+        if self.tokens > hw.kv_depth:
+            raise DescriptorError(
+                f"Attention descriptor of {self.tokens} tokens exceeds the {hw.kv_depth}-token "
+                f"key/value buffers of hardware {hw.name!r}")
+        if self.head_dim % hw.score_lanes:
+            raise DescriptorError(
+                f"Attention descriptor head dim {self.head_dim} is not divisible by the "
+                f"{hw.score_lanes} score lanes of hardware {hw.name!r}")
+        if self.head_dim > hw.max_head_dim:
+            raise DescriptorError(
+                f"Attention descriptor head dim {self.head_dim} exceeds the {hw.max_head_dim}-wide "
+                f"key/value buffers of hardware {hw.name!r}")
+        if self.heads % hw.heads_parallel:
+            raise DescriptorError(
+                f"Attention descriptor of {self.heads} heads is not divisible by the "
+                f"{hw.heads_parallel} head lanes of hardware {hw.name!r}")
+        _check_constants("Attention", {"softmax": (self.sm_mult, self.sm_shift),
+                                       "output": (self.out_mult, self.out_shift)})
+        self._set("chunks", self.head_dim // hw.score_lanes)
+        self._set("rounds", self.heads // hw.heads_parallel)
+
+    @property
+    def macs(self) -> int:
+        """Multiply-accumulates: ``q @ k.T`` and ``p @ v`` of every head."""
+        return 2 * self.heads * self.tokens * self.tokens * self.head_dim
+
+    def ideal_cycles(self) -> int:
+        """MACs / MAC units (``2 * score_lanes * heads_parallel``), rounded up."""
+        units = 2 * self.hw.score_lanes * self.hw.heads_parallel
+        return -(-self.macs // units)
+
+
+@dataclass(frozen=True)
+class LayerNormDescriptor(Descriptor):
+    """LayerNorm of ``tokens`` rows of ``dim`` int8 values (``intops.layernorm``).
+
+    The per-channel ``gamma`` and ``beta`` live at ``param_addr`` and reach the
+    unit on its ``param`` stream before the rows; ``eps`` and ``shift`` are
+    per tensor.
+
+    Raises
+    ------
+    DescriptorError
+        When the width exceeds the unit's parameter buffer or a constant its range.
+    """
+
+    OPCODE = 3
+
+    tokens: int = packed(16, doc="rows", default=1)
+    dim: int = packed(16, doc="width of a row", default=1)
+    eps: int = packed(40, doc="integer epsilon (intops.layernorm)", default=0)
+    shift: int = packed(6, doc="output shift", default=1)
+    x_addr: int = packed(32, doc="byte address of x", default=0)
+    param_addr: int = packed(32, doc="byte address of gamma and beta", default=0)
+    y_addr: int = packed(32, doc="byte address of y", default=0)
+
+    def validate(self):
+        hw = self.hw
+        for what, name in (("tokens", "tokens"), ("width", "dim")):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise DescriptorError(
+                    f"LayerNorm descriptor {what} must be a positive integer, not {value!r}")
+        if self.dim > hw.max_in:
+            raise DescriptorError(
+                f"LayerNorm descriptor width {self.dim} exceeds the {hw.max_in}-feature "
+                f"buffer of hardware {hw.name!r}")
+        if not isinstance(self.shift, int) or isinstance(self.shift, bool) \
+                or not 1 <= self.shift <= 47:
+            raise DescriptorError(
+                f"LayerNorm descriptor shift must be an integer in [1, 47], not {self.shift!r}")

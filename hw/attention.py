@@ -1,0 +1,412 @@
+"""The streaming attention kernel (UbiMoE's latency-optimized attention).
+
+Per head, ``out = requantize(weighted_sum(softmax(Q Kᵀ, M_s, S_s), V), M_o, S_o)``
+exactly as the golden model computes it (``moevit.model.intops``), on
+streams: K and V are held on chip for the head, the query rows stream
+through, and the score matrix never leaves the kernel (one row of it lives
+in the softmax unit's row buffers).
+
+One head lane (:class:`AttentionHead`) is a three-stage row pipeline::
+
+    q ──► QK: score_j = Σ_c q·k_j  ──► Softmax ──► PV: acc += p_j·v_j ──► requantize ──► o
+          (L multipliers, K buffer)    (4 stages,     (L multipliers, V buffer)
+                                        row buffers)
+
+``L = hw.score_lanes`` multipliers work along the head dimension in each of
+QK and PV, so one score (and one probability's update of the context row)
+takes ``C = head_dim / L`` cycles and a query row ``tokens * C`` cycles in
+each stage; the stages work on consecutive rows at once. The kernel has
+``hw.heads_parallel`` lanes, each with its own streams; lane ``p`` computes
+heads ``p, p + P, p + 2P, ...`` of the descriptor.
+
+Stream order, per head of a lane: K (``tokens * C`` beats, token-major, each
+beat ``L`` int8 of one token), V (same, accepted alongside K), then Q (same,
+accepted once K and V are in); ``o`` carries the context rows in the same
+beat order.
+"""
+
+from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from moevit.hw import intexpr
+from moevit.hw.config import products_width
+from moevit.hw.softmax import Softmax
+from moevit.model import intops
+
+__all__ = ["AttentionHead", "Attention", "beat_layout"]
+
+# u16 probability times int8 value: s24; a row of them sums to an int32
+# (intops.weighted_sum).
+_ACC_WIDTH = 32
+
+
+def beat_layout(lanes):
+    """One stream beat: ``lanes`` int8 values along the head dimension."""
+    return data.ArrayLayout(signed(8), lanes)
+
+
+def _adder_tree(values):
+    while len(values) > 1:
+        values = [values[k] + values[k + 1] if k + 1 < len(values) else values[k]
+                  for k in range(0, len(values), 2)]
+    return values[0]
+
+
+class AttentionHead(wiring.Component):
+    """One head lane: QK, softmax and PV on one head at a time.
+
+    Parameters
+    ----------
+    lanes : int
+        Multipliers along the head dimension in each of QK and PV.
+    max_tokens : int
+        Depth of the K and V buffers in tokens (the longest sequence).
+    max_head_dim : int
+        Widest head; a multiple of ``lanes``.
+
+    Members
+    -------
+    tokens, chunks, rounds : In
+        Run-time shape: sequence length, ``head_dim / lanes`` and heads
+        this lane computes; held while ``busy``.
+    sm_mult, sm_shift, out_mult, out_shift : In
+        Softmax and output requantization constants.
+    start : In(1)
+        Pulse: begin with the values above.
+    busy : Out(1)
+    q, k, v : In(stream.Signature(beat_layout(lanes)))
+    o : Out(stream.Signature(beat_layout(lanes)))
+    """
+
+    def __init__(self, *, lanes, max_tokens, max_head_dim):
+        for what, value in (("Score lanes", lanes), ("Key/value buffer depth", max_tokens),
+                            ("Head dim", max_head_dim)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise TypeError(f"{what} must be a positive integer, not {value!r}")
+        if max_head_dim % lanes:
+            raise ValueError(f"Score lanes {lanes} do not divide the head dim {max_head_dim}")
+        self._lanes = lanes
+        self._max_tokens = max_tokens
+        self._max_chunks = max_head_dim // lanes
+        beat = stream.Signature(beat_layout(lanes))
+        super().__init__({
+            "tokens": In(range(max_tokens + 1)),
+            "chunks": In(range(self._max_chunks + 1)),
+            "rounds": In(8),
+            "sm_mult": In(intops.MULT_BITS),
+            "sm_shift": In(6),
+            "out_mult": In(intops.MULT_BITS),
+            "out_shift": In(6),
+            "start": In(1),
+            "busy": Out(1),
+            "q": In(beat),
+            "k": In(beat),
+            "v": In(beat),
+            "o": Out(beat),
+        })
+
+    @property
+    def lanes(self):
+        return self._lanes
+
+    @property
+    def score_width(self):
+        """Bits of a score: a sum of ``max_head_dim`` int8 products."""
+        return products_width(self._max_chunks * self._lanes)
+
+    def elaborate(self, platform):
+        m = Module()
+        L, C_max, T_max = self._lanes, self._max_chunks, self._max_tokens
+        depth = T_max * C_max
+        word = unsigned(8 * L)
+        addr_shape = range(depth + 1)
+
+        m.submodules.kbuf = kbuf = memory.Memory(shape=word, depth=depth, init=[])
+        m.submodules.vbuf = vbuf = memory.Memory(shape=word, depth=depth, init=[])
+        k_wr, k_rd = kbuf.write_port(), kbuf.read_port()
+        v_wr, v_rd = vbuf.write_port(), vbuf.read_port()
+        m.submodules.softmax = sm = Softmax(max_row=T_max, score_width=self.score_width)
+
+        tokens = Signal.like(self.tokens)
+        chunks = Signal.like(self.chunks)
+        rounds = Signal.like(self.rounds)
+        consts = [Signal.like(s) for s in (self.sm_mult, self.sm_shift,
+                                           self.out_mult, self.out_shift)]
+        sm_mult, sm_shift, out_mult, out_shift = consts
+        m.d.comb += [sm.multiplier.eq(sm_mult), sm.shift.eq(sm_shift)]
+        words = Signal(addr_shape)  # tokens * chunks, the beats of one matrix
+        m.d.comb += words.eq(tokens * chunks)
+
+        head = Signal.like(rounds)
+        rows_out = Signal(range(T_max + 1))
+        k_cnt = Signal(addr_shape)
+        v_cnt = Signal(addr_shape)
+        computing = Signal()
+
+        # Head sequencing: load K and V, compute every row, next head.
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [tokens.eq(self.tokens), chunks.eq(self.chunks),
+                                 rounds.eq(self.rounds), head.eq(0)]
+                    m.d.sync += [dst.eq(src) for dst, src in zip(
+                        consts, (self.sm_mult, self.sm_shift, self.out_mult, self.out_shift))]
+                    m.next = "LOAD"
+            with m.State("LOAD"):
+                m.d.comb += self.busy.eq(1)
+                with m.If(head == rounds):
+                    m.next = "IDLE"
+                with m.Elif((k_cnt == words) & (v_cnt == words)):
+                    m.d.sync += [rows_out.eq(0), k_cnt.eq(0), v_cnt.eq(0)]
+                    m.next = "COMPUTE"
+            with m.State("COMPUTE"):
+                m.d.comb += [self.busy.eq(1), computing.eq(1)]
+                with m.If(rows_out == tokens):
+                    m.d.sync += head.eq(head + 1)
+                    m.next = "LOAD"
+
+        # K and V into their buffers, side by side.
+        loading = Signal()
+        m.d.comb += loading.eq(self.busy & ~computing & (head != rounds))
+        m.d.comb += [
+            self.k.ready.eq(loading & (k_cnt != words)),
+            k_wr.addr.eq(k_cnt), k_wr.data.eq(self.k.payload.as_value()),
+            k_wr.en.eq(self.k.valid & self.k.ready),
+            self.v.ready.eq(loading & (v_cnt != words)),
+            v_wr.addr.eq(v_cnt), v_wr.data.eq(self.v.payload.as_value()),
+            v_wr.en.eq(self.v.valid & self.v.ready),
+        ]
+        with m.If(k_wr.en):
+            m.d.sync += k_cnt.eq(k_cnt + 1)
+        with m.If(v_wr.en):
+            m.d.sync += v_cnt.eq(v_cnt + 1)
+
+        self._qk(m, k_rd, sm, tokens, chunks, computing)
+        self._pv(m, v_rd, sm, tokens, chunks, computing, out_mult, out_shift, rows_out)
+        return m
+
+    def _qk(self, m, k_rd, sm, tokens, chunks, computing):
+        """Query rows against the K buffer: one score per key on ``sm.i``."""
+        L, C_max = self._lanes, self._max_chunks
+        beat = beat_layout(L)
+        # Two query rows: the next loads while the current is in use.
+        qrow = Array(Array(Signal(8 * L, name=f"q{b}_{c}") for c in range(C_max))
+                     for b in range(2))
+        q_fill_bank, q_fill_c = Signal(), Signal(range(C_max + 1))
+        rows_loaded = Signal(16)  # query rows fully in a bank
+        rows_used = Signal(16)  # query rows whose last product left the multipliers
+        m.d.comb += self.q.ready.eq(computing & (rows_loaded != tokens)
+                                    & ((rows_loaded - rows_used)[:16] < 2))
+        with m.If(self.q.valid & self.q.ready):
+            m.d.sync += qrow[q_fill_bank][q_fill_c].eq(self.q.payload.as_value())
+            with m.If(q_fill_c + 1 == chunks):
+                m.d.sync += [q_fill_c.eq(0), q_fill_bank.eq(~q_fill_bank),
+                             rows_loaded.eq(rows_loaded + 1)]
+            with m.Else():
+                m.d.sync += q_fill_c.eq(q_fill_c + 1)
+
+        # Issue (step 0): row r, key j, chunk c; the K read takes one cycle.
+        advance = Signal()
+        m.d.comb += advance.eq(~sm.i.valid | sm.i.ready)
+        r_issue = Signal(16)
+        i_bank = Signal()
+        i_key = Signal(range(self._max_tokens + 1))
+        i_c = Signal(range(C_max + 1))
+        i_addr = Signal(range(self._max_tokens * C_max + 1))
+        issue = Signal()
+        m.d.comb += [
+            issue.eq(computing & (rows_loaded != r_issue) & advance),
+            k_rd.addr.eq(i_addr),
+            k_rd.en.eq(advance),
+        ]
+        end_key = Signal()
+        end_row = Signal()
+        m.d.comb += [end_key.eq(i_c + 1 == chunks), end_row.eq(end_key & (i_key + 1 == tokens))]
+        with m.If(issue):
+            m.d.sync += [i_c.eq(Mux(end_key, 0, i_c + 1)), i_addr.eq(i_addr + 1)]
+            with m.If(end_key):
+                m.d.sync += i_key.eq(i_key + 1)
+            with m.If(end_row):
+                m.d.sync += [i_key.eq(0), i_addr.eq(0), i_bank.eq(~i_bank),
+                             r_issue.eq(r_issue + 1)]
+        with m.If(~computing):
+            m.d.sync += [r_issue.eq(0), rows_loaded.eq(0), rows_used.eq(0), i_bank.eq(0),
+                         q_fill_bank.eq(0), q_fill_c.eq(0), i_c.eq(0), i_key.eq(0),
+                         i_addr.eq(0)]
+
+        # Step 1: the L products of one chunk, summed.
+        p1_valid, p1_bank, p1_first, p1_end_key, p1_end_row = (Signal(name=f"qk1_{n}") for n in
+                                                             ("valid", "bank", "first",
+                                                              "end_key", "end_row"))
+        p1_c = Signal.like(i_c)
+        with m.If(advance):
+            m.d.sync += [p1_valid.eq(issue), p1_bank.eq(i_bank), p1_c.eq(i_c),
+                         p1_first.eq(i_c == 0), p1_end_key.eq(end_key),
+                         p1_end_row.eq(end_row)]
+        kbeat = data.View(beat, k_rd.data)
+        qbeat = data.View(beat, qrow[p1_bank][p1_c])
+        dot = Signal(signed(products_width(L)))
+        m.d.comb += dot.eq(_adder_tree([qbeat[l] * kbeat[l] for l in range(L)]))
+        with m.If(advance & p1_valid & p1_end_row):
+            m.d.sync += rows_used.eq(rows_used + 1)
+
+        # Step 2: the products of one chunk registered; then the chunks of one key summed.
+        p2_valid, p2_first, p2_end_key, p2_end_row = (Signal(name=f"qk2_{n}") for n in
+                                                      ("valid", "first", "end_key", "end_row"))
+        p2_dot = Signal.like(dot)
+        acc = Signal(signed(self.score_width))
+        with m.If(advance):
+            m.d.sync += [p2_valid.eq(p1_valid), p2_first.eq(p1_first),
+                         p2_end_key.eq(p1_end_key), p2_end_row.eq(p1_end_row),
+                         p2_dot.eq(dot)]
+        total = Signal(signed(self.score_width))
+        m.d.comb += total.eq(Mux(p2_first, 0, acc) + p2_dot)
+        with m.If(advance):
+            with m.If(p2_valid):
+                m.d.sync += acc.eq(total)
+            m.d.sync += [sm.i.valid.eq(p2_valid & p2_end_key),
+                         sm.i.payload.score.eq(total),
+                         sm.i.payload.last.eq(p2_end_row)]
+
+    def _pv(self, m, v_rd, sm, tokens, chunks, computing, out_mult, out_shift, rows_out):
+        """Probabilities times the V buffer into context rows on ``o``."""
+        L, C_max = self._lanes, self._max_chunks
+        beat = beat_layout(L)
+        acc = Array(Array(Signal(signed(_ACC_WIDTH), name=f"ctx{c}_{l}") for l in range(L))
+                    for c in range(C_max))
+        shadow = Array(Array(Signal(signed(_ACC_WIDTH), name=f"out{c}_{l}") for l in range(L))
+                       for c in range(C_max))
+        shadow_busy = Signal()
+
+        # Issue: each probability visits the C chunks of its value row.
+        i_c = Signal(range(C_max + 1))
+        i_addr = Signal(range(self._max_tokens * C_max + 1))
+        i_first = Signal(init=1)  # the next probability starts a row
+        end_key = Signal()
+        m.d.comb += end_key.eq(i_c + 1 == chunks)
+        issue = Signal()
+        # The row's final update waits for the shadow registers to be free.
+        m.d.comb += issue.eq(computing & sm.o.valid
+                             & ~(sm.o.payload.last & end_key & shadow_busy))
+        m.d.comb += [
+            sm.o.ready.eq(issue & end_key),
+            v_rd.addr.eq(i_addr),
+        ]
+        with m.If(issue):
+            m.d.sync += [i_c.eq(Mux(end_key, 0, i_c + 1)), i_addr.eq(i_addr + 1)]
+            with m.If(end_key):
+                m.d.sync += i_first.eq(sm.o.payload.last)
+                with m.If(sm.o.payload.last):
+                    m.d.sync += i_addr.eq(0)
+
+        # Step 1: L products of one probability and one V chunk, accumulated.
+        p1_valid, p1_first, p1_done = Signal(), Signal(), Signal()
+        p1_c = Signal.like(i_c)
+        p1_prob = Signal(unsigned(intops.PROB_FRAC + 1))
+        m.d.sync += [p1_valid.eq(issue), p1_first.eq(i_first), p1_c.eq(i_c),
+                     p1_prob.eq(sm.o.payload.prob),
+                     p1_done.eq(issue & end_key & sm.o.payload.last)]
+        vbeat = data.View(beat, v_rd.data)
+        with m.If(p1_valid):
+            for l in range(L):
+                prod = intexpr.non_negative(p1_prob) * vbeat[l]
+                m.d.sync += acc[p1_c][l].eq(Mux(p1_first, 0, acc[p1_c][l]) + prod)
+
+        # Step 2: a finished row moves to the shadow registers for output.
+        p2_done = Signal()
+        m.d.sync += p2_done.eq(p1_valid & p1_done)
+        with m.If(p2_done):
+            m.d.sync += [shadow[c][l].eq(acc[c][l]) for c in range(C_max) for l in range(L)]
+            m.d.sync += shadow_busy.eq(1)
+
+        # Output: one beat of L requantized values per cycle.
+        e_c = Signal(range(C_max + 1))
+        with m.If(self.o.valid & self.o.ready):
+            m.d.sync += self.o.valid.eq(0)
+        with m.If(shadow_busy & ~p2_done & (~self.o.valid | self.o.ready)):
+            m.d.sync += self.o.valid.eq(1)
+            m.d.sync += [self.o.payload[l].eq(intexpr.requantize(shadow[e_c][l], out_mult, out_shift))
+                         for l in range(L)]
+            with m.If(e_c + 1 == chunks):
+                m.d.sync += [e_c.eq(0), shadow_busy.eq(0), rows_out.eq(rows_out + 1)]
+            with m.Else():
+                m.d.sync += e_c.eq(e_c + 1)
+
+
+class Attention(wiring.Component):
+    """The attention kernel: ``hw.heads_parallel`` head lanes under one descriptor.
+
+    Parameters
+    ----------
+    hw : HwConfig
+        ``score_lanes``, ``kv_depth``, ``max_head_dim`` and ``heads_parallel``
+        size the kernel.
+
+    Members
+    -------
+    desc : In(stream.Signature(AttentionDescriptor.layout()))
+        One descriptor per operation; the next is accepted when every lane
+        has finished.
+    busy : Out(1)
+    q, k, v : In(stream.Signature(beat_layout(hw.score_lanes))).array(hw.heads_parallel)
+        Lane ``p``'s query, key and value beats.
+    o : Out(stream.Signature(beat_layout(hw.score_lanes))).array(hw.heads_parallel)
+        Lane ``p``'s context beats.
+    """
+
+    def __init__(self, hw):
+        from moevit.hw.descriptor import AttentionDescriptor
+
+        self._hw = hw
+        beat = stream.Signature(beat_layout(hw.score_lanes))
+        P = hw.heads_parallel
+        super().__init__({
+            "desc": In(stream.Signature(AttentionDescriptor.layout())),
+            "busy": Out(1),
+            "q": In(beat).array(P),
+            "k": In(beat).array(P),
+            "v": In(beat).array(P),
+            "o": Out(beat).array(P),
+        })
+
+    @classmethod
+    def from_config(cls, hw):
+        return cls(hw)
+
+    @property
+    def hw(self):
+        return self._hw
+
+    @property
+    def macs(self):
+        """Multiply-accumulate units: QK and PV lanes of every head lane."""
+        return 2 * self._hw.score_lanes * self._hw.heads_parallel
+
+    def elaborate(self, platform):
+        m = Module()
+        hw = self._hw
+        lanes = []
+        for p in range(hw.heads_parallel):
+            lane = AttentionHead(lanes=hw.score_lanes, max_tokens=hw.kv_depth,
+                                 max_head_dim=hw.max_head_dim)
+            m.submodules[f"head{p}"] = lane
+            lanes.append(lane)
+            for name in ("q", "k", "v"):
+                wiring.connect(m, wiring.flipped(getattr(self, name)[p]), getattr(lane, name))
+            wiring.connect(m, lane.o, wiring.flipped(self.o[p]))
+        desc = self.desc.payload
+        started = Signal()
+        any_busy = Signal()
+        m.d.comb += any_busy.eq(Cat(lane.busy for lane in lanes).any() | started)
+        m.d.comb += [self.busy.eq(any_busy), self.desc.ready.eq(~any_busy)]
+        m.d.sync += started.eq(self.desc.valid & self.desc.ready)
+        for lane in lanes:
+            m.d.comb += [
+                lane.tokens.eq(desc.tokens), lane.chunks.eq(desc.chunks),
+                lane.rounds.eq(desc.rounds),
+                lane.sm_mult.eq(desc.sm_mult), lane.sm_shift.eq(desc.sm_shift),
+                lane.out_mult.eq(desc.out_mult), lane.out_shift.eq(desc.out_shift),
+                lane.start.eq(self.desc.valid & self.desc.ready),
+            ]
+        return m

@@ -1,0 +1,168 @@
+"""Sequential integer arithmetic: a restoring divider and a bit-serial square root.
+
+Both are small multi-cycle units for operations that happen once per row
+(the softmax reciprocal, the LayerNorm inverse standard deviation), where one
+result bit per cycle costs nothing against the row's length and saves a wide
+combinational array.
+"""
+
+from amaranth import Module, Signal, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["Divider", "ISqrt"]
+
+
+def _positive(what, value):
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise TypeError(f"{what} must be a positive integer, not {value!r}")
+
+
+class Divider(wiring.Component):
+    """Unsigned restoring divider: ``quotient = dividend // divisor``.
+
+    One quotient bit per cycle: a result ``dividend_width`` cycles after the
+    operands are accepted. A zero divisor gives an all-ones quotient (the
+    callers never divide by zero: a softmax row sum is at least one).
+
+    Parameters
+    ----------
+    dividend_width : int
+        Bits of the unsigned dividend (and of the quotient).
+    divisor_width : int
+        Bits of the unsigned divisor.
+
+    Members
+    -------
+    i : In(stream.Signature(StructLayout({"dividend", "divisor"})))
+        Operands.
+    o : Out(stream.Signature(StructLayout({"quotient", "remainder"})))
+        Results, held until accepted.
+    """
+
+    def __init__(self, *, dividend_width, divisor_width):
+        _positive("Dividend width", dividend_width)
+        _positive("Divisor width", divisor_width)
+        self._nw = dividend_width
+        self._dw = divisor_width
+        super().__init__({
+            "i": In(stream.Signature(data.StructLayout({
+                "dividend": unsigned(dividend_width), "divisor": unsigned(divisor_width)}))),
+            "o": Out(stream.Signature(data.StructLayout({
+                "quotient": unsigned(dividend_width), "remainder": unsigned(divisor_width)}))),
+        })
+
+    @property
+    def dividend_width(self):
+        return self._nw
+
+    @property
+    def divisor_width(self):
+        return self._dw
+
+    def elaborate(self, platform):
+        m = Module()
+        nw, dw = self._nw, self._dw
+        # The dividend shifts out at the top while quotient bits shift in at
+        # the bottom, so one register holds both.
+        shift = Signal(nw)
+        divisor = Signal(dw)
+        rem = Signal(dw + 1)
+        count = Signal(range(nw + 1))
+        trial = Signal(dw + 2)
+        m.d.comb += trial.eq(rem.shift_left(1) | shift[nw - 1])
+        m.d.comb += [self.o.payload.quotient.eq(shift), self.o.payload.remainder.eq(rem)]
+
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.i.ready.eq(1)
+                with m.If(self.i.valid):
+                    m.d.sync += [
+                        shift.eq(self.i.payload.dividend),
+                        divisor.eq(self.i.payload.divisor),
+                        rem.eq(0),
+                        count.eq(nw),
+                    ]
+                    m.next = "RUN"
+            with m.State("RUN"):
+                with m.If(trial >= divisor):
+                    m.d.sync += [rem.eq(trial - divisor), shift.eq((shift << 1) | 1)]
+                with m.Else():
+                    m.d.sync += [rem.eq(trial), shift.eq(shift << 1)]
+                m.d.sync += count.eq(count - 1)
+                with m.If(count == 1):
+                    m.next = "DONE"
+            with m.State("DONE"):
+                m.d.comb += self.o.valid.eq(1)
+                with m.If(self.o.ready):
+                    m.next = "IDLE"
+        return m
+
+
+class ISqrt(wiring.Component):
+    """Bit-serial integer square root: ``root = floor(sqrt(value))``.
+
+    The digit-by-digit method: two bits of the operand and one bit of the root
+    per cycle, so a result ``ceil(width / 2)`` cycles after the operand is
+    accepted.
+
+    Parameters
+    ----------
+    width : int
+        Bits of the unsigned operand; the root has ``ceil(width / 2)`` bits.
+
+    Members
+    -------
+    i : In(stream.Signature(unsigned(width)))
+        Operand.
+    o : Out(stream.Signature(unsigned(ceil(width / 2))))
+        Root, held until accepted.
+    """
+
+    def __init__(self, *, width):
+        _positive("Operand width", width)
+        self._width = width
+        self._rw = (width + 1) // 2
+        super().__init__({
+            "i": In(stream.Signature(unsigned(width))),
+            "o": Out(stream.Signature(unsigned(self._rw))),
+        })
+
+    @property
+    def width(self):
+        return self._width
+
+    def elaborate(self, platform):
+        m = Module()
+        rw = self._rw
+        value = Signal(2 * rw)  # padded to an even number of bits
+        root = Signal(rw)
+        rem = Signal(rw + 2)
+        count = Signal(range(rw + 1))
+        cur = Signal(rw + 3)
+        trial = Signal(rw + 3)
+        m.d.comb += [
+            cur.eq((rem << 2) | value[2 * rw - 2:]),
+            trial.eq((root << 2) | 1),
+            self.o.payload.eq(root),
+        ]
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.i.ready.eq(1)
+                with m.If(self.i.valid):
+                    m.d.sync += [value.eq(self.i.payload), root.eq(0), rem.eq(0),
+                                 count.eq(rw)]
+                    m.next = "RUN"
+            with m.State("RUN"):
+                with m.If(cur >= trial):
+                    m.d.sync += [rem.eq(cur - trial), root.eq((root << 1) | 1)]
+                with m.Else():
+                    m.d.sync += [rem.eq(cur), root.eq(root << 1)]
+                m.d.sync += [value.eq(value << 2), count.eq(count - 1)]
+                with m.If(count == 1):
+                    m.next = "DONE"
+            with m.State("DONE"):
+                m.d.comb += self.o.valid.eq(1)
+                with m.If(self.o.ready):
+                    m.next = "IDLE"
+        return m

@@ -1,0 +1,148 @@
+"""Checkpoints that carry their model config and a format version.
+
+A checkpoint is one ``torch.save`` file holding a dict::
+
+    {"format": "moevit-checkpoint", "version": 1,
+     "config": ModelConfig.to_dict(), "state_dict": {...}, "extra": {...}}
+
+``extra`` holds what the writer adds (training step, optimizer state, metrics);
+it must be made of tensors, numbers, strings, lists and dicts, since files are
+read with ``torch.load(weights_only=True)`` (no pickled code runs on loading).
+Every way a file can be wrong is a :class:`~moevit.errors.CheckpointError`
+that names the file and the problem.
+"""
+
+import os
+from pathlib import Path
+
+import torch
+
+from moevit.errors import CheckpointError, ConfigError
+from moevit.model.config import ModelConfig
+
+__all__ = ["FORMAT", "VERSION", "save_checkpoint", "load_checkpoint", "read_checkpoint"]
+
+FORMAT = "moevit-checkpoint"
+VERSION = 1
+
+
+def save_checkpoint(path, model, *, extra=None) -> Path:
+    """Write ``model`` (a :class:`~moevit.model.moevit.MoEViT`) and ``extra`` to ``path``.
+
+    The file is written beside its destination and renamed into place, so an
+    interrupted save never leaves a truncated checkpoint. Returns the path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": model.config.to_dict(),
+        "state_dict": {name: value.detach().cpu() for name, value in model.state_dict().items()},
+        "extra": extra or {},
+    }
+    partial = path.with_name(path.name + ".partial")
+    torch.save(payload, partial)
+    os.replace(partial, path)
+    return path
+
+
+def read_checkpoint(path) -> dict:
+    """The checked contents of a checkpoint file, without building a model.
+
+    Returns
+    -------
+    dict
+        ``config`` (a ModelConfig), ``state_dict``, ``extra``, ``version``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a damaged file
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"Checkpoint {path} is corrupt or not a checkpoint: {reason}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"File {path} is not a moevit checkpoint")
+    version = payload.get("version")
+    if version != VERSION:
+        raise CheckpointError(
+            f"Checkpoint {path} has format version {version!r}; this moevit reads version {VERSION}"
+        )
+    try:
+        config = ModelConfig.from_dict(payload["config"])
+    except (KeyError, ConfigError) as error:
+        raise CheckpointError(f"Checkpoint {path} holds an invalid model config: {error}") from None
+    if not isinstance(payload.get("state_dict"), dict):
+        raise CheckpointError(f"Checkpoint {path} has no state dict")
+    return {
+        "config": config,
+        "state_dict": payload["state_dict"],
+        "extra": payload.get("extra") or {},
+        "version": version,
+    }
+
+
+def _config_differences(expected: ModelConfig, found: ModelConfig) -> list:
+    fields = expected.__dataclass_fields__
+    return [
+        f"{name} {getattr(found, name)!r} (expected {getattr(expected, name)!r})"
+        for name in fields
+        if name != "source" and getattr(expected, name) != getattr(found, name)
+    ]
+
+
+def load_checkpoint(path, config=None):
+    """Build the model a checkpoint holds.
+
+    Parameters
+    ----------
+    path : str or Path
+    config : ModelConfig, optional
+        The config the caller expects; a checkpoint of another is an error.
+
+    Returns
+    -------
+    model : MoEViT
+        In eval mode.
+    meta : dict
+        ``config``, ``extra`` (what :func:`save_checkpoint` was given) and ``version``.
+
+    Raises
+    ------
+    CheckpointError
+        Missing, corrupt, not a moevit checkpoint, another format version, a
+        config other than ``config``, or weights that do not fit the config.
+    """
+    from moevit.model.moevit import MoEViT
+
+    contents = read_checkpoint(path)
+    found = contents["config"]
+    if config is not None:
+        differences = _config_differences(config, found)
+        if differences:
+            raise CheckpointError(
+                f"Checkpoint {path} holds model {found.name!r}, which does not match "
+                f"{config.name!r}: {'; '.join(differences)}"
+            )
+    model = MoEViT(found)
+    state = contents["state_dict"]
+    expected = model.state_dict()
+    missing = [name for name in expected if name not in state]
+    unexpected = [name for name in state if name not in expected]
+    if missing or unexpected:
+        what = f"lacks {missing[0]!r}" if missing else f"has an unexpected {unexpected[0]!r}"
+        raise CheckpointError(
+            f"Checkpoint {path} does not fit its config {found.name!r}: it {what} "
+            f"({len(missing)} missing, {len(unexpected)} unexpected)"
+        )
+    for name, value in expected.items():
+        if tuple(state[name].shape) != tuple(value.shape):
+            raise CheckpointError(
+                f"Checkpoint {path} has {name} of shape {tuple(state[name].shape)}; "
+                f"model {found.name!r} needs {tuple(value.shape)}"
+            )
+    model.load_state_dict(state)
+    meta = {"config": found, "extra": contents["extra"], "version": contents["version"]}
+    return model.eval(), meta

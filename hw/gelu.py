@@ -1,0 +1,78 @@
+"""Integer GELU unit: ``requantize(intops.gelu(x, b, c), mult, shift)`` on a stream.
+
+The golden model's fused GELU (``moevit.model.golden.linear`` with
+:class:`~moevit.model.golden.GeluConsts`): I-BERT's second-order erf
+polynomial on each int8 value, then a requantization back to int8. Element
+by element, ``lanes`` values per beat, two pipeline steps; a stalled output
+holds the pipeline.
+"""
+
+from amaranth import Module, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from moevit.hw import intexpr
+from moevit.model import intops
+
+__all__ = ["Gelu"]
+
+
+class Gelu(wiring.Component):
+    """``lanes`` integer GELUs with requantization, exactly ``intops``.
+
+    Parameters
+    ----------
+    lanes : int
+        int8 values per beat.
+
+    Members
+    -------
+    b, c : In(unsigned(12)), In(unsigned(22))
+        ``intops.gelu`` constants (``gelu_constants``).
+    mult, shift : In(unsigned(15)), In(unsigned(6))
+        Requantization of the GELU output to int8.
+    i : In(stream.Signature(ArrayLayout(signed(8), lanes)))
+    o : Out(stream.Signature(ArrayLayout(signed(8), lanes)))
+
+    Raises
+    ------
+    TypeError
+        If ``lanes`` is not a positive integer.
+    """
+
+    def __init__(self, *, lanes):
+        if not isinstance(lanes, int) or isinstance(lanes, bool) or lanes <= 0:
+            raise TypeError(f"Lanes must be a positive integer, not {lanes!r}")
+        self._lanes = lanes
+        beat = stream.Signature(data.ArrayLayout(signed(8), lanes))
+        super().__init__({
+            "b": In(unsigned(12)),
+            "c": In(unsigned(22)),
+            "mult": In(unsigned(intops.MULT_BITS)),
+            "shift": In(unsigned(6)),
+            "i": In(beat),
+            "o": Out(beat),
+        })
+
+    @classmethod
+    def from_config(cls, hw):
+        """One lane per column of the linear kernel's output beat."""
+        return cls(lanes=hw.cols)
+
+    @property
+    def lanes(self):
+        return self._lanes
+
+    def elaborate(self, platform):
+        m = Module()
+        advance = Signal()
+        m.d.comb += [advance.eq(~self.o.valid | self.o.ready), self.i.ready.eq(advance)]
+        mid_valid = Signal()
+        mid = [Signal(signed(32), name=f"gelu{l}") for l in range(self._lanes)]
+        with m.If(advance):
+            m.d.sync += [mid_valid.eq(self.i.valid), self.o.valid.eq(mid_valid)]
+            m.d.sync += [mid[l].eq(intexpr.gelu(self.i.payload[l], self.b, self.c))
+                         for l in range(self._lanes)]
+            m.d.sync += [self.o.payload[l].eq(intexpr.requantize(mid[l], self.mult, self.shift))
+                         for l in range(self._lanes)]
+        return m

@@ -243,13 +243,26 @@ def quantize_multiplier(real):
 
 
 # Linear ---------------------------------------------------------------------
+def _exact_matmul(a, b, bound):
+    """``a @ b`` of integer arrays, exactly, through BLAS.
+
+    ``bound`` bounds every partial sum's magnitude. Below ``2**24`` float32
+    holds every partial sum exactly (whatever the order of additions or an
+    FMA), below ``2**53`` float64 does; the integer result is then exact.
+    """
+    dtype = np.float32 if bound < 2**24 else np.float64
+    if bound >= 2**53:
+        raise QuantizationError(f"Integer product bound {bound} exceeds 2**53")
+    return np.rint(a.astype(dtype) @ b.astype(dtype)).astype(np.int64)
+
+
 def linear_acc(x, weight, bias=None):
     """int32 accumulator of a linear layer: ``acc[t,o] = sum_i x[t,i]*W[o,i] + b[o]``.
 
     ``x`` int8 ``(T, I)``, ``weight`` int8 ``(O, I)``, ``bias`` int32 ``(O,)``
     or None. Products are s15 (-128*-128 = 2**14), the sum of ``I <= 2**16``
     of them s31 at most; with the bias the result must fit int32 (checked).
-    Exact: the float64 product below sums integers below 2**53.
+    Exact: see ``_exact_matmul``.
     """
     x = _int8(x, "Linear input")
     weight = _int8(weight, "Linear weight")
@@ -259,7 +272,7 @@ def linear_acc(x, weight, bias=None):
         )
     if weight.shape[-1] > _MAX_LINEAR_IN:
         raise QuantizationError(f"Linear input width must be at most {_MAX_LINEAR_IN}, not {weight.shape[-1]}")
-    acc = (x.astype(np.float64) @ weight.astype(np.float64).T).astype(np.int64)
+    acc = _exact_matmul(x, weight.T, int(np.abs(x).max(initial=0)) * int(np.abs(weight).sum(axis=-1).max(initial=0)))
     if bias is not None:
         acc = acc + _int32(bias, "Linear bias")
     return _int32(acc, "Linear accumulator")
@@ -578,4 +591,5 @@ def weighted_sum(weights, values):
     """
     weights = _in_range(_int_array(weights, "Weights"), 0, PROB_ONE, "Weights", "Q0.15")
     values = _int8(values, "Weighted values")
-    return (weights.astype(np.float64) @ values.astype(np.float64)).astype(np.int64)
+    bound = int(weights.sum(axis=-1).max(initial=0)) * int(np.abs(values).max(initial=0))
+    return _exact_matmul(weights, values, bound)

@@ -23,6 +23,10 @@ __all__ = ["UNITS", "build_unit", "module_name", "verilog", "verilog_file", "gen
 
 UNITS = {
     "linear": "moevit.hw.linear:LinearKernel.from_config",
+    "attention": "moevit.hw.attention:Attention.from_config",
+    "softmax": "moevit.hw.softmax:Softmax.from_config",
+    "gelu": "moevit.hw.gelu:Gelu.from_config",
+    "layernorm": "moevit.hw.layernorm:LayerNorm.from_config",
 }
 
 

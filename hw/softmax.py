@@ -90,6 +90,11 @@ class Softmax(wiring.Component):
             "busy": Out(1),
         })
 
+    @classmethod
+    def from_config(cls, hw):
+        """Rows as long as the attention kernel's key/value buffers, int32 scores."""
+        return cls(max_row=hw.kv_depth)
+
     @property
     def max_row(self):
         return self._max_row

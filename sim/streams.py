@@ -107,14 +107,18 @@ class StreamSource:
     clock : cocotb handle
     pause : iterator of bool, optional
         Gap pattern, one draw per cycle between beats (:func:`pauses`).
+    record_times : bool
+        Keep the simulation time (ns) at which each beat was taken.
 
     Attributes
     ----------
     sent : int
         Beats taken by the design so far.
+    times : list of float
+        With ``record_times``, when each beat was taken (ns).
     """
 
-    def __init__(self, dut, name, clock, *, pause=None):
+    def __init__(self, dut, name, clock, *, pause=None, record_times=False):
         import cocotb
 
         self.name = name
@@ -127,6 +131,7 @@ class StreamSource:
         self._wake = cocotb.triggers.Event()
         self._idle = cocotb.triggers.Event()
         self.sent = 0
+        self.times = [] if record_times else None
         self.valid.value = 0
         self._task = cocotb.start_soon(self._run())
 
@@ -169,6 +174,10 @@ class StreamSource:
                 await edge
             self._queue.popleft()
             self.sent += 1
+            if self.times is not None:
+                from cocotb.utils import get_sim_time
+
+                self.times.append(get_sim_time(unit="ns"))
 
 
 class StreamSink:

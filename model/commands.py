@@ -145,8 +145,13 @@ def _eval(args):
     metrics = evaluate(model, val, batch_size=args.batch_size, progress=not args.quiet)
     png = args.png or str(build_dir("eval") / f"{config.name}-predictions.png")
     save_prediction_png(model, val, png)
+    integer = None
+    if args.integer:  # the integer golden model beside the float one (model/integer_eval.py)
+        from moevit.model.integer_eval import eval_integer
+
+        integer = eval_integer(args, model, val, metrics)
     if args.json:
-        print(json.dumps({"config": config.name, "metrics": metrics, "png": png}))
+        print(json.dumps({"config": config.name, "metrics": metrics, "png": png, **(integer or {})}))
         return
     print(f"{config.name} on {len(val)} {args.data} validation samples:")
     print("\n".join(_format_metrics(metrics)))
@@ -228,7 +233,7 @@ def demo_figure(state):
 # Later stages append here, e.g. DEMO_STEPS.append(demo_quantize) in their module
 # (imported by _demo below when it exists), so `make demo` runs them in order.
 DEMO_STEPS = [demo_data, demo_train, demo_evaluate, demo_figure]
-DEMO_EXTENSIONS = ("moevit.model.quantize",)  # modules that may add steps on import
+DEMO_EXTENSIONS = ("moevit.model.integer_eval",)  # modules that may add steps on import
 
 
 def _demo(args):
@@ -291,6 +296,10 @@ def register(subparsers):
     evaluate.add_argument("--json", action="store_true")
     evaluate.add_argument("--quiet", action="store_true")
     evaluate.set_defaults(handler=_eval)
+    from moevit.model import integer_eval  # light: imports numpy only when run
+
+    integer_eval.add_integer_arguments(evaluate)
+    integer_eval.add_quantize_command(subparsers)
 
     demo = subparsers.add_parser(
         "demo", help="train on the synthetic set, evaluate, write the prediction PNG (then later stages)"
@@ -306,6 +315,12 @@ def register(subparsers):
     demo.add_argument("--json", action="store_true", help="also print the report as JSON")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(handler=_demo)
+
+
+def register_bench(benches):
+    from moevit.model import integer_eval
+
+    integer_eval.register_bench(benches)
 
 
 # Sized to finish in a few minutes on 2 CPU cores with `tiny`.

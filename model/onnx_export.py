@@ -56,30 +56,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moevit.model.config import ModelConfig
+from moevit.model.onnx_check import ANY_TASK, FORMAT, config_hash
 
 __all__ = [
     "OPSET",
-    "FORMAT",
     "ExportView",
     "expert_dispatch",
-    "config_hash",
     "weights_hash",
     "export_onnx",
     "finish_graph",
 ]
 
 OPSET = 18
-FORMAT = "moevit-onnx/1"  # metadata "moevit.format": bumped if the graph interface changes
-ANY_TASK = "any"
-
-
-def config_hash(config: ModelConfig) -> str:
-    """Short SHA-256 of the config's shapes (its JSON with sorted keys)."""
-    data = config.to_dict()
-    data.pop("source", None)  # prose: not part of the shapes
-    text = json.dumps(data, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def weights_hash(state: dict) -> str:

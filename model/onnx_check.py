@@ -1,0 +1,540 @@
+"""Run exported ONNX graphs in ONNX Runtime, compare them, and count their work.
+
+:class:`OnnxModel` opens a graph written by :mod:`moevit.model.onnx_export`
+(or :mod:`moevit.model.onnx_qdq`), checks its metadata and runs it; it checks
+the task id and the images before ONNX Runtime sees them.
+:func:`compare_with_torch` runs the same images through the graph and the
+PyTorch reference; :func:`graph_stats` counts parameters and multiply-
+accumulates from the graph alone, for comparison with
+:func:`moevit.model.stats.model_stats`.
+
+What :func:`graph_stats` counts
+-------------------------------
+- ``params``: the elements of the graph's weight initializers: floating-point
+  ones in a float graph, the int8 weights and int32 biases in a QDQ graph
+  (scales, zero points, index and shape constants are not parameters).
+- MACs: every ``MatMul``, ``Gemm`` and ``Conv`` node, in the main graph and in
+  the ``If`` branch of each task: output elements × reduced length. Nodes
+  with a fixed shape count exactly.
+- Routing-dependent nodes: an expert's ``Gemm`` has ``n_e`` rows, the length
+  of a ``NonZero`` over ``indices == e`` where ``indices`` is a ``TopK``
+  output of shape (tokens, k). Every one of the ``tokens × k`` entries names
+  exactly one expert, so the ``n_e`` of one layer sum to ``tokens × k``
+  whatever the routing; with the same per-row cost ``c`` for every expert
+  (checked), the layer's expert MACs are exactly ``tokens × k × c``
+  (``macs``), and ``tokens × experts × c`` if every expert ran on every
+  token (``macs_all_experts``).
+- ``moe_layers``: per ``TopK``: tokens, k and the experts with a subgraph;
+  ``experts_touched`` per token is ``k`` of them. Which experts an input
+  actually touches is reported by :meth:`OnnxModel.run` with
+  ``routing=True``.
+"""
+
+import hashlib
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from moevit.errors import CheckpointError, ConfigError, MoevitError
+
+__all__ = [
+    "FORMAT",
+    "ANY_TASK",
+    "config_hash",
+    "OnnxFileError",
+    "OnnxInputError",
+    "OnnxModel",
+    "read_graph",
+    "graph_stats",
+    "compare_with_torch",
+    "torch_model_for",
+]
+
+
+FORMAT = "moevit-onnx/1"  # metadata "moevit.format": bumped if the graph interface changes
+ANY_TASK = "any"
+
+
+def config_hash(config) -> str:
+    """Short SHA-256 of a config's shapes (its JSON with sorted keys, without the prose)."""
+    data = config.to_dict()
+    data.pop("source", None)
+    text = json.dumps(data, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class OnnxFileError(CheckpointError):
+    """An ONNX file is missing, damaged, not from moevit, or from another model."""
+
+
+class OnnxInputError(MoevitError, ValueError):
+    """An input handed to an ONNX graph does not fit it."""
+
+
+def _first_line(error) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _check_path(path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise OnnxFileError(f"ONNX file {path} does not exist")
+    return path
+
+
+def _parse_metadata(path, props: dict) -> dict:
+    """The moevit metadata of a graph, checked; the config parsed."""
+    from moevit.model.config import ModelConfig
+
+    if "moevit.format" not in props:
+        raise OnnxFileError(f"ONNX file {path} was not exported by moevit (no moevit metadata)")
+    if props["moevit.format"] != FORMAT:
+        raise OnnxFileError(
+            f"ONNX file {path} has format {props['moevit.format']!r}; this moevit reads {FORMAT!r}"
+        )
+    try:
+        config = ModelConfig.from_dict(json.loads(props["moevit.config"]))
+    except (KeyError, ValueError, TypeError) as error:
+        raise OnnxFileError(f"ONNX file {path} holds an invalid model config: {error}") from None
+    if config_hash(config) != props.get("moevit.config_hash"):
+        raise OnnxFileError(f"ONNX file {path} has a config that does not match its hash")
+    meta = dict(props)
+    meta["config"] = config
+    return meta
+
+
+def read_graph(path):
+    """Load an ONNX file written by moevit: ``(ModelProto, metadata)``.
+
+    Raises
+    ------
+    OnnxFileError
+        Missing, truncated or not ONNX, or not written by moevit.
+    """
+    import onnx
+
+    path = _check_path(path)
+    try:
+        proto = onnx.load(str(path))
+    except Exception as error:  # protobuf raises DecodeError, onnx its own types
+        raise OnnxFileError(
+            f"ONNX file {path} is truncated or not an ONNX model: {_first_line(error)}"
+        ) from None
+    if not proto.graph.node:
+        raise OnnxFileError(f"ONNX file {path} is truncated or not an ONNX model: it has no graph")
+    props = {entry.key: entry.value for entry in proto.metadata_props}
+    return proto, _parse_metadata(path, props)
+
+
+class OnnxModel:
+    """An exported graph in an ONNX Runtime session, with its moevit metadata.
+
+    Parameters
+    ----------
+    path : path-like
+    config : ModelConfig, optional
+        The model the caller expects; a graph of another model is an error.
+    routing : bool
+        Also return, from :meth:`run`, the experts each MoE layer selected
+        (the graph's ``TopK`` indices become extra outputs of the session).
+
+    Attributes
+    ----------
+    config : ModelConfig
+    task : str
+        The graph's task, or ``"any"`` (then :meth:`run` needs a task id).
+    kind : str
+        ``"float"`` or ``"qdq"``.
+    metadata : dict
+        Every ``moevit.*`` metadata entry.
+    """
+
+    def __init__(self, path, *, config=None, routing=False):
+        import onnxruntime as ort
+
+        self.path = _check_path(path)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only; ours are raised, not logged
+        self._routing = []
+        try:
+            if routing:
+                proto, _ = read_graph(self.path)
+                self._routing = _expose_routing(proto)
+                source = proto.SerializeToString()
+            else:
+                source = str(self.path)
+            self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        except OnnxFileError:
+            raise
+        except Exception as error:
+            raise OnnxFileError(
+                f"ONNX file {self.path} is truncated or not an ONNX model: {_first_line(error)}"
+            ) from None
+        props = self.session.get_modelmeta().custom_metadata_map
+        self.metadata = _parse_metadata(self.path, props)
+        self.config = self.metadata["config"]
+        self.task = self.metadata["moevit.task"]
+        self.kind = self.metadata["moevit.kind"]
+        if config is not None:
+            self.check_config(config)
+        self.inputs = [arg.name for arg in self.session.get_inputs()]
+
+    def check_config(self, config):
+        """A clear error unless the graph was exported from ``config``."""
+        found, digest = self.config, self.metadata["moevit.config_hash"]
+        if config_hash(config) != digest:
+            raise OnnxFileError(
+                f"ONNX file {self.path} holds model {found.name!r} (config hash {digest}), "
+                f"not {config.name!r} (config hash {config_hash(config)})"
+            )
+
+    def task_ids(self) -> list:
+        """The task indices this graph computes."""
+        if self.task == "any":
+            return list(range(len(self.config.tasks)))
+        return [self.config.task_index(self.task)]
+
+    def _task_feed(self, task):
+        config = self.config
+        if self.task != "any":
+            own = config.task_index(self.task)
+            if task is not None and config.task_index(task) != own:
+                raise OnnxInputError(
+                    f"ONNX file {self.path} computes task {self.task!r} only, "
+                    f"not {config.task_names[config.task_index(task)]!r}"
+                )
+            return {}
+        if task is None:
+            raise OnnxInputError(
+                f"ONNX file {self.path} takes the task as an input; "
+                f"give a task id in 0..{len(config.tasks) - 1} or a name of {list(config.task_names)}"
+            )
+        if isinstance(task, np.integer):
+            task = int(task)
+        return {"task": np.array([config.task_index(task)], dtype=np.int64)}
+
+    def run(self, images, task=None):
+        """Run the graph on ``images`` (batch, in_chans, height, width).
+
+        Parameters
+        ----------
+        images : array-like of float32
+        task : int or str, optional
+            Required by a task-any graph (checked against the config's tasks:
+            an id out of range is a :class:`~moevit.errors.ConfigError`); a
+            per-task graph accepts only its own task.
+
+        Returns
+        -------
+        dict
+            Output name -> array; with ``routing=True`` also ``"routing"``, a
+            list per MoE layer of the (tokens, k) selected experts.
+        """
+        images = np.asarray(images, dtype=np.float32)
+        feed = self._task_feed(task)
+        expected = self.session.get_inputs()[0].shape
+        if list(images.shape) != list(expected):
+            raise OnnxInputError(
+                f"Images of shape {tuple(images.shape)} do not fit ONNX file {self.path}; "
+                f"expected {tuple(expected)}"
+            )
+        feed["images"] = images
+        names = [out.name for out in self.session.get_outputs()]
+        values = self.session.run(names, feed)
+        result = dict(zip(names, values))
+        if self._routing:
+            result["routing"] = [result.pop(name) for name in self._routing]
+        return result
+
+
+def _expose_routing(proto) -> list:
+    """Add every TopK's indices to the graph outputs; their names, in graph order."""
+    import onnx
+
+    names = []
+    for node in proto.graph.node:
+        if node.op_type == "TopK":
+            name = node.output[1]
+            proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+            names.append(name)
+    return names
+
+
+# Statistics -------------------------------------------------------------------
+_WEIGHT_TYPES = {"float": (1, 10, 11, 16), "qdq": (3, 6)}  # float32/16/64/bf16; int8, int32
+
+
+def _light_copy(proto):
+    """The graph without its large tensors' data (shape inference needs shapes only)."""
+    import onnx
+
+    light = onnx.ModelProto()
+    light.CopyFrom(proto)
+    graph = light.graph
+    kept = []
+    for tensor in graph.initializer:
+        if math.prod(tensor.dims) > 4096:
+            graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims)))
+        else:
+            kept.append(tensor)
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return light
+
+
+def _all_graphs(graph):
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.g.node:
+                yield from _all_graphs(attr.g)
+
+
+def _shape_table(graph) -> dict:
+    table = {}
+    for g in _all_graphs(graph):
+        for info in list(g.value_info) + list(g.input) + list(g.output):
+            dims = info.type.tensor_type.shape.dim
+            table[info.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims]
+        for tensor in g.initializer:
+            table[tensor.name] = list(tensor.dims)
+    return table
+
+
+def _constant_value(name, producers, initializers):
+    """The integer value of a constant (Constant node or initializer), else None."""
+    from onnx import numpy_helper
+
+    if name in initializers:
+        return numpy_helper.to_array(initializers[name])
+    node = producers.get(name)
+    if node is not None and node.op_type == "Constant":
+        for attr in node.attribute:
+            if attr.name == "value":
+                return numpy_helper.to_array(attr.t)
+            if attr.name == "value_int":
+                return np.array(attr.i)
+            if attr.name == "value_ints":
+                return np.array(list(attr.ints))
+    if node is not None and node.op_type in ("Reshape", "Squeeze", "Unsqueeze", "Cast"):
+        return _constant_value(node.input[0], producers, initializers)
+    return None
+
+
+def _node_macs(node, shapes):
+    """``(rows_symbol, macs_per_row)`` or ``(None, macs)`` of a MatMul/Gemm/Conv."""
+    out = shapes.get(node.output[0])
+    if out is None or any(d is None for d in out):
+        raise MoevitError(f"Cannot count the MACs of {node.op_type} node {node.name!r}: unknown output shape")
+    if node.op_type == "Conv":
+        weight = shapes[node.input[1]]
+        reduced = math.prod(weight[1:])
+    else:
+        a = shapes[node.input[0]]
+        trans_a = any(attr.name == "transA" and attr.i for attr in node.attribute)
+        reduced = a[-2] if (node.op_type == "Gemm" and trans_a) else a[-1]
+    symbols = [d for d in out if isinstance(d, str)]
+    if not symbols:
+        return None, math.prod(out) * reduced
+    if len(symbols) > 1:
+        raise MoevitError(f"Cannot count the MACs of {node.op_type} node {node.name!r}: shape {out}")
+    fixed = math.prod(d for d in out if isinstance(d, int))
+    return symbols[0], fixed * reduced
+
+
+def graph_stats(proto, metadata=None) -> dict:
+    """Parameters, MACs per task and MoE routing of an exported graph (see the module doc).
+
+    Returns
+    -------
+    dict
+        ``params``, ``tasks`` (task name -> ``macs``, ``macs_all_experts``,
+        ``moe_macs``, ``moe_macs_all_experts``), ``moe_layers`` (a list of
+        ``tokens``, ``k``, ``experts``, ``macs_per_token_expert``).
+    """
+    import onnx
+    from onnx import numpy_helper  # noqa: F401  (used through _constant_value)
+
+    kind = (metadata or {}).get("moevit.kind", "float")
+    params = 0
+    for g in _all_graphs(proto.graph):
+        for tensor in g.initializer:
+            if tensor.data_type in _WEIGHT_TYPES[kind] and len(tensor.dims) >= 1 and _is_weight(tensor, kind):
+                params += math.prod(tensor.dims)
+    light = onnx.shape_inference.infer_shapes(_light_copy(proto), strict_mode=True, data_prop=True)
+    shapes = _shape_table(light.graph)
+    producers, initializers = {}, {}
+    for g in _all_graphs(light.graph):
+        for node in g.node:
+            for output in node.output:
+                producers[output] = node
+        for tensor in g.initializer:
+            initializers[tensor.name] = tensor
+    # Each NonZero's row symbol -> (its TopK, the expert it selects).
+    symbol_route = {}
+    for node in producers.values():
+        if node.op_type != "NonZero":
+            continue
+        symbol = shapes[node.output[0]][1]
+        equal = producers.get(node.input[0])
+        topk = producers.get(equal.input[0]) if equal is not None and equal.op_type == "Equal" else None
+        expert = _constant_value(equal.input[1], producers, initializers) if topk is not None else None
+        if topk is None or topk.op_type != "TopK" or expert is None or not isinstance(symbol, str):
+            raise MoevitError(f"Cannot attribute NonZero node {node.name!r} to a TopK routing")
+        symbol_route[symbol] = (topk.name, int(expert))
+    layers = {}
+    for node in producers.values():
+        if node.op_type == "TopK":
+            tokens, experts = shapes[node.input[0]]
+            k = int(_constant_value(node.input[1], producers, initializers).reshape(-1)[0])
+            layers[node.name] = {"tokens": tokens, "k": k, "experts_in_gate": experts, "per_row": defaultdict(int)}
+
+    def count(graph):
+        fixed = 0
+        for node in graph.node:
+            if node.op_type in ("MatMul", "Gemm", "Conv"):
+                symbol, macs = _node_macs(node, shapes)
+                if symbol is None:
+                    fixed += macs
+                elif symbol in symbol_route:
+                    topk, expert = symbol_route[symbol]
+                    layers[topk]["per_row"][expert] += macs
+                else:
+                    raise MoevitError(f"Cannot count {node.op_type} node {node.name!r}: rows {symbol!r}")
+        return fixed
+
+    main = count(light.graph)
+    moe_selected = moe_all = 0
+    moe_layers = []
+    for name, layer in layers.items():
+        per_row = layer["per_row"]
+        costs = set(per_row.values())
+        if sorted(per_row) != list(range(layer["experts_in_gate"])) or len(costs) != 1:
+            raise MoevitError(f"MoE layer {name!r}: expert subgraphs {dict(per_row)} are not one per expert of equal cost")
+        cost = costs.pop()
+        moe_selected += layer["tokens"] * layer["k"] * cost
+        moe_all += layer["tokens"] * len(per_row) * cost
+        moe_layers.append(
+            {"tokens": layer["tokens"], "k": layer["k"], "experts": len(per_row), "macs_per_token_expert": cost}
+        )
+    branches = _task_branches(light.graph, producers, initializers, metadata)
+    tasks = {}
+    for task, subgraphs in branches.items():
+        macs = main + sum(count(g) for g in subgraphs) + moe_selected  # gates: fixed, in main
+        tasks[task] = {
+            "macs": macs,
+            "macs_all_experts": macs - moe_selected + moe_all,
+            "moe_macs_experts": moe_selected,
+            "moe_macs_experts_all": moe_all,
+        }
+    return {"params": params, "tasks": tasks, "moe_layers": moe_layers}
+
+
+def _is_weight(tensor, kind) -> bool:
+    """Whether an initializer is a parameter (not a scale, zero point or index)."""
+    if kind == "qdq":
+        return not (tensor.name.startswith("scale.") or tensor.name.startswith("zero."))
+    return True
+
+
+def _task_branches(graph, producers, initializers, metadata) -> dict:
+    """Task name -> the ``If`` branch subgraphs that run for it (none in a per-task graph)."""
+    config = metadata["config"] if metadata else None
+    names = list(config.task_names) if config else []
+    task = (metadata or {}).get("moevit.task", "any")
+    if task != "any":
+        return {task: []}
+    result = {}
+    ifs = [node for node in graph.node if node.op_type == "If"]
+    if not ifs:
+        raise MoevitError("A task-any graph without If nodes: cannot attribute the heads to tasks")
+
+    def walk(node, path, remaining):
+        cond = producers.get(node.input[0])
+        value = None
+        if cond is not None and cond.op_type == "Equal":
+            value = _constant_value(cond.input[1], producers, initializers)
+        if value is None:
+            raise MoevitError(f"If node {node.name!r}: its condition is not task == constant")
+        then_g = next(a.g for a in node.attribute if a.name == "then_branch")
+        else_g = next(a.g for a in node.attribute if a.name == "else_branch")
+        t = int(np.asarray(value).reshape(-1)[0])
+        result[names[t]] = path + [then_g]
+        remaining = [r for r in remaining if r != t]
+        inner = [n for n in else_g.node if n.op_type == "If"]
+        if inner:
+            walk(inner[0], path + [else_g], remaining)
+        elif len(remaining) == 1:
+            result[names[remaining[0]]] = path + [else_g]
+
+    walk(ifs[0], [], list(range(len(names))))
+    return result
+
+
+# Comparison with PyTorch ----------------------------------------------------------
+def torch_model_for(metadata, checkpoint=None):
+    """The PyTorch model a float graph was exported from.
+
+    ``checkpoint`` (or the checkpoint named in the metadata) is loaded; a
+    graph of random weights is rebuilt from its seed. A model whose weights
+    hash differs from the graph's is an error.
+    """
+    import torch
+
+    from moevit.model.checkpoint import load_checkpoint
+    from moevit.model.moevit import MoEViT
+    from moevit.model.onnx_export import weights_hash
+
+    config = metadata["config"]
+    source = metadata.get("moevit.weights", "")
+    if checkpoint is None and source.startswith("checkpoint "):
+        checkpoint = source[len("checkpoint ") :]
+    if checkpoint is not None:
+        model, _ = load_checkpoint(checkpoint, config)
+    elif source.startswith("random seed "):
+        torch.manual_seed(int(source[len("random seed ") :]))
+        model = MoEViT(config).eval()
+    else:
+        raise OnnxFileError(f"The graph's weights come from {source!r}; give the checkpoint they came from")
+    digest = weights_hash(model.state_dict())
+    if digest != metadata["moevit.weights_hash"]:
+        raise OnnxFileError(
+            f"The graph holds other weights (hash {metadata['moevit.weights_hash']}) than "
+            f"{checkpoint or source} (hash {digest})"
+        )
+    return model
+
+
+def compare_with_torch(onnx_model: OnnxModel, torch_model, images) -> list:
+    """Largest difference per task and output between ONNX Runtime and PyTorch.
+
+    Returns
+    -------
+    list of dict
+        ``task``, ``output``, ``shape``, ``max_abs_diff``, ``max_abs_ref``.
+    """
+    import torch
+
+    onnx_model.check_config(torch_model.config)
+    torch_model.eval()
+    rows = []
+    for t in onnx_model.task_ids():
+        got = onnx_model.run(images, t)["prediction"]
+        with torch.no_grad():
+            ref = torch_model(torch.as_tensor(np.asarray(images, np.float32)), t).numpy()
+        if got.shape != ref.shape:
+            raise MoevitError(f"ONNX output of shape {got.shape} differs from PyTorch's {ref.shape}")
+        rows.append(
+            {
+                "task": torch_model.config.task_names[t],
+                "output": "prediction",
+                "shape": list(got.shape),
+                "max_abs_diff": float(np.abs(got - ref).max()),
+                "max_abs_ref": float(np.abs(ref).max()),
+            }
+        )
+    return rows

@@ -316,6 +316,10 @@ def register(subparsers):
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(handler=_demo)
 
+    from moevit.model.onnx_commands import register_onnx  # export-onnx, check-onnx, onnx-stats
+
+    register_onnx(subparsers)
+
 
 def register_bench(benches):
     from moevit.model import integer_eval

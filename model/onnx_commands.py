@@ -1,0 +1,195 @@
+"""Command line of the ONNX stage: ``export-onnx``, ``check-onnx``, ``onnx-stats``.
+
+:func:`register_onnx` is called by :func:`moevit.model.commands.register`.
+Handlers import torch, onnx and ONNX Runtime only when they run.
+"""
+
+import json
+from pathlib import Path
+
+__all__ = ["register_onnx", "stats_rows", "format_rows", "check_rows"]
+
+
+def _model(config_name, checkpoint, seed):
+    """The float model and a description of where its weights come from."""
+    import torch
+
+    from moevit.model.checkpoint import load_checkpoint
+    from moevit.model.config import get_config
+    from moevit.model.moevit import MoEViT
+
+    config = get_config(config_name)
+    if checkpoint:
+        model, _ = load_checkpoint(checkpoint, config)
+        return model, f"checkpoint {Path(checkpoint).resolve()}"
+    torch.manual_seed(seed)
+    return MoEViT(config).eval(), f"random seed {seed}"
+
+
+def _task_arg(text):
+    """A task name, ``any``, or an index given as digits."""
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def _export(args):
+    from moevit.model.config import get_config
+
+    task = _task_arg(args.task)
+    if args.quantized:
+        from moevit.model.onnx_qdq import export_qdq
+        from moevit.model.quantize import load_quantized
+
+        qmodel = load_quantized(args.quantized, get_config(args.config))
+        path = export_qdq(qmodel, task, args.output, source=str(Path(args.quantized).resolve()))
+    else:
+        from moevit.model.onnx_export import export_onnx
+
+        model, weights = _model(args.config, args.checkpoint, args.seed)
+        path = export_onnx(model, task, args.output, batch=args.batch, weights=weights)
+    from moevit.model.onnx_check import read_graph
+
+    proto, meta = read_graph(path)
+    ops = sorted({node.op_type for node in proto.graph.node})
+    print(
+        f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB): {meta['moevit.kind']} graph of "
+        f"{meta['config'].name!r}, task {meta['moevit.task']!r}, opset "
+        f"{max(o.version for o in proto.opset_import if o.domain in ('', 'ai.onnx'))}, "
+        f"{len(proto.graph.node)} nodes; onnx.checker full check passed"
+    )
+    print(f"operators: {' '.join(ops)}")
+
+
+def stats_rows(path) -> list:
+    """Graph statistics of an ONNX file beside ``moevit info``'s figures.
+
+    One row per quantity: ``task``, ``quantity``, ``graph``, ``info``, ``equal``.
+    """
+    from moevit.model.onnx_check import graph_stats, read_graph
+    from moevit.model.stats import model_stats
+
+    proto, meta = read_graph(path)
+    config = meta["config"]
+    stats = graph_stats(proto, meta)
+    rows = []
+    for task, figures in stats["tasks"].items():
+        info = model_stats(config, task)
+        if meta["moevit.task"] == "any":
+            # every task's gates and heads, without the gates' training-only noise weights
+            noise = info["params_by_part"]["gates"] // 2
+            expected_params, what = info["params"] - noise, "params (all tasks, no noise)"
+        else:
+            expected_params, what = info["active_params"], "params (active)"
+        pairs = [
+            (what, stats["params"], expected_params),
+            ("MACs (top-k)", figures["macs"], info["macs"]),
+            ("MACs (all experts)", figures["macs_all_experts"], info["macs_all_experts"]),
+            ("expert MACs (top-k)", figures["moe_macs_experts"],
+             sum(v for k, v in info["breakdown"].items() if k.endswith(".mlp.experts"))),
+        ]
+        for quantity, graph, expected in pairs:
+            rows.append({"task": task, "quantity": quantity, "graph": graph, "info": expected,
+                         "equal": graph == expected})
+    for index, layer in enumerate(stats["moe_layers"]):
+        touched = f"{layer['k']} of {layer['experts']} per token"
+        rows.append({"task": "*", "quantity": f"MoE layer {index} experts", "graph": touched,
+                     "info": f"{config.top_k} of {config.experts} per token",
+                     "equal": (layer["k"], layer["experts"]) == (config.top_k, config.experts)})
+    return rows
+
+
+def format_rows(rows, columns) -> str:
+    """A plain table of ``rows`` (dicts) with the given columns."""
+    cells = [[str(row[c]) if not isinstance(row[c], float) else f"{row[c]:.3g}" for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]
+    return "\n".join(lines)
+
+
+def _stats(args):
+    rows = stats_rows(args.file)
+    if args.json:
+        print(json.dumps(rows))
+        return
+    print(format_rows(rows, ["task", "quantity", "graph", "info", "equal"]))
+    if not all(row["equal"] for row in rows):
+        return 1
+
+
+def check_rows(path, *, checkpoint=None, quantized=None, config=None, seed=0) -> list:
+    """Run an ONNX file in ONNX Runtime and its reference on the same random images.
+
+    A float graph is compared with the PyTorch model (largest absolute
+    difference per task and output); a QDQ graph with the integer golden
+    model (largest difference in integer steps of the output).
+    """
+    import numpy as np
+
+    from moevit.model.config import get_config
+    from moevit.model.onnx_check import OnnxModel, compare_with_torch, read_graph, torch_model_for
+
+    expected = get_config(config) if config else None
+    onnx_model = OnnxModel(path, config=expected)
+    cfg = onnx_model.config
+    images = np.random.default_rng(seed).standard_normal((1, cfg.in_chans, *cfg.image_size)).astype(np.float32)
+    if onnx_model.kind == "qdq":
+        from moevit.model.onnx_qdq import compare_with_golden
+
+        return compare_with_golden(onnx_model, images, quantized=quantized)
+    _, meta = read_graph(path)
+    model = torch_model_for(meta, checkpoint)
+    return compare_with_torch(onnx_model, model, images)
+
+
+def _check(args):
+    rows = check_rows(args.file, checkpoint=args.checkpoint, quantized=args.quantized,
+                      config=args.config, seed=args.seed)
+    stats = stats_rows(args.file)
+    if args.json:
+        print(json.dumps({"differences": rows, "stats": stats}))
+        return 0 if all(row["equal"] for row in stats) else 1
+    columns = [c for c in ("task", "output", "shape", "max_abs_diff", "max_abs_ref", "max_steps",
+                           "steps_histogram") if c in rows[0]]
+    print(f"ONNX Runtime vs {'the integer golden model' if 'max_steps' in rows[0] else 'PyTorch'}:")
+    print(format_rows(rows, columns))
+    print("graph statistics vs moevit info:")
+    print(format_rows(stats, ["task", "quantity", "graph", "info", "equal"]))
+    return 0 if all(row["equal"] for row in stats) else 1
+
+
+def register_onnx(subparsers):
+    """Add ``export-onnx``, ``check-onnx`` and ``onnx-stats``."""
+    from moevit.model.config import DEFAULT_CONFIG
+
+    export = subparsers.add_parser(
+        "export-onnx",
+        help="one ONNX graph per task (or --task any: the task id is an input); QDQ with --quantized",
+    )
+    export.add_argument("--config", default=DEFAULT_CONFIG)
+    export.add_argument("--checkpoint", default=None, help="float weights (default: random, --seed)")
+    export.add_argument("--seed", type=int, default=0, help="seed of random weights")
+    export.add_argument("--quantized", default=None, help="a quantized-model file: export its QDQ graph")
+    export.add_argument("--task", required=True, help="a task name or index, or 'any'")
+    export.add_argument("--batch", type=int, default=1, help="fixed batch size (float graphs)")
+    export.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    export.set_defaults(handler=_export)
+
+    check = subparsers.add_parser(
+        "check-onnx",
+        help="run an ONNX file in ONNX Runtime beside its reference; print the largest differences",
+    )
+    check.add_argument("file")
+    check.add_argument("--config", default=None, help="the model expected (default: the file's)")
+    check.add_argument("--checkpoint", default=None, help="default: the one named in the file")
+    check.add_argument("--quantized", default=None, help="QDQ graphs: default the file named in the graph")
+    check.add_argument("--seed", type=int, default=0, help="seed of the random input image")
+    check.add_argument("--json", action="store_true")
+    check.set_defaults(handler=_check)
+
+    stats = subparsers.add_parser(
+        "onnx-stats", help="parameters, MACs per task and experts of an ONNX file beside moevit info"
+    )
+    stats.add_argument("file")
+    stats.add_argument("--json", action="store_true")
+    stats.set_defaults(handler=_stats)

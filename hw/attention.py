@@ -145,7 +145,9 @@ class AttentionHead(wiring.Component):
         computing = Signal()
 
         # Head sequencing: load K and V, compute every row, next head.
-        with m.FSM():
+        # Comb outputs from the state, not assigned inside it: Icarus never
+        # evaluates an always @* block whose inputs keep their initial values.
+        with m.FSM() as fsm:
             with m.State("IDLE"):
                 with m.If(self.start):
                     m.d.sync += [tokens.eq(self.tokens), chunks.eq(self.chunks),
@@ -154,17 +156,16 @@ class AttentionHead(wiring.Component):
                         consts, (self.sm_mult, self.sm_shift, self.out_mult, self.out_shift))]
                     m.next = "LOAD"
             with m.State("LOAD"):
-                m.d.comb += self.busy.eq(1)
                 with m.If(head == rounds):
                     m.next = "IDLE"
                 with m.Elif((k_cnt == words) & (v_cnt == words)):
                     m.d.sync += [rows_out.eq(0), k_cnt.eq(0), v_cnt.eq(0)]
                     m.next = "COMPUTE"
             with m.State("COMPUTE"):
-                m.d.comb += [self.busy.eq(1), computing.eq(1)]
                 with m.If(rows_out == tokens):
                     m.d.sync += head.eq(head + 1)
                     m.next = "LOAD"
+        m.d.comb += [self.busy.eq(~fsm.ongoing("IDLE")), computing.eq(fsm.ongoing("COMPUTE"))]
 
         # K and V into their buffers, side by side.
         loading = Signal()

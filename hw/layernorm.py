@@ -109,21 +109,26 @@ class LayerNorm(wiring.Component):
         out_rows = Signal(16)  # rows fully emitted
         p_cnt = Signal(idx)
         running = Signal()
-        with m.FSM():
+        # Comb outputs from the state, not assigned inside it: Icarus never
+        # evaluates an always @* block whose inputs keep their initial values.
+        with m.FSM() as fsm:
             with m.State("IDLE"):
-                m.d.comb += self.desc.ready.eq(1)
                 with m.If(self.desc.valid):
                     m.d.sync += [dim.eq(desc.dim), tokens.eq(desc.tokens), eps.eq(desc.eps),
                                  shift.eq(desc.shift), p_cnt.eq(0)]
                     m.next = "PARAMS"
             with m.State("PARAMS"):
-                m.d.comb += [self.busy.eq(1), self.param.ready.eq(p_cnt != dim)]
                 with m.If(p_cnt == dim):
                     m.next = "RUN"
             with m.State("RUN"):
-                m.d.comb += [self.busy.eq(1), running.eq(1)]
                 with m.If(out_rows == tokens):
                     m.next = "IDLE"
+        m.d.comb += [
+            self.desc.ready.eq(fsm.ongoing("IDLE")),
+            self.busy.eq(~fsm.ongoing("IDLE")),
+            self.param.ready.eq(fsm.ongoing("PARAMS") & (p_cnt != dim)),
+            running.eq(fsm.ongoing("RUN")),
+        ]
         m.d.comb += [p_wr.addr.eq(p_cnt), p_wr.data.eq(self.param.payload),
                      p_wr.en.eq(self.param.valid & self.param.ready)]
         with m.If(p_wr.en):
@@ -200,6 +205,14 @@ class LayerNorm(wiring.Component):
         with m.If(~o_run & (ahead(done_stat, o_started) != 0)):
             m.d.sync += [o_run.eq(1), o_idx.eq(0), o_s1.eq(row_s1[o_bank]),
                          o_recip.eq(row_recip[o_bank]), o_started.eq(o_started + 1)]
+        centred = Signal(signed(20))
+        normed = Signal(signed(40))
+        m.d.comb += [
+            centred.eq(dim * r_rd.data - a_s1),
+            normed.eq(intexpr.round_shift(
+                centred * a_recip, Const(intops.LN_RECIP_BITS - intops.LN_NORM_FRAC, 6))),
+        ]
+        p = data.View(param_layout(), p_rd.data)
         with m.If(advance):
             m.d.sync += [a_valid.eq(issue), a_last.eq(issue & (o_idx + 1 == dim)),
                          a_s1.eq(o_s1), a_recip.eq(o_recip)]
@@ -207,14 +220,6 @@ class LayerNorm(wiring.Component):
                 m.d.sync += o_idx.eq(o_idx + 1)
                 with m.If(o_idx + 1 == dim):
                     m.d.sync += [o_run.eq(0), o_bank.eq(o_bank ^ 1)]
-            centred = Signal(signed(20))
-            normed = Signal(signed(40))
-            m.d.comb += [
-                centred.eq(dim * r_rd.data - a_s1),
-                normed.eq(intexpr.round_shift(
-                    centred * a_recip, Const(intops.LN_RECIP_BITS - intops.LN_NORM_FRAC, 6))),
-            ]
-            p = data.View(param_layout(), p_rd.data)
             m.d.sync += [
                 self.o.valid.eq(a_valid),
                 self.o.payload.eq(intexpr.clip8(intexpr.round_shift(

@@ -73,9 +73,10 @@ class Divider(wiring.Component):
         m.d.comb += trial.eq(rem.shift_left(1) | shift[nw - 1])
         m.d.comb += [self.o.payload.quotient.eq(shift), self.o.payload.remainder.eq(rem)]
 
-        with m.FSM():
+        # Comb outputs from the state, not assigned inside it: Icarus never
+        # evaluates an always @* block whose inputs keep their initial values.
+        with m.FSM() as fsm:
             with m.State("IDLE"):
-                m.d.comb += self.i.ready.eq(1)
                 with m.If(self.i.valid):
                     m.d.sync += [
                         shift.eq(self.i.payload.dividend),
@@ -93,9 +94,9 @@ class Divider(wiring.Component):
                 with m.If(count == 1):
                     m.next = "DONE"
             with m.State("DONE"):
-                m.d.comb += self.o.valid.eq(1)
                 with m.If(self.o.ready):
                     m.next = "IDLE"
+        m.d.comb += [self.i.ready.eq(fsm.ongoing("IDLE")), self.o.valid.eq(fsm.ongoing("DONE"))]
         return m
 
 
@@ -146,9 +147,8 @@ class ISqrt(wiring.Component):
             trial.eq((root << 2) | 1),
             self.o.payload.eq(root),
         ]
-        with m.FSM():
+        with m.FSM() as fsm:
             with m.State("IDLE"):
-                m.d.comb += self.i.ready.eq(1)
                 with m.If(self.i.valid):
                     m.d.sync += [value.eq(self.i.payload), root.eq(0), rem.eq(0),
                                  count.eq(rw)]
@@ -162,7 +162,7 @@ class ISqrt(wiring.Component):
                 with m.If(count == 1):
                     m.next = "DONE"
             with m.State("DONE"):
-                m.d.comb += self.o.valid.eq(1)
                 with m.If(self.o.ready):
                     m.next = "IDLE"
+        m.d.comb += [self.i.ready.eq(fsm.ongoing("IDLE")), self.o.valid.eq(fsm.ongoing("DONE"))]
         return m

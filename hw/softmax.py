@@ -147,11 +147,10 @@ class Softmax(wiring.Component):
             s_wr.data.eq(self.i.payload.score),
             s_wr.en.eq(self.i.valid & self.i.ready),
         ]
+        new_max = Signal(signed(self._score_width))
+        m.d.comb += new_max.eq(Mux((in_idx != 0) & (in_max > self.i.payload.score),
+                                   in_max, self.i.payload.score))
         with m.If(self.i.valid & self.i.ready):
-            new_max = Signal(signed(self._score_width))
-            m.d.comb += new_max.eq(self.i.payload.score)
-            with m.If((in_idx != 0) & (in_max > self.i.payload.score)):
-                m.d.comb += new_max.eq(in_max)
             m.d.sync += [in_idx.eq(in_idx + 1), in_max.eq(new_max)]
             with m.If(self.i.payload.last):
                 m.d.sync += [

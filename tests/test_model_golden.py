@@ -13,32 +13,15 @@ from moevit.errors import CheckpointError, ConfigError
 from moevit.model import golden, intops, quantize
 from moevit.model.config import get_config
 from moevit.model.data import SyntheticDataset
+from moevit.model.integer_eval import signal_model
 from moevit.model.intops import QuantizationError
 from moevit.model.moevit import MoEViT
-
-
-def _signal_model(config, seed=0):
-    """A float model whose activations carry signal: weights ~ N(0, 1/fan_in),
-    LayerNorm gains and biases spread (timm's 0.02 init gives near-constant maps)."""
-    generator = torch.Generator().manual_seed(seed)
-    model = MoEViT(config).eval()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            fan_in = param[0].numel() if param.dim() >= 2 else 1
-            if name.endswith("norm1.weight") or name.endswith("norm2.weight") or name == "norm.weight":
-                param.copy_(1 + 0.3 * torch.randn(param.shape, generator=generator))
-            elif param.dim() >= 2 and "noise" not in name:
-                fan_in = param.shape[-1] if "experts" in name else fan_in
-                param.copy_(torch.randn(param.shape, generator=generator) / fan_in**0.5)
-            else:
-                param.copy_(0.1 * torch.randn(param.shape, generator=generator))
-    return model
 
 
 @pytest.fixture(scope="module")
 def tiny():
     config = get_config("tiny")
-    model = _signal_model(config)
+    model = signal_model(config)
     data = SyntheticDataset(config, "val", size=12)
     qmodel = quantize.quantize(model, data.images[:8])
     return model, qmodel, data

@@ -197,8 +197,9 @@ def requantize(acc, multiplier, shift):
     -------
     numpy.ndarray of int8
 
-    Widths: ``acc * M`` is s46, plus the rounding constant ``2**46`` at most:
-    s48. Exact by construction (no error bound beyond the stated rounding).
+    Widths: ``|acc * M| < 2**31 * 2**15 = 2**46`` (s47); with the rounding
+    constant ``2**(S-1) <= 2**46`` the sum fits s48. Exact by construction
+    (no error beyond the stated rounding).
     """
     acc = _int32(acc, "Accumulator")
     multiplier = _multiplier(multiplier)

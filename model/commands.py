@@ -319,6 +319,9 @@ def register(subparsers):
     from moevit.model.onnx_commands import register_onnx  # export-onnx, check-onnx, onnx-stats
 
     register_onnx(subparsers)
+    from moevit.model.importer_commands import register_importers  # import, export
+
+    register_importers(subparsers)
 
 
 def register_bench(benches):

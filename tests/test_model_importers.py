@@ -345,3 +345,32 @@ def test_edge_moe_unknown_file(edge_folder):
         match=r"^Edge-MoE dump folder .* has files config 'tiny' does not know: l2_htoh4_weight\.float32\.bin$",
     ):
         import_edge_moe(edge_folder, "tiny")
+
+
+# Command line ---------------------------------------------------------------
+def test_cli_import_and_export_round_trip(model, tmp_path, capsys):
+    from moevit.cli import main
+    from moevit.model.checkpoint import load_checkpoint, save_checkpoint
+
+    folder = export_edge_moe(model, tmp_path / "weights")
+    out = tmp_path / "imported.pt"
+    assert main(["import", "edge-moe", str(folder), "-o", str(out), "--config", "tiny"]) == 0
+    imported, meta = load_checkpoint(out)
+    assert meta["extra"]["imported_from"] == {"format": "edge-moe", "source": str(folder)}
+    assert_same_outputs(imported, model)
+    # And back out: our checkpoint → an M³ViT checkpoint → imported again.
+    save_checkpoint(tmp_path / "ours.pt", model)
+    assert main(["export", "m3vit", str(tmp_path / "ours.pt"), "-o", str(tmp_path / "m3vit.pth")]) == 0
+    with pytest.warns(UserWarning):
+        again = import_m3vit(tmp_path / "m3vit.pth", base=with_head_of(model))
+    assert_same_tensors(again, model)
+    assert "imported edge-moe" in capsys.readouterr().out
+
+
+def test_cli_import_error_is_one_line(tmp_path, capsys):
+    from moevit.cli import main
+
+    assert main(["import", "edge-moe", str(tmp_path / "none"), "-o", str(tmp_path / "x.pt")]) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"moevit: error: Edge-MoE dump folder .*none does not exist\n", err)
+    assert not (tmp_path / "x.pt").exists()

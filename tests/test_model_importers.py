@@ -386,7 +386,10 @@ def test_cli_import_error_is_one_line(tmp_path, capsys):
 
 
 def test_unknown_weight_format(model, tmp_path):
+    from moevit.model import importer_commands, importers
     from moevit.model.importers import export_weights, import_weights
+
+    assert importer_commands.FORMATS == importers.FORMATS  # the CLI's copy, kept torch-free
 
     message = r"^Unknown weight format 'onnx'; known formats are \['m3vit', 'edge-moe'\]$"
     with pytest.raises(CheckpointError, match=message):

@@ -265,7 +265,8 @@ def _expose_routing(proto) -> list:
 
 
 # Statistics -------------------------------------------------------------------
-_WEIGHT_TYPES = {"float": (1, 10, 11, 16), "qdq": (3, 6)}  # float32/16/64/bf16; int8, int32
+# float32/16/64/bf16; a QDQ graph adds int8 weights and int32 biases
+_WEIGHT_TYPES = {"float": (1, 10, 11, 16), "qdq": (1, 3, 6)}
 
 
 def _light_copy(proto):
@@ -437,7 +438,7 @@ def graph_stats(proto, metadata=None) -> dict:
 def _is_weight(tensor, kind) -> bool:
     """Whether an initializer is a parameter (not a scale, zero point or index)."""
     if kind == "qdq":
-        return not (tensor.name.startswith("scale.") or tensor.name.startswith("zero."))
+        return not tensor.name.startswith(("scale.", "zero.", "const."))
     return True
 
 

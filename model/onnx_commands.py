@@ -77,6 +77,9 @@ def stats_rows(path) -> list:
             # every task's gates and heads, without the gates' training-only noise weights
             noise = info["params_by_part"]["gates"] // 2
             expected_params, what = info["params"] - noise, "params (all tasks, no noise)"
+        elif meta["moevit.kind"] == "qdq":
+            # the quantized model folds the class token and its position into one vector
+            expected_params, what = info["active_params"] - config.dim, "params (active, cls+pos folded)"
         else:
             expected_params, what = info["active_params"], "params (active)"
         pairs = [
@@ -149,7 +152,7 @@ def _check(args):
     if args.json:
         print(json.dumps({"differences": rows, "stats": stats}))
         return 0 if all(row["equal"] for row in stats) else 1
-    columns = [c for c in ("task", "output", "shape", "max_abs_diff", "max_abs_ref", "max_steps",
+    columns = [c for c in ("task", "output", "shape", "max_abs_diff", "max_abs_ref", "max_steps", "mean_steps", "equal_fraction",
                            "steps_histogram") if c in rows[0]]
     print(f"ONNX Runtime vs {'the integer golden model' if 'max_steps' in rows[0] else 'PyTorch'}:")
     print(format_rows(rows, columns))

@@ -71,8 +71,8 @@ def all_nodes(graph):
                 yield from all_nodes(attr.g)
 
 
-@pytest.mark.parametrize("task", ["semseg", "depth"])
-def test_per_task_graph_is_standard_onnx_and_matches_pytorch(exported, task):
+def test_per_task_graph_is_standard_onnx_and_matches_pytorch(exported):
+    task = "semseg"  # the depth graph: test_commands_export_check_and_stats
     model, path = exported("tiny", task)
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto, full_check=True)
@@ -123,9 +123,9 @@ def test_graph_statistics_equal_moevit_info(exported, name):
 
 
 def test_per_task_graph_parameters_are_the_active_ones(exported):
-    _, path = exported("tiny", "depth")
+    _, path = exported("tiny", "semseg")
     proto, meta = read_graph(path)
-    assert graph_stats(proto, meta)["params"] == model_stats(meta["config"], "depth")["active_params"]
+    assert graph_stats(proto, meta)["params"] == model_stats(meta["config"], "semseg")["active_params"]
 
 
 def test_routing_equals_pytorch(exported):
@@ -252,3 +252,119 @@ def test_commands_export_check_and_stats(tmp_path, capsys):
     assert re.search(r"^moevit: error: ONNX file .* holds model 'tiny' .*, not 'm3vit-s'", capsys.readouterr().err, re.M)
     assert main(["check-onnx", str(tmp_path / "none.onnx")]) == 2
     assert re.search(r"^moevit: error: ONNX file .*none\.onnx does not exist$", capsys.readouterr().err, re.M)
+
+
+# QDQ graphs of the quantized model ---------------------------------------------------
+# Bounds, measured on tiny (random weights, 2 random calibration images, a
+# random input): the int8 prediction differs from the golden model's by at most
+# 6 steps (semseg) / 3 (depth), 0.6 steps on average, 45 % of elements equal.
+# The linear layers are the golden model's requantization (patch_embed.out is
+# equal); the differences come from the float non-linear units (erf GELU vs
+# I-BERT's polynomial, float softmax and LayerNorm) and grow through the blocks.
+QDQ_MAX_STEPS = 10
+QDQ_MEAN_STEPS = 1.0
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory):
+    from moevit.model.onnx_qdq import export_qdq
+    from moevit.model.quantize import quantize, save_quantized
+
+    folder = tmp_path_factory.mktemp("qdq")
+    model = random_model("tiny")
+    calibration = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    qmodel = quantize(model, calibration)
+    qpath = save_quantized(folder / "tiny.npz", qmodel)
+    graphs = {task: export_qdq(qmodel, task, folder / f"tiny-{task}-qdq.onnx", source=str(qpath))
+              for task in ("semseg", "depth")}
+    return qmodel, qpath, graphs
+
+
+def test_qdq_graph_is_standard_onnx_with_integer_weights(quantized):
+    qmodel, _, graphs = quantized
+    proto = onnx.load(str(graphs["semseg"]))
+    onnx.shape_inference.infer_shapes(proto, strict_mode=True, data_prop=True)
+    assert [(o.domain, o.version) for o in proto.opset_import] == [("", 18)]
+    assert {node.domain for node in proto.graph.node} == {""}
+    ops = [node.op_type for node in proto.graph.node]
+    assert ops.count("TopK") == 2 and ops.count("NonZero") == 16
+    weights = {t.name: t for t in proto.graph.initializer}
+    assert weights["blocks.1.mlp.experts.3.fc1.weight"].data_type == onnx.TensorProto.INT8
+    assert weights["blocks.0.attn.qkv.bias"].data_type == onnx.TensorProto.INT32
+    assert {"heads.1.weight", "blocks.1.mlp.gates.1.weight"}.isdisjoint(weights)  # semseg's only
+    consumers = {i for node in proto.graph.node if node.op_type == "DequantizeLinear" for i in node.input}
+    int8 = {name for name, t in weights.items() if t.data_type == onnx.TensorProto.INT8}
+    assert int8 - consumers == {"cls"}  # the class token joins the int8 tokens (Concat), then one DQ
+    assert [o.name for o in proto.graph.output] == ["prediction", "prediction_int8"]
+
+
+@pytest.mark.parametrize("task", ["semseg", "depth"])
+def test_qdq_graph_is_within_a_few_steps_of_the_golden_model(quantized, task):
+    from moevit.model.onnx_qdq import compare_with_golden
+
+    qmodel, _, graphs = quantized
+    images = random_images(qmodel.config, seed=5)
+    tensors = ["patch_embed.out", "embed.out", "blocks.1.mlp.gate.topk", "blocks.3.mlp.gate.topk"]
+    rows = {row["output"]: row for row in compare_with_golden(OnnxModel(graphs[task]), images, tensors=tensors)}
+    out = rows["prediction_int8"]
+    assert out["shape"] == [qmodel.config.tasks[qmodel.config.task_index(task)].classes, 64, 64]
+    assert out["max_steps"] <= QDQ_MAX_STEPS and out["mean_steps"] <= QDQ_MEAN_STEPS, out
+    assert out["equal_fraction"] > 0.3
+    assert rows["patch_embed.out"]["max_steps"] == 0  # an integer layer: the golden requantization
+    assert rows["embed.out"]["max_steps"] <= 1 and rows["embed.out"]["equal_fraction"] > 0.999
+    for layer in ("blocks.1.mlp.gate.topk", "blocks.3.mlp.gate.topk"):
+        assert rows[layer]["equal_fraction"] > 0.9  # the same experts for most tokens
+
+
+def test_qdq_graph_statistics_equal_moevit_info(quantized):
+    _, _, graphs = quantized
+    rows = stats_rows(graphs["depth"])
+    assert rows[0]["quantity"] == "params (active, cls+pos folded)"
+    assert all(row["equal"] for row in rows)
+
+
+def test_onnx_runtime_topk_breaks_ties_like_the_golden_model():
+    from moevit.model.intops import topk
+
+    logits = np.random.default_rng(0).integers(-3, 3, size=(200, 8)).astype(np.float32)
+    node = onnx.helper.make_node("TopK", ["x", "k"], ["v", "i"], axis=-1, largest=1, sorted=1)
+    graph = onnx.helper.make_graph(
+        [node], "topk", [onnx.helper.make_tensor_value_info("x", 1, [200, 8])],
+        [onnx.helper.make_tensor_value_info("i", 7, [200, 4])],
+        initializer=[onnx.numpy_helper.from_array(np.array([4], np.int64), "k")],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (indices,) = session.run(["i"], {"x": logits})
+    np.testing.assert_array_equal(indices, topk(logits.astype(np.int64), 4))
+
+
+def test_qdq_graph_of_another_quantized_model_is_a_clear_error(quantized, tmp_path):
+    from moevit.model.onnx_qdq import compare_with_golden
+    from moevit.model.quantize import QuantizedModel, save_quantized
+
+    qmodel, _, graphs = quantized
+    arrays = dict(qmodel.arrays)
+    arrays["heads.0.bias"] = arrays["heads.0.bias"] + 1
+    other = save_quantized(tmp_path / "other.npz", QuantizedModel(qmodel.config, arrays))
+    with pytest.raises(OnnxFileError, match=r"^ONNX file .* was exported from another quantized model than .*other\.npz \(checksum [0-9a-f]{16}, not [0-9a-f]{16}\)$"):
+        compare_with_golden(OnnxModel(graphs["semseg"]), random_images(qmodel.config), quantized=other)
+
+
+def test_qdq_graph_is_per_task(quantized, tmp_path):
+    from moevit.model.onnx_qdq import export_qdq
+
+    with pytest.raises(ConfigError, match=r"^QDQ graphs are exported per task, not 'any'"):
+        export_qdq(quantized[0], "any", tmp_path / "any.onnx")
+
+
+def test_qdq_commands(quantized, tmp_path, capsys):
+    _, qpath, _ = quantized
+    path = tmp_path / "q.onnx"
+    assert main(["export-onnx", "--quantized", str(qpath), "--task", "semseg", "-o", str(path)]) == 0
+    assert "qdq graph of 'tiny', task 'semseg'" in capsys.readouterr().out
+    assert main(["check-onnx", str(path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    (row,) = report["differences"]
+    assert row["output"] == "prediction_int8" and row["max_steps"] <= QDQ_MAX_STEPS
+    assert all(r["equal"] for r in report["stats"])

@@ -105,7 +105,7 @@ def load_checkpoint(path, config=None):
     Returns
     -------
     model : MoEViT
-        In eval mode.
+        In eval mode, in the floating dtype the weights were saved in.
     meta : dict
         ``config``, ``extra`` (what :func:`save_checkpoint` was given) and ``version``.
 
@@ -143,6 +143,7 @@ def load_checkpoint(path, config=None):
                 f"Checkpoint {path} has {name} of shape {tuple(state[name].shape)}; "
                 f"model {found.name!r} needs {tuple(value.shape)}"
             )
-    model.load_state_dict(state)
+    # Build the model in the dtype it was saved in (float64 training stays float64).
+    model.to(state["pos_embed"].dtype).load_state_dict(state)
     meta = {"config": found, "extra": contents["extra"], "version": contents["version"]}
     return model.eval(), meta

@@ -85,6 +85,14 @@ def _add_data_arguments(parser):
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic set")
 
 
+def _threads(args):
+    """Apply --threads: small models train fastest on one thread when the cores are shared."""
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
 def _rank():
     import os
 
@@ -98,6 +106,7 @@ def _train(args):
     from moevit.paths import build_dir
 
     config = get_config(args.config)
+    _threads(args)
     checkpoint = args.checkpoint or str(build_dir("checkpoints") / f"{config.name}.pt")
     options = TrainOptions(
         steps=args.steps,
@@ -107,6 +116,7 @@ def _train(args):
         seed=args.seed,
         checkpoint=checkpoint,
         checkpoint_every=args.checkpoint_every,
+        dtype=args.dtype,
     )
     dataset = _open(args, config, "train", args.train_size)
     start = time.perf_counter()
@@ -182,6 +192,7 @@ def demo_data(state):
     from moevit.paths import build_dir
 
     args = state.args
+    _threads(args)
     state.config = get_config(args.config)
     state.out = build_dir("demo", state.config.name)
     state.train = SyntheticDataset(state.config, "train", size=args.train_size, seed=args.data_seed)
@@ -282,6 +293,8 @@ def register(subparsers):
     train.add_argument("--checkpoint", default=None, help="default build/checkpoints/CONFIG.pt")
     train.add_argument("--checkpoint-every", type=int, default=0)
     train.add_argument("--resume", default=None, help="continue from this checkpoint")
+    train.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    train.add_argument("--threads", type=int, default=None, help="torch threads per process (default: torch's)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(handler=_train)
 
@@ -312,6 +325,10 @@ def register(subparsers):
     demo.add_argument("--val-size", type=int, default=DEMO_DEFAULTS["val_size"])
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--data-seed", type=int, default=0)
+    demo.add_argument(
+        "--threads", type=int, default=DEMO_DEFAULTS["threads"],
+        help="torch threads (default 1: tiny's small matrices gain little from more, and lose a lot on busy cores)",
+    )
     demo.add_argument("--json", action="store_true", help="also print the report as JSON")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(handler=_demo)
@@ -331,4 +348,4 @@ def register_bench(benches):
 
 
 # Sized to finish in a few minutes on 2 CPU cores with `tiny`.
-DEMO_DEFAULTS = {"steps": 400, "batch_size": 32, "lr": 2e-3, "train_size": 2048, "val_size": 256}
+DEMO_DEFAULTS = {"threads": 1, "steps": 400, "batch_size": 32, "lr": 2e-3, "train_size": 2048, "val_size": 256}

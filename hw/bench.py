@@ -1,0 +1,116 @@
+"""``moevit bench linear``: simulated cycles of the linear kernel against the ideal.
+
+Each shape runs in the cocotb bench (:mod:`moevit.sim.benches.linear`) with
+no gaps and no back-pressure; its output is checked against the golden model
+and its cycles are counted from the descriptor's acceptance to the last
+output beat (so the first weight tile's load and the pipeline's drain are
+included). ``ideal_cycles = MACs / MAC units``; ``utilization = ideal /
+cycles``.
+
+Shapes: every linear layer shape of the ``tiny`` model on its default
+hardware (a top-2 expert sees about ``2 * tokens / experts`` tokens), then
+one ViT-S layer, 197 tokens 384 -> 1536 (the MLP's fc1 with GELU), on the
+``m3vit-s`` hardware (8 x 32 = 256 MAC units), simulated in full.
+"""
+
+import numpy as np
+
+__all__ = ["linear_shapes", "bench_linear", "print_table"]
+
+
+def linear_shapes(model) -> list:
+    """``(name, tokens, in, out, gelu)`` of every linear layer shape of ``model``."""
+    t, d = model.tokens, model.dim
+    expert_tokens = max(1, round(model.top_k * t / model.experts))
+    shapes = [
+        ("patch_embed", model.patches, model.patch_dim, d, 0),
+        ("attn.qkv", t, d, 3 * d, 0),
+        ("attn.proj", t, d, d, 0),
+        ("mlp.fc1", t, d, model.mlp_hidden, 1),
+        ("mlp.fc2", t, model.mlp_hidden, d, 0),
+        ("mlp.gate", t, d, model.experts, 0),
+        ("expert.fc1", expert_tokens, d, model.expert_hidden, 1),
+        ("expert.fc2", expert_tokens, model.expert_hidden, d, 0),
+    ]
+    for task in model.tasks:
+        shapes.append((f"head.{task.name}", model.patches, d, task.classes * model.patch ** 2, 0))
+    return shapes
+
+
+def _ops(hw, shapes, seed):
+    from moevit.hw.descriptor import LinearDescriptor
+    from moevit.model import intops
+
+    rng = np.random.default_rng(seed)
+    ops = []
+    for _, tokens, fin, fout, gelu in shapes:
+        fields = dict(tokens=tokens, in_features=fin, out_features=fout)
+        if gelu:
+            b, c = intops.gelu_constants(0.05)
+            gm, gs = intops.quantize_multiplier(1.0 / (2 * c))
+            fields.update(gelu=1, gelu_b=b, gelu_c=c, gelu_mult=int(gm), gelu_shift=int(gs))
+        spread = 74.0 * 74.0 * np.sqrt(fin)
+        mult, shift = intops.quantize_multiplier(np.full(fout, 40.0 / spread))
+        ops.append(dict(
+            desc=LinearDescriptor(hw, **fields),
+            x=rng.integers(-128, 128, (tokens, fin), dtype=np.int8),
+            weight=rng.integers(-128, 128, (fout, fin), dtype=np.int8),
+            bias=rng.integers(-1000, 1000, fout).astype(np.int32),
+            multiplier=mult, shift=shift))
+    return ops
+
+
+def _run(hw, shapes, simulator, test_id):
+    from moevit.errors import MoevitError
+    from moevit.hw.generate import verilog_file
+    from moevit.hw.linear import linear_reference
+    from moevit.sim.benches.linear import write_case
+    from moevit.sim.runner import run_cocotb, sim_folder
+
+    ops = _ops(hw, shapes, seed=len(shapes))
+    folder = sim_folder(test_id)
+    case = write_case(folder.parent / f"{folder.name}.npz", hw, ops)
+    result = run_cocotb(toplevel="moevit_linear", sources=[verilog_file("linear", hw)],
+                        test_module="moevit.sim.benches.linear", test_id=test_id,
+                        simulator=simulator, env={"MOEVIT_CASE": case})
+    cycles = result.json("cycles.json")
+    rows = []
+    for k, ((name, tokens, fin, fout, gelu), op) in enumerate(zip(shapes, ops)):
+        got = np.load(result.output(f"y{k}.npy"))
+        want = linear_reference(op["desc"], op["x"], op["weight"], op["bias"],
+                                op["multiplier"], op["shift"])
+        if not np.array_equal(got, want):
+            raise MoevitError(f"Bench {name}: the kernel's output differs from the golden model")
+        desc = op["desc"]
+        rows.append(dict(
+            config=hw.name, layer=name, shape=f"{tokens}x{fin}->{fout}", tokens=tokens,
+            in_features=fin, out_features=fout, gelu=bool(gelu),
+            array=f"{hw.rows}x{hw.cols}", macs=desc.macs, cycles=cycles[k],
+            ideal_cycles=desc.ideal_cycles(), array_cycles=desc.array_cycles(),
+            utilization=round(desc.ideal_cycles() / cycles[k], 4),
+            simulator=simulator, sim_seconds=round(result.seconds, 1)))
+    return rows
+
+
+def bench_linear(simulator="verilator", quick=False) -> list:
+    """Rows of the linear-kernel benchmark (see the module's description)."""
+    from moevit.hw.config import get_hw_config
+    from moevit.model.config import get_config
+
+    rows = _run(get_hw_config("tiny"), linear_shapes(get_config("tiny")), simulator,
+                f"bench-linear-tiny-{simulator}")
+    if not quick:
+        vit = [("vit-s.mlp.fc1", 197, 384, 1536, 1)]
+        rows += _run(get_hw_config("m3vit-s"), vit, simulator, f"bench-linear-vits-{simulator}")
+    return rows
+
+
+def print_table(rows) -> None:
+    print(f"{'config':<9}{'layer':<15}{'shape':<17}{'array':>6}{'cycles':>10}{'ideal':>10}"
+          f"{'util':>8}")
+    for r in rows:
+        print(f"{r['config']:<9}{r['layer']:<15}{r['shape']:<17}{r['array']:>6}{r['cycles']:>10}"
+              f"{r['ideal_cycles']:>10}{r['utilization']:>8.1%}")
+    if rows:
+        print(f"(cycles from the descriptor to the last output beat, simulated on "
+              f"{rows[0]['simulator']}; ideal = MACs / MAC units)")

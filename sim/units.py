@@ -18,7 +18,7 @@ import numpy as np
 from moevit.paths import build_dir
 
 __all__ = ["UnitRun", "beats", "unbeats", "run_attention", "run_softmax", "run_gelu",
-           "run_layernorm", "attention_descriptor"]
+           "run_layernorm", "attention_descriptor", "tiny_quantized", "attention_layer"]
 
 
 @dataclass
@@ -202,3 +202,56 @@ def run_layernorm(hw, x, eps, gamma, beta, shift, *, test_id, simulator=None,
     run = _run("layernorm", hw, test_id, arrays, case, simulator=simulator, seed=seed)
     run.out = run.out.reshape(tokens, dim).astype(np.int8)
     return run
+
+
+def tiny_quantized():
+    """A ``tiny`` model trained briefly and quantized, and one validation image.
+
+    Cached as ``build/sim/_models/tiny-quantized.npz`` (the file the linear
+    kernel's tests train too, with the same recipe). Returns
+    ``(QuantizedModel, image)``, the image a float ``(C, H, W)`` array.
+    """
+    from moevit.model.config import get_config
+    from moevit.model.data import SyntheticDataset
+    from moevit.model.quantize import load_quantized, quantize, save_quantized
+    from moevit.model.train import TrainOptions, train
+
+    config = get_config("tiny")
+    path = build_dir("sim", "_models") / "tiny-quantized.npz"
+    if not path.exists():
+        data = SyntheticDataset(config, "train", size=64, seed=0)
+        options = TrainOptions(steps=40, batch_size=16, lr=1e-3, warmup=10, seed=0,
+                               checkpoint=str(build_dir("sim", "_models") / "tiny.pt"))
+        model = train(config, options, data, progress=False).model
+        save_quantized(path, quantize(model, data.images[:32]))
+    image = SyntheticDataset(config, "val", size=1, seed=0).images[0].numpy()
+    return load_quantized(path, config), image
+
+
+def attention_layer(qmodel, tensors, block):
+    """One block's attention as the golden model ran it.
+
+    Parameters
+    ----------
+    qmodel : QuantizedModel
+    tensors : dict
+        ``GoldenResult.tensors`` of a recorded run.
+    block : int
+
+    Returns
+    -------
+    q, k, v : int8 ``(heads, tokens, head_dim)``
+        The heads of ``blocks.{block}.attn.qkv.out``.
+    consts : AttentionConsts
+    ctx : int8 ``(tokens, dim)``
+        ``blocks.{block}.attn.ctx``, the heads' outputs side by side.
+    """
+    from moevit.model.golden import AttentionConsts
+
+    config = qmodel.config
+    qkv = tensors[f"blocks.{block}.attn.qkv.out"]
+    tokens = qkv.shape[0]
+    parts = qkv.reshape(tokens, 3, config.heads, config.head_dim).transpose(1, 2, 0, 3)
+    consts = AttentionConsts(*(int(c) for c in qmodel[f"blocks.{block}.attn.softmax"]),
+                             *(int(c) for c in qmodel[f"blocks.{block}.attn.ctx"]))
+    return parts[0], parts[1], parts[2], consts, tensors[f"blocks.{block}.attn.ctx"]

@@ -99,11 +99,6 @@ def _tool_environment(simulator):
             # empty, which breaks designs large enough to use one.
             os.environ["MAKEFLAGS"] = (os.environ.get("MAKEFLAGS", "")
                                        + " CFG_CXXFLAGS_PCH_I=-include").strip()
-            # The wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, which breaks
-            # the precompiled headers of designs big enough to be split into files.
-            flags = os.environ.get("MAKEFLAGS", "")
-            os.environ["MAKEFLAGS"] = (f"{flags} -- " if flags else "") + \
-                "CFG_CXXFLAGS_PCH_I=-include"
         elif shutil.which("iverilog") is None:
             raise ToolNotFoundError(
                 "Icarus Verilog (iverilog) is not installed; run 'make sysdeps' or "

@@ -199,3 +199,25 @@ def test_wrong_image_size_is_a_clear_error(tiny):
 def test_unknown_task_is_a_clear_error(tiny):
     with pytest.raises(ConfigError, match=re.escape("Model 'tiny' has no task 'normals'")):
         tiny(images(tiny.config), "normals")
+
+
+def test_gather_dispatch_is_torch_exportable(tiny):
+    """The static-shape dispatch traces with torch.export (no data-dependent shapes)."""
+
+    class Task(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            return self.model(x, "depth")
+
+    x = images(tiny.config, batch=1)
+    tiny.set_dispatch("gather")
+    try:
+        program = torch.export.export(Task(tiny), (x,))
+        with torch.no_grad():
+            expected = tiny(x, "depth")
+    finally:
+        tiny.set_dispatch("sorted")
+    assert torch.allclose(program.module()(x), expected, atol=1e-6)

@@ -55,6 +55,11 @@ class HwConfig:
     max_in : int
         Depth of the input and weight buffers in features: the most input
         features of one linear descriptor.
+    post_lanes : int
+        Lanes of the linear kernel's post-processing (requantization, GELU,
+        residual add); divides ``cols``. A finished tile drains in
+        ``rows * cols / post_lanes`` cycles, hidden behind the next tile's
+        ``in_features`` cycles when that is longer.
     out_depth : int
         Depth of the output FIFO in beats (one beat = ``cols`` int8 outputs
         of one token); it absorbs back-pressure on the output stream.
@@ -88,6 +93,7 @@ class HwConfig:
     acc_width: int = 32
     max_tokens: int = 128
     max_in: int = 256
+    post_lanes: int = 4
     out_depth: int = 64
     clock_mhz: float = 250.0
     # Attention unit (issue 7) parameters.
@@ -110,6 +116,7 @@ class HwConfig:
             ("Accumulator width", "acc_width"),
             ("Token buffer depth", "max_tokens"),
             ("Input buffer depth", "max_in"),
+            ("Post-processing lanes", "post_lanes"),
             ("Output FIFO depth", "out_depth"),
             ("Heads in parallel", "heads_parallel"),
             ("Score lanes", "score_lanes"),
@@ -141,6 +148,10 @@ class HwConfig:
                 f"Score lanes {self.score_lanes} do not divide the attention head width "
                 f"{self.max_head_dim}"
             )
+        if self.cols % self.post_lanes:
+            raise ConfigError(
+                f"Post-processing lanes {self.post_lanes} do not divide the {self.cols} array "
+                f"columns")
         if self.max_tokens % self.rows:
             raise ConfigError(
                 f"Token buffer depth {self.max_tokens} is not a multiple of the {self.rows} "
@@ -213,6 +224,7 @@ class HwConfig:
         if base is None:
             widest = max(model.patch_dim, model.dim, model.mlp_hidden, model.expert_hidden)
             base = dict(name=model.name, cols=min(16, model.head_dim), max_in=widest,
+                        post_lanes=math.gcd(4, min(16, model.head_dim)),
                         max_tokens=-(-model.tokens // 4) * 4,
                         score_lanes=math.gcd(8, model.head_dim),
                         kv_depth=max(256, model.tokens),
@@ -245,11 +257,12 @@ def _positive(what, value):
 # little (tiny: 65 -> 68, edge-moe: 129 -> 136, ViT-S 197 -> 200); columns divide
 # the head width; the input buffer holds the widest layer's input.
 _DEFAULTS = {
-    "tiny": dict(name="tiny", rows=4, cols=16, max_tokens=128, max_in=256, out_depth=32),
+    "tiny": dict(name="tiny", rows=4, cols=16, max_tokens=128, max_in=256, post_lanes=4,
+                 out_depth=32),
     "edge-moe": dict(name="edge-moe", rows=8, cols=32, max_tokens=256, max_in=768,
-                     out_depth=64),
+                     post_lanes=8, out_depth=64),
     "m3vit-s": dict(name="m3vit-s", rows=8, cols=32, max_tokens=256, max_in=1536,
-                    out_depth=64, kv_depth=1216),
+                    post_lanes=8, out_depth=64, kv_depth=1216),
 }
 
 

@@ -136,6 +136,7 @@ class LinearKernel(wiring.Component):
 
     def __init__(self, hw: HwConfig):
         if not isinstance(hw, HwConfig):
+            self._MustUse__silence = True  # never elaborated: no unused-elaboratable warning
             raise TypeError(f"Hardware config must be a HwConfig, not {hw!r}")
         self._hw = hw
         super().__init__({
@@ -321,28 +322,39 @@ class LinearKernel(wiring.Component):
                 with m.If(f3.valid):
                     m.d.sync += acc[r][c].eq(Mux(f3.first, 0, acc[r][c]) + prod)
 
-        # Shadow bank: the finished tile, drained one token row per step --------
-        shadow = [[Signal(signed(hw.acc_width), name=f"sh{r}_{c}") for c in range(C)]
-                  for r in range(R)]
+        # Shadow bank: the finished tile, drained in chunks of P lanes ------------
+        # Chunk j holds row j // k, columns (j % k)*P .. +P; the bank shifts
+        # down one chunk per step, so the post-processing reads chunk 0 only.
+        P = hw.post_lanes
+        k = C // P
+        shadow = [[Signal(signed(hw.acc_width), name=f"sh{j}_{p}") for p in range(P)]
+                  for j in range(R * k)]
         sh_tag = Signal(tag)
         sh_row = Signal(range(R + 1))
+        sh_q = Signal(range(max(k, 2)))
         en = Signal()        # the post-processing pipeline advances
         pop = Signal()
         m.d.comb += pop.eq(en & shadow_busy)
         copy = Signal()
         m.d.comb += copy.eq(f4.valid & f4.last)
         with m.If(copy):
-            m.d.sync += [shadow[r][c].eq(acc[r][c]) for r in range(R) for c in range(C)]
-            m.d.sync += [sh_tag.eq(f4), sh_row.eq(0), shadow_busy.eq(1), pending.eq(0)]
+            m.d.sync += [shadow[j][p].eq(acc[j // k][(j % k) * P + p])
+                         for j in range(R * k) for p in range(P)]
+            m.d.sync += [sh_tag.eq(f4), sh_row.eq(0), sh_q.eq(0), shadow_busy.eq(1),
+                         pending.eq(0)]
         with m.Elif(pop):
-            m.d.sync += [shadow[r][c].eq(shadow[r + 1][c]) for r in range(R - 1) for c in range(C)]
-            m.d.sync += sh_row.eq(sh_row + 1)
-            with m.If(sh_row == R - 1):
-                m.d.sync += shadow_busy.eq(0)
-                with m.If(sh_tag.end_ot):
-                    for b in range(2):
-                        with m.If(sh_tag.bank == b):
-                            m.d.sync += full[b].eq(0)
+            m.d.sync += [shadow[j][p].eq(shadow[j + 1][p])
+                         for j in range(R * k - 1) for p in range(P)]
+            with m.If(sh_q == k - 1):
+                m.d.sync += [sh_q.eq(0), sh_row.eq(sh_row + 1)]
+                with m.If(sh_row == R - 1):
+                    m.d.sync += shadow_busy.eq(0)
+                    with m.If(sh_tag.end_ot):
+                        for b in range(2):
+                            with m.If(sh_tag.bank == b):
+                                m.d.sync += full[b].eq(0)
+            with m.Else():
+                m.d.sync += sh_q.eq(sh_q + 1)
         with m.If(bank_loaded):
             for b in range(2):
                 with m.If(l_bank == b):
@@ -350,22 +362,24 @@ class LinearKernel(wiring.Component):
         # (the copy never meets a pop: issue holds a tile's last step while
         # the shadow bank is busy, so a copy only lands in an idle bank)
 
-        # Post-processing, cols lanes, all stages advance together on `en` ------
-        row_valid = Signal()
-        m.d.comb += row_valid.eq(pop & (sh_row < sh_tag.rows))
-        row_last = Signal()
-        m.d.comb += row_last.eq(sh_tag.end_op & (sh_row == sh_tag.rows - 1))
-        side = data.StructLayout({"valid": 1, "last": 1, "lanes": range(C + 1)})
-        bank_consts = [Signal(chan_layout(), name=f"cur{c}") for c in range(C)]
-        for c in range(C):
-            m.d.comb += bank_consts[c].eq(Mux(sh_tag.bank, consts[1][c], consts[0][c]))
-
-        stages = []  # side-band per stage
+        # Post-processing, P lanes, all stages advance together on `en` ---------
+        side = data.StructLayout({"valid": 1, "last": 1, "row_end": 1,
+                                  "q": range(max(k, 2)), "lanes": range(C + 1)})
         s0 = Signal(side)
         with m.If(en):
-            m.d.sync += [s0.valid.eq(row_valid), s0.last.eq(row_last),
-                         s0.lanes.eq(sh_tag.lanes)]
-        stages.append(s0)
+            m.d.sync += [
+                s0.valid.eq(pop & (sh_row < sh_tag.rows)),
+                s0.last.eq(sh_tag.end_op & (sh_row == sh_tag.rows - 1) & (sh_q == k - 1)),
+                s0.row_end.eq(sh_q == k - 1),
+                s0.q.eq(sh_q),
+                s0.lanes.eq(sh_tag.lanes),
+            ]
+        cur = [Signal(chan_layout(), name=f"cur{p}") for p in range(P)]
+        with m.Switch(Cat(sh_q, sh_tag.bank)):
+            for b in range(2):
+                for q in range(k):
+                    with m.Case(q | b << len(sh_q)):
+                        m.d.comb += [cur[p].eq(consts[b][q * P + p]) for p in range(P)]
 
         def delay(sig, name):
             out = Signal.like(sig, name=name)
@@ -374,17 +388,17 @@ class LinearKernel(wiring.Component):
             return out
 
         lane_out = []
-        for c in range(C):
-            acc_b = Signal(signed(32), name=f"accb{c}")
-            mult0 = Signal(unsigned(15), name=f"mult{c}")
-            shift0 = Signal(unsigned(6), name=f"shift{c}")
+        for p in range(P):
+            acc_b = Signal(signed(32), name=f"accb{p}")
+            mult0 = Signal(unsigned(15), name=f"mult{p}")
+            shift0 = Signal(unsigned(6), name=f"shift{p}")
             with m.If(en):
                 m.d.sync += [
-                    acc_b.eq((shadow[0][c] + bank_consts[c].bias)[:32].as_signed()),
-                    mult0.eq(bank_consts[c].multiplier),
-                    shift0.eq(bank_consts[c].shift),
+                    acc_b.eq((shadow[0][p] + cur[p].bias)[:32].as_signed()),
+                    mult0.eq(cur[p].multiplier),
+                    shift0.eq(cur[p].shift),
                 ]
-            q, _ = _requant_stages(m, en, acc_b, mult0, shift0, f"rq{c}")
+            q, _ = _requant_stages(m, en, acc_b, mult0, shift0, f"rq{p}")
             lane_out.append(q)
         n_requant = 1 + 3
 
@@ -392,83 +406,103 @@ class LinearKernel(wiring.Component):
         gelu_b = d.gelu_b
         gelu_c = d.gelu_c
         g_out = []
-        for c in range(C):
-            q = lane_out[c]
-            mag = Signal(unsigned(8), name=f"g{c}_mag")
+        for p in range(P):
+            q = lane_out[p]
+            mag = Signal(unsigned(8), name=f"g{p}_mag")
             m.d.comb += mag.eq(Mux(q < 0, -q, q))
-            t = Signal(unsigned(12), name=f"g{c}_t")
-            q1 = delay(q, f"g{c}_q1")
+            t = Signal(unsigned(12), name=f"g{p}_t")
+            q1 = delay(q, f"g{p}_q1")
             with m.If(en):
                 m.d.sync += t.eq(gelu_b - Mux(mag < gelu_b, mag, gelu_b))
-            t2 = Signal(unsigned(24), name=f"g{c}_t2")
+            t2 = Signal(unsigned(24), name=f"g{p}_t2")
             with m.If(en):
                 m.d.sync += t2.eq(t * t)
-            q2 = delay(q1, f"g{c}_q2")
-            f = Signal(unsigned(23), name=f"g{c}_f")
+            q2 = delay(q1, f"g{p}_q2")
+            f = Signal(unsigned(23), name=f"g{p}_f")
             with m.If(en):
                 m.d.sync += f.eq(Mux(q2 >= 0, (gelu_c << 1) - t2, t2))
-            q3 = delay(q2, f"g{c}_q3")
-            g = Signal(signed(32), name=f"g{c}_y")
+            q3 = delay(q2, f"g{p}_q3")
+            g = Signal(signed(32), name=f"g{p}_y")
             with m.If(en):
                 m.d.sync += g.eq(q3 * f)
-            gq, _ = _requant_stages(m, en, g, d.gelu_mult, d.gelu_shift, f"gq{c}")
+            gq, _ = _requant_stages(m, en, g, d.gelu_mult, d.gelu_shift, f"gq{p}")
             # The plain path, delayed to the same stage.
             plain = q
-            for k in range(4 + 3):
-                plain = delay(plain, f"g{c}_p{k}")
-            sel = Signal(signed(8), name=f"g{c}_out")
+            for n in range(4 + 3):
+                plain = delay(plain, f"g{p}_p{n}")
+            sel = Signal(signed(8), name=f"g{p}_out")
             m.d.comb += sel.eq(Mux(d.gelu, gq, plain))
             g_out.append(sel)
         n_gelu = 4 + 3
 
-        # Residual add (intops.residual_add) with the skip stream.
-        side_pre = stages[0]
-        for k in range(n_requant - 1 + n_gelu):
-            side_pre = delay(side_pre, f"side{k}")
-        # side_pre now describes g_out; the residual stage takes the skip beat.
+        # Residual add (intops.residual_add) with the skip stream: one beat per
+        # row, taken with the row's first chunk and held for the others.
+        side_pre = s0
+        for n in range(n_requant - 1 + n_gelu):
+            side_pre = delay(side_pre, f"side{n}")
         need_res = Signal()
-        m.d.comb += need_res.eq(side_pre.valid & d.residual)
-        skip = self.res.payload.data
+        m.d.comb += need_res.eq(side_pre.valid & d.residual & (side_pre.q == 0))
+        skip_in = self.res.payload.data
+        skip_hold = Signal(data.ArrayLayout(signed(8), C))
+        with m.If(en & need_res):
+            m.d.sync += skip_hold.eq(skip_in)
+        skip = [Signal(signed(8), name=f"skip{p}") for p in range(P)]
+        with m.Switch(side_pre.q):
+            for q in range(k):
+                with m.Case(q):
+                    src = skip_in if q == 0 else skip_hold
+                    m.d.comb += [skip[p].eq(src[q * P + p]) for p in range(P)]
         r_out = []
-        for c in range(C):
-            s = Signal(signed(25), name=f"r{c}_sum")
+        for p in range(P):
+            s = Signal(signed(25), name=f"r{p}_sum")
+            s_sh = Signal(unsigned(6), name=f"r{p}_sh")
             with m.If(en):
-                m.d.sync += s.eq(g_out[c] * d.res_mult_y + skip[c] * d.res_mult_skip)
-            s_sh = Signal(unsigned(6), name=f"r{c}_sh")
-            with m.If(en):
-                m.d.sync += s_sh.eq(d.res_shift)
-            rnd = Signal(signed(49), name=f"r{c}_rnd")
+                m.d.sync += [s.eq(g_out[p] * d.res_mult_y + skip[p] * d.res_mult_skip),
+                             s_sh.eq(d.res_shift)]
+            rnd = Signal(signed(49), name=f"r{p}_rnd")
             with m.If(en):
                 m.d.sync += rnd.eq(s + (Const(1, 49) << s_sh)[1:49])
-            sh2 = delay(s_sh, f"r{c}_sh2")
+            sh2 = delay(s_sh, f"r{p}_sh2")
             shifted = rnd >> sh2
-            res_q = Signal(signed(8), name=f"r{c}_q")
+            res_q = Signal(signed(8), name=f"r{p}_q")
             with m.If(en):
                 m.d.sync += res_q.eq(Mux(shifted > 127, 127, Mux(shifted < -128, -128, shifted)))
-            plain = g_out[c]
-            for k in range(3):
-                plain = delay(plain, f"r{c}_p{k}")
-            sel = Signal(signed(8), name=f"r{c}_out")
+            plain = g_out[p]
+            for n in range(3):
+                plain = delay(plain, f"r{p}_p{n}")
+            sel = Signal(signed(8), name=f"r{p}_out")
             m.d.comb += sel.eq(Mux(d.residual, res_q, plain))
             r_out.append(sel)
         side_out = side_pre
-        for k in range(3):
-            side_out = delay(side_out, f"side_r{k}")
+        for n in range(3):
+            side_out = delay(side_out, f"side_r{n}")
 
-        # Output FIFO ---------------------------------------------------------
+        # Output: k chunks gather into one beat of C lanes, then the FIFO -------
+        masked = [Signal(signed(8), name=f"out{p}") for p in range(P)]
+        for p in range(P):
+            m.d.comb += masked[p].eq(Mux(side_out.q * P + p < side_out.lanes, r_out[p], 0))
+        gather = Signal(data.ArrayLayout(signed(8), C))
         fifo = SyncFIFOBuffered(width=8 * C + 1, depth=hw.out_depth)
         m.submodules.fifo = fifo
         beat = Signal(output_layout(C))
         for c in range(C):
-            m.d.comb += beat.data[c].eq(Mux(c < side_out.lanes, r_out[c], 0))
+            last_chunk = c // P == k - 1
+            m.d.comb += beat.data[c].eq(masked[c % P] if last_chunk else gather[c])
         m.d.comb += beat.last.eq(side_out.last)
+        with m.If(en & side_out.valid):
+            with m.Switch(side_out.q):
+                for q in range(k - 1):
+                    with m.Case(q):
+                        m.d.sync += [gather[q * P + p].eq(masked[p]) for p in range(P)]
+        writes = Signal()
+        m.d.comb += writes.eq(side_out.valid & side_out.row_end)
         can_write = Signal()
-        m.d.comb += can_write.eq(~side_out.valid | fifo.w_rdy)
+        m.d.comb += can_write.eq(~writes | fifo.w_rdy)
         m.d.comb += [
             en.eq(can_write & (~need_res | self.res.valid)),
             self.res.ready.eq(can_write & need_res),
             fifo.w_data.eq(beat.as_value()),
-            fifo.w_en.eq(en & side_out.valid),
+            fifo.w_en.eq(en & writes),
             self.y.valid.eq(fifo.r_rdy),
             self.y.payload.eq(fifo.r_data),
             fifo.r_en.eq(self.y.ready),

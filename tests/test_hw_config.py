@@ -41,6 +41,7 @@ def test_round_trips_through_dict():
         ({"acc_width": 40}, r"^Accumulator of 40 bits exceeds the int32 accumulation of the "
                             r"numeric contract; at most 32$"),
         ({"max_tokens": 66}, r"^Token buffer depth 66 is not a multiple of the 4 array rows$"),
+        ({"post_lanes": 5}, r"^Post-processing lanes 5 do not divide the 16 array columns$"),
     ],
 )
 def test_bad_parameter_is_a_clear_error(changes, message):

@@ -81,3 +81,89 @@ def test_random_shapes(case_id):
     rng = np.random.default_rng(sum(map(ord, case_id)))
     ops = [random_op(hw, rng, t, i, o, gelu=g, residual=r) for t, i, o, g, r in shapes]
     run_ops(hw, ops, f"linear-{case_id}", gaps=gaps, stall=stall, seed=len(case_id))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case_id", list(RANDOM_CASES), ids=list(RANDOM_CASES))
+def test_random_shapes_verilator(case_id):
+    hw = DEFAULT_HW["tiny"]
+    shapes, gaps, stall = RANDOM_CASES[case_id]
+    rng = np.random.default_rng(sum(map(ord, case_id)))
+    ops = [random_op(hw, rng, t, i, o, gelu=g, residual=r) for t, i, o, g, r in shapes]
+    run_ops(hw, ops, f"linear-{case_id}", gaps=gaps, stall=stall, seed=len(case_id),
+            simulator="verilator")
+
+
+# Every linear layer of a trained, quantized tiny model ------------------------
+def _tiny_qmodel():
+    """A tiny model trained briefly and quantized, cached under build/sim/."""
+    from moevit.model.config import get_config
+    from moevit.model.data import SyntheticDataset
+    from moevit.model.quantize import load_quantized, quantize, save_quantized
+    from moevit.model.train import TrainOptions, train
+    from moevit.paths import build_dir
+
+    config = get_config("tiny")
+    path = build_dir("sim", "_models") / "tiny-quantized.npz"
+    if not path.exists():
+        data = SyntheticDataset(config, "train", size=64, seed=0)
+        options = TrainOptions(steps=40, batch_size=16, lr=1e-3, warmup=10, seed=0,
+                               checkpoint=str(build_dir("sim", "_models") / "tiny.pt"))
+        model = train(config, options, data, progress=False).model
+        save_quantized(path, quantize(model, data.images[:32]))
+    return load_quantized(path, config), SyntheticDataset(config, "val", size=1, seed=0)
+
+
+def _layer_op(hw, name, x, weight, bias, mult, shift, gelu):
+    fields = dict(tokens=x.shape[0], in_features=x.shape[1], out_features=weight.shape[0])
+    if gelu is not None:
+        fields.update(gelu=1, gelu_b=gelu.b, gelu_c=gelu.c, gelu_mult=gelu.mult,
+                      gelu_shift=gelu.shift)
+    return dict(name=name, desc=LinearDescriptor(hw, **fields), x=x, weight=weight, bias=bias,
+                multiplier=mult, shift=shift)
+
+
+def tiny_model_ops(hw):
+    """Every linear layer of the tiny model as it ran in the golden model (both tasks),
+    plus the experts that no token of the image selected, on its first 8 tokens."""
+    from moevit.model import golden
+
+    qmodel, val = _tiny_qmodel()
+    config = qmodel.config
+    ops, seen = [], set()
+    for task in range(len(config.tasks)):
+        result = golden.run(qmodel, val.images[0].numpy(), task)
+        for rec in result.linears:
+            if rec.name not in seen:
+                seen.add(rec.name)
+                ops.append(_layer_op(hw, rec.name, rec.x, rec.weight, rec.bias, rec.mult,
+                                     rec.shift, rec.gelu))
+        for block in config.moe_blocks:
+            x = result.tensors[f"blocks.{block}.norm2.out"][:8]
+            for e in range(config.experts):
+                name = f"blocks.{block}.mlp.experts.{e}"
+                if f"{name}.fc1" in seen:
+                    continue
+                for layer in ("fc1", "fc2"):
+                    full = f"{name}.{layer}"
+                    w, b, m, s = (qmodel[f"{full}.{p}"] for p in ("weight", "bias", "mult", "shift"))
+                    gelu = (golden.GeluConsts(*(int(v) for v in qmodel[f"{full}.gelu"]))
+                            if f"{full}.gelu" in qmodel.arrays else None)
+                    ops.append(_layer_op(hw, full, x, w, b, m, s, gelu))
+                    seen.add(full)
+                    x = golden.linear(x, w, b, m, s, gelu)
+    return ops
+
+
+@pytest.mark.slow
+def test_every_layer_of_the_tiny_model():
+    hw = DEFAULT_HW["tiny"]
+    ops = tiny_model_ops(hw)
+    names = {op["name"] for op in ops}
+    config = __import__("moevit.model.config", fromlist=["get_config"]).get_config("tiny")
+    # Patch embedding, 4 x (qkv, proj), 2 dense MLPs, a gate per task and MoE block,
+    # every expert's two layers, a head per task.
+    assert len(names) == (1 + 2 * config.depth + 2 * (config.depth - len(config.moe_blocks))
+                          + len(config.tasks) * len(config.moe_blocks)
+                          + 2 * config.experts * len(config.moe_blocks) + len(config.tasks))
+    run_ops(hw, ops, "linear-tiny-model", gaps="random", stall="random", seed=5)

@@ -87,7 +87,7 @@ def format_comparison(rows) -> list:
         if row["metric"] == "rmse":
             diff = f"{row['difference']:+.4f} ({100 * row['relative']:+.2f} %)"
         else:
-            diff = f"{100 * row['difference']:+.2f} points"
+            diff = f"{100 * row['difference']:+.3f} points"
         lines.append(f"{row['task']:<8} {row['metric']:<10} {row['float']:>8.4f} {row['integer']:>8.4f} {diff:>11}")
     return lines
 

@@ -49,7 +49,7 @@ def test_comparison_table_states_the_differences():
     rows = compare_rows(config, {"semseg": {"miou": 0.5, "pixel_acc": 0.9}, "depth": {"rmse": 2.0}},
                         {"semseg": {"miou": 0.49, "pixel_acc": 0.9}, "depth": {"rmse": 2.1}})
     lines = format_comparison(rows)
-    assert lines[1].split() == ["semseg", "miou", "0.5000", "0.4900", "-1.00", "points"]
+    assert lines[1].split() == ["semseg", "miou", "0.5000", "0.4900", "-1.000", "points"]
     assert lines[3].split() == ["depth", "rmse", "2.0000", "2.1000", "+0.1000", "(+5.00", "%)"]
 
 

@@ -59,15 +59,16 @@ def _export(args):
     print(f"operators: {' '.join(ops)}")
 
 
-def stats_rows(path) -> list:
+def stats_rows(path, *, graph=None) -> list:
     """Graph statistics of an ONNX file beside ``moevit info``'s figures.
 
     One row per quantity: ``task``, ``quantity``, ``graph``, ``info``, ``equal``.
+    ``graph``: the file's ``(proto, metadata)`` if already read.
     """
     from moevit.model.onnx_check import graph_stats, read_graph
     from moevit.model.stats import model_stats
 
-    proto, meta = read_graph(path)
+    proto, meta = graph if graph is not None else read_graph(path)
     config = meta["config"]
     stats = graph_stats(proto, meta)
     rows = []
@@ -135,7 +136,8 @@ def check_rows(path, *, checkpoint=None, quantized=None, config=None, seed=0) ->
     expected = get_config(config) if config else None
     onnx_model = OnnxModel(path, config=expected)
     cfg = onnx_model.config
-    images = np.random.default_rng(seed).standard_normal((1, cfg.in_chans, *cfg.image_size)).astype(np.float32)
+    batch = onnx_model.session.get_inputs()[0].shape[0]
+    images = np.random.default_rng(seed).standard_normal((batch, cfg.in_chans, *cfg.image_size)).astype(np.float32)
     if onnx_model.kind == "qdq":
         from moevit.model.onnx_qdq import compare_with_golden
 

@@ -207,7 +207,10 @@ class ExportView(nn.Module):
         x = model.norm(x)[:, 1:]  # patch tokens only
         if self.task is not None:
             return self._head(self.task, x)
-        return self._head_switch(task, x, 0)
+        # Branches return (batch, classes*H*W): torch.cond wants equal strides,
+        # which a 1-channel and a many-channel map do not have.
+        flat = self._head_switch(task, x, 0)
+        return flat.reshape(x.shape[0], -1, *self.config.image_size)
 
     def _checked_task(self, task):
         """The task id, or an out-of-range Gather index for any invalid id.
@@ -252,10 +255,10 @@ class ExportView(nn.Module):
         """Heads ``first..`` as nested ``If`` nodes (their channel counts differ)."""
         last = len(self.config.tasks) - 1
         if first == last:
-            return self._head(last, x)
+            return self._head(last, x).flatten(1)
         return torch.cond(
             task.reshape(()) == first,
-            lambda task, x: self._head(first, x),
+            lambda task, x: self._head(first, x).flatten(1),
             lambda task, x: self._head_switch(task, x, first + 1),
             (task, x),
         )

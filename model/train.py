@@ -33,7 +33,7 @@ bar and writes the checkpoint.
 
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 import torch
@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from moevit.errors import CheckpointError, ConfigError
-from moevit.model.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
+from moevit.model.checkpoint import load_checkpoint, save_checkpoint
 from moevit.model.config import ModelConfig
 from moevit.model.metrics import IGNORE
 from moevit.model.moevit import MoEViT
@@ -325,11 +325,3 @@ def train(config: ModelConfig, options: TrainOptions, dataset, *, resume=None, p
     model.eval()
     return TrainResult(model, options.steps, history, options.checkpoint)
 
-
-def options_from_checkpoint(path) -> TrainOptions:
-    """The options a checkpoint was trained with (to resume with the same ones)."""
-    extra = read_checkpoint(path)["extra"]
-    if "options" not in extra:
-        raise CheckpointError(f"Checkpoint {path} has no training options")
-    known = {f.name for f in fields(TrainOptions)}
-    return TrainOptions(**{k: v for k, v in extra["options"].items() if k in known})

@@ -245,7 +245,7 @@ class MoE(nn.Module):
         self.dispatch = dispatch
         self.noisy = True
 
-    def route(self, x, task: int, noise=None, *, with_load: bool = True):
+    def route(self, x, task: int, noise=None):
         """Gate ``x`` (N, dim) for ``task``.
 
         Parameters
@@ -254,29 +254,25 @@ class MoE(nn.Module):
         task : int
         noise : Tensor (N, E) or None
             Standard normal draws used while training; drawn here if None.
-        with_load : bool
-            Compute ``load`` (only the load-balancing loss needs it).
 
         Returns
         -------
         indices : LongTensor (N, k)
         weights : Tensor (N, k)
-        load : Tensor (N, E) or None
+        load : Tensor (N, E)
             Per token, its contribution to each expert's load: the selection
             indicator, or while training with noise the smooth estimate.
         """
         clean = self.gates[task](x)
         if not (self.training and self.noisy):
             indices, weights = top_k_gating(clean, self.top_k)
-            load = torch.zeros_like(clean).scatter(-1, indices, 1.0) if with_load else None
+            load = torch.zeros_like(clean).scatter(-1, indices, 1.0)
             return indices, weights, load
         std = F.softplus(self.noise[task](x)) + NOISE_EPSILON
         if noise is None:
             noise = torch.randn_like(clean)
         noisy = clean + noise * std
         indices, weights = top_k_gating(noisy, self.top_k)
-        if not with_load:
-            return indices, weights, None
         if self.top_k == self.num_experts:
             return indices, weights, torch.ones_like(clean)
         # Shazeer's load estimator: expert e stays selected if its noisy logit
@@ -298,7 +294,7 @@ class MoE(nn.Module):
         batch, tokens, dim = x.shape
         flat = x.reshape(batch * tokens, dim)
         flat_noise = None if noise is None else noise.reshape(batch * tokens, -1)
-        indices, weights, load = self.route(flat, task, flat_noise, with_load=return_aux)
+        indices, weights, load = self.route(flat, task, flat_noise)
         if self.dispatch == "sorted":
             y = self._sorted(flat, indices, weights)
         elif self.dispatch == "gather":

@@ -80,6 +80,7 @@ class AttentionHead(wiring.Component):
     """
 
     def __init__(self, *, lanes, max_tokens, max_head_dim):
+        self._MustUse__silence = True  # a unit rejected here is not an unused one
         for what, value in (("Score lanes", lanes), ("Key/value buffer depth", max_tokens),
                             ("Head dim", max_head_dim)):
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -90,6 +91,7 @@ class AttentionHead(wiring.Component):
         self._max_tokens = max_tokens
         self._max_chunks = max_head_dim // lanes
         beat = stream.Signature(beat_layout(lanes))
+        del self._MustUse__silence
         super().__init__({
             "tokens": In(range(max_tokens + 1)),
             "chunks": In(range(self._max_chunks + 1)),

@@ -1,4 +1,5 @@
-"""Sub-commands of the hardware area: ``hw generate``, ``hw estimate``, ``bench linear``."""
+"""Sub-commands of the hardware area: ``hw generate``, ``hw estimate``, ``bench linear``,
+``bench attention``."""
 
 import json
 
@@ -35,6 +36,15 @@ def register_bench(benches):
                         help="only the tiny shapes (skip the ViT-S layer)")
     linear.add_argument("--json", action="store_true", help="one JSON list of rows")
     linear.set_defaults(handler=_bench_linear)
+
+    attention = benches.add_parser(
+        "attention", help="attention kernel: simulated cycles vs ideal (MACs / MAC units)")
+    attention.add_argument("--simulator", choices=("icarus", "verilator"), default="verilator",
+                           help="simulator for the cycle counts (default: verilator)")
+    attention.add_argument("--quick", action="store_true",
+                           help="only the tiny layer (skip the ViT-S head)")
+    attention.add_argument("--json", action="store_true", help="one JSON list of rows")
+    attention.set_defaults(handler=_bench_attention)
 
 
 def _generate(args):
@@ -77,6 +87,16 @@ def _bench_linear(args):
     from moevit.hw.bench import bench_linear, print_table
 
     rows = bench_linear(simulator=args.simulator, quick=args.quick)
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        print_table(rows)
+
+
+def _bench_attention(args):
+    from moevit.hw.bench_attention import bench_attention, print_table
+
+    rows = bench_attention(simulator=args.simulator, quick=args.quick)
     if args.json:
         print(json.dumps(rows))
     else:

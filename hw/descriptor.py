@@ -406,6 +406,10 @@ class LayerNormDescriptor(Descriptor):
             raise DescriptorError(
                 f"LayerNorm descriptor width {self.dim} exceeds the {hw.max_in}-feature "
                 f"buffer of hardware {hw.name!r}")
+        if not isinstance(self.eps, int) or isinstance(self.eps, bool) \
+                or not 0 <= self.eps < 2**34:
+            raise DescriptorError(
+                f"LayerNorm descriptor eps must be an integer in [0, 2**34), not {self.eps!r}")
         if not isinstance(self.shift, int) or isinstance(self.shift, bool) \
                 or not 1 <= self.shift <= 47:
             raise DescriptorError(

@@ -3,8 +3,8 @@
 Per row of ``D`` int8 values (``moevit.model.intops.layernorm``)::
 
     s1 = sum(x); s2 = sum(x*x)
-    sigma = max(isqrt(D*s2 - s1*s1 + eps), 1)    # bit-serial square root
-    R = 2**30 // sigma                           # the one division per row
+    sigma = max(isqrt((D*s2 - s1*s1 + eps) << 12), 1)   # bit-serial square root
+    R = 2**36 // sigma                                  # the one division per row
     n_i = (c_i*R + 2**17) >> 18,  c_i = D*x_i - s1
     y_i = clip8((n_i*gamma_i + beta_i + 2**(shift-1)) >> shift)
 
@@ -60,12 +60,14 @@ class LayerNorm(wiring.Component):
     """
 
     def __init__(self, *, max_dim):
+        self._MustUse__silence = True  # a unit rejected here is not an unused one
         if not isinstance(max_dim, int) or isinstance(max_dim, bool) \
                 or not 1 <= max_dim <= 2**10:
             raise TypeError(f"LayerNorm width must be an integer in 1..1024, not {max_dim!r}")
         from moevit.hw.descriptor import LayerNormDescriptor
 
         self._max_dim = max_dim
+        del self._MustUse__silence
         super().__init__({
             "desc": In(stream.Signature(LayerNormDescriptor.layout())),
             "param": In(stream.Signature(param_layout())),
@@ -89,7 +91,7 @@ class LayerNorm(wiring.Component):
         idx = range(n + 1)
         s1_shape = signed((128 * n).bit_length() + 1)
         s2_shape = unsigned(((1 << 14) * n).bit_length())
-        v_width = 48  # D*s2 - s1*s1 + eps < 2**41 (intops: u35 + u40)
+        v_width = 48  # (D*s2 - s1*s1 + eps) << 12 < 2**47 (intops)
 
         m.submodules.rows = rows = memory.Memory(shape=signed(8), depth=_BANKS * n, init=[])
         m.submodules.params = params = memory.Memory(shape=param_layout(), depth=n, init=[])
@@ -98,6 +100,7 @@ class LayerNorm(wiring.Component):
         m.submodules.isqrt = isqrt = ISqrt(width=v_width)
         m.submodules.divider = divider = Divider(
             dividend_width=intops.LN_RECIP_BITS + 1, divisor_width=v_width // 2)
+        norm_shift = intops.LN_RECIP_BITS - intops.LN_VAR_SHIFT // 2 - intops.LN_NORM_FRAC
 
         dim = Signal(range(n + 1))
         tokens = Signal(16)
@@ -164,10 +167,11 @@ class LayerNorm(wiring.Component):
                              in_idx.eq(0), in_bank.eq(in_bank ^ 1),
                              done_in.eq(done_in + 1), in_rows.eq(in_rows + 1)]
 
-        # Stats: isqrt of D*s2 - s1*s1 + eps, then 2**30 // max(root, 1).
+        # Stats: isqrt of (D*s2 - s1*s1 + eps) << 12, then 2**36 // max(root, 1).
         st_bank = Signal(range(_BANKS))
         variance = Signal(v_width)
-        m.d.comb += variance.eq(dim * row_s2[st_bank] - row_s1[st_bank] * row_s1[st_bank] + eps)
+        m.d.comb += variance.eq((dim * row_s2[st_bank] - row_s1[st_bank] * row_s1[st_bank] + eps)
+                                << intops.LN_VAR_SHIFT)
         sq_sent = Signal()
         m.d.comb += [
             isqrt.i.payload.eq(variance),
@@ -206,11 +210,11 @@ class LayerNorm(wiring.Component):
             m.d.sync += [o_run.eq(1), o_idx.eq(0), o_s1.eq(row_s1[o_bank]),
                          o_recip.eq(row_recip[o_bank]), o_started.eq(o_started + 1)]
         centred = Signal(signed(20))
-        normed = Signal(signed(40))
+        normed = Signal(signed(48))
         m.d.comb += [
             centred.eq(dim * r_rd.data - a_s1),
             normed.eq(intexpr.round_shift(
-                centred * a_recip, Const(intops.LN_RECIP_BITS - intops.LN_NORM_FRAC, 6))),
+                centred * a_recip, Const(norm_shift, 6))),
         ]
         p = data.View(param_layout(), p_rd.data)
         with m.If(advance):

@@ -41,10 +41,12 @@ class Divider(wiring.Component):
     """
 
     def __init__(self, *, dividend_width, divisor_width):
+        self._MustUse__silence = True  # a unit rejected here is not an unused one
         _positive("Dividend width", dividend_width)
         _positive("Divisor width", divisor_width)
         self._nw = dividend_width
         self._dw = divisor_width
+        del self._MustUse__silence
         super().__init__({
             "i": In(stream.Signature(data.StructLayout({
                 "dividend": unsigned(dividend_width), "divisor": unsigned(divisor_width)}))),
@@ -121,9 +123,11 @@ class ISqrt(wiring.Component):
     """
 
     def __init__(self, *, width):
+        self._MustUse__silence = True  # a unit rejected here is not an unused one
         _positive("Operand width", width)
         self._width = width
         self._rw = (width + 1) // 2
+        del self._MustUse__silence
         super().__init__({
             "i": In(stream.Signature(unsigned(width))),
             "o": Out(stream.Signature(unsigned(self._rw))),

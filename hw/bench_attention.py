@@ -1,0 +1,63 @@
+"""``moevit bench attention``: simulated cycles of the attention kernel against the ideal.
+
+Each case runs in the cocotb bench (:mod:`moevit.sim.benches.attention`)
+with no gaps and no back-pressure; every context value is checked against
+the golden model, and the cycles are counted from the descriptor to the last
+context beat (loading K and V, filling and draining the row pipeline
+included). ``ideal_cycles = MACs / MAC units`` with ``MACs = 2 * heads *
+tokens**2 * head_dim`` (``Q Kᵀ`` and ``P V``) and ``2 * score_lanes *
+heads_parallel`` MAC units; ``utilization = ideal / cycles``.
+
+Cases: one attention layer of ``tiny`` (4 heads, 65 tokens, head dim 16) on
+its default hardware, and one ViT-S head (197 tokens, head dim 64) on the
+default attention parameters (8 score lanes, 256-token K/V buffers).
+"""
+
+import numpy as np
+
+__all__ = ["bench_attention", "print_table"]
+
+
+def _case(hw, name, heads, tokens, head_dim, simulator, seed):
+    from moevit.model import intops
+    from moevit.sim.units import attention_descriptor, run_attention
+
+    rng = np.random.default_rng(seed)
+    q, k, v = (rng.integers(-128, 128, (heads, tokens, head_dim)) for _ in range(3))
+    consts = (*intops.softmax_constants(1 / 512), *map(int, intops.quantize_multiplier(1 / 40)))
+    run = run_attention(hw, q, k, v, consts, test_id=f"bench-attention-{name}-{simulator}",
+                        simulator=simulator, gaps="none", stall="none", seed=seed)
+    desc = attention_descriptor(hw, tokens, heads, head_dim, consts)
+    units = 2 * hw.score_lanes * hw.heads_parallel
+    return dict(
+        config=hw.name, layer=name, shape=f"{heads}x{tokens}x{head_dim}", tokens=tokens,
+        heads=heads, head_dim=head_dim, lanes=f"{hw.heads_parallel}x2x{hw.score_lanes}",
+        mac_units=units, macs=desc.macs, cycles=run.cycles, ideal_cycles=desc.ideal_cycles(),
+        utilization=round(desc.ideal_cycles() / run.cycles, 4), simulator=simulator,
+        sim_seconds=round(run.seconds, 1))
+
+
+def bench_attention(simulator="verilator", quick=False) -> list:
+    """Rows of the attention benchmark (see the module's description)."""
+    from moevit.hw.config import HwConfig, get_hw_config
+    from moevit.model.config import get_config
+
+    tiny = get_config("tiny")
+    rows = [_case(get_hw_config("tiny"), "attn", tiny.heads, tiny.tokens, tiny.head_dim,
+                  simulator, seed=1)]
+    if not quick:
+        rows.append(_case(HwConfig(name="vit-s"), "vit-s.attn.head", 1, 197, 64, simulator,
+                          seed=2))
+    return rows
+
+
+def print_table(rows) -> None:
+    print(f"{'config':<9}{'layer':<17}{'HxTxD':<12}{'lanes':>8}{'cycles':>10}{'ideal':>10}"
+          f"{'util':>8}")
+    for r in rows:
+        print(f"{r['config']:<9}{r['layer']:<17}{r['shape']:<12}{r['lanes']:>8}"
+              f"{r['cycles']:>10}{r['ideal_cycles']:>10}{r['utilization']:>8.1%}")
+    if rows:
+        print(f"(cycles from the descriptor to the last context beat, simulated on "
+              f"{rows[0]['simulator']}; ideal = MACs / MAC units, lanes = heads x (QK, PV) "
+              f"x score lanes)")

@@ -1,0 +1,82 @@
+"""The integer LayerNorm unit in simulation, bit for bit against ``intops.layernorm``.
+
+Fast (Icarus): rows built for the corners (a constant row with and without
+``eps``, int8 extremes, one outlier) with seeded gaps and back-pressure, and
+the trained ``tiny`` model's first LayerNorm. Slow (``$SIM``): every
+LayerNorm of the tiny model.
+"""
+
+import numpy as np
+import pytest
+
+from moevit.hw.config import DEFAULT_HW
+from moevit.hw.descriptor import DescriptorError, LayerNormDescriptor
+from moevit.hw.layernorm import LayerNorm
+from moevit.model import intops
+from moevit.sim.runner import default_simulator
+from moevit.sim.units import run_layernorm, tiny_quantized
+
+HW = DEFAULT_HW["tiny"]
+
+
+@pytest.mark.parametrize("eps", [0, 5000])
+def test_corner_rows_icarus(eps):
+    rng = np.random.default_rng(eps)
+    dim = 24
+    x = rng.integers(-128, 128, (6, dim))
+    x[1] = 7  # constant: variance 0, sigma = max(isqrt(eps), 1)
+    x[2] = np.where(np.arange(dim) % 2, 127, -128)
+    x[3] = -128
+    x[4] = 0
+    x[4, 5] = 127  # one outlier: the largest normalised value, sqrt(D - 1)
+    gamma = rng.integers(-2**15 + 1, 2**15, dim)
+    beta = rng.integers(-2**30, 2**30, dim)
+    shift = 20
+    run = run_layernorm(HW, x, eps, gamma, beta, shift, test_id=f"layernorm-corners-{eps}",
+                        simulator="icarus", gaps="random", stall="random", seed=6)
+    assert run.out.min() == -128 and run.out.max() == 127  # saturation reached too
+
+
+def _norms(qmodel, tensors):
+    """``(name, input, output)`` of every LayerNorm the golden model ran."""
+    depth = qmodel.config.depth
+    for i in range(depth):
+        block_in = tensors["embed.out"] if i == 0 else tensors[f"blocks.{i - 1}.add2.out"]
+        yield f"blocks.{i}.norm1", block_in, tensors[f"blocks.{i}.norm1.out"]
+        yield f"blocks.{i}.norm2", tensors[f"blocks.{i}.add1.out"], tensors[f"blocks.{i}.norm2.out"]
+    yield "norm", tensors[f"blocks.{depth - 1}.add2.out"], tensors["norm.out"]
+
+
+def _run_norm(qmodel, name, x, y, test_id, simulator):
+    eps, gamma, beta, shift = (qmodel[f"{name}.{p}"] for p in ("eps", "gamma", "beta", "shift"))
+    run = run_layernorm(HW, x, int(eps), gamma, beta, int(shift), test_id=test_id,
+                        simulator=simulator, seed=7)
+    np.testing.assert_array_equal(run.out, y)
+
+
+def test_tiny_model_first_norm_icarus():
+    from moevit.model import golden
+
+    qmodel, image = tiny_quantized()
+    result = golden.run(qmodel, image, 0)
+    name, x, y = next(_norms(qmodel, result.tensors))
+    _run_norm(qmodel, name, x, y, "layernorm-tiny-norm1", "icarus")
+
+
+@pytest.mark.slow
+def test_tiny_model_every_norm():
+    from moevit.model import golden
+
+    qmodel, image = tiny_quantized()
+    result = golden.run(qmodel, image, 1)
+    for name, x, y in _norms(qmodel, result.tensors):
+        _run_norm(qmodel, name, x, y, f"layernorm-tiny-{name}-{default_simulator()}", None)
+
+
+def test_bad_width():
+    with pytest.raises(TypeError, match=r"^LayerNorm width must be an integer in 1\.\.1024, "
+                       r"not 2048$"):
+        LayerNorm(max_dim=2048)
+    with pytest.raises(DescriptorError, match=r"^LayerNorm descriptor width 300 exceeds the "
+                       r"256-feature buffer of hardware 'tiny'$"):
+        LayerNormDescriptor(HW, tokens=1, dim=300)

@@ -166,6 +166,11 @@ def _eval(args):
     print(f"{config.name} on {len(val)} {args.data} validation samples:")
     print("\n".join(_format_metrics(metrics)))
     print(f"predictions: {png}")
+    if integer:
+        from moevit.model.integer_eval import format_comparison
+
+        print("float and integer (golden) models side by side:")
+        print("\n".join("  " + line for line in format_comparison(integer["comparison"])))
 
 
 # demo ----------------------------------------------------------------------

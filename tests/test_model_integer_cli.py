@@ -31,6 +31,14 @@ def test_quantize_writes_a_file_the_golden_model_runs(checkpoint, tmp_path, caps
     assert golden.run(qmodel, image, "depth").output.shape == (1, 64, 64)
 
 
+def test_eval_integer_text_report(checkpoint, tmp_path, capsys):
+    args = ["eval", "--checkpoint", str(checkpoint), "--integer", "--val-size", "2", "--calibration", "2"]
+    assert main(args + ["--png", str(tmp_path / "p.png"), "--quiet"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    start = lines.index("float and integer (golden) models side by side:")
+    assert [line.split()[:2] for line in lines[start + 2 :]] == [["semseg", "miou"], ["semseg", "pixel_acc"], ["depth", "rmse"]]
+
+
 def test_eval_integer_prints_both_models_side_by_side(checkpoint, tmp_path, capsys):
     args = ["eval", "--checkpoint", str(checkpoint), "--integer", "--val-size", "3", "--calibration", "4"]
     args += ["--png", str(tmp_path / "p.png"), "--quiet", "--json"]
@@ -57,7 +65,7 @@ def test_bench_golden_json_rows(capsys):
     assert main(["bench", "golden", "--config", "tiny", "--repeat", "1", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [(row["config"], row["task"]) for row in rows] == [("tiny", "semseg"), ("tiny", "depth")]
-    assert all(row["ms_per_image"] > 0 and row["threads"] == 1 for row in rows)
+    assert all(row["ms_per_image"] >= row["ms_best"] > 0 and row["threads"] == 1 for row in rows)
 
 
 def test_quantize_rejects_an_empty_calibration_set(checkpoint, tmp_path, capsys):

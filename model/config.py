@@ -232,7 +232,9 @@ CONFIGS = {
         ModelConfig(
             name="edge-moe",
             source="Edge-MoE (Sarkar et al., ICCAD 2023) and UbiMoE (2025) include/model.hpp: "
-            "the M³ViT model they implement on ZCU102/U280, Cityscapes semseg + depth",
+            "the M³ViT model they implement on ZCU102/U280; tasks as M³ViT's Cityscapes set "
+            "(VITA-Group/M3ViT data/cityscapes.py, utils/config.py: MTAN's 128x256 "
+            "preprocessed images, 7-class semseg + depth)",
             image_size=(128, 256),
             patch=16,
             dim=192,
@@ -243,7 +245,7 @@ CONFIGS = {
             top_k=2,
             expert_hidden=384,
             moe_blocks=_odd_blocks(12),
-            tasks=(TaskSpec("semseg", "semseg", 19), TaskSpec("depth", "depth")),
+            tasks=(TaskSpec("semseg", "semseg", 7), TaskSpec("depth", "depth")),
         ),
         ModelConfig(
             name="m3vit-s",

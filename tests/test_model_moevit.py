@@ -48,7 +48,7 @@ def test_parameter_names_and_shapes_follow_the_contract():
     assert shapes["blocks.11.mlp.experts.fc1.bias"] == (16, 384)
     assert shapes["blocks.11.mlp.experts.fc2.weight"] == (16, 192, 384)
     assert shapes["blocks.11.mlp.experts.fc2.bias"] == (16, 192)
-    assert shapes["heads.0.weight"] == (19 * 256, 192) and shapes["heads.1.weight"] == (256, 192)
+    assert shapes["heads.0.weight"] == (7 * 256, 192) and shapes["heads.1.weight"] == (256, 192)
     assert not any(name.startswith("blocks.2.mlp.gates") for name in shapes)
     assert "blocks.2.mlp.experts.fc1.weight" not in shapes
 

@@ -204,12 +204,15 @@ def run_layernorm(hw, x, eps, gamma, beta, shift, *, test_id, simulator=None,
     return run
 
 
-def tiny_quantized():
-    """A ``tiny`` model trained briefly and quantized, and one validation image.
+def tiny_quantized(trained=True):
+    """A quantized ``tiny`` model and one validation image.
 
-    Cached as ``build/sim/_models/tiny-quantized.npz`` (the file the linear
-    kernel's tests train too, with the same recipe). Returns
-    ``(QuantizedModel, image)``, the image a float ``(C, H, W)`` array.
+    ``trained``: trained briefly (cached as ``build/sim/_models/tiny-quantized.npz``,
+    the file the linear kernel's tests train too, with the same recipe; the
+    first call trains for a minute or more). Otherwise the golden model's
+    untrained ``signal_model`` (weights that carry signal), quantized on eight
+    images: seconds, for the fast tests. Returns ``(QuantizedModel, image)``,
+    the image a float ``(C, H, W)`` array.
     """
     from moevit.model.config import get_config
     from moevit.model.data import SyntheticDataset
@@ -217,6 +220,12 @@ def tiny_quantized():
     from moevit.model.train import TrainOptions, train
 
     config = get_config("tiny")
+    image = SyntheticDataset(config, "val", size=1, seed=0).images[0].numpy()
+    if not trained:
+        from moevit.model.integer_eval import signal_model
+
+        data = SyntheticDataset(config, "val", size=8, seed=1)
+        return quantize(signal_model(config), data.images), image
     path = build_dir("sim", "_models") / "tiny-quantized.npz"
     if not path.exists():
         data = SyntheticDataset(config, "train", size=64, seed=0)
@@ -224,7 +233,6 @@ def tiny_quantized():
                                checkpoint=str(build_dir("sim", "_models") / "tiny.pt"))
         model = train(config, options, data, progress=False).model
         save_quantized(path, quantize(model, data.images[:32]))
-    image = SyntheticDataset(config, "val", size=1, seed=0).images[0].numpy()
     return load_quantized(path, config), image
 
 

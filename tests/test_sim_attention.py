@@ -2,8 +2,8 @@
 
 Fast (Icarus): random heads built to drive the softmax to its extremes
 (all-equal rows, one dominant score, saturating scores and contexts) with
-seeded gaps and back-pressure, and the first attention layer of the trained
-``tiny`` model. Slow (``make sim``, ``$SIM``): every attention layer of the
+seeded gaps and back-pressure, and the first attention layer of the ``tiny``
+model with untrained weights that carry signal (no training in the fast suite). Slow (``make sim``, ``$SIM``): every attention layer of the
 tiny model on its default hardware, and one ViT-S head. Each bench compares
 every context value with ``golden.attention_head``; the tests also compare
 with the golden model's recorded ``blocks.{i}.attn.ctx``.
@@ -54,16 +54,17 @@ def test_extremes_icarus(gaps, stall):
     assert run.cycles > 0
 
 
-def _tiny_block(block):
+def _tiny_block(block, trained=True):
     from moevit.model import golden
 
-    qmodel, image = tiny_quantized()
+    qmodel, image = tiny_quantized(trained)
     result = golden.run(qmodel, image, 0)
     return attention_layer(qmodel, result.tensors, block)
 
 
 def test_tiny_model_first_layer_icarus():
-    q, k, v, consts, ctx = _tiny_block(0)
+    """The untrained signal model's first layer (the trained model's are slow tests)."""
+    q, k, v, consts, ctx = _tiny_block(0, trained=False)
     # Other lanes than the default hardware: two heads at once, one chunk per score.
     hw = DEFAULT_HW["tiny"].replace(score_lanes=16, heads_parallel=2, kv_depth=72,
                                     max_head_dim=16)

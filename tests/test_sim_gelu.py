@@ -1,9 +1,10 @@
 """The integer GELU unit in simulation, bit for bit against the golden model.
 
 Fast (Icarus): every int8 value under two input scales, with seeded gaps and
-back-pressure, and the trained ``tiny`` model's first MLP GELU (its
-``fc1.pre`` to ``fc1.out``). Slow (``$SIM``): the smallest and largest scales
-``intops.gelu_constants`` accepts.
+back-pressure, and the ``tiny`` model's first MLP GELU (its ``fc1.pre`` to
+``fc1.out``) with untrained weights. Slow (``$SIM``): the same with the
+trained model, and the smallest and largest scales ``intops.gelu_constants``
+accepts.
 """
 
 import numpy as np
@@ -30,15 +31,17 @@ def test_every_int8_icarus(scale):
     assert run.out.min() < 0 < run.out.max()  # GELU's dip below zero and its linear part
 
 
-def test_tiny_model_mlp_icarus():
+@pytest.mark.parametrize("trained", [pytest.param(True, marks=pytest.mark.slow), False],
+                         ids=["trained", "signal"])
+def test_tiny_model_mlp(trained):
     from moevit.model import golden
 
-    qmodel, image = tiny_quantized()
+    qmodel, image = tiny_quantized(trained)
     result = golden.run(qmodel, image, 0)
     consts = golden.GeluConsts(*(int(v) for v in qmodel["blocks.0.mlp.fc1.gelu"]))
     pre = result.tensors["blocks.0.mlp.fc1.pre"]
-    run = run_gelu(DEFAULT_HW["tiny"], pre, consts, test_id="gelu-tiny", simulator="icarus",
-                   seed=4)
+    run = run_gelu(DEFAULT_HW["tiny"], pre, consts, test_id=f"gelu-tiny-{trained}",
+                   simulator="icarus" if not trained else None, seed=4)
     np.testing.assert_array_equal(run.out.reshape(pre.shape),
                                   result.tensors["blocks.0.mlp.fc1.out"])
 

@@ -2,8 +2,8 @@
 
 Fast (Icarus): rows built for the corners (a constant row with and without
 ``eps``, int8 extremes, one outlier) with seeded gaps and back-pressure, and
-the trained ``tiny`` model's first LayerNorm. Slow (``$SIM``): every
-LayerNorm of the tiny model.
+the ``tiny`` model's first LayerNorm with untrained weights. Slow
+(``$SIM``): every LayerNorm of the trained tiny model.
 """
 
 import numpy as np
@@ -55,9 +55,10 @@ def _run_norm(qmodel, name, x, y, test_id, simulator):
 
 
 def test_tiny_model_first_norm_icarus():
+    """The untrained signal model's first LayerNorm (the trained model's are slow)."""
     from moevit.model import golden
 
-    qmodel, image = tiny_quantized()
+    qmodel, image = tiny_quantized(trained=False)
     result = golden.run(qmodel, image, 0)
     name, x, y = next(_norms(qmodel, result.tensors))
     _run_norm(qmodel, name, x, y, "layernorm-tiny-norm1", "icarus")

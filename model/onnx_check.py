@@ -10,9 +10,11 @@ accumulates from the graph alone, for comparison with
 
 What :func:`graph_stats` counts
 -------------------------------
-- ``params``: the elements of the graph's weight initializers: floating-point
-  ones in a float graph, the int8 weights and int32 biases in a QDQ graph
-  (scales, zero points, index and shape constants are not parameters).
+- ``params``: the elements of the graph's weight initializers: the
+  floating-point ones in a float graph (exported without constant folding,
+  they are the model's parameters under their PyTorch names); in a QDQ graph
+  the int8 weights, int32 biases and float LayerNorm parameters (the
+  ``scale.*``, ``zero.*`` and ``const.*`` initializers are not parameters).
 - MACs: every ``MatMul``, ``Gemm`` and ``Conv`` node, in the main graph and in
   the ``If`` branch of each task: output elements × reduced length. Nodes
   with a fixed shape count exactly.
@@ -24,10 +26,9 @@ What :func:`graph_stats` counts
   (checked), the layer's expert MACs are exactly ``tokens × k × c``
   (``macs``), and ``tokens × experts × c`` if every expert ran on every
   token (``macs_all_experts``).
-- ``moe_layers``: per ``TopK``: tokens, k and the experts with a subgraph;
-  ``experts_touched`` per token is ``k`` of them. Which experts an input
-  actually touches is reported by :meth:`OnnxModel.run` with
-  ``routing=True``.
+- ``moe_layers``: per ``TopK``: tokens, k and the number of experts with a
+  subgraph; each token touches ``k`` of them. Which experts an input
+  actually touches is returned by :meth:`OnnxModel.run` with ``routing=True``.
 """
 
 import hashlib
@@ -38,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from moevit.errors import CheckpointError, ConfigError, MoevitError
+from moevit.errors import CheckpointError, MoevitError
 
 __all__ = [
     "FORMAT",
@@ -358,7 +359,6 @@ def graph_stats(proto, metadata=None) -> dict:
         ``tokens``, ``k``, ``experts``, ``macs_per_token_expert``).
     """
     import onnx
-    from onnx import numpy_helper  # noqa: F401  (used through _constant_value)
 
     kind = (metadata or {}).get("moevit.kind", "float")
     params = 0
@@ -510,32 +510,71 @@ def torch_model_for(metadata, checkpoint=None):
     return model
 
 
+def _record_routing(model):
+    """Wrap each MoE layer's ``route`` of ``model`` (this instance only) to record
+    the selected experts; returns the list they are appended to and an undo."""
+    recorded = []
+
+    def recording(route):
+        def wrapped(*args, **kwargs):
+            result = route(*args, **kwargs)
+            recorded.append(result[0].numpy())  # (tokens, k) selected experts
+            return result
+
+        return wrapped
+
+    layers = model.moe_layers
+    for layer in layers:
+        layer.route = recording(layer.route)
+
+    def undo():
+        for layer in layers:
+            del layer.route  # back to the class's method
+
+    return recorded, undo
+
+
 def compare_with_torch(onnx_model: OnnxModel, torch_model, images) -> list:
     """Largest difference per task and output between ONNX Runtime and PyTorch.
+
+    With an :class:`OnnxModel` opened with ``routing=True``, each row also
+    says how many distinct experts each MoE layer touched in the graph and
+    whether every token's selected experts equal PyTorch's.
 
     Returns
     -------
     list of dict
-        ``task``, ``output``, ``shape``, ``max_abs_diff``, ``max_abs_ref``.
+        ``task``, ``output``, ``shape``, ``max_abs_diff``, ``max_abs_ref``
+        (and ``experts_touched``, ``routing_equal``).
     """
     import torch
 
     onnx_model.check_config(torch_model.config)
     torch_model.eval()
+    experts = torch_model.config.experts
     rows = []
     for t in onnx_model.task_ids():
-        got = onnx_model.run(images, t)["prediction"]
-        with torch.no_grad():
-            ref = torch_model(torch.as_tensor(np.asarray(images, np.float32)), t).numpy()
+        result = onnx_model.run(images, t)
+        got = result["prediction"]
+        recorded, undo = _record_routing(torch_model)
+        try:
+            with torch.no_grad():
+                ref = torch_model(torch.as_tensor(np.asarray(images, np.float32)), t).numpy()
+        finally:
+            undo()
         if got.shape != ref.shape:
             raise MoevitError(f"ONNX output of shape {got.shape} differs from PyTorch's {ref.shape}")
-        rows.append(
-            {
-                "task": torch_model.config.task_names[t],
-                "output": "prediction",
-                "shape": list(got.shape),
-                "max_abs_diff": float(np.abs(got - ref).max()),
-                "max_abs_ref": float(np.abs(ref).max()),
-            }
-        )
+        row = {
+            "task": torch_model.config.task_names[t],
+            "output": "prediction",
+            "shape": list(got.shape),
+            "max_abs_diff": float(np.abs(got - ref).max()),
+            "max_abs_ref": float(np.abs(ref).max()),
+        }
+        if "routing" in result:
+            row["experts_touched"] = " ".join(f"{len(np.unique(r))}/{experts}" for r in result["routing"])
+            row["routing_equal"] = len(result["routing"]) == len(recorded) and all(
+                np.array_equal(a, b) for a, b in zip(result["routing"], recorded)
+            )
+        rows.append(row)
     return rows

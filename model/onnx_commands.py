@@ -134,7 +134,7 @@ def check_rows(path, *, checkpoint=None, quantized=None, config=None, seed=0) ->
     from moevit.model.onnx_check import OnnxModel, compare_with_torch, read_graph, torch_model_for
 
     expected = get_config(config) if config else None
-    onnx_model = OnnxModel(path, config=expected)
+    onnx_model = OnnxModel(path, config=expected, routing=True)
     cfg = onnx_model.config
     batch = onnx_model.session.get_inputs()[0].shape[0]
     images = np.random.default_rng(seed).standard_normal((batch, cfg.in_chans, *cfg.image_size)).astype(np.float32)
@@ -154,8 +154,11 @@ def _check(args):
     if args.json:
         print(json.dumps({"differences": rows, "stats": stats}))
         return 0 if all(row["equal"] for row in stats) else 1
-    columns = [c for c in ("task", "output", "shape", "max_abs_diff", "max_abs_ref", "max_steps", "mean_steps", "equal_fraction",
-                           "steps_histogram") if c in rows[0]]
+    if "routing_equal" in rows[0]:
+        print("(experts_touched: distinct experts each MoE layer ran on this image, of all)")
+    columns = [c for c in ("task", "output", "shape", "max_abs_diff", "max_abs_ref", "experts_touched",
+                           "routing_equal", "max_steps", "mean_steps", "equal_fraction", "steps_histogram")
+               if c in rows[0]]
     print(f"ONNX Runtime vs {'the integer golden model' if 'max_steps' in rows[0] else 'PyTorch'}:")
     print(format_rows(rows, columns))
     print("graph statistics vs moevit info:")

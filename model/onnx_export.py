@@ -34,7 +34,7 @@ Graph inputs and outputs
     float32 (batch, classes, height, width). In the task-any graph the heads
     are the branches of ``If`` nodes, so the channel count is symbolic.
 
-Metadata (``metadata_props``, read back by :func:`read_metadata`): the
+Metadata (``metadata_props``, read back by :func:`moevit.model.onnx_check.read_graph`): the
 config as JSON and its hash, the task (a name or ``"any"``), the kind
 (``"float"`` or ``"qdq"``) and where the weights come from with their hash,
 so that a graph is never compared with another model by mistake.
@@ -66,6 +66,7 @@ __all__ = [
     "weights_hash",
     "export_onnx",
     "finish_graph",
+    "graph_metadata",
 ]
 
 OPSET = 18
@@ -264,7 +265,8 @@ class ExportView(nn.Module):
         )
 
 
-def _metadata(config, task_name, kind, weights, weights_digest):
+def graph_metadata(config, task_name, kind, weights, weights_digest) -> dict:
+    """The ``moevit.*`` metadata entries of a graph (see the module doc)."""
     return {
         "moevit.format": FORMAT,
         "moevit.config": json.dumps(config.to_dict(), sort_keys=True),
@@ -277,25 +279,38 @@ def _metadata(config, task_name, kind, weights, weights_digest):
     }
 
 
-def finish_graph(proto, path, metadata: dict, doc: str):
-    """Stamp metadata on an exported graph, check it fully and write one file.
+def finish_graph(model, path, metadata: dict, doc: str):
+    """Stamp metadata on a graph, write it as one file and check it fully.
 
-    Runs ``onnx.checker.check_model(full_check=True)`` (which includes strict
-    shape inference) before writing; the file holds its weights (no external
-    data). Returns the path.
+    ``model`` is an ``onnx.ModelProto`` or an ``onnx_ir`` model (what the
+    exporter returns; written without a copy to a proto). The written file
+    must pass ``onnx.checker.check_model(full_check=True)`` (which includes
+    strict shape inference); if it does not, it is removed and the checker's
+    error raised. Returns the path.
     """
     import onnx
 
-    del proto.metadata_props[:]
-    for key, value in metadata.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    proto.producer_name = "moevit"
-    proto.doc_string = doc
-    onnx.checker.check_model(proto, full_check=True)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save_model(proto, str(path), save_as_external_data=False)
+    if isinstance(model, onnx.ModelProto):
+        del model.metadata_props[:]
+        for key, value in metadata.items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, value
+        model.producer_name, model.doc_string = "moevit", doc
+        onnx.save_model(model, str(path), save_as_external_data=False)
+    else:
+        import onnx_ir as ir
+
+        model.metadata_props.clear()
+        model.metadata_props.update(metadata)
+        model.producer_name, model.doc_string = "moevit", doc
+        ir.save(model, str(path))
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception:
+        path.unlink()
+        raise
     return path
 
 
@@ -335,8 +350,12 @@ def export_onnx(model, task, path, *, batch: int = 1, weights: str = "unknown"):
         args, names = (images,), ["images"]
     with torch.no_grad(), warnings.catch_warnings(), _quiet_exporter():
         warnings.simplefilter("ignore")  # the exporter's own deprecation chatter
+        # Captured here (non-strict, static shapes): the exporter's own first
+        # strategy fails on the task-any graph's torch.cond and retries with
+        # dynamo, which doubles the export time.
+        exported = torch.export.export(view, args, strict=False)
         program = torch.onnx.export(
-            view,
+            exported,
             args,
             input_names=names,
             output_names=["prediction"],
@@ -349,13 +368,12 @@ def export_onnx(model, task, path, *, batch: int = 1, weights: str = "unknown"):
                 torch.ops.moevit.expert_dispatch.default: _onnx_expert_dispatch
             },
         )
-    proto = program.model_proto
     task_name = ANY_TASK if any_task else config.task_names[task_index]
-    metadata = _metadata(config, task_name, "float", weights, weights_hash(model.state_dict()))
+    metadata = graph_metadata(config, task_name, "float", weights, weights_hash(model.state_dict()))
     doc = (
         f"moevit {config.name!r} MoE-ViT, task {task_name!r}: images float32 "
         f"(batch {batch}, {config.in_chans}, {config.image_size[0]}, {config.image_size[1]})"
         + (", task int64 (1,) in 0..%d" % (len(config.tasks) - 1) if any_task else "")
         + " -> prediction float32 (batch, classes, height, width)"
     )
-    return finish_graph(proto, path, metadata, doc)
+    return finish_graph(program.model, path, metadata, doc)

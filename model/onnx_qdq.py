@@ -38,9 +38,6 @@ same dequantized. Every golden int8 tensor name is a value of the graph, so
 :func:`compare_with_golden` can also read intermediate tensors.
 """
 
-import math
-from pathlib import Path
-
 import numpy as np
 
 from moevit.errors import ConfigError
@@ -276,7 +273,7 @@ def export_qdq(qmodel, task, path, *, source: str = "unknown"):
     from onnx import helper
 
     from moevit.model.onnx_check import ANY_TASK
-    from moevit.model.onnx_export import OPSET, _metadata, finish_graph
+    from moevit.model.onnx_export import OPSET, finish_graph, graph_metadata
 
     config = qmodel.config
     if task == ANY_TASK:
@@ -285,7 +282,7 @@ def export_qdq(qmodel, task, path, *, source: str = "unknown"):
     graph = _Builder(qmodel, t).build()
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     proto.ir_version = 10
-    metadata = _metadata(config, config.task_names[t], "qdq", f"quantized {source}", qmodel.checksum()[:16])
+    metadata = graph_metadata(config, config.task_names[t], "qdq", f"quantized {source}", qmodel.checksum()[:16])
     doc = (
         f"moevit {config.name!r} quantized MoE-ViT (QDQ), task {config.task_names[t]!r}: images float32 "
         f"(1, {config.in_chans}, {config.image_size[0]}, {config.image_size[1]}) -> prediction float32 and "

@@ -29,7 +29,13 @@ from the integer constants (the golden model: integer mean, variance and
 square root), residual adds in float (the golden model: two 15-bit
 multipliers). Their outputs are quantized at the same scales, so a
 difference shows as a few int8 steps, and it can grow through the blocks.
-:func:`compare_with_golden` measures it.
+:func:`compare_with_golden` measures it. Measured with random weights, two
+random calibration images and random inputs (see ``tests/test_model_onnx.py``):
+``tiny`` (4 blocks): at most 7 int8 steps, 0.6-0.7 on average, 42-45 % of
+the outputs equal; ``edge-moe`` (12 blocks): at most 15 steps, 1.2-1.6 on
+average, 22-27 % equal. The patch embedding, the first integer layer, is
+equal to the golden model's; the gates select the same experts for 83-98 % of
+the (token, slot) entries.
 
 Graph inputs and outputs: ``images`` float32 (1, in_chans, height, width),
 quantized at ``scale.input``; ``prediction_int8`` int8 (1, classes, height,

@@ -220,6 +220,11 @@ def test_graph_of_other_weights_is_a_clear_error(exported):
         torch_model_for(meta)
 
 
+def test_bad_batch_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"^Batch must be a positive integer, not 0$"):
+        export_onnx(random_model("tiny"), "semseg", tmp_path / "x.onnx", batch=0)
+
+
 def test_commands_export_check_and_stats(tmp_path, capsys):
     path = tmp_path / "tiny-depth.onnx"
     assert main(["export-onnx", "--config", "tiny", "--task", "1", "-o", str(path)]) == 0
@@ -251,19 +256,34 @@ QDQ_MAX_STEPS = 10
 QDQ_MEAN_STEPS = 1.0
 
 
-@pytest.fixture(scope="module")
-def quantized(tmp_path_factory):
+def quantize_and_export(name, folder):
     from moevit.model.onnx_qdq import export_qdq
     from moevit.model.quantize import quantize, save_quantized
 
-    folder = tmp_path_factory.mktemp("qdq")
-    model = random_model("tiny")
-    calibration = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    model = random_model(name)
+    config = model.config
+    calibration = torch.randn(2, 3, *config.image_size, generator=torch.Generator().manual_seed(1))
     qmodel = quantize(model, calibration)
-    qpath = save_quantized(folder / "tiny.npz", qmodel)
-    graphs = {task: export_qdq(qmodel, task, folder / f"tiny-{task}-qdq.onnx", source=str(qpath))
-              for task in ("semseg", "depth")}
+    qpath = save_quantized(folder / f"{name}.npz", qmodel)
+    graphs = {task: export_qdq(qmodel, task, folder / f"{name}-{task}-qdq.onnx", source=str(qpath))
+              for task in config.task_names}
     return qmodel, qpath, graphs
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory):
+    return quantize_and_export("tiny", tmp_path_factory.mktemp("qdq"))
+
+
+def test_qdq_graph_of_edge_moe_is_within_bound(tmp_path):
+    """Edge-MoE's 12 blocks: measured at most 15 steps, 1.2-1.6 on average."""
+    from moevit.model.onnx_qdq import compare_with_golden
+
+    qmodel, _, graphs = quantize_and_export("edge-moe", tmp_path)
+    images = random_images(qmodel.config, seed=5)
+    for task, path in graphs.items():
+        (row,) = compare_with_golden(OnnxModel(path), images)
+        assert row["max_steps"] <= 20 and row["mean_steps"] <= 2.0 and row["equal_fraction"] > 0.15, row
 
 
 def test_qdq_graph_is_standard_onnx_with_integer_weights(quantized):

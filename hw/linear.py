@@ -22,12 +22,15 @@ Dataflow (output-stationary, out tile outermost)::
   the next out tile's weights (and its per-channel constants, from the
   ``chan`` stream) load while the current one computes.
 * At the end of a tile the accumulators are copied into a shadow bank and
-  the next tile starts at once; the shadow bank drains one token row per
-  cycle through ``cols`` lanes of requantization (bias add, multiply, round,
-  shift, saturate), the optional integer GELU with its requantization, and
-  the optional residual add, into the output FIFO. The array thus computes
-  without a pause as long as ``in_features >= rows`` (plus a few cycles) and
-  the output is drained; it stalls, never drops data, otherwise.
+  the next tile starts at once; the shadow bank drains ``post_lanes`` values
+  per cycle (``rows * cols / post_lanes`` cycles per tile) through as many
+  lanes of requantization (bias add, multiply, round, shift, saturate), the
+  optional integer GELU with its requantization, and the optional residual
+  add; the chunks of a token row gather into one output beat in the output
+  FIFO. The array thus computes without a pause as long as ``in_features``
+  exceeds the drain time (a few cycles more than ``rows * cols /
+  post_lanes``) and the output is taken; otherwise it stalls, never drops
+  data.
 
 Streams (``amaranth.lib.stream``, valid/ready; order of beats):
 

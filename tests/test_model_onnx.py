@@ -14,6 +14,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
 from moevit.cli import main
 from moevit.errors import ConfigError
@@ -146,7 +147,7 @@ def test_raw_task_any_graph_fails_on_a_task_id_out_of_range(exported):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     images = random_images(model.config)
     for bad in (2, -1, -3):
-        with pytest.raises(Exception, match=r"indices element out of data bounds"):
+        with pytest.raises(InvalidArgument, match=r"indices element out of data bounds"):
             session.run(None, {"images": images, "task": np.array([bad], np.int64)})
 
 

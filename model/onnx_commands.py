@@ -115,10 +115,9 @@ def _stats(args):
     rows = stats_rows(args.file)
     if args.json:
         print(json.dumps(rows))
-        return
-    print(format_rows(rows, ["task", "quantity", "graph", "info", "equal"]))
-    if not all(row["equal"] for row in rows):
-        return 1
+    else:
+        print(format_rows(rows, ["task", "quantity", "graph", "info", "equal"]))
+    return 0 if all(row["equal"] for row in rows) else 1
 
 
 def check_rows(path, *, checkpoint=None, quantized=None, config=None, seed=0) -> list:

@@ -87,6 +87,7 @@ def _run(hw, shapes, simulator, test_id):
             in_features=fin, out_features=fout, gelu=bool(gelu),
             array=f"{hw.rows}x{hw.cols}", macs=desc.macs, cycles=cycles[k],
             ideal_cycles=desc.ideal_cycles(), array_cycles=desc.array_cycles(),
+            model_cycles=desc.expected_cycles(),
             utilization=round(desc.ideal_cycles() / cycles[k], 4),
             simulator=simulator, sim_seconds=round(result.seconds, 1)))
     return rows

@@ -285,6 +285,31 @@ class LinearDescriptor(Descriptor):
         """Cycles the array issues (padded tiles included): tiles x in_features."""
         return self.token_tiles * self.out_tiles * self.in_features
 
+    # Latencies of hw/linear.py (checked against simulation in tests/test_sim_linear.py):
+    # issue -> accumulator copy, and a drained chunk -> the output beat seen outside.
+    ISSUE_TO_COPY = 4
+    POST_LATENCY = 16
+
+    def drain_cycles(self) -> int:
+        """Cycles to drain one finished tile: rows x cols / post_lanes."""
+        return self.hw.rows * self.hw.cols // self.hw.post_lanes
+
+    def expected_cycles(self) -> int:
+        """Cycles of the operation on the kernel, fed without gaps and drained without
+        back-pressure: the first weight tile's load, every tile (``in_features``
+        cycles, or the drain of the previous tile when that is longer), then the
+        pipeline's tail up to the last valid token row. The cost model of the
+        design-space search; equal to the simulated cycles (tests/test_sim_linear.py)."""
+        hw, drain = self.hw, self.drain_cycles()
+        load = max(self.in_features, hw.cols) + 1
+        tile = max(self.in_features, drain + self.ISSUE_TO_COPY + 1)
+        tiles = self.token_tiles * self.out_tiles
+        # The last tile's output ends with its last valid token row.
+        last_rows = self.tokens - (self.token_tiles - 1) * hw.rows
+        tail = self.ISSUE_TO_COPY + last_rows * (hw.cols // hw.post_lanes) + self.POST_LATENCY
+        # A tile waits for the previous tile's drain; the first has none to wait for.
+        return load + self.in_features + (tiles - 1) * tile + tail
+
 
 def _check_constants(what, pairs):
     """Requantization multipliers u15 (>= 1) and shifts 1..47, as intops requires."""

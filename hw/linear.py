@@ -69,7 +69,7 @@ from moevit.hw.config import HwConfig
 from moevit.hw.descriptor import LinearDescriptor
 
 __all__ = ["LinearKernel", "chan_layout", "lanes_layout", "output_layout", "linear_streams",
-           "linear_output", "linear_reference", "LATENCY_POST"]
+           "linear_output", "linear_reference"]
 
 
 def lanes_layout(lanes: int):
@@ -114,9 +114,6 @@ def _requant_stages(m, en, value, mult, shift, name):
             out.eq(Mux(shifted > 127, 127, Mux(shifted < -128, -128, shifted))),
         ]
     return out, 3
-
-
-LATENCY_POST = None  # set below: stages from a shadow row to the output FIFO
 
 
 class LinearKernel(wiring.Component):

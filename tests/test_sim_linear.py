@@ -71,6 +71,8 @@ RANDOM_CASES = {
     "ragged-back-to-back-random": ([(13, 37, 41, 0, 0), (6, 23, 17, 0, 0)], "random", "random"),
     "gelu-residual-fixed": ([(9, 20, 35, 1, 1)], "fixed", "fixed"),
     "short-reduction-stalls": ([(11, 3, 20, 0, 1), (5, 1, 16, 1, 0)], "none", "random"),
+    # No pauses: the cycles must match the cost model (LinearDescriptor.expected_cycles).
+    "cost-model-no-pauses": ([(21, 40, 50, 0, 0), (8, 6, 33, 1, 1)], "none", "none"),
 }
 
 
@@ -80,7 +82,13 @@ def test_random_shapes(case_id):
     shapes, gaps, stall = RANDOM_CASES[case_id]
     rng = np.random.default_rng(sum(map(ord, case_id)))
     ops = [random_op(hw, rng, t, i, o, gelu=g, residual=r) for t, i, o, g, r in shapes]
-    run_ops(hw, ops, f"linear-{case_id}", gaps=gaps, stall=stall, seed=len(case_id))
+    result = run_ops(hw, ops, f"linear-{case_id}", gaps=gaps, stall=stall, seed=len(case_id))
+    if gaps == stall == "none":
+        cycles = result.json("cycles.json")
+        # The first op counts from its descriptor; the next from the previous op's last
+        # beat, one cycle after the kernel takes the next descriptor.
+        expected = [op["desc"].expected_cycles() - (k > 0) for k, op in enumerate(ops)]
+        assert cycles == expected
 
 
 @pytest.mark.slow

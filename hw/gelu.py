@@ -8,7 +8,7 @@ holds the pipeline.
 """
 
 from amaranth import Module, Signal, signed, unsigned
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from moevit.hw import intexpr
@@ -31,8 +31,9 @@ class Gelu(wiring.Component):
         ``intops.gelu`` constants (``gelu_constants``).
     mult, shift : In(unsigned(15)), In(unsigned(6))
         Requantization of the GELU output to int8.
-    i : In(stream.Signature(ArrayLayout(signed(8), lanes)))
-    o : Out(stream.Signature(ArrayLayout(signed(8), lanes)))
+    i : In(stream.Signature(unsigned(8 * lanes)))
+        ``lanes`` int8 values, lane ``l`` in bits ``8l..8l+7``.
+    o : Out(stream.Signature(unsigned(8 * lanes)))
 
     Raises
     ------
@@ -45,7 +46,9 @@ class Gelu(wiring.Component):
         if not isinstance(lanes, int) or isinstance(lanes, bool) or lanes <= 0:
             raise TypeError(f"Lanes must be a positive integer, not {lanes!r}")
         self._lanes = lanes
-        beat = stream.Signature(data.ArrayLayout(signed(8), lanes))
+        # A plain bit vector, lane l in bits 8l..8l+7: with an ArrayLayout payload the
+        # Verilog gets wires named "o__payload[0]", on which Yosys's ABC9 (yowasp) fails.
+        beat = stream.Signature(unsigned(8 * lanes))
         del self._MustUse__silence
         super().__init__({
             "b": In(unsigned(12)),
@@ -73,8 +76,9 @@ class Gelu(wiring.Component):
         mid = [Signal(signed(32), name=f"gelu{l}") for l in range(self._lanes)]
         with m.If(advance):
             m.d.sync += [mid_valid.eq(self.i.valid), self.o.valid.eq(mid_valid)]
-            m.d.sync += [mid[l].eq(intexpr.gelu(self.i.payload[l], self.b, self.c))
+            m.d.sync += [mid[l].eq(intexpr.gelu(self.i.payload[8 * l:8 * l + 8].as_signed(),
+                                                self.b, self.c))
                          for l in range(self._lanes)]
-            m.d.sync += [self.o.payload[l].eq(intexpr.requantize(mid[l], self.mult, self.shift))
-                         for l in range(self._lanes)]
+            m.d.sync += [self.o.payload[8 * l:8 * l + 8].eq(
+                intexpr.requantize(mid[l], self.mult, self.shift)) for l in range(self._lanes)]
         return m

@@ -65,11 +65,16 @@ def verilog_file(unit: str, hw, folder=None) -> Path:
     """Write the Verilog of ``unit`` for ``hw`` once and return its path.
 
     Without ``folder`` the file is cached under ``build/rtl/_cache/<hash>/``
-    (keyed by the HwConfig), so the simulations reuse it.
+    (keyed by the HwConfig and the hw sources), so the simulations reuse it.
     """
     if folder is None:
-        key = hashlib.sha256(json.dumps([unit, hw.to_dict()], sort_keys=True,
-                                        default=str).encode()).hexdigest()[:16]
+        # Keyed by the unit, the HwConfig and the source of every hw module, so
+        # an edited unit never reuses stale Verilog.
+        digest = hashlib.sha256(json.dumps([unit, hw.to_dict()], sort_keys=True,
+                                           default=str).encode())
+        for source in sorted(Path(__file__).parent.glob("*.py")):
+            digest.update(source.read_bytes())
+        key = digest.hexdigest()[:16]
         folder = build_dir("rtl", "_cache", key)
         path = Path(folder) / f"{module_name(unit)}.v"
         if path.exists():

@@ -1,0 +1,21 @@
+"""``moevit sim``: pytest over every cocotb suite, on the chosen simulator."""
+
+import pytest
+
+from moevit.cli import main
+
+
+def test_sim_runs_the_selected_suites(capfd):
+    assert main(["sim", "--simulator", "icarus", "-k", "pack_round_trips"]) == 0
+    assert "1 passed" in capfd.readouterr().out
+
+
+def test_sim_reports_failures_through_its_status(capfd):
+    # No test matches: pytest exits 5, and so does the command.
+    assert main(["sim", "-k", "no_such_test_anywhere"]) == 5
+
+
+def test_unknown_simulator_is_rejected(capsys):
+    with pytest.raises(SystemExit):
+        main(["sim", "--simulator", "questa"])
+    assert "invalid choice: 'questa'" in capsys.readouterr().err

@@ -102,12 +102,12 @@ def _requant_stages(m, en, value, mult, shift, name):
     rnd = Signal(signed(49), name=f"{name}_rnd")
     sh2 = Signal(unsigned(6), name=f"{name}_sh2")
     out = Signal(signed(8), name=f"{name}_q")
-    # 2**(shift-1) without a signed shift amount: (2 << shift) >> 2 ... written as a slice.
+    # 2**(shift-1) as bits 1.. of 1 << shift (a shift amount must not be signed).
     half = (Const(1, 49) << sh1)[1:49]
     shifted = rnd >> sh2
     with m.If(en):
         m.d.sync += [
-            prod.eq(value * mult),  # one DSP48E2 chain (s32 x u15)
+            prod.eq(value * mult),  # two DSP48E2: 32 bits exceed the 27-bit A port
             sh1.eq(shift),
             rnd.eq(prod + half),
             sh2.eq(sh1),

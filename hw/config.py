@@ -175,8 +175,10 @@ class HwConfig:
         ConfigError
             When an output beat would straddle two attention heads (``cols``
             must divide the head width, so the QKV output splits into heads
-            at beat boundaries), or a linear layer has more input features
-            than the input buffer holds.
+            at beat boundaries), a linear layer has more input features
+            than the input buffer holds, the score lanes do not divide the
+            head width, or the sequence or a head is longer than the
+            attention unit's key/value buffers.
         """
         if model.head_dim % self.cols:
             raise ConfigError(

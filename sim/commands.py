@@ -10,6 +10,8 @@ def register(subparsers):
                      help="simulator (default: $SIM, else icarus)")
     sim.add_argument("-k", dest="expression", default=None,
                      help="only the tests matching this pytest -k expression")
+    sim.add_argument("pytest_args", nargs="*", metavar="PYTEST_ARG",
+                     help="more pytest arguments, after -- (e.g. -- --durations=10 -x)")
     sim.set_defaults(handler=_sim)
 
 
@@ -30,5 +32,6 @@ def _sim(args):
     command = [sys.executable, "-m", "pytest", "-q", *suites]
     if args.expression:
         command += ["-k", args.expression]
+    command += args.pytest_args
     env = dict(os.environ, SIM=simulator)
     return subprocess.call(command, env=env)

@@ -6,8 +6,9 @@ from moevit.cli import main
 
 
 def test_sim_runs_the_selected_suites(capfd):
-    assert main(["sim", "--simulator", "icarus", "-k", "pack_round_trips"]) == 0
-    assert "1 passed" in capfd.readouterr().out
+    assert main(["sim", "--simulator", "icarus", "-k", "pack_round_trips", "--", "-rA"]) == 0
+    out = capfd.readouterr().out
+    assert "1 passed" in out and "PASSED tests/test_sim_streams.py::test_pack" in out
 
 
 def test_sim_reports_failures_through_its_status(capfd):

@@ -1,11 +1,12 @@
 """The linear kernel in simulation, bit for bit against the golden model.
 
-Fast (Icarus, ``make test``): random shapes that are not multiples of the
-tile sizes, back to back, with random/fixed gaps on the inputs and
-back-pressure on the output, fused GELU and residual add, a reduction
-shorter than the array's drain (stalls). Slow (``make sim``): every linear
-layer of a trained, quantized ``tiny`` model, and the same random cases on
-Verilator.
+Fast (``$SIM``, Icarus unless set; ``make test``): random shapes that are
+not multiples of the tile sizes, back to back, with random/fixed gaps on the
+inputs and back-pressure on the output, fused GELU and residual add, a
+reduction shorter than the array's drain (stalls), the cycle count against
+the cost model, another array shape at its buffer limits. Slow (``make
+sim``): every linear layer of a trained, quantized ``tiny`` model, twelve
+random shapes up to the buffer limits, and the fast cases on Verilator.
 """
 
 import numpy as np
@@ -100,6 +101,28 @@ def test_random_shapes_verilator(case_id):
     ops = [random_op(hw, rng, t, i, o, gelu=g, residual=r) for t, i, o, g, r in shapes]
     run_ops(hw, ops, f"linear-{case_id}", gaps=gaps, stall=stall, seed=len(case_id),
             simulator="verilator")
+
+
+def test_another_array_shape_at_its_buffer_limits():
+    """3 x 8 array, one chunk per row (post_lanes = cols), a 2-beat output FIFO; the
+    descriptors fill the token and feature buffers exactly."""
+    hw = HwConfig(rows=3, cols=8, post_lanes=8, max_tokens=9, max_in=40, out_depth=2)
+    rng = np.random.default_rng(7)
+    ops = [random_op(hw, rng, 9, 40, 19, gelu=True, residual=True),
+           random_op(hw, rng, 7, 40, 8), random_op(hw, rng, 1, 1, 1)]
+    run_ops(hw, ops, "linear-array-3x8-limits", gaps="random", stall="random", seed=3)
+
+
+@pytest.mark.slow
+def test_many_random_shapes():
+    """Twelve seeded random shapes back to back, up to the tiny buffers' limits."""
+    hw = DEFAULT_HW["tiny"]
+    rng = np.random.default_rng(2024)
+    ops = [random_op(hw, rng, int(rng.integers(1, hw.max_tokens + 1)),
+                     int(rng.integers(1, hw.max_in + 1)), int(rng.integers(1, 100)),
+                     gelu=bool(rng.integers(2)), residual=bool(rng.integers(2)))
+           for _ in range(12)]
+    run_ops(hw, ops, "linear-many-random", gaps="random", stall="random", seed=11)
 
 
 # Every linear layer of a trained, quantized tiny model ------------------------

@@ -1,11 +1,14 @@
 """``moevit bench linear``: simulated cycles of the linear kernel against the ideal.
 
-Each shape runs in the cocotb bench (:mod:`moevit.sim.benches.linear`) with
-no gaps and no back-pressure; its output is checked against the golden model
-and its cycles are counted from the descriptor's acceptance to the last
-output beat (so the first weight tile's load and the pipeline's drain are
-included). ``ideal_cycles = MACs / MAC units``; ``utilization = ideal /
-cycles``.
+The shapes of one config run back to back in one simulation of the cocotb
+bench (:mod:`moevit.sim.benches.linear`) with no gaps and no back-pressure;
+each output is checked against the golden model, and each shape's cycles are
+counted from its descriptor's acceptance (for the first; for the others, from
+the previous shape's last output beat, one cycle later) to its last output
+beat, so the first weight tile's load and the pipeline's drain are included.
+``ideal_cycles = MACs / MAC units``; ``utilization = ideal / cycles``;
+``model_cycles`` is :meth:`LinearDescriptor.expected_cycles` (the cost
+model).
 
 Shapes: every linear layer shape of the ``tiny`` model on its default
 hardware (a top-2 expert sees about ``2 * tokens / experts`` tokens), then
@@ -107,11 +110,11 @@ def bench_linear(simulator="verilator", quick=False) -> list:
 
 
 def print_table(rows) -> None:
-    print(f"{'config':<9}{'layer':<15}{'shape':<17}{'array':>6}{'cycles':>10}{'ideal':>10}"
-          f"{'util':>8}")
+    print(f"{'config':<9}{'layer':<15}{'shape':<17}{'array':>6}{'cycles':>10}{'model':>10}"
+          f"{'ideal':>10}{'util':>8}")
     for r in rows:
         print(f"{r['config']:<9}{r['layer']:<15}{r['shape']:<17}{r['array']:>6}{r['cycles']:>10}"
-              f"{r['ideal_cycles']:>10}{r['utilization']:>8.1%}")
+              f"{r['model_cycles']:>10}{r['ideal_cycles']:>10}{r['utilization']:>8.1%}")
     if rows:
         print(f"(cycles from the descriptor to the last output beat, simulated on "
               f"{rows[0]['simulator']}; ideal = MACs / MAC units)")

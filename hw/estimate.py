@@ -60,16 +60,20 @@ def estimate_verilog(unit: str, path, top: str, workdir) -> Estimate:
     """Synthesize ``top`` of the Verilog file ``path`` for UltraScale+ and count cells."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    # YoWASP's Yosys sees only its working folder: every file goes there, by name.
+    source = workdir / f"{top}.v"
+    if Path(path).resolve() != source.resolve():
+        shutil.copyfile(path, source)
     stat = workdir / f"{top}.stat.json"
     script = workdir / f"{top}.ys"
     script.write_text(
-        f"read_verilog -sv {Path(path).resolve()}\n"
+        f"read_verilog -sv {source.name}\n"
         f"synth_xilinx -family xcup -top {top} -flatten\n"
-        f"tee -q -o {stat.resolve()} stat -json\n"
+        f"tee -q -o {stat.name} stat -json\n"
     )
     log = workdir / f"{top}.yosys.log"
     with open(log, "w") as out:
-        done = subprocess.run([_yosys(), "-q", "-s", str(script.resolve())], stdout=out,
+        done = subprocess.run([_yosys(), "-q", "-s", script.name], stdout=out,
                               stderr=subprocess.STDOUT, cwd=workdir)
     if done.returncode:
         tail = log.read_text()[-2000:]

@@ -5,7 +5,8 @@ not multiples of the tile sizes, back to back, with random/fixed gaps on the
 inputs and back-pressure on the output, fused GELU and residual add, a
 reduction shorter than the array's drain (stalls), the cycle count against
 the cost model, another array shape at its buffer limits. Slow (``make
-sim``): every linear layer of a trained, quantized ``tiny`` model, twelve
+sim``): every linear layer of a trained, quantized ``tiny`` model (and its
+residual adds fused into the projections before them), twelve
 random shapes up to the buffer limits, and the fast cases on Verilator.
 """
 
@@ -145,8 +146,10 @@ def _tiny_qmodel():
     return load_quantized(path, config), SyntheticDataset(config, "val", size=1, seed=0)
 
 
-def _layer_op(hw, name, x, weight, bias, mult, shift, gelu):
+def _layer_op(hw, name, x, weight, bias, mult, shift, gelu, residual=None):
     fields = dict(tokens=x.shape[0], in_features=x.shape[1], out_features=weight.shape[0])
+    if residual is not None:
+        fields.update(residual=1, **residual)
     if gelu is not None:
         fields.update(gelu=1, gelu_b=gelu.b, gelu_c=gelu.c, gelu_mult=gelu.mult,
                       gelu_shift=gelu.shift)
@@ -154,9 +157,39 @@ def _layer_op(hw, name, x, weight, bias, mult, shift, gelu):
                 multiplier=mult, shift=shift)
 
 
+def _fused_residuals(hw, qmodel, result, ops):
+    """The golden model's residual adds, fused into the linear layer before them.
+
+    ``add1 = residual_add(x, proj(...), Ma, Mb, S)`` becomes the projection with
+    ``res_mult_skip = Ma`` on the skip ``x`` and ``res_mult_y = Mb`` on its own
+    output; the same for ``fc2`` and ``add2`` in the dense blocks. Each fused
+    op's expected output is the golden tensor ``add{1,2}.out``.
+    """
+    config, t = qmodel.config, result.tensors
+    records = {rec.name: rec for rec in result.linears}
+    fused = []
+    for i in range(config.depth):
+        p = f"blocks.{i}"
+        skip1 = t["embed.out"] if i == 0 else t[f"blocks.{i - 1}.add2.out"]
+        pairs = [(f"{p}.attn.proj", f"{p}.add1", skip1)]
+        if not config.is_moe(i):
+            pairs.append((f"{p}.mlp.fc2", f"{p}.add2", t[f"{p}.add1.out"]))
+        for linear, add, skip in pairs:
+            rec = records[linear]
+            ma, mb, shift = (int(v) for v in qmodel[add])
+            op = _layer_op(hw, f"{linear}+{add}", rec.x, rec.weight, rec.bias, rec.mult,
+                           rec.shift, rec.gelu,
+                           residual=dict(res_mult_y=mb, res_mult_skip=ma, res_shift=shift))
+            op["skip"] = skip
+            op["expected"] = t[f"{add}.out"]
+            fused.append(op)
+    ops.extend(fused)
+
+
 def tiny_model_ops(hw):
     """Every linear layer of the tiny model as it ran in the golden model (both tasks),
-    plus the experts that no token of the image selected, on its first 8 tokens."""
+    plus the experts that no token of the image selected, on its first 8 tokens, plus
+    the residual adds fused into the layers before them (task 0)."""
     from moevit.model import golden
 
     qmodel, val = _tiny_qmodel()
@@ -164,6 +197,8 @@ def tiny_model_ops(hw):
     ops, seen = [], set()
     for task in range(len(config.tasks)):
         result = golden.run(qmodel, val.images[0].numpy(), task)
+        if task == 0:
+            _fused_residuals(hw, qmodel, result, ops)
         for rec in result.linears:
             if rec.name not in seen:
                 seen.add(rec.name)
@@ -192,9 +227,17 @@ def test_every_layer_of_the_tiny_model():
     ops = tiny_model_ops(hw)
     names = {op["name"] for op in ops}
     config = __import__("moevit.model.config", fromlist=["get_config"]).get_config("tiny")
+    dense = config.depth - len(config.moe_blocks)
     # Patch embedding, 4 x (qkv, proj), 2 dense MLPs, a gate per task and MoE block,
-    # every expert's two layers, a head per task.
-    assert len(names) == (1 + 2 * config.depth + 2 * (config.depth - len(config.moe_blocks))
+    # every expert's two layers, a head per task; then proj + add1 in every block and
+    # fc2 + add2 in the dense ones.
+    assert len(names) == (1 + 2 * config.depth + 2 * dense
                           + len(config.tasks) * len(config.moe_blocks)
-                          + 2 * config.experts * len(config.moe_blocks) + len(config.tasks))
+                          + 2 * config.experts * len(config.moe_blocks) + len(config.tasks)
+                          + config.depth + dense)
+    for op in ops:  # the fused ops' reference is the golden model's own add
+        if "expected" in op:
+            want = linear_reference(op["desc"], op["x"], op["weight"], op["bias"],
+                                    op["multiplier"], op["shift"], op["skip"])
+            assert np.array_equal(want, op["expected"]), op["name"]
     run_ops(hw, ops, "linear-tiny-model", gaps="random", stall="random", seed=5)

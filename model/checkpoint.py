@@ -84,15 +84,6 @@ def read_checkpoint(path) -> dict:
     }
 
 
-def _config_differences(expected: ModelConfig, found: ModelConfig) -> list:
-    fields = expected.__dataclass_fields__
-    return [
-        f"{name} {getattr(found, name)!r} (expected {getattr(expected, name)!r})"
-        for name in fields
-        if name != "source" and getattr(expected, name) != getattr(found, name)
-    ]
-
-
 def load_checkpoint(path, config=None):
     """Build the model a checkpoint holds.
 
@@ -120,7 +111,7 @@ def load_checkpoint(path, config=None):
     contents = read_checkpoint(path)
     found = contents["config"]
     if config is not None:
-        differences = _config_differences(config, found)
+        differences = config.differences(found)
         if differences:
             raise CheckpointError(
                 f"Checkpoint {path} holds model {found.name!r}, which does not match "

@@ -178,6 +178,14 @@ class ModelConfig:
             f"Model {self.name!r} has no task {task!r}; task ids are 0..{len(self.tasks) - 1}"
         )
 
+    def differences(self, found: "ModelConfig") -> list:
+        """``found``'s fields that differ from this config's (``source`` aside), one string each."""
+        return [
+            f"{name} {getattr(found, name)!r} (expected {getattr(self, name)!r})"
+            for name in self.__dataclass_fields__
+            if name != "source" and getattr(self, name) != getattr(found, name)
+        ]
+
     def replace(self, **changes) -> "ModelConfig":
         """A copy with some fields changed, validated again."""
         return replace(self, **changes)

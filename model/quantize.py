@@ -434,14 +434,6 @@ def _expected_layout(config: ModelConfig) -> dict:
     return layout
 
 
-def _differences(expected: ModelConfig, found: ModelConfig) -> list:
-    return [
-        f"{name} {getattr(found, name)!r} (expected {getattr(expected, name)!r})"
-        for name in expected.__dataclass_fields__
-        if name != "source" and getattr(expected, name) != getattr(found, name)
-    ]
-
-
 def load_quantized(path, config: ModelConfig = None) -> QuantizedModel:
     """Read a quantized-model file, checking everything.
 
@@ -487,7 +479,7 @@ def load_quantized(path, config: ModelConfig = None) -> QuantizedModel:
     except (ConfigError, TypeError) as error:
         raise CheckpointError(f"Quantized model {path} holds an invalid model config: {error}") from None
     if config is not None:
-        differences = _differences(config, found)
+        differences = config.differences(found)
         if differences:
             raise CheckpointError(
                 f"Quantized model {path} holds model {found.name!r}, which does not match "

@@ -17,13 +17,7 @@ from moevit.model.datasets import DatasetError, cityscapes, nyud, open_dataset, 
 SIZE = (24, 32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: these tensors are tiny, and on a loaded machine more threads only wait."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def config_with(*tasks):

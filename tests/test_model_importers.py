@@ -14,13 +14,7 @@ from moevit.model.moevit import MoEViT
 TINY = get_config("tiny")  # dim 64, 4 blocks (MoE in 1 and 3), 8 experts, hidden 128, 2 tasks
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: these tensors are tiny, and on a loaded machine more threads only wait."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_model(config=TINY, seed=0):

@@ -15,13 +15,7 @@ from moevit.model.moevit import MoEViT
 from moevit.model.train import TrainOptions, global_batch_indices, train
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: the machine's cores are shared, and small models gain little from more."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TINY = get_config("tiny")

@@ -121,6 +121,12 @@ def _m3vit_entries(config):
 _SHARED_GATE = re.compile(r"^backbone\.blocks\.(\d+)\.mlp\.gate\.w_gate$")
 
 
+def _first_few(names, count=3) -> str:
+    """The first ``count`` names, then how many more there are."""
+    more = f" (and {len(names) - count} more)" if len(names) > count else ""
+    return f"{', '.join(names[:count])}{more}"
+
+
 def _load_torch(path, what):
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
@@ -189,10 +195,8 @@ def _match_m3vit(state, config, source):
         used.add(entry.theirs)
     unknown = [key for key in state if key not in used and not key.startswith("decoders.")]
     if unknown:
-        more = f" (and {len(unknown) - 3} more)" if len(unknown) > 3 else ""
         raise CheckpointError(
-            f"M³ViT checkpoint {source} has keys config {config.name!r} does not know: "
-            f"{', '.join(unknown[:3])}{more}"
+            f"M³ViT checkpoint {source} has keys config {config.name!r} does not know: {_first_few(unknown)}"
         )
     return tensors
 
@@ -378,10 +382,8 @@ def import_edge_moe(folder, config="edge-moe", *, base=None):
         if path.name[: -len(BIN_SUFFIX)] not in used and not _EDGE_REFERENCE.match(path.name[: -len(BIN_SUFFIX)])
     )
     if unknown:
-        more = f" (and {len(unknown) - 3} more)" if len(unknown) > 3 else ""
         raise CheckpointError(
-            f"Edge-MoE dump folder {folder} has files config {config.name!r} does not know: "
-            f"{', '.join(unknown[:3])}{more}"
+            f"Edge-MoE dump folder {folder} has files config {config.name!r} does not know: {_first_few(unknown)}"
         )
     if absent:
         warnings.warn(

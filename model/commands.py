@@ -192,7 +192,6 @@ class DemoState:
 def demo_data(state):
     """Render the synthetic train and validation sets."""
     from moevit.model.config import get_config
-    from moevit.model.data import SyntheticDataset
     from moevit.model.metrics import chance_metrics
     from moevit.paths import build_dir
 
@@ -200,8 +199,8 @@ def demo_data(state):
     _threads(args)
     state.config = get_config(args.config)
     state.out = build_dir("demo", state.config.name)
-    state.train = SyntheticDataset(state.config, "train", size=args.train_size, seed=args.data_seed)
-    state.val = SyntheticDataset(state.config, "val", size=args.val_size, seed=args.data_seed)
+    state.train = _open(args, state.config, "train", args.train_size)  # the demo has no --data: synthetic
+    state.val = _open(args, state.config, "val", args.val_size)
     state.chance = chance_metrics(state.config, state.train.targets, state.val.targets)
     return [f"synthetic set: {len(state.train)} train / {len(state.val)} val scenes of "
             f"{state.config.image_size[0]}x{state.config.image_size[1]}, tasks {list(state.config.task_names)}"]
@@ -250,6 +249,8 @@ def demo_figure(state):
 # (imported by _demo below when it exists), so `make demo` runs them in order.
 DEMO_STEPS = [demo_data, demo_train, demo_evaluate, demo_figure]
 DEMO_EXTENSIONS = ("moevit.model.integer_eval",)  # modules that may add steps on import
+# Sized to finish in a few minutes on 2 CPU cores with `tiny`.
+DEMO_DEFAULTS = {"threads": 1, "steps": 400, "batch_size": 32, "lr": 2e-3, "train_size": 2048, "val_size": 256}
 
 
 def _demo(args):
@@ -350,7 +351,3 @@ def register_bench(benches):
     from moevit.model import integer_eval
 
     integer_eval.register_bench(benches)
-
-
-# Sized to finish in a few minutes on 2 CPU cores with `tiny`.
-DEMO_DEFAULTS = {"threads": 1, "steps": 400, "batch_size": 32, "lr": 2e-3, "train_size": 2048, "val_size": 256}

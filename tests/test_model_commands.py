@@ -2,20 +2,18 @@ import json
 import re
 
 import pytest
-import torch
 
 from moevit.cli import main
 from moevit.model.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)
 def build(tmp_path, monkeypatch):
     """Every file the commands write goes under a temporary build folder."""
     monkeypatch.setenv("MOEVIT_BUILD", str(tmp_path / "build"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield tmp_path / "build"
-    torch.set_num_threads(threads)
+    return tmp_path / "build"
 
 
 def test_info_prints_every_config(capsys):

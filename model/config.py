@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 
 from moevit.errors import ConfigError
 
-__all__ = ["TaskSpec", "ModelConfig", "CONFIGS", "get_config", "DEFAULT_CONFIG"]
+__all__ = ["TaskSpec", "ModelConfig", "CONFIGS", "get_config", "DEFAULT_CONFIG", "check_positive"]
 
 TASK_KINDS = ("semseg", "depth")
 
@@ -37,7 +37,7 @@ class TaskSpec:
     def __post_init__(self):
         if self.kind not in TASK_KINDS:
             raise ConfigError(f"Task kind must be one of {TASK_KINDS}, not {self.kind!r}")
-        _positive("Task classes", self.classes)
+        check_positive("Task classes", self.classes)
         if self.kind == "depth" and self.classes != 1:
             raise ConfigError(f"A depth task has 1 output channel, not {self.classes}")
 
@@ -114,7 +114,7 @@ class ModelConfig:
             ("Expert hidden width", self.expert_hidden),
             ("Input channels", self.in_chans),
         ):
-            _positive(what, value)
+            check_positive(what, value)
         height, width = self.image_size
         if height % self.patch or width % self.patch:
             raise ConfigError(
@@ -209,7 +209,8 @@ class ModelConfig:
             raise ConfigError(f"Malformed model config: {error}") from None
 
 
-def _positive(what, value):
+def check_positive(what, value):
+    """A :class:`ConfigError` ("Batch must be a positive integer, not 0") unless ``value`` is an int > 0."""
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ConfigError(f"{what} must be a positive integer, not {value!r}")
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from moevit.errors import ConfigError
-from moevit.model.config import ModelConfig
+from moevit.model.config import ModelConfig, check_positive
 
 __all__ = ["SyntheticDataset", "render_scene", "SPLITS", "DEFAULT_SIZES", "NEAR", "FAR"]
 
@@ -154,8 +154,7 @@ class SyntheticDataset(torch.utils.data.Dataset):
             raise ConfigError(f"Split must be one of {list(SPLITS)}, not {split!r}")
         if size is None:
             size = DEFAULT_SIZES[split]
-        if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
-            raise ConfigError(f"Dataset size must be a positive integer, not {size!r}")
+        check_positive("Dataset size", size)
         if config.in_chans != 3:
             raise ConfigError(f"The synthetic set has 3 input channels, not {config.in_chans}")
         classes = [task.classes for task in config.tasks if task.kind == "semseg"]

@@ -57,7 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moevit.errors import ConfigError
+from moevit.model.config import check_positive
 from moevit.model.onnx_check import ANY_TASK, FORMAT, config_hash
 
 __all__ = [
@@ -339,8 +339,7 @@ def export_onnx(model, task, path, *, batch: int = 1, weights: str = "unknown"):
     config = model.config
     any_task = task == ANY_TASK
     task_index = None if any_task else config.task_index(task)
-    if not isinstance(batch, int) or isinstance(batch, bool) or batch <= 0:
-        raise ConfigError(f"Batch must be a positive integer, not {batch!r}")
+    check_positive("Batch", batch)
     model.eval()
     _check_experts(model)
     view = ExportView(model, task_index).eval()

@@ -42,7 +42,7 @@ from torch import nn
 
 from moevit.errors import CheckpointError, ConfigError
 from moevit.model.checkpoint import load_checkpoint, save_checkpoint
-from moevit.model.config import ModelConfig
+from moevit.model.config import ModelConfig, check_positive
 from moevit.model.metrics import IGNORE
 from moevit.model.moevit import MoEViT
 
@@ -97,10 +97,8 @@ class TrainOptions:
     dtype: str = "float32"
 
     def __post_init__(self):
-        for name in ("steps", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"{name.replace('_', ' ').capitalize()} must be a positive integer, not {value!r}")
+        check_positive("Steps", self.steps)
+        check_positive("Batch size", self.batch_size)
         if self.dtype not in DTYPES:
             raise ConfigError(f"Training dtype must be one of {list(DTYPES)}, not {self.dtype!r}")
         if not self.lr > 0:

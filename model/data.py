@@ -40,7 +40,7 @@ SPLITS = ("train", "val")
 DEFAULT_SIZES = {"train": 2048, "val": 256}
 NEAR, FAR = 2.0, 10.0  # ground plane depth at the bottom and the top row, metres
 HAZE = 0.12  # per metre: fraction of the colour that fades to grey, 1 - exp(-HAZE * depth)
-MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, as moevit.model.datasets and M³ViT
+MEAN = (0.485, 0.456, 0.406)  # ImageNet statistics, as M³ViT (the real datasets use these too)
 STD = (0.229, 0.224, 0.225)
 _SHAPES = ("disc", "square", "triangle", "ring", "cross", "diamond", "bar")
 

@@ -50,6 +50,8 @@ import torch
 import torch.nn.functional as F
 
 from moevit.errors import MoevitError
+from moevit.model.data import MEAN, STD  # M³ViT normalises with ImageNet statistics (utils/common_config.py)
+from moevit.model.metrics import IGNORE
 
 __all__ = [
     "DATASETS",
@@ -63,10 +65,6 @@ __all__ = [
 
 DATASETS = ("synthetic", "nyud", "pascal-context", "cityscapes")
 
-IGNORE = 255
-# M³ViT normalises with ImageNet statistics (utils/common_config.py, tr.Normalize).
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
 # Nominal Cityscapes stereo rig, used only where camera/*.json is absent:
 # baseline in metres and focal length in pixels from the dataset's camera files.
 CITYSCAPES_BASELINE = 0.209313

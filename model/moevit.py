@@ -93,6 +93,11 @@ class InputShapeError(MoevitError, ValueError):
     """An input tensor does not have the shape the model's config fixes."""
 
 
+def _check_dispatch(dispatch):
+    if dispatch not in DISPATCHES:
+        raise ValueError(f"Dispatch must be one of {DISPATCHES}, not {dispatch!r}")
+
+
 def cv_squared(values: torch.Tensor) -> torch.Tensor:
     """Squared coefficient of variation over the last axis.
 
@@ -381,8 +386,7 @@ class MoEViT(nn.Module):
 
     def __init__(self, config: ModelConfig, *, dispatch: str = "sorted"):
         super().__init__()
-        if dispatch not in DISPATCHES:
-            raise ValueError(f"Dispatch must be one of {DISPATCHES}, not {dispatch!r}")
+        _check_dispatch(dispatch)
         self.config = config
         self.patch_embed = PatchEmbed(config)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.dim))
@@ -404,8 +408,7 @@ class MoEViT(nn.Module):
 
     def set_dispatch(self, dispatch: str) -> "MoEViT":
         """Switch every MoE layer to ``"sorted"`` or ``"gather"``; returns self."""
-        if dispatch not in DISPATCHES:
-            raise ValueError(f"Dispatch must be one of {DISPATCHES}, not {dispatch!r}")
+        _check_dispatch(dispatch)
         for layer in self.moe_layers:
             layer.dispatch = dispatch
         return self

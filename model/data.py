@@ -34,7 +34,7 @@ import torch
 from moevit.errors import ConfigError
 from moevit.model.config import ModelConfig, check_positive
 
-__all__ = ["SyntheticDataset", "render_scene", "SPLITS", "DEFAULT_SIZES", "NEAR", "FAR"]
+__all__ = ["SyntheticDataset", "render_scene", "batch_of", "stack_samples", "SPLITS", "DEFAULT_SIZES", "NEAR", "FAR"]
 
 SPLITS = ("train", "val")
 DEFAULT_SIZES = {"train": 2048, "val": 256}
@@ -202,3 +202,16 @@ class SyntheticDataset(torch.utils.data.Dataset):
 
     def __repr__(self):
         return f"<SyntheticDataset {self.split} ({len(self)} samples, seed {self.seed})>"
+
+
+def stack_samples(samples) -> dict:
+    """Samples (dicts of tensors with the same keys) stacked into one dict of tensors."""
+    return {key: torch.stack([sample[key] for sample in samples]) for key in samples[0]}
+
+
+def batch_of(dataset, indices) -> dict:
+    """The samples of ``dataset`` at ``indices``, stacked: through ``dataset.batch``
+    where it has one (the synthetic and real sets do), else one sample at a time."""
+    if hasattr(dataset, "batch"):
+        return dataset.batch(indices)
+    return stack_samples([dataset[int(index)] for index in indices])

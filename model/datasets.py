@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from moevit.errors import MoevitError
-from moevit.model.data import MEAN, STD  # M³ViT normalises with ImageNet statistics (utils/common_config.py)
+from moevit.model.data import MEAN, STD, stack_samples  # M³ViT normalises with ImageNet statistics (utils/common_config.py)
 from moevit.model.metrics import IGNORE
 
 __all__ = [
@@ -149,8 +149,7 @@ class DenseDataset(torch.utils.data.Dataset):
 
     def batch(self, indices):
         """The samples at ``indices`` stacked, as a dict of tensors (as the synthetic set)."""
-        samples = [self[int(index)] for index in indices]
-        return {key: torch.stack([sample[key] for sample in samples]) for key in samples[0]}
+        return stack_samples([self[int(index)] for index in indices])
 
     def _check_labels(self, labels, path):
         values = np.unique(labels)

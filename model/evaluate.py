@@ -4,6 +4,7 @@ from pathlib import Path
 
 import torch
 
+from moevit.model.data import batch_of
 from moevit.model.metrics import IGNORE, TaskMetrics
 
 __all__ = ["evaluate", "predict", "save_prediction_png"]
@@ -22,12 +23,7 @@ def predict(model, images, task):
 
 def _batches(dataset, batch_size):
     for start in range(0, len(dataset), batch_size):
-        indices = range(start, min(start + batch_size, len(dataset)))
-        if hasattr(dataset, "batch"):
-            yield dataset.batch(list(indices))
-        else:
-            samples = [dataset[i] for i in indices]
-            yield {key: torch.stack([s[key] for s in samples]) for key in samples[0]}
+        yield batch_of(dataset, list(range(start, min(start + batch_size, len(dataset)))))
 
 
 def evaluate(model, dataset, *, batch_size=64, tasks=None, progress=False) -> dict:

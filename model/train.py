@@ -43,6 +43,7 @@ from torch import nn
 from moevit.errors import CheckpointError, ConfigError
 from moevit.model.checkpoint import load_checkpoint, save_checkpoint
 from moevit.model.config import ModelConfig, check_positive
+from moevit.model.data import batch_of
 from moevit.model.metrics import IGNORE
 from moevit.model.moevit import MoEViT
 
@@ -194,18 +195,11 @@ def _schedule(options: TrainOptions):
     return factor
 
 
-def _batch(dataset, indices):
-    if hasattr(dataset, "batch"):
-        return dataset.batch(indices)
-    samples = [dataset[int(i)] for i in indices]
-    return {key: torch.stack([s[key] for s in samples]) for key in samples[0]}
-
-
 def _init_depth_heads(model, dataset, options):
     """Start each depth head at the mean depth of the first global batch (the same
     batch on every rank), so training spends no steps learning the offset."""
     indices = global_batch_indices(0, options.batch_size, len(dataset), options.seed)
-    batch = _batch(dataset, indices)
+    batch = batch_of(dataset, indices)
     with torch.no_grad():
         for t, task in enumerate(model.config.tasks):
             target = batch[task.name]
@@ -295,7 +289,7 @@ def train(config: ModelConfig, options: TrainOptions, dataset, *, resume=None, p
     for step in bar:
         indices = global_batch_indices(step, options.batch_size, len(dataset), options.seed)
         mine = slice(rank * local, (rank + 1) * local)
-        batch = _batch(dataset, indices[mine])
+        batch = batch_of(dataset, indices[mine])
         batch = {k: v.to(dtype) if v.is_floating_point() else v for k, v in batch.items()}
         noise = gate_noise(model, step, options.batch_size, options.seed)[:, :, mine].to(dtype)
         total, losses = net(batch["image"], batch, noise)

@@ -60,6 +60,7 @@ import numpy as np
 from moevit.errors import CheckpointError, ConfigError
 from moevit.model import intops
 from moevit.model.config import ModelConfig
+from moevit.model.golden import quantize_image as _quantize_tensor  # clip8(floor(x / scale + 1/2)), as the host
 from moevit.model.intops import QuantizationError
 
 __all__ = [
@@ -232,11 +233,6 @@ def _act_scale(maxabs, name, floor=0.0):
     except KeyError:
         raise QuantizationError(f"Calibration has no statistics for tensor {name!r}") from None
     return max(max(value, _MIN_MAXABS) / 127.0, floor)
-
-
-def _quantize_tensor(x, scale):
-    """``clip8(floor(x / scale + 1/2))``: a float tensor to int8 at ``scale``."""
-    return np.clip(np.floor(np.asarray(x, np.float64) / scale + 0.5), -128, 127).astype(np.int8)
 
 
 def _pack(*values):

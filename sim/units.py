@@ -208,10 +208,10 @@ def tiny_quantized(trained=True):
     """A quantized ``tiny`` model and one validation image.
 
     ``trained``: trained briefly (cached as ``build/sim/_models/tiny-quantized.npz``,
-    the file the linear kernel's tests train too, with the same recipe; the
-    first call trains for a minute or more). Otherwise the golden model's
-    untrained ``signal_model`` (weights that carry signal), quantized on eight
-    images: seconds, for the fast tests. Returns ``(QuantizedModel, image)``,
+    shared by every unit's and the linear kernel's tests; the first call trains
+    for a minute or more). Otherwise the golden model's untrained
+    ``signal_model`` (weights that carry signal), quantized on eight images:
+    seconds, for the fast tests. Returns ``(QuantizedModel, image)``,
     the image a float ``(C, H, W)`` array.
     """
     from moevit.model.config import get_config

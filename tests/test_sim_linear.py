@@ -18,8 +18,10 @@ from moevit.hw.descriptor import LinearDescriptor
 from moevit.hw.generate import verilog_file
 from moevit.hw.linear import linear_reference
 from moevit.model import intops
+from moevit.model.config import get_config
 from moevit.sim.benches.linear import write_case
 from moevit.sim.runner import default_simulator, run_cocotb, sim_folder
+from moevit.sim.units import tiny_quantized
 
 
 def random_op(hw, rng, tokens, in_features, out_features, *, gelu=False, residual=False):
@@ -127,25 +129,6 @@ def test_many_random_shapes():
 
 
 # Every linear layer of a trained, quantized tiny model ------------------------
-def _tiny_qmodel():
-    """A tiny model trained briefly and quantized, cached under build/sim/."""
-    from moevit.model.config import get_config
-    from moevit.model.data import SyntheticDataset
-    from moevit.model.quantize import load_quantized, quantize, save_quantized
-    from moevit.model.train import TrainOptions, train
-    from moevit.paths import build_dir
-
-    config = get_config("tiny")
-    path = build_dir("sim", "_models") / "tiny-quantized.npz"
-    if not path.exists():
-        data = SyntheticDataset(config, "train", size=64, seed=0)
-        options = TrainOptions(steps=40, batch_size=16, lr=1e-3, warmup=10, seed=0,
-                               checkpoint=str(build_dir("sim", "_models") / "tiny.pt"))
-        model = train(config, options, data, progress=False).model
-        save_quantized(path, quantize(model, data.images[:32]))
-    return load_quantized(path, config), SyntheticDataset(config, "val", size=1, seed=0)
-
-
 def _layer_op(hw, name, x, weight, bias, mult, shift, gelu, residual=None):
     fields = dict(tokens=x.shape[0], in_features=x.shape[1], out_features=weight.shape[0])
     if residual is not None:
@@ -192,11 +175,11 @@ def tiny_model_ops(hw):
     the residual adds fused into the layers before them (task 0)."""
     from moevit.model import golden
 
-    qmodel, val = _tiny_qmodel()
+    qmodel, image = tiny_quantized()
     config = qmodel.config
     ops, seen = [], set()
     for task in range(len(config.tasks)):
-        result = golden.run(qmodel, val.images[0].numpy(), task)
+        result = golden.run(qmodel, image, task)
         if task == 0:
             _fused_residuals(hw, qmodel, result, ops)
         for rec in result.linears:
@@ -226,7 +209,7 @@ def test_every_layer_of_the_tiny_model():
     hw = DEFAULT_HW["tiny"]
     ops = tiny_model_ops(hw)
     names = {op["name"] for op in ops}
-    config = __import__("moevit.model.config", fromlist=["get_config"]).get_config("tiny")
+    config = get_config("tiny")
     dense = config.depth - len(config.moe_blocks)
     # Patch embedding, 4 x (qkv, proj), 2 dense MLPs, a gate per task and MoE block,
     # every expert's two layers, a head per task; then proj + add1 in every block and

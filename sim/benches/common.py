@@ -1,4 +1,4 @@
-"""What the benches of the attention kernel and the integer units share.
+"""What the cocotb benches share.
 
 :func:`load_case` reads the case (``MOEVIT_CASE``: JSON whose ``data`` names
 an ``.npz``), :func:`start` runs the clock and the reset, :func:`stall` and

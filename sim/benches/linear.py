@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["write_case", "read_case", "CLOCK_NS"]
+from moevit.sim.benches.common import CLOCK_NS
 
-CLOCK_NS = 10
+__all__ = ["write_case", "read_case", "CLOCK_NS"]
 
 
 def write_case(path, hw, ops, *, gaps="none", stall="none", seed=0):
@@ -71,11 +71,10 @@ except ImportError:  # imported outside a simulation
     cocotb = None
 
 if cocotb is not None:
-    from cocotb.clock import Clock
-    from cocotb.triggers import ClockCycles
     from cocotb.utils import get_sim_time
 
     from moevit.hw.linear import linear_output, linear_streams
+    from moevit.sim.benches.common import start
     from moevit.sim.streams import StreamSink, StreamSource, pauses
 
     @cocotb.test()
@@ -83,10 +82,7 @@ if cocotb is not None:
         hw, ops, meta = read_case(os.environ["MOEVIT_CASE"])
         out = Path(os.environ["MOEVIT_SIM_OUT"])
         seed, gaps, stall = meta["seed"], meta["gaps"], meta["stall"]
-        cocotb.start_soon(Clock(dut.clk, CLOCK_NS, unit="ns").start())
-        dut.rst.value = 1
-        await ClockCycles(dut.clk, 2)
-        dut.rst.value = 0
+        await start(dut)
 
         streams = [linear_streams(op["desc"], op["x"], op["weight"], op["bias"],
                                   op["multiplier"], op["shift"], op.get("skip"))
@@ -103,15 +99,15 @@ if cocotb is not None:
                 source.send(s[name])
 
         # Cycle counts: from the first descriptor's acceptance to each last beat.
-        cycles, total, start = [], 0, None
+        cycles, total, since = [], 0, None
         for k, op in enumerate(ops):
             beats = op["desc"].out_tiles * op["desc"].tokens
             total += beats
             await sink.receive(total)
             now = get_sim_time(unit="ns")
-            start = sources["desc"].times[0] if start is None else start
-            cycles.append(round((now - start) / CLOCK_NS))
-            start = now
+            since = sources["desc"].times[0] if since is None else since
+            cycles.append(round((now - since) / CLOCK_NS))
+            since = now
             y = linear_output(op["desc"], sink.beats[total - beats:total])
             np.save(out / f"y{k}.npy", y)
         for source in sources.values():

@@ -38,18 +38,13 @@ except ImportError:  # imported outside a simulation
     cocotb = None
 
 if cocotb is not None:
-    from cocotb.clock import Clock
-    from cocotb.triggers import ClockCycles
-
+    from moevit.sim.benches.common import start
     from moevit.sim.streams import StreamSink, StreamSource, pauses
 
     @cocotb.test()
     async def loopback_keeps_order(dut):
         case = json.loads(os.environ["MOEVIT_CASE"])
-        cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
-        dut.rst.value = 1
-        await ClockCycles(dut.clk, 2)
-        dut.rst.value = 0
+        await start(dut)
         rng = random.Random(case["seed"])
         data = [rng.randrange(1 << 16) for _ in range(case["beats"])]
         source = StreamSource(dut, "i", dut.clk, pause=pauses(case["gaps"], seed=case["seed"]))

@@ -18,7 +18,7 @@ one ViT-S layer, 197 tokens 384 -> 1536 (the MLP's fc1 with GELU), on the
 
 import numpy as np
 
-__all__ = ["linear_shapes", "bench_linear", "print_table"]
+__all__ = ["linear_shapes", "bench_linear", "print_table", "print_rows"]
 
 
 def linear_shapes(model) -> list:
@@ -109,12 +109,31 @@ def bench_linear(simulator="verilator", quick=False) -> list:
     return rows
 
 
-def print_table(rows) -> None:
-    print(f"{'config':<9}{'layer':<15}{'shape':<17}{'array':>6}{'cycles':>10}{'model':>10}"
-          f"{'ideal':>10}{'util':>8}")
+def print_rows(rows, columns, note=None) -> None:
+    """Print benchmark ``rows`` as a table.
+
+    Parameters
+    ----------
+    rows : list of dict
+    columns : list of tuple
+        ``(header, key, place, fmt)``: ``place`` the alignment and width of
+        the header and the values (``"<9"``, ``">10"``), ``fmt`` the rest of
+        the values' format spec (``""``, ``".1%"``).
+    note : str, optional
+        Printed after the rows (if any), formatted with the first row's keys.
+    """
+    print("".join(f"{header:{place}}" for header, _, place, _ in columns))
     for r in rows:
-        print(f"{r['config']:<9}{r['layer']:<15}{r['shape']:<17}{r['array']:>6}{r['cycles']:>10}"
-              f"{r['model_cycles']:>10}{r['ideal_cycles']:>10}{r['utilization']:>8.1%}")
-    if rows:
-        print(f"(cycles from the descriptor to the last output beat, simulated on "
-              f"{rows[0]['simulator']}; ideal = MACs / MAC units)")
+        print("".join(f"{r[key]:{place}{fmt}}" for _, key, place, fmt in columns))
+    if rows and note:
+        print(note.format(**rows[0]))
+
+
+def print_table(rows) -> None:
+    """Print :func:`bench_linear`'s rows as a table."""
+    print_rows(rows, [("config", "config", "<9", ""), ("layer", "layer", "<15", ""),
+                      ("shape", "shape", "<17", ""), ("array", "array", ">6", ""),
+                      ("cycles", "cycles", ">10", ""), ("model", "model_cycles", ">10", ""),
+                      ("ideal", "ideal_cycles", ">10", ""), ("util", "utilization", ">8", ".1%")],
+               "(cycles from the descriptor to the last output beat, simulated on "
+               "{simulator}; ideal = MACs / MAC units)")

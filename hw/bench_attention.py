@@ -52,12 +52,13 @@ def bench_attention(simulator="verilator", quick=False) -> list:
 
 
 def print_table(rows) -> None:
-    print(f"{'config':<9}{'layer':<17}{'HxTxD':<12}{'lanes':>8}{'cycles':>10}{'ideal':>10}"
-          f"{'util':>8}")
-    for r in rows:
-        print(f"{r['config']:<9}{r['layer']:<17}{r['shape']:<12}{r['lanes']:>8}"
-              f"{r['cycles']:>10}{r['ideal_cycles']:>10}{r['utilization']:>8.1%}")
-    if rows:
-        print(f"(cycles from the descriptor to the last context beat, simulated on "
-              f"{rows[0]['simulator']}; ideal = MACs / MAC units, lanes = heads x (QK, PV) "
-              f"x score lanes)")
+    """Print :func:`bench_attention`'s rows as a table."""
+    from moevit.hw.bench import print_rows
+
+    print_rows(rows, [("config", "config", "<9", ""), ("layer", "layer", "<17", ""),
+                      ("HxTxD", "shape", "<12", ""), ("lanes", "lanes", ">8", ""),
+                      ("cycles", "cycles", ">10", ""), ("ideal", "ideal_cycles", ">10", ""),
+                      ("util", "utilization", ">8", ".1%")],
+               "(cycles from the descriptor to the last context beat, simulated on "
+               "{simulator}; ideal = MACs / MAC units, lanes = heads x (QK, PV) "
+               "x score lanes)")

@@ -28,23 +28,20 @@ def register(subparsers):
 
 
 def register_bench(benches):
-    linear = benches.add_parser(
-        "linear", help="linear kernel: simulated cycles vs ideal (MACs / MAC units)")
-    linear.add_argument("--simulator", choices=("icarus", "verilator"), default="verilator",
-                        help="simulator for the cycle counts (default: verilator)")
-    linear.add_argument("--quick", action="store_true",
-                        help="only the tiny shapes (skip the ViT-S layer)")
-    linear.add_argument("--json", action="store_true", help="one JSON list of rows")
-    linear.set_defaults(handler=_bench_linear)
+    _add_bench(benches, "linear", "linear kernel", "only the tiny shapes (skip the ViT-S layer)",
+               _bench_linear)
+    _add_bench(benches, "attention", "attention kernel",
+               "only the tiny layer (skip the ViT-S head)", _bench_attention)
 
-    attention = benches.add_parser(
-        "attention", help="attention kernel: simulated cycles vs ideal (MACs / MAC units)")
-    attention.add_argument("--simulator", choices=("icarus", "verilator"), default="verilator",
-                           help="simulator for the cycle counts (default: verilator)")
-    attention.add_argument("--quick", action="store_true",
-                           help="only the tiny layer (skip the ViT-S head)")
-    attention.add_argument("--json", action="store_true", help="one JSON list of rows")
-    attention.set_defaults(handler=_bench_attention)
+
+def _add_bench(benches, name, what, quick_help, handler):
+    bench = benches.add_parser(
+        name, help=f"{what}: simulated cycles vs ideal (MACs / MAC units)")
+    bench.add_argument("--simulator", choices=("icarus", "verilator"), default="verilator",
+                       help="simulator for the cycle counts (default: verilator)")
+    bench.add_argument("--quick", action="store_true", help=quick_help)
+    bench.add_argument("--json", action="store_true", help="one JSON list of rows")
+    bench.set_defaults(handler=handler)
 
 
 def _generate(args):
@@ -61,6 +58,7 @@ def _generate(args):
 def _estimate(args):
     import warnings
 
+    from moevit.hw.bench import print_rows
     from moevit.hw.config import get_hw_config
     from moevit.hw.estimate import CAVEAT, estimate_verilog
     from moevit.hw.generate import UNITS, module_name, verilog_file
@@ -76,27 +74,26 @@ def _estimate(args):
         print(json.dumps(rows))
         return
     print(f"config {args.config}: {hw.rows}x{hw.cols} MAC array ({hw.macs} MAC units)")
-    print(f"{'unit':<12}{'DSP48E2':>9}{'LUT':>9}{'FF':>9}{'BRAM36':>9}{'URAM':>7}")
-    for row in rows:
-        print(f"{row['unit']:<12}{row['dsp']:>9}{row['lut']:>9}{row['ff']:>9}"
-              f"{row['bram']:>9g}{row['uram']:>7}")
+    print_rows(rows, [("unit", "unit", "<12", ""), ("DSP48E2", "dsp", ">9", ""),
+                      ("LUT", "lut", ">9", ""), ("FF", "ff", ">9", ""),
+                      ("BRAM36", "bram", ">9", "g"), ("URAM", "uram", ">7", "")])
     warnings.warn(CAVEAT, stacklevel=1)
 
 
 def _bench_linear(args):
     from moevit.hw.bench import bench_linear, print_table
 
-    rows = bench_linear(simulator=args.simulator, quick=args.quick)
-    if args.json:
-        print(json.dumps(rows))
-    else:
-        print_table(rows)
+    _report(bench_linear(simulator=args.simulator, quick=args.quick), args, print_table)
 
 
 def _bench_attention(args):
     from moevit.hw.bench_attention import bench_attention, print_table
 
-    rows = bench_attention(simulator=args.simulator, quick=args.quick)
+    _report(bench_attention(simulator=args.simulator, quick=args.quick), args, print_table)
+
+
+def _report(rows, args, print_table):
+    """The rows as one JSON list (``--json``) or as a table."""
     if args.json:
         print(json.dumps(rows))
     else:

@@ -205,7 +205,7 @@ class HwConfig:
                 f"Key/value buffer of {self.kv_depth} tokens cannot hold the {model.tokens} "
                 f"tokens of model {model.name!r}; needs {model.tokens}"
             )
-        widest = max(model.patch_dim, model.dim, model.mlp_hidden, model.expert_hidden)
+        widest = _widest_input(model)
         if widest > self.max_in:
             raise ConfigError(
                 f"Input buffer of {self.max_in} features cannot hold the {widest} input features "
@@ -224,8 +224,7 @@ class HwConfig:
             model = get_config(model)
         base = _DEFAULTS.get(model.name)
         if base is None:
-            widest = max(model.patch_dim, model.dim, model.mlp_hidden, model.expert_hidden)
-            base = dict(name=model.name, cols=min(16, model.head_dim), max_in=widest,
+            base = dict(name=model.name, cols=min(16, model.head_dim), max_in=_widest_input(model),
                         post_lanes=math.gcd(4, min(16, model.head_dim)),
                         max_tokens=-(-model.tokens // 4) * 4,
                         score_lanes=math.gcd(8, model.head_dim),
@@ -248,6 +247,11 @@ class HwConfig:
             return cls(**data)
         except TypeError as error:
             raise ConfigError(f"Malformed hardware config: {error}") from None
+
+
+def _widest_input(model):
+    """The most input features of any linear layer of ``model``."""
+    return max(model.patch_dim, model.dim, model.mlp_hidden, model.expert_hidden)
 
 
 def _positive(what, value):

@@ -65,21 +65,14 @@ def _ops(hw, shapes, seed):
 
 def _run(hw, shapes, simulator, test_id):
     from moevit.errors import MoevitError
-    from moevit.hw.generate import verilog_file
     from moevit.hw.linear import linear_reference
-    from moevit.sim.benches.linear import write_case
-    from moevit.sim.runner import run_cocotb, sim_folder
+    from moevit.sim.units import run_linear
 
     ops = _ops(hw, shapes, seed=len(shapes))
-    folder = sim_folder(test_id)
-    case = write_case(folder.parent / f"{folder.name}.npz", hw, ops)
-    result = run_cocotb(toplevel="moevit_linear", sources=[verilog_file("linear", hw)],
-                        test_module="moevit.sim.benches.linear", test_id=test_id,
-                        simulator=simulator, env={"MOEVIT_CASE": case})
+    outputs, result = run_linear(hw, ops, test_id=test_id, simulator=simulator)
     cycles = result.json("cycles.json")
     rows = []
-    for k, ((name, tokens, fin, fout, gelu), op) in enumerate(zip(shapes, ops)):
-        got = np.load(result.output(f"y{k}.npy"))
+    for k, ((name, tokens, fin, fout, gelu), op, got) in enumerate(zip(shapes, ops, outputs)):
         want = linear_reference(op["desc"], op["x"], op["weight"], op["bias"],
                                 op["multiplier"], op["shift"])
         if not np.array_equal(got, want):

@@ -7,7 +7,9 @@ expected outputs (``moevit.model.golden`` / ``intops``) to
 (``moevit.sim.benches.<unit>``) with seeded gaps on the inputs and
 back-pressure on the outputs, and returns what the design produced and how
 many cycles it took. The bench compares every output with the golden model
-bit for bit, in full, and fails on the first difference.
+bit for bit, in full, and fails on the first difference. :func:`run_linear`
+is the exception: it takes the linear kernel's operations as they are and
+leaves the comparison to its caller.
 """
 
 import json
@@ -17,8 +19,9 @@ import numpy as np
 
 from moevit.paths import build_dir
 
-__all__ = ["UnitRun", "beats", "unbeats", "run_attention", "run_softmax", "run_gelu",
-           "run_layernorm", "attention_descriptor", "tiny_quantized", "attention_layer"]
+__all__ = ["UnitRun", "beats", "unbeats", "run_linear", "run_attention", "run_softmax",
+           "run_gelu", "run_layernorm", "attention_descriptor", "tiny_quantized",
+           "attention_layer"]
 
 
 @dataclass
@@ -81,6 +84,44 @@ def _run(unit, hw, test_id, arrays, case, *, simulator=None, seed=0):
     summary = result.json("summary.json")
     out = np.load(result.output("out.npy"))
     return UnitRun(out, summary["cycles"], result.seconds)
+
+
+def run_linear(hw, ops, *, test_id, simulator=None, gaps="none", stall="none", seed=0):
+    """Simulate linear-kernel operations back to back (:mod:`moevit.sim.benches.linear`).
+
+    Unlike the other units, the bench only records: the caller compares the
+    outputs with the golden model (``moevit.hw.linear.linear_reference``).
+
+    Parameters
+    ----------
+    hw : HwConfig
+    ops : list of dict
+        As for :func:`moevit.sim.benches.linear.write_case`.
+    test_id : str
+        Names the simulation's folder (and the case file beside it).
+    simulator : str, optional
+    gaps, stall : str
+        Pause kinds (:func:`moevit.sim.streams.pauses`) of the inputs and the output.
+    seed : int
+
+    Returns
+    -------
+    outputs : list of numpy.ndarray
+        Each operation's int8 output.
+    result : SimResult
+        Its ``cycles.json`` holds each operation's cycles.
+    """
+    from moevit.hw.generate import verilog_file
+    from moevit.sim.benches.linear import write_case
+    from moevit.sim.runner import run_cocotb, sim_folder
+
+    folder = sim_folder(test_id)
+    case = write_case(folder.parent / f"{folder.name}.npz", hw, ops, gaps=gaps, stall=stall,
+                      seed=seed)
+    result = run_cocotb(toplevel="moevit_linear", sources=[verilog_file("linear", hw)],
+                        test_module="moevit.sim.benches.linear", test_id=test_id,
+                        simulator=simulator, env={"MOEVIT_CASE": case})
+    return [np.load(result.output(f"y{k}.npy")) for k in range(len(ops))], result
 
 
 def attention_descriptor(hw, tokens, heads, head_dim, consts):

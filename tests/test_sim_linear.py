@@ -15,13 +15,11 @@ import pytest
 
 from moevit.hw.config import DEFAULT_HW, HwConfig
 from moevit.hw.descriptor import LinearDescriptor
-from moevit.hw.generate import verilog_file
 from moevit.hw.linear import linear_reference
 from moevit.model import intops
 from moevit.model.config import get_config
-from moevit.sim.benches.linear import write_case
-from moevit.sim.runner import default_simulator, run_cocotb, sim_folder
-from moevit.sim.units import tiny_quantized
+from moevit.sim.runner import default_simulator
+from moevit.sim.units import run_linear, tiny_quantized
 
 
 def random_op(hw, rng, tokens, in_features, out_features, *, gelu=False, residual=False):
@@ -52,14 +50,9 @@ def random_op(hw, rng, tokens, in_features, out_features, *, gelu=False, residua
 def run_ops(hw, ops, test_id, *, gaps="none", stall="none", seed=0, simulator=None):
     """Simulate ``ops`` back to back; assert each output equals the golden one in full."""
     simulator = simulator or default_simulator()
-    folder = sim_folder(f"{test_id}-{simulator}")
-    case = write_case(folder.parent / f"{folder.name}.npz", hw, ops, gaps=gaps, stall=stall,
-                      seed=seed)
-    result = run_cocotb(toplevel="moevit_linear", sources=[verilog_file("linear", hw)],
-                        test_module="moevit.sim.benches.linear", test_id=f"{test_id}-{simulator}",
-                        simulator=simulator, env={"MOEVIT_CASE": case})
-    for k, op in enumerate(ops):
-        got = np.load(result.output(f"y{k}.npy"))
+    outputs, result = run_linear(hw, ops, test_id=f"{test_id}-{simulator}", simulator=simulator,
+                                 gaps=gaps, stall=stall, seed=seed)
+    for k, (op, got) in enumerate(zip(ops, outputs)):
         want = linear_reference(op["desc"], op["x"], op["weight"], op["bias"], op["multiplier"],
                                 op["shift"], op.get("skip"))
         assert got.dtype == np.int8 and got.shape == want.shape

@@ -180,6 +180,15 @@ class Descriptor:
         return {f.name: getattr(self, f.name) for f in self.packed_fields()}
 
 
+def _check_positive(descriptor, kind, names):
+    """Each ``(what, name)`` field of ``descriptor`` a positive integer."""
+    for what, name in names:
+        value = getattr(descriptor, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise DescriptorError(
+                f"{kind} descriptor {what} must be a positive integer, not {value!r}")
+
+
 def _check_range(what, value, low, high):
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise DescriptorError(f"{what} must be an integer in [{low}, {high}], not {value!r}")
@@ -242,12 +251,8 @@ class LinearDescriptor(Descriptor):
 
     def validate(self):
         hw = self.hw
-        for what, name in (("tokens", "tokens"), ("input features", "in_features"),
-                           ("output features", "out_features")):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise DescriptorError(
-                    f"Linear descriptor {what} must be a positive integer, not {value!r}")
+        _check_positive(self, "Linear", (("tokens", "tokens"), ("input features", "in_features"),
+                                         ("output features", "out_features")))
         if self.tokens > hw.max_tokens:
             raise DescriptorError(
                 f"Linear descriptor of {self.tokens} tokens exceeds the {hw.max_tokens}-token "
@@ -314,13 +319,8 @@ class LinearDescriptor(Descriptor):
 def _check_constants(what, pairs):
     """Requantization multipliers u15 (>= 1) and shifts 1..47, as intops requires."""
     for name, (mult, shift) in pairs.items():
-        if not isinstance(mult, int) or isinstance(mult, bool) or not 1 <= mult < 2**15:
-            raise DescriptorError(
-                f"{what} descriptor {name} multiplier must be an integer in [1, 32767], "
-                f"not {mult!r}")
-        if not isinstance(shift, int) or isinstance(shift, bool) or not 1 <= shift <= 47:
-            raise DescriptorError(
-                f"{what} descriptor {name} shift must be an integer in [1, 47], not {shift!r}")
+        _check_range(f"{what} descriptor {name} multiplier", mult, 1, 2**15 - 1)
+        _check_range(f"{what} descriptor {name} shift", shift, 1, 47)
 
 
 @dataclass(frozen=True)
@@ -359,11 +359,8 @@ class AttentionDescriptor(Descriptor):
 
     def validate(self):
         hw = self.hw
-        for what, name in (("tokens", "tokens"), ("heads", "heads"), ("head dim", "head_dim")):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise DescriptorError(
-                    f"Attention descriptor {what} must be a positive integer, not {value!r}")
+        _check_positive(self, "Attention", (("tokens", "tokens"), ("heads", "heads"),
+                                            ("head dim", "head_dim")))
         if self.tokens > hw.kv_depth:
             raise DescriptorError(
                 f"Attention descriptor of {self.tokens} tokens exceeds the {hw.kv_depth}-token "
@@ -422,11 +419,7 @@ class LayerNormDescriptor(Descriptor):
 
     def validate(self):
         hw = self.hw
-        for what, name in (("tokens", "tokens"), ("width", "dim")):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise DescriptorError(
-                    f"LayerNorm descriptor {what} must be a positive integer, not {value!r}")
+        _check_positive(self, "LayerNorm", (("tokens", "tokens"), ("width", "dim")))
         if self.dim > hw.max_in:
             raise DescriptorError(
                 f"LayerNorm descriptor width {self.dim} exceeds the {hw.max_in}-feature "
@@ -435,7 +428,4 @@ class LayerNormDescriptor(Descriptor):
                 or not 0 <= self.eps < 2**34:
             raise DescriptorError(
                 f"LayerNorm descriptor eps must be an integer in [0, 2**34), not {self.eps!r}")
-        if not isinstance(self.shift, int) or isinstance(self.shift, bool) \
-                or not 1 <= self.shift <= 47:
-            raise DescriptorError(
-                f"LayerNorm descriptor shift must be an integer in [1, 47], not {self.shift!r}")
+        _check_range("LayerNorm descriptor shift", self.shift, 1, 47)

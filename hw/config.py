@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass, fields, replace
 
 from moevit.errors import ConfigError
+from moevit.model.config import check_positive, get_config
 
 __all__ = ["HwConfig", "DEFAULT_HW", "get_hw_config", "products_width"]
 
@@ -123,7 +124,7 @@ class HwConfig:
             ("Key/value buffer depth", "kv_depth"),
             ("Attention head width", "max_head_dim"),
         ):
-            _positive(what, getattr(self, name))
+            check_positive(what, getattr(self, name))
         if isinstance(self.clock_mhz, bool) or not isinstance(self.clock_mhz, (int, float)) \
                 or not self.clock_mhz > 0:
             raise ConfigError(f"Clock target must be a positive number of MHz, not {self.clock_mhz!r}")
@@ -219,8 +220,6 @@ class HwConfig:
         The result is checked against the model (:meth:`check_model`).
         """
         if isinstance(model, str):
-            from moevit.model.config import get_config
-
             model = get_config(model)
         base = _DEFAULTS.get(model.name)
         if base is None:
@@ -252,11 +251,6 @@ class HwConfig:
 def _widest_input(model):
     """The most input features of any linear layer of ``model``."""
     return max(model.patch_dim, model.dim, model.mlp_hidden, model.expert_hidden)
-
-
-def _positive(what, value):
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"{what} must be a positive integer, not {value!r}")
 
 
 # One instance per model config. Rows are chosen so that the token count pads

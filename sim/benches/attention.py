@@ -34,15 +34,13 @@ if cocotb is not None:
         control = StreamSource(dut, "desc", dut.clk)
         t0 = get_sim_time("ns")
         control.send([desc])
-        per_lane = (heads // lanes) * arrays["q"].shape[1]
+        per_head = arrays["q"].shape[1]  # beats of one head
         got = [None] * heads
         for p, sink in enumerate(sinks):
-            beats = await sink.receive(per_lane)
-            chunk = per_lane // (heads // lanes)
+            beats = await sink.receive((heads // lanes) * per_head)
             for n, h in enumerate(range(p, heads, lanes)):
-                got[h] = [str(b) for b in beats[n * chunk:(n + 1) * chunk]]
+                got[h] = beats[n * per_head:(n + 1) * per_head]
         cycles = cycles_since(t0)
-        got = [[int(b) for b in row] for row in got]
         expected = [[int(b) for b in row] for row in arrays["expected"]]
         save([[str(b) for b in row] for row in got], cycles,
              ideal_cycles=case["ideal_cycles"])

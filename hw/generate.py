@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 from moevit.errors import ConfigError
+from moevit.model import intops
 from moevit.paths import build_dir
 
 __all__ = ["UNITS", "build_unit", "module_name", "verilog", "verilog_file", "generate"]
@@ -65,14 +66,14 @@ def verilog_file(unit: str, hw, folder=None) -> Path:
     """Write the Verilog of ``unit`` for ``hw`` once and return its path.
 
     Without ``folder`` the file is cached under ``build/rtl/_cache/<hash>/``
-    (keyed by the HwConfig and the hw sources), so the simulations reuse it.
+    (keyed by the HwConfig, the hw sources and ``model/intops.py``), so the simulations reuse it.
     """
     if folder is None:
-        # Keyed by the unit, the HwConfig and the source of every hw module, so
-        # an edited unit never reuses stale Verilog.
+        # Keyed by the unit, the HwConfig and the source of every hw module and
+        # of the integer units they build from, so an edit never reuses stale Verilog.
         digest = hashlib.sha256(json.dumps([unit, hw.to_dict()], sort_keys=True,
                                            default=str).encode())
-        for source in sorted(Path(__file__).parent.glob("*.py")):
+        for source in [*sorted(Path(__file__).parent.glob("*.py")), Path(intops.__file__)]:
             digest.update(source.read_bytes())
         key = digest.hexdigest()[:16]
         folder = build_dir("rtl", "_cache", key)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from moevit.errors import CheckpointError, ConfigError
+from moevit.errors import CheckpointError, ConfigError, first_line
 from moevit.model.config import ModelConfig
 
 __all__ = ["FORMAT", "VERSION", "save_checkpoint", "load_checkpoint", "read_checkpoint"]
@@ -61,7 +61,7 @@ def read_checkpoint(path) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a damaged file
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = first_line(error)
         raise CheckpointError(f"Checkpoint {path} is corrupt or not a checkpoint: {reason}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"File {path} is not a moevit checkpoint")

@@ -59,7 +59,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from moevit.errors import CheckpointError
+from moevit.errors import CheckpointError, first_line
 from moevit.model.config import CONFIGS, get_config
 from moevit.model.moevit import MoEViT
 
@@ -131,7 +131,7 @@ def _load_torch(path, what):
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle, zip and torch errors alike: a file we cannot read
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        message = first_line(error)
         raise CheckpointError(f"Cannot read {what} {path}: {message}") from None
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]

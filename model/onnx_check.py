@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from moevit.errors import CheckpointError, MoevitError
+from moevit.errors import CheckpointError, MoevitError, first_line
 
 __all__ = [
     "FORMAT",
@@ -73,11 +73,6 @@ class OnnxFileError(CheckpointError):
 
 class OnnxInputError(MoevitError, ValueError):
     """An input handed to an ONNX graph does not fit it."""
-
-
-def _first_line(error) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _check_path(path) -> Path:
@@ -123,7 +118,7 @@ def read_graph(path):
         proto = onnx.load(str(path))
     except Exception as error:  # protobuf raises DecodeError, onnx its own types
         raise OnnxFileError(
-            f"ONNX file {path} is truncated or not an ONNX model: {_first_line(error)}"
+            f"ONNX file {path} is truncated or not an ONNX model: {first_line(error)}"
         ) from None
     if not proto.graph.node:
         raise OnnxFileError(f"ONNX file {path} is truncated or not an ONNX model: it has no graph")
@@ -173,7 +168,7 @@ class OnnxModel:
             raise
         except Exception as error:
             raise OnnxFileError(
-                f"ONNX file {self.path} is truncated or not an ONNX model: {_first_line(error)}"
+                f"ONNX file {self.path} is truncated or not an ONNX model: {first_line(error)}"
             ) from None
         props = self.session.get_modelmeta().custom_metadata_map
         self.metadata = _parse_metadata(self.path, props)

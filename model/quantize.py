@@ -57,7 +57,7 @@ from pathlib import Path
 
 import numpy as np
 
-from moevit.errors import CheckpointError, ConfigError
+from moevit.errors import CheckpointError, ConfigError, first_line
 from moevit.model import intops
 from moevit.model.config import ModelConfig
 from moevit.model.golden import quantize_image as _quantize_tensor  # clip8(floor(x / scale + 1/2)), as the host
@@ -453,7 +453,7 @@ def load_quantized(path, config: ModelConfig = None) -> QuantizedModel:
         with np.load(path, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = first_line(error)
         raise CheckpointError(f"Quantized model {path} is corrupt or truncated: {reason}") from None
     try:
         header = json.loads(arrays.pop(HEADER).tobytes().decode())

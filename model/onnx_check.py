@@ -20,6 +20,16 @@ The verdict
 - A QDQ graph against the integer golden model: the int8 prediction within
   :data:`QDQ_TOLERANCE` (``atol`` replaces its ``max_steps``), and the
   experts selected equal in the stated fraction of (token, slot) entries.
+- Both: the graph's weights are its reference's, bit for bit
+  (:func:`check_weights`). The hash in the metadata says which weights the
+  graph was exported from; it is not trusted to describe the weights the
+  file holds now. In a float graph every initializer is a parameter of the
+  model (``model.<name>``, :class:`~moevit.model.onnx_export.ExportView`);
+  a QDQ graph's initializers are compared with those of the same graph
+  rebuilt from the quantized model. An edited weight is a failed check
+  (exit status 1), like a wrong output: the file is a valid graph, it just
+  does not hold the model it names. A reference whose hash differs from the
+  metadata's (another checkpoint) is bad input (:class:`OnnxFileError`).
 
 What :func:`graph_stats` counts
 -------------------------------
@@ -70,6 +80,8 @@ __all__ = [
     "torch_model_for",
     "judge_float",
     "judge_qdq",
+    "graph_initializers",
+    "check_weights",
     "check_graph",
 ]
 
@@ -676,6 +688,72 @@ def judge_qdq(rows, tolerance=None) -> list:
     return failures
 
 
+# A float graph's initializers are the exported ExportView's: "model." + the parameter's name.
+_PARAMETER_PREFIX = "model."
+
+
+def graph_initializers(proto) -> dict:
+    """Name -> array of every initializer of a graph and of its subgraphs (``If`` branches)."""
+    from onnx import numpy_helper
+
+    return {t.name: numpy_helper.to_array(t) for g in _all_graphs(proto.graph) for t in g.initializer}
+
+
+def check_weights(graph: dict, reference: dict, source: str) -> dict:
+    """Compare a graph's initializers with its reference's (name -> array), bit for bit.
+
+    ``source`` names the reference in the failure line. Hashes (the first 16
+    digits of :func:`~moevit.model.checkpoint.weights_sha256`) are computed
+    from both sides over the names the graph holds.
+
+    Returns
+    -------
+    dict
+        ``initializers`` (count), ``graph_hash``, ``reference_hash``,
+        ``differing`` (names: other values, dtypes or shapes, or absent from
+        the reference), ``verdict`` and ``failure`` (None, or one line).
+    """
+    from moevit.model.checkpoint import weights_sha256
+
+    differing = []
+    for name in sorted(graph):
+        ours, theirs = np.asarray(graph[name]), reference.get(name)
+        theirs = None if theirs is None else np.asarray(theirs)
+        if theirs is None or ours.dtype != theirs.dtype or ours.shape != theirs.shape or ours.tobytes() != theirs.tobytes():
+            differing.append(name)
+    graph_hash = weights_sha256({name: np.array(value) for name, value in graph.items()})[:16]
+    ref_hash = weights_sha256({name: np.array(reference[name]) for name in graph if name in reference})[:16]
+    failure = None
+    if differing:
+        failure = (f"weights: the graph's initializers (hash {graph_hash}, recomputed) are not those of {source} "
+                   f"(hash {ref_hash}): {len(differing)} of {len(graph)} differ, first {differing[0]!r}")
+    return {"initializers": len(graph), "graph_hash": graph_hash, "reference_hash": ref_hash,
+            "differing": differing, "verdict": "FAIL" if differing else "PASS", "failure": failure}
+
+
+def _float_weights(proto, model, source) -> dict:
+    """:func:`check_weights` of a float graph against ``model``'s state dict."""
+    graph = {(name[len(_PARAMETER_PREFIX):] if name.startswith(_PARAMETER_PREFIX) else name): value
+             for name, value in graph_initializers(proto).items()}
+    state = {name: value.detach().cpu().numpy() for name, value in model.state_dict().items()}
+    return check_weights(graph, state, source)
+
+
+def _qdq_weights(proto, onnx_model, quantized) -> dict:
+    """:func:`check_weights` of a QDQ graph against the graph rebuilt from its quantized model."""
+    from onnx import numpy_helper
+
+    from moevit.model.onnx_qdq import _Builder  # what export_qdq writes, built in memory
+    from moevit.model.quantize import load_quantized
+
+    if quantized is None:  # compare_with_golden has checked that the graph names one
+        quantized = onnx_model.metadata["moevit.weights"][len("quantized ") :]
+    qmodel = load_quantized(quantized, onnx_model.config)
+    rebuilt = _Builder(qmodel, onnx_model.task_ids()[0]).build()
+    reference = {t.name: numpy_helper.to_array(t) for t in rebuilt.initializer}
+    return check_weights(graph_initializers(proto), reference, f"quantized model {quantized}")
+
+
 def _check_tolerance(name, value):
     if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
         raise OnnxInputError(f"Tolerance {name} must be a finite number >= 0, not {value!r}")
@@ -702,7 +780,8 @@ def check_graph(path, *, config=None, checkpoint=None, quantized=None, seed=0, a
     -------
     dict
         ``kind``, ``reference`` (what the graph was compared with), ``rows``
-        (judged), ``failures`` (one line each), ``passed``.
+        (judged), ``weights`` (:func:`check_weights`), ``failures`` (one line
+        each), ``passed``.
     """
     from moevit.model.config import get_config
 
@@ -717,18 +796,22 @@ def check_graph(path, *, config=None, checkpoint=None, quantized=None, seed=0, a
         )
     batch = onnx_model.session.get_inputs()[0].shape[0]
     images = np.random.default_rng(seed).standard_normal((batch, cfg.in_chans, *cfg.image_size)).astype(np.float32)
+    proto, meta = read_graph(path)
     if onnx_model.kind == "qdq":
         from moevit.model.onnx_qdq import compare_with_golden
 
         routing = [f"blocks.{i}.mlp.gate.topk" for i in cfg.moe_blocks]
         rows = compare_with_golden(onnx_model, images, quantized=quantized, tensors=routing)
         failures = judge_qdq(rows, None if atol is None else {"max_steps": atol})
+        weights = _qdq_weights(proto, onnx_model, quantized)
         reference = "the integer golden model"
     else:
-        _, meta = read_graph(path)
-        rows = compare_with_torch(onnx_model, torch_model_for(meta, checkpoint), images)
+        model = torch_model_for(meta, checkpoint)
+        rows = compare_with_torch(onnx_model, model, images)
         failures = judge_float(rows, atol=FLOAT_ATOL if atol is None else atol,
                                rtol=FLOAT_RTOL if rtol is None else rtol)
+        weights = _float_weights(proto, model, f"checkpoint {checkpoint}" if checkpoint else meta["moevit.weights"])
         reference = "PyTorch"
-    return {"kind": onnx_model.kind, "reference": reference, "rows": rows, "failures": failures,
-            "passed": not failures}
+    failures += [weights["failure"]] if weights["failure"] else []
+    return {"kind": onnx_model.kind, "reference": reference, "rows": rows, "weights": weights,
+            "failures": failures, "passed": not failures}

@@ -133,7 +133,8 @@ def _check(args):
     ]
     verdict = "FAIL" if failures else "PASS"
     if args.json:
-        print(json.dumps({"differences": rows, "stats": stats, "failures": failures, "verdict": verdict}))
+        print(json.dumps({"differences": rows, "weights": report["weights"], "stats": stats, "failures": failures,
+                          "verdict": verdict}))
         return 1 if failures else 0
     if report["kind"] == "float":
         atol = FLOAT_ATOL if args.atol is None else args.atol
@@ -148,6 +149,9 @@ def _check(args):
               "*.gate.topk: the experts selected, per (token, slot)")
         columns = ["task", "output", "shape", "max_steps", "mean_steps", "equal_fraction", "tolerance", "verdict"]
     print(format_rows(rows, columns))
+    weights = report["weights"]
+    print(f"weights recomputed from the graph's {weights['initializers']} initializers: hash {weights['graph_hash']}, "
+          f"the reference's {weights['reference_hash']}: {weights['verdict']}")
     print("graph statistics vs moevit info:")
     print(format_rows(stats, ["task", "quantity", "graph", "info", "equal"]))
     print(f"{verdict}: {args.file}" + "".join(f"\n  {failure}" for failure in failures))

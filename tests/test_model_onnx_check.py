@@ -188,3 +188,68 @@ def test_rtol_of_a_qdq_graph_is_a_clear_error(graphs, capsys):
     assert status == 2
     assert out.err == (f"moevit: error: ONNX file {graphs['qdq']} is a QDQ graph: its tolerance is in int8 steps "
                        "(atol); rtol applies to float graphs\n")
+
+
+# The weights: recomputed from the graph, not read from its metadata ---------------------
+def test_good_graphs_hold_their_references_weights(graphs):
+    for kind, count in (("float", 58), ("qdq", None)):
+        weights = check_graph(graphs[kind])["weights"]
+        assert weights["verdict"] == "PASS" and weights["differing"] == [] and weights["failure"] is None
+        assert weights["graph_hash"] == weights["reference_hash"]
+        assert count is None or weights["initializers"] == count  # tiny's semseg graph: every parameter it uses
+
+
+def test_weight_edited_below_the_tolerance_is_found(graphs, tmp_path, capsys):
+    """One weight moved by one float32 step: the outputs stay within tolerance,
+    the metadata still names the old weights; the recomputed hash fails it."""
+    def nudge(array):
+        array.flat[7] = np.nextafter(array.flat[7], np.float32(np.inf))
+        return array
+
+    path = edited(graphs["float"], tmp_path / "nudged.onnx",
+                  lambda p: set_initializer(p, "model.blocks.2.mlp.fc2.weight", nudge))
+    report = check_graph(path)
+    assert [row["verdict"] for row in report["rows"]] == ["PASS"]  # invisible in the outputs
+    assert report["weights"]["differing"] == ["blocks.2.mlp.fc2.weight"]
+    status, out = run_cli(capsys, path)
+    assert status == 1
+    assert re.search(
+        r"^  weights: the graph's initializers \(hash [0-9a-f]{16}, recomputed\) are not those of random seed 0 "
+        r"\(hash [0-9a-f]{16}\): 1 of 58 differ, first 'blocks\.2\.mlp\.fc2\.weight'$", out.out, re.M)
+    assert re.search(r"^weights recomputed from the graph's 58 initializers: hash [0-9a-f]{16}, the reference's "
+                     r"[0-9a-f]{16}: FAIL$", out.out, re.M)
+
+
+def test_qdq_weight_scale_edited_within_the_tolerance_is_found(graphs, tmp_path, capsys):
+    """A QDQ weight scale 2 % off moves the prediction by a few int8 steps, inside
+    the numeric tolerance; the graph rebuilt from the quantized model shows it."""
+    path = edited(graphs["qdq"], tmp_path / "wscale.onnx",
+                  lambda p: set_initializer(p, "scale.blocks.3.attn.qkv.weight", lambda a: a * 1.02))
+    report = check_graph(path)
+    assert all(row["verdict"] == "PASS" for row in report["rows"])
+    assert report["weights"]["differing"] == ["scale.blocks.3.attn.qkv.weight"]
+    status, out = run_cli(capsys, path)
+    assert status == 1
+    assert re.search(
+        r"^  weights: the graph's initializers \(hash [0-9a-f]{16}, recomputed\) are not those of quantized model "
+        r".*tiny\.npz \(hash [0-9a-f]{16}\): 1 of \d+ differ, first 'scale\.blocks\.3\.attn\.qkv\.weight'$",
+        out.out, re.M)
+
+
+def test_an_initializer_the_model_lacks_is_found(graphs, tmp_path):
+    def add(proto):
+        proto.graph.initializer.append(numpy_helper.from_array(np.zeros(3, np.float32), "model.extra"))
+
+    weights = check_graph(edited(graphs["float"], tmp_path / "extra.onnx", add))["weights"]
+    assert weights["differing"] == ["extra"] and weights["verdict"] == "FAIL"
+
+
+def test_weights_sha256_hashes_arrays_as_their_tensors():
+    from moevit.model.checkpoint import weights_sha256
+
+    state = {"b": torch.arange(3, dtype=torch.int8), "a": torch.ones(2, 2)}
+    digest = weights_sha256(state)
+    assert re.fullmatch(r"[0-9a-f]{64}", digest)
+    assert weights_sha256({name: value.numpy() for name, value in state.items()}) == digest
+    assert weights_sha256(dict(state, a=torch.ones(4))) != digest  # the shape counts
+    assert weights_sha256(dict(state, a=torch.ones(2, 2, dtype=torch.float64))) != digest  # the dtype counts

@@ -721,6 +721,7 @@ def check_weights(graph: dict, reference: dict, source: str) -> dict:
         theirs = None if theirs is None else np.asarray(theirs)
         if theirs is None or ours.dtype != theirs.dtype or ours.shape != theirs.shape or ours.tobytes() != theirs.tobytes():
             differing.append(name)
+    # hashed from writable copies: onnx's arrays are read-only views, which torch warns about
     graph_hash = weights_sha256({name: np.array(value) for name, value in graph.items()})[:16]
     ref_hash = weights_sha256({name: np.array(reference[name]) for name in graph if name in reference})[:16]
     failure = None

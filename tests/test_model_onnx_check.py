@@ -18,7 +18,16 @@ from onnx import numpy_helper
 from moevit.cli import main
 from moevit.model.config import get_config
 from moevit.model.moevit import MoEViT
-from moevit.model.onnx_check import FLOAT_ATOL, FLOAT_RTOL, QDQ_TOLERANCE, check_graph, judge_float
+from moevit.errors import MoevitError
+from moevit.model.onnx_check import (
+    FLOAT_ATOL,
+    FLOAT_RTOL,
+    QDQ_TOLERANCE,
+    _routing_differences,
+    check_graph,
+    judge_float,
+    judge_qdq,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -147,6 +156,30 @@ def test_judge_float_fails_on_nan_and_passes_at_the_bound():
             {"task": "t", "output": "p", "max_abs_diff": 2e-5, "max_abs_ref": 1.0}]
     assert judge_float(rows, atol=1e-5, rtol=1e-5) == ["t o: max |difference| nan > tolerance 2e-05"]
     assert [row["verdict"] for row in rows] == ["FAIL", "PASS"]
+
+
+def test_routing_is_compared_as_sets_of_experts():
+    graph = [np.array([[1, 2], [3, 4]]), np.array([[0, 5], [6, 7]])]
+    torch_ = [np.array([[2, 1], [3, 4]]), np.array([[0, 5], [6, 1]])]  # a swap within the k is no difference
+    assert _routing_differences(graph, torch_) == [(1, 1, [6, 7], [1, 6])]
+    with pytest.raises(MoevitError, match=r"^The graph has 2 MoE layers, PyTorch's model 1$"):
+        _routing_differences(graph, torch_[:1])
+
+
+def test_judge_qdq_states_each_bound():
+    rows = [{"task": "depth", "output": "prediction_int8", "max_steps": 16, "mean_steps": 1.7, "equal_fraction": 0.2},
+            {"task": "depth", "output": "blocks.1.mlp.gate.topk", "max_steps": 5, "mean_steps": 0.1,
+             "equal_fraction": 0.8, "steps_histogram": {0: 8}}]
+    assert judge_qdq(rows) == [
+        "depth prediction_int8: 16 int8 steps > 15",
+        "depth prediction_int8: 1.7 steps on average > 1.6",
+        "depth prediction_int8: 20.0% of elements equal < 22%",
+        "depth blocks.1.mlp.gate.topk: the same experts in 80.0% of (token, slot) entries, not >= 83%",
+    ]
+    assert [row["verdict"] for row in rows] == ["FAIL", "FAIL"] and "max_steps" not in rows[1]
+    rows[0].update(max_steps=15, mean_steps=1.6, equal_fraction=0.22)
+    assert judge_qdq(rows[:1]) == [] and rows[0]["verdict"] == "PASS"  # the bounds are inclusive
+    assert judge_qdq(rows[:1], {"max_steps": 14}) == ["depth prediction_int8: 15 int8 steps > 14"]
 
 
 def test_qdq_graph_passes(graphs, capsys):

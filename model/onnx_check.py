@@ -775,7 +775,14 @@ def check_graph(path, *, config=None, checkpoint=None, quantized=None, seed=0, a
         Seed of the standard-normal input images.
     atol, rtol : float, optional
         Float graphs: default :data:`FLOAT_ATOL`, :data:`FLOAT_RTOL`. QDQ
-        graphs: ``atol`` is the largest number of int8 steps; ``rtol`` is an error.
+        graphs: ``atol`` is the largest number of int8 steps.
+
+    Raises
+    ------
+    OnnxInputError
+        A negative or non-finite tolerance, or an option the graph's kind
+        has no use for (``rtol`` or ``checkpoint`` beside a QDQ graph,
+        ``quantized`` beside a float graph).
 
     Returns
     -------
@@ -794,6 +801,15 @@ def check_graph(path, *, config=None, checkpoint=None, quantized=None, seed=0, a
         raise OnnxInputError(
             f"ONNX file {onnx_model.path} is a QDQ graph: its tolerance is in int8 steps (atol); "
             "rtol applies to float graphs"
+        )
+    if onnx_model.kind == "qdq" and checkpoint is not None:
+        raise OnnxInputError(
+            f"ONNX file {onnx_model.path} is a QDQ graph: its reference is a quantized model (quantized), "
+            "not a checkpoint"
+        )
+    if onnx_model.kind == "float" and quantized is not None:
+        raise OnnxInputError(
+            f"ONNX file {onnx_model.path} is a float graph: its reference is a checkpoint, not a quantized model"
         )
     batch = onnx_model.session.get_inputs()[0].shape[0]
     images = np.random.default_rng(seed).standard_normal((batch, cfg.in_chans, *cfg.image_size)).astype(np.float32)

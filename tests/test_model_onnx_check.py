@@ -216,11 +216,14 @@ def test_bad_tolerance_is_a_clear_error(graphs, capsys, option, value):
     assert out.err == f"moevit: error: Tolerance {name} must be a finite number >= 0, not {float(value)!r}\n"
 
 
-def test_rtol_of_a_qdq_graph_is_a_clear_error(graphs, capsys):
-    status, out = run_cli(capsys, graphs["qdq"], "--rtol", "0.1")
-    assert status == 2
-    assert out.err == (f"moevit: error: ONNX file {graphs['qdq']} is a QDQ graph: its tolerance is in int8 steps "
-                       "(atol); rtol applies to float graphs\n")
+@pytest.mark.parametrize("kind, option, message", [
+    ("qdq", "--rtol", "is a QDQ graph: its tolerance is in int8 steps (atol); rtol applies to float graphs"),
+    ("qdq", "--checkpoint", "is a QDQ graph: its reference is a quantized model (quantized), not a checkpoint"),
+    ("float", "--quantized", "is a float graph: its reference is a checkpoint, not a quantized model"),
+])
+def test_an_option_the_graph_has_no_use_for_is_a_clear_error(graphs, capsys, kind, option, message):
+    status, out = run_cli(capsys, graphs[kind], option, "0.1")
+    assert status == 2 and out.err == f"moevit: error: ONNX file {graphs[kind]} {message}\n"
 
 
 # The weights: recomputed from the graph, not read from its metadata ---------------------

@@ -289,3 +289,14 @@ def test_weights_sha256_hashes_arrays_as_their_tensors():
     assert weights_sha256({name: value.numpy() for name, value in state.items()}) == digest
     assert weights_sha256(dict(state, a=torch.ones(4))) != digest  # the shape counts
     assert weights_sha256(dict(state, a=torch.ones(2, 2, dtype=torch.float64))) != digest  # the dtype counts
+
+
+def test_graph_statistics_unlike_moevit_info_fail(graphs, capsys, monkeypatch):
+    from moevit.model import onnx_commands
+
+    row = {"task": "semseg", "quantity": "MACs (top-k)", "graph": 1, "info": 2, "equal": False}
+    monkeypatch.setattr(onnx_commands, "stats_rows", lambda path: [row])
+    status, out = run_cli(capsys, graphs["float"])
+    assert status == 1
+    assert out.out.splitlines()[-2:] == [f"FAIL: {graphs['float']}",
+                                         "  graph statistics: semseg MACs (top-k) is 1, moevit info says 2"]

@@ -781,9 +781,9 @@ def check_graph(path, *, config=None, checkpoint=None, quantized=None, seed=0, a
     Raises
     ------
     OnnxInputError
-        A negative or non-finite tolerance, or an option the graph's kind
-        has no use for (``rtol`` or ``checkpoint`` beside a QDQ graph,
-        ``quantized`` beside a float graph).
+        A negative seed, a negative or non-finite tolerance, or an option
+        the graph's kind has no use for (``rtol`` or ``checkpoint`` beside a
+        QDQ graph, ``quantized`` beside a float graph).
 
     Returns
     -------
@@ -796,6 +796,8 @@ def check_graph(path, *, config=None, checkpoint=None, quantized=None, seed=0, a
 
     _check_tolerance("atol", atol)
     _check_tolerance("rtol", rtol)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise OnnxInputError(f"Seed must be a non-negative integer, not {seed!r}")
     onnx_model = OnnxModel(path, config=get_config(config) if config else None, routing=True)
     cfg = onnx_model.config
     if onnx_model.kind == "qdq" and rtol is not None:

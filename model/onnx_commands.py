@@ -185,7 +185,8 @@ def register_onnx(subparsers):
     check.add_argument("--quantized", default=None, help="QDQ graphs: default the file named in the graph")
     check.add_argument("--seed", type=int, default=0, help="seed of the random input image")
     check.add_argument("--atol", type=float, default=None,
-                       help="float graphs: absolute tolerance (default 1e-5); QDQ graphs: the most int8 steps")
+                       help="float graphs: absolute tolerance (default 1e-5); QDQ graphs: the most int8 steps "
+                            "(default: the stated bounds, printed with the results)")
     check.add_argument("--rtol", type=float, default=None,
                        help="float graphs: tolerance relative to the largest |output| (default 1e-5)")
     check.add_argument("--json", action="store_true")

@@ -216,6 +216,11 @@ def test_bad_tolerance_is_a_clear_error(graphs, capsys, option, value):
     assert out.err == f"moevit: error: Tolerance {name} must be a finite number >= 0, not {float(value)!r}\n"
 
 
+def test_negative_seed_is_a_clear_error(graphs, capsys):
+    status, out = run_cli(capsys, graphs["float"], "--seed", "-1")
+    assert status == 2 and out.err == "moevit: error: Seed must be a non-negative integer, not -1\n"
+
+
 @pytest.mark.parametrize("kind, option, message", [
     ("qdq", "--rtol", "is a QDQ graph: its tolerance is in int8 steps (atol); rtol applies to float graphs"),
     ("qdq", "--checkpoint", "is a QDQ graph: its reference is a quantized model (quantized), not a checkpoint"),

@@ -12,6 +12,7 @@ Every way a file can be wrong is a :class:`~moevit.errors.CheckpointError`
 that names the file and the problem.
 """
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -20,10 +21,24 @@ import torch
 from moevit.errors import CheckpointError, ConfigError, first_line
 from moevit.model.config import ModelConfig
 
-__all__ = ["FORMAT", "VERSION", "save_checkpoint", "load_checkpoint", "read_checkpoint"]
+__all__ = ["FORMAT", "VERSION", "save_checkpoint", "load_checkpoint", "read_checkpoint", "weights_sha256"]
 
 FORMAT = "moevit-checkpoint"
 VERSION = 1
+
+
+def weights_sha256(state: dict) -> str:
+    """SHA-256 (hex) of a state dict: each tensor's name, dtype, shape and bytes, in name order.
+
+    Values may be tensors or numpy arrays (hashed as the tensor they convert
+    to), so a graph's initializers hash like the parameters they came from.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = torch.as_tensor(state[name]).detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
 
 
 def save_checkpoint(path, model, *, extra=None) -> Path:

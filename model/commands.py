@@ -151,15 +151,20 @@ def _eval(args):
 
     model, meta = load_checkpoint(args.checkpoint)
     config = meta["config"]
+    qmodel = None
+    if args.integer:  # the integer golden model beside the float one (model/integer_eval.py), checked first
+        from moevit.model.integer_eval import integer_model
+
+        qmodel = integer_model(args, model)
     val = _open(args, config, "val", args.val_size)
     metrics = evaluate(model, val, batch_size=args.batch_size, progress=not args.quiet)
     png = args.png or str(build_dir("eval") / f"{config.name}-predictions.png")
     save_prediction_png(model, val, png)
     integer = None
-    if args.integer:  # the integer golden model beside the float one (model/integer_eval.py)
+    if qmodel is not None:
         from moevit.model.integer_eval import eval_integer
 
-        integer = eval_integer(args, model, val, metrics)
+        integer = eval_integer(args, qmodel, val, metrics)
     if args.json:
         print(json.dumps({"config": config.name, "metrics": metrics, "png": png, **(integer or {})}))
         return

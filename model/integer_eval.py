@@ -21,6 +21,7 @@ __all__ = [
     "bench_golden",
     "demo_quantize",
     "add_quantize_command",
+    "integer_model",
     "eval_integer",
     "register_bench",
     "DEFAULT_CALIBRATION",
@@ -115,6 +116,7 @@ def _quantize_command(args):
     save_quantized(path, qmodel)
     print(f"quantized {qmodel.config.name} on {args.calibration} calibration images: {path}")
     print(f"checksum {qmodel.checksum()}")
+    print(f"source: the weights of {args.checkpoint} (sha256 {qmodel.source_sha256})")
 
 
 def add_quantize_command(subparsers):
@@ -135,17 +137,25 @@ def add_integer_arguments(parser):
     parser.add_argument("--calibration", type=int, default=DEFAULT_CALIBRATION, help="calibration images (train split)")
 
 
-def eval_integer(args, model, val, float_metrics) -> dict:
+def integer_model(args, model):
+    """The quantized model ``moevit eval --integer`` evaluates beside ``model``
+    (read from ``--checkpoint``): ``--quantized``, which must have been
+    quantized from that checkpoint's weights, or the checkpoint quantized now.
+    Called before any evaluation, so a mismatch stops the command at once."""
+    from moevit.model.quantize import check_source, load_quantized
+
+    if not args.quantized:
+        return _quantize_checkpoint(args)[1]
+    qmodel = load_quantized(args.quantized, model.config)
+    check_source(qmodel, model.state_dict(), quantized=args.quantized, checkpoint=args.checkpoint)
+    return qmodel
+
+
+def eval_integer(args, qmodel, val, float_metrics) -> dict:
     """The ``--integer`` part of ``moevit eval``: the golden model's metrics
     and the comparison rows (:func:`compare_rows`)."""
-    from moevit.model.quantize import load_quantized
-
-    if args.quantized:
-        qmodel = load_quantized(args.quantized, model.config)
-    else:
-        _, qmodel = _quantize_checkpoint(args)
     integer = evaluate_integer(qmodel, val, progress=not args.quiet)
-    return {"integer": integer, "comparison": compare_rows(model.config, float_metrics, integer)}
+    return {"integer": integer, "comparison": compare_rows(qmodel.config, float_metrics, integer)}
 
 
 # demo -----------------------------------------------------------------------

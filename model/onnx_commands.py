@@ -7,7 +7,7 @@ Handlers import torch, onnx and ONNX Runtime only when they run.
 import json
 from pathlib import Path
 
-__all__ = ["register_onnx", "stats_rows", "format_rows", "check_rows"]
+__all__ = ["register_onnx", "stats_rows", "format_rows"]
 
 
 def _model(config_name, checkpoint, seed):
@@ -102,8 +102,9 @@ def stats_rows(path, *, graph=None) -> list:
 
 
 def format_rows(rows, columns) -> str:
-    """A plain table of ``rows`` (dicts) with the given columns."""
-    cells = [[str(row[c]) if not isinstance(row[c], float) else f"{row[c]:.3g}" for c in columns] for row in rows]
+    """A plain table of ``rows`` (dicts) with the given columns; ``-`` where a row has no such key."""
+    cells = [[f"{row[c]:.3g}" if isinstance(row.get(c), float) else str(row.get(c, "-")) for c in columns]
+             for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) if cells else len(c) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
     lines.append("  ".join("-" * w for w in widths))
@@ -120,49 +121,41 @@ def _stats(args):
     return 0 if all(row["equal"] for row in rows) else 1
 
 
-def check_rows(path, *, checkpoint=None, quantized=None, config=None, seed=0) -> list:
-    """Run an ONNX file in ONNX Runtime and its reference on the same random images.
-
-    A float graph is compared with the PyTorch model (largest absolute
-    difference per task and output); a QDQ graph with the integer golden
-    model (largest difference in integer steps of the output).
-    """
-    import numpy as np
-
-    from moevit.model.config import get_config
-    from moevit.model.onnx_check import OnnxModel, compare_with_torch, read_graph, torch_model_for
-
-    expected = get_config(config) if config else None
-    onnx_model = OnnxModel(path, config=expected, routing=True)
-    cfg = onnx_model.config
-    batch = onnx_model.session.get_inputs()[0].shape[0]
-    images = np.random.default_rng(seed).standard_normal((batch, cfg.in_chans, *cfg.image_size)).astype(np.float32)
-    if onnx_model.kind == "qdq":
-        from moevit.model.onnx_qdq import compare_with_golden
-
-        return compare_with_golden(onnx_model, images, quantized=quantized)
-    _, meta = read_graph(path)
-    model = torch_model_for(meta, checkpoint)
-    return compare_with_torch(onnx_model, model, images)
-
-
 def _check(args):
-    rows = check_rows(args.file, checkpoint=args.checkpoint, quantized=args.quantized,
-                      config=args.config, seed=args.seed)
-    stats = stats_rows(args.file)
+    from moevit.model.onnx_check import FLOAT_ATOL, FLOAT_RTOL, check_graph
+
+    report = check_graph(args.file, config=args.config, checkpoint=args.checkpoint, quantized=args.quantized,
+                         seed=args.seed, atol=args.atol, rtol=args.rtol)
+    rows, stats = report["rows"], stats_rows(args.file)
+    failures = report["failures"] + [
+        f"graph statistics: {row['task']} {row['quantity']} is {row['graph']}, moevit info says {row['info']}"
+        for row in stats if not row["equal"]
+    ]
+    verdict = "FAIL" if failures else "PASS"
     if args.json:
-        print(json.dumps({"differences": rows, "stats": stats}))
-        return 0 if all(row["equal"] for row in stats) else 1
-    if "routing_equal" in rows[0]:
+        print(json.dumps({"differences": rows, "weights": report["weights"], "stats": stats, "failures": failures,
+                          "verdict": verdict}))
+        return 1 if failures else 0
+    if report["kind"] == "float":
+        atol = FLOAT_ATOL if args.atol is None else args.atol
+        rtol = FLOAT_RTOL if args.rtol is None else args.rtol
+        print(f"ONNX Runtime vs PyTorch: PASS if max |difference| <= {atol:g} + {rtol:g} x max |PyTorch| "
+              "(--atol, --rtol) and every token selects the same experts")
         print("(experts_touched: distinct experts each MoE layer ran on this image, of all)")
-    columns = [c for c in ("task", "output", "shape", "max_abs_diff", "max_abs_ref", "experts_touched",
-                           "routing_equal", "max_steps", "mean_steps", "equal_fraction", "steps_histogram")
-               if c in rows[0]]
-    print(f"ONNX Runtime vs {'the integer golden model' if 'max_steps' in rows[0] else 'PyTorch'}:")
+        columns = ["task", "output", "shape", "max_abs_diff", "max_abs_ref", "tolerance", "experts_touched",
+                   "routing_equal", "verdict"]
+    else:
+        print("ONNX Runtime vs the integer golden model, in int8 steps (--atol: the largest); "
+              "*.gate.topk: the experts selected, per (token, slot)")
+        columns = ["task", "output", "shape", "max_steps", "mean_steps", "equal_fraction", "tolerance", "verdict"]
     print(format_rows(rows, columns))
+    weights = report["weights"]
+    print(f"weights recomputed from the graph's {weights['initializers']} initializers: hash {weights['graph_hash']}, "
+          f"the reference's {weights['reference_hash']}: {weights['verdict']}")
     print("graph statistics vs moevit info:")
     print(format_rows(stats, ["task", "quantity", "graph", "info", "equal"]))
-    return 0 if all(row["equal"] for row in stats) else 1
+    print(f"{verdict}: {args.file}" + "".join(f"\n  {failure}" for failure in failures))
+    return 1 if failures else 0
 
 
 def register_onnx(subparsers):
@@ -184,13 +177,18 @@ def register_onnx(subparsers):
 
     check = subparsers.add_parser(
         "check-onnx",
-        help="run an ONNX file in ONNX Runtime beside its reference; print the largest differences",
+        help="run an ONNX file in ONNX Runtime beside its reference: PASS, or FAIL and exit status 1",
     )
     check.add_argument("file")
     check.add_argument("--config", default=None, help="the model expected (default: the file's)")
     check.add_argument("--checkpoint", default=None, help="default: the one named in the file")
     check.add_argument("--quantized", default=None, help="QDQ graphs: default the file named in the graph")
     check.add_argument("--seed", type=int, default=0, help="seed of the random input image")
+    check.add_argument("--atol", type=float, default=None,
+                       help="float graphs: absolute tolerance (default 1e-5); QDQ graphs: the most int8 steps "
+                            "(default: the stated bounds, printed with the results)")
+    check.add_argument("--rtol", type=float, default=None,
+                       help="float graphs: tolerance relative to the largest |output| (default 1e-5)")
     check.add_argument("--json", action="store_true")
     check.set_defaults(handler=_check)
 

@@ -46,7 +46,6 @@ counts; ONNX Runtime folds constants itself when it loads a graph.
 """
 
 import contextlib
-import hashlib
 import io
 import json
 import logging
@@ -74,13 +73,10 @@ OPSET = 18
 
 
 def weights_hash(state: dict) -> str:
-    """Short SHA-256 of a state dict's tensors (names, dtypes, shapes and bytes)."""
-    digest = hashlib.sha256()
-    for name in sorted(state):
-        tensor = state[name].detach().cpu().contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
-        digest.update(tensor.numpy().tobytes())
-    return digest.hexdigest()[:16]
+    """Short SHA-256 of a state dict's tensors: :func:`~moevit.model.checkpoint.weights_sha256`'s first 16 digits."""
+    from moevit.model.checkpoint import weights_sha256
+
+    return weights_sha256(state)[:16]
 
 
 # The expert dispatch is one opaque operator while torch.export traces the

@@ -43,14 +43,22 @@ Array names (``L`` a linear layer: ``patch_embed.proj``,
 =====================================  ======================================
 
 The file is one ``.npz`` (no pickles): the arrays above plus ``__header__``,
-UTF-8 JSON ``{"format", "version", "config", "checksum"}`` where the checksum
-is the SHA-256 of every array's name, dtype, shape and bytes in name order.
+UTF-8 JSON ``{"format", "version", "config", "checksum", "source_sha256"}``
+where the checksum is the SHA-256 of every array's name, dtype, shape and
+bytes in name order, and ``source_sha256`` the SHA-256 of the float weights
+the model was quantized from
+(:func:`~moevit.model.checkpoint.weights_sha256` of the checkpoint's state
+dict: the weights, not the file's bytes, so the same weights saved again
+still match). :func:`check_source` compares it with a checkpoint. Files
+written before it was recorded have none (``None``): they still load, but
+cannot be paired with a checkpoint until quantized again.
 """
 
 import hashlib
 import io
 import json
 import math
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +80,7 @@ __all__ = [
     "quantize_model",
     "save_quantized",
     "load_quantized",
+    "check_source",
     "linear_names",
     "GELU_MIN_SCALE",
 ]
@@ -86,10 +95,15 @@ _MIN_MAXABS = 1e-6  # a tensor that is always zero still gets a usable scale
 
 @dataclass
 class QuantizedModel:
-    """A quantized MoE-ViT: its config and named arrays (see the module doc)."""
+    """A quantized MoE-ViT: its config, named arrays and source (see the module doc).
+
+    ``source_sha256`` is the SHA-256 of the float weights it was quantized
+    from, None if unknown.
+    """
 
     config: ModelConfig
     arrays: dict
+    source_sha256: str = None
 
     def __getitem__(self, name):
         try:
@@ -239,10 +253,10 @@ def _pack(*values):
     return np.array([int(v) for v in values], dtype=np.int64)
 
 
-def quantize_model(state, config: ModelConfig, maxabs: dict) -> QuantizedModel:
+def quantize_model(state, config: ModelConfig, maxabs: dict, *, source_sha256=None) -> QuantizedModel:
     """Quantize float parameters ``state`` (name -> numpy array, the float
     model's state dict) with the activation statistics ``maxabs``
-    (:func:`calibrate`)."""
+    (:func:`calibrate`); ``source_sha256`` is recorded as the source."""
     arrays = {}
     scales = {}
 
@@ -345,7 +359,7 @@ def quantize_model(state, config: ModelConfig, maxabs: dict) -> QuantizedModel:
         linear(f"heads.{t}", state[f"heads.{t}.weight"], state[f"heads.{t}.bias"], s_norm, s_head)
     for name, value in scales.items():
         arrays[f"scale.{name}"] = np.array(value, np.float64)
-    return QuantizedModel(config, arrays)
+    return QuantizedModel(config, arrays, source_sha256)
 
 
 def quantize(model, images, *, batch_size=32, progress=False) -> QuantizedModel:
@@ -357,9 +371,12 @@ def quantize(model, images, *, batch_size=32, progress=False) -> QuantizedModel:
     images : Tensor (N, in_chans, H, W), N >= 1
         The calibration set.
     """
+    from moevit.model.checkpoint import weights_sha256
+
     maxabs = calibrate(model, images, batch_size=batch_size, progress=progress)
-    state = {name: value.detach().cpu().double().numpy() for name, value in model.state_dict().items()}
-    return quantize_model(state, model.config, maxabs)
+    weights = model.state_dict()
+    state = {name: value.detach().cpu().double().numpy() for name, value in weights.items()}
+    return quantize_model(state, model.config, maxabs, source_sha256=weights_sha256(weights))
 
 
 # The file -------------------------------------------------------------------
@@ -381,6 +398,7 @@ def save_quantized(path, qmodel: QuantizedModel) -> Path:
         "version": VERSION,
         "config": qmodel.config.to_dict(),
         "checksum": _checksum(qmodel.arrays),
+        "source_sha256": qmodel.source_sha256,
     }
     payload = dict(qmodel.arrays)
     payload[HEADER] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
@@ -470,6 +488,9 @@ def load_quantized(path, config: ModelConfig = None) -> QuantizedModel:
         )
     if header.get("checksum") != _checksum(arrays):
         raise CheckpointError(f"Quantized model {path} fails its checksum: the arrays were changed or damaged")
+    source = header.get("source_sha256")
+    if source is not None and not (isinstance(source, str) and re.fullmatch(r"[0-9a-f]{64}", source)):
+        raise CheckpointError(f"Quantized model {path} has a corrupt header: its source_sha256 is not a SHA-256")
     try:
         found = ModelConfig.from_dict(header.get("config"))
     except (ConfigError, TypeError) as error:
@@ -489,4 +510,24 @@ def load_quantized(path, config: ModelConfig = None) -> QuantizedModel:
                 f"Quantized model {path} has {name} of shape {arrays[name].shape}; "
                 f"model {found.name!r} needs {shape}"
             )
-    return QuantizedModel(found, arrays)
+    return QuantizedModel(found, arrays, source)
+
+
+def check_source(qmodel: QuantizedModel, state: dict, *, quantized, checkpoint) -> None:
+    """A :class:`~moevit.errors.CheckpointError` unless ``qmodel`` (read from
+    the file ``quantized``) was quantized from ``state``, the float weights
+    of ``checkpoint``; a file that records no source is one too."""
+    from moevit.model.checkpoint import weights_sha256
+
+    if qmodel.source_sha256 is None:
+        raise CheckpointError(
+            f"Quantized model {quantized} does not record the checkpoint it was quantized from "
+            f"(written before moevit recorded it); quantize again: moevit quantize --checkpoint {checkpoint}"
+        )
+    digest = weights_sha256(state)
+    if digest != qmodel.source_sha256:
+        raise CheckpointError(
+            f"Quantized model {quantized} was quantized from other weights (sha256 {qmodel.source_sha256[:16]}) "
+            f"than checkpoint {checkpoint} (sha256 {digest[:16]}); give the checkpoint it came from, "
+            f"or quantize this one: moevit quantize --checkpoint {checkpoint}"
+        )

@@ -272,3 +272,40 @@ def test_file_errors(tiny, tmp_path):
         _raw(tmp_path / "shape.npz", qmodel.arrays, _header(qmodel, config=other.to_dict())),
         rf"^Quantized model {name}/shape\.npz has pos_embed of shape \(64, 64\); model 'tiny' needs \(64, 32\)$",
     )
+    fails(
+        _raw(tmp_path / "source.npz", qmodel.arrays, _header(qmodel, source_sha256="abc")),
+        rf"^Quantized model {name}/source\.npz has a corrupt header: its source_sha256 is not a SHA-256$",
+    )
+
+
+# The source: the float weights a quantized model came from ----------------------------
+def test_file_records_the_weights_it_was_quantized_from(tiny, tmp_path):
+    from moevit.model.checkpoint import weights_sha256
+
+    model, qmodel, _ = tiny
+    assert qmodel.source_sha256 == weights_sha256(model.state_dict())
+    loaded = quantize.load_quantized(quantize.save_quantized(tmp_path / "tiny.npz", qmodel))
+    assert loaded.source_sha256 == qmodel.source_sha256
+    quantize.check_source(loaded, model.state_dict(), quantized="q.npz", checkpoint="c.pt")  # no error
+
+
+def test_check_source_refuses_other_weights(tiny):
+    model, qmodel, _ = tiny
+    state = dict(model.state_dict())
+    state["heads.0.bias"] = state["heads.0.bias"] + 1e-6  # the same config, other weights
+    with pytest.raises(CheckpointError, match=(
+        r"^Quantized model q\.npz was quantized from other weights \(sha256 [0-9a-f]{16}\) than checkpoint "
+        r"c\.pt \(sha256 [0-9a-f]{16}\); give the checkpoint it came from, or quantize this one: "
+        r"moevit quantize --checkpoint c\.pt$")):
+        quantize.check_source(qmodel, state, quantized="q.npz", checkpoint="c.pt")
+
+
+def test_file_written_before_the_source_was_recorded(tiny, tmp_path):
+    """Such a file (no source_sha256 in its header) loads, but pairs with no checkpoint."""
+    model, qmodel, data = tiny
+    old = quantize.load_quantized(_raw(tmp_path / "old.npz", qmodel.arrays, _header(qmodel)))
+    assert old.source_sha256 is None and old.checksum() == qmodel.checksum()
+    with pytest.raises(CheckpointError, match=(
+        r"^Quantized model old\.npz does not record the checkpoint it was quantized from \(written before moevit "
+        r"recorded it\); quantize again: moevit quantize --checkpoint c\.pt$")):
+        quantize.check_source(old, model.state_dict(), quantized="old.npz", checkpoint="c.pt")

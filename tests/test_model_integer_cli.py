@@ -7,12 +7,12 @@ import pytest
 
 from moevit.cli import main
 from moevit.model import golden
-from moevit.model.checkpoint import save_checkpoint
+from moevit.model.checkpoint import read_checkpoint, save_checkpoint, weights_sha256
 from moevit.model.config import get_config
 from moevit.model.data import SyntheticDataset
 from moevit.model.integer_eval import calibration_images, compare_rows, format_comparison, signal_model
 from moevit.model.intops import QuantizationError
-from moevit.model.quantize import load_quantized
+from moevit.model.quantize import QuantizedModel, load_quantized, save_quantized
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +27,8 @@ def test_quantize_writes_a_file_the_golden_model_runs(checkpoint, tmp_path, caps
     assert f"quantized tiny on 4 calibration images: {out}" in printed
     qmodel = load_quantized(out, get_config("tiny"))
     assert re.search(rf"checksum {qmodel.checksum()}", printed)
+    source = weights_sha256(read_checkpoint(checkpoint)["state_dict"])
+    assert qmodel.source_sha256 == source and f"source: the weights of {checkpoint} (sha256 {source})" in printed
     image = SyntheticDataset(get_config("tiny"), "val", size=1).images[0].numpy()
     assert golden.run(qmodel, image, "depth").output.shape == (1, 64, 64)
 
@@ -91,3 +93,49 @@ def test_eval_integer_rejects_a_corrupt_quantized_file(checkpoint, tmp_path, cap
     args += ["--png", str(tmp_path / "p.png"), "--quiet"]
     assert main(args) == 2
     assert capsys.readouterr().err.startswith(f"moevit: error: Quantized model {bad} is corrupt or truncated: ")
+
+
+# --quantized beside --checkpoint: the file must come from that checkpoint ------------------
+@pytest.fixture(scope="module")
+def quantized(checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("q") / "tiny.npz"
+    assert main(["quantize", "--checkpoint", str(checkpoint), "-o", str(out), "--calibration", "2", "--quiet"]) == 0
+    return out
+
+
+def eval_args(checkpoint, quantized, png):
+    return ["eval", "--checkpoint", str(checkpoint), "--integer", "--quantized", str(quantized), "--val-size", "1",
+            "--png", str(png), "--quiet"]
+
+
+def test_eval_integer_with_the_checkpoints_quantized_file(checkpoint, quantized, tmp_path, capsys):
+    assert main(eval_args(checkpoint, quantized, tmp_path / "p.png") + ["--json"]) == 0
+    assert set(json.loads(capsys.readouterr().out)["integer"]) == {"semseg", "depth"}
+
+
+def test_eval_integer_refuses_a_file_from_another_checkpoint(quantized, tmp_path, capsys):
+    """Same config, other weights: one line, exit 2, before any evaluation (no PNG written)."""
+    other = save_checkpoint(tmp_path / "other.pt", signal_model(get_config("tiny"), seed=1))
+    png = tmp_path / "p.png"
+    assert main(eval_args(other, quantized, png)) == 2
+    source = load_quantized(quantized).source_sha256
+    digest = weights_sha256(read_checkpoint(other)["state_dict"])
+    assert capsys.readouterr().err == (
+        f"moevit: error: Quantized model {quantized} was quantized from other weights (sha256 {source[:16]}) than "
+        f"checkpoint {other} (sha256 {digest[:16]}); give the checkpoint it came from, or quantize this one: "
+        f"moevit quantize --checkpoint {other}\n"
+    )
+    assert not png.exists()
+
+
+def test_eval_integer_refuses_a_file_that_records_no_source(checkpoint, quantized, tmp_path, capsys):
+    """A file written before moevit recorded the source: quantize again."""
+    qmodel = load_quantized(quantized)
+    old = save_quantized(tmp_path / "old.npz", QuantizedModel(qmodel.config, qmodel.arrays))
+    png = tmp_path / "p.png"
+    assert main(eval_args(checkpoint, old, png)) == 2
+    assert capsys.readouterr().err == (
+        f"moevit: error: Quantized model {old} does not record the checkpoint it was quantized from (written before "
+        f"moevit recorded it); quantize again: moevit quantize --checkpoint {checkpoint}\n"
+    )
+    assert not png.exists()

@@ -76,7 +76,7 @@ def stats_rows(path, *, graph=None) -> list:
         info = model_stats(config, task)
         if meta["moevit.task"] == "any":
             # every task's gates and heads, without the gates' training-only noise weights
-            noise = info["params_by_part"]["gates"] // 2
+            noise = info["params_by_part"]["gate_noise"]
             expected_params, what = info["params"] - noise, "params (all tasks, no noise)"
         elif meta["moevit.kind"] == "qdq":
             # the quantized model folds the class token and its position into one vector

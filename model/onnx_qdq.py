@@ -18,8 +18,11 @@ a ``DequantizeLinear``. The integer layers keep their integer data:
   integer arithmetic;
 - routing is the float graph's (``TopK`` on the dequantized int8 logits, so
   equal logits tie exactly and the lower expert index wins, as in
-  :func:`~moevit.model.intops.topk`; then one ``NonZero``/``Gather``/
-  ``ScatterND`` subgraph per expert, gathering int8 tokens).
+  :func:`~moevit.model.intops.topk`; the gate weights by the config's rule,
+  as the golden model: ``"vmoe"``, ``Softmax`` over the E logits then
+  ``GatherElements`` of the selected, ``"renorm"``, ``Softmax`` over the k
+  selected; then one ``NonZero``/``Gather``/``ScatterND`` subgraph per
+  expert, gathering int8 tokens).
 
 The non-linear units run in float in ONNX Runtime: erf GELU (the golden model:
 I-BERT's polynomial, within 0.0185 + 0.1 S), ``Softmax`` for attention and
@@ -209,7 +212,11 @@ class _Builder:
         values, indices = (g.unique(f"{p}.mlp.gate.top_logits"), g.unique(f"{p}.mlp.gate.topk"))
         g.nodes.append(helper.make_node("TopK", [logits, g.const([config.top_k])], [values, indices],
                                         name=g.unique(f"node.{indices}"), axis=-1, largest=1, sorted=1))
-        weights = g.op("Softmax", [values], out=f"{p}.mlp.gate.weights", axis=-1)
+        if config.gate == "vmoe":  # the softmax over all E logits; the selected keep theirs
+            probs = g.op("Softmax", [logits], out=f"{p}.mlp.gate.probs", axis=-1)
+            weights = g.op("GatherElements", [probs, indices], out=f"{p}.mlp.gate.weights", axis=-1)
+        else:  # "renorm": the softmax over the k selected logits
+            weights = g.op("Softmax", [values], out=f"{p}.mlp.gate.weights", axis=-1)
         out = g.op("Mul", [self.dequantize(x, f"{p}.norm2.out"), g.const(0.0, np.float32)])  # zeros (T, D)
         axis1 = g.const([1])
         for e in range(config.experts):

@@ -78,7 +78,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moevit.errors import MoevitError
+from moevit.errors import ConfigError, MoevitError
 from moevit.model.config import GATES, ModelConfig
 
 __all__ = [
@@ -132,7 +132,7 @@ def gate_weights(logits: torch.Tensor, indices: torch.Tensor, gate: str) -> torc
         return torch.softmax(logits, dim=-1).gather(-1, indices)
     if gate == "renorm":
         return torch.softmax(logits.gather(-1, indices), dim=-1)
-    raise ValueError(f"Gate must be one of {GATES}, not {gate!r}")
+    raise ConfigError(f"Gate must be one of {GATES}, not {gate!r}")
 
 
 def top_k_gating(logits: torch.Tensor, k: int, gate: str):

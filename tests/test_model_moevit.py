@@ -261,3 +261,10 @@ def test_gather_dispatch_is_torch_exportable(tiny):
     finally:
         tiny.set_dispatch("sorted")
     assert torch.allclose(program.module()(x), expected, atol=1e-6)
+
+
+def test_gate_weights_of_an_unknown_rule_is_a_clear_error():
+    from moevit.model.moevit import gate_weights
+
+    with pytest.raises(ConfigError, match=r"^Gate must be one of \('vmoe', 'renorm'\), not 'topk'$"):
+        gate_weights(torch.zeros(1, 4), torch.zeros(1, 2, dtype=torch.long), "topk")

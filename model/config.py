@@ -6,13 +6,27 @@ their top-k gating, and the dense prediction tasks. Three named configs anchor
 every comparison in the project (see ``CONFIGS``); each cites its source.
 """
 
+import math
 from dataclasses import dataclass, field, replace
 
 from moevit.errors import ConfigError
 
-__all__ = ["TaskSpec", "ModelConfig", "CONFIGS", "get_config", "DEFAULT_CONFIG", "check_positive"]
+__all__ = [
+    "TaskSpec",
+    "ModelConfig",
+    "CONFIGS",
+    "get_config",
+    "DEFAULT_CONFIG",
+    "check_positive",
+    "GATES",
+    "LEGACY_GATE",
+]
 
 TASK_KINDS = ("semseg", "depth")
+#: The gate rules of :attr:`ModelConfig.gate`.
+GATES = ("vmoe", "renorm")
+#: The rule of every file written before the gate was a config field.
+LEGACY_GATE = "renorm"
 
 
 @dataclass(frozen=True)
@@ -79,6 +93,38 @@ class ModelConfig:
         Input channels.
     qkv_bias : bool
         Whether the QKV projection has a bias.
+    layer_norm_eps : float
+        Epsilon of every LayerNorm.
+    gate : str
+        How a token's ``top_k`` selected experts are weighted, and the noise
+        its gate gets in training (selection is the same: the ``top_k``
+        largest logits, ties to the lowest index):
+
+        ``"vmoe"``
+            V-MoE's rule (Riquelme et al., NeurIPS 2021), as M³ViT's
+            ``noisy_vmoe`` gate (``models/gate_funs/noisy_gate_vmoe.py``) and
+            Edge-MoE's accelerator (``src/moe.cpp``, ``compute_gating``): the
+            softmax over **all** ``experts`` logits, of which the selected
+            keep their probabilities, not renormalised (they sum to less than
+            1). In training the logits get Gaussian noise of fixed standard
+            deviation ``gate_noise / experts``, before the softmax.
+        ``"renorm"``
+            The renormalised top-k (Shazeer et al., 2017; M³ViT's ``noisy``
+            gate, FastMoE's and GShard's top-k gates): the softmax over the
+            ``top_k`` selected logits only. In training the noise has the
+            learned standard deviation ``softplus(x @ noise[t]) + 0.01``
+            (the ``noise`` weights exist only under this rule).
+
+        ``tiny`` takes ``"vmoe"``, the anchors' rule: the default config then
+        trains and tests exactly the gate arithmetic that ``edge-moe`` and
+        ``m3vit-s`` need and that the accelerator's MoE unit implements
+        (one softmax over the E logits, as Edge-MoE's), so nothing verified
+        on ``tiny`` has to be verified again for another rule.
+    gate_noise : float
+        The ``"vmoe"`` gate's ``noise_std`` (M³ViT's ``--vmoe_noisy_std``,
+        default 1): training noise of standard deviation
+        ``gate_noise / experts``; 0 trains without noise. Unused by
+        ``"renorm"``.
     """
 
     name: str
@@ -97,8 +143,19 @@ class ModelConfig:
     in_chans: int = 3
     qkv_bias: bool = True
     layer_norm_eps: float = field(default=1e-6, compare=False)
+    gate: str = "vmoe"
+    gate_noise: float = 1.0
 
     def __post_init__(self):
+        if self.gate not in GATES:
+            raise ConfigError(f"Gate must be one of {GATES}, not {self.gate!r}")
+        if (
+            isinstance(self.gate_noise, bool)
+            or not isinstance(self.gate_noise, (int, float))
+            or not math.isfinite(self.gate_noise)
+            or self.gate_noise < 0
+        ):
+            raise ConfigError(f"Gate noise must be a finite number >= 0, not {self.gate_noise!r}")
         if not isinstance(self.image_size, tuple) or len(self.image_size) != 2:
             raise ConfigError(f"Image size must be a (height, width) pair, not {self.image_size!r}")
         for what, value in (
@@ -199,8 +256,11 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
+        """The config of :meth:`to_dict`; one without ``gate`` (written before the
+        gate was a field) is read with the rule it was computed with, :data:`LEGACY_GATE`."""
         try:
             fields = dict(data)
+            fields.setdefault("gate", LEGACY_GATE)
             fields["image_size"] = tuple(fields["image_size"])
             fields["moe_blocks"] = tuple(fields["moe_blocks"])
             fields["tasks"] = tuple(TaskSpec(**task) for task in fields["tasks"])
@@ -237,6 +297,8 @@ CONFIGS = {
             expert_hidden=128,
             moe_blocks=_odd_blocks(4),
             tasks=(TaskSpec("semseg", "semseg", 4), TaskSpec("depth", "depth")),
+            gate="vmoe",  # the anchors' rule (see ModelConfig's gate)
+            gate_noise=1.0,  # M³ViT's default --vmoe_noisy_std: noise std 1/8 in training
         ),
         ModelConfig(
             name="edge-moe",
@@ -255,6 +317,8 @@ CONFIGS = {
             expert_hidden=384,
             moe_blocks=_odd_blocks(12),
             tasks=(TaskSpec("semseg", "semseg", 7), TaskSpec("depth", "depth")),
+            gate="vmoe",  # src/moe.cpp: exp(score - max) / sum over all 16 experts, no renormalisation
+            gate_noise=0.0,  # an M³ViT model, trained with README.md's --vmoe_noisy_std 0
         ),
         ModelConfig(
             name="m3vit-s",
@@ -275,6 +339,8 @@ CONFIGS = {
             expert_hidden=384,
             moe_blocks=_odd_blocks(12),
             tasks=(TaskSpec("semseg", "semseg", 40), TaskSpec("depth", "depth")),
+            gate="vmoe",  # README.md: --moe_gate_type "noisy_vmoe"
+            gate_noise=0.0,  # README.md: --vmoe_noisy_std 0
         ),
     )
 }

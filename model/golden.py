@@ -32,7 +32,11 @@ dense blocks:
 MoE blocks:
 ``blocks.{i}.mlp.gate.logits``           int8         (T, E): task t's gate
 ``blocks.{i}.mlp.gate.topk``             int64        (T, k): experts, best first (ties: lowest index)
-``blocks.{i}.mlp.gate.weights``          int32        (T, k): Q0.15 softmax over the k logits
+``blocks.{i}.mlp.gate.probs``            int32        (T, E): ``"vmoe"`` gate only: Q0.15 softmax
+                                                      over the E logits
+``blocks.{i}.mlp.gate.weights``          int32        (T, k): Q0.15 weights of the selected experts:
+                                                      ``"vmoe"``, their ``gate.probs``;
+                                                      ``"renorm"``, the softmax over the k logits
 ``blocks.{i}.mlp.experts.{e}.tokens``    int64        (n_e,): the tokens routed to e, ascending
 ``blocks.{i}.mlp.experts.{e}.fc1.pre``   int8         (n_e, hidden) (only experts that ran)
 ``blocks.{i}.mlp.experts.{e}.fc1.out``   int8         (n_e, hidden)
@@ -220,7 +224,11 @@ class _Runner:
         logits = self.linear(f"{p}.mlp.gates.{task}", x, f"{p}.mlp.gate.logits")
         top = self.keep(f"{p}.mlp.gate.topk", intops.topk(logits, config.top_k))
         mult, shift = _pair(q[f"{p}.mlp.gate.softmax"][task])
-        weights = intops.softmax(np.take_along_axis(logits.astype(np.int64), top, axis=1), mult, shift)
+        if config.gate == "vmoe":  # the softmax over all E logits; the selected keep theirs
+            probs = self.keep(f"{p}.mlp.gate.probs", intops.softmax(logits, mult, shift))
+            weights = np.take_along_axis(probs, top, axis=1)
+        else:  # "renorm": the softmax over the k selected logits
+            weights = intops.softmax(np.take_along_axis(logits.astype(np.int64), top, axis=1), mult, shift)
         self.keep(f"{p}.mlp.gate.weights", weights)
         selected = np.zeros((x.shape[0], config.top_k, config.dim), np.int8)
         for e in range(config.experts):

@@ -16,7 +16,8 @@ def _import(args):
     model = import_weights(args.format, args.source, args.config)
     extra = {"imported_from": {"format": args.format, "source": str(args.source)}}
     path = save_checkpoint(args.output, model, extra=extra)
-    print(f"imported {args.format} {args.source} as config {model.config.name!r}: {path}")
+    rule = model.config.gate  # the rule the file implies (moevit.model.importers)
+    print(f"imported {args.format} {args.source} as config {model.config.name!r}, gate {rule!r}: {path}")
 
 
 def _export(args):

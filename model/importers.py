@@ -15,14 +15,19 @@ M³ViT checkpoints (``m3vit``; VITA-Group/M3ViT ``train_fastmoe.py``)
     one gate per task, ``.mlp.gate.{t}.w_gate`` (dim, E) — the transpose of
     our ``gates.{t}.weight`` — plus, for the ``noisy`` gate type,
     ``.mlp.gate.{t}.w_noise`` (dim, E) (``models/gate_funs/noisy_gate.py``;
-    the ``noisy_vmoe`` gate has none). Keys may carry DDP's ``module.``
+    the ``noisy_vmoe`` gate has none). The gate rule follows from the file
+    (:func:`m3vit_gate`): with ``w_noise``, M³ViT's ``noisy`` gate, whose
+    weights are the softmax over the top-k logits (our ``"renorm"``); without,
+    its ``noisy_vmoe`` gate (``models/gate_funs/noisy_gate_vmoe.py``: the
+    softmax over all E logits, the top-k keep theirs; our ``"vmoe"``, the gate
+    of M³ViT's published training command). The imported model's config
+    carries that rule. Keys may carry DDP's ``module.``
     prefix; a checkpoint saved by several ranks (a folder of ``<rank>.pth``,
     ``utils/moe_utils.py``: rank 0 holds everything, the others only their
     experts) is merged by concatenating the experts in rank order. M³ViT's
     backbone has no final norm and its task decoders (``decoders.<task>.*``)
     are convolutional up-sampling heads, not ours: the imported model keeps
-    the base model's ``norm`` and ``heads`` (and, without ``w_noise``, its
-    gate-noise weights), with a warning.
+    the base model's ``norm`` and ``heads``, with a warning.
 
 Edge-MoE dumps (``edge-moe``; sharc-lab/Edge-MoE ``weights/``, read by
 ``testbench/e2e.cpp`` and ``weights/scripts/prepare_for_onboard.py``)
@@ -44,7 +49,10 @@ Edge-MoE dumps (``edge-moe``; sharc-lab/Edge-MoE ``weights/``, read by
     ``head_task{t}_bias`` when it exports, and reads them when present
     (otherwise the base model's are kept, with a warning). Importing sets
     ``cls_token`` to zero and puts the class token in ``pos_embed[0]``: the
-    same token 0, as Edge-MoE computes it.
+    same token 0, as Edge-MoE computes it. Edge-MoE's gate is V-MoE's
+    (``src/moe.cpp``, ``compute_gating``: ``exp(score - max) / sum`` over all
+    E scores, kept for the top-k without renormalising): an imported dump's
+    config has ``gate="vmoe"``, and a model of another rule is not exported.
 
 Every problem with the source is a :class:`~moevit.errors.CheckpointError`
 naming the file or key and the expected and found shapes.
@@ -65,6 +73,8 @@ from moevit.model.moevit import MoEViT
 
 __all__ = [
     "FORMATS",
+    "EDGE_MOE_GATE",
+    "m3vit_gate",
     "import_m3vit",
     "export_m3vit",
     "import_edge_moe",
@@ -74,6 +84,7 @@ __all__ = [
 ]
 
 FORMATS = ("m3vit", "edge-moe")
+EDGE_MOE_GATE = "vmoe"  # src/moe.cpp: softmax over all experts, top-k kept, not renormalised
 DEFAULT_CONFIGS = {"edge-moe": "edge-moe"}  # m3vit: found from the checkpoint's shapes
 BIN_SUFFIX = ".float32.bin"
 
@@ -112,10 +123,19 @@ def _m3vit_entries(config):
                     )
             for t in range(len(config.tasks)):
                 entries.append(_Entry(f"backbone.{block}.mlp.gate.{t}.w_gate", f"{block}.mlp.gates.{t}.weight", True))
-                entries.append(
-                    _Entry(f"backbone.{block}.mlp.gate.{t}.w_noise", f"{block}.mlp.noise.{t}.weight", True, True)
-                )
+                if config.gate == "renorm":  # M³ViT's noisy gate; noisy_vmoe has no w_noise
+                    entries.append(_Entry(f"backbone.{block}.mlp.gate.{t}.w_noise", f"{block}.mlp.noise.{t}.weight", True))
     return entries
+
+
+def m3vit_gate(state) -> str:
+    """The gate rule of an M³ViT state dict: ``"renorm"`` if it has ``w_noise``
+    weights (the ``noisy`` gate), else ``"vmoe"`` (the ``noisy_vmoe`` gate)."""
+    return "renorm" if any(key.endswith(".w_noise") for key in state) else "vmoe"
+
+
+def _with_gate(config, gate):
+    return config if config.gate == gate else config.replace(gate=gate)
 
 
 _SHARED_GATE = re.compile(r"^backbone\.blocks\.(\d+)\.mlp\.gate\.w_gate$")
@@ -212,13 +232,13 @@ def import_m3vit(path, config=None, *, base=None):
         The model's config; by default the one config in ``CONFIGS`` whose
         shapes the checkpoint fits.
     base : MoEViT, optional
-        Supplies what M³ViT checkpoints do not hold (final norm, heads, and
-        gate-noise weights of a ``noisy_vmoe`` checkpoint); a new model by
-        default. It is loaded in place and returned.
+        Supplies what M³ViT checkpoints do not hold (final norm, heads); a new
+        model by default. It is loaded in place and returned.
 
     Returns
     -------
     MoEViT
+        Its config has the gate rule the checkpoint implies (:func:`m3vit_gate`).
 
     Raises
     ------
@@ -227,12 +247,13 @@ def import_m3vit(path, config=None, *, base=None):
         shape, a key is unknown, or the checkpoint has one shared gate.
     """
     state = _read_m3vit(path)
+    gate = m3vit_gate(state)
     if config is None:
-        config = _find_config(state, path)
-    config = get_config(config) if isinstance(config, str) else config
+        config = _find_config(state, path, gate)
+    config = _with_gate(get_config(config) if isinstance(config, str) else config, gate)
     tensors = _match_m3vit(state, config, path)
     skipped = sum(key.startswith("decoders.") for key in state)
-    kept = ["norm", "heads"] + (["gate noise"] if not any(".noise." in key for key in tensors) else [])
+    kept = ["norm", "heads"]
     warnings.warn(
         f"M³ViT checkpoint {path} has no {', '.join(kept)} for moevit: they keep the base model's "
         f"values ({skipped} decoder tensors of M³ViT's own heads skipped)",
@@ -241,9 +262,10 @@ def import_m3vit(path, config=None, *, base=None):
     return _load(tensors, config, base)
 
 
-def _find_config(state, source):
+def _find_config(state, source, gate):
     errors = {}
     for name, config in CONFIGS.items():
+        config = _with_gate(config, gate)
         try:
             _match_m3vit(state, config, source)
             return config
@@ -261,8 +283,9 @@ def export_m3vit(model, path):
     """Write ``model``'s backbone as an M³ViT checkpoint (``{"state_dict": ...}``).
 
     The final norm and the heads have no place in M³ViT's naming and are not
-    written; the gates' noise weights are written as ``w_noise`` (M³ViT's
-    ``noisy`` gate).
+    written. A ``"vmoe"`` model's gates are M³ViT's ``noisy_vmoe`` gates (no
+    ``w_noise``); a ``"renorm"`` model's noise weights are written as
+    ``w_noise`` (M³ViT's ``noisy`` gate).
     """
     state = model.state_dict()
     theirs = OrderedDict()
@@ -339,10 +362,11 @@ def import_edge_moe(folder, config="edge-moe", *, base=None):
     folder : str or Path
         Holds the ``*.float32.bin`` files (Edge-MoE's ``weights/``).
     config : ModelConfig or str
-        The model's config (Edge-MoE's model is ``edge-moe``).
+        The model's config (Edge-MoE's model is ``edge-moe``); the imported
+        model's has Edge-MoE's gate rule, :data:`EDGE_MOE_GATE`.
     base : MoEViT, optional
-        Supplies the final norm and the heads when the dump lacks them, and
-        the gate-noise weights; a new model by default.
+        Supplies the final norm and the heads when the dump lacks them; a
+        new model by default.
 
     Raises
     ------
@@ -351,7 +375,7 @@ def import_edge_moe(folder, config="edge-moe", *, base=None):
         or a ``.float32.bin`` file is not part of the naming.
     """
     folder = Path(folder)
-    config = get_config(config) if isinstance(config, str) else config
+    config = _with_gate(get_config(config) if isinstance(config, str) else config, EDGE_MOE_GATE)
     if not folder.is_dir():
         raise CheckpointError(f"Edge-MoE dump folder {folder} does not exist")
     tensors, used, absent = {}, {"pos_embed"}, []
@@ -410,7 +434,17 @@ def export_edge_moe(model, folder, *, heads=True):
     -------
     Path
         The folder.
+
+    Raises
+    ------
+    CheckpointError
+        The model's gate is not Edge-MoE's (its weights would compute another function there).
     """
+    if model.config.gate != EDGE_MOE_GATE:
+        raise CheckpointError(
+            f"Edge-MoE's accelerator computes the {EDGE_MOE_GATE!r} gate; this model has gate "
+            f"{model.config.gate!r}, whose outputs it would not reproduce"
+        )
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = model.state_dict()

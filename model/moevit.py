@@ -19,21 +19,31 @@ name                            shape
 ``blocks.{i}.norm2.*``          LayerNorm(dim)
 ``blocks.{i}.mlp.fc1/fc2.*``    dense blocks: Linear(dim, mlp_hidden), Linear(mlp_hidden, dim)
 ``blocks.{i}.mlp.gates.{t}``    MoE blocks: Linear(dim, experts, bias=False), task t
-``blocks.{i}.mlp.noise.{t}``    MoE blocks: Linear(dim, experts, bias=False), learned
-                                noise std of task t's gate (training only)
+``blocks.{i}.mlp.noise.{t}``    MoE blocks of the ``"renorm"`` gate only: Linear(dim, experts,
+                                bias=False), learned noise std of task t's gate (training only)
 ``blocks.{i}.mlp.experts.fc1``  weight (E, expert_hidden, dim), bias (E, expert_hidden)
 ``blocks.{i}.mlp.experts.fc2``  weight (E, dim, expert_hidden), bias (E, dim)
 ``norm.*``                      final LayerNorm(dim)
 ``heads.{t}.*``                 Linear(dim, classes*patch*patch)
 ==============================  =====================================
 
-Gating for task ``t`` (:class:`MoE`): ``logits = x @ gates[t].weight.T``;
-while training, plus Gaussian noise of learned standard deviation
-``softplus(x @ noise[t].weight.T) + 0.01`` (Shazeer et al., 2017, "noisy top-k
-gating", as M³ViT's gate). Each token takes the ``top_k`` largest logits (on
-ties the lowest expert index wins); its gate weights are the softmax over those
-``k`` logits; the output is ``Σ weight · expert(x)``. Only the task's gate runs
-and only the selected experts compute.
+Gating for task ``t`` (:class:`MoE`): ``logits = x @ gates[t].weight.T`` (no
+bias). Each token takes the ``top_k`` largest logits (on ties the lowest expert
+index wins); its gate weights follow the config's rule (:attr:`ModelConfig.gate
+<moevit.model.config.ModelConfig>`, in :func:`gate_weights`):
+
+``"vmoe"`` (``tiny``, ``edge-moe``, ``m3vit-s``: the anchors' rule)
+    the softmax over all ``E`` logits, of which the ``k`` selected keep their
+    probabilities (V-MoE; M³ViT's ``noisy_vmoe`` gate, Edge-MoE). While
+    training, the logits get Gaussian noise of fixed standard deviation
+    ``gate_noise / E`` before the softmax and the selection.
+``"renorm"``
+    the softmax over the ``k`` selected logits (Shazeer et al., 2017, "noisy
+    top-k gating", M³ViT's ``noisy`` gate). While training, noise of learned
+    standard deviation ``softplus(x @ noise[t].weight.T) + 0.01``.
+
+The output is ``Σ weight · expert(x)``. Only the task's gate runs and only the
+selected experts compute.
 
 Two dispatches compute the same function (:attr:`MoE.dispatch`):
 
@@ -52,7 +62,9 @@ The load-balancing loss of one MoE layer is ``cv²(importance) + cv²(load)``
 (Shazeer et al.): importance is the sum over tokens of the gate weights (zero
 for unselected experts), load is the number of tokens routed to each expert,
 or while training with noise its smooth estimate (the probability that the
-expert stays in the top-k under a fresh draw of its noise). ``cv²(v) =
+expert stays in the top-k under a fresh draw of its noise, Shazeer's
+estimator, with thresholds in logits; M³ViT's ``noisy_vmoe`` gate passes it
+softmax probabilities as thresholds, a slip of units not copied here). ``cv²(v) =
 var(v) / (mean(v)² + 1e-10)`` over the experts, with the unbiased variance as in
 M³ViT's gate. It is computed per image and averaged over the batch, so that it
 does not depend on how a batch is split across processes (data-parallel
@@ -66,8 +78,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moevit.errors import MoevitError
-from moevit.model.config import ModelConfig
+from moevit.errors import ConfigError, MoevitError
+from moevit.model.config import GATES, ModelConfig
 
 __all__ = [
     "InputShapeError",
@@ -80,6 +92,7 @@ __all__ = [
     "Block",
     "PatchEmbed",
     "top_k_gating",
+    "gate_weights",
     "cv_squared",
     "NOISE_EPSILON",
     "DISPATCHES",
@@ -109,20 +122,35 @@ def cv_squared(values: torch.Tensor) -> torch.Tensor:
     return values.var(dim=-1) / (values.mean(dim=-1) ** 2 + 1e-10)
 
 
-def top_k_gating(logits: torch.Tensor, k: int):
+def gate_weights(logits: torch.Tensor, indices: torch.Tensor, gate: str) -> torch.Tensor:
+    """Weights of the selected experts ``indices`` (..., k) under the gate rule ``gate``.
+
+    ``"vmoe"``: the softmax over all the logits (..., E), taken at ``indices``;
+    ``"renorm"``: the softmax over the selected logits.
+    """
+    if gate == "vmoe":
+        return torch.softmax(logits, dim=-1).gather(-1, indices)
+    if gate == "renorm":
+        return torch.softmax(logits.gather(-1, indices), dim=-1)
+    raise ConfigError(f"Gate must be one of {GATES}, not {gate!r}")
+
+
+def top_k_gating(logits: torch.Tensor, k: int, gate: str):
     """Top-k selection with the lowest expert index winning ties.
 
     Parameters
     ----------
     logits : Tensor (..., E)
     k : int
+    gate : str
+        The rule of the weights, ``"vmoe"`` or ``"renorm"`` (:func:`gate_weights`).
 
     Returns
     -------
     indices : LongTensor (..., k)
         Selected experts, largest logit first (equal logits: lower index first).
     weights : Tensor (..., k)
-        Softmax over the ``k`` selected logits.
+        Their gate weights.
     """
     # k rounds of argmax (first maximum = lowest index, in torch as in ONNX
     # ArgMax), masking each winner: torch.topk promises no order on ties, and
@@ -134,7 +162,7 @@ def top_k_gating(logits: torch.Tensor, k: int):
         chosen.append(index)
         masked = masked.scatter(-1, index, float("-inf"))
     indices = torch.cat(chosen, dim=-1)
-    return indices, torch.softmax(logits.gather(-1, indices), dim=-1)
+    return indices, gate_weights(logits, indices, gate)
 
 
 class PatchEmbed(nn.Module):
@@ -225,10 +253,15 @@ class MoE(nn.Module):
     ----------
     gates : ModuleList of Linear(dim, experts, bias=False)
         One gate per task.
-    noise : ModuleList of Linear(dim, experts, bias=False)
-        Per task, the learned noise std of the gate (used while training only;
-        zero-initialised, so the std starts at ``softplus(0) + 0.01``).
+    noise : ModuleList of Linear(dim, experts, bias=False), or None
+        ``"renorm"`` gate: per task, the learned noise std of the gate (used
+        while training only; zero-initialised, so the std starts at
+        ``softplus(0) + 0.01``). None for ``"vmoe"``, whose noise std is fixed.
     experts : Experts
+    gate : str
+        The gate rule, ``config.gate``.
+    noise_std : float
+        ``"vmoe"`` gate: the fixed training noise std ``config.gate_noise / experts``.
     dispatch : str
         ``"sorted"`` (reference) or ``"gather"`` (static shapes, exportable).
     noisy : bool
@@ -239,13 +272,17 @@ class MoE(nn.Module):
         super().__init__()
         self.num_experts = config.experts
         self.top_k = config.top_k
+        self.gate = config.gate
+        self.noise_std = config.gate_noise / config.experts
         ntasks = len(config.tasks)
         self.gates = nn.ModuleList(
             nn.Linear(config.dim, config.experts, bias=False) for _ in range(ntasks)
         )
-        self.noise = nn.ModuleList(
-            nn.Linear(config.dim, config.experts, bias=False) for _ in range(ntasks)
-        )
+        self.noise = None
+        if config.gate == "renorm":
+            self.noise = nn.ModuleList(
+                nn.Linear(config.dim, config.experts, bias=False) for _ in range(ntasks)
+            )
         self.experts = Experts(config.experts, config.dim, config.expert_hidden)
         self.dispatch = dispatch
         self.noisy = True
@@ -269,15 +306,19 @@ class MoE(nn.Module):
             indicator, or while training with noise the smooth estimate.
         """
         clean = self.gates[task](x)
-        if not (self.training and self.noisy):
-            indices, weights = top_k_gating(clean, self.top_k)
+        noiseless = self.gate == "vmoe" and self.noise_std == 0
+        if not (self.training and self.noisy) or noiseless:
+            indices, weights = top_k_gating(clean, self.top_k, self.gate)
             load = torch.zeros_like(clean).scatter(-1, indices, 1.0)
             return indices, weights, load
-        std = F.softplus(self.noise[task](x)) + NOISE_EPSILON
+        if self.gate == "vmoe":
+            std = clean.new_tensor(self.noise_std)
+        else:
+            std = F.softplus(self.noise[task](x)) + NOISE_EPSILON
         if noise is None:
             noise = torch.randn_like(clean)
         noisy = clean + noise * std
-        indices, weights = top_k_gating(noisy, self.top_k)
+        indices, weights = top_k_gating(noisy, self.top_k, self.gate)
         if self.top_k == self.num_experts:
             return indices, weights, torch.ones_like(clean)
         # Shazeer's load estimator: expert e stays selected if its noisy logit
@@ -424,7 +465,7 @@ class MoEViT(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
         for layer in self.moe_layers:
-            for noise in layer.noise:
+            for noise in layer.noise or ():
                 nn.init.zeros_(noise.weight)  # Shazeer: the noise std starts equal for all
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)

@@ -76,7 +76,7 @@ def stats_rows(path, *, graph=None) -> list:
         info = model_stats(config, task)
         if meta["moevit.task"] == "any":
             # every task's gates and heads, without the gates' training-only noise weights
-            noise = info["params_by_part"]["gates"] // 2
+            noise = info["params_by_part"]["gate_noise"]
             expected_params, what = info["params"] - noise, "params (all tasks, no noise)"
         elif meta["moevit.kind"] == "qdq":
             # the quantized model folds the class token and its position into one vector
@@ -145,9 +145,10 @@ def _check(args):
         columns = ["task", "output", "shape", "max_abs_diff", "max_abs_ref", "tolerance", "experts_touched",
                    "routing_equal", "verdict"]
     else:
-        print("ONNX Runtime vs the integer golden model, in int8 steps (--atol: the largest); "
-              "*.gate.topk: the experts selected, per (token, slot)")
-        columns = ["task", "output", "shape", "max_steps", "mean_steps", "equal_fraction", "tolerance", "verdict"]
+        print("ONNX Runtime vs the integer golden model, in int8 steps; 'alike': the pixels of tokens that select "
+              "the golden model's experts in every MoE layer (--atol: their largest difference)")
+        columns = ["task", "output", "shape", "max_steps", "mean_steps", "routing_agreement", "max_steps_alike",
+                   "mean_steps_alike", "tolerance", "verdict"]
     print(format_rows(rows, columns))
     weights = report["weights"]
     print(f"weights recomputed from the graph's {weights['initializers']} initializers: hash {weights['graph_hash']}, "

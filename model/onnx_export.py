@@ -9,8 +9,10 @@ function in a form that ``torch.onnx.export(..., dynamo=True)`` turns into
 standard ONNX operators (opset :data:`OPSET`, default domain only):
 
 - gating: ``MatMul`` with the task's gate, ``TopK`` (the ONNX specification
-  breaks ties towards the lower index, as the reference does), ``Softmax``
-  over the ``k`` selected logits;
+  breaks ties towards the lower index, as the reference does), then the
+  config's gate rule: ``"vmoe"``, ``Softmax`` over all ``E`` logits and
+  ``GatherElements`` of the selected; ``"renorm"``, ``Softmax`` over the ``k``
+  selected logits;
 - per expert ``e`` of a layer, one subgraph: ``NonZero(indices == e)`` lists
   the (token, slot) pairs routed to ``e``; ``Gather`` fetches those tokens;
   the expert's two ``Gemm`` and its GELU run on them only; the result, scaled
@@ -57,6 +59,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from moevit.model.config import check_positive
+from moevit.model.moevit import gate_weights
 from moevit.model.onnx_check import ANY_TASK, FORMAT, config_hash
 
 __all__ = [
@@ -232,8 +235,8 @@ class ExportView(nn.Module):
         batch, tokens, dim = x.shape
         flat = x.reshape(batch * tokens, dim)
         logits = F.linear(flat, self._gate_weight(layer, task))
-        values, indices = torch.topk(logits, layer.top_k, dim=-1)  # ONNX TopK: ties → lower index
-        weights = torch.softmax(values, dim=-1)
+        _, indices = torch.topk(logits, layer.top_k, dim=-1)  # ONNX TopK: ties → lower index
+        weights = gate_weights(logits, indices, layer.gate)
         experts = layer.experts
         out = expert_dispatch(
             flat, indices, weights,

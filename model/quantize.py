@@ -37,7 +37,8 @@ Array names (``L`` a linear layer: ``patch_embed.proj``,
 ``blocks.{i}.attn.softmax`` int64 (2,) softmax ``M, S`` of the scores
 ``blocks.{i}.attn.ctx`` int64 (2,)     requantize ``M, S`` of probs x V
 ``blocks.{i}.add1``, ``.add2`` (3,)    residual constants
-``blocks.{i}.mlp.gate.softmax`` (T, 2) per task: softmax ``M, S`` over the top-k logits
+``blocks.{i}.mlp.gate.softmax`` (T, 2) per task: softmax ``M, S`` of the gate logits (over all
+                                       E for the ``"vmoe"`` gate, the top-k for ``"renorm"``)
 ``blocks.{i}.mlp.combine`` int64 (2,)  requantize ``M, S`` of sum(weight x expert out)
 ``scale.<tensor>`` float64 ()          the float scale of an int8 tensor
 =====================================  ======================================

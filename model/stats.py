@@ -28,7 +28,8 @@ __all__ = ["model_stats", "parameter_counts"]
 
 def parameter_counts(config: ModelConfig) -> dict:
     """Parameters by part: ``backbone`` (all but experts, gates and heads),
-    ``experts``, ``gates`` (all tasks' gates and noise weights), ``heads``, ``total``."""
+    ``experts``, ``gates`` (all tasks' gates), ``gate_noise`` (their learned
+    noise weights, ``"renorm"`` gate only; training only), ``heads``, ``total``."""
     dim, patch = config.dim, config.patch
     moe = len(config.moe_blocks)
     dense = config.depth - moe
@@ -45,10 +46,12 @@ def parameter_counts(config: ModelConfig) -> dict:
     )
     expert = 2 * dim * config.expert_hidden + config.expert_hidden + dim
     experts = moe * config.experts * expert
-    gates = moe * tasks * 2 * dim * config.experts  # gates[t] and noise[t]
+    gates = moe * tasks * dim * config.experts
+    gate_noise = gates if config.gate == "renorm" else 0  # noise[t]: one per gate
     heads = sum(dim * t.classes * patch * patch + t.classes * patch * patch for t in config.tasks)
-    total = backbone + experts + gates + heads
-    return {"backbone": backbone, "experts": experts, "gates": gates, "heads": heads, "total": total}
+    total = backbone + experts + gates + gate_noise + heads
+    return {"backbone": backbone, "experts": experts, "gates": gates, "gate_noise": gate_noise,
+            "heads": heads, "total": total}
 
 
 def model_stats(config: ModelConfig, task=0) -> dict:

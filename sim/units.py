@@ -248,15 +248,17 @@ def run_layernorm(hw, x, eps, gamma, beta, shift, *, test_id, simulator=None,
 def tiny_quantized(trained=True):
     """A quantized ``tiny`` model and one validation image.
 
-    ``trained``: trained briefly (cached as ``build/sim/_models/tiny-quantized.npz``,
-    shared by every unit's and the linear kernel's tests; the first call trains
-    for a minute or more). Otherwise the golden model's untrained
+    ``trained``: trained briefly (cached as ``build/sim/_models/tiny-<config
+    hash>-quantized.npz``, so a changed config trains anew; shared by every
+    unit's and the linear kernel's tests; the first call trains for a minute
+    or more). Otherwise the golden model's untrained
     ``signal_model`` (weights that carry signal), quantized on eight images:
     seconds, for the fast tests. Returns ``(QuantizedModel, image)``,
     the image a float ``(C, H, W)`` array.
     """
     from moevit.model.config import get_config
     from moevit.model.data import SyntheticDataset
+    from moevit.model.onnx_check import config_hash
     from moevit.model.quantize import load_quantized, quantize, save_quantized
     from moevit.model.train import TrainOptions, train
 
@@ -267,7 +269,7 @@ def tiny_quantized(trained=True):
 
         data = SyntheticDataset(config, "val", size=8, seed=1)
         return quantize(signal_model(config), data.images), image
-    path = build_dir("sim", "_models") / "tiny-quantized.npz"
+    path = build_dir("sim", "_models") / f"tiny-{config_hash(config)}-quantized.npz"
     if not path.exists():
         data = SyntheticDataset(config, "train", size=64, seed=0)
         options = TrainOptions(steps=40, batch_size=16, lr=1e-3, warmup=10, seed=0,

@@ -31,6 +31,9 @@ def test_config_round_trips_through_dict():
         ({"dim": 0}, r"^Dim must be a positive integer, not 0$"),
         ({"moe_blocks": (1, 4)}, r"^MoE block indices \[4\] are outside 0\.\.3$"),
         ({"tasks": ()}, r"^A model needs at least one task$"),
+        ({"gate": "softmax"}, r"^Gate must be one of \('vmoe', 'renorm'\), not 'softmax'$"),
+        ({"gate_noise": -1.0}, r"^Gate noise must be a finite number >= 0, not -1\.0$"),
+        ({"gate_noise": float("nan")}, r"^Gate noise must be a finite number >= 0, not nan$"),
     ],
 )
 def test_bad_config_is_a_clear_error(changes, message):
@@ -58,3 +61,20 @@ def test_m3vit_s_follows_the_m3vit_repository():
     assert (m3vit.experts, m3vit.top_k, m3vit.expert_hidden) == (16, 4, 384)
     assert m3vit.moe_blocks == (1, 3, 5, 7, 9, 11) and m3vit.qkv_bias
     assert [(t.kind, t.classes) for t in m3vit.tasks] == [("semseg", 40), ("depth", 1)]
+
+
+def test_the_anchors_gate_rule():
+    # M³ViT README.md: --moe_gate_type "noisy_vmoe" --vmoe_noisy_std 0; Edge-MoE src/moe.cpp:
+    # the softmax over all experts' scores, the top-k keep theirs. tiny follows them.
+    for name in ("tiny", "edge-moe", "m3vit-s"):
+        assert get_config(name).gate == "vmoe"
+    assert get_config("m3vit-s").gate_noise == get_config("edge-moe").gate_noise == 0.0
+    assert get_config("tiny").gate_noise == 1.0  # M³ViT's default --vmoe_noisy_std
+
+
+def test_a_config_written_before_the_gate_field_keeps_its_old_rule():
+    old = get_config("tiny").to_dict()
+    del old["gate"], old["gate_noise"]
+    found = type(get_config("tiny")).from_dict(old)
+    assert found.gate == "renorm"
+    assert get_config("tiny").differences(found) == ["gate 'renorm' (expected 'vmoe')"]

@@ -67,6 +67,7 @@ def test_every_documented_tensor_is_named(tiny):
         if config.is_moe(i):
             assert names[f"{p}.mlp.gate.logits"].shape == (T, config.experts)
             assert names[f"{p}.mlp.gate.topk"].shape == (T, config.top_k)
+            assert names[f"{p}.mlp.gate.probs"].shape == (T, config.experts)
             assert names[f"{p}.mlp.gate.weights"].shape == (T, config.top_k)
         else:
             assert names[f"{p}.mlp.fc1.pre"].shape == names[f"{p}.mlp.fc1.out"].shape == (T, config.mlp_hidden)
@@ -120,6 +121,34 @@ def test_the_moe_combine_is_the_weighted_sum_of_expert_outputs(tiny):
         assert acc[token].tolist() == total.tolist()
     mult, shift = (int(v) for v in qmodel[f"{p}.mlp.combine"])
     assert np.array_equal(result.tensors[f"{p}.mlp.out"], intops.requantize(acc, mult, shift))
+
+
+def test_the_gate_follows_the_config_rule(tiny):
+    """V-MoE (tiny): the integer softmax over all E logits, the selected keep theirs;
+    the same arrays under "renorm": the integer softmax over the k selected logits."""
+    _, qmodel, data = tiny
+    image = data.images[9].numpy()
+    vmoe = golden.run(qmodel, image, "depth").tensors
+    renorm = golden.run(quantize.QuantizedModel(qmodel.config.replace(gate="renorm"), qmodel.arrays), image, 1).tensors
+    k = qmodel.config.top_k
+    for i in qmodel.config.moe_blocks:
+        p = f"blocks.{i}"
+        logits, top = vmoe[f"{p}.mlp.gate.logits"], vmoe[f"{p}.mlp.gate.topk"]
+        real = logits * qmodel.scale(f"{p}.mlp.gates.1.out")
+        exact = np.exp(real - real.max(-1, keepdims=True))
+        exact /= exact.sum(-1, keepdims=True)
+        probs = vmoe[f"{p}.mlp.gate.probs"]
+        assert np.abs(probs / 2**15 - exact).max() <= 3e-3  # intops.softmax's stated error
+        weights = vmoe[f"{p}.mlp.gate.weights"]
+        assert np.array_equal(weights, np.take_along_axis(probs, top, axis=1))
+        assert weights.sum(-1).max() < 2**15 - 2 * (k // 2 + 2)  # not renormalised (8 experts, top-2)
+        mult, shift = (int(v) for v in qmodel[f"{p}.mlp.gate.softmax"][1])
+        if i == qmodel.config.moe_blocks[0]:  # later blocks' inputs differ with the rule
+            assert np.array_equal(renorm[f"{p}.mlp.gate.topk"], top)
+        own = np.take_along_axis(renorm[f"{p}.mlp.gate.logits"], renorm[f"{p}.mlp.gate.topk"], axis=1)
+        assert np.array_equal(renorm[f"{p}.mlp.gate.weights"], intops.softmax(own, mult, shift))
+        assert np.all(np.abs(renorm[f"{p}.mlp.gate.weights"].sum(-1) - 2**15) <= k // 2 + 2)
+        assert f"{p}.mlp.gate.probs" not in renorm
 
 
 def test_every_linear_layer_replays_from_its_record(tiny):

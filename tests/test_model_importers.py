@@ -106,16 +106,28 @@ def test_m3vit_finds_its_config(m3vit_file):
 def test_m3vit_ddp_prefix_vmoe_gate_and_decoders(model, m3vit_file, tmp_path):
     # As saved by M³ViT's training: DDP's module. prefix, the noisy_vmoe gate
     # (no w_noise) and its own convolutional decoders.
-    state = {f"module.{k}": v for k, v in m3vit_state(m3vit_file).items() if not k.endswith("w_noise")}
+    state = {f"module.{k}": v for k, v in m3vit_state(m3vit_file).items()}
+    assert not any(k.endswith("w_noise") for k in state)  # tiny's V-MoE gate is noisy_vmoe
     state["module.decoders.semseg.conv_0.weight"] = torch.zeros(256, 64, 3, 3)
-    base = with_head_of(model)
-    noise_before = base.blocks[3].mlp.noise[0].weight.clone()
-    with pytest.warns(UserWarning, match=r"has no norm, heads, gate noise .*\(1 decoder tensors"):
-        imported = import_m3vit(save_state(state, tmp_path / "ddp.pth"), "tiny", base=base)
-    assert torch.equal(imported.blocks[3].mlp.noise[0].weight, noise_before)
-    noise = [k for k in model.state_dict() if ".noise." in k]
-    assert_same_tensors(imported, model, skip=noise)
-    assert_same_outputs(imported, model)  # eval mode: the noise does not enter
+    with pytest.warns(UserWarning, match=r"has no norm, heads for moevit: .*\(1 decoder tensors"):
+        imported = import_m3vit(save_state(state, tmp_path / "ddp.pth"), "tiny", base=with_head_of(model))
+    assert imported.config.gate == "vmoe"
+    assert_same_tensors(imported, model)
+    assert_same_outputs(imported, model)
+
+
+def test_m3vit_noisy_gate_implies_the_renormalised_rule(tmp_path):
+    # M³ViT's noisy gate (w_gate and w_noise): softmax over the top-k logits.
+    renorm = random_model(TINY.replace(gate="renorm"))
+    path = export_m3vit(renorm, tmp_path / "noisy.pth")
+    assert m3vit_state(path)["backbone.blocks.1.mlp.gate.0.w_noise"].shape == (64, 8)
+    with pytest.warns(UserWarning):
+        found = import_m3vit(path, base=with_head_of(renorm))
+    assert found.config.gate == "renorm" and found.config == renorm.config
+    assert_same_tensors(found, renorm)
+    assert_same_outputs(found, renorm)
+    with pytest.warns(UserWarning):  # named as tiny (V-MoE), the file's rule still wins
+        assert import_m3vit(path, "tiny").config.gate == "renorm"
 
 
 def test_m3vit_folder_saved_by_two_ranks(model, m3vit_file, tmp_path):
@@ -280,6 +292,16 @@ def test_edge_moe_round_trip(model, tmp_path):
     assert_same_outputs(imported, model)
 
 
+def test_edge_moe_dumps_are_v_moe(model, tmp_path):
+    folder = export_edge_moe(model, tmp_path / "weights")
+    renorm = TINY.replace(gate="renorm")
+    assert import_edge_moe(folder, renorm).config.gate == "vmoe"  # src/moe.cpp's gate, whatever was named
+    with pytest.raises(CheckpointError, match=r"^Edge-MoE's accelerator computes the 'vmoe' gate; this model "
+                       r"has gate 'renorm', whose outputs it would not reproduce$"):
+        export_edge_moe(random_model(renorm), tmp_path / "renorm")
+    assert not (tmp_path / "renorm").exists()
+
+
 def test_edge_moe_without_moevit_head_files(model, tmp_path):
     folder = export_edge_moe(model, tmp_path / "weights", heads=False)
     assert not list(folder.glob("head_*")) and not list(folder.glob("norm_*"))
@@ -367,7 +389,7 @@ def test_cli_import_and_export_round_trip(model, tmp_path, capsys):
     with pytest.warns(UserWarning):
         again = import_m3vit(tmp_path / "m3vit.pth", base=with_head_of(model))
     assert_same_tensors(again, model)
-    assert "imported edge-moe" in capsys.readouterr().out
+    assert re.search(r"^imported edge-moe .* as config 'tiny', gate 'vmoe': ", capsys.readouterr().out, re.M)
 
 
 def test_cli_import_error_is_one_line(tmp_path, capsys):

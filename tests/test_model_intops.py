@@ -334,7 +334,7 @@ def test_topk_rejects_bad_k(k):
 
 
 def test_gate_weights_over_two_selected_logits():
-    # gate weights are the softmax over the k selected int8 logits
+    # the "renorm" gate's weights: the softmax over the k selected int8 logits
     mult, shift = intops.softmax_constants(0.1)
     logits = np.array([[40, 30], [10, 10]])
     w = intops.softmax(logits, mult, shift)

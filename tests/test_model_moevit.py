@@ -43,7 +43,10 @@ def test_parameter_names_and_shapes_follow_the_contract():
     assert shapes["blocks.0.attn.qkv.weight"] == (576, 192)
     assert shapes["blocks.0.mlp.fc1.weight"] == (768, 192)
     assert shapes["blocks.1.mlp.gates.1.weight"] == (16, 192)
-    assert shapes["blocks.1.mlp.noise.0.weight"] == (16, 192)
+    assert not any(".noise." in name for name in shapes)  # the V-MoE gate's noise std is fixed
+    with torch.device("meta"):
+        renorm = MoEViT(config.replace(gate="renorm"))
+    assert renorm.state_dict()["blocks.1.mlp.noise.0.weight"].shape == (16, 192)
     assert shapes["blocks.11.mlp.experts.fc1.weight"] == (16, 384, 192)
     assert shapes["blocks.11.mlp.experts.fc1.bias"] == (16, 384)
     assert shapes["blocks.11.mlp.experts.fc2.weight"] == (16, 192, 384)
@@ -53,12 +56,19 @@ def test_parameter_names_and_shapes_follow_the_contract():
     assert "blocks.2.mlp.experts.fc1.weight" not in shapes
 
 
-def test_top_k_ties_go_to_the_lowest_index():
+def test_top_k_ties_go_to_the_lowest_index_and_weights_follow_the_rule():
     logits = torch.tensor([[1.0, 3.0, 3.0, 3.0], [0.0, 0.0, 0.0, 0.0], [2.0, 1.0, 2.0, 5.0]])
-    indices, weights = top_k_gating(logits, 2)
+    indices, renorm = top_k_gating(logits, 2, "renorm")
     assert indices.tolist() == [[1, 2], [0, 1], [3, 0]]
-    expected = torch.softmax(torch.tensor([[3.0, 3.0], [0.0, 0.0], [5.0, 2.0]]), dim=-1)
-    assert torch.allclose(weights, expected)
+    selected = torch.tensor([[3.0, 3.0], [0.0, 0.0], [5.0, 2.0]])
+    assert torch.allclose(renorm, torch.softmax(selected, dim=-1))
+    same, vmoe = top_k_gating(logits, 2, "vmoe")
+    assert torch.equal(same, indices)
+    # V-MoE: each selected expert keeps its probability among all four
+    e = torch.exp(logits - logits.max(-1, keepdim=True).values)
+    by_hand = torch.exp(selected - logits.max(-1, keepdim=True).values) / e.sum(-1, keepdim=True)
+    assert torch.allclose(vmoe, by_hand)
+    assert torch.allclose(vmoe[1], torch.tensor([0.25, 0.25]))  # not renormalised to 1/2 each
 
 
 def naive_moe(layer, x, task):
@@ -68,7 +78,10 @@ def naive_moe(layer, x, task):
     for n in range(x.shape[0]):
         order = sorted(range(logits.shape[1]), key=lambda e: (-logits[n, e].item(), e))
         chosen = order[: layer.top_k]
-        weights = torch.softmax(logits[n, chosen], dim=0)
+        if layer.gate == "vmoe":
+            weights = torch.softmax(logits[n], dim=0)[chosen]
+        else:
+            weights = torch.softmax(logits[n, chosen], dim=0)
         for w, e in zip(weights, chosen):
             fc1, fc2 = layer.experts.fc1, layer.experts.fc2
             hidden = F.gelu(fc1.weight[e] @ x[n] + fc1.bias[e])
@@ -76,9 +89,12 @@ def naive_moe(layer, x, task):
     return out
 
 
+@pytest.mark.parametrize("gate", ["vmoe", "renorm"])
 @pytest.mark.parametrize("dispatch", ["sorted", "gather"])
-def test_moe_layer_equals_a_naive_loop(tiny, dispatch):
-    layer = tiny.blocks[1].mlp
+def test_moe_layer_equals_a_naive_loop(tiny, dispatch, gate):
+    torch.manual_seed(0)
+    model = tiny if gate == tiny.config.gate else MoEViT(tiny.config.replace(gate=gate)).eval()
+    layer = model.blocks[1].mlp
     x = torch.randn(1, 20, tiny.config.dim, generator=torch.Generator().manual_seed(1))
     layer.dispatch = dispatch
     try:
@@ -117,7 +133,7 @@ def test_only_the_task_gate_and_selected_experts_compute(tiny, monkeypatch):
     selections = []
     hooks += [
         layer.gates[0].register_forward_hook(
-            lambda m, i, o: selections.append(top_k_gating(o, tiny.config.top_k)[0])
+            lambda m, i, o: selections.append(top_k_gating(o, tiny.config.top_k, "vmoe")[0])
         )
         for layer in tiny.moe_layers
     ]
@@ -153,7 +169,7 @@ def test_aux_loss_is_cv_squared_of_importance_and_load(tiny):
         importance = torch.zeros(8)
         load = torch.zeros(8)
         for n in range(tokens.shape[1]):
-            idx, w = top_k_gating(logits[b, n : n + 1], 2)
+            idx, w = top_k_gating(logits[b, n : n + 1], 2, "vmoe")
             for e, g in zip(idx[0].tolist(), w[0]):
                 importance[e] += g
                 load[e] += 1
@@ -166,9 +182,9 @@ def test_aux_loss_is_cv_squared_of_importance_and_load(tiny):
     assert aux > first_only
 
 
-def test_training_noise_is_learned_and_reproducible():
+def test_renorm_training_noise_is_learned_and_reproducible():
     torch.manual_seed(0)
-    model = MoEViT(get_config("tiny")).train()
+    model = MoEViT(get_config("tiny").replace(gate="renorm")).train()
     x = images(model.config)
     noise = torch.randn(model.noise_shape(2), generator=torch.Generator().manual_seed(3))
     a, aux_a = model(x, "semseg", noise=noise, return_aux=True)
@@ -185,6 +201,30 @@ def test_training_noise_is_learned_and_reproducible():
     with torch.no_grad():
         model.eval()
         assert torch.equal(model(x, "semseg", noise=noise), model(x, "semseg"))
+
+
+def test_vmoe_training_noise_has_std_gate_noise_over_experts():
+    """M³ViT's noisy_vmoe: clean logits + N(0, 1) * noise_std / E, then the softmax over all E."""
+    torch.manual_seed(0)
+    config = get_config("tiny")
+    layer = MoEViT(config).moe_layers[0].train()
+    x = torch.randn(30, config.dim, generator=torch.Generator().manual_seed(4))
+    noise = torch.randn(30, config.experts, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        indices, weights, load = layer.route(x, 1, noise)
+        noisy = layer.gates[1](x) + noise * config.gate_noise / config.experts
+    assert layer.noise_std == 1 / 8
+    expected_indices, expected = top_k_gating(noisy, config.top_k, "vmoe")
+    assert torch.equal(indices, expected_indices) and torch.allclose(weights, expected)
+    assert torch.all(weights.sum(-1) < 1)
+    assert ((load > 0.01) & (load < 0.99)).float().mean() > 0.3  # the smooth estimate, not 0/1
+    assert torch.equal(layer.eval().route(x, 1, noise)[0], top_k_gating(layer.gates[1](x), 2, "vmoe")[0])
+    # gate_noise 0 (M³ViT's README: --vmoe_noisy_std 0): training routes on the clean logits
+    quiet = MoEViT(config.replace(gate_noise=0.0)).moe_layers[0].train()
+    with torch.no_grad():
+        indices, _, load = quiet.route(x, 1, noise)
+    assert torch.equal(indices, top_k_gating(quiet.gates[1](x), 2, "vmoe")[0])
+    assert torch.equal(load.sum(-1), torch.full((30,), 2.0))  # the selection indicator
 
 
 def test_wrong_image_size_is_a_clear_error(tiny):
@@ -221,3 +261,10 @@ def test_gather_dispatch_is_torch_exportable(tiny):
     finally:
         tiny.set_dispatch("sorted")
     assert torch.allclose(program.module()(x), expected, atol=1e-6)
+
+
+def test_gate_weights_of_an_unknown_rule_is_a_clear_error():
+    from moevit.model.moevit import gate_weights
+
+    with pytest.raises(ConfigError, match=r"^Gate must be one of \('vmoe', 'renorm'\), not 'topk'$"):
+        gate_weights(torch.zeros(1, 4), torch.zeros(1, 2, dtype=torch.long), "topk")

@@ -103,6 +103,20 @@ def test_task_any_graph_matches_pytorch_for_every_task(exported, name):
         assert row["max_abs_ref"] > 0.1  # a real signal, not zeros on both sides
 
 
+def test_graphs_follow_the_renormalised_gate_too(tmp_path):
+    """tiny's graphs use its V-MoE gate (the tests above); a "renorm" model's, the softmax over the top-k."""
+    torch.manual_seed(0)
+    model = MoEViT(get_config("tiny").replace(gate="renorm")).eval()
+    path = export_onnx(model, "any", tmp_path / "renorm.onnx", weights="random seed 0")
+    rows = compare_with_torch(OnnxModel(path), model, random_images(model.config))
+    assert all(row["max_abs_diff"] < FLOAT_BOUND for row in rows), rows
+    vmoe = MoEViT(get_config("tiny")).eval()  # the same weights under the V-MoE rule differ by far more
+    vmoe.load_state_dict({k: v for k, v in model.state_dict().items() if ".noise." not in k})
+    with torch.no_grad():
+        x = torch.from_numpy(random_images(model.config))
+        assert (model(x, 0) - vmoe(x, 0)).abs().max() > 100 * FLOAT_BOUND
+
+
 @pytest.mark.parametrize("name", CONFIGS)
 def test_graph_statistics_equal_moevit_info(exported, name):
     _, path = exported(name)
@@ -115,7 +129,7 @@ def test_graph_statistics_equal_moevit_info(exported, name):
         info = model_stats(config, task)
         assert stats["tasks"][task]["macs"] == info["macs"]
         assert stats["tasks"][task]["macs_all_experts"] == info["macs_all_experts"]
-    noise = model_stats(config)["params_by_part"]["gates"] // 2
+    noise = model_stats(config)["params_by_part"]["gate_noise"]
     assert stats["params"] == model_stats(config)["params"] - noise
     assert stats["moe_layers"] == [
         {"tokens": config.tokens, "k": config.top_k, "experts": config.experts,
@@ -246,15 +260,8 @@ def test_commands_export_check_and_stats(tmp_path, capsys):
 
 
 # QDQ graphs of the quantized model ---------------------------------------------------
-# Bounds, measured on tiny (random weights, 2 random calibration images, two
-# random inputs): the int8 prediction differs from the golden model's by at most
-# 7 steps (semseg) / 4 (depth), 0.63-0.73 steps on average, 42-45 % of elements
-# equal; the gates pick the same expert in 92-98 % of (token, slot) entries.
-# The linear layers are the golden model's requantization (patch_embed.out is
-# equal); the differences come from the float non-linear units (erf GELU vs
-# I-BERT's polynomial, float softmax and LayerNorm) and grow through the blocks.
-QDQ_MAX_STEPS = 10
-QDQ_MEAN_STEPS = 1.0
+# The bounds are QDQ_BOUNDS (model/onnx_qdq.py: its docstring says how they
+# were measured); these tests hold every graph to them, image by image.
 
 
 def quantize_and_export(name, folder):
@@ -277,14 +284,14 @@ def quantized(tmp_path_factory):
 
 
 def test_qdq_graph_of_edge_moe_is_within_bound(tmp_path):
-    """Edge-MoE's 12 blocks: measured at most 15 steps, 1.2-1.6 on average."""
-    from moevit.model.onnx_qdq import compare_with_golden
+    """Edge-MoE's 12 blocks (6 MoE layers): more flips, within the same bounds."""
+    from moevit.model.onnx_qdq import QDQ_BOUNDS, compare_with_golden
 
     qmodel, _, graphs = quantize_and_export("edge-moe", tmp_path)
     images = random_images(qmodel.config, seed=5)
     for task, path in graphs.items():
         (row,) = compare_with_golden(OnnxModel(path), images)
-        assert row["max_steps"] <= 20 and row["mean_steps"] <= 2.0 and row["equal_fraction"] > 0.15, row
+        assert QDQ_BOUNDS.violations(row) == [], row
 
 
 def test_qdq_graph_is_standard_onnx_with_integer_weights(quantized):
@@ -306,21 +313,77 @@ def test_qdq_graph_is_standard_onnx_with_integer_weights(quantized):
 
 
 @pytest.mark.parametrize("task", ["semseg", "depth"])
-def test_qdq_graph_is_within_a_few_steps_of_the_golden_model(quantized, task):
+def test_qdq_graph_is_within_the_stated_bounds(quantized, task):
+    from moevit.model.onnx_qdq import QDQ_BOUNDS, compare_with_golden
+
+    qmodel, _, graphs = quantized
+    tensors = ["patch_embed.out", "embed.out"]
+    for seed in (5, 6):
+        images = random_images(qmodel.config, seed=seed)
+        rows = {row["output"]: row for row in compare_with_golden(OnnxModel(graphs[task]), images, tensors=tensors)}
+        out = rows["prediction_int8"]
+        assert out["shape"] == [qmodel.config.tasks[qmodel.config.task_index(task)].classes, 64, 64]
+        assert QDQ_BOUNDS.violations(out) == [], out
+        # the integer layers: float32 Gemm/Conv + round half to even, now and then 1 step off
+        assert rows["patch_embed.out"]["max_steps"] <= 1 and rows["patch_embed.out"]["equal_fraction"] > 0.999
+        assert rows["embed.out"]["max_steps"] <= 1 and rows["embed.out"]["equal_fraction"] > 0.999
+
+
+def test_qdq_routing_accounting_by_hand(quantized):
+    """routing_agreement and the steps of tokens routed alike, recomputed from both models' own outputs."""
+    from moevit.model import golden
     from moevit.model.onnx_qdq import compare_with_golden
 
     qmodel, _, graphs = quantized
-    images = random_images(qmodel.config, seed=5)
-    tensors = ["patch_embed.out", "embed.out", "blocks.1.mlp.gate.topk", "blocks.3.mlp.gate.topk"]
-    rows = {row["output"]: row for row in compare_with_golden(OnnxModel(graphs[task]), images, tensors=tensors)}
-    out = rows["prediction_int8"]
-    assert out["shape"] == [qmodel.config.tasks[qmodel.config.task_index(task)].classes, 64, 64]
-    assert out["max_steps"] <= QDQ_MAX_STEPS and out["mean_steps"] <= QDQ_MEAN_STEPS, out
-    assert out["equal_fraction"] > 0.3
-    assert rows["patch_embed.out"]["max_steps"] == 0  # an integer layer: the golden requantization
-    assert rows["embed.out"]["max_steps"] <= 1 and rows["embed.out"]["equal_fraction"] > 0.999
-    for layer in ("blocks.1.mlp.gate.topk", "blocks.3.mlp.gate.topk"):
-        assert rows[layer]["equal_fraction"] > 0.9  # the same experts for most tokens
+    config = qmodel.config
+    images = random_images(config, seed=8)
+    (row,) = compare_with_golden(OnnxModel(graphs["semseg"]), images)
+    ours = OnnxModel(graphs["semseg"], routing=True).run(images)
+    ref = golden.run(qmodel, images[0], "semseg")
+    alike = np.ones(config.tokens, bool)
+    for block, got in zip(config.moe_blocks, ours["routing"]):
+        expected = ref.tensors[f"blocks.{block}.mlp.gate.topk"]
+        alike &= [set(a) == set(b) for a, b in zip(got.tolist(), expected.tolist())]
+    assert row["routing_agreement"] == alike.mean()
+    steps = np.abs(ours["prediction_int8"][0].astype(int) - ref.output)
+    patch_alike = alike[1:].reshape(config.grid)
+    pixel_alike = np.kron(patch_alike, np.ones((config.patch, config.patch), bool))[None].repeat(steps.shape[0], 0)
+    assert row["max_steps_alike"] == steps[pixel_alike].max()
+    assert row["mean_steps_alike"] == pytest.approx(steps[pixel_alike].mean())
+    flipped = steps[~pixel_alike]
+    assert row["max_steps_flipped"] == (flipped.max() if flipped.size else None)
+
+
+def test_qdq_bounds_name_what_they_exceed():
+    from moevit.model.onnx_qdq import QDQ_BOUNDS
+
+    row = {"max_steps_alike": QDQ_BOUNDS.max_steps_alike + 1, "mean_steps_alike": 0.0,
+           "routing_agreement": QDQ_BOUNDS.min_routing_agreement - 0.01, "mean_steps": 0.0}
+    found = QDQ_BOUNDS.violations(row)
+    assert len(found) == 2
+    assert found[0] == f"{QDQ_BOUNDS.max_steps_alike + 1} steps on a token routed alike (bound {QDQ_BOUNDS.max_steps_alike})"
+    assert re.match(r"^\d+\.\d% of tokens routed alike \(bound \d+%\)$", found[1])
+
+
+@pytest.mark.slow
+def test_qdq_graph_of_the_trained_tiny_is_within_the_stated_bounds(tmp_path):
+    """The trained tiny (sim.units' cached one): routing flips happen, and only they go far."""
+    from moevit.model.data import SyntheticDataset
+    from moevit.model.onnx_qdq import QDQ_BOUNDS, compare_with_golden, export_qdq
+    from moevit.model.quantize import save_quantized
+    from moevit.sim.units import tiny_quantized
+
+    qmodel, _ = tiny_quantized()
+    qpath = save_quantized(tmp_path / "tiny.npz", qmodel)
+    images = SyntheticDataset(qmodel.config, "val", size=8, seed=3).images.numpy()
+    flipped = []
+    for task in qmodel.config.task_names:
+        graph = OnnxModel(export_qdq(qmodel, task, tmp_path / f"{task}.onnx", source=str(qpath)))
+        for image in images:
+            (row,) = compare_with_golden(graph, image[None])
+            assert QDQ_BOUNDS.violations(row) == [], row
+            flipped.append(row["max_steps_flipped"])
+    assert any(steps is not None for steps in flipped)  # 8 images x 65 tokens: some flip
 
 
 def test_qdq_graph_statistics_equal_moevit_info(quantized):
@@ -366,13 +429,14 @@ def test_qdq_graph_is_per_task(quantized, tmp_path):
 
 
 def test_qdq_commands(quantized, tmp_path, capsys):
+    from moevit.model.onnx_qdq import QDQ_BOUNDS
+
     _, qpath, _ = quantized
     path = tmp_path / "q.onnx"
     assert main(["export-onnx", "--quantized", str(qpath), "--task", "semseg", "-o", str(path)]) == 0
     assert "qdq graph of 'tiny', task 'semseg'" in capsys.readouterr().out
     assert main(["check-onnx", str(path), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    row = report["differences"][0]
-    assert row["output"] == "prediction_int8" and row["max_steps"] <= QDQ_MAX_STEPS
-    assert [r["output"] for r in report["differences"][1:]] == ["blocks.1.mlp.gate.topk", "blocks.3.mlp.gate.topk"]
+    (row,) = report["differences"]
+    assert row["output"] == "prediction_int8" and QDQ_BOUNDS.violations(row) == []
     assert all(r["equal"] for r in report["stats"]) and report["verdict"] == "PASS" and report["failures"] == []

@@ -19,10 +19,10 @@ from moevit.cli import main
 from moevit.model.config import get_config
 from moevit.model.moevit import MoEViT
 from moevit.errors import MoevitError
+from moevit.model.onnx_qdq import QDQ_BOUNDS
 from moevit.model.onnx_check import (
     FLOAT_ATOL,
     FLOAT_RTOL,
-    QDQ_TOLERANCE,
     _routing_differences,
     check_graph,
     judge_float,
@@ -167,31 +167,28 @@ def test_routing_is_compared_as_sets_of_experts():
 
 
 def test_judge_qdq_states_each_bound():
-    rows = [{"task": "depth", "output": "prediction_int8", "max_steps": 16, "mean_steps": 1.7, "equal_fraction": 0.2},
-            {"task": "depth", "output": "blocks.1.mlp.gate.topk", "max_steps": 5, "mean_steps": 0.1,
-             "equal_fraction": 0.8, "steps_histogram": {0: 8}}]
-    assert judge_qdq(rows) == [
-        "depth prediction_int8: 16 int8 steps > 15",
-        "depth prediction_int8: 1.7 steps on average > 1.6",
-        "depth prediction_int8: 20.0% of elements equal < 22%",
-        "depth blocks.1.mlp.gate.topk: the same experts in 80.0% of (token, slot) entries, not >= 83%",
+    row = {"task": "depth", "output": "prediction_int8", "max_steps": 40, "mean_steps": 4.6,
+           "routing_agreement": 0.49, "max_steps_alike": 29, "mean_steps_alike": 2.6}
+    assert judge_qdq([row]) == [
+        "depth prediction_int8: 29 steps on a token routed alike (bound 28)",
+        "depth prediction_int8: mean 2.600 steps on tokens routed alike (bound 2.5)",
+        "depth prediction_int8: 49.0% of tokens routed alike (bound 50%)",
+        "depth prediction_int8: mean 4.600 steps (bound 4.5)",
     ]
-    assert [row["verdict"] for row in rows] == ["FAIL", "FAIL"] and "max_steps" not in rows[1]
-    rows[0].update(max_steps=15, mean_steps=1.6, equal_fraction=0.22)
-    assert judge_qdq(rows[:1]) == [] and rows[0]["verdict"] == "PASS"  # the bounds are inclusive
-    assert judge_qdq(rows[:1], {"max_steps": 14}) == ["depth prediction_int8: 15 int8 steps > 14"]
+    assert row["verdict"] == "FAIL"
+    row.update(mean_steps=4.5, routing_agreement=0.5, max_steps_alike=28, mean_steps_alike=2.5)
+    assert judge_qdq([row]) == [] and row["verdict"] == "PASS"  # the bounds are inclusive
+    assert judge_qdq([row], max_steps=27) == ["depth prediction_int8: 28 steps on a token routed alike (bound 27)"]
 
 
 def test_qdq_graph_passes(graphs, capsys):
     report = check_graph(graphs["qdq"])
     assert report["passed"] and report["reference"] == "the integer golden model"
-    rows = {row["output"]: row for row in report["rows"]}
-    assert set(rows) == {"prediction_int8", "blocks.1.mlp.gate.topk", "blocks.3.mlp.gate.topk"}
-    assert rows["prediction_int8"]["max_steps"] <= QDQ_TOLERANCE["max_steps"]
-    assert "max_steps" not in rows["blocks.1.mlp.gate.topk"]  # expert indices: their difference means nothing
+    (row,) = report["rows"]
+    assert row["output"] == "prediction_int8" and QDQ_BOUNDS.violations(row) == []
     status, out = run_cli(capsys, graphs["qdq"])
     assert status == 0 and out.out.splitlines()[-1] == f"PASS: {graphs['qdq']}"
-    assert re.search(r"^depth +blocks\.1\.mlp\.gate\.topk +\[65, 2\] +- +- +\S+ +equal >= 0\.83 +PASS *$", out.out, re.M)
+    assert re.search(r"^depth +prediction_int8 .* PASS *$", out.out, re.M)
 
 
 def test_qdq_graph_with_a_changed_output_scale_fails(graphs, tmp_path, capsys):
@@ -199,13 +196,13 @@ def test_qdq_graph_with_a_changed_output_scale_fails(graphs, tmp_path, capsys):
                   lambda p: set_initializer(p, "scale.heads.1.out", lambda a: a * 2))
     status, out = run_cli(capsys, path)
     assert status == 1
-    assert re.search(r"^  depth prediction_int8: \d+ int8 steps > 15$", out.out, re.M)
-    assert re.search(r"^  depth prediction_int8: \S+% of elements equal < 22%$", out.out, re.M)
+    assert re.search(r"^  depth prediction_int8: \d+ steps on a token routed alike \(bound 28\)$", out.out, re.M)
 
 
 def test_qdq_atol_is_in_int8_steps(graphs, capsys):
     status, out = run_cli(capsys, graphs["qdq"], "--atol", "0")
-    assert status == 1 and re.search(r"^  depth prediction_int8: \d+ int8 steps > 0$", out.out, re.M)
+    assert status == 1 and re.search(r"^  depth prediction_int8: \d+ steps on a token routed alike \(bound 0\)$",
+                                     out.out, re.M)
 
 
 @pytest.mark.parametrize("option, value", [("--atol", "-1"), ("--rtol", "nan"), ("--atol", "inf")])

@@ -91,7 +91,11 @@ def test_batch_order_is_a_permutation_per_epoch():
     [
         ({"steps": 0}, r"^Steps must be a positive integer, not 0$"),
         ({"batch_size": -2}, r"^Batch size must be a positive integer, not -2$"),
-        ({"lr": 0.0}, r"^Learning rate must be positive, not 0\.0$"),
+        ({"lr": 0.0}, r"^Learning rate must be a positive finite number, not 0\.0$"),
+        ({"lr": float("nan")}, r"^Learning rate must be a positive finite number, not nan$"),
+        ({"warmup": -1}, r"^Warm-up must be a non-negative integer, not -1$"),
+        ({"checkpoint_every": -5}, r"^Checkpoint interval must be a non-negative integer, not -5$"),
+        ({"seed": -1}, r"^Seed must be a non-negative integer, not -1$"),
         ({"dtype": "float16"}, r"^Training dtype must be one of \['float32', 'float64'\], not 'float16'$"),
     ],
 )

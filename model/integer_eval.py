@@ -99,14 +99,15 @@ def format_comparison(rows) -> list:
 # command line ----------------------------------------------------------------
 def _calibrate(args, model):
     """``model`` quantized on the first ``--calibration`` images of the training
-    split of the data the command line names (``--data``; synthetic by default)."""
+    split of the data the command line names (``--data``; synthetic by default),
+    and the number of images used."""
     from moevit.model.commands import open_data
     from moevit.model.quantize import quantize
 
     count = args.calibration or DEFAULT_CALIBRATION
     size = count if args.data == "synthetic" else None  # render only what calibration reads
     images = calibration_images(open_data(args, model.config, "train", size), count)
-    return quantize(model, images, progress=not getattr(args, "quiet", False))
+    return quantize(model, images, progress=not getattr(args, "quiet", False)), len(images)
 
 
 def _quantize_command(args):
@@ -118,9 +119,9 @@ def _quantize_command(args):
     check_data_options(args)
     model, meta = load_checkpoint(args.checkpoint)
     path = output_file(args.output or build_dir("quantized") / f"{meta['config'].name}.npz", "quantized model")
-    qmodel = _calibrate(args, model)
+    qmodel, count = _calibrate(args, model)
     save_quantized(path, qmodel)
-    print(f"quantized {qmodel.config.name} on {args.calibration} {args.data} calibration images: {path}")
+    print(f"quantized {qmodel.config.name} on {count} {args.data} calibration images: {path}")
     print(f"checksum {qmodel.checksum()}")
 
 
@@ -159,7 +160,7 @@ def integer_model(args, model):
         if args.calibration is not None:
             raise UsageError("--calibration does nothing with --quantized (the file is already calibrated)")
         return load_quantized(args.quantized, model.config)
-    return _calibrate(args, model)
+    return _calibrate(args, model)[0]
 
 
 def eval_integer(args, qmodel, val, float_metrics) -> dict:

@@ -55,27 +55,26 @@ def _export(args):
     if task != "any":
         config.task_index(task)  # a clear error now, not after loading
     output = output_file(args.output, "ONNX file")
-    # Three stages, the export taking most of the time (30 s for edge-moe): say which one runs.
-    stages = tqdm(total=3, disable=args.quiet, bar_format="export-onnx, {desc}{n}/{total} stages done, {elapsed}")
-    with stages:
-        stages.set_description("load")
-        if args.quantized:
-            from moevit.model.onnx_qdq import export_qdq
-            from moevit.model.quantize import load_quantized
+    if args.quantized:
+        from moevit.model.onnx_qdq import export_qdq
+        from moevit.model.quantize import load_quantized
 
-            qmodel = load_quantized(args.quantized, config)
-            stages.set_description("export of the QDQ graph", refresh=False)
-            stages.update()
-            path = export_qdq(qmodel, task, output, source=str(Path(args.quantized).resolve()))
-        else:
-            from moevit.model.onnx_export import export_onnx
+        qmodel = load_quantized(args.quantized, config)
+        source = str(Path(args.quantized).resolve())
+        stage, export = "export of the QDQ graph", lambda: export_qdq(qmodel, task, output, source=source)
+    else:
+        from moevit.model.onnx_export import export_onnx
 
-            model, weights = _model(args.config, args.checkpoint, args.seed or 0)
-            stages.set_description("export (torch.export, torch.onnx)", refresh=False)
-            stages.update()
-            path = export_onnx(model, task, output, batch=args.batch or 1, weights=weights)
-        from moevit.model.onnx_check import read_graph
+        model, weights = _model(args.config, args.checkpoint, args.seed or 0)
+        stage = "export (torch.export, torch.onnx)"
+        export = lambda: export_onnx(model, task, output, batch=args.batch or 1, weights=weights)  # noqa: E731
+    from moevit.model.onnx_check import read_graph
 
+    # The export takes most of the time (30 s for edge-moe), then the check: say which one runs.
+    bar_format = "export-onnx, {desc}{n}/{total} stages done, {elapsed}"
+    with tqdm(total=2, disable=args.quiet, bar_format=bar_format) as stages:
+        stages.set_description(stage)
+        path = export()
         stages.set_description("check (onnx.checker)", refresh=False)
         stages.update()
         proto, meta = read_graph(path)

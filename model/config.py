@@ -181,7 +181,8 @@ class ModelConfig:
                 f"Model {self.name!r} has no task {task!r}; its tasks are {list(self.task_names)}"
             )
         try:
-            index = None if _is_bool(task) else operator.index(task)
+            scalar = getattr(task, "ndim", 0) == 0  # torch would take a one-element tensor too
+            index = operator.index(task) if scalar and not _is_bool(task) else None
         except TypeError:
             index = None
         if index is not None and 0 <= index < len(self.tasks):

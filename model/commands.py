@@ -149,6 +149,10 @@ def _train(args):
         checkpoint_every=args.checkpoint_every,
         dtype=args.dtype,
     )
+    if args.resume:  # a clear error before the data is rendered or read
+        from moevit.model.checkpoint import load_checkpoint
+
+        load_checkpoint(args.resume, config)
     if args.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
         from moevit.model.launch import launch_workers
 

@@ -58,7 +58,7 @@ def check_finite(what: str, values) -> None:
     """A :class:`NonFiniteError` naming the first NaN or infinity of ``values``.
 
     ``values`` is a numpy array or a torch tensor; the message reads
-    ``"<what> holds nan at index (0, 2, 5, 7)"``.
+    ``"<what>: found nan at index (0, 2, 5, 7)"``.
     """
     import numpy as np
 
@@ -79,4 +79,4 @@ def check_finite(what: str, values) -> None:
     index = tuple(int(i) for i in np.argwhere(~finite)[0])
     value = values[index]
     where = f" at index {index}" if index else ""
-    raise NonFiniteError(f"{what} holds {value}{where}")
+    raise NonFiniteError(f"{what}: found {value}{where}")

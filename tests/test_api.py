@@ -90,5 +90,5 @@ def test_golden_model_rejects_bad_images(quantized):
         moevit.golden_predict(qmodel, images[0], "depth")
     bad = images.clone()
     bad[1, 2, 3, 4] = float("nan")
-    with pytest.raises(moevit.MoevitError, match=r"^Image holds nan at index \(2, 3, 4\)$"):
+    with pytest.raises(moevit.MoevitError, match=r"^Image: found nan at index \(2, 3, 4\)$"):
         moevit.golden_predict(qmodel, bad, "depth")

@@ -164,21 +164,21 @@ ROWS = [
     # Non-finite numbers ---------------------------------------------------
     ("training-diverges", "train --steps 3 --batch-size 8 --train-size 16 --quiet --threads 1 --lr 1e6 "
      "--checkpoint {tmp}/diverged.pt",
-     r"Training diverged (at|by) step [1-3] \(--lr 1e\+06\): (the \w+ loss is (nan|inf)|weight \S+ holds (nan|inf)).*"),
+     r"Training diverged (at|by) step [1-3] \(--lr 1e\+06\): (the \w+ loss is (nan|inf)|weight \S+: found (nan|inf)).*"),
     ("nan-pixels", "eval --checkpoint {ckpt} --data cityscapes --data-root {city_nan} --quiet --png {tmp}/p.png",
-     r"\S+/city-nan/val/image/0\.npy holds nan at index \(3, 4, 0\)"),
+     r"\S+/city-nan/val/image/0\.npy: found nan at index \(3, 4, 0\)"),
     ("inf-pixels", "eval --checkpoint {ckpt} --data cityscapes --data-root {city_inf} --quiet --png {tmp}/p.png",
-     r"\S+/city-inf/val/image/0\.npy holds inf at index \(5, 6, 1\)"),
+     r"\S+/city-inf/val/image/0\.npy: found inf at index \(5, 6, 1\)"),
     ("nan-depth", "eval --checkpoint {ckpt} --data cityscapes --data-root {city_nan_depth} --quiet --png {tmp}/p.png",
-     r"\S+/val/depth/0\.npy holds nan at index \(0, 0\)"),
+     r"\S+/val/depth/0\.npy: found nan at index \(0, 0\)"),
     ("nan-calibration-images", "quantize --checkpoint {ckpt} --data cityscapes --data-root {city_nan} --quiet "
-     "-o {tmp}/q.npz", r"\S+/city-nan/train/image/0\.npy holds nan at index \(3, 4, 0\)"),
+     "-o {tmp}/q.npz", r"\S+/city-nan/train/image/0\.npy: found nan at index \(3, 4, 0\)"),
     ("layer-norm-eps-negative", "eval --checkpoint {ckpt_eps_negative} --val-size 2 --quiet",
      r"Checkpoint \S+ holds an invalid model config: LayerNorm epsilon must be a positive finite number, not -1\.0"),
     ("layer-norm-eps-nan", "eval --checkpoint {ckpt_eps_nan} --val-size 2 --quiet",
      r"Checkpoint \S+ holds an invalid model config: LayerNorm epsilon must be a positive finite number, not nan"),
     ("nan-weights", "eval --checkpoint {ckpt_nan} --val-size 2 --quiet",
-     r"Checkpoint \S+/nan\.pt: blocks\.1\.attn\.qkv\.weight holds nan at index \(3, 5\)"),
+     r"Checkpoint \S+/nan\.pt: blocks\.1\.attn\.qkv\.weight: found nan at index \(3, 5\)"),
     ("all-invalid-depth", "eval --checkpoint {ckpt} --data cityscapes --data-root {city_no_depth} --quiet "
      "--png {tmp}/p.png",
      r"Task 'depth' has no valid pixel in the 2 samples of <Cityscapes \S+ \(2 samples\)> "
@@ -329,3 +329,18 @@ def test_import_with_a_base_takes_what_the_source_lacks(paths, tmp_path):
     assert meta["extra"]["imported_from"]["base"] == paths["ckpt"]
     for name, value in base.state_dict().items():  # paths["m3vit_own"] is this model's backbone
         assert torch.equal(imported.state_dict()[name], value), name
+
+
+def test_library_calls_name_the_first_non_finite_value():
+    from moevit.errors import NonFiniteError
+    from moevit.model.evaluate import evaluate
+
+    model = MoEViT(TINY).eval()
+    data = SyntheticDataset(TINY, "val", size=2)
+    data.images[1, 0, 5, 6] = float("inf")
+    with pytest.raises(NonFiniteError, match=r"^Calibration images: found inf at index \(1, 0, 5, 6\)$"):
+        quantize(model, data.images)
+    with pytest.raises(NonFiniteError, match=r"^Images: found inf at index \(1, 0, 5, 6\)$"):
+        evaluate(model, data)
+    with pytest.raises(NonFiniteError, match=r"^Training images of step 1: found inf at index \(\d, 0, 5, 6\)$"):
+        train(TINY, TrainOptions(steps=1, batch_size=2), data, progress=False)

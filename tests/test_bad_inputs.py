@@ -240,7 +240,7 @@ ROWS = [
     ("unknown-task", "info --config tiny --task normals", r"Model 'tiny' has no task 'normals'; its tasks are .*"),
     ("export-onnx-task-out-of-range", "export-onnx --task 7 -o {tmp}/m.onnx",
      r"Model 'tiny' has no task 7; task ids are 0\.\.1"),
-    ("hw-estimate-unknown-unit", "hw estimate --unit adder", r"Unknown unit 'adder'; the units are \[.*\]"),
+    ("hw-estimate-unknown-unit", "hw estimate --unit adder", r"Unknown hardware unit 'adder'; units are \[.*\]"),
     ("missing-checkpoint", "eval --checkpoint {tmp}/nowhere.pt", r"Checkpoint \S+/nowhere\.pt does not exist"),
     # Data -------------------------------------------------------------------
     ("float-pixels-in-0-255", "eval --checkpoint {ckpt} --data cityscapes --data-root {city_255} --quiet "

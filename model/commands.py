@@ -153,6 +153,12 @@ def _train(args):
         from moevit.model.checkpoint import load_checkpoint
 
         load_checkpoint(args.resume, config)
+    local_world = os.environ.get("LOCAL_WORLD_SIZE")  # set by torchrun, and by launch_workers
+    if local_world and args.nproc_per_node not in (1, int(local_world)):
+        raise UsageError(
+            f"--nproc-per-node {args.nproc_per_node} does nothing under a launcher that started "
+            f"{local_world} processes per node (torchrun's own --nproc-per-node decides)"
+        )
     if args.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
         from moevit.model.launch import launch_workers
 

@@ -264,6 +264,9 @@ ROWS = [
     ("resume-of-another-config", f"train {QUICK} --config edge-moe --resume {{resumable}} --checkpoint {{tmp}}/r.pt",
      r"Checkpoint \S+ holds model 'tiny', which does not match 'edge-moe': .*"),
     # torchrun: a moevit error in a worker -----------------------------------
+    ("nproc-under-torchrun", "train --nproc-per-node 4", r"--nproc-per-node 4 does nothing under a launcher that "
+     r"started 2 processes per node \(torchrun's own --nproc-per-node decides\)",
+     {"LOCAL_WORLD_SIZE": "2", "WORLD_SIZE": "2"}),
     ("worker-error-is-one-line", "train --nproc-per-node 2 --steps 1 --batch-size 3 --train-size 16 --quiet "
      "--threads 1 --checkpoint {tmp}/ddp.pt", r"Batch size 3 is not divisible by 2 processes"),
 ]

@@ -343,7 +343,7 @@ def register(subparsers):
     info.set_defaults(handler=_info)
 
     train = subparsers.add_parser(
-        "train", help="train a config (several processes: torchrun --nproc-per-node N -m moevit train)"
+        "train", help="train a config (on N processes: --nproc-per-node N)"
     )
     train.add_argument("--config", default=DEFAULT_CONFIG)
     add_data_arguments(train, "--train-size")

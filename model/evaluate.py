@@ -1,8 +1,7 @@
 """Evaluation of a model on a dataset: per-task metrics and a picture of predictions."""
 
-from pathlib import Path
-
 import math
+from pathlib import Path
 
 import torch
 

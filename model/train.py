@@ -143,11 +143,14 @@ class MultiTaskLoss(nn.Module):
                 images, t, noise=None if noise is None else noise[t], return_aux=True
             )
             target = targets[task.name]
+            # Means over the valid pixels; a batch without one teaches nothing (0, not nan).
             if task.kind == "semseg":
-                loss = F.cross_entropy(prediction, target, ignore_index=IGNORE)
+                valid = target != IGNORE
+                loss = F.cross_entropy(prediction, target, ignore_index=IGNORE, reduction="sum")
             else:
-                valid = target > 0  # a batch without a valid pixel teaches nothing (0, not nan)
-                loss = (prediction - target).abs()[valid].sum() / valid.sum().clamp(min=1)
+                valid = target > 0
+                loss = (prediction - target).abs()[valid].sum()
+            loss = loss / valid.sum().clamp(min=1)
             losses.append(loss.detach())
             total = total + self.task_weights[t] * loss + self.aux_weight * aux
         return total, torch.stack(losses)

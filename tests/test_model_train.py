@@ -12,7 +12,7 @@ from moevit.model.data import SyntheticDataset
 from moevit.model.evaluate import evaluate
 from moevit.model.metrics import chance_metrics
 from moevit.model.moevit import MoEViT
-from moevit.model.train import TrainOptions, global_batch_indices, train
+from moevit.model.train import MultiTaskLoss, TrainOptions, global_batch_indices, train
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -140,3 +140,17 @@ def test_two_ddp_processes_equal_one(tmp_path, small_set):
         assert torch.allclose(a, b, rtol=0, atol=1e-12), (name, (a - b).abs().max())
         moved = max(moved, float((a - initial[name]).detach().abs().max()))
     assert moved > 1e-3
+
+
+def test_a_batch_without_valid_pixels_adds_nothing_to_the_loss(small_set):
+    # Real data has images whose labels are all 'ignore' or whose depth is all invalid:
+    # their task loss is 0 (nothing to learn), not nan (which would stop training as diverged).
+    torch.manual_seed(0)
+    net = MultiTaskLoss(MoEViT(TINY), aux_weight=0.0)
+    batch = small_set.batch(range(2))
+    _, losses = net(batch["image"], batch)
+    assert (losses > 0).all()
+    batch["semseg"][:] = 255
+    batch["depth"][:] = 0
+    total, losses = net(batch["image"], batch)
+    assert losses.tolist() == [0.0, 0.0] and float(total) == 0.0

@@ -65,7 +65,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from moevit.errors import CheckpointError, first_line
+from moevit.errors import CheckpointError, check_finite, first_line
 from moevit.model.config import CONFIGS, get_config
 from moevit.model.moevit import MoEViT
 from moevit.paths import write_atomically
@@ -494,6 +494,7 @@ def _load(tensors, config, base, source):
         )
     state = base.state_dict()
     for key, value in tensors.items():
+        check_finite(f"{source}: {key}", value)
         state[key] = value.to(state[key].dtype).clone()
     base.load_state_dict(state, strict=True)
     return base

@@ -22,7 +22,7 @@ __all__ = ["main", "build_parser", "positive_int", "non_negative_int", "positive
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with moevit's one-line errors (its own print the usage first)."""
+    """argparse with moevit's one-line errors (argparse's own print the usage first)."""
 
     def error(self, message):
         self.exit(2, f"moevit: error: {message} (see: {self.prog} --help)\n")
@@ -85,8 +85,8 @@ def main(argv=None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exit:  # --help, --version, or a bad option (already printed)
-        return exit.code
+    except SystemExit as stop:  # --help, --version, or a bad option (already printed)
+        return stop.code
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for handlers that start workers
     try:
         return args.handler(args) or 0

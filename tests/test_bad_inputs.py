@@ -101,6 +101,7 @@ def paths(tmp_path_factory):
         "resumable": resumable,
         "m3vit_own": m3vit_own,
         "edge_own": export_edge_moe(model, root / "edge-moe", additions=False),
+        "edge_nan": export_edge_moe(model, root / "edge-moe-nan"),
         "city": cityscapes_tree(root / "city"),
         "city_nan": cityscapes_tree(root / "city-nan", image=nan_image),
         "city_inf": cityscapes_tree(root / "city-inf", image=inf_image),
@@ -113,6 +114,9 @@ def paths(tmp_path_factory):
         for n in range(2):
             np.save(root / "city-no-depth" / split / "depth" / f"{n}.npy", np.zeros((16, 32, 1), np.float32))
     fields["file"].write_text("not a folder")
+    qkv = np.fromfile(root / "edge-moe-nan" / "l0_qkv_weight.float32.bin", "<f4").reshape(192, 64)
+    qkv[1, 2] = np.nan
+    qkv.tofile(root / "edge-moe-nan" / "l0_qkv_weight.float32.bin")
     yield {name: str(value) for name, value in fields.items()}
     if not isinstance(unwritable, str):
         unwritable.chmod(0o755)
@@ -257,6 +261,8 @@ ROWS = [
     ("import-edge-moe-without-heads", "import edge-moe {edge_own} --config tiny -o {tmp}/imported.pt",
      r"Edge-MoE dump folder \S+ lacks the gate-noise weights, the final norm, the heads of moevit's model: "
      r"take them from a moevit checkpoint of config 'tiny' \(--base CKPT\)"),
+    ("import-nan-weights", "import edge-moe {edge_nan} --config tiny -o {tmp}/imported.pt",
+     r"Edge-MoE dump folder \S+: blocks\.0\.attn\.qkv\.weight: found nan at index \(1, 2\)"),
     ("import-base-of-another-config", "import m3vit {m3vit_own} --base {ckpt_other} -o {tmp}/imported.pt",
      r"The base model has config 'tiny-3x'; the weights are for 'tiny'"),
     ("resume-past-the-steps", f"train {QUICK} --resume {{resumable}} --checkpoint {{tmp}}/resumed.pt",

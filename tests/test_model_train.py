@@ -153,4 +153,4 @@ def test_a_batch_without_valid_pixels_adds_nothing_to_the_loss(small_set):
     batch["semseg"][:] = 255
     batch["depth"][:] = 0
     total, losses = net(batch["image"], batch)
-    assert losses.tolist() == [0.0, 0.0] and float(total) == 0.0
+    assert losses.tolist() == [0.0, 0.0] and float(total.detach()) == 0.0

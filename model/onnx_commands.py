@@ -164,6 +164,12 @@ def check_rows(path, *, checkpoint=None, quantized=None, config=None, seed=0) ->
 
     expected = get_config(config) if config else None
     onnx_model = OnnxModel(path, config=expected, routing=True)
+    unused = ("checkpoint", checkpoint) if onnx_model.kind == "qdq" else ("quantized", quantized)
+    if unused[1] is not None:
+        from moevit.errors import UsageError
+
+        reference = "the golden model of its quantized file" if onnx_model.kind == "qdq" else "its float weights"
+        raise UsageError(f"--{unused[0]} does nothing for a {onnx_model.kind} graph: it is checked against {reference}")
     cfg = onnx_model.config
     batch = onnx_model.session.get_inputs()[0].shape[0]
     images = np.random.default_rng(seed).standard_normal((batch, cfg.in_chans, *cfg.image_size)).astype(np.float32)

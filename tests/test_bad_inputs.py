@@ -23,7 +23,8 @@ from moevit.model.config import get_config
 from moevit.model.data import SyntheticDataset
 from moevit.model.importers import export_edge_moe, export_m3vit
 from moevit.model.moevit import MoEViT
-from moevit.model.quantize import quantize, save_quantized
+from moevit.model.onnx_qdq import export_qdq
+from moevit.model.quantize import load_quantized, quantize, save_quantized
 from moevit.model.train import TrainOptions, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -94,6 +95,7 @@ def paths(tmp_path_factory):
         "ckpt": ckpt,
         "q": save_quantized(root / "tiny.q.npz", quantize(model, images)),
         "q_other": save_quantized(root / "other.q.npz", quantize(other, images)),
+        "qdq": export_qdq(load_quantized(root / "tiny.q.npz"), "semseg", root / "tiny-semseg.qdq.onnx"),
         "ckpt_other": save_checkpoint(root / "other.pt", other),
         "ckpt_nan": save_checkpoint(root / "nan.pt", nan_model),
         "ckpt_eps_negative": checkpoint_with_config(root / "eps-negative.pt", ckpt, layer_norm_eps=-1.0),
@@ -228,6 +230,8 @@ ROWS = [
      r"argument --data-seed: must be a non-negative integer, not '-1'"),
     ("export-onnx-seed-negative", "export-onnx --task semseg --seed -1 -o {tmp}/m.onnx",
      r"argument --seed: must be a non-negative integer, not '-1'"),
+    ("check-onnx-checkpoint-for-qdq", "check-onnx {qdq} --checkpoint {ckpt}",
+     r"--checkpoint does nothing for a qdq graph: it is checked against the golden model of its quantized file"),
     ("check-onnx-seed-negative", "check-onnx {tmp}/m.onnx --seed -1",
      r"argument --seed: must be a non-negative integer, not '-1'"),
     ("steps-zero", "train --steps 0", r"argument --steps: must be a positive integer, not '0'"),
@@ -312,7 +316,6 @@ def test_uint8_images_are_scaled_like_floats_in_0_1(tmp_path):
 def test_quantize_calibrates_on_the_data_it_is_given(paths, tmp_path, capsys):
     from moevit.model.checkpoint import load_checkpoint
     from moevit.model.datasets import cityscapes
-    from moevit.model.quantize import load_quantized
 
     out = tmp_path / "city.q.npz"
     argv = ["quantize", "--checkpoint", paths["ckpt"], "--data", "cityscapes", "--data-root", paths["city"],

@@ -47,7 +47,7 @@ def _export(args):
     from tqdm import tqdm
 
     from moevit.model.config import get_config
-    from moevit.paths import output_file
+    from moevit.paths import output_file, write_atomically
 
     _check_export_options(args)
     config = get_config(args.config)
@@ -61,20 +61,20 @@ def _export(args):
 
         qmodel = load_quantized(args.quantized, config)
         source = str(Path(args.quantized).resolve())
-        stage, export = "export of the QDQ graph", lambda: export_qdq(qmodel, task, output, source=source)
+        stage, export = "export of the QDQ graph", lambda file: export_qdq(qmodel, task, file, source=source)
     else:
         from moevit.model.onnx_export import export_onnx
 
         model, weights = _model(args.config, args.checkpoint, args.seed or 0)
         stage = "export (torch.export, torch.onnx)"
-        export = lambda: export_onnx(model, task, output, batch=args.batch or 1, weights=weights)  # noqa: E731
+        export = lambda file: export_onnx(model, task, file, batch=args.batch or 1, weights=weights)  # noqa: E731
     from moevit.model.onnx_check import read_graph
 
     # The export takes most of the time (30 s for edge-moe), then the check: say which one runs.
     bar_format = "export-onnx, {desc}{n}/{total} stages done, {elapsed}"
     with tqdm(total=2, disable=args.quiet, bar_format=bar_format) as stages:
         stages.set_description(stage)
-        path = export()
+        path = write_atomically(output, export, "ONNX file")  # an interrupted export leaves no file
         stages.set_description("check (onnx.checker)", refresh=False)
         stages.update()
         proto, meta = read_graph(path)

@@ -24,6 +24,7 @@ def register(subparsers):
     estimate.add_argument("--unit", action="append", default=None,
                           help="only this unit (repeatable)")
     estimate.add_argument("--json", action="store_true", help="one JSON list of rows")
+    estimate.add_argument("--quiet", action="store_true", help="no progress bar")
     estimate.set_defaults(handler=_estimate)
 
 
@@ -47,16 +48,18 @@ def _add_bench(benches, name, what, quick_help, handler):
 def _generate(args):
     from moevit.hw.config import get_hw_config
     from moevit.hw.generate import generate
-    from moevit.paths import build_dir
+    from moevit.paths import build_dir, output_folder
 
     hw = get_hw_config(args.config)
-    folder = args.output or build_dir("rtl", args.config)
+    folder = output_folder(args.output, "Verilog folder") if args.output else build_dir("rtl", args.config)
     for path in generate(hw, folder, args.unit):
         print(path)
 
 
 def _estimate(args):
     import warnings
+
+    from tqdm import tqdm
 
     from moevit.hw.bench import print_rows
     from moevit.hw.config import get_hw_config
@@ -65,10 +68,14 @@ def _estimate(args):
     from moevit.paths import build_dir
 
     hw = get_hw_config(args.config)
+    folder = build_dir("estimate", args.config)
+    # The Verilog of every unit first (seconds; an unknown unit fails here), then Yosys:
+    # minutes per unit, so a bar names the one running.
+    sources = {unit: verilog_file(unit, hw, folder) for unit in args.unit or UNITS}
     rows = []
-    for unit in args.unit or UNITS:
-        folder = build_dir("estimate", args.config)
-        path = verilog_file(unit, hw, folder)
+    bar = tqdm(sources.items(), desc="estimate", unit="unit", disable=args.quiet, dynamic_ncols=True)
+    for unit, path in bar:
+        bar.set_postfix_str(f"{unit}: Yosys synth_xilinx")
         rows.append(estimate_verilog(unit, path, module_name(unit), folder).row())
     if args.json:
         print(json.dumps(rows))

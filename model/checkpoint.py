@@ -13,13 +13,13 @@ that names the file and the problem.
 """
 
 import hashlib
-import os
 from pathlib import Path
 
 import torch
 
-from moevit.errors import CheckpointError, ConfigError, first_line
+from moevit.errors import CheckpointError, ConfigError, check_finite, first_line
 from moevit.model.config import ModelConfig
+from moevit.paths import write_atomically
 
 __all__ = ["FORMAT", "VERSION", "save_checkpoint", "load_checkpoint", "read_checkpoint", "weights_sha256"]
 
@@ -47,8 +47,6 @@ def save_checkpoint(path, model, *, extra=None) -> Path:
     The file is written beside its destination and renamed into place, so an
     interrupted save never leaves a truncated checkpoint. Returns the path.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT,
         "version": VERSION,
@@ -56,10 +54,7 @@ def save_checkpoint(path, model, *, extra=None) -> Path:
         "state_dict": {name: value.detach().cpu() for name, value in model.state_dict().items()},
         "extra": extra or {},
     }
-    partial = path.with_name(path.name + ".partial")
-    torch.save(payload, partial)
-    os.replace(partial, path)
-    return path
+    return write_atomically(path, lambda partial: torch.save(payload, partial), "checkpoint")
 
 
 def read_checkpoint(path) -> dict:
@@ -120,6 +115,8 @@ def load_checkpoint(path, config=None):
     CheckpointError
         Missing, corrupt, not a moevit checkpoint, another format version, a
         config other than ``config``, or weights that do not fit the config.
+    NonFiniteError
+        A weight is NaN or infinite.
     """
     from moevit.model.moevit import MoEViT
 
@@ -149,6 +146,7 @@ def load_checkpoint(path, config=None):
                 f"Checkpoint {path} has {name} of shape {tuple(state[name].shape)}; "
                 f"model {found.name!r} needs {tuple(value.shape)}"
             )
+        check_finite(f"Checkpoint {path}: {name}", state[name])
     # Build the model in the dtype it was saved in (float64 training stays float64).
     model.to(state["pos_embed"].dtype).load_state_dict(state)
     meta = {"config": found, "extra": contents["extra"], "version": contents["version"]}

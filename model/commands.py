@@ -14,9 +14,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from moevit.cli import non_negative_int, positive_float, positive_int
+from moevit.errors import UsageError
 from moevit.model.config import CONFIGS, DEFAULT_CONFIG
 
-__all__ = ["register", "DEMO_STEPS", "DemoState", "format_info", "info_rows"]
+__all__ = [
+    "register", "DEMO_STEPS", "DemoState", "format_info", "info_rows", "IMAGE_SUFFIXES",
+    "open_data", "add_data_arguments", "check_data_options",
+]
+
+#: The prediction figure's accepted extensions (formats matplotlib's Agg canvas writes).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".pdf", ".svg", ".tif", ".tiff", ".webp")
 
 
 # info ----------------------------------------------------------------------
@@ -67,22 +75,43 @@ def _info(args):
 
 
 # data ----------------------------------------------------------------------
-def _open(args, config, split, size=None):
+def open_data(args, config, split, size=None):
     """The dataset the command line names; synthetic when no --data is given."""
     name = getattr(args, "data", "synthetic")
     if name == "synthetic":
         from moevit.model.data import SyntheticDataset
 
-        return SyntheticDataset(config, split=split, size=size, seed=args.data_seed)
+        return SyntheticDataset(config, split=split, size=size, seed=args.data_seed or 0)
     from moevit.model.datasets import open_dataset
 
     return open_dataset(name, args.data_root, config, split)
 
 
-def _add_data_arguments(parser):
-    parser.add_argument("--data", default="synthetic", help="dataset: synthetic (default), nyud, pascal-context, cityscapes")
+# As moevit.model.datasets.DATASETS, without importing torch for --help.
+DATASETS = ("synthetic", "nyud", "pascal-context", "cityscapes")
+
+
+def add_data_arguments(parser, size_option=None):
+    """``--data``, ``--data-root``, ``--data-seed`` and the synthetic set's size option."""
+    parser.add_argument("--data", default="synthetic", choices=DATASETS, help="dataset (default: synthetic)")
     parser.add_argument("--data-root", default=None, help="root folder of a real dataset")
-    parser.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic set")
+    parser.add_argument("--data-seed", type=non_negative_int, default=None, help="seed of the synthetic set (default 0)")
+    if size_option:
+        parser.add_argument(size_option, type=positive_int, default=None, help="synthetic samples")
+
+
+def check_data_options(args):
+    """Reject the data options that the chosen set would ignore."""
+    if args.data == "synthetic":
+        if args.data_root is not None:
+            raise UsageError("--data-root does nothing without --data NAME (the synthetic set is rendered, not read)")
+        return
+    if args.data_root is None:
+        raise UsageError(f"--data {args.data} needs --data-root DIR, the root folder of the dataset")
+    for option in ("data_seed", "train_size", "val_size"):
+        if getattr(args, option, None) is not None:
+            name = "--" + option.replace("_", "-")
+            raise UsageError(f"{name} applies to the synthetic set only, not to --data {args.data}")
 
 
 def _threads(args):
@@ -101,13 +130,15 @@ def _rank():
 
 # train ---------------------------------------------------------------------
 def _train(args):
+    import os
+
     from moevit.model.config import get_config
     from moevit.model.train import TrainOptions, train
-    from moevit.paths import build_dir
+    from moevit.paths import build_dir, output_file
 
     config = get_config(args.config)
-    _threads(args)
-    checkpoint = args.checkpoint or str(build_dir("checkpoints") / f"{config.name}.pt")
+    check_data_options(args)
+    checkpoint = str(output_file(args.checkpoint or build_dir("checkpoints") / f"{config.name}.pt", "checkpoint"))
     options = TrainOptions(
         steps=args.steps,
         batch_size=args.batch_size,
@@ -118,7 +149,22 @@ def _train(args):
         checkpoint_every=args.checkpoint_every,
         dtype=args.dtype,
     )
-    dataset = _open(args, config, "train", args.train_size)
+    if args.resume:  # a clear error before the data is rendered or read
+        from moevit.model.checkpoint import load_checkpoint
+
+        load_checkpoint(args.resume, config)
+    local_world = os.environ.get("LOCAL_WORLD_SIZE")  # set by torchrun, and by launch_workers
+    if local_world and args.nproc_per_node not in (1, int(local_world)):
+        raise UsageError(
+            f"--nproc-per-node {args.nproc_per_node} does nothing under a launcher that started "
+            f"{local_world} processes per node (torchrun's own --nproc-per-node decides)"
+        )
+    if args.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
+        from moevit.model.launch import launch_workers
+
+        return launch_workers(args.nproc_per_node, ["-m", "moevit", *args.argv])
+    _threads(args)
+    dataset = open_data(args, config, "train", args.train_size)
     start = time.perf_counter()
     result = train(config, options, dataset, resume=args.resume, progress=not args.quiet)
     if _rank() == 0:
@@ -147,18 +193,24 @@ def _format_metrics(metrics, chance=None) -> list:
 def _eval(args):
     from moevit.model.checkpoint import load_checkpoint
     from moevit.model.evaluate import evaluate, save_prediction_png
-    from moevit.paths import build_dir
+    from moevit.paths import build_dir, output_file
 
+    check_data_options(args)
+    if not args.integer:
+        for option in ("quantized", "calibration"):
+            if getattr(args, option) is not None:
+                raise UsageError(f"--{option} does nothing without --integer")
     model, meta = load_checkpoint(args.checkpoint)
     config = meta["config"]
+    png = args.png or build_dir("eval") / f"{config.name}-predictions.png"
+    png = str(output_file(png, "prediction image", IMAGE_SUFFIXES))
     qmodel = None
     if args.integer:  # the integer golden model beside the float one (model/integer_eval.py), checked first
         from moevit.model.integer_eval import integer_model
 
         qmodel = integer_model(args, model)
-    val = _open(args, config, "val", args.val_size)
+    val = open_data(args, config, "val", args.val_size)
     metrics = evaluate(model, val, batch_size=args.batch_size, progress=not args.quiet)
-    png = args.png or str(build_dir("eval") / f"{config.name}-predictions.png")
     save_prediction_png(model, val, png)
     integer = None
     if qmodel is not None:
@@ -204,8 +256,8 @@ def demo_data(state):
     _threads(args)
     state.config = get_config(args.config)
     state.out = build_dir("demo", state.config.name)
-    state.train = _open(args, state.config, "train", args.train_size)  # the demo has no --data: synthetic
-    state.val = _open(args, state.config, "val", args.val_size)
+    state.train = open_data(args, state.config, "train", args.train_size)  # the demo has no --data: synthetic
+    state.val = open_data(args, state.config, "val", args.val_size)
     state.chance = chance_metrics(state.config, state.train.targets, state.val.targets)
     return [f"synthetic set: {len(state.train)} train / {len(state.val)} val scenes of "
             f"{state.config.image_size[0]}x{state.config.image_size[1]}, tasks {list(state.config.task_names)}"]
@@ -291,21 +343,22 @@ def register(subparsers):
     info.set_defaults(handler=_info)
 
     train = subparsers.add_parser(
-        "train", help="train a config (several processes: torchrun --nproc-per-node N -m moevit train)"
+        "train", help="train a config (on N processes: --nproc-per-node N)"
     )
     train.add_argument("--config", default=DEFAULT_CONFIG)
-    _add_data_arguments(train)
-    train.add_argument("--train-size", type=int, default=None, help="synthetic samples")
-    train.add_argument("--steps", type=int, default=600)
-    train.add_argument("--batch-size", type=int, default=32, help="global batch")
-    train.add_argument("--lr", type=float, default=2e-3)
-    train.add_argument("--warmup", type=int, default=30)
-    train.add_argument("--seed", type=int, default=0)
+    add_data_arguments(train, "--train-size")
+    train.add_argument("--steps", type=positive_int, default=600)
+    train.add_argument("--batch-size", type=positive_int, default=32, help="global batch")
+    train.add_argument("--lr", type=positive_float, default=2e-3)
+    train.add_argument("--warmup", type=non_negative_int, default=30)
+    train.add_argument("--seed", type=non_negative_int, default=0)
     train.add_argument("--checkpoint", default=None, help="default build/checkpoints/CONFIG.pt")
-    train.add_argument("--checkpoint-every", type=int, default=0)
+    train.add_argument("--checkpoint-every", type=non_negative_int, default=0, help="steps (default 0: at the end only)")
     train.add_argument("--resume", default=None, help="continue from this checkpoint")
     train.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    train.add_argument("--threads", type=int, default=None, help="torch threads per process (default: torch's)")
+    train.add_argument("--threads", type=positive_int, default=None, help="torch threads per process (default: torch's)")
+    train.add_argument("--nproc-per-node", type=positive_int, default=1,
+                       help="processes on this machine (DDP, as torchrun's option; a bad input ends as one line)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(handler=_train)
 
@@ -313,10 +366,10 @@ def register(subparsers):
         "eval", help="metrics per task and a PNG of predictions beside the ground truth"
     )
     evaluate.add_argument("--checkpoint", required=True)
-    _add_data_arguments(evaluate)
-    evaluate.add_argument("--val-size", type=int, default=None, help="synthetic samples")
-    evaluate.add_argument("--batch-size", type=int, default=64)
-    evaluate.add_argument("--png", default=None, help="default build/eval/CONFIG-predictions.png")
+    add_data_arguments(evaluate, "--val-size")
+    evaluate.add_argument("--batch-size", type=positive_int, default=64)
+    evaluate.add_argument("--png", default=None,
+                          help=f"the prediction figure (default build/eval/CONFIG-predictions.png; {', '.join(IMAGE_SUFFIXES)})")
     evaluate.add_argument("--json", action="store_true")
     evaluate.add_argument("--quiet", action="store_true")
     evaluate.set_defaults(handler=_eval)
@@ -329,15 +382,15 @@ def register(subparsers):
         "demo", help="train on the synthetic set, evaluate, write the prediction PNG (then later stages)"
     )
     demo.add_argument("--config", default=DEFAULT_CONFIG)
-    demo.add_argument("--steps", type=int, default=DEMO_DEFAULTS["steps"])
-    demo.add_argument("--batch-size", type=int, default=DEMO_DEFAULTS["batch_size"])
-    demo.add_argument("--lr", type=float, default=DEMO_DEFAULTS["lr"])
-    demo.add_argument("--train-size", type=int, default=DEMO_DEFAULTS["train_size"])
-    demo.add_argument("--val-size", type=int, default=DEMO_DEFAULTS["val_size"])
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--data-seed", type=int, default=0)
+    demo.add_argument("--steps", type=positive_int, default=DEMO_DEFAULTS["steps"])
+    demo.add_argument("--batch-size", type=positive_int, default=DEMO_DEFAULTS["batch_size"])
+    demo.add_argument("--lr", type=positive_float, default=DEMO_DEFAULTS["lr"])
+    demo.add_argument("--train-size", type=positive_int, default=DEMO_DEFAULTS["train_size"])
+    demo.add_argument("--val-size", type=positive_int, default=DEMO_DEFAULTS["val_size"])
+    demo.add_argument("--seed", type=non_negative_int, default=0)
+    demo.add_argument("--data-seed", type=non_negative_int, default=0)
     demo.add_argument(
-        "--threads", type=int, default=DEMO_DEFAULTS["threads"],
+        "--threads", type=positive_int, default=DEMO_DEFAULTS["threads"],
         help="torch threads (default 1: tiny's small matrices gain little from more, and lose a lot on busy cores)",
     )
     demo.add_argument("--json", action="store_true", help="also print the report as JSON")

@@ -7,6 +7,7 @@ every comparison in the project (see ``CONFIGS``); each cites its source.
 """
 
 import math
+import operator
 from dataclasses import dataclass, field, replace
 
 from moevit.errors import ConfigError
@@ -172,6 +173,9 @@ class ModelConfig:
             ("Input channels", self.in_chans),
         ):
             check_positive(what, value)
+        eps = self.layer_norm_eps  # NaN fails the comparison too
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < float("inf"):
+            raise ConfigError(f"LayerNorm epsilon must be a positive finite number, not {eps!r}")
         height, width = self.image_size
         if height % self.patch or width % self.patch:
             raise ConfigError(
@@ -222,15 +226,24 @@ class ModelConfig:
         return block in self.moe_blocks
 
     def task_index(self, task) -> int:
-        """Index of a task given by name or index; a clear error if there is none."""
+        """Index of a task given by name or index; a clear error if there is none.
+
+        An index may be any integer type: a Python or numpy integer, or a 0-d
+        integer array or tensor (anything ``operator.index`` accepts; not a bool).
+        """
         if isinstance(task, str):
             if task in self.task_names:
                 return self.task_names.index(task)
             raise ConfigError(
                 f"Model {self.name!r} has no task {task!r}; its tasks are {list(self.task_names)}"
             )
-        if isinstance(task, int) and not isinstance(task, bool) and 0 <= task < len(self.tasks):
-            return task
+        try:
+            scalar = getattr(task, "ndim", 0) == 0  # torch would take a one-element tensor too
+            index = operator.index(task) if scalar and not _is_bool(task) else None
+        except TypeError:
+            index = None
+        if index is not None and 0 <= index < len(self.tasks):
+            return index
         raise ConfigError(
             f"Model {self.name!r} has no task {task!r}; task ids are 0..{len(self.tasks) - 1}"
         )
@@ -267,6 +280,11 @@ class ModelConfig:
             return cls(**fields)
         except (KeyError, TypeError) as error:
             raise ConfigError(f"Malformed model config: {error}") from None
+
+
+def _is_bool(value) -> bool:
+    """A bool, numpy bool, or boolean array or tensor (``operator.index`` takes some as 0 or 1)."""
+    return "bool" in str(getattr(value, "dtype", type(value).__name__))
 
 
 def check_positive(what, value):

@@ -15,7 +15,7 @@ PASCAL-Context (``PASCAL_MT``)
     ``ImageSets/Context/<split>.txt``. PASCAL-Context has no depth.
 Cityscapes, two layouts
     M³ViT's own (the preprocessed 128x256 set of MTAN, lorenmt/mtan):
-    ``<split>/image/<n>.npy`` (H, W, 3 floats in [0, 1]),
+    ``<split>/image/<n>.npy`` (H, W, 3 floats in [0, 1]; uint8 0..255 is scaled by 1/255),
     ``<split>/label_<C>/<n>.npy`` (C classes, -1 = ignore),
     ``<split>/depth/<n>.npy`` (H, W, 1, 0 = invalid). The official layout
     (cityscapesScripts): ``leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png``,
@@ -49,7 +49,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from moevit.errors import MoevitError
+from moevit.errors import MoevitError, NonFiniteError, check_finite
 from moevit.model.data import MEAN, STD, stack_samples  # M³ViT normalises with ImageNet statistics (utils/common_config.py)
 from moevit.model.metrics import IGNORE
 
@@ -211,15 +211,35 @@ def _plain_semseg(path):
     return _squeeze_map(_read_png(path), path).astype(np.int64)
 
 
+def _finite(array, path):
+    """``array``, or a DatasetError naming the first NaN or infinity in file ``path``."""
+    try:
+        check_finite(str(path), array)
+    except NonFiniteError as error:
+        raise DatasetError(str(error)) from None
+    return array
+
+
 def _npy_depth(path):
-    return _squeeze_map(_read_npy(path), path).astype(np.float32)
+    return _finite(_squeeze_map(_read_npy(path), path).astype(np.float32), path)
 
 
 def _npy_image(path):
+    """An (H, W, 3) image in [0, 1]: floats as they are, uint8 scaled by 1/255."""
     image = _read_npy(path)
     if image.ndim != 3 or image.shape[2] != 3:
         raise DatasetError(f"{path} holds an array of shape {image.shape}; expected (H, W, 3)")
-    return image.astype(np.float32)
+    if image.dtype == np.uint8:
+        return image.astype(np.float32) / 255.0
+    if not np.issubdtype(image.dtype, np.floating):
+        raise DatasetError(f"{path} holds {image.dtype} pixels; expected floats in [0, 1] or uint8 in 0..255")
+    image = _finite(image.astype(np.float32), path)
+    if image.size and (image.min() < 0 or image.max() > 1):
+        raise DatasetError(
+            f"{path} holds float pixels in {image.min():g}..{image.max():g}; expected [0, 1] "
+            "(scale a 0..255 image by 1/255, or store it as uint8)"
+        )
+    return image
 
 
 def _npy_semseg(path):

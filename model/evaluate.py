@@ -1,18 +1,22 @@
 """Evaluation of a model on a dataset: per-task metrics and a picture of predictions."""
 
+import math
 from pathlib import Path
 
 import torch
 
+from moevit.errors import check_finite
 from moevit.model.data import batch_of
+from moevit.model.datasets import DatasetError
 from moevit.model.metrics import IGNORE, TaskMetrics
 
-__all__ = ["evaluate", "predict", "save_prediction_png"]
+__all__ = ["evaluate", "predict", "save_prediction_png", "check_metrics_defined"]
 
 
 @torch.no_grad()
 def predict(model, images, task):
     """Eval-mode prediction of ``task`` for a batch of images (no gradients)."""
+    check_finite("Images", images)
     was_training = model.training
     model.eval()
     try:
@@ -46,7 +50,21 @@ def evaluate(model, dataset, *, batch_size=64, tasks=None, progress=False) -> di
         for name in names:
             metrics.update(name, predict(model, batch["image"], name), batch[name])
     results = metrics.results()
-    return {name: results[name] for name in names}
+    results = {name: results[name] for name in names}
+    check_metrics_defined(results, config, dataset)
+    return results
+
+
+def check_metrics_defined(results, config, dataset):
+    """A clear error where a task's metric is undefined: no pixel to score it on."""
+    for name, values in results.items():
+        if any(math.isnan(value) for value in values.values()):
+            task = config.tasks[config.task_index(name)]
+            why = f"every label is {IGNORE} (ignore)" if task.kind == "semseg" else "every depth is 0 (invalid)"
+            raise DatasetError(
+                f"Task {name!r} has no valid pixel in the {len(dataset)} samples of {dataset!r} "
+                f"({why}): its metrics are undefined"
+            )
 
 
 def save_prediction_png(model, dataset, path, *, count=4, mean=None, std=None) -> Path:

@@ -68,6 +68,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from moevit.errors import check_finite
 from moevit.model import intops
 from moevit.model.intops import QuantizationError
 
@@ -81,6 +82,7 @@ __all__ = [
     "attention_head",
     "quantize_image",
     "run",
+    "predict",
 ]
 
 
@@ -296,9 +298,39 @@ def run(qmodel, image, task, *, record=True) -> GoldenResult:
     if image.dtype != np.int8:
         if not np.issubdtype(image.dtype, np.floating):
             raise QuantizationError(f"Image must be float or int8, not {image.dtype}")
+        check_finite("Image", image)
         image = quantize_image(image, qmodel.scale("input"))
     runner = _Runner(qmodel, record)
     runner.keep("input", image)
     output = runner.forward(image, task)
     prediction = output * qmodel.scale(f"heads.{task}.out")
     return GoldenResult(task, output, prediction, runner.tensors, runner.linears)
+
+
+def predict(qmodel, images, task) -> np.ndarray:
+    """The golden model's predictions for a batch of images, in the target's unit.
+
+    Parameters
+    ----------
+    qmodel : QuantizedModel
+    images : array or tensor (B, C, H, W)
+        Float images (normalised as the float model's input) or int8 images.
+    task : str or int
+        A task name or index (any integer type: see ``ModelConfig.task_index``).
+
+    Returns
+    -------
+    ndarray float64 (B, classes, H, W)
+        Class scores (``semseg``) or depth (``depth``), as :attr:`GoldenResult.prediction`.
+    """
+    config = qmodel.config
+    task = config.task_index(task)
+    images = images.detach().cpu().numpy() if hasattr(images, "detach") else np.asarray(images)
+    expected = (config.in_chans, *config.image_size)
+    if images.ndim != 4 or images.shape[1:] != expected:
+        raise QuantizationError(
+            f"Images of shape {images.shape} do not fit model {config.name!r}; expected (batch, {', '.join(map(str, expected))})"
+        )
+    predictions = [run(qmodel, image, task, record=False).prediction for image in images]
+    classes = config.tasks[task].classes
+    return np.stack(predictions) if predictions else np.zeros((0, classes, *config.image_size))

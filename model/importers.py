@@ -26,8 +26,11 @@ M³ViT checkpoints (``m3vit``; VITA-Group/M3ViT ``train_fastmoe.py``)
     ``utils/moe_utils.py``: rank 0 holds everything, the others only their
     experts) is merged by concatenating the experts in rank order. M³ViT's
     backbone has no final norm and its task decoders (``decoders.<task>.*``)
-    are convolutional up-sampling heads, not ours: the imported model keeps
-    the base model's ``norm`` and ``heads``, with a warning.
+    are convolutional up-sampling heads, not ours. moevit's export keeps its
+    final norm and heads beside M³ViT's ``state_dict``, under the top-level
+    key ``moevit`` (``{"state_dict": {"norm.weight": ..., "heads.0.weight":
+    ...}}``; M³ViT's loaders read only ``state_dict``), so a round trip is
+    exact.
 
 Edge-MoE dumps (``edge-moe``; sharc-lab/Edge-MoE ``weights/``, read by
 ``testbench/e2e.cpp`` and ``weights/scripts/prepare_for_onboard.py``)
@@ -46,20 +49,23 @@ Edge-MoE dumps (``edge-moe``; sharc-lab/Edge-MoE ``weights/``, read by
     ``l{i}_x_post_*``) are ignored. Edge-MoE's accelerator stops before the
     final norm and the heads, so they are not in its dumps; moevit adds them
     as ``norm_weight``, ``norm_bias``, ``head_task{t}_weight`` and
-    ``head_task{t}_bias`` when it exports, and reads them when present
-    (otherwise the base model's are kept, with a warning). Importing sets
-    ``cls_token`` to zero and puts the class token in ``pos_embed[0]``: the
-    same token 0, as Edge-MoE computes it. Edge-MoE's gate is V-MoE's
-    (``src/moe.cpp``, ``compute_gating``: ``exp(score - max) / sum`` over all
-    E scores, kept for the top-k without renormalising): an imported dump's
-    config has ``gate="vmoe"``, and a model of another rule is not exported.
+    ``head_task{t}_bias`` when it exports, and reads them when present.
+    Importing sets ``cls_token`` to zero and puts the class token in
+    ``pos_embed[0]``: the same token 0, as Edge-MoE computes it (the outputs
+    are equal bit for bit). Edge-MoE's gate is V-MoE's (``src/moe.cpp``,
+    ``compute_gating``: ``exp(score - max) / sum`` over all E scores, kept
+    for the top-k without renormalising): an imported dump's config has
+    ``gate="vmoe"``, and a model of another rule is not exported.
 
-Every problem with the source is a :class:`~moevit.errors.CheckpointError`
-naming the file or key and the expected and found shapes.
+A source that lacks a part of the model (a real M³ViT checkpoint or Edge-MoE
+dump has no moevit heads) is refused unless a ``base`` model supplies it
+(``moevit import --base CKPT``): a model with random heads is never made
+silently. Every problem with the source is a
+:class:`~moevit.errors.CheckpointError` naming the file or key and the
+expected and found shapes.
 """
 
 import re
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,9 +73,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from moevit.errors import CheckpointError, first_line
+from moevit.errors import CheckpointError, check_finite, first_line
 from moevit.model.config import CONFIGS, get_config
 from moevit.model.moevit import MoEViT
+from moevit.paths import write_atomically
 
 __all__ = [
     "FORMATS",
@@ -87,6 +94,7 @@ FORMATS = ("m3vit", "edge-moe")
 EDGE_MOE_GATE = "vmoe"  # src/moe.cpp: softmax over all experts, top-k kept, not renormalised
 DEFAULT_CONFIGS = {"edge-moe": "edge-moe"}  # m3vit: found from the checkpoint's shapes
 BIN_SUFFIX = ".float32.bin"
+MOEVIT_KEY = "moevit"  # the top-level key of moevit's additions in an exported M³ViT checkpoint
 
 
 @dataclass(frozen=True)
@@ -147,21 +155,29 @@ def _first_few(names, count=3) -> str:
     return f"{', '.join(names[:count])}{more}"
 
 
-def _load_torch(path, what):
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle, zip and torch errors alike: a file we cannot read
-        message = first_line(error)
-        raise CheckpointError(f"Cannot read {what} {path}: {message}") from None
-    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
-        data = data["state_dict"]
+def _tensors(data, what, path):
     if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
         raise CheckpointError(f"{what} {path} holds no state dict of tensors")
     return OrderedDict(data)
 
 
+def _load_torch(path, what):
+    """``(state dict, moevit's additions)`` of a torch file (the additions may be empty)."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle, zip and torch errors alike: a file we cannot read
+        message = first_line(error)
+        raise CheckpointError(f"Cannot read {what} {path}: {message}") from None
+    additions = {}
+    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        if isinstance(data.get(MOEVIT_KEY), dict):
+            additions = _tensors(data[MOEVIT_KEY].get("state_dict"), f"moevit's part of {what}", path)
+        data = data["state_dict"]
+    return _tensors(data, what, path), additions
+
+
 def _read_m3vit(path):
-    """The state dict of a checkpoint file or of a folder saved by several ranks."""
+    """The state dict and moevit's additions of a checkpoint file or of a folder saved by several ranks."""
     path = Path(path)
     if path.is_dir():
         ranks = sorted(
@@ -169,20 +185,20 @@ def _read_m3vit(path):
         )
         if not ranks or ranks[0][0] != 0:
             raise CheckpointError(f"M³ViT checkpoint folder {path} has no 0.pth")
-        state = _load_torch(ranks[0][1], "M³ViT checkpoint")
+        state, additions = _load_torch(ranks[0][1], "M³ViT checkpoint")
         for _, shard in ranks[1:]:
             # Ranks other than 0 hold only their own experts (utils/moe_utils.py).
-            for key, value in _load_torch(shard, "M³ViT checkpoint").items():
+            for key, value in _load_torch(shard, "M³ViT checkpoint")[0].items():
                 if key not in state:
                     raise CheckpointError(f"M³ViT checkpoint shard {shard} has {key}, which 0.pth lacks")
                 state[key] = torch.cat([state[key], value])
     elif path.is_file():
-        state = _load_torch(path, "M³ViT checkpoint")
+        state, additions = _load_torch(path, "M³ViT checkpoint")
     else:
         raise CheckpointError(f"M³ViT checkpoint {path} does not exist")
     if state and all(key.startswith("module.") for key in state):
         state = OrderedDict((key[len("module."):], value) for key, value in state.items())
-    return state
+    return state, additions
 
 
 def _match_m3vit(state, config, source):
@@ -232,8 +248,9 @@ def import_m3vit(path, config=None, *, base=None):
         The model's config; by default the one config in ``CONFIGS`` whose
         shapes the checkpoint fits.
     base : MoEViT, optional
-        Supplies what M³ViT checkpoints do not hold (final norm, heads); a new
-        model by default. It is loaded in place and returned.
+        Supplies what the checkpoint does not hold (one of M³ViT's own
+        training: the final norm and the heads). It is loaded in place and
+        returned.
 
     Returns
     -------
@@ -244,22 +261,21 @@ def import_m3vit(path, config=None, *, base=None):
     ------
     CheckpointError
         The file is missing or unreadable, a key is missing or of the wrong
-        shape, a key is unknown, or the checkpoint has one shared gate.
+        shape, a key is unknown, the checkpoint has one shared gate, or it
+        lacks a part of the model and no ``base`` is given.
     """
-    state = _read_m3vit(path)
+    state, additions = _read_m3vit(path)
     gate = m3vit_gate(state)
     if config is None:
         config = _find_config(state, path, gate)
     config = _with_gate(get_config(config) if isinstance(config, str) else config, gate)
     tensors = _match_m3vit(state, config, path)
-    skipped = sum(key.startswith("decoders.") for key in state)
-    kept = ["norm", "heads"]
-    warnings.warn(
-        f"M³ViT checkpoint {path} has no {', '.join(kept)} for moevit: they keep the base model's "
-        f"values ({skipped} decoder tensors of M³ViT's own heads skipped)",
-        stacklevel=2,
-    )
-    return _load(tensors, config, base)
+    for key, value in additions.items():
+        if not key.startswith(("norm.", "heads.")) or key not in _shapes(config):
+            raise CheckpointError(f"M³ViT checkpoint {path}: moevit's part has {key}, which config {config.name!r} lacks")
+        _check_shape(value, _our_shape(config, key), f"M³ViT checkpoint {path}: moevit's {key}", config)
+        tensors[key] = value
+    return _load(tensors, config, base, f"M³ViT checkpoint {path}")
 
 
 def _find_config(state, source, gate):
@@ -280,22 +296,24 @@ def _find_config(state, source, gate):
 
 
 def export_m3vit(model, path):
-    """Write ``model``'s backbone as an M³ViT checkpoint (``{"state_dict": ...}``).
+    """Write ``model`` as an M³ViT checkpoint (``{"state_dict": ...}``).
 
-    The final norm and the heads have no place in M³ViT's naming and are not
-    written. A ``"vmoe"`` model's gates are M³ViT's ``noisy_vmoe`` gates (no
-    ``w_noise``); a ``"renorm"`` model's noise weights are written as
-    ``w_noise`` (M³ViT's ``noisy`` gate).
+    The backbone goes in M³ViT's naming. A ``"vmoe"`` model's gates are
+    M³ViT's ``noisy_vmoe`` gates (no ``w_noise``); a ``"renorm"`` model's
+    noise weights are written as ``w_noise`` (M³ViT's ``noisy`` gate). The
+    final norm and the heads have no place in M³ViT's naming: they go under
+    the top-level key ``moevit``, which M³ViT's loaders do not read, so that
+    importing the file gives ``model`` back exactly.
     """
     state = model.state_dict()
     theirs = OrderedDict()
     for entry in _m3vit_entries(model.config):
         value = state[entry.ours]
         theirs[entry.theirs] = (value.t() if entry.transposed else value).contiguous().clone()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"epoch": 0, "backbone": "VisionTransformer_moe", "state_dict": theirs}, path)
-    return path
+    ours = OrderedDict((key, value.clone()) for key, value in state.items() if key.startswith(("norm.", "heads.")))
+    payload = {"epoch": 0, "backbone": "VisionTransformer_moe", "state_dict": theirs,
+               MOEVIT_KEY: {"state_dict": ours}}
+    return write_atomically(path, lambda partial: torch.save(payload, partial), "M³ViT checkpoint")
 
 
 # Edge-MoE -------------------------------------------------------------------
@@ -333,7 +351,7 @@ def _edge_entries(config):
                 ("fc2_bias", "mlp.fc2.bias"),
             ]
         entries += [(f"l{i}_{theirs}", f"{block}.{ours}", False) for theirs, ours in pairs]
-    # moevit's additions: what follows Edge-MoE's backbone.
+    # moevit's additions: what follows Edge-MoE's backbone (a V-MoE model has no noise weights).
     entries += [("norm_weight", "norm.weight", True), ("norm_bias", "norm.bias", True)]
     for t in range(len(config.tasks)):
         entries += [(f"head_task{t}_weight", f"heads.{t}.weight", True), (f"head_task{t}_bias", f"heads.{t}.bias", True)]
@@ -365,26 +383,26 @@ def import_edge_moe(folder, config="edge-moe", *, base=None):
         The model's config (Edge-MoE's model is ``edge-moe``); the imported
         model's has Edge-MoE's gate rule, :data:`EDGE_MOE_GATE`.
     base : MoEViT, optional
-        Supplies the final norm and the heads when the dump lacks them; a
-        new model by default.
+        Supplies what the dump lacks (Edge-MoE's own dumps: the final norm
+        and the heads); loaded in place and returned.
 
     Raises
     ------
     CheckpointError
         The folder or a file is missing, a file has the wrong number of bytes,
-        or a ``.float32.bin`` file is not part of the naming.
+        a ``.float32.bin`` file is not part of the naming, or the final norm
+        or the heads are missing and no ``base`` is given.
     """
     folder = Path(folder)
     config = _with_gate(get_config(config) if isinstance(config, str) else config, EDGE_MOE_GATE)
     if not folder.is_dir():
         raise CheckpointError(f"Edge-MoE dump folder {folder} does not exist")
-    tensors, used, absent = {}, {"pos_embed"}, []
+    tensors, used = {}, {"pos_embed"}
     for stem, ours, optional in _edge_entries(config):
         path = folder / f"{stem}{BIN_SUFFIX}"
         shape = _our_shape(config, ours)
         if not path.is_file():
             if optional:
-                absent.append(path.name)
                 continue
             raise CheckpointError(
                 f"Edge-MoE dump folder {folder} has no {path.name} (config {config.name!r}: {ours} {shape})"
@@ -409,16 +427,10 @@ def import_edge_moe(folder, config="edge-moe", *, base=None):
         raise CheckpointError(
             f"Edge-MoE dump folder {folder} has files config {config.name!r} does not know: {_first_few(unknown)}"
         )
-    if absent:
-        warnings.warn(
-            f"Edge-MoE dump folder {folder} has no {', '.join(absent)}: the final norm and heads "
-            "keep the base model's values",
-            stacklevel=2,
-        )
-    return _load(tensors, config, base)
+    return _load(tensors, config, base, f"Edge-MoE dump folder {folder}")
 
 
-def export_edge_moe(model, folder, *, heads=True):
+def export_edge_moe(model, folder, *, additions=True):
     """Write ``model`` as Edge-MoE's per-tensor float32 files in ``folder``.
 
     Parameters
@@ -426,9 +438,10 @@ def export_edge_moe(model, folder, *, heads=True):
     model : MoEViT
     folder : str or Path
         Created if missing.
-    heads : bool
+    additions : bool
         Also write moevit's ``norm_*`` and ``head_task{t}_*`` files (Edge-MoE
-        itself reads neither).
+        itself reads neither), so that importing the folder gives ``model``
+        back.
 
     Returns
     -------
@@ -448,7 +461,7 @@ def export_edge_moe(model, folder, *, heads=True):
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = model.state_dict()
-    files = {stem: state[ours] for stem, ours, optional in _edge_entries(model.config) if heads or not optional}
+    files = {stem: state[ours] for stem, ours, optional in _edge_entries(model.config) if additions or not optional}
     pos = state["pos_embed"][0].clone()
     pos[0] += state["cls_token"][0, 0]  # Edge-MoE's token 0 is pos_embed[0] alone
     files["pos_embed"] = pos
@@ -458,28 +471,58 @@ def export_edge_moe(model, folder, *, heads=True):
 
 
 # Shared ---------------------------------------------------------------------
-def _our_shape(config, key):
-    """Shape of our parameter ``key`` for ``config`` (from a model on the meta device)."""
+def _shapes(config) -> dict:
+    """Name -> shape of every tensor of a model of ``config`` (built on the meta device)."""
     cache = _SHAPES.get(config)
     if cache is None:
         with torch.device("meta"):
             cache = {name: tuple(value.shape) for name, value in MoEViT(config).state_dict().items()}
         _SHAPES[config] = cache
-    return cache[key]
+    return cache
+
+
+def _our_shape(config, key):
+    """Shape of our parameter ``key`` for ``config``."""
+    return _shapes(config)[key]
 
 
 _SHAPES = {}
 
 
-def _load(tensors, config, base):
+def _check_shape(value, expected, what, config):
+    if tuple(value.shape) != tuple(expected):
+        raise CheckpointError(f"{what} has shape {tuple(value.shape)}; config {config.name!r} expects {tuple(expected)}")
+
+
+def _parts(keys) -> list:
+    """The parts of the model that ``keys`` belong to, in words."""
+    words = {"norm.": "the final norm", "heads.": "the heads"}
+    parts = []
+    for key in keys:
+        part = next((word for prefix, word in words.items() if key.startswith(prefix)), None)
+        part = part or key
+        if part not in parts:
+            parts.append(part)
+    return parts
+
+
+def _load(tensors, config, base, source):
+    """A model of ``config`` with ``tensors``; what they lack comes from ``base``, or is an error."""
+    missing = [key for key in _shapes(config) if key not in tensors]
     if base is None:
-        base = MoEViT(config)
+        if missing:
+            raise CheckpointError(
+                f"{source} lacks {', '.join(_parts(missing))} of moevit's model: take them from a "
+                f"moevit checkpoint of config {config.name!r} (--base CKPT)"
+            )
+        base = MoEViT(config).eval()
     elif base.config != config:
         raise CheckpointError(
             f"The base model has config {base.config.name!r}; the weights are for {config.name!r}"
         )
     state = base.state_dict()
     for key, value in tensors.items():
+        check_finite(f"{source}: {key}", value)
         state[key] = value.to(state[key].dtype).clone()
     base.load_state_dict(state, strict=True)
     return base

@@ -50,6 +50,7 @@ def evaluate_integer(qmodel, dataset, *, tasks=None, progress=False) -> dict:
     import torch
     from tqdm import tqdm
 
+    from moevit.model.evaluate import check_metrics_defined
     from moevit.model.golden import run
     from moevit.model.metrics import TaskMetrics
 
@@ -65,7 +66,9 @@ def evaluate_integer(qmodel, dataset, *, tasks=None, progress=False) -> dict:
             prediction = torch.from_numpy(run(qmodel, image, name, record=False).prediction[None])
             metrics.update(name, prediction, sample[name][None])
     results = metrics.results()
-    return {name: results[name] for name in names}
+    results = {name: results[name] for name in names}
+    check_metrics_defined(results, config, dataset)
+    return results
 
 
 def compare_rows(config, float_metrics, integer_metrics) -> list:
@@ -94,58 +97,72 @@ def format_comparison(rows) -> list:
 
 
 # command line ----------------------------------------------------------------
-def _quantize_checkpoint(args):
-    """The checkpoint's model quantized on its training split's first images."""
-    from moevit.model.checkpoint import load_checkpoint
-    from moevit.model.data import SyntheticDataset
+def _calibrate(args, model):
+    """``model`` quantized on the first ``--calibration`` images of the training
+    split of the data the command line names (``--data``; synthetic by default),
+    and the number of images used."""
+    from moevit.model.commands import open_data
     from moevit.model.quantize import quantize
 
-    model, meta = load_checkpoint(args.checkpoint)
-    config = meta["config"]
-    train = SyntheticDataset(config, "train", size=max(args.calibration, 1), seed=args.data_seed)
-    images = calibration_images(train, args.calibration)
-    return model, quantize(model, images, progress=not getattr(args, "quiet", False))
+    count = args.calibration or DEFAULT_CALIBRATION
+    size = count if args.data == "synthetic" else None  # render only what calibration reads
+    images = calibration_images(open_data(args, model.config, "train", size), count)
+    return quantize(model, images, progress=not getattr(args, "quiet", False)), len(images)
 
 
 def _quantize_command(args):
+    from moevit.model.checkpoint import load_checkpoint
+    from moevit.model.commands import check_data_options
     from moevit.model.quantize import save_quantized
-    from moevit.paths import build_dir
+    from moevit.paths import build_dir, output_file
 
-    _, qmodel = _quantize_checkpoint(args)
-    path = args.output or str(build_dir("quantized") / f"{qmodel.config.name}.npz")
+    check_data_options(args)
+    model, meta = load_checkpoint(args.checkpoint)
+    path = output_file(args.output or build_dir("quantized") / f"{meta['config'].name}.npz", "quantized model")
+    qmodel, count = _calibrate(args, model)
     save_quantized(path, qmodel)
-    print(f"quantized {qmodel.config.name} on {args.calibration} calibration images: {path}")
+    print(f"quantized {qmodel.config.name} on {count} {args.data} calibration images: {path}")
     print(f"checksum {qmodel.checksum()}")
     print(f"source: the weights of {args.checkpoint} (sha256 {qmodel.source_sha256})")
 
 
 def add_quantize_command(subparsers):
-    """``moevit quantize --checkpoint C [-o FILE]``."""
+    """``moevit quantize --checkpoint C [-o FILE] [--data NAME --data-root DIR]``."""
+    from moevit.cli import positive_int
+    from moevit.model.commands import add_data_arguments
+
     parser = subparsers.add_parser("quantize", help="int8 post-training quantization: the quantized-model file")
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("-o", "--output", default=None, help="default build/quantized/CONFIG.npz")
-    parser.add_argument("--calibration", type=int, default=DEFAULT_CALIBRATION, help="calibration images (train split)")
-    parser.add_argument("--data-seed", type=int, default=0)
+    parser.add_argument("--calibration", type=positive_int, default=DEFAULT_CALIBRATION,
+                        help=f"calibration images: the first of the training split (default {DEFAULT_CALIBRATION})")
+    add_data_arguments(parser)
     parser.add_argument("--quiet", action="store_true")
     parser.set_defaults(handler=_quantize_command)
 
 
 def add_integer_arguments(parser):
     """``--integer``, ``--quantized`` and ``--calibration`` of ``moevit eval``."""
+    from moevit.cli import positive_int
+
     parser.add_argument("--integer", action="store_true", help="also evaluate the integer golden model, side by side")
     parser.add_argument("--quantized", default=None, help="quantized-model file (default: quantize the checkpoint)")
-    parser.add_argument("--calibration", type=int, default=DEFAULT_CALIBRATION, help="calibration images (train split)")
+    parser.add_argument("--calibration", type=positive_int, default=None,
+                        help=f"calibration images of the training split (default {DEFAULT_CALIBRATION}; not with --quantized)")
 
 
 def integer_model(args, model):
-    """The quantized model ``moevit eval --integer`` evaluates beside ``model``
-    (read from ``--checkpoint``): ``--quantized``, which must have been
-    quantized from that checkpoint's weights, or the checkpoint quantized now.
+    """The golden model of ``moevit eval --integer``: the ``--quantized``
+    file, which must have been quantized from the weights of ``model`` (read
+    from ``--checkpoint``), or ``model`` quantized now on the named data.
     Called before any evaluation, so a mismatch stops the command at once."""
+    from moevit.errors import UsageError
     from moevit.model.quantize import check_source, load_quantized
 
     if not args.quantized:
-        return _quantize_checkpoint(args)[1]
+        return _calibrate(args, model)[0]
+    if args.calibration is not None:
+        raise UsageError("--calibration does nothing with --quantized (the file is already calibrated)")
     qmodel = load_quantized(args.quantized, model.config)
     check_source(qmodel, model.state_dict(), quantized=args.quantized, checkpoint=args.checkpoint)
     return qmodel
@@ -274,23 +291,13 @@ def _bench_command(args):
     print(f"integer golden model (numpy), one CPU, one BLAS thread: mean and best of {args.repeat} runs")
 
 
-def _positive_int(text):
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        value = None
-    if value is None or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
-    return value
-
-
 def register_bench(benches):
     """``moevit bench golden [--json] [--config NAME ...] [--repeat N]``."""
+    from moevit.cli import positive_int
+
     parser = benches.add_parser("golden", help="integer golden model: time per image and task (one core)")
     parser.add_argument("--config", nargs="+", default=None, help="configs (default: tiny edge-moe)")
-    parser.add_argument("--repeat", type=_positive_int, default=10)
+    parser.add_argument("--repeat", type=positive_int, default=10)
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(handler=_bench_command)
 

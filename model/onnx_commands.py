@@ -31,24 +31,54 @@ def _task_arg(text):
     return int(text) if text.lstrip("-").isdigit() else text
 
 
-def _export(args):
-    from moevit.model.config import get_config
+def _check_export_options(args):
+    """Reject the options that the chosen graph would ignore."""
+    from moevit.errors import UsageError
 
+    if args.quantized:
+        for option, why in (("checkpoint", "the weights"), ("seed", "the weights"), ("batch", "its batch (1)")):
+            if getattr(args, option) is not None:
+                raise UsageError(f"--{option} does nothing with --quantized: the quantized file fixes {why}")
+    elif args.checkpoint and args.seed is not None:
+        raise UsageError("--seed does nothing with --checkpoint: it seeds random weights only")
+
+
+def _export(args):
+    from tqdm import tqdm
+
+    from moevit.model.config import get_config
+    from moevit.paths import output_file, write_atomically
+
+    _check_export_options(args)
+    config = get_config(args.config)
     task = _task_arg(args.task)
+    if task != "any":
+        config.task_index(task)  # a clear error now, not after loading
+    output = output_file(args.output, "ONNX file")
     if args.quantized:
         from moevit.model.onnx_qdq import export_qdq
         from moevit.model.quantize import load_quantized
 
-        qmodel = load_quantized(args.quantized, get_config(args.config))
-        path = export_qdq(qmodel, task, args.output, source=str(Path(args.quantized).resolve()))
+        qmodel = load_quantized(args.quantized, config)
+        source = str(Path(args.quantized).resolve())
+        stage, export = "export of the QDQ graph", lambda file: export_qdq(qmodel, task, file, source=source)
     else:
         from moevit.model.onnx_export import export_onnx
 
-        model, weights = _model(args.config, args.checkpoint, args.seed)
-        path = export_onnx(model, task, args.output, batch=args.batch, weights=weights)
+        model, weights = _model(args.config, args.checkpoint, args.seed or 0)
+        stage = "export (torch.export, torch.onnx)"
+        export = lambda file: export_onnx(model, task, file, batch=args.batch or 1, weights=weights)  # noqa: E731
     from moevit.model.onnx_check import read_graph
 
-    proto, meta = read_graph(path)
+    # The export takes most of the time (30 s for edge-moe), then the check: say which one runs.
+    bar_format = "export-onnx, {desc}{n}/{total} stages done, {elapsed}"
+    with tqdm(total=2, disable=args.quiet, bar_format=bar_format) as stages:
+        stages.set_description(stage)
+        path = write_atomically(output, export, "ONNX file")  # an interrupted export leaves no file
+        stages.set_description("check (onnx.checker)", refresh=False)
+        stages.update()
+        proto, meta = read_graph(path)
+        stages.update()
     ops = sorted({node.op_type for node in proto.graph.node})
     print(
         f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB): {meta['moevit.kind']} graph of "
@@ -161,6 +191,7 @@ def _check(args):
 
 def register_onnx(subparsers):
     """Add ``export-onnx``, ``check-onnx`` and ``onnx-stats``."""
+    from moevit.cli import non_negative_int, positive_int
     from moevit.model.config import DEFAULT_CONFIG
 
     export = subparsers.add_parser(
@@ -169,11 +200,12 @@ def register_onnx(subparsers):
     )
     export.add_argument("--config", default=DEFAULT_CONFIG)
     export.add_argument("--checkpoint", default=None, help="float weights (default: random, --seed)")
-    export.add_argument("--seed", type=int, default=0, help="seed of random weights")
+    export.add_argument("--seed", type=non_negative_int, default=None, help="seed of random weights (default 0)")
     export.add_argument("--quantized", default=None, help="a quantized-model file: export its QDQ graph")
     export.add_argument("--task", required=True, help="a task name or index, or 'any'")
-    export.add_argument("--batch", type=int, default=1, help="fixed batch size (float graphs)")
+    export.add_argument("--batch", type=positive_int, default=None, help="fixed batch size of float graphs (default 1)")
     export.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    export.add_argument("--quiet", action="store_true", help="no progress")
     export.set_defaults(handler=_export)
 
     check = subparsers.add_parser(

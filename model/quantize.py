@@ -66,11 +66,12 @@ from pathlib import Path
 
 import numpy as np
 
-from moevit.errors import CheckpointError, ConfigError, first_line
+from moevit.errors import CheckpointError, ConfigError, check_finite, first_line
 from moevit.model import intops
 from moevit.model.config import ModelConfig
 from moevit.model.golden import quantize_image as _quantize_tensor  # clip8(floor(x / scale + 1/2)), as the host
 from moevit.model.intops import QuantizationError
+from moevit.paths import write_atomically
 
 __all__ = [
     "FORMAT",
@@ -168,6 +169,7 @@ def calibrate(model, images, *, batch_size=32, progress=False) -> dict:
     if len(images) == 0:
         raise QuantizationError("Calibration needs at least one image, not 0")
     model.check_images(images)
+    check_finite("Calibration images", images)
     config = model.config
     record = _Recorder()
     hooks = []
@@ -392,8 +394,6 @@ def _checksum(arrays) -> str:
 
 def save_quantized(path, qmodel: QuantizedModel) -> Path:
     """Write ``qmodel`` to ``path`` (one ``.npz``, see the module doc)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     header = {
         "format": FORMAT,
         "version": VERSION,
@@ -405,10 +405,7 @@ def save_quantized(path, qmodel: QuantizedModel) -> Path:
     payload[HEADER] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
     buffer = io.BytesIO()
     np.savez(buffer, **payload)
-    partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(buffer.getvalue())
-    partial.replace(path)
-    return path
+    return write_atomically(path, lambda partial: partial.write_bytes(buffer.getvalue()), "quantized model")
 
 
 def _expected_layout(config: ModelConfig) -> dict:

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from moevit.errors import CheckpointError, ConfigError
+from moevit.errors import CheckpointError, ConfigError, NonFiniteError, UsageError, check_finite
 from moevit.model.checkpoint import load_checkpoint, save_checkpoint
 from moevit.model.config import ModelConfig, check_positive
 from moevit.model.data import batch_of
@@ -102,8 +102,12 @@ class TrainOptions:
         check_positive("Batch size", self.batch_size)
         if self.dtype not in DTYPES:
             raise ConfigError(f"Training dtype must be one of {list(DTYPES)}, not {self.dtype!r}")
-        if not self.lr > 0:
-            raise ConfigError(f"Learning rate must be positive, not {self.lr!r}")
+        if not 0 < self.lr < math.inf:
+            raise ConfigError(f"Learning rate must be a positive finite number, not {self.lr!r}")
+        for what, value in (("Warm-up", self.warmup), ("Checkpoint interval", self.checkpoint_every),
+                            ("Seed", self.seed)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"{what} must be a non-negative integer, not {value!r}")
 
 
 @dataclass
@@ -139,11 +143,14 @@ class MultiTaskLoss(nn.Module):
                 images, t, noise=None if noise is None else noise[t], return_aux=True
             )
             target = targets[task.name]
+            # Means over the valid pixels; a batch without one teaches nothing (0, not nan).
             if task.kind == "semseg":
-                loss = F.cross_entropy(prediction, target, ignore_index=IGNORE)
+                valid = target != IGNORE
+                loss = F.cross_entropy(prediction, target, ignore_index=IGNORE, reduction="sum")
             else:
                 valid = target > 0
-                loss = (prediction - target).abs()[valid].mean()
+                loss = (prediction - target).abs()[valid].sum()
+            loss = loss / valid.sum().clamp(min=1)
             losses.append(loss.detach())
             total = total + self.task_weights[t] * loss + self.aux_weight * aux
         return total, torch.stack(losses)
@@ -252,6 +259,11 @@ def train(config: ModelConfig, options: TrainOptions, dataset, *, resume=None, p
         optimizer.load_state_dict(extra["optimizer"])
         scheduler.load_state_dict(extra["scheduler"])
         start = int(extra["step"])
+        if start >= options.steps:
+            raise UsageError(
+                f"Checkpoint {resume} is already at step {start}; --steps {options.steps} leaves "
+                f"nothing to train (give more than {start} steps)"
+            )
     else:
         _init_depth_heads(model, dataset, options)
     net = MultiTaskLoss(model, options.aux_weight, options.task_weights)
@@ -272,6 +284,9 @@ def train(config: ModelConfig, options: TrainOptions, dataset, *, resume=None, p
     )
 
     def save(step):
+        # Never save a diverged model (every rank checks, so all stop together).
+        for name, value in model.state_dict().items():
+            check_finite(f"Training diverged by step {step} (--lr {options.lr:g}): weight {name}", value)
         if options.checkpoint and rank == 0:
             save_checkpoint(
                 options.checkpoint,
@@ -291,6 +306,7 @@ def train(config: ModelConfig, options: TrainOptions, dataset, *, resume=None, p
         mine = slice(rank * local, (rank + 1) * local)
         batch = batch_of(dataset, indices[mine])
         batch = {k: v.to(dtype) if v.is_floating_point() else v for k, v in batch.items()}
+        check_finite(f"Training images of step {step + 1}", batch["image"])
         noise = gate_noise(model, step, options.batch_size, options.seed)[:, :, mine].to(dtype)
         total, losses = net(batch["image"], batch, noise)
         optimizer.zero_grad(set_to_none=False)
@@ -303,6 +319,13 @@ def train(config: ModelConfig, options: TrainOptions, dataset, *, resume=None, p
 
             dist.all_reduce(shown)
             shown /= world
+        if not bool(torch.isfinite(shown).all()):
+            named = [*zip(config.task_names, shown[1:].tolist()), ("total", float(shown[0]))]
+            what, value = next((what, value) for what, value in named if not math.isfinite(value))
+            raise NonFiniteError(
+                f"Training diverged at step {step + 1} (--lr {options.lr:g}): the {what} loss is {value}; "
+                "nothing of this run after the last checkpoint is saved"
+            )
         task_losses = dict(zip(config.task_names, shown[1:].tolist()))
         history.append([step + 1, float(shown[0]), task_losses])
         bar.set_postfix(loss=f"{history[-1][1]:.3f}", **{k: f"{v:.3f}" for k, v in task_losses.items()})

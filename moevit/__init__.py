@@ -3,6 +3,71 @@
 The sub-packages live in the repository's top-level folders (``model/`` is
 ``moevit.model``, ``hw/`` is ``moevit.hw``, ...); this package holds what they
 share: the error types, the build folder and the command line.
+
+It also names the flow's main objects, for a notebook::
+
+    import moevit
+
+    model, meta = moevit.load_checkpoint("build/demo/tiny/model.pt")
+    images = moevit.SyntheticDataset(model.config, "val", size=8).images
+    qmodel = moevit.quantize(model, images)                      # int8, calibrated
+    depth = moevit.golden_predict(qmodel, images, "depth")       # the integer golden model
+    moevit.export_onnx(model, "semseg", "build/tiny-semseg.onnx")
+    hw = moevit.get_hw_config("tiny")
+
+Each name is imported on first use (torch, onnx and amaranth are heavy), so
+``import moevit`` and ``moevit --help`` stay fast.
 """
 
+import importlib
+
+from moevit.errors import CheckpointError, ConfigError, MoevitError
+
 __version__ = "0.1.0"
+
+# name -> "module:attribute", imported on first access (PEP 562).
+_LAZY = {
+    # configs
+    "CONFIGS": "moevit.model.config:CONFIGS",
+    "ModelConfig": "moevit.model.config:ModelConfig",
+    "TaskSpec": "moevit.model.config:TaskSpec",
+    "get_config": "moevit.model.config:get_config",
+    # the float model, its data, training and evaluation
+    "MoEViT": "moevit.model.moevit:MoEViT",
+    "load_checkpoint": "moevit.model.checkpoint:load_checkpoint",
+    "save_checkpoint": "moevit.model.checkpoint:save_checkpoint",
+    "SyntheticDataset": "moevit.model.data:SyntheticDataset",
+    "open_dataset": "moevit.model.datasets:open_dataset",
+    "TrainOptions": "moevit.model.train:TrainOptions",
+    "train": "moevit.model.train:train",
+    "evaluate": "moevit.model.evaluate:evaluate",
+    # quantization and the integer golden model
+    "QuantizedModel": "moevit.model.quantize:QuantizedModel",
+    "quantize": "moevit.model.quantize:quantize",
+    "load_quantized": "moevit.model.quantize:load_quantized",
+    "save_quantized": "moevit.model.quantize:save_quantized",
+    "golden_predict": "moevit.model.golden:predict",
+    "golden_run": "moevit.model.golden:run",
+    # ONNX
+    "export_onnx": "moevit.model.onnx_export:export_onnx",
+    "export_qdq": "moevit.model.onnx_qdq:export_qdq",
+    # hardware
+    "HwConfig": "moevit.hw.config:HwConfig",
+    "get_hw_config": "moevit.hw.config:get_hw_config",
+}
+
+__all__ = ["__version__", "MoevitError", "ConfigError", "CheckpointError", *_LAZY]
+
+
+def __getattr__(name):
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module 'moevit' has no attribute {name!r}")
+    module, attribute = target.split(":")
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value  # later accesses skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -4,7 +4,17 @@ The command line prints these as one line and exits with status 2; anything
 else is a bug and keeps its traceback.
 """
 
-__all__ = ["MoevitError", "ConfigError", "CheckpointError", "ToolNotFoundError", "first_line"]
+__all__ = [
+    "MoevitError",
+    "ConfigError",
+    "CheckpointError",
+    "ToolNotFoundError",
+    "OutputPathError",
+    "NonFiniteError",
+    "UsageError",
+    "first_line",
+    "check_finite",
+]
 
 
 class MoevitError(Exception):
@@ -23,7 +33,50 @@ class ToolNotFoundError(MoevitError, FileNotFoundError):
     """An external tool (Vivado, Vitis, a simulator, a board) is not installed."""
 
 
+class OutputPathError(MoevitError, ValueError):
+    """An output cannot be written where the user asked: a folder where a file
+    is needed, a file where a folder is needed, an unwritable place, an
+    unsupported file type."""
+
+
+class NonFiniteError(MoevitError, ValueError):
+    """A NaN or an infinity where only finite numbers make sense: input
+    pixels, weights, a training run that diverged."""
+
+
+class UsageError(MoevitError, ValueError):
+    """Command-line options that contradict each other or would do nothing."""
+
+
 def first_line(error: BaseException) -> str:
     """A library's exception as a one-line reason to quote in a user-facing error."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def check_finite(what: str, values) -> None:
+    """A :class:`NonFiniteError` naming the first NaN or infinity of ``values``.
+
+    ``values`` is a numpy array or a torch tensor; the message reads
+    ``"<what>: found nan at index (0, 2, 5, 7)"``.
+    """
+    import numpy as np
+
+    if hasattr(values, "detach"):  # a torch tensor; torch is not imported here
+        import torch
+
+        finite = torch.isfinite(values)
+        if bool(finite.all()):
+            return
+        values, finite = values.detach().cpu().double().numpy(), finite.cpu().numpy()
+    else:
+        values = np.asarray(values)
+        if not np.issubdtype(values.dtype, np.floating) and not np.issubdtype(values.dtype, np.complexfloating):
+            return  # integers are always finite
+        finite = np.isfinite(values)
+        if finite.all():
+            return
+    index = tuple(int(i) for i in np.argwhere(~finite)[0])
+    value = values[index]
+    where = f" at index {index}" if index else ""
+    raise NonFiniteError(f"{what}: found {value}{where}")

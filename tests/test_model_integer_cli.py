@@ -24,7 +24,7 @@ def test_quantize_writes_a_file_the_golden_model_runs(checkpoint, tmp_path, caps
     out = tmp_path / "tiny.npz"
     assert main(["quantize", "--checkpoint", str(checkpoint), "-o", str(out), "--calibration", "4", "--quiet"]) == 0
     printed = capsys.readouterr().out
-    assert f"quantized tiny on 4 calibration images: {out}" in printed
+    assert f"quantized tiny on 4 synthetic calibration images: {out}" in printed
     qmodel = load_quantized(out, get_config("tiny"))
     assert re.search(rf"checksum {qmodel.checksum()}", printed)
     source = weights_sha256(read_checkpoint(checkpoint)["state_dict"])
@@ -73,7 +73,9 @@ def test_bench_golden_json_rows(capsys):
 def test_quantize_rejects_an_empty_calibration_set(checkpoint, tmp_path, capsys):
     args = ["quantize", "--checkpoint", str(checkpoint), "-o", str(tmp_path / "q.npz"), "--calibration", "0", "--quiet"]
     assert main(args) == 2
-    assert capsys.readouterr().err == "moevit: error: Calibration needs at least one image, not 0\n"
+    assert capsys.readouterr().err == (
+        "moevit: error: argument --calibration: must be a positive integer, not '0' (see: moevit quantize --help)\n"
+    )
 
 
 def test_quantize_rejects_a_negative_calibration_count():

@@ -243,7 +243,8 @@ def test_bad_batch_is_a_clear_error(tmp_path):
 def test_commands_export_check_and_stats(tmp_path, capsys):
     path = tmp_path / "tiny-depth.onnx"
     assert main(["export-onnx", "--config", "tiny", "--task", "1", "-o", str(path)]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "export-onnx, check (onnx.checker): 2/2 stages done" in err  # the progress, on stderr
     assert re.search(r"float graph of 'tiny', task 'depth', opset 18, \d+ nodes; onnx.checker full check passed", out)
     assert main(["check-onnx", str(path)]) == 0  # the JSON form: test_qdq_commands
     out = capsys.readouterr().out

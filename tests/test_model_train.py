@@ -12,7 +12,7 @@ from moevit.model.data import SyntheticDataset
 from moevit.model.evaluate import evaluate
 from moevit.model.metrics import chance_metrics
 from moevit.model.moevit import MoEViT
-from moevit.model.train import TrainOptions, global_batch_indices, train
+from moevit.model.train import MultiTaskLoss, TrainOptions, global_batch_indices, train
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -91,7 +91,11 @@ def test_batch_order_is_a_permutation_per_epoch():
     [
         ({"steps": 0}, r"^Steps must be a positive integer, not 0$"),
         ({"batch_size": -2}, r"^Batch size must be a positive integer, not -2$"),
-        ({"lr": 0.0}, r"^Learning rate must be positive, not 0\.0$"),
+        ({"lr": 0.0}, r"^Learning rate must be a positive finite number, not 0\.0$"),
+        ({"lr": float("nan")}, r"^Learning rate must be a positive finite number, not nan$"),
+        ({"warmup": -1}, r"^Warm-up must be a non-negative integer, not -1$"),
+        ({"checkpoint_every": -5}, r"^Checkpoint interval must be a non-negative integer, not -5$"),
+        ({"seed": -1}, r"^Seed must be a non-negative integer, not -1$"),
         ({"dtype": "float16"}, r"^Training dtype must be one of \['float32', 'float64'\], not 'float16'$"),
     ],
 )
@@ -106,7 +110,8 @@ def test_batch_larger_than_the_set_is_a_clear_error(small_set):
 
 
 def test_two_ddp_processes_equal_one(tmp_path, small_set):
-    """torchrun with 2 CPU processes (gloo) gives the weights of 1 process on the same data.
+    """2 CPU processes (gloo, started by ``moevit train --nproc-per-node 2`` as torchrun
+    would) give the weights of 1 process on the same data.
 
     In float64 the two differ only by the order of float additions (gradient
     all-reduce, per-share sums): measured 2e-15, checked at 1e-12. (In float32 the
@@ -116,8 +121,7 @@ def test_two_ddp_processes_equal_one(tmp_path, small_set):
     checkpoint = tmp_path / "ddp.pt"
     env = {**os.environ, "MOEVIT_BUILD": str(tmp_path / "build"), "OMP_NUM_THREADS": "1"}
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-        "-m", "moevit", "train", "--config", "tiny", "--steps", "4", "--batch-size", "8",
+        sys.executable, "-m", "moevit", "train", "--nproc-per-node", "2", "--config", "tiny", "--steps", "4", "--batch-size", "8",
         "--train-size", "32", "--warmup", "2", "--dtype", "float64", "--quiet",
         "--checkpoint", str(checkpoint),
     ]
@@ -136,3 +140,17 @@ def test_two_ddp_processes_equal_one(tmp_path, small_set):
         assert torch.allclose(a, b, rtol=0, atol=1e-12), (name, (a - b).abs().max())
         moved = max(moved, float((a - initial[name]).detach().abs().max()))
     assert moved > 1e-3
+
+
+def test_a_batch_without_valid_pixels_adds_nothing_to_the_loss(small_set):
+    # Real data has images whose labels are all 'ignore' or whose depth is all invalid:
+    # their task loss is 0 (nothing to learn), not nan (which would stop training as diverged).
+    torch.manual_seed(0)
+    net = MultiTaskLoss(MoEViT(TINY), aux_weight=0.0)
+    batch = small_set.batch(range(2))
+    _, losses = net(batch["image"], batch)
+    assert (losses > 0).all()
+    batch["semseg"][:] = 255
+    batch["depth"][:] = 0
+    total, losses = net(batch["image"], batch)
+    assert losses.tolist() == [0.0, 0.0] and float(total.detach()) == 0.0

@@ -112,6 +112,17 @@ def test_another_array_shape_at_its_buffer_limits():
     run_ops(hw, ops, "linear-array-3x8-limits", gaps="random", stall="random", seed=3)
 
 
+def test_gate_then_expert_back_to_back_on_m3vit_s():
+    """Regression (issue 11): on the 8 x 32 array with 8 post lanes, the MoE gate on the
+    last 177-token chunk (one out tile, 1 valid row in its last token tile) followed by
+    a 16 x 384 -> 64 operation gave 238 of 1,024 wrong outputs: the second operation
+    issued on the gate's weight bank before its own weights arrived."""
+    hw = DEFAULT_HW["m3vit-s"]
+    rng = np.random.default_rng(11)
+    ops = [random_op(hw, rng, 177, 384, 16), random_op(hw, rng, 16, 384, 64)]
+    run_ops(hw, ops, "linear-m3vit-s-gate-then-expert", simulator="verilator")
+
+
 @pytest.mark.slow
 def test_many_random_shapes():
     """Twelve seeded random shapes back to back, up to the tiny buffers' limits."""

@@ -23,7 +23,8 @@ Dataflow (output-stationary, out tile outermost)::
   ``chan`` stream) load while the current one computes.
 * At the end of a tile the accumulators are copied into a shadow bank and
   the next tile starts at once; the shadow bank drains ``post_lanes`` values
-  per cycle (``rows * cols / post_lanes`` cycles per tile) through as many
+  per cycle (``valid rows * cols / post_lanes`` cycles per tile: the padding
+  rows of a ragged last token tile are never drained) through as many
   lanes of requantization (bias add, multiply, round, shift, saturate), the
   optional integer GELU with its requantization, and the optional residual
   add; the chunks of a token row gather into one output beat in the output
@@ -131,7 +132,9 @@ class LinearKernel(wiring.Component):
     y : Out(stream.Signature)
         Outputs.
     busy : Out(1)
-        An operation is in progress.
+        Some stage holds work of an operation (the AND of the stages' idle
+        signals, negated); the kernel takes the next descriptor only when it
+        is low, so no stage ever starts an operation on the state of another.
     """
 
     def __init__(self, hw: HwConfig):
@@ -168,13 +171,17 @@ class LinearKernel(wiring.Component):
         ww = max(1, (2 * hw.max_in - 1).bit_length())
 
         # Operation registers -------------------------------------------------
+        # `active`: from the descriptor's acceptance to the operation's last beat
+        # entering the output FIFO. The kernel is idle (and takes the next
+        # descriptor) when every stage is: see `busy` at the end.
         d = Signal(LinearDescriptor.layout())
+        active = Signal()
         busy = Signal()
-        m.d.comb += [self.busy.eq(busy), self.desc.ready.eq(~busy)]
         start = Signal()
-        m.d.comb += start.eq(self.desc.valid & ~busy)
+        m.d.comb += [self.busy.eq(busy), self.desc.ready.eq(~busy),
+                     start.eq(self.desc.valid & ~busy)]
         with m.If(start):
-            m.d.sync += [d.eq(self.desc.payload), busy.eq(1)]
+            m.d.sync += [d.eq(self.desc.payload), active.eq(1)]
         in_last = Signal(16)
         m.d.comb += in_last.eq(d.in_features - 1)
 
@@ -188,7 +195,7 @@ class LinearKernel(wiring.Component):
         x_tt = Signal(16)
         x_done = Signal()
         m.d.comb += [
-            self.x.ready.eq(busy & ~x_done),
+            self.x.ready.eq(active & ~x_done),
             x_wr.addr.eq(x_count),
             x_wr.data.eq(self.x.payload.data.as_value()),
             x_wr.en.eq(self.x.valid & self.x.ready),
@@ -217,7 +224,7 @@ class LinearKernel(wiring.Component):
         l_w_got = Signal()
         l_c_got = Signal()
         l_free = Signal()
-        m.d.comb += l_free.eq(busy & (l_ot != d.out_tiles) & ~Mux(l_bank, full[1], full[0]))
+        m.d.comb += l_free.eq(active & (l_ot != d.out_tiles) & ~Mux(l_bank, full[1], full[0]))
         m.d.comb += [
             self.w.ready.eq(l_free & ~l_w_got),
             self.chan.ready.eq(l_free & ~l_c_got),
@@ -261,7 +268,7 @@ class LinearKernel(wiring.Component):
         m.d.comb += is_last.eq(c_i == in_last)
         go = Signal()
         m.d.comb += go.eq(
-            busy & (c_ot != d.out_tiles) & Mux(c_bank, full[1], full[0])
+            active & (c_ot != d.out_tiles) & Mux(c_bank, full[1], full[0])
             & (x_done | (x_addr < x_count))
             & ~(is_last & (pending | shadow_busy)))
         m.d.comb += [
@@ -347,7 +354,9 @@ class LinearKernel(wiring.Component):
                          for j in range(R * k - 1) for p in range(P)]
             with m.If(sh_q == k - 1):
                 m.d.sync += [sh_q.eq(0), sh_row.eq(sh_row + 1)]
-                with m.If(sh_row == R - 1):
+                # Only the tile's valid rows drain: padding rows never hold
+                # the shadow bank (nor the weight bank, below).
+                with m.If(sh_row == sh_tag.rows - 1):
                     m.d.sync += shadow_busy.eq(0)
                     with m.If(sh_tag.end_ot):
                         for b in range(2):
@@ -368,7 +377,7 @@ class LinearKernel(wiring.Component):
         s0 = Signal(side)
         with m.If(en):
             m.d.sync += [
-                s0.valid.eq(pop & (sh_row < sh_tag.rows)),
+                s0.valid.eq(pop),
                 s0.last.eq(sh_tag.end_op & (sh_row == sh_tag.rows - 1) & (sh_q == k - 1)),
                 s0.row_end.eq(sh_q == k - 1),
                 s0.q.eq(sh_q),
@@ -386,6 +395,8 @@ class LinearKernel(wiring.Component):
             with m.If(en):
                 m.d.sync += out.eq(sig)
             return out
+
+        post_valid = [s0.valid]  # every stage's valid bit of the post-processing
 
         lane_out = []
         for p in range(P):
@@ -440,6 +451,7 @@ class LinearKernel(wiring.Component):
         side_pre = s0
         for n in range(n_requant - 1 + n_gelu):
             side_pre = delay(side_pre, f"side{n}")
+            post_valid.append(side_pre.valid)
         need_res = Signal()
         m.d.comb += need_res.eq(side_pre.valid & d.residual & (side_pre.q == 0))
         skip_in = self.res.payload.data
@@ -476,6 +488,7 @@ class LinearKernel(wiring.Component):
         side_out = side_pre
         for n in range(3):
             side_out = delay(side_out, f"side_r{n}")
+            post_valid.append(side_out.valid)
 
         # Output: k chunks gather into one beat of C lanes, then the FIFO -------
         masked = [Signal(signed(8), name=f"out{p}") for p in range(P)]
@@ -508,10 +521,26 @@ class LinearKernel(wiring.Component):
             fifo.r_en.eq(self.y.ready),
         ]
 
-        # End of the operation: its last beat enters the FIFO.
+        # End of the operation: its last beat enters the FIFO. The stages'
+        # counters restart with the next descriptor.
         with m.If(en & side_out.valid & side_out.last):
-            m.d.sync += [busy.eq(0), x_count.eq(0), x_i.eq(0), x_tt.eq(0), x_done.eq(0),
-                         l_ot.eq(0), l_bank.eq(0), c_ot.eq(0), c_bank.eq(0), c_o0.eq(0)]
+            m.d.sync += active.eq(0)
+        with m.If(start):
+            m.d.sync += [x_count.eq(0), x_i.eq(0), x_tt.eq(0), x_done.eq(0),
+                         l_ot.eq(0), l_i.eq(0), l_c.eq(0), l_bank.eq(0),
+                         l_w_got.eq(0), l_c_got.eq(0),
+                         c_ot.eq(0), c_tt.eq(0), c_i.eq(0), c_bank.eq(0),
+                         c_base.eq(0), c_t0.eq(0), c_o0.eq(0)]
+
+        # Idle is the AND of the stages' own idle signals: the loader, input and
+        # issue counters (under `active`), the MAC pipeline, a tile waiting for
+        # or in the shadow bank, a loaded weight bank, the post-processing
+        # pipeline. The output FIFO is not a stage of the operation: the next
+        # one may start while it empties.
+        array_busy = Signal()
+        m.d.comb += array_busy.eq(f1.valid | f2.valid | f3.valid | f4.valid | pending)
+        m.d.comb += busy.eq(active | array_busy | shadow_busy | full[0] | full[1]
+                            | Cat(*post_valid).any())
         return m
 
 

@@ -7,8 +7,9 @@ counted from its descriptor's acceptance (for the first; for the others, from
 the previous shape's last output beat, one cycle later) to its last output
 beat, so the first weight tile's load and the pipeline's drain are included.
 ``ideal_cycles = MACs / MAC units``; ``utilization = ideal / cycles``;
-``model_cycles`` is :meth:`LinearDescriptor.expected_cycles` (the cost
-model).
+``model_cycles`` is :meth:`LinearDescriptor.sequence_cycles` (the cost
+model, which counts the same way); ``stall_*`` are the kernel's stall
+counters (all 0 here: nothing pauses).
 
 Shapes: every linear layer shape of the ``tiny`` model on its default
 hardware (a top-2 expert sees about ``2 * tokens / experts`` tokens), then
@@ -64,27 +65,31 @@ def _ops(hw, shapes, seed):
 
 
 def _run(hw, shapes, simulator, test_id):
+    from moevit.hw.descriptor import LinearDescriptor
+    from moevit.hw.linear import STALL_CAUSES
     from moevit.errors import MoevitError
-    from moevit.hw.linear import linear_reference
+    from moevit.sim.linear_cases import check_outputs
     from moevit.sim.units import run_linear
 
-    ops = _ops(hw, shapes, seed=len(shapes))
-    outputs, result = run_linear(hw, ops, test_id=test_id, simulator=simulator)
-    cycles = result.json("cycles.json")
+    runs = [dict(ops=_ops(hw, shapes, seed=len(shapes)))]
+    results, result = run_linear(hw, runs, test_id=test_id, simulator=simulator)
+    try:
+        check_outputs(runs, results, f"bench {hw.name}")
+    except AssertionError as error:
+        raise MoevitError(f"Bench linear: the kernel's output differs from the golden model: "
+                          f"{error}") from None
+    got = results[0]
+    model = LinearDescriptor.sequence_cycles([op["desc"] for op in runs[0]["ops"]])
     rows = []
-    for k, ((name, tokens, fin, fout, gelu), op, got) in enumerate(zip(shapes, ops, outputs)):
-        want = linear_reference(op["desc"], op["x"], op["weight"], op["bias"],
-                                op["multiplier"], op["shift"])
-        if not np.array_equal(got, want):
-            raise MoevitError(f"Bench {name}: the kernel's output differs from the golden model")
-        desc = op["desc"]
+    for k, ((name, tokens, fin, fout, gelu), op) in enumerate(zip(shapes, runs[0]["ops"])):
+        desc, cycles = op["desc"], got["cycles"][k]
         rows.append(dict(
             config=hw.name, layer=name, shape=f"{tokens}x{fin}->{fout}", tokens=tokens,
             in_features=fin, out_features=fout, gelu=bool(gelu),
-            array=f"{hw.rows}x{hw.cols}", macs=desc.macs, cycles=cycles[k],
+            array=f"{hw.rows}x{hw.cols}", macs=desc.macs, cycles=cycles,
             ideal_cycles=desc.ideal_cycles(), array_cycles=desc.array_cycles(),
-            model_cycles=desc.expected_cycles(),
-            utilization=round(desc.ideal_cycles() / cycles[k], 4),
+            model_cycles=model[k], utilization=round(desc.ideal_cycles() / cycles, 4),
+            **{f"stall_{c}": got["stalls"][k][c] for c in STALL_CAUSES},
             simulator=simulator, sim_seconds=round(result.seconds, 1)))
     return rows
 

@@ -54,6 +54,15 @@ Streams (``amaranth.lib.stream``, valid/ready; order of beats):
     ``y[t, ot*cols + c]`` in lane ``c`` (lanes past ``out_features`` are 0);
     ``last`` marks the operation's final beat.
 
+The descriptor is checked when it is taken (:class:`LinearError`): one
+with another opcode, a shape the buffers cannot hold or tiling fields that
+disagree with its shape is taken and skipped (no beat of any other stream is
+consumed, none is produced) and ``error`` holds its code until the next
+descriptor is taken. The ``stalls`` counters (cycles since reset, wrapping)
+say what held the kernel: an input stream that offered no beat when the
+kernel would take one (``x``, ``w``, ``chan``, ``res``), and the output FIFO
+full, holding the post-processing (``out``).
+
 The arithmetic is :mod:`moevit.model.intops` exactly: ``linear_acc``,
 ``requantize``, ``gelu`` + ``requantize``, ``residual_add``.
 """
@@ -61,7 +70,7 @@ The arithmetic is :mod:`moevit.model.intops` exactly: ``linear_acc``,
 import numpy as np
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -69,7 +78,7 @@ from amaranth.lib.wiring import In, Out
 from moevit.hw.config import HwConfig
 from moevit.hw.descriptor import LinearDescriptor
 
-__all__ = ["LinearKernel", "chan_layout", "lanes_layout", "output_layout", "linear_streams",
+__all__ = ["LinearKernel", "LinearError", "stalls_layout", "chan_layout", "lanes_layout", "output_layout", "linear_streams",
            "linear_output", "linear_reference"]
 
 
@@ -90,6 +99,23 @@ def chan_layout():
         "multiplier": unsigned(HwConfig.MULTIPLIER_WIDTH),
         "shift": unsigned(HwConfig.SHIFT_WIDTH),
     })
+
+
+class LinearError(enum.Enum, shape=2):
+    """Why the kernel skipped a descriptor (its ``error`` output)."""
+
+    NONE = 0
+    OPCODE = 1    # not LinearDescriptor.OPCODE
+    SHAPE = 2     # a zero size, or more tokens or input features than the buffers hold
+    TILING = 3    # token_tiles or out_tiles other than ceil(size / array side)
+
+
+STALL_CAUSES = ("x", "w", "chan", "res", "out")
+
+
+def stalls_layout():
+    """The ``stalls`` counters: 32 bits per cause of :data:`STALL_CAUSES`."""
+    return data.StructLayout({cause: unsigned(32) for cause in STALL_CAUSES})
 
 
 def _requant_stages(m, en, value, mult, shift, name):
@@ -131,6 +157,10 @@ class LinearKernel(wiring.Component):
         Descriptor, activations, weights, per-channel constants, skip tensor.
     y : Out(stream.Signature)
         Outputs.
+    error : Out(LinearError)
+        Why the last descriptor taken was skipped (``NONE``: it was not).
+    stalls : Out(stalls_layout())
+        Cycles each cause held the kernel, since reset (see the module).
     busy : Out(1)
         Some stage holds work of an operation (the AND of the stages' idle
         signals, negated); the kernel takes the next descriptor only when it
@@ -149,6 +179,8 @@ class LinearKernel(wiring.Component):
             "chan": In(stream.Signature(chan_layout())),
             "res": In(stream.Signature(lanes_layout(hw.cols))),
             "y": Out(stream.Signature(output_layout(hw.cols))),
+            "error": Out(LinearError),
+            "stalls": Out(stalls_layout()),
             "busy": Out(1),
         })
 
@@ -180,8 +212,22 @@ class LinearKernel(wiring.Component):
         start = Signal()
         m.d.comb += [self.busy.eq(busy), self.desc.ready.eq(~busy),
                      start.eq(self.desc.valid & ~busy)]
+        # A descriptor that disagrees with this array is skipped, never run.
+        p = self.desc.payload
+        code = Signal(LinearError)
+        with m.If(p.opcode != LinearDescriptor.OPCODE):
+            m.d.comb += code.eq(LinearError.OPCODE)
+        with m.Elif((p.tokens == 0) | (p.tokens > hw.max_tokens) | (p.in_features == 0)
+                    | (p.in_features > hw.max_in) | (p.out_features == 0)):
+            m.d.comb += code.eq(LinearError.SHAPE)
+        # tiles = ceil(size / side)  <=>  size <= tiles * side < size + side
+        with m.Elif((p.token_tiles * R < p.tokens) | (p.token_tiles * R >= p.tokens + R)
+                    | (p.out_tiles * C < p.out_features)
+                    | (p.out_tiles * C >= p.out_features + C)):
+            m.d.comb += code.eq(LinearError.TILING)
         with m.If(start):
-            m.d.sync += [d.eq(self.desc.payload), active.eq(1)]
+            m.d.sync += [d.eq(p), active.eq(code == LinearError.NONE),
+                         self.error.eq(code)]
         in_last = Signal(16)
         m.d.comb += in_last.eq(d.in_features - 1)
 
@@ -541,6 +587,15 @@ class LinearKernel(wiring.Component):
         m.d.comb += array_busy.eq(f1.valid | f2.valid | f3.valid | f4.valid | pending)
         m.d.comb += busy.eq(active | array_busy | shadow_busy | full[0] | full[1]
                             | Cat(*post_valid).any())
+
+        # Stall counters: a stream that starved the kernel, or the full FIFO.
+        held = {name: getattr(self, name).ready & ~getattr(self, name).valid
+                for name in ("x", "w", "chan", "res")}
+        held["out"] = ~can_write
+        for cause in STALL_CAUSES:
+            with m.If(held[cause]):
+                counter = getattr(self.stalls, cause)
+                m.d.sync += counter.eq(counter + 1)
         return m
 
 
@@ -602,7 +657,8 @@ def linear_streams(desc: LinearDescriptor, x, weight, bias, multiplier, shift, s
 
 
 def linear_output(desc: LinearDescriptor, beats) -> np.ndarray:
-    """The int8 ``(tokens, out_features)`` result from the ``y`` beats; checks ``last``."""
+    """The int8 ``(tokens, out_features)`` result from the ``y`` beats; checks ``last``
+    and that the padding lanes (past ``out_features``) are 0."""
     C = desc.hw.cols
     T, O = desc.tokens, desc.out_features
     expected = desc.out_tiles * T
@@ -617,6 +673,11 @@ def linear_output(desc: LinearDescriptor, beats) -> np.ndarray:
         raise ValueError(f"The last flag is set on beats {[k for k, v in enumerate(lasts) if v]}, "
                          f"not only on beat {expected - 1}")
     y = lanes.transpose(1, 0, 2).reshape(T, desc.out_tiles * C)
+    padding = np.argwhere(y[:, O:] != 0)
+    if padding.size:
+        t, c = padding[0]
+        raise ValueError(f"Padding lane {O + c} of token {t} is {y[t, O + c]}, not 0 "
+                         f"({len(padding)} nonzero padding lanes)")
     return np.ascontiguousarray(y[:, :O])
 
 

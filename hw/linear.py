@@ -78,8 +78,8 @@ from amaranth.lib.wiring import In, Out
 from moevit.hw.config import HwConfig
 from moevit.hw.descriptor import LinearDescriptor
 
-__all__ = ["LinearKernel", "LinearError", "stalls_layout", "chan_layout", "lanes_layout", "output_layout", "linear_streams",
-           "linear_output", "linear_reference"]
+__all__ = ["LinearKernel", "LinearError", "STALL_CAUSES", "stalls_layout", "chan_layout",
+           "lanes_layout", "output_layout", "linear_streams", "linear_output", "linear_reference"]
 
 
 def lanes_layout(lanes: int):

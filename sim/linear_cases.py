@@ -56,7 +56,7 @@ def random_hw(rng, name="random") -> HwConfig:
     rows = int(rng.integers(1, 9))
     return HwConfig(name=name, rows=rows, cols=cols, post_lanes=post_lanes,
                     max_tokens=rows * int(rng.integers(1, 6)),
-                    max_in=int(rng.integers(1, 65)), out_depth=int(rng.integers(1, 9)))
+                    max_in=int(rng.integers(1, 65)), out_depth=int(rng.integers(3, 9)))
 
 
 def random_shape(hw, rng, *, max_tiles=4, max_out_tiles=3):

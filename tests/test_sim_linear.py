@@ -67,9 +67,9 @@ def test_random_shapes_verilator(case_id):
 
 
 def test_another_array_shape_at_its_buffer_limits():
-    """3 x 8 array, one chunk per row (post_lanes = cols), a 2-beat output FIFO; the
+    """3 x 8 array, one chunk per row (post_lanes = cols), the smallest output FIFO (3); the
     descriptors fill the token and feature buffers exactly."""
-    hw = HwConfig(rows=3, cols=8, post_lanes=8, max_tokens=9, max_in=40, out_depth=2)
+    hw = HwConfig(rows=3, cols=8, post_lanes=8, max_tokens=9, max_in=40, out_depth=3)
     rng = np.random.default_rng(7)
     ops = [random_op(hw, rng, 9, 40, 19, gelu=True, residual=True),
            random_op(hw, rng, 7, 40, 8), random_op(hw, rng, 1, 1, 1)]

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from moevit.hw.config import DEFAULT_HW
-from moevit.hw.linear import LinearError
+from moevit.hw.linear import STALL_CAUSES, LinearError
 from moevit.sim.linear_cases import check_runs, random_hw, random_op, random_run
 from moevit.sim.runner import default_simulator
 from moevit.sim.units import run_linear
@@ -46,7 +46,7 @@ def _seeds(seeds):
 def tally(request):
     """Counts of what ran, printed after the module (even under output capture)."""
     counts = {"design points": 0, "runs": 0, "operations": 0, "runs timed against the model": 0,
-              "seconds": 0.0}
+              **{f"{cause} stall cycles": 0 for cause in STALL_CAUSES}, "seconds": 0.0}
     yield counts
     if counts["runs"]:
         plugins = request.config.pluginmanager
@@ -66,6 +66,10 @@ def _simulate(hw, runs, test_id, tally):
     tally["runs"] += len(runs)
     tally["operations"] += sum(len(run["ops"]) for run in runs)
     tally["runs timed against the model"] += timed
+    for got in results:
+        for stalls in got["stalls"]:
+            for cause in STALL_CAUSES:
+                tally[f"{cause} stall cycles"] += stalls[cause]
     tally["seconds"] += time.monotonic() - start
     return results
 
@@ -111,9 +115,10 @@ def test_default_arrays(name, tally):
     rng = np.random.default_rng(sum(map(ord, name)))
     runs = [random_run(hw, rng, ops=(2, 4), shape=_small_shape, pauses=False)]
     runs += [random_run(hw, rng, shape=_small_shape) for _ in range(RUNS - 1)]
-    # More output beats than the FIFO holds, taken one cycle in ten.
+    # Four times the beats the FIFO holds, taken one cycle in ten (made at least one
+    # in twenty-five cycles).
     tokens = 3 * hw.rows
-    fill = [random_op(hw, rng, tokens, 8, -(-2 * hw.out_depth // tokens) * hw.cols)]
+    fill = [random_op(hw, rng, tokens, 8, -(-4 * hw.out_depth // tokens) * hw.cols)]
     runs.append(dict(ops=fill, stall="random", stall_probability=0.9, seed=1))
     starve = [random_op(hw, rng, 2 * hw.rows, 8, 2 * hw.cols, residual=True)]
     runs.append(dict(ops=starve, gaps="random", gap_probability=0.6, seed=2))

@@ -87,8 +87,21 @@ def test_gate_then_expert_back_to_back_on_m3vit_s():
     weights arrived. Icarus: the fast suite's simulator (Verilator: the random suite)."""
     hw = DEFAULT_HW["m3vit-s"]
     rng = np.random.default_rng(11)
-    ops = [random_op(hw, rng, 177, 384, 16), random_op(hw, rng, 16, 384, 64)]
+    # Then 8 x 64 -> 64, whose weight load the previous padding drain used to delay
+    # (simulated 258 cycles, modelled 244); no pauses: the cost model is checked too.
+    ops = [random_op(hw, rng, 177, 384, 16), random_op(hw, rng, 16, 384, 64),
+           random_op(hw, rng, 8, 64, 64)]
     run_ops(hw, ops, "linear-m3vit-s-gate-then-expert", simulator="icarus")
+
+
+def test_cost_model_where_channel_loads_and_short_tiles_dominate():
+    """The issue's shapes on the 3 x 8 array with 8 post lanes, where the per-channel
+    constants (cols + 1 cycles per out tile) outlast short tiles: the cost model was
+    short by 3, 7 and 13 cycles; checked back to back, no pauses (run_ops)."""
+    hw = HwConfig(rows=3, cols=8, post_lanes=8, max_tokens=9, max_in=40, out_depth=3)
+    rng = np.random.default_rng(30)
+    ops = [random_op(hw, rng, *shape) for shape in ((2, 2, 30), (1, 1, 64), (3, 4, 64))]
+    run_ops(hw, ops, "linear-array-3x8-cost")
 
 
 @pytest.mark.slow

@@ -17,11 +17,9 @@ from moevit.hw.config import HwConfig
 from moevit.hw.descriptor import LinearDescriptor
 from moevit.hw.linear import STALL_CAUSES, linear_reference
 from moevit.model import intops
+from moevit.sim.streams import PAUSE_KINDS
 
 __all__ = ["random_op", "random_hw", "random_shape", "random_run", "check_outputs", "check_runs"]
-
-PAUSE_KINDS = ("none", "fixed", "random")
-
 
 def random_op(hw, rng, tokens, in_features, out_features, *, gelu=False, residual=False):
     """A random operation whose outputs spread over the int8 range (some saturate)."""

@@ -4,21 +4,18 @@ The shapes of one config run back to back in one simulation of the cocotb
 bench (:mod:`moevit.sim.benches.linear`) with no gaps and no back-pressure;
 each output is checked against the golden model, and each shape's cycles are
 counted from its descriptor's acceptance (for the first; for the others, from
-the previous shape's last output beat, one cycle later) to its last output
-beat, so the first weight tile's load and the pipeline's drain are included.
+the previous shape's last output beat) to its last output beat, so the first
+weight tile's load and the pipeline's drain are included.
 ``ideal_cycles = MACs / MAC units``; ``utilization = ideal / cycles``;
-``model_cycles`` is :meth:`LinearDescriptor.expected_cycles` (the cost
-model).
-
-Shapes: every linear layer shape of the ``tiny`` model on its default
-hardware (a top-2 expert sees about ``2 * tokens / experts`` tokens), then
-one ViT-S layer, 197 tokens 384 -> 1536 (the MLP's fc1 with GELU), on the
-``m3vit-s`` hardware (8 x 32 = 256 MAC units), simulated in full.
+``model_cycles`` is :meth:`LinearDescriptor.sequence_cycles` (the cost
+model, which counts the same way); ``stalls`` are the kernel's stall
+counters per cause (all 0 here: nothing pauses). The shapes are
+:func:`bench_points`'s; a progress bar on stderr counts the operations.
 """
 
 import numpy as np
 
-__all__ = ["linear_shapes", "bench_linear", "print_table", "print_rows"]
+__all__ = ["linear_shapes", "bench_points", "bench_linear", "print_table", "print_rows"]
 
 
 def linear_shapes(model) -> list:
@@ -63,42 +60,95 @@ def _ops(hw, shapes, seed):
     return ops
 
 
-def _run(hw, shapes, simulator, test_id):
-    from moevit.errors import MoevitError
-    from moevit.hw.linear import linear_reference
+def _simulate(hw, runs, simulator, test_id, bar):
+    """:func:`~moevit.sim.units.run_linear`, advancing ``bar`` by each operation done
+    (counted from the outputs the bench writes as it goes)."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from moevit.sim.runner import sim_folder
     from moevit.sim.units import run_linear
 
-    ops = _ops(hw, shapes, seed=len(shapes))
-    outputs, result = run_linear(hw, ops, test_id=test_id, simulator=simulator)
-    cycles = result.json("cycles.json")
+    out, done = sim_folder(test_id) / "out", 0
+    with ThreadPoolExecutor(1) as pool:
+        job = pool.submit(run_linear, hw, runs, test_id=test_id, simulator=simulator)
+        while not job.done():
+            time.sleep(0.5)
+            now = len(list(out.glob("y*.npy"))) if out.exists() else 0
+            bar.update(max(0, now - done))
+            done = max(done, now)
+        results, result = job.result()
+    bar.update(sum(len(run["ops"]) for run in runs) - done)
+    return results, result
+
+
+def _run(hw, shapes, simulator, test_id, bar):
+    from moevit.errors import MoevitError
+    from moevit.hw.descriptor import LinearDescriptor
+    from moevit.hw.linear import STALL_CAUSES
+    from moevit.sim.linear_cases import check_outputs
+
+    runs = [dict(ops=_ops(hw, shapes, seed=len(shapes)))]
+    results, result = _simulate(hw, runs, simulator, test_id, bar)
+    try:
+        check_outputs(runs, results, f"bench {hw.name}")
+    except AssertionError as error:
+        raise MoevitError(f"Bench linear: the kernel's output differs from the golden model: "
+                          f"{error}") from None
+    got = results[0]
+    model = LinearDescriptor.sequence_cycles([op["desc"] for op in runs[0]["ops"]])
     rows = []
-    for k, ((name, tokens, fin, fout, gelu), op, got) in enumerate(zip(shapes, ops, outputs)):
-        want = linear_reference(op["desc"], op["x"], op["weight"], op["bias"],
-                                op["multiplier"], op["shift"])
-        if not np.array_equal(got, want):
-            raise MoevitError(f"Bench {name}: the kernel's output differs from the golden model")
-        desc = op["desc"]
+    for k, ((name, tokens, fin, fout, gelu), op) in enumerate(zip(shapes, runs[0]["ops"])):
+        desc, cycles, stalls = op["desc"], got["cycles"][k], got["stalls"][k]
         rows.append(dict(
             config=hw.name, layer=name, shape=f"{tokens}x{fin}->{fout}", tokens=tokens,
             in_features=fin, out_features=fout, gelu=bool(gelu),
-            array=f"{hw.rows}x{hw.cols}", macs=desc.macs, cycles=cycles[k],
+            array=f"{hw.rows}x{hw.cols}", macs=desc.macs, cycles=cycles,
             ideal_cycles=desc.ideal_cycles(), array_cycles=desc.array_cycles(),
-            model_cycles=desc.expected_cycles(),
-            utilization=round(desc.ideal_cycles() / cycles[k], 4),
+            model_cycles=model[k], utilization=round(desc.ideal_cycles() / cycles, 4),
+            stalls=stalls,
             simulator=simulator, sim_seconds=round(result.seconds, 1)))
     return rows
 
 
-def bench_linear(simulator="verilator", quick=False) -> list:
-    """Rows of the linear-kernel benchmark (see the module's description)."""
-    from moevit.hw.config import get_hw_config
+def bench_points(quick=False) -> list:
+    """``(config, shapes)`` the bench simulates, each on the config's default array.
+
+    The ``tiny`` model's every layer shape; then (unless ``quick``) the MoE
+    sequences that once went wrong back to back (issue 11: the gate on the
+    last token chunk, an odd number of out tiles with few rows in its last
+    token tile, then an expert) on ``edge-moe`` (129 tokens) and ``m3vit-s``
+    (the last 177 of 1,201 tokens), and one ViT-S layer, 197 tokens
+    384 -> 1536 (the MLP's fc1 with GELU).
+    """
     from moevit.model.config import get_config
 
-    rows = _run(get_hw_config("tiny"), linear_shapes(get_config("tiny")), simulator,
-                f"bench-linear-tiny-{simulator}")
+    points = [("tiny", linear_shapes(get_config("tiny")))]
     if not quick:
-        vit = [("vit-s.mlp.fc1", 197, 384, 1536, 1)]
-        rows += _run(get_hw_config("m3vit-s"), vit, simulator, f"bench-linear-vits-{simulator}")
+        points += [
+            ("edge-moe", [("mlp.gate", 129, 192, 16, 0), ("expert.fc1", 16, 192, 384, 1),
+                          ("expert.fc2", 16, 384, 192, 0)]),
+            ("m3vit-s", [("mlp.gate.tail", 177, 384, 16, 0), ("expert.fc1", 16, 384, 64, 0),
+                         ("vit-s.mlp.fc1", 197, 384, 1536, 1)]),
+        ]
+    return points
+
+
+def bench_linear(simulator="verilator", quick=False) -> list:
+    """Rows of the linear-kernel benchmark (see the module's description), with a
+    progress bar (on stderr) of the operations simulated."""
+    from tqdm import tqdm
+
+    from moevit.hw.config import get_hw_config
+
+    points = bench_points(quick)
+    rows = []
+    with tqdm(total=sum(len(shapes) for _, shapes in points), unit="op",
+              desc="bench linear") as bar:
+        for config, shapes in points:
+            bar.set_postfix_str(config)
+            rows += _run(get_hw_config(config), shapes, simulator,
+                         f"bench-linear-{config}-{simulator}", bar)
     return rows
 
 
@@ -124,9 +174,16 @@ def print_rows(rows, columns, note=None) -> None:
 
 def print_table(rows) -> None:
     """Print :func:`bench_linear`'s rows as a table."""
+    from moevit.hw.linear import STALL_CAUSES
+
+    rows = [dict(r, stalls_text="/".join(str(r["stalls"][c]) for c in STALL_CAUSES))
+            for r in rows]
     print_rows(rows, [("config", "config", "<9", ""), ("layer", "layer", "<15", ""),
                       ("shape", "shape", "<17", ""), ("array", "array", ">6", ""),
                       ("cycles", "cycles", ">10", ""), ("model", "model_cycles", ">10", ""),
-                      ("ideal", "ideal_cycles", ">10", ""), ("util", "utilization", ">8", ".1%")],
-               "(cycles from the descriptor to the last output beat, simulated on "
-               "{simulator}; ideal = MACs / MAC units)")
+                      ("ideal", "ideal_cycles", ">10", ""), ("util", "utilization", ">8", ".1%"),
+                      ("stalls x/w/chan/res/out", "stalls_text", ">25", "")],
+               "(cycles from the descriptor, or the previous shape's last beat, to the last "
+               "output beat, simulated on {simulator}; model = the cost model; ideal = MACs / "
+               "MAC units; stalls: cycles each stream starved the kernel, or the output "
+               "held it)")

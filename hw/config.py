@@ -63,7 +63,8 @@ class HwConfig:
         ``in_features`` cycles when that is longer.
     out_depth : int
         Depth of the output FIFO in beats (one beat = ``cols`` int8 outputs
-        of one token); it absorbs back-pressure on the output stream.
+        of one token); it absorbs back-pressure on the output stream. At
+        least 3, so that it takes one beat per cycle.
     clock_mhz : float
         Clock target in MHz (used by the cost model and the build scripts).
     heads_parallel : int
@@ -149,6 +150,11 @@ class HwConfig:
                 f"Score lanes {self.score_lanes} do not divide the attention head width "
                 f"{self.max_head_dim}"
             )
+        if self.out_depth < 3:
+            # The linear kernel's buffered FIFO takes a beat every other cycle below 3.
+            raise ConfigError(
+                f"Output FIFO depth {self.out_depth} cannot take one beat per cycle; "
+                f"at least 3")
         if self.cols % self.post_lanes:
             raise ConfigError(
                 f"Post-processing lanes {self.post_lanes} do not divide the {self.cols} array "

@@ -290,30 +290,75 @@ class LinearDescriptor(Descriptor):
         """Cycles the array issues (padded tiles included): tiles x in_features."""
         return self.token_tiles * self.out_tiles * self.in_features
 
-    # Latencies of hw/linear.py (checked against simulation in tests/test_sim_linear.py):
-    # issue -> accumulator copy, and a drained chunk -> the output beat seen outside.
+    # Latencies of hw/linear.py (checked against simulation in tests/test_sim_linear.py
+    # and tests/test_sim_linear_random.py): a tile's last step issued -> its copy into
+    # the shadow bank; a chunk popped from the shadow bank -> its beat written into the
+    # output FIFO; that write -> the beat taken from the FIFO.
     ISSUE_TO_COPY = 4
-    POST_LATENCY = 16
+    POP_TO_FIFO = 14
+    FIFO_LATENCY = 2
 
-    def drain_cycles(self) -> int:
-        """Cycles to drain one finished tile: rows x cols / post_lanes."""
-        return self.hw.rows * self.hw.cols // self.hw.post_lanes
+    def drain_cycles(self, rows=None) -> int:
+        """Cycles to drain one finished tile of ``rows`` valid rows (default: all):
+        ``rows * cols / post_lanes``; padding rows are not drained."""
+        hw = self.hw
+        return (hw.rows if rows is None else rows) * (hw.cols // hw.post_lanes)
 
-    def expected_cycles(self) -> int:
+    def expected_cycles(self, *, following=False) -> int:
         """Cycles of the operation on the kernel, fed without gaps and drained without
-        back-pressure: the first weight tile's load, every tile (``in_features``
-        cycles, or the drain of the previous tile when that is longer), then the
-        pipeline's tail up to the last valid token row. The cost model of the
-        design-space search; equal to the simulated cycles (tests/test_sim_linear.py)."""
-        hw, drain = self.hw, self.drain_cycles()
-        load = max(self.in_features, hw.cols) + 1
-        tile = max(self.in_features, drain + self.ISSUE_TO_COPY + 1)
-        tiles = self.token_tiles * self.out_tiles
-        # The last tile's output ends with its last valid token row.
-        last_rows = self.tokens - (self.token_tiles - 1) * hw.rows
-        tail = self.ISSUE_TO_COPY + last_rows * (hw.cols // hw.post_lanes) + self.POST_LATENCY
-        # A tile waits for the previous tile's drain; the first has none to wait for.
-        return load + self.in_features + (tiles - 1) * tile + tail
+        back-pressure, from its descriptor's acceptance to its last output beat.
+
+        The cost model of the design-space search, exact for any shape on any array
+        (``tests/test_sim_linear_random.py`` checks it on every case with no pauses).
+        The kernel's timing rules, cycle 0 being the descriptor's acceptance:
+
+        * weight bank ``ot % 2`` loads from cycle ``A_ot`` (``A_0 = 1``), taking
+          ``in_features`` weight beats and ``cols`` channel beats at once, and is
+          ready ``max(in_features, cols) + 1`` cycles later (``F_ot``); the next bank's
+          load starts then, or when that bank is released if later;
+        * a tile issues ``in_features`` steps, one per cycle, the first when its bank
+          is ready and the previous tile has issued; its last step waits until the
+          previous tile is through the shadow bank (``ISSUE_TO_COPY + 1`` cycles plus
+          the previous tile's drain after that tile's last step);
+        * a bank is released after the drain of its out tile's last token tile.
+
+        Parameters
+        ----------
+        following : bool
+            The operation follows another one back to back: count from that one's
+            last output beat instead. The kernel takes the descriptor in the cycle
+            after the previous last beat enters the output FIFO, ``FIFO_LATENCY - 1``
+            cycles before that beat leaves it.
+        """
+        hw, n_in = self.hw, self.in_features
+        through = self.ISSUE_TO_COPY + 1          # last step -> the shadow bank is free again
+        load = max(n_in, hw.cols) + 1
+        full_drain = self.drain_cycles()
+        last_drain = self.drain_cycles(self.tokens - (self.token_tiles - 1) * hw.rows)
+        ready = 1 + load                          # F_0
+        released = []                             # per out tile: its bank free again
+        last = None                               # last step of the previous tile
+        for ot in range(self.out_tiles):
+            if ot:
+                # This bank started loading when the previous one was ready (or
+                # when its own was released by out tile ot - 2, if later).
+                start = ready if ot < 2 else max(ready, released[ot - 2])
+                ready = start + load
+            if last is None:
+                last = ready + n_in - 1
+            else:
+                last = max(max(last + 1, ready) + n_in - 1, last + through + last_drain)
+            # The other token tiles of the out tile: full drains before each last one.
+            last += (self.token_tiles - 1) * max(n_in, through + full_drain)
+            released.append(last + through + last_drain)
+        end = last + self.ISSUE_TO_COPY + last_drain + self.POP_TO_FIFO + self.FIFO_LATENCY
+        return end - (self.FIFO_LATENCY - 1 if following else 0)
+
+    @staticmethod
+    def sequence_cycles(descriptors) -> list:
+        """:meth:`expected_cycles` of operations run back to back: the first from its
+        descriptor's acceptance, each next one from the previous one's last beat."""
+        return [d.expected_cycles(following=k > 0) for k, d in enumerate(descriptors)]
 
 
 def _check_constants(what, pairs):

@@ -23,7 +23,8 @@ Dataflow (output-stationary, out tile outermost)::
   ``chan`` stream) load while the current one computes.
 * At the end of a tile the accumulators are copied into a shadow bank and
   the next tile starts at once; the shadow bank drains ``post_lanes`` values
-  per cycle (``rows * cols / post_lanes`` cycles per tile) through as many
+  per cycle (``valid rows * cols / post_lanes`` cycles per tile: the padding
+  rows of a ragged last token tile are never drained) through as many
   lanes of requantization (bias add, multiply, round, shift, saturate), the
   optional integer GELU with its requantization, and the optional residual
   add; the chunks of a token row gather into one output beat in the output
@@ -53,6 +54,15 @@ Streams (``amaranth.lib.stream``, valid/ready; order of beats):
     ``y[t, ot*cols + c]`` in lane ``c`` (lanes past ``out_features`` are 0);
     ``last`` marks the operation's final beat.
 
+The descriptor is checked when it is taken (:class:`LinearError`): one
+with another opcode, a shape the buffers cannot hold or tiling fields that
+disagree with its shape is taken and skipped (no beat of any other stream is
+consumed, none is produced) and ``error`` holds its code until the next
+descriptor is taken. The ``stalls`` counters (cycles since reset, wrapping)
+say what held the kernel: an input stream that offered no beat when the
+kernel would take one (``x``, ``w``, ``chan``, ``res``), and the output FIFO
+full, holding the post-processing (``out``).
+
 The arithmetic is :mod:`moevit.model.intops` exactly: ``linear_acc``,
 ``requantize``, ``gelu`` + ``requantize``, ``residual_add``.
 """
@@ -60,7 +70,7 @@ The arithmetic is :mod:`moevit.model.intops` exactly: ``linear_acc``,
 import numpy as np
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -68,8 +78,8 @@ from amaranth.lib.wiring import In, Out
 from moevit.hw.config import HwConfig
 from moevit.hw.descriptor import LinearDescriptor
 
-__all__ = ["LinearKernel", "chan_layout", "lanes_layout", "output_layout", "linear_streams",
-           "linear_output", "linear_reference"]
+__all__ = ["LinearKernel", "LinearError", "STALL_CAUSES", "stalls_layout", "chan_layout",
+           "lanes_layout", "output_layout", "linear_streams", "linear_output", "linear_reference"]
 
 
 def lanes_layout(lanes: int):
@@ -89,6 +99,23 @@ def chan_layout():
         "multiplier": unsigned(HwConfig.MULTIPLIER_WIDTH),
         "shift": unsigned(HwConfig.SHIFT_WIDTH),
     })
+
+
+class LinearError(enum.Enum, shape=2):
+    """Why the kernel skipped a descriptor (its ``error`` output)."""
+
+    NONE = 0
+    OPCODE = 1    # not LinearDescriptor.OPCODE
+    SHAPE = 2     # a zero size, or more tokens or input features than the buffers hold
+    TILING = 3    # token_tiles or out_tiles other than ceil(size / array side)
+
+
+STALL_CAUSES = ("x", "w", "chan", "res", "out")
+
+
+def stalls_layout():
+    """The ``stalls`` counters: 32 bits per cause of :data:`STALL_CAUSES`."""
+    return data.StructLayout({cause: unsigned(32) for cause in STALL_CAUSES})
 
 
 def _requant_stages(m, en, value, mult, shift, name):
@@ -130,8 +157,14 @@ class LinearKernel(wiring.Component):
         Descriptor, activations, weights, per-channel constants, skip tensor.
     y : Out(stream.Signature)
         Outputs.
+    error : Out(LinearError)
+        Why the last descriptor taken was skipped (``NONE``: it was not).
+    stalls : Out(stalls_layout())
+        Cycles each cause held the kernel, since reset (see the module).
     busy : Out(1)
-        An operation is in progress.
+        Some stage holds work of an operation (the AND of the stages' idle
+        signals, negated); the kernel takes the next descriptor only when it
+        is low, so no stage ever starts an operation on the state of another.
     """
 
     def __init__(self, hw: HwConfig):
@@ -146,6 +179,8 @@ class LinearKernel(wiring.Component):
             "chan": In(stream.Signature(chan_layout())),
             "res": In(stream.Signature(lanes_layout(hw.cols))),
             "y": Out(stream.Signature(output_layout(hw.cols))),
+            "error": Out(LinearError),
+            "stalls": Out(stalls_layout()),
             "busy": Out(1),
         })
 
@@ -168,13 +203,31 @@ class LinearKernel(wiring.Component):
         ww = max(1, (2 * hw.max_in - 1).bit_length())
 
         # Operation registers -------------------------------------------------
+        # `active`: from the descriptor's acceptance to the operation's last beat
+        # entering the output FIFO. The kernel is idle (and takes the next
+        # descriptor) when every stage is: see `busy` at the end.
         d = Signal(LinearDescriptor.layout())
+        active = Signal()
         busy = Signal()
-        m.d.comb += [self.busy.eq(busy), self.desc.ready.eq(~busy)]
         start = Signal()
-        m.d.comb += start.eq(self.desc.valid & ~busy)
+        m.d.comb += [self.busy.eq(busy), self.desc.ready.eq(~busy),
+                     start.eq(self.desc.valid & ~busy)]
+        # A descriptor that disagrees with this array is skipped, never run.
+        p = self.desc.payload
+        code = Signal(LinearError)
+        with m.If(p.opcode != LinearDescriptor.OPCODE):
+            m.d.comb += code.eq(LinearError.OPCODE)
+        with m.Elif((p.tokens == 0) | (p.tokens > hw.max_tokens) | (p.in_features == 0)
+                    | (p.in_features > hw.max_in) | (p.out_features == 0)):
+            m.d.comb += code.eq(LinearError.SHAPE)
+        # tiles = ceil(size / side)  <=>  size <= tiles * side < size + side
+        with m.Elif((p.token_tiles * R < p.tokens) | (p.token_tiles * R >= p.tokens + R)
+                    | (p.out_tiles * C < p.out_features)
+                    | (p.out_tiles * C >= p.out_features + C)):
+            m.d.comb += code.eq(LinearError.TILING)
         with m.If(start):
-            m.d.sync += [d.eq(self.desc.payload), busy.eq(1)]
+            m.d.sync += [d.eq(p), active.eq(code == LinearError.NONE),
+                         self.error.eq(code)]
         in_last = Signal(16)
         m.d.comb += in_last.eq(d.in_features - 1)
 
@@ -188,7 +241,7 @@ class LinearKernel(wiring.Component):
         x_tt = Signal(16)
         x_done = Signal()
         m.d.comb += [
-            self.x.ready.eq(busy & ~x_done),
+            self.x.ready.eq(active & ~x_done),
             x_wr.addr.eq(x_count),
             x_wr.data.eq(self.x.payload.data.as_value()),
             x_wr.en.eq(self.x.valid & self.x.ready),
@@ -217,7 +270,7 @@ class LinearKernel(wiring.Component):
         l_w_got = Signal()
         l_c_got = Signal()
         l_free = Signal()
-        m.d.comb += l_free.eq(busy & (l_ot != d.out_tiles) & ~Mux(l_bank, full[1], full[0]))
+        m.d.comb += l_free.eq(active & (l_ot != d.out_tiles) & ~Mux(l_bank, full[1], full[0]))
         m.d.comb += [
             self.w.ready.eq(l_free & ~l_w_got),
             self.chan.ready.eq(l_free & ~l_c_got),
@@ -261,7 +314,7 @@ class LinearKernel(wiring.Component):
         m.d.comb += is_last.eq(c_i == in_last)
         go = Signal()
         m.d.comb += go.eq(
-            busy & (c_ot != d.out_tiles) & Mux(c_bank, full[1], full[0])
+            active & (c_ot != d.out_tiles) & Mux(c_bank, full[1], full[0])
             & (x_done | (x_addr < x_count))
             & ~(is_last & (pending | shadow_busy)))
         m.d.comb += [
@@ -347,7 +400,9 @@ class LinearKernel(wiring.Component):
                          for j in range(R * k - 1) for p in range(P)]
             with m.If(sh_q == k - 1):
                 m.d.sync += [sh_q.eq(0), sh_row.eq(sh_row + 1)]
-                with m.If(sh_row == R - 1):
+                # Only the tile's valid rows drain: padding rows never hold
+                # the shadow bank (nor the weight bank, below).
+                with m.If(sh_row == sh_tag.rows - 1):
                     m.d.sync += shadow_busy.eq(0)
                     with m.If(sh_tag.end_ot):
                         for b in range(2):
@@ -368,7 +423,7 @@ class LinearKernel(wiring.Component):
         s0 = Signal(side)
         with m.If(en):
             m.d.sync += [
-                s0.valid.eq(pop & (sh_row < sh_tag.rows)),
+                s0.valid.eq(pop),
                 s0.last.eq(sh_tag.end_op & (sh_row == sh_tag.rows - 1) & (sh_q == k - 1)),
                 s0.row_end.eq(sh_q == k - 1),
                 s0.q.eq(sh_q),
@@ -386,6 +441,8 @@ class LinearKernel(wiring.Component):
             with m.If(en):
                 m.d.sync += out.eq(sig)
             return out
+
+        post_valid = [s0.valid]  # every stage's valid bit of the post-processing
 
         lane_out = []
         for p in range(P):
@@ -440,6 +497,7 @@ class LinearKernel(wiring.Component):
         side_pre = s0
         for n in range(n_requant - 1 + n_gelu):
             side_pre = delay(side_pre, f"side{n}")
+            post_valid.append(side_pre.valid)
         need_res = Signal()
         m.d.comb += need_res.eq(side_pre.valid & d.residual & (side_pre.q == 0))
         skip_in = self.res.payload.data
@@ -476,6 +534,7 @@ class LinearKernel(wiring.Component):
         side_out = side_pre
         for n in range(3):
             side_out = delay(side_out, f"side_r{n}")
+            post_valid.append(side_out.valid)
 
         # Output: k chunks gather into one beat of C lanes, then the FIFO -------
         masked = [Signal(signed(8), name=f"out{p}") for p in range(P)]
@@ -508,10 +567,35 @@ class LinearKernel(wiring.Component):
             fifo.r_en.eq(self.y.ready),
         ]
 
-        # End of the operation: its last beat enters the FIFO.
+        # End of the operation: its last beat enters the FIFO. The stages'
+        # counters restart with the next descriptor.
         with m.If(en & side_out.valid & side_out.last):
-            m.d.sync += [busy.eq(0), x_count.eq(0), x_i.eq(0), x_tt.eq(0), x_done.eq(0),
-                         l_ot.eq(0), l_bank.eq(0), c_ot.eq(0), c_bank.eq(0), c_o0.eq(0)]
+            m.d.sync += active.eq(0)
+        with m.If(start):
+            m.d.sync += [x_count.eq(0), x_i.eq(0), x_tt.eq(0), x_done.eq(0),
+                         l_ot.eq(0), l_i.eq(0), l_c.eq(0), l_bank.eq(0),
+                         l_w_got.eq(0), l_c_got.eq(0),
+                         c_ot.eq(0), c_tt.eq(0), c_i.eq(0), c_bank.eq(0),
+                         c_base.eq(0), c_t0.eq(0), c_o0.eq(0)]
+
+        # Idle is the AND of the stages' own idle signals: the loader, input and
+        # issue counters (under `active`), the MAC pipeline, a tile waiting for
+        # or in the shadow bank, a loaded weight bank, the post-processing
+        # pipeline. The output FIFO is not a stage of the operation: the next
+        # one may start while it empties.
+        array_busy = Signal()
+        m.d.comb += array_busy.eq(f1.valid | f2.valid | f3.valid | f4.valid | pending)
+        m.d.comb += busy.eq(active | array_busy | shadow_busy | full[0] | full[1]
+                            | Cat(*post_valid).any())
+
+        # Stall counters: a stream that starved the kernel, or the full FIFO.
+        held = {name: getattr(self, name).ready & ~getattr(self, name).valid
+                for name in ("x", "w", "chan", "res")}
+        held["out"] = ~can_write
+        for cause in STALL_CAUSES:
+            with m.If(held[cause]):
+                counter = getattr(self.stalls, cause)
+                m.d.sync += counter.eq(counter + 1)
         return m
 
 
@@ -573,7 +657,8 @@ def linear_streams(desc: LinearDescriptor, x, weight, bias, multiplier, shift, s
 
 
 def linear_output(desc: LinearDescriptor, beats) -> np.ndarray:
-    """The int8 ``(tokens, out_features)`` result from the ``y`` beats; checks ``last``."""
+    """The int8 ``(tokens, out_features)`` result from the ``y`` beats; checks ``last``
+    and that the padding lanes (past ``out_features``) are 0."""
     C = desc.hw.cols
     T, O = desc.tokens, desc.out_features
     expected = desc.out_tiles * T
@@ -588,6 +673,11 @@ def linear_output(desc: LinearDescriptor, beats) -> np.ndarray:
         raise ValueError(f"The last flag is set on beats {[k for k, v in enumerate(lasts) if v]}, "
                          f"not only on beat {expected - 1}")
     y = lanes.transpose(1, 0, 2).reshape(T, desc.out_tiles * C)
+    padding = np.argwhere(y[:, O:] != 0)
+    if padding.size:
+        t, c = padding[0]
+        raise ValueError(f"Padding lane {O + c} of token {t} is {y[t, O + c]}, not 0 "
+                         f"({len(padding)} nonzero padding lanes)")
     return np.ascontiguousarray(y[:, :O])
 
 

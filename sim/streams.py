@@ -7,7 +7,9 @@ Amaranth names the Verilog ports of a stream member ``x`` as ``x__valid``,
 (as cocotbext-axi's ``set_pause_generator``): an iterator of booleans, one
 per cycle, ``True`` meaning "idle this cycle" for a source (a gap) and "not
 ready this cycle" for a sink (back-pressure). :func:`pauses` makes the three
-patterns the benches sweep: none, a fixed one and a seeded random one.
+patterns the benches sweep: none, a fixed one and a seeded random one; given
+a stream's name, the fixed pattern is that stream's own
+(:func:`fixed_pattern`), so the gaps of two streams do not line up.
 
 :func:`pack` and :func:`unpack` convert between Python values (ints, lists for
 ``ArrayLayout``, dicts for ``StructLayout``) and payload integers.
@@ -18,15 +20,27 @@ Amaranth stream rules require.
 
 import itertools
 import random
+import zlib
 from collections import deque
 
-__all__ = ["pauses", "pack", "unpack", "StreamSource", "StreamSink", "PAUSE_KINDS"]
+__all__ = ["pauses", "fixed_pattern", "pack", "unpack", "StreamSource", "StreamSink",
+           "PAUSE_KINDS"]
 
 PAUSE_KINDS = ("none", "fixed", "random")
 
 
+def fixed_pattern(stream: str) -> tuple:
+    """The fixed pause pattern of the stream named ``stream``: drawn once from its
+    name, of a prime length (7 to 17) so that two streams' patterns drift apart,
+    starting with a beat and ending with a pause."""
+    rng = random.Random(zlib.crc32(stream.encode()))
+    pattern = [rng.random() < 0.4 for _ in range(rng.choice((7, 11, 13, 17)))]
+    pattern[0], pattern[-1] = False, True
+    return tuple(pattern)
+
+
 def pauses(kind: str = "none", *, seed: int = 0, probability: float = 0.3,
-           pattern=(False, False, True, False, True, True)):
+           pattern=(False, False, True, False, True, True), stream: str = None):
     """An endless pause pattern (``True`` = pause this cycle).
 
     Parameters
@@ -34,7 +48,13 @@ def pauses(kind: str = "none", *, seed: int = 0, probability: float = 0.3,
     kind : str
         ``"none"`` (never pause), ``"fixed"`` (``pattern`` repeated) or
         ``"random"`` (each cycle pauses with ``probability``, from ``seed``).
+    stream : str, optional
+        The stream's name: its own fixed pattern (:func:`fixed_pattern`)
+        instead of ``pattern``, and a random one seeded by ``seed`` and the name.
     """
+    if stream is not None:
+        pattern = fixed_pattern(stream)
+        seed = seed * 1_000_003 + zlib.crc32(stream.encode())
     if kind == "none":
         return itertools.repeat(False)
     if kind == "fixed":
@@ -135,6 +155,11 @@ class StreamSource:
         self.valid.value = 0
         self._task = cocotb.start_soon(self._run())
 
+    def stop(self) -> None:
+        """Stop driving (a following bench may drive the stream again)."""
+        self._task.cancel()
+        self.valid.value = 0
+
     def send(self, payloads) -> None:
         """Queue payload integers (non-blocking)."""
         self._queue.extend(int(p) for p in payloads)
@@ -210,6 +235,11 @@ class StreamSink:
         self._enough = cocotb.triggers.Event()
         self.ready.value = 0 if pause is not None else 1
         self._task = cocotb.start_soon(self._run())
+
+    def stop(self) -> None:
+        """Stop receiving (a following bench may receive the stream again)."""
+        self._task.cancel()
+        self.ready.value = 0
 
     async def receive(self, count: int) -> list:
         """Until ``count`` beats in all have arrived; returns ``beats``."""

@@ -86,42 +86,45 @@ def _run(unit, hw, test_id, arrays, case, *, simulator=None, seed=0):
     return UnitRun(out, summary["cycles"], result.seconds)
 
 
-def run_linear(hw, ops, *, test_id, simulator=None, gaps="none", stall="none", seed=0):
-    """Simulate linear-kernel operations back to back (:mod:`moevit.sim.benches.linear`).
+def run_linear(hw, runs, *, test_id, simulator=None):
+    """Simulate runs of linear-kernel operations (:mod:`moevit.sim.benches.linear`).
 
     Unlike the other units, the bench only records: the caller compares the
     outputs with the golden model (``moevit.hw.linear.linear_reference``).
+    All runs share one build of the design and one simulation.
 
     Parameters
     ----------
     hw : HwConfig
-    ops : list of dict
-        As for :func:`moevit.sim.benches.linear.write_case`.
+    runs : list of dict
+        As for :func:`moevit.sim.benches.linear.write_case`: each a sequence of
+        operations sent back to back, with its pause patterns.
     test_id : str
         Names the simulation's folder (and the case file beside it).
     simulator : str, optional
-    gaps, stall : str
-        Pause kinds (:func:`moevit.sim.streams.pauses`) of the inputs and the output.
-    seed : int
 
     Returns
     -------
-    outputs : list of numpy.ndarray
-        Each operation's int8 output.
+    results : list of dict
+        Per run: ``outputs`` (each operation's int8 output; None for a skipped
+        descriptor), ``cycles``, ``stalls`` (per good operation) and ``errors``
+        (the codes the kernel raised).
     result : SimResult
-        Its ``cycles.json`` holds each operation's cycles.
     """
     from moevit.hw.generate import verilog_file
     from moevit.sim.benches.linear import write_case
     from moevit.sim.runner import run_cocotb, sim_folder
 
     folder = sim_folder(test_id)
-    case = write_case(folder.parent / f"{folder.name}.npz", hw, ops, gaps=gaps, stall=stall,
-                      seed=seed)
+    case = write_case(folder.parent / f"{folder.name}.npz", hw, runs)
     result = run_cocotb(toplevel="moevit_linear", sources=[verilog_file("linear", hw)],
                         test_module="moevit.sim.benches.linear", test_id=test_id,
                         simulator=simulator, env={"MOEVIT_CASE": case})
-    return [np.load(result.output(f"y{k}.npy")) for k in range(len(ops))], result
+    summary = result.json("summary.json")
+    for r, (run, got) in enumerate(zip(runs, summary)):
+        got["outputs"] = [None if "bad" in op else np.load(result.output(f"y{r}_{k}.npy"))
+                          for k, op in enumerate(run["ops"])]
+    return summary, result
 
 
 def attention_descriptor(hw, tokens, heads, head_dim, consts):

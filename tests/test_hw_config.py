@@ -42,6 +42,7 @@ def test_round_trips_through_dict():
                             r"numeric contract; at most 32$"),
         ({"max_tokens": 66}, r"^Token buffer depth 66 is not a multiple of the 4 array rows$"),
         ({"post_lanes": 5}, r"^Post-processing lanes 5 do not divide the 16 array columns$"),
+        ({"out_depth": 2}, r"^Output FIFO depth 2 cannot take one beat per cycle; at least 3$"),
     ],
 )
 def test_bad_parameter_is_a_clear_error(changes, message):

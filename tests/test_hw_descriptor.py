@@ -2,7 +2,7 @@
 
 import pytest
 
-from moevit.hw.config import DEFAULT_HW
+from moevit.hw.config import DEFAULT_HW, HwConfig
 from moevit.hw.descriptor import (OPCODE_WIDTH, DescriptorError, LinearDescriptor)
 
 
@@ -77,3 +77,53 @@ def test_gelu_constants_checked_when_fused():
                                               r"not 0$"):
         LinearDescriptor(_vit(), tokens=4, in_features=4, out_features=4, residual=1,
                          res_mult_y=1, res_mult_skip=1, res_shift=0)
+
+
+# The cost model, by hand from the kernel's timing rules (LinearDescriptor.expected_cycles;
+# tests/test_sim_linear_random.py checks it against simulation). Cycle 0 takes the
+# descriptor; a tile's last step issued at cycle e is copied at e + 4, its n-th chunk pops
+# at e + 4 + n and that beat leaves the FIFO 16 cycles later.
+def _tiny(tokens, in_features, out_features):
+    return LinearDescriptor(DEFAULT_HW["tiny"], tokens=tokens, in_features=in_features,
+                            out_features=out_features)
+
+
+def test_cost_long_reduction():
+    # 4 x 16 array, 4 post lanes: a 4-row tile drains in 16 cycles. The bank loads in
+    # cycles 1..64 and flips at 65; tile 0 issues 66..129, tile 1 130..193.
+    assert _tiny(8, 64, 16).expected_cycles() == 193 + 4 + 16 + 16
+
+
+def test_cost_drain_bound():
+    # 2-step tiles: tile 1's last step waits for tile 0's copy and drain (5 + 16 cycles).
+    # Bank ready at 1 + 16 + 1 = 18, tile 0 issues 18..19, tile 1's last step at 19 + 21.
+    assert _tiny(8, 2, 16).expected_cycles() == 40 + 4 + 16 + 16
+
+
+def test_cost_ragged_last_tile_drains_only_its_rows():
+    # 5 tokens: the last tile has 1 valid row, 4 cycles of drain instead of 16.
+    assert _tiny(5, 2, 16).expected_cycles() == 40 + 4 + 4 + 16
+
+
+def test_cost_channel_constants_pace_short_out_tiles():
+    # 3 x 8 array, 8 post lanes, 1 x 1 -> 64: every out tile's bank takes max(1, 8) + 1 = 9
+    # cycles (8 channel beats, then the flip), ready at 10, 19, ..., 73; one step each.
+    hw = HwConfig(rows=3, cols=8, post_lanes=8, max_tokens=9, max_in=40, out_depth=3)
+    d = LinearDescriptor(hw, tokens=1, in_features=1, out_features=64)
+    assert d.expected_cycles() == 73 + 4 + 1 + 16
+
+
+def test_cost_bank_released_after_its_drain():
+    # 1 step x 3 out tiles of one 4-row tile: tile 0 issues at 18 and frees its bank at
+    # 18 + 5 + 16 = 39; tile 1 (bank ready at 35) waits for tile 0's drain: its last step
+    # at 39, bank free at 60; tile 2's bank loads from 39 (bank 0 released), ready at 56,
+    # its step waits until 60.
+    assert _tiny(4, 1, 48).expected_cycles() == 60 + 4 + 16 + 16
+
+
+def test_cost_of_a_sequence():
+    # The next descriptor is taken the cycle after the previous last beat enters the
+    # output FIFO, one cycle before that beat leaves it.
+    a, b = _tiny(8, 64, 16), _tiny(5, 2, 16)
+    assert LinearDescriptor.sequence_cycles([a, b]) == [a.expected_cycles(),
+                                                        b.expected_cycles() - 1]

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from moevit.sim.runner import default_simulator, run_cocotb
-from moevit.sim.streams import pack, pauses, unpack
+from moevit.sim.streams import fixed_pattern, pack, pauses, unpack
 
 
 def _loopback_verilog(tmp_path):
@@ -38,6 +38,19 @@ def test_pause_patterns_are_seeded():
     assert 30 < sum(random_a) < 90
     with pytest.raises(ValueError, match=r"^Pause kind must be one of .*, not 'often'$"):
         pauses("often")
+
+
+def test_each_stream_has_its_own_fixed_pattern():
+    take = lambda it, n=34: [next(it) for _ in range(n)]
+    names = ("desc", "x", "w", "chan", "res", "y")
+    patterns = {name: fixed_pattern(name) for name in names}
+    assert len(set(patterns.values())) == len(names)
+    for name, pattern in patterns.items():
+        assert pattern[0] is False and pattern[-1] is True and len(pattern) in (7, 11, 13, 17)
+        assert take(pauses("fixed", stream=name), 2 * len(pattern)) == list(pattern) * 2
+    # Random patterns differ per stream too, and repeat per seed.
+    assert take(pauses("random", seed=1, stream="x")) == take(pauses("random", seed=1, stream="x"))
+    assert take(pauses("random", seed=1, stream="x")) != take(pauses("random", seed=1, stream="w"))
 
 
 @pytest.mark.parametrize(

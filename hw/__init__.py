@@ -1,1 +1,2 @@
-"""The accelerator: hardware parameters, run-time descriptors, Amaranth RTL, Verilog emission, resource estimates."""
+"""The accelerator: hardware parameters (``config``), the units' RTL (``units/``), the
+instruction set (``program/``), Verilog emission, resource estimates, the benches."""

@@ -38,8 +38,8 @@ def linear_shapes(model) -> list:
 
 
 def _ops(hw, shapes, seed):
-    from moevit.hw.descriptor import LinearDescriptor
-    from moevit.model import intops
+    from moevit.hw.program.descriptor import LinearDescriptor
+    from moevit.model.integer import intops
 
     rng = np.random.default_rng(seed)
     ops = []
@@ -84,8 +84,8 @@ def _simulate(hw, runs, simulator, test_id, bar):
 
 def _run(hw, shapes, simulator, test_id, bar):
     from moevit.errors import MoevitError
-    from moevit.hw.descriptor import LinearDescriptor
-    from moevit.hw.linear import STALL_CAUSES
+    from moevit.hw.program.descriptor import LinearDescriptor
+    from moevit.hw.units.linear import STALL_CAUSES
     from moevit.sim.linear_cases import check_outputs
 
     runs = [dict(ops=_ops(hw, shapes, seed=len(shapes)))]
@@ -174,7 +174,7 @@ def print_rows(rows, columns, note=None) -> None:
 
 def print_table(rows) -> None:
     """Print :func:`bench_linear`'s rows as a table."""
-    from moevit.hw.linear import STALL_CAUSES
+    from moevit.hw.units.linear import STALL_CAUSES
 
     rows = [dict(r, stalls_text="/".join(str(r["stalls"][c]) for c in STALL_CAUSES))
             for r in rows]

@@ -19,7 +19,7 @@ __all__ = ["bench_attention", "print_table"]
 
 
 def _case(hw, name, heads, tokens, head_dim, simulator, seed):
-    from moevit.model import intops
+    from moevit.model.integer import intops
     from moevit.sim.units import attention_descriptor, run_attention
 
     rng = np.random.default_rng(seed)

@@ -3,7 +3,7 @@
 A :class:`HwConfig` fixes everything that is built into the RTL: the shape of
 the multiply-accumulate array, the data widths, the depths of the on-chip
 buffers and the clock target. Run-time shapes (tokens, features) are not
-here: they come with each operation's descriptor (:mod:`moevit.hw.descriptor`)
+here: they come with each operation's descriptor (:mod:`moevit.hw.program.descriptor`)
 and are checked against these limits when the descriptor is made.
 
 ``DEFAULT_HW`` holds one instance per model config (``HwConfig.for_model``).
@@ -104,7 +104,7 @@ class HwConfig:
     kv_depth: int = 256
     max_head_dim: int = 64
 
-    # Fixed by the numeric contract (moevit.model.intops.requantize).
+    # Fixed by the numeric contract (moevit.model.integer.intops.requantize).
     BIAS_WIDTH = 32
     MULTIPLIER_WIDTH = 15
     SHIFT_WIDTH = 6

@@ -17,17 +17,17 @@ import json
 from pathlib import Path
 
 from moevit.errors import ConfigError
-from moevit.model import intops
+from moevit.model.integer import intops
 from moevit.paths import build_dir
 
 __all__ = ["UNITS", "build_unit", "module_name", "verilog", "verilog_file", "generate"]
 
 UNITS = {
-    "linear": "moevit.hw.linear:LinearKernel.from_config",
-    "attention": "moevit.hw.attention:Attention.from_config",
-    "softmax": "moevit.hw.softmax:Softmax.from_config",
-    "gelu": "moevit.hw.gelu:Gelu.from_config",
-    "layernorm": "moevit.hw.layernorm:LayerNorm.from_config",
+    "linear": "moevit.hw.units.linear:LinearKernel.from_config",
+    "attention": "moevit.hw.units.attention:Attention.from_config",
+    "softmax": "moevit.hw.units.softmax:Softmax.from_config",
+    "gelu": "moevit.hw.units.gelu:Gelu.from_config",
+    "layernorm": "moevit.hw.units.layernorm:LayerNorm.from_config",
 }
 
 
@@ -66,14 +66,14 @@ def verilog_file(unit: str, hw, folder=None) -> Path:
     """Write the Verilog of ``unit`` for ``hw`` once and return its path.
 
     Without ``folder`` the file is cached under ``build/rtl/_cache/<hash>/``
-    (keyed by the HwConfig, the hw sources and ``model/intops.py``), so the simulations reuse it.
+    (keyed by the HwConfig, the hw sources and ``model/integer/intops.py``), so the simulations reuse it.
     """
     if folder is None:
         # Keyed by the unit, the HwConfig and the source of every hw module and
         # of the integer units they build from, so an edit never reuses stale Verilog.
         digest = hashlib.sha256(json.dumps([unit, hw.to_dict()], sort_keys=True,
                                            default=str).encode())
-        for source in [*sorted(Path(__file__).parent.glob("*.py")), Path(intops.__file__)]:
+        for source in [*sorted(Path(__file__).parent.rglob("*.py")), Path(intops.__file__)]:
             digest.update(source.read_bytes())
         key = digest.hexdigest()[:16]
         folder = build_dir("rtl", "_cache", key)

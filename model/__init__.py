@@ -1,2 +1,2 @@
-"""The reference MoE-ViT: configs, PyTorch model, data, training, quantization,
-the integer golden model and ONNX export."""
+"""The reference MoE-ViT: configs, the PyTorch model, data, training, metrics,
+checkpoints and importers; the integer side in ``integer/``, ONNX in ``onnx/``."""

@@ -205,8 +205,8 @@ def _eval(args):
     png = args.png or build_dir("eval") / f"{config.name}-predictions.png"
     png = str(output_file(png, "prediction image", IMAGE_SUFFIXES))
     qmodel = None
-    if args.integer:  # the integer golden model beside the float one (model/integer_eval.py), checked first
-        from moevit.model.integer_eval import integer_model
+    if args.integer:  # the integer golden model beside the float one (model/integer/evaluate.py), checked first
+        from moevit.model.integer.evaluate import integer_model
 
         qmodel = integer_model(args, model)
     val = open_data(args, config, "val", args.val_size)
@@ -214,7 +214,7 @@ def _eval(args):
     save_prediction_png(model, val, png)
     integer = None
     if qmodel is not None:
-        from moevit.model.integer_eval import eval_integer
+        from moevit.model.integer.evaluate import eval_integer
 
         integer = eval_integer(args, qmodel, val, metrics)
     if args.json:
@@ -224,7 +224,7 @@ def _eval(args):
     print("\n".join(_format_metrics(metrics)))
     print(f"predictions: {png}")
     if integer:
-        from moevit.model.integer_eval import format_comparison
+        from moevit.model.integer.evaluate import format_comparison
 
         print("float and integer (golden) models side by side:")
         print("\n".join("  " + line for line in format_comparison(integer["comparison"])))
@@ -305,7 +305,7 @@ def demo_figure(state):
 # Later stages append here, e.g. DEMO_STEPS.append(demo_quantize) in their module
 # (imported by _demo below when it exists), so `make demo` runs them in order.
 DEMO_STEPS = [demo_data, demo_train, demo_evaluate, demo_figure]
-DEMO_EXTENSIONS = ("moevit.model.integer_eval",)  # modules that may add steps on import
+DEMO_EXTENSIONS = ("moevit.model.integer.evaluate",)  # modules that may add steps on import
 # Sized to finish in a few minutes on 2 CPU cores with `tiny`.
 DEMO_DEFAULTS = {"threads": 1, "steps": 400, "batch_size": 32, "lr": 2e-3, "train_size": 2048, "val_size": 256}
 
@@ -373,7 +373,7 @@ def register(subparsers):
     evaluate.add_argument("--json", action="store_true")
     evaluate.add_argument("--quiet", action="store_true")
     evaluate.set_defaults(handler=_eval)
-    from moevit.model import integer_eval  # light: imports numpy only when run
+    from moevit.model.integer import evaluate as integer_eval  # light: imports numpy only when run
 
     integer_eval.add_integer_arguments(evaluate)
     integer_eval.add_quantize_command(subparsers)
@@ -397,7 +397,7 @@ def register(subparsers):
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(handler=_demo)
 
-    from moevit.model.onnx_commands import register_onnx  # export-onnx, check-onnx, onnx-stats
+    from moevit.model.onnx.commands import register_onnx  # export-onnx, check-onnx, onnx-stats
 
     register_onnx(subparsers)
     from moevit.model.importer_commands import register_importers  # import, export
@@ -406,6 +406,6 @@ def register(subparsers):
 
 
 def register_bench(benches):
-    from moevit.model import integer_eval
+    from moevit.model.integer import evaluate as integer_eval
 
     integer_eval.register_bench(benches)

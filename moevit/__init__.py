@@ -42,15 +42,15 @@ _LAZY = {
     "train": "moevit.model.train:train",
     "evaluate": "moevit.model.evaluate:evaluate",
     # quantization and the integer golden model
-    "QuantizedModel": "moevit.model.quantize:QuantizedModel",
-    "quantize": "moevit.model.quantize:quantize",
-    "load_quantized": "moevit.model.quantize:load_quantized",
-    "save_quantized": "moevit.model.quantize:save_quantized",
-    "golden_predict": "moevit.model.golden:predict",
-    "golden_run": "moevit.model.golden:run",
+    "QuantizedModel": "moevit.model.integer.quantize:QuantizedModel",
+    "quantize": "moevit.model.integer.quantize:quantize",
+    "load_quantized": "moevit.model.integer.quantize:load_quantized",
+    "save_quantized": "moevit.model.integer.quantize:save_quantized",
+    "golden_predict": "moevit.model.integer.golden:predict",
+    "golden_run": "moevit.model.integer.golden:run",
     # ONNX
-    "export_onnx": "moevit.model.onnx_export:export_onnx",
-    "export_qdq": "moevit.model.onnx_qdq:export_qdq",
+    "export_onnx": "moevit.model.onnx.export:export_onnx",
+    "export_qdq": "moevit.model.onnx.qdq:export_qdq",
     # hardware
     "HwConfig": "moevit.hw.config:HwConfig",
     "get_hw_config": "moevit.hw.config:get_hw_config",

@@ -5,18 +5,18 @@ A *design point* is a HwConfig drawn within what the generator accepts; a
 (:func:`moevit.sim.benches.linear.write_case`). Everything comes from one
 seed, so a failing case is replayed from the seed it prints. The outputs are
 compared in full with the golden model's integer primitives
-(``moevit.model.intops``, through :func:`~moevit.hw.linear.linear_reference`);
+(``moevit.model.integer.intops``, through :func:`~moevit.hw.units.linear.linear_reference`);
 on a run without pauses the cycles must equal the cost model
-(:meth:`~moevit.hw.descriptor.LinearDescriptor.sequence_cycles`) and no stall
+(:meth:`~moevit.hw.program.descriptor.LinearDescriptor.sequence_cycles`) and no stall
 counter may move.
 """
 
 import numpy as np
 
 from moevit.hw.config import HwConfig
-from moevit.hw.descriptor import LinearDescriptor
-from moevit.hw.linear import STALL_CAUSES, linear_reference
-from moevit.model import intops
+from moevit.hw.program.descriptor import LinearDescriptor
+from moevit.hw.units.linear import STALL_CAUSES, linear_reference
+from moevit.model.integer import intops
 from moevit.sim.streams import PAUSE_KINDS
 
 __all__ = ["random_op", "random_hw", "random_shape", "random_run", "check_outputs", "check_runs"]

@@ -2,7 +2,7 @@
 
 Each ``run_*`` function writes the Verilog of its unit for a
 :class:`~moevit.hw.config.HwConfig`, the inputs and the golden model's
-expected outputs (``moevit.model.golden`` / ``intops``) to
+expected outputs (``moevit.model.integer.golden`` / ``intops``) to
 ``build/sim/_cases/<test id>.npz``, runs the unit's cocotb bench
 (``moevit.sim.benches.<unit>``) with seeded gaps on the inputs and
 back-pressure on the outputs, and returns what the design produced and how
@@ -90,7 +90,7 @@ def run_linear(hw, runs, *, test_id, simulator=None):
     """Simulate runs of linear-kernel operations (:mod:`moevit.sim.benches.linear`).
 
     Unlike the other units, the bench only records: the caller compares the
-    outputs with the golden model (``moevit.hw.linear.linear_reference``).
+    outputs with the golden model (``moevit.hw.units.linear.linear_reference``).
     All runs share one build of the design and one simulation.
 
     Parameters
@@ -128,12 +128,12 @@ def run_linear(hw, runs, *, test_id, simulator=None):
 
 
 def attention_descriptor(hw, tokens, heads, head_dim, consts):
-    """The :class:`~moevit.hw.descriptor.AttentionDescriptor` of one attention layer.
+    """The :class:`~moevit.hw.program.descriptor.AttentionDescriptor` of one attention layer.
 
-    ``consts`` is a :class:`~moevit.model.golden.AttentionConsts` (or its four
+    ``consts`` is a :class:`~moevit.model.integer.golden.AttentionConsts` (or its four
     integers: softmax multiplier and shift, context multiplier and shift).
     """
-    from moevit.hw.descriptor import AttentionDescriptor
+    from moevit.hw.program.descriptor import AttentionDescriptor
 
     sm_mult, sm_shift, out_mult, out_shift = (int(c) for c in consts)
     return AttentionDescriptor(hw, tokens=tokens, heads=heads, head_dim=head_dim,
@@ -163,7 +163,7 @@ def run_attention(hw, q, k, v, consts, *, test_id, simulator=None, gaps="random"
         ``out`` int8 ``(heads, tokens, head_dim)``; ``cycles`` from the
         descriptor to the last context beat.
     """
-    from moevit.model.golden import AttentionConsts, attention_head
+    from moevit.model.integer.golden import AttentionConsts, attention_head
 
     q, k, v = (np.asarray(a, dtype=np.int8) for a in (q, k, v))
     heads, tokens, head_dim = q.shape
@@ -193,7 +193,7 @@ def run_softmax(hw, rows, multiplier, shift, *, test_id, simulator=None, gaps="r
 
     ``out`` is the concatenation of the rows' Q0.15 probabilities.
     """
-    from moevit.model import intops
+    from moevit.model.integer import intops
 
     rows = [np.asarray(r, dtype=np.int64) for r in rows]
     expected = np.concatenate([intops.softmax(r, multiplier, shift) for r in rows])
@@ -208,9 +208,9 @@ def run_gelu(hw, x, consts, *, test_id, simulator=None, gaps="random", stall="ra
     """Simulate the GELU unit: ``requantize(gelu(x, b, c), mult, shift)``.
 
     ``x`` int8 of any size (padded with zeros to whole beats of ``hw.cols``);
-    ``consts`` a :class:`~moevit.model.golden.GeluConsts` or ``(b, c, mult, shift)``.
+    ``consts`` a :class:`~moevit.model.integer.golden.GeluConsts` or ``(b, c, mult, shift)``.
     """
-    from moevit.model import intops
+    from moevit.model.integer import intops
 
     b, c, mult, shift = (int(v) for v in consts)
     flat = np.asarray(x, dtype=np.int64).ravel()
@@ -230,8 +230,8 @@ def run_gelu(hw, x, consts, *, test_id, simulator=None, gaps="random", stall="ra
 def run_layernorm(hw, x, eps, gamma, beta, shift, *, test_id, simulator=None,
                   gaps="random", stall="random", seed=0) -> UnitRun:
     """Simulate the LayerNorm unit on int8 rows ``x`` ``(tokens, dim)``."""
-    from moevit.hw.descriptor import LayerNormDescriptor
-    from moevit.model import intops
+    from moevit.hw.program.descriptor import LayerNormDescriptor
+    from moevit.model.integer import intops
 
     x = np.asarray(x, dtype=np.int64)
     tokens, dim = x.shape
@@ -261,14 +261,14 @@ def tiny_quantized(trained=True):
     """
     from moevit.model.config import get_config
     from moevit.model.data import SyntheticDataset
-    from moevit.model.onnx_check import config_hash
-    from moevit.model.quantize import load_quantized, quantize, save_quantized
+    from moevit.model.onnx.check import config_hash
+    from moevit.model.integer.quantize import load_quantized, quantize, save_quantized
     from moevit.model.train import TrainOptions, train
 
     config = get_config("tiny")
     image = SyntheticDataset(config, "val", size=1, seed=0).images[0].numpy()
     if not trained:
-        from moevit.model.integer_eval import signal_model
+        from moevit.model.integer.evaluate import signal_model
 
         data = SyntheticDataset(config, "val", size=8, seed=1)
         return quantize(signal_model(config), data.images), image
@@ -300,7 +300,7 @@ def attention_layer(qmodel, tensors, block):
     ctx : int8 ``(tokens, dim)``
         ``blocks.{block}.attn.ctx``, the heads' outputs side by side.
     """
-    from moevit.model.golden import AttentionConsts
+    from moevit.model.integer.golden import AttentionConsts
 
     config = qmodel.config
     qkv = tensors[f"blocks.{block}.attn.qkv.out"]

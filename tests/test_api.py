@@ -9,7 +9,7 @@ import torch
 
 import moevit
 from moevit.errors import ConfigError
-from moevit.model.intops import QuantizationError
+from moevit.model.integer.intops import QuantizationError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -27,7 +27,9 @@ def test_import_is_light_and_names_resolve_on_first_use():
 
 def test_the_names_are_the_flow_s_objects():
     from moevit.hw.config import HwConfig
-    from moevit.model import checkpoint, golden, onnx_export, quantize
+    from moevit.model import checkpoint
+    from moevit.model.integer import golden, quantize
+    from moevit.model.onnx import export as onnx_export
 
     assert moevit.load_checkpoint is checkpoint.load_checkpoint
     assert moevit.quantize is quantize.quantize
@@ -39,7 +41,7 @@ def test_the_names_are_the_flow_s_objects():
 
 @pytest.fixture(scope="module")
 def quantized():
-    from moevit.model.integer_eval import signal_model  # weights whose activations carry signal
+    from moevit.model.integer.evaluate import signal_model  # weights whose activations carry signal
 
     config = moevit.get_config("tiny")
     images = moevit.SyntheticDataset(config, "val", size=3).images

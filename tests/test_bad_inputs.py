@@ -23,8 +23,8 @@ from moevit.model.config import get_config
 from moevit.model.data import SyntheticDataset
 from moevit.model.importers import export_edge_moe, export_m3vit
 from moevit.model.moevit import MoEViT
-from moevit.model.onnx_qdq import export_qdq
-from moevit.model.quantize import load_quantized, quantize, save_quantized
+from moevit.model.onnx.qdq import export_qdq
+from moevit.model.integer.quantize import load_quantized, quantize, save_quantized
 from moevit.model.train import TrainOptions, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -11,11 +11,11 @@ import random
 
 import numpy as np
 
-from moevit.hw.attention import Attention
+from moevit.hw.units.attention import Attention
 from moevit.hw.config import HwConfig
-from moevit.hw.descriptor import AttentionDescriptor
-from moevit.model import intops
-from moevit.model.golden import AttentionConsts, attention_head
+from moevit.hw.program.descriptor import AttentionDescriptor
+from moevit.model.integer import intops
+from moevit.model.integer.golden import AttentionConsts, attention_head
 
 
 def _beats(matrix, lanes):

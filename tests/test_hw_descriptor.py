@@ -3,7 +3,7 @@
 import pytest
 
 from moevit.hw.config import DEFAULT_HW, HwConfig
-from moevit.hw.descriptor import (OPCODE_WIDTH, DescriptorError, LinearDescriptor)
+from moevit.hw.program.descriptor import (OPCODE_WIDTH, DescriptorError, LinearDescriptor)
 
 
 def _vit():

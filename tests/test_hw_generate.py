@@ -25,8 +25,8 @@ def test_linear_signature_follows_the_config():
     from amaranth.lib import stream, wiring
     from amaranth.lib.wiring import In, Out
 
-    from moevit.hw.descriptor import LinearDescriptor
-    from moevit.hw.linear import (LinearError, chan_layout, lanes_layout, output_layout,
+    from moevit.hw.program.descriptor import LinearDescriptor
+    from moevit.hw.units.linear import (LinearError, chan_layout, lanes_layout, output_layout,
                                   stalls_layout)
 
     hw = HwConfig(rows=2, cols=8, max_tokens=8, max_in=16)
@@ -56,7 +56,7 @@ def test_unknown_unit_and_config_are_clear_errors(capsys):
 
 
 def test_kernel_needs_a_hw_config():
-    from moevit.hw.linear import LinearKernel
+    from moevit.hw.units.linear import LinearKernel
 
     with pytest.raises(TypeError, match=r"^Hardware config must be a HwConfig, not 4$"):
         LinearKernel(4)

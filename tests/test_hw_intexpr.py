@@ -1,11 +1,11 @@
-"""The Amaranth expressions of moevit.hw.intexpr against moevit.model.intops, in full."""
+"""The Amaranth expressions of moevit.hw.units.intexpr against moevit.model.integer.intops, in full."""
 
 import numpy as np
 from amaranth import Module, Signal, signed, unsigned
 from amaranth.sim import Simulator
 
-from moevit.hw import intexpr
-from moevit.model import intops
+from moevit.hw.units import intexpr
+from moevit.model.integer import intops
 
 
 def _evaluate(inputs, build, vectors):

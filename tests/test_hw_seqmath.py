@@ -6,7 +6,7 @@ import random
 import pytest
 from amaranth.sim import Simulator
 
-from moevit.hw.seqmath import Divider, ISqrt
+from moevit.hw.units.seqmath import Divider, ISqrt
 
 
 def _run(dut, cases, put, take):

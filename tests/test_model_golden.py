@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from moevit.errors import CheckpointError, ConfigError
-from moevit.model import golden, intops, quantize
+from moevit.model.integer import golden, intops, quantize
 from moevit.model.config import get_config
 from moevit.model.data import SyntheticDataset
-from moevit.model.integer_eval import signal_model
-from moevit.model.intops import QuantizationError
+from moevit.model.integer.evaluate import signal_model
+from moevit.model.integer.intops import QuantizationError
 from moevit.model.moevit import MoEViT
 
 

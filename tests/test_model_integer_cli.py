@@ -6,13 +6,13 @@ import re
 import pytest
 
 from moevit.cli import main
-from moevit.model import golden
+from moevit.model.integer import golden
 from moevit.model.checkpoint import read_checkpoint, save_checkpoint, weights_sha256
 from moevit.model.config import get_config
 from moevit.model.data import SyntheticDataset
-from moevit.model.integer_eval import calibration_images, compare_rows, format_comparison, signal_model
-from moevit.model.intops import QuantizationError
-from moevit.model.quantize import QuantizedModel, load_quantized, save_quantized
+from moevit.model.integer.evaluate import calibration_images, compare_rows, format_comparison, signal_model
+from moevit.model.integer.intops import QuantizationError
+from moevit.model.integer.quantize import QuantizedModel, load_quantized, save_quantized
 
 
 @pytest.fixture(scope="module")

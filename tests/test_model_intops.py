@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from moevit.errors import MoevitError
-from moevit.model import intops
-from moevit.model.intops import QuantizationError
+from moevit.model.integer import intops
+from moevit.model.integer.intops import QuantizationError
 
 int8s = st.integers(-128, 127)
 int32s = st.integers(-(2**31), 2**31 - 1)

@@ -20,7 +20,7 @@ from moevit.cli import main
 from moevit.errors import ConfigError
 from moevit.model.config import get_config
 from moevit.model.moevit import MoEViT
-from moevit.model.onnx_check import (
+from moevit.model.onnx.check import (
     OnnxFileError,
     OnnxInputError,
     OnnxModel,
@@ -29,8 +29,8 @@ from moevit.model.onnx_check import (
     read_graph,
     torch_model_for,
 )
-from moevit.model.onnx_commands import stats_rows
-from moevit.model.onnx_export import export_onnx
+from moevit.model.onnx.commands import stats_rows
+from moevit.model.onnx.export import export_onnx
 from moevit.model.stats import model_stats
 
 FLOAT_BOUND = 1e-5
@@ -261,13 +261,13 @@ def test_commands_export_check_and_stats(tmp_path, capsys):
 
 
 # QDQ graphs of the quantized model ---------------------------------------------------
-# The bounds are QDQ_BOUNDS (model/onnx_qdq.py: its docstring says how they
+# The bounds are QDQ_BOUNDS (model/onnx/qdq.py: its docstring says how they
 # were measured); these tests hold every graph to them, image by image.
 
 
 def quantize_and_export(name, folder):
-    from moevit.model.onnx_qdq import export_qdq
-    from moevit.model.quantize import quantize, save_quantized
+    from moevit.model.onnx.qdq import export_qdq
+    from moevit.model.integer.quantize import quantize, save_quantized
 
     model = random_model(name)
     config = model.config
@@ -286,7 +286,7 @@ def quantized(tmp_path_factory):
 
 def test_qdq_graph_of_edge_moe_is_within_bound(tmp_path):
     """Edge-MoE's 12 blocks (6 MoE layers): more flips, within the same bounds."""
-    from moevit.model.onnx_qdq import QDQ_BOUNDS, compare_with_golden
+    from moevit.model.onnx.qdq import QDQ_BOUNDS, compare_with_golden
 
     qmodel, _, graphs = quantize_and_export("edge-moe", tmp_path)
     images = random_images(qmodel.config, seed=5)
@@ -315,7 +315,7 @@ def test_qdq_graph_is_standard_onnx_with_integer_weights(quantized):
 
 @pytest.mark.parametrize("task", ["semseg", "depth"])
 def test_qdq_graph_is_within_the_stated_bounds(quantized, task):
-    from moevit.model.onnx_qdq import QDQ_BOUNDS, compare_with_golden
+    from moevit.model.onnx.qdq import QDQ_BOUNDS, compare_with_golden
 
     qmodel, _, graphs = quantized
     tensors = ["patch_embed.out", "embed.out"]
@@ -332,8 +332,8 @@ def test_qdq_graph_is_within_the_stated_bounds(quantized, task):
 
 def test_qdq_routing_accounting_by_hand(quantized):
     """routing_agreement and the steps of tokens routed alike, recomputed from both models' own outputs."""
-    from moevit.model import golden
-    from moevit.model.onnx_qdq import compare_with_golden
+    from moevit.model.integer import golden
+    from moevit.model.onnx.qdq import compare_with_golden
 
     qmodel, _, graphs = quantized
     config = qmodel.config
@@ -356,7 +356,7 @@ def test_qdq_routing_accounting_by_hand(quantized):
 
 
 def test_qdq_bounds_name_what_they_exceed():
-    from moevit.model.onnx_qdq import QDQ_BOUNDS
+    from moevit.model.onnx.qdq import QDQ_BOUNDS
 
     row = {"max_steps_alike": QDQ_BOUNDS.max_steps_alike + 1, "mean_steps_alike": 0.0,
            "routing_agreement": QDQ_BOUNDS.min_routing_agreement - 0.01, "mean_steps": 0.0}
@@ -370,8 +370,8 @@ def test_qdq_bounds_name_what_they_exceed():
 def test_qdq_graph_of_the_trained_tiny_is_within_the_stated_bounds(tmp_path):
     """The trained tiny (sim.units' cached one): routing flips happen, and only they go far."""
     from moevit.model.data import SyntheticDataset
-    from moevit.model.onnx_qdq import QDQ_BOUNDS, compare_with_golden, export_qdq
-    from moevit.model.quantize import save_quantized
+    from moevit.model.onnx.qdq import QDQ_BOUNDS, compare_with_golden, export_qdq
+    from moevit.model.integer.quantize import save_quantized
     from moevit.sim.units import tiny_quantized
 
     qmodel, _ = tiny_quantized()
@@ -395,7 +395,7 @@ def test_qdq_graph_statistics_equal_moevit_info(quantized):
 
 
 def test_onnx_runtime_topk_breaks_ties_like_the_golden_model():
-    from moevit.model.intops import topk
+    from moevit.model.integer.intops import topk
 
     logits = np.random.default_rng(0).integers(-3, 3, size=(200, 8)).astype(np.float32)
     node = onnx.helper.make_node("TopK", ["x", "k"], ["v", "i"], axis=-1, largest=1, sorted=1)
@@ -411,8 +411,8 @@ def test_onnx_runtime_topk_breaks_ties_like_the_golden_model():
 
 
 def test_qdq_graph_of_another_quantized_model_is_a_clear_error(quantized, tmp_path):
-    from moevit.model.onnx_qdq import compare_with_golden
-    from moevit.model.quantize import QuantizedModel, save_quantized
+    from moevit.model.onnx.qdq import compare_with_golden
+    from moevit.model.integer.quantize import QuantizedModel, save_quantized
 
     qmodel, _, graphs = quantized
     arrays = dict(qmodel.arrays)
@@ -423,14 +423,14 @@ def test_qdq_graph_of_another_quantized_model_is_a_clear_error(quantized, tmp_pa
 
 
 def test_qdq_graph_is_per_task(quantized, tmp_path):
-    from moevit.model.onnx_qdq import export_qdq
+    from moevit.model.onnx.qdq import export_qdq
 
     with pytest.raises(ConfigError, match=r"^QDQ graphs are exported per task, not 'any'"):
         export_qdq(quantized[0], "any", tmp_path / "any.onnx")
 
 
 def test_qdq_commands(quantized, tmp_path, capsys):
-    from moevit.model.onnx_qdq import QDQ_BOUNDS
+    from moevit.model.onnx.qdq import QDQ_BOUNDS
 
     _, qpath, _ = quantized
     path = tmp_path / "q.onnx"

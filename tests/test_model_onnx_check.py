@@ -19,8 +19,8 @@ from moevit.cli import main
 from moevit.model.config import get_config
 from moevit.model.moevit import MoEViT
 from moevit.errors import MoevitError
-from moevit.model.onnx_qdq import QDQ_BOUNDS
-from moevit.model.onnx_check import (
+from moevit.model.onnx.qdq import QDQ_BOUNDS
+from moevit.model.onnx.check import (
     FLOAT_ATOL,
     FLOAT_RTOL,
     _routing_differences,
@@ -35,9 +35,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def graphs(tmp_path_factory):
     """A float graph of tiny's semseg task and a QDQ graph of its depth task (random weights)."""
-    from moevit.model.onnx_export import export_onnx
-    from moevit.model.onnx_qdq import export_qdq
-    from moevit.model.quantize import quantize, save_quantized
+    from moevit.model.onnx.export import export_onnx
+    from moevit.model.onnx.qdq import export_qdq
+    from moevit.model.integer.quantize import quantize, save_quantized
 
     folder = tmp_path_factory.mktemp("check")
     torch.manual_seed(0)
@@ -294,7 +294,7 @@ def test_weights_sha256_hashes_arrays_as_their_tensors():
 
 
 def test_graph_statistics_unlike_moevit_info_fail(graphs, capsys, monkeypatch):
-    from moevit.model import onnx_commands
+    from moevit.model.onnx import commands as onnx_commands
 
     row = {"task": "semseg", "quantity": "MACs (top-k)", "graph": 1, "info": 2, "equal": False}
     monkeypatch.setattr(onnx_commands, "stats_rows", lambda path: [row])

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from moevit.hw.config import DEFAULT_HW, HwConfig
-from moevit.hw.descriptor import AttentionDescriptor, DescriptorError
-from moevit.model import intops
+from moevit.hw.program.descriptor import AttentionDescriptor, DescriptorError
+from moevit.model.integer import intops
 from moevit.sim.runner import default_simulator
 from moevit.sim.units import attention_layer, run_attention, tiny_quantized
 
@@ -42,7 +42,7 @@ def test_extremes_icarus(gaps, stall):
     sm_mult, sm_shift = intops.softmax_constants(1 / 64)
     consts = (sm_mult, sm_shift, *map(int, intops.quantize_multiplier(1 / 40)))
     # The bench fails on any difference; check the extremes were reached too.
-    from moevit.model.golden import AttentionConsts, attention_head
+    from moevit.model.integer.golden import AttentionConsts, attention_head
 
     probs = [attention_head(q[h], k[h], v[h], AttentionConsts(*consts)).probs for h in range(4)]
     assert (probs[1] == probs[1][:, :1]).all()
@@ -55,7 +55,7 @@ def test_extremes_icarus(gaps, stall):
 
 
 def _tiny_block(block, trained=True):
-    from moevit.model import golden
+    from moevit.model.integer import golden
 
     qmodel, image = tiny_quantized(trained)
     result = golden.run(qmodel, image, 0)

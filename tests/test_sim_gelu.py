@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from moevit.hw.config import DEFAULT_HW
-from moevit.hw.gelu import Gelu
-from moevit.model import intops
+from moevit.hw.units.gelu import Gelu
+from moevit.model.integer import intops
 from moevit.sim.runner import default_simulator
 from moevit.sim.units import run_gelu, tiny_quantized
 
@@ -34,7 +34,7 @@ def test_every_int8_icarus(scale):
 @pytest.mark.parametrize("trained", [pytest.param(True, marks=pytest.mark.slow), False],
                          ids=["trained", "signal"])
 def test_tiny_model_mlp(trained):
-    from moevit.model import golden
+    from moevit.model.integer import golden
 
     qmodel, image = tiny_quantized(trained)
     result = golden.run(qmodel, image, 0)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from moevit.hw.config import DEFAULT_HW
-from moevit.hw.descriptor import DescriptorError, LayerNormDescriptor
-from moevit.hw.layernorm import LayerNorm
-from moevit.model import intops
+from moevit.hw.program.descriptor import DescriptorError, LayerNormDescriptor
+from moevit.hw.units.layernorm import LayerNorm
+from moevit.model.integer import intops
 from moevit.sim.runner import default_simulator
 from moevit.sim.units import run_layernorm, tiny_quantized
 
@@ -56,7 +56,7 @@ def _run_norm(qmodel, name, x, y, test_id, simulator):
 
 def test_tiny_model_first_norm_icarus():
     """The untrained signal model's first LayerNorm (the trained model's are slow)."""
-    from moevit.model import golden
+    from moevit.model.integer import golden
 
     qmodel, image = tiny_quantized(trained=False)
     result = golden.run(qmodel, image, 0)
@@ -66,7 +66,7 @@ def test_tiny_model_first_norm_icarus():
 
 @pytest.mark.slow
 def test_tiny_model_every_norm():
-    from moevit.model import golden
+    from moevit.model.integer import golden
 
     qmodel, image = tiny_quantized()
     result = golden.run(qmodel, image, 1)

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from moevit.hw.config import DEFAULT_HW, HwConfig
-from moevit.hw.descriptor import LinearDescriptor
-from moevit.hw.linear import linear_reference
+from moevit.hw.program.descriptor import LinearDescriptor
+from moevit.hw.units.linear import linear_reference
 from moevit.model.config import get_config
 from moevit.sim.linear_cases import check_runs, random_op
 from moevit.sim.runner import default_simulator
@@ -161,7 +161,7 @@ def tiny_model_ops(hw):
     """Every linear layer of the tiny model as it ran in the golden model (both tasks),
     plus the experts that no token of the image selected, on its first 8 tokens, plus
     the residual adds fused into the layers before them (task 0)."""
-    from moevit.model import golden
+    from moevit.model.integer import golden
 
     qmodel, image = tiny_quantized()
     config = qmodel.config

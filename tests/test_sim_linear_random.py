@@ -6,7 +6,7 @@ operations back to back (ragged shapes, GELU and residual on or off, 1..N
 tiles each way) with random gaps on every input stream (``desc`` included)
 and back-pressure on the output; every run shares the design point's one
 build and one simulation. Every output is compared in full with
-``moevit.model.intops``; a run without pauses must take the cost model's
+``moevit.model.integer.intops``; a run without pauses must take the cost model's
 cycles exactly, with no stall counter moving. The default arrays (``tiny``,
 ``edge-moe``, ``m3vit-s``) get the same, plus runs where the output FIFO
 fills and holds the post-processing and where the residual stream starves
@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from moevit.hw.config import DEFAULT_HW
-from moevit.hw.linear import STALL_CAUSES, LinearError
+from moevit.hw.units.linear import STALL_CAUSES, LinearError
 from moevit.sim.linear_cases import check_runs, random_hw, random_op, random_run
 from moevit.sim.runner import default_simulator
 from moevit.sim.units import run_linear

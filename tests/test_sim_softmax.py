@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from moevit.hw.config import HwConfig
-from moevit.hw.softmax import Softmax
-from moevit.model import intops
+from moevit.hw.units.softmax import Softmax
+from moevit.model.integer import intops
 from moevit.sim.runner import default_simulator
 from moevit.sim.units import run_softmax, tiny_quantized
 
@@ -59,7 +59,7 @@ def test_constant_exponent_icarus():
 
 @pytest.mark.slow
 def test_tiny_model_scores():
-    from moevit.model import golden
+    from moevit.model.integer import golden
 
     qmodel, image = tiny_quantized()
     result = golden.run(qmodel, image, 0)

@@ -1,4 +1,4 @@
-"""cocotb bench of the attention kernel (``moevit.hw.attention.Attention``).
+"""cocotb bench of the attention kernel (``moevit.hw.units.attention.Attention``).
 
 Sends the descriptor, then each head lane's K, V and Q beats (seeded gaps),
 receives each lane's context beats (seeded back-pressure), compares every

@@ -1,4 +1,4 @@
-"""cocotb bench of the GELU unit (``moevit.hw.gelu.Gelu``): every beat against
+"""cocotb bench of the GELU unit (``moevit.hw.units.gelu.Gelu``): every beat against
 ``requantize(intops.gelu(x, b, c), mult, shift)``."""
 
 try:

@@ -1,4 +1,4 @@
-"""cocotb bench of the LayerNorm unit (``moevit.hw.layernorm.LayerNorm``):
+"""cocotb bench of the LayerNorm unit (``moevit.hw.units.layernorm.LayerNorm``):
 descriptor, gamma/beta, then the rows; every output against ``intops.layernorm``."""
 
 try:

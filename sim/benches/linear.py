@@ -1,4 +1,4 @@
-"""cocotb bench of the linear kernel (``moevit.hw.linear.LinearKernel``).
+"""cocotb bench of the linear kernel (``moevit.hw.units.linear.LinearKernel``).
 
 The case (``$MOEVIT_CASE``, an ``.npz`` written by :func:`write_case`) holds
 the HwConfig and one or more *runs*, simulated one after the other on the
@@ -10,7 +10,7 @@ the output. An operation is a descriptor with its operands, or a raw
 descriptor the kernel must skip (``bad``: only its descriptor beat is sent).
 
 Per run the bench writes ``y<run>_<op>.npy`` (each good operation's output,
-decoded by :func:`~moevit.hw.linear.linear_output`, which checks the
+decoded by :func:`~moevit.hw.units.linear.linear_output`, which checks the
 ``last`` flags and that padding lanes are 0) and, in ``summary.json``:
 ``cycles`` per operation (from the run's first descriptor's acceptance, or
 the previous operation's last beat, to the operation's last beat), the
@@ -75,7 +75,7 @@ def write_case(path, hw, runs):
 def read_case(path):
     """``(hw, runs)`` from a case file (as for :func:`write_case`)."""
     from moevit.hw.config import HwConfig
-    from moevit.hw.descriptor import LinearDescriptor
+    from moevit.hw.program.descriptor import LinearDescriptor
 
     with np.load(path) as data:
         meta = json.loads(str(data["meta"]))
@@ -105,7 +105,7 @@ if cocotb is not None:
     from cocotb.triggers import ClockCycles, with_timeout
     from cocotb.utils import get_sim_time
 
-    from moevit.hw.linear import STALL_CAUSES, linear_output, linear_streams, stalls_layout
+    from moevit.hw.units.linear import STALL_CAUSES, linear_output, linear_streams, stalls_layout
     from moevit.sim.benches.common import start
     from moevit.sim.streams import StreamSink, StreamSource, pauses, unpack
 

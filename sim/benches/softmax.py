@@ -1,4 +1,4 @@
-"""cocotb bench of the softmax unit (``moevit.hw.softmax.Softmax``).
+"""cocotb bench of the softmax unit (``moevit.hw.units.softmax.Softmax``).
 
 Sends score rows (``last`` on each row's final score, seeded gaps), receives
 the probabilities (seeded back-pressure) and compares them, and the ``last``

@@ -30,20 +30,20 @@ Graph inputs and outputs
     maps an id outside ``0..len(tasks)-1`` (negative ones included) to an out
     of bounds ``Gather``, so ONNX Runtime fails with its own INVALID_ARGUMENT
     error ("indices element out of data bounds") instead of computing garbage;
-    :class:`moevit.model.onnx_check.OnnxModel` checks the id before running
+    :class:`moevit.model.onnx.check.OnnxModel` checks the id before running
     and raises a :class:`~moevit.errors.ConfigError` naming the valid ids.
 ``prediction``
     float32 (batch, classes, height, width). In the task-any graph the heads
     are the branches of ``If`` nodes, so the channel count is symbolic.
 
-Metadata (``metadata_props``, read back by :func:`moevit.model.onnx_check.read_graph`): the
+Metadata (``metadata_props``, read back by :func:`moevit.model.onnx.check.read_graph`): the
 config as JSON and its hash, the task (a name or ``"any"``), the kind
 (``"float"`` or ``"qdq"``) and where the weights come from with their hash,
 so that a graph is never compared with another model by mistake.
 
 The graphs are exported without the exporter's constant folding
 (``optimize=False``): the initializers are then exactly the model's
-parameters, under their PyTorch names, which :mod:`moevit.model.onnx_check`
+parameters, under their PyTorch names, which :mod:`moevit.model.onnx.check`
 counts; ONNX Runtime folds constants itself when it loads a graph.
 """
 
@@ -60,7 +60,7 @@ from torch import nn
 
 from moevit.model.config import check_positive
 from moevit.model.moevit import gate_weights
-from moevit.model.onnx_check import ANY_TASK, FORMAT, config_hash
+from moevit.model.onnx.check import ANY_TASK, FORMAT, config_hash
 
 __all__ = [
     "OPSET",

@@ -1,7 +1,7 @@
 """Integer GELU unit: ``requantize(intops.gelu(x, b, c), mult, shift)`` on a stream.
 
-The golden model's fused GELU (``moevit.model.golden.linear`` with
-:class:`~moevit.model.golden.GeluConsts`): I-BERT's second-order erf
+The golden model's fused GELU (``moevit.model.integer.golden.linear`` with
+:class:`~moevit.model.integer.golden.GeluConsts`): I-BERT's second-order erf
 polynomial on each int8 value, then a requantization back to int8. Element
 by element, ``lanes`` values per beat, two pipeline steps; a stalled output
 holds the pipeline.
@@ -11,8 +11,8 @@ from amaranth import Module, Signal, signed, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from moevit.hw import intexpr
-from moevit.model import intops
+from moevit.hw.units import intexpr
+from moevit.model.integer import intops
 
 __all__ = ["Gelu"]
 

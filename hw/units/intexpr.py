@@ -1,14 +1,14 @@
 """The golden model's integer formulas as Amaranth expressions.
 
 Each function here builds the combinational expression of one formula of
-:mod:`moevit.model.intops`, with the same widths, so that the units that
+:mod:`moevit.model.integer.intops`, with the same widths, so that the units that
 pipeline them (softmax, GELU, LayerNorm, attention) read like the
 specification. Registers between the steps are the caller's choice.
 """
 
 from amaranth import Cat, Const, Mux, signed, unsigned
 
-from moevit.model import intops
+from moevit.model.integer import intops
 
 __all__ = ["non_negative", "round_shift", "clip8", "requantize", "exp2_neg_parts", "exp2_neg_poly",
            "gelu"]

@@ -1,9 +1,9 @@
 """The quantized model as a QDQ ONNX graph, and its distance from the golden model.
 
-:func:`export_qdq` writes a :class:`~moevit.model.quantize.QuantizedModel`
-as a standard ONNX graph (opset :data:`~moevit.model.onnx_export.OPSET`) in
+:func:`export_qdq` writes a :class:`~moevit.model.integer.quantize.QuantizedModel`
+as a standard ONNX graph (opset :data:`~moevit.model.onnx.export.OPSET`) in
 the QDQ form that ONNX Runtime, TensorRT and other tools read: every int8
-tensor of the golden model (:mod:`moevit.model.golden`, same names) is the
+tensor of the golden model (:mod:`moevit.model.integer.golden`, same names) is the
 output of a ``QuantizeLinear`` at that tensor's calibrated scale
 (``scale.<name>`` of the quantized file), and each consumer reads it through
 a ``DequantizeLinear``. The integer layers keep their integer data:
@@ -18,7 +18,7 @@ a ``DequantizeLinear``. The integer layers keep their integer data:
   integer arithmetic;
 - routing is the float graph's (``TopK`` on the dequantized int8 logits, so
   equal logits tie exactly and the lower expert index wins, as in
-  :func:`~moevit.model.intops.topk`; the gate weights by the config's rule,
+  :func:`~moevit.model.integer.intops.topk`; the gate weights by the config's rule,
   as the golden model: ``"vmoe"``, ``Softmax`` over the E logits then
   ``GatherElements`` of the selected, ``"renorm"``, ``Softmax`` over the k
   selected; then one ``NonZero``/``Gather``/``ScatterND`` subgraph per
@@ -165,7 +165,7 @@ class _Graph:
 
 
 class _Builder:
-    """Writes the QDQ graph of one task, following :mod:`moevit.model.golden`."""
+    """Writes the QDQ graph of one task, following :mod:`moevit.model.integer.golden`."""
 
     def __init__(self, qmodel, task):
         self.q = qmodel
@@ -355,8 +355,8 @@ def export_qdq(qmodel, task, path, *, source: str = "unknown"):
     """
     from onnx import helper
 
-    from moevit.model.onnx_check import ANY_TASK
-    from moevit.model.onnx_export import OPSET, finish_graph, graph_metadata
+    from moevit.model.onnx.check import ANY_TASK
+    from moevit.model.onnx.export import OPSET, finish_graph, graph_metadata
 
     config = qmodel.config
     if task == ANY_TASK:
@@ -432,9 +432,9 @@ def compare_with_golden(onnx_model, images, *, quantized=None, tensors=()) -> li
     import onnxruntime as ort
     from onnx import helper
 
-    from moevit.model import golden
-    from moevit.model.onnx_check import OnnxFileError, read_graph
-    from moevit.model.quantize import load_quantized
+    from moevit.model.integer import golden
+    from moevit.model.onnx.check import OnnxFileError, read_graph
+    from moevit.model.integer.quantize import load_quantized
 
     meta = onnx_model.metadata
     source = meta.get("moevit.weights", "")

@@ -56,19 +56,19 @@ def _export(args):
         config.task_index(task)  # a clear error now, not after loading
     output = output_file(args.output, "ONNX file")
     if args.quantized:
-        from moevit.model.onnx_qdq import export_qdq
-        from moevit.model.quantize import load_quantized
+        from moevit.model.onnx.qdq import export_qdq
+        from moevit.model.integer.quantize import load_quantized
 
         qmodel = load_quantized(args.quantized, config)
         source = str(Path(args.quantized).resolve())
         stage, export = "export of the QDQ graph", lambda file: export_qdq(qmodel, task, file, source=source)
     else:
-        from moevit.model.onnx_export import export_onnx
+        from moevit.model.onnx.export import export_onnx
 
         model, weights = _model(args.config, args.checkpoint, args.seed or 0)
         stage = "export (torch.export, torch.onnx)"
         export = lambda file: export_onnx(model, task, file, batch=args.batch or 1, weights=weights)  # noqa: E731
-    from moevit.model.onnx_check import read_graph
+    from moevit.model.onnx.check import read_graph
 
     # The export takes most of the time (30 s for edge-moe), then the check: say which one runs.
     bar_format = "export-onnx, {desc}{n}/{total} stages done, {elapsed}"
@@ -95,7 +95,7 @@ def stats_rows(path, *, graph=None) -> list:
     One row per quantity: ``task``, ``quantity``, ``graph``, ``info``, ``equal``.
     ``graph``: the file's ``(proto, metadata)`` if already read.
     """
-    from moevit.model.onnx_check import graph_stats, read_graph
+    from moevit.model.onnx.check import graph_stats, read_graph
     from moevit.model.stats import model_stats
 
     proto, meta = graph if graph is not None else read_graph(path)
@@ -152,7 +152,7 @@ def _stats(args):
 
 
 def _check(args):
-    from moevit.model.onnx_check import FLOAT_ATOL, FLOAT_RTOL, check_graph
+    from moevit.model.onnx.check import FLOAT_ATOL, FLOAT_RTOL, check_graph
 
     report = check_graph(args.file, config=args.config, checkpoint=args.checkpoint, quantized=args.quantized,
                          seed=args.seed, atol=args.atol, rtol=args.rtol)

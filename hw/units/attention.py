@@ -1,7 +1,7 @@
 """The streaming attention kernel (UbiMoE's latency-optimized attention).
 
 Per head, ``out = requantize(weighted_sum(softmax(Q Kᵀ, M_s, S_s), V), M_o, S_o)``
-exactly as the golden model computes it (``moevit.model.intops``), on
+exactly as the golden model computes it (``moevit.model.integer.intops``), on
 streams: K and V are held on chip for the head, the query rows stream
 through, and the score matrix never leaves the kernel (one row of it lives
 in the softmax unit's row buffers).
@@ -29,10 +29,10 @@ from amaranth import Array, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from moevit.hw import intexpr
+from moevit.hw.units import intexpr
 from moevit.hw.config import products_width
-from moevit.hw.softmax import Softmax
-from moevit.model import intops
+from moevit.hw.units.softmax import Softmax
+from moevit.model.integer import intops
 
 __all__ = ["AttentionHead", "Attention", "beat_layout"]
 
@@ -359,7 +359,7 @@ class Attention(wiring.Component):
     """
 
     def __init__(self, hw):
-        from moevit.hw.descriptor import AttentionDescriptor
+        from moevit.hw.program.descriptor import AttentionDescriptor
 
         self._hw = hw
         beat = stream.Signature(beat_layout(hw.score_lanes))

@@ -22,9 +22,9 @@ from amaranth import Array, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from moevit.hw import intexpr
-from moevit.hw.seqmath import Divider
-from moevit.model import intops
+from moevit.hw.units import intexpr
+from moevit.hw.units.seqmath import Divider
+from moevit.model.integer import intops
 
 __all__ = ["Softmax", "score_layout", "prob_layout"]
 

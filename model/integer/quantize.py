@@ -8,13 +8,13 @@ Scheme (the numeric contract of ``/work/shared/DESIGN.md``):
 * activations int8, symmetric, one scale per tensor: ``max|a| / 127`` over
   a calibration set (every task run on every image);
 * each int32 accumulator goes back to int8 through
-  :func:`~moevit.model.intops.requantize` with a per-output-channel
-  multiplier and shift (:func:`~moevit.model.intops.quantize_multiplier`);
+  :func:`~moevit.model.integer.intops.requantize` with a per-output-channel
+  multiplier and shift (:func:`~moevit.model.integer.intops.quantize_multiplier`);
 * LayerNorm, GELU, softmax, residual adds and the MoE gate use the integer
-  units of :mod:`moevit.model.intops` and their ``*_constants``.
+  units of :mod:`moevit.model.integer.intops` and their ``*_constants``.
 
 The float scale of each int8 tensor is kept in the file as ``scale.<tensor>``
-(tensor names of :mod:`moevit.model.golden`); the golden model reads only
+(tensor names of :mod:`moevit.model.integer.golden`); the golden model reads only
 the integer arrays, except ``scale.input`` (to quantize the image) and
 ``scale.heads.{t}.out`` (to read the prediction in the target's unit).
 
@@ -67,10 +67,10 @@ from pathlib import Path
 import numpy as np
 
 from moevit.errors import CheckpointError, ConfigError, check_finite, first_line
-from moevit.model import intops
+from moevit.model.integer import intops
 from moevit.model.config import ModelConfig
-from moevit.model.golden import quantize_image as _quantize_tensor  # clip8(floor(x / scale + 1/2)), as the host
-from moevit.model.intops import QuantizationError
+from moevit.model.integer.golden import quantize_image as _quantize_tensor  # clip8(floor(x / scale + 1/2)), as the host
+from moevit.model.integer.intops import QuantizationError
 from moevit.paths import write_atomically
 
 __all__ = [
@@ -161,7 +161,7 @@ def calibrate(model, images, *, batch_size=32, progress=False) -> dict:
     Returns
     -------
     dict
-        Tensor name (as :mod:`moevit.model.golden` names them) -> max abs value.
+        Tensor name (as :mod:`moevit.model.integer.golden` names them) -> max abs value.
     """
     import torch
     from tqdm import tqdm

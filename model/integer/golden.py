@@ -1,7 +1,7 @@
 """The integer golden model: one image, one task, integers only, every tensor named.
 
-:func:`run` executes a :class:`~moevit.model.quantize.QuantizedModel` on one
-image for one task with the units of :mod:`moevit.model.intops` (numpy
+:func:`run` executes a :class:`~moevit.model.integer.quantize.QuantizedModel` on one
+image for one task with the units of :mod:`moevit.model.integer.intops` (numpy
 integers; no float touches an activation after the input is quantized). The
 MoE layers run M³ViT's computation reordering: only the task's gate runs,
 and expert by expert, each selected expert gathers its tokens and runs once;
@@ -58,7 +58,7 @@ tensor is ``value * qmodel.scale(name)``: every int8 tensor above has its
 ``heads.{t}.map`` has ``heads.{t}.out`` (and ``patch_embed.in``, ``input``).
 
 Each linear layer that ran is also recorded as a :class:`LinearRecord`
-(name as in :func:`~moevit.model.quantize.linear_names`, its int8 input and
+(name as in :func:`~moevit.model.integer.quantize.linear_names`, its int8 input and
 output and its constants), so a hardware test can replay every linear layer
 with :func:`linear`.
 """
@@ -69,8 +69,8 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from moevit.errors import check_finite
-from moevit.model import intops
-from moevit.model.intops import QuantizationError
+from moevit.model.integer import intops
+from moevit.model.integer.intops import QuantizationError
 
 __all__ = [
     "GeluConsts",

@@ -290,7 +290,7 @@ class LinearDescriptor(Descriptor):
         """Cycles the array issues (padded tiles included): tiles x in_features."""
         return self.token_tiles * self.out_tiles * self.in_features
 
-    # Latencies of hw/linear.py (checked against simulation in tests/test_sim_linear.py
+    # Latencies of hw/units/linear.py (checked against simulation in tests/test_sim_linear.py
     # and tests/test_sim_linear_random.py): a tile's last step issued -> its copy into
     # the shadow bank; a chunk popped from the shadow bank -> its beat written into the
     # output FIFO; that write -> the beat taken from the FIFO.
@@ -373,7 +373,7 @@ class AttentionDescriptor(Descriptor):
     """Attention of ``heads`` heads over ``tokens`` tokens (the attention kernel).
 
     Per head: ``out = requantize(weighted_sum(softmax(q @ k.T, sm_mult,
-    sm_shift), v), out_mult, out_shift)`` (``moevit.model.intops``), with
+    sm_shift), v), out_mult, out_shift)`` (``moevit.model.integer.intops``), with
     ``q``, ``k``, ``v`` int8 ``tokens x head_dim``. The kernel's
     ``hw.heads_parallel`` lanes take ``rounds = heads / heads_parallel``
     heads each; a score takes ``chunks = head_dim / hw.score_lanes`` cycles.

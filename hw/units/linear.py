@@ -4,7 +4,7 @@ One array of ``rows x cols`` int8 multiply-accumulate units (one DSP48E2
 each) serves every linear layer of the model: patch embedding, QKV and output
 projections, the dense MLP, both layers of every expert and the gates. The
 shape of each operation comes at run time with a
-:class:`~moevit.hw.descriptor.LinearDescriptor`; nothing about a layer is
+:class:`~moevit.hw.program.descriptor.LinearDescriptor`; nothing about a layer is
 built in.
 
 Dataflow (output-stationary, out tile outermost)::
@@ -63,7 +63,7 @@ say what held the kernel: an input stream that offered no beat when the
 kernel would take one (``x``, ``w``, ``chan``, ``res``), and the output FIFO
 full, holding the post-processing (``out``).
 
-The arithmetic is :mod:`moevit.model.intops` exactly: ``linear_acc``,
+The arithmetic is :mod:`moevit.model.integer.intops` exactly: ``linear_acc``,
 ``requantize``, ``gelu`` + ``requantize``, ``residual_add``.
 """
 
@@ -76,7 +76,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from moevit.hw.config import HwConfig
-from moevit.hw.descriptor import LinearDescriptor
+from moevit.hw.program.descriptor import LinearDescriptor
 
 __all__ = ["LinearKernel", "LinearError", "STALL_CAUSES", "stalls_layout", "chan_layout",
            "lanes_layout", "output_layout", "linear_streams", "linear_output", "linear_reference"]
@@ -682,8 +682,8 @@ def linear_output(desc: LinearDescriptor, beats) -> np.ndarray:
 
 
 def linear_reference(desc: LinearDescriptor, x, weight, bias, multiplier, shift, skip=None):
-    """The golden result (``moevit.model.intops``) of one operation."""
-    from moevit.model import intops
+    """The golden result (``moevit.model.integer.intops``) of one operation."""
+    from moevit.model.integer import intops
 
     acc = intops.linear_acc(x, weight, bias)
     y = intops.requantize(acc, np.asarray(multiplier), np.asarray(shift))

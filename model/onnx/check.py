@@ -1,7 +1,7 @@
 """Run exported ONNX graphs in ONNX Runtime, compare them, and count their work.
 
-:class:`OnnxModel` opens a graph written by :mod:`moevit.model.onnx_export`
-(or :mod:`moevit.model.onnx_qdq`), checks its metadata and runs it; it checks
+:class:`OnnxModel` opens a graph written by :mod:`moevit.model.onnx.export`
+(or :mod:`moevit.model.onnx.qdq`), checks its metadata and runs it; it checks
 the task id and the images before ONNX Runtime sees them.
 :func:`compare_with_torch` runs the same images through the graph and the
 PyTorch reference; :func:`graph_stats` counts parameters and multiply-
@@ -18,14 +18,14 @@ The verdict
   set of experts as in PyTorch (the order within the ``k`` does not change
   the output: two equal logits may come out swapped).
 - A QDQ graph against the integer golden model: the int8 prediction within
-  the measured bounds :data:`~moevit.model.onnx_qdq.QDQ_BOUNDS` (``atol``
+  the measured bounds :data:`~moevit.model.onnx.qdq.QDQ_BOUNDS` (``atol``
   replaces its ``max_steps_alike``): the steps on the tokens routed alike,
   the fraction of tokens routed alike, the mean over all outputs.
 - Both: the graph's weights are its reference's, bit for bit
   (:func:`check_weights`). The hash in the metadata says which weights the
   graph was exported from; it is not trusted to describe the weights the
   file holds now. In a float graph every initializer is a parameter of the
-  model (``model.<name>``, :class:`~moevit.model.onnx_export.ExportView`);
+  model (``model.<name>``, :class:`~moevit.model.onnx.export.ExportView`);
   a QDQ graph's initializers are compared with those of the same graph
   rebuilt from the quantized model. An edited weight is a failed check
   (exit status 1), like a wrong output: the file is a valid graph, it just
@@ -93,7 +93,7 @@ ANY_TASK = "any"
 
 #: Default tolerance of a float graph: ``|ONNX Runtime - PyTorch| <= FLOAT_ATOL
 #: + FLOAT_RTOL * max|PyTorch|`` per output. Measured on task-any graphs with
-#: random-init and :func:`~moevit.model.integer_eval.signal_model` weights
+#: random-init and :func:`~moevit.model.integer.evaluate.signal_model` weights
 #: (random images and synthetic scenes) and on ``tiny`` trained 400 steps
 #: (depth outputs up to 9.8): at most 5.7e-6 for ``tiny`` (89 images),
 #: 5.3e-6 for ``edge-moe`` (36), 5.7e-6 for ``m3vit-s`` (16), never above
@@ -530,7 +530,7 @@ def torch_model_for(metadata, checkpoint=None):
 
     from moevit.model.checkpoint import load_checkpoint
     from moevit.model.moevit import MoEViT
-    from moevit.model.onnx_export import weights_hash
+    from moevit.model.onnx.export import weights_hash
 
     config = metadata["config"]
     source = metadata.get("moevit.weights", "")
@@ -656,12 +656,12 @@ def judge_float(rows, *, atol=FLOAT_ATOL, rtol=FLOAT_RTOL) -> list:
 
 
 def judge_qdq(rows, *, max_steps=None) -> list:
-    """Judge the prediction row of :func:`moevit.model.onnx_qdq.compare_with_golden`
-    against :data:`~moevit.model.onnx_qdq.QDQ_BOUNDS` (``max_steps`` replaces its
+    """Judge the prediction row of :func:`moevit.model.onnx.qdq.compare_with_golden`
+    against :data:`~moevit.model.onnx.qdq.QDQ_BOUNDS` (``max_steps`` replaces its
     ``max_steps_alike``), as :func:`judge_float`; other rows are figures only."""
     from dataclasses import replace
 
-    from moevit.model.onnx_qdq import QDQ_BOUNDS
+    from moevit.model.onnx.qdq import QDQ_BOUNDS
 
     bounds = QDQ_BOUNDS if max_steps is None else replace(QDQ_BOUNDS, max_steps_alike=max_steps)
     failures = []
@@ -732,8 +732,8 @@ def _qdq_weights(proto, onnx_model, quantized) -> dict:
     """:func:`check_weights` of a QDQ graph against the graph rebuilt from its quantized model."""
     from onnx import numpy_helper
 
-    from moevit.model.onnx_qdq import _Builder  # what export_qdq writes, built in memory
-    from moevit.model.quantize import load_quantized
+    from moevit.model.onnx.qdq import _Builder  # what export_qdq writes, built in memory
+    from moevit.model.integer.quantize import load_quantized
 
     if quantized is None:  # compare_with_golden has checked that the graph names one
         quantized = onnx_model.metadata["moevit.weights"][len("quantized ") :]
@@ -805,7 +805,7 @@ def check_graph(path, *, config=None, checkpoint=None, quantized=None, seed=0, a
     images = np.random.default_rng(seed).standard_normal((batch, cfg.in_chans, *cfg.image_size)).astype(np.float32)
     proto, meta = read_graph(path)
     if onnx_model.kind == "qdq":
-        from moevit.model.onnx_qdq import compare_with_golden
+        from moevit.model.onnx.qdq import compare_with_golden
 
         rows = compare_with_golden(onnx_model, images, quantized=quantized)
         failures = judge_qdq(rows, max_steps=atol)

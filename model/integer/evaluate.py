@@ -35,7 +35,7 @@ def calibration_images(dataset, count=DEFAULT_CALIBRATION):
     """The first ``count`` images of ``dataset`` (a tensor (count, C, H, W))."""
     import torch
 
-    from moevit.model.intops import QuantizationError
+    from moevit.model.integer.intops import QuantizationError
 
     if isinstance(count, bool) or not isinstance(count, int) or count < 0:
         raise QuantizationError(f"Calibration image count must be a non-negative integer, not {count!r}")
@@ -51,7 +51,7 @@ def evaluate_integer(qmodel, dataset, *, tasks=None, progress=False) -> dict:
     from tqdm import tqdm
 
     from moevit.model.evaluate import check_metrics_defined
-    from moevit.model.golden import run
+    from moevit.model.integer.golden import run
     from moevit.model.metrics import TaskMetrics
 
     config = qmodel.config
@@ -102,7 +102,7 @@ def _calibrate(args, model):
     split of the data the command line names (``--data``; synthetic by default),
     and the number of images used."""
     from moevit.model.commands import open_data
-    from moevit.model.quantize import quantize
+    from moevit.model.integer.quantize import quantize
 
     count = args.calibration or DEFAULT_CALIBRATION
     size = count if args.data == "synthetic" else None  # render only what calibration reads
@@ -113,7 +113,7 @@ def _calibrate(args, model):
 def _quantize_command(args):
     from moevit.model.checkpoint import load_checkpoint
     from moevit.model.commands import check_data_options
-    from moevit.model.quantize import save_quantized
+    from moevit.model.integer.quantize import save_quantized
     from moevit.paths import build_dir, output_file
 
     check_data_options(args)
@@ -157,7 +157,7 @@ def integer_model(args, model):
     from ``--checkpoint``), or ``model`` quantized now on the named data.
     Called before any evaluation, so a mismatch stops the command at once."""
     from moevit.errors import UsageError
-    from moevit.model.quantize import check_source, load_quantized
+    from moevit.model.integer.quantize import check_source, load_quantized
 
     if not args.quantized:
         return _calibrate(args, model)[0]
@@ -178,7 +178,7 @@ def eval_integer(args, qmodel, val, float_metrics) -> dict:
 # demo -----------------------------------------------------------------------
 def demo_quantize(state):
     """Quantize to int8 and evaluate the integer golden model beside the float one."""
-    from moevit.model.quantize import quantize, save_quantized
+    from moevit.model.integer.quantize import quantize, save_quantized
 
     images = calibration_images(state.train, DEFAULT_CALIBRATION)
     start = time.perf_counter()
@@ -229,8 +229,8 @@ def signal_model(config, seed=0):
 def _time_file(path, repeat):
     """Milliseconds per image and task of the golden model in this process."""
     from moevit.model.data import SyntheticDataset
-    from moevit.model.golden import run
-    from moevit.model.quantize import load_quantized
+    from moevit.model.integer.golden import run
+    from moevit.model.integer.quantize import load_quantized
 
     qmodel = load_quantized(path)
     data = SyntheticDataset(qmodel.config, "val", size=2)
@@ -256,7 +256,7 @@ def bench_golden(configs=("tiny", "edge-moe"), repeat=10, progress=False) -> lis
     """
     from moevit.model.config import get_config
     from moevit.model.data import SyntheticDataset
-    from moevit.model.quantize import quantize, save_quantized
+    from moevit.model.integer.quantize import quantize, save_quantized
     from moevit.paths import build_dir
 
     rows = []
@@ -267,7 +267,7 @@ def bench_golden(configs=("tiny", "edge-moe"), repeat=10, progress=False) -> lis
         path = save_quantized(build_dir("bench") / f"golden-{name}.npz", quantize(model, images))
         env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         done = subprocess.run(
-            [sys.executable, "-m", "moevit.model.integer_eval", str(path), str(repeat)],
+            [sys.executable, "-m", "moevit.model.integer.evaluate", str(path), str(repeat)],
             env=env, capture_output=True, text=True, check=False,
         )
         if done.returncode:

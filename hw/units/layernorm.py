@@ -1,6 +1,6 @@
 """Integer LayerNorm unit: ``intops.layernorm`` on a stream of int8 rows.
 
-Per row of ``D`` int8 values (``moevit.model.intops.layernorm``)::
+Per row of ``D`` int8 values (``moevit.model.integer.intops.layernorm``)::
 
     s1 = sum(x); s2 = sum(x*x)
     sigma = max(isqrt((D*s2 - s1*s1 + eps) << 12), 1)   # bit-serial square root
@@ -13,7 +13,7 @@ Three stages work on different rows at once: *ingest* stores a row and sums
 reads the row back and writes ``y``. Two row buffers let a row enter while
 the previous one is emitted.
 
-Operation: a descriptor (:class:`~moevit.hw.descriptor.LayerNormDescriptor`)
+Operation: a descriptor (:class:`~moevit.hw.program.descriptor.LayerNormDescriptor`)
 on ``desc``; then ``dim`` beats of ``(gamma, beta)`` on ``param``; then
 ``tokens`` rows of ``dim`` int8 on ``i``; ``o`` carries the rows of ``y``.
 """
@@ -22,9 +22,9 @@ from amaranth import Array, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from moevit.hw import intexpr
-from moevit.hw.seqmath import Divider, ISqrt
-from moevit.model import intops
+from moevit.hw.units import intexpr
+from moevit.hw.units.seqmath import Divider, ISqrt
+from moevit.model.integer import intops
 
 __all__ = ["LayerNorm", "param_layout"]
 
@@ -64,7 +64,7 @@ class LayerNorm(wiring.Component):
         if not isinstance(max_dim, int) or isinstance(max_dim, bool) \
                 or not 1 <= max_dim <= 2**10:
             raise TypeError(f"LayerNorm width must be an integer in 1..1024, not {max_dim!r}")
-        from moevit.hw.descriptor import LayerNormDescriptor
+        from moevit.hw.program.descriptor import LayerNormDescriptor
 
         self._max_dim = max_dim
         del self._MustUse__silence

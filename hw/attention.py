@@ -25,16 +25,19 @@ accepted once K and V are in); ``o`` carries the context rows in the same
 beat order.
 """
 
+import bisect
+from functools import lru_cache
+
 from amaranth import Array, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from moevit.hw import intexpr
 from moevit.hw.config import products_width
-from moevit.hw.softmax import Softmax
+from moevit.hw.softmax import EMIT_LATENCY, RowSchedule, Softmax
 from moevit.model import intops
 
-__all__ = ["AttentionHead", "Attention", "beat_layout"]
+__all__ = ["AttentionHead", "Attention", "beat_layout", "head_cycles", "RESTART_CYCLES"]
 
 # u16 probability times int8 value: s24; a row of them sums to an int32
 # (intops.weighted_sum).
@@ -413,3 +416,124 @@ class Attention(wiring.Component):
                 lane.start.eq(self.desc.valid & self.desc.ready),
             ]
         return m
+
+
+# Timing -------------------------------------------------------------------------
+# The exact cost model of the kernel, read from the RTL above and equal to the
+# simulated cycles (tests/test_sim_attention.py). Heads do not overlap (a head
+# loads K and V only once the previous head's last context beat has left), so
+# every head of a descriptor takes the same time: :func:`head_cycles`.
+#: Issue of a key's last chunk -> its score on the softmax's input.
+QK_DEPTH = 3
+#: PV takes a row's last probability at cycle t -> its C context beats leave at
+#: t + OUT_DEPTH + 1 ... t + OUT_DEPTH + C (the shadow registers, then ``o``).
+OUT_DEPTH = 3
+#: The last context beat of a descriptor -> the next descriptor accepted.
+RESTART_CYCLES = 2
+_NEVER = -(1 << 62)
+
+
+@lru_cache(maxsize=256)
+def head_cycles(tokens, chunks):
+    """Cycles of one head: from its first K/V beat to the next head's first K/V beat.
+
+    Fed with no gaps and drained with no back-pressure. The model follows each
+    query row through the stages: Q row load, QK issue (``tokens * chunks``
+    cycles a row; frozen while the softmax cannot take a row's first score),
+    the softmax's exp and divide stages (:class:`~moevit.hw.softmax.RowSchedule`),
+    its emit stage and PV (one probability every ``chunks`` cycles; a row's last
+    one waits for the previous row's context to leave the shadow registers).
+    """
+    T, C = tokens, chunks
+    row = T * C
+    compute = row + 1  # K and V take `row` cycles, then one to switch to compute
+    qk = _QkClock()
+    softmax = RowSchedule()
+    pv = _PvStage(C)
+    issue_start, row_done, emit_free = [], [], _NEVER
+    for r in range(T):
+        # Q rows 0 and 1 load at once; row r waits for row r - 2's last product.
+        if r < 2:
+            loaded = compute + (r + 1) * C
+        else:
+            loaded = qk.real(issue_start[r - 2] + row) + 1 + C
+        start = qk.adv_of(loaded)
+        if r:
+            start = max(start, issue_start[r - 1] + row)
+        issue_start.append(start)
+        first = qk.present(start + C + QK_DEPTH - 1, softmax.ingest_from(r))
+        last_in = first + (T - 1) * C
+        bank_free = row_done[r - 3] + 1 if r >= 3 else _NEVER
+        emit_start = max(softmax.add(last_in, T, bank_free), emit_free)
+        done, last_read = pv.row(T, emit_start)
+        row_done.append(done)
+        emit_free = last_read + 1
+    last_beat = row_done[-1] + OUT_DEPTH + C
+    return last_beat + 1  # the next head starts loading the cycle after
+
+
+class _QkClock:
+    """The QK pipeline's own clock: it stops while a row's first score waits.
+
+    ``adv`` counts the cycles the pipeline moves; ``real`` is the clock cycle.
+    """
+
+    def __init__(self):
+        self._at, self._total = [], []  # adv times of the stops, stopped cycles up to each
+
+    def real(self, adv):
+        k = bisect.bisect_right(self._at, adv)
+        return adv + (self._total[k - 1] if k else 0)
+
+    def adv_of(self, real):
+        """The first moving cycle at or after the clock cycle ``real``."""
+        low, high = real - (self._total[-1] if self._total else 0), real
+        while low < high:
+            mid = (low + high) // 2
+            if self.real(mid) >= real:
+                high = mid
+            else:
+                low = mid + 1
+        return low
+
+    def present(self, adv, ready):
+        """A row's first score shown at ``adv``, taken once the softmax is ``ready``."""
+        shown = adv + (self._total[-1] if self._total else 0)
+        taken = max(shown, ready)
+        if taken > shown:
+            self._at.append(adv)
+            self._total.append((self._total[-1] if self._total else 0) + taken - shown)
+        return taken
+
+
+class _PvStage:
+    """The softmax's emit stage (two registers) feeding PV, one probability at a time."""
+
+    def __init__(self, chunks):
+        self.C = chunks
+        self.items = [(_NEVER, _NEVER, _NEVER)] * 2  # (issued, shown, taken) of the last two
+        self.row_done = _NEVER
+
+    def row(self, T, start):
+        """A row whose emit stage starts at ``start``: ``(last taken, last issued)``."""
+        C = self.C
+        j = 0
+        while j < T:
+            if j == 6 and T >= 12:
+                # Steady from here: emit keeps two ahead and PV takes one every C
+                # cycles, so jump to the row's last three probabilities.
+                a, j = self.items[1][2], T - 3
+                self.items = [(a + (k - 7) * C, a + (k - 6) * C + 1, a + (k - 5) * C)
+                              for k in (j - 2, j - 1)]
+            issued = start + 1 if j == 0 else self.items[1][0] + 1
+            for _, shown, taken in self.items:
+                if shown <= issued < taken:
+                    issued = taken
+            shown = max(issued + 1, self.items[1][2]) + 1
+            taken = max(shown, self.items[1][2] + 1) + C - 1
+            if j == T - 1 and self.row_done + 3 <= taken < self.row_done + C + 3:
+                taken = self.row_done + C + 3  # the shadow registers still hold the last row
+            self.items = [self.items[1], (issued, shown, taken)]
+            j += 1
+        self.row_done = taken
+        return taken, issued

@@ -24,7 +24,7 @@ from moevit.errors import ConfigError
 from moevit.hw.config import HwConfig
 
 __all__ = ["DescriptorError", "Descriptor", "LinearDescriptor", "AttentionDescriptor",
-           "LayerNormDescriptor", "packed", "OPCODE_WIDTH", "WORD_WIDTH"]
+           "LayerNormDescriptor", "packed", "sequence_cycles", "OPCODE_WIDTH", "WORD_WIDTH"]
 
 OPCODE_WIDTH = 8
 WORD_WIDTH = 32
@@ -392,6 +392,20 @@ class AttentionDescriptor(Descriptor):
         units = 2 * self.hw.score_lanes * self.hw.heads_parallel
         return -(-self.macs // units)
 
+    def expected_cycles(self) -> int:
+        """Cycles from the descriptor's acceptance to the last context beat, fed without
+        gaps and drained without back-pressure: ``rounds`` heads of
+        :func:`moevit.hw.attention.head_cycles` each. Exact (tests/test_sim_attention.py)."""
+        from moevit.hw.attention import head_cycles
+
+        return self.rounds * head_cycles(self.tokens, self.chunks)
+
+    def restart_cycles(self) -> int:
+        """The last context beat -> the next descriptor accepted."""
+        from moevit.hw.attention import RESTART_CYCLES
+
+        return RESTART_CYCLES
+
 
 @dataclass(frozen=True)
 class LayerNormDescriptor(Descriptor):
@@ -429,3 +443,32 @@ class LayerNormDescriptor(Descriptor):
             raise DescriptorError(
                 f"LayerNorm descriptor eps must be an integer in [0, 2**34), not {self.eps!r}")
         _check_range("LayerNorm descriptor shift", self.shift, 1, 47)
+
+    def expected_cycles(self) -> int:
+        """Cycles from the descriptor's acceptance to the last output, fed without gaps
+        and drained without back-pressure (:func:`moevit.hw.layernorm.layernorm_cycles`).
+        Exact (tests/test_sim_layernorm.py)."""
+        from moevit.hw.layernorm import layernorm_cycles
+
+        return layernorm_cycles(self.tokens, self.dim)
+
+    def restart_cycles(self) -> int:
+        """The last output -> the next descriptor accepted."""
+        from moevit.hw.layernorm import RESTART_CYCLES
+
+        return RESTART_CYCLES
+
+
+def sequence_cycles(descriptors) -> list:
+    """The cycle of each operation's last output, operations run back to back.
+
+    For the units that run one descriptor at a time (attention, LayerNorm):
+    each operation takes its ``expected_cycles()``, and the next descriptor is
+    accepted ``restart_cycles()`` after the last output. Counted from the first
+    descriptor's acceptance (cycle 0).
+    """
+    ends, start = [], 0
+    for desc in descriptors:
+        ends.append(start + desc.expected_cycles())
+        start = ends[-1] + desc.restart_cycles()
+    return ends

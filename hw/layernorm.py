@@ -26,7 +26,7 @@ from moevit.hw import intexpr
 from moevit.hw.seqmath import Divider, ISqrt
 from moevit.model import intops
 
-__all__ = ["LayerNorm", "param_layout"]
+__all__ = ["LayerNorm", "param_layout", "layernorm_cycles", "RESTART_CYCLES"]
 
 _BANKS = 2
 _ROW_BITS = 2
@@ -91,7 +91,7 @@ class LayerNorm(wiring.Component):
         idx = range(n + 1)
         s1_shape = signed((128 * n).bit_length() + 1)
         s2_shape = unsigned(((1 << 14) * n).bit_length())
-        v_width = 48  # (D*s2 - s1*s1 + eps) << 12 < 2**47 (intops)
+        v_width = _V_WIDTH  # (D*s2 - s1*s1 + eps) << 12 < 2**47 (intops)
 
         m.submodules.rows = rows = memory.Memory(shape=signed(8), depth=_BANKS * n, init=[])
         m.submodules.params = params = memory.Memory(shape=param_layout(), depth=n, init=[])
@@ -234,3 +234,40 @@ class LayerNorm(wiring.Component):
         with m.If(~running):
             m.d.sync += [in_rows.eq(0), out_rows.eq(0)]
         return m
+
+
+# Timing -------------------------------------------------------------------------
+# The exact cost model of the unit, read from the RTL above and equal to the
+# simulated cycles (tests/test_sim_layernorm.py).
+_V_WIDTH = 48
+#: Stats of one row: the square root (a cycle to start, one per root bit, one
+#: to hand over), then the division (the same), then one to record R.
+STATS_CYCLES = (_V_WIDTH + 1) // 2 + intops.LN_RECIP_BITS + 1 + 3
+#: Emit: a row started at cycle s puts its first value on ``o`` at s + 3.
+EMIT_LATENCY = 3
+#: The last output of a descriptor -> the next descriptor accepted.
+RESTART_CYCLES = 1
+_NEVER = -(1 << 62)
+
+
+def layernorm_cycles(tokens, dim):
+    """Cycles from the descriptor's acceptance to the last output value.
+
+    Fed with no gaps, drained with no back-pressure: the descriptor, ``dim``
+    parameter beats, then each row through ingest (``dim`` cycles; two row
+    banks), stats (:data:`STATS_CYCLES`) and emit (``dim`` cycles and one
+    between rows).
+    """
+    D = dim
+    last_in = D + 1  # parameters at 1..D, rows from D + 2
+    stats_free = emit_free = _NEVER
+    out = []
+    for r in range(tokens):
+        first = max(last_in + 1, out[r - 2] if r >= 2 else _NEVER)
+        last_in = first + D - 1
+        stats = max(last_in + 1, stats_free)
+        stats_free = stats + STATS_CYCLES
+        emit = max(stats_free, emit_free)
+        emit_free = emit + D + 1
+        out.append(emit + D + EMIT_LATENCY - 1)
+    return out[-1]

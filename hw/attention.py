@@ -355,6 +355,9 @@ class Attention(wiring.Component):
         One descriptor per operation; the next is accepted when every lane
         has finished.
     busy : Out(1)
+    error : Out(3)
+        The :class:`~moevit.hw.descriptor.Fault` of the last descriptor taken;
+        a faulty one is skipped (no beat taken or produced).
     q, k, v : In(stream.Signature(beat_layout(hw.score_lanes))).array(hw.heads_parallel)
         Lane ``p``'s query, key and value beats.
     o : Out(stream.Signature(beat_layout(hw.score_lanes))).array(hw.heads_parallel)
@@ -362,7 +365,7 @@ class Attention(wiring.Component):
     """
 
     def __init__(self, hw):
-        from moevit.hw.descriptor import AttentionDescriptor
+        from moevit.hw.descriptor import FAULT_WIDTH, AttentionDescriptor
 
         self._hw = hw
         beat = stream.Signature(beat_layout(hw.score_lanes))
@@ -370,6 +373,7 @@ class Attention(wiring.Component):
         super().__init__({
             "desc": In(stream.Signature(AttentionDescriptor.layout())),
             "busy": Out(1),
+            "error": Out(FAULT_WIDTH),
             "q": In(beat).array(P),
             "k": In(beat).array(P),
             "v": In(beat).array(P),
@@ -390,6 +394,9 @@ class Attention(wiring.Component):
         return 2 * self._hw.score_lanes * self._hw.heads_parallel
 
     def elaborate(self, platform):
+        from moevit.hw.descriptor import (FAULT_WIDTH, AttentionDescriptor, Fault, fault_code,
+                                          shift_out_of_range)
+
         m = Module()
         hw = self._hw
         lanes = []
@@ -406,14 +413,28 @@ class Attention(wiring.Component):
         any_busy = Signal()
         m.d.comb += any_busy.eq(Cat(lane.busy for lane in lanes).any() | started)
         m.d.comb += [self.busy.eq(any_busy), self.desc.ready.eq(~any_busy)]
-        m.d.sync += started.eq(self.desc.valid & self.desc.ready)
+        taken = self.desc.valid & self.desc.ready
+        fault = Signal(FAULT_WIDTH)
+        max_chunks = hw.max_head_dim // hw.score_lanes
+        m.d.comb += fault.eq(fault_code([
+            (Fault.OPCODE, desc.opcode != AttentionDescriptor.OPCODE),
+            (Fault.SHAPE, (desc.tokens == 0) | (desc.tokens > hw.kv_depth) | (desc.heads == 0)
+             | (desc.chunks == 0) | (desc.chunks > max_chunks)),
+            (Fault.DERIVED, (desc.chunks * hw.score_lanes != desc.head_dim)
+             | (desc.rounds * hw.heads_parallel != desc.heads)),
+            (Fault.CONSTANT, (desc.sm_mult == 0) | (desc.out_mult == 0)
+             | shift_out_of_range(desc.sm_shift) | shift_out_of_range(desc.out_shift)),
+        ]))
+        with m.If(taken):
+            m.d.sync += self.error.eq(fault)
+        m.d.sync += started.eq(taken)
         for lane in lanes:
             m.d.comb += [
                 lane.tokens.eq(desc.tokens), lane.chunks.eq(desc.chunks),
                 lane.rounds.eq(desc.rounds),
                 lane.sm_mult.eq(desc.sm_mult), lane.sm_shift.eq(desc.sm_shift),
                 lane.out_mult.eq(desc.out_mult), lane.out_shift.eq(desc.out_shift),
-                lane.start.eq(self.desc.valid & self.desc.ready),
+                lane.start.eq(taken & (fault == Fault.NONE)),
             ]
         return m
 

@@ -18,13 +18,15 @@ A new unit adds its descriptor beside :class:`LinearDescriptor`: subclass
 """
 
 import dataclasses
+import enum
 from dataclasses import dataclass, field
 
 from moevit.errors import ConfigError
 from moevit.hw.config import HwConfig
 
 __all__ = ["DescriptorError", "Descriptor", "LinearDescriptor", "AttentionDescriptor",
-           "LayerNormDescriptor", "packed", "sequence_cycles", "OPCODE_WIDTH", "WORD_WIDTH"]
+           "LayerNormDescriptor", "Fault", "FAULT_WIDTH", "fault_code",
+           "shift_out_of_range", "packed", "sequence_cycles", "OPCODE_WIDTH", "WORD_WIDTH"]
 
 OPCODE_WIDTH = 8
 WORD_WIDTH = 32
@@ -32,6 +34,45 @@ WORD_WIDTH = 32
 
 class DescriptorError(ConfigError):
     """A descriptor breaks a rule of its unit or of the hardware instance."""
+
+
+class Fault(enum.IntEnum):
+    """What a unit found wrong with a descriptor it was handed (its ``error`` port).
+
+    The hardware does not trust the descriptor: a unit checks the opcode, the
+    shape against its buffers, the derived fields against the others and the
+    constants against their ranges. A faulty descriptor is taken from the
+    ``desc`` stream and its operation skipped (no beat taken or produced); the
+    unit's ``error`` port holds the code until the next descriptor is taken.
+    """
+
+    NONE = 0
+    OPCODE = 1  # not this unit's opcode
+    SHAPE = 2  # a size is zero or exceeds the unit's buffers
+    DERIVED = 3  # a derived field disagrees with the fields it is derived from
+    CONSTANT = 4  # a constant is out of its range (a zero multiplier, a shift not in 1..47)
+
+
+#: Bits of a unit's ``error`` port.
+FAULT_WIDTH = 3
+
+
+def fault_code(checks):
+    """The Amaranth expression of the first :class:`Fault` whose condition holds.
+
+    ``checks``: ``(fault, condition)`` pairs in order of priority.
+    """
+    from amaranth.hdl import Const, Mux
+
+    code = Const(Fault.NONE, FAULT_WIDTH)
+    for fault, bad in reversed(checks):
+        code = Mux(bad, Const(fault, FAULT_WIDTH), code)
+    return code
+
+
+def shift_out_of_range(shift):
+    """A requantization shift outside 1..47, as an Amaranth expression."""
+    return (shift == 0) | (shift > 47)
 
 
 def packed(width: int, *, signed: bool = False, doc: str = "", derived: bool = False, **kwargs):

@@ -52,6 +52,9 @@ class LayerNorm(wiring.Component):
     i : In(stream.Signature(signed(8)))
     o : Out(stream.Signature(signed(8)))
     busy : Out(1)
+    error : Out(3)
+        The :class:`~moevit.hw.descriptor.Fault` of the last descriptor taken;
+        a faulty one is skipped (no beat taken or produced).
 
     Raises
     ------
@@ -64,7 +67,7 @@ class LayerNorm(wiring.Component):
         if not isinstance(max_dim, int) or isinstance(max_dim, bool) \
                 or not 1 <= max_dim <= 2**10:
             raise TypeError(f"LayerNorm width must be an integer in 1..1024, not {max_dim!r}")
-        from moevit.hw.descriptor import LayerNormDescriptor
+        from moevit.hw.descriptor import FAULT_WIDTH, LayerNormDescriptor
 
         self._max_dim = max_dim
         del self._MustUse__silence
@@ -74,6 +77,7 @@ class LayerNorm(wiring.Component):
             "i": In(stream.Signature(signed(8))),
             "o": Out(stream.Signature(signed(8))),
             "busy": Out(1),
+            "error": Out(FAULT_WIDTH),
         })
 
     @classmethod
@@ -86,6 +90,9 @@ class LayerNorm(wiring.Component):
         return self._max_dim
 
     def elaborate(self, platform):
+        from moevit.hw.descriptor import (FAULT_WIDTH, Fault, LayerNormDescriptor, fault_code,
+                                          shift_out_of_range)
+
         m = Module()
         n = self._max_dim
         idx = range(n + 1)
@@ -114,9 +121,17 @@ class LayerNorm(wiring.Component):
         running = Signal()
         # Comb outputs from the state, not assigned inside it: Icarus never
         # evaluates an always @* block whose inputs keep their initial values.
+        fault = Signal(FAULT_WIDTH)
+        m.d.comb += fault.eq(fault_code([
+            (Fault.OPCODE, desc.opcode != LayerNormDescriptor.OPCODE),
+            (Fault.SHAPE, (desc.tokens == 0) | (desc.dim == 0) | (desc.dim > n)),
+            (Fault.CONSTANT, shift_out_of_range(desc.shift) | (desc.eps >= 2**34)),
+        ]))
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 with m.If(self.desc.valid):
+                    m.d.sync += self.error.eq(fault)
+                with m.If(self.desc.valid & (fault == Fault.NONE)):
                     m.d.sync += [dim.eq(desc.dim), tokens.eq(desc.tokens), eps.eq(desc.eps),
                                  shift.eq(desc.shift), p_cnt.eq(0)]
                     m.next = "PARAMS"

@@ -23,9 +23,19 @@ import numpy as np
 from moevit.hw.config import HwConfig
 from moevit.model import intops
 
-__all__ = ["UNITS", "RandomCase", "draw"]
+__all__ = ["UNITS", "RandomCase", "draw", "TALLY", "tally"]
 
 UNITS = ("attention", "softmax", "layernorm", "gelu")
+
+#: Per (unit, simulator): cases, operations and simulated seconds run in this process
+#: (printed at the end of a pytest session by tests/conftest.py).
+TALLY = {}
+
+
+def tally(case, simulator, seconds):
+    """Count one simulated case into :data:`TALLY`."""
+    cases, ops, total = TALLY.get((case.unit, simulator), (0, 0, 0.0))
+    TALLY[case.unit, simulator] = (cases + 1, ops + case.operations, total + seconds)
 
 
 @dataclass
@@ -55,7 +65,9 @@ class RandomCase:
         return sum(len(s.ops) for s in self.sequences)
 
     def describe(self) -> str:
-        return f"{self.unit} on {self.hw!r}: {self.operations} operations"
+        fields = _FIELDS[self.unit]
+        point = ", ".join(f"{name}={getattr(self.hw, name)}" for name in fields)
+        return f"{self.unit} on {point}: {self.operations} operations"
 
 
 def draw(unit, seed, *, large=False) -> RandomCase:
@@ -223,4 +235,6 @@ def _layernorm(rng, seed, large):
     return RandomCase("layernorm", hw, LAYERNORM_STREAMS, sequences, sequence_cycles(first))
 
 
+_FIELDS = {"attention": ("score_lanes", "max_head_dim", "kv_depth", "heads_parallel"),
+           "softmax": ("kv_depth",), "layernorm": ("max_in",), "gelu": ("cols",)}
 _DRAW = {"attention": _attention, "softmax": _softmax, "gelu": _gelu, "layernorm": _layernorm}

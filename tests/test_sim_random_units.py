@@ -16,7 +16,7 @@ import os
 
 import pytest
 
-from moevit.sim.randomized import UNITS, draw
+from moevit.sim.randomized import UNITS, draw, tally
 from moevit.sim.runner import default_simulator
 from moevit.sim.units import run_sequences
 
@@ -38,6 +38,7 @@ def run_case(unit, seed, *, large, simulator):
     assert run.cycles[0] == case.model_cycles, (
         f"MOEVIT_SEED={seed}: {unit} cycles with no pauses {run.cycles[0]}, cost model "
         f"{case.model_cycles}")
+    tally(case, simulator, run.seconds)
     return case, run
 
 

@@ -1,6 +1,6 @@
 """``moevit bench attention``: simulated cycles of the attention kernel against the ideal.
 
-Each case runs in the cocotb bench (:mod:`moevit.sim.benches.attention`)
+Each case runs in the cocotb bench (:mod:`moevit.sim.benches.sequences`)
 with no gaps and no back-pressure; every context value is checked against
 the golden model, and the cycles are counted from the descriptor to the last
 context beat (loading K and V, filling and draining the row pipeline

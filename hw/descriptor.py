@@ -26,7 +26,7 @@ from moevit.hw.config import HwConfig
 
 __all__ = ["DescriptorError", "Descriptor", "LinearDescriptor", "AttentionDescriptor",
            "LayerNormDescriptor", "Fault", "FAULT_WIDTH", "fault_code",
-           "shift_out_of_range", "packed", "sequence_cycles", "OPCODE_WIDTH", "WORD_WIDTH"]
+           "shift_out_of_range", "packed", "OPCODE_WIDTH", "WORD_WIDTH"]
 
 OPCODE_WIDTH = 8
 WORD_WIDTH = 32
@@ -219,6 +219,14 @@ class Descriptor:
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in self.packed_fields()}
+
+    # Cost -------------------------------------------------------------------
+    @staticmethod
+    def sequence_cycles(descriptors) -> list:
+        """Each operation's ``expected_cycles`` when they run back to back on one unit:
+        the first from its descriptor's acceptance, each next one from the previous
+        one's last output beat (``expected_cycles(following=True)``)."""
+        return [d.expected_cycles(following=k > 0) for k, d in enumerate(descriptors)]
 
 
 def _check_positive(descriptor, kind, names):
@@ -433,19 +441,16 @@ class AttentionDescriptor(Descriptor):
         units = 2 * self.hw.score_lanes * self.hw.heads_parallel
         return -(-self.macs // units)
 
-    def expected_cycles(self) -> int:
+    def expected_cycles(self, *, following=False) -> int:
         """Cycles from the descriptor's acceptance to the last context beat, fed without
         gaps and drained without back-pressure: ``rounds`` heads of
-        :func:`moevit.hw.attention.head_cycles` each. Exact (tests/test_sim_attention.py)."""
-        from moevit.hw.attention import head_cycles
+        :func:`moevit.hw.attention.head_cycles` each. With ``following``, from the
+        previous operation's last beat (the kernel takes the next descriptor
+        ``RESTART_CYCLES`` later). Exact (tests/test_sim_random_units.py)."""
+        from moevit.hw.attention import RESTART_CYCLES, head_cycles
 
-        return self.rounds * head_cycles(self.tokens, self.chunks)
-
-    def restart_cycles(self) -> int:
-        """The last context beat -> the next descriptor accepted."""
-        from moevit.hw.attention import RESTART_CYCLES
-
-        return RESTART_CYCLES
+        return self.rounds * head_cycles(self.tokens, self.chunks) + (
+            RESTART_CYCLES if following else 0)
 
 
 @dataclass(frozen=True)
@@ -485,31 +490,13 @@ class LayerNormDescriptor(Descriptor):
                 f"LayerNorm descriptor eps must be an integer in [0, 2**34), not {self.eps!r}")
         _check_range("LayerNorm descriptor shift", self.shift, 1, 47)
 
-    def expected_cycles(self) -> int:
+    def expected_cycles(self, *, following=False) -> int:
         """Cycles from the descriptor's acceptance to the last output, fed without gaps
         and drained without back-pressure (:func:`moevit.hw.layernorm.layernorm_cycles`).
-        Exact (tests/test_sim_layernorm.py)."""
-        from moevit.hw.layernorm import layernorm_cycles
+        With ``following``, from the previous operation's last output (the unit takes
+        the next descriptor ``RESTART_CYCLES`` later). Exact
+        (tests/test_sim_random_units.py)."""
+        from moevit.hw.layernorm import RESTART_CYCLES, layernorm_cycles
 
-        return layernorm_cycles(self.tokens, self.dim)
+        return layernorm_cycles(self.tokens, self.dim) + (RESTART_CYCLES if following else 0)
 
-    def restart_cycles(self) -> int:
-        """The last output -> the next descriptor accepted."""
-        from moevit.hw.layernorm import RESTART_CYCLES
-
-        return RESTART_CYCLES
-
-
-def sequence_cycles(descriptors) -> list:
-    """The cycle of each operation's last output, operations run back to back.
-
-    For the units that run one descriptor at a time (attention, LayerNorm):
-    each operation takes its ``expected_cycles()``, and the next descriptor is
-    accepted ``restart_cycles()`` after the last output. Counted from the first
-    descriptor's acceptance (cycle 0).
-    """
-    ends, start = [], 0
-    for desc in descriptors:
-        ends.append(start + desc.expected_cycles())
-        start = ends[-1] + desc.restart_cycles()
-    return ends

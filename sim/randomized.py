@@ -89,6 +89,11 @@ def _sequences(rng, streams, make_ops, ports=None):
     return sequences
 
 
+def _ends(descs):
+    """The cost model's end cycle of each operation, counted from the first descriptor."""
+    return [int(n) for n in np.cumsum(descs[0].sequence_cycles(descs))]
+
+
 def _pick(rng, low, high):
     """An integer in ``[low, high]``, the two ends more often than the inside."""
     r = rng.random()
@@ -114,7 +119,7 @@ def _int8(rng, shape):
 
 
 def _attention(rng, seed, large):
-    from moevit.hw.descriptor import AttentionDescriptor, sequence_cycles
+    from moevit.hw.descriptor import AttentionDescriptor
     from moevit.sim.units import attention_op, attention_streams
 
     lanes = int(rng.choice([1, 2, 4, 8]))
@@ -143,7 +148,7 @@ def _attention(rng, seed, large):
     streams = attention_streams(hw)
     sequences = _sequences(rng, streams, make_ops)
     first = descs[:len(sequences[0].ops)]
-    return RandomCase("attention", hw, streams, sequences, sequence_cycles(first))
+    return RandomCase("attention", hw, streams, sequences, _ends(first))
 
 
 def _softmax(rng, seed, large):
@@ -209,7 +214,7 @@ def _gelu(rng, seed, large):
 
 
 def _layernorm(rng, seed, large):
-    from moevit.hw.descriptor import LayerNormDescriptor, sequence_cycles
+    from moevit.hw.descriptor import LayerNormDescriptor
     from moevit.sim.units import LAYERNORM_STREAMS, layernorm_op
 
     hw = HwConfig(name=f"layernorm-{seed}", max_in=int(rng.integers(1, 97 if large else 33)))
@@ -232,7 +237,7 @@ def _layernorm(rng, seed, large):
 
     sequences = _sequences(rng, LAYERNORM_STREAMS, make_ops)
     first = descs[:len(sequences[0].ops)]
-    return RandomCase("layernorm", hw, LAYERNORM_STREAMS, sequences, sequence_cycles(first))
+    return RandomCase("layernorm", hw, LAYERNORM_STREAMS, sequences, _ends(first))
 
 
 _FIELDS = {"attention": ("score_lanes", "max_head_dim", "kv_depth", "heads_parallel"),

@@ -155,12 +155,15 @@ class SequenceRun:
         from the sequence's first beat on the origin stream.
     beats : dict
         Every payload each output stream carried, in order.
+    held : list of dict
+        Per sequence, per output stream, the cycles a beat waited on back-pressure.
     seconds : float
         Wall time of the simulation (the build excluded).
     """
 
     cycles: list
     beats: dict
+    held: list
     seconds: float
 
 
@@ -172,12 +175,13 @@ def uniform_pauses(inputs, outputs, gaps, stall):
 
 def random_pauses(rng, names):
     """A pause spec per stream drawn from ``rng``: none, a fixed pattern of its own
-    (2 to 7 cycles, at least one active), or seeded random."""
+    (2 to 7 cycles, at least one pause and one active cycle), or seeded random."""
     specs = {}
     for name in names:
         kind = ("none", "fixed", "random")[int(rng.integers(3))]
         pattern = [bool(b) for b in rng.integers(2, size=int(rng.integers(2, 8)))]
-        pattern[int(rng.integers(len(pattern)))] = False
+        beat, pause = rng.permutation(len(pattern))[:2]  # at least one of each
+        pattern[beat], pattern[pause] = False, True
         specs[name] = {"kind": kind, "pattern": pattern}
     return specs
 
@@ -230,7 +234,8 @@ def run_sequences(unit, hw, streams, sequences, *, test_id, simulator=None,
                         simulator=simulator, env={"MOEVIT_CASE": json.dumps(case)}, seed=seed)
     beats = np.load(result.output("beats.npz"))
     return SequenceRun(result.json("cycles.json"),
-                       {name: [int(b) for b in beats[name]] for name in outputs}, result.seconds)
+                       {name: [int(b) for b in beats[name]] for name in outputs},
+                       result.json("held.json"), result.seconds)
 
 
 def _text(payloads):

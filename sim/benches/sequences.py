@@ -13,7 +13,9 @@ the same simulation, each once the previous one's last output has left.
 For each operation the bench records the cycle of its last output beat,
 counted from the sequence's first beat on the ``origin`` stream (the
 descriptor, or the first input), and compares every output beat with the
-golden model's, in full. After the last sequence it waits and checks that
+golden model's, in full. Per sequence it counts, for each output, the cycles
+the unit held a beat that back-pressure kept from leaving (``valid`` and not
+``ready``), so a test can tell that back-pressure really stopped the unit. After the last sequence it waits and checks that
 nothing follows the last beat, and that ``busy`` (where the unit has one)
 has fallen.
 """
@@ -59,11 +61,22 @@ except ImportError:  # imported outside a simulation
 
 if cocotb is not None:
     import numpy as np
-    from cocotb.triggers import ClockCycles
+    from cocotb.triggers import ClockCycles, RisingEdge
     from cocotb.utils import get_sim_time
 
     from moevit.sim.benches.common import CLOCK_NS, check, start
     from moevit.sim.streams import StreamSink, StreamSource
+
+    async def count_held(dut, outputs, held):
+        """Count, per output, the cycles a beat waits on back-pressure (until cancelled)."""
+        ports = {name: (getattr(dut, f"{name}__valid"), getattr(dut, f"{name}__ready"))
+                 for name in outputs}
+        edge = RisingEdge(dut.clk)
+        while True:
+            await edge
+            for name, (valid, ready) in ports.items():
+                if int(valid.value) and not int(ready.value):
+                    held[name] += 1
 
     @cocotb.test()
     async def sequences_match_golden(dut):
@@ -77,8 +90,10 @@ if cocotb is not None:
         sinks = {name: StreamSink(dut, name, dut.clk, pause=switches[name])
                  for name in case["outputs"]}
         received = {name: 0 for name in case["outputs"]}
-        cycles = []
+        cycles, held = [], []
         for number, sequence in enumerate(case["sequences"]):
+            held.append({name: 0 for name in case["outputs"]})
+            counter = cocotb.start_soon(count_held(dut, case["outputs"], held[-1]))
             for port, value in sequence.get("ports", {}).items():
                 getattr(dut, port).value = value
             for k, name in enumerate(switches):
@@ -96,6 +111,7 @@ if cocotb is not None:
                     received[name] += len(want)
                     check(got, want, f"sequence {number} operation {op} stream {name}")
                 ends.append(get_sim_time("ns"))
+            counter.cancel()
             t0 = sources[case["origin"]].times[origin]
             cycles.append([round((t - t0) / CLOCK_NS) for t in ends])
             for source in sources.values():
@@ -110,5 +126,6 @@ if cocotb is not None:
             assert not int(dut.busy.value), "busy still high after the last output"
         out = Path(os.environ["MOEVIT_SIM_OUT"])
         (out / "cycles.json").write_text(json.dumps(cycles))
+        (out / "held.json").write_text(json.dumps(held))
         np.savez(out / "beats.npz", **{name: np.array([str(b) for b in sink.beats], dtype=str)
                                       for name, sink in sinks.items()})

@@ -2,9 +2,10 @@
 
 :func:`draw` turns ``(unit, seed)`` into one design point (a random
 :class:`~moevit.hw.config.HwConfig` within what the generator accepts) and
-two sequences of random operations for it, run back to back in one
-simulation (:func:`moevit.sim.units.run_sequences`): the first with no
-pauses anywhere, whose cycles must equal the unit's cost model; the second
+sequences of random operations for it, run one after the other in one
+simulation (:func:`moevit.sim.units.run_sequences`), each sequence's
+operations back to back: the first with no pauses anywhere, whose cycles
+must equal the unit's cost model; the next (one, or three for ``large``)
 with a pause pattern of its own on every stream (none, a fixed pattern or
 seeded random gaps on each input, the descriptor included, and
 back-pressure on each output). Shapes are ragged and reach their limits
@@ -76,14 +77,15 @@ def draw(unit, seed, *, large=False) -> RandomCase:
     return _DRAW[unit](rng, seed, large)
 
 
-def _sequences(rng, streams, make_ops, ports=None):
-    """Two sequences of the same design point: no pauses, then a pattern per stream."""
+def _sequences(rng, streams, make_ops, ports=None, *, large=False):
+    """Sequences of one design point: no pauses, then one (``large``: three) with a
+    pattern per stream."""
     from moevit.sim.units import Sequence, random_pauses, uniform_pauses
 
     inputs, outputs, _ = streams
     sequences = []
-    for pauses in (uniform_pauses(inputs, outputs, "none", "none"),
-                   random_pauses(rng, inputs + outputs)):
+    paused = [random_pauses(rng, inputs + outputs) for _ in range(3 if large else 1)]
+    for pauses in [uniform_pauses(inputs, outputs, "none", "none"), *paused]:
         constants = ports() if ports else {}  # first: the operations' expected values use them
         sequences.append(Sequence(make_ops(), pauses, constants))
     return sequences
@@ -146,7 +148,7 @@ def _attention(rng, seed, large):
         return ops
 
     streams = attention_streams(hw)
-    sequences = _sequences(rng, streams, make_ops)
+    sequences = _sequences(rng, streams, make_ops, large=large)
     first = descs[:len(sequences[0].ops)]
     return RandomCase("attention", hw, streams, sequences, _ends(first))
 
@@ -180,7 +182,7 @@ def _softmax(rng, seed, large):
             lengths.append(n)
         return ops
 
-    sequences = _sequences(rng, SOFTMAX_STREAMS, make_ops, ports)
+    sequences = _sequences(rng, SOFTMAX_STREAMS, make_ops, ports, large=large)
     return RandomCase("softmax", hw, SOFTMAX_STREAMS, sequences,
                       row_ends(lengths[:len(sequences[0].ops)]))
 
@@ -208,7 +210,7 @@ def _gelu(rng, seed, large):
             sizes.append(len(ops[-1]["i"]))
         return ops
 
-    sequences = _sequences(rng, GELU_STREAMS, make_ops, ports)
+    sequences = _sequences(rng, GELU_STREAMS, make_ops, ports, large=large)
     ends = np.cumsum(sizes[:len(sequences[0].ops)])
     return RandomCase("gelu", hw, GELU_STREAMS, sequences, [gelu_cycles(int(n)) for n in ends])
 
@@ -235,7 +237,7 @@ def _layernorm(rng, seed, large):
             descs.append(desc)
         return ops
 
-    sequences = _sequences(rng, LAYERNORM_STREAMS, make_ops)
+    sequences = _sequences(rng, LAYERNORM_STREAMS, make_ops, large=large)
     first = descs[:len(sequences[0].ops)]
     return RandomCase("layernorm", hw, LAYERNORM_STREAMS, sequences, _ends(first))
 

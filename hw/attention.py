@@ -441,7 +441,7 @@ class Attention(wiring.Component):
 
 # Timing -------------------------------------------------------------------------
 # The exact cost model of the kernel, read from the RTL above and equal to the
-# simulated cycles (tests/test_sim_attention.py). Heads do not overlap (a head
+# simulated cycles (tests/test_sim_random_units.py, moevit bench attention). Heads do not overlap (a head
 # loads K and V only once the previous head's last context beat has left), so
 # every head of a descriptor takes the same time: :func:`head_cycles`.
 #: Issue of a key's last chunk -> its score on the softmax's input.
@@ -528,12 +528,18 @@ class _QkClock:
 
 
 class _PvStage:
-    """The softmax's emit stage (two registers) feeding PV, one probability at a time."""
+    """The softmax's emit stage (two registers) feeding PV, one probability at a time.
+
+    Per probability: *issued*, the cycle emit reads its exponential (a cycle
+    the emit pipeline moves: its output is empty or being taken); *shown*, the
+    first cycle it is on the softmax's output; *taken*, the cycle PV takes it
+    with its last chunk (``chunks`` cycles after PV starts on it).
+    """
 
     def __init__(self, chunks):
         self.C = chunks
         self.items = [(_NEVER, _NEVER, _NEVER)] * 2  # (issued, shown, taken) of the last two
-        self.row_done = _NEVER
+        self.row_done = _NEVER  # the previous row's last probability taken
 
     def row(self, T, start):
         """A row whose emit stage starts at ``start``: ``(last taken, last issued)``."""
@@ -542,7 +548,8 @@ class _PvStage:
         while j < T:
             if j == 6 and T >= 12:
                 # Steady from here: emit keeps two ahead and PV takes one every C
-                # cycles, so jump to the row's last three probabilities.
+                # cycles (probability k is taken at a + (k-5)C, shown the cycle after
+                # k-1 is taken, issued when k-2 is), so jump to the row's last three.
                 a, j = self.items[1][2], T - 3
                 self.items = [(a + (k - 7) * C, a + (k - 6) * C + 1, a + (k - 5) * C)
                               for k in (j - 2, j - 1)]
@@ -552,8 +559,9 @@ class _PvStage:
                     issued = taken
             shown = max(issued + 1, self.items[1][2]) + 1
             taken = max(shown, self.items[1][2] + 1) + C - 1
-            if j == T - 1 and self.row_done + 3 <= taken < self.row_done + C + 3:
-                taken = self.row_done + C + 3  # the shadow registers still hold the last row
+            busy_until = self.row_done + OUT_DEPTH + C  # the shadow registers hold the last row
+            if j == T - 1 and self.row_done + OUT_DEPTH <= taken < busy_until:
+                taken = busy_until
             self.items = [self.items[1], (issued, shown, taken)]
             j += 1
         self.row_done = taken

@@ -7,8 +7,8 @@ cost model exactly; the others (one; three in the slow set) with gaps and
 back-pressure on every stream. The bench
 compares every output with the golden model in full, checks that nothing
 follows the last beat and that ``busy`` falls; the test checks that
-back-pressure held the unit's outputs in the second sequence (when an output
-under pauses carried at least ``HELD_BEATS`` beats) and never in the first.
+back-pressure held the unit's outputs in the paused sequences (when an output
+under pauses carried at least ``HELD_BEATS`` beats).
 
 Fast (``make test``, Icarus): one case per unit. Slow (``make sim``,
 ``$SIM``): ``SLOW_CASES`` larger cases per unit. ``MOEVIT_SEED=<n>`` runs
@@ -42,9 +42,7 @@ def run_case(unit, seed, *, large, simulator):
     assert run.cycles[0] == case.model_cycles, (
         f"MOEVIT_SEED={seed}: {unit} cycles with no pauses {run.cycles[0]}, cost model "
         f"{case.model_cycles}")
-    calm, *busy = run.held
-    assert not any(calm.values()), f"MOEVIT_SEED={seed}: outputs held with no back-pressure {calm}"
-    for number, (paused, held) in enumerate(zip(case.sequences[1:], busy), 1):
+    for number, (paused, held) in enumerate(zip(case.sequences[1:], run.held[1:]), 1):
         # An output that carried enough beats under a pause pattern was held by it (a
         # short one may slip through the pauses by chance).
         stalled = [name for name in held if paused.pauses[name]["kind"] != "none"

@@ -13,11 +13,12 @@ the same simulation, each once the previous one's last output has left.
 For each operation the bench records the cycle of its last output beat,
 counted from the sequence's first beat on the ``origin`` stream (the
 descriptor, or the first input), and compares every output beat with the
-golden model's, in full. Per sequence it counts, for each output under pauses, the cycles
-the unit held a beat that back-pressure kept from leaving (``valid`` and not
-``ready``), so a test can tell that back-pressure really stopped the unit. After the last sequence it waits and checks that
-nothing follows the last beat, and that ``busy`` (where the unit has one)
-has fallen.
+golden model's, in full. Per sequence it counts, for each output under
+pauses, the cycles the unit held a beat that back-pressure kept from leaving
+(``valid`` and not ``ready``), so a test can tell that back-pressure really
+stopped the unit. After the last sequence it waits and checks that nothing
+follows the last beat, and that ``busy`` (where the unit has one) has
+fallen.
 """
 
 import json

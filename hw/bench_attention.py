@@ -11,9 +11,11 @@ differs from the simulation. ``ideal_cycles = MACs / MAC units`` with
 ``2 * score_lanes * heads_parallel`` MAC units; ``utilization = ideal /
 cycles``.
 
-Cases: one attention layer of ``tiny`` (4 heads, 65 tokens, head dim 16) on
-its default hardware, and one ViT-S head (197 tokens, head dim 64) on the
-default attention parameters (8 score lanes, 256-token K/V buffers).
+Cases: one attention layer of ``tiny`` (4 heads, 65 tokens, head dim 16) and
+one of ``edge-moe`` (3 heads, 129 tokens, head dim 64) on their default
+hardware, and one ViT-S head (197 tokens, head dim 64) on the default
+attention parameters (8 score lanes, 256-token K/V buffers). ``--quick``:
+the tiny layer only.
 """
 
 import numpy as np
@@ -53,10 +55,13 @@ def bench_attention(simulator="verilator", quick=False) -> list:
     from moevit.hw.config import HwConfig, get_hw_config
     from moevit.model.config import get_config
 
-    tiny = get_config("tiny")
-    cases = [(get_hw_config("tiny"), "attn", tiny.heads, tiny.tokens, tiny.head_dim, 1)]
+    cases = []
+    for name in ("tiny",) if quick else ("tiny", "edge-moe"):
+        model = get_config(name)
+        cases.append((get_hw_config(name), "attn", model.heads, model.tokens, model.head_dim,
+                      len(cases) + 1))
     if not quick:
-        cases.append((HwConfig(name="vit-s"), "vit-s.attn.head", 1, 197, 64, 2))
+        cases.append((HwConfig(name="vit-s"), "vit-s.attn.head", 1, 197, 64, 3))
     return [_case(hw, name, heads, tokens, head_dim, simulator, seed=seed)
             for hw, name, heads, tokens, head_dim, seed in tqdm(cases, desc="bench attention",
                                                                  unit="case")]

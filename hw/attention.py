@@ -78,6 +78,7 @@ class AttentionHead(wiring.Component):
     start : In(1)
         Pulse: begin with the values above.
     busy : Out(1)
+        Working, or a context beat still waits on ``o``.
     q, k, v : In(stream.Signature(beat_layout(lanes)))
     o : Out(stream.Signature(beat_layout(lanes)))
     """
@@ -170,11 +171,13 @@ class AttentionHead(wiring.Component):
                 with m.If(rows_out == tokens):
                     m.d.sync += head.eq(head + 1)
                     m.next = "LOAD"
-        m.d.comb += [self.busy.eq(~fsm.ongoing("IDLE")), computing.eq(fsm.ongoing("COMPUTE"))]
+        # Busy until the last context beat has left, not only until it is on `o`.
+        m.d.comb += [self.busy.eq(~fsm.ongoing("IDLE") | self.o.valid),
+                     computing.eq(fsm.ongoing("COMPUTE"))]
 
         # K and V into their buffers, side by side.
         loading = Signal()
-        m.d.comb += loading.eq(self.busy & ~computing & (head != rounds))
+        m.d.comb += loading.eq(fsm.ongoing("LOAD") & (head != rounds))
         m.d.comb += [
             self.k.ready.eq(loading & (k_cnt != words)),
             k_wr.addr.eq(k_cnt), k_wr.data.eq(self.k.payload.as_value()),

@@ -52,6 +52,7 @@ class LayerNorm(wiring.Component):
     i : In(stream.Signature(signed(8)))
     o : Out(stream.Signature(signed(8)))
     busy : Out(1)
+        Working, or an output still waits on ``o``.
     error : Out(3)
         The :class:`~moevit.hw.descriptor.Fault` of the last descriptor taken;
         a faulty one is skipped (no beat taken or produced).
@@ -143,7 +144,8 @@ class LayerNorm(wiring.Component):
                     m.next = "IDLE"
         m.d.comb += [
             self.desc.ready.eq(fsm.ongoing("IDLE")),
-            self.busy.eq(~fsm.ongoing("IDLE")),
+            # Busy until the last output has left, not only until it is on `o`.
+            self.busy.eq(~fsm.ongoing("IDLE") | self.o.valid),
             self.param.ready.eq(fsm.ongoing("PARAMS") & (p_cnt != dim)),
             running.eq(fsm.ongoing("RUN")),
         ]

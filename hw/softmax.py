@@ -67,7 +67,8 @@ class Softmax(wiring.Component):
     o : Out(stream.Signature(prob_layout()))
         Probabilities in the same order, ``last`` on each row's final one.
     busy : Out(1)
-        A row is in flight.
+        A row is in flight: from its first score until its last probability
+        has been taken.
 
     Raises
     ------
@@ -137,12 +138,13 @@ class Softmax(wiring.Component):
         recip = Array(Signal(intops.SOFTMAX_RECIP_BITS - intops.PROB_FRAC + 1,
                              name=f"recip{k}") for k in range(_EXP_BANKS))
 
-        m.d.comb += self.busy.eq(ahead(done_in, done_out) != 0)
 
         # Ingest: scores into bank done_in % 2, tracking the maximum.
         in_bank = Signal(range(_SCORE_BANKS))
         in_idx = Signal(idx_shape)
         in_max = Signal(signed(self._score_width))
+        # Busy from a row's first score until its last probability has left.
+        m.d.comb += self.busy.eq((ahead(done_in, done_out) != 0) | (in_idx != 0))
         m.d.comb += self.i.ready.eq(ahead(done_in, done_exp) < _SCORE_BANKS)
         m.d.comb += [
             s_wr.addr.eq(in_bank * n + in_idx),

@@ -16,7 +16,7 @@ descriptor, or the first input), and compares every output beat with the
 golden model's, in full. Per sequence it counts, for each output under
 pauses, the cycles the unit held a beat that back-pressure kept from leaving
 (``valid`` and not ``ready``), so a test can tell that back-pressure really
-stopped the unit. After the last sequence it waits and checks that nothing
+stopped the unit, and fails if ``busy`` is ever low while a beat waits. After the last sequence it waits and checks that nothing
 follows the last beat, and that ``busy`` (where the unit has one) has
 fallen.
 """
@@ -68,16 +68,20 @@ if cocotb is not None:
     from moevit.sim.benches.common import CLOCK_NS, check, start
     from moevit.sim.streams import StreamSink, StreamSource
 
-    async def count_held(dut, outputs, held):
-        """Count, per output, the cycles a beat waits on back-pressure (until cancelled)."""
+    async def watch(dut, outputs, held, idle_with_beat):
+        """Until cancelled: count, per output, the cycles a beat waits on back-pressure,
+        and the cycles ``busy`` is low while an output still holds a beat."""
         ports = {name: (getattr(dut, f"{name}__valid"), getattr(dut, f"{name}__ready"))
                  for name in outputs}
+        busy = getattr(dut, "busy", None)
         edge = RisingEdge(dut.clk)
         while True:
             await edge
             for name, (valid, ready) in ports.items():
                 if int(valid.value) and not int(ready.value):
                     held[name] += 1
+                    if busy is not None and not int(busy.value):
+                        idle_with_beat.append(get_sim_time("ns"))
 
     @cocotb.test()
     async def sequences_match_golden(dut):
@@ -94,10 +98,12 @@ if cocotb is not None:
         cycles, held = [], []
         for number, sequence in enumerate(case["sequences"]):
             held.append({name: 0 for name in case["outputs"]})
-            # Only an output under pauses can be held (counting wakes the bench every cycle).
+            # Only an output under pauses can be held (watching wakes the bench every cycle).
             paused = [name for name in case["outputs"]
                       if sequence["pauses"][name]["kind"] != "none"]
-            counter = cocotb.start_soon(count_held(dut, paused, held[-1])) if paused else None
+            idle_with_beat = []
+            watcher = (cocotb.start_soon(watch(dut, paused, held[-1], idle_with_beat))
+                       if paused else None)
             for port, value in sequence.get("ports", {}).items():
                 getattr(dut, port).value = value
             for k, name in enumerate(switches):
@@ -115,8 +121,11 @@ if cocotb is not None:
                     received[name] += len(want)
                     check(got, want, f"sequence {number} operation {op} stream {name}")
                 ends.append(get_sim_time("ns"))
-            if counter:
-                counter.cancel()
+            if watcher:
+                watcher.cancel()
+            assert not idle_with_beat, (
+                f"sequence {number}: busy low while an output still held a beat, "
+                f"{len(idle_with_beat)} cycles from {idle_with_beat[0]} ns")
             t0 = sources[case["origin"]].times[origin]
             cycles.append([round((t - t0) / CLOCK_NS) for t in ends])
             for source in sources.values():

@@ -444,9 +444,10 @@ class Attention(wiring.Component):
 
 # Timing -------------------------------------------------------------------------
 # The exact cost model of the kernel, read from the RTL above and equal to the
-# simulated cycles (tests/test_sim_random_units.py, moevit bench attention). Heads do not overlap (a head
-# loads K and V only once the previous head's last context beat has left), so
-# every head of a descriptor takes the same time: :func:`head_cycles`.
+# simulated cycles (tests/test_sim_random_units.py, moevit bench attention).
+# Heads do not overlap (a head loads K and V only once the previous head's last
+# context beat has left), so every head of a descriptor takes the same time:
+# :func:`head_cycles`.
 #: Issue of a key's last chunk -> its score on the softmax's input.
 QK_DEPTH = 3
 #: PV takes a row's last probability at cycle t -> its C context beats leave at

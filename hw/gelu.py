@@ -90,5 +90,5 @@ class Gelu(wiring.Component):
 def gelu_cycles(beats):
     """Cycles from the first beat taken (cycle 0) to the last beat out, with no gaps
     and no back-pressure: one beat a cycle through a :data:`LATENCY`-step pipeline.
-    The exact cost model (tests/test_sim_gelu.py)."""
+    The exact cost model (tests/test_sim_random_units.py)."""
     return beats - 1 + LATENCY

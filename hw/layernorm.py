@@ -30,6 +30,7 @@ __all__ = ["LayerNorm", "param_layout", "layernorm_cycles", "RESTART_CYCLES"]
 
 _BANKS = 2
 _ROW_BITS = 2
+_V_WIDTH = 48  # (D*s2 - s1*s1 + eps) << 12 < 2**47 (intops)
 
 
 def param_layout():
@@ -99,7 +100,7 @@ class LayerNorm(wiring.Component):
         idx = range(n + 1)
         s1_shape = signed((128 * n).bit_length() + 1)
         s2_shape = unsigned(((1 << 14) * n).bit_length())
-        v_width = _V_WIDTH  # (D*s2 - s1*s1 + eps) << 12 < 2**47 (intops)
+        v_width = _V_WIDTH
 
         m.submodules.rows = rows = memory.Memory(shape=signed(8), depth=_BANKS * n, init=[])
         m.submodules.params = params = memory.Memory(shape=param_layout(), depth=n, init=[])
@@ -120,14 +121,15 @@ class LayerNorm(wiring.Component):
         out_rows = Signal(16)  # rows fully emitted
         p_cnt = Signal(idx)
         running = Signal()
-        # Comb outputs from the state, not assigned inside it: Icarus never
-        # evaluates an always @* block whose inputs keep their initial values.
+        # The descriptor is checked, not trusted: a faulty one is taken and skipped.
         fault = Signal(FAULT_WIDTH)
         m.d.comb += fault.eq(fault_code([
             (Fault.OPCODE, desc.opcode != LayerNormDescriptor.OPCODE),
             (Fault.SHAPE, (desc.tokens == 0) | (desc.dim == 0) | (desc.dim > n)),
             (Fault.CONSTANT, shift_out_of_range(desc.shift) | (desc.eps >= 2**34)),
         ]))
+        # Comb outputs from the state, not assigned inside it: Icarus never
+        # evaluates an always @* block whose inputs keep their initial values.
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 with m.If(self.desc.valid):
@@ -255,8 +257,7 @@ class LayerNorm(wiring.Component):
 
 # Timing -------------------------------------------------------------------------
 # The exact cost model of the unit, read from the RTL above and equal to the
-# simulated cycles (tests/test_sim_layernorm.py).
-_V_WIDTH = 48
+# simulated cycles (tests/test_sim_random_units.py).
 #: Stats of one row: the square root (a cycle to start, one per root bit, one
 #: to hand over), then the division (the same), then one to record R.
 STATS_CYCLES = (_V_WIDTH + 1) // 2 + intops.LN_RECIP_BITS + 1 + 3

@@ -288,7 +288,7 @@ class Softmax(wiring.Component):
 
 # Timing -------------------------------------------------------------------------
 # Cycle counts read from the stages above; the models below equal the simulated
-# cycles (tests/test_sim_softmax.py, tests/test_sim_attention.py).
+# cycles (tests/test_sim_random_units.py).
 #: A row of n scores leaves the exp stage n + EXP_CYCLES cycles after it starts:
 #: one cycle to start, the six-step pipeline, one to record the sum.
 EXP_CYCLES = 7

@@ -1,16 +1,21 @@
 """``moevit bench attention``: simulated cycles of the attention kernel against the ideal.
 
-Each case runs in the cocotb bench (:mod:`moevit.sim.benches.attention`)
+Each case runs in the cocotb bench (:mod:`moevit.sim.benches.sequences`)
 with no gaps and no back-pressure; every context value is checked against
 the golden model, and the cycles are counted from the descriptor to the last
 context beat (loading K and V, filling and draining the row pipeline
-included). ``ideal_cycles = MACs / MAC units`` with ``MACs = 2 * heads *
-tokens**2 * head_dim`` (``Q Kᵀ`` and ``P V``) and ``2 * score_lanes *
-heads_parallel`` MAC units; ``utilization = ideal / cycles``.
+included). ``model_cycles`` is the exact cost model
+(:meth:`AttentionDescriptor.expected_cycles`); the bench fails if it
+differs from the simulation. ``ideal_cycles = MACs / MAC units`` with
+``MACs = 2 * heads * tokens**2 * head_dim`` (``Q Kᵀ`` and ``P V``) and
+``2 * score_lanes * heads_parallel`` MAC units; ``utilization = ideal /
+cycles``.
 
-Cases: one attention layer of ``tiny`` (4 heads, 65 tokens, head dim 16) on
-its default hardware, and one ViT-S head (197 tokens, head dim 64) on the
-default attention parameters (8 score lanes, 256-token K/V buffers).
+Cases: one attention layer of ``tiny`` (4 heads, 65 tokens, head dim 16) and
+one of ``edge-moe`` (3 heads, 129 tokens, head dim 64) on their default
+hardware, and one ViT-S head (197 tokens, head dim 64) on the default
+attention parameters (8 score lanes, 256-token K/V buffers). ``--quick``:
+the tiny layer only.
 """
 
 import numpy as np
@@ -28,27 +33,38 @@ def _case(hw, name, heads, tokens, head_dim, simulator, seed):
     run = run_attention(hw, q, k, v, consts, test_id=f"bench-attention-{name}-{simulator}",
                         simulator=simulator, gaps="none", stall="none", seed=seed)
     desc = attention_descriptor(hw, tokens, heads, head_dim, consts)
+    if run.cycles != desc.expected_cycles():
+        from moevit.errors import MoevitError
+
+        raise MoevitError(f"Bench {name}: {run.cycles} simulated cycles, but the cost model "
+                          f"gives {desc.expected_cycles()}")
     units = 2 * hw.score_lanes * hw.heads_parallel
     return dict(
         config=hw.name, layer=name, shape=f"{heads}x{tokens}x{head_dim}", tokens=tokens,
         heads=heads, head_dim=head_dim, lanes=f"{hw.heads_parallel}x2x{hw.score_lanes}",
-        mac_units=units, macs=desc.macs, cycles=run.cycles, ideal_cycles=desc.ideal_cycles(),
+        mac_units=units, macs=desc.macs, cycles=run.cycles, model_cycles=desc.expected_cycles(),
+        ideal_cycles=desc.ideal_cycles(),
         utilization=round(desc.ideal_cycles() / run.cycles, 4), simulator=simulator,
         sim_seconds=round(run.seconds, 1))
 
 
 def bench_attention(simulator="verilator", quick=False) -> list:
     """Rows of the attention benchmark (see the module's description)."""
+    from tqdm import tqdm
+
     from moevit.hw.config import HwConfig, get_hw_config
     from moevit.model.config import get_config
 
-    tiny = get_config("tiny")
-    rows = [_case(get_hw_config("tiny"), "attn", tiny.heads, tiny.tokens, tiny.head_dim,
-                  simulator, seed=1)]
+    cases = []
+    for name in ("tiny",) if quick else ("tiny", "edge-moe"):
+        model = get_config(name)
+        cases.append((get_hw_config(name), "attn", model.heads, model.tokens, model.head_dim,
+                      len(cases) + 1))
     if not quick:
-        rows.append(_case(HwConfig(name="vit-s"), "vit-s.attn.head", 1, 197, 64, simulator,
-                          seed=2))
-    return rows
+        cases.append((HwConfig(name="vit-s"), "vit-s.attn.head", 1, 197, 64, 3))
+    return [_case(hw, name, heads, tokens, head_dim, simulator, seed=seed)
+            for hw, name, heads, tokens, head_dim, seed in tqdm(cases, desc="bench attention",
+                                                                 unit="case")]
 
 
 def print_table(rows) -> None:
@@ -57,8 +73,10 @@ def print_table(rows) -> None:
 
     print_rows(rows, [("config", "config", "<9", ""), ("layer", "layer", "<17", ""),
                       ("HxTxD", "shape", "<12", ""), ("lanes", "lanes", ">8", ""),
-                      ("cycles", "cycles", ">10", ""), ("ideal", "ideal_cycles", ">10", ""),
+                      ("cycles", "cycles", ">10", ""), ("model", "model_cycles", ">10", ""),
+                      ("ideal", "ideal_cycles", ">10", ""),
                       ("util", "utilization", ">8", ".1%")],
                "(cycles from the descriptor to the last context beat, simulated on "
-               "{simulator}; ideal = MACs / MAC units, lanes = heads x (QK, PV) "
+               "{simulator}; model = the cost model; ideal = MACs / MAC units, "
+               "lanes = heads x (QK, PV) "
                "x score lanes)")

@@ -32,7 +32,8 @@ def register_bench(benches):
     _add_bench(benches, "linear", "linear kernel", "only the tiny shapes (skip the ViT-S layer)",
                _bench_linear)
     _add_bench(benches, "attention", "attention kernel",
-               "only the tiny layer (skip the ViT-S head)", _bench_attention)
+               "only the tiny layer (skip the edge-moe layer and the ViT-S head)",
+               _bench_attention)
 
 
 def _add_bench(benches, name, what, quick_help, handler):

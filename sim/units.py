@@ -1,27 +1,31 @@
 """Run the attention kernel and the integer units in a cocotb simulation.
 
-Each ``run_*`` function writes the Verilog of its unit for a
-:class:`~moevit.hw.config.HwConfig`, the inputs and the golden model's
-expected outputs (``moevit.model.integer.golden`` / ``intops``) to
-``build/sim/_cases/<test id>.npz``, runs the unit's cocotb bench
-(``moevit.sim.benches.<unit>``) with seeded gaps on the inputs and
-back-pressure on the outputs, and returns what the design produced and how
-many cycles it took. The bench compares every output with the golden model
-bit for bit, in full, and fails on the first difference. :func:`run_linear`
-is the exception: it takes the linear kernel's operations as they are and
+The attention kernel, softmax, GELU and LayerNorm run through one bench,
+:mod:`moevit.sim.benches.sequences`: :func:`run_sequences` writes the
+Verilog of the unit for a :class:`~moevit.hw.config.HwConfig`, and beside
+the test's folder (``build/sim/<test id>.npz``) each operation's input beats
+and the golden model's expected outputs (``moevit.model.integer.golden`` /
+``intops``), made by the ``*_op`` functions; the bench runs sequences of
+operations back to back with a pause pattern per stream and compares every
+output with the golden model bit for bit, in full. The ``run_*`` functions
+are the one-sequence shortcuts the unit tests use. :func:`run_linear` is
+the exception: it takes the linear kernel's operations as they are and
 leaves the comparison to its caller.
 """
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from moevit.paths import build_dir
 
-__all__ = ["UnitRun", "beats", "unbeats", "run_linear", "run_attention", "run_softmax",
-           "run_gelu", "run_layernorm", "attention_descriptor", "tiny_quantized",
-           "attention_layer"]
+__all__ = ["UnitRun", "Sequence", "SequenceRun", "beats", "unbeats", "run_linear",
+           "run_sequences", "uniform_pauses", "random_pauses", "run_attention", "attention_op",
+           "attention_streams", "run_softmax", "softmax_op", "run_gelu", "gelu_op",
+           "gelu_ports", "run_layernorm", "layernorm_op", "attention_descriptor",
+           "tiny_quantized", "attention_layer", "SOFTMAX_STREAMS", "GELU_STREAMS",
+           "LAYERNORM_STREAMS"]
 
 
 @dataclass
@@ -60,30 +64,6 @@ def unbeats(payloads, shape, lanes):
     values = [((int(p) >> (8 * lane)) & 0xFF) for p in payloads for lane in range(lanes)]
     array = np.array(values, dtype=np.int64).reshape(shape)
     return np.where(array >= 128, array - 256, array).astype(np.int8)
-
-
-def _verilog(unit, hw, test_id):
-    from moevit.hw.generate import verilog_file
-    from moevit.sim.runner import sim_folder
-
-    # Written afresh (not the HwConfig-keyed cache), so a changed unit is never stale.
-    return verilog_file(unit, hw, build_dir("sim", "_rtl", sim_folder(test_id).name))
-
-
-def _run(unit, hw, test_id, arrays, case, *, simulator=None, seed=0):
-    from moevit.hw.generate import module_name
-    from moevit.sim.runner import run_cocotb, sim_folder
-
-    source = _verilog(unit, hw, test_id)
-    data = build_dir("sim", "_cases") / f"{sim_folder(test_id).name}.npz"
-    np.savez(data, **arrays)
-    case = dict(case, data=str(data.resolve()), seed=seed)
-    result = run_cocotb(toplevel=module_name(unit), sources=[source],
-                        test_module=f"moevit.sim.benches.{unit}", test_id=test_id,
-                        simulator=simulator, env={"MOEVIT_CASE": json.dumps(case)}, seed=seed)
-    summary = result.json("summary.json")
-    out = np.load(result.output("out.npy"))
-    return UnitRun(out, summary["cycles"], result.seconds)
 
 
 def run_linear(hw, runs, *, test_id, simulator=None):
@@ -141,6 +121,159 @@ def attention_descriptor(hw, tokens, heads, head_dim, consts):
                                out_shift=out_shift)
 
 
+# Sequences of operations (moevit.sim.benches.sequences) ----------------------------
+@dataclass
+class Sequence:
+    """Operations run back to back, each stream with its own pause pattern.
+
+    Attributes
+    ----------
+    ops : list of dict
+        Per operation, each input stream's payloads (``name``) and each output
+        stream's expected payloads (``name + ".expected"``).
+    pauses : dict
+        Per stream, ``{"kind": "none" | "fixed" | "random", "pattern": [...]}``
+        (:func:`moevit.sim.streams.pauses`).
+    ports : dict
+        Constant input ports set before the sequence (the unit is idle then).
+    """
+
+    ops: list
+    pauses: dict
+    ports: dict = field(default_factory=dict)
+
+    @property
+    def paused(self) -> bool:
+        return any(spec["kind"] != "none" for spec in self.pauses.values())
+
+
+@dataclass
+class SequenceRun:
+    """What :func:`run_sequences` returned.
+
+    Attributes
+    ----------
+    cycles : list of list of int
+        Per sequence, the cycle of each operation's last output beat, counted
+        from the sequence's first beat on the origin stream.
+    beats : dict
+        Every payload each output stream carried, in order.
+    held : list of dict
+        Per sequence, per output stream, the cycles a beat waited on back-pressure.
+    seconds : float
+        Wall time of the simulation (the build excluded).
+    """
+
+    cycles: list
+    beats: dict
+    held: list
+    seconds: float
+
+
+def uniform_pauses(inputs, outputs, gaps, stall):
+    """One pause kind on every input (``gaps``) and on every output (``stall``)."""
+    return {**{name: {"kind": gaps} for name in inputs},
+            **{name: {"kind": stall} for name in outputs}}
+
+
+def random_pauses(rng, names):
+    """A pause spec per stream drawn from ``rng``: none, a fixed pattern of its own
+    (2 to 7 cycles, at least one pause and one active cycle), or seeded random."""
+    specs = {}
+    for name in names:
+        kind = ("none", "fixed", "random")[int(rng.integers(3))]
+        pattern = [bool(b) for b in rng.integers(2, size=int(rng.integers(2, 8)))]
+        beat, pause = rng.permutation(len(pattern))[:2]  # at least one of each
+        pattern[beat], pattern[pause] = False, True
+        specs[name] = {"kind": kind, "pattern": pattern}
+    return specs
+
+
+def run_sequences(unit, hw, streams, sequences, *, test_id, simulator=None,
+                  seed=0) -> SequenceRun:
+    """Simulate ``sequences`` of operations on ``unit`` in one simulation.
+
+    The bench (:mod:`moevit.sim.benches.sequences`) compares every output
+    beat with the expected one and fails on the first difference.
+
+    Parameters
+    ----------
+    unit : str
+        A unit of :data:`moevit.hw.generate.UNITS`.
+    hw : HwConfig
+    streams : tuple
+        ``(inputs, outputs, origin)``: the stream names, and the input from
+        whose first beat each sequence's cycles count.
+    sequences : list of Sequence
+    test_id : str
+        Names the simulation's folder.
+    simulator : str, optional
+    seed : int
+        Seeds the random pause patterns.
+    """
+    from moevit.hw.generate import module_name, verilog_file
+    from moevit.sim.runner import run_cocotb, sim_folder
+
+    inputs, outputs, origin = streams
+    arrays, numbered = {}, []
+    for sequence in sequences:
+        ops = []
+        for op in sequence.ops:
+            k = sum(len(n["ops"]) for n in numbered) + len(ops)
+            for name in inputs:
+                arrays[f"{name}.{k}"] = _text(op[name])
+            for name in outputs:
+                arrays[f"{name}.{k}.expected"] = _text(op[f"{name}.expected"])
+            ops.append(k)
+        numbered.append({"ops": ops, "pauses": sequence.pauses,
+                         "ports": {k: int(v) for k, v in sequence.ports.items()}})
+    folder = sim_folder(test_id)
+    data = folder.parent / f"{folder.name}.npz"
+    np.savez(data, **arrays)
+    case = {"data": str(data), "seed": seed, "inputs": list(inputs), "outputs": list(outputs),
+            "origin": origin, "sequences": numbered}
+    result = run_cocotb(toplevel=module_name(unit), sources=[verilog_file(unit, hw)],
+                        test_module="moevit.sim.benches.sequences", test_id=test_id,
+                        simulator=simulator, env={"MOEVIT_CASE": json.dumps(case)}, seed=seed)
+    beats = np.load(result.output("beats.npz"))
+    return SequenceRun(result.json("cycles.json"),
+                       {name: [int(b) for b in beats[name]] for name in outputs},
+                       result.json("held.json"), result.seconds)
+
+
+def _text(payloads):
+    """Payloads (possibly wider than 64 bits) as an array of decimal strings."""
+    return np.array([str(int(p)) for p in payloads], dtype=str)
+
+
+# Attention -----------------------------------------------------------------------
+def attention_streams(hw):
+    """``(inputs, outputs, origin)`` of the attention kernel's streams."""
+    lanes = range(hw.heads_parallel)
+    inputs = ["desc"] + [f"{n}__{p}" for p in lanes for n in "kvq"]
+    return inputs, [f"o__{p}" for p in lanes], "desc"
+
+
+def attention_op(desc, q, k, v):
+    """One attention operation's beats; the context from ``golden.attention_head``.
+
+    ``q``, ``k``, ``v``: int8 ``(heads, tokens, head_dim)``; head ``h`` runs on
+    lane ``h % heads_parallel``.
+    """
+    from moevit.model.integer.golden import AttentionConsts, attention_head
+
+    hw, lanes = desc.hw, desc.hw.score_lanes
+    consts = AttentionConsts(desc.sm_mult, desc.sm_shift, desc.out_mult, desc.out_shift)
+    op = {"desc": [desc.to_int()]}
+    for p in range(hw.heads_parallel):
+        heads = range(p, desc.heads, hw.heads_parallel)
+        for name, tensor in (("q", q), ("k", k), ("v", v)):
+            op[f"{name}__{p}"] = [b for h in heads for b in beats(tensor[h], lanes)]
+        op[f"o__{p}.expected"] = [b for h in heads for b in beats(
+            attention_head(q[h], k[h], v[h], consts).out, lanes)]
+    return op
+
+
 def run_attention(hw, q, k, v, consts, *, test_id, simulator=None, gaps="random",
                   stall="random", seed=0) -> UnitRun:
     """Simulate the attention kernel on ``heads`` heads and check it against the golden model.
@@ -161,30 +294,36 @@ def run_attention(hw, q, k, v, consts, *, test_id, simulator=None, gaps="random"
     -------
     UnitRun
         ``out`` int8 ``(heads, tokens, head_dim)``; ``cycles`` from the
-        descriptor to the last context beat.
+        descriptor's acceptance to the last context beat.
     """
-    from moevit.model.integer.golden import AttentionConsts, attention_head
-
     q, k, v = (np.asarray(a, dtype=np.int8) for a in (q, k, v))
     heads, tokens, head_dim = q.shape
-    consts = AttentionConsts(*(int(c) for c in consts))
     desc = attention_descriptor(hw, tokens, heads, head_dim, consts)
-    expected = np.stack([attention_head(q[h], k[h], v[h], consts).out for h in range(heads)])
-    lanes = hw.score_lanes
-    arrays = {"desc": np.array(desc.pack(), dtype=np.uint32)}
-    for name, tensor in (("q", q), ("k", k), ("v", v), ("expected", expected)):
-        arrays[name] = _text([beats(tensor[h], lanes) for h in range(heads)])
-    case = {"heads": heads, "tokens": tokens, "head_dim": head_dim, "lanes": lanes,
-            "heads_parallel": hw.heads_parallel, "gaps": gaps, "stall": stall,
-            "ideal_cycles": desc.ideal_cycles()}
-    run = _run("attention", hw, test_id, arrays, case, simulator=simulator, seed=seed)
-    run.out = np.stack([unbeats(row, (tokens, head_dim), lanes) for row in run.out])
-    return run
+    streams = attention_streams(hw)
+    sequence = Sequence([attention_op(desc, q, k, v)], uniform_pauses(*streams[:2], gaps, stall))
+    run = run_sequences("attention", hw, streams, [sequence], test_id=test_id,
+                        simulator=simulator, seed=seed)
+    out = np.zeros(q.shape, dtype=np.int8)
+    for p, name in enumerate(streams[1]):
+        per_head = np.array(run.beats[name]).reshape(-1, tokens * head_dim // hw.score_lanes)
+        for n, h in enumerate(range(p, heads, hw.heads_parallel)):
+            out[h] = unbeats(per_head[n], (tokens, head_dim), hw.score_lanes)
+    return UnitRun(out, run.cycles[0][0], run.seconds)
 
 
-def _text(payloads):
-    """Payloads (possibly wider than 64 bits) as an array of decimal strings."""
-    return np.array(payloads, dtype=object).astype(str)
+# Softmax -------------------------------------------------------------------------
+SOFTMAX_STREAMS = (["i"], ["o"], "i")
+
+
+def softmax_op(row, multiplier, shift):
+    """One row of int32 scores and its ``intops.softmax`` probabilities, as beats."""
+    from moevit.model.integer import intops
+
+    row = np.asarray(row, dtype=np.int64)
+    probs = intops.softmax(row, multiplier, shift)
+    ends = np.arange(len(row)) == len(row) - 1
+    return {"i": [(int(s) & 0xFFFFFFFF) | (int(e) << 32) for s, e in zip(row, ends)],
+            "o.expected": [int(p) | (int(e) << 16) for p, e in zip(probs, ends)]}
 
 
 def run_softmax(hw, rows, multiplier, shift, *, test_id, simulator=None, gaps="random",
@@ -193,14 +332,36 @@ def run_softmax(hw, rows, multiplier, shift, *, test_id, simulator=None, gaps="r
 
     ``out`` is the concatenation of the rows' Q0.15 probabilities.
     """
+    sequence = Sequence([softmax_op(r, multiplier, shift) for r in rows],
+                        uniform_pauses(["i"], ["o"], gaps, stall),
+                        {"multiplier": multiplier, "shift": shift})
+    run = run_sequences("softmax", hw, SOFTMAX_STREAMS, [sequence], test_id=test_id,
+                        simulator=simulator, seed=seed)
+    out = np.array([b & 0xFFFF for b in run.beats["o"]], dtype=np.int64)
+    return UnitRun(out, run.cycles[0][-1], run.seconds)
+
+
+# GELU ----------------------------------------------------------------------------
+GELU_STREAMS = (["i"], ["o"], "i")
+
+
+def gelu_ports(consts):
+    """The GELU unit's constant ports from ``(b, c, mult, shift)``."""
+    return dict(zip(("b", "c", "mult", "shift"), (int(v) for v in consts)))
+
+
+def gelu_op(hw, x, consts):
+    """``x`` (int8, any size, zero-padded to whole beats of ``hw.cols``) and its
+    ``requantize(intops.gelu(x, b, c), mult, shift)``, as beats."""
     from moevit.model.integer import intops
 
-    rows = [np.asarray(r, dtype=np.int64) for r in rows]
-    expected = np.concatenate([intops.softmax(r, multiplier, shift) for r in rows])
-    lengths = np.array([len(r) for r in rows], dtype=np.int64)
-    arrays = {"scores": np.concatenate(rows), "lengths": lengths, "expected": expected}
-    case = {"multiplier": int(multiplier), "shift": int(shift), "gaps": gaps, "stall": stall}
-    return _run("softmax", hw, test_id, arrays, case, simulator=simulator, seed=seed)
+    b, c, mult, shift = (int(v) for v in consts)
+    flat = np.asarray(x, dtype=np.int64).ravel()
+    padded = np.zeros(-(-flat.size // hw.cols) * hw.cols, dtype=np.int64)
+    padded[:flat.size] = flat
+    expected = intops.requantize(intops.gelu(padded, b, c), mult, shift)
+    return {"i": beats(padded.reshape(-1, hw.cols), hw.cols),
+            "o.expected": beats(expected.reshape(-1, hw.cols), hw.cols)}
 
 
 def run_gelu(hw, x, consts, *, test_id, simulator=None, gaps="random", stall="random",
@@ -210,42 +371,44 @@ def run_gelu(hw, x, consts, *, test_id, simulator=None, gaps="random", stall="ra
     ``x`` int8 of any size (padded with zeros to whole beats of ``hw.cols``);
     ``consts`` a :class:`~moevit.model.integer.golden.GeluConsts` or ``(b, c, mult, shift)``.
     """
+    flat = np.asarray(x).ravel()
+    sequence = Sequence([gelu_op(hw, flat, consts)], uniform_pauses(["i"], ["o"], gaps, stall),
+                        gelu_ports(consts))
+    run = run_sequences("gelu", hw, GELU_STREAMS, [sequence], test_id=test_id,
+                        simulator=simulator, seed=seed)
+    out = unbeats(run.beats["o"], (-1,), hw.cols)[:flat.size]
+    return UnitRun(out, run.cycles[0][0], run.seconds)
+
+
+# LayerNorm -----------------------------------------------------------------------
+LAYERNORM_STREAMS = (["desc", "param", "i"], ["o"], "desc")
+
+
+def layernorm_op(desc, x, gamma, beta):
+    """One LayerNorm operation's beats; the output from ``intops.layernorm``."""
     from moevit.model.integer import intops
 
-    b, c, mult, shift = (int(v) for v in consts)
-    flat = np.asarray(x, dtype=np.int64).ravel()
-    lanes = hw.cols
-    padded = np.zeros(-(-flat.size // lanes) * lanes, dtype=np.int64)
-    padded[:flat.size] = flat
-    expected = intops.requantize(intops.gelu(padded, b, c), mult, shift)
-    arrays = {"x": _text(beats(padded.reshape(-1, lanes), lanes)),
-              "expected": _text(beats(expected.reshape(-1, lanes), lanes))}
-    case = {"b": b, "c": c, "mult": mult, "shift": shift, "lanes": lanes, "gaps": gaps,
-            "stall": stall}
-    run = _run("gelu", hw, test_id, arrays, case, simulator=simulator, seed=seed)
-    run.out = unbeats(run.out, (-1,), lanes)[:flat.size]
-    return run
+    x = np.asarray(x, dtype=np.int64)
+    expected = intops.layernorm(x, desc.eps, gamma, beta, desc.shift).astype(np.int64)
+    params = [(int(g) & 0xFFFF) | ((int(b) & ((1 << 41) - 1)) << 16)
+              for g, b in zip(np.asarray(gamma), np.asarray(beta))]
+    return {"desc": [desc.to_int()], "param": params, "i": [int(v) & 0xFF for v in x.ravel()],
+            "o.expected": [int(v) & 0xFF for v in expected.ravel()]}
 
 
 def run_layernorm(hw, x, eps, gamma, beta, shift, *, test_id, simulator=None,
                   gaps="random", stall="random", seed=0) -> UnitRun:
     """Simulate the LayerNorm unit on int8 rows ``x`` ``(tokens, dim)``."""
     from moevit.hw.program.descriptor import LayerNormDescriptor
-    from moevit.model.integer import intops
 
-    x = np.asarray(x, dtype=np.int64)
-    tokens, dim = x.shape
+    tokens, dim = np.shape(x)
     desc = LayerNormDescriptor(hw, tokens=tokens, dim=dim, eps=int(eps), shift=int(shift))
-    expected = intops.layernorm(x, eps, gamma, beta, shift).astype(np.int64)
-    gamma = np.asarray(gamma, dtype=np.int64)
-    beta = np.asarray(beta, dtype=np.int64)
-    params = [(int(g) & 0xFFFF) | ((int(b) & ((1 << 41) - 1)) << 16) for g, b in zip(gamma, beta)]
-    arrays = {"desc": np.array(desc.pack(), dtype=np.uint32), "x": x.ravel(),
-              "params": np.array(params, dtype=np.uint64), "expected": expected.ravel()}
-    case = {"tokens": tokens, "dim": dim, "gaps": gaps, "stall": stall}
-    run = _run("layernorm", hw, test_id, arrays, case, simulator=simulator, seed=seed)
-    run.out = run.out.reshape(tokens, dim).astype(np.int8)
-    return run
+    sequence = Sequence([layernorm_op(desc, x, gamma, beta)],
+                        uniform_pauses(*LAYERNORM_STREAMS[:2], gaps, stall))
+    run = run_sequences("layernorm", hw, LAYERNORM_STREAMS, [sequence], test_id=test_id,
+                        simulator=simulator, seed=seed)
+    out = np.array([b - 256 if b >= 128 else b for b in run.beats["o"]], dtype=np.int8)
+    return UnitRun(out.reshape(tokens, dim), run.cycles[0][0], run.seconds)
 
 
 def tiny_quantized(trained=True):

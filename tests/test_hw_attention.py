@@ -3,8 +3,8 @@
 Three descriptors of different sequence lengths, head counts and head
 widths (one and two chunks per score) run one after the other on one
 instance with two head lanes, seeded gaps and back-pressure; every context
-beat equals ``golden.attention_head``'s. (The cocotb suites run one
-descriptor per simulation.)
+beat equals ``golden.attention_head``'s. (The cocotb suite of random
+sequences is tests/test_sim_random_units.py.)
 """
 
 import random

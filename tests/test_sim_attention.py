@@ -135,3 +135,17 @@ def test_descriptor_packs_and_counts_work():
     assert AttentionDescriptor.unpack(hw, desc.pack()) == desc
     assert desc.macs == 2 * 6 * 197 * 197 * 64
     assert desc.ideal_cycles() == 3 * 197 * 197 * 8
+
+
+@pytest.mark.slow
+def test_bench_attention_rows_equal_the_cost_model(capsys):
+    """``moevit bench attention --quick --json``: one JSON list, model == simulated cycles."""
+    import json
+
+    from moevit.cli import main
+
+    assert main(["bench", "attention", "--quick", "--json", "--simulator",
+                 default_simulator()]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["layer"] for r in rows] == ["attn"]
+    assert all(r["cycles"] == r["model_cycles"] > r["ideal_cycles"] for r in rows)

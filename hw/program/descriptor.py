@@ -18,13 +18,15 @@ A new unit adds its descriptor beside :class:`LinearDescriptor`: subclass
 """
 
 import dataclasses
+import enum
 from dataclasses import dataclass, field
 
 from moevit.errors import ConfigError
 from moevit.hw.config import HwConfig
 
 __all__ = ["DescriptorError", "Descriptor", "LinearDescriptor", "AttentionDescriptor",
-           "LayerNormDescriptor", "packed", "OPCODE_WIDTH", "WORD_WIDTH"]
+           "LayerNormDescriptor", "Fault", "FAULT_WIDTH", "fault_code",
+           "shift_out_of_range", "packed", "OPCODE_WIDTH", "WORD_WIDTH"]
 
 OPCODE_WIDTH = 8
 WORD_WIDTH = 32
@@ -32,6 +34,45 @@ WORD_WIDTH = 32
 
 class DescriptorError(ConfigError):
     """A descriptor breaks a rule of its unit or of the hardware instance."""
+
+
+class Fault(enum.IntEnum):
+    """What a unit found wrong with a descriptor it was handed (its ``error`` port).
+
+    The hardware does not trust the descriptor: a unit checks the opcode, the
+    shape against its buffers, the derived fields against the others and the
+    constants against their ranges. A faulty descriptor is taken from the
+    ``desc`` stream and its operation skipped (no beat taken or produced); the
+    unit's ``error`` port holds the code until the next descriptor is taken.
+    """
+
+    NONE = 0
+    OPCODE = 1  # not this unit's opcode
+    SHAPE = 2  # a size is zero or exceeds the unit's buffers
+    DERIVED = 3  # a derived field disagrees with the fields it is derived from
+    CONSTANT = 4  # a constant is out of its range (a zero multiplier, a shift not in 1..47)
+
+
+#: Bits of a unit's ``error`` port.
+FAULT_WIDTH = 3
+
+
+def fault_code(checks):
+    """The Amaranth expression of the first :class:`Fault` whose condition holds.
+
+    ``checks``: ``(fault, condition)`` pairs in order of priority.
+    """
+    from amaranth.hdl import Const, Mux
+
+    code = Const(Fault.NONE, FAULT_WIDTH)
+    for fault, bad in reversed(checks):
+        code = Mux(bad, Const(fault, FAULT_WIDTH), code)
+    return code
+
+
+def shift_out_of_range(shift):
+    """A requantization shift outside 1..47, as an Amaranth expression."""
+    return (shift == 0) | (shift > 47)
 
 
 def packed(width: int, *, signed: bool = False, doc: str = "", derived: bool = False, **kwargs):
@@ -178,6 +219,14 @@ class Descriptor:
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in self.packed_fields()}
+
+    # Cost -------------------------------------------------------------------
+    @staticmethod
+    def sequence_cycles(descriptors) -> list:
+        """Each operation's ``expected_cycles`` when they run back to back on one unit:
+        the first from its descriptor's acceptance, each next one from the previous
+        one's last output beat (``expected_cycles(following=True)``)."""
+        return [d.expected_cycles(following=k > 0) for k, d in enumerate(descriptors)]
 
 
 def _check_positive(descriptor, kind, names):
@@ -437,6 +486,17 @@ class AttentionDescriptor(Descriptor):
         units = 2 * self.hw.score_lanes * self.hw.heads_parallel
         return -(-self.macs // units)
 
+    def expected_cycles(self, *, following=False) -> int:
+        """Cycles from the descriptor's acceptance to the last context beat, fed without
+        gaps and drained without back-pressure: ``rounds`` heads of
+        :func:`moevit.hw.units.attention.head_cycles` each. With ``following``, from the
+        previous operation's last beat (the kernel takes the next descriptor
+        ``RESTART_CYCLES`` later). Exact (tests/test_sim_random_units.py)."""
+        from moevit.hw.units.attention import RESTART_CYCLES, head_cycles
+
+        return self.rounds * head_cycles(self.tokens, self.chunks) + (
+            RESTART_CYCLES if following else 0)
+
 
 @dataclass(frozen=True)
 class LayerNormDescriptor(Descriptor):
@@ -474,3 +534,14 @@ class LayerNormDescriptor(Descriptor):
             raise DescriptorError(
                 f"LayerNorm descriptor eps must be an integer in [0, 2**34), not {self.eps!r}")
         _check_range("LayerNorm descriptor shift", self.shift, 1, 47)
+
+    def expected_cycles(self, *, following=False) -> int:
+        """Cycles from the descriptor's acceptance to the last output, fed without gaps
+        and drained without back-pressure (:func:`moevit.hw.units.layernorm.layernorm_cycles`).
+        With ``following``, from the previous operation's last output (the unit takes
+        the next descriptor ``RESTART_CYCLES`` later). Exact
+        (tests/test_sim_random_units.py)."""
+        from moevit.hw.units.layernorm import RESTART_CYCLES, layernorm_cycles
+
+        return layernorm_cycles(self.tokens, self.dim) + (RESTART_CYCLES if following else 0)
+

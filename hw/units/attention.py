@@ -25,16 +25,19 @@ accepted once K and V are in); ``o`` carries the context rows in the same
 beat order.
 """
 
+import bisect
+from functools import lru_cache
+
 from amaranth import Array, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from moevit.hw.units import intexpr
 from moevit.hw.config import products_width
-from moevit.hw.units.softmax import Softmax
+from moevit.hw.units.softmax import EMIT_LATENCY, RowSchedule, Softmax
 from moevit.model.integer import intops
 
-__all__ = ["AttentionHead", "Attention", "beat_layout"]
+__all__ = ["AttentionHead", "Attention", "beat_layout", "head_cycles", "RESTART_CYCLES"]
 
 # u16 probability times int8 value: s24; a row of them sums to an int32
 # (intops.weighted_sum).
@@ -75,6 +78,7 @@ class AttentionHead(wiring.Component):
     start : In(1)
         Pulse: begin with the values above.
     busy : Out(1)
+        Working, or a context beat still waits on ``o``.
     q, k, v : In(stream.Signature(beat_layout(lanes)))
     o : Out(stream.Signature(beat_layout(lanes)))
     """
@@ -167,11 +171,13 @@ class AttentionHead(wiring.Component):
                 with m.If(rows_out == tokens):
                     m.d.sync += head.eq(head + 1)
                     m.next = "LOAD"
-        m.d.comb += [self.busy.eq(~fsm.ongoing("IDLE")), computing.eq(fsm.ongoing("COMPUTE"))]
+        # Busy until the last context beat has left, not only until it is on `o`.
+        m.d.comb += [self.busy.eq(~fsm.ongoing("IDLE") | self.o.valid),
+                     computing.eq(fsm.ongoing("COMPUTE"))]
 
         # K and V into their buffers, side by side.
         loading = Signal()
-        m.d.comb += loading.eq(self.busy & ~computing & (head != rounds))
+        m.d.comb += loading.eq(fsm.ongoing("LOAD") & (head != rounds))
         m.d.comb += [
             self.k.ready.eq(loading & (k_cnt != words)),
             k_wr.addr.eq(k_cnt), k_wr.data.eq(self.k.payload.as_value()),
@@ -352,6 +358,9 @@ class Attention(wiring.Component):
         One descriptor per operation; the next is accepted when every lane
         has finished.
     busy : Out(1)
+    error : Out(3)
+        The :class:`~moevit.hw.program.descriptor.Fault` of the last descriptor taken;
+        a faulty one is skipped (no beat taken or produced).
     q, k, v : In(stream.Signature(beat_layout(hw.score_lanes))).array(hw.heads_parallel)
         Lane ``p``'s query, key and value beats.
     o : Out(stream.Signature(beat_layout(hw.score_lanes))).array(hw.heads_parallel)
@@ -359,7 +368,7 @@ class Attention(wiring.Component):
     """
 
     def __init__(self, hw):
-        from moevit.hw.program.descriptor import AttentionDescriptor
+        from moevit.hw.program.descriptor import FAULT_WIDTH, AttentionDescriptor
 
         self._hw = hw
         beat = stream.Signature(beat_layout(hw.score_lanes))
@@ -367,6 +376,7 @@ class Attention(wiring.Component):
         super().__init__({
             "desc": In(stream.Signature(AttentionDescriptor.layout())),
             "busy": Out(1),
+            "error": Out(FAULT_WIDTH),
             "q": In(beat).array(P),
             "k": In(beat).array(P),
             "v": In(beat).array(P),
@@ -387,6 +397,9 @@ class Attention(wiring.Component):
         return 2 * self._hw.score_lanes * self._hw.heads_parallel
 
     def elaborate(self, platform):
+        from moevit.hw.program.descriptor import (FAULT_WIDTH, AttentionDescriptor, Fault, fault_code,
+                                          shift_out_of_range)
+
         m = Module()
         hw = self._hw
         lanes = []
@@ -403,13 +416,157 @@ class Attention(wiring.Component):
         any_busy = Signal()
         m.d.comb += any_busy.eq(Cat(lane.busy for lane in lanes).any() | started)
         m.d.comb += [self.busy.eq(any_busy), self.desc.ready.eq(~any_busy)]
-        m.d.sync += started.eq(self.desc.valid & self.desc.ready)
+        taken = self.desc.valid & self.desc.ready
+        fault = Signal(FAULT_WIDTH)
+        max_chunks = hw.max_head_dim // hw.score_lanes
+        m.d.comb += fault.eq(fault_code([
+            (Fault.OPCODE, desc.opcode != AttentionDescriptor.OPCODE),
+            (Fault.SHAPE, (desc.tokens == 0) | (desc.tokens > hw.kv_depth) | (desc.heads == 0)
+             | (desc.chunks == 0) | (desc.chunks > max_chunks)),
+            (Fault.DERIVED, (desc.chunks * hw.score_lanes != desc.head_dim)
+             | (desc.rounds * hw.heads_parallel != desc.heads)),
+            (Fault.CONSTANT, (desc.sm_mult == 0) | (desc.out_mult == 0)
+             | shift_out_of_range(desc.sm_shift) | shift_out_of_range(desc.out_shift)),
+        ]))
+        with m.If(taken):
+            m.d.sync += self.error.eq(fault)
+        m.d.sync += started.eq(taken)
         for lane in lanes:
             m.d.comb += [
                 lane.tokens.eq(desc.tokens), lane.chunks.eq(desc.chunks),
                 lane.rounds.eq(desc.rounds),
                 lane.sm_mult.eq(desc.sm_mult), lane.sm_shift.eq(desc.sm_shift),
                 lane.out_mult.eq(desc.out_mult), lane.out_shift.eq(desc.out_shift),
-                lane.start.eq(self.desc.valid & self.desc.ready),
+                lane.start.eq(taken & (fault == Fault.NONE)),
             ]
         return m
+
+
+# Timing -------------------------------------------------------------------------
+# The exact cost model of the kernel, read from the RTL above and equal to the
+# simulated cycles (tests/test_sim_random_units.py, moevit bench attention).
+# Heads do not overlap (a head loads K and V only once the previous head's last
+# context beat has left), so every head of a descriptor takes the same time:
+# :func:`head_cycles`.
+#: Issue of a key's last chunk -> its score on the softmax's input.
+QK_DEPTH = 3
+#: PV takes a row's last probability at cycle t -> its C context beats leave at
+#: t + OUT_DEPTH + 1 ... t + OUT_DEPTH + C (the shadow registers, then ``o``).
+OUT_DEPTH = 3
+#: The last context beat of a descriptor -> the next descriptor accepted.
+RESTART_CYCLES = 2
+_NEVER = -(1 << 62)
+
+
+@lru_cache(maxsize=256)
+def head_cycles(tokens, chunks):
+    """Cycles of one head: from its first K/V beat to the next head's first K/V beat.
+
+    Fed with no gaps and drained with no back-pressure. The model follows each
+    query row through the stages: Q row load, QK issue (``tokens * chunks``
+    cycles a row; frozen while the softmax cannot take a row's first score),
+    the softmax's exp and divide stages (:class:`~moevit.hw.units.softmax.RowSchedule`),
+    its emit stage and PV (one probability every ``chunks`` cycles; a row's last
+    one waits for the previous row's context to leave the shadow registers).
+    """
+    T, C = tokens, chunks
+    row = T * C
+    compute = row + 1  # K and V take `row` cycles, then one to switch to compute
+    qk = _QkClock()
+    softmax = RowSchedule()
+    pv = _PvStage(C)
+    issue_start, row_done, emit_free = [], [], _NEVER
+    for r in range(T):
+        # Q rows 0 and 1 load at once; row r waits for row r - 2's last product.
+        if r < 2:
+            loaded = compute + (r + 1) * C
+        else:
+            loaded = qk.real(issue_start[r - 2] + row) + 1 + C
+        start = qk.adv_of(loaded)
+        if r:
+            start = max(start, issue_start[r - 1] + row)
+        issue_start.append(start)
+        first = qk.present(start + C + QK_DEPTH - 1, softmax.ingest_from(r))
+        last_in = first + (T - 1) * C
+        bank_free = row_done[r - 3] + 1 if r >= 3 else _NEVER
+        emit_start = max(softmax.add(last_in, T, bank_free), emit_free)
+        done, last_read = pv.row(T, emit_start)
+        row_done.append(done)
+        emit_free = last_read + 1
+    last_beat = row_done[-1] + OUT_DEPTH + C
+    return last_beat + 1  # the next head starts loading the cycle after
+
+
+class _QkClock:
+    """The QK pipeline's own clock: it stops while a row's first score waits.
+
+    ``adv`` counts the cycles the pipeline moves; ``real`` is the clock cycle.
+    """
+
+    def __init__(self):
+        self._at, self._total = [], []  # adv times of the stops, stopped cycles up to each
+
+    def real(self, adv):
+        k = bisect.bisect_right(self._at, adv)
+        return adv + (self._total[k - 1] if k else 0)
+
+    def adv_of(self, real):
+        """The first moving cycle at or after the clock cycle ``real``."""
+        low, high = real - (self._total[-1] if self._total else 0), real
+        while low < high:
+            mid = (low + high) // 2
+            if self.real(mid) >= real:
+                high = mid
+            else:
+                low = mid + 1
+        return low
+
+    def present(self, adv, ready):
+        """A row's first score shown at ``adv``, taken once the softmax is ``ready``."""
+        shown = adv + (self._total[-1] if self._total else 0)
+        taken = max(shown, ready)
+        if taken > shown:
+            self._at.append(adv)
+            self._total.append((self._total[-1] if self._total else 0) + taken - shown)
+        return taken
+
+
+class _PvStage:
+    """The softmax's emit stage (two registers) feeding PV, one probability at a time.
+
+    Per probability: *issued*, the cycle emit reads its exponential (a cycle
+    the emit pipeline moves: its output is empty or being taken); *shown*, the
+    first cycle it is on the softmax's output; *taken*, the cycle PV takes it
+    with its last chunk (``chunks`` cycles after PV starts on it).
+    """
+
+    def __init__(self, chunks):
+        self.C = chunks
+        self.items = [(_NEVER, _NEVER, _NEVER)] * 2  # (issued, shown, taken) of the last two
+        self.row_done = _NEVER  # the previous row's last probability taken
+
+    def row(self, T, start):
+        """A row whose emit stage starts at ``start``: ``(last taken, last issued)``."""
+        C = self.C
+        j = 0
+        while j < T:
+            if j == 6 and T >= 12:
+                # Steady from here: emit keeps two ahead and PV takes one every C
+                # cycles (probability k is taken at a + (k-5)C, shown the cycle after
+                # k-1 is taken, issued when k-2 is), so jump to the row's last three.
+                a, j = self.items[1][2], T - 3
+                self.items = [(a + (k - 7) * C, a + (k - 6) * C + 1, a + (k - 5) * C)
+                              for k in (j - 2, j - 1)]
+            issued = start + 1 if j == 0 else self.items[1][0] + 1
+            for _, shown, taken in self.items:
+                if shown <= issued < taken:
+                    issued = taken
+            shown = max(issued + 1, self.items[1][2]) + 1
+            taken = max(shown, self.items[1][2] + 1) + C - 1
+            busy_until = self.row_done + OUT_DEPTH + C  # the shadow registers hold the last row
+            if j == T - 1 and self.row_done + OUT_DEPTH <= taken < busy_until:
+                taken = busy_until
+            self.items = [self.items[1], (issued, shown, taken)]
+            j += 1
+        self.row_done = taken
+        return taken, issued

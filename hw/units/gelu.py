@@ -14,7 +14,10 @@ from amaranth.lib.wiring import In, Out
 from moevit.hw.units import intexpr
 from moevit.model.integer import intops
 
-__all__ = ["Gelu"]
+__all__ = ["Gelu", "gelu_cycles", "LATENCY"]
+
+#: A beat taken at cycle t leaves at t + LATENCY (the GELU, then the requantization).
+LATENCY = 2
 
 
 class Gelu(wiring.Component):
@@ -82,3 +85,10 @@ class Gelu(wiring.Component):
             m.d.sync += [self.o.payload[8 * l:8 * l + 8].eq(
                 intexpr.requantize(mid[l], self.mult, self.shift)) for l in range(self._lanes)]
         return m
+
+
+def gelu_cycles(beats):
+    """Cycles from the first beat taken (cycle 0) to the last beat out, with no gaps
+    and no back-pressure: one beat a cycle through a :data:`LATENCY`-step pipeline.
+    The exact cost model (tests/test_sim_random_units.py)."""
+    return beats - 1 + LATENCY

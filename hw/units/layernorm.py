@@ -26,10 +26,11 @@ from moevit.hw.units import intexpr
 from moevit.hw.units.seqmath import Divider, ISqrt
 from moevit.model.integer import intops
 
-__all__ = ["LayerNorm", "param_layout"]
+__all__ = ["LayerNorm", "param_layout", "layernorm_cycles", "RESTART_CYCLES"]
 
 _BANKS = 2
 _ROW_BITS = 2
+_V_WIDTH = 48  # (D*s2 - s1*s1 + eps) << 12 < 2**47 (intops)
 
 
 def param_layout():
@@ -52,6 +53,10 @@ class LayerNorm(wiring.Component):
     i : In(stream.Signature(signed(8)))
     o : Out(stream.Signature(signed(8)))
     busy : Out(1)
+        Working, or an output still waits on ``o``.
+    error : Out(3)
+        The :class:`~moevit.hw.program.descriptor.Fault` of the last descriptor taken;
+        a faulty one is skipped (no beat taken or produced).
 
     Raises
     ------
@@ -64,7 +69,7 @@ class LayerNorm(wiring.Component):
         if not isinstance(max_dim, int) or isinstance(max_dim, bool) \
                 or not 1 <= max_dim <= 2**10:
             raise TypeError(f"LayerNorm width must be an integer in 1..1024, not {max_dim!r}")
-        from moevit.hw.program.descriptor import LayerNormDescriptor
+        from moevit.hw.program.descriptor import FAULT_WIDTH, LayerNormDescriptor
 
         self._max_dim = max_dim
         del self._MustUse__silence
@@ -74,6 +79,7 @@ class LayerNorm(wiring.Component):
             "i": In(stream.Signature(signed(8))),
             "o": Out(stream.Signature(signed(8))),
             "busy": Out(1),
+            "error": Out(FAULT_WIDTH),
         })
 
     @classmethod
@@ -86,12 +92,15 @@ class LayerNorm(wiring.Component):
         return self._max_dim
 
     def elaborate(self, platform):
+        from moevit.hw.program.descriptor import (FAULT_WIDTH, Fault, LayerNormDescriptor, fault_code,
+                                          shift_out_of_range)
+
         m = Module()
         n = self._max_dim
         idx = range(n + 1)
         s1_shape = signed((128 * n).bit_length() + 1)
         s2_shape = unsigned(((1 << 14) * n).bit_length())
-        v_width = 48  # (D*s2 - s1*s1 + eps) << 12 < 2**47 (intops)
+        v_width = _V_WIDTH
 
         m.submodules.rows = rows = memory.Memory(shape=signed(8), depth=_BANKS * n, init=[])
         m.submodules.params = params = memory.Memory(shape=param_layout(), depth=n, init=[])
@@ -112,11 +121,20 @@ class LayerNorm(wiring.Component):
         out_rows = Signal(16)  # rows fully emitted
         p_cnt = Signal(idx)
         running = Signal()
+        # The descriptor is checked, not trusted: a faulty one is taken and skipped.
+        fault = Signal(FAULT_WIDTH)
+        m.d.comb += fault.eq(fault_code([
+            (Fault.OPCODE, desc.opcode != LayerNormDescriptor.OPCODE),
+            (Fault.SHAPE, (desc.tokens == 0) | (desc.dim == 0) | (desc.dim > n)),
+            (Fault.CONSTANT, shift_out_of_range(desc.shift) | (desc.eps >= 2**34)),
+        ]))
         # Comb outputs from the state, not assigned inside it: Icarus never
         # evaluates an always @* block whose inputs keep their initial values.
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 with m.If(self.desc.valid):
+                    m.d.sync += self.error.eq(fault)
+                with m.If(self.desc.valid & (fault == Fault.NONE)):
                     m.d.sync += [dim.eq(desc.dim), tokens.eq(desc.tokens), eps.eq(desc.eps),
                                  shift.eq(desc.shift), p_cnt.eq(0)]
                     m.next = "PARAMS"
@@ -128,7 +146,8 @@ class LayerNorm(wiring.Component):
                     m.next = "IDLE"
         m.d.comb += [
             self.desc.ready.eq(fsm.ongoing("IDLE")),
-            self.busy.eq(~fsm.ongoing("IDLE")),
+            # Busy until the last output has left, not only until it is on `o`.
+            self.busy.eq(~fsm.ongoing("IDLE") | self.o.valid),
             self.param.ready.eq(fsm.ongoing("PARAMS") & (p_cnt != dim)),
             running.eq(fsm.ongoing("RUN")),
         ]
@@ -234,3 +253,39 @@ class LayerNorm(wiring.Component):
         with m.If(~running):
             m.d.sync += [in_rows.eq(0), out_rows.eq(0)]
         return m
+
+
+# Timing -------------------------------------------------------------------------
+# The exact cost model of the unit, read from the RTL above and equal to the
+# simulated cycles (tests/test_sim_random_units.py).
+#: Stats of one row: the square root (a cycle to start, one per root bit, one
+#: to hand over), then the division (the same), then one to record R.
+STATS_CYCLES = (_V_WIDTH + 1) // 2 + intops.LN_RECIP_BITS + 1 + 3
+#: Emit: a row started at cycle s puts its first value on ``o`` at s + 3.
+EMIT_LATENCY = 3
+#: The last output of a descriptor -> the next descriptor accepted.
+RESTART_CYCLES = 1
+_NEVER = -(1 << 62)
+
+
+def layernorm_cycles(tokens, dim):
+    """Cycles from the descriptor's acceptance to the last output value.
+
+    Fed with no gaps, drained with no back-pressure: the descriptor, ``dim``
+    parameter beats, then each row through ingest (``dim`` cycles; two row
+    banks), stats (:data:`STATS_CYCLES`) and emit (``dim`` cycles and one
+    between rows).
+    """
+    D = dim
+    last_in = D + 1  # parameters at 1..D, rows from D + 2
+    stats_free = emit_free = _NEVER
+    out = []
+    for r in range(tokens):
+        first = max(last_in + 1, out[r - 2] if r >= 2 else _NEVER)
+        last_in = first + D - 1
+        stats = max(last_in + 1, stats_free)
+        stats_free = stats + STATS_CYCLES
+        emit = max(stats_free, emit_free)
+        emit_free = emit + D + 1
+        out.append(emit + D + EMIT_LATENCY - 1)
+    return out[-1]

@@ -26,7 +26,7 @@ from moevit.hw.units import intexpr
 from moevit.hw.units.seqmath import Divider
 from moevit.model.integer import intops
 
-__all__ = ["Softmax", "score_layout", "prob_layout"]
+__all__ = ["Softmax", "score_layout", "prob_layout", "RowSchedule", "row_ends"]
 
 PROB_WIDTH = intops.PROB_FRAC + 1  # u16: [0, 2**15]
 EXP_WIDTH = intops.EXP_FRAC + 1
@@ -67,7 +67,8 @@ class Softmax(wiring.Component):
     o : Out(stream.Signature(prob_layout()))
         Probabilities in the same order, ``last`` on each row's final one.
     busy : Out(1)
-        A row is in flight.
+        A row is in flight: from its first score until its last probability
+        has been taken.
 
     Raises
     ------
@@ -137,12 +138,13 @@ class Softmax(wiring.Component):
         recip = Array(Signal(intops.SOFTMAX_RECIP_BITS - intops.PROB_FRAC + 1,
                              name=f"recip{k}") for k in range(_EXP_BANKS))
 
-        m.d.comb += self.busy.eq(ahead(done_in, done_out) != 0)
 
         # Ingest: scores into bank done_in % 2, tracking the maximum.
         in_bank = Signal(range(_SCORE_BANKS))
         in_idx = Signal(idx_shape)
         in_max = Signal(signed(self._score_width))
+        # Busy from a row's first score until its last probability has left.
+        m.d.comb += self.busy.eq((ahead(done_in, done_out) != 0) | (in_idx != 0))
         m.d.comb += self.i.ready.eq(ahead(done_in, done_exp) < _SCORE_BANKS)
         m.d.comb += [
             s_wr.addr.eq(in_bank * n + in_idx),
@@ -282,3 +284,69 @@ class Softmax(wiring.Component):
         with m.If(self.o.valid & self.o.ready & self.o.payload.last):
             m.d.sync += done_out.eq(done_out + 1)
         return m
+
+
+# Timing -------------------------------------------------------------------------
+# Cycle counts read from the stages above; the models below equal the simulated
+# cycles (tests/test_sim_random_units.py).
+#: A row of n scores leaves the exp stage n + EXP_CYCLES cycles after it starts:
+#: one cycle to start, the six-step pipeline, one to record the sum.
+EXP_CYCLES = 7
+#: The divider takes its operands, runs one cycle per quotient bit, hands back
+#: the reciprocal; the next row's division starts the cycle after.
+DIVIDE_CYCLES = intops.SOFTMAX_RECIP_BITS + 3
+#: Emit: a row started at cycle s puts its first probability on ``o`` at s + 3.
+EMIT_LATENCY = 3
+_NEVER = -(1 << 62)
+
+
+class RowSchedule:
+    """Cycles at which each row leaves the exp and divide stages.
+
+    The ingest and emit stages depend on what feeds and drains the unit
+    (a stream source, or the attention kernel's QK and PV stages), so the
+    caller times those and asks this schedule about the two stages in between.
+    Cycle numbers are the caller's.
+    """
+
+    def __init__(self):
+        self.exp_done = []  # the cycle done_exp counts the row (its exp bank is full)
+        self.div_done = []  # the cycle done_div counts the row (its reciprocal is ready)
+
+    def ingest_from(self, row):
+        """First cycle the ingest stage takes row ``row``'s first score (a free score bank)."""
+        return self.exp_done[row - 2] if row >= 2 else _NEVER
+
+    def add(self, last_in, length, bank_free):
+        """Time the next row; returns the cycle its emit stage may start.
+
+        ``last_in``: the cycle its last score was taken; ``bank_free``: the cycle
+        after the row three before it was fully taken from ``o`` (the exp stage
+        writes into one of three banks).
+        """
+        previous = self.exp_done[-1] if self.exp_done else _NEVER
+        start = max(last_in + 1, previous, bank_free)
+        self.exp_done.append(start + length + EXP_CYCLES)
+        divide = max(self.exp_done[-1], self.div_done[-1] if self.div_done else _NEVER)
+        self.div_done.append(divide + DIVIDE_CYCLES)
+        return self.div_done[-1]
+
+
+def row_ends(lengths):
+    """Cycle of each row's last probability on ``o``, rows fed back to back.
+
+    Counted from the cycle the first score is taken (cycle 0), with a score
+    offered every cycle and ``o`` always ready: the exact cost model of the
+    unit.
+    """
+    schedule, ends = RowSchedule(), []
+    last_in = emit_free = _NEVER
+    for row, length in enumerate(lengths):
+        first = max(last_in + 1, schedule.ingest_from(row), 0)
+        last_in = first + length - 1
+        bank_free = ends[row - 3] + 1 if row >= 3 else _NEVER
+        start = max(schedule.add(last_in, length, bank_free), emit_free)
+        # Emit: one probability a cycle; the next row starts the cycle after the last read.
+        emit_free = start + length + 1
+        ends.append(start + length + EMIT_LATENCY - 1)
+    return ends

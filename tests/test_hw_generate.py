@@ -26,7 +26,8 @@ def test_linear_signature_follows_the_config():
     from amaranth.lib.wiring import In, Out
 
     from moevit.hw.program.descriptor import LinearDescriptor
-    from moevit.hw.units.linear import (LinearError, chan_layout, lanes_layout, output_layout,
+    from moevit.hw.program.descriptor import FAULT_WIDTH
+    from moevit.hw.units.linear import (chan_layout, lanes_layout, output_layout,
                                   stalls_layout)
 
     hw = HwConfig(rows=2, cols=8, max_tokens=8, max_in=16)
@@ -39,7 +40,7 @@ def test_linear_signature_follows_the_config():
         "chan": In(stream.Signature(chan_layout())),
         "res": In(stream.Signature(lanes_layout(8))),
         "y": Out(stream.Signature(output_layout(8))),
-        "error": Out(LinearError),
+        "error": Out(FAULT_WIDTH),
         "stalls": Out(stalls_layout()),
         "busy": Out(1),
     })

@@ -26,7 +26,8 @@ import numpy as np
 import pytest
 
 from moevit.hw.config import DEFAULT_HW
-from moevit.hw.units.linear import STALL_CAUSES, LinearError
+from moevit.hw.program.descriptor import Fault
+from moevit.hw.units.linear import STALL_CAUSES
 from moevit.sim.linear_cases import check_runs, random_hw, random_op, random_run
 from moevit.sim.runner import default_simulator
 from moevit.sim.units import run_linear
@@ -145,11 +146,11 @@ def test_bad_descriptors_are_skipped_and_flagged(tally):
         return image & ~(((1 << bits) - 1) << offset) | value << offset
 
     bad = [
-        (with_field("opcode", 2), LinearError.OPCODE),
-        (with_field("tokens", hw.max_tokens + 1), LinearError.SHAPE),
-        (with_field("in_features", 0), LinearError.SHAPE),
-        (with_field("token_tiles", 3), LinearError.TILING),   # 7 tokens on 4 rows: 2
-        (with_field("out_tiles", 1), LinearError.TILING),     # 20 channels on 16: 2
+        (with_field("opcode", 2), Fault.OPCODE),
+        (with_field("tokens", hw.max_tokens + 1), Fault.SHAPE),
+        (with_field("in_features", 0), Fault.SHAPE),
+        (with_field("token_tiles", 3), Fault.DERIVED),   # 7 tokens on 4 rows: 2
+        (with_field("out_tiles", 1), Fault.DERIVED),     # 20 channels on 16: 2
     ]
     ops = [good()]
     for word, _ in bad:

@@ -403,12 +403,6 @@ class LinearDescriptor(Descriptor):
         end = last + self.ISSUE_TO_COPY + last_drain + self.POP_TO_FIFO + self.FIFO_LATENCY
         return end - (self.FIFO_LATENCY - 1 if following else 0)
 
-    @staticmethod
-    def sequence_cycles(descriptors) -> list:
-        """:meth:`expected_cycles` of operations run back to back: the first from its
-        descriptor's acceptance, each next one from the previous one's last beat."""
-        return [d.expected_cycles(following=k > 0) for k, d in enumerate(descriptors)]
-
 
 def _check_constants(what, pairs):
     """Requantization multipliers u15 (>= 1) and shifts 1..47, as intops requires."""

@@ -54,7 +54,7 @@ Streams (``amaranth.lib.stream``, valid/ready; order of beats):
     ``y[t, ot*cols + c]`` in lane ``c`` (lanes past ``out_features`` are 0);
     ``last`` marks the operation's final beat.
 
-The descriptor is checked when it is taken (:class:`LinearError`): one
+The descriptor is checked when it is taken (:class:`~moevit.hw.program.descriptor.Fault`): one
 with another opcode, a shape the buffers cannot hold or tiling fields that
 disagree with its shape is taken and skipped (no beat of any other stream is
 consumed, none is produced) and ``error`` holds its code until the next
@@ -70,15 +70,15 @@ The arithmetic is :mod:`moevit.model.integer.intops` exactly: ``linear_acc``,
 import numpy as np
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from moevit.hw.config import HwConfig
-from moevit.hw.program.descriptor import LinearDescriptor
+from moevit.hw.program.descriptor import FAULT_WIDTH, Fault, LinearDescriptor
 
-__all__ = ["LinearKernel", "LinearError", "STALL_CAUSES", "stalls_layout", "chan_layout",
+__all__ = ["LinearKernel", "STALL_CAUSES", "stalls_layout", "chan_layout",
            "lanes_layout", "output_layout", "linear_streams", "linear_output", "linear_reference"]
 
 
@@ -99,15 +99,6 @@ def chan_layout():
         "multiplier": unsigned(HwConfig.MULTIPLIER_WIDTH),
         "shift": unsigned(HwConfig.SHIFT_WIDTH),
     })
-
-
-class LinearError(enum.Enum, shape=2):
-    """Why the kernel skipped a descriptor (its ``error`` output)."""
-
-    NONE = 0
-    OPCODE = 1    # not LinearDescriptor.OPCODE
-    SHAPE = 2     # a zero size, or more tokens or input features than the buffers hold
-    TILING = 3    # token_tiles or out_tiles other than ceil(size / array side)
 
 
 STALL_CAUSES = ("x", "w", "chan", "res", "out")
@@ -157,7 +148,7 @@ class LinearKernel(wiring.Component):
         Descriptor, activations, weights, per-channel constants, skip tensor.
     y : Out(stream.Signature)
         Outputs.
-    error : Out(LinearError)
+    error : Out(FAULT_WIDTH)
         Why the last descriptor taken was skipped (``NONE``: it was not).
     stalls : Out(stalls_layout())
         Cycles each cause held the kernel, since reset (see the module).
@@ -179,7 +170,7 @@ class LinearKernel(wiring.Component):
             "chan": In(stream.Signature(chan_layout())),
             "res": In(stream.Signature(lanes_layout(hw.cols))),
             "y": Out(stream.Signature(output_layout(hw.cols))),
-            "error": Out(LinearError),
+            "error": Out(FAULT_WIDTH),
             "stalls": Out(stalls_layout()),
             "busy": Out(1),
         })
@@ -214,19 +205,19 @@ class LinearKernel(wiring.Component):
                      start.eq(self.desc.valid & ~busy)]
         # A descriptor that disagrees with this array is skipped, never run.
         p = self.desc.payload
-        code = Signal(LinearError)
+        code = Signal(FAULT_WIDTH)
         with m.If(p.opcode != LinearDescriptor.OPCODE):
-            m.d.comb += code.eq(LinearError.OPCODE)
+            m.d.comb += code.eq(Fault.OPCODE)
         with m.Elif((p.tokens == 0) | (p.tokens > hw.max_tokens) | (p.in_features == 0)
                     | (p.in_features > hw.max_in) | (p.out_features == 0)):
-            m.d.comb += code.eq(LinearError.SHAPE)
+            m.d.comb += code.eq(Fault.SHAPE)
         # tiles = ceil(size / side)  <=>  size <= tiles * side < size + side
         with m.Elif((p.token_tiles * R < p.tokens) | (p.token_tiles * R >= p.tokens + R)
                     | (p.out_tiles * C < p.out_features)
                     | (p.out_tiles * C >= p.out_features + C)):
-            m.d.comb += code.eq(LinearError.TILING)
+            m.d.comb += code.eq(Fault.DERIVED)
         with m.If(start):
-            m.d.sync += [d.eq(p), active.eq(code == LinearError.NONE),
+            m.d.sync += [d.eq(p), active.eq(code == Fault.NONE),
                          self.error.eq(code)]
         in_last = Signal(16)
         m.d.comb += in_last.eq(d.in_features - 1)

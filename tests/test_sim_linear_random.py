@@ -15,7 +15,7 @@ it (their stall counters must move), and skipped bad descriptors.
 Fast (``make test``): two design points and the bad descriptors on ``tiny``.
 Slow (``make sim``, ``SIM=icarus`` or ``verilator``): ``MOEVIT_LINEAR_POINTS``
 design points (default 30) of ``MOEVIT_LINEAR_RUNS`` runs (default 8) and
-the default arrays. Replay one design point with ``MOEVIT_LINEAR_SEED=<seed>``
+the default arrays. Replay one design point with ``MOEVIT_SEED=<seed>``
 (the seed is in the test id and in every failure message).
 """
 
@@ -39,7 +39,7 @@ SLOW_SEEDS = list(range(1, POINTS + 1))
 
 
 def _seeds(seeds):
-    replay = os.environ.get("MOEVIT_LINEAR_SEED")
+    replay = os.environ.get("MOEVIT_SEED")
     return [int(replay)] if replay else seeds
 
 

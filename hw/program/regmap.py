@@ -19,7 +19,8 @@ Vitis (U280). The rules, as AMD documents them:
 - *Vitis HLS User Guide* (UG1399, "S_AXILITE Control Register Map", and the
   ``x<kernel>_hw.h`` headers it generates): bit 0 ``ap_start``
   (read/write, cleared on handshake), bit 1 ``ap_done`` (clear on read), bit 2
-  ``ap_idle``, bit 3 ``ap_ready`` (clear on read since 2022), bit 7
+  ``ap_idle``, bit 3 ``ap_ready`` (clear on read in the 2023-2024 headers;
+  read-only in 2019's, where it is a one-cycle pulse a host rarely sees), bit 7
   ``auto_restart`` (read/write; ``ap_start`` is then set again at each
   ``ap_ready``), bit 9 ``interrupt`` (read); GIE bit 0; IER bit 0 ``ap_done``,
   bit 1 ``ap_ready``; ISR the same bits, set by their event when enabled and

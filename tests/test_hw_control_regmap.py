@@ -79,9 +79,11 @@ def test_c_header_compiles_and_equals_the_json(tmp_path):
                       '#include "moevit_control.h"\n'  # the include guard
                       "int main(void) {\n" + "\n".join(prints) + "\nreturn 0;\n}\n")
     binary = tmp_path / "check"
-    subprocess.run(["cc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-I", str(tmp_path),
-                    str(source), "-o", str(binary)], check=True, capture_output=True)
-    got = subprocess.run([str(binary)], check=True, capture_output=True, text=True).stdout.split("\n")
+    subprocess.run(["cc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic",
+                    "-I", str(tmp_path), str(source), "-o", str(binary)],
+                   check=True, capture_output=True)
+    got = subprocess.run([str(binary)], check=True, capture_output=True,
+                         text=True).stdout.split("\n")
     expected = []
     for r in data["registers"]:
         expected.append(f"{r['name']} {r['offset']} {r['bits']}")

@@ -250,8 +250,9 @@ class RegisterMap:
         """Rebuild a map from :meth:`to_dict` (a :class:`ConfigError` when it is not one)."""
         try:
             if data.get("format") != "moevit-regmap" or data.get("version") != FORMAT_VERSION:
-                raise ConfigError(f"Not a moevit register map of version {FORMAT_VERSION} "
-                                  f"(format {data.get('format')!r}, version {data.get('version')!r})")
+                raise ConfigError(
+                    f"Not a moevit register map of version {FORMAT_VERSION} "
+                    f"(format {data.get('format')!r}, version {data.get('version')!r})")
             registers = [Register(r["name"], r["offset"], r["bits"],
                                   tuple(Field(**f) for f in r["fields"]), r.get("doc", ""))
                          for r in data["registers"]]
@@ -311,7 +312,8 @@ def _default_map() -> RegisterMap:
           Field("ap_start", 0, 1, "coh", "control", "start a run (write 1); held until its end"),
           Field("ap_done", 1, 1, "cor", "control", "the run ended (cleared when read)"),
           Field("ap_idle", 2, 1, "ro", "control", "no run in progress"),
-          Field("ap_ready", 3, 1, "cor", "control", "the kernel takes a new start (cleared when read)"),
+          Field("ap_ready", 3, 1, "cor", "control",
+                "the kernel takes a new start (cleared when read)"),
           Field("auto_restart", 7, 1, "rw", "host", "start again at the end of each run"),
           Field("interrupt", 9, 1, "ro", "control", "the interrupt output"))
     b.add("gie", "global interrupt enable",

@@ -69,7 +69,8 @@ class AxiLiteSignature(wiring.Signature):
 
     def __init__(self, address_width: int):
         if not isinstance(address_width, int) or address_width < 3:
-            raise TypeError(f"Address width must be an integer of at least 3, not {address_width!r}")
+            raise TypeError(
+                f"Address width must be an integer of at least 3, not {address_width!r}")
         self._address_width = address_width
         super().__init__({
             "awaddr": Out(address_width), "awvalid": Out(1), "awready": In(1),
@@ -154,10 +155,6 @@ class AxiLiteBridge(wiring.Component):
         return m
 
 
-def _layout(widths: dict):
-    return data.StructLayout(widths)
-
-
 class Control(wiring.Component):
     """The ``s_axi_control`` register file with the ``ap_ctrl_hs`` handshake (see the module).
 
@@ -192,17 +189,18 @@ class Control(wiring.Component):
             self._MustUse__silence = True
             raise TypeError(f"Register map must be a RegisterMap, not {regmap!r}")
         self._regmap = regmap
-        report = {reg.name: _layout({f.name: f.width for f in reg.fields if f.source == "top"})
-                  for reg in regmap if any(f.source == "top" for f in reg.fields)}
+        report = {reg.name: {f.name: f.width for f in reg.fields if f.source == "top"}
+                  for reg in regmap}
+        report = {name: data.StructLayout(fields) for name, fields in report.items() if fields}
         super().__init__({
             "s_axi_control": In(AxiLiteSignature(regmap.address_width)),
             "interrupt": Out(1),
             "start": Out(1),
             "done": In(1),
             "running": Out(1),
-            "args": Out(_layout({reg.name: reg.bits for reg in regmap.arguments})),
-            "report": In(_layout(report)),
-            "unit_busy": In(_layout({unit: 1 for unit in regmap.units})),
+            "args": Out(data.StructLayout({reg.name: reg.bits for reg in regmap.arguments})),
+            "report": In(data.StructLayout(report)),
+            "unit_busy": In(data.StructLayout({unit: 1 for unit in regmap.units})),
         })
 
     @classmethod
@@ -295,8 +293,8 @@ class Control(wiring.Component):
                       & access.write_strb[0] & access.write_data[ctrl.field("ap_start").bit])
         m.d.sync += self.start.eq(start_now)
         with m.If(start_now):
-            m.d.sync += [running.eq(1), self.args.eq(Cat(v(r.name, r.name) for r in regmap.arguments)),
-                         v("error", "start_while_busy").eq(0)]
+            m.d.sync += [running.eq(1), v("error", "start_while_busy").eq(0),
+                         self.args.eq(Cat(v(r.name, r.name) for r in regmap.arguments))]
         with m.If(host_start & running & ~done):
             m.d.sync += v("error", "start_while_busy").eq(1)
         with m.If(done):

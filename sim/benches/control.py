@@ -185,6 +185,7 @@ if cocotb is not None:
             self.done_delay = (0, 40)
             self.auto_done = True
             self.failure = None
+            self.pending = ()
 
         def pause(self, probability):
             for channel in CHANNELS:
@@ -248,7 +249,8 @@ if cocotb is not None:
             raise AssertionError(message)
 
         async def monitor(self):
-            model, aws, ws, reads = self.model, deque(), deque(), deque()
+            model = self.model
+            aws, ws, reads = self.pending = deque(), deque(), deque()
             args_layout = _args_layout(self.regmap)
             prev = None
             while True:
@@ -318,6 +320,8 @@ if cocotb is not None:
             await ClockCycles(self.dut.clk, 4)
             await ReadOnly()
             assert self.failure is None, self.failure
+            left = dict(zip(("write addresses", "write data", "reads"), map(len, self.pending)))
+            assert not any(left.values()), f"requests left without a response: {left}"
             out = Path(os.environ["MOEVIT_SIM_OUT"])
             (out / "summary.json").write_text(json.dumps(self.counts))
 

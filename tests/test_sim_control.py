@@ -13,7 +13,8 @@ every cycle (:mod:`moevit.sim.benches.control`).
 
 Fast (``make test``): both on Icarus, one seed. Slow (``make sim``):
 ``MOEVIT_CONTROL_SEEDS`` seeds (default 8) of ``MOEVIT_CONTROL_OPS`` operations
-(default 3000) on ``$SIM``, pauses none, light and heavy. Replay one seed with
+(default 3000) on ``$SIM``, pauses none, fixed (each channel its own
+pattern), light and heavy random. Replay one seed with
 ``MOEVIT_CONTROL_SEED=<seed>`` (the seed is in the test id).
 """
 
@@ -40,7 +41,7 @@ def _report(result, what):
     return summary
 
 
-@pytest.mark.parametrize("pause", [0.0, 0.4])
+@pytest.mark.parametrize("pause", [0.0, "fixed", 0.4])
 def test_handshake(pause):
     result = run_control(f"control-handshake-{pause}", testcase="handshake", pause=pause,
                          simulator="icarus")
@@ -60,7 +61,7 @@ def test_random_traffic(seed):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pause", [0.0, 0.2, 0.6])
+@pytest.mark.parametrize("pause", [0.0, "fixed", 0.2, 0.6])
 @pytest.mark.parametrize("seed", _seeds(list(range(1, SEEDS + 1))))
 def test_random_traffic_long(seed, pause):
     simulator = default_simulator()

@@ -18,11 +18,13 @@ than OKAY, a response without a request, or a B/R payload that changed while
 it waited.
 
 Cases (``$MOEVIT_CASE``, JSON): ``regmap`` (path of the map's JSON),
-``seed``, ``ops`` (random operations), ``pause`` (probability of a pause per
-channel and cycle; 0 for none). The bench writes ``summary.json``: the
+``seed``, ``ops`` (random operations), ``pause`` (``"fixed"``: each channel
+its own pattern, :func:`moevit.sim.streams.fixed_pattern`; else the
+probability of a pause per channel and cycle, 0 for none). The bench writes ``summary.json``: the
 counts of reads, writes, runs, interrupts and cycles.
 """
 
+import itertools
 import json
 import os
 import random
@@ -166,7 +168,7 @@ if cocotb is not None:
     from cocotbext.axi import AxiLiteBus, AxiLiteMaster
 
     from moevit.sim.benches.common import start as start_clock
-    from moevit.sim.streams import pack, unpack
+    from moevit.sim.streams import fixed_pattern, pack, pauses, unpack
 
     class Bench:
         """The design, the host, the top's side, the monitor and the model."""
@@ -187,13 +189,18 @@ if cocotb is not None:
             self.failure = None
             self.pending = ()
 
-        def pause(self, probability):
+        def pause(self, kind):
+            """Pauses on every channel: ``"fixed"`` (each channel its own pattern) or a
+            probability per cycle (seeded per channel; 0: none)."""
             for channel in CHANNELS:
-                rng = random.Random(f"{self.case['seed']}-{channel}")
                 source = (self.host.write_if if channel in ("aw", "w", "b") else self.host.read_if)
-                gen = None
-                if probability:
-                    gen = iter(lambda rng=rng: rng.random() < probability, None)
+                if kind == "fixed":
+                    gen = itertools.cycle(fixed_pattern(f"s_axi_control_{channel}"))
+                elif kind:
+                    gen = pauses("random", seed=self.case["seed"], probability=kind,
+                                 stream=f"s_axi_control_{channel}")
+                else:
+                    gen = None
                 getattr(source, f"{channel}_channel").set_pause_generator(gen)
 
         # The top's side -------------------------------------------------------

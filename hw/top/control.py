@@ -34,8 +34,9 @@ The handshake, with the top on the other side (``start``, ``done``):
   event's set wins over a read's clear (``cor``) and over a write's toggle
   (``tow``).
 * ``interrupt = gie.enable & (isr != 0)``.
-* ``cycles`` counts the cycles of the run (from the one after its start to
-  the one of its ``done``, both included), ``busy_<unit>`` those of them in
+* ``cycles`` counts the cycles of the run (from the one in which ``start``
+  is high to the one of its ``done``, both included; ``done`` may come as
+  early as with ``start``), ``busy_<unit>`` those of them in
   which the top's ``unit_busy.<unit>`` was high. Read them after ``ap_done``:
   a 64-bit counter read while it moves may tear between its two words.
 

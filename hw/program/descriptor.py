@@ -67,6 +67,10 @@ class Descriptor:
     """
 
     OPCODE = None
+    #: Mnemonic in listings, the unit that runs it, the field that addresses its output.
+    MNEMONIC = None
+    UNIT = None
+    OUTPUT = None
 
     hw: HwConfig = field(compare=False, repr=False)
 
@@ -225,6 +229,7 @@ class LinearDescriptor(Descriptor):
     """
 
     OPCODE = 1
+    MNEMONIC, UNIT, OUTPUT = "LINEAR", "linear", "y_addr"
 
     tokens: int = packed(16, doc="tokens (rows of x and y)", default=1)
     in_features: int = packed(16, doc="input features (columns of x)", default=1)
@@ -387,6 +392,7 @@ class AttentionDescriptor(Descriptor):
     """
 
     OPCODE = 2
+    MNEMONIC, UNIT, OUTPUT = "ATTENTION", "attention", "out_addr"
 
     tokens: int = packed(16, doc="sequence length (rows of q, k, v)", default=1)
     heads: int = packed(8, doc="attention heads", default=1)
@@ -401,6 +407,9 @@ class AttentionDescriptor(Descriptor):
     k_addr: int = packed(32, doc="byte address of k", default=0)
     v_addr: int = packed(32, doc="byte address of v", default=0)
     out_addr: int = packed(32, doc="byte address of the context", default=0)
+    row_pitch: int = packed(16, doc="bytes from one row of q, k, v to the next "
+                            "(3 x heads x head_dim: the thirds of one QKV output); "
+                            "0 given: heads x head_dim", default=0)
 
     def validate(self):
         hw = self.hw
@@ -426,6 +435,13 @@ class AttentionDescriptor(Descriptor):
                                        "output": (self.out_mult, self.out_shift)})
         self._set("chunks", self.head_dim // hw.score_lanes)
         self._set("rounds", self.heads // hw.heads_parallel)
+        width = self.heads * self.head_dim
+        if self.row_pitch == 0:
+            self._set("row_pitch", width)
+        elif self.row_pitch < width:
+            raise DescriptorError(
+                f"Attention descriptor row pitch {self.row_pitch} is shorter than a row of "
+                f"{self.heads} heads of {self.head_dim}")
 
     @property
     def macs(self) -> int:
@@ -453,6 +469,7 @@ class LayerNormDescriptor(Descriptor):
     """
 
     OPCODE = 3
+    MNEMONIC, UNIT, OUTPUT = "LAYERNORM", "layernorm", "y_addr"
 
     tokens: int = packed(16, doc="rows", default=1)
     dim: int = packed(16, doc="width of a row", default=1)

@@ -23,7 +23,7 @@ word   field           meaning
 
 A folder written by :func:`write_program` holds ``program.bin``,
 ``weights.bin`` (the bytes of the memory image from 0 to the end of the last
-``weights`` region), ``layout.json`` (format, version, the model and
+``weights`` region, in whole bus words), ``layout.json`` (format, version, the model and
 hardware configs, the regions, the tasks and the SHA-256 of both binary
 files) and ``program.lst`` (:func:`listing`). :func:`read_program` checks
 all of it and rejects a corrupt or mismatched file with a
@@ -77,7 +77,8 @@ class Program:
     layout : Layout
         Every region of the memory image, the program's own included.
     weights : bytes
-        The image's bytes from 0 to the end of the last ``weights`` region.
+        The image's bytes from 0 to the end of the last ``weights`` region, in
+        whole bus words.
     tasks : list of dict
         Per task: ``name``, ``index``, ``classes`` and ``output_shape`` (the
         head's int8 output ``(patches, classes*patch*patch)`` in the

@@ -340,3 +340,21 @@ def test_interpreter_equals_golden_trained_tiny_several_images():
     for image in images:
         for task in range(len(qmodel.config.tasks)):
             _compare_with_golden(program, qmodel, image, task)
+
+
+@pytest.mark.slow
+def test_edge_moe_program_equals_golden():
+    """The anchors' model (12 blocks, 16 experts, 128x256 images) on its hardware instance:
+    every task, a 256-bit bus."""
+    from moevit.model.config import get_config
+    from moevit.model.data import SyntheticDataset
+    from moevit.model.integer.evaluate import signal_model
+    from moevit.model.integer.quantize import quantize
+
+    config = get_config("edge-moe")
+    data = SyntheticDataset(config, "val", size=3, seed=1)
+    qmodel = quantize(signal_model(config), data.images[:2])
+    program = compile_program(qmodel, DEFAULT_HW["edge-moe"], bus_bits=256)
+    _regions_disjoint_and_aligned(program.layout)
+    for task in range(len(config.tasks)):
+        _compare_with_golden(program, qmodel, data.images[2].numpy(), task)

@@ -358,3 +358,36 @@ def test_edge_moe_program_equals_golden():
     _regions_disjoint_and_aligned(program.layout)
     for task in range(len(config.tasks)):
         _compare_with_golden(program, qmodel, data.images[2].numpy(), task)
+
+
+@pytest.mark.parametrize("task", [0, 1])
+def test_a_run_reads_the_weights_it_needs_once_and_no_others(tiny, task):
+    """Experts no token chose are not fetched; those that ran, once; only the task's gate
+    and head; every other weight once (the attention reads its q, k, v thirds)."""
+    from moevit.hw.program.interpreter import bytes_by_region
+
+    qmodel, image, program = tiny
+    memory, stats = run_image(program, golden.quantize_image(image, qmodel.scale("input")), task)
+    reads = bytes_by_region(program, stats)
+    top = {block: read_tensor(program, memory, f"blocks.{block}.mlp.gate.topk")
+           for block in qmodel.config.moe_blocks}
+    for region in program.layout.of_kind("weights"):
+        name = region.name
+        match = re.fullmatch(r"blocks\.(\d+)\.mlp\.experts\.(\d+)\..*", name)
+        if match:
+            needed = (top[int(match[1])] == int(match[2])).any()
+        elif re.fullmatch(r"(blocks\.\d+\.mlp\.gates|heads)\.\d+\..*", name):
+            needed = name.split(".")[-2] == str(task)
+        else:
+            needed = True
+        if name.endswith(".table"):  # one 16-byte entry, by the gate's two instructions
+            assert reads[name] == 16 * (1 if name == "heads.table" else 2), name
+        else:
+            assert reads.get(name, 0) == (region.size if needed else 0), name
+    assert stats["bytes_read"] == sum(reads.values())
+    # MACs: every linear layer the golden model ran, and QK^T and PV of every head.
+    result = golden.run(qmodel, image, task)
+    config = qmodel.config
+    linear_macs = sum(r.x.shape[0] * r.weight.size for r in result.linears)
+    attention_macs = config.depth * 2 * config.heads * config.tokens ** 2 * config.head_dim
+    assert stats["macs"] == linear_macs + attention_macs

@@ -21,17 +21,26 @@ from moevit.hw.program.layout import unpack_chan, unpack_ln_params, unpack_weigh
 from moevit.hw.program.program import HEADER_WORDS, ProgramError, decode
 from moevit.model.integer import golden, intops
 
-__all__ = ["execute", "run_image", "read_tensor", "output_map", "ExecutionStats"]
+__all__ = ["execute", "run_image", "read_tensor", "output_map", "bytes_by_region",
+           "ExecutionStats"]
 
 
 class ExecutionStats(dict):
-    """What a run did: instructions per mnemonic, experts run and skipped."""
+    """What a run did: instructions per mnemonic, ``experts_run`` and
+    ``experts_skipped``, ``macs`` (multiply-accumulates of the linear layers
+    and the attention), ``bytes_read`` and ``reads``, every read as
+    ``(address, bytes)`` (:func:`bytes_by_region` sums them per region)."""
 
 
 class _Machine:
     def __init__(self, memory, hw, task):
         self.mem, self.hw, self.task = memory, hw, task
-        self.stats = ExecutionStats(experts_run=0, experts_skipped=0)
+        self.stats = ExecutionStats(experts_run=0, experts_skipped=0, macs=0, bytes_read=0,
+                                    reads=[])
+
+    def count_read(self, addr, size):
+        self.stats["reads"].append((addr, size))
+        self.stats["bytes_read"] += size
 
     # Memory -------------------------------------------------------------------------------
     def read(self, addr, shape, dtype=np.int8, pitch=None):
@@ -42,6 +51,11 @@ class _Machine:
         end = addr + (rows - 1) * pitch + width
         if end > len(self.mem):
             raise ProgramError(f"Read of {end - addr} bytes at {addr:#x} passes the end of memory")
+        if pitch == width:
+            self.count_read(addr, rows * width)
+        else:
+            for r in range(rows):
+                self.count_read(addr + r * pitch, width)
         raw = np.lib.stride_tricks.as_strided(self.mem[addr:], (rows, width), (pitch, 1))
         return np.ascontiguousarray(raw).view(dtype).reshape(shape)
 
@@ -57,6 +71,7 @@ class _Machine:
             self.mem[addr + r * pitch:addr + r * pitch + flat.shape[1]] = flat[r]
 
     def raw(self, addr, size):
+        self.count_read(addr, size)
         return self.mem[addr:addr + size].tobytes()
 
     def entry(self, table_addr, tasks) -> TaskEntry:
@@ -76,6 +91,7 @@ class _Machine:
         return weight, bias, mult, shift, gelu
 
     def linear_on(self, d: LinearDescriptor, x):
+        self.stats["macs"] += d.macs
         y = golden.linear(x, *self.operands(d))
         if d.residual:
             skip = self.read(d.res_addr, (d.tokens, d.out_features))
@@ -92,6 +108,7 @@ class _Machine:
         width = d.heads * d.head_dim
         q, k, v = (self.read(a, (d.tokens, width), pitch=d.row_pitch)
                    for a in (d.q_addr, d.k_addr, d.v_addr))
+        self.stats["macs"] += d.macs
         consts = golden.AttentionConsts(d.sm_mult, d.sm_shift, d.out_mult, d.out_shift)
         cols = [slice(h * d.head_dim, (h + 1) * d.head_dim) for h in range(d.heads)]
         ctx = [golden.attention_head(q[:, c], k[:, c], v[:, c], consts).out for c in cols]
@@ -109,6 +126,7 @@ class _Machine:
         self.write(d.y_addr, grid.reshape(-1, d.channels * p * p))
 
     def COPY(self, d: CopyDescriptor):
+        self.count_read(d.src_addr, d.length)
         self.mem[d.dst_addr:d.dst_addr + d.length] = self.mem[d.src_addr:d.src_addr + d.length]
 
     def ROUTE(self, d: RouteDescriptor):
@@ -182,6 +200,19 @@ def run_image(program, image, task: int):
     memory[region.offset:region.end] = image.reshape(-1).view(np.uint8)
     stats = execute(memory, program.hw, task, program.layout["program"].offset)
     return memory, stats
+
+
+def bytes_by_region(program, stats) -> dict:
+    """Region name -> bytes a run read from it (``stats`` from :func:`run_image`)."""
+    starts = np.array([r.offset for r in program.layout.regions])
+    order = np.argsort(starts)
+    totals = {}
+    for addr, size in stats["reads"]:
+        region = program.layout.regions[order[np.searchsorted(starts[order], addr, "right") - 1]]
+        if not (region.offset <= addr and addr + size <= region.end):
+            raise ProgramError(f"A read of {size} bytes at {addr:#x} leaves region {region.name}")
+        totals[region.name] = totals.get(region.name, 0) + size
+    return totals
 
 
 def read_tensor(program, memory, name, shape=None) -> np.ndarray:

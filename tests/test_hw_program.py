@@ -391,3 +391,22 @@ def test_a_run_reads_the_weights_it_needs_once_and_no_others(tiny, task):
     linear_macs = sum(r.x.shape[0] * r.weight.size for r in result.linears)
     attention_macs = config.depth * 2 * config.heads * config.tokens ** 2 * config.head_dim
     assert stats["macs"] == linear_macs + attention_macs
+
+
+@pytest.mark.parametrize("seed", [11, 12, 13, 14])
+def test_random_design_points(tiny, seed):
+    """A random array shape, buffer depths and bus width: the packing follows the array's
+    columns, the layout the bus; the program still equals the golden model."""
+    qmodel, image, _ = tiny
+    rng = np.random.default_rng(seed)
+    rows = int(rng.choice([1, 2, 4, 8]))
+    cols = int(rng.choice([4, 8, 16]))  # divides tiny's head width 16
+    hw = DEFAULT_HW["tiny"].replace(rows=rows, cols=cols, post_lanes=int(rng.choice([1, 2, 4])),
+                                    max_tokens=rows * (-(-65 // rows) + int(rng.integers(8))),
+                                    out_depth=int(rng.integers(3, 40)))
+    bus_bits = int(rng.choice([32, 64, 128, 256, 512, 1024]))
+    print(f"seed {seed}: {hw.rows}x{hw.cols} array, {hw.max_tokens} tokens, bus {bus_bits}")
+    program = compile_program(qmodel, hw, bus_bits=bus_bits)
+    _regions_disjoint_and_aligned(program.layout)
+    assert decode(program.encode(), hw)[0] == program.instructions
+    _compare_with_golden(program, qmodel, image, int(rng.integers(2)))

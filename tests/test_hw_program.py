@@ -410,3 +410,20 @@ def test_random_design_points(tiny, seed):
     _regions_disjoint_and_aligned(program.layout)
     assert decode(program.encode(), hw)[0] == program.instructions
     _compare_with_golden(program, qmodel, image, int(rng.integers(2)))
+
+
+def test_the_renormalised_gate_rule(tiny):
+    """ROUTE's other rule: the softmax over the k selected logits (the same arrays, the
+    config naming ``"renorm"``)."""
+    from moevit.model.integer.quantize import QuantizedModel
+
+    qmodel, image, _ = tiny
+    renorm = QuantizedModel(qmodel.config.replace(gate="renorm"), qmodel.arrays)
+    program = compile_program(renorm, DEFAULT_HW["tiny"])
+    routes = [d for d in program.instructions if d.MNEMONIC == "ROUTE"]
+    assert [d.rule for d in routes] == [1] * len(qmodel.config.moe_blocks)
+    compared, _ = _compare_with_golden(program, renorm, image, 0)
+    assert "blocks.1.mlp.gate.weights" in compared
+    vmoe = golden.run(qmodel, image, 0).tensors["blocks.1.mlp.gate.weights"]
+    assert not np.array_equal(golden.run(renorm, image, 0).tensors["blocks.1.mlp.gate.weights"],
+                              vmoe)  # the rules differ on this image

@@ -19,6 +19,21 @@ def quantized(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="module")
+def too_many_tokens(tmp_path_factory):
+    """A quantized model of 145 tokens (96x96 images): more than tiny's 128-token buffer."""
+    from moevit.model.config import get_config
+    from moevit.model.data import SyntheticDataset
+    from moevit.model.integer.evaluate import signal_model
+    from moevit.model.integer.quantize import quantize, save_quantized
+
+    config = get_config("tiny").replace(name="tiny-96", image_size=(96, 96))
+    path = tmp_path_factory.mktemp("quantized") / "tiny-96.npz"
+    images = SyntheticDataset(config, "val", size=2, seed=0).images
+    save_quantized(path, quantize(signal_model(config), images))
+    return path
+
+
 def _error(capsys, argv, message):
     assert main(argv) == 2
     out, err = capsys.readouterr()
@@ -51,7 +66,7 @@ def test_compile_then_disassemble(quantized, tmp_path, capsys):
     assert read_program(tmp_path / "wide").layout.bus_bits == 512
 
 
-def test_bad_inputs(quantized, tmp_path, capsys):
+def test_bad_inputs(quantized, too_many_tokens, tmp_path, capsys):
     a_file = tmp_path / "file"
     a_file.write_text("x")
     _error(capsys, ["hw", "compile", "--quantized", str(tmp_path / "none.npz"), "-o",
@@ -65,6 +80,10 @@ def test_bad_inputs(quantized, tmp_path, capsys):
            r"argument --bus-bits: invalid choice: 100 .*\(see: moevit hw compile --help\)")
     _error(capsys, ["hw", "compile", "--quantized", str(a_file), "-o", str(tmp_path / "out")],
            r"Quantized model \S+file is corrupt or truncated: .*")
+    _error(capsys, ["hw", "compile", "--quantized", str(too_many_tokens), "--hw", "tiny", "-o",
+                    str(tmp_path / "out")],
+           r"Layer patch_embed\.proj does not fit hardware 'tiny': Linear descriptor of 144 "
+           r"tokens exceeds the 128-token buffer of hardware 'tiny'")
     assert not (tmp_path / "out").exists()  # nothing written by a command that failed
     _error(capsys, ["hw", "disassemble", str(tmp_path / "out")],
            r"Program folder \S+out does not exist")

@@ -226,25 +226,11 @@ class _Compiler:
                   max_out=widest, tasks=tasks, table_addr=self.w["heads"],
                   x_addr=a["norm.out"] + config.dim, y_addr=a["output"])
 
-    def check_heads(self):
-        """Every task's head within the kernel's limits (the table hides them from the
-        instruction's own checks)."""
-        config = self.config
-        for t in range(len(config.tasks)):
-            out = self.q[f"heads.{t}.weight"].shape[0]
-            try:
-                LinearDescriptor(self.hw, tokens=config.patches, in_features=config.dim,
-                                 out_features=out)
-            except DescriptorError as error:
-                raise DescriptorError(f"Layer heads.{t} does not fit hardware "
-                                      f"{self.hw.name!r}: {error}") from None
-
     def run(self) -> Program:
         config = self.config
         if config.gate not in GATE_RULES:
             raise ConfigError(f"Gate rule {config.gate!r} has no instruction; known: "
                               f"{list(GATE_RULES)}")
-        self.check_heads()
         self.place_weights()
         weights_end = self.layout.size
         self.place_tensors()

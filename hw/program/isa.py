@@ -256,7 +256,9 @@ class ExpertDescriptor(Descriptor):
         self.linears(self.tokens)  # the kernel's checks, for the most tokens
 
     def linears(self, n: int):
-        """The two operations (fc1 with GELU, fc2) of ``n`` gathered tokens."""
+        """The two operations (fc1 with GELU, fc2) the linear kernel runs on ``n`` gathered
+        tokens: their shapes and constants (the cost model's work); fc1's ``x_addr`` and
+        fc2's ``y_addr`` are the bases the MoE unit gathers from and scatters to."""
         hw = self.hw
         fc1 = LinearDescriptor(hw, tokens=n, in_features=self.dim, out_features=self.hidden,
                                gelu=1, gelu_b=self.gelu_b, gelu_c=self.gelu_c,

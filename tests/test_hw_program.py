@@ -427,3 +427,15 @@ def test_the_renormalised_gate_rule(tiny):
     vmoe = golden.run(qmodel, image, 0).tensors["blocks.1.mlp.gate.weights"]
     assert not np.array_equal(golden.run(renorm, image, 0).tensors["blocks.1.mlp.gate.weights"],
                               vmoe)  # the rules differ on this image
+
+
+def test_the_opcode_table():
+    from moevit.hw.program.descriptor import OPCODE_WIDTH
+
+    assert sorted(OPCODES) == list(range(1, len(OPCODES) + 1))
+    assert all(0 < op < 2**OPCODE_WIDTH and cls.OPCODE == op for op, cls in OPCODES.items())
+    assert len({cls.MNEMONIC for cls in OPCODES.values()}) == len(OPCODES)
+    for cls in OPCODES.values():
+        fields = [f.name for f in cls.packed_fields()]
+        assert cls.OUTPUT in fields and cls.OUTPUT.endswith("_addr"), cls
+        assert cls.UNIT in ("linear", "attention", "layernorm", "moe", "mover"), cls

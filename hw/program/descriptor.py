@@ -13,8 +13,9 @@ a fixed bit layout, so the same object
 
 It is validated against a :class:`~moevit.hw.config.HwConfig` when it is made.
 A new unit adds its descriptor beside :class:`LinearDescriptor`: subclass
-:class:`Descriptor`, give it an ``OPCODE``, declare each packed field with
-:func:`packed` and check it in ``validate``.
+:class:`Descriptor`, give it an ``OPCODE``, ``MNEMONIC``, ``UNIT`` and
+``OUTPUT``, declare each packed field with :func:`packed`, check it in
+``validate``, and list it in :data:`moevit.hw.program.isa.OPCODES`.
 """
 
 import dataclasses

@@ -1,5 +1,5 @@
-"""Sub-commands of the hardware area: ``hw generate``, ``hw estimate``, ``bench linear``,
-``bench attention``."""
+"""Sub-commands of the hardware area: ``hw generate``, ``hw estimate``, ``hw compile``,
+``hw disassemble``, ``bench linear``, ``bench attention``."""
 
 import json
 
@@ -26,6 +26,23 @@ def register(subparsers):
     estimate.add_argument("--json", action="store_true", help="one JSON list of rows")
     estimate.add_argument("--quiet", action="store_true", help="no progress bar")
     estimate.set_defaults(handler=_estimate)
+
+    compile_ = commands.add_parser(
+        "compile", help="a quantized model -> one program for all of its tasks "
+                        "(program.bin, weights.bin, layout.json, program.lst)")
+    compile_.add_argument("--quantized", required=True, help="a quantized-model file (.npz)")
+    compile_.add_argument("--hw", default=None,
+                          help="hardware instance: a model config's default (default: the "
+                               "quantized model's)")
+    compile_.add_argument("--bus-bits", type=int, default=128, choices=(32, 64, 128, 256, 512, 1024),
+                          help="data width of the memory bus in bits (default: 128)")
+    compile_.add_argument("-o", "--output", required=True, help="output folder")
+    compile_.set_defaults(handler=_compile)
+
+    disassemble = commands.add_parser(
+        "disassemble", help="read a compiled program back and print its listing")
+    disassemble.add_argument("folder", help="a folder written by `moevit hw compile`")
+    disassemble.set_defaults(handler=_disassemble)
 
 
 def register_bench(benches):
@@ -86,6 +103,40 @@ def _estimate(args):
                       ("LUT", "lut", ">9", ""), ("FF", "ff", ">9", ""),
                       ("BRAM36", "bram", ">9", "g"), ("URAM", "uram", ">7", "")])
     warnings.warn(CAVEAT, stacklevel=1)
+
+
+def _compile(args):
+    from moevit.hw.config import HwConfig, get_hw_config
+    from moevit.hw.program.compiler import compile_program
+    from moevit.hw.program.program import write_program
+    from moevit.model.integer.quantize import load_quantized
+    from moevit.paths import output_folder
+
+    folder = output_folder(args.output, "program folder")
+    qmodel = load_quantized(args.quantized)
+    hw = get_hw_config(args.hw) if args.hw else HwConfig.for_model(qmodel.config)
+    program = compile_program(qmodel, hw, bus_bits=args.bus_bits)
+    paths = write_program(program, folder)
+    print(f"{len(program.instructions)} instructions for {len(program.tasks)} tasks, "
+          f"memory image {program.layout.size} bytes ({len(program.weights)} of weights), "
+          f"hardware {hw.name!r}, bus {args.bus_bits} bits")
+    for path in paths:
+        print(path)
+
+
+def _disassemble(args):
+    from moevit.hw.program.program import read_program
+
+    program = read_program(args.folder)
+    tasks = ", ".join(f"{t['index']} {t['name']}" for t in program.tasks)
+    print(f"# model {program.model.get('name')!r} on hardware {program.hw.name!r}: "
+          f"{len(program.instructions)} instructions, tasks {tasks}")
+    print(f"# memory image {program.layout.size} bytes, bus {program.layout.bus_bits} bits")
+    for region in program.layout.regions:
+        if region.kind != "weights":
+            print(f"# {region.kind:<8} {region.name:<36} {region.offset:#010x} {region.size:>9} "
+                  f"{region.dtype} {tuple(region.shape)}")
+    print(program.listing(), end="")
 
 
 def _bench_linear(args):

@@ -13,8 +13,9 @@ a fixed bit layout, so the same object
 
 It is validated against a :class:`~moevit.hw.config.HwConfig` when it is made.
 A new unit adds its descriptor beside :class:`LinearDescriptor`: subclass
-:class:`Descriptor`, give it an ``OPCODE``, declare each packed field with
-:func:`packed` and check it in ``validate``.
+:class:`Descriptor`, give it an ``OPCODE``, ``MNEMONIC``, ``UNIT`` and
+``OUTPUT``, declare each packed field with :func:`packed`, check it in
+``validate``, and list it in :data:`moevit.hw.program.isa.OPCODES`.
 """
 
 import dataclasses
@@ -108,6 +109,10 @@ class Descriptor:
     """
 
     OPCODE = None
+    #: Mnemonic in listings, the unit that runs it, the field that addresses its output.
+    MNEMONIC = None
+    UNIT = None
+    OUTPUT = None
 
     hw: HwConfig = field(compare=False, repr=False)
 
@@ -274,6 +279,7 @@ class LinearDescriptor(Descriptor):
     """
 
     OPCODE = 1
+    MNEMONIC, UNIT, OUTPUT = "LINEAR", "linear", "y_addr"
 
     tokens: int = packed(16, doc="tokens (rows of x and y)", default=1)
     in_features: int = packed(16, doc="input features (columns of x)", default=1)
@@ -430,6 +436,7 @@ class AttentionDescriptor(Descriptor):
     """
 
     OPCODE = 2
+    MNEMONIC, UNIT, OUTPUT = "ATTENTION", "attention", "out_addr"
 
     tokens: int = packed(16, doc="sequence length (rows of q, k, v)", default=1)
     heads: int = packed(8, doc="attention heads", default=1)
@@ -444,6 +451,9 @@ class AttentionDescriptor(Descriptor):
     k_addr: int = packed(32, doc="byte address of k", default=0)
     v_addr: int = packed(32, doc="byte address of v", default=0)
     out_addr: int = packed(32, doc="byte address of the context", default=0)
+    row_pitch: int = packed(16, doc="bytes from one row of q, k, v to the next "
+                            "(3 x heads x head_dim: the thirds of one QKV output); "
+                            "0 given: heads x head_dim", default=0)
 
     def validate(self):
         hw = self.hw
@@ -469,6 +479,13 @@ class AttentionDescriptor(Descriptor):
                                        "output": (self.out_mult, self.out_shift)})
         self._set("chunks", self.head_dim // hw.score_lanes)
         self._set("rounds", self.heads // hw.heads_parallel)
+        width = self.heads * self.head_dim
+        if self.row_pitch == 0:
+            self._set("row_pitch", width)
+        elif self.row_pitch < width:
+            raise DescriptorError(
+                f"Attention descriptor row pitch {self.row_pitch} is shorter than a row of "
+                f"{self.heads} heads of {self.head_dim}")
 
     @property
     def macs(self) -> int:
@@ -507,6 +524,7 @@ class LayerNormDescriptor(Descriptor):
     """
 
     OPCODE = 3
+    MNEMONIC, UNIT, OUTPUT = "LAYERNORM", "layernorm", "y_addr"
 
     tokens: int = packed(16, doc="rows", default=1)
     dim: int = packed(16, doc="width of a row", default=1)

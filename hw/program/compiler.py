@@ -1,0 +1,302 @@
+"""The compiler: a quantized model -> one program for all of its tasks.
+
+:func:`compile_program` lays out the memory image (weights first, in the
+beat order of the units' streams, then one scratch tensor per golden tensor
+the program writes, the input image, the output and the program itself) and
+emits the instructions of one image in the golden model's order
+(:func:`moevit.model.integer.golden.run`):
+
+* ``PATCHIFY`` the int8 ``input`` into ``patch_embed.in``; ``LINEAR``
+  ``patch_embed.proj`` with the position embedding added (fused residual)
+  into rows 1.. of ``embed.out``; ``COPY`` the class token into row 0;
+* per block: ``LAYERNORM`` norm1, ``LINEAR`` qkv, ``ATTENTION`` (q, k, v the
+  thirds of ``attn.qkv.out``), ``LINEAR`` proj with add1 fused (its output
+  is ``add1.out``), ``LAYERNORM`` norm2; a dense MLP is ``LINEAR`` fc1 (GELU)
+  and ``LINEAR`` fc2 with add2 fused; a MoE MLP is ``TASK_LINEAR`` gate,
+  ``ROUTE``, one ``EXPERT`` per expert (skipped at run time when no token
+  chose it) and ``COMBINE`` with add2 fused;
+* ``LAYERNORM`` norm, ``TASK_LINEAR`` head on the patch tokens into the
+  ``output`` region.
+
+The task is never in the program: gate and head take their weights from a
+task table indexed by the task register. Tensors that a fused operation
+keeps on chip (``patch_embed.out``, ``attn.proj.out``, ``mlp.fc1.pre``,
+``mlp.fc2.out``, ``mlp.out``, ``combine.acc``, the attention scores and
+probabilities, ``gate.probs``) are not in memory.
+"""
+
+import numpy as np
+
+from moevit.errors import ConfigError
+from moevit.hw.config import HwConfig
+from moevit.hw.program.descriptor import (AttentionDescriptor, DescriptorError,
+                                          LayerNormDescriptor, LinearDescriptor)
+from moevit.hw.program.isa import (GATE_RULES, CombineDescriptor, CopyDescriptor,
+                                   ExpertDescriptor, PatchifyDescriptor, RouteDescriptor,
+                                   TaskEntry, TaskLinearDescriptor)
+from moevit.hw.program.layout import Layout, pack_chan, pack_ln_params, pack_weight
+from moevit.hw.program.program import Program, program_size
+
+__all__ = ["compile_program", "memory_tensors"]
+
+
+def _pair(array):
+    return int(array[0]), int(array[1])
+
+
+class _Compiler:
+    def __init__(self, qmodel, hw, bus_bits):
+        self.q, self.config, self.hw = qmodel, qmodel.config, hw
+        self.layout = Layout(bus_bits)
+        self.chunks = []  # (region, bytes) of the weights
+        self.code = []
+
+    # Placement ----------------------------------------------------------------------------
+    def constant(self, name, data, shape=(), dtype="uint8"):
+        region = self.layout.add(name, "weights", len(data), shape, dtype)
+        self.chunks.append((region, bytes(data)))
+        return region.offset
+
+    def linear_weights(self, name):
+        """Place ``name``'s weight and channel beats; their addresses."""
+        q, cols = self.q, self.hw.cols
+        w = self.constant(f"{name}.weight", pack_weight(q[f"{name}.weight"], cols))
+        chan = self.constant(f"{name}.chan", pack_chan(q[f"{name}.bias"], q[f"{name}.mult"],
+                                                       q[f"{name}.shift"], cols))
+        return w, chan
+
+    def task_table(self, name, entries):
+        words = np.array([list(e) for e in entries], "<u4").tobytes()
+        return self.constant(name, words, (len(entries), 4), "uint32")
+
+    def tensor(self, name, shape, dtype="int8", kind="scratch"):
+        return self.layout.tensor(name, kind, shape, dtype).offset
+
+    def emit(self, layer, cls, **fields):
+        """Append one instruction; a rule of the hardware it breaks names ``layer``."""
+        try:
+            self.code.append(cls(self.hw, **fields))
+        except DescriptorError as error:
+            raise DescriptorError(f"Layer {layer} does not fit hardware {self.hw.name!r}: "
+                                  f"{error}") from None
+
+    # The model ----------------------------------------------------------------------------
+    def place_weights(self):
+        q, config = self.q, self.config
+        self.w = {}
+        self.w["patch_embed.proj"] = self.linear_weights("patch_embed.proj")
+        self.w["pos_embed"] = self.constant("pos_embed", q["pos_embed"].astype(np.int8).tobytes(),
+                                            q["pos_embed"].shape, "int8")
+        self.w["cls"] = self.constant("cls", q["cls"].astype(np.int8).tobytes(), q["cls"].shape,
+                                      "int8")
+        for i in range(config.depth):
+            p = f"blocks.{i}"
+            for norm in (f"{p}.norm1", f"{p}.norm2"):
+                self.w[norm] = self.constant(f"{norm}.param",
+                                             pack_ln_params(q[f"{norm}.gamma"], q[f"{norm}.beta"]))
+            for name in (f"{p}.attn.qkv", f"{p}.attn.proj"):
+                self.w[name] = self.linear_weights(name)
+            if config.is_moe(i):
+                entries = []
+                for t in range(len(config.tasks)):
+                    w, chan = self.linear_weights(f"{p}.mlp.gates.{t}")
+                    mult, shift = _pair(q[f"{p}.mlp.gate.softmax"][t])
+                    entries.append(TaskEntry(w, chan, config.experts,
+                                             TaskEntry.pack_consts(mult, shift)))
+                self.w[f"{p}.mlp.gates"] = self.task_table(f"{p}.mlp.gates.table", entries)
+                for e in range(config.experts):
+                    for fc in ("fc1", "fc2"):
+                        name = f"{p}.mlp.experts.{e}.{fc}"
+                        self.w[name] = self.linear_weights(name)
+            else:
+                for name in (f"{p}.mlp.fc1", f"{p}.mlp.fc2"):
+                    self.w[name] = self.linear_weights(name)
+        self.w["norm"] = self.constant("norm.param", pack_ln_params(q["norm.gamma"], q["norm.beta"]))
+        entries = []
+        for t in range(len(config.tasks)):
+            w, chan = self.linear_weights(f"heads.{t}")
+            entries.append(TaskEntry(w, chan, q[f"heads.{t}.weight"].shape[0]))
+        self.w["heads"] = self.task_table("heads.table", entries)
+
+    def place_tensors(self):
+        """One scratch tensor per golden tensor in memory (see :func:`memory_tensors`)."""
+        self.a = {name: self.tensor(name, shape, dtype)
+                  for name, (shape, dtype) in memory_tensors(self.config).items()}
+        config = self.config
+        self.a["input"] = self.tensor("input", (config.in_chans, *config.image_size), "int8",
+                                      "input")
+        widest = max(self.q[f"heads.{t}.weight"].shape[0] for t in range(len(config.tasks)))
+        self.a["output"] = self.tensor("output", (config.patches, widest), "int8", "output")
+
+    def embed(self):
+        q, config, a = self.q, self.config, self.a
+        height, width = config.image_size
+        self.emit("patch_embed", PatchifyDescriptor, channels=config.in_chans, rows=height,
+                  columns=width, patch=config.patch, x_addr=a["input"],
+                  y_addr=a["patch_embed.in"])
+        ma, mb, shift = (int(v) for v in q["embed.add"])
+        w, chan = self.w["patch_embed.proj"]
+        self.emit("patch_embed.proj", LinearDescriptor, tokens=config.patches,
+                  in_features=config.patch_dim, out_features=config.dim, residual=1,
+                  res_mult_y=ma, res_mult_skip=mb, res_shift=shift, x_addr=a["patch_embed.in"],
+                  w_addr=w, chan_addr=chan, res_addr=self.w["pos_embed"],
+                  y_addr=a["embed.out"] + config.dim)
+        self.emit("cls", CopyDescriptor, length=config.dim, src_addr=self.w["cls"],
+                  dst_addr=a["embed.out"])
+
+    def layernorm(self, name, x_addr, y_addr):
+        q = self.q
+        self.emit(name, LayerNormDescriptor, tokens=self.config.tokens, dim=self.config.dim,
+                  eps=int(q[f"{name}.eps"]), shift=int(q[f"{name}.shift"]), x_addr=x_addr,
+                  param_addr=self.w[name], y_addr=y_addr)
+
+    def linear(self, name, x_addr, y_addr, *, skip=None, residual=None):
+        """A linear layer; ``residual`` (a model array name) fuses ``residual_add(skip, y)``."""
+        q, config = self.q, self.config
+        w, chan = self.w[name]
+        out, width = q[f"{name}.weight"].shape
+        fields = dict(tokens=config.tokens, in_features=width, out_features=out, x_addr=x_addr,
+                      w_addr=w, chan_addr=chan, y_addr=y_addr)
+        if f"{name}.gelu" in q.arrays:
+            b, c, mult, shift = (int(v) for v in q[f"{name}.gelu"])
+            fields.update(gelu=1, gelu_b=b, gelu_c=c, gelu_mult=mult, gelu_shift=shift)
+        if residual is not None:
+            m_skip, m_y, shift = (int(v) for v in q[residual])
+            fields.update(residual=1, res_mult_y=m_y, res_mult_skip=m_skip, res_shift=shift,
+                          res_addr=skip)
+        self.emit(name, LinearDescriptor, **fields)
+
+    def moe(self, p, x_addr, skip_addr, y_addr):
+        q, config, a, tokens = self.q, self.config, self.a, self.config.tokens
+        tasks = len(config.tasks)
+        self.emit(f"{p}.mlp.gates", TaskLinearDescriptor, tokens=tokens, in_features=config.dim,
+                  max_out=config.experts, tasks=tasks, table_addr=self.w[f"{p}.mlp.gates"],
+                  x_addr=x_addr, y_addr=a[f"{p}.mlp.gate.logits"])
+        self.emit(f"{p}.mlp.route", RouteDescriptor, tokens=tokens, experts=config.experts,
+                  top_k=config.top_k, rule=GATE_RULES.index(config.gate), tasks=tasks,
+                  table_addr=self.w[f"{p}.mlp.gates"], logits_addr=a[f"{p}.mlp.gate.logits"],
+                  topk_addr=a[f"{p}.mlp.gate.topk"], weights_addr=a[f"{p}.mlp.gate.weights"])
+        for e in range(config.experts):
+            name = f"{p}.mlp.experts.{e}"
+            b, c, mult, shift = (int(v) for v in q[f"{name}.fc1.gelu"])
+            (w1, chan1), (w2, chan2) = self.w[f"{name}.fc1"], self.w[f"{name}.fc2"]
+            self.emit(name, ExpertDescriptor, tokens=tokens, dim=config.dim,
+                      hidden=config.expert_hidden, expert=e, top_k=config.top_k, gelu_b=b,
+                      gelu_c=c, gelu_mult=mult, gelu_shift=shift, x_addr=x_addr,
+                      topk_addr=a[f"{p}.mlp.gate.topk"], fc1_w_addr=w1, fc1_chan_addr=chan1,
+                      fc2_w_addr=w2, fc2_chan_addr=chan2, hidden_addr=a[f"{name}.fc1.out"],
+                      slots_addr=a[f"{p}.mlp.slots"])
+        mult, shift = _pair(q[f"{p}.mlp.combine"])
+        m_skip, m_y, r_shift = (int(v) for v in q[f"{p}.add2"])
+        self.emit(f"{p}.mlp.combine", CombineDescriptor, tokens=tokens, dim=config.dim,
+                  top_k=config.top_k, mult=mult, shift=shift, res_mult_y=m_y,
+                  res_mult_skip=m_skip, res_shift=r_shift, weights_addr=a[f"{p}.mlp.gate.weights"],
+                  slots_addr=a[f"{p}.mlp.slots"], skip_addr=skip_addr, y_addr=y_addr)
+
+    def blocks(self):
+        q, config, a = self.q, self.config, self.a
+        x = a["embed.out"]
+        for i in range(config.depth):
+            p = f"blocks.{i}"
+            self.layernorm(f"{p}.norm1", x, a[f"{p}.norm1.out"])
+            qkv = a[f"{p}.attn.qkv.out"]
+            self.linear(f"{p}.attn.qkv", a[f"{p}.norm1.out"], qkv)
+            sm_mult, sm_shift = _pair(q[f"{p}.attn.softmax"])
+            out_mult, out_shift = _pair(q[f"{p}.attn.ctx"])
+            d = config.dim
+            self.emit(f"{p}.attn", AttentionDescriptor, tokens=config.tokens, heads=config.heads,
+                      head_dim=config.head_dim, sm_mult=sm_mult, sm_shift=sm_shift,
+                      out_mult=out_mult, out_shift=out_shift, q_addr=qkv, k_addr=qkv + d,
+                      v_addr=qkv + 2 * d, out_addr=a[f"{p}.attn.ctx"], row_pitch=3 * d)
+            add1 = a[f"{p}.add1.out"]
+            self.linear(f"{p}.attn.proj", a[f"{p}.attn.ctx"], add1, skip=x, residual=f"{p}.add1")
+            h = a[f"{p}.norm2.out"]
+            self.layernorm(f"{p}.norm2", add1, h)
+            x = a[f"{p}.add2.out"]
+            if config.is_moe(i):
+                self.moe(p, h, add1, x)
+            else:
+                self.linear(f"{p}.mlp.fc1", h, a[f"{p}.mlp.fc1.out"])
+                self.linear(f"{p}.mlp.fc2", a[f"{p}.mlp.fc1.out"], x, skip=add1,
+                            residual=f"{p}.add2")
+        self.layernorm("norm", x, a["norm.out"])
+        tasks = len(config.tasks)
+        widest = self.layout["output"].shape[1]
+        self.emit("heads", TaskLinearDescriptor, tokens=config.patches, in_features=config.dim,
+                  max_out=widest, tasks=tasks, table_addr=self.w["heads"],
+                  x_addr=a["norm.out"] + config.dim, y_addr=a["output"])
+
+    def run(self) -> Program:
+        config = self.config
+        if config.gate not in GATE_RULES:
+            raise ConfigError(f"Gate rule {config.gate!r} has no instruction; known: "
+                              f"{list(GATE_RULES)}")
+        self.place_weights()
+        weights_end = self.layout.size
+        self.place_tensors()
+        self.embed()
+        self.blocks()
+        self.layout.add("program", "program", program_size(self.code))
+        weights = bytearray(weights_end)
+        for region, data in self.chunks:
+            weights[region.offset:region.end] = data
+        tasks = [{"name": task.name, "index": t, "classes": task.classes,
+                  "output_shape": [config.patches, task.classes * config.patch ** 2]}
+                 for t, task in enumerate(config.tasks)]
+        return Program(self.hw, self.code, self.layout, bytes(weights), tasks, config.to_dict())
+
+
+def memory_tensors(config) -> dict:
+    """Name -> (shape, dtype) of every scratch tensor of a program for ``config``.
+
+    The names are the golden model's (:mod:`moevit.model.integer.golden`),
+    except ``blocks.{i}.mlp.slots`` (the experts' outputs by token and slot).
+    An expert's ``fc1.out`` has room for every token; its first ``n_e`` rows
+    are the golden tensor. ``gate.topk`` is u8 and ``gate.weights`` u16 here.
+    """
+    T, D, k = config.tokens, config.dim, config.top_k
+    tensors = {"patch_embed.in": ((config.patches, config.patch_dim), "int8"),
+               "embed.out": ((T, D), "int8")}
+    for i in range(config.depth):
+        p = f"blocks.{i}"
+        tensors.update({f"{p}.norm1.out": ((T, D), "int8"),
+                        f"{p}.attn.qkv.out": ((T, 3 * D), "int8"),
+                        f"{p}.attn.ctx": ((T, D), "int8"), f"{p}.add1.out": ((T, D), "int8"),
+                        f"{p}.norm2.out": ((T, D), "int8")})
+        if config.is_moe(i):
+            tensors.update({f"{p}.mlp.gate.logits": ((T, config.experts), "int8"),
+                            f"{p}.mlp.gate.topk": ((T, k), "uint8"),
+                            f"{p}.mlp.gate.weights": ((T, k), "uint16")})
+            for e in range(config.experts):
+                tensors[f"{p}.mlp.experts.{e}.fc1.out"] = ((T, config.expert_hidden), "int8")
+            tensors[f"{p}.mlp.slots"] = ((T, k, D), "int8")
+        else:
+            tensors[f"{p}.mlp.fc1.out"] = ((T, config.mlp_hidden), "int8")
+        tensors[f"{p}.add2.out"] = ((T, D), "int8")
+    tensors["norm.out"] = ((T, D), "int8")
+    return tensors
+
+
+def compile_program(qmodel, hw: HwConfig = None, *, bus_bits: int = 128) -> Program:
+    """One program for every task of ``qmodel`` on ``hw``.
+
+    Parameters
+    ----------
+    qmodel : QuantizedModel
+    hw : HwConfig, optional
+        Default: the model config's default instance.
+    bus_bits : int
+        Data width of the memory bus; every region starts on a bus word.
+
+    Raises
+    ------
+    DescriptorError
+        A layer does not fit ``hw`` (the message names the layer and the limit).
+    ConfigError
+        The bus width or the model's gate rule is not supported.
+    """
+    if hw is None:
+        hw = HwConfig.for_model(qmodel.config)
+    if not isinstance(hw, HwConfig):
+        raise ConfigError(f"Hardware config must be a HwConfig, not {hw!r}")
+    return _Compiler(qmodel, hw, bus_bits).run()

@@ -1,0 +1,303 @@
+"""A compiled program: instructions, memory layout and packed weights; its files.
+
+``program.bin`` is the instruction stream the sequencer fetches, little-endian
+32-bit words: a header of :data:`HEADER_WORDS` words, then each
+instruction's descriptor words (its opcode, in the low byte of its first
+word, gives its length through :data:`~moevit.hw.program.isa.OPCODES`).
+
+=====  ==============  ======================================================
+word   field           meaning
+=====  ==============  ======================================================
+0      magic           ``b"MVPG"``
+1      version         :data:`VERSION`
+2      header_words    :data:`HEADER_WORDS`
+3, 4   hw_hash         first 8 bytes of the SHA-256 of the HwConfig (its JSON)
+5      bus_bits        data width of the memory bus
+6      tasks           tasks of the model (a larger task id is an error)
+7      instructions    number of instructions
+8      body_words      words after the header
+9      memory_bytes    size of the memory image; every address lies below it
+10     body_crc        CRC-32 of the body's bytes
+11     header_crc      CRC-32 of words 0..10
+=====  ==============  ======================================================
+
+A folder written by :func:`write_program` holds ``program.bin``,
+``weights.bin`` (the bytes of the memory image from 0 to the end of the last
+``weights`` region, in whole bus words), ``layout.json`` (format, version, the model and
+hardware configs, the regions, the tasks and the SHA-256 of both binary
+files) and ``program.lst`` (:func:`listing`). :func:`read_program` checks
+all of it and rejects a corrupt or mismatched file with a
+:class:`ProgramError` naming the file and the field.
+"""
+
+import hashlib
+import json
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from moevit.errors import CheckpointError, ConfigError
+from moevit.hw.config import HwConfig
+from moevit.hw.program.descriptor import DescriptorError
+from moevit.hw.program.isa import OPCODES
+from moevit.hw.program.layout import Layout
+
+__all__ = ["Program", "ProgramError", "encode", "decode", "hw_hash", "listing",
+           "write_program", "read_program", "MAGIC", "VERSION", "HEADER_WORDS", "FILES"]
+
+MAGIC = int.from_bytes(b"MVPG", "little")
+VERSION = 1
+HEADER_WORDS = 12
+HEADER_FIELDS = ("magic", "version", "header_words", "hw_hash_lo", "hw_hash_hi", "bus_bits",
+                 "tasks", "instructions", "body_words", "memory_bytes", "body_crc", "header_crc")
+FILES = ("program.bin", "weights.bin", "layout.json", "program.lst")
+LAYOUT_FORMAT = "moevit-layout"
+
+
+class ProgramError(CheckpointError):
+    """A compiled program's file is missing, corrupt, or made for another hardware."""
+
+
+def hw_hash(hw: HwConfig) -> int:
+    """The 64-bit fingerprint of a HwConfig that a program records."""
+    text = json.dumps(hw.to_dict(), sort_keys=True)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+
+
+@dataclass
+class Program:
+    """One program for every task of a model.
+
+    Attributes
+    ----------
+    hw : HwConfig
+    instructions : list of Descriptor
+    layout : Layout
+        Every region of the memory image, the program's own included.
+    weights : bytes
+        The image's bytes from 0 to the end of the last ``weights`` region, in
+        whole bus words.
+    tasks : list of dict
+        Per task: ``name``, ``index``, ``classes`` and ``output_shape`` (the
+        head's int8 output ``(patches, classes*patch*patch)`` in the
+        ``output`` region).
+    model : dict
+        The model config (``ModelConfig.to_dict()``).
+    """
+
+    hw: HwConfig
+    instructions: list
+    layout: Layout
+    weights: bytes
+    tasks: list = field(default_factory=list)
+    model: dict = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        return encode(self.hw, self.instructions, tasks=len(self.tasks),
+                      bus_bits=self.layout.bus_bits, memory_bytes=self.layout.size)
+
+    def memory_image(self) -> np.ndarray:
+        """The memory image before a run: weights and program in place, the rest 0."""
+        image = np.zeros(self.layout.size, np.uint8)
+        image[:len(self.weights)] = np.frombuffer(self.weights, np.uint8)
+        region = self.layout["program"]
+        image[region.offset:region.end] = np.frombuffer(self.encode(), np.uint8)
+        return image
+
+    def listing(self) -> str:
+        return listing(self.instructions, self.layout)
+
+
+# The binary -----------------------------------------------------------------------------
+def program_size(instructions) -> int:
+    """Bytes of ``program.bin`` for these instructions."""
+    return 4 * (HEADER_WORDS + sum(d.words() for d in instructions))
+
+
+def encode(hw, instructions, *, tasks, bus_bits, memory_bytes) -> bytes:
+    """``program.bin`` of ``instructions`` (see the module's table)."""
+    body = np.array([w for d in instructions for w in d.pack()], "<u4").tobytes()
+    digest = hw_hash(hw)
+    header = [MAGIC, VERSION, HEADER_WORDS, digest & 0xFFFFFFFF, digest >> 32, bus_bits, tasks,
+              len(instructions), len(body) // 4, memory_bytes, zlib.crc32(body)]
+    header.append(zlib.crc32(np.array(header, "<u4").tobytes()))
+    return np.array(header, "<u4").tobytes() + body
+
+
+def read_header(data: bytes, what="Program") -> dict:
+    """The header fields of ``program.bin``'s bytes, checked for magic, version and CRC."""
+    if len(data) < 4 * HEADER_WORDS:
+        raise ProgramError(f"{what} is truncated: {len(data)} bytes, shorter than its "
+                           f"{4 * HEADER_WORDS}-byte header")
+    words = np.frombuffer(data[:4 * HEADER_WORDS], "<u4").astype(int)
+    header = dict(zip(HEADER_FIELDS, (int(w) for w in words)))
+    if header["magic"] != MAGIC:
+        raise ProgramError(f"{what} is not a moevit program (magic {header['magic']:#010x})")
+    if header["version"] != VERSION:
+        raise ProgramError(f"{what} has format version {header['version']}; this moevit reads "
+                           f"version {VERSION}")
+    if header["header_crc"] != zlib.crc32(data[:4 * (HEADER_WORDS - 1)]):
+        raise ProgramError(f"{what} fails its header CRC: the header was changed or damaged")
+    if header["header_words"] != HEADER_WORDS:
+        raise ProgramError(f"{what} has a {header['header_words']}-word header; version "
+                           f"{VERSION} has {HEADER_WORDS}")
+    return header
+
+
+def decode(data: bytes, hw: HwConfig, what="Program"):
+    """Instructions and header of ``program.bin``'s bytes, every check made.
+
+    Raises
+    ------
+    ProgramError
+        Truncated or longer than its header says, another magic, version or
+        hardware, a CRC that fails, an unknown opcode, a descriptor that
+        breaks a rule of ``hw``, an address outside the memory image.
+    """
+    data = bytes(data)
+    header = read_header(data, what)
+    digest = header["hw_hash_lo"] | header["hw_hash_hi"] << 32
+    if digest != hw_hash(hw):
+        raise ProgramError(f"{what} was compiled for another hardware than {hw.name!r} "
+                           f"(HwConfig hash {digest:016x}, not {hw_hash(hw):016x})")
+    size = 4 * (HEADER_WORDS + header["body_words"])
+    if len(data) != size:
+        raise ProgramError(f"{what} has {len(data)} bytes; its header says {size}")
+    body = data[4 * HEADER_WORDS:]
+    if zlib.crc32(body) != header["body_crc"]:
+        raise ProgramError(f"{what} fails its body CRC: the instructions were changed or damaged")
+    words = np.frombuffer(body, "<u4").astype(np.int64)
+    instructions, at = [], 0
+    while at < len(words):
+        k = len(instructions)
+        opcode = int(words[at]) & 0xFF
+        cls = OPCODES.get(opcode)
+        if cls is None:
+            raise ProgramError(f"{what} instruction {k} has an unknown opcode {opcode}")
+        if at + cls.words() > len(words):
+            raise ProgramError(f"{what} instruction {k} ({cls.MNEMONIC}) is cut short")
+        try:
+            desc = cls.unpack(hw, words[at:at + cls.words()])
+        except (DescriptorError, ConfigError) as error:
+            raise ProgramError(f"{what} instruction {k} ({cls.MNEMONIC}): {error}") from None
+        for name, value in desc.to_dict().items():
+            if name.endswith("_addr") and value >= header["memory_bytes"]:
+                raise ProgramError(
+                    f"{what} instruction {k} ({cls.MNEMONIC}): {name} {value:#x} lies outside "
+                    f"the {header['memory_bytes']:#x}-byte memory image")
+        instructions.append(desc)
+        at += cls.words()
+    if len(instructions) != header["instructions"]:
+        raise ProgramError(f"{what} holds {len(instructions)} instructions; its header says "
+                           f"{header['instructions']}")
+    return instructions, header
+
+
+# The listing ----------------------------------------------------------------------------
+_SHAPE_FIELDS = ("tokens", "rows", "in_features", "out_features", "max_out", "dim", "hidden",
+                 "heads", "head_dim", "experts", "top_k", "expert", "channels", "columns",
+                 "patch", "length", "tasks")
+
+
+def _address(value, layout):
+    region = layout.at(value)
+    if region is None:
+        return f"{value:#x}"
+    offset = value - region.offset
+    return f"{region.name}{f'+{offset}' if offset else ''}@{value:#x}"
+
+
+def listing(instructions, layout) -> str:
+    """One line per instruction: index, mnemonic, unit, shape, constants,
+    addresses (named by their region) and the tensor it produces."""
+    lines = []
+    for k, desc in enumerate(instructions):
+        fields = desc.to_dict()
+        # The constants and operands of a fusion that is off say nothing.
+        for flag, prefix in (("gelu", "gelu_"), ("residual", "res_")):
+            if fields.get(flag) == 0:
+                fields = {n: v for n, v in fields.items() if not n.startswith(prefix)}
+        shape = " ".join(f"{n}={fields[n]}" for n in _SHAPE_FIELDS if n in fields)
+        consts = " ".join(f"{n}={v}" for n, v in fields.items()
+                          if n not in _SHAPE_FIELDS and not n.endswith("_addr")
+                          and n not in ("token_tiles", "out_tiles", "chunks", "rounds"))
+        addrs = " ".join(f"{n[:-5]}={_address(v, layout)}" for n, v in fields.items()
+                         if n.endswith("_addr") and n != desc.OUTPUT)
+        out = layout.at(fields[desc.OUTPUT])
+        produces = out.name if out is not None else f"{fields[desc.OUTPUT]:#x}"
+        lines.append(f"{k:4d}  {desc.MNEMONIC:<11} {desc.UNIT:<9} {shape} | {consts} | "
+                     f"{addrs} -> {produces}@{fields[desc.OUTPUT]:#x}")
+    return "\n".join(lines) + "\n"
+
+
+# Files ----------------------------------------------------------------------------------
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_program(program: Program, folder) -> list:
+    """Write the four files of ``program`` into ``folder`` (each atomically); their paths."""
+    from moevit.paths import output_folder, write_atomically
+
+    folder = output_folder(folder, "program folder")
+    binary = program.encode()
+    meta = {"format": LAYOUT_FORMAT, "version": VERSION, "model": program.model,
+            "hw": program.hw.to_dict(), "hw_hash": f"{hw_hash(program.hw):016x}",
+            "layout": program.layout.to_dict(), "tasks": program.tasks,
+            "sha256": {"program.bin": _sha256(binary), "weights.bin": _sha256(program.weights)}}
+    contents = {"program.bin": binary, "weights.bin": program.weights,
+                "layout.json": (json.dumps(meta, indent=1) + "\n").encode(),
+                "program.lst": program.listing().encode()}
+    return [write_atomically(folder / name, lambda partial, data=data: partial.write_bytes(data),
+                             name) for name, data in contents.items()]
+
+
+def _read(folder, name):
+    path = Path(folder) / name
+    if not path.is_file():
+        raise ProgramError(f"Program folder {folder} has no {name}")
+    return path.read_bytes()
+
+
+def read_program(folder) -> Program:
+    """The program written by :func:`write_program` into ``folder``, every file checked.
+
+    Raises
+    ------
+    ProgramError
+        A file missing, corrupt or not matching the others.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ProgramError(f"Program folder {folder} does not exist")
+    try:
+        meta = json.loads(_read(folder, "layout.json").decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ProgramError(f"{folder}/layout.json is not valid JSON: {error}") from None
+    if not isinstance(meta, dict) or meta.get("format") != LAYOUT_FORMAT:
+        raise ProgramError(f"{folder}/layout.json is not a moevit program layout")
+    if meta.get("version") != VERSION:
+        raise ProgramError(f"{folder}/layout.json has format version {meta.get('version')!r}; "
+                           f"this moevit reads version {VERSION}")
+    try:
+        hw = HwConfig.from_dict(meta["hw"])
+        layout = Layout.from_dict(meta["layout"])
+        tasks, model, sums = list(meta["tasks"]), dict(meta["model"]), dict(meta["sha256"])
+    except (KeyError, TypeError, ValueError, ConfigError) as error:
+        raise ProgramError(f"{folder}/layout.json is malformed: {error}") from None
+    if layout.size != meta["layout"].get("size"):
+        raise ProgramError(f"{folder}/layout.json says the image has {meta['layout'].get('size')} "
+                           f"bytes; its regions end at {layout.size}")
+    binary, weights = _read(folder, "program.bin"), _read(folder, "weights.bin")
+    for name, data in (("program.bin", binary), ("weights.bin", weights)):
+        if _sha256(data) != sums.get(name):
+            raise ProgramError(f"{folder}/{name} does not match layout.json (SHA-256 differs): "
+                               f"changed, damaged, or from another compilation")
+    instructions, header = decode(binary, hw, f"{folder}/program.bin")
+    if header["memory_bytes"] != layout.size or header["tasks"] != len(tasks) \
+            or header["bus_bits"] != layout.bus_bits:
+        raise ProgramError(f"{folder}/program.bin does not match layout.json (memory size, "
+                           f"tasks or bus width differ)")
+    return Program(hw, instructions, layout, weights, tasks, model)

@@ -26,7 +26,8 @@ def make_op(desc, logits, expert_out, expected: MoeReference = None) -> dict:
     expected = expected or moe_reference(desc, logits, expert_out)
     order = sorted(expected.tokens)
     entries = desc.tokens * desc.top_k
-    return {"desc": desc, "streams": moe_streams(desc, logits, expert_out, order),
+    return {"desc": desc, "logits": logits, "expert_out": expert_out,
+            "streams": moe_streams(desc, logits, expert_out, order),
             "beats": {"lists": len(order) + entries, "y": desc.out_tiles * desc.tokens},
             "expected": expected}
 
@@ -76,13 +77,13 @@ def random_logits(rng, tokens, experts):
     return logits.astype(np.int8)
 
 
-def random_op(hw, rng, *, tokens=None) -> dict:
+def random_op(hw, rng, *, tokens=None, dim=None) -> dict:
     """A random operation within ``hw``: shape, gate rule, constants (the
     extremes of their ranges some of the time), logits, fc2 outputs."""
     experts = int(rng.integers(1, hw.cols + 1))
     top_k = int(rng.integers(1, experts + 1))
     tokens = tokens or int(rng.integers(1, hw.max_tokens + 1))
-    dim = int(rng.integers(1, hw.max_in + 1))
+    dim = dim or int(rng.integers(1, hw.max_in + 1))
     sm_mult, sm_shift = intops.softmax_constants(float(rng.choice([0.004, 0.02, 0.1, 0.3])))
     if rng.random() < 0.2:
         sm_mult, sm_shift = int(rng.choice([1, 2**15 - 1])), int(rng.choice([1, 47]))

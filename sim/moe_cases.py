@@ -15,7 +15,7 @@ from moevit.hw.config import HwConfig
 from moevit.hw.units.moe import (MoeDescriptor, MoeReference, decode_lists, moe_reference,
                                  moe_streams)
 from moevit.model.integer import intops
-from moevit.sim.streams import PAUSE_KINDS, unpack
+from moevit.sim.streams import PAUSE_KINDS
 
 __all__ = ["make_op", "golden_ops", "random_hw", "random_logits", "random_op", "random_run",
            "run_moe", "check_runs"]

@@ -55,10 +55,13 @@ def test_descriptor_packs_and_unpacks():
 
 
 @pytest.mark.parametrize("changes, message", [
-    (dict(tokens=129), r"MoE descriptor tokens must be an integer in \[1, 128\], not 129"),
-    (dict(experts=17), r"MoE descriptor experts must be an integer in \[1, 16\], not 17"),
+    (dict(tokens=129), r"MoE descriptor tokens 129 exceeds the 128 token lists of hardware 'tiny'"),
+    (dict(tokens=0), r"MoE descriptor tokens must be an integer in \[1, 128\], not 0"),
+    (dict(experts=17), r"MoE descriptor experts 17 exceeds the 16 lanes of a gate beat of "
+                       r"hardware 'tiny'"),
     (dict(top_k=9), r"MoE descriptor top-k must be an integer in \[1, 8\], not 9"),
-    (dict(dim=257), r"MoE descriptor output width must be an integer in \[1, 256\], not 257"),
+    (dict(dim=257), r"MoE descriptor output width 257 exceeds the 256 accumulator features of "
+                    r"hardware 'tiny'"),
     (dict(sm_mult=0), r"MoE descriptor gate softmax multiplier must be an integer in "
                       r"\[1, 32767\], not 0"),
     (dict(out_shift=48), r"MoE descriptor combine shift must be an integer in \[1, 47\], not 48"),

@@ -66,7 +66,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from moevit.hw.config import HwConfig
-from moevit.hw.program.descriptor import (Descriptor, DescriptorError, _check_range, packed)
+from moevit.hw.program.descriptor import Descriptor, DescriptorError, _check_range, packed
 from moevit.hw.units import intexpr
 from moevit.hw.units.linear import output_layout
 from moevit.hw.units.softmax import PROB_WIDTH, Softmax
@@ -111,10 +111,16 @@ class MoeDescriptor(Descriptor):
 
     def validate(self):
         hw = self.hw
-        _check_range("MoE descriptor tokens", self.tokens, 1, hw.max_tokens)
-        _check_range("MoE descriptor experts", self.experts, 1, hw.cols)
+        for what, value, limit, where in (
+                ("tokens", self.tokens, hw.max_tokens, "token lists"),
+                ("experts", self.experts, hw.cols, "lanes of a gate beat"),
+                ("output width", self.dim, hw.max_in, "accumulator features")):
+            if isinstance(value, int) and not isinstance(value, bool) and value > limit:
+                raise DescriptorError(
+                    f"MoE descriptor {what} {value} exceeds the {limit} {where} of hardware "
+                    f"{hw.name!r}")
+            _check_range(f"MoE descriptor {what}", value, 1, limit)
         _check_range("MoE descriptor top-k", self.top_k, 1, self.experts)
-        _check_range("MoE descriptor output width", self.dim, 1, hw.max_in)
         _check_range("MoE descriptor gate softmax multiplier", self.sm_mult, 1, 2**15 - 1)
         _check_range("MoE descriptor gate softmax shift", self.sm_shift, 1, 47)
         _check_range("MoE descriptor combine multiplier", self.out_mult, 1, 2**15 - 1)
@@ -180,8 +186,9 @@ class MoeError(enum.Enum, shape=2):
 
 
 def list_layout(lanes: int, max_tokens: int):
-    """A ``lists`` beat: a header (``expert``, ``count``) or an entry (``token``,
-    ``weight`` in Q0.15); ``last`` on the operation's final beat."""
+    """A ``lists`` beat: a header (``expert``, ``count``) or one of that expert's
+    entries (``token``, ``weight`` in Q0.15; ``expert`` repeated); ``last`` on the
+    operation's final beat."""
     return data.StructLayout({
         "header": unsigned(1),
         "expert": range(lanes),

@@ -77,11 +77,13 @@ def random_logits(rng, tokens, experts):
     return logits.astype(np.int8)
 
 
-def random_op(hw, rng, *, tokens=None, dim=None) -> dict:
-    """A random operation within ``hw``: shape, gate rule, constants (the
-    extremes of their ranges some of the time), logits, fc2 outputs."""
-    experts = int(rng.integers(1, hw.cols + 1))
-    top_k = int(rng.integers(1, experts + 1))
+def random_op(hw, rng, *, tokens=None, dim=None, experts=None, top_k=None) -> dict:
+    """A random operation within ``hw``: shape (the sizes not given), gate rule
+    (vmoe when ``experts`` and ``top_k`` are given, the anchors' rule), constants
+    (the extremes of their ranges some of the time), logits, fc2 outputs."""
+    renorm = int(rng.integers(2)) if experts is None else 0
+    experts = experts or int(rng.integers(1, hw.cols + 1))
+    top_k = top_k or int(rng.integers(1, experts + 1))
     tokens = tokens or int(rng.integers(1, hw.max_tokens + 1))
     dim = dim or int(rng.integers(1, hw.max_in + 1))
     sm_mult, sm_shift = intops.softmax_constants(float(rng.choice([0.004, 0.02, 0.1, 0.3])))
@@ -92,7 +94,7 @@ def random_op(hw, rng, *, tokens=None, dim=None) -> dict:
     if rng.random() < 0.2:
         out_mult, out_shift = int(rng.choice([1, 2**15 - 1])), int(rng.choice([1, 47]))
     desc = MoeDescriptor(hw, tokens=tokens, experts=experts, top_k=top_k,
-                         renorm=int(rng.integers(2)), dim=dim, sm_mult=int(sm_mult),
+                         renorm=renorm, dim=dim, sm_mult=int(sm_mult),
                          sm_shift=int(sm_shift), out_mult=out_mult, out_shift=out_shift)
     logits = random_logits(rng, tokens, experts)
     top = intops.topk(logits, top_k)

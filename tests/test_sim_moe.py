@@ -10,7 +10,8 @@ must take :meth:`MoeDescriptor.expected_cycles` exactly.
 
 Fast (``make test``, Icarus): every MoE layer and task of the untrained
 ``tiny`` model back to back, one random design point, the bad descriptors
-(random operations, random gaps and back-pressure). Slow (``make sim``, ``$SIM``): the trained
+(random operations, random gaps and back-pressure). Slow: also the anchors'
+layer shapes (``edge-moe``, ``m3vit-s``) on their default hardware. Slow (``make sim``, ``$SIM``): the trained
 ``tiny`` model, ``MOEVIT_MOE_POINTS`` random design points (default 12) of
 four runs each. Replay one with ``MOEVIT_MOE_SEED=<seed>`` (the seed is in the
 test id and in every failure message).
@@ -85,6 +86,27 @@ def test_random_design_points(seed):
     hw, runs = design_point(seed, runs=4)
     print(f"seed {seed}: {hw}")
     _simulate(hw, runs, f"moe-random-many-{seed}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["edge-moe", "m3vit-s"])
+def test_default_arrays(name):
+    """The anchors' MoE layer shapes (tokens, experts, top-k, width, gate rule) on their
+    default hardware, random logits and expert outputs: timed, then with pauses."""
+    from moevit.model.config import get_config
+
+    config, hw = get_config(name), DEFAULT_HW[name]
+    rng = np.random.default_rng(sum(map(ord, name)))
+
+    def layer():
+        op = random_op(hw, rng, tokens=config.tokens, dim=config.dim, experts=config.experts,
+                       top_k=config.top_k)
+        assert op["desc"].renorm == (config.gate == "renorm")
+        return op
+
+    runs = [dict(ops=[layer()]), dict(ops=[layer(), layer()], gaps="random", stall="random",
+                                      seed=3)]
+    _simulate(hw, runs, f"moe-default-{name}")
 
 
 def test_bad_descriptors_are_skipped_and_flagged():

@@ -48,6 +48,16 @@ Streams (``amaranth.lib.stream``, valid/ready):
     ``out_tiles * tokens`` beats, beat ``(ot, t)`` holds ``out[t, ot*cols + c]``
     in lane ``c`` (lanes past ``dim`` are 0).
 
+What the sequencer does around the unit, per MoE layer ``i`` of task ``t``:
+send the descriptor (:meth:`MoeDescriptor.for_layer`); run the task's gate
+(``blocks.{i}.mlp.gates.{t}``) on the linear kernel with its output on
+``logits``; then, for each header ``(e, n)`` on ``lists``, fetch expert ``e``'s
+weights once, gather the ``n`` listed tokens' rows of ``blocks.{i}.norm2.out``
+as fc1's input (``n`` tokens), run fc1 (fused GELU) and fc2 on the linear
+kernel, fc2's output on ``fc2``. The unit's ``y`` is ``blocks.{i}.mlp.out``, the
+input of ``add2``. The weights on ``lists`` are for the record: the unit
+keeps its own copy for the combine.
+
 A descriptor that breaks a rule of the unit is taken and skipped (no other
 stream moves) and ``error`` holds its :class:`MoeError` until the next one is
 taken. ``busy`` is high from a descriptor's acceptance to its operation's last

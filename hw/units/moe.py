@@ -170,8 +170,10 @@ class MoeDescriptor(Descriptor):
         without gaps and drained without back-pressure.
 
         ``experts_used``: experts at least one token selected (default: all, or
-        ``tokens * top_k`` if fewer); the list stream spends a cycle on each
-        expert that no token selected.
+        ``tokens * top_k`` if fewer), each a header beat on ``lists``. Experts no
+        token selected cost no cycle (a priority encoder finds the next listed
+        one). The gate stage takes the tokens one at a time (:meth:`token_cycles`);
+        the lists stream, and the combine and emit, follow it.
         """
         used = min(self.experts, self.tokens * self.top_k) if experts_used is None \
             else experts_used

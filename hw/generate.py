@@ -28,6 +28,7 @@ UNITS = {
     "softmax": "moevit.hw.units.softmax:Softmax.from_config",
     "gelu": "moevit.hw.units.gelu:Gelu.from_config",
     "layernorm": "moevit.hw.units.layernorm:LayerNorm.from_config",
+    "moe": "moevit.hw.units.moe:MoeUnit.from_config",
 }
 
 

@@ -26,7 +26,7 @@ from moevit.errors import ConfigError
 from moevit.hw.config import HwConfig
 
 __all__ = ["DescriptorError", "Descriptor", "LinearDescriptor", "AttentionDescriptor",
-           "LayerNormDescriptor", "Fault", "FAULT_WIDTH", "fault_code",
+           "LayerNormDescriptor", "MoeDescriptor", "Fault", "FAULT_WIDTH", "fault_code",
            "shift_out_of_range", "packed", "OPCODE_WIDTH", "WORD_WIDTH"]
 
 OPCODE_WIDTH = 8
@@ -557,3 +557,104 @@ class LayerNormDescriptor(Descriptor):
 
         return layernorm_cycles(self.tokens, self.dim) + (RESTART_CYCLES if following else 0)
 
+
+@dataclass(frozen=True)
+class MoeDescriptor(Descriptor):
+    """One MoE layer on the MoE unit (:mod:`moevit.hw.units.moe`).
+
+    ``tokens`` tokens each select ``top_k`` of ``experts`` experts; the gate
+    weights follow ``intops.softmax`` with ``(sm_mult, sm_shift)`` over all the
+    logits (``renorm = 0``, the V-MoE rule) or over the selected ones
+    (``renorm = 1``); the experts' outputs, ``dim`` wide, are combined and
+    requantized with ``(out_mult, out_shift)``.
+
+    Raises
+    ------
+    DescriptorError
+        When a size exceeds the unit of ``hw`` (``experts`` above the kernel's
+        ``cols`` lanes, ``tokens`` above ``max_tokens``, ``dim`` above
+        ``max_in``), ``top_k`` is not in ``1..experts``, or a constant is out
+        of its range.
+    """
+
+    OPCODE = 10  # after the instruction set's 1..9 (hw/program/isa.py)
+
+    tokens: int = packed(16, doc="tokens (gate beats)", default=1)
+    experts: int = packed(8, doc="experts E (gate logits per token)", default=1)
+    top_k: int = packed(8, doc="experts selected per token", default=1)
+    renorm: int = packed(1, doc="gate rule: 0 vmoe (softmax over all E), 1 renorm (over k)",
+                         default=0)
+    dim: int = packed(16, doc="width of an expert's output", default=1)
+    out_tiles: int = packed(16, derived=True, doc="ceil(dim / hw.cols)")
+    sm_mult: int = packed(15, doc="gate softmax multiplier (intops.softmax)", default=1)
+    sm_shift: int = packed(6, doc="gate softmax shift", default=1)
+    out_mult: int = packed(15, doc="combine requantize multiplier", default=1)
+    out_shift: int = packed(6, doc="combine requantize shift", default=1)
+
+    def validate(self):
+        hw = self.hw
+        for what, value, limit, where in (
+                ("tokens", self.tokens, hw.max_tokens, "token lists"),
+                ("experts", self.experts, hw.cols, "lanes of a gate beat"),
+                ("output width", self.dim, hw.max_in, "accumulator features")):
+            if isinstance(value, int) and not isinstance(value, bool) and value > limit:
+                raise DescriptorError(
+                    f"MoE descriptor {what} {value} exceeds the {limit} {where} of hardware "
+                    f"{hw.name!r}")
+            _check_range(f"MoE descriptor {what}", value, 1, limit)
+        _check_range("MoE descriptor top-k", self.top_k, 1, self.experts)
+        _check_range("MoE descriptor gate softmax multiplier", self.sm_mult, 1, 2**15 - 1)
+        _check_range("MoE descriptor gate softmax shift", self.sm_shift, 1, 47)
+        _check_range("MoE descriptor combine multiplier", self.out_mult, 1, 2**15 - 1)
+        _check_range("MoE descriptor combine shift", self.out_shift, 1, 47)
+        self._set("out_tiles", -(-self.dim // hw.cols))
+
+    @classmethod
+    def for_layer(cls, hw, qmodel, block, task, tokens=None):
+        """The descriptor of MoE block ``block`` of a quantized model for ``task``."""
+        config = qmodel.config
+        sm_mult, sm_shift = (int(v) for v in qmodel[f"blocks.{block}.mlp.gate.softmax"][task])
+        out_mult, out_shift = (int(v) for v in qmodel[f"blocks.{block}.mlp.combine"])
+        return cls(hw, tokens=config.tokens if tokens is None else tokens,
+                   experts=config.experts, top_k=config.top_k,
+                   renorm=int(config.gate == "renorm"), dim=config.dim, sm_mult=sm_mult,
+                   sm_shift=sm_shift, out_mult=out_mult, out_shift=out_shift)
+
+    # Cost -------------------------------------------------------------------
+    # Latencies of the unit (checked against simulation in tests/test_sim_moe.py):
+    # the softmax unit, idle, from a row's last score taken to its last probability
+    # taken, takes SOFTMAX_BASE + 2 * row length cycles: the exp pipeline reads the
+    # row after it is in (row + 7), the 41-bit restoring divider (43), the emit
+    # stage (row + 3).
+    SOFTMAX_BASE = 53
+    COMBINE_LATENCY = 3   # fc2 beat taken -> its sum written (list read, acc read, write)
+
+    def token_cycles(self) -> int:
+        """Cycles of one token in the gate stage: its beat, the walk over the E
+        logits, (renorm: the k selected into the softmax), the softmax, the k list
+        writes."""
+        row = self.top_k if self.renorm else self.experts
+        feed = self.top_k if self.renorm else 0
+        return 1 + self.experts + feed + self.SOFTMAX_BASE + 2 * row + self.top_k
+
+    def expected_cycles(self, experts_used=None) -> int:
+        """Cycles from the descriptor's acceptance to the operation's last beat, fed
+        without gaps and drained without back-pressure.
+
+        ``experts_used``: experts at least one token selected (default: all, or
+        ``tokens * top_k`` if fewer), each a header beat on ``lists``. Experts no
+        token selected cost no cycle (a priority encoder finds the next listed
+        one). The gate stage takes the tokens one at a time (:meth:`token_cycles`);
+        the lists stream, and the combine and emit, follow it.
+        """
+        used = min(self.experts, self.tokens * self.top_k) if experts_used is None \
+            else experts_used
+        entries = self.tokens * self.top_k
+        gate_end = self.tokens * self.token_cycles()
+        # Lists: a header per listed expert, one beat per entry, the output register.
+        lists_end = gate_end + used + entries + 1
+        # Combine: one fc2 beat per cycle, then its pipeline; emit: one beat per cycle
+        # after the memory read and the output register.
+        combine_end = gate_end + entries * self.out_tiles + self.COMBINE_LATENCY
+        emit_end = combine_end + self.tokens * self.out_tiles + 1
+        return max(lists_end, emit_end)

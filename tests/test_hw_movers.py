@@ -8,7 +8,7 @@ import pytest
 from amaranth.lib import stream, wiring
 
 from moevit.hw.top.movers import (AXI4ReadSignature, AXI4WriteSignature, MAX_BURST, PAGE_BYTES,
-                                  MemoryPort, ReadMover, WriteMover, beat_layout, bursts,
+                                  MemoryPort, ReadMover, Repack, WriteMover, beat_layout, bursts,
                                   read_cycles, request_layout, write_cycles)
 
 
@@ -85,3 +85,69 @@ def test_memory_port_has_vitis_names():
     assert ports == expected
     with pytest.raises(TypeError, match=r"^Port name must be an identifier, not 'a b'$"):
         MemoryPort("a b")
+
+
+def _repack(in_bytes, out_bytes, requests, rng):
+    """Simulate :class:`Repack` (Amaranth's simulator) on ``requests`` (lists of bytes)
+    with random gaps and back-pressure; returns the output beats (data, last, bytes)."""
+    from amaranth.sim import Simulator
+
+    dut = Repack(in_bytes, out_bytes)
+    beats = []
+    for payload in requests:
+        chunks = [payload[k:k + in_bytes] for k in range(0, len(payload), in_bytes)]
+        for k, chunk in enumerate(chunks):
+            # Lanes past `bytes` hold garbage: the unit must ignore them.
+            raw = bytes(chunk) + bytes(rng.integers(0, 256, in_bytes - len(chunk), dtype=np.uint8))
+            beats.append((int.from_bytes(raw, "little"), k == len(chunks) - 1, len(chunk)))
+    total = sum(-(-len(p) // out_bytes) for p in requests)
+    out = []
+
+    async def source(ctx):
+        for value, last, count in beats:
+            while rng.random() < 0.3:
+                await ctx.tick()
+            ctx.set(dut.i.payload, {"data": value, "last": last, "bytes": count})
+            ctx.set(dut.i.valid, 1)
+            await ctx.tick().until(dut.i.ready)
+            ctx.set(dut.i.valid, 0)
+
+    async def sink(ctx):
+        while len(out) < total:
+            ready = rng.random() < 0.7
+            ctx.set(dut.o.ready, ready)
+            await ctx.delay(0)
+            *_, valid, payload = await ctx.tick().sample(dut.o.valid, dut.o.payload)
+            if ready and valid:
+                out.append((int(payload.data), int(payload.last), int(payload.bytes)))
+        for _ in range(5):
+            await ctx.tick()
+            assert not ctx.get(dut.o.valid), "a beat after the last one"
+        assert not ctx.get(dut.busy)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(source)
+    sim.add_testbench(sink)
+    sim.run()
+    return out
+
+
+@pytest.mark.parametrize("in_bytes, out_bytes", [(16, 12), (16, 16), (64, 48), (8, 20), (5, 3)])
+def test_repack_keeps_every_byte(in_bytes, out_bytes):
+    """Requests of random lengths re-packed: every byte in order, ``last`` and ``bytes``
+    on each request's final beat, zero lanes past it."""
+    rng = np.random.default_rng(in_bytes * 100 + out_bytes)
+    requests = [bytes(rng.integers(0, 256, int(rng.integers(1, 200)), dtype=np.uint8))
+                for _ in range(12)]
+    out = _repack(in_bytes, out_bytes, requests, rng)
+    k = 0
+    for r, payload in enumerate(requests):
+        n = -(-len(payload) // out_bytes)
+        mine = out[k:k + n]
+        k += n
+        assert [last for _, last, _ in mine] == [0] * (n - 1) + [1], f"request {r}"
+        tail = len(payload) - (n - 1) * out_bytes
+        assert [count for _, _, count in mine] == [out_bytes] * (n - 1) + [tail], f"request {r}"
+        raw = b"".join(value.to_bytes(out_bytes, "little") for value, _, _ in mine)
+        assert raw[:len(payload)] == payload and not any(raw[len(payload):]), f"request {r}"

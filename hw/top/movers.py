@@ -7,7 +7,8 @@ the bursts into streams, and back:
 :class:`ReadMover`
     takes requests on ``req``, reads them with AR bursts and streams the
     bytes out on ``data``, one beat of the bus width at a time, ``last`` on a
-    request's final beat;
+    request's final beat (:class:`Repack` re-packs them to the lanes a unit
+    takes);
 :class:`WriteMover`
     takes requests on ``req`` and their bytes on ``data``, writes them with
     AW/W bursts (byte strobes for a ragged tail) and waits for every B.
@@ -54,7 +55,7 @@ from amaranth.lib.wiring import In, Out
 __all__ = ["MoverError", "AxiResp", "ADDR_WIDTH", "PAGE_BYTES", "MAX_BURST", "DATA_WIDTHS",
            "AXI4ReadSignature", "AXI4WriteSignature", "request_layout", "beat_layout",
            "burst_layout", "BurstSplitter", "ReadMover", "WriteMover", "bursts",
-           "read_cycles", "write_cycles", "axi_members", "connect_flat", "MemoryPort"]
+           "read_cycles", "write_cycles", "axi_members", "connect_flat", "MemoryPort", "Repack"]
 
 ADDR_WIDTH = 64
 PAGE_BYTES = 4096     # no INCR burst crosses this boundary (AXI4)
@@ -153,9 +154,12 @@ def request_layout(length_width=32):
 
 
 def beat_layout(data_width):
-    """A beat of the read mover's output: ``data`` (lane ``k`` in bits ``8k..``) and
-    the request's ``last`` beat."""
-    return data.StructLayout({"data": unsigned(data_width), "last": unsigned(1)})
+    """A beat of the read mover's output: ``data`` (lane ``k`` in bits ``8k..``), the
+    request's ``last`` beat, and ``bytes``: how many lanes hold the request's bytes
+    (all of them but on a ragged last beat)."""
+    nbytes = data_width // 8
+    return data.StructLayout({"data": unsigned(data_width), "last": unsigned(1),
+                              "bytes": range(1, nbytes + 1)})
 
 
 def burst_layout(data_width):
@@ -412,6 +416,7 @@ class ReadMover(_Mover):
         m.d.comb += [
             self.data.valid.eq(axi.rvalid & forward),
             self.data.payload.last.eq(request_end),
+            self.data.payload.bytes.eq(Mux(request_end & (info.tail != 0), info.tail, nbytes)),
             self.data.payload.data.eq(Cat(*[
                 Mux(~request_end | mask[k], axi.rdata[8 * k:8 * k + 8], 0)
                 for k in range(nbytes)])),
@@ -517,6 +522,87 @@ class WriteMover(_Mover):
         self._report(m, split, fail, _resp_error(axi.bresp))
 
         m.d.comb += self.busy.eq(split.busy | beats.r_rdy | flight.r_rdy)
+        return m
+
+
+class Repack(wiring.Component):
+    """Re-packs a byte stream from beats of ``in_bytes`` to beats of ``out_bytes``
+    (the read mover's bus beats to the ``cols`` int8 lanes of the linear kernel's
+    weights, say), either way and in any ratio.
+
+    Bytes keep their order: an input beat holds ``bytes`` of them in its low
+    lanes; each output beat is ``out_bytes`` of them, the one with a request's
+    final byte has ``last`` (its lanes past that byte are 0). Throughput is one
+    output beat a cycle when ``in_bytes >= out_bytes``, one input beat a cycle
+    otherwise.
+
+    Parameters
+    ----------
+    in_bytes, out_bytes : int
+        Lanes of a beat in and out.
+
+    Attributes
+    ----------
+    i : In(stream.Signature(beat_layout(8 * in_bytes)))
+    o : Out(stream.Signature(beat_layout(8 * out_bytes)))
+    busy : Out(1)
+        Bytes are held.
+    """
+
+    def __init__(self, in_bytes, out_bytes):
+        for what, value in (("Input", in_bytes), ("Output", out_bytes)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                self._MustUse__silence = True
+                raise TypeError(f"{what} bytes must be a positive integer, not {value!r}")
+        self._in, self._out = in_bytes, out_bytes
+        super().__init__({
+            "i": In(stream.Signature(beat_layout(8 * in_bytes))),
+            "o": Out(stream.Signature(beat_layout(8 * out_bytes))),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        n_in, n_out = self._in, self._out
+        size = n_in + n_out - 1                    # the most bytes held
+        held = Signal(size * 8)
+        level = Signal(range(size + 1))
+        ending = Signal()                          # the request's last byte is held
+
+        # Out: a full beat, or what is left of the request (zero-padded).
+        full = Signal()
+        m.d.comb += full.eq(level >= n_out)
+        final = Signal()
+        m.d.comb += final.eq(ending & (level <= n_out))
+        m.d.comb += [
+            self.o.valid.eq(full | (ending & (level != 0))),
+            self.o.payload.data.eq(held[:8 * n_out]),
+            self.o.payload.last.eq(final),
+            self.o.payload.bytes.eq(Mux(final, level, n_out)),
+        ]
+        taken = Signal()
+        m.d.comb += taken.eq(self.o.valid & self.o.ready)
+        kept = Signal(size * 8)
+        kept_level = Signal(range(size + 1))
+        m.d.comb += [kept.eq(Mux(taken, held >> (8 * n_out), held)),
+                     kept_level.eq(Mux(taken, Mux(final, 0, level - n_out), level))]
+
+        # In: when the bytes held after this cycle's output leave room for a beat.
+        m.d.comb += self.i.ready.eq(~ending & (kept_level < n_out))
+        got = Signal()
+        m.d.comb += got.eq(self.i.valid & self.i.ready)
+        fresh = Signal(n_in * 8)
+        mask = Cat(*[Mux(k < self.i.payload.bytes, 0xFF, 0x00) for k in range(n_in)])
+        m.d.comb += fresh.eq(self.i.payload.data[:8 * n_in] & mask)
+        with m.If(got):
+            m.d.sync += [held.eq(kept | (fresh << (kept_level * 8))[:size * 8]),
+                         level.eq(kept_level + self.i.payload.bytes),
+                         ending.eq(self.i.payload.last)]
+        with m.Else():
+            m.d.sync += [held.eq(kept), level.eq(kept_level)]
+            with m.If(taken & final):
+                m.d.sync += ending.eq(0)
+        m.d.comb += self.busy.eq(level != 0)
         return m
 
 

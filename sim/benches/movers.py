@@ -379,9 +379,13 @@ if cocotb is not None:
                 n = -(-length // self.nbytes)
                 mine = beats[k:k + n]
                 k += n
-                lasts = [b >> self.width for b in mine]
+                lasts = [(b >> self.width) & 1 for b in mine]
                 assert lasts == [0] * (n - 1) + [1], (
                     f"{where} read {r} ({addr:#x}+{length}): last flags {lasts}")
+                counts = [b >> (self.width + 1) for b in mine]
+                tail = length - (n - 1) * self.nbytes
+                assert counts == [self.nbytes] * (n - 1) + [tail], (
+                    f"{where} read {r} ({addr:#x}+{length}): bytes fields {counts}")
                 raw = b"".join((b & mask).to_bytes(self.nbytes, "little") for b in mine)
                 assert raw[length:] == bytes(len(raw) - length), (
                     f"{where} read {r}: lanes past the end are not 0")
@@ -476,7 +480,7 @@ if cocotb is not None:
                     want = self._expected_read(image, request)
                     mask = (1 << self.width) - 1
                     raw = b"".join((b & mask).to_bytes(self.nbytes, "little") for b in beats)
-                    assert all(b >> self.width == 0 for b in beats), f"{where}: a last beat"
+                    assert all((b >> self.width) & 1 == 0 for b in beats), f"{where}: a last beat"
                     self._compare(raw, want[:len(raw)], where)
                     self._expect_failures("rd", 1, [MoverError[kind]], where)
                     outcome["read"].append(kind)

@@ -301,6 +301,7 @@ if cocotb is not None:
             for name, channel in self._channels().items():
                 if run["memory"] == "none":
                     channel.set_pause_generator(None)
+                    channel.pause = False   # the generator may have stopped in a pause
                 else:
                     channel.set_pause_generator(pauses(
                         run["memory"], seed=run["seed"], stream=f"mem.{name}",

@@ -67,8 +67,16 @@ def design_point(seed, runs=4, max_length=6000):
         region += count
         return made
 
-    specs.append(run_spec(reads=requests(), seed=int(rng.integers(2**31))))
-    specs.append(run_spec(writes=requests(), seed=int(rng.integers(2**31))))
+    def crossing():
+        """A request from a few beats below a 4 KiB boundary across it."""
+        nonlocal region
+        region += 1
+        below = int(rng.integers(1, 4)) * nbytes
+        addr = (region + 1) << 24 | int(rng.integers(1, 4096)) << 12
+        return [(addr - below, below + int(rng.integers(1, max_length + 1)))]
+
+    specs.append(run_spec(reads=crossing() + requests(), seed=int(rng.integers(2**31))))
+    specs.append(run_spec(writes=requests() + crossing(), seed=int(rng.integers(2**31))))
     for _ in range(runs - 2):
         top = bool(rng.integers(2))    # the reads' or the writes' top region
         specs.append(run_spec(reads=requests(top), writes=requests(not top),

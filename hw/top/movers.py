@@ -333,8 +333,10 @@ class _Mover(wiring.Component):
 
     def _report(self, m, split, fail, code):
         """``error`` and ``failures`` from the splitter's rejections and ``fail``
-        (a request failed now, with ``code``)."""
-        rejected = split.reject != MoverError.NONE
+        (a request failed now, with ``code``). Returns the signal that a rejection
+        is being counted (part of ``busy``: the count lands as ``busy`` falls)."""
+        rejected = Signal()
+        m.d.comb += rejected.eq(split.reject != MoverError.NONE)
         m.d.sync += self.failures.eq(self.failures + rejected + fail)
         with m.If(split.taken):
             m.d.sync += self.error.eq(MoverError.NONE)
@@ -342,6 +344,7 @@ class _Mover(wiring.Component):
             m.d.sync += self.error.eq(split.reject)
         with m.If(fail):
             m.d.sync += self.error.eq(code)
+        return rejected
 
 
 class ReadMover(_Mover):
@@ -431,9 +434,9 @@ class ReadMover(_Mover):
             m.d.sync += dropping.eq(1)
         with m.If(taken & request_end):
             m.d.sync += dropping.eq(0)
-        self._report(m, split, fail, _resp_error(axi.rresp))
+        rejecting = self._report(m, split, fail, _resp_error(axi.rresp))
 
-        m.d.comb += self.busy.eq(split.busy | flight.r_rdy | dropping)
+        m.d.comb += self.busy.eq(split.busy | rejecting | flight.r_rdy | dropping)
         return m
 
 
@@ -519,9 +522,9 @@ class WriteMover(_Mover):
         m.d.comb += fail.eq(axi.bvalid & bad & ~failed)
         with m.If(axi.bvalid):
             m.d.sync += failed.eq(Mux(flight.r_data[0], 0, failed | bad))
-        self._report(m, split, fail, _resp_error(axi.bresp))
+        rejecting = self._report(m, split, fail, _resp_error(axi.bresp))
 
-        m.d.comb += self.busy.eq(split.busy | beats.r_rdy | flight.r_rdy)
+        m.d.comb += self.busy.eq(split.busy | rejecting | beats.r_rdy | flight.r_rdy)
         return m
 
 

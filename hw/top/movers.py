@@ -35,8 +35,11 @@ without a ``last``; the write mover has written the other bursts. Either way
 ``error`` holds the code until the next request is taken, and ``failures``
 counts failed requests (each once); the mover stays usable.
 
-``busy`` is a true idle indication: low only when no request is being split,
-no burst is in flight, no beat is owed. :func:`read_cycles` and
+A request is taken as its predecessor's last burst is issued, while that
+one's data may still be in flight: requests follow each other without a gap
+on the bus. ``busy`` is a true idle indication: low only when no request is
+being split, no burst is in flight, no beat is owed and no failure is still
+being counted. :func:`read_cycles` and
 :func:`write_cycles` are the exact cost models (a memory answering with fixed
 latencies, streams without gaps), checked against simulation in
 ``tests/test_sim_movers.py``.
@@ -44,7 +47,8 @@ latencies, streams without gaps), checked against simulation in
 The AXI ports are records (:class:`AXI4ReadSignature`,
 :class:`AXI4WriteSignature`, the AXI names in lower case); a top that is a
 Vitis RTL kernel flattens them into ``m_axi_<name>_araddr``... with
-:func:`axi_members` and :func:`connect_flat`.
+:func:`axi_members` and :func:`connect_flat`, as :class:`MemoryPort` does (a
+read and a write mover on one ``m_axi`` port).
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
@@ -628,7 +632,7 @@ def _issue_times(requests, data_width):
     Cycle 0 is the first request's acceptance; the requests follow back to back."""
     out, cycle = [], 0
     for r, (addr, length) in enumerate(requests):
-        for addr_k, beats in bursts(addr, length, data_width):
+        for _, beats in bursts(addr, length, data_width):
             cycle += 1
             out.append((beats, cycle, r))
     return out

@@ -116,7 +116,7 @@ if cocotb is not None:
     from cocotbext.axi.axi_channels import AxiARMonitor, AxiAWMonitor, AxiWMonitor
     from cocotbext.axi.constants import AxiResp as Resp
 
-    from moevit.hw.top.movers import MAX_BURST, PAGE_BYTES, MoverError, bursts
+    from moevit.hw.top.movers import MAX_BURST, PAGE_BYTES, MoverError
     from moevit.sim.benches.common import CLOCK_NS, start
     from moevit.sim.streams import StreamSink, StreamSource, pauses
 
@@ -358,8 +358,9 @@ if cocotb is not None:
                 f"{where}: {name} failures counter {got}, expected {self.failures[name]}")
             if codes is not None:
                 code = int(getattr(dut, f"{name}_error").value)
-                assert code in [c.value for c in codes], f"{where}: {name} error {MoverError(code).name}, " \
-                                      f"expected one of {[c.name for c in codes]}"
+                assert code in [c.value for c in codes], (
+                    f"{where}: {name} error {MoverError(code).name}, expected one of "
+                    f"{[c.name for c in codes]}")
 
         def _streams(self, run):
             dut, seed, p = self.dut, run["seed"], run["probability"]

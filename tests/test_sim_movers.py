@@ -7,7 +7,7 @@ every byte compared in full; the cost model exact on runs without pauses;
 SLVERR, DECERR and bad requests reported, the movers usable after them.
 
 Each design point comes from one seed, in the test id; replay one with
-``MOEVIT_MOVERS_SEED=<seed>``.
+``MOEVIT_SEED=<seed>``.
 """
 
 import os
@@ -26,7 +26,7 @@ HIGH = (0, 2**62, 2**63, 2**63 + 2**62)   # the top address bits of a region
 
 
 def _seeds(seeds):
-    replay = os.environ.get("MOEVIT_MOVERS_SEED")
+    replay = os.environ.get("MOEVIT_SEED")
     return [int(replay)] if replay else seeds
 
 

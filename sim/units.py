@@ -305,7 +305,8 @@ def run_attention(hw, q, k, v, consts, *, test_id, simulator=None, gaps="random"
                         simulator=simulator, seed=seed)
     out = np.zeros(q.shape, dtype=np.int8)
     for p, name in enumerate(streams[1]):
-        per_head = np.array(run.beats[name]).reshape(-1, tokens * head_dim // hw.score_lanes)
+        # dtype=object: numpy turns ints in [2**63, 2**64) into float64, losing the low lanes.
+        per_head = np.array(run.beats[name], dtype=object).reshape(-1, tokens * head_dim // hw.score_lanes)
         for n, h in enumerate(range(p, heads, hw.heads_parallel)):
             out[h] = unbeats(per_head[n], (tokens, head_dim), hw.score_lanes)
     return UnitRun(out, run.cycles[0][0], run.seconds)

@@ -41,7 +41,8 @@ class Memory:
 @dataclass(frozen=True)
 class Board:
     """A board's figures (see the module docstring); ``sources`` maps each
-    figure's dotted name (``"memories.0.bandwidth_gbs"``) to its source."""
+    figure's dotted name (``"memories.0.bandwidth_gbs"``) to its source,
+    ``checked`` to where it was confirmed (``None``: not confirmed)."""
 
     name: str
     title: str
@@ -60,6 +61,7 @@ class Board:
     vitis_max: str | None
     host: str
     sources: dict
+    checked: dict
 
     def memory(self, kind: str) -> Memory:
         """The board's first memory of ``kind`` (``"DDR4"``, ``"HBM2"``)."""
@@ -133,6 +135,7 @@ class _Reader:
         self.label = label
         self.data = data
         self.sources = {}
+        self.checked = {}
 
     def fail(self, where, problem):
         raise ConfigError(f"The {self.label}: {where} {problem}")
@@ -156,8 +159,8 @@ class _Reader:
         if checked is not None and (not isinstance(checked, str) or not checked.strip()):
             self.fail(where, "needs 'checked': where the figure was confirmed, or null")
         value = entry["value"]
+        self.sources[where], self.checked[where] = source, checked
         if value is None and nullable:
-            self.sources[where] = source
             return None
         # bool is an int in Python; a board never has True DSPs.
         if isinstance(value, bool) or not isinstance(value, kind):
@@ -169,7 +172,6 @@ class _Reader:
             self.fail(where, f"must be finite, not {value!r}")
         if isinstance(value, str) and not value.strip():
             self.fail(where, "must not be empty")
-        self.sources[where] = source
         return value
 
     def text(self, parent, key, where):
@@ -214,6 +216,7 @@ class _Reader:
             vitis_max=self.figure(data, "vitis_max", "vitis_max", str, nullable=True),
             host=self.figure(data, "host", "host", str),
             sources=self.sources,
+            checked=self.checked,
         )
         if board.host not in HOSTS:
             self.fail("host", f"must be one of {', '.join(HOSTS)}, not {board.host!r}")

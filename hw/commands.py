@@ -159,7 +159,8 @@ def _boards(args):
         for board in boards:
             print(f"{board.name}: {board.title}")
             for figure, source in board.sources.items():
-                print(f"  {figure:<26} {source}")
+                unconfirmed = "" if board.checked[figure] else "  [not confirmed in a public copy]"
+                print(f"  {figure:<26} {source}{unconfirmed}")
         return
     rows = [dict(b.row(), memory_text="  " + ", ".join(f"{m['kind']} {m['bandwidth_gbs']:g} GB/s"
                                                  for m in b.row()["memories"]),

@@ -1,5 +1,5 @@
 """Sub-commands of the hardware area: ``hw generate``, ``hw estimate``, ``hw compile``,
-``hw disassemble``, ``bench linear``, ``bench attention``."""
+``hw disassemble``, ``hw boards``, ``bench linear``, ``bench attention``."""
 
 import json
 
@@ -43,6 +43,14 @@ def register(subparsers):
         "disassemble", help="read a compiled program back and print its listing")
     disassemble.add_argument("folder", help="a folder written by `moevit hw compile`")
     disassemble.set_defaults(handler=_disassemble)
+
+    boards = commands.add_parser(
+        "boards", help="the target boards' resources, memories and tools, with --sources their sources")
+    boards.add_argument("board", nargs="*",
+                        help="board names or board .json files (default: every known board)")
+    boards.add_argument("--sources", action="store_true", help="each figure's source, board by board")
+    boards.add_argument("--json", action="store_true", help="one JSON list of rows")
+    boards.set_defaults(handler=_boards)
 
 
 def register_bench(benches):
@@ -137,6 +145,35 @@ def _disassemble(args):
             print(f"# {region.kind:<8} {region.name:<36} {region.offset:#010x} {region.size:>9} "
                   f"{region.dtype} {tuple(region.shape)}")
     print(program.listing(), end="")
+
+
+def _boards(args):
+    from moevit.hw.bench import print_rows
+    from moevit.hw.boards import BOARDS, get_board
+
+    boards = [get_board(name) for name in args.board or BOARDS]  # every file checked before printing
+    if args.json:
+        print(json.dumps([b.row() for b in boards]))
+        return
+    if args.sources:
+        for board in boards:
+            print(f"{board.name}: {board.title}")
+            for figure, source in board.sources.items():
+                unconfirmed = "" if board.checked[figure] else "  [not confirmed in a public copy]"
+                print(f"  {figure:<26} {source}{unconfirmed}")
+        return
+    rows = [dict(b.row(), memory_text="  " + ", ".join(f"{m['kind']} {m['bandwidth_gbs']:g} GB/s"
+                                                 for m in b.row()["memories"]),
+                 ports_text=f"{b.ports}x{b.port_bits}b", host_text=f"  {b.host}",
+                 platform=b.vitis_platform or "-")
+            for b in boards]
+    print_rows(rows, [("board", "name", "<8", ""), ("part", "part", "<22", ""),
+                      ("DSP", "dsp", ">6", ""), ("LUT", "lut", ">9", ""), ("FF", "ff", ">9", ""),
+                      ("BRAM36", "bram36", ">7", ""), ("URAM", "uram", ">6", ""),
+                      ("  memory (peak)", "memory_text", "<34", ""), ("ports", "ports_text", "<8", ""),
+                      ("MHz", "clock_mhz", ">5", "g"), ("  host", "host_text", "<9", ""),
+                      ("Vitis platform", "platform", "<36", "")],
+               "(whole-device resources; peak memory bandwidth; sources: moevit hw boards --sources)")
 
 
 def _bench_linear(args):

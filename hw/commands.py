@@ -34,8 +34,10 @@ def register(subparsers):
     compile_.add_argument("--hw", default=None,
                           help="hardware instance: a model config's default (default: the "
                                "quantized model's)")
-    compile_.add_argument("--bus-bits", type=int, default=128, choices=(32, 64, 128, 256, 512, 1024),
-                          help="data width of the memory bus in bits (default: 128)")
+    compile_.add_argument("--bus-bits", type=int, default=None,
+                          choices=(32, 64, 128, 256, 512, 1024),
+                          help="data width of the memory bus in bits, replacing the hardware "
+                               "instance's bus_width (default: the instance's)")
     compile_.add_argument("-o", "--output", required=True, help="output folder")
     compile_.set_defaults(handler=_compile)
 
@@ -127,7 +129,7 @@ def _compile(args):
     paths = write_program(program, folder)
     print(f"{len(program.instructions)} instructions for {len(program.tasks)} tasks, "
           f"memory image {program.layout.size} bytes ({len(program.weights)} of weights), "
-          f"hardware {hw.name!r}, bus {args.bus_bits} bits")
+          f"hardware {program.hw.name!r}, bus {program.hw.bus_width} bits")
     for path in paths:
         print(path)
 

@@ -79,6 +79,13 @@ class HwConfig:
     max_head_dim : int
         Widest attention head the key/value buffers hold (a multiple of
         ``score_lanes``).
+    bus_width : int
+        Bits of the data bus of the AXI4 memory port (``m_axi_gmem``): a power
+        of two from 32 to 1024, the widths the memory movers take; 128 for the
+        Zynq UltraScale+ HP ports, 256-512 for HBM. Every DRAM region of a
+        compiled program starts on a bus word.
+    max_outstanding : int
+        Bursts the read mover and the write mover each keep in flight.
 
     Raises
     ------
@@ -103,11 +110,17 @@ class HwConfig:
     score_lanes: int = 8
     kv_depth: int = 256
     max_head_dim: int = 64
+    # Memory port (issue 12 §3) parameters.
+    bus_width: int = 128
+    max_outstanding: int = 4
 
     # Fixed by the numeric contract (moevit.model.integer.intops.requantize).
     BIAS_WIDTH = 32
     MULTIPLIER_WIDTH = 15
     SHIFT_WIDTH = 6
+    # Bus widths the memory movers take (moevit.hw.top.movers.DATA_WIDTHS).
+    MIN_BUS_WIDTH = 32
+    MAX_BUS_WIDTH = 1024
 
     def __post_init__(self):
         for what, name in (
@@ -124,6 +137,8 @@ class HwConfig:
             ("Score lanes", "score_lanes"),
             ("Key/value buffer depth", "kv_depth"),
             ("Attention head width", "max_head_dim"),
+            ("Bus width", "bus_width"),
+            ("Outstanding bursts", "max_outstanding"),
         ):
             check_positive(what, getattr(self, name))
         if isinstance(self.clock_mhz, bool) or not isinstance(self.clock_mhz, (int, float)) \
@@ -145,6 +160,12 @@ class HwConfig:
                 f"Accumulator of {self.acc_width} bits cannot hold {self.max_in} int8 products; "
                 f"needs {needed}"
             )
+        if self.bus_width & (self.bus_width - 1):
+            raise ConfigError(f"Bus width must be a power of two bits, not {self.bus_width}")
+        if not self.MIN_BUS_WIDTH <= self.bus_width <= self.MAX_BUS_WIDTH:
+            raise ConfigError(
+                f"Bus width of {self.bus_width} bits is outside the {self.MIN_BUS_WIDTH} to "
+                f"{self.MAX_BUS_WIDTH} bits the memory movers take")
         if self.max_head_dim % self.score_lanes:
             raise ConfigError(
                 f"Score lanes {self.score_lanes} do not divide the attention head width "
@@ -261,14 +282,17 @@ def _widest_input(model):
 
 # One instance per model config. Rows are chosen so that the token count pads
 # little (tiny: 65 -> 68, edge-moe: 129 -> 136, ViT-S 197 -> 200); columns divide
-# the head width; the input buffer holds the widest layer's input.
+# the head width; the input buffer holds the widest layer's input. All three
+# target the ZCU102/ZCU104 HP ports (128 bits); there a 4 KiB burst is 256 beats,
+# so 4 bursts in flight cover a DDR latency of hundreds of cycles.
 _DEFAULTS = {
     "tiny": dict(name="tiny", rows=4, cols=16, max_tokens=128, max_in=256, post_lanes=4,
-                 out_depth=32),
+                 out_depth=32, bus_width=128, max_outstanding=4),
     "edge-moe": dict(name="edge-moe", rows=8, cols=32, max_tokens=256, max_in=768,
-                     post_lanes=8, out_depth=64),
+                     post_lanes=8, out_depth=64, bus_width=128, max_outstanding=4),
     "m3vit-s": dict(name="m3vit-s", rows=8, cols=32, max_tokens=256, max_in=1536,
-                    post_lanes=8, out_depth=64, kv_depth=1216),
+                    post_lanes=8, out_depth=64, kv_depth=1216, bus_width=128,
+                    max_outstanding=4),
 }
 
 

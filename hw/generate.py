@@ -9,6 +9,13 @@ synthesizes it, :func:`verilog_file` hands it to the simulation runner.
 The Verilog top module of unit ``linear`` for config ``tiny`` is named
 ``moevit_linear`` and lands in ``build/rtl/<config>/moevit_linear.v`` (or the
 folder given).
+
+The ports of the top (``TOP_PORTS``: the control port and the memory port)
+take the names a Vitis RTL kernel needs (``s_axi_control_awaddr``,
+``m_axi_gmem_araddr``, ...): their members are flattened with ``_``
+(:func:`~moevit.hw.top.control.vitis_ports`). With the control port,
+:func:`generate` writes the register map beside the Verilog
+(``moevit_control.json`` and ``moevit_control.h``).
 """
 
 import hashlib
@@ -20,7 +27,7 @@ from moevit.errors import ConfigError
 from moevit.model.integer import intops
 from moevit.paths import build_dir
 
-__all__ = ["UNITS", "build_unit", "module_name", "verilog", "verilog_file", "generate"]
+__all__ = ["UNITS", "TOP_PORTS", "build_unit", "module_name", "verilog", "verilog_file", "generate"]
 
 UNITS = {
     "linear": "moevit.hw.units.linear:LinearKernel.from_config",
@@ -29,7 +36,11 @@ UNITS = {
     "gelu": "moevit.hw.units.gelu:Gelu.from_config",
     "layernorm": "moevit.hw.units.layernorm:LayerNorm.from_config",
     "moe": "moevit.hw.units.moe:MoeUnit.from_config",
+    "control": "moevit.hw.top.control:Control.from_config",
+    "gmem": "moevit.hw.top.movers:MemoryPort.from_config",
 }
+#: Units whose ports face the outside of the Vitis RTL kernel.
+TOP_PORTS = ("control", "gmem")
 
 
 def _factory(unit):
@@ -58,8 +69,11 @@ def verilog(unit: str, hw) -> str:
     """Verilog text of ``unit`` for ``hw`` (top module :func:`module_name`)."""
     from amaranth.back import verilog as amaranth_verilog
 
+    from moevit.hw.top.control import vitis_ports
+
     component = build_unit(unit, hw)
-    return amaranth_verilog.convert(component, name=module_name(unit),
+    ports = vitis_ports(component) if unit in TOP_PORTS else None
+    return amaranth_verilog.convert(component, name=module_name(unit), ports=ports,
                                     emit_src=False, strip_internal_attrs=True)
 
 
@@ -94,10 +108,18 @@ def verilog_file(unit: str, hw, folder=None) -> Path:
 def generate(hw, folder, units=None) -> list:
     """Write the Verilog of ``units`` (default: all) for ``hw`` into ``folder``.
 
-    Also writes ``hw.json`` (the HwConfig) beside them. Returns the paths.
+    Also writes ``hw.json`` (the HwConfig) beside them and, with the control
+    port, the register map (``moevit_control.json``, ``moevit_control.h``).
+    Returns the paths.
     """
+    from moevit.hw.program import regmap
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = [verilog_file(unit, hw, folder) for unit in (units or UNITS)]
+    units = units or list(UNITS)
+    paths = [verilog_file(unit, hw, folder) for unit in units]
+    if "control" in units:
+        # The map Control.from_config builds its registers from.
+        paths += regmap.write(folder, regmap.REGMAP, module_name("control"))
     (folder / "hw.json").write_text(json.dumps(hw.to_dict(), indent=2) + "\n")
     return paths

@@ -43,6 +43,13 @@ def test_round_trips_through_dict():
         ({"max_tokens": 66}, r"^Token buffer depth 66 is not a multiple of the 4 array rows$"),
         ({"post_lanes": 5}, r"^Post-processing lanes 5 do not divide the 16 array columns$"),
         ({"out_depth": 2}, r"^Output FIFO depth 2 cannot take one beat per cycle; at least 3$"),
+        ({"bus_width": 0}, r"^Bus width must be a positive integer, not 0$"),
+        ({"bus_width": 96}, r"^Bus width must be a power of two bits, not 96$"),
+        ({"bus_width": 16}, r"^Bus width of 16 bits is outside the 32 to 1024 bits the memory "
+                            r"movers take$"),
+        ({"bus_width": 2048}, r"^Bus width of 2048 bits is outside the 32 to 1024 bits the "
+                              r"memory movers take$"),
+        ({"max_outstanding": 0}, r"^Outstanding bursts must be a positive integer, not 0$"),
     ],
 )
 def test_bad_parameter_is_a_clear_error(changes, message):
@@ -72,3 +79,19 @@ def test_input_buffer_must_hold_the_widest_layer():
 def test_unknown_model_name():
     with pytest.raises(ConfigError, match=r"^Unknown config 'vit-h'"):
         get_hw_config("vit-h")
+
+
+def test_bus_widths_are_those_the_movers_and_the_layout_take():
+    from moevit.hw.program.layout import BUS_WIDTHS
+    from moevit.hw.top.movers import DATA_WIDTHS
+
+    accepted = []
+    for bits in range(1, 2049):
+        try:
+            accepted.append(HwConfig(bus_width=bits).bus_width)
+        except ConfigError:
+            pass
+    assert tuple(accepted) == DATA_WIDTHS == BUS_WIDTHS
+    # The defaults: the ZCU102/ZCU104 HP ports.
+    assert {(DEFAULT_HW[name].bus_width, DEFAULT_HW[name].max_outstanding)
+            for name in ("tiny", "edge-moe", "m3vit-s")} == {(128, 4)}

@@ -65,3 +65,53 @@ def test_kernel_needs_a_hw_config():
 
 def test_registry_names_verilog_modules():
     assert "linear" in UNITS and module_name("linear") == "moevit_linear"
+
+
+def _module_ports(text, module):
+    """{port: width} of ``module``'s header, from its input/output declarations."""
+    body = text[text.index(f"module {module}("):]
+    body = body[:body.index("endmodule")]
+    return {name: int(msb or 0) + 1 for msb, name in
+            re.findall(r"^\s*(?:input|output)\s+(?:\[(\d+):0\]\s+)?(\w+);", body, re.M)}
+
+
+def test_generate_writes_the_top_ports_with_vitis_names_and_the_register_map(tmp_path, capsys):
+    from moevit.hw.program.regmap import REGMAP, load
+    from moevit.hw.top.control import AxiLiteSignature
+
+    assert main(["hw", "generate", "--config", "tiny", "-o", str(tmp_path), "--unit", "control",
+                 "--unit", "gmem"]) == 0
+    names = ["moevit_control.v", "moevit_gmem.v", "moevit_control.json", "moevit_control.h"]
+    assert capsys.readouterr().out.split() == [str(tmp_path / name) for name in names]
+
+    control = _module_ports((tmp_path / "moevit_control.v").read_text(), "moevit_control")
+    axi_lite = AxiLiteSignature(REGMAP.address_width).members
+    assert {f"s_axi_control_{s}": m.shape for s, m in axi_lite.items()}.items() <= control.items()
+    assert control["interrupt"] == 1
+
+    gmem = _module_ports((tmp_path / "moevit_gmem.v").read_text(), "moevit_gmem")
+    axi = {f"m_axi_gmem_{s}" for s in (
+        "araddr arlen arsize arburst arvalid arready arid rdata rresp rlast rvalid rready rid "
+        "awaddr awlen awsize awburst awvalid awready awid wdata wstrb wlast wvalid wready "
+        "bresp bvalid bready bid").split()}
+    assert axi <= gmem.keys()
+    hw = DEFAULT_HW["tiny"]
+    assert (gmem["m_axi_gmem_araddr"], gmem["m_axi_gmem_rdata"], gmem["m_axi_gmem_wstrb"]) \
+        == (64, hw.bus_width, hw.bus_width // 8)
+    for port in [*control, *gmem]:  # every member flattened with one underscore
+        assert "__" not in port, port
+
+    assert json.loads((tmp_path / "moevit_control.json").read_text()) == REGMAP.to_dict()
+    assert load(tmp_path / "moevit_control.json").to_dict() == REGMAP.to_dict()  # the driver's reader
+    header = (tmp_path / "moevit_control.h").read_text()
+    assert header == REGMAP.c_header()
+
+
+def test_memory_port_follows_the_bus_width(tmp_path):
+    from moevit.hw.generate import generate
+
+    hw = DEFAULT_HW["tiny"].replace(bus_width=512)
+    generate(hw, tmp_path, ["gmem"])
+    gmem = _module_ports((tmp_path / "moevit_gmem.v").read_text(), "moevit_gmem")
+    assert (gmem["m_axi_gmem_rdata"], gmem["m_axi_gmem_wdata"]) == (512, 512)
+    assert json.loads((tmp_path / "hw.json").read_text())["bus_width"] == 512

@@ -66,6 +66,8 @@ def test_layout_disjoint_aligned_and_every_weight_placed(tiny, bus_bits):
     qmodel, _, _ = tiny
     program = compile_program(qmodel, DEFAULT_HW["tiny"], bus_bits=bus_bits)
     layout, hw, q = program.layout, program.hw, qmodel
+    # The bus width is the hardware's: bus_bits replaces it in the program's HwConfig.
+    assert hw == DEFAULT_HW["tiny"].replace(bus_width=bus_bits) and layout.bus_bits == bus_bits
     _regions_disjoint_and_aligned(layout)
     assert [r.kind for r in layout.regions][-3:] == ["input", "output", "program"]
     weights = program.weights
@@ -290,6 +292,9 @@ def test_corrupt_or_mismatched_files_are_rejected(tiny, tmp_path):
              r"layout\.json has format version 9; this moevit reads version 1$")
     rejected("layout.json", original["layout.json"].replace(b'"out_depth": 32', b'"out_depth": 16'),
              r"program\.bin was compiled for another hardware than 'tiny'")
+    rejected("layout.json", original["layout.json"].replace(b'"bus_width": 128',
+                                                            b'"bus_width": 256'),
+             r"program\.bin was compiled for another hardware than 'tiny'")
     (tmp_path / "weights.bin").unlink()
     with pytest.raises(ProgramError, match=r"^Program folder \S+ has no weights\.bin$"):
         read_program(tmp_path)
@@ -403,10 +408,11 @@ def test_random_design_points(tiny, seed):
     cols = int(rng.choice([4, 8, 16]))  # divides tiny's head width 16
     hw = DEFAULT_HW["tiny"].replace(rows=rows, cols=cols, post_lanes=int(rng.choice([1, 2, 4])),
                                     max_tokens=rows * (-(-65 // rows) + int(rng.integers(8))),
-                                    out_depth=int(rng.integers(3, 40)))
-    bus_bits = int(rng.choice([32, 64, 128, 256, 512, 1024]))
-    print(f"seed {seed}: {hw.rows}x{hw.cols} array, {hw.max_tokens} tokens, bus {bus_bits}")
-    program = compile_program(qmodel, hw, bus_bits=bus_bits)
+                                    out_depth=int(rng.integers(3, 40)),
+                                    bus_width=int(rng.choice([32, 64, 128, 256, 512, 1024])))
+    print(f"seed {seed}: {hw.rows}x{hw.cols} array, {hw.max_tokens} tokens, bus {hw.bus_width}")
+    program = compile_program(qmodel, hw)
+    assert program.layout.bus_bits == hw.bus_width
     _regions_disjoint_and_aligned(program.layout)
     assert decode(program.encode(), hw)[0] == program.instructions
     _compare_with_golden(program, qmodel, image, int(rng.integers(2)))

@@ -6,6 +6,7 @@ import re
 import pytest
 
 from moevit.cli import main
+from moevit.hw.config import DEFAULT_HW
 from moevit.hw.program.program import FILES, read_program
 
 
@@ -63,7 +64,9 @@ def test_compile_then_disassemble(quantized, tmp_path, capsys):
                      re.M), lst
     assert main(["hw", "compile", "--quantized", str(quantized), "--bus-bits", "512",
                  "-o", str(tmp_path / "wide")]) == 0
-    assert read_program(tmp_path / "wide").layout.bus_bits == 512
+    wide = read_program(tmp_path / "wide")
+    assert wide.layout.bus_bits == wide.hw.bus_width == 512
+    assert read_program(folder).layout.bus_bits == DEFAULT_HW["tiny"].bus_width == 128
 
 
 def test_bad_inputs(quantized, too_many_tokens, tmp_path, capsys):

@@ -45,9 +45,9 @@ def _pair(array):
 
 
 class _Compiler:
-    def __init__(self, qmodel, hw, bus_bits):
+    def __init__(self, qmodel, hw):
         self.q, self.config, self.hw = qmodel, qmodel.config, hw
-        self.layout = Layout(bus_bits)
+        self.layout = Layout(hw.bus_width)
         self.chunks = []  # (region, bytes) of the weights
         self.code = []
 
@@ -277,7 +277,7 @@ def memory_tensors(config) -> dict:
     return tensors
 
 
-def compile_program(qmodel, hw: HwConfig = None, *, bus_bits: int = 128) -> Program:
+def compile_program(qmodel, hw: HwConfig = None, *, bus_bits: int = None) -> Program:
     """One program for every task of ``qmodel`` on ``hw``.
 
     Parameters
@@ -285,8 +285,10 @@ def compile_program(qmodel, hw: HwConfig = None, *, bus_bits: int = 128) -> Prog
     qmodel : QuantizedModel
     hw : HwConfig, optional
         Default: the model config's default instance.
-    bus_bits : int
+    bus_bits : int, optional
         Data width of the memory bus; every region starts on a bus word.
+        Default: ``hw.bus_width``; another value replaces it, so the program
+        records the hardware instance it was compiled for.
 
     Raises
     ------
@@ -299,4 +301,6 @@ def compile_program(qmodel, hw: HwConfig = None, *, bus_bits: int = 128) -> Prog
         hw = HwConfig.for_model(qmodel.config)
     if not isinstance(hw, HwConfig):
         raise ConfigError(f"Hardware config must be a HwConfig, not {hw!r}")
-    return _Compiler(qmodel, hw, bus_bits).run()
+    if bus_bits is not None:
+        hw = hw.replace(bus_width=bus_bits)
+    return _Compiler(qmodel, hw).run()

@@ -743,6 +743,11 @@ class MemoryPort(wiring.Component):
             members.update(axi_members(name, mover.signature.members["axi"].signature))
         super().__init__(members)
 
+    @classmethod
+    def from_config(cls, hw):
+        """The ``gmem`` port of a hardware instance: its ``bus_width`` and ``max_outstanding``."""
+        return cls("gmem", hw.bus_width, max_outstanding=hw.max_outstanding)
+
     def elaborate(self, platform):
         m = Module()
         for prefix, mover in self._movers.items():

@@ -17,13 +17,11 @@ from moevit.hw.program.descriptor import AttentionDescriptor, LayerNormDescripto
 from moevit.hw.units.layernorm import LayerNorm
 from moevit.hw.units.softmax import Softmax
 from moevit.model.integer import intops
+from moevit.sim.amaranth_tb import stream_source
 from moevit.sim.units import attention_op, layernorm_op, softmax_op
 
 HOLD = 12
 
-
-def _bits(payload):
-    return payload.as_value() if hasattr(payload, "as_value") else payload
 
 
 def hold_last_beat(dut, sources, sink, beats):
@@ -35,17 +33,8 @@ def hold_last_beat(dut, sources, sink, beats):
     sim.add_clock(1e-8)
     seen = {}
 
-    def source(stream, payloads):
-        async def run(ctx):
-            for payload in payloads:
-                ctx.set(_bits(stream.payload), payload)
-                ctx.set(stream.valid, 1)
-                await ctx.tick().until(stream.ready)
-            ctx.set(stream.valid, 0)
-        return run
-
     for stream, payloads in sources:
-        sim.add_testbench(source(stream, payloads), background=True)
+        sim.add_testbench(stream_source(stream, payloads), background=True)
 
     async def drain(ctx):
         taken = 0

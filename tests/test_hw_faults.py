@@ -15,6 +15,7 @@ from moevit.hw.config import HwConfig
 from moevit.hw.program.descriptor import AttentionDescriptor, Fault, LayerNormDescriptor
 from moevit.hw.units.layernorm import LayerNorm
 from moevit.model.integer import intops
+from moevit.sim.amaranth_tb import payload_bits, stream_source
 from moevit.model.integer.golden import AttentionConsts, attention_head
 from moevit.sim.units import beats, layernorm_op
 
@@ -39,28 +40,19 @@ def simulate(dut, descs, sources, sinks):
     sim.add_clock(1e-8)
     errors, got = [], {name: [] for name in sinks}
 
-    def source(stream, payloads):
-        async def run(ctx):
-            for payload in payloads:
-                ctx.set(_bits(stream.payload), payload)
-                ctx.set(stream.valid, 1)
-                await ctx.tick().until(stream.ready)
-            ctx.set(stream.valid, 0)
-        return run
-
     def sink(name):
         stream = dut_stream(dut, name)
 
         async def run(ctx):
             ctx.set(stream.ready, 1)
             async for _, _, valid, payload in ctx.tick().sample(stream.valid,
-                                                                _bits(stream.payload)):
+                                                                payload_bits(stream.payload)):
                 if valid:
-                    got[name].append(int(payload) & ((1 << len(_bits(stream.payload))) - 1))
+                    got[name].append(int(payload) & ((1 << len(payload_bits(stream.payload))) - 1))
         return run
 
     for name, payloads in sources.items():
-        sim.add_testbench(source(dut_stream(dut, name), payloads), background=True)
+        sim.add_testbench(stream_source(dut_stream(dut, name), payloads), background=True)
     for name in sinks:
         sim.add_process(sink(name))
 
@@ -83,10 +75,6 @@ def simulate(dut, descs, sources, sinks):
 
 QUIET = 100
 
-
-def _bits(payload):
-    """The payload as a plain value (a data.View's bits, or the signal itself)."""
-    return payload.as_value() if hasattr(payload, "as_value") else payload
 
 
 def dut_stream(dut, name):

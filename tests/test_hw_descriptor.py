@@ -127,3 +127,19 @@ def test_cost_of_a_sequence():
     a, b = _tiny(8, 64, 16), _tiny(5, 2, 16)
     assert LinearDescriptor.sequence_cycles([a, b]) == [a.expected_cycles(),
                                                         b.expected_cycles() - 1]
+
+
+def test_a_forged_image_overwrites_only_its_fields():
+    from moevit.hw.config import DEFAULT_HW
+    from moevit.hw.program.descriptor import LinearDescriptor
+
+    desc = LinearDescriptor(DEFAULT_HW["tiny"], tokens=7, in_features=9, out_features=20)
+    rows = {name: (offset, bits) for name, offset, bits, _, _ in desc.describe()}
+    forged = desc.to_int_with(opcode=2, tokens=5)
+    for name, (offset, bits) in rows.items():
+        field = forged >> offset & ((1 << bits) - 1)
+        assert field == {"opcode": 2, "tokens": 5}.get(name, desc.to_int() >> offset & ((1 << bits) - 1))
+    with pytest.raises(ValueError, match=r"^tokens = 65536 does not fit its 16 bits$"):
+        desc.to_int_with(tokens=2**16)
+    with pytest.raises(ValueError, match=r"^LinearDescriptor has no field colour$"):
+        desc.to_int_with(colour=1)

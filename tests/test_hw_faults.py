@@ -20,16 +20,6 @@ from moevit.model.integer.golden import AttentionConsts, attention_head
 from moevit.sim.units import beats, layernorm_op
 
 
-def image(desc, **fields):
-    """The packed image of ``desc`` with some fields (``opcode`` included) overwritten."""
-    value = desc.to_int()
-    for name, offset, bits, _, _ in desc.describe():
-        if name in fields:
-            mask = ((1 << bits) - 1) << offset
-            value = (value & ~mask) | ((fields[name] << offset) & mask)
-    return value
-
-
 def simulate(dut, descs, sources, sinks):
     """Hand ``descs`` (images) to ``dut``, feed ``sources`` ({stream: payloads}) with no
     gaps, drain ``sinks`` ({stream: beats expected}); returns the error after each
@@ -95,16 +85,16 @@ def test_attention_skips_faulty_descriptors():
     tensors = [[rng.integers(-128, 128, (2, g.tokens, g.head_dim)) for _ in "qkv"] for g in good]
     a, b = good
     faulty = [
-        (image(a, opcode=LayerNormDescriptor.OPCODE), Fault.OPCODE),
-        (image(a, tokens=0), Fault.SHAPE),
-        (image(a, tokens=hw.kv_depth + 1), Fault.SHAPE),
-        (image(a, chunks=3), Fault.SHAPE),  # more chunks than the buffers hold
-        (image(a, chunks=1), Fault.DERIVED),  # 1 chunk of 4 lanes is not head dim 8
-        (image(a, rounds=2), Fault.DERIVED),  # 2 rounds of 2 lanes are not 2 heads
-        (image(a, heads=0, rounds=0), Fault.SHAPE),
-        (image(a, out_shift=0), Fault.CONSTANT),
-        (image(a, sm_shift=48), Fault.CONSTANT),
-        (image(a, sm_mult=0), Fault.CONSTANT),
+        (a.to_int_with(opcode=LayerNormDescriptor.OPCODE), Fault.OPCODE),
+        (a.to_int_with(tokens=0), Fault.SHAPE),
+        (a.to_int_with(tokens=hw.kv_depth + 1), Fault.SHAPE),
+        (a.to_int_with(chunks=3), Fault.SHAPE),  # more chunks than the buffers hold
+        (a.to_int_with(chunks=1), Fault.DERIVED),  # 1 chunk of 4 lanes is not head dim 8
+        (a.to_int_with(rounds=2), Fault.DERIVED),  # 2 rounds of 2 lanes are not 2 heads
+        (a.to_int_with(heads=0, rounds=0), Fault.SHAPE),
+        (a.to_int_with(out_shift=0), Fault.CONSTANT),
+        (a.to_int_with(sm_shift=48), Fault.CONSTANT),
+        (a.to_int_with(sm_mult=0), Fault.CONSTANT),
     ]
     descs = [a.to_int(), *(d for d, _ in faulty[:5]), b.to_int(), *(d for d, _ in faulty[5:])]
     sources, expected = {}, {}
@@ -132,12 +122,12 @@ def test_layernorm_skips_faulty_descriptors():
            for g in good]
     a, b = good
     faulty = [
-        (image(a, opcode=AttentionDescriptor.OPCODE), Fault.OPCODE),
-        (image(a, tokens=0), Fault.SHAPE),
-        (image(a, dim=0), Fault.SHAPE),
-        (image(a, dim=17), Fault.SHAPE),
-        (image(a, shift=0), Fault.CONSTANT),
-        (image(a, eps=2**34), Fault.CONSTANT),
+        (a.to_int_with(opcode=AttentionDescriptor.OPCODE), Fault.OPCODE),
+        (a.to_int_with(tokens=0), Fault.SHAPE),
+        (a.to_int_with(dim=0), Fault.SHAPE),
+        (a.to_int_with(dim=17), Fault.SHAPE),
+        (a.to_int_with(shift=0), Fault.CONSTANT),
+        (a.to_int_with(eps=2**34), Fault.CONSTANT),
     ]
     descs = [a.to_int(), *(d for d, _ in faulty[:3]), b.to_int(), *(d for d, _ in faulty[3:])]
     sources = {name: [x for op in ops for x in op[name]] for name in ("param", "i")}

@@ -123,12 +123,10 @@ def test_bad_descriptors_are_skipped_and_flagged():
     def good():
         return random_op(hw, rng, tokens=int(rng.integers(1, 9)), dim=int(rng.integers(1, 40)))
 
-    image = good()["desc"].to_int()
-    rows = {name: (offset, bits) for name, offset, bits, _, _ in good()["desc"].describe()}
+    desc = good()["desc"]
 
     def with_field(name, value):
-        offset, bits = rows[name]
-        return image & ~(((1 << bits) - 1) << offset) | value << offset
+        return desc.to_int_with(**{name: value})
 
     bad = [
         (with_field("opcode", 1), Fault.OPCODE),

@@ -186,6 +186,20 @@ class Descriptor:
             offset += bits
         return image
 
+    def to_int_with(self, **fields) -> int:
+        """The packed image with some fields (``opcode`` too) overwritten, unvalidated:
+        what a faulty program could hand a unit (for tests of the units' own checks)."""
+        image = self.to_int()
+        for name, offset, bits, _, _ in self.describe():
+            if name in fields:
+                value = fields.pop(name)
+                if not 0 <= value < 1 << bits:
+                    raise ValueError(f"{name} = {value} does not fit its {bits} bits")
+                image = image & ~(((1 << bits) - 1) << offset) | value << offset
+        if fields:
+            raise ValueError(f"{type(self).__name__} has no field {', '.join(fields)}")
+        return image
+
     def pack(self) -> list:
         """The packed image as a list of 32-bit words, least significant first."""
         image = self.to_int()

@@ -28,12 +28,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) sysdeps
 
-# System packages: Icarus Verilog for the cocotb simulations.
+# System packages: Icarus Verilog for the cocotb simulations, a C compiler for
+# the register map's C header test (and Verilator's builds).
 sysdeps:
-	@command -v iverilog >/dev/null || { \
-	  echo "installing iverilog (apt-get)"; \
+	@missing=""; command -v iverilog >/dev/null || missing="$$missing iverilog"; \
+	  command -v cc >/dev/null || missing="$$missing gcc"; \
+	  [ -z "$$missing" ] || { \
+	  echo "installing$$missing (apt-get)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq iverilog >/dev/null; }
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing >/dev/null; }
 
 demo: $(STAMP)
 	$(BIN)/moevit demo --config $(CONFIG)

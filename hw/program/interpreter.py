@@ -21,7 +21,7 @@ from moevit.hw.program.layout import unpack_chan, unpack_ln_params, unpack_weigh
 from moevit.hw.program.program import HEADER_WORDS, ProgramError, decode
 from moevit.model.integer import golden, intops
 
-__all__ = ["execute", "run_image", "read_tensor", "output_map", "bytes_by_region",
+__all__ = ["execute", "run_instructions", "run_image", "read_tensor", "output_map", "bytes_by_region",
            "ExecutionStats"]
 
 
@@ -185,6 +185,15 @@ def execute(memory, hw, task: int, program_addr: int) -> ExecutionStats:
     for desc in instructions:
         getattr(machine, desc.MNEMONIC)(desc)
         machine.stats[desc.MNEMONIC] = machine.stats.get(desc.MNEMONIC, 0) + 1
+    return machine.stats
+
+
+def run_instructions(memory, hw, instructions, task: int = 0) -> ExecutionStats:
+    """Run ``instructions`` (descriptors) on ``memory`` (a uint8 array, changed in place)
+    for ``task``, without a program around them: what an engine bench compares with."""
+    machine = _Machine(memory, hw, task)
+    for desc in instructions:
+        getattr(machine, desc.MNEMONIC)(desc)
     return machine.stats
 
 

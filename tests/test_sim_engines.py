@@ -1,0 +1,48 @@
+"""The instruction engines of the top, each against the instruction-level interpreter,
+byte for byte over the whole memory, instructions back to back under memory stalls."""
+
+import os
+import random
+
+import numpy as np
+import pytest
+
+from moevit.hw.config import DEFAULT_HW
+from moevit.hw.program.interpreter import run_instructions
+from moevit.hw.program.isa import CopyDescriptor
+from moevit.hw.top.copy import CopyEngine
+from moevit.sim.benches.engines import run_engine
+
+
+def _seed():
+    seed = int(os.environ.get("MOEVIT_SEED", random.randrange(1 << 16)))
+    print(f"seed {seed} (replay with MOEVIT_SEED={seed})")
+    return seed
+
+
+def _compare(got, want):
+    bad = np.flatnonzero(got != want)
+    assert bad.size == 0, f"{bad.size} bytes differ, first at {bad[0]:#x}: {got[bad[0]]} != " \
+                          f"{want[bad[0]]}"
+
+
+@pytest.mark.parametrize("memory_pauses", ["none", "random"])
+def test_copy_engine(memory_pauses):
+    seed = _seed()
+    rng = np.random.default_rng(seed)
+    hw = DEFAULT_HW["tiny"]
+    nbytes = hw.bus_width // 8
+    memory = rng.integers(0, 256, 1 << 16, dtype=np.uint8)
+    copies = []
+    for _ in range(6):
+        length = int(rng.integers(1, 3000))
+        src = int(rng.integers(0, (len(memory) - length) // nbytes)) * nbytes
+        dst = int(rng.integers(0, (len(memory) - length) // nbytes)) * nbytes
+        copies.append(CopyDescriptor(hw, length=length, src_addr=src, dst_addr=dst))
+    want = memory.copy()
+    run_instructions(want, hw, copies)
+    got, summary = run_engine(CopyEngine(hw), hw, memory, [c.to_int() for c in copies],
+                              test_id=f"engine-copy-{memory_pauses}", seed=seed,
+                              memory_pauses=memory_pauses, gaps="random")
+    print(summary)
+    _compare(got, want)

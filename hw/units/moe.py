@@ -5,7 +5,8 @@ The task's gate runs on the linear kernel; its output beats (one per token:
 unit, which then does in hardware what ``moevit.model.integer.golden`` does in
 ``_Runner.moe`` (M³ViT's computation reordering):
 
-1. **gate** (one token at a time): the logits walk through an insertion list,
+1. **gate** (one token at a time): the logits walk through the insertion list
+   (:class:`~moevit.hw.units.topk.TopK`),
    one lane per cycle, giving the top ``k`` (``intops.topk``: larger first, ties
    to the lower index); the weights come from the integer softmax unit
    (:class:`~moevit.hw.units.softmax.Softmax`, ``intops.softmax``), over all ``E``
@@ -70,7 +71,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from amaranth.hdl import Array, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -80,6 +81,7 @@ from moevit.hw.program.descriptor import FAULT_WIDTH, Fault, MoeDescriptor
 from moevit.hw.units import intexpr
 from moevit.hw.units.linear import output_layout
 from moevit.hw.units.softmax import PROB_WIDTH, Softmax
+from moevit.hw.units.topk import TopK
 from moevit.model.integer import intops
 
 __all__ = ["MoeUnit", "list_layout", "moe_reference",
@@ -197,27 +199,19 @@ class MoeUnit(wiring.Component):
 
         # Gate: the current token's logits, the insertion list, the weights ------
         lg = [Signal(signed(8), name=f"lg{c}") for c in range(L)]
-        top_v = [Signal(signed(8), name=f"top_v{s}") for s in range(L)]
-        top_i = [Signal(range(L), name=f"top_i{s}") for s in range(L)]
+        m.submodules.topk = topk = TopK(L)
+        top_v = [topk.top_v[s] for s in range(L)]
+        top_i = [topk.top_i[s] for s in range(L)]
         weight = [Signal(PROB_WIDTH, name=f"w{s}") for s in range(L)]
         t = Signal(16)              # token
         j = Signal(range(L + 1))    # lane walked / probability received / slot written
 
-        # Inserting lane j's logit: entries s < j with a value >= it stay (the
-        # earlier lane wins a tie), the new one goes after them, the rest move down.
+        # Lane j's logit goes into the insertion list (intops.topk's order).
         v = lg[0]
-        stay = [Signal(name=f"stay{s}") for s in range(L)]
-        for s in range(L):
-            m.d.comb += stay[s].eq((j > s) & (top_v[s] >= v))
+        m.d.comb += [topk.value.eq(v), topk.index.eq(j)]
 
         def insert():
-            for s in range(L):
-                above = Const(0) if s == 0 else stay[s - 1]
-                with m.If(~stay[s]):
-                    with m.If((s == 0) | above):
-                        m.d.sync += [top_v[s].eq(v), top_i[s].eq(j)]
-                    with m.Else():
-                        m.d.sync += [top_v[s].eq(top_v[s - 1]), top_i[s].eq(top_i[s - 1])]
+            m.d.comb += topk.insert.eq(1)
             m.d.sync += [lg[c].eq(lg[c + 1]) for c in range(L - 1)]
 
         # The smallest selected expert: the one whose fc2 output writes the

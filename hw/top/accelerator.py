@@ -32,7 +32,7 @@ already requested, inside that instruction's output); then ``ap_done``
 rises, the interrupt fires if enabled, and the next start runs normally.
 """
 
-from amaranth.hdl import ClockDomain, Const, Module, ResetInserter, Signal, unsigned
+from amaranth.hdl import ClockDomain, Const, Module, ResetInserter, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -46,10 +46,39 @@ from moevit.hw.top.movers import (AXI4ReadSignature, AXI4WriteSignature, ReadMov
                                   axi_members, connect_flat)
 from moevit.hw.top.sequencer import Sequencer, code
 
-__all__ = ["Accelerator", "ENGINE_CHANNELS"]
+__all__ = ["Accelerator", "ENGINES", "ENGINE_OF", "ENGINE_CHANNELS"]
 
 #: Read channels of the engines: the running engine's rd[0..3]; EXPERT's own list read on 4.
 ENGINE_CHANNELS = 5
+
+#: The engines, by name: "module:class" (each takes the HwConfig).
+ENGINES = {
+    "linear": "moevit.hw.top.linear_engine:LinearEngine",
+    "attention": "moevit.hw.top.attention_engine:AttentionEngine",
+    "layernorm": "moevit.hw.top.layernorm_engine:LayerNormEngine",
+    "patchify": "moevit.hw.top.patchify_engine:PatchifyEngine",
+    "copy": "moevit.hw.top.copy:CopyEngine",
+    "route": "moevit.hw.top.moe:RouteEngine",
+    "expert": "moevit.hw.top.moe:ExpertEngine",
+    "combine": "moevit.hw.top.moe:CombineEngine",
+}
+
+#: The engine each opcode runs on (EXPERT also drives the linear engine).
+ENGINE_OF = {
+    LinearDescriptor.OPCODE: "linear", TaskLinearDescriptor.OPCODE: "linear",
+    AttentionDescriptor.OPCODE: "attention", LayerNormDescriptor.OPCODE: "layernorm",
+    PatchifyDescriptor.OPCODE: "patchify", CopyDescriptor.OPCODE: "copy",
+    RouteDescriptor.OPCODE: "route", ExpertDescriptor.OPCODE: "expert",
+    CombineDescriptor.OPCODE: "combine",
+}
+assert set(ENGINE_OF) == set(OPCODES), "every opcode has an engine"
+
+
+def _engine(name, hw):
+    import importlib
+
+    module, cls = ENGINES[name].split(":")
+    return getattr(importlib.import_module(module), cls)(hw)
 
 
 def _linear_from_task(m, image, entry, hw):
@@ -72,10 +101,21 @@ class Accelerator(wiring.Component):
     Parameters
     ----------
     hw : HwConfig
+    engines : sequence of str, optional
+        The engines to build (names of :data:`ENGINES`; default all). An
+        instruction whose engine is missing stops the run with error
+        ``opcode`` (a smaller top for programs without them, and faster
+        simulations of short programs).
     """
 
-    def __init__(self, hw: HwConfig):
+    def __init__(self, hw: HwConfig, engines=None):
         self._hw = hw
+        self._engines = tuple(ENGINES if engines is None else engines)
+        unknown = set(self._engines) - set(ENGINES)
+        if unknown or ("expert" in self._engines and "linear" not in self._engines):
+            self._MustUse__silence = True
+            raise ValueError(f"Engines must be among {list(ENGINES)} (expert with linear), "
+                             f"not {list(self._engines)}")
         self._control = Control.from_config(hw)
         members = {"ap_clk": In(1), "ap_rst_n": In(1), "interrupt": Out(1),
                    "s_axi_control": In(AxiLiteSignature(self._control.regmap.address_width))}
@@ -88,13 +128,8 @@ class Accelerator(wiring.Component):
         return self._control.regmap
 
     def elaborate(self, platform):
-        from moevit.hw.top.attention_engine import AttentionEngine
-        from moevit.hw.top.copy import CopyEngine
-        from moevit.hw.top.interconnect import ReadArbiter, Relocator
-        from moevit.hw.top.layernorm_engine import LayerNormEngine
-        from moevit.hw.top.linear_engine import LinearEngine
-        from moevit.hw.top.moe import CombineEngine, ExpertEngine, RouteEngine
-        from moevit.hw.top.patchify_engine import PatchifyEngine
+        from moevit.hw.top.interconnect import (REGION_KINDS, ReadArbiter, Relocator,
+                                                relocation_layout)
 
         hw = self._hw
         m = Module()
@@ -115,30 +150,19 @@ class Accelerator(wiring.Component):
 
         # Engines, held in reset while a run stops on an error.
         halt = seq.halting
-        engines = {
-            "linear": LinearEngine(hw), "attention": AttentionEngine(hw),
-            "layernorm": LayerNormEngine(hw), "patchify": PatchifyEngine(hw),
-            "copy": CopyEngine(hw), "route": RouteEngine(hw), "expert": ExpertEngine(hw),
-            "combine": CombineEngine(hw),
-        }
+        engines = {name: _engine(name, hw) for name in self._engines}
         for name, engine in engines.items():
             m.submodules[name] = ResetInserter(halt)(engine)
-        linear, expert = engines["linear"], engines["expert"]
-        wiring.connect(m, linear.x_index, expert.x_index)
-        wiring.connect(m, linear.y_index, expert.y_index)
-        m.d.comb += expert.job_done.eq(linear.done)
+        linear, expert = engines.get("linear"), engines.get("expert")
+        if expert is not None:
+            wiring.connect(m, linear.x_index, expert.x_index)
+            wiring.connect(m, linear.y_index, expert.y_index)
+            m.d.comb += expert.job_done.eq(linear.done)
 
         # Which engine an opcode runs on, and the payload it gets.
         issue = seq.issue.payload
         image, entry = issue.image, issue.entry
-        by_opcode = {
-            LinearDescriptor.OPCODE: "linear", TaskLinearDescriptor.OPCODE: "linear",
-            AttentionDescriptor.OPCODE: "attention", LayerNormDescriptor.OPCODE: "layernorm",
-            PatchifyDescriptor.OPCODE: "patchify", CopyDescriptor.OPCODE: "copy",
-            RouteDescriptor.OPCODE: "route", ExpertDescriptor.OPCODE: "expert",
-            CombineDescriptor.OPCODE: "combine",
-        }
-        assert set(by_opcode) == set(OPCODES), "every opcode has an engine"
+        by_opcode = {op: name for op, name in ENGINE_OF.items() if name in engines}
         active = Signal(8)   # the opcode running (0: none)
         with m.If(seq.issue.valid & seq.issue.ready):
             m.d.sync += active.eq(issue.opcode)
@@ -146,30 +170,32 @@ class Accelerator(wiring.Component):
             m.d.sync += active.eq(0)
 
         # The linear engine's jobs: from the sequencer, or from the EXPERT engine.
-        linear_job = linear.desc.payload
-        task_op = _linear_from_task(m, image, entry, hw)
-        with m.Switch(issue.opcode):
-            with m.Case(TaskLinearDescriptor.OPCODE):
-                m.d.comb += linear_job.op.eq(task_op)
-            with m.Case(ExpertDescriptor.OPCODE):
-                pass
-            with m.Default():
+        if linear is not None:
+            linear_job = linear.desc.payload
+            with m.If(issue.opcode == TaskLinearDescriptor.OPCODE):
+                m.d.comb += linear_job.op.eq(_linear_from_task(m, image, entry, hw))
+            with m.Else():
                 m.d.comb += linear_job.op.eq(image[:LinearDescriptor.width()])
-        with m.If(active == ExpertDescriptor.OPCODE):
-            m.d.comb += [linear_job.eq(expert.job.payload), linear.desc.valid.eq(expert.job.valid),
-                         expert.job.ready.eq(linear.desc.ready)]
-        route_job = engines["route"].desc.payload
-        m.d.comb += [route_job.route.eq(image[:RouteDescriptor.width()]),
-                     route_job.mult.eq(entry[3][:15]), route_job.shift.eq(entry[3][15:21])]
-        for name in ("attention", "layernorm", "patchify", "copy", "expert", "combine"):
-            desc = engines[name].desc
-            m.d.comb += desc.payload.eq(image[:len(desc.payload.as_value())])
+        if expert is not None:
+            with m.If(active == ExpertDescriptor.OPCODE):
+                m.d.comb += [linear_job.eq(expert.job.payload),
+                             linear.desc.valid.eq(expert.job.valid),
+                             expert.job.ready.eq(linear.desc.ready)]
+        for name, engine in engines.items():
+            desc = engine.desc.payload
+            if name == "route":
+                m.d.comb += [desc.route.eq(image[:RouteDescriptor.width()]),
+                             desc.mult.eq(entry[3][:15]), desc.shift.eq(entry[3][15:21])]
+            elif name != "linear":
+                m.d.comb += desc.eq(image[:len(desc.as_value())])
 
-        # Issue: the opcode's engine takes it.
+        # Issue: the opcode's engine takes it; an opcode without one stops the run.
+        missing = Signal()
+        m.d.comb += missing.eq(1)
         for opcode, name in by_opcode.items():
             with m.If(issue.opcode == opcode):
                 m.d.comb += [engines[name].desc.valid.eq(seq.issue.valid),
-                             seq.issue.ready.eq(engines[name].desc.ready)]
+                             seq.issue.ready.eq(engines[name].desc.ready), missing.eq(0)]
 
         # Memory: engine channels (relocated) and the sequencer's reads onto one AXI4 port.
         reads = [ReadMover(hw.bus_width, max_outstanding=hw.max_outstanding)
@@ -177,14 +203,19 @@ class Accelerator(wiring.Component):
         write = m.submodules.write = WriteMover(hw.bus_width, max_outstanding=hw.max_outstanding)
         for k, mover in enumerate(reads):
             m.submodules[f"read{k}"] = mover
+        bounds = seq.bounds
+        regions = Signal(relocation_layout())
+        m.d.comb += [regions.scratch_at.eq(bounds.scratch_at), regions.input_at.eq(bounds.input_at),
+                     regions.output_at.eq(bounds.output_at), regions.end.eq(bounds.output_end),
+                     regions.image.eq(seq.image),
+                     regions.input_pitch.eq(bounds.output_at - bounds.input_at),
+                     regions.output_pitch.eq(bounds.output_end - bounds.output_at)]
+        for k, kind in enumerate(REGION_KINDS):
+            m.d.comb += regions.base[k].eq(getattr(args, kind))
         relocators = [Relocator() for _ in range(ENGINE_CHANNELS + 1)]
         for k, relocator in enumerate(relocators):
             m.submodules[f"relocate{k}"] = relocator
-            m.d.comb += [relocator.bounds.eq(seq.bounds), relocator.image.eq(seq.image),
-                         relocator.bases.weights.eq(args.weights),
-                         relocator.bases.scratch.eq(args.scratch),
-                         relocator.bases.input.eq(args.input),
-                         relocator.bases.output.eq(args.output)]
+            m.d.comb += [relocator.regions.eq(regions), relocator.clear.eq(control.start)]
             target = reads[k].req if k < ENGINE_CHANNELS else write.req
             wiring.connect(m, relocator.o, target)
 
@@ -214,7 +245,7 @@ class Accelerator(wiring.Component):
                                  mover.data.ready.eq(port.data.ready)]
             with m.If(halt):
                 m.d.comb += mover.data.ready.eq(1)
-        writer = {opcode: (linear if opcode == ExpertDescriptor.OPCODE else engines[name])
+        writer = {opcode: (linear if name == "expert" else engines[name])
                   for opcode, name in by_opcode.items()}
         relocator = relocators[ENGINE_CHANNELS]
         for opcode, engine in writer.items():
@@ -234,17 +265,18 @@ class Accelerator(wiring.Component):
             wiring.connect(m, port.req, mover.req)
             wiring.connect(m, mover.data, port.data)
 
-        arbiter = m.submodules.arbiter = ReadArbiter(hw.bus_width, len(reads),
-                                                     hw.max_outstanding)
+        # Every mover may have its bursts in flight at once.
+        arbiter = m.submodules.arbiter = ReadArbiter(
+            hw.bus_width, len(reads), max_outstanding=len(reads) * hw.max_outstanding)
         for k, mover in enumerate(reads):
             wiring.connect(m, mover.axi, arbiter.ports[k])
         connect_flat(m, self, "gmem", arbiter.axi)
         connect_flat(m, self, "gmem", write.axi)
 
         # Completion: the engine handed its work over and every burst is answered.
-        movers_busy = Signal()
-        m.d.comb += movers_busy.eq(write.busy | Const(0, 1).any()
-                                   | _any(mover.busy for mover in reads[:ENGINE_CHANNELS]))
+        movers_busy, all_busy = Signal(), Signal()   # engine channels; and the sequencer's
+        m.d.comb += [movers_busy.eq(write.busy | _any(r.busy for r in reads[:ENGINE_CHANNELS])),
+                     all_busy.eq(movers_busy | _any(r.busy for r in reads[ENGINE_CHANNELS:]))]
         done_seen, fault = Signal(), Signal(8)
         for opcode, name in by_opcode.items():
             engine = engines[name]
@@ -261,25 +293,35 @@ class Accelerator(wiring.Component):
         # Errors: a refused descriptor, an address outside the regions, an AXI error.
         memory_error, address_error = Signal(), Signal()
         m.d.sync += [memory_error.eq(memory_error | _any(
-            mover.error != 0 for mover in [*reads, write])),
+            mover.error.as_value() != 0 for mover in [*reads, write])),
             address_error.eq(address_error | _any(r.error for r in relocators))]
         with m.If(control.start):
             m.d.sync += [memory_error.eq(0), address_error.eq(0)]
-        with m.If(fault != 0):
+        unsupported = Signal()
+        with m.If(seq.issue.valid & missing):
+            m.d.sync += unsupported.eq(1)
+        with m.If(control.start):
+            m.d.sync += unsupported.eq(0)
+        with m.If(unsupported):
+            m.d.comb += seq.abort.eq(code("opcode"))
+        with m.Elif(fault != 0):
             m.d.comb += seq.abort.eq(fault)
         with m.Elif(memory_error):
             m.d.comb += seq.abort.eq(code("memory"))
         with m.Elif(address_error):
             m.d.comb += seq.abort.eq(code("address"))
         engines_busy = _any(engine.busy for engine in engines.values())
-        m.d.comb += seq.idle.eq(~engines_busy & ~movers_busy
-                                & ~_any(mover.busy for mover in reads))
+        m.d.comb += seq.idle.eq(~engines_busy & ~all_busy)
 
         # The busy cycles the control block counts, per unit.
         busy = control.unit_busy
-        m.d.comb += [busy.linear.eq(linear.busy), busy.attention.eq(engines["attention"].busy),
-                     busy.layernorm.eq(engines["layernorm"].busy),
-                     busy.moe.eq(_any(engines[n].busy for n in ("route", "expert", "combine"))),
+
+        def busy_of(*names):
+            return _any(engines[n].busy for n in names if n in engines)
+
+        m.d.comb += [busy.linear.eq(busy_of("linear")), busy.attention.eq(busy_of("attention")),
+                     busy.layernorm.eq(busy_of("layernorm")),
+                     busy.moe.eq(busy_of("route", "expert", "combine")),
                      busy.read.eq(_any(mover.busy for mover in reads)), busy.write.eq(write.busy)]
         return m
 

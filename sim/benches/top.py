@@ -32,7 +32,7 @@ BUFFERS = {"program": 0x0010_0000, "weights": 0x0040_0000, "input": 0x0100_0000,
 
 
 def run_top(program, runs, *, test_id, simulator=None, memory_pauses="none", seed=0,
-            probability=0.3, timeout_us=200_000):
+            probability=0.3, timeout_us=200_000, engines=None, waves=False):
     """Run ``runs`` on the co-simulated top loaded with ``program``.
 
     ``runs`` is a list of ``(task, images)``, ``images`` int8 arrays of the
@@ -40,7 +40,7 @@ def run_top(program, runs, *, test_id, simulator=None, memory_pauses="none", see
     run: ``error`` (the error code), ``status``, ``cycles``, ``busy`` (cycles
     per counted unit), ``outputs`` (uint8 bytes of each image's output
     region), ``scratch`` (the scratch after the run), ``seconds`` (wall time
-    of the whole simulation).
+    of the whole simulation). ``engines``: build only these (``Accelerator``).
     """
     from amaranth.back import verilog
 
@@ -50,7 +50,7 @@ def run_top(program, runs, *, test_id, simulator=None, memory_pauses="none", see
     from moevit.sim.runner import run_cocotb, sim_folder
 
     folder = build_dir("sim", "_rtl", sim_folder(test_id).name).resolve()
-    top = Accelerator(program.hw)
+    top = Accelerator(program.hw, engines)
     source = folder / f"{TOPLEVEL}.v"
     source.write_text(verilog.convert(top, name=TOPLEVEL, ports=vitis_ports(top),
                                       emit_src=False, strip_internal_attrs=True))
@@ -71,7 +71,7 @@ def run_top(program, runs, *, test_id, simulator=None, memory_pauses="none", see
             "weights_bytes": len(program.weights), "memory_pauses": memory_pauses,
             "seed": int(seed), "probability": float(probability), "timeout_us": timeout_us}
     result = run_cocotb(toplevel=TOPLEVEL, sources=[source], test_module=__name__,
-                        test_id=test_id, simulator=simulator,
+                        test_id=test_id, simulator=simulator, waves=waves,
                         env={"MOEVIT_CASE": json.dumps(case)})
     summary = result.json("summary.json")
     for k, run in enumerate(summary):
@@ -123,6 +123,10 @@ if cocotb is not None:
 
         def __init__(self, dut, case):
             self.dut, self.case = dut, case
+            import logging
+
+            for name in ("s_axi_control", "m_axi_gmem"):     # a line per burst: too many
+                logging.getLogger(f"cocotb.{dut._name}.{name}").setLevel(logging.WARNING)
             self.regs = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axi_control"), dut.ap_clk,
                                       dut.ap_rst_n, reset_active_level=False)
             self.ram = AxiRam(AxiBus.from_prefix(dut, "m_axi_gmem"), dut.ap_clk, dut.ap_rst_n,
@@ -156,7 +160,28 @@ if cocotb is not None:
 
         def field(self, register, name, value):
             f = REGMAP[register].field(name)
-            return (value >> f.offset) & ((1 << f.width) - 1)
+            return (value & f.mask) >> f.bit
+
+    def handshakes(handle, path="", depth=4):
+        """``path value`` of every valid, ready, busy and FSM state signal below ``handle``:
+        where a hung run waits."""
+        lines = []
+        for child in handle:
+            name = f"{path}.{child._name}" if path else child._name
+            if hasattr(child, "value") and not hasattr(child, "__iter__") or \
+                    type(child).__name__.endswith("ObjectHandle") and hasattr(child, "value"):
+                if any(key in child._name for key in ("valid", "ready", "busy", "fsm_state",
+                                                      "done", "error")):
+                    try:
+                        lines.append(f"{name} {child.value}")
+                    except Exception:   # a handle without a value
+                        pass
+            elif depth:
+                try:
+                    lines += handshakes(child, name, depth - 1)
+                except TypeError:
+                    pass
+        return lines
 
     @cocotb.test()
     async def top_runs(dut):
@@ -185,7 +210,12 @@ if cocotb is not None:
             await host.write("task", run["task"])
             await host.write("images", run["count"])
             await host.write("ap_ctrl", 1)
-            await with_timeout(RisingEdge(dut.interrupt), case["timeout_us"], "us")
+            try:
+                await with_timeout(RisingEdge(dut.interrupt), case["timeout_us"], "us")
+            except cocotb.triggers.SimTimeoutError:
+                (out / "hang.txt").write_text("\n".join(handshakes(dut)))
+                raise AssertionError(f"run {k}: no interrupt after {case['timeout_us']} us; "
+                                     f"the handshakes then: {out / 'hang.txt'}") from None
             await host.write("isr", await host.read("isr"))   # toggle-on-write: clears it
             ctrl = await host.read("ap_ctrl")
             status, error = await host.read("status"), await host.read("error")

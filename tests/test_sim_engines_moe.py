@@ -26,8 +26,10 @@ from moevit.hw.config import DEFAULT_HW, HwConfig
 from moevit.hw.program.compiler import compile_program
 from moevit.hw.program.descriptor import Fault
 from moevit.hw.program.interpreter import run_instructions
-from moevit.hw.program.isa import TASK_ENTRY_BYTES, RouteDescriptor, TaskEntry
-from moevit.hw.top.moe import RouteEngine, route_job_layout
+from moevit.hw.program.isa import (TASK_ENTRY_BYTES, CombineDescriptor, ExpertDescriptor,
+                                   RouteDescriptor, TaskEntry)
+from moevit.hw.top.moe import CombineEngine, ExpertEngine, RouteEngine, route_job_layout
+from moevit.hw.top.ports import linear_job_layout
 from moevit.model.integer import golden, intops
 from moevit.sim.benches.engines import run_engine
 from moevit.sim.moe_cases import random_logits
@@ -110,16 +112,17 @@ def _run(engine, hw, memory, payloads, test_id, seed, simulator=None):
 class _Memory:
     """A random memory image and an allocator of bus-aligned regions with gaps."""
 
-    def __init__(self, hw, rng, size=1 << 16):
+    def __init__(self, hw, rng):
         self.align = hw.bus_width // 8
         self.rng = rng
-        self.image = rng.integers(0, 256, size, np.uint8)
-        self.next = 0
+        self.image = np.zeros(0, np.uint8)
 
     def take(self, size):
-        start = self.next + self.align * int(self.rng.integers(0, 3))
-        self.next = -(-(start + size) // self.align) * self.align
-        assert self.next <= len(self.image), "the random case outgrew its memory"
+        """A region of ``size`` bytes (noise until written)."""
+        start = len(self.image) + self.align * int(self.rng.integers(0, 3))
+        end = -(-(start + size) // self.align) * self.align
+        self.image = np.concatenate([self.image, self.rng.integers(0, 256, end - len(self.image),
+                                                                   np.uint8)])
         return start
 
     def put(self, array):
@@ -129,20 +132,37 @@ class _Memory:
         return at
 
 
+def random_point(seed):
+    """A random design point: the bus width, the lanes (experts), the token and
+    feature buffers."""
+    rng = np.random.default_rng(seed)
+    cols = int(rng.choice([1, 2, 3, 4, 8, 16, 32]))
+    rows = int(rng.integers(1, 5))
+    return HwConfig(name=f"random-{seed}", rows=rows, cols=cols, post_lanes=1,
+                    max_tokens=rows * int(rng.integers(1, 13)),
+                    max_in=cols * int(rng.integers(1, 5)), out_depth=4,
+                    bus_width=int(rng.choice([32, 64, 128, 256, 512, 1024])))
+
+
+def _slow_seeds():
+    replay = os.environ.get("MOEVIT_SEED")
+    return [int(replay)] if replay else [1000 + k for k in range(POINTS)]
+
+
 def _softmax_constants(rng):
     if rng.random() < 0.2:
         return int(rng.choice([1, 2**15 - 1])), int(rng.choice([1, 47]))
     return tuple(int(v) for v in intops.softmax_constants(float(rng.choice([0.004, 0.05, 0.3]))))
 
 
-def random_routes(hw, rng, count):
-    """``(memory, descriptors, payloads, faults)``: ``count`` random ROUTEs, one of them
-    refused (its fault expected)."""
+def random_routes(hw, rng, count, most_tokens=40):
+    """``(memory, descriptors, payloads, faults)``: ``count`` random ROUTEs of at most
+    ``most_tokens`` tokens, one of them refused (its fault expected)."""
     mem = _Memory(hw, rng)
     descs, payloads, faults = [], [], []
     refused = int(rng.integers(count))
     for k in range(count):
-        tokens = int(rng.integers(1, hw.max_tokens + 1))
+        tokens = int(rng.integers(1, min(hw.max_tokens, most_tokens) + 1))
         experts = int(rng.integers(1, hw.cols + 1))
         top_k = int(rng.integers(1, experts + 1))
         mult, shift = _softmax_constants(rng)
@@ -174,6 +194,20 @@ def _route_fault(hw, rng):
     return options[int(rng.integers(len(options)))]
 
 
+def _slow_simulator():
+    return os.environ.get("SIM", "verilator")
+
+
+def _sequence(engine, make, hw, seed, count, test_id, simulator=None):
+    rng = np.random.default_rng(seed)
+    memory, descs, payloads, faults = make(hw, rng, count)
+    want = memory.copy()
+    run_instructions(want, hw, descs)
+    got, summary = _run(engine(hw), hw, memory, payloads, test_id, seed, simulator)
+    assert summary["errors"] == [int(f) for f in faults]
+    _compare(got, want, f"{test_id} (seed {seed}, {hw})")
+
+
 # ROUTE ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("task", [0, pytest.param(1, marks=pytest.mark.slow)])
 def test_route_tiny_program(task):
@@ -188,17 +222,265 @@ def test_route_tiny_program(task):
     _compare(got, want, "tiny ROUTEs")
 
 
-def _route_sequence(hw, seed, count, test_id, simulator=None):
-    rng = np.random.default_rng(seed)
-    memory, descs, payloads, faults = random_routes(hw, rng, count)
-    want = memory.copy()
-    run_instructions(want, hw, descs)
-    got, summary = _run(RouteEngine(hw), hw, memory, payloads, test_id, seed, simulator)
-    assert summary["errors"] == [int(f) for f in faults]
-    _compare(got, want, f"random ROUTEs (seed {seed}, {hw})")
-
-
 def test_route_random_sequence():
-    """Random ROUTEs and refused ones, back to back, on the tiny hardware."""
+    """Random ROUTEs and a refused one, back to back, on the tiny hardware."""
     seed = _seed()
-    _route_sequence(DEFAULT_HW["tiny"], seed, 6, "engine-route-random")
+    _sequence(RouteEngine, random_routes, DEFAULT_HW["tiny"], seed, 6, "engine-route-random")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", _slow_seeds())
+def test_route_random_design_points(seed):
+    """ROUTE on a random design point: up to its token buffer, every bus width."""
+    hw = random_point(seed)
+    print(hw)
+    _sequence(RouteEngine, functools.partial(random_routes, most_tokens=hw.max_tokens), hw,
+              seed, 8, f"engine-route-point-{seed}", _slow_simulator())
+
+
+# EXPERT alone: its jobs and its index answers ----------------------------------------------
+def linear_jobs(d, topk):
+    """What EXPERT ``d`` hands the linear engine for the routing ``topk``: the job
+    payloads (fc1 gathered, fc2 scattered; none when no token chose the expert) and
+    the rows its index ports answer (x: tokens, y: token * top_k + slot)."""
+    tokens, slots = np.nonzero(topk == d.expert)
+    if tokens.size == 0:
+        return [], [], []
+    layout = linear_job_layout()
+    fc1, fc2 = d.linears(tokens.size)
+    jobs = [fc1.to_int() | 1 << layout["x_gather"].offset,
+            fc2.to_int() | 1 << layout["y_scatter"].offset]
+    return jobs, list(tokens), list(tokens * d.top_k + slots)
+
+
+def random_experts(hw, rng):
+    """``(memory, descriptors, payloads, want)``: a random routing and the EXPERTs of
+    its experts in a random order (some chosen by no token), a refused descriptor and
+    a routing that names an expert twice in a row (``Fault.SHAPE``) among them; ``want``
+    per payload: ``(fault, jobs, x rows, y rows)``."""
+    mem = _Memory(hw, rng)
+    tokens = int(rng.integers(1, min(hw.max_tokens, 40) + 1))
+    experts = int(rng.integers(1, 13))
+    top_k = int(rng.integers(1, experts + 1))
+    chosen = rng.permutation(experts)[:max(top_k, int(rng.integers(1, experts + 1)))]
+    topk = np.stack([rng.permutation(chosen)[:top_k] for _ in range(tokens)]).astype(np.uint8)
+    topk_addr = mem.put(topk)
+    dim = int(rng.integers(1, hw.max_in + 1))
+    hidden = int(rng.integers(1, hw.max_in + 1))
+    b, c = 1 + int(rng.integers(100)), 5000 + int(rng.integers(3000))
+    fields = dict(tokens=tokens, dim=dim, hidden=hidden, top_k=top_k, gelu_b=b, gelu_c=c,
+                  gelu_mult=1 + int(rng.integers(2**15 - 1)), gelu_shift=int(rng.integers(1, 48)),
+                  topk_addr=topk_addr)
+    for name in ("x_addr", "fc1_w_addr", "fc1_chan_addr", "fc2_w_addr", "fc2_chan_addr",
+                 "hidden_addr", "slots_addr"):
+        fields[name] = mem.take(64)
+    payloads, want = [], []
+    for e in rng.permutation(experts):
+        d = ExpertDescriptor(hw, expert=int(e), **fields)
+        payloads.append(d.to_int())
+        want.append((Fault.NONE, *linear_jobs(d, topk)))
+    d = ExpertDescriptor(hw, expert=int(chosen[0]), **fields)
+    bad = [(Fault.OPCODE, {"opcode": 9}), (Fault.SHAPE, {"tokens": hw.max_tokens + 1}),
+           (Fault.SHAPE, {"hidden": hw.max_in + 1}), (Fault.CONSTANT, {"gelu_shift": 0})]
+    if hw.bus_width > 8:
+        bad.append((Fault.SHAPE, {"topk_addr": topk_addr + 1}))
+    fault, image = bad[int(rng.integers(len(bad)))]
+    at = int(rng.integers(len(payloads) + 1))
+    payloads.insert(at, d.to_int_with(**image))
+    want.insert(at, (fault, [], [], []))
+    if top_k > 1:  # a corrupt routing: expert 0 in every row, twice in the first
+        twice = np.zeros((tokens, top_k), np.uint8)
+        d = ExpertDescriptor(hw, expert=0, **dict(fields, topk_addr=mem.put(twice)))
+        payloads.append(d.to_int())
+        want.append((Fault.SHAPE, [], [], []))
+    return mem.image, payloads, want
+
+
+def simulate_expert_alone(hw, memory, payloads, seed):
+    """ExpertEngine in Amaranth's simulator, its memory and the linear engine played by
+    the bench (random gaps, back-pressure and job lengths). Per payload: ``(error, jobs,
+    x rows, y rows)``, the rows read from the index ports while the jobs run."""
+    from amaranth.sim import Simulator
+
+    rng = random.Random(seed)
+    dut = ExpertEngine(hw)
+    nbytes = hw.bus_width // 8
+    got, current = [], {"jobs": [], "x": [], "y": []}
+
+    async def descriptors(ctx):
+        for k, payload in enumerate(payloads):
+            while rng.random() < 0.3:
+                await ctx.tick()
+            ctx.set(dut.desc.payload.as_value(), payload)
+            ctx.set(dut.desc.valid, 1)
+            await ctx.tick().until(dut.desc.ready)
+            ctx.set(dut.desc.valid, 0)
+            for _ in range(100_000):
+                if len(got) > k:
+                    break
+                await ctx.tick()
+            assert len(got) == k + 1, f"EXPERT {k}: no done"
+
+    async def read_memory(ctx):
+        port = dut.rd[0]
+        while True:
+            ctx.set(port.req.ready, rng.random() < 0.7)
+            _, _, valid, ready, req = await ctx.tick().sample(port.req.valid, port.req.ready,
+                                                             port.req.payload)
+            if not (valid and ready):
+                continue
+            data = memory[req.addr:req.addr + req.length].tobytes()
+            ctx.set(port.req.ready, 0)
+            beats = [data[k:k + nbytes] for k in range(0, len(data), nbytes)]
+            for k, beat in enumerate(beats):
+                while rng.random() < 0.3:
+                    await ctx.tick()
+                ctx.set(port.data.payload.as_value(), int.from_bytes(beat, "little")
+                        | (k == len(beats) - 1) << hw.bus_width | len(beat) << hw.bus_width + 1)
+                ctx.set(port.data.valid, 1)
+                await ctx.tick().until(port.data.ready)
+                ctx.set(port.data.valid, 0)
+
+    async def linear_engine(ctx):
+        while True:
+            ctx.set(dut.job.ready, rng.random() < 0.6)
+            _, _, valid, ready, job = await ctx.tick().sample(dut.job.valid, dut.job.ready,
+                                                             dut.job.payload.as_value())
+            if not (valid and ready):
+                continue
+            ctx.set(dut.job.ready, 0)
+            current["jobs"].append(int(job))
+            n = unpack_job(int(job))["op"]["tokens"]
+            for j in range(n):     # the rows the linear engine asks for, in its own time
+                ctx.set(dut.x_index.at, j)
+                ctx.set(dut.y_index.at, n - 1 - j)
+                current["x"].append(ctx.get(dut.x_index.row))
+                current["y"].insert(0, ctx.get(dut.y_index.row))
+                if rng.random() < 0.3:
+                    await ctx.tick()
+            for _ in range(rng.randrange(4)):
+                await ctx.tick()
+            ctx.set(dut.job_done, 1)
+            await ctx.tick()
+            ctx.set(dut.job_done, 0)
+
+    async def monitor(ctx):
+        async for _, _, done, error in ctx.tick().sample(dut.done, dut.error):
+            if done:
+                jobs = current["jobs"]
+                n = len(current["x"]) // 2 if jobs else 0
+                got.append((Fault(error), jobs, current["x"][:n], current["y"][n:]))
+                current.update(jobs=[], x=[], y=[])
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(descriptors)
+    sim.add_testbench(read_memory, background=True)
+    sim.add_testbench(linear_engine, background=True)
+    sim.add_process(monitor)
+    sim.run()
+    return got
+
+
+def unpack_job(image):
+    from moevit.sim.streams import unpack
+
+    return unpack(linear_job_layout(), image)
+
+
+@pytest.mark.parametrize("point", ["tiny", 7, 8])
+def test_expert_jobs_and_lists(point):
+    """EXPERTs of every expert of a random routing (and refused ones): the jobs handed to
+    the linear engine equal ``ExpertDescriptor.linears(n)``'s, none for an expert no
+    token chose, and the index ports answer the interpreter's token lists."""
+    seed = _seed()
+    hw = DEFAULT_HW["tiny"] if point == "tiny" else random_point(point)
+    memory, payloads, want = random_experts(hw, np.random.default_rng(seed))
+    got = simulate_expert_alone(hw, memory, payloads, seed)
+    for k, (mine, theirs) in enumerate(zip(got, want)):
+        assert mine == theirs, f"EXPERT {k} of seed {seed} on {hw}"
+
+
+# COMBINE --------------------------------------------------------------------------------------
+def test_combine_tiny_program():
+    """Both COMBINEs of the tiny program, back to back, on the slots its experts left."""
+    seed = _seed()
+    hw, memory, combines = _tiny_case("COMBINE", 0, seed)
+    want = memory.copy()
+    run_instructions(want, hw, combines)
+    got, summary = _run(CombineEngine(hw), hw, memory, [d.to_int() for d in combines],
+                        "engine-combine-tiny", seed)
+    assert summary["errors"] == [Fault.NONE] * len(combines)
+    _compare(got, want, "tiny COMBINEs")
+
+
+def _requant_constants(rng, scale):
+    if rng.random() < 0.2:
+        return int(rng.choice([1, 2**15 - 1])), int(rng.choice([1, 47]))
+    return tuple(int(v) for v in intops.quantize_multiplier(scale * float(rng.uniform(0.5, 2))))
+
+
+def _gate_weights(rng, tokens, top_k):
+    """Q0.15 weights as a gate makes them (a row sums to at most 2**15), extremes included."""
+    raw = rng.random((tokens, top_k)) ** 3
+    weights = np.floor(raw / raw.sum(axis=1, keepdims=True) * 2**15 * rng.uniform(0.3, 1))
+    extreme = rng.random(tokens) < 0.2
+    weights[extreme] = 0
+    weights[extreme, 0] = 2**15
+    return weights.astype(np.uint16)
+
+
+def random_combines(hw, rng, count, most_tokens=40):
+    """``(memory, descriptors, payloads, faults)``: ``count`` random COMBINEs (at most
+    ``most_tokens`` tokens), one refused."""
+    mem = _Memory(hw, rng)
+    descs, payloads, faults = [], [], []
+    refused = int(rng.integers(count))
+    for k in range(count):
+        tokens = int(rng.integers(1, min(hw.max_tokens, most_tokens) + 1))
+        top_k = int(rng.integers(1, 5))
+        dim = hw.cols * int(rng.integers(1, hw.max_in // hw.cols + 1))
+        mult, shift = _requant_constants(rng, 2.0 ** -22)
+        res_y, res_skip, res_shift = intops.residual_constants(
+            *(float(v) for v in rng.uniform(0.01, 0.1, 3)))
+        slots = rng.integers(-128, 128, (tokens, top_k, dim)).astype(np.int8)
+        slots[rng.random((tokens, top_k)) < 0.1] = rng.choice([-128, 127])
+        d = CombineDescriptor(
+            hw, tokens=tokens, dim=dim, top_k=top_k, mult=mult, shift=shift,
+            res_mult_y=res_y, res_mult_skip=res_skip, res_shift=res_shift,
+            weights_addr=mem.put(_gate_weights(rng, tokens, top_k)), slots_addr=mem.put(slots),
+            skip_addr=mem.put(rng.integers(-128, 128, (tokens, dim)).astype(np.int8)),
+            y_addr=mem.take(tokens * dim))
+        if k == refused:
+            options = [(Fault.OPCODE, {"opcode": 7}), (Fault.SHAPE, {"dim": hw.max_in + 1}),
+                       (Fault.SHAPE, {"top_k": 0}), (Fault.CONSTANT, {"mult": 0}),
+                       (Fault.CONSTANT, {"res_shift": 48})]
+            if hw.cols > 1:
+                options.append((Fault.SHAPE, {"dim": dim - 1}))
+            if hw.bus_width > 8:
+                options.append((Fault.SHAPE, {"slots_addr": d.slots_addr + 1}))
+            fault, fields = options[int(rng.integers(len(options)))]
+            payloads.append(d.to_int_with(**fields))
+            faults.append(fault)
+        else:
+            descs.append(d)
+            payloads.append(d.to_int())
+            faults.append(Fault.NONE)
+    return mem.image, descs, payloads, faults
+
+
+def test_combine_random_sequence():
+    """Random COMBINEs and a refused one, back to back, on the tiny hardware."""
+    seed = _seed()
+    _sequence(CombineEngine, random_combines, DEFAULT_HW["tiny"], seed, 5,
+              "engine-combine-random")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", _slow_seeds())
+def test_combine_random_design_points(seed):
+    """COMBINE on a random design point: up to its buffers, every bus width."""
+    hw = random_point(seed)
+    print(hw)
+    _sequence(CombineEngine, functools.partial(random_combines, most_tokens=hw.max_tokens), hw,
+              seed, 8, f"engine-combine-point-{seed}", _slow_simulator())

@@ -30,20 +30,23 @@ sizes and placement, ``CONSTANT`` for constants, ``OPCODE``) and ``done``
 follows in the next cycle, nothing read or written.
 """
 
-from amaranth.hdl import Array, Const, Module, Mux, Signal, unsigned
-from amaranth.lib import data, wiring
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
 from amaranth.lib.memory import Memory
 
 from moevit.hw.config import HwConfig
 from moevit.hw.program.descriptor import FAULT_WIDTH, Fault, fault_code, shift_out_of_range
-from moevit.hw.program.isa import RouteDescriptor
+from moevit.hw.program.descriptor import LinearDescriptor
+from moevit.hw.program.isa import CombineDescriptor, ExpertDescriptor, RouteDescriptor
 from moevit.hw.top.movers import Repack
-from moevit.hw.top.ports import engine_members
+from moevit.hw.top.ports import IndexPort, engine_members, linear_job_layout
+from moevit.hw.units import intexpr
 from moevit.hw.units.softmax import PROB_WIDTH, Softmax
 from moevit.hw.units.topk import TopK
 from moevit.model.integer import intops
 
-__all__ = ["RouteEngine", "route_job_layout"]
+__all__ = ["RouteEngine", "route_job_layout", "ExpertEngine", "CombineEngine"]
 
 
 def route_job_layout():
@@ -255,4 +258,272 @@ class RouteEngine(wiring.Component):
         m.d.comb += [pack.i.valid.eq(b_valid), pack.i.payload.last.eq(b_last),
                      pack.i.payload.data.eq(Mux(b_weight, er.data.weight, er.data.expert)),
                      pack.i.payload.bytes.eq(Mux(b_weight, 2, 1))]
+        return m
+
+
+class ExpertEngine(wiring.Component):
+    """Runs EXPERT (members: :mod:`moevit.hw.top.ports`, and those below):
+    ``interpreter.EXPERT`` with the linear engine.
+
+    One read channel (the routing's ``topk``, one request, a byte a cycle); the
+    write channel is unused. Entry ``j`` of the token list is the ``j``-th
+    (token, slot) whose index is ``expert`` in row-major order (``np.nonzero``'s);
+    at most ``tokens`` of them (a row of ``topk`` names an expert once), else
+    ``Fault.SHAPE``. No entry: ``done`` and nothing else (no weight is
+    fetched). Else two jobs on ``job``, each after the previous one's
+    ``job_done``: fc1 (``ExpertDescriptor.linears(n)[0]``, ``x_gather``: row
+    ``j`` of x is row ``token_j``) and fc2 (``linears(n)[1]``, ``y_scatter``: row
+    ``j`` of y goes to row ``token_j * top_k + slot_j`` of the slots); ``done``
+    with fc2's ``job_done``.
+
+    Members
+    -------
+    job : Out(stream.Signature(linear_job_layout()))
+        The linear engine's jobs.
+    job_done : In(1)
+        The linear engine ended the current job and its writes are answered
+        (the top holds it back until the write mover is idle, as between two
+        instructions: fc2 reads what fc1 wrote).
+    x_index, y_index : In(IndexPort(hw.max_tokens))
+        The list, looked up combinationally: ``x_index.row`` is ``token_j``,
+        ``y_index.row`` is ``token_j * top_k + slot_j`` for ``j`` at ``at``.
+
+    Limits (``Fault.SHAPE`` beyond them): ``tokens <= hw.max_tokens``, ``dim``
+    and ``hidden`` at most ``hw.max_in``; ``Fault.CONSTANT`` for fc1's GELU
+    constants out of their ranges (as the linear kernel's).
+    """
+
+    READS = 1
+
+    def __init__(self, hw: HwConfig):
+        _check_hw(self, hw)
+        self._hw = hw
+        members = engine_members(ExpertDescriptor.layout(), hw.bus_width, self.READS)
+        members.update({"job": Out(stream.Signature(linear_job_layout())),
+                        "job_done": In(1),
+                        "x_index": In(IndexPort(hw.max_tokens)),
+                        "y_index": In(IndexPort(hw.max_tokens))})
+        super().__init__(members)
+
+    @property
+    def hw(self) -> HwConfig:
+        return self._hw
+
+    def _code(self, p):
+        hw = self._hw
+        return fault_code([
+            (Fault.OPCODE, p.opcode != ExpertDescriptor.OPCODE),
+            (Fault.SHAPE, (p.tokens == 0) | (p.tokens > hw.max_tokens) | (p.top_k == 0)
+             | (p.dim == 0) | (p.dim > hw.max_in) | (p.hidden == 0) | (p.hidden > hw.max_in)
+             | _misaligned(hw, p.topk_addr)),
+            (Fault.CONSTANT, (p.gelu_b == 0) | (p.gelu_c == 0) | (p.gelu_mult == 0)
+             | shift_out_of_range(p.gelu_shift)),
+        ])
+
+    def elaborate(self, platform):
+        hw = self._hw
+        NT, nbytes = hw.max_tokens, hw.bus_width // 8
+        m = Module()
+        rd = self.rd[0]
+
+        m.submodules.topk = topk = Repack(nbytes, 1)
+        wiring.connect(m, wiring.flipped(rd.data), topk.i)
+        entry = data.StructLayout({"token": range(NT), "row": unsigned(16)})
+        m.submodules.list = table = Memory(shape=entry, depth=NT, init=[])
+        lw = table.write_port()
+        xr, yr = table.read_port(domain="comb"), table.read_port(domain="comb")
+        m.d.comb += [xr.addr.eq(self.x_index.at), self.x_index.row.eq(xr.data.token),
+                     yr.addr.eq(self.y_index.at), self.y_index.row.eq(yr.data.row)]
+
+        t = Signal(16)                     # token of the byte walked
+        s = Signal(8)                      # its slot
+        row = Signal(24)                   # t * top_k + s
+        n = Signal(range(NT * 256 + 1))    # entries found (more than tokens: a fault)
+        read_sent = Signal()
+
+        with m.FSM() as fsm:
+            d = _accept(m, self, self._code, "SCAN")
+            with m.State("SCAN"):
+                _request(m, rd.req, d.topk_addr, d.tokens * d.top_k, read_sent)
+                m.d.comb += topk.o.ready.eq(1)
+                with m.If(topk.o.valid):
+                    match = topk.o.payload.data[:8] == d.expert
+                    m.d.comb += [lw.addr.eq(n), lw.data.token.eq(t), lw.data.row.eq(row),
+                                 lw.en.eq(match & (n < NT))]
+                    m.d.sync += [n.eq(n + match), row.eq(row + 1), s.eq(s + 1)]
+                    with m.If(s == d.top_k - 1):
+                        m.d.sync += [s.eq(0), t.eq(t + 1)]
+                    with m.If(topk.o.payload.last):
+                        with m.If(n + match > d.tokens):
+                            m.d.sync += self.error.eq(Fault.SHAPE)
+                        m.next = "LISTED"
+            with m.State("LISTED"):
+                with m.If((n == 0) | (self.error != Fault.NONE)):
+                    m.d.comb += self.done.eq(1)
+                    m.next = "IDLE"
+                with m.Else():
+                    m.next = "FC1"
+            with m.State("FC1"):
+                m.d.comb += [self.job.valid.eq(1), self.job.payload.x_gather.eq(1)]
+                self._linear(m, self.job.payload.op, n, in_features=d.dim,
+                             out_features=d.hidden, x_addr=d.x_addr, w_addr=d.fc1_w_addr,
+                             chan_addr=d.fc1_chan_addr, y_addr=d.hidden_addr, gelu=1,
+                             gelu_b=d.gelu_b, gelu_c=d.gelu_c, gelu_mult=d.gelu_mult,
+                             gelu_shift=d.gelu_shift)
+                with m.If(self.job.ready):
+                    m.next = "FC1_RUN"
+            with m.State("FC1_RUN"):
+                with m.If(self.job_done):
+                    m.next = "FC2"
+            with m.State("FC2"):
+                m.d.comb += [self.job.valid.eq(1), self.job.payload.y_scatter.eq(1)]
+                self._linear(m, self.job.payload.op, n, in_features=d.hidden,
+                             out_features=d.dim, x_addr=d.hidden_addr, w_addr=d.fc2_w_addr,
+                             chan_addr=d.fc2_chan_addr, y_addr=d.slots_addr)
+                with m.If(self.job.ready):
+                    m.next = "FC2_RUN"
+            with m.State("FC2_RUN"):
+                with m.If(self.job_done):
+                    m.d.comb += self.done.eq(1)
+                    m.next = "IDLE"
+        m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
+        with m.If(self.desc.valid & self.desc.ready):
+            m.d.sync += [t.eq(0), s.eq(0), row.eq(0), n.eq(0), read_sent.eq(0)]
+        return m
+
+    def _linear(self, m, op, n, *, in_features, out_features, **fields):
+        """Drive ``op`` (a :class:`LinearDescriptor` image) with ``n`` tokens, the
+        derived tile counts and ``fields`` (the others 0)."""
+        hw = self._hw
+        m.d.comb += [op.opcode.eq(LinearDescriptor.OPCODE), op.tokens.eq(n),
+                     op.in_features.eq(in_features), op.out_features.eq(out_features),
+                     op.token_tiles.eq((n + hw.rows - 1) // hw.rows),
+                     op.out_tiles.eq((out_features + hw.cols - 1) // hw.cols)]
+        m.d.comb += [getattr(op, name).eq(value) for name, value in fields.items()]
+
+
+class CombineEngine(wiring.Component):
+    """Runs COMBINE (members: :mod:`moevit.hw.top.ports`): ``interpreter.COMBINE``.
+
+    Three read channels, one request each: ``rd[0]`` the gate weights (a u16
+    at a time), ``rd[1]`` the slots and ``rd[2]`` the skip tensor (``cols``
+    int8 lanes at a time); the write channel takes ``y`` as one request. Slot
+    ``s`` of token ``t``, a row of ``dim / cols`` beats, adds ``weight * slot``
+    into the accumulator row (``ceil(max_in / cols)`` words of ``cols`` int32,
+    the MoE unit's combine); the token's last slot goes, instead, through
+    ``requantize`` and ``residual_add`` with the token's skip row to ``y``.
+    One beat of slots a cycle.
+
+    Limits (``Fault.SHAPE`` beyond them): ``dim <= hw.max_in`` and a multiple
+    of ``hw.cols``; ``Fault.CONSTANT`` for a multiplier of 0 or a shift outside
+    1..47.
+    """
+
+    READS = 3
+
+    def __init__(self, hw: HwConfig):
+        _check_hw(self, hw)
+        self._hw = hw
+        super().__init__(engine_members(CombineDescriptor.layout(), hw.bus_width, self.READS))
+
+    @property
+    def hw(self) -> HwConfig:
+        return self._hw
+
+    def _code(self, p):
+        hw = self._hw
+        return fault_code([
+            (Fault.OPCODE, p.opcode != CombineDescriptor.OPCODE),
+            (Fault.SHAPE, (p.tokens == 0) | (p.top_k == 0) | (p.dim == 0) | (p.dim > hw.max_in)
+             | (p.dim % hw.cols != 0)
+             | _misaligned(hw, p.weights_addr, p.slots_addr, p.skip_addr, p.y_addr)),
+            (Fault.CONSTANT, (p.mult == 0) | shift_out_of_range(p.shift) | (p.res_mult_y == 0)
+             | (p.res_mult_skip == 0) | shift_out_of_range(p.res_shift)),
+        ])
+
+    def elaborate(self, platform):
+        hw = self._hw
+        L, nbytes = hw.cols, hw.bus_width // 8
+        words = -(-hw.max_in // L)
+        m = Module()
+
+        m.submodules.weights = wq = Repack(nbytes, 2)
+        m.submodules.slots = sq = Repack(nbytes, L)
+        m.submodules.skip = kq = Repack(nbytes, L)
+        for port, repack in zip(self.rd, (wq, sq, kq)):
+            wiring.connect(m, wiring.flipped(port.data), repack.i)
+        m.submodules.y = yq = Repack(L, nbytes)
+        m.d.comb += [self.wr.data.valid.eq(yq.o.valid), self.wr.data.payload.eq(yq.o.payload.data),
+                     yq.o.ready.eq(self.wr.data.ready)]
+        lanes = data.ArrayLayout(signed(32), L)
+        m.submodules.acc = acc = Memory(shape=lanes, depth=words, init=[])
+        aw, ar = acc.write_port(), acc.read_port(domain="comb")
+
+        t = Signal(16)
+        s = Signal(8)
+        b = Signal(range(words))
+        sent = Signal(4)                  # requests taken: rd[0..2], wr
+        consumed = Signal()               # every slot beat is in
+        # The output stage: a token's sum and skip row, to requantize and add.
+        st_valid, st_last = Signal(), Signal()
+        st_acc = Signal(lanes)
+        st_skip = Signal(data.ArrayLayout(signed(8), L))
+
+        with m.FSM() as fsm:
+            d = _accept(m, self, self._code, "RUN")
+            with m.State("RUN"):
+                for k, (port, addr, length) in enumerate((
+                        (self.rd[0].req, d.weights_addr, 2 * d.tokens * d.top_k),
+                        (self.rd[1].req, d.slots_addr, d.tokens * d.top_k * d.dim),
+                        (self.rd[2].req, d.skip_addr, d.tokens * d.dim),
+                        (self.wr.req, d.y_addr, d.tokens * d.dim))):
+                    _request(m, port, addr, length, sent[k])
+                with m.If(self.wr.data.valid & self.wr.data.ready & yq.o.payload.last):
+                    m.d.comb += self.done.eq(1)
+                    m.next = "IDLE"
+        m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
+        with m.If(self.desc.valid & self.desc.ready):
+            m.d.sync += [t.eq(0), s.eq(0), b.eq(0), sent.eq(0), consumed.eq(0)]
+
+        # A slot beat, its weight, and (the token's last slot) its skip beat and a
+        # free output stage, all at once.
+        last_b = Signal()
+        last_s = Signal()
+        free = Signal()
+        m.d.comb += [last_b.eq(b == d.dim // L - 1), last_s.eq(s == d.top_k - 1),
+                     free.eq(~st_valid | yq.i.ready)]
+        others = Signal()                 # what a slot beat waits for besides itself
+        m.d.comb += others.eq(~consumed & wq.o.valid & (~last_s | (kq.o.valid & free)))
+        fire = Signal()
+        m.d.comb += [fire.eq(sq.o.valid & others), sq.o.ready.eq(others),
+                     wq.o.ready.eq(fire & last_b), kq.o.ready.eq(fire & last_s)]
+        weight = intexpr.non_negative(wq.o.payload.data[:PROB_WIDTH])
+        m.d.comb += ar.addr.eq(b)
+        total = Signal(lanes)
+        for c in range(L):
+            slot = sq.o.payload.data[8 * c:8 * c + 8].as_signed()
+            m.d.comb += total[c].eq(Mux(s == 0, 0, ar.data[c]) + weight * slot)
+        m.d.comb += [aw.addr.eq(b), aw.data.eq(total), aw.en.eq(fire & ~last_s)]
+        with m.If(fire):
+            m.d.sync += b.eq(b + 1)
+            with m.If(last_b):
+                m.d.sync += [b.eq(0), s.eq(s + 1)]
+                with m.If(last_s):
+                    m.d.sync += [s.eq(0), t.eq(t + 1)]
+                    with m.If(t == d.tokens - 1):
+                        m.d.sync += consumed.eq(1)
+        with m.If(fire & last_s):
+            m.d.sync += [st_valid.eq(1), st_acc.eq(total), st_skip.eq(kq.o.payload.data),
+                         st_last.eq(last_b & (t == d.tokens - 1))]
+        with m.Elif(yq.i.ready):
+            m.d.sync += st_valid.eq(0)
+
+        # y = residual_add(requantize(acc), skip), lane by lane.
+        y = []
+        for c in range(L):
+            mlp = intexpr.requantize(st_acc[c], d.mult, d.shift)
+            y.append(intexpr.clip8(intexpr.round_shift(
+                mlp * d.res_mult_y + st_skip[c] * d.res_mult_skip, d.res_shift)))
+        m.d.comb += [yq.i.valid.eq(st_valid), yq.i.payload.data.eq(Cat(*y)),
+                     yq.i.payload.bytes.eq(L), yq.i.payload.last.eq(st_last)]
         return m

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from moevit.hw.config import DEFAULT_HW
+from moevit.hw.program.program import HEADER_WORDS
 from moevit.sim.benches.top import expected_runs, run_top
 
 
@@ -30,8 +31,11 @@ def _seed():
     return seed
 
 
-def _compare(got, want, what):
+def _compare(got, want, what, layout=None, base=0):
     bad = np.flatnonzero(got != want)
+    if bad.size and layout is not None:
+        names = sorted({layout.at(base + int(k)).name for k in bad})
+        what = f"{what} ({', '.join(names[:6])})"
     assert bad.size == 0, f"{what}: {bad.size} of {got.size} bytes differ, first at +{bad[0]:#x}"
 
 
@@ -44,7 +48,8 @@ def check_runs(program, runs, **options):
         assert (run["error"], run["done"]) == (0, 1), f"run {k}: error {run['error']}"
         for n, (output, reference) in enumerate(zip(run["outputs"], expected["outputs"])):
             _compare(output, reference, f"run {k} image {n} output")
-        _compare(run["scratch"], expected["scratch"], f"run {k} scratch")
+        _compare(run["scratch"], expected["scratch"], f"run {k} scratch", program.layout,
+                 program.layout.boundaries()["scratch_at"])
     return got
 
 
@@ -85,3 +90,58 @@ def test_top_under_a_slow_memory(tiny):
     seed = _seed()
     check_runs(_head(program, 26), [(1, [image])], test_id="top-slow", simulator="verilator",
                memory_pauses="random", seed=seed)
+
+
+def _with(program, index, **fields):
+    """``program.bin`` with instruction ``index`` changed (its fields, or ``opcode``)."""
+    from moevit.hw.program.program import encode
+
+    instructions = list(program.instructions)
+    desc = instructions[index]
+    data = bytearray(encode(program.hw, instructions, tasks=len(program.tasks),
+                            bus_bits=program.layout.bus_bits, memory_bytes=program.layout.size,
+                            boundaries=program.layout.boundaries()))
+    words = np.array(desc.pack(), "<u4")
+    image = desc.to_int_with(**fields)
+    words = np.array([(image >> (32 * k)) & 0xFFFFFFFF for k in range(len(words))], "<u4")
+    at = 4 * (HEADER_WORDS + sum(d.words() for d in instructions[:index]))
+    data[at:at + 4 * len(words)] = words.tobytes()
+    return bytes(data)
+
+
+@pytest.mark.slow
+def test_top_stops_on_bad_input_and_recovers(tiny):
+    """Each bad input stops the run with its code and the interrupt; the next run is
+    bit-exact again (Verilator, one device for all runs)."""
+    from moevit.hw.program.regmap import ERROR_CODES
+    from moevit.sim.benches.top import BUFFERS
+
+    program, image = tiny
+    short = _head(program, 3)   # PATCHIFY, the patch embedding, COPY
+    bounds = program.layout.boundaries()
+    written = sorted({program.layout.at(getattr(d, d.OUTPUT)).name for d in short.instructions})
+    good = {"task": 0, "images": [image]}
+    runs = [good,
+            dict(good, program=_with(short, 1, opcode=0x7F)),
+            good,
+            dict(good, program=_with(short, 0, y_addr=program.layout.size)),
+            dict(good, task=7),
+            dict(good, faults=[(BUFFERS["input"] + 1024, BUFFERS["input"] + 1040, "SLVERR")]),
+            dict(good, faults=[(BUFFERS["scratch"], BUFFERS["scratch"] + 16, "DECERR")]),
+            good,
+            dict(good, restart=True)]
+    got = run_top(short, runs, test_id="top-faults", simulator="verilator")
+    codes = {name: ERROR_CODES[name][0] for name in ("opcode", "address", "task", "memory")}
+    assert [r["error"] for r in got] == [0, codes["opcode"], 0, codes["address"], codes["task"],
+                                         codes["memory"], codes["memory"], 0, 0]
+    assert all(r["done"] == 1 for r in got), "every run ends with ap_done"
+    assert got[1]["instruction"] == 1 and got[3]["instruction"] == 0
+    assert [r["start_while_busy"] for r in got] == [0] * 8 + [1]
+    reference = expected_runs(short, [(0, [image])])[0]
+    for k in (0, 2, 7, 8):
+        _compare(got[k]["outputs"][0], reference["outputs"][0], f"run {k} output")
+        for name in written:
+            region = program.layout[name]
+            at = region.offset - bounds["scratch_at"]
+            _compare(got[k]["scratch"][at:at + region.size],
+                     reference["scratch"][at:at + region.size], f"run {k} {name}")

@@ -157,7 +157,6 @@ class Accelerator(wiring.Component):
         if expert is not None:
             wiring.connect(m, linear.x_index, expert.x_index)
             wiring.connect(m, linear.y_index, expert.y_index)
-            m.d.comb += expert.job_done.eq(linear.done)
 
         # Which engine an opcode runs on, and the payload it gets.
         issue = seq.issue.payload
@@ -289,6 +288,16 @@ class Accelerator(wiring.Component):
         with m.If(seq.start):
             m.d.sync += fault.eq(0)
         m.d.comb += seq.finished.eq(done_seen & ~movers_busy & (fault == 0))
+
+        # EXPERT: a linear job is done for it when its writes are answered too (fc2 reads
+        # the hidden rows fc1 wrote).
+        if expert is not None:
+            job_seen = Signal()
+            with m.If(linear.done):
+                m.d.sync += job_seen.eq(1)
+            m.d.comb += expert.job_done.eq(job_seen & ~movers_busy)
+            with m.If(expert.job_done | halt):
+                m.d.sync += job_seen.eq(0)
 
         # Errors: a refused descriptor, an address outside the regions, an AXI error.
         memory_error, address_error = Signal(), Signal()

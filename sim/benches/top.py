@@ -36,7 +36,12 @@ def run_top(program, runs, *, test_id, simulator=None, memory_pauses="none", see
     """Run ``runs`` on the co-simulated top loaded with ``program``.
 
     ``runs`` is a list of ``(task, images)``, ``images`` int8 arrays of the
-    program's input shape (one run may take several). Returns one dict per
+    program's input shape (one run may take several), or of dicts with those
+    keys and, for the faults a run may meet: ``program`` (other bytes in the
+    program buffer for this run), ``faults`` (``(start, end, "SLVERR" |
+    "DECERR")`` ranges of physical addresses the memory answers with that
+    response during this run) and ``restart`` (``ap_start`` written again
+    while the run is in progress). Returns one dict per
     run: ``error`` (the error code), ``status``, ``cycles``, ``busy`` (cycles
     per counted unit), ``outputs`` (uint8 bytes of each image's output
     region), ``scratch`` (the scratch after the run), ``seconds`` (wall time
@@ -59,11 +64,19 @@ def run_top(program, runs, *, test_id, simulator=None, memory_pauses="none", see
     (folder / "program.bin").write_bytes(program.encode())
     (folder / "weights.bin").write_bytes(program.weights)
     images = []
-    for task, batch in runs:
-        batch = [np.ascontiguousarray(b, np.int8) for b in batch]
-        images.append({"task": int(task), "count": len(batch)})
-        for k, image in enumerate(batch):
-            image.tofile(folder / f"run{len(images) - 1}-image{k}.bin")
+    for k, run in enumerate(runs):
+        run = run if isinstance(run, dict) else {"task": run[0], "images": run[1]}
+        batch = [np.ascontiguousarray(b, np.int8) for b in run["images"]]
+        name = "program.bin"
+        if run.get("program") is not None:
+            name = f"run{k}-program.bin"
+            (folder / name).write_bytes(bytes(run["program"]))
+        images.append({"task": int(run["task"]), "count": len(batch), "program": name,
+                       "faults": [[int(a), int(b), str(kind)]
+                                  for a, b, kind in run.get("faults", ())],
+                       "restart": bool(run.get("restart", False))})
+        for n, image in enumerate(batch):
+            image.tofile(folder / f"run{k}-image{n}.bin")
     case = {"folder": str(folder), "runs": images, "buffers": BUFFERS,
             "input_pitch": bounds["output_at"] - bounds["input_at"],
             "output_pitch": bounds["output_end"] - bounds["output_at"],
@@ -112,10 +125,11 @@ except ImportError:  # imported outside a simulation
 if cocotb is not None:
     from cocotb.clock import Clock
     from cocotb.triggers import ClockCycles, RisingEdge, with_timeout
-    from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRam
+    from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster
 
     from moevit.hw.program.regmap import REGMAP
     from moevit.sim.benches.common import CLOCK_NS
+    from moevit.sim.benches.movers import FaultyRam
     from moevit.sim.streams import pauses
 
     class Host:
@@ -129,8 +143,8 @@ if cocotb is not None:
                 logging.getLogger(f"cocotb.{dut._name}.{name}").setLevel(logging.WARNING)
             self.regs = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axi_control"), dut.ap_clk,
                                       dut.ap_rst_n, reset_active_level=False)
-            self.ram = AxiRam(AxiBus.from_prefix(dut, "m_axi_gmem"), dut.ap_clk, dut.ap_rst_n,
-                              reset_active_level=False, size=1 << 26)
+            self.ram = FaultyRam(AxiBus.from_prefix(dut, "m_axi_gmem"), dut.ap_clk,
+                                 dut.ap_rst_n, reset_active_level=False, size=1 << 26)
             if case["memory_pauses"] != "none":
                 for name in ("ar", "r", "aw", "w", "b"):
                     side = self.ram.read_if if name in ("ar", "r") else self.ram.write_if
@@ -195,7 +209,6 @@ if cocotb is not None:
         dut.ap_rst_n.value = 1
         await ClockCycles(dut.ap_clk, 2)
         buffers = case["buffers"]
-        host.ram.write(buffers["program"], (folder / "program.bin").read_bytes())
         host.ram.write(buffers["weights"], (folder / "weights.bin").read_bytes())
         for name, address in buffers.items():
             await host.write(name, address)
@@ -206,16 +219,22 @@ if cocotb is not None:
             for n in range(run["count"]):
                 host.ram.write(buffers["input"] + n * case["input_pitch"],
                                (folder / f"run{k}-image{n}.bin").read_bytes())
+            host.ram.write(buffers["program"], (folder / run["program"]).read_bytes())
+            host.ram.faults = [tuple(f) for f in run["faults"]]
             host.bytes_read = 0
             await host.write("task", run["task"])
             await host.write("images", run["count"])
             await host.write("ap_ctrl", 1)
+            if run["restart"]:
+                await ClockCycles(dut.ap_clk, 50)
+                await host.write("ap_ctrl", 1)
             try:
                 await with_timeout(RisingEdge(dut.interrupt), case["timeout_us"], "us")
             except cocotb.triggers.SimTimeoutError:
                 (out / "hang.txt").write_text("\n".join(handshakes(dut)))
                 raise AssertionError(f"run {k}: no interrupt after {case['timeout_us']} us; "
                                      f"the handshakes then: {out / 'hang.txt'}") from None
+            host.ram.faults = []
             await host.write("isr", await host.read("isr"))   # toggle-on-write: clears it
             ctrl = await host.read("ap_ctrl")
             status, error = await host.read("status"), await host.read("error")

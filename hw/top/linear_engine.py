@@ -14,12 +14,13 @@ read channel:
     the kernel's transposed beats (lane ``r`` of beat ``(tt, i)`` is
     ``x[tt*rows + r, i]``) while the next tile fills.
 ``w``, ``chan`` (channels 1, 2)
-    :class:`Fetch`: the bytes at ``w_addr`` and ``chan_addr`` in one request each,
-    re-packed to the kernel's lanes: they stream as the kernel takes them.
+    :class:`Fetch`: the bytes at ``w_addr`` and ``chan_addr`` read ahead into a FIFO
+    and re-packed to the kernel's lanes: they stream as the kernel takes them.
 ``res`` (channel 3, when ``op.residual``)
     :class:`ResidualReader`: the dense skip tensor (``tokens x out_features`` at
     ``res_addr``) in the kernel's order, one request per out tile and token
-    (``cols`` bytes at ``res_addr + t*out_features + ot*cols``).
+    (``cols`` bytes at ``res_addr + t*out_features + ot*cols``), read ahead into a
+    FIFO.
 ``y`` (the write channel)
     :class:`YWriter`: out-tile-major beats to row-major rows, one request per
     out tile and token (at ``y_addr + row(t)*out_features + ot*cols``, ``row(t)`` =
@@ -44,6 +45,13 @@ same rule for the compiler and the MoE engine's jobs); one the kernel refuses
 ends with the kernel's fault. Either way ``done`` follows at once and ``error``
 holds the code until the next job.
 
+No read channel ever waits on the kernel: ``x`` rows are requested only when the
+tile buffer has room for them, the other channels only when their FIFO has room
+for the whole request (:class:`Prefetch`). So the channels can share one AXI4
+master whose R beats return in request order (the top's interconnect) without
+one channel's beats holding another's: the kernel may wait for ``x`` while its
+weight banks are full.
+
 ``done`` is the cycle the last byte of y is handed to the write channel.
 Memory read errors (SLVERR/DECERR) are not handled: the movers drop the
 failed request's beats and the job never ends (the top's time-out catches it).
@@ -51,19 +59,19 @@ failed request's beats and the job never ends (the top's time-out catches it).
 
 from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import stream, wiring
-from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from moevit.errors import ConfigError
 from moevit.hw.config import HwConfig
 from moevit.hw.program.descriptor import DescriptorError, Fault, LinearDescriptor
-from moevit.hw.top.movers import Repack, beat_layout
+from moevit.hw.top.movers import Repack, beat_layout, request_layout
 from moevit.hw.top.ports import (IndexPort, ReadPort, WritePort, engine_members,
                                  linear_job_layout)
 from moevit.hw.units.linear import LinearKernel, chan_layout, lanes_layout, output_layout
 
-__all__ = ["LinearEngine", "XTiler", "Fetch", "ResidualReader", "YWriter", "check_job", "pack_job",
+__all__ = ["LinearEngine", "XTiler", "Prefetch", "Fetch", "ResidualReader", "YWriter", "check_job", "pack_job",
            "alignment_rules"]
 
 CHAN_BYTES = 8   # one chan beat: a little-endian u64 (moevit.hw.program.layout.pack_chan)
@@ -236,17 +244,77 @@ class XTiler(wiring.Component):
         return m
 
 
-class Fetch(wiring.Component):
-    """``length`` bytes at ``addr`` in one read request, out as beats of ``out_bytes``
-    (a :class:`~moevit.hw.top.movers.Repack` of the bus beats): the kernel's ``w`` and
-    ``chan`` streams.
+class Prefetch(wiring.Component):
+    """Read requests passed on only when their beats will fit in a FIFO of ``depth`` bus
+    beats, and the beats kept there until taken.
 
-    Members: ``start`` (one cycle: request ``addr``, ``length``), ``addr``,
+    The top's movers share one AXI4 master whose R beats come back in request
+    order: a consumer that held its beats would hold every other channel's too
+    (the kernel waiting for ``x`` behind ``w`` beats it cannot take yet). Beats
+    that are always taken as they come never hold the others.
+
+    Parameters
+    ----------
+    bus_width : int
+    depth : int
+        FIFO beats; no request may be longer (it would never be issued).
+
+    Members: ``req`` (requests, as the read channel's), ``rd``, ``o`` (the bus beats,
+    as the read channel's), ``busy``.
+    """
+
+    def __init__(self, bus_width, depth):
+        self._bus, self._depth = bus_width, depth
+        super().__init__({
+            "req": In(stream.Signature(request_layout())),
+            "rd": Out(ReadPort(bus_width)),
+            "o": Out(stream.Signature(beat_layout(bus_width))),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        rd, depth = self.rd, self._depth
+        lane_bits = (self._bus // 8 - 1).bit_length()
+        fifo = m.submodules.fifo = SyncFIFOBuffered(width=beat_layout(self._bus).size,
+                                                    depth=depth)
+        reserved = Signal(range(depth + 1))     # beats requested, not yet taken from the FIFO
+        beats = Signal(self.req.payload.length.shape().width + 1)
+        fits = Signal()
+        m.d.comb += [beats.eq((self.req.payload.length + (1 << lane_bits) - 1) >> lane_bits),
+                     fits.eq(reserved + beats <= depth)]
+        m.d.comb += [rd.req.valid.eq(self.req.valid & fits),
+                     rd.req.payload.eq(self.req.payload),
+                     self.req.ready.eq(rd.req.ready & fits)]
+        issued, popped = Signal(), Signal()
+        m.d.comb += [issued.eq(rd.req.valid & rd.req.ready),
+                     popped.eq(self.o.valid & self.o.ready)]
+        m.d.sync += reserved.eq(reserved + Mux(issued, beats, 0) - popped)
+        m.d.comb += [fifo.w_data.eq(rd.data.payload.as_value()), fifo.w_en.eq(rd.data.valid),
+                     rd.data.ready.eq(fifo.w_rdy),       # always, by the reservation
+                     self.o.valid.eq(fifo.r_rdy), self.o.payload.eq(fifo.r_data),
+                     fifo.r_en.eq(self.o.ready)]
+        m.d.comb += self.busy.eq(reserved != 0)
+        return m
+
+
+class Fetch(wiring.Component):
+    """``length`` bytes at ``addr`` as beats of ``out_bytes`` (a
+    :class:`~moevit.hw.top.movers.Repack` of the bus beats): the kernel's ``w`` and
+    ``chan`` streams. Read in requests of ``chunk`` bytes (a multiple of ``out_bytes``
+    and of the bus bytes) through a :class:`Prefetch` of ``depth`` beats.
+
+    Members: ``start`` (one cycle: begin reading ``addr``, ``length``), ``addr``,
     ``length``, ``rd``, ``o`` (the beats; ``last`` on the final one), ``busy``.
     """
 
-    def __init__(self, bus_width, out_bytes):
-        self._bus, self._out = bus_width, out_bytes
+    def __init__(self, bus_width, out_bytes, *, chunk, depth):
+        nbytes = bus_width // 8
+        if chunk % out_bytes or chunk % nbytes or chunk > depth * nbytes:
+            self._MustUse__silence = True
+            raise ValueError(f"Chunk of {chunk} bytes must be a multiple of {out_bytes} and "
+                             f"{nbytes} bytes, at most {depth * nbytes}")
+        self._bus, self._out, self._chunk, self._depth = bus_width, out_bytes, chunk, depth
         super().__init__({
             "start": In(1), "addr": In(32), "length": In(32),
             "rd": Out(ReadPort(bus_width)),
@@ -256,18 +324,24 @@ class Fetch(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        chunk = self._chunk
+        prefetch = m.submodules.prefetch = Prefetch(self._bus, self._depth)
         repack = m.submodules.repack = Repack(self._bus // 8, self._out)
-        pending = Signal()
-        m.d.comb += [self.rd.req.valid.eq(pending),
-                     self.rd.req.payload.addr.eq(self.addr),
-                     self.rd.req.payload.length.eq(self.length)]
-        with m.If(self.rd.req.ready):
-            m.d.sync += pending.eq(0)
+        on = Signal()
+        addr, left = Signal(32), Signal(32)
+        req = prefetch.req
+        m.d.comb += [req.valid.eq(on), req.payload.addr.eq(addr),
+                     req.payload.length.eq(Mux(left < chunk, left, chunk))]
+        with m.If(req.valid & req.ready):
+            m.d.sync += [addr.eq(addr + chunk), left.eq(left - chunk)]
+            with m.If(left <= chunk):
+                m.d.sync += on.eq(0)
         with m.If(self.start):
-            m.d.sync += pending.eq(1)
-        wiring.connect(m, wiring.flipped(self.rd.data), repack.i)
+            m.d.sync += [on.eq(1), addr.eq(self.addr), left.eq(self.length)]
+        wiring.connect(m, prefetch.rd, wiring.flipped(self.rd))
+        wiring.connect(m, prefetch.o, repack.i)
         wiring.connect(m, repack.o, wiring.flipped(self.o))
-        m.d.comb += self.busy.eq(pending | repack.busy)
+        m.d.comb += self.busy.eq(on | prefetch.busy | repack.busy)
         return m
 
 
@@ -306,9 +380,9 @@ class ResidualReader(wiring.Component):
     Members: ``job``, ``start``, ``rd``, ``res``, ``busy``.
     """
 
-    def __init__(self, hw: HwConfig):
+    def __init__(self, hw: HwConfig, *, depth):
         _check_hw(self, hw)
-        self._hw = hw
+        self._hw, self._depth = hw, depth
         super().__init__({
             "job": In(linear_job_layout()), "start": In(1),
             "rd": Out(ReadPort(hw.bus_width)),
@@ -320,14 +394,16 @@ class ResidualReader(wiring.Component):
         hw = self._hw
         m = Module()
         op = self.job.op
+        prefetch = m.submodules.prefetch = Prefetch(hw.bus_width, self._depth)
         repack = m.submodules.repack = Repack(hw.bus_width // 8, hw.cols)
         on = Signal()
         chunk = _Chunks(m, op, hw.cols, "res")
         row_addr = Signal(32)                    # res_addr + token * out_features
-        m.d.comb += [self.rd.req.valid.eq(on),
-                     self.rd.req.payload.addr.eq(row_addr + chunk.col),
-                     self.rd.req.payload.length.eq(chunk.width)]
-        with m.If(self.rd.req.valid & self.rd.req.ready):
+        req = prefetch.req
+        m.d.comb += [req.valid.eq(on),
+                     req.payload.addr.eq(row_addr + chunk.col),
+                     req.payload.length.eq(chunk.width)]
+        with m.If(req.valid & req.ready):
             chunk.step()
             m.d.sync += row_addr.eq(Mux(chunk.token == op.tokens - 1, op.res_addr,
                                         row_addr + op.out_features))
@@ -335,11 +411,12 @@ class ResidualReader(wiring.Component):
                 m.d.sync += on.eq(0)
         with m.If(self.start):
             m.d.sync += [on.eq(op.residual), row_addr.eq(op.res_addr), *chunk.reset()]
-        wiring.connect(m, wiring.flipped(self.rd.data), repack.i)
+        wiring.connect(m, prefetch.rd, wiring.flipped(self.rd))
+        wiring.connect(m, prefetch.o, repack.i)
         m.d.comb += [self.res.valid.eq(repack.o.valid),
                      self.res.payload.eq(repack.o.payload.data),
                      repack.o.ready.eq(self.res.ready),
-                     self.busy.eq(on | repack.busy)]
+                     self.busy.eq(on | prefetch.busy | repack.busy)]
         return m
 
 
@@ -441,6 +518,9 @@ class LinearEngine(wiring.Component):
 
     READS = 4
     X, W, CHAN, RES = range(READS)
+    #: Bus beats of the read-ahead FIFOs of ``w``, ``chan`` and the skip tensor (each
+    #: read in requests of a quarter of its FIFO, a chunk of the skip tensor at a time).
+    W_DEPTH, CHAN_DEPTH, RES_DEPTH = 128, 32, 32
 
     def __init__(self, hw: HwConfig):
         _check_hw(self, hw)
@@ -466,9 +546,12 @@ class LinearEngine(wiring.Component):
         m = Module()
         kernel = m.submodules.kernel = LinearKernel(hw)
         x = m.submodules.x = XTiler(hw)
-        w = m.submodules.w = Fetch(hw.bus_width, hw.cols)
-        chan = m.submodules.chan = Fetch(hw.bus_width, CHAN_BYTES)
-        res = m.submodules.res = ResidualReader(hw)
+        nbytes = hw.bus_width // 8
+        w = m.submodules.w = Fetch(hw.bus_width, hw.cols, depth=self.W_DEPTH,
+                                   chunk=hw.cols * max(1, self.W_DEPTH // 4 * nbytes // hw.cols))
+        chan = m.submodules.chan = Fetch(hw.bus_width, CHAN_BYTES, depth=self.CHAN_DEPTH,
+                                         chunk=self.CHAN_DEPTH // 4 * nbytes)
+        res = m.submodules.res = ResidualReader(hw, depth=max(self.RES_DEPTH, hw.cols // nbytes))
         y = m.submodules.y = YWriter(hw)
 
         job = Signal(linear_job_layout())

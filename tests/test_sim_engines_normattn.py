@@ -64,6 +64,8 @@ def _run(engine, hw, memory, ops, *, test_id, seed, simulator=None, **kwargs):
         expected = op.expected_cycles()
         print(f"{op.MNEMONIC + ' ' + _shape(op):<64} {cycles:>8} {expected:>9} "
               f"{cycles - expected:>6}")
+        # The unit alone, fed without gaps, is the bound: the engine only adds to it.
+        assert cycles > expected, f"{cycles} cycles, fewer than the unit alone's {expected}"
     print(f"{summary['seconds']:.1f} s in the simulator")
     _compare(got, want)
     return summary
@@ -130,45 +132,55 @@ def test_attention_engine_tiny_program(tiny_untrained):
 
 
 # Random design points -----------------------------------------------------------------
-def _layernorm_case(rng, *, ops, max_in):
-    """A random hardware point and ``ops`` LayerNorm descriptors over random memory."""
-    hw = HwConfig(name="ln-random", max_in=max_in,
-                  bus_width=int(rng.choice([32, 64, 128, 256, 512])))
-    nbytes = hw.bus_width // 8
-    memory = rng.integers(0, 256, 1 << 16, dtype=np.uint8)
-    top = 0
+class _Arena:
+    """Random memory handed out in bus-aligned pieces, with random gaps between them."""
 
-    def place(size):
-        nonlocal top
-        at = -(-(top + int(rng.integers(0, 3)) * nbytes) // nbytes) * nbytes
-        top = at + size
-        assert top <= len(memory)
+    def __init__(self, rng, nbytes):
+        self.rng, self.nbytes, self.top, self.contents = rng, nbytes, 0, []
+
+    def place(self, size, contents=None):
+        at = -(-(self.top + int(self.rng.integers(0, 3)) * self.nbytes) // self.nbytes) \
+            * self.nbytes
+        self.top = at + size
+        if contents is not None:
+            self.contents.append((at, np.frombuffer(contents, np.uint8)))
         return at
 
+    def memory(self):
+        memory = self.rng.integers(0, 256, self.top + 4096, dtype=np.uint8)
+        for at, data in self.contents:
+            memory[at:at + len(data)] = data
+        return memory
+
+
+def _layernorm_case(rng, *, ops, bus_widths, max_in, max_tokens):
+    """A random hardware point and ``ops`` LayerNorm descriptors over random memory."""
+    hw = HwConfig(name="ln-random", max_in=max_in, bus_width=int(rng.choice(bus_widths)))
+    arena = _Arena(rng, hw.bus_width // 8)
     descs = []
     for _ in range(ops):
-        tokens = int(rng.integers(1, 8))
+        tokens = int(rng.integers(1, max_tokens + 1))
         dim = int(rng.choice([1, hw.max_in, int(rng.integers(1, hw.max_in + 1))]))
         shift = int(rng.integers(12, 24)) if rng.random() < 0.7 else int(rng.integers(1, 48))
         eps = int(rng.choice([0, int(rng.integers(0, 2**12)), int(rng.integers(0, 2**34))]))
         gamma = rng.integers(-2**15, 2**15, dim)
         beta = rng.integers(-2**min(40, shift + 7), 2**min(40, shift + 7), dim)
-        param_addr = place(8 * dim)
-        memory[param_addr:param_addr + 8 * dim] = np.frombuffer(pack_ln_params(gamma, beta),
-                                                                np.uint8)
-        # x of one instruction may be y of an earlier one: back to back, in order.
-        x_addr = descs[-1].y_addr if descs and descs[-1].dim == dim and rng.random() < 0.3 \
-            else place(tokens * dim)
+        param_addr = arena.place(8 * dim, pack_ln_params(gamma, beta))
+        # x of one instruction may be y of the one before: back to back, in order.
+        last = descs[-1] if descs else None
+        x_addr = last.y_addr if last and last.dim == dim and last.tokens >= tokens \
+            and rng.random() < 0.3 else arena.place(tokens * dim)
         descs.append(LayerNormDescriptor(hw, tokens=tokens, dim=dim, eps=eps, shift=shift,
                                          x_addr=x_addr, param_addr=param_addr,
-                                         y_addr=place(tokens * dim)))
-    return hw, memory, descs
+                                         y_addr=arena.place(tokens * dim)))
+    return hw, arena.memory(), descs
 
 
 def test_layernorm_engine_random():
     seed = _seed()
     rng = np.random.default_rng(seed)
-    hw, memory, descs = _layernorm_case(rng, ops=4, max_in=int(rng.integers(1, 40)))
+    hw, memory, descs = _layernorm_case(rng, ops=4, bus_widths=(32, 64, 128),
+                                        max_in=int(rng.integers(1, 40)), max_tokens=7)
     print(f"bus {hw.bus_width} bits, max_in {hw.max_in}")
     # A refused descriptor among them: the unit's check (too wide) and the engine's
     # (an address off the bus) each end it at once, writing nothing.
@@ -182,25 +194,22 @@ def test_layernorm_engine_random():
 
 def _attention_case(rng, *, ops, bus_widths, max_tokens, heads_parallel):
     """A random hardware point and ``ops`` attention descriptors over random memory, each
-    with its own q, k, v layout (one fused QKV tensor, or three tensors with padded rows)."""
+    with its own q, k, v layout (one fused QKV tensor, or three tensors with padded rows).
+    A score takes at most 16 chunks (``head_dim / score_lanes``)."""
     nbytes = int(rng.choice(bus_widths)) // 8
-    lanes = int(rng.choice([1, 2, 4, 8]))
     P = int(rng.choice(heads_parallel))
-    # The engine's rule: P * head_dim a whole number of bus words.
-    unit = math.lcm(lanes, nbytes // math.gcd(nbytes, P))
+
+    def step(lanes):  # the engine's rule: P * head_dim a whole number of bus words
+        return math.lcm(lanes, nbytes // math.gcd(nbytes, P))
+
+    lanes = int(rng.choice([n for n in (1, 2, 4, 8) if step(n) <= 16 * n]))
+    unit = step(lanes)
     hw = HwConfig(name="attention-random", bus_width=8 * nbytes, score_lanes=lanes,
-                  heads_parallel=P, max_head_dim=unit * int(rng.integers(1, 4)),
+                  heads_parallel=P,
+                  max_head_dim=unit * int(rng.integers(1, 16 * lanes // unit + 1)),
                   kv_depth=int(rng.integers(1, max_tokens + 1)))
-    memory = rng.integers(0, 256, 1 << 16, dtype=np.uint8)
-    top = 0
-
-    def place(size):
-        nonlocal top
-        at = -(-(top + int(rng.integers(0, 3)) * nbytes) // nbytes) * nbytes
-        top = at + size
-        assert top <= len(memory)
-        return at
-
+    arena = _Arena(rng, nbytes)
+    place = arena.place
     descs = []
     for _ in range(ops):
         tokens = int(rng.choice([1, hw.kv_depth, int(rng.integers(1, hw.kv_depth + 1))]))
@@ -222,7 +231,7 @@ def _attention_case(rng, *, ops, bus_widths, max_tokens, heads_parallel):
                                          out_mult=int(out_mult), out_shift=int(out_shift),
                                          q_addr=q, k_addr=k, v_addr=v, row_pitch=pitch,
                                          out_addr=place(tokens * width)))
-    return hw, memory, descs
+    return hw, arena.memory(), descs
 
 
 @pytest.mark.parametrize("heads_parallel", [1, 2])
@@ -243,3 +252,53 @@ def test_attention_engine_random(heads_parallel):
                    test_id=f"engine-attention-random-{heads_parallel}", seed=seed,
                    memory_pauses="random", gaps="random")
     assert summary["errors"] == [0, Fault.SHAPE, Fault.SHAPE, Fault.SHAPE, 0, 0]
+
+
+# Slow: the whole instructions of the trained tiny program, and wider sweeps (Verilator) ------
+@pytest.fixture(scope="module")
+def tiny_trained():
+    return _tiny_program(trained=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mnemonic", ["LAYERNORM", "ATTENTION"])
+@pytest.mark.parametrize("memory_pauses", ["none", "random"])
+def test_engine_tiny_program_all(tiny_trained, mnemonic, memory_pauses):
+    """Every LAYERNORM (ATTENTION) of the program back to back; without memory stalls the
+    cycles are the engine's own cost over the unit's."""
+    seed = _seed()
+    program, memory = tiny_trained
+    descs, start = _program_case(program, memory, mnemonic, np.random.default_rng(seed))
+    engine = (LayerNormEngine if mnemonic == "LAYERNORM" else AttentionEngine)(program.hw)
+    _run(engine, program.hw, start, descs, test_id=f"engine-{mnemonic}-tiny-{memory_pauses}",
+         seed=seed, simulator="verilator", memory_pauses=memory_pauses,
+         gaps="none" if memory_pauses == "none" else "random")
+
+
+SLOW_SEEDS = 4
+ALL_BUSES = (32, 64, 128, 256, 512, 1024)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", range(SLOW_SEEDS))
+def test_layernorm_engine_random_sweep(case):
+    seed = _seed()
+    rng = np.random.default_rng(seed)
+    hw, memory, descs = _layernorm_case(rng, ops=6, bus_widths=ALL_BUSES,
+                                        max_in=int(rng.integers(1, 300)), max_tokens=20)
+    print(f"bus {hw.bus_width} bits, max_in {hw.max_in}")
+    _run(LayerNormEngine(hw), hw, memory, descs, test_id=f"engine-layernorm-sweep-{case}",
+         seed=seed, simulator="verilator", memory_pauses="random", gaps="random")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", range(SLOW_SEEDS))
+def test_attention_engine_random_sweep(case):
+    seed = _seed()
+    rng = np.random.default_rng(seed)
+    hw, memory, descs = _attention_case(rng, ops=5, bus_widths=ALL_BUSES, max_tokens=40,
+                                        heads_parallel=(1, 2, 3))
+    print(f"bus {hw.bus_width} bits, score lanes {hw.score_lanes}, heads in parallel "
+          f"{hw.heads_parallel}, max head dim {hw.max_head_dim}, kv depth {hw.kv_depth}")
+    _run(AttentionEngine(hw), hw, memory, descs, test_id=f"engine-attention-sweep-{case}",
+         seed=seed, simulator="verilator", memory_pauses="random", gaps="random")

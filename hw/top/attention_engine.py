@@ -203,7 +203,8 @@ class AttentionEngine(wiring.Component):
 
         new = self.desc.payload
         unfit = off_bus(nbytes, new.q_addr, new.k_addr, new.v_addr, new.out_addr,
-                        new.row_pitch, new.head_dim * P) | (new.row_pitch < new.heads * new.head_dim)
+                        new.row_pitch, new.head_dim * P) \
+            | (new.row_pitch < new.heads * new.head_dim)
         # The descriptor goes to the kernel as the engine takes it; the kernel's verdict
         # is on its `error` the cycle after.
         m.d.comb += [

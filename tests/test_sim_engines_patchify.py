@@ -51,7 +51,7 @@ def random_case(rng, hw, size, count, *, faults=True, max_grid=5):
         y_addr = y_half + int(rng.integers(0, size // 2 - image + 1)) // nbytes * nbytes
         desc = PatchifyDescriptor(hw, channels=channels, rows=rows, columns=columns, patch=patch,
                                   x_addr=x_addr, y_addr=y_addr)
-        kind = rng.integers(0, 6) if faults else 0
+        kind = int(rng.integers(1, 5)) if faults and rng.random() < 0.3 else 0
         if kind == 1:
             payloads.append(desc.to_int_with(opcode=5))
             errors.append(Fault.OPCODE)
@@ -62,7 +62,7 @@ def random_case(rng, hw, size, count, *, faults=True, max_grid=5):
             payloads.append(desc.to_int_with(patch=16, channels=hw.max_in // 256 + 1,
                                              rows=16, columns=16))
             errors.append(Fault.SHAPE)
-        elif kind == 4 and nbytes > 1:
+        elif kind == 4:
             payloads.append(desc.to_int_with(y_addr=y_addr + 1))
             errors.append(Fault.SHAPE)
         else:
@@ -124,7 +124,7 @@ def test_patchify_random_back_to_back(bus_width):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", range(6))
+@pytest.mark.parametrize("case", range(4))
 def test_patchify_random_design_points(case):
     """Random bus widths, block sizes, buffer depths and longer sequences (Verilator)."""
     seed = _seed()

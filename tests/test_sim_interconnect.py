@@ -39,9 +39,11 @@ def relocate(regions, addr, length):
 # Signatures and parameter errors -----------------------------------------------------
 def test_arbiter_signatures():
     arbiter = ReadArbiter(64, 3, max_outstanding=2)
+    arbiter._MustUse__silence = True  # only its signature is looked at
     assert arbiter.signature.members["axi"].signature == AXI4ReadSignature(64)
     assert len(arbiter.ports) == 3
     writes = WriteArbiter(256, 1)
+    writes._MustUse__silence = True
     assert writes.signature.members["axi"].signature == AXI4WriteSignature(256)
 
 
@@ -279,7 +281,7 @@ def test_interconnect_concurrent_ports(data_width, pauses):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", range(4))
+@pytest.mark.parametrize("case", range(3))
 def test_interconnect_random_design_points(case):
     """More ports, widths and outstanding limits, longer runs (Verilator)."""
     seed = _seed()

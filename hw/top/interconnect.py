@@ -23,6 +23,13 @@ An arbiter's granted master keeps the grant until its AR (AW) is taken, as
 AXI forbids a valid address to change; a port is granted only while the queue
 has room, so at most ``max_outstanding`` bursts are in flight on the shared
 master. The arbiters add no cycle: address and data pass through.
+
+In-order routing has one rule for its users: a master must take its R beats
+(and send its W beats) without waiting for another port's bursts that were
+granted after its own, or the shared channel stalls for good. Two read
+channels of one engine that each wait for the other's data deadlock here;
+the movers' data streams must drain independently (or through buffers deep
+enough for the bursts the engine keeps in flight).
 """
 
 from amaranth.hdl import Module, Mux, Signal, unsigned

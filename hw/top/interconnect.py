@@ -15,9 +15,9 @@ addresses relocated to the host's buffers.
     address (an offset into the memory image of
     :mod:`moevit.hw.program.layout`) becomes the host's: weights ``[0,
     scratch_at)``, scratch ``[scratch_at, input_at)``, input ``[input_at,
-    output_at)`` and output ``[output_at, end)`` each have a 64-bit base, and
-    input and output add ``image * pitch`` (run N of a multi-image start reads
-    image N and writes its output N).
+    output_at)`` and output ``[output_at, output_end)`` each have a 64-bit base,
+    and input and output add ``image`` times the region's size (run N of a
+    multi-image start reads image N and writes its output N).
 
 An arbiter's granted master keeps the grant until its AR (AW) is taken, as
 AXI forbids a valid address to change; a port is granted only while the queue
@@ -40,10 +40,13 @@ from amaranth.lib.wiring import In, Out
 from moevit.hw.top.movers import (ADDR_WIDTH, DATA_WIDTHS, AXI4ReadSignature,
                                   AXI4WriteSignature, request_layout)
 
-__all__ = ["ReadArbiter", "WriteArbiter", "REGION_KINDS", "relocation_layout", "Relocator"]
+__all__ = ["ReadArbiter", "WriteArbiter", "REGION_KINDS", "BOUND_FIELDS", "bounds_layout",
+           "bases_layout", "Relocator"]
 
 #: The region kinds a Relocator maps, in address order (:data:`moevit.hw.program.layout.KINDS`).
 REGION_KINDS = ("weights", "scratch", "input", "output")
+#: Where the kinds after the weights start, and where the output ends.
+BOUND_FIELDS = ("scratch_at", "input_at", "output_at", "output_end")
 
 
 def _check(data_width, ports, max_outstanding):
@@ -138,7 +141,7 @@ class ReadArbiter(_Arbiter):
     axi : Out(AXI4ReadSignature(data_width))
     """
 
-    def __init__(self, data_width=128, ports=2, *, max_outstanding=4):
+    def __init__(self, data_width=128, ports=2, max_outstanding=4):
         super().__init__(AXI4ReadSignature, data_width, ports, max_outstanding)
 
     def elaborate(self, platform):
@@ -174,7 +177,7 @@ class WriteArbiter(_Arbiter):
     axi : Out(AXI4WriteSignature(data_width))
     """
 
-    def __init__(self, data_width=128, ports=2, *, max_outstanding=4):
+    def __init__(self, data_width=128, ports=2, max_outstanding=4):
         super().__init__(AXI4WriteSignature, data_width, ports, max_outstanding)
 
     def elaborate(self, platform):
@@ -198,28 +201,31 @@ class WriteArbiter(_Arbiter):
         return m
 
 
-def relocation_layout():
-    """Where the program's regions go (the top's registers; held still during a run):
-    the region boundaries in program addresses (``scratch_at <= input_at <= output_at
-    <= end``), a 64-bit host base per kind, the image index and the input and output
-    pitches (bytes from one image's buffer to the next)."""
-    return data.StructLayout({
-        "scratch_at": unsigned(32), "input_at": unsigned(32), "output_at": unsigned(32),
-        "end": unsigned(32),
-        "base": data.ArrayLayout(unsigned(ADDR_WIDTH), len(REGION_KINDS)),
-        "image": unsigned(16), "input_pitch": unsigned(32), "output_pitch": unsigned(32),
-    })
+def bounds_layout():
+    """Where each kind of region starts, in program addresses (the program header's
+    bounds: ``scratch_at <= input_at <= output_at <= output_end``); the weights start
+    at 0, and the program follows the output."""
+    return data.StructLayout({name: unsigned(32) for name in BOUND_FIELDS})
+
+
+def bases_layout():
+    """The host's buffer of each region kind (64-bit byte addresses; the top's
+    argument registers)."""
+    return data.StructLayout({kind: unsigned(ADDR_WIDTH) for kind in REGION_KINDS})
 
 
 class Relocator(wiring.Component):
     """A request stream with program addresses -> the same with host addresses.
 
-    A request ``[addr, addr + length)`` inside one region kind ``k`` (starting at
-    ``start[k]``) goes out with ``base[k] + addr - start[k]``, plus ``image *
-    pitch`` for input and output. A request that starts at or past ``end``, or runs
-    past its kind's end, is taken and dropped: ``error`` rises and stays high until
-    ``clear``. One register stage: a request goes out the cycle after it is taken,
-    one a cycle.
+    A request ``[addr, addr + length)`` inside one region kind, starting at
+    ``start``, goes out at ``bases.<kind> + addr - start``; input and output add
+    ``image`` times their pitch, the size of the region (``output_at - input_at``,
+    ``output_end - output_at``): image N's input and output lie N regions into
+    the host's buffers. A request that starts at or past ``output_end``, or runs
+    past the end of its kind, is taken and dropped, with ``error`` high for that
+    one cycle (the top keeps the flag). One register stage: a request goes out
+    the cycle after it is taken, one a cycle. ``bounds``, ``bases`` and ``image``
+    hold still while requests flow (a change takes effect two cycles later).
 
     Parameters
     ----------
@@ -230,10 +236,11 @@ class Relocator(wiring.Component):
     ----------
     i : In(stream.Signature(request_layout(length_width)))
     o : Out(stream.Signature(request_layout(length_width)))
-    regions : In(relocation_layout())
-        A change takes effect two cycles later.
+    bounds : In(bounds_layout())
+    bases : In(bases_layout())
+    image : In(16)
+        The image of a multi-image run.
     error : Out(1)
-    clear : In(1)
     """
 
     def __init__(self, *, length_width=32):
@@ -241,24 +248,25 @@ class Relocator(wiring.Component):
         super().__init__({
             "i": In(stream.Signature(request_layout(length_width))),
             "o": Out(stream.Signature(request_layout(length_width))),
-            "regions": In(relocation_layout()),
+            "bounds": In(bounds_layout()),
+            "bases": In(bases_layout()),
+            "image": In(16),
             "error": Out(1),
-            "clear": In(1),
         })
 
     def elaborate(self, platform):
         m = Module()
-        r = self.regions
-        starts = [0, r.scratch_at, r.input_at, r.output_at]
-        ends = [r.scratch_at, r.input_at, r.output_at, r.end]
-        pitches = [0, 0, r.input_pitch, r.output_pitch]
+        b = self.bounds
+        starts = [0, b.scratch_at, b.input_at, b.output_at]
+        ends = [b.scratch_at, b.input_at, b.output_at, b.output_end]
+        pitches = [0, 0, b.output_at - b.input_at, b.output_end - b.output_at]
         # Per kind the one number added (mod 2**64), registered off the request path.
         shift = [Signal(ADDR_WIDTH, name=f"shift_{kind}") for kind in REGION_KINDS]
-        for k in range(len(REGION_KINDS)):
-            m.d.sync += shift[k].eq(r.base[k] - starts[k] + r.image * pitches[k])
+        for k, kind in enumerate(REGION_KINDS):
+            m.d.sync += shift[k].eq(self.bases[kind] - starts[k] + self.image * pitches[k])
 
         p = self.i.payload
-        stop = Signal(ADDR_WIDTH + 33)                 # one past the request's last byte
+        stop = Signal(ADDR_WIDTH + 1)                  # one past the request's last byte
         m.d.comb += stop.eq(p.addr + p.length)
         moved, bad = Signal(ADDR_WIDTH), Signal()
         m.d.comb += bad.eq(1)
@@ -266,14 +274,13 @@ class Relocator(wiring.Component):
             with m.If(p.addr < ends[k]):
                 m.d.comb += [moved.eq(p.addr + shift[k]), bad.eq(stop > ends[k])]
 
-        m.d.comb += self.i.ready.eq(~self.o.valid | self.o.ready)
+        taken = Signal()
+        m.d.comb += [self.i.ready.eq(~self.o.valid | self.o.ready),
+                     taken.eq(self.i.valid & self.i.ready)]
         with m.If(self.o.ready):
             m.d.sync += self.o.valid.eq(0)
-        with m.If(self.i.valid & self.i.ready):
+        with m.If(taken):
             m.d.sync += [self.o.valid.eq(~bad), self.o.payload.addr.eq(moved),
                          self.o.payload.length.eq(p.length)]
-        with m.If(self.clear):
-            m.d.sync += self.error.eq(0)
-        with m.If(self.i.valid & self.i.ready & bad):
-            m.d.sync += self.error.eq(1)
+        m.d.sync += self.error.eq(taken & bad)
         return m

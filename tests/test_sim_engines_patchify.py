@@ -85,7 +85,8 @@ def run_case(hw, memory, payloads, errors, good, *, test_id, seed, simulator=Non
     return summary
 
 
-@pytest.mark.parametrize("memory_pauses", ["none", "random"])
+@pytest.mark.parametrize("memory_pauses", [
+    "none", pytest.param("random", marks=pytest.mark.slow)])
 def test_patchify_tiny_model_instruction(memory_pauses):
     """The tiny program's PATCHIFY on a real quantized image, in the program's memory image."""
     from moevit.hw.program.compiler import compile_program
@@ -112,8 +113,9 @@ def test_patchify_tiny_model_instruction(memory_pauses):
         assert summary["cycles"][0] < 1.1 * ideal
 
 
-@pytest.mark.parametrize("bus_width", [32, 128])
+@pytest.mark.parametrize("bus_width", [32, pytest.param(128, marks=pytest.mark.slow)])
 def test_patchify_random_back_to_back(bus_width):
+    """Patches wider than the bus (32 bits: runs cut in parts) in the fast suite."""
     seed = _seed()
     rng = np.random.default_rng(seed)
     hw = DEFAULT_HW["tiny"].replace(bus_width=bus_width)

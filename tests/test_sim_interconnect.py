@@ -260,7 +260,8 @@ def check_interconnect(seed, data_width, max_outstanding, reads, writes, per_por
     assert bad.size == 0, f"{bad.size} bytes differ, first at {bad[0]:#x}"
 
 
-@pytest.mark.parametrize("data_width,pauses", [(128, "random"), (32, "fixed")])
+@pytest.mark.parametrize("data_width,pauses", [
+    (128, "random"), pytest.param(32, "fixed", marks=pytest.mark.slow)])
 def test_interconnect_concurrent_ports(data_width, pauses):
     seed = _seed()
     check_interconnect(seed, data_width, 3, reads=4, writes=3, per_port=6, pauses=pauses,

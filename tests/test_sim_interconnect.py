@@ -99,6 +99,20 @@ def test_arbiter_grant_is_round_robin_and_held_until_taken():
     assert seen["waiting"] == [0x300, 0x300, (0, 1)]
 
 
+def test_read_arbiter_buffer():
+    arbiters = [ReadArbiter(128, 2), ReadArbiter(512, 2), ReadArbiter(128, 2, buffer_beats=0)]
+    for arbiter in arbiters:
+        arbiter._MustUse__silence = True  # only its parameters are looked at
+    # The longest burst: 256 beats, or a 4 KiB page of 64-byte beats.
+    assert [arbiter.buffer_beats for arbiter in arbiters] == [256, 64, 0]
+    with pytest.raises(ValueError, match=r"^A buffer of 100 beats cannot hold the longest "
+                                         r"burst of 256 beats$"):
+        ReadArbiter(128, 2, buffer_beats=100)
+    with pytest.raises(TypeError, match=r"^Buffer beats must be a non-negative integer, "
+                                        r"not -1$"):
+        ReadArbiter(128, 2, buffer_beats=-1)
+
+
 # The Relocator alone ----------------------------------------------------------------
 def random_relocation(rng, nbytes, *, size_range=(0, 6000), wrap=False):
     """Region bounds (some kinds may be empty), bases and an image index."""
@@ -240,13 +254,15 @@ def interconnect_case(rng, nbytes, reads, writes, per_port, *, bad=0.1):
 
 
 def check_interconnect(seed, data_width, max_outstanding, reads, writes, per_port, *,
-                       test_id, simulator=None, pauses="random"):
+                       test_id, simulator=None, pauses="random", buffer_beats=None,
+                       hold_first=False):
     rng = np.random.default_rng(seed)
     memory, relocation, read_ports, write_ports, want, expected_reads = interconnect_case(
         rng, data_width // 8, reads, writes, per_port)
     got, summary = run_interconnect(data_width, max_outstanding, memory, relocation, read_ports,
                                     write_ports, test_id=test_id, seed=seed,
-                                    simulator=simulator, pauses=pauses)
+                                    simulator=simulator, pauses=pauses,
+                                    buffer_beats=buffer_beats, hold_first=hold_first)
     moved = sum(n for port in read_ports for _, n, good in port if good) \
         + sum(n for port in write_ports for _, n, d in port if d is not None)
     print(f"{reads} read and {writes} write ports, {moved} bytes in {summary['cycles']} cycles "
@@ -260,12 +276,24 @@ def check_interconnect(seed, data_width, max_outstanding, reads, writes, per_por
     assert bad.size == 0, f"{bad.size} bytes differ, first at {bad[0]:#x}"
 
 
-@pytest.mark.parametrize("data_width,pauses", [
-    (128, "random"), pytest.param(32, "fixed", marks=pytest.mark.slow)])
-def test_interconnect_concurrent_ports(data_width, pauses):
+@pytest.mark.parametrize("data_width,pauses,buffer_beats", [
+    (128, "random", None), pytest.param(32, "fixed", 0, marks=pytest.mark.slow)])
+def test_interconnect_concurrent_ports(data_width, pauses, buffer_beats):
+    """Buffered (the default) and unbuffered read arbiter."""
     seed = _seed()
     check_interconnect(seed, data_width, 3, reads=4, writes=3, per_port=6, pauses=pauses,
-                       test_id=f"interconnect-{data_width}-{pauses}")
+                       buffer_beats=buffer_beats,
+                       test_id=f"interconnect-{data_width}-{pauses}-{buffer_beats}")
+
+
+@pytest.mark.slow
+def test_read_port_waiting_on_another_does_not_stall_them():
+    """Read port 0 takes nothing until the other ports have all their beats: the
+    buffered arbiter still delivers theirs (unbuffered, port 0's first burst would
+    hold R for good)."""
+    seed = _seed()
+    check_interconnect(seed, 128, 4, reads=3, writes=1, per_port=8, hold_first=True,
+                       test_id="interconnect-hold-first")
 
 
 @pytest.mark.slow
@@ -276,6 +304,7 @@ def test_interconnect_random_design_points(case):
     rng = np.random.default_rng(seed)
     check_interconnect(seed, int(rng.choice([32, 64, 128, 256, 512])),
                        int(rng.integers(1, 9)), reads=int(rng.integers(1, 9)),
+                       buffer_beats=None if rng.random() < 0.7 else 0,
                        writes=int(rng.integers(1, 6)), per_port=20, simulator="verilator",
                        pauses=str(rng.choice(["none", "fixed", "random"])),
                        test_id=f"interconnect-point-{case}")

@@ -41,13 +41,14 @@ class InterconnectBench(wiring.Component):
     ``r_error`` / ``w_error`` keep their error flags (until ``clear``), ``busy`` is
     any mover's."""
 
-    def __init__(self, data_width, reads, writes, max_outstanding):
+    def __init__(self, data_width, reads, writes, max_outstanding, buffer_beats=None):
         self._reads = [ReadMover(data_width, max_outstanding=max_outstanding)
                        for _ in range(reads)]
         self._writes = [WriteMover(data_width, max_outstanding=max_outstanding)
                         for _ in range(writes)]
         self._relocators = [Relocator() for _ in range(reads + writes)]
-        self._read_arbiter = ReadArbiter(data_width, reads, max_outstanding=max_outstanding)
+        self._read_arbiter = ReadArbiter(data_width, reads, max_outstanding,
+                                         buffer_beats=buffer_beats)
         self._write_arbiter = WriteArbiter(data_width, writes, max_outstanding=max_outstanding)
         members = {"bounds": In(bounds_layout()), "bases": In(bases_layout()), "image": In(16),
                    "clear": In(1),
@@ -93,7 +94,7 @@ class InterconnectBench(wiring.Component):
 
 def run_interconnect(data_width, max_outstanding, memory, relocation, reads, writes, *, test_id,
                      seed=0, simulator=None, pauses="random", probability=0.3,
-                     timeout_cycles=1_000_000):
+                     buffer_beats=None, hold_first=False, timeout_cycles=1_000_000):
     """Run the requests on :class:`InterconnectBench` over ``memory`` (a uint8 array).
 
     ``relocation``: the relocators' inputs, a dict of ``bounds`` and ``bases`` (dicts
@@ -101,7 +102,9 @@ def run_interconnect(data_width, max_outstanding, memory, relocation, reads, wri
     ``reads``: per read port a list of ``(addr, length, good)``, ``good`` false for a
     request the relocator drops (no bytes come back); ``writes``: per write port a
     list of ``(addr, length, data)``, ``data`` None for a request the relocator
-    drops (no bytes are sent for it). Addresses are the program's. Returns ``(memory_after, summary)``; the summary has
+    drops (no bytes are sent for it). Addresses are the program's. ``buffer_beats``:
+    the read arbiter's. ``hold_first``: read port 0 takes no beat before every other
+    read port has all of its own (a consumer that waits on another port). Returns ``(memory_after, summary)``; the summary has
     ``received`` (per read port, per request its bytes as a hex string), ``r_error``,
     ``w_error``, ``cycles`` and ``seconds``.
     """
@@ -113,7 +116,8 @@ def run_interconnect(data_width, max_outstanding, memory, relocation, reads, wri
 
     folder = build_dir("sim", "_rtl", sim_folder(test_id).name)
     source = folder / f"{TOPLEVEL}.v"
-    bench = InterconnectBench(data_width, len(reads), len(writes), max_outstanding)
+    bench = InterconnectBench(data_width, len(reads), len(writes), max_outstanding,
+                              buffer_beats)
     source.write_text(verilog.convert(bench, name=TOPLEVEL, emit_src=False,
                                       strip_internal_attrs=True))
     image = (folder / "memory.bin").resolve()
@@ -125,6 +129,7 @@ def run_interconnect(data_width, max_outstanding, memory, relocation, reads, wri
             "writes": [[[int(a), int(n), None if d is None else bytes(d).hex()]
                         for a, n, d in port] for port in writes],
             "seed": int(seed), "pauses": pauses, "probability": float(probability),
+            "hold_first": bool(hold_first),
             "timeout_cycles": int(timeout_cycles)}
     result = run_cocotb(toplevel=TOPLEVEL, sources=[source], test_module=__name__,
                         test_id=test_id, simulator=simulator,
@@ -226,8 +231,12 @@ if cocotb is not None:
             source = StreamSource(dut, f"r{k}_req", dut.clk, pause=gaps(f"r{k}_req"))
             source.send(_request(a, n) for a, n, _ in port)
             sources.append(source)
-            sinks.append(StreamSink(dut, f"r{k}_data", dut.clk,
-                                    pause=None if kind == "none" else gaps(f"r{k}_data")))
+            if k == 0 and case["hold_first"]:   # made once the other ports have their beats
+                dut.r0_data__ready.value = 0
+                sinks.append(None)
+            else:
+                sinks.append(StreamSink(dut, f"r{k}_data", dut.clk,
+                                        pause=None if kind == "none" else gaps(f"r{k}_data")))
             lengths.append([n for _, n, good in port if good])
         for k, port in enumerate(case["writes"]):
             source = StreamSource(dut, f"w{k}_req", dut.clk, pause=gaps(f"w{k}_req"))
@@ -252,8 +261,13 @@ if cocotb is not None:
                 assert cycles < case["timeout_cycles"], \
                     f"no end after {cycles} cycles (a deadlock?)"
         counter = cocotb.start_soon(count())
+        beats = [sum(-(-n // nbytes) for n in port) for port in lengths]
+        if case["hold_first"]:
+            for k in range(1, len(sinks)):
+                await sinks[k].receive(beats[k])
+            sinks[0] = StreamSink(dut, "r0_data", dut.clk, pause=None)
         for k, sink in enumerate(sinks):
-            await sink.receive(sum(-(-n // nbytes) for n in lengths[k]))
+            await sink.receive(beats[k])
         for source in sources:
             await source.wait()
         await RisingEdge(dut.clk)

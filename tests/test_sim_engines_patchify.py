@@ -51,7 +51,7 @@ def random_case(rng, hw, size, count, *, faults=True, max_grid=5):
         y_addr = y_half + int(rng.integers(0, size // 2 - image + 1)) // nbytes * nbytes
         desc = PatchifyDescriptor(hw, channels=channels, rows=rows, columns=columns, patch=patch,
                                   x_addr=x_addr, y_addr=y_addr)
-        kind = rng.integers(0, 6) if faults else 0
+        kind = int(rng.integers(1, 5)) if faults and rng.random() < 0.3 else 0
         if kind == 1:
             payloads.append(desc.to_int_with(opcode=5))
             errors.append(Fault.OPCODE)
@@ -62,7 +62,7 @@ def random_case(rng, hw, size, count, *, faults=True, max_grid=5):
             payloads.append(desc.to_int_with(patch=16, channels=hw.max_in // 256 + 1,
                                              rows=16, columns=16))
             errors.append(Fault.SHAPE)
-        elif kind == 4 and nbytes > 1:
+        elif kind == 4:
             payloads.append(desc.to_int_with(y_addr=y_addr + 1))
             errors.append(Fault.SHAPE)
         else:
@@ -85,7 +85,8 @@ def run_case(hw, memory, payloads, errors, good, *, test_id, seed, simulator=Non
     return summary
 
 
-@pytest.mark.parametrize("memory_pauses", ["none", "random"])
+@pytest.mark.parametrize("memory_pauses", [
+    "none", pytest.param("random", marks=pytest.mark.slow)])
 def test_patchify_tiny_model_instruction(memory_pauses):
     """The tiny program's PATCHIFY on a real quantized image, in the program's memory image."""
     from moevit.hw.program.compiler import compile_program
@@ -105,15 +106,18 @@ def test_patchify_tiny_model_instruction(memory_pauses):
     summary = run_case(hw, memory, [first.to_int()], [Fault.NONE], [first],
                        test_id=f"engine-patchify-tiny-{memory_pauses}", seed=seed, memory_pauses=memory_pauses)
     if memory_pauses == "none":
-        # Blocks load (a bus beat a cycle) then emit (a patch row, 8 bytes, a cycle).
+        # A block (here a grid row) loads a bus beat a cycle while the one before it
+        # emits a patch row (8 bytes) a cycle: the emission, and the first load.
         size = first.channels * first.rows * first.columns
-        ideal = size // (hw.bus_width // 8) + size // first.patch
+        block = size // (first.rows // first.patch)
+        ideal = size // first.patch + block // (hw.bus_width // 8)
         print(f"{summary['cycles'][0]} cycles for {size} bytes; {ideal} at full rate")
         assert summary["cycles"][0] < 1.1 * ideal
 
 
-@pytest.mark.parametrize("bus_width", [32, 128])
+@pytest.mark.parametrize("bus_width", [32, pytest.param(128, marks=pytest.mark.slow)])
 def test_patchify_random_back_to_back(bus_width):
+    """Patches wider than the bus (32 bits: runs cut in parts) in the fast suite."""
     seed = _seed()
     rng = np.random.default_rng(seed)
     hw = DEFAULT_HW["tiny"].replace(bus_width=bus_width)
@@ -124,7 +128,7 @@ def test_patchify_random_back_to_back(bus_width):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", range(6))
+@pytest.mark.parametrize("case", range(4))
 def test_patchify_random_design_points(case):
     """Random bus widths, block sizes, buffer depths and longer sequences (Verilator)."""
     seed = _seed()

@@ -6,6 +6,8 @@ addresses relocated to the host's buffers.
     granted round-robin; the winner's index is queued per burst and the R
     beats go to the port at the queue's head, which is popped on ``rlast``.
     One ID: the memory answers bursts in AR order, so no beat is misrouted.
+    Each port buffers a longest burst's beats and is granted a burst only when
+    its buffer has room for all of it, so R never waits on a port.
 :class:`WriteArbiter`
     The same for writes: AW round-robin; the W beats follow in AW order (W is
     locked to the queued owner of the oldest burst until its ``wlast``); B is
@@ -15,28 +17,46 @@ addresses relocated to the host's buffers.
     address (an offset into the memory image of
     :mod:`moevit.hw.program.layout`) becomes the host's: weights ``[0,
     scratch_at)``, scratch ``[scratch_at, input_at)``, input ``[input_at,
-    output_at)`` and output ``[output_at, end)`` each have a 64-bit base, and
-    input and output add ``image * pitch`` (run N of a multi-image start reads
-    image N and writes its output N).
+    output_at)`` and output ``[output_at, output_end)`` each have a 64-bit base,
+    and input and output add ``image`` times the region's size (run N of a
+    multi-image start reads image N and writes its output N).
 
 An arbiter's granted master keeps the grant until its AR (AW) is taken, as
 AXI forbids a valid address to change; a port is granted only while the queue
 has room, so at most ``max_outstanding`` bursts are in flight on the shared
-master. The arbiters add no cycle: address and data pass through.
+master. Addresses pass through without a cycle; so do W and B, and R when the
+read arbiter is unbuffered.
+
+Why the read arbiter buffers: with in-order routing, a port whose consumer
+does not take its beats (the linear engine's residual, say, taken only when a
+tile drains, which waits for x on another port) holds the R channel, and the
+beats it waits for never come: a deadlock. Buffered, a beat is always taken
+into its port's FIFO, whose room was reserved at the grant. Unbuffered
+(``buffer_beats=0``: no memory, no cycle) the users keep the rule themselves:
+a master takes its R beats without waiting for another port's bursts. Writes
+keep it by construction when, as in the top, one write mover writes.
 """
 
-from amaranth.hdl import Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
-from moevit.hw.top.movers import (ADDR_WIDTH, DATA_WIDTHS, AXI4ReadSignature,
-                                  AXI4WriteSignature, request_layout)
+from moevit.hw.top.movers import (ADDR_WIDTH, DATA_WIDTHS, MAX_BURST, PAGE_BYTES,
+                                  AXI4ReadSignature, AXI4WriteSignature, request_layout)
 
-__all__ = ["ReadArbiter", "WriteArbiter", "REGION_KINDS", "relocation_layout", "Relocator"]
+__all__ = ["longest_burst", "ReadArbiter", "WriteArbiter", "REGION_KINDS", "BOUND_FIELDS", "bounds_layout",
+           "bases_layout", "Relocator"]
 
 #: The region kinds a Relocator maps, in address order (:data:`moevit.hw.program.layout.KINDS`).
 REGION_KINDS = ("weights", "scratch", "input", "output")
+#: Where the kinds after the weights start, and where the output ends.
+BOUND_FIELDS = ("scratch_at", "input_at", "output_at", "output_end")
+
+
+def longest_burst(data_width):
+    """Beats of the longest burst a mover issues: 256, or a 4 KiB page of the bus."""
+    return min(MAX_BURST, PAGE_BYTES // (data_width // 8))
 
 
 def _check(data_width, ports, max_outstanding):
@@ -70,19 +90,22 @@ class _Arbiter(wiring.Component):
     def max_outstanding(self):
         return self._max_outstanding
 
-    def _grant(self, m, prefix, room, queues):
+    def _grant(self, m, prefix, room, queues, eligible=None):
         """Pass the address channel ``prefix`` (``ar``/``aw``) of one port to ``axi``:
-        round-robin from the port after the last winner, held until taken; push the
-        winner's index into ``queues`` when ``room``."""
+        round-robin from the port after the last winner among the ``eligible`` ones
+        (default: those with a valid address), held until taken; push the winner's
+        index into ``queues`` when ``room``. Returns ``(taken, owner)``."""
         n = self._ports
+        if eligible is None:
+            eligible = [getattr(port, f"{prefix}valid") for port in self.ports]
         owner, held, last = Signal(range(n)), Signal(range(n)), Signal(range(n))
         locked = Signal()                          # an address is offered and not yet taken
         pick = Signal(range(n))
         with m.Switch(last):
             for prev in range(n):
                 with m.Case(prev):
-                    for step in reversed(range(1, n + 1)):  # the nearest valid one wins
-                        with m.If(getattr(self.ports[(prev + step) % n], f"{prefix}valid")):
+                    for step in reversed(range(1, n + 1)):  # the nearest one wins
+                        with m.If(eligible[(prev + step) % n]):
                             m.d.comb += pick.eq((prev + step) % n)
         m.d.comb += owner.eq(Mux(locked, held, pick))
 
@@ -95,8 +118,8 @@ class _Arbiter(wiring.Component):
             for k, port in enumerate(self.ports):
                 with m.Case(k):
                     m.d.comb += [getattr(axi, name).eq(getattr(port, name)) for name in names]
-                    m.d.comb += [valid.eq(getattr(port, f"{prefix}valid") & room),
-                                 getattr(port, f"{prefix}ready").eq(ready & room)]
+                    m.d.comb += [valid.eq(eligible[k] & room),
+                                 getattr(port, f"{prefix}ready").eq(ready & room & eligible[k])]
         m.d.comb += getattr(axi, f"{prefix}id").eq(0)
         taken = Signal()
         m.d.comb += taken.eq(valid & ready)
@@ -106,6 +129,7 @@ class _Arbiter(wiring.Component):
             m.d.sync += [locked.eq(0), last.eq(owner)]
         with m.Elif(valid):
             m.d.sync += [locked.eq(1), held.eq(owner)]
+        return taken, owner
 
     def _queue(self, m, name):
         queue = SyncFIFO(width=max(1, (self._ports - 1).bit_length()),
@@ -117,38 +141,93 @@ class _Arbiter(wiring.Component):
 class ReadArbiter(_Arbiter):
     """``ports`` AXI4 read masters onto one, in order (see the module's description).
 
+    With ``buffer_beats`` (the default: the longest burst, :func:`longest_burst`), each
+    port has a FIFO of that many R beats, and a port's AR is granted only when its
+    FIFO has room for the whole burst beside the beats already owed to it: R is then
+    always taken, and no port's consumer can hold up another's beats, whatever one
+    waits for. With ``buffer_beats=0`` the beats pass straight through (no memory,
+    no added cycle), and the users must keep the rule of the module's description.
+
     Parameters
     ----------
     data_width : int
     ports : int
     max_outstanding : int
         Bursts in flight on ``axi`` at most.
+    buffer_beats : int, optional
+        R beats buffered per port: 0, or at least :func:`longest_burst`.
 
     Attributes
     ----------
     ports : In(AXI4ReadSignature(data_width)).array(ports)
         The masters (a read mover's ``axi`` connects to each).
     axi : Out(AXI4ReadSignature(data_width))
+
+    Raises
+    ------
+    TypeError
+        For a data width not in :data:`DATA_WIDTHS`, a count that is not a
+        positive integer, a buffer that is not a non-negative integer.
+    ValueError
+        For a buffer that cannot hold the longest burst.
     """
 
-    def __init__(self, data_width=128, ports=2, *, max_outstanding=4):
+    def __init__(self, data_width=128, ports=2, max_outstanding=4, *, buffer_beats=None):
+        if buffer_beats is None and data_width in DATA_WIDTHS:
+            buffer_beats = longest_burst(data_width)
+        if buffer_beats is not None:
+            if not isinstance(buffer_beats, int) or isinstance(buffer_beats, bool) \
+                    or buffer_beats < 0:
+                self._MustUse__silence = True
+                raise TypeError(f"Buffer beats must be a non-negative integer, "
+                                f"not {buffer_beats!r}")
+            if 0 < buffer_beats < longest_burst(data_width):
+                self._MustUse__silence = True
+                raise ValueError(f"A buffer of {buffer_beats} beats cannot hold the longest "
+                                 f"burst of {longest_burst(data_width)} beats")
+        self._buffer_beats = buffer_beats
         super().__init__(AXI4ReadSignature, data_width, ports, max_outstanding)
+
+    @property
+    def buffer_beats(self):
+        return self._buffer_beats
 
     def elaborate(self, platform):
         m = Module()
         axi = self.axi
         order = self._queue(m, "order")
-        self._grant(m, "ar", order.w_rdy, [order])
-        # R: to the port whose burst is the oldest in flight.
         head = order.r_data
+        depth = self._buffer_beats
+        if not depth:
+            self._grant(m, "ar", order.w_rdy, [order])
+            # R: to the port whose burst is the oldest in flight.
+            for k, port in enumerate(self.ports):
+                mine = order.r_rdy & (head == k)
+                m.d.comb += [port.rid.eq(axi.rid), port.rdata.eq(axi.rdata),
+                             port.rresp.eq(axi.rresp), port.rlast.eq(axi.rlast),
+                             port.rvalid.eq(axi.rvalid & mine)]
+                with m.If(mine):
+                    m.d.comb += axi.rready.eq(port.rready)
+            m.d.comb += order.r_en.eq(axi.rvalid & axi.rready & axi.rlast)
+            return m
+
+        # Buffered: a port's free beats, less its bursts in flight, bound its grants.
+        free = [Signal(range(depth + 1), init=depth, name=f"free{k}")
+                for k in range(len(self.ports))]
+        eligible = [port.arvalid & (free[k] > port.arlen) for k, port in enumerate(self.ports)]
+        taken, owner = self._grant(m, "ar", order.w_rdy, [order], eligible)
+        m.d.comb += [axi.rready.eq(order.r_rdy),
+                     order.r_en.eq(axi.rvalid & axi.rready & axi.rlast)]
         for k, port in enumerate(self.ports):
-            mine = order.r_rdy & (head == k)
-            m.d.comb += [port.rid.eq(axi.rid), port.rdata.eq(axi.rdata),
-                         port.rresp.eq(axi.rresp), port.rlast.eq(axi.rlast),
-                         port.rvalid.eq(axi.rvalid & mine)]
-            with m.If(mine):
-                m.d.comb += axi.rready.eq(port.rready)
-        m.d.comb += order.r_en.eq(axi.rvalid & axi.rready & axi.rlast)
+            beats = m.submodules[f"beats{k}"] = SyncFIFO(width=self._data_width + 3,
+                                                       depth=depth)
+            m.d.comb += [beats.w_data.eq(Cat(axi.rdata, axi.rresp, axi.rlast)),
+                         beats.w_en.eq(axi.rvalid & axi.rready & (head == k)),
+                         port.rid.eq(0),
+                         Cat(port.rdata, port.rresp, port.rlast).eq(beats.r_data),
+                         port.rvalid.eq(beats.r_rdy), beats.r_en.eq(port.rready)]
+            granted = Mux(taken & (owner == k), port.arlen + 1, 0)
+            m.d.sync += free[k].eq(free[k] + (beats.r_rdy & port.rready) - granted)
         return m
 
 
@@ -167,7 +246,7 @@ class WriteArbiter(_Arbiter):
     axi : Out(AXI4WriteSignature(data_width))
     """
 
-    def __init__(self, data_width=128, ports=2, *, max_outstanding=4):
+    def __init__(self, data_width=128, ports=2, max_outstanding=4):
         super().__init__(AXI4WriteSignature, data_width, ports, max_outstanding)
 
     def elaborate(self, platform):
@@ -191,28 +270,31 @@ class WriteArbiter(_Arbiter):
         return m
 
 
-def relocation_layout():
-    """Where the program's regions go (the top's registers; held still during a run):
-    the region boundaries in program addresses (``scratch_at <= input_at <= output_at
-    <= end``), a 64-bit host base per kind, the image index and the input and output
-    pitches (bytes from one image's buffer to the next)."""
-    return data.StructLayout({
-        "scratch_at": unsigned(32), "input_at": unsigned(32), "output_at": unsigned(32),
-        "end": unsigned(32),
-        "base": data.ArrayLayout(unsigned(ADDR_WIDTH), len(REGION_KINDS)),
-        "image": unsigned(16), "input_pitch": unsigned(32), "output_pitch": unsigned(32),
-    })
+def bounds_layout():
+    """Where each kind of region starts, in program addresses (the program header's
+    bounds: ``scratch_at <= input_at <= output_at <= output_end``); the weights start
+    at 0, and the program follows the output."""
+    return data.StructLayout({name: unsigned(32) for name in BOUND_FIELDS})
+
+
+def bases_layout():
+    """The host's buffer of each region kind (64-bit byte addresses; the top's
+    argument registers)."""
+    return data.StructLayout({kind: unsigned(ADDR_WIDTH) for kind in REGION_KINDS})
 
 
 class Relocator(wiring.Component):
     """A request stream with program addresses -> the same with host addresses.
 
-    A request ``[addr, addr + length)`` inside one region kind ``k`` (starting at
-    ``start[k]``) goes out with ``base[k] + addr - start[k]``, plus ``image *
-    pitch`` for input and output. A request that starts at or past ``end``, or runs
-    past its kind's end, is taken and dropped: ``error`` rises and stays high until
-    ``clear``. One register stage: a request goes out the cycle after it is taken,
-    one a cycle.
+    A request ``[addr, addr + length)`` inside one region kind, starting at
+    ``start``, goes out at ``bases.<kind> + addr - start``; input and output add
+    ``image`` times their pitch, the size of the region (``output_at - input_at``,
+    ``output_end - output_at``): image N's input and output lie N regions into
+    the host's buffers. A request that starts at or past ``output_end``, or runs
+    past the end of its kind, is taken and dropped, with ``error`` high for that
+    one cycle (the top keeps the flag). One register stage: a request goes out
+    the cycle after it is taken, one a cycle. ``bounds``, ``bases`` and ``image``
+    hold still while requests flow (a change takes effect two cycles later).
 
     Parameters
     ----------
@@ -223,10 +305,11 @@ class Relocator(wiring.Component):
     ----------
     i : In(stream.Signature(request_layout(length_width)))
     o : Out(stream.Signature(request_layout(length_width)))
-    regions : In(relocation_layout())
-        A change takes effect two cycles later.
+    bounds : In(bounds_layout())
+    bases : In(bases_layout())
+    image : In(16)
+        The image of a multi-image run.
     error : Out(1)
-    clear : In(1)
     """
 
     def __init__(self, *, length_width=32):
@@ -234,24 +317,25 @@ class Relocator(wiring.Component):
         super().__init__({
             "i": In(stream.Signature(request_layout(length_width))),
             "o": Out(stream.Signature(request_layout(length_width))),
-            "regions": In(relocation_layout()),
+            "bounds": In(bounds_layout()),
+            "bases": In(bases_layout()),
+            "image": In(16),
             "error": Out(1),
-            "clear": In(1),
         })
 
     def elaborate(self, platform):
         m = Module()
-        r = self.regions
-        starts = [0, r.scratch_at, r.input_at, r.output_at]
-        ends = [r.scratch_at, r.input_at, r.output_at, r.end]
-        pitches = [0, 0, r.input_pitch, r.output_pitch]
+        b = self.bounds
+        starts = [0, b.scratch_at, b.input_at, b.output_at]
+        ends = [b.scratch_at, b.input_at, b.output_at, b.output_end]
+        pitches = [0, 0, b.output_at - b.input_at, b.output_end - b.output_at]
         # Per kind the one number added (mod 2**64), registered off the request path.
         shift = [Signal(ADDR_WIDTH, name=f"shift_{kind}") for kind in REGION_KINDS]
-        for k in range(len(REGION_KINDS)):
-            m.d.sync += shift[k].eq(r.base[k] - starts[k] + r.image * pitches[k])
+        for k, kind in enumerate(REGION_KINDS):
+            m.d.sync += shift[k].eq(self.bases[kind] - starts[k] + self.image * pitches[k])
 
         p = self.i.payload
-        stop = Signal(ADDR_WIDTH + 33)                 # one past the request's last byte
+        stop = Signal(ADDR_WIDTH + 1)                  # one past the request's last byte
         m.d.comb += stop.eq(p.addr + p.length)
         moved, bad = Signal(ADDR_WIDTH), Signal()
         m.d.comb += bad.eq(1)
@@ -259,14 +343,13 @@ class Relocator(wiring.Component):
             with m.If(p.addr < ends[k]):
                 m.d.comb += [moved.eq(p.addr + shift[k]), bad.eq(stop > ends[k])]
 
-        m.d.comb += self.i.ready.eq(~self.o.valid | self.o.ready)
+        taken = Signal()
+        m.d.comb += [self.i.ready.eq(~self.o.valid | self.o.ready),
+                     taken.eq(self.i.valid & self.i.ready)]
         with m.If(self.o.ready):
             m.d.sync += self.o.valid.eq(0)
-        with m.If(self.i.valid & self.i.ready):
+        with m.If(taken):
             m.d.sync += [self.o.valid.eq(~bad), self.o.payload.addr.eq(moved),
                          self.o.payload.length.eq(p.length)]
-        with m.If(self.clear):
-            m.d.sync += self.error.eq(0)
-        with m.If(self.i.valid & self.i.ready & bad):
-            m.d.sync += self.error.eq(1)
+        m.d.sync += self.error.eq(taken & bad)
         return m

@@ -6,16 +6,17 @@ The patches of one grid row are contiguous in the output, but each patch
 gathers ``channels*patch`` runs of ``patch`` bytes from as many image rows.
 
 The engine works on *blocks*: up to ``patches`` (a parameter) patches of one
-grid row. For a block it reads the ``channels*patch`` image rows it covers,
-one request per row (``block columns`` bytes), into an on-chip
-:class:`BandBuffer` where they lie densely (row ``m = channel*patch + r`` of
-the block at ``m * block_columns``); then it emits the block's patches in
-output order, one run of ``min(patch, bus bytes)`` bytes a cycle, re-packed
-into bus beats (:class:`~moevit.hw.top.movers.Repack`) on a single write
-request that covers the whole output. A block holds at most
-``patches * max_in`` bytes, since a patch has at most ``max_in`` features
-(the descriptor's own rule): every image whose patch fits the hardware fits
-the buffer.
+grid row. For a block the loader reads the ``channels*patch`` image rows it
+covers, one request per row (``block columns`` bytes), into one half of an
+on-chip :class:`BandBuffer` where they lie densely (row ``m = channel*patch +
+r`` of the block at ``m * block_columns``); the emitter then reads the
+block's patches out of that half in output order, one run of ``min(patch,
+bus bytes)`` bytes a cycle, re-packed into bus beats
+(:class:`~moevit.hw.top.movers.Repack`) on a single write request that
+covers the whole output, while the loader fills the other half with the next
+block. A block holds at most ``patches * max_in`` bytes, since a patch has
+at most ``max_in`` features (the descriptor's own rule): every image whose
+patch fits the hardware fits the buffer.
 
 Addresses: ``y_addr`` must be a multiple of the bus bytes (the write mover's
 rule; the compiler aligns every region), else the descriptor is refused.
@@ -121,8 +122,8 @@ class PatchifyEngine(wiring.Component):
     ----------
     hw : HwConfig
     patches : int
-        Patches of a block (the buffer holds ``patches * hw.max_in`` bytes); a
-        row request is ``patches * patch`` bytes at most.
+        Patches of a block (the buffer holds two blocks of ``patches * hw.max_in``
+        bytes); a row request is ``patches * patch`` bytes at most.
     """
 
     READS = 1
@@ -147,7 +148,8 @@ class PatchifyEngine(wiring.Component):
         d = Signal.like(self.desc.payload)
         p = d.patch
 
-        band = m.submodules.band = BandBuffer(n, self.buffer_bytes)
+        half = -(-self.buffer_bytes // n) * n          # bytes of a half, whole words
+        band = m.submodules.band = BandBuffer(n, 2 * half)
         repack = m.submodules.repack = Repack(n, n)
         offsets = m.submodules.offsets = SyncFIFO(width=s, depth=hw.max_outstanding + 1)
 
@@ -174,24 +176,51 @@ class PatchifyEngine(wiring.Component):
         first = Signal()               # the next beat is a request's first
         fill = Signal.like(band.w_at)
 
+        # The halves: the loader fills half `fill_half` while the emitter drains
+        # `emit_half`; a full half holds a block of `widths[h]` columns (`lasts[h]`: the
+        # instruction's last block).
+        fill_half, emit_half = Signal(), Signal()
+        full, lasts = Signal(2), Signal(2)
+        widths = [Signal(16, name=f"width{h}") for h in range(2)]
+
         # Emit side: run m of patch k (column kx of the block) starts at kx + m * width.
         kx, run, run_at, part = Signal(16), Signal(16), Signal.like(band.r_at), Signal(8)
+        emit_width, emit_last, emitting = Signal(16), Signal(), Signal()
+        m.d.comb += [emit_width.eq(Mux(emit_half, widths[1], widths[0])),
+                     emit_last.eq(lasts.bit_select(emit_half, 1)),
+                     emitting.eq(full.bit_select(emit_half, 1))]
         part_bytes = Signal(range(n + 1))
         m.d.comb += part_bytes.eq(Mux(p - part < n, p - part, n))
         part_end, run_end, patch_end = Signal(), Signal(), Signal()
         m.d.comb += [part_end.eq(part + n >= p), run_end.eq(run + 1 == block_rows),
-                     patch_end.eq(kx + p == width)]
+                     patch_end.eq(kx + p == emit_width)]
 
         # The pipeline from the buffer's read to Repack: one beat held.
         held, held_bytes, held_last = Signal(), Signal.like(part_bytes), Signal()
-        advance, emitting = Signal(), Signal()
+        advance = Signal()
         m.d.comb += [advance.eq(~held | repack.i.ready),
-                     band.r_en.eq(advance), band.r_at.eq(run_at + part),
+                     band.r_en.eq(advance), band.r_at.eq(Mux(emit_half, half, 0) + run_at + part),
                      repack.i.valid.eq(held), repack.i.payload.data.eq(band.r_data),
                      repack.i.payload.bytes.eq(held_bytes), repack.i.payload.last.eq(held_last)]
         with m.If(advance):
             m.d.sync += [held.eq(emitting), held_bytes.eq(part_bytes),
-                         held_last.eq(last_block & patch_end & run_end & part_end)]
+                         held_last.eq(emit_last & patch_end & run_end & part_end)]
+        # The emitter: one part a cycle while its half is full; the half is freed as its
+        # block's last part is read.
+        emptied = Signal()
+        m.d.comb += emptied.eq(emitting & advance & part_end & run_end & patch_end)
+        with m.If(emitting & advance):
+            with m.If(~part_end):
+                m.d.sync += part.eq(part + n)
+            with m.Else():
+                m.d.sync += part.eq(0)
+                with m.If(~run_end):
+                    m.d.sync += [run.eq(run + 1), run_at.eq(run_at + emit_width)]
+                with m.Else():
+                    m.d.sync += [run.eq(0), kx.eq(kx + p), run_at.eq(kx + p)]
+                    with m.If(patch_end):
+                        m.d.sync += [kx.eq(0), run_at.eq(0), emit_half.eq(~emit_half)]
+        loaded_now = Signal()          # the loader's block is all in its half
 
         m.d.comb += [wr.data.valid.eq(repack.o.valid), wr.data.payload.eq(repack.o.payload.data),
                      repack.o.ready.eq(wr.data.ready)]
@@ -249,10 +278,11 @@ class PatchifyEngine(wiring.Component):
                 m.d.comb += [self.busy.eq(1), walking.eq(1)]
                 left = d.columns - block_x
                 m.d.sync += [width.eq(Mux(left < block_max, left, block_max)),
-                             issued.eq(0), loaded.eq(0), row_r.eq(0), first.eq(1), fill.eq(0),
-                             row_at.eq(grid_at + block_x), plane_at.eq(grid_at + block_x),
-                             kx.eq(0), run.eq(0), run_at.eq(0), part.eq(0)]
-                m.next = "LOAD"
+                             issued.eq(0), loaded.eq(0), row_r.eq(0), first.eq(1),
+                             fill.eq(Mux(fill_half, half, 0)),
+                             row_at.eq(grid_at + block_x), plane_at.eq(grid_at + block_x)]
+                with m.If(~full.bit_select(fill_half, 1)):
+                    m.next = "LOAD"
             with m.State("LOAD"):
                 m.d.comb += [self.busy.eq(1), walking.eq(1)]
                 # Requests: the row's first byte rounded down to the bus, its offset queued.
@@ -280,20 +310,13 @@ class PatchifyEngine(wiring.Component):
                     m.d.sync += [fill.eq(fill + count), first.eq(beat.last),
                                  loaded.eq(loaded + beat.last)]
                 with m.If(loaded == block_rows):
-                    m.next = "EMIT"
-            with m.State("EMIT"):
-                m.d.comb += [self.busy.eq(1), walking.eq(1), emitting.eq(1)]
-                with m.If(advance):
-                    with m.If(~part_end):
-                        m.d.sync += part.eq(part + n)
-                    with m.Else():
-                        m.d.sync += part.eq(0)
-                        with m.If(~run_end):
-                            m.d.sync += [run.eq(run + 1), run_at.eq(run_at + width)]
-                        with m.Else():
-                            m.d.sync += [run.eq(0), kx.eq(kx + p), run_at.eq(kx + p)]
-                            with m.If(patch_end):
-                                m.next = "NEXT"
+                    # Hand the half to the emitter and walk on while it drains.
+                    m.d.comb += loaded_now.eq(1)
+                    m.d.sync += fill_half.eq(~fill_half)
+                    for h in range(2):
+                        with m.If(fill_half == h):
+                            m.d.sync += [widths[h].eq(width), lasts[h].eq(last_block)]
+                    m.next = "NEXT"
             with m.State("NEXT"):
                 m.d.comb += [self.busy.eq(1), walking.eq(1)]
                 with m.If(last_block):
@@ -310,6 +333,12 @@ class PatchifyEngine(wiring.Component):
                 with m.If(finished):
                     m.d.comb += self.done.eq(1)
                     m.next = "IDLE"
+
+        for h in range(2):
+            with m.If(loaded_now & (fill_half == h)):
+                m.d.sync += full[h].eq(1)
+            with m.If(emptied & (emit_half == h)):
+                m.d.sync += full[h].eq(0)
 
         # The output is one write request, sent with the first block.
         m.d.comb += [wr.req.valid.eq(walking & ~wr_sent),

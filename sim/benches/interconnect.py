@@ -20,11 +20,12 @@ import os
 from pathlib import Path
 
 import numpy as np
-from amaranth.hdl import Cat, Module
+from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from moevit.hw.top.interconnect import ReadArbiter, Relocator, WriteArbiter, relocation_layout
+from moevit.hw.top.interconnect import (ReadArbiter, Relocator, WriteArbiter, bases_layout,
+                                        bounds_layout)
 from moevit.hw.top.movers import (ReadMover, WriteMover, axi_members, beat_layout,
                                   connect_flat, request_layout)
 
@@ -36,18 +37,21 @@ TOPLEVEL = "moevit_interconnect"
 class InterconnectBench(wiring.Component):
     """Requesters ``r<k>`` (``r<k>_req`` in, ``r<k>_data`` out) and ``w<k>`` (``w<k>_req``,
     ``w<k>_data`` in), each relocated and moved, arbitrated onto ``m_axi_rd_*`` and
-    ``m_axi_wr_*``; ``regions`` and ``clear`` go to every relocator, ``r_error`` /
-    ``w_error`` hold their flags, ``busy`` any mover's."""
+    ``m_axi_wr_*``; ``bounds``, ``bases`` and ``image`` go to every relocator,
+    ``r_error`` / ``w_error`` keep their error flags (until ``clear``), ``busy`` is
+    any mover's."""
 
-    def __init__(self, data_width, reads, writes, max_outstanding):
+    def __init__(self, data_width, reads, writes, max_outstanding, buffer_beats=None):
         self._reads = [ReadMover(data_width, max_outstanding=max_outstanding)
                        for _ in range(reads)]
         self._writes = [WriteMover(data_width, max_outstanding=max_outstanding)
                         for _ in range(writes)]
         self._relocators = [Relocator() for _ in range(reads + writes)]
-        self._read_arbiter = ReadArbiter(data_width, reads, max_outstanding=max_outstanding)
+        self._read_arbiter = ReadArbiter(data_width, reads, max_outstanding,
+                                         buffer_beats=buffer_beats)
         self._write_arbiter = WriteArbiter(data_width, writes, max_outstanding=max_outstanding)
-        members = {"regions": In(relocation_layout()), "clear": In(1),
+        members = {"bounds": In(bounds_layout()), "bases": In(bases_layout()), "image": In(16),
+                   "clear": In(1),
                    "r_error": Out(reads), "w_error": Out(writes), "busy": Out(1)}
         for k in range(reads):
             members[f"r{k}_req"] = In(stream.Signature(request_layout()))
@@ -69,7 +73,8 @@ class InterconnectBench(wiring.Component):
         for (side, k, mover, arbiter), relocator in zip(movers, self._relocators):
             m.submodules[f"{side}{k}_relocator"] = relocator
             m.submodules[f"{side}{k}_mover"] = mover
-            m.d.comb += [relocator.regions.eq(self.regions), relocator.clear.eq(self.clear)]
+            m.d.comb += [relocator.bounds.eq(self.bounds), relocator.bases.eq(self.bases),
+                         relocator.image.eq(self.image)]
             wiring.connect(m, wiring.flipped(getattr(self, f"{side}{k}_req")), relocator.i)
             wiring.connect(m, relocator.o, mover.req)
             if side == "r":
@@ -78,24 +83,28 @@ class InterconnectBench(wiring.Component):
                 wiring.connect(m, wiring.flipped(getattr(self, f"w{k}_data")), mover.data)
             wiring.connect(m, mover.axi, arbiter.ports[k])
             errors.append(relocator.error)
-        reads = len(self._reads)
-        m.d.comb += [self.r_error.eq(Cat(*errors[:reads])), self.w_error.eq(Cat(*errors[reads:])),
-                     self.busy.eq(Cat(*[mv.busy for mv in self._reads + self._writes]).any())]
+        flags = Signal(len(errors))
+        m.d.sync += flags.eq(Mux(self.clear, 0, flags) | Cat(*errors))
+        m.d.comb += Cat(self.r_error, self.w_error).eq(flags)
+        m.d.comb += [self.busy.eq(Cat(*[mv.busy for mv in self._reads + self._writes]).any())]
         connect_flat(m, self, "rd", self._read_arbiter.axi)
         connect_flat(m, self, "wr", self._write_arbiter.axi)
         return m
 
 
-def run_interconnect(data_width, max_outstanding, memory, regions, reads, writes, *, test_id,
+def run_interconnect(data_width, max_outstanding, memory, relocation, reads, writes, *, test_id,
                      seed=0, simulator=None, pauses="random", probability=0.3,
-                     timeout_cycles=1_000_000):
+                     buffer_beats=None, hold_first=False, timeout_cycles=1_000_000):
     """Run the requests on :class:`InterconnectBench` over ``memory`` (a uint8 array).
 
-    ``regions``: the relocators' registers (a dict of :func:`relocation_layout`);
+    ``relocation``: the relocators' inputs, a dict of ``bounds`` and ``bases`` (dicts
+    of :func:`bounds_layout` and :func:`bases_layout`) and ``image``;
     ``reads``: per read port a list of ``(addr, length, good)``, ``good`` false for a
     request the relocator drops (no bytes come back); ``writes``: per write port a
     list of ``(addr, length, data)``, ``data`` None for a request the relocator
-    drops (no bytes are sent for it). Addresses are the program's. Returns ``(memory_after, summary)``; the summary has
+    drops (no bytes are sent for it). Addresses are the program's. ``buffer_beats``:
+    the read arbiter's. ``hold_first``: read port 0 takes no beat before every other
+    read port has all of its own (a consumer that waits on another port). Returns ``(memory_after, summary)``; the summary has
     ``received`` (per read port, per request its bytes as a hex string), ``r_error``,
     ``w_error``, ``cycles`` and ``seconds``.
     """
@@ -107,17 +116,20 @@ def run_interconnect(data_width, max_outstanding, memory, regions, reads, writes
 
     folder = build_dir("sim", "_rtl", sim_folder(test_id).name)
     source = folder / f"{TOPLEVEL}.v"
-    bench = InterconnectBench(data_width, len(reads), len(writes), max_outstanding)
+    bench = InterconnectBench(data_width, len(reads), len(writes), max_outstanding,
+                              buffer_beats)
     source.write_text(verilog.convert(bench, name=TOPLEVEL, emit_src=False,
                                       strip_internal_attrs=True))
     image = (folder / "memory.bin").resolve()
     np.asarray(memory, np.uint8).tofile(image)
     case = {"data_width": data_width, "memory": str(image), "size": int(len(memory)),
-            "regions": pack(relocation_layout(), regions),
+            "bounds": pack(bounds_layout(), relocation["bounds"]),
+            "bases": pack(bases_layout(), relocation["bases"]), "image": relocation["image"],
             "reads": [[[int(a), int(n), bool(good)] for a, n, good in port] for port in reads],
             "writes": [[[int(a), int(n), None if d is None else bytes(d).hex()]
                         for a, n, d in port] for port in writes],
             "seed": int(seed), "pauses": pauses, "probability": float(probability),
+            "hold_first": bool(hold_first),
             "timeout_cycles": int(timeout_cycles)}
     result = run_cocotb(toplevel=TOPLEVEL, sources=[source], test_module=__name__,
                         test_id=test_id, simulator=simulator,
@@ -188,8 +200,14 @@ if cocotb is not None:
         width, seed, p = case["data_width"], case["seed"], case["probability"]
         nbytes = width // 8
         kind = case["pauses"]
-        dut.regions.value = case["regions"]
+        for name in ("bounds", "bases", "image"):
+            getattr(dut, name).value = case[name]
         dut.clear.value = 1
+        for k in range(len(case["reads"])):
+            getattr(dut, f"r{k}_req__valid").value = 0
+        for k in range(len(case["writes"])):
+            getattr(dut, f"w{k}_req__valid").value = 0
+            getattr(dut, f"w{k}_data__valid").value = 0
         await start(dut)
         mem = Memory(size=case["size"])
         mem.write(0, Path(case["memory"]).read_bytes())
@@ -213,8 +231,12 @@ if cocotb is not None:
             source = StreamSource(dut, f"r{k}_req", dut.clk, pause=gaps(f"r{k}_req"))
             source.send(_request(a, n) for a, n, _ in port)
             sources.append(source)
-            sinks.append(StreamSink(dut, f"r{k}_data", dut.clk,
-                                    pause=None if kind == "none" else gaps(f"r{k}_data")))
+            if k == 0 and case["hold_first"]:   # made once the other ports have their beats
+                dut.r0_data__ready.value = 0
+                sinks.append(None)
+            else:
+                sinks.append(StreamSink(dut, f"r{k}_data", dut.clk,
+                                        pause=None if kind == "none" else gaps(f"r{k}_data")))
             lengths.append([n for _, n, good in port if good])
         for k, port in enumerate(case["writes"]):
             source = StreamSource(dut, f"w{k}_req", dut.clk, pause=gaps(f"w{k}_req"))
@@ -239,8 +261,13 @@ if cocotb is not None:
                 assert cycles < case["timeout_cycles"], \
                     f"no end after {cycles} cycles (a deadlock?)"
         counter = cocotb.start_soon(count())
+        beats = [sum(-(-n // nbytes) for n in port) for port in lengths]
+        if case["hold_first"]:
+            for k in range(1, len(sinks)):
+                await sinks[k].receive(beats[k])
+            sinks[0] = StreamSink(dut, "r0_data", dut.clk, pause=None)
         for k, sink in enumerate(sinks):
-            await sink.receive(sum(-(-n // nbytes) for n in lengths[k]))
+            await sink.receive(beats[k])
         for source in sources:
             await source.wait()
         await RisingEdge(dut.clk)

@@ -28,6 +28,7 @@ from moevit.hw.program.descriptor import Fault
 from moevit.hw.program.interpreter import run_instructions
 from moevit.hw.program.isa import (TASK_ENTRY_BYTES, CombineDescriptor, ExpertDescriptor,
                                    RouteDescriptor, TaskEntry)
+from moevit.hw.top import movers
 from moevit.hw.top.moe import CombineEngine, ExpertEngine, RouteEngine, route_job_layout
 from moevit.hw.top.ports import linear_job_layout
 from moevit.model.integer import golden, intops
@@ -107,6 +108,28 @@ def _run(engine, hw, memory, payloads, test_id, seed, simulator=None):
                               simulator=simulator, gaps="random", memory_pauses="random")
     print(f"{test_id}: cycles {summary['cycles']}, {summary['seconds']:.1f} s")
     return got, summary
+
+
+def read_requests(d):
+    """The read requests ``(channel, address, length)`` of MoE instruction ``d``."""
+    if d.MNEMONIC == "ROUTE":
+        return [(0, d.logits_addr, d.tokens * d.experts)]
+    if d.MNEMONIC == "COMBINE":
+        return [(0, d.weights_addr, 2 * d.tokens * d.top_k),
+                (1, d.slots_addr, d.tokens * d.top_k * d.dim), (2, d.skip_addr, d.tokens * d.dim)]
+    raise ValueError(d.MNEMONIC)
+
+
+def check_reads(hw, reads, descs, faults, what):
+    """Each instruction read exactly its operands (in the movers' bursts, channel by
+    channel); a refused one nothing."""
+    descs = iter(descs)
+    for k, (bursts, fault) in enumerate(zip(reads, faults)):
+        want = [] if fault != Fault.NONE else [
+            [channel, at, beats * hw.bus_width // 8]
+            for channel, addr, length in read_requests(next(descs))
+            for at, beats in movers.bursts(addr, length, hw.bus_width)]
+        assert sorted(bursts, key=lambda b: b[0]) == want, f"{what}: reads of instruction {k}"
 
 
 # Random instructions --------------------------------------------------------------------
@@ -219,8 +242,10 @@ def _sequence(engine, make, hw, seed, count, test_id, *, simulator=None, tiny=No
     want = mem.image.copy()
     run_instructions(want, hw, descs, task)
     got, summary = _run(engine(hw), hw, mem.image, payloads, test_id, seed, simulator)
-    assert summary["errors"] == [int(f) for f in faults]
-    _compare(got, want, f"{test_id} (seed {seed}, {hw})")
+    what = f"{test_id} (seed {seed}, {hw})"
+    assert summary["errors"] == [int(f) for f in faults], what
+    _compare(got, want, what)
+    check_reads(hw, summary["reads"], descs, faults, what)
 
 
 # ROUTE ----------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """Sub-commands of the hardware area: ``hw generate``, ``hw estimate``, ``hw compile``,
-``hw disassemble``, ``hw boards``, ``bench linear``, ``bench attention``."""
+``hw disassemble``, ``hw boards``, ``bench linear``, ``bench attention``, ``bench top``."""
 
 import json
 
@@ -61,6 +61,15 @@ def register_bench(benches):
     _add_bench(benches, "attention", "attention kernel",
                "only the tiny layer (skip the edge-moe layer and the ViT-S head)",
                _bench_attention)
+    top = benches.add_parser(
+        "top", help="the whole accelerator in co-simulation: cycles per image per task, task "
+                    "switch, busy shares, bytes read, MAC utilization")
+    top.add_argument("--config", default="tiny", choices=("tiny", "edge-moe"),
+                     help="model config (default: tiny; edge-moe takes long)")
+    top.add_argument("--simulator", choices=("icarus", "verilator"), default="verilator",
+                     help="simulator (default: verilator)")
+    top.add_argument("--json", action="store_true", help="one JSON list of rows")
+    top.set_defaults(handler=_bench_top)
 
 
 def _add_bench(benches, name, what, quick_help, handler):
@@ -188,6 +197,18 @@ def _bench_attention(args):
     from moevit.hw.bench_attention import bench_attention, print_table
 
     _report(bench_attention(simulator=args.simulator, quick=args.quick), args, print_table)
+
+
+def _bench_top(args):
+    from moevit.hw.bench_top import bench_top, plot, print_table
+    from moevit.paths import build_dir
+
+    rows = bench_top(args.config, simulator=args.simulator)
+    path = build_dir("bench") / f"top-{args.config}.png"
+    plot(rows, path)
+    _report(rows, args, print_table)
+    if not args.json:
+        print(f"chart: {path}")
 
 
 def _report(rows, args, print_table):

@@ -13,7 +13,7 @@ from moevit.hw.program.descriptor import AttentionDescriptor, DescriptorError
 from moevit.hw.program.interpreter import output_map, read_tensor, run_image
 from moevit.hw.program.isa import (OPCODES, TASK_ENTRY_BYTES, TaskEntry, TaskLinearDescriptor)
 from moevit.hw.program.layout import unpack_chan, unpack_ln_params, unpack_weight
-from moevit.hw.program.program import (HEADER_FIELDS, HEADER_WORDS, ProgramError, decode,
+from moevit.hw.program.program import (HEADER_FIELDS, HEADER_WORDS, ProgramError, decode, encode,
                                        read_program, write_program)
 from moevit.model.integer import golden
 from moevit.model.integer.quantize import linear_names
@@ -216,7 +216,7 @@ def test_each_corrupt_header_field_is_rejected(tiny):
     _, _, program = tiny
     data = program.encode()
     expected = {"magic": r"is not a moevit program \(magic 0x",
-                "version": r"has format version \d+; this moevit reads version 1$"}
+                "version": r"has format version \d+; this moevit reads version 2$"}
     for k, name in enumerate(HEADER_FIELDS):
         bad = bytearray(data)
         bad[4 * k] ^= 0x04
@@ -225,14 +225,28 @@ def test_each_corrupt_header_field_is_rejected(tiny):
             decode(bytes(bad), program.hw)
 
 
+def test_an_address_outside_the_memory_is_rejected(tiny):
+    _, _, program = tiny
+    first = program.instructions[0]
+    moved = type(first)(program.hw, **{**first.to_dict(), "x_addr": program.layout.size})
+    data = encode(program.hw, [moved, *program.instructions[1:]], tasks=2,
+                  bus_bits=program.layout.bus_bits, memory_bytes=program.layout.size,
+                  boundaries=program.layout.boundaries())
+    with pytest.raises(ProgramError, match=r"^Program instruction 0 \(PATCHIFY\): x_addr "
+                                           r"0x[0-9a-f]+ lies outside the 0x[0-9a-f]+-byte "
+                                           r"memory image$"):
+        decode(data, program.hw)
+
+
 @pytest.mark.parametrize("field, value, message", [
-    ("header_words", 13, r"has a 13-word header; version 1 has 12$"),
+    ("header_words", 17, r"has a 17-word header; version 2 has 16$"),
     ("hw_hash_lo", 1, r"was compiled for another hardware than 'tiny' \(HwConfig hash"),
-    ("body_words", 10, r"has \d+ bytes; its header says 88$"),
+    ("body_words", 10, r"has \d+ bytes; its header says 104$"),
     ("instructions", 50, r"holds 51 instructions; its header says 50$"),
-    ("memory_bytes", 0x1000, r"instruction 0 \(PATCHIFY\): x_addr 0x[0-9a-f]+ lies outside the "
-                             r"0x1000-byte memory image$"),
+    ("memory_bytes", 0x1000, r"places its regions out of order: .* memory_bytes 0x1000$"),
     ("body_crc", 1, r"fails its body CRC: the instructions were changed or damaged$"),
+    ("input_at", 0x10, r"places its regions out of order: scratch_at 0x[0-9a-f]+, input_at 0x10"),
+    ("output_end", 1 << 30, r"places its regions out of order: .* memory_bytes 0x"),
 ])
 def test_each_inconsistent_header_field_is_rejected(tiny, field, value, message):
     _, _, program = tiny
@@ -257,7 +271,7 @@ def test_a_corrupt_body_is_rejected(tiny):
                                            r"descriptor channels must be a positive integer"):
         decode(_reheader(bytes(bad), body_crc=zlib.crc32(bytes(bad[body:]))), program.hw)
     with pytest.raises(ProgramError, match=r"^Program is truncated: 20 bytes, shorter than its "
-                                           r"48-byte header$"):
+                                           r"64-byte header$"):
         decode(data[:20], program.hw)
     with pytest.raises(ProgramError, match=r"^Program has \d+ bytes; its header says \d+$"):
         decode(data[:-4], program.hw)
@@ -288,8 +302,8 @@ def test_corrupt_or_mismatched_files_are_rejected(tiny, tmp_path):
     rejected("program.bin", original["program.bin"][:-4],
              r"program\.bin does not match layout\.json \(SHA-256")
     rejected("layout.json", b"{", r"layout\.json is not valid JSON")
-    rejected("layout.json", original["layout.json"].replace(b'"version": 1', b'"version": 9'),
-             r"layout\.json has format version 9; this moevit reads version 1$")
+    rejected("layout.json", original["layout.json"].replace(b'"version": 2', b'"version": 9'),
+             r"layout\.json has format version 9; this moevit reads version 2$")
     rejected("layout.json", original["layout.json"].replace(b'"out_depth": 32', b'"out_depth": 16'),
              r"program\.bin was compiled for another hardware than 'tiny'")
     rejected("layout.json", original["layout.json"].replace(b'"bus_width": 128',

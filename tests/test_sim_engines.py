@@ -36,8 +36,12 @@ def test_copy_engine(memory_pauses):
     copies = []
     for _ in range(6):
         length = int(rng.integers(1, 3000))
-        src = int(rng.integers(0, (len(memory) - length) // nbytes)) * nbytes
-        dst = int(rng.integers(0, (len(memory) - length) // nbytes)) * nbytes
+        # Source and destination apart (a program never copies onto its own source).
+        src = int(rng.integers(0, (len(memory) // 2 - length) // nbytes)) * nbytes
+        dst = len(memory) // 2 + int(rng.integers(0, (len(memory) // 2 - length) // nbytes)) \
+            * nbytes
+        if rng.random() < 0.5:
+            src, dst = dst, src
         copies.append(CopyDescriptor(hw, length=length, src_addr=src, dst_addr=dst))
     want = memory.copy()
     run_instructions(want, hw, copies)

@@ -52,6 +52,7 @@ class Fault(enum.IntEnum):
     SHAPE = 2  # a size is zero or exceeds the unit's buffers
     DERIVED = 3  # a derived field disagrees with the fields it is derived from
     CONSTANT = 4  # a constant is out of its range (a zero multiplier, a shift not in 1..47)
+    ALIGN = 5  # an address or a row of memory is not on the bus word the engine needs
 
 
 #: Bits of a unit's ``error`` port.

@@ -114,6 +114,33 @@ class Layout:
     def of_kind(self, kind) -> list:
         return [r for r in self.regions if r.kind == kind]
 
+    def boundaries(self) -> dict:
+        """Where each kind of region starts: ``scratch_at``, ``input_at``, ``output_at``
+        and ``output_end`` (where the output ends and the program begins). The top
+        relocates an address by the kind these bounds give it (weights below
+        ``scratch_at``) to the host's buffer of that kind; an image's input and
+        output lie ``input_at..output_at`` and ``output_at..output_end`` apart
+        (the pitch of a multi-image run).
+
+        Raises
+        ------
+        ConfigError
+            When the kinds are not placed in the order of :data:`KINDS`, each
+            kind in one stretch, and the input, output and program present.
+        """
+        kinds = [r.kind for r in self.regions]
+        order = [KINDS.index(k) for k in kinds]
+        if order != sorted(order) or not {"input", "output", "program"} <= set(kinds):
+            raise ConfigError("Layout regions must be placed weights, scratch, input, output, "
+                              "program, in that order")
+
+        def first(kind, default):
+            return next((r.offset for r in self.regions if r.kind == kind), default)
+
+        input_at = first("input", None)
+        return {"scratch_at": first("scratch", input_at), "input_at": input_at,
+                "output_at": first("output", None), "output_end": first("program", None)}
+
     def to_dict(self) -> dict:
         return {"bus_bits": self.bus_bits, "size": self.size,
                 "regions": [r.to_dict() for r in self.regions]}

@@ -17,9 +17,18 @@ word   field           meaning
 7      instructions    number of instructions
 8      body_words      words after the header
 9      memory_bytes    size of the memory image; every address lies below it
-10     body_crc        CRC-32 of the body's bytes
-11     header_crc      CRC-32 of words 0..10
+10     scratch_at      first byte of the activation scratch (weights below)
+11     input_at        first byte of the input image
+12     output_at       first byte of the output (the input's pitch: output_at - input_at)
+13     output_end      first byte past the output (its pitch: output_end - output_at)
+14     body_crc        CRC-32 of the body's bytes
+15     header_crc      CRC-32 of words 0..14
 =====  ==============  ======================================================
+
+Words 10..13 are :meth:`~moevit.hw.program.layout.Layout.boundaries`: the top
+relocates each address by the kind of region they give it to the host's
+buffer of that kind (weights, scratch, input, output: the ``s_axi_control``
+arguments), so the host may place the buffers anywhere.
 
 A folder written by :func:`write_program` holds ``program.bin``,
 ``weights.bin`` (the bytes of the memory image from 0 to the end of the last
@@ -45,13 +54,17 @@ from moevit.hw.program.isa import OPCODES
 from moevit.hw.program.layout import Layout
 
 __all__ = ["Program", "ProgramError", "encode", "decode", "hw_hash", "listing",
-           "write_program", "read_program", "MAGIC", "VERSION", "HEADER_WORDS", "FILES"]
+           "write_program", "read_program", "MAGIC", "VERSION", "HEADER_WORDS", "HEADER_FIELDS",
+           "BOUNDARY_FIELDS", "FILES"]
 
 MAGIC = int.from_bytes(b"MVPG", "little")
-VERSION = 1
-HEADER_WORDS = 12
+VERSION = 2
+HEADER_WORDS = 16
 HEADER_FIELDS = ("magic", "version", "header_words", "hw_hash_lo", "hw_hash_hi", "bus_bits",
-                 "tasks", "instructions", "body_words", "memory_bytes", "body_crc", "header_crc")
+                 "tasks", "instructions", "body_words", "memory_bytes", "scratch_at", "input_at",
+                 "output_at", "output_end", "body_crc", "header_crc")
+#: The header words that place the regions (``Layout.boundaries``), in order.
+BOUNDARY_FIELDS = ("scratch_at", "input_at", "output_at", "output_end")
 FILES = ("program.bin", "weights.bin", "layout.json", "program.lst")
 LAYOUT_FORMAT = "moevit-layout"
 
@@ -96,7 +109,8 @@ class Program:
 
     def encode(self) -> bytes:
         return encode(self.hw, self.instructions, tasks=len(self.tasks),
-                      bus_bits=self.layout.bus_bits, memory_bytes=self.layout.size)
+                      bus_bits=self.layout.bus_bits, memory_bytes=self.layout.size,
+                      boundaries=self.layout.boundaries())
 
     def memory_image(self) -> np.ndarray:
         """The memory image before a run: weights and program in place, the rest 0."""
@@ -116,12 +130,14 @@ def program_size(instructions) -> int:
     return 4 * (HEADER_WORDS + sum(d.words() for d in instructions))
 
 
-def encode(hw, instructions, *, tasks, bus_bits, memory_bytes) -> bytes:
-    """``program.bin`` of ``instructions`` (see the module's table)."""
+def encode(hw, instructions, *, tasks, bus_bits, memory_bytes, boundaries) -> bytes:
+    """``program.bin`` of ``instructions`` (see the module's table); ``boundaries`` as
+    ``Layout.boundaries()`` gives them."""
     body = np.array([w for d in instructions for w in d.pack()], "<u4").tobytes()
     digest = hw_hash(hw)
     header = [MAGIC, VERSION, HEADER_WORDS, digest & 0xFFFFFFFF, digest >> 32, bus_bits, tasks,
-              len(instructions), len(body) // 4, memory_bytes, zlib.crc32(body)]
+              len(instructions), len(body) // 4, memory_bytes,
+              *(boundaries[name] for name in BOUNDARY_FIELDS), zlib.crc32(body)]
     header.append(zlib.crc32(np.array(header, "<u4").tobytes()))
     return np.array(header, "<u4").tobytes() + body
 
@@ -162,6 +178,10 @@ def decode(data: bytes, hw: HwConfig, what="Program"):
     if digest != hw_hash(hw):
         raise ProgramError(f"{what} was compiled for another hardware than {hw.name!r} "
                            f"(HwConfig hash {digest:016x}, not {hw_hash(hw):016x})")
+    bounds = [header[name] for name in (*BOUNDARY_FIELDS, "memory_bytes")]
+    if bounds != sorted(bounds):
+        raise ProgramError(f"{what} places its regions out of order: " + ", ".join(
+            f"{name} {header[name]:#x}" for name in (*BOUNDARY_FIELDS, "memory_bytes")))
     size = 4 * (HEADER_WORDS + header["body_words"])
     if len(data) != size:
         raise ProgramError(f"{what} has {len(data)} bytes; its header says {size}")
@@ -297,7 +317,8 @@ def read_program(folder) -> Program:
                                f"changed, damaged, or from another compilation")
     instructions, header = decode(binary, hw, f"{folder}/program.bin")
     if header["memory_bytes"] != layout.size or header["tasks"] != len(tasks) \
-            or header["bus_bits"] != layout.bus_bits:
+            or header["bus_bits"] != layout.bus_bits \
+            or any(header[k] != v for k, v in layout.boundaries().items()):
         raise ProgramError(f"{folder}/program.bin does not match layout.json (memory size, "
-                           f"tasks or bus width differ)")
+                           f"tasks, bus width or region bounds differ)")
     return Program(hw, instructions, layout, weights, tasks, model)

@@ -1,0 +1,334 @@
+"""The accelerator top: a Vitis RTL kernel that runs a compiled program on one image after another.
+
+::
+
+    s_axi_control ──► Control ──start/args──► Sequencer ──issue──► dispatch by opcode
+                        ▲  (ap_ctrl_hs,          │ prog, entry reads      │
+                        │   registers)           │                        ▼
+                        └──── done, error ◄──────┘        engines: LINEAR (linear kernel),
+                                                          ATTENTION, LAYERNORM, PATCHIFY, COPY,
+                                                          ROUTE, EXPERT (+ linear), COMBINE
+                                                                 │ rd[0..3], rd[4], wr
+                                                                 ▼
+                          relocation (program address -> host buffer) ─► read movers ─►
+                          ReadArbiter ─► m_axi_gmem (read);  write mover ─► m_axi_gmem (write)
+
+One instruction runs at a time (its engine owns the read channels and the
+write channel; EXPERT runs with the linear engine, which executes the two
+linear jobs it emits); the next one is issued when the previous one's writes
+are all answered, so an instruction always reads what the ones before it
+wrote. The ports are those of an XRT-managed RTL kernel (``ap_clk``,
+``ap_rst_n``, ``interrupt``, ``s_axi_control``, ``m_axi_gmem_*`` with 64-bit
+addresses and the HwConfig's ``bus_width``), so one top serves a Vivado block
+design (ZCU102, ZCU104) and a v++ link (U280).
+
+A run stops on the first error with its code in the ``error`` register
+(:data:`~moevit.hw.program.regmap.ERROR_CODES`): the sequencer's own (header,
+task, opcode, address), a descriptor an engine refused, an address the
+relocation finds outside the program's regions, an AXI error response. The
+engines are then held in reset while the movers finish the bursts they
+issued (read beats dropped; the write channel given zero bytes for a write
+already requested, inside that instruction's output); then ``ap_done``
+rises, the interrupt fires if enabled, and the next start runs normally.
+"""
+
+from amaranth.hdl import ClockDomain, Const, Module, ResetInserter, Signal
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from moevit.hw.config import HwConfig
+from moevit.hw.program.descriptor import LinearDescriptor
+from moevit.hw.program.isa import (OPCODES, AttentionDescriptor, CombineDescriptor,
+                                   CopyDescriptor, ExpertDescriptor, LayerNormDescriptor,
+                                   PatchifyDescriptor, RouteDescriptor, TaskLinearDescriptor)
+from moevit.hw.top.control import AxiLiteSignature, Control
+from moevit.hw.top.movers import (AXI4ReadSignature, AXI4WriteSignature, ReadMover, WriteMover,
+                                  axi_members, connect_flat)
+from moevit.hw.top.sequencer import Sequencer, code
+
+__all__ = ["Accelerator", "ENGINES", "ENGINE_OF", "ENGINE_CHANNELS"]
+
+#: Read channels of the engines: the running engine's rd[0..3]; EXPERT's own list read on 4.
+ENGINE_CHANNELS = 5
+
+#: The engines, by name: "module:class" (each takes the HwConfig).
+ENGINES = {
+    "linear": "moevit.hw.top.linear_engine:LinearEngine",
+    "attention": "moevit.hw.top.attention_engine:AttentionEngine",
+    "layernorm": "moevit.hw.top.layernorm_engine:LayerNormEngine",
+    "patchify": "moevit.hw.top.patchify_engine:PatchifyEngine",
+    "copy": "moevit.hw.top.copy:CopyEngine",
+    "route": "moevit.hw.top.moe:RouteEngine",
+    "expert": "moevit.hw.top.moe:ExpertEngine",
+    "combine": "moevit.hw.top.moe:CombineEngine",
+}
+
+#: The engine each opcode runs on (EXPERT also drives the linear engine).
+ENGINE_OF = {
+    LinearDescriptor.OPCODE: "linear", TaskLinearDescriptor.OPCODE: "linear",
+    AttentionDescriptor.OPCODE: "attention", LayerNormDescriptor.OPCODE: "layernorm",
+    PatchifyDescriptor.OPCODE: "patchify", CopyDescriptor.OPCODE: "copy",
+    RouteDescriptor.OPCODE: "route", ExpertDescriptor.OPCODE: "expert",
+    CombineDescriptor.OPCODE: "combine",
+}
+assert set(ENGINE_OF) == set(OPCODES), "every opcode has an engine"
+
+
+def _engine(name, hw):
+    import importlib
+
+    module, cls = ENGINES[name].split(":")
+    return getattr(importlib.import_module(module), cls)(hw)
+
+
+def _linear_from_task(m, image, entry, hw):
+    """The LinearDescriptor image of a TASK_LINEAR with its task's table entry."""
+    task = data.View(TaskLinearDescriptor.layout(), image[:TaskLinearDescriptor.width()])
+    op = Signal(LinearDescriptor.layout())
+    out = entry[2][:16]
+    m.d.comb += [op.opcode.eq(LinearDescriptor.OPCODE), op.tokens.eq(task.tokens),
+                 op.in_features.eq(task.in_features), op.out_features.eq(out),
+                 op.token_tiles.eq((task.tokens + hw.rows - 1) // hw.rows),
+                 op.out_tiles.eq((out + hw.cols - 1) // hw.cols),
+                 op.x_addr.eq(task.x_addr), op.y_addr.eq(task.y_addr),
+                 op.w_addr.eq(entry[0]), op.chan_addr.eq(entry[1])]
+    return op
+
+
+class Accelerator(wiring.Component):
+    """The top (see the module's description).
+
+    Parameters
+    ----------
+    hw : HwConfig
+    engines : sequence of str, optional
+        The engines to build (names of :data:`ENGINES`; default all). An
+        instruction whose engine is missing stops the run with error
+        ``opcode`` (a smaller top for programs without them, and faster
+        simulations of short programs).
+    """
+
+    def __init__(self, hw: HwConfig, engines=None):
+        self._hw = hw
+        self._engines = tuple(ENGINES if engines is None else engines)
+        unknown = set(self._engines) - set(ENGINES)
+        if unknown or ("expert" in self._engines and "linear" not in self._engines):
+            self._MustUse__silence = True
+            raise ValueError(f"Engines must be among {list(ENGINES)} (expert with linear), "
+                             f"not {list(self._engines)}")
+        self._control = Control.from_config(hw)
+        members = {"ap_clk": In(1), "ap_rst_n": In(1), "interrupt": Out(1),
+                   "s_axi_control": In(AxiLiteSignature(self._control.regmap.address_width))}
+        members.update(axi_members("gmem", AXI4ReadSignature(hw.bus_width)))
+        members.update(axi_members("gmem", AXI4WriteSignature(hw.bus_width)))
+        super().__init__(members)
+
+    @property
+    def regmap(self):
+        return self._control.regmap
+
+    def elaborate(self, platform):
+        from moevit.hw.top.interconnect import (REGION_KINDS, ReadArbiter, Relocator,
+                                                relocation_layout)
+
+        hw = self._hw
+        m = Module()
+        m.domains.sync = sync = ClockDomain("sync")
+        m.d.comb += [sync.clk.eq(self.ap_clk), sync.rst.eq(~self.ap_rst_n)]
+
+        control = m.submodules.control = self._control
+        wiring.connect(m, wiring.flipped(self.s_axi_control), control.s_axi_control)
+        m.d.comb += self.interrupt.eq(control.interrupt)
+        seq = m.submodules.sequencer = Sequencer(hw)
+        args = control.args
+        m.d.comb += [seq.start.eq(control.start), seq.program.eq(args.program),
+                     seq.weights.eq(args.weights), seq.task.eq(args.task),
+                     seq.images.eq(args.images), control.done.eq(seq.done),
+                     control.report.status.instruction.eq(seq.instruction),
+                     control.report.status.image.eq(seq.image),
+                     control.report.error.code.eq(seq.error)]
+
+        # Engines, held in reset while a run stops on an error.
+        halt = seq.halting
+        engines = {name: _engine(name, hw) for name in self._engines}
+        for name, engine in engines.items():
+            m.submodules[name] = ResetInserter(halt)(engine)
+        linear, expert = engines.get("linear"), engines.get("expert")
+        if expert is not None:
+            wiring.connect(m, linear.x_index, expert.x_index)
+            wiring.connect(m, linear.y_index, expert.y_index)
+            m.d.comb += expert.job_done.eq(linear.done)
+
+        # Which engine an opcode runs on, and the payload it gets.
+        issue = seq.issue.payload
+        image, entry = issue.image, issue.entry
+        by_opcode = {op: name for op, name in ENGINE_OF.items() if name in engines}
+        active = Signal(8)   # the opcode running (0: none)
+        with m.If(seq.issue.valid & seq.issue.ready):
+            m.d.sync += active.eq(issue.opcode)
+        with m.If(seq.done):
+            m.d.sync += active.eq(0)
+
+        # The linear engine's jobs: from the sequencer, or from the EXPERT engine.
+        if linear is not None:
+            linear_job = linear.desc.payload
+            with m.If(issue.opcode == TaskLinearDescriptor.OPCODE):
+                m.d.comb += linear_job.op.eq(_linear_from_task(m, image, entry, hw))
+            with m.Else():
+                m.d.comb += linear_job.op.eq(image[:LinearDescriptor.width()])
+        if expert is not None:
+            with m.If(active == ExpertDescriptor.OPCODE):
+                m.d.comb += [linear_job.eq(expert.job.payload),
+                             linear.desc.valid.eq(expert.job.valid),
+                             expert.job.ready.eq(linear.desc.ready)]
+        for name, engine in engines.items():
+            desc = engine.desc.payload
+            if name == "route":
+                m.d.comb += [desc.route.eq(image[:RouteDescriptor.width()]),
+                             desc.mult.eq(entry[3][:15]), desc.shift.eq(entry[3][15:21])]
+            elif name != "linear":
+                m.d.comb += desc.eq(image[:len(desc.as_value())])
+
+        # Issue: the opcode's engine takes it; an opcode without one stops the run.
+        missing = Signal()
+        m.d.comb += missing.eq(1)
+        for opcode, name in by_opcode.items():
+            with m.If(issue.opcode == opcode):
+                m.d.comb += [engines[name].desc.valid.eq(seq.issue.valid),
+                             seq.issue.ready.eq(engines[name].desc.ready), missing.eq(0)]
+
+        # Memory: engine channels (relocated) and the sequencer's reads onto one AXI4 port.
+        reads = [ReadMover(hw.bus_width, max_outstanding=hw.max_outstanding)
+                 for _ in range(ENGINE_CHANNELS + 2)]
+        write = m.submodules.write = WriteMover(hw.bus_width, max_outstanding=hw.max_outstanding)
+        for k, mover in enumerate(reads):
+            m.submodules[f"read{k}"] = mover
+        bounds = seq.bounds
+        regions = Signal(relocation_layout())
+        m.d.comb += [regions.scratch_at.eq(bounds.scratch_at), regions.input_at.eq(bounds.input_at),
+                     regions.output_at.eq(bounds.output_at), regions.end.eq(bounds.output_end),
+                     regions.image.eq(seq.image),
+                     regions.input_pitch.eq(bounds.output_at - bounds.input_at),
+                     regions.output_pitch.eq(bounds.output_end - bounds.output_at)]
+        for k, kind in enumerate(REGION_KINDS):
+            m.d.comb += regions.base[k].eq(getattr(args, kind))
+        relocators = [Relocator() for _ in range(ENGINE_CHANNELS + 1)]
+        for k, relocator in enumerate(relocators):
+            m.submodules[f"relocate{k}"] = relocator
+            m.d.comb += [relocator.regions.eq(regions), relocator.clear.eq(control.start)]
+            target = reads[k].req if k < ENGINE_CHANNELS else write.req
+            wiring.connect(m, relocator.o, target)
+
+        def owner_of(k):
+            """(engine, its port) per opcode running on engine channel ``k``."""
+            owners = {}
+            for opcode, name in by_opcode.items():
+                engine = engines[name]
+                if opcode == ExpertDescriptor.OPCODE:
+                    if k < len(linear.rd):
+                        owners[opcode] = linear.rd[k]
+                    elif k == 4:
+                        owners[opcode] = expert.rd[0]
+                elif k < len(engine.rd):
+                    owners[opcode] = engine.rd[k]
+            return owners
+
+        for k in range(ENGINE_CHANNELS):
+            relocator, mover = relocators[k], reads[k]
+            for opcode, port in owner_of(k).items():
+                with m.If(active == opcode):
+                    m.d.comb += [relocator.i.valid.eq(port.req.valid),
+                                 relocator.i.payload.eq(port.req.payload),
+                                 port.req.ready.eq(relocator.i.ready),
+                                 port.data.valid.eq(mover.data.valid),
+                                 port.data.payload.eq(mover.data.payload),
+                                 mover.data.ready.eq(port.data.ready)]
+            with m.If(halt):
+                m.d.comb += mover.data.ready.eq(1)
+        writer = {opcode: (linear if name == "expert" else engines[name])
+                  for opcode, name in by_opcode.items()}
+        relocator = relocators[ENGINE_CHANNELS]
+        for opcode, engine in writer.items():
+            with m.If(active == opcode):
+                m.d.comb += [relocator.i.valid.eq(engine.wr.req.valid),
+                             relocator.i.payload.eq(engine.wr.req.payload),
+                             engine.wr.req.ready.eq(relocator.i.ready),
+                             write.data.valid.eq(engine.wr.data.valid),
+                             write.data.payload.eq(engine.wr.data.payload),
+                             engine.wr.data.ready.eq(write.data.ready)]
+        with m.If(halt):
+            m.d.comb += [write.data.valid.eq(1), write.data.payload.eq(0)]
+
+        # The sequencer's own reads, at physical addresses.
+        for port, mover in ((seq.prog, reads[ENGINE_CHANNELS]),
+                            (seq.entry, reads[ENGINE_CHANNELS + 1])):
+            wiring.connect(m, port.req, mover.req)
+            wiring.connect(m, mover.data, port.data)
+
+        # Every mover may have its bursts in flight at once.
+        arbiter = m.submodules.arbiter = ReadArbiter(
+            hw.bus_width, len(reads), max_outstanding=len(reads) * hw.max_outstanding)
+        for k, mover in enumerate(reads):
+            wiring.connect(m, mover.axi, arbiter.ports[k])
+        connect_flat(m, self, "gmem", arbiter.axi)
+        connect_flat(m, self, "gmem", write.axi)
+
+        # Completion: the engine handed its work over and every burst is answered.
+        movers_busy, all_busy = Signal(), Signal()   # engine channels; and the sequencer's
+        m.d.comb += [movers_busy.eq(write.busy | _any(r.busy for r in reads[:ENGINE_CHANNELS])),
+                     all_busy.eq(movers_busy | _any(r.busy for r in reads[ENGINE_CHANNELS:]))]
+        done_seen, fault = Signal(), Signal(8)
+        for opcode, name in by_opcode.items():
+            engine = engines[name]
+            with m.If((active == opcode) & engine.done):
+                m.d.sync += done_seen.eq(1)
+                with m.If(engine.error != 0):
+                    m.d.sync += fault.eq(code("descriptor"))
+        with m.If(seq.finished | seq.start):
+            m.d.sync += done_seen.eq(0)
+        with m.If(seq.start):
+            m.d.sync += fault.eq(0)
+        m.d.comb += seq.finished.eq(done_seen & ~movers_busy & (fault == 0))
+
+        # Errors: a refused descriptor, an address outside the regions, an AXI error.
+        memory_error, address_error = Signal(), Signal()
+        m.d.sync += [memory_error.eq(memory_error | _any(
+            mover.error.as_value() != 0 for mover in [*reads, write])),
+            address_error.eq(address_error | _any(r.error for r in relocators))]
+        with m.If(control.start):
+            m.d.sync += [memory_error.eq(0), address_error.eq(0)]
+        unsupported = Signal()
+        with m.If(seq.issue.valid & missing):
+            m.d.sync += unsupported.eq(1)
+        with m.If(control.start):
+            m.d.sync += unsupported.eq(0)
+        with m.If(unsupported):
+            m.d.comb += seq.abort.eq(code("opcode"))
+        with m.Elif(fault != 0):
+            m.d.comb += seq.abort.eq(fault)
+        with m.Elif(memory_error):
+            m.d.comb += seq.abort.eq(code("memory"))
+        with m.Elif(address_error):
+            m.d.comb += seq.abort.eq(code("address"))
+        engines_busy = _any(engine.busy for engine in engines.values())
+        m.d.comb += seq.idle.eq(~engines_busy & ~all_busy)
+
+        # The busy cycles the control block counts, per unit.
+        busy = control.unit_busy
+
+        def busy_of(*names):
+            return _any(engines[n].busy for n in names if n in engines)
+
+        m.d.comb += [busy.linear.eq(busy_of("linear")), busy.attention.eq(busy_of("attention")),
+                     busy.layernorm.eq(busy_of("layernorm")),
+                     busy.moe.eq(busy_of("route", "expert", "combine")),
+                     busy.read.eq(_any(mover.busy for mover in reads)), busy.write.eq(write.busy)]
+        return m
+
+
+def _any(values):
+    values = list(values)
+    result = Const(0, 1)
+    for value in values:
+        result = result | value
+    return result

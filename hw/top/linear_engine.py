@@ -1,0 +1,539 @@
+"""The LINEAR engine: one linear job on the linear kernel, its operands moved from memory
+and its result back.
+
+A job (:func:`~moevit.hw.top.ports.linear_job_layout`) is a
+:class:`~moevit.hw.program.descriptor.LinearDescriptor` (``op``) and two row modes for
+the MoE unit's expert-by-expert reordering. The engine hands ``op`` to one
+:class:`~moevit.hw.units.linear.LinearKernel` and feeds its streams, each from its own
+read channel:
+
+``x`` (channel 0)
+    :class:`XTiler`: one request per token row (``in_features`` bytes at ``x_addr +
+    row(j) * in_features``, ``row(j)`` = ``x_index.row`` of ``j`` under ``x_gather``,
+    else ``j``) into a double-buffered tile buffer of ``rows`` token rows, read out as
+    the kernel's transposed beats (lane ``r`` of beat ``(tt, i)`` is
+    ``x[tt*rows + r, i]``) while the next tile fills.
+``w``, ``chan`` (channels 1, 2)
+    :class:`Fetch`: the bytes at ``w_addr`` and ``chan_addr`` in one request each,
+    re-packed to the kernel's lanes: they stream as the kernel takes them.
+``res`` (channel 3, when ``op.residual``)
+    :class:`ResidualReader`: the dense skip tensor (``tokens x out_features`` at
+    ``res_addr``) in the kernel's order, one request per out tile and token
+    (``cols`` bytes at ``res_addr + t*out_features + ot*cols``).
+``y`` (the write channel)
+    :class:`YWriter`: out-tile-major beats to row-major rows, one request per
+    out tile and token (at ``y_addr + row(t)*out_features + ot*cols``, ``row(t)`` =
+    ``y_index.row`` of ``t`` under ``y_scatter``, else ``t``; a ragged last out tile
+    writes its valid bytes only). When y fits one out tile and is dense
+    (``out_features <= cols``, no ``y_scatter``: a MoE gate's logits) its rows are
+    contiguous: one request, the beats' bytes packed back to back.
+
+Bus-word rule (``B`` = ``hw.bus_width / 8`` bytes; the movers take aligned
+addresses only). The compiler aligns every region; the engine relies on:
+
+* ``cols`` a multiple of ``B`` (checked when the engine is made: a
+  :class:`~moevit.errors.ConfigError` for a bus wider than that);
+* ``x_addr``, ``w_addr``, ``chan_addr``, ``y_addr`` and ``in_features`` multiples
+  of ``B`` (every row of x starts on a bus word);
+* with ``residual``: ``res_addr`` and ``out_features`` multiples of ``B``;
+* unless y is one contiguous run (above): ``out_features`` a multiple of ``B``.
+
+A job that breaks them is refused with :attr:`Fault.ALIGN
+<moevit.hw.program.descriptor.Fault>` before any request (:func:`check_job` is the
+same rule for the compiler and the MoE engine's jobs); one the kernel refuses
+ends with the kernel's fault. Either way ``done`` follows at once and ``error``
+holds the code until the next job.
+
+``done`` is the cycle the last byte of y is handed to the write channel.
+Memory read errors (SLVERR/DECERR) are not handled: the movers drop the
+failed request's beats and the job never ends (the top's time-out catches it).
+"""
+
+from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
+from amaranth.lib import stream, wiring
+from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from moevit.errors import ConfigError
+from moevit.hw.config import HwConfig
+from moevit.hw.program.descriptor import DescriptorError, Fault, LinearDescriptor
+from moevit.hw.top.movers import Repack, beat_layout
+from moevit.hw.top.ports import (IndexPort, ReadPort, WritePort, engine_members,
+                                 linear_job_layout)
+from moevit.hw.units.linear import LinearKernel, chan_layout, lanes_layout, output_layout
+
+__all__ = ["LinearEngine", "XTiler", "Fetch", "ResidualReader", "YWriter", "check_job", "pack_job",
+           "alignment_rules"]
+
+CHAN_BYTES = 8   # one chan beat: a little-endian u64 (moevit.hw.program.layout.pack_chan)
+
+
+def alignment_rules(hw: HwConfig, op, x_gather, y_scatter):
+    """The engine's bus-word rule as ``(what, value, broken)`` triples; ``op`` and the
+    flags are Python ints (a :class:`LinearDescriptor`) or Amaranth values (the job's
+    fields), so the hardware check and :func:`check_job` are one rule."""
+    nbytes = hw.bus_width // 8
+    residual = op.residual != 0
+    rows_of_y = (op.out_features > hw.cols) | (y_scatter != 0)
+    return [
+        ("x_addr", op.x_addr, op.x_addr % nbytes != 0),
+        ("w_addr", op.w_addr, op.w_addr % nbytes != 0),
+        ("chan_addr", op.chan_addr, op.chan_addr % nbytes != 0),
+        ("y_addr", op.y_addr, op.y_addr % nbytes != 0),
+        ("in_features (a row of x)", op.in_features, op.in_features % nbytes != 0),
+        ("res_addr", op.res_addr, residual & (op.res_addr % nbytes != 0)),
+        ("out_features (a row of the skip tensor)", op.out_features,
+         residual & (op.out_features % nbytes != 0)),
+        ("out_features (a row of y)", op.out_features,
+         rows_of_y & (op.out_features % nbytes != 0)),
+    ]
+
+
+def check_job(desc: LinearDescriptor, *, x_gather=False, y_scatter=False) -> None:
+    """Raise :class:`DescriptorError` when the engine would refuse the job with
+    ``Fault.ALIGN`` (the module's bus-word rule), naming the first field that breaks it."""
+    hw = desc.hw
+    for what, value, broken in alignment_rules(hw, desc, int(x_gather), int(y_scatter)):
+        if broken:
+            raise DescriptorError(
+                f"Linear job {what} {value} is not a multiple of the {hw.bus_width // 8} "
+                f"bytes of the {hw.bus_width}-bit bus")
+
+
+def _check_hw(component, hw):
+    if not isinstance(hw, HwConfig):
+        component._MustUse__silence = True
+        raise TypeError(f"Hardware config must be a HwConfig, not {hw!r}")
+
+
+class XTiler(wiring.Component):
+    """Token rows of x from memory to the kernel's ``x`` beats (see the module).
+
+    The tile buffer holds two tiles of ``rows`` rows of ``max_in`` bytes, one bus
+    word per address and row lane. A row is requested only when its half of the
+    buffer is free, so the read channel is never held for room. Lanes of the
+    rows past ``tokens`` in a ragged last tile hold stale bytes (the kernel
+    ignores them).
+
+    Members: ``job``, ``start`` (one cycle: begin the job in ``job``), ``rd``,
+    ``index`` (``at`` the row asked, for ``x_gather``), ``x``, ``busy``.
+    """
+
+    DEPTH = 4   # beats between the buffer's read port and the kernel
+
+    def __init__(self, hw: HwConfig):
+        _check_hw(self, hw)
+        self._hw = hw
+        super().__init__({
+            "job": In(linear_job_layout()), "start": In(1),
+            "rd": Out(ReadPort(hw.bus_width)),
+            "index": Out(IndexPort(hw.max_tokens)),
+            "x": Out(stream.Signature(lanes_layout(hw.rows))),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        hw = self._hw
+        R, B = hw.rows, hw.bus_width // 8
+        words = -(-hw.max_in // B)               # bus words of the longest row
+        m = Module()
+        op = self.job.op
+        rd = self.rd
+
+        buf = m.submodules.buf = Memory(shape=unsigned(8 * B * R), depth=2 * words, init=[])
+        wp = buf.write_port(granularity=8 * B)
+        rp = buf.read_port(transparent_for=())
+
+        # Requests: row j into lane j % R of half (j // R) % 2 ---------------------
+        req_on = Signal()
+        req_j = Signal(16)
+        req_tile = Signal(16)
+        req_lane = Signal(range(R))
+        out_tiles_done = Signal(16)              # tiles read out of the buffer
+        m.d.comb += self.index.at.eq(req_j)
+        row = Mux(self.job.x_gather, self.index.row, req_j)
+        m.d.comb += [
+            rd.req.valid.eq(req_on & (req_tile <= out_tiles_done + 1)),
+            rd.req.payload.addr.eq(op.x_addr + row * op.in_features),
+            rd.req.payload.length.eq(op.in_features),
+        ]
+        with m.If(rd.req.valid & rd.req.ready):
+            m.d.sync += req_j.eq(req_j + 1)
+            with m.If(req_lane == R - 1):
+                m.d.sync += [req_lane.eq(0), req_tile.eq(req_tile + 1)]
+            with m.Else():
+                m.d.sync += req_lane.eq(req_lane + 1)
+            with m.If(req_j == op.tokens - 1):
+                m.d.sync += req_on.eq(0)
+
+        # Rows in: bus word k of a row to address half*words + k, lane enable ------
+        in_word = Signal(range(words))
+        in_lane = Signal(range(R))
+        in_half = Signal()
+        rows_in = Signal(16)
+        m.d.comb += [
+            rd.data.ready.eq(1),
+            wp.addr.eq(Mux(in_half, words, 0) + in_word),
+            wp.data.eq(Cat(*[rd.data.payload.data] * R)),
+            wp.en.eq(Mux(rd.data.valid, 1 << in_lane, 0)),
+        ]
+        with m.If(rd.data.valid):
+            with m.If(rd.data.payload.last):
+                m.d.sync += [in_word.eq(0), rows_in.eq(rows_in + 1)]
+                with m.If(in_lane == R - 1):
+                    m.d.sync += [in_lane.eq(0), in_half.eq(~in_half)]
+                with m.Else():
+                    m.d.sync += in_lane.eq(in_lane + 1)
+            with m.Else():
+                m.d.sync += in_word.eq(in_word + 1)
+
+        # Beats out: feature i of every lane, once the tile's rows are in ----------
+        out_on = Signal()
+        out_half = Signal()
+        out_i = Signal(16)
+        out_word = Signal(range(words))
+        out_byte = Signal(range(B))
+        rows_needed = Signal(16)                 # rows_in that complete this tile
+        fifo = m.submodules.fifo = SyncFIFO(width=8 * R, depth=self.DEPTH)
+        inflight = Signal()                      # a read issued last cycle
+        select = Signal(range(B))
+        issue = Signal()
+        m.d.comb += [
+            issue.eq(out_on & (rows_in >= rows_needed) & (fifo.level + inflight < self.DEPTH)),
+            rp.addr.eq(Mux(out_half, words, 0) + out_word),
+        ]
+        m.d.sync += [inflight.eq(issue), select.eq(out_byte)]
+        with m.If(issue):
+            m.d.sync += out_i.eq(out_i + 1)
+            with m.If(out_byte == B - 1):
+                m.d.sync += [out_byte.eq(0), out_word.eq(out_word + 1)]
+            with m.Else():
+                m.d.sync += out_byte.eq(out_byte + 1)
+            with m.If(out_i == op.in_features - 1):
+                # The tile's last read: its half is free for the tile after next.
+                m.d.sync += [out_i.eq(0), out_byte.eq(0), out_word.eq(0),
+                             out_half.eq(~out_half), out_tiles_done.eq(out_tiles_done + 1),
+                             rows_needed.eq(Mux(rows_needed + R < op.tokens,
+                                                rows_needed + R, op.tokens))]
+                with m.If(out_tiles_done == op.token_tiles - 1):
+                    m.d.sync += out_on.eq(0)
+        m.d.comb += [
+            fifo.w_en.eq(inflight),
+            fifo.w_data.eq(Cat(*[rp.data.word_select(r * B + select, 8) for r in range(R)])),
+            self.x.valid.eq(fifo.r_rdy),
+            self.x.payload.eq(fifo.r_data),
+            fifo.r_en.eq(self.x.ready),
+        ]
+
+        with m.If(self.start):
+            m.d.sync += [req_on.eq(1), req_j.eq(0), req_tile.eq(0), req_lane.eq(0),
+                         in_word.eq(0), in_lane.eq(0), in_half.eq(0), rows_in.eq(0),
+                         out_on.eq(1), out_half.eq(0), out_i.eq(0), out_word.eq(0),
+                         out_byte.eq(0), out_tiles_done.eq(0),
+                         rows_needed.eq(Mux(op.tokens < R, op.tokens, R))]
+        m.d.comb += self.busy.eq(req_on | out_on | inflight | fifo.r_rdy)
+        return m
+
+
+class Fetch(wiring.Component):
+    """``length`` bytes at ``addr`` in one read request, out as beats of ``out_bytes``
+    (a :class:`~moevit.hw.top.movers.Repack` of the bus beats): the kernel's ``w`` and
+    ``chan`` streams.
+
+    Members: ``start`` (one cycle: request ``addr``, ``length``), ``addr``,
+    ``length``, ``rd``, ``o`` (the beats; ``last`` on the final one), ``busy``.
+    """
+
+    def __init__(self, bus_width, out_bytes):
+        self._bus, self._out = bus_width, out_bytes
+        super().__init__({
+            "start": In(1), "addr": In(32), "length": In(32),
+            "rd": Out(ReadPort(bus_width)),
+            "o": Out(stream.Signature(beat_layout(8 * out_bytes))),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        repack = m.submodules.repack = Repack(self._bus // 8, self._out)
+        pending = Signal()
+        m.d.comb += [self.rd.req.valid.eq(pending),
+                     self.rd.req.payload.addr.eq(self.addr),
+                     self.rd.req.payload.length.eq(self.length)]
+        with m.If(self.rd.req.ready):
+            m.d.sync += pending.eq(0)
+        with m.If(self.start):
+            m.d.sync += pending.eq(1)
+        wiring.connect(m, wiring.flipped(self.rd.data), repack.i)
+        wiring.connect(m, repack.o, wiring.flipped(self.o))
+        m.d.comb += self.busy.eq(pending | repack.busy)
+        return m
+
+
+class _Chunks:
+    """The (out tile, token) walk of the kernel's output order, one step per call of
+    :meth:`step`: ``token``, ``col`` (``ot * cols``), ``width`` (the chunk's valid
+    bytes: ``cols``, fewer in a ragged last out tile), ``final``."""
+
+    def __init__(self, m, op, cols, name):
+        self.m, self.op, self.cols = m, op, cols
+        self.token = Signal(16, name=f"{name}_token")
+        self.col = Signal(16, name=f"{name}_col")
+        self.width = Signal(range(cols + 1), name=f"{name}_width")
+        self.final = Signal(name=f"{name}_final")
+        left = Signal(16, name=f"{name}_left")
+        m.d.comb += [left.eq(op.out_features - self.col),
+                     self.width.eq(Mux(left < cols, left, cols)),
+                     self.final.eq((self.token == op.tokens - 1) & (left <= cols))]
+
+    def step(self):
+        with self.m.If(self.token == self.op.tokens - 1):
+            self.m.d.sync += [self.token.eq(0), self.col.eq(self.col + self.cols)]
+        with self.m.Else():
+            self.m.d.sync += self.token.eq(self.token + 1)
+
+    def reset(self):
+        return [self.token.eq(0), self.col.eq(0)]
+
+
+class ResidualReader(wiring.Component):
+    """The skip tensor (dense, ``tokens x out_features`` at ``res_addr``) in the kernel's
+    ``res`` order: one request of a chunk (``cols`` bytes, fewer in a ragged last out
+    tile) per out tile and token, re-packed to ``cols`` lanes. Does nothing for a job
+    without ``residual``.
+
+    Members: ``job``, ``start``, ``rd``, ``res``, ``busy``.
+    """
+
+    def __init__(self, hw: HwConfig):
+        _check_hw(self, hw)
+        self._hw = hw
+        super().__init__({
+            "job": In(linear_job_layout()), "start": In(1),
+            "rd": Out(ReadPort(hw.bus_width)),
+            "res": Out(stream.Signature(lanes_layout(hw.cols))),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        hw = self._hw
+        m = Module()
+        op = self.job.op
+        repack = m.submodules.repack = Repack(hw.bus_width // 8, hw.cols)
+        on = Signal()
+        chunk = _Chunks(m, op, hw.cols, "res")
+        row_addr = Signal(32)                    # res_addr + token * out_features
+        m.d.comb += [self.rd.req.valid.eq(on),
+                     self.rd.req.payload.addr.eq(row_addr + chunk.col),
+                     self.rd.req.payload.length.eq(chunk.width)]
+        with m.If(self.rd.req.valid & self.rd.req.ready):
+            chunk.step()
+            m.d.sync += row_addr.eq(Mux(chunk.token == op.tokens - 1, op.res_addr,
+                                        row_addr + op.out_features))
+            with m.If(chunk.final):
+                m.d.sync += on.eq(0)
+        with m.If(self.start):
+            m.d.sync += [on.eq(op.residual), row_addr.eq(op.res_addr), *chunk.reset()]
+        wiring.connect(m, wiring.flipped(self.rd.data), repack.i)
+        m.d.comb += [self.res.valid.eq(repack.o.valid),
+                     self.res.payload.eq(repack.o.payload.data),
+                     repack.o.ready.eq(self.res.ready),
+                     self.busy.eq(on | repack.busy)]
+        return m
+
+
+class YWriter(wiring.Component):
+    """The kernel's ``y`` beats to memory (see the module): write requests run ahead of
+    the data, which a :class:`~moevit.hw.top.movers.Repack` packs into bus beats
+    (each beat's valid bytes, back to back in a contiguous job).
+
+    Members: ``job``, ``start``, ``y``, ``wr``, ``index`` (``at`` the token whose
+    row is asked, for ``y_scatter``), ``finish`` (the job's last byte is taken by
+    the write channel this cycle), ``busy``.
+    """
+
+    def __init__(self, hw: HwConfig):
+        _check_hw(self, hw)
+        self._hw = hw
+        super().__init__({
+            "job": In(linear_job_layout()), "start": In(1),
+            "y": In(stream.Signature(output_layout(hw.cols))),
+            "wr": Out(WritePort(hw.bus_width)),
+            "index": Out(IndexPort(hw.max_tokens)),
+            "finish": Out(1), "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        hw = self._hw
+        C = hw.cols
+        m = Module()
+        op = self.job.op
+        wr = self.wr
+        contiguous = Signal()
+        m.d.comb += contiguous.eq((op.out_features <= C) & ~self.job.y_scatter)
+
+        # Requests: one per chunk, or one for the whole contiguous y ---------------
+        on = Signal()
+        req = _Chunks(m, op, C, "req")
+        m.d.comb += self.index.at.eq(req.token)
+        row = Mux(self.job.y_scatter, self.index.row, req.token)
+        m.d.comb += wr.req.valid.eq(on)
+        with m.If(contiguous):
+            m.d.comb += [wr.req.payload.addr.eq(op.y_addr),
+                         wr.req.payload.length.eq(op.tokens * op.out_features)]
+        with m.Else():
+            m.d.comb += [wr.req.payload.addr.eq(op.y_addr + row * op.out_features + req.col),
+                         wr.req.payload.length.eq(req.width)]
+        with m.If(wr.req.valid & wr.req.ready):
+            req.step()
+            with m.If(contiguous | req.final):
+                m.d.sync += on.eq(0)
+
+        # Data: each beat's valid bytes; a request's end at each chunk's ------------
+        repack = m.submodules.repack = Repack(C, hw.bus_width // 8)
+        beat = _Chunks(m, op, C, "beat")
+        final_in = Signal()                      # the job's last beat is in the repack
+        m.d.comb += [
+            repack.i.valid.eq(self.y.valid),
+            repack.i.payload.data.eq(self.y.payload.data.as_value()),
+            repack.i.payload.bytes.eq(Mux(contiguous, op.out_features, beat.width)),
+            repack.i.payload.last.eq(~contiguous | self.y.payload.last),
+            self.y.ready.eq(repack.i.ready),
+            wr.data.valid.eq(repack.o.valid),
+            wr.data.payload.eq(repack.o.payload.data),
+            repack.o.ready.eq(wr.data.ready),
+        ]
+        with m.If(self.y.valid & self.y.ready):
+            beat.step()
+            with m.If(self.y.payload.last):
+                m.d.sync += final_in.eq(1)
+        m.d.comb += self.finish.eq(final_in & wr.data.valid & wr.data.ready
+                                   & repack.o.payload.last)
+        with m.If(self.finish):
+            m.d.sync += final_in.eq(0)
+        with m.If(self.start):
+            m.d.sync += [on.eq(1), final_in.eq(0), *req.reset(), *beat.reset()]
+        m.d.comb += self.busy.eq(on | final_in | repack.busy)
+        return m
+
+
+class LinearEngine(wiring.Component):
+    """Runs linear jobs on one :class:`~moevit.hw.units.linear.LinearKernel` (see the
+    module).
+
+    Members: those of :func:`~moevit.hw.top.ports.engine_members` with the desc layout
+    :func:`~moevit.hw.top.ports.linear_job_layout` and :attr:`READS` read channels
+    (``x``, ``w``, ``chan``, ``res``), and ``x_index``, ``y_index``
+    (``Out(IndexPort(hw.max_tokens))``: the rows of ``x_gather`` and ``y_scatter``).
+
+    Parameters
+    ----------
+    hw : HwConfig
+
+    Raises
+    ------
+    TypeError
+        ``hw`` is not a :class:`HwConfig`.
+    ConfigError
+        The array's columns are not a multiple of the bus bytes.
+    """
+
+    READS = 4
+    X, W, CHAN, RES = range(READS)
+
+    def __init__(self, hw: HwConfig):
+        _check_hw(self, hw)
+        nbytes = hw.bus_width // 8
+        if hw.cols % nbytes:
+            self._MustUse__silence = True
+            raise ConfigError(
+                f"Linear engine needs the {hw.cols} array columns to be a multiple of the "
+                f"{nbytes} bytes of the {hw.bus_width}-bit bus (an output chunk is whole bus "
+                f"words)")
+        self._hw = hw
+        members = engine_members(linear_job_layout(), hw.bus_width, self.READS)
+        members.update(x_index=Out(IndexPort(hw.max_tokens)),
+                       y_index=Out(IndexPort(hw.max_tokens)))
+        super().__init__(members)
+
+    @property
+    def hw(self) -> HwConfig:
+        return self._hw
+
+    def elaborate(self, platform):
+        hw = self._hw
+        m = Module()
+        kernel = m.submodules.kernel = LinearKernel(hw)
+        x = m.submodules.x = XTiler(hw)
+        w = m.submodules.w = Fetch(hw.bus_width, hw.cols)
+        chan = m.submodules.chan = Fetch(hw.bus_width, CHAN_BYTES)
+        res = m.submodules.res = ResidualReader(hw)
+        y = m.submodules.y = YWriter(hw)
+
+        job = Signal(linear_job_layout())
+        op = job.op
+        start = Signal()
+        for unit in (x, res, y):
+            m.d.comb += [unit.job.eq(job), unit.start.eq(start)]
+        m.d.comb += [w.start.eq(start), w.addr.eq(op.w_addr),
+                     w.length.eq(op.out_tiles * op.in_features * hw.cols),
+                     chan.start.eq(start), chan.addr.eq(op.chan_addr),
+                     chan.length.eq(op.out_tiles * hw.cols * CHAN_BYTES)]
+
+        for k, unit in enumerate((x, w, chan, res)):
+            wiring.connect(m, unit.rd, wiring.flipped(self.rd[k]))
+        wiring.connect(m, y.wr, wiring.flipped(self.wr))
+        wiring.connect(m, x.index, wiring.flipped(self.x_index))
+        wiring.connect(m, y.index, wiring.flipped(self.y_index))
+
+        wiring.connect(m, x.x, kernel.x)
+        wiring.connect(m, res.res, kernel.res)
+        wiring.connect(m, kernel.y, y.y)
+        m.d.comb += [kernel.w.valid.eq(w.o.valid), w.o.ready.eq(kernel.w.ready),
+                     kernel.w.payload.eq(w.o.payload.data),
+                     kernel.chan.valid.eq(chan.o.valid), chan.o.ready.eq(kernel.chan.ready),
+                     kernel.chan.payload.eq(chan.o.payload.data[:chan_layout().size])]
+
+        # The job: refused for the bus-word rule, else handed to the kernel, which
+        # may refuse it too (its error a cycle after it takes it); else run.
+        p = self.desc.payload
+        align = Signal()
+        m.d.comb += align.eq(Cat(*[broken for _, _, broken in
+                                   alignment_rules(hw, p.op, p.x_gather, p.y_scatter)]).any())
+        m.d.comb += kernel.desc.payload.eq(op)
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.desc.ready.eq(1)
+                with m.If(self.desc.valid):
+                    m.d.sync += [job.eq(p), self.error.eq(Mux(align, Fault.ALIGN, Fault.NONE))]
+                    with m.If(align):
+                        m.next = "REFUSED"
+                    with m.Else():
+                        m.next = "KERNEL"
+            with m.State("KERNEL"):
+                m.d.comb += kernel.desc.valid.eq(1)
+                with m.If(kernel.desc.ready):
+                    m.next = "CHECK"
+            with m.State("CHECK"):
+                with m.If(kernel.error != Fault.NONE):
+                    m.d.sync += self.error.eq(kernel.error)
+                    m.next = "REFUSED"
+                with m.Else():
+                    m.d.comb += start.eq(1)
+                    m.next = "RUN"
+            with m.State("RUN"):
+                with m.If(y.finish):
+                    m.d.comb += self.done.eq(1)
+                    m.next = "IDLE"
+            with m.State("REFUSED"):
+                m.d.comb += self.done.eq(1)
+                m.next = "IDLE"
+        m.d.comb += self.busy.eq(~self.desc.ready)
+        return m
+
+
+def pack_job(desc: LinearDescriptor, *, x_gather=False, y_scatter=False) -> int:
+    """The ``desc`` payload integer of a job (:func:`~moevit.hw.top.ports.linear_job_layout`)."""
+    width = LinearDescriptor.layout().size
+    return desc.to_int() | int(bool(x_gather)) << width | int(bool(y_scatter)) << (width + 1)

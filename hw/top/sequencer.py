@@ -1,0 +1,322 @@
+"""The instruction sequencer: fetches the program from memory and issues its instructions.
+
+On ``start`` it reads the program's header (:mod:`moevit.hw.program.program`)
+at ``args.program`` and checks it against this hardware: magic, format
+version, header length, HwConfig fingerprint and bus width (else error
+``program``), and the task register against the program's task count (else
+``task``). Then, for each image of the run, it streams the body in one
+request and assembles each instruction's words (the opcode in the low byte of
+the first word gives the count: :data:`~moevit.hw.program.isa.OPCODES`; an
+unknown one stops the run with ``opcode``), checks that every address field
+lies below ``output_end`` (else ``address``), reads the task's table entry
+for the instructions that take one (TASK_LINEAR, ROUTE: entry ``task`` of
+the table, :class:`~moevit.hw.program.isa.TaskEntry`), and issues the
+instruction on ``issue``; the next is assembled while it runs and issued when
+the top reports it ``finished``.
+
+The task is a register: the same program and weights serve every task, and
+the only thing a task switch changes is which table entry these reads
+fetch, so it costs no cycle.
+
+Errors (the codes of :data:`~moevit.hw.program.regmap.ERROR_CODES`): the
+sequencer's own, or ``abort`` from the top (a refused descriptor, a memory
+error) stop the run: ``halting`` rises, the sequencer drops whatever its
+reads still bring, and when the top reports everything ``idle`` it ends the
+run with ``done`` and the code in ``error``. The next start runs normally.
+"""
+
+from amaranth.hdl import Cat, Module, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from moevit.hw.config import HwConfig
+from moevit.hw.program.isa import OPCODES, TASK_ENTRY_BYTES, RouteDescriptor, \
+    TaskLinearDescriptor
+from moevit.hw.program.program import (BOUNDARY_FIELDS, HEADER_FIELDS, HEADER_WORDS, MAGIC,
+                                       VERSION, hw_hash)
+from moevit.hw.program.regmap import ERROR_CODES
+from moevit.hw.top.movers import Repack
+from moevit.hw.top.ports import ReadPort
+
+__all__ = ["Sequencer", "issue_layout", "bounds_layout", "INSTRUCTION_BITS", "code"]
+
+#: Bits of the longest instruction.
+INSTRUCTION_BITS = 32 * max(cls.words() for cls in OPCODES.values())
+#: Instructions that read their task's table entry (its field ``table_addr``).
+TABLE_OPCODES = (TaskLinearDescriptor.OPCODE, RouteDescriptor.OPCODE)
+
+
+def code(name: str) -> int:
+    """The error register's code of ``name`` (``ERROR_CODES``)."""
+    return ERROR_CODES[name][0]
+
+
+def issue_layout():
+    """An issued instruction: its opcode, its words (LSB first) and, for TASK_LINEAR
+    and ROUTE, the task's table entry (four words: w_addr, chan_addr, out_features,
+    consts)."""
+    return data.StructLayout({"opcode": 8, "image": INSTRUCTION_BITS,
+                              "entry": data.ArrayLayout(32, 4)})
+
+
+def bounds_layout():
+    """The header's region bounds (``Layout.boundaries``)."""
+    return data.StructLayout({name: 32 for name in BOUNDARY_FIELDS})
+
+
+def _field(cls, name):
+    """(offset, bits) of a descriptor field in its image."""
+    for field, offset, bits, _, _ in cls.describe():
+        if field == name:
+            return offset, bits
+    raise KeyError(name)
+
+
+class Sequencer(wiring.Component):
+    """The sequencer (see the module's description).
+
+    Attributes
+    ----------
+    start : In(1)
+    program, weights : In(64)
+        The byte addresses of the program and of the weights buffer.
+    task, images : In(32)
+    prog, entry : Out(ReadPort)
+        Reads of the program and of table entries, at physical addresses.
+    issue : Out(stream.Signature(issue_layout()))
+    finished : In(1)
+        The issued instruction is complete (its writes answered).
+    abort : In(8)
+        Non-zero: stop the run with this error code.
+    idle : In(1)
+        No engine, mover or burst is active (the top's view).
+    halting : Out(1)
+        Stopping on an error: the top holds the engines and drains the movers.
+    done : Out(1)
+    error : Out(8)
+        The code of the last run (0: it finished), valid from its ``done``.
+    instruction, image : Out(16)
+        Where the run is (or stopped).
+    bounds : Out(bounds_layout())
+        The program's region bounds, from the header.
+    running : Out(1)
+    """
+
+    def __init__(self, hw: HwConfig):
+        self._hw = hw
+        super().__init__({
+            "start": In(1), "program": In(64), "weights": In(64), "task": In(32),
+            "images": In(32),
+            "prog": Out(ReadPort(hw.bus_width)), "entry": Out(ReadPort(hw.bus_width)),
+            "issue": Out(stream.Signature(issue_layout())),
+            "finished": In(1), "abort": In(8), "idle": In(1),
+            "halting": Out(1), "done": Out(1), "error": Out(8),
+            "instruction": Out(16), "image": Out(16),
+            "bounds": Out(bounds_layout()), "running": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        hw = self._hw
+        nbytes = hw.bus_width // 8
+        m.submodules.words = words = Repack(nbytes, 4)
+        wiring.connect(m, wiring.flipped(self.prog.data), words.i)
+        word = words.o.payload.data
+        got = Signal()
+        m.d.comb += got.eq(words.o.valid & words.o.ready)
+
+        header = Array32(m, "header", HEADER_WORDS)
+        field = {name: header[k] for k, name in enumerate(HEADER_FIELDS)}
+        for name in BOUNDARY_FIELDS:
+            m.d.comb += self.bounds[name].eq(field[name])
+
+        at = Signal(range(HEADER_WORDS + 1))
+        image = Signal(INSTRUCTION_BITS)
+        opcode = Signal(8)
+        length = Signal(range(INSTRUCTION_BITS // 32 + 1))    # words of this instruction
+        filled = Signal.like(length)                         # of them assembled
+        count = Signal(16)                                   # instructions issued this image
+        entry_bytes = max(TASK_ENTRY_BYTES, nbytes)
+        entry = Signal(8 * entry_bytes)
+        entry_offset = Signal(range(nbytes))
+        entry_got = Signal(range(entry_bytes // nbytes + 1))
+        failure = Signal(8)
+
+        def stop(m, name_or_code):
+            value = code(name_or_code) if isinstance(name_or_code, str) else name_or_code
+            m.d.sync += failure.eq(value)
+            m.next = "HALT"
+
+        digest = hw_hash(hw)
+        header_ok = ((field["magic"] == MAGIC) & (field["version"] == VERSION)
+                     & (field["header_words"] == HEADER_WORDS)
+                     & (field["hw_hash_lo"] == (digest & 0xFFFFFFFF))
+                     & (field["hw_hash_hi"] == (digest >> 32))
+                     & (field["bus_bits"] == hw.bus_width))
+
+        # The words an opcode takes; 0 for an unknown one.
+        known_length = Signal.like(length)
+        with m.Switch(word[:8]):
+            for op, cls in OPCODES.items():
+                with m.Case(op):
+                    m.d.comb += known_length.eq(cls.words())
+
+        # Every address field of the assembled instruction below output_end.
+        addresses_ok = Signal()
+        with m.Switch(opcode):
+            for op, cls in OPCODES.items():
+                with m.Case(op):
+                    checks = [image[o:o + b] < field["output_end"]
+                              for name, o, b, _, _ in cls.describe() if name.endswith("_addr")]
+                    m.d.comb += addresses_ok.eq(Cat(*checks).all() if checks else 1)
+
+        # The task's entry in the instruction's table.
+        table_addr = Signal(32)
+        with m.Switch(opcode):
+            for op in TABLE_OPCODES:
+                offset, bits = _field(OPCODES[op], "table_addr")
+                with m.Case(op):
+                    m.d.comb += table_addr.eq(image[offset:offset + bits])
+        entry_at = Signal(32)
+        m.d.comb += entry_at.eq(table_addr + TASK_ENTRY_BYTES * self.task[:8])
+
+        m.d.comb += [self.prog.req.payload.addr.eq(self.program),
+                     self.issue.payload.opcode.eq(opcode),
+                     self.issue.payload.image.eq(image),
+                     self.error.eq(failure)]
+        for k in range(4):
+            m.d.comb += self.issue.payload.entry[k].eq(
+                (entry >> (8 * entry_offset))[32 * k:32 * k + 32])
+
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [failure.eq(0), at.eq(0), self.image.eq(0),
+                                 self.instruction.eq(0)]
+                    m.next = "HEADER_REQUEST"
+            with m.State("HEADER_REQUEST"):
+                m.d.comb += [self.running.eq(1), self.prog.req.valid.eq(1),
+                             self.prog.req.payload.length.eq(4 * HEADER_WORDS)]
+                with m.If(self.prog.req.ready):
+                    m.next = "HEADER"
+            with m.State("HEADER"):
+                m.d.comb += [self.running.eq(1), words.o.ready.eq(1)]
+                with m.If(self.abort != 0):
+                    stop(m, self.abort)
+                with m.Elif(got):
+                    header.write(m, at, word)
+                    m.d.sync += at.eq(at + 1)
+                    with m.If(words.o.payload.last):
+                        m.next = "CHECK"
+            with m.State("CHECK"):
+                m.d.comb += self.running.eq(1)
+                with m.If(~header_ok | (at != HEADER_WORDS)):
+                    stop(m, "program")
+                with m.Elif(self.task >= field["tasks"]):
+                    stop(m, "task")
+                with m.Elif((self.images == 0) | (field["instructions"] == 0)):
+                    m.next = "FINISH"
+                with m.Else():
+                    m.next = "BODY_REQUEST"
+            with m.State("BODY_REQUEST"):
+                m.d.comb += [self.running.eq(1), self.prog.req.valid.eq(1),
+                             self.prog.req.payload.addr.eq(self.program + 4 * HEADER_WORDS),
+                             self.prog.req.payload.length.eq(4 * field["body_words"])]
+                with m.If(self.prog.req.ready):
+                    m.d.sync += [count.eq(0), filled.eq(0)]
+                    m.next = "WORD"
+            with m.State("WORD"):
+                m.d.comb += [self.running.eq(1), words.o.ready.eq(1)]
+                with m.If(self.abort != 0):
+                    stop(m, self.abort)
+                with m.Elif(got):
+                    with m.If(filled == 0):
+                        with m.If(known_length == 0):
+                            stop(m, "opcode")
+                        with m.Else():
+                            m.d.sync += [opcode.eq(word[:8]), image.eq(word),
+                                         length.eq(known_length), filled.eq(1)]
+                            with m.If(known_length == 1):
+                                m.d.sync += filled.eq(0)
+                                m.next = "ADDRESSES"
+                    with m.Else():
+                        m.d.sync += [image.eq(image | (word << (32 * filled))),
+                                     filled.eq(filled + 1)]
+                        with m.If(filled + 1 == length):
+                            m.d.sync += filled.eq(0)
+                            m.next = "ADDRESSES"
+            with m.State("ADDRESSES"):
+                m.d.comb += self.running.eq(1)
+                with m.If(~addresses_ok):
+                    stop(m, "address")
+                with m.Elif(opcode.matches(*TABLE_OPCODES)):
+                    m.next = "ENTRY_REQUEST"
+                with m.Else():
+                    m.d.sync += entry.eq(0)
+                    m.next = "ISSUE"
+            with m.State("ENTRY_REQUEST"):
+                aligned = entry_at & ~(nbytes - 1)
+                m.d.comb += [self.running.eq(1), self.entry.req.valid.eq(1),
+                             self.entry.req.payload.addr.eq(self.weights + aligned),
+                             self.entry.req.payload.length.eq(entry_bytes)]
+                with m.If(self.entry.req.ready):
+                    m.d.sync += [entry_offset.eq(entry_at[:max(1, (nbytes - 1).bit_length())]
+                                                 if nbytes > 1 else 0),
+                                 entry_got.eq(0)]
+                    m.next = "ENTRY"
+            with m.State("ENTRY"):
+                m.d.comb += [self.running.eq(1), self.entry.data.ready.eq(1)]
+                with m.If(self.abort != 0):
+                    stop(m, self.abort)
+                with m.Elif(self.entry.data.valid):
+                    m.d.sync += [entry.eq((entry >> (8 * nbytes))
+                                          | (self.entry.data.payload.data
+                                             << (8 * (entry_bytes - nbytes)))),
+                                 entry_got.eq(entry_got + 1)]
+                    with m.If(self.entry.data.payload.last):
+                        m.next = "ISSUE"
+            with m.State("ISSUE"):
+                m.d.comb += [self.running.eq(1), self.issue.valid.eq(1)]
+                with m.If(self.issue.ready):
+                    m.next = "RUN"
+            with m.State("RUN"):
+                m.d.comb += self.running.eq(1)
+                with m.If(self.abort != 0):
+                    stop(m, self.abort)
+                with m.Elif(self.finished):
+                    with m.If(count + 1 == field["instructions"]):
+                        with m.If(self.image + 1 >= self.images):
+                            m.next = "FINISH"
+                        with m.Else():
+                            m.d.sync += [self.image.eq(self.image + 1),
+                                         self.instruction.eq(0)]
+                            m.next = "BODY_REQUEST"
+                    with m.Else():
+                        m.d.sync += [count.eq(count + 1), self.instruction.eq(count + 1)]
+                        m.next = "WORD"
+            with m.State("HALT"):
+                # Drop what the reads still bring until the top is idle.
+                m.d.comb += [self.running.eq(1), self.halting.eq(1), words.o.ready.eq(1),
+                             self.entry.data.ready.eq(1)]
+                with m.If(self.idle & ~words.busy):
+                    m.next = "FINISH"
+            with m.State("FINISH"):
+                m.d.comb += [self.running.eq(1), self.done.eq(1)]
+                m.next = "IDLE"
+        return m
+
+
+class Array32:
+    """``n`` 32-bit registers written by index (the header)."""
+
+    def __init__(self, m, name, n):
+        self._regs = [Signal(32, name=f"{name}{k}") for k in range(n)]
+
+    def __getitem__(self, k):
+        return self._regs[k]
+
+    def write(self, m, index, value):
+        with m.Switch(index):
+            for k, reg in enumerate(self._regs):
+                with m.Case(k):
+                    m.d.sync += reg.eq(value)

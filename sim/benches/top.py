@@ -1,0 +1,236 @@
+"""The whole accelerator in co-simulation, driven by registers only, as a host drives a board.
+
+:func:`run_top` builds :class:`~moevit.hw.top.accelerator.Accelerator` for the
+program's HwConfig (Vitis port names) and runs a list of *runs* on it: each
+run writes the task and the image count, writes the images into the input
+buffer and sets ``ap_start`` through cocotbext-axi's ``AxiLiteMaster`` on
+``s_axi_control``, waits for the ``interrupt`` (no Python wakes on the way:
+the simulator runs free until it), clears it, and reads back the status,
+error and cycle registers, the output buffer and the activation scratch.
+The memory is cocotbext-axi's ``AxiRam`` on ``m_axi_gmem``; the host's
+buffers lie at addresses unlike the program's own (so every address goes
+through the top's relocation), and the memory can be slowed by a pause
+pattern on its channels (``memory_pauses``).
+
+Register offsets come from the register map (:data:`~moevit.hw.program.regmap.REGMAP`),
+never typed here.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["run_top", "expected_runs", "BUFFERS", "TOPLEVEL"]
+
+TOPLEVEL = "moevit_top"
+
+#: Where the bench's host places each buffer (physical byte addresses).
+BUFFERS = {"program": 0x0010_0000, "weights": 0x0040_0000, "input": 0x0100_0000,
+           "output": 0x0140_0000, "scratch": 0x0200_0000}
+
+
+def run_top(program, runs, *, test_id, simulator=None, memory_pauses="none", seed=0,
+            probability=0.3, timeout_us=200_000, engines=None, waves=False):
+    """Run ``runs`` on the co-simulated top loaded with ``program``.
+
+    ``runs`` is a list of ``(task, images)``, ``images`` int8 arrays of the
+    program's input shape (one run may take several). Returns one dict per
+    run: ``error`` (the error code), ``status``, ``cycles``, ``busy`` (cycles
+    per counted unit), ``outputs`` (uint8 bytes of each image's output
+    region), ``scratch`` (the scratch after the run), ``seconds`` (wall time
+    of the whole simulation). ``engines``: build only these (``Accelerator``).
+    """
+    from amaranth.back import verilog
+
+    from moevit.hw.top.accelerator import Accelerator
+    from moevit.hw.top.control import vitis_ports
+    from moevit.paths import build_dir
+    from moevit.sim.runner import run_cocotb, sim_folder
+
+    folder = build_dir("sim", "_rtl", sim_folder(test_id).name).resolve()
+    top = Accelerator(program.hw, engines)
+    source = folder / f"{TOPLEVEL}.v"
+    source.write_text(verilog.convert(top, name=TOPLEVEL, ports=vitis_ports(top),
+                                      emit_src=False, strip_internal_attrs=True))
+    layout = program.layout
+    bounds = layout.boundaries()
+    (folder / "program.bin").write_bytes(program.encode())
+    (folder / "weights.bin").write_bytes(program.weights)
+    images = []
+    for task, batch in runs:
+        batch = [np.ascontiguousarray(b, np.int8) for b in batch]
+        images.append({"task": int(task), "count": len(batch)})
+        for k, image in enumerate(batch):
+            image.tofile(folder / f"run{len(images) - 1}-image{k}.bin")
+    case = {"folder": str(folder), "runs": images, "buffers": BUFFERS,
+            "input_pitch": bounds["output_at"] - bounds["input_at"],
+            "output_pitch": bounds["output_end"] - bounds["output_at"],
+            "scratch_bytes": bounds["input_at"] - bounds["scratch_at"],
+            "weights_bytes": len(program.weights), "memory_pauses": memory_pauses,
+            "seed": int(seed), "probability": float(probability), "timeout_us": timeout_us}
+    result = run_cocotb(toplevel=TOPLEVEL, sources=[source], test_module=__name__,
+                        test_id=test_id, simulator=simulator, waves=waves,
+                        env={"MOEVIT_CASE": json.dumps(case)})
+    summary = result.json("summary.json")
+    for k, run in enumerate(summary):
+        run["outputs"] = [np.fromfile(result.output(f"run{k}-output{n}.bin"), np.uint8)
+                          for n in range(images[k]["count"])]
+        run["scratch"] = np.fromfile(result.output(f"run{k}-scratch.bin"), np.uint8)
+        run["seconds"] = result.seconds
+    return summary
+
+
+def expected_runs(program, runs):
+    """What the instruction-level interpreter computes for the same ``runs`` on one memory
+    that lives on from run to run, as the device's does: per run, each image's output
+    region and the scratch after the run."""
+    from moevit.hw.program.interpreter import execute
+
+    layout = program.layout
+    memory = program.memory_image()
+    inp = layout["input"]
+    bounds = layout.boundaries()
+    results = []
+    for task, images in runs:
+        outputs = []
+        for image in images:
+            memory[inp.offset:inp.end] = np.ascontiguousarray(image, np.int8).view(np.uint8).ravel()
+            stats = execute(memory, program.hw, task, layout["program"].offset)
+            outputs.append(memory[bounds["output_at"]:bounds["output_end"]].copy())
+        results.append({"outputs": outputs, "stats": stats,
+                        "scratch": memory[bounds["scratch_at"]:bounds["input_at"]].copy()})
+    return results
+
+
+try:
+    import cocotb
+except ImportError:  # imported outside a simulation
+    cocotb = None
+
+if cocotb is not None:
+    from cocotb.clock import Clock
+    from cocotb.triggers import ClockCycles, RisingEdge, with_timeout
+    from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRam
+
+    from moevit.hw.program.regmap import REGMAP
+    from moevit.sim.benches.common import CLOCK_NS
+    from moevit.sim.streams import pauses
+
+    class Host:
+        """The host side: registers through ``AxiLiteMaster``, buffers in the ``AxiRam``."""
+
+        def __init__(self, dut, case):
+            self.dut, self.case = dut, case
+            import logging
+
+            for name in ("s_axi_control", "m_axi_gmem"):     # a line per burst: too many
+                logging.getLogger(f"cocotb.{dut._name}.{name}").setLevel(logging.WARNING)
+            self.regs = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axi_control"), dut.ap_clk,
+                                      dut.ap_rst_n, reset_active_level=False)
+            self.ram = AxiRam(AxiBus.from_prefix(dut, "m_axi_gmem"), dut.ap_clk, dut.ap_rst_n,
+                              reset_active_level=False, size=1 << 26)
+            if case["memory_pauses"] != "none":
+                for name in ("ar", "r", "aw", "w", "b"):
+                    side = self.ram.read_if if name in ("ar", "r") else self.ram.write_if
+                    getattr(side, f"{name}_channel").set_pause_generator(pauses(
+                        case["memory_pauses"], seed=case["seed"], stream=f"gmem.{name}",
+                        probability=case["probability"]))
+            self.bytes_read = 0
+            read = self.ram.read_if._read
+
+            async def counted(address, length):   # every beat the memory serves
+                self.bytes_read += length
+                return await read(address, length)
+
+            self.ram.read_if._read = counted
+
+        async def write(self, name, value):
+            reg = REGMAP[name]
+            for k in range(reg.words):
+                await self.regs.write_dword(reg.offset + 4 * k, (value >> (32 * k)) & 0xFFFFFFFF)
+
+        async def read(self, name):
+            reg = REGMAP[name]
+            value = 0
+            for k in range(reg.words):
+                value |= await self.regs.read_dword(reg.offset + 4 * k) << (32 * k)
+            return value
+
+        def field(self, register, name, value):
+            f = REGMAP[register].field(name)
+            return (value & f.mask) >> f.bit
+
+    def handshakes(handle, path="", depth=4):
+        """``path value`` of every valid, ready, busy and FSM state signal below ``handle``:
+        where a hung run waits."""
+        lines = []
+        for child in handle:
+            name = f"{path}.{child._name}" if path else child._name
+            if hasattr(child, "value") and not hasattr(child, "__iter__") or \
+                    type(child).__name__.endswith("ObjectHandle") and hasattr(child, "value"):
+                if any(key in child._name for key in ("valid", "ready", "busy", "fsm_state",
+                                                      "done", "error")):
+                    try:
+                        lines.append(f"{name} {child.value}")
+                    except Exception:   # a handle without a value
+                        pass
+            elif depth:
+                try:
+                    lines += handshakes(child, name, depth - 1)
+                except TypeError:
+                    pass
+        return lines
+
+    @cocotb.test()
+    async def top_runs(dut):
+        case = json.loads(os.environ["MOEVIT_CASE"])
+        out = Path(os.environ["MOEVIT_SIM_OUT"])
+        folder = Path(case["folder"])
+        cocotb.start_soon(Clock(dut.ap_clk, CLOCK_NS, unit="ns").start())
+        dut.ap_rst_n.value = 0
+        host = Host(dut, case)
+        await ClockCycles(dut.ap_clk, 4)
+        dut.ap_rst_n.value = 1
+        await ClockCycles(dut.ap_clk, 2)
+        buffers = case["buffers"]
+        host.ram.write(buffers["program"], (folder / "program.bin").read_bytes())
+        host.ram.write(buffers["weights"], (folder / "weights.bin").read_bytes())
+        for name, address in buffers.items():
+            await host.write(name, address)
+        await host.write("gie", 1)
+        await host.write("ier", 1)
+        summary = []
+        for k, run in enumerate(case["runs"]):
+            for n in range(run["count"]):
+                host.ram.write(buffers["input"] + n * case["input_pitch"],
+                               (folder / f"run{k}-image{n}.bin").read_bytes())
+            host.bytes_read = 0
+            await host.write("task", run["task"])
+            await host.write("images", run["count"])
+            await host.write("ap_ctrl", 1)
+            try:
+                await with_timeout(RisingEdge(dut.interrupt), case["timeout_us"], "us")
+            except cocotb.triggers.SimTimeoutError:
+                (out / "hang.txt").write_text("\n".join(handshakes(dut)))
+                raise AssertionError(f"run {k}: no interrupt after {case['timeout_us']} us; "
+                                     f"the handshakes then: {out / 'hang.txt'}") from None
+            await host.write("isr", await host.read("isr"))   # toggle-on-write: clears it
+            ctrl = await host.read("ap_ctrl")
+            status, error = await host.read("status"), await host.read("error")
+            row = {"task": run["task"], "images": run["count"],
+                   "done": host.field("ap_ctrl", "ap_done", ctrl),
+                   "error": host.field("error", "code", error),
+                   "start_while_busy": host.field("error", "start_while_busy", error),
+                   "instruction": host.field("status", "instruction", status),
+                   "image": host.field("status", "image", status),
+                   "cycles": await host.read("cycles"), "bytes_read": host.bytes_read,
+                   "busy": {unit: await host.read(f"busy_{unit}") for unit in REGMAP.units}}
+            summary.append(row)
+            for n in range(run["count"]):
+                (out / f"run{k}-output{n}.bin").write_bytes(host.ram.read(
+                    buffers["output"] + n * case["output_pitch"], case["output_pitch"]))
+            (out / f"run{k}-scratch.bin").write_bytes(
+                host.ram.read(buffers["scratch"], case["scratch_bytes"]))
+        (out / "summary.json").write_text(json.dumps(summary))

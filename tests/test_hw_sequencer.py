@@ -1,0 +1,145 @@
+"""The sequencer in Amaranth's simulator: it fetches the tiny program from a memory model and
+issues exactly the program's instructions (their words, and the task's table entry where one
+is read), image after image; a bad header, task, opcode or address stops it with its code."""
+
+import numpy as np
+import pytest
+
+from moevit.hw.config import DEFAULT_HW
+from moevit.hw.program.isa import TASK_ENTRY_BYTES
+from moevit.hw.program.program import HEADER_WORDS
+from moevit.hw.top.sequencer import TABLE_OPCODES, Sequencer, code
+
+BASE = 0x10000          # where the test places the program and the weights (physical)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from moevit.hw.program.compiler import compile_program
+    from moevit.sim.units import tiny_quantized
+
+    qmodel, _ = tiny_quantized(trained=False)
+    return compile_program(qmodel, DEFAULT_HW["tiny"])
+
+
+def _memory(program, body=None):
+    """Physical memory: the program at BASE + its region's offset, weights at BASE."""
+    image = program.memory_image()
+    if body is not None:
+        at = program.layout["program"].offset + 4 * HEADER_WORDS
+        image[at:at + len(body)] = np.frombuffer(body, np.uint8)
+    memory = np.zeros(BASE + len(image) + 64, np.uint8)
+    memory[BASE:BASE + len(image)] = image
+    return memory
+
+
+def _run(program, memory, task, images, *, finish_after=3, limit=200_000):
+    """Simulate one run; returns (issued [(opcode, image int, entry words)], error, status)."""
+    from amaranth.sim import Simulator
+
+    hw = program.hw
+    nbytes = hw.bus_width // 8
+    dut = Sequencer(hw)
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    issued, result = [], {}
+
+    def reader(port):
+        async def serve(ctx):
+            while True:
+                ctx.set(port.req.ready, 1)
+                _, _, valid, addr, length = await ctx.tick().sample(
+                    port.req.valid, port.req.payload.addr, port.req.payload.length)
+                if not valid:
+                    continue
+                ctx.set(port.req.ready, 0)
+                assert addr % nbytes == 0, f"unaligned read {addr:#x}"
+                beats = -(-length // nbytes)
+                for k in range(beats):
+                    chunk = memory[addr + k * nbytes:addr + (k + 1) * nbytes]
+                    ctx.set(port.data.payload.data, int.from_bytes(chunk.tobytes(), "little"))
+                    ctx.set(port.data.payload.last, k == beats - 1)
+                    ctx.set(port.data.payload.bytes, min(nbytes, length - k * nbytes))
+                    ctx.set(port.data.valid, 1)
+                    await ctx.tick().until(port.data.ready)
+                ctx.set(port.data.valid, 0)
+        return serve
+
+    async def host(ctx):
+        ctx.set(dut.program, BASE + program.layout["program"].offset)
+        ctx.set(dut.weights, BASE)
+        ctx.set(dut.task, task)
+        ctx.set(dut.images, images)
+        ctx.set(dut.idle, 1)
+        ctx.set(dut.start, 1)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        ctx.set(dut.issue.ready, 1)
+        for _ in range(limit):
+            _, _, valid, done, opcode, image, entry = await ctx.tick().sample(
+                dut.issue.valid, dut.done, dut.issue.payload.opcode, dut.issue.payload.image,
+                dut.issue.payload.entry)
+            if done:
+                result["error"] = ctx.get(dut.error)
+                result["status"] = (ctx.get(dut.instruction), ctx.get(dut.image))
+                return
+            if valid:
+                issued.append((opcode, image.as_value().value if hasattr(image, "as_value")
+                               else image, [ctx.get(dut.issue.payload.entry[k])
+                                            for k in range(4)]))
+                ctx.set(dut.issue.ready, 0)
+                await ctx.tick().repeat(finish_after)
+                ctx.set(dut.finished, 1)
+                await ctx.tick()
+                ctx.set(dut.finished, 0)
+                ctx.set(dut.issue.ready, 1)
+        raise AssertionError("no done")
+
+    sim.add_testbench(reader(dut.prog), background=True)
+    sim.add_testbench(reader(dut.entry), background=True)
+    sim.add_testbench(host)
+    sim.run()
+    return issued, result["error"], result["status"]
+
+
+def _entry(program, desc, task):
+    at = desc.table_addr + TASK_ENTRY_BYTES * task
+    return [int(w) for w in program.memory_image()[at:at + 16].view("<u4")]
+
+
+@pytest.mark.parametrize("task, images", [(0, 1), (1, 2)])
+def test_issues_the_program(tiny, task, images):
+    issued, error, status = _run(tiny, _memory(tiny), task, images)
+    assert error == 0 and status == (len(tiny.instructions) - 1, images - 1)
+    assert len(issued) == images * len(tiny.instructions)
+    for k, (opcode, image, entry) in enumerate(issued):
+        desc = tiny.instructions[k % len(tiny.instructions)]
+        assert opcode == desc.OPCODE and image == desc.to_int(), f"instruction {k}"
+        if opcode in TABLE_OPCODES:
+            assert entry == _entry(tiny, desc, task), f"instruction {k} entry"
+
+
+def test_stops_with_its_code(tiny):
+    body = bytearray(tiny.encode()[4 * HEADER_WORDS:])
+    # A task the program does not have: nothing is issued.
+    issued, error, _ = _run(tiny, _memory(tiny), task=2, images=1)
+    assert (issued, error) == ([], code("task"))
+    # An unknown opcode as the fourth instruction: three are issued, then the stop.
+    at = 4 * sum(d.words() for d in tiny.instructions[:3])
+    bad = bytearray(body)
+    bad[at] = 0x7F
+    issued, error, status = _run(tiny, _memory(tiny, bytes(bad)), task=0, images=1)
+    assert (len(issued), error, status[0]) == (3, code("opcode"), 3)
+    # An address at the output's end.
+    first = tiny.instructions[0]
+    moved = type(first)(tiny.hw, **{**first.to_dict(), "y_addr": tiny.layout.size - 16})
+    bad = bytearray(body)
+    bad[:4 * first.words()] = np.array(moved.pack(), "<u4").tobytes()
+    issued, error, status = _run(tiny, _memory(tiny, bytes(bad)), task=0, images=1)
+    assert (issued, error, status[0]) == ([], code("address"), 0)
+    # Another hardware's program: the header's fingerprint differs.
+    other = _memory(tiny)
+    at = BASE + tiny.layout["program"].offset + 4 * 3
+    other[at] ^= 1
+    issued, error, _ = _run(tiny, other, task=0, images=1)
+    assert (issued, error) == ([], code("program"))

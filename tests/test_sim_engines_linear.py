@@ -1,0 +1,385 @@
+"""The LINEAR engine (hw/top/linear_engine.py) against the instruction-level interpreter,
+byte for byte over the whole memory: the tiny program's linear layers and experts with
+their real weights, random jobs on random design points (gathered and scattered rows,
+ragged tiles, GELU and residual), back to back under memory stalls and gaps."""
+
+import dataclasses
+import functools
+import os
+import random
+
+import numpy as np
+import pytest
+from amaranth.hdl import Module, Signal
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+
+from moevit.errors import ConfigError
+from moevit.hw.config import DEFAULT_HW, HwConfig
+from moevit.hw.program.descriptor import DescriptorError, Fault, LinearDescriptor
+from moevit.hw.program.interpreter import run_instructions
+from moevit.hw.program.isa import TASK_ENTRY_BYTES, TaskEntry
+from moevit.hw.program.layout import pack_chan, pack_weight
+from moevit.hw.top.linear_engine import LinearEngine, check_job, pack_job
+from moevit.sim.benches.engines import run_engine
+from moevit.sim.linear_cases import random_op
+
+
+def _seed():
+    seed = int(os.environ.get("MOEVIT_SEED", random.randrange(1 << 16)))
+    print(f"seed {seed} (replay with MOEVIT_SEED={seed})")
+    return seed
+
+
+def _compare(got, want):
+    bad = np.flatnonzero(got != want)
+    assert bad.size == 0, f"{bad.size} bytes differ, first at {bad[0]:#x}: {got[bad[0]]} != " \
+                          f"{want[bad[0]]}"
+
+
+# A bench wrapper: the engine with its index ports answered from per-job tables ------------
+class IndexedEngine(wiring.Component):
+    """A :class:`LinearEngine` whose ``x_index`` and ``y_index`` read job ``k``'s row lists
+    (``x_rows[k]``, ``y_rows[k]``; the job counter steps at each ``done``); the other
+    members are the engine's, so :class:`~moevit.hw.top.ports.EngineShell` takes it."""
+
+    def __init__(self, hw, x_rows, y_rows):
+        self._engine = LinearEngine(hw)
+        self._hw = hw
+        self._tables = [x_rows, y_rows]
+        super().__init__({name: member for name, member
+                          in self._engine.signature.members.items()
+                          if name not in ("x_index", "y_index")})
+
+    def elaborate(self, platform):
+        m = Module()
+        engine = m.submodules.engine = self._engine
+        wiring.connect(m, wiring.flipped(self.desc), engine.desc)
+        for k in range(len(engine.rd)):
+            wiring.connect(m, engine.rd[k], wiring.flipped(self.rd[k]))
+        wiring.connect(m, engine.wr, wiring.flipped(self.wr))
+        m.d.comb += [self.done.eq(engine.done), self.busy.eq(engine.busy),
+                     self.error.eq(engine.error)]
+        depth = self._hw.max_tokens
+        jobs = max(1, max(len(t) for t in self._tables))
+        job = Signal(range(jobs + 1))
+        with m.If(engine.done):
+            m.d.sync += job.eq(job + 1)
+        for name, table, port in zip(("x_rows", "y_rows"), self._tables,
+                                     (engine.x_index, engine.y_index)):
+            init = np.zeros((jobs, depth), np.int64)
+            for k, rows in enumerate(table):
+                init[k, :len(rows)] = rows
+            memory = m.submodules[name] = Memory(shape=16, depth=jobs * depth,
+                                                 init=[int(v) for v in init.ravel()])
+            read = memory.read_port(domain="comb")
+            m.d.comb += [read.addr.eq(job * depth + port.at), port.row.eq(read.data)]
+        return m
+
+
+# Expected images: the interpreter ---------------------------------------------------------
+def expected_job(memory, desc, x_rows=None, y_rows=None):
+    """Run one job on ``memory`` (changed in place) with the interpreter's LINEAR: on the
+    gathered rows of x when ``x_rows`` is given, its rows scattered when ``y_rows`` is."""
+    hw = desc.hw
+    if x_rows is None and y_rows is None:
+        run_instructions(memory, hw, [desc])
+        return
+    T, I, O = desc.tokens, desc.in_features, desc.out_features
+    base = -(-len(memory) // 64) * 64
+    scratch = np.zeros(base + T * I + 64 + T * O, np.uint8)
+    scratch[:len(memory)] = memory
+    x_addr, y_addr = desc.x_addr, desc.y_addr
+    if x_rows is not None:
+        for j, row in enumerate(x_rows):
+            scratch[base + j * I:base + (j + 1) * I] = memory[x_addr + row * I:x_addr + (row + 1) * I]
+        x_addr = base
+    y_dense = base + T * I + 64
+    run_instructions(scratch, hw, [dataclasses.replace(desc, x_addr=x_addr, y_addr=y_dense)])
+    y = scratch[y_dense:y_dense + T * O].reshape(T, O)
+    rows = range(T) if y_rows is None else y_rows
+    for j, row in enumerate(rows):
+        memory[desc.y_addr + row * O:desc.y_addr + (row + 1) * O] = y[j]
+
+
+@dataclasses.dataclass
+class Job:
+    """One job of a run: its operation, the rows of ``x_gather`` / ``y_scatter`` (None:
+    dense), and for a job the engine must refuse, its forged payload and fault."""
+
+    desc: LinearDescriptor
+    x_rows: object = None
+    y_rows: object = None
+    forged: int = None
+    fault: Fault = Fault.NONE
+
+    @property
+    def payload(self) -> int:
+        flags = dict(x_gather=self.x_rows is not None, y_scatter=self.y_rows is not None)
+        if self.forged is None:
+            return pack_job(self.desc, **flags)
+        width = LinearDescriptor.layout().size
+        return pack_job(self.desc, **flags) >> width << width | self.forged
+
+    @property
+    def mode(self) -> str:
+        return "+".join(name for name, rows in (("gather", self.x_rows), ("scatter", self.y_rows))
+                        if rows is not None) or "dense"
+
+    def expect(self, memory):
+        """The job's effect on ``memory`` (the interpreter's; none for a refused job)."""
+        if self.fault == Fault.NONE:
+            expected_job(memory, self.desc, self.x_rows, self.y_rows)
+
+
+def run_jobs(hw, memory, jobs, *, test_id, seed, want=None, simulator=None, pauses="random"):
+    """Run ``jobs`` on the engine from ``memory``; the whole image after them compared with
+    ``want`` (default: each job's :meth:`Job.expect` in turn). Prints each job's cycles
+    beside the kernel's cost model; returns the bench's summary."""
+    if want is None:
+        want = memory.copy()
+        for job in jobs:
+            job.expect(want)
+    engine = IndexedEngine(hw, [[] if j.x_rows is None else list(j.x_rows) for j in jobs],
+                           [[] if j.y_rows is None else list(j.y_rows) for j in jobs])
+    got, summary = run_engine(engine, hw, memory, [j.payload for j in jobs], test_id=test_id,
+                              seed=seed, simulator=simulator, memory_pauses=pauses, gaps=pauses)
+    print(f"{'job':>3} {'tokens':>6} {'in':>4} {'out':>4} {'gelu':>4} {'res':>3} "
+          f"{'mode':<14} {'fault':<6} {'cycles':>7} {'kernel':>7} {'ratio':>6}")
+    for k, (job, cycles) in enumerate(zip(jobs, summary["cycles"])):
+        d = job.desc
+        model = d.expected_cycles()
+        print(f"{k:>3} {d.tokens:>6} {d.in_features:>4} {d.out_features:>4} {d.gelu:>4} "
+              f"{d.residual:>3} {job.mode:<14} {job.fault.name:<6} {cycles:>7} {model:>7} "
+              f"{cycles / model:>6.2f}")
+    assert summary["errors"] == [int(j.fault) for j in jobs]
+    _compare(got, want)
+    return summary
+
+
+# The tiny program ---------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def _tiny():
+    """The tiny program, the memory image after its run on task 0, its linear jobs
+    (LINEAR, and TASK_LINEAR resolved for task 0) and per EXPERT that some token chose,
+    the instruction and its two jobs (fc1 on the gathered rows, fc2 scattered to the
+    slots)."""
+    from moevit.hw.program.compiler import compile_program
+    from moevit.hw.program.interpreter import run_image
+    from moevit.model.integer.golden import quantize_image
+    from moevit.sim.units import tiny_quantized
+
+    qmodel, image = tiny_quantized(trained=False)
+    hw = DEFAULT_HW["tiny"]
+    program = compile_program(qmodel, hw)
+    final, _ = run_image(program, quantize_image(image, qmodel.scale("input")), 0)
+    linears, experts = [], []
+    for desc in program.instructions:
+        if desc.MNEMONIC == "LINEAR":
+            linears.append(Job(desc))
+        elif desc.MNEMONIC == "TASK_LINEAR":
+            at = desc.table_addr
+            words = final[at:at + TASK_ENTRY_BYTES].view("<u4")
+            linears.append(Job(desc.resolve(TaskEntry(*(int(w) for w in words)))))
+        elif desc.MNEMONIC == "EXPERT":
+            top = final[desc.topk_addr:desc.topk_addr + desc.tokens * desc.top_k]
+            tokens, slots = np.nonzero(top.reshape(desc.tokens, desc.top_k) == desc.expert)
+            if tokens.size:
+                fc1, fc2 = desc.linears(tokens.size)
+                experts.append((desc, [Job(fc1, x_rows=tokens),
+                                       Job(fc2, y_rows=tokens * desc.top_k + slots)]))
+    return hw, program, final, linears, experts
+
+
+def _tiny_run(linears, experts, *, test_id, simulator=None, extra=()):
+    """The linear jobs and the experts' jobs from the final image with every output
+    region they write made random (so each must be written), then ``extra`` jobs;
+    expected: the interpreter's LINEAR and EXPERT instructions themselves."""
+    seed = _seed()
+    hw, program, final, _, _ = _tiny()
+    rng = np.random.default_rng(seed)
+    memory = final.copy()
+    regions = {program.layout.at(job.desc.y_addr) for job in linears}
+    for expert, _ in experts:
+        regions |= {program.layout.at(expert.hidden_addr), program.layout.at(expert.slots_addr)}
+    for region in regions:
+        memory[region.offset:region.end] = rng.integers(0, 256, region.size, dtype=np.uint8)
+    want = memory.copy()
+    run_instructions(want, hw, [job.desc for job in linears] + [e for e, _ in experts])
+    jobs = linears + [job for _, pair in experts for job in pair] + list(extra)
+    run_jobs(hw, memory, jobs, test_id=test_id, seed=seed, want=want, simulator=simulator)
+
+
+def _named(jobs, names):
+    _, program, _, _, _ = _tiny()
+    return [job for job in jobs if program.layout.at(job.desc.y_addr).name in names]
+
+
+def test_tiny_jobs_fast():
+    """The first attention projection (residual add), the first MoE gate (8 logits a token:
+    one contiguous write), the expert with the fewest tokens: its fc1 (gathered rows) and
+    fc2 (scattered rows), then three jobs the engine refuses, back to back."""
+    hw, _, _, linears, experts = _tiny()
+    proj, gate = _named(linears, ("blocks.0.add1.out", "blocks.1.mlp.gate.logits"))
+    refused = [
+        Job(dataclasses.replace(proj.desc, x_addr=proj.desc.x_addr + 8), fault=Fault.ALIGN),
+        Job(gate.desc, y_rows=range(gate.desc.tokens), fault=Fault.ALIGN),
+        Job(proj.desc, forged=proj.desc.to_int_with(tokens=hw.max_tokens + 1),
+            fault=Fault.SHAPE),
+    ]
+    fewest = min(experts, key=lambda expert: expert[1][0].desc.tokens)
+    _tiny_run([proj, gate], [fewest], extra=refused, test_id="engine-linear-tiny")
+
+
+@pytest.mark.slow
+def test_tiny_jobs_all():
+    """Every LINEAR and TASK_LINEAR of the tiny program, then every expert's two jobs
+    (both MoE layers), back to back (Verilator)."""
+    _, _, _, linears, experts = _tiny()
+    _tiny_run(linears, experts, test_id="engine-linear-tiny-all", simulator="verilator")
+
+
+def test_expected_job_is_the_interpreters_expert():
+    """The bench's gather/scatter reference (:func:`expected_job`) on an expert's two jobs
+    equals the interpreter's EXPERT: the random jobs are checked against the spec."""
+    hw, program, final, _, experts = _tiny()
+    for expert, jobs in experts[:3]:
+        memory = final.copy()
+        region = program.layout.at(expert.slots_addr)
+        memory[region.offset:region.end] = 0
+        want = memory.copy()
+        run_instructions(want, hw, [expert])
+        for job in jobs:
+            job.expect(memory)
+        _compare(memory, want)
+
+
+def test_refused_refusals():
+    """The bus-word rule in Python (:func:`check_job`) and at construction."""
+    hw = DEFAULT_HW["tiny"]
+    desc = LinearDescriptor(hw, tokens=5, in_features=32, out_features=8, x_addr=16, y_addr=32)
+    check_job(desc)                     # 8 outputs, dense: one contiguous write
+    with pytest.raises(DescriptorError, match=r"^Linear job out_features \(a row of y\) 8 is "
+                                              r"not a multiple of the 16 bytes of the 128-bit "
+                                              r"bus$"):
+        check_job(desc, y_scatter=True)
+    with pytest.raises(DescriptorError, match=r"^Linear job x_addr 8 is not a multiple"):
+        check_job(dataclasses.replace(desc, x_addr=8), x_gather=True)
+    with pytest.raises(DescriptorError, match=r"^Linear job in_features \(a row of x\) 40 "):
+        check_job(dataclasses.replace(desc, in_features=40))
+    with pytest.raises(DescriptorError, match=r"^Linear job res_addr 4 "):
+        check_job(dataclasses.replace(desc, residual=1, res_mult_y=1, res_mult_skip=1,
+                                      res_shift=1, out_features=16, res_addr=4))
+    with pytest.raises(ConfigError, match=r"^Linear engine needs the 16 array columns to be a "
+                                          r"multiple of the 32 bytes of the 256-bit bus"):
+        LinearEngine(hw.replace(bus_width=256))
+    with pytest.raises(TypeError, match=r"^Hardware config must be a HwConfig, not 'tiny'$"):
+        LinearEngine("tiny")
+
+
+# Random design points and jobs --------------------------------------------------------------
+def random_engine_hw(rng, *, large=False) -> HwConfig:
+    """A design point the engine takes: ``cols`` a multiple of the bus bytes (a bus of
+    4..64 bytes), any rows, post lanes, buffer depths and outstanding bursts."""
+    post_lanes = int(rng.choice([1, 2, 4, 8]))
+    cols = int(np.lcm(4, post_lanes)) * int(rng.integers(1, 4 if large else 3))
+    nbytes = int(rng.choice([b for b in (4, 8, 16, 32, 64) if cols % b == 0]))
+    rows = int(rng.integers(1, 9 if large else 5))
+    return HwConfig(name="random", rows=rows, cols=cols, post_lanes=post_lanes,
+                    max_tokens=rows * int(rng.integers(1, 7)),
+                    max_in=nbytes * int(rng.integers(1, 96 // nbytes + 2)),
+                    out_depth=int(rng.integers(3, 9)), bus_width=8 * nbytes,
+                    max_outstanding=int(rng.integers(1, 5)))
+
+
+class _Image:
+    """A memory image under construction: random bytes, regions placed on bus words."""
+
+    def __init__(self, rng, nbytes):
+        self.rng, self.nbytes, self.parts, self.size = rng, nbytes, [], 0
+
+    def place(self, data=None, size=None) -> int:
+        """The address of a new region holding ``data`` (bytes), or ``size`` random bytes."""
+        addr = -(-self.size // self.nbytes) * self.nbytes
+        # An odd gap now and then: regions need not touch.
+        addr += self.nbytes * int(self.rng.integers(0, 2))
+        data = self.rng.integers(0, 256, size, dtype=np.uint8) if data is None \
+            else np.frombuffer(bytes(data), np.uint8)
+        self.parts.append((addr, data))
+        self.size = addr + len(data)
+        return addr
+
+    def memory(self):
+        out = self.rng.integers(0, 256, self.size + self.nbytes, dtype=np.uint8)
+        for addr, data in self.parts:
+            out[addr:addr + len(data)] = data
+        return out
+
+
+def random_jobs(hw, rng, count):
+    """``count`` random jobs and the memory they run on: ragged token and out tiles, GELU
+    and residual on or off, dense, gathered, scattered or both; a job sometimes reads the
+    previous one's output."""
+    B, C = hw.bus_width // 8, hw.cols
+    image = _Image(rng, B)
+    jobs = []
+    for _ in range(count):
+        mode = rng.choice(["dense", "gather", "scatter", "gather+scatter"])
+        gather, scatter = "gather" in mode, "scatter" in mode
+        residual, gelu = bool(rng.random() < 0.4), bool(rng.random() < 0.4)
+        tokens = int(rng.integers(1, hw.max_tokens + 1))
+        in_features = B * int(rng.integers(1, hw.max_in // B + 1))
+        prev = jobs[-1] if jobs else None
+        chained = prev is not None and prev.y_rows is None and not gather \
+            and prev.desc.out_features % B == 0 and prev.desc.out_features <= hw.max_in \
+            and rng.random() < 0.5
+        if chained:
+            in_features, tokens = prev.desc.out_features, int(rng.integers(1, prev.desc.tokens + 1))
+        if scatter or residual or rng.random() < 0.5:
+            out_features = B * int(rng.integers(1, 3 * C // B + 1))   # rows on bus words
+        else:
+            out_features = int(rng.integers(1, C + 1))                 # one contiguous run
+        op = random_op(hw, rng, tokens, in_features, out_features, gelu=gelu, residual=residual)
+        src_rows = tokens + int(rng.integers(0, 4)) if gather else tokens
+        x_rows = rng.integers(0, src_rows, tokens) if gather else None
+        if chained:
+            x_addr = prev.desc.y_addr
+        else:
+            x = rng.integers(-128, 128, (src_rows, in_features), dtype=np.int8)
+            x[x_rows if gather else slice(None)] = op["x"]
+            x_addr = image.place(x.tobytes())
+        w_addr = image.place(pack_weight(op["weight"], C))
+        chan_addr = image.place(pack_chan(op["bias"], op["multiplier"], op["shift"], C))
+        res_addr = image.place(op["skip"].tobytes()) if residual else 0
+        dst_rows = tokens + int(rng.integers(0, 4)) if scatter else tokens
+        y_rows = rng.permutation(dst_rows)[:tokens] if scatter else None
+        y_addr = image.place(size=dst_rows * out_features)
+        desc = dataclasses.replace(op["desc"], x_addr=x_addr, w_addr=w_addr,
+                                   chan_addr=chan_addr, res_addr=res_addr, y_addr=y_addr)
+        check_job(desc, x_gather=gather, y_scatter=scatter)
+        jobs.append(Job(desc, x_rows, y_rows))
+    return image.memory(), jobs
+
+
+def _random_run(seed, *, count, large, simulator=None):
+    rng = np.random.default_rng(seed)
+    hw = random_engine_hw(rng, large=large)
+    print(f"design point: rows={hw.rows} cols={hw.cols} post_lanes={hw.post_lanes} "
+          f"max_tokens={hw.max_tokens} max_in={hw.max_in} out_depth={hw.out_depth} "
+          f"bus_width={hw.bus_width} max_outstanding={hw.max_outstanding}")
+    memory, jobs = random_jobs(hw, rng, count)
+    pauses = str(rng.choice(["none", "fixed", "random"])) if large else "random"
+    run_jobs(hw, memory, jobs, test_id=f"engine-linear-random-{seed}", seed=seed,
+             simulator=simulator, pauses=pauses)
+
+
+def test_random_jobs_fast():
+    """One small random design point, three random jobs back to back (Icarus)."""
+    _random_run(_seed(), count=3, large=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", range(6))
+def test_random_jobs(case):
+    """Random design points, eight random jobs each, back to back (Verilator)."""
+    _random_run(_seed(), count=8, large=True, simulator="verilator")

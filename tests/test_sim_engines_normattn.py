@@ -1,0 +1,245 @@
+"""The LAYERNORM and ATTENTION engines against the instruction-level interpreter, byte for
+byte over the whole memory, instructions back to back under memory stalls and descriptor gaps.
+
+Two kinds of case:
+
+* the compiled ``tiny`` program's own instructions, on the memory image the
+  interpreter left after running the whole program for one image (every
+  activation has its own region, so each instruction's operands are what they
+  were when it ran), with the instructions' outputs scrambled first;
+* random design points (bus width, score lanes, head lanes, buffer sizes) and
+  random instructions over random memory, shapes ragged.
+
+Each case prints its seed (``MOEVIT_SEED=N`` replays it) and the cycles of each
+instruction beside its descriptor's ``expected_cycles()`` (the unit alone, fed
+without gaps): the difference is the engine's own cost (memory latency, the
+descriptor check, the last write's response).
+"""
+
+import dataclasses
+import math
+import os
+import random
+
+import numpy as np
+import pytest
+
+from moevit.hw.config import DEFAULT_HW, HwConfig
+from moevit.hw.program.descriptor import AttentionDescriptor, Fault, LayerNormDescriptor
+from moevit.hw.program.interpreter import run_instructions
+from moevit.hw.program.layout import pack_ln_params
+from moevit.hw.top.attention_engine import AttentionEngine
+from moevit.hw.top.layernorm_engine import LayerNormEngine
+from moevit.model.integer import intops
+from moevit.sim.benches.engines import run_engine
+
+
+def _seed():
+    seed = int(os.environ.get("MOEVIT_SEED", random.randrange(1 << 16)))
+    print(f"seed {seed} (replay with MOEVIT_SEED={seed})")
+    return seed
+
+
+def _compare(got, want):
+    bad = np.flatnonzero(got != want)
+    assert bad.size == 0, f"{bad.size} bytes differ, first at {bad[0]:#x}: {got[bad[0]]} != " \
+                          f"{want[bad[0]]}"
+
+
+def _run(engine, hw, memory, ops, *, test_id, seed, simulator=None, **kwargs):
+    """Run ``ops`` back to back on the engine and compare the whole memory with the
+    interpreter's; returns the summary. An op is a descriptor, or a forged descriptor
+    image (an int) that the engine must refuse, changing nothing."""
+    descs = [op for op in ops if not isinstance(op, int)]
+    want = memory.copy()
+    run_instructions(want, hw, descs)
+    images = [op if isinstance(op, int) else op.to_int() for op in ops]
+    got, summary = run_engine(engine, hw, memory, images, test_id=test_id, seed=seed,
+                              simulator=simulator, **kwargs)
+    print(f"{'instruction':<64} {'cycles':>8} {'expected':>9} {'extra':>6}")
+    for op, cycles in zip(ops, summary["cycles"]):
+        if isinstance(op, int):
+            print(f"{'(forged, refused)':<64} {cycles:>8}")
+            continue
+        expected = op.expected_cycles()
+        print(f"{op.MNEMONIC + ' ' + _shape(op):<64} {cycles:>8} {expected:>9} "
+              f"{cycles - expected:>6}")
+    print(f"{summary['seconds']:.1f} s in the simulator")
+    _compare(got, want)
+    return summary
+
+
+def _shape(desc):
+    if isinstance(desc, LayerNormDescriptor):
+        return f"tokens={desc.tokens} dim={desc.dim}"
+    return f"tokens={desc.tokens} heads={desc.heads} head_dim={desc.head_dim} " \
+           f"pitch={desc.row_pitch}"
+
+
+# The tiny program's instructions ----------------------------------------------------
+def _tiny_program(trained):
+    """The compiled tiny program and the memory after it ran on one image (task 0)."""
+    from moevit.hw.program.compiler import compile_program
+    from moevit.hw.program.interpreter import run_image
+    from moevit.model.integer import golden
+    from moevit.sim.units import tiny_quantized
+
+    qmodel, image = tiny_quantized(trained=trained)
+    program = compile_program(qmodel, DEFAULT_HW["tiny"])
+    memory, _ = run_image(program, golden.quantize_image(image, qmodel.scale("input")), 0)
+    return program, memory
+
+
+def _program_case(program, memory, mnemonic, rng):
+    """The program's ``mnemonic`` instructions and the memory they start from: the final
+    image with their outputs scrambled (so an engine that writes nothing fails)."""
+    descs = [d for d in program.instructions if d.MNEMONIC == mnemonic]
+    start = memory.copy()
+    for d in descs:
+        region = program.layout.at(getattr(d, d.OUTPUT))
+        start[region.offset:region.end] = rng.integers(0, 256, region.size, dtype=np.uint8)
+    # The outputs written anew from the final image's operands are the final image's:
+    # the operands were not overwritten after the instructions ran.
+    again = start.copy()
+    run_instructions(again, program.hw, descs)
+    _compare(again, memory)
+    return descs, start
+
+
+@pytest.fixture(scope="module")
+def tiny_untrained():
+    return _tiny_program(trained=False)
+
+
+def test_layernorm_engine_tiny_program(tiny_untrained):
+    seed = _seed()
+    program, memory = tiny_untrained
+    descs, start = _program_case(program, memory, "LAYERNORM", np.random.default_rng(seed))
+    _run(LayerNormEngine(program.hw), program.hw, start, descs[:2],
+         test_id="engine-layernorm-tiny", seed=seed, memory_pauses="random", gaps="random")
+
+
+def test_attention_engine_tiny_program(tiny_untrained):
+    """The program's first attention cut to its first 9 tokens: real q, k, v and constants
+    in a few seconds (the whole instructions run in the slow set)."""
+    seed = _seed()
+    program, memory = tiny_untrained
+    descs, start = _program_case(program, memory, "ATTENTION", np.random.default_rng(seed))
+    _run(AttentionEngine(program.hw), program.hw, start, [dataclasses.replace(descs[0], tokens=9)],
+         test_id="engine-attention-tiny", seed=seed, memory_pauses="random", gaps="random")
+
+
+# Random design points -----------------------------------------------------------------
+def _layernorm_case(rng, *, ops, max_in):
+    """A random hardware point and ``ops`` LayerNorm descriptors over random memory."""
+    hw = HwConfig(name="ln-random", max_in=max_in,
+                  bus_width=int(rng.choice([32, 64, 128, 256, 512])))
+    nbytes = hw.bus_width // 8
+    memory = rng.integers(0, 256, 1 << 16, dtype=np.uint8)
+    top = 0
+
+    def place(size):
+        nonlocal top
+        at = -(-(top + int(rng.integers(0, 3)) * nbytes) // nbytes) * nbytes
+        top = at + size
+        assert top <= len(memory)
+        return at
+
+    descs = []
+    for _ in range(ops):
+        tokens = int(rng.integers(1, 8))
+        dim = int(rng.choice([1, hw.max_in, int(rng.integers(1, hw.max_in + 1))]))
+        shift = int(rng.integers(12, 24)) if rng.random() < 0.7 else int(rng.integers(1, 48))
+        eps = int(rng.choice([0, int(rng.integers(0, 2**12)), int(rng.integers(0, 2**34))]))
+        gamma = rng.integers(-2**15, 2**15, dim)
+        beta = rng.integers(-2**min(40, shift + 7), 2**min(40, shift + 7), dim)
+        param_addr = place(8 * dim)
+        memory[param_addr:param_addr + 8 * dim] = np.frombuffer(pack_ln_params(gamma, beta),
+                                                                np.uint8)
+        # x of one instruction may be y of an earlier one: back to back, in order.
+        x_addr = descs[-1].y_addr if descs and descs[-1].dim == dim and rng.random() < 0.3 \
+            else place(tokens * dim)
+        descs.append(LayerNormDescriptor(hw, tokens=tokens, dim=dim, eps=eps, shift=shift,
+                                         x_addr=x_addr, param_addr=param_addr,
+                                         y_addr=place(tokens * dim)))
+    return hw, memory, descs
+
+
+def test_layernorm_engine_random():
+    seed = _seed()
+    rng = np.random.default_rng(seed)
+    hw, memory, descs = _layernorm_case(rng, ops=4, max_in=int(rng.integers(1, 40)))
+    print(f"bus {hw.bus_width} bits, max_in {hw.max_in}")
+    # A refused descriptor among them: the unit's check (too wide) and the engine's
+    # (an address off the bus) each end it at once, writing nothing.
+    good = descs[1]
+    ops = [descs[0], good.to_int_with(dim=hw.max_in + 1), good.to_int_with(y_addr=good.y_addr + 1),
+           *descs[1:]]
+    summary = _run(LayerNormEngine(hw), hw, memory, ops, test_id="engine-layernorm-random",
+                   seed=seed, memory_pauses="random", gaps="random")
+    assert summary["errors"] == [0, Fault.SHAPE, Fault.SHAPE, 0, 0, 0]
+
+
+def _attention_case(rng, *, ops, bus_widths, max_tokens, heads_parallel):
+    """A random hardware point and ``ops`` attention descriptors over random memory, each
+    with its own q, k, v layout (one fused QKV tensor, or three tensors with padded rows)."""
+    nbytes = int(rng.choice(bus_widths)) // 8
+    lanes = int(rng.choice([1, 2, 4, 8]))
+    P = int(rng.choice(heads_parallel))
+    # The engine's rule: P * head_dim a whole number of bus words.
+    unit = math.lcm(lanes, nbytes // math.gcd(nbytes, P))
+    hw = HwConfig(name="attention-random", bus_width=8 * nbytes, score_lanes=lanes,
+                  heads_parallel=P, max_head_dim=unit * int(rng.integers(1, 4)),
+                  kv_depth=int(rng.integers(1, max_tokens + 1)))
+    memory = rng.integers(0, 256, 1 << 16, dtype=np.uint8)
+    top = 0
+
+    def place(size):
+        nonlocal top
+        at = -(-(top + int(rng.integers(0, 3)) * nbytes) // nbytes) * nbytes
+        top = at + size
+        assert top <= len(memory)
+        return at
+
+    descs = []
+    for _ in range(ops):
+        tokens = int(rng.choice([1, hw.kv_depth, int(rng.integers(1, hw.kv_depth + 1))]))
+        heads = P * int(rng.integers(1, 3))
+        head_dim = unit * int(rng.integers(1, hw.max_head_dim // unit + 1))
+        width = heads * head_dim
+        if rng.random() < 0.5:
+            pitch = 3 * width
+            q = place(tokens * pitch)
+            k, v = q + width, q + 2 * width
+        else:
+            pitch = width + nbytes * int(rng.integers(0, 3))
+            q, k, v = (place(tokens * pitch) for _ in range(3))
+        scale = float(np.exp(rng.uniform(np.log(1 / 4096), np.log(1 / 4))))
+        sm_mult, sm_shift = intops.softmax_constants(scale)
+        out_mult, out_shift = intops.quantize_multiplier(float(rng.uniform(1e-3, 1)))
+        descs.append(AttentionDescriptor(hw, tokens=tokens, heads=heads, head_dim=head_dim,
+                                         sm_mult=int(sm_mult), sm_shift=int(sm_shift),
+                                         out_mult=int(out_mult), out_shift=int(out_shift),
+                                         q_addr=q, k_addr=k, v_addr=v, row_pitch=pitch,
+                                         out_addr=place(tokens * width)))
+    return hw, memory, descs
+
+
+@pytest.mark.parametrize("heads_parallel", [1, 2])
+def test_attention_engine_random(heads_parallel):
+    seed = _seed()
+    rng = np.random.default_rng(seed)
+    hw, memory, descs = _attention_case(rng, ops=3, bus_widths=(32, 64, 128), max_tokens=12,
+                                        heads_parallel=(heads_parallel,))
+    print(f"bus {hw.bus_width} bits, score lanes {hw.score_lanes}, heads in parallel "
+          f"{hw.heads_parallel}, max head dim {hw.max_head_dim}, kv depth {hw.kv_depth}")
+    # Refused, writing nothing: the kernel's check (too many tokens) and the engine's
+    # (a row pitch off the bus; a pitch shorter than a row).
+    good = descs[1]
+    ops = [descs[0], good.to_int_with(tokens=hw.kv_depth + 1),
+           good.to_int_with(row_pitch=good.row_pitch + 1),
+           good.to_int_with(row_pitch=0), *descs[1:]]
+    summary = _run(AttentionEngine(hw), hw, memory, ops,
+                   test_id=f"engine-attention-random-{heads_parallel}", seed=seed,
+                   memory_pauses="random", gaps="random")
+    assert summary["errors"] == [0, Fault.SHAPE, Fault.SHAPE, Fault.SHAPE, 0, 0]

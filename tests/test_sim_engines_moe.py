@@ -28,6 +28,7 @@ from moevit.hw.program.descriptor import Fault
 from moevit.hw.program.interpreter import run_instructions
 from moevit.hw.program.isa import (TASK_ENTRY_BYTES, CombineDescriptor, ExpertDescriptor,
                                    RouteDescriptor, TaskEntry)
+from moevit.hw.top import movers
 from moevit.hw.top.moe import CombineEngine, ExpertEngine, RouteEngine, route_job_layout
 from moevit.hw.top.ports import linear_job_layout
 from moevit.model.integer import golden, intops
@@ -36,6 +37,7 @@ from moevit.sim.moe_cases import random_logits
 from moevit.sim.units import tiny_quantized
 
 POINTS = int(os.environ.get("MOEVIT_MOE_ENGINE_POINTS", 6))
+pytestmark = pytest.mark.usefixtures("one_thread")   # the tiny model's quantization
 
 
 def _seed(default=None):
@@ -108,14 +110,36 @@ def _run(engine, hw, memory, payloads, test_id, seed, simulator=None):
     return got, summary
 
 
+def read_requests(d):
+    """The read requests ``(channel, address, length)`` of MoE instruction ``d``."""
+    if d.MNEMONIC == "ROUTE":
+        return [(0, d.logits_addr, d.tokens * d.experts)]
+    if d.MNEMONIC == "COMBINE":
+        return [(0, d.weights_addr, 2 * d.tokens * d.top_k),
+                (1, d.slots_addr, d.tokens * d.top_k * d.dim), (2, d.skip_addr, d.tokens * d.dim)]
+    raise ValueError(d.MNEMONIC)
+
+
+def check_reads(hw, reads, descs, faults, what):
+    """Each instruction read exactly its operands (in the movers' bursts, channel by
+    channel); a refused one nothing."""
+    descs = iter(descs)
+    for k, (bursts, fault) in enumerate(zip(reads, faults)):
+        want = [] if fault != Fault.NONE else [
+            [channel, at, beats * hw.bus_width // 8]
+            for channel, addr, length in read_requests(next(descs))
+            for at, beats in movers.bursts(addr, length, hw.bus_width)]
+        assert sorted(bursts, key=lambda b: b[0]) == want, f"{what}: reads of instruction {k}"
+
+
 # Random instructions --------------------------------------------------------------------
 class _Memory:
     """A random memory image and an allocator of bus-aligned regions with gaps."""
 
-    def __init__(self, hw, rng):
+    def __init__(self, hw, rng, image=None):
         self.align = hw.bus_width // 8
         self.rng = rng
-        self.image = np.zeros(0, np.uint8)
+        self.image = np.zeros(0, np.uint8) if image is None else image
 
     def take(self, size):
         """A region of ``size`` bytes (noise until written)."""
@@ -155,10 +179,11 @@ def _softmax_constants(rng):
     return tuple(int(v) for v in intops.softmax_constants(float(rng.choice([0.004, 0.05, 0.3]))))
 
 
-def random_routes(hw, rng, count, most_tokens=40):
-    """``(memory, descriptors, payloads, faults)``: ``count`` random ROUTEs of at most
-    ``most_tokens`` tokens, one of them refused (its fault expected)."""
-    mem = _Memory(hw, rng)
+def random_routes(hw, mem, count, most_tokens=40):
+    """``(descriptors, payloads, faults)``: ``count`` random ROUTEs in ``mem`` (a
+    :class:`_Memory`) of at most ``most_tokens`` tokens, one of them refused (its fault
+    expected); their gates' tables have two or three tasks."""
+    rng = mem.rng
     descs, payloads, faults = [], [], []
     refused = int(rng.integers(count))
     for k in range(count):
@@ -166,7 +191,7 @@ def random_routes(hw, rng, count, most_tokens=40):
         experts = int(rng.integers(1, hw.cols + 1))
         top_k = int(rng.integers(1, experts + 1))
         mult, shift = _softmax_constants(rng)
-        tasks = int(rng.integers(1, 4))
+        tasks = int(rng.integers(2, 4))
         table = mem.put(np.array([[0, 0, 1, TaskEntry.pack_consts(mult, shift)]] * tasks,
                                  "<u4"))
         d = RouteDescriptor(hw, tokens=tokens, experts=experts, top_k=top_k,
@@ -183,7 +208,7 @@ def random_routes(hw, rng, count, most_tokens=40):
             descs.append(d)
             payloads.append(route_job(d, entry))
             faults.append(Fault.NONE)
-    return mem.image, descs, payloads, faults
+    return descs, payloads, faults
 
 
 def _route_fault(hw, rng):
@@ -198,34 +223,40 @@ def _slow_simulator():
     return os.environ.get("SIM", "verilator")
 
 
-def _sequence(engine, make, hw, seed, count, test_id, simulator=None):
+def _sequence(engine, make, hw, seed, count, test_id, *, simulator=None, tiny=None):
+    """``count`` random instructions from ``make`` back to back on ``engine``, after
+    ``tiny``'s (``(mnemonic, task, payload)``: the tiny program's instructions of that
+    mnemonic, ``payload(d, memory)`` their ``desc`` payloads) when given."""
     rng = np.random.default_rng(seed)
-    memory, descs, payloads, faults = make(hw, rng, count)
-    want = memory.copy()
-    run_instructions(want, hw, descs)
-    got, summary = _run(engine(hw), hw, memory, payloads, test_id, seed, simulator)
-    assert summary["errors"] == [int(f) for f in faults]
-    _compare(got, want, f"{test_id} (seed {seed}, {hw})")
+    descs, payloads, task = [], [], 0
+    if tiny:
+        mnemonic, task, payload = tiny
+        hw, memory, descs = _tiny_case(mnemonic, task, seed)
+        payloads = [payload(d, memory) for d in descs]
+        mem = _Memory(hw, rng, memory)
+    else:
+        mem = _Memory(hw, rng)
+    faults = [Fault.NONE] * len(descs)
+    more = make(hw, mem, count)
+    descs, payloads, faults = descs + more[0], payloads + more[1], faults + more[2]
+    want = mem.image.copy()
+    run_instructions(want, hw, descs, task)
+    got, summary = _run(engine(hw), hw, mem.image, payloads, test_id, seed, simulator)
+    what = f"{test_id} (seed {seed}, {hw})"
+    assert summary["errors"] == [int(f) for f in faults], what
+    _compare(got, want, what)
+    check_reads(hw, summary["reads"], descs, faults, what)
 
 
 # ROUTE ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("task", [0, pytest.param(1, marks=pytest.mark.slow)])
-def test_route_tiny_program(task):
-    """Both ROUTEs of the tiny program, back to back, on the gate logits of ``task``."""
+def test_route_tiny_program_and_random(task):
+    """Both ROUTEs of the tiny program on ``task``'s gate logits, then random ROUTEs and a
+    refused one, back to back."""
     seed = _seed()
-    hw, memory, routes = _tiny_case("ROUTE", task, seed)
-    want = memory.copy()
-    run_instructions(want, hw, routes, task)
-    payloads = [route_job(d, _entry(memory, d, task)) for d in routes]
-    got, summary = _run(RouteEngine(hw), hw, memory, payloads, f"engine-route-tiny-{task}", seed)
-    assert summary["errors"] == [Fault.NONE] * len(routes)
-    _compare(got, want, "tiny ROUTEs")
-
-
-def test_route_random_sequence():
-    """Random ROUTEs and a refused one, back to back, on the tiny hardware."""
-    seed = _seed()
-    _sequence(RouteEngine, random_routes, DEFAULT_HW["tiny"], seed, 6, "engine-route-random")
+    _sequence(RouteEngine, random_routes, DEFAULT_HW["tiny"], seed, 4,
+              f"engine-route-tiny-{task}",
+              tiny=("ROUTE", task, lambda d, memory: route_job(d, _entry(memory, d, task))))
 
 
 @pytest.mark.slow
@@ -235,7 +266,7 @@ def test_route_random_design_points(seed):
     hw = random_point(seed)
     print(hw)
     _sequence(RouteEngine, functools.partial(random_routes, most_tokens=hw.max_tokens), hw,
-              seed, 8, f"engine-route-point-{seed}", _slow_simulator())
+              seed, 8, f"engine-route-point-{seed}", simulator=_slow_simulator())
 
 
 # EXPERT alone: its jobs and its index answers ----------------------------------------------
@@ -388,6 +419,17 @@ def unpack_job(image):
     return unpack(linear_job_layout(), image)
 
 
+def test_expert_jobs_tiny_program():
+    """The tiny program's 16 EXPERTs on the routing its ROUTEs left: their jobs and lists."""
+    seed = _seed()
+    hw, memory, experts = _tiny_case("EXPERT", 0, seed)
+    got = simulate_expert_alone(hw, memory, [d.to_int() for d in experts], seed)
+    for k, d in enumerate(experts):
+        topk = memory[d.topk_addr:d.topk_addr + d.tokens * d.top_k].reshape(d.tokens, d.top_k)
+        assert got[k] == (Fault.NONE, *linear_jobs(d, topk)), f"EXPERT {k} (expert {d.expert})"
+    print(f"tiny EXPERTs: {sum(not jobs for _, jobs, _, _ in got)} of {len(got)} chosen by no token")
+
+
 @pytest.mark.parametrize("point", ["tiny", 7, 8])
 def test_expert_jobs_and_lists(point):
     """EXPERTs of every expert of a random routing (and refused ones): the jobs handed to
@@ -402,16 +444,12 @@ def test_expert_jobs_and_lists(point):
 
 
 # COMBINE --------------------------------------------------------------------------------------
-def test_combine_tiny_program():
-    """Both COMBINEs of the tiny program, back to back, on the slots its experts left."""
+def test_combine_tiny_program_and_random():
+    """Both COMBINEs of the tiny program on the slots its experts left, then random
+    COMBINEs and a refused one, back to back."""
     seed = _seed()
-    hw, memory, combines = _tiny_case("COMBINE", 0, seed)
-    want = memory.copy()
-    run_instructions(want, hw, combines)
-    got, summary = _run(CombineEngine(hw), hw, memory, [d.to_int() for d in combines],
-                        "engine-combine-tiny", seed)
-    assert summary["errors"] == [Fault.NONE] * len(combines)
-    _compare(got, want, "tiny COMBINEs")
+    _sequence(CombineEngine, random_combines, DEFAULT_HW["tiny"], seed, 4,
+              "engine-combine-tiny", tiny=("COMBINE", 0, lambda d, memory: d.to_int()))
 
 
 def _requant_constants(rng, scale):
@@ -430,10 +468,10 @@ def _gate_weights(rng, tokens, top_k):
     return weights.astype(np.uint16)
 
 
-def random_combines(hw, rng, count, most_tokens=40):
-    """``(memory, descriptors, payloads, faults)``: ``count`` random COMBINEs (at most
+def random_combines(hw, mem, count, most_tokens=40):
+    """``(descriptors, payloads, faults)``: ``count`` random COMBINEs in ``mem`` (at most
     ``most_tokens`` tokens), one refused."""
-    mem = _Memory(hw, rng)
+    rng = mem.rng
     descs, payloads, faults = [], [], []
     refused = int(rng.integers(count))
     for k in range(count):
@@ -466,14 +504,7 @@ def random_combines(hw, rng, count, most_tokens=40):
             descs.append(d)
             payloads.append(d.to_int())
             faults.append(Fault.NONE)
-    return mem.image, descs, payloads, faults
-
-
-def test_combine_random_sequence():
-    """Random COMBINEs and a refused one, back to back, on the tiny hardware."""
-    seed = _seed()
-    _sequence(CombineEngine, random_combines, DEFAULT_HW["tiny"], seed, 5,
-              "engine-combine-random")
+    return descs, payloads, faults
 
 
 @pytest.mark.slow
@@ -483,4 +514,4 @@ def test_combine_random_design_points(seed):
     hw = random_point(seed)
     print(hw)
     _sequence(CombineEngine, functools.partial(random_combines, most_tokens=hw.max_tokens), hw,
-              seed, 8, f"engine-combine-point-{seed}", _slow_simulator())
+              seed, 8, f"engine-combine-point-{seed}", simulator=_slow_simulator())

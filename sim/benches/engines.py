@@ -32,7 +32,8 @@ def run_engine(engine, hw, memory, descriptors, *, test_id, simulator=None, seed
 
     Returns ``(memory_after, summary)``: the summary has ``cycles`` (per
     instruction, from its descriptor's acceptance to its last write response),
-    ``errors`` (the engine's ``error`` at each ``done``) and ``seconds``.
+    ``errors`` (the engine's ``error`` at each ``done``), ``reads`` (per
+    instruction, its read bursts as ``[channel, address, bytes]``) and ``seconds``.
     """
     from amaranth.back import verilog
 
@@ -91,6 +92,18 @@ if cocotb is not None:
                         probability=case["probability"]))
         return mem
 
+    async def record_reads(dut, case, bursts):
+        """Append ``[channel, address, bytes]`` to ``bursts`` for every AR taken."""
+        ports = [(k, f"m_axi_rd{k}") for k in range(case["reads"])]
+        nbytes = case["data_width"] // 8
+        while True:
+            await RisingEdge(dut.clk)
+            for k, name in ports:
+                if int(getattr(dut, f"{name}_arvalid").value) and \
+                        int(getattr(dut, f"{name}_arready").value):
+                    beats = int(getattr(dut, f"{name}_arlen").value) + 1
+                    bursts.append([k, int(getattr(dut, f"{name}_araddr").value), beats * nbytes])
+
     @cocotb.test()
     async def engine_runs(dut):
         case = json.loads(os.environ["MOEVIT_CASE"])
@@ -102,7 +115,8 @@ if cocotb is not None:
         await ClockCycles(dut.clk, 2)
         gap = pauses(case["gaps"], seed=case["seed"], stream="desc",
                      probability=case["probability"])
-        cycles, errors = [], []
+        cycles, errors, reads, bursts = [], [], [], []
+        cocotb.start_soon(record_reads(dut, case, bursts))
         for k, payload in enumerate(case["descriptors"]):
             while next(gap):
                 await RisingEdge(dut.clk)
@@ -130,6 +144,9 @@ if cocotb is not None:
                 assert taken < case["timeout_cycles"], \
                     f"instruction {k}: writes unanswered after {taken} cycles"
             cycles.append(taken)
+            reads.append(list(bursts))
+            bursts.clear()
             await RisingEdge(dut.clk)
         (out / "memory.bin").write_bytes(mem.read(0, case["size"]))
-        (out / "summary.json").write_text(json.dumps({"cycles": cycles, "errors": errors}))
+        (out / "summary.json").write_text(json.dumps({"cycles": cycles, "errors": errors,
+                                                         "reads": reads}))

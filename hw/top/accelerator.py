@@ -128,8 +128,7 @@ class Accelerator(wiring.Component):
         return self._control.regmap
 
     def elaborate(self, platform):
-        from moevit.hw.top.interconnect import (REGION_KINDS, ReadArbiter, Relocator,
-                                                relocation_layout)
+        from moevit.hw.top.interconnect import ReadArbiter, Relocator
 
         hw = self._hw
         m = Module()
@@ -202,19 +201,12 @@ class Accelerator(wiring.Component):
         write = m.submodules.write = WriteMover(hw.bus_width, max_outstanding=hw.max_outstanding)
         for k, mover in enumerate(reads):
             m.submodules[f"read{k}"] = mover
-        bounds = seq.bounds
-        regions = Signal(relocation_layout())
-        m.d.comb += [regions.scratch_at.eq(bounds.scratch_at), regions.input_at.eq(bounds.input_at),
-                     regions.output_at.eq(bounds.output_at), regions.end.eq(bounds.output_end),
-                     regions.image.eq(seq.image),
-                     regions.input_pitch.eq(bounds.output_at - bounds.input_at),
-                     regions.output_pitch.eq(bounds.output_end - bounds.output_at)]
-        for k, kind in enumerate(REGION_KINDS):
-            m.d.comb += regions.base[k].eq(getattr(args, kind))
         relocators = [Relocator() for _ in range(ENGINE_CHANNELS + 1)]
         for k, relocator in enumerate(relocators):
             m.submodules[f"relocate{k}"] = relocator
-            m.d.comb += [relocator.regions.eq(regions), relocator.clear.eq(control.start)]
+            m.d.comb += [relocator.bounds.eq(seq.bounds), relocator.image.eq(seq.image)]
+            for kind in ("weights", "scratch", "input", "output"):
+                m.d.comb += relocator.bases[kind].eq(getattr(args, kind))
             target = reads[k].req if k < ENGINE_CHANNELS else write.req
             wiring.connect(m, relocator.o, target)
 
@@ -265,8 +257,8 @@ class Accelerator(wiring.Component):
             wiring.connect(m, mover.data, port.data)
 
         # Every mover may have its bursts in flight at once.
-        arbiter = m.submodules.arbiter = ReadArbiter(
-            hw.bus_width, len(reads), max_outstanding=len(reads) * hw.max_outstanding)
+        arbiter = m.submodules.arbiter = ReadArbiter(hw.bus_width, len(reads),
+                                                     len(reads) * hw.max_outstanding)
         for k, mover in enumerate(reads):
             wiring.connect(m, mover.axi, arbiter.ports[k])
         connect_flat(m, self, "gmem", arbiter.axi)

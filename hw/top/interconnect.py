@@ -42,6 +42,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
+from moevit.hw.program.program import BOUNDARY_FIELDS
 from moevit.hw.top.movers import (ADDR_WIDTH, DATA_WIDTHS, MAX_BURST, PAGE_BYTES,
                                   AXI4ReadSignature, AXI4WriteSignature, request_layout)
 
@@ -50,8 +51,8 @@ __all__ = ["longest_burst", "ReadArbiter", "WriteArbiter", "REGION_KINDS", "BOUN
 
 #: The region kinds a Relocator maps, in address order (:data:`moevit.hw.program.layout.KINDS`).
 REGION_KINDS = ("weights", "scratch", "input", "output")
-#: Where the kinds after the weights start, and where the output ends.
-BOUND_FIELDS = ("scratch_at", "input_at", "output_at", "output_end")
+#: Where the kinds after the weights start, and where the output ends (the program header's).
+BOUND_FIELDS = BOUNDARY_FIELDS
 
 
 def longest_burst(data_width):

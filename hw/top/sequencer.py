@@ -35,10 +35,11 @@ from moevit.hw.program.isa import OPCODES, TASK_ENTRY_BYTES, RouteDescriptor, \
 from moevit.hw.program.program import (BOUNDARY_FIELDS, HEADER_FIELDS, HEADER_WORDS, MAGIC,
                                        VERSION, hw_hash)
 from moevit.hw.program.regmap import ERROR_CODES
+from moevit.hw.top.interconnect import bounds_layout
 from moevit.hw.top.movers import Repack
 from moevit.hw.top.ports import ReadPort
 
-__all__ = ["Sequencer", "issue_layout", "bounds_layout", "INSTRUCTION_BITS", "code"]
+__all__ = ["Sequencer", "issue_layout", "INSTRUCTION_BITS", "code"]
 
 #: Bits of the longest instruction.
 INSTRUCTION_BITS = 32 * max(cls.words() for cls in OPCODES.values())
@@ -57,11 +58,6 @@ def issue_layout():
     consts)."""
     return data.StructLayout({"opcode": 8, "image": INSTRUCTION_BITS,
                               "entry": data.ArrayLayout(32, 4)})
-
-
-def bounds_layout():
-    """The header's region bounds (``Layout.boundaries``)."""
-    return data.StructLayout({name: 32 for name in BOUNDARY_FIELDS})
 
 
 def _field(cls, name):

@@ -22,7 +22,7 @@ import numpy as np
 
 from moevit.model.integer import golden, intops
 
-__all__ = ["KERNELS", "Case", "model_cases", "random_cases", "quantized_model"]
+__all__ = ["KERNELS", "Case", "model_cases", "random_cases", "random_hw", "quantized_model"]
 
 #: The kernels with a testbench, in the order of the table.
 KERNELS = ("linear", "softmax", "gelu", "layernorm", "attention", "moe_gate", "moe_combine")
@@ -289,6 +289,24 @@ def _expert_tokens(t, p, e):
 
 
 # Random cases ------------------------------------------------------------------------
+def random_hw(seed):
+    """A small random design point for ``seed``: the linear array of
+    :func:`moevit.sim.linear_cases.random_hw` (rows, cols, post lanes, buffers)
+    with random attention parameters (score lanes, head width, K/V depth,
+    head lanes); the MoE unit takes its sizes from these."""
+    from moevit.hw.config import products_width
+    from moevit.sim.linear_cases import random_hw as random_array
+
+    rng = np.random.default_rng([len(KERNELS), seed])
+    hw = random_array(rng, name=f"random-{seed}")
+    lanes = int(rng.choice([1, 2, 4, 8]))
+    # The narrowest accumulator that holds max_in products, or wider.
+    acc_width = int(rng.integers(products_width(hw.max_in), 33))
+    return hw.replace(score_lanes=lanes, max_head_dim=lanes * int(rng.integers(1, 9)),
+                      kv_depth=int(rng.integers(1, 97)), heads_parallel=int(rng.integers(1, 3)),
+                      acc_width=acc_width)
+
+
 def random_cases(kernel, hw, seed, count, *, max_tokens=None) -> list:
     """``count`` random cases of ``kernel`` for HwConfig ``hw``, drawn from ``(kernel, seed)``.
 

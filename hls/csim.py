@@ -174,3 +174,56 @@ def run_kernel(kernel, hw, cases, *, folder=None, tag=None) -> KernelResult:
                     f"differ; first at {first}: {int(value[first])}, expected "
                     f"{int(expected[first])}")
     return result
+
+
+#: What the C simulation does not cover yet, said wherever its results are shown.
+NOT_YET = ("The whole model through the HLS top is not run: the HLS top (which executes the "
+           "compiled program) comes with the RTL top's program (issue 13, part 2); these are "
+           "the per-kernel C simulations.")
+
+
+def run_suite(config="tiny", *, seed=0, random_count=20, kernels=None, max_tokens=None,
+              progress=False) -> list:
+    """The per-kernel C simulations of a model config on its default HwConfig.
+
+    Every kernel runs the cases of the config's quantized model, every task
+    (:func:`moevit.hls.cases.model_cases`), then ``random_count`` random cases
+    drawn from ``seed`` (:func:`moevit.hls.cases.random_cases`). The HwConfig,
+    the configuration header and the compiler are checked before any work.
+
+    Returns
+    -------
+    list of dict
+        One row per kernel and set of cases: ``kernel``, ``set`` ("model" or
+        "random"), ``shape``, ``cases``, ``bit_exact``, ``mismatches``,
+        ``seconds``, ``seed``.
+    """
+    from tqdm import tqdm
+
+    from moevit.hls import cases as C
+    from moevit.hls.generate import check_hls
+    from moevit.hw.config import get_hw_config
+
+    hw = get_hw_config(config)
+    check_hls(hw)
+    compiler()
+    ap_types_dir()
+    kernels = list(kernels or C.KERNELS)
+    qmodel, image = C.quantized_model(config)
+    model = C.model_cases(qmodel, image, kernels)
+    rows = []
+    for kernel in tqdm(kernels, desc="hls csim", unit="kernel", disable=not progress,
+                       dynamic_ncols=True):
+        sets = {"model": model[kernel],
+                "random": C.random_cases(kernel, hw, seed, random_count, max_tokens=max_tokens)}
+        for name, cases in sets.items():
+            if not cases:
+                continue
+            result = run_kernel(kernel, hw, cases, tag=f"{kernel}-{name}")
+            more = f" (+{len(result.shapes) - 1} more)" if len(result.shapes) > 1 else ""
+            rows.append({"kernel": kernel, "set": f"{config} model" if name == "model" else
+                         f"random seed {seed}", "shape": result.shapes[0] + more,
+                         "cases": result.cases, "bit_exact": result.exact,
+                         "mismatches": result.mismatches, "seconds": round(result.seconds, 3),
+                         "seed": seed})
+    return rows

@@ -8,6 +8,7 @@
 //   static const unsigned kv_depth;       // the longest sequence (K, V buffers)
 //   static const unsigned max_head_dim;   // the widest head
 //   static const unsigned score_lanes;    // multipliers along the head dimension per stage
+//   static const unsigned heads_parallel; // head lanes
 //   typedef ... softmax_config;           // max_row = kv_depth
 #ifndef MOEVIT_ATTENTION_H
 #define MOEVIT_ATTENTION_H
@@ -93,16 +94,12 @@ attention_context_rows:
     }
 }
 
-// One head: q, k, v point at the head's first column (rows d.row_pitch apart);
-// out at the head's first column of the context (rows out_pitch apart).
+// K and V of one head into the on-chip buffers.
 template <class CONFIG_T>
-void attention_head(const attention_desc &d, const act_t *q, const act_t *k, const act_t *v,
-                    act_t *out, unsigned out_pitch) {
-    static act_t kbuf[CONFIG_T::kv_depth][CONFIG_T::max_head_dim];
-    static act_t vbuf[CONFIG_T::kv_depth][CONFIG_T::max_head_dim];
-#pragma HLS array_partition variable=kbuf cyclic factor=CONFIG_T::score_lanes dim=2
-#pragma HLS array_partition variable=vbuf cyclic factor=CONFIG_T::score_lanes dim=2
-attention_load_kv:
+void attention_load_kv(const attention_desc &d, const act_t *k, const act_t *v,
+                       act_t kbuf[CONFIG_T::kv_depth][CONFIG_T::max_head_dim],
+                       act_t vbuf[CONFIG_T::kv_depth][CONFIG_T::max_head_dim]) {
+attention_load_rows:
     for (unsigned j = 0; j < d.tokens; j++) {
         for (unsigned c = 0; c < d.head_dim; c++) {
 #pragma HLS pipeline II=1
@@ -110,25 +107,44 @@ attention_load_kv:
             vbuf[j][c] = v[j * d.row_pitch + c];
         }
     }
+}
+
+// One head: q, k, v point at the head's first column (rows d.row_pitch apart);
+// out at the head's first column of the context (rows out_pitch apart).
+template <class CONFIG_T>
+void attention_head(const attention_desc &d, const act_t *q, const act_t *k, const act_t *v,
+                    act_t *out, unsigned out_pitch) {
+#pragma HLS dataflow
+    act_t kbuf[CONFIG_T::kv_depth][CONFIG_T::max_head_dim];
+    act_t vbuf[CONFIG_T::kv_depth][CONFIG_T::max_head_dim];
+#pragma HLS array_partition variable=kbuf cyclic factor=CONFIG_T::score_lanes dim=2
+#pragma HLS array_partition variable=vbuf cyclic factor=CONFIG_T::score_lanes dim=2
     hls::stream<score_t> scores("scores");
     hls::stream<prob_t> probs("probs");
 #pragma HLS stream variable=scores depth=CONFIG_T::kv_depth
 #pragma HLS stream variable=probs depth=CONFIG_T::kv_depth
-#pragma HLS dataflow
+    attention_load_kv<CONFIG_T>(d, k, v, kbuf, vbuf);
     attention_scores<CONFIG_T>(d, q, kbuf, scores);
     attention_softmax<CONFIG_T>(d, scores, probs);
     attention_context<CONFIG_T>(d, probs, vbuf, out, out_pitch);
 }
 
-// Every head of the descriptor; the context is tokens x (heads * head_dim).
+// Every head of the descriptor; the context is tokens x (heads * head_dim). The
+// heads_parallel head lanes take heads p, p + P, p + 2P, ... (as the RTL's lanes);
+// heads is a multiple of P (the descriptor's rule).
 template <class CONFIG_T>
 void attention(const attention_desc &d, const act_t *q, const act_t *k, const act_t *v,
                act_t *out) {
-attention_heads:
-    for (unsigned h = 0; h < d.heads; h++) {
-        unsigned column = h * d.head_dim;
-        attention_head<CONFIG_T>(d, q + column, k + column, v + column, out + column,
-                                 d.heads * d.head_dim);
+    static const unsigned P = CONFIG_T::heads_parallel;
+attention_rounds:
+    for (unsigned first = 0; first < d.heads; first += P) {
+    attention_lanes:
+        for (unsigned p = 0; p < P; p++) {
+#pragma HLS unroll
+            unsigned column = (first + p) * d.head_dim;
+            attention_head<CONFIG_T>(d, q + column, k + column, v + column, out + column,
+                                     d.heads * d.head_dim);
+        }
     }
 }
 

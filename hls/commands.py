@@ -45,8 +45,8 @@ def _csim(args):
     from moevit.hw.bench import print_rows
 
     table = [dict(row, exact_text="yes" if row["bit_exact"] else "NO") for row in rows]
-    print_rows(table, [("kernel", "kernel", "<13", ""), ("cases", "set", "<16", ""),
-                       ("shape", "shape", "<32", ""), ("count", "cases", ">6", ""),
+    print_rows(table, [("kernel", "kernel", "<13", ""), ("cases from", "set", "<16", ""),
+                       ("shape", "shape", "<32", ""), ("cases", "cases", ">6", ""),
                        ("bit-exact", "exact_text", ">11", "")],
                "(every output compared in full with the golden model: the model's named "
                "tensors, or moevit.model.integer.intops on the random cases)")

@@ -110,6 +110,35 @@ def test_unknown_kernel_is_one_clear_error(capsys):
     assert capsys.readouterr().err.startswith("moevit: error: Unknown kernel 'conv'; the kernels: ")
 
 
+def test_csim_command_json():
+    import json
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["hls", "csim", "--kernel", "layernorm", "--random", "2", "--seed", "7",
+                     "--json"]) == 0
+    rows = json.loads(out.getvalue())
+    assert [(r["kernel"], r["set"], r["cases"], r["bit_exact"], r["seed"]) for r in rows] == [
+        ("layernorm", "tiny model", 18, True, 7), ("layernorm", "random seed 7", 2, True, 7)]
+
+
+def test_csim_command_fails_on_a_mismatch(monkeypatch, capsys):
+    from moevit.hls import csim
+
+    def mismatching(kernel, hw, cases, **options):
+        return csim.KernelResult(kernel, len(cases), [cases[0].shape], ["case 0 y: 1 of 4 differ"])
+
+    monkeypatch.setattr(csim, "run_kernel", mismatching)
+    assert main(["hls", "csim", "--kernel", "softmax", "--random", "1", "--quiet"]) == 1
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.startswith("softmax")]
+    assert rows == [["softmax", "tiny", "model", "65x65", "36", "NO"],
+                    ["softmax", "random", "seed", "0", "3x194", "1", "NO"]]
+    assert "\nmismatch: softmax: case 0 y: 1 of 4 differ\n" in out
+
+
 # Slow: every kernel, tiny and random design points ----------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize("kernel", C.KERNELS)

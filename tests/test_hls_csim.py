@@ -97,6 +97,26 @@ def test_failing_testbench_is_a_mismatch(tiny, tiny_cases):
     assert result.mismatches == ["tb_softmax exit 3: testbench: input file ended early"]
 
 
+def test_empty_stream_read_is_a_mismatch(tiny, tiny_cases, tmp_path, monkeypatch):
+    """hls::stream's C-simulation model only warns on a read of an empty stream;
+    the run must fail on that warning."""
+    from moevit.hls import csim
+
+    folder = tmp_path / "tb"
+    folder.mkdir()
+    (folder / "tb_io.h").write_text((csim.TB_DIR / "tb_io.h").read_text())
+    source = (csim.TB_DIR / "tb_softmax.cpp").read_text()
+    reads_one_more = source.replace("probs.read().to_int64());",
+                                    "probs.read().to_int64());\n            probs.read();")
+    assert reads_one_more != source
+    (folder / "tb_softmax.cpp").write_text(reads_one_more)
+    monkeypatch.setattr(csim, "TB_DIR", folder)
+    result = run_kernel("softmax", tiny, tiny_cases["softmax"][:1], folder=tmp_path)
+    assert len(result.mismatches) == 1
+    assert result.mismatches[0].startswith("tb_softmax exit 0: WARNING: Hls::stream 'probs' is "
+                                           "read while empty")
+
+
 def test_missing_compiler_is_one_clear_error(monkeypatch, capsys):
     monkeypatch.setenv("CXX", "/nonexistent/g++")
     assert main(["hls", "csim", "--quiet"]) == 2

@@ -329,13 +329,17 @@ def _size(rng, limit):
 
 
 def _int8(rng, shape):
-    """int8 values: uniform, or narrow (ties, small sums), or only the extremes."""
-    kind = rng.integers(3)
+    """int8 values: uniform, or narrow (ties, small sums), or only the extremes, or
+    all near one extreme (sums at the edge of their widths: -128 * -128 * n)."""
+    kind = rng.integers(4)
     if kind == 0:
         return rng.integers(-128, 128, size=shape).astype(np.int8)
     if kind == 1:
         return rng.integers(-4, 5, size=shape).astype(np.int8)
-    return rng.choice(np.array([-128, -127, 0, 126, 127], np.int8), size=shape)
+    if kind == 2:
+        return rng.choice(np.array([-128, -127, 0, 126, 127], np.int8), size=shape)
+    return (rng.integers(-128, -120, size=shape) if rng.random() < 0.5
+            else rng.integers(120, 128, size=shape)).astype(np.int8)
 
 
 def _requant(rng, magnitude):
@@ -346,9 +350,18 @@ def _requant(rng, magnitude):
         return int(rng.integers(1, 2**15)), 1
     if pick < 0.1:
         return 2**15 - 1, 47
+    if pick < 0.3:
+        return _tie_requant(rng, magnitude)
     mult = int(rng.integers(2**14, 2**15))
     shift = 15 + max(int(magnitude).bit_length() - 7, 0) + int(rng.integers(-2, 3))
     return mult, min(max(shift, 1), 47)
+
+
+def _tie_requant(rng, magnitude):
+    """A small odd multiplier and the shortest shift that keeps values of about
+    ``magnitude`` near int8: on small values, exact ties are common."""
+    mult = int(rng.integers(0, 16)) * 2 + 1
+    return mult, min(max((int(magnitude) * mult).bit_length() - 7, 1), 47)
 
 
 def _gelu_consts(rng):
@@ -360,10 +373,15 @@ def _gelu_consts(rng):
 
 def _draw_linear(rng, hw, label, max_tokens):
     tokens = _size(rng, min(hw.max_tokens, max_tokens or hw.max_tokens))
-    n_in = _size(rng, hw.max_in)
     n_out = _size(rng, 3 * hw.cols + 5)
-    x, w = _int8(rng, (tokens, n_in)), _int8(rng, (n_out, n_in))
-    bias = rng.integers(-(2**20), 2**20, size=n_out)
+    if rng.random() < 0.25:  # small sums, whose short shifts meet exact ties
+        n_in = _size(rng, min(8, hw.max_in))
+        x, w = (rng.integers(-4, 5, size=shape) for shape in ((tokens, n_in), (n_out, n_in)))
+        bias = rng.integers(-16, 17, size=n_out)
+    else:
+        n_in = _size(rng, hw.max_in)
+        x, w = _int8(rng, (tokens, n_in)), _int8(rng, (n_out, n_in))
+        bias = rng.integers(-(2**20), 2**20, size=n_out)
     acc = np.abs(x.astype(np.int64) @ w.T.astype(np.int64)).max(axis=0) + np.abs(bias)
     chans = [_requant(rng, magnitude) for magnitude in acc]
     mult, shift = (np.array(v) for v in zip(*chans))
@@ -371,8 +389,12 @@ def _draw_linear(rng, hw, label, max_tokens):
     skip = residual = None
     if rng.random() < 0.5:
         skip = _int8(rng, (tokens, n_out))
-        residual = (int(rng.integers(1, 2**15)), int(rng.integers(1, 2**15)),
-                    int(rng.integers(14, 18)) if rng.random() < 0.8 else int(rng.integers(1, 48)))
+        pick = rng.random()
+        if pick < 0.3:  # small multipliers, a short shift: ties
+            residual = (int(rng.integers(1, 4)), int(rng.integers(1, 4)), int(rng.integers(1, 3)))
+        else:
+            residual = (int(rng.integers(1, 2**15)), int(rng.integers(1, 2**15)),
+                        int(rng.integers(14, 18)) if pick < 0.85 else int(rng.integers(1, 48)))
     return linear_case(label, x, w, bias, mult, shift, gelu, skip, residual)
 
 
@@ -384,26 +406,40 @@ def _draw_softmax(rng, hw, label, max_tokens):
     if rng.random() < 0.2:  # the clamp of max(s - max(s), -2**31)
         scores[:, 0], scores[:, -1] = 2**31 - 1, -(2**31)
     mult, shift = intops.softmax_constants(2.0 ** rng.uniform(-20, -2))
-    if rng.random() < 0.2:
+    pick = rng.random()
+    if pick < 0.2:
         mult, shift = int(rng.integers(1, 2**15)), int(rng.integers(1, 48))
+    elif pick < 0.4:  # x = d * 2**k / 2**S: ties, and whole multiples of 2**15 (2**-16 and below)
+        mult, shift = 2 ** int(rng.integers(0, 15)), int(rng.integers(1, 4))
+        scores = scores >> max(int(span).bit_length() - 12, 0)
     return softmax_case(label, scores, mult, shift)
 
 
 def _draw_gelu(rng, hw, label, max_tokens):
     q = np.concatenate([np.arange(-128, 128), rng.integers(-128, 128, size=int(rng.integers(0, 64)))])
-    if rng.random() < 0.3:  # constants anywhere in their ranges
-        b = int(rng.integers(1, 2**12))
-        c = int(rng.integers((b * b + 1) // 2, 2**22)) if (b * b + 1) // 2 < 2**22 else None
-        if c is not None:
-            mult, shift = _requant(rng, 128 * 2 * c)
-            return gelu_case(label, q.astype(np.int8), golden.GeluConsts(b, c, mult, shift))
-    return gelu_case(label, q.astype(np.int8), _gelu_consts(rng))
+    q = q.astype(np.int8)
+    pick = rng.random()
+    if pick < 0.3:  # the constants of an input scale, as the quantizer makes them
+        return gelu_case(label, q, _gelu_consts(rng))
+    # Constants anywhere in their ranges (2*c >= b*b, c < 2**22), or small ones
+    # with a short requantization shift (ties).
+    b = int(rng.integers(1, 2897 if pick < 0.65 else 9))
+    c = int(rng.integers((b * b + 1) // 2, 2**22 if pick < 0.65 else b * b + 4))
+    mult, shift = (_requant if pick < 0.65 else _tie_requant)(rng, 128 * 2 * c)
+    return gelu_case(label, q, golden.GeluConsts(b, c, mult, shift))
 
 
 def _draw_layernorm(rng, hw, label, max_tokens):
+    pick = rng.random()
+    if pick < 0.25:
+        return _layernorm_ties(rng, hw, label)
     dim = _size(rng, min(hw.max_in, 2**10))
     rows = int(rng.integers(1, 5))
     x = _int8(rng, (rows, dim))
+    if pick < 0.4:  # the widest rows of -128 but a few: sums at the edge of their widths
+        dim = min(hw.max_in, 2**10)
+        x = np.full((rows, dim), -128)
+        x[:, rng.integers(0, dim, size=3)] = rng.integers(-128, 128, size=(rows, 3))
     eps = int(rng.choice([0, int(rng.integers(0, 2**20)), 2**34 - 1]))
     gamma = rng.integers(-(2**15) + 1, 2**15, size=dim)
     if rng.random() < 0.8:  # n (Q.12, a few units) times gamma back near int8
@@ -413,6 +449,18 @@ def _draw_layernorm(rng, hw, label, max_tokens):
         shift = int(rng.integers(1, 48))
         beta = rng.integers(-(2**40) + 1, 2**40, size=dim)
     return layernorm_case(label, x, eps, gamma, beta, shift)
+
+
+def _layernorm_ties(rng, hw, label):
+    """One short row whose eps makes sigma = 2**22, so that n = (D*x_i - s1) / 16
+    and y = n / 2 (gamma 1, shift 1) both meet exact ties."""
+    dim = _size(rng, min(hw.max_in, 16))
+    x = rng.integers(-128, 128, size=(1, dim))
+    s1, s2 = int(x.sum()), int((x * x).sum())
+    eps = 2**32 - (dim * s2 - s1 * s1)  # (v + eps) << 12 = (2**22)**2
+    gamma = np.ones(dim, np.int64)
+    beta = rng.integers(-2, 3, size=dim)
+    return layernorm_case(label, x, eps, gamma, beta, 1)
 
 
 def _draw_attention(rng, hw, label, max_tokens):

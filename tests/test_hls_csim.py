@@ -170,6 +170,17 @@ def test_every_kernel_on_tiny(kernel, tiny, tiny_cases):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("kernel", C.KERNELS)
+def test_every_kernel_on_the_widest_default(kernel):
+    """m3vit-s's HwConfig: 1536-feature buffers (LayerNorm rows up to 1024, the
+    widths of its sums), 1216-token K/V buffers; sequences capped at 300 tokens."""
+    hw = get_hw_config("m3vit-s")
+    for seed in _seeds([1]):
+        cases = C.random_cases(kernel, hw, seed, CASES // 4, max_tokens=300)
+        _check(run_kernel(kernel, hw, cases), f"{kernel} on m3vit-s, random seed {seed}")
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", _seeds(list(range(1, POINTS + 1))))
 def test_random_design_point(seed):
     hw = C.random_hw(seed)

@@ -32,6 +32,8 @@ def _csim(args):
     from moevit.errors import UsageError
     from moevit.hls.cases import KERNELS
     from moevit.hls.csim import NOT_YET, run_suite
+    from moevit.hls.generate import PARAMETERS
+    from moevit.paths import build_dir
 
     for kernel in args.kernel or ():
         if kernel not in KERNELS:
@@ -53,5 +55,6 @@ def _csim(args):
     for row in rows:
         for line in row["mismatches"][:5]:
             print(f"mismatch: {row['kernel']}: {line}")
+    print(f"configuration header: {build_dir('hls', args.config) / PARAMETERS}")
     print(NOT_YET)
     return 0 if exact else 1

@@ -96,8 +96,9 @@ def ap_types_dir() -> Path:
 def build_testbench(kernel, hw, folder=None) -> Path:
     """Compile ``tb_<kernel>`` for ``hw`` into ``folder`` (default ``build/hls/<name>/csim``).
 
-    Writes ``parameters.h`` beside it first; compiles again only when a
-    source, the header or the flags changed. Returns the executable.
+    Writes ``parameters.h`` first, into ``build/hls/<name>/`` (or ``folder``
+    when given); compiles again only when a source, the header or the flags
+    changed. Returns the executable.
 
     Raises
     ------
@@ -110,10 +111,14 @@ def build_testbench(kernel, hw, folder=None) -> Path:
     """
     cxx = compiler()
     ap_types = ap_types_dir()
-    folder = Path(folder) if folder is not None else build_dir("hls", hw.name, "csim")
-    params = write_parameters(hw, folder)
+    if folder is None:
+        params = write_parameters(hw)
+        folder = build_dir("hls", hw.name, "csim")
+    else:
+        folder = Path(folder)
+        params = write_parameters(hw, folder)
     source = TB_DIR / f"tb_{kernel}.cpp"
-    command = [cxx, *CXXFLAGS, "-I", str(INCLUDE_DIR), "-I", str(TB_DIR), "-I", str(folder),
+    command = [cxx, *CXXFLAGS, "-I", str(INCLUDE_DIR), "-I", str(TB_DIR), "-I", str(params.parent),
                "-isystem", str(ap_types), str(source), "-o", str(folder / f"tb_{kernel}")]
     digest = hashlib.sha256(" ".join(command).encode())
     for path in sorted([*INCLUDE_DIR.glob("*.h"), *TB_DIR.glob("*"), params]):

@@ -21,6 +21,7 @@ template <class CONFIG_T>
 void layernorm(hls::stream<act_t> &in, hls::stream<act_t> &out, unsigned dim, eps_t eps,
                const gamma_t gamma[CONFIG_T::max_dim], const beta_t beta[CONFIG_T::max_dim],
                shift_t shift) {
+    static_assert(CONFIG_T::max_dim <= 1024, "the row sums are sized for rows of at most 2**10");
     act_t row[CONFIG_T::max_dim];
     ap_int<18> s1 = 0;   // |sum| <= 2**10 * 128
     ap_uint<25> s2 = 0;  // sum of squares <= 2**10 * 2**14

@@ -58,6 +58,8 @@ template <class CONFIG_T>
 void linear(const linear_desc &d, const act_t *x, const act_t *w, const chan_t *chan,
             const act_t *skip, act_t *y) {
     static const unsigned R = CONFIG_T::rows, C = CONFIG_T::cols;
+    static_assert(C % CONFIG_T::post_lanes == 0, "post_lanes must divide cols");
+    static_assert(CONFIG_T::acc_width <= 32, "the accumulator is at most the int32 of intops");
     typedef ap_int<CONFIG_T::acc_width> sum_t;
 
     // The whole input of the operation, `rows` tokens per word.

@@ -44,6 +44,8 @@ struct moe_entry {
 // The unit's memories: the per-expert lists and the accumulators.
 template <class CONFIG_T>
 struct moe_buffers {
+    static_assert(CONFIG_T::max_experts <= 255, "expert_t is 8 bits");
+    static_assert(CONFIG_T::max_tokens < (1u << 16), "token_t is 16 bits");
     token_t count[CONFIG_T::max_experts];
     moe_entry list[CONFIG_T::max_experts][CONFIG_T::max_tokens];
     acc_t acc[CONFIG_T::max_tokens][CONFIG_T::max_dim];

@@ -17,6 +17,7 @@ namespace moevit {
 template <class CONFIG_T>
 void softmax(hls::stream<score_t> &in, hls::stream<prob_t> &out, unsigned n, mult_t mult,
              shift_t shift) {
+    static_assert(CONFIG_T::max_row <= (1u << 15), "the row sum is u31: rows of at most 2**15");
     score_t row[CONFIG_T::max_row];
     prob_t e[CONFIG_T::max_row];
     score_t top = 0;

@@ -18,7 +18,7 @@ int main(int argc, char **argv) {
         d.renorm = in.next();
         d.sm_mult = in.next();
         d.sm_shift = in.next();
-        d.dim = 1;
+        d.dim = 1;  // the lists clear each token's accumulators: one column here
         std::vector<act_t> logits = in.array<act_t>(d.tokens * d.experts);
         std::vector<expert_t> top(d.tokens * d.top_k);
         std::vector<prob_t> weights(d.tokens * d.top_k);

@@ -9,12 +9,13 @@ CONFIG ?= tiny
 SIM    ?= icarus
 PYTEST ?= $(BIN)/python -m pytest
 
-.PHONY: help install sysdeps demo test test-all sim clean
+.PHONY: help install sysdeps demo test test-all sim hls-csim clean
 
 help:
 	@echo "make demo     train, evaluate and quantize the '$(CONFIG)' config on the synthetic set"
 	@echo "make test     the test suite (fast part of the simulations included)"
 	@echo "make sim      all cocotb simulations (SIM=icarus|verilator)"
+	@echo "make hls-csim the HLS kernels' C simulations (g++) against the golden model"
 	@echo "make test-all every test, the slow simulations included"
 	@echo "make clean    remove build/"
 
@@ -49,6 +50,9 @@ test-all: install
 
 sim: install
 	$(BIN)/moevit sim --simulator $(SIM)
+
+hls-csim: install
+	$(BIN)/moevit hls csim --config $(CONFIG)
 
 clean:
 	rm -rf build

@@ -53,6 +53,7 @@ positive_float = _number(float, lambda v: 0 < v < float("inf"), "a positive fini
 COMMAND_MODULES = (
     "moevit.model.commands",
     "moevit.hw.commands",
+    "moevit.hls.commands",
     "moevit.sim.commands",
 )
 

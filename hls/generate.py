@@ -1,0 +1,108 @@
+"""The configuration header of the HLS kernels, written from a :class:`~moevit.hw.config.HwConfig`.
+
+As hls4ml writes only ``parameters.h`` around its hand-written ``nnet_utils``,
+this writes only ``parameters.h``: one ``CONFIG_T`` struct per kernel
+template (``hls/include/moevit_*.h``), its sizes taken from the HwConfig, so
+the RTL and the HLS build are one design point. Each kernel header lists
+what its ``CONFIG_T`` provides.
+"""
+
+import re
+from pathlib import Path
+
+from moevit.errors import ConfigError
+from moevit.paths import build_dir, write_atomically
+
+__all__ = ["INCLUDE_DIR", "PARAMETERS", "check_hls", "parameters_header", "write_parameters"]
+
+#: The hand-written kernel headers.
+INCLUDE_DIR = Path(__file__).resolve().parent / "include"
+PARAMETERS = "parameters.h"
+
+# Limits of the templates' integer types (moevit_types.h) and of intops.
+_MAX_TOKENS = 2**16 - 1        # token_t and the descriptors' 16-bit token fields
+_MAX_ROW = 2**15               # intops.softmax: a row's sum of exponentials is u31
+_MAX_LINEAR_IN = 2**16         # intops.linear_acc
+_MAX_EXPERTS = 2**8 - 1        # expert_t and the MoE descriptor's 8-bit field
+_MAX_LN_DIM = 2**10            # intops.layernorm; the HLS row sums are sized for it
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def check_hls(hw) -> None:
+    """Raise :class:`ConfigError` when the kernel templates cannot express ``hw``."""
+    if not _NAME.fullmatch(hw.name):
+        raise ConfigError(
+            f"HwConfig name {hw.name!r} cannot name the HLS build folder; use letters, digits, "
+            f"'_', '.' and '-'")
+    for what, value, limit, why in (
+            ("Token buffer depth", hw.max_tokens, _MAX_TOKENS, "16-bit token indices"),
+            ("Key/value buffer depth", hw.kv_depth, _MAX_ROW,
+             "softmax rows of at most 2**15 scores (intops.softmax)"),
+            ("Input buffer depth", hw.max_in, _MAX_LINEAR_IN,
+             "linear inputs of at most 2**16 features (intops.linear_acc)")):
+        if value > limit:
+            raise ConfigError(
+                f"{what} {value} exceeds the HLS kernels' limit of {limit} ({why})")
+
+
+def parameters_header(hw) -> str:
+    """The text of ``parameters.h`` for ``hw`` (checked with :func:`check_hls`)."""
+    check_hls(hw)
+    experts = min(hw.cols, _MAX_EXPERTS)  # a gate beat's lanes (MoeDescriptor's rule)
+    ln_dim = min(hw.max_in, _MAX_LN_DIM)
+    structs = {
+        "linear_config": [
+            ("rows", hw.rows, "token lanes of the MAC array"),
+            ("cols", hw.cols, "output lanes of the MAC array"),
+            ("max_tokens", hw.max_tokens, "tokens of the input buffer"),
+            ("max_in", hw.max_in, "input features of the input and weight buffers"),
+            ("post_lanes", hw.post_lanes, "post-processing lanes"),
+            ("acc_width", hw.acc_width, "accumulator bits")],
+        "attention_softmax_config": [
+            ("max_row", hw.kv_depth, "a score row: the longest sequence")],
+        "attention_config": [
+            ("kv_depth", hw.kv_depth, "tokens of the K and V buffers"),
+            ("max_head_dim", hw.max_head_dim, "the widest head"),
+            ("score_lanes", hw.score_lanes, "multipliers along the head dimension per stage"),
+            ("heads_parallel", hw.heads_parallel, "head lanes")],
+        "layernorm_config": [
+            ("max_dim", ln_dim, f"the widest row: max_in, at most {_MAX_LN_DIM} (intops)")],
+        "gate_softmax_config": [
+            ("max_row", experts, "a gate row: the experts")],
+        "moe_config": [
+            ("max_tokens", hw.max_tokens, "tokens of one MoE operation"),
+            ("max_experts", experts, "experts: the lanes of a gate beat"),
+            ("max_dim", hw.max_in, "width of an expert's output")],
+    }
+    nested = {"attention_config": "attention_softmax_config", "moe_config": "gate_softmax_config"}
+    lines = [
+        f"// parameters.h of HwConfig {hw.name!r}: the CONFIG_T of each moevit HLS kernel.",
+        "// Written by moevit.hls.generate from the HwConfig below; do not edit.",
+        f"// {hw!r}",
+        "#ifndef MOEVIT_PARAMETERS_H",
+        "#define MOEVIT_PARAMETERS_H",
+        "",
+        f'#define MOEVIT_HW_NAME "{hw.name}"',
+        "",
+    ]
+    for struct, members in structs.items():
+        lines.append(f"struct {struct} {{")
+        for name, value, doc in members:
+            lines.append(f"    static const unsigned {name} = {int(value)};  // {doc}")
+        if struct in nested:
+            lines.append(f"    typedef {nested[struct]} softmax_config;")
+        lines += ["};", ""]
+    lines.append("#endif")
+    return "\n".join(lines) + "\n"
+
+
+def write_parameters(hw, folder=None) -> Path:
+    """Write ``parameters.h`` for ``hw`` into ``folder`` (default ``build/hls/<name>/``).
+
+    Returns the path. Raises :class:`ConfigError` (before writing anything)
+    when the templates cannot express ``hw``.
+    """
+    text = parameters_header(hw)
+    folder = Path(folder) if folder is not None else build_dir("hls", hw.name)
+    return write_atomically(folder / PARAMETERS, lambda path: path.write_text(text),
+                            "HLS configuration header")

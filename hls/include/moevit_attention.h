@@ -1,0 +1,153 @@
+// moevit HLS kernels: the streaming attention kernel. Per head,
+//   out = requantize(weighted_sum(softmax(q @ k.T, M_s, S_s), v), M_o, S_o)
+// as golden.attention_head: K and V are held on chip for the head, the query
+// rows stream through three stages joined by streams (QK scores -> softmax ->
+// PV context), so the score matrix never leaves the kernel.
+//
+// CONFIG_T provides:
+//   static const unsigned kv_depth;       // the longest sequence (K, V buffers)
+//   static const unsigned max_head_dim;   // the widest head
+//   static const unsigned score_lanes;    // multipliers along the head dimension per stage
+//   static const unsigned heads_parallel; // head lanes
+//   typedef ... softmax_config;           // max_row = kv_depth
+#ifndef MOEVIT_ATTENTION_H
+#define MOEVIT_ATTENTION_H
+
+#include "hls_stream.h"
+#include "moevit_softmax.h"
+#include "moevit_types.h"
+
+namespace moevit {
+
+// The fields of the ATTENTION descriptor (AttentionDescriptor) the kernel computes with.
+struct attention_desc {
+    unsigned tokens, heads, head_dim;
+    unsigned row_pitch;  // elements from one row of q, k, v to the next
+    mult_t sm_mult;
+    shift_t sm_shift;
+    mult_t out_mult;
+    shift_t out_shift;
+};
+
+// Stage 1: score_j = sum_c q[t][c] * k[j][c] for every query row t, in row order.
+template <class CONFIG_T>
+void attention_scores(const attention_desc &d, const act_t *q,
+                      const act_t kbuf[CONFIG_T::kv_depth][CONFIG_T::max_head_dim],
+                      hls::stream<score_t> &scores) {
+    static const unsigned L = CONFIG_T::score_lanes;  // head_dim is a multiple (the descriptor's rule)
+    act_t qrow[CONFIG_T::max_head_dim];
+#pragma HLS array_partition variable=qrow cyclic factor=CONFIG_T::score_lanes
+attention_queries:
+    for (unsigned t = 0; t < d.tokens; t++) {
+        for (unsigned c = 0; c < d.head_dim; c++) qrow[c] = q[t * d.row_pitch + c];
+    attention_keys:
+        for (unsigned j = 0; j < d.tokens; j++) {
+            score_t s = 0;  // head_dim products of s15: an int32
+        attention_score_chunks:
+            for (unsigned ch = 0; ch < d.head_dim / L; ch++) {
+#pragma HLS pipeline II=1
+                for (unsigned l = 0; l < L; l++) {
+#pragma HLS unroll
+                    s += qrow[ch * L + l] * kbuf[j][ch * L + l];
+                }
+            }
+            scores.write(s);
+        }
+    }
+}
+
+// Stage 2: one softmax per query row.
+template <class CONFIG_T>
+void attention_softmax(const attention_desc &d, hls::stream<score_t> &scores,
+                       hls::stream<prob_t> &probs) {
+attention_rows:
+    for (unsigned t = 0; t < d.tokens; t++) {
+        softmax<typename CONFIG_T::softmax_config>(scores, probs, d.tokens, d.sm_mult, d.sm_shift);
+    }
+}
+
+// Stage 3: ctx[t][c] = requantize(sum_j p_j * v[j][c]); p_j*v is s24, the row sum an int32.
+template <class CONFIG_T>
+void attention_context(const attention_desc &d, hls::stream<prob_t> &probs,
+                       const act_t vbuf[CONFIG_T::kv_depth][CONFIG_T::max_head_dim], act_t *out,
+                       unsigned out_pitch) {
+    static const unsigned L = CONFIG_T::score_lanes;
+    acc_t ctx[CONFIG_T::max_head_dim];
+#pragma HLS array_partition variable=ctx cyclic factor=CONFIG_T::score_lanes
+attention_context_rows:
+    for (unsigned t = 0; t < d.tokens; t++) {
+        for (unsigned c = 0; c < d.head_dim; c++) ctx[c] = 0;
+    attention_values:
+        for (unsigned j = 0; j < d.tokens; j++) {
+            prob_t p = probs.read();
+        attention_value_chunks:
+            for (unsigned ch = 0; ch < d.head_dim / L; ch++) {
+#pragma HLS pipeline II=1
+                for (unsigned l = 0; l < L; l++) {
+#pragma HLS unroll
+                    ctx[ch * L + l] += p * vbuf[j][ch * L + l];
+                }
+            }
+        }
+        for (unsigned c = 0; c < d.head_dim; c++)
+            out[t * out_pitch + c] = requantize(ctx[c], d.out_mult, d.out_shift);
+    }
+}
+
+// K and V of one head into the on-chip buffers.
+template <class CONFIG_T>
+void attention_load_kv(const attention_desc &d, const act_t *k, const act_t *v,
+                       act_t kbuf[CONFIG_T::kv_depth][CONFIG_T::max_head_dim],
+                       act_t vbuf[CONFIG_T::kv_depth][CONFIG_T::max_head_dim]) {
+attention_load_rows:
+    for (unsigned j = 0; j < d.tokens; j++) {
+        for (unsigned c = 0; c < d.head_dim; c++) {
+#pragma HLS pipeline II=1
+            kbuf[j][c] = k[j * d.row_pitch + c];
+            vbuf[j][c] = v[j * d.row_pitch + c];
+        }
+    }
+}
+
+// One head: q, k, v point at the head's first column (rows d.row_pitch apart);
+// out at the head's first column of the context (rows out_pitch apart).
+template <class CONFIG_T>
+void attention_head(const attention_desc &d, const act_t *q, const act_t *k, const act_t *v,
+                    act_t *out, unsigned out_pitch) {
+#pragma HLS dataflow
+    act_t kbuf[CONFIG_T::kv_depth][CONFIG_T::max_head_dim];
+    act_t vbuf[CONFIG_T::kv_depth][CONFIG_T::max_head_dim];
+#pragma HLS array_partition variable=kbuf cyclic factor=CONFIG_T::score_lanes dim=2
+#pragma HLS array_partition variable=vbuf cyclic factor=CONFIG_T::score_lanes dim=2
+    hls::stream<score_t> scores("scores");
+    hls::stream<prob_t> probs("probs");
+#pragma HLS stream variable=scores depth=CONFIG_T::kv_depth
+#pragma HLS stream variable=probs depth=CONFIG_T::kv_depth
+    attention_load_kv<CONFIG_T>(d, k, v, kbuf, vbuf);
+    attention_scores<CONFIG_T>(d, q, kbuf, scores);
+    attention_softmax<CONFIG_T>(d, scores, probs);
+    attention_context<CONFIG_T>(d, probs, vbuf, out, out_pitch);
+}
+
+// Every head of the descriptor; the context is tokens x (heads * head_dim). The
+// heads_parallel head lanes take heads p, p + P, p + 2P, ... (as the RTL's lanes);
+// heads is a multiple of P (the descriptor's rule).
+template <class CONFIG_T>
+void attention(const attention_desc &d, const act_t *q, const act_t *k, const act_t *v,
+               act_t *out) {
+    static const unsigned P = CONFIG_T::heads_parallel;
+attention_rounds:
+    for (unsigned first = 0; first < d.heads; first += P) {
+    attention_lanes:
+        for (unsigned p = 0; p < P; p++) {
+#pragma HLS unroll
+            unsigned column = (first + p) * d.head_dim;
+            attention_head<CONFIG_T>(d, q + column, k + column, v + column, out + column,
+                                     d.heads * d.head_dim);
+        }
+    }
+}
+
+}  // namespace moevit
+
+#endif

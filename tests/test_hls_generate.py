@@ -1,0 +1,76 @@
+"""The configuration header of the HLS kernels (moevit.hls.generate)."""
+
+import re
+import subprocess
+
+import pytest
+
+from moevit.errors import ConfigError
+from moevit.hls.csim import CXXFLAGS, TB_DIR, ap_types_dir, compiler
+from moevit.hls.generate import INCLUDE_DIR, check_hls, parameters_header, write_parameters
+from moevit.hw.config import HwConfig, get_hw_config
+
+
+def _structs(text):
+    """``{struct: {member: value}}`` of a parameters.h."""
+    structs = {}
+    for name, body in re.findall(r"struct (\w+) \{(.*?)\};", text, re.S):
+        structs[name] = {m: int(v) for m, v in re.findall(r"static const unsigned (\w+) = (\d+);", body)}
+    return structs
+
+
+@pytest.mark.parametrize("config", ["tiny", "edge-moe", "m3vit-s"])
+def test_header_holds_the_hwconfig(config):
+    hw = get_hw_config(config)
+    structs = _structs(parameters_header(hw))
+    experts = min(hw.cols, 255)
+    assert structs == {
+        "linear_config": dict(rows=hw.rows, cols=hw.cols, max_tokens=hw.max_tokens,
+                              max_in=hw.max_in, post_lanes=hw.post_lanes, acc_width=hw.acc_width),
+        "attention_softmax_config": dict(max_row=hw.kv_depth),
+        "attention_config": dict(kv_depth=hw.kv_depth, max_head_dim=hw.max_head_dim,
+                                 score_lanes=hw.score_lanes, heads_parallel=hw.heads_parallel),
+        "layernorm_config": dict(max_dim=min(hw.max_in, 1024)),
+        "gate_softmax_config": dict(max_row=experts),
+        "moe_config": dict(max_tokens=hw.max_tokens, max_experts=experts, max_dim=hw.max_in),
+    }
+
+
+def test_written_under_build(tmp_path, monkeypatch):
+    monkeypatch.setenv("MOEVIT_BUILD", str(tmp_path))
+    hw = get_hw_config("tiny")
+    path = write_parameters(hw)
+    assert path == tmp_path / "hls" / "tiny" / "parameters.h"
+    assert path.read_text() == parameters_header(hw)
+    assert [p.name for p in path.parent.iterdir()] == ["parameters.h"]
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(name="a/b"), r"HwConfig name 'a/b' cannot name the HLS build folder; use letters, "
+                       r"digits, '_', '\.' and '-'"),
+    (dict(kv_depth=2**15 + 1), r"Key/value buffer depth 32769 exceeds the HLS kernels' limit of "
+                               r"32768 \(softmax rows of at most 2\*\*15 scores \(intops\.softmax\)\)"),
+    (dict(max_tokens=2**16), r"Token buffer depth 65536 exceeds the HLS kernels' limit of 65535 "
+                             r"\(16-bit token indices\)"),
+    (dict(max_in=2**16 + 1), r"Input buffer depth 65537 exceeds the HLS kernels' limit of 65536 "
+                             r"\(linear inputs of at most 2\*\*16 features \(intops\.linear_acc\)\)"),
+])
+def test_inexpressible_hwconfig_is_a_config_error(changes, message, tmp_path):
+    hw = HwConfig(**changes)
+    with pytest.raises(ConfigError, match=f"^{message}$"):
+        check_hls(hw)
+    with pytest.raises(ConfigError, match=f"^{message}$"):
+        write_parameters(hw, tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["edge-moe", "m3vit-s"])
+def test_every_template_compiles_for_the_default_hwconfigs(config, tmp_path):
+    """Every testbench instantiates its kernels with the config's CONFIG_T structs."""
+    write_parameters(get_hw_config(config), tmp_path)
+    for source in sorted(TB_DIR.glob("tb_*.cpp")):
+        done = subprocess.run([compiler(), *CXXFLAGS, "-fsyntax-only", "-I", str(INCLUDE_DIR),
+                               "-I", str(TB_DIR), "-I", str(tmp_path), "-isystem",
+                               str(ap_types_dir()), str(source)], capture_output=True, text=True)
+        assert done.returncode == 0, f"{source.name} for {config}: {done.stderr[-2000:]}"

@@ -58,15 +58,16 @@ def _head(program, count):
     return dataclasses.replace(program, instructions=program.instructions[:count])
 
 
-def test_top_runs_the_start_of_tiny(tiny):
-    """PATCHIFY, the patch embedding with its residual (position), COPY and a LayerNorm,
-    twice, on Icarus: the fast top-level case of ``make test``."""
+def test_top_runs_a_short_program(tiny):
+    """PATCHIFY and COPY of tiny's program on a top with only their engines, twice (two
+    tasks, two images) on Icarus: the fast top-level case of ``make test``."""
     program, image = tiny
-    short = _head(program, 4)
+    short = dataclasses.replace(program, instructions=[program.instructions[0],
+                                                       program.instructions[2]])
     rng = np.random.default_rng(_seed())
     other = rng.integers(-128, 128, image.shape, dtype=np.int8)
-    check_runs(short, [(0, [image]), (1, [other])], test_id="top-start", simulator="icarus",
-               engines=("patchify", "linear", "copy", "layernorm"))
+    check_runs(short, [(0, [image]), (1, [other])], test_id="top-short", simulator="icarus",
+               engines=("patchify", "copy"), timeout_us=500)
 
 
 @pytest.mark.slow

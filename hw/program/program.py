@@ -116,8 +116,11 @@ class Program:
         """The memory image before a run: weights and program in place, the rest 0."""
         image = np.zeros(self.layout.size, np.uint8)
         image[:len(self.weights)] = np.frombuffer(self.weights, np.uint8)
-        region = self.layout["program"]
-        image[region.offset:region.end] = np.frombuffer(self.encode(), np.uint8)
+        region, binary = self.layout["program"], self.encode()
+        if len(binary) > region.size:
+            raise ProgramError(f"Program of {len(binary)} bytes does not fit its "
+                               f"{region.size}-byte region")
+        image[region.offset:region.offset + len(binary)] = np.frombuffer(binary, np.uint8)
         return image
 
     def listing(self) -> str:

@@ -34,6 +34,7 @@ install: $(STAMP) sysdeps
 sysdeps:
 	@missing=""; command -v iverilog >/dev/null || missing="$$missing iverilog"; \
 	  command -v cc >/dev/null || missing="$$missing gcc"; \
+	  command -v g++ >/dev/null || missing="$$missing g++"; \
 	  [ -z "$$missing" ] || { \
 	  echo "installing$$missing (apt-get)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

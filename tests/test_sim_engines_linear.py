@@ -238,24 +238,22 @@ def _tiny():
 
 def _tiny_run(linears, experts, *, test_id, simulator=None, pauses="random", shared=False,
               extra=()):
-    """The linear jobs and the experts' jobs from the final image with every output
-    region they write made random (so each must be written), then ``extra`` jobs;
+    """The linear jobs and the experts' jobs from the final image with every byte they
+    write made random (so each must be written), then ``extra`` jobs;
     expected: the interpreter's LINEAR and EXPERT instructions themselves."""
     seed = _seed()
-    hw, program, final, _, _ = _tiny()
+    hw, _, final, _, _ = _tiny()
     rng = np.random.default_rng(seed)
     memory = final.copy()
-    regions = {program.layout.at(job.desc.y_addr) for job in linears}
-    for expert, _ in experts:
-        regions |= {program.layout.at(expert.hidden_addr), program.layout.at(expert.slots_addr)}
-    for region in regions:
-        memory[region.offset:region.end] = rng.integers(0, 256, region.size, dtype=np.uint8)
+    jobs = linears + [job for _, pair in experts for job in pair]
+    for job in jobs:
+        memory[job.written()] = rng.integers(0, 256, job.written().shape, dtype=np.uint8)
     want = memory.copy()
     run_instructions(want, hw, [job.desc for job in linears] + [e for e, _ in experts])
-    jobs = linears + [job for _, pair in experts for job in pair] + list(extra)
-    for job in jobs[:len(jobs) - len(extra)]:
+    for job in jobs:
         # The inputs are the program's: what the interpreter expects is what the run wrote.
         _compare(want[job.written()].ravel(), final[job.written()].ravel())
+    jobs += list(extra)
     summary = run_jobs(hw, memory, jobs, test_id=test_id, seed=seed, want=want,
                        simulator=simulator, pauses=pauses, shared=shared)
     if pauses == "none":

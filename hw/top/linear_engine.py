@@ -71,8 +71,8 @@ from moevit.hw.top.ports import (IndexPort, ReadPort, WritePort, engine_members,
                                  linear_job_layout)
 from moevit.hw.units.linear import LinearKernel, chan_layout, lanes_layout, output_layout
 
-__all__ = ["LinearEngine", "XTiler", "Prefetch", "Fetch", "ResidualReader", "YWriter", "check_job", "pack_job",
-           "alignment_rules"]
+__all__ = ["LinearEngine", "XTiler", "Prefetch", "Fetch", "ResidualReader", "YWriter",
+           "check_job", "pack_job", "alignment_rules"]
 
 CHAN_BYTES = 8   # one chan beat: a little-endian u64 (moevit.hw.program.layout.pack_chan)
 

@@ -57,10 +57,11 @@ def _run(engine, hw, memory, ops, *, test_id, seed, simulator=None, **kwargs):
     got, summary = run_engine(engine, hw, memory, images, test_id=test_id, seed=seed,
                               simulator=simulator, **kwargs)
     print(f"{'instruction':<64} {'cycles':>8} {'expected':>9} {'extra':>6}")
-    for op, cycles in zip(ops, summary["cycles"]):
+    for op, cycles, error in zip(ops, summary["cycles"], summary["errors"]):
         if isinstance(op, int):
             print(f"{'(forged, refused)':<64} {cycles:>8}")
             continue
+        assert error == Fault.NONE, f"{op} refused with {Fault(error)!r}"
         expected = op.expected_cycles()
         print(f"{op.MNEMONIC + ' ' + _shape(op):<64} {cycles:>8} {expected:>9} "
               f"{cycles - expected:>6}")

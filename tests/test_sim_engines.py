@@ -1,8 +1,6 @@
 """The instruction engines of the top, each against the instruction-level interpreter,
 byte for byte over the whole memory, instructions back to back under memory stalls."""
 
-import os
-import random
 
 import numpy as np
 import pytest
@@ -11,24 +9,12 @@ from moevit.hw.config import DEFAULT_HW
 from moevit.hw.program.interpreter import run_instructions
 from moevit.hw.program.isa import CopyDescriptor
 from moevit.hw.top.copy import CopyEngine
-from moevit.sim.benches.engines import run_engine
-
-
-def _seed():
-    seed = int(os.environ.get("MOEVIT_SEED", random.randrange(1 << 16)))
-    print(f"seed {seed} (replay with MOEVIT_SEED={seed})")
-    return seed
-
-
-def _compare(got, want):
-    bad = np.flatnonzero(got != want)
-    assert bad.size == 0, f"{bad.size} bytes differ, first at {bad[0]:#x}: {got[bad[0]]} != " \
-                          f"{want[bad[0]]}"
+from moevit.sim.benches.engines import compare_images, replay_seed, run_engine
 
 
 @pytest.mark.parametrize("memory_pauses", ["none", "random"])
 def test_copy_engine(memory_pauses):
-    seed = _seed()
+    seed = replay_seed()
     rng = np.random.default_rng(seed)
     hw = DEFAULT_HW["tiny"]
     nbytes = hw.bus_width // 8
@@ -49,4 +35,4 @@ def test_copy_engine(memory_pauses):
                               test_id=f"engine-copy-{memory_pauses}", seed=seed,
                               memory_pauses=memory_pauses, gaps="random")
     print(summary)
-    _compare(got, want)
+    compare_images(got, want)

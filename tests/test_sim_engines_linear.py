@@ -5,8 +5,6 @@ ragged tiles, GELU and residual), back to back under memory stalls and gaps."""
 
 import dataclasses
 import functools
-import os
-import random
 
 import numpy as np
 import pytest
@@ -24,20 +22,8 @@ from moevit.hw.program.isa import TASK_ENTRY_BYTES, TaskEntry
 from moevit.hw.program.layout import pack_chan, pack_weight
 from moevit.hw.top.linear_engine import LinearEngine, check_job, pack_job
 from moevit.hw.top.ports import ReadPort
-from moevit.sim.benches.engines import run_engine
+from moevit.sim.benches.engines import compare_images, replay_seed, run_engine
 from moevit.sim.linear_cases import random_op
-
-
-def _seed():
-    seed = int(os.environ.get("MOEVIT_SEED", random.randrange(1 << 16)))
-    print(f"seed {seed} (replay with MOEVIT_SEED={seed})")
-    return seed
-
-
-def _compare(got, want):
-    bad = np.flatnonzero(got != want)
-    assert bad.size == 0, f"{bad.size} bytes differ, first at {bad[0]:#x}: {got[bad[0]]} != " \
-                          f"{want[bad[0]]}"
 
 
 # A bench wrapper: the engine with its index ports answered from per-job tables ------------
@@ -198,7 +184,7 @@ def run_jobs(hw, memory, jobs, *, test_id, seed, want=None, simulator=None, paus
               f"{d.residual:>3} {job.mode:<14} {job.fault.name:<6} {cycles:>7} {model:>7} "
               f"{cycles / model:>6.2f}")
     assert summary["errors"] == [int(j.fault) for j in jobs]
-    _compare(got, want)
+    compare_images(got, want)
     return summary
 
 
@@ -241,7 +227,7 @@ def _tiny_run(linears, experts, *, test_id, simulator=None, pauses="random", sha
     """The linear jobs and the experts' jobs from the final image with every byte they
     write made random (so each must be written), then ``extra`` jobs;
     expected: the interpreter's LINEAR and EXPERT instructions themselves."""
-    seed = _seed()
+    seed = replay_seed()
     hw, _, final, _, _ = _tiny()
     rng = np.random.default_rng(seed)
     memory = final.copy()
@@ -252,7 +238,7 @@ def _tiny_run(linears, experts, *, test_id, simulator=None, pauses="random", sha
     run_instructions(want, hw, [job.desc for job in linears] + [e for e, _ in experts])
     for job in jobs:
         # The inputs are the program's: what the interpreter expects is what the run wrote.
-        _compare(want[job.written()].ravel(), final[job.written()].ravel())
+        compare_images(want[job.written()].ravel(), final[job.written()].ravel())
     jobs += list(extra)
     summary = run_jobs(hw, memory, jobs, test_id=test_id, seed=seed, want=want,
                        simulator=simulator, pauses=pauses, shared=shared)
@@ -317,7 +303,7 @@ def test_expected_job_is_the_interpreters_expert():
         run_instructions(want, hw, [expert])
         for job in jobs:
             job.expect(memory)
-        _compare(memory, want)
+        compare_images(memory, want)
 
 
 def test_refused_refusals():
@@ -443,7 +429,7 @@ def _random_run(seed, *, count, large, shared, simulator=None):
 def test_random_jobs_fast():
     """One small random design point, three random jobs back to back, the read channels
     on one port (Icarus)."""
-    _random_run(_seed(), count=3, large=False, shared=True)
+    _random_run(replay_seed(), count=3, large=False, shared=True)
 
 
 @pytest.mark.slow
@@ -451,4 +437,4 @@ def test_random_jobs_fast():
 def test_random_jobs(case):
     """Random design points (a Verilator build each), twelve random jobs each, back to
     back under no, fixed or random pauses, the read channels on one port or on four."""
-    _random_run(_seed(), count=12, large=True, shared=bool(case % 2), simulator="verilator")
+    _random_run(replay_seed(), count=12, large=True, shared=bool(case % 2), simulator="verilator")

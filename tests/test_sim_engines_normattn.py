@@ -18,8 +18,6 @@ descriptor check, the last write's response).
 
 import dataclasses
 import math
-import os
-import random
 
 import numpy as np
 import pytest
@@ -31,19 +29,7 @@ from moevit.hw.program.layout import pack_ln_params
 from moevit.hw.top.attention_engine import AttentionEngine
 from moevit.hw.top.layernorm_engine import LayerNormEngine
 from moevit.model.integer import intops
-from moevit.sim.benches.engines import run_engine
-
-
-def _seed():
-    seed = int(os.environ.get("MOEVIT_SEED", random.randrange(1 << 16)))
-    print(f"seed {seed} (replay with MOEVIT_SEED={seed})")
-    return seed
-
-
-def _compare(got, want):
-    bad = np.flatnonzero(got != want)
-    assert bad.size == 0, f"{bad.size} bytes differ, first at {bad[0]:#x}: {got[bad[0]]} != " \
-                          f"{want[bad[0]]}"
+from moevit.sim.benches.engines import compare_images, replay_seed, run_engine
 
 
 def _run(engine, hw, memory, ops, *, test_id, seed, simulator=None, **kwargs):
@@ -68,7 +54,7 @@ def _run(engine, hw, memory, ops, *, test_id, seed, simulator=None, **kwargs):
         # The unit alone, fed without gaps, is the bound: the engine only adds to it.
         assert cycles > expected, f"{cycles} cycles, fewer than the unit alone's {expected}"
     print(f"{summary['seconds']:.1f} s in the simulator")
-    _compare(got, want)
+    compare_images(got, want)
     return summary
 
 
@@ -105,7 +91,7 @@ def _program_case(program, memory, mnemonic, rng):
     # the operands were not overwritten after the instructions ran.
     again = start.copy()
     run_instructions(again, program.hw, descs)
-    _compare(again, memory)
+    compare_images(again, memory)
     return descs, start
 
 
@@ -115,7 +101,7 @@ def tiny_untrained():
 
 
 def test_layernorm_engine_tiny_program(tiny_untrained):
-    seed = _seed()
+    seed = replay_seed()
     program, memory = tiny_untrained
     descs, start = _program_case(program, memory, "LAYERNORM", np.random.default_rng(seed))
     _run(LayerNormEngine(program.hw), program.hw, start, descs[:2],
@@ -125,7 +111,7 @@ def test_layernorm_engine_tiny_program(tiny_untrained):
 def test_attention_engine_tiny_program(tiny_untrained):
     """The program's first attention cut to its first 9 tokens: real q, k, v and constants
     in a few seconds (the whole instructions run in the slow set)."""
-    seed = _seed()
+    seed = replay_seed()
     program, memory = tiny_untrained
     descs, start = _program_case(program, memory, "ATTENTION", np.random.default_rng(seed))
     _run(AttentionEngine(program.hw), program.hw, start, [dataclasses.replace(descs[0], tokens=9)],
@@ -178,7 +164,7 @@ def _layernorm_case(rng, *, ops, bus_widths, max_in, max_tokens):
 
 
 def test_layernorm_engine_random():
-    seed = _seed()
+    seed = replay_seed()
     rng = np.random.default_rng(seed)
     hw, memory, descs = _layernorm_case(rng, ops=4, bus_widths=(32, 64, 128),
                                         max_in=int(rng.integers(1, 40)), max_tokens=7)
@@ -237,7 +223,7 @@ def _attention_case(rng, *, ops, bus_widths, max_tokens, heads_parallel):
 
 @pytest.mark.parametrize("heads_parallel", [1, 2])
 def test_attention_engine_random(heads_parallel):
-    seed = _seed()
+    seed = replay_seed()
     rng = np.random.default_rng(seed)
     hw, memory, descs = _attention_case(rng, ops=3, bus_widths=(32, 64, 128), max_tokens=12,
                                         heads_parallel=(heads_parallel,))
@@ -267,7 +253,7 @@ def tiny_trained():
 def test_engine_tiny_program_all(tiny_trained, mnemonic, memory_pauses):
     """Every LAYERNORM (ATTENTION) of the program back to back; without memory stalls the
     cycles are the engine's own cost over the unit's."""
-    seed = _seed()
+    seed = replay_seed()
     program, memory = tiny_trained
     descs, start = _program_case(program, memory, mnemonic, np.random.default_rng(seed))
     engine = (LayerNormEngine if mnemonic == "LAYERNORM" else AttentionEngine)(program.hw)
@@ -283,7 +269,7 @@ ALL_BUSES = (32, 64, 128, 256, 512, 1024)
 @pytest.mark.slow
 @pytest.mark.parametrize("case", range(SLOW_SEEDS))
 def test_layernorm_engine_random_sweep(case):
-    seed = _seed()
+    seed = replay_seed()
     rng = np.random.default_rng(seed)
     hw, memory, descs = _layernorm_case(rng, ops=6, bus_widths=ALL_BUSES,
                                         max_in=int(rng.integers(1, 300)), max_tokens=20)
@@ -295,7 +281,7 @@ def test_layernorm_engine_random_sweep(case):
 @pytest.mark.slow
 @pytest.mark.parametrize("case", range(SLOW_SEEDS))
 def test_attention_engine_random_sweep(case):
-    seed = _seed()
+    seed = replay_seed()
     rng = np.random.default_rng(seed)
     hw, memory, descs = _attention_case(rng, ops=5, bus_widths=ALL_BUSES, max_tokens=40,
                                         heads_parallel=(1, 2, 3))

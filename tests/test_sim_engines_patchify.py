@@ -3,8 +3,6 @@ whole memory: the tiny model's own instruction, and random images (any channel c
 patch side, width; aligned and unaligned rows and image addresses) with refused
 descriptors among them, back to back under memory stalls, on several bus widths."""
 
-import os
-import random
 
 import numpy as np
 import pytest
@@ -14,19 +12,7 @@ from moevit.hw.program.descriptor import Fault
 from moevit.hw.program.interpreter import run_instructions
 from moevit.hw.program.isa import PatchifyDescriptor
 from moevit.hw.top.patchify_engine import PatchifyEngine
-from moevit.sim.benches.engines import run_engine
-
-
-def _seed():
-    seed = int(os.environ.get("MOEVIT_SEED", random.randrange(1 << 16)))
-    print(f"seed {seed} (replay with MOEVIT_SEED={seed})")
-    return seed
-
-
-def _compare(got, want):
-    bad = np.flatnonzero(got != want)
-    assert bad.size == 0, f"{bad.size} bytes differ, first at {bad[0]:#x}: {got[bad[0]]} != " \
-                          f"{want[bad[0]]}"
+from moevit.sim.benches.engines import compare_images, replay_seed, run_engine
 
 
 def random_case(rng, hw, size, count, *, faults=True, max_grid=5):
@@ -81,7 +67,7 @@ def run_case(hw, memory, payloads, errors, good, *, test_id, seed, simulator=Non
                               memory_pauses=memory_pauses)
     print(summary)
     assert summary["errors"] == [int(e) for e in errors]
-    _compare(got, want)
+    compare_images(got, want)
     return summary
 
 
@@ -93,7 +79,7 @@ def test_patchify_tiny_model_instruction(memory_pauses):
     from moevit.model.integer import golden
     from moevit.sim.units import tiny_quantized
 
-    seed = _seed()
+    seed = replay_seed()
     hw = DEFAULT_HW["tiny"]
     qmodel, image = tiny_quantized(trained=False)
     program = compile_program(qmodel, hw)
@@ -118,7 +104,7 @@ def test_patchify_tiny_model_instruction(memory_pauses):
 @pytest.mark.parametrize("bus_width", [32, pytest.param(128, marks=pytest.mark.slow)])
 def test_patchify_random_back_to_back(bus_width):
     """Patches wider than the bus (32 bits: runs cut in parts) in the fast suite."""
-    seed = _seed()
+    seed = replay_seed()
     rng = np.random.default_rng(seed)
     hw = DEFAULT_HW["tiny"].replace(bus_width=bus_width)
     memory = rng.integers(0, 256, 1 << 14, dtype=np.uint8)
@@ -131,7 +117,7 @@ def test_patchify_random_back_to_back(bus_width):
 @pytest.mark.parametrize("case", range(4))
 def test_patchify_random_design_points(case):
     """Random bus widths, block sizes, buffer depths and longer sequences (Verilator)."""
-    seed = _seed()
+    seed = replay_seed()
     rng = np.random.default_rng(seed)
     hw = DEFAULT_HW["tiny"].replace(bus_width=int(rng.choice([32, 64, 128, 256, 512])),
                                     max_outstanding=int(rng.integers(1, 6)))

@@ -3,14 +3,13 @@ to the golden model): outputs and the whole activation scratch, bit for bit, run
 with task switches, several images per start, and a slowed memory."""
 
 import dataclasses
-import os
-import random
 
 import numpy as np
 import pytest
 
 from moevit.hw.config import DEFAULT_HW
 from moevit.hw.program.program import HEADER_WORDS
+from moevit.sim.benches.engines import compare_images, replay_seed
 from moevit.sim.benches.top import expected_runs, run_top
 
 
@@ -25,20 +24,6 @@ def tiny():
     return program, golden.quantize_image(image, qmodel.scale("input"))
 
 
-def _seed():
-    seed = int(os.environ.get("MOEVIT_SEED", random.randrange(1 << 16)))
-    print(f"seed {seed} (replay with MOEVIT_SEED={seed})")
-    return seed
-
-
-def _compare(got, want, what, layout=None, base=0):
-    bad = np.flatnonzero(got != want)
-    if bad.size and layout is not None:
-        names = sorted({layout.at(base + int(k)).name for k in bad})
-        what = f"{what} ({', '.join(names[:6])})"
-    assert bad.size == 0, f"{what}: {bad.size} of {got.size} bytes differ, first at +{bad[0]:#x}"
-
-
 def check_runs(program, runs, **options):
     got = run_top(program, runs, **options)
     want = expected_runs(program, runs)
@@ -47,9 +32,9 @@ def check_runs(program, runs, **options):
               f"busy {run['busy']}")
         assert (run["error"], run["done"]) == (0, 1), f"run {k}: error {run['error']}"
         for n, (output, reference) in enumerate(zip(run["outputs"], expected["outputs"])):
-            _compare(output, reference, f"run {k} image {n} output")
-        _compare(run["scratch"], expected["scratch"], f"run {k} scratch", program.layout,
-                 program.layout.boundaries()["scratch_at"])
+            compare_images(output, reference, f"run {k} image {n} output")
+        compare_images(run["scratch"], expected["scratch"], f"run {k} scratch", program.layout,
+                       program.layout.boundaries()["scratch_at"])
     return got
 
 
@@ -64,7 +49,7 @@ def test_top_runs_a_short_program(tiny):
     program, image = tiny
     short = dataclasses.replace(program, instructions=[program.instructions[0],
                                                        program.instructions[2]])
-    rng = np.random.default_rng(_seed())
+    rng = np.random.default_rng(replay_seed())
     other = rng.integers(-128, 128, image.shape, dtype=np.int8)
     check_runs(short, [(0, [image]), (1, [other])], test_id="top-short", simulator="icarus",
                engines=("patchify", "copy"), timeout_us=500)
@@ -75,7 +60,7 @@ def test_top_runs_tiny_every_task(tiny):
     """The whole tiny model for each task, a task switch between two images, and two
     images from one start, on Verilator; the switch costs no cycle."""
     program, image = tiny
-    rng = np.random.default_rng(_seed())
+    rng = np.random.default_rng(replay_seed())
     other = rng.integers(-128, 128, image.shape, dtype=np.int8)
     runs = [(0, [image]), (1, [image]), (1, [image]), (0, [image]), (1, [other, image])]
     got = check_runs(program, runs, test_id="top-tiny", simulator="verilator")
@@ -88,7 +73,7 @@ def test_top_runs_tiny_every_task(tiny):
 def test_top_under_a_slow_memory(tiny):
     """The first blocks with the memory pausing at random on every channel."""
     program, image = tiny
-    seed = _seed()
+    seed = replay_seed()
     check_runs(_head(program, 26), [(1, [image])], test_id="top-slow", simulator="verilator",
                memory_pauses="random", seed=seed)
 
@@ -140,9 +125,9 @@ def test_top_stops_on_bad_input_and_recovers(tiny):
     assert [r["start_while_busy"] for r in got] == [0] * 8 + [1]
     reference = expected_runs(short, [(0, [image])])[0]
     for k in (0, 2, 7, 8):
-        _compare(got[k]["outputs"][0], reference["outputs"][0], f"run {k} output")
+        compare_images(got[k]["outputs"][0], reference["outputs"][0], f"run {k} output")
         for name in written:
             region = program.layout[name]
             at = region.offset - bounds["scratch_at"]
-            _compare(got[k]["scratch"][at:at + region.size],
+            compare_images(got[k]["scratch"][at:at + region.size],
                      reference["scratch"][at:at + region.size], f"run {k} {name}")

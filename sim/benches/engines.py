@@ -16,13 +16,36 @@ given gaps (``gaps``), so the engines are tried under back-pressure.
 
 import json
 import os
+import random
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["run_engine", "TOPLEVEL"]
+__all__ = ["run_engine", "replay_seed", "compare_images", "TOPLEVEL"]
 
 TOPLEVEL = "moevit_engine"
+
+
+def replay_seed() -> int:
+    """``$MOEVIT_SEED``, else a fresh random seed; printed, so a failure can be replayed."""
+    seed = int(os.environ.get("MOEVIT_SEED", random.randrange(1 << 16)))
+    print(f"seed {seed} (replay with MOEVIT_SEED={seed})")
+    return seed
+
+
+def compare_images(got, want, what="memory", layout=None, base=0):
+    """Two byte images equal, or an error naming how many bytes differ, the first one, and
+    (given the program's ``layout`` and the images' first address ``base``) the regions."""
+    bad = np.flatnonzero(np.asarray(got) != np.asarray(want))
+    if bad.size == 0:
+        return
+    first = int(bad[0])
+    where = ""
+    if layout is not None:
+        names = sorted({layout.at(base + int(k)).name for k in bad})
+        where = f" ({', '.join(names[:6])}{', ...' if len(names) > 6 else ''})"
+    raise AssertionError(f"{what}{where}: {bad.size} of {np.size(got)} bytes differ, first at "
+                         f"+{first:#x}: {got[first]} != {want[first]}")
 
 
 def run_engine(engine, hw, memory, descriptors, *, test_id, simulator=None, seed=0,

@@ -299,13 +299,14 @@ class Prefetch(wiring.Component):
 
 
 class Fetch(wiring.Component):
-    """``length`` bytes at ``addr`` as beats of ``out_bytes`` (a
-    :class:`~moevit.hw.top.movers.Repack` of the bus beats): the kernel's ``w`` and
-    ``chan`` streams. Read in requests of ``chunk`` bytes (a multiple of ``out_bytes``
-    and of the bus bytes) through a :class:`Prefetch` of ``depth`` beats.
+    """``length`` bytes at ``addr`` (a whole number of ``out_bytes``) as beats of
+    ``out_bytes`` (a :class:`~moevit.hw.top.movers.Repack` of the bus beats): the
+    kernel's ``w`` and ``chan`` streams. Read in requests of ``chunk`` bytes (a multiple
+    of ``out_bytes`` and of the bus bytes) through a :class:`Prefetch` of ``depth``
+    beats.
 
     Members: ``start`` (one cycle: begin reading ``addr``, ``length``), ``addr``,
-    ``length``, ``rd``, ``o`` (the beats; ``last`` on the final one), ``busy``.
+    ``length``, ``rd``, ``o`` (the beats, without ``last``), ``busy``.
     """
 
     def __init__(self, bus_width, out_bytes, *, chunk, depth):
@@ -339,7 +340,11 @@ class Fetch(wiring.Component):
         with m.If(self.start):
             m.d.sync += [on.eq(1), addr.eq(self.addr), left.eq(self.length)]
         wiring.connect(m, prefetch.rd, wiring.flipped(self.rd))
-        wiring.connect(m, prefetch.o, repack.i)
+        # Whole output beats: no request's end need flush the repack (a flush costs a
+        # cycle a chunk, and the kernel loads a weight bank without a gap).
+        m.d.comb += [repack.i.valid.eq(prefetch.o.valid), prefetch.o.ready.eq(repack.i.ready),
+                     repack.i.payload.data.eq(prefetch.o.payload.data),
+                     repack.i.payload.bytes.eq(prefetch.o.payload.bytes)]
         wiring.connect(m, repack.o, wiring.flipped(self.o))
         m.d.comb += self.busy.eq(on | prefetch.busy | repack.busy)
         return m

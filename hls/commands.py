@@ -103,3 +103,37 @@ def _synth(args):
         print(f"wrote {path}")
     run_synthesis(scripts)
     return 0
+
+
+def register_bench(benches):
+    from moevit.cli import positive_int
+    from moevit.hls.hls4ml_baseline import PRECISION, REUSE_FACTOR
+
+    bench = benches.add_parser(
+        "hls4ml", help="one tiny expert FFN through hls4ml (C simulation) beside the golden "
+                       "model and our linear kernel: agreement and cost")
+    bench.add_argument("--config", default="tiny", help="model config (default: tiny)")
+    bench.add_argument("--precision", default=PRECISION,
+                       help=f"hls4ml's precision of every tensor (default: {PRECISION})")
+    bench.add_argument("--reuse-factor", type=positive_int, default=REUSE_FACTOR,
+                       help=f"hls4ml's ReuseFactor of every layer (default: {REUSE_FACTOR})")
+    bench.add_argument("--json", action="store_true", help="one JSON list of rows")
+    bench.set_defaults(handler=_bench_hls4ml)
+
+
+def _bench_hls4ml(args):
+    import re
+
+    from moevit.errors import UsageError
+    from moevit.hls.hls4ml_baseline import bench_hls4ml, print_table
+
+    if not re.fullmatch(r"ap_(u)?fixed<\d+,-?\d+>", args.precision.replace(" ", "")):
+        raise UsageError(f"Precision {args.precision!r} is not an ap_fixed<W,I> type "
+                         f"(e.g. ap_fixed<16,6>)")
+    rows = bench_hls4ml(args.config, args.precision.replace(" ", ""), args.reuse_factor,
+                        progress=not args.json)
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        print_table(rows)
+    return 0

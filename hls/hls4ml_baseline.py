@@ -1,6 +1,6 @@
 """``moevit bench hls4ml``: one ``tiny`` expert FFN through hls4ml, beside our linear kernel.
 
-The workload: expert ``e`` of the first MoE block of the quantized ``tiny``
+The workload: the busiest expert (most tokens from the first task's gate) of the first MoE block of the quantized ``tiny``
 model (:func:`moevit.hls.cases.quantized_model`: the untrained ``signal_model``
 calibrated on eight images), on every token of one image's input to that
 block's experts (``norm2.out``), fc1 -> GELU -> fc2. The same int8 input,
@@ -81,8 +81,9 @@ class Workload:
         return self.weights["fc1.weight"].shape[0]
 
 
-def expert_workload(config="tiny", expert=0) -> Workload:
-    """The expert FFN of the first MoE block of ``config`` (see the module's description)."""
+def expert_workload(config="tiny", expert=None) -> Workload:
+    """The expert FFN of the first MoE block of ``config`` (see the module's description):
+    ``expert``, or by default the one the first task's gate sends most tokens to."""
     import torch
 
     from moevit.hls.cases import quantized_model
@@ -94,13 +95,18 @@ def expert_workload(config="tiny", expert=0) -> Workload:
     moe = [i for i in range(model_config.depth) if model_config.is_moe(i)]
     if not moe:
         raise ConfigError(f"Model config {config!r} has no MoE block")
-    if not 0 <= expert < model_config.experts:
+    if expert is not None and not 0 <= expert < model_config.experts:
         raise ConfigError(f"Expert {expert} is not one of the {model_config.experts} experts "
                           f"of {config!r}")
     block = f"blocks.{moe[0]}"
-    layer = f"{block}.mlp.experts.{expert}"
     qmodel, image = quantized_model(config)
-    x_int = golden.run(qmodel, image, 0).tensors[f"{block}.norm2.out"]
+    tensors = golden.run(qmodel, image, 0).tensors
+    if expert is None:
+        routed = [tensors.get(f"{block}.mlp.experts.{e}.tokens", ()) for e in
+                  range(model_config.experts)]
+        expert = max(range(model_config.experts), key=lambda e: len(routed[e]))
+    layer = f"{block}.mlp.experts.{expert}"
+    x_int = tensors[f"{block}.norm2.out"]
     x = (x_int * qmodel.scale(f"{block}.norm2.out")).astype(np.float32)
 
     state = signal_model(model_config).state_dict()

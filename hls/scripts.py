@@ -145,7 +145,7 @@ def _tcl(hw, board, clock_mhz, params: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _cfg(board, clock_mhz, params: Path) -> str:
+def _cfg(board, clock_mhz) -> str:
     return "\n".join([
         f"# v++ -c configuration of {TOP} for {board.name} (Vitis {VITIS_VERSION}); the",
         f"# platform is on the command line ({VPP_SCRIPT}).",
@@ -205,7 +205,7 @@ def write_scripts(config="tiny", board="zcu102", folder=None) -> Scripts:
     scripts = Scripts(folder, board, clock_mhz, [params])
     texts = {TCL: _tcl(hw, board, clock_mhz, params)}
     if board.vitis_platform is not None:
-        texts[CFG] = _cfg(board, clock_mhz, params)
+        texts[CFG] = _cfg(board, clock_mhz)
         texts[VPP_SCRIPT] = _vpp(board, params)
         scripts.tool = "v++"
     for name, text in texts.items():
@@ -284,14 +284,22 @@ def dry_run(scripts: Scripts) -> list:
     checks = [Check("tcl parses in tclsh", True, f"{len(calls)} Vitis HLS commands recorded")]
 
     named = _named_files(scripts, calls)
-    top_files = [p for p in named if p in (TOP_SOURCE, TOP_TESTBENCH)]
+    added = {(Path(c[2]), True) if c[1] == "-tb" else (Path(c[1]), False)
+             for c in calls if c[0] == "add_files"}
+    expected = _sources(scripts.folder / PARAMETERS)
+    top_files = (TOP_SOURCE, TOP_TESTBENCH)
+    unnamed = [p for p, tb in expected if (p, tb) not in added]
+    checks.append(Check("every source is added", not unnamed,
+                        f"{len(expected)} files: the top, the kernel headers, {PARAMETERS}, "
+                        f"the testbench (-tb)" if not unnamed else
+                        "not added (or -tb wrong): " + ", ".join(p.name for p in unnamed)))
     missing = [p for p in dict.fromkeys(named) if not p.is_file() and p not in top_files]
     checks.append(Check("every other named file exists", not missing,
                         f"{len(set(named))} files named" if not missing
                         else "missing: " + ", ".join(map(str, missing))))
-    top_missing = [p for p in dict.fromkeys(top_files) if not p.is_file()]
+    top_missing = [p for p in top_files if not p.is_file()]
     checks.append(Check(
-        "the HLS top exists", bool(top_files) and not top_missing,
+        "the HLS top exists", not top_missing,
         f"{TOP} in {TOP_SOURCE.name}" if not top_missing else
         "the HLS top is not written yet: " + ", ".join(
             str(p.relative_to(SRC_DIR.parent.parent)) for p in top_missing)

@@ -74,6 +74,10 @@ def test_vpp_command(tmp_path):
     ("zcu102", S.TCL, "-period 5.000", "-period 4.000", "clock"),
     ("zcu102", S.TCL, "-format ip_catalog", "-format xo", "export_design -format ip_catalog"),
     ("zcu102", S.TCL, "moevit_gelu.h}", "moevit_gelu_x.h}", "every other named file exists"),
+    ("zcu102", S.TCL, "add_files {" + str(S.INCLUDE_DIR / "moevit_moe.h"), "add_files -tb {"
+     + str(S.INCLUDE_DIR / "moevit_moe.h"), "every source is added"),
+    ("zcu104", S.TCL, "add_files -tb {" + str(S.TOP_TESTBENCH) + "} -cflags {",
+     "# ", "every source is added"),
     ("zcu102", S.TCL, "csim_design\ncsynth_design", "csynth_design\ncsim_design", "flow order"),
     ("u280", S.VPP_SCRIPT, "xilinx_u280_gen3x16_xdma_1_202211_1", "xilinx_u250", "v++ -c to an .xo"),
     ("u280", S.CFG, "clock=250000000", "clock=300000000", "v++ -c to an .xo"),
@@ -119,7 +123,7 @@ def test_cli_dry_run(tmp_path, capsys):
     code = main(["hls", "scripts", "--board", "u280", "-o", str(tmp_path), "--dry-run"])
     out = capsys.readouterr().out
     assert code == (0 if TOP_WRITTEN else 1)
-    assert re.search(r"^dry run of u280: (9|10) of 10 checks pass$", out, re.M)
+    assert re.search(r"^dry run of u280: (10|11) of 11 checks pass$", out, re.M)
     if not TOP_WRITTEN:
         assert re.search(r"^FAIL the HLS top exists: the HLS top is not written yet: "
                          r"hls/src/top\.cpp", out, re.M)

@@ -6,16 +6,18 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.moevit-installed
 CONFIG ?= tiny
+BOARD  ?= zcu102
 SIM    ?= icarus
 PYTEST ?= $(BIN)/python -m pytest
 
-.PHONY: help install sysdeps demo test test-all sim hls-csim clean
+.PHONY: help install sysdeps demo test test-all sim hls-csim hls-synth clean
 
 help:
 	@echo "make demo     train, evaluate and quantize the '$(CONFIG)' config on the synthetic set"
 	@echo "make test     the test suite (fast part of the simulations included)"
 	@echo "make sim      all cocotb simulations (SIM=icarus|verilator)"
 	@echo "make hls-csim the HLS kernels' C simulations (g++) against the golden model"
+	@echo "make hls-synth the Vitis HLS / v++ scripts of the HLS top for BOARD=$(BOARD), then the AMD tool"
 	@echo "make test-all every test, the slow simulations included"
 	@echo "make clean    remove build/"
 
@@ -30,11 +32,13 @@ $(STAMP): pyproject.toml
 install: $(STAMP) sysdeps
 
 # System packages: Icarus Verilog for the cocotb simulations, a C compiler for
-# the register map's C header test (and Verilator's builds).
+# the register map's C header test (and Verilator's builds), tclsh for the
+# HLS scripts' dry run.
 sysdeps:
 	@missing=""; command -v iverilog >/dev/null || missing="$$missing iverilog"; \
 	  command -v cc >/dev/null || missing="$$missing gcc"; \
 	  command -v g++ >/dev/null || missing="$$missing g++"; \
+	  command -v tclsh >/dev/null || missing="$$missing tcl"; \
 	  [ -z "$$missing" ] || { \
 	  echo "installing$$missing (apt-get)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -54,6 +58,9 @@ sim: install
 
 hls-csim: install
 	$(BIN)/moevit hls csim --config $(CONFIG)
+
+hls-synth: install
+	$(BIN)/moevit hls synth --config $(CONFIG) --board $(BOARD)
 
 clean:
 	rm -rf build

@@ -31,8 +31,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) sysdeps
 
-# System packages: Icarus Verilog for the cocotb simulations, a C compiler for
-# the register map's C header test (and Verilator's builds), tclsh for the
+# System packages: Icarus Verilog for the cocotb simulations, C and C++ compilers for
+# the register map's C header test, Verilator's builds and the HLS C simulation, tclsh for the
 # HLS scripts' dry run.
 sysdeps:
 	@missing=""; command -v iverilog >/dev/null || missing="$$missing iverilog"; \

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["run_top", "expected_runs", "BUFFERS", "TOPLEVEL"]
+__all__ = ["run_top", "expected_runs", "output_bytes", "BUFFERS", "TOPLEVEL"]
 
 TOPLEVEL = "moevit_top"
 
@@ -93,6 +93,12 @@ def run_top(program, runs, *, test_id, simulator=None, memory_pauses="none", see
         run["scratch"] = np.fromfile(result.output(f"run{k}-scratch.bin"), np.uint8)
         run["seconds"] = result.seconds
     return summary
+
+
+def output_bytes(program, task) -> int:
+    """Bytes of ``task``'s output (its head's int8 tensor) at the start of the output
+    region; the rest of the region is another task's."""
+    return int(np.prod(program.tasks[task]["output_shape"]))
 
 
 def expected_runs(program, runs):

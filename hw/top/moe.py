@@ -26,18 +26,18 @@ they read or write is a multiple of the bus width in bytes, and COMBINE's
 ``dim`` is a multiple of the kernel's ``cols`` lanes (as every model's width
 is: ``cols`` divides the head width). A descriptor that breaks a rule is
 refused with its :class:`~moevit.hw.program.descriptor.Fault` (``SHAPE`` for
-sizes and placement, ``CONSTANT`` for constants, ``OPCODE``) and ``done``
-follows in the next cycle, nothing read or written.
+sizes, ``ALIGN`` for an address off the bus word, ``CONSTANT`` for constants,
+``OPCODE``) and ``done`` follows in the next cycle, nothing read or written.
 """
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.wiring import In, Out
 from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
 
 from moevit.hw.config import HwConfig
-from moevit.hw.program.descriptor import FAULT_WIDTH, Fault, fault_code, shift_out_of_range
-from moevit.hw.program.descriptor import LinearDescriptor
+from moevit.hw.program.descriptor import (Fault, LinearDescriptor, fault_code,
+                                          shift_out_of_range)
 from moevit.hw.program.isa import CombineDescriptor, ExpertDescriptor, RouteDescriptor
 from moevit.hw.top.movers import Repack
 from moevit.hw.top.ports import IndexPort, engine_members, linear_job_layout
@@ -133,8 +133,8 @@ class RouteEngine(wiring.Component):
         return fault_code([
             (Fault.OPCODE, r.opcode != RouteDescriptor.OPCODE),
             (Fault.SHAPE, (r.tokens == 0) | (r.tokens > hw.max_tokens) | (r.experts == 0)
-             | (r.experts > hw.cols) | (r.top_k == 0) | (r.top_k > r.experts)
-             | _misaligned(hw, r.logits_addr, r.topk_addr, r.weights_addr)),
+             | (r.experts > hw.cols) | (r.top_k == 0) | (r.top_k > r.experts)),
+            (Fault.ALIGN, _misaligned(hw, r.logits_addr, r.topk_addr, r.weights_addr)),
             (Fault.CONSTANT, (p.mult == 0) | shift_out_of_range(p.shift)),
         ])
 
@@ -314,8 +314,8 @@ class ExpertEngine(wiring.Component):
         return fault_code([
             (Fault.OPCODE, p.opcode != ExpertDescriptor.OPCODE),
             (Fault.SHAPE, (p.tokens == 0) | (p.tokens > hw.max_tokens) | (p.top_k == 0)
-             | (p.dim == 0) | (p.dim > hw.max_in) | (p.hidden == 0) | (p.hidden > hw.max_in)
-             | _misaligned(hw, p.topk_addr)),
+             | (p.dim == 0) | (p.dim > hw.max_in) | (p.hidden == 0) | (p.hidden > hw.max_in)),
+            (Fault.ALIGN, _misaligned(hw, p.topk_addr)),
             (Fault.CONSTANT, (p.gelu_b == 0) | (p.gelu_c == 0) | (p.gelu_mult == 0)
              | shift_out_of_range(p.gelu_shift)),
         ])
@@ -435,8 +435,8 @@ class CombineEngine(wiring.Component):
         return fault_code([
             (Fault.OPCODE, p.opcode != CombineDescriptor.OPCODE),
             (Fault.SHAPE, (p.tokens == 0) | (p.top_k == 0) | (p.dim == 0) | (p.dim > hw.max_in)
-             | (p.dim % hw.cols != 0)
-             | _misaligned(hw, p.weights_addr, p.slots_addr, p.skip_addr, p.y_addr)),
+             | (p.dim % hw.cols != 0)),
+            (Fault.ALIGN, _misaligned(hw, p.weights_addr, p.slots_addr, p.skip_addr, p.y_addr)),
             (Fault.CONSTANT, (p.mult == 0) | shift_out_of_range(p.shift) | (p.res_mult_y == 0)
              | (p.res_mult_skip == 0) | shift_out_of_range(p.res_shift)),
         ])

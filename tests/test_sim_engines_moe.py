@@ -9,10 +9,17 @@ shows), and random instructions back to back (random shapes, gate rules,
 constants at their extremes, logits with ties, experts no token chose, refused
 descriptors between them), under random memory stalls and descriptor gaps.
 
-Fast (``make test``, Icarus): the tiny program, one random sequence each.
-Slow (``make sim``, ``$SIM``, Verilator by default here): random design points
-(bus width, lanes, tokens), ``MOEVIT_MOE_ENGINE_POINTS`` of them (default 6).
-Every seed is printed; ``MOEVIT_SEED=<seed>`` replays it.
+EXPERT is checked alone (Amaranth's simulator, the linear engine played by the
+bench: its jobs against ``ExpertDescriptor.linears(n)``, its index answers against
+``np.nonzero``, no job for an expert no token chose) and with the linear engine
+(:class:`ExpertWithLinear`: the whole image against ``interpreter.EXPERT`` and the
+read bursts, so that no weight of an unchosen expert is fetched). The bench records every
+read burst: ROUTE and COMBINE must read exactly their operands.
+
+Fast (``make test``, Icarus): the tiny program and one random sequence per engine.
+Slow (``make sim``, ``$SIM``, Verilator by default here): the second task, random
+design points (bus width, lanes, tokens), ``MOEVIT_MOE_ENGINE_POINTS`` of them
+(default 6). Every seed is printed; ``MOEVIT_SEED=<seed>`` replays it.
 """
 
 import functools
@@ -21,6 +28,8 @@ import random
 
 import numpy as np
 import pytest
+from amaranth.hdl import Module, Mux
+from amaranth.lib import wiring
 
 from moevit.hw.config import DEFAULT_HW, HwConfig
 from moevit.hw.program.compiler import compile_program
@@ -30,7 +39,8 @@ from moevit.hw.program.isa import (TASK_ENTRY_BYTES, CombineDescriptor, ExpertDe
                                    RouteDescriptor, TaskEntry)
 from moevit.hw.top import movers
 from moevit.hw.top.moe import CombineEngine, ExpertEngine, RouteEngine, route_job_layout
-from moevit.hw.top.ports import linear_job_layout
+from moevit.hw.top.linear_engine import LinearEngine
+from moevit.hw.top.ports import engine_members, linear_job_layout
 from moevit.model.integer import golden, intops
 from moevit.sim.benches.engines import run_engine
 from moevit.sim.moe_cases import random_logits
@@ -103,9 +113,10 @@ def route_job(d, entry, **faults):
     return image | entry.mult << layout["mult"].offset | entry.shift << layout["shift"].offset
 
 
-def _run(engine, hw, memory, payloads, test_id, seed, simulator=None):
+def _run(engine, hw, memory, payloads, test_id, seed, simulator=None, **options):
     got, summary = run_engine(engine, hw, memory, payloads, test_id=test_id, seed=seed,
-                              simulator=simulator, gaps="random", memory_pauses="random")
+                              simulator=simulator, gaps="random", memory_pauses="random",
+                              **options)
     print(f"{test_id}: cycles {summary['cycles']}, {summary['seconds']:.1f} s")
     return got, summary
 
@@ -215,7 +226,7 @@ def _route_fault(hw, rng):
     options = [(Fault.OPCODE, {"opcode": 8}), (Fault.SHAPE, {"experts": hw.cols + 1}),
                (Fault.SHAPE, {"top_k": 0}), (Fault.SHAPE, {"tokens": hw.max_tokens + 1})]
     if hw.bus_width > 8:
-        options.append((Fault.SHAPE, {"weights_addr": 1}))
+        options.append((Fault.ALIGN, {"weights_addr": 1}))
     return options[int(rng.integers(len(options)))]
 
 
@@ -314,7 +325,7 @@ def random_experts(hw, rng):
     bad = [(Fault.OPCODE, {"opcode": 9}), (Fault.SHAPE, {"tokens": hw.max_tokens + 1}),
            (Fault.SHAPE, {"hidden": hw.max_in + 1}), (Fault.CONSTANT, {"gelu_shift": 0})]
     if hw.bus_width > 8:
-        bad.append((Fault.SHAPE, {"topk_addr": topk_addr + 1}))
+        bad.append((Fault.ALIGN, {"topk_addr": topk_addr + 1}))
     fault, image = bad[int(rng.integers(len(bad)))]
     at = int(rng.integers(len(payloads) + 1))
     payloads.insert(at, d.to_int_with(**image))
@@ -427,7 +438,8 @@ def test_expert_jobs_tiny_program():
     for k, d in enumerate(experts):
         topk = memory[d.topk_addr:d.topk_addr + d.tokens * d.top_k].reshape(d.tokens, d.top_k)
         assert got[k] == (Fault.NONE, *linear_jobs(d, topk)), f"EXPERT {k} (expert {d.expert})"
-    print(f"tiny EXPERTs: {sum(not jobs for _, jobs, _, _ in got)} of {len(got)} chosen by no token")
+    unchosen = sum(not jobs for _, jobs, _, _ in got)
+    print(f"tiny EXPERTs: {unchosen} of {len(got)} chosen by no token")
 
 
 @pytest.mark.parametrize("point", ["tiny", 7, 8])
@@ -441,6 +453,96 @@ def test_expert_jobs_and_lists(point):
     got = simulate_expert_alone(hw, memory, payloads, seed)
     for k, (mine, theirs) in enumerate(zip(got, want)):
         assert mine == theirs, f"EXPERT {k} of seed {seed} on {hw}"
+
+
+# EXPERT with the linear engine --------------------------------------------------------------
+class ExpertWithLinear(wiring.Component):
+    """:class:`ExpertEngine` and :class:`LinearEngine` joined as the top joins them (the
+    jobs, the index ports, ``job_done`` from the linear engine's ``done``): one engine
+    for the bench. Read channel 0 is the EXPERT engine's (``topk``), 1.. the linear
+    engine's; the write channel is the linear engine's."""
+
+    def __init__(self, hw):
+        self.expert, self.linear = ExpertEngine(hw), LinearEngine(hw)
+        super().__init__(engine_members(ExpertDescriptor.layout(), hw.bus_width,
+                                        ExpertEngine.READS + LinearEngine.READS))
+
+    def elaborate(self, platform):
+        m = Module()
+        expert = m.submodules.expert = self.expert
+        linear = m.submodules.linear = self.linear
+        wiring.connect(m, wiring.flipped(self.desc), expert.desc)
+        channels = list(expert.rd) + list(linear.rd)
+        for inner, outer in zip(channels, self.rd):
+            wiring.connect(m, inner, wiring.flipped(outer))
+        wiring.connect(m, linear.wr, wiring.flipped(self.wr))
+        wiring.connect(m, expert.job, linear.desc)
+        wiring.connect(m, linear.x_index, expert.x_index)
+        wiring.connect(m, linear.y_index, expert.y_index)
+        m.d.comb += [expert.job_done.eq(linear.done), self.done.eq(expert.done),
+                     self.busy.eq(expert.busy | linear.busy),
+                     self.error.eq(Mux(expert.error != 0, expert.error, linear.error))]
+        return m
+
+
+def check_expert_reads(program, reads, experts, memory, what):
+    """EXPERT ``k`` read its routing (channel 0, exactly) and, when some token chose
+    its expert, only its own operands (x, its weights and constants, its hidden rows)
+    on the linear engine's channels, its two weight tensors among them; an expert no
+    token chose read nothing else: its weights were never fetched."""
+    hw = program.hw
+    for k, (bursts, d) in enumerate(zip(reads, experts)):
+        topk = memory[d.topk_addr:d.topk_addr + d.tokens * d.top_k].reshape(d.tokens, d.top_k)
+        routing = [[0, at, beats * hw.bus_width // 8]
+                   for at, beats in movers.bursts(d.topk_addr, d.tokens * d.top_k, hw.bus_width)]
+        assert [b for b in bursts if b[0] == 0] == routing, f"{what}: EXPERT {k}'s routing"
+        linear = [b for b in bursts if b[0] != 0]
+        if not (topk == d.expert).any():
+            assert linear == [], f"{what}: EXPERT {k} (expert {d.expert}, no token) fetched"
+            continue
+        own = {name: program.layout.at(getattr(d, name)) for name in (
+            "x_addr", "fc1_w_addr", "fc1_chan_addr", "fc2_w_addr", "fc2_chan_addr",
+            "hidden_addr")}
+        for _, at, size in linear:
+            assert any(r.offset <= at and at + size <= r.end for r in own.values()), \
+                f"{what}: EXPERT {k} read {size} bytes at {at:#x}, not its own operand"
+        for name in ("fc1_w_addr", "fc2_w_addr"):
+            r = own[name]
+            assert any(r.offset <= at < r.end for _, at, _ in linear), \
+                f"{what}: EXPERT {k} never read its {name[:-5]}"
+
+
+@pytest.mark.parametrize("task, few", [(0, True), pytest.param(0, False, marks=pytest.mark.slow),
+                                       pytest.param(1, False, marks=pytest.mark.slow)])
+def test_expert_with_linear_tiny_program(task, few):
+    """The tiny program's 16 EXPERTs (``few``: its expert with the fewest tokens and one
+    no token chose) and a refused one, back to back, on the EXPERT and the linear engine:
+    the hidden rows and the slots equal the interpreter's, byte for byte, and the weights
+    of experts no token chose are never read."""
+    seed = _seed()
+    hw, memory, experts = _tiny_case("EXPERT", task, seed)
+    program, _ = _tiny_state(task)
+    if few:
+        counts = [int((memory[d.topk_addr:d.topk_addr + d.tokens * d.top_k] == d.expert).sum())
+                  for d in experts]
+        fewest = min((c, k) for k, c in enumerate(counts) if c)[1]
+        experts = [experts[fewest]] + [d for d, c in zip(experts, counts) if not c][:1]
+    payloads = [d.to_int() for d in experts]
+    at = np.random.default_rng(seed).integers(len(payloads) + 1)
+    payloads.insert(at, experts[0].to_int_with(topk_addr=experts[0].topk_addr + 1))
+    faults = [Fault.NONE] * len(experts)
+    faults.insert(at, Fault.ALIGN)
+    want = memory.copy()
+    run_instructions(want, hw, experts, task)
+    got, summary = _run(ExpertWithLinear(hw), hw, memory, payloads,
+                        f"engine-expert-tiny-{task}-{'few' if few else 'all'}", seed,
+                        simulator=None if few else _slow_simulator())
+    what = f"tiny EXPERTs (seed {seed})"
+    assert summary["errors"] == [int(f) for f in faults], what
+    _compare(got, want, what)
+    reads = summary["reads"]
+    assert reads.pop(at) == [], f"{what}: the refused EXPERT read"
+    check_expert_reads(program, reads, experts, memory, what)
 
 
 # COMBINE --------------------------------------------------------------------------------------
@@ -496,7 +598,7 @@ def random_combines(hw, mem, count, most_tokens=40):
             if hw.cols > 1:
                 options.append((Fault.SHAPE, {"dim": dim - 1}))
             if hw.bus_width > 8:
-                options.append((Fault.SHAPE, {"slots_addr": d.slots_addr + 1}))
+                options.append((Fault.ALIGN, {"slots_addr": d.slots_addr + 1}))
             fault, fields = options[int(rng.integers(len(options)))]
             payloads.append(d.to_int_with(**fields))
             faults.append(fault)

@@ -26,18 +26,18 @@ they read or write is a multiple of the bus width in bytes, and COMBINE's
 ``dim`` is a multiple of the kernel's ``cols`` lanes (as every model's width
 is: ``cols`` divides the head width). A descriptor that breaks a rule is
 refused with its :class:`~moevit.hw.program.descriptor.Fault` (``SHAPE`` for
-sizes and placement, ``CONSTANT`` for constants, ``OPCODE``) and ``done``
-follows in the next cycle, nothing read or written.
+sizes, ``ALIGN`` for an address off the bus word, ``CONSTANT`` for constants,
+``OPCODE``) and ``done`` follows in the next cycle, nothing read or written.
 """
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.wiring import In, Out
 from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
 
 from moevit.hw.config import HwConfig
-from moevit.hw.program.descriptor import FAULT_WIDTH, Fault, fault_code, shift_out_of_range
-from moevit.hw.program.descriptor import LinearDescriptor
+from moevit.hw.program.descriptor import (Fault, LinearDescriptor, fault_code,
+                                          shift_out_of_range)
 from moevit.hw.program.isa import CombineDescriptor, ExpertDescriptor, RouteDescriptor
 from moevit.hw.top.movers import Repack
 from moevit.hw.top.ports import IndexPort, engine_members, linear_job_layout
@@ -133,8 +133,8 @@ class RouteEngine(wiring.Component):
         return fault_code([
             (Fault.OPCODE, r.opcode != RouteDescriptor.OPCODE),
             (Fault.SHAPE, (r.tokens == 0) | (r.tokens > hw.max_tokens) | (r.experts == 0)
-             | (r.experts > hw.cols) | (r.top_k == 0) | (r.top_k > r.experts)
-             | _misaligned(hw, r.logits_addr, r.topk_addr, r.weights_addr)),
+             | (r.experts > hw.cols) | (r.top_k == 0) | (r.top_k > r.experts)),
+            (Fault.ALIGN, _misaligned(hw, r.logits_addr, r.topk_addr, r.weights_addr)),
             (Fault.CONSTANT, (p.mult == 0) | shift_out_of_range(p.shift)),
         ])
 
@@ -314,8 +314,8 @@ class ExpertEngine(wiring.Component):
         return fault_code([
             (Fault.OPCODE, p.opcode != ExpertDescriptor.OPCODE),
             (Fault.SHAPE, (p.tokens == 0) | (p.tokens > hw.max_tokens) | (p.top_k == 0)
-             | (p.dim == 0) | (p.dim > hw.max_in) | (p.hidden == 0) | (p.hidden > hw.max_in)
-             | _misaligned(hw, p.topk_addr)),
+             | (p.dim == 0) | (p.dim > hw.max_in) | (p.hidden == 0) | (p.hidden > hw.max_in)),
+            (Fault.ALIGN, _misaligned(hw, p.topk_addr)),
             (Fault.CONSTANT, (p.gelu_b == 0) | (p.gelu_c == 0) | (p.gelu_mult == 0)
              | shift_out_of_range(p.gelu_shift)),
         ])
@@ -334,6 +334,13 @@ class ExpertEngine(wiring.Component):
         xr, yr = table.read_port(domain="comb"), table.read_port(domain="comb")
         m.d.comb += [xr.addr.eq(self.x_index.at), self.x_index.row.eq(xr.data.token),
                      yr.addr.eq(self.y_index.at), self.y_index.row.eq(yr.data.row)]
+
+        # The job offered, a register (the fields _linear leaves are 0: a register's
+        # init, where constant drivers would be left undriven by some simulators);
+        # the write channel is unused.
+        job = Signal(linear_job_layout())
+        m.d.comb += [self.job.payload.eq(job), self.wr.req.valid.eq(0),
+                     self.wr.data.valid.eq(0)]
 
         t = Signal(16)                     # token of the byte walked
         s = Signal(8)                      # its slot
@@ -362,24 +369,28 @@ class ExpertEngine(wiring.Component):
                     m.d.comb += self.done.eq(1)
                     m.next = "IDLE"
                 with m.Else():
+                    m.d.sync += job.eq(0)
+                    m.d.sync += job.x_gather.eq(1)
+                    self._linear(m, job.op, n, in_features=d.dim, out_features=d.hidden,
+                                 x_addr=d.x_addr, w_addr=d.fc1_w_addr,
+                                 chan_addr=d.fc1_chan_addr, y_addr=d.hidden_addr, gelu=1,
+                                 gelu_b=d.gelu_b, gelu_c=d.gelu_c, gelu_mult=d.gelu_mult,
+                                 gelu_shift=d.gelu_shift)
                     m.next = "FC1"
             with m.State("FC1"):
-                m.d.comb += [self.job.valid.eq(1), self.job.payload.x_gather.eq(1)]
-                self._linear(m, self.job.payload.op, n, in_features=d.dim,
-                             out_features=d.hidden, x_addr=d.x_addr, w_addr=d.fc1_w_addr,
-                             chan_addr=d.fc1_chan_addr, y_addr=d.hidden_addr, gelu=1,
-                             gelu_b=d.gelu_b, gelu_c=d.gelu_c, gelu_mult=d.gelu_mult,
-                             gelu_shift=d.gelu_shift)
+                m.d.comb += self.job.valid.eq(1)
                 with m.If(self.job.ready):
                     m.next = "FC1_RUN"
             with m.State("FC1_RUN"):
                 with m.If(self.job_done):
+                    m.d.sync += job.eq(0)
+                    m.d.sync += job.y_scatter.eq(1)
+                    self._linear(m, job.op, n, in_features=d.hidden, out_features=d.dim,
+                                 x_addr=d.hidden_addr, w_addr=d.fc2_w_addr,
+                                 chan_addr=d.fc2_chan_addr, y_addr=d.slots_addr)
                     m.next = "FC2"
             with m.State("FC2"):
-                m.d.comb += [self.job.valid.eq(1), self.job.payload.y_scatter.eq(1)]
-                self._linear(m, self.job.payload.op, n, in_features=d.hidden,
-                             out_features=d.dim, x_addr=d.hidden_addr, w_addr=d.fc2_w_addr,
-                             chan_addr=d.fc2_chan_addr, y_addr=d.slots_addr)
+                m.d.comb += self.job.valid.eq(1)
                 with m.If(self.job.ready):
                     m.next = "FC2_RUN"
             with m.State("FC2_RUN"):
@@ -392,14 +403,14 @@ class ExpertEngine(wiring.Component):
         return m
 
     def _linear(self, m, op, n, *, in_features, out_features, **fields):
-        """Drive ``op`` (a :class:`LinearDescriptor` image) with ``n`` tokens, the
-        derived tile counts and ``fields`` (the others 0)."""
+        """Set ``op`` (a :class:`LinearDescriptor` image, a register) to ``n`` tokens,
+        the derived tile counts and ``fields``."""
         hw = self._hw
-        m.d.comb += [op.opcode.eq(LinearDescriptor.OPCODE), op.tokens.eq(n),
+        m.d.sync += [op.opcode.eq(LinearDescriptor.OPCODE), op.tokens.eq(n),
                      op.in_features.eq(in_features), op.out_features.eq(out_features),
                      op.token_tiles.eq((n + hw.rows - 1) // hw.rows),
                      op.out_tiles.eq((out_features + hw.cols - 1) // hw.cols)]
-        m.d.comb += [getattr(op, name).eq(value) for name, value in fields.items()]
+        m.d.sync += [getattr(op, name).eq(value) for name, value in fields.items()]
 
 
 class CombineEngine(wiring.Component):
@@ -435,8 +446,8 @@ class CombineEngine(wiring.Component):
         return fault_code([
             (Fault.OPCODE, p.opcode != CombineDescriptor.OPCODE),
             (Fault.SHAPE, (p.tokens == 0) | (p.top_k == 0) | (p.dim == 0) | (p.dim > hw.max_in)
-             | (p.dim % hw.cols != 0)
-             | _misaligned(hw, p.weights_addr, p.slots_addr, p.skip_addr, p.y_addr)),
+             | (p.dim % hw.cols != 0)),
+            (Fault.ALIGN, _misaligned(hw, p.weights_addr, p.slots_addr, p.skip_addr, p.y_addr)),
             (Fault.CONSTANT, (p.mult == 0) | shift_out_of_range(p.shift) | (p.res_mult_y == 0)
              | (p.res_mult_skip == 0) | shift_out_of_range(p.res_shift)),
         ])

@@ -117,7 +117,7 @@ def test_top_stops_on_bad_input_and_recovers(tiny):
             dict(good, faults=[(BUFFERS["scratch"], BUFFERS["scratch"] + 16, "DECERR")]),
             good,
             dict(good, restart=True)]
-    got = run_top(short, runs, test_id="top-faults", simulator="verilator")
+    got = run_top(short, runs, test_id="top-faults", simulator="verilator", timeout_us=2000)
     codes = {name: ERROR_CODES[name][0] for name in ("opcode", "address", "task", "memory")}
     assert [r["error"] for r in got] == [0, codes["opcode"], 0, codes["address"], codes["task"],
                                          codes["memory"], codes["memory"], 0, 0]

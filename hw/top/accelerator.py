@@ -292,10 +292,16 @@ class Accelerator(wiring.Component):
                 m.d.sync += job_seen.eq(0)
 
         # Errors: a refused descriptor, an address outside the regions, an AXI error.
+        # A mover's failure is an event: its count of failed requests moves (its error
+        # code stays until its next request, which a stopped run never makes).
+        failed = []
+        for k, mover in enumerate([*reads, write]):
+            seen = Signal.like(mover.failures, name=f"failures_seen{k}")
+            m.d.sync += seen.eq(mover.failures)
+            failed.append(seen != mover.failures)
         memory_error, address_error = Signal(), Signal()
-        m.d.sync += [memory_error.eq(memory_error | _any(
-            mover.error.as_value() != 0 for mover in [*reads, write])),
-            address_error.eq(address_error | _any(r.error for r in relocators))]
+        m.d.sync += [memory_error.eq(memory_error | _any(failed)),
+                     address_error.eq(address_error | _any(r.error for r in relocators))]
         with m.If(control.start):
             m.d.sync += [memory_error.eq(0), address_error.eq(0)]
         unsupported = Signal()

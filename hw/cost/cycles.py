@@ -107,14 +107,16 @@ class ProgramCost:
         return self.cycles / (self.clock_mhz * 1e3)
 
     def by_unit(self) -> dict:
-        """Unit -> cycles, instructions, memory-bound instructions."""
+        """Unit -> cycles, instructions, memory-bound instructions and their cycles, bytes."""
         units = {}
         for i in self.instructions:
             u = units.setdefault(i.unit, {"unit": i.unit, "instructions": 0, "cycles": 0,
-                                          "memory_bound": 0, "bytes": 0})
+                                          "memory_bound": 0, "memory_cycles": 0,
+                                          "bytes": 0})
             u["instructions"] += 1
             u["cycles"] += i.cycles
             u["memory_bound"] += i.bound == "memory"
+            u["memory_cycles"] += i.cycles if i.bound == "memory" else 0
             u["bytes"] += i.bytes_read + i.bytes_written
         return units
 

@@ -123,3 +123,21 @@ def test_command_bad_input(capsys, argv, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("moevit: error: ")
     assert re.search(message, err[0])
+
+
+def test_command_on_a_quantized_file_equals_the_config(tmp_path, capsys):
+    """The file of the model ``bench top`` quantizes, and the same image: the same cost."""
+    from moevit.model.config import get_config
+    from moevit.model.data import SyntheticDataset
+    from moevit.model.integer.evaluate import signal_model
+    from moevit.model.integer.quantize import quantize, save_quantized
+
+    model = get_config("tiny")
+    path = tmp_path / "tiny.npz"
+    save_quantized(path, quantize(signal_model(model),
+                                  SyntheticDataset(model, "val", size=9, seed=1).images[:8]))
+    totals = []
+    for source in (["--quantized", str(path)], ["--config", "tiny"]):
+        assert main(["hw", "cost", *source, "--json"]) == 0
+        totals.append([r for r in json.loads(capsys.readouterr().out) if r["name"] == "total"])
+    assert totals[0] == totals[1] and len(totals[0]) == 2

@@ -66,6 +66,7 @@ def register(subparsers):
     cost.add_argument("--per-instruction", action="store_true",
                       help="one row per instruction (default: one row per unit)")
     cost.add_argument("--json", action="store_true", help="one JSON list of rows")
+    cost.add_argument("--quiet", action="store_true", help="no progress bar")
     cost.set_defaults(handler=_cost)
 
 
@@ -205,7 +206,8 @@ def _cost(args):
     from moevit.hw.cost.report import cost_rows, print_cost
 
     rows = cost_rows(quantized=args.quantized, config=args.config, task=args.task,
-                     board=args.board, per_instruction=args.per_instruction)
+                     board=args.board, per_instruction=args.per_instruction,
+                     progress=not args.quiet)
     if args.json:
         print(json.dumps(rows))
     else:

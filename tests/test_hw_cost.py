@@ -62,7 +62,8 @@ def test_instructions_against_the_engines_figures(tiny):
             seen.add(d.MNEMONIC)
             want = ENGINE_FIGURES[d.MNEMONIC](d)
             error = i.compute / want - 1
-            print(f"\n{d.MNEMONIC:<10} predicted {i.compute:>7,} vs engine {want:>7,}: {error:+.3%}")
+            print(f"\n{d.MNEMONIC:<10} predicted {i.compute:>7,} vs engine {want:>7,}: "
+                  f"{error:+.3%}")
             assert abs(error) < 0.05
     assert seen == set(ENGINE_FIGURES)
 

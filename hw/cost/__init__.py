@@ -1,1 +1,2 @@
-"""The cost model of a compiled program (cycles per instruction) and, later, the design-space search."""
+"""The cost model of a compiled program (cycles per instruction); the design-space search
+to come."""

@@ -38,7 +38,8 @@ def _tasks(program, task):
     raise ConfigError(f"Unknown task {task!r}; the program's tasks: {', '.join(names)}")
 
 
-def cost_rows(*, quantized=None, config=None, task=None, board=None, per_instruction=False):
+def cost_rows(*, quantized=None, config=None, task=None, board=None, per_instruction=False,
+              progress=False):
     """One row per unit (or per instruction) and task, then a ``total`` row per task."""
     from moevit.hw.boards import get_board
     from moevit.hw.cost.cycles import board_bandwidth, program_cycles
@@ -49,7 +50,7 @@ def cost_rows(*, quantized=None, config=None, task=None, board=None, per_instruc
     bandwidth = board_bandwidth(board, hw) if board else None
     rows = []
     for t in _tasks(program, task):
-        cost = program_cycles(program, image, t, bandwidth=bandwidth)
+        cost = program_cycles(program, image, t, bandwidth=bandwidth, progress=progress)
         common = {"task": program.tasks[t]["name"], "board": board.name if board else None,
                   "bandwidth": round(cost.bandwidth, 3)}
         total = cost.cycles

@@ -109,9 +109,17 @@ def test_bad_bandwidth(tiny, bandwidth):
         program_cycles(*tiny, 0, bandwidth=bandwidth)
 
 
-def test_bad_task(tiny):
-    with pytest.raises(ProgramError, match=r"^Task 2 is not one of the program's 2 tasks"):
-        program_cycles(*tiny, 2)
+@pytest.mark.parametrize("task", [2, -1])
+def test_bad_task(tiny, task):
+    with pytest.raises(ProgramError, match=rf"^Task {task} is not one of the program's 2 tasks"):
+        program_cycles(*tiny, task)
+
+
+def test_bad_image(tiny):
+    program, image = tiny
+    with pytest.raises(ProgramError, match=r"^Input image must be int8 of shape \(3, 64, 64\), "
+                                           r"not int16 \(3, 64, 64\)"):
+        program_cycles(program, image.astype(np.int16), 0)
 
 
 def test_command_json_and_table(capsys):

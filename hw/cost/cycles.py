@@ -40,6 +40,7 @@ from moevit.errors import ConfigError
 from moevit.hw.program.descriptor import MoeDescriptor
 from moevit.hw.program.interpreter import run_instructions
 from moevit.hw.program.isa import TASK_ENTRY_BYTES, TaskEntry
+from moevit.hw.program.program import ProgramError
 
 __all__ = ["InstructionCost", "ProgramCost", "program_cycles", "board_bandwidth", "LINEAR_TAIL",
            "EXPERT_ROW_CYCLES", "ATTENTION_TAIL_FIXED", "attention_tail", "LAYERNORM_TAIL",
@@ -206,8 +207,6 @@ def program_cycles(program, image, task, *, bandwidth=None, progress=False) -> P
     ProgramError
         The task is not one of the program's, or the image is not the program's input.
     """
-    from moevit.hw.program.interpreter import run_image
-
     hw = program.hw
     if bandwidth is None:
         bandwidth = hw.bus_width / 8
@@ -215,11 +214,14 @@ def program_cycles(program, image, task, *, bandwidth=None, progress=False) -> P
             or not np.isfinite(bandwidth) or bandwidth <= 0:
         raise ConfigError(f"Bandwidth must be a positive number of bytes per cycle, not "
                           f"{bandwidth!r}")
-    # Checks the task and the image, and gives the memory image before the run.
-    run_image(program, image, task)
+    if not 0 <= task < len(program.tasks):
+        raise ProgramError(f"Task {task} is not one of the program's {len(program.tasks)} tasks")
+    region, image = program.layout["input"], np.asarray(image)
+    if image.dtype != np.int8 or image.shape != region.shape:
+        raise ProgramError(f"Input image must be int8 of shape {region.shape}, not "
+                           f"{image.dtype} {image.shape}")
     memory = program.memory_image()
-    region = program.layout["input"]
-    memory[region.offset:region.end] = np.asarray(image).reshape(-1).view(np.uint8)
+    memory[region.offset:region.end] = image.reshape(-1).view(np.uint8)
     costs = []
     steps = tqdm(program.instructions, desc=f"cost task {task}", unit="instr", disable=not progress,
                  dynamic_ncols=True)

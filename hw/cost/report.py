@@ -40,7 +40,8 @@ def _tasks(program, task):
 
 def cost_rows(*, quantized=None, config=None, task=None, board=None, per_instruction=False,
               progress=False):
-    """One row per unit (or per instruction) and task, then a ``total`` row per task."""
+    """One row per unit (or per instruction: also its compute and memory cycles and its
+    bytes read and written) and task, then a ``total`` row per task with the latency."""
     from moevit.hw.boards import get_board
     from moevit.hw.cost.cycles import board_bandwidth, program_cycles
 
@@ -63,9 +64,7 @@ def cost_rows(*, quantized=None, config=None, task=None, board=None, per_instruc
                           u["cycles"] else "compute")
                      for u in cost.by_unit().values()]
         for p in parts:
-            rows.append(dict(common, **{k: p[k] for k in ("name", "instructions", "cycles",
-                                                          "bound", "memory_bound", "bytes")},
-                             share=p["cycles"] / total))
+            rows.append(dict(common, **p, share=p["cycles"] / total))
         bound = sum(i.cycles for i in cost.instructions if i.bound == "memory")
         rows.append(dict(common, name="total", instructions=len(cost.instructions),
                          cycles=total, bound="memory" if 2 * bound > total else "compute",

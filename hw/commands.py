@@ -1,5 +1,5 @@
 """Sub-commands of the hardware area: ``hw generate``, ``hw estimate``, ``hw compile``,
-``hw disassemble``, ``hw boards``, ``bench linear``, ``bench attention``, ``bench top``."""
+``hw disassemble``, ``hw boards``, ``hw cost``, ``bench linear``, ``bench attention``, ``bench top``."""
 
 import json
 
@@ -53,6 +53,21 @@ def register(subparsers):
     boards.add_argument("--sources", action="store_true", help="each figure's source, board by board")
     boards.add_argument("--json", action="store_true", help="one JSON list of rows")
     boards.set_defaults(handler=_boards)
+
+    cost = commands.add_parser(
+        "cost", help="predicted cycles of a compiled program, per instruction and per unit "
+                     "(compute or memory bound), and its latency")
+    source = cost.add_mutually_exclusive_group(required=True)
+    source.add_argument("--quantized", help="a quantized-model file (.npz)")
+    source.add_argument("--config", help="a model config, quantized as `moevit bench top` does")
+    cost.add_argument("--task", default=None, help="task name or index (default: every task)")
+    cost.add_argument("--board", default=None,
+                      help="a board's memory bandwidth (default: one bus word a cycle)")
+    cost.add_argument("--per-instruction", action="store_true",
+                      help="one row per instruction (default: one row per unit)")
+    cost.add_argument("--json", action="store_true", help="one JSON list of rows")
+    cost.add_argument("--quiet", action="store_true", help="no progress bar")
+    cost.set_defaults(handler=_cost)
 
 
 def register_bench(benches):
@@ -185,6 +200,18 @@ def _boards(args):
                       ("MHz", "clock_mhz", ">5", "g"), ("  host", "host_text", "<9", ""),
                       ("Vitis platform", "platform", "<36", "")],
                "(whole-device resources; peak memory bandwidth; sources: moevit hw boards --sources)")
+
+
+def _cost(args):
+    from moevit.hw.cost.report import cost_rows, print_cost
+
+    rows = cost_rows(quantized=args.quantized, config=args.config, task=args.task,
+                     board=args.board, per_instruction=args.per_instruction,
+                     progress=not args.quiet)
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        print_cost(rows)
 
 
 def _bench_linear(args):

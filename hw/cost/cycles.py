@@ -1,0 +1,234 @@
+"""Cycles of a compiled program, instruction by instruction.
+
+The top runs one instruction at a time: the next starts when the previous
+one's writes are answered. An instruction therefore costs
+
+    max(compute, memory) + ISSUE_CYCLES
+
+* ``compute``: the unit's exact model from its descriptor
+  (``expected_cycles()`` of the linear kernel, attention, LayerNorm) plus the
+  engine's measured overhead around the kernel (a named constant below, with
+  the figure it came from);
+* ``memory``: the bytes the instruction reads (the interpreter's read log,
+  so an EXPERT no token chose reads only its routing) and writes (its
+  output, from the descriptor) over ``bandwidth`` bytes per cycle, reads and
+  writes sharing it (a board's DDR does; on the bus's own two channels this
+  is conservative);
+* ``ISSUE_CYCLES``: the sequencer's fetch and hand-over, fitted once (see
+  below).
+
+Where the figures come from (Verilator co-simulation of the whole ``tiny``
+program, one image, no memory stalls, the program and image of ``moevit
+bench top``; ``cycles`` and the per-unit ``busy`` registers), per task
+(0 semseg, 1 depth): cycles 464,993 / 453,279; busy linear 246,785 /
+235,063, attention 142,504 / 142,504, LayerNorm 58,551 / 58,551, moe
+86,860 / 87,442. The constants were fitted on task 0 only; task 1 is the
+check (``tests/test_hw_cost.py`` prints both errors). No figure exists yet
+for ROUTE and COMBINE alone: ROUTE is the MoE unit's gate stage token by
+token (``MoeDescriptor.token_cycles``), COMBINE ``cols`` lanes of a row a
+cycle, both checked only through the moe unit's busy total (within 0.4 %).
+Every figure is of ``tiny`` at one bus word a cycle; larger models and
+narrower memories are extrapolations until ``bench top`` measures them.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from moevit.errors import ConfigError
+from moevit.hw.program.descriptor import MoeDescriptor
+from moevit.hw.program.interpreter import run_instructions
+from moevit.hw.program.isa import TASK_ENTRY_BYTES, TaskEntry
+from moevit.hw.program.program import ProgramError
+
+__all__ = ["InstructionCost", "ProgramCost", "program_cycles", "board_bandwidth", "LINEAR_TAIL",
+           "EXPERT_ROW_CYCLES", "ATTENTION_TAIL_FIXED", "attention_tail", "LAYERNORM_TAIL",
+           "PATCHIFY_TAIL", "ISSUE_CYCLES"]
+
+#: The LINEAR engine ends exactly 12 cycles after the kernel's ``expected_cycles`` on
+#: every tiny job without memory stalls (the linear engine's report, commit 2dfbf3e).
+LINEAR_TAIL = 12
+#: An expert's two jobs gather fc1's rows and scatter fc2's one by one: per routed token
+#: this many cycles more. Fitted: task 0's linear busy 246,785 - the kernel models of its
+#: 16 linear instructions and 12 expert jobs (243,242) - 28 x LINEAR_TAIL = 3,207 over its
+#: 260 routed (token, slot) pairs (task 1 gives 2,819: 10.8 a pair).
+EXPERT_ROW_CYCLES = 12
+#: Per attention instruction, over the kernel's model: one cycle per token per head and a
+#: few fixed (busy attention 142,504 vs the model's 141,440 over tiny's four
+#: attentions of 65 tokens x 4 heads: 266 each = 4 x 65 + 6).
+ATTENTION_TAIL_FIXED = 6
+
+
+def attention_tail(d) -> int:
+    """The attention engine's cycles over the kernel's model for descriptor ``d``."""
+    return d.heads * d.tokens + ATTENTION_TAIL_FIXED
+
+
+#: Per LayerNorm instruction over ``expected_cycles`` (busy LayerNorm 58,551 vs the
+#: model's 58,212 over tiny's 9 instructions; the engine bench alone said about +9).
+LAYERNORM_TAIL = 38
+#: PATCHIFY emits one run of ``min(patch, bus bytes)`` a cycle; the rest of tiny's
+#: measured 1,659 cycles (1,536 of runs) is its loader's first block and the drain.
+PATCHIFY_TAIL = 123
+#: The sequencer's cost per instruction (fetch, issue, waiting for the last write's
+#: answer), fitted on the whole of task 0: (464,993 - the rest of the model's 462,089) / 51
+#: instructions = 56.9.
+ISSUE_CYCLES = 57
+
+
+@dataclass
+class InstructionCost:
+    """One instruction: what runs, on which unit, and its cycles."""
+
+    index: int
+    mnemonic: str
+    unit: str
+    compute: int
+    memory: int
+    bytes_read: int
+    bytes_written: int
+    cycles: int          # max(compute, memory) + ISSUE_CYCLES
+
+    @property
+    def bound(self) -> str:
+        return "memory" if self.memory > self.compute else "compute"
+
+    def row(self) -> dict:
+        return dict(vars(self), bound=self.bound)
+
+
+@dataclass
+class ProgramCost:
+    """Every instruction's cost and the whole program's, at ``bandwidth`` bytes a cycle."""
+
+    instructions: list
+    bandwidth: float
+    clock_mhz: float
+
+    @property
+    def cycles(self) -> int:
+        return sum(i.cycles for i in self.instructions)
+
+    @property
+    def latency_ms(self) -> float:
+        return self.cycles / (self.clock_mhz * 1e3)
+
+    def by_unit(self) -> dict:
+        """Unit -> cycles, instructions, memory-bound instructions and their cycles, bytes."""
+        units = {}
+        for i in self.instructions:
+            u = units.setdefault(i.unit, {"unit": i.unit, "instructions": 0, "cycles": 0,
+                                          "memory_bound": 0, "memory_cycles": 0,
+                                          "bytes": 0})
+            u["instructions"] += 1
+            u["cycles"] += i.cycles
+            u["memory_bound"] += i.bound == "memory"
+            u["memory_cycles"] += i.cycles if i.bound == "memory" else 0
+            u["bytes"] += i.bytes_read + i.bytes_written
+        return units
+
+
+def board_bandwidth(board, hw) -> float:
+    """Bytes per cycle of ``hw``'s clock that ``board`` gives one memory port of ``hw``'s bus:
+    the board's fastest memory's peak, capped by the bus and by one of the board's ports."""
+    peak_gbs = max(m.bandwidth_gbs for m in board.memories)
+    return min(peak_gbs * 1e3 / hw.clock_mhz, hw.bus_width / 8, board.port_bits / 8)
+
+
+def _task_entry(memory, table_addr, task) -> TaskEntry:
+    at = table_addr + TASK_ENTRY_BYTES * task
+    return TaskEntry(*(int(w) for w in np.frombuffer(memory[at:at + TASK_ENTRY_BYTES].tobytes(),
+                                                     "<u4")))
+
+
+def _linear(d) -> int:
+    return d.expected_cycles() + LINEAR_TAIL
+
+
+def _compute_and_written(d, memory, task, hw):
+    """(compute cycles, bytes written) of descriptor ``d`` before it runs on ``memory``."""
+    m = d.MNEMONIC
+    if m == "LINEAR":
+        return _linear(d), d.tokens * d.out_features
+    if m == "TASK_LINEAR":
+        op = d.resolve(_task_entry(memory, d.table_addr, task))
+        return _linear(op), op.tokens * op.out_features
+    if m == "ATTENTION":
+        return d.expected_cycles() + attention_tail(d), d.tokens * d.heads * d.head_dim
+    if m == "LAYERNORM":
+        return d.expected_cycles() + LAYERNORM_TAIL, d.tokens * d.dim
+    if m == "PATCHIFY":
+        size = d.channels * d.rows * d.columns
+        return -(-size // min(d.patch, hw.bus_width // 8)) + PATCHIFY_TAIL, size
+    if m == "COPY":
+        return -(-d.length // (hw.bus_width // 8)), d.length
+    if m == "ROUTE":
+        # Token by token through the insertion list and the softmax (as the MoE unit's
+        # gate stage: MoeDescriptor.token_cycles), then the u8 indices and u16 weights.
+        renorm = d.rule == 1
+        row = d.top_k if renorm else d.experts
+        per_token = (1 + d.experts + (d.top_k if renorm else 0) + MoeDescriptor.SOFTMAX_BASE
+                     + 2 * row + d.top_k)
+        return d.tokens * per_token, d.tokens * d.top_k * 3
+    if m == "EXPERT":
+        top = memory[d.topk_addr:d.topk_addr + d.tokens * d.top_k]
+        n = int(np.count_nonzero(top == d.expert))
+        if n == 0:
+            return 0, 0  # the routing read only: the memory side
+        fc1, fc2 = d.linears(n)
+        return _linear(fc1) + _linear(fc2) + n * EXPERT_ROW_CYCLES, n * (d.hidden + d.dim)
+    if m == "COMBINE":
+        # ``cols`` lanes of a slot or skip row a cycle, one gate weight pair a token.
+        lanes = hw.cols
+        return d.tokens * ((d.top_k + 1) * d.dim // lanes + 1), d.tokens * d.dim
+    raise ConfigError(f"No cost model for instruction {m}")
+
+
+def program_cycles(program, image, task, *, bandwidth=None, progress=False) -> ProgramCost:
+    """The predicted cycles of ``program`` on one int8 ``image`` for ``task``.
+
+    The program runs on the instruction-level interpreter (the routing, and so which
+    experts work, depends on the image and the task; the read log gives each
+    instruction's bytes).
+
+    Parameters
+    ----------
+    bandwidth : float, optional
+        Memory bytes per cycle (default: one bus word a cycle; a board's figure:
+        :func:`board_bandwidth`).
+    progress : bool
+        A progress bar over the instructions (stderr).
+
+    Raises
+    ------
+    ConfigError
+        A bandwidth that is not a positive number.
+    ProgramError
+        The task is not one of the program's, or the image is not the program's input.
+    """
+    hw = program.hw
+    if bandwidth is None:
+        bandwidth = hw.bus_width / 8
+    if isinstance(bandwidth, bool) or not isinstance(bandwidth, (int, float)) \
+            or not np.isfinite(bandwidth) or bandwidth <= 0:
+        raise ConfigError(f"Bandwidth must be a positive number of bytes per cycle, not "
+                          f"{bandwidth!r}")
+    if not 0 <= task < len(program.tasks):
+        raise ProgramError(f"Task {task} is not one of the program's {len(program.tasks)} tasks")
+    region, image = program.layout["input"], np.asarray(image)
+    if image.dtype != np.int8 or image.shape != region.shape:
+        raise ProgramError(f"Input image must be int8 of shape {region.shape}, not "
+                           f"{image.dtype} {image.shape}")
+    memory = program.memory_image()
+    memory[region.offset:region.end] = image.reshape(-1).view(np.uint8)
+    costs = []
+    steps = tqdm(program.instructions, desc=f"cost task {task}", unit="instr", disable=not progress,
+                 dynamic_ncols=True)
+    for index, d in enumerate(steps):
+        compute, written = _compute_and_written(d, memory, task, hw)
+        read = run_instructions(memory, hw, [d], task)["bytes_read"]
+        mem_cycles = int(np.ceil((read + written) / bandwidth))
+        costs.append(InstructionCost(index, d.MNEMONIC, d.UNIT, compute, mem_cycles, read,
+                                     written, max(compute, mem_cycles) + ISSUE_CYCLES))
+    return ProgramCost(costs, float(bandwidth), hw.clock_mhz)

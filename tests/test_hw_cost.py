@@ -1,0 +1,165 @@
+"""The cycle cost model (hw/cost/cycles.py) against the co-simulated top's figures.
+
+The figures: ``moevit bench top --config tiny`` (Verilator, no memory stalls), whole
+program, one image; the model's constants were fitted on task 0, so task 1 is the
+held-out check. Errors are printed (``pytest -s``)."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from moevit.cli import main
+from moevit.errors import ConfigError
+from moevit.hw.bench_top import _program
+from moevit.hw.boards import get_board
+from moevit.hw.cost.cycles import ISSUE_CYCLES, board_bandwidth, program_cycles
+from moevit.hw.program.interpreter import run_image
+from moevit.hw.program.program import ProgramError
+
+# task -> (cycles, busy per unit) measured on the co-simulated top.
+MEASURED = {
+    0: (464_993, {"linear": 246_785, "attention": 142_504, "layernorm": 58_551, "moe": 86_860}),
+    1: (453_279, {"linear": 235_063, "attention": 142_504, "layernorm": 58_551, "moe": 87_442}),
+}
+BUSY = {"linear": ("LINEAR", "TASK_LINEAR", "EXPERT"), "attention": ("ATTENTION",),
+        "layernorm": ("LAYERNORM",), "moe": ("ROUTE", "EXPERT", "COMBINE")}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return _program("tiny")
+
+
+@pytest.mark.parametrize("task", [0, 1])
+def test_whole_program_and_unit_busy_within_5_percent(tiny, task):
+    program, image = tiny
+    cost = program_cycles(program, image, task)
+    cycles, busy = MEASURED[task]
+    error = cost.cycles / cycles - 1
+    print(f"\ntask {task}: predicted {cost.cycles:,} vs simulated {cycles:,}: {error:+.3%}")
+    assert abs(error) < 0.05
+    for unit, mnemonics in BUSY.items():
+        predicted = sum(i.compute for i in cost.instructions if i.mnemonic in mnemonics)
+        error = predicted / busy[unit] - 1
+        print(f"  busy {unit:<10} predicted {predicted:>9,} vs {busy[unit]:>9,}: {error:+.3%}")
+        assert abs(error) < 0.05
+
+
+# Per instruction, the engines' own reports (engine benches, tiny, no memory stalls):
+# PATCHIFY 1,659 cycles; an attention 35,360 + 265; a LayerNorm its model + about 9.
+ENGINE_FIGURES = {"PATCHIFY": lambda d: 1659, "ATTENTION": lambda d: 35_360 + 265,
+                  "LAYERNORM": lambda d: d.expected_cycles() + 9}
+
+
+def test_instructions_against_the_engines_figures(tiny):
+    program, image = tiny
+    cost = program_cycles(program, image, 0)
+    seen = set()
+    for d, i in zip(program.instructions, cost.instructions):
+        if d.MNEMONIC in ENGINE_FIGURES and d.MNEMONIC not in seen:
+            seen.add(d.MNEMONIC)
+            want = ENGINE_FIGURES[d.MNEMONIC](d)
+            error = i.compute / want - 1
+            print(f"\n{d.MNEMONIC:<10} predicted {i.compute:>7,} vs engine {want:>7,}: "
+                  f"{error:+.3%}")
+            assert abs(error) < 0.05
+    assert seen == set(ENGINE_FIGURES)
+
+
+def test_bytes_are_the_interpreters_and_idle_experts_read_only_the_routing(tiny):
+    program, image = tiny
+    cost = program_cycles(program, image, 0)
+    _, stats = run_image(program, image, 0)
+    assert sum(i.bytes_read for i in cost.instructions) == stats["bytes_read"]
+    experts = [(d, i) for d, i in zip(program.instructions, cost.instructions)
+               if d.MNEMONIC == "EXPERT"]
+    idle = [(d, i) for d, i in experts if i.compute == 0]
+    assert len(experts) - len(idle) == stats["experts_run"]
+    for d, i in idle:
+        assert (i.bytes_read, i.bytes_written, i.bound) == (d.tokens * d.top_k, 0, "memory")
+
+
+def test_a_narrow_memory_makes_instructions_memory_bound(tiny):
+    program, image = tiny
+    wide = program_cycles(program, image, 0)
+    narrow = program_cycles(program, image, 0, bandwidth=0.25)
+    assert narrow.cycles > wide.cycles
+    for i in narrow.instructions:
+        assert i.memory == int(np.ceil((i.bytes_read + i.bytes_written) / 0.25))
+        assert i.cycles == max(i.compute, i.memory) + ISSUE_CYCLES
+        if i.unit in ("linear", "attention", "layernorm"):  # 4 cycles a byte: far past compute
+            assert i.bound == "memory"
+    assert {i.bound for i in wide.instructions if i.unit == "linear"} == {"compute"}
+
+
+def test_board_bandwidth_is_capped_by_the_bus_and_the_memory(tiny):
+    hw = tiny[0].hw
+    zcu102 = get_board("zcu102")
+    assert board_bandwidth(zcu102, hw) == hw.bus_width / 8  # 68 bytes a cycle of DDR > 16
+    slow = hw.replace(clock_mhz=2000.0, bus_width=1024)
+    assert board_bandwidth(zcu102, slow) == pytest.approx(
+        min(17.06e3 / 2000, zcu102.port_bits / 8))
+
+
+@pytest.mark.parametrize("bandwidth", [0, -1, float("nan"), "16", True])
+def test_bad_bandwidth(tiny, bandwidth):
+    with pytest.raises(ConfigError, match=r"^Bandwidth must be a positive number"):
+        program_cycles(*tiny, 0, bandwidth=bandwidth)
+
+
+@pytest.mark.parametrize("task", [2, -1])
+def test_bad_task(tiny, task):
+    with pytest.raises(ProgramError, match=rf"^Task {task} is not one of the program's 2 tasks"):
+        program_cycles(*tiny, task)
+
+
+def test_bad_image(tiny):
+    program, image = tiny
+    with pytest.raises(ProgramError, match=r"^Input image must be int8 of shape \(3, 64, 64\), "
+                                           r"not int16 \(3, 64, 64\)"):
+        program_cycles(program, image.astype(np.int16), 0)
+
+
+def test_command_json_and_table(capsys):
+    assert main(["hw", "cost", "--config", "tiny", "--task", "depth", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    total = rows[-1]
+    assert total["name"] == "total" and total["task"] == "depth"
+    assert total["cycles"] == sum(r["cycles"] for r in rows[:-1])
+    assert total["latency_ms"] == pytest.approx(total["cycles"] / 250e3)
+    assert main(["hw", "cost", "--config", "tiny", "--task", "0", "--per-instruction"]) == 0
+    out = capsys.readouterr().out
+    assert "PATCHIFY" in out and "predicted latency" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--config", "nope"], r"Unknown config 'nope'"),
+    (["--config", "tiny", "--task", "x"], r"Unknown task 'x'"),
+    (["--config", "tiny", "--board", "x"], r"Unknown board 'x'"),
+    (["--quantized", "/nonexistent.npz"], r"Quantized model .* does not exist"),
+])
+def test_command_bad_input(capsys, argv, message):
+    assert main(["hw", "cost", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("moevit: error: ")
+    assert re.search(message, err[0])
+
+
+def test_command_on_a_quantized_file_equals_the_config(tmp_path, capsys):
+    """The file of the model ``bench top`` quantizes, and the same image: the same cost."""
+    from moevit.model.config import get_config
+    from moevit.model.data import SyntheticDataset
+    from moevit.model.integer.evaluate import signal_model
+    from moevit.model.integer.quantize import quantize, save_quantized
+
+    model = get_config("tiny")
+    path = tmp_path / "tiny.npz"
+    save_quantized(path, quantize(signal_model(model),
+                                  SyntheticDataset(model, "val", size=9, seed=1).images[:8]))
+    totals = []
+    for source in (["--quantized", str(path)], ["--config", "tiny"]):
+        assert main(["hw", "cost", *source, "--json"]) == 0
+        totals.append([r for r in json.loads(capsys.readouterr().out) if r["name"] == "total"])
+    assert totals[0] == totals[1] and len(totals[0]) == 2

@@ -86,10 +86,11 @@ def print_table(rows) -> None:
     from moevit.hw.bench import print_rows
 
     units = list(rows[0]["busy"]) if rows else []
-    shown = [dict(r, busy_text=" ".join(f"{r['busy'][u]:.0%}" for u in units)) for r in rows]
+    shown = [dict(r, busy_text="  " + " ".join(f"{r['busy'][u]:.0%}" for u in units),
+                  exact_text="yes" if r["bit_exact"] else "NO") for r in rows]
     print_rows(shown, [("config", "config", "<9", ""), ("task", "task", "<10", ""),
                        ("cycles", "cycles", ">10", ""), ("switch", "switch_cycles", ">7", ""),
-                       ("exact", "bit_exact", ">6", ""), ("util", "utilization", ">7", ".1%"),
+                       ("exact", "exact_text", ">6", ""), ("util", "utilization", ">7", ".1%"),
                        ("bytes read", "bytes_read", ">11", ""),
                        ("ms", "latency_ms", ">8", ".3f"),
                        (f"  busy {'/'.join(units)}", "busy_text", "<40", "")],

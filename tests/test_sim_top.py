@@ -134,3 +134,22 @@ def test_top_stops_on_bad_input_and_recovers(tiny):
             at = region.offset - bounds["scratch_at"]
             compare_images(got[k]["scratch"][at:at + region.size],
                      reference["scratch"][at:at + region.size], f"run {k} {name}")
+
+
+@pytest.mark.slow
+def test_bench_top_rows(tmp_path, capsys):
+    """``moevit bench top``'s rows: every field the issue names, bit-exact, switch 0; the
+    table and the chart."""
+    from moevit.hw.bench_top import bench_top, plot, print_table
+
+    rows = bench_top("tiny")
+    assert [r["task"] for r in rows] == ["semseg", "depth"]
+    for row in rows:
+        assert {"config", "task", "cycles", "switch_cycles", "bit_exact", "utilization",
+                "bytes_read", "sim_seconds"} <= set(row)
+        assert row["bit_exact"] and row["switch_cycles"] == 0
+        assert 0 < row["utilization"] < 1 and row["bytes_read"] > 0
+    print_table(rows)
+    assert "semseg" in capsys.readouterr().out
+    plot(rows, tmp_path / "top.png")
+    assert (tmp_path / "top.png").stat().st_size > 1000

@@ -42,6 +42,7 @@ from moevit.hw.program.isa import CombineDescriptor, ExpertDescriptor, RouteDesc
 from moevit.hw.top.movers import Repack
 from moevit.hw.top.ports import IndexPort, engine_members, linear_job_layout
 from moevit.hw.units import intexpr
+from moevit.hw.units.moe import gate_weight_states
 from moevit.hw.units.softmax import PROB_WIDTH, Softmax
 from moevit.hw.units.topk import TopK
 from moevit.model.integer import intops
@@ -188,26 +189,8 @@ class RouteEngine(wiring.Component):
                             m.next = "FEED"
                         with m.Else():
                             m.next = "PROBS"
-            with m.State("FEED"):
-                # renorm: the k selected logits into the softmax, best first.
-                m.d.comb += [sm.i.valid.eq(1), sm.i.payload.score.eq(topk.top_v[j]),
-                             sm.i.payload.last.eq(j == r.top_k - 1)]
-                with m.If(sm.i.ready):
-                    m.d.sync += j.eq(j + 1)
-                    with m.If(j == r.top_k - 1):
-                        m.d.sync += j.eq(0)
-                        m.next = "PROBS"
-            with m.State("PROBS"):
-                # vmoe: probability j is the slot's that holds expert j; renorm: slot j's.
-                m.d.comb += sm.o.ready.eq(1)
-                with m.If(sm.o.valid):
-                    for s in range(L):
-                        with m.If(Mux(r.rule, s, topk.top_i[s]) == j):
-                            m.d.sync += weight[s].eq(sm.o.payload.prob)
-                    m.d.sync += j.eq(j + 1)
-                    with m.If(sm.o.payload.last):
-                        m.d.sync += j.eq(0)
-                        m.next = "STORE"
+            gate_weight_states(m, sm, selected=topk.top_v[j], slot_expert=topk.top_i,
+                               renorm=r.rule, top_k=r.top_k, weight=weight, j=j, then="STORE")
             with m.State("STORE"):
                 # Slot j's entry at t * top_k + j: the tensors' row-major order.
                 m.d.comb += [ew.addr.eq(n), ew.en.eq(1), ew.data.expert.eq(topk.top_i[j]),

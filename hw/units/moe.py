@@ -84,7 +84,7 @@ from moevit.hw.units.softmax import PROB_WIDTH, Softmax
 from moevit.hw.units.topk import TopK
 from moevit.model.integer import intops
 
-__all__ = ["MoeUnit", "list_layout", "moe_reference",
+__all__ = ["MoeUnit", "gate_weight_states", "list_layout", "moe_reference",
            "moe_streams", "decode_lists", "MoeReference"]
 
 
@@ -100,6 +100,32 @@ def list_layout(lanes: int, max_tokens: int):
         "weight": unsigned(PROB_WIDTH),
         "last": unsigned(1),
     })
+
+
+def gate_weight_states(m, sm, *, selected, slot_expert, renorm, top_k, weight, j, then):
+    """The FSM states ``FEED`` and ``PROBS`` of the gate weights, shared by the MoE unit
+    and the ROUTE engine: ``renorm`` feeds the ``top_k`` selected logits (``selected``:
+    the one of slot ``j``) into the softmax ``sm``; then each probability ``j`` goes to
+    the slot holding expert ``j`` (vmoe: the softmax ran over all experts) or to slot
+    ``j`` (renorm), and the FSM goes on to ``then``."""
+    with m.State("FEED"):
+        m.d.comb += [sm.i.valid.eq(1), sm.i.payload.score.eq(selected),
+                     sm.i.payload.last.eq(j == top_k - 1)]
+        with m.If(sm.i.ready):
+            m.d.sync += j.eq(j + 1)
+            with m.If(j == top_k - 1):
+                m.d.sync += j.eq(0)
+                m.next = "PROBS"
+    with m.State("PROBS"):
+        m.d.comb += sm.o.ready.eq(1)
+        with m.If(sm.o.valid):
+            for s in range(len(weight)):
+                with m.If(Mux(renorm, s, slot_expert[s]) == j):
+                    m.d.sync += weight[s].eq(sm.o.payload.prob)
+            m.d.sync += j.eq(j + 1)
+            with m.If(sm.o.payload.last):
+                m.d.sync += j.eq(0)
+                m.next = then
 
 
 def _entry_layout(max_tokens):
@@ -259,27 +285,9 @@ class MoeUnit(wiring.Component):
                             m.next = "FEED"
                         with m.Else():
                             m.next = "PROBS"
-            with m.State("FEED"):
-                # renorm: the k selected logits into the softmax, best first.
-                m.d.comb += [sm.i.valid.eq(1), sm.i.payload.score.eq(Array(top_v)[j]),
-                             sm.i.payload.last.eq(j == d.top_k - 1)]
-                with m.If(sm.i.ready):
-                    m.d.sync += j.eq(j + 1)
-                    with m.If(j == d.top_k - 1):
-                        m.d.sync += j.eq(0)
-                        m.next = "PROBS"
-            with m.State("PROBS"):
-                # vmoe: probability j belongs to the slot holding expert j; renorm:
-                # probability j is slot j's.
-                m.d.comb += sm.o.ready.eq(1)
-                with m.If(sm.o.valid):
-                    for s in range(L):
-                        with m.If(Mux(d.renorm, s, top_i[s]) == j):
-                            m.d.sync += weight[s].eq(sm.o.payload.prob)
-                    m.d.sync += j.eq(j + 1)
-                    with m.If(sm.o.payload.last):
-                        m.d.sync += j.eq(0)
-                        m.next = "WRITE"
+            gate_weight_states(m, sm, selected=Array(top_v)[j], slot_expert=top_i,
+                               renorm=d.renorm, top_k=d.top_k, weight=weight, j=j,
+                               then="WRITE")
             with m.State("WRITE"):
                 # Slot j's entry at the end of its expert's list.
                 m.d.comb += [

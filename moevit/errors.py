@@ -12,6 +12,7 @@ __all__ = [
     "OutputPathError",
     "NonFiniteError",
     "UsageError",
+    "DeviceError",
     "first_line",
     "check_finite",
 ]
@@ -46,6 +47,20 @@ class NonFiniteError(MoevitError, ValueError):
 
 class UsageError(MoevitError, ValueError):
     """Command-line options that contradict each other or would do nothing."""
+
+
+class DeviceError(MoevitError, RuntimeError):
+    """The accelerator stopped with an error code, never finished, or is not there.
+
+    ``registers`` holds the status registers read when it happened (name ->
+    value), so the message and a bug report can say where the run was.
+    """
+
+    def __init__(self, message: str, registers: dict | None = None):
+        self.registers = dict(registers or {})
+        if self.registers:
+            message += " [" + ", ".join(f"{k}=0x{v:x}" for k, v in self.registers.items()) + "]"
+        super().__init__(message)
 
 
 def first_line(error: BaseException) -> str:

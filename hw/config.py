@@ -86,6 +86,10 @@ class HwConfig:
         compiled program starts on a bus word.
     max_outstanding : int
         Bursts the read mover and the write mover each keep in flight.
+    dsp_packing : int
+        int8 multiply-accumulates per DSP48E2 slice in the linear kernel's
+        array: 1, or 2 (two weights of neighbouring output columns share one
+        activation in one 27x18 multiply, AMD WP486); 2 needs an even ``cols``.
 
     Raises
     ------
@@ -113,6 +117,8 @@ class HwConfig:
     # Memory port (issue 12 §3) parameters.
     bus_width: int = 128
     max_outstanding: int = 4
+    # DSP packing (issue 14): int8 MACs per DSP48E2.
+    dsp_packing: int = 1
 
     # Fixed by the numeric contract (moevit.model.integer.intops.requantize).
     BIAS_WIDTH = 32
@@ -180,6 +186,13 @@ class HwConfig:
             raise ConfigError(
                 f"Post-processing lanes {self.post_lanes} do not divide the {self.cols} array "
                 f"columns")
+        if isinstance(self.dsp_packing, bool) or self.dsp_packing not in (1, 2):
+            raise ConfigError(
+                f"DSP packing must be 1 or 2 int8 MACs per DSP48E2, not {self.dsp_packing!r}")
+        if self.dsp_packing == 2 and self.cols % 2:
+            raise ConfigError(
+                f"DSP packing 2 pairs neighbouring output columns; {self.cols} array columns "
+                f"are odd")
         if self.max_tokens % self.rows:
             raise ConfigError(
                 f"Token buffer depth {self.max_tokens} is not a multiple of the {self.rows} "

@@ -30,11 +30,12 @@ exists, the top and the part are the board's, and the Tcl runs in a real
 ``tclsh`` with the Vitis HLS commands defined as recording stubs (so a typo
 in a command name, a missing brace or a bad quote fails the dry run).
 
-The top function itself (``hls/src/top.cpp``, executing the compiled program)
-and its testbench come with the RTL top's program (issue 13); until they
-exist the dry run fails on exactly that, in one line.
+The top function itself is ``hls/src/top.cpp`` (``moevit_top``, executing the
+compiled program) and its testbench ``hls/tb/tb_top.cpp``; the dry run checks
+that the source defines the function ``set_top`` names.
 """
 
+import re
 import shlex
 import shutil
 import subprocess
@@ -43,16 +44,14 @@ from pathlib import Path
 
 from moevit.errors import ConfigError, MoevitError, ToolNotFoundError
 from moevit.hls.csim import TB_DIR
-from moevit.hls.generate import INCLUDE_DIR, PARAMETERS, check_hls, write_parameters
+from moevit.hls.generate import INCLUDE_DIR, PARAMETERS, TOP_SOURCE, check_hls, write_parameters
 from moevit.paths import build_dir, output_folder, write_atomically
 
 __all__ = ["TOP", "TOP_SOURCE", "TOP_TESTBENCH", "VITIS_VERSION", "Scripts", "Check",
            "write_scripts", "dry_run", "run_synthesis"]
 
 TOP = "moevit_top"
-SRC_DIR = Path(__file__).resolve().parent / "src"
-#: The HLS top and its C-simulation testbench: not written yet (see the module's description).
-TOP_SOURCE = SRC_DIR / "top.cpp"
+#: The HLS top's C-simulation testbench (the top itself: ``TOP_SOURCE``, hls/src/top.cpp).
 TOP_TESTBENCH = TB_DIR / "tb_top.cpp"
 #: The last Vitis/Vivado release with the U280 (shared/DESIGN.md, platform facts).
 VITIS_VERSION = "2023.2"
@@ -274,9 +273,7 @@ def _named_files(scripts: Scripts, calls) -> list:
 def dry_run(scripts: Scripts) -> list:
     """The checks of the scripts written by :func:`write_scripts` (a list of :class:`Check`).
 
-    Every check runs; the caller fails when one is not ``ok``. The top's files
-    are one check, failing while ``hls/src/top.cpp`` (and its testbench) are
-    not written.
+    Every check runs; the caller fails when one is not ``ok``.
     """
     board = scripts.board
     calls = record_calls(scripts.tcl)
@@ -287,23 +284,19 @@ def dry_run(scripts: Scripts) -> list:
     added = {(Path(c[2]), True) if c[1] == "-tb" else (Path(c[1]), False)
              for c in calls if c[0] == "add_files"}
     expected = _sources(scripts.folder / PARAMETERS)
-    top_files = (TOP_SOURCE, TOP_TESTBENCH)
     unnamed = [p for p, tb in expected if (p, tb) not in added]
     checks.append(Check("every source is added", not unnamed,
                         f"{len(expected)} files: the top, the kernel headers, {PARAMETERS}, "
                         f"the testbench (-tb)" if not unnamed else
                         "not added (or -tb wrong): " + ", ".join(p.name for p in unnamed)))
-    missing = [p for p in dict.fromkeys(named) if not p.is_file() and p not in top_files]
-    checks.append(Check("every other named file exists", not missing,
+    missing = [p for p in dict.fromkeys(named) if not p.is_file()]
+    checks.append(Check("every named file exists", not missing,
                         f"{len(set(named))} files named" if not missing
                         else "missing: " + ", ".join(map(str, missing))))
-    top_missing = [p for p in top_files if not p.is_file()]
-    checks.append(Check(
-        "the HLS top exists", not top_missing,
-        f"{TOP} in {TOP_SOURCE.name}" if not top_missing else
-        "the HLS top is not written yet: " + ", ".join(
-            str(p.relative_to(SRC_DIR.parent.parent)) for p in top_missing)
-        + f" missing ({TOP}, which executes the compiled program, comes with the RTL top)"))
+    defined = TOP_SOURCE.is_file() and re.search(rf"^void {TOP}\(", TOP_SOURCE.read_text(), re.M)
+    checks.append(Check("the top function is defined", bool(defined),
+                        f"void {TOP}(...) in {TOP_SOURCE.name}" if defined
+                        else f"{TOP_SOURCE} defines no function {TOP}"))
 
     tops = [call[1:] for call in calls if call[0] == "set_top"]
     checks.append(Check("set_top", tops == [[TOP]], f"set_top {tops}"))
@@ -365,9 +358,6 @@ def run_synthesis(scripts: Scripts) -> None:
         raise ToolNotFoundError(
             f"{scripts.tool} not found: the HLS synthesis needs AMD Vitis {VITIS_VERSION} "
             f"(source its settings64.sh); the scripts are written in {scripts.folder}")
-    if not TOP_SOURCE.is_file():
-        raise MoevitError(f"The HLS top {TOP_SOURCE} is not written yet; the scripts are in "
-                          f"{scripts.folder}")
     command = ([tool, "-f", TCL] if scripts.tool == "vitis_hls"
                else ["sh", VPP_SCRIPT])
     done = subprocess.run(command, cwd=scripts.folder)

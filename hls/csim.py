@@ -13,9 +13,10 @@ model prints a warning) fails as a mismatch would.
 
 The HLS top (``hls/src/top.cpp``) runs the compiled program through its
 testbench ``tb_top.cpp`` as a host runs the device (:func:`run_top`): one
-memory that lives on from call to call, the buffers at the addresses the RTL
-bench's host uses (:data:`moevit.sim.benches.top.BUFFERS`, unlike the
-program's own), the task and image count as arguments. :func:`check_top`
+memory that lives on from call to call, the buffers at addresses unlike the
+program's own and in another order (so every access goes through the top's
+relocation, and one that misses its buffer writes a guard page, which the
+testbench counts), the task and image count as arguments. :func:`check_top`
 compares each image's output region and the whole activation scratch, bit for
 bit, with the instruction-level interpreter on the same runs
 (:func:`moevit.sim.benches.top.expected_runs`, itself equal to the golden model).
@@ -231,21 +232,23 @@ class TopRun:
     seconds: float
 
 
-def _placement(program, images: int) -> dict:
-    """The host's buffer addresses (the RTL bench's) and the memory's size, checked apart."""
-    from moevit.sim.benches.top import BUFFERS
+_PAGE = 4096
 
+
+def _placement(program, images: int) -> dict:
+    """The host's buffer addresses in the testbench's memory, and its size: weights, input,
+    output, scratch, in that order (not the program's), each on a page of its own after a
+    guard page, so no program address equals its host address and a stray write shows."""
     bounds = program.layout.boundaries()
     sizes = {"weights": len(program.weights),
              "input": images * (bounds["output_at"] - bounds["input_at"]),
              "output": images * (bounds["output_end"] - bounds["output_at"]),
              "scratch": bounds["input_at"] - bounds["scratch_at"]}
-    spans = sorted((BUFFERS[name], BUFFERS[name] + size, name) for name, size in sizes.items())
-    for (_, end, name), (start, _, after) in zip(spans, spans[1:]):
-        if end > start:
-            raise MoevitError(f"The testbench's {name} buffer ({sizes[name]} bytes for {images} "
-                              f"image(s)) runs into its {after} buffer at {start:#x}")
-    return {name: BUFFERS[name] for name in sizes} | {"bytes": spans[-1][1]}
+    place, at = {}, _PAGE
+    for name, size in sizes.items():
+        place[name] = at
+        at += -(-size // _PAGE) * _PAGE + _PAGE
+    return place | {"bytes": at}
 
 
 def run_top(program, runs, *, folder=None) -> list:

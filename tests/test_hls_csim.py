@@ -14,8 +14,8 @@ random design points (default 8). Replay a seed with ``MOEVIT_SEED=<seed>``.
 """
 
 import dataclasses
-import re
 import os
+import re
 
 import numpy as np
 import pytest

@@ -37,7 +37,8 @@ from moevit.hls.generate import INCLUDE_DIR, TOP_SOURCE, write_parameters
 from moevit.paths import build_dir
 
 __all__ = ["HlsBuildError", "KernelResult", "TopRun", "TB_DIR", "CXXFLAGS", "TOP", "compiler",
-           "ap_types_dir", "build_testbench", "run_kernel", "run_top", "check_top", "top_runs",
+           "ap_types_dir", "build_testbench", "run_kernel", "write_top_case", "run_top", "check_top",
+           "top_runs",
            "run_suite"]
 
 TB_DIR = Path(__file__).resolve().parent / "tb"
@@ -251,17 +252,15 @@ def _placement(program, images: int) -> dict:
     return place | {"bytes": at}
 
 
-def run_top(program, runs, *, folder=None) -> list:
-    """Run ``runs`` through the HLS top's testbench on one host memory; a :class:`TopRun` each.
+def write_top_case(program, runs, folder, *, expected=None) -> list:
+    """Write the files ``tb_top`` reads for ``runs`` (see :func:`run_top`) into ``folder``.
 
-    ``runs`` as :func:`moevit.sim.benches.top.run_top` takes them: ``(task,
-    images)`` pairs, ``images`` int8 arrays of the program's input shape, or
-    dicts with ``task``, ``images`` and optionally ``program`` (other bytes of
-    the program buffer for that call: a bad program). ``folder``: where the
-    files go (default ``build/hls/<hw name>/csim/top``).
+    With ``expected`` (what :func:`moevit.sim.benches.top.expected_runs` returns for
+    ``runs``), also each call's expected output regions and scratch: the testbench
+    then checks itself and exits 1 on a difference, as Vitis HLS's ``csim_design``
+    and ``cosim_design`` need. Returns ``runs`` as dicts.
     """
-    binary = build_testbench(TOP, program.hw)
-    folder = Path(folder) if folder is not None else binary.parent / "top"
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob("run*"):
         stale.unlink()
@@ -283,6 +282,26 @@ def run_top(program, runs, *, folder=None) -> list:
             np.ascontiguousarray(image, np.int8).tofile(folder / f"run{k}-image{n}.bin")
         lines.append(f"{int(run['task'])} {len(run['images'])} {name}")
     (folder / "runs.txt").write_text("\n".join(lines) + "\n")
+    for k, want in enumerate(expected or ()):
+        np.concatenate(want["outputs"]).tofile(folder / f"run{k}-expected-output.bin")
+        want["scratch"].tofile(folder / f"run{k}-expected-scratch.bin")
+    return runs
+
+
+def run_top(program, runs, *, folder=None) -> list:
+    """Run ``runs`` through the HLS top's testbench on one host memory; a :class:`TopRun` each.
+
+    ``runs`` as :func:`moevit.sim.benches.top.run_top` takes them: ``(task,
+    images)`` pairs, ``images`` int8 arrays of the program's input shape, or
+    dicts with ``task``, ``images`` and optionally ``program`` (other bytes of
+    the program buffer for that call: a bad program). ``folder``: where the
+    files go (default ``build/hls/<hw name>/csim/top``).
+    """
+    binary = build_testbench(TOP, program.hw)
+    folder = Path(folder) if folder is not None else binary.parent / "top"
+    runs = write_top_case(program, runs, folder)
+    bounds = program.layout.boundaries()
+    pitches = (bounds["output_at"] - bounds["input_at"], bounds["output_end"] - bounds["output_at"])
     done = subprocess.run([str(binary), str(folder)], capture_output=True, text=True)
     if done.returncode or _STREAM_WARNING in done.stdout:
         what = (done.stderr + done.stdout).strip().splitlines()

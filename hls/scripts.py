@@ -3,6 +3,10 @@
 :func:`write_scripts` writes, under ``build/hls/<config>/<board>/``:
 
 * ``parameters.h`` (:mod:`moevit.hls.generate`): the design point;
+* ``tb_case/``: the top testbench's case (the config's program, weights,
+  the calls of :func:`moevit.hls.csim.top_runs` and the interpreter's
+  results), so ``csim_design -argv`` and ``cosim_design -argv`` run a
+  self-checking testbench;
 * ``moevit_top.tcl``, for ``vitis_hls -f``: ``open_project``, ``set_top
   moevit_top``, the kernel headers, the top and ``parameters.h``, the top's
   C-simulation testbench (``add_files -tb``), ``open_solution`` (flow target
@@ -35,6 +39,7 @@ compiled program) and its testbench ``hls/tb/tb_top.cpp``; the dry run checks
 that the source defines the function ``set_top`` names.
 """
 
+import functools
 import re
 import shlex
 import shutil
@@ -59,6 +64,8 @@ VITIS_VERSION = "2023.2"
 # front end takes -std=c++14, its documented default).
 CFLAGS = "-std=c++14"
 TCL, CFG, VPP_SCRIPT = f"{TOP}.tcl", f"{TOP}.cfg", "v++.sh"
+#: The folder of the testbench's case (``csim_design -argv`` and ``cosim_design -argv``).
+CASE = "tb_case"
 # Vitis HLS commands the scripts may call: the dry run's tclsh defines exactly these.
 VITIS_COMMANDS = ("open_project", "set_top", "add_files", "open_solution", "set_part",
                   "create_clock", "csim_design", "csynth_design", "cosim_design",
@@ -117,7 +124,7 @@ def _sources(params: Path) -> list:
             + [(TOP_TESTBENCH, True), (TB_DIR / "tb_io.h", True)])
 
 
-def _tcl(hw, board, clock_mhz, params: Path) -> str:
+def _tcl(hw, board, clock_mhz, params: Path, case: Path) -> str:
     alveo = board.vitis_platform is not None
     cflags = f"{CFLAGS} -I{INCLUDE_DIR} -I{params.parent}"
     lines = [
@@ -134,9 +141,9 @@ def _tcl(hw, board, clock_mhz, params: Path) -> str:
         f"open_solution -reset solution1 -flow_target {'vitis' if alveo else 'vivado'}",
         f"set_part {_tcl_word(board.part)}",
         f"create_clock -period {1000.0 / clock_mhz:.3f} -name default",
-        "csim_design",
+        f"csim_design -argv {_tcl_word(case)}",
         "csynth_design",
-        "cosim_design",
+        f"cosim_design -argv {_tcl_word(case)}",
     ]
     if not alveo:  # a Vivado IP for the Zynq block design; the U280 takes v++'s .xo
         lines.append("export_design -format ip_catalog")
@@ -201,8 +208,9 @@ def write_scripts(config="tiny", board="zcu102", folder=None) -> Scripts:
         folder = output_folder(folder, "HLS script folder").resolve()
     clock_mhz = min(hw.clock_mhz, board.clock_mhz)
     params = write_parameters(hw, folder)
-    scripts = Scripts(folder, board, clock_mhz, [params])
-    texts = {TCL: _tcl(hw, board, clock_mhz, params)}
+    case = _write_case(config, folder / CASE)
+    scripts = Scripts(folder, board, clock_mhz, [params, case / "runs.txt"])
+    texts = {TCL: _tcl(hw, board, clock_mhz, params, case)}
     if board.vitis_platform is not None:
         texts[CFG] = _cfg(board, clock_mhz)
         texts[VPP_SCRIPT] = _vpp(board, params)
@@ -214,6 +222,35 @@ def write_scripts(config="tiny", board="zcu102", folder=None) -> Scripts:
         if name == VPP_SCRIPT:
             path.chmod(0o755)
     return scripts
+
+
+@functools.lru_cache(maxsize=4)
+def _case_program(config):
+    """The compiled program of ``config``'s quantized model (as ``moevit hls csim``
+    makes it), the calls of :func:`moevit.hls.csim.top_runs` and what the
+    interpreter computes for them."""
+    from moevit.hls.cases import quantized_model
+    from moevit.hls.csim import top_runs
+    from moevit.hw.config import get_hw_config
+    from moevit.hw.program.compiler import compile_program
+    from moevit.model.integer import golden
+    from moevit.sim.benches.top import expected_runs
+
+    qmodel, image = quantized_model(config)
+    program = compile_program(qmodel, get_hw_config(config))
+    runs = top_runs(program, golden.quantize_image(image, qmodel.scale("input")))
+    return program, runs, expected_runs(program, runs)
+
+
+def _write_case(config, folder: Path) -> Path:
+    """The top testbench's case for Vitis HLS's C simulation and co-simulation: the
+    program, weights and images of :func:`_case_program`, and the interpreter's
+    outputs, so that ``tb_top`` checks itself (exit 1 on a difference)."""
+    from moevit.hls.csim import write_top_case
+
+    program, runs, expected = _case_program(config)
+    write_top_case(program, runs, folder, expected=expected)
+    return folder
 
 
 # The dry run's tclsh harness: each Vitis HLS command appends its call to a list,
@@ -298,6 +335,14 @@ def dry_run(scripts: Scripts) -> list:
                         f"void {TOP}(...) in {TOP_SOURCE.name}" if defined
                         else f"{TOP_SOURCE} defines no function {TOP}"))
 
+    case = scripts.folder / CASE
+    argv = [_option(c, "-argv") for c in calls if c[0] in ("csim_design", "cosim_design")]
+    written = [case / name for name in ("runs.txt", "weights.bin", "program.bin",
+                                        "run0-expected-output.bin", "run0-expected-scratch.bin")]
+    lacking = [p.name for p in written if not p.is_file()]
+    checks.append(Check("the testbench's case", argv == [str(case)] * 2 and not lacking,
+                        f"csim_design and cosim_design -argv {argv}"
+                        + (f"; {case} lacks {', '.join(lacking)}" if lacking else "")))
     tops = [call[1:] for call in calls if call[0] == "set_top"]
     checks.append(Check("set_top", tops == [[TOP]], f"set_top {tops}"))
     parts = [call[1:] for call in calls if call[0] == "set_part"]

@@ -17,6 +17,21 @@ from moevit.hw.boards import get_board
 BOARDS = ("zcu102", "zcu104", "u280")
 
 
+@pytest.fixture(autouse=True)
+def quick_case(monkeypatch):
+    """The testbench's case as empty files of the right names: compiling tiny's program
+    and running the interpreter takes seconds (tests/test_hls_top.py runs a real case
+    through the testbench, and the written scripts' own case)."""
+    def write(config, folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in ("runs.txt", "weights.bin", "program.bin", "run0-expected-output.bin",
+                     "run0-expected-scratch.bin"):
+            (folder / name).write_bytes(b"")
+        return folder
+
+    monkeypatch.setattr(S, "_write_case", write)
+
+
 def _checks(scripts):
     return {check.name: check for check in S.dry_run(scripts)}
 
@@ -41,6 +56,8 @@ def test_dry_run_passes(board, tmp_path):
     assert ("export_design -format ip_catalog" in text) != alveo
     assert (tmp_path / S.CFG).exists() == alveo and (tmp_path / S.VPP_SCRIPT).exists() == alveo
     assert (tmp_path / "parameters.h").is_file()
+    case = tmp_path / S.CASE
+    assert f"csim_design -argv {{{case}}}\n" in text and f"cosim_design -argv {{{case}}}\n" in text
 
 
 def test_clock_is_the_hw_target_capped_at_the_board(tmp_path):
@@ -73,10 +90,11 @@ def test_vpp_command(tmp_path):
      + str(S.INCLUDE_DIR / "moevit_moe.h"), "every source is added"),
     ("zcu104", S.TCL, "add_files -tb {" + str(S.TOP_TESTBENCH) + "} -cflags {",
      "# ", "every source is added"),
-    ("zcu102", S.TCL, "csim_design\ncsynth_design", "csynth_design\ncsim_design", "flow order"),
+    ("zcu102", S.TCL, "csynth_design\n", "", "flow order"),
+    ("zcu104", S.TCL, "cosim_design -argv {", "cosim_design -argv {/tmp", "the testbench's case"),
     ("u280", S.VPP_SCRIPT, "xilinx_u280_gen3x16_xdma_1_202211_1", "xilinx_u250", "v++ -c to an .xo"),
     ("u280", S.CFG, "clock=250000000", "clock=300000000", "v++ -c to an .xo"),
-    ("u280", S.TCL, "cosim_design\n", "cosim_design\nexport_design -format ip_catalog\n",
+    ("u280", S.TCL, "csynth_design\n", "csynth_design\nexport_design -format ip_catalog\n",
      "no Vivado IP export on an Alveo card"),
 ])
 def test_each_check_fails_on_a_spoiled_script(board, file, old, new, check, tmp_path):
@@ -118,7 +136,7 @@ def test_cli_dry_run(tmp_path, capsys):
     code = main(["hls", "scripts", "--board", "u280", "-o", str(tmp_path), "--dry-run"])
     out = capsys.readouterr().out
     assert code == 0
-    assert re.search(r"^dry run of u280: 11 of 11 checks pass$", out, re.M)
+    assert re.search(r"^dry run of u280: 12 of 12 checks pass$", out, re.M)
     assert not re.search(r"^FAIL", out, re.M)
 
 

@@ -4,17 +4,19 @@ model): each image's output region and the whole activation scratch, bit for bit
 call on one memory, with task switches and several images per call; and each bad program
 stopped with the register map's error code, writing nothing outside its buffers.
 
-Fast (``make test``): one task of ``tiny`` through the top, and the bad programs on the
-program's first instructions. Slow: every task, a task switch, two images in one call, and a
-seeded random sequence of calls (replay with ``MOEVIT_SEED=<seed>``).
+Fast (``make test``): one task of ``tiny`` through the top, the bad programs, a changed
+constant that must be seen, and the testbench's self-check (for Vitis HLS) on the program's
+first instructions. Slow: every task, a task switch, two images in one call, a seeded random
+sequence of calls (replay with ``MOEVIT_SEED=<seed>``), and the Vitis scripts' own case.
 """
 
 import dataclasses
+import subprocess
 
 import numpy as np
 import pytest
 
-from moevit.hls.csim import check_top, run_top, top_runs
+from moevit.hls.csim import TOP, build_testbench, check_top, run_top, top_runs, write_top_case
 from moevit.hw.program.program import HEADER_FIELDS, HEADER_WORDS
 from moevit.hw.program.regmap import ERROR_CODES
 from moevit.sim.benches.engines import compare_images, replay_seed
@@ -111,6 +113,62 @@ def test_top_stops_on_bad_programs_and_recovers(tiny):
                        program.layout, scratch_at)
 
 
+def test_changed_constant_is_seen(tiny):
+    """The patch embedding's residual shift one more: its rows of the embedding differ, and
+    nothing else (the comparison sees what the top computes)."""
+    program, image = tiny
+    short = dataclasses.replace(program, instructions=program.instructions[:3])
+    linear = short.instructions[1]
+    assert linear.residual
+    spoiled = {"task": 0, "images": [image],
+               "program": _with(short, 1, res_shift=linear.res_shift + 1)}
+    got = run_top(short, [spoiled])[0]
+    want = expected_runs(short, [(0, [image])])[0]
+    assert got.error == 0
+    scratch_at = program.layout.boundaries()["scratch_at"]
+    differ = np.flatnonzero(got.scratch != want["scratch"]) + scratch_at
+    rows = linear.y_addr, linear.y_addr + linear.tokens * linear.out_features
+    assert differ.size and rows[0] <= differ.min() and differ.max() < rows[1]
+
+
+def test_testbench_checks_itself(tiny, tmp_path):
+    """With the interpreter's results beside the inputs (Vitis HLS's csim_design and
+    cosim_design), tb_top compares them itself: exit 0 when bit-exact, 1 on one byte off."""
+    program, image = tiny
+    short = dataclasses.replace(program, instructions=program.instructions[:3])
+    runs = [(0, [image]), (1, [image, image])]
+    write_top_case(short, runs, tmp_path, expected=expected_runs(short, runs))
+    binary = build_testbench(TOP, program.hw)
+    done = subprocess.run([str(binary), str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [line.split(": ")[3].split()[0] for line in done.stdout.splitlines()] == \
+        ["bit-exact", "bit-exact"]
+    scratch = tmp_path / "run1-expected-scratch.bin"
+    data = bytearray(scratch.read_bytes())
+    data[100] ^= 1
+    scratch.write_bytes(bytes(data))
+    done = subprocess.run([str(binary), str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 1
+    assert done.stdout.splitlines()[1] == (
+        "testbench: call 1: task 1, 2 image(s): MISMATCH (error 0, 0 output and 1 scratch "
+        "bytes differ, 0 written elsewhere)")
+
+
+@pytest.mark.slow
+def test_scripts_case_passes_in_the_testbench(tmp_path):
+    """The case that the Vitis HLS scripts hand csim_design and cosim_design: tiny's whole
+    program, every task, a switch, two images in one call, checked by tb_top itself."""
+    from moevit.hls.scripts import CASE, write_scripts
+    from moevit.hw.config import get_hw_config
+
+    scripts = write_scripts("tiny", "zcu102", tmp_path)
+    binary = build_testbench(TOP, get_hw_config("tiny"))
+    done = subprocess.run([str(binary), str(scripts.folder / CASE)], capture_output=True,
+                          text=True)
+    print(done.stdout)
+    assert done.returncode == 0 and done.stdout.count(": bit-exact (error 0, 0 output") == 3
+
+
 @pytest.mark.slow
 def test_top_runs_tiny_every_task(tiny):
     """Every task, a task switch between calls, two images in one call."""
@@ -124,7 +182,7 @@ def test_top_random_calls(tiny):
     """A seeded random sequence of calls: random tasks, one to three random images each."""
     program, image = tiny
     rng = np.random.default_rng(replay_seed())
-    runs = [(int(rng.integers(len(program.tasks))),
-             [rng.integers(-128, 128, image.shape, dtype=np.int8)
-              for _ in range(int(rng.integers(1, 4)))]) for _ in range(4)]
+    tasks = rng.permutation(np.repeat(np.arange(len(program.tasks)), 2))
+    runs = [(int(task), [rng.integers(-128, 128, image.shape, dtype=np.int8)
+                         for _ in range(int(rng.integers(1, 4)))]) for task in tasks]
     _check(program, runs)

@@ -9,7 +9,11 @@
 // Per run it writes the images, calls moevit_top, and writes back run<k>-output.bin
 // (every image's output region), run<k>-scratch.bin, and run<k>.txt: the error
 // code, the status word, the bytes changed outside the output and scratch buffers,
-// those of them in the weights, and the call's wall time in seconds. The comparison with the interpreter happens in Python.
+// those of them in the weights, and the call's wall time in seconds.
+// When the folder also holds run<k>-expected-output.bin and run<k>-expected-scratch.bin
+// (the interpreter's, for Vitis HLS's csim_design and cosim_design), the testbench checks
+// itself: every byte of both, error 0, nothing written elsewhere; it exits 1 on a
+// difference. Otherwise the comparison happens in Python (moevit.hls.csim.check_top).
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -23,6 +27,12 @@ typedef ap_uint<8> byte_t;
 void moevit_top(const ap_uint<32> *program, byte_t *weights, byte_t *input, byte_t *output,
                 byte_t *scratch, unsigned task, unsigned images, unsigned *status,
                 unsigned *error);
+
+static bool exists(const std::string &path) {
+    FILE *file = std::fopen(path.c_str(), "rb");
+    if (file) std::fclose(file);
+    return file != 0;
+}
 
 static std::vector<unsigned char> load(const std::string &path) {
     std::vector<unsigned char> data;
@@ -42,6 +52,16 @@ static void save(const std::string &path, const std::vector<byte_t> &memory, siz
     FILE *file = std::fopen(path.c_str(), "wb");
     for (size_t i = 0; i < size; i++) std::fputc(int(memory[at + i].to_uint()), file);
     std::fclose(file);
+}
+
+// Bytes of memory[at, at + size) that differ from the file's; -1 when its size differs.
+static long long differing(const std::string &path, const std::vector<byte_t> &memory, size_t at,
+                           size_t size) {
+    std::vector<unsigned char> want = load(path);
+    if (want.size() != size) return -1;
+    long long count = 0;
+    for (size_t i = 0; i < size; i++) count += memory[at + i] != want[i];
+    return count;
 }
 
 int main(int argc, char **argv) {
@@ -68,6 +88,7 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < weights.size(); i++) memory[weights_at + i] = weights[i];
     unsigned task, images;
     char name[256];
+    int failed = 0;
     for (int k = 0; std::fscanf(runs, "%u %u %255s", &task, &images, name) == 3; k++) {
         std::vector<unsigned char> bytes = load(folder + name);
         std::vector<ap_uint<32> > program(bytes.size() / 4 + 1, 0);
@@ -103,7 +124,18 @@ int main(int argc, char **argv) {
         std::fprintf(result, "%u %u %llu %llu %.6f\n", error, status, stray, weights_changed,
                      seconds.count());
         std::fclose(result);
+        if (exists(run + "-expected-output.bin")) {
+            long long out = differing(run + "-expected-output.bin", memory, output_at,
+                                      images * output_pitch);
+            long long scr = differing(run + "-expected-scratch.bin", memory, scratch_at,
+                                      scratch_bytes);
+            bool exact = out == 0 && scr == 0 && error == 0 && stray == 0;
+            std::printf("testbench: call %d: task %u, %u image(s): %s (error %u, %lld output and "
+                        "%lld scratch bytes differ, %llu written elsewhere)\n",
+                        k, task, images, exact ? "bit-exact" : "MISMATCH", error, out, scr, stray);
+            failed += !exact;
+        }
     }
     std::fclose(runs);
-    return 0;
+    return failed ? 1 : 0;
 }

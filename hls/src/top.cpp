@@ -24,8 +24,9 @@
 // arguments of the register map (moevit.hw.program.regmap) in its order: program,
 // weights, input, output, scratch (64-bit), task, images, then status and error as
 // output registers; ap_ctrl_hs on the same bundle. Vitis HLS places the registers
-// itself: a 64-bit argument takes three words and an output register a data word and
-// a control word, so the offsets after 0x10 differ from the RTL's (see the README);
+// itself, each argument in its data words and one word more for its port protocol
+// (UG1399, "S_AXILITE Offset Option"), so the offsets after 0x10 differ from the
+// RTL's (see the README);
 // the names, order and meaning are the RTL's. The RTL's cycle counters and its
 // start-while-busy bit have no counterpart here.
 #include "moevit_attention.h"

@@ -17,8 +17,7 @@ memory that lives on from call to call, the buffers at addresses unlike the
 program's own and in another order (so every access goes through the top's
 relocation, and one that misses its buffer writes a guard page, which the
 testbench counts), the task and image count as arguments. :func:`check_top`
-compares each image's output region and the whole activation scratch, bit for
-bit, with the instruction-level interpreter on the same runs
+compares each image's output and the whole activation scratch, bit for bit, with the instruction-level interpreter on the same runs
 (:func:`moevit.sim.benches.top.expected_runs`, itself equal to the golden model).
 """
 
@@ -256,10 +255,13 @@ def write_top_case(program, runs, folder, *, expected=None) -> list:
     """Write the files ``tb_top`` reads for ``runs`` (see :func:`run_top`) into ``folder``.
 
     With ``expected`` (what :func:`moevit.sim.benches.top.expected_runs` returns for
-    ``runs``), also each call's expected output regions and scratch: the testbench
+    ``runs``), also each call's expected outputs (each image's task output, the start
+    of its region) and scratch: the testbench
     then checks itself and exits 1 on a difference, as Vitis HLS's ``csim_design``
     and ``cosim_design`` need. Returns ``runs`` as dicts.
     """
+    from moevit.sim.benches.top import output_bytes
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for stale in folder.glob("run*"):
@@ -282,8 +284,10 @@ def write_top_case(program, runs, folder, *, expected=None) -> list:
             np.ascontiguousarray(image, np.int8).tofile(folder / f"run{k}-image{n}.bin")
         lines.append(f"{int(run['task'])} {len(run['images'])} {name}")
     (folder / "runs.txt").write_text("\n".join(lines) + "\n")
-    for k, want in enumerate(expected or ()):
-        np.concatenate(want["outputs"]).tofile(folder / f"run{k}-expected-output.bin")
+    for k, (run, want) in enumerate(zip(runs, expected or ())):
+        size = output_bytes(program, run["task"])
+        np.concatenate([out[:size] for out in want["outputs"]]).tofile(
+            folder / f"run{k}-expected-output.bin")
         want["scratch"].tofile(folder / f"run{k}-expected-scratch.bin")
     return runs
 
@@ -321,14 +325,16 @@ def run_top(program, runs, *, folder=None) -> list:
 
 def check_top(program, runs, *, folder=None) -> list:
     """Run ``runs`` (``(task, images)`` pairs) through the HLS top and compare every image's
-    output region and the whole scratch after each call, bit for bit, with the interpreter
-    on the same runs; also that the call ended without error and wrote nothing else.
+    output (the task's head output, at the start of the image's output region; the rest of
+    the region holds another task's) and the whole scratch after each call, bit for bit,
+    with the interpreter on the same runs; also that the call ended without error and
+    wrote nothing outside the output and scratch buffers.
 
     Returns one row per call: ``task``, ``images``, ``instructions`` (run, all images),
     ``bytes_compared``, ``bit_exact``, ``mismatches`` (one line each), ``seconds``.
     """
     from moevit.sim.benches.engines import compare_images
-    from moevit.sim.benches.top import expected_runs
+    from moevit.sim.benches.top import expected_runs, output_bytes
 
     got = run_top(program, runs, folder=folder)
     want = expected_runs(program, runs)
@@ -339,7 +345,8 @@ def check_top(program, runs, *, folder=None) -> list:
         if run.error or run.stray:
             mismatches.append(f"call {k}: error code {run.error}, {run.stray} bytes written "
                               f"outside the output and scratch buffers")
-        pairs = [(f"call {k} image {n} output", out, ref, None)
+        size = output_bytes(program, run.task)  # the rest of the region: another task's
+        pairs = [(f"call {k} image {n} output", out[:size], ref[:size], None)
                  for n, (out, ref) in enumerate(zip(run.outputs, expected["outputs"]))]
         pairs.append((f"call {k} scratch", run.scratch, expected["scratch"], scratch_at))
         for what, out, ref, base in pairs:

@@ -10,10 +10,10 @@
 // (every image's output region), run<k>-scratch.bin, and run<k>.txt: the error
 // code, the status word, the bytes changed outside the output and scratch buffers,
 // those of them in the weights, and the call's wall time in seconds.
-// When the folder also holds run<k>-expected-output.bin and run<k>-expected-scratch.bin
-// (the interpreter's, for Vitis HLS's csim_design and cosim_design), the testbench checks
-// itself: every byte of both, error 0, nothing written elsewhere; it exits 1 on a
-// difference. Otherwise the comparison happens in Python (moevit.hls.csim.check_top).
+// When the folder also holds run<k>-expected-output.bin (each image's task output, the
+// start of its output region) and run<k>-expected-scratch.bin (the interpreter's, for
+// Vitis HLS's csim_design and cosim_design), the testbench checks itself: every byte of
+// both, error 0, nothing written elsewhere; it exits 1 on a difference. Otherwise the comparison happens in Python (moevit.hls.csim.check_top).
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -54,13 +54,16 @@ static void save(const std::string &path, const std::vector<byte_t> &memory, siz
     std::fclose(file);
 }
 
-// Bytes of memory[at, at + size) that differ from the file's; -1 when its size differs.
+// Bytes that differ from the file's: `parts` stretches of memory, `pitch` apart from
+// `at`, each as long as a part of the file; -1 when the file does not split so.
 static long long differing(const std::string &path, const std::vector<byte_t> &memory, size_t at,
-                           size_t size) {
+                           size_t parts, size_t pitch) {
     std::vector<unsigned char> want = load(path);
-    if (want.size() != size) return -1;
+    if (parts == 0 || want.size() % parts || want.size() / parts > pitch) return -1;
+    const size_t size = want.size() / parts;
     long long count = 0;
-    for (size_t i = 0; i < size; i++) count += memory[at + i] != want[i];
+    for (size_t i = 0; i < want.size(); i++)
+        count += memory[at + (i / size) * pitch + i % size] != want[i];
     return count;
 }
 
@@ -125,9 +128,9 @@ int main(int argc, char **argv) {
                      seconds.count());
         std::fclose(result);
         if (exists(run + "-expected-output.bin")) {
-            long long out = differing(run + "-expected-output.bin", memory, output_at,
-                                      images * output_pitch);
-            long long scr = differing(run + "-expected-scratch.bin", memory, scratch_at,
+            long long out = differing(run + "-expected-output.bin", memory, output_at, images,
+                                      output_pitch);
+            long long scr = differing(run + "-expected-scratch.bin", memory, scratch_at, 1,
                                       scratch_bytes);
             bool exact = out == 0 && scr == 0 && error == 0 && stray == 0;
             std::printf("testbench: call %d: task %u, %u image(s): %s (error %u, %lld output and "

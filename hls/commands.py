@@ -77,14 +77,14 @@ def _csim(args):
     if calls:
         if kernels:
             print()
-        print_rows(calls, [("call", "call", "<6", ""), ("task", "shape", "<26", ""),
+        print_rows(calls, [("call", "call", "<6", ""), ("task, images", "shape", "<30", ""),
                            ("instructions", "instructions", ">13", ""),
                            ("bytes compared", "bytes_compared", ">16", ""),
                            ("seconds", "seconds", ">9", ".2f"),
                            ("bit-exact", "exact_text", ">11", "")],
                    "(the HLS top running the compiled program, calls one after the other on "
-                   "one memory: each image's output region and the whole activation scratch "
-                   "compared in full with the instruction-level interpreter)")
+                   "one memory: each image's output and the whole activation scratch compared "
+                   "in full with the instruction-level interpreter)")
     for row in rows:
         for line in row["mismatches"][:5]:
             print(f"mismatch: {row['kernel']}: {line}")

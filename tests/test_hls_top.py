@@ -186,3 +186,35 @@ def test_top_random_calls(tiny):
     runs = [(int(task), [rng.integers(-128, 128, image.shape, dtype=np.int8)
                          for _ in range(int(rng.integers(1, 4)))]) for task in tasks]
     _check(program, runs)
+
+
+def _random_hw(rng, name):
+    """A random design point that still holds ``tiny`` (65 tokens, 256-wide hidden rows,
+    8 experts, 4 heads of 16: the columns divide a head, and take a gate's 8 logits)."""
+    from moevit.hw.config import DEFAULT_HW
+
+    rows, cols = int(rng.integers(1, 9)), int(rng.choice([8, 16]))
+    return DEFAULT_HW["tiny"].replace(
+        name=name, rows=rows, cols=cols, post_lanes=int(rng.choice([1, 2, 4, 8])),
+        max_tokens=rows * -(-int(rng.integers(65, 161)) // rows),
+        max_in=int(rng.integers(256, 321)), score_lanes=int(rng.choice([1, 2, 4, 8, 16])),
+        max_head_dim=int(rng.choice([16, 32])), kv_depth=int(rng.integers(65, 129)),
+        heads_parallel=int(rng.choice([1, 2, 4])), bus_width=int(rng.choice([64, 128, 256])))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", [0, 1])
+def test_top_on_a_random_design_point(point):
+    """tiny compiled for a random HwConfig (array, buffers, lanes, bus width) from the
+    printed seed: its parameters.h, a testbench built for it, every task bit-exact."""
+    from moevit.hw.program.compiler import compile_program
+    from moevit.model.integer import golden
+    from moevit.sim.units import tiny_quantized
+
+    seed = replay_seed() + point
+    hw = _random_hw(np.random.default_rng(seed), f"random-top-{point}")
+    print(hw)
+    qmodel, image = tiny_quantized(trained=False)
+    program = compile_program(qmodel, hw)
+    image = golden.quantize_image(image, qmodel.scale("input"))
+    _check(program, [(task, [image]) for task in range(len(program.tasks))])

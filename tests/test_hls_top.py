@@ -96,7 +96,10 @@ def test_top_stops_on_bad_programs_and_recovers(tiny):
     runs = [good]
     for run in bad.values():
         runs += [run, good]
-    got = run_top(short, runs)
+    got = run_top(short, runs + [dict(good, images=[])])
+    nothing = got.pop()   # no image: no instruction runs, nothing is written, no error
+    assert (nothing.error, nothing.instruction, nothing.image, nothing.stray) == (0, 0, 0, 0)
+    compare_images(nothing.scratch, got[-1].scratch, "scratch after a call of no image")
     want = [0] + [code for name in bad for code in (CODES[name.strip()], 0)]
     assert [r.error for r in got] == want
     assert [(r.stray, r.weights_changed) for r in got] == [(0, 0)] * len(runs)

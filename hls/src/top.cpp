@@ -470,6 +470,7 @@ unsigned run(const ap_uint<32> *prog, memory &m, unsigned task, unsigned images,
     m.start[OUTPUT] = header[HEADER_OUTPUT_AT];
     m.start[REGIONS] = header[HEADER_OUTPUT_END];
     const unsigned body = header[HEADER_BODY_WORDS], count = header[HEADER_INSTRUCTIONS];
+    if (images == 0 || count == 0) return ERROR_NONE;  // nothing to run (status 0)
 run_images:
     for (image = 0; image < images; image++) {
         m.image_offset[WEIGHTS] = m.image_offset[SCRATCH] = 0;
@@ -492,8 +493,8 @@ run_images:
         }
     }
     // A finished run reports its last image and instruction, as the RTL's status.
-    image = images ? images - 1 : 0;
-    instruction = count ? count - 1 : 0;
+    image = images - 1;
+    instruction = count - 1;
     return ERROR_NONE;
 }
 

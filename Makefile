@@ -16,7 +16,7 @@ help:
 	@echo "make demo     train, evaluate and quantize the '$(CONFIG)' config on the synthetic set"
 	@echo "make test     the test suite (fast part of the simulations included)"
 	@echo "make sim      all cocotb simulations (SIM=icarus|verilator)"
-	@echo "make hls-csim the HLS kernels' C simulations (g++) against the golden model"
+	@echo "make hls-csim the HLS kernels' C simulations and the whole model through the HLS top (g++), against the golden model"
 	@echo "make hls-synth the Vitis HLS / v++ scripts of the HLS top for BOARD=$(BOARD), then the AMD tool"
 	@echo "make test-all every test, the slow simulations included"
 	@echo "make clean    remove build/"

@@ -3,6 +3,10 @@
 :func:`write_scripts` writes, under ``build/hls/<config>/<board>/``:
 
 * ``parameters.h`` (:mod:`moevit.hls.generate`): the design point;
+* ``tb_case/``: the top testbench's case (the config's program, weights,
+  the calls of :func:`moevit.hls.csim.top_runs` and the interpreter's
+  results), so ``csim_design -argv`` and ``cosim_design -argv`` run a
+  self-checking testbench;
 * ``moevit_top.tcl``, for ``vitis_hls -f``: ``open_project``, ``set_top
   moevit_top``, the kernel headers, the top and ``parameters.h``, the top's
   C-simulation testbench (``add_files -tb``), ``open_solution`` (flow target
@@ -30,11 +34,13 @@ exists, the top and the part are the board's, and the Tcl runs in a real
 ``tclsh`` with the Vitis HLS commands defined as recording stubs (so a typo
 in a command name, a missing brace or a bad quote fails the dry run).
 
-The top function itself (``hls/src/top.cpp``, executing the compiled program)
-and its testbench come with the RTL top's program (issue 13); until they
-exist the dry run fails on exactly that, in one line.
+The top function itself is ``hls/src/top.cpp`` (``moevit_top``, executing the
+compiled program) and its testbench ``hls/tb/tb_top.cpp``; the dry run checks
+that the source defines the function ``set_top`` names.
 """
 
+import functools
+import re
 import shlex
 import shutil
 import subprocess
@@ -43,16 +49,14 @@ from pathlib import Path
 
 from moevit.errors import ConfigError, MoevitError, ToolNotFoundError
 from moevit.hls.csim import TB_DIR
-from moevit.hls.generate import INCLUDE_DIR, PARAMETERS, check_hls, write_parameters
+from moevit.hls.generate import INCLUDE_DIR, PARAMETERS, TOP_SOURCE, check_hls, write_parameters
 from moevit.paths import build_dir, output_folder, write_atomically
 
 __all__ = ["TOP", "TOP_SOURCE", "TOP_TESTBENCH", "VITIS_VERSION", "Scripts", "Check",
            "write_scripts", "dry_run", "run_synthesis"]
 
 TOP = "moevit_top"
-SRC_DIR = Path(__file__).resolve().parent / "src"
-#: The HLS top and its C-simulation testbench: not written yet (see the module's description).
-TOP_SOURCE = SRC_DIR / "top.cpp"
+#: The HLS top's C-simulation testbench (the top itself: ``TOP_SOURCE``, hls/src/top.cpp).
 TOP_TESTBENCH = TB_DIR / "tb_top.cpp"
 #: The last Vitis/Vivado release with the U280 (shared/DESIGN.md, platform facts).
 VITIS_VERSION = "2023.2"
@@ -60,6 +64,8 @@ VITIS_VERSION = "2023.2"
 # front end takes -std=c++14, its documented default).
 CFLAGS = "-std=c++14"
 TCL, CFG, VPP_SCRIPT = f"{TOP}.tcl", f"{TOP}.cfg", "v++.sh"
+#: The folder of the testbench's case (``csim_design -argv`` and ``cosim_design -argv``).
+CASE = "tb_case"
 # Vitis HLS commands the scripts may call: the dry run's tclsh defines exactly these.
 VITIS_COMMANDS = ("open_project", "set_top", "add_files", "open_solution", "set_part",
                   "create_clock", "csim_design", "csynth_design", "cosim_design",
@@ -118,7 +124,7 @@ def _sources(params: Path) -> list:
             + [(TOP_TESTBENCH, True), (TB_DIR / "tb_io.h", True)])
 
 
-def _tcl(hw, board, clock_mhz, params: Path) -> str:
+def _tcl(hw, board, clock_mhz, params: Path, case: Path) -> str:
     alveo = board.vitis_platform is not None
     cflags = f"{CFLAGS} -I{INCLUDE_DIR} -I{params.parent}"
     lines = [
@@ -135,9 +141,9 @@ def _tcl(hw, board, clock_mhz, params: Path) -> str:
         f"open_solution -reset solution1 -flow_target {'vitis' if alveo else 'vivado'}",
         f"set_part {_tcl_word(board.part)}",
         f"create_clock -period {1000.0 / clock_mhz:.3f} -name default",
-        "csim_design",
+        f"csim_design -argv {_tcl_word(case)}",
         "csynth_design",
-        "cosim_design",
+        f"cosim_design -argv {_tcl_word(case)}",
     ]
     if not alveo:  # a Vivado IP for the Zynq block design; the U280 takes v++'s .xo
         lines.append("export_design -format ip_catalog")
@@ -202,8 +208,9 @@ def write_scripts(config="tiny", board="zcu102", folder=None) -> Scripts:
         folder = output_folder(folder, "HLS script folder").resolve()
     clock_mhz = min(hw.clock_mhz, board.clock_mhz)
     params = write_parameters(hw, folder)
-    scripts = Scripts(folder, board, clock_mhz, [params])
-    texts = {TCL: _tcl(hw, board, clock_mhz, params)}
+    case = _write_case(config, folder / CASE)
+    scripts = Scripts(folder, board, clock_mhz, [params, case / "runs.txt"])
+    texts = {TCL: _tcl(hw, board, clock_mhz, params, case)}
     if board.vitis_platform is not None:
         texts[CFG] = _cfg(board, clock_mhz)
         texts[VPP_SCRIPT] = _vpp(board, params)
@@ -215,6 +222,35 @@ def write_scripts(config="tiny", board="zcu102", folder=None) -> Scripts:
         if name == VPP_SCRIPT:
             path.chmod(0o755)
     return scripts
+
+
+@functools.lru_cache(maxsize=4)
+def _case_program(config):
+    """The compiled program of ``config``'s quantized model (as ``moevit hls csim``
+    makes it), the calls of :func:`moevit.hls.csim.top_runs` and what the
+    interpreter computes for them."""
+    from moevit.hls.cases import quantized_model
+    from moevit.hls.csim import top_runs
+    from moevit.hw.config import get_hw_config
+    from moevit.hw.program.compiler import compile_program
+    from moevit.model.integer import golden
+    from moevit.sim.benches.top import expected_runs
+
+    qmodel, image = quantized_model(config)
+    program = compile_program(qmodel, get_hw_config(config))
+    runs = top_runs(program, golden.quantize_image(image, qmodel.scale("input")))
+    return program, runs, expected_runs(program, runs)
+
+
+def _write_case(config, folder: Path) -> Path:
+    """The top testbench's case for Vitis HLS's C simulation and co-simulation: the
+    program, weights and images of :func:`_case_program`, and the interpreter's
+    outputs, so that ``tb_top`` checks itself (exit 1 on a difference)."""
+    from moevit.hls.csim import write_top_case
+
+    program, runs, expected = _case_program(config)
+    write_top_case(program, runs, folder, expected=expected)
+    return folder
 
 
 # The dry run's tclsh harness: each Vitis HLS command appends its call to a list,
@@ -274,9 +310,7 @@ def _named_files(scripts: Scripts, calls) -> list:
 def dry_run(scripts: Scripts) -> list:
     """The checks of the scripts written by :func:`write_scripts` (a list of :class:`Check`).
 
-    Every check runs; the caller fails when one is not ``ok``. The top's files
-    are one check, failing while ``hls/src/top.cpp`` (and its testbench) are
-    not written.
+    Every check runs; the caller fails when one is not ``ok``.
     """
     board = scripts.board
     calls = record_calls(scripts.tcl)
@@ -287,24 +321,28 @@ def dry_run(scripts: Scripts) -> list:
     added = {(Path(c[2]), True) if c[1] == "-tb" else (Path(c[1]), False)
              for c in calls if c[0] == "add_files"}
     expected = _sources(scripts.folder / PARAMETERS)
-    top_files = (TOP_SOURCE, TOP_TESTBENCH)
     unnamed = [p for p, tb in expected if (p, tb) not in added]
     checks.append(Check("every source is added", not unnamed,
                         f"{len(expected)} files: the top, the kernel headers, {PARAMETERS}, "
                         f"the testbench (-tb)" if not unnamed else
                         "not added (or -tb wrong): " + ", ".join(p.name for p in unnamed)))
-    missing = [p for p in dict.fromkeys(named) if not p.is_file() and p not in top_files]
-    checks.append(Check("every other named file exists", not missing,
+    missing = [p for p in dict.fromkeys(named) if not p.is_file()]
+    checks.append(Check("every named file exists", not missing,
                         f"{len(set(named))} files named" if not missing
                         else "missing: " + ", ".join(map(str, missing))))
-    top_missing = [p for p in top_files if not p.is_file()]
-    checks.append(Check(
-        "the HLS top exists", not top_missing,
-        f"{TOP} in {TOP_SOURCE.name}" if not top_missing else
-        "the HLS top is not written yet: " + ", ".join(
-            str(p.relative_to(SRC_DIR.parent.parent)) for p in top_missing)
-        + f" missing ({TOP}, which executes the compiled program, comes with the RTL top)"))
+    defined = TOP_SOURCE.is_file() and re.search(rf"^void {TOP}\(", TOP_SOURCE.read_text(), re.M)
+    checks.append(Check("the top function is defined", bool(defined),
+                        f"void {TOP}(...) in {TOP_SOURCE.name}" if defined
+                        else f"{TOP_SOURCE} defines no function {TOP}"))
 
+    case = scripts.folder / CASE
+    argv = [_option(c, "-argv") for c in calls if c[0] in ("csim_design", "cosim_design")]
+    written = [case / name for name in ("runs.txt", "weights.bin", "program.bin",
+                                        "run0-expected-output.bin", "run0-expected-scratch.bin")]
+    lacking = [p.name for p in written if not p.is_file()]
+    checks.append(Check("the testbench's case", argv == [str(case)] * 2 and not lacking,
+                        f"csim_design and cosim_design -argv {argv}"
+                        + (f"; {case} lacks {', '.join(lacking)}" if lacking else "")))
     tops = [call[1:] for call in calls if call[0] == "set_top"]
     checks.append(Check("set_top", tops == [[TOP]], f"set_top {tops}"))
     parts = [call[1:] for call in calls if call[0] == "set_part"]
@@ -365,9 +403,6 @@ def run_synthesis(scripts: Scripts) -> None:
         raise ToolNotFoundError(
             f"{scripts.tool} not found: the HLS synthesis needs AMD Vitis {VITIS_VERSION} "
             f"(source its settings64.sh); the scripts are written in {scripts.folder}")
-    if not TOP_SOURCE.is_file():
-        raise MoevitError(f"The HLS top {TOP_SOURCE} is not written yet; the scripts are in "
-                          f"{scripts.folder}")
     command = ([tool, "-f", TCL] if scripts.tool == "vitis_hls"
                else ["sh", VPP_SCRIPT])
     done = subprocess.run(command, cwd=scripts.folder)

@@ -1,8 +1,6 @@
 """The Vitis HLS / v++ scripts of the HLS top and their dry run (tclsh, no AMD tools).
 
-For each board the dry run must pass every check but the HLS top's, which
-fails, naming ``hls/src/top.cpp``, for as long as the top is not written.
-Each check is also shown to fail on a script spoiled in the way it guards
+For each board the dry run must pass every check. Each check is also shown to fail on a script spoiled in the way it guards
 against (a wrong part, a missing file, a Tcl typo, a wrong platform), so no
 check passes by construction.
 """
@@ -17,7 +15,21 @@ from moevit.hls import scripts as S
 from moevit.hw.boards import get_board
 
 BOARDS = ("zcu102", "zcu104", "u280")
-TOP_WRITTEN = S.TOP_SOURCE.is_file() and S.TOP_TESTBENCH.is_file()
+
+
+@pytest.fixture(autouse=True)
+def quick_case(monkeypatch):
+    """The testbench's case as empty files of the right names: compiling tiny's program
+    and running the interpreter takes seconds (tests/test_hls_top.py runs a real case
+    through the testbench, and the written scripts' own case)."""
+    def write(config, folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in ("runs.txt", "weights.bin", "program.bin", "run0-expected-output.bin",
+                     "run0-expected-scratch.bin"):
+            (folder / name).write_bytes(b"")
+        return folder
+
+    monkeypatch.setattr(S, "_write_case", write)
 
 
 def _checks(scripts):
@@ -31,13 +43,10 @@ def _spoil(path, old, new):
 
 
 @pytest.mark.parametrize("board", BOARDS)
-def test_dry_run_passes_but_for_the_top(board, tmp_path):
+def test_dry_run_passes(board, tmp_path):
     scripts = S.write_scripts("tiny", board, tmp_path)
     checks = _checks(scripts)
-    top = checks.pop("the HLS top exists")
-    assert top.ok == TOP_WRITTEN, top.detail
-    if not TOP_WRITTEN:
-        assert "hls/src/top.cpp" in top.detail and "not written yet" in top.detail
+    assert checks["the top function is defined"].detail == "void moevit_top(...) in top.cpp"
     failed = [f"{c.name}: {c.detail}" for c in checks.values() if not c.ok]
     assert not failed
     part = get_board(board).part
@@ -47,6 +56,8 @@ def test_dry_run_passes_but_for_the_top(board, tmp_path):
     assert ("export_design -format ip_catalog" in text) != alveo
     assert (tmp_path / S.CFG).exists() == alveo and (tmp_path / S.VPP_SCRIPT).exists() == alveo
     assert (tmp_path / "parameters.h").is_file()
+    case = tmp_path / S.CASE
+    assert f"csim_design -argv {{{case}}}\n" in text and f"cosim_design -argv {{{case}}}\n" in text
 
 
 def test_clock_is_the_hw_target_capped_at_the_board(tmp_path):
@@ -73,15 +84,17 @@ def test_vpp_command(tmp_path):
     ("zcu102", S.TCL, "-flow_target vivado", "-flow_target vitis", "flow target"),
     ("zcu102", S.TCL, "-period 5.000", "-period 4.000", "clock"),
     ("zcu102", S.TCL, "-format ip_catalog", "-format xo", "export_design -format ip_catalog"),
-    ("zcu102", S.TCL, "moevit_gelu.h}", "moevit_gelu_x.h}", "every other named file exists"),
+    ("zcu102", S.TCL, "moevit_gelu.h}", "moevit_gelu_x.h}", "every named file exists"),
+    ("zcu104", S.TCL, "tb_top.cpp}", "tb_top_x.cpp}", "every named file exists"),
     ("zcu102", S.TCL, "add_files {" + str(S.INCLUDE_DIR / "moevit_moe.h"), "add_files -tb {"
      + str(S.INCLUDE_DIR / "moevit_moe.h"), "every source is added"),
     ("zcu104", S.TCL, "add_files -tb {" + str(S.TOP_TESTBENCH) + "} -cflags {",
      "# ", "every source is added"),
-    ("zcu102", S.TCL, "csim_design\ncsynth_design", "csynth_design\ncsim_design", "flow order"),
+    ("zcu102", S.TCL, "csynth_design\n", "", "flow order"),
+    ("zcu104", S.TCL, "cosim_design -argv {", "cosim_design -argv {/tmp", "the testbench's case"),
     ("u280", S.VPP_SCRIPT, "xilinx_u280_gen3x16_xdma_1_202211_1", "xilinx_u250", "v++ -c to an .xo"),
     ("u280", S.CFG, "clock=250000000", "clock=300000000", "v++ -c to an .xo"),
-    ("u280", S.TCL, "cosim_design\n", "cosim_design\nexport_design -format ip_catalog\n",
+    ("u280", S.TCL, "csynth_design\n", "csynth_design\nexport_design -format ip_catalog\n",
      "no Vivado IP export on an Alveo card"),
 ])
 def test_each_check_fails_on_a_spoiled_script(board, file, old, new, check, tmp_path):
@@ -122,11 +135,19 @@ def test_missing_tclsh(tmp_path, monkeypatch):
 def test_cli_dry_run(tmp_path, capsys):
     code = main(["hls", "scripts", "--board", "u280", "-o", str(tmp_path), "--dry-run"])
     out = capsys.readouterr().out
-    assert code == (0 if TOP_WRITTEN else 1)
-    assert re.search(r"^dry run of u280: (10|11) of 11 checks pass$", out, re.M)
-    if not TOP_WRITTEN:
-        assert re.search(r"^FAIL the HLS top exists: the HLS top is not written yet: "
-                         r"hls/src/top\.cpp", out, re.M)
+    assert code == 0
+    assert re.search(r"^dry run of u280: 12 of 12 checks pass$", out, re.M)
+    assert not re.search(r"^FAIL", out, re.M)
+
+
+def test_top_function_missing(tmp_path, monkeypatch):
+    """A top source without moevit_top fails its check (the other checks still run)."""
+    scripts = S.write_scripts("tiny", "zcu102", tmp_path)
+    source = tmp_path / "top.cpp"
+    source.write_text(S.TOP_SOURCE.read_text().replace("void moevit_top(", "void other_top("))
+    monkeypatch.setattr(S, "TOP_SOURCE", source)
+    found = _checks(scripts)["the top function is defined"]
+    assert not found.ok and found.detail == f"{source} defines no function moevit_top"
 
 
 @pytest.mark.parametrize("board, tool", [("zcu102", "vitis_hls"), ("u280", "v\\+\\+")])
@@ -160,11 +181,4 @@ def test_synth_with_the_tool(tmp_path, capsys, monkeypatch):
     (tools / "vitis_hls").chmod(0o755)
     monkeypatch.setenv("PATH", str(tools))
     code = main(["hls", "synth", "--board", "zcu104", "-o", str(tmp_path / "out")])
-    if TOP_WRITTEN:  # the tool runs in the scripts' folder
-        assert code == 0 and (tmp_path / "out" / "ran").exists()
-        return
-    assert code == 2
-    err = capsys.readouterr().err
-    assert re.fullmatch(r"moevit: error: The HLS top .*hls/src/top\.cpp is not written yet; "
-                        r"the scripts are in .*out\n", err)
-    assert not (tmp_path / "out" / "ran").exists()
+    assert code == 0 and (tmp_path / "out" / "ran").exists()  # run in the scripts' folder

@@ -20,6 +20,7 @@ help:
 	@echo "make sim      all cocotb simulations (SIM=icarus|verilator)"
 	@echo "make hls-csim the HLS kernels' C simulations (g++) against the golden model"
 	@echo "make hls-synth the Vitis HLS / v++ scripts of the HLS top for BOARD=$(BOARD), then the AMD tool"
+	@echo "make bitstream BOARD=$(BOARD) [DRY_RUN=1]  the Vivado / v++ build (the dry run: no AMD tool)"
 	@echo "make test-all every test, the slow simulations included"
 	@echo "make clean    remove build/"
 
@@ -72,6 +73,10 @@ hls-csim: install
 
 hls-synth: install
 	$(BIN)/moevit hls synth --config $(CONFIG) --board $(BOARD)
+
+# The bitstream of BOARD (zcu102, zcu104, u280); DRY_RUN=1 checks the inputs in tclsh, no AMD tool.
+bitstream: install
+	$(BIN)/moevit bitstream --board $(BOARD) --config $(CONFIG) $(if $(DRY_RUN),--dry-run)
 
 clean:
 	rm -rf build

@@ -210,8 +210,8 @@ class ZynqBackend(Backend):
     def __init__(self, bitstream, *, device=None, download=True):
         from moevit.host.bitstream import VLNV
 
+        bit, _, handoff = check_pair(bitstream)     # before pynq: a bad pair fails anywhere
         pynq = _pynq()
-        bit, _, handoff = check_pair(bitstream)
         kernel_driver()
         self.bitstream = bit
         self._device = device

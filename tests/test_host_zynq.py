@@ -29,6 +29,57 @@ import numpy as np
 import pytest
 
 from moevit.errors import ConfigError, DeviceError, ToolNotFoundError
+from moevit.host.bitstream import VLNV
+
+BASE = 0xA000_0000     # where the hand-written handoff places s_axi_control
+PART = ("xczu9eg", "ffvb1156", "-2")
+
+def write_bit(path, design="moevit_bd_wrapper", part="xczu9eg-ffvb1156-2-e"):
+    """A .bit with Vivado's header (keys a-d, then e and a few bytes of data)."""
+    def field(key, text):
+        data = text.encode() + b"\0"
+        return key + struct.pack(">H", len(data)) + data
+
+    head = struct.pack(">H", 9) + bytes.fromhex("0ff00ff00ff00ff000") + struct.pack(">H", 1)
+    body = (field(b"a", f"{design};UserID=0XFFFFFFFF;Version=2023.2") + field(b"b", part)
+            + field(b"c", "2026/12/01") + field(b"d", "23:00:00"))
+    Path(path).write_bytes(head + body + b"e" + struct.pack(">I", 8) + b"\xff" * 8)
+
+def write_hwh(path, vlnv=VLNV, part=PART, name="moevit_bd", mhz=200):
+    """A hardware handoff in Vivado's format (hand-written sample): the PS, and one IP
+    of ``vlnv`` at BASE with its ap_clk and its interrupt on pl_ps_irq0."""
+    device, package, speed = part
+    clocks = "".join(
+        f'<PARAMETER NAME="PSU__CRL_APB__PL{i}_REF_CTRL__DIVISOR{j}" VALUE="{5 if j == 0 else 1}"/>'
+        for i in range(4) for j in range(2))
+    clocks += "".join(f'<PARAMETER NAME="PSU__FPGA_PL{i}_ENABLE" VALUE="{int(i == 0)}"/>'
+                      for i in range(4))
+    Path(path).write_text(f"""<?xml version="1.0" encoding="UTF-8" standalone="no" ?>
+<EDKSYSTEM EDWVERSION="1.2" TIMESTAMP="Tue Dec  1 22:00:00 2026" VIVADOVERSION="2023.2">
+  <SYSTEMINFO ARCH="zynquplus" BOARD="xilinx.com:zcu102:part0:3.4" DEVICE="{device}" NAME="{name}" PACKAGE="{package}" SPEEDGRADE="{speed}"/>
+  <EXTERNALPORTS/>
+  <MODULES>
+<MODULE FULLNAME="/zynq_ultra_ps_e_0" INSTANCE="zynq_ultra_ps_e_0" MODTYPE="zynq_ultra_ps_e" VLNV="xilinx.com:ip:zynq_ultra_ps_e:3.5">
+  <PARAMETERS>{clocks}</PARAMETERS>
+  <PORTS>
+    <PORT DIR="O" NAME="pl_clk0" SIGNAME="zynq_ultra_ps_e_0_pl_clk0"/>
+    <PORT DIR="I" NAME="pl_ps_irq0" SIGNAME="accel_interrupt"/>
+  </PORTS>
+  <MEMORYMAP>
+    <MEMRANGE ADDRESSBLOCK="Reg" BASENAME="C_S_AXI_CONTROL_BASEADDR" BASEVALUE="0x{BASE:08X}" HIGHNAME="C_S_AXI_CONTROL_HIGHADDR" HIGHVALUE="0x{BASE + 0xFFF:08X}" INSTANCE="accel" IS_DATA="TRUE" IS_INSTRUCTION="TRUE" MASTERBUSINTERFACE="M_AXI_HPM0_FPD" MEMTYPE="REGISTER" SLAVEBUSINTERFACE="s_axi_control"/>
+  </MEMORYMAP>
+</MODULE>
+<MODULE FULLNAME="/accel" INSTANCE="accel" MODTYPE="{vlnv.split(':')[2]}" VLNV="{vlnv}">
+  <PARAMETERS/>
+  <PORTS>
+    <PORT CLKFREQUENCY="{mhz * 1000000}" DIR="I" NAME="ap_clk" SIGIS="clk" SIGNAME="zynq_ultra_ps_e_0_pl_clk0"/>
+    <PORT DIR="O" NAME="interrupt" SIGIS="INTERRUPT" SIGNAME="accel_interrupt"/>
+  </PORTS>
+</MODULE>
+  </MODULES>
+</EDKSYSTEM>
+""")
+
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / "build" / "venv-pynq"
@@ -39,8 +90,24 @@ def test_zynq_backend_without_pynq(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "pynq", None)   # import pynq -> ImportError
     from moevit.host.backend import open_backend
 
+    bit = tmp_path / "moevit.bit"
+    write_bit(bit)
+    write_hwh(bit.with_suffix(".hwh"))
     with pytest.raises(ToolNotFoundError, match=r"^pynq not found .*pip install pynq==4\.0"):
-        open_backend("zynq", bitstream=str(tmp_path / "moevit.bit"))
+        open_backend("zynq", bitstream=str(bit))
+
+
+def test_a_bad_pair_fails_before_pynq_is_needed(monkeypatch, tmp_path):
+    """Anywhere (pynq or not), a missing .hwh is one line naming it."""
+    monkeypatch.setitem(sys.modules, "pynq", None)
+    from moevit.host.backend import open_backend
+
+    bit = tmp_path / "moevit.bit"
+    write_bit(bit)
+    with pytest.raises(ConfigError, match=r"^No hardware handoff moevit\.hwh beside the bitstream "
+                                          r"\S+moevit\.bit: PYNQ needs the \.bit and the \.hwh "
+                                          r"side by side under one name$"):
+        open_backend("zynq", bitstream=str(bit))
 
 
 if not IN_PYNQ_VENV:
@@ -62,58 +129,8 @@ if IN_PYNQ_VENV:
     import pynq
     from pynq.pl_server.hwh_parser import _HWHUltrascale
 
-    from moevit.host.bitstream import VLNV
     from moevit.host.zynq import ZynqBackend, read_bit_header
     from moevit.hw.program.regmap import REGMAP
-
-    BASE = 0xA000_0000     # where the hand-written handoff places s_axi_control
-    PART = ("xczu9eg", "ffvb1156", "-2")
-
-    def write_bit(path, design="moevit_bd_wrapper", part="xczu9eg-ffvb1156-2-e"):
-        """A .bit with Vivado's header (keys a-d, then e and a few bytes of data)."""
-        def field(key, text):
-            data = text.encode() + b"\0"
-            return key + struct.pack(">H", len(data)) + data
-
-        head = struct.pack(">H", 9) + bytes.fromhex("0ff00ff00ff00ff000") + struct.pack(">H", 1)
-        body = (field(b"a", f"{design};UserID=0XFFFFFFFF;Version=2023.2") + field(b"b", part)
-                + field(b"c", "2026/12/01") + field(b"d", "23:00:00"))
-        Path(path).write_bytes(head + body + b"e" + struct.pack(">I", 8) + b"\xff" * 8)
-
-    def write_hwh(path, vlnv=VLNV, part=PART, name="moevit_bd", mhz=200):
-        """A hardware handoff in Vivado's format (hand-written sample): the PS, and one IP
-        of ``vlnv`` at BASE with its ap_clk and its interrupt on pl_ps_irq0."""
-        device, package, speed = part
-        clocks = "".join(
-            f'<PARAMETER NAME="PSU__CRL_APB__PL{i}_REF_CTRL__DIVISOR{j}" VALUE="{5 if j == 0 else 1}"/>'
-            for i in range(4) for j in range(2))
-        clocks += "".join(f'<PARAMETER NAME="PSU__FPGA_PL{i}_ENABLE" VALUE="{int(i == 0)}"/>'
-                          for i in range(4))
-        Path(path).write_text(f"""<?xml version="1.0" encoding="UTF-8" standalone="no" ?>
-<EDKSYSTEM EDWVERSION="1.2" TIMESTAMP="Tue Dec  1 22:00:00 2026" VIVADOVERSION="2023.2">
-  <SYSTEMINFO ARCH="zynquplus" BOARD="xilinx.com:zcu102:part0:3.4" DEVICE="{device}" NAME="{name}" PACKAGE="{package}" SPEEDGRADE="{speed}"/>
-  <EXTERNALPORTS/>
-  <MODULES>
-    <MODULE FULLNAME="/zynq_ultra_ps_e_0" INSTANCE="zynq_ultra_ps_e_0" MODTYPE="zynq_ultra_ps_e" VLNV="xilinx.com:ip:zynq_ultra_ps_e:3.5">
-      <PARAMETERS>{clocks}</PARAMETERS>
-      <PORTS>
-        <PORT DIR="O" NAME="pl_clk0" SIGNAME="zynq_ultra_ps_e_0_pl_clk0"/>
-        <PORT DIR="I" NAME="pl_ps_irq0" SIGNAME="accel_interrupt"/>
-      </PORTS>
-      <MEMORYMAP>
-        <MEMRANGE ADDRESSBLOCK="Reg" BASENAME="C_S_AXI_CONTROL_BASEADDR" BASEVALUE="0x{BASE:08X}" HIGHNAME="C_S_AXI_CONTROL_HIGHADDR" HIGHVALUE="0x{BASE + 0xFFF:08X}" INSTANCE="accel" IS_DATA="TRUE" IS_INSTRUCTION="TRUE" MASTERBUSINTERFACE="M_AXI_HPM0_FPD" MEMTYPE="REGISTER" SLAVEBUSINTERFACE="s_axi_control"/>
-      </MEMORYMAP>
-    </MODULE>
-    <MODULE FULLNAME="/accel" INSTANCE="accel" MODTYPE="{vlnv.split(':')[2]}" VLNV="{vlnv}">
-      <PARAMETERS/>
-      <PORTS>
-        <PORT CLKFREQUENCY="{mhz * 1000000}" DIR="I" NAME="ap_clk" SIGIS="clk" SIGNAME="zynq_ultra_ps_e_0_pl_clk0"/>
-        <PORT DIR="O" NAME="interrupt" SIGIS="INTERRUPT" SIGNAME="accel_interrupt"/>
-      </PORTS>
-    </MODULE>
-  </MODULES>
-</EDKSYSTEM>
-""")
 
     class Board(pynq.Device):
         """A ZCU10x with the accelerator, as PYNQ's device layer sees it (see the module).

@@ -367,7 +367,8 @@ def write_inputs(board="zcu102", config="tiny", folder=None, verilog=None) -> Bu
     for name, text in texts.items():
         build.files.append(write_atomically(folder / name, lambda p, t=text: p.write_text(t),
                                             "bitstream build input"))
-    (folder / VPP_LINK).exists() and (folder / VPP_LINK).chmod(0o755)
+    if build.alveo:
+        (folder / VPP_LINK).chmod(0o755)
     return build
 
 
@@ -612,7 +613,8 @@ def _tool(name, build):
         raise ToolNotFoundError(
             f"{name} not found: the {build.board.name} bitstream needs AMD Vivado/Vitis "
             f"{VITIS_VERSION} (source its settings64.sh); the inputs are written in {build.folder}")
-    banner = subprocess.run([path, "-version"], capture_output=True, text=True).stdout
+    flag = "--version" if name == "v++" else "-version"     # v++ takes GNU-style options
+    banner = subprocess.run([path, flag], capture_output=True, text=True).stdout
     if f"v{VITIS_VERSION}" not in banner:
         first = (banner.strip().splitlines() or ["no version banner"])[0]
         raise ToolNotFoundError(f"{name} is not {VITIS_VERSION} ({first}): the U280 platform and "

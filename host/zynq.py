@@ -119,17 +119,19 @@ def read_handoff(path) -> dict:
         clock = module.find("./PORTS/PORT[@NAME='ap_clk']")
         hz = clock.get("CLKFREQUENCY") if clock is not None else None
         modules[module.get("INSTANCE")] = (module.get("VLNV"), int(hz) if hz else None)
-    part = info.get("DEVICE", "") + info.get("PACKAGE", "") + info.get("SPEEDGRADE", "")
-    return {"name": info.get("NAME", ""), "part": part, "modules": modules}
+    device = info.get("DEVICE", "") + info.get("PACKAGE", "")
+    return {"name": info.get("NAME", ""), "device": device,
+            "part": device + info.get("SPEEDGRADE", ""), "modules": modules}
 
 
-def _same_part(bit_part: str, hwh_part: str) -> bool:
-    """``xczu7ev-ffvc1156-2-e`` (a .bit header) against ``xczu7ev`` ``ffvc1156`` ``-2``."""
+def _same_part(bit_part: str, hwh_device: str) -> bool:
+    """``xczu7ev-ffvc1156-2-e`` (a .bit header) against the ``.hwh``'s ``xczu7ev`` +
+    ``ffvc1156``: device and package, not the speed grade (7-series headers omit it)."""
     def norm(text):
         text = text.lower().replace("-", "")
         return text[2:] if text.startswith("xc") else text
 
-    return bool(hwh_part) and norm(bit_part).startswith(norm(hwh_part))
+    return bool(hwh_device) and norm(bit_part).startswith(norm(hwh_device))
 
 
 def check_pair(bitstream) -> tuple:
@@ -144,7 +146,7 @@ def check_pair(bitstream) -> tuple:
         raise ConfigError(f"No hardware handoff {hwh.name} beside the bitstream {bit}: PYNQ "
                           "needs the .bit and the .hwh side by side under one name")
     header, handoff = read_bit_header(bit), read_handoff(hwh)
-    if not _same_part(header["part"], handoff["part"]):
+    if not _same_part(header["part"], handoff["device"]):
         raise ConfigError(f"The bitstream {bit.name} is for part {header['part']} but its "
                           f"hardware handoff {hwh.name} for {handoff['part'] or 'no part'}: "
                           "they come from different builds")

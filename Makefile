@@ -9,8 +9,10 @@ CONFIG ?= tiny
 BOARD  ?= zcu102
 SIM    ?= icarus
 PYTEST ?= $(BIN)/python -m pytest
+# pynq 4.0 pins numpy<2 and grpcio: the zynq backend's tests run in a venv of their own.
+PYNQ_VENV := build/venv-pynq
 
-.PHONY: help install sysdeps demo test test-all sim hls-csim hls-synth clean
+.PHONY: help install sysdeps pynq-venv demo test test-all sim hls-csim hls-synth bitstream clean
 
 help:
 	@echo "make demo     train, evaluate and quantize the '$(CONFIG)' config on the synthetic set"
@@ -18,6 +20,7 @@ help:
 	@echo "make sim      all cocotb simulations (SIM=icarus|verilator)"
 	@echo "make hls-csim the HLS kernels' C simulations and the whole model through the HLS top (g++), against the golden model"
 	@echo "make hls-synth the Vitis HLS / v++ scripts of the HLS top for BOARD=$(BOARD), then the AMD tool"
+	@echo "make bitstream BOARD=$(BOARD) [DRY_RUN=1]  the Vivado / v++ build (the dry run: no AMD tool)"
 	@echo "make test-all every test, the slow simulations included"
 	@echo "make clean    remove build/"
 
@@ -47,10 +50,19 @@ sysdeps:
 demo: $(STAMP)
 	$(BIN)/moevit demo --config $(CONFIG)
 
-test: install
+# moevit itself goes in without its dependencies (no torch): the backend needs numpy only.
+$(PYNQ_VENV)/.installed: pyproject.toml
+	test -x $(PYNQ_VENV)/bin/python || $(PYTHON) -m venv $(PYNQ_VENV)
+	$(PYNQ_VENV)/bin/python -m pip install -q "pynq==4.0" "numpy<2" "pytest>=8"
+	$(PYNQ_VENV)/bin/python -m pip install -q --no-deps -e .
+	touch $@
+
+pynq-venv: $(PYNQ_VENV)/.installed
+
+test: install pynq-venv
 	$(PYTEST) -m "not slow"
 
-test-all: install
+test-all: install pynq-venv
 	$(PYTEST)
 
 sim: install
@@ -61,6 +73,10 @@ hls-csim: install
 
 hls-synth: install
 	$(BIN)/moevit hls synth --config $(CONFIG) --board $(BOARD)
+
+# The bitstream of BOARD (zcu102, zcu104, u280); DRY_RUN=1 checks the inputs in tclsh, no AMD tool.
+bitstream: install
+	$(BIN)/moevit bitstream --board $(BOARD) --config $(CONFIG) $(if $(DRY_RUN),--dry-run)
 
 clean:
 	rm -rf build

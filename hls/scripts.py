@@ -53,7 +53,7 @@ from moevit.hls.generate import INCLUDE_DIR, PARAMETERS, TOP_SOURCE, check_hls, 
 from moevit.paths import build_dir, output_folder, write_atomically
 
 __all__ = ["TOP", "TOP_SOURCE", "TOP_TESTBENCH", "VITIS_VERSION", "Scripts", "Check",
-           "write_scripts", "dry_run", "run_synthesis"]
+           "write_scripts", "dry_run", "run_synthesis", "record_calls"]
 
 TOP = "moevit_top"
 #: The HLS top's C-simulation testbench (the top itself: ``TOP_SOURCE``, hls/src/top.cpp).
@@ -253,13 +253,17 @@ def _write_case(config, folder: Path) -> Path:
     return folder
 
 
-# The dry run's tclsh harness: each Vitis HLS command appends its call to a list,
-# printed one call a line, words separated by the unit separator (\x1f).
+# The dry run's tclsh harness (shared with moevit.host.bitstream's Vivado scripts): each
+# stubbed tool command appends its call to a list and returns its last word (so a getter
+# nested in another call, ``[get_bd_pins x/y]``, hands its object on); the calls are
+# printed one a line, words separated by the unit separator (\x1f).
 _HARNESS = """
 set ::calls {}
 foreach name {%s} {
     if {$name eq "exit"} { rename exit ::tcl_exit }
-    proc $name args "lappend ::calls \\[linsert \\$args 0 $name\\]"
+    set space [namespace qualifiers $name]
+    if {$space ne ""} { namespace eval ::$space {} }
+    proc ::$name args "lappend ::calls \\[linsert \\$args 0 $name\\]; return \\[lindex \\$args end\\]"
 }
 if {[catch {source [lindex $argv 0]} message]} {
     puts stderr "line $::errorInfo"
@@ -269,18 +273,18 @@ foreach call $::calls { puts [join $call \\x1f] }
 """
 
 
-def record_calls(tcl: Path) -> list:
-    """The Vitis HLS commands ``tcl`` calls, in order, each a list of words, as a
-    real ``tclsh`` sources it with the commands stubbed.
+def record_calls(tcl: Path, commands=VITIS_COMMANDS) -> list:
+    """The tool ``commands`` ``tcl`` calls, in order, each a list of words, as a real
+    ``tclsh`` sources it with those commands stubbed (default: Vitis HLS's).
 
     Raises :class:`ToolNotFoundError` without ``tclsh``, :class:`MoevitError`
     when the script does not run (the Tcl error's first line).
     """
     tclsh = shutil.which("tclsh")
     if tclsh is None:
-        raise ToolNotFoundError("tclsh not found: the HLS script dry run parses the Tcl in a "
+        raise ToolNotFoundError("tclsh not found: the scripts' dry run parses the Tcl in a "
                                 "real tclsh (apt-get install tcl, or make sysdeps)")
-    harness = _HARNESS % " ".join(VITIS_COMMANDS)
+    harness = _HARNESS % " ".join(commands)
     done = subprocess.run([tclsh, "/dev/stdin", str(tcl)], input=harness, capture_output=True,
                           text=True)
     if done.returncode:

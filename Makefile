@@ -10,12 +10,13 @@ BOARD  ?= zcu102
 SIM    ?= icarus
 PYTEST ?= $(BIN)/python -m pytest
 
-.PHONY: help install sysdeps demo test test-all sim hls-csim hls-synth clean
+.PHONY: help install sysdeps demo test test-all sim formal hls-csim hls-synth clean
 
 help:
 	@echo "make demo     train, evaluate and quantize the '$(CONFIG)' config on the synthetic set"
 	@echo "make test     the test suite (fast part of the simulations included)"
 	@echo "make sim      all cocotb simulations (SIM=icarus|verilator)"
+	@echo "make formal   the formal checks (SymbiYosys): table, build/formal/summary.json"
 	@echo "make hls-csim the HLS kernels' C simulations (g++) against the golden model"
 	@echo "make hls-synth the Vitis HLS / v++ scripts of the HLS top for BOARD=$(BOARD), then the AMD tool"
 	@echo "make test-all every test, the slow simulations included"
@@ -55,6 +56,9 @@ test-all: install
 
 sim: install
 	$(BIN)/moevit sim --simulator $(SIM)
+
+formal: install
+	$(BIN)/python -m moevit.hw.formal.run
 
 hls-csim: install
 	$(BIN)/moevit hls csim --config $(CONFIG)

@@ -1,0 +1,72 @@
+"""The formal checks (moevit.hw.formal): the fast ones here, the rest marked slow
+(all of them: ``make formal``); each mutant must give a counterexample."""
+
+import json
+import re
+
+import pytest
+
+from moevit.errors import ToolNotFoundError
+from moevit.hw.formal import sby
+from moevit.hw.formal.checks import CHECKS, MUTANTS, run_check
+from moevit.hw.formal.run import main
+
+
+def _case(check):
+    marks = () if check.fast else (pytest.mark.slow,)
+    return pytest.param(check, id=check.name, marks=marks)
+
+
+@pytest.mark.parametrize("check", [_case(c) for c in CHECKS])
+def test_check_passes(check, tmp_path):
+    outcome = run_check(check, tmp_path)
+    assert outcome.status == "PASS", f"{check.name}: {outcome.status}, see {outcome.log}"
+
+
+@pytest.mark.parametrize("check", [_case(c) for c in MUTANTS])
+def test_mutant_gives_a_counterexample(check, tmp_path):
+    outcome = run_check(check, tmp_path)
+    assert outcome.status == "FAIL", f"{check.name}: {outcome.status}, see {outcome.log}"
+    assert outcome.trace is not None and outcome.trace.exists()
+    assert any(check.rule in line for line in outcome.failed_rules()), outcome.failed_rules()
+
+
+def test_check_names_are_unique_and_kinds_known():
+    names = [c.name for c in CHECKS + MUTANTS]
+    assert len(names) == len(set(names))
+    assert {c.kind for c in CHECKS + MUTANTS} <= set(sby.KINDS)
+
+
+def test_run_writes_the_summary_and_the_table(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MOEVIT_BUILD", str(tmp_path))
+    assert main(["--only", "control.axil", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^control\.axil\s+Control.*prove\s+\d+\s+PASS\s+[\d.]+$", out, re.M)
+    assert "1 proven by k-induction, 0 bounded" in out
+    rows = json.loads((tmp_path / "formal" / "summary.json").read_text())
+    assert [(r["name"], r["kind"], r["result"], r["ok"]) for r in rows] == \
+        [("control.axil", "prove", "PASS", True)]
+    assert set(rows[0]) == {"name", "unit", "what", "kind", "depth", "result", "expect", "ok",
+                            "seconds", "trace", "failed"}
+
+
+def test_run_names_an_unknown_check(capsys):
+    assert main(["--only", "no.such", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(r"moevit: error: no formal check named no\.such; the checks are .*\n", err)
+
+
+def test_missing_tool_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(sby.sys, "executable", str(tmp_path / "python"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ToolNotFoundError, match=r"^yowasp-sby is not installed"):
+        sby.run_sby("", tmp_path, kind="bmc", depth=1)
+
+
+@pytest.mark.parametrize("kind, depth, message", [
+    ("induction", 4, r"^Kind must be one of \('prove', 'bmc'\), not 'induction'$"),
+    ("bmc", 0, r"^Depth must be a positive integer, not 0$"),
+])
+def test_bad_kind_or_depth(kind, depth, message, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        sby.run_sby("", tmp_path, kind=kind, depth=depth)

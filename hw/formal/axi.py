@@ -37,15 +37,16 @@ def _burst_queue(m, name, depth):
     return queue
 
 
-def burst_checks(m, addr, length, size, burst, nbytes, name):
-    """An address beat's own rules: INCR, the full bus width, aligned, inside one page."""
+def burst_checks(m, addr, length, size, burst, nbytes, name, *, check=Assert):
+    """An address beat's own rules: INCR, the full bus width, aligned, inside one page
+    (``check=Assume``: a master promises them)."""
     s = (nbytes - 1).bit_length()
     last_byte = addr[:12] + ((length + 1) << s) - 1
     m.d.comb += [
-        Assert(burst == INCR, f"{name}: burst type is not INCR"),
-        Assert(size == s, f"{name}: beat size is not the bus width"),
-        Assert(addr[:s] == 0 if s else 1, f"{name}: address not aligned to the bus"),
-        Assert(last_byte < PAGE_BYTES, f"{name}: burst crosses a 4 KiB boundary"),
+        check(burst == INCR, f"{name}: burst type is not INCR"),
+        check(size == s, f"{name}: beat size is not the bus width"),
+        check(addr[:s] == 0 if s else 1, f"{name}: address not aligned to the bus"),
+        check(last_byte < PAGE_BYTES, f"{name}: burst crosses a 4 KiB boundary"),
     ]
 
 

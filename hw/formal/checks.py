@@ -21,9 +21,9 @@ from amaranth.hdl import Assert, Assume, Elaboratable, Fragment, Module, Mux, Si
 from amaranth.lib import wiring
 
 from moevit.hw.config import HwConfig, products_width
-from moevit.hw.formal.axi import axi4_read_master, axi4_write_master, axil_slave
+from moevit.hw.formal.axi import axi4_read_master, axi4_write_master, axil_slave, burst_checks
 from moevit.hw.formal.harness import Harness
-from moevit.hw.formal.rules import beats, difference
+from moevit.hw.formal.rules import beats, difference, handshake_rules
 from moevit.hw.formal.sby import run_sby
 
 __all__ = ["Check", "CHECKS", "MUTANTS", "FORMAL_HW", "run_check"]
@@ -143,8 +143,17 @@ def _gelu():
 
 def _softmax():
     from moevit.hw.units.softmax import Softmax
-    return Harness(Softmax(max_row=2, score_width=8), [_balanced(["i"], "o", most=8)],
-                   hold=["multiplier", "shift"])
+    longest = 2
+
+    def rows(m, dut, live):
+        # Rows of at most max_row scores (the unit's contract).
+        at = Signal(range(longest), name="row_at")
+        with m.If(dut.i.valid & dut.i.ready):
+            m.d.sync += at.eq(Mux(dut.i.payload.last, 0, at + 1))
+        m.d.comb += Assume(~dut.i.valid | dut.i.payload.last | (at < longest - 1))
+
+    return Harness(Softmax(max_row=longest, score_width=8),
+                   [rows, _balanced(["i"], "o", most=8)], hold=["multiplier", "shift"])
 
 
 def _layernorm():
@@ -173,7 +182,12 @@ def _driven(module, name):
     return found[0]
 
 
-def _linear(hw=FORMAL_HW):
+#: The linear kernel's instance: two products a sum, so a tile's whole
+#: accumulation lies within the check's depth.
+LINEAR_HW = dataclasses.replace(FORMAL_HW, max_in=2, acc_width=products_width(2))
+
+
+def _linear(hw=LINEAR_HW):
     from moevit.hw.units.linear import LinearKernel
 
     kernel = LinearKernel(hw)
@@ -214,8 +228,8 @@ def _linear(hw=FORMAL_HW):
 def _short_accumulator():
     """The linear kernel with an accumulator one bit short of ``max_in`` products
     (a configuration HwConfig refuses, built behind its back)."""
-    short = dataclasses.replace(FORMAL_HW)
-    object.__setattr__(short, "acc_width", FORMAL_HW.acc_width - 1)
+    short = dataclasses.replace(LINEAR_HW)
+    object.__setattr__(short, "acc_width", LINEAR_HW.acc_width - 1)
     return _linear(short)
 
 
@@ -308,6 +322,62 @@ def _write_mover(*, requests=False):
     return Harness(dut, props)
 
 
+# The interconnect ------------------------------------------------------------------
+def _read_arbiter():
+    from moevit.hw.top.interconnect import ReadArbiter
+    ports, most = 2, 2
+
+    def rules(m, dut, live):
+        for k, port in enumerate(dut.ports):
+            # Each port is a master keeping the rules; it gets only its own beats.
+            handshake_rules(m, port.arvalid, port.arready, [port.araddr, port.arlen, port.arsize,
+                                                           port.arburst],
+                            assume=True, name=f"port{k}_ar", live=live)
+            with m.If(port.arvalid):
+                burst_checks(m, port.araddr, port.arlen, port.arsize, port.arburst, 4,
+                             f"port{k}_ar", check=Assume)
+            handshake_rules(m, port.rvalid, port.rready, [port.rdata, port.rresp, port.rlast],
+                            assume=False, name=f"port{k}_r", live=live)
+            asked = beats(m, port.arvalid, port.arready, f"port{k}_ar")
+            answered = beats(m, port.rvalid & port.rlast, port.rready, f"port{k}_rlast")
+            m.d.comb += Assert(difference(asked, answered) <= most,
+                               f"port{k}: a burst's beats to a port that did not ask")
+        axi4_read_master(m, dut.axi, live, nbytes=4, max_outstanding=most)
+
+    return Harness(ReadArbiter(32, ports, most), [rules], streams=False)
+
+
+def _write_arbiter():
+    from moevit.hw.top.interconnect import WriteArbiter
+    ports, most = 2, 2
+
+    def rules(m, dut, live):
+        for k, port in enumerate(dut.ports):
+            handshake_rules(m, port.awvalid, port.awready, [port.awaddr, port.awlen],
+                            assume=True, name=f"port{k}_aw", live=live)
+            handshake_rules(m, port.wvalid, port.wready, [port.wdata, port.wstrb, port.wlast],
+                            assume=True, name=f"port{k}_w", live=live)
+            handshake_rules(m, port.bvalid, port.bready, [port.bresp], assume=False,
+                            name=f"port{k}_b", live=live)
+            asked = beats(m, port.awvalid, port.awready, f"port{k}_aw")
+            answered = beats(m, port.bvalid, port.bready, f"port{k}_b")
+            m.d.comb += Assert(difference(asked, answered) <= most,
+                               f"port{k}: a B to a port that did not write")
+        axi = dut.axi
+        for channel, payload in (("aw", [axi.awaddr, axi.awlen]),
+                                 ("w", [axi.wdata, axi.wstrb, axi.wlast])):
+            handshake_rules(m, getattr(axi, f"{channel}valid"), getattr(axi, f"{channel}ready"),
+                            payload, assume=False, name=f"axi_{channel}", live=live)
+        handshake_rules(m, axi.bvalid, axi.bready, [axi.bresp], assume=True, name="axi_b",
+                        live=live)
+        aw = beats(m, axi.awvalid, axi.awready, "axi_aw")
+        b = beats(m, axi.bvalid, axi.bready, "axi_b")
+        m.d.comb += [Assume(~axi.bvalid | (difference(aw, b) != 0)),
+                     Assert(difference(aw, b) <= most, f"more than {most} bursts in flight")]
+
+    return Harness(WriteArbiter(32, ports, most), [rules], streams=False)
+
+
 # The control port -----------------------------------------------------------------
 def _control():
     from moevit.hw.top.control import Control
@@ -322,6 +392,65 @@ def _control():
                      Assert(owed_w == (~bus.wready + bus.bvalid), "W held and owed disagree")]
 
     return Harness(Control(), [slave])
+
+
+# The sequencer: no deadlock --------------------------------------------------------
+#: Cycles the sequencer's partners take at most: to take a request or an issued
+#: instruction, to send an owed beat, to finish an instruction, to drain on a halt.
+RESPONSE = 2
+#: Cycles the sequencer may run without progress (a request, a beat, an issue, a
+#: finished instruction or done): its own steps between two handshakes.
+PROGRESS_BOUND = RESPONSE + 4
+
+
+def _sequencer():
+    from moevit.hw.top.sequencer import Sequencer
+
+    def partners(m, dut, live):
+        """The memory and the top as they are promised to behave, within RESPONSE cycles."""
+        def within(name, waiting):
+            count = Signal(range(RESPONSE + 1), name=f"wait_{name}")
+            m.d.sync += count.eq(Mux(waiting, count + 1, 0))
+            m.d.comb += Assume(~waiting | (count < RESPONSE))
+
+        for name, port in (("prog", dut.prog), ("entry", dut.entry)):
+            within(f"{name}_req", port.req.valid & ~port.req.ready)
+            # Each request's beats (whole words: lengths are multiples of 4 here),
+            # last on the final one, none without a request.
+            owed = Signal(36, name=f"owed_{name}")
+            took = port.req.valid & port.req.ready
+            sent = port.data.valid & port.data.ready
+            m.d.sync += owed.eq(owed + Mux(took, (port.req.payload.length + 3) >> 2, 0) - sent)
+            m.d.comb += [Assume(~port.data.valid | (owed != 0)),
+                         Assume(port.data.payload.last == (owed == 1)),
+                         Assume(port.data.payload.bytes == 4)]
+            within(f"{name}_data", (owed != 0) & ~port.data.valid)
+        within("issue", dut.issue.valid & ~dut.issue.ready)
+        running = Signal(name="instruction_running")
+        with m.If(dut.issue.valid & dut.issue.ready):
+            m.d.sync += running.eq(1)
+        with m.If(dut.finished):
+            m.d.sync += running.eq(0)
+        m.d.comb += Assume(~dut.finished | running)
+        within("finish", running & ~dut.finished)
+        within("idle", dut.halting & ~dut.idle)
+
+    def progress(m, dut, live):
+        moved = Signal(name="progress")
+        m.d.comb += moved.eq(
+            (dut.prog.req.valid & dut.prog.req.ready) | (dut.prog.data.valid & dut.prog.data.ready)
+            | (dut.entry.req.valid & dut.entry.req.ready)
+            | (dut.entry.data.valid & dut.entry.data.ready)
+            | (dut.issue.valid & dut.issue.ready) | dut.finished | dut.done)
+        quiet = Signal(range(PROGRESS_BOUND + 2), name="quiet")
+        with m.If(~dut.running | moved):
+            m.d.sync += quiet.eq(0)
+        with m.Elif(quiet <= PROGRESS_BOUND):
+            m.d.sync += quiet.eq(quiet + 1)
+        m.d.comb += Assert(quiet <= PROGRESS_BOUND, "running without progress (deadlock)")
+
+    return Harness(Sequencer(FORMAL_HW), [partners, progress],
+                   hold=["program", "weights", "task", "images"])
 
 
 # Mutants ---------------------------------------------------------------------------
@@ -364,19 +493,29 @@ CHECKS = [
           "ceil(length/4) beats)", "bmc", 5, lambda: _read_mover(requests=True), fast=False),
     Check("write_mover.axi", "WriteMover(32 bit, 2 outstanding)",
           "AW/W/B rules, 4 KiB pages, WLAST on each burst's last beat, no W before its AW, "
-          "one B per burst, <= 2 in flight", "bmc", 8, _write_mover, fast=False),
+          "one B per burst, <= 2 in flight", "bmc", 7, _write_mover, fast=False),
     Check("write_mover.requests", "WriteMover(32 bit, 2 outstanding)",
           "each good request written once, in order, inside itself", "bmc", 5,
           lambda: _write_mover(requests=True), fast=False),
-    Check("linear.beats_acc", "LinearKernel(formal hw)",
+    Check("read_arbiter.axi", "ReadArbiter(32 bit, 2 ports, 2 outstanding, buffered)",
+          "AR/R rules on the shared master and each port; each port gets only its own "
+          "bursts' beats", "bmc", 8, _read_arbiter, fast=False),
+    Check("write_arbiter.axi", "WriteArbiter(32 bit, 2 ports, 2 outstanding)",
+          "AW/W/B rules on the shared master and each port; each B to the port that wrote",
+          "bmc", 8, _write_arbiter, fast=False),
+    Check("linear.beats_acc", "LinearKernel(1x2 array, max_in 2, acc 17 bit)",
           "stream rules; out_tiles*tokens beats per descriptor; accumulators never wrap",
-          "bmc", 20, _linear, fast=False),
+          "bmc", 14, _linear, fast=False),
     Check("softmax.beats", "Softmax(max_row=2)", "stream rules; one probability per score",
           "bmc", 16, _softmax, fast=False),
     Check("layernorm.beats", "LayerNorm(max_dim=2)", "stream rules; one beat out per beat in",
           "bmc", 16, _layernorm, fast=False),
     Check("attention.beats", "Attention(formal hw)", "stream rules; one o beat per q beat",
           "bmc", 16, _attention, fast=False),
+    Check("sequencer.progress", "Sequencer(formal hw)",
+          f"stream rules; with memory and engines answering within {RESPONSE} cycles, never "
+          f"more than {PROGRESS_BOUND} cycles running without progress (no deadlock)",
+          "bmc", 24, _sequencer, fast=False),
     Check("moe.streams", "MoeUnit(formal hw)", "stream rules of every stream",
           "bmc", 12, _moe, fast=False),
 ]
@@ -390,6 +529,6 @@ MUTANTS = [
           lambda: Harness(_Withdrawing(), hold=["b", "c", "mult", "shift"]), expect="FAIL",
           rule="valid withdrawn before ready"),
     Check("mutant.linear_short_accumulator", "LinearKernel, acc one bit short",
-          "must FAIL: an accumulator wraps", "bmc", 20, _short_accumulator, fast=False,
+          "must FAIL: an accumulator wraps", "bmc", 14, _short_accumulator, fast=False,
           expect="FAIL", rule="overflowed"),
 ]

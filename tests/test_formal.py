@@ -7,7 +7,7 @@ import re
 import pytest
 
 from moevit.errors import ToolNotFoundError
-from moevit.hw.formal import sby
+from moevit.hw.formal import run, sby
 from moevit.hw.formal.checks import CHECKS, MUTANTS, run_check
 from moevit.hw.formal.run import main
 
@@ -38,14 +38,22 @@ def test_check_names_are_unique_and_kinds_known():
 
 
 def test_run_writes_the_summary_and_the_table(tmp_path, monkeypatch, capsys):
+    # The verdicts come from a stand-in (the checks themselves run above).
+    verdicts = {"control.axil": "PASS", "gelu.beats": "UNKNOWN",
+                "mutant.gelu_withdraws_valid": "FAIL"}
+    monkeypatch.setattr(run, "run_check", lambda check, workdir: sby.Outcome(
+        verdicts[check.name], 1.25, workdir / "sby.log", None))
     monkeypatch.setenv("MOEVIT_BUILD", str(tmp_path))
-    assert main(["--only", "control.axil", "--quiet"]) == 0
+    assert main(["--only", *verdicts, "--quiet"]) == 1
     out = capsys.readouterr().out
-    assert re.search(r"^control\.axil\s+Control.*prove\s+\d+\s+PASS\s+[\d.]+$", out, re.M)
-    assert "1 proven by k-induction, 0 bounded" in out
+    assert re.search(r"^control\.axil\s+Control.*prove\s+\d+\s+PASS\s+1\.2$", out, re.M)
+    assert re.search(r"^gelu\.beats\s+.*bmc\s+\d+\s+UNKNOWN!\s+1\.2$", out, re.M)
+    assert "1 proven by k-induction, 0 bounded (no counterexample within the depth), 1 failed; " \
+           "1 of 1 mutants caught" in out
     rows = json.loads((tmp_path / "formal" / "summary.json").read_text())
-    assert [(r["name"], r["kind"], r["result"], r["ok"]) for r in rows] == \
-        [("control.axil", "prove", "PASS", True)]
+    assert [(r["name"], r["result"], r["ok"]) for r in rows] == [
+        ("gelu.beats", "UNKNOWN", False), ("control.axil", "PASS", True),
+        ("mutant.gelu_withdraws_valid", "FAIL", True)]
     assert set(rows[0]) == {"name", "unit", "what", "kind", "depth", "result", "expect", "ok",
                             "seconds", "trace", "failed"}
 

@@ -26,7 +26,7 @@ from moevit.paths import build_dir, write_atomically
 __all__ = ["run_checks", "print_rows", "main"]
 
 COLUMNS = [("property", "name", "<34"), ("unit", "unit", "<34"), ("kind", "kind", "<6"),
-           ("depth", "depth", ">6"), ("result", "result", ">8"), ("seconds", "seconds", ">9")]
+           ("depth", "depth", ">6"), ("result", "result", ">10"), ("seconds", "seconds", ">9")]
 
 
 def run_checks(checks, *, progress=True) -> list:

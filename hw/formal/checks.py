@@ -501,7 +501,7 @@ CHECKS = [
           "AW/W/B rules, 4 KiB pages, WLAST on each burst's last beat, no W before its AW, "
           "one B per burst, <= 2 in flight", "bmc", 7, _write_mover, fast=False),
     Check("write_mover.requests", "WriteMover(32 bit, 2 outstanding)",
-          "each good request written once, in order, inside itself", "bmc", 5,
+          "each good request written once, in order, inside itself", "bmc", 4,
           lambda: _write_mover(requests=True), fast=False),
     Check("read_arbiter.axi", "ReadArbiter(32 bit, 2 ports, 2 outstanding, unbuffered)",
           "AR/R rules on the shared master and each port; each port gets only its own "

@@ -78,3 +78,13 @@ def test_missing_tool_is_a_clear_error(monkeypatch, tmp_path):
 def test_bad_kind_or_depth(kind, depth, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         sby.run_sby("", tmp_path, kind=kind, depth=depth)
+
+
+def test_harness_names_an_input_it_cannot_hold():
+    from moevit.hw.formal.harness import Harness
+    from moevit.hw.units.gelu import Gelu
+
+    gelu = Gelu(lanes=1)
+    gelu._MustUse__silence = True
+    with pytest.raises(ValueError, match=r"^Gelu has no input 'o_valid' to hold$"):
+        Harness(gelu, hold=["o_valid"])

@@ -56,6 +56,12 @@ def test_run_writes_the_summary_and_the_table(tmp_path, monkeypatch, capsys):
         ("mutant.gelu_withdraws_valid", "FAIL", True)]
     assert set(rows[0]) == {"name", "unit", "what", "kind", "depth", "result", "expect", "ok",
                             "seconds", "trace", "failed"}
+    # A run of one check updates its row and keeps the others'.
+    verdicts["gelu.beats"] = "PASS"
+    assert main(["--only", "gelu.beats", "--quiet"]) == 0
+    rows = json.loads((tmp_path / "formal" / "summary.json").read_text())
+    assert [(r["name"], r["result"]) for r in rows] == [
+        ("gelu.beats", "PASS"), ("control.axil", "PASS"), ("mutant.gelu_withdraws_valid", "FAIL")]
 
 
 def test_run_names_an_unknown_check(capsys):

@@ -521,7 +521,7 @@ CHECKS = [
     Check("sequencer.progress", "Sequencer(formal hw)",
           f"stream rules; with memory and engines answering within {RESPONSE} cycles, never "
           f"more than {PROGRESS_BOUND} cycles running without progress (no deadlock)",
-          "bmc", 16, _sequencer, fast=False),
+          "bmc", 13, _sequencer, fast=False),
     Check("moe.streams", "MoeUnit(formal hw)", "stream rules of every stream",
           "bmc", 12, _moe, fast=False),
 ]

@@ -12,7 +12,9 @@ a proof; ``bmc``: bounded, no counterexample within ``depth`` cycles of reset),
 ``TIMEOUT``), ``expect`` (``PASS``; ``FAIL`` for a mutant), ``ok`` (result ==
 expect), ``seconds``, and for a counterexample ``trace`` (its VCD) and ``failed``
 (the source line of each failed assertion; else ``None`` and ``[]``). ``--json`` prints the same list on stdout instead of
-the table. The exit status is 1 when a row is not ``ok``, 2 for bad options.
+the table. A run of some checks (``--only``, ``--fast``) updates their rows of the
+summary and keeps the others'. The exit status is 1 when a row of this run is
+not ``ok``, 2 for bad options.
 """
 
 import argparse
@@ -63,6 +65,17 @@ def print_rows(rows) -> None:
           f"! marks a result that is not the expected one")
 
 
+def _merge(summary, rows, order) -> list:
+    """The rows of ``summary`` (a previous run's, if readable) updated with ``rows``,
+    in the checks' order: a run of some checks keeps the others' last verdicts."""
+    try:
+        old = {r["name"]: r for r in json.loads(summary.read_text())}
+    except (OSError, ValueError, TypeError, KeyError):
+        old = {}
+    old.update({r["name"]: r for r in rows})
+    return [old[name] for name in order if name in old]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m moevit.hw.formal.run",
                                      description="Run the formal checks (SymbiYosys).")
@@ -88,7 +101,8 @@ def main(argv=None) -> int:
         print(f"moevit: error: {error}", file=sys.stderr)
         return 2
     text = json.dumps(rows, indent=1)
-    write_atomically(summary, lambda partial: partial.write_text(text + "\n"), "formal summary")
+    merged = json.dumps(_merge(summary, rows, [c.name for c in CHECKS + MUTANTS]), indent=1)
+    write_atomically(summary, lambda partial: partial.write_text(merged + "\n"), "formal summary")
     if args.json:
         print(text)
     else:

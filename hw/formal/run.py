@@ -27,7 +27,7 @@ from moevit.paths import build_dir, write_atomically
 
 __all__ = ["run_checks", "print_rows", "main"]
 
-COLUMNS = [("property", "name", "<34"), ("unit", "unit", "<34"), ("kind", "kind", "<6"),
+COLUMNS = [("property", "name", "<"), ("unit", "unit", "<"), ("kind", "kind", "<6"),
            ("depth", "depth", ">6"), ("result", "result", ">10"), ("seconds", "seconds", ">9")]
 
 
@@ -51,10 +51,14 @@ def run_checks(checks, *, progress=True) -> list:
 
 def print_rows(rows) -> None:
     """The table of :func:`run_checks`' rows, then the counts."""
-    print("".join(f"{header:{place}}" for header, _, place in COLUMNS))
+    # The text columns as wide as their longest entry.
+    columns = [(header, key, place if place != "<" else
+                f"<{max([len(header)] + [len(r[key]) for r in rows]) + 2}")
+               for header, key, place in COLUMNS]
+    print("".join(f"{header:{place}}" for header, _, place in columns))
     for r in rows:
         shown = dict(r, result=r["result"] + ("" if r["ok"] else "!"))
-        print("".join(f"{shown[key]:{place}}" for _, key, place in COLUMNS))
+        print("".join(f"{shown[key]:{place}}" for _, key, place in columns))
     checks = [r for r in rows if r["expect"] == "PASS"]
     proven = sum(r["ok"] and r["kind"] == "prove" for r in checks)
     bounded = sum(r["ok"] and r["kind"] == "bmc" for r in checks)

@@ -12,12 +12,13 @@ PYTEST ?= $(BIN)/python -m pytest
 # pynq 4.0 pins numpy<2 and grpcio: the zynq backend's tests run in a venv of their own.
 PYNQ_VENV := build/venv-pynq
 
-.PHONY: help install sysdeps pynq-venv demo test test-all sim hls-csim hls-synth bitstream clean
+.PHONY: help install sysdeps pynq-venv demo test test-all sim formal hls-csim hls-synth bitstream clean
 
 help:
 	@echo "make demo     train, evaluate and quantize the '$(CONFIG)' config on the synthetic set"
 	@echo "make test     the test suite (fast part of the simulations included)"
 	@echo "make sim      all cocotb simulations (SIM=icarus|verilator)"
+	@echo "make formal   the formal checks (SymbiYosys): table, build/formal/summary.json"
 	@echo "make hls-csim the HLS kernels' C simulations and the whole model through the HLS top (g++), against the golden model"
 	@echo "make hls-synth the Vitis HLS / v++ scripts of the HLS top for BOARD=$(BOARD), then the AMD tool"
 	@echo "make bitstream BOARD=$(BOARD) [DRY_RUN=1]  the Vivado / v++ build (the dry run: no AMD tool)"
@@ -67,6 +68,9 @@ test-all: install pynq-venv
 
 sim: install
 	$(BIN)/moevit sim --simulator $(SIM)
+
+formal: install
+	$(BIN)/python -m moevit.hw.formal.run
 
 hls-csim: install
 	$(BIN)/moevit hls csim --config $(CONFIG)

@@ -1,0 +1,541 @@
+"""The formal checks of the accelerator: which design, which properties, how deep.
+
+Each :class:`Check` builds a :class:`~moevit.hw.formal.harness.Harness` around
+one unit at a small design point (:data:`FORMAL_HW`: the solver's cost grows
+fast with widths and memories; the rules do not depend on the sizes) and
+names its kind: ``prove`` (k-induction: a proof for every reachable state)
+or ``bmc`` (no counterexample within ``depth`` cycles of reset: bounded, and
+said so). ``fast`` checks run in ``make test``; all run in ``make formal``.
+
+:data:`CHECKS` lists them, :func:`run_check` runs one. :data:`MUTANTS` are
+deliberately broken designs whose checks must FAIL: the proof that the
+checks can fail.
+"""
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable
+
+from amaranth.back import rtlil
+from amaranth.hdl import Assert, Assume, Elaboratable, Fragment, Module, Mux, Signal, signed
+from amaranth.lib import wiring
+
+from moevit.hw.config import HwConfig, products_width
+from moevit.hw.formal.axi import axi4_read_master, axi4_write_master, axil_slave, burst_checks
+from moevit.hw.formal.harness import Harness
+from moevit.hw.formal.rules import beats, difference, handshake_rules
+from moevit.hw.formal.sby import run_sby
+
+__all__ = ["Check", "CHECKS", "MUTANTS", "FORMAL_HW", "run_check"]
+
+#: The small hardware instance of the unit checks.
+FORMAL_HW = HwConfig(name="formal", rows=1, cols=2, max_tokens=2, max_in=4,
+                     acc_width=products_width(4), post_lanes=1, out_depth=3, heads_parallel=1,
+                     score_lanes=2, kv_depth=4, max_head_dim=2, bus_width=32, max_outstanding=2)
+
+
+@dataclass(frozen=True)
+class Check:
+    """One formal check.
+
+    ``name`` (``unit.property``), the ``unit`` and design point it runs on,
+    ``what`` it proves, ``kind`` and ``depth``, ``build`` (makes the harness),
+    ``fast`` (part of ``make test``) and ``expect`` (``PASS``; ``FAIL`` for a mutant,
+    with ``rule``: words of the ``Assert`` line that must be the one failing).
+    """
+
+    name: str
+    unit: str
+    what: str
+    kind: str
+    depth: int
+    build: Callable[[], Elaboratable]
+    fast: bool = True
+    expect: str = "PASS"
+    rule: str = ""
+
+
+def run_check(check: Check, workdir):
+    """Run ``check`` in ``workdir``; returns the :class:`~moevit.hw.formal.sby.Outcome`."""
+    harness = check.build()
+    text = rtlil.convert(harness, name="top", ports=harness.ports())
+    return run_sby(text, workdir, kind=check.kind, depth=check.depth)
+
+
+# Beat accounting ------------------------------------------------------------------
+def _sum_of(m, channel, weight, name, width=12):
+    """What the beats taken on ``channel`` weigh together (mod ``2**width``)."""
+    total = Signal(width, name=f"sum_{name}")
+    with m.If(channel.valid & channel.ready):
+        m.d.sync += total.eq(total + weight)
+    return total
+
+
+def _pipeline(src, dst, capacity):
+    """``dst`` gives one beat per beat ``src`` takes: at most ``capacity`` inside,
+    none left after ``capacity`` cycles with no input and no back-pressure."""
+
+    def prop(m, dut, live):
+        i, o = getattr(dut, src), getattr(dut, dst)
+        inside = difference(beats(m, i.valid, i.ready, src), beats(m, o.valid, o.ready, dst))
+        quiet = Signal(range(capacity + 2), name="quiet")
+        with m.If((i.valid & i.ready) | ~o.ready):
+            m.d.sync += quiet.eq(0)
+        with m.Elif(quiet <= capacity):
+            m.d.sync += quiet.eq(quiet + 1)
+        m.d.comb += [Assert(inside <= capacity, f"{dst}: a beat {src} never gave"),
+                     Assert((quiet < capacity) | (inside == 0), f"{dst}: a beat lost")]
+    return prop
+
+
+def _balanced(sources, sink, *, most):
+    """Beats out of ``sink`` never outnumber those taken on ``sources`` (summed; a
+    path like ``("q", 0)`` names an array member), by at most ``most`` the other way,
+    and they are equal whenever the unit is not ``busy``: none lost, none made up."""
+
+    def member(dut, path):
+        value = dut
+        for step in path if isinstance(path, tuple) else (path,):
+            value = value[step] if isinstance(step, int) else getattr(value, step)
+        return value
+
+    def prop(m, dut, live):
+        width = 10
+        given = Signal(width, name="beats_given")
+        m.d.sync += given.eq(given + sum(
+            (member(dut, s).valid & member(dut, s).ready) for s in sources))
+        o = member(dut, sink)
+        inside = difference(given, beats(m, o.valid, o.ready, "out", width=width))
+        m.d.comb += [Assert(inside <= most, "a beat out that no beat in gave"),
+                     Assert(dut.busy | (inside == 0), "idle with a beat owed (lost)")]
+    return prop
+
+
+# Single units -----------------------------------------------------------------------
+def _repack(n_in, n_out):
+    from moevit.hw.top.movers import Repack
+
+    def prop(m, dut, live):
+        m.d.comb += Assume(~dut.i.valid | ((dut.i.payload.bytes >= 1)
+                                           & (dut.i.payload.bytes <= n_in)))
+        # Every byte taken is held or was given, exactly once: busy says which.
+        held = difference(_sum_of(m, dut.i, dut.i.payload.bytes, "i"),
+                          _sum_of(m, dut.o, dut.o.payload.bytes, "o"))
+        lasts = difference(beats(m, dut.i.valid & dut.i.payload.last, dut.i.ready, "i_last"),
+                           beats(m, dut.o.valid & dut.o.payload.last, dut.o.ready, "o_last"))
+        # What the induction needs: the counts are the bytes and the last held.
+        m.d.comb += [Assert(held == _driven(module, "level"), "held bytes miscounted"),
+                     Assert(lasts == _driven(module, "ending"), "held last miscounted")]
+        m.d.comb += [Assert(held <= n_in + n_out - 1, "more bytes held than there is room"),
+                     Assert(dut.busy == (held != 0), "a byte lost or made up"),
+                     Assert(lasts <= 1, "a last lost or made up"),
+                     Assert((lasts == 0) | (held != 0), "a last given before its bytes")]
+    dut = Repack(n_in, n_out)
+    module = dut.elaborate(None)
+    return Harness(dut, [prop], elaborated=module)
+
+
+def _gelu():
+    from moevit.hw.units.gelu import LATENCY, Gelu
+    return Harness(Gelu(lanes=1), [_pipeline("i", "o", LATENCY)],
+                   hold=["b", "c", "mult", "shift"])
+
+
+def _softmax():
+    from moevit.hw.units.softmax import Softmax
+    longest = 2
+
+    def rows(m, dut, live):
+        # Rows of at most max_row scores (the unit's contract).
+        at = Signal(range(longest), name="row_at")
+        with m.If(dut.i.valid & dut.i.ready):
+            m.d.sync += at.eq(Mux(dut.i.payload.last, 0, at + 1))
+        m.d.comb += Assume(~dut.i.valid | dut.i.payload.last | (at < longest - 1))
+
+    return Harness(Softmax(max_row=longest, score_width=8),
+                   [rows, _balanced(["i"], "o", most=8)], hold=["multiplier", "shift"])
+
+
+def _layernorm():
+    from moevit.hw.units.layernorm import LayerNorm
+    return Harness(LayerNorm(max_dim=2), [_balanced(["i"], "o", most=8)])
+
+
+def _attention():
+    from moevit.hw.units.attention import Attention
+    return Harness(Attention(FORMAL_HW), [_balanced([("q", 0)], ("o", 0), most=16)])
+
+
+def _moe():
+    from moevit.hw.units.moe import MoeUnit
+    return Harness(MoeUnit(FORMAL_HW))
+
+
+# The linear kernel: streams, beats per descriptor, the accumulators --------------
+def _driven(module, name):
+    """The signal ``name`` that ``module`` (an elaborated Amaranth ``Module``) drives.
+    Reading a unit's internal register, here its accumulators, needs its module;
+    Amaranth keeps what each module drives in ``_driving``."""
+    found = [s for s in module._driving if s.name == name]
+    if len(found) != 1:
+        raise LookupError(f"{name!r} is driven {len(found)} times in the module, not once")
+    return found[0]
+
+
+#: The linear kernel's instance: two products a sum, so a tile's whole
+#: accumulation lies within the check's depth.
+LINEAR_HW = dataclasses.replace(FORMAL_HW, max_in=2, acc_width=products_width(2))
+
+
+def _linear(hw=LINEAR_HW):
+    from moevit.hw.units.linear import LinearKernel
+
+    kernel = LinearKernel(hw)
+    module = kernel.elaborate(None)
+
+    def outputs(m, dut, live):
+        # y: out_tiles * tokens beats per descriptor taken without a fault.
+        owed = Signal(24, name="y_owed")
+        took, shape = Signal(name="took_desc"), Signal(32, name="desc_beats")
+        m.d.sync += took.eq(dut.desc.valid & dut.desc.ready)
+        with m.If(dut.desc.valid & dut.desc.ready):
+            m.d.sync += shape.eq(dut.desc.payload.out_tiles * dut.desc.payload.tokens)
+        with m.If(took & (dut.error == 0)):
+            m.d.sync += owed.eq(owed + shape)
+        given = beats(m, dut.y.valid, dut.y.ready, "y", width=24)
+        ops = beats(m, took & (dut.error == 0), 1, "ops")
+        lasts = beats(m, dut.y.valid & dut.y.payload.last, dut.y.ready, "y_last")
+        m.d.comb += [Assert(difference(owed, given) < (1 << 23), "y: more beats than owed"),
+                     Assert(dut.busy | took | (owed == given), "y: idle with beats owed"),
+                     Assert(dut.busy | took | (ops == lasts), "y: a last lost or made up")]
+
+    def accumulators(m, dut, live):
+        # Each accumulator against the same sum in a register 8 bits wider: equal,
+        # so no sum of products a descriptor can ask for wraps.
+        f3 = _driven(module, "f3")
+        valid, first = f3[0], f3[1]
+        for r in range(hw.rows):
+            for c in range(hw.cols):
+                acc, prod = _driven(module, f"acc{r}_{c}"), _driven(module, f"m{r}_{c}")
+                wide = Signal(signed(hw.acc_width + 8), name=f"wide{r}_{c}")
+                with m.If(valid):
+                    m.d.sync += wide.eq(Mux(first, 0, wide) + prod)
+                m.d.comb += Assert(acc == wide, f"acc{r}_{c} overflowed")
+
+    return Harness(kernel, [outputs, accumulators], elaborated=module)
+
+
+def _short_accumulator():
+    """The linear kernel with an accumulator one bit short of ``max_in`` products
+    (a configuration HwConfig refuses, built behind its back)."""
+    short = dataclasses.replace(LINEAR_HW)
+    object.__setattr__(short, "acc_width", LINEAR_HW.acc_width - 1)
+    return _linear(short)
+
+
+# AXI4 masters -------------------------------------------------------------------
+def _requests_covered(nbytes, prefix):
+    """Each good request is read (written) once, in order, inside itself: bursts from
+    its address on, back to back, ``ceil(length / B)`` beats in all, and the next
+    request taken only after its last burst."""
+
+    def prop(m, dut, live):
+        from moevit.hw.top.movers import ADDR_WIDTH
+        s = (nbytes - 1).bit_length()
+        p = dut.req.payload
+        good = Signal(name="good_request")
+        end = Signal(ADDR_WIDTH + 1)
+        m.d.comb += [end.eq(p.addr + p.length - 1),
+                     good.eq((p.length != 0) & ~end[ADDR_WIDTH] & ((p.addr[:s] == 0) if s else 1))]
+        axi = dut.axi
+        addr, length = getattr(axi, f"{prefix}addr"), getattr(axi, f"{prefix}len")
+        issued = getattr(axi, f"{prefix}valid") & getattr(axi, f"{prefix}ready")
+        taken = dut.req.valid & dut.req.ready
+        left = Signal(len(p.length) - s + 1, name="beats_left")
+        at = Signal(ADDR_WIDTH, name="next_addr")
+        after = Signal.like(left)
+        m.d.comb += after.eq(left - (length + 1))
+        with m.If(getattr(axi, f"{prefix}valid")):
+            m.d.comb += [Assert(length + 1 <= left, f"{prefix}: a burst past its request"),
+                         Assert(addr == at, f"{prefix}: a burst off its request's next address")]
+        with m.If(issued):
+            m.d.sync += [left.eq(after), at.eq(addr + ((length + 1) << s))]
+        with m.If(taken):
+            m.d.comb += Assert(Mux(issued, after, left) == 0,
+                               f"{prefix}: a request taken before the last one was issued")
+            with m.If(good):
+                m.d.sync += [left.eq((p.length + nbytes - 1) >> s), at.eq(p.addr)]
+    return prop
+
+
+class _BigPages(Elaboratable):
+    """Elaborates ``dut`` with the movers' page size doubled: its bursts may cross
+    4 KiB (a mutant)."""
+
+    def __init__(self, dut):
+        self.dut = dut
+
+    def elaborate(self, platform):
+        from moevit.hw.top import movers
+        saved = movers.PAGE_BYTES
+        movers.PAGE_BYTES = 2 * saved
+        try:
+            return Fragment.get(self.dut, platform)
+        finally:
+            movers.PAGE_BYTES = saved
+
+
+MOVER = dict(data_width=32, max_outstanding=2, length_width=13)
+
+
+def _read_mover(*, requests=False, broken=False):
+    """The read mover as an AXI4 master; with ``requests``, also each request's
+    coverage (a separate check: the address bookkeeping is the solver's hard part)."""
+    from moevit.hw.top.movers import ReadMover
+
+    dut = ReadMover(MOVER["data_width"], max_outstanding=MOVER["max_outstanding"],
+                    length_width=MOVER["length_width"])
+    nbytes = MOVER["data_width"] // 8
+
+    def master(m, dut, live):
+        axi4_read_master(m, dut.axi, live, nbytes=nbytes,
+                         max_outstanding=MOVER["max_outstanding"])
+        m.d.comb += Assert(~dut.data.valid | dut.axi.rvalid, "data: a beat without an R beat")
+
+    props = [master] + ([_requests_covered(nbytes, "ar")] if requests else [])
+    return Harness(dut, props, elaborated=_BigPages(dut) if broken else None)
+
+
+def _write_mover(*, requests=False):
+    from moevit.hw.top.movers import WriteMover
+
+    dut = WriteMover(MOVER["data_width"], max_outstanding=MOVER["max_outstanding"],
+                     length_width=MOVER["length_width"])
+    nbytes = MOVER["data_width"] // 8
+
+    def master(m, dut, live):
+        axi4_write_master(m, dut.axi, live, nbytes=nbytes,
+                          max_outstanding=MOVER["max_outstanding"])
+        m.d.comb += Assert(~dut.axi.wvalid | dut.data.valid, "w: a beat without a data beat")
+
+    props = [master] + ([_requests_covered(nbytes, "aw")] if requests else [])
+    return Harness(dut, props)
+
+
+# The interconnect ------------------------------------------------------------------
+def _read_arbiter():
+    from moevit.hw.top.interconnect import ReadArbiter
+    ports, most = 2, 2
+
+    def rules(m, dut, live):
+        for k, port in enumerate(dut.ports):
+            # Each port is a master keeping the rules; it gets only its own beats.
+            handshake_rules(m, port.arvalid, port.arready, [port.araddr, port.arlen, port.arsize,
+                                                           port.arburst],
+                            assume=True, name=f"port{k}_ar", live=live)
+            with m.If(port.arvalid):
+                burst_checks(m, port.araddr, port.arlen, port.arsize, port.arburst, 4,
+                             f"port{k}_ar", check=Assume)
+            handshake_rules(m, port.rvalid, port.rready, [port.rdata, port.rresp, port.rlast],
+                            assume=False, name=f"port{k}_r", live=live)
+            asked = beats(m, port.arvalid, port.arready, f"port{k}_ar")
+            answered = beats(m, port.rvalid & port.rlast, port.rready, f"port{k}_rlast")
+            m.d.comb += Assert(difference(asked, answered) <= most,
+                               f"port{k}: a burst's beats to a port that did not ask")
+        axi4_read_master(m, dut.axi, live, nbytes=4, max_outstanding=most)
+
+    # Unbuffered: the beat FIFOs of the buffered arbiter (a 4 KiB page each) are
+    # beyond what the solver takes in minutes; the grant and the routing are the same.
+    return Harness(ReadArbiter(32, ports, most, buffer_beats=0), [rules], streams=False)
+
+
+def _write_arbiter():
+    from moevit.hw.top.interconnect import WriteArbiter
+    ports, most = 2, 2
+
+    def rules(m, dut, live):
+        for k, port in enumerate(dut.ports):
+            handshake_rules(m, port.awvalid, port.awready, [port.awaddr, port.awlen],
+                            assume=True, name=f"port{k}_aw", live=live)
+            handshake_rules(m, port.wvalid, port.wready, [port.wdata, port.wstrb, port.wlast],
+                            assume=True, name=f"port{k}_w", live=live)
+            handshake_rules(m, port.bvalid, port.bready, [port.bresp], assume=False,
+                            name=f"port{k}_b", live=live)
+            asked = beats(m, port.awvalid, port.awready, f"port{k}_aw")
+            answered = beats(m, port.bvalid, port.bready, f"port{k}_b")
+            m.d.comb += Assert(difference(asked, answered) <= most,
+                               f"port{k}: a B to a port that did not write")
+        axi = dut.axi
+        for channel, payload in (("aw", [axi.awaddr, axi.awlen]),
+                                 ("w", [axi.wdata, axi.wstrb, axi.wlast])):
+            handshake_rules(m, getattr(axi, f"{channel}valid"), getattr(axi, f"{channel}ready"),
+                            payload, assume=False, name=f"axi_{channel}", live=live)
+        handshake_rules(m, axi.bvalid, axi.bready, [axi.bresp], assume=True, name="axi_b",
+                        live=live)
+        aw = beats(m, axi.awvalid, axi.awready, "axi_aw")
+        b = beats(m, axi.bvalid, axi.bready, "axi_b")
+        m.d.comb += [Assume(~axi.bvalid | (difference(aw, b) != 0)),
+                     Assert(difference(aw, b) <= most, f"more than {most} bursts in flight")]
+
+    return Harness(WriteArbiter(32, ports, most), [rules], streams=False)
+
+
+# The control port -----------------------------------------------------------------
+def _control():
+    from moevit.hw.top.control import Control
+
+    def slave(m, dut, live):
+        bus = dut.s_axi_control
+        owed_aw, owed_w = axil_slave(m, bus, live)
+        # This bridge's own bookkeeping, seen from its ports (what makes the
+        # induction close): a request is held, ready low, until its write is
+        # done, and the write's answer then waits in B.
+        m.d.comb += [Assert(owed_aw == (~bus.awready + bus.bvalid), "AW held and owed disagree"),
+                     Assert(owed_w == (~bus.wready + bus.bvalid), "W held and owed disagree")]
+
+    return Harness(Control(), [slave])
+
+
+# The sequencer: no deadlock --------------------------------------------------------
+#: Cycles the sequencer's partners take at most: to take a request or an issued
+#: instruction, to send an owed beat, to finish an instruction, to drain on a halt.
+RESPONSE = 2
+#: Cycles the sequencer may run without progress (a request, a beat, an issue, a
+#: finished instruction or done): its own steps between two handshakes.
+PROGRESS_BOUND = RESPONSE + 4
+
+
+def _sequencer():
+    from moevit.hw.top.sequencer import Sequencer
+
+    def partners(m, dut, live):
+        """The memory and the top as they are promised to behave, within RESPONSE cycles."""
+        def within(name, waiting):
+            count = Signal(range(RESPONSE + 1), name=f"wait_{name}")
+            m.d.sync += count.eq(Mux(waiting, count + 1, 0))
+            m.d.comb += Assume(~waiting | (count < RESPONSE))
+
+        owing = []
+        for name, port in (("prog", dut.prog), ("entry", dut.entry)):
+            within(f"{name}_req", port.req.valid & ~port.req.ready)
+            # Each request's beats (whole words: lengths are multiples of 4 here),
+            # last on the final one, none without a request.
+            owed = Signal(36, name=f"owed_{name}")
+            took = port.req.valid & port.req.ready
+            sent = port.data.valid & port.data.ready
+            m.d.sync += owed.eq(owed + Mux(took, (port.req.payload.length + 3) >> 2, 0) - sent)
+            m.d.comb += [Assume(~port.data.valid | (owed != 0)),
+                         Assume(port.data.payload.last == (owed == 1)),
+                         Assume(port.data.payload.bytes == 4)]
+            within(f"{name}_data", (owed != 0) & ~port.data.valid)
+            owing.append(owed != 0)
+        within("issue", dut.issue.valid & ~dut.issue.ready)
+        running = Signal(name="instruction_running")
+        with m.If(dut.issue.valid & dut.issue.ready):
+            m.d.sync += running.eq(1)
+        with m.If(dut.finished):
+            m.d.sync += running.eq(0)
+        m.d.comb += Assume(~dut.finished | running)
+        within("finish", running & ~dut.finished)
+        # The top is idle only when no beat is owed (its movers are busy until then).
+        m.d.comb += Assume(~dut.idle | ~(owing[0] | owing[1]))
+        within("idle", dut.halting & ~dut.idle & ~owing[0] & ~owing[1])
+
+    def progress(m, dut, live):
+        moved = Signal(name="progress")
+        m.d.comb += moved.eq(
+            (dut.prog.req.valid & dut.prog.req.ready) | (dut.prog.data.valid & dut.prog.data.ready)
+            | (dut.entry.req.valid & dut.entry.req.ready)
+            | (dut.entry.data.valid & dut.entry.data.ready)
+            | (dut.issue.valid & dut.issue.ready) | dut.finished | dut.done)
+        quiet = Signal(range(PROGRESS_BOUND + 2), name="quiet")
+        with m.If(~dut.running | moved):
+            m.d.sync += quiet.eq(0)
+        with m.Elif(quiet <= PROGRESS_BOUND):
+            m.d.sync += quiet.eq(quiet + 1)
+        m.d.comb += Assert(quiet <= PROGRESS_BOUND, "running without progress (deadlock)")
+
+    return Harness(Sequencer(FORMAL_HW), [partners, progress],
+                   hold=["program", "weights", "task", "images"])
+
+
+# Mutants ---------------------------------------------------------------------------
+class _Withdrawing(wiring.Component):
+    """A GELU whose output ``valid`` drops every other cycle, taken or not (a mutant)."""
+
+    def __init__(self):
+        from moevit.hw.units.gelu import Gelu
+        self._gelu = Gelu(lanes=1)
+        super().__init__(dict(self._gelu.signature.members))
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.gelu = gelu = self._gelu
+        for name in ("b", "c", "mult", "shift"):
+            m.d.comb += getattr(gelu, name).eq(getattr(self, name))
+        wiring.connect(m, wiring.flipped(self.i), gelu.i)
+        phase = Signal()
+        m.d.sync += phase.eq(~phase)
+        m.d.comb += [self.o.payload.eq(gelu.o.payload), self.o.valid.eq(gelu.o.valid & phase),
+                     gelu.o.ready.eq(self.o.ready & phase)]
+        return m
+
+
+CHECKS = [
+    Check("repack.bytes", "Repack(4 -> 2)", "stream rules; every byte once, in order of lasts",
+          "prove", 4, lambda: _repack(4, 2)),
+    Check("repack.bytes_up", "Repack(2 -> 3)", "stream rules; every byte once, in order of lasts",
+          "prove", 4, lambda: _repack(2, 3), fast=False),
+    Check("gelu.beats", "Gelu(lanes=1)", "stream rules; one beat out per beat in, none lost",
+          "bmc", 6, _gelu, fast=False),
+    Check("control.axil", "Control (s_axi_control)",
+          "AXI4-Lite slave: handshakes, one OKAY response per request, in order",
+          "prove", 4, _control),
+    Check("read_mover.axi", "ReadMover(32 bit, 2 outstanding)",
+          "AR/R rules, INCR bus-wide aligned bursts inside 4 KiB pages, <= 2 in flight, "
+          "no data beat without its R beat", "bmc", 8, _read_mover, fast=False),
+    Check("read_mover.requests", "ReadMover(32 bit, 2 outstanding)",
+          "each good request read once, in order, inside itself (bursts back to back, "
+          "ceil(length/4) beats)", "bmc", 5, lambda: _read_mover(requests=True), fast=False),
+    Check("write_mover.axi", "WriteMover(32 bit, 2 outstanding)",
+          "AW/W/B rules, 4 KiB pages, WLAST on each burst's last beat, no W before its AW, "
+          "one B per burst, <= 2 in flight", "bmc", 7, _write_mover, fast=False),
+    Check("write_mover.requests", "WriteMover(32 bit, 2 outstanding)",
+          "each good request written once, in order, inside itself", "bmc", 4,
+          lambda: _write_mover(requests=True), fast=False),
+    Check("read_arbiter.axi", "ReadArbiter(32 bit, 2 ports, 2 outstanding, unbuffered)",
+          "AR/R rules on the shared master and each port; each port gets only its own "
+          "bursts' beats", "bmc", 6, _read_arbiter, fast=False),
+    Check("write_arbiter.axi", "WriteArbiter(32 bit, 2 ports, 2 outstanding)",
+          "AW/W/B rules on the shared master and each port; each B to the port that wrote",
+          "bmc", 6, _write_arbiter, fast=False),
+    Check("linear.beats_acc", "LinearKernel(1x2 array, max_in 2, acc 17 bit)",
+          "stream rules; out_tiles*tokens beats per descriptor; accumulators never wrap",
+          "bmc", 14, _linear, fast=False),
+    Check("softmax.beats", "Softmax(max_row=2)", "stream rules; one probability per score",
+          "bmc", 16, _softmax, fast=False),
+    Check("layernorm.beats", "LayerNorm(max_dim=2)", "stream rules; one beat out per beat in",
+          "bmc", 16, _layernorm, fast=False),
+    Check("attention.beats", "Attention(formal hw)", "stream rules; one o beat per q beat",
+          "bmc", 16, _attention, fast=False),
+    Check("sequencer.progress", "Sequencer(formal hw)",
+          f"stream rules; with memory and engines answering within {RESPONSE} cycles, never "
+          f"more than {PROGRESS_BOUND} cycles running without progress (no deadlock)",
+          "bmc", 13, _sequencer, fast=False),
+    Check("moe.streams", "MoeUnit(formal hw)", "stream rules of every stream",
+          "bmc", 12, _moe, fast=False),
+]
+
+MUTANTS = [
+    Check("mutant.read_mover_crosses_4k", "ReadMover with 8 KiB pages",
+          "must FAIL: a burst crosses 4 KiB", "bmc", 4, lambda: _read_mover(broken=True),
+          expect="FAIL", rule="crosses a 4 KiB boundary"),
+    Check("mutant.gelu_withdraws_valid", "Gelu whose valid drops while not ready",
+          "must FAIL: valid withdrawn", "bmc", 6,
+          lambda: Harness(_Withdrawing(), hold=["b", "c", "mult", "shift"]), fast=False,
+          expect="FAIL",
+          rule="valid withdrawn before ready"),
+    Check("mutant.linear_short_accumulator", "LinearKernel, acc one bit short",
+          "must FAIL: an accumulator wraps", "bmc", 14, _short_accumulator, fast=False,
+          expect="FAIL", rule="overflowed"),
+]

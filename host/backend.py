@@ -56,11 +56,14 @@ class Backend(ABC):
     """One device with the accelerator on it.
 
     ``clock_hz``: the kernel clock (for turning cycles into seconds);
-    ``name``: the backend's name in :data:`BACKENDS`.
+    ``name``: the backend's name in :data:`BACKENDS`; ``hw``: the HwConfig the
+    device's design was built for, when the backend knows it (the driver then
+    refuses a program compiled for another), else None.
     """
 
     name: str
     clock_hz: float
+    hw = None
 
     @abstractmethod
     def read32(self, offset: int) -> int:

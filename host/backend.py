@@ -106,4 +106,13 @@ def open_backend(name: str, **options) -> Backend:
     if name not in BACKENDS:
         raise ConfigError(f"Unknown backend {name!r}; backends are {', '.join(BACKENDS)}")
     module, cls = BACKENDS[name].split(":")
-    return getattr(import_module(module), cls)(**options)
+    try:
+        imported = import_module(module)
+    except ModuleNotFoundError as error:
+        if error.name != module:
+            raise
+        from moevit.errors import ToolNotFoundError
+
+        raise ToolNotFoundError(f"The {name} backend ({module}) is not part of this moevit") \
+            from None
+    return getattr(imported, cls)(**options)

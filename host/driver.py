@@ -33,7 +33,7 @@ from moevit.hw.program.interpreter import head_map
 from moevit.hw.program.program import Program, hw_hash, read_program
 from moevit.hw.program.regmap import REGMAP, RegisterMap, load
 
-__all__ = ["Accelerator", "BUFFER_KINDS"]
+__all__ = ["Accelerator", "BUFFER_KINDS", "task_index"]
 
 #: The buffers the driver allocates, each the argument register of the same name.
 BUFFER_KINDS = ("program", "weights", "scratch", "input", "output")
@@ -114,14 +114,7 @@ class Accelerator:
 
     def task_index(self, task) -> int:
         """The index of ``task`` (a name or an index) among the program's tasks."""
-        names = [t["name"] for t in self.program.tasks]
-        if isinstance(task, str) and task in names:
-            return names.index(task)
-        if isinstance(task, (int, np.integer)) and not isinstance(task, bool) \
-                and 0 <= task < len(names):
-            return int(task)
-        raise ConfigError(f"Unknown task {task!r}; the program's tasks are "
-                          + ", ".join(f"{k} {name!r}" for k, name in enumerate(names)))
+        return task_index(self.program, task)
 
     def _images(self, images) -> np.ndarray:
         """``images`` as an int8 (N, C, H, W) array, every rule checked."""
@@ -311,6 +304,21 @@ class Accelerator:
                 "latency_s": per_image / clock, "images_per_s": clock / per_image,
                 "bytes_in": count * images[0].nbytes, "bytes_out": count * out_bytes,
                 "wall_s": wall, "wall_images_per_s": count / wall}
+
+
+def task_index(program, task) -> int:
+    """The index of ``task`` (a name, an index, or an index as text) among ``program``'s
+    tasks; a :class:`ConfigError` naming them for any other."""
+    names = [t["name"] for t in program.tasks]
+    if isinstance(task, str) and task in names:
+        return names.index(task)
+    if isinstance(task, str) and task.isdigit():
+        task = int(task)
+    if isinstance(task, (int, np.integer)) and not isinstance(task, bool) \
+            and 0 <= task < len(names):
+        return int(task)
+    raise ConfigError(f"Unknown task {task!r}; the program's tasks are "
+                      + ", ".join(f"{k} {name!r}" for k, name in enumerate(names)))
 
 
 def _regmap(regmap) -> RegisterMap:

@@ -55,6 +55,7 @@ COMMAND_MODULES = (
     "moevit.hw.commands",
     "moevit.hls.commands",
     "moevit.sim.commands",
+    "moevit.host.commands",
 )
 
 

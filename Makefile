@@ -13,7 +13,8 @@ PYTEST ?= $(BIN)/python -m pytest
 .PHONY: help install sysdeps demo test test-all sim hls-csim hls-synth clean
 
 help:
-	@echo "make demo     train, evaluate and quantize the '$(CONFIG)' config on the synthetic set"
+	@echo "make demo     train, evaluate and quantize the '$(CONFIG)' config on the synthetic set, then run it"
+	@echo "             on the simulated accelerator through the host driver (bit-exact vs golden)"
 	@echo "make test     the test suite (fast part of the simulations included)"
 	@echo "make sim      all cocotb simulations (SIM=icarus|verilator)"
 	@echo "make hls-csim the HLS kernels' C simulations (g++) against the golden model"
@@ -44,7 +45,7 @@ sysdeps:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing >/dev/null; }
 
-demo: $(STAMP)
+demo: install   # sysdeps: the simulated accelerator is built with a C++ compiler
 	$(BIN)/moevit demo --config $(CONFIG)
 
 test: install

@@ -160,3 +160,62 @@ def register(subparsers):
     run.add_argument("--option", action="append", metavar="KEY=VALUE",
                      help="a board backend's option (e.g. bitstream=build/deploy/zcu102/moevit.bit)")
     run.set_defaults(handler=_run)
+
+
+# demo ----------------------------------------------------------------------
+DEMO_IMAGES = 1   # validation images per task on the simulated accelerator (a minute each)
+
+
+def demo_accelerator(state):
+    """Compile the quantized model and run validation images for every task on the simulated
+    accelerator (sim backend, through the driver): bit-exact with the golden model?"""
+    import numpy as np
+
+    from moevit.flow import Flow
+    from moevit.model.data import batch_of
+    from moevit.model.evaluate import prediction_figure
+    from moevit.model.integer.quantize import load_quantized
+
+    count = min(DEMO_IMAGES, len(state.val))
+    batch = batch_of(state.val, list(range(count)))
+    lines, rows, maps = [], [], {}
+    with Flow(qmodel=load_quantized(state.report["integer"]["file"])) as flow:
+        program = flow.compile()
+        lines.append(f"program: {len(program.instructions)} instructions, "
+                     f"{len(program.weights)} bytes of weights, hardware {program.hw.name!r} at "
+                     f"{program.hw.clock_mhz:g} MHz")
+        options = {"progress": not state.args.quiet}
+        for task in state.config.tasks:
+            maps[task.name] = flow.predict(batch["image"], task.name, backend="sim", **options)
+            figures = flow.figures["predict sim"]
+            golden = flow.predict(batch["image"], task.name)
+            exact = bool(np.array_equal(maps[task.name], golden))
+            rows.append({"task": task.name, "images": count, "bit_exact": exact,
+                         "cycles_per_image": figures["cycles_per_image"],
+                         "latency_s": figures["latency_s"], "sim_seconds": figures["seconds"]})
+            lines.append(f"{task.name:<8} {count} images: {'bit-exact' if exact else 'DIFFERENT'} "
+                         f"vs the golden model, {figures['cycles_per_image']:.0f} cycles an image "
+                         f"= {1e6 * figures['latency_s']:.1f} us at {program.hw.clock_mhz:g} MHz "
+                         f"({figures['seconds']:.0f} s simulated)")
+        scales = {t.name: flow.qmodel.scale(f"heads.{k}.out")
+                  for k, t in enumerate(state.config.tasks)}
+    png = prediction_figure(state.config, batch["image"],
+                            {name: m * scales[name] for name, m in maps.items()},
+                            state.out / "accelerator-predictions.png",
+                            truths={t.name: batch[t.name] for t in state.config.tasks})
+    state.report["accelerator"] = {"rows": rows, "figure": str(png)}
+    if not all(row["bit_exact"] for row in rows):
+        from moevit.errors import DeviceError
+
+        raise DeviceError("The simulated accelerator's outputs differ from the golden model's")
+    return lines + [f"the accelerator's predictions beside the ground truth: {png}"]
+
+
+def _append_demo_step():
+    from moevit.model import commands
+
+    if demo_accelerator not in commands.DEMO_STEPS:
+        commands.DEMO_STEPS.append(demo_accelerator)
+
+
+_append_demo_step()

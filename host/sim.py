@@ -50,6 +50,7 @@ from moevit.host.backend import Backend, Buffer
 __all__ = ["SimBackend", "SimBuffer", "top_verilog", "TOPLEVEL"]
 
 TOPLEVEL = "moevit_top"
+PAUSES = ("none", "fixed", "random")   # moevit.sim.streams.pauses
 #: The first buffer's address, and every buffer's alignment.
 BASE_ADDRESS, ALIGN = 0x0010_0000, 4096
 _sessions = itertools.count()
@@ -152,6 +153,8 @@ class SimBackend(Backend):
 
         if simulator not in SIMULATORS:
             raise ConfigError(f"Simulator must be one of {SIMULATORS}, not {simulator!r}")
+        if memory_pauses not in PAUSES:
+            raise ConfigError(f"Memory pauses must be one of {PAUSES}, not {memory_pauses!r}")
         if program is not None and not hasattr(program, "hw"):
             from moevit.hw.program.program import read_program
 

@@ -147,3 +147,19 @@ def test_flow_predicts_the_same_on_golden_and_sim(tiny):
                                   flow.predict(images, task))
         print(flow.summary())
         assert flow.figures["predict sim"]["cycles_per_image"] > 0
+
+
+@pytest.mark.parametrize("options, message", [
+    ({}, r"^The sim backend needs a HwConfig \(hw=\) or a program \(program=\)$"),
+    ({"hw": "tiny", "simulator": "xsim"}, r"^Simulator must be one of \('icarus', 'verilator'\), "
+                                          r"not 'xsim'$"),
+    ({"hw": "tiny", "memory_pauses": "often"}, r"^Memory pauses must be one of \('none', "
+                                               r"'fixed', 'random'\), not 'often'$"),
+    ({"hw": "huge"}, r"huge"),
+])
+def test_bad_sim_options_are_refused_before_the_simulator_starts(options, message):
+    from moevit.errors import MoevitError
+    from moevit.host.backend import open_backend
+
+    with pytest.raises(MoevitError, match=message):
+        open_backend("sim", **options)

@@ -167,8 +167,10 @@ DEMO_IMAGES = 1   # validation images per task on the simulated accelerator (a m
 
 
 def demo_accelerator(state):
-    """Compile the quantized model and run validation images for every task on the simulated
-    accelerator (sim backend, through the driver): bit-exact with the golden model?"""
+    """Every task on the simulated accelerator, through the driver: bit-exact vs golden?
+
+    Compiles the quantized model for the config's HwConfig, runs validation images on
+    the ``sim`` backend, and writes the prediction PNG from the accelerator's output."""
     import numpy as np
 
     from moevit.flow import Flow

@@ -160,6 +160,11 @@ def register(subparsers):
     run.add_argument("--option", action="append", metavar="KEY=VALUE",
                      help="a board backend's option (e.g. bitstream=build/deploy/zcu102/moevit.bit)")
     run.set_defaults(handler=_run)
+    demo = subparsers.choices.get("demo")    # moevit demo's last step is this area's
+    if demo is not None:
+        demo.add_argument("--no-accelerator", action="store_true",
+                          help="stop before the simulated accelerator (its first build takes "
+                               "minutes)")
 
 
 # demo ----------------------------------------------------------------------
@@ -178,6 +183,8 @@ def demo_accelerator(state):
     from moevit.model.evaluate import prediction_figure
     from moevit.model.integer.quantize import load_quantized
 
+    if getattr(state.args, "no_accelerator", False):
+        return ["skipped (--no-accelerator)"]
     count = min(DEMO_IMAGES, len(state.val))
     batch = batch_of(state.val, list(range(count)))
     lines, rows, maps = [], [], {}

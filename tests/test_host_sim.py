@@ -163,3 +163,27 @@ def test_bad_sim_options_are_refused_before_the_simulator_starts(options, messag
 
     with pytest.raises(MoevitError, match=message):
         open_backend("sim", **options)
+
+
+@pytest.mark.slow
+def test_the_demo_step_runs_every_task_bit_exact(tiny, tmp_path):
+    """``make demo``'s last step on a quantized file: a bit-exact line per task, the
+    accelerator's prediction PNG."""
+    from argparse import Namespace
+
+    from moevit.host.commands import demo_accelerator
+    from moevit.model.commands import DemoState
+    from moevit.model.data import SyntheticDataset
+    from moevit.model.integer.quantize import save_quantized
+
+    qmodel, _, _ = tiny
+    state = DemoState(Namespace(quiet=True, no_accelerator=False), config=qmodel.config,
+                      val=SyntheticDataset(qmodel.config, "val", size=1, seed=2), out=tmp_path,
+                      report={"integer": {"file": str(save_quantized(tmp_path / "q.npz", qmodel))}})
+    lines = demo_accelerator(state)
+    print("\n".join(lines))
+    assert [line.split()[0] for line in lines[1:3]] == ["semseg", "depth"]
+    assert all(" bit-exact vs the golden model" in line for line in lines[1:3])
+    assert all(row["bit_exact"] and row["cycles_per_image"] > 0
+               for row in state.report["accelerator"]["rows"])
+    assert (tmp_path / "accelerator-predictions.png").stat().st_size > 1000

@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from moevit.errors import ConfigError, ToolNotFoundError
+from moevit.errors import ConfigError, ToolNotFoundError, check_finite
 
 __all__ = ["Flow", "BACKENDS"]
 
@@ -133,8 +133,6 @@ class Flow:
             return images
         if not np.issubdtype(images.dtype, np.floating):
             raise ConfigError(f"Images must be float (normalised) or int8, not {images.dtype}")
-        from moevit.errors import check_finite
-
         check_finite("Images", images)
         return golden.quantize_image(images, self.qmodel.scale("input"))
 

@@ -202,10 +202,11 @@ def demo_accelerator(state):
             rows.append({"task": task.name, "images": count, "bit_exact": exact,
                          "cycles_per_image": figures["cycles_per_image"],
                          "latency_s": figures["latency_s"], "sim_seconds": figures["seconds"]})
-            lines.append(f"{task.name:<8} {count} images: {'bit-exact' if exact else 'DIFFERENT'} "
+            lines.append(f"{task.name:<8} {count} image{'s' * (count > 1)}: "
+                         f"{'bit-exact' if exact else 'DIFFERENT'} "
                          f"vs the golden model, {figures['cycles_per_image']:.0f} cycles an image "
                          f"= {1e6 * figures['latency_s']:.1f} us at {program.hw.clock_mhz:g} MHz "
-                         f"({figures['seconds']:.0f} s simulated)")
+                         f"({figures['seconds']:.0f} s of simulation)")
         scales = {t.name: flow.qmodel.scale(f"heads.{k}.out")
                   for k, t in enumerate(state.config.tasks)}
     png = prediction_figure(state.config, batch["image"],

@@ -83,7 +83,7 @@ def _run(args):
     from moevit.host.backend import BACKENDS, open_backend
     from moevit.host.driver import Accelerator, task_index
     from moevit.hw.program.program import read_program
-    from moevit.paths import build_dir, output_folder
+    from moevit.paths import build_dir, output_folder, write_atomically
 
     if args.backend not in BACKENDS:
         raise ConfigError(f"Unknown backend {args.backend!r}; backends are {', '.join(BACKENDS)}")
@@ -118,15 +118,24 @@ def _run(args):
                "batch": args.batch, "cycles": acc.cycles, "cycles_per_image": per_image,
                "clock_hz": device.clock_hz, "latency_s": per_image / device.clock_hz,
                "images_per_s": device.clock_hz / per_image, "busy": acc.busy, "wall_s": wall}
-    for k, image_map in enumerate(maps):
-        np.save(out / f"{task_name}-{k}.npy", image_map)
+    for k, image_map in enumerate(maps):     # each file whole or not at all
+        write_atomically(out / f"{task_name}-{k}.npy",
+                         lambda p, m=image_map: _save_npy(p, m), "prediction map")
     png = _figure(program, qmodel, images, maps, task_name, out / f"{task_name}-predictions.png")
-    (out / "timings.json").write_text(json.dumps(timings, indent=1) + "\n")
+    write_atomically(out / "timings.json",
+                     lambda p: p.write_text(json.dumps(timings, indent=1) + "\n"), "timings")
     print(f"{len(images)} image(s), task {task_name} on {args.backend}: {per_image:.0f} cycles "
           f"an image, {1e6 * timings['latency_s']:.1f} us at {device.clock_hz / 1e6:g} MHz "
           f"({wall:.1f} s wall)")
     print(f"predictions: {png}")
     print(f"timings: {out / 'timings.json'}")
+
+
+def _save_npy(path, array):
+    import numpy as np
+
+    with open(path, "wb") as handle:   # a path, np.save would add ".npy" to the partial name
+        np.save(handle, array)
 
 
 def _figure(program, qmodel, images, maps, task, path):

@@ -7,6 +7,7 @@
     flow = moevit.Flow.from_checkpoint("build/demo/tiny/model.pt")   # or Flow.tiny()
     flow.quantize(calibration_images)          # int8, the golden model's
     flow.compile(hw="tiny")                    # or board="zcu102"
+    flow.build("zcu102", dry_run=True)         # the bitstream's inputs, checked
     golden = flow.predict(images, "depth")                 # the integer golden model
     rtl = flow.predict(images, "depth", backend="sim")     # the simulated accelerator
     assert (golden == rtl).all()                           # bit for bit
@@ -98,26 +99,28 @@ class Flow:
 
     def compile(self, hw=None, *, board=None):
         """The program for ``hw`` (a HwConfig or its name; default the model's), or for
-        ``board`` (the model's default HwConfig at the board's clock and port width)."""
+        ``board``: the model's default HwConfig, the one the bitstream build of that board
+        synthesises (its kernel clock capped at the board's)."""
         from moevit.hw.config import HwConfig, get_hw_config
         from moevit.hw.program.compiler import compile_program
 
         self._need_qmodel()
         if hw is not None and board is not None:
             raise ConfigError("Compile for a HwConfig or for a board, not both")
+        figures = {}
         if board is not None:
             from moevit.hw.boards import get_board
 
             board = get_board(board) if isinstance(board, str) else board
-            hw = HwConfig.for_model(self.config, name=f"{self.config.name}-{board.name}",
-                                    clock_mhz=board.clock_mhz, bus_width=board.port_bits)
+            hw = HwConfig.for_model(self.config)
+            figures = {"board": board.name, "clock_mhz": min(hw.clock_mhz, board.clock_mhz)}
         elif isinstance(hw, str):
             hw = get_hw_config(hw)
         start = time.perf_counter()
         self.program = compile_program(self.qmodel, hw)
         self._close_devices()
         self.figures["compile"] = {
-            "hw": self.program.hw.name, "instructions": len(self.program.instructions),
+            "hw": self.program.hw.name, **figures, "instructions": len(self.program.instructions),
             "program_bytes": len(self.program.encode()), "weights_bytes": len(self.program.weights),
             "memory_bytes": self.program.layout.size, "seconds": time.perf_counter() - start}
         return self.program
@@ -185,9 +188,15 @@ class Flow:
                 raise
         return self._accelerators[backend]
 
-    def build(self, board, **options):
-        """The bitstream's inputs (and the bitstream where the AMD tools are installed) for
-        ``board``, through :mod:`moevit.host.bitstream`; ``options`` go to its ``build``."""
+    def build(self, board, *, dry_run: bool = False, folder=None):
+        """The bitstream build for ``board`` through :mod:`moevit.host.bitstream`: its inputs
+        (the top's Verilog, the IP packaging and block design or v++ link scripts), then
+        with ``dry_run`` their checks in tclsh (a list of checks), else the AMD tools (the
+        report row). The build synthesises the model's default HwConfig, so a program
+        compiled for another cannot run on its bitstream: a ConfigError."""
+        from moevit.hw.config import HwConfig
+        from moevit.hw.program.program import hw_hash
+
         try:
             from moevit.host import bitstream
         except ModuleNotFoundError as error:
@@ -195,11 +204,19 @@ class Flow:
                 raise
             raise ToolNotFoundError("The bitstream build (moevit.host.bitstream) is not part of "
                                     "this moevit") from None
-        if self.program is None:
-            self.compile(board=board)
+        built = HwConfig.for_model(self.config)
+        if self.program is not None and hw_hash(self.program.hw) != hw_hash(built):
+            raise ConfigError(f"The bitstream build synthesises the default HwConfig of "
+                              f"{self.config.name!r}; this flow's program is for "
+                              f"{self.program.hw.name!r}: compile(board=...) first")
         start = time.perf_counter()
-        result = bitstream.build(board, hw=self.program.hw, **options)
-        self.figures["build"] = {"board": str(board), "seconds": time.perf_counter() - start}
+        inputs = bitstream.write_inputs(board, self.config.name, folder)
+        result = bitstream.dry_run(inputs) if dry_run else bitstream.run_build(inputs)
+        figures = {"board": inputs.board.name, "folder": str(inputs.folder),
+                   "files": len(inputs.files)}
+        if dry_run:
+            figures["checks_passed"] = f"{sum(c.ok for c in result)} of {len(result)}"
+        self.figures["build"] = {**figures, "seconds": time.perf_counter() - start}
         return result
 
     # Figures and the end ------------------------------------------------------------

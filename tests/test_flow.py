@@ -50,13 +50,47 @@ def test_figures_and_summary(flow):
     assert "compile: hw tiny, instructions " in text
 
 
-def test_compile_for_a_board_takes_its_clock_and_port_width(flow):
+def test_compile_for_a_board_is_for_what_its_bitstream_synthesises(flow):
     from moevit.hw.boards import get_board
+    from moevit.hw.config import get_hw_config
 
     board = get_board("zcu102")
     program = flow.compile(board="zcu102")
-    assert program.hw.clock_mhz == board.clock_mhz and program.hw.bus_width == board.port_bits
-    assert program.hw.name == "tiny-zcu102"
+    assert program.hw == get_hw_config("tiny")
+    assert flow.figures["compile"]["board"] == "zcu102"
+    assert flow.figures["compile"]["clock_mhz"] == min(program.hw.clock_mhz, board.clock_mhz)
+
+
+def test_build_calls_the_bitstream_module(flow, monkeypatch, tmp_path):
+    """``build`` hands the board, the model config and the folder to the bitstream module's
+    ``write_inputs``, then its ``dry_run`` (a stand-in here, recording the calls, with the
+    names and signatures of ``moevit.host.bitstream``)."""
+    import types
+
+    calls = []
+    inputs = types.SimpleNamespace(board=types.SimpleNamespace(name="zcu102"),
+                                   folder=tmp_path, files=[tmp_path / "a.tcl"])
+    stand_in = types.ModuleType("moevit.host.bitstream")
+    stand_in.write_inputs = lambda board, config, folder=None: calls.append(
+        ("write_inputs", board, config, folder)) or inputs
+    stand_in.dry_run = lambda build: calls.append(("dry_run", build)) or [
+        types.SimpleNamespace(ok=True), types.SimpleNamespace(ok=False)]
+    stand_in.run_build = lambda build: calls.append(("run_build", build)) or {"lut": 1}
+    monkeypatch.setitem(sys.modules, "moevit.host.bitstream", stand_in)
+    import moevit.host
+
+    monkeypatch.setattr(moevit.host, "bitstream", stand_in, raising=False)
+    checks = flow.build("zcu102", dry_run=True, folder=tmp_path)
+    assert calls == [("write_inputs", "zcu102", "tiny", tmp_path), ("dry_run", inputs)]
+    assert len(checks) == 2 and flow.figures["build"]["checks_passed"] == "1 of 2"
+    assert flow.build("zcu102") == {"lut": 1} and calls[-1] == ("run_build", inputs)
+    import dataclasses
+
+    flow.compile(dataclasses.replace(flow.program.hw, name="other", rows=2))
+    with pytest.raises(ConfigError, match=r"^The bitstream build synthesises the default "
+                                          r"HwConfig of 'tiny'; this flow's program is for "
+                                          r"'other': compile\(board=...\) first$"):
+        flow.build("zcu102")
     flow.compile("tiny")
 
 

@@ -15,7 +15,8 @@ PYNQ_VENV := build/venv-pynq
 .PHONY: help install sysdeps pynq-venv demo test test-all sim formal hls-csim hls-synth bitstream clean
 
 help:
-	@echo "make demo     train, evaluate and quantize the '$(CONFIG)' config on the synthetic set"
+	@echo "make demo     train, evaluate and quantize the '$(CONFIG)' config on the synthetic set, then run it"
+	@echo "             on the simulated accelerator through the host driver (bit-exact vs golden)"
 	@echo "make test     the test suite (fast part of the simulations included)"
 	@echo "make sim      all cocotb simulations (SIM=icarus|verilator)"
 	@echo "make formal   the formal checks (SymbiYosys): table, build/formal/summary.json"
@@ -48,7 +49,7 @@ sysdeps:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing >/dev/null; }
 
-demo: $(STAMP)
+demo: install   # sysdeps: the simulated accelerator is built with a C++ compiler
 	$(BIN)/moevit demo --config $(CONFIG)
 
 # moevit itself goes in without its dependencies (no torch): the backend needs numpy only.

@@ -56,11 +56,14 @@ class Backend(ABC):
     """One device with the accelerator on it.
 
     ``clock_hz``: the kernel clock (for turning cycles into seconds);
-    ``name``: the backend's name in :data:`BACKENDS`.
+    ``name``: the backend's name in :data:`BACKENDS`; ``hw``: the HwConfig the
+    device's design was built for, when the backend knows it (the driver then
+    refuses a program compiled for another), else None.
     """
 
     name: str
     clock_hz: float
+    hw = None
 
     @abstractmethod
     def read32(self, offset: int) -> int:
@@ -103,4 +106,13 @@ def open_backend(name: str, **options) -> Backend:
     if name not in BACKENDS:
         raise ConfigError(f"Unknown backend {name!r}; backends are {', '.join(BACKENDS)}")
     module, cls = BACKENDS[name].split(":")
-    return getattr(import_module(module), cls)(**options)
+    try:
+        imported = import_module(module)
+    except ModuleNotFoundError as error:
+        if error.name != module:
+            raise
+        from moevit.errors import ToolNotFoundError
+
+        raise ToolNotFoundError(f"The {name} backend ({module}) is not part of this moevit") \
+            from None
+    return getattr(imported, cls)(**options)

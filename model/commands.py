@@ -305,7 +305,7 @@ def demo_figure(state):
 # Later stages append here, e.g. DEMO_STEPS.append(demo_quantize) in their module
 # (imported by _demo below when it exists), so `make demo` runs them in order.
 DEMO_STEPS = [demo_data, demo_train, demo_evaluate, demo_figure]
-DEMO_EXTENSIONS = ("moevit.model.integer.evaluate",)  # modules that may add steps on import
+DEMO_EXTENSIONS = ("moevit.model.integer.evaluate", "moevit.host.commands")  # modules that may add steps on import
 # Sized to finish in a few minutes on 2 CPU cores with `tiny`.
 DEMO_DEFAULTS = {"threads": 1, "steps": 400, "batch_size": 32, "lr": 2e-3, "train_size": 2048, "val_size": 256}
 

@@ -3,6 +3,7 @@
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from moevit.errors import check_finite
@@ -10,7 +11,7 @@ from moevit.model.data import batch_of
 from moevit.model.datasets import DatasetError
 from moevit.model.metrics import IGNORE, TaskMetrics
 
-__all__ = ["evaluate", "predict", "save_prediction_png", "check_metrics_defined"]
+__all__ = ["evaluate", "predict", "save_prediction_png", "prediction_figure", "check_metrics_defined"]
 
 
 @torch.no_grad()
@@ -74,6 +75,25 @@ def save_prediction_png(model, dataset, path, *, count=4, mean=None, std=None) -
     ``mean`` and ``std`` undo the image normalisation (default: the synthetic
     set's ImageNet statistics).
     """
+    config = model.config
+    count = min(count, len(dataset))
+    batch = next(_batches(dataset, count))
+    predictions = {task.name: predict(model, batch["image"], task.name) for task in config.tasks}
+    truths = {task.name: batch[task.name] for task in config.tasks}
+    return prediction_figure(config, batch["image"], predictions, path, truths=truths,
+                             mean=mean, std=std)
+
+
+def prediction_figure(config, images, predictions, path, *, truths=None, mean=None,
+                      std=None) -> Path:
+    """The PNG of :func:`save_prediction_png` from given predictions: per row, the image,
+    then for each task in ``predictions`` its ground truth (when ``truths`` has it) and
+    the prediction.
+
+    ``images``: (N, C, H, W) normalised; ``predictions`` and ``truths``: task name ->
+    (N, classes, H, W) scores or depth, and (N, H, W) labels or (N, 1, H, W) depth
+    (tensors or arrays; any device backend's maps, the golden model's included).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -81,35 +101,44 @@ def save_prediction_png(model, dataset, path, *, count=4, mean=None, std=None) -
 
     from moevit.model.data import MEAN, STD
 
-    config = model.config
-    count = min(count, len(dataset))
-    batch = next(_batches(dataset, count))
+    images = torch.as_tensor(np.asarray(images) if not torch.is_tensor(images) else images)
+    truths = truths or {}
+    count = len(images)
     mean = torch.tensor(mean or MEAN).view(3, 1, 1)
     std = torch.tensor(std or STD).view(3, 1, 1)
-    columns = 1 + 2 * len(config.tasks)
+    tasks = [config.tasks[config.task_index(name)] for name in predictions]
+    columns = 1 + sum(2 if task.name in truths else 1 for task in tasks)
     figure, axes = plt.subplots(count, columns, figsize=(2.2 * columns, 2.2 * count), squeeze=False)
-    predictions = {task.name: predict(model, batch["image"], task.name) for task in config.tasks}
     for row in range(count):
-        image = (batch["image"][row] * std + mean).clamp(0, 1).permute(1, 2, 0)
+        image = (images[row].float() * std + mean).clamp(0, 1).permute(1, 2, 0)
         axes[row, 0].imshow(image.numpy())
         axes[row, 0].set_title("image" if row == 0 else "")
-        for t, task in enumerate(config.tasks):
-            truth = batch[task.name][row]
-            pred = predictions[task.name][row]
+        column = 1
+        for task in tasks:
+            truth = truths.get(task.name)
+            truth = None if truth is None else torch.as_tensor(np.asarray(truth[row]))
+            pred = torch.as_tensor(np.asarray(predictions[task.name][row], np.float32))
             if task.kind == "semseg":
-                truth = truth.float().masked_fill(truth == IGNORE, float("nan"))
+                if truth is not None:
+                    truth = truth.float().masked_fill(truth == IGNORE, float("nan"))
                 pred = pred.argmax(0).float()
                 style = {"cmap": "tab20", "vmin": 0, "vmax": max(task.classes - 1, 1), "interpolation": "nearest"}
             else:
-                truth, pred = truth[0], pred[0]
-                valid = truth[truth > 0]
+                pred = pred[0]
+                if truth is not None:
+                    truth = truth[0]
+                    valid = truth[truth > 0]
+                    truth = truth.masked_fill(truth <= 0, float("nan"))
+                else:
+                    valid = pred
                 low, high = (float(valid.min()), float(valid.max())) if valid.numel() else (0, 1)
-                truth = truth.masked_fill(truth <= 0, float("nan"))
                 style = {"cmap": "viridis_r", "vmin": low, "vmax": high}
-            for offset, (label, value) in enumerate(((" truth", truth), (" prediction", pred))):
-                axis = axes[row, 1 + 2 * t + offset]
+            shown = (((" truth", truth),) if truth is not None else ()) + ((" prediction", pred),)
+            for label, value in shown:
+                axis = axes[row, column]
                 axis.imshow(value.numpy(), **style)
                 axis.set_title(task.name + label if row == 0 else "")
+                column += 1
     for axis in axes.flat:
         axis.set_xticks([])
         axis.set_yticks([])

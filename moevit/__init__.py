@@ -4,7 +4,18 @@ The sub-packages live in the repository's top-level folders (``model/`` is
 ``moevit.model``, ``hw/`` is ``moevit.hw``, ...); this package holds what they
 share: the error types, the build folder and the command line.
 
-It also names the flow's main objects, for a notebook::
+It also names the flow's main objects, for a notebook. The whole flow on one
+object (:class:`moevit.Flow`)::
+
+    import moevit
+
+    flow = moevit.Flow.from_checkpoint("build/demo/tiny/model.pt")
+    flow.quantize(images)                                   # the integer golden model
+    flow.compile(hw="tiny")                                 # or board="zcu102"
+    maps = flow.predict(images, "depth", backend="sim")     # equal to backend="golden"
+    print(flow.summary())
+
+or step by step::
 
     import moevit
 
@@ -54,6 +65,10 @@ _LAZY = {
     # hardware
     "HwConfig": "moevit.hw.config:HwConfig",
     "get_hw_config": "moevit.hw.config:get_hw_config",
+    # the whole flow on one object, and the host driver
+    "Flow": "moevit.flow:Flow",
+    "Accelerator": "moevit.host.driver:Accelerator",
+    "open_backend": "moevit.host.backend:open_backend",
 }
 
 __all__ = ["__version__", "MoevitError", "ConfigError", "CheckpointError", *_LAZY]

@@ -56,6 +56,7 @@ COMMAND_MODULES = (
     "moevit.hls.commands",
     "moevit.sim.commands",
     "moevit.host.bitstream",
+    "moevit.host.commands",
 )
 
 

@@ -118,6 +118,45 @@ def _build_key(sources, simulator, build_args, toplevel):
     return digest.hexdigest()[:16]
 
 
+@contextlib.contextmanager
+def _locked(path):
+    """An exclusive lock on the file ``path`` (made if missing) while the block runs."""
+    import fcntl
+
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _build_once(runner, rtl_build, sources, toplevel, simulator, build_args, waves):
+    """Build into ``rtl_build`` unless a finished build is there (its ``.built`` stamp)."""
+    stamp = rtl_build / ".built"
+    if not stamp.exists():
+        # A fresh folder: a half-finished build is never reused.
+        shutil.rmtree(rtl_build)
+        rtl_build.mkdir(parents=True)
+        try:
+            runner.build(sources=sources, hdl_toplevel=toplevel, build_dir=rtl_build,
+                         build_args=build_args, timescale=TIMESCALE, waves=waves,
+                         log_file=rtl_build / "build.log")
+        except (SystemExit, Exception) as error:
+            log = rtl_build / "build.log"
+            tail = log.read_text()[-2000:] if log.exists() else ""
+            raise SimulationError(
+                f"{simulator} build of {toplevel} failed ({error}); log {log}:\n{tail}"
+            ) from None
+        stamp.touch()
+    else:
+        # get_runner needs its build state even when the build is reused.
+        runner.build_dir = rtl_build
+        runner.hdl_toplevel = toplevel
+        runner._sources = []
+        runner._verilog_sources = []
+
+
 def run_cocotb(*, toplevel: str, sources, test_module: str, test_id: str,
                simulator: str = None, env: dict = None, testcase=None, seed: int = 0,
                waves: bool = False, check: bool = True) -> SimResult:
@@ -168,28 +207,10 @@ def run_cocotb(*, toplevel: str, sources, test_module: str, test_id: str,
     (folder / "out").mkdir(parents=True)
     with _tool_environment(simulator):
         runner = get_runner(simulator)
-        stamp = rtl_build / ".built"
-        if not stamp.exists():
-            # A fresh folder: a half-finished build is never reused.
-            shutil.rmtree(rtl_build)
-            rtl_build.mkdir(parents=True)
-            try:
-                runner.build(sources=sources, hdl_toplevel=toplevel, build_dir=rtl_build,
-                             build_args=build_args, timescale=TIMESCALE, waves=waves,
-                             log_file=rtl_build / "build.log")
-            except (SystemExit, Exception) as error:
-                log = rtl_build / "build.log"
-                tail = log.read_text()[-2000:] if log.exists() else ""
-                raise SimulationError(
-                    f"{simulator} build of {toplevel} failed ({error}); log {log}:\n{tail}"
-                ) from None
-            stamp.touch()
-        else:
-            # get_runner needs its build state even when the build is reused.
-            runner.build_dir = rtl_build
-            runner.hdl_toplevel = toplevel
-            runner._sources = []
-            runner._verilog_sources = []
+        # One build at a time per design: a second process (the demo beside the tests)
+        # waits for the first, then reuses its build.
+        with _locked(rtl_build.with_name(rtl_build.name + ".lock")):
+            _build_once(runner, rtl_build, sources, toplevel, simulator, build_args, waves)
         extra_env = {"MOEVIT_SIM_OUT": str(folder / "out")}
         extra_env.update({k: str(v) for k, v in (env or {}).items()})
         start = time.monotonic()

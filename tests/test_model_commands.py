@@ -49,7 +49,8 @@ def test_train_then_eval(build, capsys):
 
 
 def test_demo_runs_its_steps_in_order(build, capsys):
-    argv = ["demo", "--steps", "4", "--batch-size", "8", "--train-size", "16", "--val-size", "8", "--quiet"]
+    argv = ["demo", "--steps", "4", "--batch-size", "8", "--train-size", "16", "--val-size", "8", "--quiet",
+            "--no-accelerator"]  # the accelerator step: tests/test_host_sim.py
     assert main(argv) == 0
     out = capsys.readouterr().out
     titles = re.findall(r"^\[(\d+)/(\d+)\] (.*)$", out, re.M)

@@ -21,7 +21,8 @@ from moevit.hw.program.layout import unpack_chan, unpack_ln_params, unpack_weigh
 from moevit.hw.program.program import HEADER_WORDS, ProgramError, decode
 from moevit.model.integer import golden, intops
 
-__all__ = ["execute", "run_instructions", "run_image", "read_tensor", "output_map", "bytes_by_region",
+__all__ = ["execute", "run_instructions", "run_image", "read_tensor", "output_map", "head_map",
+           "bytes_by_region",
            "ExecutionStats"]
 
 
@@ -236,7 +237,13 @@ def output_map(program, memory, task: int) -> np.ndarray:
     """The task's prediction map ``heads.{t}.map`` (classes, H, W): the host's pixel
     shuffle of the ``output`` region."""
     info = program.tasks[task]
-    out = read_tensor(program, memory, "output", info["output_shape"])
+    return head_map(program, read_tensor(program, memory, "output", info["output_shape"]), task)
+
+
+def head_map(program, out, task: int) -> np.ndarray:
+    """The pixel shuffle of a task's head output ``out`` (patches, classes*patch*patch)
+    into its prediction map (classes, H, W), as the golden model's ``heads.{t}.map``."""
+    info = program.tasks[task]
     model = program.model
     patch = model["patch"]
     height, width = model["image_size"]

@@ -150,7 +150,8 @@ if cocotb is not None:
             self.regs = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axi_control"), dut.ap_clk,
                                       dut.ap_rst_n, reset_active_level=False)
             self.ram = FaultyRam(AxiBus.from_prefix(dut, "m_axi_gmem"), dut.ap_clk,
-                                 dut.ap_rst_n, reset_active_level=False, size=1 << 26)
+                                 dut.ap_rst_n, reset_active_level=False,
+                                 size=case.get("memory_bytes", 1 << 26))
             if case["memory_pauses"] != "none":
                 for name in ("ar", "r", "aw", "w", "b"):
                     side = self.ram.read_if if name in ("ar", "r") else self.ram.write_if
@@ -182,6 +183,21 @@ if cocotb is not None:
             f = REGMAP[register].field(name)
             return (value & f.mask) >> f.bit
 
+    async def reset(dut, cycles=4):
+        """Hold ``ap_rst_n`` low for ``cycles``, then let the top run (two cycles on)."""
+        dut.ap_rst_n.value = 0
+        await ClockCycles(dut.ap_clk, cycles)
+        dut.ap_rst_n.value = 1
+        await ClockCycles(dut.ap_clk, 2)
+
+    async def power_up(dut, case) -> Host:
+        """Start the clock, make the :class:`Host` (``case``: its memory pauses) and reset."""
+        cocotb.start_soon(Clock(dut.ap_clk, CLOCK_NS, unit="ns").start())
+        dut.ap_rst_n.value = 0
+        host = Host(dut, case)
+        await reset(dut)
+        return host
+
     def handshakes(handle, path="", depth=4):
         """``path value`` of every valid, ready, busy and FSM state signal below ``handle``:
         where a hung run waits."""
@@ -208,12 +224,7 @@ if cocotb is not None:
         case = json.loads(os.environ["MOEVIT_CASE"])
         out = Path(os.environ["MOEVIT_SIM_OUT"])
         folder = Path(case["folder"])
-        cocotb.start_soon(Clock(dut.ap_clk, CLOCK_NS, unit="ns").start())
-        dut.ap_rst_n.value = 0
-        host = Host(dut, case)
-        await ClockCycles(dut.ap_clk, 4)
-        dut.ap_rst_n.value = 1
-        await ClockCycles(dut.ap_clk, 2)
+        host = await power_up(dut, case)
         buffers = case["buffers"]
         host.ram.write(buffers["weights"], (folder / "weights.bin").read_bytes())
         for name, address in buffers.items():

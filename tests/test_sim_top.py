@@ -136,6 +136,25 @@ def test_top_stops_on_bad_input_and_recovers(tiny):
                      reference["scratch"][at:at + region.size], f"run {k} {name}")
 
 
+# ``moevit bench top`` (Verilator, no memory stalls) with ``expert_prefetch``: task -> cycles.
+MEASURED_PREFETCH = {0: 462_671, 1: 451_350}
+
+
+@pytest.mark.parametrize("task", [0, 1])
+def test_cost_model_with_prefetch_within_1_percent(task):
+    """The cycle cost model of the top with ``expert_prefetch`` against its co-simulated
+    figures (fitted on task 0; task 1 held out)."""
+    from moevit.hw.bench_top import _program
+    from moevit.hw.cost.cycles import program_cycles
+
+    program, image = _program("tiny", 1)
+    predicted = program_cycles(program, image, task).cycles
+    error = predicted / MEASURED_PREFETCH[task] - 1
+    print(f"task {task}: predicted {predicted:,} vs simulated {MEASURED_PREFETCH[task]:,}: "
+          f"{error:+.3%}")
+    assert abs(error) < 0.01
+
+
 @pytest.mark.slow
 def test_bench_top_rows(tmp_path, capsys):
     """``moevit bench top``'s rows: every field the issue names, bit-exact, switch 0, with

@@ -19,7 +19,11 @@ host would: each task twice in a row and then after the other task, so that
   excluded), the MAC units those of the linear array and of the attention
   kernel's two multiplier banks;
 * ``latency_ms`` at the HwConfig's clock; ``sim_seconds`` the wall time of
-  the whole simulation (all runs).
+  the whole simulation (all runs);
+* ``expert_prefetch``: the HwConfig's (:class:`~moevit.hw.config.HwConfig`):
+  the rows come for the default hardware as it is (0) and with the expert
+  schedule overlapped (1), each on its own build, so the table shows what the
+  prefetch changes in cycles and bytes read.
 
 A bar chart of the busy shares is written to ``build/bench/top-<config>.png``.
 """
@@ -29,7 +33,7 @@ import numpy as np
 __all__ = ["bench_top", "print_table", "plot"]
 
 
-def _program(config):
+def _program(config, expert_prefetch=0):
     from moevit.hw.config import HwConfig
     from moevit.hw.program.compiler import compile_program
     from moevit.model.config import get_config
@@ -42,20 +46,27 @@ def _program(config):
     data = SyntheticDataset(model, "val", size=9, seed=1)
     qmodel = quantize(signal_model(model), data.images[:8])
     image = golden.quantize_image(data.images[8].numpy(), qmodel.scale("input"))
-    return compile_program(qmodel, HwConfig.for_model(model)), image
+    hw = HwConfig.for_model(model, expert_prefetch=expert_prefetch)
+    return compile_program(qmodel, hw), image
 
 
-def bench_top(config="tiny", simulator="verilator"):
-    """Rows (one per task) of the whole-model co-simulation of ``config``."""
+def bench_top(config="tiny", simulator="verilator", prefetch=(0, 1)):
+    """Rows (one per task and ``expert_prefetch`` setting in ``prefetch``) of the
+    whole-model co-simulation of ``config``."""
+    return [row for setting in prefetch for row in _bench(config, simulator, setting)]
+
+
+def _bench(config, simulator, expert_prefetch):
     from moevit.sim.benches.top import expected_runs, output_bytes, run_top
 
-    program, image = _program(config)
+    program, image = _program(config, expert_prefetch)
     hw = program.hw
     tasks = list(range(len(program.tasks)))
     # Each task twice in a row (the second run: after itself; the first: after the task
     # before it), then the first task again (after the last one).
     runs = [(t, [image]) for t in tasks for _ in range(2)] + [(tasks[0], [image])]
-    got = run_top(program, runs, test_id=f"bench-top-{config}-{simulator}", simulator=simulator)
+    got = run_top(program, runs, test_id=f"bench-top-{config}-{simulator}-{expert_prefetch}",
+                  simulator=simulator)
     want = expected_runs(program, runs)
     exact = all(g["error"] == 0 and np.array_equal(g["scratch"], w["scratch"])
                 and all(np.array_equal(a[:size], b[:size]) for a, b in zip(g["outputs"],
@@ -70,7 +81,8 @@ def bench_top(config="tiny", simulator="verilator"):
         cycles = steady["cycles"]
         macs = want[2 * t + 1]["stats"]["macs"]
         rows.append({
-            "config": config, "task": program.tasks[t]["name"], "cycles": cycles,
+            "config": config, "task": program.tasks[t]["name"],
+            "expert_prefetch": expert_prefetch, "cycles": cycles,
             "switch_cycles": switched["cycles"] - cycles, "bit_exact": bool(exact),
             "utilization": macs / (mac_units * cycles), "macs": int(macs),
             "mac_units": mac_units, "bytes_read": steady["bytes_read"],
@@ -89,6 +101,7 @@ def print_table(rows) -> None:
     shown = [dict(r, busy_text="  " + " ".join(f"{r['busy'][u]:.0%}" for u in units),
                   exact_text="yes" if r["bit_exact"] else "NO") for r in rows]
     print_rows(shown, [("config", "config", "<9", ""), ("task", "task", "<10", ""),
+                       ("prefetch", "expert_prefetch", ">8", ""),
                        ("cycles", "cycles", ">10", ""), ("switch", "switch_cycles", ">7", ""),
                        ("exact", "exact_text", ">6", ""), ("util", "utilization", ">7", ".1%"),
                        ("bytes read", "bytes_read", ">11", ""),
@@ -112,7 +125,8 @@ def plot(rows, path) -> None:
     width = 0.8 / len(rows)
     for k, row in enumerate(rows):
         ax.bar(np.arange(len(units)) + k * width, [row["busy"][u] for u in units], width,
-               label=f"{row['task']}: {row['cycles']} cycles")
+               label=f"{row['task']}, prefetch {row['expert_prefetch']}: "
+                     f"{row['cycles']} cycles")
     ax.set_xticks(np.arange(len(units)) + width * (len(rows) - 1) / 2, units)
     ax.set_ylabel("share of the run's cycles busy")
     ax.set_ylim(0, 1)

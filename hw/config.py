@@ -90,6 +90,14 @@ class HwConfig:
         int8 multiply-accumulates per DSP48E2 slice in the linear kernel's
         array: 1, or 2 (two weights of neighbouring output columns share one
         activation in one 27x18 multiply, AMD WP486); 2 needs an even ``cols``.
+    expert_prefetch : int
+        1: the top overlaps the MoE layer's expert-by-expert schedule: the
+        sequencer assembles the next instruction while one runs, the linear
+        engine reads the next job's weights and constants ahead (fc2's while
+        fc1 computes, the next chosen expert's fc1 while fc2 computes), and an
+        expert that the routing's previous scan found unchosen ends without
+        reading the routing again. 0: each instruction and job fetches its own
+        operands when it starts (:mod:`moevit.hw.top.moe`).
 
     Raises
     ------
@@ -119,6 +127,8 @@ class HwConfig:
     max_outstanding: int = 4
     # DSP packing (issue 14): int8 MACs per DSP48E2.
     dsp_packing: int = 1
+    # The expert schedule overlapped (issue 12): 0 or 1.
+    expert_prefetch: int = 0
 
     # Fixed by the numeric contract (moevit.model.integer.intops.requantize).
     BIAS_WIDTH = 32
@@ -193,6 +203,9 @@ class HwConfig:
             raise ConfigError(
                 f"DSP packing 2 pairs neighbouring output columns; {self.cols} array columns "
                 f"are odd")
+        if isinstance(self.expert_prefetch, bool) or self.expert_prefetch not in (0, 1):
+            raise ConfigError(
+                f"Expert prefetch must be 0 or 1, not {self.expert_prefetch!r}")
         if self.max_tokens % self.rows:
             raise ConfigError(
                 f"Token buffer depth {self.max_tokens} is not a multiple of the {self.rows} "

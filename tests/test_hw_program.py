@@ -284,6 +284,23 @@ def test_a_program_for_other_hardware_is_rejected(tiny):
         decode(program.encode(), DEFAULT_HW["tiny"].replace(out_depth=16))
 
 
+def test_expert_prefetch_is_part_of_the_fingerprint_and_checked(tiny):
+    """A program for the top with the expert schedule overlapped is another hardware's (its
+    RTL differs), with the same instructions and layout; the setting is 0 or 1."""
+    from moevit.errors import ConfigError
+
+    qmodel, _, program = tiny
+    ahead = compile_program(qmodel, DEFAULT_HW["tiny"].replace(expert_prefetch=1))
+    assert ahead.layout.to_dict() == program.layout.to_dict()
+    assert [d.to_int() for d in ahead.instructions] == [d.to_int() for d in program.instructions]
+    with pytest.raises(ProgramError, match=r"^Program was compiled for another hardware"):
+        decode(ahead.encode(), program.hw)
+    for bad in (2, True, "1"):
+        with pytest.raises(ConfigError, match=rf"^Expert prefetch must be 0 or 1, not "
+                                              rf"{re.escape(repr(bad))}$"):
+            DEFAULT_HW["tiny"].replace(expert_prefetch=bad)
+
+
 def test_corrupt_or_mismatched_files_are_rejected(tiny, tmp_path):
     _, _, program = tiny
     write_program(program, tmp_path)

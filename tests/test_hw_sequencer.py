@@ -1,6 +1,8 @@
 """The sequencer in Amaranth's simulator: it fetches the tiny program from a memory model and
 issues exactly the program's instructions (their words, and the task's table entry where one
-is read), image after image; a bad header, task, opcode or address stops it with its code."""
+is read), image after image; a bad header, task, opcode or address stops it with its code.
+Both with and without ``expert_prefetch`` (the look-ahead: the next instruction assembled while
+one runs, shown as ``pending``; its errors stop the run only after the one before it)."""
 
 import numpy as np
 import pytest
@@ -13,13 +15,13 @@ from moevit.hw.top.sequencer import TABLE_OPCODES, Sequencer, code
 BASE = 0x10000          # where the test places the program and the weights (physical)
 
 
-@pytest.fixture(scope="module")
-def tiny():
+@pytest.fixture(scope="module", params=[0, 1], ids=["plain", "look-ahead"])
+def tiny(request):
     from moevit.hw.program.compiler import compile_program
     from moevit.sim.units import tiny_quantized
 
     qmodel, _ = tiny_quantized(trained=False)
-    return compile_program(qmodel, DEFAULT_HW["tiny"])
+    return compile_program(qmodel, DEFAULT_HW["tiny"].replace(expert_prefetch=request.param))
 
 
 def _memory(program, body=None):
@@ -33,8 +35,10 @@ def _memory(program, body=None):
     return memory
 
 
-def _run(program, memory, task, images, *, finish_after=3, limit=200_000):
-    """Simulate one run; returns (issued [(opcode, image int, entry words)], error, status)."""
+def _run(program, memory, task, images, *, finish_after=3, limit=200_000, waited=None):
+    """Simulate one run; returns (issued [(opcode, image int, entry words)], error, status).
+    ``waited``: a list that gets, per issued instruction, the cycles the next one was
+    ``pending`` (assembled) before this one finished."""
     from amaranth.sim import Simulator
 
     hw = program.hw
@@ -88,7 +92,12 @@ def _run(program, memory, task, images, *, finish_after=3, limit=200_000):
                                else image, [ctx.get(dut.issue.payload.entry[k])
                                             for k in range(4)]))
                 ctx.set(dut.issue.ready, 0)
-                await ctx.tick().repeat(finish_after)
+                ahead = 0
+                for _ in range(finish_after):
+                    _, _, pending = await ctx.tick().sample(dut.pending)
+                    ahead += pending
+                if waited is not None:
+                    waited.append(ahead)
                 ctx.set(dut.finished, 1)
                 await ctx.tick()
                 ctx.set(dut.finished, 0)
@@ -119,6 +128,16 @@ def test_issues_the_program(tiny, task, images):
             assert entry == _entry(tiny, desc, task), f"instruction {k} entry"
 
 
+def test_look_ahead(tiny):
+    """With ``expert_prefetch`` every instruction after the first is assembled (and its
+    table entry read) while the one before it runs; without, none is."""
+    waited = []
+    issued, error, _ = _run(tiny, _memory(tiny), 1, 1, finish_after=60, waited=waited)
+    assert error == 0 and len(issued) == len(tiny.instructions)
+    ready = [w > 0 for w in waited[:-1]]
+    assert all(ready) if tiny.hw.expert_prefetch else not any(ready), waited
+
+
 def test_stops_with_its_code(tiny):
     body = bytearray(tiny.encode()[4 * HEADER_WORDS:])
     # A task the program does not have: nothing is issued.
@@ -128,7 +147,8 @@ def test_stops_with_its_code(tiny):
     at = 4 * sum(d.words() for d in tiny.instructions[:3])
     bad = bytearray(body)
     bad[at] = 0x7F
-    issued, error, status = _run(tiny, _memory(tiny, bytes(bad)), task=0, images=1)
+    issued, error, status = _run(tiny, _memory(tiny, bytes(bad)), task=0, images=1,
+                                 finish_after=30)
     assert (len(issued), error, status[0]) == (3, code("opcode"), 3)
     # An address at the output's end.
     first = tiny.instructions[0]

@@ -479,6 +479,7 @@ class ExpertWithLinear(wiring.Component):
         wiring.connect(m, expert.job, linear.desc)
         wiring.connect(m, linear.x_index, expert.x_index)
         wiring.connect(m, linear.y_index, expert.y_index)
+        wiring.connect(m, expert.ahead, linear.ahead)
         m.d.comb += [expert.job_done.eq(linear.done), self.done.eq(expert.done),
                      self.busy.eq(expert.busy | linear.busy),
                      self.error.eq(Mux(expert.error != 0, expert.error, linear.error))]
@@ -543,6 +544,88 @@ def test_expert_with_linear_tiny_program(task, few):
     reads = summary["reads"]
     assert reads.pop(at) == [], f"{what}: the refused EXPERT read"
     check_expert_reads(program, reads, experts, memory, what)
+
+
+def _with_prefetch(d, prefetch):
+    import dataclasses
+
+    return dataclasses.replace(d, hw=d.hw.replace(expert_prefetch=prefetch))
+
+
+def _prefetch_case(seed):
+    """The chosen expert of the tiny program with the fewest tokens, twice, each time
+    followed by one nobody chose: ``(hw, memory, program, order)``."""
+    hw, memory, experts = _tiny_case("EXPERT", 0, seed)
+    program, _ = _tiny_state(0)
+    cases = []
+    for topk_addr in sorted({d.topk_addr for d in experts}):
+        layer = [d for d in experts if d.topk_addr == topk_addr]
+        top = memory[topk_addr:topk_addr + layer[0].tokens * layer[0].top_k]
+        counts = [int((top == d.expert).sum()) for d in layer]
+        fewest = min((c, k) for k, c in enumerate(counts) if c)
+        unchosen = [k for k, c in enumerate(counts) if not c][:2]
+        cases.append((fewest[0], [layer[fewest[1]], layer[unchosen[0]], layer[fewest[1]],
+                                  layer[unchosen[1]]]))
+    return hw, memory, program, min(cases, key=lambda c: c[0])[1]
+
+
+def test_expert_prefetch_tiny_program():
+    """``hw.expert_prefetch``: a chosen expert of the tiny program twice, each time
+    followed by one nobody chose, and a refused EXPERT among them, back to back on the EXPERT and the
+    linear engine under random stalls: the memory equals the interpreter's, byte for
+    byte; the first EXPERT reads the routing, the others on it do not when nobody chose
+    their expert (they read nothing at all) and read it once when somebody did; every
+    weight and constant of a chosen expert is read exactly once (read ahead, never
+    again), none of an unchosen one."""
+    seed = _seed()
+    plain_hw, memory, program, order = _prefetch_case(seed)
+    hw = plain_hw.replace(expert_prefetch=1)
+    descs = [_with_prefetch(d, 1) for d in order]
+    want = memory.copy()
+    run_instructions(want, hw, descs, 0)
+    payloads = [d.to_int() for d in descs]
+    at = 1 + np.random.default_rng(seed).integers(len(payloads))
+    payloads.insert(at, descs[0].to_int_with(topk_addr=descs[0].topk_addr + 1))
+    got, summary = _run(ExpertWithLinear(hw), hw, memory, payloads, "engine-expert-prefetch",
+                        seed)
+    what = f"tiny EXPERTs with prefetch (seed {seed})"
+    faults = [Fault.NONE] * len(descs)
+    faults.insert(at, Fault.ALIGN)
+    assert summary["errors"] == [int(f) for f in faults], what
+    _compare(got, want, what)
+    reads = summary["reads"]
+    assert reads.pop(at) == [], f"{what}: the refused EXPERT read"
+    routing = [[b for b in bursts if b[0] == 0] for bursts in reads]
+    assert [bool(r) for r in routing] == [True, False, True, False], f"{what}: routing reads"
+    assert reads[1] == reads[3] == [], f"{what}: an unchosen expert read"
+    for d, bursts in ((descs[0], reads[0]), (descs[2], reads[2])):
+        for name in ("fc1_w_addr", "fc1_chan_addr", "fc2_w_addr", "fc2_chan_addr"):
+            region = program.layout.at(getattr(d, name))
+            read = sum(size for channel, addr, size in bursts
+                       if channel and region.offset <= addr < region.end)
+            assert read == region.size, f"{what}: expert {d.expert} read {read} bytes of " \
+                                        f"its {region.size}-byte {name[:-5]}"
+
+
+@pytest.mark.slow
+def test_expert_prefetch_saves_cycles():
+    """The four EXPERTs of :func:`test_expert_prefetch_tiny_program` without stalls, with
+    and without ``hw.expert_prefetch``: the same memory after, fewer cycles with it."""
+    seed = _seed()
+    _, memory, _, order = _prefetch_case(seed)
+    cycles, after = {}, {}
+    for prefetch in (0, 1):
+        descs = [_with_prefetch(d, prefetch) for d in order]
+        hw = descs[0].hw
+        after[prefetch], summary = run_engine(
+            ExpertWithLinear(hw), hw, memory, [d.to_int() for d in descs],
+            test_id=f"engine-expert-prefetch-{prefetch}", seed=seed,
+            simulator=_slow_simulator())
+        cycles[prefetch] = summary["cycles"]
+    print(f"cycles of the four EXPERTs without stalls: {cycles[0]} (sum {sum(cycles[0])}) "
+          f"without prefetch, {cycles[1]} (sum {sum(cycles[1])}) with")
+    _compare(after[1], after[0], "with and without prefetch")
+    assert sum(cycles[1]) < sum(cycles[0])
 
 
 # COMBINE --------------------------------------------------------------------------------------

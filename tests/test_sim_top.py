@@ -136,19 +136,49 @@ def test_top_stops_on_bad_input_and_recovers(tiny):
                      reference["scratch"][at:at + region.size], f"run {k} {name}")
 
 
+# ``moevit bench top`` (Verilator, no memory stalls) with ``expert_prefetch``: task -> cycles.
+MEASURED_PREFETCH = {0: 462_671, 1: 451_350}
+
+
+@pytest.mark.parametrize("task", [0, 1])
+def test_cost_model_with_prefetch_within_1_percent(task):
+    """The cycle cost model of the top with ``expert_prefetch`` against its co-simulated
+    figures (fitted on task 0; task 1 held out)."""
+    from moevit.hw.bench_top import _program
+    from moevit.hw.cost.cycles import program_cycles
+
+    program, image = _program("tiny", 1)
+    predicted = program_cycles(program, image, task).cycles
+    error = predicted / MEASURED_PREFETCH[task] - 1
+    print(f"task {task}: predicted {predicted:,} vs simulated {MEASURED_PREFETCH[task]:,}: "
+          f"{error:+.3%}")
+    assert abs(error) < 0.01
+
+
 @pytest.mark.slow
 def test_bench_top_rows(tmp_path, capsys):
-    """``moevit bench top``'s rows: every field the issue names, bit-exact, switch 0; the
-    table and the chart."""
-    from moevit.hw.bench_top import bench_top, plot, print_table
+    """``moevit bench top``'s rows: every field the issue names, bit-exact, switch 0, with
+    and without ``expert_prefetch``; with it, fewer cycles and fewer bytes read; the cycle
+    cost model within 1 % of every row; the table and the chart."""
+    from moevit.hw.bench_top import _program, bench_top, plot, print_table
+    from moevit.hw.cost.cycles import program_cycles
 
     rows = bench_top("tiny")
-    assert [r["task"] for r in rows] == ["semseg", "depth"]
-    for row in rows:
+    assert [(r["task"], r["expert_prefetch"]) for r in rows] == [
+        ("semseg", 0), ("depth", 0), ("semseg", 1), ("depth", 1)]
+    for k, row in enumerate(rows):
         assert {"config", "task", "cycles", "switch_cycles", "bit_exact", "utilization",
                 "bytes_read", "sim_seconds"} <= set(row)
         assert row["bit_exact"] and row["switch_cycles"] == 0
         assert 0 < row["utilization"] < 1 and row["bytes_read"] > 0
+        program, image = _program("tiny", row["expert_prefetch"])
+        predicted = program_cycles(program, image, k % 2).cycles
+        error = predicted / row["cycles"] - 1
+        print(f"{row['task']}, prefetch {row['expert_prefetch']}: {row['cycles']:,} cycles, "
+              f"{row['bytes_read']:,} bytes read; cost model {predicted:,} ({error:+.3%})")
+        assert abs(error) < 0.01
+    for plain, ahead in zip(rows[:2], rows[2:]):
+        assert ahead["cycles"] < plain["cycles"] and ahead["bytes_read"] < plain["bytes_read"]
     print_table(rows)
     assert "semseg" in capsys.readouterr().out
     plot(rows, tmp_path / "top.png")

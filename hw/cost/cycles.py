@@ -29,6 +29,14 @@ token (``MoeDescriptor.token_cycles``), COMBINE ``cols`` lanes of a row a
 cycle, both checked only through the moe unit's busy total (within 0.4 %).
 Every figure is of ``tiny`` at one bus word a cycle; larger models and
 narrower memories are extrapolations until ``bench top`` measures them.
+
+With ``hw.expert_prefetch`` (the expert schedule overlapped, :mod:`moevit.hw.top.moe`)
+two terms change: an EXPERT whose expert nobody chose, after another EXPERT scanned
+the same routing with nothing else in between, ends at once without reading the
+routing (``NOTED_EXPERT_CYCLES``, no bytes); and the sequencer assembles each
+instruction while the one before it runs (``ISSUE_CYCLES_AHEAD`` instead of
+``ISSUE_CYCLES``). The weights read ahead save only the memory's latency at each
+job's start (a few cycles at this memory), left inside the fitted issue constant.
 """
 
 from dataclasses import dataclass
@@ -44,7 +52,7 @@ from moevit.hw.program.program import ProgramError
 
 __all__ = ["InstructionCost", "ProgramCost", "program_cycles", "board_bandwidth", "LINEAR_TAIL",
            "EXPERT_ROW_CYCLES", "ATTENTION_TAIL_FIXED", "attention_tail", "LAYERNORM_TAIL",
-           "PATCHIFY_TAIL", "ISSUE_CYCLES"]
+           "PATCHIFY_TAIL", "ISSUE_CYCLES", "ISSUE_CYCLES_AHEAD", "NOTED_EXPERT_CYCLES"]
 
 #: The LINEAR engine ends exactly 12 cycles after the kernel's ``expected_cycles`` on
 #: every tiny job without memory stalls (the linear engine's report, commit 2dfbf3e).
@@ -75,6 +83,16 @@ PATCHIFY_TAIL = 123
 #: answer), fitted on the whole of task 0: (464,993 - the rest of the model's 462,089) / 51
 #: instructions = 56.9.
 ISSUE_CYCLES = 57
+#: The same with the sequencer's look-ahead (``hw.expert_prefetch``), fitted the same way
+#: on task 0 of the co-simulated top with the prefetch (``bench top``, 462,671 cycles):
+#: (462,671 - the rest of the model's 462,032) / 51 = 12.5; task 1 is the check (451,350
+#: simulated). Lower than ``ISSUE_CYCLES`` by the assembly now hidden and by the routing
+#: scans of unchosen experts, which that constant absorbs (135 cycles each in the engine
+#: bench, modelled as the 9 of their bytes).
+ISSUE_CYCLES_AHEAD = 13
+#: An EXPERT the routing's note shows unchosen (``hw.expert_prefetch``): it takes its
+#: descriptor, looks the note up and ends (the EXPERT engine's ``NOTE`` state).
+NOTED_EXPERT_CYCLES = 2
 
 
 @dataclass
@@ -222,13 +240,32 @@ def program_cycles(program, image, task, *, bandwidth=None, progress=False) -> P
                            f"{image.dtype} {image.shape}")
     memory = program.memory_image()
     memory[region.offset:region.end] = image.reshape(-1).view(np.uint8)
+    ahead = bool(hw.expert_prefetch)
+    issue = ISSUE_CYCLES_AHEAD if ahead else ISSUE_CYCLES
     costs = []
+    note = None                  # the routing an EXPERT scanned last (expert_prefetch)
     steps = tqdm(program.instructions, desc=f"cost task {task}", unit="instr", disable=not progress,
                  dynamic_ncols=True)
     for index, d in enumerate(steps):
+        if ahead and d.MNEMONIC == "EXPERT" and note == _routing(d) and d.expert < hw.cols \
+                and not _chosen(d, memory):
+            costs.append(InstructionCost(index, d.MNEMONIC, d.UNIT, NOTED_EXPERT_CYCLES, 0, 0,
+                                         0, NOTED_EXPERT_CYCLES + issue))
+            continue
+        note = _routing(d) if d.MNEMONIC == "EXPERT" else None
         compute, written = _compute_and_written(d, memory, task, hw)
         read = run_instructions(memory, hw, [d], task)["bytes_read"]
         mem_cycles = int(np.ceil((read + written) / bandwidth))
         costs.append(InstructionCost(index, d.MNEMONIC, d.UNIT, compute, mem_cycles, read,
-                                     written, max(compute, mem_cycles) + ISSUE_CYCLES))
+                                     written, max(compute, mem_cycles) + issue))
     return ProgramCost(costs, float(bandwidth), hw.clock_mhz)
+
+
+def _routing(d):
+    """What an EXPERT's note of the routing is keyed by (``moevit.hw.top.moe``)."""
+    return d.topk_addr, d.tokens, d.top_k
+
+
+def _chosen(d, memory) -> bool:
+    top = memory[d.topk_addr:d.topk_addr + d.tokens * d.top_k]
+    return bool(np.count_nonzero(top == d.expert))

@@ -156,6 +156,11 @@ class Accelerator(wiring.Component):
         if expert is not None:
             wiring.connect(m, linear.x_index, expert.x_index)
             wiring.connect(m, linear.y_index, expert.y_index)
+            # hw.expert_prefetch: the weights of the expert's next job read ahead; any
+            # other instruction may rewrite the routing the EXPERT engine noted.
+            wiring.connect(m, expert.ahead, linear.ahead)
+            m.d.comb += expert.forget.eq(seq.issue.valid & seq.issue.ready
+                                         & (seq.issue.payload.opcode != ExpertDescriptor.OPCODE))
 
         # Which engine an opcode runs on, and the payload it gets.
         issue = seq.issue.payload

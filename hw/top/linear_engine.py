@@ -58,7 +58,7 @@ failed request's beats and the job never ends (the top's time-out catches it).
 """
 
 from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
-from amaranth.lib import stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -72,7 +72,7 @@ from moevit.hw.top.ports import (IndexPort, ReadPort, WritePort, engine_members,
 from moevit.hw.units.linear import LinearKernel, chan_layout, lanes_layout, output_layout
 
 __all__ = ["LinearEngine", "XTiler", "Prefetch", "Fetch", "ResidualReader", "YWriter",
-           "check_job", "pack_job", "alignment_rules"]
+           "check_job", "pack_job", "alignment_rules", "ahead_layout", "weight_ranges"]
 
 CHAN_BYTES = 8   # one chan beat: a little-endian u64 (moevit.hw.program.layout.pack_chan)
 
@@ -96,6 +96,19 @@ def alignment_rules(hw: HwConfig, op, x_gather, y_scatter):
         ("out_features (a row of y)", op.out_features,
          rows_of_y & (op.out_features % nbytes != 0)),
     ]
+
+
+def ahead_layout():
+    """The weight and constant bytes of a linear job (``w`` and ``chan``): what the
+    engine's ``ahead`` stream names for the job after the current one."""
+    return data.StructLayout({"w_addr": unsigned(32), "w_length": unsigned(32),
+                              "chan_addr": unsigned(32), "chan_length": unsigned(32)})
+
+
+def weight_ranges(hw: HwConfig, *, w_addr, chan_addr, in_features, out_tiles) -> dict:
+    """The fields of :func:`ahead_layout` of a job (Python ints or Amaranth values)."""
+    return {"w_addr": w_addr, "w_length": out_tiles * in_features * hw.cols,
+            "chan_addr": chan_addr, "chan_length": out_tiles * hw.cols * CHAN_BYTES}
 
 
 def check_job(desc: LinearDescriptor, *, x_gather=False, y_scatter=False) -> None:
@@ -306,7 +319,8 @@ class Fetch(wiring.Component):
     beats.
 
     Members: ``start`` (one cycle: begin reading ``addr``, ``length``), ``addr``,
-    ``length``, ``rd``, ``o`` (the beats, without ``last``), ``busy``.
+    ``length``, ``rd``, ``o`` (the beats, without ``last``), ``requesting`` (some of the
+    range is not yet requested), ``busy``.
     """
 
     def __init__(self, bus_width, out_bytes, *, chunk, depth):
@@ -320,7 +334,7 @@ class Fetch(wiring.Component):
             "start": In(1), "addr": In(32), "length": In(32),
             "rd": Out(ReadPort(bus_width)),
             "o": Out(stream.Signature(beat_layout(8 * out_bytes))),
-            "busy": Out(1),
+            "requesting": Out(1), "busy": Out(1),
         })
 
     def elaborate(self, platform):
@@ -346,7 +360,7 @@ class Fetch(wiring.Component):
                      repack.i.payload.data.eq(prefetch.o.payload.data),
                      repack.i.payload.bytes.eq(prefetch.o.payload.bytes)]
         wiring.connect(m, repack.o, wiring.flipped(self.o))
-        m.d.comb += self.busy.eq(on | prefetch.busy | repack.busy)
+        m.d.comb += [self.requesting.eq(on), self.busy.eq(on | prefetch.busy | repack.busy)]
         return m
 
 
@@ -539,7 +553,8 @@ class LinearEngine(wiring.Component):
         self._hw = hw
         members = engine_members(linear_job_layout(), hw.bus_width, self.READS)
         members.update(x_index=Out(IndexPort(hw.max_tokens)),
-                       y_index=Out(IndexPort(hw.max_tokens)))
+                       y_index=Out(IndexPort(hw.max_tokens)),
+                       ahead=In(stream.Signature(ahead_layout())))
         super().__init__(members)
 
     @property
@@ -564,10 +579,33 @@ class LinearEngine(wiring.Component):
         start = Signal()
         for unit in (x, res, y):
             m.d.comb += [unit.job.eq(job), unit.start.eq(start)]
-        m.d.comb += [w.start.eq(start), w.addr.eq(op.w_addr),
-                     w.length.eq(op.out_tiles * op.in_features * hw.cols),
-                     chan.start.eq(start), chan.addr.eq(op.chan_addr),
-                     chan.length.eq(op.out_tiles * hw.cols * CHAN_BYTES)]
+
+        # The weights and constants: this job's, or (``ahead``) the next job's, read into
+        # the fetches' FIFOs behind this job's once this job's are all requested. A job
+        # whose bytes were read ahead does not read them again.
+        def ranges_of(op):
+            r = Signal(ahead_layout())
+            m.d.comb += [getattr(r, k).eq(v) for k, v in weight_ranges(
+                hw, w_addr=op.w_addr, chan_addr=op.chan_addr, in_features=op.in_features,
+                out_tiles=op.out_tiles).items()]
+            return r.as_value()
+
+        mine = ranges_of(op)
+        held = Signal()                          # the next job's bytes are on their way
+        held_ranges = Signal(ahead_layout())
+        take = Signal()
+        m.d.comb += take.eq(self.ahead.valid & self.ahead.ready)
+        src = Signal(ahead_layout())
+        m.d.comb += src.eq(Mux(take, self.ahead.payload.as_value(), mine))
+        fetch = Signal()
+        m.d.comb += fetch.eq(take | (start & ~(held & (held_ranges.as_value() == mine))))
+        m.d.comb += [w.start.eq(fetch), w.addr.eq(src.w_addr), w.length.eq(src.w_length),
+                     chan.start.eq(fetch), chan.addr.eq(src.chan_addr),
+                     chan.length.eq(src.chan_length)]
+        with m.If(take):
+            m.d.sync += [held.eq(1), held_ranges.eq(self.ahead.payload)]
+        with m.If(start):
+            m.d.sync += held.eq(0)
 
         for k, unit in enumerate((x, w, chan, res)):
             wiring.connect(m, unit.rd, wiring.flipped(self.rd[k]))
@@ -589,13 +627,18 @@ class LinearEngine(wiring.Component):
         align = Signal()
         m.d.comb += align.eq(Cat(*[broken for _, _, broken in
                                    alignment_rules(hw, p.op, p.x_gather, p.y_scatter)]).any())
+        # Bytes read ahead for another job than this one: refused (never in the top's
+        # schedule, where the read-ahead job always comes next or the run stops).
+        stale = Signal()
+        m.d.comb += stale.eq(held & (held_ranges.as_value() != ranges_of(p.op)))
         m.d.comb += kernel.desc.payload.eq(op)
-        with m.FSM():
+        with m.FSM() as fsm:
             with m.State("IDLE"):
                 m.d.comb += self.desc.ready.eq(1)
                 with m.If(self.desc.valid):
-                    m.d.sync += [job.eq(p), self.error.eq(Mux(align, Fault.ALIGN, Fault.NONE))]
-                    with m.If(align):
+                    m.d.sync += [job.eq(p), self.error.eq(Mux(align, Fault.ALIGN, Mux(
+                        stale, Fault.DERIVED, Fault.NONE)))]
+                    with m.If(align | stale):
                         m.next = "REFUSED"
                     with m.Else():
                         m.next = "KERNEL"
@@ -618,6 +661,11 @@ class LinearEngine(wiring.Component):
                 m.d.comb += self.done.eq(1)
                 m.next = "IDLE"
         m.d.comb += self.busy.eq(~self.desc.ready)
+        if hw.expert_prefetch:
+            # Taken once this job's bytes are all requested (or between jobs).
+            m.d.comb += self.ahead.ready.eq(
+                ~held & ~w.requesting & ~chan.requesting
+                & (fsm.ongoing("RUN") | (fsm.ongoing("IDLE") & ~self.desc.valid)))
         return m
 
 

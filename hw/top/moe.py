@@ -39,6 +39,7 @@ from moevit.hw.config import HwConfig
 from moevit.hw.program.descriptor import (Fault, LinearDescriptor, fault_code,
                                           shift_out_of_range)
 from moevit.hw.program.isa import CombineDescriptor, ExpertDescriptor, RouteDescriptor
+from moevit.hw.top.linear_engine import ahead_layout, weight_ranges
 from moevit.hw.top.movers import Repack
 from moevit.hw.top.ports import IndexPort, engine_members, linear_job_layout
 from moevit.hw.units import intexpr
@@ -271,6 +272,22 @@ class ExpertEngine(wiring.Component):
         The list, looked up combinationally: ``x_index.row`` is ``token_j``,
         ``y_index.row`` is ``token_j * top_k + slot_j`` for ``j`` at ``at``.
 
+    ahead : Out(stream.Signature(ahead_layout()))
+        With ``hw.expert_prefetch``: the weights the linear engine may read ahead
+        (:class:`~moevit.hw.top.linear_engine.LinearEngine`): fc2's while fc1 runs,
+        and fc1's while the list is built, when the routing's previous scan
+        showed the expert chosen. Never offered otherwise.
+    forget : In(1)
+        An instruction other than EXPERT was issued: the routing may have changed.
+
+    With ``hw.expert_prefetch`` the scan also notes which experts (below
+    ``hw.cols``, ROUTE's limit) the routing names. An EXPERT on the same
+    routing (``topk_addr``, ``tokens``, ``top_k``) before anything else runs
+    (``forget``) uses that note: for an expert nobody chose it ends at once,
+    the routing not read again (its result is the same: no job, nothing
+    written); for a chosen one, fc1's weights are read ahead during its scan.
+    An EXPERT whose hidden rows or slots overlap its routing leaves no note.
+
     Limits (``Fault.SHAPE`` beyond them): ``tokens <= hw.max_tokens``, ``dim``
     and ``hidden`` at most ``hw.max_in``; ``Fault.CONSTANT`` for fc1's GELU
     constants out of their ranges (as the linear kernel's).
@@ -285,7 +302,9 @@ class ExpertEngine(wiring.Component):
         members.update({"job": Out(stream.Signature(linear_job_layout())),
                         "job_done": In(1),
                         "x_index": In(IndexPort(hw.max_tokens)),
-                        "y_index": In(IndexPort(hw.max_tokens))})
+                        "y_index": In(IndexPort(hw.max_tokens)),
+                        "ahead": Out(stream.Signature(ahead_layout())),
+                        "forget": In(1)})
         super().__init__(members)
 
     @property
@@ -331,13 +350,42 @@ class ExpertEngine(wiring.Component):
         n = Signal(range(NT * 256 + 1))    # entries found (more than tokens: a fault)
         read_sent = Signal()
 
+        L = hw.cols
+        ahead = bool(hw.expert_prefetch)
+        mask = Signal(L)                   # the experts the last scan found chosen
+        known = Signal()                   # ... and the routing it scanned is unchanged
+        key = Signal(data.StructLayout({"addr": 32, "tokens": 16, "top_k": 8}))
+        chosen = Signal()                  # the note says this expert is chosen
+        offered = Signal()                 # the ahead offer of this stage was taken
+        m.d.comb += self.ahead.payload.eq(0)
+
         with m.FSM() as fsm:
-            d = _accept(m, self, self._code, "SCAN")
+            d = _accept(m, self, self._code, "NOTE" if ahead else "SCAN")
+            if ahead:
+                with m.State("NOTE"):
+                    noted = (known & (key.addr == d.topk_addr) & (key.tokens == d.tokens)
+                             & (key.top_k == d.top_k) & (d.expert < L))
+                    picked = mask.bit_select(d.expert[:max(1, (L - 1).bit_length())], 1)
+                    m.d.sync += [chosen.eq(noted & picked), offered.eq(0)]
+                    with m.If(noted & ~picked):
+                        m.d.comb += self.done.eq(1)        # nobody chose it: as after a scan
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.d.sync += [mask.eq(0), known.eq(0)]
+                        m.next = "SCAN"
             with m.State("SCAN"):
                 _request(m, rd.req, d.topk_addr, d.tokens * d.top_k, read_sent)
                 m.d.comb += topk.o.ready.eq(1)
+                if ahead:
+                    self._offer(m, offered, chosen, w_addr=d.fc1_w_addr,
+                                chan_addr=d.fc1_chan_addr, in_features=d.dim, out=d.hidden)
                 with m.If(topk.o.valid):
-                    match = topk.o.payload.data[:8] == d.expert
+                    value = topk.o.payload.data[:8]
+                    if ahead:
+                        with m.If(value < L):
+                            m.d.sync += mask.eq(mask | (Const(1, L) << value[:max(
+                                1, (L - 1).bit_length())]))
+                    match = value == d.expert
                     m.d.comb += [lw.addr.eq(n), lw.data.token.eq(t), lw.data.row.eq(row),
                                  lw.en.eq(match & (n < NT))]
                     m.d.sync += [n.eq(n + match), row.eq(row + 1), s.eq(s + 1)]
@@ -348,6 +396,12 @@ class ExpertEngine(wiring.Component):
                             m.d.sync += self.error.eq(Fault.SHAPE)
                         m.next = "LISTED"
             with m.State("LISTED"):
+                if ahead:
+                    self._offer(m, offered, chosen, w_addr=d.fc1_w_addr,
+                                chan_addr=d.fc1_chan_addr, in_features=d.dim, out=d.hidden)
+                    m.d.sync += [known.eq((self.error == Fault.NONE) & ~self._overlap(d)),
+                                 key.addr.eq(d.topk_addr), key.tokens.eq(d.tokens),
+                                 key.top_k.eq(d.top_k)]
                 with m.If((n == 0) | (self.error != Fault.NONE)):
                     m.d.comb += self.done.eq(1)
                     m.next = "IDLE"
@@ -363,8 +417,12 @@ class ExpertEngine(wiring.Component):
             with m.State("FC1"):
                 m.d.comb += self.job.valid.eq(1)
                 with m.If(self.job.ready):
+                    m.d.sync += offered.eq(0)
                     m.next = "FC1_RUN"
             with m.State("FC1_RUN"):
+                if ahead:
+                    self._offer(m, offered, 1, w_addr=d.fc2_w_addr, chan_addr=d.fc2_chan_addr,
+                                in_features=d.hidden, out=d.dim)
                 with m.If(self.job_done):
                     m.d.sync += job.eq(0)
                     m.d.sync += job.y_scatter.eq(1)
@@ -383,7 +441,28 @@ class ExpertEngine(wiring.Component):
         m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
         with m.If(self.desc.valid & self.desc.ready):
             m.d.sync += [t.eq(0), s.eq(0), row.eq(0), n.eq(0), read_sent.eq(0)]
+        with m.If(self.forget):
+            m.d.sync += known.eq(0)
         return m
+
+    def _offer(self, m, offered, when, *, w_addr, chan_addr, in_features, out):
+        """Offer the weights of a job of ``out`` outputs on ``ahead`` (while ``when``,
+        until taken)."""
+        hw = self._hw
+        fields = weight_ranges(hw, w_addr=w_addr, chan_addr=chan_addr, in_features=in_features,
+                               out_tiles=(out + hw.cols - 1) // hw.cols)
+        m.d.comb += [self.ahead.valid.eq(when & ~offered),
+                     *[getattr(self.ahead.payload, k).eq(v) for k, v in fields.items()]]
+        with m.If(self.ahead.valid & self.ahead.ready):
+            m.d.sync += offered.eq(1)
+
+    @staticmethod
+    def _overlap(d):
+        """The hidden rows or the slots ``d`` writes may overlap the routing it reads."""
+        routing = (d.topk_addr, d.topk_addr + d.tokens * d.top_k)
+        hidden = (d.hidden_addr, d.hidden_addr + d.tokens * d.hidden)
+        slots = (d.slots_addr, d.slots_addr + d.tokens * d.top_k * d.dim)
+        return Cat(*[(a < routing[1]) & (routing[0] < b) for a, b in (hidden, slots)]).any()
 
     def _linear(self, m, op, n, *, in_features, out_features, **fields):
         """Set ``op`` (a :class:`LinearDescriptor` image, a register) to ``n`` tokens,

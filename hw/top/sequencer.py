@@ -11,8 +11,11 @@ unknown one stops the run with ``opcode``), checks that every address field
 lies below ``output_end`` (else ``address``), reads the task's table entry
 for the instructions that take one (TASK_LINEAR, ROUTE: entry ``task`` of
 the table, :class:`~moevit.hw.program.isa.TaskEntry`), and issues the
-instruction on ``issue``; the next is assembled while it runs and issued when
-the top reports it ``finished``.
+instruction on ``issue``; the next is issued when the top reports it
+``finished``. With ``hw.expert_prefetch`` the next instruction is assembled
+(and its table entry read) while the one before it runs, and shown as
+``pending`` until it is issued; an error found in it (opcode, address) stops
+the run only once the one before it has finished, as without the look-ahead.
 
 The task is a register: the same program and weights serve every task, and
 the only thing a task switch changes is which table entry these reads
@@ -96,6 +99,10 @@ class Sequencer(wiring.Component):
     bounds : Out(bounds_layout())
         The program's region bounds, from the header.
     running : Out(1)
+    pending : Out(1)
+        The instruction on ``issue`` is assembled (its table entry read) and
+        waits to be issued: with ``hw.expert_prefetch``, while the instruction
+        before it still runs, so the top can read its operands ahead.
     """
 
     def __init__(self, hw: HwConfig):
@@ -108,7 +115,7 @@ class Sequencer(wiring.Component):
             "finished": In(1), "abort": In(8), "idle": In(1),
             "halting": Out(1), "done": Out(1), "error": Out(8),
             "instruction": Out(16), "image": Out(16),
-            "bounds": Out(bounds_layout()), "running": Out(1),
+            "bounds": Out(bounds_layout()), "running": Out(1), "pending": Out(1),
         })
 
     def elaborate(self, platform):
@@ -138,10 +145,33 @@ class Sequencer(wiring.Component):
         entry_got = Signal(range(entry_bytes // nbytes + 1))
         failure = Signal(8)
 
+        ahead = bool(hw.expert_prefetch)
+        inflight = Signal()          # an issued instruction has not finished
+        with m.If(self.issue.valid & self.issue.ready):
+            m.d.sync += inflight.eq(1)
+        with m.If(self.finished | self.start):
+            m.d.sync += inflight.eq(0)
+
         def stop(m, name_or_code):
             value = code(name_or_code) if isinstance(name_or_code, str) else name_or_code
             m.d.sync += failure.eq(value)
             m.next = "HALT"
+
+        def fail(m, name):
+            """The instruction being assembled (number ``count``) is bad."""
+            m.d.sync += failure.eq(code(name))
+            if ahead:
+                m.next = "FAIL"
+            else:
+                m.d.sync += self.instruction.eq(count)
+                m.next = "HALT"
+
+        def next_image(m):
+            with m.If(self.image + 1 >= self.images):
+                m.next = "FINISH"
+            with m.Else():
+                m.d.sync += [self.image.eq(self.image + 1), self.instruction.eq(0)]
+                m.next = "BODY_REQUEST"
 
         digest = hw_hash(hw)
         header_ok = ((field["magic"] == MAGIC) & (field["version"] == VERSION)
@@ -228,7 +258,7 @@ class Sequencer(wiring.Component):
                 with m.Elif(got):
                     with m.If(filled == 0):
                         with m.If(known_length == 0):
-                            stop(m, "opcode")
+                            fail(m, "opcode")
                         with m.Else():
                             m.d.sync += [opcode.eq(word[:8]), image.eq(word),
                                          length.eq(known_length), filled.eq(1)]
@@ -243,8 +273,10 @@ class Sequencer(wiring.Component):
                             m.next = "ADDRESSES"
             with m.State("ADDRESSES"):
                 m.d.comb += self.running.eq(1)
-                with m.If(~addresses_ok):
-                    stop(m, "address")
+                with m.If(self.abort != 0):
+                    stop(m, self.abort)
+                with m.Elif(~addresses_ok):
+                    fail(m, "address")
                 with m.Elif(opcode.matches(*TABLE_OPCODES)):
                     m.next = "ENTRY_REQUEST"
                 with m.Else():
@@ -272,24 +304,50 @@ class Sequencer(wiring.Component):
                     with m.If(self.entry.data.payload.last):
                         m.next = "ISSUE"
             with m.State("ISSUE"):
-                m.d.comb += [self.running.eq(1), self.issue.valid.eq(1)]
-                with m.If(self.issue.ready):
-                    m.next = "RUN"
-            with m.State("RUN"):
-                m.d.comb += self.running.eq(1)
+                # Look-ahead: the instruction waits here, assembled, while the one
+                # before it runs (``pending``), and is issued when that one finishes.
+                m.d.comb += [self.running.eq(1), self.issue.valid.eq(~inflight),
+                             self.pending.eq(1)]
                 with m.If(self.abort != 0):
                     stop(m, self.abort)
-                with m.Elif(self.finished):
-                    with m.If(count + 1 == field["instructions"]):
-                        with m.If(self.image + 1 >= self.images):
-                            m.next = "FINISH"
+                with m.Elif(self.issue.valid & self.issue.ready):
+                    m.d.sync += self.instruction.eq(count)
+                    if ahead:
+                        last = count + 1 == field["instructions"]
+                        with m.If(~last):
+                            m.d.sync += count.eq(count + 1)
+                            m.next = "WORD"
                         with m.Else():
-                            m.d.sync += [self.image.eq(self.image + 1),
-                                         self.instruction.eq(0)]
-                            m.next = "BODY_REQUEST"
-                    with m.Else():
-                        m.d.sync += [count.eq(count + 1), self.instruction.eq(count + 1)]
-                        m.next = "WORD"
+                            m.next = "LAST"    # of this image: the next waits for it
+                    else:
+                        m.next = "RUN"
+            if ahead:
+                with m.State("LAST"):
+                    m.d.comb += self.running.eq(1)
+                    with m.If(self.abort != 0):
+                        stop(m, self.abort)
+                    with m.Elif(~inflight):
+                        next_image(m)
+                with m.State("FAIL"):
+                    # A look-ahead's own error stops the run once the instruction before
+                    # it has finished, as it would have without the look-ahead.
+                    m.d.comb += self.running.eq(1)
+                    with m.If(self.abort != 0):
+                        stop(m, self.abort)
+                    with m.Elif(~inflight):
+                        m.d.sync += self.instruction.eq(count)
+                        m.next = "HALT"
+            else:
+                with m.State("RUN"):
+                    m.d.comb += self.running.eq(1)
+                    with m.If(self.abort != 0):
+                        stop(m, self.abort)
+                    with m.Elif(self.finished):
+                        with m.If(count + 1 == field["instructions"]):
+                            next_image(m)
+                        with m.Else():
+                            m.d.sync += count.eq(count + 1)
+                            m.next = "WORD"
             with m.State("HALT"):
                 # Drop what the reads still bring until the top is idle.
                 m.d.comb += [self.running.eq(1), self.halting.eq(1), words.o.ready.eq(1),

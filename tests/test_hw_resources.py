@@ -37,7 +37,7 @@ def test_points_file_says_when_and_how_it_was_made():
     data = json.loads(POINTS_FILE.read_text())
     assert re.fullmatch(r"\d{4}-\d\d-\d\d", data["date"])
     assert data["command"].startswith("moevit hw resources --measure")
-    assert [(p["unit"], p["hw"]) for p in data["points"]] == [(u, h) for u, h in FIT_POINTS]
+    assert [(p["unit"], p["hw"]) for p in data["points"]] == [*FIT_POINTS, HELD_OUT]
 
 
 def test_dsp_is_exact_on_every_point(rows):
@@ -85,7 +85,8 @@ def test_memories_follow_the_buffers():
 def test_command_prints_the_error_per_point(capsys):
     assert main(["hw", "resources"]) == 0
     out = capsys.readouterr().out
-    assert out.count("linear") == sum(u == "linear" for u, _ in FIT_POINTS)
+    assert out.count("linear") == sum(u == "linear" for u, _ in FIT_POINTS) + 1
+    assert out.count("(held out)") == 1
     assert "(y = Yosys, f = formula; points measured" in out
     assert main(["hw", "resources", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)

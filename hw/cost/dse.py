@@ -422,6 +422,11 @@ class Point:
     best_batch: int = 1
     best_cycles_per_image: float = 0.0
     share: float = 0.0
+    largest: object = None           # the fitting point with the most MAC units
+
+    @property
+    def mac_units(self) -> int:
+        return self.hw.macs + 2 * self.hw.score_lanes * self.hw.heads_parallel
 
     @property
     def latency_ms(self) -> float:
@@ -581,6 +586,7 @@ def search(board, config, *, quick=False, fabric=True, progress=True) -> list:
         p.best_batch, p.best_cycles_per_image = _best_batch(
             work, p.hw, board_bandwidth(board, p.hw), p.task)
     near.sort(key=lambda p: (p.best_cycles_per_image, p.latency_cycles, p.resources.dsp))
+    near[0].largest = max(points, key=lambda p: (p.mac_units, -p.latency_cycles))
     return near
 
 
@@ -659,6 +665,11 @@ def point_row(point, board, work, fabric=True) -> dict:
         "compiles": hw.max_tokens >= work.tokens, "routing": ROUTING,
         "attention_share": point.share, "hw": hw.to_dict(),
     }
+    if point.largest is not None:
+        big = point.largest
+        row.update(largest_mac_units=big.mac_units, largest_dsp=int(big.resources.dsp),
+                   largest_latency_ms=big.latency_ms,
+                   largest_array=f"{big.hw.rows}x{big.hw.cols}/{big.hw.dsp_packing}")
     row["targets"] = [_target(row, *t) for t in TARGETS.get((board.name, work.config), ())]
     return row
 
@@ -681,7 +692,9 @@ def _target(row, name, op, value):
         key = max(used, key=used.get)
         limit = (f"{key.upper()} {used[key]:.0%} of its usable share"
                  + (" (Yosys upper bound)" if key in ("lut", "ff") else "")
-                 + f"; a larger array does not pay: {row['binding_limit']} binds")
+                 + f"; the largest array that fits, {row.get('largest_array')} with "
+                 f"{row.get('largest_mac_units')} MAC units and {row.get('largest_dsp')} DSPs, "
+                 f"is not faster: {row['binding_limit']} binds")
     return {"field": name, "op": op, "value": value, "predicted": row[name], "met": bool(met),
             "limit": None if met else limit}
 

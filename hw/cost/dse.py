@@ -39,7 +39,8 @@ the bus width (the board's choices) and the buffer depths (``max_in`` and
 holds, up to :data:`MAX_BATCH` images), under the board's DSP, BRAM, URAM,
 LUT and FF (each at its :data:`USABLE` fraction). Bandwidth is not split:
 the two kernels run in turn, each with the whole port. The chosen point
-has the best throughput at its best batch among the points whose batch-1
+is one the compiler can serve (the sequence fits the token buffer) when any
+can, and has the best throughput at its best batch among those whose batch-1
 latency is within :data:`LATENCY_SLACK` of the fastest.
 """
 
@@ -580,13 +581,17 @@ def search(board, config, *, quick=False, fabric=True, progress=True) -> list:
         points.append(Point(hw, res, runs[task].cycles, runs[task], task, share=share))
     if not points:
         raise ConfigError(_no_fit_message(model, board, base, the_fit, misses))
+    largest = max(points, key=lambda p: (p.mac_units, -p.latency_cycles))
+    # A point the compiler can serve today (the whole sequence in the token buffer) before
+    # one that needs token chunking.
+    points = [p for p in points if p.hw.max_tokens >= model.tokens] or points
     fastest = min(p.latency_cycles for p in points)
     near = [p for p in points if p.latency_cycles <= fastest * (1 + LATENCY_SLACK)]
     for p in near:
         p.best_batch, p.best_cycles_per_image = _best_batch(
             work, p.hw, board_bandwidth(board, p.hw), p.task)
     near.sort(key=lambda p: (p.best_cycles_per_image, p.latency_cycles, p.resources.dsp))
-    near[0].largest = max(points, key=lambda p: (p.mac_units, -p.latency_cycles))
+    near[0].largest = largest
     return near
 
 

@@ -23,7 +23,8 @@ is reproducible. ``moevit hw resources`` prints the fit's error per point.
 Not measured: the top's engines, movers and sequencer around the units (their
 buffers are few and small next to the kernels'; :data:`TOP_OVERHEAD` is an
 allowance, stated, not fitted). The top's MoE engines (route, expert, combine:
-the same top-k list, softmax and combine lanes) are counted as the MoE unit.
+the same top-k list, softmax and combine lanes) are counted as the MoE unit, but
+with their own memories (:func:`resources`).
 Yosys is not Vivado: LUT and FF are upper bounds (:data:`moevit.hw.estimate.CAVEAT`).
 """
 
@@ -129,6 +130,11 @@ def memories(unit: str, hw) -> list:
         entry = (hw.max_tokens - 1).bit_length() + PROB_WIDTH + 1
         return [("lists", entry, hw.cols * hw.max_tokens, 2),
                 ("acc", 32 * hw.cols, -(-hw.max_in // hw.cols) * hw.max_tokens, 2)]
+    if unit == "moe-engines":
+        # The top's ROUTE engine's (expert u8, weight u16) entries; the EXPERT engine's
+        # token table and the COMBINE engine's one-row accumulator are read
+        # asynchronously: LUT RAM, no block RAM.
+        return [("route entries", 8 + PROB_WIDTH, hw.max_tokens * hw.cols, 1)]
     return []
 
 
@@ -327,10 +333,17 @@ def unit_resources(unit: str, hw, the_fit=None) -> Resources:
 
 
 def resources(hw, the_fit=None) -> Resources:
-    """Resources of the whole top on ``hw``: its units and :data:`TOP_OVERHEAD`."""
+    """Resources of the whole top on ``hw``: its units and :data:`TOP_OVERHEAD`. The top's
+    MoE engines count as the MoE unit for DSP, LUT and FF (the same gate and combine
+    lanes), with their own memories: the MoE unit keeps an accumulator row per token,
+    the engines one row."""
     total = TOP_OVERHEAD
     for unit in TOP_UNITS:
-        total = total + unit_resources(unit, hw, the_fit)
+        part = unit_resources(unit, hw, the_fit)
+        if unit == "moe":
+            part = Resources(part.dsp, part.lut, part.ff, sum(
+                bram36(w, d) * ports for _, w, d, ports in memories("moe-engines", hw)), 0)
+        total = total + part
     return total
 
 

@@ -462,7 +462,7 @@ def _base_hw(model, board):
 
 def _grid(quick):
     if quick:
-        return (8, 32), (32,), (8,), (16, 64)
+        return (8, 32), (16, 32), (8,), (16, 64)
     return ROWS, COLS, POST_LANES, SCORE_LANES
 
 
@@ -600,7 +600,11 @@ def _no_fit_message(model, board, base, the_fit, misses):
 
     smallest = base.replace(max_tokens=-(-model.tokens // base.rows) * base.rows)
     res = resources(smallest, the_fit)
-    over = _fits(res, board) or max(misses, key=misses.get, default="dsp")
+    over = _fits(res, board) or max(misses, key=misses.get, default=None)
+    if over is None:
+        return (f"Model {model.name!r} fits no design point of the search's grid on board "
+                f"{board.name}: no array's columns divide its head width {model.head_dim}, or "
+                f"no point can run its layers")
     need, have = getattr(res, over), getattr(board, over) * USABLE[over]
     where = ""
     if over == "bram36":

@@ -1,5 +1,6 @@
 """Sub-commands of the hardware area: ``hw generate``, ``hw estimate``, ``hw compile``,
-``hw disassemble``, ``hw boards``, ``hw cost``, ``bench linear``, ``bench attention``, ``bench top``."""
+``hw disassemble``, ``hw boards``, ``hw cost``, ``hw resources``, ``dse``, ``report``, ``bench linear``,
+``bench attention``, ``bench top``."""
 
 import json
 
@@ -60,6 +61,13 @@ def register(subparsers):
     source = cost.add_mutually_exclusive_group(required=True)
     source.add_argument("--quantized", help="a quantized-model file (.npz)")
     source.add_argument("--config", help="a model config, quantized as `moevit bench top` does")
+    source.add_argument("--check", action="store_true",
+                        help="run bench linear, bench attention and bench top (tiny; minutes) "
+                             "and print the cost model's error on every row")
+    cost.add_argument("--simulator", choices=("icarus", "verilator"), default="verilator",
+                      help="with --check: the benches' simulator (default: verilator)")
+    cost.add_argument("--quick", action="store_true",
+                      help="with --check: the benches' --quick rows (the tiny shapes only)")
     cost.add_argument("--task", default=None, help="task name or index (default: every task)")
     cost.add_argument("--board", default=None,
                       help="a board's memory bandwidth (default: one bus word a cycle)")
@@ -68,6 +76,50 @@ def register(subparsers):
     cost.add_argument("--json", action="store_true", help="one JSON list of rows")
     cost.add_argument("--quiet", action="store_true", help="no progress bar")
     cost.set_defaults(handler=_cost)
+
+    resources = commands.add_parser(
+        "resources", help="the resource formulas (DSP, LUT, FF, BRAM36, URAM per unit) against "
+                          "the Yosys points they are fitted to: the error per point")
+    resources.add_argument("--measure", action="store_true",
+                           help="synthesize the points again with Yosys (minutes) and write them")
+    resources.add_argument("--output", default=None,
+                           help="with --measure: the points file to write (default: "
+                                "build/resources/yosys_points.json; the committed one is "
+                                "hw/cost/yosys_points.json)")
+    resources.add_argument("--json", action="store_true", help="one JSON list of rows")
+    resources.add_argument("--quiet", action="store_true", help="no progress bar")
+    resources.set_defaults(handler=_resources)
+    register_dse(subparsers)
+
+
+def register_dse(subparsers):
+    dse = subparsers.add_parser(
+        "dse", help="two-stage design-space search of a board for a model config: the chosen "
+                    "HwConfig, latency, throughput, GOPS, binding limit, resources")
+    dse.add_argument("--board", required=True, help="a board name or a board .json file")
+    dse.add_argument("--config", required=True, help="model config (edge-moe, m3vit-s, tiny)")
+    dse.add_argument("--quick", action="store_true", help="a reduced grid (the tests')")
+    dse.add_argument("--no-fabric-limits", action="store_true",
+                     help="ignore the LUT and FF limits (Yosys's counts are upper bounds: "
+                          "it leaves in fabric the accumulators Vivado packs into the DSPs)")
+    dse.add_argument("--save", action="store_true",
+                     help="write the chosen point as the named HwConfig <board>-<config> "
+                          "(hw/configs/)")
+    dse.add_argument("--confirm", action="store_true",
+                     help="synthesize a slice of the chosen linear array with Yosys (minutes) "
+                          "and print predicted vs estimated DSP/BRAM/URAM")
+    dse.add_argument("--json", action="store_true", help="one JSON list of rows")
+    dse.add_argument("--quiet", action="store_true", help="no progress bar")
+    dse.set_defaults(handler=_dse)
+
+    report = subparsers.add_parser(
+        "report", help="one Markdown page and PNG charts under build/report/: rooflines, "
+                       "latency per unit, the anchors' published figures beside ours")
+    report.add_argument("--quick", action="store_true", help="the searches' reduced grid")
+    report.add_argument("-o", "--output", default=None,
+                        help="output folder (default: build/report)")
+    report.add_argument("--quiet", action="store_true", help="no progress bar")
+    report.set_defaults(handler=_report_page)
 
 
 def register_bench(benches):
@@ -203,7 +255,15 @@ def _boards(args):
 
 
 def _cost(args):
-    from moevit.hw.cost.report import cost_rows, print_cost
+    from moevit.hw.cost.report import check_rows, cost_rows, print_check, print_cost
+
+    if args.check:
+        rows = check_rows(simulator=args.simulator, quick=args.quick, progress=not args.quiet)
+        if args.json:
+            print(json.dumps(rows))
+        else:
+            print_check(rows)
+        return
 
     rows = cost_rows(quantized=args.quantized, config=args.config, task=args.task,
                      board=args.board, per_instruction=args.per_instruction,
@@ -212,6 +272,71 @@ def _cost(args):
         print(json.dumps(rows))
     else:
         print_cost(rows)
+
+
+def _resources(args):
+    from moevit.hw.cost.resources import fit_rows, load_points, measure, print_fit
+    from moevit.paths import build_dir, output_file
+
+    if args.measure:
+        output = output_file(args.output, "resource points file") if args.output \
+            else build_dir("resources") / "yosys_points.json"
+        command = "moevit hw resources --measure" + (f" --output {args.output}"
+                                                     if args.output else "")
+        points = measure(output=output, progress=not args.quiet, command=command)
+    else:
+        if args.output:
+            from moevit.errors import UsageError
+
+            raise UsageError("--output needs --measure")
+        points = load_points()
+    rows = fit_rows(points)
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        print_fit(rows, points)
+
+
+def _dse(args):
+    from moevit.hw.boards import get_board
+    from moevit.hw.cost.dse import dse_rows, print_dse, save_config
+    from moevit.model.config import get_config
+
+    board = get_board(args.board)  # bad input fails here, before the search
+    get_config(args.config)
+    if args.save and (args.quick or args.no_fabric_limits):
+        from moevit.errors import UsageError
+
+        raise UsageError("--save keeps the full search's point: without --quick and "
+                         "--no-fabric-limits")
+    rows = dse_rows(board, args.config, quick=args.quick, fabric=not args.no_fabric_limits,
+                    progress=not args.quiet)
+    if args.confirm:
+        from moevit.hw.cost.confirm import confirm
+
+        for row in rows:
+            row["confirm"] = confirm(row, progress=not args.quiet)
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        print_dse(rows)
+        if args.confirm:
+            from moevit.hw.cost.confirm import print_confirm
+
+            print_confirm(rows)
+    if args.save:
+        for row in rows:
+            path = save_config(row)
+            if not args.json:
+                print(f"saved {path}")
+
+
+def _report_page(args):
+    from moevit.hw.cost.page import write_report
+    from moevit.paths import build_dir, output_folder
+
+    folder = output_folder(args.output, "report folder") if args.output else build_dir("report")
+    print(write_report(folder, quick=args.quick, progress=not args.quiet))
 
 
 def _bench_linear(args):

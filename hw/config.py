@@ -12,13 +12,16 @@ default, a check in ``__post_init__`` and, where the model constrains them, a
 check in :meth:`HwConfig.check_model`.
 """
 
+import json
 import math
 from dataclasses import dataclass, fields, replace
+from pathlib import Path
 
 from moevit.errors import ConfigError
 from moevit.model.config import check_positive, get_config
 
-__all__ = ["HwConfig", "DEFAULT_HW", "get_hw_config", "products_width"]
+__all__ = ["HwConfig", "DEFAULT_HW", "get_hw_config", "saved_hw_configs", "CONFIGS_FOLDER",
+           "products_width"]
 
 
 def products_width(count: int, a_width: int = 8, b_width: int = 8) -> int:
@@ -322,8 +325,31 @@ _DEFAULTS = {
 }
 
 
+#: Named instances chosen by ``moevit dse --save`` for a board and a model config
+#: (``zcu102-edge-moe.json``): data, generated once and committed.
+CONFIGS_FOLDER = Path(__file__).parent / "configs"
+
+
+def saved_hw_configs() -> list:
+    """Names of the saved instances (:data:`CONFIGS_FOLDER`)."""
+    return sorted(p.stem for p in CONFIGS_FOLDER.glob("*.json"))
+
+
 def get_hw_config(name: str) -> HwConfig:
-    """The default hardware instance of the named model config."""
+    """A saved instance (``zcu102-edge-moe``, :func:`saved_hw_configs`), or the default
+    hardware instance of the named model config."""
+    path = CONFIGS_FOLDER / f"{name}.json"
+    if isinstance(name, str) and path.is_file():
+        try:
+            data = json.loads(path.read_text())["hw"]
+        except (ValueError, KeyError) as error:
+            raise ConfigError(f"The saved hardware config {path} is malformed: {error}") from None
+        return HwConfig.from_dict(data)
+    from moevit.model.config import CONFIGS
+
+    if name not in CONFIGS:
+        raise ConfigError(f"Unknown config {name!r}; known configs are {sorted(CONFIGS)}, "
+                          f"saved hardware configs {saved_hw_configs()}")
     return HwConfig.for_model(name)
 
 

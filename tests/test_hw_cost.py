@@ -163,3 +163,17 @@ def test_command_on_a_quantized_file_equals_the_config(tmp_path, capsys):
         assert main(["hw", "cost", *source, "--json"]) == 0
         totals.append([r for r in json.loads(capsys.readouterr().out) if r["name"] == "total"])
     assert totals[0] == totals[1] and len(totals[0]) == 2
+
+
+@pytest.mark.slow
+def test_check_every_bench_row_within_5_percent():
+    """`moevit hw cost --check --quick`: the benches run (Verilator), the errors printed."""
+    from moevit.hw.cost.report import check_rows, print_check
+
+    rows = check_rows(quick=True, progress=False)
+    print()
+    print_check(rows)
+    assert {r["bench"] for r in rows} == {"linear", "attention", "top"}
+    assert len([r for r in rows if r["bench"] == "top"]) == 2
+    for r in rows:
+        assert abs(r["error"]) < 0.05, r

@@ -1,2 +1,2 @@
-"""The cost model of a compiled program (cycles per instruction); the design-space search
-to come."""
+"""The cost model (cycles per instruction: ``cycles``; resources per unit fitted to Yosys:
+``resources``) and the design-space search (``dse``), with its report (``page``)."""

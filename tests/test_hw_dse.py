@@ -1,0 +1,196 @@
+"""The design-space search (hw/cost/dse.py): every board x model config on the reduced grid,
+the same cycle model as `moevit hw cost`, the saved named HwConfigs, and bad input."""
+
+import json
+import re
+
+import pytest
+
+from moevit.cli import main
+from moevit.errors import ConfigError
+from moevit.hw.boards import BOARDS, get_board
+from moevit.hw.config import HwConfig, get_hw_config, saved_hw_configs
+from moevit.hw.cost.dse import (USABLE, Step, Workload, dse_rows, predict, workload)
+
+FIELDS = ("board", "config", "mac_units", "latency_ms", "fps_batch1", "best_fps", "best_batch",
+          "gops", "dsp_efficiency", "binding_limit", "dsp", "bram36", "uram")
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return {(b, c): dse_rows(b, c, quick=True, progress=False)[0]
+            for b in BOARDS for c in ("edge-moe", "m3vit-s")}
+
+
+@pytest.mark.parametrize("board", BOARDS)
+@pytest.mark.parametrize("config", ["edge-moe", "m3vit-s"])
+def test_search_fits_the_board_and_its_figures_agree(rows, board, config):
+    row = rows[board, config]
+    print(f"\n{board} {config}: {row['linear_mac_units']} + {row['attention_mac_units']} MAC "
+          f"units, {row['latency_ms']:.2f} ms, {row['fps_batch1']:.1f} FPS, best "
+          f"{row['best_fps']:.1f} at batch {row['best_batch']}, {row['gops']:.0f} GOPS, "
+          f"limit {row['binding_limit']}, DSP {row['dsp']} BRAM {row['bram36']}")
+    assert set(FIELDS) <= set(row)
+    b = get_board(board)
+    for name in ("dsp", "bram36", "uram", "lut", "ff"):
+        assert row[name] <= getattr(b, name) * USABLE[name]
+    hw = HwConfig.from_dict(row["hw"])
+    assert hw.clock_mhz == b.clock_mhz and row["mac_units"] == hw.macs + 2 * hw.score_lanes \
+        * hw.heads_parallel
+    assert row["fps_batch1"] == pytest.approx(1e3 / row["latency_ms"])
+    assert row["best_fps"] >= row["fps_batch1"] and row["best_batch"] >= 1
+    assert row["gops"] == pytest.approx(2 * row["macs_per_image"] * row["fps_batch1"] / 1e9)
+    assert row["compiles"] == (hw.max_tokens >= workload(config).tokens)
+    assert row["binding_limit"] in ("bandwidth", "DSP", "BRAM", "URAM", "LUT", "FF") \
+        or row["binding_limit"].startswith("compute: ")
+    if row["compiles"]:
+        from moevit.model.config import get_config
+
+        hw.check_model(get_config(config))
+
+
+def test_targets_are_checked_and_say_what_stops_them(rows):
+    zcu102, u280 = rows["zcu102", "edge-moe"], rows["u280", "edge-moe"]
+    assert [t["field"] for t in zcu102["targets"]] == ["mac_units", "latency_ms"]
+    assert [t["field"] for t in u280["targets"]] == ["best_fps"]
+    for row in (zcu102, u280):
+        for t in row["targets"]:
+            assert t["met"] == (t["predicted"] >= t["value"] if t["op"] == ">="
+                                else t["predicted"] <= t["value"])
+            assert t["met"] or row["binding_limit"] in t["limit"]
+
+
+def test_predict_is_the_cost_model_of_the_compiled_program():
+    """On tiny's own program and routing, the search's prediction equals `hw cost`'s
+    compute per instruction and its total within the bytes' accounting (the interpreter
+    reads an expert's whole input; the search only the gathered rows)."""
+    import numpy as np
+
+    from moevit.hw.cost.cycles import program_cycles
+    from moevit.hw.cost.dse import compile_signal_model
+    from moevit.model.config import get_config
+
+    program = compile_signal_model(get_config("tiny"))
+    image = np.random.default_rng(0).integers(-128, 128, program.layout["input"].shape,
+                                              dtype=np.int8)
+    cost = program_cycles(program, image, 0)
+    steps = workload("tiny").tasks["semseg"]
+    # The program's own routing instead of the balanced one.
+    actual = []
+    for step, i in zip(steps, cost.instructions):
+        if step.mnemonic == "EXPERT":
+            f = step.values
+            n = i.bytes_written // (f["hidden"] + f["dim"])
+            step = Step(step.mnemonic, step.unit, step.fields, n)
+        actual.append((step, 1))
+    got = predict(actual, program.hw, program.hw.bus_width / 8)
+    assert got.cycles == pytest.approx(cost.cycles, rel=0.01)
+    print(f"\ntiny task 0: search {got.cycles:,} vs hw cost {cost.cycles:,}: "
+          f"{got.cycles / cost.cycles - 1:+.3%}")
+    by_unit = {}
+    for i in cost.instructions:
+        by_unit[i.unit] = by_unit.get(i.unit, 0) + i.cycles
+    assert got.units["attention"] == by_unit["attention"]
+    assert got.units["layernorm"] == by_unit["layernorm"]
+
+
+def test_batching_reads_the_weights_once_per_batch():
+    work = workload("edge-moe")
+    hw = HwConfig.for_model("edge-moe").replace(max_tokens=4 * 136, clock_mhz=200.0)
+    steps = work.steps("semseg")
+    one, four = predict(steps, hw, 16.0), predict(steps, hw, 16.0, batch=4)
+    assert four.bytes < 4 * one.bytes          # weights once, activations four times
+    assert four.cycles < 4 * one.cycles
+
+
+def test_saved_configs_load_and_are_accepted_by_hw_generate(capsys):
+    names = saved_hw_configs()
+    assert {f"{b}-{c}" for b in BOARDS for c in ("edge-moe", "m3vit-s")} <= set(names)
+    for name in names:
+        hw = get_hw_config(name)
+        assert hw.name == name
+    assert main(["hw", "generate", "--config", "zcu102-edge-moe", "--unit", "control"]) == 0
+    assert "moevit_control.v" in capsys.readouterr().out
+
+
+def _one_error_line(capsys, pattern):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("moevit: error: "), err
+    assert re.search(pattern, err[0]), err[0]
+
+
+@pytest.mark.parametrize("argv, pattern", [
+    (["--board", "zcu999", "--config", "edge-moe"], r"Unknown board 'zcu999'"),
+    (["--board", "zcu102", "--config", "vit-h"], r"Unknown config 'vit-h'"),
+    (["--board", "zcu102", "--config", "edge-moe", "--save", "--quick"], r"--save keeps"),
+])
+def test_command_bad_input(capsys, argv, pattern):
+    assert main(["dse", *argv]) == 2
+    _one_error_line(capsys, pattern)
+
+
+def _board_file(tmp_path, **changes):
+    from moevit.hw.boards import _board_files
+
+    data = json.loads(_board_files()["zcu102"].read_text())
+    for key, value in changes.items():
+        if value is None:
+            del data[key]
+        else:
+            data[key]["value"] = value
+    path = tmp_path / "board.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+@pytest.mark.parametrize("changes, pattern", [
+    (dict(dsp=None), r"dsp is missing"),
+    (dict(dsp=0), r"dsp must be at least 1, not 0"),
+    (dict(bram36=-5), r"bram36 must be at least 1, not -5"),
+])
+def test_board_file_with_missing_or_impossible_resources(tmp_path, capsys, changes, pattern):
+    assert main(["dse", "--board", _board_file(tmp_path, **changes), "--config",
+                 "edge-moe"]) == 2
+    _one_error_line(capsys, pattern)
+
+
+def test_a_model_that_fits_no_design_point_says_what_does_not_fit(tmp_path, capsys):
+    assert main(["dse", "--board", _board_file(tmp_path, bram36=40), "--config", "m3vit-s",
+                 "--quick", "--quiet"]) == 2
+    _one_error_line(capsys, r"Model 'm3vit-s' fits no design point on board zcu102: the "
+                            r"smallest needs [\d,]+ BRAM36 of the 34 usable .*largest memory")
+
+
+def test_a_packing_the_widths_do_not_allow(tmp_path, monkeypatch, capsys):
+    import moevit.hw.config as config
+
+    hw = dict(HwConfig.for_model("edge-moe").to_dict(), cols=3, post_lanes=1, dsp_packing=2)
+    (tmp_path / "odd.json").write_text(json.dumps({"hw": hw}))
+    monkeypatch.setattr(config, "CONFIGS_FOLDER", tmp_path)
+    with pytest.raises(ConfigError, match=r"^DSP packing 2 pairs neighbouring output columns; "
+                                          r"3 array columns are odd"):
+        get_hw_config("odd")
+    assert main(["hw", "generate", "--config", "odd", "--unit", "control"]) == 2
+    _one_error_line(capsys, r"DSP packing 2 pairs neighbouring output columns")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [f"{b}-{c}" for b in BOARDS for c in ("edge-moe", "m3vit-s")])
+def test_regenerating_a_saved_config_gives_the_same(tmp_path, name):
+    from moevit.hw.config import CONFIGS_FOLDER
+    from moevit.hw.cost.dse import save_config
+
+    board, config = name.split("-", 1)
+    path = save_config(dse_rows(board, config, progress=False)[0], tmp_path)
+    assert path.read_text() == (CONFIGS_FOLDER / f"{name}.json").read_text()
+
+
+def test_workload_is_the_compiled_program():
+    work = workload("edge-moe")
+    assert isinstance(work, Workload) and work.tokens == 129
+    counts = {}
+    for step in work.tasks["semseg"]:
+        counts[step.mnemonic] = counts.get(step.mnemonic, 0) + 1
+    assert counts["EXPERT"] == 6 * 16 and counts["ATTENTION"] == 12
+    # Balanced routing: every expert gets ceil(129 x 2 / 16) = 17 tokens.
+    assert {s.routed for s in work.tasks["semseg"] if s.mnemonic == "EXPERT"} == {17}

@@ -1,0 +1,126 @@
+"""The resource formulas (hw/cost/resources.py) against the Yosys points they are fitted to.
+
+The fast tests read the committed points (hw/cost/yosys_points.json); the slow one runs
+Yosys again on the held-out point, and on its two-row slice to check the extrapolation of
+`moevit dse --confirm`. The errors are printed (pytest -s)."""
+
+import json
+import re
+
+import pytest
+
+from moevit.cli import main
+from moevit.errors import ConfigError
+from moevit.hw.cost.resources import (FIT_POINTS, HELD_OUT, POINTS_FILE, bram36, fit_rows,
+                                      load_points, memories, resources, unit_resources,
+                                      _point_hw)
+
+#: The LUT/FF formulas' largest error on a fitted point (they are least squares in a few
+#: features; Yosys's counts move with its own mapping choices).
+FABRIC_BOUND = 0.15
+#: ... and on the held-out point, which no coefficient saw.
+HELD_OUT_BOUND = 0.25
+
+
+@pytest.fixture(scope="module")
+def rows():
+    rows = fit_rows()
+    for r in rows:
+        print(f"\n{r['unit']:<10} {r['hw']}: DSP {r['dsp']}/{r['dsp_formula']} LUT "
+              f"{r['lut']}/{r['lut_formula']} ({r['lut_error']:+.1%}) FF {r['ff']}/"
+              f"{r['ff_formula']} ({r['ff_error']:+.1%}) BRAM {r['bram36']}/"
+              f"{r['bram36_formula']}", end="")
+    return rows
+
+
+def test_points_file_says_when_and_how_it_was_made():
+    data = json.loads(POINTS_FILE.read_text())
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d", data["date"])
+    assert data["command"].startswith("moevit hw resources --measure")
+    assert [(p["unit"], p["hw"]) for p in data["points"]] == [*FIT_POINTS, HELD_OUT]
+
+
+def test_dsp_is_exact_on_every_point(rows):
+    for r in rows:
+        assert r["dsp_formula"] == r["dsp"], r
+
+
+def test_bram_and_uram_are_exact_on_every_point(rows):
+    for r in rows:
+        assert r["bram36_formula"] == r["bram36"] and r["uram_formula"] == r["uram"] == 0, r
+
+
+def test_lut_and_ff_within_the_bound(rows):
+    for r in rows:
+        assert abs(r["lut_error"]) <= FABRIC_BOUND and abs(r["ff_error"]) <= FABRIC_BOUND, r
+
+
+@pytest.mark.parametrize("width, depth, expected", [
+    (8, 128, 0.0),         # 1 Kib: LUT RAM
+    (64, 64, 0.0),         # 64 deep: LUT RAM
+    (36, 1024, 1.0),       # one RAMB36 (two RAMB18 of 1Kx18)
+    (72, 512, 1.0),        # one RAMB36 (two RAMB18 of 512x36)
+    (16, 1024, 0.5),       # one RAMB18
+    (8, 4096, 1.0),        # two RAMB18 of 2Kx9
+    (64, 4096, 8.0),       # 16 RAMB18 whichever shape
+])
+def test_bram_tiling(width, depth, expected):
+    assert bram36(width, depth) == expected
+
+
+def test_packing_halves_the_arrays_dsps_only():
+    hw = _point_hw(dict(rows=8, cols=32, post_lanes=8, max_tokens=136, max_in=768))
+    one, two = unit_resources("linear", hw), unit_resources("linear", hw.replace(dsp_packing=2))
+    assert one.dsp - two.dsp == 8 * 32 // 2
+    assert (one.bram36, one.lut) == (two.bram36, two.lut)
+
+
+def test_memories_follow_the_buffers():
+    hw = _point_hw(dict(rows=8, cols=32, post_lanes=8, max_tokens=256, max_in=768))
+    x = dict((n, (w, d)) for n, w, d, _ in memories("linear", hw))["x"]
+    assert x == (64, 256 // 8 * 768)     # the token buffer holds max_tokens x max_in bytes
+    assert resources(hw).bram36 > resources(hw.replace(max_tokens=128)).bram36
+
+
+def test_command_prints_the_error_per_point(capsys):
+    assert main(["hw", "resources"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("linear") == sum(u == "linear" for u, _ in FIT_POINTS) + 1
+    assert out.count("(held out)") == 1
+    assert "(y = Yosys, f = formula; points measured" in out
+    assert main(["hw", "resources", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == len(load_points()["points"]) and {"dsp_error", "lut_error"} <= set(rows[0])
+
+
+def test_bad_points_file(tmp_path):
+    path = tmp_path / "points.json"
+    path.write_text("{}")
+    with pytest.raises(ConfigError, match=r"^Cannot read the resource points .*points"):
+        load_points(path)
+
+
+def test_command_output_needs_measure(capsys):
+    assert main(["hw", "resources", "--output", "x.json"]) == 2
+    assert "--output needs --measure" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_held_out_point_and_the_confirm_slice(tmp_path):
+    from moevit.hw.cost.confirm import extrapolate, slice_of
+    from moevit.hw.cost.resources import measure
+
+    hw = _point_hw(HELD_OUT[1])
+    data = measure([HELD_OUT, ("linear", dict(HELD_OUT[1], rows=2, max_tokens=32))],
+                   folder=tmp_path, progress=False)
+    whole, part = data["points"]
+    got = unit_resources("linear", hw)
+    lut_error, ff_error = got.lut / whole["lut"] - 1, got.ff / whole["ff"] - 1
+    print(f"\nheld out {HELD_OUT[1]}: DSP {whole['dsp']}/{got.dsp} BRAM {whole['bram36']}/"
+          f"{got.bram36} LUT {whole['lut']}/{got.lut:.0f} ({lut_error:+.1%}) FF "
+          f"{whole['ff']}/{got.ff:.0f} ({ff_error:+.1%})")
+    assert got.dsp == whole["dsp"] and got.bram36 == whole["bram36"]
+    assert abs(lut_error) <= HELD_OUT_BOUND and abs(ff_error) <= HELD_OUT_BOUND
+    assert slice_of(hw).rows == 2
+    estimated = extrapolate(hw, part)
+    assert estimated["dsp"] == whole["dsp"] and estimated["bram36"] == whole["bram36"]

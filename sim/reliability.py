@@ -1,0 +1,218 @@
+"""The reliability counts: proofs, faults survived, fuzz cases, long-regression seeds.
+
+Each reliability suite (``tests/test_faults.py``, ``tests/test_fuzz*.py``, the
+long regression in ``tests/test_reliability.py``) writes what it ran into one
+JSON file under ``build/reliability/`` through :func:`record`: its status
+(``passed``, or ``failed`` when the suite raised), when it ran, how long it
+took, and its counts (``faults``: injected and survived; ``fuzz``: cases;
+``seeds``: seeds run and passed). :func:`reliability_rows` reads those files
+and the formal checks' ``build/formal/summary.json`` (written by ``make
+formal``), so ``moevit bench reliability`` and ``moevit report``
+(:func:`reliability_markdown`) show what the last runs produced and when.
+
+:func:`hypothesis_settings` keeps hypothesis's example database under
+``build/`` (never in the source tree).
+"""
+
+import contextlib
+import json
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from moevit.errors import ConfigError
+
+__all__ = ["record", "results_dir", "reliability_rows", "reliability_markdown", "print_table",
+           "hypothesis_settings", "seeds", "FAST_SUITES", "KINDS"]
+
+#: What a suite counts: its kind -> (the count passed, the count run, what they are).
+KINDS = {"faults": ("survived", "injected", "faults survived"),
+         "fuzz": ("cases", "cases", "fuzz cases run"),
+         "seeds": ("passed", "seeds", "seeds bit-exact"),
+         "formal": ("proven", "properties", "properties proven")}
+
+#: The fast suites ``moevit bench reliability --run`` runs first (pytest files, not slow).
+FAST_SUITES = ("test_faults.py", "test_fuzz_program.py", "test_fuzz_readers.py",
+               "test_fuzz_sim.py")
+
+
+def results_dir(*parts) -> Path:
+    """``build/reliability/...`` (made on demand)."""
+    from moevit.paths import build_dir
+
+    return build_dir("reliability", *parts)
+
+
+def _now():
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@contextlib.contextmanager
+def record(suite: str, kind: str, what: str):
+    """Count one run of ``suite`` (a file name under ``build/reliability/``; ``/`` makes
+    folders) into a dict the body fills (``injected``/``survived``, ``cases``,
+    ``seeds``/``passed``), then write it with the status, ``what`` ran, when and how long.
+
+    A body that raises leaves ``failed``, so a stale pass never outlives a failing run.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"Suite kind must be one of {sorted(KINDS)}, not {kind!r}")
+    counts = {}
+    started, status = time.monotonic(), "failed"
+    try:
+        yield counts
+        status = "passed"
+    finally:
+        path = results_dir(*suite.split("/")[:-1]) / f"{suite.split('/')[-1]}.json"
+        path.write_text(json.dumps({"suite": suite, "kind": kind, "what": what,
+                                    "status": status, "when": _now(),
+                                    "seconds": round(time.monotonic() - started, 1),
+                                    **counts}, indent=1) + "\n")
+
+
+def hypothesis_settings(**options):
+    """hypothesis ``settings`` with the example database under ``build/hypothesis`` and no
+    deadline (a loaded machine's timings vary); ``options`` as hypothesis takes them."""
+    from hypothesis import HealthCheck, settings
+    from hypothesis.database import DirectoryBasedExampleDatabase
+
+    from moevit.paths import build_dir
+
+    return settings(database=DirectoryBasedExampleDatabase(str(build_dir("hypothesis"))),
+                    deadline=None, print_blob=True,
+                    suppress_health_check=[HealthCheck.too_slow,
+                                           HealthCheck.function_scoped_fixture], **options)
+
+
+def seeds(default: int) -> list:
+    """The long regression's seeds: ``$MOEVIT_SEED`` alone (a replay), else ``$MOEVIT_SEEDS``
+    of them (``make sim-long``: 100), else ``default``; 1, 2, ... so a failure names its
+    seed in the test id."""
+    import os
+
+    if os.environ.get("MOEVIT_SEED"):
+        return [int(os.environ["MOEVIT_SEED"])]
+    text = os.environ.get("MOEVIT_SEEDS", str(default))
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"MOEVIT_SEEDS must be a positive integer, not {text!r}")
+    return list(range(1, int(text) + 1))
+
+
+# The counts ------------------------------------------------------------------------------
+def _formal_rows():
+    from moevit.paths import build_dir
+
+    path = build_dir() / "formal" / "summary.json"
+    if not path.is_file():
+        return [{"suite": "formal", "what": KINDS["formal"][2], "passed": None, "total": None,
+                 "status": "not run: make formal", "when": None, "seconds": None,
+                 "detail": ""}]
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"Cannot read the formal summary {path}: {error}") from None
+    props = ([dict(v, name=k) for k, v in data.items()] if isinstance(data, dict) else data)
+    if not isinstance(props, list) or not all(isinstance(p, dict) for p in props):
+        raise ConfigError(f"The formal summary {path} is not a list of properties")
+    results = {}
+    for p in props:
+        results.setdefault(str(p.get("result", "?")), []).append(p)
+    proven = [p for p in props if str(p.get("result")).lower() in ("proven", "pass", "passed")]
+    depths = sorted({int(p["depth"]) for p in props if isinstance(p.get("depth"), int)})
+    detail = ", ".join(f"{len(v)} {k}" for k, v in sorted(results.items()))
+    if depths:
+        detail += f"; depth {depths[0]}" + (f"..{depths[-1]}" if len(depths) > 1 else "")
+    bad = [p for p in props if str(p.get("result")).lower() in ("fail", "failed", "error")]
+    when = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat(
+        timespec="seconds")
+    return [{"suite": "formal", "what": KINDS["formal"][2], "passed": len(proven),
+             "total": len(props), "status": "failed" if bad else "passed", "when": when,
+             "seconds": round(sum(float(p.get("seconds") or 0) for p in props), 1),
+             "detail": detail}]
+
+
+def _suite_rows():
+    rows, folder = [], results_dir()
+    files = sorted(p for p in folder.rglob("*.json"))
+    grouped = {}
+    for path in files:
+        try:
+            entry = json.loads(path.read_text())
+            passed_key, total_key, what = KINDS[entry["kind"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ConfigError(f"The result file {path} is not a reliability record; "
+                              f"delete it or rerun its suite") from None
+        # The long regression writes a file per (unit, seed): one row per unit.
+        group = str(path.parent.relative_to(folder)) if path.parent != folder else entry["suite"]
+        row = grouped.setdefault(group, {"suite": group, "what": what, "passed": 0, "total": 0,
+                                         "status": "passed", "when": entry["when"],
+                                         "seconds": 0.0, "detail": ""})
+        if path.parent != folder:   # one seed
+            row["passed"] += entry["status"] == "passed"
+            row["total"] += 1
+        else:
+            row["passed"] += int(entry.get(passed_key, 0)) if entry["status"] == "passed" else 0
+            row["total"] += int(entry.get(total_key, 0))
+            row["detail"] = entry.get("detail", "")
+        if entry["status"] != "passed":
+            row["status"] = "failed"
+        row["when"] = max(row["when"], entry["when"])
+        row["seconds"] = round(row["seconds"] + float(entry.get("seconds", 0)), 1)
+    rows.extend(grouped.values())
+    return rows
+
+
+def reliability_rows() -> list:
+    """One row per suite (``suite``, ``what``, ``passed``, ``total``, ``status``,
+    ``when``, ``seconds``, ``detail``): the formal checks first, then every result file
+    under ``build/reliability/``."""
+    return _formal_rows() + _suite_rows()
+
+
+def _text(row, key):
+    value = row[key]
+    return "-" if value is None else str(value)
+
+
+def print_table(rows) -> None:
+    """The rows as a table, with a line when no suite has run yet."""
+    from moevit.hw.bench import print_rows
+
+    shown = [dict(r, passed_text=_text(r, "passed"), total_text=_text(r, "total"),
+                  when_text=(r["when"] or "-").replace("+00:00", "Z"),
+                  seconds_text=_text(r, "seconds")) for r in rows]
+    print_rows(shown, [("suite", "suite", "<26", ""), ("what", "what", "<20", ""),
+                       ("passed", "passed_text", ">8", ""), ("of", "total_text", ">7", ""),
+                       ("  status", "status", "<24", ""), ("when (UTC)", "when_text", "<22", ""),
+                       ("seconds", "seconds_text", ">8", ""), ("  detail", "detail", "<0", "")])
+    if len(rows) == 1:
+        print("no fault, fuzz or long suite has run yet: moevit bench reliability --run, "
+              "or make test / make sim-long")
+
+
+def reliability_markdown(rows=None) -> str:
+    """The rows as a Markdown table (for ``moevit report``)."""
+    rows = reliability_rows() if rows is None else rows
+    lines = ["| suite | what | passed | of | status | when (UTC) | detail |",
+             "|---|---|---:|---:|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['suite']} | {r['what']} | {_text(r, 'passed')} | "
+                     f"{_text(r, 'total')} | {r['status']} | {r['when'] or '-'} | "
+                     f"{r['detail']} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_fast_suites(quiet=False) -> int:
+    """Run the fast reliability suites with pytest (their result files follow); the
+    exit status of pytest."""
+    import subprocess
+    import sys
+
+    tests = Path(__file__).resolve().parent.parent / "tests"
+    suites = [str(tests / name) for name in FAST_SUITES]
+    missing = [s for s in suites if not Path(s).is_file()]
+    if missing:
+        raise ConfigError(f"The reliability suites are not here: {', '.join(missing)} (run "
+                          f"from a source checkout)")
+    command = [sys.executable, "-m", "pytest", "-q", "-m", "not slow", *suites]
+    return subprocess.call(command, stdout=sys.stderr if quiet else None)

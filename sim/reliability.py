@@ -15,6 +15,7 @@ formal``), so ``moevit bench reliability`` and ``moevit report``
 """
 
 import contextlib
+import functools
 import json
 import time
 from datetime import datetime, timezone
@@ -23,7 +24,8 @@ from pathlib import Path
 from moevit.errors import ConfigError
 
 __all__ = ["record", "results_dir", "reliability_rows", "reliability_markdown", "print_table",
-           "hypothesis_settings", "seeds", "FAST_SUITES", "KINDS"]
+           "hypothesis_settings", "seeds", "tiny_program", "program_mutations", "mutate_program", "fix_crcs",
+           "FAST_SUITES", "KINDS"]
 
 #: What a suite counts: its kind -> (the count passed, the count run, what they are).
 KINDS = {"faults": ("survived", "injected", "faults survived"),
@@ -96,6 +98,100 @@ def seeds(default: int) -> list:
     if not text.isdigit() or int(text) < 1:
         raise ConfigError(f"MOEVIT_SEEDS must be a positive integer, not {text!r}")
     return list(range(1, int(text) + 1))
+
+
+@functools.lru_cache(maxsize=1)
+def tiny_program():
+    """tiny's program for its default hardware (the untrained signal model, quantized) and
+    its int8 input image: made once per process for every reliability suite."""
+    from moevit.hw.config import DEFAULT_HW
+    from moevit.hw.program.compiler import compile_program
+    from moevit.model.integer import golden
+    from moevit.sim.units import tiny_quantized
+
+    qmodel, image = tiny_quantized(trained=False)
+    program = compile_program(qmodel, DEFAULT_HW["tiny"])
+    return program, golden.quantize_image(image, qmodel.scale("input"))
+
+
+# Corrupted programs ----------------------------------------------------------------------
+def fix_crcs(data: bytes) -> bytes:
+    """``program.bin``'s bytes with the body length and both CRCs made to match what they
+    hold (a body cut to whole words), so a corruption reaches the checks behind them: the
+    decoder's opcodes, descriptors and addresses, and the sequencer, which checks no CRC."""
+    import zlib
+
+    from moevit.hw.program.program import HEADER_FIELDS, HEADER_WORDS
+
+    head = 4 * HEADER_WORDS
+    if len(data) < head:
+        return bytes(data)
+    data = bytearray(data[:head + (len(data) - head) // 4 * 4])
+    words = {name: 4 * k for k, name in enumerate(HEADER_FIELDS)}
+    body = bytes(data[head:])
+    data[words["body_words"]:words["body_words"] + 4] = (len(body) // 4).to_bytes(4, "little")
+    data[words["body_crc"]:words["body_crc"] + 4] = zlib.crc32(body).to_bytes(4, "little")
+    crc = zlib.crc32(bytes(data[:words["header_crc"]]))
+    data[words["header_crc"]:words["header_crc"] + 4] = crc.to_bytes(4, "little")
+    return bytes(data)
+
+
+def program_mutations(instructions, size):
+    """A hypothesis strategy of corruptions of a ``size``-byte ``program.bin`` holding
+    ``instructions``: lists of bit flips, random words, truncations, extensions and edits
+    of one field of one instruction (or of the header), each list with a flag to fix the
+    CRCs after it (:func:`mutate_program` applies them)."""
+    from hypothesis import strategies as st
+
+    from moevit.hw.program.program import HEADER_FIELDS
+
+    fields = [(k, name, bits) for k, d in enumerate(instructions)
+              for name, _, bits, _, _ in d.describe()]
+    word = st.integers(0, 2**32 - 1)
+    edge = lambda bits: st.sampled_from([0, 1, (1 << bits) - 1, 1 << (bits - 1)])  # noqa: E731
+    field_edit = st.sampled_from(fields).flatmap(lambda f: st.tuples(
+        st.just("field"), st.just(f[0]), st.just(f[1]),
+        st.integers(0, (1 << f[2]) - 1) | edge(f[2])))
+    one = st.one_of(
+        st.tuples(st.just("flip"), st.integers(0, 8 * size - 1)),
+        st.tuples(st.just("word"), st.integers(0, size // 4 - 1), word),
+        st.tuples(st.just("header"), st.sampled_from(HEADER_FIELDS), word),
+        st.tuples(st.just("truncate"), st.integers(0, size - 1)),
+        st.tuples(st.just("extend"), st.binary(min_size=1, max_size=64)),
+        field_edit)
+    return st.tuples(st.lists(one, min_size=1, max_size=4), st.booleans())
+
+
+def mutate_program(data: bytes, instructions, mutations, fix) -> bytes:
+    """``data`` (``program.bin`` of ``instructions``) with ``mutations`` applied in order
+    (see :func:`program_mutations`), then the CRCs fixed if ``fix``."""
+    from moevit.hw.program.program import HEADER_FIELDS, HEADER_WORDS
+
+    data = bytearray(data)
+    starts = [4 * HEADER_WORDS]
+    for d in instructions:
+        starts.append(starts[-1] + 4 * d.words())
+    for kind, *args in mutations:
+        if kind == "flip" and args[0] < 8 * len(data):
+            data[args[0] // 8] ^= 1 << (args[0] % 8)
+        elif kind == "word" and 4 * args[0] + 4 <= len(data):
+            data[4 * args[0]:4 * args[0] + 4] = args[1].to_bytes(4, "little")
+        elif kind == "header":
+            at = 4 * HEADER_FIELDS.index(args[0])
+            if at + 4 <= len(data):
+                data[at:at + 4] = args[1].to_bytes(4, "little")
+        elif kind == "truncate":
+            del data[args[0]:]
+        elif kind == "extend":
+            data += args[0]
+        elif kind == "field":
+            k, name, value = args
+            desc = instructions[k]
+            image = desc.to_int_with(**{name: value})
+            at, count = starts[k], 4 * desc.words()
+            if at + count <= len(data):
+                data[at:at + count] = image.to_bytes(count, "little")
+    return fix_crcs(bytes(data)) if fix else bytes(data)
 
 
 # The counts ------------------------------------------------------------------------------

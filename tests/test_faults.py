@@ -20,14 +20,13 @@ Each suite writes its counts to ``build/reliability/`` (``moevit bench reliabili
 
 import dataclasses
 
-import numpy as np
 import pytest
 
 from moevit.hw.program.isa import CopyDescriptor
 from moevit.hw.program.regmap import ERROR_CODES
 from moevit.sim.benches.engines import compare_images, replay_seed
 from moevit.sim.benches.top import BUFFERS, GUARD_BYTES, expected_runs, run_top
-from moevit.sim.reliability import record
+from moevit.sim.reliability import record, tiny_program
 
 MEMORY = ERROR_CODES["memory"][0]
 COPY_OUT = 1024   # bytes the last COPY moves from the scratch into the output buffer
@@ -35,14 +34,7 @@ COPY_OUT = 1024   # bytes the last COPY moves from the scratch into the output b
 
 @pytest.fixture(scope="module")
 def tiny():
-    from moevit.hw.config import DEFAULT_HW
-    from moevit.hw.program.compiler import compile_program
-    from moevit.model.integer import golden
-    from moevit.sim.units import tiny_quantized
-
-    qmodel, image = tiny_quantized(trained=False)
-    program = compile_program(qmodel, DEFAULT_HW["tiny"])
-    return program, golden.quantize_image(image, qmodel.scale("input"))
+    return tiny_program()
 
 
 def short_program(program, linear):

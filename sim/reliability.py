@@ -24,7 +24,8 @@ from pathlib import Path
 from moevit.errors import ConfigError
 
 __all__ = ["record", "results_dir", "reliability_rows", "reliability_markdown", "print_table",
-           "hypothesis_settings", "seeds", "tiny_program", "program_mutations", "mutate_program", "fix_crcs",
+           "hypothesis_settings", "seeds", "tiny_quantized_model", "tiny_program", "short_program",
+           "program_mutations", "mutate_program", "fix_crcs",
            "FAST_SUITES", "KINDS"]
 
 #: What a suite counts: its kind -> (the count passed, the count run, what they are).
@@ -73,15 +74,17 @@ def record(suite: str, kind: str, what: str):
 
 
 def hypothesis_settings(**options):
-    """hypothesis ``settings`` with the example database under ``build/hypothesis`` and no
-    deadline (a loaded machine's timings vary); ``options`` as hypothesis takes them."""
+    """hypothesis ``settings`` with the example database under ``build/hypothesis`` (none
+    when derandomized) and no deadline (a loaded machine's timings vary); ``options`` as
+    hypothesis takes them."""
     from hypothesis import HealthCheck, settings
     from hypothesis.database import DirectoryBasedExampleDatabase
 
     from moevit.paths import build_dir
 
-    return settings(database=DirectoryBasedExampleDatabase(str(build_dir("hypothesis"))),
-                    deadline=None, print_blob=True,
+    database = None if options.get("derandomize") else \
+        DirectoryBasedExampleDatabase(str(build_dir("hypothesis")))
+    return settings(database=database, deadline=None, print_blob=True,
                     suppress_health_check=[HealthCheck.too_slow,
                                            HealthCheck.function_scoped_fixture], **options)
 
@@ -101,17 +104,44 @@ def seeds(default: int) -> list:
 
 
 @functools.lru_cache(maxsize=1)
+def tiny_quantized_model():
+    """tiny's untrained signal model quantized, and one float image: made once per process
+    for every reliability suite (:func:`moevit.sim.units.tiny_quantized`)."""
+    from moevit.sim.units import tiny_quantized
+
+    return tiny_quantized(trained=False)
+
+
+@functools.lru_cache(maxsize=1)
 def tiny_program():
-    """tiny's program for its default hardware (the untrained signal model, quantized) and
-    its int8 input image: made once per process for every reliability suite."""
+    """tiny's program for its default hardware and its int8 input image."""
     from moevit.hw.config import DEFAULT_HW
     from moevit.hw.program.compiler import compile_program
     from moevit.model.integer import golden
-    from moevit.sim.units import tiny_quantized
 
-    qmodel, image = tiny_quantized(trained=False)
+    qmodel, image = tiny_quantized_model()
     program = compile_program(qmodel, DEFAULT_HW["tiny"])
     return program, golden.quantize_image(image, qmodel.scale("input"))
+
+
+def short_program(program, *, linear):
+    """A few instructions of ``program`` (tiny's) that read every kind of buffer and write
+    the scratch and the output: PATCHIFY, (the first LINEAR,) the COPY of the class token,
+    and a COPY of 1024 bytes of patches into the output buffer. Without the LINEAR (a top
+    of the PATCHIFY and COPY engines), PATCHIFY cuts only the first row of patches: a run
+    of 450 cycles."""
+    import dataclasses
+
+    from moevit.hw.program.isa import CopyDescriptor
+
+    layout = program.layout
+    patchify, first_linear, copy_cls = program.instructions[:3]
+    if not linear:
+        patchify = dataclasses.replace(patchify, rows=patchify.patch)
+    to_output = CopyDescriptor(program.hw, length=1024, src_addr=layout["patch_embed.in"].offset,
+                               dst_addr=layout["output"].offset)
+    body = [patchify, *([first_linear] if linear else []), copy_cls, to_output]
+    return dataclasses.replace(program, instructions=body)
 
 
 # Corrupted programs ----------------------------------------------------------------------
@@ -136,11 +166,12 @@ def fix_crcs(data: bytes) -> bytes:
     return bytes(data)
 
 
-def program_mutations(instructions, size):
+def program_mutations(instructions, size, start=0):
     """A hypothesis strategy of corruptions of a ``size``-byte ``program.bin`` holding
     ``instructions``: lists of bit flips, random words, truncations, extensions and edits
     of one field of one instruction (or of the header), each list with a flag to fix the
-    CRCs after it (:func:`mutate_program` applies them)."""
+    CRCs after it (:func:`mutate_program` applies them). Flips, words and truncations fall
+    at or after byte ``start`` (the header's own fields are edited by name)."""
     from hypothesis import strategies as st
 
     from moevit.hw.program.program import HEADER_FIELDS
@@ -153,10 +184,10 @@ def program_mutations(instructions, size):
         st.just("field"), st.just(f[0]), st.just(f[1]),
         st.integers(0, (1 << f[2]) - 1) | edge(f[2])))
     one = st.one_of(
-        st.tuples(st.just("flip"), st.integers(0, 8 * size - 1)),
-        st.tuples(st.just("word"), st.integers(0, size // 4 - 1), word),
+        st.tuples(st.just("flip"), st.integers(8 * start, 8 * size - 1)),
+        st.tuples(st.just("word"), st.integers(start // 4, size // 4 - 1), word),
         st.tuples(st.just("header"), st.sampled_from(HEADER_FIELDS), word),
-        st.tuples(st.just("truncate"), st.integers(0, size - 1)),
+        st.tuples(st.just("truncate"), st.integers(start, size - 1)),
         st.tuples(st.just("extend"), st.binary(min_size=1, max_size=64)),
         field_edit)
     return st.tuples(st.lists(one, min_size=1, max_size=4), st.booleans())

@@ -18,37 +18,20 @@ top on Verilator, the same with tiny's first LINEAR (the weights' read) between 
 Each suite writes its counts to ``build/reliability/`` (``moevit bench reliability``).
 """
 
-import dataclasses
 
 import pytest
 
-from moevit.hw.program.isa import CopyDescriptor
 from moevit.hw.program.regmap import ERROR_CODES
 from moevit.sim.benches.engines import compare_images, replay_seed
 from moevit.sim.benches.top import BUFFERS, GUARD_BYTES, expected_runs, run_top
-from moevit.sim.reliability import record, tiny_program
+from moevit.sim.reliability import record, short_program, tiny_program
 
 MEMORY = ERROR_CODES["memory"][0]
-COPY_OUT = 1024   # bytes the last COPY moves from the scratch into the output buffer
 
 
 @pytest.fixture(scope="module")
 def tiny():
     return tiny_program()
-
-
-def short_program(program, linear):
-    """PATCHIFY, (the first LINEAR,) COPY of the class token, and a COPY of the patches
-    into the output buffer: every kind of buffer read, scratch and output written. Without
-    the LINEAR, PATCHIFY cuts only the first row of patches (a run of 400 cycles)."""
-    layout = program.layout
-    patchify, first_linear, copy_cls = program.instructions[:3]
-    if not linear:
-        patchify = dataclasses.replace(patchify, rows=patchify.patch)
-    to_output = CopyDescriptor(program.hw, length=COPY_OUT, src_addr=layout["patch_embed.in"].offset,
-                               dst_addr=layout["output"].offset)
-    body = [patchify, *([first_linear] if linear else []), copy_cls, to_output]
-    return dataclasses.replace(program, instructions=body)
 
 
 def fault_runs(program, image, *, linear, stall, reset):
@@ -89,7 +72,7 @@ def fault_runs(program, image, *, linear, stall, reset):
 
 
 def check_faults(program, image, *, linear, simulator, test_id, stall, suite):
-    short = short_program(program, linear)
+    short = short_program(program, linear=linear)
     runs = fault_runs(short, image, linear=linear, stall=stall, reset=150 if not linear else 600)
     reference = expected_runs(short, [(0, [image])])[0]
     with record(suite, "faults", f"fault injection, {simulator}") as counts:

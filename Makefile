@@ -8,14 +8,16 @@ STAMP  := $(VENV)/.moevit-installed
 CONFIG ?= tiny
 BOARD  ?= zcu102
 SIM    ?= icarus
+SEEDS  ?= 100
 PYTEST ?= $(BIN)/python -m pytest
 
-.PHONY: help install sysdeps demo test test-all sim hls-csim hls-synth clean
+.PHONY: help install sysdeps demo test test-all sim sim-long hls-csim hls-synth clean
 
 help:
 	@echo "make demo     train, evaluate and quantize the '$(CONFIG)' config on the synthetic set"
 	@echo "make test     the test suite (fast part of the simulations included)"
 	@echo "make sim      all cocotb simulations (SIM=icarus|verilator)"
+	@echo "make sim-long every unit and the whole top over SEEDS=$(SEEDS) seeds of random pauses (hours)"
 	@echo "make hls-csim the HLS kernels' C simulations (g++) against the golden model"
 	@echo "make hls-synth the Vitis HLS / v++ scripts of the HLS top for BOARD=$(BOARD), then the AMD tool"
 	@echo "make test-all every test, the slow simulations included"
@@ -55,6 +57,10 @@ test-all: install
 
 sim: install
 	$(BIN)/moevit sim --simulator $(SIM)
+
+# The long regression (tests/test_reliability.py): each unit and the whole top, SEEDS seeds.
+sim-long: install
+	MOEVIT_SEEDS=$(SEEDS) SIM=$(SIM) $(PYTEST) -q tests/test_reliability.py -k sim_long
 
 hls-csim: install
 	$(BIN)/moevit hls csim --config $(CONFIG)

@@ -24,6 +24,7 @@ from pathlib import Path
 from moevit.errors import ConfigError
 
 __all__ = ["record", "results_dir", "reliability_rows", "reliability_markdown", "print_table",
+           "run_fast_suites",
            "hypothesis_settings", "seeds", "tiny_quantized_model", "tiny_program", "short_program",
            "program_mutations", "mutate_program", "fix_crcs",
            "FAST_SUITES", "KINDS"]
@@ -306,12 +307,15 @@ def print_table(rows) -> None:
     from moevit.hw.bench import print_rows
 
     shown = [dict(r, passed_text=_text(r, "passed"), total_text=_text(r, "total"),
+                  status_text="  " + r["status"],
                   when_text=(r["when"] or "-").replace("+00:00", "Z"),
-                  seconds_text=_text(r, "seconds")) for r in rows]
-    print_rows(shown, [("suite", "suite", "<26", ""), ("what", "what", "<20", ""),
-                       ("passed", "passed_text", ">8", ""), ("of", "total_text", ">7", ""),
-                       ("  status", "status", "<24", ""), ("when (UTC)", "when_text", "<22", ""),
-                       ("seconds", "seconds_text", ">8", ""), ("  detail", "detail", "<0", "")])
+                  seconds_text=_text(r, "seconds"), detail_text="  " + r["detail"])
+             for r in rows]
+    wide = max(len(r["suite"]) for r in rows) + 2
+    print_rows(shown, [("suite", "suite", f"<{wide}", ""), ("what", "what", "<19", ""),
+                       ("passed", "passed_text", ">7", ""), ("of", "total_text", ">7", ""),
+                       ("  status", "status_text", "<24", ""), ("when (UTC)", "when_text", "<22", ""),
+                       ("seconds", "seconds_text", ">8", ""), ("  detail", "detail_text", "<0", "")])
     if len(rows) == 1:
         print("no fault, fuzz or long suite has run yet: moevit bench reliability --run, "
               "or make test / make sim-long")
@@ -329,9 +333,9 @@ def reliability_markdown(rows=None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_fast_suites(quiet=False) -> int:
-    """Run the fast reliability suites with pytest (their result files follow); the
-    exit status of pytest."""
+def run_fast_suites(to_stderr=False) -> int:
+    """Run the fast reliability suites with pytest (their result files follow), its report
+    on stderr if ``to_stderr`` (the JSON owns stdout); the exit status of pytest."""
     import subprocess
     import sys
 
@@ -342,4 +346,4 @@ def run_fast_suites(quiet=False) -> int:
         raise ConfigError(f"The reliability suites are not here: {', '.join(missing)} (run "
                           f"from a source checkout)")
     command = [sys.executable, "-m", "pytest", "-q", "-m", "not slow", *suites]
-    return subprocess.call(command, stdout=sys.stderr if quiet else None)
+    return subprocess.call(command, stdout=sys.stderr if to_stderr else None)

@@ -75,16 +75,19 @@ def record(suite: str, kind: str, what: str):
 
 
 def hypothesis_settings(**options):
-    """hypothesis ``settings`` with the example database under ``build/hypothesis`` (none
-    when derandomized) and no deadline (a loaded machine's timings vary); ``options`` as
+    """hypothesis ``settings`` with its folder (example database, caches) under
+    ``build/hypothesis`` (no database when derandomized) and no deadline (a loaded machine's timings vary); ``options`` as
     hypothesis takes them."""
     from hypothesis import HealthCheck, settings
+    from hypothesis.configuration import set_hypothesis_home_dir
     from hypothesis.database import DirectoryBasedExampleDatabase
 
     from moevit.paths import build_dir
 
+    # Its caches too (constants, Unicode tables), which it would put in ./.hypothesis.
+    set_hypothesis_home_dir(build_dir("hypothesis"))
     database = None if options.get("derandomize") else \
-        DirectoryBasedExampleDatabase(str(build_dir("hypothesis")))
+        DirectoryBasedExampleDatabase(str(build_dir("hypothesis", "examples")))
     return settings(database=database, deadline=None, print_blob=True,
                     suppress_health_check=[HealthCheck.too_slow,
                                            HealthCheck.function_scoped_fixture], **options)

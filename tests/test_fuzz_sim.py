@@ -10,7 +10,7 @@ run's time bound: a hang fails the simulation, with the handshakes in ``hang.txt
 error code of the register map or none, write nothing outside its output and scratch
 buffers (the guard pattern, ``run_top(guard=True)``), and every good run is bit-exact in
 full. One example is one simulation, so hypothesis does not shrink; a failure prints the
-batch's blob and the programs are in the test's folder (``run<k>-program.bin``).
+batch's blob and the programs are in ``build/sim/_rtl/<test id>/run<k>-program.bin``.
 
 Fast (``make test``): a batch of 12 on a top of the PATCHIFY and COPY engines on Icarus,
 derandomized (the same batches each time, so the time it takes stays put): hypothesis's
@@ -68,7 +68,7 @@ def check_batch(short, image, batch, *, test_id, simulator, engines, timeout_us,
         assert row["outside"] == 0, (
             f"run {k} ({kind}) wrote {row['outside']} bytes outside its output and scratch "
             f"buffers, first at {[hex(a) for a in row['outside_at']]} (its program: "
-            f"build/sim/{test_id}/../_rtl/.../run{k}-program.bin)")
+            f"build/sim/_rtl/{test_id}/run{k}-program.bin)")
         if kind == "good":
             assert row["error"] == 0, f"good run {k}: error {row['error']}"
             compare_images(row["outputs"][0], reference["outputs"][0], f"run {k} output")

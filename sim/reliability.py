@@ -24,9 +24,8 @@ from pathlib import Path
 from moevit.errors import ConfigError
 
 __all__ = ["record", "results_dir", "reliability_rows", "reliability_markdown", "print_table",
-           "run_fast_suites",
-           "hypothesis_settings", "seeds", "tiny_quantized_model", "tiny_program", "short_program",
-           "program_mutations", "mutate_program", "fix_crcs",
+           "run_fast_suites", "hypothesis_settings", "seeds", "tiny_quantized_model",
+           "tiny_program", "short_program", "program_mutations", "mutate_program", "fix_crcs",
            "FAST_SUITES", "KINDS"]
 
 #: What a suite counts: its kind -> (the count passed, the count run, what they are).
@@ -76,8 +75,8 @@ def record(suite: str, kind: str, what: str):
 
 def hypothesis_settings(**options):
     """hypothesis ``settings`` with its folder (example database, caches) under
-    ``build/hypothesis`` (no database when derandomized) and no deadline (a loaded machine's timings vary); ``options`` as
-    hypothesis takes them."""
+    ``build/hypothesis`` (no database when derandomized) and no deadline (a loaded
+    machine's timings vary); ``options`` as hypothesis takes them."""
     from hypothesis import HealthCheck, settings
     from hypothesis.configuration import set_hypothesis_home_dir
     from hypothesis.database import DirectoryBasedExampleDatabase

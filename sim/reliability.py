@@ -316,8 +316,10 @@ def print_table(rows) -> None:
     wide = max(len(r["suite"]) for r in rows) + 2
     print_rows(shown, [("suite", "suite", f"<{wide}", ""), ("what", "what", "<19", ""),
                        ("passed", "passed_text", ">7", ""), ("of", "total_text", ">7", ""),
-                       ("  status", "status_text", "<24", ""), ("when (UTC)", "when_text", "<22", ""),
-                       ("seconds", "seconds_text", ">8", ""), ("  detail", "detail_text", "<0", "")])
+                       ("  status", "status_text", "<24", ""),
+                       ("when (UTC)", "when_text", "<22", ""),
+                       ("seconds", "seconds_text", ">8", ""),
+                       ("  detail", "detail_text", "<0", "")])
     if len(rows) == 1:
         print("no fault, fuzz or long suite has run yet: moevit bench reliability --run, "
               "or make test / make sim-long")

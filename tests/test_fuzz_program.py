@@ -88,7 +88,8 @@ def test_decoder_mutated_program(program, slow):
                 "program decoder, mutations") as counts:
         fuzz()
         reasons = sorted(tally.get("reasons", ()))
-        print(f"{tally['rejected']} rejected, {tally['accepted']} accepted, {len(reasons)} kinds of message")
+        print(f"{tally['rejected']} rejected, {tally['accepted']} accepted, "
+              f"{len(reasons)} kinds of message")
         counts.update(cases=tally["accepted"] + tally["rejected"],
                       detail=f"{tally['rejected']} rejected, {tally['accepted']} accepted")
     assert tally["rejected"] > 0

@@ -8,17 +8,19 @@ STAMP  := $(VENV)/.moevit-installed
 CONFIG ?= tiny
 BOARD  ?= zcu102
 SIM    ?= icarus
+SEEDS  ?= 100
 PYTEST ?= $(BIN)/python -m pytest
 # pynq 4.0 pins numpy<2 and grpcio: the zynq backend's tests run in a venv of their own.
 PYNQ_VENV := build/venv-pynq
 
-.PHONY: help install sysdeps pynq-venv demo test test-all sim formal hls-csim hls-synth bitstream clean
+.PHONY: help install sysdeps pynq-venv demo test test-all sim sim-long formal hls-csim hls-synth bitstream clean
 
 help:
 	@echo "make demo     train, evaluate and quantize the '$(CONFIG)' config on the synthetic set, then run it"
 	@echo "             on the simulated accelerator through the host driver (bit-exact vs golden)"
 	@echo "make test     the test suite (fast part of the simulations included)"
 	@echo "make sim      all cocotb simulations (SIM=icarus|verilator)"
+	@echo "make sim-long every unit and the whole top over SEEDS=$(SEEDS) seeds of random pauses (hours)"
 	@echo "make formal   the formal checks (SymbiYosys): table, build/formal/summary.json"
 	@echo "make hls-csim the HLS kernels' C simulations and the whole model through the HLS top (g++), against the golden model"
 	@echo "make hls-synth the Vitis HLS / v++ scripts of the HLS top for BOARD=$(BOARD), then the AMD tool"
@@ -72,6 +74,10 @@ sim: install
 
 formal: install
 	$(BIN)/python -m moevit.hw.formal.run
+
+# The long regression (tests/test_reliability.py): each unit and the whole top, SEEDS seeds.
+sim-long: install
+	MOEVIT_SEEDS=$(SEEDS) SIM=$(SIM) $(PYTEST) -q tests/test_reliability.py -k sim_long
 
 hls-csim: install
 	$(BIN)/moevit hls csim --config $(CONFIG)

@@ -1,6 +1,6 @@
 """Sub-commands of the hardware area: ``hw generate``, ``hw estimate``, ``hw compile``,
 ``hw disassemble``, ``hw boards``, ``hw cost``, ``hw resources``, ``dse``, ``report``, ``bench linear``,
-``bench attention``, ``bench top``."""
+``bench attention``, ``bench top``, ``bench reliability``."""
 
 import json
 
@@ -137,6 +137,14 @@ def register_bench(benches):
                      help="simulator (default: verilator)")
     top.add_argument("--json", action="store_true", help="one JSON list of rows")
     top.set_defaults(handler=_bench_top)
+
+    reliability = benches.add_parser(
+        "reliability", help="proofs, faults injected and survived, fuzz cases, long-regression "
+                            "seeds: what the last runs of those suites wrote under build/")
+    reliability.add_argument("--run", action="store_true",
+                             help="run the fast fault and fuzz suites first (pytest, minutes)")
+    reliability.add_argument("--json", action="store_true", help="one JSON list of rows")
+    reliability.set_defaults(handler=_bench_reliability)
 
 
 def _add_bench(benches, name, what, quick_help, handler):
@@ -361,6 +369,14 @@ def _bench_top(args):
     _report(rows, args, print_table)
     if not args.json:
         print(f"chart: {path}")
+
+
+def _bench_reliability(args):
+    from moevit.sim.reliability import print_table, reliability_rows, run_fast_suites
+
+    status = run_fast_suites(to_stderr=args.json) if args.run else 0
+    _report(reliability_rows(), args, print_table)
+    return 1 if status else 0
 
 
 def _report(rows, args, print_table):

@@ -148,6 +148,8 @@ class ModelConfig:
     gate_noise: float = 1.0
 
     def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"Model config name must be a non-empty string, not {self.name!r}")
         if self.gate not in GATES:
             raise ConfigError(f"Gate must be one of {GATES}, not {self.gate!r}")
         if (

@@ -49,6 +49,8 @@ class Region:
 
     @classmethod
     def from_dict(cls, data) -> "Region":
+        if data["kind"] not in KINDS:
+            raise ConfigError(f"Region kind must be one of {KINDS}, not {data['kind']!r}")
         return cls(str(data["name"]), str(data["kind"]), int(data["offset"]), int(data["size"]),
                    tuple(int(n) for n in data["shape"]), str(data["dtype"]))
 

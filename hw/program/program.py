@@ -318,6 +318,13 @@ def read_program(folder) -> Program:
         if _sha256(data) != sums.get(name):
             raise ProgramError(f"{folder}/{name} does not match layout.json (SHA-256 differs): "
                                f"changed, damaged, or from another compilation")
+    # A weights.bin of another length with its SHA-256 rewritten would leave weights
+    # silently zero (shorter) or spill into the scratch (longer).
+    need = max((r.end for r in layout.regions if r.kind == "weights"), default=0)
+    if not need <= len(weights) <= layout.boundaries()["scratch_at"]:
+        raise ProgramError(f"{folder}/weights.bin has {len(weights)} bytes; the layout's "
+                           f"weights take {need} (up to {layout.boundaries()['scratch_at']} "
+                           f"with padding)")
     instructions, header = decode(binary, hw, f"{folder}/program.bin")
     if header["memory_bytes"] != layout.size or header["tasks"] != len(tasks) \
             or header["bus_bits"] != layout.bus_bits \

@@ -284,7 +284,6 @@ class Accelerator(wiring.Component):
             m.d.sync += done_seen.eq(0)
         with m.If(seq.start):
             m.d.sync += fault.eq(0)
-        m.d.comb += seq.finished.eq(done_seen & ~movers_busy & (fault == 0))
 
         # EXPERT: a linear job is done for it when its writes are answered too (fc2 reads
         # the hidden rows fc1 wrote).
@@ -309,6 +308,11 @@ class Accelerator(wiring.Component):
                      address_error.eq(address_error | _any(r.error for r in relocators))]
         with m.If(control.start):
             m.d.sync += [memory_error.eq(0), address_error.eq(0)]
+        # A failure counted as the movers fall idle (the last B or R of the instruction)
+        # reaches memory_error a cycle later: the instruction is not finished before it
+        # does, or the run's last instruction would end it with no error.
+        m.d.comb += seq.finished.eq(done_seen & ~movers_busy & (fault == 0) & ~_any(failed)
+                                    & ~memory_error)
         unsupported = Signal()
         with m.If(seq.issue.valid & missing):
             m.d.sync += unsupported.eq(1)

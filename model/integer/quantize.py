@@ -60,6 +60,7 @@ import io
 import json
 import math
 import re
+import tokenize
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -468,7 +469,10 @@ def load_quantized(path, config: ModelConfig = None) -> QuantizedModel:
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError) as error:
+    # numpy's reader of a damaged array header raises more types than these (tokenize's
+    # TokenError for "'shape': (64, 192(, }"), as torch's does for a damaged checkpoint.
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, KeyError, SyntaxError,
+            tokenize.TokenError) as error:
         reason = first_line(error)
         raise CheckpointError(f"Quantized model {path} is corrupt or truncated: {reason}") from None
     try:

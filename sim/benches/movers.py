@@ -121,8 +121,9 @@ if cocotb is not None:
     from moevit.sim.streams import StreamSink, StreamSource, pauses
 
     class FaultyRam(AxiRam):
-        """``AxiRam`` that answers SLVERR or DECERR for the byte ranges in ``faults``:
-        the read or write of a beat there raises, which the model answers SLVERR;
+        """``AxiRam`` that answers SLVERR or DECERR for the byte ranges in ``faults``,
+        ``(start, end, kind)`` or ``(start, end, kind, "read" | "write")`` for one side
+        only: the read or write of a beat there raises, which the model answers SLVERR;
         the channel's ``send`` turns it into the range's response."""
 
         def __init__(self, *args, **kwargs):
@@ -137,9 +138,11 @@ if cocotb is not None:
             pending = []
             ram = self
 
+            direction = "read" if channel == "r_channel" else "write"
+
             def hit(addr, length):
-                for start, stop, kind in ram.faults:
-                    if start < addr + length and addr < stop:
+                for start, stop, kind, *only in ram.faults:
+                    if start < addr + length and addr < stop and only in ([], [direction]):
                         return kind
                 return None
 

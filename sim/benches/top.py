@@ -10,7 +10,17 @@ error and cycle registers, the output buffer and the activation scratch.
 The memory is cocotbext-axi's ``AxiRam`` on ``m_axi_gmem``; the host's
 buffers lie at addresses unlike the program's own (so every address goes
 through the top's relocation), and the memory can be slowed by a pause
-pattern on its channels (``memory_pauses``).
+pattern on its channels (``memory_pauses``; ``"stall"``: long stalls of
+thousands of cycles, :func:`stalls`).
+
+Faults a run may meet (for the reliability suites): SLVERR or DECERR from
+the memory on reads, writes or both; a reset pulsed in the middle of the
+run; a start while busy; another program. With ``guard`` the memory around
+every host buffer holds a known pattern (:data:`GUARD_BYTES` either side),
+and after each run the bench reports every byte the run changed outside its
+output and scratch buffers (``outside``): the guards, the program, the
+weights and the input must be as the host left them, and no byte anywhere
+else may be written.
 
 Register offsets come from the register map (:data:`~moevit.hw.program.regmap.REGMAP`),
 never typed here.
@@ -22,43 +32,88 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["run_top", "expected_runs", "output_bytes", "BUFFERS", "TOPLEVEL"]
+__all__ = ["run_top", "expected_runs", "output_bytes", "stalls", "guard_pattern", "BUFFERS",
+           "TOPLEVEL", "GUARD_BYTES"]
 
 TOPLEVEL = "moevit_top"
 
 #: Where the bench's host places each buffer (physical byte addresses).
 BUFFERS = {"program": 0x0010_0000, "weights": 0x0040_0000, "input": 0x0100_0000,
            "output": 0x0140_0000, "scratch": 0x0200_0000}
+#: Bytes of guard pattern before and after each host buffer (``guard=True``).
+GUARD_BYTES = 4096
+
+
+def guard_pattern(start, end) -> bytes:
+    """The guard's bytes at addresses ``[start, end)``: a function of the address of a prime
+    period, so a shifted or repeated copy of it does not pass for it."""
+    return bytes((a % 251) ^ 0xA5 for a in range(start, end))
+
+
+def stalls(seed, *, stream="", shortest=1000, longest=4000, flowing=(200, 2000)):
+    """A pause pattern of long stalls: a channel flows for a random ``flowing`` stretch of
+    cycles, then stalls for ``shortest`` to ``longest`` cycles, again and again."""
+    import itertools
+    import random
+    import zlib
+
+    rng = random.Random(seed * 1_000_003 + zlib.crc32(stream.encode()))
+    for _ in itertools.count():
+        yield from itertools.repeat(False, rng.randint(*flowing))
+        yield from itertools.repeat(True, rng.randint(shortest, longest))
+
+
+_VERILOG = {}
+
+
+def _verilog(hw, engines):
+    """The top's Verilog for ``hw`` and ``engines``, converted once per process (a top of
+    two engines takes 20 s to convert; the reliability suites run many cases on one)."""
+    from amaranth.back import verilog
+
+    from moevit.hw.program.program import hw_hash
+    from moevit.hw.top.accelerator import Accelerator
+    from moevit.hw.top.control import vitis_ports
+
+    key = (hw_hash(hw), None if engines is None else tuple(engines))
+    if key not in _VERILOG:
+        top = Accelerator(hw, engines)
+        _VERILOG[key] = verilog.convert(top, name=TOPLEVEL, ports=vitis_ports(top),
+                                        emit_src=False, strip_internal_attrs=True)
+    return _VERILOG[key]
 
 
 def run_top(program, runs, *, test_id, simulator=None, memory_pauses="none", seed=0,
-            probability=0.3, timeout_us=200_000, engines=None, waves=False):
+            probability=0.3, timeout_us=200_000, engines=None, waves=False, guard=False):
     """Run ``runs`` on the co-simulated top loaded with ``program``.
 
     ``runs`` is a list of ``(task, images)``, ``images`` int8 arrays of the
     program's input shape (one run may take several), or of dicts with those
     keys and, for the faults a run may meet: ``program`` (other bytes in the
     program buffer for this run), ``faults`` (``(start, end, "SLVERR" |
-    "DECERR")`` ranges of physical addresses the memory answers with that
-    response during this run) and ``restart`` (``ap_start`` written again
-    while the run is in progress). Returns one dict per
-    run: ``error`` (the error code), ``status``, ``cycles``, ``busy`` (cycles
-    per counted unit), ``outputs`` (uint8 bytes of each image's output
-    region), ``scratch`` (the scratch after the run), ``seconds`` (wall time
-    of the whole simulation). ``engines``: build only these (``Accelerator``).
+    "DECERR"[, "read" | "write"])`` ranges of physical addresses the memory
+    answers with that response during this run, on reads, writes or both),
+    ``restart`` (``ap_start`` written again while the run is in progress),
+    ``reset`` (``ap_rst_n`` pulsed that many cycles after the start; the host
+    then writes its arguments again and does not wait for the run; the row's
+    ``reset_idle`` and ``reset_instruction`` say where the run was),
+    ``memory_pauses``, ``seed`` and ``probability`` (this run's memory pauses
+    instead of the case's; ``stalls``: the keywords of :func:`stalls`) and
+    ``timeout_us``. Returns one dict per run:
+    ``error`` (the error code), ``done`` and ``idle`` (``ap_ctrl`` after the
+    run), ``status``, ``cycles``, ``busy`` (cycles per counted unit),
+    ``outputs`` (uint8 bytes of each image's output region), ``scratch`` (the
+    scratch after the run), ``outside`` (with ``guard``: the number of bytes
+    the run changed outside its output and scratch buffers, and the first
+    addresses), ``seconds`` (wall time of the whole simulation).
+    ``engines``: build only these (``Accelerator``).
     """
-    from amaranth.back import verilog
-
-    from moevit.hw.top.accelerator import Accelerator
-    from moevit.hw.top.control import vitis_ports
     from moevit.paths import build_dir
     from moevit.sim.runner import run_cocotb, sim_folder
 
     folder = build_dir("sim", "_rtl", sim_folder(test_id).name).resolve()
-    top = Accelerator(program.hw, engines)
     source = folder / f"{TOPLEVEL}.v"
-    source.write_text(verilog.convert(top, name=TOPLEVEL, ports=vitis_ports(top),
-                                      emit_src=False, strip_internal_attrs=True))
+    source.write_text(_verilog(program.hw, engines))
     layout = program.layout
     bounds = layout.boundaries()
     (folder / "program.bin").write_bytes(program.encode())
@@ -72,17 +127,22 @@ def run_top(program, runs, *, test_id, simulator=None, memory_pauses="none", see
             name = f"run{k}-program.bin"
             (folder / name).write_bytes(bytes(run["program"]))
         images.append({"task": int(run["task"]), "count": len(batch), "program": name,
-                       "faults": [[int(a), int(b), str(kind)]
-                                  for a, b, kind in run.get("faults", ())],
-                       "restart": bool(run.get("restart", False))})
+                       "faults": [[int(f[0]), int(f[1]), *map(str, f[2:])]
+                                  for f in run.get("faults", ())],
+                       "restart": bool(run.get("restart", False)),
+                       "reset": int(run.get("reset", 0)),
+                       "memory_pauses": run.get("memory_pauses", memory_pauses),
+                       "seed": int(run.get("seed", seed)),
+                       "probability": float(run.get("probability", probability)),
+                       "stalls": dict(run.get("stalls", {})),
+                       "timeout_us": run.get("timeout_us", timeout_us)})
         for n, image in enumerate(batch):
             image.tofile(folder / f"run{k}-image{n}.bin")
     case = {"folder": str(folder), "runs": images, "buffers": BUFFERS,
             "input_pitch": bounds["output_at"] - bounds["input_at"],
             "output_pitch": bounds["output_end"] - bounds["output_at"],
             "scratch_bytes": bounds["input_at"] - bounds["scratch_at"],
-            "weights_bytes": len(program.weights), "memory_pauses": memory_pauses,
-            "seed": int(seed), "probability": float(probability), "timeout_us": timeout_us}
+            "weights_bytes": len(program.weights), "guard": bool(guard)}
     result = run_cocotb(toplevel=TOPLEVEL, sources=[source], test_module=__name__,
                         test_id=test_id, simulator=simulator, waves=waves,
                         env={"MOEVIT_CASE": json.dumps(case)})
@@ -152,12 +212,9 @@ if cocotb is not None:
             self.ram = FaultyRam(AxiBus.from_prefix(dut, "m_axi_gmem"), dut.ap_clk,
                                  dut.ap_rst_n, reset_active_level=False,
                                  size=case.get("memory_bytes", 1 << 26))
-            if case["memory_pauses"] != "none":
-                for name in ("ar", "r", "aw", "w", "b"):
-                    side = self.ram.read_if if name in ("ar", "r") else self.ram.write_if
-                    getattr(side, f"{name}_channel").set_pause_generator(pauses(
-                        case["memory_pauses"], seed=case["seed"], stream=f"gmem.{name}",
-                        probability=case["probability"]))
+            self.pausing = ("none", None, None, None)
+            if case.get("memory_pauses", "none") != "none":
+                self.slow(case["memory_pauses"], case["seed"], case["probability"], None)
             self.bytes_read = 0
             read = self.ram.read_if._read
 
@@ -179,6 +236,31 @@ if cocotb is not None:
                 value |= await self.regs.read_dword(reg.offset + 4 * k) << (32 * k)
             return value
 
+        def slow(self, kind, seed, probability, options):
+            """Pause the memory's five channels on ``kind``'s pattern (``"stall"``:
+            :func:`stalls` with ``options``); patterns already running go on undisturbed."""
+            if self.pausing == (kind, seed, probability, options):
+                return
+            self.pausing = (kind, seed, probability, options)
+            for name in ("ar", "r", "aw", "w", "b"):
+                side = self.ram.read_if if name in ("ar", "r") else self.ram.write_if
+                channel, stream = getattr(side, f"{name}_channel"), f"gmem.{name}"
+                if kind == "none":
+                    channel.clear_pause_generator()
+                    channel.pause = False   # it may have stopped in a pause
+                elif kind == "stall":
+                    channel.set_pause_generator(stalls(seed, stream=stream, **options))
+                else:
+                    channel.set_pause_generator(pauses(kind, seed=seed, stream=stream,
+                                                       probability=probability))
+
+        async def arguments(self):
+            """The buffers' addresses and the interrupt enables (again after a reset)."""
+            for name, address in self.case["buffers"].items():
+                await self.write(name, address)
+            await self.write("gie", 1)
+            await self.write("ier", 1)
+
         def field(self, register, name, value):
             f = REGMAP[register].field(name)
             return (value & f.mask) >> f.bit
@@ -197,6 +279,41 @@ if cocotb is not None:
         host = Host(dut, case)
         await reset(dut)
         return host
+
+    class Guard:
+        """The memory as the host left it before a run, to find what the run changed outside
+        the buffers it may write. The memory is cocotbext-axi's ``SparseMemory`` (4 KiB
+        segments made on a first write): a segment that appears during a run and holds no
+        writable byte was written outside every buffer, whatever it holds."""
+
+        SEGMENT = 4096
+
+        def __init__(self, memory):
+            self.memory, self.before = memory, {}
+
+        def fill(self, extents):
+            """The guard pattern either side of each ``[start, end)`` extent."""
+            for start, end in extents:
+                for a, b in ((max(0, start - GUARD_BYTES), start), (end, end + GUARD_BYTES)):
+                    self.memory.write(a, guard_pattern(a, b))
+
+        def snapshot(self):
+            self.before = {at: bytes(block) for at, block in self.memory.segs.items()}
+
+        def changed(self, writable):
+            """The addresses changed since the snapshot outside the ``writable`` ranges."""
+            bad = []
+            for at, block in sorted(self.memory.segs.items()):
+                now = np.frombuffer(bytes(block), np.uint8)
+                old = self.before.get(at)
+                mask = now != (0 if old is None else np.frombuffer(old, np.uint8))
+                inside = np.zeros(self.SEGMENT, bool)
+                for start, end in writable:
+                    inside[max(start - at, 0):max(min(end - at, self.SEGMENT), 0)] = True
+                if old is None and not inside.any():
+                    mask[:] = True   # a segment made by a write outside every buffer
+                bad.extend(at + np.flatnonzero(mask & ~inside))
+            return [int(a) for a in bad]
 
     def handshakes(handle, path="", depth=4):
         """``path value`` of every valid, ready, busy and FSM state signal below ``handle``:
@@ -226,17 +343,26 @@ if cocotb is not None:
         folder = Path(case["folder"])
         host = await power_up(dut, case)
         buffers = case["buffers"]
+        runs = case["runs"]
+        guard = Guard(host.ram.mem)
+        if case["guard"]:
+            most = max(run["count"] for run in runs)
+            program_bytes = max((folder / run["program"]).stat().st_size for run in runs)
+            sizes = {"program": program_bytes, "weights": case["weights_bytes"],
+                     "input": most * case["input_pitch"], "output": most * case["output_pitch"],
+                     "scratch": case["scratch_bytes"]}
+            guard.fill([(buffers[name], buffers[name] + size) for name, size in sizes.items()])
         host.ram.write(buffers["weights"], (folder / "weights.bin").read_bytes())
-        for name, address in buffers.items():
-            await host.write(name, address)
-        await host.write("gie", 1)
-        await host.write("ier", 1)
+        await host.arguments()
         summary = []
-        for k, run in enumerate(case["runs"]):
+        for k, run in enumerate(runs):
             for n in range(run["count"]):
                 host.ram.write(buffers["input"] + n * case["input_pitch"],
                                (folder / f"run{k}-image{n}.bin").read_bytes())
             host.ram.write(buffers["program"], (folder / run["program"]).read_bytes())
+            host.slow(run["memory_pauses"], run["seed"], run["probability"], run["stalls"])
+            if case["guard"]:
+                guard.snapshot()
             host.ram.faults = [tuple(f) for f in run["faults"]]
             host.bytes_read = 0
             await host.write("task", run["task"])
@@ -245,25 +371,43 @@ if cocotb is not None:
             if run["restart"]:
                 await ClockCycles(dut.ap_clk, 50)
                 await host.write("ap_ctrl", 1)
-            try:
-                if not int(dut.interrupt.value):   # it may already be up (a short run)
-                    await with_timeout(RisingEdge(dut.interrupt), case["timeout_us"], "us")
-            except cocotb.triggers.SimTimeoutError:
-                (out / "hang.txt").write_text("\n".join(handshakes(dut)))
-                raise AssertionError(f"run {k}: no interrupt after {case['timeout_us']} us; "
-                                     f"the handshakes then: {out / 'hang.txt'}") from None
+            during = {}
+            if run["reset"]:
+                await ClockCycles(dut.ap_clk, run["reset"])
+                # Where the run was when the reset came (ap_ctrl's ap_done is lost with it).
+                ctrl, status = await host.read("ap_ctrl"), await host.read("status")
+                during = {"reset_idle": host.field("ap_ctrl", "ap_idle", ctrl),
+                          "reset_instruction": host.field("status", "instruction", status)}
+                await reset(dut)
+                await host.arguments()
+            else:
+                try:
+                    if not int(dut.interrupt.value):   # it may already be up (a short run)
+                        await with_timeout(RisingEdge(dut.interrupt), run["timeout_us"], "us")
+                except cocotb.triggers.SimTimeoutError:
+                    (out / "hang.txt").write_text("\n".join(handshakes(dut)))
+                    raise AssertionError(f"run {k}: no interrupt after {run['timeout_us']} us; "
+                                         f"the handshakes then: {out / 'hang.txt'}") from None
             host.ram.faults = []
             await host.write("isr", await host.read("isr"))   # toggle-on-write: clears it
             ctrl = await host.read("ap_ctrl")
             status, error = await host.read("status"), await host.read("error")
             row = {"task": run["task"], "images": run["count"],
                    "done": host.field("ap_ctrl", "ap_done", ctrl),
+                   "idle": host.field("ap_ctrl", "ap_idle", ctrl),
                    "error": host.field("error", "code", error),
                    "start_while_busy": host.field("error", "start_while_busy", error),
                    "instruction": host.field("status", "instruction", status),
                    "image": host.field("status", "image", status),
                    "cycles": await host.read("cycles"), "bytes_read": host.bytes_read,
-                   "busy": {unit: await host.read(f"busy_{unit}") for unit in REGMAP.units}}
+                   "busy": {unit: await host.read(f"busy_{unit}") for unit in REGMAP.units},
+                   **during}
+            if case["guard"]:
+                writable = [(buffers["output"],
+                             buffers["output"] + run["count"] * case["output_pitch"]),
+                            (buffers["scratch"], buffers["scratch"] + case["scratch_bytes"])]
+                changed = guard.changed(writable)
+                row.update(outside=len(changed), outside_at=changed[:8])
             summary.append(row)
             for n in range(run["count"]):
                 (out / f"run{k}-output{n}.bin").write_bytes(host.ram.read(

@@ -241,23 +241,26 @@ def _formal_rows():
         data = json.loads(path.read_text())
     except (OSError, ValueError) as error:
         raise ConfigError(f"Cannot read the formal summary {path}: {error}") from None
-    props = ([dict(v, name=k) for k, v in data.items()] if isinstance(data, dict) else data)
-    if not isinstance(props, list) or not all(isinstance(p, dict) for p in props):
-        raise ConfigError(f"The formal summary {path} is not a list of properties")
-    results = {}
-    for p in props:
-        results.setdefault(str(p.get("result", "?")), []).append(p)
-    proven = [p for p in props if str(p.get("result")).lower() in ("proven", "pass", "passed")]
-    depths = sorted({int(p["depth"]) for p in props if isinstance(p.get("depth"), int)})
-    detail = ", ".join(f"{len(v)} {k}" for k, v in sorted(results.items()))
-    if depths:
-        detail += f"; depth {depths[0]}" + (f"..{depths[-1]}" if len(depths) > 1 else "")
-    bad = [p for p in props if str(p.get("result")).lower() in ("fail", "failed", "error")]
+    # The format of moevit.hw.formal.run: one row per check, ``kind`` "prove"
+    # (k-induction) or "bmc" (bounded at ``depth``), ``ok`` when the result is the
+    # expected one (a mutant is expected to FAIL).
+    if not isinstance(data, list) or not all(isinstance(p, dict) and "ok" in p for p in data):
+        raise ConfigError(f"The formal summary {path} is not a list of checks")
+    checks = [p for p in data if p.get("expect") != "FAIL"]
+    mutants = [p for p in data if p.get("expect") == "FAIL"]
+    proven = [p for p in checks if p["ok"] and p.get("kind") == "prove"]
+    bounded = [p for p in checks if p["ok"] and p.get("kind") == "bmc"]
+    depths = sorted(int(p["depth"]) for p in bounded if isinstance(p.get("depth"), int))
+    detail = (f"{len(proven)} proven (k-induction), {len(bounded)} bounded"
+              + (f" at depth {depths[0]}" + (f"..{depths[-1]}" if depths[-1] != depths[0] else "")
+                 if depths else "")
+              + f", {sum(p['ok'] for p in mutants)} of {len(mutants)} mutants caught")
+    bad = [p for p in data if not p["ok"]]
     when = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat(
         timespec="seconds")
-    return [{"suite": "formal", "what": KINDS["formal"][2], "passed": len(proven),
-             "total": len(props), "status": "failed" if bad else "passed", "when": when,
-             "seconds": round(sum(float(p.get("seconds") or 0) for p in props), 1),
+    return [{"suite": "formal", "what": KINDS["formal"][2], "passed": len(proven) + len(bounded),
+             "total": len(checks), "status": "failed" if bad else "passed", "when": when,
+             "seconds": round(sum(float(p.get("seconds") or 0) for p in data), 1),
              "detail": detail}]
 
 

@@ -62,14 +62,22 @@ def test_record_writes_counts_and_failure(results):
 
 def test_formal_summary_is_read(results):
     (results / "formal").mkdir()
-    (results / "formal" / "summary.json").write_text(json.dumps([
-        {"name": "stream_stable", "unit": "linear", "kind": "prove", "depth": 20,
-         "result": "proven", "seconds": 3.5},
-        {"name": "no_deadlock", "unit": "sequencer", "kind": "bmc", "depth": 40,
-         "result": "bounded", "seconds": 10}]))
+    (results / "formal" / "summary.json").write_text(json.dumps([     # make formal's rows
+        {"name": "repack.bytes", "unit": "Repack", "kind": "prove", "depth": 4,
+         "result": "PASS", "expect": "PASS", "ok": True, "seconds": 3.5},
+        {"name": "sequencer.progress", "unit": "Sequencer", "kind": "bmc", "depth": 13,
+         "result": "PASS", "expect": "PASS", "ok": True, "seconds": 10},
+        {"name": "mutant.x", "unit": "Gelu", "kind": "bmc", "depth": 6,
+         "result": "FAIL", "expect": "FAIL", "ok": True, "seconds": 1}]))
     row = reliability.reliability_rows()[0]
-    assert (row["passed"], row["total"], row["status"]) == (1, 2, "passed")
-    assert row["detail"] == "1 bounded, 1 proven; depth 20..40" and row["seconds"] == 13.5
+    assert (row["passed"], row["total"], row["status"]) == (2, 2, "passed")
+    assert row["detail"] == ("1 proven (k-induction), 1 bounded at depth 13, "
+                             "1 of 1 mutants caught") and row["seconds"] == 14.5
+    # A mutant not caught is a failure of the checks.
+    (results / "formal" / "summary.json").write_text(json.dumps([
+        {"name": "mutant.x", "kind": "bmc", "depth": 6, "result": "PASS", "expect": "FAIL",
+         "ok": False, "seconds": 1}]))
+    assert reliability.reliability_rows()[0]["status"] == "failed"
 
 
 def test_bench_reliability_table_json_and_markdown(results, capsys):

@@ -9,7 +9,7 @@ import pytest
 
 from moevit.hw.config import DEFAULT_HW
 from moevit.hw.program.isa import TASK_ENTRY_BYTES
-from moevit.hw.program.program import HEADER_WORDS
+from moevit.hw.program.program import HEADER_FIELDS, HEADER_WORDS
 from moevit.hw.top.sequencer import TABLE_OPCODES, Sequencer, code
 
 BASE = 0x10000          # where the test places the program and the weights (physical)
@@ -163,3 +163,11 @@ def test_stops_with_its_code(tiny):
     other[at] ^= 1
     issued, error, _ = _run(tiny, other, task=0, images=1)
     assert (issued, error) == ([], code("program"))
+    # A body length its instructions cannot take (found by fuzzing the whole top: a
+    # 2 GB body request held the read mover after the stop, and the next run hung).
+    for field, value in (("body_words", 0x1E1E5B2B), ("instructions", 1 << 16)):
+        huge = _memory(tiny)
+        at = BASE + tiny.layout["program"].offset + 4 * HEADER_FIELDS.index(field)
+        huge[at:at + 4] = np.frombuffer(np.uint32(value).tobytes(), np.uint8)
+        issued, error, _ = _run(tiny, huge, task=0, images=1)
+        assert (issued, error) == ([], code("program")), field

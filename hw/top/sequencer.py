@@ -2,8 +2,8 @@
 
 On ``start`` it reads the program's header (:mod:`moevit.hw.program.program`)
 at ``args.program`` and checks it against this hardware: magic, format
-version, header length, HwConfig fingerprint and bus width (else error
-``program``), and the task register against the program's task count (else
+version, header length, HwConfig fingerprint, bus width, and a body no longer
+than its instructions can take (else error ``program``), and the task register against the program's task count (else
 ``task``). Then, for each image of the run, it streams the body in one
 request and assembles each instruction's words (the opcode in the low byte of
 the first word gives the count: :data:`~moevit.hw.program.isa.OPCODES`; an
@@ -45,7 +45,8 @@ from moevit.hw.top.ports import ReadPort
 __all__ = ["Sequencer", "issue_layout", "INSTRUCTION_BITS", "code"]
 
 #: Bits of the longest instruction.
-INSTRUCTION_BITS = 32 * max(cls.words() for cls in OPCODES.values())
+MAX_INSTRUCTION_WORDS = max(cls.words() for cls in OPCODES.values())
+INSTRUCTION_BITS = 32 * MAX_INSTRUCTION_WORDS
 #: Instructions that read their task's table entry (its field ``table_addr``).
 TABLE_OPCODES = (TaskLinearDescriptor.OPCODE, RouteDescriptor.OPCODE)
 
@@ -178,7 +179,12 @@ class Sequencer(wiring.Component):
                      & (field["header_words"] == HEADER_WORDS)
                      & (field["hw_hash_lo"] == (digest & 0xFFFFFFFF))
                      & (field["hw_hash_hi"] == (digest >> 32))
-                     & (field["bus_bits"] == hw.bus_width))
+                     & (field["bus_bits"] == hw.bus_width)
+                     # The body is fetched in one request that a stop lets finish: its length
+                     # is bounded by what its instructions can take (status counts them in
+                     # 16 bits), so a corrupt header cannot hold the read mover for hours.
+                     & (field["instructions"] < 1 << 16)
+                     & (field["body_words"] <= field["instructions"] * MAX_INSTRUCTION_WORDS))
 
         # The words an opcode takes; 0 for an unknown one.
         known_length = Signal.like(length)

@@ -48,13 +48,18 @@ def random_op(hw, rng, tokens, in_features, out_features, *, gelu=False, residua
 
 def random_hw(rng, name="random") -> HwConfig:
     """A small design point: any array shape, post lanes, buffer and FIFO depths
-    the generator accepts (small, so that a build and its runs take seconds)."""
+    the generator accepts (small, so that a build and its runs take seconds), and
+    one or two MACs per DSP48E2 (two when ``cols`` is even, half the time)."""
     post_lanes = int(rng.choice([1, 2, 4, 8]))
     cols = post_lanes * int(rng.choice([1, 2, 3]))
     rows = int(rng.integers(1, 9))
+    max_tokens = rows * int(rng.integers(1, 6))
+    max_in = int(rng.integers(1, 65))
+    out_depth = int(rng.integers(3, 9))
+    packing = 2 if cols % 2 == 0 and rng.random() < 0.5 else 1
     return HwConfig(name=name, rows=rows, cols=cols, post_lanes=post_lanes,
-                    max_tokens=rows * int(rng.integers(1, 6)),
-                    max_in=int(rng.integers(1, 65)), out_depth=int(rng.integers(3, 9)))
+                    max_tokens=max_tokens, max_in=max_in, out_depth=out_depth,
+                    dsp_packing=packing)
 
 
 def random_shape(hw, rng, *, max_tiles=4, max_out_tiles=3):

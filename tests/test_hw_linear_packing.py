@@ -4,15 +4,20 @@ over every (activation, weight) pair in both positions, and the rule on ``cols``
 
 The kernel with packing against the golden model is in the cocotb suites
 (``test_sim_linear.py``, ``test_sim_linear_random.py``, ``test_sim_engines_linear.py``);
-its DSP48E2 count in ``test_hw_estimate.py``."""
+its DSP48E2 count by Yosys here (slow)."""
+
+import json
 
 import numpy as np
 import pytest
 from amaranth.hdl import Elaboratable, Module, Signal, signed
 from amaranth.sim import Simulator
 
+from moevit.cli import main
 from moevit.errors import ConfigError
-from moevit.hw.config import HwConfig
+from moevit.hw.config import DEFAULT_HW, HwConfig
+from moevit.hw.estimate import estimate_verilog
+from moevit.hw.generate import verilog_file
 from moevit.hw.units.linear import PAIR_SHIFT, PAIR_WIDTH, PairMultiplier, pack_pair
 
 INT8 = np.arange(-128, 128)
@@ -57,14 +62,13 @@ def _products(w_lo, w_hi):
     return lo, hi
 
 
-@pytest.mark.parametrize("mix", [37, 91], ids=["mix37", "mix91"])
-def test_every_pair_in_both_positions(mix):
+def test_every_pair_in_both_positions():
     """Every (a, w) pair of int8 values in the low position and in the high one (65,536
     each, ``-128 * -128`` included), the other weight of the pair a permutation of the
-    int8 values (each ``mix`` gives other neighbours, so the low product's sign meets
-    high products of both signs): both products exact, the low one's borrow corrected."""
+    int8 values (so the low product's sign meets high products of both signs): both
+    products exact, the low one's borrow corrected."""
     w_lo = INT8
-    w_hi = (INT8 * mix + 11) % 256 - 128          # a bijection of the int8 values
+    w_hi = (INT8 * 37 + 11) % 256 - 128          # a bijection of the int8 values
     assert sorted(w_hi) == list(INT8)
     lo, hi = _products(w_lo, w_hi)
     np.testing.assert_array_equal(lo, np.multiply.outer(INT8, w_lo))
@@ -87,3 +91,36 @@ def test_packing_needs_even_columns():
     with pytest.raises(ConfigError, match=r"^DSP packing must be 1 or 2 int8 MACs per DSP48E2, "
                                           r"not 4$"):
         HwConfig(dsp_packing=4)
+
+
+def test_generate_takes_packing(tmp_path, capsys):
+    """``hw generate --packing 2``: the instance's HwConfig with two MACs per DSP48E2 beside
+    the Verilog, whose array multiplies 8 x 27 bits, one multiply per pair and row."""
+    assert main(["hw", "generate", "--config", "tiny", "--unit", "linear", "--packing", "2",
+                 "-o", str(tmp_path)]) == 0
+    hw = DEFAULT_HW["tiny"]
+    assert json.loads((tmp_path / "hw.json").read_text()) == hw.replace(dsp_packing=2).to_dict()
+    text = (tmp_path / "moevit_linear.v").read_text()
+    # One module per PairMultiplier, each with its one multiply.
+    assert text.count("$signed(a) * $signed(w)") == hw.macs // 2
+    assert str(tmp_path / "moevit_linear.v") in capsys.readouterr().out
+
+
+#: DSP48E2 of one post-processing lane (tests/test_hw_estimate.py): requantize 2, GELU
+#: t*t and q*f 1 each, GELU requantize 2, residual 2.
+POST_LANE_DSP = 8
+
+
+@pytest.mark.slow
+def test_yosys_maps_a_pair_of_macs_to_one_dsp48e2(tmp_path):
+    """Yosys synth_xilinx on the 4 x 16 array: 64 DSP48E2 for the 64 MAC units, 32 with
+    packing (one per pair), and the post-processing's own; printed side by side."""
+    hw = HwConfig(rows=4, cols=16, post_lanes=4, max_tokens=8, max_in=32, out_depth=4)
+    counts = {}
+    for packing in (1, 2):
+        point = hw.replace(dsp_packing=packing)
+        counts[packing] = estimate_verilog(
+            "linear", verilog_file("linear", point), "moevit_linear", tmp_path / f"p{packing}")
+        print(f"4x16, packing {packing}: DSP48E2 {counts[packing].dsp}, "
+              f"LUT {counts[packing].lut}, FF {counts[packing].ff}")
+        assert counts[packing].dsp == hw.macs // packing + POST_LANE_DSP * hw.post_lanes

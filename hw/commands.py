@@ -17,6 +17,7 @@ def register(subparsers):
                           help="output folder (default: build/rtl/CONFIG)")
     generate.add_argument("--unit", action="append", default=None,
                           help="only this unit (repeatable)")
+    _add_packing(generate)
     generate.set_defaults(handler=_generate)
 
     estimate = commands.add_parser(
@@ -26,6 +27,7 @@ def register(subparsers):
                           help="only this unit (repeatable)")
     estimate.add_argument("--json", action="store_true", help="one JSON list of rows")
     estimate.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_packing(estimate)
     estimate.set_defaults(handler=_estimate)
 
     compile_ = commands.add_parser(
@@ -122,6 +124,24 @@ def register_dse(subparsers):
     report.set_defaults(handler=_report_page)
 
 
+def _add_packing(parser):
+    parser.add_argument("--packing", type=int, choices=(1, 2), default=None,
+                        help="int8 MACs per DSP48E2 in the linear array, replacing the "
+                             "instance's dsp_packing (2: neighbouring output columns share "
+                             "one multiplier, AMD WP486)")
+
+
+def _hw_and_name(args):
+    """The config's hardware instance, with ``--packing`` applied, and the name of its
+    default output folder (``CONFIG``, or ``CONFIG-packing2`` when it was replaced)."""
+    from moevit.hw.config import get_hw_config
+
+    hw = get_hw_config(args.config)
+    if args.packing is None or args.packing == hw.dsp_packing:
+        return hw, args.config
+    return hw.replace(dsp_packing=args.packing), f"{args.config}-packing{args.packing}"
+
+
 def register_bench(benches):
     _add_bench(benches, "linear", "linear kernel", "only the tiny shapes (skip the ViT-S layer)",
                _bench_linear)
@@ -158,12 +178,11 @@ def _add_bench(benches, name, what, quick_help, handler):
 
 
 def _generate(args):
-    from moevit.hw.config import get_hw_config
     from moevit.hw.generate import generate
     from moevit.paths import build_dir, output_folder
 
-    hw = get_hw_config(args.config)
-    folder = output_folder(args.output, "Verilog folder") if args.output else build_dir("rtl", args.config)
+    hw, name = _hw_and_name(args)
+    folder = output_folder(args.output, "Verilog folder") if args.output else build_dir("rtl", name)
     for path in generate(hw, folder, args.unit):
         print(path)
 
@@ -174,13 +193,12 @@ def _estimate(args):
     from tqdm import tqdm
 
     from moevit.hw.bench import print_rows
-    from moevit.hw.config import get_hw_config
     from moevit.hw.estimate import CAVEAT, estimate_verilog
     from moevit.hw.generate import UNITS, module_name, verilog_file
     from moevit.paths import build_dir
 
-    hw = get_hw_config(args.config)
-    folder = build_dir("estimate", args.config)
+    hw, name = _hw_and_name(args)
+    folder = build_dir("estimate", name)
     # The Verilog of every unit first (seconds; an unknown unit fails here), then Yosys:
     # minutes per unit, so a bar names the one running.
     sources = {unit: verilog_file(unit, hw, folder) for unit in args.unit or UNITS}
@@ -192,7 +210,8 @@ def _estimate(args):
     if args.json:
         print(json.dumps(rows))
         return
-    print(f"config {args.config}: {hw.rows}x{hw.cols} MAC array ({hw.macs} MAC units)")
+    print(f"config {args.config}: {hw.rows}x{hw.cols} MAC array ({hw.macs} MAC units, "
+          f"{hw.dsp_packing} per DSP48E2: {hw.macs // hw.dsp_packing} DSP48E2 in the array)")
     print_rows(rows, [("unit", "unit", "<12", ""), ("DSP48E2", "dsp", ">9", ""),
                       ("LUT", "lut", ">9", ""), ("FF", "ff", ">9", ""),
                       ("BRAM36", "bram", ">9", "g"), ("URAM", "uram", ">7", "")])

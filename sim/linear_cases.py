@@ -21,11 +21,19 @@ from moevit.sim.streams import PAUSE_KINDS
 
 __all__ = ["random_op", "random_hw", "random_shape", "random_run", "check_outputs", "check_runs"]
 
-def random_op(hw, rng, tokens, in_features, out_features, *, gelu=False, residual=False):
-    """A random operation whose outputs spread over the int8 range (some saturate)."""
-    x = rng.integers(-128, 128, (tokens, in_features), dtype=np.int8)
+def random_op(hw, rng, tokens, in_features, out_features, *, gelu=False, residual=False,
+              x_max=128):
+    """A random operation whose outputs spread over the int8 range (some saturate).
+
+    ``x_max`` narrows the activations to ``-x_max .. x_max - 1`` (the weights keep the
+    whole int8 range) and the requantization with them, so that one output step is a
+    few units of the accumulator: an error of a few units (a MAC's lost borrow) then
+    moves most outputs, where at the full range it moves a few in a hundred.
+    """
+    x = rng.integers(-x_max, x_max, (tokens, in_features), dtype=np.int8)
     weight = rng.integers(-128, 128, (out_features, in_features), dtype=np.int8)
-    spread = 74.0 * 74.0 * np.sqrt(in_features)  # the accumulator's standard deviation
+    # The accumulator's standard deviation (74: of a uniform int8).
+    spread = 74.0 * 74.0 * np.sqrt(in_features) * x_max / 128
     bias = rng.integers(-int(spread), int(spread) + 1, out_features).astype(np.int32)
     mult, shift = intops.quantize_multiplier(40.0 / spread * rng.uniform(0.5, 2.0, out_features))
     # The extremes of the contract's ranges on a few channels.
@@ -48,13 +56,18 @@ def random_op(hw, rng, tokens, in_features, out_features, *, gelu=False, residua
 
 def random_hw(rng, name="random") -> HwConfig:
     """A small design point: any array shape, post lanes, buffer and FIFO depths
-    the generator accepts (small, so that a build and its runs take seconds)."""
+    the generator accepts (small, so that a build and its runs take seconds), and
+    one or two MACs per DSP48E2 (two when ``cols`` is even, half the time)."""
     post_lanes = int(rng.choice([1, 2, 4, 8]))
     cols = post_lanes * int(rng.choice([1, 2, 3]))
     rows = int(rng.integers(1, 9))
+    max_tokens = rows * int(rng.integers(1, 6))
+    max_in = int(rng.integers(1, 65))
+    out_depth = int(rng.integers(3, 9))
+    packing = 2 if cols % 2 == 0 and rng.random() < 0.5 else 1
     return HwConfig(name=name, rows=rows, cols=cols, post_lanes=post_lanes,
-                    max_tokens=rows * int(rng.integers(1, 6)),
-                    max_in=int(rng.integers(1, 65)), out_depth=int(rng.integers(3, 9)))
+                    max_tokens=max_tokens, max_in=max_in, out_depth=out_depth,
+                    dsp_packing=packing)
 
 
 def random_shape(hw, rng, *, max_tiles=4, max_out_tiles=3):
@@ -71,10 +84,12 @@ def random_shape(hw, rng, *, max_tiles=4, max_out_tiles=3):
 
 
 def random_run(hw, rng, *, ops=(1, 4), shape=random_shape, pauses=True) -> dict:
-    """A run: 1..4 random operations (GELU and residual on or off) with random
-    pause kinds and probabilities (``pauses=False``: none) and a seed."""
+    """A run: 1..4 random operations (GELU and residual on or off, a third of them
+    on narrow activations) with random pause kinds and probabilities
+    (``pauses=False``: none) and a seed."""
     sequence = [random_op(hw, rng, *shape(hw, rng), gelu=bool(rng.integers(2)),
-                          residual=bool(rng.integers(2)))
+                          residual=bool(rng.integers(2)),
+                          x_max=int(rng.choice([128, 128, 4])))
                 for _ in range(int(rng.integers(ops[0], ops[1] + 1)))]
     run = dict(ops=sequence, seed=int(rng.integers(2**31)))
     if pauses:

@@ -249,6 +249,8 @@ ROWS = [
     ("export-onnx-task-out-of-range", "export-onnx --task 7 -o {tmp}/m.onnx",
      r"Model 'tiny' has no task 7; task ids are 0\.\.1"),
     ("hw-estimate-unknown-unit", "hw estimate --unit adder", r"Unknown hardware unit 'adder'; units are \[.*\]"),
+    ("hw-generate-packing-3", "hw generate --packing 3",
+     r"argument --packing: invalid choice: 3 \(choose from 1, 2\)"),
     ("missing-checkpoint", "eval --checkpoint {tmp}/nowhere.pt", r"Checkpoint \S+/nowhere\.pt does not exist"),
     # Data -------------------------------------------------------------------
     ("float-pixels-in-0-255", "eval --checkpoint {ckpt} --data cityscapes --data-root {city_255} --quiet "

@@ -190,7 +190,7 @@ def run_jobs(hw, memory, jobs, *, test_id, seed, want=None, simulator=None, paus
 
 # The tiny program ---------------------------------------------------------------------------
 @functools.lru_cache(maxsize=None)
-def _tiny():
+def _tiny(packing=1):
     """The tiny program, the memory image after its run on task 0, its linear jobs
     (LINEAR, and TASK_LINEAR resolved for task 0) and per EXPERT that some token chose,
     the instruction and its two jobs (fc1 on the gathered rows, fc2 scattered to the
@@ -201,7 +201,7 @@ def _tiny():
     from moevit.sim.units import tiny_quantized
 
     qmodel, image = tiny_quantized(trained=False)
-    hw = DEFAULT_HW["tiny"]
+    hw = DEFAULT_HW["tiny"].replace(dsp_packing=packing)
     program = compile_program(qmodel, hw)
     final, _ = run_image(program, quantize_image(image, qmodel.scale("input")), 0)
     linears, experts = [], []
@@ -230,12 +230,12 @@ ENGINE_TAIL = 16
 
 
 def _tiny_run(linears, experts, *, test_id, simulator=None, pauses="random", shared=False,
-              extra=()):
+              extra=(), packing=1):
     """The linear jobs and the experts' jobs from the final image with every byte they
     write made random (so each must be written), then ``extra`` jobs;
     expected: the interpreter's LINEAR and EXPERT instructions themselves."""
     seed = replay_seed()
-    hw, _, final, _, _ = _tiny()
+    hw, _, final, _, _ = _tiny(packing)
     rng = np.random.default_rng(seed)
     memory = final.copy()
     jobs = linears + [job for _, pair in experts for job in pair]
@@ -280,14 +280,15 @@ def test_tiny_jobs_fast():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("pauses, shared", [("none", False), ("random", True)])
-def test_tiny_jobs_all(pauses, shared):
+@pytest.mark.parametrize("packing", [1, 2])
+def test_tiny_jobs_all(pauses, shared, packing):
     """Every LINEAR and TASK_LINEAR of the tiny program, then every expert's two jobs
-    (both MoE layers), back to back (Verilator): without pauses and a port per channel,
-    the cycles to compare with the kernel's cost model; with random pauses, the read
-    channels on one port."""
-    _, _, _, linears, experts = _tiny()
-    _tiny_run(linears, experts, test_id=f"engine-linear-tiny-all-{pauses}",
-              simulator="verilator", pauses=pauses, shared=shared)
+    (both MoE layers), back to back (Verilator), with one and with two MACs per DSP48E2:
+    without pauses and a port per channel, the cycles to compare with the kernel's cost
+    model; with random pauses, the read channels on one port."""
+    _, _, _, linears, experts = _tiny(packing)
+    _tiny_run(linears, experts, test_id=f"engine-linear-tiny-all-{pauses}-packing{packing}",
+              simulator="verilator", pauses=pauses, shared=shared, packing=packing)
 
 
 def test_expected_job_is_the_interpreters_expert():
@@ -332,7 +333,7 @@ def test_bus_word_rule():
 def random_engine_hw(rng, *, large=False) -> HwConfig:
     """A design point the engine takes: a bus of 4..64 bytes, ``cols`` a multiple of it,
     post lanes dividing ``cols``, ``rows`` so that the array stays small, random buffer
-    depths and outstanding bursts."""
+    depths and outstanding bursts, one or two MACs per DSP48E2."""
     nbytes = int(rng.choice([4, 8, 16, 32, 64] if large else [4, 8, 16]))
     cols = nbytes * int(rng.integers(1, 4 if nbytes <= 8 else 3))
     post_lanes = int(rng.choice([p for p in (1, 2, 4, 8) if cols % p == 0]))
@@ -341,7 +342,8 @@ def random_engine_hw(rng, *, large=False) -> HwConfig:
                     max_tokens=rows * int(rng.integers(1, 7)),
                     max_in=nbytes * int(rng.integers(1, max(2, 96 // nbytes) + 1)),
                     out_depth=int(rng.integers(3, 9)), bus_width=8 * nbytes,
-                    max_outstanding=int(rng.integers(1, 5)))
+                    max_outstanding=int(rng.integers(1, 5)),
+                    dsp_packing=int(rng.integers(1, 3)))
 
 
 class _Image:
@@ -413,12 +415,15 @@ def random_jobs(hw, rng, count):
     return image.memory(), jobs
 
 
-def _random_run(seed, *, count, large, shared, simulator=None):
+def _random_run(seed, *, count, large, shared, simulator=None, packing=None):
     rng = np.random.default_rng(seed)
     hw = random_engine_hw(rng, large=large)
+    if packing is not None:
+        hw = hw.replace(dsp_packing=packing)
     print(f"design point: rows={hw.rows} cols={hw.cols} post_lanes={hw.post_lanes} "
           f"max_tokens={hw.max_tokens} max_in={hw.max_in} out_depth={hw.out_depth} "
-          f"bus_width={hw.bus_width} max_outstanding={hw.max_outstanding}")
+          f"bus_width={hw.bus_width} max_outstanding={hw.max_outstanding} "
+          f"dsp_packing={hw.dsp_packing}")
     memory, jobs = random_jobs(hw, rng, count)
     pauses = str(rng.choice(["none", "fixed", "random"])) if large else "random"
     run_jobs(hw, memory, jobs, test_id=f"engine-linear-random-{seed}", seed=seed,
@@ -426,9 +431,9 @@ def _random_run(seed, *, count, large, shared, simulator=None):
 
 
 def test_random_jobs_fast():
-    """One small random design point, three random jobs back to back, the read channels
-    on one port (Icarus)."""
-    _random_run(replay_seed(), count=3, large=False, shared=True)
+    """One small random design point with two MACs per DSP48E2 (the tiny jobs have one),
+    three random jobs back to back, the read channels on one port (Icarus)."""
+    _random_run(replay_seed(), count=3, large=False, shared=True, packing=2)
 
 
 @pytest.mark.slow

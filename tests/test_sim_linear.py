@@ -5,11 +5,13 @@ not multiples of the tile sizes, back to back, with random/fixed gaps on the
 inputs and back-pressure on the output, fused GELU and residual add, a
 reduction shorter than the array's drain (stalls), the cycle count against
 the cost model, another array shape at its buffer limits, and the regression
-of the back-to-back bug on the ``m3vit-s`` array (issue 11). The randomized
-suite is ``test_sim_linear_random.py``. Slow (``make
+of the back-to-back bug on the ``m3vit-s`` array (issue 11), and the fast
+cases again with two MACs per DSP48E2 (``dsp_packing = 2``, one simulation).
+The randomized suite is ``test_sim_linear_random.py``. Slow (``make
 sim``): every linear layer of a trained, quantized ``tiny`` model (and its
 residual adds fused into the projections before them), twelve
-random shapes up to the buffer limits, and the fast cases on Verilator.
+random shapes up to the buffer limits, and the fast cases on Verilator, each
+with one and with two MACs per DSP48E2.
 """
 
 import numpy as np
@@ -36,21 +38,26 @@ def run_ops(hw, ops, test_id, *, gaps="none", stall="none", seed=0, simulator=No
 
 # The fast cases: small, ragged, with every stream pattern.
 RANDOM_CASES = {
-    # id: (ops as (tokens, in, out, gelu, residual), gaps, stall)
-    "ragged-back-to-back-random": ([(13, 37, 41, 0, 0), (6, 23, 17, 0, 0)], "random", "random"),
+    # id: (ops as (tokens, in, out, gelu, residual[, x_max]), gaps, stall); x_max: narrow
+    # activations, where an accumulator a few units off moves most outputs (random_op).
+    "ragged-back-to-back-random": ([(13, 37, 41, 0, 0), (6, 23, 17, 0, 0), (7, 45, 30, 0, 0, 4)],
+                                   "random", "random"),
     "gelu-residual-fixed": ([(9, 20, 35, 1, 1)], "fixed", "fixed"),
     "short-reduction-stalls": ([(11, 3, 20, 0, 1), (5, 1, 16, 1, 0)], "none", "random"),
     # No pauses: the cycles must match the cost model (LinearDescriptor.sequence_cycles).
-    "cost-model-no-pauses": ([(21, 40, 50, 0, 0), (8, 6, 33, 1, 1)], "none", "none"),
+    "cost-model-no-pauses": ([(21, 40, 50, 0, 0), (8, 6, 33, 1, 1), (5, 29, 20, 1, 0, 4)],
+                             "none", "none"),
 }
 
 
-def random_case(case_id):
-    """``(hw, ops, gaps, stall)`` of one of the ``RANDOM_CASES``, seeded by its id."""
-    hw = DEFAULT_HW["tiny"]
+def random_case(case_id, packing=1):
+    """``(hw, ops, gaps, stall)`` of one of the ``RANDOM_CASES``, seeded by its id, on the
+    tiny array with ``packing`` MACs per DSP48E2."""
+    hw = DEFAULT_HW["tiny"].replace(dsp_packing=packing)
     shapes, gaps, stall = RANDOM_CASES[case_id]
     rng = np.random.default_rng(sum(map(ord, case_id)))
-    ops = [random_op(hw, rng, t, i, o, gelu=g, residual=r) for t, i, o, g, r in shapes]
+    ops = [random_op(hw, rng, t, i, o, gelu=g, residual=r, x_max=(*narrow, 128)[0])
+           for t, i, o, g, r, *narrow in shapes]
     return hw, ops, gaps, stall
 
 
@@ -60,12 +67,26 @@ def test_random_shapes(case_id):
     run_ops(hw, ops, f"linear-{case_id}", gaps=gaps, stall=stall, seed=len(case_id))
 
 
+def run_cases(packing, test_id, simulator=None):
+    """Every one of the ``RANDOM_CASES`` as a run of one simulation (one build)."""
+    simulator = simulator or default_simulator()
+    cases = [random_case(case_id, packing) for case_id in RANDOM_CASES]
+    runs = [dict(ops=ops, gaps=gaps, stall=stall, seed=len(case_id))
+            for case_id, (_, ops, gaps, stall) in zip(RANDOM_CASES, cases)]
+    hw = cases[0][0]
+    results, _ = run_linear(hw, runs, test_id=f"{test_id}-{simulator}", simulator=simulator)
+    assert check_runs(runs, results, test_id) == 1  # the cost-model case, timed
+
+
+def test_random_shapes_packed():
+    """The same cases, operands and pauses with two MACs per DSP48E2 (one simulation)."""
+    run_cases(2, "linear-cases-packed")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("case_id", list(RANDOM_CASES), ids=list(RANDOM_CASES))
-def test_random_shapes_verilator(case_id):
-    hw, ops, gaps, stall = random_case(case_id)
-    run_ops(hw, ops, f"linear-{case_id}", gaps=gaps, stall=stall, seed=len(case_id),
-            simulator="verilator")
+@pytest.mark.parametrize("packing", [1, 2])
+def test_random_shapes_verilator(packing):
+    run_cases(packing, f"linear-cases-packing{packing}", simulator="verilator")
 
 
 def test_another_array_shape_at_its_buffer_limits():
@@ -105,15 +126,17 @@ def test_cost_model_where_channel_loads_and_short_tiles_dominate():
 
 
 @pytest.mark.slow
-def test_many_random_shapes():
+@pytest.mark.parametrize("packing", [1, 2])
+def test_many_random_shapes(packing):
     """Twelve seeded random shapes back to back, up to the tiny buffers' limits."""
-    hw = DEFAULT_HW["tiny"]
+    hw = DEFAULT_HW["tiny"].replace(dsp_packing=packing)
     rng = np.random.default_rng(2024)
     ops = [random_op(hw, rng, int(rng.integers(1, hw.max_tokens + 1)),
                      int(rng.integers(1, hw.max_in + 1)), int(rng.integers(1, 100)),
                      gelu=bool(rng.integers(2)), residual=bool(rng.integers(2)))
            for _ in range(12)]
-    run_ops(hw, ops, "linear-many-random", gaps="random", stall="random", seed=11)
+    run_ops(hw, ops, f"linear-many-random-packing{packing}", gaps="random", stall="random",
+            seed=11)
 
 
 # Every linear layer of a trained, quantized tiny model ------------------------
@@ -193,8 +216,9 @@ def tiny_model_ops(hw):
 
 
 @pytest.mark.slow
-def test_every_layer_of_the_tiny_model():
-    hw = DEFAULT_HW["tiny"]
+@pytest.mark.parametrize("packing", [1, 2])
+def test_every_layer_of_the_tiny_model(packing):
+    hw = DEFAULT_HW["tiny"].replace(dsp_packing=packing)
     ops = tiny_model_ops(hw)
     names = {op["name"] for op in ops}
     config = get_config("tiny")
@@ -211,4 +235,5 @@ def test_every_layer_of_the_tiny_model():
             want = linear_reference(op["desc"], op["x"], op["weight"], op["bias"],
                                     op["multiplier"], op["shift"], op["skip"])
             assert np.array_equal(want, op["expected"]), op["name"]
-    run_ops(hw, ops, "linear-tiny-model", gaps="random", stall="random", seed=5)
+    run_ops(hw, ops, f"linear-tiny-model-packing{packing}", gaps="random", stall="random",
+            seed=5)

@@ -1,7 +1,7 @@
 """The linear kernel against the golden model on random design points and random runs.
 
 Each design point comes from one seed: a HwConfig (array shape, post lanes,
-buffer and FIFO depths) and several runs, each a random sequence of
+buffer and FIFO depths, one or two MACs per DSP48E2) and several runs, each a random sequence of
 operations back to back (ragged shapes, GELU and residual on or off, 1..N
 tiles each way) with random gaps on every input stream (``desc`` included)
 and back-pressure on the output; every run shares the design point's one
@@ -15,7 +15,7 @@ it (their stall counters must move), and skipped bad descriptors.
 Fast (``make test``): two design points and the bad descriptors on ``tiny``.
 Slow (``make sim``, ``SIM=icarus`` or ``verilator``): ``MOEVIT_LINEAR_POINTS``
 design points (default 30) of ``MOEVIT_LINEAR_RUNS`` runs (default 8) and
-the default arrays. Replay one design point with ``MOEVIT_SEED=<seed>``
+the default arrays (``tiny`` and ``m3vit-s`` with packing too). Replay one design point with ``MOEVIT_SEED=<seed>``
 (the seed is in the test id and in every failure message).
 """
 
@@ -34,7 +34,7 @@ from moevit.sim.units import run_linear
 
 RUNS = int(os.environ.get("MOEVIT_LINEAR_RUNS", 8))
 POINTS = int(os.environ.get("MOEVIT_LINEAR_POINTS", 30))
-FAST_SEEDS = [101, 202]
+FAST_SEEDS = [101, 203]   # 6 x 6 with one MAC per DSP48E2; 8 x 6 with two
 SLOW_SEEDS = list(range(1, POINTS + 1))
 
 
@@ -108,11 +108,14 @@ def _small_shape(hw, rng):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["tiny", "edge-moe", "m3vit-s"])
-def test_default_arrays(name, tally):
-    """Random runs on a default array, then runs that must stall: the output FIFO
-    fills (its counter moves), the residual stream starves the post-processing."""
-    hw = DEFAULT_HW[name]
+@pytest.mark.parametrize("name, packing", [("tiny", 1), ("edge-moe", 1), ("m3vit-s", 1),
+                                           ("tiny", 2), ("m3vit-s", 2)],
+                         ids=["tiny", "edge-moe", "m3vit-s", "tiny-packed", "m3vit-s-packed"])
+def test_default_arrays(name, packing, tally):
+    """Random runs on a default array (and with two MACs per DSP48E2: the same runs),
+    then runs that must stall: the output FIFO fills (its counter moves), the residual
+    stream starves the post-processing."""
+    hw = DEFAULT_HW[name].replace(dsp_packing=packing)
     rng = np.random.default_rng(sum(map(ord, name)))
     runs = [random_run(hw, rng, ops=(2, 4), shape=_small_shape, pauses=False)]
     runs += [random_run(hw, rng, shape=_small_shape) for _ in range(RUNS - 1)]
@@ -123,7 +126,7 @@ def test_default_arrays(name, tally):
     runs.append(dict(ops=fill, stall="random", stall_probability=0.9, seed=1))
     starve = [random_op(hw, rng, 2 * hw.rows, 8, 2 * hw.cols, residual=True)]
     runs.append(dict(ops=starve, gaps="random", gap_probability=0.6, seed=2))
-    results = _simulate(hw, runs, f"linear-default-{name}", tally)
+    results = _simulate(hw, runs, f"linear-default-{name}-packing{packing}", tally)
     assert results[-2]["stalls"][0]["out"] > 0
     assert results[-1]["stalls"][0]["res"] > 0
 

@@ -1,11 +1,17 @@
 """The reusable linear kernel: ``y = post(requantize(x @ W.T + b, M, S))`` on streams.
 
-One array of ``rows x cols`` int8 multiply-accumulate units (one DSP48E2
-each) serves every linear layer of the model: patch embedding, QKV and output
-projections, the dense MLP, both layers of every expert and the gates. The
-shape of each operation comes at run time with a
+One array of ``rows x cols`` int8 multiply-accumulate units serves every
+linear layer of the model: patch embedding, QKV and output projections, the
+dense MLP, both layers of every expert and the gates. The shape of each
+operation comes at run time with a
 :class:`~moevit.hw.program.descriptor.LinearDescriptor`; nothing about a layer is
 built in.
+
+Each MAC unit is one DSP48E2 (``HwConfig.dsp_packing = 1``), or each pair of
+neighbouring output columns shares one per row (``dsp_packing = 2``,
+:class:`PairMultiplier`: two int8 products out of one 27 x 18 multiply, AMD
+WP486), their accumulators in fabric: half the DSP48E2, the same results and
+the same cycles.
 
 Dataflow (output-stationary, out tile outermost)::
 
@@ -78,7 +84,8 @@ from amaranth.lib.wiring import In, Out
 from moevit.hw.config import HwConfig
 from moevit.hw.program.descriptor import FAULT_WIDTH, Fault, LinearDescriptor
 
-__all__ = ["LinearKernel", "STALL_CAUSES", "stalls_layout", "chan_layout",
+__all__ = ["LinearKernel", "PairMultiplier", "pack_pair", "PAIR_SHIFT", "PAIR_WIDTH",
+           "STALL_CAUSES", "stalls_layout", "chan_layout",
            "lanes_layout", "output_layout", "linear_streams", "linear_output", "linear_reference"]
 
 
@@ -132,6 +139,60 @@ def _requant_stages(m, en, value, mult, shift, name):
             out.eq(Mux(shifted > 127, 127, Mux(shifted < -128, -128, shifted))),
         ]
     return out, 3
+
+
+# Two int8 MACs per DSP48E2 (HwConfig.dsp_packing = 2) ---------------------------------
+#: Bits between the two weights of a pair: the low product (16 bits) and two guard bits.
+PAIR_SHIFT = 18
+#: Width of a packed pair: the 27-bit side of the DSP48E2's 27 x 18 multiplier.
+PAIR_WIDTH = 27
+_PAIR_PRODUCT = 34   # |a * (w_hi * 2**18 + w_lo)| <= 2**32 + 2**14: 34 bits, signed
+
+
+def pack_pair(w_lo, w_hi):
+    """``w_hi * 2**18 + w_lo``: two int8 weights on the 27-bit side of one multiplier
+    (an Amaranth value of ``signed(27)``, or an int from ints)."""
+    if isinstance(w_lo, int) and isinstance(w_hi, int):
+        return (w_hi << PAIR_SHIFT) + w_lo
+    return (w_hi.as_signed() << PAIR_SHIFT) + w_lo.as_signed()
+
+
+class PairMultiplier(wiring.Component):
+    """One multiplier for two int8 MACs that share an activation, one register stage.
+
+    The packing of AMD's white paper WP486 (*Deep Learning with INT8
+    Optimization on Xilinx Devices*): the activation ``a`` on the 18-bit side of
+    the DSP48E2's signed 27 x 18 multiplier, the pair's weights packed
+    ``w = w_hi * 2**18 + w_lo`` on the 27-bit side (:func:`pack_pair`), so
+    ``p = a * w = (a * w_hi) * 2**18 + a * w_lo``. Each int8 product fits 16
+    bits (``-128 * -128 = 2**14``), so the low one is ``p``'s 16 low bits; but
+    when it is negative it borrows one from the field above, which then reads
+    ``a * w_hi - 1``: adding the low product's sign bit (``p[17]``) gives the
+    high product back exactly. Written as one multiply into one register, so
+    Yosys maps it to one DSP48E2 (MREG); the accumulators stay outside.
+
+    Attributes
+    ----------
+    a : In(signed(8))
+        The activation.
+    w : In(signed(27))
+        The packed weights (:func:`pack_pair`).
+    lo, hi : Out(signed(16))
+        ``a * w_lo`` and ``a * w_hi`` of the previous cycle's inputs.
+    """
+
+    def __init__(self):
+        super().__init__({"a": In(signed(8)), "w": In(signed(PAIR_WIDTH)),
+                          "lo": Out(signed(16)), "hi": Out(signed(16))})
+
+    def elaborate(self, platform):
+        m = Module()
+        p = Signal(signed(_PAIR_PRODUCT))
+        m.d.sync += p.eq(self.a * self.w)
+        low_negative = p[PAIR_SHIFT - 1]
+        m.d.comb += [self.lo.eq(p[:16].as_signed()),
+                     self.hi.eq(p[PAIR_SHIFT:].as_signed() + low_negative)]
+        return m
 
 
 class LinearKernel(wiring.Component):
@@ -352,19 +413,35 @@ class LinearKernel(wiring.Component):
         w_word = Signal(data.ArrayLayout(signed(8), C))
         m.d.comb += [x_word.eq(x_rd.data), w_word.eq(w_rd.data)]
         a_reg = [Signal(signed(8), name=f"a{r}") for r in range(R)]
-        b_reg = [Signal(signed(8), name=f"b{c}") for c in range(C)]
         m.d.sync += [a_reg[r].eq(x_word[r]) for r in range(R)]
-        m.d.sync += [b_reg[c].eq(w_word[c]) for c in range(C)]
+        # products[r][c]: a_reg[r] * W[c], valid with f3 (one register stage).
+        if hw.dsp_packing == 2:
+            # Columns 2j and 2j+1 share one multiplier per row; their weights are
+            # packed once per pair, for every row.
+            pair_reg = [Signal(signed(PAIR_WIDTH), name=f"bp{j}") for j in range(C // 2)]
+            m.d.sync += [pair_reg[j].eq(pack_pair(w_word[2 * j], w_word[2 * j + 1]))
+                         for j in range(C // 2)]
+            products = [[None] * C for _ in range(R)]
+            for r in range(R):
+                for j in range(C // 2):
+                    pair = m.submodules[f"mul{r}_{j}"] = PairMultiplier()
+                    m.d.comb += [pair.a.eq(a_reg[r]), pair.w.eq(pair_reg[j])]
+                    products[r][2 * j], products[r][2 * j + 1] = pair.lo, pair.hi
+        else:
+            b_reg = [Signal(signed(8), name=f"b{c}") for c in range(C)]
+            m.d.sync += [b_reg[c].eq(w_word[c]) for c in range(C)]
+            products = [[Signal(signed(16), name=f"m{r}_{c}") for c in range(C)]
+                        for r in range(R)]
+            for r in range(R):
+                for c in range(C):
+                    # Written as mult -> register -> add-to-register so that Yosys
+                    # maps each MAC unit onto one DSP48E2 (MREG, PREG).
+                    m.d.sync += products[r][c].eq(a_reg[r] * b_reg[c])
         acc = [[Signal(signed(hw.acc_width), name=f"acc{r}_{c}") for c in range(C)]
                for r in range(R)]
-        for r in range(R):
-            for c in range(C):
-                # Written as mult -> register -> add-to-register so that Yosys
-                # maps each MAC unit onto one DSP48E2 (MREG, PREG).
-                prod = Signal(signed(16), name=f"m{r}_{c}")
-                m.d.sync += prod.eq(a_reg[r] * b_reg[c])
-                with m.If(f3.valid):
-                    m.d.sync += acc[r][c].eq(Mux(f3.first, 0, acc[r][c]) + prod)
+        with m.If(f3.valid):
+            m.d.sync += [acc[r][c].eq(Mux(f3.first, 0, acc[r][c]) + products[r][c])
+                         for r in range(R) for c in range(C)]
 
         # Shadow bank: the finished tile, drained in chunks of P lanes ------------
         # Chunk j holds row j // k, columns (j % k)*P .. +P; the bank shifts

@@ -197,13 +197,8 @@ class Flow:
         from moevit.hw.config import HwConfig
         from moevit.hw.program.program import hw_hash
 
-        try:
-            from moevit.host import bitstream
-        except ModuleNotFoundError as error:
-            if error.name != "moevit.host.bitstream":
-                raise
-            raise ToolNotFoundError("The bitstream build (moevit.host.bitstream) is not part of "
-                                    "this moevit") from None
+        from moevit.host import bitstream
+
         built = HwConfig.for_model(self.config)
         if self.program is not None and hw_hash(self.program.hw) != hw_hash(built):
             raise ConfigError(f"The bitstream build synthesises the default HwConfig of "

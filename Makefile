@@ -55,16 +55,24 @@ demo: install   # sysdeps: the simulated accelerator is built with a C++ compile
 	$(BIN)/moevit demo --config $(CONFIG)
 
 # moevit itself goes in without its dependencies (no torch): the backend needs numpy only.
+# Under a lock: `make test` makes this venv beside the tests, and the zynq test asks for it too.
 $(PYNQ_VENV)/.installed: pyproject.toml
-	test -x $(PYNQ_VENV)/bin/python || $(PYTHON) -m venv $(PYNQ_VENV)
-	$(PYNQ_VENV)/bin/python -m pip install -q "pynq==4.0" "numpy<2" "pytest>=8"
-	$(PYNQ_VENV)/bin/python -m pip install -q --no-deps -e .
-	touch $@
+	@mkdir -p build
+	flock build/venv-pynq.lock sh -c '[ $@ -nt pyproject.toml ] || { \
+	  { test -x $(PYNQ_VENV)/bin/python || $(PYTHON) -m venv $(PYNQ_VENV); } && \
+	  $(PYNQ_VENV)/bin/python -m pip install -q "pynq==4.0" "numpy<2" "pytest>=8" && \
+	  $(PYNQ_VENV)/bin/python -m pip install -q --no-deps -e . && touch $@; }'
 
 pynq-venv: $(PYNQ_VENV)/.installed
 
-test: install pynq-venv
-	$(PYTEST) -m "not slow"
+# pynq's venv takes minutes of downloads on a fresh machine: it is made while the tests run
+# (the zynq test waits for it), and a failure to make it fails the target.
+test: install
+	@mkdir -p build
+	@$(MAKE) --no-print-directory pynq-venv > build/pynq-venv.log 2>&1 & maker=$$!; \
+	$(PYTEST) -m "not slow"; status=$$?; \
+	wait $$maker || { echo "make pynq-venv failed:"; cat build/pynq-venv.log; exit 1; }; \
+	exit $$status
 
 test-all: install pynq-venv
 	$(PYTEST)

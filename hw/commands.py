@@ -362,8 +362,13 @@ def _report_page(args):
     from moevit.hw.cost.page import write_report
     from moevit.paths import build_dir, output_folder
 
+    from moevit.sim.reliability import reliability_markdown
+
     folder = output_folder(args.output, "report folder") if args.output else build_dir("report")
-    print(write_report(folder, quick=args.quick, progress=not args.quiet))
+    reliability = ("Reliability (what the last `make formal`, fault, fuzz and long runs under "
+                   "build/ found; `moevit bench reliability`)", reliability_markdown())
+    print(write_report(folder, quick=args.quick, progress=not args.quiet,
+                       sections=[reliability]))
 
 
 def _bench_linear(args):

@@ -51,3 +51,17 @@ def test_command_bad_output(tmp_path, capsys):
     assert main(["report", "--quick", "--quiet", "-o", str(blocker)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("moevit: error: ")
+
+
+def test_command_shows_the_reliability_counts(tmp_path, monkeypatch):
+    """The command appends `moevit bench reliability`'s table (its rows stood in for here)."""
+    from moevit.sim import reliability
+
+    row = {"suite": "faults-top", "what": "faults survived", "passed": 9, "total": 9,
+           "status": "passed", "when": "2026-12-01T00:00:00+00:00", "seconds": 1.0,
+           "detail": "guard intact"}
+    monkeypatch.setattr(reliability, "reliability_rows", lambda: [row])
+    assert main(["report", "--quick", "--quiet", "-o", str(tmp_path / "r")]) == 0
+    page = (tmp_path / "r" / "report.md").read_text()
+    assert "## Reliability" in page
+    assert "| faults-top | faults survived | 9 | 9 | passed |" in page

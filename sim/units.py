@@ -24,7 +24,7 @@ __all__ = ["UnitRun", "Sequence", "SequenceRun", "beats", "unbeats", "run_linear
            "run_sequences", "uniform_pauses", "random_pauses", "run_attention", "attention_op",
            "attention_streams", "run_softmax", "softmax_op", "run_gelu", "gelu_op",
            "gelu_ports", "run_layernorm", "layernorm_op", "attention_descriptor",
-           "tiny_quantized", "attention_layer", "SOFTMAX_STREAMS", "GELU_STREAMS",
+           "tiny_quantized", "tiny_compiled", "attention_layer", "SOFTMAX_STREAMS", "GELU_STREAMS",
            "LAYERNORM_STREAMS"]
 
 
@@ -444,6 +444,21 @@ def tiny_quantized(trained=True):
         model = train(config, options, data, progress=False).model
         save_quantized(path, quantize(model, data.images[:32]))
     return load_quantized(path, config), image
+
+
+def tiny_compiled(images, seed, *, trained=False):
+    """``(QuantizedModel, Program, int8 images)``: :func:`tiny_quantized` compiled for the
+    ``tiny`` HwConfig, and ``images`` validation images (``seed``) quantized as its input."""
+    from moevit.hw.config import DEFAULT_HW
+    from moevit.hw.program.compiler import compile_program
+    from moevit.model.data import SyntheticDataset
+    from moevit.model.integer import golden
+
+    qmodel, _ = tiny_quantized(trained=trained)
+    program = compile_program(qmodel, DEFAULT_HW["tiny"])
+    floats = SyntheticDataset(qmodel.config, "val", size=images, seed=seed).images.numpy()
+    return qmodel, program, np.stack([golden.quantize_image(i, qmodel.scale("input"))
+                                      for i in floats])
 
 
 def attention_layer(qmodel, tensors, block):

@@ -151,17 +151,9 @@ class FakeDevice(Backend):
 
 @pytest.fixture(scope="module")
 def tiny():
-    from moevit.hw.config import DEFAULT_HW
-    from moevit.hw.program.compiler import compile_program
-    from moevit.model.integer import golden
-    from moevit.model.data import SyntheticDataset
-    from moevit.sim.units import tiny_quantized
+    from moevit.sim.units import tiny_compiled
 
-    qmodel, _ = tiny_quantized(trained=False)
-    program = compile_program(qmodel, DEFAULT_HW["tiny"])
-    images = SyntheticDataset(qmodel.config, "val", size=3, seed=5).images.numpy()
-    return qmodel, program, np.stack([golden.quantize_image(i, qmodel.scale("input"))
-                                      for i in images])
+    return tiny_compiled(3, seed=5)
 
 
 @pytest.fixture(scope="module")

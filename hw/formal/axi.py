@@ -19,7 +19,7 @@ drives are assumed.
     without a request, OKAY responses.
 """
 
-from amaranth.hdl import Assert, Assume, Module, Signal
+from amaranth.hdl import Assert, Assume, Module, Mux, Signal
 from amaranth.lib.fifo import SyncFIFO
 
 from moevit.hw.formal.rules import beats, difference, handshake_rules
@@ -30,11 +30,18 @@ __all__ = ["axi4_read_master", "axi4_write_master", "axil_slave", "burst_checks"
 INCR = 1
 
 
-def _burst_queue(m, name, depth):
-    """The lengths of the bursts in flight, oldest first (the memory's view)."""
+def _bursts_in_flight(m, name, depth, *, accepted, length, taken, last):
+    """The lengths of the bursts in flight, oldest first (the memory's view: pushed when
+    an address beat is ``accepted``, popped when the ``last`` data beat is ``taken``),
+    and the index of the next data beat within the oldest."""
     queue = SyncFIFO(width=8, depth=depth)
-    m.submodules[name] = queue
-    return queue
+    m.submodules[f"{name}queue"] = queue
+    beat = Signal(8, name=f"{name}beat")
+    m.d.comb += [queue.w_en.eq(accepted), queue.w_data.eq(length),
+                 queue.r_en.eq(taken & last)]
+    with m.If(taken):
+        m.d.sync += beat.eq(Mux(last, 0, beat + 1))
+    return queue, beat
 
 
 def burst_checks(m, addr, length, size, burst, nbytes, name, *, check=Assert):
@@ -62,16 +69,9 @@ def axi4_read_master(m: Module, axi, live, *, nbytes, max_outstanding, name="axi
         burst_checks(m, axi.araddr, axi.arlen, axi.arsize, axi.arburst, nbytes, f"{name}_ar")
 
     # The memory: beats only for a burst in flight, rlast on its last one.
-    queue = _burst_queue(m, f"{name}_rqueue", max_outstanding + 1)
-    beat = Signal(8, name=f"{name}_rbeat")
-    r_taken = Signal(name=f"{name}_r_taken")
-    m.d.comb += [r_taken.eq(axi.rvalid & axi.rready),
-                 queue.w_en.eq(axi.arvalid & axi.arready), queue.w_data.eq(axi.arlen),
-                 queue.r_en.eq(r_taken & axi.rlast)]
-    with m.If(r_taken):
-        m.d.sync += beat.eq(beat + 1)
-        with m.If(axi.rlast):
-            m.d.sync += beat.eq(0)
+    queue, beat = _bursts_in_flight(m, f"{name}_r", max_outstanding + 1,
+                                    accepted=axi.arvalid & axi.arready, length=axi.arlen,
+                                    taken=axi.rvalid & axi.rready, last=axi.rlast)
     m.d.comb += [Assume(~axi.rvalid | queue.r_rdy),
                  Assume(~axi.rvalid | (axi.rlast == (beat == queue.r_data)))]
     ar = beats(m, axi.arvalid, axi.arready, f"{name}_ar")
@@ -94,16 +94,9 @@ def axi4_write_master(m: Module, axi, live, *, nbytes, max_outstanding, name="ax
         burst_checks(m, axi.awaddr, axi.awlen, axi.awsize, axi.awburst, nbytes, f"{name}_aw")
 
     # W beats follow the AW lengths in order: wlast exactly on each burst's last beat.
-    lengths = _burst_queue(m, f"{name}_wqueue", max_outstanding + 1)
-    beat = Signal(8, name=f"{name}_wbeat")
-    w_taken = Signal(name=f"{name}_w_taken")
-    m.d.comb += [w_taken.eq(axi.wvalid & axi.wready),
-                 lengths.w_en.eq(axi.awvalid & axi.awready), lengths.w_data.eq(axi.awlen),
-                 lengths.r_en.eq(w_taken & axi.wlast)]
-    with m.If(w_taken):
-        m.d.sync += beat.eq(beat + 1)
-        with m.If(axi.wlast):
-            m.d.sync += beat.eq(0)
+    lengths, beat = _bursts_in_flight(m, f"{name}_w", max_outstanding + 1,
+                                      accepted=axi.awvalid & axi.awready, length=axi.awlen,
+                                      taken=axi.wvalid & axi.wready, last=axi.wlast)
     with m.If(axi.wvalid):
         m.d.comb += [Assert(lengths.r_rdy, f"{name}_w: a W beat before its AW"),
                      Assert(axi.wlast == (beat == lengths.r_data),

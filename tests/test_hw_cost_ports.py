@@ -59,3 +59,13 @@ def test_more_ports_fewer_cycles_on_a_slow_memory(tiny):
                              + (i.cycles - max(i.compute, i.memory)) for i in one.instructions)
     print(f"tiny at 2 bytes a cycle per port: { {n: c.cycles for n, c in costs.items()} }")
     assert costs[4].cycles < costs[2].cycles < costs[1].cycles
+
+
+def test_resources_add_an_arbiter_per_port():
+    from moevit.hw.cost.resources import PORT_OVERHEAD, resources
+
+    hw = DEFAULT_HW["edge-moe"]
+    one, four = resources(hw), resources(hw.replace(memory_ports=4))
+    assert (four.lut - one.lut, four.ff - one.ff) == pytest.approx(
+        (3 * PORT_OVERHEAD.lut, 3 * PORT_OVERHEAD.ff))
+    assert (four.dsp, four.bram36) == (one.dsp, one.bram36)

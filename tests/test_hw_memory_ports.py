@@ -48,3 +48,13 @@ def test_the_top_has_every_port():
     names = set(top.signature.members)
     assert set(port_members(hw)) <= names
     assert top.signature.members["m_axi_gmem2_rdata"].shape == hw.bus_width
+
+
+def test_the_driver_sees_the_same_registers():
+    """More ports change no register: the driver's map (the generator's JSON) is the same."""
+    from moevit.hw.program.regmap import REGMAP
+    from moevit.hw.top.accelerator import Accelerator
+
+    for ports in (1, 4):
+        top = Accelerator(DEFAULT_HW["tiny"].replace(memory_ports=ports), ("copy",))
+        assert top.regmap.to_dict() == REGMAP.to_dict()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from moevit.hw.bench_top import _program
-from moevit.hw.config import DEFAULT_HW
+from moevit.hw.config import DEFAULT_HW, HwConfig
 from moevit.hw.cost.cycles import (_compute_and_written, memory_cycles, moved_bytes,
                                    program_cycles)
 from moevit.hw.program.interpreter import run_instructions
@@ -69,3 +69,25 @@ def test_resources_add_an_arbiter_per_port():
     assert (four.lut - one.lut, four.ff - one.ff) == pytest.approx(
         (3 * PORT_OVERHEAD.lut, 3 * PORT_OVERHEAD.ff))
     assert (four.dsp, four.bram36) == (one.dsp, one.bram36)
+
+
+@pytest.mark.parametrize("board", ["zcu102", "u280"])
+def test_the_search_chooses_ports_within_the_boards(board):
+    """dse (quick grid) on edge-moe: the chosen ports are among the board's; its bandwidth is
+    the ports' at most the memory's; the chosen point is no slower than itself on one port."""
+    from moevit.hw.boards import get_board
+    from moevit.hw.cost.cycles import board_bandwidth, board_memory_bandwidth
+    from moevit.hw.cost.dse import dse_rows, predict, workload
+
+    row = dse_rows(board, "edge-moe", quick=True, progress=False)[0]
+    b = get_board(board)
+    hw = HwConfig.from_dict(row["hw"])
+    assert 1 <= hw.memory_ports <= b.ports and row["memory_ports"] == hw.memory_ports
+    port, memory = board_bandwidth(b, hw), board_memory_bandwidth(b, hw)
+    assert row["bandwidth_gbs"] == pytest.approx(min(hw.memory_ports * port, memory)
+                                                 * hw.clock_mhz / 1e3)
+    steps = workload("edge-moe").steps(row["task"])
+    chosen = predict(steps, hw, port, memory_bandwidth=memory).cycles
+    one = predict(steps, hw.replace(memory_ports=1), port, memory_bandwidth=memory).cycles
+    print(f"{board}: {hw.memory_ports} port(s) {chosen:,} cycles; one port {one:,}")
+    assert chosen <= one

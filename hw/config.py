@@ -106,8 +106,8 @@ class HwConfig:
         64-bit addresses: ``m_axi_gmem`` and, from 2, ``m_axi_gmem1`` ... The read
         and write movers are spread over them by one fixed table
         (:data:`moevit.hw.top.memory_ports.PORT_OF`); 1 to
-        :data:`MAX_MEMORY_PORTS`, and at most the board's ports
-        (:func:`moevit.hw.boards.check_ports`).
+        :data:`MAX_MEMORY_PORTS`, and at most the board's ports (the bitstream build
+        refuses more, :func:`moevit.host.bitstream.write_inputs`; the search tries no more).
 
     Raises
     ------

@@ -50,3 +50,36 @@ def test_two_ports_run_a_short_program_under_random_pauses(tiny):
     for run in got:
         print(f"bytes read per port: {run['port_bytes_read']}")
         assert len(run["port_bytes_read"]) == 2 and min(run["port_bytes_read"]) > 0
+
+
+#: Bytes a cycle per memory port, reads and writes together, for the bandwidth-limited runs:
+#: a sixteenth of tiny's 128-bit bus, so that its program is memory-bound.
+SLOW_MEMORY = 1.0
+
+
+@pytest.mark.slow
+def test_whole_tiny_on_more_ports_under_a_slow_memory(tiny):
+    """The whole tiny model, both tasks, on tops of 1, 2 and 4 memory ports behind a memory
+    of SLOW_MEMORY bytes a cycle per port (Verilator): every run bit-exact, fewer cycles
+    with more ports, and the cost model's cycles against the simulated ones (printed)."""
+    from moevit.hw.cost.cycles import program_cycles
+
+    program, image = tiny
+    cycles, rows = {}, []
+    for ports in (1, 2, 4):
+        got = check_runs(program(ports), [(0, [image]), (1, [image])],
+                         test_id=f"top-ports{ports}-tiny-slow", simulator="verilator",
+                         bandwidth=SLOW_MEMORY, timeout_us=100_000)
+        for run in got:
+            model = program_cycles(program(ports), image, run["task"],
+                                   bandwidth=SLOW_MEMORY).cycles
+            cycles[ports, run["task"]] = run["cycles"]
+            rows.append((ports, run["task"], run["cycles"], model, run["port_bytes_read"]))
+    print(f"\nwhole tiny at {SLOW_MEMORY:g} byte(s) a cycle per port, reads and writes together")
+    print(f"{'ports':>5} {'task':>4} {'simulated':>11} {'vs 1 port':>9} {'cost model':>11} "
+          f"{'error':>7}  bytes read per port")
+    for ports, task, simulated, model, per_port in rows:
+        print(f"{ports:>5} {task:>4} {simulated:>11,} {simulated / cycles[1, task]:>9.3f} "
+              f"{model:>11,} {model / simulated - 1:>+7.2%}  {per_port}")
+    for task in (0, 1):
+        assert cycles[4, task] < cycles[2, task] < cycles[1, task]

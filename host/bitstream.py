@@ -17,15 +17,18 @@ BOARD=B [DRY_RUN=1]``) writes, under ``build/bitstream/<config>/<board>/``:
   and board part, the Zynq UltraScale+ PS with the board preset, PL clock 0
   at the HwConfig's clock (capped at the board's), the accelerator, an AXI
   interconnect from ``M_AXI_HPM0_FPD`` to ``s_axi_control``, a SmartConnect from
-  ``m_axi_gmem`` to ``S_AXI_HP0_FPD``, a ``proc_sys_reset``, the interrupt on
+  each memory port to its HP port (``m_axi_gmem`` to ``S_AXI_HP0_FPD``,
+  ``m_axi_gmem<k>`` to ``S_AXI_HP<k>_FPD``: :data:`HP_PORTS`; a HwConfig with
+  more ``memory_ports`` than the board has is an error), a ``proc_sys_reset``, the interrupt on
   ``pl_ps_irq0``, the addresses assigned, then synthesis, implementation to
   ``write_bitstream`` and the reports; the ``.bit`` and the ``.hwh`` are then
   copied side by side as ``build/deploy/<board>/moevit.bit`` / ``.hwh``;
-* U280: ``kernel.xml`` (from the register map: one ``arg`` per argument
-  register, its offset and size; the 64-bit buffer addresses on
-  ``m_axi_gmem``), ``package_xo.tcl`` (the IP, then ``package_xo``),
-  ``link.cfg`` (``[connectivity]``: every ``m_axi_gmem`` argument in the HBM
-  banks :data:`HBM_BANKS`) and ``v++_link.sh`` (``v++ --link -t hw --platform
+* U280: ``kernel.xml`` (every ``m_axi`` port of the top; from the register
+  map one ``arg`` per argument register, its offset and size; the 64-bit
+  buffer addresses on ``m_axi_gmem``), ``package_xo.tcl`` (the IP, then
+  ``package_xo``), ``link.cfg`` (``[connectivity]``: every ``m_axi_gmem``
+  argument in the HBM banks :data:`HBM_BANKS`, and every other memory port,
+  by its interface name, on the same banks) and ``v++_link.sh`` (``v++ --link -t hw --platform
   <board's> --kernel_frequency``); the ``.xclbin`` goes to
   ``build/deploy/u280/moevit.xclbin``.
 
@@ -40,6 +43,15 @@ and the recorded calls are checked: the part and board part, the IP's VLNV
 and interfaces, every connection of the block design and every port of the
 top's Verilog on one of them, the PS settings, the flow's order; kernel.xml
 and the link file against the register map.
+
+Several memory ports (``hw.memory_ports``, :mod:`moevit.hw.top.memory_ports`):
+every port reads and writes any of the host's buffers (the movers are spread
+over the ports by stream, not by buffer), so a buffer cannot belong to one
+port. The driver is unchanged: the same arguments, each on ``m_axi_gmem`` in
+``kernel.xml`` (an ``arg`` names one port; XRT places the buffer in that
+port's banks), and each other port is mapped by ``sp=<cu>.m_axi_gmem<k>`` to
+the same HBM banks, which it reaches through the HBM switch: every buffer on
+every port. On Zynq every HP port reaches the whole PS DDR.
 
 Facts used (AMD documentation in the ``search`` index): ``kernel.xml``'s
 elements and attributes as UG1393 / UG1702 "RTL Kernel XML File" shows them
@@ -79,6 +91,10 @@ BD, PS, ACCEL, CONTROL_IC, MEMORY_SC, RESET = ("moevit_bd", "zynq_ultra_ps_e_0",
                                               "control_interconnect", "memory_smartconnect",
                                               "rst_pl_clk0")
 CU = f"{KERNEL}_1"
+#: The Zynq UltraScale+ PS's HP port k (``S_AXI_HP<k>_FPD``): its enable and data width
+#: (the PS's slave AXI GP<k+2>, PG201) and its clock pin.
+HP_PORTS = [(f"S_AXI_HP{k}_FPD", f"PSU__USE__S_AXI_GP{k + 2}", f"PSU__SAXIGP{k + 2}__DATA_WIDTH",
+             f"saxihp{k}_fpd_aclk") for k in range(4)]
 IP_VLNVS = {PS: "xilinx.com:ip:zynq_ultra_ps_e:3.5", CONTROL_IC: "xilinx.com:ip:axi_interconnect:2.1",
             MEMORY_SC: "xilinx.com:ip:smartconnect:1.0", RESET: "xilinx.com:ip:proc_sys_reset:5.0",
             ACCEL: VLNV}
@@ -164,8 +180,28 @@ def kernel_arguments(regmap=None) -> list:
             for k, reg in enumerate(regmap.arguments)]
 
 
+def memory_ports(hw) -> list:
+    """The names of the top's AXI4 memory ports: ``m_axi_gmem``, ``m_axi_gmem1`` ..."""
+    from moevit.hw.top.memory_ports import port_name
+
+    return [f"m_axi_{port_name(k)}" for k in range(hw.memory_ports)]
+
+
+def _memory_sc(k) -> str:
+    """The SmartConnect of memory port ``k`` in the block design."""
+    return MEMORY_SC if k == 0 else f"{MEMORY_SC}{k}"
+
+
+def _bd_cells(hw) -> dict:
+    """The block design's cells and their IP: one SmartConnect per memory port."""
+    cells = dict(IP_VLNVS)
+    cells.update({_memory_sc(k): IP_VLNVS[MEMORY_SC] for k in range(1, hw.memory_ports)})
+    return cells
+
+
 def kernel_xml(hw, regmap=None) -> str:
-    """The ``kernel.xml`` of the RTL kernel (UG1393 "RTL Kernel XML File")."""
+    """The ``kernel.xml`` of the RTL kernel (UG1393 "RTL Kernel XML File"): every memory
+    port of the top, the buffer arguments on ``m_axi_gmem`` (see the module's description)."""
     from moevit.hw.program.regmap import REGMAP
 
     regmap = regmap or REGMAP
@@ -178,8 +214,9 @@ def kernel_xml(hw, regmap=None) -> str:
              "    <ports>",
              f'      <port name="s_axi_control" mode="slave" range="0x{1 << regmap.address_width:x}" '
              'dataWidth="32" portType="addressable" base="0x0"/>',
-             f'      <port name="m_axi_gmem" mode="master" range="0xFFFFFFFFFFFFFFFF" '
-             f'dataWidth="{hw.bus_width}" portType="addressable" base="0x0"/>',
+             *(f'      <port name="{name}" mode="master" range="0xFFFFFFFFFFFFFFFF" '
+               f'dataWidth="{hw.bus_width}" portType="addressable" base="0x0"/>'
+               for name in memory_ports(hw)),
              "    </ports>", "    <args>"]
     for name, k, offset, size, pointer in kernel_arguments(regmap):
         port, kind = ("m_axi_gmem", "void*") if pointer else ("s_axi_control", "uint")
@@ -207,7 +244,7 @@ def _package_tcl(build, ip_dir) -> str:
         f"set_property name {KERNEL} $core",
         f"set_property version {VERSION} $core",
         "ipx::infer_bus_interfaces xilinx.com:interface:aximm_rtl:1.0 $core",
-        "foreach busif {s_axi_control m_axi_gmem} {",
+        f"foreach busif {{s_axi_control {' '.join(memory_ports(build.hw))}}} {{",
         "    ipx::associate_bus_interfaces -busif $busif -clock ap_clk $core",
         "}",
         "ipx::associate_bus_interfaces -clock ap_clk -reset ap_rst_n $core",
@@ -228,12 +265,23 @@ def _bd_tcl(build, ip_dir) -> str:
     from moevit.hls.scripts import VITIS_VERSION
 
     board, bits = build.board, build.board.port_bits
-    ps, ic, sc, rst, acc = PS, CONTROL_IC, MEMORY_SC, RESET, ACCEL
-    cells = "\n".join(f"create_bd_cell -type ip -vlnv {IP_VLNVS[name]} {name}"
-                      for name in (PS, acc, ic, sc, rst))
-    clocked = [f"{acc}/ap_clk", f"{ic}/ACLK", f"{ic}/S00_ACLK", f"{ic}/M00_ACLK", f"{sc}/aclk",
-               f"{ps}/maxihpm0_fpd_aclk", f"{ps}/saxihp0_fpd_aclk", f"{rst}/slowest_sync_clk"]
-    reset = [f"{acc}/ap_rst_n", f"{ic}/S00_ARESETN", f"{ic}/M00_ARESETN", f"{sc}/aresetn"]
+    ps, ic, rst, acc = PS, CONTROL_IC, RESET, ACCEL
+    ports = memory_ports(build.hw)
+    scs = [_memory_sc(k) for k in range(len(ports))]
+    vlnvs = _bd_cells(build.hw)
+    cells = "\n".join(f"create_bd_cell -type ip -vlnv {vlnvs[name]} {name}"
+                      for name in (PS, acc, ic, *scs, rst))
+    clocked = [f"{acc}/ap_clk", f"{ic}/ACLK", f"{ic}/S00_ACLK", f"{ic}/M00_ACLK",
+               *(f"{sc}/aclk" for sc in scs), f"{ps}/maxihpm0_fpd_aclk",
+               *(f"{ps}/{HP_PORTS[k][3]}" for k in range(len(ports))), f"{rst}/slowest_sync_clk"]
+    reset = [f"{acc}/ap_rst_n", f"{ic}/S00_ARESETN", f"{ic}/M00_ARESETN",
+             *(f"{sc}/aresetn" for sc in scs)]
+    hp = " ".join(f"CONFIG.{HP_PORTS[k][1]} {{1}} CONFIG.{HP_PORTS[k][2]} {{{bits}}}"
+                  for k in range(len(ports)))
+    memory = [line for k, (port, sc) in enumerate(zip(ports, scs)) for line in (
+        f"connect_bd_intf_net [get_bd_intf_pins {acc}/{port}] [get_bd_intf_pins {sc}/S00_AXI]",
+        f"connect_bd_intf_net [get_bd_intf_pins {sc}/M00_AXI] "
+        f"[get_bd_intf_pins {ps}/{HP_PORTS[k][0]}]")]
     pins = lambda names: " ".join(f"[get_bd_pins {n}]" for n in names)
     return "\n".join([
         f"# Vivado {VITIS_VERSION}: the {board.name} block design around {VLNV} "
@@ -248,18 +296,17 @@ def _bd_tcl(build, ip_dir) -> str:
         f"apply_bd_automation -rule xilinx.com:bd_rule:zynq_ultra_ps_e "
         f'-config {{apply_board_preset "1"}} [get_bd_cells {ps}]',
         "set_property -dict [list CONFIG.PSU__USE__M_AXI_GP0 {1} CONFIG.PSU__USE__M_AXI_GP1 {0} "
-        "CONFIG.PSU__USE__M_AXI_GP2 {0} CONFIG.PSU__USE__S_AXI_GP2 {1} "
-        f"CONFIG.PSU__SAXIGP2__DATA_WIDTH {{{bits}}} CONFIG.PSU__FPGA_PL0_ENABLE {{1}} "
+        f"CONFIG.PSU__USE__M_AXI_GP2 {{0}} {hp} CONFIG.PSU__FPGA_PL0_ENABLE {{1}} "
         f"CONFIG.PSU__CRL_APB__PL0_REF_CTRL__FREQMHZ {{{build.clock_mhz:g}}} "
         f"CONFIG.PSU__USE__IRQ0 {{1}}] [get_bd_cells {ps}]",
         f"set_property -dict [list CONFIG.NUM_SI {{1}} CONFIG.NUM_MI {{1}}] [get_bd_cells {ic}]",
-        f"set_property -dict [list CONFIG.NUM_SI {{1}} CONFIG.NUM_MI {{1}}] [get_bd_cells {sc}]",
+        *(f"set_property -dict [list CONFIG.NUM_SI {{1}} CONFIG.NUM_MI {{1}}] [get_bd_cells {sc}]"
+          for sc in scs),
         "# control: the PS's HPM0 -> interconnect -> s_axi_control",
         f"connect_bd_intf_net [get_bd_intf_pins {ps}/M_AXI_HPM0_FPD] [get_bd_intf_pins {ic}/S00_AXI]",
         f"connect_bd_intf_net [get_bd_intf_pins {ic}/M00_AXI] [get_bd_intf_pins {acc}/s_axi_control]",
-        "# memory: m_axi_gmem -> SmartConnect -> the PS's HP0 (DDR)",
-        f"connect_bd_intf_net [get_bd_intf_pins {acc}/m_axi_gmem] [get_bd_intf_pins {sc}/S00_AXI]",
-        f"connect_bd_intf_net [get_bd_intf_pins {sc}/M00_AXI] [get_bd_intf_pins {ps}/S_AXI_HP0_FPD]",
+        "# memory: m_axi_gmem<k> -> SmartConnect -> the PS's HP<k> (DDR)",
+        *memory,
         "# one clock (pl_clk0), its reset, the interrupt",
         f"connect_bd_net [get_bd_pins {ps}/pl_clk0] {pins(clocked)}",
         f"connect_bd_net [get_bd_pins {ps}/pl_resetn0] [get_bd_pins {rst}/ext_reset_in]",
@@ -295,6 +342,8 @@ def _link_cfg(build) -> str:
              "(moevit.host.bitstream).", "[connectivity]", f"nk={KERNEL}:1:{CU}"]
     lines += [f"sp={CU}.{name}:{HBM_BANKS}" for name, _, _, _, pointer in kernel_arguments()
               if pointer]
+    # The other memory ports by interface name, onto the same banks (the module's description).
+    lines += [f"sp={CU}.{name}:{HBM_BANKS}" for name in memory_ports(build.hw)[1:]]
     return "\n".join(lines + [""])
 
 
@@ -329,7 +378,9 @@ def write_inputs(board="zcu102", config="tiny", folder=None, verilog=None) -> Bu
     ------
     ConfigError
         An unknown board or config, a board file without a part, a Zynq board
-        not of AMD's board store, or a board supported only by older tools.
+        not of AMD's board store, a board supported only by older tools, or a
+        HwConfig with more memory ports than the board has (or than the block
+        design connects: :data:`HP_PORTS`).
     OutputPathError
         ``folder`` cannot be written.
     """
@@ -348,6 +399,10 @@ def write_inputs(board="zcu102", config="tiny", folder=None, verilog=None) -> Bu
     if board.vitis_platform is None and board.host != "pynq":
         raise ConfigError(f"Board {board.name} has neither a Vitis platform nor PYNQ: no "
                           "build for it")
+    ports = board.ports if board.vitis_platform is not None else min(board.ports, len(HP_PORTS))
+    if hw.memory_ports > ports:
+        raise ConfigError(f"HwConfig {hw.name!r} has {hw.memory_ports} memory ports; board "
+                          f"{board.name} has {ports} ({board.port_name})")
     if folder is None:
         folder = build_dir("bitstream", hw.name, board.name).resolve()
     else:
@@ -410,7 +465,7 @@ def _checks_package(build, calls) -> list:
     reset = any(_option(c, "-reset") == "ap_rst_n" for c in calls
                 if c[0] == "ipx::associate_bus_interfaces")
     checks.append(Check("AXI interfaces on ap_clk, reset ap_rst_n",
-                        {"s_axi_control", "m_axi_gmem"} <= clocked and reset,
+                        {"s_axi_control", *memory_ports(build.hw)} <= clocked and reset,
                         f"clocked: {sorted(x for x in clocked if x)}, reset: {reset}"))
     ranges = [c[2] for c in calls if c[0] == "set_property" and c[1] == "range"]
     span = str(1 << REGMAP.address_width)
@@ -425,8 +480,9 @@ def _checks_block_design(build, calls) -> list:
     checks.append(Check("board part is the board's",
                         boards == [f"{build.board_part}:*"], f"{boards}"))
     cells = {c[-1]: _option(c, "-vlnv") for c in calls if c[0] == "create_bd_cell"}
-    wrong = {n: v for n, v in IP_VLNVS.items() if cells.get(n) != v}
-    checks.append(Check("block design cells and their IP", not wrong and set(cells) == set(IP_VLNVS),
+    expected = _bd_cells(build.hw)
+    wrong = {n: v for n, v in expected.items() if cells.get(n) != v}
+    checks.append(Check("block design cells and their IP", not wrong and set(cells) == set(expected),
                         "; ".join(f"{n}: {cells.get(n)} (expected {v})" for n, v in wrong.items())
                         or ", ".join(f"{n} ({v})" for n, v in cells.items())))
     preset = [c for c in calls if c[0] == "apply_bd_automation" and c[-1] == PS]
@@ -437,29 +493,37 @@ def _checks_block_design(build, calls) -> list:
         if c[:2] == ["set_property", "-dict"] and c[-1] == PS:
             words = c[2].split()
             config.update(zip(words[::2], (w.strip("{}") for w in words[1::2])))
-    want = {"CONFIG.PSU__USE__M_AXI_GP0": "1", "CONFIG.PSU__USE__S_AXI_GP2": "1",
-            "CONFIG.PSU__SAXIGP2__DATA_WIDTH": str(build.board.port_bits),
+    ports = memory_ports(build.hw)
+    want = {"CONFIG.PSU__USE__M_AXI_GP0": "1",
             "CONFIG.PSU__CRL_APB__PL0_REF_CTRL__FREQMHZ": f"{build.clock_mhz:g}",
             "CONFIG.PSU__USE__IRQ0": "1"}
+    for k, (_, enable, width, _) in enumerate(HP_PORTS):   # the ports' HPs on, the others off
+        want[f"CONFIG.{enable}"] = "1" if k < len(ports) else None
+        want[f"CONFIG.{width}"] = str(build.board.port_bits) if k < len(ports) else None
     wrong = {k: config.get(k) for k, v in want.items() if config.get(k) != v}
-    checks.append(Check("PS: HPM0 on, HP0 on, PL clock 0, IRQ0", not wrong,
+    hps = "HP0" if len(ports) == 1 else f"HP0..HP{len(ports) - 1}"
+    checks.append(Check(f"PS: HPM0 on, {hps} on, PL clock 0, IRQ0", not wrong,
                         f"wrong: {wrong}" if wrong else f"PL clock {build.clock_mhz:g} MHz, "
-                        f"HP0 {build.board.port_bits} bits"))
+                        f"{len(ports)} HP port(s) of {build.board.port_bits} bits"))
     interfaces = {frozenset(c[1:3]) for c in calls if c[0] == "connect_bd_intf_net"}
     needed = [(f"{PS}/M_AXI_HPM0_FPD", f"{CONTROL_IC}/S00_AXI"),
-              (f"{CONTROL_IC}/M00_AXI", f"{ACCEL}/s_axi_control"),
-              (f"{ACCEL}/m_axi_gmem", f"{MEMORY_SC}/S00_AXI"),
-              (f"{MEMORY_SC}/M00_AXI", f"{PS}/S_AXI_HP0_FPD")]
+              (f"{CONTROL_IC}/M00_AXI", f"{ACCEL}/s_axi_control")]
+    for k, port in enumerate(ports):
+        needed += [(f"{ACCEL}/{port}", f"{_memory_sc(k)}/S00_AXI"),
+                   (f"{_memory_sc(k)}/M00_AXI", f"{PS}/{HP_PORTS[k][0]}")]
     absent = [f"{a} -> {b}" for a, b in needed if frozenset((a, b)) not in interfaces]
     checks.append(Check("AXI connections", not absent, "missing: " + ", ".join(absent) if absent
-                        else "HPM0 -> interconnect -> s_axi_control; m_axi_gmem -> SmartConnect "
-                             "-> HP0"))
+                        else "HPM0 -> interconnect -> s_axi_control; " + "; ".join(
+                            f"{port} -> SmartConnect -> HP{k}" for k, port in enumerate(ports))))
     nets = [set(c[1:]) for c in calls if c[0] == "connect_bd_net"]
     net_of = lambda pin: next((n for n in nets if pin in n), set())
     wanted = {f"{ACCEL}/ap_clk": f"{PS}/pl_clk0", f"{ACCEL}/ap_rst_n": f"{RESET}/peripheral_aresetn",
-              f"{ACCEL}/interrupt": f"{PS}/pl_ps_irq0", f"{MEMORY_SC}/aclk": f"{PS}/pl_clk0",
-              f"{PS}/saxihp0_fpd_aclk": f"{PS}/pl_clk0", f"{PS}/maxihpm0_fpd_aclk": f"{PS}/pl_clk0",
+              f"{ACCEL}/interrupt": f"{PS}/pl_ps_irq0", f"{PS}/maxihpm0_fpd_aclk": f"{PS}/pl_clk0",
               f"{RESET}/ext_reset_in": f"{PS}/pl_resetn0"}
+    for k in range(len(ports)):
+        wanted.update({f"{_memory_sc(k)}/aclk": f"{PS}/pl_clk0",
+                       f"{PS}/{HP_PORTS[k][3]}": f"{PS}/pl_clk0",
+                       f"{_memory_sc(k)}/aresetn": f"{RESET}/peripheral_aresetn"})
     absent = [f"{a} -> {b}" for a, b in wanted.items() if b not in net_of(a)]
     checks.append(Check("clock, reset and interrupt nets", not absent,
                         "missing: " + ", ".join(absent) if absent else
@@ -497,8 +561,11 @@ def _checks_kernel(build, calls) -> list:
         wrong.append(f"kernel {kernel.attrib}")
     if ports.get("s_axi_control", {}).get("range") != f"0x{1 << REGMAP.address_width:x}":
         wrong.append("s_axi_control range")
-    if ports.get("m_axi_gmem", {}).get("dataWidth") != str(build.hw.bus_width):
-        wrong.append("m_axi_gmem width")
+    for port in memory_ports(build.hw):
+        if ports.get(port, {}).get("dataWidth") != str(build.hw.bus_width):
+            wrong.append(f"{port} width")
+    if {name for name in ports if name.startswith("m_axi_")} != set(memory_ports(build.hw)):
+        wrong.append(f"memory ports {sorted(ports)}")
     expected = kernel_arguments()
     if set(args) != {name for name, *_ in expected}:
         wrong.append(f"arguments {sorted(args)}")
@@ -521,10 +588,11 @@ def _checks_kernel(build, calls) -> list:
     pointers = [name for name, _, _, _, pointer in kernel_arguments() if pointer]
     maps = {m.group(1): m.group(2) for m in (re.fullmatch(rf"sp={CU}\.(\w+):(\S+)", l.strip())
                                              for l in cfg) if m}
+    others = memory_ports(build.hw)[1:]
     ok = ("[connectivity]" in cfg and f"nk={KERNEL}:1:{CU}" in cfg
-          and maps == {name: HBM_BANKS for name in pointers})
+          and maps == {name: HBM_BANKS for name in [*pointers, *others]})
     checks.append(Check("link.cfg maps every m_axi_gmem argument to HBM", ok,
-                        f"{maps} (expected {pointers} on {HBM_BANKS})"))
+                        f"{maps} (expected {pointers + others} on {HBM_BANKS})"))
     vpp = [l for l in (build.folder / VPP_LINK).read_text().splitlines() if l.startswith("v++")]
     words = vpp[0].split() if len(vpp) == 1 else []
     want = {"-t": "hw", "--platform": build.board.vitis_platform, "--config": LINK_CFG,

@@ -101,6 +101,13 @@ class HwConfig:
         expert that the routing's previous scan found unchosen ends without
         reading the routing again. 0: each instruction and job fetches its own
         operands when it starts (:mod:`moevit.hw.top.moe`).
+    memory_ports : int
+        AXI4 memory masters of the top, each a full port of ``bus_width`` bits with
+        64-bit addresses: ``m_axi_gmem`` and, from 2, ``m_axi_gmem1`` ... The read
+        and write movers are spread over them by one fixed table
+        (:data:`moevit.hw.top.memory_ports.PORT_OF`); 1 to
+        :data:`MAX_MEMORY_PORTS`, and at most the board's ports (the bitstream build
+        refuses more, :func:`moevit.host.bitstream.write_inputs`; the search tries no more).
 
     Raises
     ------
@@ -132,6 +139,8 @@ class HwConfig:
     dsp_packing: int = 1
     # The expert schedule overlapped (issue 12): 0 or 1.
     expert_prefetch: int = 0
+    # AXI4 memory masters of the top (issue 14): 1 = the single m_axi_gmem.
+    memory_ports: int = 1
 
     # Fixed by the numeric contract (moevit.model.integer.intops.requantize).
     BIAS_WIDTH = 32
@@ -140,6 +149,13 @@ class HwConfig:
     # Bus widths the memory movers take (moevit.hw.top.movers.DATA_WIDTHS).
     MIN_BUS_WIDTH = 32
     MAX_BUS_WIDTH = 1024
+    #: Memory ports the top can spread its movers over: one per mover (7 read, 1 write).
+    MAX_MEMORY_PORTS = 8
+    #: Fields left out of :meth:`to_dict`, and so of the fingerprint a program records
+    #: (:func:`moevit.hw.program.program.hw_hash`), while they hold this value, the
+    #: behaviour from before they existed: programs, caches and saved configs made then
+    #: stay valid.
+    SILENT_DEFAULTS = {"memory_ports": 1}
 
     def __post_init__(self):
         for what, name in (
@@ -209,6 +225,11 @@ class HwConfig:
         if isinstance(self.expert_prefetch, bool) or self.expert_prefetch not in (0, 1):
             raise ConfigError(
                 f"Expert prefetch must be 0 or 1, not {self.expert_prefetch!r}")
+        if isinstance(self.memory_ports, bool) or not isinstance(self.memory_ports, int) \
+                or not 1 <= self.memory_ports <= self.MAX_MEMORY_PORTS:
+            raise ConfigError(
+                f"Memory ports must be an integer from 1 to {self.MAX_MEMORY_PORTS} (one per "
+                f"mover), not {self.memory_ports!r}")
         if self.max_tokens % self.rows:
             raise ConfigError(
                 f"Token buffer depth {self.max_tokens} is not a multiple of the {self.rows} "
@@ -294,7 +315,10 @@ class HwConfig:
         return replace(self, **changes)
 
     def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """The fields, less those at their :data:`SILENT_DEFAULTS` value."""
+        silent = self.SILENT_DEFAULTS
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in silent or getattr(self, f.name) != silent[f.name]}
 
     @classmethod
     def from_dict(cls, data: dict) -> "HwConfig":

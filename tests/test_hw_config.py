@@ -50,6 +50,12 @@ def test_round_trips_through_dict():
         ({"bus_width": 2048}, r"^Bus width of 2048 bits is outside the 32 to 1024 bits the "
                               r"memory movers take$"),
         ({"max_outstanding": 0}, r"^Outstanding bursts must be a positive integer, not 0$"),
+        ({"memory_ports": 0}, r"^Memory ports must be an integer from 1 to 8 \(one per mover\), "
+                              r"not 0$"),
+        ({"memory_ports": 9}, r"^Memory ports must be an integer from 1 to 8 \(one per mover\), "
+                              r"not 9$"),
+        ({"memory_ports": True}, r"^Memory ports must be an integer from 1 to 8 \(one per "
+                                 r"mover\), not True$"),
     ],
 )
 def test_bad_parameter_is_a_clear_error(changes, message):
@@ -95,3 +101,16 @@ def test_bus_widths_are_those_the_movers_and_the_layout_take():
     # The defaults: the ZCU102/ZCU104 HP ports.
     assert {(DEFAULT_HW[name].bus_width, DEFAULT_HW[name].max_outstanding)
             for name in ("tiny", "edge-moe", "m3vit-s")} == {(128, 4)}
+
+
+def test_one_memory_port_leaves_the_fingerprint_as_it_was():
+    """memory_ports=1 (today's top) is not in the dict, so not in a program's fingerprint:
+    programs and caches made before the field existed stay valid; 2 ports is another one."""
+    from moevit.hw.program.program import hw_hash
+
+    hw = DEFAULT_HW["tiny"]
+    assert "memory_ports" not in hw.to_dict()
+    assert f"{hw_hash(hw):016x}" == "c14458c845e956b3"   # tiny's, before the field (e64dbe1)
+    two = hw.replace(memory_ports=2)
+    assert two.to_dict()["memory_ports"] == 2 and hw_hash(two) != hw_hash(hw)
+    assert HwConfig.from_dict(two.to_dict()) == two and HwConfig.from_dict(hw.to_dict()) == hw

@@ -17,10 +17,13 @@ descriptor, a TASK_LINEAR resolved for each task. Two assumptions, stated:
 A design point's cycles per instruction are :mod:`moevit.hw.cost.cycles`' model
 (``max(compute, memory) + ISSUE_CYCLES``; the top runs one instruction at a
 time, its movers overlapping the instruction's own compute, nothing across
-instructions), with the memory side at the board's bandwidth
-(:func:`~moevit.hw.cost.cycles.board_bandwidth`: the single ``m_axi_gmem``
-port of the top, capped by the bus, the board's port and its memory) and bytes
-from the descriptors' shapes (:func:`read_bytes`). Resources are
+instructions), with the memory side at the board's bandwidth: each of the top's memory
+ports (``hw.memory_ports``) at :func:`~moevit.hw.cost.cycles.board_bandwidth`
+(the bus, capped by the board's port and its memory), all of them together at
+most the board's memory (:func:`~moevit.hw.cost.cycles.board_memory_bandwidth`),
+each stream on the port the top's table gives its mover
+(:func:`~moevit.hw.cost.cycles.memory_cycles`), bytes from the descriptors'
+shapes (:func:`read_bytes`, :func:`moved_bytes`). Resources are
 :mod:`moevit.hw.cost.resources`' formulas.
 
 **Batching** (a projection: the compiler emits one image per run today): ``b``
@@ -36,7 +39,9 @@ that fit it with the fewest attention cycles. Stage 2 tunes, within the rest,
 the linear array (rows x cols), the DSP packing, the post-processing lanes,
 the bus width (the board's choices) and the buffer depths (``max_in`` and
 ``kv_depth`` the model's minimum; ``max_tokens`` the largest batch the BRAM
-holds, up to :data:`MAX_BATCH` images), under the board's DSP, BRAM, URAM,
+holds, up to :data:`MAX_BATCH` images), and the memory ports (1 to the
+board's, at most ``HwConfig.MAX_MEMORY_PORTS``: the fewest within
+:data:`PORTS_SLACK` of the fastest), under the board's DSP, BRAM, URAM,
 LUT and FF (each at its :data:`USABLE` fraction). Bandwidth is not split:
 the two kernels run in turn, each with the whole port. The chosen point
 is one the compiler can serve (the sequence fits the token buffer) when any
@@ -53,8 +58,8 @@ from pathlib import Path
 
 from moevit.errors import ConfigError
 
-__all__ = ["ROUTING", "USABLE", "ATTENTION_SHARES", "MAX_BATCH", "LATENCY_SLACK", "Workload",
-           "workload", "read_bytes", "predict", "Point", "search", "dse_rows", "print_dse",
+__all__ = ["ROUTING", "USABLE", "ATTENTION_SHARES", "MAX_BATCH", "LATENCY_SLACK", "PORTS_SLACK",
+           "Workload", "workload", "read_bytes", "moved_bytes", "predict", "Point", "search", "dse_rows", "print_dse",
            "save_config"]
 
 ROUTING = ("balanced: every expert of a MoE layer gets ceil(tokens x top_k / experts) tokens, "
@@ -68,6 +73,10 @@ ATTENTION_SHARES = (1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4)
 MAX_BATCH = 16
 #: The chosen point's batch-1 latency is at most this much above the fastest's.
 LATENCY_SLACK = 0.10
+#: A point takes the fewest memory ports whose latency is within this of its best.
+PORTS_SLACK = 0.01
+#: The memory ports the search tries (those the board has).
+PORT_CHOICES = (1, 2, 4, 8)
 #: Stage 2's grid.
 ROWS = (4, 8, 16, 32, 64)
 COLS = (8, 16, 32, 64)
@@ -282,22 +291,41 @@ def read_bytes(step, hw, tokens=None) -> int:
     raise ConfigError(f"No cost model for instruction {m}")
 
 
-def _weight_bytes(step, hw) -> int:
-    """The bytes a linear step (LINEAR, or an EXPERT that runs) reads once per instruction
-    whatever its tokens: weights and channel constants."""
-    if step.mnemonic == "LINEAR":
-        return read_bytes(step, hw, tokens=0)
-    f = step.values
-    return read_bytes(step, hw, tokens=1) - (f["dim"] + f["hidden"]) \
-        - f["tokens"] * f["top_k"]
+def moved_bytes(step, hw, tokens=None, written=0) -> dict:
+    """:func:`read_bytes` by the mover that reads them (a name of
+    :data:`moevit.hw.top.memory_ports.MOVERS`: the read channel each engine uses), and
+    ``written`` on ``write``; ``tokens``: a linear chunk's tokens instead."""
+    from moevit.hw.program.layout import chan_bytes
 
-
-def _token_bytes(step) -> int:
-    """The bytes a linear step reads and writes per token (input, skip, output rows)."""
     f = step.values
-    if step.mnemonic == "LINEAR":
-        return f["in_features"] + f["out_features"] * (2 if f["residual"] else 1)
-    return 2 * (f["dim"] + f["hidden"])
+    m = step.mnemonic
+
+    def linear(n, inputs, outputs, residual=False):
+        return {"x": n * inputs, "w": -(-outputs // hw.cols) * hw.cols * inputs,
+                "chan": chan_bytes(outputs, hw.cols), "res": n * outputs if residual else 0}
+
+    if m == "LINEAR":
+        moved = linear(f["tokens"] if tokens is None else tokens, f["in_features"],
+                       f["out_features"], f["residual"])
+    elif m == "ATTENTION":
+        size = f["tokens"] * f["heads"] * f["head_dim"]
+        moved = {"x": size, "w": size, "chan": size}                  # q, k, v
+    elif m == "LAYERNORM":
+        moved = {"x": 8 * f["dim"], "w": f["tokens"] * f["dim"]}      # parameters, rows
+    elif m == "EXPERT":
+        n = step.routed if tokens is None else tokens
+        moved = {"list": f["tokens"] * f["top_k"]}
+        if n:
+            fc1 = linear(n, f["dim"], f["hidden"])
+            fc2 = linear(n, f["hidden"], f["dim"])
+            moved.update({k: fc1[k] + fc2[k] for k in ("x", "w", "chan")})
+    elif m == "COMBINE":
+        moved = {"x": 2 * f["tokens"] * f["top_k"], "w": f["tokens"] * f["top_k"] * f["dim"],
+                 "chan": f["tokens"] * f["dim"]}                      # gate weights, slots, skip
+    else:                                                             # one stream, on x
+        moved = {"x": read_bytes(step, hw, tokens)}
+    moved["write"] = written
+    return {k: v for k, v in moved.items() if v}
 
 
 def _expert_linears(step, hw, n):
@@ -366,10 +394,11 @@ class Prediction:
     compute_bound: dict = field(default_factory=dict)  # unit -> its compute-bound cycles
 
 
-def predict(steps, hw, bandwidth, batch=1) -> Prediction:
+def predict(steps, hw, bandwidth, batch=1, memory_bandwidth=None) -> Prediction:
     """Cycles of one run of ``batch`` images of ``steps`` (``(step, count)`` pairs,
-    :meth:`Workload.steps`) on ``hw`` at ``bandwidth`` bytes a cycle
-    (``max(compute, memory) + ISSUE_CYCLES`` per instruction and chunk).
+    :meth:`Workload.steps`) on ``hw`` at ``bandwidth`` bytes a cycle per memory port and
+    ``memory_bandwidth`` for all (:func:`~moevit.hw.cost.cycles.memory_cycles`;
+    ``max(compute, memory) + ISSUE_CYCLES`` per instruction and chunk).
 
     Raises
     ------
@@ -377,7 +406,7 @@ def predict(steps, hw, bandwidth, batch=1) -> Prediction:
         A step ``hw`` cannot run (a sequence longer than the key/value buffers, a layer
         wider than the input buffer).
     """
-    from moevit.hw.cost.cycles import ISSUE_CYCLES
+    from moevit.hw.cost.cycles import ISSUE_CYCLES, memory_cycles
 
     total = memory_bound = moved = 0
     units, compute_bound = {}, {}
@@ -388,15 +417,22 @@ def predict(steps, hw, bandwidth, batch=1) -> Prediction:
             tokens = (f["tokens"] if step.mnemonic == "LINEAR" else step.routed) * batch
             chunks = _split(tokens, hw.max_tokens)
             chunked |= batch == 1 and len(chunks) > 1
-            weights, per_token = _weight_bytes(step, hw), _token_bytes(step)
-            parts = [(_chunk_cycles(step, hw, n), weights + n * per_token) for n in chunks]
+            parts = []
+            for n in chunks:
+                out = n * (f["out_features"] if step.mnemonic == "LINEAR"
+                           else f["hidden"] + f["dim"])
+                chunk = moved_bytes(step, hw, tokens=n, written=out)
+                chunk.pop("list", None)
+                parts.append((_chunk_cycles(step, hw, n), chunk))
             if step.mnemonic == "EXPERT":  # the routing, read once per image
-                parts[0] = (parts[0][0], parts[0][1] + f["tokens"] * f["top_k"] * batch)
+                parts[0][1]["list"] = f["tokens"] * f["top_k"] * batch
         else:
             compute, written = _other_cycles(step, hw)
-            parts = [(compute * batch, (read_bytes(step, hw) + written) * batch)]
-        for compute, nbytes in parts:
-            memory = math.ceil(nbytes / bandwidth)
+            parts = [(compute * batch, {k: v * batch for k, v in
+                                        moved_bytes(step, hw, written=written).items()})]
+        for compute, by_mover in parts:
+            nbytes = sum(by_mover.values())
+            memory = memory_cycles(hw, by_mover, bandwidth, memory_bandwidth)
             cycles = (max(compute, memory) + ISSUE_CYCLES) * count
             total += cycles
             moved += nbytes * count
@@ -493,12 +529,44 @@ def _max_tokens(hw, tokens, board, the_fit, fabric=True):
     return best
 
 
-def _best_batch(work, hw, bandwidth, task):
+def _bandwidths(board, hw):
+    """``(bandwidth, memory_bandwidth)`` of :func:`predict` on ``board``: a port's, and
+    the memory's behind all ports."""
+    from moevit.hw.cost.cycles import board_bandwidth, board_memory_bandwidth
+
+    return board_bandwidth(board, hw), board_memory_bandwidth(board, hw)
+
+
+def _ports(work, hw, board, the_fit, fabric):
+    """``(hw, resources, runs per task)`` with the memory ports of :data:`PORT_CHOICES`
+    the board has: the fewest whose slowest task is within :data:`PORTS_SLACK` of the
+    best; more are tried only while the point is memory-bound and they fit."""
+    from moevit.hw.cost.resources import resources
+
+    tried = []
+    for ports in [p for p in PORT_CHOICES if p <= min(board.ports, hw.MAX_MEMORY_PORTS)]:
+        candidate = hw.replace(memory_ports=ports)
+        res = resources(candidate, the_fit)
+        if tried and _fits(res, board, fabric):
+            break
+        port, memory = _bandwidths(board, candidate)
+        runs = {t: predict(work.steps(t), candidate, port, memory_bandwidth=memory)
+                for t in work.tasks}
+        tried.append((max(r.cycles for r in runs.values()), candidate, res, runs))
+        if not any(r.memory_cycles for r in runs.values()):
+            break                       # compute-bound everywhere: more ports gain nothing
+    best = min(cycles for cycles, *_ in tried)
+    return next((hw, res, runs) for cycles, hw, res, runs in tried
+                if cycles <= best * (1 + PORTS_SLACK))
+
+
+def _best_batch(work, hw, board, task):
     """(batch, cycles per image) of the best throughput the token buffer allows."""
     best = (1, None)
     batch = 1
     while batch <= MAX_BATCH and (batch == 1 or work.tokens * batch <= hw.max_tokens):
-        per_image = predict(work.steps(task), hw, bandwidth, batch).cycles / batch
+        port, memory = _bandwidths(board, hw)
+        per_image = predict(work.steps(task), hw, port, batch, memory).cycles / batch
         if best[1] is None or per_image < best[1]:
             best = (batch, per_image)
         batch *= 2
@@ -519,7 +587,6 @@ def search(board, config, *, quick=False, fabric=True, progress=True) -> list:
     from tqdm import tqdm
 
     from moevit.hw.boards import get_board
-    from moevit.hw.cost.cycles import board_bandwidth
     from moevit.hw.cost.resources import _default_fit, resources, unit_dsp
     from moevit.hw.program.descriptor import DescriptorError
     from moevit.model.config import get_config
@@ -571,10 +638,8 @@ def search(board, config, *, quick=False, fabric=True, progress=True) -> list:
             over = _fits(resources(hw, the_fit), board, fabric)
             misses[over] = misses.get(over, 0) + 1
             continue
-        hw, res = sized
-        bandwidth = board_bandwidth(board, hw)
         try:
-            runs = {t: predict(work.steps(t), hw, bandwidth) for t in work.tasks}
+            hw, res, runs = _ports(work, sized[0], board, the_fit, fabric)
         except DescriptorError:
             continue
         task = max(runs, key=lambda t: runs[t].cycles)
@@ -588,8 +653,7 @@ def search(board, config, *, quick=False, fabric=True, progress=True) -> list:
     fastest = min(p.latency_cycles for p in points)
     near = [p for p in points if p.latency_cycles <= fastest * (1 + LATENCY_SLACK)]
     for p in near:
-        p.best_batch, p.best_cycles_per_image = _best_batch(
-            work, p.hw, board_bandwidth(board, p.hw), p.task)
+        p.best_batch, p.best_cycles_per_image = _best_batch(work, p.hw, board, p.task)
     near.sort(key=lambda p: (p.best_cycles_per_image, p.latency_cycles, p.resources.dsp))
     near[0].largest = largest
     return near
@@ -659,6 +723,7 @@ def point_row(point, board, work, fabric=True) -> dict:
         "board": board.name, "config": work.config, "name": hw.name, "task": point.task,
         "mac_units": hw.macs + attention_units, "linear_mac_units": hw.macs,
         "attention_mac_units": attention_units, "dsp_packing": hw.dsp_packing,
+        "memory_ports": hw.memory_ports,
         "latency_ms": point.latency_ms, "fps_batch1": fps1, "best_batch": point.best_batch,
         "best_fps": best_fps, "macs_per_image": macs, "gops": 2 * macs * fps1 / 1e9,
         "best_gops": 2 * macs * best_fps / 1e9,
@@ -684,9 +749,9 @@ def point_row(point, board, work, fabric=True) -> dict:
 
 
 def _bandwidth(board, hw):
-    from moevit.hw.cost.cycles import board_bandwidth
-
-    return board_bandwidth(board, hw)
+    """Bytes a cycle the design gets: its ports', at most the board memory's."""
+    port, memory = _bandwidths(board, hw)
+    return min(hw.memory_ports * port, memory)
 
 
 def _target(row, name, op, value):
@@ -730,7 +795,8 @@ def print_dse(rows) -> None:
         print(f"  linear array {h['rows']}x{h['cols']} ({r['linear_mac_units']} MAC units, "
               f"packing {h['dsp_packing']}, {h['post_lanes']} post lanes), attention "
               f"{h['heads_parallel']} heads x 2 x {h['score_lanes']} lanes "
-              f"({r['attention_mac_units']} MAC units), bus {h['bus_width']} bits, "
+              f"({r['attention_mac_units']} MAC units), bus {h['bus_width']} bits x "
+              f"{r['memory_ports']} memory port(s), "
               f"max_tokens {h['max_tokens']}, max_in {h['max_in']}, kv_depth {h['kv_depth']}, "
               f"{h['clock_mhz']:g} MHz")
         print(f"  latency {r['latency_ms']:.3f} ms per image at batch 1 ({r['task']}, the "

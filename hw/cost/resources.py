@@ -225,6 +225,12 @@ TOP_UNITS = ("linear", "attention", "layernorm", "moe", "control", "gmem")
 #: (Yosys on the whole top is too slow here); an allowance of about the control and
 #: memory-port units' own size again, so that the search keeps room for them.
 TOP_OVERHEAD = Resources(dsp=0, lut=20_000, ff=30_000, bram36=16, uram=0)
+#: Each memory port of the top beyond the first (``hw.memory_ports``,
+#: :mod:`moevit.hw.top.memory_ports`): a two-port ``ReadArbiter`` of the 128-bit bus, by
+#: Yosys (``synth_xilinx -family xcup``: 604 LUT, its R beat FIFOs in LUT RAM, 81 FF, no
+#: BRAM or DSP; 2026-12-02). An upper bound: the movers are not duplicated, only spread
+#: over more and smaller arbiters, and a port with one mover has none.
+PORT_OVERHEAD = Resources(dsp=0, lut=604, ff=81, bram36=0, uram=0)
 
 
 def unit_dsp(unit: str, hw) -> int:
@@ -333,11 +339,12 @@ def unit_resources(unit: str, hw, the_fit=None) -> Resources:
 
 
 def resources(hw, the_fit=None) -> Resources:
-    """Resources of the whole top on ``hw``: its units and :data:`TOP_OVERHEAD`. The top's
+    """Resources of the whole top on ``hw``: its units, :data:`TOP_OVERHEAD` and
+    :data:`PORT_OVERHEAD` per memory port beyond the first. The top's
     MoE engines count as the MoE unit for DSP, LUT and FF (the same gate and combine
     lanes), with their own memories: the MoE unit keeps an accumulator row per token,
     the engines one row."""
-    total = TOP_OVERHEAD
+    total = TOP_OVERHEAD + PORT_OVERHEAD * (hw.memory_ports - 1)
     for unit in TOP_UNITS:
         part = unit_resources(unit, hw, the_fit)
         if unit == "moe":

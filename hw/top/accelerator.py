@@ -11,7 +11,8 @@
                                                                  │ rd[0..3], rd[4], wr
                                                                  ▼
                           relocation (program address -> host buffer) ─► read movers ─►
-                          ReadArbiter ─► m_axi_gmem (read);  write mover ─► m_axi_gmem (write)
+                          ReadArbiter per port ─► m_axi_gmem, m_axi_gmem1 ... (read);
+                          write mover ─► its port (write)   (moevit.hw.top.memory_ports)
 
 One instruction runs at a time (its engine owns the read channels and the
 write channel; EXPERT runs with the linear engine, which executes the two
@@ -19,7 +20,8 @@ linear jobs it emits); the next one is issued when the previous one's writes
 are all answered, so an instruction always reads what the ones before it
 wrote. The ports are those of an XRT-managed RTL kernel (``ap_clk``,
 ``ap_rst_n``, ``interrupt``, ``s_axi_control``, ``m_axi_gmem_*`` with 64-bit
-addresses and the HwConfig's ``bus_width``), so one top serves a Vivado block
+addresses and the HwConfig's ``bus_width``, and ``m_axi_gmem1_*`` ... for its
+``memory_ports``), so one top serves a Vivado block
 design (ZCU102, ZCU104) and a v++ link (U280).
 
 A run stops on the first error with its code in the ``error`` register
@@ -42,8 +44,8 @@ from moevit.hw.program.isa import (OPCODES, AttentionDescriptor, CombineDescript
                                    CopyDescriptor, ExpertDescriptor, LayerNormDescriptor,
                                    PatchifyDescriptor, RouteDescriptor, TaskLinearDescriptor)
 from moevit.hw.top.control import AxiLiteSignature, Control
-from moevit.hw.top.movers import (AXI4ReadSignature, AXI4WriteSignature, ReadMover, WriteMover,
-                                  axi_members, connect_flat)
+from moevit.hw.top.memory_ports import connect_ports, port_members
+from moevit.hw.top.movers import ReadMover, WriteMover
 from moevit.hw.top.sequencer import Sequencer, code
 
 __all__ = ["Accelerator", "ENGINES", "ENGINE_OF", "ENGINE_CHANNELS"]
@@ -119,8 +121,7 @@ class Accelerator(wiring.Component):
         self._control = Control.from_config(hw)
         members = {"ap_clk": In(1), "ap_rst_n": In(1), "interrupt": Out(1),
                    "s_axi_control": In(AxiLiteSignature(self._control.regmap.address_width))}
-        members.update(axi_members("gmem", AXI4ReadSignature(hw.bus_width)))
-        members.update(axi_members("gmem", AXI4WriteSignature(hw.bus_width)))
+        members.update(port_members(hw))       # m_axi_gmem, m_axi_gmem1 ... (memory_ports)
         super().__init__(members)
 
     @property
@@ -128,7 +129,7 @@ class Accelerator(wiring.Component):
         return self._control.regmap
 
     def elaborate(self, platform):
-        from moevit.hw.top.interconnect import ReadArbiter, Relocator
+        from moevit.hw.top.interconnect import Relocator
 
         hw = self._hw
         m = Module()
@@ -200,7 +201,7 @@ class Accelerator(wiring.Component):
                 m.d.comb += [engines[name].desc.valid.eq(seq.issue.valid),
                              seq.issue.ready.eq(engines[name].desc.ready), missing.eq(0)]
 
-        # Memory: engine channels (relocated) and the sequencer's reads onto one AXI4 port.
+        # Memory: engine channels (relocated), then the sequencer's reads (memory_ports.MOVERS).
         reads = [ReadMover(hw.bus_width, max_outstanding=hw.max_outstanding)
                  for _ in range(ENGINE_CHANNELS + 2)]
         write = m.submodules.write = WriteMover(hw.bus_width, max_outstanding=hw.max_outstanding)
@@ -261,13 +262,8 @@ class Accelerator(wiring.Component):
             wiring.connect(m, port.req, mover.req)
             wiring.connect(m, mover.data, port.data)
 
-        # Every mover may have its bursts in flight at once.
-        arbiter = m.submodules.arbiter = ReadArbiter(hw.bus_width, len(reads),
-                                                     len(reads) * hw.max_outstanding)
-        for k, mover in enumerate(reads):
-            wiring.connect(m, mover.axi, arbiter.ports[k])
-        connect_flat(m, self, "gmem", arbiter.axi)
-        connect_flat(m, self, "gmem", write.axi)
+        # The movers onto the memory ports, by the table of moevit.hw.top.memory_ports.
+        connect_ports(m, self, hw, reads, write)
 
         # Completion: the engine handed its work over and every burst is answered.
         movers_busy, all_busy = Signal(), Signal()   # engine channels; and the sequencer's

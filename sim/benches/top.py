@@ -7,11 +7,14 @@ buffer and sets ``ap_start`` through cocotbext-axi's ``AxiLiteMaster`` on
 ``s_axi_control``, waits for the ``interrupt`` (no Python wakes on the way:
 the simulator runs free until it), clears it, and reads back the status,
 error and cycle registers, the output buffer and the activation scratch.
-The memory is cocotbext-axi's ``AxiRam`` on ``m_axi_gmem``; the host's
-buffers lie at addresses unlike the program's own (so every address goes
-through the top's relocation), and the memory can be slowed by a pause
-pattern on its channels (``memory_pauses``; ``"stall"``: long stalls of
-thousands of cycles, :func:`stalls`).
+The memory is cocotbext-axi's ``AxiRam``, one on each of the top's memory
+ports (``m_axi_gmem``, ``m_axi_gmem1`` ... for ``hw.memory_ports``), all views
+onto the same bytes; the host's buffers lie at addresses unlike the
+program's own (so every address goes through the top's relocation), and the
+memory can be slowed by a pause pattern on each port's channels, each port
+its own (``memory_pauses``; ``"stall"``: long stalls of thousands of cycles,
+:func:`stalls`), and limited to ``bandwidth`` bytes a cycle per port, its
+reads and writes together (:class:`Throttle`).
 
 Faults a run may meet (for the reliability suites): SLVERR or DECERR from
 the memory on reads, writes or both; a reset pulsed in the middle of the
@@ -20,7 +23,7 @@ every host buffer holds a known pattern (:data:`GUARD_BYTES` either side),
 and after each run the bench reports every byte the run changed outside its
 output and scratch buffers (``outside``): the guards, the program, the
 weights and the input must be as the host left them, and no byte anywhere
-else may be written.
+else may be written. Faults and guards see every port.
 
 Register offsets come from the register map (:data:`~moevit.hw.program.regmap.REGMAP`),
 never typed here.
@@ -33,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["run_top", "expected_runs", "output_bytes", "stalls", "guard_pattern", "BUFFERS",
-           "TOPLEVEL", "GUARD_BYTES"]
+           "TOPLEVEL", "GUARD_BYTES", "port_stream"]
 
 TOPLEVEL = "moevit_top"
 
@@ -63,6 +66,12 @@ def stalls(seed, *, stream="", shortest=1000, longest=4000, flowing=(200, 2000))
         yield from itertools.repeat(True, rng.randint(shortest, longest))
 
 
+def port_stream(port, channel):
+    """The name that seeds a port's pause pattern on ``channel``: ``gmem.ar`` for port 0 (as
+    the one-port top always had, so its seeds replay), ``gmem1.ar`` ... for the others."""
+    return f"gmem.{channel}" if port == 0 else f"gmem{port}.{channel}"
+
+
 _VERILOG = {}
 
 
@@ -84,7 +93,8 @@ def _verilog(hw, engines):
 
 
 def run_top(program, runs, *, test_id, simulator=None, memory_pauses="none", seed=0,
-            probability=0.3, timeout_us=200_000, engines=None, waves=False, guard=False):
+            probability=0.3, timeout_us=200_000, engines=None, waves=False, guard=False,
+            bandwidth=None):
     """Run ``runs`` on the co-simulated top loaded with ``program``.
 
     ``runs`` is a list of ``(task, images)``, ``images`` int8 arrays of the
@@ -102,11 +112,14 @@ def run_top(program, runs, *, test_id, simulator=None, memory_pauses="none", see
     ``timeout_us``. Returns one dict per run:
     ``error`` (the error code), ``done`` and ``idle`` (``ap_ctrl`` after the
     run), ``status``, ``cycles``, ``busy`` (cycles per counted unit),
+    ``bytes_read`` (and ``port_bytes_read``, per memory port),
     ``outputs`` (uint8 bytes of each image's output region), ``scratch`` (the
     scratch after the run), ``outside`` (with ``guard``: the number of bytes
     the run changed outside its output and scratch buffers, and the first
     addresses), ``seconds`` (wall time of the whole simulation).
-    ``engines``: build only these (``Accelerator``).
+    ``engines``: build only these (``Accelerator``). ``bandwidth``: bytes a cycle each
+    memory port serves at most, its reads and writes together (:class:`Throttle`; default:
+    a bus word a cycle on each of its read and write channels).
     """
     from moevit.paths import build_dir
     from moevit.sim.runner import run_cocotb, sim_folder
@@ -142,7 +155,9 @@ def run_top(program, runs, *, test_id, simulator=None, memory_pauses="none", see
             "input_pitch": bounds["output_at"] - bounds["input_at"],
             "output_pitch": bounds["output_end"] - bounds["output_at"],
             "scratch_bytes": bounds["input_at"] - bounds["scratch_at"],
-            "weights_bytes": len(program.weights), "guard": bool(guard)}
+            "weights_bytes": len(program.weights), "guard": bool(guard),
+            "bus_bytes": program.hw.bus_width // 8,
+            "bandwidth": None if bandwidth is None else float(bandwidth)}
     result = run_cocotb(toplevel=TOPLEVEL, sources=[source], test_module=__name__,
                         test_id=test_id, simulator=simulator, waves=waves,
                         env={"MOEVIT_CASE": json.dumps(case)})
@@ -198,31 +213,92 @@ if cocotb is not None:
     from moevit.sim.benches.movers import FaultyRam
     from moevit.sim.streams import pauses
 
+    class Throttle:
+        """``rate`` bytes a cycle for one port's R and W beats together: a bucket that
+        fills by ``rate`` each cycle, up to one beat, and empties by a beat for each beat
+        taken on either channel; a channel pauses while the bucket holds less than a beat.
+        (Both channels may take a beat in one cycle: the bucket then goes below zero and
+        the port waits until it has refilled, so the rate holds over any stretch.)"""
+
+        def __init__(self, dut, name, rate, beat):
+            self.rate, self.beat, self.level = rate, beat, float(beat)
+            self.handshakes = {c: (getattr(dut, f"{name}_{c}valid"),
+                                   getattr(dut, f"{name}_{c}ready")) for c in "rw"}
+
+        def gate(self, channel):
+            """The pause generator of ``channel`` (``"r"`` or ``"w"``); R's refills the
+            bucket, once a cycle."""
+            valid, ready = self.handshakes[channel]
+            while True:
+                if channel == "r":
+                    self.level = min(self.level + self.rate, self.beat)
+                if str(valid.value) == "1" and str(ready.value) == "1":  # a beat at this edge
+                    self.level -= self.beat
+                yield self.level < self.beat
+
+    def memory_ports(dut) -> list:
+        """The top's memory ports, ``m_axi_gmem``, ``m_axi_gmem1`` ... (as many as it has)."""
+        from moevit.hw.top.memory_ports import port_name
+
+        names = [f"m_axi_{port_name(0)}"]
+        while hasattr(dut, f"m_axi_{port_name(len(names))}_arvalid"):
+            names.append(f"m_axi_{port_name(len(names))}")
+        return names
+
     class Host:
-        """The host side: registers through ``AxiLiteMaster``, buffers in the ``AxiRam``."""
+        """The host side: registers through ``AxiLiteMaster``, buffers in the memory; one
+        ``AxiRam`` per memory port (``rams``), all onto port 0's (``ram``) bytes."""
 
         def __init__(self, dut, case):
             self.dut, self.case = dut, case
             import logging
 
-            for name in ("s_axi_control", "m_axi_gmem"):     # a line per burst: too many
+            names = memory_ports(dut)
+            for name in ("s_axi_control", *names):     # a line per burst: too many
                 logging.getLogger(f"cocotb.{dut._name}.{name}").setLevel(logging.WARNING)
             self.regs = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axi_control"), dut.ap_clk,
                                       dut.ap_rst_n, reset_active_level=False)
-            self.ram = FaultyRam(AxiBus.from_prefix(dut, "m_axi_gmem"), dut.ap_clk,
-                                 dut.ap_rst_n, reset_active_level=False,
-                                 size=case.get("memory_bytes", 1 << 26))
+            self.rams = []
+            for name in names:
+                shared = self.rams[0].mem if self.rams else None
+                self.rams.append(FaultyRam(AxiBus.from_prefix(dut, name), dut.ap_clk,
+                                           dut.ap_rst_n, reset_active_level=False,
+                                           size=case.get("memory_bytes", 1 << 26), mem=shared))
+            self.ram = self.rams[0]
+            self.throttles = None
+            if case.get("bandwidth") is not None:
+                self.throttles = [Throttle(dut, name, case["bandwidth"], case["bus_bytes"])
+                                  for name in names]
             self.pausing = ("none", None, None, None)
-            if case.get("memory_pauses", "none") != "none":
-                self.slow(case["memory_pauses"], case["seed"], case["probability"], None)
-            self.bytes_read = 0
-            read = self.ram.read_if._read
+            if case.get("memory_pauses", "none") != "none" or self.throttles:
+                self.slow(case.get("memory_pauses", "none"), case.get("seed"),
+                          case.get("probability"), None)
+            self.port_bytes_read = [0] * len(self.rams)
+            for k, ram in enumerate(self.rams):
+                self._count(k, ram)
+
+        @property
+        def bytes_read(self):
+            return sum(self.port_bytes_read)
+
+        def _count(self, port, ram):
+            read = ram.read_if._read
 
             async def counted(address, length):   # every beat the memory serves
-                self.bytes_read += length
+                self.port_bytes_read[port] += length
                 return await read(address, length)
 
-            self.ram.read_if._read = counted
+            ram.read_if._read = counted
+
+        @property
+        def faults(self):
+            return self.ram.faults
+
+        @faults.setter
+        def faults(self, faults):
+            """The same fault ranges on every port."""
+            for ram in self.rams:
+                ram.faults = list(faults)
 
         async def write(self, name, value):
             reg = REGMAP[name]
@@ -237,22 +313,32 @@ if cocotb is not None:
             return value
 
         def slow(self, kind, seed, probability, options):
-            """Pause the memory's five channels on ``kind``'s pattern (``"stall"``:
-            :func:`stalls` with ``options``); patterns already running go on undisturbed."""
+            """Pause every port's five channels on ``kind``'s pattern, each port and
+            channel its own (``"stall"``: :func:`stalls` with ``options``), R and W
+            besides held to the port's :class:`Throttle` if there is one; patterns
+            already running go on undisturbed."""
             if self.pausing == (kind, seed, probability, options):
                 return
             self.pausing = (kind, seed, probability, options)
-            for name in ("ar", "r", "aw", "w", "b"):
-                side = self.ram.read_if if name in ("ar", "r") else self.ram.write_if
-                channel, stream = getattr(side, f"{name}_channel"), f"gmem.{name}"
-                if kind == "none":
-                    channel.clear_pause_generator()
-                    channel.pause = False   # it may have stopped in a pause
-                elif kind == "stall":
-                    channel.set_pause_generator(stalls(seed, stream=stream, **options))
-                else:
-                    channel.set_pause_generator(pauses(kind, seed=seed, stream=stream,
-                                                       probability=probability))
+            for port, ram in enumerate(self.rams):
+                for name in ("ar", "r", "aw", "w", "b"):
+                    side = ram.read_if if name in ("ar", "r") else ram.write_if
+                    channel, stream = getattr(side, f"{name}_channel"), port_stream(port, name)
+                    if kind == "none":
+                        pattern = None
+                    elif kind == "stall":
+                        pattern = stalls(seed, stream=stream, **options)
+                    else:
+                        pattern = pauses(kind, seed=seed, stream=stream, probability=probability)
+                    if self.throttles and name in ("r", "w"):
+                        gate = self.throttles[port].gate(name)
+                        pattern = gate if pattern is None else \
+                            (a | b for a, b in zip(gate, pattern))
+                    if pattern is None:
+                        channel.clear_pause_generator()
+                        channel.pause = False   # it may have stopped in a pause
+                    else:
+                        channel.set_pause_generator(pattern)
 
         async def arguments(self):
             """The buffers' addresses and the interrupt enables (again after a reset)."""
@@ -363,8 +449,8 @@ if cocotb is not None:
             host.slow(run["memory_pauses"], run["seed"], run["probability"], run["stalls"])
             if case["guard"]:
                 guard.snapshot()
-            host.ram.faults = [tuple(f) for f in run["faults"]]
-            host.bytes_read = 0
+            host.faults = [tuple(f) for f in run["faults"]]
+            host.port_bytes_read = [0] * len(host.rams)
             await host.write("task", run["task"])
             await host.write("images", run["count"])
             await host.write("ap_ctrl", 1)
@@ -388,7 +474,7 @@ if cocotb is not None:
                     (out / "hang.txt").write_text("\n".join(handshakes(dut)))
                     raise AssertionError(f"run {k}: no interrupt after {run['timeout_us']} us; "
                                          f"the handshakes then: {out / 'hang.txt'}") from None
-            host.ram.faults = []
+            host.faults = []
             await host.write("isr", await host.read("isr"))   # toggle-on-write: clears it
             ctrl = await host.read("ap_ctrl")
             status, error = await host.read("status"), await host.read("error")
@@ -400,6 +486,7 @@ if cocotb is not None:
                    "instruction": host.field("status", "instruction", status),
                    "image": host.field("status", "image", status),
                    "cycles": await host.read("cycles"), "bytes_read": host.bytes_read,
+                   "port_bytes_read": list(host.port_bytes_read),
                    "busy": {unit: await host.read(f"busy_{unit}") for unit in REGMAP.units},
                    **during}
             if case["guard"]:

@@ -1,0 +1,115 @@
+"""The top's AXI4 memory masters: its movers spread over ``hw.memory_ports`` ports by one table.
+
+A port is a full AXI4 master of ``hw.bus_width`` bits with 64-bit addresses,
+named as Vitis and Vivado name a kernel's ports: ``m_axi_gmem`` (port 0, as the
+one-port top has always named it), then ``m_axi_gmem1``, ``m_axi_gmem2`` ...
+Every port reaches the same memory (the host's buffers); which one a mover
+uses is fixed when the top is built, by :data:`PORT_OF`:
+
+========  ====  ====  ====  ====  ====  =======  =====  =====
+ports     x     w     chan  res   list  program  entry  write
+========  ====  ====  ====  ====  ====  =======  =====  =====
+1         0     0     0     0     0     0        0      0
+2         0     1     0     0     0     0        0      0
+3         0     1     0     0     0     0        0      2
+4         0     1     2     2     0     0        0      3
+5         0     1     2     3     0     0        0      4
+6         0     1     2     3     4     4        4      5
+7         0     1     2     3     4     5        5      6
+8         0     1     2     3     4     5        6      7
+========  ====  ====  ====  ====  ====  =======  =====  =====
+
+The movers, by the name of what the linear engine reads on them
+(:data:`MOVERS`): the engine read channels 0 to 4 (``x``, ``w``, ``chan``,
+``res``; ``list`` is EXPERT's routing), the sequencer's ``program`` and task
+``entry`` reads, and the ``write`` mover. The other engines use the same
+channels: ATTENTION q, k, v on x, w, chan; LAYERNORM its parameters and rows on
+x and w; COMBINE gate weights, slots and skip rows on x, w, chan; PATCHIFY,
+COPY and ROUTE one stream on x.
+
+Why this table: ``w`` is by far the heaviest stream (every expert's weights,
+once per image), so it has a port of its own from two ports on, away from the
+activations (``x``). With two ports the writes join the activations rather
+than the weights: the cost model charges a port's reads and writes against
+one bandwidth (:func:`moevit.hw.cost.cycles.port_bytes`), and a linear layer's
+``x`` and ``y`` together weigh about what its weights do. From three ports the
+write mover has a port of its own; from four, ATTENTION's q, k, v and its
+output each have one. The sequencer's reads (a few words per instruction) and
+EXPERT's routing go with ``x`` until there are ports to spare.
+
+A port with one read mover connects it straight to the port; with several, a
+:class:`~moevit.hw.top.interconnect.ReadArbiter` joins them. The write mover
+always owns its port's write channels alone; a port's unused channels are
+held idle (``arvalid``, ``awvalid``, ``wvalid`` low).
+"""
+
+from amaranth.lib import wiring
+
+from moevit.hw.config import HwConfig
+from moevit.hw.top.movers import AXI4ReadSignature, AXI4WriteSignature, axi_members, connect_flat
+
+__all__ = ["MOVERS", "READ_MOVERS", "PORT_OF", "port_name", "ports_of", "port_members",
+           "connect_ports"]
+
+#: The top's movers in the order of :data:`PORT_OF`'s rows: its read movers (engine
+#: channels 0 to 4, then the sequencer's two), then the write mover.
+MOVERS = ("x", "w", "chan", "res", "list", "program", "entry", "write")
+READ_MOVERS = MOVERS[:-1]
+
+#: Ports -> the port of each mover of :data:`MOVERS` (the module's table).
+PORT_OF = {
+    1: (0, 0, 0, 0, 0, 0, 0, 0),
+    2: (0, 1, 0, 0, 0, 0, 0, 0),
+    3: (0, 1, 0, 0, 0, 0, 0, 2),
+    4: (0, 1, 2, 2, 0, 0, 0, 3),
+    5: (0, 1, 2, 3, 0, 0, 0, 4),
+    6: (0, 1, 2, 3, 4, 4, 4, 5),
+    7: (0, 1, 2, 3, 4, 5, 5, 6),
+    8: (0, 1, 2, 3, 4, 5, 6, 7),
+}
+assert set(PORT_OF) == set(range(1, HwConfig.MAX_MEMORY_PORTS + 1))
+assert all(sorted(set(row)) == list(range(n)) for n, row in PORT_OF.items()), \
+    "every port has a mover"
+
+
+def port_name(k: int) -> str:
+    """The name of port ``k`` in ``m_axi_<name>``: ``gmem``, ``gmem1``, ``gmem2`` ..."""
+    return "gmem" if k == 0 else f"gmem{k}"
+
+
+def ports_of(hw: HwConfig) -> dict:
+    """Mover name -> its port on ``hw``'s top."""
+    return dict(zip(MOVERS, PORT_OF[hw.memory_ports]))
+
+
+def port_members(hw: HwConfig) -> dict:
+    """The top's members of its memory ports (``m_axi_gmem_*``, ``m_axi_gmem1_*`` ...)."""
+    members = {}
+    for k in range(hw.memory_ports):
+        members.update(axi_members(port_name(k), AXI4ReadSignature(hw.bus_width)))
+        members.update(axi_members(port_name(k), AXI4WriteSignature(hw.bus_width)))
+    return members
+
+
+def connect_ports(m, top, hw: HwConfig, reads, write):
+    """Join the read movers ``reads`` (in :data:`READ_MOVERS` order) and the write mover
+    ``write`` to ``top``'s flat ports (:func:`port_members`) by :data:`PORT_OF`: a
+    :class:`~moevit.hw.top.interconnect.ReadArbiter` per port with several read movers
+    (each may have all its bursts in flight), a straight connection for one."""
+    from moevit.hw.top.interconnect import ReadArbiter
+
+    assert len(reads) == len(READ_MOVERS)
+    where = PORT_OF[hw.memory_ports]
+    for k in range(hw.memory_ports):
+        name = port_name(k)
+        mine = [mover for mover, port in zip(reads, where) if port == k]
+        if len(mine) == 1:
+            connect_flat(m, top, name, mine[0].axi)
+        elif mine:
+            arbiter = ReadArbiter(hw.bus_width, len(mine), len(mine) * hw.max_outstanding)
+            m.submodules["arbiter" if k == 0 else f"arbiter{k}"] = arbiter
+            for j, mover in enumerate(mine):
+                wiring.connect(m, mover.axi, arbiter.ports[j])
+            connect_flat(m, top, name, arbiter.axi)
+        if where[-1] == k:
+            connect_flat(m, top, name, write.axi)

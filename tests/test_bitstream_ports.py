@@ -1,0 +1,93 @@
+"""The bitstream build of a top with several memory ports: every port in the block design on
+its own HP port, in kernel.xml and in link.cfg; the dry run passes, and a HwConfig with more
+ports than the board has is a clear error. The top is the copy engine's (as test_bitstream)."""
+
+import re
+
+import pytest
+
+from moevit.cli import main
+from moevit.errors import ConfigError
+from moevit.host import bitstream as B
+
+PORTS = {"zcu102": 4, "zcu104": 2, "u280": 4}
+
+
+def _top(hw):
+    from amaranth.back import verilog
+
+    from moevit.hw.top.accelerator import Accelerator
+    from moevit.hw.top.control import vitis_ports
+
+    accel = Accelerator(hw, engines=("copy",))
+    return verilog.convert(accel, name=B.KERNEL, ports=vitis_ports(accel), emit_src=False,
+                           strip_internal_attrs=True)
+
+
+_TOPS = {}   # ports -> the copy engine's top, converted once per session
+
+
+@pytest.fixture
+def ported(tmp_path, monkeypatch):
+    """``write_inputs`` of tiny with ``ports`` memory ports (a named config, as --save writes)."""
+    import moevit.hw.config as config
+
+    monkeypatch.setenv("MOEVIT_BUILD", str(tmp_path / "build"))
+    tops = _TOPS
+
+    def build(board, ports, top=True):
+        hw = config.DEFAULT_HW["tiny"].replace(name=f"tiny-{ports}ports", memory_ports=ports)
+        monkeypatch.setattr(config, "get_hw_config", lambda name: hw)
+        if top and ports not in tops:
+            tops[ports] = _top(hw)
+        return B.write_inputs(board, hw.name, tmp_path / board,
+                              verilog=tops[ports] if top else "(checked before the top)")
+
+    return build
+
+
+@pytest.mark.parametrize("board", sorted(PORTS))
+def test_dry_run_passes_with_the_boards_ports(board, ported):
+    build = ported(board, PORTS[board])
+    found = {c.name: c for c in B.dry_run(build)}
+    failed = [f"{c.name}: {c.detail}" for c in found.values() if not c.ok]
+    assert not failed
+    names = [f"m_axi_{'gmem' if k == 0 else f'gmem{k}'}" for k in range(PORTS[board])]
+    if board == "u280":
+        xml = (build.folder / B.KERNEL_XML).read_text()
+        assert re.findall(r'<port name="(m_axi_\w+)"', xml) == names
+        assert set(re.findall(r'port="(m_axi_\w+)"', xml)) == {"m_axi_gmem"}   # the buffers
+        cfg = (build.folder / B.LINK_CFG).read_text()
+        for name in names[1:]:
+            assert f"sp={B.CU}.{name}:{B.HBM_BANKS}" in cfg
+    else:
+        tcl = (build.folder / B.BD_TCL).read_text()
+        for k, name in enumerate(names):
+            sc = "memory_smartconnect" + (str(k) if k else "")
+            assert f"moevit_top_0/{name}] [get_bd_intf_pins {sc}/S00_AXI]" in tcl
+            assert f"{sc}/M00_AXI] [get_bd_intf_pins zynq_ultra_ps_e_0/S_AXI_HP{k}_FPD]" in tcl
+            assert f"CONFIG.PSU__USE__S_AXI_GP{k + 2} {{1}}" in tcl
+
+
+def test_a_port_left_unconnected_fails_the_dry_run(ported):
+    build = ported("zcu102", 2)
+    path = build.folder / B.BD_TCL
+    text = path.read_text()
+    old = ("connect_bd_intf_net [get_bd_intf_pins moevit_top_0/m_axi_gmem1] "
+           "[get_bd_intf_pins memory_smartconnect1/S00_AXI]\n")
+    assert old in text
+    path.write_text(text.replace(old, ""))
+    found = {c.name: c for c in B.dry_run(build)}
+    assert not found["AXI connections"].ok
+    assert "m_axi_gmem1" in found["every port of the top is connected"].detail
+
+
+@pytest.mark.parametrize("board, ports, have", [("zcu102", 5, 4), ("zcu104", 8, 4)])
+def test_more_ports_than_the_board_has(board, ports, have, ported, capsys):
+    with pytest.raises(ConfigError, match=rf"^HwConfig 'tiny-{ports}ports' has {ports} memory "
+                                          rf"ports; board {board} has {have} \(S_AXI_HP0_FPD"):
+        ported(board, ports, top=False)
+    assert main(["bitstream", "--board", board, "--config", f"tiny-{ports}ports",
+                 "--dry-run"]) == 2
+    assert re.fullmatch(rf"moevit: error: HwConfig 'tiny-{ports}ports' has {ports} memory ports; "
+                        rf"board {board} has {have} .*\n", capsys.readouterr().err)

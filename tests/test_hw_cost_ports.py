@@ -1,0 +1,93 @@
+"""The cost model's memory side with several memory ports: bytes per mover, per port."""
+
+import numpy as np
+import pytest
+
+from moevit.hw.bench_top import _program
+from moevit.hw.config import DEFAULT_HW, HwConfig
+from moevit.hw.cost.cycles import (_compute_and_written, memory_cycles, moved_bytes,
+                                   program_cycles)
+from moevit.hw.program.interpreter import run_instructions
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return _program("tiny")
+
+
+@pytest.mark.parametrize("task", [0, 1])
+def test_the_split_by_mover_is_the_interpreters_count(tiny, task):
+    """Every instruction of tiny's program: the bytes moved_bytes puts on the read movers sum
+    to what the interpreter reads, and the write mover's to what it writes."""
+    program, image = tiny
+    memory = program.memory_image()
+    region = program.layout["input"]
+    memory[region.offset:region.end] = image.reshape(-1).view(np.uint8)
+    for index, d in enumerate(program.instructions):
+        _, written, moved = _compute_and_written(d, memory, task, program.hw)
+        read = run_instructions(memory, program.hw, [d], task)["bytes_read"]
+        assert sum(moved.values()) - moved.get("write", 0) == read, (index, d.MNEMONIC)
+        assert moved.get("write", 0) == written
+
+
+def test_memory_cycles_per_port():
+    hw = DEFAULT_HW["tiny"]
+    moved = {"x": 1000, "w": 3000, "chan": 200, "res": 100, "write": 1200}
+    total = sum(moved.values())
+    assert memory_cycles(hw, moved, 16) == -(-total // 16)            # one port: as before
+    two = hw.replace(memory_ports=2)                                   # w | the rest
+    assert memory_cycles(two, moved, 16) == -(-3000 // 16)
+    assert memory_cycles(two, moved, 16, memory_bandwidth=20) == -(-total // 20)
+    four = hw.replace(memory_ports=4)                                  # x | w | chan+res | write
+    assert memory_cycles(four, moved, 16) == -(-3000 // 16)
+    assert memory_cycles(four, {"x": 1000, "chan": 200, "res": 100, "write": 1200}, 4) == 300
+
+
+def test_more_ports_fewer_cycles_on_a_slow_memory(tiny):
+    """At 2 bytes a cycle per port, tiny is memory-bound: more ports, fewer cycles; the
+    one-port figure is the model's as it was (the same bytes over the same bandwidth)."""
+    import dataclasses
+
+    program, image = tiny
+    costs = {}
+    for ports in (1, 2, 4):
+        hw = program.hw.replace(memory_ports=ports)
+        costs[ports] = program_cycles(dataclasses.replace(program, hw=hw), image, 0,
+                                      bandwidth=2)
+    one = costs[1]
+    assert one.cycles == sum(max(i.compute, -(-(i.bytes_read + i.bytes_written) // 2))
+                             + (i.cycles - max(i.compute, i.memory)) for i in one.instructions)
+    print(f"tiny at 2 bytes a cycle per port: { {n: c.cycles for n, c in costs.items()} }")
+    assert costs[4].cycles < costs[2].cycles < costs[1].cycles
+
+
+def test_resources_add_an_arbiter_per_port():
+    from moevit.hw.cost.resources import PORT_OVERHEAD, resources
+
+    hw = DEFAULT_HW["edge-moe"]
+    one, four = resources(hw), resources(hw.replace(memory_ports=4))
+    assert (four.lut - one.lut, four.ff - one.ff) == pytest.approx(
+        (3 * PORT_OVERHEAD.lut, 3 * PORT_OVERHEAD.ff))
+    assert (four.dsp, four.bram36) == (one.dsp, one.bram36)
+
+
+@pytest.mark.parametrize("board", ["zcu102", "u280"])
+def test_the_search_chooses_ports_within_the_boards(board):
+    """dse (quick grid) on edge-moe: the chosen ports are among the board's; its bandwidth is
+    the ports' at most the memory's; the chosen point is no slower than itself on one port."""
+    from moevit.hw.boards import get_board
+    from moevit.hw.cost.cycles import board_bandwidth, board_memory_bandwidth
+    from moevit.hw.cost.dse import dse_rows, predict, workload
+
+    row = dse_rows(board, "edge-moe", quick=True, progress=False)[0]
+    b = get_board(board)
+    hw = HwConfig.from_dict(row["hw"])
+    assert 1 <= hw.memory_ports <= b.ports and row["memory_ports"] == hw.memory_ports
+    port, memory = board_bandwidth(b, hw), board_memory_bandwidth(b, hw)
+    assert row["bandwidth_gbs"] == pytest.approx(min(hw.memory_ports * port, memory)
+                                                 * hw.clock_mhz / 1e3)
+    steps = workload("edge-moe").steps(row["task"])
+    chosen = predict(steps, hw, port, memory_bandwidth=memory).cycles
+    one = predict(steps, hw.replace(memory_ports=1), port, memory_bandwidth=memory).cycles
+    print(f"{board}: {hw.memory_ports} port(s) {chosen:,} cycles; one port {one:,}")
+    assert chosen <= one

@@ -101,6 +101,12 @@ class HwConfig:
         expert that the routing's previous scan found unchosen ends without
         reading the routing again. 0: each instruction and job fetches its own
         operands when it starts (:mod:`moevit.hw.top.moe`).
+    norm_lanes : int
+        Values the LayerNorm unit takes and gives per cycle (a power of two, at most
+        the bus bytes, dividing ``max_in``); a LayerNorm row's width must be a multiple
+        of it. 1 is the unit of one value a cycle; more lanes sum each beat with an
+        adder tree and compute each row's statistics in a pipeline
+        (:mod:`moevit.hw.units.layernorm`).
 
     Raises
     ------
@@ -132,6 +138,8 @@ class HwConfig:
     dsp_packing: int = 1
     # The expert schedule overlapped (issue 12): 0 or 1.
     expert_prefetch: int = 0
+    # LayerNorm lanes (issue 14): values per cycle.
+    norm_lanes: int = 1
 
     # Fixed by the numeric contract (moevit.model.integer.intops.requantize).
     BIAS_WIDTH = 32
@@ -140,6 +148,11 @@ class HwConfig:
     # Bus widths the memory movers take (moevit.hw.top.movers.DATA_WIDTHS).
     MIN_BUS_WIDTH = 32
     MAX_BUS_WIDTH = 1024
+    # Fields added after programs were first compiled, with the value that is the
+    # hardware from before them: to_dict() leaves a field out at that value, so the
+    # fingerprint a program records (hw_hash), the Verilog cache and saved configs of
+    # an instance that does not use the field stay as they were.
+    _OMITTED_AT = {"norm_lanes": 1}
 
     def __post_init__(self):
         for what, name in (
@@ -209,6 +222,18 @@ class HwConfig:
         if isinstance(self.expert_prefetch, bool) or self.expert_prefetch not in (0, 1):
             raise ConfigError(
                 f"Expert prefetch must be 0 or 1, not {self.expert_prefetch!r}")
+        if isinstance(self.norm_lanes, bool) or not isinstance(self.norm_lanes, int) \
+                or self.norm_lanes < 1 or self.norm_lanes & (self.norm_lanes - 1):
+            raise ConfigError(
+                f"LayerNorm lanes must be a power of two, not {self.norm_lanes!r}")
+        if 8 * self.norm_lanes > self.bus_width:
+            raise ConfigError(
+                f"LayerNorm lanes {self.norm_lanes} exceed the {self.bus_width // 8} bytes a "
+                f"bus word of {self.bus_width} bits brings a cycle")
+        if self.max_in % self.norm_lanes:
+            raise ConfigError(
+                f"LayerNorm lanes {self.norm_lanes} do not divide the input buffer depth "
+                f"{self.max_in}")
         if self.max_tokens % self.rows:
             raise ConfigError(
                 f"Token buffer depth {self.max_tokens} is not a multiple of the {self.rows} "
@@ -235,7 +260,8 @@ class HwConfig:
             at beat boundaries), a linear layer has more input features
             than the input buffer holds, the score lanes do not divide the
             head width, or the sequence or a head is longer than the
-            attention unit's key/value buffers.
+            attention unit's key/value buffers, or the LayerNorm lanes do not divide
+            the model's width.
         """
         if model.head_dim % self.cols:
             raise ConfigError(
@@ -262,6 +288,10 @@ class HwConfig:
                 f"Key/value buffer of {self.kv_depth} tokens cannot hold the {model.tokens} "
                 f"tokens of model {model.name!r}; needs {model.tokens}"
             )
+        if model.dim % self.norm_lanes:
+            raise ConfigError(
+                f"LayerNorm lanes {self.norm_lanes} do not divide the width {model.dim} of "
+                f"model {model.name!r}'s LayerNorm rows")
         widest = _widest_input(model)
         if widest > self.max_in:
             raise ConfigError(
@@ -294,7 +324,9 @@ class HwConfig:
         return replace(self, **changes)
 
     def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """Every field, except one of :attr:`_OMITTED_AT` at its value there."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if self._OMITTED_AT.get(f.name, object()) != getattr(self, f.name)}
 
     @classmethod
     def from_dict(cls, data: dict) -> "HwConfig":

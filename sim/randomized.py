@@ -219,10 +219,12 @@ def _layernorm(rng, seed, large):
     from moevit.hw.program.descriptor import LayerNormDescriptor
     from moevit.sim.units import LAYERNORM_STREAMS, layernorm_op
 
-    # Lanes 1 to 16 (a bus wide enough for them), rows of 1 to 32 (96) beats.
+    # Lanes 1 to 16 (a bus wide enough for them), rows of 1 to 32 (96) beats, at most
+    # the unit's 1024 values.
     lanes = 1 << int(rng.integers(0, 5))
+    beats = min(96 if large else 32, 1024 // lanes)
     hw = HwConfig(name=f"layernorm-{seed}", norm_lanes=lanes, bus_width=max(128, 8 * lanes),
-                  max_in=lanes * int(rng.integers(1, 97 if large else 33)))
+                  max_in=lanes * int(rng.integers(1, beats + 1)))
     descs = []
 
     def make_ops():
@@ -234,8 +236,8 @@ def _layernorm(rng, seed, large):
                 else int(rng.integers(0, 2**12))
             shift = _pick(rng, 1, 47) if rng.random() < 0.3 else int(rng.integers(12, 24))
             desc = LayerNormDescriptor(hw, tokens=tokens, dim=dim, eps=eps, shift=shift)
-            gamma = rng.integers(-2**15, 2**15, dim)
-            beta = rng.integers(-2**min(40, shift + 7), 2**min(40, shift + 7), dim)
+            gamma = rng.integers(-2**15 + 1, 2**15, dim)
+            beta = rng.integers(-2**min(40, shift + 7) + 1, 2**min(40, shift + 7), dim)
             ops.append(layernorm_op(desc, _int8(rng, (tokens, dim)), gamma, beta))
             descs.append(desc)
         return ops

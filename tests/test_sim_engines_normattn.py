@@ -155,8 +155,8 @@ def _layernorm_case(rng, *, ops, bus_widths, max_in, max_tokens, lanes=(1, 2, 4,
         dim = lanes * int(rng.choice([1, max_in, int(rng.integers(1, max_in + 1))]))
         shift = int(rng.integers(12, 24)) if rng.random() < 0.7 else int(rng.integers(1, 48))
         eps = int(rng.choice([0, int(rng.integers(0, 2**12)), int(rng.integers(0, 2**34))]))
-        gamma = rng.integers(-2**15, 2**15, dim)
-        beta = rng.integers(-2**min(40, shift + 7), 2**min(40, shift + 7), dim)
+        gamma = rng.integers(-2**15 + 1, 2**15, dim)
+        beta = rng.integers(-2**min(40, shift + 7) + 1, 2**min(40, shift + 7), dim)
         param_addr = arena.place(8 * dim, pack_ln_params(gamma, beta))
         # x of one instruction may be y of the one before: back to back, in order.
         last = descs[-1] if descs else None

@@ -296,3 +296,33 @@ def test_attention_engine_random_sweep(case):
           f"{hw.heads_parallel}, max head dim {hw.max_head_dim}, kv depth {hw.kv_depth}")
     _run(AttentionEngine(hw), hw, memory, descs, test_id=f"engine-attention-sweep-{case}",
          seed=seed, simulator="verilator", memory_pauses="random", gaps="random")
+
+
+#: The LAYERNORM engine's own cycles over the unit's model and the parameters' wait, in
+#: the engine bench without stalls (the descriptor check, the memory's first beat, the last
+#: write's response): measured with one lane before lanes existed ("about +9",
+#: moevit.hw.cost.cycles.LAYERNORM_TAIL's note).
+ENGINE_OWN_CYCLES = 9
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lanes, bus", [(1, 128), (2, 32), (8, 64), (16, 128), (16, 256)])
+def test_layernorm_engine_cycles_with_lanes(lanes, bus):
+    """Without stalls, each instruction takes the unit's model (``norm_lanes`` a cycle) plus
+    the wait for its parameters (:func:`~moevit.hw.cost.cycles.layernorm_param_wait`) plus
+    the engine's own constant: the cost model's LayerNorm term, exact; the error printed."""
+    from moevit.hw.cost.cycles import layernorm_param_wait
+
+    seed = replay_seed()
+    rng = np.random.default_rng(seed)
+    hw, memory, descs = _layernorm_case(rng, ops=3, bus_widths=(bus,), max_in=48, max_tokens=12,
+                                        lanes=(lanes,))
+    summary = _run(LayerNormEngine(hw), hw, memory, descs, test_id=f"engine-layernorm-cycles-"
+                   f"{lanes}-{bus}", seed=seed, simulator="verilator")
+    print(f"{'lanes':>5} {'bus':>4} {'tokens':>6} {'dim':>5} {'simulated':>9} {'model':>6} "
+          f"{'error':>7}")
+    for d, cycles in zip(descs, summary["cycles"]):
+        model = d.expected_cycles() + layernorm_param_wait(d, hw) + ENGINE_OWN_CYCLES
+        print(f"{lanes:>5} {bus:>4} {d.tokens:>6} {d.dim:>5} {cycles:>9} {model:>6} "
+              f"{(model - cycles) / cycles:>7.2%}")
+        assert cycles == model

@@ -108,6 +108,12 @@ class HwConfig:
         (:data:`moevit.hw.top.memory_ports.PORT_OF`); 1 to
         :data:`MAX_MEMORY_PORTS`, and at most the board's ports (the bitstream build
         refuses more, :func:`moevit.host.bitstream.write_inputs`; the search tries no more).
+    norm_lanes : int
+        Values the LayerNorm unit takes and gives per cycle (a power of two, at most
+        the bus bytes, dividing ``max_in``); a LayerNorm row's width must be a multiple
+        of it. 1 is the unit of one value a cycle; more lanes sum each beat with an
+        adder tree and compute each row's statistics in a pipeline
+        (:mod:`moevit.hw.units.layernorm`).
 
     Raises
     ------
@@ -141,6 +147,8 @@ class HwConfig:
     expert_prefetch: int = 0
     # AXI4 memory masters of the top (issue 14): 1 = the single m_axi_gmem.
     memory_ports: int = 1
+    # LayerNorm lanes (issue 14): values per cycle.
+    norm_lanes: int = 1
 
     # Fixed by the numeric contract (moevit.model.integer.intops.requantize).
     BIAS_WIDTH = 32
@@ -155,7 +163,7 @@ class HwConfig:
     #: (:func:`moevit.hw.program.program.hw_hash`), while they hold this value, the
     #: behaviour from before they existed: programs, caches and saved configs made then
     #: stay valid.
-    SILENT_DEFAULTS = {"memory_ports": 1}
+    SILENT_DEFAULTS = {"memory_ports": 1, "norm_lanes": 1}
 
     def __post_init__(self):
         for what, name in (
@@ -230,6 +238,18 @@ class HwConfig:
             raise ConfigError(
                 f"Memory ports must be an integer from 1 to {self.MAX_MEMORY_PORTS} (one per "
                 f"mover), not {self.memory_ports!r}")
+        if isinstance(self.norm_lanes, bool) or not isinstance(self.norm_lanes, int) \
+                or self.norm_lanes < 1 or self.norm_lanes & (self.norm_lanes - 1):
+            raise ConfigError(
+                f"LayerNorm lanes must be a power of two, not {self.norm_lanes!r}")
+        if 8 * self.norm_lanes > self.bus_width:
+            raise ConfigError(
+                f"LayerNorm lanes {self.norm_lanes} exceed the {self.bus_width // 8} bytes a "
+                f"bus word of {self.bus_width} bits brings a cycle")
+        if self.max_in % self.norm_lanes:
+            raise ConfigError(
+                f"LayerNorm lanes {self.norm_lanes} do not divide the input buffer depth "
+                f"{self.max_in}")
         if self.max_tokens % self.rows:
             raise ConfigError(
                 f"Token buffer depth {self.max_tokens} is not a multiple of the {self.rows} "
@@ -256,7 +276,8 @@ class HwConfig:
             at beat boundaries), a linear layer has more input features
             than the input buffer holds, the score lanes do not divide the
             head width, or the sequence or a head is longer than the
-            attention unit's key/value buffers.
+            attention unit's key/value buffers, or the LayerNorm lanes do not divide
+            the model's width.
         """
         if model.head_dim % self.cols:
             raise ConfigError(
@@ -283,6 +304,10 @@ class HwConfig:
                 f"Key/value buffer of {self.kv_depth} tokens cannot hold the {model.tokens} "
                 f"tokens of model {model.name!r}; needs {model.tokens}"
             )
+        if model.dim % self.norm_lanes:
+            raise ConfigError(
+                f"LayerNorm lanes {self.norm_lanes} do not divide the width {model.dim} of "
+                f"model {model.name!r}'s LayerNorm rows")
         widest = _widest_input(model)
         if widest > self.max_in:
             raise ConfigError(

@@ -219,20 +219,25 @@ def _layernorm(rng, seed, large):
     from moevit.hw.program.descriptor import LayerNormDescriptor
     from moevit.sim.units import LAYERNORM_STREAMS, layernorm_op
 
-    hw = HwConfig(name=f"layernorm-{seed}", max_in=int(rng.integers(1, 97 if large else 33)))
+    # Lanes 1 to 16 (a bus wide enough for them), rows of 1 to 32 (96) beats, at most
+    # the unit's 1024 values.
+    lanes = 1 << int(rng.integers(0, 5))
+    beats = min(96 if large else 32, 1024 // lanes)
+    hw = HwConfig(name=f"layernorm-{seed}", norm_lanes=lanes, bus_width=max(128, 8 * lanes),
+                  max_in=lanes * int(rng.integers(1, beats + 1)))
     descs = []
 
     def make_ops():
         ops = []
         for _ in range(int(rng.integers(2, 5))):
-            tokens = _pick(rng, 1, 8 if large else 4)
-            dim = _pick(rng, 1, hw.max_in)
+            tokens = _pick(rng, 1, (8 if large else 4) * (1 if lanes == 1 else 3))
+            dim = lanes * _pick(rng, 1, hw.max_in // lanes)
             eps = int(rng.choice([0, int(rng.integers(0, 2**34))])) if rng.random() < 0.5 \
                 else int(rng.integers(0, 2**12))
             shift = _pick(rng, 1, 47) if rng.random() < 0.3 else int(rng.integers(12, 24))
             desc = LayerNormDescriptor(hw, tokens=tokens, dim=dim, eps=eps, shift=shift)
-            gamma = rng.integers(-2**15, 2**15, dim)
-            beta = rng.integers(-2**min(40, shift + 7), 2**min(40, shift + 7), dim)
+            gamma = rng.integers(-2**15 + 1, 2**15, dim)
+            beta = rng.integers(-2**min(40, shift + 7) + 1, 2**min(40, shift + 7), dim)
             ops.append(layernorm_op(desc, _int8(rng, (tokens, dim)), gamma, beta))
             descs.append(desc)
         return ops
@@ -243,5 +248,5 @@ def _layernorm(rng, seed, large):
 
 
 _FIELDS = {"attention": ("score_lanes", "max_head_dim", "kv_depth", "heads_parallel"),
-           "softmax": ("kv_depth",), "layernorm": ("max_in",), "gelu": ("cols",)}
+           "softmax": ("kv_depth",), "layernorm": ("norm_lanes", "max_in"), "gelu": ("cols",)}
 _DRAW = {"attention": _attention, "softmax": _softmax, "gelu": _gelu, "layernorm": _layernorm}

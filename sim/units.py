@@ -386,15 +386,21 @@ LAYERNORM_STREAMS = (["desc", "param", "i"], ["o"], "desc")
 
 
 def layernorm_op(desc, x, gamma, beta):
-    """One LayerNorm operation's beats; the output from ``intops.layernorm``."""
+    """One LayerNorm operation's beats (``desc.hw.norm_lanes`` values a beat); the output
+    from ``intops.layernorm``."""
+    from moevit.hw.units.layernorm import param_layout
     from moevit.model.integer import intops
 
+    lanes = desc.hw.norm_lanes
     x = np.asarray(x, dtype=np.int64)
     expected = intops.layernorm(x, desc.eps, gamma, beta, desc.shift).astype(np.int64)
-    params = [(int(g) & 0xFFFF) | ((int(b) & ((1 << 41) - 1)) << 16)
-              for g, b in zip(np.asarray(gamma), np.asarray(beta))]
-    return {"desc": [desc.to_int()], "param": params, "i": [int(v) & 0xFF for v in x.ravel()],
-            "o.expected": [int(v) & 0xFF for v in expected.ravel()]}
+    width = param_layout().size
+    words = [(int(g) & 0xFFFF) | ((int(b) & ((1 << 41) - 1)) << 16)
+             for g, b in zip(np.asarray(gamma), np.asarray(beta))]
+    params = [sum(w << (width * k) for k, w in enumerate(words[at:at + lanes]))
+              for at in range(0, len(words), lanes)]
+    return {"desc": [desc.to_int()], "param": params, "i": beats(x, lanes),
+            "o.expected": beats(expected, lanes)}
 
 
 def run_layernorm(hw, x, eps, gamma, beta, shift, *, test_id, simulator=None,
@@ -408,8 +414,8 @@ def run_layernorm(hw, x, eps, gamma, beta, shift, *, test_id, simulator=None,
                         uniform_pauses(*LAYERNORM_STREAMS[:2], gaps, stall))
     run = run_sequences("layernorm", hw, LAYERNORM_STREAMS, [sequence], test_id=test_id,
                         simulator=simulator, seed=seed)
-    out = np.array([b - 256 if b >= 128 else b for b in run.beats["o"]], dtype=np.int8)
-    return UnitRun(out.reshape(tokens, dim), run.cycles[0][0], run.seconds)
+    out = unbeats(run.beats["o"], (tokens, dim), hw.norm_lanes)
+    return UnitRun(out, run.cycles[0][0], run.seconds)
 
 
 def tiny_quantized(trained=True):

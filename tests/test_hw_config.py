@@ -114,3 +114,42 @@ def test_one_memory_port_leaves_the_fingerprint_as_it_was():
     two = hw.replace(memory_ports=2)
     assert two.to_dict()["memory_ports"] == 2 and hw_hash(two) != hw_hash(hw)
     assert HwConfig.from_dict(two.to_dict()) == two and HwConfig.from_dict(hw.to_dict()) == hw
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"norm_lanes": 3}, r"^LayerNorm lanes must be a power of two, not 3$"),
+        ({"norm_lanes": 0}, r"^LayerNorm lanes must be a power of two, not 0$"),
+        ({"norm_lanes": True}, r"^LayerNorm lanes must be a power of two, not True$"),
+        ({"norm_lanes": 32}, r"^LayerNorm lanes 32 exceed the 16 bytes a bus word of 128 bits "
+                             r"brings a cycle$"),
+        ({"norm_lanes": 16, "max_in": 248}, r"^LayerNorm lanes 16 do not divide the input "
+                                            r"buffer depth 248$"),
+    ],
+)
+def test_bad_layernorm_lanes(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        DEFAULT_HW["tiny"].replace(**changes)
+
+
+def test_layernorm_lanes_must_divide_the_model_width():
+    with pytest.raises(ConfigError, match=r"^LayerNorm lanes 128 do not divide the width 192 of "
+                                          r"model 'edge-moe''s LayerNorm rows$"):
+        HwConfig.for_model("edge-moe", norm_lanes=128, bus_width=1024)
+
+
+def test_layernorm_lanes_leave_older_fingerprints_alone():
+    """One lane is the hardware from before the field: left out of to_dict(), so the hash a
+    program records (and the Verilog cache) of every instance without lanes is unchanged
+    (the figures are the hashes before the field existed); more lanes are another
+    hardware's."""
+    from moevit.hw.program.program import hw_hash
+
+    before = {"tiny": 0xc14458c845e956b3, "edge-moe": 0x79818887d39c7b8a}
+    for name, digest in before.items():
+        hw = get_hw_config(name)
+        assert "norm_lanes" not in hw.to_dict() and hw_hash(hw) == digest
+        wide = hw.replace(norm_lanes=2)
+        assert wide.to_dict()["norm_lanes"] == 2 and hw_hash(wide) != digest
+        assert HwConfig.from_dict(wide.to_dict()) == wide

@@ -7,8 +7,8 @@ Two kinds of case:
   interpreter left after running the whole program for one image (every
   activation has its own region, so each instruction's operands are what they
   were when it ran), with the instructions' outputs scrambled first;
-* random design points (bus width, score lanes, head lanes, buffer sizes) and
-  random instructions over random memory, shapes ragged.
+* random design points (bus width, LayerNorm lanes, score lanes, head lanes, buffer
+  sizes) and random instructions over random memory, shapes ragged.
 
 Each case prints its seed (``MOEVIT_SEED=N`` replays it) and the cycles of each
 instruction beside its descriptor's ``expected_cycles()`` (the unit alone, fed
@@ -140,18 +140,23 @@ class _Arena:
         return memory
 
 
-def _layernorm_case(rng, *, ops, bus_widths, max_in, max_tokens):
-    """A random hardware point and ``ops`` LayerNorm descriptors over random memory."""
-    hw = HwConfig(name="ln-random", max_in=max_in, bus_width=int(rng.choice(bus_widths)))
+def _layernorm_case(rng, *, ops, bus_widths, max_in, max_tokens, lanes=(1, 2, 4, 8, 16)):
+    """A random hardware point (a lane count the bus carries; rows of up to ``max_in``
+    beats, within the unit's 1024 values) and ``ops`` LayerNorm descriptors over random
+    memory."""
+    bus = int(rng.choice(bus_widths))
+    lanes = int(rng.choice([n for n in lanes if 8 * n <= bus]))
+    max_in = min(max_in, 1024 // lanes)
+    hw = HwConfig(name="ln-random", max_in=max_in * lanes, bus_width=bus, norm_lanes=lanes)
     arena = _Arena(rng, hw.bus_width // 8)
     descs = []
     for _ in range(ops):
         tokens = int(rng.integers(1, max_tokens + 1))
-        dim = int(rng.choice([1, hw.max_in, int(rng.integers(1, hw.max_in + 1))]))
+        dim = lanes * int(rng.choice([1, max_in, int(rng.integers(1, max_in + 1))]))
         shift = int(rng.integers(12, 24)) if rng.random() < 0.7 else int(rng.integers(1, 48))
         eps = int(rng.choice([0, int(rng.integers(0, 2**12)), int(rng.integers(0, 2**34))]))
-        gamma = rng.integers(-2**15, 2**15, dim)
-        beta = rng.integers(-2**min(40, shift + 7), 2**min(40, shift + 7), dim)
+        gamma = rng.integers(-2**15 + 1, 2**15, dim)
+        beta = rng.integers(-2**min(40, shift + 7) + 1, 2**min(40, shift + 7), dim)
         param_addr = arena.place(8 * dim, pack_ln_params(gamma, beta))
         # x of one instruction may be y of the one before: back to back, in order.
         last = descs[-1] if descs else None
@@ -168,11 +173,13 @@ def test_layernorm_engine_random():
     rng = np.random.default_rng(seed)
     hw, memory, descs = _layernorm_case(rng, ops=4, bus_widths=(32, 64, 128),
                                         max_in=int(rng.integers(1, 40)), max_tokens=7)
-    print(f"bus {hw.bus_width} bits, max_in {hw.max_in}")
-    # A refused descriptor among them: the unit's check (too wide) and the engine's
-    # (an address off the bus) each end it at once, writing nothing.
+    print(f"bus {hw.bus_width} bits, max_in {hw.max_in}, lanes {hw.norm_lanes}")
+    # A refused descriptor among them: the unit's check (too wide; with lanes, a width
+    # not a multiple of them) and the engine's (an address off the bus) each end it at
+    # once, writing nothing.
     good = descs[1]
-    ops = [descs[0], good.to_int_with(dim=hw.max_in + 1), good.to_int_with(y_addr=good.y_addr + 1),
+    bad_width = hw.max_in + 1 if hw.norm_lanes == 1 else good.dim - 1
+    ops = [descs[0], good.to_int_with(dim=bad_width), good.to_int_with(y_addr=good.y_addr + 1),
            *descs[1:]]
     summary = _run(LayerNormEngine(hw), hw, memory, ops, test_id="engine-layernorm-random",
                    seed=seed, memory_pauses="random", gaps="random")
@@ -273,7 +280,7 @@ def test_layernorm_engine_random_sweep(case):
     rng = np.random.default_rng(seed)
     hw, memory, descs = _layernorm_case(rng, ops=6, bus_widths=ALL_BUSES,
                                         max_in=int(rng.integers(1, 300)), max_tokens=20)
-    print(f"bus {hw.bus_width} bits, max_in {hw.max_in}")
+    print(f"bus {hw.bus_width} bits, max_in {hw.max_in}, lanes {hw.norm_lanes}")
     _run(LayerNormEngine(hw), hw, memory, descs, test_id=f"engine-layernorm-sweep-{case}",
          seed=seed, simulator="verilator", memory_pauses="random", gaps="random")
 
@@ -289,3 +296,33 @@ def test_attention_engine_random_sweep(case):
           f"{hw.heads_parallel}, max head dim {hw.max_head_dim}, kv depth {hw.kv_depth}")
     _run(AttentionEngine(hw), hw, memory, descs, test_id=f"engine-attention-sweep-{case}",
          seed=seed, simulator="verilator", memory_pauses="random", gaps="random")
+
+
+#: The LAYERNORM engine's own cycles over the unit's model and the parameters' wait, in
+#: the engine bench without stalls (the descriptor check, the memory's first beat, the last
+#: write's response): measured with one lane before lanes existed ("about +9",
+#: moevit.hw.cost.cycles.LAYERNORM_TAIL's note).
+ENGINE_OWN_CYCLES = 9
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lanes, bus", [(1, 128), (2, 32), (8, 64), (16, 128), (16, 256)])
+def test_layernorm_engine_cycles_with_lanes(lanes, bus):
+    """Without stalls, each instruction takes the unit's model (``norm_lanes`` a cycle) plus
+    the wait for its parameters (:func:`~moevit.hw.cost.cycles.layernorm_param_wait`) plus
+    the engine's own constant: the cost model's LayerNorm term, exact; the error printed."""
+    from moevit.hw.cost.cycles import layernorm_param_wait
+
+    seed = replay_seed()
+    rng = np.random.default_rng(seed)
+    hw, memory, descs = _layernorm_case(rng, ops=3, bus_widths=(bus,), max_in=48, max_tokens=12,
+                                        lanes=(lanes,))
+    summary = _run(LayerNormEngine(hw), hw, memory, descs, test_id=f"engine-layernorm-cycles-"
+                   f"{lanes}-{bus}", seed=seed, simulator="verilator")
+    print(f"{'lanes':>5} {'bus':>4} {'tokens':>6} {'dim':>5} {'simulated':>9} {'model':>6} "
+          f"{'error':>7}")
+    for d, cycles in zip(descs, summary["cycles"]):
+        model = d.expected_cycles() + layernorm_param_wait(d, hw) + ENGINE_OWN_CYCLES
+        print(f"{lanes:>5} {bus:>4} {d.tokens:>6} {d.dim:>5} {cycles:>9} {model:>6} "
+              f"{(model - cycles) / cycles:>7.2%}")
+        assert cycles == model

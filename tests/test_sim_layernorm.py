@@ -1,9 +1,13 @@
 """The integer LayerNorm unit in simulation, bit for bit against ``intops.layernorm``.
 
 Fast (Icarus): rows built for the corners (a constant row with and without
-``eps``, int8 extremes, one outlier) with seeded gaps and back-pressure, and
-the ``tiny`` model's first LayerNorm with untrained weights. Slow
-(``$SIM``): every LayerNorm of the trained tiny model.
+``eps``, int8 extremes, one outlier) with seeded gaps and back-pressure, one
+lane and eight, and the ``tiny`` model's first LayerNorm with untrained
+weights. Slow (``$SIM``): every LayerNorm of the trained tiny model, one lane
+and four; and per lane count (1, 2, 4, 8, 16) random design points on
+Verilator (:mod:`moevit.sim.randomized`: random widths, rows back to back,
+random gaps and back-pressure, seeds printed), each whose cycles with no pauses
+equal :func:`~moevit.hw.units.layernorm.layernorm_cycles`.
 """
 
 import numpy as np
@@ -19,8 +23,8 @@ from moevit.sim.units import run_layernorm, tiny_quantized
 HW = DEFAULT_HW["tiny"]
 
 
-@pytest.mark.parametrize("eps", [0, 5000])
-def test_corner_rows_icarus(eps):
+@pytest.mark.parametrize("eps, lanes", [(0, 1), (5000, 1), (5000, 8)])
+def test_corner_rows_icarus(eps, lanes):
     rng = np.random.default_rng(eps)
     dim = 24
     x = rng.integers(-128, 128, (6, dim))
@@ -32,7 +36,8 @@ def test_corner_rows_icarus(eps):
     gamma = rng.integers(-2**15 + 1, 2**15, dim)
     beta = rng.integers(-2**30, 2**30, dim)
     shift = 20
-    run = run_layernorm(HW, x, eps, gamma, beta, shift, test_id=f"layernorm-corners-{eps}",
+    hw = HW.replace(norm_lanes=lanes)
+    run = run_layernorm(hw, x, eps, gamma, beta, shift, test_id=f"layernorm-corners-{eps}-{lanes}",
                         simulator="icarus", gaps="random", stall="random", seed=6)
     assert run.out.min() == -128 and run.out.max() == 127  # saturation reached too
 
@@ -47,9 +52,9 @@ def _norms(qmodel, tensors):
     yield "norm", tensors[f"blocks.{depth - 1}.add2.out"], tensors["norm.out"]
 
 
-def _run_norm(qmodel, name, x, y, test_id, simulator):
+def _run_norm(qmodel, name, x, y, test_id, simulator, hw=HW):
     eps, gamma, beta, shift = (qmodel[f"{name}.{p}"] for p in ("eps", "gamma", "beta", "shift"))
-    run = run_layernorm(HW, x, int(eps), gamma, beta, int(shift), test_id=test_id,
+    run = run_layernorm(hw, x, int(eps), gamma, beta, int(shift), test_id=test_id,
                         simulator=simulator, seed=7)
     np.testing.assert_array_equal(run.out, y)
 
@@ -65,19 +70,55 @@ def test_tiny_model_first_norm_icarus():
 
 
 @pytest.mark.slow
-def test_tiny_model_every_norm():
+@pytest.mark.parametrize("lanes", [1, 4])
+def test_tiny_model_every_norm(lanes):
     from moevit.model.integer import golden
 
     qmodel, image = tiny_quantized()
     result = golden.run(qmodel, image, 1)
     for name, x, y in _norms(qmodel, result.tensors):
-        _run_norm(qmodel, name, x, y, f"layernorm-tiny-{name}-{default_simulator()}", None)
+        _run_norm(qmodel, name, x, y, f"layernorm-tiny-{name}-{lanes}-{default_simulator()}",
+                  None, HW.replace(norm_lanes=lanes))
+
+
+#: Random design points per lane count in the slow set.
+LANE_POINTS = 3
+
+
+def _seeds_with_lanes(lanes, count, first=5000):
+    """The first ``count`` seeds from ``first`` whose random LayerNorm case has ``lanes``
+    lanes (a draw is cheap; the seed alone replays the case)."""
+    from moevit.sim.randomized import draw
+
+    seeds, seed = [], first
+    while len(seeds) < count:
+        if draw("layernorm", seed, large=True).hw.norm_lanes == lanes:
+            seeds.append(seed)
+        seed += 1
+    return seeds
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lanes", [1, 2, 4, 8, 16])
+def test_random_design_points_per_lanes_verilator(lanes):
+    from test_sim_random_units import run_case
+
+    for seed in _seeds_with_lanes(lanes, LANE_POINTS):
+        run_case("layernorm", seed, large=True, simulator="verilator")
 
 
 def test_bad_width():
     with pytest.raises(TypeError, match=r"^LayerNorm width must be an integer in 1\.\.1024, "
                        r"not 2048$"):
         LayerNorm(max_dim=2048)
+    with pytest.raises(TypeError, match=r"^LayerNorm lanes must be a power of two in 1\.\.128, "
+                       r"not 6$"):
+        LayerNorm(max_dim=24, lanes=6)
+    with pytest.raises(ValueError, match=r"^LayerNorm lanes 4 do not divide the width 30$"):
+        LayerNorm(max_dim=30, lanes=4)
+    with pytest.raises(DescriptorError, match=r"^LayerNorm descriptor width 30 is not a multiple "
+                       r"of the 4 LayerNorm lanes of hardware 'tiny'$"):
+        LayerNormDescriptor(HW.replace(norm_lanes=4), tokens=1, dim=30)
     with pytest.raises(DescriptorError, match=r"^LayerNorm descriptor width 300 exceeds the "
                        r"256-feature buffer of hardware 'tiny'$"):
         LayerNormDescriptor(HW, tokens=1, dim=300)

@@ -57,6 +57,7 @@ __all__ = ["InstructionCost", "ProgramCost", "program_cycles", "board_bandwidth"
            "board_memory_bandwidth", "moved_bytes", "memory_cycles", "compute_cycles",
            "expert_cycles", "written_bytes", "LINEAR_TAIL",
            "EXPERT_ROW_CYCLES", "ATTENTION_TAIL_FIXED", "attention_tail", "LAYERNORM_TAIL",
+           "layernorm_cycles", "layernorm_param_wait",
            "PATCHIFY_TAIL", "ISSUE_CYCLES", "ISSUE_CYCLES_AHEAD", "NOTED_EXPERT_CYCLES"]
 
 #: The LINEAR engine ends exactly 12 cycles after the kernel's ``expected_cycles`` on
@@ -81,6 +82,23 @@ def attention_tail(d) -> int:
 #: Per LayerNorm instruction over ``expected_cycles`` (busy LayerNorm 58,551 vs the
 #: model's 58,212 over tiny's 9 instructions; the engine bench alone said about +9).
 LAYERNORM_TAIL = 38
+
+
+def layernorm_param_wait(d, hw) -> int:
+    """Cycles the LayerNorm unit waits for its parameters beyond its own model: the
+    engine reads them at ``bus bytes / 8`` channels a cycle (8 bytes each) while the
+    unit takes ``norm_lanes`` a beat (exact in the engine bench without stalls:
+    tests/test_sim_engines_normattn.py)."""
+    from moevit.hw.top.layernorm_engine import PARAM_BYTES
+
+    bus_cycles = -(-PARAM_BYTES * d.dim // (hw.bus_width // 8))
+    return max(0, bus_cycles - d.dim // hw.norm_lanes)
+
+
+def layernorm_cycles(d, hw) -> int:
+    """The LAYERNORM engine: the unit's model (``hw.norm_lanes`` values a cycle), the
+    wait for the parameters, and the top's tail."""
+    return d.expected_cycles() + layernorm_param_wait(d, hw) + LAYERNORM_TAIL
 #: PATCHIFY emits one run of ``min(patch, bus bytes)`` a cycle; the rest of tiny's
 #: measured 1,659 cycles (1,536 of runs) is its loader's first block and the drain.
 PATCHIFY_TAIL = 123
@@ -256,7 +274,7 @@ def compute_cycles(d, hw, *, op=None, routed=None) -> int:
     if m == "ATTENTION":
         return d.expected_cycles() + attention_tail(d)
     if m == "LAYERNORM":
-        return d.expected_cycles() + LAYERNORM_TAIL
+        return layernorm_cycles(d, hw)
     if m == "PATCHIFY":
         size = d.channels * d.rows * d.columns
         return -(-size // min(d.patch, hw.bus_width // 8)) + PATCHIFY_TAIL

@@ -156,9 +156,11 @@ def _softmax():
                    [rows, _balanced(["i"], "o", most=8)], hold=["multiplier", "shift"])
 
 
-def _layernorm():
+def _layernorm(lanes=1):
     from moevit.hw.units.layernorm import LayerNorm
-    return Harness(LayerNorm(max_dim=2), [_balanced(["i"], "o", most=8)])
+    # With lanes, 8 banks of two beats: up to 16 beats inside.
+    return Harness(LayerNorm(max_dim=2 * lanes, lanes=lanes),
+                   [_balanced(["i"], "o", most=8 if lanes == 1 else 16)])
 
 
 def _attention():
@@ -516,6 +518,9 @@ CHECKS = [
           "bmc", 16, _softmax, fast=False),
     Check("layernorm.beats", "LayerNorm(max_dim=2)", "stream rules; one beat out per beat in",
           "bmc", 16, _layernorm, fast=False),
+    Check("layernorm.lanes.beats", "LayerNorm(max_dim=4, lanes=2)",
+          "stream rules; never a beat out that no beat in gave (the pipelined statistics' "
+          "63 cycles lie past the depth)", "bmc", 16, lambda: _layernorm(lanes=2), fast=False),
     Check("attention.beats", "Attention(formal hw)", "stream rules; one o beat per q beat",
           "bmc", 16, _attention, fast=False),
     Check("sequencer.progress", "Sequencer(formal hw)",

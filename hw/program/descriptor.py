@@ -535,7 +535,8 @@ class LayerNormDescriptor(Descriptor):
     Raises
     ------
     DescriptorError
-        When the width exceeds the unit's parameter buffer or a constant its range.
+        When the width exceeds the unit's parameter buffer or is not a multiple of its
+        lanes (``HwConfig.norm_lanes``), or a constant is out of its range.
     """
 
     OPCODE = 3
@@ -556,6 +557,10 @@ class LayerNormDescriptor(Descriptor):
             raise DescriptorError(
                 f"LayerNorm descriptor width {self.dim} exceeds the {hw.max_in}-feature "
                 f"buffer of hardware {hw.name!r}")
+        if self.dim % hw.norm_lanes:
+            raise DescriptorError(
+                f"LayerNorm descriptor width {self.dim} is not a multiple of the "
+                f"{hw.norm_lanes} LayerNorm lanes of hardware {hw.name!r}")
         if not isinstance(self.eps, int) or isinstance(self.eps, bool) \
                 or not 0 <= self.eps < 2**34:
             raise DescriptorError(
@@ -570,7 +575,8 @@ class LayerNormDescriptor(Descriptor):
         (tests/test_sim_random_units.py)."""
         from moevit.hw.units.layernorm import RESTART_CYCLES, layernorm_cycles
 
-        return layernorm_cycles(self.tokens, self.dim) + (RESTART_CYCLES if following else 0)
+        return (layernorm_cycles(self.tokens, self.dim, self.hw.norm_lanes)
+                + (RESTART_CYCLES if following else 0))
 
 
 @dataclass(frozen=True)

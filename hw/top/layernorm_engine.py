@@ -4,9 +4,11 @@
 Three requests, issued at once: read channel 0 reads the ``8 * dim`` bytes of
 gamma and beta at ``param_addr`` (one little-endian word per channel, as
 :func:`~moevit.hw.program.layout.pack_ln_params` packs it: the word's low 57 bits
-are the unit's ``param`` beat), read channel 1 the ``tokens x dim`` rows of x at
-``x_addr``, fed to the unit byte by byte; the unit's bytes are packed back into
-bus beats for the one write request of y at ``y_addr``. The unit takes every
+are the unit's ``param`` lanes, ``hw.norm_lanes`` channels a beat), read channel 1 the
+``tokens x dim`` rows of x at ``x_addr``, fed to the unit ``hw.norm_lanes`` bytes a beat
+(a row's width is a multiple of them, so a beat never straddles two rows); the
+unit's beats are packed back into bus beats for the one write request of y at
+``y_addr``. The unit takes every
 parameter before the first row, so the x channel simply waits meanwhile.
 
 Alignment: ``param_addr``, ``x_addr`` and ``y_addr`` must be multiples of the bus
@@ -45,7 +47,7 @@ class LayerNormEngine(wiring.Component):
     Parameters
     ----------
     hw : HwConfig
-        The unit's width (:meth:`LayerNorm.from_config`) and the bus width.
+        The unit's width and lanes (:meth:`LayerNorm.from_config`) and the bus width.
     """
 
     READS = 2
@@ -57,10 +59,11 @@ class LayerNormEngine(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         nbytes = self._hw.bus_width // 8
+        lanes = self._hw.norm_lanes
         unit = m.submodules.unit = LayerNorm.from_config(self._hw)
-        params = m.submodules.params = Repack(nbytes, PARAM_BYTES)
-        rows = m.submodules.rows = Repack(nbytes, 1)
-        out = m.submodules.out = Repack(1, nbytes)
+        params = m.submodules.params = Repack(nbytes, PARAM_BYTES * lanes)
+        rows = m.submodules.rows = Repack(nbytes, lanes)
+        out = m.submodules.out = Repack(lanes, nbytes)
 
         desc = Signal.like(self.desc.payload)
         refused = Signal()  # the engine's own check failed (the unit never saw it)
@@ -107,28 +110,31 @@ class LayerNormEngine(wiring.Component):
             with m.If(req.valid & req.ready):
                 m.d.sync += sent[k].eq(1)
 
-        # Reads: bus beats to parameter words and to bytes of x.
+        # Reads: bus beats to the lanes' parameter words and to lanes of x.
         wiring.connect(m, wiring.flipped(self.rd[0].data), params.i)
         wiring.connect(m, wiring.flipped(self.rd[1].data), rows.i)
+        word = 8 * PARAM_BYTES
         m.d.comb += [
-            unit.param.payload.eq(params.o.payload.data[:param_layout().size]),
+            *(unit.param.payload[k].eq(params.o.payload.data[word * k:][:param_layout().size])
+              for k in range(lanes)),
             unit.param.valid.eq(params.o.valid), params.o.ready.eq(unit.param.ready),
-            unit.i.payload.eq(rows.o.payload.data[:8]),
+            unit.i.payload.eq(rows.o.payload.data[:8 * lanes]),
             unit.i.valid.eq(rows.o.valid), rows.o.ready.eq(unit.i.ready),
         ]
 
-        # Write: the unit's bytes into bus beats, `last` on y's final byte.
+        # Write: the unit's beats into bus beats, `last` on y's final beat.
         final = Signal()
-        m.d.comb += final.eq((col + 1 == desc.dim) & (row + 1 == desc.tokens))
+        row_beats = desc.dim >> (lanes.bit_length() - 1)
+        m.d.comb += final.eq((col + 1 == row_beats) & (row + 1 == desc.tokens))
         m.d.comb += [
-            out.i.payload.data.eq(unit.o.payload), out.i.payload.bytes.eq(1),
+            out.i.payload.data.eq(unit.o.payload), out.i.payload.bytes.eq(lanes),
             out.i.payload.last.eq(final),
             out.i.valid.eq(unit.o.valid), unit.o.ready.eq(out.i.ready),
             self.wr.data.payload.eq(out.o.payload.data),
             self.wr.data.valid.eq(out.o.valid), out.o.ready.eq(self.wr.data.ready),
         ]
         with m.If(out.i.valid & out.i.ready):
-            m.d.sync += col.eq(Mux(col + 1 == desc.dim, 0, col + 1))
-            with m.If(col + 1 == desc.dim):
+            m.d.sync += col.eq(Mux(col + 1 == row_beats, 0, col + 1))
+            with m.If(col + 1 == row_beats):
                 m.d.sync += row.eq(row + 1)
         return m

@@ -10,12 +10,23 @@ Per row of ``D`` int8 values (``moevit.model.integer.intops.layernorm``)::
 
 Three stages work on different rows at once: *ingest* stores a row and sums
 ``s1`` and ``s2``; *stats* runs the square root then the division; *emit*
-reads the row back and writes ``y``. Two row buffers let a row enter while
-the previous one is emitted.
+reads the row back and writes ``y``. Row banks let rows enter while earlier
+ones wait for their statistics or are emitted.
+
+Lanes: each beat of ``i``, ``param`` and ``o`` carries ``lanes`` values of a row
+(``D`` a multiple of ``lanes``). The sums take a beat at once (an adder tree
+over the lanes) and the normalisation runs per lane. The statistics stay one
+per row, but a row now lasts ``D / lanes`` cycles, shorter than the ~64
+cycles of the bit-serial square root and division: with more than one lane
+they run unrolled (:class:`~moevit.hw.units.seqmath.PipelinedISqrt`,
+:class:`~moevit.hw.units.seqmath.PipelinedDivider`: a row a cycle, results
+in order after :data:`PIPELINED_STATS` cycles) and :data:`LANE_BANKS` row
+banks cover that latency. One lane is the unit as it was: two banks, the
+sequential square root and divider, one row's statistics at a time.
 
 Operation: a descriptor (:class:`~moevit.hw.program.descriptor.LayerNormDescriptor`)
-on ``desc``; then ``dim`` beats of ``(gamma, beta)`` on ``param``; then
-``tokens`` rows of ``dim`` int8 on ``i``; ``o`` carries the rows of ``y``.
+on ``desc``; then ``dim / lanes`` beats of ``lanes`` ``(gamma, beta)`` on ``param``;
+then ``tokens`` rows of ``dim / lanes`` beats on ``i``; ``o`` carries the rows of ``y``.
 """
 
 from amaranth import Array, Const, Module, Mux, Signal, signed, unsigned
@@ -23,19 +34,32 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from moevit.hw.units import intexpr
-from moevit.hw.units.seqmath import Divider, ISqrt
+from moevit.hw.units.seqmath import Divider, ISqrt, PipelinedDivider, PipelinedISqrt
 from moevit.model.integer import intops
 
-__all__ = ["LayerNorm", "param_layout", "layernorm_cycles", "RESTART_CYCLES"]
+__all__ = ["LayerNorm", "param_layout", "layernorm_cycles", "RESTART_CYCLES", "LANE_BANKS",
+           "PIPELINED_STATS", "MAX_LANES"]
 
-_BANKS = 2
-_ROW_BITS = 2
 _V_WIDTH = 48  # (D*s2 - s1*s1 + eps) << 12 < 2**47 (intops)
+#: Row banks with one lane, and with more (enough to cover the pipelined statistics'
+#: latency with rows of 8 beats and more).
+_BANKS = 2
+LANE_BANKS = 8
+#: The widest beat: a 1024-bit bus word of int8.
+MAX_LANES = 128
 
 
 def param_layout():
     """One channel's constants: ``gamma`` (s16) and ``beta`` (s41)."""
     return data.StructLayout({"gamma": signed(16), "beta": signed(41)})
+
+
+def _tree_sum(values):
+    """The sum of ``values`` as a balanced tree of adders (depth log2 of their count)."""
+    values = list(values)
+    while len(values) > 1:
+        values = [a + b for a, b in zip(values[::2], values[1::2])] + values[len(values) & ~1:]
+    return values[0]
 
 
 class LayerNorm(wiring.Component):
@@ -45,73 +69,109 @@ class LayerNorm(wiring.Component):
     ----------
     max_dim : int
         Widest row (depth of the row and parameter buffers), at most 1024.
+    lanes : int
+        Values per beat (``HwConfig.norm_lanes``): a power of two up to
+        :data:`MAX_LANES` that divides ``max_dim``.
 
     Members
     -------
     desc : In(stream.Signature(LayerNormDescriptor.layout()))
-    param : In(stream.Signature(param_layout()))
-    i : In(stream.Signature(signed(8)))
-    o : Out(stream.Signature(signed(8)))
+    param : In(stream.Signature(data.ArrayLayout(param_layout(), lanes)))
+    i : In(stream.Signature(data.ArrayLayout(signed(8), lanes)))
+    o : Out(stream.Signature(data.ArrayLayout(signed(8), lanes)))
     busy : Out(1)
         Working, or an output still waits on ``o``.
     error : Out(3)
         The :class:`~moevit.hw.program.descriptor.Fault` of the last descriptor taken;
-        a faulty one is skipped (no beat taken or produced).
+        a faulty one (a width not a multiple of ``lanes`` among them) is skipped (no
+        beat taken or produced).
 
     Raises
     ------
     TypeError
-        If ``max_dim`` is not an integer in 1..1024.
+        If ``max_dim`` is not an integer in 1..1024, or ``lanes`` not a power of two
+        up to :data:`MAX_LANES`.
+    ValueError
+        If ``lanes`` does not divide ``max_dim``.
     """
 
-    def __init__(self, *, max_dim):
+    def __init__(self, *, max_dim, lanes=1):
         self._MustUse__silence = True  # a unit rejected here is not an unused one
         if not isinstance(max_dim, int) or isinstance(max_dim, bool) \
                 or not 1 <= max_dim <= 2**10:
             raise TypeError(f"LayerNorm width must be an integer in 1..1024, not {max_dim!r}")
+        if not isinstance(lanes, int) or isinstance(lanes, bool) or not 1 <= lanes <= MAX_LANES \
+                or lanes & (lanes - 1):
+            raise TypeError(f"LayerNorm lanes must be a power of two in 1..{MAX_LANES}, "
+                            f"not {lanes!r}")
+        if max_dim % lanes:
+            raise ValueError(f"LayerNorm lanes {lanes} do not divide the width {max_dim}")
         from moevit.hw.program.descriptor import FAULT_WIDTH, LayerNormDescriptor
 
         self._max_dim = max_dim
+        self._lanes = lanes
         del self._MustUse__silence
         super().__init__({
             "desc": In(stream.Signature(LayerNormDescriptor.layout())),
-            "param": In(stream.Signature(param_layout())),
-            "i": In(stream.Signature(signed(8))),
-            "o": Out(stream.Signature(signed(8))),
+            "param": In(stream.Signature(data.ArrayLayout(param_layout(), lanes))),
+            "i": In(stream.Signature(data.ArrayLayout(signed(8), lanes))),
+            "o": Out(stream.Signature(data.ArrayLayout(signed(8), lanes))),
             "busy": Out(1),
             "error": Out(FAULT_WIDTH),
         })
 
     @classmethod
     def from_config(cls, hw):
-        """As wide as the linear kernel's input buffer (``hw.max_in``)."""
-        return cls(max_dim=min(hw.max_in, 2**10))
+        """As wide as the linear kernel's input buffer (``hw.max_in``), ``hw.norm_lanes``
+        lanes."""
+        return cls(max_dim=min(hw.max_in, 2**10), lanes=hw.norm_lanes)
 
     @property
     def max_dim(self):
         return self._max_dim
+
+    @property
+    def lanes(self):
+        return self._lanes
+
+    @property
+    def banks(self):
+        """Row banks: rows stored at once."""
+        return _BANKS if self._lanes == 1 else LANE_BANKS
 
     def elaborate(self, platform):
         from moevit.hw.program.descriptor import (FAULT_WIDTH, Fault, LayerNormDescriptor, fault_code,
                                           shift_out_of_range)
 
         m = Module()
-        n = self._max_dim
-        idx = range(n + 1)
+        n, lanes, banks = self._max_dim, self._lanes, self.banks
+        words = n // lanes             # beats of the widest row
+        lane_bits = lanes.bit_length() - 1
+        row_bits = banks.bit_length()  # counts of rows, modulo more than the banks
+        idx = range(words + 1)
         s1_shape = signed((128 * n).bit_length() + 1)
         s2_shape = unsigned(((1 << 14) * n).bit_length())
         v_width = _V_WIDTH
 
-        m.submodules.rows = rows = memory.Memory(shape=signed(8), depth=_BANKS * n, init=[])
-        m.submodules.params = params = memory.Memory(shape=param_layout(), depth=n, init=[])
+        m.submodules.rows = rows = memory.Memory(
+            shape=data.ArrayLayout(signed(8), lanes), depth=banks * words, init=[])
+        m.submodules.params = params = memory.Memory(
+            shape=data.ArrayLayout(param_layout(), lanes), depth=words, init=[])
         r_wr, r_rd = rows.write_port(), rows.read_port()
         p_wr, p_rd = params.write_port(), params.read_port()
-        m.submodules.isqrt = isqrt = ISqrt(width=v_width)
-        m.submodules.divider = divider = Divider(
-            dividend_width=intops.LN_RECIP_BITS + 1, divisor_width=v_width // 2)
+        pipelined = lanes > 1
+        if pipelined:
+            m.submodules.isqrt = isqrt = PipelinedISqrt(width=v_width)
+            m.submodules.divider = divider = PipelinedDivider(
+                dividend_width=intops.LN_RECIP_BITS + 1, divisor_width=v_width // 2)
+        else:
+            m.submodules.isqrt = isqrt = ISqrt(width=v_width)
+            m.submodules.divider = divider = Divider(
+                dividend_width=intops.LN_RECIP_BITS + 1, divisor_width=v_width // 2)
         norm_shift = intops.LN_RECIP_BITS - intops.LN_VAR_SHIFT // 2 - intops.LN_NORM_FRAC
 
         dim = Signal(range(n + 1))
+        row_beats = Signal(idx)
         tokens = Signal(16)
         eps = Signal(40)
         shift = Signal(6)
@@ -123,9 +183,10 @@ class LayerNorm(wiring.Component):
         running = Signal()
         # The descriptor is checked, not trusted: a faulty one is taken and skipped.
         fault = Signal(FAULT_WIDTH)
+        ragged = desc.dim[:lane_bits] != 0 if lane_bits else Const(0)
         m.d.comb += fault.eq(fault_code([
             (Fault.OPCODE, desc.opcode != LayerNormDescriptor.OPCODE),
-            (Fault.SHAPE, (desc.tokens == 0) | (desc.dim == 0) | (desc.dim > n)),
+            (Fault.SHAPE, (desc.tokens == 0) | (desc.dim == 0) | (desc.dim > n) | ragged),
             (Fault.CONSTANT, shift_out_of_range(desc.shift) | (desc.eps >= 2**34)),
         ]))
         # Comb outputs from the state, not assigned inside it: Icarus never
@@ -135,11 +196,12 @@ class LayerNorm(wiring.Component):
                 with m.If(self.desc.valid):
                     m.d.sync += self.error.eq(fault)
                 with m.If(self.desc.valid & (fault == Fault.NONE)):
-                    m.d.sync += [dim.eq(desc.dim), tokens.eq(desc.tokens), eps.eq(desc.eps),
+                    m.d.sync += [dim.eq(desc.dim), row_beats.eq(desc.dim >> lane_bits),
+                                 tokens.eq(desc.tokens), eps.eq(desc.eps),
                                  shift.eq(desc.shift), p_cnt.eq(0)]
                     m.next = "PARAMS"
             with m.State("PARAMS"):
-                with m.If(p_cnt == dim):
+                with m.If(p_cnt == row_beats):
                     m.next = "RUN"
             with m.State("RUN"):
                 with m.If(out_rows == tokens):
@@ -148,7 +210,7 @@ class LayerNorm(wiring.Component):
             self.desc.ready.eq(fsm.ongoing("IDLE")),
             # Busy until the last output has left, not only until it is on `o`.
             self.busy.eq(~fsm.ongoing("IDLE") | self.o.valid),
-            self.param.ready.eq(fsm.ongoing("PARAMS") & (p_cnt != dim)),
+            self.param.ready.eq(fsm.ongoing("PARAMS") & (p_cnt != row_beats)),
             running.eq(fsm.ongoing("RUN")),
         ]
         m.d.comb += [p_wr.addr.eq(p_cnt), p_wr.data.eq(self.param.payload),
@@ -157,61 +219,80 @@ class LayerNorm(wiring.Component):
             m.d.sync += p_cnt.eq(p_cnt + 1)
 
         def ahead(a, b):
-            return (a - b)[:_ROW_BITS]
+            return (a - b)[:row_bits]
 
-        done_in = Signal(_ROW_BITS)
-        done_stat = Signal(_ROW_BITS)
-        done_out = Signal(_ROW_BITS)
-        row_s1 = Array(Signal(s1_shape, name=f"s1_{k}") for k in range(_BANKS))
-        row_s2 = Array(Signal(s2_shape, name=f"s2_{k}") for k in range(_BANKS))
+        done_in = Signal(row_bits)
+        done_stat = Signal(row_bits)
+        done_out = Signal(row_bits)
+        row_s1 = Array(Signal(s1_shape, name=f"s1_{k}") for k in range(banks))
+        row_s2 = Array(Signal(s2_shape, name=f"s2_{k}") for k in range(banks))
         row_recip = Array(Signal(intops.LN_RECIP_BITS + 1, name=f"recip{k}")
-                          for k in range(_BANKS))
+                          for k in range(banks))
 
-        # Ingest: x into bank done_in % 2 with s1 and s2.
-        in_bank = Signal(range(_BANKS))
+        # Ingest: x into bank done_in % banks with s1 and s2 (a beat's lanes summed at once).
+        in_bank = Signal(range(banks))
         in_idx = Signal(idx)
         s1 = Signal(s1_shape)
         s2 = Signal(s2_shape)
         m.d.comb += self.i.ready.eq(running & (in_rows != tokens)
-                                    & (ahead(done_in, done_out) < _BANKS))
+                                    & (ahead(done_in, done_out) < banks))
         x = self.i.payload
-        m.d.comb += [r_wr.addr.eq(in_bank * n + in_idx), r_wr.data.eq(x),
+        m.d.comb += [r_wr.addr.eq(in_bank * words + in_idx), r_wr.data.eq(x),
                      r_wr.en.eq(self.i.valid & self.i.ready)]
+        row_in = Signal()  # this beat ends a row
+        m.d.comb += row_in.eq(r_wr.en & (in_idx + 1 == row_beats))
+        new_s1, new_s2 = Signal.like(s1), Signal.like(s2)
+        m.d.comb += [
+            new_s1.eq(Mux(in_idx == 0, 0, s1) + _tree_sum(x[k] for k in range(lanes))),
+            new_s2.eq(Mux(in_idx == 0, 0, s2)
+                      + _tree_sum((x[k] * x[k]).as_unsigned() for k in range(lanes))),
+        ]
         with m.If(r_wr.en):
-            new_s1 = Mux(in_idx == 0, 0, s1) + x
-            new_s2 = Mux(in_idx == 0, 0, s2) + (x * x).as_unsigned()
             m.d.sync += [s1.eq(new_s1), s2.eq(new_s2), in_idx.eq(in_idx + 1)]
-            with m.If(in_idx + 1 == dim):
+            with m.If(row_in):
                 m.d.sync += [row_s1[in_bank].eq(new_s1), row_s2[in_bank].eq(new_s2),
-                             in_idx.eq(0), in_bank.eq(in_bank ^ 1),
+                             in_idx.eq(0), in_bank.eq(in_bank + 1),
                              done_in.eq(done_in + 1), in_rows.eq(in_rows + 1)]
 
         # Stats: isqrt of (D*s2 - s1*s1 + eps) << 12, then 2**36 // max(root, 1).
-        st_bank = Signal(range(_BANKS))
+        st_bank = Signal(range(banks))
         variance = Signal(v_width)
-        m.d.comb += variance.eq((dim * row_s2[st_bank] - row_s1[st_bank] * row_s1[st_bank] + eps)
-                                << intops.LN_VAR_SHIFT)
-        sq_sent = Signal()
         m.d.comb += [
-            isqrt.i.payload.eq(variance),
-            isqrt.i.valid.eq(~sq_sent & (ahead(done_in, done_stat) != 0)),
             divider.i.payload.dividend.eq(1 << intops.LN_RECIP_BITS),
             divider.i.payload.divisor.eq(Mux(isqrt.o.payload == 0, 1, isqrt.o.payload)),
             divider.i.valid.eq(isqrt.o.valid),
-            isqrt.o.ready.eq(divider.i.ready),
-            divider.o.ready.eq(1),
         ]
-        with m.If(isqrt.i.valid & isqrt.i.ready):
-            m.d.sync += sq_sent.eq(1)
+        if pipelined:
+            # A row's sums enter the pipeline the cycle after its last beat.
+            st_s1, st_s2, st_valid = Signal(s1_shape), Signal(s2_shape), Signal()
+            m.d.sync += [st_valid.eq(row_in), st_s1.eq(new_s1), st_s2.eq(new_s2)]
+            m.d.comb += [
+                variance.eq((dim * st_s2 - st_s1 * st_s1 + eps) << intops.LN_VAR_SHIFT),
+                isqrt.i.payload.eq(variance), isqrt.i.valid.eq(st_valid),
+            ]
+        else:
+            m.d.comb += variance.eq((dim * row_s2[st_bank] - row_s1[st_bank] * row_s1[st_bank]
+                                     + eps) << intops.LN_VAR_SHIFT)
+            sq_sent = Signal()
+            m.d.comb += [
+                isqrt.i.payload.eq(variance),
+                isqrt.i.valid.eq(~sq_sent & (ahead(done_in, done_stat) != 0)),
+                isqrt.o.ready.eq(divider.i.ready),
+                divider.o.ready.eq(1),
+            ]
+            with m.If(isqrt.i.valid & isqrt.i.ready):
+                m.d.sync += sq_sent.eq(1)
+            with m.If(divider.o.valid):
+                m.d.sync += sq_sent.eq(0)
         with m.If(divider.o.valid):
-            m.d.sync += [row_recip[st_bank].eq(divider.o.payload.quotient), sq_sent.eq(0),
-                         st_bank.eq(st_bank ^ 1), done_stat.eq(done_stat + 1)]
+            m.d.sync += [row_recip[st_bank].eq(divider.o.payload.quotient),
+                         st_bank.eq(st_bank + 1), done_stat.eq(done_stat + 1)]
 
         # Emit: y_i from x_i, the row's s1 and R, and channel i's gamma, beta.
-        o_bank = Signal(range(_BANKS))
+        o_bank = Signal(range(banks))
         o_idx = Signal(idx)
         o_run = Signal()
-        o_started = Signal(_ROW_BITS)
+        o_started = Signal(row_bits)
         o_s1 = Signal(s1_shape)
         o_recip = Signal.like(row_recip[0])
         a_valid, a_last = Signal(), Signal()
@@ -222,32 +303,30 @@ class LayerNorm(wiring.Component):
         m.d.comb += [
             advance.eq(~self.o.valid | self.o.ready),
             issue.eq(o_run & advance),
-            r_rd.addr.eq(o_bank * n + o_idx), r_rd.en.eq(advance),
+            r_rd.addr.eq(o_bank * words + o_idx), r_rd.en.eq(advance),
             p_rd.addr.eq(o_idx), p_rd.en.eq(advance),
         ]
         with m.If(~o_run & (ahead(done_stat, o_started) != 0)):
             m.d.sync += [o_run.eq(1), o_idx.eq(0), o_s1.eq(row_s1[o_bank]),
                          o_recip.eq(row_recip[o_bank]), o_started.eq(o_started + 1)]
-        centred = Signal(signed(20))
-        normed = Signal(signed(48))
-        m.d.comb += [
-            centred.eq(dim * r_rd.data - a_s1),
-            normed.eq(intexpr.round_shift(
-                centred * a_recip, Const(norm_shift, 6))),
-        ]
-        p = data.View(param_layout(), p_rd.data)
+        for k in range(lanes):
+            centred = Signal(signed(20), name=f"centred{k}")
+            normed = Signal(signed(48), name=f"normed{k}")
+            p = p_rd.data[k]
+            m.d.comb += [
+                centred.eq(dim * r_rd.data[k] - a_s1),
+                normed.eq(intexpr.round_shift(centred * a_recip, Const(norm_shift, 6))),
+            ]
+            with m.If(advance):
+                m.d.sync += self.o.payload[k].eq(intexpr.clip8(intexpr.round_shift(
+                    normed * p.gamma + p.beta, shift)))
         with m.If(advance):
-            m.d.sync += [a_valid.eq(issue), a_last.eq(issue & (o_idx + 1 == dim)),
-                         a_s1.eq(o_s1), a_recip.eq(o_recip)]
+            m.d.sync += [a_valid.eq(issue), a_last.eq(issue & (o_idx + 1 == row_beats)),
+                         a_s1.eq(o_s1), a_recip.eq(o_recip), self.o.valid.eq(a_valid)]
             with m.If(issue):
                 m.d.sync += o_idx.eq(o_idx + 1)
-                with m.If(o_idx + 1 == dim):
-                    m.d.sync += [o_run.eq(0), o_bank.eq(o_bank ^ 1)]
-            m.d.sync += [
-                self.o.valid.eq(a_valid),
-                self.o.payload.eq(intexpr.clip8(intexpr.round_shift(
-                    normed * p.gamma + p.beta, shift))),
-            ]
+                with m.If(o_idx + 1 == row_beats):
+                    m.d.sync += [o_run.eq(0), o_bank.eq(o_bank + 1)]
             with m.If(a_valid & a_last):
                 m.d.sync += [done_out.eq(done_out + 1), out_rows.eq(out_rows + 1)]
         with m.If(~running):
@@ -261,6 +340,9 @@ class LayerNorm(wiring.Component):
 #: Stats of one row: the square root (a cycle to start, one per root bit, one
 #: to hand over), then the division (the same), then one to record R.
 STATS_CYCLES = (_V_WIDTH + 1) // 2 + intops.LN_RECIP_BITS + 1 + 3
+#: The same unrolled (lanes > 1): the sums registered, a stage per root bit and per
+#: quotient bit, R recorded; a new row may enter every cycle.
+PIPELINED_STATS = 1 + (_V_WIDTH + 1) // 2 + intops.LN_RECIP_BITS + 1 + 1
 #: Emit: a row started at cycle s puts its first value on ``o`` at s + 3.
 EMIT_LATENCY = 3
 #: The last output of a descriptor -> the next descriptor accepted.
@@ -268,24 +350,29 @@ RESTART_CYCLES = 1
 _NEVER = -(1 << 62)
 
 
-def layernorm_cycles(tokens, dim):
-    """Cycles from the descriptor's acceptance to the last output value.
+def layernorm_cycles(tokens, dim, lanes=1):
+    """Cycles from the descriptor's acceptance to the last output beat.
 
-    Fed with no gaps, drained with no back-pressure: the descriptor, ``dim``
-    parameter beats, then each row through ingest (``dim`` cycles; two row
-    banks), stats (:data:`STATS_CYCLES`) and emit (``dim`` cycles and one
-    between rows).
+    Fed with no gaps, drained with no back-pressure: the descriptor, ``dim / lanes``
+    parameter beats, then each row through ingest (``dim / lanes`` cycles; two row
+    banks with one lane, :data:`LANE_BANKS` with more), stats (one row at a time,
+    :data:`STATS_CYCLES` each; with lanes pipelined, :data:`PIPELINED_STATS` after
+    the row's last beat) and emit (``dim / lanes`` cycles and one between rows).
     """
-    D = dim
-    last_in = D + 1  # parameters at 1..D, rows from D + 2
+    beats = dim // lanes
+    banks = _BANKS if lanes == 1 else LANE_BANKS
+    last_in = beats + 1  # parameters at 1..beats, rows from beats + 2
     stats_free = emit_free = _NEVER
     out = []
     for r in range(tokens):
-        first = max(last_in + 1, out[r - 2] if r >= 2 else _NEVER)
-        last_in = first + D - 1
-        stats = max(last_in + 1, stats_free)
-        stats_free = stats + STATS_CYCLES
+        first = max(last_in + 1, out[r - banks] if r >= banks else _NEVER)
+        last_in = first + beats - 1
+        if lanes == 1:
+            stats = max(last_in + 1, stats_free)
+            stats_free = stats + STATS_CYCLES
+        else:
+            stats_free = last_in + PIPELINED_STATS
         emit = max(stats_free, emit_free)
-        emit_free = emit + D + 1
-        out.append(emit + D + EMIT_LATENCY - 1)
+        emit_free = emit + beats + 1
+        out.append(emit + beats + EMIT_LATENCY - 1)
     return out[-1]

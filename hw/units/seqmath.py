@@ -3,14 +3,17 @@
 Both are small multi-cycle units for operations that happen once per row
 (the softmax reciprocal, the LayerNorm inverse standard deviation), where one
 result bit per cycle costs nothing against the row's length and saves a wide
-combinational array.
+combinational array. Where rows come faster than one per result's bits (the
+LayerNorm unit with lanes), :class:`PipelinedDivider` and :class:`PipelinedISqrt`
+unroll the same steps into one register stage per bit: an operand every cycle,
+the result the same number of cycles later.
 """
 
-from amaranth import Module, Signal, unsigned
+from amaranth import Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["Divider", "ISqrt"]
+__all__ = ["Divider", "ISqrt", "PipelinedDivider", "PipelinedISqrt"]
 
 
 def _positive(what, value):
@@ -169,4 +172,92 @@ class ISqrt(wiring.Component):
                 with m.If(self.o.ready):
                     m.next = "IDLE"
         m.d.comb += [self.i.ready.eq(fsm.ongoing("IDLE")), self.o.valid.eq(fsm.ongoing("DONE"))]
+        return m
+
+
+def _pipe_signature(in_shape, out_shape):
+    """An operand in and a result out each cycle: no back-pressure."""
+    return {"i": In(stream.Signature(in_shape, always_ready=True)),
+            "o": Out(stream.Signature(out_shape, always_ready=True))}
+
+
+class PipelinedDivider(wiring.Component):
+    """:class:`Divider`'s steps unrolled: one quotient bit per register stage.
+
+    Takes operands every cycle; each result leaves ``dividend_width`` cycles
+    after its operands, in order. Same parameters and payloads as
+    :class:`Divider`; neither stream has ``ready``.
+    """
+
+    def __init__(self, *, dividend_width, divisor_width):
+        self._MustUse__silence = True
+        _positive("Dividend width", dividend_width)
+        _positive("Divisor width", divisor_width)
+        self._nw, self._dw = dividend_width, divisor_width
+        del self._MustUse__silence
+        super().__init__(_pipe_signature(
+            data.StructLayout({"dividend": unsigned(dividend_width),
+                               "divisor": unsigned(divisor_width)}),
+            data.StructLayout({"quotient": unsigned(dividend_width),
+                               "remainder": unsigned(divisor_width)})))
+
+    @property
+    def latency(self):
+        return self._nw
+
+    def elaborate(self, platform):
+        m = Module()
+        nw, dw = self._nw, self._dw
+        valid, shift = self.i.valid, self.i.payload.dividend
+        divisor, rem = self.i.payload.divisor, Const(0, dw + 1)
+        for k in range(nw):
+            trial = Signal(dw + 2, name=f"trial{k}")
+            m.d.comb += trial.eq(rem.shift_left(1) | shift[nw - 1])
+            more = trial >= divisor
+            stage = (Signal(name=f"valid{k}"), Signal(nw, name=f"shift{k}"),
+                     Signal(dw, name=f"divisor{k}"), Signal(dw + 1, name=f"rem{k}"))
+            m.d.sync += [stage[0].eq(valid), stage[1].eq((shift << 1) | more),
+                         stage[2].eq(divisor), stage[3].eq(Mux(more, trial - divisor, trial))]
+            valid, shift, divisor, rem = stage
+        m.d.comb += [self.o.valid.eq(valid), self.o.payload.quotient.eq(shift),
+                     self.o.payload.remainder.eq(rem)]
+        return m
+
+
+class PipelinedISqrt(wiring.Component):
+    """:class:`ISqrt`'s steps unrolled: one root bit per register stage.
+
+    Takes an operand every cycle; each root leaves ``ceil(width / 2)`` cycles
+    after its operand, in order. Neither stream has ``ready``.
+    """
+
+    def __init__(self, *, width):
+        self._MustUse__silence = True
+        _positive("Operand width", width)
+        self._width, self._rw = width, (width + 1) // 2
+        del self._MustUse__silence
+        super().__init__(_pipe_signature(unsigned(width), unsigned(self._rw)))
+
+    @property
+    def latency(self):
+        return self._rw
+
+    def elaborate(self, platform):
+        m = Module()
+        rw = self._rw
+        valid, value = self.i.valid, self.i.payload
+        root, rem = Const(0, rw), Const(0, rw + 2)
+        for k in range(rw):
+            # Operand bits 2(rw-1-k)+1 .. 2(rw-1-k) come down at stage k.
+            cur = Signal(rw + 3, name=f"cur{k}")
+            trial = Signal(rw + 3, name=f"trial{k}")
+            pair = value.shift_right(2 * (rw - 1 - k))[:2]
+            m.d.comb += [cur.eq((rem << 2) | pair), trial.eq((root << 2) | 1)]
+            more = cur >= trial
+            stage = (Signal(name=f"valid{k}"), Signal(2 * rw, name=f"value{k}"),
+                     Signal(rw, name=f"root{k}"), Signal(rw + 2, name=f"rem{k}"))
+            m.d.sync += [stage[0].eq(valid), stage[1].eq(value), stage[2].eq((root << 1) | more),
+                         stage[3].eq(Mux(more, cur - trial, cur))]
+            valid, value, root, rem = stage
+        m.d.comb += [self.o.valid.eq(valid), self.o.payload.eq(root)]
         return m

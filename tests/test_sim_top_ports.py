@@ -83,3 +83,31 @@ def test_whole_tiny_on_more_ports_under_a_slow_memory(tiny):
               f"{model:>11,} {model / simulated - 1:>+7.2%}  {per_port}")
     for task in (0, 1):
         assert cycles[4, task] < cycles[2, task] < cycles[1, task]
+
+
+@pytest.mark.slow
+def test_a_short_program_on_more_ports_under_a_slow_memory(tiny):
+    """PATCHIFY, COPY and a whole LAYERNORM on tops of 1, 2 and 4 memory ports with only
+    their engines behind a memory of SLOW_MEMORY bytes a cycle per port (Icarus, minutes
+    where the whole model takes an hour): bit-exact, fewer cycles with more ports, and the
+    cost model's memory side (its compute and issue figures are the whole program's) against
+    the simulated cycles, printed."""
+    from moevit.hw.cost.cycles import program_cycles
+
+    program, image = tiny
+    rows = []
+    for ports in (1, 2, 4):
+        full = program(ports)
+        short = dataclasses.replace(full, instructions=[full.instructions[k] for k in (0, 2, 3)])
+        run = check_runs(short, [(0, [image])], test_id=f"top-ports{ports}-short-slow",
+                         simulator="icarus", engines=("patchify", "copy", "layernorm"),
+                         bandwidth=SLOW_MEMORY, timeout_us=20_000)[0]
+        model = program_cycles(short, image, 0, bandwidth=SLOW_MEMORY).cycles
+        rows.append((ports, run["cycles"], model, run["port_bytes_read"]))
+    print(f"\nPATCHIFY, COPY, LAYERNORM at {SLOW_MEMORY:g} byte(s) a cycle per port")
+    print(f"{'ports':>5} {'simulated':>10} {'vs 1 port':>9} {'cost model':>10} {'error':>7}  "
+          f"bytes read per port")
+    for ports, simulated, model, per_port in rows:
+        print(f"{ports:>5} {simulated:>10,} {simulated / rows[0][1]:>9.3f} {model:>10,} "
+              f"{model / simulated - 1:>+7.2%}  {per_port}")
+    assert rows[2][1] < rows[1][1] < rows[0][1]

@@ -43,15 +43,17 @@ def cost_rows(*, quantized=None, config=None, task=None, board=None, per_instruc
     """One row per unit (or per instruction: also its compute and memory cycles and its
     bytes read and written) and task, then a ``total`` row per task with the latency."""
     from moevit.hw.boards import get_board
-    from moevit.hw.cost.cycles import board_bandwidth, program_cycles
+    from moevit.hw.cost.cycles import board_bandwidth, board_memory_bandwidth, program_cycles
 
     board = get_board(board) if board is not None else None  # before the long work
     program, image = _program_and_image(quantized, config)
     hw = program.hw
-    bandwidth = board_bandwidth(board, hw) if board else None
+    bandwidth = board_bandwidth(board, hw) if board else None       # each memory port's
+    memory = board_memory_bandwidth(board, hw) if board else None  # all ports together
     rows = []
     for t in _tasks(program, task):
-        cost = program_cycles(program, image, t, bandwidth=bandwidth, progress=progress)
+        cost = program_cycles(program, image, t, bandwidth=bandwidth, memory_bandwidth=memory,
+                              progress=progress)
         common = {"task": program.tasks[t]["name"], "board": board.name if board else None,
                   "bandwidth": round(cost.bandwidth, 3)}
         total = cost.cycles

@@ -194,3 +194,32 @@ def test_workload_is_the_compiled_program():
     assert counts["EXPERT"] == 6 * 16 and counts["ATTENTION"] == 12
     # Balanced routing: every expert gets ceil(129 x 2 / 16) = 17 tokens.
     assert {s.routed for s in work.tasks["semseg"] if s.mnemonic == "EXPERT"} == {17}
+
+
+def test_stage_two_picks_the_fewest_layernorm_lanes_that_pay(rows):
+    """The chosen point's LayerNorm lanes give its LayerNorm instructions their fewest
+    cycles at the board's bandwidth, and half as many lanes would not; the lanes fit the
+    model's width and the bus."""
+    from moevit.hw.boards import get_board
+    from moevit.hw.cost.cycles import board_bandwidth
+    from moevit.model.config import get_config
+
+    for (board, config), row in rows.items():
+        hw = HwConfig.from_dict(row["hw"])
+        lanes = row["norm_lanes"]
+        assert hw.norm_lanes == lanes and get_config(config).dim % lanes == 0
+        assert 8 * lanes <= hw.bus_width
+        work = workload(config)
+        norms = [(s, n) for s, n in work.steps(row["task"]) if s.mnemonic == "LAYERNORM"]
+        bandwidth = board_bandwidth(get_board(board), hw)
+
+        def cycles(n):
+            return predict(norms, hw.replace(norm_lanes=n), bandwidth).cycles
+
+        print(f"{board} {config}: {lanes} LayerNorm lanes, {cycles(lanes):,} LayerNorm cycles "
+              f"(one lane: {cycles(1):,})")
+        if lanes > 1:
+            assert cycles(lanes // 2) > cycles(lanes) and cycles(1) > cycles(lanes)
+        if 16 * lanes <= hw.bus_width and hw.max_in % (2 * lanes) == 0 \
+                and get_config(config).dim % (2 * lanes) == 0:
+            assert cycles(2 * lanes) >= cycles(lanes)

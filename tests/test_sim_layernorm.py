@@ -122,3 +122,13 @@ def test_bad_width():
     with pytest.raises(DescriptorError, match=r"^LayerNorm descriptor width 300 exceeds the "
                        r"256-feature buffer of hardware 'tiny'$"):
         LayerNormDescriptor(HW, tokens=1, dim=300)
+
+
+def test_compiling_for_lanes_that_do_not_divide_a_row_is_a_clear_error():
+    from moevit.hw.program.compiler import compile_program
+
+    qmodel, _ = tiny_quantized(trained=False)
+    with pytest.raises(DescriptorError, match=r"^Layer blocks\.0\.norm1 does not fit hardware "
+                       r"'tiny': LayerNorm descriptor width 64 is not a multiple of the 128 "
+                       r"LayerNorm lanes of hardware 'tiny'$"):
+        compile_program(qmodel, HW.replace(norm_lanes=128, bus_width=1024))

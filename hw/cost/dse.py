@@ -37,7 +37,9 @@ and the linear kernel (a share for attention, :data:`ATTENTION_SHARES`) and
 takes, for each share, the attention lanes (heads in parallel x score lanes)
 that fit it with the fewest attention cycles. Stage 2 tunes, within the rest,
 the linear array (rows x cols), the DSP packing, the post-processing lanes,
-the bus width (the board's choices) and the buffer depths (``max_in`` and
+the bus width (the board's choices), the LayerNorm lanes (:func:`_norm_lanes`:
+the fewest that give the LayerNorm instructions their fewest cycles at the
+board's bandwidth; the unit is the same for every array) and the buffer depths (``max_in`` and
 ``kv_depth`` the model's minimum; ``max_tokens`` the largest batch the BRAM
 holds, up to :data:`MAX_BATCH` images), and the memory ports (1 to the
 board's, at most ``HwConfig.MAX_MEMORY_PORTS``: the fewest within
@@ -82,6 +84,7 @@ ROWS = (4, 8, 16, 32, 64)
 COLS = (8, 16, 32, 64)
 POST_LANES = (2, 4, 8, 16)
 SCORE_LANES = (4, 8, 16, 32, 64)
+NORM_LANES = (1, 2, 4, 8, 16, 32, 64)
 BUS_CHOICES = {"pynq": (128,), "pyxrt": (256, 512)}
 
 
@@ -359,8 +362,9 @@ def _other_cycles(step, hw) -> tuple:
     from moevit.hw.cost.cycles import compute_cycles, written_bytes
     from moevit.hw.program.descriptor import DescriptorError
 
-    # What these steps' compute reads: the attention lanes, the bus, the columns, buffers.
-    key = (step.shape, hw.heads_parallel, hw.score_lanes, hw.bus_width, hw.cols,
+    # What these steps' compute reads: the attention and LayerNorm lanes, the bus, the
+    # columns, buffers.
+    key = (step.shape, hw.heads_parallel, hw.score_lanes, hw.norm_lanes, hw.bus_width, hw.cols,
            hw.max_tokens, hw.kv_depth, hw.max_in, hw.max_head_dim)
     if key not in _CYCLES:
         try:
@@ -472,6 +476,19 @@ class Point:
 
 def _divisors(n, choices):
     return [c for c in choices if n % c == 0]
+
+
+def _norm_lanes(steps, hw, bandwidth, model) -> int:
+    """The fewest LayerNorm lanes that give the ``LAYERNORM`` ``steps`` their fewest
+    cycles on ``hw`` at ``bandwidth`` (more lanes stop paying once the instruction is
+    memory-bound): among those the model's width, the bus and ``max_in`` allow."""
+    key = ("norm_lanes", hw.bus_width, hw.max_in, bandwidth, model.name)
+    if key not in _CYCLES:
+        allowed = [n for n in _divisors(model.dim, NORM_LANES)
+                   if 8 * n <= hw.bus_width and hw.max_in % n == 0]
+        _CYCLES[key] = min(allowed, key=lambda n: (
+            predict(steps, hw.replace(norm_lanes=n), bandwidth).cycles, n))
+    return _CYCLES[key]
 
 
 def _fits(res, board, fabric=True):
@@ -600,6 +617,7 @@ def search(board, config, *, quick=False, fabric=True, progress=True) -> list:
     usable_dsp = board.dsp * USABLE["dsp"]
     first = next(iter(work.tasks))
     attention = [(s, n) for s, n in work.steps(first) if s.mnemonic == "ATTENTION"]
+    norms = [(s, n) for s, n in work.steps(first) if s.mnemonic == "LAYERNORM"]
 
     # Stage 1: per DSP share, the attention lanes within it with the fewest cycles.
     lanes = []
@@ -614,7 +632,8 @@ def search(board, config, *, quick=False, fabric=True, progress=True) -> list:
         if fitting:
             stage1[share] = min(fitting)[2:]
 
-    # Stage 2: the linear array, packing, post lanes, bus and buffers under the rest.
+    # Stage 2: the linear array, packing, post lanes, bus, LayerNorm lanes and buffers under
+    # the rest.
     candidates = []
     for share, (hp, sl) in stage1.items():
         for r in rows_grid:
@@ -633,6 +652,7 @@ def search(board, config, *, quick=False, fabric=True, progress=True) -> list:
                               max_tokens=-(-model.tokens // r) * r)
         except ConfigError:
             continue
+        hw = hw.replace(norm_lanes=_norm_lanes(norms, hw, board_bandwidth(board, hw), model))
         sized = _max_tokens(hw, model.tokens, board, the_fit, fabric)
         if sized is None:
             over = _fits(resources(hw, the_fit), board, fabric)
@@ -690,7 +710,7 @@ TARGETS = {
     ("u280", "edge-moe"): (("best_fps", ">=", 1500),),
 }
 #: Units whose compute the search cannot scale (no lanes parameter in the HwConfig).
-FIXED_UNITS = ("layernorm", "moe", "mover")
+FIXED_UNITS = ("moe", "mover")
 
 
 def _binding(point, board, fabric=True):
@@ -723,7 +743,7 @@ def point_row(point, board, work, fabric=True) -> dict:
         "board": board.name, "config": work.config, "name": hw.name, "task": point.task,
         "mac_units": hw.macs + attention_units, "linear_mac_units": hw.macs,
         "attention_mac_units": attention_units, "dsp_packing": hw.dsp_packing,
-        "memory_ports": hw.memory_ports,
+        "memory_ports": hw.memory_ports, "norm_lanes": hw.norm_lanes,
         "latency_ms": point.latency_ms, "fps_batch1": fps1, "best_batch": point.best_batch,
         "best_fps": best_fps, "macs_per_image": macs, "gops": 2 * macs * fps1 / 1e9,
         "best_gops": 2 * macs * best_fps / 1e9,
@@ -795,8 +815,8 @@ def print_dse(rows) -> None:
         print(f"  linear array {h['rows']}x{h['cols']} ({r['linear_mac_units']} MAC units, "
               f"packing {h['dsp_packing']}, {h['post_lanes']} post lanes), attention "
               f"{h['heads_parallel']} heads x 2 x {h['score_lanes']} lanes "
-              f"({r['attention_mac_units']} MAC units), bus {h['bus_width']} bits x "
-              f"{r['memory_ports']} memory port(s), "
+              f"({r['attention_mac_units']} MAC units), {r['norm_lanes']} LayerNorm lanes, "
+              f"bus {h['bus_width']} bits x {r['memory_ports']} memory port(s), "
               f"max_tokens {h['max_tokens']}, max_in {h['max_in']}, kv_depth {h['kv_depth']}, "
               f"{h['clock_mhz']:g} MHz")
         print(f"  latency {r['latency_ms']:.3f} ms per image at batch 1 ({r['task']}, the "

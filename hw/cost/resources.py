@@ -22,9 +22,11 @@ is reproducible. ``moevit hw resources`` prints the fit's error per point.
 
 Not measured: the top's engines, movers and sequencer around the units (their
 buffers are few and small next to the kernels'; :data:`TOP_OVERHEAD` is an
-allowance, stated, not fitted). The top's MoE engines (route, expert, combine:
-the same top-k list, softmax and combine lanes) are counted as the MoE unit, but
-with their own memories (:func:`resources`).
+allowance, stated, not fitted), nor the LayerNorm unit's LUT and FF with lanes
+(:data:`LAYERNORM_PIPELINE`, :data:`LAYERNORM_PER_LANE`: an allowance from its
+structure; its DSP and memories are from the structure like every unit's). The
+top's MoE engines (route, expert, combine: the same top-k list, softmax and combine
+lanes) are counted as the MoE unit, but with their own memories (:func:`resources`).
 Yosys is not Vivado: LUT and FF are upper bounds (:data:`moevit.hw.estimate.CAVEAT`).
 """
 
@@ -125,7 +127,12 @@ def memories(unit: str, hw) -> list:
                 ("exps", EXP_WIDTH, _EXP_BANKS * hw.kv_depth, 1)]
         return lane * hw.heads_parallel
     if unit == "layernorm":
-        return [("rows", 8, 2 * hw.max_in, 1), ("params", 16 + 41, hw.max_in, 1)]
+        from moevit.hw.units.layernorm import LayerNorm
+
+        ln = LayerNorm.from_config(hw)
+        words = ln.max_dim // ln.lanes
+        return [("rows", 8 * ln.lanes, ln.banks * words, 1),
+                ("params", (16 + 41) * ln.lanes, words, 1)]
     if unit == "moe":
         entry = (hw.max_tokens - 1).bit_length() + PROB_WIDTH + 1
         return [("lists", entry, hw.cols * hw.max_tokens, 2),
@@ -194,6 +201,19 @@ ATTENTION_LANE_DSP = 6
 #: The LayerNorm unit's multipliers (mean, variance, inverse square root, gamma); one more
 #: once its sums pass 20 bits (max_in above 1,024).
 LAYERNORM_DSP = 10
+#: ... and per lane beyond the first (``norm_lanes``): x*x of the sums (1), D*x (1), the
+#: centred value times R (20 x 37 bits: 4) and times gamma (48 x 16 bits: 2); the row's
+#: D*s2 and s1*s1 stay one.
+LAYERNORM_DSP_PER_LANE = 8
+#: LUT and FF of the LayerNorm unit with lanes, over the fitted one-lane unit: NOT
+#: measured (Yosys on the unit with two lanes had not finished after 40 minutes on the
+#: loaded machine this was written on); an allowance from the structure, stated: the
+#: unrolled square root and divider once (24 + 37 stages, each a 25-bit compare-subtract,
+#: its select and its registers: the root or quotient, the remainder, the operand bits
+#: still to come, the divisor), and per lane beyond the first its share of the sums' adder
+#: tree and the normalisation's rounding and saturation.
+LAYERNORM_PIPELINE = Resources(lut=3_000, ff=5_000)
+LAYERNORM_PER_LANE = Resources(lut=300, ff=150)
 #: The MoE unit: MOE_DSP fixed (the gate's softmax: 6, the gate weight: 1) and
 #: MOE_DSP_PER_COL per combine lane (weight x slot: 1, requantize s32 x u15: 2).
 MOE_DSP = 7
@@ -244,7 +264,7 @@ def unit_dsp(unit: str, hw) -> int:
         return hw.heads_parallel * (DSP_PER_SCORE_LANE * hw.score_lanes + ATTENTION_LANE_DSP
                                     + words)
     if unit == "layernorm":
-        return LAYERNORM_DSP + (hw.max_in > 1024)
+        return LAYERNORM_DSP + (hw.max_in > 1024) + LAYERNORM_DSP_PER_LANE * (hw.norm_lanes - 1)
     if unit == "moe":
         return MOE_DSP + MOE_DSP_PER_COL * hw.cols
     return 0
@@ -332,10 +352,13 @@ def unit_resources(unit: str, hw, the_fit=None) -> Resources:
     """Resources of one unit of the top on ``hw``."""
     the_fit = the_fit or _default_fit()
     x = _features(unit, hw)
-    return Resources(dsp=unit_dsp(unit, hw), lut=float(the_fit.lut[unit] @ x),
-                     ff=float(the_fit.ff[unit] @ x),
-                     bram36=sum(bram36(w, d) * ports for _, w, d, ports in memories(unit, hw)),
-                     uram=0)
+    res = Resources(dsp=unit_dsp(unit, hw), lut=float(the_fit.lut[unit] @ x),
+                    ff=float(the_fit.ff[unit] @ x),
+                    bram36=sum(bram36(w, d) * ports for _, w, d, ports in memories(unit, hw)),
+                    uram=0)
+    if unit == "layernorm" and hw.norm_lanes > 1:
+        res = res + LAYERNORM_PIPELINE + LAYERNORM_PER_LANE * (hw.norm_lanes - 1)
+    return res
 
 
 def resources(hw, the_fit=None) -> Resources:

@@ -1,8 +1,9 @@
 """``moevit bench top``: the whole accelerator in co-simulation, per task.
 
 The config's model (its golden model's ``signal_model``, quantized on eight
-synthetic images) is compiled for the config's default hardware and run on
-the co-simulated top (:mod:`moevit.sim.benches.top`) by registers only, as a
+synthetic images) is compiled for the config's default hardware (or a
+named hardware config, ``--hw zcu102-edge-moe``, checked against the model
+first) and run on the co-simulated top (:mod:`moevit.sim.benches.top`) by registers only, as a
 host would: each task twice in a row and then after the other task, so that
 
 * ``cycles`` is a task's run after a run of the same task (the ``cycles``
@@ -23,9 +24,11 @@ host would: each task twice in a row and then after the other task, so that
 * ``expert_prefetch``: the HwConfig's (:class:`~moevit.hw.config.HwConfig`):
   the rows come for the default hardware as it is (0) and with the expert
   schedule overlapped (1), each on its own build, so the table shows what the
-  prefetch changes in cycles and bytes read.
+  prefetch changes in cycles and bytes read (a named hardware config: its own
+  setting; ``--prefetch`` picks one).
 
-A bar chart of the busy shares is written to ``build/bench/top-<config>.png``.
+A bar chart of the busy shares is written to ``build/bench/top-<config>.png``
+(``top-<config>-<hw>.png`` on a named hardware config).
 """
 
 import numpy as np
@@ -33,8 +36,24 @@ import numpy as np
 __all__ = ["bench_top", "print_table", "plot"]
 
 
-def _program(config, expert_prefetch=0):
-    from moevit.hw.config import HwConfig
+def _hw(config, hw=None):
+    """The hardware the bench runs ``config``'s model on: the named instance ``hw`` or the
+    model's default, checked against the model (before anything long starts)."""
+    from moevit.hw.config import HwConfig, get_hw_config
+    from moevit.model.config import get_config
+
+    model = get_config(config)
+    if hw is None:
+        return HwConfig.for_model(model)
+    instance = get_hw_config(hw)
+    instance.check_model(model)
+    return instance
+
+
+def _program(config, expert_prefetch=None, hw=None):
+    """The compiled program of ``config``'s model (its signal model quantized on eight
+    synthetic images) on ``hw`` (a HwConfig; default: the model's), with
+    ``expert_prefetch`` replacing the instance's, and the image the bench runs."""
     from moevit.hw.program.compiler import compile_program
     from moevit.model.config import get_config
     from moevit.model.data import SyntheticDataset
@@ -43,30 +62,39 @@ def _program(config, expert_prefetch=0):
     from moevit.model.integer.quantize import quantize
 
     model = get_config(config)
+    hw = hw if hw is not None else _hw(config)
+    if expert_prefetch is not None:
+        hw = hw.replace(expert_prefetch=expert_prefetch)
     data = SyntheticDataset(model, "val", size=9, seed=1)
     qmodel = quantize(signal_model(model), data.images[:8])
     image = golden.quantize_image(data.images[8].numpy(), qmodel.scale("input"))
-    hw = HwConfig.for_model(model, expert_prefetch=expert_prefetch)
     return compile_program(qmodel, hw), image
 
 
-def bench_top(config="tiny", simulator="verilator", prefetch=(0, 1)):
+def bench_top(config="tiny", simulator="verilator", prefetch=None, hw=None):
     """Rows (one per task and ``expert_prefetch`` setting in ``prefetch``) of the
-    whole-model co-simulation of ``config``."""
-    return [row for setting in prefetch for row in _bench(config, simulator, setting)]
+    whole-model co-simulation of ``config``.
+
+    ``hw``: a named hardware config (``zcu102-edge-moe``; default: the model's default
+    instance); ``prefetch``: the ``expert_prefetch`` settings to run (default: 0 and 1 on
+    the default instance, a named instance's own setting)."""
+    base = _hw(config, hw)
+    if prefetch is None:
+        prefetch = (0, 1) if hw is None else (base.expert_prefetch,)
+    return [row for setting in prefetch
+            for row in _bench(config, base.replace(expert_prefetch=setting), simulator)]
 
 
-def _bench(config, simulator, expert_prefetch):
+def _bench(config, hw, simulator):
     from moevit.sim.benches.top import expected_runs, output_bytes, run_top
 
-    program, image = _program(config, expert_prefetch)
-    hw = program.hw
+    program, image = _program(config, hw=hw)
     tasks = list(range(len(program.tasks)))
     # Each task twice in a row (the second run: after itself; the first: after the task
     # before it), then the first task again (after the last one).
     runs = [(t, [image]) for t in tasks for _ in range(2)] + [(tasks[0], [image])]
-    got = run_top(program, runs, test_id=f"bench-top-{config}-{simulator}-{expert_prefetch}",
-                  simulator=simulator)
+    got = run_top(program, runs, simulator=simulator,
+                  test_id=f"bench-top-{config}-{hw.name}-{simulator}-{hw.expert_prefetch}")
     want = expected_runs(program, runs)
     exact = all(g["error"] == 0 and np.array_equal(g["scratch"], w["scratch"])
                 and all(np.array_equal(a[:size], b[:size]) for a, b in zip(g["outputs"],
@@ -81,8 +109,8 @@ def _bench(config, simulator, expert_prefetch):
         cycles = steady["cycles"]
         macs = want[2 * t + 1]["stats"]["macs"]
         rows.append({
-            "config": config, "task": program.tasks[t]["name"],
-            "expert_prefetch": expert_prefetch, "cycles": cycles,
+            "config": config, "hw": hw.name, "task": program.tasks[t]["name"],
+            "expert_prefetch": hw.expert_prefetch, "cycles": cycles,
             "switch_cycles": switched["cycles"] - cycles, "bit_exact": bool(exact),
             "utilization": macs / (mac_units * cycles), "macs": int(macs),
             "mac_units": mac_units, "bytes_read": steady["bytes_read"],
@@ -100,7 +128,8 @@ def print_table(rows) -> None:
     units = list(rows[0]["busy"]) if rows else []
     shown = [dict(r, busy_text="  " + " ".join(f"{r['busy'][u]:.0%}" for u in units),
                   exact_text="yes" if r["bit_exact"] else "NO") for r in rows]
-    print_rows(shown, [("config", "config", "<9", ""), ("task", "task", "<10", ""),
+    print_rows(shown, [("config", "config", "<9", ""), ("hw", "hw", "<16", ""),
+                       ("task", "task", "<10", ""),
                        ("prefetch", "expert_prefetch", ">8", ""),
                        ("cycles", "cycles", ">10", ""), ("switch", "switch_cycles", ">7", ""),
                        ("exact", "exact_text", ">6", ""), ("util", "utilization", ">7", ".1%"),

@@ -153,6 +153,10 @@ def register_bench(benches):
                     "switch, busy shares, bytes read, MAC utilization")
     top.add_argument("--config", default="tiny", choices=("tiny", "edge-moe"),
                      help="model config (default: tiny; edge-moe takes long)")
+    _add_hw(top, "instead of the config's default")
+    top.add_argument("--prefetch", type=int, choices=(0, 1), default=None,
+                     help="only this expert_prefetch setting (default: 0 and 1 on the default "
+                          "hardware, a named config's own)")
     top.add_argument("--simulator", choices=("icarus", "verilator"), default="verilator",
                      help="simulator (default: verilator)")
     top.add_argument("--json", action="store_true", help="one JSON list of rows")
@@ -173,8 +177,15 @@ def _add_bench(benches, name, what, quick_help, handler):
     bench.add_argument("--simulator", choices=("icarus", "verilator"), default="verilator",
                        help="simulator for the cycle counts (default: verilator)")
     bench.add_argument("--quick", action="store_true", help=quick_help)
+    _add_hw(bench, "instead of the default cases: the layers of the model it serves, on it")
     bench.add_argument("--json", action="store_true", help="one JSON list of rows")
     bench.set_defaults(handler=handler)
+
+
+def _add_hw(parser, what):
+    parser.add_argument("--hw", default=None, metavar="NAME",
+                        help=f"a hardware config: a saved one (zcu102-edge-moe, hw/configs/) or "
+                             f"a model config's default, {what}")
 
 
 def _generate(args):
@@ -374,21 +385,24 @@ def _report_page(args):
 def _bench_linear(args):
     from moevit.hw.bench import bench_linear, print_table
 
-    _report(bench_linear(simulator=args.simulator, quick=args.quick), args, print_table)
+    _report(bench_linear(simulator=args.simulator, quick=args.quick, hw=args.hw), args,
+            print_table)
 
 
 def _bench_attention(args):
     from moevit.hw.bench_attention import bench_attention, print_table
 
-    _report(bench_attention(simulator=args.simulator, quick=args.quick), args, print_table)
+    _report(bench_attention(simulator=args.simulator, quick=args.quick, hw=args.hw), args,
+            print_table)
 
 
 def _bench_top(args):
     from moevit.hw.bench_top import bench_top, plot, print_table
     from moevit.paths import build_dir
 
-    rows = bench_top(args.config, simulator=args.simulator)
-    path = build_dir("bench") / f"top-{args.config}.png"
+    rows = bench_top(args.config, simulator=args.simulator, hw=args.hw,
+                     prefetch=None if args.prefetch is None else (args.prefetch,))
+    path = build_dir("bench") / f"top-{args.config}{'-' + args.hw if args.hw else ''}.png"
     plot(rows, path)
     _report(rows, args, print_table)
     if not args.json:

@@ -65,11 +65,15 @@ def register(subparsers):
     source.add_argument("--config", help="a model config, quantized as `moevit bench top` does")
     source.add_argument("--check", action="store_true",
                         help="run bench linear, bench attention and bench top (tiny; minutes) "
-                             "and print the cost model's error on every row")
+                             "and print the cost model's error on every row and whether it is "
+                             "within the 5 %% aim (exit status 1 when a row is not)")
     cost.add_argument("--simulator", choices=("icarus", "verilator"), default="verilator",
                       help="with --check: the benches' simulator (default: verilator)")
     cost.add_argument("--quick", action="store_true",
                       help="with --check: the benches' --quick rows (the tiny shapes only)")
+    cost.add_argument("--slow", action="store_true",
+                      help="with --check: also bench top --config edge-moe on its default "
+                           "hardware (hours)")
     cost.add_argument("--task", default=None, help="task name or index (default: every task)")
     cost.add_argument("--board", default=None,
                       help="a board's memory bandwidth (default: one bus word a cycle)")
@@ -296,12 +300,17 @@ def _cost(args):
     from moevit.hw.cost.report import check_rows, cost_rows, print_check, print_cost
 
     if args.check:
-        rows = check_rows(simulator=args.simulator, quick=args.quick, progress=not args.quiet)
+        rows = check_rows(simulator=args.simulator, quick=args.quick, slow=args.slow,
+                          progress=not args.quiet)
         if args.json:
             print(json.dumps(rows))
         else:
             print_check(rows)
-        return
+        return 0 if all(r["within_aim"] for r in rows) else 1
+    if args.slow:
+        from moevit.errors import UsageError
+
+        raise UsageError("--slow adds a row to --check; without --check it does nothing")
 
     rows = cost_rows(quantized=args.quantized, config=args.config, task=args.task,
                      board=args.board, per_instruction=args.per_instruction,

@@ -297,11 +297,12 @@ def _boards(args):
 
 
 def _cost(args):
-    from moevit.hw.cost.report import check_rows, cost_rows, print_check, print_cost
+    from moevit.hw.cost.report import check_rows, cost_rows, print_check, print_cost, record_check
 
     if args.check:
         rows = check_rows(simulator=args.simulator, quick=args.quick, slow=args.slow,
                           progress=not args.quiet)
+        record_check(rows)
         if args.json:
             print(json.dumps(rows))
         else:
@@ -361,8 +362,11 @@ def _dse(args):
     if args.confirm:
         from moevit.hw.cost.confirm import confirm
 
+        from moevit.hw.cost.report import record_confirm
+
         for row in rows:
             row["confirm"] = confirm(row, progress=not args.quiet)
+        record_confirm(rows)
     if args.json:
         print(json.dumps(rows))
     else:
@@ -387,8 +391,10 @@ def _report_page(args):
     folder = output_folder(args.output, "report folder") if args.output else build_dir("report")
     reliability = ("Reliability (what the last `make formal`, fault, fuzz and long runs under "
                    "build/ found; `moevit bench reliability`)", reliability_markdown())
+    from moevit.hw.cost.report import measured_sections
+
     print(write_report(folder, quick=args.quick, progress=not args.quiet,
-                       sections=[reliability]))
+                       sections=[*measured_sections(), reliability]))
 
 
 def _bench_linear(args):
@@ -409,9 +415,13 @@ def _bench_top(args):
     from moevit.hw.bench_top import bench_top, plot, print_table
     from moevit.paths import build_dir
 
+    from moevit.hw.cost.report import record_bench_top
+
     rows = bench_top(args.config, simulator=args.simulator, hw=args.hw,
                      prefetch=None if args.prefetch is None else (args.prefetch,))
-    path = build_dir("bench") / f"top-{args.config}{'-' + args.hw if args.hw else ''}.png"
+    name = f"top-{args.config}{'-' + args.hw if args.hw else ''}"
+    record_bench_top(rows, name)
+    path = build_dir("bench") / f"{name}.png"
     plot(rows, path)
     _report(rows, args, print_table)
     if not args.json:

@@ -122,6 +122,7 @@ def test_bench_top_runs_the_named_config(tmp_path, monkeypatch, capsys):
     assert runs == [("edge-moe", get_hw_config("zcu102-edge-moe"))]   # its own prefetch only
     assert re.search(r"^edge-moe +zcu102-edge-moe +semseg ", capsys.readouterr().out, re.M)
     assert (tmp_path / "build/bench/top-edge-moe-zcu102-edge-moe.png").is_file()
+    assert (tmp_path / "build/bench/top-edge-moe-zcu102-edge-moe.json").is_file()  # for the report
     runs.clear()
     assert main(["bench", "top", "--json"]) == 0          # the default: both settings
     assert runs == [("tiny", DEFAULT_HW["tiny"]),

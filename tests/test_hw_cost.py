@@ -197,3 +197,30 @@ def test_check_table_says_which_rows_meet_the_aim(monkeypatch, capsys):
     monkeypatch.setattr(report, "check_rows", lambda **options: rows[:1])
     assert main(["hw", "cost", "--check", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["within_aim"] is True
+
+
+def test_report_sections_show_what_the_slow_runs_kept(tmp_path, monkeypatch):
+    """bench top's rows, the check's and dse --confirm's, kept under build/, on the page."""
+    from moevit.hw.cost.report import (_check_row, measured_sections, record_bench_top,
+                                       record_check, record_confirm)
+
+    monkeypatch.setenv("MOEVIT_BUILD", str(tmp_path / "build"))
+    assert all("Not run here yet" in text for _, text in measured_sections())
+    record_bench_top([{"config": "edge-moe", "hw": "edge-moe", "task": "depth",
+                       "expert_prefetch": 0, "cycles": 9_000_000, "switch_cycles": 0,
+                       "bit_exact": True, "utilization": 0.25, "bytes_read": 15_708_812,
+                       "latency_ms": 36.0, "sim_seconds": 3600.0}], "top-edge-moe")
+    record_check([_check_row("top", "edge-moe depth prefetch 0 (whole program)", 8_782_693,
+                             9_000_000)])
+    figures = {"dsp": 64, "bram36": 10.5, "uram": 0}
+    record_confirm([{"name": "zcu102-edge-moe", "confirm": {
+        "slice": "2x64", "slice_predicted": figures, "slice_yosys": figures,
+        "predicted": figures, "estimated": figures}}])
+    (tmp_path / "build/cost/other.json").write_text("{}")   # not a measurement: left alone
+    top, check, confirm = (text for _, text in measured_sections())
+    assert re.search(r"^\| edge-moe \| edge-moe \| depth \| 0 \| 9,000,000 \| 0 \| yes \| 25\.0% "
+                     r"\| 15,708,812 \| 36\.000 \| 3600 \| \d{4}-\d\d-\d\d \d\d:\d\d \|$", top, re.M)
+    assert re.search(r"^\| top \| edge-moe depth prefetch 0 \(whole program\) \| 9,000,000 \| "
+                     r"8,782,693 \| -2\.41% \| yes \|", check, re.M)
+    assert re.search(r"^\| zcu102-edge-moe \| 2x64 \| 64 / 10\.5 / 0 \| 64 / 10\.5 / 0 \|",
+                     confirm, re.M)

@@ -2,7 +2,8 @@
 
 from moevit.errors import ConfigError
 
-__all__ = ["cost_rows", "print_cost", "check_rows", "top_check_rows", "print_check", "AIM"]
+__all__ = ["cost_rows", "print_cost", "check_rows", "top_check_rows", "print_check", "AIM",
+           "record_check", "record_bench_top", "record_confirm", "measured_sections"]
 
 
 def _program_and_image(quantized, config):
@@ -167,3 +168,96 @@ def print_check(rows) -> None:
           f"prediction is at one bus word a cycle; on a board, each instruction is max(compute, "
           f"bytes / bandwidth) + issue: the top overlaps an instruction's transfers with its own "
           f"compute, never two instructions)")
+
+
+# What the slow commands measured, kept under build/ for `moevit report` ----------------
+def _record(rows, *parts):
+    """Write ``rows`` (JSON) to ``build/<parts>``, with the time; return the path."""
+    import json
+    from datetime import datetime, timezone
+
+    from moevit.paths import build_dir
+
+    path = build_dir(*parts[:-1]) / parts[-1]
+    path.write_text(json.dumps({"when": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M}",
+                                "rows": rows}))
+    return path
+
+
+def record_check(rows):
+    """Keep ``moevit hw cost --check``'s rows (``build/cost/check.json``)."""
+    return _record(rows, "cost", "check.json")
+
+
+def record_bench_top(rows, name):
+    """Keep ``moevit bench top``'s rows (``build/bench/<name>.json``)."""
+    return _record(rows, "bench", f"{name}.json")
+
+
+def record_confirm(rows):
+    """Keep ``moevit dse --confirm``'s rows (``build/confirm/<board>-<config>.json``)."""
+    for r in rows:
+        _record([r], "confirm", f"{r['name']}.json")
+
+
+def _recorded(pattern):
+    """``(when, rows)`` of each file under ``build/`` matching ``pattern``, sorted by name."""
+    import json
+    import os
+    from pathlib import Path
+
+    from moevit.paths import BUILD_VARIABLE
+
+    root = Path(os.environ.get(BUILD_VARIABLE) or "build")
+    found = []
+    for path in sorted(root.glob(pattern)):
+        try:
+            data = json.loads(path.read_text())
+            found.append((data["when"], data["rows"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # another tool's file, or one cut short: not a measurement
+    return found
+
+
+def measured_sections() -> list:
+    """``(title, markdown)`` sections of what the last slow runs measured: bench top's rows
+    (*simulated*), the cost model against the benches (``hw cost --check``), the Yosys
+    confirmation of the chosen points (``dse --confirm``); each says when it ran, or the
+    command to run when nothing is kept."""
+    top = ["| config | hardware | task | prefetch | cycles | switch | bit-exact | MAC util. "
+           "| bytes read | ms | sim s | when (UTC) |", "|---|---|---|---:|---:|---:|---|---:"
+           "|---:|---:|---:|---|"]
+    for when, rows in _recorded("bench/top-*.json"):
+        for r in rows:
+            top.append(f"| {r['config']} | {r.get('hw', r['config'])} | {r['task']} | "
+                       f"{r['expert_prefetch']} | {r['cycles']:,} | {r['switch_cycles']:,} | "
+                       f"{'yes' if r['bit_exact'] else '**no**'} | {r['utilization']:.1%} | "
+                       f"{r['bytes_read']:,} | {r['latency_ms']:.3f} | {r['sim_seconds']:g} | "
+                       f"{when} |")
+    check = ["| bench | row | simulated | predicted | error | within 5 % | when (UTC) |",
+             "|---|---|---:|---:|---:|---|---|"]
+    for when, rows in _recorded("cost/check.json"):
+        for r in rows:
+            check.append(f"| {r['bench']} | {r['row']} | {r['simulated']:,} | "
+                         f"{r['predicted']:,} | {r['error']:+.2%} | "
+                         f"{'yes' if r['within_aim'] else '**no**'} | {when} |")
+    confirm = ["| point | slice | slice predicted DSP / BRAM36 / URAM | slice Yosys | whole "
+               "predicted | whole from the slice | when (UTC) |", "|---|---|---|---|---|---|---|"]
+    for when, rows in _recorded("confirm/*.json"):
+        for r in rows:
+            c = r["confirm"]
+            confirm.append(f"| {r['name']} | {c['slice']} | " + " | ".join(
+                " / ".join(f"{c[k][x]:g}" for x in ("dsp", "bram36", "uram"))
+                for k in ("slice_predicted", "slice_yosys", "predicted", "estimated"))
+                + f" | {when} |")
+
+    def text(lines, command):
+        return "\n".join(lines) + "\n" if len(lines) > 2 else f"Not run here yet: `{command}`.\n"
+
+    return [("Simulated: the whole model on the co-simulated top (*simulated*, `moevit bench "
+             "top`, last runs)", text(top, "moevit bench top [--config edge-moe]")),
+            ("The cost model against the benches (`moevit hw cost --check`, last run; aim: "
+             "within 5 % on every row)", text(check, "moevit hw cost --check")),
+            ("The chosen points through Yosys (`moevit dse --confirm`: a slice of the linear "
+             "array, the whole extrapolated)", text(confirm, "moevit dse --board B --config "
+                                                             "edge-moe --confirm"))]

@@ -130,3 +130,25 @@ def test_bench_top_runs_the_named_config(tmp_path, monkeypatch, capsys):
     runs.clear()
     assert main(["bench", "top", "--config", "edge-moe", "--prefetch", "1", "--json"]) == 0
     assert runs == [("edge-moe", DEFAULT_HW["edge-moe"].replace(expert_prefetch=1))]
+
+
+def test_hw_generate_and_estimate_take_the_named_configs(tmp_path, monkeypatch, capsys):
+    import moevit.hw.estimate as estimate
+    import moevit.hw.generate as generate
+    from moevit.hw.config import get_hw_config
+
+    assert main(["hw", "generate", "--config", "zcu102-edge-moe", "--unit", "gelu", "-o",
+                 str(tmp_path / "rtl")]) == 0
+    assert (tmp_path / "rtl" / "moevit_gelu.v").is_file()
+    seen = []
+    monkeypatch.setenv("MOEVIT_BUILD", str(tmp_path / "build"))
+    monkeypatch.setattr(generate, "verilog_file", lambda unit, hw, folder: seen.append(hw)
+                        or folder / f"{unit}.v")
+    monkeypatch.setattr(estimate, "estimate_verilog", lambda unit, path, top, folder:
+                        FakeEstimate(unit))
+    with pytest.warns(UserWarning):
+        assert main(["hw", "estimate", "--config", "u280-edge-moe", "--unit", "linear",
+                     "--quiet"]) == 0
+    assert seen == [get_hw_config("u280-edge-moe")]
+    assert (tmp_path / "build" / "estimate" / "u280-edge-moe").is_dir()
+    capsys.readouterr()

@@ -158,6 +158,9 @@ def register_bench(benches):
     top.add_argument("--config", default="tiny", choices=("tiny", "edge-moe"),
                      help="model config (default: tiny; edge-moe takes long)")
     _add_hw(top, "instead of the config's default")
+    top.add_argument("--blocks", type=int, default=None, metavar="N",
+                     help="only the first N transformer blocks (the program cut after them: "
+                          "a shorter run of a large model; default: all)")
     top.add_argument("--prefetch", type=int, choices=(0, 1), default=None,
                      help="only this expert_prefetch setting (default: 0 and 1 on the default "
                           "hardware, a named config's own)")
@@ -417,9 +420,10 @@ def _bench_top(args):
 
     from moevit.hw.cost.report import record_bench_top
 
-    rows = bench_top(args.config, simulator=args.simulator, hw=args.hw,
+    rows = bench_top(args.config, simulator=args.simulator, hw=args.hw, blocks=args.blocks,
                      prefetch=None if args.prefetch is None else (args.prefetch,))
-    name = f"top-{args.config}{'-' + args.hw if args.hw else ''}"
+    name = (f"top-{args.config}{'-' + args.hw if args.hw else ''}"
+            f"{f'-blocks{args.blocks}' if args.blocks else ''}")
     record_bench_top(rows, name)
     path = build_dir("bench") / f"{name}.png"
     plot(rows, path)

@@ -49,6 +49,7 @@ def test_estimate_shows_progress_per_unit(tmp_path, monkeypatch, capsys):
                                 r"hardware config 'small': Linear descriptor of 192 input "
                                 r"features exceeds the 128-feature buffer of hardware 'small'"),
     ("bench top --prefetch 2", r"argument --prefetch: invalid choice: 2 \(choose from 0, 1\)"),
+    ("bench top --config edge-moe --blocks 13", r"--blocks 13: model 'edge-moe' has blocks 1 to 12"),
 ])
 def test_bench_hw_bad_name_is_one_line_exit_2(argv, message, tmp_path, monkeypatch, capfd):
     import json
@@ -108,8 +109,8 @@ def test_bench_top_runs_the_named_config(tmp_path, monkeypatch, capsys):
 
     runs = []
 
-    def fake(config, hw, simulator):
-        runs.append((config, hw))
+    def fake(config, hw, simulator, blocks):
+        runs.append((config, hw) if blocks == 12 or config == "tiny" else (config, hw, blocks))
         return [{"config": config, "hw": hw.name, "task": "semseg",
                  "expert_prefetch": hw.expert_prefetch, "cycles": 10, "switch_cycles": 0,
                  "bit_exact": True, "utilization": 0.5, "bytes_read": 1, "latency_ms": 1.0,
@@ -130,6 +131,28 @@ def test_bench_top_runs_the_named_config(tmp_path, monkeypatch, capsys):
     runs.clear()
     assert main(["bench", "top", "--config", "edge-moe", "--prefetch", "1", "--json"]) == 0
     assert runs == [("edge-moe", DEFAULT_HW["edge-moe"].replace(expert_prefetch=1))]
+    runs.clear()
+    assert main(["bench", "top", "--config", "edge-moe", "--blocks", "2", "--prefetch", "0"]) == 0
+    assert runs == [("edge-moe", DEFAULT_HW["edge-moe"], 2)]
+    assert (tmp_path / "build/bench/top-edge-moe-blocks2.json").is_file()
+
+
+def test_bench_top_blocks_cut_the_program_after_a_block():
+    """--blocks N: the compiled program's first instructions, up to the next block's norm1."""
+    from moevit.hw.bench_top import _program
+    from moevit.model.config import get_config
+
+    whole, image = _program("tiny")
+    assert _program("tiny", blocks=4)[0] == whole          # all four: the whole program
+    for blocks in (1, 2, 3):
+        cut, same = _program("tiny", blocks=blocks)
+        assert (same == image).all()
+        assert cut.instructions == whole.instructions[:len(cut.instructions)]
+        count = len(cut.instructions)
+        following = whole.instructions[count].MNEMONIC
+        # The last block's last instruction; after it, the next block's norm1.
+        assert cut.instructions[-1].MNEMONIC == ("COMBINE" if get_config("tiny").is_moe(blocks - 1)
+                                                 else "LINEAR") and following == "LAYERNORM"
 
 
 def test_hw_generate_and_estimate_take_the_named_configs(tmp_path, monkeypatch, capsys):

@@ -133,10 +133,11 @@ def top_check_rows(found, progress=False) -> list:
 
     programs, rows = {}, []
     for r in found:
-        key = (r["config"], r.get("hw"), r["expert_prefetch"])
+        key = (r["config"], r.get("hw"), r["expert_prefetch"], r.get("blocks"))
         if key not in programs:
             named = r.get("hw") if r.get("hw") not in (None, r["config"]) else None
-            programs[key] = _program(r["config"], r["expert_prefetch"], _hw(r["config"], named))
+            programs[key] = _program(r["config"], r["expert_prefetch"], _hw(r["config"], named),
+                                     blocks=r.get("blocks"))
         program, image = programs[key]
         task = [t["name"] for t in program.tasks].index(r["task"])
         predicted = program_cycles(program, image, task, progress=progress).cycles

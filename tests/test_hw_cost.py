@@ -224,3 +224,26 @@ def test_report_sections_show_what_the_slow_runs_kept(tmp_path, monkeypatch):
                      r"8,782,693 \| -2\.41% \| yes \|", check, re.M)
     assert re.search(r"^\| zcu102-edge-moe \| 2x64 \| 64 / 10\.5 / 0 \| 64 / 10\.5 / 0 \|",
                      confirm, re.M)
+
+
+def test_check_predicts_each_top_row_on_its_own_program(tiny):
+    """The check's top rows: each predicted on the program of its prefetch setting and
+    blocks (the simulated figures: the README's tiny rows and a made-up cut one)."""
+    from moevit.hw.cost.report import top_check_rows
+
+    program, image = tiny
+    ahead, _ = _program("tiny", 1)
+    cut, _ = _program("tiny", blocks=1)
+    rows = top_check_rows([
+        {"config": "tiny", "hw": "tiny", "blocks": 4, "task": "semseg", "expert_prefetch": 0,
+         "cycles": 465_480},
+        {"config": "tiny", "task": "depth", "expert_prefetch": 1, "cycles": 451_350},
+        {"config": "tiny", "hw": "tiny", "blocks": 1, "task": "semseg", "expert_prefetch": 0,
+         "cycles": 100_000}])
+    assert [r["row"] for r in rows] == ["tiny semseg prefetch 0 (whole program)",
+                                        "tiny depth prefetch 1 (whole program)",
+                                        "tiny semseg prefetch 0 (first 1 blocks)"]
+    assert [r["predicted"] for r in rows] == [program_cycles(program, image, 0).cycles,
+                                              program_cycles(ahead, image, 1).cycles,
+                                              program_cycles(cut, image, 0).cycles]
+    assert rows[0]["within_aim"] and rows[1]["within_aim"]

@@ -141,8 +141,10 @@ def top_check_rows(found, progress=False) -> list:
         program, image = programs[key]
         task = [t["name"] for t in program.tasks].index(r["task"])
         predicted = program_cycles(program, image, task, progress=progress).cycles
+        whole = r.get("blocks") in (None, program.model.get("depth"))
+        part = "whole program" if whole else f"first {r['blocks']} blocks"
         rows.append(_check_row("top", f"{program.hw.name} {r['task']} prefetch "
-                                      f"{r['expert_prefetch']} (whole program)",
+                                      f"{r['expert_prefetch']} ({part})",
                                predicted, r["cycles"]))
     return rows
 

@@ -10,7 +10,9 @@ weight tile's load and the pipeline's drain are included.
 ``model_cycles`` is :meth:`LinearDescriptor.sequence_cycles` (the cost
 model, which counts the same way); ``stalls`` are the kernel's stall
 counters per cause (all 0 here: nothing pauses). The shapes are
-:func:`bench_points`'s; a progress bar on stderr counts the operations.
+:func:`bench_points`'s (``--hw NAME``: every layer shape of the model that
+the named hardware config serves, on it); a progress bar on stderr counts
+the operations.
 """
 
 import numpy as np
@@ -58,6 +60,17 @@ def _ops(hw, shapes, seed):
             bias=rng.integers(-1000, 1000, fout).astype(np.int32),
             multiplier=mult, shift=shift))
     return ops
+
+
+def _check_fits(hw, shapes):
+    from moevit.hw.program.descriptor import DescriptorError, LinearDescriptor
+
+    for name, tokens, fin, fout, _ in shapes:
+        try:
+            LinearDescriptor(hw, tokens=tokens, in_features=fin, out_features=fout)
+        except DescriptorError as error:
+            raise DescriptorError(f"Bench linear: layer {name} ({tokens}x{fin}->{fout}) does "
+                                  f"not fit hardware config {hw.name!r}: {error}") from None
 
 
 def _simulate(hw, runs, simulator, test_id, bar):
@@ -111,18 +124,30 @@ def _run(hw, shapes, simulator, test_id, bar):
     return rows
 
 
-def bench_points(quick=False) -> list:
-    """``(config, shapes)`` the bench simulates, each on the config's default array.
+def bench_points(quick=False, hw=None) -> list:
+    """``(hardware config name, shapes)`` the bench simulates.
 
-    The ``tiny`` model's every layer shape; then (unless ``quick``) the MoE
-    sequences that once went wrong back to back (issue 11: the gate on the
-    last token chunk, an odd number of out tiles with few rows in its last
-    token tile, then an expert) on ``edge-moe`` (129 tokens) and ``m3vit-s``
-    (the last 177 of 1,201 tokens), and one ViT-S layer, 197 tokens
-    384 -> 1536 (the MLP's fc1 with GELU).
+    By default, each on its model config's default array: the ``tiny``
+    model's every layer shape; then (unless ``quick``) the MoE sequences
+    that once went wrong back to back (issue 11: the gate on the last token
+    chunk, an odd number of out tiles with few rows in its last token tile,
+    then an expert) on ``edge-moe`` (129 tokens) and ``m3vit-s`` (the last
+    177 of 1,201 tokens), and one ViT-S layer, 197 tokens 384 -> 1536 (the
+    MLP's fc1 with GELU). With ``hw`` (a named instance, ``zcu102-edge-moe``,
+    or a model config's name): every layer shape of the model that instance
+    serves, on it, a layer longer than its token buffer cut into chunks of
+    ``max_tokens`` as the search's cost model runs it (``name[k]``).
     """
+    from moevit.hw.config import get_hw_config, hw_config_model
     from moevit.model.config import get_config
 
+    if hw is not None:
+        limit, shapes = get_hw_config(hw).max_tokens, []
+        for name, tokens, *rest in linear_shapes(get_config(hw_config_model(hw))):
+            starts = range(0, tokens, limit)
+            shapes += [(name if len(starts) == 1 else f"{name}[{k}]",
+                        min(limit, tokens - start), *rest) for k, start in enumerate(starts)]
+        return [(hw, shapes)]
     points = [("tiny", linear_shapes(get_config("tiny")))]
     if not quick:
         points += [
@@ -134,21 +159,24 @@ def bench_points(quick=False) -> list:
     return points
 
 
-def bench_linear(simulator="verilator", quick=False) -> list:
+def bench_linear(simulator="verilator", quick=False, hw=None) -> list:
     """Rows of the linear-kernel benchmark (see the module's description), with a
-    progress bar (on stderr) of the operations simulated."""
+    progress bar (on stderr) of the operations simulated. ``hw``: a named hardware
+    config (:func:`bench_points`)."""
     from tqdm import tqdm
 
     from moevit.hw.config import get_hw_config
 
-    points = bench_points(quick)
+    points = [(get_hw_config(name), shapes) for name, shapes in bench_points(quick, hw)]
+    for config, shapes in points:  # every shape checked against its array before simulating
+        _check_fits(config, shapes)
     rows = []
     with tqdm(total=sum(len(shapes) for _, shapes in points), unit="op",
               desc="bench linear") as bar:
         for config, shapes in points:
-            bar.set_postfix_str(config)
-            rows += _run(get_hw_config(config), shapes, simulator,
-                         f"bench-linear-{config}-{simulator}", bar)
+            bar.set_postfix_str(config.name)
+            rows += _run(config, shapes, simulator,
+                         f"bench-linear-{config.name}-{simulator}", bar)
     return rows
 
 

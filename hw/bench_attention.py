@@ -15,7 +15,8 @@ Cases: one attention layer of ``tiny`` (4 heads, 65 tokens, head dim 16) and
 one of ``edge-moe`` (3 heads, 129 tokens, head dim 64) on their default
 hardware, and one ViT-S head (197 tokens, head dim 64) on the default
 attention parameters (8 score lanes, 256-token K/V buffers). ``--quick``:
-the tiny layer only.
+the tiny layer only. ``--hw NAME``: the attention layer of the model that
+the named hardware config serves, on it.
 """
 
 import numpy as np
@@ -30,7 +31,8 @@ def _case(hw, name, heads, tokens, head_dim, simulator, seed):
     rng = np.random.default_rng(seed)
     q, k, v = (rng.integers(-128, 128, (heads, tokens, head_dim)) for _ in range(3))
     consts = (*intops.softmax_constants(1 / 512), *map(int, intops.quantize_multiplier(1 / 40)))
-    run = run_attention(hw, q, k, v, consts, test_id=f"bench-attention-{name}-{simulator}",
+    run = run_attention(hw, q, k, v, consts,
+                        test_id=f"bench-attention-{hw.name}-{name}-{simulator}",
                         simulator=simulator, gaps="none", stall="none", seed=seed)
     desc = attention_descriptor(hw, tokens, heads, head_dim, consts)
     if run.cycles != desc.expected_cycles():
@@ -48,19 +50,22 @@ def _case(hw, name, heads, tokens, head_dim, simulator, seed):
         sim_seconds=round(run.seconds, 1))
 
 
-def bench_attention(simulator="verilator", quick=False) -> list:
-    """Rows of the attention benchmark (see the module's description)."""
+def bench_attention(simulator="verilator", quick=False, hw=None) -> list:
+    """Rows of the attention benchmark (see the module's description). ``hw``: a named
+    hardware config (``zcu102-edge-moe``, or a model config's name): instead, one attention
+    layer of the model that instance serves, on it."""
     from tqdm import tqdm
 
-    from moevit.hw.config import HwConfig, get_hw_config
+    from moevit.hw.config import HwConfig, get_hw_config, hw_config_model
     from moevit.model.config import get_config
 
     cases = []
-    for name in ("tiny",) if quick else ("tiny", "edge-moe"):
-        model = get_config(name)
-        cases.append((get_hw_config(name), "attn", model.heads, model.tokens, model.head_dim,
-                      len(cases) + 1))
-    if not quick:
+    names = (hw,) if hw is not None else ("tiny",) if quick else ("tiny", "edge-moe")
+    for name in names:
+        config, model = get_hw_config(name), get_config(hw_config_model(name))
+        config.check_model(model)  # before any simulation
+        cases.append((config, "attn", model.heads, model.tokens, model.head_dim, len(cases) + 1))
+    if hw is None and not quick:
         cases.append((HwConfig(name="vit-s"), "vit-s.attn.head", 1, 197, 64, 3))
     return [_case(hw, name, heads, tokens, head_dim, simulator, seed=seed)
             for hw, name, heads, tokens, head_dim, seed in tqdm(cases, desc="bench attention",

@@ -1,8 +1,9 @@
 """``moevit bench top``: the whole accelerator in co-simulation, per task.
 
 The config's model (its golden model's ``signal_model``, quantized on eight
-synthetic images) is compiled for the config's default hardware and run on
-the co-simulated top (:mod:`moevit.sim.benches.top`) by registers only, as a
+synthetic images) is compiled for the config's default hardware (or a
+named hardware config, ``--hw zcu102-edge-moe``, checked against the model
+first) and run on the co-simulated top (:mod:`moevit.sim.benches.top`) by registers only, as a
 host would: each task twice in a row and then after the other task, so that
 
 * ``cycles`` is a task's run after a run of the same task (the ``cycles``
@@ -20,12 +21,17 @@ host would: each task twice in a row and then after the other task, so that
   kernel's two multiplier banks;
 * ``latency_ms`` at the HwConfig's clock; ``sim_seconds`` the wall time of
   the whole simulation (all runs);
+* ``blocks``: the transformer blocks run (``--blocks N``: the program cut
+  after the first N, for a row of a large model in less time; the output is
+  then not written, and bit-exactness rests on every intermediate tensor);
 * ``expert_prefetch``: the HwConfig's (:class:`~moevit.hw.config.HwConfig`):
   the rows come for the default hardware as it is (0) and with the expert
   schedule overlapped (1), each on its own build, so the table shows what the
-  prefetch changes in cycles and bytes read.
+  prefetch changes in cycles and bytes read (a named hardware config: its own
+  setting; ``--prefetch`` picks one).
 
-A bar chart of the busy shares is written to ``build/bench/top-<config>.png``.
+A bar chart of the busy shares is written to ``build/bench/top-<config>.png``
+(``top-<config>-<hw>.png`` on a named hardware config).
 """
 
 import numpy as np
@@ -33,8 +39,46 @@ import numpy as np
 __all__ = ["bench_top", "print_table", "plot"]
 
 
-def _program(config, expert_prefetch=0):
-    from moevit.hw.config import HwConfig
+def _hw(config, hw=None):
+    """The hardware the bench runs ``config``'s model on: the named instance ``hw`` or the
+    model's default, checked against the model (before anything long starts)."""
+    from moevit.hw.config import HwConfig, get_hw_config
+    from moevit.model.config import get_config
+
+    model = get_config(config)
+    if hw is None:
+        return HwConfig.for_model(model)
+    instance = get_hw_config(hw)
+    instance.check_model(model)
+    return instance
+
+
+def _first_blocks(program, model, blocks):
+    """``program`` cut after the first ``blocks`` transformer blocks of ``model``, in the
+    compiler's order: the embedding's three instructions, then per block seven (dense) or
+    eight and one per expert (MoE). The heads are not reached, so the output region stays
+    as it was and bit-exactness rests on the scratch (every intermediate tensor)."""
+    import dataclasses
+
+    cut = 3 + sum(8 + model.experts if model.is_moe(i) else 7 for i in range(blocks))
+    following = program.instructions[cut].MNEMONIC
+    assert following == "LAYERNORM", f"the compiler's order changed: {following} after the cut"
+    return dataclasses.replace(program, instructions=program.instructions[:cut])
+
+
+def _check_blocks(model, blocks):
+    from moevit.errors import UsageError
+
+    if blocks is not None and not 1 <= blocks <= model.depth:
+        raise UsageError(f"--blocks {blocks}: model {model.name!r} has blocks 1 to "
+                         f"{model.depth}")
+
+
+def _program(config, expert_prefetch=None, hw=None, blocks=None):
+    """The compiled program of ``config``'s model (its signal model quantized on eight
+    synthetic images) on ``hw`` (a HwConfig; default: the model's), with
+    ``expert_prefetch`` replacing the instance's, and the image the bench runs;
+    ``blocks``: only the first ``blocks`` transformer blocks (:func:`_first_blocks`)."""
     from moevit.hw.program.compiler import compile_program
     from moevit.model.config import get_config
     from moevit.model.data import SyntheticDataset
@@ -43,30 +87,50 @@ def _program(config, expert_prefetch=0):
     from moevit.model.integer.quantize import quantize
 
     model = get_config(config)
+    hw = hw if hw is not None else _hw(config)
+    if expert_prefetch is not None:
+        hw = hw.replace(expert_prefetch=expert_prefetch)
     data = SyntheticDataset(model, "val", size=9, seed=1)
     qmodel = quantize(signal_model(model), data.images[:8])
     image = golden.quantize_image(data.images[8].numpy(), qmodel.scale("input"))
-    hw = HwConfig.for_model(model, expert_prefetch=expert_prefetch)
-    return compile_program(qmodel, hw), image
+    program = compile_program(qmodel, hw)
+    if blocks is not None and blocks < model.depth:
+        _check_blocks(model, blocks)
+        program = _first_blocks(program, model, blocks)
+    return program, image
 
 
-def bench_top(config="tiny", simulator="verilator", prefetch=(0, 1)):
+def bench_top(config="tiny", simulator="verilator", prefetch=None, hw=None, blocks=None):
     """Rows (one per task and ``expert_prefetch`` setting in ``prefetch``) of the
-    whole-model co-simulation of ``config``."""
-    return [row for setting in prefetch for row in _bench(config, simulator, setting)]
+    whole-model co-simulation of ``config``.
+
+    ``hw``: a named hardware config (``zcu102-edge-moe``; default: the model's default
+    instance); ``prefetch``: the ``expert_prefetch`` settings to run (default: 0 and 1 on
+    the default instance, a named instance's own setting); ``blocks``: the program cut
+    after its first ``blocks`` transformer blocks (a shorter row of a large model)."""
+    from moevit.model.config import get_config
+
+    base = _hw(config, hw)
+    model = get_config(config)
+    _check_blocks(model, blocks)
+    blocks = model.depth if blocks is None else blocks
+    if prefetch is None:
+        prefetch = (0, 1) if hw is None else (base.expert_prefetch,)
+    return [row for setting in prefetch
+            for row in _bench(config, base.replace(expert_prefetch=setting), simulator, blocks)]
 
 
-def _bench(config, simulator, expert_prefetch):
+def _bench(config, hw, simulator, blocks):
     from moevit.sim.benches.top import expected_runs, output_bytes, run_top
 
-    program, image = _program(config, expert_prefetch)
-    hw = program.hw
+    program, image = _program(config, hw=hw, blocks=blocks)
     tasks = list(range(len(program.tasks)))
     # Each task twice in a row (the second run: after itself; the first: after the task
     # before it), then the first task again (after the last one).
     runs = [(t, [image]) for t in tasks for _ in range(2)] + [(tasks[0], [image])]
-    got = run_top(program, runs, test_id=f"bench-top-{config}-{simulator}-{expert_prefetch}",
-                  simulator=simulator)
+    got = run_top(program, runs, simulator=simulator,
+                  test_id=f"bench-top-{config}-{hw.name}-{simulator}-{hw.expert_prefetch}"
+                          f"-{blocks}")
     want = expected_runs(program, runs)
     exact = all(g["error"] == 0 and np.array_equal(g["scratch"], w["scratch"])
                 and all(np.array_equal(a[:size], b[:size]) for a, b in zip(g["outputs"],
@@ -81,8 +145,9 @@ def _bench(config, simulator, expert_prefetch):
         cycles = steady["cycles"]
         macs = want[2 * t + 1]["stats"]["macs"]
         rows.append({
-            "config": config, "task": program.tasks[t]["name"],
-            "expert_prefetch": expert_prefetch, "cycles": cycles,
+            "config": config, "hw": hw.name, "blocks": blocks,
+            "task": program.tasks[t]["name"],
+            "expert_prefetch": hw.expert_prefetch, "cycles": cycles,
             "switch_cycles": switched["cycles"] - cycles, "bit_exact": bool(exact),
             "utilization": macs / (mac_units * cycles), "macs": int(macs),
             "mac_units": mac_units, "bytes_read": steady["bytes_read"],
@@ -100,7 +165,8 @@ def print_table(rows) -> None:
     units = list(rows[0]["busy"]) if rows else []
     shown = [dict(r, busy_text="  " + " ".join(f"{r['busy'][u]:.0%}" for u in units),
                   exact_text="yes" if r["bit_exact"] else "NO") for r in rows]
-    print_rows(shown, [("config", "config", "<9", ""), ("task", "task", "<10", ""),
+    print_rows(shown, [("config", "config", "<9", ""), ("hw", "hw", "<16", ""),
+                       ("task", "task", "<10", ""),
                        ("prefetch", "expert_prefetch", ">8", ""),
                        ("cycles", "cycles", ">10", ""), ("switch", "switch_cycles", ">7", ""),
                        ("exact", "exact_text", ">6", ""), ("util", "utilization", ">7", ".1%"),

@@ -65,11 +65,15 @@ def register(subparsers):
     source.add_argument("--config", help="a model config, quantized as `moevit bench top` does")
     source.add_argument("--check", action="store_true",
                         help="run bench linear, bench attention and bench top (tiny; minutes) "
-                             "and print the cost model's error on every row")
+                             "and print the cost model's error on every row and whether it is "
+                             "within the 5 %% aim (exit status 1 when a row is not)")
     cost.add_argument("--simulator", choices=("icarus", "verilator"), default="verilator",
                       help="with --check: the benches' simulator (default: verilator)")
     cost.add_argument("--quick", action="store_true",
                       help="with --check: the benches' --quick rows (the tiny shapes only)")
+    cost.add_argument("--slow", action="store_true",
+                      help="with --check: also bench top --config edge-moe on its default "
+                           "hardware (hours)")
     cost.add_argument("--task", default=None, help="task name or index (default: every task)")
     cost.add_argument("--board", default=None,
                       help="a board's memory bandwidth (default: one bus word a cycle)")
@@ -153,6 +157,13 @@ def register_bench(benches):
                     "switch, busy shares, bytes read, MAC utilization")
     top.add_argument("--config", default="tiny", choices=("tiny", "edge-moe"),
                      help="model config (default: tiny; edge-moe takes long)")
+    _add_hw(top, "instead of the config's default")
+    top.add_argument("--blocks", type=int, default=None, metavar="N",
+                     help="only the first N transformer blocks (the program cut after them: "
+                          "a shorter run of a large model; default: all)")
+    top.add_argument("--prefetch", type=int, choices=(0, 1), default=None,
+                     help="only this expert_prefetch setting (default: 0 and 1 on the default "
+                          "hardware, a named config's own)")
     top.add_argument("--simulator", choices=("icarus", "verilator"), default="verilator",
                      help="simulator (default: verilator)")
     top.add_argument("--json", action="store_true", help="one JSON list of rows")
@@ -173,8 +184,15 @@ def _add_bench(benches, name, what, quick_help, handler):
     bench.add_argument("--simulator", choices=("icarus", "verilator"), default="verilator",
                        help="simulator for the cycle counts (default: verilator)")
     bench.add_argument("--quick", action="store_true", help=quick_help)
+    _add_hw(bench, "instead of the default cases: the layers of the model it serves, on it")
     bench.add_argument("--json", action="store_true", help="one JSON list of rows")
     bench.set_defaults(handler=handler)
+
+
+def _add_hw(parser, what):
+    parser.add_argument("--hw", default=None, metavar="NAME",
+                        help=f"a hardware config: a saved one (zcu102-edge-moe, hw/configs/) or "
+                             f"a model config's default, {what}")
 
 
 def _generate(args):
@@ -282,15 +300,21 @@ def _boards(args):
 
 
 def _cost(args):
-    from moevit.hw.cost.report import check_rows, cost_rows, print_check, print_cost
+    from moevit.hw.cost.report import check_rows, cost_rows, print_check, print_cost, record_check
 
     if args.check:
-        rows = check_rows(simulator=args.simulator, quick=args.quick, progress=not args.quiet)
+        rows = check_rows(simulator=args.simulator, quick=args.quick, slow=args.slow,
+                          progress=not args.quiet)
+        record_check(rows)
         if args.json:
             print(json.dumps(rows))
         else:
             print_check(rows)
-        return
+        return 0 if all(r["within_aim"] for r in rows) else 1
+    if args.slow:
+        from moevit.errors import UsageError
+
+        raise UsageError("--slow adds a row to --check; without --check it does nothing")
 
     rows = cost_rows(quantized=args.quantized, config=args.config, task=args.task,
                      board=args.board, per_instruction=args.per_instruction,
@@ -341,8 +365,11 @@ def _dse(args):
     if args.confirm:
         from moevit.hw.cost.confirm import confirm
 
+        from moevit.hw.cost.report import record_confirm
+
         for row in rows:
             row["confirm"] = confirm(row, progress=not args.quiet)
+        record_confirm(rows)
     if args.json:
         print(json.dumps(rows))
     else:
@@ -367,28 +394,38 @@ def _report_page(args):
     folder = output_folder(args.output, "report folder") if args.output else build_dir("report")
     reliability = ("Reliability (what the last `make formal`, fault, fuzz and long runs under "
                    "build/ found; `moevit bench reliability`)", reliability_markdown())
+    from moevit.hw.cost.report import measured_sections
+
     print(write_report(folder, quick=args.quick, progress=not args.quiet,
-                       sections=[reliability]))
+                       sections=[*measured_sections(), reliability]))
 
 
 def _bench_linear(args):
     from moevit.hw.bench import bench_linear, print_table
 
-    _report(bench_linear(simulator=args.simulator, quick=args.quick), args, print_table)
+    _report(bench_linear(simulator=args.simulator, quick=args.quick, hw=args.hw), args,
+            print_table)
 
 
 def _bench_attention(args):
     from moevit.hw.bench_attention import bench_attention, print_table
 
-    _report(bench_attention(simulator=args.simulator, quick=args.quick), args, print_table)
+    _report(bench_attention(simulator=args.simulator, quick=args.quick, hw=args.hw), args,
+            print_table)
 
 
 def _bench_top(args):
     from moevit.hw.bench_top import bench_top, plot, print_table
     from moevit.paths import build_dir
 
-    rows = bench_top(args.config, simulator=args.simulator)
-    path = build_dir("bench") / f"top-{args.config}.png"
+    from moevit.hw.cost.report import record_bench_top
+
+    rows = bench_top(args.config, simulator=args.simulator, hw=args.hw, blocks=args.blocks,
+                     prefetch=None if args.prefetch is None else (args.prefetch,))
+    name = (f"top-{args.config}{'-' + args.hw if args.hw else ''}"
+            f"{f'-blocks{args.blocks}' if args.blocks else ''}")
+    record_bench_top(rows, name)
+    path = build_dir("bench") / f"{name}.png"
     plot(rows, path)
     _report(rows, args, print_table)
     if not args.json:

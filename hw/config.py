@@ -20,8 +20,8 @@ from pathlib import Path
 from moevit.errors import ConfigError
 from moevit.model.config import check_positive, get_config
 
-__all__ = ["HwConfig", "DEFAULT_HW", "get_hw_config", "saved_hw_configs", "CONFIGS_FOLDER",
-           "products_width"]
+__all__ = ["HwConfig", "DEFAULT_HW", "get_hw_config", "hw_config_model", "saved_hw_configs",
+           "CONFIGS_FOLDER", "products_width"]
 
 
 def products_width(count: int, a_width: int = 8, b_width: int = 8) -> int:
@@ -384,22 +384,44 @@ def saved_hw_configs() -> list:
     return sorted(p.stem for p in CONFIGS_FOLDER.glob("*.json"))
 
 
-def get_hw_config(name: str) -> HwConfig:
-    """A saved instance (``zcu102-edge-moe``, :func:`saved_hw_configs`), or the default
-    hardware instance of the named model config."""
+def _saved(name):
+    """The saved instance file's ``hw`` and ``config`` (its model config), or None."""
     path = CONFIGS_FOLDER / f"{name}.json"
-    if isinstance(name, str) and path.is_file():
-        try:
-            data = json.loads(path.read_text())["hw"]
-        except (ValueError, KeyError) as error:
-            raise ConfigError(f"The saved hardware config {path} is malformed: {error}") from None
-        return HwConfig.from_dict(data)
+    if not (isinstance(name, str) and path.is_file()):
+        return None
+    try:
+        data = json.loads(path.read_text())
+        return data["hw"], data["config"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise ConfigError(f"The saved hardware config {path} is malformed: {error}") from None
+
+
+def _check_name(name):
     from moevit.model.config import CONFIGS
 
     if name not in CONFIGS:
         raise ConfigError(f"Unknown config {name!r}; known configs are {sorted(CONFIGS)}, "
                           f"saved hardware configs {saved_hw_configs()}")
+
+
+def get_hw_config(name: str) -> HwConfig:
+    """A saved instance (``zcu102-edge-moe``, :func:`saved_hw_configs`), or the default
+    hardware instance of the named model config."""
+    saved = _saved(name)
+    if saved:
+        return HwConfig.from_dict(saved[0])
+    _check_name(name)
     return HwConfig.for_model(name)
+
+
+def hw_config_model(name: str) -> str:
+    """The model config that the named instance serves: a saved instance's (the search
+    chose it for that model), or ``name`` itself (a model config's default instance)."""
+    saved = _saved(name)
+    if saved:
+        return saved[1]
+    _check_name(name)
+    return name
 
 
 class _Defaults(dict):

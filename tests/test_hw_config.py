@@ -153,3 +153,28 @@ def test_layernorm_lanes_leave_older_fingerprints_alone():
         wide = hw.replace(norm_lanes=2)
         assert wide.to_dict()["norm_lanes"] == 2 and hw_hash(wide) != digest
         assert HwConfig.from_dict(wide.to_dict()) == wide
+
+
+def test_saved_configs_load_by_name_with_the_model_they_serve():
+    from moevit.hw.config import hw_config_model, saved_hw_configs
+
+    assert "zcu102-edge-moe" in saved_hw_configs()
+    hw = get_hw_config("zcu102-edge-moe")
+    assert hw.name == "zcu102-edge-moe" and hw.macs > DEFAULT_HW["edge-moe"].macs
+    hw.check_model(get_config(hw_config_model("zcu102-edge-moe")))
+    assert hw_config_model("zcu102-edge-moe") == "edge-moe"
+    assert hw_config_model("u280-m3vit-s") == "m3vit-s"
+    assert hw_config_model("tiny") == "tiny"      # a model config's default instance
+    with pytest.raises(ConfigError, match=r"^Unknown config 'zcu102'; known configs are "
+                                          r"\[.*\], saved hardware configs \[.*'zcu102-edge-moe'"):
+        hw_config_model("zcu102")
+
+
+def test_a_malformed_saved_config_is_named(tmp_path, monkeypatch):
+    import moevit.hw.config as config
+
+    monkeypatch.setattr(config, "CONFIGS_FOLDER", tmp_path)
+    (tmp_path / "broken.json").write_text('{"hw": {"rows": 4}}')   # no "config"
+    with pytest.raises(ConfigError, match=r"^The saved hardware config \S+broken\.json is "
+                                          r"malformed: 'config'$"):
+        config.hw_config_model("broken")

@@ -167,13 +167,83 @@ def test_command_on_a_quantized_file_equals_the_config(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_check_every_bench_row_within_5_percent():
-    """`moevit hw cost --check --quick`: the benches run (Verilator), the errors printed."""
-    from moevit.hw.cost.report import check_rows, print_check
+    """`moevit hw cost --check --quick`: the benches run (Verilator), the errors printed;
+    every row within the aim."""
+    from moevit.hw.cost.report import AIM, check_rows, print_check
 
     rows = check_rows(quick=True, progress=False)
     print()
     print_check(rows)
     assert {r["bench"] for r in rows} == {"linear", "attention", "top"}
-    assert len([r for r in rows if r["bench"] == "top"]) == 2
-    for r in rows:
-        assert abs(r["error"]) < 0.05, r
+    # Two tasks, each with the expert schedule as it is and overlapped.
+    assert len([r for r in rows if r["bench"] == "top"]) == 4
+    over = [r for r in rows if abs(r["error"]) > AIM]
+    assert not over, over
+
+
+def test_check_table_says_which_rows_meet_the_aim(monkeypatch, capsys):
+    """The check's table and exit status, on rows made up around the 5 % aim."""
+    import moevit.hw.cost.report as report
+
+    rows = [report._check_row("linear", "tiny fc1", 1049, 1000),     # +4.9 %: within
+            report._check_row("top", "tiny semseg", 940, 1000)]     # -6.0 %: not
+    assert [r["within_aim"] for r in rows] == [True, False]
+    monkeypatch.setattr(report, "check_rows", lambda **options: rows)
+    assert main(["hw", "cost", "--check"]) == 1
+    out = capsys.readouterr().out
+    assert re.search(r"^linear +tiny fc1 +1,000 +1,049 +\+4\.90% +yes$", out, re.M), out
+    assert re.search(r"^top +tiny semseg +1,000 +940 +-6\.00% +NO$", out, re.M), out
+    assert "1 of 2 rows within the aim of 5%; worst error 6.00%" in out
+    monkeypatch.setattr(report, "check_rows", lambda **options: rows[:1])
+    assert main(["hw", "cost", "--check", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["within_aim"] is True
+
+
+def test_report_sections_show_what_the_slow_runs_kept(tmp_path, monkeypatch):
+    """bench top's rows, the check's and dse --confirm's, kept under build/, on the page."""
+    from moevit.hw.cost.report import (_check_row, measured_sections, record_bench_top,
+                                       record_check, record_confirm)
+
+    monkeypatch.setenv("MOEVIT_BUILD", str(tmp_path / "build"))
+    assert all("Not run here yet" in text for _, text in measured_sections())
+    record_bench_top([{"config": "edge-moe", "hw": "edge-moe", "task": "depth",
+                       "expert_prefetch": 0, "cycles": 9_000_000, "switch_cycles": 0,
+                       "bit_exact": True, "utilization": 0.25, "bytes_read": 15_708_812,
+                       "latency_ms": 36.0, "sim_seconds": 3600.0}], "top-edge-moe")
+    record_check([_check_row("top", "edge-moe depth prefetch 0 (whole program)", 8_782_693,
+                             9_000_000)])
+    figures = {"dsp": 64, "bram36": 10.5, "uram": 0}
+    record_confirm([{"name": "zcu102-edge-moe", "confirm": {
+        "slice": "2x64", "slice_predicted": figures, "slice_yosys": figures,
+        "predicted": figures, "estimated": figures}}])
+    (tmp_path / "build/cost/other.json").write_text("{}")   # not a measurement: left alone
+    top, check, confirm = (text for _, text in measured_sections())
+    assert re.search(r"^\| edge-moe \| edge-moe \| depth \| 0 \| 9,000,000 \| 0 \| yes \| 25\.0% "
+                     r"\| 15,708,812 \| 36\.000 \| 3600 \| \d{4}-\d\d-\d\d \d\d:\d\d \|$", top, re.M)
+    assert re.search(r"^\| top \| edge-moe depth prefetch 0 \(whole program\) \| 9,000,000 \| "
+                     r"8,782,693 \| -2\.41% \| yes \|", check, re.M)
+    assert re.search(r"^\| zcu102-edge-moe \| 2x64 \| 64 / 10\.5 / 0 \| 64 / 10\.5 / 0 \|",
+                     confirm, re.M)
+
+
+def test_check_predicts_each_top_row_on_its_own_program(tiny):
+    """The check's top rows: each predicted on the program of its prefetch setting and
+    blocks (the simulated figures: the README's tiny rows and a made-up cut one)."""
+    from moevit.hw.cost.report import top_check_rows
+
+    program, image = tiny
+    ahead, _ = _program("tiny", 1)
+    cut, _ = _program("tiny", blocks=1)
+    rows = top_check_rows([
+        {"config": "tiny", "hw": "tiny", "blocks": 4, "task": "semseg", "expert_prefetch": 0,
+         "cycles": 465_480},
+        {"config": "tiny", "task": "depth", "expert_prefetch": 1, "cycles": 451_350},
+        {"config": "tiny", "hw": "tiny", "blocks": 1, "task": "semseg", "expert_prefetch": 0,
+         "cycles": 100_000}])
+    assert [r["row"] for r in rows] == ["tiny semseg prefetch 0 (whole program)",
+                                        "tiny depth prefetch 1 (whole program)",
+                                        "tiny semseg prefetch 0 (first 1 blocks)"]
+    assert [r["predicted"] for r in rows] == [program_cycles(program, image, 0).cycles,
+                                              program_cycles(ahead, image, 1).cycles,
+                                              program_cycles(cut, image, 0).cycles]
+    assert rows[0]["within_aim"] and rows[1]["within_aim"]

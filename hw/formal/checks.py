@@ -398,7 +398,7 @@ def _write_arbiter():
 
 
 #: Images of a run in the relocator's check (Z3 does not take the product of any 16-bit
-#: image by a 33-bit pitch in hours; 0 and 1 make it a choice).
+#: image by a 33-bit pitch in hours; for 0 and 1 the spec's slot is a choice).
 IMAGES = 2
 #: Bits of the relocator's addresses in its check (64 in the top: Z3 stalls on the sums
 #: of 64-bit operands; the relocation's rules do not depend on the width).
@@ -435,6 +435,8 @@ def _relocator():
         ends = [b.scratch_at, b.input_at, b.output_at, b.output_end]
         starts = [0, *ends[:-1]]
         sizes = [0, 0, ends[2] - starts[2], ends[3] - starts[3]]    # the images' pitch
+        # image * size_k for the images 0 and 1 of the check (IMAGES): no product to take.
+        slots = [Mux(dut.image[0], size, 0) for size in sizes]
         shift = [_driven(module, f"shift_{kind}") for kind in REGION_KINDS]
         expected = Signal.like(dut.o.payload, name="expected")
         dropped = Signal(name="expected_drop")
@@ -446,7 +448,7 @@ def _relocator():
         with m.If(live):
             for k, kind in enumerate(REGION_KINDS):
                 m.d.comb += Assert(shift[k] == (dut.bases[kind] - starts[k]
-                                                + dut.image * sizes[k])[:width],
+                                                + slots[k])[:width],
                                    f"shift_{kind} is not its kind's relocation")
         with m.If(taken):
             m.d.sync += [dropped.eq(1), expected.length.eq(p.length)]
@@ -456,7 +458,7 @@ def _relocator():
                 # addr - start_k into the slot at bases_k + image * size_k.
                 m.d.sync += [dropped.eq(p.addr + p.length > ends[k]),
                              expected.addr.eq(p.addr + (dut.bases[kind] - starts[k]
-                                                        + dut.image * sizes[k])[:width])]
+                                                        + slots[k])[:width])]
         outstanding = Signal(name="outstanding")    # a passed request not yet taken out
         with m.If(dut.o.ready):
             m.d.sync += outstanding.eq(0)

@@ -863,7 +863,7 @@ CHECKS = [
           "1x3x3)", "bmc", 12, _patchify_engine, fast=False),
     Check("layernorm_engine.requests", "LayerNormEngine(formal hw)",
           "stream rules of desc, rd, wr; each request inside the params, x or y (at most "
-          "3 tokens of 7)", "bmc", 10, _layernorm_engine, fast=False),
+          "3 tokens of 7)", "bmc", 5, _layernorm_engine, fast=False),
     Check("linear_engine.requests", "LinearEngine(formal hw, 1x4 array)",
           "stream rules of desc, rd, wr; each request inside x, w, chan, res or y (LINEAR "
           "jobs of at most 3 tokens, 7 in and 7 out features)", "bmc", 10, _linear_engine,

@@ -397,90 +397,6 @@ def _write_arbiter():
     return Harness(WriteArbiter(32, ports, most), [rules], streams=False)
 
 
-#: Images of a run in the relocator's check (Z3 does not take the product of any 16-bit
-#: image by a 33-bit pitch in hours; for 0 and 1 the spec's slot is a choice).
-IMAGES = 2
-#: Bits of the relocator's addresses in its check (64 in the top: Z3 stalls on the sums
-#: of 64-bit operands; the relocation's rules do not depend on the width).
-RELOCATOR_ADDR_WIDTH = 20
-
-
-def _narrow_relocator():
-    """The relocator made and elaborated with :data:`RELOCATOR_ADDR_WIDTH`-bit addresses."""
-    from moevit.hw.top import interconnect, movers
-
-    saved = movers.ADDR_WIDTH
-    movers.ADDR_WIDTH = interconnect.ADDR_WIDTH = RELOCATOR_ADDR_WIDTH
-    try:
-        dut = interconnect.Relocator(length_width=8)
-        return dut, dut.elaborate(None)
-    finally:
-        movers.ADDR_WIDTH = interconnect.ADDR_WIDTH = saved
-
-
-def _relocator():
-    """The relocator against its contract, stated per region kind ``k`` (weights,
-    scratch, input, output): a request at ``addr`` belongs to the first kind whose end
-    lies past ``addr`` (it starts where the kind before ends); it goes out only if it ends
-    within that kind, at ``bases[k] + image * size_k + (addr - start_k)``: inside image
-    ``image``'s slot of the kind's buffer (``size_k`` is its pitch); else it is dropped
-    and ``error`` rises."""
-    from moevit.hw.top.interconnect import REGION_KINDS
-
-    dut, module = _narrow_relocator()
-    width = RELOCATOR_ADDR_WIDTH
-
-    def contract(m, dut, live):
-        b, p = dut.bounds, dut.i.payload
-        ends = [b.scratch_at, b.input_at, b.output_at, b.output_end]
-        starts = [0, *ends[:-1]]
-        sizes = [0, 0, ends[2] - starts[2], ends[3] - starts[3]]    # the images' pitch
-        # image * size_k for the images 0 and 1 of the check (IMAGES): no product to take.
-        slots = [Mux(dut.image[0], size, 0) for size in sizes]
-        shift = [_driven(module, f"shift_{kind}") for kind in REGION_KINDS]
-        expected = Signal.like(dut.o.payload, name="expected")
-        dropped = Signal(name="expected_drop")
-        taken = dut.i.valid & dut.i.ready
-        # The one register's content: the hold makes it a function of the inputs, from
-        # the second cycle (requests wait for it: a change takes effect a cycle later).
-        m.d.comb += Assume(~dut.i.valid | live)
-        m.d.comb += Assume(dut.image < IMAGES)
-        with m.If(live):
-            for k, kind in enumerate(REGION_KINDS):
-                m.d.comb += Assert(shift[k] == (dut.bases[kind] - starts[k]
-                                                + slots[k])[:width],
-                                   f"shift_{kind} is not its kind's relocation")
-        with m.If(taken):
-            m.d.sync += [dropped.eq(1), expected.length.eq(p.length)]
-        for k, kind in enumerate(REGION_KINDS):
-            ours = (p.addr < ends[k]) & Cat(*(p.addr >= e for e in ends[:k]), 1).all()
-            with m.If(taken & ours):
-                # addr - start_k into the slot at bases_k + image * size_k.
-                m.d.sync += [dropped.eq(p.addr + p.length > ends[k]),
-                             expected.addr.eq(p.addr + (dut.bases[kind] - starts[k]
-                                                        + slots[k])[:width])]
-        outstanding = Signal(name="outstanding")    # a passed request not yet taken out
-        with m.If(dut.o.ready):
-            m.d.sync += outstanding.eq(0)
-        with m.If(taken):
-            m.d.sync += outstanding.eq(1)
-        took = Signal(name="took")
-        m.d.sync += took.eq(taken)
-        m.d.comb += [Assert(dut.error == (took & dropped), "error is not a dropped request"),
-                     Assert(~took | (dut.o.valid == ~dropped),
-                            "a request passed that is not inside its kind, or one dropped "
-                            "that is"),
-                     Assert(~dut.o.valid | outstanding, "a request out twice"),
-                     Assert(~dut.o.valid | (dut.o.payload.addr == expected.addr),
-                            "a request moved off its image's slot"),
-                     Assert(~dut.o.valid | (dut.o.payload.length == expected.length),
-                            "a request's length changed")]
-
-    return Harness(dut, [contract], hold=[name for name in flat_ports(dut)
-                                          if name.startswith(("bounds", "bases", "image"))],
-                   elaborated=module)
-
-
 # The control port -----------------------------------------------------------------
 def _control():
     from moevit.hw.top.control import Control
@@ -849,11 +765,6 @@ CHECKS = [
           fast=False, timeout=LONG),
     Check("moe.streams", "MoeUnit(formal hw)", "stream rules of every stream",
           "bmc", 12, _moe, fast=False),
-    Check("relocator.regions", f"Relocator({RELOCATOR_ADDR_WIDTH}-bit addresses, 8-bit "
-          f"lengths, images 0..{IMAGES - 1})",
-          "stream rules; each request passed lies inside the region kind it starts in, at "
-          "its image's slot of that kind's buffer, length kept; one outside is dropped with "
-          "error", "prove", 3, _relocator, fast=False, timeout=LONG),
     Check("top.axi", "Accelerator(formal hw, COPY engine only)",
           "m_axi_gmem: AXI4 master rules (handshakes, INCR bus-wide bursts inside 4 KiB, "
           "one response per burst, bursts in flight bounded); s_axi_control: AXI4-Lite "

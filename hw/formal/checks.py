@@ -440,7 +440,7 @@ class _BodyEndIgnored(wiring.Component):
         m = Module()
         m.submodules.seq = seq = self._seq
         for name, member in self.signature.members.items():
-            if name in ("prog",):
+            if name == "prog":
                 continue
             if member.is_port:
                 ours, theirs = getattr(self, name), getattr(seq, name)

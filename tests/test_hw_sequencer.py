@@ -182,7 +182,10 @@ def test_stops_with_its_code(tiny):
     assert (issued, error) == ([], code("program"))
     # A body length its instructions cannot take (found by fuzzing the whole top: a
     # 2 GB body request held the read mover after the stop, and the next run hung).
-    for field, value in (("body_words", 0x1E1E5B2B), ("instructions", 1 << 16)):
+    # ... or regions out of order (found by fuzzing the whole top: input_at 0xffffffff made
+    # the output's addresses scratch, relocated past the scratch buffer).
+    for field, value in (("body_words", 0x1E1E5B2B), ("instructions", 1 << 16),
+                         ("input_at", 0xFFFFFFFF)):
         huge = _memory(tiny)
         at = BASE + tiny.layout["program"].offset + 4 * HEADER_FIELDS.index(field)
         huge[at:at + 4] = np.frombuffer(np.uint32(value).tobytes(), np.uint8)

@@ -3,8 +3,8 @@
 On ``start`` it reads the program's header (:mod:`moevit.hw.program.program`)
 at ``args.program`` and checks it against this hardware: magic, format
 version, header length, HwConfig fingerprint, bus width, and a body no longer
-than its instructions can take nor shorter than one word each (else error
-``program``), and the task register against the program's task count (else
+than its instructions can take nor shorter than one word each, and regions
+in order (else error ``program``), and the task register against the program's task count (else
 ``task``). Then, for each image of the run, it streams the body in one
 request and assembles each instruction's words (the opcode in the low byte of
 the first word gives the count: :data:`~moevit.hw.program.isa.OPCODES`; an
@@ -188,7 +188,11 @@ class Sequencer(wiring.Component):
                      & (field["instructions"] < 1 << 16)
                      & (field["body_words"] <= field["instructions"] * MAX_INSTRUCTION_WORDS)
                      # ... and a word at least each (a request of 0 bytes brings no word).
-                     & (field["body_words"] >= field["instructions"]))
+                     & (field["body_words"] >= field["instructions"])
+                     # The regions in order, as decode checks: out of order, one kind would
+                     # cover another's addresses, relocated past its host buffer (fuzzing).
+                     & Cat(*(field[a] <= field[b] for a, b in
+                             zip(BOUNDARY_FIELDS, BOUNDARY_FIELDS[1:]))).all())
 
         # The words an opcode takes; 0 for an unknown one.
         known_length = Signal.like(length)

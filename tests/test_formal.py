@@ -77,13 +77,15 @@ def test_missing_tool_is_a_clear_error(monkeypatch, tmp_path):
         sby.run_sby("", tmp_path, kind="bmc", depth=1)
 
 
-@pytest.mark.parametrize("kind, depth, message", [
-    ("induction", 4, r"^Kind must be one of \('prove', 'bmc'\), not 'induction'$"),
-    ("bmc", 0, r"^Depth must be a positive integer, not 0$"),
+@pytest.mark.parametrize("kind, depth, skip, message", [
+    ("induction", 4, 0, r"^Kind must be one of \('prove', 'bmc'\), not 'induction'$"),
+    ("bmc", 0, 0, r"^Depth must be a positive integer, not 0$"),
+    ("bmc", 4, 4, r"^Skip must be below the depth 4 of a bmc check, not 4$"),
+    ("prove", 4, 2, r"^Skip must be below the depth 4 of a bmc check, not 2$"),
 ])
-def test_bad_kind_or_depth(kind, depth, message, tmp_path):
+def test_bad_kind_depth_or_skip(kind, depth, skip, message, tmp_path):
     with pytest.raises(ValueError, match=message):
-        sby.run_sby("", tmp_path, kind=kind, depth=depth)
+        sby.run_sby("", tmp_path, kind=kind, depth=depth, skip=skip)
 
 
 def test_harness_names_an_input_it_cannot_hold():

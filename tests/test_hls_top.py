@@ -92,6 +92,10 @@ def test_top_stops_on_bad_programs_and_recovers(tiny):
         "program ": dict(good, program=_header(short, hw_hash_lo=1)),   # another HwConfig
         "program  ": dict(good, program=_header(short, bus_bits=256)),
         "program   ": dict(good, program=_header(short, version=1)),
+        # The body ends before the header's last instruction, or goes on past it.
+        "program    ": dict(good, program=_header(short, instructions=4)),
+        "program     ": dict(good, program=_header(short, instructions=2)),
+        "program      ": dict(good, program=_header(short, input_at=0xFFFFFFFF)),  # order
     }
     runs = [good]
     for run in bad.values():
@@ -105,7 +109,8 @@ def test_top_stops_on_bad_programs_and_recovers(tiny):
     assert [(r.stray, r.weights_changed) for r in got] == [(0, 0)] * len(runs)
     # Where each stopped: the instruction (image 0), or nothing run for a header or task.
     stops = [(r.instruction, r.image) for r in got[1::2]]
-    assert stops == [(1, 0), (0, 0), (0, 0), (0, 0), (2, 0), (1, 0), (0, 0), (0, 0), (0, 0)]
+    assert stops == [(1, 0), (0, 0), (0, 0), (0, 0), (2, 0), (1, 0), (0, 0), (0, 0), (0, 0),
+                     (2, 0), (1, 0), (0, 0)]
     # The bad calls wrote nothing the good ones do not write again: each good call leaves
     # the memory of one good run.
     reference = expected_runs(short, [(0, [image])])[0]

@@ -243,6 +243,7 @@ def test_an_address_outside_the_memory_is_rejected(tiny):
     ("hw_hash_lo", 1, r"was compiled for another hardware than 'tiny' \(HwConfig hash"),
     ("body_words", 10, r"has \d+ bytes; its header says 104$"),
     ("instructions", 50, r"holds 51 instructions; its header says 50$"),
+    ("instructions", 52, r"holds 51 instructions; its header says 52$"),   # the body ends first
     ("memory_bytes", 0x1000, r"places its regions out of order: .* memory_bytes 0x1000$"),
     ("body_crc", 1, r"fails its body CRC: the instructions were changed or damaged$"),
     ("input_at", 0x10, r"places its regions out of order: scratch_at 0x[0-9a-f]+, input_at 0x10"),

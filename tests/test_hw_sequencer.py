@@ -35,10 +35,16 @@ def _memory(program, body=None):
     return memory
 
 
-def _run(program, memory, task, images, *, finish_after=3, limit=200_000, waited=None):
-    """Simulate one run; returns (issued [(opcode, image int, entry words)], error, status).
-    ``waited``: a list that gets, per issued instruction, the cycles the next one was
-    ``pending`` (assembled) before this one finished."""
+def _run(program, memory, task, images, **kwargs):
+    """Simulate one run; returns (issued [(opcode, image int, entry words)], error, status)."""
+    return _runs(program, [memory], task, images, **kwargs)[0]
+
+
+def _runs(program, memories, task, images, *, finish_after=3, limit=200_000, waited=None):
+    """Simulate one run per memory, back to back on one sequencer; a list of what
+    :func:`_run` returns. ``idle`` is low while a read is being answered (as the top's,
+    where it covers the movers). ``waited``: a list that gets, per issued instruction,
+    the cycles the next one was ``pending`` (assembled) before this one finished."""
     from amaranth.sim import Simulator
 
     hw = program.hw
@@ -46,7 +52,7 @@ def _run(program, memory, task, images, *, finish_after=3, limit=200_000, waited
     dut = Sequencer(hw)
     sim = Simulator(dut)
     sim.add_clock(1e-8)
-    issued, result = [], {}
+    state = {"memory": memories[0], "reading": 0}
 
     def reader(port):
         async def serve(ctx):
@@ -57,6 +63,9 @@ def _run(program, memory, task, images, *, finish_after=3, limit=200_000, waited
                 if not valid:
                     continue
                 ctx.set(port.req.ready, 0)
+                state["reading"] += 1
+                ctx.set(dut.idle, 0)
+                memory = state["memory"]
                 assert addr % nbytes == 0, f"unaligned read {addr:#x}"
                 beats = -(-length // nbytes)
                 for k in range(beats):
@@ -67,6 +76,8 @@ def _run(program, memory, task, images, *, finish_after=3, limit=200_000, waited
                     ctx.set(port.data.valid, 1)
                     await ctx.tick().until(port.data.ready)
                 ctx.set(port.data.valid, 0)
+                state["reading"] -= 1
+                ctx.set(dut.idle, state["reading"] == 0)
         return serve
 
     async def host(ctx):
@@ -75,6 +86,12 @@ def _run(program, memory, task, images, *, finish_after=3, limit=200_000, waited
         ctx.set(dut.task, task)
         ctx.set(dut.images, images)
         ctx.set(dut.idle, 1)
+        for memory in memories:
+            state["memory"] = memory
+            results.append(await one_run(ctx))
+
+    async def one_run(ctx):
+        issued = []
         ctx.set(dut.start, 1)
         await ctx.tick()
         ctx.set(dut.start, 0)
@@ -84,9 +101,8 @@ def _run(program, memory, task, images, *, finish_after=3, limit=200_000, waited
                 dut.issue.valid, dut.done, dut.issue.payload.opcode, dut.issue.payload.image,
                 dut.issue.payload.entry)
             if done:
-                result["error"] = ctx.get(dut.error)
-                result["status"] = (ctx.get(dut.instruction), ctx.get(dut.image))
-                return
+                return (issued, ctx.get(dut.error),
+                        (ctx.get(dut.instruction), ctx.get(dut.image)))
             if valid:
                 issued.append((opcode, image.as_value().value if hasattr(image, "as_value")
                                else image, [ctx.get(dut.issue.payload.entry[k])
@@ -104,11 +120,12 @@ def _run(program, memory, task, images, *, finish_after=3, limit=200_000, waited
                 ctx.set(dut.issue.ready, 1)
         raise AssertionError("no done")
 
+    results = []
     sim.add_testbench(reader(dut.prog), background=True)
     sim.add_testbench(reader(dut.entry), background=True)
     sim.add_testbench(host)
     sim.run()
-    return issued, result["error"], result["status"]
+    return results
 
 
 def _entry(program, desc, task):
@@ -165,9 +182,39 @@ def test_stops_with_its_code(tiny):
     assert (issued, error) == ([], code("program"))
     # A body length its instructions cannot take (found by fuzzing the whole top: a
     # 2 GB body request held the read mover after the stop, and the next run hung).
-    for field, value in (("body_words", 0x1E1E5B2B), ("instructions", 1 << 16)):
+    # ... or regions out of order (found by fuzzing the whole top: input_at 0xffffffff made
+    # the output's addresses scratch, relocated past the scratch buffer).
+    for field, value in (("body_words", 0x1E1E5B2B), ("instructions", 1 << 16),
+                         ("input_at", 0xFFFFFFFF)):
         huge = _memory(tiny)
         at = BASE + tiny.layout["program"].offset + 4 * HEADER_FIELDS.index(field)
         huge[at:at + 4] = np.frombuffer(np.uint32(value).tobytes(), np.uint8)
         issued, error, _ = _run(tiny, huge, task=0, images=1)
         assert (issued, error) == ([], code("program")), field
+
+
+def test_a_body_that_does_not_end_with_its_last_instruction(tiny):
+    """The header's instruction count and the body's end disagree: the sequencer stops with
+    ``program`` at the instruction where they part (it used to wait for words that never
+    came, or read the words past the last instruction as the next image's), and the next
+    start on the same sequencer runs the good program."""
+    first, second = (d.words() for d in tiny.instructions[:2])
+
+    def header(**fields):
+        memory = _memory(tiny)
+        for name, value in fields.items():
+            at = BASE + tiny.layout["program"].offset + 4 * HEADER_FIELDS.index(name)
+            memory[at:at + 4] = np.frombuffer(np.uint32(value).tobytes(), np.uint8)
+        return memory
+
+    bad = [header(instructions=4, body_words=first),            # ends after instruction 0
+           header(instructions=2, body_words=first + 2),        # ends inside instruction 1
+           header(instructions=1, body_words=first + second)]   # goes on past the last one
+    *stopped, good = _runs(tiny, [*bad, _memory(tiny)], task=0, images=2, finish_after=30)
+    assert [(len(issued), error, status) for issued, error, status in stopped] == [
+        (0, code("program"), (0, 0)), (1, code("program"), (1, 0)),
+        (0, code("program"), (0, 0))]
+    issued, error, status = good
+    assert (len(issued), error, status) == (2 * len(tiny.instructions), 0,
+                                            (len(tiny.instructions) - 1, 1))
+    assert [i[1] for i in issued] == [d.to_int() for d in tiny.instructions] * 2

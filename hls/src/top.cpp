@@ -461,7 +461,11 @@ unsigned run(const ap_uint<32> *prog, memory &m, unsigned task, unsigned images,
     for (unsigned k = 0; k < HEADER_WORDS; k++) header[k] = prog[k];
     if (header[HEADER_MAGIC] != MAGIC || header[HEADER_VERSION] != VERSION ||
         header[HEADER_HEADER_WORDS] != HEADER_WORDS || header[HEADER_HW_HASH_LO] != HW_HASH_LO ||
-        header[HEADER_HW_HASH_HI] != HW_HASH_HI || header[HEADER_BUS_BITS] != BUS_BITS)
+        header[HEADER_HW_HASH_HI] != HW_HASH_HI || header[HEADER_BUS_BITS] != BUS_BITS ||
+        // The regions in order (as the RTL and decode): else one kind covers another's.
+        header[HEADER_SCRATCH_AT] > header[HEADER_INPUT_AT] ||
+        header[HEADER_INPUT_AT] > header[HEADER_OUTPUT_AT] ||
+        header[HEADER_OUTPUT_AT] > header[HEADER_OUTPUT_END])
         return ERROR_PROGRAM;
     if (task >= header[HEADER_TASKS]) return ERROR_TASK;
     m.start[WEIGHTS] = 0;
@@ -481,7 +485,9 @@ run_images:
         for (instruction = 0; instruction < count; instruction++) {
             unsigned words = at < body ? instruction_words(prog[HEADER_WORDS + at](7, 0)) : 0;
             if (words == 0) return at < body ? ERROR_OPCODE : ERROR_PROGRAM;
-            if (at + words > body) return ERROR_PROGRAM;  // cut short
+            // The body ends with the last instruction, not before nor after (as the RTL).
+            if (at + words > body || (at + words == body) != (instruction + 1 == count))
+                return ERROR_PROGRAM;
             instruction_t word = 0;
             for (unsigned k = 0; k < words; k++)
                 word(32 * k + 31, 32 * k) = prog[HEADER_WORDS + at + k];

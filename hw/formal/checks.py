@@ -17,12 +17,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 from amaranth.back import rtlil
-from amaranth.hdl import Assert, Assume, Elaboratable, Fragment, Module, Mux, Signal, signed
+from amaranth.hdl import (Assert, Assume, Cat, Elaboratable, Fragment, Module, Mux, Signal,
+                          signed)
 from amaranth.lib import wiring
 
 from moevit.hw.config import HwConfig, products_width
 from moevit.hw.formal.axi import axi4_read_master, axi4_write_master, axil_slave, burst_checks
-from moevit.hw.formal.harness import Harness
+from moevit.hw.formal.harness import Harness, flat_ports
 from moevit.hw.formal.rules import beats, difference, handshake_rules
 from moevit.hw.formal.sby import run_sby
 
@@ -41,7 +42,9 @@ class Check:
     ``name`` (``unit.property``), the ``unit`` and design point it runs on,
     ``what`` it proves, ``kind`` and ``depth``, ``build`` (makes the harness),
     ``fast`` (part of ``make test``) and ``expect`` (``PASS``; ``FAIL`` for a mutant,
-    with ``rule``: words of the ``Assert`` line that must be the one failing).
+    with ``rule``: words of the ``Assert`` line that must be the one failing);
+    ``timeout`` (seconds) and, for a mutant whose counterexample lies deep,
+    ``skip`` (the first steps' assertions not checked).
     """
 
     name: str
@@ -53,13 +56,16 @@ class Check:
     fast: bool = True
     expect: str = "PASS"
     rule: str = ""
+    timeout: int = 600
+    skip: int = 0
 
 
 def run_check(check: Check, workdir):
     """Run ``check`` in ``workdir``; returns the :class:`~moevit.hw.formal.sby.Outcome`."""
     harness = check.build()
     text = rtlil.convert(harness, name="top", ports=harness.ports())
-    return run_sby(text, workdir, kind=check.kind, depth=check.depth)
+    return run_sby(text, workdir, kind=check.kind, depth=check.depth, timeout=check.timeout,
+                   skip=check.skip)
 
 
 # Beat accounting ------------------------------------------------------------------
@@ -270,21 +276,32 @@ def _requests_covered(nbytes, prefix):
     return prop
 
 
-class _BigPages(Elaboratable):
-    """Elaborates ``dut`` with the movers' page size doubled: its bursts may cross
-    4 KiB (a mutant)."""
+class _Patched(Elaboratable):
+    """Elaborates ``dut`` with names of the ``hw.top`` modules set otherwise:
+    ``patches`` maps ``(module name, name)`` to the value while it elaborates."""
 
-    def __init__(self, dut):
+    def __init__(self, dut, patches):
         self.dut = dut
+        self._patches = patches
 
     def elaborate(self, platform):
-        from moevit.hw.top import movers
-        saved = movers.PAGE_BYTES
-        movers.PAGE_BYTES = 2 * saved
+        import importlib
+        saved = {}
+        for (module, name), value in self._patches.items():
+            module = importlib.import_module(f"moevit.hw.top.{module}")
+            saved[module, name] = getattr(module, name)
+            setattr(module, name, value)
         try:
             return Fragment.get(self.dut, platform)
         finally:
-            movers.PAGE_BYTES = saved
+            for (module, name), value in saved.items():
+                setattr(module, name, value)
+
+
+def _big_pages(dut):
+    """``dut`` with the movers' page size doubled: its bursts may cross 4 KiB (a mutant)."""
+    from moevit.hw.top.movers import PAGE_BYTES
+    return _Patched(dut, {("movers", "PAGE_BYTES"): 2 * PAGE_BYTES})
 
 
 MOVER = dict(data_width=32, max_outstanding=2, length_width=13)
@@ -305,7 +322,7 @@ def _read_mover(*, requests=False, broken=False):
         m.d.comb += Assert(~dut.data.valid | dut.axi.rvalid, "data: a beat without an R beat")
 
     props = [master] + ([_requests_covered(nbytes, "ar")] if requests else [])
-    return Harness(dut, props, elaborated=_BigPages(dut) if broken else None)
+    return Harness(dut, props, elaborated=_big_pages(dut) if broken else None)
 
 
 def _write_mover(*, requests=False):
@@ -405,10 +422,49 @@ RESPONSE = 2
 #: Cycles the sequencer may run without progress (a request, a beat, an issue, a
 #: finished instruction or done): its own steps between two handshakes.
 PROGRESS_BOUND = RESPONSE + 4
+#: The sequencer check's depth: a whole run of a short program from reset, the header's
+#: 16 words, the checks, and a body of several instructions (one image or two).
+SEQUENCER_DEPTH = 34
 
 
-def _sequencer():
+class _BodyEndIgnored(wiring.Component):
+    """The sequencer before the fix of its truncated body (a mutant): the body's ``last``
+    is hidden from it, so it waits for the words of an instruction the body does not
+    hold, and reads words past the last instruction as the next image's. The header's
+    ``last`` still reaches it."""
+
+    def __init__(self, hw):
+        from moevit.hw.top.sequencer import Sequencer
+        self._seq = Sequencer(hw)
+        super().__init__(dict(self._seq.signature.members))
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.seq = seq = self._seq
+        for name, member in self.signature.members.items():
+            if name == "prog":
+                continue
+            if member.is_port:
+                ours, theirs = getattr(self, name), getattr(seq, name)
+                m.d.comb += (theirs.eq(ours) if member.flow == wiring.In else ours.eq(theirs))
+            else:
+                wiring.connect(m, wiring.flipped(getattr(self, name)), getattr(seq, name))
+        wiring.connect(m, wiring.flipped(self.prog.req), seq.prog.req)
+        body = Signal(name="body_request")
+        with m.If(seq.prog.req.valid & seq.prog.req.ready):
+            m.d.sync += body.eq(seq.prog.req.payload.addr != self.program)
+        m.d.comb += [seq.prog.data.valid.eq(self.prog.data.valid),
+                     seq.prog.data.payload.eq(self.prog.data.payload),
+                     seq.prog.data.payload.last.eq(self.prog.data.payload.last & ~body),
+                     self.prog.data.ready.eq(seq.prog.data.ready)]
+        return m
+
+
+def _sequencer(*, broken=False):
+    from moevit.hw.program.program import HEADER_FIELDS, HEADER_WORDS, MAGIC, VERSION, hw_hash
     from moevit.hw.top.sequencer import Sequencer
+
+    owed_words = {}
 
     def partners(m, dut, live):
         """The memory and the top as they are promised to behave, within RESPONSE cycles."""
@@ -431,6 +487,7 @@ def _sequencer():
                          Assume(port.data.payload.bytes == 4)]
             within(f"{name}_data", (owed != 0) & ~port.data.valid)
             owing.append(owed != 0)
+            owed_words[name] = owed
         within("issue", dut.issue.valid & ~dut.issue.ready)
         running = Signal(name="instruction_running")
         with m.If(dut.issue.valid & dut.issue.ready):
@@ -442,6 +499,24 @@ def _sequencer():
         # The top is idle only when no beat is owed (its movers are busy until then).
         m.d.comb += Assume(~dut.idle | ~(owing[0] | owing[1]))
         within("idle", dut.halting & ~dut.idle & ~owing[0] & ~owing[1])
+
+    def good_header(m, dut, live):
+        """The header's own checks pass (a header that fails them stops the run at once,
+        in CHECK): the check is about the body. Its counts, tasks and bounds stay free."""
+        digest = hw_hash(FORMAL_HW)
+        good = {"magic": MAGIC, "version": VERSION, "header_words": HEADER_WORDS,
+                "hw_hash_lo": digest & 0xFFFFFFFF, "hw_hash_hi": digest >> 32,
+                "bus_bits": FORMAL_HW.bus_width}
+        word = Signal(range(HEADER_WORDS + 1), name="header_word")
+        header = Signal(name="header_request")
+        prog = dut.prog
+        with m.If(prog.req.valid & prog.req.ready):
+            m.d.sync += [word.eq(0), header.eq(prog.req.payload.addr == dut.program)]
+        with m.Elif(prog.data.valid & prog.data.ready & (word < HEADER_WORDS)):
+            m.d.sync += word.eq(word + 1)
+        for name, value in good.items():
+            with m.If(header & prog.data.valid & (word == HEADER_FIELDS.index(name))):
+                m.d.comb += Assume(prog.data.payload.data == value)
 
     def progress(m, dut, live):
         moved = Signal(name="progress")
@@ -457,8 +532,169 @@ def _sequencer():
             m.d.sync += quiet.eq(quiet + 1)
         m.d.comb += Assert(quiet <= PROGRESS_BOUND, "running without progress (deadlock)")
 
-    return Harness(Sequencer(FORMAL_HW), [partners, progress],
+    def whole_body(m, dut, live):
+        # The program's words are read to the end of each request, and no further: a new
+        # request, or the run's end, finds none still owed.
+        owed = owed_words["prog"]
+        m.d.comb += Assert(~(dut.prog.req.valid | dut.done) | (owed == 0),
+                           "a request or done with program words unread")
+
+    # The mutant is checked for progress only: its truncated body must show as the hang.
+    dut = _BodyEndIgnored(FORMAL_HW) if broken else Sequencer(FORMAL_HW)
+    return Harness(dut, [partners, good_header, progress] + ([] if broken else [whole_body]),
                    hold=["program", "weights", "task", "images"])
+
+
+# The engines of the top: their streams, and requests inside their descriptor's buffers
+def _mover_answers(m, port, nbytes, name):
+    """Assume the read mover's side of a read channel: per request ``ceil(length / B)``
+    beats, none without a request, ``last`` on the final one, ``bytes`` those of the
+    beat (full but for a ragged last)."""
+    owed = Signal(24, name=f"owed_{name}")
+    rest = Signal(8, name=f"rest_{name}")        # bytes of the last request's last beat
+    took = port.req.valid & port.req.ready
+    sent = port.data.valid & port.data.ready
+    m.d.sync += owed.eq(owed + Mux(took, (port.req.payload.length + nbytes - 1) // nbytes, 0)
+                        - sent)
+    with m.If(took):
+        m.d.sync += rest.eq(port.req.payload.length - (port.req.payload.length - 1)
+                            // nbytes * nbytes)
+    m.d.comb += [Assume(~port.data.valid | (owed != 0)),
+                 Assume(port.data.payload.last == (owed == 1)),
+                 Assume(port.data.payload.bytes == Mux(owed == 1, rest, nbytes))]
+
+
+def _engine(make, buffers, limits, extra=(), hw=FORMAL_HW):
+    """An engine of the top on :data:`FORMAL_HW`: the stream rules of every channel
+    (the harness) and every request inside a buffer its descriptor names.
+
+    ``buffers(d)``: ``{channel: [(first byte, end), ...]}`` for the descriptor ``d``
+    the engine took (``"rd0"``, ``"wr"``...); ``limits(d)``: what is assumed of a
+    descriptor (small sizes keep the solver's products small)."""
+    dut = make(hw)
+    nbytes = hw.bus_width // 8
+
+    def prop(m, dut, live):
+        d = Signal.like(dut.desc.payload, name="desc_taken")
+        with m.If(dut.desc.valid & dut.desc.ready):
+            m.d.sync += d.eq(dut.desc.payload)
+        with m.If(dut.desc.valid):
+            m.d.comb += Assume(limits(dut.desc.payload))
+        for k, port in enumerate(dut.rd):
+            _mover_answers(m, port, nbytes, f"rd{k}")
+        # The write mover takes a data beat only for a request it took (the copy engine,
+        # whose bytes pass through, relies on it: it ends on the read's last beat).
+        wr = dut.wr
+        owed = Signal(24, name="owed_wr")
+        m.d.sync += owed.eq(owed + Mux(wr.req.valid & wr.req.ready,
+                                       (wr.req.payload.length + nbytes - 1) // nbytes, 0)
+                            - (wr.data.valid & wr.data.ready))
+        m.d.comb += Assume(~wr.data.ready | (owed != 0))
+        for channel, spans in buffers(d).items():
+            req = dut.wr.req if channel == "wr" else dut.rd[int(channel[2:])].req
+            addr, length = req.payload.addr, req.payload.length
+            inside = [(addr >= first) & (addr + length <= end) for first, end in spans]
+            with m.If(req.valid):
+                m.d.comb += Assert(Cat(*inside).any(),
+                                   f"{channel}: a request outside its descriptor's buffers")
+    return Harness(dut, [prop, *extra])
+
+
+def _copy_engine():
+    from moevit.hw.top.copy import CopyEngine
+    return _engine(CopyEngine,
+                   lambda d: {"rd0": [(d.src_addr, d.src_addr + d.length)],
+                              "wr": [(d.dst_addr, d.dst_addr + d.length)]},
+                   lambda d: d.length < 16)
+
+
+def _patchify_engine():
+    from moevit.hw.top.patchify_engine import PatchifyEngine
+    nbytes = FORMAL_HW.bus_width // 8
+
+    def buffers(d):
+        size = d.channels * d.rows * d.columns
+        # A row's request starts at its first byte rounded down to the bus.
+        return {"rd0": [(d.x_addr & ~(nbytes - 1), d.x_addr + size)],
+                "wr": [(d.y_addr, d.y_addr + size)]}
+
+    return _engine(lambda hw: PatchifyEngine(hw, patches=2), buffers,
+                   lambda d: (d.channels < 2) & (d.rows < 4) & (d.columns < 4))
+
+
+def _layernorm_engine():
+    from moevit.hw.top.layernorm_engine import PARAM_BYTES, LayerNormEngine
+    return _engine(LayerNormEngine,
+                   lambda d: {"rd0": [(d.param_addr, d.param_addr + PARAM_BYTES * d.dim)],
+                              "rd1": [(d.x_addr, d.x_addr + d.tokens * d.dim)],
+                              "wr": [(d.y_addr, d.y_addr + d.tokens * d.dim)]},
+                   lambda d: (d.tokens < 4) & (d.dim < 8))
+
+
+#: The linear engine's instance: an output chunk is whole bus words (4 columns).
+LINEAR_ENGINE_HW = dataclasses.replace(FORMAL_HW, cols=4)
+
+
+def _linear_engine():
+    from moevit.hw.top.linear_engine import CHAN_BYTES, LinearEngine
+    hw = LINEAR_ENGINE_HW
+    cols = hw.cols
+
+    def buffers(d):
+        op = d.op
+        y = (op.y_addr, op.y_addr + op.tokens * op.out_features)
+        return {"rd0": [(op.x_addr, op.x_addr + op.tokens * op.in_features)],
+                "rd1": [(op.w_addr, op.w_addr + op.out_tiles * op.in_features * cols)],
+                "rd2": [(op.chan_addr, op.chan_addr + op.out_tiles * cols * CHAN_BYTES)],
+                "rd3": [(op.res_addr, op.res_addr + op.tokens * op.out_features)],
+                "wr": [y]}
+
+    def limits(d):
+        # LINEAR's own jobs (no gather, scatter or prefetched weights: the MoE's), their
+        # buffers below 4 GiB as in every compiled layout: the engine's addresses are 32
+        # bits, and one past 2**32 wraps to 0 (the weights; found by this check).
+        ends = [end for spans in buffers(d).values() for _, end in spans]
+        return ((d.op.tokens < 4) & (d.op.in_features < 8) & (d.op.out_features < 8)
+                & ~d.x_gather & ~d.y_scatter & Cat(*(end <= 1 << 32 for end in ends)).all())
+
+    def no_ahead(m, dut, live):
+        m.d.comb += Assume(~dut.ahead.valid)
+
+    return _engine(LinearEngine, buffers, limits, [no_ahead], hw=hw)
+
+
+# The whole top ------------------------------------------------------------------------
+#: The engines of the top's check: the smallest top that runs a program.
+TOP_ENGINES = ("copy",)
+
+
+def _top():
+    """The accelerator top (COPY engine only) on :data:`FORMAL_HW`: ``m_axi_gmem`` an AXI4
+    master (each channel's handshake, INCR bursts of the bus width inside 4 KiB, one
+    response per burst, at most the arbiter's bursts in flight) and ``s_axi_control`` an
+    AXI4-Lite slave, the memory and the host free within their own rules; no reset
+    after the first cycle."""
+    from types import SimpleNamespace
+
+    from moevit.hw.top.accelerator import ENGINE_CHANNELS, Accelerator
+
+    dut = Accelerator(FORMAL_HW, engines=TOP_ENGINES)
+    nbytes = FORMAL_HW.bus_width // 8
+
+    def ports(m, dut, live):
+        m.d.comb += Assume(dut.ap_rst_n)
+        gmem = SimpleNamespace(**{name[len("m_axi_gmem_"):]: getattr(dut, name)
+                                  for name in flat_ports(dut) if name.startswith("m_axi_gmem_")})
+        reads = (ENGINE_CHANNELS + 2) * FORMAL_HW.max_outstanding   # the arbiter's most
+        axi4_read_master(m, gmem, live, nbytes=nbytes, max_outstanding=reads, name="gmem")
+        axi4_write_master(m, gmem, live, nbytes=nbytes,
+                          max_outstanding=FORMAL_HW.max_outstanding, name="gmem")
+        axil_slave(m, dut.s_axi_control, live)
+
+    # The read arbiter unbuffered, as in read_arbiter.axi: its beat FIFOs (a 4 KiB page a
+    # port) are beyond the solver; the grant, the routing and the bursts are the same.
+    unbuffered = _Patched(dut, {("interconnect", "longest_burst"): lambda width: 0})
+    return Harness(dut, [ports], streams=False, clocked=False, elaborated=unbuffered)
 
 
 # Mutants ---------------------------------------------------------------------------
@@ -482,6 +718,9 @@ class _Withdrawing(wiring.Component):
                      gelu.o.ready.eq(self.o.ready & phase)]
         return m
 
+
+#: The time limit of the deepest checks (seconds; the others have SymbiYosys' 600).
+LONG = 3600
 
 CHECKS = [
     Check("repack.bytes", "Repack(4 -> 2)", "stream rules; every byte once, in order of lasts",
@@ -524,14 +763,37 @@ CHECKS = [
     Check("attention.beats", "Attention(formal hw)", "stream rules; one o beat per q beat",
           "bmc", 16, _attention, fast=False),
     Check("sequencer.progress", "Sequencer(formal hw)",
-          f"stream rules; with memory and engines answering within {RESPONSE} cycles, never "
-          f"more than {PROGRESS_BOUND} cycles running without progress (no deadlock)",
-          "bmc", 13, _sequencer, fast=False),
+          f"stream rules; with memory (any words) and engines answering within {RESPONSE} "
+          f"cycles, never more than {PROGRESS_BOUND} cycles running without progress (no "
+          f"deadlock), through the header and the body's words; each request's words read "
+          f"to its end before the next request or done", "bmc", SEQUENCER_DEPTH, _sequencer,
+          fast=False, timeout=LONG),
     Check("moe.streams", "MoeUnit(formal hw)", "stream rules of every stream",
           "bmc", 12, _moe, fast=False),
+    Check("top.axi", "Accelerator(formal hw, COPY engine only)",
+          "m_axi_gmem: AXI4 master rules (handshakes, INCR bus-wide bursts inside 4 KiB, "
+          "one response per burst, bursts in flight bounded); s_axi_control: AXI4-Lite "
+          "slave rules", "bmc", 8, _top, fast=False, timeout=LONG),
+    Check("copy_engine.requests", "CopyEngine(formal hw)",
+          "stream rules of desc, rd, wr; each request inside src or dst", "bmc", 8,
+          _copy_engine, fast=False),
+    Check("patchify_engine.requests", "PatchifyEngine(formal hw, 2 patches a block)",
+          "stream rules of desc, rd, wr; each request inside x or y (images of at most "
+          "1x3x3)", "bmc", 12, _patchify_engine, fast=False),
+    Check("layernorm_engine.requests", "LayerNormEngine(formal hw)",
+          "stream rules of desc, rd, wr; each request inside the params, x or y (at most "
+          "3 tokens of 7)", "bmc", 5, _layernorm_engine, fast=False),
+    Check("linear_engine.requests", "LinearEngine(formal hw, 1x4 array)",
+          "stream rules of desc, rd, wr; each request inside x, w, chan, res or y (LINEAR "
+          "jobs of at most 3 tokens, 7 in and 7 out features, buffers below 4 GiB)", "bmc", 6,
+          _linear_engine, fast=False, timeout=LONG),
 ]
 
 MUTANTS = [
+    Check("mutant.sequencer_truncated_body", "Sequencer blind to its body's end",
+          "must FAIL: a body that ends before its last instruction hangs the sequencer",
+          "bmc", SEQUENCER_DEPTH, lambda: _sequencer(broken=True), fast=False, expect="FAIL",
+          rule="deadlock", skip=24, timeout=LONG),
     Check("mutant.read_mover_crosses_4k", "ReadMover with 8 KiB pages",
           "must FAIL: a burst crosses 4 KiB", "bmc", 4, lambda: _read_mover(broken=True),
           expect="FAIL", rule="crosses a 4 KiB boundary"),

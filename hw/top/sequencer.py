@@ -3,18 +3,20 @@
 On ``start`` it reads the program's header (:mod:`moevit.hw.program.program`)
 at ``args.program`` and checks it against this hardware: magic, format
 version, header length, HwConfig fingerprint, bus width, and a body no longer
-than its instructions can take (else error ``program``), and the task register against the program's task count (else
+than its instructions can take nor shorter than one word each, and regions
+in order (else error ``program``), and the task register against the program's task count (else
 ``task``). Then, for each image of the run, it streams the body in one
 request and assembles each instruction's words (the opcode in the low byte of
 the first word gives the count: :data:`~moevit.hw.program.isa.OPCODES`; an
-unknown one stops the run with ``opcode``), checks that every address field
+unknown one stops the run with ``opcode``; a body whose end is not the end of
+its last instruction, ``program``), checks that every address field
 lies below ``output_end`` (else ``address``), reads the task's table entry
 for the instructions that take one (TASK_LINEAR, ROUTE: entry ``task`` of
 the table, :class:`~moevit.hw.program.isa.TaskEntry`), and issues the
 instruction on ``issue``; the next is issued when the top reports it
 ``finished``. With ``hw.expert_prefetch`` the next instruction is assembled
 (and its table entry read) while the one before it runs, and shown as
-``pending`` until it is issued; an error found in it (opcode, address) stops
+``pending`` until it is issued; an error found in it (opcode, program, address) stops
 the run only once the one before it has finished, as without the look-ahead.
 
 The task is a register: the same program and weights serve every task, and
@@ -28,7 +30,7 @@ reads still bring, and when the top reports everything ``idle`` it ends the
 run with ``done`` and the code in ``error``. The next start runs normally.
 """
 
-from amaranth.hdl import Cat, Module, Signal
+from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -184,7 +186,13 @@ class Sequencer(wiring.Component):
                      # is bounded by what its instructions can take (status counts them in
                      # 16 bits), so a corrupt header cannot hold the read mover for hours.
                      & (field["instructions"] < 1 << 16)
-                     & (field["body_words"] <= field["instructions"] * MAX_INSTRUCTION_WORDS))
+                     & (field["body_words"] <= field["instructions"] * MAX_INSTRUCTION_WORDS)
+                     # ... and a word at least each (a request of 0 bytes brings no word).
+                     & (field["body_words"] >= field["instructions"])
+                     # The regions in order, as decode checks: out of order, one kind would
+                     # cover another's addresses, relocated past its host buffer (fuzzing).
+                     & Cat(*(field[a] <= field[b] for a, b in
+                             zip(BOUNDARY_FIELDS, BOUNDARY_FIELDS[1:]))).all())
 
         # The words an opcode takes; 0 for an unknown one.
         known_length = Signal.like(length)
@@ -262,15 +270,21 @@ class Sequencer(wiring.Component):
                 with m.If(self.abort != 0):
                     stop(m, self.abort)
                 with m.Elif(got):
-                    with m.If(filled == 0):
-                        with m.If(known_length == 0):
-                            fail(m, "opcode")
-                        with m.Else():
-                            m.d.sync += [opcode.eq(word[:8]), image.eq(word),
-                                         length.eq(known_length), filled.eq(1)]
-                            with m.If(known_length == 1):
-                                m.d.sync += filled.eq(0)
-                                m.next = "ADDRESSES"
+                    # The body's last word must be the last instruction's last word: a
+                    # body that ends sooner would leave this state waiting for words that
+                    # never come, and words past it would be read as the next image's.
+                    final = Mux(filled == 0, known_length == 1, filled + 1 == length)
+                    last_instruction = count + 1 == field["instructions"]
+                    with m.If((filled == 0) & (known_length == 0)):
+                        fail(m, "opcode")
+                    with m.Elif(words.o.payload.last != (final & last_instruction)):
+                        fail(m, "program")
+                    with m.Elif(filled == 0):
+                        m.d.sync += [opcode.eq(word[:8]), image.eq(word),
+                                     length.eq(known_length), filled.eq(1)]
+                        with m.If(known_length == 1):
+                            m.d.sync += filled.eq(0)
+                            m.next = "ADDRESSES"
                     with m.Else():
                         m.d.sync += [image.eq(image | (word << (32 * filled))),
                                      filled.eq(filled + 1)]

@@ -392,7 +392,9 @@ def _saved(name):
     try:
         data = json.loads(path.read_text())
         return data["hw"], data["config"]
-    except (ValueError, KeyError, TypeError) as error:
+    except KeyError as error:
+        raise ConfigError(f"The saved hardware config {path} has no {error} field") from None
+    except (ValueError, TypeError) as error:
         raise ConfigError(f"The saved hardware config {path} is malformed: {error}") from None
 
 

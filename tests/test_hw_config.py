@@ -175,6 +175,6 @@ def test_a_malformed_saved_config_is_named(tmp_path, monkeypatch):
 
     monkeypatch.setattr(config, "CONFIGS_FOLDER", tmp_path)
     (tmp_path / "broken.json").write_text('{"hw": {"rows": 4}}')   # no "config"
-    with pytest.raises(ConfigError, match=r"^The saved hardware config \S+broken\.json is "
-                                          r"malformed: 'config'$"):
+    with pytest.raises(ConfigError, match=r"^The saved hardware config \S+broken\.json has "
+                                          r"no 'config' field$"):
         config.hw_config_model("broken")

@@ -165,7 +165,7 @@ def test_a_packing_the_widths_do_not_allow(tmp_path, monkeypatch, capsys):
     import moevit.hw.config as config
 
     hw = dict(HwConfig.for_model("edge-moe").to_dict(), cols=3, post_lanes=1, dsp_packing=2)
-    (tmp_path / "odd.json").write_text(json.dumps({"hw": hw}))
+    (tmp_path / "odd.json").write_text(json.dumps({"hw": hw, "config": "edge-moe"}))
     monkeypatch.setattr(config, "CONFIGS_FOLDER", tmp_path)
     with pytest.raises(ConfigError, match=r"^DSP packing 2 pairs neighbouring output columns; "
                                           r"3 array columns are odd"):

@@ -652,7 +652,7 @@ def search(board, config, *, quick=False, fabric=True, progress=True) -> list:
                               max_tokens=-(-model.tokens // r) * r)
         except ConfigError:
             continue
-        hw = hw.replace(norm_lanes=_norm_lanes(norms, hw, board_bandwidth(board, hw), model))
+        hw = hw.replace(norm_lanes=_norm_lanes(norms, hw, _bandwidths(board, hw)[0], model))
         sized = _max_tokens(hw, model.tokens, board, the_fit, fabric)
         if sized is None:
             over = _fits(resources(hw, the_fit), board, fabric)

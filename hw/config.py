@@ -24,6 +24,11 @@ __all__ = ["HwConfig", "DEFAULT_HW", "get_hw_config", "saved_hw_configs", "CONFI
            "products_width"]
 
 
+#: Fields added after programs and caches were made: left out of ``to_dict`` at their
+#: default (the behaviour from before they existed).
+ADDED_FIELDS = ("onchip_bytes",)
+
+
 def products_width(count: int, a_width: int = 8, b_width: int = 8) -> int:
     """Bits of a signed accumulator that holds any sum of ``count`` products.
 
@@ -101,6 +106,11 @@ class HwConfig:
         expert that the routing's previous scan found unchosen ends without
         reading the routing again. 0: each instruction and job fetches its own
         operands when it starts (:mod:`moevit.hw.top.moe`).
+    onchip_bytes : int
+        Bytes of the on-chip activation memory (:mod:`moevit.hw.top.onchip`): 0,
+        every activation in DRAM scratch; else a multiple of the bus word, and
+        the compiler places the activations by liveness in a window of this
+        size (:mod:`moevit.hw.program.compiler`).
 
     Raises
     ------
@@ -132,6 +142,8 @@ class HwConfig:
     dsp_packing: int = 1
     # The expert schedule overlapped (issue 12): 0 or 1.
     expert_prefetch: int = 0
+    # On-chip activation memory (issue 12 §3): bytes, 0 for none.
+    onchip_bytes: int = 0
 
     # Fixed by the numeric contract (moevit.model.integer.intops.requantize).
     BIAS_WIDTH = 32
@@ -209,6 +221,12 @@ class HwConfig:
         if isinstance(self.expert_prefetch, bool) or self.expert_prefetch not in (0, 1):
             raise ConfigError(
                 f"Expert prefetch must be 0 or 1, not {self.expert_prefetch!r}")
+        word = self.bus_width // 8
+        if isinstance(self.onchip_bytes, bool) or not isinstance(self.onchip_bytes, int) \
+                or self.onchip_bytes < 0 or self.onchip_bytes % word:
+            raise ConfigError(
+                f"On-chip activation memory must be a non-negative multiple of the "
+                f"{word}-byte bus word, not {self.onchip_bytes!r} bytes")
         if self.max_tokens % self.rows:
             raise ConfigError(
                 f"Token buffer depth {self.max_tokens} is not a multiple of the {self.rows} "
@@ -294,7 +312,11 @@ class HwConfig:
         return replace(self, **changes)
 
     def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        """The fields; those of :data:`ADDED_FIELDS` only when not at their default, so
+        the fingerprint (``moevit.hw.program.program.hw_hash``) and the caches keyed on
+        it stay those of the instances made before the field existed."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in ADDED_FIELDS or getattr(self, f.name) != f.default}
 
     @classmethod
     def from_dict(cls, data: dict) -> "HwConfig":

@@ -37,6 +37,13 @@ routing (``NOTED_EXPERT_CYCLES``, no bytes); and the sequencer assembles each
 instruction while the one before it runs (``ISSUE_CYCLES_AHEAD`` instead of
 ``ISSUE_CYCLES``). The weights read ahead save only the memory's latency at each
 job's start (a few cycles at this memory), left inside the fitted issue constant.
+
+With ``hw.onchip_bytes`` (activations in the on-chip window, :mod:`moevit.hw.top.onchip`)
+the bytes an instruction reads or writes inside the window do not use the memory's
+bandwidth: ``memory`` is the largest of the DRAM bytes over ``bandwidth``, the window's
+read beats (one a cycle: the RAM's one read port, shared by the channels) and its
+written beats (one a cycle), and ``bytes_read``, ``bytes_written`` count DRAM bytes
+only (``onchip`` the window's). Not yet measured against the co-simulated top.
 """
 
 from dataclasses import dataclass
@@ -108,6 +115,7 @@ class InstructionCost:
     bytes_read: int
     bytes_written: int
     cycles: int          # max(compute, memory) + ISSUE_CYCLES
+    onchip: int = 0      # bytes read and written in the on-chip window
 
     @property
     def bound(self) -> str:
@@ -282,6 +290,8 @@ def program_cycles(program, image, task, *, bandwidth=None, progress=False) -> P
     memory[region.offset:region.end] = image.reshape(-1).view(np.uint8)
     ahead = bool(hw.expert_prefetch)
     issue = ISSUE_CYCLES_AHEAD if ahead else ISSUE_CYCLES
+    bounds = program.layout.boundaries()
+    window = (bounds["output_end"], bounds["onchip_end"])
     costs = []
     note = None                  # the routing an EXPERT scanned last (expert_prefetch)
     steps = tqdm(program.instructions, desc=f"cost task {task}", unit="instr", disable=not progress,
@@ -294,11 +304,36 @@ def program_cycles(program, image, task, *, bandwidth=None, progress=False) -> P
             continue
         note = _routing(d) if d.MNEMONIC == "EXPERT" else None
         compute, written = _compute_and_written(d, memory, task, hw)
-        read = run_instructions(memory, hw, [d], task)["bytes_read"]
-        mem_cycles = int(np.ceil((read + written) / bandwidth))
+        reads = run_instructions(memory, hw, [d], task)["reads"]
+        read, written, mem_cycles, onchip = _memory(d, reads, written, window, hw, bandwidth)
         costs.append(InstructionCost(index, d.MNEMONIC, d.UNIT, compute, mem_cycles, read,
-                                     written, max(compute, mem_cycles) + issue))
+                                     written, max(compute, mem_cycles) + issue, onchip))
     return ProgramCost(costs, float(bandwidth), hw.clock_mhz)
+
+
+def _memory(d, reads, written, window, hw, bandwidth):
+    """``(DRAM bytes read, DRAM bytes written, memory cycles, on-chip bytes)`` of ``d``:
+    ``reads`` its read log, ``written`` its bytes written (:func:`written_bytes`), split
+    by the window ``(start, end)`` they fall in (see the module's description)."""
+    def inside(addr):
+        return window[0] <= addr < window[1]
+
+    onchip_read = sum(size for addr, size in reads if inside(addr))
+    read = sum(size for _, size in reads) - onchip_read
+    # Where each part of the output goes: EXPERT's hidden rows and slots, ROUTE's indices
+    # (a byte each) and weights (two), else everything at the output field.
+    if d.MNEMONIC == "EXPERT":
+        parts = [(d.hidden_addr, written * d.hidden // (d.hidden + d.dim)),
+                 (d.slots_addr, written * d.dim // (d.hidden + d.dim))]
+    elif d.MNEMONIC == "ROUTE":
+        parts = [(d.topk_addr, written // 3), (d.weights_addr, 2 * written // 3)]
+    else:
+        parts = [(getattr(d, d.OUTPUT), written)]
+    onchip_written = sum(size for addr, size in parts if inside(addr))
+    word = hw.bus_width // 8
+    cycles = max(int(np.ceil((read + written - onchip_written) / bandwidth)),
+                 -(-onchip_read // word), -(-onchip_written // word))
+    return read, written - onchip_written, cycles, onchip_read + onchip_written
 
 
 def _routing(d):

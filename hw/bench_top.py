@@ -23,7 +23,10 @@ host would: each task twice in a row and then after the other task, so that
 * ``expert_prefetch``: the HwConfig's (:class:`~moevit.hw.config.HwConfig`):
   the rows come for the default hardware as it is (0) and with the expert
   schedule overlapped (1), each on its own build, so the table shows what the
-  prefetch changes in cycles and bytes read.
+  prefetch changes in cycles and bytes read;
+* ``onchip_bytes``: the HwConfig's on-chip activation memory (0: every
+  activation in DRAM); ``onchip=N`` adds the rows of a top with ``N`` bytes
+  (prefetch 0, its own build), whose ``bytes_read`` is what DRAM serves.
 
 A bar chart of the busy shares is written to ``build/bench/top-<config>.png``.
 """
@@ -33,7 +36,7 @@ import numpy as np
 __all__ = ["bench_top", "print_table", "plot"]
 
 
-def _program(config, expert_prefetch=0):
+def _program(config, expert_prefetch=0, onchip_bytes=0):
     from moevit.hw.config import HwConfig
     from moevit.hw.program.compiler import compile_program
     from moevit.model.config import get_config
@@ -46,27 +49,33 @@ def _program(config, expert_prefetch=0):
     data = SyntheticDataset(model, "val", size=9, seed=1)
     qmodel = quantize(signal_model(model), data.images[:8])
     image = golden.quantize_image(data.images[8].numpy(), qmodel.scale("input"))
-    hw = HwConfig.for_model(model, expert_prefetch=expert_prefetch)
+    hw = HwConfig.for_model(model, expert_prefetch=expert_prefetch, onchip_bytes=onchip_bytes)
     return compile_program(qmodel, hw), image
 
 
-def bench_top(config="tiny", simulator="verilator", prefetch=(0, 1)):
-    """Rows (one per task and ``expert_prefetch`` setting in ``prefetch``) of the
-    whole-model co-simulation of ``config``."""
-    return [row for setting in prefetch for row in _bench(config, simulator, setting)]
+def bench_top(config="tiny", simulator="verilator", prefetch=(0, 1), onchip=0):
+    """Rows (one per task and ``expert_prefetch`` setting in ``prefetch``, and with
+    ``onchip`` bytes of on-chip activation memory if not 0) of the whole-model
+    co-simulation of ``config``."""
+    from moevit.hw.config import HwConfig
+
+    HwConfig.for_model(config, onchip_bytes=onchip)   # a bad size: an error before any run
+    settings = [(p, 0) for p in prefetch] + ([(0, onchip)] if onchip else [])
+    return [row for p, window in settings for row in _bench(config, simulator, p, window)]
 
 
-def _bench(config, simulator, expert_prefetch):
+def _bench(config, simulator, expert_prefetch, onchip_bytes=0):
     from moevit.sim.benches.top import expected_runs, output_bytes, run_top
 
-    program, image = _program(config, expert_prefetch)
+    program, image = _program(config, expert_prefetch, onchip_bytes)
     hw = program.hw
     tasks = list(range(len(program.tasks)))
     # Each task twice in a row (the second run: after itself; the first: after the task
     # before it), then the first task again (after the last one).
     runs = [(t, [image]) for t in tasks for _ in range(2)] + [(tasks[0], [image])]
-    got = run_top(program, runs, test_id=f"bench-top-{config}-{simulator}-{expert_prefetch}",
-                  simulator=simulator)
+    name = f"bench-top-{config}-{simulator}-{expert_prefetch}" + \
+        (f"-onchip{onchip_bytes}" if onchip_bytes else "")
+    got = run_top(program, runs, test_id=name, simulator=simulator)
     want = expected_runs(program, runs)
     exact = all(g["error"] == 0 and np.array_equal(g["scratch"], w["scratch"])
                 and all(np.array_equal(a[:size], b[:size]) for a, b in zip(g["outputs"],
@@ -82,7 +91,7 @@ def _bench(config, simulator, expert_prefetch):
         macs = want[2 * t + 1]["stats"]["macs"]
         rows.append({
             "config": config, "task": program.tasks[t]["name"],
-            "expert_prefetch": expert_prefetch, "cycles": cycles,
+            "expert_prefetch": expert_prefetch, "onchip_bytes": onchip_bytes, "cycles": cycles,
             "switch_cycles": switched["cycles"] - cycles, "bit_exact": bool(exact),
             "utilization": macs / (mac_units * cycles), "macs": int(macs),
             "mac_units": mac_units, "bytes_read": steady["bytes_read"],
@@ -102,6 +111,7 @@ def print_table(rows) -> None:
                   exact_text="yes" if r["bit_exact"] else "NO") for r in rows]
     print_rows(shown, [("config", "config", "<9", ""), ("task", "task", "<10", ""),
                        ("prefetch", "expert_prefetch", ">8", ""),
+                       ("on chip", "onchip_bytes", ">7", ""),
                        ("cycles", "cycles", ">10", ""), ("switch", "switch_cycles", ">7", ""),
                        ("exact", "exact_text", ">6", ""), ("util", "utilization", ">7", ".1%"),
                        ("bytes read", "bytes_read", ">11", ""),

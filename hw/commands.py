@@ -155,6 +155,10 @@ def register_bench(benches):
                      help="model config (default: tiny; edge-moe takes long)")
     top.add_argument("--simulator", choices=("icarus", "verilator"), default="verilator",
                      help="simulator (default: verilator)")
+    top.add_argument("--onchip", type=int, default=0, metavar="BYTES",
+                     help="also the rows of a top with this many bytes of on-chip activation "
+                          "memory (HwConfig onchip_bytes; its own build): DRAM bytes with "
+                          "and without")
     top.add_argument("--json", action="store_true", help="one JSON list of rows")
     top.set_defaults(handler=_bench_top)
 
@@ -387,7 +391,7 @@ def _bench_top(args):
     from moevit.hw.bench_top import bench_top, plot, print_table
     from moevit.paths import build_dir
 
-    rows = bench_top(args.config, simulator=args.simulator)
+    rows = bench_top(args.config, simulator=args.simulator, onchip=args.onchip)
     path = build_dir("bench") / f"top-{args.config}.png"
     plot(rows, path)
     _report(rows, args, print_table)

@@ -41,6 +41,10 @@ def register(subparsers):
                           choices=(32, 64, 128, 256, 512, 1024),
                           help="data width of the memory bus in bits, replacing the hardware "
                                "instance's bus_width (default: the instance's)")
+    compile_.add_argument("--onchip", type=int, default=None, metavar="BYTES",
+                          help="on-chip activation memory in bytes, replacing the hardware "
+                               "instance's onchip_bytes: activations placed there by liveness "
+                               "(default: the instance's)")
     compile_.add_argument("-o", "--output", required=True, help="output folder")
     compile_.set_defaults(handler=_compile)
 
@@ -232,11 +236,17 @@ def _compile(args):
     folder = output_folder(args.output, "program folder")
     qmodel = load_quantized(args.quantized)
     hw = get_hw_config(args.hw) if args.hw else HwConfig.for_model(qmodel.config)
+    if args.onchip is not None:
+        hw = hw.replace(onchip_bytes=args.onchip)
     program = compile_program(qmodel, hw, bus_bits=args.bus_bits)
     paths = write_program(program, folder)
     print(f"{len(program.instructions)} instructions for {len(program.tasks)} tasks, "
           f"memory image {program.layout.size} bytes ({len(program.weights)} of weights), "
           f"hardware {program.hw.name!r}, bus {program.hw.bus_width} bits")
+    onchip = program.layout.onchip()
+    if onchip["tensors"]:
+        print(f"on chip: {onchip['tensors']} tensors in a {onchip['window']}-byte window "
+              f"(peak live {onchip['peak']} bytes; {onchip['sum']} one after the other)")
     for path in paths:
         print(path)
 

@@ -22,6 +22,11 @@ wrote. The ports are those of an XRT-managed RTL kernel (``ap_clk``,
 addresses and the HwConfig's ``bus_width``), so one top serves a Vivado block
 design (ZCU102, ZCU104) and a v++ link (U280).
 
+With ``hw.onchip_bytes`` a router sits in front of each channel's relocation
+and serves the program's on-chip window ``[output_end, onchip_end)`` from the
+on-chip activation RAM instead (:mod:`moevit.hw.top.onchip`); without it the
+top is built exactly as before.
+
 A run stops on the first error with its code in the ``error`` register
 (:data:`~moevit.hw.program.regmap.ERROR_CODES`): the sequencer's own (header,
 task, opcode, address), a descriptor an engine refused, an address the

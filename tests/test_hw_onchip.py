@@ -241,10 +241,10 @@ def _run(seed, channels, rounds, per_round, *, stall_channel=None):
     return cycles[0]
 
 
-@pytest.mark.parametrize("channels", [1, 3, 5])
+@pytest.mark.parametrize("channels", [1, 5])
 def test_routers_and_ram_against_the_model(channels):
     seed = _seed()
-    cycles = _run(seed, channels, rounds=4, per_round=6)
+    cycles = _run(seed, channels, rounds=3, per_round=6)
     print(f"{channels} channels: {cycles} cycles")
 
 
@@ -252,7 +252,7 @@ def test_a_stalled_channel_never_holds_the_read_port():
     """Channel 0's consumer takes no beat until every other port has finished its round:
     the others finish (the watchdog would stop a deadlock), then channel 0 gets its beats."""
     seed = _seed()
-    _run(seed, 4, rounds=3, per_round=6, stall_channel=0)
+    _run(seed, 3, rounds=2, per_round=6, stall_channel=0)
 
 
 def test_bad_window_requests_are_dropped_with_error():

@@ -196,11 +196,11 @@ def _onchip_program(window):
 
 @pytest.mark.slow
 def test_top_onchip_short_program(tiny):
-    """A short program through the on-chip window on a top with only the COPY engine
-    (Icarus; about 25 s of CPU, so slow: the fast on-chip cases are tests/test_hw_onchip.py's): the input copied on chip, then out to the
-    output; the class token copied on chip, and out with a ragged tail; a task switch and
-    a second image. Outputs bit-exact with the interpreter; no byte of the window is read
-    from DRAM."""
+    """A short program through the on-chip window on a top with only the COPY engine, on
+    Icarus: the input copied on chip, then out to the output; the class token copied on
+    chip, and out with a ragged tail; a task switch and a second image. Outputs bit-exact
+    with the interpreter; no byte of the window is read from DRAM. (About 25 s of CPU, so
+    slow; the fast on-chip cases are tests/test_hw_onchip.py's.)"""
     from moevit.hw.program.isa import CopyDescriptor
 
     _, image = tiny

@@ -8,7 +8,7 @@ leaves every other address to the relocation and the movers as before:
 
 ::
 
-    engine rd[k] ─► ReadRouter ──mem─► Relocator ─► ReadMover ─► ReadArbiter ─► m_axi
+    engine rd[k] ─► ReadRouter ─mem─► Relocator ─► ReadMover ─► ReadArbiter ─► m_axi
                        └─ram─► OnChipMemory.rd[k] ─┐ one read port,
     engine wr ───► WriteRouter ─mem─► Relocator ─► WriteMover ─► m_axi
                        └─ram─► OnChipMemory.wr ────┘ one write port

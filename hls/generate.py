@@ -140,6 +140,7 @@ def program_section(hw) -> list:
         f"static const unsigned HW_HASH_LO = {digest & 0xFFFFFFFF:#010x}u;",
         f"static const unsigned HW_HASH_HI = {digest >> 32:#010x}u;",
         f"static const unsigned BUS_BITS = {hw.bus_width};",
+        f"static const unsigned ONCHIP_BYTES = {hw.onchip_bytes};  // the on-chip window",
         f"static const unsigned TASK_ENTRY_BYTES = {TASK_ENTRY_BYTES};",
         f"static const unsigned MAX_WORDS = {longest};  // the longest instruction",
         "// Header words.",

@@ -28,7 +28,10 @@ host would: each task twice in a row and then after the other task, so that
   the rows come for the default hardware as it is (0) and with the expert
   schedule overlapped (1), each on its own build, so the table shows what the
   prefetch changes in cycles and bytes read (a named hardware config: its own
-  setting; ``--prefetch`` picks one).
+  setting; ``--prefetch`` picks one);
+* ``onchip_bytes``: the HwConfig's on-chip activation memory (0: every
+  activation in DRAM); ``onchip=N`` adds the rows of a top with ``N`` bytes
+  (the first prefetch setting, its own build), whose ``bytes_read`` is what DRAM serves.
 
 A bar chart of the busy shares is written to ``build/bench/top-<config>.png``
 (``top-<config>-<hw>.png`` on a named hardware config).
@@ -100,9 +103,11 @@ def _program(config, expert_prefetch=None, hw=None, blocks=None):
     return program, image
 
 
-def bench_top(config="tiny", simulator="verilator", prefetch=None, hw=None, blocks=None):
-    """Rows (one per task and ``expert_prefetch`` setting in ``prefetch``) of the
-    whole-model co-simulation of ``config``.
+def bench_top(config="tiny", simulator="verilator", prefetch=None, hw=None, blocks=None,
+              onchip=0):
+    """Rows (one per task and ``expert_prefetch`` setting in ``prefetch``, and with
+    ``onchip`` bytes of on-chip activation memory if not 0) of the whole-model
+    co-simulation of ``config``.
 
     ``hw``: a named hardware config (``zcu102-edge-moe``; default: the model's default
     instance); ``prefetch``: the ``expert_prefetch`` settings to run (default: 0 and 1 on
@@ -116,8 +121,10 @@ def bench_top(config="tiny", simulator="verilator", prefetch=None, hw=None, bloc
     blocks = model.depth if blocks is None else blocks
     if prefetch is None:
         prefetch = (0, 1) if hw is None else (base.expert_prefetch,)
-    return [row for setting in prefetch
-            for row in _bench(config, base.replace(expert_prefetch=setting), simulator, blocks)]
+    instances = [base.replace(expert_prefetch=setting) for setting in prefetch]
+    if onchip:   # a bad size: an error before any run
+        instances.append(instances[0].replace(onchip_bytes=onchip))
+    return [row for instance in instances for row in _bench(config, instance, simulator, blocks)]
 
 
 def _bench(config, hw, simulator, blocks):
@@ -130,7 +137,7 @@ def _bench(config, hw, simulator, blocks):
     runs = [(t, [image]) for t in tasks for _ in range(2)] + [(tasks[0], [image])]
     got = run_top(program, runs, simulator=simulator,
                   test_id=f"bench-top-{config}-{hw.name}-{simulator}-{hw.expert_prefetch}"
-                          f"-{blocks}")
+                          f"-{blocks}" + (f"-onchip{hw.onchip_bytes}" if hw.onchip_bytes else ""))
     want = expected_runs(program, runs)
     exact = all(g["error"] == 0 and np.array_equal(g["scratch"], w["scratch"])
                 and all(np.array_equal(a[:size], b[:size]) for a, b in zip(g["outputs"],
@@ -147,7 +154,8 @@ def _bench(config, hw, simulator, blocks):
         rows.append({
             "config": config, "hw": hw.name, "blocks": blocks,
             "task": program.tasks[t]["name"],
-            "expert_prefetch": hw.expert_prefetch, "cycles": cycles,
+            "expert_prefetch": hw.expert_prefetch, "onchip_bytes": hw.onchip_bytes,
+            "cycles": cycles,
             "switch_cycles": switched["cycles"] - cycles, "bit_exact": bool(exact),
             "utilization": macs / (mac_units * cycles), "macs": int(macs),
             "mac_units": mac_units, "bytes_read": steady["bytes_read"],
@@ -168,6 +176,7 @@ def print_table(rows) -> None:
     print_rows(shown, [("config", "config", "<9", ""), ("hw", "hw", "<16", ""),
                        ("task", "task", "<10", ""),
                        ("prefetch", "expert_prefetch", ">8", ""),
+                       ("on chip", "onchip_bytes", ">7", ""),
                        ("cycles", "cycles", ">10", ""), ("switch", "switch_cycles", ">7", ""),
                        ("exact", "exact_text", ">6", ""), ("util", "utilization", ">7", ".1%"),
                        ("bytes read", "bytes_read", ">11", ""),

@@ -41,6 +41,10 @@ def register(subparsers):
                           choices=(32, 64, 128, 256, 512, 1024),
                           help="data width of the memory bus in bits, replacing the hardware "
                                "instance's bus_width (default: the instance's)")
+    compile_.add_argument("--onchip", type=int, default=None, metavar="BYTES",
+                          help="on-chip activation memory in bytes, replacing the hardware "
+                               "instance's onchip_bytes: activations placed there by liveness "
+                               "(default: the instance's)")
     compile_.add_argument("-o", "--output", required=True, help="output folder")
     compile_.set_defaults(handler=_compile)
 
@@ -166,6 +170,10 @@ def register_bench(benches):
                           "hardware, a named config's own)")
     top.add_argument("--simulator", choices=("icarus", "verilator"), default="verilator",
                      help="simulator (default: verilator)")
+    top.add_argument("--onchip", type=int, default=0, metavar="BYTES",
+                     help="also the rows of a top with this many bytes of on-chip activation "
+                          "memory (HwConfig onchip_bytes; its own build): DRAM bytes with "
+                          "and without")
     top.add_argument("--json", action="store_true", help="one JSON list of rows")
     top.set_defaults(handler=_bench_top)
 
@@ -246,11 +254,17 @@ def _compile(args):
     folder = output_folder(args.output, "program folder")
     qmodel = load_quantized(args.quantized)
     hw = get_hw_config(args.hw) if args.hw else HwConfig.for_model(qmodel.config)
+    if args.onchip is not None:
+        hw = hw.replace(onchip_bytes=args.onchip)
     program = compile_program(qmodel, hw, bus_bits=args.bus_bits)
     paths = write_program(program, folder)
     print(f"{len(program.instructions)} instructions for {len(program.tasks)} tasks, "
           f"memory image {program.layout.size} bytes ({len(program.weights)} of weights), "
           f"hardware {program.hw.name!r}, bus {program.hw.bus_width} bits")
+    onchip = program.layout.onchip()
+    if onchip["tensors"]:
+        print(f"on chip: {onchip['tensors']} tensors in a {onchip['window']}-byte window "
+              f"(peak live {onchip['peak']} bytes; {onchip['sum']} one after the other)")
     for path in paths:
         print(path)
 
@@ -421,7 +435,8 @@ def _bench_top(args):
     from moevit.hw.cost.report import record_bench_top
 
     rows = bench_top(args.config, simulator=args.simulator, hw=args.hw, blocks=args.blocks,
-                     prefetch=None if args.prefetch is None else (args.prefetch,))
+                     prefetch=None if args.prefetch is None else (args.prefetch,),
+                     onchip=args.onchip)
     name = (f"top-{args.config}{'-' + args.hw if args.hw else ''}"
             f"{f'-blocks{args.blocks}' if args.blocks else ''}")
     record_bench_top(rows, name)

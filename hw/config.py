@@ -114,6 +114,11 @@ class HwConfig:
         of it. 1 is the unit of one value a cycle; more lanes sum each beat with an
         adder tree and compute each row's statistics in a pipeline
         (:mod:`moevit.hw.units.layernorm`).
+    onchip_bytes : int
+        Bytes of the on-chip activation memory (:mod:`moevit.hw.top.onchip`): 0,
+        every activation in DRAM scratch; else a multiple of the bus word, and
+        the compiler places the activations by liveness in a window of this
+        size (:mod:`moevit.hw.program.compiler`).
 
     Raises
     ------
@@ -149,6 +154,8 @@ class HwConfig:
     memory_ports: int = 1
     # LayerNorm lanes (issue 14): values per cycle.
     norm_lanes: int = 1
+    # On-chip activation memory (issue 12 §3): bytes, 0 for none.
+    onchip_bytes: int = 0
 
     # Fixed by the numeric contract (moevit.model.integer.intops.requantize).
     BIAS_WIDTH = 32
@@ -163,7 +170,7 @@ class HwConfig:
     #: (:func:`moevit.hw.program.program.hw_hash`), while they hold this value, the
     #: behaviour from before they existed: programs, caches and saved configs made then
     #: stay valid.
-    SILENT_DEFAULTS = {"memory_ports": 1, "norm_lanes": 1}
+    SILENT_DEFAULTS = {"memory_ports": 1, "norm_lanes": 1, "onchip_bytes": 0}
 
     def __post_init__(self):
         for what, name in (
@@ -250,6 +257,12 @@ class HwConfig:
             raise ConfigError(
                 f"LayerNorm lanes {self.norm_lanes} do not divide the input buffer depth "
                 f"{self.max_in}")
+        word = self.bus_width // 8
+        if isinstance(self.onchip_bytes, bool) or not isinstance(self.onchip_bytes, int) \
+                or self.onchip_bytes < 0 or self.onchip_bytes % word:
+            raise ConfigError(
+                f"On-chip activation memory must be a non-negative multiple of the "
+                f"{word}-byte bus word, not {self.onchip_bytes!r} bytes")
         if self.max_tokens % self.rows:
             raise ConfigError(
                 f"Token buffer depth {self.max_tokens} is not a multiple of the {self.rows} "

@@ -242,6 +242,9 @@ ROWS = [
     ("export-onnx-batch-zero", "export-onnx --task semseg --batch 0 -o {tmp}/m.onnx",
      r"argument --batch: must be a positive integer, not '0'"),
     ("bench-golden-repeat-zero", "bench golden --repeat 0", r"argument --repeat: must be a positive integer, not '0'"),
+    ("bench-top-onchip-ragged", "bench top --onchip 8",
+     r"On-chip activation memory must be a non-negative multiple of the 16-byte bus word, "
+     r"not 8 bytes$"),
     ("nproc-zero", "train --nproc-per-node 0", r"argument --nproc-per-node: must be a positive integer, not '0'"),
     ("unknown-option", "train --epochs 3", r"unrecognized arguments: --epochs 3"),
     ("unknown-config", "info --config huge", r"Unknown config 'huge'; known configs are \[.*\]"),

@@ -226,3 +226,25 @@ def test_top_on_a_random_design_point(point):
     program = compile_program(qmodel, hw)
     image = golden.quantize_image(image, qmodel.scale("input"))
     _check(program, [(task, [image]) for task in range(len(program.tasks))])
+
+
+@pytest.mark.slow
+def test_top_runs_onchip_activations(tiny):
+    """A program with its activations in the on-chip window (HwConfig ``onchip_bytes``):
+    the HLS top keeps the window in its own array and answers bit for bit, with a task
+    switch; a header whose window is larger than the HwConfig's is ERROR_PROGRAM (slow:
+    another HwConfig, another g++ build of the top)."""
+    from moevit.hw.program.compiler import compile_program
+    from moevit.sim.units import tiny_quantized
+
+    program, image = tiny
+    qmodel, _ = tiny_quantized(trained=False)
+    onchip = compile_program(qmodel, program.hw.replace(onchip_bytes=32768))
+    window = onchip.layout.onchip()
+    assert window["tensors"] and window["window"] <= 32768
+    rows = _check(onchip, [(0, [image]), (1, [image])])
+    assert all(row["bit_exact"] for row in rows)
+    bounds = onchip.layout.boundaries()
+    got = run_top(onchip, [{"task": 0, "images": [image],
+                            "program": _header(onchip, onchip_end=bounds["output_end"] + 32784)}])
+    assert got[0].error == CODES["program"]

@@ -216,7 +216,7 @@ def test_each_corrupt_header_field_is_rejected(tiny):
     _, _, program = tiny
     data = program.encode()
     expected = {"magic": r"is not a moevit program \(magic 0x",
-                "version": r"has format version \d+; this moevit reads version 2$"}
+                "version": r"has format version \d+; this moevit reads version 3$"}
     for k, name in enumerate(HEADER_FIELDS):
         bad = bytearray(data)
         bad[4 * k] ^= 0x04
@@ -239,9 +239,13 @@ def test_an_address_outside_the_memory_is_rejected(tiny):
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("header_words", 17, r"has a 17-word header; version 2 has 16$"),
+    ("header_words", 17, r"has a 17-word header; version 3 has 32$"),
+    ("version", 2, r"has format version 2; this moevit reads version 3; compile it again "
+                   r"\(moevit hw compile\)$"),
+    ("reserved20", 1, r"has reserved header words that are not 0$"),
+    ("onchip_end", None, r"has a 16-byte on-chip window; hardware 'tiny' has 0 bytes on chip$"),
     ("hw_hash_lo", 1, r"was compiled for another hardware than 'tiny' \(HwConfig hash"),
-    ("body_words", 10, r"has \d+ bytes; its header says 104$"),
+    ("body_words", 10, r"has \d+ bytes; its header says 168$"),
     ("instructions", 50, r"holds 51 instructions; its header says 50$"),
     ("instructions", 52, r"holds 51 instructions; its header says 52$"),   # the body ends first
     ("memory_bytes", 0x1000, r"places its regions out of order: .* memory_bytes 0x1000$"),
@@ -251,6 +255,8 @@ def test_an_address_outside_the_memory_is_rejected(tiny):
 ])
 def test_each_inconsistent_header_field_is_rejected(tiny, field, value, message):
     _, _, program = tiny
+    if field == "onchip_end":
+        value = program.layout.boundaries()["output_end"] + 16
     with pytest.raises(ProgramError, match="^Program " + message):
         decode(_reheader(program.encode(), **{field: value}), program.hw)
 
@@ -272,7 +278,7 @@ def test_a_corrupt_body_is_rejected(tiny):
                                            r"descriptor channels must be a positive integer"):
         decode(_reheader(bytes(bad), body_crc=zlib.crc32(bytes(bad[body:]))), program.hw)
     with pytest.raises(ProgramError, match=r"^Program is truncated: 20 bytes, shorter than its "
-                                           r"64-byte header$"):
+                                           r"128-byte header$"):
         decode(data[:20], program.hw)
     with pytest.raises(ProgramError, match=r"^Program has \d+ bytes; its header says \d+$"):
         decode(data[:-4], program.hw)
@@ -320,8 +326,11 @@ def test_corrupt_or_mismatched_files_are_rejected(tiny, tmp_path):
     rejected("program.bin", original["program.bin"][:-4],
              r"program\.bin does not match layout\.json \(SHA-256")
     rejected("layout.json", b"{", r"layout\.json is not valid JSON")
-    rejected("layout.json", original["layout.json"].replace(b'"version": 2', b'"version": 9'),
-             r"layout\.json has format version 9; this moevit reads version 2$")
+    rejected("layout.json", original["layout.json"].replace(b'"version": 3', b'"version": 9'),
+             r"layout\.json has format version 9; this moevit reads version 3$")
+    rejected("layout.json", original["layout.json"].replace(b'"version": 3', b'"version": 2'),
+             r"layout\.json has format version 2; this moevit reads version 3; compile it "
+             r"again \(moevit hw compile\)$")
     rejected("layout.json", original["layout.json"].replace(b'"out_depth": 32', b'"out_depth": 16'),
              r"program\.bin was compiled for another hardware than 'tiny'")
     rejected("layout.json", original["layout.json"].replace(b'"bus_width": 128',
@@ -492,3 +501,112 @@ def test_every_instruction_packs_full_width_addresses(tiny):
         moved = dataclasses.replace(desc, **addrs)
         back = type(desc).unpack(program.hw, moved.pack())
         assert back == moved and back.to_dict() == moved.to_dict()
+
+
+# The on-chip window --------------------------------------------------------------------------
+@pytest.mark.parametrize("onchip_bytes", [1 << 20, 8192])
+def test_onchip_placement_follows_the_instruction_order(tiny, onchip_bytes):
+    """Compiled with an on-chip window (one that holds every activation, one that holds
+    some): the same instructions as the all-DRAM program, each address field pointing at
+    the same byte of the same tensor, in the window the tensor the layout says is live
+    at that instruction, and no other tensor live then on its bytes. Run instruction by
+    instruction, every on-chip tensor holds, after its last instruction, the bytes the
+    all-DRAM run leaves in it (itself equal to the golden model's), and the outputs are
+    bit-exact for every task."""
+    from moevit.hw.program.interpreter import bytes_by_region, execute, run_instructions
+
+    qmodel, image, dram = tiny
+    hw = DEFAULT_HW["tiny"].replace(onchip_bytes=onchip_bytes)
+    program = compile_program(qmodel, hw)
+    layout, bounds = program.layout, program.layout.boundaries()
+    onchip = layout.onchip()
+    print(f"window {onchip_bytes}: {onchip}")
+    assert 0 < onchip["tensors"] and onchip["peak"] <= onchip["window"] <= onchip_bytes
+    assert bounds["output_end"] + onchip["window"] == bounds["onchip_end"]
+    assert [type(d) for d in program.instructions] == [type(d) for d in dram.instructions]
+    ranges = {}
+    for k, (ours, theirs) in enumerate(zip(program.instructions, dram.instructions)):
+        for name, value in ours.to_dict().items():
+            if not name.endswith("_addr"):
+                assert value == theirs.to_dict()[name], (k, name)
+                continue
+            region = layout.at(value, k)
+            before = dram.layout.at(theirs.to_dict()[name])
+            assert region.name == before.name, (k, name, region, before)
+            assert value - region.offset == theirs.to_dict()[name] - before.offset
+            if region.kind == "onchip":
+                ranges.setdefault(region.name, [k, k])[1] = k
+                others = [r.name for r in layout.onchip_regions() if r.live_at(k)
+                          and r is not region and r.offset < region.end
+                          and region.offset < r.end]
+                assert not others, (k, region.name, others)
+    assert {r.name: list(r.live) for r in layout.onchip_regions()} == ranges
+
+    for task in range(len(qmodel.config.tasks)):
+        int_image = golden.quantize_image(image, qmodel.scale("input"))
+        reference, _ = run_image(dram, int_image, task)
+        memory = program.memory_image()
+        memory[layout["input"].offset:layout["input"].end] = int_image.reshape(-1).view(np.uint8)
+        last = {}
+        for region in layout.onchip_regions():
+            last.setdefault(region.live[1], []).append(region)
+        for k, desc in enumerate(program.instructions):
+            run_instructions(memory, hw, [desc], task)
+            for region in last.get(k, []):
+                rows = region.shape[0]
+                match = re.fullmatch(r"(blocks\.\d+\.mlp)\.experts\.(\d+)\.fc1\.out", region.name)
+                if match:  # an expert's hidden rows: as many as tokens chose it
+                    top = read_tensor(dram, reference, f"{match[1]}.gate.topk")
+                    rows = int((top == int(match[2])).sum())
+                np.testing.assert_array_equal(read_tensor(program, memory, region.name,
+                                                          (rows, *region.shape[1:])),
+                                              read_tensor(dram, reference, region.name,
+                                                          (rows, *region.shape[1:])),
+                                              err_msg=f"{region.name} after instruction {k}")
+        np.testing.assert_array_equal(output_map(program, memory, task),
+                                      output_map(dram, reference, task))
+        # The whole program through its header, as the top runs it: the same output, and
+        # the DRAM bytes read fall by what the window serves.
+        whole = program.memory_image()
+        whole[layout["input"].offset:layout["input"].end] = int_image.reshape(-1).view(np.uint8)
+        stats = execute(whole, hw, task, layout["program"].offset)
+        np.testing.assert_array_equal(output_map(program, whole, task),
+                                      golden.run(qmodel, image, task, record=False).output)
+        reads = bytes_by_region(program, stats)
+        _, before = run_image(dram, int_image, task)
+        dram_bytes = sum(v for k, v in reads.items() if k != "onchip")
+        print(f"task {task}: DRAM bytes read {before['bytes_read']} -> {dram_bytes} "
+              f"({reads['onchip']} on chip)")
+        assert dram_bytes + reads["onchip"] == before["bytes_read"]
+        assert dram_bytes < before["bytes_read"]
+
+
+def test_onchip_program_files_and_listing(tiny, tmp_path):
+    """layout.json and program.lst say which tensors are on chip and the peak; the files
+    read back; another window size is another hardware; a bad size is a clear error."""
+    import json
+
+    from moevit.errors import ConfigError
+
+    qmodel, _, _ = tiny
+    hw = DEFAULT_HW["tiny"].replace(onchip_bytes=1 << 16)
+    program = compile_program(qmodel, hw)
+    write_program(program, tmp_path)
+    back = read_program(tmp_path)
+    assert back.layout.to_dict() == program.layout.to_dict()
+    meta = json.loads((tmp_path / "layout.json").read_text())
+    assert meta["onchip"] == program.layout.onchip() and meta["hw"]["onchip_bytes"] == 1 << 16
+    assert any(r["kind"] == "onchip" and len(r["live"]) == 2 for r in meta["layout"]["regions"])
+    listing = (tmp_path / "program.lst").read_text()
+    assert re.search(r"-> blocks\.0\.norm1\.out \(on chip\)@0x", listing)
+    assert re.search(r"\n# on chip: \d+ tensors in a \d+-byte window \(peak live \d+ bytes; "
+                     r"\d+ one after the other\)\n$", listing)
+    with pytest.raises(ProgramError, match=r"^Program was compiled for another hardware"):
+        decode(program.encode(), hw.replace(onchip_bytes=1 << 17))
+    # 0, the default, leaves the fingerprint of the instances made before the field.
+    assert "onchip_bytes" not in DEFAULT_HW["tiny"].to_dict()
+    for bad in (-16, 8, True, 1.5):
+        with pytest.raises(ConfigError, match=r"^On-chip activation memory must be a "
+                                              r"non-negative multiple of the 16-byte bus word, "
+                                              rf"not {re.escape(repr(bad))} bytes$"):
+            DEFAULT_HW["tiny"].replace(onchip_bytes=bad)

@@ -67,6 +67,13 @@ def test_compile_then_disassemble(quantized, tmp_path, capsys):
     wide = read_program(tmp_path / "wide")
     assert wide.layout.bus_bits == wide.hw.bus_width == 512
     assert read_program(folder).layout.bus_bits == DEFAULT_HW["tiny"].bus_width == 128
+    capsys.readouterr()
+    assert main(["hw", "compile", "--quantized", str(quantized), "--onchip", "32768",
+                 "-o", str(tmp_path / "onchip")]) == 0
+    assert re.search(r"^on chip: \d+ tensors in a \d+-byte window \(peak live \d+ bytes; "
+                     r"\d+ one after the other\)$", capsys.readouterr().out, re.M)
+    onchip = read_program(tmp_path / "onchip")
+    assert onchip.hw.onchip_bytes == 32768 and onchip.layout.onchip_regions()
 
 
 def test_bad_inputs(quantized, too_many_tokens, tmp_path, capsys):
@@ -81,6 +88,10 @@ def test_bad_inputs(quantized, too_many_tokens, tmp_path, capsys):
     _error(capsys, ["hw", "compile", "--quantized", str(quantized), "--bus-bits", "100", "-o",
                     str(tmp_path / "out")],
            r"argument --bus-bits: invalid choice: 100 .*\(see: moevit hw compile --help\)")
+    _error(capsys, ["hw", "compile", "--quantized", str(quantized), "--onchip", "8", "-o",
+                    str(tmp_path / "out")],
+           r"On-chip activation memory must be a non-negative multiple of the 16-byte bus "
+           r"word, not 8 bytes$")
     _error(capsys, ["hw", "compile", "--quantized", str(a_file), "-o", str(tmp_path / "out")],
            r"Quantized model \S+file is corrupt or truncated: .*")
     _error(capsys, ["hw", "compile", "--quantized", str(too_many_tokens), "--hw", "tiny", "-o",

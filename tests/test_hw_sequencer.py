@@ -4,6 +4,8 @@ is read), image after image; a bad header, task, opcode or address stops it with
 Both with and without ``expert_prefetch`` (the look-ahead: the next instruction assembled while
 one runs, shown as ``pending``; its errors stop the run only after the one before it)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -218,3 +220,36 @@ def test_a_body_that_does_not_end_with_its_last_instruction(tiny):
     assert (len(issued), error, status) == (2 * len(tiny.instructions), 0,
                                             (len(tiny.instructions) - 1, 1))
     assert [i[1] for i in issued] == [d.to_int() for d in tiny.instructions] * 2
+
+
+def test_onchip_window_header_and_addresses():
+    """A program with an on-chip window: its instructions (window addresses included) are
+    issued; an address at the window's end stops with ``address``; a header whose window
+    is larger than the HwConfig's ``onchip_bytes``, or ends before the output, with
+    ``program``."""
+    from moevit.hw.program.compiler import compile_program
+    from moevit.sim.units import tiny_quantized
+
+    qmodel, _ = tiny_quantized(trained=False)
+    program = compile_program(qmodel, DEFAULT_HW["tiny"].replace(onchip_bytes=32768))
+    # PATCHIFY, the patch embedding and COPY: each writes on chip.
+    program = dataclasses.replace(program, instructions=program.instructions[:3])
+    assert all(program.layout.at(getattr(d, d.OUTPUT), k).kind == "onchip"
+               for k, d in enumerate(program.instructions))
+    bounds = program.layout.boundaries()
+    assert bounds["onchip_end"] > bounds["output_end"]
+    head = program.layout["program"].offset
+    issued, error, _ = _run(program, _memory(program), 0, 1)
+    assert error == 0 and len(issued) == len(program.instructions)
+    first = program.instructions[0]
+    body = bytearray(program.encode()[4 * HEADER_WORDS:])
+    moved = type(first)(program.hw, **{**first.to_dict(), "y_addr": bounds["onchip_end"]})
+    body[:4 * first.words()] = np.array(moved.pack(), "<u4").tobytes()
+    issued, error, _ = _run(program, _memory(program, bytes(body)), task=0, images=1)
+    assert (issued, error) == ([], code("address"))
+    for end in (bounds["output_end"] + 32768 + 16, bounds["output_end"] - 16):
+        memory = _memory(program)
+        at = BASE + head + 4 * HEADER_FIELDS.index("onchip_end")
+        memory[at:at + 4] = np.frombuffer(np.uint32(end).tobytes(), np.uint8)
+        issued, error, _ = _run(program, memory, task=0, images=1)
+        assert (issued, error) == ([], code("program")), end

@@ -206,3 +206,77 @@ def test_bench_top_rows(tmp_path, capsys):
     assert "semseg" in capsys.readouterr().out
     plot(rows, tmp_path / "top.png")
     assert (tmp_path / "top.png").stat().st_size > 1000
+
+
+# The on-chip activation memory (HwConfig.onchip_bytes) ----------------------------------------
+def _onchip_program(window):
+    from moevit.hw.program.compiler import compile_program
+    from moevit.sim.units import tiny_quantized
+
+    qmodel, _ = tiny_quantized(trained=False)
+    return compile_program(qmodel, DEFAULT_HW["tiny"].replace(onchip_bytes=window))
+
+
+@pytest.mark.slow
+def test_top_onchip_short_program(tiny):
+    """A short program through the on-chip window on a top with only the COPY engine, on
+    Icarus: the input copied on chip, then out to the output; the class token copied on
+    chip, and out with a ragged tail; a task switch and a second image. Outputs bit-exact
+    with the interpreter; no byte of the window is read from DRAM. (About 25 s of CPU, so
+    slow; the fast on-chip cases are tests/test_hw_onchip.py's.)"""
+    from moevit.hw.program.isa import CopyDescriptor
+
+    _, image = tiny
+    program = _onchip_program(32768)
+    layout, hw = program.layout, program.hw
+    patches, embed = layout["patch_embed.in"], layout["embed.out"]
+    assert patches.kind == embed.kind == "onchip"
+    source, out = layout["input"], layout["output"].offset
+    length = min(source.size, patches.size)
+    short = dataclasses.replace(program, instructions=[
+        CopyDescriptor(hw, length=length, src_addr=source.offset, dst_addr=patches.offset),
+        CopyDescriptor(hw, length=length, src_addr=patches.offset, dst_addr=out),
+        program.instructions[2],                                    # COPY cls -> on chip
+        CopyDescriptor(hw, length=50, src_addr=embed.offset, dst_addr=out + length)])
+    rng = np.random.default_rng(replay_seed())
+    other = rng.integers(-128, 128, image.shape, dtype=np.int8)
+    runs = [(0, [image]), (1, [other, image])]
+    got = run_top(short, runs, test_id="top-onchip-short", simulator="icarus",
+                  engines=("copy",), timeout_us=500)
+    want = expected_runs(short, runs)
+    for k, (run, expected) in enumerate(zip(got, want)):
+        assert (run["error"], run["done"]) == (0, 1), f"run {k}: error {run['error']}"
+        for n, (output, reference) in enumerate(zip(run["outputs"], expected["outputs"])):
+            compare_images(output[:length + 50], reference[:length + 50],
+                           f"run {k} image {n} output")
+    # From DRAM: the program's header and body, the input and the class token, per image.
+    print(f"bytes read from DRAM per run: {[r['bytes_read'] for r in got]}")
+    per_image = 4 * HEADER_WORDS + sum(4 * d.words() for d in short.instructions) + length \
+        + layout["cls"].size
+    assert got[0]["bytes_read"] == per_image, (got[0]["bytes_read"], per_image)
+
+
+@pytest.mark.slow
+def test_top_runs_tiny_with_onchip_activations(tiny):
+    """The whole tiny model with every activation in a 32 KiB on-chip memory, each task,
+    a task switch and two images from one start (Verilator): outputs bit-exact; the DRAM
+    bytes read per image printed beside the all-DRAM top's (the expected figure, from
+    the interpreter: what the window serves is not read from DRAM)."""
+    from moevit.hw.program.interpreter import bytes_by_region
+
+    program, image = tiny
+    onchip = _onchip_program(32768)
+    print(f"window: {onchip.layout.onchip()}")
+    rng = np.random.default_rng(replay_seed())
+    other = rng.integers(-128, 128, image.shape, dtype=np.int8)
+    runs = [(0, [image]), (1, [image]), (1, [image]), (0, [image]), (1, [other, image])]
+    got = check_runs(onchip, runs, test_id="top-tiny-onchip", simulator="verilator")
+    assert got[1]["cycles"] == got[2]["cycles"] and got[3]["cycles"] == got[0]["cycles"]
+    for k, task in ((0, 0), (1, 1)):
+        stats = expected_runs(onchip, [(task, [image])])[0]["stats"]
+        dram = sum(v for name, v in bytes_by_region(onchip, stats).items() if name != "onchip")
+        all_dram = expected_runs(program, [(task, [image])])[0]["stats"]["bytes_read"]
+        print(f"task {task}: {got[k]['cycles']:,} cycles, DRAM bytes read per image "
+              f"{got[k]['bytes_read']:,} (all-DRAM program: {all_dram:,}; the window "
+              f"serves {all_dram - dram:,})")
+        assert got[k]["bytes_read"] < all_dram

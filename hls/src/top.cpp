@@ -2,11 +2,12 @@
 // as the RTL top does (hw/top/accelerator.py, sequencer.py, interconnect.py).
 //
 // On start it reads the program's header at `program` and checks it against this
-// HwConfig (magic, format version, header length, HwConfig fingerprint, bus width:
-// else ERROR_PROGRAM) and the task register against the program's tasks (else
-// ERROR_TASK). Then, for each of `images` images, it decodes each instruction (an
-// unknown opcode: ERROR_OPCODE), checks that every address field lies below the
-// output's end (else ERROR_ADDRESS), and runs it on the kernels of hls/include,
+// HwConfig (magic, format version, header length, HwConfig fingerprint, bus width,
+// an on-chip window within ONCHIP_BYTES: else ERROR_PROGRAM) and the task register
+// against the program's tasks (else ERROR_TASK). Then, for each of `images` images,
+// it decodes each instruction (an unknown opcode: ERROR_OPCODE), checks that every
+// address field lies below the on-chip window's end (the output's, without one;
+// else ERROR_ADDRESS), and runs it on the kernels of hls/include,
 // reading and writing the memory through relocated addresses. A descriptor the
 // kernels' buffers cannot take stops the run with ERROR_DESCRIPTOR, an access that
 // leaves its region with ERROR_ADDRESS. `status` says where the run ended
@@ -17,7 +18,10 @@
 // 0) hold it, and maps to the host's buffer of that kind at `addr - start`, plus
 // image * pitch for the input and the output, the pitch being the region's size. So
 // the host places its five buffers anywhere, and image N's input and output lie N
-// regions into them.
+// regions into them. The on-chip window [output_end, onchip_end) (HwConfig
+// onchip_bytes: activations the compiler placed by liveness) is the top's own local
+// array of ONCHIP_BYTES, as the RTL's on-chip RAM; a header whose window is larger
+// is ERROR_PROGRAM.
 //
 // Interface: one m_axi bundle `gmem` (64-bit addresses, offset=slave, widened to the
 // bus width) for the five buffers, and the s_axilite bundle `control` with the
@@ -43,18 +47,19 @@ typedef ap_uint<64> addr_t;  // a program address, wide enough that no row arith
 
 namespace {
 
-enum region { WEIGHTS, SCRATCH, INPUT, OUTPUT, REGIONS };
+enum region { WEIGHTS, SCRATCH, INPUT, OUTPUT, ONCHIP, REGIONS };
 
-// The host's buffers and the program's region bounds.
+// The host's buffers, the on-chip window and the program's region bounds.
 struct memory {
-    byte_t *weights, *scratch, *input, *output;
-    addr_t start[REGIONS + 1];  // where each kind starts; start[REGIONS]: the output's end
+    byte_t *weights, *scratch, *input, *output, *onchip;
+    addr_t start[REGIONS + 1];  // where each kind starts; start[REGIONS]: the window's end
     addr_t image_offset[REGIONS];  // image * pitch for the input and the output, else 0
     bool fault;  // an access left its region: the run stops with ERROR_ADDRESS
 };
 
-// The kind of [addr, addr + n) and its offset in the host's buffer; false (and a
-// fault) when it starts at or past the output's end or runs past its kind's end.
+// The kind of [addr, addr + n) and its offset in the host's buffer (or the window);
+// false (and a fault) when it starts at or past the window's end or runs past its
+// kind's end.
 bool relocate(memory &m, addr_t addr, unsigned n, unsigned &kind, addr_t &offset) {
     kind = REGIONS;
     for (int k = REGIONS - 1; k >= 0; k--)
@@ -72,6 +77,7 @@ byte_t load(const memory &m, unsigned kind, addr_t offset) {
     case WEIGHTS: return m.weights[offset];
     case SCRATCH: return m.scratch[offset];
     case INPUT: return m.input[offset];
+    case ONCHIP: return m.onchip[offset];
     default: return m.output[offset];
     }
 }
@@ -81,6 +87,7 @@ void store(memory &m, unsigned kind, addr_t offset, byte_t value) {
     case WEIGHTS: m.weights[offset] = value; break;
     case SCRATCH: m.scratch[offset] = value; break;
     case INPUT: m.input[offset] = value; break;
+    case ONCHIP: m.onchip[offset] = value; break;
     default: m.output[offset] = value; break;
     }
 }
@@ -465,21 +472,24 @@ unsigned run(const ap_uint<32> *prog, memory &m, unsigned task, unsigned images,
         // The regions in order (as the RTL and decode): else one kind covers another's.
         header[HEADER_SCRATCH_AT] > header[HEADER_INPUT_AT] ||
         header[HEADER_INPUT_AT] > header[HEADER_OUTPUT_AT] ||
-        header[HEADER_OUTPUT_AT] > header[HEADER_OUTPUT_END])
+        header[HEADER_OUTPUT_AT] > header[HEADER_OUTPUT_END] ||
+        header[HEADER_ONCHIP_END] < header[HEADER_OUTPUT_END] ||
+        header[HEADER_ONCHIP_END] - header[HEADER_OUTPUT_END] > ONCHIP_BYTES)
         return ERROR_PROGRAM;
     if (task >= header[HEADER_TASKS]) return ERROR_TASK;
     m.start[WEIGHTS] = 0;
     m.start[SCRATCH] = header[HEADER_SCRATCH_AT];
     m.start[INPUT] = header[HEADER_INPUT_AT];
     m.start[OUTPUT] = header[HEADER_OUTPUT_AT];
-    m.start[REGIONS] = header[HEADER_OUTPUT_END];
+    m.start[ONCHIP] = header[HEADER_OUTPUT_END];
+    m.start[REGIONS] = header[HEADER_ONCHIP_END];
     const unsigned body = header[HEADER_BODY_WORDS], count = header[HEADER_INSTRUCTIONS];
     if (images == 0 || count == 0) return ERROR_NONE;  // nothing to run (status 0)
 run_images:
     for (image = 0; image < images; image++) {
-        m.image_offset[WEIGHTS] = m.image_offset[SCRATCH] = 0;
+        m.image_offset[WEIGHTS] = m.image_offset[SCRATCH] = m.image_offset[ONCHIP] = 0;
         m.image_offset[INPUT] = addr_t(image) * (m.start[OUTPUT] - m.start[INPUT]);
-        m.image_offset[OUTPUT] = addr_t(image) * (m.start[REGIONS] - m.start[OUTPUT]);
+        m.image_offset[OUTPUT] = addr_t(image) * (m.start[ONCHIP] - m.start[OUTPUT]);
         unsigned at = 0;
     run_instructions:
         for (instruction = 0; instruction < count; instruction++) {
@@ -525,7 +535,9 @@ void moevit_top(const ap_uint<32> *program, byte_t *weights, byte_t *input, byte
 #pragma HLS INTERFACE mode=s_axilite port=error bundle=control
 #pragma HLS INTERFACE mode=s_axilite port=return bundle=control
 #pragma HLS INTERFACE mode=ap_ctrl_hs port=return bundle=control
+    static byte_t window[program::ONCHIP_BYTES ? program::ONCHIP_BYTES : 1];  // on chip
     memory m;
+    m.onchip = window;
     m.weights = weights;
     m.scratch = scratch;
     m.input = input;

@@ -40,6 +40,13 @@ routing (``NOTED_EXPERT_CYCLES``, no bytes); and the sequencer assembles each
 instruction while the one before it runs (``ISSUE_CYCLES_AHEAD`` instead of
 ``ISSUE_CYCLES``). The weights read ahead save only the memory's latency at each
 job's start (a few cycles at this memory), left inside the fitted issue constant.
+
+With ``hw.onchip_bytes`` (activations in the on-chip window, :mod:`moevit.hw.top.onchip`)
+the bytes an instruction reads or writes inside the window do not use the memory's
+bandwidth: ``memory`` is the largest of the DRAM bytes over ``bandwidth``, the window's
+read beats (one a cycle: the RAM's one read port, shared by the channels) and its
+written beats (one a cycle), and ``bytes_read``, ``bytes_written`` count DRAM bytes
+only (``onchip`` the window's). Not yet measured against the co-simulated top.
 """
 
 from dataclasses import dataclass
@@ -130,6 +137,7 @@ class InstructionCost:
     bytes_read: int
     bytes_written: int
     cycles: int          # max(compute, memory) + ISSUE_CYCLES
+    onchip: int = 0      # bytes read and written in the on-chip window
 
     @property
     def bound(self) -> str:
@@ -379,6 +387,8 @@ def program_cycles(program, image, task, *, bandwidth=None, memory_bandwidth=Non
     memory[region.offset:region.end] = image.reshape(-1).view(np.uint8)
     ahead = bool(hw.expert_prefetch)
     issue = ISSUE_CYCLES_AHEAD if ahead else ISSUE_CYCLES
+    bounds = program.layout.boundaries()
+    window = (bounds["output_end"], bounds["onchip_end"])
     costs = []
     note = None                  # the routing an EXPERT scanned last (expert_prefetch)
     steps = tqdm(program.instructions, desc=f"cost task {task}", unit="instr", disable=not progress,
@@ -391,16 +401,52 @@ def program_cycles(program, image, task, *, bandwidth=None, memory_bandwidth=Non
             continue
         note = _routing(d) if d.MNEMONIC == "EXPERT" else None
         compute, written, moved = _compute_and_written(d, memory, task, hw)
-        read = run_instructions(memory, hw, [d], task)["bytes_read"]
+        reads = run_instructions(memory, hw, [d], task)["reads"]
         # The interpreter's count is the truth; the descriptor's split agrees with it
         # (tests/test_hw_cost.py), and any byte it missed would go on x.
-        missed = read + written - sum(moved.values())
+        missed = sum(size for _, size in reads) + written - sum(moved.values())
         if missed:
             moved["x"] = moved.get("x", 0) + missed
-        mem_cycles = memory_cycles(hw, moved, bandwidth, memory_bandwidth)
+        read, written, mem_cycles, onchip = _memory(d, reads, written, moved, window, hw,
+                                                    bandwidth, memory_bandwidth)
         costs.append(InstructionCost(index, d.MNEMONIC, d.UNIT, compute, mem_cycles, read,
-                                     written, max(compute, mem_cycles) + issue))
+                                     written, max(compute, mem_cycles) + issue, onchip))
     return ProgramCost(costs, float(bandwidth), hw.clock_mhz)
+
+
+def _memory(d, reads, written, moved, window, hw, bandwidth, memory_bandwidth):
+    """``(DRAM bytes read, DRAM bytes written, memory cycles, on-chip bytes)`` of ``d``:
+    ``reads`` its read log, ``written`` its bytes written (:func:`written_bytes`), split
+    by the window ``(start, end)`` they fall in (see the module's description); ``moved``
+    the bytes per mover (:func:`moved_bytes`), each port's share of the DRAM bytes.
+
+    The read log does not say which mover read a byte, so the window's reads are taken
+    from every read mover in proportion to its bytes (exact on one port, and whenever an
+    instruction's reads are all in DRAM or all on chip)."""
+    def inside(addr):
+        return window[0] <= addr < window[1]
+
+    total_read = sum(size for _, size in reads)
+    onchip_read = sum(size for addr, size in reads if inside(addr))
+    read = total_read - onchip_read
+    # Where each part of the output goes: EXPERT's hidden rows and slots, ROUTE's indices
+    # (a byte each) and weights (two), else everything at the output field.
+    if d.MNEMONIC == "EXPERT":
+        parts = [(d.hidden_addr, written * d.hidden // (d.hidden + d.dim)),
+                 (d.slots_addr, written * d.dim // (d.hidden + d.dim))]
+    elif d.MNEMONIC == "ROUTE":
+        parts = [(d.topk_addr, written // 3), (d.weights_addr, 2 * written // 3)]
+    else:
+        parts = [(getattr(d, d.OUTPUT), written)]
+    onchip_written = sum(size for addr, size in parts if inside(addr))
+    if onchip_read or onchip_written:
+        dram = read / total_read if total_read else 1.0
+        moved = {mover: (n * dram if mover != "write" else written - onchip_written)
+                 for mover, n in moved.items()}
+    word = hw.bus_width // 8
+    cycles = max(memory_cycles(hw, moved, bandwidth, memory_bandwidth),
+                 -(-onchip_read // word), -(-onchip_written // word))
+    return read, written - onchip_written, cycles, onchip_read + onchip_written
 
 
 def _routing(d):

@@ -18,6 +18,20 @@ emits the instructions of one image in the golden model's order
 * ``LAYERNORM`` norm, ``TASK_LINEAR`` head on the patch tokens into the
   ``output`` region.
 
+With ``hw.onchip_bytes`` set, the activations move on chip by liveness
+(:func:`place_onchip`): the program is compiled once with every tensor in
+DRAM scratch, which gives each tensor's live range (the first and the last
+instruction whose address fields point into it), then again with the
+tensors placed, first use first, at the lowest bus-aligned offset of the
+on-chip window where no tensor live at any of the same instructions lies.
+The ranges are inclusive, so an instruction never reads and writes the same
+bytes: a layer's input and its output sit in different buffers (ping-pong),
+and the window needs about the peak of the live bytes, not their sum. A
+tensor that does not fit the window stays in DRAM scratch (the program
+still runs, with more DRAM traffic; ``layout.json`` and ``program.lst`` say
+which tensors are on chip). The window is the address range ``[output_end,
+onchip_end)`` of the memory image (:mod:`moevit.hw.program.program`).
+
 The task is never in the program: gate and head take their weights from a
 task table indexed by the task register. Tensors that a fused operation
 keeps on chip (``patch_embed.out``, ``attn.proj.out``, ``mlp.fc1.pre``,
@@ -37,7 +51,7 @@ from moevit.hw.program.isa import (GATE_RULES, CombineDescriptor, CopyDescriptor
 from moevit.hw.program.layout import Layout, pack_chan, pack_ln_params, pack_weight
 from moevit.hw.program.program import Program, program_size
 
-__all__ = ["compile_program", "memory_tensors"]
+__all__ = ["compile_program", "memory_tensors", "live_ranges", "place_onchip"]
 
 
 def _pair(array):
@@ -45,8 +59,9 @@ def _pair(array):
 
 
 class _Compiler:
-    def __init__(self, qmodel, hw):
+    def __init__(self, qmodel, hw, window=None):
         self.q, self.config, self.hw = qmodel, qmodel.config, hw
+        self.window = window or {}  # on-chip tensor -> (offset in the window, live range)
         self.layout = Layout(hw.bus_width)
         self.chunks = []  # (region, bytes) of the weights
         self.code = []
@@ -119,14 +134,19 @@ class _Compiler:
         self.w["heads"] = self.task_table("heads.table", entries)
 
     def place_tensors(self):
-        """One scratch tensor per golden tensor in memory (see :func:`memory_tensors`)."""
+        """One tensor per golden tensor in memory (see :func:`memory_tensors`): in DRAM
+        scratch, or in the on-chip window after the output when ``window`` places it."""
+        tensors = memory_tensors(self.config)
         self.a = {name: self.tensor(name, shape, dtype)
-                  for name, (shape, dtype) in memory_tensors(self.config).items()}
+                  for name, (shape, dtype) in tensors.items() if name not in self.window}
         config = self.config
         self.a["input"] = self.tensor("input", (config.in_chans, *config.image_size), "int8",
                                       "input")
         widest = max(self.q[f"heads.{t}.weight"].shape[0] for t in range(len(config.tasks)))
         self.a["output"] = self.tensor("output", (config.patches, widest), "int8", "output")
+        start = self.layout.size
+        for name, (offset, live) in self.window.items():
+            self.a[name] = self.layout.place(name, start + offset, *tensors[name], live).offset
 
     def embed(self):
         q, config, a = self.q, self.config, self.a
@@ -277,6 +297,41 @@ def memory_tensors(config) -> dict:
     return tensors
 
 
+def live_ranges(program) -> dict:
+    """Scratch tensor -> ``(first, last)``: the instructions of ``program`` whose address
+    fields point into it (a program compiled with every tensor in DRAM scratch)."""
+    ranges = {}
+    for k, desc in enumerate(program.instructions):
+        for name, value in desc.to_dict().items():
+            region = program.layout.at(value) if name.endswith("_addr") else None
+            if region is not None and region.kind == "scratch":
+                first, _ = ranges.get(region.name, (k, k))
+                ranges[region.name] = (first, k)
+    return ranges
+
+
+def place_onchip(program, capacity: int) -> dict:
+    """The on-chip window of ``program`` (compiled with every tensor in scratch):
+    tensor -> ``(offset, (first, last))``, first use first, each at the lowest
+    bus-aligned offset where it overlaps no tensor live at one of its instructions;
+    a tensor that would end past ``capacity`` bytes is left out (stays in DRAM)."""
+    align = program.layout.align
+    placed = {}
+    ranges = live_ranges(program)
+    for name, (first, last) in sorted(ranges.items(), key=lambda item: item[1]):
+        size = -(-program.layout[name].size // align) * align
+        busy = sorted((offset, offset + -(-program.layout[other].size // align) * align)
+                      for other, (offset, (a, b)) in placed.items() if a <= last and first <= b)
+        offset = 0
+        for start, end in busy:          # the first gap that holds it
+            if offset + size <= start:
+                break
+            offset = max(offset, end)
+        if offset + size <= capacity:
+            placed[name] = (offset, (first, last))
+    return placed
+
+
 def compile_program(qmodel, hw: HwConfig = None, *, bus_bits: int = None) -> Program:
     """One program for every task of ``qmodel`` on ``hw``.
 
@@ -303,4 +358,7 @@ def compile_program(qmodel, hw: HwConfig = None, *, bus_bits: int = None) -> Pro
         raise ConfigError(f"Hardware config must be a HwConfig, not {hw!r}")
     if bus_bits is not None:
         hw = hw.replace(bus_width=bus_bits)
-    return _Compiler(qmodel, hw).run()
+    program = _Compiler(qmodel, hw).run()
+    if hw.onchip_bytes:
+        program = _Compiler(qmodel, hw, place_onchip(program, hw.onchip_bytes)).run()
+    return program

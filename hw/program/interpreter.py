@@ -213,12 +213,21 @@ def run_image(program, image, task: int):
 
 
 def bytes_by_region(program, stats) -> dict:
-    """Region name -> bytes a run read from it (``stats`` from :func:`run_image`)."""
-    starts = np.array([r.offset for r in program.layout.regions])
+    """Region name -> bytes a run read from it (``stats`` from :func:`run_image`); the
+    reads of on-chip tensors, which share the window's bytes, under ``"onchip"``."""
+    regions = [r for r in program.layout.regions if r.kind != "onchip"]
+    starts = np.array([r.offset for r in regions])
     order = np.argsort(starts)
+    bounds = program.layout.boundaries()
     totals = {}
     for addr, size in stats["reads"]:
-        region = program.layout.regions[order[np.searchsorted(starts[order], addr, "right") - 1]]
+        if bounds["output_end"] <= addr < bounds["onchip_end"]:
+            if addr + size > bounds["onchip_end"]:
+                raise ProgramError(f"A read of {size} bytes at {addr:#x} leaves the on-chip "
+                                   f"window")
+            totals["onchip"] = totals.get("onchip", 0) + size
+            continue
+        region = regions[order[np.searchsorted(starts[order], addr, "right") - 1]]
         if not (region.offset <= addr and addr + size <= region.end):
             raise ProgramError(f"A read of {size} bytes at {addr:#x} leaves region {region.name}")
         totals[region.name] = totals.get(region.name, 0) + size

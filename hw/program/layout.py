@@ -4,8 +4,15 @@ A :class:`Layout` places named :class:`Region` s one after the other, each
 starting on a bus-word boundary, so no two overlap and every burst starts
 aligned. Regions have a kind: ``weights`` (constants written once:
 weights, per-channel constants, LayerNorm parameters, embeddings, task
-tables), ``scratch`` (activations of one image), ``input``, ``output`` and
-``program``.
+tables), ``scratch`` (activations of one image), ``input``, ``output``,
+``onchip`` and ``program``.
+
+``onchip`` regions are the exception to "no two overlap": they are
+activations the compiler placed in the accelerator's on-chip window (the
+addresses between the output and the program), each with the instructions
+``live`` during which it holds a value; two of them share bytes only when
+their live ranges are disjoint (:meth:`Layout.place` puts them at the
+offset the compiler chose).
 
 The packers turn the quantized model's arrays into the bytes the units'
 streams take (``moevit.hw.units.linear``'s ``w`` and ``chan``,
@@ -22,7 +29,7 @@ from moevit.errors import ConfigError
 __all__ = ["Region", "Layout", "KINDS", "BUS_WIDTHS", "pack_weight", "unpack_weight", "chan_bytes",
            "pack_chan", "unpack_chan", "pack_ln_params", "unpack_ln_params"]
 
-KINDS = ("weights", "scratch", "input", "output", "program")
+KINDS = ("weights", "scratch", "input", "output", "onchip", "program")
 #: Data widths of the AXI masters, in bits (Zynq HP ports 128, HBM 256-512).
 BUS_WIDTHS = (32, 64, 128, 256, 512, 1024)
 
@@ -30,7 +37,8 @@ BUS_WIDTHS = (32, 64, 128, 256, 512, 1024)
 @dataclass(frozen=True)
 class Region:
     """``size`` bytes at byte ``offset`` of the image; ``shape`` and ``dtype``
-    describe the tensor it holds (empty for packed beats)."""
+    describe the tensor it holds (empty for packed beats); ``live``, for an
+    ``onchip`` region, the first and the last instruction that use it."""
 
     name: str
     kind: str
@@ -38,21 +46,30 @@ class Region:
     size: int
     shape: tuple = ()
     dtype: str = "uint8"
+    live: tuple = ()
 
     @property
     def end(self) -> int:
         return self.offset + self.size
 
+    def live_at(self, instruction) -> bool:
+        """It holds a value during ``instruction`` (always, when it has no live range)."""
+        return not self.live or self.live[0] <= instruction <= self.live[1]
+
     def to_dict(self) -> dict:
-        return {"name": self.name, "kind": self.kind, "offset": self.offset, "size": self.size,
+        data = {"name": self.name, "kind": self.kind, "offset": self.offset, "size": self.size,
                 "shape": list(self.shape), "dtype": self.dtype}
+        if self.live:
+            data["live"] = list(self.live)
+        return data
 
     @classmethod
     def from_dict(cls, data) -> "Region":
         if data["kind"] not in KINDS:
             raise ConfigError(f"Region kind must be one of {KINDS}, not {data['kind']!r}")
         return cls(str(data["name"]), str(data["kind"]), int(data["offset"]), int(data["size"]),
-                   tuple(int(n) for n in data["shape"]), str(data["dtype"]))
+                   tuple(int(n) for n in data["shape"]), str(data["dtype"]),
+                   tuple(int(n) for n in data.get("live", ())))
 
 
 @dataclass
@@ -100,16 +117,32 @@ class Layout:
         size = int(np.prod(shape)) * np.dtype(dtype).itemsize
         return self.add(name, kind, size, shape, dtype)
 
+    def place(self, name, offset, shape, dtype, live) -> Region:
+        """Place an ``onchip`` tensor at byte ``offset`` (aligned, at or past the regions
+        of the other kinds), live during instructions ``live = (first, last)``."""
+        if name in self._by_name:
+            raise ValueError(f"Region {name!r} is placed twice")
+        if offset % self.align:
+            raise ValueError(f"On-chip tensor {name!r} at {offset:#x} is not bus-aligned")
+        size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        region = Region(name, "onchip", int(offset), size, tuple(int(n) for n in shape), dtype,
+                        tuple(int(k) for k in live))
+        self.regions.append(region)
+        self._by_name[name] = region
+        return region
+
     def __getitem__(self, name) -> Region:
         return self._by_name[name]
 
     def __contains__(self, name) -> bool:
         return name in self._by_name
 
-    def at(self, address: int):
-        """The region holding byte ``address``; None outside every region."""
+    def at(self, address: int, when=None):
+        """The region holding byte ``address`` (with ``when``, an instruction: the one
+        live then, as on-chip tensors share bytes); None outside every region."""
         for region in self.regions:
-            if region.offset <= address < region.end:
+            if region.offset <= address < region.end \
+                    and (when is None or region.live_at(when)):
                 return region
         return None
 
@@ -117,8 +150,9 @@ class Layout:
         return [r for r in self.regions if r.kind == kind]
 
     def boundaries(self) -> dict:
-        """Where each kind of region starts: ``scratch_at``, ``input_at``, ``output_at``
-        and ``output_end`` (where the output ends and the program begins). The top
+        """Where each kind of region starts: ``scratch_at``, ``input_at``, ``output_at``,
+        ``output_end`` (where the output ends and the on-chip window begins) and
+        ``onchip_end`` (where the window ends and the program begins). The top
         relocates an address by the kind these bounds give it (weights below
         ``scratch_at``) to the host's buffer of that kind; an image's input and
         output lie ``input_at..output_at`` and ``output_at..output_end`` apart
@@ -140,8 +174,28 @@ class Layout:
             return next((r.offset for r in self.regions if r.kind == kind), default)
 
         input_at = first("input", None)
+        output_end = max(r.end for r in self.regions if r.kind == "output")
         return {"scratch_at": first("scratch", input_at), "input_at": input_at,
-                "output_at": first("output", None), "output_end": first("program", None)}
+                "output_at": first("output", None),
+                "output_end": -(-output_end // self.align) * self.align,
+                "onchip_end": first("program", None)}
+
+    def onchip_regions(self) -> list:
+        """The on-chip tensors, in the order placed."""
+        return self.of_kind("onchip")
+
+    def onchip(self) -> dict:
+        """What the on-chip window holds: ``tensors`` on chip, ``window`` bytes
+        (``onchip_end - output_end``), ``peak`` (the most of their bytes live at one
+        instruction: the least any placement needs) and ``sum`` (their bytes one after
+        the other, as in DRAM scratch)."""
+        tensors = self.onchip_regions()
+        bounds = self.boundaries()
+        last = max((r.live[1] for r in tensors), default=-1)
+        peak = max((sum(r.size for r in tensors if r.live_at(k)) for k in range(last + 1)),
+                   default=0)
+        return {"tensors": len(tensors), "window": bounds["onchip_end"] - bounds["output_end"],
+                "peak": peak, "sum": sum(r.size for r in tensors)}
 
     def to_dict(self) -> dict:
         return {"bus_bits": self.bus_bits, "size": self.size,

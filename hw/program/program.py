@@ -20,15 +20,25 @@ word   field           meaning
 10     scratch_at      first byte of the activation scratch (weights below)
 11     input_at        first byte of the input image
 12     output_at       first byte of the output (the input's pitch: output_at - input_at)
-13     output_end      first byte past the output (its pitch: output_end - output_at)
-14     body_crc        CRC-32 of the body's bytes
-15     header_crc      CRC-32 of words 0..14
+13     output_end      first byte past the output (its pitch: output_end - output_at),
+                       and the on-chip window's first byte
+14     onchip_end      first byte past the on-chip window (the program follows);
+                       ``onchip_end - output_end`` at most the HwConfig's ``onchip_bytes``
+15     body_crc        CRC-32 of the body's bytes
+16-30  reserved        0
+31     header_crc      CRC-32 of words 0..30
 =====  ==============  ======================================================
 
-Words 10..13 are :meth:`~moevit.hw.program.layout.Layout.boundaries`: the top
+Words 10..14 are :meth:`~moevit.hw.program.layout.Layout.boundaries`: the top
 relocates each address by the kind of region they give it to the host's
 buffer of that kind (weights, scratch, input, output: the ``s_axi_control``
-arguments), so the host may place the buffers anywhere.
+arguments), so the host may place the buffers anywhere; an address in the
+on-chip window ``[output_end, onchip_end)`` is served by the accelerator's
+own activation memory and has no host buffer. The header fills 128 bytes, so
+the body starts on a bus word of every width up to 1024 bits.
+
+Version 3 added the window (``onchip_end``) and grew the header from 16 to 32
+words; a version 2 program is refused with a message to compile it again.
 
 A folder written by :func:`write_program` holds ``program.bin``,
 ``weights.bin`` (the bytes of the memory image from 0 to the end of the last
@@ -58,13 +68,16 @@ __all__ = ["Program", "ProgramError", "encode", "decode", "hw_hash", "listing",
            "BOUNDARY_FIELDS", "FILES"]
 
 MAGIC = int.from_bytes(b"MVPG", "little")
-VERSION = 2
-HEADER_WORDS = 16
+VERSION = 3
+HEADER_WORDS = 32
+#: Words reserved (0) between the body's CRC and the header's.
+RESERVED_FIELDS = tuple(f"reserved{k}" for k in range(16, 31))
 HEADER_FIELDS = ("magic", "version", "header_words", "hw_hash_lo", "hw_hash_hi", "bus_bits",
                  "tasks", "instructions", "body_words", "memory_bytes", "scratch_at", "input_at",
-                 "output_at", "output_end", "body_crc", "header_crc")
+                 "output_at", "output_end", "onchip_end", "body_crc", *RESERVED_FIELDS,
+                 "header_crc")
 #: The header words that place the regions (``Layout.boundaries``), in order.
-BOUNDARY_FIELDS = ("scratch_at", "input_at", "output_at", "output_end")
+BOUNDARY_FIELDS = ("scratch_at", "input_at", "output_at", "output_end", "onchip_end")
 FILES = ("program.bin", "weights.bin", "layout.json", "program.lst")
 LAYOUT_FORMAT = "moevit-layout"
 
@@ -140,7 +153,8 @@ def encode(hw, instructions, *, tasks, bus_bits, memory_bytes, boundaries) -> by
     digest = hw_hash(hw)
     header = [MAGIC, VERSION, HEADER_WORDS, digest & 0xFFFFFFFF, digest >> 32, bus_bits, tasks,
               len(instructions), len(body) // 4, memory_bytes,
-              *(boundaries[name] for name in BOUNDARY_FIELDS), zlib.crc32(body)]
+              *(boundaries[name] for name in BOUNDARY_FIELDS), zlib.crc32(body),
+              *(0 for _ in RESERVED_FIELDS)]
     header.append(zlib.crc32(np.array(header, "<u4").tobytes()))
     return np.array(header, "<u4").tobytes() + body
 
@@ -155,13 +169,16 @@ def read_header(data: bytes, what="Program") -> dict:
     if header["magic"] != MAGIC:
         raise ProgramError(f"{what} is not a moevit program (magic {header['magic']:#010x})")
     if header["version"] != VERSION:
+        hint = "; compile it again (moevit hw compile)" if header["version"] < VERSION else ""
         raise ProgramError(f"{what} has format version {header['version']}; this moevit reads "
-                           f"version {VERSION}")
+                           f"version {VERSION}{hint}")
     if header["header_crc"] != zlib.crc32(data[:4 * (HEADER_WORDS - 1)]):
         raise ProgramError(f"{what} fails its header CRC: the header was changed or damaged")
     if header["header_words"] != HEADER_WORDS:
         raise ProgramError(f"{what} has a {header['header_words']}-word header; version "
                            f"{VERSION} has {HEADER_WORDS}")
+    if any(header[name] for name in RESERVED_FIELDS):
+        raise ProgramError(f"{what} has reserved header words that are not 0")
     return header
 
 
@@ -185,6 +202,10 @@ def decode(data: bytes, hw: HwConfig, what="Program"):
     if bounds != sorted(bounds):
         raise ProgramError(f"{what} places its regions out of order: " + ", ".join(
             f"{name} {header[name]:#x}" for name in (*BOUNDARY_FIELDS, "memory_bytes")))
+    window = header["onchip_end"] - header["output_end"]
+    if window > hw.onchip_bytes:
+        raise ProgramError(f"{what} has a {window}-byte on-chip window; hardware {hw.name!r} "
+                           f"has {hw.onchip_bytes} bytes on chip")
     size = 4 * (HEADER_WORDS + header["body_words"])
     if len(data) != size:
         raise ProgramError(f"{what} has {len(data)} bytes; its header says {size}")
@@ -224,8 +245,8 @@ _SHAPE_FIELDS = ("tokens", "rows", "in_features", "out_features", "max_out", "di
                  "patch", "length", "tasks")
 
 
-def _address(value, layout):
-    region = layout.at(value)
+def _address(value, layout, when=None):
+    region = layout.at(value, when)
     if region is None:
         return f"{value:#x}"
     offset = value - region.offset
@@ -234,7 +255,8 @@ def _address(value, layout):
 
 def listing(instructions, layout) -> str:
     """One line per instruction: index, mnemonic, unit, shape, constants,
-    addresses (named by their region) and the tensor it produces."""
+    addresses (named by their region, an on-chip one by the tensor live there) and
+    the tensor it produces; with an on-chip window, a last line on what it holds."""
     lines = []
     for k, desc in enumerate(instructions):
         fields = desc.to_dict()
@@ -246,12 +268,19 @@ def listing(instructions, layout) -> str:
         consts = " ".join(f"{n}={v}" for n, v in fields.items()
                           if n not in _SHAPE_FIELDS and not n.endswith("_addr")
                           and n not in ("token_tiles", "out_tiles", "chunks", "rounds"))
-        addrs = " ".join(f"{n[:-5]}={_address(v, layout)}" for n, v in fields.items()
+        addrs = " ".join(f"{n[:-5]}={_address(v, layout, k)}" for n, v in fields.items()
                          if n.endswith("_addr") and n != desc.OUTPUT)
-        out = layout.at(fields[desc.OUTPUT])
+        out = layout.at(fields[desc.OUTPUT], k)
         produces = out.name if out is not None else f"{fields[desc.OUTPUT]:#x}"
+        if out is not None and out.kind == "onchip":
+            produces += " (on chip)"
         lines.append(f"{k:4d}  {desc.MNEMONIC:<11} {desc.UNIT:<9} {shape} | {consts} | "
                      f"{addrs} -> {produces}@{fields[desc.OUTPUT]:#x}")
+    onchip = layout.onchip()
+    if onchip["tensors"]:
+        lines.append(f"# on chip: {onchip['tensors']} tensors in a {onchip['window']}-byte "
+                     f"window (peak live {onchip['peak']} bytes; {onchip['sum']} one after "
+                     f"the other)")
     return "\n".join(lines) + "\n"
 
 
@@ -268,7 +297,8 @@ def write_program(program: Program, folder) -> list:
     binary = program.encode()
     meta = {"format": LAYOUT_FORMAT, "version": VERSION, "model": program.model,
             "hw": program.hw.to_dict(), "hw_hash": f"{hw_hash(program.hw):016x}",
-            "layout": program.layout.to_dict(), "tasks": program.tasks,
+            "layout": program.layout.to_dict(), "onchip": program.layout.onchip(),
+            "tasks": program.tasks,
             "sha256": {"program.bin": _sha256(binary), "weights.bin": _sha256(program.weights)}}
     contents = {"program.bin": binary, "weights.bin": program.weights,
                 "layout.json": (json.dumps(meta, indent=1) + "\n").encode(),
@@ -302,8 +332,10 @@ def read_program(folder) -> Program:
     if not isinstance(meta, dict) or meta.get("format") != LAYOUT_FORMAT:
         raise ProgramError(f"{folder}/layout.json is not a moevit program layout")
     if meta.get("version") != VERSION:
+        older = isinstance(meta.get("version"), int) and meta["version"] < VERSION
         raise ProgramError(f"{folder}/layout.json has format version {meta.get('version')!r}; "
-                           f"this moevit reads version {VERSION}")
+                           f"this moevit reads version {VERSION}"
+                           f"{'; compile it again (moevit hw compile)' if older else ''}")
     try:
         hw = HwConfig.from_dict(meta["hw"])
         layout = Layout.from_dict(meta["layout"])

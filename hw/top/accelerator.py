@@ -24,6 +24,11 @@ addresses and the HwConfig's ``bus_width``, and ``m_axi_gmem1_*`` ... for its
 ``memory_ports``), so one top serves a Vivado block
 design (ZCU102, ZCU104) and a v++ link (U280).
 
+With ``hw.onchip_bytes`` a router sits in front of each channel's relocation
+and serves the program's on-chip window ``[output_end, onchip_end)`` from the
+on-chip activation RAM instead (:mod:`moevit.hw.top.onchip`); without it the
+top is built exactly as before.
+
 A run stops on the first error with its code in the ``error`` register
 (:data:`~moevit.hw.program.regmap.ERROR_CODES`): the sequencer's own (header,
 task, opcode, address), a descriptor an engine refused, an address the
@@ -215,6 +220,14 @@ class Accelerator(wiring.Component):
                 m.d.comb += relocator.bases[kind].eq(getattr(args, kind))
             target = reads[k].req if k < ENGINE_CHANNELS else write.req
             wiring.connect(m, relocator.o, target)
+        # Where the engines' channels meet memory: the relocation and the movers, or with
+        # hw.onchip_bytes the routers in front of them (moevit.hw.top.onchip).
+        rd_ports = [(relocators[k].i, reads[k].data) for k in range(ENGINE_CHANNELS)]
+        wr_port = (relocators[ENGINE_CHANNELS].i, write.data)
+        onchip_busy, onchip_error = Const(0, 1), Const(0, 1)
+        if hw.onchip_bytes:
+            rd_ports, wr_port, onchip_busy, onchip_error = _onchip(
+                m, hw, halt, seq, relocators, reads, write)
 
         def owner_of(k):
             """(engine, its port) per opcode running on engine channel ``k``."""
@@ -231,28 +244,27 @@ class Accelerator(wiring.Component):
             return owners
 
         for k in range(ENGINE_CHANNELS):
-            relocator, mover = relocators[k], reads[k]
+            (req, beats), mover = rd_ports[k], reads[k]
             for opcode, port in owner_of(k).items():
                 with m.If(active == opcode):
-                    m.d.comb += [relocator.i.valid.eq(port.req.valid),
-                                 relocator.i.payload.eq(port.req.payload),
-                                 port.req.ready.eq(relocator.i.ready),
-                                 port.data.valid.eq(mover.data.valid),
-                                 port.data.payload.eq(mover.data.payload),
-                                 mover.data.ready.eq(port.data.ready)]
+                    m.d.comb += [req.valid.eq(port.req.valid), req.payload.eq(port.req.payload),
+                                 port.req.ready.eq(req.ready),
+                                 port.data.valid.eq(beats.valid),
+                                 port.data.payload.eq(beats.payload),
+                                 beats.ready.eq(port.data.ready)]
             with m.If(halt):
                 m.d.comb += mover.data.ready.eq(1)
         writer = {opcode: (linear if name == "expert" else engines[name])
                   for opcode, name in by_opcode.items()}
-        relocator = relocators[ENGINE_CHANNELS]
+        req, beats = wr_port
         for opcode, engine in writer.items():
             with m.If(active == opcode):
-                m.d.comb += [relocator.i.valid.eq(engine.wr.req.valid),
-                             relocator.i.payload.eq(engine.wr.req.payload),
-                             engine.wr.req.ready.eq(relocator.i.ready),
-                             write.data.valid.eq(engine.wr.data.valid),
-                             write.data.payload.eq(engine.wr.data.payload),
-                             engine.wr.data.ready.eq(write.data.ready)]
+                m.d.comb += [req.valid.eq(engine.wr.req.valid),
+                             req.payload.eq(engine.wr.req.payload),
+                             engine.wr.req.ready.eq(req.ready),
+                             beats.valid.eq(engine.wr.data.valid),
+                             beats.payload.eq(engine.wr.data.payload),
+                             engine.wr.data.ready.eq(beats.ready)]
         with m.If(halt):
             m.d.comb += [write.data.valid.eq(1), write.data.payload.eq(0)]
 
@@ -267,7 +279,8 @@ class Accelerator(wiring.Component):
 
         # Completion: the engine handed its work over and every burst is answered.
         movers_busy, all_busy = Signal(), Signal()   # engine channels; and the sequencer's
-        m.d.comb += [movers_busy.eq(write.busy | _any(r.busy for r in reads[:ENGINE_CHANNELS])),
+        m.d.comb += [movers_busy.eq(write.busy | _any(r.busy for r in reads[:ENGINE_CHANNELS])
+                                    | onchip_busy),
                      all_busy.eq(movers_busy | _any(r.busy for r in reads[ENGINE_CHANNELS:]))]
         done_seen, fault = Signal(), Signal(8)
         for opcode, name in by_opcode.items():
@@ -301,7 +314,8 @@ class Accelerator(wiring.Component):
             failed.append(seen != mover.failures)
         memory_error, address_error = Signal(), Signal()
         m.d.sync += [memory_error.eq(memory_error | _any(failed)),
-                     address_error.eq(address_error | _any(r.error for r in relocators))]
+                     address_error.eq(address_error | _any(r.error for r in relocators)
+                                      | onchip_error)]
         with m.If(control.start):
             m.d.sync += [memory_error.eq(0), address_error.eq(0)]
         # A failure counted as the movers fall idle (the last B or R of the instruction)
@@ -336,6 +350,32 @@ class Accelerator(wiring.Component):
                      busy.moe.eq(busy_of("route", "expert", "combine")),
                      busy.read.eq(_any(mover.busy for mover in reads)), busy.write.eq(write.busy)]
         return m
+
+
+def _onchip(m, hw, halt, seq, relocators, reads, write):
+    """The on-chip activation memory and a router in front of each channel's relocator
+    (:mod:`moevit.hw.top.onchip`), held in reset with the engines while a run stops.
+    Returns the channels' new meeting points (``(req, data)`` per read channel, and the
+    write channel's), and the on-chip side's ``busy`` and ``error``."""
+    from moevit.hw.top.onchip import OnChipMemory, ReadRouter, WriteRouter
+
+    ram = OnChipMemory(hw.bus_width, depth=hw.onchip_bytes // (hw.bus_width // 8),
+                       channels=ENGINE_CHANNELS)
+    m.submodules.onchip = ResetInserter(halt)(ram)
+    routers = [ReadRouter(hw.bus_width) for _ in range(ENGINE_CHANNELS)]
+    routers.append(WriteRouter(hw.bus_width))
+    for k, router in enumerate(routers):
+        m.submodules[f"route{k}"] = ResetInserter(halt)(router)
+        m.d.comb += [router.window_at.eq(seq.bounds.output_end),
+                     router.window_end.eq(seq.onchip_end)]
+        wiring.connect(m, router.mem.req, relocators[k].i)
+    for k, router in enumerate(routers[:-1]):
+        wiring.connect(m, reads[k].data, router.mem.data)
+        wiring.connect(m, router.ram, ram.rd[k])
+    wiring.connect(m, routers[-1].mem.data, write.data)
+    wiring.connect(m, routers[-1].ram, ram.wr)
+    return ([(r.i.req, r.i.data) for r in routers[:-1]], (routers[-1].i.req, routers[-1].i.data),
+            ram.busy | _any(r.busy for r in routers), _any(r.error for r in routers))
 
 
 def _any(values):

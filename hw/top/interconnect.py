@@ -51,8 +51,9 @@ __all__ = ["longest_burst", "ReadArbiter", "WriteArbiter", "REGION_KINDS", "BOUN
 
 #: The region kinds a Relocator maps, in address order (:data:`moevit.hw.program.layout.KINDS`).
 REGION_KINDS = ("weights", "scratch", "input", "output")
-#: Where the kinds after the weights start, and where the output ends (the program header's).
-BOUND_FIELDS = BOUNDARY_FIELDS
+#: Where the kinds after the weights start, and where the output ends (the program header's;
+#: its last bound, the on-chip window's end, is the on-chip router's: :mod:`.onchip`).
+BOUND_FIELDS = BOUNDARY_FIELDS[:4]
 
 
 def longest_burst(data_width):

@@ -2,22 +2,24 @@
 
 On ``start`` it reads the program's header (:mod:`moevit.hw.program.program`)
 at ``args.program`` and checks it against this hardware: magic, format
-version, header length, HwConfig fingerprint, bus width, and a body no longer
-than its instructions can take nor shorter than one word each, and regions
-in order (else error ``program``), and the task register against the program's task count (else
+version, header length, HwConfig fingerprint, bus width, regions in order, an
+on-chip window no larger than ``hw.onchip_bytes``, and a body no longer than
+its instructions can take nor shorter than one word each (else error
+``program``), and the task register against the program's task count (else
 ``task``). Then, for each image of the run, it streams the body in one
 request and assembles each instruction's words (the opcode in the low byte of
 the first word gives the count: :data:`~moevit.hw.program.isa.OPCODES`; an
 unknown one stops the run with ``opcode``; a body whose end is not the end of
-its last instruction, ``program``), checks that every address field
-lies below ``output_end`` (else ``address``), reads the task's table entry
-for the instructions that take one (TASK_LINEAR, ROUTE: entry ``task`` of
-the table, :class:`~moevit.hw.program.isa.TaskEntry`), and issues the
-instruction on ``issue``; the next is issued when the top reports it
-``finished``. With ``hw.expert_prefetch`` the next instruction is assembled
-(and its table entry read) while the one before it runs, and shown as
-``pending`` until it is issued; an error found in it (opcode, program, address) stops
-the run only once the one before it has finished, as without the look-ahead.
+its last instruction, ``program``), checks that every address field lies below
+``onchip_end`` (the output's end, or the on-chip window's; else ``address``),
+reads the task's table entry for the instructions that take one (TASK_LINEAR,
+ROUTE: entry ``task`` of the table, :class:`~moevit.hw.program.isa.TaskEntry`),
+and issues the instruction on ``issue``; the next is issued when the top
+reports it ``finished``. With ``hw.expert_prefetch`` the next instruction is
+assembled (and its table entry read) while the one before it runs, and shown
+as ``pending`` until it is issued; an error found in it (opcode, program,
+address) stops the run only once the one before it has finished, as without
+the look-ahead.
 
 The task is a register: the same program and weights serve every task, and
 the only thing a task switch changes is which table entry these reads
@@ -37,10 +39,9 @@ from amaranth.lib.wiring import In, Out
 from moevit.hw.config import HwConfig
 from moevit.hw.program.isa import OPCODES, TASK_ENTRY_BYTES, RouteDescriptor, \
     TaskLinearDescriptor
-from moevit.hw.program.program import (BOUNDARY_FIELDS, HEADER_FIELDS, HEADER_WORDS, MAGIC,
-                                       VERSION, hw_hash)
+from moevit.hw.program.program import HEADER_FIELDS, HEADER_WORDS, MAGIC, VERSION, hw_hash
 from moevit.hw.program.regmap import ERROR_CODES
-from moevit.hw.top.interconnect import bounds_layout
+from moevit.hw.top.interconnect import BOUND_FIELDS, bounds_layout
 from moevit.hw.top.movers import Repack
 from moevit.hw.top.ports import ReadPort
 
@@ -101,6 +102,8 @@ class Sequencer(wiring.Component):
         Where the run is (or stopped).
     bounds : Out(bounds_layout())
         The program's region bounds, from the header.
+    onchip_end : Out(32)
+        The end of the program's on-chip window (which starts at ``bounds.output_end``).
     running : Out(1)
     pending : Out(1)
         The instruction on ``issue`` is assembled (its table entry read) and
@@ -118,7 +121,8 @@ class Sequencer(wiring.Component):
             "finished": In(1), "abort": In(8), "idle": In(1),
             "halting": Out(1), "done": Out(1), "error": Out(8),
             "instruction": Out(16), "image": Out(16),
-            "bounds": Out(bounds_layout()), "running": Out(1), "pending": Out(1),
+            "bounds": Out(bounds_layout()), "onchip_end": Out(32),
+            "running": Out(1), "pending": Out(1),
         })
 
     def elaborate(self, platform):
@@ -133,8 +137,9 @@ class Sequencer(wiring.Component):
 
         header = Array32(m, "header", HEADER_WORDS)
         field = {name: header[k] for k, name in enumerate(HEADER_FIELDS)}
-        for name in BOUNDARY_FIELDS:
+        for name in BOUND_FIELDS:
             m.d.comb += self.bounds[name].eq(field[name])
+        m.d.comb += self.onchip_end.eq(field["onchip_end"])
 
         at = Signal(range(HEADER_WORDS + 1))
         image = Signal(INSTRUCTION_BITS)
@@ -182,6 +187,8 @@ class Sequencer(wiring.Component):
                      & (field["hw_hash_lo"] == (digest & 0xFFFFFFFF))
                      & (field["hw_hash_hi"] == (digest >> 32))
                      & (field["bus_bits"] == hw.bus_width)
+                     & (field["onchip_end"] >= field["output_end"])
+                     & (field["onchip_end"] - field["output_end"] <= hw.onchip_bytes)
                      # The body is fetched in one request that a stop lets finish: its length
                      # is bounded by what its instructions can take (status counts them in
                      # 16 bits), so a corrupt header cannot hold the read mover for hours.
@@ -201,12 +208,12 @@ class Sequencer(wiring.Component):
                 with m.Case(op):
                     m.d.comb += known_length.eq(cls.words())
 
-        # Every address field of the assembled instruction below output_end.
+        # Every address field of the assembled instruction below onchip_end.
         addresses_ok = Signal()
         with m.Switch(opcode):
             for op, cls in OPCODES.items():
                 with m.Case(op):
-                    checks = [image[o:o + b] < field["output_end"]
+                    checks = [image[o:o + b] < field["onchip_end"]
                               for name, o, b, _, _ in cls.describe() if name.endswith("_addr")]
                     m.d.comb += addresses_ok.eq(Cat(*checks).all() if checks else 1)
 

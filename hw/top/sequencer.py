@@ -39,7 +39,8 @@ from amaranth.lib.wiring import In, Out
 from moevit.hw.config import HwConfig
 from moevit.hw.program.isa import OPCODES, TASK_ENTRY_BYTES, RouteDescriptor, \
     TaskLinearDescriptor
-from moevit.hw.program.program import HEADER_FIELDS, HEADER_WORDS, MAGIC, VERSION, hw_hash
+from moevit.hw.program.program import (BOUNDARY_FIELDS, HEADER_FIELDS, HEADER_WORDS, MAGIC,
+                                      VERSION, hw_hash)
 from moevit.hw.program.regmap import ERROR_CODES
 from moevit.hw.top.interconnect import BOUND_FIELDS, bounds_layout
 from moevit.hw.top.movers import Repack

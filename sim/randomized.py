@@ -71,10 +71,11 @@ class RandomCase:
         return f"{self.unit} on {point}: {self.operations} operations"
 
 
-def draw(unit, seed, *, large=False) -> RandomCase:
-    """The random case of ``unit`` for ``seed``; ``large`` allows longer shapes (slow set)."""
+def draw(unit, seed, *, large=False, hw=None) -> RandomCase:
+    """The random case of ``unit`` for ``seed``; ``large`` allows longer shapes (slow set);
+    ``hw``: this design point instead of a random one (many seeds on one build)."""
     rng = np.random.default_rng([UNITS.index(unit), seed])
-    return _DRAW[unit](rng, seed, large)
+    return _DRAW[unit](rng, seed, large, hw)
 
 
 def _sequences(rng, streams, make_ops, ports=None, *, large=False):
@@ -120,15 +121,17 @@ def _int8(rng, shape):
     return rng.integers(-128, 128, shape)
 
 
-def _attention(rng, seed, large):
+def _attention(rng, seed, large, hw):
     from moevit.hw.program.descriptor import AttentionDescriptor
     from moevit.sim.units import attention_op, attention_streams
 
-    lanes = int(rng.choice([1, 2, 4, 8]))
-    hw = HwConfig(name=f"attention-{seed}", score_lanes=lanes,
-                  max_head_dim=lanes * int(rng.integers(1, 5)),
-                  kv_depth=int(rng.integers(1, 49 if large else 17)),
-                  heads_parallel=int(rng.integers(1, 4)))
+    if hw is None:
+        lanes = int(rng.choice([1, 2, 4, 8]))
+        hw = HwConfig(name=f"attention-{seed}", score_lanes=lanes,
+                      max_head_dim=lanes * int(rng.integers(1, 5)),
+                      kv_depth=int(rng.integers(1, 49 if large else 17)),
+                      heads_parallel=int(rng.integers(1, 4)))
+    lanes = hw.score_lanes
     descs = []
 
     def make_ops():
@@ -153,11 +156,11 @@ def _attention(rng, seed, large):
     return RandomCase("attention", hw, streams, sequences, _ends(first))
 
 
-def _softmax(rng, seed, large):
+def _softmax(rng, seed, large, hw):
     from moevit.hw.units.softmax import row_ends
     from moevit.sim.units import SOFTMAX_STREAMS, softmax_op
 
-    hw = HwConfig(name=f"softmax-{seed}", kv_depth=int(rng.integers(1, 97 if large else 33)))
+    hw = hw or HwConfig(name=f"softmax-{seed}", kv_depth=int(rng.integers(1, 97 if large else 33)))
     lengths, consts = [], {}
 
     def ports():
@@ -187,11 +190,11 @@ def _softmax(rng, seed, large):
                       row_ends(lengths[:len(sequences[0].ops)]))
 
 
-def _gelu(rng, seed, large):
+def _gelu(rng, seed, large, hw):
     from moevit.hw.units.gelu import gelu_cycles
     from moevit.sim.units import GELU_STREAMS, gelu_op, gelu_ports
 
-    hw = HwConfig(name=f"gelu-{seed}", cols=int(rng.integers(1, 33)), post_lanes=1)
+    hw = hw or HwConfig(name=f"gelu-{seed}", cols=int(rng.integers(1, 33)), post_lanes=1)
     sizes, consts = [], {}
 
     def ports():
@@ -215,11 +218,12 @@ def _gelu(rng, seed, large):
     return RandomCase("gelu", hw, GELU_STREAMS, sequences, [gelu_cycles(int(n)) for n in ends])
 
 
-def _layernorm(rng, seed, large):
+def _layernorm(rng, seed, large, hw):
     from moevit.hw.program.descriptor import LayerNormDescriptor
     from moevit.sim.units import LAYERNORM_STREAMS, layernorm_op
 
-    hw = HwConfig(name=f"layernorm-{seed}", max_in=int(rng.integers(1, 97 if large else 33)))
+    hw = hw or HwConfig(name=f"layernorm-{seed}",
+                        max_in=int(rng.integers(1, 97 if large else 33)))
     descs = []
 
     def make_ops():

@@ -2,15 +2,24 @@
 (``make sim-long``).
 
 The long regression: every unit and the whole top bit-exact over many seeds of random gaps
-and back-pressure, reusing the random benches: per seed, the attention kernel, softmax,
-LayerNorm and GELU (:func:`moevit.sim.randomized.draw`, a random design point and random
-operations under a pause pattern per stream), the linear kernel
-(:mod:`moevit.sim.linear_cases`, a random array and random runs), the COPY engine with its
-movers (random copies, random descriptor gaps and memory pauses), and the whole top (tiny's
+and back-pressure, reusing the random benches. A unit's seeds share one design point
+(:data:`LONG_HW`), so one build and one simulation serve them all (a build takes minutes,
+a seed seconds); the random design points are the fast and slow random suites' work
+(``tests/test_sim_random_units.py``, ``tests/test_sim_linear_random.py``). Per seed: the
+attention kernel, softmax, LayerNorm and GELU (:func:`moevit.sim.randomized.draw`: random
+operations, first without pauses (their cycles equal to the cost model's), then under a
+pause pattern per stream), the linear kernel (:mod:`moevit.sim.linear_cases`: three random
+runs with random pauses), the COPY engine with its movers (random copies, random descriptor
+gaps and memory pauses; a simulation per seed on one build), and the whole top (tiny's
 PATCHIFY, first LINEAR, class-token COPY and a COPY into the output, with the memory pausing
-at random on its five channels; all seeds are runs of one simulation). ``$MOEVIT_SEEDS``
-seeds each (``make sim-long``: 100; the slow set otherwise: 2), ``MOEVIT_SEED=<n>`` one.
-Each (unit, seed) writes ``build/reliability/sim-long-<unit>/<seed>.json``.
+at random on its five channels; every seed a run of one simulation).
+
+``$MOEVIT_SEEDS`` seeds each (``make sim-long``: 100; the slow set otherwise: 2),
+``MOEVIT_SEED=<n>`` one. Each (unit, seed) writes
+``build/reliability/sim-long-<unit>/<seed>.json`` (the records of the seeds about to run
+are removed first, so a seed that a failure kept from running has none). The sequence
+units stop at the first wrong beat: the seeds before it passed, its seed failed, the rest
+did not run; ``MOEVIT_SEEDS=<its seed>`` replays it exactly (the same simulation up to it).
 """
 
 import json
@@ -115,74 +124,155 @@ def test_seeds_env(monkeypatch):
 
 
 # The long regression ----------------------------------------------------------------------
+#: The design point each unit's seeds share: mid-sized, odd shapes, two attention lanes.
+LONG_HW = {"attention": dict(score_lanes=4, max_head_dim=12, kv_depth=25, heads_parallel=2),
+           "softmax": dict(kv_depth=46), "layernorm": dict(max_in=81),
+           "gelu": dict(cols=26, post_lanes=1),
+           "linear": dict(rows=4, cols=6, post_lanes=2, max_tokens=12, max_in=40, out_depth=5,
+                          dsp_packing=2)}
+
+
 def _simulator():
     from moevit.sim.runner import default_simulator
 
     return default_simulator()
 
 
+def _fresh(unit):
+    """Remove the records of the seeds about to run (a stale pass must not outlive them)."""
+    for seed in SEEDS:
+        (reliability.results_dir(f"sim-long-{unit}") / f"{seed}.json").unlink(missing_ok=True)
+
+
+def _point(unit):
+    return ", ".join(f"{name}={value}" for name, value in LONG_HW[unit].items())
+
+
+def _long_hw(unit):
+    from moevit.hw.config import HwConfig
+
+    return HwConfig(name=f"long-{unit}", **LONG_HW[unit])
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("unit", UNITS)
-def test_sim_long_unit(unit, seed):
+def test_sim_long_unit(unit):
+    """Every seed's sequences back to back in one simulation on the unit's design point."""
+    import contextlib
+    import re
+
     from moevit.sim.randomized import draw
+    from moevit.sim.runner import SimulationError
     from moevit.sim.units import run_sequences
 
-    simulator = _simulator()
-    with record(f"sim-long-{unit}/{seed}", "seeds", "seeds bit-exact"):
-        case = draw(unit, seed, large=True)
-        print(f"MOEVIT_SEED={seed}: {case.describe()}")
-        run = run_sequences(unit, case.hw, case.streams, case.sequences,
-                            test_id=f"long-{unit}-{seed}-{simulator}", simulator=simulator,
-                            seed=seed)   # compares every output in full
-        assert run.cycles[0] == case.model_cycles, f"MOEVIT_SEED={seed}: cycles"
+    simulator, hw = _simulator(), _long_hw(unit)
+    _fresh(unit)
+    cases = {seed: draw(unit, seed, large=True, hw=hw) for seed in SEEDS}
+    owner, first = [], {}          # the seed of each sequence; each seed's first sequence
+    for seed, case in cases.items():
+        first[seed] = len(owner)
+        owner += [seed] * len(case.sequences)
+    print(f"{unit} on {_point(unit)}: seeds {SEEDS[0]}..{SEEDS[-1]}, {len(owner)} sequences, "
+          f"{sum(c.operations for c in cases.values())} operations")
+    failure = None
+    try:
+        run = run_sequences(unit, hw, cases[SEEDS[0]].streams,
+                            [s for case in cases.values() for s in case.sequences],
+                            test_id=f"long-{unit}-{simulator}", simulator=simulator)
+    except SimulationError as error:
+        failure = str(error)
+    if failure:
+        # The bench stops at the first wrong beat ("sequence <n> ..."), before it writes the
+        # cycles: that seed failed, the others are not counted. An error it cannot place (a
+        # crash, a check after the last sequence) fails every seed.
+        at = re.search(r"sequence (\d+)", failure)
+        blamed = [owner[int(at.group(1))]] if at else SEEDS
+        for seed in blamed:
+            with contextlib.suppress(AssertionError), \
+                    record(f"sim-long-{unit}/{seed}", "seeds", "seeds bit-exact"):
+                raise AssertionError(failure)
+        pytest.fail(f"{unit} MOEVIT_SEED={blamed[0]} (exact replay: MOEVIT_SEEDS={blamed[0]}; "
+                    f"the seeds before it matched in full): {failure}")
+    wrong = []
+    for seed, case in cases.items():   # the first sequence of each seed has no pauses
+        with contextlib.suppress(AssertionError), \
+                record(f"sim-long-{unit}/{seed}", "seeds", "seeds bit-exact") as counts:
+            counts["seconds"] = round(run.seconds / len(SEEDS), 2)   # its share of the run
+            cycles = run.cycles[first[seed]]
+            if cycles != case.model_cycles:
+                wrong.append(f"MOEVIT_SEED={seed}: cycles {cycles} != cost model "
+                             f"{case.model_cycles}")
+                raise AssertionError(wrong[-1])
+    print(f"{unit}: {len(SEEDS) - len(wrong)} of {len(SEEDS)} seeds bit-exact and on the cost "
+          f"model's cycles, {run.seconds:.0f} s of simulation")
+    assert not wrong, f"{unit}: {len(wrong)} seeds off the cost model; the first: {wrong[0]}"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", SEEDS)
-def test_sim_long_linear(seed):
-    from moevit.sim.linear_cases import check_runs, random_hw, random_run
+def test_sim_long_linear():
+    """Three random runs per seed, every seed's runs in one simulation; each run's pauses
+    seeded by itself (``MOEVIT_SEED=<n>`` replays seed n exactly)."""
+    from moevit.sim.linear_cases import check_runs, random_run
     from moevit.sim.units import run_linear
 
-    simulator = _simulator()
-    with record(f"sim-long-linear/{seed}", "seeds", "seeds bit-exact"):
+    simulator, hw = _simulator(), _long_hw("linear")
+    _fresh("linear")
+    runs = {}
+    for seed in SEEDS:     # three runs a seed, from the seed's own generator
         rng = np.random.default_rng([7, seed])
-        hw = random_hw(rng, name=f"long-{seed}")
-        runs = [random_run(hw, rng) for _ in range(3)]
-        print(f"MOEVIT_SEED={seed}: {hw}")
-        results, _ = run_linear(hw, runs, test_id=f"long-linear-{seed}-{simulator}",
-                                simulator=simulator)
-        check_runs(runs, results, f"MOEVIT_SEED={seed} ({hw})")
+        runs[seed] = [random_run(hw, rng) for _ in range(3)]
+    every = [run for seed in SEEDS for run in runs[seed]]
+    results, sim = run_linear(hw, every, test_id=f"long-linear-{simulator}", simulator=simulator)
+    print(f"linear on {_point('linear')}: {len(every)} runs of seeds {SEEDS[0]}..{SEEDS[-1]} in "
+          f"{sim.seconds:.0f} s of simulation")
+    failed = []
+    for k, seed in enumerate(SEEDS):
+        try:
+            with record(f"sim-long-linear/{seed}", "seeds", "seeds bit-exact") as counts:
+                counts["seconds"] = round(sim.seconds / len(SEEDS), 2)
+                check_runs(runs[seed], results[3 * k:3 * k + 3], f"MOEVIT_SEED={seed} ({hw})")
+        except AssertionError as error:
+            failed.append(str(error))
+    assert not failed, f"{len(failed)} of {len(SEEDS)} seeds failed; the first: {failed[0]}"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("seed", SEEDS)
-def test_sim_long_copy_engine(seed):
+def test_sim_long_copy_engine():
+    """A simulation per seed (random memory, copies, gaps and pauses), one build for all."""
+    from tqdm import tqdm
+
     from moevit.hw.config import DEFAULT_HW
     from moevit.hw.program.interpreter import run_instructions
     from moevit.hw.program.isa import CopyDescriptor
     from moevit.hw.top.copy import CopyEngine
     from moevit.sim.benches.engines import compare_images, run_engine
 
-    with record(f"sim-long-copy-engine/{seed}", "seeds", "seeds bit-exact"):
-        rng = np.random.default_rng([8, seed])
-        hw = DEFAULT_HW["tiny"]
-        nbytes = hw.bus_width // 8
-        memory = rng.integers(0, 256, 1 << 15, dtype=np.uint8)
-        half = len(memory) // 2
-        copies = []
-        for _ in range(6):
-            length = int(rng.integers(1, 2000))
-            src = int(rng.integers(0, (half - length) // nbytes)) * nbytes
-            dst = half + int(rng.integers(0, (half - length) // nbytes)) * nbytes
-            src, dst = (dst, src) if rng.random() < 0.5 else (src, dst)
-            copies.append(CopyDescriptor(hw, length=length, src_addr=src, dst_addr=dst))
-        want = memory.copy()
-        run_instructions(want, hw, copies)
-        got, _ = run_engine(CopyEngine(hw), hw, memory, [c.to_int() for c in copies],
-                            test_id=f"long-copy-{seed}", simulator=_simulator(), seed=seed,
-                            memory_pauses="random", gaps="random")
-        compare_images(got, want, f"MOEVIT_SEED={seed}")
+    _fresh("copy-engine")
+    hw = DEFAULT_HW["tiny"]
+    failed = []
+    for seed in tqdm(SEEDS, desc="copy engine seeds", unit="seed"):
+        try:
+            with record(f"sim-long-copy-engine/{seed}", "seeds", "seeds bit-exact"):
+                rng = np.random.default_rng([8, seed])
+                nbytes = hw.bus_width // 8
+                memory = rng.integers(0, 256, 1 << 15, dtype=np.uint8)
+                half = len(memory) // 2
+                copies = []
+                for _ in range(6):
+                    length = int(rng.integers(1, 2000))
+                    src = int(rng.integers(0, (half - length) // nbytes)) * nbytes
+                    dst = half + int(rng.integers(0, (half - length) // nbytes)) * nbytes
+                    src, dst = (dst, src) if rng.random() < 0.5 else (src, dst)
+                    copies.append(CopyDescriptor(hw, length=length, src_addr=src, dst_addr=dst))
+                want = memory.copy()
+                run_instructions(want, hw, copies)
+                got, _ = run_engine(CopyEngine(hw), hw, memory, [c.to_int() for c in copies],
+                                    test_id="long-copy", simulator=_simulator(), seed=seed,
+                                    memory_pauses="random", gaps="random")
+                compare_images(got, want, f"MOEVIT_SEED={seed}")
+        except Exception as error:   # every seed runs; the failures are reported together
+            failed.append(f"{type(error).__name__}: {error}")
+    assert not failed, f"{len(failed)} of {len(SEEDS)} seeds failed; the first: {failed[0]}"
 
 
 @pytest.mark.slow
@@ -193,14 +283,23 @@ def test_sim_long_top():
     from moevit.sim.benches.top import expected_runs, run_top
     from moevit.sim.reliability import short_program, tiny_program
 
+    _fresh("top")
     program, image = tiny_program()
     short = short_program(program, linear=True)
     runs = [{"task": 0, "images": [image], "memory_pauses": "random", "seed": s} for s in SEEDS]
     got = run_top(short, runs, test_id="long-top", simulator=_simulator(), guard=True)
+    print(f"the whole top, {len(short.instructions)} instructions of tiny: {len(SEEDS)} runs "
+          f"in {got[0]['seconds']:.0f} s of simulation")
     reference = expected_runs(short, [(0, [image])])[0]
+    failed = []
     for seed, row in zip(SEEDS, got):
-        with record(f"sim-long-top/{seed}", "seeds", "seeds bit-exact"):
-            print(f"MOEVIT_SEED={seed}: {row['cycles']} cycles")
-            assert (row["error"], row["done"], row["outside"]) == (0, 1, 0), row
-            compare_images(row["outputs"][0], reference["outputs"][0], f"seed {seed} output")
-            compare_images(row["scratch"], reference["scratch"], f"seed {seed} scratch")
+        try:
+            with record(f"sim-long-top/{seed}", "seeds", "seeds bit-exact") as counts:
+                counts["seconds"] = round(row["seconds"] / len(SEEDS), 2)
+                print(f"MOEVIT_SEED={seed}: {row['cycles']} cycles")
+                assert (row["error"], row["done"], row["outside"]) == (0, 1, 0), row
+                compare_images(row["outputs"][0], reference["outputs"][0], f"seed {seed} output")
+                compare_images(row["scratch"], reference["scratch"], f"seed {seed} scratch")
+        except AssertionError as error:
+            failed.append(str(error))
+    assert not failed, f"{len(failed)} of {len(SEEDS)} seeds failed; the first: {failed[0]}"

@@ -164,7 +164,7 @@ def _softmax(rng, seed, large, hw):
     lengths, consts = [], {}
 
     def ports():
-        mult, shift = (intops.softmax_constants(float(np.exp(rng.uniform(-12, -1))))
+        mult, shift = (intops.softmax_constants(float(np.exp(rng.uniform(-12, -1.1))))
                        if rng.random() < 0.7 else _requant(rng))
         consts.update(multiplier=mult, shift=shift)
         return dict(consts)
@@ -235,7 +235,7 @@ def _layernorm(rng, seed, large, hw):
                 else int(rng.integers(0, 2**12))
             shift = _pick(rng, 1, 47) if rng.random() < 0.3 else int(rng.integers(12, 24))
             desc = LayerNormDescriptor(hw, tokens=tokens, dim=dim, eps=eps, shift=shift)
-            gamma = rng.integers(-2**15, 2**15, dim)
+            gamma = rng.integers(-2**15 + 1, 2**15, dim)   # s16 without -2**15
             beta = rng.integers(-2**min(40, shift + 7), 2**min(40, shift + 7), dim)
             ops.append(layernorm_op(desc, _int8(rng, (tokens, dim)), gamma, beta))
             descs.append(desc)

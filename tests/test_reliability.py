@@ -3,23 +3,24 @@
 
 The long regression: every unit and the whole top bit-exact over many seeds of random gaps
 and back-pressure, reusing the random benches. A unit's seeds share one design point
-(:data:`LONG_HW`), so one build and one simulation serve them all (a build takes minutes,
-a seed seconds); the random design points are the fast and slow random suites' work
+(:data:`LONG_HW`), so one build serves them all and a simulation serves many (a build
+takes minutes, a seed seconds); the random design points are the fast and slow random suites' work
 (``tests/test_sim_random_units.py``, ``tests/test_sim_linear_random.py``). Per seed: the
 attention kernel, softmax, LayerNorm and GELU (:func:`moevit.sim.randomized.draw`: random
 operations, first without pauses (their cycles equal to the cost model's), then under a
 pause pattern per stream), the linear kernel (:mod:`moevit.sim.linear_cases`: three random
-runs with random pauses), the COPY engine with its movers (random copies, random descriptor
-gaps and memory pauses; a simulation per seed on one build), and the whole top (tiny's
+runs with random pauses), the COPY engine with its movers (random copies on a random
+memory of its own, random descriptor gaps and memory pauses), and the whole top (tiny's
 PATCHIFY, first LINEAR, class-token COPY and a COPY into the output, with the memory pausing
 at random on its five channels; every seed a run of one simulation).
 
 ``$MOEVIT_SEEDS`` seeds each (``make sim-long``: 100; the slow set otherwise: 2),
 ``MOEVIT_SEED=<n>`` one. Each (unit, seed) writes
 ``build/reliability/sim-long-<unit>/<seed>.json`` (the records of the seeds about to run
-are removed first, so a seed that a failure kept from running has none). The sequence
-units stop at the first wrong beat: the seeds before it passed, its seed failed, the rest
-did not run; ``MOEVIT_SEEDS=<its seed>`` replays it exactly (the same simulation up to it).
+are removed first, so a seed that a failure kept from running has none). A simulation of
+the sequence units (:data:`CHUNK` seeds) stops at the first wrong beat: its seed failed,
+the rest of its chunk is not counted; ``MOEVIT_SEEDS=<its seed>`` replays it exactly (the
+same chunks, the same simulation up to it).
 """
 
 import json
@@ -132,6 +133,12 @@ LONG_HW = {"attention": dict(score_lanes=4, max_head_dim=12, kv_depth=25, heads_
                           dsp_packing=2)}
 
 
+#: Seeds a simulation (so results land as it goes): the sequence units' case reaches
+#: the bench through the environment, where one variable holds at most 128 KiB (attention:
+#: about 2 KiB a seed).
+CHUNK = 25
+
+
 def _simulator():
     from moevit.sim.runner import default_simulator
 
@@ -157,7 +164,9 @@ def _long_hw(unit):
 @pytest.mark.slow
 @pytest.mark.parametrize("unit", UNITS)
 def test_sim_long_unit(unit):
-    """Every seed's sequences back to back in one simulation on the unit's design point."""
+    """The seeds' sequences back to back on the unit's design point, :data:`CHUNK` seeds a
+    simulation (one build); every seed's first sequence (no pauses) on the cost model's
+    cycles."""
     import contextlib
     import re
 
@@ -167,45 +176,47 @@ def test_sim_long_unit(unit):
 
     simulator, hw = _simulator(), _long_hw(unit)
     _fresh(unit)
-    cases = {seed: draw(unit, seed, large=True, hw=hw) for seed in SEEDS}
-    owner, first = [], {}          # the seed of each sequence; each seed's first sequence
-    for seed, case in cases.items():
-        first[seed] = len(owner)
-        owner += [seed] * len(case.sequences)
-    print(f"{unit} on {_point(unit)}: seeds {SEEDS[0]}..{SEEDS[-1]}, {len(owner)} sequences, "
-          f"{sum(c.operations for c in cases.values())} operations")
-    failure = None
-    try:
-        run = run_sequences(unit, hw, cases[SEEDS[0]].streams,
-                            [s for case in cases.values() for s in case.sequences],
-                            test_id=f"long-{unit}-{simulator}", simulator=simulator)
-    except SimulationError as error:
-        failure = str(error)
-    if failure:
-        # The bench stops at the first wrong beat ("sequence <n> ..."), before it writes the
-        # cycles: that seed failed, the others are not counted. An error it cannot place (a
-        # crash, a check after the last sequence) fails every seed.
-        at = re.search(r"sequence (\d+)", failure)
-        blamed = [owner[int(at.group(1))]] if at else SEEDS
-        for seed in blamed:
+    failures, seconds, operations = [], 0.0, 0
+    for at in range(0, len(SEEDS), CHUNK):
+        chunk = SEEDS[at:at + CHUNK]
+        cases = {seed: draw(unit, seed, large=True, hw=hw) for seed in chunk}
+        operations += sum(c.operations for c in cases.values())
+        owner, first = [], {}          # the seed of each sequence; each seed's first sequence
+        for seed, case in cases.items():
+            first[seed] = len(owner)
+            owner += [seed] * len(case.sequences)
+        try:
+            run = run_sequences(unit, hw, cases[chunk[0]].streams,
+                                [s for case in cases.values() for s in case.sequences],
+                                test_id=f"long-{unit}-{simulator}", simulator=simulator,
+                                seed=chunk[0])
+        except SimulationError as error:
+            # The bench stops at the first wrong beat ("sequence <n> ..."), before it writes
+            # the cycles: that seed failed, the chunk's others are not counted. An error it
+            # cannot place (a crash, a check after the last sequence) fails the whole chunk.
+            where = re.search(r"sequence (\d+)", str(error))
+            blamed = [owner[int(where.group(1))]] if where else chunk
+            for seed in blamed:
+                with contextlib.suppress(SimulationError), \
+                        record(f"sim-long-{unit}/{seed}", "seeds", "seeds bit-exact"):
+                    raise error
+            failures.append(f"MOEVIT_SEED={blamed[0]} (exact replay: MOEVIT_SEEDS={blamed[0]}, "
+                            f"the seeds of its chunk before it matched in full): {error}")
+            continue
+        seconds += run.seconds
+        for seed, case in cases.items():   # the first sequence of each seed has no pauses
             with contextlib.suppress(AssertionError), \
-                    record(f"sim-long-{unit}/{seed}", "seeds", "seeds bit-exact"):
-                raise AssertionError(failure)
-        pytest.fail(f"{unit} MOEVIT_SEED={blamed[0]} (exact replay: MOEVIT_SEEDS={blamed[0]}; "
-                    f"the seeds before it matched in full): {failure}")
-    wrong = []
-    for seed, case in cases.items():   # the first sequence of each seed has no pauses
-        with contextlib.suppress(AssertionError), \
-                record(f"sim-long-{unit}/{seed}", "seeds", "seeds bit-exact") as counts:
-            counts["seconds"] = round(run.seconds / len(SEEDS), 2)   # its share of the run
-            cycles = run.cycles[first[seed]]
-            if cycles != case.model_cycles:
-                wrong.append(f"MOEVIT_SEED={seed}: cycles {cycles} != cost model "
-                             f"{case.model_cycles}")
-                raise AssertionError(wrong[-1])
-    print(f"{unit}: {len(SEEDS) - len(wrong)} of {len(SEEDS)} seeds bit-exact and on the cost "
-          f"model's cycles, {run.seconds:.0f} s of simulation")
-    assert not wrong, f"{unit}: {len(wrong)} seeds off the cost model; the first: {wrong[0]}"
+                    record(f"sim-long-{unit}/{seed}", "seeds", "seeds bit-exact") as counts:
+                counts["seconds"] = round(run.seconds / len(chunk), 2)   # its share of the run
+                cycles = run.cycles[first[seed]]
+                if cycles != case.model_cycles:
+                    failures.append(f"MOEVIT_SEED={seed}: cycles {cycles} != cost model "
+                                    f"{case.model_cycles}")
+                    raise AssertionError(failures[-1])
+    print(f"{unit} on {_point(unit)}: {len(SEEDS) - len(failures)} of {len(SEEDS)} seeds "
+          f"bit-exact and on the cost model's cycles ({operations} operations), "
+          f"{seconds:.0f} s of simulation")
+    assert not failures, f"{unit}: {len(failures)} seeds failed; the first: {failures[0]}"
 
 
 @pytest.mark.slow
@@ -238,9 +249,9 @@ def test_sim_long_linear():
 
 @pytest.mark.slow
 def test_sim_long_copy_engine():
-    """A simulation per seed (random memory, copies, gaps and pauses), one build for all."""
-    from tqdm import tqdm
-
+    """:data:`CHUNK` seeds a simulation, one build: each seed's random memory and six random
+    copies on 32 KiB of its own, every copy back to back with random descriptor gaps and
+    memory pauses (seeded by the chunk's first seed)."""
     from moevit.hw.config import DEFAULT_HW
     from moevit.hw.program.interpreter import run_instructions
     from moevit.hw.program.isa import CopyDescriptor
@@ -249,36 +260,46 @@ def test_sim_long_copy_engine():
 
     _fresh("copy-engine")
     hw = DEFAULT_HW["tiny"]
-    failed = []
-    for seed in tqdm(SEEDS, desc="copy engine seeds", unit="seed"):
-        try:
-            with record(f"sim-long-copy-engine/{seed}", "seeds", "seeds bit-exact"):
-                rng = np.random.default_rng([8, seed])
-                nbytes = hw.bus_width // 8
-                memory = rng.integers(0, 256, 1 << 15, dtype=np.uint8)
-                half = len(memory) // 2
-                copies = []
-                for _ in range(6):
-                    length = int(rng.integers(1, 2000))
-                    src = int(rng.integers(0, (half - length) // nbytes)) * nbytes
-                    dst = half + int(rng.integers(0, (half - length) // nbytes)) * nbytes
-                    src, dst = (dst, src) if rng.random() < 0.5 else (src, dst)
-                    copies.append(CopyDescriptor(hw, length=length, src_addr=src, dst_addr=dst))
-                want = memory.copy()
-                run_instructions(want, hw, copies)
-                got, _ = run_engine(CopyEngine(hw), hw, memory, [c.to_int() for c in copies],
-                                    test_id="long-copy", simulator=_simulator(), seed=seed,
-                                    memory_pauses="random", gaps="random")
-                compare_images(got, want, f"MOEVIT_SEED={seed}")
-        except Exception as error:   # every seed runs; the failures are reported together
-            failed.append(f"{type(error).__name__}: {error}")
+    nbytes, block = hw.bus_width // 8, 1 << 15
+    failed, seconds = [], 0.0
+    for at in range(0, len(SEEDS), CHUNK):
+        chunk = SEEDS[at:at + CHUNK]
+        memory, copies = [], []
+        for k, seed in enumerate(chunk):   # seed k's memory at k * block
+            rng = np.random.default_rng([8, seed])
+            memory.append(rng.integers(0, 256, block, dtype=np.uint8))
+            half = block // 2
+            for _ in range(6):
+                length = int(rng.integers(1, 2000))
+                src = int(rng.integers(0, (half - length) // nbytes)) * nbytes
+                dst = half + int(rng.integers(0, (half - length) // nbytes)) * nbytes
+                src, dst = (dst, src) if rng.random() < 0.5 else (src, dst)
+                copies.append(CopyDescriptor(hw, length=length, src_addr=k * block + src,
+                                             dst_addr=k * block + dst))
+        memory = np.concatenate(memory)
+        want = memory.copy()
+        run_instructions(want, hw, copies)
+        got, summary = run_engine(CopyEngine(hw), hw, memory, [c.to_int() for c in copies],
+                                  test_id="long-copy", simulator=_simulator(), seed=chunk[0],
+                                  memory_pauses="random", gaps="random")
+        seconds += summary["seconds"]
+        for k, seed in enumerate(chunk):
+            try:
+                with record(f"sim-long-copy-engine/{seed}", "seeds", "seeds bit-exact") as counts:
+                    counts["seconds"] = round(summary["seconds"] / len(chunk), 2)
+                    part = slice(k * block, (k + 1) * block)
+                    compare_images(got[part], want[part], f"MOEVIT_SEED={seed}")
+            except AssertionError as error:
+                failed.append(str(error))
+    print(f"copy engine: {len(SEEDS) - len(failed)} of {len(SEEDS)} seeds bit-exact, "
+          f"{seconds:.0f} s of simulation")
     assert not failed, f"{len(failed)} of {len(SEEDS)} seeds failed; the first: {failed[0]}"
 
 
 @pytest.mark.slow
 def test_sim_long_top():
-    """Every seed a run of one simulation: the memory pausing at random (probability 0.3)
-    on its five channels from that seed."""
+    """Every seed a run (:data:`CHUNK` runs a simulation, one build), the memory pausing at
+    random (probability 0.3) on its five channels from that seed; guard pattern checked."""
     from moevit.sim.benches.engines import compare_images
     from moevit.sim.benches.top import expected_runs, run_top
     from moevit.sim.reliability import short_program, tiny_program
@@ -286,20 +307,27 @@ def test_sim_long_top():
     _fresh("top")
     program, image = tiny_program()
     short = short_program(program, linear=True)
-    runs = [{"task": 0, "images": [image], "memory_pauses": "random", "seed": s} for s in SEEDS]
-    got = run_top(short, runs, test_id="long-top", simulator=_simulator(), guard=True)
-    print(f"the whole top, {len(short.instructions)} instructions of tiny: {len(SEEDS)} runs "
-          f"in {got[0]['seconds']:.0f} s of simulation")
     reference = expected_runs(short, [(0, [image])])[0]
-    failed = []
-    for seed, row in zip(SEEDS, got):
-        try:
-            with record(f"sim-long-top/{seed}", "seeds", "seeds bit-exact") as counts:
-                counts["seconds"] = round(row["seconds"] / len(SEEDS), 2)
-                print(f"MOEVIT_SEED={seed}: {row['cycles']} cycles")
-                assert (row["error"], row["done"], row["outside"]) == (0, 1, 0), row
-                compare_images(row["outputs"][0], reference["outputs"][0], f"seed {seed} output")
-                compare_images(row["scratch"], reference["scratch"], f"seed {seed} scratch")
-        except AssertionError as error:
-            failed.append(str(error))
+    failed, seconds = [], 0.0
+    for at in range(0, len(SEEDS), CHUNK):
+        chunk = SEEDS[at:at + CHUNK]
+        runs = [{"task": 0, "images": [image], "memory_pauses": "random", "seed": s}
+                for s in chunk]
+        got = run_top(short, runs, test_id="long-top", simulator=_simulator(), guard=True)
+        seconds += got[0]["seconds"]
+        for seed, row in zip(chunk, got):
+            try:
+                with record(f"sim-long-top/{seed}", "seeds", "seeds bit-exact") as counts:
+                    counts["seconds"] = round(row["seconds"] / len(chunk), 2)
+                    print(f"MOEVIT_SEED={seed}: {row['cycles']} cycles")
+                    assert (row["error"], row["done"], row["outside"]) == (0, 1, 0), row
+                    compare_images(row["outputs"][0], reference["outputs"][0],
+                                   f"seed {seed} output")
+                    compare_images(row["scratch"], reference["scratch"], f"seed {seed} scratch")
+            except AssertionError as error:
+                failed.append(str(error))
+    print(f"the whole top, {len(short.instructions)} instructions of tiny (PATCHIFY, the first "
+          f"LINEAR, the class token's COPY, a COPY into the output): "
+          f"{len(SEEDS) - len(failed)} of {len(SEEDS)} seeds bit-exact, {seconds:.0f} s of "
+          f"simulation")
     assert not failed, f"{len(failed)} of {len(SEEDS)} seeds failed; the first: {failed[0]}"

@@ -1,7 +1,8 @@
 """The reliability counts: proofs, faults survived, fuzz cases, long-regression seeds.
 
-Each reliability suite (``tests/test_faults.py``, ``tests/test_fuzz*.py``, the
-long regression in ``tests/test_reliability.py``) writes what it ran into one
+Each reliability suite (``tests/test_faults.py``, the driver-level faults in
+``tests/test_host_sim.py``, ``tests/test_fuzz*.py``, the long regression in
+``tests/test_reliability.py``) writes what it ran into one
 JSON file under ``build/reliability/`` through :func:`record`: its status
 (``passed``, or ``failed`` when the suite raised), when it ran, how long it
 took, and its counts (``faults``: injected and survived; ``fuzz``: cases;
@@ -34,9 +35,10 @@ KINDS = {"faults": ("survived", "injected", "faults survived"),
          "seeds": ("passed", "seeds", "seeds bit-exact"),
          "formal": ("proven", "properties", "properties proven")}
 
-#: The fast suites ``moevit bench reliability --run`` runs first (pytest files, not slow).
-FAST_SUITES = ("test_faults.py", "test_fuzz_program.py", "test_fuzz_readers.py",
-               "test_fuzz_sim.py")
+#: The fast suites ``moevit bench reliability --run`` runs first (pytest files, not slow;
+#: test_host_sim.py: the driver-level faults on the sim backend).
+FAST_SUITES = ("test_faults.py", "test_host_sim.py", "test_fuzz_program.py",
+               "test_fuzz_readers.py", "test_fuzz_sim.py")
 
 
 def results_dir(*parts) -> Path:

@@ -27,13 +27,17 @@ from moevit.errors import ConfigError
 __all__ = ["record", "results_dir", "reliability_rows", "reliability_markdown", "print_table",
            "run_fast_suites", "hypothesis_settings", "seeds", "tiny_quantized_model",
            "tiny_program", "short_program", "program_mutations", "mutate_program", "fix_crcs",
-           "FAST_SUITES", "KINDS"]
+           "FAST_SUITES", "KINDS", "LONG_UNITS"]
 
 #: What a suite counts: its kind -> (the count passed, the count run, what they are).
 KINDS = {"faults": ("survived", "injected", "faults survived"),
          "fuzz": ("cases", "cases", "fuzz cases run"),
          "seeds": ("passed", "seeds", "seeds bit-exact"),
          "formal": ("proven", "properties", "properties proven")}
+
+#: The long regression's units (``make sim-long``, tests/test_reliability.py): a row each,
+#: "not run" until it has run.
+LONG_UNITS = ("attention", "softmax", "layernorm", "gelu", "linear", "copy-engine", "top")
 
 #: The fast suites ``moevit bench reliability --run`` runs first (pytest files, not slow;
 #: test_host_sim.py: the driver-level faults on the sim backend).
@@ -294,13 +298,18 @@ def _suite_rows():
         row["when"] = max(row["when"], entry["when"])
         row["seconds"] = round(row["seconds"] + float(entry.get("seconds", 0)), 1)
     rows.extend(grouped.values())
+    rows.extend({"suite": f"sim-long-{unit}", "what": KINDS["seeds"][2], "passed": None,
+                 "total": None, "status": "not run: make sim-long", "when": None,
+                 "seconds": None, "detail": ""}
+                for unit in LONG_UNITS if f"sim-long-{unit}" not in grouped)
     return rows
 
 
 def reliability_rows() -> list:
     """One row per suite (``suite``, ``what``, ``passed``, ``total``, ``status``,
     ``when``, ``seconds``, ``detail``): the formal checks first, then every result file
-    under ``build/reliability/``."""
+    under ``build/reliability/``, then a "not run" row for each unit of the long regression
+    that has none."""
     return _formal_rows() + _suite_rows()
 
 
@@ -325,7 +334,7 @@ def print_table(rows) -> None:
                        ("when (UTC)", "when_text", "<22", ""),
                        ("seconds", "seconds_text", ">8", ""),
                        ("  detail", "detail_text", "<0", "")])
-    if len(rows) == 1:
+    if all(r["when"] is None for r in rows):
         print("no fault, fuzz or long suite has run yet: moevit bench reliability --run, "
               "or make test / make sim-long")
 

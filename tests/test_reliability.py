@@ -33,7 +33,7 @@ from moevit.sim import reliability
 from moevit.sim.reliability import record, seeds
 
 SEEDS = seeds(2)
-UNITS = ("attention", "softmax", "layernorm", "gelu")
+UNITS = reliability.LONG_UNITS[:4]   # the sequence units: attention, softmax, LayerNorm, GELU
 
 
 # The counts -------------------------------------------------------------------------------
@@ -95,7 +95,9 @@ def test_bench_reliability_table_json_and_markdown(results, capsys):
         counts.update(injected=4, survived=4, detail="")
     assert main(["bench", "reliability", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [r["suite"] for r in rows] == ["formal", "faults-x"]
+    assert [r["suite"] for r in rows] == ["formal", "faults-x"] + [
+        f"sim-long-{unit}" for unit in reliability.LONG_UNITS]
+    assert {r["status"] for r in rows[2:]} == {"not run: make sim-long"}
     assert {"suite", "what", "passed", "total", "status", "when", "seconds", "detail"} <= \
         set(rows[1])
     assert main(["bench", "reliability"]) == 0

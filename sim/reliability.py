@@ -100,15 +100,20 @@ def hypothesis_settings(**options):
 
 def seeds(default: int) -> list:
     """The long regression's seeds: ``$MOEVIT_SEED`` alone (a replay), else ``$MOEVIT_SEEDS``
-    of them (``make sim-long``: 100), else ``default``; 1, 2, ... so a failure names its
-    seed in the test id."""
+    of them (``make sim-long``: 100; ``FIRST-LAST``: those, to share a run between
+    processes), else ``default``; 1, 2, ... so a failure names its seed in the test id."""
     import os
+    import re
 
     if os.environ.get("MOEVIT_SEED"):
         return [int(os.environ["MOEVIT_SEED"])]
     text = os.environ.get("MOEVIT_SEEDS", str(default))
+    span = re.fullmatch(r"([1-9][0-9]*)-([1-9][0-9]*)", text)
+    if span and int(span[1]) <= int(span[2]):
+        return list(range(int(span[1]), int(span[2]) + 1))
     if not text.isdigit() or int(text) < 1:
-        raise ConfigError(f"MOEVIT_SEEDS must be a positive integer, not {text!r}")
+        raise ConfigError(f"MOEVIT_SEEDS must be a positive integer or FIRST-LAST, "
+                          f"not {text!r}")
     return list(range(1, int(text) + 1))
 
 
@@ -330,7 +335,7 @@ def print_table(rows) -> None:
     wide = max(len(r["suite"]) for r in rows) + 2
     print_rows(shown, [("suite", "suite", f"<{wide}", ""), ("what", "what", "<19", ""),
                        ("passed", "passed_text", ">7", ""), ("of", "total_text", ">7", ""),
-                       ("  status", "status_text", "<24", ""),
+                       ("  status", "status_text", "<26", ""),
                        ("when (UTC)", "when_text", "<22", ""),
                        ("seconds", "seconds_text", ">8", ""),
                        ("  detail", "detail_text", "<0", "")])

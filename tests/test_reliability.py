@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 
 from moevit.cli import main
+from moevit.errors import ConfigError
 from moevit.sim import reliability
 from moevit.sim.reliability import record, seeds
 
@@ -119,9 +120,13 @@ def test_seeds_env(monkeypatch):
     monkeypatch.delenv("MOEVIT_SEED", raising=False)
     monkeypatch.setenv("MOEVIT_SEEDS", "3")
     assert seeds(2) == [1, 2, 3]
-    monkeypatch.setenv("MOEVIT_SEEDS", "x")
-    with pytest.raises(Exception, match="MOEVIT_SEEDS must be a positive integer"):
-        seeds(2)
+    monkeypatch.setenv("MOEVIT_SEEDS", "51-53")
+    assert seeds(2) == [51, 52, 53]
+    for bad in ("x", "0", "5-3", "0-4"):
+        monkeypatch.setenv("MOEVIT_SEEDS", bad)
+        with pytest.raises(ConfigError, match=rf"^MOEVIT_SEEDS must be a positive integer or "
+                                              rf"FIRST-LAST, not '{bad}'$"):
+            seeds(2)
     monkeypatch.setenv("MOEVIT_SEED", "17")
     assert seeds(2) == [17]
 
@@ -315,7 +320,8 @@ def test_sim_long_top():
         chunk = SEEDS[at:at + CHUNK]
         runs = [{"task": 0, "images": [image], "memory_pauses": "random", "seed": s}
                 for s in chunk]
-        got = run_top(short, runs, test_id="long-top", simulator=_simulator(), guard=True)
+        got = run_top(short, runs, test_id=f"long-top-{chunk[0]}", simulator=_simulator(),
+                      guard=True)
         seconds += got[0]["seconds"]
         for seed, row in zip(chunk, got):
             try:

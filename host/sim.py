@@ -409,7 +409,7 @@ if cocotb is not None:
         conn.send(case["token"])
 
         ap_ctrl, ap_start = REGMAP["ap_ctrl"].offset, REGMAP["ap_ctrl"].field("ap_start").mask
-        armed, due = [], []   # (event, cycles) for the next start; (time in ns, event) of this run
+        armed, due = [], []   # (event, cycles) for the next start; (step, event) of this run
 
         def steps(cycles):   # simulator steps: integers, so Timers land exactly
             return get_sim_steps(cycles * CLOCK_NS, "ns")

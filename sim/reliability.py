@@ -101,7 +101,7 @@ def hypothesis_settings(**options):
 def seeds(default: int) -> list:
     """The long regression's seeds: ``$MOEVIT_SEED`` alone (a replay), else ``$MOEVIT_SEEDS``
     of them (``make sim-long``: 100; ``FIRST-LAST``: those, to share a run between
-    processes), else ``default``; 1, 2, ... so a failure names its seed in the test id."""
+    processes, each its own disjoint span), else ``default``; 1, 2, ... so a failure names its seed in the test id."""
     import os
     import re
 

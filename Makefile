@@ -20,7 +20,7 @@ help:
 	@echo "             on the simulated accelerator through the host driver (bit-exact vs golden)"
 	@echo "make test     the test suite (fast part of the simulations included)"
 	@echo "make sim      all cocotb simulations (SIM=icarus|verilator)"
-	@echo "make sim-long every unit and the whole top over SEEDS=$(SEEDS) seeds of random pauses (hours)"
+	@echo "make sim-long every unit and the whole top over SEEDS=$(SEEDS) seeds of random pauses (Verilator)"
 	@echo "make formal   the formal checks (SymbiYosys): table, build/formal/summary.json"
 	@echo "make hls-csim the HLS kernels' C simulations and the whole model through the HLS top (g++), against the golden model"
 	@echo "make hls-synth the Vitis HLS / v++ scripts of the HLS top for BOARD=$(BOARD), then the AMD tool"
@@ -83,9 +83,11 @@ sim: install
 formal: install
 	$(BIN)/python -m moevit.hw.formal.run
 
-# The long regression (tests/test_reliability.py): each unit and the whole top, SEEDS seeds.
+# The long regression (tests/test_reliability.py): each unit and the whole top, SEEDS seeds,
+# on Verilator unless SIM is given; a line per unit as it ends, the copy engine's seeds on a bar.
 sim-long: install
-	MOEVIT_SEEDS=$(SEEDS) SIM=$(SIM) $(PYTEST) -q tests/test_reliability.py -k sim_long
+	MOEVIT_SEEDS=$(SEEDS) SIM=$(if $(filter file,$(origin SIM)),verilator,$(SIM)) \
+	  $(PYTEST) -v -s --durations=0 tests/test_reliability.py -k sim_long
 
 hls-csim: install
 	$(BIN)/moevit hls csim --config $(CONFIG)

@@ -17,10 +17,13 @@ A session::
         acc.cycles, acc.busy           # the counters of the last start
 
 Every wait has a timeout, counted in the device's time (the seconds the driver
-asked the backend to sleep): a run that never ends raises a
+asked the backend to sleep): a run that never ends, or that the device drops
+(idle with no ``ap_done``: a reset in its middle), raises a
 :class:`~moevit.errors.DeviceError` with the status registers, then resets the
 device and writes its registers again, so the next run works. A run that
-stops with an error code raises the same error, naming the code's meaning.
+stops with an error code raises the same error, naming the code's meaning; so
+does a run during which ``ap_start`` was written again (another host drives the
+device).
 """
 
 import time
@@ -39,9 +42,10 @@ __all__ = ["Accelerator", "BUFFER_KINDS", "task_index"]
 BUFFER_KINDS = ("program", "weights", "scratch", "input", "output")
 
 # The registers and fields the driver uses; a map without one of them is not this top's.
-_NEEDS = {"ap_ctrl": ("ap_start", "ap_done"), "gie": ("enable",), "ier": ("done",),
+_NEEDS = {"ap_ctrl": ("ap_start", "ap_done", "ap_idle"), "gie": ("enable",), "ier": ("done",),
           "isr": ("done",), "task": (), "images": (), "status": ("instruction", "image"),
-          "error": ("code",), "cycles": (), **{kind: () for kind in BUFFER_KINDS}}
+          "error": ("code", "start_while_busy"), "cycles": (),
+          **{kind: () for kind in BUFFER_KINDS}}
 
 
 class Accelerator:
@@ -253,6 +257,12 @@ class Accelerator:
                 f"The accelerator stopped with error {code} ({name}: {doc}) at instruction "
                 f"{self._field('status', 'instruction', status)} of image "
                 f"{self._field('status', 'image', status)}", {"ap_ctrl": ctrl, **self.registers()})
+        if self._field("error", "start_while_busy", error):
+            # Someone else drives this device: its registers (task, buffers) may have
+            # changed under the run, so its result is not one to return.
+            raise DeviceError("ap_start was written again while the run was busy "
+                              "(start_while_busy): another host drives this accelerator; the "
+                              "run's result is not returned", {"ap_ctrl": ctrl, **self.registers()})
         self.cycles += self._read("cycles")
         for unit in self.busy:
             self.busy[unit] += self._read(f"busy_{unit}")
@@ -260,16 +270,20 @@ class Accelerator:
     def _wait(self) -> int:
         """Poll ``ap_done`` until it rises, sleeping ever longer in between, up to ``timeout``;
         the control register as it read then."""
-        done = self.regmap["ap_ctrl"].field("ap_done").mask
+        field = self.regmap["ap_ctrl"].field
+        done, start, idle = (field(name).mask for name in ("ap_done", "ap_start", "ap_idle"))
         offset = self.regmap["ap_ctrl"].offset
         waited, pause = 0.0, 1e-6
         while not (ctrl := self.backend.read32(offset)) & done:
-            if waited >= self.timeout:
+            # ap_start holds until the run's done: idle without either, the run was lost.
+            lost = ctrl & idle and not ctrl & start
+            if lost or waited >= self.timeout:
                 registers = {"ap_ctrl": ctrl, **self.registers()}
                 self.backend.reset()
                 self._configure()
-                raise DeviceError(f"The accelerator did not finish within {self.timeout:g} s "
-                                  f"of device time; it was reset", registers)
+                why = ("went idle without finishing the run (reset in the middle of it)" if lost
+                       else f"did not finish within {self.timeout:g} s of device time")
+                raise DeviceError(f"The accelerator {why}; it was reset", registers)
             self.backend.sleep(pause)
             waited += pause
             pause = min(2 * pause, 1e-3)

@@ -16,6 +16,9 @@ from a blocking loop run beside the simulator through cocotb's thread bridge
 ``sleep``      run the clock N cycles, or until ``interrupt`` rises (a host woken by
                its interrupt)
 ``reset``      ``ap_rst_n`` low for a few cycles (the RAM keeps its bytes)
+``faults``     the memory's SLVERR / DECERR ranges (``FaultyRam.faults``)
+``pauses``     the memory's pause pattern from now on (``Host.slow``)
+``schedule``   an event (a reset, a second ``ap_start``) at a cycle after the next start
 ``close``      end the test, and so the simulator
 =============  =====================================================================
 
@@ -28,6 +31,15 @@ the demo, ``moevit run``, the notebook and the tests build a top once.
 
 A simulator that ends or crashes is a :class:`~moevit.errors.DeviceError`
 with the tail of its log, never a hang.
+
+Faults, on this backend only (beyond the :class:`~moevit.host.backend.Backend`
+contract; the driver never calls them): :meth:`SimBackend.inject` makes the
+memory answer SLVERR or DECERR for a range of a buffer, :meth:`SimBackend.pause_memory`
+slows it (``"stall"``: stalls of thousands of cycles), :meth:`SimBackend.schedule`
+resets the top or writes ``ap_start`` again a number of cycles into the next run.
+The reliability tests inject through them what the RTL suite injects
+(``tests/test_faults.py``) and check that the driver turns each into a clear error
+and recovers.
 """
 
 import hashlib
@@ -50,7 +62,13 @@ from moevit.host.backend import Backend, Buffer
 __all__ = ["SimBackend", "SimBuffer", "top_verilog", "TOPLEVEL"]
 
 TOPLEVEL = "moevit_top"
-PAUSES = ("none", "fixed", "random")   # moevit.sim.streams.pauses
+#: Memory pause patterns: :func:`moevit.sim.streams.pauses`' kinds, and ``"stall"``
+#: (:func:`moevit.sim.benches.top.stalls`).
+PAUSES = ("none", "fixed", "random", "stall")
+RESPONSES = ("SLVERR", "DECERR")
+SIDES = (None, "read", "write")
+#: What :meth:`SimBackend.schedule` can do in the middle of a run.
+EVENTS = ("reset", "start")
 #: The first buffer's address, and every buffer's alignment.
 BASE_ADDRESS, ALIGN = 0x0010_0000, 4096
 _sessions = itertools.count()
@@ -124,9 +142,8 @@ class SimBackend(Backend):
     simulator : str
         ``"verilator"`` (default: fast on a whole model) or ``"icarus"``.
     memory_pauses : str
-        ``"none"``, ``"fixed"`` or ``"random"``: the memory's pause pattern on
-        every channel (:func:`moevit.sim.streams.pauses`), with ``seed`` and
-        ``probability``.
+        One of :data:`PAUSES`: the memory's pause pattern on every channel
+        (:meth:`pause_memory`), with ``seed`` and ``probability``.
     memory_bytes : int
         Size of the simulated memory.
     start_timeout : float
@@ -167,12 +184,12 @@ class SimBackend(Backend):
         self.clock_hz = self.hw.clock_mhz * 1e6
         self.memory_bytes, self._next = int(memory_bytes), BASE_ADDRESS
         self._conn = self._process = None
+        self._faults = []
         self.verilog = top_verilog(self.hw)
         self.regmap_path = self.verilog.parent / "moevit_control.json"
-        self._start(simulator, {"memory_pauses": memory_pauses, "seed": int(seed),
-                                "probability": float(probability),
-                                "memory_bytes": self.memory_bytes},
-                    start_timeout, progress)
+        self._start(simulator, {"memory_bytes": self.memory_bytes}, start_timeout, progress)
+        if memory_pauses != "none":
+            self.pause_memory(memory_pauses, seed=seed, probability=probability)
 
     # The child process ----------------------------------------------------------------
     def _start(self, simulator, case, timeout, progress):
@@ -307,6 +324,51 @@ class SimBackend(Backend):
                 shutil.rmtree(self._sim_log.parent, ignore_errors=True)
                 self.log.unlink(missing_ok=True)
 
+    # Faults (this backend only) -------------------------------------------------------------
+    def inject(self, response, buffer, *, offset=0, nbytes=None, side=None):
+        """From now until :meth:`clear_faults`, the memory answers ``response`` (``"SLVERR"`` or
+        ``"DECERR"``) to every burst that touches bytes ``[offset, offset + nbytes)`` of
+        ``buffer`` (default: all of it), on ``side`` (``"read"``, ``"write"``; None: both).
+        Faults add up."""
+        if response not in RESPONSES:
+            raise ConfigError(f"A memory fault's response must be one of {RESPONSES}, "
+                              f"not {response!r}")
+        if side not in SIDES:
+            raise ConfigError(f"A memory fault's side must be one of {SIDES}, not {side!r}")
+        if not isinstance(buffer, SimBuffer) or buffer.backend is not self:
+            raise ConfigError(f"A memory fault needs a buffer of this device, not {buffer!r}")
+        nbytes = buffer.nbytes - offset if nbytes is None else nbytes
+        buffer._check(offset, nbytes)
+        start = buffer.address + offset
+        self._faults.append((start, start + nbytes, response, *([side] if side else [])))
+        self._call("faults", self._faults)
+
+    def clear_faults(self):
+        """The memory answers OKAY again everywhere."""
+        self._faults = []
+        self._call("faults", self._faults)
+
+    def pause_memory(self, kind, *, seed=0, probability=0.3, **stalls):
+        """From now on, pause the memory's five channels on the pattern ``kind`` (one of
+        :data:`PAUSES`, from ``seed``; ``probability`` for ``"random"``; ``stalls``: the
+        keywords of :func:`moevit.sim.benches.top.stalls` for ``"stall"``)."""
+        if kind not in PAUSES:
+            raise ConfigError(f"Memory pauses must be one of {PAUSES}, not {kind!r}")
+        if stalls and kind != "stall":
+            raise ConfigError(f"Stall options {sorted(stalls)} need memory pauses 'stall', "
+                              f"not {kind!r}")
+        self._call("pauses", kind, int(seed), float(probability), stalls)
+
+    def schedule(self, event, cycles):
+        """``event`` (one of :data:`EVENTS`: ``"reset"`` pulses ``ap_rst_n``, ``"start"``
+        writes ``ap_start`` again) ``cycles`` after the next write of ``ap_start``, if the
+        run is still going then (it happens while the driver sleeps)."""
+        if event not in EVENTS:
+            raise ConfigError(f"A scheduled event must be one of {EVENTS}, not {event!r}")
+        if isinstance(cycles, bool) or not isinstance(cycles, int) or cycles < 1:
+            raise ConfigError(f"Cycles must be a positive integer, not {cycles!r}")
+        self._call("schedule", event, cycles)
+
     def __del__(self):
         if getattr(self, "_process", None) is not None and self._process.poll() is None:
             self._kill()
@@ -330,7 +392,9 @@ except ImportError:  # the driver's side needs no cocotb
 if cocotb is not None:
     from cocotb.task import bridge, resume
     from cocotb.triggers import First, RisingEdge, Timer
+    from cocotb.utils import get_sim_steps, get_sim_time
 
+    from moevit.hw.program.regmap import REGMAP
     from moevit.sim.benches.common import CLOCK_NS
 
     @cocotb.test()
@@ -344,19 +408,51 @@ if cocotb is not None:
         conn = Connection(sock.detach())
         conn.send(case["token"])
 
+        ap_ctrl, ap_start = REGMAP["ap_ctrl"].offset, REGMAP["ap_ctrl"].field("ap_start").mask
+        armed, due = [], []   # (event, cycles) for the next start; (step, event) of this run
+
+        def steps(cycles):   # simulator steps: integers, so Timers land exactly
+            return get_sim_steps(cycles * CLOCK_NS, "ns")
+
+        async def write32(offset, value):
+            await host.regs.write_dword(offset, value)
+            if offset == ap_ctrl and value & ap_start:
+                now = int(get_sim_time())
+                due[:] = sorted((now + steps(cycles), event) for event, cycles in armed)
+                armed.clear()
+
         async def sleep(cycles):
             # A Timer, not ClockCycles (which wakes Python at every edge): the simulator
-            # runs free until the time is up or the interrupt rises.
-            if not int(dut.interrupt.value):
-                await First(Timer(cycles * CLOCK_NS, unit="ns"), RisingEdge(dut.interrupt))
+            # runs free until the time is up, the interrupt rises or an event is due. Events
+            # happen here, never inside a bus access.
+            end = int(get_sim_time()) + steps(cycles)
+            while not int(dut.interrupt.value) and (now := int(get_sim_time())) < end:
+                until = min([at for at, _ in due if at < end] + [end])
+                if until > now:
+                    await First(Timer(until - now, unit="step"), RisingEdge(dut.interrupt))
+                while due and due[0][0] <= int(get_sim_time()) and not int(dut.interrupt.value):
+                    _, event = due.pop(0)
+                    if event == "reset":
+                        await reset(dut)
+                    else:
+                        await host.regs.write_dword(ap_ctrl, ap_start)
+
+        def faults(ranges):
+            host.ram.faults = [tuple(r) for r in ranges]
+
+        async def pauses(kind, seed, probability, stalls):   # starts cocotb tasks: resumed
+            host.slow(kind, seed, probability, stalls)
 
         commands = {
             "read32": resume(host.regs.read_dword),
-            "write32": resume(host.regs.write_dword),
+            "write32": resume(write32),
             "write": host.ram.write,
             "read": host.ram.read,
             "sleep": resume(sleep),
             "reset": resume(lambda: reset(dut)),
+            "faults": faults,
+            "pauses": resume(pauses),
+            "schedule": lambda event, cycles: armed.append((event, cycles)),
         }
 
         @bridge

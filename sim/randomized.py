@@ -71,10 +71,11 @@ class RandomCase:
         return f"{self.unit} on {point}: {self.operations} operations"
 
 
-def draw(unit, seed, *, large=False) -> RandomCase:
-    """The random case of ``unit`` for ``seed``; ``large`` allows longer shapes (slow set)."""
+def draw(unit, seed, *, large=False, hw=None) -> RandomCase:
+    """The random case of ``unit`` for ``seed``; ``large`` allows longer shapes (slow set);
+    ``hw``: this design point instead of a random one (many seeds on one build)."""
     rng = np.random.default_rng([UNITS.index(unit), seed])
-    return _DRAW[unit](rng, seed, large)
+    return _DRAW[unit](rng, seed, large, hw)
 
 
 def _sequences(rng, streams, make_ops, ports=None, *, large=False):
@@ -120,15 +121,17 @@ def _int8(rng, shape):
     return rng.integers(-128, 128, shape)
 
 
-def _attention(rng, seed, large):
+def _attention(rng, seed, large, hw):
     from moevit.hw.program.descriptor import AttentionDescriptor
     from moevit.sim.units import attention_op, attention_streams
 
-    lanes = int(rng.choice([1, 2, 4, 8]))
-    hw = HwConfig(name=f"attention-{seed}", score_lanes=lanes,
-                  max_head_dim=lanes * int(rng.integers(1, 5)),
-                  kv_depth=int(rng.integers(1, 49 if large else 17)),
-                  heads_parallel=int(rng.integers(1, 4)))
+    if hw is None:
+        lanes = int(rng.choice([1, 2, 4, 8]))
+        hw = HwConfig(name=f"attention-{seed}", score_lanes=lanes,
+                      max_head_dim=lanes * int(rng.integers(1, 5)),
+                      kv_depth=int(rng.integers(1, 49 if large else 17)),
+                      heads_parallel=int(rng.integers(1, 4)))
+    lanes = hw.score_lanes
     descs = []
 
     def make_ops():
@@ -153,15 +156,15 @@ def _attention(rng, seed, large):
     return RandomCase("attention", hw, streams, sequences, _ends(first))
 
 
-def _softmax(rng, seed, large):
+def _softmax(rng, seed, large, hw):
     from moevit.hw.units.softmax import row_ends
     from moevit.sim.units import SOFTMAX_STREAMS, softmax_op
 
-    hw = HwConfig(name=f"softmax-{seed}", kv_depth=int(rng.integers(1, 97 if large else 33)))
+    hw = hw or HwConfig(name=f"softmax-{seed}", kv_depth=int(rng.integers(1, 97 if large else 33)))
     lengths, consts = [], {}
 
     def ports():
-        mult, shift = (intops.softmax_constants(float(np.exp(rng.uniform(-12, -1))))
+        mult, shift = (intops.softmax_constants(float(np.exp(rng.uniform(-12, -1.1))))
                        if rng.random() < 0.7 else _requant(rng))
         consts.update(multiplier=mult, shift=shift)
         return dict(consts)
@@ -187,11 +190,11 @@ def _softmax(rng, seed, large):
                       row_ends(lengths[:len(sequences[0].ops)]))
 
 
-def _gelu(rng, seed, large):
+def _gelu(rng, seed, large, hw):
     from moevit.hw.units.gelu import gelu_cycles
     from moevit.sim.units import GELU_STREAMS, gelu_op, gelu_ports
 
-    hw = HwConfig(name=f"gelu-{seed}", cols=int(rng.integers(1, 33)), post_lanes=1)
+    hw = hw or HwConfig(name=f"gelu-{seed}", cols=int(rng.integers(1, 33)), post_lanes=1)
     sizes, consts = [], {}
 
     def ports():
@@ -215,16 +218,17 @@ def _gelu(rng, seed, large):
     return RandomCase("gelu", hw, GELU_STREAMS, sequences, [gelu_cycles(int(n)) for n in ends])
 
 
-def _layernorm(rng, seed, large):
+def _layernorm(rng, seed, large, hw):
     from moevit.hw.program.descriptor import LayerNormDescriptor
     from moevit.sim.units import LAYERNORM_STREAMS, layernorm_op
 
     # Lanes 1 to 16 (a bus wide enough for them), rows of 1 to 32 (96) beats, at most
-    # the unit's 1024 values.
-    lanes = 1 << int(rng.integers(0, 5))
-    beats = min(96 if large else 32, 1024 // lanes)
-    hw = HwConfig(name=f"layernorm-{seed}", norm_lanes=lanes, bus_width=max(128, 8 * lanes),
-                  max_in=lanes * int(rng.integers(1, beats + 1)))
+    # the unit's 1024 values; or the given design point (the long regression's).
+    if hw is None:
+        lanes = 1 << int(rng.integers(0, 5))
+        beats = min(96 if large else 32, 1024 // lanes)
+        hw = HwConfig(name=f"layernorm-{seed}", norm_lanes=lanes, bus_width=max(128, 8 * lanes),
+                      max_in=lanes * int(rng.integers(1, beats + 1)))
     descs = []
 
     def make_ops():

@@ -1,7 +1,8 @@
 """The reliability counts: proofs, faults survived, fuzz cases, long-regression seeds.
 
-Each reliability suite (``tests/test_faults.py``, ``tests/test_fuzz*.py``, the
-long regression in ``tests/test_reliability.py``) writes what it ran into one
+Each reliability suite (``tests/test_faults.py``, the driver-level faults in
+``tests/test_host_sim.py``, ``tests/test_fuzz*.py``, the long regression in
+``tests/test_reliability.py``) writes what it ran into one
 JSON file under ``build/reliability/`` through :func:`record`: its status
 (``passed``, or ``failed`` when the suite raised), when it ran, how long it
 took, and its counts (``faults``: injected and survived; ``fuzz``: cases;
@@ -26,7 +27,7 @@ from moevit.errors import ConfigError
 __all__ = ["record", "results_dir", "reliability_rows", "reliability_markdown", "print_table",
            "run_fast_suites", "hypothesis_settings", "seeds", "tiny_quantized_model",
            "tiny_program", "short_program", "program_mutations", "mutate_program", "fix_crcs",
-           "FAST_SUITES", "KINDS"]
+           "FAST_SUITES", "KINDS", "LONG_UNITS"]
 
 #: What a suite counts: its kind -> (the count passed, the count run, what they are).
 KINDS = {"faults": ("survived", "injected", "faults survived"),
@@ -34,9 +35,14 @@ KINDS = {"faults": ("survived", "injected", "faults survived"),
          "seeds": ("passed", "seeds", "seeds bit-exact"),
          "formal": ("proven", "properties", "properties proven")}
 
-#: The fast suites ``moevit bench reliability --run`` runs first (pytest files, not slow).
-FAST_SUITES = ("test_faults.py", "test_fuzz_program.py", "test_fuzz_readers.py",
-               "test_fuzz_sim.py")
+#: The long regression's units (``make sim-long``, tests/test_reliability.py): a row each,
+#: "not run" until it has run.
+LONG_UNITS = ("attention", "softmax", "layernorm", "gelu", "linear", "copy-engine", "top")
+
+#: The fast suites ``moevit bench reliability --run`` runs first (pytest files, not slow;
+#: test_host_sim.py: the driver-level faults on the sim backend).
+FAST_SUITES = ("test_faults.py", "test_host_sim.py", "test_fuzz_program.py",
+               "test_fuzz_readers.py", "test_fuzz_sim.py")
 
 
 def results_dir(*parts) -> Path:
@@ -94,15 +100,20 @@ def hypothesis_settings(**options):
 
 def seeds(default: int) -> list:
     """The long regression's seeds: ``$MOEVIT_SEED`` alone (a replay), else ``$MOEVIT_SEEDS``
-    of them (``make sim-long``: 100), else ``default``; 1, 2, ... so a failure names its
-    seed in the test id."""
+    of them (``make sim-long``: 100; ``FIRST-LAST``: those, to share a run between
+    processes, each its own disjoint span), else ``default``; 1, 2, ... so a failure names its seed in the test id."""
     import os
+    import re
 
     if os.environ.get("MOEVIT_SEED"):
         return [int(os.environ["MOEVIT_SEED"])]
     text = os.environ.get("MOEVIT_SEEDS", str(default))
+    span = re.fullmatch(r"([1-9][0-9]*)-([1-9][0-9]*)", text)
+    if span and int(span[1]) <= int(span[2]):
+        return list(range(int(span[1]), int(span[2]) + 1))
     if not text.isdigit() or int(text) < 1:
-        raise ConfigError(f"MOEVIT_SEEDS must be a positive integer, not {text!r}")
+        raise ConfigError(f"MOEVIT_SEEDS must be a positive integer or FIRST-LAST, "
+                          f"not {text!r}")
     return list(range(1, int(text) + 1))
 
 
@@ -292,13 +303,18 @@ def _suite_rows():
         row["when"] = max(row["when"], entry["when"])
         row["seconds"] = round(row["seconds"] + float(entry.get("seconds", 0)), 1)
     rows.extend(grouped.values())
+    rows.extend({"suite": f"sim-long-{unit}", "what": KINDS["seeds"][2], "passed": None,
+                 "total": None, "status": "not run: make sim-long", "when": None,
+                 "seconds": None, "detail": ""}
+                for unit in LONG_UNITS if f"sim-long-{unit}" not in grouped)
     return rows
 
 
 def reliability_rows() -> list:
     """One row per suite (``suite``, ``what``, ``passed``, ``total``, ``status``,
     ``when``, ``seconds``, ``detail``): the formal checks first, then every result file
-    under ``build/reliability/``."""
+    under ``build/reliability/``, then a "not run" row for each unit of the long regression
+    that has none."""
     return _formal_rows() + _suite_rows()
 
 
@@ -319,11 +335,11 @@ def print_table(rows) -> None:
     wide = max(len(r["suite"]) for r in rows) + 2
     print_rows(shown, [("suite", "suite", f"<{wide}", ""), ("what", "what", "<19", ""),
                        ("passed", "passed_text", ">7", ""), ("of", "total_text", ">7", ""),
-                       ("  status", "status_text", "<24", ""),
+                       ("  status", "status_text", "<26", ""),
                        ("when (UTC)", "when_text", "<22", ""),
                        ("seconds", "seconds_text", ">8", ""),
                        ("  detail", "detail_text", "<0", "")])
-    if len(rows) == 1:
+    if all(r["when"] is None for r in rows):
         print("no fault, fuzz or long suite has run yet: moevit bench reliability --run, "
               "or make test / make sim-long")
 

@@ -245,6 +245,50 @@ def test_a_device_that_never_finishes_times_out_is_reset_and_works_again(tiny, r
     assert device.starts == 2 and device.remaining is None
 
 
+def test_a_run_lost_to_a_reset_is_named_at_once_and_the_next_run_works(tiny, regmap_json):
+    """A reset from outside in the middle of a run (idle, neither ap_start nor ap_done): the
+    driver says so at its next poll, not at the timeout, and writes its registers again."""
+    from moevit.model.integer import golden
+
+    qmodel, _, images = tiny
+    device, acc = device_and_driver(tiny, regmap_json, timeout=1.0)
+    device.hang = True
+    sleep = device.sleep
+    device.sleep = lambda seconds: device.reset()    # a reset while the driver waits
+    with pytest.raises(DeviceError, match=r"^The accelerator went idle without finishing the run "
+                                          r"\(reset in the middle of it\); it was reset "
+                                          r"\[ap_ctrl=0x4, .*\]$"):
+        acc.predict(images[:1])
+    assert device.resets == 2     # the one from outside and the driver's
+    assert all(device.value(kind) == buffer.address for kind, buffer in device.buffers.items())
+    device.hang, device.sleep = False, sleep
+    assert np.array_equal(acc.predict(images[:1])[0],
+                          golden.run(qmodel, images[0], 0, record=False).output)
+
+
+def test_a_start_while_busy_is_a_device_error_and_the_next_run_works(tiny, regmap_json):
+    """Another host wrote ap_start during the run: the run's result is not returned."""
+    from moevit.model.integer import golden
+
+    qmodel, _, images = tiny
+    device, acc = device_and_driver(tiny, regmap_json)
+    finish = device._finish
+
+    def finish_flagged():          # the control block's flag, as the RTL sets it
+        finish()
+        device.set("error", device.field("error", "start_while_busy"))
+
+    device._finish = finish_flagged
+    with pytest.raises(DeviceError, match=r"^ap_start was written again while the run was busy "
+                                          r"\(start_while_busy\): another host drives this "
+                                          r"accelerator; the run's result is not returned "
+                                          r"\[.*error=0x100.*\]$"):
+        acc.predict(images[:1])
+    device._finish = finish
+    assert np.array_equal(acc.predict(images[:1])[0],
+                          golden.run(qmodel, images[0], 0, record=False).output)
+
+
 @pytest.mark.parametrize("bad, message, error", [
     (lambda x: x[:, :, :5], r"^Images of shape \(1, 3, 5, 64\) do not fit the program's input: "
                             r"expected \(N, 3, 64, 64\)$", ConfigError),

@@ -1,10 +1,22 @@
 """The driver on the ``sim`` backend: the co-simulated RTL top of ``tiny`` (Verilator, its build
 cached and shared), bit for bit with the golden model — every task, a task switch, two images
 from one start, an error run and a hung run each followed by a good run, a simulator that
-dies — and ``moevit run`` and the flow object on the same top."""
+dies — and ``moevit run`` and the flow object on the same top.
+
+Driver-level faults: through :meth:`Accelerator.predict`, each fault the RTL suite injects
+(``tests/test_faults.py``), armed in the simulated device (:meth:`SimBackend.inject`,
+``pause_memory``, ``schedule``): SLVERR and DECERR on reads (program, weights, input,
+scratch) and on writes (scratch, output), a reset in the middle of a run (the driver's
+timeout, or from outside), ``ap_start`` written while busy. Each raises a
+:class:`DeviceError` of one line naming the cause, with the register dump, and the next
+``predict`` is bit-exact with the golden model; under a memory that stalls for thousands of
+cycles a run completes bit-exact, slower. A few in ``make test``, all in the slow set; the
+counts go to ``build/reliability/`` (``moevit bench reliability``).
+"""
 
 import json
 import os
+import re
 import signal
 
 import numpy as np
@@ -15,6 +27,7 @@ from moevit.host.driver import Accelerator
 from moevit.host.sim import SimBackend
 from moevit.hw.program.program import HEADER_WORDS
 from moevit.sim.benches.engines import replay_seed
+from moevit.sim.reliability import record
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +53,11 @@ def with_opcode(program, index, opcode):
 
 def test_sim_backend_recovers_and_runs_tiny_bit_for_bit(tiny):
     """The fast case of ``make test`` (one whole image; the first build of the top takes
-    minutes, then it is reused): a bad opcode stops a run with its code, a run cut short
-    by the timeout is reset by the driver, then a whole image is bit-exact with the golden
-    model; a task switch sends no byte; a killed simulator is a DeviceError, not a hang."""
+    minutes, then it is reused): a bad opcode stops a run with its code; the driver-level
+    faults that end a run early (:data:`FEW`: a run cut short by the timeout and reset by
+    the driver, SLVERR on a read, SLVERR on a write, a reset from outside) each raise their
+    one-line error; then a whole image is bit-exact with the golden model; a task switch
+    sends no byte; a killed simulator is a DeviceError, not a hang."""
     qmodel, program, images = tiny
     with SimBackend(program=program, progress=False) as device:
         acc = Accelerator(device, program, device.regmap_path).load()
@@ -52,17 +67,19 @@ def test_sim_backend_recovers_and_runs_tiny_bit_for_bit(tiny):
                                               r"instruction 1 of image 0 \[ap_ctrl=.*error=0x1"):
             acc.predict(images[:1])
         acc.buffers["program"].write(program.encode())
-        acc.timeout = 2e-6                        # 500 cycles: the run is cut short
-        with pytest.raises(DeviceError, match=r"^The accelerator did not finish within 2e-06 s "
-                                              r"of device time; it was reset \[ap_ctrl=0x1"):
-            acc.predict(images[:1], "depth")
-        acc.timeout = 1.0
-        sent = acc.bytes_written
-        acc.task = "semseg"
-        acc.task = "depth"                        # switches: a register each, no byte
-        assert acc.bytes_written == sent
-        got = acc.predict(images[:1])
-        assert np.array_equal(got, golden_maps(qmodel, images[:1], "depth"))
+        with record("faults-driver-sim-few", "faults", "driver-level faults, sim backend") \
+                as counts:
+            for name, arm in FEW:    # each run after a fault meets the next fault, or the good run
+                expect_fault(acc, device, images[:1], name, arm, SHORT_RUN)
+            sent = acc.bytes_written
+            acc.task = "semseg"
+            acc.task = "depth"                        # switches: a register each, no byte
+            assert acc.bytes_written == sent
+            got = acc.predict(images[:1])
+            assert np.array_equal(got, golden_maps(qmodel, images[:1], "depth"))
+            counts.update(injected=len(FEW), survived=len(FEW),
+                          detail=f"faults that end a run early, back to back, then a good run "
+                                 f"(tiny, {acc.cycles} cycles)")
         print(f"depth: {acc.cycles} cycles an image, busy {acc.busy}")
         assert 0 < acc.busy["linear"] < acc.cycles
 
@@ -70,6 +87,129 @@ def test_sim_backend_recovers_and_runs_tiny_bit_for_bit(tiny):
         with pytest.raises(DeviceError, match=r"^The simulator (ended unexpectedly|closed its "
                                               r"connection|is gone)"):
             acc.predict(images[:1])
+
+
+# Driver-level faults ----------------------------------------------------------------------
+MEMORY = (r"^The accelerator stopped with error 3 \(memory: the memory answered SLVERR or "
+          r"DECERR\) at instruction \d+ of image 0 \[ap_ctrl=0x[0-9a-f]+, .*error=0x3, ")
+#: The cycles the fast case takes for a run (its faults come within the first few thousand).
+SHORT_RUN = 4000
+
+
+def memory_fault(response, buffer, side):
+    """``(name, arm)``: the memory answers ``response`` on ``side`` for all of ``buffer``."""
+    def arm(acc, device, cycles):
+        device.inject(response, acc.buffers[buffer], side=side)
+        return MEMORY
+    return f"{response} on the {buffer} {side}", arm
+
+
+def timeout_reset(acc, device, cycles):
+    """The driver's own timeout at a quarter of a run's ``cycles``: a reset mid-run."""
+    acc.timeout = cycles / 4 / device.clock_hz
+    return (r"^The accelerator did not finish within \S+ s of device time; it was reset "
+            r"\[ap_ctrl=0x1")
+
+
+def outside_reset(acc, device, cycles):
+    """``ap_rst_n`` pulsed from outside (a PL reset, a watchdog) half way through."""
+    device.schedule("reset", cycles // 2)
+    return (r"^The accelerator went idle without finishing the run \(reset in the middle of "
+            r"it\); it was reset \[ap_ctrl=0x4, ")
+
+
+def start_while_busy(acc, device, cycles):
+    """Another host writes ``ap_start`` a third of the way through."""
+    device.schedule("start", cycles // 3)
+    return (r"^ap_start was written again while the run was busy \(start_while_busy\): another "
+            r"host drives this accelerator; the run's result is not returned \[.*error=0x100, ")
+
+
+TIMEOUT = ("a timeout that resets in the middle of the run", timeout_reset)
+OUTSIDE = ("a reset from outside in the middle of the run", outside_reset)
+ALL = [memory_fault("SLVERR", "program", "read"), memory_fault("DECERR", "input", "read"),
+       memory_fault("SLVERR", "weights", "read"), memory_fault("DECERR", "scratch", "read"),
+       memory_fault("SLVERR", "scratch", "write"), OUTSIDE, TIMEOUT,
+       ("a start while busy", start_while_busy), memory_fault("DECERR", "output", "write")]
+FEW = [TIMEOUT, memory_fault("SLVERR", "weights", "read"),
+       memory_fault("SLVERR", "scratch", "write"), OUTSIDE]
+
+
+def expect_fault(acc, device, images, name, arm, cycles):
+    """Arm the fault ``name`` (``cycles``: a run's), run ``images``: a one-line
+    :class:`DeviceError` naming the cause, with the register dump; then disarm it."""
+    message = arm(acc, device, cycles)
+    with pytest.raises(DeviceError) as caught:
+        acc.predict(images)
+    text, dump = str(caught.value), caught.value.registers
+    print(f"{name}: {text[:160]}...")
+    assert re.match(message, text) and "\n" not in text, f"{name}: {text}"
+    assert {"ap_ctrl", "status", "error", "cycles", "program"} <= set(dump), name
+    device.clear_faults()
+    acc.timeout = 1.0
+    return caught.value
+
+
+@pytest.mark.slow
+def test_driver_turns_every_fault_into_a_clear_error_and_recovers(tiny):
+    """Every fault of :data:`ALL`, each followed by a run bit-exact with the golden model in
+    the same cycles as before it; then a memory that stalls 2,000 to 4,000 cycles at a time:
+    the run completes bit-exact, slower."""
+    qmodel, program, images = tiny
+    with SimBackend(program=program, progress=False) as device:
+        acc = Accelerator(device, program, device.regmap_path).load()
+        want = golden_maps(qmodel, images[:1], acc.task)
+        assert np.array_equal(acc.predict(images[:1]), want)
+        good = acc.cycles
+        with record("faults-driver-sim-all", "faults", "driver-level faults, sim backend") \
+                as counts:
+            counts.update(injected=len(ALL) + 1, survived=0)
+            for name, arm in ALL:
+                error = expect_fault(acc, device, images[:1], name, arm, good)
+                if arm is timeout_reset:   # the dump says where: past the first instruction
+                    assert acc._field("status", "instruction", error.registers["status"]) > 0
+                assert np.array_equal(acc.predict(images[:1]), want), f"after {name}"
+                assert acc.cycles == good, f"after {name}: {acc.cycles} cycles, not {good}"
+                counts["survived"] += 1
+            device.pause_memory("stall", seed=replay_seed(), shortest=2000, longest=4000)
+            assert np.array_equal(acc.predict(images[:1]), want), "under a stalling memory"
+            stalled = acc.cycles
+            print(f"a stalling memory: {stalled} cycles, a good run {good}")
+            assert stalled > good + 1000, f"the stalls cost {stalled - good} cycles only"
+            device.pause_memory("none")
+            assert np.array_equal(acc.predict(images[:1]), want) and acc.cycles == good
+            counts["survived"] += 1
+            counts["detail"] = (f"each fault followed by a bit-exact run (tiny, {good} cycles); "
+                                f"the stalled run {stalled} cycles")
+
+
+def test_bad_faults_are_refused():
+    """The fault methods check their arguments before anything reaches the simulator."""
+    from moevit.errors import ConfigError
+    from moevit.host.sim import SimBuffer
+
+    device = SimBackend.__new__(SimBackend)      # no simulator: every check comes first
+    device._faults = []
+    buffer = SimBuffer(device, "weights", 0x10_0000, 64)
+    cases = [(lambda: device.inject("OKAY", buffer),
+              r"^A memory fault's response must be one of \('SLVERR', 'DECERR'\), not 'OKAY'$"),
+             (lambda: device.inject("SLVERR", buffer, side="both"),
+              r"^A memory fault's side must be one of \(None, 'read', 'write'\), not 'both'$"),
+             (lambda: device.inject("SLVERR", b"weights"),
+              r"^A memory fault needs a buffer of this device, not b'weights'$"),
+             (lambda: device.inject("SLVERR", buffer, offset=60, nbytes=8),
+              r"^Buffer 'weights': bytes 60\.\.68 lie outside its 64 bytes$"),
+             (lambda: device.pause_memory("often"),
+              r"^Memory pauses must be one of \('none', 'fixed', 'random', 'stall'\), not "
+              r"'often'$"),
+             (lambda: device.pause_memory("random", shortest=5),
+              r"^Stall options \['shortest'\] need memory pauses 'stall', not 'random'$"),
+             (lambda: device.schedule("stop", 10),
+              r"^A scheduled event must be one of \('reset', 'start'\), not 'stop'$"),
+             (lambda: device.schedule("reset", 0), r"^Cycles must be a positive integer, not 0$")]
+    for call, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            call()
 
 
 @pytest.mark.slow
@@ -146,7 +286,7 @@ def test_flow_predicts_the_same_on_golden_and_sim(tiny):
     ({"hw": "tiny", "simulator": "xsim"}, r"^Simulator must be one of \('icarus', 'verilator'\), "
                                           r"not 'xsim'$"),
     ({"hw": "tiny", "memory_pauses": "often"}, r"^Memory pauses must be one of \('none', "
-                                               r"'fixed', 'random'\), not 'often'$"),
+                                               r"'fixed', 'random', 'stall'\), not 'often'$"),
     ({"hw": "huge"}, r"huge"),
 ])
 def test_bad_sim_options_are_refused_before_the_simulator_starts(options, message):

@@ -112,7 +112,8 @@ def test_bench_top_runs_the_named_config(tmp_path, monkeypatch, capsys):
     def fake(config, hw, simulator, blocks):
         runs.append((config, hw) if blocks == 12 or config == "tiny" else (config, hw, blocks))
         return [{"config": config, "hw": hw.name, "task": "semseg",
-                 "expert_prefetch": hw.expert_prefetch, "cycles": 10, "switch_cycles": 0,
+                 "expert_prefetch": hw.expert_prefetch, "onchip_bytes": hw.onchip_bytes,
+                 "cycles": 10, "switch_cycles": 0,
                  "bit_exact": True, "utilization": 0.5, "bytes_read": 1, "latency_ms": 1.0,
                  "busy": {"linear": 0.5}, "simulator": simulator, "sim_seconds": 1.0,
                  "sim_cycles_per_second": 10, "mac_units": 1, "clock_mhz": 200.0}]
@@ -135,6 +136,10 @@ def test_bench_top_runs_the_named_config(tmp_path, monkeypatch, capsys):
     assert main(["bench", "top", "--config", "edge-moe", "--blocks", "2", "--prefetch", "0"]) == 0
     assert runs == [("edge-moe", DEFAULT_HW["edge-moe"], 2)]
     assert (tmp_path / "build/bench/top-edge-moe-blocks2.json").is_file()
+    runs.clear()
+    assert main(["bench", "top", "--prefetch", "0", "--onchip", "32768", "--json"]) == 0
+    assert runs == [("tiny", DEFAULT_HW["tiny"]),          # beside it, the on-chip rows
+                    ("tiny", DEFAULT_HW["tiny"].replace(onchip_bytes=32768))]
 
 
 def test_bench_top_blocks_cut_the_program_after_a_block():

@@ -8,6 +8,8 @@ __all__ = ["register", "register_bench"]
 
 
 def register(subparsers):
+    from moevit.cli import positive_int
+
     hw = subparsers.add_parser("hw", help="hardware: Verilog emission and resource estimates")
     commands = hw.add_subparsers(dest="hw_command", metavar="ACTION", required=True)
 
@@ -45,6 +47,9 @@ def register(subparsers):
                           help="on-chip activation memory in bytes, replacing the hardware "
                                "instance's onchip_bytes: activations placed there by liveness "
                                "(default: the instance's)")
+    compile_.add_argument("--batch", type=positive_int, default=1, metavar="B",
+                          help="images one run of the program computes together, each weight "
+                               "read once for them (default 1; at most max_tokens // tokens)")
     compile_.add_argument("-o", "--output", required=True, help="output folder")
     compile_.set_defaults(handler=_compile)
 
@@ -256,9 +261,10 @@ def _compile(args):
     hw = get_hw_config(args.hw) if args.hw else HwConfig.for_model(qmodel.config)
     if args.onchip is not None:
         hw = hw.replace(onchip_bytes=args.onchip)
-    program = compile_program(qmodel, hw, bus_bits=args.bus_bits)
+    program = compile_program(qmodel, hw, bus_bits=args.bus_bits, batch=args.batch)
     paths = write_program(program, folder)
-    print(f"{len(program.instructions)} instructions for {len(program.tasks)} tasks, "
+    print(f"{len(program.instructions)} instructions for {len(program.tasks)} tasks"
+          f"{f', batch {program.batch} images per run' if program.batch > 1 else ''}, "
           f"memory image {program.layout.size} bytes ({len(program.weights)} of weights), "
           f"hardware {program.hw.name!r}, bus {program.hw.bus_width} bits")
     onchip = program.layout.onchip()
@@ -276,7 +282,8 @@ def _disassemble(args):
     tasks = ", ".join(f"{t['index']} {t['name']}" for t in program.tasks)
     print(f"# model {program.model.get('name')!r} on hardware {program.hw.name!r}: "
           f"{len(program.instructions)} instructions, tasks {tasks}")
-    print(f"# memory image {program.layout.size} bytes, bus {program.layout.bus_bits} bits")
+    print(f"# memory image {program.layout.size} bytes, bus {program.layout.bus_bits} bits, "
+          f"batch {program.batch} image(s) per run")
     for region in program.layout.regions:
         if region.kind != "weights":
             print(f"# {region.kind:<8} {region.name:<36} {region.offset:#010x} {region.size:>9} "

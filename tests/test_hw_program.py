@@ -216,7 +216,8 @@ def test_each_corrupt_header_field_is_rejected(tiny):
     _, _, program = tiny
     data = program.encode()
     expected = {"magic": r"is not a moevit program \(magic 0x",
-                "version": r"has format version \d+; this moevit reads version 3$"}
+                "version": r"has format version 0; this moevit reads version 4; compile it "
+                           r"again \(moevit hw compile\)$"}
     for k, name in enumerate(HEADER_FIELDS):
         bad = bytearray(data)
         bad[4 * k] ^= 0x04
@@ -239,10 +240,13 @@ def test_an_address_outside_the_memory_is_rejected(tiny):
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("header_words", 17, r"has a 17-word header; version 3 has 32$"),
-    ("version", 2, r"has format version 2; this moevit reads version 3; compile it again "
+    ("header_words", 17, r"has a 17-word header; version 4 has 32$"),
+    ("version", 2, r"has format version 2; this moevit reads version 4; compile it again "
                    r"\(moevit hw compile\)$"),
     ("reserved20", 1, r"has reserved header words that are not 0$"),
+    ("version", 3, r"has format version 3; this moevit reads version 4; compile it again "
+                   r"\(moevit hw compile\)$"),
+    ("batch", 0, r"has batch 0; a run computes at least one image$"),
     ("onchip_end", None, r"has a 16-byte on-chip window; hardware 'tiny' has 0 bytes on chip$"),
     ("hw_hash_lo", 1, r"was compiled for another hardware than 'tiny' \(HwConfig hash"),
     ("body_words", 10, r"has \d+ bytes; its header says 168$"),
@@ -326,10 +330,10 @@ def test_corrupt_or_mismatched_files_are_rejected(tiny, tmp_path):
     rejected("program.bin", original["program.bin"][:-4],
              r"program\.bin does not match layout\.json \(SHA-256")
     rejected("layout.json", b"{", r"layout\.json is not valid JSON")
-    rejected("layout.json", original["layout.json"].replace(b'"version": 3', b'"version": 9'),
-             r"layout\.json has format version 9; this moevit reads version 3$")
-    rejected("layout.json", original["layout.json"].replace(b'"version": 3', b'"version": 2'),
-             r"layout\.json has format version 2; this moevit reads version 3; compile it "
+    rejected("layout.json", original["layout.json"].replace(b'"version": 4', b'"version": 9'),
+             r"layout\.json has format version 9; this moevit reads version 4$")
+    rejected("layout.json", original["layout.json"].replace(b'"version": 4', b'"version": 3'),
+             r"layout\.json has format version 3; this moevit reads version 4; compile it "
              r"again \(moevit hw compile\)$")
     rejected("layout.json", original["layout.json"].replace(b'"out_depth": 32', b'"out_depth": 16'),
              r"program\.bin was compiled for another hardware than 'tiny'")

@@ -32,6 +32,24 @@ still runs, with more DRAM traffic; ``layout.json`` and ``program.lst`` say
 which tensors are on chip). The window is the address range ``[output_end,
 onchip_end)`` of the memory image (:mod:`moevit.hw.program.program`).
 
+**Batches.** With ``batch`` B > 1 one body computes B images of one task, so
+each weight is read once per batch: every tensor holds the B images' tokens
+one after the other (``B x tokens`` rows, image b's at rows ``b*tokens..``),
+and every instruction but two runs on all the rows at once (LayerNorm,
+linear, gate, route, experts, combine: each expert gets the batch's tokens).
+``PATCHIFY`` and ``COPY`` (the class token) run per image, and ``ATTENTION``
+per image, on its own rows. The patch embedding and the heads run on the
+``B x tokens - 1`` rows from row 1 on: an image's patch rows and the next
+image's class-token row between them (whose patch-embedding result the
+``COPY`` overwrites, and whose head output the host skips), so one
+instruction reads their weights once. So the input region holds the B
+images one after the other, and the output region ``B x tokens - 1`` rows:
+image b's head output at rows ``b*tokens..`` (``Program.image_rows``). The
+header's ``batch`` says B; with B = 1 this is the one-image program. The
+rows are bounded by the token buffer (``hw.max_tokens``, which also bounds
+the MoE unit's lists): a larger B is a compile error naming the largest
+that fits.
+
 The task is never in the program: gate and head take their weights from a
 task table indexed by the task register. Tensors that a fused operation
 keeps on chip (``patch_embed.out``, ``attn.proj.out``, ``mlp.fc1.pre``,
@@ -51,7 +69,8 @@ from moevit.hw.program.isa import (GATE_RULES, CombineDescriptor, CopyDescriptor
 from moevit.hw.program.layout import Layout, pack_chan, pack_ln_params, pack_weight
 from moevit.hw.program.program import Program, program_size
 
-__all__ = ["compile_program", "memory_tensors", "live_ranges", "place_onchip"]
+__all__ = ["compile_program", "largest_batch", "memory_tensors", "live_ranges",
+           "place_onchip"]
 
 
 def _pair(array):
@@ -59,8 +78,10 @@ def _pair(array):
 
 
 class _Compiler:
-    def __init__(self, qmodel, hw, window=None):
+    def __init__(self, qmodel, hw, window=None, batch=1):
         self.q, self.config, self.hw = qmodel, qmodel.config, hw
+        self.batch = batch
+        self.rows = batch * qmodel.config.tokens  # token rows of every batched tensor
         self.window = window or {}  # on-chip tensor -> (offset in the window, live range)
         self.layout = Layout(hw.bus_width)
         self.chunks = []  # (region, bytes) of the weights
@@ -100,8 +121,12 @@ class _Compiler:
         q, config = self.q, self.config
         self.w = {}
         self.w["patch_embed.proj"] = self.linear_weights("patch_embed.proj")
-        self.w["pos_embed"] = self.constant("pos_embed", q["pos_embed"].astype(np.int8).tobytes(),
-                                            q["pos_embed"].shape, "int8")
+        # The position embedding of the patch rows of the batch (zero on the rows of
+        # the class tokens between them).
+        pos = np.zeros((self.rows - 1, config.dim), np.int8)
+        for b in range(self.batch):
+            pos[b * config.tokens:b * config.tokens + config.patches] = q["pos_embed"]
+        self.w["pos_embed"] = self.constant("pos_embed", pos.tobytes(), pos.shape, "int8")
         self.w["cls"] = self.constant("cls", q["cls"].astype(np.int8).tobytes(), q["cls"].shape,
                                       "int8")
         for i in range(config.depth):
@@ -136,14 +161,15 @@ class _Compiler:
     def place_tensors(self):
         """One tensor per golden tensor in memory (see :func:`memory_tensors`): in DRAM
         scratch, or in the on-chip window after the output when ``window`` places it."""
-        tensors = memory_tensors(self.config)
+        tensors = memory_tensors(self.config, self.batch)
         self.a = {name: self.tensor(name, shape, dtype)
                   for name, (shape, dtype) in tensors.items() if name not in self.window}
         config = self.config
-        self.a["input"] = self.tensor("input", (config.in_chans, *config.image_size), "int8",
-                                      "input")
+        images = (self.batch,) if self.batch > 1 else ()
+        self.a["input"] = self.tensor("input", (*images, config.in_chans, *config.image_size),
+                                      "int8", "input")
         widest = max(self.q[f"heads.{t}.weight"].shape[0] for t in range(len(config.tasks)))
-        self.a["output"] = self.tensor("output", (config.patches, widest), "int8", "output")
+        self.a["output"] = self.tensor("output", (self.rows - 1, widest), "int8", "output")
         start = self.layout.size
         for name, (offset, live) in self.window.items():
             self.a[name] = self.layout.place(name, start + offset, *tensors[name], live).offset
@@ -151,22 +177,25 @@ class _Compiler:
     def embed(self):
         q, config, a = self.q, self.config, self.a
         height, width = config.image_size
-        self.emit("patch_embed", PatchifyDescriptor, channels=config.in_chans, rows=height,
-                  columns=width, patch=config.patch, x_addr=a["input"],
-                  y_addr=a["patch_embed.in"])
+        image_bytes = config.in_chans * height * width
+        for b in range(self.batch):
+            self.emit("patch_embed", PatchifyDescriptor, channels=config.in_chans, rows=height,
+                      columns=width, patch=config.patch, x_addr=a["input"] + b * image_bytes,
+                      y_addr=a["patch_embed.in"] + b * config.tokens * config.patch_dim)
         ma, mb, shift = (int(v) for v in q["embed.add"])
         w, chan = self.w["patch_embed.proj"]
-        self.emit("patch_embed.proj", LinearDescriptor, tokens=config.patches,
+        self.emit("patch_embed.proj", LinearDescriptor, tokens=self.rows - 1,
                   in_features=config.patch_dim, out_features=config.dim, residual=1,
                   res_mult_y=ma, res_mult_skip=mb, res_shift=shift, x_addr=a["patch_embed.in"],
                   w_addr=w, chan_addr=chan, res_addr=self.w["pos_embed"],
                   y_addr=a["embed.out"] + config.dim)
-        self.emit("cls", CopyDescriptor, length=config.dim, src_addr=self.w["cls"],
-                  dst_addr=a["embed.out"])
+        for b in range(self.batch):  # after the patches: it overwrites rows between them
+            self.emit("cls", CopyDescriptor, length=config.dim, src_addr=self.w["cls"],
+                      dst_addr=a["embed.out"] + b * config.tokens * config.dim)
 
     def layernorm(self, name, x_addr, y_addr):
         q = self.q
-        self.emit(name, LayerNormDescriptor, tokens=self.config.tokens, dim=self.config.dim,
+        self.emit(name, LayerNormDescriptor, tokens=self.rows, dim=self.config.dim,
                   eps=int(q[f"{name}.eps"]), shift=int(q[f"{name}.shift"]), x_addr=x_addr,
                   param_addr=self.w[name], y_addr=y_addr)
 
@@ -175,7 +204,7 @@ class _Compiler:
         q, config = self.q, self.config
         w, chan = self.w[name]
         out, width = q[f"{name}.weight"].shape
-        fields = dict(tokens=config.tokens, in_features=width, out_features=out, x_addr=x_addr,
+        fields = dict(tokens=self.rows, in_features=width, out_features=out, x_addr=x_addr,
                       w_addr=w, chan_addr=chan, y_addr=y_addr)
         if f"{name}.gelu" in q.arrays:
             b, c, mult, shift = (int(v) for v in q[f"{name}.gelu"])
@@ -187,7 +216,7 @@ class _Compiler:
         self.emit(name, LinearDescriptor, **fields)
 
     def moe(self, p, x_addr, skip_addr, y_addr):
-        q, config, a, tokens = self.q, self.config, self.a, self.config.tokens
+        q, config, a, tokens = self.q, self.config, self.a, self.rows
         tasks = len(config.tasks)
         self.emit(f"{p}.mlp.gates", TaskLinearDescriptor, tokens=tokens, in_features=config.dim,
                   max_out=config.experts, tasks=tasks, table_addr=self.w[f"{p}.mlp.gates"],
@@ -223,11 +252,14 @@ class _Compiler:
             self.linear(f"{p}.attn.qkv", a[f"{p}.norm1.out"], qkv)
             sm_mult, sm_shift = _pair(q[f"{p}.attn.softmax"])
             out_mult, out_shift = _pair(q[f"{p}.attn.ctx"])
-            d = config.dim
-            self.emit(f"{p}.attn", AttentionDescriptor, tokens=config.tokens, heads=config.heads,
-                      head_dim=config.head_dim, sm_mult=sm_mult, sm_shift=sm_shift,
-                      out_mult=out_mult, out_shift=out_shift, q_addr=qkv, k_addr=qkv + d,
-                      v_addr=qkv + 2 * d, out_addr=a[f"{p}.attn.ctx"], row_pitch=3 * d)
+            d, t = config.dim, config.tokens
+            for b in range(self.batch):  # each image's tokens attend to their own
+                at = qkv + b * t * 3 * d
+                self.emit(f"{p}.attn", AttentionDescriptor, tokens=t, heads=config.heads,
+                          head_dim=config.head_dim, sm_mult=sm_mult, sm_shift=sm_shift,
+                          out_mult=out_mult, out_shift=out_shift, q_addr=at, k_addr=at + d,
+                          v_addr=at + 2 * d, out_addr=a[f"{p}.attn.ctx"] + b * t * d,
+                          row_pitch=3 * d)
             add1 = a[f"{p}.add1.out"]
             self.linear(f"{p}.attn.proj", a[f"{p}.attn.ctx"], add1, skip=x, residual=f"{p}.add1")
             h = a[f"{p}.norm2.out"]
@@ -242,7 +274,7 @@ class _Compiler:
         self.layernorm("norm", x, a["norm.out"])
         tasks = len(config.tasks)
         widest = self.layout["output"].shape[1]
-        self.emit("heads", TaskLinearDescriptor, tokens=config.patches, in_features=config.dim,
+        self.emit("heads", TaskLinearDescriptor, tokens=self.rows - 1, in_features=config.dim,
                   max_out=widest, tasks=tasks, table_addr=self.w["heads"],
                   x_addr=a["norm.out"] + config.dim, y_addr=a["output"])
 
@@ -263,19 +295,24 @@ class _Compiler:
         tasks = [{"name": task.name, "index": t, "classes": task.classes,
                   "output_shape": [config.patches, task.classes * config.patch ** 2]}
                  for t, task in enumerate(config.tasks)]
-        return Program(self.hw, self.code, self.layout, bytes(weights), tasks, config.to_dict())
+        return Program(self.hw, self.code, self.layout, bytes(weights), tasks, config.to_dict(),
+                       self.batch)
 
 
-def memory_tensors(config) -> dict:
-    """Name -> (shape, dtype) of every scratch tensor of a program for ``config``.
+def memory_tensors(config, batch: int = 1) -> dict:
+    """Name -> (shape, dtype) of every scratch tensor of a program for ``config`` that
+    computes ``batch`` images per run.
 
     The names are the golden model's (:mod:`moevit.model.integer.golden`),
     except ``blocks.{i}.mlp.slots`` (the experts' outputs by token and slot).
-    An expert's ``fc1.out`` has room for every token; its first ``n_e`` rows
-    are the golden tensor. ``gate.topk`` is u8 and ``gate.weights`` u16 here.
+    Each holds the ``batch`` images' rows one after the other, image b's golden
+    tensor at rows ``b*tokens..`` (``patch_embed.in``: ``batch*tokens - 1`` rows, an
+    image's patches then a row for the next image's class token). An expert's
+    ``fc1.out`` has room for every row; its first ``n_e`` rows are the expert's
+    gathered tokens. ``gate.topk`` is u8 and ``gate.weights`` u16 here.
     """
-    T, D, k = config.tokens, config.dim, config.top_k
-    tensors = {"patch_embed.in": ((config.patches, config.patch_dim), "int8"),
+    T, D, k = batch * config.tokens, config.dim, config.top_k
+    tensors = {"patch_embed.in": ((T - 1, config.patch_dim), "int8"),
                "embed.out": ((T, D), "int8")}
     for i in range(config.depth):
         p = f"blocks.{i}"
@@ -332,8 +369,16 @@ def place_onchip(program, capacity: int) -> dict:
     return placed
 
 
-def compile_program(qmodel, hw: HwConfig = None, *, bus_bits: int = None) -> Program:
-    """One program for every task of ``qmodel`` on ``hw``.
+def largest_batch(config, hw: HwConfig) -> int:
+    """The most images of model config ``config`` one run of a program on ``hw`` can
+    compute: their token rows within the token buffer (and the MoE unit's lists)."""
+    return hw.max_tokens // config.tokens
+
+
+def compile_program(qmodel, hw: HwConfig = None, *, bus_bits: int = None,
+                    batch: int = 1) -> Program:
+    """One program for every task of ``qmodel`` on ``hw``, computing ``batch`` images
+    of one task per run of its body.
 
     Parameters
     ----------
@@ -344,13 +389,18 @@ def compile_program(qmodel, hw: HwConfig = None, *, bus_bits: int = None) -> Pro
         Data width of the memory bus; every region starts on a bus word.
         Default: ``hw.bus_width``; another value replaces it, so the program
         records the hardware instance it was compiled for.
+    batch : int
+        Images per run (see the module's description): 1, or as many as the
+        token buffer holds (:func:`largest_batch`).
 
     Raises
     ------
     DescriptorError
         A layer does not fit ``hw`` (the message names the layer and the limit).
     ConfigError
-        The bus width or the model's gate rule is not supported.
+        The bus width or the model's gate rule is not supported, or ``batch`` is not a
+        positive integer or its rows exceed the token buffer (the message names the
+        largest batch that fits).
     """
     if hw is None:
         hw = HwConfig.for_model(qmodel.config)
@@ -358,7 +408,17 @@ def compile_program(qmodel, hw: HwConfig = None, *, bus_bits: int = None) -> Pro
         raise ConfigError(f"Hardware config must be a HwConfig, not {hw!r}")
     if bus_bits is not None:
         hw = hw.replace(bus_width=bus_bits)
-    program = _Compiler(qmodel, hw).run()
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ConfigError(f"Batch must be a positive number of images, not {batch!r}")
+    tokens = qmodel.config.tokens
+    if batch > 1 and batch * tokens > hw.max_tokens:
+        most = largest_batch(qmodel.config, hw)
+        raise ConfigError(f"A batch of {batch} images has {batch * tokens} token rows; hardware "
+                          f"{hw.name!r} holds {hw.max_tokens} (max_tokens: the token buffer "
+                          f"and the MoE unit's lists): " + (
+                              f"the largest batch that fits is {most}" if most else
+                              f"not even one image of {tokens} tokens fits"))
+    program = _Compiler(qmodel, hw, batch=batch).run()
     if hw.onchip_bytes:
-        program = _Compiler(qmodel, hw, place_onchip(program, hw.onchip_bytes)).run()
+        program = _Compiler(qmodel, hw, place_onchip(program, hw.onchip_bytes), batch).run()
     return program

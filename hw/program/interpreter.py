@@ -21,8 +21,8 @@ from moevit.hw.program.layout import unpack_chan, unpack_ln_params, unpack_weigh
 from moevit.hw.program.program import HEADER_WORDS, ProgramError, decode
 from moevit.model.integer import golden, intops
 
-__all__ = ["execute", "run_instructions", "run_image", "read_tensor", "output_map", "head_map",
-           "bytes_by_region",
+__all__ = ["execute", "run_instructions", "run_image", "run_images", "read_tensor",
+           "image_tensor", "image_output", "output_map", "head_map", "bytes_by_region",
            "ExecutionStats"]
 
 
@@ -199,15 +199,27 @@ def run_instructions(memory, hw, instructions, task: int = 0) -> ExecutionStats:
 
 
 def run_image(program, image, task: int):
-    """Run ``program`` (a :class:`~moevit.hw.program.program.Program`) on one int8
-    image ``(C, H, W)`` for ``task``; the memory image after the run and the stats."""
+    """Run ``program`` (a :class:`~moevit.hw.program.program.Program` of batch 1) on one
+    int8 image ``(C, H, W)`` for ``task``; the memory image after the run and the stats."""
+    image = np.asarray(image)
+    if image.dtype != np.int8 or image.shape != program.image_shape:
+        raise ProgramError(f"Input image must be int8 of shape {program.image_shape}, not "
+                           f"{image.dtype} {image.shape}")
+    return run_images(program, image[None], task)
+
+
+def run_images(program, images, task: int):
+    """Run ``program`` once on its batch of int8 images ``(batch, C, H, W)`` for ``task``;
+    the memory image after the run and the stats (:func:`output_map` reads image b's
+    result)."""
     memory = program.memory_image()
     region = program.layout["input"]
-    image = np.asarray(image)
-    if image.dtype != np.int8 or image.shape != region.shape:
-        raise ProgramError(f"Input image must be int8 of shape {region.shape}, not "
-                           f"{image.dtype} {image.shape}")
-    memory[region.offset:region.end] = image.reshape(-1).view(np.uint8)
+    images = np.asarray(images)
+    if images.dtype != np.int8 or images.shape != (program.batch, *program.image_shape):
+        raise ProgramError(f"Input images must be int8 of shape "
+                           f"{(program.batch, *program.image_shape)}, not {images.dtype} "
+                           f"{images.shape}")
+    memory[region.offset:region.end] = images.reshape(-1).view(np.uint8)
     stats = execute(memory, program.hw, task, program.layout["program"].offset)
     return memory, stats
 
@@ -242,11 +254,35 @@ def read_tensor(program, memory, name, shape=None) -> np.ndarray:
     return memory[region.offset:region.offset + size].view(region.dtype).reshape(shape).copy()
 
 
-def output_map(program, memory, task: int) -> np.ndarray:
-    """The task's prediction map ``heads.{t}.map`` (classes, H, W): the host's pixel
-    shuffle of the ``output`` region."""
-    info = program.tasks[task]
-    return head_map(program, read_tensor(program, memory, "output", info["output_shape"]), task)
+def image_tensor(program, memory, name, image: int = 0) -> np.ndarray:
+    """Image ``image``'s part of a batched program's tensor ``name``: its input, or its
+    rows of an activation (each holds the batch's images one after the other,
+    ``tokens`` rows each: the golden model's tensor of that image; ``patch_embed.in``
+    its patch rows)."""
+    data = read_tensor(program, memory, name)
+    if program.layout[name].kind == "input":
+        return data.reshape(program.batch, *program.image_shape)[image]
+    rows = program.image_rows
+    count = rows - 1 if name == "patch_embed.in" else rows
+    return data[image * rows:image * rows + count]
+
+
+def image_output(program, data, task: int, image: int = 0) -> np.ndarray:
+    """Image ``image``'s head output ``(patches, classes*patch*patch)`` in ``data``, the
+    bytes of the ``output`` region after a run for ``task``: the head writes rows of the
+    task's width, image b's from row ``b * image_rows`` on."""
+    rows, width = program.tasks[task]["output_shape"]
+    start = image * program.image_rows * width
+    flat = np.ascontiguousarray(data).reshape(-1).view(np.int8)
+    return flat[start:start + rows * width].reshape(rows, width)
+
+
+def output_map(program, memory, task: int, image: int = 0) -> np.ndarray:
+    """The task's prediction map ``heads.{t}.map`` (classes, H, W) of image ``image`` of
+    the batch: the host's pixel shuffle of its rows of the ``output`` region."""
+    region = program.layout["output"]
+    out = image_output(program, memory[region.offset:region.end], task, image)
+    return head_map(program, out, task)
 
 
 def head_map(program, out, task: int) -> np.ndarray:

@@ -25,7 +25,9 @@ word   field           meaning
 14     onchip_end      first byte past the on-chip window (the program follows);
                        ``onchip_end - output_end`` at most the HwConfig's ``onchip_bytes``
 15     body_crc        CRC-32 of the body's bytes
-16-30  reserved        0
+16     batch           images one run of the body computes (1..); the input and
+                       output regions hold them one after the other
+17-30  reserved        0
 31     header_crc      CRC-32 of words 0..30
 =====  ==============  ======================================================
 
@@ -38,7 +40,15 @@ own activation memory and has no host buffer. The header fills 128 bytes, so
 the body starts on a bus word of every width up to 1024 bits.
 
 Version 3 added the window (``onchip_end``) and grew the header from 16 to 32
-words; a version 2 program is refused with a message to compile it again.
+words; version 4 added ``batch`` (a batched program runs its body on ``batch``
+images at once, :mod:`moevit.hw.program.compiler`; with ``batch`` 1 its body,
+weights and layout are those version 3 gave). An older program is refused with a
+message to compile it again.
+
+The top's ``images`` register counts runs of the body, so a start computes
+``images * batch`` images: run N reads the input region N region sizes on (its
+batch of images) and writes the output region as far on. The top does not read
+``batch``: the regions' pitches carry it; the host reads it to split its images.
 
 A folder written by :func:`write_program` holds ``program.bin``,
 ``weights.bin`` (the bytes of the memory image from 0 to the end of the last
@@ -68,13 +78,13 @@ __all__ = ["Program", "ProgramError", "encode", "decode", "hw_hash", "listing",
            "BOUNDARY_FIELDS", "FILES"]
 
 MAGIC = int.from_bytes(b"MVPG", "little")
-VERSION = 3
+VERSION = 4
 HEADER_WORDS = 32
 #: Words reserved (0) between the body's CRC and the header's.
-RESERVED_FIELDS = tuple(f"reserved{k}" for k in range(16, 31))
+RESERVED_FIELDS = tuple(f"reserved{k}" for k in range(17, 31))
 HEADER_FIELDS = ("magic", "version", "header_words", "hw_hash_lo", "hw_hash_hi", "bus_bits",
                  "tasks", "instructions", "body_words", "memory_bytes", "scratch_at", "input_at",
-                 "output_at", "output_end", "onchip_end", "body_crc", *RESERVED_FIELDS,
+                 "output_at", "output_end", "onchip_end", "body_crc", "batch", *RESERVED_FIELDS,
                  "header_crc")
 #: The header words that place the regions (``Layout.boundaries``), in order.
 BOUNDARY_FIELDS = ("scratch_at", "input_at", "output_at", "output_end", "onchip_end")
@@ -111,6 +121,8 @@ class Program:
         ``output`` region).
     model : dict
         The model config (``ModelConfig.to_dict()``).
+    batch : int
+        Images one run of the body computes (the header's ``batch``).
     """
 
     hw: HwConfig
@@ -119,11 +131,24 @@ class Program:
     weights: bytes
     tasks: list = field(default_factory=list)
     model: dict = field(default_factory=dict)
+    batch: int = 1
 
     def encode(self) -> bytes:
         return encode(self.hw, self.instructions, tasks=len(self.tasks),
                       bus_bits=self.layout.bus_bits, memory_bytes=self.layout.size,
-                      boundaries=self.layout.boundaries())
+                      boundaries=self.layout.boundaries(), batch=self.batch)
+
+    @property
+    def image_shape(self) -> tuple:
+        """``(C, H, W)`` of one input image (the input region holds ``batch`` of them)."""
+        return (self.model["in_chans"], *self.model["image_size"])
+
+    @property
+    def image_rows(self) -> int:
+        """Rows from one image's first output row to the next image's, in the ``output``
+        region: the tokens of an image (its patches, then the row the next image's
+        class token takes; see :mod:`moevit.hw.program.compiler`)."""
+        return (self.layout["output"].shape[0] + 1) // self.batch
 
     def memory_image(self) -> np.ndarray:
         """The memory image before a run: weights and program in place, the rest 0."""
@@ -137,7 +162,12 @@ class Program:
         return image
 
     def listing(self) -> str:
-        return listing(self.instructions, self.layout)
+        text = listing(self.instructions, self.layout)
+        if self.batch > 1:
+            text += (f"# batch: {self.batch} images per run of the body, image b's input "
+                     f"{self.layout['input'].size // self.batch} bytes and its output "
+                     f"{self.image_rows} rows on from image b-1's\n")
+        return text
 
 
 # The binary -----------------------------------------------------------------------------
@@ -146,14 +176,14 @@ def program_size(instructions) -> int:
     return 4 * (HEADER_WORDS + sum(d.words() for d in instructions))
 
 
-def encode(hw, instructions, *, tasks, bus_bits, memory_bytes, boundaries) -> bytes:
+def encode(hw, instructions, *, tasks, bus_bits, memory_bytes, boundaries, batch=1) -> bytes:
     """``program.bin`` of ``instructions`` (see the module's table); ``boundaries`` as
-    ``Layout.boundaries()`` gives them."""
+    ``Layout.boundaries()`` gives them; ``batch`` images per run of the body."""
     body = np.array([w for d in instructions for w in d.pack()], "<u4").tobytes()
     digest = hw_hash(hw)
     header = [MAGIC, VERSION, HEADER_WORDS, digest & 0xFFFFFFFF, digest >> 32, bus_bits, tasks,
               len(instructions), len(body) // 4, memory_bytes,
-              *(boundaries[name] for name in BOUNDARY_FIELDS), zlib.crc32(body),
+              *(boundaries[name] for name in BOUNDARY_FIELDS), zlib.crc32(body), batch,
               *(0 for _ in RESERVED_FIELDS)]
     header.append(zlib.crc32(np.array(header, "<u4").tobytes()))
     return np.array(header, "<u4").tobytes() + body
@@ -179,6 +209,9 @@ def read_header(data: bytes, what="Program") -> dict:
                            f"{VERSION} has {HEADER_WORDS}")
     if any(header[name] for name in RESERVED_FIELDS):
         raise ProgramError(f"{what} has reserved header words that are not 0")
+    if header["batch"] < 1:
+        raise ProgramError(f"{what} has batch {header['batch']}; a run computes at least "
+                           f"one image")
     return header
 
 
@@ -297,8 +330,8 @@ def write_program(program: Program, folder) -> list:
     binary = program.encode()
     meta = {"format": LAYOUT_FORMAT, "version": VERSION, "model": program.model,
             "hw": program.hw.to_dict(), "hw_hash": f"{hw_hash(program.hw):016x}",
-            "layout": program.layout.to_dict(), "onchip": program.layout.onchip(),
-            "tasks": program.tasks,
+            "batch": program.batch, "layout": program.layout.to_dict(),
+            "onchip": program.layout.onchip(), "tasks": program.tasks,
             "sha256": {"program.bin": _sha256(binary), "weights.bin": _sha256(program.weights)}}
     contents = {"program.bin": binary, "weights.bin": program.weights,
                 "layout.json": (json.dumps(meta, indent=1) + "\n").encode(),
@@ -340,6 +373,7 @@ def read_program(folder) -> Program:
         hw = HwConfig.from_dict(meta["hw"])
         layout = Layout.from_dict(meta["layout"])
         tasks, model, sums = list(meta["tasks"]), dict(meta["model"]), dict(meta["sha256"])
+        batch = int(meta["batch"])
     except (KeyError, TypeError, ValueError, ConfigError) as error:
         raise ProgramError(f"{folder}/layout.json is malformed: {error}") from None
     if layout.size != meta["layout"].get("size"):
@@ -359,8 +393,8 @@ def read_program(folder) -> Program:
                            f"with padding)")
     instructions, header = decode(binary, hw, f"{folder}/program.bin")
     if header["memory_bytes"] != layout.size or header["tasks"] != len(tasks) \
-            or header["bus_bits"] != layout.bus_bits \
+            or header["bus_bits"] != layout.bus_bits or header["batch"] != batch \
             or any(header[k] != v for k, v in layout.boundaries().items()):
         raise ProgramError(f"{folder}/program.bin does not match layout.json (memory size, "
-                           f"tasks, bus width or region bounds differ)")
-    return Program(hw, instructions, layout, weights, tasks, model)
+                           f"tasks, bus width, batch or region bounds differ)")
+    return Program(hw, instructions, layout, weights, tasks, model, batch)

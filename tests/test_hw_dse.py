@@ -95,12 +95,34 @@ def test_predict_is_the_cost_model_of_the_compiled_program():
 
 
 def test_batching_reads_the_weights_once_per_batch():
-    work = workload("edge-moe")
+    """The batch's prediction is its compiled program's: four images through one body read
+    each weight once, so fewer bytes than four runs of one image; the activations and the
+    compute are four images'."""
+    from moevit.hw.cost.dse import _best_batch
+
     hw = HwConfig.for_model("edge-moe").replace(max_tokens=4 * 136, clock_mhz=200.0)
-    steps = work.steps("semseg")
-    one, four = predict(steps, hw, 16.0), predict(steps, hw, 16.0, batch=4)
-    assert four.bytes < 4 * one.bytes          # weights once, activations four times
+    one = predict(workload("edge-moe").steps("semseg"), hw, 16.0)
+    batched = workload("edge-moe", batch=4)
+    # The same work but the balanced routing of 4 x 129 tokens (and 3 rows more for the
+    # patch embedding and the head, whose results between the images are dropped).
+    assert batched.batch == 4 and batched.macs["semseg"] == pytest.approx(
+        4 * workload("edge-moe").macs["semseg"], rel=0.02)
+    four = predict(batched.steps("semseg"), hw, 16.0, 4)
+    # Per image only the patchify, the class token and the attention are instructions of
+    # their own.
+    mnemonics = [s.mnemonic for s in batched.tasks["semseg"]]
+    single = [s.mnemonic for s in workload("edge-moe").tasks["semseg"]]
+    for m in set(single):
+        assert mnemonics.count(m) == single.count(m) * (
+            4 if m in ("PATCHIFY", "COPY", "ATTENTION") else 1), m
+    weights = one.bytes - four.bytes / 4
+    print(f"\nedge-moe semseg at 16 B/cycle: batch 1 {one.cycles:,} cycles {one.bytes:,} bytes; "
+          f"batch 4 {four.cycles / 4:,.0f} cycles {four.bytes / 4:,.0f} bytes per image")
+    assert weights > 0.5 * one.bytes            # most of an image's bytes are weights
     assert four.cycles < 4 * one.cycles
+    board = get_board("zcu102")
+    batch, per_image = _best_batch(workload("edge-moe"), hw, board, "semseg")
+    assert batch in (1, 2, 4) and per_image <= one.cycles
 
 
 def test_saved_configs_load_and_are_accepted_by_hw_generate(capsys):

@@ -26,11 +26,16 @@ each stream on the port the top's table gives its mover
 shapes (:func:`read_bytes`, :func:`moved_bytes`). Resources are
 :mod:`moevit.hw.cost.resources`' formulas.
 
-**Batching** (a projection: the compiler emits one image per run today): ``b``
-images of one task run layer by layer together, as one instruction of
-``b * tokens`` tokens where the token buffer holds them, so each weight is
-read once per batch (per chunk) while activations and compute scale with
-``b``; attention stays per image.
+**Batching** is the compiled batched program (``moevit hw compile --batch B``,
+:mod:`moevit.hw.program.compiler`): B images of one task run through one body,
+every layer but the attention (per image) one instruction on their ``B *
+tokens`` rows, so each weight is read once per batch; each expert gets the
+batch's tokens (the balanced routing of ``B * tokens`` tokens). The workload
+of each batch is that program's instructions (:func:`workload` with
+``batch``, compiled once and cached like the one-image program), and a
+point's best batch (:func:`_best_batch`) is the one with the most images a
+second among the batches its token buffer holds (powers of two and the
+largest), each predicted from its own program.
 
 **The search.** Stage 1 splits the board's DSPs between the attention kernel
 and the linear kernel (a share for attention, :data:`ATTENTION_SHARES`) and
@@ -124,12 +129,14 @@ class Step:
 
 @dataclass
 class Workload:
-    """The compiled program of a model config, per task, as :class:`Step` s."""
+    """The compiled program of a model config for ``batch`` images a run, per task, as
+    :class:`Step` s."""
 
     config: str
     tasks: dict            # task name -> tuple of Step, in program order
-    tokens: int
-    macs: dict             # task name -> multiply-accumulates of one image
+    tokens: int            # of one image
+    macs: dict             # task name -> multiply-accumulates of one run
+    batch: int = 1
     _grouped: dict = field(default_factory=dict, repr=False)
 
     def steps(self, task):
@@ -151,13 +158,14 @@ def _fields(d):
                  if f.init and f.name != "hw")
 
 
-def _reference_hw(model):
+def _reference_hw(model, batch=1):
     """A HwConfig the compiler accepts for ``model``: its default with a token buffer
-    that holds the whole sequence (the workload does not depend on it)."""
+    that holds the whole sequence of ``batch`` images (the workload does not depend on
+    it)."""
     from moevit.hw.config import HwConfig
 
     base = HwConfig.for_model(model)
-    tokens = -(-model.tokens // base.rows) * base.rows
+    tokens = -(-model.tokens * batch // base.rows) * base.rows
     kv = max(base.kv_depth, model.tokens)
     return base.replace(max_tokens=max(base.max_tokens, tokens), kv_depth=kv)
 
@@ -166,12 +174,12 @@ def _reference_hw(model):
 WORKLOAD_VERSION = 1
 
 
-def _cache_key(model) -> str:
-    """The model config, the compiler's sources and :data:`WORKLOAD_VERSION`."""
+def _cache_key(model, batch=1) -> str:
+    """The model config, the batch, the compiler's sources and :data:`WORKLOAD_VERSION`."""
     from moevit.hw import program
 
-    digest = hashlib.sha256(json.dumps([model.to_dict(), WORKLOAD_VERSION], sort_keys=True,
-                                       default=str).encode())
+    digest = hashlib.sha256(json.dumps([model.to_dict(), WORKLOAD_VERSION, batch],
+                                       sort_keys=True, default=str).encode())
     for source in sorted(Path(program.__file__).parent.glob("*.py")):
         digest.update(source.read_bytes())
     return digest.hexdigest()[:16]
@@ -186,25 +194,39 @@ class _UnitCalibration(dict):
         return 1.0
 
 
-def compile_signal_model(model):
-    """The program of ``model``'s signal model (untrained weights, unit calibration) on a
-    HwConfig that holds its whole sequence: the shapes of the config's program."""
-    from moevit.hw.program.compiler import compile_program
+def _signal_quantized(model):
+    """``model``'s signal model (untrained weights), quantized with a unit calibration
+    (once a process: the compile of each batch reuses it)."""
     from moevit.model.integer.evaluate import signal_model
     from moevit.model.integer.quantize import quantize_model
 
-    float_model = signal_model(model)
-    state = {name: value.detach().cpu().double().numpy()
-             for name, value in float_model.state_dict().items()}
-    return compile_program(quantize_model(state, model, _UnitCalibration()),
-                           _reference_hw(model))
+    key = json.dumps(model.to_dict(), sort_keys=True, default=str)
+    if key not in _QUANTIZED:
+        float_model = signal_model(model)
+        state = {name: value.detach().cpu().double().numpy()
+                 for name, value in float_model.state_dict().items()}
+        _QUANTIZED[key] = quantize_model(state, model, _UnitCalibration())
+    return _QUANTIZED[key]
 
 
-def _compile(model):
-    """The steps of every task and the MACs of one image, from one compile."""
+_QUANTIZED = {}
+
+
+def compile_signal_model(model, batch=1):
+    """The program of ``model``'s signal model (untrained weights, unit calibration) for
+    ``batch`` images a run, on a HwConfig that holds their whole sequence: the shapes of
+    the config's program."""
+    from moevit.hw.program.compiler import compile_program
+
+    return compile_program(_signal_quantized(model), _reference_hw(model, batch), batch=batch)
+
+
+def _compile(model, batch=1):
+    """The steps of every task and the MACs of one run (``batch`` images), from one
+    compile."""
     from moevit.hw.cost.cycles import _task_entry
 
-    program = compile_signal_model(model)
+    program = compile_signal_model(model, batch)
     memory = program.memory_image()
     tasks, macs = {}, {}
     for t, task in enumerate(program.tasks):
@@ -224,14 +246,16 @@ def _compile(model):
     return tasks, macs
 
 
-def workload(config, *, progress=False) -> Workload:
-    """The workload of model config ``config`` (a name), compiled once and kept under
-    ``build/dse/`` (keyed by the config and the compiler's sources)."""
+def workload(config, *, batch=1, progress=False) -> Workload:
+    """The workload of model config ``config`` (a name) compiled for ``batch`` images a
+    run, compiled once and kept under ``build/dse/`` (keyed by the config, the batch and
+    the compiler's sources)."""
     from moevit.model.config import get_config
     from moevit.paths import build_dir
 
     model = get_config(config)
-    path = build_dir("dse") / f"workload-{config}-{_cache_key(model)}.json"
+    name = config if batch == 1 else f"{config}-batch{batch}"
+    path = build_dir("dse") / f"workload-{name}-{_cache_key(model, batch)}.json"
     if path in _WORKLOADS:
         return _WORKLOADS[path]
     if path.exists():
@@ -240,8 +264,9 @@ def workload(config, *, progress=False) -> Workload:
         if progress:
             import sys
 
-            print(f"compiling the {config} model once (cached in {path.parent})", file=sys.stderr)
-        tasks, macs = _compile(model)
+            print(f"compiling the {config} model once{f' for batch {batch}' if batch > 1 else ''} "
+                  f"(cached in {path.parent})", file=sys.stderr)
+        tasks, macs = _compile(model, batch)
         data = {"tasks": {name: [[s.mnemonic, s.unit, s.fields, s.routed] for s in steps]
                           for name, steps in tasks.items()}, "macs": macs}
         tmp = path.with_suffix(".partial")
@@ -249,7 +274,7 @@ def workload(config, *, progress=False) -> Workload:
         tmp.replace(path)
     tasks = {name: tuple(Step(m, u, tuple(tuple(f) for f in fs), r) for m, u, fs, r in steps)
              for name, steps in data["tasks"].items()}
-    _WORKLOADS[path] = Workload(config, tasks, model.tokens, data["macs"])
+    _WORKLOADS[path] = Workload(config, tasks, model.tokens, data["macs"], batch)
     return _WORKLOADS[path]
 
 
@@ -399,10 +424,11 @@ class Prediction:
 
 
 def predict(steps, hw, bandwidth, batch=1, memory_bandwidth=None) -> Prediction:
-    """Cycles of one run of ``batch`` images of ``steps`` (``(step, count)`` pairs,
-    :meth:`Workload.steps`) on ``hw`` at ``bandwidth`` bytes a cycle per memory port and
-    ``memory_bandwidth`` for all (:func:`~moevit.hw.cost.cycles.memory_cycles`;
-    ``max(compute, memory) + ISSUE_CYCLES`` per instruction and chunk).
+    """Cycles of one run of ``steps`` (``(step, count)`` pairs, :meth:`Workload.steps`: a
+    program that computes ``batch`` images a run, the workload's) on ``hw`` at
+    ``bandwidth`` bytes a cycle per memory port and ``memory_bandwidth`` for all
+    (:func:`~moevit.hw.cost.cycles.memory_cycles`; ``max(compute, memory) +
+    ISSUE_CYCLES`` per instruction and chunk).
 
     Raises
     ------
@@ -418,9 +444,9 @@ def predict(steps, hw, bandwidth, batch=1, memory_bandwidth=None) -> Prediction:
     for step, count in steps:
         f = step.values
         if step.mnemonic == "LINEAR" or (step.mnemonic == "EXPERT" and step.routed):
-            tokens = (f["tokens"] if step.mnemonic == "LINEAR" else step.routed) * batch
+            tokens = f["tokens"] if step.mnemonic == "LINEAR" else step.routed
             chunks = _split(tokens, hw.max_tokens)
-            chunked |= batch == 1 and len(chunks) > 1
+            chunked |= len(chunks) > 1
             parts = []
             for n in chunks:
                 out = n * (f["out_features"] if step.mnemonic == "LINEAR"
@@ -428,12 +454,11 @@ def predict(steps, hw, bandwidth, batch=1, memory_bandwidth=None) -> Prediction:
                 chunk = moved_bytes(step, hw, tokens=n, written=out)
                 chunk.pop("list", None)
                 parts.append((_chunk_cycles(step, hw, n), chunk))
-            if step.mnemonic == "EXPERT":  # the routing, read once per image
-                parts[0][1]["list"] = f["tokens"] * f["top_k"] * batch
+            if step.mnemonic == "EXPERT":  # the routing, read once
+                parts[0][1]["list"] = f["tokens"] * f["top_k"]
         else:
             compute, written = _other_cycles(step, hw)
-            parts = [(compute * batch, {k: v * batch for k, v in
-                                        moved_bytes(step, hw, written=written).items()})]
+            parts = [(compute, moved_bytes(step, hw, written=written))]
         for compute, by_mover in parts:
             nbytes = sum(by_mover.values())
             memory = memory_cycles(hw, by_mover, bandwidth, memory_bandwidth)
@@ -577,16 +602,23 @@ def _ports(work, hw, board, the_fit, fabric):
                 if cycles <= best * (1 + PORTS_SLACK))
 
 
+def _batches(tokens, hw):
+    """The batches :func:`_best_batch` tries on ``hw``: 1, the powers of two and the
+    largest whose ``tokens`` rows a run the token buffer holds, up to MAX_BATCH."""
+    largest = max(1, min(MAX_BATCH, hw.max_tokens // tokens))
+    return sorted({1, largest} | {b for b in (2, 4, 8, 16, 32, 64) if b <= largest})
+
+
 def _best_batch(work, hw, board, task):
-    """(batch, cycles per image) of the best throughput the token buffer allows."""
+    """(batch, cycles per image) of the best throughput the token buffer allows, each
+    batch predicted from its compiled batched program (:func:`workload`)."""
     best = (1, None)
-    batch = 1
-    while batch <= MAX_BATCH and (batch == 1 or work.tokens * batch <= hw.max_tokens):
-        port, memory = _bandwidths(board, hw)
-        per_image = predict(work.steps(task), hw, port, batch, memory).cycles / batch
+    port, memory = _bandwidths(board, hw)
+    for batch in _batches(work.tokens, hw):
+        steps = workload(work.config, batch=batch).steps(task)
+        per_image = predict(steps, hw, port, batch, memory).cycles / batch
         if best[1] is None or per_image < best[1]:
             best = (batch, per_image)
-        batch *= 2
     return best
 
 

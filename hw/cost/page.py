@@ -272,11 +272,11 @@ def _add_bytes(row, work):
     from moevit.hw.boards import get_board
     from moevit.hw.config import HwConfig
     from moevit.hw.cost.cycles import board_bandwidth
-    from moevit.hw.cost.dse import predict
+    from moevit.hw.cost.dse import predict, workload
 
     hw = HwConfig.from_dict(row["hw"])
     bandwidth = board_bandwidth(get_board(row["board"]), hw)
-    steps = work.steps(row["task"])
-    row["bytes_per_image"] = predict(steps, hw, bandwidth).bytes
+    row["bytes_per_image"] = predict(work.steps(row["task"]), hw, bandwidth).bytes
     b = row["best_batch"]
-    row["bytes_per_image_best"] = predict(steps, hw, bandwidth, b).bytes / b
+    batched = workload(work.config, batch=b).steps(row["task"])  # its compiled program
+    row["bytes_per_image_best"] = predict(batched, hw, bandwidth, b).bytes / b

@@ -96,7 +96,7 @@ def _run(args):
         if qmodel.config.to_dict() != program.model:
             raise ConfigError(f"{args.quantized} is a quantized {qmodel.config.name!r}; the program "
                               f"was compiled from another model")
-    shape = tuple(program.layout["input"].shape)
+    shape = tuple(program.image_shape)
     scale = qmodel.scale("input") if qmodel else None
     images = read_images(args.images, shape, scale)
     task = task_index(program, args.task)
@@ -115,7 +115,7 @@ def _run(args):
     task_name = program.tasks[task]["name"]
     per_image = acc.cycles / len(images)
     timings = {"backend": args.backend, "task": task_name, "images": len(images),
-               "batch": args.batch, "cycles": acc.cycles, "cycles_per_image": per_image,
+               "batch": acc.batch, "cycles": acc.cycles, "cycles_per_image": per_image,
                "clock_hz": device.clock_hz, "latency_s": per_image / device.clock_hz,
                "images_per_s": device.clock_hz / per_image, "busy": acc.busy, "wall_s": wall}
     for k, image_map in enumerate(maps):     # each file whole or not at all
@@ -161,7 +161,9 @@ def register(subparsers):
     run.add_argument("--quantized", default=None,
                      help="the quantized model (its input scale turns pictures into int8)")
     run.add_argument("-o", "--output", default=None, help="output folder (default build/run)")
-    run.add_argument("--batch", type=positive_int, default=1, help="images per start")
+    run.add_argument("--batch", type=positive_int, default=None,
+                     help="images per start: a multiple of the program's batch (default: the "
+                          "program's batch)")
     run.add_argument("--timeout", type=positive_float, default=1.0,
                      help="seconds of device time a start may take (default 1)")
     run.add_argument("--simulator", default="verilator", choices=("verilator", "icarus"),

@@ -16,6 +16,13 @@ A session::
         maps = acc.predict(images)     # int8 (N, classes, H, W), the golden model's maps
         acc.cycles, acc.busy           # the counters of the last start
 
+A program compiled for a batch of B images (``moevit hw compile --batch B``) runs
+B images through each run of its body: the ``images`` register counts those runs
+(batches), and a start computes ``images * B`` images. The driver splits any
+number of images into batches and pads the last one with zero images, whose
+results it drops (they cost the device their time: the cycles per image it
+reports count only the images asked for).
+
 Every wait has a timeout, counted in the device's time (the seconds the driver
 asked the backend to sleep): a run that never ends, or that the device drops
 (idle with no ``ap_done``: a reset in its middle), raises a
@@ -32,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from moevit.errors import ConfigError, DeviceError, check_finite
-from moevit.hw.program.interpreter import head_map
+from moevit.hw.program.interpreter import head_map, image_output
 from moevit.hw.program.program import Program, hw_hash, read_program
 from moevit.hw.program.regmap import REGMAP, RegisterMap, load
 
@@ -59,8 +66,9 @@ class Accelerator:
         A compiled program, or the folder ``moevit hw compile`` wrote.
     regmap : RegisterMap or path, optional
         The register map, or its JSON file; default the built-in map.
-    batch : int
-        Images per start (the input and output buffers hold this many).
+    batch : int, optional
+        Images per start (the input and output buffers hold this many): a multiple of
+        the program's batch (default: the program's batch).
     timeout : float
         Seconds of device time a start may take before it counts as hung.
 
@@ -80,18 +88,23 @@ class Accelerator:
         program compiled for another hardware than the device's.
     """
 
-    def __init__(self, backend, program, regmap=None, *, batch: int = 1, timeout: float = 1.0):
+    def __init__(self, backend, program, regmap=None, *, batch: int = None,
+                 timeout: float = 1.0):
         self.backend = backend
         self.program = program if isinstance(program, Program) else read_program(program)
         self.regmap = _regmap(regmap)
+        batch = self.program.batch if batch is None else batch
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise ConfigError(f"Batch must be a positive number of images, not {batch!r}")
+        if batch % self.program.batch:
+            raise ConfigError(f"Batch of {batch} images per start is not a multiple of the "
+                              f"program's batch of {self.program.batch} (moevit hw compile "
+                              f"--batch): each run of its body computes that many")
         if not timeout > 0:
             raise ConfigError(f"Timeout must be a positive number of seconds, not {timeout!r}")
         self.batch, self.timeout = batch, float(timeout)
         self._check_hardware()
         bounds = self.program.layout.boundaries()
-        self._input = self.program.layout["input"]
         self._input_pitch = bounds["output_at"] - bounds["input_at"]
         self._output_pitch = bounds["output_end"] - bounds["output_at"]
         self._scratch_bytes = bounds["input_at"] - bounds["scratch_at"]
@@ -122,7 +135,7 @@ class Accelerator:
 
     def _images(self, images) -> np.ndarray:
         """``images`` as an int8 (N, C, H, W) array, every rule checked."""
-        shape = tuple(self._input.shape)
+        shape = tuple(self.program.image_shape)
         if hasattr(images, "detach"):     # a torch tensor; torch is not imported here
             images = images.detach().cpu().numpy()
         images = np.asarray(images) if not isinstance(images, (list, tuple)) else \
@@ -168,9 +181,10 @@ class Accelerator:
 
         Returns ``self``, so ``Accelerator(...).load()`` reads as one step.
         """
+        runs = self.batch // self.program.batch
         sizes = {"program": len(self.program.encode()), "weights": len(self.program.weights),
-                 "scratch": self._scratch_bytes, "input": self.batch * self._input_pitch,
-                 "output": self.batch * self._output_pitch}
+                 "scratch": self._scratch_bytes, "input": runs * self._input_pitch,
+                 "output": runs * self._output_pitch}
         self.buffers = {kind: self.backend.allocate(kind, max(sizes[kind], 1))
                         for kind in BUFFER_KINDS}
         self._send("program", self.program.encode())
@@ -212,7 +226,8 @@ class Accelerator:
         ``images``: int8, (N, C, H, W) or one (C, H, W) image, as
         :func:`moevit.model.integer.golden.quantize_image` makes them. Returns
         int8 (N, classes, H, W): the golden model's ``heads.{t}.map`` of each image.
-        Runs ``batch`` images per start.
+        Runs ``batch`` images per start, the last batch of the program padded with zero
+        images (their results dropped).
 
         Raises
         ------
@@ -226,24 +241,28 @@ class Accelerator:
         images = self._images(images)
         if task is not None and self.task_index(task) != self._task:
             self.task = task
-        info = self.program.tasks[self._task]
-        size = int(np.prod(info["output_shape"]))
+        per_run = self.program.batch
         self.cycles, self.busy = 0, {unit: 0 for unit in self.regmap.units}
         maps = []
         for first in range(0, len(images), self.batch):
             chunk = images[first:first + self.batch]
-            data = np.zeros((len(chunk), self._input_pitch), np.uint8)
-            data[:, :chunk[0].nbytes] = chunk.reshape(len(chunk), -1).view(np.uint8)
+            runs = -(-len(chunk) // per_run)
+            padded = np.zeros((runs * per_run, *chunk.shape[1:]), np.int8)
+            padded[:len(chunk)] = chunk
+            data = np.zeros((runs, self._input_pitch), np.uint8)
+            data[:, :padded[0].nbytes * per_run] = padded.reshape(runs, -1).view(np.uint8)
             self._send("input", data)
-            self._run(len(chunk))
-            out = self.buffers["output"].read(len(chunk) * self._output_pitch)
-            out = out.reshape(len(chunk), self._output_pitch)[:, :size].view(np.int8)
-            maps += [head_map(self.program, o.reshape(info["output_shape"]), self._task)
-                     for o in out]
+            self._run(runs)
+            out = self.buffers["output"].read(runs * self._output_pitch)
+            out = out.reshape(runs, self._output_pitch)
+            for k in range(len(chunk)):
+                head = image_output(self.program, out[k // per_run], self._task, k % per_run)
+                maps.append(head_map(self.program, head, self._task))
         return np.stack(maps)
 
     def _run(self, count):
-        """One start for ``count`` images; its counters added to ``cycles`` and ``busy``."""
+        """One start for ``count`` runs of the body (batches of the program's images); its
+        counters added to ``cycles`` and ``busy``."""
         self._write("images", count)
         self._write("ap_ctrl", self.regmap["ap_ctrl"].field("ap_start").mask)
         ctrl = self._wait()
@@ -303,7 +322,7 @@ class Accelerator:
             raise ConfigError(f"Image count must be a positive integer, not {count!r}")
         if images is None:
             rng = np.random.default_rng(seed)
-            images = rng.integers(-128, 128, (count, *self._input.shape), dtype=np.int8)
+            images = rng.integers(-128, 128, (count, *self.program.image_shape), dtype=np.int8)
         else:
             images = self._images(images)
             images = images[np.arange(count) % len(images)]

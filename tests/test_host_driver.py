@@ -358,3 +358,29 @@ def test_the_driver_imports_numpy_alone():
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_batched_program_runs_batches_and_pads_the_last(tiny, regmap_json):
+    """A program of batch 2: three images are two runs of its body (the last padded with a
+    zero image, dropped), the images register counts the runs; each map the golden
+    model's. Images per start must be a multiple of the program's batch."""
+    from moevit.hw.program.compiler import compile_program
+    from moevit.model.integer import golden
+
+    qmodel, program, images = tiny
+    batched = compile_program(qmodel, program.hw.replace(max_tokens=256), batch=2)
+    device = FakeDevice(regmaps.load(regmap_json), batched.hw)
+    for per_start, starts in ((2, 2), (4, 1)):
+        device.starts = 0
+        acc = Accelerator(device, batched, regmap_json, batch=per_start).load()
+        maps = acc.predict(images, "semseg")
+        for image, got in zip(images, maps):
+            assert np.array_equal(got, golden.run(qmodel, image, 0, record=False).output)
+        assert len(maps) == 3 and device.starts == starts
+        assert device.value("images") == (1 if per_start == 2 else 2)
+        assert acc.cycles == 2 * device.cycles_per_image      # two runs, whatever the starts
+    assert Accelerator(device, batched, regmap_json).batch == 2     # the program's, by default
+    with pytest.raises(ConfigError, match=r"^Batch of 3 images per start is not a multiple of "
+                                          r"the program's batch of 2 \(moevit hw compile "
+                                          r"--batch\): each run of its body computes that many$"):
+        Accelerator(device, batched, regmap_json, batch=3)

@@ -332,10 +332,12 @@ def _default_map() -> RegisterMap:
                       ("scratch", "byte address of the activation scratch")):
         b.add(name, doc, bits=64)
     b.add("task", "the task the gates and heads run (switching task: this one write)")
-    b.add("images", "images to run from one start")
+    b.add("images", "runs of the program's body from one start: batches of the program "
+                    "header's batch images each")
     b.add("status", "where the run is (driven by the top)",
           Field("instruction", 0, 16, "ro", "top", "index of the instruction running or stopped"),
-          Field("image", 16, 16, "ro", "top", "index of the image running or stopped"))
+          Field("image", 16, 16, "ro", "top",
+                "index of the run (batch of images) running or stopped"))
     b.add("error", "why the last run stopped",
           Field("code", 0, 8, "ro", "top", "an error code (0: none)"),
           Field("start_while_busy", 8, 1, "ro", "control",

@@ -248,3 +248,33 @@ def test_top_runs_onchip_activations(tiny):
     got = run_top(onchip, [{"task": 0, "images": [image],
                             "program": _header(onchip, onchip_end=bounds["output_end"] + 32784)}])
     assert got[0].error == CODES["program"]
+
+
+@pytest.mark.slow
+def test_top_runs_a_batched_program(tiny):
+    """A program of batch 2 (one body for two images): the top reads the header's batch word
+    as any other and runs it by the regions' pitches: two calls (each task, then two
+    batches in one call), output and whole scratch bit-exact with the interpreter, and each
+    image's map the golden model's for that image alone."""
+    from moevit.hw.config import DEFAULT_HW
+    from moevit.hw.program.compiler import compile_program
+    from moevit.hw.program.interpreter import head_map, image_output
+    from moevit.model.integer import golden
+    from moevit.sim.units import tiny_quantized
+
+    qmodel, _ = tiny_quantized(trained=False)
+    program = compile_program(qmodel, DEFAULT_HW["tiny"].replace(max_tokens=256), batch=2)
+    _, image = tiny
+    rng = np.random.default_rng(14)
+    others = [rng.integers(-128, 128, image.shape, dtype=np.int8) for _ in range(3)]
+    batches = [np.stack([image, others[0]]), np.stack([others[1], others[2]])]
+    runs = [(0, [batches[0]]), (1, [batches[0], batches[1]])]
+    rows = _check(program, runs)
+    assert [r["images"] for r in rows] == [1, 2]     # runs of the body: batches
+    got = run_top(program, runs)
+    for (task, batch_list), call in zip(runs, got):
+        for batch, out in zip(batch_list, call.outputs):
+            for b, one in enumerate(batch):
+                want = golden.run(qmodel, one, task, record=False).output
+                head = image_output(program, out, task, b)
+                assert np.array_equal(head_map(program, head, task), want), (task, b)

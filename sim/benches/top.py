@@ -171,9 +171,10 @@ def run_top(program, runs, *, test_id, simulator=None, memory_pauses="none", see
 
 
 def output_bytes(program, task) -> int:
-    """Bytes of ``task``'s output (its head's int8 tensor) at the start of the output
-    region; the rest of the region is another task's."""
-    return int(np.prod(program.tasks[task]["output_shape"]))
+    """Bytes of ``task``'s output (its head's int8 rows: of every image of a batched
+    program, :func:`moevit.hw.program.interpreter.image_output`) at the start of the
+    output region; the rest of the region is another task's."""
+    return program.layout["output"].shape[0] * program.tasks[task]["output_shape"][1]
 
 
 def expected_runs(program, runs):

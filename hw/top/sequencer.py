@@ -6,7 +6,9 @@ version, header length, HwConfig fingerprint, bus width, regions in order, an
 on-chip window no larger than ``hw.onchip_bytes``, and a body no longer than
 its instructions can take nor shorter than one word each (else error
 ``program``), and the task register against the program's task count (else
-``task``). Then, for each image of the run, it streams the body in one
+``task``). Then, for each of the run's ``images`` (runs of the body: images, or
+batches of a batched program, whose header's ``batch`` it does not read: the
+regions' pitches carry it), it streams the body in one
 request and assembles each instruction's words (the opcode in the low byte of
 the first word gives the count: :data:`~moevit.hw.program.isa.OPCODES`; an
 unknown one stops the run with ``opcode``; a body whose end is not the end of

@@ -280,3 +280,47 @@ def test_top_runs_tiny_with_onchip_activations(tiny):
               f"{got[k]['bytes_read']:,} (all-DRAM program: {all_dram:,}; the window "
               f"serves {all_dram - dram:,})")
         assert got[k]["bytes_read"] < all_dram
+
+
+@pytest.mark.slow
+def test_top_runs_a_batched_tiny_program():
+    """A program of batch 2 (one body for two images, each weight read once for both) on the
+    whole top (Verilator): one batch for task 0, then task 1 on two batches from one start
+    (the images register counts batches); output and whole scratch bit-exact with the
+    interpreter, each image's map the golden model's for that image alone; the cycles per
+    batch and per image printed beside the one-image program's on the same hardware."""
+    from moevit.hw.cost.cycles import program_cycles
+    from moevit.hw.program.compiler import compile_program
+    from moevit.hw.program.interpreter import head_map, image_output
+    from moevit.model.integer import golden
+    from moevit.sim.units import tiny_quantized
+
+    qmodel, image = tiny_quantized(trained=False)
+    hw = DEFAULT_HW["tiny"].replace(max_tokens=256)
+    batched = compile_program(qmodel, hw, batch=2)
+    one = compile_program(qmodel, hw)
+    image = golden.quantize_image(image, qmodel.scale("input"))
+    rng = np.random.default_rng(replay_seed())
+    others = [rng.integers(-128, 128, image.shape, dtype=np.int8) for _ in range(3)]
+    batches = [np.stack([image, others[0]]), np.stack([others[1], others[2]])]
+    runs = [(0, [batches[0]]), (1, [batches[1], batches[0]])]
+    got = check_runs(batched, runs, test_id="top-tiny-batch2", simulator="verilator")
+    for (task, batch_list), run in zip(runs, got):
+        for batch, out in zip(batch_list, run["outputs"]):
+            for b, single in enumerate(batch):
+                head = image_output(batched, out, task, b)
+                assert np.array_equal(head_map(batched, head, task),
+                                      golden.run(qmodel, single, task, record=False).output)
+    alone = check_runs(one, [(0, [image])], test_id="top-tiny-batch2", simulator="verilator")
+    # The cost model of the batched program (one bus word a cycle, as the bench's memory).
+    predicted = program_cycles(batched, batches[0], 0).cycles
+    print(f"cost model, batch 2 task 0: {predicted:,} cycles "
+          f"({predicted / got[0]['cycles'] - 1:+.2%})")
+    assert abs(predicted / got[0]["cycles"] - 1) <= 0.05
+    print(f"batch 2, task 0: {got[0]['cycles']:,} cycles a batch, {got[0]['cycles'] / 2:,.0f} "
+          f"an image, {got[0]['bytes_read'] / 2:,.0f} bytes read an image; task 1, two "
+          f"batches in one start: {got[1]['cycles']:,} cycles ({got[1]['cycles'] / 4:,.0f} an "
+          f"image); one image alone (task 0, same hardware): {alone[0]['cycles']:,} cycles, "
+          f"{alone[0]['bytes_read']:,} bytes read")
+    assert got[0]["cycles"] < 2 * alone[0]["cycles"]
+    assert got[0]["bytes_read"] < 2 * alone[0]["bytes_read"]

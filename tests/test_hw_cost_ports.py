@@ -43,6 +43,27 @@ def test_memory_cycles_per_port():
     assert memory_cycles(four, {"x": 1000, "chan": 200, "res": 100, "write": 1200}, 4) == 300
 
 
+def test_memory_cycles_with_striped_weights():
+    """weight_ports k: w's bytes shared evenly by its k ports (its own and the ones after
+    it), never faster than its mover's one bus word (16 bytes) a cycle."""
+    four = DEFAULT_HW["tiny"].replace(memory_ports=4)          # x | w | chan+res | write
+    moved = {"x": 1000, "w": 4000, "chan": 200, "res": 100, "write": 1200}
+    assert memory_cycles(four, moved, 1) == 4000                          # w alone on port 1
+    assert memory_cycles(four.replace(weight_ports=2), moved, 1) == 2000 + 300   # ports 1, 2
+    assert memory_cycles(four.replace(weight_ports=4), moved, 1) == 1000 + 1200  # 1, 2, 3, 0
+    # At a bus word a cycle per port the mover binds: striping gains nothing.
+    assert memory_cycles(four.replace(weight_ports=4), moved, 16) == 4000 // 16 \
+        == memory_cycles(four, moved, 16)
+    # Ports of half a bus word: the busiest port binds (port 2: half of w, chan and res;
+    # port 3: a quarter of w and the writes), then the mover.
+    assert memory_cycles(four.replace(weight_ports=2), moved, 8) == -(-2300 // 8)
+    assert memory_cycles(four.replace(weight_ports=4), moved, 8) == 2200 // 8
+    assert memory_cycles(four.replace(weight_ports=2), {"w": 4000}, 8) == 4000 // 16
+    assert memory_cycles(four.replace(weight_ports=4), {"w": 4000}, 8) == 4000 // 16
+    assert memory_cycles(four.replace(weight_ports=4), moved, 4,
+                         memory_bandwidth=10) == -(-sum(moved.values()) // 10)
+
+
 def test_more_ports_fewer_cycles_on_a_slow_memory(tiny):
     """At 2 bytes a cycle per port, tiny is memory-bound: more ports, fewer cycles; the
     one-port figure is the model's as it was (the same bytes over the same bandwidth)."""

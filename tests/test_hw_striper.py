@@ -156,7 +156,7 @@ def test_striper_keeps_order_and_axi_rules(ports, buffer_beats, outstanding):
     SLVERR/DECERR beats, the master taking R 70 % of the cycles: every check of
     :func:`run_striper`; buffered, a port's R beat never waits."""
     seed = _seed()
-    cycles, seen, got, stalls = run_striper(seed, ports=ports, bursts=60,
+    cycles, seen, got, stalls = run_striper(seed, ports=ports, bursts=40,
                                             max_outstanding=outstanding,
                                             buffer_beats=buffer_beats)
     print(f"{ports} ports, buffer {buffer_beats}: {len(got)} beats in {cycles} cycles, "
@@ -172,7 +172,7 @@ def test_striped_slow_ports_stream_together():
     one; four unbuffered ports (each waits while an older burst's port sends) no better
     than one."""
     seed = _seed()
-    kw = dict(bursts=48, longest=16, equal=True, max_outstanding=8, rate=0.25,
+    kw = dict(bursts=32, longest=16, equal=True, max_outstanding=8, rate=0.25,
               master_ready=1.0, arready=1.0)
     one, *_ = run_striper(seed, ports=1, **kw)
     four, _, got, _ = run_striper(seed, ports=4, **kw)

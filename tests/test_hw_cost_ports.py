@@ -104,11 +104,15 @@ def test_the_search_chooses_ports_within_the_boards(board):
     b = get_board(board)
     hw = HwConfig.from_dict(row["hw"])
     assert 1 <= hw.memory_ports <= b.ports and row["memory_ports"] == hw.memory_ports
+    assert 1 <= hw.weight_ports <= hw.memory_ports and row["weight_ports"] == hw.weight_ports
     port, memory = board_bandwidth(b, hw), board_memory_bandwidth(b, hw)
     assert row["bandwidth_gbs"] == pytest.approx(min(hw.memory_ports * port, memory)
                                                  * hw.clock_mhz / 1e3)
     steps = workload("edge-moe").steps(row["task"])
     chosen = predict(steps, hw, port, memory_bandwidth=memory).cycles
-    one = predict(steps, hw.replace(memory_ports=1), port, memory_bandwidth=memory).cycles
-    print(f"{board}: {hw.memory_ports} port(s) {chosen:,} cycles; one port {one:,}")
-    assert chosen <= one
+    one = predict(steps, hw.replace(memory_ports=1, weight_ports=1), port,
+                  memory_bandwidth=memory).cycles
+    unstriped = predict(steps, hw.replace(weight_ports=1), port, memory_bandwidth=memory).cycles
+    print(f"{board}: {hw.memory_ports} port(s), weights over {hw.weight_ports}: {chosen:,} "
+          f"cycles; weights over one {unstriped:,}; one port {one:,}")
+    assert chosen <= unstriped and chosen <= one

@@ -140,14 +140,18 @@ def test_striped_weights_run_a_layernorm_under_random_pauses(tiny):
 @pytest.mark.slow
 def test_whole_tiny_with_striped_weights_under_a_slow_memory(tiny):
     """The whole tiny model (task 0: about 10 minutes a run on a loaded machine) on a top of
-    4 memory ports whose weights stripe over 1, 2 and 4 of them, behind a memory of
-    SLOW_MEMORY bytes a cycle per port (Verilator): every run bit-exact, fewer cycles with
-    more weight ports, and the cost model's cycles against the simulated ones (printed)."""
+    4 memory ports whose weights stripe over 1 and 2 of them, behind a memory of SLOW_MEMORY
+    bytes a cycle per port (Verilator): both runs bit-exact. tiny's weights do not bind
+    there (its x and y weigh as much as its weights; w's second port also carries chan and
+    res), so striping gains nothing; the cost model says so too, and its change from 1 to 2
+    weight ports is the simulated one within 1 % (measured: simulated 661,097 -> 662,243
+    cycles, +0.17 %; model 513,029 -> 514,565, +0.30 %; its -22 % error at this memory is
+    the sequencer's program reads it does not count)."""
     from moevit.hw.cost.cycles import program_cycles
 
     program, image = tiny
     rows = []
-    for weights in (1, 2, 4):
+    for weights in (1, 2):
         run = check_runs(program(4, weights), [(0, [image])],
                          test_id=f"top-ports4-w{weights}-tiny-slow", simulator="verilator",
                          bandwidth=SLOW_MEMORY, timeout_us=100_000)[0]
@@ -155,9 +159,10 @@ def test_whole_tiny_with_striped_weights_under_a_slow_memory(tiny):
         rows.append((weights, run["cycles"], model, run["port_bytes_read"]))
     print(f"\nwhole tiny, task 0, 4 memory ports at {SLOW_MEMORY:g} byte(s) a cycle per port, "
           f"reads and writes together")
-    print(f"{'w ports':>7} {'simulated':>11} {'vs w 1':>7} {'cost model':>11} {'error':>7}  "
-          f"bytes read per port")
+    print(f"{'w ports':>7} {'simulated':>11} {'vs w 1':>7} {'cost model':>11} {'vs w 1':>7} "
+          f"{'error':>7}  bytes read per port")
     for weights, simulated, model, per_port in rows:
         print(f"{weights:>7} {simulated:>11,} {simulated / rows[0][1]:>7.3f} {model:>11,} "
-              f"{model / simulated - 1:>+7.2%}  {per_port}")
-    assert rows[2][1] < rows[1][1] < rows[0][1]
+              f"{model / rows[0][2]:>7.3f} {model / simulated - 1:>+7.2%}  {per_port}")
+    (_, sim1, model1, _), (_, sim2, model2, _) = rows
+    assert abs(sim2 / sim1 - model2 / model1) < 0.01

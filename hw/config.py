@@ -119,6 +119,12 @@ class HwConfig:
         every activation in DRAM scratch; else a multiple of the bus word, and
         the compiler places the activations by liveness in a window of this
         size (:mod:`moevit.hw.program.compiler`).
+    weight_ports : int
+        Memory ports the read channel ``w`` (the weights) stripes its bursts over:
+        1, its own port as in :data:`~moevit.hw.top.memory_ports.PORT_OF`; ``k``
+        up to ``memory_ports``, its bursts dealt in turn to its port and the ``k - 1``
+        after it (:func:`moevit.hw.top.memory_ports.weight_stripe`), still one mover
+        of one bus word a cycle.
 
     Raises
     ------
@@ -156,6 +162,8 @@ class HwConfig:
     norm_lanes: int = 1
     # On-chip activation memory (issue 12 §3): bytes, 0 for none.
     onchip_bytes: int = 0
+    # The weight stream striped over memory ports (issue 14): 1 = its own port.
+    weight_ports: int = 1
 
     # Fixed by the numeric contract (moevit.model.integer.intops.requantize).
     BIAS_WIDTH = 32
@@ -170,7 +178,8 @@ class HwConfig:
     #: (:func:`moevit.hw.program.program.hw_hash`), while they hold this value, the
     #: behaviour from before they existed: programs, caches and saved configs made then
     #: stay valid.
-    SILENT_DEFAULTS = {"memory_ports": 1, "norm_lanes": 1, "onchip_bytes": 0}
+    SILENT_DEFAULTS = {"memory_ports": 1, "norm_lanes": 1, "onchip_bytes": 0,
+                       "weight_ports": 1}
 
     def __post_init__(self):
         for what, name in (
@@ -263,6 +272,11 @@ class HwConfig:
             raise ConfigError(
                 f"On-chip activation memory must be a non-negative multiple of the "
                 f"{word}-byte bus word, not {self.onchip_bytes!r} bytes")
+        if isinstance(self.weight_ports, bool) or not isinstance(self.weight_ports, int) \
+                or not 1 <= self.weight_ports <= self.memory_ports:
+            raise ConfigError(
+                f"Weight ports must be an integer from 1 to the {self.memory_ports} memory "
+                f"port(s), not {self.weight_ports!r}")
         if self.max_tokens % self.rows:
             raise ConfigError(
                 f"Token buffer depth {self.max_tokens} is not a multiple of the {self.rows} "

@@ -43,6 +43,27 @@ def test_memory_cycles_per_port():
     assert memory_cycles(four, {"x": 1000, "chan": 200, "res": 100, "write": 1200}, 4) == 300
 
 
+def test_memory_cycles_with_striped_weights():
+    """weight_ports k: w's bytes shared evenly by its k ports (its own and the ones after
+    it), never faster than its mover's one bus word (16 bytes) a cycle."""
+    four = DEFAULT_HW["tiny"].replace(memory_ports=4)          # x | w | chan+res | write
+    moved = {"x": 1000, "w": 4000, "chan": 200, "res": 100, "write": 1200}
+    assert memory_cycles(four, moved, 1) == 4000                          # w alone on port 1
+    assert memory_cycles(four.replace(weight_ports=2), moved, 1) == 2000 + 300   # ports 1, 2
+    assert memory_cycles(four.replace(weight_ports=4), moved, 1) == 1000 + 1200  # 1, 2, 3, 0
+    # At a bus word a cycle per port the mover binds: striping gains nothing.
+    assert memory_cycles(four.replace(weight_ports=4), moved, 16) == 4000 // 16 \
+        == memory_cycles(four, moved, 16)
+    # Ports of half a bus word: the busiest port binds (port 2: half of w, chan and res;
+    # port 3: a quarter of w and the writes), then the mover.
+    assert memory_cycles(four.replace(weight_ports=2), moved, 8) == -(-2300 // 8)
+    assert memory_cycles(four.replace(weight_ports=4), moved, 8) == 2200 // 8
+    assert memory_cycles(four.replace(weight_ports=2), {"w": 4000}, 8) == 4000 // 16
+    assert memory_cycles(four.replace(weight_ports=4), {"w": 4000}, 8) == 4000 // 16
+    assert memory_cycles(four.replace(weight_ports=4), moved, 4,
+                         memory_bandwidth=10) == -(-sum(moved.values()) // 10)
+
+
 def test_more_ports_fewer_cycles_on_a_slow_memory(tiny):
     """At 2 bytes a cycle per port, tiny is memory-bound: more ports, fewer cycles; the
     one-port figure is the model's as it was (the same bytes over the same bandwidth)."""
@@ -83,11 +104,15 @@ def test_the_search_chooses_ports_within_the_boards(board):
     b = get_board(board)
     hw = HwConfig.from_dict(row["hw"])
     assert 1 <= hw.memory_ports <= b.ports and row["memory_ports"] == hw.memory_ports
+    assert 1 <= hw.weight_ports <= hw.memory_ports and row["weight_ports"] == hw.weight_ports
     port, memory = board_bandwidth(b, hw), board_memory_bandwidth(b, hw)
     assert row["bandwidth_gbs"] == pytest.approx(min(hw.memory_ports * port, memory)
                                                  * hw.clock_mhz / 1e3)
     steps = workload("edge-moe").steps(row["task"])
     chosen = predict(steps, hw, port, memory_bandwidth=memory).cycles
-    one = predict(steps, hw.replace(memory_ports=1), port, memory_bandwidth=memory).cycles
-    print(f"{board}: {hw.memory_ports} port(s) {chosen:,} cycles; one port {one:,}")
-    assert chosen <= one
+    one = predict(steps, hw.replace(memory_ports=1, weight_ports=1), port,
+                  memory_bandwidth=memory).cycles
+    unstriped = predict(steps, hw.replace(weight_ports=1), port, memory_bandwidth=memory).cycles
+    print(f"{board}: {hw.memory_ports} port(s), weights over {hw.weight_ports}: {chosen:,} "
+          f"cycles; weights over one {unstriped:,}; one port {one:,}")
+    assert chosen <= unstriped and chosen <= one

@@ -2,8 +2,10 @@
 
 import pytest
 
-from moevit.hw.config import DEFAULT_HW
-from moevit.hw.top.memory_ports import MOVERS, PORT_OF, port_members, port_name, ports_of
+from moevit.errors import ConfigError
+from moevit.hw.config import DEFAULT_HW, HwConfig
+from moevit.hw.top.memory_ports import (MOVERS, PORT_OF, port_members, port_name, ports_of,
+                                        weight_stripe)
 
 
 @pytest.mark.parametrize("ports", sorted(PORT_OF))
@@ -58,3 +60,64 @@ def test_the_driver_sees_the_same_registers():
     for ports in (1, 4):
         top = Accelerator(DEFAULT_HW["tiny"].replace(memory_ports=ports), ("copy",))
         assert top.regmap.to_dict() == REGMAP.to_dict()
+
+
+@pytest.mark.parametrize("ports", sorted(PORT_OF))
+def test_the_weights_stripe_from_their_own_port(ports):
+    """weight_ports k: w's own port, then the k - 1 after it, wrapping; k = 1 is the table's."""
+    hw = DEFAULT_HW["tiny"].replace(memory_ports=ports)
+    own = ports_of(hw)["w"]
+    for k in range(1, ports + 1):
+        stripe = weight_stripe(hw.replace(weight_ports=k))
+        assert stripe[0] == own and len(set(stripe)) == k
+        assert all((b - a) % ports == 1 for a, b in zip(stripe, stripe[1:]))
+    assert weight_stripe(hw.replace(weight_ports=ports)) == tuple(
+        (own + j) % ports for j in range(ports))
+    assert weight_stripe(DEFAULT_HW["tiny"].replace(memory_ports=4, weight_ports=2)) == (1, 2)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"weight_ports": 2}, r"^Weight ports must be an integer from 1 to the 1 memory port\(s\), "
+                          r"not 2$"),
+    ({"memory_ports": 4, "weight_ports": 5}, r"^Weight ports must be an integer from 1 to the "
+                                             r"4 memory port\(s\), not 5$"),
+    ({"memory_ports": 2, "weight_ports": 0}, r"^Weight ports must be an integer from 1 to the "
+                                             r"2 memory port\(s\), not 0$"),
+    ({"memory_ports": 2, "weight_ports": True}, r"^Weight ports must be an integer from 1 to "
+                                                r"the 2 memory port\(s\), not True$"),
+    ({"memory_ports": 2, "weight_ports": 1.5}, r"^Weight ports must be an integer from 1 to "
+                                               r"the 2 memory port\(s\), not 1.5$"),
+])
+def test_bad_weight_ports(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        DEFAULT_HW["tiny"].replace(**changes)
+
+
+def test_one_weight_port_leaves_the_fingerprint_as_it_was():
+    """weight_ports=1 is silent: not in the dict, so programs and caches stay valid."""
+    from moevit.hw.program.program import hw_hash
+
+    hw = DEFAULT_HW["tiny"].replace(memory_ports=2)
+    assert "weight_ports" not in hw.to_dict()
+    striped = hw.replace(weight_ports=2)
+    assert striped.to_dict()["weight_ports"] == 2 and hw_hash(striped) != hw_hash(hw)
+    assert HwConfig.from_dict(striped.to_dict()) == striped
+
+
+def test_the_striped_top_has_a_striper_and_the_same_ports():
+    """weight_ports 2 on 4 ports: a ReadStriper before ports 1 and 2 (port 2 arbitrates it
+    with chan and res, w's share in w's place), the same flat ports as the unstriped top."""
+    from moevit.hw.top.accelerator import Accelerator
+    from moevit.hw.top.interconnect import ReadArbiter, ReadStriper
+
+    hw = DEFAULT_HW["tiny"].replace(memory_ports=4)
+    plain = Accelerator(hw, ("copy",))
+    top = Accelerator(hw.replace(weight_ports=2), ("copy",))
+    for unused in (plain, top):
+        unused._MustUse__silence = True
+    assert top.signature.members == plain.signature.members
+    inside = {name: sub for name, (sub, _) in top.elaborate(None)._named_submodules.items()}
+    striper = inside["striper"]
+    assert isinstance(striper, ReadStriper) and len(striper.ports) == 2
+    assert isinstance(inside["arbiter2"], ReadArbiter) and len(inside["arbiter2"].ports) == 3
+    assert "arbiter1" not in inside and "striper" not in plain.elaborate(None)._named_submodules

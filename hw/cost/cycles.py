@@ -16,7 +16,9 @@ one's writes are answered. An instruction therefore costs
   is conservative). With several memory ports (``hw.memory_ports``) each
   mover's bytes go on its port (:data:`moevit.hw.top.memory_ports.PORT_OF`),
   each port moves ``bandwidth`` bytes a cycle and all of them together at most
-  the memory's (:func:`memory_cycles`);
+  the memory's (:func:`memory_cycles`); with ``hw.weight_ports`` the weights'
+  bytes are shared evenly by the ports they stripe over, and still move at most
+  one bus word a cycle (one mover), however many ports feed it;
 * ``ISSUE_CYCLES``: the sequencer's fetch and hand-over, fitted once (see
   below).
 
@@ -241,14 +243,21 @@ def memory_cycles(hw, moved: dict, bandwidth, memory_bandwidth=None) -> int:
     carries its movers' bytes (:data:`moevit.hw.top.memory_ports.PORT_OF`; a port's reads
     and writes share it) at ``bandwidth`` bytes a cycle, all ports together at most
     ``memory_bandwidth`` (default: no limit beyond the ports'). One port: the bytes over
-    ``bandwidth``, as before there were ports."""
-    from moevit.hw.top.memory_ports import ports_of
+    ``bandwidth``, as before there were ports. With ``hw.weight_ports`` > 1 the bytes of
+    ``w`` are dealt evenly over its stripe (its bursts go round-robin,
+    :func:`moevit.hw.top.memory_ports.weight_stripe`), and ``w`` still takes at most one bus
+    word a cycle: its one mover's rate, whatever its ports give."""
+    from moevit.hw.top.memory_ports import ports_of, weight_stripe
 
     where = ports_of(hw)
+    stripe = weight_stripe(hw)
     per_port = [0] * hw.memory_ports
     for mover, n in moved.items():
-        per_port[where[mover]] += n
+        for port in stripe if mover == "w" else (where[mover],):
+            per_port[port] += n / len(stripe) if mover == "w" else n
     cycles = max(per_port) / bandwidth
+    if len(stripe) > 1:
+        cycles = max(cycles, moved.get("w", 0) / (hw.bus_width / 8))
     if memory_bandwidth is not None:
         cycles = max(cycles, sum(per_port) / memory_bandwidth)
     return int(np.ceil(cycles))

@@ -581,22 +581,28 @@ def _bandwidths(board, hw):
 
 def _ports(work, hw, board, the_fit, fabric):
     """``(hw, resources, runs per task)`` with the memory ports of :data:`PORT_CHOICES`
-    the board has: the fewest whose slowest task is within :data:`PORTS_SLACK` of the
-    best; more are tried only while the point is memory-bound and they fit."""
+    the board has, and the weights striped over as many of them (``weight_ports``, the
+    same choices): the fewest ports, then the fewest weight ports, whose slowest task is
+    within :data:`PORTS_SLACK` of the best; more are tried only while the point is
+    memory-bound and they fit."""
     from moevit.hw.cost.resources import resources
 
     tried = []
     for ports in [p for p in PORT_CHOICES if p <= min(board.ports, hw.MAX_MEMORY_PORTS)]:
-        candidate = hw.replace(memory_ports=ports)
-        res = resources(candidate, the_fit)
+        res = resources(hw.replace(memory_ports=ports), the_fit)
         if tried and _fits(res, board, fabric):
             break
-        port, memory = _bandwidths(board, candidate)
-        runs = {t: predict(work.steps(t), candidate, port, memory_bandwidth=memory)
-                for t in work.tasks}
-        tried.append((max(r.cycles for r in runs.values()), candidate, res, runs))
+        # The weights striped over 1, 2, 4 ... of the ports (hw.weight_ports).
+        for weights in [w for w in PORT_CHOICES if w <= ports]:
+            candidate = hw.replace(memory_ports=ports, weight_ports=weights)
+            port, memory = _bandwidths(board, candidate)
+            runs = {t: predict(work.steps(t), candidate, port, memory_bandwidth=memory)
+                    for t in work.tasks}
+            tried.append((max(r.cycles for r in runs.values()), candidate, res, runs))
+            if not any(r.memory_cycles for r in runs.values()):
+                break                   # compute-bound everywhere: more ports gain nothing
         if not any(r.memory_cycles for r in runs.values()):
-            break                       # compute-bound everywhere: more ports gain nothing
+            break
     best = min(cycles for cycles, *_ in tried)
     return next((hw, res, runs) for cycles, hw, res, runs in tried
                 if cycles <= best * (1 + PORTS_SLACK))
@@ -775,7 +781,8 @@ def point_row(point, board, work, fabric=True) -> dict:
         "board": board.name, "config": work.config, "name": hw.name, "task": point.task,
         "mac_units": hw.macs + attention_units, "linear_mac_units": hw.macs,
         "attention_mac_units": attention_units, "dsp_packing": hw.dsp_packing,
-        "memory_ports": hw.memory_ports, "norm_lanes": hw.norm_lanes,
+        "memory_ports": hw.memory_ports, "weight_ports": hw.weight_ports,
+        "norm_lanes": hw.norm_lanes,
         "latency_ms": point.latency_ms, "fps_batch1": fps1, "best_batch": point.best_batch,
         "best_fps": best_fps, "macs_per_image": macs, "gops": 2 * macs * fps1 / 1e9,
         "best_gops": 2 * macs * best_fps / 1e9,
@@ -848,7 +855,8 @@ def print_dse(rows) -> None:
               f"packing {h['dsp_packing']}, {h['post_lanes']} post lanes), attention "
               f"{h['heads_parallel']} heads x 2 x {h['score_lanes']} lanes "
               f"({r['attention_mac_units']} MAC units), {r['norm_lanes']} LayerNorm lanes, "
-              f"bus {h['bus_width']} bits x {r['memory_ports']} memory port(s), "
+              f"bus {h['bus_width']} bits x {r['memory_ports']} memory port(s) (weights "
+              f"over {r['weight_ports']}), "
               f"max_tokens {h['max_tokens']}, max_in {h['max_in']}, kv_depth {h['kv_depth']}, "
               f"{h['clock_mhz']:g} MHz")
         print(f"  latency {r['latency_ms']:.3f} ms per image at batch 1 ({r['task']}, the "

@@ -368,6 +368,64 @@ def _read_arbiter():
     return Harness(ReadArbiter(32, ports, most, buffer_beats=0), [rules], streams=False)
 
 
+def _read_striper(buffer_beats=0):
+    """The read striper between a master that keeps the rules and two memories that do,
+    each burst tagged with its number (the master's bursts go to successive pages: address
+    bits 12.. count them) and each memory answering a burst's beats with its tag (and the
+    tag's next two bits as the response): the master gets each beat in issue order, tag,
+    response and ``rlast`` at the right place."""
+    from amaranth.lib.fifo import SyncFIFO
+
+    from moevit.hw.formal.axi import _bursts_in_flight
+    from moevit.hw.top.interconnect import ReadStriper
+    ports, most, tag = 2, 2, 8
+
+    def rules(m, dut, live):
+        axi = dut.axi
+        # The master: AXI's rules, its n-th burst on page n.
+        handshake_rules(m, axi.arvalid, axi.arready, [axi.arid, axi.araddr, axi.arlen,
+                                                      axi.arsize, axi.arburst], assume=True,
+                        name="master_ar", live=live)
+        with m.If(axi.arvalid):
+            burst_checks(m, axi.araddr, axi.arlen, axi.arsize, axi.arburst, 4, "master_ar",
+                         check=Assume)
+        asked = beats(m, axi.arvalid, axi.arready, "master_ar")
+        m.d.comb += Assume(~axi.arvalid | (axi.araddr[12:12 + tag] == asked[:tag]))
+        # What the master gets: R's rules, beats only for its bursts, in issue order.
+        handshake_rules(m, axi.rvalid, axi.rready, [axi.rdata, axi.rresp, axi.rlast],
+                        assume=False, name="master_r", live=live)
+        lengths, beat = _bursts_in_flight(m, "master_r", most + 1,
+                                          accepted=axi.arvalid & axi.arready,
+                                          length=axi.arlen, taken=axi.rvalid & axi.rready,
+                                          last=axi.rlast)
+        done = beats(m, axi.rvalid & axi.rlast, axi.rready, "master_rlast")
+        with m.If(axi.rvalid):
+            m.d.comb += [
+                Assert(lengths.r_rdy, "master: a beat for no burst in flight"),
+                Assert(axi.rlast == (beat == lengths.r_data),
+                       "master: rlast not on its burst's last beat"),
+                Assert(axi.rdata[:tag] == done[:tag], "master: a beat of another burst"),
+                Assert(axi.rresp == axi.rdata[tag:tag + 2], "master: a beat's response lost"),
+            ]
+        m.d.comb += Assert(difference(asked, done) <= most,
+                           f"master: more than {most} bursts in flight")
+        for k, port in enumerate(dut.ports):
+            # Each port: an AXI4 read master towards a memory that tags its beats.
+            axi4_read_master(m, port, live, nbytes=4, max_outstanding=most, name=f"port{k}")
+            tags = m.submodules[f"port{k}_tags"] = SyncFIFO(width=tag, depth=most + 1)
+            m.d.comb += [tags.w_en.eq(port.arvalid & port.arready),
+                         tags.w_data.eq(port.araddr[12:12 + tag]),
+                         tags.r_en.eq(port.rvalid & port.rready & port.rlast)]
+            with m.If(port.rvalid):
+                m.d.comb += [Assume(port.rdata[:tag] == tags.r_data),
+                             Assume(port.rresp == port.rdata[tag:tag + 2])]
+            with m.If(port.arvalid):
+                m.d.comb += Assert(port.araddr[12] == k, f"port{k}: not its turn's burst")
+
+    return Harness(ReadStriper(32, ports, most, buffer_beats=buffer_beats), [rules],
+                   streams=False)
+
+
 def _write_arbiter():
     from moevit.hw.top.interconnect import WriteArbiter
     ports, most = 2, 2
@@ -747,6 +805,10 @@ CHECKS = [
     Check("read_arbiter.axi", "ReadArbiter(32 bit, 2 ports, 2 outstanding, unbuffered)",
           "AR/R rules on the shared master and each port; each port gets only its own "
           "bursts' beats", "bmc", 6, _read_arbiter, fast=False),
+    Check("read_striper.axi", "ReadStriper(32 bit, 2 ports, 2 outstanding, unbuffered)",
+          "AR/R rules on the master side and each port; bursts dealt in turn, unchanged; "
+          "each beat to the master in issue order with its response, rlast in place",
+          "bmc", 8, _read_striper, fast=False),
     Check("write_arbiter.axi", "WriteArbiter(32 bit, 2 ports, 2 outstanding)",
           "AW/W/B rules on the shared master and each port; each B to the port that wrote",
           "bmc", 6, _write_arbiter, fast=False),

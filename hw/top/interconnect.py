@@ -46,7 +46,7 @@ from moevit.hw.program.program import BOUNDARY_FIELDS
 from moevit.hw.top.movers import (ADDR_WIDTH, DATA_WIDTHS, MAX_BURST, PAGE_BYTES,
                                   AXI4ReadSignature, AXI4WriteSignature, request_layout)
 
-__all__ = ["longest_burst", "ReadArbiter", "WriteArbiter", "REGION_KINDS", "BOUND_FIELDS", "bounds_layout",
+__all__ = ["longest_burst", "ReadStriper", "ReadArbiter", "WriteArbiter", "REGION_KINDS", "BOUND_FIELDS", "bounds_layout",
            "bases_layout", "Relocator"]
 
 #: The region kinds a Relocator maps, in address order (:data:`moevit.hw.program.layout.KINDS`).
@@ -67,6 +67,141 @@ def _check(data_width, ports, max_outstanding):
     for what, value in (("Ports", ports), ("Outstanding bursts", max_outstanding)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise TypeError(f"{what} must be a positive integer, not {value!r}")
+
+
+def _check_buffer(data_width, buffer_beats):
+    """The default buffer (the longest burst), or ``buffer_beats`` checked: 0 or at
+    least the longest burst."""
+    if buffer_beats is None:
+        return longest_burst(data_width) if data_width in DATA_WIDTHS else None
+    if not isinstance(buffer_beats, int) or isinstance(buffer_beats, bool) or buffer_beats < 0:
+        raise TypeError(f"Buffer beats must be a non-negative integer, not {buffer_beats!r}")
+    if 0 < buffer_beats < longest_burst(data_width):
+        raise ValueError(f"A buffer of {buffer_beats} beats cannot hold the longest "
+                         f"burst of {longest_burst(data_width)} beats")
+    return buffer_beats
+
+
+class ReadStriper(wiring.Component):
+    """One AXI4 read master onto ``ports``, burst by burst, R in issue order.
+
+    The master's bursts go to the ports in turn, each unchanged (one ID; a port's
+    memory answers its bursts in order, so the queue of ports says whose beats come
+    next). A burst's address stays on the port whose turn it is until that port takes
+    it: a valid address never moves, and the turn moves on only with a taken burst.
+    An error response (SLVERR, DECERR) reaches the master with its beat.
+
+    With ``buffer_beats`` (the default: the longest burst, :func:`longest_burst`) each
+    port has a FIFO of that many R beats, and a port is given a burst only when its
+    FIFO has room for all of it beside the beats already owed to it: every port's R
+    is always taken, so the ports stream their bursts at once while the master takes
+    the oldest; that is what multiplies the bandwidth. With ``buffer_beats=0`` beats
+    pass straight through (no memory, no added cycle), and a port waits while an
+    older burst's port sends: the order is kept, the bandwidth is one port's at a
+    time unless the memory buffers on its side.
+
+    Parameters
+    ----------
+    data_width : int
+    ports : int
+    max_outstanding : int
+        Bursts in flight at most (given to a port, not all beats taken by ``axi``).
+    buffer_beats : int, optional
+        R beats buffered per port: 0, or at least :func:`longest_burst`.
+
+    Attributes
+    ----------
+    axi : In(AXI4ReadSignature(data_width))
+        The master (a read mover's ``axi`` connects to it).
+    ports : Out(AXI4ReadSignature(data_width)).array(ports)
+
+    Raises
+    ------
+    TypeError
+        For a data width not in :data:`DATA_WIDTHS`, a count that is not a
+        positive integer, a buffer that is not a non-negative integer.
+    ValueError
+        For a buffer that cannot hold the longest burst.
+    """
+
+    def __init__(self, data_width=128, ports=2, max_outstanding=4, *, buffer_beats=None):
+        try:
+            _check(data_width, ports, max_outstanding)
+            buffer_beats = _check_buffer(data_width, buffer_beats)
+        except (TypeError, ValueError):
+            self._MustUse__silence = True
+            raise
+        self._data_width = data_width
+        self._ports = ports
+        self._max_outstanding = max_outstanding
+        self._buffer_beats = buffer_beats
+        super().__init__({"axi": In(AXI4ReadSignature(data_width)),
+                          "ports": Out(AXI4ReadSignature(data_width)).array(ports)})
+
+    @property
+    def data_width(self):
+        return self._data_width
+
+    @property
+    def max_outstanding(self):
+        return self._max_outstanding
+
+    @property
+    def buffer_beats(self):
+        return self._buffer_beats
+
+    def elaborate(self, platform):
+        m = Module()
+        axi, n, depth = self.axi, self._ports, self._buffer_beats
+        order = m.submodules.order = SyncFIFO(width=max(1, (n - 1).bit_length()),
+                                              depth=self._max_outstanding)
+        turn, head = Signal(range(n)), order.r_data
+        # A port's free beats, less the bursts it was given (buffered), bound its turns.
+        free = [Signal(range(depth + 1), init=depth, name=f"free{k}") for k in range(n)] \
+            if depth else None
+        room = [order.w_rdy & (free[k] > axi.arlen if depth else 1) for k in range(n)]
+
+        # AR: to the port whose turn it is.
+        taken = Signal()
+        for k, port in enumerate(self.ports):
+            m.d.comb += [port.arid.eq(axi.arid), port.araddr.eq(axi.araddr),
+                         port.arlen.eq(axi.arlen), port.arsize.eq(axi.arsize),
+                         port.arburst.eq(axi.arburst),
+                         port.arvalid.eq(axi.arvalid & (turn == k) & room[k])]
+            with m.If(turn == k):
+                m.d.comb += axi.arready.eq(port.arready & room[k])
+        m.d.comb += [taken.eq(axi.arvalid & axi.arready),
+                     order.w_data.eq(turn), order.w_en.eq(taken)]
+        with m.If(taken):
+            m.d.sync += turn.eq(Mux(turn == n - 1, 0, turn + 1))
+        m.d.comb += axi.rid.eq(0)
+
+        if not depth:
+            # R: from the port whose burst is the oldest in flight.
+            for k, port in enumerate(self.ports):
+                mine = order.r_rdy & (head == k)
+                with m.If(mine):
+                    m.d.comb += [axi.rdata.eq(port.rdata), axi.rresp.eq(port.rresp),
+                                 axi.rlast.eq(port.rlast), axi.rvalid.eq(port.rvalid)]
+                m.d.comb += port.rready.eq(axi.rready & mine)
+            m.d.comb += order.r_en.eq(axi.rvalid & axi.rready & axi.rlast)
+            return m
+
+        # Buffered: every port's beats into its FIFO; the master reads the head port's.
+        for k, port in enumerate(self.ports):
+            beats = m.submodules[f"beats{k}"] = SyncFIFO(width=self._data_width + 3,
+                                                       depth=depth)
+            mine = order.r_rdy & (head == k)
+            m.d.comb += [beats.w_data.eq(Cat(port.rdata, port.rresp, port.rlast)),
+                         beats.w_en.eq(port.rvalid), port.rready.eq(beats.w_rdy),
+                         beats.r_en.eq(axi.rready & mine)]
+            with m.If(mine):
+                m.d.comb += [Cat(axi.rdata, axi.rresp, axi.rlast).eq(beats.r_data),
+                             axi.rvalid.eq(beats.r_rdy)]
+            given = Mux(taken & (turn == k), axi.arlen + 1, 0)
+            m.d.sync += free[k].eq(free[k] + (beats.r_rdy & beats.r_en) - given)
+        m.d.comb += order.r_en.eq(axi.rvalid & axi.rready & axi.rlast)
+        return m
 
 
 class _Arbiter(wiring.Component):
@@ -175,18 +310,12 @@ class ReadArbiter(_Arbiter):
     """
 
     def __init__(self, data_width=128, ports=2, max_outstanding=4, *, buffer_beats=None):
-        if buffer_beats is None and data_width in DATA_WIDTHS:
-            buffer_beats = longest_burst(data_width)
-        if buffer_beats is not None:
-            if not isinstance(buffer_beats, int) or isinstance(buffer_beats, bool) \
-                    or buffer_beats < 0:
+        if data_width in DATA_WIDTHS:
+            try:
+                buffer_beats = _check_buffer(data_width, buffer_beats)
+            except (TypeError, ValueError):
                 self._MustUse__silence = True
-                raise TypeError(f"Buffer beats must be a non-negative integer, "
-                                f"not {buffer_beats!r}")
-            if 0 < buffer_beats < longest_burst(data_width):
-                self._MustUse__silence = True
-                raise ValueError(f"A buffer of {buffer_beats} beats cannot hold the longest "
-                                 f"burst of {longest_burst(data_width)} beats")
+                raise
         self._buffer_beats = buffer_beats
         super().__init__(AXI4ReadSignature, data_width, ports, max_outstanding)
 

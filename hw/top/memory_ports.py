@@ -37,8 +37,19 @@ write mover has a port of its own; from four, ATTENTION's q, k, v and its
 output each have one. The sequencer's reads (a few words per instruction) and
 EXPERT's routing go with ``x`` until there are ports to spare.
 
-A port with one read mover connects it straight to the port; with several, a
-:class:`~moevit.hw.top.interconnect.ReadArbiter` joins them. The write mover
+**The weights striped** (``hw.weight_ports = k`` > 1, :func:`weight_stripe`): the
+``w`` mover's bursts are dealt in turn to ``k`` ports, its own port of the table and
+the ``k - 1`` after it (wrapping to port 0): with 4 ports, ``k = 2`` stripes over
+ports 1 and 2, ``k = 4`` over 1, 2, 3, 0. A
+:class:`~moevit.hw.top.interconnect.ReadStriper` between the mover and those ports
+gives the beats back in order. The mover still takes one bus word a cycle: striping
+pays where a port gives less than that (a narrow port behind a wide bus, a memory
+shared with the other streams). With ``k = 1`` the top is built as before.
+
+A port with one read master (a mover, or a striper's share of ``w``) connects it
+straight to the port; with several, a
+:class:`~moevit.hw.top.interconnect.ReadArbiter` joins them (a striper's share takes
+``w``'s place among the movers). The write mover
 always owns its port's write channels alone; a port's unused channels are
 held idle (``arvalid``, ``awvalid``, ``wvalid`` low).
 """
@@ -48,8 +59,8 @@ from amaranth.lib import wiring
 from moevit.hw.config import HwConfig
 from moevit.hw.top.movers import AXI4ReadSignature, AXI4WriteSignature, axi_members, connect_flat
 
-__all__ = ["MOVERS", "READ_MOVERS", "PORT_OF", "port_name", "ports_of", "port_members",
-           "connect_ports"]
+__all__ = ["MOVERS", "READ_MOVERS", "PORT_OF", "port_name", "ports_of", "weight_stripe",
+           "port_members", "connect_ports"]
 
 #: The top's movers in the order of :data:`PORT_OF`'s rows: its read movers (engine
 #: channels 0 to 4, then the sequencer's two), then the write mover.
@@ -82,6 +93,13 @@ def ports_of(hw: HwConfig) -> dict:
     return dict(zip(MOVERS, PORT_OF[hw.memory_ports]))
 
 
+def weight_stripe(hw: HwConfig) -> tuple:
+    """The ports the ``w`` mover's bursts go to in turn: its own, then the
+    ``hw.weight_ports - 1`` after it (modulo ``hw.memory_ports``)."""
+    own = ports_of(hw)["w"]
+    return tuple((own + j) % hw.memory_ports for j in range(hw.weight_ports))
+
+
 def port_members(hw: HwConfig) -> dict:
     """The top's members of its memory ports (``m_axi_gmem_*``, ``m_axi_gmem1_*`` ...)."""
     members = {}
@@ -94,22 +112,36 @@ def port_members(hw: HwConfig) -> dict:
 def connect_ports(m, top, hw: HwConfig, reads, write):
     """Join the read movers ``reads`` (in :data:`READ_MOVERS` order) and the write mover
     ``write`` to ``top``'s flat ports (:func:`port_members`) by :data:`PORT_OF`: a
-    :class:`~moevit.hw.top.interconnect.ReadArbiter` per port with several read movers
-    (each may have all its bursts in flight), a straight connection for one."""
-    from moevit.hw.top.interconnect import ReadArbiter
+    :class:`~moevit.hw.top.interconnect.ReadArbiter` per port with several read masters
+    (each may have all its bursts in flight), a straight connection for one; with
+    ``hw.weight_ports`` > 1 a :class:`~moevit.hw.top.interconnect.ReadStriper` deals
+    ``w``'s bursts over :func:`weight_stripe`."""
+    from moevit.hw.top.interconnect import ReadArbiter, ReadStriper
 
     assert len(reads) == len(READ_MOVERS)
     where = PORT_OF[hw.memory_ports]
+    # Each port's read masters, in READ_MOVERS order (a stripe's share in w's place).
+    masters = [[mover.axi for mover, port in zip(reads, where) if port == k]
+               for k in range(hw.memory_ports)]
+    if hw.weight_ports > 1:
+        w = READ_MOVERS.index("w")
+        striper = m.submodules.striper = ReadStriper(hw.bus_width, hw.weight_ports,
+                                                     hw.max_outstanding)
+        wiring.connect(m, reads[w].axi, striper.axi)
+        for share, k in zip(striper.ports, weight_stripe(hw)):
+            before = sum(where[j] == k for j in range(w))
+            others = [axi for axi in masters[k] if axi is not reads[w].axi]
+            masters[k] = others[:before] + [share] + others[before:]
     for k in range(hw.memory_ports):
         name = port_name(k)
-        mine = [mover for mover, port in zip(reads, where) if port == k]
+        mine = masters[k]
         if len(mine) == 1:
-            connect_flat(m, top, name, mine[0].axi)
+            connect_flat(m, top, name, mine[0])
         elif mine:
             arbiter = ReadArbiter(hw.bus_width, len(mine), len(mine) * hw.max_outstanding)
             m.submodules["arbiter" if k == 0 else f"arbiter{k}"] = arbiter
-            for j, mover in enumerate(mine):
-                wiring.connect(m, mover.axi, arbiter.ports[j])
+            for j, axi in enumerate(mine):
+                wiring.connect(m, axi, arbiter.ports[j])
             connect_flat(m, top, name, arbiter.axi)
         if where[-1] == k:
             connect_flat(m, top, name, write.axi)

@@ -87,7 +87,7 @@ PORT_CHOICES = (1, 2, 4, 8)
 #: and powers of two from 32 KiB to 4 MiB.
 ONCHIP_CHOICES = (0,) + tuple(1 << k for k in range(15, 23))
 #: Stage 2's grid.
-ROWS = (4, 8, 16, 32, 64)
+ROWS = (4, 8, 16, 32, 64, 128)
 COLS = (8, 16, 32, 64)
 POST_LANES = (2, 4, 8, 16)
 SCORE_LANES = (4, 8, 16, 32, 64)

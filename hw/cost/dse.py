@@ -425,8 +425,9 @@ def _onchip_memory(step, hw, by_mover, n, bandwidth, memory_bandwidth):
 
     dram, inside = dict(by_mover), {"read": 0, "write": 0}
     for name, mover, size in _stream_bytes(step, n):
-        if name in step.onchip and size:
-            dram[mover] -= size
+        if name in step.onchip:
+            size = min(size, dram.get(mover, 0))   # a chunk after the first has no routing
+            dram[mover] = dram.get(mover, 0) - size
             inside["write" if mover == "write" else "read"] += size
     word = hw.bus_width // 8
     return dram, max(memory_cycles(hw, dram, bandwidth, memory_bandwidth),

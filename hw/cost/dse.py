@@ -856,6 +856,8 @@ def search(board, config, *, quick=False, fabric=True, progress=True) -> list:
     near = [p for p in points if p.latency_cycles <= fastest * (1 + LATENCY_SLACK)]
     for p in near:
         p.best_batch, p.best_cycles_per_image = _best_batch(work, p.hw, board, p.task)
+        if p.best_cycles_per_image > p.latency_cycles:  # batch 1 with the on-chip window
+            p.best_batch, p.best_cycles_per_image = 1, p.latency_cycles
     near.sort(key=lambda p: (p.best_cycles_per_image, p.latency_cycles, p.resources.dsp))
     near[0].largest = largest
     return near

@@ -28,7 +28,8 @@ BOARD=B [DRY_RUN=1]``) writes, under ``build/bitstream/<config>/<board>/``:
   buffer addresses on ``m_axi_gmem``), ``package_xo.tcl`` (the IP, then
   ``package_xo``), ``link.cfg`` (``[connectivity]``: every ``m_axi_gmem``
   argument in the HBM banks :data:`HBM_BANKS`, and every other memory port,
-  by its interface name, on the same banks) and ``v++_link.sh`` (``v++ --link -t hw --platform
+  by its interface name, on the same banks, each port through its own
+  pseudo-channel's AXI port: :func:`hbm_entry`) and ``v++_link.sh`` (``v++ --link -t hw --platform
   <board's> --kernel_frequency``); the ``.xclbin`` goes to
   ``build/deploy/u280/moevit.xclbin``.
 
@@ -51,7 +52,15 @@ port. The driver is unchanged: the same arguments, each on ``m_axi_gmem`` in
 ``kernel.xml`` (an ``arg`` names one port; XRT places the buffer in that
 port's banks), and each other port is mapped by ``sp=<cu>.m_axi_gmem<k>`` to
 the same HBM banks, which it reaches through the HBM switch: every buffer on
-every port. On Zynq every HP port reaches the whole PS DDR.
+every port, one copy of each (no replicated weights). Each port enters the
+switch through its own pseudo-channel's AXI port (:func:`hbm_entry`: port
+``k`` through PC ``k``), so the ports do not share one 14.375 GB/s AXI port;
+the cost model gives each port one PC's rate
+(:func:`moevit.hw.cost.cycles.board_bandwidth`). Not modelled: two ports whose
+streams fall in the same pseudo-channel (a buffer below 256 MB lies in one)
+share that PC's rate, and a crossing of the switch's lateral links loses
+some throughput (PG276, "Lateral AXI Switch Access Throughput Loss"). On Zynq
+every HP port reaches the whole PS DDR.
 
 Facts used (AMD documentation in the ``search`` index): ``kernel.xml``'s
 elements and attributes as UG1393 / UG1702 "RTL Kernel XML File" shows them
@@ -77,15 +86,24 @@ import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["VLNV", "VENDOR", "LIBRARY", "KERNEL", "VERSION", "HBM_BANKS", "Build", "Check",
+__all__ = ["VLNV", "VENDOR", "LIBRARY", "KERNEL", "VERSION", "HBM_BANKS", "hbm_entry", "Build", "Check",
            "write_inputs", "dry_run", "run_build", "kernel_arguments", "kernel_xml",
            "parse_utilization", "parse_timing", "report_row", "register"]
 
 #: The accelerator's IP identity, as the IP packaging writes it (vendor:library:name:version).
 VENDOR, LIBRARY, KERNEL, VERSION = "moevit.org", "hls", "moevit_top", "1.0"
 VLNV = f"{VENDOR}:{LIBRARY}:{KERNEL}:{VERSION}"
-#: The U280's HBM pseudo-channels m_axi_gmem reaches (4 x 256 MB, UG1393 "HBM Configuration").
-HBM_BANKS = "HBM[0:3]"
+#: The U280's HBM pseudo-channels every memory port reaches (32 x 256 MB, UG1393 "HBM
+#: Configuration and Use"): one range for every port, since every port reads any buffer.
+HBM_BANKS = "HBM[0:31]"
+
+
+def hbm_entry(k: int) -> str:
+    """The link's memory of memory port ``k``: the whole HBM, entered through pseudo-channel
+    ``k``'s own AXI port (``HBM[0:31].k``, the index after the range naming the HBM
+    subsystem's slave port, as in Vitis_Accel_Examples' ``hbm_large_buffers``), so that
+    each of the top's ports has its own 14.375 GB/s port into the HBM switch."""
+    return f"{HBM_BANKS}.{k}"
 #: The instance names of the block design and the U280 link.
 BD, PS, ACCEL, CONTROL_IC, MEMORY_SC, RESET = ("moevit_bd", "zynq_ultra_ps_e_0", "moevit_top_0",
                                               "control_interconnect", "memory_smartconnect",
@@ -340,10 +358,12 @@ def _xo_tcl(build, ip_dir) -> str:
 def _link_cfg(build) -> str:
     lines = [f"# v++ --link configuration of {KERNEL} for {build.board.name} "
              "(moevit.host.bitstream).", "[connectivity]", f"nk={KERNEL}:1:{CU}"]
-    lines += [f"sp={CU}.{name}:{HBM_BANKS}" for name, _, _, _, pointer in kernel_arguments()
+    lines += [f"sp={CU}.{name}:{hbm_entry(0)}" for name, _, _, _, pointer in kernel_arguments()
               if pointer]
-    # The other memory ports by interface name, onto the same banks (the module's description).
-    lines += [f"sp={CU}.{name}:{HBM_BANKS}" for name in memory_ports(build.hw)[1:]]
+    # The other memory ports by interface name, onto the same banks through their own
+    # pseudo-channel's port (the module's description).
+    lines += [f"sp={CU}.{name}:{hbm_entry(k)}" for k, name in enumerate(memory_ports(build.hw))
+              if k]
     return "\n".join(lines + [""])
 
 
@@ -589,10 +609,11 @@ def _checks_kernel(build, calls) -> list:
     maps = {m.group(1): m.group(2) for m in (re.fullmatch(rf"sp={CU}\.(\w+):(\S+)", l.strip())
                                              for l in cfg) if m}
     others = memory_ports(build.hw)[1:]
-    ok = ("[connectivity]" in cfg and f"nk={KERNEL}:1:{CU}" in cfg
-          and maps == {name: HBM_BANKS for name in [*pointers, *others]})
+    want = {**{name: hbm_entry(0) for name in pointers},
+            **{name: hbm_entry(k + 1) for k, name in enumerate(others)}}
+    ok = "[connectivity]" in cfg and f"nk={KERNEL}:1:{CU}" in cfg and maps == want
     checks.append(Check("link.cfg maps every m_axi_gmem argument to HBM", ok,
-                        f"{maps} (expected {pointers + others} on {HBM_BANKS})"))
+                        f"{maps} (expected {want})"))
     vpp = [l for l in (build.folder / VPP_LINK).read_text().splitlines() if l.startswith("v++")]
     words = vpp[0].split() if len(vpp) == 1 else []
     want = {"-t": "hw", "--platform": build.board.vitis_platform, "--config": LINK_CFG,

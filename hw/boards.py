@@ -62,6 +62,8 @@ class Board:
     host: str
     sources: dict
     checked: dict
+    port_clock_mhz: float | None = None   # the ports' own clock; None: the design's
+
 
     def memory(self, kind: str) -> Memory:
         """The board's first memory of ``kind`` (``"DDR4"``, ``"HBM2"``)."""
@@ -84,8 +86,9 @@ class Board:
 
     @property
     def port_bandwidth_gbs(self) -> float:
-        """Peak bandwidth of the fabric's memory ports at the board's clock, GB/s."""
-        return self.ports * self.port_bits / 8 * self.clock_mhz / 1000
+        """Peak bandwidth of the fabric's memory ports at their clock (the board's, unless
+        the ports have their own), GB/s."""
+        return self.ports * self.port_bits / 8 * (self.port_clock_mhz or self.clock_mhz) / 1000
 
 
 def _board_files() -> dict:
@@ -217,6 +220,9 @@ class _Reader:
             host=self.figure(data, "host", "host", str),
             sources=self.sources,
             checked=self.checked,
+            # Optional: ports clocked apart from the design (the U280's HBM AXI ports).
+            port_clock_mhz=(self.figure(ports, "clock_mhz", "ports.clock_mhz", (int, float), 1,
+                                        nullable=True) if "clock_mhz" in ports else None),
         )
         if board.host not in HOSTS:
             self.fail("host", f"must be one of {', '.join(HOSTS)}, not {board.host!r}")

@@ -41,7 +41,8 @@ def test_the_three_boards_load():
 def test_every_figure_has_a_source(name):
     data = raw(name)
     found = dict(figures(data))
-    assert len(found) == 10 + 4 * len(data["memories"]) + 2  # board, memory and port figures
+    # Board, memory and port figures (and the ports' own clock where they have one).
+    assert len(found) == 10 + 4 * len(data["memories"]) + 2 + ("clock_mhz" in data["ports"])
     for where, figure in found.items():
         assert set(figure) == {"value", "source", "checked"}, where
         assert figure["source"].strip(), where
@@ -89,7 +90,8 @@ def test_figures_are_sane(name):
     assert 100 <= b.clock_mhz <= 500
     for memory in b.memories:
         assert 1 <= memory.bandwidth_gbs <= 1000 and memory.capacity_gib >= 1
-    assert b.port_bandwidth_gbs == b.ports * b.port_bits / 8 * b.clock_mhz / 1000
+    assert b.port_bandwidth_gbs == b.ports * b.port_bits / 8 * (b.port_clock_mhz or
+                                                               b.clock_mhz) / 1000
     assert (b.vitis_platform is None) == (b.host == "pynq") == (b.vitis_max is None)
     assert re.fullmatch(r"xc[a-z0-9]+-[a-z]+\d+-2L?-e", b.part)
 
@@ -207,3 +209,11 @@ def test_the_installed_package_finds_its_boards(tmp_path):
                             check=True)
     assert result.stdout == "('u280', 'zcu102', 'zcu104') 2520\n"
     assert math.isclose(get_board("u280").memory("HBM2").bandwidth_gbs, 460)
+
+
+def test_the_u280s_ports_have_their_own_clock():
+    """The HBM AXI ports run apart from the kernel: 32 x 256 bits at one pseudo-channel's
+    rate make the HBM's 460 GB/s; the ZCU102's HP ports run at the design's clock."""
+    u280, zcu102 = get_board("u280"), get_board("zcu102")
+    assert u280.port_clock_mhz == 450 and zcu102.port_clock_mhz is None
+    assert u280.port_bandwidth_gbs == pytest.approx(u280.memory("HBM2").bandwidth_gbs, rel=0.01)

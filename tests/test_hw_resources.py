@@ -164,3 +164,17 @@ def test_confirm_synthesizes_a_shallow_slice_and_extrapolates(monkeypatch, tmp_p
                                 + (hw.rows - 2) * hw.cols // hw.dsp_packing,
                                 "bram36": whole.bram36 + 1, "uram": whole.uram}
     assert got["estimated"]["dsp"] == whole.dsp
+
+
+def test_the_onchip_window_is_counted_in_block_ram():
+    """The on-chip activation window (``onchip_bytes``) is one bus-word-wide RAM: 32 KiB at
+    128 bits is 2,048 words, fifteen 9-bit x 2,048 RAMB18E2 side by side = 7.5 RAMB36E2
+    (hand count of the cheapest tiling); none without a window."""
+    from moevit.hw.config import DEFAULT_HW
+    from moevit.hw.cost.resources import memories, resources
+
+    hw = DEFAULT_HW["tiny"]
+    assert memories("onchip", hw) == []
+    window = hw.replace(onchip_bytes=32 * 1024)
+    assert memories("onchip", window) == [("window", 128, 2048, 1)]
+    assert resources(window).bram36 - resources(hw).bram36 == 7.5

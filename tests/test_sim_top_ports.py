@@ -61,8 +61,10 @@ SLOW_MEMORY = 1.0
 def test_whole_tiny_on_more_ports_under_a_slow_memory(tiny):
     """The whole tiny model, both tasks, on tops of 1, 2 and 4 memory ports behind a memory
     of SLOW_MEMORY bytes a cycle per port (Verilator): every run bit-exact, fewer cycles
-    with more ports, and the cost model's cycles against the simulated ones (printed)."""
+    with more ports, and the cost model's cycles within the aim of the simulated ones
+    (printed; task 0 measured 1,005,580 / 738,588 / 661,097 cycles)."""
     from moevit.hw.cost.cycles import program_cycles
+    from moevit.hw.cost.report import AIM
 
     program, image = tiny
     cycles, rows = {}, []
@@ -83,6 +85,8 @@ def test_whole_tiny_on_more_ports_under_a_slow_memory(tiny):
               f"{model:>11,} {model / simulated - 1:>+7.2%}  {per_port}")
     for task in (0, 1):
         assert cycles[4, task] < cycles[2, task] < cycles[1, task]
+    for ports, task, simulated, model, _ in rows:
+        assert abs(model / simulated - 1) <= AIM, (ports, task)
 
 
 @pytest.mark.slow

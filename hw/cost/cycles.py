@@ -3,7 +3,7 @@
 The top runs one instruction at a time: the next starts when the previous
 one's writes are answered. An instruction therefore costs
 
-    max(compute, memory) + ISSUE_CYCLES
+    max(compute + wait, memory + drain) + ISSUE_CYCLES
 
 * ``compute``: the unit's exact model from its descriptor
   (``expected_cycles()`` of the linear kernel, attention, LayerNorm) plus the
@@ -20,7 +20,25 @@ one's writes are answered. An instruction therefore costs
   bytes are shared evenly by the ports they stripe over, and still move at most
   one bus word a cycle (one mover), however many ports feed it;
 * ``ISSUE_CYCLES``: the sequencer's fetch and hand-over, fitted once (see
-  below).
+  below);
+* ``wait`` and ``drain`` (:func:`memory_wait`, :func:`drain_cycles`): what of the
+  two sides cannot overlap the other, which only shows on a slow memory. ``wait``:
+  memory the unit needs before it can go on (ATTENTION's K and V of a round before
+  its first context row, ROUTE's indices and weights written after its last
+  token); ``drain``: compute after the last byte read (LINEAR's last output tile
+  on the weights that came last, or its last token tile when there is one tile;
+  EXPERT's two layers each, fc2 reading fc1's output; LAYERNORM's last row
+  through its pipeline); LINEAR's first out tile, and each EXPERT layer's, is
+  paced by its activations' arrival. Not modelled: COMBINE's memory idles about
+  8 cycles a token behind the slow memory (-4 to -5 % on that instruction; a
+  term for it would cost the fast memory's exact COMBINE). Measured on the
+  whole ``tiny`` program behind a memory of one byte a cycle per port
+  (``tests/test_sim_top_ports.py``, with a timeline of the sequencer's
+  instruction register): without them the model erred -11.3 / -15.9 / -22.4 %
+  on 1 / 2 / 4 ports. The simulated memory's beats equal the model's bytes over
+  16 on every instruction but a working EXPERT (:func:`top_reads`); the
+  sequencer's program reads are a few beats a run. The missing cycles were the
+  memory idle while the units worked and the units idle while it loaded.
 
 Where the figures come from (Verilator co-simulation of the whole ``tiny``
 program, one image, no memory stalls, the program and image of ``moevit
@@ -67,7 +85,9 @@ __all__ = ["InstructionCost", "ProgramCost", "program_cycles", "board_bandwidth"
            "expert_cycles", "written_bytes", "LINEAR_TAIL",
            "EXPERT_ROW_CYCLES", "ATTENTION_TAIL_FIXED", "attention_tail", "LAYERNORM_TAIL",
            "layernorm_cycles", "layernorm_param_wait",
-           "PATCHIFY_TAIL", "ISSUE_CYCLES", "ISSUE_CYCLES_AHEAD", "NOTED_EXPERT_CYCLES"]
+           "PATCHIFY_TAIL", "ISSUE_CYCLES", "ISSUE_CYCLES_AHEAD", "NOTED_EXPERT_CYCLES",
+           "LAYERNORM_DRAIN", "linear_drain", "linear_wait", "drain_cycles",
+           "memory_wait", "top_reads"]
 
 #: The LINEAR engine ends exactly 12 cycles after the kernel's ``expected_cycles`` on
 #: every tiny job without memory stalls (the linear engine's report, commit 2dfbf3e).
@@ -125,6 +145,87 @@ ISSUE_CYCLES_AHEAD = 13
 #: An EXPERT the routing's note shows unchosen (``hw.expert_prefetch``): it takes its
 #: descriptor, looks the note up and ends (the EXPERT engine's ``NOTE`` state).
 NOTED_EXPERT_CYCLES = 2
+#: LAYERNORM's last row through the unit's pipeline (sums, inverse square root,
+#: normalisation) after its last byte is read: the memory idles that long at the end of a
+#: memory-bound LAYERNORM. Fitted: 354 cycles of the memory idle on each LAYERNORM of
+#: tiny behind one byte a cycle (whole program, one port), less the issue cycles.
+LAYERNORM_DRAIN = 297
+
+
+def _tile(d) -> int:
+    """Compute cycles of one out tile of linear operation ``d``."""
+    return -(-_linear(d) // d.out_tiles)
+
+
+def linear_drain(d) -> int:
+    """Compute cycles of linear operation ``d`` after its last read: the kernel loads an
+    out tile's weights while it works on the one before (two banks), so the last tile's
+    work follows the last weights; with one out tile the weights come first and the
+    last token tile's ``in_features`` steps follow the last activations."""
+    return _tile(d) if d.out_tiles > 1 else d.in_features
+
+
+def linear_wait(d, x_cycles) -> int:
+    """Cycles linear operation ``d`` waits for its activations beyond its own model, when
+    they take ``x_cycles`` to arrive: its first out tile works on the token rows as they
+    come, every later tile on the whole of them (the co-simulated top on four ports: the
+    x port alone sets the first tile's pace)."""
+    return max(0, x_cycles - _tile(d))
+
+
+def drain_cycles(d, *, op=None, routed=None) -> int:
+    """Compute cycles of descriptor ``d`` that follow its last byte read (``op``,
+    ``routed``: as :func:`compute_cycles`); see the module's description."""
+    m = d.MNEMONIC
+    if m == "LINEAR":
+        return linear_drain(d)
+    if m == "TASK_LINEAR":
+        return linear_drain(op)
+    if m == "EXPERT" and routed:
+        # fc2 reads fc1's output: fc1 drains before fc2's reads start.
+        return sum(linear_drain(job) for job in d.linears(routed))
+    if m == "LAYERNORM":
+        return LAYERNORM_DRAIN
+    return 0
+
+
+def memory_wait(d, hw, moved, bandwidth, memory_bandwidth=None, *, op=None,
+                routed=None) -> int:
+    """Memory cycles descriptor ``d``'s unit waits for beyond its own model, at
+    ``bandwidth`` bytes a cycle per port (``moved``: its DRAM bytes per mover, as
+    :func:`memory_cycles` takes them).
+
+    LINEAR, TASK_LINEAR (``op``), EXPERT's two layers (``routed`` tokens: fc1 on the
+    gathered rows, fc2 on fc1's output read back): :func:`linear_wait` for the time their
+    activations (channel ``x``) take. ATTENTION: a round of ``hw.heads_parallel`` heads
+    needs its K (channel ``w``) and V (``chan``) before its first context row; the
+    kernel's model and :func:`attention_tail` cover two bus words per token of that (tiny
+    at a bus word a cycle: exact), the rest of the load is waited for. LAYERNORM: its
+    parameters (channel ``x``) before its first row, beyond what
+    :func:`layernorm_param_wait` counts at a bus word a cycle. ROUTE: its indices and
+    weights are written after its last token."""
+    m = d.MNEMONIC
+
+    def alone(mover, n):
+        return memory_cycles(hw, {mover: n}, bandwidth, memory_bandwidth)
+
+    if m in ("LINEAR", "TASK_LINEAR"):
+        return linear_wait(op or d, alone("x", moved.get("x", 0)))
+    if m == "EXPERT" and routed:
+        fc1, fc2 = d.linears(routed)
+        x1 = moved.get("x", 0) * d.dim // (d.dim + d.hidden)
+        return (linear_wait(fc1, alone("x", x1))
+                + linear_wait(fc2, alone("x", moved.get("x", 0) - x1)))
+    if m == "LAYERNORM":
+        params = max(0, alone("x", moved.get("x", 0)) - d.dim // hw.norm_lanes)
+        return max(0, params - layernorm_param_wait(d, hw))
+    if m == "ATTENTION":
+        per_round = {k: moved.get(k, 0) // d.rounds for k in ("w", "chan")}
+        load = memory_cycles(hw, per_round, bandwidth, memory_bandwidth)
+        return d.rounds * max(0, load - 2 * d.tokens)
+    if m == "ROUTE":
+        return memory_cycles(hw, {"write": moved.get("write", 0)}, bandwidth, memory_bandwidth)
+    return 0
 
 
 @dataclass
@@ -138,7 +239,7 @@ class InstructionCost:
     memory: int
     bytes_read: int
     bytes_written: int
-    cycles: int          # max(compute, memory) + ISSUE_CYCLES
+    cycles: int          # max(compute + wait, memory + drain) + ISSUE_CYCLES
     onchip: int = 0      # bytes read and written in the on-chip window
 
     @property
@@ -182,8 +283,14 @@ class ProgramCost:
 
 def board_bandwidth(board, hw) -> float:
     """Bytes per cycle of ``hw``'s clock that ``board`` gives one memory port of ``hw``'s bus:
-    the board's fastest memory's peak, capped by the bus and by one of the board's ports."""
-    return min(board_memory_bandwidth(board, hw), hw.bus_width / 8, board.port_bits / 8)
+    the bus, capped by one of the board's ports at its clock (the design's, unless the board
+    gives the ports their own) and by one channel of the board's fastest memory (a port
+    reaches its memory through one: the ZCU102's one PS DDR4 controller, 17 GB/s; one of the
+    U280's HBM2 pseudo-channels, 14.375 GB/s, however wide the kernel's bus)."""
+    fastest = max(board.memories, key=lambda m: m.bandwidth_gbs)
+    channel = fastest.bandwidth_gbs / fastest.channels * 1e3 / hw.clock_mhz
+    port = board.port_bits / 8 * (board.port_clock_mhz or hw.clock_mhz) / hw.clock_mhz
+    return min(channel, hw.bus_width / 8, port)
 
 
 def board_memory_bandwidth(board, hw) -> float:
@@ -225,10 +332,10 @@ def moved_bytes(d, hw, *, op=None, routed=None, written=0) -> dict:
     elif m == "EXPERT":
         moved = {"list": d.tokens * d.top_k}
         if routed:
-            # The interpreter reads the whole of x, and fc2's input is fc1's output.
+            # The routed rows of x, and fc1's output read back by fc2 (:func:`top_reads`).
             fc1, fc2 = (linear(job, 0) for job in d.linears(routed))
             moved.update({k: fc1[k] + fc2[k] for k in ("w", "chan", "res")},
-                         x=d.tokens * d.dim)
+                         x=routed * (d.dim + d.hidden))
     elif m == "COMBINE":
         moved = {"x": 2 * d.tokens * d.top_k, "w": d.tokens * d.top_k * d.dim,
                  "chan": d.tokens * d.dim}                   # gate weights, slots, skip
@@ -261,6 +368,19 @@ def memory_cycles(hw, moved: dict, bandwidth, memory_bandwidth=None) -> int:
     if memory_bandwidth is not None:
         cycles = max(cycles, sum(per_port) / memory_bandwidth)
     return int(np.ceil(cycles))
+
+
+def top_reads(d, reads, routed) -> list:
+    """The top's reads of descriptor ``d``: the interpreter's read log ``reads``
+    (``(address, bytes)``), but for an EXPERT with ``routed`` tokens, where the interpreter
+    reads the whole of x and hands fc1's output to fc2 in place, the top's: the routed
+    rows of x (its gather) and fc2's read of fc1's output back from ``hidden_addr`` (both
+    seen in co-simulation, in the memory's beats). The rows are counted at x's start: a
+    row's address says only whether it is on chip, and x is in one place."""
+    if d.MNEMONIC == "EXPERT" and routed:
+        return [*((a, n) for a, n in reads if a != d.x_addr),
+                (d.x_addr, routed * d.dim), (d.hidden_addr, routed * d.hidden)]
+    return reads
 
 
 def _task_entry(memory, table_addr, task) -> TaskEntry:
@@ -340,8 +460,8 @@ def written_bytes(d, *, op=None, routed=None) -> int:
 
 
 def _compute_and_written(d, memory, task, hw):
-    """(compute cycles, bytes written, bytes moved per mover) of descriptor ``d`` before it
-    runs on ``memory``."""
+    """(compute cycles, bytes written, bytes moved per mover, the resolved operation, the
+    tokens routed) of descriptor ``d`` before it runs on ``memory``."""
     op = routed = None
     if d.MNEMONIC == "TASK_LINEAR":
         op = d.resolve(_task_entry(memory, d.table_addr, task))
@@ -350,7 +470,7 @@ def _compute_and_written(d, memory, task, hw):
         routed = int(np.count_nonzero(top == d.expert))
     written = written_bytes(d, op=op, routed=routed)
     return (compute_cycles(d, hw, op=op, routed=routed), written,
-            moved_bytes(d, hw, op=op, routed=routed, written=written))
+            moved_bytes(d, hw, op=op, routed=routed, written=written), op, routed)
 
 
 def program_cycles(program, image, task, *, bandwidth=None, memory_bandwidth=None,
@@ -409,22 +529,26 @@ def program_cycles(program, image, task, *, bandwidth=None, memory_bandwidth=Non
                                          0, NOTED_EXPERT_CYCLES + issue))
             continue
         note = _routing(d) if d.MNEMONIC == "EXPERT" else None
-        compute, written, moved = _compute_and_written(d, memory, task, hw)
-        reads = run_instructions(memory, hw, [d], task)["reads"]
-        # The interpreter's count is the truth; the descriptor's split agrees with it
-        # (tests/test_hw_cost.py), and any byte it missed would go on x.
+        compute, written, moved, op, routed = _compute_and_written(d, memory, task, hw)
+        reads = top_reads(d, run_instructions(memory, hw, [d], task)["reads"], routed)
+        # The top's reads are the truth; the descriptor's split agrees with them
+        # (tests/test_hw_cost_ports.py), and any byte it missed would go on x.
         missed = sum(size for _, size in reads) + written - sum(moved.values())
         if missed:
             moved["x"] = moved.get("x", 0) + missed
-        read, written, mem_cycles, onchip = _memory(d, reads, written, moved, window, hw,
-                                                    bandwidth, memory_bandwidth)
+        read, written, mem_cycles, onchip, dram = _memory(d, reads, written, moved, window, hw,
+                                                          bandwidth, memory_bandwidth)
+        wait = memory_wait(d, hw, dram, bandwidth, memory_bandwidth, op=op, routed=routed)
+        drain = drain_cycles(d, op=op, routed=routed)
         costs.append(InstructionCost(index, d.MNEMONIC, d.UNIT, compute, mem_cycles, read,
-                                     written, max(compute, mem_cycles) + issue, onchip))
+                                     written, max(compute + wait, mem_cycles + drain) + issue,
+                                     onchip))
     return ProgramCost(costs, float(bandwidth), hw.clock_mhz)
 
 
 def _memory(d, reads, written, moved, window, hw, bandwidth, memory_bandwidth):
-    """``(DRAM bytes read, DRAM bytes written, memory cycles, on-chip bytes)`` of ``d``:
+    """``(DRAM bytes read, DRAM bytes written, memory cycles, on-chip bytes, DRAM bytes per
+    mover)`` of ``d``:
     ``reads`` its read log, ``written`` its bytes written (:func:`written_bytes`), split
     by the window ``(start, end)`` they fall in (see the module's description); ``moved``
     the bytes per mover (:func:`moved_bytes`), each port's share of the DRAM bytes.
@@ -455,7 +579,7 @@ def _memory(d, reads, written, moved, window, hw, bandwidth, memory_bandwidth):
     word = hw.bus_width // 8
     cycles = max(memory_cycles(hw, moved, bandwidth, memory_bandwidth),
                  -(-onchip_read // word), -(-onchip_written // word))
-    return read, written - onchip_written, cycles, onchip_read + onchip_written
+    return read, written - onchip_written, cycles, onchip_read + onchip_written, moved
 
 
 def _routing(d):

@@ -15,7 +15,7 @@ descriptor, a TASK_LINEAR resolved for each task. Two assumptions, stated:
   small buffer) is predicted, not compilable: the row says ``compiles: no``.
 
 A design point's cycles per instruction are :mod:`moevit.hw.cost.cycles`' model
-(``max(compute, memory) + ISSUE_CYCLES``; the top runs one instruction at a
+(``max(compute + wait, memory + drain) + ISSUE_CYCLES``; the top runs one instruction at a
 time, its movers overlapping the instruction's own compute, nothing across
 instructions), with the memory side at the board's bandwidth: each of the top's memory
 ports (``hw.memory_ports``) at :func:`~moevit.hw.cost.cycles.board_bandwidth`
@@ -46,9 +46,12 @@ the bus width (the board's choices), the LayerNorm lanes (:func:`_norm_lanes`:
 the fewest that give the LayerNorm instructions their fewest cycles at the
 board's bandwidth; the unit is the same for every array) and the buffer depths (``max_in`` and
 ``kv_depth`` the model's minimum; ``max_tokens`` the largest batch the BRAM
-holds, up to :data:`MAX_BATCH` images), and the memory ports (1 to the
-board's, at most ``HwConfig.MAX_MEMORY_PORTS``: the fewest within
-:data:`PORTS_SLACK` of the fastest), under the board's DSP, BRAM, URAM,
+holds, up to :data:`MAX_BATCH` images), the on-chip activation window
+(:func:`_window`: the largest of :data:`ONCHIP_CHOICES` the block RAM left holds, up to
+what the compiler would place there: its bytes leave DRAM, at every batch), and the
+memory ports (1 to the board's, at most ``HwConfig.MAX_MEMORY_PORTS``, with the weights
+striped over 1, 2, 4 ... of them: the fewest within :data:`PORTS_SLACK` of the
+fastest), under the board's DSP, BRAM, URAM,
 LUT and FF (each at its :data:`USABLE` fraction). Bandwidth is not split:
 the two kernels run in turn, each with the whole port. The chosen point
 is one the compiler can serve (the sequence fits the token buffer) when any
@@ -66,6 +69,7 @@ from pathlib import Path
 from moevit.errors import ConfigError
 
 __all__ = ["ROUTING", "USABLE", "ATTENTION_SHARES", "MAX_BATCH", "LATENCY_SLACK", "PORTS_SLACK",
+           "ONCHIP_CHOICES",
            "Workload", "workload", "read_bytes", "moved_bytes", "predict", "Point", "search", "dse_rows", "print_dse",
            "save_config"]
 
@@ -84,8 +88,11 @@ LATENCY_SLACK = 0.10
 PORTS_SLACK = 0.01
 #: The memory ports the search tries (those the board has).
 PORT_CHOICES = (1, 2, 4, 8)
+#: The on-chip activation windows the search tries (bytes; ``HwConfig.onchip_bytes``): 0
+#: and powers of two from 32 KiB to 4 MiB.
+ONCHIP_CHOICES = (0,) + tuple(1 << k for k in range(15, 23))
 #: Stage 2's grid.
-ROWS = (4, 8, 16, 32, 64)
+ROWS = (4, 8, 16, 32, 64, 128)
 COLS = (8, 16, 32, 64)
 POST_LANES = (2, 4, 8, 16)
 SCORE_LANES = (4, 8, 16, 32, 64)
@@ -104,10 +111,12 @@ class Step:
     unit: str
     fields: tuple
     routed: int = 0
+    onchip: tuple = ()     # its address fields whose tensors are in the on-chip window
 
     def __post_init__(self):
-        # What the cost depends on: the fields but the addresses, and the routing.
-        object.__setattr__(self, "shape", (self.mnemonic, self.routed) + tuple(
+        # What the cost depends on: the fields but the addresses, the routing, and which
+        # of its tensors are on chip.
+        object.__setattr__(self, "shape", (self.mnemonic, self.routed, self.onchip) + tuple(
             (k, v) for k, v in self.fields if not k.endswith("_addr")))
         object.__setattr__(self, "values", dict(self.fields))
 
@@ -137,20 +146,44 @@ class Workload:
     tokens: int            # of one image
     macs: dict             # task name -> multiply-accumulates of one run
     batch: int = 1
+    windows: dict = field(default_factory=dict)  # task -> {window bytes: on-chip fields per step}
     _grouped: dict = field(default_factory=dict, repr=False)
 
-    def steps(self, task):
+    def steps(self, task, onchip=0):
         """``(step, count)`` of the task's distinct shapes (the cost of a step depends
-        on its shape only), first appearance order."""
-        if task not in self._grouped:
+        on its shape only), first appearance order; ``onchip``: with an on-chip window of
+        that many bytes (one of :data:`ONCHIP_CHOICES`: the compiler's placement)."""
+        key = (task, onchip)
+        if key not in self._grouped:
             counts = {}
-            for step in self.tasks[task]:
+            for step in self.in_order(task, onchip):
                 if step.shape in counts:
                     counts[step.shape][1] += 1
                 else:
                     counts[step.shape] = [step, 1]
-            self._grouped[task] = tuple((s, n) for s, n in counts.values())
-        return self._grouped[task]
+            self._grouped[key] = tuple((s, n) for s, n in counts.values())
+        return self._grouped[key]
+
+    def in_order(self, task, onchip=0) -> tuple:
+        """The task's steps in program order, with an on-chip window of ``onchip`` bytes
+        (see :meth:`steps`)."""
+        if not onchip:
+            return self.tasks[task]
+        where = self.windows.get(task, {}).get(onchip)
+        if where is None:
+            raise ConfigError(f"No on-chip placement of {onchip} bytes in the workload "
+                              f"(the search's windows: {ONCHIP_CHOICES})")
+        return tuple(Step(s.mnemonic, s.unit, s.fields, s.routed, tuple(fields))
+                     for s, fields in zip(self.tasks[task], where))
+
+    def onchip_need(self) -> int:
+        """The smallest window of :data:`ONCHIP_CHOICES` that holds every activation the
+        compiler would place on chip (a larger one gains nothing)."""
+        first = next(iter(self.windows.values()), {})
+        if not first:
+            return 0
+        best = first[max(first)]
+        return min(c for c, where in first.items() if where == best)
 
 
 def _fields(d):
@@ -171,7 +204,7 @@ def _reference_hw(model, batch=1):
 
 
 #: Changes when :func:`_compile` changes what it keeps (a cached workload is then stale).
-WORKLOAD_VERSION = 1
+WORKLOAD_VERSION = 2
 
 
 def _cache_key(model, batch=1) -> str:
@@ -212,25 +245,30 @@ def _signal_quantized(model):
 _QUANTIZED = {}
 
 
-def compile_signal_model(model, batch=1):
+def compile_signal_model(model, batch=1, *, onchip_bytes=0):
     """The program of ``model``'s signal model (untrained weights, unit calibration) for
     ``batch`` images a run, on a HwConfig that holds their whole sequence: the shapes of
-    the config's program."""
+    the config's program (``onchip_bytes``: with that on-chip window)."""
     from moevit.hw.program.compiler import compile_program
 
-    return compile_program(_signal_quantized(model), _reference_hw(model, batch), batch=batch)
+    hw = _reference_hw(model, batch).replace(onchip_bytes=onchip_bytes)
+    return compile_program(_signal_quantized(model), hw, batch=batch)
 
 
 def _compile(model, batch=1):
-    """The steps of every task and the MACs of one run (``batch`` images), from one
-    compile."""
+    """The steps of every task, the MACs of one run (``batch`` images) and, per window of
+    :data:`ONCHIP_CHOICES`, the address fields of each step whose tensors the compiler
+    places on chip (:func:`moevit.hw.program.compiler.place_onchip`), from one compile."""
     from moevit.hw.cost.cycles import _task_entry
+    from moevit.hw.program.compiler import place_onchip
 
     program = compile_signal_model(model, batch)
     memory = program.memory_image()
-    tasks, macs = {}, {}
+    placed = {c: place_onchip(program, c) for c in ONCHIP_CHOICES}
+    tasks, macs, windows = {}, {}, {}
     for t, task in enumerate(program.tasks):
         steps, total = [], 0
+        where = {c: [] for c in ONCHIP_CHOICES}
         for d in program.instructions:
             if d.MNEMONIC == "TASK_LINEAR":
                 d = d.resolve(_task_entry(memory, d.table_addr, t))
@@ -241,9 +279,14 @@ def _compile(model, batch=1):
             elif d.MNEMONIC in ("LINEAR", "ATTENTION"):
                 total += d.macs
             steps.append(Step(d.MNEMONIC, d.UNIT, _fields(d), routed))
+            regions = {k: program.layout.at(v) for k, v in _fields(d) if k.endswith("_addr")}
+            for c, names in placed.items():
+                where[c].append([k for k, r in regions.items() if r is not None
+                                 and r.kind == "scratch" and r.name in names])
         tasks[task["name"]] = steps
         macs[task["name"]] = total
-    return tasks, macs
+        windows[task["name"]] = where
+    return tasks, macs, windows
 
 
 def workload(config, *, batch=1, progress=False) -> Workload:
@@ -266,15 +309,19 @@ def workload(config, *, batch=1, progress=False) -> Workload:
 
             print(f"compiling the {config} model once{f' for batch {batch}' if batch > 1 else ''} "
                   f"(cached in {path.parent})", file=sys.stderr)
-        tasks, macs = _compile(model, batch)
+        tasks, macs, windows = _compile(model, batch)
         data = {"tasks": {name: [[s.mnemonic, s.unit, s.fields, s.routed] for s in steps]
-                          for name, steps in tasks.items()}, "macs": macs}
+                          for name, steps in tasks.items()}, "macs": macs,
+                "windows": {name: [[c, where] for c, where in w.items()]
+                            for name, w in windows.items()}}
         tmp = path.with_suffix(".partial")
         tmp.write_text(json.dumps(data))
         tmp.replace(path)
     tasks = {name: tuple(Step(m, u, tuple(tuple(f) for f in fs), r) for m, u, fs, r in steps)
              for name, steps in data["tasks"].items()}
-    _WORKLOADS[path] = Workload(config, tasks, model.tokens, data["macs"], batch)
+    windows = {name: {c: tuple(tuple(f) for f in where) for c, where in w}
+               for name, w in data["windows"].items()}
+    _WORKLOADS[path] = Workload(config, tasks, model.tokens, data["macs"], batch, windows)
     return _WORKLOADS[path]
 
 
@@ -356,6 +403,61 @@ def moved_bytes(step, hw, tokens=None, written=0) -> dict:
     return {k: v for k, v in moved.items() if v}
 
 
+def _stream_bytes(step, n) -> list:
+    """``(address field, mover, bytes)`` of each activation stream of ``step`` (``n``: a
+    linear chunk's tokens, an EXPERT's routed tokens), as :func:`moved_bytes` counts them:
+    what an on-chip window can serve."""
+    f = step.values
+    m = step.mnemonic
+    if m == "LINEAR":
+        out = n * f["out_features"]
+        return [("x_addr", "x", n * f["in_features"]),
+                ("res_addr", "res", out if f["residual"] else 0), ("y_addr", "write", out)]
+    if m == "EXPERT":
+        return [("topk_addr", "list", f["tokens"] * f["top_k"]), ("x_addr", "x", n * f["dim"]),
+                ("hidden_addr", "x", n * f["hidden"]), ("hidden_addr", "write", n * f["hidden"]),
+                ("slots_addr", "write", n * f["dim"])]
+    if m == "ATTENTION":
+        size = f["tokens"] * f["heads"] * f["head_dim"]
+        return [("q_addr", "x", size), ("k_addr", "w", size), ("v_addr", "chan", size),
+                ("out_addr", "write", size)]
+    if m == "LAYERNORM":
+        size = f["tokens"] * f["dim"]
+        return [("x_addr", "w", size), ("y_addr", "write", size)]
+    if m == "COPY":
+        return [("src_addr", "x", f["length"]), ("dst_addr", "write", f["length"])]
+    if m == "ROUTE":
+        k = f["tokens"] * f["top_k"]
+        return [("logits_addr", "x", f["tokens"] * f["experts"]), ("topk_addr", "write", k),
+                ("weights_addr", "write", 2 * k)]
+    if m == "COMBINE":
+        return [("weights_addr", "x", 2 * f["tokens"] * f["top_k"]),
+                ("slots_addr", "w", f["tokens"] * f["top_k"] * f["dim"]),
+                ("skip_addr", "chan", f["tokens"] * f["dim"]), ("y_addr", "write",
+                                                                 f["tokens"] * f["dim"])]
+    if m == "PATCHIFY":
+        return [("y_addr", "write", f["channels"] * f["rows"] * f["columns"])]
+    return []
+
+
+def _onchip_memory(step, hw, by_mover, n, bandwidth, memory_bandwidth):
+    """``(DRAM bytes per mover, memory cycles)`` of ``step`` whose tensors at
+    ``step.onchip`` are in the on-chip window: as :func:`moevit.hw.cost.cycles.program_cycles`
+    counts it, the DRAM bytes on the ports, the window's reads and writes each a bus word a
+    cycle (its one read and one write port)."""
+    from moevit.hw.cost.cycles import memory_cycles
+
+    dram, inside = dict(by_mover), {"read": 0, "write": 0}
+    for name, mover, size in _stream_bytes(step, n):
+        if name in step.onchip:
+            size = min(size, dram.get(mover, 0))   # a chunk after the first has no routing
+            dram[mover] = dram.get(mover, 0) - size
+            inside["write" if mover == "write" else "read"] += size
+    word = hw.bus_width // 8
+    return dram, max(memory_cycles(hw, dram, bandwidth, memory_bandwidth),
+                     -(-inside["read"] // word), -(-inside["write"] // word))
+
+
 def _expert_linears(step, hw, n):
     from moevit.hw.program.descriptor import LinearDescriptor
 
@@ -381,24 +483,74 @@ def _chunk_cycles(step, hw, tokens) -> int:
     return _CYCLES[key]
 
 
+def _chunk_drain(step, hw, tokens) -> int:
+    """:func:`~moevit.hw.cost.cycles.drain_cycles` of a linear step's chunk of ``tokens``."""
+    from moevit.hw.cost.cycles import linear_drain
+
+    key = ("drain", step.shape, hw.rows, hw.cols, hw.post_lanes, tokens)
+    if key not in _CYCLES:
+        jobs = (_expert_linears(step, hw, tokens) if step.mnemonic == "EXPERT"
+                else [step.descriptor(hw, tokens=tokens)])
+        _CYCLES[key] = sum(linear_drain(job) for job in jobs)
+    return _CYCLES[key]
+
+
+def _chunk_wait(step, hw, tokens, by_mover, bandwidth, memory_bandwidth) -> int:
+    """:func:`~moevit.hw.cost.cycles.memory_wait` of a linear step's chunk of ``tokens``
+    moving ``by_mover`` (its DRAM bytes)."""
+    from moevit.hw.cost.cycles import linear_wait, memory_cycles
+
+    def alone(n):
+        return memory_cycles(hw, {"x": n}, bandwidth, memory_bandwidth)
+
+    x = by_mover.get("x", 0)
+    if step.mnemonic == "EXPERT":
+        fc1, fc2 = _expert_linears(step, hw, tokens)
+        x1 = x * fc1.in_features // (fc1.in_features + fc2.in_features)
+        return linear_wait(fc1, alone(x1)) + linear_wait(fc2, alone(x - x1))
+    return linear_wait(step.descriptor(hw, tokens=tokens), alone(x))
+
+
+def _overlap(step, hw, by_mover, bandwidth, memory_bandwidth) -> tuple:
+    """``(wait, drain)`` of a step other than a linear one (:func:`~moevit.hw.cost.cycles.
+    memory_wait`, :func:`~moevit.hw.cost.cycles.drain_cycles`)."""
+    from moevit.hw.cost.cycles import drain_cycles, memory_wait
+
+    if step.mnemonic not in ("ATTENTION", "ROUTE", "LAYERNORM"):
+        return 0, 0                     # no overlap term (cycles.memory_wait, drain_cycles)
+    key = ("descriptor", step.shape, hw)
+    if key not in _CYCLES:
+        _CYCLES[key] = _other_descriptor(step, hw)
+    d = _CYCLES[key]
+    return (memory_wait(d, hw, by_mover, bandwidth, memory_bandwidth, routed=step.routed),
+            drain_cycles(d, routed=step.routed))
+
+
+def _other_descriptor(step, hw):
+    """The descriptor of a step other than a linear one on ``hw``; a MoE step whose tokens
+    exceed the token buffer on a buffer that holds them (cost per token as if chunked)."""
+    from moevit.hw.program.descriptor import DescriptorError
+
+    try:
+        return step.descriptor(hw)
+    except DescriptorError:
+        tokens = dict(step.fields).get("tokens", 0)
+        if step.unit != "moe" or tokens <= hw.max_tokens:
+            raise
+        return step.descriptor(hw.replace(max_tokens=-(-tokens // hw.rows) * hw.rows))
+
+
 def _other_cycles(step, hw) -> tuple:
     """(compute cycles, bytes written) of a step other than a linear one, on ``hw``; a
     MoE step whose tokens exceed the token buffer is cost per token as if chunked."""
     from moevit.hw.cost.cycles import compute_cycles, written_bytes
-    from moevit.hw.program.descriptor import DescriptorError
 
     # What these steps' compute reads: the attention and LayerNorm lanes, the bus, the
     # columns, buffers.
     key = (step.shape, hw.heads_parallel, hw.score_lanes, hw.norm_lanes, hw.bus_width, hw.cols,
            hw.max_tokens, hw.kv_depth, hw.max_in, hw.max_head_dim)
     if key not in _CYCLES:
-        try:
-            d = step.descriptor(hw)
-        except DescriptorError:
-            tokens = dict(step.fields).get("tokens", 0)
-            if step.unit != "moe" or tokens <= hw.max_tokens:
-                raise
-            d = step.descriptor(hw.replace(max_tokens=-(-tokens // hw.rows) * hw.rows))
+        d = _other_descriptor(step, hw)
         _CYCLES[key] = (compute_cycles(d, hw, routed=step.routed),
                         written_bytes(d, routed=step.routed))
     return _CYCLES[key]
@@ -427,8 +579,9 @@ def predict(steps, hw, bandwidth, batch=1, memory_bandwidth=None) -> Prediction:
     """Cycles of one run of ``steps`` (``(step, count)`` pairs, :meth:`Workload.steps`: a
     program that computes ``batch`` images a run, the workload's) on ``hw`` at
     ``bandwidth`` bytes a cycle per memory port and ``memory_bandwidth`` for all
-    (:func:`~moevit.hw.cost.cycles.memory_cycles`; ``max(compute, memory) +
-    ISSUE_CYCLES`` per instruction and chunk).
+    (:func:`~moevit.hw.cost.cycles.memory_cycles`; ``max(compute + wait, memory + drain)
+    + ISSUE_CYCLES`` per instruction and chunk, as
+    :func:`~moevit.hw.cost.cycles.program_cycles`).
 
     Raises
     ------
@@ -443,7 +596,8 @@ def predict(steps, hw, bandwidth, batch=1, memory_bandwidth=None) -> Prediction:
     chunked = False
     for step, count in steps:
         f = step.values
-        if step.mnemonic == "LINEAR" or (step.mnemonic == "EXPERT" and step.routed):
+        linear = step.mnemonic == "LINEAR" or (step.mnemonic == "EXPERT" and step.routed)
+        if linear:
             tokens = f["tokens"] if step.mnemonic == "LINEAR" else step.routed
             chunks = _split(tokens, hw.max_tokens)
             chunked |= len(chunks) > 1
@@ -453,21 +607,30 @@ def predict(steps, hw, bandwidth, batch=1, memory_bandwidth=None) -> Prediction:
                            else f["hidden"] + f["dim"])
                 chunk = moved_bytes(step, hw, tokens=n, written=out)
                 chunk.pop("list", None)
-                parts.append((_chunk_cycles(step, hw, n), chunk))
+                parts.append([_chunk_cycles(step, hw, n), chunk, n, 0,
+                              _chunk_drain(step, hw, n)])
             if step.mnemonic == "EXPERT":  # the routing, read once
                 parts[0][1]["list"] = f["tokens"] * f["top_k"]
         else:
             compute, written = _other_cycles(step, hw)
-            parts = [(compute, moved_bytes(step, hw, written=written))]
-        for compute, by_mover in parts:
+            parts = [[compute, moved_bytes(step, hw, written=written), step.routed, 0, 0]]
+        for compute, by_mover, n, wait, drain in parts:
             nbytes = sum(by_mover.values())
-            memory = memory_cycles(hw, by_mover, bandwidth, memory_bandwidth)
-            cycles = (max(compute, memory) + ISSUE_CYCLES) * count
+            if step.onchip:
+                by_mover, memory = _onchip_memory(step, hw, by_mover, n, bandwidth,
+                                                  memory_bandwidth)
+            else:
+                memory = memory_cycles(hw, by_mover, bandwidth, memory_bandwidth)
+            if linear:
+                wait = _chunk_wait(step, hw, n, by_mover, bandwidth, memory_bandwidth)
+            else:
+                wait, drain = _overlap(step, hw, by_mover, bandwidth, memory_bandwidth)
+            cycles = (max(compute + wait, memory + drain) + ISSUE_CYCLES) * count
             total += cycles
             moved += nbytes * count
             unit = "expert" if step.mnemonic == "EXPERT" else step.unit
             units[unit] = units.get(unit, 0) + cycles
-            if memory > compute:
+            if memory + drain > compute + wait:
                 memory_bound += cycles
             else:
                 compute_bound[unit] = compute_bound.get(unit, 0) + cycles
@@ -579,6 +742,22 @@ def _bandwidths(board, hw):
     return board_bandwidth(board, hw), board_memory_bandwidth(board, hw)
 
 
+def _window(work, hw, board, the_fit, fabric):
+    """``hw`` with the largest on-chip window of :data:`ONCHIP_CHOICES` that fits the board
+    beside the rest, up to the one that holds every activation the compiler places on chip
+    (:meth:`Workload.onchip_need`): more on chip never adds DRAM bytes. (Not tried: a
+    smaller window for an instruction whose two on-chip streams would go faster on two
+    DRAM ports than through the window's one read port.)"""
+    from moevit.hw.cost.resources import resources
+
+    need = work.onchip_need()
+    for size in sorted((c for c in ONCHIP_CHOICES if 0 < c <= need), reverse=True):
+        candidate = hw.replace(onchip_bytes=size)
+        if not _fits(resources(candidate, the_fit), board, fabric):
+            return candidate
+    return hw
+
+
 def _ports(work, hw, board, the_fit, fabric):
     """``(hw, resources, runs per task)`` with the memory ports of :data:`PORT_CHOICES`
     the board has, and the weights striped over as many of them (``weight_ports``, the
@@ -596,8 +775,8 @@ def _ports(work, hw, board, the_fit, fabric):
         for weights in [w for w in PORT_CHOICES if w <= ports]:
             candidate = hw.replace(memory_ports=ports, weight_ports=weights)
             port, memory = _bandwidths(board, candidate)
-            runs = {t: predict(work.steps(t), candidate, port, memory_bandwidth=memory)
-                    for t in work.tasks}
+            runs = {t: predict(work.steps(t, candidate.onchip_bytes), candidate, port,
+                               memory_bandwidth=memory) for t in work.tasks}
             tried.append((max(r.cycles for r in runs.values()), candidate, res, runs))
             if not any(r.memory_cycles for r in runs.values()):
                 break                   # compute-bound everywhere: more ports gain nothing
@@ -621,7 +800,7 @@ def _best_batch(work, hw, board, task):
     best = (1, None)
     port, memory = _bandwidths(board, hw)
     for batch in _batches(work.tokens, hw):
-        steps = workload(work.config, batch=batch).steps(task)
+        steps = workload(work.config, batch=batch).steps(task, hw.onchip_bytes)
         per_image = predict(steps, hw, port, batch, memory).cycles / batch
         if best[1] is None or per_image < best[1]:
             best = (batch, per_image)
@@ -697,7 +876,8 @@ def search(board, config, *, quick=False, fabric=True, progress=True) -> list:
             misses[over] = misses.get(over, 0) + 1
             continue
         try:
-            hw, res, runs = _ports(work, sized[0], board, the_fit, fabric)
+            hw, res, runs = _ports(work, _window(work, sized[0], board, the_fit, fabric), board,
+                                   the_fit, fabric)
         except DescriptorError:
             continue
         task = max(runs, key=lambda t: runs[t].cycles)
@@ -782,7 +962,7 @@ def point_row(point, board, work, fabric=True) -> dict:
         "mac_units": hw.macs + attention_units, "linear_mac_units": hw.macs,
         "attention_mac_units": attention_units, "dsp_packing": hw.dsp_packing,
         "memory_ports": hw.memory_ports, "weight_ports": hw.weight_ports,
-        "norm_lanes": hw.norm_lanes,
+        "norm_lanes": hw.norm_lanes, "onchip_bytes": hw.onchip_bytes,
         "latency_ms": point.latency_ms, "fps_batch1": fps1, "best_batch": point.best_batch,
         "best_fps": best_fps, "macs_per_image": macs, "gops": 2 * macs * fps1 / 1e9,
         "best_gops": 2 * macs * best_fps / 1e9,
@@ -858,6 +1038,7 @@ def print_dse(rows) -> None:
               f"bus {h['bus_width']} bits x {r['memory_ports']} memory port(s) (weights "
               f"over {r['weight_ports']}), "
               f"max_tokens {h['max_tokens']}, max_in {h['max_in']}, kv_depth {h['kv_depth']}, "
+              f"on-chip window {h.get('onchip_bytes', 0):,} bytes, "
               f"{h['clock_mhz']:g} MHz")
         print(f"  latency {r['latency_ms']:.3f} ms per image at batch 1 ({r['task']}, the "
               f"slowest task): {r['fps_batch1']:.1f} images/s; best batch {r['best_batch']}: "

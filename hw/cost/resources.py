@@ -137,6 +137,11 @@ def memories(unit: str, hw) -> list:
         entry = (hw.max_tokens - 1).bit_length() + PROB_WIDTH + 1
         return [("lists", entry, hw.cols * hw.max_tokens, 2),
                 ("acc", 32 * hw.cols, -(-hw.max_in // hw.cols) * hw.max_tokens, 2)]
+    if unit == "onchip":
+        # The on-chip activation window (``hw.onchip_bytes``, moevit.hw.top.onchip): one
+        # bus-word-wide RAM, one read and one write port.
+        words = hw.onchip_bytes // (hw.bus_width // 8)
+        return [("window", hw.bus_width, words, 1)] if words else []
     if unit == "moe-engines":
         # The top's ROUTE engine's (expert u8, weight u16) entries; the EXPERT engine's
         # token table and the COMBINE engine's one-row accumulator are read
@@ -362,12 +367,15 @@ def unit_resources(unit: str, hw, the_fit=None) -> Resources:
 
 
 def resources(hw, the_fit=None) -> Resources:
-    """Resources of the whole top on ``hw``: its units, :data:`TOP_OVERHEAD` and
-    :data:`PORT_OVERHEAD` per memory port beyond the first. The top's
+    """Resources of the whole top on ``hw``: its units, :data:`TOP_OVERHEAD`,
+    :data:`PORT_OVERHEAD` per memory port beyond the first and the on-chip activation
+    window's block RAM (``hw.onchip_bytes``; its routers are small next to the
+    allowance). The top's
     MoE engines count as the MoE unit for DSP, LUT and FF (the same gate and combine
     lanes), with their own memories: the MoE unit keeps an accumulator row per token,
     the engines one row."""
-    total = TOP_OVERHEAD + PORT_OVERHEAD * (hw.memory_ports - 1)
+    total = TOP_OVERHEAD + PORT_OVERHEAD * (hw.memory_ports - 1) + Resources(bram36=sum(
+        bram36(w, d) * ports for _, w, d, ports in memories("onchip", hw)))
     for unit in TOP_UNITS:
         part = unit_resources(unit, hw, the_fit)
         if unit == "moe":

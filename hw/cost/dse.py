@@ -670,7 +670,8 @@ def _norm_lanes(steps, hw, bandwidth, model) -> int:
     """The fewest LayerNorm lanes that give the ``LAYERNORM`` ``steps`` their fewest
     cycles on ``hw`` at ``bandwidth`` (more lanes stop paying once the instruction is
     memory-bound): among those the model's width, the bus and ``max_in`` allow."""
-    key = ("norm_lanes", hw.bus_width, hw.max_in, bandwidth, model.name)
+    key = ("norm_lanes", hw.bus_width, hw.max_in, hw.memory_ports, hw.weight_ports, bandwidth,
+           model.name)
     if key not in _CYCLES:
         allowed = [n for n in _divisors(model.dim, NORM_LANES)
                    if 8 * n <= hw.bus_width and hw.max_in % n == 0]
@@ -787,6 +788,25 @@ def _ports(work, hw, board, the_fit, fabric):
                 if cycles <= best * (1 + PORTS_SLACK))
 
 
+def _lanes_on_ports(work, hw, res, runs, norms, board, the_fit, fabric):
+    """``(hw, resources, runs)`` with the LayerNorm lanes chosen again on the memory ports
+    :func:`_ports` chose (more ports feed more lanes), when that changes them and fits."""
+    from moevit.hw.cost.resources import resources
+    from moevit.model.config import get_config
+
+    model = get_config(work.config)
+    lanes = _norm_lanes(norms, hw, _bandwidths(board, hw)[0], model)
+    if lanes == hw.norm_lanes:
+        return hw, res, runs
+    candidate = hw.replace(norm_lanes=lanes)
+    fitted = resources(candidate, the_fit)
+    if _fits(fitted, board, fabric):
+        return hw, res, runs
+    port, memory = _bandwidths(board, candidate)
+    return candidate, fitted, {t: predict(work.steps(t, candidate.onchip_bytes), candidate, port,
+                                          memory_bandwidth=memory) for t in work.tasks}
+
+
 def _batches(tokens, hw):
     """The batches :func:`_best_batch` tries on ``hw``: 1, the powers of two and the
     largest whose ``tokens`` rows a run the token buffer holds, up to MAX_BATCH."""
@@ -878,6 +898,7 @@ def search(board, config, *, quick=False, fabric=True, progress=True) -> list:
         try:
             hw, res, runs = _ports(work, _window(work, sized[0], board, the_fit, fabric), board,
                                    the_fit, fabric)
+            hw, res, runs = _lanes_on_ports(work, hw, res, runs, norms, board, the_fit, fabric)
         except DescriptorError:
             continue
         task = max(runs, key=lambda t: runs[t].cycles)

@@ -24,7 +24,7 @@ from amaranth.lib import wiring
 from moevit.hw.config import HwConfig, products_width
 from moevit.hw.formal.axi import axi4_read_master, axi4_write_master, axil_slave, burst_checks
 from moevit.hw.formal.harness import Harness, flat_ports
-from moevit.hw.formal.rules import beats, difference, handshake_rules
+from moevit.hw.formal.rules import beats, difference, handshake_rules, past
 from moevit.hw.formal.sby import run_sby
 
 __all__ = ["Check", "CHECKS", "MUTANTS", "FORMAL_HW", "run_check"]
@@ -590,6 +590,12 @@ def _sequencer(*, broken=False):
             owing.append(owed != 0)
             owed_words[name] = owed
         within("issue", dut.issue.valid & ~dut.issue.ready)
+        # The issue stream's rules, but for the cycle after an abort: the top stops the
+        # run (an error elsewhere) and the sequencer withdraws the instruction it offered,
+        # by design (the engines are held in reset).
+        aborted = past(m, dut.abort != 0, "abort")
+        handshake_rules(m, dut.issue.valid, dut.issue.ready, dut.issue.payload, assume=False,
+                        name="issue", live=live & ~aborted)
         running = Signal(name="instruction_running")
         with m.If(dut.issue.valid & dut.issue.ready):
             m.d.sync += running.eq(1)
@@ -646,7 +652,8 @@ def _sequencer(*, broken=False):
                                   ("sequencer", "HEADER_FIELDS"):
                                       HEADER_FIELDS[:FORMAL_HEADER_WORDS]})
     return Harness(dut, [partners, good_header, progress] + ([] if broken else [whole_body]),
-                   hold=["program", "weights", "task", "images"], elaborated=short_header)
+                   hold=["program", "weights", "task", "images"], ruled_apart=["issue"],
+                   elaborated=short_header)
 
 
 # The engines of the top: their streams, and requests inside their descriptor's buffers

@@ -55,13 +55,10 @@ def _sink(rng, stream, got, fields=None):
     return bench
 
 
-def test_slice_requests_walk_rounds_then_tokens():
-    rng = _rng()
+def _walk(rng, jobs):
+    """The requests :class:`SliceRequests` issues for ``jobs``, one after another, under
+    random back-pressure; each job's expected walk in plain Python integers."""
     dut = SliceRequests()
-    jobs = [dict(base=16 * int(rng.integers(0, 1000)), step=16 * int(rng.integers(1, 9)),
-                 pitch=16 * int(rng.integers(1, 40)), length=int(rng.integers(1, 200)),
-                 rounds=int(rng.integers(1, 4)), tokens=int(rng.integers(1, 7)))
-            for _ in range(3)]
     want = [(j["base"] + r * j["step"] + t * j["pitch"], j["length"])
             for j in jobs for r in range(j["rounds"]) for t in range(j["tokens"])]
     got = []
@@ -79,6 +76,29 @@ def test_slice_requests_walk_rounds_then_tokens():
             await ctx.tick()
 
     _run(dut, _sink(rng, dut.req, got, ("addr", "length")), control)
+    return got, want
+
+
+def test_slice_requests_walk_rounds_then_tokens():
+    rng = _rng()
+    jobs = [dict(base=16 * int(rng.integers(0, 1000)), step=16 * int(rng.integers(1, 9)),
+                 pitch=16 * int(rng.integers(1, 40)), length=int(rng.integers(1, 200)),
+                 rounds=int(rng.integers(1, 4)), tokens=int(rng.integers(1, 7)))
+            for _ in range(3)]
+    got, want = _walk(rng, jobs)
+    assert got == want
+
+
+def test_slice_requests_walk_past_4_gib_unwrapped():
+    """A tensor that starts below 2**32 and ends above it: the walk's addresses go on past
+    2**32 (the relocation refuses them), never wrapped onto address 0."""
+    rng = _rng()
+    jobs = [dict(base=(1 << 32) - 16 * int(rng.integers(1, 8)), step=16 * int(rng.integers(1, 9)),
+                 pitch=16 * int(rng.integers(1, 40)), length=int(rng.integers(1, 200)),
+                 rounds=int(rng.integers(2, 4)), tokens=int(rng.integers(2, 7)))
+            for _ in range(2)]
+    got, want = _walk(rng, jobs)
+    assert max(addr for addr, _ in want) >= 1 << 32
     assert got == want
 
 

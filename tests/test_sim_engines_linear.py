@@ -442,3 +442,134 @@ def test_random_jobs(case):
     """Random design points (a Verilator build each), twelve random jobs each, back to
     back under no, fixed or random pauses, the read channels on one port or on four."""
     _random_run(replay_seed(), count=12, large=True, shared=bool(case % 2), simulator="verilator")
+
+
+# Buffers across 4 GiB: the engine's address arithmetic is 64 bits wide ------------------------
+#: The 4 GiB boundary's design point: a weight fetch of several chunks (its chunk is 128
+#: bytes), a residual and constants of several requests each.
+WRAP_HW = HwConfig(name="wrap", rows=2, cols=4, max_tokens=4, max_in=8, post_lanes=1,
+                   out_depth=3, bus_width=32, max_outstanding=2)
+
+
+def _linear_engine_at(hw, image, base, payload, *, max_cycles=20_000):
+    """Run one job (``payload``) on the engine in Amaranth's simulator, its channels
+    answered at the stream level from ``image`` (changed in place) placed at program address
+    ``base``: a request outside ``[base, base + len(image))`` fails the test. Returns the
+    engine's ``error`` at ``done`` and every request as ``(channel, addr, length)``."""
+    from amaranth.sim import Simulator
+
+    from moevit.sim.amaranth_tb import stream_source
+
+    engine = LinearEngine(hw)
+    nbytes = hw.bus_width // 8
+    requests = []
+
+    outside = []
+
+    def span(channel, addr, length):
+        """The request's offset into ``image``; None (noted) outside it."""
+        requests.append((channel, addr, length))
+        if base <= addr and addr + length <= base + len(image):
+            return addr - base
+        outside.append(f"{channel}: a request of {length} bytes at {addr:#x}, outside the "
+                       f"buffers at [{base:#x}, {base + len(image):#x})")
+        return None
+
+    async def handshake(ctx, stream, *values):
+        """The values of the beat taken on ``stream`` (``ready`` held high until one is)."""
+        ctx.set(stream.ready, 1)
+        while True:
+            _, _, valid, *sampled = await ctx.tick().sample(stream.valid, *values)
+            if valid:
+                ctx.set(stream.ready, 0)
+                return sampled
+
+    def reader(k):
+        port = engine.rd[k]
+
+        async def bench(ctx):
+            while True:
+                addr, length = await handshake(ctx, port.req, port.req.payload.addr,
+                                               port.req.payload.length)
+                at = span(f"rd{k}", addr, length)
+                if at is None:
+                    return
+                for left in range(length, 0, -nbytes):
+                    word = bytes(image[at:at + min(left, nbytes)])
+                    ctx.set(port.data.payload.data, int.from_bytes(word, "little"))
+                    ctx.set(port.data.payload.bytes, len(word))
+                    ctx.set(port.data.payload.last, left <= nbytes)
+                    ctx.set(port.data.valid, 1)
+                    while not (await ctx.tick().sample(port.data.ready))[2]:
+                        pass
+                    at += nbytes
+                ctx.set(port.data.valid, 0)
+        return bench
+
+    async def writer(ctx):
+        wr = engine.wr
+        while True:
+            addr, length = await handshake(ctx, wr.req, wr.req.payload.addr,
+                                           wr.req.payload.length)
+            at = span("wr", addr, length)
+            if at is None:
+                return
+            for left in range(length, 0, -nbytes):
+                word, = await handshake(ctx, wr.data, wr.data.payload)
+                image[at:at + min(left, nbytes)] = list(
+                    int(word).to_bytes(nbytes, "little")[:min(left, nbytes)])
+                at += nbytes
+
+    ended = []
+
+    async def control(ctx):
+        await stream_source(engine.desc, [payload])(ctx)
+        for _ in range(max_cycles):
+            _, _, done, error = await ctx.tick().sample(engine.done, engine.error)
+            if done or outside:
+                ended.append(int(error) if done else None)
+                return
+        ended.append(None)
+
+    sim = Simulator(engine)
+    sim.add_clock(1e-6)
+    for bench in [reader(k) for k in range(LinearEngine.READS)] + [writer]:
+        sim.add_testbench(bench, background=True)
+    sim.add_testbench(control)
+    sim.run()
+    assert not outside, outside[0]
+    assert ended[0] is not None, f"the job did not end within {max_cycles} cycles"
+    return ended[0], requests
+
+
+@pytest.mark.parametrize("across", ["x", "w", "chan", "res", "y"])
+def test_buffer_across_4_gib(across):
+    """A job whose one buffer (``across``) starts below 2**32 and ends above it: every
+    request at its true address (a 32-bit sum would wrap to address 0, the weights), y
+    bit-exact with the interpreter (run on the same bytes placed at low addresses)."""
+    seed = replay_seed()
+    rng = np.random.default_rng(seed)
+    hw = WRAP_HW
+    op = random_op(hw, rng, 3, 8, 20, residual=True)
+    image = _Image(rng, hw.bus_width // 8)
+    tensors = {"x": op["x"].tobytes(), "w": pack_weight(op["weight"], hw.cols),
+               "chan": pack_chan(op["bias"], op["multiplier"], op["shift"], hw.cols),
+               "res": op["skip"].tobytes(), "y": bytes(3 * 20)}
+    # The buffer across the boundary placed last, so that every other one lies below it.
+    addr = {name: image.place(tensors[name]) for name in sorted(tensors, key=lambda n: n == across)}
+    low = dataclasses.replace(op["desc"], **{f"{name}_addr": a for name, a in addr.items()})
+    memory = image.memory()
+    want = memory.copy()
+    expected_job(want, low)
+
+    # The program address 2**32 falls on a bus word past the middle of the buffer (past the
+    # first chunk of a fetch).
+    middle = len(tensors[across]) // 2 // 4 * 4
+    base = (1 << 32) - addr[across] - middle
+    high = dataclasses.replace(low, **{f"{name}_addr": base + a for name, a in addr.items()})
+    error, requests = _linear_engine_at(hw, memory, base, pack_job(high))
+    assert error == Fault.NONE
+    crossing = [r for r in requests if r[1] + r[2] > 1 << 32 and r[1] < base + addr[across]
+                + len(tensors[across])]
+    assert crossing, "no request past 2**32: the case does not test the boundary"
+    compare_images(memory, want)

@@ -24,7 +24,7 @@ from amaranth.lib import wiring
 from moevit.hw.config import HwConfig, products_width
 from moevit.hw.formal.axi import axi4_read_master, axi4_write_master, axil_slave, burst_checks
 from moevit.hw.formal.harness import Harness, flat_ports
-from moevit.hw.formal.rules import beats, difference, handshake_rules
+from moevit.hw.formal.rules import beats, difference, handshake_rules, past
 from moevit.hw.formal.sby import run_sby
 
 __all__ = ["Check", "CHECKS", "MUTANTS", "FORMAL_HW", "run_check"]
@@ -44,7 +44,8 @@ class Check:
     ``fast`` (part of ``make test``) and ``expect`` (``PASS``; ``FAIL`` for a mutant,
     with ``rule``: words of the ``Assert`` line that must be the one failing);
     ``timeout`` (seconds) and, for a mutant whose counterexample lies deep,
-    ``skip`` (the first steps' assertions not checked).
+    ``skip`` (the first steps' assertions not checked); ``flatten`` (see
+    :func:`~moevit.hw.formal.sby.run_sby`).
     """
 
     name: str
@@ -58,6 +59,7 @@ class Check:
     rule: str = ""
     timeout: int = 600
     skip: int = 0
+    flatten: bool = False
 
 
 def run_check(check: Check, workdir):
@@ -65,7 +67,7 @@ def run_check(check: Check, workdir):
     harness = check.build()
     text = rtlil.convert(harness, name="top", ports=harness.ports())
     return run_sby(text, workdir, kind=check.kind, depth=check.depth, timeout=check.timeout,
-                   skip=check.skip)
+                   skip=check.skip, flatten=check.flatten)
 
 
 # Beat accounting ------------------------------------------------------------------
@@ -457,6 +459,100 @@ def _write_arbiter():
     return Harness(WriteArbiter(32, ports, most), [rules], streams=False)
 
 
+def _relocator(kind, *, narrow=False):
+    """The Relocator's contract for requests whose address starts in region ``kind`` (one
+    of :data:`~moevit.hw.top.interconnect.REGION_KINDS`, or ``"beyond"``: at or past
+    ``output_end``), the bounds in order (the sequencer refuses a header whose are not)
+    and ``bounds``, ``bases``, ``image`` held, no request in the first cycle (a change
+    takes effect two cycles later, its contract).
+
+    A request taken is dropped with ``error`` the next cycle when it starts beyond the
+    output or runs past its region's end; else it is passed once, the next cycle, at
+    the same offset into the host's slot of its region (``bases.<kind>``, plus ``image``
+    slots of the region's size for input and output), wholly inside that slot (mod 2**64).
+
+    Case-split by kind: the relocator keeps nothing of one request for the next but its
+    output register, so each request's verdict depends on it and the held inputs alone,
+    and the five checks together cover every request. ``narrow``: its sums 32 bits wide
+    (a mutant)."""
+    from moevit.hw.top.interconnect import REGION_KINDS, Relocator
+
+    def prop(m, dut, live):
+        b, p = dut.bounds, dut.i.payload
+        starts = [0, b.scratch_at, b.input_at, b.output_at]
+        ends = [b.scratch_at, b.input_at, b.output_at, b.output_end]
+        m.d.comb += Assume((b.scratch_at <= b.input_at) & (b.input_at <= b.output_at)
+                           & (b.output_at <= b.output_end))
+        m.d.comb += Assume(live | ~dut.i.valid)
+        if kind == "beyond":
+            m.d.comb += Assume(~dut.i.valid | (p.addr >= b.output_end))
+        else:
+            k = REGION_KINDS.index(kind)
+            m.d.comb += Assume(~dut.i.valid | ((p.addr >= starts[k]) & (p.addr < ends[k])))
+
+        # The last request taken, and whether it was taken in the previous cycle.
+        taken = dut.i.valid & dut.i.ready
+        addr, length = Signal.like(p.addr, name="req_addr"), Signal.like(p.length, name="req_len")
+        just = Signal(name="just_taken")
+        m.d.sync += just.eq(taken)
+        with m.If(taken):
+            m.d.sync += [addr.eq(p.addr), length.eq(p.length)]
+        took = beats(m, dut.i.valid, dut.i.ready, "taken")
+        passed = beats(m, dut.o.valid, dut.o.ready, "passed")
+        dropped = beats(m, dut.error, 1, "dropped")
+
+        if kind == "beyond":
+            with m.If(just):
+                m.d.comb += [Assert(dut.error, "a request beyond the output not refused"),
+                             Assert(~dut.o.valid, "a request beyond the output passed")]
+        else:
+            # The host's slot and the region's start as the relocation sees them: from the
+            # inputs of the cycle before the request is taken (it registers its sums off
+            # them), kept with the request. Flattened, the product image * size is then
+            # the relocation's own term, not a second multiplier the solver must equate.
+            early_slot = Signal(64, name="early_slot")
+            early_start = Signal(32, name="early_start")
+            m.d.sync += [early_start.eq(starts[k]),
+                         early_slot.eq(dut.bases[kind] + (dut.image * (ends[k] - starts[k])
+                                                          if kind in ("input", "output") else 0))]
+            slot, start, end = (Signal(64, name="req_slot"), Signal(32, name="req_start"),
+                                Signal(32, name="req_end"))
+            with m.If(taken):
+                m.d.sync += [slot.eq(early_slot), start.eq(early_start), end.eq(ends[k])]
+            offset = addr - start
+            fits = addr + length <= end
+            with m.If(just):
+                m.d.comb += [Assert(dut.error == ~fits, "error is not: the request runs past "
+                                                        "its region"),
+                             Assert(dut.o.valid == fits, "a request passed that runs past its "
+                                                         "region, or one dropped that fits")]
+            moved = (dut.o.payload.addr - slot)[:len(slot)]     # its offset in the slot
+            with m.If(dut.o.valid):
+                m.d.comb += [Assert(fits, "a request passed outside its region"),
+                             Assert(moved == offset, "a request passed off its slot offset"),
+                             Assert(dut.o.payload.length == length, "a request's length changed")]
+        # Each request taken is passed or refused, once: what was taken and neither passed
+        # nor counted refused waits in the register, or is refused this cycle.
+        m.d.comb += [Assert(~dut.error | just, "an error without a request"),
+                     Assert((took - passed - dropped)[:len(took)] == dut.o.valid + dut.error,
+                            "a request lost or passed twice")]
+
+    dut = Relocator()
+    return Harness(dut, [prop], hold=[name for name in flat_ports(dut)
+                                      if name.startswith(("bounds", "bases", "image"))],
+                   elaborated=_Patched(dut, {("interconnect", "ADDR_WIDTH"): 32}) if narrow
+                   else None)
+
+
+def _relocator_what(kind):
+    if kind == "beyond":
+        return "stream rules; requests starting beyond the output: each dropped with error"
+    slot = "image N's slot" if kind in ("input", "output") else "host buffer"
+    return (f"stream rules; requests starting in the {kind} region: each passed once, at its "
+            f"offset into the {kind}'s {slot}, wholly inside it, or dropped with error when "
+            f"it runs past the region")
+
+
 # The control port -----------------------------------------------------------------
 def _control():
     from moevit.hw.top.control import Control
@@ -480,8 +576,13 @@ RESPONSE = 2
 #: Cycles the sequencer may run without progress (a request, a beat, an issue, a
 #: finished instruction or done): its own steps between two handshakes.
 PROGRESS_BOUND = RESPONSE + 4
-#: The sequencer check's depth: a whole run of a short program from reset, the header's
-#: 16 words, the checks, and a body of several instructions (one image or two).
+#: The header the sequencer's check reads: its first 15 words, the fields the sequencer
+#: looks at (magic to onchip_end). The format's other 17 (the body's CRC, reserved words,
+#: the header's CRC; the host checks the CRCs) it reads and ignores, so they only put
+#: the body 17 cycles later: beyond a depth the solver finishes in minutes.
+FORMAL_HEADER_WORDS = 15
+#: The sequencer check's depth: a whole run of a short program from reset, the header,
+#: the checks, and a body of several instructions (one image or two).
 SEQUENCER_DEPTH = 34
 
 
@@ -519,7 +620,7 @@ class _BodyEndIgnored(wiring.Component):
 
 
 def _sequencer(*, broken=False):
-    from moevit.hw.program.program import HEADER_FIELDS, HEADER_WORDS, MAGIC, VERSION, hw_hash
+    from moevit.hw.program.program import HEADER_FIELDS, MAGIC, VERSION, hw_hash
     from moevit.hw.top.sequencer import Sequencer
 
     owed_words = {}
@@ -547,6 +648,12 @@ def _sequencer(*, broken=False):
             owing.append(owed != 0)
             owed_words[name] = owed
         within("issue", dut.issue.valid & ~dut.issue.ready)
+        # The issue stream's rules, but for the cycle after an abort: the top stops the
+        # run (an error elsewhere) and the sequencer withdraws the instruction it offered,
+        # by design (the engines are held in reset).
+        aborted = past(m, dut.abort != 0, "abort")
+        handshake_rules(m, dut.issue.valid, dut.issue.ready, dut.issue.payload, assume=False,
+                        name="issue", live=live & ~aborted)
         running = Signal(name="instruction_running")
         with m.If(dut.issue.valid & dut.issue.ready):
             m.d.sync += running.eq(1)
@@ -562,15 +669,15 @@ def _sequencer(*, broken=False):
         """The header's own checks pass (a header that fails them stops the run at once,
         in CHECK): the check is about the body. Its counts, tasks and bounds stay free."""
         digest = hw_hash(FORMAL_HW)
-        good = {"magic": MAGIC, "version": VERSION, "header_words": HEADER_WORDS,
+        good = {"magic": MAGIC, "version": VERSION, "header_words": FORMAL_HEADER_WORDS,
                 "hw_hash_lo": digest & 0xFFFFFFFF, "hw_hash_hi": digest >> 32,
                 "bus_bits": FORMAL_HW.bus_width}
-        word = Signal(range(HEADER_WORDS + 1), name="header_word")
+        word = Signal(range(FORMAL_HEADER_WORDS + 1), name="header_word")
         header = Signal(name="header_request")
         prog = dut.prog
         with m.If(prog.req.valid & prog.req.ready):
             m.d.sync += [word.eq(0), header.eq(prog.req.payload.addr == dut.program)]
-        with m.Elif(prog.data.valid & prog.data.ready & (word < HEADER_WORDS)):
+        with m.Elif(prog.data.valid & prog.data.ready & (word < FORMAL_HEADER_WORDS)):
             m.d.sync += word.eq(word + 1)
         for name, value in good.items():
             with m.If(header & prog.data.valid & (word == HEADER_FIELDS.index(name))):
@@ -599,8 +706,12 @@ def _sequencer(*, broken=False):
 
     # The mutant is checked for progress only: its truncated body must show as the hang.
     dut = _BodyEndIgnored(FORMAL_HW) if broken else Sequencer(FORMAL_HW)
+    short_header = _Patched(dut, {("sequencer", "HEADER_WORDS"): FORMAL_HEADER_WORDS,
+                                  ("sequencer", "HEADER_FIELDS"):
+                                      HEADER_FIELDS[:FORMAL_HEADER_WORDS]})
     return Harness(dut, [partners, good_header, progress] + ([] if broken else [whole_body]),
-                   hold=["program", "weights", "task", "images"])
+                   hold=["program", "weights", "task", "images"], ruled_apart=["issue"],
+                   elaborated=short_header)
 
 
 # The engines of the top: their streams, and requests inside their descriptor's buffers
@@ -622,13 +733,14 @@ def _mover_answers(m, port, nbytes, name):
                  Assume(port.data.payload.bytes == Mux(owed == 1, rest, nbytes))]
 
 
-def _engine(make, buffers, limits, extra=(), hw=FORMAL_HW):
+def _engine(make, buffers, limits, extra=(), hw=FORMAL_HW, patches=None):
     """An engine of the top on :data:`FORMAL_HW`: the stream rules of every channel
     (the harness) and every request inside a buffer its descriptor names.
 
     ``buffers(d)``: ``{channel: [(first byte, end), ...]}`` for the descriptor ``d``
     the engine took (``"rd0"``, ``"wr"``...); ``limits(d)``: what is assumed of a
-    descriptor (small sizes keep the solver's products small)."""
+    descriptor (small sizes keep the solver's products small); ``patches``: names of
+    the ``hw.top`` modules set otherwise while it elaborates (a mutant, :class:`_Patched`)."""
     dut = make(hw)
     nbytes = hw.bus_width // 8
 
@@ -655,7 +767,7 @@ def _engine(make, buffers, limits, extra=(), hw=FORMAL_HW):
             with m.If(req.valid):
                 m.d.comb += Assert(Cat(*inside).any(),
                                    f"{channel}: a request outside its descriptor's buffers")
-    return Harness(dut, [prop, *extra])
+    return Harness(dut, [prop, *extra], elaborated=_Patched(dut, patches) if patches else None)
 
 
 def _copy_engine():
@@ -693,7 +805,9 @@ def _layernorm_engine():
 LINEAR_ENGINE_HW = dataclasses.replace(FORMAL_HW, cols=4)
 
 
-def _linear_engine():
+def _linear_engine(*, narrow=False):
+    """``narrow``: the engine's address registers 32 bits wide, as before the fix of
+    their wrap (a mutant)."""
     from moevit.hw.top.linear_engine import CHAN_BYTES, LinearEngine
     hw = LINEAR_ENGINE_HW
     cols = hw.cols
@@ -709,16 +823,98 @@ def _linear_engine():
 
     def limits(d):
         # LINEAR's own jobs (no gather, scatter or prefetched weights: the MoE's), their
-        # buffers below 4 GiB as in every compiled layout: the engine's addresses are 32
-        # bits, and one past 2**32 wraps to 0 (the weights; found by this check).
-        ends = [end for spans in buffers(d).values() for _, end in spans]
+        # buffers anywhere: one that runs past 2**32 is asked for there, not wrapped.
         return ((d.op.tokens < 4) & (d.op.in_features < 8) & (d.op.out_features < 8)
-                & ~d.x_gather & ~d.y_scatter & Cat(*(end <= 1 << 32 for end in ends)).all())
+                & ~d.x_gather & ~d.y_scatter)
 
     def no_ahead(m, dut, live):
         m.d.comb += Assume(~dut.ahead.valid)
 
-    return _engine(LinearEngine, buffers, limits, [no_ahead], hw=hw)
+    return _engine(LinearEngine, buffers, limits, [no_ahead], hw=hw,
+                   patches={("linear_engine", "ADDR_WIDTH"): 32} if narrow else None)
+
+
+#: The attention engine's instance: heads of 4 bytes, so that a head's slice is a bus word
+#: (the engine refuses any other: with FORMAL_HW's 2-byte heads no request would be made).
+ATTENTION_ENGINE_HW = dataclasses.replace(FORMAL_HW, max_head_dim=4)
+
+
+def _attention_engine():
+    from moevit.hw.top.attention_engine import AttentionEngine
+
+    def buffers(d):
+        # q, k, v: rows of heads * head_dim bytes, row_pitch apart; the context dense.
+        row = d.heads * d.head_dim
+        span = (d.tokens - 1) * d.row_pitch + row
+        return {"rd0": [(d.q_addr, d.q_addr + span)], "rd1": [(d.k_addr, d.k_addr + span)],
+                "rd2": [(d.v_addr, d.v_addr + span)],
+                "wr": [(d.out_addr, d.out_addr + d.tokens * row)]}
+
+    return _engine(AttentionEngine, buffers,
+                   lambda d: (d.tokens < 4) & (d.heads < 3) & (d.head_dim < 5)
+                   & (d.row_pitch < 16), hw=ATTENTION_ENGINE_HW)
+
+
+def _route_engine():
+    from moevit.hw.top.moe import RouteEngine
+
+    def buffers(d):
+        r = d.route
+        return {"rd0": [(r.logits_addr, r.logits_addr + r.tokens * r.experts)],
+                "wr": [(r.topk_addr, r.topk_addr + r.tokens * r.top_k),
+                       (r.weights_addr, r.weights_addr + 2 * r.tokens * r.top_k)]}
+
+    return _engine(RouteEngine, buffers,
+                   lambda d: (d.route.tokens < 4) & (d.route.experts < 4) & (d.route.top_k < 4))
+
+
+def _expert_engine():
+    """The EXPERT engine's own reads (the routing), no write of its own, and its two
+    linear jobs naming the descriptor's buffers: fc1 from the gathered rows of x into
+    the hidden rows, fc2 from them, scattered into the slots."""
+    from moevit.hw.top.moe import ExpertEngine
+
+    def buffers(d):
+        return {"rd0": [(d.topk_addr, d.topk_addr + d.tokens * d.top_k)], "wr": []}
+
+    def jobs(m, dut, live):
+        # The linear engine: job_done only for a job it took.
+        running = Signal(name="job_running")
+        with m.If(dut.job.valid & dut.job.ready):
+            m.d.sync += running.eq(1)
+        with m.If(dut.job_done):
+            m.d.sync += running.eq(0)
+        m.d.comb += Assume(~dut.job_done | running)
+        d = Signal.like(dut.desc.payload, name="expert_taken")
+        with m.If(dut.desc.valid & dut.desc.ready):
+            m.d.sync += d.eq(dut.desc.payload)
+        j, op = dut.job.payload, dut.job.payload.op
+        fc1 = (j.x_gather & ~j.y_scatter & (op.x_addr == d.x_addr) & (op.w_addr == d.fc1_w_addr)
+               & (op.chan_addr == d.fc1_chan_addr) & (op.y_addr == d.hidden_addr)
+               & (op.in_features == d.dim) & (op.out_features == d.hidden))
+        fc2 = (~j.x_gather & j.y_scatter & (op.x_addr == d.hidden_addr)
+               & (op.w_addr == d.fc2_w_addr) & (op.chan_addr == d.fc2_chan_addr)
+               & (op.y_addr == d.slots_addr) & (op.in_features == d.hidden)
+               & (op.out_features == d.dim))
+        with m.If(dut.job.valid):
+            m.d.comb += Assert(fc1 | fc2, "job: not the descriptor's fc1 or fc2")
+
+    return _engine(ExpertEngine, buffers,
+                   lambda d: (d.tokens < 4) & (d.top_k < 3) & (d.dim < 8) & (d.hidden < 8),
+                   [jobs])
+
+
+def _combine_engine():
+    from moevit.hw.top.moe import CombineEngine
+
+    def buffers(d):
+        return {"rd0": [(d.weights_addr, d.weights_addr + 2 * d.tokens * d.top_k)],
+                "rd1": [(d.slots_addr, d.slots_addr + d.tokens * d.top_k * d.dim)],
+                "rd2": [(d.skip_addr, d.skip_addr + d.tokens * d.dim)],
+                "wr": [(d.y_addr, d.y_addr + d.tokens * d.dim)]}
+
+    return _engine(CombineEngine, buffers,
+                   lambda d: (d.tokens < 4) & (d.top_k < 3) & (d.dim < 8))
 
 
 # The whole top ------------------------------------------------------------------------
@@ -787,6 +983,11 @@ CHECKS = [
           "prove", 4, lambda: _repack(2, 3), fast=False),
     Check("gelu.beats", "Gelu(lanes=1)", "stream rules; one beat out per beat in, none lost",
           "bmc", 6, _gelu, fast=False),
+    *[Check(f"relocator.{kind}", "Relocator(64-bit addresses, 32-bit bounds)",
+            _relocator_what(kind),
+            "prove", 3, lambda kind=kind: _relocator(kind), fast=kind == "beyond",
+            flatten=True)
+      for kind in ("weights", "scratch", "input", "output", "beyond")],
     Check("control.axil", "Control (s_axi_control)",
           "AXI4-Lite slave: handshakes, one OKAY response per request, in order",
           "prove", 4, _control),
@@ -824,7 +1025,7 @@ CHECKS = [
           "63 cycles lie past the depth)", "bmc", 16, lambda: _layernorm(lanes=2), fast=False),
     Check("attention.beats", "Attention(formal hw)", "stream rules; one o beat per q beat",
           "bmc", 16, _attention, fast=False),
-    Check("sequencer.progress", "Sequencer(formal hw)",
+    Check("sequencer.progress", f"Sequencer(formal hw, {FORMAL_HEADER_WORDS}-word header)",
           f"stream rules; with memory (any words) and engines answering within {RESPONSE} "
           f"cycles, never more than {PROGRESS_BOUND} cycles running without progress (no "
           f"deadlock), through the header and the body's words; each request's words read "
@@ -845,9 +1046,25 @@ CHECKS = [
     Check("layernorm_engine.requests", "LayerNormEngine(formal hw)",
           "stream rules of desc, rd, wr; each request inside the params, x or y (at most "
           "3 tokens of 7)", "bmc", 5, _layernorm_engine, fast=False),
+    Check("attention_engine.requests", "AttentionEngine(formal hw, heads of 4)",
+          "stream rules of desc, rd, wr; each request inside q, k, v or the context (at most "
+          "3 tokens, 2 heads of 4, row pitch below 16)", "bmc", 10, _attention_engine,
+          fast=False, timeout=LONG),
+    Check("route_engine.requests", "RouteEngine(formal hw)",
+          "stream rules of desc, rd, wr; each request inside the logits, topk or weights (at "
+          "most 3 tokens, 3 experts)", "bmc", 10, _route_engine, fast=False, timeout=LONG),
+    Check("expert_engine.requests", "ExpertEngine(formal hw)",
+          "stream rules of desc, rd, wr, job, ahead; reads inside the routing, no write of its "
+          "own, each job the descriptor's fc1 or fc2 (at most 3 tokens, top-2, 7 features)",
+          "bmc", 10, _expert_engine, fast=False, timeout=LONG),
+    Check("combine_engine.requests", "CombineEngine(formal hw)",
+          "stream rules of desc, rd, wr; each request inside the weights, slots, skip or y (at "
+          "most 3 tokens, top-2, 7 features)", "bmc", 10, _combine_engine, fast=False,
+          timeout=LONG),
     Check("linear_engine.requests", "LinearEngine(formal hw, 1x4 array)",
           "stream rules of desc, rd, wr; each request inside x, w, chan, res or y (LINEAR "
-          "jobs of at most 3 tokens, 7 in and 7 out features, buffers below 4 GiB)", "bmc", 6,
+          "jobs of at most 3 tokens, 7 in and 7 out features, buffers anywhere: across "
+          "2**32 too)", "bmc", 6,
           _linear_engine, fast=False, timeout=LONG),
 ]
 
@@ -855,7 +1072,15 @@ MUTANTS = [
     Check("mutant.sequencer_truncated_body", "Sequencer blind to its body's end",
           "must FAIL: a body that ends before its last instruction hangs the sequencer",
           "bmc", SEQUENCER_DEPTH, lambda: _sequencer(broken=True), fast=False, expect="FAIL",
-          rule="deadlock", skip=24, timeout=LONG),
+          rule="deadlock", skip=SEQUENCER_DEPTH - 1, timeout=LONG),
+    Check("mutant.linear_engine_32_bit_addresses", "LinearEngine, 32-bit address registers",
+          "must FAIL: a buffer across 2**32 wraps onto address 0", "bmc", 6,
+          lambda: _linear_engine(narrow=True), fast=False, expect="FAIL",
+          rule="Assert(Cat(*inside).any()", timeout=LONG),
+    Check("mutant.relocator_32_bit_sums", "Relocator adding bases in 32 bits",
+          "must FAIL: an output request relocated off its slot", "bmc", 3,
+          lambda: _relocator("output", narrow=True), expect="FAIL",
+          rule="off its slot offset", flatten=True),
     Check("mutant.read_mover_crosses_4k", "ReadMover with 8 KiB pages",
           "must FAIL: a burst crosses 4 KiB", "bmc", 4, lambda: _read_mover(broken=True),
           expect="FAIL", rule="crosses a 4 KiB boundary"),

@@ -62,6 +62,9 @@ class Harness(Elaboratable):
         keep one value for the whole run.
     streams : bool
         Add the handshake rules of every stream member.
+    ruled_apart : sequence of str
+        Stream members (by name: ``issue``, ``rd_0_req``) whose rules a property adds
+        itself, with the design's own exception (a run's abort withdraws an offer).
     elaborated : Elaboratable, optional
         What to instantiate instead of ``dut`` itself: its already elaborated
         module, when a property reads a signal inside it.
@@ -70,12 +73,13 @@ class Harness(Elaboratable):
         reset); ``False`` for a design that makes its own from its ports (the top).
     """
 
-    def __init__(self, dut, properties=(), *, hold=(), streams=True, elaborated=None,
-                 clocked=True):
+    def __init__(self, dut, properties=(), *, hold=(), streams=True, ruled_apart=(),
+                 elaborated=None, clocked=True):
         self.dut = dut
         self._properties = list(properties)
         self._hold = list(hold)
         self._streams = streams
+        self._apart = set(ruled_apart)
         self._elaborated = elaborated
         if elaborated is not None:
             dut._MustUse__silence = True  # used through its elaborated module
@@ -108,6 +112,8 @@ class Harness(Elaboratable):
                     m.d.comb += Assume(_value(value) == before)
         if self._streams:
             for name, valid, ready, payload, sent in stream_members(self.dut):
+                if name in self._apart:
+                    continue
                 handshake_rules(m, valid, ready, [] if payload is None else payload,
                                 assume=not sent, name=name, live=live)
         for prop in self._properties:

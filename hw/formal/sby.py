@@ -82,7 +82,7 @@ def tool(name: str) -> str:
     return found
 
 
-def _sby_text(kind, depth, timeout, skip=0):
+def _sby_text(kind, depth, timeout, skip=0, flatten=False):
     return "\n".join([
         "[options]",
         f"mode {kind}",
@@ -95,7 +95,7 @@ def _sby_text(kind, depth, timeout, skip=0):
         "",
         "[script]",
         "read_rtlil top.il",
-        "prep -top top",
+        f"prep{' -flatten' if flatten else ''} -top top",
         "",
         "[files]",
         "top.il",
@@ -104,10 +104,12 @@ def _sby_text(kind, depth, timeout, skip=0):
 
 
 def run_sby(rtlil: str, workdir, *, kind: str, depth: int, timeout: int = 600,
-            skip: int = 0) -> Outcome:
+            skip: int = 0, flatten: bool = False) -> Outcome:
     """Check the RTLIL text ``rtlil`` (top module ``top``) in ``workdir``. ``skip``
     (``bmc`` only): the assertions of the first ``skip`` steps are not checked (a
-    mutant's counterexample found without proving the steps before it).
+    mutant's counterexample found without proving the steps before it). ``flatten``:
+    the design under check and its properties become one module, so Yosys merges the
+    cells they share (a product the property restates is then one term for the solver).
 
     Raises
     ------
@@ -132,7 +134,7 @@ def run_sby(rtlil: str, workdir, *, kind: str, depth: int, timeout: int = 600,
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "top.il").write_text(rtlil)
-    (workdir / "check.sby").write_text(_sby_text(kind, depth, timeout, skip))
+    (workdir / "check.sby").write_text(_sby_text(kind, depth, timeout, skip, flatten))
     log = workdir / "sby.log"
     env = dict(os.environ, PATH=solver_dir + os.pathsep + os.environ.get("PATH", ""))
     began = time.monotonic()

@@ -69,8 +69,9 @@ class SliceRequests(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        addr = Signal(_ADDR_WIDTH)
-        round_addr = Signal(_ADDR_WIDTH)  # token 0 of this round
+        # As wide as a request's address: a walk past 2**32 is not wrapped onto address 0.
+        addr = Signal(movers.ADDR_WIDTH)
+        round_addr = Signal(movers.ADDR_WIDTH)  # token 0 of this round
         t, r = Signal.like(self.tokens), Signal.like(self.rounds)
         m.d.comb += [self.req.valid.eq(self.busy), self.req.payload.addr.eq(addr),
                      self.req.payload.length.eq(self.length)]

@@ -66,7 +66,7 @@ from amaranth.lib.wiring import In, Out
 from moevit.errors import ConfigError
 from moevit.hw.config import HwConfig
 from moevit.hw.program.descriptor import DescriptorError, Fault, LinearDescriptor
-from moevit.hw.top.movers import Repack, beat_layout, request_layout
+from moevit.hw.top.movers import ADDR_WIDTH, Repack, beat_layout, request_layout
 from moevit.hw.top.ports import (IndexPort, ReadPort, WritePort, engine_members,
                                  linear_job_layout)
 from moevit.hw.units.linear import LinearKernel, chan_layout, lanes_layout, output_layout
@@ -343,7 +343,9 @@ class Fetch(wiring.Component):
         prefetch = m.submodules.prefetch = Prefetch(self._bus, self._depth)
         repack = m.submodules.repack = Repack(self._bus // 8, self._out)
         on = Signal()
-        addr, left = Signal(32), Signal(32)
+        # The address as wide as a request's: a range that runs past 2**32 is asked for
+        # there (and refused by the relocation), not wrapped onto address 0.
+        addr, left = Signal(ADDR_WIDTH), Signal(32)
         req = prefetch.req
         m.d.comb += [req.valid.eq(on), req.payload.addr.eq(addr),
                      req.payload.length.eq(Mux(left < chunk, left, chunk))]
@@ -417,7 +419,7 @@ class ResidualReader(wiring.Component):
         repack = m.submodules.repack = Repack(hw.bus_width // 8, hw.cols)
         on = Signal()
         chunk = _Chunks(m, op, hw.cols, "res")
-        row_addr = Signal(32)                    # res_addr + token * out_features
+        row_addr = Signal(ADDR_WIDTH)            # res_addr + token * out_features, unwrapped
         req = prefetch.req
         m.d.comb += [req.valid.eq(on),
                      req.payload.addr.eq(row_addr + chunk.col),

@@ -324,3 +324,22 @@ def test_top_runs_a_batched_tiny_program():
           f"{alone[0]['bytes_read']:,} bytes read")
     assert got[0]["cycles"] < 2 * alone[0]["cycles"]
     assert got[0]["bytes_read"] < 2 * alone[0]["bytes_read"]
+
+
+def test_host_buffers_never_overlap():
+    """The bench's host buffers: the fixed map for a small program; a large model's
+    weights (edge-moe's 18.9 MB ran into the input and output buffers of the fixed map,
+    and its full bench top row was not bit-exact) move every buffer after them, none
+    overlapping another or its guards."""
+    from moevit.sim.benches.top import BUFFERS, GUARD_BYTES, host_buffers
+
+    small = {"program": 4096, "weights": 200_000, "input": 12_288, "output": 8192,
+             "scratch": 600_000}
+    assert host_buffers(small) == BUFFERS
+    large = dict(small, weights=0x12269a0, scratch=0x7cf7a0)
+    placed = host_buffers(large)
+    spans = sorted((placed[n], placed[n] + large[n]) for n in BUFFERS)
+    assert [s for s, _ in spans] == [placed[n] for n in BUFFERS]       # in the same order
+    for (_, end), (start, _) in zip(spans, spans[1:]):
+        assert end + GUARD_BYTES <= start - GUARD_BYTES
+    assert placed["program"] == BUFFERS["program"]

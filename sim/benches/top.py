@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["run_top", "expected_runs", "output_bytes", "stalls", "guard_pattern", "BUFFERS",
+           "host_buffers",
            "TOPLEVEL", "GUARD_BYTES", "port_stream"]
 
 TOPLEVEL = "moevit_top"
@@ -45,6 +46,26 @@ BUFFERS = {"program": 0x0010_0000, "weights": 0x0040_0000, "input": 0x0100_0000,
            "output": 0x0140_0000, "scratch": 0x0200_0000}
 #: Bytes of guard pattern before and after each host buffer (``guard=True``).
 GUARD_BYTES = 4096
+#: The simulated memory's bytes, unless the buffers need more.
+MEMORY_BYTES = 1 << 26
+
+
+def host_buffers(sizes) -> dict:
+    """Where the host places buffers of ``sizes`` (bytes by the names of :data:`BUFFERS`):
+    at :data:`BUFFERS` when each fits before the next with its guards (every program of
+    the small configs, so their fault addresses stay put), else one after the other in
+    that order, each on a 1 MiB boundary past the one before and its guards (a large
+    model's weights would otherwise run into its input and output buffers)."""
+    names = list(BUFFERS)
+    fixed = all(BUFFERS[a] + sizes[a] + GUARD_BYTES <= BUFFERS[b] - GUARD_BYTES
+                for a, b in zip(names, names[1:]))
+    if fixed:
+        return dict(BUFFERS)
+    placed, at = {}, BUFFERS[names[0]]
+    for name in names:
+        placed[name] = at
+        at = -(-(at + sizes[name] + 2 * GUARD_BYTES) // (1 << 20)) * (1 << 20)
+    return placed
 
 
 def guard_pattern(start, end) -> bytes:
@@ -151,10 +172,19 @@ def run_top(program, runs, *, test_id, simulator=None, memory_pauses="none", see
                        "timeout_us": run.get("timeout_us", timeout_us)})
         for n, image in enumerate(batch):
             image.tofile(folder / f"run{k}-image{n}.bin")
-    case = {"folder": str(folder), "runs": images, "buffers": BUFFERS,
-            "input_pitch": bounds["output_at"] - bounds["input_at"],
-            "output_pitch": bounds["output_end"] - bounds["output_at"],
-            "scratch_bytes": bounds["input_at"] - bounds["scratch_at"],
+    pitches = {"input": bounds["output_at"] - bounds["input_at"],
+               "output": bounds["output_end"] - bounds["output_at"]}
+    most = max(image["count"] for image in images)
+    sizes = {"program": max((folder / image["program"]).stat().st_size for image in images),
+             "weights": len(program.weights), "input": most * pitches["input"],
+             "output": most * pitches["output"],
+             "scratch": bounds["input_at"] - bounds["scratch_at"]}
+    buffers = host_buffers(sizes)
+    end = buffers["scratch"] + sizes["scratch"] + GUARD_BYTES
+    case = {"folder": str(folder), "runs": images, "buffers": buffers,
+            "memory_bytes": max(MEMORY_BYTES, 1 << (end - 1).bit_length()),
+            "input_pitch": pitches["input"], "output_pitch": pitches["output"],
+            "scratch_bytes": sizes["scratch"],
             "weights_bytes": len(program.weights), "guard": bool(guard),
             "bus_bytes": program.hw.bus_width // 8,
             "bandwidth": None if bandwidth is None else float(bandwidth)}
@@ -264,7 +294,7 @@ if cocotb is not None:
                 shared = self.rams[0].mem if self.rams else None
                 self.rams.append(FaultyRam(AxiBus.from_prefix(dut, name), dut.ap_clk,
                                            dut.ap_rst_n, reset_active_level=False,
-                                           size=case.get("memory_bytes", 1 << 26), mem=shared))
+                                           size=case["memory_bytes"], mem=shared))
             self.ram = self.rams[0]
             self.throttles = None
             if case.get("bandwidth") is not None:

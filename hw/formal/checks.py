@@ -574,7 +574,7 @@ def _control():
 #: instruction, to send an owed beat, to finish an instruction, to drain on a halt.
 RESPONSE = 2
 #: Cycles the sequencer may run without progress (a request, a beat, an issue, a
-#: finished instruction or done): its own steps between two handshakes.
+#: finished instruction, the top's abort or done): its own steps between two handshakes.
 PROGRESS_BOUND = RESPONSE + 4
 #: The header the sequencer's check reads: its first 15 words, the fields the sequencer
 #: looks at (magic to onchip_end). The format's other 17 (the body's CRC, reserved words,
@@ -624,6 +624,7 @@ def _sequencer(*, broken=False):
     from moevit.hw.top.sequencer import Sequencer
 
     owed_words = {}
+    aborts = []          # high in the first cycle of the top's abort
 
     def partners(m, dut, live):
         """The memory and the top as they are promised to behave, within RESPONSE cycles."""
@@ -652,6 +653,9 @@ def _sequencer(*, broken=False):
         # run (an error elsewhere) and the sequencer withdraws the instruction it offered,
         # by design (the engines are held in reset).
         aborted = past(m, dut.abort != 0, "abort")
+        # The top's abort as the top drives it: its error flags stay up until the next start.
+        m.d.comb += Assume(~aborted | (dut.abort != 0) | past(m, dut.start, "start"))
+        aborts.append((dut.abort != 0) & ~aborted)
         handshake_rules(m, dut.issue.valid, dut.issue.ready, dut.issue.payload, assume=False,
                         name="issue", live=live & ~aborted)
         running = Signal(name="instruction_running")
@@ -689,7 +693,7 @@ def _sequencer(*, broken=False):
             (dut.prog.req.valid & dut.prog.req.ready) | (dut.prog.data.valid & dut.prog.data.ready)
             | (dut.entry.req.valid & dut.entry.req.ready)
             | (dut.entry.data.valid & dut.entry.data.ready)
-            | (dut.issue.valid & dut.issue.ready) | dut.finished | dut.done)
+            | (dut.issue.valid & dut.issue.ready) | dut.finished | dut.done | aborts[0])
         quiet = Signal(range(PROGRESS_BOUND + 2), name="quiet")
         with m.If(~dut.running | moved):
             m.d.sync += quiet.eq(0)
@@ -1028,7 +1032,8 @@ CHECKS = [
     Check("sequencer.progress", f"Sequencer(formal hw, {FORMAL_HEADER_WORDS}-word header)",
           f"stream rules; with memory (any words) and engines answering within {RESPONSE} "
           f"cycles, never more than {PROGRESS_BOUND} cycles running without progress (no "
-          f"deadlock), through the header and the body's words; each request's words read "
+          f"deadlock; the top's abort, held until the next start, is progress in its first "
+          f"cycle), through the header and the body's words; each request's words read "
           f"to its end before the next request or done", "bmc", SEQUENCER_DEPTH, _sequencer,
           fast=False, timeout=LONG),
     Check("moe.streams", "MoeUnit(formal hw)", "stream rules of every stream",

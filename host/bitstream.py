@@ -378,14 +378,13 @@ def _vpp_link(build) -> str:
 
 
 def _top_verilog(hw) -> str:
-    from amaranth.back import verilog
+    from moevit.hw.generate import to_verilog
 
     from moevit.hw.top.accelerator import Accelerator
     from moevit.hw.top.control import vitis_ports
 
     top = Accelerator(hw)
-    return verilog.convert(top, name=KERNEL, ports=vitis_ports(top), emit_src=False,
-                           strip_internal_attrs=True)
+    return to_verilog(top, KERNEL, vitis_ports(top))
 
 
 def write_inputs(board="zcu102", config="tiny", folder=None, verilog=None) -> Build:

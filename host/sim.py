@@ -93,14 +93,13 @@ def top_verilog(hw) -> Path:
     folder = build_dir("sim", "_rtl", f"host-{hw.name}-{_rtl_key(hw)}").resolve()
     source = folder / f"{TOPLEVEL}.v"
     if not source.exists():
-        from amaranth.back import verilog
+        from moevit.hw.generate import to_verilog
 
         from moevit.hw.top.accelerator import Accelerator
         from moevit.hw.top.control import vitis_ports
 
         top = Accelerator(hw)
-        text = verilog.convert(top, name=TOPLEVEL, ports=vitis_ports(top), emit_src=False,
-                               strip_internal_attrs=True)
+        text = to_verilog(top, TOPLEVEL, vitis_ports(top))
         write_atomically(source, lambda p: p.write_text(text), "Verilog of the top")
         regmap.write(folder)
     return source

@@ -20,14 +20,17 @@ take the names a Vitis RTL kernel needs (``s_axi_control_awaddr``,
 
 import hashlib
 import importlib
+import itertools
 import json
+import re
 from pathlib import Path
 
 from moevit.errors import ConfigError
 from moevit.model.integer import intops
 from moevit.paths import build_dir
 
-__all__ = ["UNITS", "TOP_PORTS", "build_unit", "module_name", "verilog", "verilog_file", "generate"]
+__all__ = ["UNITS", "TOP_PORTS", "build_unit", "module_name", "to_verilog", "verilog",
+           "verilog_file", "generate"]
 
 UNITS = {
     "linear": "moevit.hw.units.linear:LinearKernel.from_config",
@@ -65,16 +68,45 @@ def module_name(unit: str) -> str:
     return "moevit_" + unit.replace("-", "_")
 
 
-def verilog(unit: str, hw) -> str:
-    """Verilog text of ``unit`` for ``hw`` (top module :func:`module_name`)."""
+# A block of Yosys's Verilog that drives a signal with a constant: `always @*` with
+# nothing to wait on.
+_CONSTANT_BLOCK = re.compile(r"^  always @\*\n    ([^\n=;]+) = (\d+'[hdb][0-9a-fA-F_]+);\n", re.M)
+
+
+def _constants_at_time_zero(text: str) -> str:
+    """``text`` with each block that drives a constant (``always @* x = C;``) made to run
+    at time zero. Such a block waits on nothing, so an event-driven simulator (Icarus,
+    xsim) never runs it and ``x`` stays undefined, where Verilator and synthesis take
+    the constant: each block waits on a register that changes at time zero instead, as
+    Yosys already makes its other blocks do."""
+    count = itertools.count()
+
+    def evaluated(match):
+        trigger = f"\\moevit$time_zero${next(count)} "
+        return (f"  reg {trigger}= 0;\n  always @* begin\n    if ({trigger}) begin end\n"
+                f"    {match[1]} = {match[2]};\n  end\n")
+
+    return _CONSTANT_BLOCK.sub(evaluated, text)
+
+
+def to_verilog(component, name: str, ports=None) -> str:
+    """The Verilog of an Amaranth ``component``, top module ``name`` (``ports``: the top's
+    ports, as ``amaranth.back.verilog.convert`` takes them), constants driven from time
+    zero on every simulator (:func:`_constants_at_time_zero`)."""
     from amaranth.back import verilog as amaranth_verilog
 
+    text = amaranth_verilog.convert(component, name=name, ports=ports, emit_src=False,
+                                    strip_internal_attrs=True)
+    return _constants_at_time_zero(text)
+
+
+def verilog(unit: str, hw) -> str:
+    """Verilog text of ``unit`` for ``hw`` (top module :func:`module_name`)."""
     from moevit.hw.top.control import vitis_ports
 
     component = build_unit(unit, hw)
     ports = vitis_ports(component) if unit in TOP_PORTS else None
-    return amaranth_verilog.convert(component, name=module_name(unit), ports=ports,
-                                    emit_src=False, strip_internal_attrs=True)
+    return to_verilog(component, module_name(unit), ports)
 
 
 def verilog_file(unit: str, hw, folder=None) -> Path:

@@ -26,15 +26,14 @@ BOARDS = ("zcu102", "zcu104", "u280")
 
 @pytest.fixture(scope="module")
 def top():
-    from amaranth.back import verilog
+    from moevit.hw.generate import to_verilog
 
     from moevit.hw.config import get_hw_config
     from moevit.hw.top.accelerator import Accelerator
     from moevit.hw.top.control import vitis_ports
 
     accel = Accelerator(get_hw_config("tiny"), engines=("copy",))
-    return verilog.convert(accel, name=B.KERNEL, ports=vitis_ports(accel), emit_src=False,
-                           strip_internal_attrs=True)
+    return to_verilog(accel, B.KERNEL, vitis_ports(accel))
 
 
 @pytest.fixture

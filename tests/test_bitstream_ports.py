@@ -15,14 +15,13 @@ PORTS = {"zcu102": 4, "zcu104": 4, "u280": 4}
 
 
 def _top(hw):
-    from amaranth.back import verilog
+    from moevit.hw.generate import to_verilog
 
     from moevit.hw.top.accelerator import Accelerator
     from moevit.hw.top.control import vitis_ports
 
     accel = Accelerator(hw, engines=("copy",))
-    return verilog.convert(accel, name=B.KERNEL, ports=vitis_ports(accel), emit_src=False,
-                           strip_internal_attrs=True)
+    return to_verilog(accel, B.KERNEL, vitis_ports(accel))
 
 
 _TOPS = {}   # ports -> the copy engine's top, converted once per session

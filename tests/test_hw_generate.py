@@ -115,3 +115,47 @@ def test_memory_port_follows_the_bus_width(tmp_path):
     gmem = _module_ports((tmp_path / "moevit_gmem.v").read_text(), "moevit_gmem")
     assert (gmem["m_axi_gmem_rdata"], gmem["m_axi_gmem_wdata"]) == (512, 512)
     assert json.loads((tmp_path / "hw.json").read_text())["bus_width"] == 512
+
+
+def test_constant_bits_hold_their_value_from_time_zero_on_icarus(tmp_path):
+    """A signal driven partly by a process and partly by nothing (its init, a constant):
+    Yosys writes the constant part as ``always @* x = C;``, a block that waits on nothing,
+    which an event-driven simulator never runs (the part stays X on Icarus; the top with
+    only the linear engine read its gather flag from one and sent X addresses).
+    :func:`to_verilog`'s text gives the constant from time zero."""
+    import subprocess
+
+    from amaranth.back import verilog as amaranth_verilog
+    from amaranth.hdl import Module
+    from amaranth.lib import data, wiring
+    from amaranth.lib.wiring import In, Out
+
+    from moevit.hw.generate import to_verilog
+
+    class Partial(wiring.Component):
+        a: In(2)
+        sel: In(1)
+        o: Out(data.StructLayout({"low": 2, "high": 2}))
+
+        def elaborate(self, platform):
+            m = Module()
+            with m.If(self.sel):
+                m.d.comb += self.o.low.eq(self.a)
+            return m
+
+    bench = ("module bench; reg [1:0] a = 2'd3; reg sel = 1'b1; wire [3:0] o;\n"
+             "  partial dut(.a(a), .sel(sel), .o(o));\n"
+             "  initial begin #1 $display(\"%b\", o); #1 sel = 1'b0; #1 $display(\"%b\", o); end\n"
+             "endmodule\n")
+
+    def simulated(text):
+        (tmp_path / "dut.v").write_text(text)
+        (tmp_path / "bench.v").write_text(bench)
+        subprocess.run(["iverilog", "-o", "sim", "dut.v", "bench.v"], cwd=tmp_path, check=True)
+        return subprocess.run(["vvp", "-n", "sim"], cwd=tmp_path, capture_output=True,
+                              text=True, check=True).stdout.split()
+
+    raw = amaranth_verilog.convert(Partial(), name="partial", emit_src=False)
+    assert re.search(r"always @\*\n    o\[3:2\] = 2'h0;", raw)     # the case this fixes
+    assert simulated(raw) == ["xx11", "xx00"]
+    assert simulated(to_verilog(Partial(), "partial")) == ["0011", "0000"]

@@ -138,7 +138,7 @@ def run_control(test_id, *, testcase=None, seed=0, ops=300, pause=0.3, simulator
 
     Returns the :class:`~moevit.sim.runner.SimResult` (``summary.json``: the counts).
     """
-    from amaranth.back import verilog
+    from moevit.hw.generate import to_verilog
 
     from moevit.hw.program import regmap
     from moevit.hw.top.control import Control, vitis_ports
@@ -148,8 +148,7 @@ def run_control(test_id, *, testcase=None, seed=0, ops=300, pause=0.3, simulator
     folder = build_dir("sim", "_rtl", sim_folder(test_id).name)
     control = Control()
     source = folder / "moevit_control.v"
-    source.write_text(verilog.convert(control, name="moevit_control", ports=vitis_ports(control),
-                                      emit_src=False, strip_internal_attrs=True))
+    source.write_text(to_verilog(control, "moevit_control", vitis_ports(control)))
     json_path, _ = regmap.write(folder, control.regmap)
     case = {"regmap": str(json_path.resolve()), "seed": seed, "ops": ops, "pause": pause}
     return run_cocotb(toplevel="moevit_control", sources=[source],

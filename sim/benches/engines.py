@@ -58,7 +58,7 @@ def run_engine(engine, hw, memory, descriptors, *, test_id, simulator=None, seed
     ``errors`` (the engine's ``error`` at each ``done``), ``reads`` (per
     instruction, its read bursts as ``[channel, address, bytes]``) and ``seconds``.
     """
-    from amaranth.back import verilog
+    from moevit.hw.generate import to_verilog
 
     from moevit.hw.top.ports import EngineShell
     from moevit.paths import build_dir
@@ -67,8 +67,7 @@ def run_engine(engine, hw, memory, descriptors, *, test_id, simulator=None, seed
     folder = build_dir("sim", "_rtl", sim_folder(test_id).name)
     source = folder / f"{TOPLEVEL}.v"
     shell = EngineShell(engine, hw)
-    source.write_text(verilog.convert(shell, name=TOPLEVEL, emit_src=False,
-                                      strip_internal_attrs=True))
+    source.write_text(to_verilog(shell, TOPLEVEL))
     image = (folder / "memory.bin").resolve()
     np.asarray(memory, np.uint8).tofile(image)
     case = {"reads": len(engine.rd), "data_width": hw.bus_width, "memory": str(image),

@@ -108,7 +108,7 @@ def run_interconnect(data_width, max_outstanding, memory, relocation, reads, wri
     ``received`` (per read port, per request its bytes as a hex string), ``r_error``,
     ``w_error``, ``cycles`` and ``seconds``.
     """
-    from amaranth.back import verilog
+    from moevit.hw.generate import to_verilog
 
     from moevit.paths import build_dir
     from moevit.sim.runner import run_cocotb, sim_folder
@@ -118,8 +118,7 @@ def run_interconnect(data_width, max_outstanding, memory, relocation, reads, wri
     source = folder / f"{TOPLEVEL}.v"
     bench = InterconnectBench(data_width, len(reads), len(writes), max_outstanding,
                               buffer_beats)
-    source.write_text(verilog.convert(bench, name=TOPLEVEL, emit_src=False,
-                                      strip_internal_attrs=True))
+    source.write_text(to_verilog(bench, TOPLEVEL))
     image = (folder / "memory.bin").resolve()
     np.asarray(memory, np.uint8).tofile(image)
     case = {"data_width": data_width, "memory": str(image), "size": int(len(memory)),

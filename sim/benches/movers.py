@@ -86,7 +86,7 @@ def run_movers(data_width, max_outstanding, runs, *, test_id, simulator=None):
     """Simulate ``runs`` (:func:`run_spec`) on a :class:`~moevit.hw.top.movers.MemoryPort`
     of ``data_width`` bits and ``max_outstanding`` bursts; returns ``(summary, SimResult)``,
     the summary a list with one entry per run (cycles and bursts, or outcomes)."""
-    from amaranth.back import verilog
+    from moevit.hw.generate import to_verilog
 
     from moevit.hw.top.movers import MemoryPort
     from moevit.paths import build_dir
@@ -95,8 +95,7 @@ def run_movers(data_width, max_outstanding, runs, *, test_id, simulator=None):
     folder = build_dir("sim", "_rtl", sim_folder(test_id).name)
     source = folder / f"{TOPLEVEL}.v"
     port = MemoryPort("mem", data_width, max_outstanding=max_outstanding)
-    source.write_text(verilog.convert(port, name=TOPLEVEL, emit_src=False,
-                                      strip_internal_attrs=True))
+    source.write_text(to_verilog(port, TOPLEVEL))
     case = {"data_width": data_width, "max_outstanding": max_outstanding, "runs": list(runs)}
     result = run_cocotb(toplevel=TOPLEVEL, sources=[source], test_module=__name__,
                         test_id=test_id, simulator=simulator,

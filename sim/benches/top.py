@@ -99,8 +99,7 @@ _VERILOG = {}
 def _verilog(hw, engines):
     """The top's Verilog for ``hw`` and ``engines``, converted once per process (a top of
     two engines takes 20 s to convert; the reliability suites run many cases on one)."""
-    from amaranth.back import verilog
-
+    from moevit.hw.generate import to_verilog
     from moevit.hw.program.program import hw_hash
     from moevit.hw.top.accelerator import Accelerator
     from moevit.hw.top.control import vitis_ports
@@ -108,8 +107,7 @@ def _verilog(hw, engines):
     key = (hw_hash(hw), None if engines is None else tuple(engines))
     if key not in _VERILOG:
         top = Accelerator(hw, engines)
-        _VERILOG[key] = verilog.convert(top, name=TOPLEVEL, ports=vitis_ports(top),
-                                        emit_src=False, strip_internal_attrs=True)
+        _VERILOG[key] = to_verilog(top, TOPLEVEL, vitis_ports(top))
     return _VERILOG[key]
 
 

@@ -737,14 +737,16 @@ def _mover_answers(m, port, nbytes, name):
                  Assume(port.data.payload.bytes == Mux(owed == 1, rest, nbytes))]
 
 
-def _engine(make, buffers, limits, extra=(), hw=FORMAL_HW, patches=None):
+def _engine(make, buffers, limits, extra=(), hw=FORMAL_HW, patches=None, short=False):
     """An engine of the top on :data:`FORMAL_HW`: the stream rules of every channel
     (the harness) and every request inside a buffer its descriptor names.
 
     ``buffers(d)``: ``{channel: [(first byte, end), ...]}`` for the descriptor ``d``
     the engine took (``"rd0"``, ``"wr"``...); ``limits(d)``: what is assumed of a
     descriptor (small sizes keep the solver's products small); ``patches``: names of
-    the ``hw.top`` modules set otherwise while it elaborates (a mutant, :class:`_Patched`)."""
+    the ``hw.top`` modules set otherwise while it elaborates (a mutant, :class:`_Patched`);
+    ``short``: every buffer one byte shorter than the descriptor's (a mutant: a request
+    that reaches a buffer's last byte fails, which shows the rule binds)."""
     dut = make(hw)
     nbytes = hw.bus_width // 8
 
@@ -767,7 +769,7 @@ def _engine(make, buffers, limits, extra=(), hw=FORMAL_HW, patches=None):
         for channel, spans in buffers(d).items():
             req = dut.wr.req if channel == "wr" else dut.rd[int(channel[2:])].req
             addr, length = req.payload.addr, req.payload.length
-            inside = [(addr >= first) & (addr + length <= end) for first, end in spans]
+            inside = [(addr >= first) & (addr + length <= end - short) for first, end in spans]
             with m.If(req.valid):
                 m.d.comb += Assert(Cat(*inside).any(),
                                    f"{channel}: a request outside its descriptor's buffers")
@@ -843,7 +845,7 @@ def _linear_engine(*, narrow=False):
 ATTENTION_ENGINE_HW = dataclasses.replace(FORMAL_HW, max_head_dim=4)
 
 
-def _attention_engine():
+def _attention_engine(short=False):
     from moevit.hw.top.attention_engine import AttentionEngine
 
     def buffers(d):
@@ -856,10 +858,10 @@ def _attention_engine():
 
     return _engine(AttentionEngine, buffers,
                    lambda d: (d.tokens < 4) & (d.heads < 3) & (d.head_dim < 5)
-                   & (d.row_pitch < 16), hw=ATTENTION_ENGINE_HW)
+                   & (d.row_pitch < 16), hw=ATTENTION_ENGINE_HW, short=short)
 
 
-def _route_engine():
+def _route_engine(short=False):
     from moevit.hw.top.moe import RouteEngine
 
     def buffers(d):
@@ -869,10 +871,11 @@ def _route_engine():
                        (r.weights_addr, r.weights_addr + 2 * r.tokens * r.top_k)]}
 
     return _engine(RouteEngine, buffers,
-                   lambda d: (d.route.tokens < 4) & (d.route.experts < 4) & (d.route.top_k < 4))
+                   lambda d: (d.route.tokens < 4) & (d.route.experts < 4) & (d.route.top_k < 4),
+                   short=short)
 
 
-def _expert_engine():
+def _expert_engine(short=False):
     """The EXPERT engine's own reads (the routing), no write of its own, and its two
     linear jobs naming the descriptor's buffers: fc1 from the gathered rows of x into
     the hidden rows, fc2 from them, scattered into the slots."""
@@ -905,10 +908,10 @@ def _expert_engine():
 
     return _engine(ExpertEngine, buffers,
                    lambda d: (d.tokens < 4) & (d.top_k < 3) & (d.dim < 8) & (d.hidden < 8),
-                   [jobs])
+                   [jobs], short=short)
 
 
-def _combine_engine():
+def _combine_engine(short=False):
     from moevit.hw.top.moe import CombineEngine
 
     def buffers(d):
@@ -918,7 +921,7 @@ def _combine_engine():
                 "wr": [(d.y_addr, d.y_addr + d.tokens * d.dim)]}
 
     return _engine(CombineEngine, buffers,
-                   lambda d: (d.tokens < 4) & (d.top_k < 3) & (d.dim < 8))
+                   lambda d: (d.tokens < 4) & (d.top_k < 3) & (d.dim < 8), short=short)
 
 
 # The whole top ------------------------------------------------------------------------
@@ -1082,6 +1085,14 @@ MUTANTS = [
           "must FAIL: a buffer across 2**32 wraps onto address 0", "bmc", 6,
           lambda: _linear_engine(narrow=True), fast=False, expect="FAIL",
           rule="Assert(Cat(*inside).any()", timeout=LONG),
+    *[Check(f"mutant.{name}_engine_short_buffers", f"{unit}, buffers one byte short",
+            "must FAIL: a request reaches its buffer's last byte (the buffer rule binds)",
+            "bmc", 10, lambda make=make: make(short=True), fast=False, expect="FAIL",
+            rule="Assert(Cat(*inside).any()", timeout=LONG)
+      for name, unit, make in (("attention", "AttentionEngine", _attention_engine),
+                               ("route", "RouteEngine", _route_engine),
+                               ("expert", "ExpertEngine", _expert_engine),
+                               ("combine", "CombineEngine", _combine_engine))],
     Check("mutant.relocator_32_bit_sums", "Relocator adding bases in 32 bits",
           "must FAIL: an output request relocated off its slot", "bmc", 3,
           lambda: _relocator("output", narrow=True), expect="FAIL",

@@ -62,6 +62,17 @@ def test_run_writes_the_summary_and_the_table(tmp_path, monkeypatch, capsys):
     rows = json.loads((tmp_path / "formal" / "summary.json").read_text())
     assert [(r["name"], r["result"]) for r in rows] == [
         ("gelu.beats", "PASS"), ("control.axil", "PASS"), ("mutant.gelu_withdraws_valid", "FAIL")]
+    # A run stopped part way keeps the verdicts it reached.
+    def stopped(check, workdir):
+        if check.name == "control.axil":
+            raise KeyboardInterrupt
+        return sby.Outcome("FAIL", 2.5, workdir / "sby.log", None)
+    monkeypatch.setattr(run, "run_check", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        main(["--only", "gelu.beats", "control.axil", "--quiet"])
+    rows = json.loads((tmp_path / "formal" / "summary.json").read_text())
+    assert [(r["name"], r["result"]) for r in rows][:2] == [("gelu.beats", "FAIL"),
+                                                            ("control.axil", "PASS")]
 
 
 def test_run_names_an_unknown_check(capsys):

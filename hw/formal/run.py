@@ -11,10 +11,11 @@ a proof; ``bmc``: bounded, no counterexample within ``depth`` cycles of reset),
 ``depth``, ``result`` (SymbiYosys' verdict: ``PASS``, ``FAIL``, ``UNKNOWN``,
 ``TIMEOUT``), ``expect`` (``PASS``; ``FAIL`` for a mutant), ``ok`` (result ==
 expect), ``seconds``, and for a counterexample ``trace`` (its VCD) and ``failed``
-(the source line of each failed assertion; else ``None`` and ``[]``). ``--json`` prints the same list on stdout instead of
-the table. A run of some checks (``--only``, ``--fast``) updates their rows of the
-summary and keeps the others'. The exit status is 1 when a row of this run is
-not ``ok``, 2 for bad options.
+(the source line of each failed assertion; else ``None`` and ``[]``). ``--json`` prints
+the same list on stdout instead of the table. A run of some checks (``--only``,
+``--fast``) updates their rows of the summary and keeps the others'; the summary is
+written after every check. The exit status is 1 when a row of this run is not ``ok``, 2
+for bad options.
 """
 
 import argparse
@@ -31,8 +32,9 @@ COLUMNS = [("property", "name", "<"), ("unit", "unit", "<"), ("kind", "kind", "<
            ("depth", "depth", ">6"), ("result", "result", ">10"), ("seconds", "seconds", ">9")]
 
 
-def run_checks(checks, *, progress=True) -> list:
-    """Run ``checks``; one summary row each (see the module's description)."""
+def run_checks(checks, *, progress=True, each=None) -> list:
+    """Run ``checks``; one summary row each (see the module's description), handed to
+    ``each`` (the rows so far) as soon as its check ends."""
     from tqdm import tqdm
 
     rows = []
@@ -46,6 +48,8 @@ def run_checks(checks, *, progress=True) -> list:
                      "seconds": round(outcome.seconds, 1),
                      "trace": str(outcome.trace) if outcome.trace else None,
                      "failed": outcome.failed_rules()})
+        if each is not None:
+            each(rows)
     return rows
 
 
@@ -100,13 +104,19 @@ def main(argv=None) -> int:
         if args.fast:
             checks = [c for c in checks if c.fast]
         summary = build_dir("formal") / "summary.json"
-        rows = run_checks(checks, progress=not args.quiet)
+        order = [c.name for c in CHECKS + MUTANTS]
+
+        def save(rows):
+            # After every check: a long run stopped part way keeps the verdicts it reached.
+            merged = json.dumps(_merge(summary, rows, order), indent=1)
+            write_atomically(summary, lambda partial: partial.write_text(merged + "\n"),
+                             "formal summary")
+
+        rows = run_checks(checks, progress=not args.quiet, each=save)
     except MoevitError as error:
         print(f"moevit: error: {error}", file=sys.stderr)
         return 2
     text = json.dumps(rows, indent=1)
-    merged = json.dumps(_merge(summary, rows, [c.name for c in CHECKS + MUTANTS]), indent=1)
-    write_atomically(summary, lambda partial: partial.write_text(merged + "\n"), "formal summary")
     if args.json:
         print(text)
     else:

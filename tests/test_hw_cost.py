@@ -281,6 +281,10 @@ SLOW_MEMORY_INSTRUCTIONS = {1: 36_320, 4: 31_922, 5: 43_276, 6: 17_907, 7: 9_186
 
 #: The same runs, whole program, task 0: memory ports -> simulated cycles (the slow test's
 #: figures, reproduced exactly by the timeline runs).
+#: Both tables were measured on the bench's memory before its Throttle was corrected: it lost
+#: the refill of every cycle it waited full, so "one byte a cycle" gave 16/17 of a byte a
+#: cycle to a port reading alone and 32/33 to one reading and writing (the model's -1 to
+#: -4 % here are partly that); measure them again on the corrected memory.
 SLOW_MEMORY_PROGRAM = {1: 1_005_580, 2: 738_588, 4: 661_097}
 
 

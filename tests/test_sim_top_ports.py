@@ -170,3 +170,34 @@ def test_whole_tiny_with_striped_weights_under_a_slow_memory(tiny):
               f"{model / rows[0][2]:>7.3f} {model / simulated - 1:>+7.2%}  {per_port}")
     (_, sim1, model1, _), (_, sim2, model2, _) = rows
     assert abs(sim2 / sim1 - model2 / model1) < 0.01
+
+
+@pytest.mark.parametrize("rate, total", [(16, 40), (16, 100), (None, 40)])
+def test_the_memory_model_limits_each_port_and_all_of_them(rate, total):
+    """The bench's memory model without a simulator: four ports of 64-byte beats whose R and
+    W always offer a beat, each channel paused by its Throttle's generator (stepped as
+    cocotbext-axi steps it: once a cycle, after the edge's handshake). Each port moves at
+    most ``rate`` bytes a cycle (R and W together; None: a beat a cycle on each), all of
+    them together at most ``total``, and no less than the tighter of the two allows."""
+    from types import SimpleNamespace
+
+    from moevit.sim.benches.top import Bucket, Throttle
+
+    beat, cycles, ports = 64, 20_000, 4
+    dut = SimpleNamespace(**{f"p{k}_{c}{s}": SimpleNamespace(value=1) for k in range(ports)
+                             for c in "rw" for s in ("valid", "ready")})
+    shared, clock = Bucket(total, beat), [0]
+    throttles = [Throttle(dut, f"p{k}", rate, beat, shared, now=lambda: clock[0])
+                 for k in range(ports)]
+    gates = {(k, c): throttles[k].gate(c) for k in range(ports) for c in "rw"}
+    moved = [0] * ports
+    for clock[0] in range(cycles):
+        for (k, c), gate in gates.items():
+            ready = getattr(dut, f"p{k}_{c}ready")
+            moved[k] += beat * ready.value                 # a beat at this edge if ready
+            ready.value = int(not next(gate))              # the pause for the next cycle
+    per_port = 2 * beat if rate is None else rate
+    expected = min(total, ports * per_port) * cycles
+    print(f"bytes a cycle per port {[m / cycles for m in moved]}, all {sum(moved) / cycles}")
+    assert all(m <= per_port * cycles + 2 * beat for m in moved)
+    assert expected - ports * beat <= sum(moved) <= expected + 2 * ports * beat

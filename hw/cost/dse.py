@@ -55,8 +55,12 @@ fastest), under the board's DSP, BRAM, URAM,
 LUT and FF (each at its :data:`USABLE` fraction). Bandwidth is not split:
 the two kernels run in turn, each with the whole port. The chosen point
 is one the compiler can serve (the sequence fits the token buffer) when any
-can, and has the best throughput at its best batch among those whose batch-1
-latency is within :data:`LATENCY_SLACK` of the fastest.
+can, and the best by the board's objective (:data:`OBJECTIVES`, by its host): a
+Zynq board's the fastest at batch 1 (among those within :data:`LATENCY_SLACK` of
+it, the most images a second breaks a tie), an Alveo card's the most images a
+second at its best batch. The kernel's bus is 128, 256 or 512 bits on every
+board (:data:`BUS_CHOICES`): on Zynq a wider bus gains through the weights
+striped over several 128-bit HP ports, which the SmartConnects convert to.
 """
 
 import copy
@@ -69,7 +73,7 @@ from pathlib import Path
 from moevit.errors import ConfigError
 
 __all__ = ["ROUTING", "USABLE", "ATTENTION_SHARES", "MAX_BATCH", "LATENCY_SLACK", "PORTS_SLACK",
-           "ONCHIP_CHOICES",
+           "ONCHIP_CHOICES", "BUS_CHOICES", "OBJECTIVES",
            "Workload", "workload", "read_bytes", "moved_bytes", "predict", "Point", "search", "dse_rows", "print_dse",
            "save_config"]
 
@@ -97,7 +101,19 @@ COLS = (8, 16, 32, 64)
 POST_LANES = (2, 4, 8, 16)
 SCORE_LANES = (4, 8, 16, 32, 64)
 NORM_LANES = (1, 2, 4, 8, 16, 32, 64)
-BUS_CHOICES = {"pynq": (128,), "pyxrt": (256, 512)}
+#: The kernel's bus widths per host kind. On a Zynq board (``pynq``) each memory port goes
+#: through its own SmartConnect to one 128-bit HP port (:mod:`moevit.host.bitstream`), which
+#: converts the width: a port still gets one HP port's bytes a cycle
+#: (:func:`~moevit.hw.cost.cycles.board_bandwidth`), but the weight mover, striped over
+#: ``weight_ports`` of them, takes up to one wide bus word a cycle.
+BUS_CHOICES = {"pynq": (128, 256, 512), "pyxrt": (256, 512)}
+#: What a board's search ranks by, per host kind, and why.
+OBJECTIVES = {
+    "pynq": ("latency", "a Zynq board sits at the edge and answers one image at a time "
+                        "(batch 1): ranked by the latency per image at batch 1"),
+    "pyxrt": ("throughput", "an Alveo card in a server takes a stream of images: ranked by "
+                            "images/s at the best batch"),
+}
 
 
 # The workload ------------------------------------------------------------------------------
@@ -498,17 +514,25 @@ def _chunk_drain(step, hw, tokens) -> int:
 def _chunk_wait(step, hw, tokens, by_mover, bandwidth, memory_bandwidth) -> int:
     """:func:`~moevit.hw.cost.cycles.memory_wait` of a linear step's chunk of ``tokens``
     moving ``by_mover`` (its DRAM bytes)."""
-    from moevit.hw.cost.cycles import linear_wait, memory_cycles
+    from moevit.hw.cost.cycles import _tile, memory_cycles
 
     def alone(n):
         return memory_cycles(hw, {"x": n}, bandwidth, memory_bandwidth)
 
+    # linear_wait(job, x cycles) = max(0, x cycles - the job's first tile): the tiles and
+    # the first layer's share of x kept per shape (descriptors are slow to build).
+    key = ("tiles", step.shape, hw.rows, hw.cols, hw.post_lanes, tokens)
+    if key not in _CYCLES:
+        if step.mnemonic == "EXPERT":
+            fc1, fc2 = _expert_linears(step, hw, tokens)
+            _CYCLES[key] = ((_tile(fc1), _tile(fc2)),
+                            (fc1.in_features, fc1.in_features + fc2.in_features))
+        else:
+            _CYCLES[key] = ((_tile(step.descriptor(hw, tokens=tokens)),), (1, 1))
+    tiles, (part, whole) = _CYCLES[key]
     x = by_mover.get("x", 0)
-    if step.mnemonic == "EXPERT":
-        fc1, fc2 = _expert_linears(step, hw, tokens)
-        x1 = x * fc1.in_features // (fc1.in_features + fc2.in_features)
-        return linear_wait(fc1, alone(x1)) + linear_wait(fc2, alone(x - x1))
-    return linear_wait(step.descriptor(hw, tokens=tokens), alone(x))
+    first = x * part // whole
+    return sum(max(0, alone(n) - tile) for n, tile in zip((first, x - first), tiles))
 
 
 def _overlap(step, hw, by_mover, bandwidth, memory_bandwidth) -> tuple:
@@ -909,13 +933,27 @@ def search(board, config, *, quick=False, fabric=True, progress=True) -> list:
     # A point the compiler can serve today (the whole sequence in the token buffer) before
     # one that needs token chunking.
     points = [p for p in points if p.hw.max_tokens >= model.tokens] or points
-    fastest = min(p.latency_cycles for p in points)
-    near = [p for p in points if p.latency_cycles <= fastest * (1 + LATENCY_SLACK)]
-    for p in near:
+    ranked = _rank(points, work, board)
+    ranked[0].largest = largest
+    return ranked
+
+
+def _rank(points, work, board) -> list:
+    """``points`` best first by the board's objective (:data:`OBJECTIVES`), each with its
+    best batch: on a latency board those whose batch-1 latency is within
+    :data:`LATENCY_SLACK` of the fastest, the fastest first (then the most images a second);
+    on a throughput board every point, the most images a second at its best batch first
+    (then the fastest at batch 1)."""
+    if OBJECTIVES[board.host][0] == "latency":
+        fastest = min(p.latency_cycles for p in points)
+        points = [p for p in points if p.latency_cycles <= fastest * (1 + LATENCY_SLACK)]
+    for p in points:
         p.best_batch, p.best_cycles_per_image = _best_batch(work, p.hw, board, p.task)
-    near.sort(key=lambda p: (p.best_cycles_per_image, p.latency_cycles, p.resources.dsp))
-    near[0].largest = largest
-    return near
+    if OBJECTIVES[board.host][0] == "latency":
+        return sorted(points, key=lambda p: (p.latency_cycles, p.best_cycles_per_image,
+                                             p.resources.dsp))
+    return sorted(points, key=lambda p: (p.best_cycles_per_image, p.latency_cycles,
+                                         p.resources.dsp))
 
 
 def _no_fit_message(model, board, base, the_fit, misses):
@@ -997,6 +1035,7 @@ def point_row(point, board, work, fabric=True) -> dict:
         "board_bram36": board.bram36, "board_uram": board.uram,
         "unit_cycles": dict(point.prediction.units), "clock_mhz": hw.clock_mhz,
         "compiles": hw.max_tokens >= work.tokens, "routing": ROUTING,
+        "objective": OBJECTIVES[board.host][0], "objective_reason": OBJECTIVES[board.host][1],
         "attention_share": point.share, "hw": hw.to_dict(),
     }
     if point.largest is not None:
@@ -1061,6 +1100,7 @@ def print_dse(rows) -> None:
               f"max_tokens {h['max_tokens']}, max_in {h['max_in']}, kv_depth {h['kv_depth']}, "
               f"on-chip window {h.get('onchip_bytes', 0):,} bytes, "
               f"{h['clock_mhz']:g} MHz")
+        print(f"  objective: {r['objective']} ({r['objective_reason']})")
         print(f"  latency {r['latency_ms']:.3f} ms per image at batch 1 ({r['task']}, the "
               f"slowest task): {r['fps_batch1']:.1f} images/s; best batch {r['best_batch']}: "
               f"{r['best_fps']:.1f} images/s")

@@ -49,6 +49,26 @@ def test_search_fits_the_board_and_its_figures_agree(rows, board, config):
         hw.check_model(get_config(config))
 
 
+@pytest.mark.parametrize("board, objective", [("zcu102", "latency"), ("u280", "throughput")])
+def test_each_board_is_ranked_by_its_objective(rows, board, objective):
+    """A Zynq board's points best first by batch-1 latency, the U280's by images/s at the best
+    batch (each point's best batch predicted); the row says which, and why."""
+    from moevit.hw.cost.dse import LATENCY_SLACK, OBJECTIVES, search
+
+    row = rows[board, "edge-moe"]
+    assert (row["objective"], row["objective_reason"]) == OBJECTIVES[get_board(board).host]
+    assert row["objective"] == objective
+    points = search(board, "edge-moe", quick=True, progress=False)
+    assert len(points) > 1 and all(p.best_cycles_per_image > 0 for p in points)
+    latency = [p.latency_cycles for p in points]
+    per_image = [p.best_cycles_per_image for p in points]
+    if objective == "latency":
+        assert latency == sorted(latency) and latency[-1] <= latency[0] * (1 + LATENCY_SLACK)
+    else:
+        assert per_image == sorted(per_image)
+    assert row["best_fps"] == pytest.approx(points[0].hw.clock_mhz * 1e6 / per_image[0])
+
+
 def test_targets_are_checked_and_say_what_stops_them(rows):
     zcu102, u280 = rows["zcu102", "edge-moe"], rows["u280", "edge-moe"]
     assert [t["field"] for t in zcu102["targets"]] == ["mac_units", "latency_ms"]

@@ -22,11 +22,11 @@ def tiny():
     image = golden.quantize_image(image, qmodel.scale("input"))
     programs = {}
 
-    def program(ports, weight_ports=1):
-        if (ports, weight_ports) not in programs:
-            programs[ports, weight_ports] = compile_program(qmodel, DEFAULT_HW["tiny"].replace(
-                memory_ports=ports, weight_ports=weight_ports))
-        return programs[ports, weight_ports]
+    def program(ports, weight_ports=1, bus=128):
+        if (ports, weight_ports, bus) not in programs:
+            programs[ports, weight_ports, bus] = compile_program(qmodel, DEFAULT_HW[
+                "tiny"].replace(memory_ports=ports, weight_ports=weight_ports, bus_width=bus))
+        return programs[ports, weight_ports, bus]
 
     return program, image
 
@@ -115,6 +115,44 @@ def test_a_short_program_on_more_ports_under_a_slow_memory(tiny):
         print(f"{ports:>5} {simulated:>10,} {simulated / rows[0][1]:>9.3f} {model:>10,} "
               f"{model / simulated - 1:>+7.2%}  {per_port}")
     assert rows[2][1] < rows[1][1] < rows[0][1]
+
+
+#: ``(bytes a cycle per port, bytes a cycle of all ports together or None, tasks)`` of the
+#: wide-bus runs: a ZCU102 HP port's 16 bytes a cycle (128 bits at the kernel's clock, the
+#: DDR's 85 behind four of them not binding), then a memory whose total binds where ports
+#: move at once (4 ports of 2 bytes a cycle behind 3: the model says 538,346 cycles for task
+#: 0, 521,278 without the total's cap).
+WIDE_BUS_MEMORIES = ((16.0, None, (0, 1)), (2.0, 3.0, (0,)))
+
+
+@pytest.mark.slow
+def test_whole_tiny_on_a_wide_bus_over_four_narrow_ports(tiny):
+    """The whole tiny model on a top as the search builds it for a Zynq board: a 512-bit bus,
+    4 memory ports, the weights striped over all four, each port at a 128-bit HP port's rate;
+    then behind a memory whose total binds (Verilator, one build for both): every run
+    bit-exact, the cost model's cycles (each port and all of them capped:
+    ``memory_cycles``) within the aim of the simulated ones, the errors printed."""
+    from moevit.hw.cost.cycles import program_cycles
+    from moevit.hw.cost.report import AIM
+
+    program, image = tiny
+    program = program(4, 4, 512)
+    rows = []
+    for port, total, tasks in WIDE_BUS_MEMORIES:
+        got = check_runs(program, [(t, [image]) for t in tasks],
+                         test_id=f"top-ports4-w4-bus512-tiny-{port:g}-{total or 0:g}",
+                         simulator="verilator", bandwidth=port, memory_bandwidth=total,
+                         timeout_us=100_000)
+        for run in got:
+            model = program_cycles(program, image, run["task"], bandwidth=port,
+                                   memory_bandwidth=total).cycles
+            rows.append((port, total, run["task"], run["cycles"], model, run["port_bytes_read"]))
+            print(f"\nbus 512, 4 ports at {port:g} B/cycle, all at {total or 'no limit'}: task "
+                  f"{run['task']}: simulated {run['cycles']:,}, cost model {model:,} "
+                  f"({model / run['cycles'] - 1:+.2%}), bytes read per port "
+                  f"{run['port_bytes_read']}")
+    for port, total, task, simulated, model, _ in rows:
+        assert abs(model / simulated - 1) <= AIM, (port, total, task)
 
 
 def test_striped_weights_run_a_layernorm_under_random_pauses(tiny):

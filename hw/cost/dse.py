@@ -83,7 +83,7 @@ ROUTING = ("balanced: every expert of a MoE layer gets ceil(tokens x top_k / exp
 #: PS interconnect and timing closure need the rest).
 USABLE = {"dsp": 0.9, "bram36": 0.85, "uram": 0.85, "lut": 0.7, "ff": 0.7}
 #: Stage 1: the shares of the usable DSPs the attention kernel may take.
-ATTENTION_SHARES = (1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4)
+ATTENTION_SHARES = (1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 3 / 8, 1 / 2)
 #: The most images a batch holds (the token buffer's depth bounds it too).
 MAX_BATCH = 16
 #: The chosen point's batch-1 latency is at most this much above the fastest's.
@@ -890,7 +890,7 @@ def search(board, config, *, quick=False, fabric=True, progress=True) -> list:
     stage1 = {}
     for share in ATTENTION_SHARES:
         fitting = [(c, dsp, hp, sl) for c, dsp, hp, sl in lanes if dsp <= share * usable_dsp]
-        if fitting:
+        if fitting and min(fitting)[2:] not in stage1.values():   # a larger share, more lanes
             stage1[share] = min(fitting)[2:]
 
     # Stage 2: the linear array, packing, post lanes, bus, LayerNorm lanes and buffers under

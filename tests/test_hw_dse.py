@@ -67,6 +67,8 @@ def test_each_board_is_ranked_by_its_objective(rows, board, objective):
     else:
         assert per_image == sorted(per_image)
     assert row["best_fps"] == pytest.approx(points[0].hw.clock_mhz * 1e6 / per_image[0])
+    # What binds: in the run the objective ranks by.
+    assert row["binding_batch"] == (1 if objective == "latency" else row["best_batch"])
 
 
 def test_targets_are_checked_and_say_what_stops_them(rows):
@@ -149,7 +151,8 @@ def test_batching_reads_the_weights_once_per_batch():
     assert weights > 0.5 * one.bytes            # most of an image's bytes are weights
     assert four.cycles < 4 * one.cycles
     board = get_board("zcu102")
-    batch, per_image = _best_batch(workload("edge-moe"), hw, board, "semseg")
+    batch, per_image, run = _best_batch(workload("edge-moe"), hw, board, "semseg")
+    assert run.batch == batch and run.cycles == pytest.approx(batch * per_image)
     assert batch in (1, 2, 4) and per_image <= one.cycles
 
 

@@ -676,6 +676,7 @@ class Point:
     best_cycles_per_image: float = 0.0
     share: float = 0.0
     largest: object = None           # the fitting point with the most MAC units
+    best_prediction: Prediction = None   # that task's run at the best batch
 
     @property
     def mac_units(self) -> int:
@@ -839,15 +840,16 @@ def _batches(tokens, hw):
 
 
 def _best_batch(work, hw, board, task):
-    """(batch, cycles per image) of the best throughput the token buffer allows, each
-    batch predicted from its compiled batched program (:func:`workload`)."""
-    best = (1, None)
+    """(batch, cycles per image, its :class:`Prediction`) of the best throughput the token
+    buffer allows, each batch predicted from its compiled batched program
+    (:func:`workload`)."""
+    best = (1, None, None)
     port, memory = _bandwidths(board, hw)
     for batch in _batches(work.tokens, hw):
         steps = workload(work.config, batch=batch).steps(task, hw.onchip_bytes)
-        per_image = predict(steps, hw, port, batch, memory).cycles / batch
-        if best[1] is None or per_image < best[1]:
-            best = (batch, per_image)
+        run = predict(steps, hw, port, batch, memory)
+        if best[1] is None or run.cycles / batch < best[1]:
+            best = (batch, run.cycles / batch, run)
     return best
 
 
@@ -948,7 +950,8 @@ def _rank(points, work, board) -> list:
         fastest = min(p.latency_cycles for p in points)
         points = [p for p in points if p.latency_cycles <= fastest * (1 + LATENCY_SLACK)]
     for p in points:
-        p.best_batch, p.best_cycles_per_image = _best_batch(work, p.hw, board, p.task)
+        p.best_batch, p.best_cycles_per_image, p.best_prediction = _best_batch(
+            work, p.hw, board, p.task)
     if OBJECTIVES[board.host][0] == "latency":
         return sorted(points, key=lambda p: (p.latency_cycles, p.best_cycles_per_image,
                                              p.resources.dsp))
@@ -990,16 +993,32 @@ TARGETS = {
 FIXED_UNITS = ("moe", "mover")
 
 
-def _binding(point, board, fabric=True):
-    """What limits the point: ``bandwidth`` when its memory-bound instructions take more
-    cycles than any unit's compute-bound ones; else that unit, if the search cannot scale
-    it (``compute: layernorm``); else the resource that stops a larger array."""
-    run = point.prediction
+def _binding_run(point, board):
+    """The run the board's objective ranks by (:data:`OBJECTIVES`): batch 1 on a latency
+    board, the best batch on a throughput board."""
+    if OBJECTIVES[board.host][0] == "throughput" and point.best_prediction is not None:
+        return point.best_prediction
+    return point.prediction
+
+
+def _binding(point, board, fabric=True, work=None):
+    """What limits the point in the run its board ranks by (:func:`_binding_run`):
+    ``bandwidth`` when its memory-bound instructions take more cycles than any unit's
+    compute-bound ones; else that unit, if the search cannot scale it (``compute:
+    layernorm``, or the attention with every head and score lane of the model's
+    (``work``) in parallel: ``compute: attention (at its most lanes)``); else the resource
+    that stops a larger array."""
+    from moevit.model.config import get_config
+
+    run, hw = _binding_run(point, board), point.hw
     unit = max(run.compute_bound, key=run.compute_bound.get, default=None)
     if unit is None or run.memory_cycles >= run.compute_bound[unit]:
         return "bandwidth"
     if unit in FIXED_UNITS:
         return f"compute: {unit}"
+    if unit == "attention" and work is not None and hw.score_lanes == hw.max_head_dim \
+            and hw.heads_parallel == get_config(work.config).heads:
+        return "compute: attention (at its most lanes)"
     used = {name: getattr(point.resources, name) / (getattr(board, name) * USABLE[name])
             for name in ("dsp", "bram36", "uram", "lut", "ff")[:5 if fabric else 3]
             if getattr(board, name)}
@@ -1026,7 +1045,9 @@ def point_row(point, board, work, fabric=True) -> dict:
         "best_fps": best_fps, "macs_per_image": macs, "gops": 2 * macs * fps1 / 1e9,
         "best_gops": 2 * macs * best_fps / 1e9,
         "dsp_efficiency": macs * fps1 / (res.dsp * hz) if res.dsp else 0.0,
-        "binding_limit": _binding(point, board, fabric), "fabric_limits": fabric,
+        "binding_limit": _binding(point, board, fabric, work),
+        "fabric_limits": fabric,
+        "binding_batch": _binding_run(point, board).batch,
         "memory_bound_share": point.prediction.memory_cycles / point.prediction.cycles,
         "bandwidth_gbs": _bandwidth(board, hw) * hw.clock_mhz / 1e3,
         "dsp": int(res.dsp), "lut": round(res.lut), "ff": round(res.ff),
@@ -1106,7 +1127,8 @@ def print_dse(rows) -> None:
               f"{r['best_fps']:.1f} images/s")
         print(f"  {r['gops']:.1f} GOPS at batch 1 ({r['best_gops']:.1f} at batch "
               f"{r['best_batch']}), DSP efficiency {r['dsp_efficiency']:.2f} MACs/DSP/cycle, "
-              f"binding limit: {r['binding_limit']} (memory-bound share "
+              f"binding limit: {r['binding_limit']} at batch {r['binding_batch']} (batch 1's "
+              f"memory-bound share "
               f"{r['memory_bound_share']:.0%} at {r['bandwidth_gbs']:.1f} GB/s)")
         print("  resources: " + ", ".join(
             f"{name} {r[key]:,.0f}/{r['board_' + key]:,} ({r[key] / r['board_' + key]:.0%})"

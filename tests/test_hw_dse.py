@@ -47,6 +47,10 @@ def test_search_fits_the_board_and_its_figures_agree(rows, board, config):
         from moevit.model.config import get_config
 
         hw.check_model(get_config(config))
+    # The top can be built on it: the linear engine takes its columns and bus.
+    from moevit.hw.top.linear_engine import LinearEngine
+
+    LinearEngine(hw)
 
 
 @pytest.mark.parametrize("board, objective", [("zcu102", "latency"), ("u280", "throughput")])

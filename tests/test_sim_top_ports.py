@@ -22,11 +22,13 @@ def tiny():
     image = golden.quantize_image(image, qmodel.scale("input"))
     programs = {}
 
-    def program(ports, weight_ports=1, bus=128):
-        if (ports, weight_ports, bus) not in programs:
-            programs[ports, weight_ports, bus] = compile_program(qmodel, DEFAULT_HW[
-                "tiny"].replace(memory_ports=ports, weight_ports=weight_ports, bus_width=bus))
-        return programs[ports, weight_ports, bus]
+    def program(ports, weight_ports=1, bus=128, cols=None):
+        key = (ports, weight_ports, bus, cols)
+        if key not in programs:
+            hw = DEFAULT_HW["tiny"].replace(memory_ports=ports, weight_ports=weight_ports,
+                                            bus_width=bus)
+            programs[key] = compile_program(qmodel, hw if cols is None else hw.replace(cols=cols))
+        return programs[key]
 
     return program, image
 
@@ -140,7 +142,8 @@ def test_tiny_on_a_wide_bus_over_four_narrow_ports(tiny):
     from moevit.model.config import get_config
 
     program, image = tiny
-    program = _first_blocks(program(4, 4, 512), get_config("tiny"), WIDE_BUS_BLOCKS)
+    # 64 columns: the linear engine's output chunks are whole bus words (64 bytes).
+    program = _first_blocks(program(4, 4, 512, cols=64), get_config("tiny"), WIDE_BUS_BLOCKS)
     rows = []
     for port, total, tasks in WIDE_BUS_MEMORIES:
         got = check_runs(program, [(t, [image]) for t in tasks],

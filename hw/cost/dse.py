@@ -687,6 +687,13 @@ class Point:
         return self.latency_cycles / (self.hw.clock_mhz * 1e3)
 
 
+def _buses(board, cols):
+    """The bus widths of :data:`BUS_CHOICES` the top can have beside ``cols`` array columns:
+    the linear engine writes whole bus words of outputs, so the columns are a multiple of
+    the bus's bytes (:class:`moevit.hw.top.linear_engine.LinearEngine` refuses the rest)."""
+    return [bus for bus in BUS_CHOICES[board.host] if cols % (bus // 8) == 0]
+
+
 def _divisors(n, choices):
     return [c for c in choices if n % c == 0]
 
@@ -903,7 +910,7 @@ def search(board, config, *, quick=False, fabric=True, progress=True) -> list:
             for c in _divisors(model.head_dim, cols_grid):
                 for packing in (1, 2) if c % 2 == 0 else (1,):
                     for post in _divisors(c, post_grid):
-                        for bus in BUS_CHOICES[board.host]:
+                        for bus in _buses(board, c):
                             candidates.append((share, hp, sl, r, c, packing, post, bus))
     points, misses = [], {}
     for share, hp, sl, r, c, packing, post, bus in tqdm(

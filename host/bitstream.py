@@ -17,7 +17,9 @@ BOARD=B [DRY_RUN=1]``) writes, under ``build/bitstream/<config>/<board>/``:
   and board part, the Zynq UltraScale+ PS with the board preset, PL clock 0
   at the HwConfig's clock (capped at the board's), the accelerator, an AXI
   interconnect from ``M_AXI_HPM0_FPD`` to ``s_axi_control``, a SmartConnect from
-  each memory port to its HP port (``m_axi_gmem`` to ``S_AXI_HP0_FPD``,
+  each memory port to its HP port, converting the kernel's bus (``hw.bus_width``, 128
+  to 512 bits: the IP's port as its Verilog declares it) to the HP port's 128 bits
+  (``m_axi_gmem`` to ``S_AXI_HP0_FPD``,
   ``m_axi_gmem<k>`` to ``S_AXI_HP<k>_FPD``: :data:`HP_PORTS`; a HwConfig with
   more ``memory_ports`` than the board has is an error), a ``proc_sys_reset``, the interrupt on
   ``pl_ps_irq0``, the addresses assigned, then synthesis, implementation to
@@ -460,6 +462,31 @@ def top_ports(verilog_text) -> list:
     return [p.strip().lstrip("\\") for p in match.group(1).split(",") if p.strip()]
 
 
+def port_width(verilog_text, name):
+    """Bits of port ``name`` of the top's Verilog (its ``input``/``output`` declaration), or
+    None where it is not declared."""
+    match = re.search(rf"^\s*(?:input|output)\s+(?:wire\s+|reg\s+)?(?:\[(\d+):0\]\s+)?"
+                      rf"\\?{re.escape(name)}\s*;", verilog_text, re.M)
+    if not match:
+        return None
+    return int(match.group(1)) + 1 if match.group(1) else 1
+
+
+def _check_bus_widths(build) -> Check:
+    """The top's memory ports carry ``hw.bus_width`` bits (R and W data in its Verilog): the
+    width the packaged IP gives its AXI masters. On Zynq each port's SmartConnect converts it
+    to the HP port's 128 bits; on the U280 kernel.xml declares it."""
+    text = (build.folder / VERILOG).read_text()
+    found = {f"{port}_{data}": port_width(text, f"{port}_{data}")
+             for port in memory_ports(build.hw) for data in ("rdata", "wdata")}
+    wrong = {name: bits for name, bits in found.items() if bits != build.hw.bus_width}
+    side = ("" if build.alveo else
+            f"; each SmartConnect converts them to its HP port's {build.board.port_bits} bits")
+    return Check("memory ports as wide as the HwConfig's bus", not wrong,
+                 f"wrong: {wrong} (expected {build.hw.bus_width} bits)" if wrong else
+                 f"{len(found) // 2} port(s) of {build.hw.bus_width} bits in the Verilog{side}")
+
+
 def _checks_package(build, calls) -> list:
     from moevit.hw.program.regmap import REGMAP
 
@@ -633,6 +660,7 @@ def dry_run(build: Build) -> list:
     calls = record_calls(build.folder / PACKAGE_TCL, VIVADO_COMMANDS)
     checks = [Check(f"{PACKAGE_TCL} runs in tclsh", True, f"{len(calls)} Vivado commands")]
     checks += _checks_package(build, calls)
+    checks.append(_check_bus_widths(build))
     if build.alveo:
         xo = record_calls(build.folder / XO_TCL, VIVADO_COMMANDS)
         checks.append(Check(f"{XO_TCL} runs in tclsh", True, f"{len(xo)} Vivado commands"))

@@ -58,7 +58,7 @@ def test_dry_run_passes(board, build_of):
     found = checks(build)
     failed = [f"{c.name}: {c.detail}" for c in found.values() if not c.ok]
     assert not failed
-    assert len(found) == (11 if board == "u280" else 16)
+    assert len(found) == (12 if board == "u280" else 17)
     names = {p.name for p in build.files}
     assert {"moevit_top.v", "moevit_control.json", "moevit_control.h", B.PACKAGE_TCL} <= names
     assert ({B.KERNEL_XML, B.XO_TCL, B.LINK_CFG, B.VPP_LINK} <= names) == (board == "u280")
@@ -119,6 +119,10 @@ def test_clock_is_the_hw_target_capped_at_the_board(build_of):
      "[get_bd_pins rst_pl_clk0/peripheral_aresetn]", "every port of the top is connected"),
     ("zcu102", "moevit_top.v", "module moevit_top(", "module moevit_top(debug_enable, ",
      "every port of the top is connected"),
+    ("zcu102", "moevit_top.v", "input [127:0] m_axi_gmem_rdata;", "input [63:0] m_axi_gmem_rdata;",
+     "memory ports as wide as the HwConfig's bus"),
+    ("u280", "moevit_top.v", "output [127:0] m_axi_gmem_wdata;", "output [255:0] m_axi_gmem_wdata;",
+     "memory ports as wide as the HwConfig's bus"),
     ("zcu102", B.BD_TCL, "assign_bd_address\nvalidate_bd_design", "validate_bd_design\nassign_bd_address",
      "flow order to write_bitstream"),
     ("zcu102", B.BD_TCL, "-to_step write_bitstream", "-to_step route_design",
@@ -250,7 +254,7 @@ def cli(top, tmp_path, monkeypatch):
 def test_cli_dry_run(cli, capsys):
     assert main(["bitstream", "--board", "u280", "--dry-run", "-o", str(cli / "u")]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"^dry run of u280: 11 of 11 checks pass$", out, re.M)
+    assert re.search(r"^dry run of u280: 12 of 12 checks pass$", out, re.M)
     assert f"wrote {cli / 'u' / B.KERNEL_XML}" in out
 
 

@@ -24,7 +24,7 @@ def _top(hw):
     return to_verilog(accel, B.KERNEL, vitis_ports(accel))
 
 
-_TOPS = {}   # ports -> the copy engine's top, converted once per session
+_TOPS = {}   # (ports, bus) -> the copy engine's top, converted once per session
 
 
 @pytest.fixture
@@ -35,13 +35,14 @@ def ported(tmp_path, monkeypatch):
     monkeypatch.setenv("MOEVIT_BUILD", str(tmp_path / "build"))
     tops = _TOPS
 
-    def build(board, ports, top=True):
-        hw = config.DEFAULT_HW["tiny"].replace(name=f"tiny-{ports}ports", memory_ports=ports)
+    def build(board, ports, top=True, bus=128):
+        hw = config.DEFAULT_HW["tiny"].replace(name=f"tiny-{ports}ports", memory_ports=ports,
+                                               bus_width=bus)
         monkeypatch.setattr(config, "get_hw_config", lambda name: hw)
-        if top and ports not in tops:
-            tops[ports] = _top(hw)
+        if top and (ports, bus) not in tops:
+            tops[ports, bus] = _top(hw)
         return B.write_inputs(board, hw.name, tmp_path / board,
-                              verilog=tops[ports] if top else "(checked before the top)")
+                              verilog=tops[ports, bus] if top else "(checked before the top)")
 
     return build
 
@@ -67,6 +68,28 @@ def test_dry_run_passes_with_the_boards_ports(board, ported):
             assert f"moevit_top_0/{name}] [get_bd_intf_pins {sc}/S00_AXI]" in tcl
             assert f"{sc}/M00_AXI] [get_bd_intf_pins zynq_ultra_ps_e_0/S_AXI_HP{k}_FPD]" in tcl
             assert f"CONFIG.PSU__USE__S_AXI_GP{k + 2} {{1}}" in tcl
+
+
+@pytest.mark.slow
+def test_a_kernel_bus_wider_than_the_hp_ports(ported):
+    """A 512-bit kernel bus on the ZCU102's four 128-bit HP ports: the top's masters are 512
+    bits wide, the HP ports stay 128 (their SmartConnects convert), and the dry run says so;
+    a top whose Verilog is narrower than its HwConfig's bus fails it. (Slow: Amaranth takes
+    about 30 s to convert the 512-bit top; the fast part spoils the 128-bit one.)"""
+    build = ported("zcu102", 4, bus=512)
+    found = {c.name: c for c in B.dry_run(build)}
+    assert not [c.name for c in found.values() if not c.ok]
+    assert found["memory ports as wide as the HwConfig's bus"].detail == (
+        "4 port(s) of 512 bits in the Verilog; each SmartConnect converts them to its HP "
+        "port's 128 bits")
+    tcl = (build.folder / B.BD_TCL).read_text()
+    assert all(f"CONFIG.PSU__SAXIGP{k + 2}__DATA_WIDTH {{128}}" in tcl for k in range(4))
+    path = build.folder / B.VERILOG
+    path.write_text(path.read_text().replace("[511:0] m_axi_gmem2_rdata;",
+                                             "[127:0] m_axi_gmem2_rdata;"))
+    check = {c.name: c for c in B.dry_run(build)}["memory ports as wide as the HwConfig's bus"]
+    assert not check.ok and check.detail == ("wrong: {'m_axi_gmem2_rdata': 128} (expected 512 "
+                                             "bits)")
 
 
 def test_a_port_left_unconnected_fails_the_dry_run(ported):

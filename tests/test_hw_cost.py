@@ -195,8 +195,9 @@ def test_check_every_bench_row_within_5_percent():
     print()
     print_check(rows)
     assert {r["bench"] for r in rows} == {"linear", "attention", "top"}
-    # Two tasks, each with the expert schedule as it is and overlapped.
-    assert len([r for r in rows if r["bench"] == "top"]) == 4
+    # Two tasks, each with the expert schedule as it is and overlapped, then each on the
+    # striped and the batched tops.
+    assert len([r for r in rows if r["bench"] == "top"]) == 8
     over = [r for r in rows if abs(r["error"]) > AIM]
     assert not over, over
 
@@ -281,6 +282,10 @@ SLOW_MEMORY_INSTRUCTIONS = {1: 36_320, 4: 31_922, 5: 43_276, 6: 17_907, 7: 9_186
 
 #: The same runs, whole program, task 0: memory ports -> simulated cycles (the slow test's
 #: figures, reproduced exactly by the timeline runs).
+#: Both tables were measured on the bench's memory before its Throttle was corrected: it lost
+#: the refill of every cycle it waited full, so "one byte a cycle" gave 16/17 of a byte a
+#: cycle to a port reading alone and 32/33 to one reading and writing (the model's -1 to
+#: -4 % here are partly that); measure them again on the corrected memory.
 SLOW_MEMORY_PROGRAM = {1: 1_005_580, 2: 738_588, 4: 661_097}
 
 
@@ -321,3 +326,50 @@ def test_whole_program_on_more_ports_behind_a_slow_memory_within_5_percent(slow_
     print(f"\n{ports} port(s): predicted {predicted:,} vs {SLOW_MEMORY_PROGRAM[ports]:,}: "
           f"{error:+.2%}")
     assert abs(error) < 0.05
+
+
+def test_check_rows_of_a_striped_and_a_batched_top(monkeypatch):
+    """The check's two more tops (co-simulation and the cost model stood in for: this is the
+    rows' plumbing): tiny with its weights over both of two ports, and a batch-2 program run
+    on two images from one start; a row per task, each the prediction on that top's own
+    program and images against its simulated cycles; a run that is not bit-exact gives no
+    row but an error."""
+    import types
+
+    import moevit.hw.cost.cycles as cycles
+    import moevit.sim.benches.top as top
+    from moevit.errors import MoevitError
+    from moevit.hw.cost.report import variant_check_rows
+
+    calls = []
+
+    def fake_cycles(program, image, task, progress=False):
+        calls.append((program.hw.name, program.batch, program.hw.weight_ports, image.shape, task))
+        return types.SimpleNamespace(cycles=1000 + 10 * task + program.batch)
+
+    def fake_runs(program, runs):
+        return [{"outputs": [np.zeros(4, np.uint8)], "scratch": np.zeros(8, np.uint8)}
+                for _ in runs]
+
+    def fake_top(program, runs, simulator, test_id):
+        return [dict(fake_runs(program, runs)[0], task=t, error=0, cycles=1000)
+                for t, _ in runs]
+
+    monkeypatch.setattr(cycles, "program_cycles", fake_cycles)
+    monkeypatch.setattr(top, "expected_runs", fake_runs)
+    monkeypatch.setattr(top, "run_top", fake_top)
+    monkeypatch.setattr(top, "output_bytes", lambda program, task: 4)
+    rows = variant_check_rows()
+    assert [(r["row"], r["predicted"], r["simulated"]) for r in rows] == [
+        ("tiny-striped semseg (weights over 2 of 2 ports)", 1001, 1000),
+        ("tiny-striped depth (weights over 2 of 2 ports)", 1011, 1000),
+        ("tiny-batched semseg (batch 2, one start)", 1002, 1000),
+        ("tiny-batched depth (batch 2, one start)", 1012, 1000)]
+    shape = calls[0][3]
+    assert [c[:3] for c in calls] == [("tiny-striped", 1, 2)] * 2 + [("tiny-batched", 2, 1)] * 2
+    assert [c[3] for c in calls] == [shape, shape, (2, *shape), (2, *shape)]
+    monkeypatch.setattr(top, "run_top", lambda *a, **k: [dict(r, error=2) for r in
+                                                         fake_top(*a, **k)])
+    with pytest.raises(MoevitError, match=r"^The co-simulated tiny-striped top is not "
+                                          r"bit-exact on task 0 \(error 2\): no cost row"):
+        variant_check_rows()

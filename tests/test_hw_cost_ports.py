@@ -5,6 +5,7 @@ import pytest
 
 from moevit.hw.bench_top import _program
 from moevit.hw.config import DEFAULT_HW, HwConfig
+from moevit.hw.cost.resources import Resources
 from moevit.hw.cost.cycles import (_compute_and_written, memory_cycles, moved_bytes,
                                    program_cycles)
 from moevit.hw.program.interpreter import run_instructions
@@ -94,6 +95,20 @@ def test_resources_add_an_arbiter_per_port():
     assert (four.lut - one.lut, four.ff - one.ff) == pytest.approx(
         (3 * PORT_OVERHEAD.lut, 3 * PORT_OVERHEAD.ff))
     assert (four.dsp, four.bram36) == (one.dsp, one.bram36)
+
+
+def test_resources_of_a_wider_bus_and_the_weights_striper():
+    """The arbiters scale with the bus; the striper buffers the longest burst per striped
+    port: 256 beats of 131 bits at 128 bits (2 BRAM36), 64 beats of 515 at 512 (LUT RAM:
+    172 RAM64M of 4 LUTs)."""
+    from moevit.hw.cost.resources import PORT_OVERHEAD, port_overhead
+
+    hw = DEFAULT_HW["edge-moe"].replace(memory_ports=4)
+    assert port_overhead(hw) == PORT_OVERHEAD * 3
+    assert port_overhead(hw.replace(bus_width=512)) == PORT_OVERHEAD * 12
+    assert port_overhead(hw.replace(weight_ports=4)) == PORT_OVERHEAD * 3 + Resources(bram36=8)
+    assert port_overhead(hw.replace(bus_width=512, weight_ports=2)) == \
+        PORT_OVERHEAD * 12 + Resources(lut=2 * 172 * 4)
 
 
 @pytest.mark.parametrize("board", ["zcu102", "u280"])

@@ -47,6 +47,32 @@ def test_search_fits_the_board_and_its_figures_agree(rows, board, config):
         from moevit.model.config import get_config
 
         hw.check_model(get_config(config))
+    # The top can be built on it: the linear engine takes its columns and bus.
+    from moevit.hw.top.linear_engine import LinearEngine
+
+    LinearEngine(hw)
+
+
+@pytest.mark.parametrize("board, objective", [("zcu102", "latency"), ("u280", "throughput")])
+def test_each_board_is_ranked_by_its_objective(rows, board, objective):
+    """A Zynq board's points best first by batch-1 latency, the U280's by images/s at the best
+    batch (each point's best batch predicted); the row says which, and why."""
+    from moevit.hw.cost.dse import LATENCY_SLACK, OBJECTIVES, search
+
+    row = rows[board, "edge-moe"]
+    assert (row["objective"], row["objective_reason"]) == OBJECTIVES[get_board(board).host]
+    assert row["objective"] == objective
+    points = search(board, "edge-moe", quick=True, progress=False)
+    assert len(points) > 1 and all(p.best_cycles_per_image > 0 for p in points)
+    latency = [p.latency_cycles for p in points]
+    per_image = [p.best_cycles_per_image for p in points]
+    if objective == "latency":
+        assert latency == sorted(latency) and latency[-1] <= latency[0] * (1 + LATENCY_SLACK)
+    else:
+        assert per_image == sorted(per_image)
+    assert row["best_fps"] == pytest.approx(points[0].hw.clock_mhz * 1e6 / per_image[0])
+    # What binds: in the run the objective ranks by.
+    assert row["binding_batch"] == (1 if objective == "latency" else row["best_batch"])
 
 
 def test_targets_are_checked_and_say_what_stops_them(rows):
@@ -129,7 +155,8 @@ def test_batching_reads_the_weights_once_per_batch():
     assert weights > 0.5 * one.bytes            # most of an image's bytes are weights
     assert four.cycles < 4 * one.cycles
     board = get_board("zcu102")
-    batch, per_image = _best_batch(workload("edge-moe"), hw, board, "semseg")
+    batch, per_image, run = _best_batch(workload("edge-moe"), hw, board, "semseg")
+    assert run.batch == batch and run.cycles == pytest.approx(batch * per_image)
     assert batch in (1, 2, 4) and per_image <= one.cycles
 
 

@@ -22,11 +22,13 @@ def tiny():
     image = golden.quantize_image(image, qmodel.scale("input"))
     programs = {}
 
-    def program(ports, weight_ports=1):
-        if (ports, weight_ports) not in programs:
-            programs[ports, weight_ports] = compile_program(qmodel, DEFAULT_HW["tiny"].replace(
-                memory_ports=ports, weight_ports=weight_ports))
-        return programs[ports, weight_ports]
+    def program(ports, weight_ports=1, bus=128, cols=None):
+        key = (ports, weight_ports, bus, cols)
+        if key not in programs:
+            hw = DEFAULT_HW["tiny"].replace(memory_ports=ports, weight_ports=weight_ports,
+                                            bus_width=bus)
+            programs[key] = compile_program(qmodel, hw if cols is None else hw.replace(cols=cols))
+        return programs[key]
 
     return program, image
 
@@ -117,6 +119,49 @@ def test_a_short_program_on_more_ports_under_a_slow_memory(tiny):
     assert rows[2][1] < rows[1][1] < rows[0][1]
 
 
+#: ``(bytes a cycle per port, bytes a cycle of all ports together or None, tasks)`` of the
+#: wide-bus runs: a ZCU102 HP port's 16 bytes a cycle (128 bits at the kernel's clock, the
+#: DDR's 85 behind four of them not binding), then a memory whose total binds where ports
+#: move at once (4 ports of 2 bytes a cycle behind 3).
+WIDE_BUS_MEMORIES = ((16.0, None, (0,)), (2.0, 3.0, (0,)))
+#: The wide-bus runs take tiny's first blocks (the bench's ``--blocks`` cut: every tensor
+#: of them checked in the scratch), half the program's cycles.
+WIDE_BUS_BLOCKS = 2
+
+
+@pytest.mark.slow
+def test_tiny_on_a_wide_bus_over_four_narrow_ports(tiny):
+    """tiny's first WIDE_BUS_BLOCKS blocks on a top as the search builds it for a Zynq board:
+    a 512-bit bus, 4 memory ports, the weights striped over all four, each port at a 128-bit
+    HP port's rate; then behind a memory whose total binds (Verilator, one build for both):
+    every run bit-exact, the cost model's cycles (each port and all of them capped:
+    ``memory_cycles``) within the aim of the simulated ones, the errors printed."""
+    from moevit.hw.bench_top import _first_blocks
+    from moevit.hw.cost.cycles import program_cycles
+    from moevit.hw.cost.report import AIM
+    from moevit.model.config import get_config
+
+    program, image = tiny
+    # 64 columns: the linear engine's output chunks are whole bus words (64 bytes).
+    program = _first_blocks(program(4, 4, 512, cols=64), get_config("tiny"), WIDE_BUS_BLOCKS)
+    rows = []
+    for port, total, tasks in WIDE_BUS_MEMORIES:
+        got = check_runs(program, [(t, [image]) for t in tasks],
+                         test_id=f"top-ports4-w4-bus512-tiny-{port:g}-{total or 0:g}",
+                         simulator="verilator", bandwidth=port, memory_bandwidth=total,
+                         timeout_us=100_000)
+        for run in got:
+            model = program_cycles(program, image, run["task"], bandwidth=port,
+                                   memory_bandwidth=total).cycles
+            rows.append((port, total, run["task"], run["cycles"], model, run["port_bytes_read"]))
+            print(f"\nbus 512, 4 ports at {port:g} B/cycle, all at {total or 'no limit'}: task "
+                  f"{run['task']}: simulated {run['cycles']:,}, cost model {model:,} "
+                  f"({model / run['cycles'] - 1:+.2%}), bytes read per port "
+                  f"{run['port_bytes_read']}")
+    for port, total, task, simulated, model, _ in rows:
+        assert abs(model / simulated - 1) <= AIM, (port, total, task)
+
+
 def test_striped_weights_run_a_layernorm_under_random_pauses(tiny):
     """A whole LAYERNORM (65 rows of 64, 4,160 bytes on channel ``w``: two bursts or more)
     reading its rows from the weights (random bytes), on a top whose ``w`` stripes over
@@ -170,3 +215,34 @@ def test_whole_tiny_with_striped_weights_under_a_slow_memory(tiny):
               f"{model / rows[0][2]:>7.3f} {model / simulated - 1:>+7.2%}  {per_port}")
     (_, sim1, model1, _), (_, sim2, model2, _) = rows
     assert abs(sim2 / sim1 - model2 / model1) < 0.01
+
+
+@pytest.mark.parametrize("rate, total", [(16, 40), (16, 100), (None, 40)])
+def test_the_memory_model_limits_each_port_and_all_of_them(rate, total):
+    """The bench's memory model without a simulator: four ports of 64-byte beats whose R and
+    W always offer a beat, each channel paused by its Throttle's generator (stepped as
+    cocotbext-axi steps it: once a cycle, after the edge's handshake). Each port moves at
+    most ``rate`` bytes a cycle (R and W together; None: a beat a cycle on each), all of
+    them together at most ``total``, and no less than the tighter of the two allows."""
+    from types import SimpleNamespace
+
+    from moevit.sim.benches.top import Bucket, Throttle
+
+    beat, cycles, ports = 64, 20_000, 4
+    dut = SimpleNamespace(**{f"p{k}_{c}{s}": SimpleNamespace(value=1) for k in range(ports)
+                             for c in "rw" for s in ("valid", "ready")})
+    shared, clock = Bucket(total, beat), [0]
+    throttles = [Throttle(dut, f"p{k}", rate, beat, shared, now=lambda: clock[0])
+                 for k in range(ports)]
+    gates = {(k, c): throttles[k].gate(c) for k in range(ports) for c in "rw"}
+    moved = [0] * ports
+    for clock[0] in range(cycles):
+        for (k, c), gate in gates.items():
+            ready = getattr(dut, f"p{k}_{c}ready")
+            moved[k] += beat * ready.value                 # a beat at this edge if ready
+            ready.value = int(not next(gate))              # the pause for the next cycle
+    per_port = 2 * beat if rate is None else rate
+    expected = min(total, ports * per_port) * cycles
+    print(f"bytes a cycle per port {[m / cycles for m in moved]}, all {sum(moved) / cycles}")
+    assert all(m <= per_port * cycles + 2 * beat for m in moved)
+    assert expected - ports * beat <= sum(moved) <= expected + 2 * ports * beat

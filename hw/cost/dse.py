@@ -55,8 +55,12 @@ fastest), under the board's DSP, BRAM, URAM,
 LUT and FF (each at its :data:`USABLE` fraction). Bandwidth is not split:
 the two kernels run in turn, each with the whole port. The chosen point
 is one the compiler can serve (the sequence fits the token buffer) when any
-can, and has the best throughput at its best batch among those whose batch-1
-latency is within :data:`LATENCY_SLACK` of the fastest.
+can, and the best by the board's objective (:data:`OBJECTIVES`, by its host): a
+Zynq board's the fastest at batch 1 (among those within :data:`LATENCY_SLACK` of
+it, the most images a second breaks a tie), an Alveo card's the most images a
+second at its best batch. The kernel's bus is 128, 256 or 512 bits on every
+board (:data:`BUS_CHOICES`): on Zynq a wider bus gains through the weights
+striped over several 128-bit HP ports, which the SmartConnects convert to.
 """
 
 import copy
@@ -69,7 +73,7 @@ from pathlib import Path
 from moevit.errors import ConfigError
 
 __all__ = ["ROUTING", "USABLE", "ATTENTION_SHARES", "MAX_BATCH", "LATENCY_SLACK", "PORTS_SLACK",
-           "ONCHIP_CHOICES",
+           "ONCHIP_CHOICES", "BUS_CHOICES", "OBJECTIVES",
            "Workload", "workload", "read_bytes", "moved_bytes", "predict", "Point", "search", "dse_rows", "print_dse",
            "save_config"]
 
@@ -79,7 +83,7 @@ ROUTING = ("balanced: every expert of a MoE layer gets ceil(tokens x top_k / exp
 #: PS interconnect and timing closure need the rest).
 USABLE = {"dsp": 0.9, "bram36": 0.85, "uram": 0.85, "lut": 0.7, "ff": 0.7}
 #: Stage 1: the shares of the usable DSPs the attention kernel may take.
-ATTENTION_SHARES = (1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4)
+ATTENTION_SHARES = (1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 3 / 8, 1 / 2)
 #: The most images a batch holds (the token buffer's depth bounds it too).
 MAX_BATCH = 16
 #: The chosen point's batch-1 latency is at most this much above the fastest's.
@@ -97,7 +101,19 @@ COLS = (8, 16, 32, 64)
 POST_LANES = (2, 4, 8, 16)
 SCORE_LANES = (4, 8, 16, 32, 64)
 NORM_LANES = (1, 2, 4, 8, 16, 32, 64)
-BUS_CHOICES = {"pynq": (128,), "pyxrt": (256, 512)}
+#: The kernel's bus widths per host kind. On a Zynq board (``pynq``) each memory port goes
+#: through its own SmartConnect to one 128-bit HP port (:mod:`moevit.host.bitstream`), which
+#: converts the width: a port still gets one HP port's bytes a cycle
+#: (:func:`~moevit.hw.cost.cycles.board_bandwidth`), but the weight mover, striped over
+#: ``weight_ports`` of them, takes up to one wide bus word a cycle.
+BUS_CHOICES = {"pynq": (128, 256, 512), "pyxrt": (256, 512)}
+#: What a board's search ranks by, per host kind, and why.
+OBJECTIVES = {
+    "pynq": ("latency", "a Zynq board sits at the edge and answers one image at a time "
+                        "(batch 1): ranked by the latency per image at batch 1"),
+    "pyxrt": ("throughput", "an Alveo card in a server takes a stream of images: ranked by "
+                            "images/s at the best batch"),
+}
 
 
 # The workload ------------------------------------------------------------------------------
@@ -498,17 +514,25 @@ def _chunk_drain(step, hw, tokens) -> int:
 def _chunk_wait(step, hw, tokens, by_mover, bandwidth, memory_bandwidth) -> int:
     """:func:`~moevit.hw.cost.cycles.memory_wait` of a linear step's chunk of ``tokens``
     moving ``by_mover`` (its DRAM bytes)."""
-    from moevit.hw.cost.cycles import linear_wait, memory_cycles
+    from moevit.hw.cost.cycles import _tile, memory_cycles
 
     def alone(n):
         return memory_cycles(hw, {"x": n}, bandwidth, memory_bandwidth)
 
+    # linear_wait(job, x cycles) = max(0, x cycles - the job's first tile): the tiles and
+    # the first layer's share of x kept per shape (descriptors are slow to build).
+    key = ("tiles", step.shape, hw.rows, hw.cols, hw.post_lanes, tokens)
+    if key not in _CYCLES:
+        if step.mnemonic == "EXPERT":
+            fc1, fc2 = _expert_linears(step, hw, tokens)
+            _CYCLES[key] = ((_tile(fc1), _tile(fc2)),
+                            (fc1.in_features, fc1.in_features + fc2.in_features))
+        else:
+            _CYCLES[key] = ((_tile(step.descriptor(hw, tokens=tokens)),), (1, 1))
+    tiles, (part, whole) = _CYCLES[key]
     x = by_mover.get("x", 0)
-    if step.mnemonic == "EXPERT":
-        fc1, fc2 = _expert_linears(step, hw, tokens)
-        x1 = x * fc1.in_features // (fc1.in_features + fc2.in_features)
-        return linear_wait(fc1, alone(x1)) + linear_wait(fc2, alone(x - x1))
-    return linear_wait(step.descriptor(hw, tokens=tokens), alone(x))
+    first = x * part // whole
+    return sum(max(0, alone(n) - tile) for n, tile in zip((first, x - first), tiles))
 
 
 def _overlap(step, hw, by_mover, bandwidth, memory_bandwidth) -> tuple:
@@ -652,6 +676,7 @@ class Point:
     best_cycles_per_image: float = 0.0
     share: float = 0.0
     largest: object = None           # the fitting point with the most MAC units
+    best_prediction: Prediction = None   # that task's run at the best batch
 
     @property
     def mac_units(self) -> int:
@@ -660,6 +685,13 @@ class Point:
     @property
     def latency_ms(self) -> float:
         return self.latency_cycles / (self.hw.clock_mhz * 1e3)
+
+
+def _buses(board, cols):
+    """The bus widths of :data:`BUS_CHOICES` the top can have beside ``cols`` array columns:
+    the linear engine writes whole bus words of outputs, so the columns are a multiple of
+    the bus's bytes (:class:`moevit.hw.top.linear_engine.LinearEngine` refuses the rest)."""
+    return [bus for bus in BUS_CHOICES[board.host] if cols % (bus // 8) == 0]
 
 
 def _divisors(n, choices):
@@ -815,15 +847,16 @@ def _batches(tokens, hw):
 
 
 def _best_batch(work, hw, board, task):
-    """(batch, cycles per image) of the best throughput the token buffer allows, each
-    batch predicted from its compiled batched program (:func:`workload`)."""
-    best = (1, None)
+    """(batch, cycles per image, its :class:`Prediction`) of the best throughput the token
+    buffer allows, each batch predicted from its compiled batched program
+    (:func:`workload`)."""
+    best = (1, None, None)
     port, memory = _bandwidths(board, hw)
     for batch in _batches(work.tokens, hw):
         steps = workload(work.config, batch=batch).steps(task, hw.onchip_bytes)
-        per_image = predict(steps, hw, port, batch, memory).cycles / batch
-        if best[1] is None or per_image < best[1]:
-            best = (batch, per_image)
+        run = predict(steps, hw, port, batch, memory)
+        if best[1] is None or run.cycles / batch < best[1]:
+            best = (batch, run.cycles / batch, run)
     return best
 
 
@@ -866,7 +899,7 @@ def search(board, config, *, quick=False, fabric=True, progress=True) -> list:
     stage1 = {}
     for share in ATTENTION_SHARES:
         fitting = [(c, dsp, hp, sl) for c, dsp, hp, sl in lanes if dsp <= share * usable_dsp]
-        if fitting:
+        if fitting and min(fitting)[2:] not in stage1.values():   # a larger share, more lanes
             stage1[share] = min(fitting)[2:]
 
     # Stage 2: the linear array, packing, post lanes, bus, LayerNorm lanes and buffers under
@@ -877,7 +910,7 @@ def search(board, config, *, quick=False, fabric=True, progress=True) -> list:
             for c in _divisors(model.head_dim, cols_grid):
                 for packing in (1, 2) if c % 2 == 0 else (1,):
                     for post in _divisors(c, post_grid):
-                        for bus in BUS_CHOICES[board.host]:
+                        for bus in _buses(board, c):
                             candidates.append((share, hp, sl, r, c, packing, post, bus))
     points, misses = [], {}
     for share, hp, sl, r, c, packing, post, bus in tqdm(
@@ -909,13 +942,28 @@ def search(board, config, *, quick=False, fabric=True, progress=True) -> list:
     # A point the compiler can serve today (the whole sequence in the token buffer) before
     # one that needs token chunking.
     points = [p for p in points if p.hw.max_tokens >= model.tokens] or points
-    fastest = min(p.latency_cycles for p in points)
-    near = [p for p in points if p.latency_cycles <= fastest * (1 + LATENCY_SLACK)]
-    for p in near:
-        p.best_batch, p.best_cycles_per_image = _best_batch(work, p.hw, board, p.task)
-    near.sort(key=lambda p: (p.best_cycles_per_image, p.latency_cycles, p.resources.dsp))
-    near[0].largest = largest
-    return near
+    ranked = _rank(points, work, board)
+    ranked[0].largest = largest
+    return ranked
+
+
+def _rank(points, work, board) -> list:
+    """``points`` best first by the board's objective (:data:`OBJECTIVES`), each with its
+    best batch: on a latency board those whose batch-1 latency is within
+    :data:`LATENCY_SLACK` of the fastest, the fastest first (then the most images a second);
+    on a throughput board every point, the most images a second at its best batch first
+    (then the fastest at batch 1)."""
+    if OBJECTIVES[board.host][0] == "latency":
+        fastest = min(p.latency_cycles for p in points)
+        points = [p for p in points if p.latency_cycles <= fastest * (1 + LATENCY_SLACK)]
+    for p in points:
+        p.best_batch, p.best_cycles_per_image, p.best_prediction = _best_batch(
+            work, p.hw, board, p.task)
+    if OBJECTIVES[board.host][0] == "latency":
+        return sorted(points, key=lambda p: (p.latency_cycles, p.best_cycles_per_image,
+                                             p.resources.dsp))
+    return sorted(points, key=lambda p: (p.best_cycles_per_image, p.latency_cycles,
+                                         p.resources.dsp))
 
 
 def _no_fit_message(model, board, base, the_fit, misses):
@@ -952,16 +1000,32 @@ TARGETS = {
 FIXED_UNITS = ("moe", "mover")
 
 
-def _binding(point, board, fabric=True):
-    """What limits the point: ``bandwidth`` when its memory-bound instructions take more
-    cycles than any unit's compute-bound ones; else that unit, if the search cannot scale
-    it (``compute: layernorm``); else the resource that stops a larger array."""
-    run = point.prediction
+def _binding_run(point, board):
+    """The run the board's objective ranks by (:data:`OBJECTIVES`): batch 1 on a latency
+    board, the best batch on a throughput board."""
+    if OBJECTIVES[board.host][0] == "throughput" and point.best_prediction is not None:
+        return point.best_prediction
+    return point.prediction
+
+
+def _binding(point, board, fabric=True, work=None):
+    """What limits the point in the run its board ranks by (:func:`_binding_run`):
+    ``bandwidth`` when its memory-bound instructions take more cycles than any unit's
+    compute-bound ones; else that unit, if the search cannot scale it (``compute:
+    layernorm``, or the attention with every head and score lane of the model's
+    (``work``) in parallel: ``compute: attention (at its most lanes)``); else the resource
+    that stops a larger array."""
+    from moevit.model.config import get_config
+
+    run, hw = _binding_run(point, board), point.hw
     unit = max(run.compute_bound, key=run.compute_bound.get, default=None)
     if unit is None or run.memory_cycles >= run.compute_bound[unit]:
         return "bandwidth"
     if unit in FIXED_UNITS:
         return f"compute: {unit}"
+    if unit == "attention" and work is not None and hw.score_lanes == hw.max_head_dim \
+            and hw.heads_parallel == get_config(work.config).heads:
+        return "compute: attention (at its most lanes)"
     used = {name: getattr(point.resources, name) / (getattr(board, name) * USABLE[name])
             for name in ("dsp", "bram36", "uram", "lut", "ff")[:5 if fabric else 3]
             if getattr(board, name)}
@@ -988,7 +1052,9 @@ def point_row(point, board, work, fabric=True) -> dict:
         "best_fps": best_fps, "macs_per_image": macs, "gops": 2 * macs * fps1 / 1e9,
         "best_gops": 2 * macs * best_fps / 1e9,
         "dsp_efficiency": macs * fps1 / (res.dsp * hz) if res.dsp else 0.0,
-        "binding_limit": _binding(point, board, fabric), "fabric_limits": fabric,
+        "binding_limit": _binding(point, board, fabric, work),
+        "fabric_limits": fabric,
+        "binding_batch": _binding_run(point, board).batch,
         "memory_bound_share": point.prediction.memory_cycles / point.prediction.cycles,
         "bandwidth_gbs": _bandwidth(board, hw) * hw.clock_mhz / 1e3,
         "dsp": int(res.dsp), "lut": round(res.lut), "ff": round(res.ff),
@@ -997,6 +1063,7 @@ def point_row(point, board, work, fabric=True) -> dict:
         "board_bram36": board.bram36, "board_uram": board.uram,
         "unit_cycles": dict(point.prediction.units), "clock_mhz": hw.clock_mhz,
         "compiles": hw.max_tokens >= work.tokens, "routing": ROUTING,
+        "objective": OBJECTIVES[board.host][0], "objective_reason": OBJECTIVES[board.host][1],
         "attention_share": point.share, "hw": hw.to_dict(),
     }
     if point.largest is not None:
@@ -1061,12 +1128,14 @@ def print_dse(rows) -> None:
               f"max_tokens {h['max_tokens']}, max_in {h['max_in']}, kv_depth {h['kv_depth']}, "
               f"on-chip window {h.get('onchip_bytes', 0):,} bytes, "
               f"{h['clock_mhz']:g} MHz")
+        print(f"  objective: {r['objective']} ({r['objective_reason']})")
         print(f"  latency {r['latency_ms']:.3f} ms per image at batch 1 ({r['task']}, the "
               f"slowest task): {r['fps_batch1']:.1f} images/s; best batch {r['best_batch']}: "
               f"{r['best_fps']:.1f} images/s")
         print(f"  {r['gops']:.1f} GOPS at batch 1 ({r['best_gops']:.1f} at batch "
               f"{r['best_batch']}), DSP efficiency {r['dsp_efficiency']:.2f} MACs/DSP/cycle, "
-              f"binding limit: {r['binding_limit']} (memory-bound share "
+              f"binding limit: {r['binding_limit']} at batch {r['binding_batch']} (batch 1's "
+              f"memory-bound share "
               f"{r['memory_bound_share']:.0%} at {r['bandwidth_gbs']:.1f} GB/s)")
         print("  resources: " + ", ".join(
             f"{name} {r[key]:,.0f}/{r['board_' + key]:,} ({r[key] / r['board_' + key]:.0%})"

@@ -144,7 +144,7 @@ def write_report(folder, *, quick=False, progress=True, sections=()) -> Path:
     from datetime import datetime, timezone
 
     from moevit.hw.boards import get_board
-    from moevit.hw.cost.dse import LATENCY_SLACK, ROUTING, USABLE, workload
+    from moevit.hw.cost.dse import OBJECTIVES, ROUTING, USABLE, workload
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -213,8 +213,8 @@ figure, formula given), *predicted* (moevit's cost model: `moevit dse`), *simula
 
 ## Our design points (predicted)
 
-Each board's point chosen by `moevit dse --board B --config edge-moe` (the fastest batch-1
-latency within {LATENCY_SLACK:.0%}, then the best throughput), LUT and FF limited by Yosys's
+Each board's point chosen by `moevit dse --board B --config edge-moe` (by the board's
+objective: {'; '.join(f'{host}: {why}' for host, (_, why) in OBJECTIVES.items())}), LUT and FF limited by Yosys's
 counts (upper bounds), every resource at most {', '.join(f'{k} {v:.0%}' for k, v in USABLE.items())}
 of the board. Routing: {ROUTING}.
 

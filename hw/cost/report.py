@@ -2,7 +2,8 @@
 
 from moevit.errors import ConfigError
 
-__all__ = ["cost_rows", "print_cost", "check_rows", "top_check_rows", "print_check", "AIM",
+__all__ = ["cost_rows", "print_cost", "check_rows", "top_check_rows", "variant_check_rows",
+           "VARIANTS", "print_check", "AIM",
            "record_check", "record_bench_top", "record_confirm", "measured_sections"]
 
 
@@ -109,7 +110,8 @@ def check_rows(*, simulator="verilator", quick=False, slow=False, progress=True)
     instruction on) with the simulated kernels; the top rows compare the whole program's
     prediction (:func:`program_cycles`, one bus word a cycle: the bench's memory answers
     without stalls) with the co-simulated top, per task and ``expert_prefetch`` setting
-    (each predicted on the program compiled for that setting)."""
+    (each predicted on the program compiled for that setting), and on two more tops
+    (:func:`variant_check_rows`: striped weights, a batched program)."""
     from moevit.hw.bench import bench_linear
     from moevit.hw.bench_attention import bench_attention
     from moevit.hw.bench_top import bench_top
@@ -121,6 +123,7 @@ def check_rows(*, simulator="verilator", quick=False, slow=False, progress=True)
             rows.append(_check_row(bench, f"{r['config']} {r['layer']} {r['shape']}",
                                    r["model_cycles"], r["cycles"]))
     rows += top_check_rows(bench_top("tiny", simulator=simulator), progress=progress)
+    rows += variant_check_rows(simulator=simulator, progress=progress)
     if slow:
         rows += top_check_rows(bench_top("edge-moe", simulator=simulator, prefetch=(0,)),
                                progress=progress)
@@ -148,6 +151,55 @@ def top_check_rows(found, progress=False) -> list:
         rows.append(_check_row("top", f"{program.hw.name} {r['task']} prefetch "
                                       f"{r['expert_prefetch']} ({part})",
                                predicted, r["cycles"]))
+    return rows
+
+
+#: The two more tops the check runs tiny on (:func:`variant_check_rows`): name -> (HwConfig
+#: changes from tiny's, the program's batch).
+VARIANTS = {"striped": ({"memory_ports": 2, "weight_ports": 2}, 1),
+            "batched": ({"max_tokens": 256}, 2)}
+
+
+def variant_check_rows(simulator="verilator", progress=False) -> list:
+    """The whole tiny program's predicted cycles against the co-simulated top's on the tops of
+    :data:`VARIANTS`, per task: its weights striped over both of two memory ports, and a
+    batch-2 program (one start, two images, every weight read once for both). Each run is
+    checked bit-exact against the interpreter first (a row of a wrong run would mean
+    nothing); the memory answers without stalls, as bench top's."""
+    import numpy as np
+
+    from moevit.errors import MoevitError
+    from moevit.hw.config import DEFAULT_HW
+    from moevit.hw.cost.cycles import program_cycles
+    from moevit.hw.program.compiler import compile_program
+    from moevit.model.integer import golden
+    from moevit.sim.benches.top import expected_runs, output_bytes, run_top
+    from moevit.sim.units import tiny_quantized
+
+    qmodel, image = tiny_quantized(trained=False)
+    image = golden.quantize_image(image, qmodel.scale("input"))
+    rng = np.random.default_rng(0)
+    rows = []
+    for name, (changes, batch) in VARIANTS.items():
+        hw = DEFAULT_HW["tiny"].replace(name=f"tiny-{name}", **changes)
+        program = compile_program(qmodel, hw, batch=batch)
+        images = np.stack([image] + [rng.integers(-128, 128, image.shape, dtype=np.int8)
+                                     for _ in range(batch - 1)]) if batch > 1 else image
+        runs = [(t, [images]) for t in range(len(program.tasks))]
+        got = run_top(program, runs, simulator=simulator, test_id=f"cost-check-tiny-{name}")
+        want = expected_runs(program, runs)
+        for run, expected in zip(got, want):
+            size = output_bytes(program, run["task"])
+            if run["error"] or not (np.array_equal(run["scratch"], expected["scratch"]) and all(
+                    np.array_equal(a[:size], b[:size])
+                    for a, b in zip(run["outputs"], expected["outputs"]))):
+                raise MoevitError(f"The co-simulated tiny-{name} top is not bit-exact on task "
+                                  f"{run['task']} (error {run['error']}): no cost row for it")
+            predicted = program_cycles(program, images, run["task"], progress=progress).cycles
+            what = (f"weights over {hw.weight_ports} of {hw.memory_ports} ports" if batch == 1
+                    else f"batch {batch}, one start")
+            rows.append(_check_row("top", f"tiny-{name} {program.tasks[run['task']]['name']} "
+                                          f"({what})", predicted, run["cycles"]))
     return rows
 
 

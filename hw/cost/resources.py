@@ -127,12 +127,10 @@ def memories(unit: str, hw) -> list:
                 ("exps", EXP_WIDTH, _EXP_BANKS * hw.kv_depth, 1)]
         return lane * hw.heads_parallel
     if unit == "layernorm":
-        from moevit.hw.units.layernorm import LayerNorm
-
-        ln = LayerNorm.from_config(hw)
-        words = ln.max_dim // ln.lanes
-        return [("rows", 8 * ln.lanes, ln.banks * words, 1),
-                ("params", (16 + 41) * ln.lanes, words, 1)]
+        max_dim, lanes, banks = _layernorm_shape(hw)
+        words = max_dim // lanes
+        return [("rows", 8 * lanes, banks * words, 1),
+                ("params", (16 + 41) * lanes, words, 1)]
     if unit == "moe":
         entry = (hw.max_tokens - 1).bit_length() + PROB_WIDTH + 1
         return [("lists", entry, hw.cols * hw.max_tokens, 2),
@@ -142,12 +140,36 @@ def memories(unit: str, hw) -> list:
         # bus-word-wide RAM, one read and one write port.
         words = hw.onchip_bytes // (hw.bus_width // 8)
         return [("window", hw.bus_width, words, 1)] if words else []
+    if unit == "striper":
+        # The weights' ReadStriper: per striped port a FIFO of the longest burst's R beats
+        # (data, response and last).
+        from moevit.hw.top.interconnect import longest_burst
+
+        if hw.weight_ports < 2:
+            return []
+        return [(f"beats{k}", hw.bus_width + 3, longest_burst(hw.bus_width), 1)
+                for k in range(hw.weight_ports)]
     if unit == "moe-engines":
         # The top's ROUTE engine's (expert u8, weight u16) entries; the EXPERT engine's
         # token table and the COMBINE engine's one-row accumulator are read
         # asynchronously: LUT RAM, no block RAM.
         return [("route entries", 8 + PROB_WIDTH, hw.max_tokens * hw.cols, 1)]
     return []
+
+
+_LAYERNORM_SHAPES = {}
+
+
+def _layernorm_shape(hw) -> tuple:
+    """``(max_dim, lanes, banks)`` of the LayerNorm unit on ``hw`` (built once per shape: an
+    Amaranth component takes milliseconds, and the search asks thousands of times)."""
+    from moevit.hw.units.layernorm import LayerNorm
+
+    key = (hw.max_in, hw.norm_lanes)
+    if key not in _LAYERNORM_SHAPES:
+        ln = LayerNorm.from_config(hw)
+        _LAYERNORM_SHAPES[key] = (ln.max_dim, ln.lanes, ln.banks)
+    return _LAYERNORM_SHAPES[key]
 
 
 # Measurement -----------------------------------------------------------------------------
@@ -256,6 +278,24 @@ TOP_OVERHEAD = Resources(dsp=0, lut=20_000, ff=30_000, bram36=16, uram=0)
 #: BRAM or DSP; 2026-12-02). An upper bound: the movers are not duplicated, only spread
 #: over more and smaller arbiters, and a port with one mover has none.
 PORT_OVERHEAD = Resources(dsp=0, lut=604, ff=81, bram36=0, uram=0)
+#: The bus :data:`PORT_OVERHEAD` was measured on; a wider bus scales it (its R beat FIFOs are
+#: a bus word wide: an allowance, not measured at 256 or 512 bits).
+PORT_OVERHEAD_BUS = 128
+
+
+def port_overhead(hw) -> Resources:
+    """The arbiters of ``hw``'s memory ports beyond the first (:data:`PORT_OVERHEAD` per
+    port, scaled by the bus) and the weights' striper (``hw.weight_ports`` > 1,
+    :class:`~moevit.hw.top.interconnect.ReadStriper`): one FIFO of the longest burst's R
+    beats per striped port, in block RAM or LUT RAM as :func:`bram36` maps it (a 512-bit
+    bus's 64 beats: LUT RAM, about 690 LUTs a port)."""
+    total = PORT_OVERHEAD * ((hw.memory_ports - 1) * hw.bus_width / PORT_OVERHEAD_BUS)
+    for _, width, depth, ports in memories("striper", hw):
+        blocks = bram36(width, depth) * ports
+        # In LUT RAM: a RAM64M (4 LUTs) holds 64 words of 3 bits.
+        lut = 0 if blocks else math.ceil(width / 3) * 4 * math.ceil(depth / 64) * ports
+        total = total + Resources(lut=lut, bram36=blocks)
+    return total
 
 
 def unit_dsp(unit: str, hw) -> int:
@@ -368,13 +408,13 @@ def unit_resources(unit: str, hw, the_fit=None) -> Resources:
 
 def resources(hw, the_fit=None) -> Resources:
     """Resources of the whole top on ``hw``: its units, :data:`TOP_OVERHEAD`,
-    :data:`PORT_OVERHEAD` per memory port beyond the first and the on-chip activation
+    its memory ports' arbiters and striper (:func:`port_overhead`) and the on-chip activation
     window's block RAM (``hw.onchip_bytes``; its routers are small next to the
     allowance). The top's
     MoE engines count as the MoE unit for DSP, LUT and FF (the same gate and combine
     lanes), with their own memories: the MoE unit keeps an accumulator row per token,
     the engines one row."""
-    total = TOP_OVERHEAD + PORT_OVERHEAD * (hw.memory_ports - 1) + Resources(bram36=sum(
+    total = TOP_OVERHEAD + port_overhead(hw) + Resources(bram36=sum(
         bram36(w, d) * ports for _, w, d, ports in memories("onchip", hw)))
     for unit in TOP_UNITS:
         part = unit_resources(unit, hw, the_fit)

@@ -14,7 +14,9 @@ program's own (so every address goes through the top's relocation), and the
 memory can be slowed by a pause pattern on each port's channels, each port
 its own (``memory_pauses``; ``"stall"``: long stalls of thousands of cycles,
 :func:`stalls`), and limited to ``bandwidth`` bytes a cycle per port, its
-reads and writes together (:class:`Throttle`).
+reads and writes together, and to ``memory_bandwidth`` bytes a cycle for all
+ports together (:class:`Throttle`: a board's HP ports each at their rate, all
+of them behind one DDR controller).
 
 Faults a run may meet (for the reliability suites): SLVERR or DECERR from
 the memory on reads, writes or both; a reset pulsed in the middle of the
@@ -113,7 +115,7 @@ def _verilog(hw, engines):
 
 def run_top(program, runs, *, test_id, simulator=None, memory_pauses="none", seed=0,
             probability=0.3, timeout_us=200_000, engines=None, waves=False, guard=False,
-            bandwidth=None):
+            bandwidth=None, memory_bandwidth=None):
     """Run ``runs`` on the co-simulated top loaded with ``program``.
 
     ``runs`` is a list of ``(task, images)``, ``images`` int8 arrays of the
@@ -138,7 +140,8 @@ def run_top(program, runs, *, test_id, simulator=None, memory_pauses="none", see
     addresses), ``seconds`` (wall time of the whole simulation).
     ``engines``: build only these (``Accelerator``). ``bandwidth``: bytes a cycle each
     memory port serves at most, its reads and writes together (:class:`Throttle`; default:
-    a bus word a cycle on each of its read and write channels).
+    a bus word a cycle on each of its read and write channels); ``memory_bandwidth``: bytes
+    a cycle all the ports together serve at most (default: no limit beyond the ports').
     """
     from moevit.paths import build_dir
     from moevit.sim.runner import run_cocotb, sim_folder
@@ -185,7 +188,8 @@ def run_top(program, runs, *, test_id, simulator=None, memory_pauses="none", see
             "scratch_bytes": sizes["scratch"],
             "weights_bytes": len(program.weights), "guard": bool(guard),
             "bus_bytes": program.hw.bus_width // 8,
-            "bandwidth": None if bandwidth is None else float(bandwidth)}
+            "bandwidth": None if bandwidth is None else float(bandwidth),
+            "memory_bandwidth": None if memory_bandwidth is None else float(memory_bandwidth)}
     result = run_cocotb(toplevel=TOPLEVEL, sources=[source], test_module=__name__,
                         test_id=test_id, simulator=simulator, waves=waves,
                         env={"MOEVIT_CASE": json.dumps(case)})
@@ -242,28 +246,56 @@ if cocotb is not None:
     from moevit.sim.benches.movers import FaultyRam
     from moevit.sim.streams import pauses
 
-    class Throttle:
-        """``rate`` bytes a cycle for one port's R and W beats together: a bucket that
-        fills by ``rate`` each cycle, up to one beat, and empties by a beat for each beat
-        taken on either channel; a channel pauses while the bucket holds less than a beat.
-        (Both channels may take a beat in one cycle: the bucket then goes below zero and
-        the port waits until it has refilled, so the rate holds over any stretch.)"""
+    class Bucket:
+        """``rate`` bytes a cycle: a level that fills by ``rate`` each cycle, up to one
+        ``beat`` and one cycle's refill (so that no refill is lost while a beat waits for
+        its turn), and empties by a beat for each beat taken; a beat may be taken in a cycle
+        that starts with a beat in it. (Beats taken in one cycle may take it below zero:
+        the takers then wait until it has refilled, so the rate holds over any stretch.)"""
 
-        def __init__(self, dut, name, rate, beat):
+        def __init__(self, rate, beat):
             self.rate, self.beat, self.level = rate, beat, float(beat)
+            self.time = None
+
+        def refill(self, time):
+            """Once a cycle (the first call at a new simulation ``time``)."""
+            if time != self.time:
+                self.time = time
+                self.level = min(self.level + self.rate, self.beat + self.rate)
+
+        @property
+        def next_empty(self):
+            """No beat in the next cycle, after its refill."""
+            return self.level + self.rate < self.beat
+
+    class Throttle:
+        """One port's R and W beats together at ``rate`` bytes a cycle (its own
+        :class:`Bucket`; None: a beat a cycle on each) and, with ``shared``, within the
+        :class:`Bucket` of all the ports (the memory behind them); a channel pauses in a
+        cycle that a bucket starts with less than a beat. ``now``: the simulation time (a
+        bucket refills once per time step it is asked at)."""
+
+        def __init__(self, dut, name, rate, beat, shared=None, now=None):
+            from cocotb.utils import get_sim_time
+
+            self.own = None if rate is None else Bucket(rate, beat)
+            self.shared, self.now = shared, now or get_sim_time
             self.handshakes = {c: (getattr(dut, f"{name}_{c}valid"),
                                    getattr(dut, f"{name}_{c}ready")) for c in "rw"}
 
         def gate(self, channel):
-            """The pause generator of ``channel`` (``"r"`` or ``"w"``); R's refills the
-            bucket, once a cycle."""
+            """The pause generator of ``channel`` (``"r"`` or ``"w"``), stepped once a cycle
+            after its edge."""
             valid, ready = self.handshakes[channel]
+            buckets = [b for b in (self.own, self.shared) if b is not None]
             while True:
-                if channel == "r":
-                    self.level = min(self.level + self.rate, self.beat)
+                time = self.now()
+                for bucket in buckets:
+                    bucket.refill(time)
                 if str(valid.value) == "1" and str(ready.value) == "1":  # a beat at this edge
-                    self.level -= self.beat
-                yield self.level < self.beat
+                    for bucket in buckets:
+                        bucket.level -= bucket.beat
+                yield any(bucket.next_empty for bucket in buckets)
 
     def memory_ports(dut) -> list:
         """The top's memory ports, ``m_axi_gmem``, ``m_axi_gmem1`` ... (as many as it has)."""
@@ -295,9 +327,11 @@ if cocotb is not None:
                                            size=case["memory_bytes"], mem=shared))
             self.ram = self.rams[0]
             self.throttles = None
-            if case.get("bandwidth") is not None:
-                self.throttles = [Throttle(dut, name, case["bandwidth"], case["bus_bytes"])
-                                  for name in names]
+            rate, total, beat = case.get("bandwidth"), case.get("memory_bandwidth"), \
+                case["bus_bytes"]
+            if rate is not None or total is not None:
+                shared = None if total is None else Bucket(total, beat)
+                self.throttles = [Throttle(dut, name, rate, beat, shared) for name in names]
             self.pausing = ("none", None, None, None)
             if case.get("memory_pauses", "none") != "none" or self.throttles:
                 self.slow(case.get("memory_pauses", "none"), case.get("seed"),

@@ -130,6 +130,9 @@ WIDE_BUS_BLOCKS = 2
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="open (issue 14): tiny compiled for this 64-column, "
+                   "512-bit top stops with error 5 (a unit refused a descriptor) after 15,665 "
+                   "cycles on Verilator, though the compiler accepted the program")
 def test_tiny_on_a_wide_bus_over_four_narrow_ports(tiny):
     """tiny's first WIDE_BUS_BLOCKS blocks on a top as the search builds it for a Zynq board:
     a 512-bit bus, 4 memory ports, the weights striped over all four, each port at a 128-bit

@@ -327,9 +327,9 @@ if cocotb is not None:
                                            size=case["memory_bytes"], mem=shared))
             self.ram = self.rams[0]
             self.throttles = None
-            rate, total, beat = case.get("bandwidth"), case.get("memory_bandwidth"), \
-                case["bus_bytes"]
+            rate, total = case.get("bandwidth"), case.get("memory_bandwidth")
             if rate is not None or total is not None:
+                beat = case["bus_bytes"]      # the cases that limit the memory give it
                 shared = None if total is None else Bucket(total, beat)
                 self.throttles = [Throttle(dut, name, rate, beat, shared) for name in names]
             self.pausing = ("none", None, None, None)

@@ -303,8 +303,9 @@ class HwConfig:
             at beat boundaries), a linear layer has more input features
             than the input buffer holds, the score lanes do not divide the
             head width, or the sequence or a head is longer than the
-            attention unit's key/value buffers, or the LayerNorm lanes do not divide
-            the model's width.
+            attention unit's key/value buffers, the attention engine's head lanes
+            are not whole bus words, or the LayerNorm lanes do not divide the
+            model's width.
         """
         if model.head_dim % self.cols:
             raise ConfigError(
@@ -341,6 +342,12 @@ class HwConfig:
                 f"Input buffer of {self.max_in} features cannot hold the {widest} input features "
                 f"of model {model.name!r}; needs {widest}"
             )
+        word = self.bus_width // 8
+        if (self.heads_parallel * model.head_dim) % word:
+            raise ConfigError(
+                f"The attention engine's {self.heads_parallel} head lane(s) of {model.head_dim} "
+                f"bytes are not whole {self.bus_width}-bit bus words ({word} bytes) for model "
+                f"{model.name!r}; every request of the engine is whole bus words")
 
     @classmethod
     def for_model(cls, model, **changes) -> "HwConfig":

@@ -198,16 +198,20 @@ def test_top_random_calls(tiny):
 
 def _random_hw(rng, name):
     """A random design point that still holds ``tiny`` (65 tokens, 256-wide hidden rows,
-    8 experts, 4 heads of 16: the columns divide a head, and take a gate's 8 logits)."""
+    8 experts, 4 heads of 16: the columns divide a head, and take a gate's 8 logits;
+    the head lanes are whole bus words)."""
     from moevit.hw.config import DEFAULT_HW
 
     rows, cols = int(rng.integers(1, 9)), int(rng.choice([8, 16]))
+    heads_parallel = int(rng.choice([1, 2, 4]))
+    # The head lanes' bytes are whole bus words (HwConfig.check_model).
+    buses = [bus for bus in (64, 128, 256) if heads_parallel * 16 % (bus // 8) == 0]
     return DEFAULT_HW["tiny"].replace(
         name=name, rows=rows, cols=cols, post_lanes=int(rng.choice([1, 2, 4, 8])),
         max_tokens=rows * -(-int(rng.integers(65, 161)) // rows),
         max_in=int(rng.integers(256, 321)), score_lanes=int(rng.choice([1, 2, 4, 8, 16])),
         max_head_dim=int(rng.choice([16, 32])), kv_depth=int(rng.integers(65, 129)),
-        heads_parallel=int(rng.choice([1, 2, 4])), bus_width=int(rng.choice([64, 128, 256])))
+        heads_parallel=heads_parallel, bus_width=int(rng.choice(buses)))
 
 
 @pytest.mark.slow

@@ -76,6 +76,18 @@ def test_columns_must_divide_the_head_width():
         HwConfig.for_model("m3vit-s", cols=24)
 
 
+def test_attention_head_lanes_must_be_whole_bus_words():
+    """The attention engine asks for ``heads_parallel`` heads of a row in one request of
+    whole bus words: one 16-byte head of tiny on a 256-bit bus is half a word."""
+    tiny = get_config("tiny")
+    hw = DEFAULT_HW["tiny"].replace(bus_width=256, cols=32 // 2, heads_parallel=1)
+    with pytest.raises(ConfigError, match=r"^The attention engine's 1 head lane\(s\) of 16 "
+                                          r"bytes are not whole 256-bit bus words \(32 bytes\) "
+                                          r"for model 'tiny'"):
+        hw.check_model(tiny)
+    hw.replace(heads_parallel=2).check_model(tiny)
+
+
 def test_input_buffer_must_hold_the_widest_layer():
     with pytest.raises(ConfigError, match=r"^Input buffer of 768 features cannot hold the 1536 "
                                           r"input features of model 'm3vit-s'; needs 1536$"):

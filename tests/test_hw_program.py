@@ -7,6 +7,7 @@ import zlib
 import numpy as np
 import pytest
 
+from moevit.errors import ConfigError
 from moevit.hw.config import DEFAULT_HW
 from moevit.hw.program.compiler import compile_program, memory_tensors
 from moevit.hw.program.descriptor import AttentionDescriptor, DescriptorError
@@ -64,10 +65,12 @@ def test_round_trip(tiny, tmp_path):
 @pytest.mark.parametrize("bus_bits", [128, 512])
 def test_layout_disjoint_aligned_and_every_weight_placed(tiny, bus_bits):
     qmodel, _, _ = tiny
-    program = compile_program(qmodel, DEFAULT_HW["tiny"], bus_bits=bus_bits)
+    # Four head lanes: tiny's 16-byte heads make whole 512-bit words (HwConfig.check_model).
+    base = DEFAULT_HW["tiny"].replace(heads_parallel=4)
+    program = compile_program(qmodel, base, bus_bits=bus_bits)
     layout, hw, q = program.layout, program.hw, qmodel
     # The bus width is the hardware's: bus_bits replaces it in the program's HwConfig.
-    assert hw == DEFAULT_HW["tiny"].replace(bus_width=bus_bits) and layout.bus_bits == bus_bits
+    assert hw == base.replace(bus_width=bus_bits) and layout.bus_bits == bus_bits
     _regions_disjoint_and_aligned(layout)
     assert [r.kind for r in layout.regions][-3:] == ["input", "output", "program"]
     weights = program.weights
@@ -295,6 +298,16 @@ def test_a_program_for_other_hardware_is_rejected(tiny):
         decode(program.encode(), DEFAULT_HW["tiny"].replace(out_depth=16))
 
 
+def test_hardware_that_cannot_run_the_model_is_refused_before_compiling(tiny):
+    """compile_program checks the HwConfig against the model first (HwConfig.check_model):
+    a design point whose columns straddle two heads gives no program."""
+    from moevit.errors import ConfigError
+
+    qmodel, _, _ = tiny
+    with pytest.raises(ConfigError, match=r"^Array columns 32 do not divide the head width 16"):
+        compile_program(qmodel, DEFAULT_HW["tiny"].replace(cols=32))
+
+
 def test_expert_prefetch_is_part_of_the_fingerprint_and_checked(tiny):
     """A program for the top with the expert schedule overlapped is another hardware's (its
     RTL differs), with the same instructions and layout; the setting is 0 or 1."""
@@ -350,6 +363,8 @@ def test_corrupt_or_mismatched_files_are_rejected(tiny, tmp_path):
 
 # Limits ----------------------------------------------------------------------------------
 def test_a_model_larger_than_the_hardware_names_the_layer_and_limit(tiny):
+    """A layer the buffers cannot hold: the layer and the limit named (the HwConfig's own
+    check, before any layer, names the limit and the model's need)."""
     qmodel, _, _ = tiny
     hw = DEFAULT_HW["tiny"].replace(max_tokens=64)
     with pytest.raises(DescriptorError, match=r"^Layer blocks\.0\.attn\.qkv does not fit hardware "
@@ -357,14 +372,12 @@ def test_a_model_larger_than_the_hardware_names_the_layer_and_limit(tiny):
                                               r"64-token buffer of hardware 'tiny'$"):
         compile_program(qmodel, hw)
     hw = DEFAULT_HW["tiny"].replace(kv_depth=64)
-    with pytest.raises(DescriptorError, match=r"^Layer blocks\.0\.attn does not fit hardware "
-                                              r"'tiny': Attention descriptor of 65 tokens exceeds "
-                                              r"the 64-token key/value buffers"):
+    with pytest.raises(ConfigError, match=r"^Key/value buffer of 64 tokens cannot hold the 65 "
+                                          r"tokens of model 'tiny'; needs 65$"):
         compile_program(qmodel, hw)
     hw = DEFAULT_HW["tiny"].replace(max_in=128, acc_width=31)
-    with pytest.raises(DescriptorError, match=r"^Layer patch_embed does not fit hardware 'tiny': "
-                                              r"Patchify descriptor patch of 192 features exceeds "
-                                              r"the 128-feature buffer"):
+    with pytest.raises(ConfigError, match=r"^Input buffer of 128 features cannot hold the 256 "
+                                          r"input features of model 'tiny'; needs 256$"):
         compile_program(qmodel, hw)
 
 
@@ -451,10 +464,14 @@ def test_random_design_points(tiny, seed):
     rng = np.random.default_rng(seed)
     rows = int(rng.choice([1, 2, 4, 8]))
     cols = int(rng.choice([4, 8, 16]))  # divides tiny's head width 16
+    heads_parallel = int(rng.choice([1, 2, 4]))
+    # The head lanes' bytes are whole bus words (HwConfig.check_model).
+    buses = [bus for bus in (32, 64, 128, 256, 512) if heads_parallel * 16 % (bus // 8) == 0]
     hw = DEFAULT_HW["tiny"].replace(rows=rows, cols=cols, post_lanes=int(rng.choice([1, 2, 4])),
                                     max_tokens=rows * (-(-65 // rows) + int(rng.integers(8))),
                                     out_depth=int(rng.integers(3, 40)),
-                                    bus_width=int(rng.choice([32, 64, 128, 256, 512, 1024])))
+                                    heads_parallel=heads_parallel,
+                                    bus_width=int(rng.choice(buses)))
     print(f"seed {seed}: {hw.rows}x{hw.cols} array, {hw.max_tokens} tokens, bus {hw.bus_width}")
     program = compile_program(qmodel, hw)
     assert program.layout.bus_bits == hw.bus_width

@@ -62,10 +62,10 @@ def test_compile_then_disassemble(quantized, tmp_path, capsys):
     assert re.search(r"^ +\d+  TASK_LINEAR +linear +tokens=64 in_features=64 max_out=256 tasks=2 "
                      r".*table=heads\.table@0x[0-9a-f]+ x=norm\.out\+64@0x.* -> output@0x", lst,
                      re.M), lst
-    assert main(["hw", "compile", "--quantized", str(quantized), "--bus-bits", "512",
-                 "-o", str(tmp_path / "wide")]) == 0
-    wide = read_program(tmp_path / "wide")
-    assert wide.layout.bus_bits == wide.hw.bus_width == 512
+    assert main(["hw", "compile", "--quantized", str(quantized), "--bus-bits", "64",
+                 "-o", str(tmp_path / "narrow")]) == 0
+    narrow = read_program(tmp_path / "narrow")
+    assert narrow.layout.bus_bits == narrow.hw.bus_width == 64
     assert read_program(folder).layout.bus_bits == DEFAULT_HW["tiny"].bus_width == 128
     capsys.readouterr()
     assert main(["hw", "compile", "--quantized", str(quantized), "--onchip", "32768",
@@ -88,6 +88,10 @@ def test_bad_inputs(quantized, too_many_tokens, tmp_path, capsys):
     _error(capsys, ["hw", "compile", "--quantized", str(quantized), "--bus-bits", "100", "-o",
                     str(tmp_path / "out")],
            r"argument --bus-bits: invalid choice: 100 .*\(see: moevit hw compile --help\)")
+    _error(capsys, ["hw", "compile", "--quantized", str(quantized), "--bus-bits", "512", "-o",
+                    str(tmp_path / "out")],
+           r"The attention engine's 1 head lane\(s\) of 16 bytes are not whole 512-bit bus "
+           r"words \(64 bytes\) for model 'tiny'; every request of the engine is whole bus words")
     _error(capsys, ["hw", "compile", "--quantized", str(quantized), "--onchip", "8", "-o",
                     str(tmp_path / "out")],
            r"On-chip activation memory must be a non-negative multiple of the 16-byte bus "

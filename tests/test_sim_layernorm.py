@@ -125,10 +125,10 @@ def test_bad_width():
 
 
 def test_compiling_for_lanes_that_do_not_divide_a_row_is_a_clear_error():
+    from moevit.errors import ConfigError
     from moevit.hw.program.compiler import compile_program
 
     qmodel, _ = tiny_quantized(trained=False)
-    with pytest.raises(DescriptorError, match=r"^Layer blocks\.0\.norm1 does not fit hardware "
-                       r"'tiny': LayerNorm descriptor width 64 is not a multiple of the 128 "
-                       r"LayerNorm lanes of hardware 'tiny'$"):
+    with pytest.raises(ConfigError, match=r"^LayerNorm lanes 128 do not divide the width 64 of "
+                       r"model 'tiny''s LayerNorm rows$"):
         compile_program(qmodel, HW.replace(norm_lanes=128, bus_width=1024))

@@ -398,7 +398,8 @@ def compile_program(qmodel, hw: HwConfig = None, *, bus_bits: int = None,
     DescriptorError
         A layer does not fit ``hw`` (the message names the layer and the limit).
     ConfigError
-        The bus width or the model's gate rule is not supported, or ``batch`` is not a
+        ``hw`` cannot run the model (:meth:`HwConfig.check_model`), the bus width or
+        the model's gate rule is not supported, or ``batch`` is not a
         positive integer or its rows exceed the token buffer (the message names the
         largest batch that fits).
     """
@@ -408,6 +409,7 @@ def compile_program(qmodel, hw: HwConfig = None, *, bus_bits: int = None,
         raise ConfigError(f"Hardware config must be a HwConfig, not {hw!r}")
     if bus_bits is not None:
         hw = hw.replace(bus_width=bus_bits)
+    hw.check_model(qmodel.config)
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ConfigError(f"Batch must be a positive number of images, not {batch!r}")
     tokens = qmodel.config.tokens

@@ -4,7 +4,8 @@ scratch buffers, and the next run is bit-exact.
 
 One simulation (one build) per suite, runs back to back on one device and one memory:
 a good run, then each fault followed by a good run. The faults: SLVERR and DECERR on reads
-(program fetch, weights, input, scratch) and on writes (scratch, output), a memory that
+(program fetch, weights, input, scratch) and on writes (scratch, output), a COPY that
+writes into the weights or the input (read-only to the top), a memory that
 stalls for thousands of cycles at a time, ``ap_rst_n`` pulsed in the middle of an
 instruction, and ``ap_start`` written while busy. The memory around every host buffer
 holds a guard pattern (``run_top(guard=True)``): after every run, no byte outside the
@@ -19,6 +20,8 @@ Each suite writes its counts to ``build/reliability/`` (``moevit bench reliabili
 """
 
 
+import dataclasses
+
 import pytest
 
 from moevit.hw.program.regmap import ERROR_CODES
@@ -26,7 +29,7 @@ from moevit.sim.benches.engines import compare_images, replay_seed
 from moevit.sim.benches.top import BUFFERS, GUARD_BYTES, expected_runs, run_top
 from moevit.sim.reliability import record, short_program, tiny_program
 
-MEMORY = ERROR_CODES["memory"][0]
+MEMORY, ADDRESS = ERROR_CODES["memory"][0], ERROR_CODES["address"][0]
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +66,14 @@ def fault_runs(program, image, *, linear, stall, reset):
     runs = [("good", good, 0)]
     for name, spans in faults:
         runs += [(name, dict(good, faults=spans), MEMORY), ("good", good, 0)]
+    # The last COPY aimed at a buffer the top only reads (a corrupt program: found by the
+    # whole top's fuzzing, a PATCHIFY writing into the weights).
+    for kind, region in (("weights", "cls"), ("input", "input")):
+        *body, copy = program.instructions
+        wild = dataclasses.replace(program, instructions=[
+            *body, dataclasses.replace(copy, dst_addr=layout[region].offset)])
+        runs += [(f"a COPY writing into the {kind}", dict(good, program=wild.encode()),
+                  ADDRESS), ("good", good, 0)]
     runs += [("reset in the middle of a run", dict(good, reset=reset), None), ("good", good, 0),
              ("start while busy", dict(good, restart=True), 0), ("good", good, 0),
              ("a memory that stalls", dict(good, memory_pauses="stall", seed=replay_seed(),

@@ -88,6 +88,10 @@ def test_top_stops_on_bad_programs_and_recovers(tiny):
         "program": dict(good, program=_header(short, magic=0)),
         # Below the output's end, but the copy runs past it: the relocation refuses it.
         "address ": dict(good, program=_with(short, 2, dst_addr=end - 4, length=16)),
+        # A copy into a buffer the top only reads: the weights, the input.
+        "address  ": dict(good, program=_with(short, 2, dst_addr=program.layout["cls"].offset)),
+        "address   ": dict(good, program=_with(short, 2,
+                                               dst_addr=program.layout["input"].offset)),
         "descriptor": dict(good, program=_with(short, 1, tokens=200, token_tiles=50)),
         "program ": dict(good, program=_header(short, hw_hash_lo=1)),   # another HwConfig
         "program  ": dict(good, program=_header(short, bus_bits=256)),
@@ -109,8 +113,8 @@ def test_top_stops_on_bad_programs_and_recovers(tiny):
     assert [(r.stray, r.weights_changed) for r in got] == [(0, 0)] * len(runs)
     # Where each stopped: the instruction (image 0), or nothing run for a header or task.
     stops = [(r.instruction, r.image) for r in got[1::2]]
-    assert stops == [(1, 0), (0, 0), (0, 0), (0, 0), (2, 0), (1, 0), (0, 0), (0, 0), (0, 0),
-                     (2, 0), (1, 0), (0, 0)]
+    assert stops == [(1, 0), (0, 0), (0, 0), (0, 0), (2, 0), (2, 0), (2, 0), (1, 0), (0, 0),
+                     (0, 0), (0, 0), (2, 0), (1, 0), (0, 0)]
     # The bad calls wrote nothing the good ones do not write again: each good call leaves
     # the memory of one good run.
     reference = expected_runs(short, [(0, [image])])[0]

@@ -1,6 +1,7 @@
 """The compiled program: round trip, layout, packing, task tables, corrupt files, limits,
 and the instruction-level interpreter against the golden model, bit for bit."""
 
+import dataclasses
 import re
 import zlib
 
@@ -296,6 +297,24 @@ def test_a_program_for_other_hardware_is_rejected(tiny):
     with pytest.raises(ProgramError, match=r"^Program was compiled for another hardware than "
                                            r"'tiny' \(HwConfig hash [0-9a-f]{16}, not"):
         decode(program.encode(), DEFAULT_HW["tiny"].replace(out_depth=16))
+
+
+@pytest.mark.parametrize("kind, region", [("weights", "cls"), ("input", "input")])
+def test_a_write_into_what_the_top_only_reads_is_refused(tiny, kind, region):
+    """The interpreter refuses what the top's write relocation refuses (error 2): a
+    program whose COPY writes into the weights or the input."""
+    from moevit.hw.program.interpreter import execute
+
+    _, _, program = tiny
+    copy = next(d for d in program.instructions if d.MNEMONIC == "COPY")
+    wild = dataclasses.replace(program, instructions=[
+        program.instructions[0],
+        dataclasses.replace(copy, dst_addr=program.layout[region].offset)])
+    memory = wild.memory_image()
+    with pytest.raises(ProgramError, match=rf"^Write of {copy.length} bytes at "
+                                           rf"{program.layout[region].offset:#x} into the {kind}, "
+                                           rf"which the top only reads$"):
+        execute(memory, wild.hw, 0, wild.layout["program"].offset)
 
 
 def test_hardware_that_cannot_run_the_model_is_refused_before_compiling(tiny):

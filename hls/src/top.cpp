@@ -10,7 +10,8 @@
 // else ERROR_ADDRESS), and runs it on the kernels of hls/include,
 // reading and writing the memory through relocated addresses. A descriptor the
 // kernels' buffers cannot take stops the run with ERROR_DESCRIPTOR, an access that
-// leaves its region with ERROR_ADDRESS. `status` says where the run ended
+// leaves its region, or writes into the weights or the input (read-only to the top),
+// with ERROR_ADDRESS. `status` says where the run ended
 // (instruction | image << 16), `error` why (0: it finished), as the RTL's registers.
 //
 // Relocation (the RTL's Relocator): a program address lies in the region kind whose
@@ -84,9 +85,7 @@ byte_t load(const memory &m, unsigned kind, addr_t offset) {
 
 void store(memory &m, unsigned kind, addr_t offset, byte_t value) {
     switch (kind) {
-    case WEIGHTS: m.weights[offset] = value; break;
     case SCRATCH: m.scratch[offset] = value; break;
-    case INPUT: m.input[offset] = value; break;
     case ONCHIP: m.onchip[offset] = value; break;
     default: m.output[offset] = value; break;
     }
@@ -111,6 +110,10 @@ void write(memory &m, addr_t addr, unsigned n, const T *src) {
     unsigned kind;
     addr_t offset;
     if (!relocate(m, addr, n, kind, offset)) return;
+    if (kind == WEIGHTS || kind == INPUT) {  // the host's, read-only to the top
+        m.fault = true;
+        return;
+    }
 write_bytes:
     for (unsigned i = 0; i < n; i++) {
 #pragma HLS pipeline II=1

@@ -459,7 +459,7 @@ def _write_arbiter():
     return Harness(WriteArbiter(32, ports, most), [rules], streams=False)
 
 
-def _relocator(kind, *, narrow=False):
+def _relocator(kind, *, writes=False, narrow=False, blind=False):
     """The Relocator's contract for requests whose address starts in region ``kind`` (one
     of :data:`~moevit.hw.top.interconnect.REGION_KINDS`, or ``"beyond"``: at or past
     ``output_end``), the bounds in order (the sequencer refuses a header whose are not)
@@ -473,9 +473,11 @@ def _relocator(kind, *, narrow=False):
 
     Case-split by kind: the relocator keeps nothing of one request for the next but its
     output register, so each request's verdict depends on it and the held inputs alone,
-    and the five checks together cover every request. ``narrow``: its sums 32 bits wide
-    (a mutant)."""
-    from moevit.hw.top.interconnect import REGION_KINDS, Relocator
+    and the five checks together cover every request. ``writes``: the write channel's
+    relocator, which drops with ``error`` every request that starts in a read-only kind
+    (the weights, the input) as it drops one beyond the output. Mutants: ``narrow``, its
+    sums 32 bits wide; ``blind``, the write contract on a relocator built without it."""
+    from moevit.hw.top.interconnect import READ_ONLY_KINDS, REGION_KINDS, Relocator
 
     def prop(m, dut, live):
         b, p = dut.bounds, dut.i.payload
@@ -501,10 +503,11 @@ def _relocator(kind, *, narrow=False):
         passed = beats(m, dut.o.valid, dut.o.ready, "passed")
         dropped = beats(m, dut.error, 1, "dropped")
 
-        if kind == "beyond":
+        if kind == "beyond" or (writes and kind in READ_ONLY_KINDS):
+            where = "beyond the output" if kind == "beyond" else f"writing the {kind}"
             with m.If(just):
-                m.d.comb += [Assert(dut.error, "a request beyond the output not refused"),
-                             Assert(~dut.o.valid, "a request beyond the output passed")]
+                m.d.comb += [Assert(dut.error, f"a request {where} not refused"),
+                             Assert(~dut.o.valid, f"a request {where} passed")]
         else:
             # The host's slot and the region's start as the relocation sees them: from the
             # inputs of the cycle before the request is taken (it registers its sums off
@@ -537,16 +540,19 @@ def _relocator(kind, *, narrow=False):
                      Assert((took - passed - dropped)[:len(took)] == dut.o.valid + dut.error,
                             "a request lost or passed twice")]
 
-    dut = Relocator()
+    dut = Relocator(writes=writes and not blind)
     return Harness(dut, [prop], hold=[name for name in flat_ports(dut)
                                       if name.startswith(("bounds", "bases", "image"))],
                    elaborated=_Patched(dut, {("interconnect", "ADDR_WIDTH"): 32}) if narrow
                    else None)
 
 
-def _relocator_what(kind):
+def _relocator_what(kind, writes=False):
     if kind == "beyond":
         return "stream rules; requests starting beyond the output: each dropped with error"
+    if writes and kind in ("weights", "input"):
+        return (f"stream rules; write requests starting in the {kind} region (read-only to the "
+                f"top): each dropped with error")
     slot = "image N's slot" if kind in ("input", "output") else "host buffer"
     return (f"stream rules; requests starting in the {kind} region: each passed once, at its "
             f"offset into the {kind}'s {slot}, wholly inside it, or dropped with error when "
@@ -995,6 +1001,12 @@ CHECKS = [
             "prove", 3, lambda kind=kind: _relocator(kind), fast=kind == "beyond",
             flatten=True)
       for kind in ("weights", "scratch", "input", "output", "beyond")],
+    # The write channel's: the same, but the weights and the input are read-only.
+    *[Check(f"relocator.write_{kind}", "Relocator(writes, 64-bit addresses, 32-bit bounds)",
+            _relocator_what(kind, writes=True),
+            "prove", 3, lambda kind=kind: _relocator(kind, writes=True),
+            fast=kind in ("weights", "input"), flatten=True)
+      for kind in ("weights", "scratch", "input", "output", "beyond")],
     Check("control.axil", "Control (s_axi_control)",
           "AXI4-Lite slave: handshakes, one OKAY response per request, in order",
           "prove", 4, _control),
@@ -1097,6 +1109,10 @@ MUTANTS = [
           "must FAIL: an output request relocated off its slot", "bmc", 3,
           lambda: _relocator("output", narrow=True), expect="FAIL",
           rule="off its slot offset", flatten=True),
+    Check("mutant.relocator_writes_anywhere", "Relocator without the read-only kinds",
+          "must FAIL: a write request into the weights passed", "bmc", 3,
+          lambda: _relocator("weights", writes=True, blind=True), expect="FAIL",
+          rule="not refused", flatten=True),
     Check("mutant.read_mover_crosses_4k", "ReadMover with 8 KiB pages",
           "must FAIL: a burst crosses 4 KiB", "bmc", 4, lambda: _read_mover(broken=True),
           expect="FAIL", rule="crosses a 4 KiB boundary"),

@@ -34,8 +34,9 @@ class ExecutionStats(dict):
 
 
 class _Machine:
-    def __init__(self, memory, hw, task):
+    def __init__(self, memory, hw, task, read_only=()):
         self.mem, self.hw, self.task = memory, hw, task
+        self.read_only = read_only   # (kind, start, end) the top refuses to write
         self.stats = ExecutionStats(experts_run=0, experts_skipped=0, macs=0, bytes_read=0,
                                     reads=[])
 
@@ -68,6 +69,10 @@ class _Machine:
         if addr + (rows - 1) * pitch + flat.shape[1] > len(self.mem):
             raise ProgramError(f"Write of {array.nbytes} bytes at {addr:#x} passes the end of "
                                f"memory")
+        for kind, start, end in self.read_only:
+            if start <= addr < end:
+                raise ProgramError(f"Write of {array.nbytes} bytes at {addr:#x} into the {kind}, "
+                                   f"which the top only reads")
         for r in range(rows):
             self.mem[addr + r * pitch:addr + r * pitch + flat.shape[1]] = flat[r]
 
@@ -127,8 +132,7 @@ class _Machine:
         self.write(d.y_addr, grid.reshape(-1, d.channels * p * p))
 
     def COPY(self, d: CopyDescriptor):
-        self.count_read(d.src_addr, d.length)
-        self.mem[d.dst_addr:d.dst_addr + d.length] = self.mem[d.src_addr:d.src_addr + d.length]
+        self.write(d.dst_addr, self.read(d.src_addr, (1, d.length), np.uint8))
 
     def ROUTE(self, d: RouteDescriptor):
         entry = self.entry(d.table_addr, d.tasks)
@@ -175,14 +179,17 @@ def execute(memory, hw, task: int, program_addr: int) -> ExecutionStats:
     ------
     ProgramError
         The program is corrupt or made for another ``hw``, the task is not
-        one of its tasks, or an access passes the end of memory.
+        one of its tasks, an access passes the end of memory, or a write starts
+        in the weights or the input (the top refuses those too).
     """
     header = np.frombuffer(memory[program_addr:program_addr + 4 * HEADER_WORDS].tobytes(), "<u4")
     size = 4 * (HEADER_WORDS + int(header[8])) if len(header) == HEADER_WORDS else 0
     instructions, head = decode(memory[program_addr:program_addr + size].tobytes(), hw)
     if not 0 <= task < head["tasks"]:
         raise ProgramError(f"Task {task} is not one of the program's {head['tasks']} tasks")
-    machine = _Machine(memory, hw, task)
+    # As the top's write relocation: the weights and the input are the host's.
+    read_only = (("weights", 0, head["scratch_at"]), ("input", head["input_at"], head["output_at"]))
+    machine = _Machine(memory, hw, task, read_only)
     for desc in instructions:
         getattr(machine, desc.MNEMONIC)(desc)
         machine.stats[desc.MNEMONIC] = machine.stats.get(desc.MNEMONIC, 0) + 1

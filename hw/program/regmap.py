@@ -66,7 +66,8 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 ERROR_CODES = {
     "none": (0, "the run finished"),
     "opcode": (1, "an instruction with an unknown opcode"),
-    "address": (2, "an address outside the memory or the on-chip buffers"),
+    "address": (2, "an address outside the memory or the on-chip buffers, or a write into "
+                   "the weights or the input"),
     "memory": (3, "the memory answered SLVERR or DECERR"),
     "task": (4, "a task id the program does not have"),
     "descriptor": (5, "a unit refused an instruction's descriptor (shape, tiling)"),

@@ -212,7 +212,7 @@ class Accelerator(wiring.Component):
         write = m.submodules.write = WriteMover(hw.bus_width, max_outstanding=hw.max_outstanding)
         for k, mover in enumerate(reads):
             m.submodules[f"read{k}"] = mover
-        relocators = [Relocator() for _ in range(ENGINE_CHANNELS + 1)]
+        relocators = [Relocator(writes=k == ENGINE_CHANNELS) for k in range(ENGINE_CHANNELS + 1)]
         for k, relocator in enumerate(relocators):
             m.submodules[f"relocate{k}"] = relocator
             m.d.comb += [relocator.bounds.eq(seq.bounds), relocator.image.eq(seq.image)]

@@ -46,11 +46,13 @@ from moevit.hw.program.program import BOUNDARY_FIELDS
 from moevit.hw.top.movers import (ADDR_WIDTH, DATA_WIDTHS, MAX_BURST, PAGE_BYTES,
                                   AXI4ReadSignature, AXI4WriteSignature, request_layout)
 
-__all__ = ["longest_burst", "ReadStriper", "ReadArbiter", "WriteArbiter", "REGION_KINDS", "BOUND_FIELDS", "bounds_layout",
-           "bases_layout", "Relocator"]
+__all__ = ["longest_burst", "ReadStriper", "ReadArbiter", "WriteArbiter", "REGION_KINDS",
+           "READ_ONLY_KINDS", "BOUND_FIELDS", "bounds_layout", "bases_layout", "Relocator"]
 
 #: The region kinds a Relocator maps, in address order (:data:`moevit.hw.program.layout.KINDS`).
 REGION_KINDS = ("weights", "scratch", "input", "output")
+#: The kinds the top reads and never writes: the host's weights and its images.
+READ_ONLY_KINDS = ("weights", "input")
 #: Where the kinds after the weights start, and where the output ends (the program header's;
 #: its last bound, the on-chip window's end, is the on-chip router's: :mod:`.onchip`).
 BOUND_FIELDS = BOUNDARY_FIELDS[:4]
@@ -423,7 +425,9 @@ class Relocator(wiring.Component):
     ``output_end - output_at``): image N's input and output lie N regions into
     the host's buffers. A request that starts at or past ``output_end``, or runs
     past the end of its kind, is taken and dropped, with ``error`` high for that
-    one cycle (the top keeps the flag). One register stage: a request goes out
+    one cycle (the top keeps the flag); so is, on the write channel (``writes``),
+    one that starts in a kind the top only reads (:data:`READ_ONLY_KINDS`: the
+    weights and the input). One register stage: a request goes out
     the cycle after it is taken, one a cycle. ``bounds``, ``bases`` and ``image``
     hold still while requests flow (a change takes effect two cycles later).
 
@@ -431,6 +435,8 @@ class Relocator(wiring.Component):
     ----------
     length_width : int
         Bits of a request's length (the movers').
+    writes : bool
+        The relocator of the write channel: requests into the read-only kinds refused.
 
     Attributes
     ----------
@@ -443,8 +449,9 @@ class Relocator(wiring.Component):
     error : Out(1)
     """
 
-    def __init__(self, *, length_width=32):
+    def __init__(self, *, length_width=32, writes=False):
         self._length_width = length_width
+        self._writes = writes
         super().__init__({
             "i": In(stream.Signature(request_layout(length_width))),
             "o": Out(stream.Signature(request_layout(length_width))),
@@ -470,9 +477,10 @@ class Relocator(wiring.Component):
         m.d.comb += stop.eq(p.addr + p.length)
         moved, bad = Signal(ADDR_WIDTH), Signal()
         m.d.comb += bad.eq(1)
-        for k in reversed(range(len(REGION_KINDS))):   # the lowest kind that holds addr
+        for k, kind in reversed(list(enumerate(REGION_KINDS))):  # the lowest that holds addr
+            refused = self._writes and kind in READ_ONLY_KINDS
             with m.If(p.addr < ends[k]):
-                m.d.comb += [moved.eq(p.addr + shift[k]), bad.eq(stop > ends[k])]
+                m.d.comb += [moved.eq(p.addr + shift[k]), bad.eq(refused | (stop > ends[k]))]
 
         taken = Signal()
         m.d.comb += [self.i.ready.eq(~self.o.valid | self.o.ready),

@@ -326,3 +326,39 @@ def test_layernorm_engine_cycles_with_lanes(lanes, bus):
         print(f"{lanes:>5} {bus:>4} {d.tokens:>6} {d.dim:>5} {cycles:>9} {model:>6} "
               f"{(model - cycles) / cycles:>7.2%}")
         assert cycles == model
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lanes_parallel, score_lanes", [(1, 32), (2, 32), (3, 16), (2, 8)])
+def test_attention_engine_cycles_with_head_lanes(lanes_parallel, score_lanes):
+    """Without stalls on a 512-bit bus (the memory never binds), each ATTENTION of two rounds
+    of 64-wide heads takes the kernel's model plus the engine's tail
+    (:func:`~moevit.hw.cost.cycles.attention_tail`: a cycle a token a round, and the head
+    lanes' K and V dealt one score-lane beat a cycle): the cost model's attention term,
+    within 8 cycles an instruction; the error printed. Icarus: one small build a point."""
+    from moevit.hw.cost.cycles import attention_tail, compute_cycles, memory_wait, moved_bytes
+
+    hw = HwConfig(name="attention-lanes", bus_width=512, score_lanes=score_lanes,
+                  heads_parallel=lanes_parallel, max_head_dim=64, kv_depth=24)
+    rng = np.random.default_rng(replay_seed())
+    width = 2 * lanes_parallel * 64
+    descs, arena = [], _Arena(rng, hw.bus_width // 8)
+    sm_mult, sm_shift = intops.softmax_constants(1 / 8)
+    out_mult, out_shift = intops.quantize_multiplier(0.3)
+    for tokens in (7, 24):
+        q = arena.place(tokens * 3 * width)
+        descs.append(AttentionDescriptor(hw, tokens=tokens, heads=2 * lanes_parallel, head_dim=64,
+                                         sm_mult=int(sm_mult), sm_shift=int(sm_shift),
+                                         out_mult=int(out_mult), out_shift=int(out_shift),
+                                         q_addr=q, k_addr=q + width, v_addr=q + 2 * width,
+                                         row_pitch=3 * width,
+                                         out_addr=arena.place(tokens * width)))
+    summary = _run(AttentionEngine(hw), hw, arena.memory(), descs, seed=0, simulator="icarus",
+                   test_id=f"engine-attention-cycles-{lanes_parallel}-{score_lanes}")
+    print(f"{'lanes':>5} {'chunks':>6} {'tokens':>6} {'simulated':>9} {'model':>6} {'error':>7}")
+    for d, cycles in zip(descs, summary["cycles"]):
+        model = compute_cycles(d, hw) + memory_wait(d, hw, moved_bytes(d, hw), hw.bus_width / 8)
+        assert compute_cycles(d, hw) == d.expected_cycles() + attention_tail(d)
+        print(f"{lanes_parallel:>5} {d.chunks:>6} {d.tokens:>6} {cycles:>9} {model:>6} "
+              f"{(model - cycles) / cycles:>7.2%}")
+        assert abs(model - cycles) <= 8, (model, cycles)

@@ -82,8 +82,8 @@ from moevit.hw.program.program import ProgramError
 
 __all__ = ["InstructionCost", "ProgramCost", "program_cycles", "board_bandwidth",
            "board_memory_bandwidth", "moved_bytes", "memory_cycles", "compute_cycles",
-           "expert_cycles", "written_bytes", "LINEAR_TAIL",
-           "EXPERT_ROW_CYCLES", "ATTENTION_TAIL_FIXED", "attention_tail", "LAYERNORM_TAIL",
+           "expert_cycles", "written_bytes", "LINEAR_TAIL", "EXPERT_ROW_CYCLES",
+           "ATTENTION_TAIL_FIXED", "attention_kv_cycles", "attention_tail", "LAYERNORM_TAIL",
            "layernorm_cycles", "layernorm_param_wait",
            "PATCHIFY_TAIL", "ISSUE_CYCLES", "ISSUE_CYCLES_AHEAD", "NOTED_EXPERT_CYCLES",
            "LAYERNORM_DRAIN", "linear_drain", "linear_wait", "drain_cycles",
@@ -97,15 +97,27 @@ LINEAR_TAIL = 12
 #: 16 linear instructions and 12 expert jobs (243,242) - 28 x LINEAR_TAIL = 3,207 over its
 #: 260 routed (token, slot) pairs (task 1 gives 2,819: 10.8 a pair).
 EXPERT_ROW_CYCLES = 12
-#: Per attention instruction, over the kernel's model: one cycle per token per head and a
-#: few fixed (busy attention 142,504 vs the model's 141,440 over tiny's four
-#: attentions of 65 tokens x 4 heads: 266 each = 4 x 65 + 6).
+#: Per attention instruction, over the kernel's model: per round, one cycle a token, and
+#: the head lanes' K and V dealt one score-lane beat a cycle (:class:`Deal
+#: <moevit.hw.top.attention_engine.Deal>`: ``P * tokens * chunks`` cycles where the
+#: kernel's model counts one lane's ``tokens * chunks``); and a few fixed. Fitted on tiny
+#: (busy attention 142,504 vs the model's 141,440 over its four attentions of 65 tokens x
+#: 4 heads, one lane: 266 each = 4 x 65 + 6); the lanes' term measured on the engine alone
+#: (Icarus, no stalls, 512-bit bus, heads of 64, 7 to 24 tokens, 1 or 2 rounds): with 1,
+#: 2 and 3 lanes of 2, 4 and 8 chunks it leaves 5 to 7 cycles, 1 or 2 over the fixed 6.
 ATTENTION_TAIL_FIXED = 6
+
+
+def attention_kv_cycles(d) -> int:
+    """Cycles of one round's K and V dealt to the ``hw.heads_parallel`` head lanes, one
+    score-lane beat a cycle: the pace the memory has to keep."""
+    return d.hw.heads_parallel * d.tokens * d.chunks
 
 
 def attention_tail(d) -> int:
     """The attention engine's cycles over the kernel's model for descriptor ``d``."""
-    return d.heads * d.tokens + ATTENTION_TAIL_FIXED
+    return (d.rounds * (d.tokens + attention_kv_cycles(d) - d.tokens * d.chunks)
+            + ATTENTION_TAIL_FIXED)
 
 
 #: Per LayerNorm instruction over ``expected_cycles`` (busy LayerNorm 58,551 vs the
@@ -199,8 +211,8 @@ def memory_wait(d, hw, moved, bandwidth, memory_bandwidth=None, *, op=None,
     gathered rows, fc2 on fc1's output read back): :func:`linear_wait` for the time their
     activations (channel ``x``) take. ATTENTION: a round of ``hw.heads_parallel`` heads
     needs its K (channel ``w``) and V (``chan``) before its first context row; the
-    kernel's model and :func:`attention_tail` cover two bus words per token of that (tiny
-    at a bus word a cycle: exact), the rest of the load is waited for. LAYERNORM: its
+    kernel's model and :func:`attention_tail` cover the lanes' pace
+    (:func:`attention_kv_cycles`), the rest of the load is waited for. LAYERNORM: its
     parameters (channel ``x``) before its first row, beyond what
     :func:`layernorm_param_wait` counts at a bus word a cycle. ROUTE: its indices and
     weights are written after its last token."""
@@ -222,7 +234,7 @@ def memory_wait(d, hw, moved, bandwidth, memory_bandwidth=None, *, op=None,
     if m == "ATTENTION":
         per_round = {k: moved.get(k, 0) // d.rounds for k in ("w", "chan")}
         load = memory_cycles(hw, per_round, bandwidth, memory_bandwidth)
-        return d.rounds * max(0, load - 2 * d.tokens)
+        return d.rounds * max(0, load - attention_kv_cycles(d))
     if m == "ROUTE":
         return memory_cycles(hw, {"write": moved.get("write", 0)}, bandwidth, memory_bandwidth)
     return 0

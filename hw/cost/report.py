@@ -103,7 +103,8 @@ AIM = 0.05
 def check_rows(*, simulator="verilator", quick=False, slow=False, progress=True) -> list:
     """The cost model against the simulated cycles of every row of ``bench linear``,
     ``bench attention`` and ``bench top`` (tiny; those benches run here, minutes; ``slow``:
-    also ``bench top --config edge-moe`` on its default hardware, hours).
+    also ``bench top --config edge-moe`` on its default hardware, and its first two blocks
+    on the saved ``zcu102-edge-moe``, hours).
 
     The kernel rows compare the kernels' cycle models (``LinearDescriptor.sequence_cycles``,
     ``AttentionDescriptor.expected_cycles``: what :func:`program_cycles` builds each
@@ -127,6 +128,10 @@ def check_rows(*, simulator="verilator", quick=False, slow=False, progress=True)
     if slow:
         rows += top_check_rows(bench_top("edge-moe", simulator=simulator, prefetch=(0,)),
                                progress=progress)
+        # The saved ZCU102 point: a 512-bit bus over four ports, weights striped, three
+        # head lanes (its first two blocks: a dense and a MoE one).
+        rows += top_check_rows(bench_top("edge-moe", simulator=simulator, hw="zcu102-edge-moe",
+                                         blocks=2), progress=progress)
     return rows
 
 

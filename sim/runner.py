@@ -131,6 +131,15 @@ def _locked(path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _icarus_dump_module(toplevel) -> Path:
+    """A Verilog-2005 module that dumps ``toplevel``'s waves to ``waves.fst`` in the folder
+    the simulation runs in (the test's)."""
+    path = build_dir("sim", "_waves") / f"{toplevel}.v"
+    path.write_text(f"module moevit_waves;\n  initial begin\n    $dumpfile(\"waves.fst\");\n"
+                    f"    $dumpvars(0, {toplevel});\n  end\nendmodule\n")
+    return path.resolve()
+
+
 def _build_once(runner, rtl_build, sources, toplevel, simulator, build_args, waves):
     """Build into ``rtl_build`` unless a finished build is there (its ``.built`` stamp)."""
     stamp = rtl_build / ".built"
@@ -200,6 +209,13 @@ def run_cocotb(*, toplevel: str, sources, test_module: str, test_id: str,
     # always @* blocks that Amaranth emits never fires and a comb value whose
     # inputs keep their initial values stays X.
     build_args = ["-Wno-fatal"] if simulator == "verilator" else ["-g2005"]
+    build_waves = waves
+    if waves and simulator == "icarus":
+        # cocotb's own dump module is SystemVerilog (a `string`), which -g2005 refuses;
+        # ours is Verilog-2005 (the run's -fst, from waves=True, picks the format).
+        sources = sources + [_icarus_dump_module(toplevel)]
+        build_args = build_args + ["-s", "moevit_waves"]
+        build_waves = False
     key = _build_key(sources, simulator, build_args, toplevel)
     rtl_build = build_dir("sim", "_builds", f"{toplevel}-{simulator}-{key}").resolve()
     folder = sim_folder(test_id)
@@ -210,7 +226,8 @@ def run_cocotb(*, toplevel: str, sources, test_module: str, test_id: str,
         # One build at a time per design: a second process (the demo beside the tests)
         # waits for the first, then reuses its build.
         with _locked(rtl_build.with_name(rtl_build.name + ".lock")):
-            _build_once(runner, rtl_build, sources, toplevel, simulator, build_args, waves)
+            _build_once(runner, rtl_build, sources, toplevel, simulator, build_args,
+                        build_waves)
         extra_env = {"MOEVIT_SIM_OUT": str(folder / "out")}
         extra_env.update({k: str(v) for k, v in (env or {}).items()})
         start = time.monotonic()

@@ -357,3 +357,19 @@ def test_host_buffers_never_overlap():
     for (_, end), (start, _) in zip(spans, spans[1:]):
         assert end + GUARD_BYTES <= start - GUARD_BYTES
     assert placed["program"] == BUFFERS["program"]
+
+
+def test_waves_on_icarus():
+    """``waves=True`` on Icarus: a run of a small top (PATCHIFY and COPY) leaves its waves in
+    the test's folder (cocotb's own dump module is SystemVerilog, which the -g2005 build
+    refuses: the runner adds a Verilog-2005 one)."""
+    from moevit.sim.reliability import short_program, tiny_program
+    from moevit.sim.runner import sim_folder
+
+    program, image = tiny_program()
+    short = short_program(program, linear=False)
+    rows = run_top(short, [{"task": 0, "images": [image]}], test_id="top-waves-icarus",
+                   simulator="icarus", engines=("patchify", "copy"), waves=True)
+    assert rows[0]["error"] == 0
+    waves = sim_folder("top-waves-icarus") / "waves.fst"
+    assert waves.stat().st_size > 1000

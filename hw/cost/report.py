@@ -162,13 +162,15 @@ def top_check_rows(found, progress=False) -> list:
 #: The two more tops the check runs tiny on (:func:`variant_check_rows`): name -> (HwConfig
 #: changes from tiny's, the program's batch).
 VARIANTS = {"striped": ({"memory_ports": 2, "weight_ports": 2}, 1),
-            "batched": ({"max_tokens": 256}, 2)}
+            "batched": ({"max_tokens": 256}, 2),
+            "lanes": ({"heads_parallel": 4, "memory_ports": 2}, 1)}
 
 
 def variant_check_rows(simulator="verilator", progress=False) -> list:
     """The whole tiny program's predicted cycles against the co-simulated top's on the tops of
-    :data:`VARIANTS`, per task: its weights striped over both of two memory ports, and a
-    batch-2 program (one start, two images, every weight read once for both). Each run is
+    :data:`VARIANTS`, per task: its weights striped over both of two memory ports, a
+    batch-2 program (one start, two images, every weight read once for both), and four
+    attention head lanes (one round an attention) on two ports. Each run is
     checked bit-exact against the interpreter first (a row of a wrong run would mean
     nothing); the memory answers without stalls, as bench top's."""
     import numpy as np
@@ -201,8 +203,10 @@ def variant_check_rows(simulator="verilator", progress=False) -> list:
                 raise MoevitError(f"The co-simulated tiny-{name} top is not bit-exact on task "
                                   f"{run['task']} (error {run['error']}): no cost row for it")
             predicted = program_cycles(program, images, run["task"], progress=progress).cycles
-            what = (f"weights over {hw.weight_ports} of {hw.memory_ports} ports" if batch == 1
-                    else f"batch {batch}, one start")
+            what = (f"batch {batch}, one start" if batch > 1 else
+                    f"{hw.heads_parallel} head lanes, {hw.memory_ports} ports"
+                    if hw.heads_parallel > 1 else
+                    f"weights over {hw.weight_ports} of {hw.memory_ports} ports")
             rows.append(_check_row("top", f"tiny-{name} {program.tasks[run['task']]['name']} "
                                           f"({what})", predicted, run["cycles"]))
     return rows

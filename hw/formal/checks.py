@@ -548,9 +548,11 @@ def _relocator(kind, *, writes=False, narrow=False, blind=False):
 
 
 def _relocator_what(kind, writes=False):
+    from moevit.hw.top.interconnect import READ_ONLY_KINDS
+
     if kind == "beyond":
         return "stream rules; requests starting beyond the output: each dropped with error"
-    if writes and kind in ("weights", "input"):
+    if writes and kind in READ_ONLY_KINDS:
         return (f"stream rules; write requests starting in the {kind} region (read-only to the "
                 f"top): each dropped with error")
     slot = "image N's slot" if kind in ("input", "output") else "host buffer"

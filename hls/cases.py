@@ -293,7 +293,7 @@ def random_hw(seed):
     """A small random design point for ``seed``: the linear array of
     :func:`moevit.sim.linear_cases.random_hw` (rows, cols, post lanes, buffers)
     with random attention parameters (score lanes, head width, K/V depth,
-    head lanes); the MoE unit takes its sizes from these."""
+    head lanes, row lanes); the MoE unit takes its sizes from these."""
     from moevit.hw.config import products_width
     from moevit.sim.linear_cases import random_hw as random_array
 
@@ -304,7 +304,7 @@ def random_hw(seed):
     acc_width = int(rng.integers(products_width(hw.max_in), 33))
     return hw.replace(score_lanes=lanes, max_head_dim=lanes * int(rng.integers(1, 9)),
                       kv_depth=int(rng.integers(1, 97)), heads_parallel=int(rng.integers(1, 3)),
-                      acc_width=acc_width)
+                      acc_width=acc_width, row_lanes=int(rng.choice([1, 2, 4])))
 
 
 def random_cases(kernel, hw, seed, count, *, max_tokens=None) -> list:

@@ -8,7 +8,8 @@ included). ``model_cycles`` is the exact cost model
 (:meth:`AttentionDescriptor.expected_cycles`); the bench fails if it
 differs from the simulation. ``ideal_cycles = MACs / MAC units`` with
 ``MACs = 2 * heads * tokens**2 * head_dim`` (``Q Kᵀ`` and ``P V``) and
-``2 * score_lanes * heads_parallel`` MAC units; ``utilization = ideal /
+``hw.attention_macs`` MAC units (``2 * score_lanes * heads_parallel * row_lanes``;
+``lanes`` prints heads x rows x 2 x score lanes, the rows left out when 1); ``utilization = ideal /
 cycles``.
 
 Cases: one attention layer of ``tiny`` (4 heads, 65 tokens, head dim 16) and
@@ -40,11 +41,11 @@ def _case(hw, name, heads, tokens, head_dim, simulator, seed):
 
         raise MoevitError(f"Bench {name}: {run.cycles} simulated cycles, but the cost model "
                           f"gives {desc.expected_cycles()}")
-    units = 2 * hw.score_lanes * hw.heads_parallel
+    lanes = f"{hw.heads_parallel}x{hw.row_lanes}x2x{hw.score_lanes}" if hw.row_lanes > 1 \
+        else f"{hw.heads_parallel}x2x{hw.score_lanes}"
     return dict(
         config=hw.name, layer=name, shape=f"{heads}x{tokens}x{head_dim}", tokens=tokens,
-        heads=heads, head_dim=head_dim, lanes=f"{hw.heads_parallel}x2x{hw.score_lanes}",
-        mac_units=units, macs=desc.macs, cycles=run.cycles, model_cycles=desc.expected_cycles(),
+        heads=heads, head_dim=head_dim, lanes=lanes, mac_units=hw.attention_macs, macs=desc.macs, cycles=run.cycles, model_cycles=desc.expected_cycles(),
         ideal_cycles=desc.ideal_cycles(),
         utilization=round(desc.ideal_cycles() / run.cycles, 4), simulator=simulator,
         sim_seconds=round(run.seconds, 1))

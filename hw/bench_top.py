@@ -144,7 +144,7 @@ def _bench(config, hw, simulator, blocks):
                                                                           w["outputs"]))
                 for g, w, size in ((g, w, output_bytes(program, g["task"]))
                                    for g, w in zip(got, want)))
-    mac_units = hw.macs + 2 * hw.score_lanes * hw.heads_parallel
+    mac_units = hw.macs + hw.attention_macs
     rows = []
     for t in tasks:
         steady = got[2 * t + 1]

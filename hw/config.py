@@ -72,6 +72,11 @@ class HwConfig:
         Clock target in MHz (used by the cost model and the build scripts).
     heads_parallel : int
         Attention heads computed at once (the attention unit's parameter).
+    row_lanes : int
+        Query rows of one head each head lane computes at once: a power of two
+        from 1 to :data:`MAX_ROW_LANES`, each row lane a whole QK, softmax and PV
+        pipeline with its own copy of the head's K and V
+        (:class:`moevit.hw.units.attention.HeadLane`).
     score_lanes : int
         Multipliers along the head dimension in each of the attention unit's
         QK and PV stages: a score takes ``head_dim / score_lanes`` cycles.
@@ -146,6 +151,8 @@ class HwConfig:
     clock_mhz: float = 250.0
     # Attention unit (issue 7) parameters.
     heads_parallel: int = 1
+    # Query rows per head lane at once (issue 14): a power of two.
+    row_lanes: int = 1
     score_lanes: int = 8
     kv_depth: int = 256
     max_head_dim: int = 64
@@ -179,7 +186,9 @@ class HwConfig:
     #: behaviour from before they existed: programs, caches and saved configs made then
     #: stay valid.
     SILENT_DEFAULTS = {"memory_ports": 1, "norm_lanes": 1, "onchip_bytes": 0,
-                       "weight_ports": 1}
+                       "weight_ports": 1, "row_lanes": 1}
+    #: Row lanes of a head lane: each copies the head's K and V, so a few.
+    MAX_ROW_LANES = 16
 
     def __post_init__(self):
         for what, name in (
@@ -225,6 +234,12 @@ class HwConfig:
             raise ConfigError(
                 f"Bus width of {self.bus_width} bits is outside the {self.MIN_BUS_WIDTH} to "
                 f"{self.MAX_BUS_WIDTH} bits the memory movers take")
+        if isinstance(self.row_lanes, bool) or not isinstance(self.row_lanes, int) \
+                or not 1 <= self.row_lanes <= self.MAX_ROW_LANES \
+                or self.row_lanes & (self.row_lanes - 1):
+            raise ConfigError(
+                f"Row lanes must be a power of two from 1 to {self.MAX_ROW_LANES}, not "
+                f"{self.row_lanes!r}")
         if self.max_head_dim % self.score_lanes:
             raise ConfigError(
                 f"Score lanes {self.score_lanes} do not divide the attention head width "
@@ -287,6 +302,12 @@ class HwConfig:
     def macs(self) -> int:
         """Multiply-accumulate units in the array."""
         return self.rows * self.cols
+
+    @property
+    def attention_macs(self) -> int:
+        """Multiply-accumulate units of the attention kernel: a QK and a PV multiplier per
+        score lane of every row lane of every head lane."""
+        return 2 * self.score_lanes * self.heads_parallel * self.row_lanes
 
     def check_model(self, model) -> None:
         """Check that this instance can run every layer of ``model``.

@@ -130,7 +130,8 @@ def _attention(rng, seed, large, hw):
         hw = HwConfig(name=f"attention-{seed}", score_lanes=lanes,
                       max_head_dim=lanes * int(rng.integers(1, 5)),
                       kv_depth=int(rng.integers(1, 49 if large else 17)),
-                      heads_parallel=int(rng.integers(1, 4)))
+                      heads_parallel=int(rng.integers(1, 4)),
+                      row_lanes=int(rng.choice([1, 1, 2, 4, 8])))
     lanes = hw.score_lanes
     descs = []
 
@@ -251,6 +252,7 @@ def _layernorm(rng, seed, large, hw):
     return RandomCase("layernorm", hw, LAYERNORM_STREAMS, sequences, _ends(first))
 
 
-_FIELDS = {"attention": ("score_lanes", "max_head_dim", "kv_depth", "heads_parallel"),
+_FIELDS = {"attention": ("score_lanes", "max_head_dim", "kv_depth", "heads_parallel",
+                         "row_lanes"),
            "softmax": ("kv_depth",), "layernorm": ("norm_lanes", "max_in"), "gelu": ("cols",)}
 _DRAW = {"attention": _attention, "softmax": _softmax, "gelu": _gelu, "layernorm": _layernorm}

@@ -328,10 +328,11 @@ def test_whole_program_on_more_ports_behind_a_slow_memory_within_5_percent(slow_
     assert abs(error) < 0.05
 
 
-def test_check_rows_of_a_striped_a_batched_and_a_lanes_top(monkeypatch):
-    """The check's three more tops (co-simulation and the cost model stood in for: this is the
+def test_check_rows_of_a_striped_a_batched_a_lanes_and_a_rows_top(monkeypatch):
+    """The check's four more tops (co-simulation and the cost model stood in for: this is the
     rows' plumbing): tiny with its weights over both of two ports, a batch-2 program run
-    on two images from one start, and four attention head lanes on two ports; a row per task, each the prediction on that top's own
+    on two images from one start, four attention head lanes on two ports, and four row
+    lanes in one head lane on two ports; a row per task, each the prediction on that top's own
     program and images against its simulated cycles; a run that is not bit-exact gives no
     row but an error."""
     import types
@@ -366,11 +367,13 @@ def test_check_rows_of_a_striped_a_batched_and_a_lanes_top(monkeypatch):
         ("tiny-batched semseg (batch 2, one start)", 1002, 1000),
         ("tiny-batched depth (batch 2, one start)", 1012, 1000),
         ("tiny-lanes semseg (4 head lanes, 2 ports)", 1001, 1000),
-        ("tiny-lanes depth (4 head lanes, 2 ports)", 1011, 1000)]
+        ("tiny-lanes depth (4 head lanes, 2 ports)", 1011, 1000),
+        ("tiny-rows semseg (4 row lanes a head lane, 2 ports)", 1001, 1000),
+        ("tiny-rows depth (4 row lanes a head lane, 2 ports)", 1011, 1000)]
     shape = calls[0][3]
     assert [c[:3] for c in calls] == ([("tiny-striped", 1, 2)] * 2 + [("tiny-batched", 2, 1)] * 2
-                                      + [("tiny-lanes", 1, 1)] * 2)
-    assert [c[3] for c in calls] == [shape, shape, (2, *shape), (2, *shape), shape, shape]
+                                      + [("tiny-lanes", 1, 1)] * 2 + [("tiny-rows", 1, 1)] * 2)
+    assert [c[3] for c in calls] == [shape, shape, (2, *shape), (2, *shape)] + [shape] * 4
     monkeypatch.setattr(top, "run_top", lambda *a, **k: [dict(r, error=2) for r in
                                                          fake_top(*a, **k)])
     with pytest.raises(MoevitError, match=r"^The co-simulated tiny-striped top is not "

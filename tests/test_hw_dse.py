@@ -36,7 +36,7 @@ def test_search_fits_the_board_and_its_figures_agree(rows, board, config):
         assert row[name] <= getattr(b, name) * USABLE[name]
     hw = HwConfig.from_dict(row["hw"])
     assert hw.clock_mhz == b.clock_mhz and row["mac_units"] == hw.macs + 2 * hw.score_lanes \
-        * hw.heads_parallel
+        * hw.heads_parallel * hw.row_lanes
     assert row["fps_batch1"] == pytest.approx(1e3 / row["latency_ms"])
     assert row["best_fps"] >= row["fps_batch1"] and row["best_batch"] >= 1
     assert row["gops"] == pytest.approx(2 * row["macs_per_image"] * row["fps_batch1"] / 1e9)

@@ -9,6 +9,7 @@
 //   static const unsigned max_head_dim;   // the widest head
 //   static const unsigned score_lanes;    // multipliers along the head dimension per stage
 //   static const unsigned heads_parallel; // head lanes
+//   static const unsigned row_lanes;      // query rows of one head at once, per head lane
 //   typedef ... softmax_config;           // max_row = kv_depth
 #ifndef MOEVIT_ATTENTION_H
 #define MOEVIT_ATTENTION_H
@@ -29,82 +30,113 @@ struct attention_desc {
     shift_t out_shift;
 };
 
-// Stage 1: score_j = sum_c q[t][c] * k[j][c] for every query row t, in row order.
+// The query rows of a head go to CONFIG_T::row_lanes row lanes in turn: row lane r takes
+// rows r, r + R, r + 2R, ... (as the RTL's HeadLane), each with its own copy of K and V and
+// its own score and probability streams, so the R rows of a group compute side by side.
+
+// Stage 1: score_j = sum_c q[t][c] * k[j][c] for the query rows of every group.
 template <class CONFIG_T>
 void attention_scores(const attention_desc &d, const act_t *q,
-                      const act_t kbuf[CONFIG_T::kv_depth][CONFIG_T::max_head_dim],
-                      hls::stream<score_t> &scores) {
+                      const act_t kbuf[CONFIG_T::row_lanes][CONFIG_T::kv_depth][CONFIG_T::max_head_dim],
+                      hls::stream<score_t> scores[CONFIG_T::row_lanes]) {
     static const unsigned L = CONFIG_T::score_lanes;  // head_dim is a multiple (the descriptor's rule)
-    act_t qrow[CONFIG_T::max_head_dim];
-#pragma HLS array_partition variable=qrow cyclic factor=CONFIG_T::score_lanes
-attention_queries:
-    for (unsigned t = 0; t < d.tokens; t++) {
-        for (unsigned c = 0; c < d.head_dim; c++) qrow[c] = q[t * d.row_pitch + c];
+    static const unsigned R = CONFIG_T::row_lanes;
+    act_t qrow[R][CONFIG_T::max_head_dim];
+#pragma HLS array_partition variable=qrow complete dim=1
+#pragma HLS array_partition variable=qrow cyclic factor=CONFIG_T::score_lanes dim=2
+attention_query_groups:
+    for (unsigned first = 0; first < d.tokens; first += R) {
+        for (unsigned r = 0; r < R && first + r < d.tokens; r++)
+            for (unsigned c = 0; c < d.head_dim; c++) qrow[r][c] = q[(first + r) * d.row_pitch + c];
     attention_keys:
         for (unsigned j = 0; j < d.tokens; j++) {
-            score_t s = 0;  // head_dim products of s15: an int32
+            score_t s[R];  // head_dim products of s15: an int32 each
+#pragma HLS array_partition variable=s complete
+            for (unsigned r = 0; r < R; r++) s[r] = 0;
         attention_score_chunks:
             for (unsigned ch = 0; ch < d.head_dim / L; ch++) {
 #pragma HLS pipeline II=1
-                for (unsigned l = 0; l < L; l++) {
+                for (unsigned r = 0; r < R; r++) {
 #pragma HLS unroll
-                    s += qrow[ch * L + l] * kbuf[j][ch * L + l];
+                    for (unsigned l = 0; l < L; l++) {
+#pragma HLS unroll
+                        s[r] += qrow[r][ch * L + l] * kbuf[r][j][ch * L + l];
+                    }
                 }
             }
-            scores.write(s);
+            for (unsigned r = 0; r < R && first + r < d.tokens; r++) scores[r].write(s[r]);
         }
     }
 }
 
-// Stage 2: one softmax per query row.
+// Stage 2: one softmax per query row, the row lanes' side by side.
 template <class CONFIG_T>
-void attention_softmax(const attention_desc &d, hls::stream<score_t> &scores,
-                       hls::stream<prob_t> &probs) {
+void attention_softmax(const attention_desc &d, hls::stream<score_t> scores[CONFIG_T::row_lanes],
+                       hls::stream<prob_t> probs[CONFIG_T::row_lanes]) {
+    static const unsigned R = CONFIG_T::row_lanes;
 attention_rows:
-    for (unsigned t = 0; t < d.tokens; t++) {
-        softmax<typename CONFIG_T::softmax_config>(scores, probs, d.tokens, d.sm_mult, d.sm_shift);
+    for (unsigned first = 0; first < d.tokens; first += R) {
+        for (unsigned r = 0; r < R; r++) {
+#pragma HLS unroll
+            if (first + r < d.tokens)
+                softmax<typename CONFIG_T::softmax_config>(scores[r], probs[r], d.tokens,
+                                                           d.sm_mult, d.sm_shift);
+        }
     }
 }
 
 // Stage 3: ctx[t][c] = requantize(sum_j p_j * v[j][c]); p_j*v is s24, the row sum an int32.
 template <class CONFIG_T>
-void attention_context(const attention_desc &d, hls::stream<prob_t> &probs,
-                       const act_t vbuf[CONFIG_T::kv_depth][CONFIG_T::max_head_dim], act_t *out,
-                       unsigned out_pitch) {
+void attention_context(const attention_desc &d, hls::stream<prob_t> probs[CONFIG_T::row_lanes],
+                       const act_t vbuf[CONFIG_T::row_lanes][CONFIG_T::kv_depth][CONFIG_T::max_head_dim],
+                       act_t *out, unsigned out_pitch) {
     static const unsigned L = CONFIG_T::score_lanes;
-    acc_t ctx[CONFIG_T::max_head_dim];
-#pragma HLS array_partition variable=ctx cyclic factor=CONFIG_T::score_lanes
-attention_context_rows:
-    for (unsigned t = 0; t < d.tokens; t++) {
-        for (unsigned c = 0; c < d.head_dim; c++) ctx[c] = 0;
+    static const unsigned R = CONFIG_T::row_lanes;
+    acc_t ctx[R][CONFIG_T::max_head_dim];
+#pragma HLS array_partition variable=ctx complete dim=1
+#pragma HLS array_partition variable=ctx cyclic factor=CONFIG_T::score_lanes dim=2
+attention_context_groups:
+    for (unsigned first = 0; first < d.tokens; first += R) {
+        unsigned rows = d.tokens - first < R ? d.tokens - first : R;
+        for (unsigned r = 0; r < R; r++)
+            for (unsigned c = 0; c < d.head_dim; c++) ctx[r][c] = 0;
     attention_values:
         for (unsigned j = 0; j < d.tokens; j++) {
-            prob_t p = probs.read();
+            prob_t p[R];
+#pragma HLS array_partition variable=p complete
+            for (unsigned r = 0; r < R; r++) p[r] = r < rows ? probs[r].read() : prob_t(0);
         attention_value_chunks:
             for (unsigned ch = 0; ch < d.head_dim / L; ch++) {
 #pragma HLS pipeline II=1
-                for (unsigned l = 0; l < L; l++) {
+                for (unsigned r = 0; r < R; r++) {
 #pragma HLS unroll
-                    ctx[ch * L + l] += p * vbuf[j][ch * L + l];
+                    for (unsigned l = 0; l < L; l++) {
+#pragma HLS unroll
+                        ctx[r][ch * L + l] += p[r] * vbuf[r][j][ch * L + l];
+                    }
                 }
             }
         }
-        for (unsigned c = 0; c < d.head_dim; c++)
-            out[t * out_pitch + c] = requantize(ctx[c], d.out_mult, d.out_shift);
+        for (unsigned r = 0; r < rows; r++)
+            for (unsigned c = 0; c < d.head_dim; c++)
+                out[(first + r) * out_pitch + c] = requantize(ctx[r][c], d.out_mult, d.out_shift);
     }
 }
 
-// K and V of one head into the on-chip buffers.
+// K and V of one head into every row lane's on-chip buffers.
 template <class CONFIG_T>
 void attention_load_kv(const attention_desc &d, const act_t *k, const act_t *v,
-                       act_t kbuf[CONFIG_T::kv_depth][CONFIG_T::max_head_dim],
-                       act_t vbuf[CONFIG_T::kv_depth][CONFIG_T::max_head_dim]) {
+                       act_t kbuf[CONFIG_T::row_lanes][CONFIG_T::kv_depth][CONFIG_T::max_head_dim],
+                       act_t vbuf[CONFIG_T::row_lanes][CONFIG_T::kv_depth][CONFIG_T::max_head_dim]) {
 attention_load_rows:
     for (unsigned j = 0; j < d.tokens; j++) {
         for (unsigned c = 0; c < d.head_dim; c++) {
 #pragma HLS pipeline II=1
-            kbuf[j][c] = k[j * d.row_pitch + c];
-            vbuf[j][c] = v[j * d.row_pitch + c];
+            for (unsigned r = 0; r < CONFIG_T::row_lanes; r++) {
+#pragma HLS unroll
+                kbuf[r][j][c] = k[j * d.row_pitch + c];
+                vbuf[r][j][c] = v[j * d.row_pitch + c];
+            }
         }
     }
 }
@@ -115,12 +147,15 @@ template <class CONFIG_T>
 void attention_head(const attention_desc &d, const act_t *q, const act_t *k, const act_t *v,
                     act_t *out, unsigned out_pitch) {
 #pragma HLS dataflow
-    act_t kbuf[CONFIG_T::kv_depth][CONFIG_T::max_head_dim];
-    act_t vbuf[CONFIG_T::kv_depth][CONFIG_T::max_head_dim];
-#pragma HLS array_partition variable=kbuf cyclic factor=CONFIG_T::score_lanes dim=2
-#pragma HLS array_partition variable=vbuf cyclic factor=CONFIG_T::score_lanes dim=2
-    hls::stream<score_t> scores("scores");
-    hls::stream<prob_t> probs("probs");
+    static const unsigned R = CONFIG_T::row_lanes;
+    act_t kbuf[R][CONFIG_T::kv_depth][CONFIG_T::max_head_dim];
+    act_t vbuf[R][CONFIG_T::kv_depth][CONFIG_T::max_head_dim];
+#pragma HLS array_partition variable=kbuf complete dim=1
+#pragma HLS array_partition variable=vbuf complete dim=1
+#pragma HLS array_partition variable=kbuf cyclic factor=CONFIG_T::score_lanes dim=3
+#pragma HLS array_partition variable=vbuf cyclic factor=CONFIG_T::score_lanes dim=3
+    hls::stream<score_t> scores[R];
+    hls::stream<prob_t> probs[R];
 #pragma HLS stream variable=scores depth=CONFIG_T::kv_depth
 #pragma HLS stream variable=probs depth=CONFIG_T::kv_depth
     attention_load_kv<CONFIG_T>(d, k, v, kbuf, vbuf);

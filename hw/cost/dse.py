@@ -37,10 +37,11 @@ point's best batch (:func:`_best_batch`) is the one with the most images a
 second among the batches its token buffer holds (powers of two and the
 largest), each predicted from its own program.
 
-**The search.** Stage 1 splits the board's DSPs between the attention kernel
-and the linear kernel (a share for attention, :data:`ATTENTION_SHARES`) and
-takes, for each share, the attention lanes (heads in parallel x score lanes)
-that fit it with the fewest attention cycles. Stage 2 tunes, within the rest,
+**The search.** Stage 1 splits the board's DSPs (and, with the fabric limits, its
+LUTs) between the attention kernel and the linear kernel (a share for attention,
+:data:`ATTENTION_SHARES`) and takes, for each share, the attention lanes (heads in
+parallel x row lanes x score lanes, :data:`ROW_LANES`) that fit it with the fewest
+attention cycles. Stage 2 tunes, within the rest,
 the linear array (rows x cols), the DSP packing, the post-processing lanes,
 the bus width (the board's choices), the LayerNorm lanes (:func:`_norm_lanes`:
 the fewest that give the LayerNorm instructions their fewest cycles at the
@@ -72,7 +73,7 @@ from pathlib import Path
 
 from moevit.errors import ConfigError
 
-__all__ = ["ROUTING", "USABLE", "ATTENTION_SHARES", "MAX_BATCH", "LATENCY_SLACK", "PORTS_SLACK",
+__all__ = ["ROUTING", "USABLE", "ATTENTION_SHARES", "ROW_LANES", "MAX_BATCH", "LATENCY_SLACK", "PORTS_SLACK",
            "ONCHIP_CHOICES", "BUS_CHOICES", "OBJECTIVES",
            "Workload", "workload", "read_bytes", "moved_bytes", "predict", "Point", "search", "dse_rows", "print_dse",
            "save_config"]
@@ -95,6 +96,8 @@ PORT_CHOICES = (1, 2, 4, 8)
 #: The on-chip activation windows the search tries (bytes; ``HwConfig.onchip_bytes``): 0
 #: and powers of two from 32 KiB to 4 MiB.
 ONCHIP_CHOICES = (0,) + tuple(1 << k for k in range(15, 23))
+#: Stage 1's row lanes of a head lane (``HwConfig.row_lanes``), up to the model's tokens.
+ROW_LANES = (1, 2, 4, 8, 16)
 #: Stage 2's grid.
 ROWS = (4, 8, 16, 32, 64, 128)
 COLS = (8, 16, 32, 64)
@@ -571,8 +574,8 @@ def _other_cycles(step, hw) -> tuple:
 
     # What these steps' compute reads: the attention and LayerNorm lanes, the bus, the
     # columns, buffers.
-    key = (step.shape, hw.heads_parallel, hw.score_lanes, hw.norm_lanes, hw.bus_width, hw.cols,
-           hw.max_tokens, hw.kv_depth, hw.max_in, hw.max_head_dim)
+    key = (step.shape, hw.heads_parallel, hw.row_lanes, hw.score_lanes, hw.norm_lanes,
+           hw.bus_width, hw.cols, hw.max_tokens, hw.kv_depth, hw.max_in, hw.max_head_dim)
     if key not in _CYCLES:
         d = _other_descriptor(step, hw)
         _CYCLES[key] = (compute_cycles(d, hw, routed=step.routed),
@@ -680,7 +683,7 @@ class Point:
 
     @property
     def mac_units(self) -> int:
-        return self.hw.macs + 2 * self.hw.score_lanes * self.hw.heads_parallel
+        return self.hw.macs + self.hw.attention_macs
 
     @property
     def latency_ms(self) -> float:
@@ -874,7 +877,7 @@ def search(board, config, *, quick=False, fabric=True, progress=True) -> list:
     from tqdm import tqdm
 
     from moevit.hw.boards import get_board
-    from moevit.hw.cost.resources import _default_fit, resources, unit_dsp
+    from moevit.hw.cost.resources import _default_fit, resources, unit_resources
     from moevit.hw.program.descriptor import DescriptorError
     from moevit.model.config import get_config
 
@@ -889,35 +892,39 @@ def search(board, config, *, quick=False, fabric=True, progress=True) -> list:
     attention = [(s, n) for s, n in work.steps(first) if s.mnemonic == "ATTENTION"]
     norms = [(s, n) for s, n in work.steps(first) if s.mnemonic == "LAYERNORM"]
 
-    # Stage 1: per DSP share, the attention lanes within it with the fewest cycles.
+    # Stage 1: per share of the DSPs (and LUTs), the attention lanes within it with the
+    # fewest cycles.
     lanes = []
     for hp in _divisors(model.heads, range(1, model.heads + 1)):
-        for sl in _divisors(model.head_dim, lanes_grid):
-            hw = base.replace(heads_parallel=hp, score_lanes=sl)
-            cycles = sum(_other_cycles(s, hw)[0] * n for s, n in attention)
-            lanes.append((cycles, unit_dsp("attention", hw), hp, sl))
+        for rl in (r for r in ROW_LANES if r <= model.tokens):
+            for sl in _divisors(model.head_dim, lanes_grid):
+                hw = base.replace(heads_parallel=hp, row_lanes=rl, score_lanes=sl)
+                cycles = sum(_other_cycles(s, hw)[0] * n for s, n in attention)
+                res = unit_resources("attention", hw, the_fit)
+                lanes.append((cycles, res.dsp, res.lut if fabric else 0, hp, rl, sl))
     stage1 = {}
     for share in ATTENTION_SHARES:
-        fitting = [(c, dsp, hp, sl) for c, dsp, hp, sl in lanes if dsp <= share * usable_dsp]
-        if fitting and min(fitting)[2:] not in stage1.values():   # a larger share, more lanes
-            stage1[share] = min(fitting)[2:]
+        fitting = [lane for lane in lanes if lane[1] <= share * usable_dsp
+                   and lane[2] <= share * board.lut * USABLE["lut"]]
+        if fitting and min(fitting)[3:] not in stage1.values():   # a larger share, more lanes
+            stage1[share] = min(fitting)[3:]
 
     # Stage 2: the linear array, packing, post lanes, bus, LayerNorm lanes and buffers under
     # the rest.
     candidates = []
-    for share, (hp, sl) in stage1.items():
+    for share, (hp, rl, sl) in stage1.items():
         for r in rows_grid:
             for c in _divisors(model.head_dim, cols_grid):
                 for packing in (1, 2) if c % 2 == 0 else (1,):
                     for post in _divisors(c, post_grid):
                         for bus in _buses(board, c):
-                            candidates.append((share, hp, sl, r, c, packing, post, bus))
+                            candidates.append((share, hp, rl, sl, r, c, packing, post, bus))
     points, misses = [], {}
-    for share, hp, sl, r, c, packing, post, bus in tqdm(
+    for share, hp, rl, sl, r, c, packing, post, bus in tqdm(
             candidates, desc=f"dse {board.name} {config}", unit="point", disable=not progress,
             dynamic_ncols=True):
         try:
-            hw = base.replace(heads_parallel=hp, score_lanes=sl, rows=r, cols=c,
+            hw = base.replace(heads_parallel=hp, row_lanes=rl, score_lanes=sl, rows=r, cols=c,
                               dsp_packing=packing, post_lanes=post, bus_width=bus,
                               max_tokens=-(-model.tokens // r) * r)
         except ConfigError:
@@ -1013,7 +1020,8 @@ def _binding(point, board, fabric=True, work=None):
     ``bandwidth`` when its memory-bound instructions take more cycles than any unit's
     compute-bound ones; else that unit, if the search cannot scale it (``compute:
     layernorm``, or the attention with every head and score lane of the model's
-    (``work``) in parallel: ``compute: attention (at its most lanes)``); else the resource
+    (``work``) in parallel and the most row lanes the search tries: ``compute: attention
+    (at its most lanes)``); else the resource
     that stops a larger array."""
     from moevit.model.config import get_config
 
@@ -1024,7 +1032,8 @@ def _binding(point, board, fabric=True, work=None):
     if unit in FIXED_UNITS:
         return f"compute: {unit}"
     if unit == "attention" and work is not None and hw.score_lanes == hw.max_head_dim \
-            and hw.heads_parallel == get_config(work.config).heads:
+            and hw.heads_parallel == get_config(work.config).heads \
+            and hw.row_lanes == max(r for r in ROW_LANES if r <= work.tokens):
         return "compute: attention (at its most lanes)"
     used = {name: getattr(point.resources, name) / (getattr(board, name) * USABLE[name])
             for name in ("dsp", "bram36", "uram", "lut", "ff")[:5 if fabric else 3]
@@ -1041,7 +1050,7 @@ def point_row(point, board, work, fabric=True) -> dict:
     macs = work.macs[point.task]
     fps1 = hz / point.latency_cycles
     best_fps = hz / point.best_cycles_per_image
-    attention_units = 2 * hw.score_lanes * hw.heads_parallel
+    attention_units = hw.attention_macs
     row = {
         "board": board.name, "config": work.config, "name": hw.name, "task": point.task,
         "mac_units": hw.macs + attention_units, "linear_mac_units": hw.macs,
@@ -1121,7 +1130,8 @@ def print_dse(rows) -> None:
         print(f"{r['board']} / {r['config']}: chosen HwConfig {r['name']!r}")
         print(f"  linear array {h['rows']}x{h['cols']} ({r['linear_mac_units']} MAC units, "
               f"packing {h['dsp_packing']}, {h['post_lanes']} post lanes), attention "
-              f"{h['heads_parallel']} heads x 2 x {h['score_lanes']} lanes "
+              f"{h['heads_parallel']} heads x {h.get('row_lanes', 1)} rows x 2 x "
+              f"{h['score_lanes']} lanes "
               f"({r['attention_mac_units']} MAC units), {r['norm_lanes']} LayerNorm lanes, "
               f"bus {h['bus_width']} bits x {r['memory_ports']} memory port(s) (weights "
               f"over {r['weight_ports']}), "

@@ -163,14 +163,16 @@ def top_check_rows(found, progress=False) -> list:
 #: changes from tiny's, the program's batch).
 VARIANTS = {"striped": ({"memory_ports": 2, "weight_ports": 2}, 1),
             "batched": ({"max_tokens": 256}, 2),
-            "lanes": ({"heads_parallel": 4, "memory_ports": 2}, 1)}
+            "lanes": ({"heads_parallel": 4, "memory_ports": 2}, 1),
+            "rows": ({"row_lanes": 4, "memory_ports": 2}, 1)}
 
 
 def variant_check_rows(simulator="verilator", progress=False) -> list:
     """The whole tiny program's predicted cycles against the co-simulated top's on the tops of
     :data:`VARIANTS`, per task: its weights striped over both of two memory ports, a
-    batch-2 program (one start, two images, every weight read once for both), and four
-    attention head lanes (one round an attention) on two ports. Each run is
+    batch-2 program (one start, two images, every weight read once for both), four
+    attention head lanes (one round an attention) on two ports, and one head lane of four
+    row lanes on two ports. Each run is
     checked bit-exact against the interpreter first (a row of a wrong run would mean
     nothing); the memory answers without stalls, as bench top's."""
     import numpy as np
@@ -206,6 +208,8 @@ def variant_check_rows(simulator="verilator", progress=False) -> list:
             what = (f"batch {batch}, one start" if batch > 1 else
                     f"{hw.heads_parallel} head lanes, {hw.memory_ports} ports"
                     if hw.heads_parallel > 1 else
+                    f"{hw.row_lanes} row lanes a head lane, {hw.memory_ports} ports"
+                    if hw.row_lanes > 1 else
                     f"weights over {hw.weight_ports} of {hw.memory_ports} ports")
             rows.append(_check_row("top", f"tiny-{name} {program.tasks[run['task']]['name']} "
                                           f"({what})", predicted, run["cycles"]))

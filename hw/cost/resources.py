@@ -5,7 +5,7 @@ Each unit of :data:`moevit.hw.generate.UNITS` that the top builds gets
 * **DSP48E2** from its structure, exact (checked against every measured point):
   the linear array's ``rows * cols / dsp_packing`` MAC units plus
   ``DSP_PER_POST_LANE`` per post-processing lane, the attention kernel's
-  per head lane multipliers, the others' fixed counts;
+  per row pipeline (row lanes of every head lane) multipliers, the others' fixed counts;
 * **BRAM36 / URAM** from the unit's memories (width x depth, read from the
   RTL's ``Memory`` declarations, listed in :func:`memories`), each mapped as
   Yosys maps it: small memories to LUT RAM, larger ones to the cheapest
@@ -58,6 +58,7 @@ FIT_POINTS = [
     ("attention", _SMALL_ATTENTION),
     ("attention", dict(_SMALL_ATTENTION, heads_parallel=2)),
     ("attention", dict(_SMALL_ATTENTION, score_lanes=4, kv_depth=256, max_head_dim=16)),
+    ("attention", dict(_SMALL_ATTENTION, row_lanes=2)),
     ("layernorm", dict(max_in=512)),
     ("moe", dict(cols=4, max_tokens=8, max_in=32, post_lanes=2)),
     ("moe", dict(cols=8, max_tokens=32, max_in=64, post_lanes=2)),
@@ -125,7 +126,7 @@ def memories(unit: str, hw) -> list:
                 ("v", 8 * hw.score_lanes, hw.kv_depth * chunks, 1),
                 ("scores", products_width(hw.max_head_dim), _SCORE_BANKS * hw.kv_depth, 1),
                 ("exps", EXP_WIDTH, _EXP_BANKS * hw.kv_depth, 1)]
-        return lane * hw.heads_parallel
+        return lane * hw.heads_parallel * hw.row_lanes
     if unit == "layernorm":
         max_dim, lanes, banks = _layernorm_shape(hw)
         words = max_dim // lanes
@@ -220,10 +221,10 @@ def measure(points=None, *, output=None, folder=None, progress=True, command="")
 #: bits pass the 27-bit port), GELU t*t and q*f (1 each), GELU requantize (2), residual
 #: Ma*a and Mb*b (1 each) (tests/test_hw_estimate.py counts them too).
 DSP_PER_POST_LANE = 8
-#: The attention kernel, per head lane and score lane: the QK product, the PV product and
-#: the context's requantize (s32 x u15: 2 DSP48E2).
+#: The attention kernel, per row pipeline (a row lane of a head lane) and score lane: the
+#: QK product, the PV product and the context's requantize (s32 x u15: 2 DSP48E2).
 DSP_PER_SCORE_LANE = 4
-#: ... and per head lane the softmax's (d * M: 2, the exponent, the reciprocal, e * 1/sum).
+#: ... and per row pipeline the softmax's (d * M: 2, the exponent, the reciprocal, e * 1/sum).
 ATTENTION_LANE_DSP = 6
 #: The LayerNorm unit's multipliers (mean, variance, inverse square root, gamma); one more
 #: once its sums pass 20 bits (max_in above 1,024).
@@ -306,8 +307,8 @@ def unit_dsp(unit: str, hw) -> int:
         chunks = hw.max_head_dim // hw.score_lanes
         # tokens x chunks: the beats of one K or V matrix.
         words = _mapped(_bits(hw.kv_depth), _bits(chunks), _bits(hw.kv_depth * chunks))
-        return hw.heads_parallel * (DSP_PER_SCORE_LANE * hw.score_lanes + ATTENTION_LANE_DSP
-                                    + words)
+        return hw.heads_parallel * hw.row_lanes * (DSP_PER_SCORE_LANE * hw.score_lanes
+                                                   + ATTENTION_LANE_DSP + words)
     if unit == "layernorm":
         return LAYERNORM_DSP + (hw.max_in > 1024) + LAYERNORM_DSP_PER_LANE * (hw.norm_lanes - 1)
     if unit == "moe":
@@ -318,7 +319,7 @@ def unit_dsp(unit: str, hw) -> int:
 #: LUT and FF: per unit, the features their formula is linear in.
 FEATURES = {
     "linear": ("1", "rows*cols", "rows", "cols", "post_lanes"),
-    "attention": ("1", "heads_parallel", "heads_parallel*score_lanes"),
+    "attention": ("1", "pipelines", "pipelines*score_lanes"),
     "layernorm": ("1",),
     "moe": ("1", "cols"),
     "control": ("1",),
@@ -328,8 +329,10 @@ FEATURES = {
 
 def _features(unit, hw):
     values = {"1": 1.0, "rows*cols": hw.rows * hw.cols, "rows": hw.rows, "cols": hw.cols,
-              "post_lanes": hw.post_lanes, "heads_parallel": hw.heads_parallel,
-              "heads_parallel*score_lanes": hw.heads_parallel * hw.score_lanes,
+              "post_lanes": hw.post_lanes,
+              # The attention kernel's row pipelines: row lanes of every head lane.
+              "pipelines": hw.heads_parallel * hw.row_lanes,
+              "pipelines*score_lanes": hw.heads_parallel * hw.row_lanes * hw.score_lanes,
               "log2(max_in)": math.log2(hw.max_in), "bus_width": hw.bus_width}
     return np.array([values[name] for name in FEATURES[unit]])
 
@@ -466,4 +469,5 @@ def print_fit(rows, points) -> None:
     print(f"(y = Yosys, f = formula; points measured {points['date']} by "
           f"`{points['command']}`; DSP and BRAM from the structure, not fitted; LUT/FF fitted "
           f"by non-negative least squares with as many features as points per unit, so they "
-          f"pass through them: the held-out point (a slow test) is their check)")
+          f"pass through them (attention: one point more, its two row lanes, so a residual): "
+          f"the held-out point (a slow test) is their check)")

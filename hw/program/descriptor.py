@@ -508,9 +508,8 @@ class AttentionDescriptor(Descriptor):
         return 2 * self.heads * self.tokens * self.tokens * self.head_dim
 
     def ideal_cycles(self) -> int:
-        """MACs / MAC units (``2 * score_lanes * heads_parallel``), rounded up."""
-        units = 2 * self.hw.score_lanes * self.hw.heads_parallel
-        return -(-self.macs // units)
+        """MACs / MAC units (``hw.attention_macs``), rounded up."""
+        return -(-self.macs // self.hw.attention_macs)
 
     def expected_cycles(self, *, following=False) -> int:
         """Cycles from the descriptor's acceptance to the last context beat, fed without
@@ -520,7 +519,7 @@ class AttentionDescriptor(Descriptor):
         ``RESTART_CYCLES`` later). Exact (tests/test_sim_random_units.py)."""
         from moevit.hw.units.attention import RESTART_CYCLES, head_cycles
 
-        return self.rounds * head_cycles(self.tokens, self.chunks) + (
+        return self.rounds * head_cycles(self.tokens, self.chunks, self.hw.row_lanes) + (
             RESTART_CYCLES if following else 0)
 
 

@@ -37,7 +37,7 @@ from moevit.hw.config import products_width
 from moevit.hw.units.softmax import EMIT_LATENCY, RowSchedule, Softmax
 from moevit.model.integer import intops
 
-__all__ = ["AttentionHead", "Attention", "beat_layout", "head_cycles", "RESTART_CYCLES"]
+__all__ = ["AttentionHead", "HeadLane", "Attention", "beat_layout", "head_cycles", "RESTART_CYCLES"]
 
 # u16 probability times int8 value: s24; a row of them sums to an int32
 # (intops.weighted_sum).
@@ -98,6 +98,7 @@ class AttentionHead(wiring.Component):
         del self._MustUse__silence
         super().__init__({
             "tokens": In(range(max_tokens + 1)),
+            "rows": In(range(max_tokens + 1)),
             "chunks": In(range(self._max_chunks + 1)),
             "rounds": In(8),
             "sm_mult": In(intops.MULT_BITS),
@@ -135,6 +136,7 @@ class AttentionHead(wiring.Component):
         m.submodules.softmax = sm = Softmax(max_row=T_max, score_width=self.score_width)
 
         tokens = Signal.like(self.tokens)
+        rows = Signal.like(self.rows)
         chunks = Signal.like(self.chunks)
         rounds = Signal.like(self.rounds)
         consts = [Signal.like(s) for s in (self.sm_mult, self.sm_shift,
@@ -156,7 +158,8 @@ class AttentionHead(wiring.Component):
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 with m.If(self.start):
-                    m.d.sync += [tokens.eq(self.tokens), chunks.eq(self.chunks),
+                    m.d.sync += [tokens.eq(self.tokens), rows.eq(self.rows),
+                                 chunks.eq(self.chunks),
                                  rounds.eq(self.rounds), head.eq(0)]
                     m.d.sync += [dst.eq(src) for dst, src in zip(
                         consts, (self.sm_mult, self.sm_shift, self.out_mult, self.out_shift))]
@@ -168,7 +171,7 @@ class AttentionHead(wiring.Component):
                     m.d.sync += [rows_out.eq(0), k_cnt.eq(0), v_cnt.eq(0)]
                     m.next = "COMPUTE"
             with m.State("COMPUTE"):
-                with m.If(rows_out == tokens):
+                with m.If(rows_out == rows):
                     m.d.sync += head.eq(head + 1)
                     m.next = "LOAD"
         # Busy until the last context beat has left, not only until it is on `o`.
@@ -191,11 +194,11 @@ class AttentionHead(wiring.Component):
         with m.If(v_wr.en):
             m.d.sync += v_cnt.eq(v_cnt + 1)
 
-        self._qk(m, k_rd, sm, tokens, chunks, computing)
+        self._qk(m, k_rd, sm, tokens, rows, chunks, computing)
         self._pv(m, v_rd, sm, tokens, chunks, computing, out_mult, out_shift, rows_out)
         return m
 
-    def _qk(self, m, k_rd, sm, tokens, chunks, computing):
+    def _qk(self, m, k_rd, sm, tokens, rows, chunks, computing):
         """Query rows against the K buffer: one score per key on ``sm.i``."""
         L, C_max = self._lanes, self._max_chunks
         beat = beat_layout(L)
@@ -205,7 +208,7 @@ class AttentionHead(wiring.Component):
         q_fill_bank, q_fill_c = Signal(), Signal(range(C_max + 1))
         rows_loaded = Signal(16)  # query rows fully in a bank
         rows_used = Signal(16)  # query rows whose last product left the multipliers
-        m.d.comb += self.q.ready.eq(computing & (rows_loaded != tokens)
+        m.d.comb += self.q.ready.eq(computing & (rows_loaded != rows)
                                     & ((rows_loaded - rows_used)[:16] < 2))
         with m.If(self.q.valid & self.q.ready):
             m.d.sync += qrow[q_fill_bank][q_fill_c].eq(self.q.payload.as_value())
@@ -343,6 +346,94 @@ class AttentionHead(wiring.Component):
                 m.d.sync += e_c.eq(e_c + 1)
 
 
+class HeadLane(wiring.Component):
+    """One head lane of ``row_lanes`` row pipelines (:class:`AttentionHead`) sharing its
+    streams: more query rows of one head at once.
+
+    Every row pipeline holds its own copy of the head's K and V (one stream, taken by all
+    at once: they load in step) and computes query rows ``s, s + R, s + 2R, ...`` of the
+    head (``R = row_lanes``, ``s`` its index); the query rows are dealt to the pipelines
+    in turn, ``chunks`` beats each, and their context rows gathered back in the same turn,
+    so ``q`` and ``o`` keep :class:`AttentionHead`'s order. ``R`` is a power of two (a
+    pipeline's share of the rows is a shift). With ``R = 1`` the lane is the one pipeline.
+
+    Members as :class:`AttentionHead`'s, less ``rows``.
+    """
+
+    def __init__(self, *, row_lanes, lanes, max_tokens, max_head_dim):
+        if not isinstance(row_lanes, int) or row_lanes < 1 or row_lanes & (row_lanes - 1):
+            raise ValueError(f"Row lanes must be a power of two, not {row_lanes!r}")
+        self._rows = [AttentionHead(lanes=lanes, max_tokens=max_tokens,
+                                    max_head_dim=max_head_dim) for _ in range(row_lanes)]
+        ports = dict(self._rows[0].signature.members)
+        del ports["rows"]
+        super().__init__(ports)
+
+    @property
+    def row_lanes(self):
+        return len(self._rows)
+
+    def elaborate(self, platform):
+        m = Module()
+        R, pipes = self.row_lanes, self._rows
+        shift = (R - 1).bit_length()
+        for s, pipe in enumerate(pipes):
+            m.submodules[f"row{s}"] = pipe
+            m.d.comb += [getattr(pipe, name).eq(getattr(self, name)) for name in (
+                "tokens", "chunks", "rounds", "sm_mult", "sm_shift", "out_mult", "out_shift",
+                "start")]
+            # Rows s, s + R, ... below tokens: ceil((tokens - s) / R).
+            m.d.comb += pipe.rows.eq((self.tokens + (R - 1 - s)) >> shift)
+        m.d.comb += self.busy.eq(Cat(pipe.busy for pipe in pipes).any())
+        if R == 1:
+            for name in ("q", "k", "v"):
+                wiring.connect(m, wiring.flipped(getattr(self, name)), getattr(pipes[0], name))
+            wiring.connect(m, pipes[0].o, wiring.flipped(self.o))
+            return m
+
+        # K and V: every pipeline takes each beat in the same cycle.
+        for name in ("k", "v"):
+            outer = getattr(self, name)
+            all_ready = Cat(getattr(pipe, name).ready for pipe in pipes).all()
+            m.d.comb += outer.ready.eq(all_ready)
+            for pipe in pipes:
+                inner = getattr(pipe, name)
+                m.d.comb += [inner.valid.eq(outer.valid & all_ready),
+                             inner.payload.eq(outer.payload)]
+
+        # Q dealt and O gathered a row (``chunks`` beats) at a time, pipeline by pipeline;
+        # each head's first row goes to pipeline 0.
+        tokens, chunks = Signal.like(self.tokens), Signal.like(self.chunks)
+        with m.If(self.start):
+            m.d.sync += [tokens.eq(self.tokens), chunks.eq(self.chunks)]
+        for name in ("q", "o"):
+            outer = getattr(self, name)
+            inners = [getattr(pipe, name) for pipe in pipes]
+            at, chunk, row = Signal(range(R)), Signal.like(chunks), Signal.like(tokens)
+            if name == "q":
+                for s, inner in enumerate(inners):
+                    m.d.comb += [inner.valid.eq(outer.valid & (at == s)),
+                                 inner.payload.eq(outer.payload)]
+                m.d.comb += outer.ready.eq(Array(inner.ready for inner in inners)[at])
+            else:
+                for s, inner in enumerate(inners):
+                    m.d.comb += inner.ready.eq(outer.ready & (at == s))
+                m.d.comb += [
+                    outer.valid.eq(Array(inner.valid for inner in inners)[at]),
+                    outer.payload.eq(Array(inner.payload.as_value() for inner in inners)[at]),
+                ]
+            with m.If(self.start):
+                m.d.sync += [at.eq(0), chunk.eq(0), row.eq(0)]
+            with m.Elif(outer.valid & outer.ready):
+                m.d.sync += chunk.eq(chunk + 1)
+                with m.If(chunk + 1 == chunks):
+                    # ``at`` wraps by itself: R is a power of two.
+                    m.d.sync += [chunk.eq(0), at.eq(at + 1), row.eq(row + 1)]
+                    with m.If(row + 1 == tokens):
+                        m.d.sync += [at.eq(0), row.eq(0)]
+        return m
+
+
 class Attention(wiring.Component):
     """The attention kernel: ``hw.heads_parallel`` head lanes under one descriptor.
 
@@ -393,8 +484,8 @@ class Attention(wiring.Component):
 
     @property
     def macs(self):
-        """Multiply-accumulate units: QK and PV lanes of every head lane."""
-        return 2 * self._hw.score_lanes * self._hw.heads_parallel
+        """Multiply-accumulate units: QK and PV lanes of every row lane of every head lane."""
+        return self._hw.attention_macs
 
     def elaborate(self, platform):
         from moevit.hw.program.descriptor import (FAULT_WIDTH, AttentionDescriptor, Fault, fault_code,
@@ -404,8 +495,8 @@ class Attention(wiring.Component):
         hw = self._hw
         lanes = []
         for p in range(hw.heads_parallel):
-            lane = AttentionHead(lanes=hw.score_lanes, max_tokens=hw.kv_depth,
-                                 max_head_dim=hw.max_head_dim)
+            lane = HeadLane(row_lanes=hw.row_lanes, lanes=hw.score_lanes,
+                            max_tokens=hw.kv_depth, max_head_dim=hw.max_head_dim)
             m.submodules[f"head{p}"] = lane
             lanes.append(lane)
             for name in ("q", "k", "v"):
@@ -459,42 +550,68 @@ _NEVER = -(1 << 62)
 
 
 @lru_cache(maxsize=256)
-def head_cycles(tokens, chunks):
+def head_cycles(tokens, chunks, row_lanes=1):
     """Cycles of one head: from its first K/V beat to the next head's first K/V beat.
 
     Fed with no gaps and drained with no back-pressure. The model follows each
-    query row through the stages: Q row load, QK issue (``tokens * chunks``
-    cycles a row; frozen while the softmax cannot take a row's first score),
-    the softmax's exp and divide stages (:class:`~moevit.hw.units.softmax.RowSchedule`),
-    its emit stage and PV (one probability every ``chunks`` cycles; a row's last
-    one waits for the previous row's context to leave the shadow registers).
+    query row through the stages of its row lane (:class:`_RowPipeline`): Q row
+    load, QK issue (``tokens * chunks`` cycles a row; frozen while the softmax
+    cannot take a row's first score), the softmax's exp and divide stages
+    (:class:`~moevit.hw.units.softmax.RowSchedule`), its emit stage and PV (one
+    probability every ``chunks`` cycles; a row's last one waits for the previous
+    row's context to leave the shadow registers). With ``row_lanes`` lanes the Q
+    rows are dealt in turn (a lane takes its next row once the dealer has dealt
+    the row before it) and the context rows gathered in turn (a row's context
+    waits, in its lane's registers, for the row before it to leave).
     """
     T, C = tokens, chunks
-    row = T * C
-    compute = row + 1  # K and V take `row` cycles, then one to switch to compute
-    qk = _QkClock()
-    softmax = RowSchedule()
-    pv = _PvStage(C)
-    issue_start, row_done, emit_free = [], [], _NEVER
+    compute = T * C + 1  # K and V take `T * C` cycles, then one to switch to compute
+    lanes = [_RowPipeline(T, C, compute) for _ in range(row_lanes)]
+    dealt = gathered = compute
     for r in range(T):
-        # Q rows 0 and 1 load at once; row r waits for row r - 2's last product.
-        if r < 2:
-            loaded = compute + (r + 1) * C
-        else:
-            loaded = qk.real(issue_start[r - 2] + row) + 1 + C
-        start = qk.adv_of(loaded)
-        if r:
-            start = max(start, issue_start[r - 1] + row)
-        issue_start.append(start)
-        first = qk.present(start + C + QK_DEPTH - 1, softmax.ingest_from(r))
+        lane = lanes[r % row_lanes]
+        dealt = max(dealt, lane.q_free()) + C
+        done = lane.add_row(dealt)
+        first = done + OUT_DEPTH + 1  # its context's first beat in the lane's registers
+        taken = max(first, gathered)
+        lane.pv.row_done += taken - first  # the shadow registers hold it that much longer
+        gathered = taken + C
+    return gathered  # the next head starts loading the cycle after the last beat
+
+
+class _RowPipeline:
+    """One row lane's QK, softmax and PV stages, timed row by row (:func:`head_cycles`)."""
+
+    def __init__(self, tokens, chunks, compute):
+        self.T, self.C, self.row = tokens, chunks, tokens * chunks
+        self.compute = compute
+        self.qk, self.softmax, self.pv = _QkClock(), RowSchedule(), _PvStage(chunks)
+        self.issue_start, self.row_done = [], []
+        self.emit_free = _NEVER
+
+    def q_free(self):
+        """The first cycle the lane takes its next query row's first beat: two rows load at
+        once; row n waits for row n - 2's last product."""
+        n = len(self.issue_start)
+        if n < 2:
+            return self.compute
+        return self.qk.real(self.issue_start[n - 2] + self.row) + 1
+
+    def add_row(self, loaded):
+        """A row whose query is in by ``loaded``: the cycle PV takes its last probability."""
+        T, C, n = self.T, self.C, len(self.issue_start)
+        start = self.qk.adv_of(loaded)
+        if n:
+            start = max(start, self.issue_start[n - 1] + self.row)
+        self.issue_start.append(start)
+        first = self.qk.present(start + C + QK_DEPTH - 1, self.softmax.ingest_from(n))
         last_in = first + (T - 1) * C
-        bank_free = row_done[r - 3] + 1 if r >= 3 else _NEVER
-        emit_start = max(softmax.add(last_in, T, bank_free), emit_free)
-        done, last_read = pv.row(T, emit_start)
-        row_done.append(done)
-        emit_free = last_read + 1
-    last_beat = row_done[-1] + OUT_DEPTH + C
-    return last_beat + 1  # the next head starts loading the cycle after
+        bank_free = self.row_done[n - 3] + 1 if n >= 3 else _NEVER
+        emit_start = max(self.softmax.add(last_in, T, bank_free), self.emit_free)
+        done, last_read = self.pv.row(T, emit_start)
+        self.row_done.append(done)
+        self.emit_free = last_read + 1
+        return done
 
 
 class _QkClock:

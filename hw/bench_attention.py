@@ -15,7 +15,8 @@ cycles``.
 Cases: one attention layer of ``tiny`` (4 heads, 65 tokens, head dim 16) and
 one of ``edge-moe`` (3 heads, 129 tokens, head dim 64) on their default
 hardware, and one ViT-S head (197 tokens, head dim 64) on the default
-attention parameters (8 score lanes, 256-token K/V buffers). ``--quick``:
+attention parameters (8 score lanes, 256-token K/V buffers), and tiny's layer again
+with four row lanes (``HwConfig.row_lanes``: four query rows of a head at once). ``--quick``:
 the tiny layer only. ``--hw NAME``: the attention layer of the model that
 the named hardware config serves, on it.
 """
@@ -68,6 +69,9 @@ def bench_attention(simulator="verilator", quick=False, hw=None) -> list:
         cases.append((config, "attn", model.heads, model.tokens, model.head_dim, len(cases) + 1))
     if hw is None and not quick:
         cases.append((HwConfig(name="vit-s"), "vit-s.attn.head", 1, 197, 64, 3))
+        tiny = get_config("tiny")
+        cases.append((get_hw_config("tiny").replace(name="tiny-rows", row_lanes=4), "attn",
+                      tiny.heads, tiny.tokens, tiny.head_dim, 4))
     return [_case(hw, name, heads, tokens, head_dim, simulator, seed=seed)
             for hw, name, heads, tokens, head_dim, seed in tqdm(cases, desc="bench attention",
                                                                  unit="case")]
@@ -78,11 +82,10 @@ def print_table(rows) -> None:
     from moevit.hw.bench import print_rows
 
     print_rows(rows, [("config", "config", "<9", ""), ("layer", "layer", "<17", ""),
-                      ("HxTxD", "shape", "<12", ""), ("lanes", "lanes", ">8", ""),
+                      ("HxTxD", "shape", "<12", ""), ("lanes", "lanes", ">10", ""),
                       ("cycles", "cycles", ">10", ""), ("model", "model_cycles", ">10", ""),
                       ("ideal", "ideal_cycles", ">10", ""),
                       ("util", "utilization", ">8", ".1%")],
                "(cycles from the descriptor to the last context beat, simulated on "
                "{simulator}; model = the cost model; ideal = MACs / MAC units, "
-               "lanes = heads x (QK, PV) "
-               "x score lanes)")
+               "lanes = heads x [row lanes x] (QK, PV) x score lanes)")

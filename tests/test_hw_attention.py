@@ -101,3 +101,20 @@ def test_back_to_back_descriptors():
     sim.run()
     for p in range(parallel):
         assert got[p] == expected[p]
+
+
+def test_row_lanes_are_a_power_of_two_and_cut_the_cycles():
+    """HeadLane takes a power of two of row lanes (a lane's share of the rows is a shift);
+    the cycle model (exact against simulation: tests/test_sim_random_units.py) gives four
+    row lanes at most a third of one lane's cycles on tiny's heads."""
+    import pytest
+
+    from moevit.hw.units.attention import HeadLane, head_cycles
+
+    for bad in (0, 3, 6):
+        with pytest.raises(ValueError, match=rf"^Row lanes must be a power of two, not {bad}$"):
+            HeadLane(row_lanes=bad, lanes=4, max_tokens=16, max_head_dim=8)
+    one, four = head_cycles(65, 2), head_cycles(65, 2, 4)
+    assert one == head_cycles(65, 2, 1) and 3 * four < one
+    # Fewer rows than lanes: the idle lanes only load K and V.
+    assert head_cycles(2, 2, 8) == head_cycles(2, 2, 2)

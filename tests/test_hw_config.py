@@ -145,6 +145,24 @@ def test_bad_layernorm_lanes(changes, message):
         DEFAULT_HW["tiny"].replace(**changes)
 
 
+@pytest.mark.parametrize("value", [3, 0, 32, True, 2.0])
+def test_bad_row_lanes(value):
+    with pytest.raises(ConfigError, match=rf"^Row lanes must be a power of two from 1 to 16, "
+                                          rf"not {value!r}$"):
+        DEFAULT_HW["tiny"].replace(row_lanes=value)
+
+
+def test_row_lanes_multiply_the_attention_macs_and_leave_older_fingerprints_alone():
+    from moevit.hw.program.program import hw_hash
+
+    hw = get_hw_config("tiny")
+    assert "row_lanes" not in hw.to_dict()
+    rows = hw.replace(row_lanes=4)
+    assert rows.attention_macs == 4 * hw.attention_macs == 4 * 2 * hw.score_lanes
+    assert rows.to_dict()["row_lanes"] == 4 and hw_hash(rows) != hw_hash(hw)
+    assert HwConfig.from_dict(rows.to_dict()) == rows
+
+
 def test_layernorm_lanes_must_divide_the_model_width():
     with pytest.raises(ConfigError, match=r"^LayerNorm lanes 128 do not divide the width 192 of "
                                           r"model 'edge-moe''s LayerNorm rows$"):

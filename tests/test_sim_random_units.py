@@ -61,6 +61,14 @@ def test_random_sequences(unit, seed):
     run_case(unit, seed, large=False, simulator="icarus")
 
 
+@pytest.mark.parametrize("seed", _seeds((3,)))
+def test_random_attention_with_row_lanes(seed):
+    """A second attention point (seed 0's has one row lane): three head lanes of four row
+    lanes each, so the Q rows are dealt and the contexts gathered across row lanes."""
+    case, _ = run_case("attention", seed, large=False, simulator="icarus")
+    assert case.hw.row_lanes > 1 or "MOEVIT_SEED" in os.environ
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", _seeds(range(1000, 1000 + SLOW_CASES)))
 @pytest.mark.parametrize("unit", UNITS)

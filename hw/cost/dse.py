@@ -902,17 +902,23 @@ def search(board, config, *, quick=False, fabric=True, progress=True) -> list:
                 cycles = sum(_other_cycles(s, hw)[0] * n for s, n in attention)
                 res = unit_resources("attention", hw, the_fit)
                 lanes.append((cycles, res.dsp, res.lut if fabric else 0, hp, rl, sl))
+    # Per share three picks: within its DSPs, with one row lane (the search before row lanes:
+    # it keeps every point that one tried) and with any, and within its DSPs and LUTs (row
+    # lanes cost LUTs the DSPs do not show); each tried once, at the smallest share giving it.
     stage1 = {}
     for share in ATTENTION_SHARES:
-        fitting = [lane for lane in lanes if lane[1] <= share * usable_dsp
-                   and lane[2] <= share * board.lut * USABLE["lut"]]
-        if fitting and min(fitting)[3:] not in stage1.values():   # a larger share, more lanes
-            stage1[share] = min(fitting)[3:]
+        for most_rows, lut_share in ((1, math.inf), (max(ROW_LANES), math.inf),
+                                     (max(ROW_LANES), share)):
+            fitting = [lane for lane in lanes if lane[1] <= share * usable_dsp
+                       and lane[2] <= lut_share * board.lut * USABLE["lut"]
+                       and lane[4] <= most_rows]
+            if fitting and min(fitting)[3:] not in stage1.values():
+                stage1[share, most_rows, lut_share] = min(fitting)[3:]
 
     # Stage 2: the linear array, packing, post lanes, bus, LayerNorm lanes and buffers under
     # the rest.
     candidates = []
-    for share, (hp, rl, sl) in stage1.items():
+    for (share, *_), (hp, rl, sl) in stage1.items():
         for r in rows_grid:
             for c in _divisors(model.head_dim, cols_grid):
                 for packing in (1, 2) if c % 2 == 0 else (1,):

@@ -101,7 +101,7 @@ ROW_LANES = (1, 2, 4, 8, 16)
 #: Stage 2's grid.
 ROWS = (4, 8, 16, 32, 64, 128)
 COLS = (8, 16, 32, 64)
-POST_LANES = (2, 4, 8, 16)
+POST_LANES = (2, 4, 8, 16, 32, 64)
 SCORE_LANES = (4, 8, 16, 32, 64)
 NORM_LANES = (1, 2, 4, 8, 16, 32, 64)
 #: The kernel's bus widths per host kind. On a Zynq board (``pynq``) each memory port goes

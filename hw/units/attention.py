@@ -16,8 +16,10 @@ One head lane (:class:`AttentionHead`) is a three-stage row pipeline::
 QK and PV, so one score (and one probability's update of the context row)
 takes ``C = head_dim / L`` cycles and a query row ``tokens * C`` cycles in
 each stage; the stages work on consecutive rows at once. The kernel has
-``hw.heads_parallel`` lanes, each with its own streams; lane ``p`` computes
-heads ``p, p + P, p + 2P, ...`` of the descriptor.
+``hw.heads_parallel`` head lanes (:class:`HeadLane`), each with its own streams;
+lane ``p`` computes heads ``p, p + P, p + 2P, ...`` of the descriptor. A head
+lane holds ``hw.row_lanes`` such pipelines, each with its own copy of K and V:
+they take the head's query rows in turn, so that many rows compute at once.
 
 Stream order, per head of a lane: K (``tokens * C`` beats, token-major, each
 beat ``L`` int8 of one token), V (same, accepted alongside K), then Q (same,
@@ -57,7 +59,7 @@ def _adder_tree(values):
 
 
 class AttentionHead(wiring.Component):
-    """One head lane: QK, softmax and PV on one head at a time.
+    """One row pipeline: QK, softmax and PV on ``rows`` query rows of one head at a time.
 
     Parameters
     ----------
@@ -70,9 +72,10 @@ class AttentionHead(wiring.Component):
 
     Members
     -------
-    tokens, chunks, rounds : In
-        Run-time shape: sequence length, ``head_dim / lanes`` and heads
-        this lane computes; held while ``busy``.
+    tokens, rows, chunks, rounds : In
+        Run-time shape: sequence length (keys and values), the query rows this
+        pipeline computes of each head, ``head_dim / lanes`` and heads; held
+        while ``busy``.
     sm_mult, sm_shift, out_mult, out_shift : In
         Softmax and output requantization constants.
     start : In(1)
@@ -440,8 +443,8 @@ class Attention(wiring.Component):
     Parameters
     ----------
     hw : HwConfig
-        ``score_lanes``, ``kv_depth``, ``max_head_dim`` and ``heads_parallel``
-        size the kernel.
+        ``score_lanes``, ``kv_depth``, ``max_head_dim``, ``heads_parallel`` and
+        ``row_lanes`` size the kernel.
 
     Members
     -------

@@ -171,9 +171,10 @@ def _layernorm(lanes=1):
                    [_balanced(["i"], "o", most=8 if lanes == 1 else 16)])
 
 
-def _attention():
+def _attention(row_lanes=1):
     from moevit.hw.units.attention import Attention
-    return Harness(Attention(FORMAL_HW), [_balanced([("q", 0)], ("o", 0), most=16)])
+    hw = FORMAL_HW.replace(row_lanes=row_lanes)
+    return Harness(Attention(hw), [_balanced([("q", 0)], ("o", 0), most=16 * row_lanes)])
 
 
 def _moe():
@@ -1046,6 +1047,9 @@ CHECKS = [
           "63 cycles lie past the depth)", "bmc", 16, lambda: _layernorm(lanes=2), fast=False),
     Check("attention.beats", "Attention(formal hw)", "stream rules; one o beat per q beat",
           "bmc", 16, _attention, fast=False),
+    Check("attention.rows.beats", "Attention(formal hw, 2 row lanes)",
+          "stream rules; one o beat per q beat, the rows dealt to two row lanes and gathered",
+          "bmc", 16, lambda: _attention(row_lanes=2), fast=False),
     Check("sequencer.progress", f"Sequencer(formal hw, {FORMAL_HEADER_WORDS}-word header)",
           f"stream rules; with memory (any words) and engines answering within {RESPONSE} "
           f"cycles, never more than {PROGRESS_BOUND} cycles running without progress (no "

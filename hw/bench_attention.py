@@ -46,7 +46,8 @@ def _case(hw, name, heads, tokens, head_dim, simulator, seed):
         else f"{hw.heads_parallel}x2x{hw.score_lanes}"
     return dict(
         config=hw.name, layer=name, shape=f"{heads}x{tokens}x{head_dim}", tokens=tokens,
-        heads=heads, head_dim=head_dim, lanes=lanes, mac_units=hw.attention_macs, macs=desc.macs, cycles=run.cycles, model_cycles=desc.expected_cycles(),
+        heads=heads, head_dim=head_dim, lanes=lanes, mac_units=hw.attention_macs,
+        macs=desc.macs, cycles=run.cycles, model_cycles=desc.expected_cycles(),
         ideal_cycles=desc.ideal_cycles(),
         utilization=round(desc.ideal_cycles() / run.cycles, 4), simulator=simulator,
         sim_seconds=round(run.seconds, 1))

@@ -39,7 +39,8 @@ from moevit.hw.config import products_width
 from moevit.hw.units.softmax import EMIT_LATENCY, RowSchedule, Softmax
 from moevit.model.integer import intops
 
-__all__ = ["AttentionHead", "HeadLane", "Attention", "beat_layout", "head_cycles", "RESTART_CYCLES"]
+__all__ = ["AttentionHead", "HeadLane", "Attention", "beat_layout", "head_cycles",
+           "RESTART_CYCLES"]
 
 # u16 probability times int8 value: s24; a row of them sums to an int32
 # (intops.weighted_sum).
@@ -365,6 +366,7 @@ class HeadLane(wiring.Component):
 
     def __init__(self, *, row_lanes, lanes, max_tokens, max_head_dim):
         if not isinstance(row_lanes, int) or row_lanes < 1 or row_lanes & (row_lanes - 1):
+            self._MustUse__silence = True  # a unit rejected here is not an unused one
             raise ValueError(f"Row lanes must be a power of two, not {row_lanes!r}")
         self._rows = [AttentionHead(lanes=lanes, max_tokens=max_tokens,
                                     max_head_dim=max_head_dim) for _ in range(row_lanes)]

@@ -9,6 +9,7 @@ __all__ = ["register", "register_bench"]
 
 def register(subparsers):
     from moevit.cli import positive_int
+    from moevit.hw.cost.resources import FEATURES as RESOURCE_UNITS
 
     hw = subparsers.add_parser("hw", help="hardware: Verilog emission and resource estimates")
     commands = hw.add_subparsers(dest="hw_command", metavar="ACTION", required=True)
@@ -101,6 +102,9 @@ def register(subparsers):
                            help="with --measure: the points file to write (default: "
                                 "build/resources/yosys_points.json; the committed one is "
                                 "hw/cost/yosys_points.json)")
+    resources.add_argument("--unit", default=None, choices=RESOURCE_UNITS,
+                           help="with --measure: only this unit's points (the others kept "
+                                "from the committed file)")
     resources.add_argument("--json", action="store_true", help="one JSON list of rows")
     resources.add_argument("--quiet", action="store_true", help="no progress bar")
     resources.set_defaults(handler=_resources)
@@ -353,14 +357,16 @@ def _resources(args):
     if args.measure:
         output = output_file(args.output, "resource points file") if args.output \
             else build_dir("resources") / "yosys_points.json"
-        command = "moevit hw resources --measure" + (f" --output {args.output}"
-                                                     if args.output else "")
-        points = measure(output=output, progress=not args.quiet, command=command)
+        command = "moevit hw resources --measure" + (
+            f" --unit {args.unit}" if args.unit else "") + (
+            f" --output {args.output}" if args.output else "")
+        points = measure(unit=args.unit, output=output, progress=not args.quiet,
+                         command=command)
     else:
-        if args.output:
+        if args.output or args.unit:
             from moevit.errors import UsageError
 
-            raise UsageError("--output needs --measure")
+            raise UsageError(f"{'--output' if args.output else '--unit'} needs --measure")
         points = load_points()
     rows = fit_rows(points)
     if args.json:

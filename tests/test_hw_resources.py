@@ -103,6 +103,35 @@ def test_bad_points_file(tmp_path):
 def test_command_output_needs_measure(capsys):
     assert main(["hw", "resources", "--output", "x.json"]) == 2
     assert "--output needs --measure" in capsys.readouterr().err
+    assert main(["hw", "resources", "--unit", "attention"]) == 2
+    assert "--unit needs --measure" in capsys.readouterr().err
+
+
+def test_measure_one_unit_keeps_the_others(monkeypatch, tmp_path):
+    """``--measure --unit``: that unit's points synthesized again (here a stand-in for
+    Yosys that counts 7 DSP48E2), dated; the others kept as committed, in the same order."""
+    import moevit.hw.estimate as estimate
+    import moevit.hw.generate as generate
+    from moevit.hw.cost.resources import measure
+
+    class Counts:
+        dsp, lut, ff, bram, uram = 7, 100, 200, 0.0, 0
+
+    monkeypatch.setenv("MOEVIT_BUILD", str(tmp_path / "build"))
+    monkeypatch.setattr(generate, "verilog_file", lambda unit, hw, folder: folder / "x.v")
+    monkeypatch.setattr(estimate, "estimate_verilog", lambda unit, path, top, folder: Counts)
+    committed = load_points()
+    data = measure(unit="control", output=tmp_path / "points.json", progress=False,
+                   command="moevit hw resources --measure --unit control")
+    assert json.loads((tmp_path / "points.json").read_text()) == data
+    assert [(p["unit"], p["hw"]) for p in data["points"]] == [*FIT_POINTS, HELD_OUT]
+    for old, new in zip(committed["points"], data["points"]):
+        if old["unit"] == "control":
+            assert (new["dsp"], new["lut"], new["date"]) == (7, 100, data["date"])
+        else:
+            assert new == dict(old, date=old.get("date", committed["date"]))
+    with pytest.raises(ConfigError, match="No unit 'bogus' to measure"):
+        measure(unit="bogus", progress=False)
 
 
 @pytest.mark.slow

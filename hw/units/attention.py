@@ -8,7 +8,7 @@ in the softmax unit's row buffers).
 
 One head lane (:class:`AttentionHead`) is a three-stage row pipeline::
 
-    q ──► QK: score_j = Σ_c q·k_j  ──► Softmax ──► PV: acc += p_j·v_j ──► requantize ──► o
+    q ──► QK: score_j = Σ_c q·k_j  ──► Softmax ──► PV: acc += p_j·v_j ──► acc
           (L multipliers, K buffer)    (4 stages,     (L multipliers, V buffer)
                                         row buffers)
 
@@ -19,7 +19,11 @@ each stage; the stages work on consecutive rows at once. The kernel has
 ``hw.heads_parallel`` head lanes (:class:`HeadLane`), each with its own streams;
 lane ``p`` computes heads ``p, p + P, p + 2P, ...`` of the descriptor. A head
 lane holds ``hw.row_lanes`` such pipelines, each with its own copy of K and V:
-they take the head's query rows in turn, so that many rows compute at once.
+they take the head's query rows in turn, so that many rows compute at once. The
+pipelines hand their context rows out as int32 accumulators; the head lane
+requantizes them (``L`` requantizers, shared by its row lanes: a row's context
+leaves in ``C`` cycles of the ``tokens * C`` it took to compute, so one set keeps
+up with all of them).
 
 Stream order, per head of a lane: K (``tokens * C`` beats, token-major, each
 beat ``L`` int8 of one token), V (same, accepted alongside K), then Q (same,
@@ -39,7 +43,7 @@ from moevit.hw.config import products_width
 from moevit.hw.units.softmax import EMIT_LATENCY, RowSchedule, Softmax
 from moevit.model.integer import intops
 
-__all__ = ["AttentionHead", "HeadLane", "Attention", "beat_layout", "head_cycles",
+__all__ = ["AttentionHead", "HeadLane", "Attention", "beat_layout", "acc_layout", "head_cycles",
            "RESTART_CYCLES"]
 
 # u16 probability times int8 value: s24; a row of them sums to an int32
@@ -52,6 +56,11 @@ def beat_layout(lanes):
     return data.ArrayLayout(signed(8), lanes)
 
 
+def acc_layout(lanes):
+    """One context beat before requantization: ``lanes`` int32 accumulators."""
+    return data.ArrayLayout(signed(_ACC_WIDTH), lanes)
+
+
 def _adder_tree(values):
     while len(values) > 1:
         values = [values[k] + values[k + 1] if k + 1 < len(values) else values[k]
@@ -60,7 +69,8 @@ def _adder_tree(values):
 
 
 class AttentionHead(wiring.Component):
-    """One row pipeline: QK, softmax and PV on ``rows`` query rows of one head at a time.
+    """One row pipeline: QK, softmax and PV on ``rows`` query rows of one head at a time;
+    the context rows leave as int32 accumulators (:class:`HeadLane` requantizes them).
 
     Parameters
     ----------
@@ -77,14 +87,15 @@ class AttentionHead(wiring.Component):
         Run-time shape: sequence length (keys and values), the query rows this
         pipeline computes of each head, ``head_dim / lanes`` and heads; held
         while ``busy``.
-    sm_mult, sm_shift, out_mult, out_shift : In
-        Softmax and output requantization constants.
+    sm_mult, sm_shift : In
+        Softmax constants.
     start : In(1)
         Pulse: begin with the values above.
     busy : Out(1)
         Working, or a context beat still waits on ``o``.
     q, k, v : In(stream.Signature(beat_layout(lanes)))
-    o : Out(stream.Signature(beat_layout(lanes)))
+    acc : Out(stream.Signature(acc_layout(lanes)))
+        A context row's accumulators, ``lanes`` per beat in ``q``'s beat order.
     """
 
     def __init__(self, *, lanes, max_tokens, max_head_dim):
@@ -107,14 +118,12 @@ class AttentionHead(wiring.Component):
             "rounds": In(8),
             "sm_mult": In(intops.MULT_BITS),
             "sm_shift": In(6),
-            "out_mult": In(intops.MULT_BITS),
-            "out_shift": In(6),
             "start": In(1),
             "busy": Out(1),
             "q": In(beat),
             "k": In(beat),
             "v": In(beat),
-            "o": Out(beat),
+            "acc": Out(stream.Signature(acc_layout(lanes))),
         })
 
     @property
@@ -143,9 +152,8 @@ class AttentionHead(wiring.Component):
         rows = Signal.like(self.rows)
         chunks = Signal.like(self.chunks)
         rounds = Signal.like(self.rounds)
-        consts = [Signal.like(s) for s in (self.sm_mult, self.sm_shift,
-                                           self.out_mult, self.out_shift)]
-        sm_mult, sm_shift, out_mult, out_shift = consts
+        consts = [Signal.like(s) for s in (self.sm_mult, self.sm_shift)]
+        sm_mult, sm_shift = consts
         m.d.comb += [sm.multiplier.eq(sm_mult), sm.shift.eq(sm_shift)]
         words = Signal(addr_shape)  # tokens * chunks, the beats of one matrix
         m.d.comb += words.eq(tokens * chunks)
@@ -166,7 +174,7 @@ class AttentionHead(wiring.Component):
                                  chunks.eq(self.chunks),
                                  rounds.eq(self.rounds), head.eq(0)]
                     m.d.sync += [dst.eq(src) for dst, src in zip(
-                        consts, (self.sm_mult, self.sm_shift, self.out_mult, self.out_shift))]
+                        consts, (self.sm_mult, self.sm_shift))]
                     m.next = "LOAD"
             with m.State("LOAD"):
                 with m.If(head == rounds):
@@ -178,8 +186,8 @@ class AttentionHead(wiring.Component):
                 with m.If(rows_out == rows):
                     m.d.sync += head.eq(head + 1)
                     m.next = "LOAD"
-        # Busy until the last context beat has left, not only until it is on `o`.
-        m.d.comb += [self.busy.eq(~fsm.ongoing("IDLE") | self.o.valid),
+        # Busy until the last context beat has left, not only until it is on `acc`.
+        m.d.comb += [self.busy.eq(~fsm.ongoing("IDLE") | self.acc.valid),
                      computing.eq(fsm.ongoing("COMPUTE"))]
 
         # K and V into their buffers, side by side.
@@ -199,7 +207,7 @@ class AttentionHead(wiring.Component):
             m.d.sync += v_cnt.eq(v_cnt + 1)
 
         self._qk(m, k_rd, sm, tokens, rows, chunks, computing)
-        self._pv(m, v_rd, sm, tokens, chunks, computing, out_mult, out_shift, rows_out)
+        self._pv(m, v_rd, sm, tokens, chunks, computing, rows_out)
         return m
 
     def _qk(self, m, k_rd, sm, tokens, rows, chunks, computing):
@@ -285,8 +293,8 @@ class AttentionHead(wiring.Component):
                          sm.i.payload.score.eq(total),
                          sm.i.payload.last.eq(p2_end_row)]
 
-    def _pv(self, m, v_rd, sm, tokens, chunks, computing, out_mult, out_shift, rows_out):
-        """Probabilities times the V buffer into context rows on ``o``."""
+    def _pv(self, m, v_rd, sm, tokens, chunks, computing, rows_out):
+        """Probabilities times the V buffer into context rows on ``acc``."""
         L, C_max = self._lanes, self._max_chunks
         beat = beat_layout(L)
         acc = Array(Array(Signal(signed(_ACC_WIDTH), name=f"ctx{c}_{l}") for l in range(L))
@@ -336,14 +344,14 @@ class AttentionHead(wiring.Component):
             m.d.sync += [shadow[c][l].eq(acc[c][l]) for c in range(C_max) for l in range(L)]
             m.d.sync += shadow_busy.eq(1)
 
-        # Output: one beat of L requantized values per cycle.
+        # Output: one beat of L accumulators per cycle.
         e_c = Signal(range(C_max + 1))
-        with m.If(self.o.valid & self.o.ready):
-            m.d.sync += self.o.valid.eq(0)
-        with m.If(shadow_busy & ~p2_done & (~self.o.valid | self.o.ready)):
-            m.d.sync += self.o.valid.eq(1)
-            m.d.sync += [self.o.payload[l].eq(intexpr.requantize(shadow[e_c][l], out_mult, out_shift))
-                         for l in range(L)]
+        out = self.acc
+        with m.If(out.valid & out.ready):
+            m.d.sync += out.valid.eq(0)
+        with m.If(shadow_busy & ~p2_done & (~out.valid | out.ready)):
+            m.d.sync += out.valid.eq(1)
+            m.d.sync += [out.payload[l].eq(shadow[e_c][l]) for l in range(L)]
             with m.If(e_c + 1 == chunks):
                 m.d.sync += [e_c.eq(0), shadow_busy.eq(0), rows_out.eq(rows_out + 1)]
             with m.Else():
@@ -352,16 +360,19 @@ class AttentionHead(wiring.Component):
 
 class HeadLane(wiring.Component):
     """One head lane of ``row_lanes`` row pipelines (:class:`AttentionHead`) sharing its
-    streams: more query rows of one head at once.
+    streams and its requantizers: more query rows of one head at once.
 
     Every row pipeline holds its own copy of the head's K and V (one stream, taken by all
     at once: they load in step) and computes query rows ``s, s + R, s + 2R, ...`` of the
     head (``R = row_lanes``, ``s`` its index); the query rows are dealt to the pipelines
     in turn, ``chunks`` beats each, and their context rows gathered back in the same turn,
-    so ``q`` and ``o`` keep :class:`AttentionHead`'s order. ``R`` is a power of two (a
-    pipeline's share of the rows is a shift). With ``R = 1`` the lane is the one pipeline.
+    so ``q`` and ``o`` keep the one pipeline's order. ``R`` is a power of two (a
+    pipeline's share of the rows is a shift). The gathered accumulators pass the lane's
+    ``lanes`` requantizers on their way to ``o`` (combinational: a pipeline's output
+    register is the stage before them, so the timing is the pipeline's own).
 
-    Members as :class:`AttentionHead`'s, less ``rows``.
+    Members as :class:`AttentionHead`'s, less ``rows``, with ``out_mult`` and
+    ``out_shift`` (the context's requantization) and ``o`` (int8 beats) for ``acc``.
     """
 
     def __init__(self, *, row_lanes, lanes, max_tokens, max_head_dim):
@@ -371,7 +382,9 @@ class HeadLane(wiring.Component):
         self._rows = [AttentionHead(lanes=lanes, max_tokens=max_tokens,
                                     max_head_dim=max_head_dim) for _ in range(row_lanes)]
         ports = dict(self._rows[0].signature.members)
-        del ports["rows"]
+        del ports["rows"], ports["acc"]
+        ports.update(out_mult=In(intops.MULT_BITS), out_shift=In(6),
+                     o=Out(stream.Signature(beat_layout(lanes))))
         super().__init__(ports)
 
     @property
@@ -385,15 +398,25 @@ class HeadLane(wiring.Component):
         for s, pipe in enumerate(pipes):
             m.submodules[f"row{s}"] = pipe
             m.d.comb += [getattr(pipe, name).eq(getattr(self, name)) for name in (
-                "tokens", "chunks", "rounds", "sm_mult", "sm_shift", "out_mult", "out_shift",
-                "start")]
+                "tokens", "chunks", "rounds", "sm_mult", "sm_shift", "start")]
             # Rows s, s + R, ... below tokens: ceil((tokens - s) / R).
             m.d.comb += pipe.rows.eq((self.tokens + (R - 1 - s)) >> shift)
         m.d.comb += self.busy.eq(Cat(pipe.busy for pipe in pipes).any())
+
+        # The requantizers, after the gather.
+        out_mult, out_shift = Signal.like(self.out_mult), Signal.like(self.out_shift)
+        with m.If(self.start):
+            m.d.sync += [out_mult.eq(self.out_mult), out_shift.eq(self.out_shift)]
+        acc = stream.Signature(acc_layout(len(self.o.payload))).flip().create()
+        m.d.comb += [self.o.valid.eq(acc.valid), acc.ready.eq(self.o.ready)]
+        m.d.comb += [self.o.payload[l].eq(intexpr.requantize(acc.payload[l], out_mult, out_shift))
+                     for l in range(len(self.o.payload))]
+
         if R == 1:
             for name in ("q", "k", "v"):
                 wiring.connect(m, wiring.flipped(getattr(self, name)), getattr(pipes[0], name))
-            wiring.connect(m, pipes[0].o, wiring.flipped(self.o))
+            m.d.comb += [acc.valid.eq(pipes[0].acc.valid), pipes[0].acc.ready.eq(acc.ready),
+                         acc.payload.eq(pipes[0].acc.payload)]
             return m
 
         # K and V: every pipeline takes each beat in the same cycle.
@@ -406,16 +429,15 @@ class HeadLane(wiring.Component):
                 m.d.comb += [inner.valid.eq(outer.valid & all_ready),
                              inner.payload.eq(outer.payload)]
 
-        # Q dealt and O gathered a row (``chunks`` beats) at a time, pipeline by pipeline;
-        # each head's first row goes to pipeline 0.
+        # Q dealt and the accumulators gathered a row (``chunks`` beats) at a time, pipeline
+        # by pipeline; each head's first row goes to pipeline 0.
         tokens, chunks = Signal.like(self.tokens), Signal.like(self.chunks)
         with m.If(self.start):
             m.d.sync += [tokens.eq(self.tokens), chunks.eq(self.chunks)]
-        for name in ("q", "o"):
-            outer = getattr(self, name)
-            inners = [getattr(pipe, name) for pipe in pipes]
+        for outer, inners in ((self.q, [pipe.q for pipe in pipes]),
+                              (acc, [pipe.acc for pipe in pipes])):
             at, chunk, row = Signal(range(R)), Signal.like(chunks), Signal.like(tokens)
-            if name == "q":
+            if outer is self.q:
                 for s, inner in enumerate(inners):
                     m.d.comb += [inner.valid.eq(outer.valid & (at == s)),
                                  inner.payload.eq(outer.payload)]

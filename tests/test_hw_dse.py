@@ -75,6 +75,24 @@ def test_each_board_is_ranked_by_its_objective(rows, board, objective):
     assert row["binding_batch"] == (1 if objective == "latency" else row["best_batch"])
 
 
+def test_a_throughput_boards_ports_are_chosen_at_its_best_batch(rows):
+    """The U280's chosen memory ports and weight ports: no other choice of the board's that
+    fits gives more images a second at the best batch by more than the slack (a batch reads
+    each expert's weights once for all its images, so batch 1's choice is not the one)."""
+    from moevit.hw.cost.dse import PORT_CHOICES, PORTS_SLACK, _best_batch, _fits, workload
+    from moevit.hw.cost.resources import resources
+
+    board, row = get_board("u280"), rows["u280", "edge-moe"]
+    hw, work = HwConfig.from_dict(row["hw"]), workload("edge-moe")
+    chosen = _best_batch(work, hw, board, row["task"])[1]
+    for ports in [n for n in PORT_CHOICES if n <= min(board.ports, hw.MAX_MEMORY_PORTS)]:
+        for weights in [w for w in PORT_CHOICES if w <= ports]:
+            other = hw.replace(memory_ports=ports, weight_ports=weights)
+            if not _fits(resources(other), board):
+                cycles = _best_batch(work, other, board, row["task"])[1]
+                assert chosen <= cycles * (1 + PORTS_SLACK), (ports, weights, cycles, chosen)
+
+
 def test_targets_are_checked_and_say_what_stops_them(rows):
     zcu102, u280 = rows["zcu102", "edge-moe"], rows["u280", "edge-moe"]
     assert [t["field"] for t in zcu102["targets"]] == ["mac_units", "latency_ms"]

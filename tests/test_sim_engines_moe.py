@@ -338,20 +338,23 @@ def random_experts(hw, rng):
     return mem.image, payloads, want
 
 
-def simulate_expert_alone(hw, memory, payloads, seed):
+def simulate_expert_alone(hw, memory, payloads, seed, *, stalls=True, scans=None):
     """ExpertEngine in Amaranth's simulator, its memory and the linear engine played by
-    the bench (random gaps, back-pressure and job lengths). Per payload: ``(error, jobs,
-    x rows, y rows)``, the rows read from the index ports while the jobs run."""
+    the bench (random gaps, back-pressure and job lengths; none with ``stalls=False``).
+    Per payload: ``(error, jobs, x rows, y rows)``, the rows read from the index ports
+    while the jobs run. ``scans``: a list that gets, per payload, the cycles from its
+    descriptor taken to its first job offered (or its ``done``)."""
     from amaranth.sim import Simulator
 
     rng = random.Random(seed)
+    gap, ready = (0.3, 0.7) if stalls else (0.0, 1.0)
     dut = ExpertEngine(hw)
     nbytes = hw.bus_width // 8
     got, current = [], {"jobs": [], "x": [], "y": []}
 
     async def descriptors(ctx):
         for k, payload in enumerate(payloads):
-            while rng.random() < 0.3:
+            while rng.random() < gap:
                 await ctx.tick()
             ctx.set(dut.desc.payload.as_value(), payload)
             ctx.set(dut.desc.valid, 1)
@@ -366,16 +369,16 @@ def simulate_expert_alone(hw, memory, payloads, seed):
     async def read_memory(ctx):
         port = dut.rd[0]
         while True:
-            ctx.set(port.req.ready, rng.random() < 0.7)
-            _, _, valid, ready, req = await ctx.tick().sample(port.req.valid, port.req.ready,
+            ctx.set(port.req.ready, rng.random() < ready)
+            _, _, valid, taken, req = await ctx.tick().sample(port.req.valid, port.req.ready,
                                                              port.req.payload)
-            if not (valid and ready):
+            if not (valid and taken):
                 continue
             data = memory[req.addr:req.addr + req.length].tobytes()
             ctx.set(port.req.ready, 0)
             beats = [data[k:k + nbytes] for k in range(0, len(data), nbytes)]
             for k, beat in enumerate(beats):
-                while rng.random() < 0.3:
+                while rng.random() < gap:
                     await ctx.tick()
                 ctx.set(port.data.payload.as_value(), int.from_bytes(beat, "little")
                         | (k == len(beats) - 1) << hw.bus_width | len(beat) << hw.bus_width + 1)
@@ -385,7 +388,7 @@ def simulate_expert_alone(hw, memory, payloads, seed):
 
     async def linear_engine(ctx):
         while True:
-            ctx.set(dut.job.ready, rng.random() < 0.6)
+            ctx.set(dut.job.ready, rng.random() < (0.6 if stalls else 1.0))
             _, _, valid, ready, job = await ctx.tick().sample(dut.job.valid, dut.job.ready,
                                                              dut.job.payload.as_value())
             if not (valid and ready):
@@ -398,16 +401,24 @@ def simulate_expert_alone(hw, memory, payloads, seed):
                 ctx.set(dut.y_index.at, n - 1 - j)
                 current["x"].append(ctx.get(dut.x_index.row))
                 current["y"].insert(0, ctx.get(dut.y_index.row))
-                if rng.random() < 0.3:
+                if rng.random() < gap:
                     await ctx.tick()
-            for _ in range(rng.randrange(4)):
+            for _ in range(rng.randrange(4) if stalls else 0):
                 await ctx.tick()
             ctx.set(dut.job_done, 1)
             await ctx.tick()
             ctx.set(dut.job_done, 0)
 
     async def monitor(ctx):
-        async for _, _, done, error in ctx.tick().sample(dut.done, dut.error):
+        cycle, taken_at = 0, None
+        async for _, _, done, error, desc_valid, desc_ready, job_valid in ctx.tick().sample(
+                dut.done, dut.error, dut.desc.valid, dut.desc.ready, dut.job.valid):
+            cycle += 1
+            if desc_valid and desc_ready:
+                taken_at = cycle
+            if scans is not None and taken_at is not None and (job_valid or done):
+                scans.append(cycle - taken_at)
+                taken_at = None
             if done:
                 jobs = current["jobs"]
                 n = len(current["x"]) // 2 if jobs else 0
@@ -453,6 +464,36 @@ def test_expert_jobs_and_lists(point):
     got = simulate_expert_alone(hw, memory, payloads, seed)
     for k, (mine, theirs) in enumerate(zip(got, want)):
         assert mine == theirs, f"EXPERT {k} of seed {seed} on {hw}"
+
+
+@pytest.mark.parametrize("point", ["tiny", 7, 8, 11])
+def test_expert_scan_cycles(point):
+    """Without stalls, an EXPERT's routing scan takes the cost model's cycles
+    (:func:`~moevit.hw.cost.cycles.expert_scan_cycles`: a bus word a cycle, one a match
+    where a word holds more than one) and a fixed few more (the request and the state
+    changes), the same for every EXPERT of a random routing: chosen ones to their first
+    job, unchosen ones to their ``done``."""
+    from moevit.hw.cost.cycles import expert_scan_cycles
+    from moevit.sim.streams import unpack
+
+    seed = _seed()
+    hw = DEFAULT_HW["tiny"] if point == "tiny" else random_point(point)
+    memory, payloads, want = random_experts(hw, np.random.default_rng(seed))
+    scans = []
+    got = simulate_expert_alone(hw, memory, payloads, seed, stalls=False, scans=scans)
+    assert got == want, f"seed {seed} on {hw}"
+    over = {True: set(), False: set()}
+    for payload, (fault, jobs, _, _), cycles in zip(payloads, want, scans):
+        if fault != Fault.NONE:
+            continue
+        d = unpack(ExpertDescriptor.layout(), payload)
+        size = d["tokens"] * d["top_k"]
+        hits = memory[d["topk_addr"]:d["topk_addr"] + size] == d["expert"]
+        over[bool(jobs)].add(cycles - expert_scan_cycles(hw, size, hits=hits))
+    print(f"seed {seed}, bus {hw.bus_width}: scan cycles over the model, chosen "
+          f"{sorted(over[True])}, unchosen {sorted(over[False])}")
+    assert len(over[True]) <= 1 and len(over[False]) <= 1 and over[True] | over[False]
+    assert all(0 < extra <= 4 for extra in over[True] | over[False])
 
 
 # EXPERT with the linear engine --------------------------------------------------------------

@@ -82,7 +82,8 @@ from moevit.hw.program.program import ProgramError
 
 __all__ = ["InstructionCost", "ProgramCost", "program_cycles", "board_bandwidth",
            "board_memory_bandwidth", "moved_bytes", "memory_cycles", "compute_cycles",
-           "expert_cycles", "written_bytes", "LINEAR_TAIL", "EXPERT_ROW_CYCLES",
+           "expert_cycles", "expert_scan_cycles", "written_bytes", "LINEAR_TAIL",
+           "EXPERT_ROW_CYCLES",
            "ATTENTION_TAIL_FIXED", "attention_kv_cycles", "attention_tail", "LAYERNORM_TAIL",
            "layernorm_cycles", "layernorm_param_wait",
            "PATCHIFY_TAIL", "ISSUE_CYCLES", "ISSUE_CYCLES_AHEAD", "NOTED_EXPERT_CYCLES",
@@ -93,9 +94,13 @@ __all__ = ["InstructionCost", "ProgramCost", "program_cycles", "board_bandwidth"
 #: every tiny job without memory stalls (the linear engine's report, commit 2dfbf3e).
 LINEAR_TAIL = 12
 #: An expert's two jobs gather fc1's rows and scatter fc2's one by one: per routed token
-#: this many cycles more. Fitted: task 0's linear busy 246,785 - the kernel models of its
-#: 16 linear instructions and 12 expert jobs (243,242) - 28 x LINEAR_TAIL = 3,207 over its
-#: 260 routed (token, slot) pairs (task 1 gives 2,819: 10.8 a pair).
+#: this many cycles more in the top. Fitted: task 0's linear busy 246,785 - the kernel
+#: models of its 16 linear instructions and 12 expert jobs (243,242) - 28 x LINEAR_TAIL =
+#: 3,207 over its 260 routed (token, slot) pairs (task 1 gives 2,819: 10.8 a pair). With
+#: the scan a bus word a cycle (:func:`expert_scan_cycles`, 2026-12-02) the tiny top's four
+#: runs (2 tasks x prefetch 0/1) ask 7.0, 10.2, 11.6 and 14.3 a pair: kept at 12. Not in
+#: the engines: the EXPERT and linear engines alone, behind a memory without latency,
+#: take the scan, the two jobs' models and 3 cycles, exactly, for 1 to 64 routed rows.
 EXPERT_ROW_CYCLES = 12
 #: Per attention instruction, over the kernel's model: per round, one cycle a token, and
 #: the head lanes' K and V dealt one score-lane beat a cycle (:class:`Deal
@@ -151,8 +156,10 @@ ISSUE_CYCLES = 57
 #: on task 0 of the co-simulated top with the prefetch (``bench top``, 462,671 cycles):
 #: (462,671 - the rest of the model's 462,032) / 51 = 12.5; task 1 is the check (451,350
 #: simulated). Lower than ``ISSUE_CYCLES`` by the assembly now hidden and by the routing
-#: scans of unchosen experts, which that constant absorbs (135 cycles each in the engine
-#: bench, modelled as the 9 of their bytes).
+#: scans of unchosen experts, which that constant absorbed (135 cycles each then, a byte a
+#: cycle; a bus word a cycle since 2026-12-02 and counted as compute:
+#: :func:`expert_scan_cycles`). Both constants kept on the word-wide scan: the four tiny
+#: runs are within 0.3 % (``moevit hw cost --check``).
 ISSUE_CYCLES_AHEAD = 13
 #: An EXPERT the routing's note shows unchosen (``hw.expert_prefetch``): it takes its
 #: descriptor, looks the note up and ends (the EXPERT engine's ``NOTE`` state).
@@ -405,16 +412,30 @@ def _linear(d) -> int:
     return d.expected_cycles() + LINEAR_TAIL
 
 
+def expert_scan_cycles(hw, size, routed=0, hits=None) -> int:
+    """Cycles of an EXPERT's scan of its routing (:class:`~moevit.hw.top.moe.ExpertEngine`),
+    ``size`` bytes (``tokens x top_k`` indices): a bus word a cycle, one cycle per index
+    naming the expert when a word holds more than one. ``hits``: which indices name it
+    (exact); else ``routed`` of them spread over the words, at most one a word until
+    every word has one (the balanced routing the search assumes)."""
+    nbytes = hw.bus_width // 8
+    if hits is None:
+        return max(-(-size // nbytes), routed)
+    per_word = np.add.reduceat(np.asarray(hits, int), np.arange(0, size, nbytes))
+    return int(np.maximum(per_word, 1).sum())
+
+
 def expert_cycles(fc1, fc2) -> int:
     """An expert's two linear jobs on its gathered tokens, and the gather and scatter."""
     return _linear(fc1) + _linear(fc2) + fc1.tokens * EXPERT_ROW_CYCLES
 
 
-def compute_cycles(d, hw, *, op=None, routed=None) -> int:
+def compute_cycles(d, hw, *, op=None, routed=None, routing=None) -> int:
     """Compute cycles of descriptor ``d`` on ``hw`` (its engine's, memory aside).
 
     ``op``: a TASK_LINEAR's operation resolved for the task; ``routed``: the tokens an
-    EXPERT gets (0: it is skipped)."""
+    EXPERT gets (0: only its routing is scanned); ``routing``: the indices it scans
+    (:func:`expert_scan_cycles`; without them, ``routed`` spread evenly)."""
     m = d.MNEMONIC
     if m == "LINEAR":
         return _linear(d)
@@ -438,9 +459,10 @@ def compute_cycles(d, hw, *, op=None, routed=None) -> int:
                      + 2 * row + d.top_k)
         return d.tokens * per_token
     if m == "EXPERT":
-        if not routed:
-            return 0  # the routing read only: the memory side
-        return expert_cycles(*d.linears(routed))
+        size = d.tokens * d.top_k
+        scan = expert_scan_cycles(hw, size, routed or 0,
+                                  None if routing is None else routing[:size] == d.expert)
+        return scan + (expert_cycles(*d.linears(routed)) if routed else 0)
     if m == "COMBINE":
         # ``cols`` lanes of a slot or skip row a cycle, one gate weight pair a token.
         return d.tokens * ((d.top_k + 1) * d.dim // hw.cols + 1)
@@ -474,14 +496,14 @@ def written_bytes(d, *, op=None, routed=None) -> int:
 def _compute_and_written(d, memory, task, hw):
     """(compute cycles, bytes written, bytes moved per mover, the resolved operation, the
     tokens routed) of descriptor ``d`` before it runs on ``memory``."""
-    op = routed = None
+    op = routed = top = None
     if d.MNEMONIC == "TASK_LINEAR":
         op = d.resolve(_task_entry(memory, d.table_addr, task))
     elif d.MNEMONIC == "EXPERT":
         top = memory[d.topk_addr:d.topk_addr + d.tokens * d.top_k]
         routed = int(np.count_nonzero(top == d.expert))
     written = written_bytes(d, op=op, routed=routed)
-    return (compute_cycles(d, hw, op=op, routed=routed), written,
+    return (compute_cycles(d, hw, op=op, routed=routed, routing=top), written,
             moved_bytes(d, hw, op=op, routed=routed, written=written), op, routed)
 
 

@@ -245,11 +245,30 @@ class RouteEngine(wiring.Component):
         return m
 
 
+def _divmod(m, numerator, divisor, name):
+    """``(numerator // divisor, numerator % divisor)`` of two unsigned values, unrolled
+    (restoring division, a compare and subtract per quotient bit; a signal per step, so
+    the netlist grows with the bits, not twice a bit): for the small sums of the routing
+    scan."""
+    width, bits = len(numerator), len(divisor)
+    quotient = Signal(width, name=f"{name}_quotient")
+    rem = Const(0, bits)
+    for i in reversed(range(width)):
+        shifted = Cat(numerator[i], rem)
+        step = Signal(bits, name=f"{name}_rem{i}")
+        m.d.comb += [quotient[i].eq(shifted >= divisor),
+                     step.eq(Mux(quotient[i], shifted - divisor, shifted))]
+        rem = step
+    return quotient, rem
+
+
 class ExpertEngine(wiring.Component):
     """Runs EXPERT (members: :mod:`moevit.hw.top.ports`, and those below):
     ``interpreter.EXPERT`` with the linear engine.
 
-    One read channel (the routing's ``topk``, one request, a byte a cycle); the
+    One read channel (the routing's ``topk``, one request, a bus word a cycle: a
+    word holding m indices of ``expert`` takes max(1, m) cycles, one list entry
+    written a cycle; :func:`moevit.hw.cost.cycles.expert_scan_cycles`); the
     write channel is unused. Entry ``j`` of the token list is the ``j``-th
     (token, slot) whose index is ``expert`` in row-major order (``np.nonzero``'s);
     at most ``tokens`` of them (a row of ``topk`` names an expert once), else
@@ -328,8 +347,7 @@ class ExpertEngine(wiring.Component):
         m = Module()
         rd = self.rd[0]
 
-        m.submodules.topk = topk = Repack(nbytes, 1)
-        wiring.connect(m, wiring.flipped(rd.data), topk.i)
+        beat = rd.data
         entry = data.StructLayout({"token": range(NT), "row": unsigned(16)})
         m.submodules.list = table = Memory(shape=entry, depth=NT, init=[])
         lw = table.write_port()
@@ -344,11 +362,20 @@ class ExpertEngine(wiring.Component):
         m.d.comb += [self.job.payload.eq(job), self.wr.req.valid.eq(0),
                      self.wr.data.valid.eq(0)]
 
-        t = Signal(16)                     # token of the byte walked
+        # The routing, a bus word a cycle: its bytes naming the expert listed one a cycle,
+        # lowest first; a word with m of them takes max(1, m) cycles.
+        t = Signal(16)                     # token of the word's first byte
         s = Signal(8)                      # its slot
         row = Signal(24)                   # t * top_k + s
         n = Signal(range(NT * 256 + 1))    # entries found (more than tokens: a fault)
         read_sent = Signal()
+        listed = Signal(nbytes)            # the word's matches listed already
+        values = [beat.payload.data[8 * k:8 * k + 8] for k in range(nbytes)]
+        in_request = [k < beat.payload.bytes for k in range(nbytes)]
+        pending = Signal(nbytes)           # the word's matches not listed yet
+        lowest = Signal(nbytes)            # the one listed this cycle
+        at = Signal(range(nbytes))         # its byte in the word
+        finished = Signal()                # the word is taken this cycle
 
         L = hw.cols
         ahead = bool(hw.expert_prefetch)
@@ -375,23 +402,26 @@ class ExpertEngine(wiring.Component):
                         m.next = "SCAN"
             with m.State("SCAN"):
                 _request(m, rd.req, d.topk_addr, d.tokens * d.top_k, read_sent)
-                m.d.comb += topk.o.ready.eq(1)
+                m.d.comb += beat.ready.eq(finished)
                 if ahead:
                     self._offer(m, offered, chosen, w_addr=d.fc1_w_addr,
                                 chan_addr=d.fc1_chan_addr, in_features=d.dim, out=d.hidden)
-                with m.If(topk.o.valid):
-                    value = topk.o.payload.data[:8]
+                match = pending.any()
+                with m.If(beat.valid & match):
+                    # Byte `at` is slot (s + at) % top_k of token t + (s + at) // top_k.
+                    whole, _ = _divmod(m, s + at, d.top_k, "listed")
+                    m.d.comb += [lw.addr.eq(n), lw.data.token.eq(t + whole),
+                                 lw.data.row.eq(row + at), lw.en.eq(n < NT)]
+                    m.d.sync += [n.eq(n + 1), listed.eq(listed | lowest)]
+                with m.If(finished):
+                    whole, part = _divmod(m, s + nbytes, d.top_k, "next")
+                    m.d.sync += [listed.eq(0), row.eq(row + nbytes), t.eq(t + whole),
+                                 s.eq(part)]
                     if ahead:
-                        with m.If(value < L):
-                            m.d.sync += mask.eq(mask | (Const(1, L) << value[:max(
-                                1, (L - 1).bit_length())]))
-                    match = value == d.expert
-                    m.d.comb += [lw.addr.eq(n), lw.data.token.eq(t), lw.data.row.eq(row),
-                                 lw.en.eq(match & (n < NT))]
-                    m.d.sync += [n.eq(n + match), row.eq(row + 1), s.eq(s + 1)]
-                    with m.If(s == d.top_k - 1):
-                        m.d.sync += [s.eq(0), t.eq(t + 1)]
-                    with m.If(topk.o.payload.last):
+                        m.d.sync += mask.eq(mask | Cat(*[
+                            Cat(*[(v == e) & inside for v, inside in zip(values, in_request)
+                                  ]).any() for e in range(L)]))
+                    with m.If(beat.payload.last):
                         with m.If(n + match > d.tokens):
                             m.d.sync += self.error.eq(Fault.SHAPE)
                         m.next = "LISTED"
@@ -439,8 +469,17 @@ class ExpertEngine(wiring.Component):
                     m.d.comb += self.done.eq(1)
                     m.next = "IDLE"
         m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
+        m.d.comb += [
+            pending.eq(Cat(*[(v == d.expert) & inside for v, inside in zip(values, in_request)])
+                       & ~listed),
+            lowest.eq(pending & (~pending + 1)),
+            finished.eq(beat.valid & ((pending & ~lowest) == 0)),
+        ]
+        for k in reversed(range(nbytes)):
+            with m.If(pending[k]):
+                m.d.comb += at.eq(k)
         with m.If(self.desc.valid & self.desc.ready):
-            m.d.sync += [t.eq(0), s.eq(0), row.eq(0), n.eq(0), read_sent.eq(0)]
+            m.d.sync += [t.eq(0), s.eq(0), row.eq(0), n.eq(0), read_sent.eq(0), listed.eq(0)]
         with m.If(self.forget):
             m.d.sync += known.eq(0)
         return m

@@ -159,7 +159,7 @@ def bench_points(quick=False, hw=None) -> list:
     return points
 
 
-def bench_linear(simulator="verilator", quick=False, hw=None) -> list:
+def bench_linear(simulator="verilator", quick=False, hw=None, progress=True) -> list:
     """Rows of the linear-kernel benchmark (see the module's description), with a
     progress bar (on stderr) of the operations simulated. ``hw``: a named hardware
     config (:func:`bench_points`)."""
@@ -172,7 +172,7 @@ def bench_linear(simulator="verilator", quick=False, hw=None) -> list:
         _check_fits(config, shapes)
     rows = []
     with tqdm(total=sum(len(shapes) for _, shapes in points), unit="op",
-              desc="bench linear") as bar:
+              desc="bench linear", disable=not progress) as bar:
         for config, shapes in points:
             bar.set_postfix_str(config.name)
             rows += _run(config, shapes, simulator,

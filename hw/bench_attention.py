@@ -53,7 +53,8 @@ def _case(hw, name, heads, tokens, head_dim, simulator, seed):
         sim_seconds=round(run.seconds, 1))
 
 
-def bench_attention(simulator="verilator", quick=False, hw=None) -> list:
+def bench_attention(simulator="verilator", quick=False, hw=None,
+                    progress=True) -> list:
     """Rows of the attention benchmark (see the module's description). ``hw``: a named
     hardware config (``zcu102-edge-moe``, or a model config's name): instead, one attention
     layer of the model that instance serves, on it."""
@@ -75,7 +76,8 @@ def bench_attention(simulator="verilator", quick=False, hw=None) -> list:
                       tiny.heads, tiny.tokens, tiny.head_dim, 4))
     return [_case(hw, name, heads, tokens, head_dim, simulator, seed=seed)
             for hw, name, heads, tokens, head_dim, seed in tqdm(cases, desc="bench attention",
-                                                                 unit="case")]
+                                                                 unit="case",
+                                                                 disable=not progress)]
 
 
 def print_table(rows) -> None:

@@ -118,8 +118,9 @@ def check_rows(*, simulator="verilator", quick=False, slow=False, progress=True)
     from moevit.hw.bench_top import bench_top
 
     rows = []
-    for bench, found in (("linear", bench_linear(simulator=simulator, quick=quick)),
-                         ("attention", bench_attention(simulator=simulator, quick=quick))):
+    for bench, found in (
+            ("linear", bench_linear(simulator=simulator, quick=quick, progress=progress)),
+            ("attention", bench_attention(simulator=simulator, quick=quick, progress=progress))):
         for r in found:
             rows.append(_check_row(bench, f"{r['config']} {r['layer']} {r['shape']}",
                                    r["model_cycles"], r["cycles"]))

@@ -5,7 +5,8 @@ Each unit of :data:`moevit.hw.generate.UNITS` that the top builds gets
 * **DSP48E2** from its structure, exact (checked against every measured point):
   the linear array's ``rows * cols / dsp_packing`` MAC units plus
   ``DSP_PER_POST_LANE`` per post-processing lane, the attention kernel's
-  per row pipeline (row lanes of every head lane) and per head lane multipliers, the others' fixed counts;
+  multipliers per row pipeline (row lanes of every head lane) and per head lane (its
+  requantizers), the others' fixed counts;
 * **BRAM36 / URAM** from the unit's memories (width x depth, read from the
   RTL's ``Memory`` declarations, listed in :func:`memories`), each mapped as
   Yosys maps it: small memories to LUT RAM, larger ones to the cheapest

@@ -79,13 +79,14 @@ def test_a_throughput_boards_ports_are_chosen_at_its_best_batch(rows):
     """The U280's chosen memory ports and weight ports: no other choice of the board's that
     fits gives more images a second at the best batch by more than the slack (a batch reads
     each expert's weights once for all its images, so batch 1's choice is not the one)."""
-    from moevit.hw.cost.dse import PORT_CHOICES, PORTS_SLACK, _best_batch, _fits, workload
+    from moevit.hw.cost.dse import (PORT_CHOICES, PORTS_SLACK, _best_batch, _fits,
+                                    _port_counts, workload)
     from moevit.hw.cost.resources import resources
 
     board, row = get_board("u280"), rows["u280", "edge-moe"]
     hw, work = HwConfig.from_dict(row["hw"]), workload("edge-moe")
     chosen = _best_batch(work, hw, board, row["task"])[1]
-    for ports in [n for n in PORT_CHOICES if n <= min(board.ports, hw.MAX_MEMORY_PORTS)]:
+    for ports in _port_counts(board, hw):
         for weights in [w for w in PORT_CHOICES if w <= ports]:
             other = hw.replace(memory_ports=ports, weight_ports=weights)
             if not _fits(resources(other), board):

@@ -795,6 +795,11 @@ def _window(work, hw, board, the_fit, fabric):
     return hw
 
 
+def _port_counts(board, hw):
+    """The memory port counts of :data:`PORT_CHOICES` the board has and the top can take."""
+    return [n for n in PORT_CHOICES if n <= min(board.ports, hw.MAX_MEMORY_PORTS)]
+
+
 def _ports(work, hw, board, the_fit, fabric):
     """``(hw, resources, runs per task)`` with the memory ports of :data:`PORT_CHOICES`
     the board has, and the weights striped over as many of them (``weight_ports``, the
@@ -804,7 +809,7 @@ def _ports(work, hw, board, the_fit, fabric):
     from moevit.hw.cost.resources import resources
 
     tried = []
-    for ports in [p for p in PORT_CHOICES if p <= min(board.ports, hw.MAX_MEMORY_PORTS)]:
+    for ports in _port_counts(board, hw):
         res = resources(hw.replace(memory_ports=ports), the_fit)
         if tried and _fits(res, board, fabric):
             break
@@ -873,7 +878,7 @@ def _ports_at_best_batch(point, work, board, the_fit, fabric):
     from moevit.hw.cost.resources import resources
 
     tried = []
-    for ports in [n for n in PORT_CHOICES if n <= min(board.ports, point.hw.MAX_MEMORY_PORTS)]:
+    for ports in _port_counts(board, point.hw):
         for weights in [w for w in PORT_CHOICES if w <= ports]:
             hw = point.hw.replace(memory_ports=ports, weight_ports=weights)
             res = resources(hw, the_fit)

@@ -211,7 +211,7 @@ def measure(points=None, *, unit=None, output=None, folder=None, progress=True,
     rows = []
     today = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     bar = tqdm(points, desc="yosys", unit="point", disable=not progress, dynamic_ncols=True)
-    order = [(name, changes) for name, changes in [*FIT_POINTS, HELD_OUT]]
+    order = [*FIT_POINTS, HELD_OUT]
     for k, (name, changes) in enumerate(bar):
         bar.set_postfix_str(f"{name} {changes}")
         hw = _point_hw(changes)

@@ -280,6 +280,122 @@ def test_route_random_design_points(seed):
               seed, 8, f"engine-route-point-{seed}", simulator=_slow_simulator())
 
 
+def simulate_route_alone(hw, memory, payloads):
+    """RouteEngine in Amaranth's simulator, its memory answering at once and taking every
+    write beat: ``(memory after, faults, cycles from each descriptor taken to its done)``."""
+    from amaranth.sim import Simulator
+
+    dut, nbytes = RouteEngine(hw), hw.bus_width // 8
+    memory = memory.copy()
+    faults, cycles, writes = [], [], []
+
+    async def descriptors(ctx):
+        for payload in payloads:
+            ctx.set(dut.desc.payload.as_value(), payload)
+            ctx.set(dut.desc.valid, 1)
+            await ctx.tick().until(dut.desc.ready)
+            ctx.set(dut.desc.valid, 0)
+            taken = len(cycles)
+            for _ in range(200_000):
+                if len(faults) > taken:
+                    break
+                await ctx.tick()
+
+    async def read_memory(ctx):
+        port = dut.rd[0]
+        ctx.set(port.req.ready, 1)
+        while True:
+            _, _, valid, req = await ctx.tick().sample(port.req.valid, port.req.payload)
+            if not valid:
+                continue
+            data = memory[req.addr:req.addr + req.length].tobytes()
+            beats = [data[k:k + nbytes] for k in range(0, len(data), nbytes)]
+            for k, beat in enumerate(beats):
+                ctx.set(port.data.payload.as_value(), int.from_bytes(beat, "little")
+                        | (k == len(beats) - 1) << hw.bus_width | len(beat) << hw.bus_width + 1)
+                ctx.set(port.data.valid, 1)
+                await ctx.tick().until(port.data.ready)
+            ctx.set(port.data.valid, 0)
+
+    async def write_memory(ctx):
+        ctx.set(dut.wr.req.ready, 1)
+        ctx.set(dut.wr.data.ready, 1)
+        beats = []
+        async for _, _, rv, req, dv, word in ctx.tick().sample(
+                dut.wr.req.valid, dut.wr.req.payload, dut.wr.data.valid, dut.wr.data.payload):
+            if rv:
+                writes.append((req.addr, req.length))
+            if dv:
+                beats.append(int(word).to_bytes(nbytes, "little"))
+            while writes and len(beats) * nbytes >= writes[0][1]:
+                addr, length = writes.pop(0)
+                words = -(-length // nbytes)
+                memory[addr:addr + length] = np.frombuffer(b"".join(beats[:words])[:length],
+                                                           np.uint8)
+                del beats[:words]
+
+    async def monitor(ctx):
+        cycle = taken_at = 0
+        async for _, _, done, error, valid, ready in ctx.tick().sample(
+                dut.done, dut.error, dut.desc.valid, dut.desc.ready):
+            if valid and ready:
+                taken_at = cycle
+            if done:
+                faults.append(Fault(error))
+                cycles.append(cycle - taken_at)
+            cycle += 1
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(descriptors)
+    sim.add_testbench(read_memory, background=True)
+    sim.add_testbench(write_memory, background=True)
+    sim.add_process(monitor)
+    sim.run()
+    return memory, faults, cycles
+
+
+@pytest.mark.parametrize("point", ["tiny", "board", 7, 8, 11])
+def test_route_cycles(point):
+    """Without stalls, every ROUTE of a random sequence (random shapes, both gate rules,
+    one refused) takes :func:`~moevit.hw.top.moe.route_cycles` and 3 more (the descriptor
+    taken, the request, the first word's arrival), and leaves the interpreter's image.
+    ``board``: edge-moe's gate (16 experts, top 2, vmoe) on a 512-bit bus, 200 tokens."""
+    from moevit.hw.top.moe import route_cycles
+
+    seed = _seed()
+    rng = np.random.default_rng(seed)
+    if point == "board":
+        hw = HwConfig(name="route-board", rows=8, cols=16, post_lanes=1, max_tokens=200,
+                      max_in=64, out_depth=4, bus_width=512)
+        mem = _Memory(hw, rng)
+        descs, payloads, faults = random_routes(hw, mem, 1, most_tokens=1)
+        table = mem.put(np.array([[0, 0, 1, TaskEntry.pack_consts(*intops.softmax_constants(
+            0.05))]] * 2, "<u4"))
+        d = RouteDescriptor(hw, tokens=200, experts=16, top_k=2, rule=0, tasks=2,
+                            table_addr=table,
+                            logits_addr=mem.put(random_logits(rng, 200, 16)),
+                            topk_addr=mem.take(400), weights_addr=mem.take(800))
+        entry = TaskEntry(0, 0, 1, TaskEntry.pack_consts(*intops.softmax_constants(0.05)))
+        descs, payloads, faults = descs + [d], payloads + [route_job(d, entry)], \
+            faults + [Fault.NONE]
+    else:
+        hw = DEFAULT_HW["tiny"] if point == "tiny" else random_point(point)
+        mem = _Memory(hw, rng)
+        descs, payloads, faults = random_routes(hw, mem, 6, most_tokens=hw.max_tokens)
+    want = mem.image.copy()
+    run_instructions(want, hw, descs, 0)
+    got, errors, cycles = simulate_route_alone(hw, mem.image, payloads)
+    assert errors == faults, f"seed {seed} on {hw}"
+    _compare(got, want, f"seed {seed} on {hw}")
+    ran = iter(descs)
+    over = [c - route_cycles(d.tokens, d.experts, d.top_k, d.rule, hw.bus_width)
+            for c, f, d in ((c, f, next(ran) if f == Fault.NONE else None)
+                            for c, f in zip(cycles, faults)) if d is not None]
+    print(f"seed {seed}, {hw.name}: cycles {cycles}, over the model {over}")
+    assert over and set(over) == {3}, f"seed {seed} on {hw}: over the model {over}"
+
+
 # EXPERT alone: its jobs and its index answers ----------------------------------------------
 def linear_jobs(d, topk):
     """What EXPERT ``d`` hands the linear engine for the routing ``topk``: the job

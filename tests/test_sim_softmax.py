@@ -78,3 +78,65 @@ def test_bad_parameters():
         Softmax(max_row=0)
     with pytest.raises(TypeError, match=r"^Score width must be an integer in 2\.\.32, not 40$"):
         Softmax(max_row=8, score_width=40)
+
+
+@pytest.mark.parametrize("seed", [11, 12, 13, 14])
+def test_short_rows_back_to_back_cycles(seed):
+    """Short rows back to back (the ROUTE engine's gate rows) on a random
+    ``exp_banks`` and divider (sequential or pipelined), with a random ``gap``
+    between a row's last score and the next one's first: every probability as ``intops.softmax``, each
+    row's last one on ``o`` in the cycle :func:`row_ends` gives (Amaranth's
+    simulator, ``o`` always ready)."""
+    from amaranth.sim import Simulator
+
+    from moevit.hw.units.softmax import row_ends
+
+    rng = np.random.default_rng(seed)
+    banks, pipelined = int(rng.choice([3, 4, 6])), bool(seed % 2)
+    gap, longest = int(rng.integers(0, 6)), int(rng.choice([2, 8, 16]))
+    mult, shift = intops.softmax_constants(float(rng.choice([0.05, 0.3])))
+    rows = [rng.integers(-128, 128, int(rng.integers(1, longest + 1))) for _ in range(12)]
+    print(f"seed {seed}: exp_banks {banks}, pipelined {pipelined}, gap {gap}, "
+          f"lengths {[len(r) for r in rows]}")
+    dut = Softmax(max_row=longest, score_width=8, exp_banks=banks, pipelined_divide=pipelined)
+    ends, probs = [], []
+
+    async def feed(ctx):
+        ctx.set(dut.multiplier, mult)
+        ctx.set(dut.shift, shift)
+        for r, row in enumerate(rows):
+            for _ in range(gap if r else 0):
+                await ctx.tick()
+            for k, score in enumerate(row):
+                ctx.set(dut.i.payload.score, int(score))
+                ctx.set(dut.i.payload.last, k == len(row) - 1)
+                ctx.set(dut.i.valid, 1)
+                await ctx.tick().until(dut.i.ready)
+            ctx.set(dut.i.valid, 0)
+
+    async def drain(ctx):
+        ctx.set(dut.o.ready, 1)
+        cycle, first = 0, None
+        async for _, _, valid, ready, prob, last, taken in ctx.tick().sample(
+                dut.o.valid, dut.o.ready, dut.o.payload.prob, dut.o.payload.last,
+                dut.i.valid & dut.i.ready):
+            if taken and first is None:
+                first = cycle
+            if valid:
+                probs.append(prob)
+                if last:
+                    ends.append(cycle - first)
+                    if len(ends) == len(rows):
+                        return
+            cycle += 1
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(feed)
+    sim.add_testbench(drain)
+    sim.run()
+    want = np.concatenate([intops.softmax(r[None, :], mult, shift)[0] for r in rows])
+    np.testing.assert_array_equal(probs, want, err_msg=f"seed {seed}")
+    model = row_ends([len(r) for r in rows], exp_banks=banks, pipelined_divide=pipelined,
+                     gap=gap)
+    assert ends == model, f"seed {seed}: simulated {ends}, model {model}"

@@ -25,20 +25,21 @@ one's writes are answered. An instruction therefore costs
   two sides cannot overlap the other, which only shows on a slow memory. ``wait``:
   memory the unit needs before it can go on (ATTENTION's K and V of a round before
   its first context row, ROUTE's indices and weights written after its last
-  token); ``drain``: compute after the last byte read (LINEAR's last output tile
-  on the weights that came last, or its last token tile when there is one tile;
-  EXPERT's two layers each, fc2 reading fc1's output; LAYERNORM's last row
-  through its pipeline); LINEAR's first out tile, and each EXPERT layer's, is
-  paced by its activations' arrival. Not modelled: COMBINE's memory idles about
-  8 cycles a token behind the slow memory (-4 to -5 % on that instruction; a
-  term for it would cost the fast memory's exact COMBINE). Measured on the
-  whole ``tiny`` program behind a memory of one byte a cycle per port
-  (``tests/test_sim_top_ports.py``, with a timeline of the sequencer's
-  instruction register): without them the model erred -11.3 / -15.9 / -22.4 %
-  on 1 / 2 / 4 ports. The simulated memory's beats equal the model's bytes over
-  16 on every instruction but a working EXPERT (:func:`top_reads`); the
-  sequencer's program reads are a few beats a run. The missing cycles were the
-  memory idle while the units worked and the units idle while it loaded.
+  token); ``drain``: the memory idle while the unit computes after its last byte
+  read (LINEAR's last output tile on the weights that came last, or its last token
+  tile when there is one tile, less the time the memory still moves the outputs of
+  the tile before it, which queue behind the reads; EXPERT's two layers each, fc2
+  reading fc1's output; LAYERNORM's last row through its pipeline); LINEAR's first
+  out tile, and each EXPERT layer's, is paced by its activations' arrival. Measured
+  on the whole ``tiny`` program behind a memory of one byte a cycle per port
+  (``tests/test_sim_top_ports.py``; per instruction from the timeline of the
+  instructions the sequencer issued, ``run_top(timeline=True)``): -0.3 / -2.5 /
+  +0.4 % on 1 / 2 / 4 ports, every instruction of each kind within 2.6 %
+  (``tests/test_hw_cost.py``). Without the terms, on the bench's memory before it
+  stopped losing refills, the model erred -11.3 / -15.9 / -22.4 %; with the whole
+  drain (no write queue under it), +5.2 % on the first LINEAR. The simulated
+  memory's beats equal the model's bytes over 16 on every instruction but a working
+  EXPERT (:func:`top_reads`); the sequencer's program reads are a few beats a run.
 
 Where the figures come from (Verilator co-simulation of the whole ``tiny``
 program, one image, no memory stalls, the program and image of ``moevit
@@ -46,10 +47,10 @@ bench top``; ``cycles`` and the per-unit ``busy`` registers), per task
 (0 semseg, 1 depth): cycles 464,993 / 453,279; busy linear 246,785 /
 235,063, attention 142,504 / 142,504, LayerNorm 58,551 / 58,551, moe
 86,860 / 87,442. The constants were fitted on task 0 only; task 1 is the
-check (``tests/test_hw_cost.py`` prints both errors). No figure exists yet
-for ROUTE and COMBINE alone: ROUTE is the MoE unit's gate stage token by
-token (``MoeDescriptor.token_cycles``), COMBINE ``cols`` lanes of a row a
-cycle, both checked only through the moe unit's busy total (within 0.4 %).
+check (``tests/test_hw_cost.py`` prints both errors). ROUTE's model is exact on
+the engine alone (:func:`moevit.hw.top.moe.route_cycles`, since 2026-12-02: the
+walk and the softmax tokens apart); COMBINE's (``cols`` lanes of a row a cycle) is
+checked only through the moe unit's busy total.
 Every figure is of ``tiny`` at one bus word a cycle; larger models and
 narrower memories are extrapolations until ``bench top`` measures them.
 
@@ -75,7 +76,6 @@ import numpy as np
 from tqdm import tqdm
 
 from moevit.errors import ConfigError
-from moevit.hw.program.descriptor import MoeDescriptor
 from moevit.hw.program.interpreter import run_instructions
 from moevit.hw.program.isa import TASK_ENTRY_BYTES, TaskEntry
 from moevit.hw.program.program import ProgramError
@@ -87,7 +87,8 @@ __all__ = ["InstructionCost", "ProgramCost", "program_cycles", "board_bandwidth"
            "ATTENTION_TAIL_FIXED", "attention_kv_cycles", "attention_tail", "LAYERNORM_TAIL",
            "layernorm_cycles", "layernorm_param_wait",
            "PATCHIFY_TAIL", "ISSUE_CYCLES", "ISSUE_CYCLES_AHEAD", "NOTED_EXPERT_CYCLES",
-           "LAYERNORM_DRAIN", "linear_drain", "linear_wait", "drain_cycles",
+           "LAYERNORM_DRAIN", "linear_drain", "linear_tile_outputs", "linear_wait",
+           "visible_drains", "drain_cycles",
            "memory_wait", "top_reads"]
 
 #: The LINEAR engine ends exactly 12 cycles after the kernel's ``expected_cycles`` on
@@ -165,10 +166,12 @@ ISSUE_CYCLES_AHEAD = 13
 #: descriptor, looks the note up and ends (the EXPERT engine's ``NOTE`` state).
 NOTED_EXPERT_CYCLES = 2
 #: LAYERNORM's last row through the unit's pipeline (sums, inverse square root,
-#: normalisation) after its last byte is read: the memory idles that long at the end of a
-#: memory-bound LAYERNORM. Fitted: 354 cycles of the memory idle on each LAYERNORM of
-#: tiny behind one byte a cycle (whole program, one port), less the issue cycles.
-LAYERNORM_DRAIN = 297
+#: normalisation) after its last byte is read, less what the earlier rows' writes queued
+#: behind the reads fill of it: the memory idles that long at the end of a memory-bound
+#: LAYERNORM. Fitted: each LAYERNORM of tiny behind one byte a cycle (whole program, one
+#: port; the bench's corrected memory, 2026-12-02) took 8,904 cycles for 8,832 bytes, 72
+#: cycles of the memory idle, less the issue cycles. (297 on the memory that lost refills.)
+LAYERNORM_DRAIN = 15
 
 
 def _tile(d) -> int:
@@ -184,6 +187,16 @@ def linear_drain(d) -> int:
     return _tile(d) if d.out_tiles > 1 else d.in_features
 
 
+def linear_tile_outputs(d) -> dict:
+    """The bytes of one tile of linear operation ``d``'s outputs by mover (its writes and
+    its residual's reads): what the memory still moves while the last tile works."""
+    if d.out_tiles > 1:
+        size = d.tokens * -(-d.out_features // d.out_tiles)
+    else:
+        size = -(-d.tokens // d.token_tiles) * d.out_features
+    return {"write": size, **({"res": size} if d.residual else {})}
+
+
 def linear_wait(d, x_cycles) -> int:
     """Cycles linear operation ``d`` waits for its activations beyond its own model, when
     they take ``x_cycles`` to arrive: its first out tile works on the token rows as they
@@ -192,17 +205,31 @@ def linear_wait(d, x_cycles) -> int:
     return max(0, x_cycles - _tile(d))
 
 
-def drain_cycles(d, *, op=None, routed=None) -> int:
-    """Compute cycles of descriptor ``d`` that follow its last byte read (``op``,
-    ``routed``: as :func:`compute_cycles`); see the module's description."""
+def visible_drains(jobs, hw, bandwidth, memory_bandwidth=None, dram=None) -> int:
+    """The memory's idle cycles at the end of linear ``jobs`` run one after the other:
+    each one's :func:`linear_drain` less the time the memory still moves the tile of
+    outputs before its last (:func:`linear_tile_outputs`; the writes queue behind the
+    reads, so they fill the drain), of the movers with DRAM bytes in ``dram`` (default:
+    all; outputs in the on-chip window fill nothing)."""
+    def filling(outputs):
+        return {k: n for k, n in outputs.items() if dram is None or dram.get(k)}
+
+    return sum(max(0, linear_drain(job) - memory_cycles(
+        hw, filling(linear_tile_outputs(job)), bandwidth, memory_bandwidth)) for job in jobs)
+
+
+def drain_cycles(d, hw, bandwidth, memory_bandwidth=None, dram=None, *, op=None,
+                 routed=None) -> int:
+    """Cycles the memory idles at the end of descriptor ``d`` while its unit computes after
+    its last byte read, at ``bandwidth`` bytes a cycle per port (``dram``: its DRAM bytes
+    per mover, as :func:`memory_wait` takes them; ``op``, ``routed``: as
+    :func:`compute_cycles`); see the module's description."""
     m = d.MNEMONIC
-    if m == "LINEAR":
-        return linear_drain(d)
-    if m == "TASK_LINEAR":
-        return linear_drain(op)
+    if m in ("LINEAR", "TASK_LINEAR"):
+        return visible_drains([op or d], hw, bandwidth, memory_bandwidth, dram)
     if m == "EXPERT" and routed:
         # fc2 reads fc1's output: fc1 drains before fc2's reads start.
-        return sum(linear_drain(job) for job in d.linears(routed))
+        return visible_drains(d.linears(routed), hw, bandwidth, memory_bandwidth, dram)
     if m == "LAYERNORM":
         return LAYERNORM_DRAIN
     return 0
@@ -243,7 +270,12 @@ def memory_wait(d, hw, moved, bandwidth, memory_bandwidth=None, *, op=None,
         load = memory_cycles(hw, per_round, bandwidth, memory_bandwidth)
         return d.rounds * max(0, load - attention_kv_cycles(d))
     if m == "ROUTE":
-        return memory_cycles(hw, {"write": moved.get("write", 0)}, bandwidth, memory_bandwidth)
+        # Written after the last token; the engine's model counts a bus word a cycle.
+        from moevit.hw.top.moe import route_write_words
+
+        written = moved.get("write", 0)
+        return max(0, memory_cycles(hw, {"write": written}, bandwidth, memory_bandwidth)
+                   - route_write_words(d.tokens * d.top_k, hw.bus_width))
     return 0
 
 
@@ -451,13 +483,11 @@ def compute_cycles(d, hw, *, op=None, routed=None, routing=None) -> int:
     if m == "COPY":
         return -(-d.length // (hw.bus_width // 8))
     if m == "ROUTE":
-        # Token by token through the insertion list and the softmax (as the MoE unit's
-        # gate stage: MoeDescriptor.token_cycles), then the u8 indices and u16 weights.
-        renorm = d.rule == 1
-        row = d.top_k if renorm else d.experts
-        per_token = (1 + d.experts + (d.top_k if renorm else 0) + MoeDescriptor.SOFTMAX_BASE
-                     + 2 * row + d.top_k)
-        return d.tokens * per_token
+        # The walk and the softmax tokens apart, then the indices and weights written
+        # (:func:`moevit.hw.top.moe.route_cycles`, exact on the engine alone).
+        from moevit.hw.top.moe import route_cycles
+
+        return route_cycles(d.tokens, d.experts, d.top_k, d.rule == 1, hw.bus_width)
     if m == "EXPERT":
         size = d.tokens * d.top_k
         scan = expert_scan_cycles(hw, size, routed or 0,
@@ -573,7 +603,7 @@ def program_cycles(program, image, task, *, bandwidth=None, memory_bandwidth=Non
         read, written, mem_cycles, onchip, dram = _memory(d, reads, written, moved, window, hw,
                                                           bandwidth, memory_bandwidth)
         wait = memory_wait(d, hw, dram, bandwidth, memory_bandwidth, op=op, routed=routed)
-        drain = drain_cycles(d, op=op, routed=routed)
+        drain = drain_cycles(d, hw, bandwidth, memory_bandwidth, dram, op=op, routed=routed)
         costs.append(InstructionCost(index, d.MNEMONIC, d.UNIT, compute, mem_cycles, read,
                                      written, max(compute + wait, mem_cycles + drain) + issue,
                                      onchip))

@@ -502,16 +502,21 @@ def _chunk_cycles(step, hw, tokens) -> int:
     return _CYCLES[key]
 
 
-def _chunk_drain(step, hw, tokens) -> int:
-    """:func:`~moevit.hw.cost.cycles.drain_cycles` of a linear step's chunk of ``tokens``."""
-    from moevit.hw.cost.cycles import linear_drain
+def _chunk_drain(step, hw, tokens, by_mover, bandwidth, memory_bandwidth) -> int:
+    """:func:`~moevit.hw.cost.cycles.drain_cycles` of a linear step's chunk of ``tokens``
+    moving ``by_mover`` (its DRAM bytes)."""
+    from moevit.hw.cost.cycles import linear_drain, linear_tile_outputs, memory_cycles
 
+    # visible_drains, its jobs' drains and tile outputs kept per shape.
     key = ("drain", step.shape, hw.rows, hw.cols, hw.post_lanes, tokens)
     if key not in _CYCLES:
         jobs = (_expert_linears(step, hw, tokens) if step.mnemonic == "EXPERT"
                 else [step.descriptor(hw, tokens=tokens)])
-        _CYCLES[key] = sum(linear_drain(job) for job in jobs)
-    return _CYCLES[key]
+        _CYCLES[key] = [(linear_drain(job), linear_tile_outputs(job)) for job in jobs]
+    return sum(max(0, drain - memory_cycles(hw, {k: n for k, n in outputs.items()
+                                                  if by_mover.get(k)},
+                                            bandwidth, memory_bandwidth))
+               for drain, outputs in _CYCLES[key])
 
 
 def _chunk_wait(step, hw, tokens, by_mover, bandwidth, memory_bandwidth) -> int:
@@ -550,7 +555,7 @@ def _overlap(step, hw, by_mover, bandwidth, memory_bandwidth) -> tuple:
         _CYCLES[key] = _other_descriptor(step, hw)
     d = _CYCLES[key]
     return (memory_wait(d, hw, by_mover, bandwidth, memory_bandwidth, routed=step.routed),
-            drain_cycles(d, routed=step.routed))
+            drain_cycles(d, hw, bandwidth, memory_bandwidth, by_mover, routed=step.routed))
 
 
 def _other_descriptor(step, hw):
@@ -634,8 +639,7 @@ def predict(steps, hw, bandwidth, batch=1, memory_bandwidth=None) -> Prediction:
                            else f["hidden"] + f["dim"])
                 chunk = moved_bytes(step, hw, tokens=n, written=out)
                 chunk.pop("list", None)
-                parts.append([_chunk_cycles(step, hw, n), chunk, n, 0,
-                              _chunk_drain(step, hw, n)])
+                parts.append([_chunk_cycles(step, hw, n), chunk, n, 0, 0])
             if step.mnemonic == "EXPERT":  # the routing, read and scanned once
                 parts[0][1]["list"] = f["tokens"] * f["top_k"]
                 parts[0][0] += expert_scan_cycles(hw, f["tokens"] * f["top_k"], step.routed)
@@ -651,6 +655,7 @@ def predict(steps, hw, bandwidth, batch=1, memory_bandwidth=None) -> Prediction:
                 memory = memory_cycles(hw, by_mover, bandwidth, memory_bandwidth)
             if linear:
                 wait = _chunk_wait(step, hw, n, by_mover, bandwidth, memory_bandwidth)
+                drain = _chunk_drain(step, hw, n, by_mover, bandwidth, memory_bandwidth)
             else:
                 wait, drain = _overlap(step, hw, by_mover, bandwidth, memory_bandwidth)
             cycles = (max(compute + wait, memory + drain) + ISSUE_CYCLES) * count

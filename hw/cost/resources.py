@@ -153,10 +153,13 @@ def memories(unit: str, hw) -> list:
         return [(f"beats{k}", hw.bus_width + 3, longest_burst(hw.bus_width), 1)
                 for k in range(hw.weight_ports)]
     if unit == "moe-engines":
-        # The top's ROUTE engine's (expert u8, weight u16) entries; the EXPERT engine's
-        # token table and the COMBINE engine's one-row accumulator are read
-        # asynchronously: LUT RAM, no block RAM.
-        return [("route entries", 8 + PROB_WIDTH, hw.max_tokens * hw.cols, 1)]
+        # The top's ROUTE engine's entries, u8 experts and u16 weights, in two memories
+        # a bus word wide (its softmax's banks and its snapshots are small: LUT RAM); the
+        # EXPERT engine's token table and the COMBINE engine's one-row accumulator are
+        # read asynchronously: LUT RAM, no block RAM.
+        entries, nbytes = hw.max_tokens * hw.cols, hw.bus_width // 8
+        return [("route indices", hw.bus_width, -(-entries // nbytes), 1),
+                ("route weights", hw.bus_width, -(-entries // (nbytes // 2)), 1)]
     return []
 
 

@@ -30,8 +30,9 @@ sizes, ``ALIGN`` for an address off the bus word, ``CONSTANT`` for constants,
 ``OPCODE``) and ``done`` follows in the next cycle, nothing read or written.
 """
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -43,12 +44,12 @@ from moevit.hw.top.linear_engine import ahead_layout, weight_ranges
 from moevit.hw.top.movers import Repack
 from moevit.hw.top.ports import IndexPort, engine_members, linear_job_layout
 from moevit.hw.units import intexpr
-from moevit.hw.units.moe import gate_weight_states
 from moevit.hw.units.softmax import PROB_WIDTH, Softmax
 from moevit.hw.units.topk import TopK
 from moevit.model.integer import intops
 
-__all__ = ["RouteEngine", "route_job_layout", "ExpertEngine", "CombineEngine"]
+__all__ = ["RouteEngine", "route_job_layout", "route_cycles", "route_write_words",
+           "ExpertEngine", "CombineEngine"]
 
 
 def route_job_layout():
@@ -108,11 +109,21 @@ class RouteEngine(wiring.Component):
     :func:`route_job_layout`): ``interpreter.ROUTE``.
 
     One read channel (the logits, one request, walked a byte a cycle) and the
-    write channel (``topk``, then ``weights``). Per token: its ``experts``
-    logits into the insertion list (and, ``vmoe``, into the softmax), the
-    ``top_k`` best (``renorm``) into the softmax, the probabilities to their
-    slots, the ``top_k`` entries into the entry memory (``max_tokens * cols``
-    entries); after the last token, the entries leave as two write requests.
+    write channel (``topk``, then ``weights``). Two stages run at once, tokens
+    apart, with the softmax's rows in flight between them:
+
+    * the walk: a token's ``experts`` logits into the insertion list (and, ``vmoe``,
+      into the softmax), then (``renorm``) its ``top_k`` best into the softmax; the
+      list's order (its experts, best first) is kept as the token's snapshot;
+    * the store: each probability that leaves the softmax goes to its entry (``vmoe``:
+      probability ``j`` to the slot of expert ``j`` among the snapshot's ``top_k``, if
+      any; ``renorm``: to slot ``j``), written to the index and weight memories (a
+      bus word each, a byte or a weight lane written).
+
+    After the last token the two memories leave a bus word a cycle as two write
+    requests. The softmax divides with a pipelined divider and holds
+    :data:`EXP_BANKS` rows: a gate row is short, and the sequential divider (43
+    cycles a row) would otherwise set the pace. Cycles: :func:`route_cycles`.
 
     Limits (``Fault.SHAPE`` beyond them): ``tokens <= hw.max_tokens``,
     ``experts <= hw.cols`` (the MoE unit's lanes), ``1 <= top_k <= experts``;
@@ -120,6 +131,12 @@ class RouteEngine(wiring.Component):
     """
 
     READS = 1
+    #: Rows the softmax holds between its exp and emit stages (at 16 experts and
+    #: ``vmoe`` the divider's latency spans about four rows of the walk).
+    EXP_BANKS = 6
+    #: Tokens walked whose probabilities are not all stored: the softmax's rows in
+    #: flight (two score banks, the exp banks) and the one being fed.
+    SNAPSHOTS = EXP_BANKS + 3
 
     def __init__(self, hw: HwConfig):
         _check_hw(self, hw)
@@ -143,106 +160,158 @@ class RouteEngine(wiring.Component):
     def elaborate(self, platform):
         hw = self._hw
         L, NT, nbytes = hw.cols, hw.max_tokens, hw.bus_width // 8
+        lanes = nbytes // 2                               # weights (u16) a bus word
         m = Module()
         rd, wr = self.rd[0], self.wr
 
         m.submodules.logits = logits = Repack(nbytes, 1)
         wiring.connect(m, wiring.flipped(rd.data), logits.i)
-        m.submodules.pack = pack = Repack(2, nbytes)     # u8 indices, then u16 weights
-        m.d.comb += [wr.data.valid.eq(pack.o.valid), wr.data.payload.eq(pack.o.payload.data),
-                     pack.o.ready.eq(wr.data.ready)]
         m.submodules.topk = topk = TopK(L)
-        m.submodules.softmax = sm = Softmax(max_row=L, score_width=8)
-        entry = data.StructLayout({"expert": unsigned(8), "weight": unsigned(PROB_WIDTH)})
-        m.submodules.entries = entries = Memory(shape=entry, depth=NT * L, init=[])
-        ew, er = entries.write_port(), entries.read_port()
+        m.submodules.softmax = sm = Softmax(max_row=L, score_width=8,
+                                            exp_banks=self.EXP_BANKS, pipelined_divide=True)
+        index_bits = max(1, (L - 1).bit_length())
+        m.submodules.snapshots = snaps = SyncFIFO(width=L * index_bits, depth=self.SNAPSHOTS)
+        entries = NT * L
+        m.submodules.indices = indices = Memory(shape=unsigned(8 * nbytes),
+                                                depth=-(-entries // nbytes), init=[])
+        m.submodules.weights = weights = Memory(shape=unsigned(16 * lanes),
+                                                depth=-(-entries // lanes), init=[])
+        iw, ir = indices.write_port(granularity=8), indices.read_port()
+        ww, wr_ = weights.write_port(granularity=16), weights.read_port()
 
-        weight = [Signal(PROB_WIDTH, name=f"w{s}") for s in range(L)]
-        j = Signal(range(L + 1))         # logit walked / score fed / probability / slot
-        t = Signal(16)                   # token
-        n = Signal(range(NT * L + 1))    # entries written
+        j = Signal(range(L))             # the walk: logit of the token, slot fed (renorm)
+        walked = Signal(16)              # tokens walked
+        feeding = Signal()               # renorm: the token's best into the softmax
+        push = Signal()                  # a token's walk ended last cycle: its snapshot
+        jc = Signal(range(L))            # the store: probability of the token
+        stored = Signal(16)              # tokens stored
+        n = Signal(range(entries + 1))   # entries stored: tokens * top_k at the end
         read_sent = Signal()
         writes_sent = Signal(2)          # write requests taken (topk, weights)
-        lasts = Signal()                 # the topk request's last beat has left
-        emit = Signal()                  # the entries are being read out
-        e_addr = Signal(range(NT * L))
-        e_weights = Signal()             # reading out the weights (else the indices)
-
-        v = logits.o.payload.data[:8].as_signed()
-        m.d.comb += [topk.value.eq(v), topk.index.eq(j)]
+        stored_all = Signal()            # the last token's last probability is taken
+        written_all = Signal()           # the last weights word is taken
 
         with m.FSM() as fsm:
-            d = _accept(m, self, self._code, "WALK")
+            d = _accept(m, self, self._code, "RUN")
             r = d.route
-            with m.State("WALK"):
+            with m.State("RUN"):
                 _request(m, rd.req, r.logits_addr, r.tokens * r.experts, read_sent)
-                # Every logit into the list; vmoe: into the softmax too, in lane order.
-                m.d.comb += [sm.i.valid.eq(logits.o.valid & ~r.rule),
-                             sm.i.payload.score.eq(v),
-                             sm.i.payload.last.eq(j == r.experts - 1),
-                             logits.o.ready.eq(r.rule | sm.i.ready)]
-                with m.If(logits.o.valid & logits.o.ready):
-                    m.d.comb += topk.insert.eq(1)
-                    m.d.sync += j.eq(j + 1)
-                    with m.If(j == r.experts - 1):
-                        m.d.sync += j.eq(0)
-                        with m.If(r.rule):
-                            m.next = "FEED"
-                        with m.Else():
-                            m.next = "PROBS"
-            gate_weight_states(m, sm, selected=topk.top_v[j], slot_expert=topk.top_i,
-                               renorm=r.rule, top_k=r.top_k, weight=weight, j=j, then="STORE")
-            with m.State("STORE"):
-                # Slot j's entry at t * top_k + j: the tensors' row-major order.
-                m.d.comb += [ew.addr.eq(n), ew.en.eq(1), ew.data.expert.eq(topk.top_i[j]),
-                             ew.data.weight.eq(Array(weight)[j])]
-                m.d.sync += [n.eq(n + 1), j.eq(j + 1)]
-                with m.If(j == r.top_k - 1):
-                    m.d.sync += [j.eq(0), t.eq(t + 1)]
-                    with m.If(t == r.tokens - 1):
-                        m.d.sync += [emit.eq(1), e_addr.eq(0), e_weights.eq(0)]
-                        m.next = "WRITE"
-                    with m.Else():
-                        m.next = "WALK"
+                with m.If(stored_all):
+                    m.next = "WRITE"
             with m.State("WRITE"):
-                # Two requests; their bytes from the entries, read ahead one cycle.
                 m.d.comb += [wr.req.valid.eq(writes_sent != 2),
                              wr.req.payload.addr.eq(Mux(writes_sent[0], r.weights_addr,
                                                         r.topk_addr)),
                              wr.req.payload.length.eq(Mux(writes_sent[0], 2 * n, n))]
                 with m.If(wr.req.valid & wr.req.ready):
                     m.d.sync += writes_sent.eq(writes_sent + 1)
-                with m.If(wr.data.valid & wr.data.ready & pack.o.payload.last):
-                    m.d.sync += lasts.eq(1)
-                    with m.If(lasts):
-                        m.d.comb += self.done.eq(1)
-                        m.next = "IDLE"
+                with m.If(written_all):
+                    m.d.comb += self.done.eq(1)
+                    m.next = "IDLE"
         m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
         m.d.comb += [sm.multiplier.eq(d.mult), sm.shift.eq(d.shift)]
-        with m.If(self.desc.valid & self.desc.ready):
-            m.d.sync += [j.eq(0), t.eq(0), n.eq(0), read_sent.eq(0), writes_sent.eq(0),
-                         lasts.eq(0)]
 
-        # The entries out: n indices (a byte each), then n weights (two bytes each).
-        b_valid = Signal()
-        b_weight = Signal()
-        b_last = Signal()
-        advance = Signal()
-        m.d.comb += [advance.eq(~pack.i.valid | pack.i.ready), er.addr.eq(e_addr),
-                     er.en.eq(advance)]
+        # The walk. A token's last logit waits for room for its snapshot.
+        v = logits.o.payload.data[:8].as_signed()
+        last_logit = j == r.experts - 1
+        room = snaps.level + push < self.SNAPSHOTS
+        can = fsm.ongoing("RUN") & (walked != r.tokens) & ~feeding & (~last_logit | room)
+        walk_valid = logits.o.valid & can
+        m.d.comb += [topk.value.eq(v), topk.index.eq(j),
+                     sm.i.valid.eq(Mux(r.rule, feeding, walk_valid)),
+                     sm.i.payload.score.eq(Mux(r.rule, topk.top_v[j], v)),
+                     sm.i.payload.last.eq(Mux(r.rule, j == r.top_k - 1, last_logit)),
+                     logits.o.ready.eq(can & (r.rule | sm.i.ready)),
+                     topk.insert.eq(logits.o.valid & logits.o.ready),
+                     snaps.w_en.eq(push), snaps.w_data.eq(topk.top_i.as_value())]
+        m.d.sync += push.eq(topk.insert & last_logit)
+        with m.If(topk.insert):
+            m.d.sync += j.eq(j + 1)
+            with m.If(last_logit):
+                m.d.sync += [j.eq(0), walked.eq(walked + 1), feeding.eq(r.rule)]
+        with m.If(feeding & sm.i.ready):
+            m.d.sync += j.eq(j + 1)
+            with m.If(j == r.top_k - 1):
+                m.d.sync += [j.eq(0), feeding.eq(0)]
+
+        # The store: probability jc of the oldest token walked to its slot, if it has one.
+        expert_of = data.ArrayLayout(unsigned(index_bits), L)(snaps.r_data)
+        slot = Signal(range(L))
+        hit = Signal()
+        with m.If(r.rule):
+            m.d.comb += [slot.eq(jc), hit.eq(1)]
+        with m.Else():
+            for s in reversed(range(L)):
+                with m.If((s < r.top_k) & (expert_of[s] == jc)):
+                    m.d.comb += [slot.eq(s), hit.eq(1)]
+        expert, prob = Signal(8), Signal(16)
+        at = Signal(range(entries))
+        m.d.comb += [expert.eq(Mux(r.rule, expert_of[jc], jc)), prob.eq(sm.o.payload.prob),
+                     at.eq(n + slot)]
+        take = sm.o.valid & snaps.r_rdy
+        low_i, low_w = (nbytes - 1).bit_length(), (lanes - 1).bit_length()
+        m.d.comb += [sm.o.ready.eq(snaps.r_rdy),
+                     iw.addr.eq(at >> low_i), iw.data.eq(Cat(*[expert] * nbytes)),
+                     ww.addr.eq(at >> low_w), ww.data.eq(Cat(*[prob] * lanes))]
+        with m.If(take & hit):
+            m.d.comb += [iw.en.eq(Const(1, nbytes) << at[:low_i]),
+                         ww.en.eq(Const(1, lanes) << at[:low_w])]
+        with m.If(take):
+            m.d.sync += jc.eq(jc + 1)
+            with m.If(sm.o.payload.last):
+                m.d.comb += snaps.r_en.eq(1)
+                m.d.sync += [jc.eq(0), n.eq(n + r.top_k), stored.eq(stored + 1)]
+        m.d.comb += stored_all.eq(take & sm.o.payload.last & (stored == r.tokens - 1))
+
+        # The entries out a bus word a cycle: the indices' words, then the weights'.
+        emit = Signal()
+        e_addr = Signal(range(max(indices.depth, weights.depth)))
+        e_weights = Signal()
+        words = Mux(e_weights, (2 * n + nbytes - 1) >> low_i, (n + nbytes - 1) >> low_i)
+        b_valid, b_weight, b_last = Signal(), Signal(), Signal()
+        advance = ~b_valid | wr.data.ready
+        m.d.comb += [ir.addr.eq(e_addr), wr_.addr.eq(e_addr), ir.en.eq(advance),
+                     wr_.en.eq(advance),
+                     wr.data.valid.eq(b_valid), wr.data.payload.eq(Mux(b_weight, wr_.data,
+                                                                       ir.data))]
+        with m.If(stored_all):
+            m.d.sync += [emit.eq(1), e_addr.eq(0), e_weights.eq(0)]
         with m.If(advance):
             m.d.sync += [b_valid.eq(emit), b_weight.eq(e_weights),
-                         b_last.eq(e_addr == n - 1)]
+                         b_last.eq(emit & e_weights & (e_addr == words - 1))]
             with m.If(emit):
                 m.d.sync += e_addr.eq(e_addr + 1)
-                with m.If(e_addr == n - 1):
+                with m.If(e_addr == words - 1):
                     m.d.sync += [e_addr.eq(0), e_weights.eq(1)]
                     with m.If(e_weights):
                         m.d.sync += emit.eq(0)
-        m.d.comb += [pack.i.valid.eq(b_valid), pack.i.payload.last.eq(b_last),
-                     pack.i.payload.data.eq(Mux(b_weight, er.data.weight, er.data.expert)),
-                     pack.i.payload.bytes.eq(Mux(b_weight, 2, 1))]
+        m.d.comb += written_all.eq(b_valid & wr.data.ready & b_last)
+
+        with m.If(self.desc.valid & self.desc.ready):
+            m.d.sync += [j.eq(0), walked.eq(0), feeding.eq(0), jc.eq(0), stored.eq(0),
+                         n.eq(0), read_sent.eq(0), writes_sent.eq(0)]
         return m
+
+
+def route_cycles(tokens, experts, top_k, renorm, bus_width) -> int:
+    """Cycles of a ROUTE on :class:`RouteEngine` from its first logit taken to its
+    ``done``, the logits coming a byte a cycle and the writes taken at once: the
+    walk and the softmax's rows (:func:`~moevit.hw.units.softmax.row_ends`; ``renorm``
+    walks a token's logits before its row), the last probability to the write-out,
+    and the two memories a bus word a cycle. Exact (tests/test_sim_engines_moe.py)."""
+    from moevit.hw.units.softmax import row_ends
+
+    walk = experts if renorm else 0
+    ends = row_ends([top_k if renorm else experts] * tokens, exp_banks=RouteEngine.EXP_BANKS,
+                    pipelined_divide=True, gap=walk)
+    return walk + ends[-1] + 1 + route_write_words(tokens * top_k, bus_width)
+
+
+def route_write_words(entries, bus_width) -> int:
+    """Bus words a ROUTE of ``entries`` (token, slot) pairs writes: its u8 indices, then
+    its u16 weights."""
+    nbytes = bus_width // 8
+    return -(-entries // nbytes) + -(-2 * entries // nbytes)
 
 
 def _divmod(m, numerator, divisor, name):

@@ -16,6 +16,12 @@ emit      ``p = (e*R + 2**24) >> 25`` on the output       --
 ========  =============================================  ==================
 
 Rows end with ``last``; their lengths may differ (up to ``max_row``).
+
+Where rows are short and come back to back (the ROUTE engine's gate rows, one a
+token), the sequential divider (a row every :data:`DIVIDE_CYCLES`) and three
+exponential banks would set the pace; ``pipelined_divide`` unrolls the divider (a
+row a cycle, :class:`~moevit.hw.units.seqmath.PipelinedDivider`) and ``exp_banks``
+lets more rows wait between the exp and emit stages.
 """
 
 from amaranth import Array, Const, Module, Mux, Signal, signed, unsigned
@@ -23,17 +29,16 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from moevit.hw.units import intexpr
-from moevit.hw.units.seqmath import Divider
+from moevit.hw.units.seqmath import Divider, PipelinedDivider
 from moevit.model.integer import intops
 
-__all__ = ["Softmax", "score_layout", "prob_layout", "RowSchedule", "row_ends"]
+__all__ = ["Softmax", "score_layout", "prob_layout", "RowSchedule", "row_ends",
+           "DIVIDE_CYCLES", "PIPELINED_DIVIDE_CYCLES"]
 
 PROB_WIDTH = intops.PROB_FRAC + 1  # u16: [0, 2**15]
 EXP_WIDTH = intops.EXP_FRAC + 1
 _SCORE_BANKS = 2
-_EXP_BANKS = 3
-# Row counters only need to tell apart the few rows in flight.
-_ROW_BITS = 3
+_EXP_BANKS = 3       # the default
 
 
 def score_layout(width=32):
@@ -55,6 +60,11 @@ class Softmax(wiring.Component):
         Longest row (the depth of each row buffer).
     score_width : int
         Bits of a signed score; at most 32 (int32 scores).
+    exp_banks : int
+        Rows of exponentials held between the exp and emit stages (at least 3).
+    pipelined_divide : bool
+        The reciprocals from a :class:`~moevit.hw.units.seqmath.PipelinedDivider`
+        (a row a cycle) instead of the sequential :class:`~moevit.hw.units.seqmath.Divider`.
 
     Members
     -------
@@ -73,17 +83,24 @@ class Softmax(wiring.Component):
     Raises
     ------
     TypeError
-        If ``max_row`` is not a positive integer or ``score_width`` not in 2..32.
+        If ``max_row`` is not a positive integer, ``score_width`` not in 2..32 or
+        ``exp_banks`` not an integer of at least 3.
     """
 
-    def __init__(self, *, max_row, score_width=32):
+    def __init__(self, *, max_row, score_width=32, exp_banks=_EXP_BANKS,
+                 pipelined_divide=False):
         self._MustUse__silence = True  # a unit rejected here is not an unused one
         if not isinstance(max_row, int) or isinstance(max_row, bool) or max_row <= 0:
             raise TypeError(f"Row length must be a positive integer, not {max_row!r}")
         if not isinstance(score_width, int) or not 2 <= score_width <= 32:
             raise TypeError(f"Score width must be an integer in 2..32, not {score_width!r}")
+        if not isinstance(exp_banks, int) or isinstance(exp_banks, bool) or exp_banks < 3:
+            raise TypeError(f"Exponential banks must be an integer of at least 3, not "
+                            f"{exp_banks!r}")
         self._max_row = max_row
         self._score_width = score_width
+        self._exp_banks = exp_banks
+        self._pipelined = bool(pipelined_divide)
         del self._MustUse__silence
         super().__init__({
             "multiplier": In(unsigned(intops.MULT_BITS)),
@@ -106,37 +123,48 @@ class Softmax(wiring.Component):
     def score_width(self):
         return self._score_width
 
+    @property
+    def exp_banks(self):
+        return self._exp_banks
+
+    @property
+    def pipelined_divide(self):
+        return self._pipelined
+
     def elaborate(self, platform):
         m = Module()
         n = self._max_row
+        banks = self._exp_banks
+        # Row counters only need to tell apart the rows in flight.
+        row_bits = (_SCORE_BANKS + banks + 1).bit_length()
         idx_shape = range(n + 1)
         sum_width = ((1 << intops.EXP_FRAC) * n).bit_length()
 
         m.submodules.scores = scores = memory.Memory(
             shape=signed(self._score_width), depth=_SCORE_BANKS * n, init=[])
         m.submodules.exps = exps = memory.Memory(
-            shape=unsigned(EXP_WIDTH), depth=_EXP_BANKS * n, init=[])
+            shape=unsigned(EXP_WIDTH), depth=banks * n, init=[])
         s_wr, s_rd = scores.write_port(), scores.read_port()
         e_wr, e_rd = exps.write_port(), exps.read_port()
-        m.submodules.divider = divider = Divider(
+        m.submodules.divider = divider = (PipelinedDivider if self._pipelined else Divider)(
             dividend_width=intops.SOFTMAX_RECIP_BITS + 1, divisor_width=sum_width)
 
-        # Rows finished by each stage (modulo 2**_ROW_BITS).
-        done_in = Signal(_ROW_BITS)
-        done_exp = Signal(_ROW_BITS)
-        done_div = Signal(_ROW_BITS)
-        done_out = Signal(_ROW_BITS)
+        # Rows finished by each stage (modulo 2**row_bits).
+        done_in = Signal(row_bits)
+        done_exp = Signal(row_bits)
+        done_div = Signal(row_bits)
+        done_out = Signal(row_bits)
 
         def ahead(a, b):  # rows that stage a finished and stage b has not
-            return (a - b)[:_ROW_BITS]
+            return (a - b)[:row_bits]
 
         row_max = Array(Signal(signed(self._score_width), name=f"row_max{k}")
                         for k in range(_SCORE_BANKS))
         row_len = Array(Signal(idx_shape, name=f"row_len{k}") for k in range(_SCORE_BANKS))
-        exp_len = Array(Signal(idx_shape, name=f"exp_len{k}") for k in range(_EXP_BANKS))
-        exp_sum = Array(Signal(sum_width, name=f"exp_sum{k}") for k in range(_EXP_BANKS))
+        exp_len = Array(Signal(idx_shape, name=f"exp_len{k}") for k in range(banks))
+        exp_sum = Array(Signal(sum_width, name=f"exp_sum{k}") for k in range(banks))
         recip = Array(Signal(intops.SOFTMAX_RECIP_BITS - intops.PROB_FRAC + 1,
-                             name=f"recip{k}") for k in range(_EXP_BANKS))
+                             name=f"recip{k}") for k in range(banks))
 
 
         # Ingest: scores into bank done_in % 2, tracking the maximum.
@@ -168,7 +196,7 @@ class Softmax(wiring.Component):
         # Exp: read the scores of the oldest row, six pipeline steps, then
         # write e and add it to the row's sum.
         x_bank = Signal(range(_SCORE_BANKS))
-        x_ebank = Signal(range(_EXP_BANKS))
+        x_ebank = Signal(range(banks))
         x_idx = Signal(idx_shape)
         x_len = Signal(idx_shape)
         x_max = Signal(signed(self._score_width))
@@ -185,7 +213,7 @@ class Softmax(wiring.Component):
         with m.If(issue):
             m.d.sync += x_idx.eq(x_idx + 1)
         with m.If(~x_run & (ahead(done_in, done_exp) != 0)
-                  & (ahead(done_exp, done_out) < _EXP_BANKS)):
+                  & (ahead(done_exp, done_out) < banks)):
             m.d.sync += [x_run.eq(1), x_idx.eq(0), x_len.eq(row_len[x_bank]),
                          x_max.eq(row_max[x_bank]), x_sum.eq(0)]
         # step 1: d = max(s - max, -2**31)
@@ -221,37 +249,48 @@ class Softmax(wiring.Component):
                     out_idx.eq(0),
                     x_run.eq(0),
                     x_bank.eq(x_bank ^ 1),
-                    x_ebank.eq(Mux(x_ebank == _EXP_BANKS - 1, 0, x_ebank + 1)),
+                    x_ebank.eq(Mux(x_ebank == banks - 1, 0, x_ebank + 1)),
                     done_exp.eq(done_exp + 1),
                 ]
 
-        # Divide: R = 2**40 // sum, one row at a time.
-        d_bank = Signal(range(_EXP_BANKS))
-        d_sent = Signal()
-        m.d.comb += [
-            divider.i.payload.dividend.eq(1 << intops.SOFTMAX_RECIP_BITS),
-            divider.i.payload.divisor.eq(exp_sum[d_bank]),
-            divider.i.valid.eq(~d_sent & (ahead(done_exp, done_div) != 0)),
-            divider.o.ready.eq(1),
-        ]
-        with m.If(divider.i.valid & divider.i.ready):
-            m.d.sync += d_sent.eq(1)
+        # Divide: R = 2**40 // sum, one row at a time (pipelined: a row a cycle, the
+        # reciprocals back in order ``latency`` cycles later).
+        d_bank = Signal(range(banks))
+        m.d.comb += divider.i.payload.dividend.eq(1 << intops.SOFTMAX_RECIP_BITS)
+        if self._pipelined:
+            d_in = Signal(row_bits)                 # rows sent
+            d_in_bank = Signal(range(banks))
+            m.d.comb += [divider.i.payload.divisor.eq(exp_sum[d_in_bank]),
+                         divider.i.valid.eq(ahead(done_exp, d_in) != 0)]
+            with m.If(divider.i.valid):
+                m.d.sync += [d_in.eq(d_in + 1),
+                             d_in_bank.eq(Mux(d_in_bank == banks - 1, 0, d_in_bank + 1))]
+        else:
+            d_sent = Signal()
+            m.d.comb += [
+                divider.i.payload.divisor.eq(exp_sum[d_bank]),
+                divider.i.valid.eq(~d_sent & (ahead(done_exp, done_div) != 0)),
+                divider.o.ready.eq(1),
+            ]
+            with m.If(divider.i.valid & divider.i.ready):
+                m.d.sync += d_sent.eq(1)
+            with m.If(divider.o.valid):
+                m.d.sync += d_sent.eq(0)
         with m.If(divider.o.valid):
             m.d.sync += [
                 recip[d_bank].eq(divider.o.payload.quotient),
-                d_sent.eq(0),
-                d_bank.eq(Mux(d_bank == _EXP_BANKS - 1, 0, d_bank + 1)),
+                d_bank.eq(Mux(d_bank == banks - 1, 0, d_bank + 1)),
                 done_div.eq(done_div + 1),
             ]
 
         # Emit: p = (e*R + 2**24) >> 25, one read ahead of the output register.
-        o_bank = Signal(range(_EXP_BANKS))
+        o_bank = Signal(range(banks))
         o_idx = Signal(idx_shape)
         o_run = Signal()
         o_len = Signal(idx_shape)
         o_recip = Signal.like(recip[0])
         a_recip = Signal.like(recip[0])
-        o_started = Signal(_ROW_BITS)
+        o_started = Signal(row_bits)
         a_valid, a_last = Signal(), Signal()
         advance = Signal()
         m.d.comb += advance.eq(~self.o.valid | self.o.ready)
@@ -272,7 +311,7 @@ class Softmax(wiring.Component):
                 with m.If(o_idx + 1 == o_len):
                     m.d.sync += [
                         o_run.eq(0),
-                        o_bank.eq(Mux(o_bank == _EXP_BANKS - 1, 0, o_bank + 1)),
+                        o_bank.eq(Mux(o_bank == banks - 1, 0, o_bank + 1)),
                     ]
             m.d.sync += [
                 self.o.valid.eq(a_valid),
@@ -295,6 +334,9 @@ EXP_CYCLES = 7
 #: The divider takes its operands, runs one cycle per quotient bit, hands back
 #: the reciprocal; the next row's division starts the cycle after.
 DIVIDE_CYCLES = intops.SOFTMAX_RECIP_BITS + 3
+#: The pipelined divider: a quotient bit a stage, the reciprocal recorded the cycle
+#: its last stage ends; a row's division starts the cycle its exponentials are done.
+PIPELINED_DIVIDE_CYCLES = intops.SOFTMAX_RECIP_BITS + 2
 #: Emit: a row started at cycle s puts its first probability on ``o`` at s + 3.
 EMIT_LATENCY = 3
 _NEVER = -(1 << 62)
@@ -309,7 +351,8 @@ class RowSchedule:
     Cycle numbers are the caller's.
     """
 
-    def __init__(self):
+    def __init__(self, *, pipelined_divide=False):
+        self.pipelined = pipelined_divide
         self.exp_done = []  # the cycle done_exp counts the row (its exp bank is full)
         self.div_done = []  # the cycle done_div counts the row (its reciprocal is ready)
 
@@ -321,30 +364,36 @@ class RowSchedule:
         """Time the next row; returns the cycle its emit stage may start.
 
         ``last_in``: the cycle its last score was taken; ``bank_free``: the cycle
-        after the row three before it was fully taken from ``o`` (the exp stage
-        writes into one of three banks).
+        after the row ``exp_banks`` before it was fully taken from ``o`` (the exp
+        stage writes into one of that many banks).
         """
         previous = self.exp_done[-1] if self.exp_done else _NEVER
         start = max(last_in + 1, previous, bank_free)
         self.exp_done.append(start + length + EXP_CYCLES)
-        divide = max(self.exp_done[-1], self.div_done[-1] if self.div_done else _NEVER)
-        self.div_done.append(divide + DIVIDE_CYCLES)
+        if self.pipelined:
+            self.div_done.append(self.exp_done[-1] + PIPELINED_DIVIDE_CYCLES)
+        else:
+            divide = max(self.exp_done[-1], self.div_done[-1] if self.div_done else _NEVER)
+            self.div_done.append(divide + DIVIDE_CYCLES)
         return self.div_done[-1]
 
 
-def row_ends(lengths):
+def row_ends(lengths, *, exp_banks=_EXP_BANKS, pipelined_divide=False, gap=0):
     """Cycle of each row's last probability on ``o``, rows fed back to back.
 
     Counted from the cycle the first score is taken (cycle 0), with a score
     offered every cycle and ``o`` always ready: the exact cost model of the
-    unit.
+    unit (``exp_banks``, ``pipelined_divide``: as :class:`Softmax`'s).
+    ``gap``: cycles between a row's last score taken and the next row's first
+    offered (the ROUTE engine's renorm walk: a token's logits into the insertion
+    list before its selected scores).
     """
-    schedule, ends = RowSchedule(), []
+    schedule, ends = RowSchedule(pipelined_divide=pipelined_divide), []
     last_in = emit_free = _NEVER
     for row, length in enumerate(lengths):
-        first = max(last_in + 1, schedule.ingest_from(row), 0)
+        first = max(last_in + 1 + gap, schedule.ingest_from(row), 0)
         last_in = first + length - 1
-        bank_free = ends[row - 3] + 1 if row >= 3 else _NEVER
+        bank_free = ends[row - exp_banks] + 1 if row >= exp_banks else _NEVER
         start = max(schedule.add(last_in, length, bank_free), emit_free)
         # Emit: one probability a cycle; the next row starts the cycle after the last read.
         emit_free = start + length + 1

@@ -115,7 +115,7 @@ def _verilog(hw, engines):
 
 def run_top(program, runs, *, test_id, simulator=None, memory_pauses="none", seed=0,
             probability=0.3, timeout_us=200_000, engines=None, waves=False, guard=False,
-            bandwidth=None, memory_bandwidth=None):
+            bandwidth=None, memory_bandwidth=None, timeline=False):
     """Run ``runs`` on the co-simulated top loaded with ``program``.
 
     ``runs`` is a list of ``(task, images)``, ``images`` int8 arrays of the
@@ -142,6 +142,9 @@ def run_top(program, runs, *, test_id, simulator=None, memory_pauses="none", see
     memory port serves at most, its reads and writes together (:class:`Throttle`; default:
     a bus word a cycle on each of its read and write channels); ``memory_bandwidth``: bytes
     a cycle all the ports together serve at most (default: no limit beyond the ports').
+    ``timeline``: each run's row also has ``issued``, ``[instruction, cycle]`` for every
+    instruction the sequencer issued, the cycle counted from the run's start (for the cost
+    model's per-instruction figures).
     """
     from moevit.paths import build_dir
     from moevit.sim.runner import run_cocotb, sim_folder
@@ -189,7 +192,8 @@ def run_top(program, runs, *, test_id, simulator=None, memory_pauses="none", see
             "weights_bytes": len(program.weights), "guard": bool(guard),
             "bus_bytes": program.hw.bus_width // 8,
             "bandwidth": None if bandwidth is None else float(bandwidth),
-            "memory_bandwidth": None if memory_bandwidth is None else float(memory_bandwidth)}
+            "memory_bandwidth": None if memory_bandwidth is None else float(memory_bandwidth),
+            "timeline": bool(timeline)}
     result = run_cocotb(toplevel=TOPLEVEL, sources=[source], test_module=__name__,
                         test_id=test_id, simulator=simulator, waves=waves,
                         env={"MOEVIT_CASE": json.dumps(case)})
@@ -238,7 +242,8 @@ except ImportError:  # imported outside a simulation
 
 if cocotb is not None:
     from cocotb.clock import Clock
-    from cocotb.triggers import ClockCycles, RisingEdge, with_timeout
+    from cocotb.triggers import ClockCycles, RisingEdge, ValueChange, with_timeout
+    from cocotb.utils import get_sim_time
     from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster
 
     from moevit.hw.program.regmap import REGMAP
@@ -464,6 +469,18 @@ if cocotb is not None:
                 bad.extend(at + np.flatnonzero(mask & ~inside))
             return [int(a) for a in bad]
 
+    async def watch_issues(dut, issued):
+        """Append ``[instruction, cycle]`` whenever the sequencer issues one: its
+        ``instruction`` register is written on each issue (the first of a run, 0, comes
+        with ``ap_start``, when the watch starts; the cycles count from there)."""
+        start = get_sim_time("ns")
+        cycle = lambda: round((get_sim_time("ns") - start) / CLOCK_NS)
+        issued.append([0, 0])
+        signal = dut.sequencer.instruction
+        while True:
+            await ValueChange(signal)
+            issued.append([int(signal.value), cycle()])
+
     def handshakes(handle, path="", depth=4):
         """``path value`` of every valid, ready, busy and FSM state signal below ``handle``:
         where a hung run waits."""
@@ -516,6 +533,9 @@ if cocotb is not None:
             host.port_bytes_read = [0] * len(host.rams)
             await host.write("task", run["task"])
             await host.write("images", run["count"])
+            issued, watch = [], None
+            if case["timeline"]:
+                watch = cocotb.start_soon(watch_issues(dut, issued))
             await host.write("ap_ctrl", 1)
             if run["restart"]:
                 await ClockCycles(dut.ap_clk, 50)
@@ -538,6 +558,9 @@ if cocotb is not None:
                     raise AssertionError(f"run {k}: no interrupt after {run['timeout_us']} us; "
                                          f"the handshakes then: {out / 'hang.txt'}") from None
             host.faults = []
+            if watch is not None:
+                watch.cancel()
+                during["issued"] = issued
             await host.write("isr", await host.read("isr"))   # toggle-on-write: clears it
             ctrl = await host.read("ap_ctrl")
             status, error = await host.read("status"), await host.read("error")

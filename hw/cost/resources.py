@@ -265,6 +265,13 @@ LAYERNORM_DSP_PER_LANE = 8
 #: tree and the normalisation's rounding and saturation.
 LAYERNORM_PIPELINE = Resources(lut=3_000, ff=5_000)
 LAYERNORM_PER_LANE = Resources(lut=300, ff=150)
+#: LUT and FF of the ROUTE engine's pipeline across tokens (the softmax's pipelined divider,
+#: the snapshot FIFO, the store stage and its write enables), over the MoE unit the engines
+#: are counted as: the larger growth of the engine alone between its sequential and its
+#: pipelined form (Yosys, 256 tokens, a 512-bit bus, 2026-12-02): 3,570 -> 5,552 LUT and
+#: 2,290 -> 4,153 FF at 16 columns, 5,856 -> 7,421 LUT and 3,802 -> 4,539 FF at 64. Its
+#: two write memories are in :func:`memories` ("moe-engines").
+ROUTE_PIPELINE = Resources(lut=2_000, ff=1_900)
 #: The MoE unit: MOE_DSP fixed (the gate's softmax: 6, the gate weight: 1) and
 #: MOE_DSP_PER_COL per combine lane (weight x slot: 1, requantize s32 x u15: 2).
 MOE_DSP = 7
@@ -447,15 +454,16 @@ def resources(hw, the_fit=None) -> Resources:
     window's block RAM (``hw.onchip_bytes``; its routers are small next to the
     allowance). The top's
     MoE engines count as the MoE unit for DSP, LUT and FF (the same gate and combine
-    lanes), with their own memories: the MoE unit keeps an accumulator row per token,
-    the engines one row."""
+    lanes) and :data:`ROUTE_PIPELINE`, with their own memories: the MoE unit keeps an
+    accumulator row per token, the engines one row."""
     total = TOP_OVERHEAD + port_overhead(hw) + Resources(bram36=sum(
         bram36(w, d) * ports for _, w, d, ports in memories("onchip", hw)))
     for unit in TOP_UNITS:
         part = unit_resources(unit, hw, the_fit)
         if unit == "moe":
             part = Resources(part.dsp, part.lut, part.ff, sum(
-                bram36(w, d) * ports for _, w, d, ports in memories("moe-engines", hw)), 0)
+                bram36(w, d) * ports for _, w, d, ports in memories("moe-engines", hw)),
+                0) + ROUTE_PIPELINE
         total = total + part
     return total
 

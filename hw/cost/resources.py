@@ -262,8 +262,11 @@ LAYERNORM_DSP_PER_LANE = 8
 #: unrolled square root and divider once (24 + 37 stages, each a 25-bit compare-subtract,
 #: its select and its registers: the root or quotient, the remainder, the operand bits
 #: still to come, the divisor), and per lane beyond the first its share of the sums' adder
-#: tree and the normalisation's rounding and saturation.
-LAYERNORM_PIPELINE = Resources(lut=3_000, ff=5_000)
+#: tree and the normalisation's rounding and saturation; and the row banks beyond the one
+#: lane's two (:data:`moevit.hw.units.layernorm.LANE_BANKS`, 30 more since 2026-12-02: each
+#: a row's s1 and R, 19 + 37 bits, their write enables and a share of the 32-way read
+#: multiplexers, about 56 FF and 25 LUT a bank).
+LAYERNORM_PIPELINE = Resources(lut=3_750, ff=6_700)
 LAYERNORM_PER_LANE = Resources(lut=300, ff=150)
 #: LUT and FF of the ROUTE engine's pipeline across tokens (the softmax's pipelined divider,
 #: the snapshot FIFO, the store stage and its write enables), over the MoE unit the engines

@@ -38,13 +38,15 @@ from moevit.hw.units.seqmath import Divider, ISqrt, PipelinedDivider, PipelinedI
 from moevit.model.integer import intops
 
 __all__ = ["LayerNorm", "param_layout", "layernorm_cycles", "RESTART_CYCLES", "LANE_BANKS",
-           "PIPELINED_STATS", "MAX_LANES"]
+           "PIPELINED_STATS", "MAX_LANES", "default_banks"]
 
 _V_WIDTH = 48  # (D*s2 - s1*s1 + eps) << 12 < 2**47 (intops)
-#: Row banks with one lane, and with more (enough to cover the pipelined statistics'
-#: latency with rows of 8 beats and more).
+#: Row banks with one lane, and with more: enough to cover the pipelined statistics'
+#: latency with rows of 3 beats (edge-moe's 192 channels on 64 lanes: a row enters every
+#: 3 cycles and leaves 4, ~70 cycles after it entered; with 8 banks such rows took 8.8
+#: cycles each, layernorm_cycles(2064, 192, 64) = 18,093, with 32 they take the emit's 4).
 _BANKS = 2
-LANE_BANKS = 8
+LANE_BANKS = 32
 #: The widest beat: a 1024-bit bus word of int8.
 MAX_LANES = 128
 
@@ -72,6 +74,9 @@ class LayerNorm(wiring.Component):
     lanes : int
         Values per beat (``HwConfig.norm_lanes``): a power of two up to
         :data:`MAX_LANES` that divides ``max_dim``.
+    banks : int
+        Rows stored at once, a power of two from 2 (default: 2 with one lane,
+        :data:`LANE_BANKS` with more; the formal checks take fewer).
 
     Members
     -------
@@ -89,13 +94,13 @@ class LayerNorm(wiring.Component):
     Raises
     ------
     TypeError
-        If ``max_dim`` is not an integer in 1..1024, or ``lanes`` not a power of two
-        up to :data:`MAX_LANES`.
+        If ``max_dim`` is not an integer in 1..1024, ``lanes`` not a power of two
+        up to :data:`MAX_LANES`, or ``banks`` not a power of two from 2.
     ValueError
         If ``lanes`` does not divide ``max_dim``.
     """
 
-    def __init__(self, *, max_dim, lanes=1):
+    def __init__(self, *, max_dim, lanes=1, banks=None):
         self._MustUse__silence = True  # a unit rejected here is not an unused one
         if not isinstance(max_dim, int) or isinstance(max_dim, bool) \
                 or not 1 <= max_dim <= 2**10:
@@ -106,10 +111,16 @@ class LayerNorm(wiring.Component):
                             f"not {lanes!r}")
         if max_dim % lanes:
             raise ValueError(f"LayerNorm lanes {lanes} do not divide the width {max_dim}")
+        banks = default_banks(lanes) if banks is None else banks
+        # The bank counters wrap at a power of two.
+        if not isinstance(banks, int) or isinstance(banks, bool) or banks < 2 \
+                or banks & (banks - 1):
+            raise TypeError(f"LayerNorm banks must be a power of two from 2, not {banks!r}")
         from moevit.hw.program.descriptor import FAULT_WIDTH, LayerNormDescriptor
 
         self._max_dim = max_dim
         self._lanes = lanes
+        self._banks = banks
         del self._MustUse__silence
         super().__init__({
             "desc": In(stream.Signature(LayerNormDescriptor.layout())),
@@ -137,7 +148,7 @@ class LayerNorm(wiring.Component):
     @property
     def banks(self):
         """Row banks: rows stored at once."""
-        return _BANKS if self._lanes == 1 else LANE_BANKS
+        return self._banks
 
     def elaborate(self, platform):
         from moevit.hw.program.descriptor import (FAULT_WIDTH, Fault, LayerNormDescriptor, fault_code,
@@ -350,17 +361,22 @@ RESTART_CYCLES = 1
 _NEVER = -(1 << 62)
 
 
-def layernorm_cycles(tokens, dim, lanes=1):
+def default_banks(lanes) -> int:
+    """The unit's row banks with ``lanes`` lanes."""
+    return _BANKS if lanes == 1 else LANE_BANKS
+
+
+def layernorm_cycles(tokens, dim, lanes=1, banks=None):
     """Cycles from the descriptor's acceptance to the last output beat.
 
     Fed with no gaps, drained with no back-pressure: the descriptor, ``dim / lanes``
-    parameter beats, then each row through ingest (``dim / lanes`` cycles; two row
-    banks with one lane, :data:`LANE_BANKS` with more), stats (one row at a time,
+    parameter beats, then each row through ingest (``dim / lanes`` cycles; ``banks``
+    row banks, by default two with one lane, :data:`LANE_BANKS` with more), stats (one row at a time,
     :data:`STATS_CYCLES` each; with lanes pipelined, :data:`PIPELINED_STATS` after
     the row's last beat) and emit (``dim / lanes`` cycles and one between rows).
     """
     beats = dim // lanes
-    banks = _BANKS if lanes == 1 else LANE_BANKS
+    banks = default_banks(lanes) if banks is None else banks
     last_in = beats + 1  # parameters at 1..beats, rows from beats + 2
     stats_free = emit_free = _NEVER
     out = []

@@ -83,7 +83,7 @@ from moevit.hw.program.program import ProgramError
 __all__ = ["InstructionCost", "ProgramCost", "program_cycles", "board_bandwidth",
            "board_memory_bandwidth", "moved_bytes", "memory_cycles", "compute_cycles",
            "expert_cycles", "expert_scan_cycles", "written_bytes", "LINEAR_TAIL",
-           "EXPERT_ROW_CYCLES",
+           "EXPERT_JOB_CYCLES", "EXPERT_ROW_CYCLES",
            "ATTENTION_TAIL_FIXED", "attention_kv_cycles", "attention_tail", "LAYERNORM_TAIL",
            "layernorm_cycles", "layernorm_param_wait",
            "PATCHIFY_TAIL", "ISSUE_CYCLES", "ISSUE_CYCLES_AHEAD", "NOTED_EXPERT_CYCLES",
@@ -94,15 +94,19 @@ __all__ = ["InstructionCost", "ProgramCost", "program_cycles", "board_bandwidth"
 #: The LINEAR engine ends exactly 12 cycles after the kernel's ``expected_cycles`` on
 #: every tiny job without memory stalls (the linear engine's report, commit 2dfbf3e).
 LINEAR_TAIL = 12
-#: An expert's two jobs gather fc1's rows and scatter fc2's one by one: per routed token
-#: this many cycles more in the top. Fitted: task 0's linear busy 246,785 - the kernel
-#: models of its 16 linear instructions and 12 expert jobs (243,242) - 28 x LINEAR_TAIL =
-#: 3,207 over its 260 routed (token, slot) pairs (task 1 gives 2,819: 10.8 a pair). With
-#: the scan a bus word a cycle (:func:`expert_scan_cycles`, 2026-12-02) the tiny top's four
-#: runs (2 tasks x prefetch 0/1) ask 7.0, 10.2, 11.6 and 14.3 a pair: kept at 12. Not in
-#: the engines: the EXPERT and linear engines alone, behind a memory without latency,
-#: take the scan, the two jobs' models and 3 cycles, exactly, for 1 to 64 routed rows.
-EXPERT_ROW_CYCLES = 12
+#: An expert's two jobs in the top, over their kernel models: a fixed cost (fc2 waits
+#: for fc1's last rows to be written before it reads them back; each job's first reads and
+#: last writes) and a cost per routed row (its gather and scatter). Fitted on the
+#: timeline of the tiny top's task 0 (``run_top(timeline=True)``, Verilator, a bus word a
+#: cycle, 2026-12-02): its five working EXPERTs, of 4, 61, 64, 64 and 64 rows, took 77,
+#: 201, 244, 186 and 212 cycles over the two jobs' models and the issue cycles; least
+#: squares: 69 + 2.1 a row. (A flat 12 a row, fitted on the linear unit's busy total
+#: before the scan was a bus word a cycle, over-counted a 64-row expert by ~530 cycles.)
+#: The engines alone, behind a memory without latency, take the scan, the two jobs'
+#: models and 3 cycles, exactly, for 1 to 64 routed rows: both terms are the top's
+#: memory latency and the hand-over between the jobs.
+EXPERT_JOB_CYCLES = 69
+EXPERT_ROW_CYCLES = 2
 #: Per attention instruction, over the kernel's model: per round, one cycle a token, and
 #: the head lanes' K and V dealt one score-lane beat a cycle (:class:`Deal
 #: <moevit.hw.top.attention_engine.Deal>`: ``P * tokens * chunks`` cycles where the
@@ -459,7 +463,7 @@ def expert_scan_cycles(hw, size, routed=0, hits=None) -> int:
 
 def expert_cycles(fc1, fc2) -> int:
     """An expert's two linear jobs on its gathered tokens, and the gather and scatter."""
-    return _linear(fc1) + _linear(fc2) + fc1.tokens * EXPERT_ROW_CYCLES
+    return _linear(fc1) + _linear(fc2) + EXPERT_JOB_CYCLES + fc1.tokens * EXPERT_ROW_CYCLES
 
 
 def compute_cycles(d, hw, *, op=None, routed=None, routing=None) -> int:

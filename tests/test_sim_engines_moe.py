@@ -280,6 +280,21 @@ def test_route_random_design_points(seed):
               seed, 8, f"engine-route-point-{seed}", simulator=_slow_simulator())
 
 
+async def send_beats(ctx, port, hw, data, rng=None, gap=0.0):
+    """``data`` on read port ``port`` as bus beats (the last one flagged), each after a
+    pause of ``gap`` odds a cycle (``rng``)."""
+    nbytes = hw.bus_width // 8
+    beats = [data[k:k + nbytes] for k in range(0, len(data), nbytes)]
+    for k, beat in enumerate(beats):
+        while rng is not None and rng.random() < gap:
+            await ctx.tick()
+        ctx.set(port.data.payload.as_value(), int.from_bytes(beat, "little")
+                | (k == len(beats) - 1) << hw.bus_width | len(beat) << hw.bus_width + 1)
+        ctx.set(port.data.valid, 1)
+        await ctx.tick().until(port.data.ready)
+        ctx.set(port.data.valid, 0)
+
+
 def simulate_route_alone(hw, memory, payloads):
     """RouteEngine in Amaranth's simulator, its memory answering at once and taking every
     write beat: ``(memory after, faults, cycles from each descriptor taken to its done)``."""
@@ -308,14 +323,7 @@ def simulate_route_alone(hw, memory, payloads):
             _, _, valid, req = await ctx.tick().sample(port.req.valid, port.req.payload)
             if not valid:
                 continue
-            data = memory[req.addr:req.addr + req.length].tobytes()
-            beats = [data[k:k + nbytes] for k in range(0, len(data), nbytes)]
-            for k, beat in enumerate(beats):
-                ctx.set(port.data.payload.as_value(), int.from_bytes(beat, "little")
-                        | (k == len(beats) - 1) << hw.bus_width | len(beat) << hw.bus_width + 1)
-                ctx.set(port.data.valid, 1)
-                await ctx.tick().until(port.data.ready)
-            ctx.set(port.data.valid, 0)
+            await send_beats(ctx, port, hw, memory[req.addr:req.addr + req.length].tobytes())
 
     async def write_memory(ctx):
         ctx.set(dut.wr.req.ready, 1)
@@ -465,7 +473,6 @@ def simulate_expert_alone(hw, memory, payloads, seed, *, stalls=True, scans=None
     rng = random.Random(seed)
     gap, ready = (0.3, 0.7) if stalls else (0.0, 1.0)
     dut = ExpertEngine(hw)
-    nbytes = hw.bus_width // 8
     got, current = [], {"jobs": [], "x": [], "y": []}
 
     async def descriptors(ctx):
@@ -490,17 +497,9 @@ def simulate_expert_alone(hw, memory, payloads, seed, *, stalls=True, scans=None
                                                              port.req.payload)
             if not (valid and taken):
                 continue
-            data = memory[req.addr:req.addr + req.length].tobytes()
             ctx.set(port.req.ready, 0)
-            beats = [data[k:k + nbytes] for k in range(0, len(data), nbytes)]
-            for k, beat in enumerate(beats):
-                while rng.random() < gap:
-                    await ctx.tick()
-                ctx.set(port.data.payload.as_value(), int.from_bytes(beat, "little")
-                        | (k == len(beats) - 1) << hw.bus_width | len(beat) << hw.bus_width + 1)
-                ctx.set(port.data.valid, 1)
-                await ctx.tick().until(port.data.ready)
-                ctx.set(port.data.valid, 0)
+            await send_beats(ctx, port, hw, memory[req.addr:req.addr + req.length].tobytes(),
+                             rng, gap)
 
     async def linear_engine(ctx):
         while True:

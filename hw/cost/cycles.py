@@ -47,7 +47,9 @@ bench top``; ``cycles`` and the per-unit ``busy`` registers), per task
 (0 semseg, 1 depth): cycles 464,993 / 453,279; busy linear 246,785 /
 235,063, attention 142,504 / 142,504, LayerNorm 58,551 / 58,551, moe
 86,860 / 87,442. The constants were fitted on task 0 only; task 1 is the
-check (``tests/test_hw_cost.py`` prints both errors). ROUTE's model is exact on
+check (``tests/test_hw_cost.py`` prints both errors). Since ROUTE is pipelined across
+tokens and the expert jobs' cost is fitted on the timeline (2026-12-02): 455,094 / 443,896
+cycles simulated, the model -0.08 / -0.11 %. ROUTE's model is exact on
 the engine alone (:func:`moevit.hw.top.moe.route_cycles`, since 2026-12-02: the
 walk and the softmax tokens apart); COMBINE's (``cols`` lanes of a row a cycle) is
 checked only through the moe unit's busy total.

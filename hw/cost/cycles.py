@@ -34,7 +34,7 @@ one's writes are answered. An instruction therefore costs
   on the whole ``tiny`` program behind a memory of one byte a cycle per port
   (``tests/test_sim_top_ports.py``; per instruction from the timeline of the
   instructions the sequencer issued, ``run_top(timeline=True)``): -0.3 / -2.5 /
-  +0.4 % on 1 / 2 / 4 ports, every instruction of each kind within 2.6 %
+  +0.03 % on 1 / 2 / 4 ports, every instruction of each kind within 2.6 %
   (``tests/test_hw_cost.py``). Without the terms, on the bench's memory before it
   stopped losing refills, the model erred -11.3 / -15.9 / -22.4 %; with the whole
   drain (no write queue under it), +5.2 % on the first LINEAR. The simulated

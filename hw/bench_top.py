@@ -104,7 +104,7 @@ def _program(config, expert_prefetch=None, hw=None, blocks=None):
 
 
 def bench_top(config="tiny", simulator="verilator", prefetch=None, hw=None, blocks=None,
-              onchip=0):
+              onchip=0, per_instruction=False):
     """Rows (one per task and ``expert_prefetch`` setting in ``prefetch``, and with
     ``onchip`` bytes of on-chip activation memory if not 0) of the whole-model
     co-simulation of ``config``.
@@ -112,7 +112,9 @@ def bench_top(config="tiny", simulator="verilator", prefetch=None, hw=None, bloc
     ``hw``: a named hardware config (``zcu102-edge-moe``; default: the model's default
     instance); ``prefetch``: the ``expert_prefetch`` settings to run (default: 0 and 1 on
     the default instance, a named instance's own setting); ``blocks``: the program cut
-    after its first ``blocks`` transformer blocks (a shorter row of a large model)."""
+    after its first ``blocks`` transformer blocks (a shorter row of a large model);
+    ``per_instruction``: each row also has ``instructions``, every instruction's simulated
+    and predicted cycles (:func:`moevit.hw.cost.report.instruction_rows`)."""
     from moevit.model.config import get_config
 
     base = _hw(config, hw)
@@ -124,10 +126,12 @@ def bench_top(config="tiny", simulator="verilator", prefetch=None, hw=None, bloc
     instances = [base.replace(expert_prefetch=setting) for setting in prefetch]
     if onchip:   # a bad size: an error before any run
         instances.append(instances[0].replace(onchip_bytes=onchip))
-    return [row for instance in instances for row in _bench(config, instance, simulator, blocks)]
+    return [row for instance in instances
+            for row in _bench(config, instance, simulator, blocks, per_instruction)]
 
 
-def _bench(config, hw, simulator, blocks):
+def _bench(config, hw, simulator, blocks, per_instruction=False):
+    from moevit.hw.cost.report import instruction_rows
     from moevit.sim.benches.top import expected_runs, output_bytes, run_top
 
     program, image = _program(config, hw=hw, blocks=blocks)
@@ -137,7 +141,8 @@ def _bench(config, hw, simulator, blocks):
     runs = [(t, [image]) for t in tasks for _ in range(2)] + [(tasks[0], [image])]
     got = run_top(program, runs, simulator=simulator,
                   test_id=f"bench-top-{config}-{hw.name}-{simulator}-{hw.expert_prefetch}"
-                          f"-{blocks}" + (f"-onchip{hw.onchip_bytes}" if hw.onchip_bytes else ""))
+                          f"-{blocks}" + (f"-onchip{hw.onchip_bytes}" if hw.onchip_bytes else ""),
+                  timeline=per_instruction)
     want = expected_runs(program, runs)
     exact = all(g["error"] == 0 and np.array_equal(g["scratch"], w["scratch"])
                 and all(np.array_equal(a[:size], b[:size]) for a, b in zip(g["outputs"],
@@ -164,6 +169,9 @@ def _bench(config, hw, simulator, blocks):
             "simulator": simulator, "sim_seconds": round(steady["seconds"], 1),
             "sim_cycles_per_second": round(sum(g["cycles"] for g in got) / steady["seconds"]),
         })
+        if per_instruction:
+            rows[-1]["instructions"] = instruction_rows(program, image, t, steady["issued"],
+                                                        cycles)
     return rows
 
 

@@ -183,6 +183,9 @@ def register_bench(benches):
                      help="also the rows of a top with this many bytes of on-chip activation "
                           "memory (HwConfig onchip_bytes; its own build): DRAM bytes with "
                           "and without")
+    top.add_argument("--per-instruction", action="store_true",
+                     help="also every instruction's simulated cycles (the sequencer's issues, "
+                          "watched) beside the cost model's, per task")
     top.add_argument("--json", action="store_true", help="one JSON list of rows")
     top.set_defaults(handler=_bench_top)
 
@@ -445,11 +448,11 @@ def _bench_top(args):
     from moevit.hw.bench_top import bench_top, plot, print_table
     from moevit.paths import build_dir
 
-    from moevit.hw.cost.report import record_bench_top
+    from moevit.hw.cost.report import print_instructions, record_bench_top
 
     rows = bench_top(args.config, simulator=args.simulator, hw=args.hw, blocks=args.blocks,
                      prefetch=None if args.prefetch is None else (args.prefetch,),
-                     onchip=args.onchip)
+                     onchip=args.onchip, per_instruction=args.per_instruction)
     name = (f"top-{args.config}{'-' + args.hw if args.hw else ''}"
             f"{f'-blocks{args.blocks}' if args.blocks else ''}")
     record_bench_top(rows, name)
@@ -457,6 +460,8 @@ def _bench_top(args):
     plot(rows, path)
     _report(rows, args, print_table)
     if not args.json:
+        for row in rows if args.per_instruction else ():
+            print_instructions(row)
         print(f"chart: {path}")
 
 

@@ -109,7 +109,7 @@ def test_bench_top_runs_the_named_config(tmp_path, monkeypatch, capsys):
 
     runs = []
 
-    def fake(config, hw, simulator, blocks):
+    def fake(config, hw, simulator, blocks, per_instruction=False):
         runs.append((config, hw) if blocks == 12 or config == "tiny" else (config, hw, blocks))
         return [{"config": config, "hw": hw.name, "task": "semseg",
                  "expert_prefetch": hw.expert_prefetch, "onchip_bytes": hw.onchip_bytes,
@@ -140,6 +140,40 @@ def test_bench_top_runs_the_named_config(tmp_path, monkeypatch, capsys):
     assert main(["bench", "top", "--prefetch", "0", "--onchip", "32768", "--json"]) == 0
     assert runs == [("tiny", DEFAULT_HW["tiny"]),          # beside it, the on-chip rows
                     ("tiny", DEFAULT_HW["tiny"].replace(onchip_bytes=32768))]
+
+
+def test_bench_top_per_instruction_prints_each_task_s_instructions(tmp_path, monkeypatch,
+                                                                  capsys):
+    """--per-instruction: the bench asked for the timeline, and each task's instructions
+    printed with their simulated and predicted cycles and the error (rows made up: this is
+    the plumbing; tests/test_sim_top.py runs the timeline)."""
+    import moevit.hw.bench_top as bench_top
+
+    asked = []
+
+    def fake(config, hw, simulator, blocks, per_instruction=False):
+        asked.append(per_instruction)
+        return [{"config": config, "hw": hw.name, "task": "semseg",
+                 "expert_prefetch": hw.expert_prefetch, "onchip_bytes": 0, "cycles": 300,
+                 "switch_cycles": 0, "bit_exact": True, "utilization": 0.5, "bytes_read": 1,
+                 "latency_ms": 1.0, "busy": {"linear": 0.5}, "simulator": simulator,
+                 "sim_seconds": 1.0, "sim_cycles_per_second": 10, "mac_units": 1,
+                 "clock_mhz": 200.0,
+                 "instructions": [{"index": 0, "mnemonic": "PATCHIFY", "bound": "compute",
+                                   "simulated": 200, "predicted": 190, "error": -0.05},
+                                  {"index": 1, "mnemonic": "COPY", "bound": "memory",
+                                   "simulated": 100, "predicted": 103, "error": 0.03}]}]
+
+    monkeypatch.setattr(bench_top, "_bench", fake)
+    monkeypatch.setenv("MOEVIT_BUILD", str(tmp_path / "build"))
+    assert main(["bench", "top", "--prefetch", "0", "--per-instruction"]) == 0
+    out = capsys.readouterr().out
+    assert asked == [True]
+    assert "tiny semseg prefetch 0, per instruction:" in out
+    assert re.search(r"^ +0 +PATCHIFY +200 +190 +-5\.00% +compute$", out, re.M), out
+    assert re.search(r"^ +1 +COPY +100 +103 +\+3\.00% +memory$", out, re.M), out
+    assert main(["bench", "top", "--prefetch", "0"]) == 0
+    assert asked == [True, False] and "per instruction" not in capsys.readouterr().out
 
 
 def test_bench_top_blocks_cut_the_program_after_a_block():

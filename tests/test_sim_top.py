@@ -46,14 +46,29 @@ def _head(program, count):
 
 def test_top_runs_a_short_program(tiny):
     """PATCHIFY and COPY of tiny's program on a top with only their engines, twice (two
-    tasks, two images) on Icarus: the fast top-level case of ``make test``."""
+    tasks, two images) on Icarus: the fast top-level case of ``make test``. With the
+    sequencer's issues watched: COPY is issued after PATCHIFY's work (its exact model) and
+    before the run's end, and the per-instruction rows add up to the run."""
+    from moevit.hw.cost.cycles import program_cycles
+    from moevit.hw.cost.report import instruction_rows
+
     program, image = tiny
     short = dataclasses.replace(program, instructions=[program.instructions[0],
                                                        program.instructions[2]])
     rng = np.random.default_rng(replay_seed())
     other = rng.integers(-128, 128, image.shape, dtype=np.int8)
-    check_runs(short, [(0, [image]), (1, [other])], test_id="top-short", simulator="icarus",
-               engines=("patchify", "copy"), timeout_us=500)
+    got = check_runs(short, [(0, [image]), (1, [other])], test_id="top-short",
+                     simulator="icarus", engines=("patchify", "copy"), timeout_us=500,
+                     timeline=True)
+    patchify = program_cycles(short, image, 0).instructions[0].compute
+    for run, picture in zip(got, (image, other)):
+        (first, start), (second, copy_at) = run["issued"]
+        print(f"task {run['task']}: COPY issued at cycle {copy_at} of {run['cycles']}")
+        assert (first, start, second) == (0, 0, 1)
+        assert patchify <= copy_at < run["cycles"]
+        rows = instruction_rows(short, picture, run["task"], run["issued"], run["cycles"])
+        assert [r["mnemonic"] for r in rows] == ["PATCHIFY", "COPY"]
+        assert sum(r["simulated"] for r in rows) == run["cycles"]
 
 
 @pytest.mark.slow

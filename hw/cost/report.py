@@ -217,6 +217,38 @@ def variant_check_rows(simulator="verilator", progress=False) -> list:
     return rows
 
 
+def instruction_rows(program, image, task, issued, cycles) -> list:
+    """Per instruction of one co-simulated run of ``program`` on ``image`` (one image,
+    task ``task``): its simulated cycles, from the cycle the sequencer issued it to the
+    next one's issue (the last: to the run's end, ``cycles``; ``issued`` as
+    ``run_top(timeline=True)`` gives it), beside the cost model's at a bus word a cycle
+    (:func:`program_cycles`, which counts the issue after each instruction's work)."""
+    from moevit.hw.cost.cycles import program_cycles
+
+    cost = program_cycles(program, image, task)
+    marks = [*issued, [None, cycles]]
+    rows = []
+    for (k, at), (_, end) in zip(marks, marks[1:]):
+        i = cost.instructions[k]
+        rows.append({"index": k, "mnemonic": i.mnemonic, "bound": i.bound,
+                     "simulated": end - at, "predicted": i.cycles,
+                     "error": i.cycles / max(1, end - at) - 1})
+    return rows
+
+
+def print_instructions(row) -> None:
+    """``bench top --per-instruction``: one task's instructions, simulated and predicted."""
+    from moevit.hw.bench import print_rows
+
+    shown = [dict(r, error_text=f"{r['error']:+.2%}", name=f"  {r['mnemonic']}")
+             for r in row["instructions"]]
+    print(f"\n{row['hw']} {row['task']} prefetch {row['expert_prefetch']}, per instruction:")
+    print_rows(shown, [("#", "index", ">3", ""), ("  instruction", "name", "<15", ""),
+                       ("simulated", "simulated", ">10", ","),
+                       ("predicted", "predicted", ">10", ","), ("error", "error_text", ">9", ""),
+                       ("bound", "bound", ">9", "")])
+
+
 def _check_row(bench, name, predicted, simulated):
     error = predicted / simulated - 1
     return {"bench": bench, "row": name, "predicted": int(predicted),

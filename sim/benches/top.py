@@ -143,8 +143,9 @@ def run_top(program, runs, *, test_id, simulator=None, memory_pauses="none", see
     a bus word a cycle on each of its read and write channels); ``memory_bandwidth``: bytes
     a cycle all the ports together serve at most (default: no limit beyond the ports').
     ``timeline``: each run's row also has ``issued``, ``[instruction, cycle]`` for every
-    instruction the sequencer issued, the cycle counted from the run's start (for the cost
-    model's per-instruction figures).
+    instruction the sequencer issued, the cycle counted from ``ap_start`` as the
+    ``cycles`` register counts (the cost model's per-instruction figures,
+    :func:`moevit.hw.cost.report.instruction_rows`).
     """
     from moevit.paths import build_dir
     from moevit.sim.runner import run_cocotb, sim_folder
@@ -470,16 +471,22 @@ if cocotb is not None:
             return [int(a) for a in bad]
 
     async def watch_issues(dut, issued):
-        """Append ``[instruction, cycle]`` whenever the sequencer issues one: its
-        ``instruction`` register is written on each issue (the first of a run, 0, comes
-        with ``ap_start``, when the watch starts; the cycles count from there)."""
-        start = get_sim_time("ns")
-        cycle = lambda: round((get_sim_time("ns") - start) / CLOCK_NS)
-        issued.append([0, 0])
+        """Append ``[instruction, simulation time in ns]`` whenever the sequencer issues
+        one: its ``instruction`` register is written on each issue (the first of a run,
+        0, comes with ``ap_start``: no change to see; :func:`issue_cycles` places it)."""
         signal = dut.sequencer.instruction
         while True:
             await ValueChange(signal)
-            issued.append([int(signal.value), cycle()])
+            issued.append([int(signal.value), get_sim_time("ns")])
+
+    def issue_cycles(issued, end_ns, cycles):
+        """``issued`` (from :func:`watch_issues`) as ``[instruction, cycle]`` counted from
+        ``ap_start``, anchored at the run's end: ``end_ns``, when it had run ``cycles``
+        (the cycle counter's value); instruction 0 at cycle 0 (the register's return to 0
+        at the start, after a run that ended elsewhere, is that issue)."""
+        if issued and issued[0][0] == 0:
+            issued = issued[1:]
+        return [[0, 0]] + [[k, cycles - round((end_ns - t) / CLOCK_NS)] for k, t in issued]
 
     def handshakes(handle, path="", depth=4):
         """``path value`` of every valid, ready, busy and FSM state signal below ``handle``:
@@ -558,9 +565,9 @@ if cocotb is not None:
                     raise AssertionError(f"run {k}: no interrupt after {run['timeout_us']} us; "
                                          f"the handshakes then: {out / 'hang.txt'}") from None
             host.faults = []
+            end_ns = get_sim_time("ns")
             if watch is not None:
                 watch.cancel()
-                during["issued"] = issued
             await host.write("isr", await host.read("isr"))   # toggle-on-write: clears it
             ctrl = await host.read("ap_ctrl")
             status, error = await host.read("status"), await host.read("error")
@@ -575,6 +582,8 @@ if cocotb is not None:
                    "port_bytes_read": list(host.port_bytes_read),
                    "busy": {unit: await host.read(f"busy_{unit}") for unit in REGMAP.units},
                    **during}
+            if watch is not None:
+                row["issued"] = issue_cycles(issued, end_ns, row["cycles"])
             if case["guard"]:
                 writable = [(buffers["output"],
                              buffers["output"] + run["count"] * case["output_pitch"]),

@@ -71,6 +71,23 @@ def test_top_runs_a_short_program(tiny):
         assert sum(r["simulated"] for r in rows) == run["cycles"]
 
 
+def test_a_memory_latency_slows_the_run_and_changes_no_byte(tiny):
+    """The bench's memory with a latency (``run_top(latency=)``: each burst served that many
+    cycles after its AR or AW): PATCHIFY and COPY on Icarus, bit-exact at 0 and 40 cycles,
+    and the run longer by at least the latency of the program's first read."""
+    program, image = tiny
+    short = dataclasses.replace(program, instructions=[program.instructions[0],
+                                                       program.instructions[2]])
+    cycles = []
+    for latency in (0, 40):
+        run, = check_runs(short, [(0, [image])], test_id=f"top-latency{latency}",
+                          simulator="icarus", engines=("patchify", "copy"), timeout_us=500,
+                          latency=latency)
+        cycles.append(run["cycles"])
+    print(f"cycles at latency 0 and 40: {cycles}")
+    assert cycles[1] >= cycles[0] + 40
+
+
 @pytest.mark.slow
 def test_a_linear_alone_on_the_linear_engine(tiny):
     """tiny's first LINEAR and its first TASK_LINEAR (the gate), each a program of its own on

@@ -115,7 +115,7 @@ def _verilog(hw, engines):
 
 def run_top(program, runs, *, test_id, simulator=None, memory_pauses="none", seed=0,
             probability=0.3, timeout_us=200_000, engines=None, waves=False, guard=False,
-            bandwidth=None, memory_bandwidth=None, timeline=False):
+            bandwidth=None, memory_bandwidth=None, timeline=False, latency=0):
     """Run ``runs`` on the co-simulated top loaded with ``program``.
 
     ``runs`` is a list of ``(task, images)``, ``images`` int8 arrays of the
@@ -142,6 +142,8 @@ def run_top(program, runs, *, test_id, simulator=None, memory_pauses="none", see
     memory port serves at most, its reads and writes together (:class:`Throttle`; default:
     a bus word a cycle on each of its read and write channels); ``memory_bandwidth``: bytes
     a cycle all the ports together serve at most (default: no limit beyond the ports').
+    ``latency``: cycles from a burst's AR or AW to the memory serving it (its R beats, its
+    W beats taken), bursts overlapping as they come (default 0: at once).
     ``timeline``: each run's row also has ``issued``, ``[instruction, cycle]`` for every
     instruction the sequencer issued, the cycle counted from ``ap_start`` as the
     ``cycles`` register counts (the cost model's per-instruction figures,
@@ -194,7 +196,7 @@ def run_top(program, runs, *, test_id, simulator=None, memory_pauses="none", see
             "bus_bytes": program.hw.bus_width // 8,
             "bandwidth": None if bandwidth is None else float(bandwidth),
             "memory_bandwidth": None if memory_bandwidth is None else float(memory_bandwidth),
-            "timeline": bool(timeline)}
+            "timeline": bool(timeline), "latency": int(latency)}
     result = run_cocotb(toplevel=TOPLEVEL, sources=[source], test_module=__name__,
                         test_id=test_id, simulator=simulator, waves=waves,
                         env={"MOEVIT_CASE": json.dumps(case)})
@@ -243,7 +245,7 @@ except ImportError:  # imported outside a simulation
 
 if cocotb is not None:
     from cocotb.clock import Clock
-    from cocotb.triggers import ClockCycles, RisingEdge, ValueChange, with_timeout
+    from cocotb.triggers import ClockCycles, RisingEdge, Timer, ValueChange, with_timeout
     from cocotb.utils import get_sim_time
     from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster
 
@@ -345,6 +347,9 @@ if cocotb is not None:
             self.port_bytes_read = [0] * len(self.rams)
             for k, ram in enumerate(self.rams):
                 self._count(k, ram)
+                if case.get("latency"):
+                    for side, name in ((ram.read_if, "ar_channel"), (ram.write_if, "aw_channel")):
+                        delay(getattr(side, name), case["latency"] * CLOCK_NS)
 
         @property
         def bytes_read(self):
@@ -419,6 +424,25 @@ if cocotb is not None:
         def field(self, register, name, value):
             f = REGMAP[register].field(name)
             return (value & f.mask) >> f.bit
+
+    def delay(channel, latency_ns):
+        """``channel`` (a memory's AR or AW) hands each burst on no sooner than
+        ``latency_ns`` after its handshake: the memory serves it that much later, the
+        bursts behind it waiting their own time, not its."""
+        put, recv, arrived = channel.queue.put_nowait, channel.recv, {}
+
+        def stamped(item):
+            arrived[id(item)] = get_sim_time("ns")
+            put(item)
+
+        async def delayed():
+            item = await recv()
+            wait = arrived.pop(id(item)) + latency_ns - get_sim_time("ns")
+            if wait > 0:
+                await Timer(wait, "ns")
+            return item
+
+        channel.queue.put_nowait, channel.recv = stamped, delayed
 
     async def reset(dut, cycles=4):
         """Hold ``ap_rst_n`` low for ``cycles``, then let the top run (two cycles on)."""

@@ -21,6 +21,9 @@ host would: each task twice in a row and then after the other task, so that
   kernel's two multiplier banks;
 * ``latency_ms`` at the HwConfig's clock; ``sim_seconds`` the wall time of
   the whole simulation (all runs);
+* ``memory_latency``: the cycles the bench's memory takes to answer a burst
+  (``--latency``, default 0); ``predicted``: the cost model's cycles of the run
+  at that latency (:func:`moevit.hw.cost.cycles.program_cycles`);
 * ``blocks``: the transformer blocks run (``--blocks N``: the program cut
   after the first N, for a row of a large model in less time; the output is
   then not written, and bit-exactness rests on every intermediate tensor);
@@ -38,6 +41,8 @@ A bar chart of the busy shares is written to ``build/bench/top-<config>.png``
 """
 
 import numpy as np
+
+from moevit.errors import ConfigError
 
 __all__ = ["bench_top", "print_table", "plot"]
 
@@ -104,7 +109,7 @@ def _program(config, expert_prefetch=None, hw=None, blocks=None):
 
 
 def bench_top(config="tiny", simulator="verilator", prefetch=None, hw=None, blocks=None,
-              onchip=0, per_instruction=False):
+              onchip=0, per_instruction=False, latency=0):
     """Rows (one per task and ``expert_prefetch`` setting in ``prefetch``, and with
     ``onchip`` bytes of on-chip activation memory if not 0) of the whole-model
     co-simulation of ``config``.
@@ -114,8 +119,14 @@ def bench_top(config="tiny", simulator="verilator", prefetch=None, hw=None, bloc
     the default instance, a named instance's own setting); ``blocks``: the program cut
     after its first ``blocks`` transformer blocks (a shorter row of a large model);
     ``per_instruction``: each row also has ``instructions``, every instruction's simulated
-    and predicted cycles (:func:`moevit.hw.cost.report.instruction_rows`)."""
+    and predicted cycles (:func:`moevit.hw.cost.report.instruction_rows`); ``latency``: the
+    memory answers each burst that many cycles after its address (``run_top(latency=)``;
+    the rows' ``predicted`` and the instructions' figures take it too)."""
     from moevit.model.config import get_config
+
+    if isinstance(latency, bool) or not isinstance(latency, int) or latency < 0:
+        raise ConfigError(f"Memory latency must be a whole number of cycles >= 0, not "
+                          f"{latency!r}")
 
     base = _hw(config, hw)
     model = get_config(config)
@@ -127,10 +138,11 @@ def bench_top(config="tiny", simulator="verilator", prefetch=None, hw=None, bloc
     if onchip:   # a bad size: an error before any run
         instances.append(instances[0].replace(onchip_bytes=onchip))
     return [row for instance in instances
-            for row in _bench(config, instance, simulator, blocks, per_instruction)]
+            for row in _bench(config, instance, simulator, blocks, per_instruction, latency)]
 
 
-def _bench(config, hw, simulator, blocks, per_instruction=False):
+def _bench(config, hw, simulator, blocks, per_instruction=False, latency=0):
+    from moevit.hw.cost.cycles import program_cycles
     from moevit.hw.cost.report import instruction_rows
     from moevit.sim.benches.top import expected_runs, output_bytes, run_top
 
@@ -141,8 +153,9 @@ def _bench(config, hw, simulator, blocks, per_instruction=False):
     runs = [(t, [image]) for t in tasks for _ in range(2)] + [(tasks[0], [image])]
     got = run_top(program, runs, simulator=simulator,
                   test_id=f"bench-top-{config}-{hw.name}-{simulator}-{hw.expert_prefetch}"
-                          f"-{blocks}" + (f"-onchip{hw.onchip_bytes}" if hw.onchip_bytes else ""),
-                  timeline=per_instruction)
+                          f"-{blocks}" + (f"-onchip{hw.onchip_bytes}" if hw.onchip_bytes else "")
+                          + (f"-latency{latency}" if latency else ""),
+                  timeline=per_instruction, latency=latency)
     want = expected_runs(program, runs)
     exact = all(g["error"] == 0 and np.array_equal(g["scratch"], w["scratch"])
                 and all(np.array_equal(a[:size], b[:size]) for a, b in zip(g["outputs"],
@@ -166,12 +179,14 @@ def _bench(config, hw, simulator, blocks, per_instruction=False):
             "mac_units": mac_units, "bytes_read": steady["bytes_read"],
             "busy": {unit: value / cycles for unit, value in steady["busy"].items()},
             "latency_ms": cycles / (hw.clock_mhz * 1e3), "clock_mhz": hw.clock_mhz,
+            "memory_latency": latency,
+            "predicted": program_cycles(program, image, t, latency=latency).cycles,
             "simulator": simulator, "sim_seconds": round(steady["seconds"], 1),
             "sim_cycles_per_second": round(sum(g["cycles"] for g in got) / steady["seconds"]),
         })
         if per_instruction:
             rows[-1]["instructions"] = instruction_rows(program, image, t, steady["issued"],
-                                                        cycles)
+                                                        cycles, latency)
     return rows
 
 
@@ -185,7 +200,9 @@ def print_table(rows) -> None:
                        ("task", "task", "<10", ""),
                        ("prefetch", "expert_prefetch", ">8", ""),
                        ("on chip", "onchip_bytes", ">7", ""),
-                       ("cycles", "cycles", ">10", ""), ("switch", "switch_cycles", ">7", ""),
+                       ("mem lat", "memory_latency", ">7", ""),
+                       ("cycles", "cycles", ">10", ""), ("model", "predicted", ">10", ""),
+                       ("switch", "switch_cycles", ">7", ""),
                        ("exact", "exact_text", ">6", ""), ("util", "utilization", ">7", ".1%"),
                        ("bytes read", "bytes_read", ">11", ""),
                        ("ms", "latency_ms", ">8", ".3f"),

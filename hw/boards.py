@@ -29,13 +29,15 @@ HOSTS = ("pynq", "pyxrt")
 
 @dataclass(frozen=True)
 class Memory:
-    """An external memory: its kind, size and peak bandwidth over all its channels."""
+    """An external memory: its kind, size, peak bandwidth over all its channels, and the
+    time from a burst's address to its first answer (the cost model's latency)."""
 
     name: str
     kind: str
     capacity_gib: float
     channels: int
     bandwidth_gbs: float
+    latency_ns: float
 
 
 @dataclass(frozen=True)
@@ -191,6 +193,7 @@ class _Reader:
             capacity_gib=self.figure(entry, "capacity_gib", f"{where}.capacity_gib", number, 0.001),
             channels=self.figure(entry, "channels", f"{where}.channels", int, 1),
             bandwidth_gbs=self.figure(entry, "bandwidth_gbs", f"{where}.bandwidth_gbs", number, 0.001),
+            latency_ns=self.figure(entry, "latency_ns", f"{where}.latency_ns", number, 1),
         )
 
     def board(self) -> Board:

@@ -87,6 +87,9 @@ def register(subparsers):
     cost.add_argument("--task", default=None, help="task name or index (default: every task)")
     cost.add_argument("--board", default=None,
                       help="a board's memory bandwidth (default: one bus word a cycle)")
+    cost.add_argument("--latency", type=int, default=None, metavar="CYCLES",
+                      help="cycles from a burst's address to its first answer (default: the "
+                           "board's memory latency with --board, else 0)")
     cost.add_argument("--per-instruction", action="store_true",
                       help="one row per instruction (default: one row per unit)")
     cost.add_argument("--json", action="store_true", help="one JSON list of rows")
@@ -186,6 +189,9 @@ def register_bench(benches):
     top.add_argument("--per-instruction", action="store_true",
                      help="also every instruction's simulated cycles (the sequencer's issues, "
                           "watched) beside the cost model's, per task")
+    top.add_argument("--latency", type=int, default=0, metavar="CYCLES",
+                     help="the memory answers each burst this many cycles after its address "
+                          "(default: 0); the cost model's figures take it too")
     top.add_argument("--json", action="store_true", help="one JSON list of rows")
     top.set_defaults(handler=_bench_top)
 
@@ -330,6 +336,11 @@ def _boards(args):
 def _cost(args):
     from moevit.hw.cost.report import check_rows, cost_rows, print_check, print_cost, record_check
 
+    if args.check and (args.latency is not None or args.board is not None):
+        from moevit.errors import UsageError
+
+        raise UsageError("--check compares with the benches' memory (a bus word a cycle, no "
+                         "latency): --board and --latency do not apply")
     if args.check:
         rows = check_rows(simulator=args.simulator, quick=args.quick, slow=args.slow,
                           progress=not args.quiet)
@@ -345,8 +356,8 @@ def _cost(args):
         raise UsageError("--slow adds a row to --check; without --check it does nothing")
 
     rows = cost_rows(quantized=args.quantized, config=args.config, task=args.task,
-                     board=args.board, per_instruction=args.per_instruction,
-                     progress=not args.quiet)
+                     board=args.board, latency=args.latency,
+                     per_instruction=args.per_instruction, progress=not args.quiet)
     if args.json:
         print(json.dumps(rows))
     else:
@@ -452,9 +463,11 @@ def _bench_top(args):
 
     rows = bench_top(args.config, simulator=args.simulator, hw=args.hw, blocks=args.blocks,
                      prefetch=None if args.prefetch is None else (args.prefetch,),
-                     onchip=args.onchip, per_instruction=args.per_instruction)
+                     onchip=args.onchip, per_instruction=args.per_instruction,
+                     latency=args.latency)
     name = (f"top-{args.config}{'-' + args.hw if args.hw else ''}"
-            f"{f'-blocks{args.blocks}' if args.blocks else ''}")
+            f"{f'-blocks{args.blocks}' if args.blocks else ''}"
+            f"{f'-latency{args.latency}' if args.latency else ''}")
     record_bench_top(rows, name)
     path = build_dir("bench") / f"{name}.png"
     plot(rows, path)

@@ -42,7 +42,7 @@ def test_every_figure_has_a_source(name):
     data = raw(name)
     found = dict(figures(data))
     # Board, memory and port figures (and the ports' own clock where they have one).
-    assert len(found) == 10 + 4 * len(data["memories"]) + 2 + ("clock_mhz" in data["ports"])
+    assert len(found) == 10 + 5 * len(data["memories"]) + 2 + ("clock_mhz" in data["ports"])
     for where, figure in found.items():
         assert set(figure) == {"value", "source", "checked"}, where
         assert figure["source"].strip(), where
@@ -114,7 +114,8 @@ def without(data, dotted):
 
 
 @pytest.mark.parametrize("dotted", ["dsp", "bram36", "uram", "memories.0.bandwidth_gbs",
-                                    "memories.1.kind", "ports.bits", "clock_mhz", "vitis_platform",
+                                    "memories.1.kind", "memories.0.latency_ns", "ports.bits",
+                                    "clock_mhz", "vitis_platform",
                                     "host", "name"])
 def test_a_missing_figure_is_named(tmp_path, dotted):
     path = write(tmp_path, without(raw("u280"), dotted))
@@ -136,6 +137,7 @@ def test_a_figure_without_source_is_rejected(tmp_path, dotted):
     ("lut", "many", r"lut must be int, not 'many'"),
     ("dsp", True, r"dsp must be int, not True"),
     ("memories.0.bandwidth_gbs", float("nan"), r"memories\.0\.bandwidth_gbs must be at least 0\.001, not nan"),
+    ("memories.0.latency_ns", 0, r"memories\.0\.latency_ns must be at least 1, not 0"),
     ("clock_mhz", None, r"clock_mhz must be int or float, not None"),
     ("host", "ssh", r"host must be one of pynq, pyxrt, not 'ssh'"),
 ])

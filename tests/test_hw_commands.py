@@ -109,11 +109,13 @@ def test_bench_top_runs_the_named_config(tmp_path, monkeypatch, capsys):
 
     runs = []
 
-    def fake(config, hw, simulator, blocks, per_instruction=False):
+    def fake(config, hw, simulator, blocks, per_instruction=False, latency=0):
         runs.append((config, hw) if blocks == 12 or config == "tiny" else (config, hw, blocks))
+        if latency:
+            runs.append(("latency", latency))
         return [{"config": config, "hw": hw.name, "task": "semseg",
                  "expert_prefetch": hw.expert_prefetch, "onchip_bytes": hw.onchip_bytes,
-                 "cycles": 10, "switch_cycles": 0,
+                 "cycles": 10, "switch_cycles": 0, "memory_latency": latency, "predicted": 11,
                  "bit_exact": True, "utilization": 0.5, "bytes_read": 1, "latency_ms": 1.0,
                  "busy": {"linear": 0.5}, "simulator": simulator, "sim_seconds": 1.0,
                  "sim_cycles_per_second": 10, "mac_units": 1, "clock_mhz": 200.0}]
@@ -140,6 +142,15 @@ def test_bench_top_runs_the_named_config(tmp_path, monkeypatch, capsys):
     assert main(["bench", "top", "--prefetch", "0", "--onchip", "32768", "--json"]) == 0
     assert runs == [("tiny", DEFAULT_HW["tiny"]),          # beside it, the on-chip rows
                     ("tiny", DEFAULT_HW["tiny"].replace(onchip_bytes=32768))]
+    runs.clear()
+    assert main(["bench", "top", "--prefetch", "0", "--latency", "50"]) == 0
+    assert runs == [("tiny", DEFAULT_HW["tiny"]), ("latency", 50)]
+    assert re.search(r"^tiny +tiny +semseg +0 +0 +50 +10 +11 ", capsys.readouterr().out, re.M)
+    assert (tmp_path / "build/bench/top-tiny-latency50.json").is_file()
+    runs.clear()
+    assert main(["bench", "top", "--latency", "-1"]) == 2            # before any run
+    assert runs == [] and "Memory latency must be a whole number of cycles >= 0, not -1" in \
+        capsys.readouterr().err
 
 
 def test_bench_top_per_instruction_prints_each_task_s_instructions(tmp_path, monkeypatch,
@@ -151,10 +162,11 @@ def test_bench_top_per_instruction_prints_each_task_s_instructions(tmp_path, mon
 
     asked = []
 
-    def fake(config, hw, simulator, blocks, per_instruction=False):
+    def fake(config, hw, simulator, blocks, per_instruction=False, latency=0):
         asked.append(per_instruction)
         return [{"config": config, "hw": hw.name, "task": "semseg",
                  "expert_prefetch": hw.expert_prefetch, "onchip_bytes": 0, "cycles": 300,
+                 "memory_latency": latency, "predicted": 290,
                  "switch_cycles": 0, "bit_exact": True, "utilization": 0.5, "bytes_read": 1,
                  "latency_ms": 1.0, "busy": {"linear": 0.5}, "simulator": simulator,
                  "sim_seconds": 1.0, "sim_cycles_per_second": 10, "mac_units": 1,

@@ -380,3 +380,80 @@ def test_check_rows_of_a_striped_a_batched_a_lanes_and_a_rows_top(monkeypatch):
     with pytest.raises(MoevitError, match=r"^The co-simulated tiny-striped top is not "
                                           r"bit-exact on task 0 \(error 2\): no cost row"):
         variant_check_rows()
+
+
+#: The whole tiny program, task 0, on the co-simulated top whose memory answers each burst
+#: ``latency`` cycles after its AR or AW (``run_top(latency=)``, Verilator, bit-exact,
+#: 2026-12-03): (latency, bursts in flight a mover) -> cycles. Re-measured by the slow test
+#: tests/test_sim_top.py::test_a_memory_latency_on_the_whole_program.
+LATENCY_PROGRAM = {(0, 4): 454_602, (40, 4): 465_824, (50, 64): 458_492,
+                   (100, 4): 572_452, (100, 16): 471_365, (100, 64): 468_199}
+#: Instructions of those runs at 100 cycles and 4 bursts in flight (index -> cycles, from
+#: the sequencer's issues): the first LINEAR, qkv, ATTENTION, fc1, fc2, a working EXPERT.
+LATENCY_INSTRUCTIONS = {1: 12_732, 4: 20_261, 5: 41_295, 8: 26_886, 9: 17_979, 21: 23_063}
+
+
+@pytest.fixture(scope="module")
+def latency_tiny():
+    """tiny's program per bursts in flight (``max_outstanding``), and its image."""
+    from moevit.hw.config import DEFAULT_HW
+    from moevit.hw.program.compiler import compile_program
+    from moevit.model.integer import golden
+    from moevit.sim.units import tiny_quantized
+
+    qmodel, image = tiny_quantized(trained=False)
+    image = golden.quantize_image(image, qmodel.scale("input"))
+    return lambda outstanding: compile_program(qmodel, DEFAULT_HW["tiny"].replace(
+        max_outstanding=outstanding)), image
+
+
+@pytest.mark.parametrize("latency, outstanding", sorted(LATENCY_PROGRAM))
+def test_whole_program_under_a_memory_latency_within_2_percent(latency_tiny, latency,
+                                                               outstanding):
+    """The bursts each mover keeps in flight, each for the latency and its beats, and the
+    latencies each instruction waits out: the whole program within 2 % (without the
+    bursts' floor, -15.4 % at 100 cycles and 4 in flight; the qkv LINEAR -34 %)."""
+    program, image = latency_tiny
+    predicted = program_cycles(program(outstanding), image, 0, latency=latency).cycles
+    simulated = LATENCY_PROGRAM[latency, outstanding]
+    print(f"\nlatency {latency}, {outstanding} in flight: predicted {predicted:,} vs "
+          f"{simulated:,}: {predicted / simulated - 1:+.2%}")
+    assert abs(predicted / simulated - 1) < 0.02
+
+
+def test_instructions_under_a_memory_latency_within_5_percent(latency_tiny):
+    """At 100 cycles and 4 bursts in flight the requests, not the bytes, set the pace of
+    the linear layers, the attention's K and V and a working EXPERT's two jobs: each
+    within 5 %."""
+    program, image = latency_tiny
+    cost = program_cycles(program(4), image, 0, latency=100)
+    for index, simulated in LATENCY_INSTRUCTIONS.items():
+        i = cost.instructions[index]
+        print(f"\n{index:>2} {i.mnemonic:<10} predicted {i.cycles:>7,} vs {simulated:>7,}: "
+              f"{i.cycles / simulated - 1:+.2%}")
+        assert abs(i.cycles / simulated - 1) < 0.05, (index, i.mnemonic)
+
+
+def test_request_bursts_of_a_linear_job(latency_tiny):
+    """tiny's qkv LINEAR (65 tokens, 64 -> 192, 12 out tiles of 16 columns, 128-bit bus): x
+    a row a request (4 beats), w in 512-byte requests (32 beats, a quarter of the 128-beat
+    FIFO), chan in 128-byte ones, y a token and out tile a request (one beat)."""
+    from moevit.hw.cost.cycles import request_bursts
+
+    program, _ = latency_tiny
+    d = program(4).instructions[4]
+    assert (d.MNEMONIC, d.tokens, d.in_features, d.out_features) == ("LINEAR", 65, 64, 192)
+    bursts = request_bursts(d, d.hw)
+    assert bursts["x"] == (65, 65 * 4)
+    assert bursts["w"] == (12 * 64 * 16 // 512, 12 * 64)
+    assert bursts["chan"] == (12 * 16 * 8 // 128, 12 * 16 * 8 // 16)
+    assert bursts["write"] == (65 * 12, 65 * 12)
+    assert "res" not in bursts
+
+
+def test_no_latency_changes_no_figure(latency_tiny):
+    """At latency 0 the model is the one before the latency term, whatever the bursts in
+    flight."""
+    program, image = latency_tiny
+    assert program_cycles(program(4), image, 0).cycles == \
+        program_cycles(program(64), image, 0, latency=0).cycles

@@ -89,6 +89,27 @@ def test_a_memory_latency_slows_the_run_and_changes_no_byte(tiny):
 
 
 @pytest.mark.slow
+def test_a_memory_latency_on_the_whole_program(tiny):
+    """The whole tiny program, task 0, behind a memory that answers each burst 100 cycles
+    after its address, with 4 and 16 bursts in flight a mover (Verilator): bit-exact, the
+    cycles test_hw_cost.py's LATENCY_PROGRAM records, and the cost model within 2 %."""
+    from moevit.hw.cost.cycles import program_cycles
+    from test_hw_cost import LATENCY_PROGRAM
+
+    program, image = tiny
+    for outstanding in (4, 16):
+        hw = program.hw.replace(max_outstanding=outstanding)
+        built = dataclasses.replace(program, hw=hw)
+        run, = check_runs(built, [(0, [image])], test_id=f"top-latency100-{outstanding}",
+                          simulator="verilator", latency=100, timeout_us=2_000_000)
+        model = program_cycles(built, image, 0, latency=100).cycles
+        print(f"latency 100, {outstanding} in flight: {run['cycles']:,} cycles, the model "
+              f"{model:,} ({model / run['cycles'] - 1:+.2%})")
+        assert run["cycles"] == LATENCY_PROGRAM[100, outstanding]
+        assert abs(model / run["cycles"] - 1) < 0.02
+
+
+@pytest.mark.slow
 def test_a_linear_alone_on_the_linear_engine(tiny):
     """tiny's first LINEAR and its first TASK_LINEAR (the gate), each a program of its own on
     a top with only the linear engine, on Icarus: bit-exact. (Their gather flags and the

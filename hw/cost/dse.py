@@ -543,7 +543,7 @@ def _chunk_wait(step, hw, tokens, by_mover, bandwidth, memory_bandwidth) -> int:
     return sum(max(0, alone(n) - tile) for n, tile in zip((first, x - first), tiles))
 
 
-def _overlap(step, hw, by_mover, bandwidth, memory_bandwidth) -> tuple:
+def _overlap(step, hw, by_mover, bandwidth, memory_bandwidth, latency=0) -> tuple:
     """``(wait, drain)`` of a step other than a linear one (:func:`~moevit.hw.cost.cycles.
     memory_wait`, :func:`~moevit.hw.cost.cycles.drain_cycles`)."""
     from moevit.hw.cost.cycles import drain_cycles, memory_wait
@@ -554,7 +554,8 @@ def _overlap(step, hw, by_mover, bandwidth, memory_bandwidth) -> tuple:
     if key not in _CYCLES:
         _CYCLES[key] = _other_descriptor(step, hw)
     d = _CYCLES[key]
-    return (memory_wait(d, hw, by_mover, bandwidth, memory_bandwidth, routed=step.routed),
+    return (memory_wait(d, hw, by_mover, bandwidth, memory_bandwidth, routed=step.routed,
+                        latency=latency),
             drain_cycles(d, hw, bandwidth, memory_bandwidth, by_mover, routed=step.routed))
 
 
@@ -607,13 +608,30 @@ class Prediction:
     compute_bound: dict = field(default_factory=dict)  # unit -> its compute-bound cycles
 
 
-def predict(steps, hw, bandwidth, batch=1, memory_bandwidth=None) -> Prediction:
+def _chunk_latency(step, hw, tokens, compute, latency, linear) -> tuple:
+    """:func:`~moevit.hw.cost.cycles.latency_cycles` ``(floor, exposed)`` of ``step`` (a
+    linear step's chunk of ``tokens``) on a memory of ``latency`` cycles."""
+    from moevit.hw.cost.cycles import burst_phases, latency_cycles
+
+    if not latency:
+        return 0, 0
+    # The bursts depend on the shape, the array, the bus and the attention's head lanes.
+    key = ("bursts", step.shape, tokens, hw.rows, hw.cols, hw.post_lanes, hw.bus_width,
+           hw.heads_parallel)
+    if key not in _CYCLES:
+        d = (step.descriptor(hw, tokens=tokens) if linear and step.mnemonic == "LINEAR"
+             else _other_descriptor(step, hw))
+        _CYCLES[key] = burst_phases(d, hw, routed=tokens if step.mnemonic == "EXPERT" else None)
+    return latency_cycles(step.mnemonic, _CYCLES[key], hw, compute, latency)
+
+
+def predict(steps, hw, bandwidth, batch=1, memory_bandwidth=None, latency=0) -> Prediction:
     """Cycles of one run of ``steps`` (``(step, count)`` pairs, :meth:`Workload.steps`: a
     program that computes ``batch`` images a run, the workload's) on ``hw`` at
     ``bandwidth`` bytes a cycle per memory port and ``memory_bandwidth`` for all
-    (:func:`~moevit.hw.cost.cycles.memory_cycles`; ``max(compute + wait, memory + drain)
-    + ISSUE_CYCLES`` per instruction and chunk, as
-    :func:`~moevit.hw.cost.cycles.program_cycles`).
+    (:func:`~moevit.hw.cost.cycles.memory_cycles`) answering each burst ``latency`` cycles
+    after its address; ``max(compute + wait, memory + drain, floor) + ISSUE_CYCLES +
+    exposed`` per instruction and chunk, as :func:`~moevit.hw.cost.cycles.program_cycles`).
 
     Raises
     ------
@@ -657,13 +675,15 @@ def predict(steps, hw, bandwidth, batch=1, memory_bandwidth=None) -> Prediction:
                 wait = _chunk_wait(step, hw, n, by_mover, bandwidth, memory_bandwidth)
                 drain = _chunk_drain(step, hw, n, by_mover, bandwidth, memory_bandwidth)
             else:
-                wait, drain = _overlap(step, hw, by_mover, bandwidth, memory_bandwidth)
-            cycles = (max(compute + wait, memory + drain) + ISSUE_CYCLES) * count
+                wait, drain = _overlap(step, hw, by_mover, bandwidth, memory_bandwidth, latency)
+            floor, exposed = _chunk_latency(step, hw, n, compute, latency, linear)
+            memory = max(memory + drain, floor)
+            cycles = (max(compute + wait, memory) + ISSUE_CYCLES + exposed) * count
             total += cycles
             moved += nbytes * count
             unit = "expert" if step.mnemonic == "EXPERT" else step.unit
             units[unit] = units.get(unit, 0) + cycles
-            if memory + drain > compute + wait:
+            if memory > compute + wait:
                 memory_bound += cycles
             else:
                 compute_bound[unit] = compute_bound.get(unit, 0) + cycles
@@ -731,6 +751,14 @@ def _fits(res, board, fabric=True):
     return None
 
 
+#: Bursts in flight a mover, on every point: under a memory latency of tens of cycles the
+#: linear engine's one-beat y writes and row reads need many (4 bound the tiny top at 100
+#: cycles: +26 %, 16 +3.7 %), and they cost next to nothing: a memory port's movers by
+#: Yosys, 733 LUT / 269 FF at 4, 737 / 305 at 64 (128-bit bus; 1,212 / 269 and 1,216 / 305
+#: at 512 bits; 2026-12-03): only the bursts' bookkeeping FIFOs grow.
+OUTSTANDING = 64
+
+
 def _base_hw(model, board):
     from moevit.hw.config import HwConfig
 
@@ -740,7 +768,7 @@ def _base_hw(model, board):
                     max_head_dim=model.head_dim, clock_mhz=float(board.clock_mhz),
                     score_lanes=math.gcd(8, model.head_dim), rows=4, cols=8, post_lanes=2,
                     max_tokens=-(-model.tokens // 4) * 4,
-                    bus_width=BUS_CHOICES[board.host][0])
+                    bus_width=BUS_CHOICES[board.host][0], max_outstanding=OUTSTANDING)
 
 
 def _grid(quick):
@@ -777,11 +805,12 @@ def _max_tokens(hw, tokens, board, the_fit, fabric=True):
 
 
 def _bandwidths(board, hw):
-    """``(bandwidth, memory_bandwidth)`` of :func:`predict` on ``board``: a port's, and
-    the memory's behind all ports."""
-    from moevit.hw.cost.cycles import board_bandwidth, board_memory_bandwidth
+    """``(bandwidth, memory_bandwidth, latency)`` of :func:`predict` on ``board``: a port's,
+    the memory's behind all ports, and its latency in ``hw``'s cycles."""
+    from moevit.hw.cost.cycles import board_bandwidth, board_latency, board_memory_bandwidth
 
-    return board_bandwidth(board, hw), board_memory_bandwidth(board, hw)
+    return board_bandwidth(board, hw), board_memory_bandwidth(board, hw), \
+        board_latency(board, hw)
 
 
 def _window(work, hw, board, the_fit, fabric):
@@ -821,9 +850,9 @@ def _ports(work, hw, board, the_fit, fabric):
         # The weights striped over 1, 2, 4 ... of the ports (hw.weight_ports).
         for weights in [w for w in PORT_CHOICES if w <= ports]:
             candidate = hw.replace(memory_ports=ports, weight_ports=weights)
-            port, memory = _bandwidths(board, candidate)
+            port, memory, latency = _bandwidths(board, candidate)
             runs = {t: predict(work.steps(t, candidate.onchip_bytes), candidate, port,
-                               memory_bandwidth=memory) for t in work.tasks}
+                               memory_bandwidth=memory, latency=latency) for t in work.tasks}
             tried.append((max(r.cycles for r in runs.values()), candidate, res, runs))
             if not any(r.memory_cycles for r in runs.values()):
                 break                   # compute-bound everywhere: more ports gain nothing
@@ -848,9 +877,10 @@ def _lanes_on_ports(work, hw, res, runs, norms, board, the_fit, fabric):
     fitted = resources(candidate, the_fit)
     if _fits(fitted, board, fabric):
         return hw, res, runs
-    port, memory = _bandwidths(board, candidate)
+    port, memory, latency = _bandwidths(board, candidate)
     return candidate, fitted, {t: predict(work.steps(t, candidate.onchip_bytes), candidate, port,
-                                          memory_bandwidth=memory) for t in work.tasks}
+                                          memory_bandwidth=memory, latency=latency)
+                               for t in work.tasks}
 
 
 def _batches(tokens, hw):
@@ -865,10 +895,10 @@ def _best_batch(work, hw, board, task):
     buffer allows, each batch predicted from its compiled batched program
     (:func:`workload`)."""
     best = (1, None, None)
-    port, memory = _bandwidths(board, hw)
+    port, memory, latency = _bandwidths(board, hw)
     for batch in _batches(work.tokens, hw):
         steps = workload(work.config, batch=batch).steps(task, hw.onchip_bytes)
-        run = predict(steps, hw, port, batch, memory)
+        run = predict(steps, hw, port, batch, memory, latency)
         if best[1] is None or run.cycles / batch < best[1]:
             best = (batch, run.cycles / batch, run)
     return best
@@ -895,9 +925,9 @@ def _ports_at_best_batch(point, work, board, the_fit, fabric):
     cycles, hw, res, best = next(t for t in tried if t[0] <= least * (1 + PORTS_SLACK))
     if hw == point.hw or cycles >= point.best_cycles_per_image * (1 - PORTS_SLACK):
         return
-    port, memory = _bandwidths(board, hw)
-    runs = {t: predict(work.steps(t, hw.onchip_bytes), hw, port, memory_bandwidth=memory)
-            for t in work.tasks}
+    port, memory, latency = _bandwidths(board, hw)
+    runs = {t: predict(work.steps(t, hw.onchip_bytes), hw, port, memory_bandwidth=memory,
+                       latency=latency) for t in work.tasks}
     norms = [(s, n) for s, n in work.steps(next(iter(work.tasks))) if s.mnemonic == "LAYERNORM"]
     hw, res, runs = _lanes_on_ports(work, hw, res, runs, norms, board, the_fit, fabric)
     point.task = max(runs, key=lambda t: runs[t].cycles)
@@ -1145,7 +1175,7 @@ def point_row(point, board, work, fabric=True) -> dict:
 
 def _bandwidth(board, hw):
     """Bytes a cycle the design gets: its ports', at most the board memory's."""
-    port, memory = _bandwidths(board, hw)
+    port, memory, _ = _bandwidths(board, hw)
     return min(hw.memory_ports * port, memory)
 
 

@@ -40,24 +40,32 @@ def _tasks(program, task):
     raise ConfigError(f"Unknown task {task!r}; the program's tasks: {', '.join(names)}")
 
 
-def cost_rows(*, quantized=None, config=None, task=None, board=None, per_instruction=False,
-              progress=False):
+def cost_rows(*, quantized=None, config=None, task=None, board=None, latency=None,
+              per_instruction=False, progress=False):
     """One row per unit (or per instruction: also its compute and memory cycles and its
-    bytes read and written) and task, then a ``total`` row per task with the latency."""
+    bytes read and written) and task, then a ``total`` row per task with the latency.
+    ``latency``: the memory's, in cycles (default: the board's, else 0)."""
     from moevit.hw.boards import get_board
-    from moevit.hw.cost.cycles import board_bandwidth, board_memory_bandwidth, program_cycles
+    from moevit.hw.cost.cycles import (board_bandwidth, board_latency, board_memory_bandwidth,
+                                       program_cycles)
 
+    if latency is not None and (isinstance(latency, bool) or not isinstance(latency, int)
+                                or latency < 0):
+        raise ConfigError(f"Memory latency must be a whole number of cycles >= 0, not "
+                          f"{latency!r}")
     board = get_board(board) if board is not None else None  # before the long work
     program, image = _program_and_image(quantized, config)
     hw = program.hw
     bandwidth = board_bandwidth(board, hw) if board else None       # each memory port's
     memory = board_memory_bandwidth(board, hw) if board else None  # all ports together
+    if latency is None:
+        latency = board_latency(board, hw) if board else 0
     rows = []
     for t in _tasks(program, task):
         cost = program_cycles(program, image, t, bandwidth=bandwidth, memory_bandwidth=memory,
-                              progress=progress)
+                              latency=latency, progress=progress)
         common = {"task": program.tasks[t]["name"], "board": board.name if board else None,
-                  "bandwidth": round(cost.bandwidth, 3)}
+                  "bandwidth": round(cost.bandwidth, 3), "memory_latency": latency}
         total = cost.cycles
         if per_instruction:
             parts = [dict(i.row(), name=f"{i.index:>2} {i.mnemonic}", memory_bound=int(
@@ -85,7 +93,8 @@ def print_cost(rows) -> None:
         part = [r for r in rows if r["task"] == name]
         total = part[-1]
         where = f"board {total['board']}" if total["board"] else "one bus word a cycle"
-        print(f"task {name}: {total['bandwidth']:g} bytes/cycle ({where})")
+        print(f"task {name}: {total['bandwidth']:g} bytes/cycle ({where}), memory latency "
+              f"{total['memory_latency']} cycles")
         for r in part:
             r.setdefault("bound_text", f"  {r['bound']}")
         print_rows(part, [("", "name", "<14", ""), ("instr", "instructions", ">6", ""),
@@ -217,7 +226,7 @@ def variant_check_rows(simulator="verilator", progress=False) -> list:
     return rows
 
 
-def instruction_rows(program, image, task, issued, cycles) -> list:
+def instruction_rows(program, image, task, issued, cycles, latency=0) -> list:
     """Per instruction of one co-simulated run of ``program`` on ``image`` (one image,
     task ``task``): its simulated cycles, from the cycle the sequencer issued it to the
     next one's issue (the last: to the run's end, ``cycles``; ``issued`` as
@@ -225,7 +234,7 @@ def instruction_rows(program, image, task, issued, cycles) -> list:
     (:func:`program_cycles`, which counts the issue after each instruction's work)."""
     from moevit.hw.cost.cycles import program_cycles
 
-    cost = program_cycles(program, image, task)
+    cost = program_cycles(program, image, task, latency=latency)
     marks = [*issued, [None, cycles]]
     rows = []
     for (k, at), (_, end) in zip(marks, marks[1:]):
@@ -332,7 +341,8 @@ def measured_sections() -> list:
            "|---:|---:|---:|---|"]
     for when, rows in _recorded("bench/top-*.json"):
         for r in rows:
-            top.append(f"| {r['config']} | {r.get('hw', r['config'])} | {r['task']} | "
+            latency = f", latency {r['memory_latency']}" if r.get("memory_latency") else ""
+            top.append(f"| {r['config']} | {r.get('hw', r['config'])}{latency} | {r['task']} | "
                        f"{r['expert_prefetch']} | {r['cycles']:,} | {r['switch_cycles']:,} | "
                        f"{'yes' if r['bit_exact'] else '**no**'} | {r['utilization']:.1%} | "
                        f"{r['bytes_read']:,} | {r['latency_ms']:.3f} | {r['sim_seconds']:g} | "

@@ -128,7 +128,9 @@ class PatchifyEngine(wiring.Component):
 
     READS = 1
 
-    def __init__(self, hw: HwConfig, *, patches=8):
+    PATCHES = 8   # patches of a block, by default
+
+    def __init__(self, hw: HwConfig, *, patches=PATCHES):
         if not isinstance(patches, int) or isinstance(patches, bool) or patches < 1:
             self._MustUse__silence = True
             raise TypeError(f"Patches of a block must be a positive integer, not {patches!r}")

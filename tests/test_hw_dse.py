@@ -2,6 +2,7 @@
 the same cycle model as `moevit hw cost`, the saved named HwConfigs, and bad input."""
 
 import json
+import math
 import re
 
 import pytest
@@ -43,6 +44,9 @@ def test_search_fits_the_board_and_its_figures_agree(rows, board, config):
     assert row["compiles"] == (hw.max_tokens >= workload(config).tokens)
     assert row["binding_limit"] in ("bandwidth", "DSP", "BRAM", "URAM", "LUT", "FF") \
         or row["binding_limit"].startswith("compute: ")
+    # Predicted at the board's memory latency, with the bursts in flight to carry it.
+    assert row["memory_latency"] == math.ceil(250 * b.clock_mhz / 1e3) \
+        and row["max_outstanding"] == hw.max_outstanding == 64
     if row["compiles"]:
         from moevit.model.config import get_config
 

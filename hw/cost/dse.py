@@ -1155,6 +1155,8 @@ def point_row(point, board, work, fabric=True) -> dict:
         "binding_batch": _binding_run(point, board).batch,
         "memory_bound_share": point.prediction.memory_cycles / point.prediction.cycles,
         "bandwidth_gbs": _bandwidth(board, hw) * hw.clock_mhz / 1e3,
+        "memory_latency": _bandwidths(board, hw)[2],
+        "max_outstanding": hw.max_outstanding,
         "dsp": int(res.dsp), "lut": round(res.lut), "ff": round(res.ff),
         "bram36": res.bram36, "uram": res.uram,
         "board_dsp": board.dsp, "board_lut": board.lut, "board_ff": board.ff,
@@ -1235,7 +1237,8 @@ def print_dse(rows) -> None:
               f"{r['best_batch']}), DSP efficiency {r['dsp_efficiency']:.2f} MACs/DSP/cycle, "
               f"binding limit: {r['binding_limit']} at batch {r['binding_batch']} (batch 1's "
               f"memory-bound share "
-              f"{r['memory_bound_share']:.0%} at {r['bandwidth_gbs']:.1f} GB/s)")
+              f"{r['memory_bound_share']:.0%} at {r['bandwidth_gbs']:.1f} GB/s, a latency of "
+              f"{r['memory_latency']} cycles, {r['max_outstanding']} bursts in flight a mover)")
         print("  resources: " + ", ".join(
             f"{name} {r[key]:,.0f}/{r['board_' + key]:,} ({r[key] / r['board_' + key]:.0%})"
             if r["board_" + key] else f"{name} {r[key]:,.0f}/0"

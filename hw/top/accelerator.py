@@ -362,8 +362,9 @@ def _onchip(m, hw, halt, seq, relocators, reads, write):
     ram = OnChipMemory(hw.bus_width, depth=hw.onchip_bytes // (hw.bus_width // 8),
                        channels=ENGINE_CHANNELS)
     m.submodules.onchip = ResetInserter(halt)(ram)
-    routers = [ReadRouter(hw.bus_width) for _ in range(ENGINE_CHANNELS)]
-    routers.append(WriteRouter(hw.bus_width))
+    routers = [ReadRouter(hw.bus_width, in_flight=hw.max_outstanding)
+               for _ in range(ENGINE_CHANNELS)]
+    routers.append(WriteRouter(hw.bus_width, in_flight=hw.max_outstanding))
     for k, router in enumerate(routers):
         m.submodules[f"route{k}"] = ResetInserter(halt)(router)
         m.d.comb += [router.window_at.eq(seq.bounds.output_end),

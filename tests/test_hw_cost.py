@@ -290,8 +290,9 @@ SLOW_MEMORY_PROGRAM = {1: 959_448, 2: 697_715, 4: 624_440}
 
 
 @pytest.fixture(scope="module")
-def slow_tiny():
-    """The program and image of tests/test_sim_top_ports.py's slow-memory runs, per ports."""
+def tiny_on():
+    """tiny's program compiled for the default tiny HwConfig with ``changes`` (memory ports,
+    bursts in flight: the slow-memory and latency runs below), and the image they ran."""
     from moevit.hw.config import DEFAULT_HW
     from moevit.hw.program.compiler import compile_program
     from moevit.model.integer import golden
@@ -299,15 +300,14 @@ def slow_tiny():
 
     qmodel, image = tiny_quantized(trained=False)
     image = golden.quantize_image(image, qmodel.scale("input"))
-    return lambda ports: compile_program(qmodel, DEFAULT_HW["tiny"].replace(
-        memory_ports=ports)), image
+    return lambda **changes: compile_program(qmodel, DEFAULT_HW["tiny"].replace(**changes)), image
 
 
-def test_instructions_behind_a_slow_memory_within_5_percent(slow_tiny):
+def test_instructions_behind_a_slow_memory_within_5_percent(tiny_on):
     """The memory-bound and compute-bound instructions of each kind behind one byte a cycle:
     the model within 5 % of the co-simulated cycles of each."""
-    program, image = slow_tiny
-    cost = program_cycles(program(1), image, 0, bandwidth=1.0)
+    program, image = tiny_on
+    cost = program_cycles(program(memory_ports=1), image, 0, bandwidth=1.0)
     for index, simulated in SLOW_MEMORY_INSTRUCTIONS.items():
         i = cost.instructions[index]
         error = i.cycles / simulated - 1
@@ -317,12 +317,12 @@ def test_instructions_behind_a_slow_memory_within_5_percent(slow_tiny):
 
 
 @pytest.mark.parametrize("ports", sorted(SLOW_MEMORY_PROGRAM))
-def test_whole_program_on_more_ports_behind_a_slow_memory_within_5_percent(slow_tiny, ports):
+def test_whole_program_on_more_ports_behind_a_slow_memory_within_5_percent(tiny_on, ports):
     """The whole program on 1, 2 and 4 memory ports behind one byte a cycle per port: the
     model within 5 % (before the overlap terms, on the memory that lost refills: -11.3 /
     -15.9 / -22.4 %)."""
-    program, image = slow_tiny
-    predicted = program_cycles(program(ports), image, 0, bandwidth=1.0).cycles
+    program, image = tiny_on
+    predicted = program_cycles(program(memory_ports=ports), image, 0, bandwidth=1.0).cycles
     error = predicted / SLOW_MEMORY_PROGRAM[ports] - 1
     print(f"\n{ports} port(s): predicted {predicted:,} vs {SLOW_MEMORY_PROGRAM[ports]:,}: "
           f"{error:+.2%}")
@@ -393,40 +393,27 @@ LATENCY_PROGRAM = {(0, 4): 454_602, (40, 4): 465_824, (50, 64): 458_492,
 LATENCY_INSTRUCTIONS = {1: 12_732, 4: 20_261, 5: 41_295, 8: 26_886, 9: 17_979, 21: 23_063}
 
 
-@pytest.fixture(scope="module")
-def latency_tiny():
-    """tiny's program per bursts in flight (``max_outstanding``), and its image."""
-    from moevit.hw.config import DEFAULT_HW
-    from moevit.hw.program.compiler import compile_program
-    from moevit.model.integer import golden
-    from moevit.sim.units import tiny_quantized
-
-    qmodel, image = tiny_quantized(trained=False)
-    image = golden.quantize_image(image, qmodel.scale("input"))
-    return lambda outstanding: compile_program(qmodel, DEFAULT_HW["tiny"].replace(
-        max_outstanding=outstanding)), image
-
-
 @pytest.mark.parametrize("latency, outstanding", sorted(LATENCY_PROGRAM))
-def test_whole_program_under_a_memory_latency_within_2_percent(latency_tiny, latency,
+def test_whole_program_under_a_memory_latency_within_2_percent(tiny_on, latency,
                                                                outstanding):
     """The bursts each mover keeps in flight, each for the latency and its beats, and the
     latencies each instruction waits out: the whole program within 2 % (without the
     bursts' floor, -15.4 % at 100 cycles and 4 in flight; the qkv LINEAR -34 %)."""
-    program, image = latency_tiny
-    predicted = program_cycles(program(outstanding), image, 0, latency=latency).cycles
+    program, image = tiny_on
+    predicted = program_cycles(program(max_outstanding=outstanding), image, 0,
+                               latency=latency).cycles
     simulated = LATENCY_PROGRAM[latency, outstanding]
     print(f"\nlatency {latency}, {outstanding} in flight: predicted {predicted:,} vs "
           f"{simulated:,}: {predicted / simulated - 1:+.2%}")
     assert abs(predicted / simulated - 1) < 0.02
 
 
-def test_instructions_under_a_memory_latency_within_5_percent(latency_tiny):
+def test_instructions_under_a_memory_latency_within_5_percent(tiny_on):
     """At 100 cycles and 4 bursts in flight the requests, not the bytes, set the pace of
     the linear layers, the attention's K and V and a working EXPERT's two jobs: each
     within 5 %."""
-    program, image = latency_tiny
-    cost = program_cycles(program(4), image, 0, latency=100)
+    program, image = tiny_on
+    cost = program_cycles(program(max_outstanding=4), image, 0, latency=100)
     for index, simulated in LATENCY_INSTRUCTIONS.items():
         i = cost.instructions[index]
         print(f"\n{index:>2} {i.mnemonic:<10} predicted {i.cycles:>7,} vs {simulated:>7,}: "
@@ -434,14 +421,14 @@ def test_instructions_under_a_memory_latency_within_5_percent(latency_tiny):
         assert abs(i.cycles / simulated - 1) < 0.05, (index, i.mnemonic)
 
 
-def test_request_bursts_of_a_linear_job(latency_tiny):
+def test_request_bursts_of_a_linear_job(tiny_on):
     """tiny's qkv LINEAR (65 tokens, 64 -> 192, 12 out tiles of 16 columns, 128-bit bus): x
     a row a request (4 beats), w in 512-byte requests (32 beats, a quarter of the 128-beat
     FIFO), chan in 128-byte ones, y a token and out tile a request (one beat)."""
     from moevit.hw.cost.cycles import request_bursts
 
-    program, _ = latency_tiny
-    d = program(4).instructions[4]
+    program, _ = tiny_on
+    d = program(max_outstanding=4).instructions[4]
     assert (d.MNEMONIC, d.tokens, d.in_features, d.out_features) == ("LINEAR", 65, 64, 192)
     bursts = request_bursts(d, d.hw)
     assert bursts["x"] == (65, 65 * 4)
@@ -451,9 +438,9 @@ def test_request_bursts_of_a_linear_job(latency_tiny):
     assert "res" not in bursts
 
 
-def test_no_latency_changes_no_figure(latency_tiny):
+def test_no_latency_changes_no_figure(tiny_on):
     """At latency 0 the model is the one before the latency term, whatever the bursts in
     flight."""
-    program, image = latency_tiny
-    assert program_cycles(program(4), image, 0).cycles == \
-        program_cycles(program(64), image, 0, latency=0).cycles
+    program, image = tiny_on
+    assert program_cycles(program(max_outstanding=4), image, 0).cycles == \
+        program_cycles(program(max_outstanding=64), image, 0, latency=0).cycles

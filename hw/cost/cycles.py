@@ -101,7 +101,8 @@ from moevit.hw.program.program import ProgramError
 
 __all__ = ["InstructionCost", "ProgramCost", "program_cycles", "board_bandwidth",
            "board_memory_bandwidth", "board_latency", "request_bursts", "bursts_floor",
-           "burst_phases", "latency_cycles", "EXPOSED_LATENCIES", "moved_bytes", "memory_cycles", "compute_cycles",
+           "burst_phases", "latency_cycles", "EXPOSED_LATENCIES", "moved_bytes", "memory_cycles",
+           "compute_cycles",
            "expert_cycles", "expert_scan_cycles", "written_bytes", "LINEAR_TAIL",
            "EXPERT_JOB_CYCLES", "EXPERT_ROW_CYCLES",
            "ATTENTION_TAIL_FIXED", "attention_kv_cycles", "attention_tail", "LAYERNORM_TAIL",

@@ -70,7 +70,8 @@ instruction's bursts take at least, each mover holding ``hw.max_outstanding`` of
 flight, each for the latency and its beats (:func:`request_bursts`, :func:`bursts_floor`;
 an EXPERT's two jobs each, one after the other), and ``exposed``, the latencies it waits
 out whole (:data:`EXPOSED_LATENCIES`: its first answer; an EXPERT's hand-overs between
-its jobs). ATTENTION's K and V of each round come ``hw.max_outstanding`` ahead and the
+its jobs; none for an instruction that reads nothing from DRAM: the on-chip window
+answers at once). ATTENTION's K and V of each round come ``hw.max_outstanding`` ahead and the
 rest that many a latency (:func:`memory_wait`). An instruction costs
 ``max(compute + wait, memory + drain, floor) + ISSUE_CYCLES + exposed``. Measured on the
 whole ``tiny`` program behind the bench's memory with a latency (``run_top(latency=)``,
@@ -293,8 +294,8 @@ def memory_wait(d, hw, moved, bandwidth, memory_bandwidth=None, *, op=None,
     if m == "ATTENTION":
         per_round = {k: moved.get(k, 0) // d.rounds for k in ("w", "chan")}
         load = memory_cycles(hw, per_round, bandwidth, memory_bandwidth)
-        if latency:
-            # K and V of the next round wait for the kernel's buffers: their movers hold
+        if latency and (moved.get("w") or moved.get("chan")):
+            # K and V of the next round (from DRAM) wait for the kernel's buffers: their movers hold
             # ``max_outstanding`` requests (a token each) ahead, the rest come that many a
             # latency once the round starts.
             ahead = min(d.tokens, hw.max_outstanding)
@@ -780,6 +781,9 @@ def program_cycles(program, image, task, *, bandwidth=None, memory_bandwidth=Non
         drain = drain_cycles(d, hw, bandwidth, memory_bandwidth, dram, op=op, routed=routed)
         floor, exposed = latency_cycles(d.MNEMONIC, burst_phases(d, hw, op=op, routed=routed)
                                         if latency else [], hw, compute, latency)
+        # The on-chip window answers at once: no latency without DRAM reads (or bytes).
+        exposed = exposed if read else 0
+        floor = floor if read or written else 0
         costs.append(InstructionCost(index, d.MNEMONIC, d.UNIT, compute, mem_cycles, read,
                                      written, max(compute + wait, mem_cycles + drain, floor)
                                      + issue + exposed, onchip, floor))

@@ -677,6 +677,9 @@ def predict(steps, hw, bandwidth, batch=1, memory_bandwidth=None, latency=0) -> 
             else:
                 wait, drain = _overlap(step, hw, by_mover, bandwidth, memory_bandwidth, latency)
             floor, exposed = _chunk_latency(step, hw, n, compute, latency, linear)
+            if not any(v for k, v in by_mover.items() if k != "write"):
+                exposed = 0                 # no DRAM reads: the window answers at once
+                floor = floor if by_mover.get("write") else 0
             memory = max(memory + drain, floor)
             cycles = (max(compute + wait, memory) + ISSUE_CYCLES + exposed) * count
             total += cycles

@@ -33,8 +33,8 @@ class Harness(wiring.Component):
     """``channels`` read routers and the write router on one OnChipMemory; the routers'
     ``mem`` sides are the test's (a byte model of the movers)."""
 
-    def __init__(self, channels):
-        self._channels = channels
+    def __init__(self, channels, in_flight=4):
+        self._channels, self._in_flight = channels, in_flight
         super().__init__({"rd": In(ReadPort(WIDTH)).array(channels),
                           "mem_rd": Out(ReadPort(WIDTH)).array(channels),
                           "wr": In(WritePort(WIDTH)), "mem_wr": Out(WritePort(WIDTH)),
@@ -43,8 +43,8 @@ class Harness(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         ram = m.submodules.ram = OnChipMemory(WIDTH, depth=WORDS, channels=self._channels)
-        routers = [ReadRouter(WIDTH) for _ in range(self._channels)]
-        wrouter = m.submodules.wrouter = WriteRouter(WIDTH)
+        routers = [ReadRouter(WIDTH, in_flight=self._in_flight) for _ in range(self._channels)]
+        wrouter = m.submodules.wrouter = WriteRouter(WIDTH, in_flight=self._in_flight)
         for k, router in enumerate(routers):
             m.submodules[f"router{k}"] = router
             wiring.connect(m, wiring.flipped(self.rd[k]), router.i)
@@ -114,7 +114,10 @@ def _run(seed, channels, rounds, per_round, *, stall_channel=None):
             model[addr:addr + n] = data
         plans.append((writes, payloads, reads))
 
-    dut = Harness(channels)
+    # Requests the routers keep in flight: the top gives them its movers' max_outstanding.
+    in_flight = int(rng.choice([1, 2, 4, 16, 64]))
+    print(f"seed {seed}: {channels} channel(s), {in_flight} request(s) in flight")
+    dut = Harness(channels, in_flight)
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     finished = {f"rd{k}": 0 for k in range(channels)} | {"wr": 0}

@@ -42,8 +42,6 @@ A bar chart of the busy shares is written to ``build/bench/top-<config>.png``
 
 import numpy as np
 
-from moevit.errors import ConfigError
-
 __all__ = ["bench_top", "print_table", "plot"]
 
 
@@ -124,9 +122,9 @@ def bench_top(config="tiny", simulator="verilator", prefetch=None, hw=None, bloc
     the rows' ``predicted`` and the instructions' figures take it too)."""
     from moevit.model.config import get_config
 
-    if isinstance(latency, bool) or not isinstance(latency, int) or latency < 0:
-        raise ConfigError(f"Memory latency must be a whole number of cycles >= 0, not "
-                          f"{latency!r}")
+    from moevit.hw.cost.cycles import check_latency
+
+    check_latency(latency)                  # before the long work
 
     base = _hw(config, hw)
     model = get_config(config)

@@ -101,7 +101,7 @@ from moevit.hw.program.isa import TASK_ENTRY_BYTES, TaskEntry
 from moevit.hw.program.program import ProgramError
 
 __all__ = ["InstructionCost", "ProgramCost", "program_cycles", "board_bandwidth",
-           "board_memory_bandwidth", "board_latency", "request_bursts", "bursts_floor",
+           "board_memory_bandwidth", "board_latency", "check_latency", "request_bursts", "bursts_floor",
            "burst_phases", "latency_cycles", "EXPOSED_LATENCIES", "moved_bytes", "memory_cycles",
            "compute_cycles",
            "expert_cycles", "expert_scan_cycles", "written_bytes", "LINEAR_TAIL",
@@ -553,21 +553,34 @@ def burst_phases(d, hw, *, op=None, routed=None) -> list:
     return [(request_bursts(d, hw, op=op, routed=routed), None)]
 
 
-def latency_cycles(mnemonic, phases, hw, compute, latency) -> tuple:
+def check_latency(latency) -> int:
+    """``latency`` (cycles of the memory's answer), or a :class:`ConfigError` naming it."""
+    if isinstance(latency, bool) or not isinstance(latency, int) or latency < 0:
+        raise ConfigError(f"Memory latency must be a whole number of cycles >= 0, not "
+                          f"{latency!r}")
+    return latency
+
+
+def latency_cycles(mnemonic, phases, hw, compute, latency, *, dram_reads=True,
+                   dram_bytes=True) -> tuple:
     """``(floor, exposed)`` of an instruction of kind ``mnemonic`` whose bursts are
     ``phases`` (:func:`burst_phases`) on a memory that answers ``latency`` cycles after each
     burst's address: the cycles it takes at least (:func:`bursts_floor`; an EXPERT's two
     jobs each, one after the other, over ``compute``), and the latencies it waits out
-    whole (:data:`EXPOSED_LATENCIES`; an EXPERT nobody chose only its routing's)."""
-    if not latency:
+    whole (:data:`EXPOSED_LATENCIES`; an EXPERT nobody chose only its routing's). The
+    on-chip window answers at once: without ``dram_reads`` nothing is waited out, without
+    ``dram_bytes`` (read or written) there is no floor either."""
+    if not latency or not dram_bytes:
         return 0, 0
-    if mnemonic == "EXPERT":
-        if not phases:
-            return 0, latency
-        slower = sum(max(0, bursts_floor(hw, bursts, latency) - cycles)
-                     for bursts, cycles in phases)
-        return compute + slower, EXPOSED_LATENCIES["EXPERT"] * latency
-    return bursts_floor(hw, phases[0][0], latency), EXPOSED_LATENCIES.get(mnemonic, 1) * latency
+    if mnemonic != "EXPERT":
+        floor = bursts_floor(hw, phases[0][0], latency)
+    elif phases:
+        floor = compute + sum(max(0, bursts_floor(hw, bursts, latency) - cycles)
+                              for bursts, cycles in phases)
+    else:
+        floor = 0
+    exposed = EXPOSED_LATENCIES.get(mnemonic, 1) if phases or mnemonic != "EXPERT" else 1
+    return floor, exposed * latency if dram_reads else 0
 
 
 def memory_cycles(hw, moved: dict, bandwidth, memory_bandwidth=None) -> int:
@@ -780,10 +793,8 @@ def program_cycles(program, image, task, *, bandwidth=None, memory_bandwidth=Non
                            latency=latency)
         drain = drain_cycles(d, hw, bandwidth, memory_bandwidth, dram, op=op, routed=routed)
         floor, exposed = latency_cycles(d.MNEMONIC, burst_phases(d, hw, op=op, routed=routed)
-                                        if latency else [], hw, compute, latency)
-        # The on-chip window answers at once: no latency without DRAM reads (or bytes).
-        exposed = exposed if read else 0
-        floor = floor if read or written else 0
+                                        if latency else [], hw, compute, latency,
+                                        dram_reads=bool(read), dram_bytes=bool(read or written))
         costs.append(InstructionCost(index, d.MNEMONIC, d.UNIT, compute, mem_cycles, read,
                                      written, max(compute + wait, mem_cycles + drain, floor)
                                      + issue + exposed, onchip, floor))

@@ -608,9 +608,10 @@ class Prediction:
     compute_bound: dict = field(default_factory=dict)  # unit -> its compute-bound cycles
 
 
-def _chunk_latency(step, hw, tokens, compute, latency, linear) -> tuple:
+def _chunk_latency(step, hw, tokens, compute, latency, linear, dram) -> tuple:
     """:func:`~moevit.hw.cost.cycles.latency_cycles` ``(floor, exposed)`` of ``step`` (a
-    linear step's chunk of ``tokens``) on a memory of ``latency`` cycles."""
+    linear step's chunk of ``tokens``, moving ``dram``: its DRAM bytes per mover) on a
+    memory of ``latency`` cycles."""
     from moevit.hw.cost.cycles import burst_phases, latency_cycles
 
     if not latency:
@@ -622,7 +623,9 @@ def _chunk_latency(step, hw, tokens, compute, latency, linear) -> tuple:
         d = (step.descriptor(hw, tokens=tokens) if linear and step.mnemonic == "LINEAR"
              else _other_descriptor(step, hw))
         _CYCLES[key] = burst_phases(d, hw, routed=tokens if step.mnemonic == "EXPERT" else None)
-    return latency_cycles(step.mnemonic, _CYCLES[key], hw, compute, latency)
+    reads = any(n for mover, n in dram.items() if mover != "write")
+    return latency_cycles(step.mnemonic, _CYCLES[key], hw, compute, latency, dram_reads=reads,
+                          dram_bytes=reads or bool(dram.get("write")))
 
 
 def predict(steps, hw, bandwidth, batch=1, memory_bandwidth=None, latency=0) -> Prediction:
@@ -676,10 +679,7 @@ def predict(steps, hw, bandwidth, batch=1, memory_bandwidth=None, latency=0) -> 
                 drain = _chunk_drain(step, hw, n, by_mover, bandwidth, memory_bandwidth)
             else:
                 wait, drain = _overlap(step, hw, by_mover, bandwidth, memory_bandwidth, latency)
-            floor, exposed = _chunk_latency(step, hw, n, compute, latency, linear)
-            if not any(v for k, v in by_mover.items() if k != "write"):
-                exposed = 0                 # no DRAM reads: the window answers at once
-                floor = floor if by_mover.get("write") else 0
+            floor, exposed = _chunk_latency(step, hw, n, compute, latency, linear, by_mover)
             memory = max(memory + drain, floor)
             cycles = (max(compute + wait, memory) + ISSUE_CYCLES + exposed) * count
             total += cycles

@@ -47,12 +47,10 @@ def cost_rows(*, quantized=None, config=None, task=None, board=None, latency=Non
     ``latency``: the memory's, in cycles (default: the board's, else 0)."""
     from moevit.hw.boards import get_board
     from moevit.hw.cost.cycles import (board_bandwidth, board_latency, board_memory_bandwidth,
-                                       program_cycles)
+                                       check_latency, program_cycles)
 
-    if latency is not None and (isinstance(latency, bool) or not isinstance(latency, int)
-                                or latency < 0):
-        raise ConfigError(f"Memory latency must be a whole number of cycles >= 0, not "
-                          f"{latency!r}")
+    if latency is not None:
+        check_latency(latency)
     board = get_board(board) if board is not None else None  # before the long work
     program, image = _program_and_image(quantized, config)
     hw = program.hw

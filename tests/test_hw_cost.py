@@ -161,6 +161,10 @@ def test_command_json_and_table(capsys):
     (["--config", "tiny", "--task", "x"], r"Unknown task 'x'"),
     (["--config", "tiny", "--board", "x"], r"Unknown board 'x'"),
     (["--quantized", "/nonexistent.npz"], r"Quantized model .* does not exist"),
+    (["--config", "tiny", "--latency", "-3"],
+     r"Memory latency must be a whole number of cycles >= 0, not -3"),
+    (["--check", "--board", "zcu102"], r"--board and --latency do not apply"),
+    (["--check", "--latency", "50"], r"--board and --latency do not apply"),
 ])
 def test_command_bad_input(capsys, argv, message):
     assert main(["hw", "cost", *argv]) == 2

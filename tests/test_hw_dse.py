@@ -98,6 +98,36 @@ def test_a_throughput_boards_ports_are_chosen_at_its_best_batch(rows):
                 assert chosen <= cycles * (1 + PORTS_SLACK), (ports, weights, cycles, chosen)
 
 
+def test_a_throughput_boards_window_is_chosen_at_its_best_batch(rows):
+    """The U280's on-chip window: larger than the one batch 1 fills (a batch of 16 has 16
+    times its activations), and no larger window of the search's that fits gives more
+    images a second at any batch; what binds is judged without it (it fills the block RAM
+    the rest leaves)."""
+    from moevit.hw.cost.dse import (ONCHIP_CHOICES, _bandwidths, _batches, _fits, predict,
+                                    workload)
+    from moevit.hw.cost.resources import resources
+
+    board, row = get_board("u280"), rows["u280", "edge-moe"]
+    hw, work = HwConfig.from_dict(row["hw"]), workload("edge-moe")
+    print(f"\nu280 window {hw.onchip_bytes:,} bytes (batch 1 fills {work.onchip_need():,}), "
+          f"{row['best_fps']:.1f} images/s at batch {row['best_batch']}, "
+          f"BRAM36 {row['bram36']}, binds: {row['binding_limit']}")
+    assert hw.onchip_bytes > work.onchip_need()
+    chosen = 1e6 * hw.clock_mhz / row["best_fps"]
+    port, memory, latency = _bandwidths(board, hw)
+    for size in (c for c in ONCHIP_CHOICES if c > hw.onchip_bytes):
+        other = hw.replace(onchip_bytes=size)
+        if _fits(resources(other), board):
+            continue
+        for batch in _batches(work.tokens, other):
+            batched = workload("edge-moe", batch=batch)
+            if size > batched.onchip_need():
+                continue
+            run = predict(batched.steps(row["task"], size), other, port, batch, memory, latency)
+            assert chosen <= run.cycles / batch, (size, batch)
+    assert row["binding_limit"] != "BRAM"
+
+
 def test_targets_are_checked_and_say_what_stops_them(rows):
     zcu102, u280 = rows["zcu102", "edge-moe"], rows["u280", "edge-moe"]
     assert [t["field"] for t in zcu102["targets"]] == ["mac_units", "latency_ms"]

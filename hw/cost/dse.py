@@ -928,6 +928,35 @@ def _ports_at_best_batch(point, work, board, the_fit, fabric):
     cycles, hw, res, best = next(t for t in tried if t[0] <= least * (1 + PORTS_SLACK))
     if hw == point.hw or cycles >= point.best_cycles_per_image * (1 - PORTS_SLACK):
         return
+    _adopt(point, hw, res, work, board, the_fit, fabric)
+
+
+def _window_at_best_batch(point, work, board, the_fit, fabric):
+    """On a throughput board, ``point``'s on-chip window chosen again as :func:`_window`
+    chooses it, but for each batch :func:`_best_batch` tries, from that batch's program:
+    a batch's activations are ``batch`` times batch 1's, so the window batch 1 fills
+    leaves most of them in DRAM. ``point`` changes in place when a larger window gives
+    more images a second."""
+    from moevit.hw.cost.resources import resources
+
+    best = (point.best_cycles_per_image, point.hw)
+    port, memory, latency = _bandwidths(board, point.hw)
+    for batch in _batches(work.tokens, point.hw):
+        batched = workload(work.config, batch=batch)
+        hw = _window(batched, point.hw, board, the_fit, fabric)
+        if hw.onchip_bytes <= point.hw.onchip_bytes:
+            continue
+        run = predict(batched.steps(point.task, hw.onchip_bytes), hw, port, batch, memory,
+                      latency)
+        if run.cycles / batch < best[0]:
+            best = (run.cycles / batch, hw)
+    if best[1] != point.hw:
+        _adopt(point, best[1], resources(best[1], the_fit), work, board, the_fit, fabric)
+
+
+def _adopt(point, hw, res, work, board, the_fit, fabric):
+    """``point`` moved to ``hw`` (``res`` its resources): its batch-1 runs, LayerNorm
+    lanes (:func:`_lanes_on_ports`), slowest task and best batch again."""
     port, memory, latency = _bandwidths(board, hw)
     runs = {t: predict(work.steps(t, hw.onchip_bytes), hw, port, memory_bandwidth=memory,
                        latency=latency) for t in work.tasks}
@@ -1056,6 +1085,7 @@ def _rank(points, work, board, the_fit, fabric) -> list:
             # More ports save at most the memory-bound instructions' cycles.
             run = p.best_prediction
             if (run.cycles - run.memory_cycles) / run.batch < best:
+                _window_at_best_batch(p, work, board, the_fit, fabric)
                 _ports_at_best_batch(p, work, board, the_fit, fabric)
                 best = min(best, p.best_cycles_per_image)
     if OBJECTIVES[board.host][0] == "latency":
@@ -1127,7 +1157,12 @@ def _binding(point, board, fabric=True, work=None):
             and hw.heads_parallel == get_config(work.config).heads \
             and hw.row_lanes == max(r for r in ROW_LANES if r <= work.tokens):
         return "compute: attention (at its most lanes)"
-    used = {name: getattr(point.resources, name) / (getattr(board, name) * USABLE[name])
+    # The on-chip window fills the block RAM the rest leaves (:func:`_window`), so it is
+    # not what stops a larger array: the resources without it.
+    from moevit.hw.cost.resources import resources
+
+    without = resources(hw.replace(onchip_bytes=0)) if hw.onchip_bytes else point.resources
+    used = {name: getattr(without, name) / (getattr(board, name) * USABLE[name])
             for name in ("dsp", "bram36", "uram", "lut", "ff")[:5 if fabric else 3]
             if getattr(board, name)}
     name = max(used, key=used.get)

@@ -130,6 +130,14 @@ class HwConfig:
         up to ``memory_ports``, its bursts dealt in turn to its port and the ``k - 1``
         after it (:func:`moevit.hw.top.memory_ports.weight_stripe`), still one mover
         of one bus word a cycle.
+    issue_lanes : int
+        Instructions the top may run at once. 1: one after the other. 2: one on the
+        *main* lane (LINEAR, TASK_LINEAR, EXPERT: the linear kernel) beside one on the
+        *side* lane (every other engine), an instruction waiting for the other lane's
+        only when the program does not mark it ``concurrent``
+        (:data:`~moevit.hw.program.isa.LANE_OF`); the compiler splits a batch into two
+        half batches and interleaves them so that each lane has work. Needs 2 memory
+        ports or more.
 
     Raises
     ------
@@ -171,6 +179,8 @@ class HwConfig:
     onchip_bytes: int = 0
     # The weight stream striped over memory ports (issue 14): 1 = its own port.
     weight_ports: int = 1
+    # Instructions the top runs at once (issue 14): 1, or 2 (the linear kernel's and the rest's).
+    issue_lanes: int = 1
 
     # Fixed by the numeric contract (moevit.model.integer.intops.requantize).
     BIAS_WIDTH = 32
@@ -186,7 +196,7 @@ class HwConfig:
     #: behaviour from before they existed: programs, caches and saved configs made then
     #: stay valid.
     SILENT_DEFAULTS = {"memory_ports": 1, "norm_lanes": 1, "onchip_bytes": 0,
-                       "weight_ports": 1, "row_lanes": 1}
+                       "weight_ports": 1, "row_lanes": 1, "issue_lanes": 1}
     #: Row lanes of a head lane: each copies the head's K and V, so a few.
     MAX_ROW_LANES = 16
 
@@ -292,6 +302,12 @@ class HwConfig:
             raise ConfigError(
                 f"Weight ports must be an integer from 1 to the {self.memory_ports} memory "
                 f"port(s), not {self.weight_ports!r}")
+        if isinstance(self.issue_lanes, bool) or self.issue_lanes not in (1, 2):
+            raise ConfigError(f"Issue lanes must be 1 or 2, not {self.issue_lanes!r}")
+        if self.issue_lanes == 2 and self.memory_ports < 2:
+            raise ConfigError(
+                "Two issue lanes need at least 2 memory ports: the second lane's write mover "
+                "takes a port's write channel of its own")
         if self.max_tokens % self.rows:
             raise ConfigError(
                 f"Token buffer depth {self.max_tokens} is not a multiple of the {self.rows} "

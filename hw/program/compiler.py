@@ -50,6 +50,18 @@ rows are bounded by the token buffer (``hw.max_tokens``, which also bounds
 the MoE unit's lists): a larger B is a compile error naming the largest
 that fits.
 
+**Two issue lanes.** On a top of two (``hw.issue_lanes = 2``: one lane for the linear
+kernel's instructions, one for the rest, :data:`~moevit.hw.program.isa.LANE_OF`), a batch
+of two images or more is emitted as two streams, the first half of the batch and the
+second, each the whole model on its images' rows (every tensor's address at its first
+row), and :func:`interleave` merges them so that one stream's attention, LayerNorm and
+routing run beside the other's linear layers, marking ``concurrent`` what does not wait
+for the other lane. The streams touch disjoint bytes (each its own rows; an expert's
+hidden rows at the half's first row too); the head runs once on the whole batch after
+both. Live ranges cover every instruction that may run beside a tensor's users
+(:func:`running_with`), so the on-chip window never gives one tensor's bytes to another
+while either may still be in use.
+
 The task is never in the program: gate and head take their weights from a
 task table indexed by the task register. Tensors that a fused operation
 keeps on chip (``patch_embed.out``, ``attn.proj.out``, ``mlp.fc1.pre``,
@@ -70,7 +82,7 @@ from moevit.hw.program.layout import Layout, pack_chan, pack_ln_params, pack_wei
 from moevit.hw.program.program import Program, program_size
 
 __all__ = ["compile_program", "largest_batch", "memory_tensors", "live_ranges",
-           "place_onchip"]
+           "place_onchip", "interleave", "running_with"]
 
 
 def _pair(array):
@@ -82,6 +94,7 @@ class _Compiler:
         self.q, self.config, self.hw = qmodel, qmodel.config, hw
         self.batch = batch
         self.rows = batch * qmodel.config.tokens  # token rows of every batched tensor
+        self.first, self.images = 0, batch        # the images the code being emitted runs on
         self.window = window or {}  # on-chip tensor -> (offset in the window, live range)
         self.layout = Layout(hw.bus_width)
         self.chunks = []  # (region, bytes) of the weights
@@ -178,7 +191,7 @@ class _Compiler:
         q, config, a = self.q, self.config, self.a
         height, width = config.image_size
         image_bytes = config.in_chans * height * width
-        for b in range(self.batch):
+        for b in range(self.images):
             self.emit("patch_embed", PatchifyDescriptor, channels=config.in_chans, rows=height,
                       columns=width, patch=config.patch, x_addr=a["input"] + b * image_bytes,
                       y_addr=a["patch_embed.in"] + b * config.tokens * config.patch_dim)
@@ -187,9 +200,10 @@ class _Compiler:
         self.emit("patch_embed.proj", LinearDescriptor, tokens=self.rows - 1,
                   in_features=config.patch_dim, out_features=config.dim, residual=1,
                   res_mult_y=ma, res_mult_skip=mb, res_shift=shift, x_addr=a["patch_embed.in"],
-                  w_addr=w, chan_addr=chan, res_addr=self.w["pos_embed"],
+                  w_addr=w, chan_addr=chan,
+                  res_addr=self.w["pos_embed"] + self.first * config.tokens * config.dim,
                   y_addr=a["embed.out"] + config.dim)
-        for b in range(self.batch):  # after the patches: it overwrites rows between them
+        for b in range(self.images):  # after the patches: it overwrites rows between them
             self.emit("cls", CopyDescriptor, length=config.dim, src_addr=self.w["cls"],
                       dst_addr=a["embed.out"] + b * config.tokens * config.dim)
 
@@ -253,7 +267,7 @@ class _Compiler:
             sm_mult, sm_shift = _pair(q[f"{p}.attn.softmax"])
             out_mult, out_shift = _pair(q[f"{p}.attn.ctx"])
             d, t = config.dim, config.tokens
-            for b in range(self.batch):  # each image's tokens attend to their own
+            for b in range(self.images):  # each image's tokens attend to their own
                 at = qkv + b * t * 3 * d
                 self.emit(f"{p}.attn", AttentionDescriptor, tokens=t, heads=config.heads,
                           head_dim=config.head_dim, sm_mult=sm_mult, sm_shift=sm_shift,
@@ -272,11 +286,36 @@ class _Compiler:
                 self.linear(f"{p}.mlp.fc2", a[f"{p}.mlp.fc1.out"], x, skip=add1,
                             residual=f"{p}.add2")
         self.layernorm("norm", x, a["norm.out"])
+
+    def heads(self):
+        """The task's head on every patch row of the batch: one instruction even when the
+        code is two streams (its rows are the task's width apart, which no address can
+        know, so the second half's first row has no address of its own)."""
+        config, a = self.config, self.a
         tasks = len(config.tasks)
         widest = self.layout["output"].shape[1]
         self.emit("heads", TaskLinearDescriptor, tokens=self.rows - 1, in_features=config.dim,
                   max_out=widest, tasks=tasks, table_addr=self.w["heads"],
                   x_addr=a["norm.out"] + config.dim, y_addr=a["output"])
+
+    def groups(self):
+        """``(first image, images)`` of each stream of code: the batch, or on a top of two
+        issue lanes its two halves (see :func:`interleave`)."""
+        if self.hw.issue_lanes == 1 or self.batch == 1:
+            return [(0, self.batch)]
+        half = -(-self.batch // 2)
+        return [(0, half), (half, self.batch - half)]
+
+    def on_images(self, first, images):
+        """Emit for images ``first .. first + images - 1`` only: every tensor's address at
+        their first row (an input image, an output row, a token row of the batch)."""
+        tokens = self.config.tokens
+        self.first, self.images, self.rows = first, images, images * tokens
+        self.a = {}
+        for name, address in self.addresses.items():
+            region = self.layout[name]
+            per_row = region.size // (self.batch if name == "input" else region.shape[0])
+            self.a[name] = address + first * (1 if name == "input" else tokens) * per_row
 
     def run(self) -> Program:
         config = self.config
@@ -286,8 +325,18 @@ class _Compiler:
         self.place_weights()
         weights_end = self.layout.size
         self.place_tensors()
-        self.embed()
-        self.blocks()
+        self.addresses = dict(self.a)
+        streams = []
+        for first, images in self.groups():
+            self.code = []
+            self.on_images(first, images)
+            self.embed()
+            self.blocks()
+            streams.append(self.code)
+        self.code, concurrent = interleave(streams, self.hw, config)
+        self.on_images(0, self.batch)
+        self.heads()   # after both streams: not concurrent
+        concurrent += (False,) * bool(concurrent)
         self.layout.add("program", "program", program_size(self.code))
         weights = bytearray(weights_end)
         for region, data in self.chunks:
@@ -296,7 +345,65 @@ class _Compiler:
                   "output_shape": [config.patches, task.classes * config.patch ** 2]}
                  for t, task in enumerate(config.tasks)]
         return Program(self.hw, self.code, self.layout, bytes(weights), tasks, config.to_dict(),
-                       self.batch)
+                       self.batch, concurrent)
+
+
+def interleave(streams, hw, config):
+    """One instruction list of ``streams`` (lists of instructions, each depending on the
+    one before it, any two streams independent) and its ``concurrent`` flags
+    (:attr:`~moevit.hw.program.program.Program.concurrent`; empty for one stream).
+
+    On a top of two issue lanes (:data:`~moevit.hw.program.isa.LANE_OF`) each lane runs
+    one instruction at a time, in program order; an instruction starts when its lane is
+    free and, unless it is ``concurrent``, when the other lane is too. The list is built
+    by simulating that machine on each instruction's compute cycles (the cost model's,
+    :func:`_cycles`): next comes the stream head that could start first (the longest of
+    those that could start as early), and it is ``concurrent`` when the instruction last
+    given to the other lane belongs to another stream: its own stream's instructions
+    before it are then finished or on its own lane."""
+    if len(streams) == 1:
+        return list(streams[0]), ()
+    from moevit.hw.program.isa import LANE_OF
+
+    free = {"main": 0, "side": 0}        # when each lane is free
+    last = {"main": None, "side": None}  # the stream of the instruction last on each lane
+    ready = [0] * len(streams)           # when each stream's last instruction ends
+    heads = [0] * len(streams)
+    issued = 0
+    code, concurrent = [], []
+    while any(h < len(s) for h, s in zip(heads, streams)):
+        options = []
+        for k, stream in enumerate(streams):
+            if heads[k] < len(stream):
+                d = stream[heads[k]]
+                lane = LANE_OF[d.MNEMONIC]
+                other = "side" if lane == "main" else "main"
+                alone = last[other] is not None and last[other] != k
+                start = max(issued, free[lane], ready[k], 0 if alone else free[other])
+                options.append((start, -_cycles(d, hw, config), k, d, lane, alone))
+        start, minus_cycles, k, d, lane, alone = min(options, key=lambda o: o[:3])
+        code.append(d)
+        concurrent.append(alone)
+        issued = start
+        free[lane] = ready[k] = start - minus_cycles
+        last[lane] = k
+        heads[k] += 1
+    return code, tuple(concurrent)
+
+
+def _cycles(d, hw, config) -> int:
+    """Compute cycles of instruction ``d`` for :func:`interleave`: the cost model's
+    (:func:`moevit.hw.cost.cycles.compute_cycles`), a task's gate or head at its widest
+    output and an expert at its share of the tokens (balanced routing)."""
+    from moevit.hw.cost.cycles import compute_cycles
+
+    op = routed = None
+    if d.MNEMONIC == "TASK_LINEAR":
+        op = LinearDescriptor(hw, tokens=d.tokens, in_features=d.in_features,
+                              out_features=d.max_out, x_addr=0, w_addr=0, chan_addr=0, y_addr=0)
+    elif d.MNEMONIC == "EXPERT":
+        routed = -(-d.tokens * d.top_k // config.experts)
+    return compute_cycles(d, hw, op=op, routed=routed)
 
 
 def memory_tensors(config, batch: int = 1) -> dict:
@@ -336,15 +443,43 @@ def memory_tensors(config, batch: int = 1) -> dict:
 
 def live_ranges(program) -> dict:
     """Scratch tensor -> ``(first, last)``: the instructions of ``program`` whose address
-    fields point into it (a program compiled with every tensor in DRAM scratch)."""
+    fields point into it (a program compiled with every tensor in DRAM scratch), and on a
+    top of two issue lanes every instruction that may run while one of those does
+    (:func:`running_with`)."""
     ranges = {}
+    spans = running_with(program)
     for k, desc in enumerate(program.instructions):
         for name, value in desc.to_dict().items():
             region = program.layout.at(value) if name.endswith("_addr") else None
             if region is not None and region.kind == "scratch":
-                first, _ = ranges.get(region.name, (k, k))
-                ranges[region.name] = (first, k)
+                first, last = ranges.get(region.name, spans[k])
+                ranges[region.name] = (min(first, spans[k][0]), max(last, spans[k][1]))
     return ranges
+
+
+def running_with(program) -> list:
+    """Per instruction ``k``, ``(first, last)``: the instructions that may run while it
+    does, itself included (``(k, k)`` on a top of one issue lane). On two lanes: the one
+    last issued to the other lane before it, if it is ``concurrent``; and those issued to
+    the other lane after it, up to the next on its own lane (which waits for it), while
+    each is ``concurrent`` (one that is not waits for it, and those after that one are
+    issued later still)."""
+    from moevit.hw.program.isa import LANE_OF
+
+    code, concurrent = program.instructions, program.concurrent
+    lanes = [LANE_OF[d.MNEMONIC] for d in code]
+    spans, last = [], {}
+    for k, lane in enumerate(lanes):
+        other = "side" if lane == "main" else "main"
+        first = last[other] if k < len(concurrent) and concurrent[k] else k
+        end = k
+        for i in range(k + 1, len(code)):
+            if lanes[i] == lane or i >= len(concurrent) or not concurrent[i]:
+                break
+            end = i
+        spans.append((first, end))
+        last[lane] = k
+    return spans
 
 
 def place_onchip(program, capacity: int) -> dict:

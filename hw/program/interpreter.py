@@ -30,7 +30,8 @@ class ExecutionStats(dict):
     """What a run did: instructions per mnemonic, ``experts_run`` and
     ``experts_skipped``, ``macs`` (multiply-accumulates of the linear layers
     and the attention), ``bytes_read`` and ``reads``, every read as
-    ``(address, bytes)`` (:func:`bytes_by_region` sums them per region)."""
+    ``(address, bytes)`` (:func:`bytes_by_region` sums them per region), and ``writes``,
+    every write so."""
 
 
 class _Machine:
@@ -38,7 +39,7 @@ class _Machine:
         self.mem, self.hw, self.task = memory, hw, task
         self.read_only = read_only   # (kind, start, end) the top refuses to write
         self.stats = ExecutionStats(experts_run=0, experts_skipped=0, macs=0, bytes_read=0,
-                                    reads=[])
+                                    reads=[], writes=[])
 
     def count_read(self, addr, size):
         self.stats["reads"].append((addr, size))
@@ -75,6 +76,10 @@ class _Machine:
                                    f"which the top only reads")
         for r in range(rows):
             self.mem[addr + r * pitch:addr + r * pitch + flat.shape[1]] = flat[r]
+        if pitch == flat.shape[1]:
+            self.stats["writes"].append((addr, flat.size))
+        else:
+            self.stats["writes"] += [(addr + r * pitch, flat.shape[1]) for r in range(rows)]
 
     def raw(self, addr, size):
         self.count_read(addr, size)

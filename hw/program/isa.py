@@ -1,8 +1,8 @@
 """The instruction set of the accelerator: one opcode table, one descriptor per opcode.
 
 An instruction is a :class:`~moevit.hw.program.descriptor.Descriptor`: its
-opcode in the low 8 bits of its first 32-bit word says which unit runs it and
-how many words it has. The kernels' descriptors (linear, attention,
+opcode in the low 7 bits of its first 32-bit word says which unit runs it and
+how many words it has (bit 7 marks it ``concurrent``: :data:`CONCURRENT_BIT`). The kernels' descriptors (linear, attention,
 LayerNorm) are the operands of the first three opcodes; this module adds
 what a whole model needs around them:
 
@@ -45,7 +45,7 @@ from moevit.hw.program.descriptor import (AttentionDescriptor, Descriptor, Descr
                                           LayerNormDescriptor, LinearDescriptor, _check_constants,
                                           _check_positive, _check_range, packed)
 
-__all__ = ["PatchifyDescriptor", "CopyDescriptor", "TaskLinearDescriptor", "RouteDescriptor",
+__all__ = ["LANE_OF", "CONCURRENT_BIT", "PatchifyDescriptor", "CopyDescriptor", "TaskLinearDescriptor", "RouteDescriptor",
            "ExpertDescriptor", "CombineDescriptor", "TaskEntry", "OPCODES", "UNITS",
            "instruction_class", "GATE_RULES", "TASK_ENTRY_BYTES"]
 
@@ -320,6 +320,17 @@ OPCODES = {cls.OPCODE: cls for cls in (
     LinearDescriptor, AttentionDescriptor, LayerNormDescriptor, PatchifyDescriptor,
     CopyDescriptor, TaskLinearDescriptor, RouteDescriptor, ExpertDescriptor, CombineDescriptor)}
 UNITS = sorted({cls.UNIT for cls in OPCODES.values()})
+
+#: The issue lane of each mnemonic on a top of two (``HwConfig.issue_lanes``): ``main``
+#: for the linear kernel's instructions, ``side`` for every other engine's.
+LANE_OF = {cls.MNEMONIC: "main" if cls in (LinearDescriptor, TaskLinearDescriptor,
+                                            ExpertDescriptor) else "side"
+           for cls in OPCODES.values()}
+#: The bit of an instruction's first word (above its opcode) that marks it ``concurrent``:
+#: it does not depend on the instruction last issued to the other lane, so a top of two
+#: issue lanes may start it while that one runs (:mod:`moevit.hw.program.program`).
+CONCURRENT_BIT = 1 << 7
+assert max(OPCODES) < CONCURRENT_BIT
 
 
 def instruction_class(opcode: int):

@@ -70,7 +70,7 @@ import numpy as np
 from moevit.errors import CheckpointError, ConfigError
 from moevit.hw.config import HwConfig
 from moevit.hw.program.descriptor import DescriptorError
-from moevit.hw.program.isa import OPCODES
+from moevit.hw.program.isa import CONCURRENT_BIT, OPCODES
 from moevit.hw.program.layout import Layout
 
 __all__ = ["Program", "ProgramError", "encode", "decode", "hw_hash", "listing",
@@ -123,6 +123,11 @@ class Program:
         The model config (``ModelConfig.to_dict()``).
     batch : int
         Images one run of the body computes (the header's ``batch``).
+    concurrent : tuple of bool
+        Per instruction, on a top of two issue lanes (``hw.issue_lanes``): it does not
+        depend on the instruction last issued to the other lane
+        (:data:`~moevit.hw.program.isa.LANE_OF`), so it may start while that one runs;
+        empty: none is. Bit :data:`~moevit.hw.program.isa.CONCURRENT_BIT` of its first word.
     """
 
     hw: HwConfig
@@ -132,11 +137,13 @@ class Program:
     tasks: list = field(default_factory=list)
     model: dict = field(default_factory=dict)
     batch: int = 1
+    concurrent: tuple = ()
 
     def encode(self) -> bytes:
         return encode(self.hw, self.instructions, tasks=len(self.tasks),
                       bus_bits=self.layout.bus_bits, memory_bytes=self.layout.size,
-                      boundaries=self.layout.boundaries(), batch=self.batch)
+                      boundaries=self.layout.boundaries(), batch=self.batch,
+                      concurrent=self.concurrent)
 
     @property
     def image_shape(self) -> tuple:
@@ -162,7 +169,7 @@ class Program:
         return image
 
     def listing(self) -> str:
-        text = listing(self.instructions, self.layout)
+        text = listing(self.instructions, self.layout, self.concurrent)
         if self.batch > 1:
             text += (f"# batch: {self.batch} images per run of the body, image b's input "
                      f"{self.layout['input'].size // self.batch} bytes and its output "
@@ -176,10 +183,18 @@ def program_size(instructions) -> int:
     return 4 * (HEADER_WORDS + sum(d.words() for d in instructions))
 
 
-def encode(hw, instructions, *, tasks, bus_bits, memory_bytes, boundaries, batch=1) -> bytes:
+def encode(hw, instructions, *, tasks, bus_bits, memory_bytes, boundaries, batch=1,
+           concurrent=()) -> bytes:
     """``program.bin`` of ``instructions`` (see the module's table); ``boundaries`` as
-    ``Layout.boundaries()`` gives them; ``batch`` images per run of the body."""
-    body = np.array([w for d in instructions for w in d.pack()], "<u4").tobytes()
+    ``Layout.boundaries()`` gives them; ``batch`` images per run of the body;
+    ``concurrent``: per instruction, its :data:`~moevit.hw.program.isa.CONCURRENT_BIT`."""
+    words = []
+    for k, d in enumerate(instructions):
+        packed_words = list(d.pack())
+        if k < len(concurrent) and concurrent[k]:
+            packed_words[0] |= CONCURRENT_BIT
+        words += packed_words
+    body = np.array(words, "<u4").tobytes()
     digest = hw_hash(hw)
     header = [MAGIC, VERSION, HEADER_WORDS, digest & 0xFFFFFFFF, digest >> 32, bus_bits, tasks,
               len(instructions), len(body) // 4, memory_bytes,
@@ -246,17 +261,23 @@ def decode(data: bytes, hw: HwConfig, what="Program"):
     if zlib.crc32(body) != header["body_crc"]:
         raise ProgramError(f"{what} fails its body CRC: the instructions were changed or damaged")
     words = np.frombuffer(body, "<u4").astype(np.int64)
-    instructions, at = [], 0
+    instructions, concurrent, at = [], [], 0
     while at < len(words):
         k = len(instructions)
-        opcode = int(words[at]) & 0xFF
+        opcode = int(words[at]) & 0xFF & ~CONCURRENT_BIT
         cls = OPCODES.get(opcode)
         if cls is None:
             raise ProgramError(f"{what} instruction {k} has an unknown opcode {opcode}")
         if at + cls.words() > len(words):
             raise ProgramError(f"{what} instruction {k} ({cls.MNEMONIC}) is cut short")
+        concurrent.append(bool(words[at] & CONCURRENT_BIT))
+        if concurrent[-1] and hw.issue_lanes == 1:
+            raise ProgramError(f"{what} instruction {k} ({cls.MNEMONIC}) is marked concurrent; "
+                               f"hardware {hw.name!r} has one issue lane")
         try:
-            desc = cls.unpack(hw, words[at:at + cls.words()])
+            image = words[at:at + cls.words()].copy()
+            image[0] &= ~CONCURRENT_BIT
+            desc = cls.unpack(hw, image)
         except (DescriptorError, ConfigError) as error:
             raise ProgramError(f"{what} instruction {k} ({cls.MNEMONIC}): {error}") from None
         for name, value in desc.to_dict().items():
@@ -269,6 +290,7 @@ def decode(data: bytes, hw: HwConfig, what="Program"):
     if len(instructions) != header["instructions"]:
         raise ProgramError(f"{what} holds {len(instructions)} instructions; its header says "
                            f"{header['instructions']}")
+    header["concurrent"] = tuple(concurrent) if any(concurrent) else ()
     return instructions, header
 
 
@@ -286,12 +308,14 @@ def _address(value, layout, when=None):
     return f"{region.name}{f'+{offset}' if offset else ''}@{value:#x}"
 
 
-def listing(instructions, layout) -> str:
-    """One line per instruction: index, mnemonic, unit, shape, constants,
-    addresses (named by their region, an on-chip one by the tensor live there) and
-    the tensor it produces; with an on-chip window, a last line on what it holds."""
+def listing(instructions, layout, concurrent=()) -> str:
+    """One line per instruction: index (``|`` after it: marked ``concurrent``), mnemonic,
+    unit, shape, constants, addresses (named by their region, an on-chip one by the tensor
+    live there) and the tensor it produces; with an on-chip window, a last line on what
+    it holds."""
     lines = []
     for k, desc in enumerate(instructions):
+        mark = "|" if k < len(concurrent) and concurrent[k] else " "
         fields = desc.to_dict()
         # The constants and operands of a fusion that is off say nothing.
         for flag, prefix in (("gelu", "gelu_"), ("residual", "res_")):
@@ -307,7 +331,7 @@ def listing(instructions, layout) -> str:
         produces = out.name if out is not None else f"{fields[desc.OUTPUT]:#x}"
         if out is not None and out.kind == "onchip":
             produces += " (on chip)"
-        lines.append(f"{k:4d}  {desc.MNEMONIC:<11} {desc.UNIT:<9} {shape} | {consts} | "
+        lines.append(f"{k:4d}{mark} {desc.MNEMONIC:<11} {desc.UNIT:<9} {shape} | {consts} | "
                      f"{addrs} -> {produces}@{fields[desc.OUTPUT]:#x}")
     onchip = layout.onchip()
     if onchip["tensors"]:
@@ -397,4 +421,4 @@ def read_program(folder) -> Program:
             or any(header[k] != v for k, v in layout.boundaries().items()):
         raise ProgramError(f"{folder}/program.bin does not match layout.json (memory size, "
                            f"tasks, bus width, batch or region bounds differ)")
-    return Program(hw, instructions, layout, weights, tasks, model, batch)
+    return Program(hw, instructions, layout, weights, tasks, model, batch, header["concurrent"])

@@ -123,6 +123,11 @@ class Accelerator(wiring.Component):
             self._MustUse__silence = True
             raise ValueError(f"Engines must be among {list(ENGINES)} (expert with linear), "
                              f"not {list(self._engines)}")
+        if hw.issue_lanes != 1:
+            self._MustUse__silence = True
+            raise ValueError("The top of two issue lanes is not built yet: its programs are "
+                             "(moevit.hw.program.compiler.interleave), its sequencer and "
+                             "engines' second lane are not")
         self._control = Control.from_config(hw)
         members = {"ap_clk": In(1), "ap_rst_n": In(1), "interrupt": Out(1),
                    "s_axi_control": In(AxiLiteSignature(self._control.regmap.address_width))}

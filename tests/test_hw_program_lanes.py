@@ -1,0 +1,185 @@
+"""Programs for a top of two issue lanes (HwConfig ``issue_lanes = 2``): the compiler splits a
+batch into two half batches and interleaves them, marking ``concurrent`` the instructions
+that do not depend on the one last issued to the other lane. Checked: every image's map is
+the golden model's; no two instructions that may run at once touch the same bytes (one
+writing them), by the interpreter's own log of every read and write; the check fails on a
+wrongly marked instruction; the flags survive the binary and are refused on one lane."""
+
+import numpy as np
+import pytest
+
+from moevit.hw.config import DEFAULT_HW
+from moevit.hw.program.compiler import compile_program, running_with
+from moevit.hw.program.interpreter import head_map, image_output, run_images, run_instructions
+from moevit.hw.program.isa import LANE_OF
+from moevit.hw.program.program import ProgramError, decode
+from moevit.model.integer import golden
+from moevit.sim.benches.engines import replay_seed
+
+TWO_LANES = DEFAULT_HW["tiny"].replace(max_tokens=256, memory_ports=2, issue_lanes=2)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from moevit.sim.units import tiny_quantized
+
+    qmodel, image = tiny_quantized(trained=False)
+    return qmodel, golden.quantize_image(image, qmodel.scale("input"))
+
+
+def _images(image, batch):
+    rng = np.random.default_rng(replay_seed())
+    others = [rng.integers(-128, 128, image.shape, dtype=np.int8) for _ in range(batch - 1)]
+    return np.stack([image, *others])
+
+
+def _footprints(program, images, task):
+    """Per instruction, ``(reads, writes)``: its byte intervals, merged, run by run in
+    program order on the interpreter."""
+    memory = program.memory_image()
+    region = program.layout["input"]
+    memory[region.offset:region.end] = images.reshape(-1).view(np.uint8)
+    result = []
+    for d in program.instructions:
+        stats = run_instructions(memory, program.hw, [d], task)
+        result.append(tuple(_merged(stats[kind]) for kind in ("reads", "writes")))
+    return result
+
+
+def _merged(accesses):
+    spans = sorted((addr, addr + size) for addr, size in accesses if size)
+    merged = []
+    for start, end in spans:
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return merged
+
+
+def _overlap(a, b) -> bool:
+    i = j = 0
+    while i < len(a) and j < len(b):
+        if a[i][0] < b[j][1] and b[j][0] < a[i][1]:
+            return True
+        if a[i][1] <= b[j][1]:
+            i += 1
+        else:
+            j += 1
+    return False
+
+
+def _conflicts(program, images, task):
+    """Pairs ``(k, i)`` of instructions that may run at once (:func:`running_with`) where
+    one writes bytes the other reads or writes."""
+    prints = _footprints(program, images, task)
+    bad = []
+    for k, (first, last) in enumerate(running_with(program)):
+        # The one before it on the other lane, if it is concurrent; those after it.
+        for i in [first] * (first < k) + list(range(k + 1, last + 1)):
+            (reads_k, writes_k), (reads_i, writes_i) = prints[k], prints[i]
+            if _overlap(writes_k, reads_i + writes_i) or _overlap(writes_i, reads_k):
+                bad.append((min(k, i), max(k, i)))
+    return sorted(set(bad))
+
+
+@pytest.mark.parametrize("batch, onchip", [(2, 0), (3, 0), (2, 32768)])
+def test_two_streams_compute_each_image_and_never_touch_each_others_bytes(tiny, batch, onchip):
+    qmodel, image = tiny
+    hw = TWO_LANES.replace(max_tokens=64 * (-(-batch * qmodel.config.tokens // 64)),
+                           onchip_bytes=onchip)
+    program = compile_program(qmodel, hw, batch=batch)
+    images = _images(image, batch)
+    marked = sum(program.concurrent)
+    lanes = [LANE_OF[d.MNEMONIC] for d in program.instructions]
+    print(f"\nbatch {batch}, window {onchip}: {len(program.instructions)} instructions, "
+          f"{marked} concurrent, {lanes.count('main')} on the main lane; "
+          f"{program.layout.onchip() if onchip else ''}")
+    assert len(program.concurrent) == len(program.instructions) and marked > 0
+    for task in (0, 1):
+        memory, _ = run_images(program, images, task)
+        output = memory[program.layout["output"].offset:program.layout["output"].end]
+        for b in range(batch):
+            got = head_map(program, image_output(program, output, task, b), task)
+            assert np.array_equal(got, golden.run(qmodel, images[b], task, record=False).output)
+    assert _conflicts(program, images, 0) == []
+
+
+def test_the_check_finds_a_wrongly_marked_instruction(tiny):
+    """Mark concurrent each instruction that waits for its own stream's last one on the
+    other lane (in turn): the footprint check names the pair."""
+    qmodel, image = tiny
+    program = compile_program(qmodel, TWO_LANES, batch=2)
+    images = _images(image, 2)
+    lanes = [LANE_OF[d.MNEMONIC] for d in program.instructions]
+    tried = 0
+    for k in range(1, len(program.instructions) - 1):
+        other = [i for i in range(k) if lanes[i] != lanes[k]]
+        if program.concurrent[k] or not other:
+            continue
+        flags = list(program.concurrent)
+        flags[k] = True
+        wrong = type(program)(**{**vars(program), "concurrent": tuple(flags)})
+        assert (other[-1], k) in _conflicts(wrong, images, 0), k
+        tried += 1
+        if tried == 3:
+            break
+    assert tried == 3
+
+
+def test_one_lane_or_one_image_marks_nothing(tiny):
+    qmodel, _ = tiny
+    assert compile_program(qmodel, TWO_LANES).concurrent == ()
+    one_lane = TWO_LANES.replace(issue_lanes=1)
+    assert compile_program(qmodel, one_lane, batch=2).concurrent == ()
+    # The same instructions but for the order: the two halves of the batch.
+    two = compile_program(qmodel, TWO_LANES, batch=2)
+    one = compile_program(qmodel, one_lane, batch=2)
+    count = {}
+    for d in two.instructions:
+        count[d.MNEMONIC] = count.get(d.MNEMONIC, 0) + 1
+    for d in one.instructions:   # per image, and the head over the batch: once each
+        once = d.MNEMONIC in ("PATCHIFY", "COPY", "ATTENTION") \
+            or getattr(d, d.OUTPUT) == one.layout["output"].offset
+        count[d.MNEMONIC] -= 1 if once else 2
+    assert set(count.values()) == {0}
+
+
+def test_the_flags_survive_the_binary_and_one_lane_refuses_them(tiny):
+    qmodel, _ = tiny
+    program = compile_program(qmodel, TWO_LANES, batch=2)
+    instructions, header = decode(program.encode(), program.hw)
+    assert instructions == program.instructions and header["concurrent"] == program.concurrent
+    assert "|" in program.listing()
+    # The same binary for a top of one lane (its own fingerprint): refused.
+    one = type(program)(**{**vars(program), "hw": program.hw.replace(issue_lanes=1)})
+    with pytest.raises(ProgramError, match=r"^Program instruction \d+ \(\w+\) is marked "
+                                           r"concurrent; hardware 'tiny' has one issue lane"):
+        decode(one.encode(), one.hw)
+
+
+def test_two_lanes_need_two_memory_ports():
+    from moevit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="^Two issue lanes need at least 2 memory ports"):
+        DEFAULT_HW["tiny"].replace(issue_lanes=2)
+    with pytest.raises(ConfigError, match="^Issue lanes must be 1 or 2, not 3"):
+        TWO_LANES.replace(issue_lanes=3)
+
+
+def test_running_with_by_hand():
+    """The instructions each may run beside, on a made-up order of lanes and flags: L main,
+    A side (attention), N side (LayerNorm); ``|`` concurrent."""
+    from types import SimpleNamespace
+
+    def made_up(marks):
+        code = [SimpleNamespace(MNEMONIC={"L": "LINEAR", "A": "ATTENTION",
+                                          "N": "LAYERNORM"}[m[0]]) for m in marks]
+        return SimpleNamespace(instructions=code, concurrent=tuple(m.endswith("|")
+                                                                   for m in marks))
+
+    #                  0    1     2     3    4     5    6
+    program = made_up(["L", "A|", "N|", "L", "A|", "N", "L|"])
+    assert running_with(program) == [(0, 2), (0, 1), (0, 2), (3, 4), (3, 4), (5, 6), (5, 6)]
+    # One lane (no flags): each instruction alone.
+    assert running_with(made_up(["L", "A", "L"])) == [(0, 0), (1, 1), (2, 2)]

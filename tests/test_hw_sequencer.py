@@ -12,7 +12,7 @@ import pytest
 from moevit.hw.config import DEFAULT_HW
 from moevit.hw.program.isa import TASK_ENTRY_BYTES
 from moevit.hw.program.program import HEADER_FIELDS, HEADER_WORDS
-from moevit.hw.top.sequencer import TABLE_OPCODES, Sequencer, code
+from moevit.hw.top.sequencer import MAIN_OPCODES, TABLE_OPCODES, Sequencer, code
 
 BASE = 0x10000          # where the test places the program and the weights (physical)
 
@@ -42,11 +42,15 @@ def _run(program, memory, task, images, **kwargs):
     return _runs(program, [memory], task, images, **kwargs)[0]
 
 
-def _runs(program, memories, task, images, *, finish_after=3, limit=200_000, waited=None):
+def _runs(program, memories, task, images, *, finish_after=3, limit=200_000, waited=None,
+          durations=None):
     """Simulate one run per memory, back to back on one sequencer; a list of what
     :func:`_run` returns. ``idle`` is low while a read is being answered (as the top's,
     where it covers the movers). ``waited``: a list that gets, per issued instruction,
-    the cycles the next one was ``pending`` (assembled) before this one finished."""
+    the cycles the next one was ``pending`` (assembled) before this one finished.
+    ``durations`` (a random generator; a top of two issue lanes): each instruction takes
+    a random 1 to 300 cycles on its lane, and each issue also records its cycle, its lane
+    and which lanes were busy then."""
     from amaranth.sim import Simulator
 
     hw = program.hw
@@ -90,7 +94,30 @@ def _runs(program, memories, task, images, *, finish_after=3, limit=200_000, wai
         ctx.set(dut.idle, 1)
         for memory in memories:
             state["memory"] = memory
-            results.append(await one_run(ctx))
+            results.append(await (one_run if durations is None else one_run_lanes)(ctx))
+
+    async def one_run_lanes(ctx):
+        issued, busy, cycle = [], [None, None], 0
+        ctx.set(dut.start, 1)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        ctx.set(dut.issue.ready, 1)
+        for _ in range(limit):
+            was_busy = [end is not None for end in busy]
+            done_now = [end is not None and cycle >= end for end in busy]
+            ctx.set(dut.finished, done_now[0] | done_now[1] << 1)
+            busy = [None if d else end for d, end in zip(done_now, busy)]
+            _, _, valid, done, opcode, image = await ctx.tick().sample(
+                dut.issue.valid, dut.done, dut.issue.payload.opcode, dut.issue.payload.image)
+            cycle += 1
+            if done:
+                return (issued, ctx.get(dut.error),
+                        (ctx.get(dut.instruction), ctx.get(dut.image)))
+            if valid:
+                lane = int(opcode not in MAIN_OPCODES)
+                issued.append((opcode, image, cycle, lane, was_busy))
+                busy[lane] = cycle + int(durations.integers(1, 301))
+        raise AssertionError("no done")
 
     async def one_run(ctx):
         issued = []
@@ -253,3 +280,38 @@ def test_onchip_window_header_and_addresses():
         memory[at:at + 4] = np.frombuffer(np.uint32(end).tobytes(), np.uint8)
         issued, error, _ = _run(program, memory, task=0, images=1)
         assert (issued, error) == ([], code("program")), end
+
+
+def test_two_issue_lanes():
+    """A top of two issue lanes: the two half-batch streams of a batch of two, each
+    instruction taking a random 1 to 300 cycles on its lane (seed printed): every
+    instruction is issued once, in order, without its concurrent bit; never to a busy lane,
+    nor beside the other lane's unless concurrent; and the lanes do overlap. A concurrent
+    bit on a top of one lane is an unknown opcode."""
+    from moevit.hw.program.compiler import compile_program
+    from moevit.sim.benches.engines import replay_seed
+    from moevit.sim.units import tiny_quantized
+
+    qmodel, _ = tiny_quantized(trained=False)
+    hw = DEFAULT_HW["tiny"].replace(max_tokens=256, memory_ports=2, issue_lanes=2)
+    program = compile_program(qmodel, hw, batch=2)
+    rng = np.random.default_rng(replay_seed())
+    issued, error, status = _run(program, _memory(program), 1, 2, durations=rng)
+    n = len(program.instructions)
+    assert error == 0 and status == (n - 1, 1) and len(issued) == 2 * n
+    overlapped = 0
+    for k, (opcode, image, cycle, lane, was_busy) in enumerate(issued):
+        desc = program.instructions[k % n]
+        assert opcode == desc.OPCODE and image == desc.to_int(), f"instruction {k}"
+        assert not was_busy[lane], f"instruction {k} issued to its busy lane at {cycle}"
+        assert program.concurrent[k % n] or not was_busy[1 - lane], \
+            f"instruction {k} issued beside the other lane's at {cycle}, not concurrent"
+        overlapped += was_busy[1 - lane]
+    print(f"{overlapped} of {len(issued)} instructions issued while the other lane ran")
+    assert overlapped >= n // 4
+    # One lane: the concurrent bit on the second instruction makes its opcode unknown.
+    plain = compile_program(qmodel, hw.replace(issue_lanes=1), batch=2)
+    bad = bytearray(plain.encode()[4 * HEADER_WORDS:])
+    bad[4 * plain.instructions[0].words()] |= 0x80
+    issued, error, status = _run(plain, _memory(plain, bytes(bad)), 0, 1, finish_after=30)
+    assert (len(issued), error, status[0]) == (1, code("opcode"), 1)

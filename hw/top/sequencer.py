@@ -23,6 +23,13 @@ as ``pending`` until it is issued; an error found in it (opcode, program,
 address) stops the run only once the one before it has finished, as without
 the look-ahead.
 
+On a top of two issue lanes (``hw.issue_lanes = 2``) the look-ahead is always on and an
+instruction goes to its lane (``main``: LINEAR, TASK_LINEAR, EXPERT; ``side``: the rest,
+:data:`~moevit.hw.program.isa.LANE_OF`): it is issued once that lane's instruction has
+finished and, unless its first word has the concurrent bit
+(:data:`~moevit.hw.program.isa.CONCURRENT_BIT`, cleared in what is issued), the other
+lane's too; so two instructions run at most, one a lane. ``finished`` has a bit a lane.
+
 The task is a register: the same program and weights serve every task, and
 the only thing a task switch changes is which table entry these reads
 fetch, so it costs no cycle.
@@ -34,12 +41,12 @@ reads still bring, and when the top reports everything ``idle`` it ends the
 run with ``done`` and the code in ``error``. The next start runs normally.
 """
 
-from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from moevit.hw.config import HwConfig
-from moevit.hw.program.isa import OPCODES, TASK_ENTRY_BYTES, RouteDescriptor, \
+from moevit.hw.program.isa import LANE_OF, OPCODES, TASK_ENTRY_BYTES, RouteDescriptor, \
     TaskLinearDescriptor
 from moevit.hw.program.program import (BOUNDARY_FIELDS, HEADER_FIELDS, HEADER_WORDS, MAGIC,
                                       VERSION, hw_hash)
@@ -55,6 +62,8 @@ MAX_INSTRUCTION_WORDS = max(cls.words() for cls in OPCODES.values())
 INSTRUCTION_BITS = 32 * MAX_INSTRUCTION_WORDS
 #: Instructions that read their task's table entry (its field ``table_addr``).
 TABLE_OPCODES = (TaskLinearDescriptor.OPCODE, RouteDescriptor.OPCODE)
+#: Instructions of the main issue lane (``hw.issue_lanes = 2``; :data:`~moevit.hw.program.isa.LANE_OF`).
+MAIN_OPCODES = tuple(op for op, cls in OPCODES.items() if LANE_OF[cls.MNEMONIC] == "main")
 
 
 def code(name: str) -> int:
@@ -90,8 +99,9 @@ class Sequencer(wiring.Component):
     prog, entry : Out(ReadPort)
         Reads of the program and of table entries, at physical addresses.
     issue : Out(stream.Signature(issue_layout()))
-    finished : In(1)
-        The issued instruction is complete (its writes answered).
+    finished : In(hw.issue_lanes)
+        The instruction issued to a lane (bit 0 main, bit 1 side; one bit on one lane) is
+        complete (its writes answered).
     abort : In(8)
         Non-zero: stop the run with this error code.
     idle : In(1)
@@ -121,7 +131,7 @@ class Sequencer(wiring.Component):
             "images": In(32),
             "prog": Out(ReadPort(hw.bus_width)), "entry": Out(ReadPort(hw.bus_width)),
             "issue": Out(stream.Signature(issue_layout())),
-            "finished": In(1), "abort": In(8), "idle": In(1),
+            "finished": In(hw.issue_lanes), "abort": In(8), "idle": In(1),
             "halting": Out(1), "done": Out(1), "error": Out(8),
             "instruction": Out(16), "image": Out(16),
             "bounds": Out(bounds_layout()), "onchip_end": Out(32),
@@ -156,12 +166,28 @@ class Sequencer(wiring.Component):
         entry_got = Signal(range(entry_bytes // nbytes + 1))
         failure = Signal(8)
 
-        ahead = bool(hw.expert_prefetch)
-        inflight = Signal()          # an issued instruction has not finished
-        with m.If(self.issue.valid & self.issue.ready):
-            m.d.sync += inflight.eq(1)
-        with m.If(self.finished | self.start):
+        lanes = hw.issue_lanes
+        ahead = bool(hw.expert_prefetch) or lanes == 2
+        # Per lane (bit 0 main, bit 1 side): an issued instruction has not finished.
+        inflight = Signal(lanes)
+        lane = Signal(range(lanes))  # the assembled instruction's
+        concurrent = Signal()        # ... and its concurrent bit (two lanes)
+        if lanes == 2:
+            m.d.comb += lane.eq(~opcode.matches(*MAIN_OPCODES))
+        issued = Signal(lanes)
+        m.d.comb += issued.eq(Mux(self.issue.valid & self.issue.ready, 1 << lane, 0))
+        with m.If(self.start):
             m.d.sync += inflight.eq(0)
+        with m.Else():
+            m.d.sync += inflight.eq((inflight & ~self.finished) | issued)
+        # Whether the assembled instruction may be issued: its lane free, and the other
+        # lane too unless the instruction is concurrent.
+        free = Signal()
+        if lanes == 2:
+            mine, other = inflight.bit_select(lane, 1), inflight.bit_select(~lane, 1)
+            m.d.comb += free.eq(~mine & (concurrent | ~other))
+        else:
+            m.d.comb += free.eq(~inflight)
 
         def stop(m, name_or_code):
             value = code(name_or_code) if isinstance(name_or_code, str) else name_or_code
@@ -204,9 +230,12 @@ class Sequencer(wiring.Component):
                      & Cat(*(field[a] <= field[b] for a, b in
                              zip(BOUNDARY_FIELDS, BOUNDARY_FIELDS[1:]))).all())
 
-        # The words an opcode takes; 0 for an unknown one.
+        # The words an opcode takes; 0 for an unknown one. On two lanes the top bit of the
+        # opcode byte is the concurrent bit; on one, an opcode with it is unknown.
+        opcode_bits = 7 if lanes == 2 else 8
         known_length = Signal.like(length)
-        with m.Switch(word[:8]):
+        first_word = Cat(word[:7], Const(0, 1), word[8:]) if lanes == 2 else word
+        with m.Switch(word[:opcode_bits]):
             for op, cls in OPCODES.items():
                 with m.Case(op):
                     m.d.comb += known_length.eq(cls.words())
@@ -290,8 +319,10 @@ class Sequencer(wiring.Component):
                     with m.Elif(words.o.payload.last != (final & last_instruction)):
                         fail(m, "program")
                     with m.Elif(filled == 0):
-                        m.d.sync += [opcode.eq(word[:8]), image.eq(word),
+                        m.d.sync += [opcode.eq(word[:opcode_bits]), image.eq(first_word),
                                      length.eq(known_length), filled.eq(1)]
+                        if lanes == 2:
+                            m.d.sync += concurrent.eq(word[7])
                         with m.If(known_length == 1):
                             m.d.sync += filled.eq(0)
                             m.next = "ADDRESSES"
@@ -336,7 +367,7 @@ class Sequencer(wiring.Component):
             with m.State("ISSUE"):
                 # Look-ahead: the instruction waits here, assembled, while the one
                 # before it runs (``pending``), and is issued when that one finishes.
-                m.d.comb += [self.running.eq(1), self.issue.valid.eq(~inflight),
+                m.d.comb += [self.running.eq(1), self.issue.valid.eq(free),
                              self.pending.eq(1)]
                 with m.If(self.abort != 0):
                     stop(m, self.abort)
@@ -356,7 +387,7 @@ class Sequencer(wiring.Component):
                     m.d.comb += self.running.eq(1)
                     with m.If(self.abort != 0):
                         stop(m, self.abort)
-                    with m.Elif(~inflight):
+                    with m.Elif(inflight == 0):
                         next_image(m)
                 with m.State("FAIL"):
                     # A look-ahead's own error stops the run once the instruction before
@@ -364,7 +395,7 @@ class Sequencer(wiring.Component):
                     m.d.comb += self.running.eq(1)
                     with m.If(self.abort != 0):
                         stop(m, self.abort)
-                    with m.Elif(~inflight):
+                    with m.Elif(inflight == 0):
                         m.d.sync += self.instruction.eq(count)
                         m.next = "HALT"
             else:

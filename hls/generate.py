@@ -58,6 +58,10 @@ def check_hls(hw) -> None:
         if value > limit:
             raise ConfigError(
                 f"{what} {value} exceeds the HLS kernels' limit of {limit} ({why})")
+    if hw.issue_lanes != 1:
+        raise ConfigError(
+            f"The HLS top runs one instruction at a time; HwConfig {hw.name!r} has "
+            f"{hw.issue_lanes} issue lanes (the RTL top's option)")
     from moevit.hw.program.isa import OPCODES
 
     for opcode, cls in sorted(OPCODES.items()):

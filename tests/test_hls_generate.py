@@ -100,6 +100,8 @@ def test_written_under_build(tmp_path, monkeypatch):
                              r"\(16-bit token indices\)"),
     (dict(max_in=2**16 + 1), r"Input buffer depth 65537 exceeds the HLS kernels' limit of 65536 "
                              r"\(linear inputs of at most 2\*\*16 features \(intops\.linear_acc\)\)"),
+    (dict(memory_ports=2, issue_lanes=2), r"The HLS top runs one instruction at a time; HwConfig "
+                                          r"'custom' has 2 issue lanes \(the RTL top's option\)"),
 ])
 def test_inexpressible_hwconfig_is_a_config_error(changes, message, tmp_path):
     hw = HwConfig(**changes)

@@ -111,7 +111,7 @@ __all__ = ["InstructionCost", "ProgramCost", "program_cycles", "board_bandwidth"
            "PATCHIFY_TAIL", "ISSUE_CYCLES", "ISSUE_CYCLES_AHEAD", "NOTED_EXPERT_CYCLES",
            "LAYERNORM_DRAIN", "linear_drain", "linear_tile_outputs", "linear_wait",
            "visible_drains", "drain_cycles",
-           "memory_wait", "top_reads"]
+           "memory_wait", "top_reads", "lane_starts"]
 
 #: The LINEAR engine ends exactly 12 cycles after the kernel's ``expected_cycles`` on
 #: every tiny job without memory stalls (the linear engine's report, commit 2dfbf3e).
@@ -342,9 +342,12 @@ class ProgramCost:
     instructions: list
     bandwidth: float
     clock_mhz: float
+    starts: tuple = ()   # with two issue lanes: the cycle each instruction starts (lanes())
 
     @property
     def cycles(self) -> int:
+        if self.starts:
+            return max(s + i.cycles for s, i in zip(self.starts, self.instructions))
         return sum(i.cycles for i in self.instructions)
 
     @property
@@ -766,7 +769,8 @@ def program_cycles(program, image, task, *, bandwidth=None, memory_bandwidth=Non
     memory = program.memory_image()
     memory[region.offset:region.end] = image.reshape(-1).view(np.uint8)
     ahead = bool(hw.expert_prefetch)
-    issue = ISSUE_CYCLES_AHEAD if ahead else ISSUE_CYCLES
+    # The sequencer's look-ahead: with the prefetch, and always on two issue lanes.
+    issue = ISSUE_CYCLES_AHEAD if ahead or hw.issue_lanes == 2 else ISSUE_CYCLES
     bounds = program.layout.boundaries()
     window = (bounds["output_end"], bounds["onchip_end"])
     costs = []
@@ -798,7 +802,28 @@ def program_cycles(program, image, task, *, bandwidth=None, memory_bandwidth=Non
         costs.append(InstructionCost(index, d.MNEMONIC, d.UNIT, compute, mem_cycles, read,
                                      written, max(compute + wait, mem_cycles + drain, floor)
                                      + issue + exposed, onchip, floor))
-    return ProgramCost(costs, float(bandwidth), hw.clock_mhz)
+    starts = lane_starts([d.MNEMONIC for d in program.instructions], program.concurrent,
+                         [c.cycles for c in costs]) if program.concurrent else ()
+    return ProgramCost(costs, float(bandwidth), hw.clock_mhz, starts)
+
+
+def lane_starts(mnemonics, concurrent, cycles) -> tuple:
+    """The cycle each instruction (of ``mnemonics``, with the program's ``concurrent``
+    flags) starts on a top of two issue lanes, each taking its ``cycles``: in program
+    order, once its lane is free and, unless it is ``concurrent``, the other lane too
+    (:mod:`moevit.hw.top.sequencer`). The memory the two lanes share is not divided between
+    them: each instruction costs what it costs alone."""
+    from moevit.hw.program.isa import LANE_OF
+
+    free = {"main": 0, "side": 0}
+    starts, issued = [], 0
+    for mnemonic, n, concurrent in zip(mnemonics, cycles, concurrent):
+        lane = LANE_OF[mnemonic]
+        other = "side" if lane == "main" else "main"
+        issued = max(issued, free[lane], 0 if concurrent else free[other])
+        starts.append(issued)
+        free[lane] = issued + n
+    return tuple(starts)
 
 
 def _memory(d, reads, written, moved, window, hw, bandwidth, memory_bandwidth):

@@ -18,7 +18,19 @@ One instruction runs at a time (its engine owns the read channels and the
 write channel; EXPERT runs with the linear engine, which executes the two
 linear jobs it emits); the next one is issued when the previous one's writes
 are all answered, so an instruction always reads what the ones before it
-wrote. The ports are those of an XRT-managed RTL kernel (``ap_clk``,
+wrote.
+
+With two issue lanes (``hw.issue_lanes = 2``) two run at once, one a lane: the
+*main* lane's (LINEAR, TASK_LINEAR, EXPERT: the linear engine) on read channels
+0 to 4 and the write channel, the *side* lane's (every other engine) on
+:data:`SIDE_CHANNELS` read channels and a write channel of their own, with their
+own relocators, movers (:data:`~moevit.hw.top.memory_ports.SIDE_MOVERS`) and, with
+a window, routers (their writes joined onto the on-chip RAM's write port by a
+:class:`~moevit.hw.top.onchip.WriteJoin`). Each lane is finished when its engine
+is done and its own channels' bursts are answered; the sequencer issues an
+instruction once its lane is finished and, unless the program marks it
+``concurrent``, the other lane too (:mod:`moevit.hw.top.sequencer`), so an
+instruction still reads what the ones it depends on wrote. The ports are those of an XRT-managed RTL kernel (``ap_clk``,
 ``ap_rst_n``, ``interrupt``, ``s_axi_control``, ``m_axi_gmem_*`` with 64-bit
 addresses and the HwConfig's ``bus_width``, and ``m_axi_gmem1_*`` ... for its
 ``memory_ports``), so one top serves a Vivado block
@@ -39,13 +51,13 @@ already requested, inside that instruction's output); then ``ap_done``
 rises, the interrupt fires if enabled, and the next start runs normally.
 """
 
-from amaranth.hdl import ClockDomain, Const, Module, ResetInserter, Signal
+from amaranth.hdl import Cat, ClockDomain, Const, Module, ResetInserter, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from moevit.hw.config import HwConfig
 from moevit.hw.program.descriptor import LinearDescriptor
-from moevit.hw.program.isa import (OPCODES, AttentionDescriptor, CombineDescriptor,
+from moevit.hw.program.isa import (LANE_OF, OPCODES, AttentionDescriptor, CombineDescriptor,
                                    CopyDescriptor, ExpertDescriptor, LayerNormDescriptor,
                                    PatchifyDescriptor, RouteDescriptor, TaskLinearDescriptor)
 from moevit.hw.top.control import AxiLiteSignature, Control
@@ -53,7 +65,8 @@ from moevit.hw.top.memory_ports import connect_ports, port_members
 from moevit.hw.top.movers import ReadMover, WriteMover
 from moevit.hw.top.sequencer import Sequencer, code
 
-__all__ = ["Accelerator", "ENGINES", "ENGINE_OF", "ENGINE_CHANNELS"]
+__all__ = ["Accelerator", "ENGINES", "ENGINE_OF", "ENGINE_CHANNELS", "SIDE_CHANNELS",
+           "ENGINE_LANE"]
 
 #: Read channels of the engines: the running engine's rd[0..3]; EXPERT's own list read on 4.
 ENGINE_CHANNELS = 5
@@ -79,6 +92,21 @@ ENGINE_OF = {
     CombineDescriptor.OPCODE: "combine",
 }
 assert set(ENGINE_OF) == set(OPCODES), "every opcode has an engine"
+
+
+#: Read channels of the side lane (``hw.issue_lanes = 2``): its engines' most (ATTENTION's
+#: q, k, v; COMBINE's three), after the main lane's :data:`ENGINE_CHANNELS`.
+SIDE_CHANNELS = 3
+
+#: The lane of each engine on a top of two issue lanes: 0 main (the linear kernel's), 1 side.
+ENGINE_LANE = {name: int(name not in ("linear", "expert")) for name in ENGINES}
+assert all(ENGINE_LANE[ENGINE_OF[op]] == (LANE_OF[cls.MNEMONIC] == "side")
+           for op, cls in OPCODES.items())
+
+
+def _lane(opcode, hw):
+    """The lane opcode ``opcode`` runs on: 0 on a top of one issue lane."""
+    return ENGINE_LANE[ENGINE_OF[opcode]] if hw.issue_lanes == 2 else 0
 
 
 def _engine(name, hw):
@@ -123,11 +151,6 @@ class Accelerator(wiring.Component):
             self._MustUse__silence = True
             raise ValueError(f"Engines must be among {list(ENGINES)} (expert with linear), "
                              f"not {list(self._engines)}")
-        if hw.issue_lanes != 1:
-            self._MustUse__silence = True
-            raise ValueError("The top of two issue lanes is not built yet: its programs are "
-                             "(moevit.hw.program.compiler.interleave), its sequencer and "
-                             "engines' second lane are not")
         self._control = Control.from_config(hw)
         members = {"ap_clk": In(1), "ap_rst_n": In(1), "interrupt": Out(1),
                    "s_axi_control": In(AxiLiteSignature(self._control.regmap.address_width))}
@@ -173,15 +196,22 @@ class Accelerator(wiring.Component):
             m.d.comb += expert.forget.eq(seq.issue.valid & seq.issue.ready
                                          & (seq.issue.payload.opcode != ExpertDescriptor.OPCODE))
 
-        # Which engine an opcode runs on, and the payload it gets.
+        # Which engine an opcode runs on, on which lane, and the payload it gets.
+        lanes = hw.issue_lanes
         issue = seq.issue.payload
         image, entry = issue.image, issue.entry
         by_opcode = {op: name for op, name in ENGINE_OF.items() if name in engines}
-        active = Signal(8)   # the opcode running (0: none)
+        lane_of = {op: _lane(op, hw) for op in by_opcode}
+        active = [Signal(8, name=f"active{lane}") for lane in range(lanes)]  # 0: none
         with m.If(seq.issue.valid & seq.issue.ready):
-            m.d.sync += active.eq(issue.opcode)
+            for op, lane in lane_of.items():
+                with m.If(issue.opcode == op):
+                    m.d.sync += active[lane].eq(op)
         with m.If(seq.done):
-            m.d.sync += active.eq(0)
+            m.d.sync += [a.eq(0) for a in active]
+
+        def running(op):
+            return active[lane_of[op]] == op
 
         # The linear engine's jobs: from the sequencer, or from the EXPERT engine.
         if linear is not None:
@@ -190,11 +220,6 @@ class Accelerator(wiring.Component):
                 m.d.comb += linear_job.op.eq(_linear_from_task(m, image, entry, hw))
             with m.Else():
                 m.d.comb += linear_job.op.eq(image[:LinearDescriptor.width()])
-        if expert is not None:
-            with m.If(active == ExpertDescriptor.OPCODE):
-                m.d.comb += [linear_job.eq(expert.job.payload),
-                             linear.desc.valid.eq(expert.job.valid),
-                             expert.job.ready.eq(linear.desc.ready)]
         for name, engine in engines.items():
             desc = engine.desc.payload
             if name == "route":
@@ -210,48 +235,69 @@ class Accelerator(wiring.Component):
             with m.If(issue.opcode == opcode):
                 m.d.comb += [engines[name].desc.valid.eq(seq.issue.valid),
                              seq.issue.ready.eq(engines[name].desc.ready), missing.eq(0)]
+        # While an EXPERT runs the linear engine takes its jobs only, whatever instruction
+        # waits on the issue port (with two lanes or the look-ahead, a LINEAR may); but
+        # not once the next linear instruction is issued (the EXPERT has finished then).
+        if expert is not None:
+            to_linear = Signal()
+            m.d.comb += to_linear.eq(seq.issue.valid & issue.opcode.matches(
+                LinearDescriptor.OPCODE, TaskLinearDescriptor.OPCODE))
+            with m.If(running(ExpertDescriptor.OPCODE) & ~to_linear):
+                m.d.comb += [linear_job.eq(expert.job.payload),
+                             linear.desc.valid.eq(expert.job.valid),
+                             expert.job.ready.eq(linear.desc.ready)]
 
-        # Memory: engine channels (relocated), then the sequencer's reads (memory_ports.MOVERS).
+        # Memory: engine channels (relocated; with two lanes the side lane's after the main
+        # lane's), then the sequencer's reads (memory_ports.MOVERS); a write channel a lane.
+        channels = ENGINE_CHANNELS + (SIDE_CHANNELS if lanes == 2 else 0)
         reads = [ReadMover(hw.bus_width, max_outstanding=hw.max_outstanding)
-                 for _ in range(ENGINE_CHANNELS + 2)]
-        write = m.submodules.write = WriteMover(hw.bus_width, max_outstanding=hw.max_outstanding)
+                 for _ in range(channels + 2)]
+        writes = [WriteMover(hw.bus_width, max_outstanding=hw.max_outstanding)
+                  for _ in range(lanes)]
         for k, mover in enumerate(reads):
             m.submodules[f"read{k}"] = mover
-        relocators = [Relocator(writes=k == ENGINE_CHANNELS) for k in range(ENGINE_CHANNELS + 1)]
+        for lane, mover in enumerate(writes):
+            m.submodules["write" if lane == 0 else f"write{lane}"] = mover
+        relocators = [Relocator(writes=k >= channels) for k in range(channels + lanes)]
         for k, relocator in enumerate(relocators):
             m.submodules[f"relocate{k}"] = relocator
             m.d.comb += [relocator.bounds.eq(seq.bounds), relocator.image.eq(seq.image)]
             for kind in ("weights", "scratch", "input", "output"):
                 m.d.comb += relocator.bases[kind].eq(getattr(args, kind))
-            target = reads[k].req if k < ENGINE_CHANNELS else write.req
+            target = reads[k].req if k < channels else writes[k - channels].req
             wiring.connect(m, relocator.o, target)
         # Where the engines' channels meet memory: the relocation and the movers, or with
         # hw.onchip_bytes the routers in front of them (moevit.hw.top.onchip).
-        rd_ports = [(relocators[k].i, reads[k].data) for k in range(ENGINE_CHANNELS)]
-        wr_port = (relocators[ENGINE_CHANNELS].i, write.data)
+        rd_ports = [(relocators[k].i, reads[k].data) for k in range(channels)]
+        wr_ports = [(relocators[channels + lane].i, writes[lane].data) for lane in range(lanes)]
         onchip_busy, onchip_error = Const(0, 1), Const(0, 1)
+        routers_busy = [Const(0, 1)] * (channels + lanes)
         if hw.onchip_bytes:
-            rd_ports, wr_port, onchip_busy, onchip_error = _onchip(
-                m, hw, halt, seq, relocators, reads, write)
+            rd_ports, wr_ports, onchip_busy, onchip_error, routers_busy = _onchip(
+                m, hw, halt, seq, relocators, reads[:channels], writes)
+
+        def base_of(name):
+            """The first channel of engine ``name``'s read ports."""
+            return ENGINE_CHANNELS if lanes == 2 and ENGINE_LANE[name] else 0
 
         def owner_of(k):
             """(engine, its port) per opcode running on engine channel ``k``."""
             owners = {}
             for opcode, name in by_opcode.items():
-                engine = engines[name]
+                engine, base = engines[name], base_of(name)
                 if opcode == ExpertDescriptor.OPCODE:
                     if k < len(linear.rd):
                         owners[opcode] = linear.rd[k]
                     elif k == 4:
                         owners[opcode] = expert.rd[0]
-                elif k < len(engine.rd):
-                    owners[opcode] = engine.rd[k]
+                elif base <= k < base + len(engine.rd):
+                    owners[opcode] = engine.rd[k - base]
             return owners
 
-        for k in range(ENGINE_CHANNELS):
+        for k in range(channels):
             (req, beats), mover = rd_ports[k], reads[k]
             for opcode, port in owner_of(k).items():
-                with m.If(active == opcode):
+                with m.If(running(opcode)):
                     m.d.comb += [req.valid.eq(port.req.valid), req.payload.eq(port.req.payload),
                                  port.req.ready.eq(req.ready),
                                  port.data.valid.eq(beats.valid),
@@ -259,11 +305,10 @@ class Accelerator(wiring.Component):
                                  beats.ready.eq(port.data.ready)]
             with m.If(halt):
                 m.d.comb += mover.data.ready.eq(1)
-        writer = {opcode: (linear if name == "expert" else engines[name])
-                  for opcode, name in by_opcode.items()}
-        req, beats = wr_port
-        for opcode, engine in writer.items():
-            with m.If(active == opcode):
+        for opcode, name in by_opcode.items():
+            engine = linear if name == "expert" else engines[name]
+            req, beats = wr_ports[lane_of[opcode]]
+            with m.If(running(opcode)):
                 m.d.comb += [req.valid.eq(engine.wr.req.valid),
                              req.payload.eq(engine.wr.req.payload),
                              engine.wr.req.ready.eq(req.ready),
@@ -271,31 +316,43 @@ class Accelerator(wiring.Component):
                              beats.payload.eq(engine.wr.data.payload),
                              engine.wr.data.ready.eq(beats.ready)]
         with m.If(halt):
-            m.d.comb += [write.data.valid.eq(1), write.data.payload.eq(0)]
+            m.d.comb += [w.data.valid.eq(1) for w in writes] + [w.data.payload.eq(0)
+                                                                 for w in writes]
 
         # The sequencer's own reads, at physical addresses.
-        for port, mover in ((seq.prog, reads[ENGINE_CHANNELS]),
-                            (seq.entry, reads[ENGINE_CHANNELS + 1])):
+        for port, mover in ((seq.prog, reads[channels]), (seq.entry, reads[channels + 1])):
             wiring.connect(m, port.req, mover.req)
             wiring.connect(m, mover.data, port.data)
 
         # The movers onto the memory ports, by the table of moevit.hw.top.memory_ports.
-        connect_ports(m, self, hw, reads, write)
+        main_reads = reads[:ENGINE_CHANNELS] + reads[channels:]
+        side = (*reads[ENGINE_CHANNELS:channels], writes[1]) if lanes == 2 else None
+        connect_ports(m, self, hw, main_reads, writes[0], side)
 
-        # Completion: the engine handed its work over and every burst is answered.
+        # Completion, per lane: its engine handed its work over and every burst of its
+        # channels is answered.
+        lane_channels = [range(ENGINE_CHANNELS), range(ENGINE_CHANNELS, channels)]
+        lane_busy = [Signal(name=f"lane_busy{lane}") for lane in range(lanes)]
+        for lane, busy in enumerate(lane_busy):
+            mine = list(lane_channels[lane]) if lanes == 2 else list(range(channels))
+            m.d.comb += busy.eq(writes[lane].busy | _any(reads[k].busy for k in mine)
+                                | _any(routers_busy[k] for k in mine)
+                                | routers_busy[channels + lane]
+                                | (onchip_busy if lanes == 1 else 0))
         movers_busy, all_busy = Signal(), Signal()   # engine channels; and the sequencer's
-        m.d.comb += [movers_busy.eq(write.busy | _any(r.busy for r in reads[:ENGINE_CHANNELS])
-                                    | onchip_busy),
-                     all_busy.eq(movers_busy | _any(r.busy for r in reads[ENGINE_CHANNELS:]))]
-        done_seen, fault = Signal(), Signal(8)
+        m.d.comb += [movers_busy.eq(_any(lane_busy) | onchip_busy),
+                     all_busy.eq(movers_busy | _any(r.busy for r in reads[channels:]))]
+        done_seen = [Signal(name=f"done_seen{lane}") for lane in range(lanes)]
+        fault = Signal(8)
         for opcode, name in by_opcode.items():
             engine = engines[name]
-            with m.If((active == opcode) & engine.done):
-                m.d.sync += done_seen.eq(1)
+            with m.If(running(opcode) & engine.done):
+                m.d.sync += done_seen[lane_of[opcode]].eq(1)
                 with m.If(engine.error != 0):
                     m.d.sync += fault.eq(code("descriptor"))
-        with m.If(seq.finished | seq.start):
-            m.d.sync += done_seen.eq(0)
+        for lane, seen in enumerate(done_seen):
+            with m.If(seq.finished[lane] | seq.start):
+                m.d.sync += seen.eq(0)
         with m.If(seq.start):
             m.d.sync += fault.eq(0)
 
@@ -305,7 +362,7 @@ class Accelerator(wiring.Component):
             job_seen = Signal()
             with m.If(linear.done):
                 m.d.sync += job_seen.eq(1)
-            m.d.comb += expert.job_done.eq(job_seen & ~movers_busy)
+            m.d.comb += expert.job_done.eq(job_seen & ~lane_busy[0])
             with m.If(expert.job_done | halt):
                 m.d.sync += job_seen.eq(0)
 
@@ -313,7 +370,7 @@ class Accelerator(wiring.Component):
         # A mover's failure is an event: its count of failed requests moves (its error
         # code stays until its next request, which a stopped run never makes).
         failed = []
-        for k, mover in enumerate([*reads, write]):
+        for k, mover in enumerate([*reads, *writes]):
             seen = Signal.like(mover.failures, name=f"failures_seen{k}")
             m.d.sync += seen.eq(mover.failures)
             failed.append(seen != mover.failures)
@@ -326,8 +383,10 @@ class Accelerator(wiring.Component):
         # A failure counted as the movers fall idle (the last B or R of the instruction)
         # reaches memory_error a cycle later: the instruction is not finished before it
         # does, or the run's last instruction would end it with no error.
-        m.d.comb += seq.finished.eq(done_seen & ~movers_busy & (fault == 0) & ~_any(failed)
-                                    & ~memory_error)
+        clean = Signal()
+        m.d.comb += [clean.eq((fault == 0) & ~_any(failed) & ~memory_error),
+                     seq.finished.eq(Cat(*(seen & ~busy & clean
+                                           for seen, busy in zip(done_seen, lane_busy))))]
         unsupported = Signal()
         with m.If(seq.issue.valid & missing):
             m.d.sync += unsupported.eq(1)
@@ -353,35 +412,50 @@ class Accelerator(wiring.Component):
         m.d.comb += [busy.linear.eq(busy_of("linear")), busy.attention.eq(busy_of("attention")),
                      busy.layernorm.eq(busy_of("layernorm")),
                      busy.moe.eq(busy_of("route", "expert", "combine")),
-                     busy.read.eq(_any(mover.busy for mover in reads)), busy.write.eq(write.busy)]
+                     busy.read.eq(_any(mover.busy for mover in reads)),
+                     busy.write.eq(_any(w.busy for w in writes))]
         return m
 
 
-def _onchip(m, hw, halt, seq, relocators, reads, write):
+def _onchip(m, hw, halt, seq, relocators, reads, writes):
     """The on-chip activation memory and a router in front of each channel's relocator
-    (:mod:`moevit.hw.top.onchip`), held in reset with the engines while a run stops.
-    Returns the channels' new meeting points (``(req, data)`` per read channel, and the
-    write channel's), and the on-chip side's ``busy`` and ``error``."""
-    from moevit.hw.top.onchip import OnChipMemory, ReadRouter, WriteRouter
+    (:mod:`moevit.hw.top.onchip`; with two write channels, a
+    :class:`~moevit.hw.top.onchip.WriteJoin` onto its write port), held in reset with the
+    engines while a run stops. Returns the channels' new meeting points (``(req, data)``
+    per read channel, and per write channel), the on-chip side's ``busy`` and ``error``,
+    and each router's ``busy`` (read channels, then write channels)."""
+    from moevit.hw.top.onchip import OnChipMemory, ReadRouter, WriteJoin, WriteRouter
 
+    channels = len(reads)
     ram = OnChipMemory(hw.bus_width, depth=hw.onchip_bytes // (hw.bus_width // 8),
-                       channels=ENGINE_CHANNELS)
+                       channels=channels)
     m.submodules.onchip = ResetInserter(halt)(ram)
-    routers = [ReadRouter(hw.bus_width, in_flight=hw.max_outstanding)
-               for _ in range(ENGINE_CHANNELS)]
-    routers.append(WriteRouter(hw.bus_width, in_flight=hw.max_outstanding))
+    routers = [ReadRouter(hw.bus_width, in_flight=hw.max_outstanding) for _ in reads]
+    routers += [WriteRouter(hw.bus_width, in_flight=hw.max_outstanding) for _ in writes]
     for k, router in enumerate(routers):
         m.submodules[f"route{k}"] = ResetInserter(halt)(router)
         m.d.comb += [router.window_at.eq(seq.bounds.output_end),
                      router.window_end.eq(seq.onchip_end)]
         wiring.connect(m, router.mem.req, relocators[k].i)
-    for k, router in enumerate(routers[:-1]):
+    for k, router in enumerate(routers[:channels]):
         wiring.connect(m, reads[k].data, router.mem.data)
         wiring.connect(m, router.ram, ram.rd[k])
-    wiring.connect(m, routers[-1].mem.data, write.data)
-    wiring.connect(m, routers[-1].ram, ram.wr)
-    return ([(r.i.req, r.i.data) for r in routers[:-1]], (routers[-1].i.req, routers[-1].i.data),
-            ram.busy | _any(r.busy for r in routers), _any(r.error for r in routers))
+    for router, write in zip(routers[channels:], writes):
+        wiring.connect(m, router.mem.data, write.data)
+    busy = ram.busy
+    if len(writes) == 1:
+        wiring.connect(m, routers[-1].ram, ram.wr)
+    else:
+        join = m.submodules.write_join = ResetInserter(halt)(WriteJoin(hw.bus_width,
+                                                                       len(writes)))
+        for k, router in enumerate(routers[channels:]):
+            wiring.connect(m, router.ram, join.i[k])
+        wiring.connect(m, join.o, ram.wr)
+        busy = busy | join.busy
+    return ([(r.i.req, r.i.data) for r in routers[:channels]],
+            [(r.i.req, r.i.data) for r in routers[channels:]],
+            busy | _any(r.busy for r in routers), _any(r.error for r in routers),
+            [r.busy for r in routers])
 
 
 def _any(values):

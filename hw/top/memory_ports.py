@@ -46,6 +46,13 @@ gives the beats back in order. The mover still takes one bus word a cycle: strip
 pays where a port gives less than that (a narrow port behind a wide bus, a memory
 shared with the other streams). With ``k = 1`` the top is built as before.
 
+**The side lane** (``hw.issue_lanes = 2``: the engines other than the linear kernel's run
+beside it, :mod:`moevit.hw.top.accelerator`) has movers of its own, named as the side
+engines use them (:data:`SIDE_MOVERS`): ``side_x``, ``side_w``, ``side_chan`` on the ports
+of ``x``, ``w`` and ``chan`` (ATTENTION's q, k and v keep their ports), and ``side_write``
+on a port whose write channel the ``write`` mover leaves free (:data:`SIDE_WRITE_PORT`;
+two lanes need two ports).
+
 A port with one read master (a mover, or a striper's share of ``w``) connects it
 straight to the port; with several, a
 :class:`~moevit.hw.top.interconnect.ReadArbiter` joins them (a striper's share takes
@@ -59,8 +66,8 @@ from amaranth.lib import wiring
 from moevit.hw.config import HwConfig
 from moevit.hw.top.movers import AXI4ReadSignature, AXI4WriteSignature, axi_members, connect_flat
 
-__all__ = ["MOVERS", "READ_MOVERS", "PORT_OF", "port_name", "ports_of", "weight_stripe",
-           "port_members", "connect_ports"]
+__all__ = ["MOVERS", "READ_MOVERS", "PORT_OF", "SIDE_MOVERS", "SIDE_WRITE_PORT", "port_name",
+           "ports_of", "weight_stripe", "port_members", "connect_ports"]
 
 #: The top's movers in the order of :data:`PORT_OF`'s rows: its read movers (engine
 #: channels 0 to 4, then the sequencer's two), then the write mover.
@@ -78,7 +85,13 @@ PORT_OF = {
     7: (0, 1, 2, 3, 4, 5, 5, 6),
     8: (0, 1, 2, 3, 4, 5, 6, 7),
 }
+#: The side lane's movers (``hw.issue_lanes = 2``): its read channels, then its write mover.
+SIDE_MOVERS = ("side_x", "side_w", "side_chan", "side_write")
+#: Ports -> the port of the side lane's write mover: one whose write channel is free.
+SIDE_WRITE_PORT = {2: 1, 3: 0, 4: 2, 5: 2, 6: 2, 7: 2, 8: 2}
+
 assert set(PORT_OF) == set(range(1, HwConfig.MAX_MEMORY_PORTS + 1))
+assert all(SIDE_WRITE_PORT[n] != PORT_OF[n][-1] for n in SIDE_WRITE_PORT)
 assert all(sorted(set(row)) == list(range(n)) for n, row in PORT_OF.items()), \
     "every port has a mover"
 
@@ -89,8 +102,12 @@ def port_name(k: int) -> str:
 
 
 def ports_of(hw: HwConfig) -> dict:
-    """Mover name -> its port on ``hw``'s top."""
-    return dict(zip(MOVERS, PORT_OF[hw.memory_ports]))
+    """Mover name -> its port on ``hw``'s top (the side lane's too with two issue lanes)."""
+    where = dict(zip(MOVERS, PORT_OF[hw.memory_ports]))
+    if hw.issue_lanes == 2:
+        where.update(side_x=where["x"], side_w=where["w"], side_chan=where["chan"],
+                     side_write=SIDE_WRITE_PORT[hw.memory_ports])
+    return where
 
 
 def weight_stripe(hw: HwConfig) -> tuple:
@@ -109,9 +126,11 @@ def port_members(hw: HwConfig) -> dict:
     return members
 
 
-def connect_ports(m, top, hw: HwConfig, reads, write):
+def connect_ports(m, top, hw: HwConfig, reads, write, side=None):
     """Join the read movers ``reads`` (in :data:`READ_MOVERS` order) and the write mover
-    ``write`` to ``top``'s flat ports (:func:`port_members`) by :data:`PORT_OF`: a
+    ``write`` to ``top``'s flat ports (:func:`port_members`) by :data:`PORT_OF`, and with
+    two issue lanes the side lane's ``side`` (its read movers and its write mover, in
+    :data:`SIDE_MOVERS` order) by :func:`ports_of`: a
     :class:`~moevit.hw.top.interconnect.ReadArbiter` per port with several read masters
     (each may have all its bursts in flight), a straight connection for one; with
     ``hw.weight_ports`` > 1 a :class:`~moevit.hw.top.interconnect.ReadStriper` deals
@@ -119,10 +138,15 @@ def connect_ports(m, top, hw: HwConfig, reads, write):
     from moevit.hw.top.interconnect import ReadArbiter, ReadStriper
 
     assert len(reads) == len(READ_MOVERS)
+    assert (side is None) == (hw.issue_lanes == 1)
     where = PORT_OF[hw.memory_ports]
-    # Each port's read masters, in READ_MOVERS order (a stripe's share in w's place).
+    # Each port's read masters, in READ_MOVERS order (a stripe's share in w's place), then
+    # the side lane's.
     masters = [[mover.axi for mover, port in zip(reads, where) if port == k]
                for k in range(hw.memory_ports)]
+    side_reads, side_write = (side[:-1], side[-1]) if side else ((), None)
+    for mover, name in zip(side_reads, SIDE_MOVERS):
+        masters[ports_of(hw)[name]].append(mover.axi)
     if hw.weight_ports > 1:
         w = READ_MOVERS.index("w")
         striper = m.submodules.striper = ReadStriper(hw.bus_width, hw.weight_ports,
@@ -145,3 +169,5 @@ def connect_ports(m, top, hw: HwConfig, reads, write):
             connect_flat(m, top, name, arbiter.axi)
         if where[-1] == k:
             connect_flat(m, top, name, write.axi)
+        if side_write is not None and SIDE_WRITE_PORT[hw.memory_ports] == k:
+            connect_flat(m, top, name, side_write.axi)

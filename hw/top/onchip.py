@@ -24,6 +24,10 @@ leaves every other address to the relocation and the movers as before:
     The same for the write channel; the queue also holds each request's beat
     count, so the data beats go to the side of the oldest request until it
     has all of them.
+:class:`WriteJoin`
+    With two issue lanes (each its own write channel and router), the routers' RAM sides
+    joined onto the RAM's one write port: a whole request at a time, its beats counted,
+    the lanes in turn.
 :class:`OnChipMemory`
     The RAM. Its read port is shared by the read channels one beat at a
     time: each cycle one channel with a request running and room in its
@@ -52,7 +56,7 @@ from amaranth.lib.wiring import In, Out
 from moevit.hw.top.movers import DATA_WIDTHS, beat_layout
 from moevit.hw.top.ports import ReadPort, WritePort
 
-__all__ = ["ReadRouter", "WriteRouter", "OnChipMemory"]
+__all__ = ["ReadRouter", "WriteRouter", "OnChipMemory", "WriteJoin"]
 
 #: Requests a router keeps in flight (taken, their beats not all through), by default; the
 #: top gives its routers ``hw.max_outstanding``, the movers' own: fewer would bind under a
@@ -352,4 +356,59 @@ class OnChipMemory(wiring.Component):
 
         m.d.comb += self.busy.eq(Cat(*active, *(f.r_rdy for f in fifos), issued,
                                      w_active).any())
+        return m
+
+
+class WriteJoin(wiring.Component):
+    """Write channels joined onto one (see the module's description): requests taken in
+    turn from the channels with one waiting, each with all its beats before the next.
+
+    Attributes
+    ----------
+    i : In(WritePort(data_width)).array(n)
+    o : Out(WritePort(data_width))
+    busy : Out(1)
+        A request taken still has beats to pass.
+    """
+
+    def __init__(self, data_width=128, n=2):
+        self._data_width, self._n = data_width, n
+        super().__init__({"i": In(WritePort(data_width)).array(n),
+                          "o": Out(WritePort(data_width)), "busy": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        n, shift = self._n, (self._data_width // 8 - 1).bit_length()
+        active, owner, prefer = Signal(), Signal(range(n)), Signal(range(n))
+        left = Signal(32 - shift)              # beats after the one passing
+        pick, picked = Signal(range(n)), Signal()
+        # The first channel with a request, from ``prefer`` on.
+        for step in reversed(range(n)):
+            for start in range(n):
+                k = (start + step) % n
+                with m.If((prefer == start) & self.i[k].req.valid):
+                    m.d.comb += [pick.eq(k), picked.eq(1)]
+        with m.If(~active & picked):
+            m.d.comb += [self.o.req.valid.eq(1)]
+            with m.Switch(pick):
+                for k in range(n):
+                    with m.Case(k):
+                        m.d.comb += [self.o.req.payload.eq(self.i[k].req.payload),
+                                     self.i[k].req.ready.eq(self.o.req.ready)]
+            with m.If(self.o.req.ready):
+                length = self.o.req.payload.length
+                m.d.sync += [active.eq(1), owner.eq(pick), left.eq((length - 1) >> shift),
+                             prefer.eq(Mux(pick == n - 1, 0, pick + 1))]
+        with m.If(active):
+            with m.Switch(owner):
+                for k in range(n):
+                    with m.Case(k):
+                        m.d.comb += [self.o.data.valid.eq(self.i[k].data.valid),
+                                     self.o.data.payload.eq(self.i[k].data.payload),
+                                     self.i[k].data.ready.eq(self.o.data.ready)]
+            with m.If(self.o.data.valid & self.o.data.ready):
+                m.d.sync += left.eq(left - 1)
+                with m.If(left == 0):
+                    m.d.sync += active.eq(0)
+        m.d.comb += self.busy.eq(active)
         return m

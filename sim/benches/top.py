@@ -590,8 +590,13 @@ if cocotb is not None:
                         await with_timeout(RisingEdge(dut.interrupt), run["timeout_us"], "us")
                 except cocotb.triggers.SimTimeoutError:
                     (out / "hang.txt").write_text("\n".join(handshakes(dut)))
-                    raise AssertionError(f"run {k}: no interrupt after {run['timeout_us']} us; "
-                                         f"the handshakes then: {out / 'hang.txt'}") from None
+                    status = await host.read("status")
+                    raise AssertionError(
+                        f"run {k}: no interrupt after {run['timeout_us']} us, at instruction "
+                        f"{host.field('status', 'instruction', status)} of image "
+                        f"{host.field('status', 'image', status)}"
+                        + (f" (the last issued, [index, cycle]: {issued[-3:]})" if issued
+                           else "") + f"; the handshakes then: {out / 'hang.txt'}") from None
             host.faults = []
             end_ns = get_sim_time("ns")
             if watch is not None:

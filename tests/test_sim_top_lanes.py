@@ -1,0 +1,88 @@
+"""The top of two issue lanes (HwConfig ``issue_lanes = 2``) in co-simulation (Verilator)
+against the interpreter: the compiler's two half-batch streams, interleaved, run with the
+linear kernel's instructions beside the other engines', and the output and the whole
+scratch are bit-exact, run after run; the lanes really work at once (the units' busy
+cycles add up to more than the run), and the whole program takes fewer cycles than on one
+lane of the same hardware; the cost model's two-lane timeline is within 2 % of them."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from moevit.hw.config import DEFAULT_HW
+from moevit.hw.cost.cycles import program_cycles
+from moevit.hw.program.isa import LANE_OF
+from moevit.sim.benches.engines import replay_seed
+from test_sim_top import check_runs
+
+TWO_LANES = DEFAULT_HW["tiny"].replace(max_tokens=256, memory_ports=2, issue_lanes=2)
+
+
+def _compiled(hw, batch=2):
+    from moevit.hw.program.compiler import compile_program
+    from moevit.model.integer import golden
+    from moevit.sim.units import tiny_quantized
+
+    qmodel, image = tiny_quantized(trained=False)
+    image = golden.quantize_image(image, qmodel.scale("input"))
+    rng = np.random.default_rng(replay_seed())
+    others = [rng.integers(-128, 128, image.shape, dtype=np.int8) for _ in range(batch * 2 - 1)]
+    batches = [np.stack([image, *others[:batch - 1]]), np.stack(others[batch - 1:])]
+    return compile_program(qmodel, hw, batch=batch), batches
+
+
+def _overlapped(run) -> int:
+    """Cycles the linear kernel and the other engines worked at once, at least."""
+    busy = run["busy"]
+    return busy["linear"] + busy["attention"] + busy["layernorm"] - run["cycles"]
+
+
+def test_two_lanes_run_the_first_moe_layer_bit_exact():
+    """The first instructions of the two streams of a batch of two, up to the first LINEAR
+    issued as an EXPERT ends (the linear engine taken back from the EXPERT engine): both
+    halves through the first MoE layer."""
+    program, batches = _compiled(TWO_LANES)
+    end = next(k for k, (a, b) in enumerate(zip(program.instructions, program.instructions[1:]))
+               if a.MNEMONIC == "EXPERT" and b.MNEMONIC == "LINEAR") + 2
+    short = dataclasses.replace(program, instructions=program.instructions[:end],
+                                concurrent=program.concurrent[:end])
+    mnemonics = {d.MNEMONIC for d in short.instructions}
+    assert {"EXPERT", "ROUTE", "COMBINE", "ATTENTION", "LINEAR"} <= mnemonics
+    # An EXPERT followed by a LINEAR (the linear engine taken back from the EXPERT engine).
+    assert any(a.MNEMONIC == "EXPERT" and b.MNEMONIC == "LINEAR"
+               for a, b in zip(short.instructions, short.instructions[1:]))
+    got = check_runs(short, [(0, [batches[0]])], test_id="top-lanes-short",
+                     simulator="verilator")
+    for run in got:
+        predicted = program_cycles(short, batches[0], 0).cycles
+        print(f"task {run['task']}: {run['cycles']:,} cycles, the lanes at once for "
+              f"{_overlapped(run):,} or more; the cost model's two-lane timeline "
+              f"{predicted:,} ({predicted / run['cycles'] - 1:+.2%})")
+        assert _overlapped(run) > 0 and abs(predicted / run["cycles"] - 1) <= 0.02
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("onchip", [0, 32768])
+def test_two_lanes_run_a_batch_faster_than_one(onchip):
+    """The whole program of a batch of two on two lanes and on one (the same hardware but
+    the lanes), both bit-exact with the interpreter; two lanes take fewer cycles, and the
+    cycles of both are printed."""
+    hw = TWO_LANES.replace(onchip_bytes=onchip)
+    program, batches = _compiled(hw)
+    one, _ = _compiled(hw.replace(issue_lanes=1))
+    lanes = [LANE_OF[d.MNEMONIC] for d in program.instructions]
+    print(f"{len(program.instructions)} instructions, {lanes.count('main')} on the main lane, "
+          f"{sum(program.concurrent)} concurrent")
+    two = check_runs(program, [(0, [batches[0]]), (1, [batches[1], batches[0]])],
+                     test_id=f"top-lanes-{onchip}", simulator="verilator")
+    alone = check_runs(one, [(0, [batches[0]])], test_id=f"top-lanes1-{onchip}",
+                       simulator="verilator")
+    print(f"window {onchip}: task 0, a batch of 2: {two[0]['cycles']:,} cycles on two lanes, "
+          f"{alone[0]['cycles']:,} on one ({two[0]['cycles'] / alone[0]['cycles'] - 1:+.1%})")
+    assert two[0]["cycles"] < alone[0]["cycles"] and _overlapped(two[0]) > 0
+    for program, run in ((program, two[0]), (one, alone[0])):
+        predicted = program_cycles(program, batches[0], 0).cycles
+        print(f"{program.hw.issue_lanes} lane(s): the cost model {predicted:,} "
+              f"({predicted / run['cycles'] - 1:+.2%})")
+        assert abs(predicted / run["cycles"] - 1) <= 0.02

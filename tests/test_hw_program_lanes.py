@@ -96,6 +96,12 @@ def test_two_streams_compute_each_image_and_never_touch_each_others_bytes(tiny, 
           f"{marked} concurrent, {lanes.count('main')} on the main lane; "
           f"{program.layout.onchip() if onchip else ''}")
     assert len(program.concurrent) == len(program.instructions) and marked > 0
+    # The engines take bus-aligned addresses only (the second half's routing rows would not be
+    # in one tensor with the first's).
+    word = hw.bus_width // 8
+    assert [(k, name) for k, d in enumerate(program.instructions)
+            for name, value in d.to_dict().items() if name.endswith("_addr") and value % word] \
+        == []
     for task in (0, 1):
         memory, _ = run_images(program, images, task)
         output = memory[program.layout["output"].offset:program.layout["output"].end]

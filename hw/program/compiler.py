@@ -57,8 +57,9 @@ second, each the whole model on its images' rows (every tensor's address at its 
 row), and :func:`interleave` merges them so that one stream's attention, LayerNorm and
 routing run beside the other's linear layers, marking ``concurrent`` what does not wait
 for the other lane. The streams touch disjoint bytes (each its own rows; an expert's
-hidden rows at the half's first row too); the head runs once on the whole batch after
-both. Live ranges cover every instruction that may run beside a tensor's users
+hidden rows at the half's first row too; each MoE layer's routing, whose rows are
+narrower than a bus word, a tensor a stream, ``name`` and ``name#1``); the head runs once
+on the whole batch after both. Live ranges cover every instruction that may run beside a tensor's users
 (:func:`running_with`), so the on-chip window never gives one tensor's bytes to another
 while either may still be in use.
 
@@ -175,6 +176,10 @@ class _Compiler:
         """One tensor per golden tensor in memory (see :func:`memory_tensors`): in DRAM
         scratch, or in the on-chip window after the output when ``window`` places it."""
         tensors = memory_tensors(self.config, self.batch)
+        self.halves = {}
+        groups = self.groups()
+        if len(groups) > 1:
+            tensors = self.split_routing(tensors, groups)
         self.a = {name: self.tensor(name, shape, dtype)
                   for name, (shape, dtype) in tensors.items() if name not in self.window}
         config = self.config
@@ -186,6 +191,22 @@ class _Compiler:
         start = self.layout.size
         for name, (offset, live) in self.window.items():
             self.a[name] = self.layout.place(name, start + offset, *tensors[name], live).offset
+        self.addresses = dict(self.a)
+
+    def split_routing(self, tensors, groups):
+        """``tensors`` with each MoE layer's routing (gate logits, top-k indices and weights)
+        one tensor a stream of code, ``name`` and ``name#1``: their rows are narrower than
+        a bus word, so the second half's first row would not be aligned in one tensor (the
+        engines take aligned addresses only)."""
+        tokens, split = self.config.tokens, {}
+        for name, (shape, dtype) in tensors.items():
+            if name.endswith((".mlp.gate.logits", ".mlp.gate.topk", ".mlp.gate.weights")):
+                self.halves[name] = [name, f"{name}#1"]
+                for half, (_, images) in zip(self.halves[name], groups):
+                    split[half] = ((images * tokens, *shape[1:]), dtype)
+            else:
+                split[name] = (shape, dtype)
+        return split
 
     def embed(self):
         q, config, a = self.q, self.config, self.a
@@ -306,16 +327,20 @@ class _Compiler:
         half = -(-self.batch // 2)
         return [(0, half), (half, self.batch - half)]
 
-    def on_images(self, first, images):
-        """Emit for images ``first .. first + images - 1`` only: every tensor's address at
-        their first row (an input image, an output row, a token row of the batch)."""
+    def on_images(self, group, first, images):
+        """Emit for images ``first .. first + images - 1`` only (stream ``group``): every
+        tensor's address at their first row (an input image, an output row, a token row of
+        the batch; a routing tensor's own, :meth:`split_routing`)."""
         tokens = self.config.tokens
         self.first, self.images, self.rows = first, images, images * tokens
         self.a = {}
         for name, address in self.addresses.items():
-            region = self.layout[name]
-            per_row = region.size // (self.batch if name == "input" else region.shape[0])
-            self.a[name] = address + first * (1 if name == "input" else tokens) * per_row
+            if name in self.halves:
+                self.a[name] = self.addresses[self.halves[name][group]]
+            elif "#" not in name:
+                region = self.layout[name]
+                per_row = region.size // (self.batch if name == "input" else region.shape[0])
+                self.a[name] = address + first * (1 if name == "input" else tokens) * per_row
 
     def run(self) -> Program:
         config = self.config
@@ -325,16 +350,15 @@ class _Compiler:
         self.place_weights()
         weights_end = self.layout.size
         self.place_tensors()
-        self.addresses = dict(self.a)
         streams = []
-        for first, images in self.groups():
+        for group, (first, images) in enumerate(self.groups()):
             self.code = []
-            self.on_images(first, images)
+            self.on_images(group, first, images)
             self.embed()
             self.blocks()
             streams.append(self.code)
         self.code, concurrent = interleave(streams, self.hw, config)
-        self.on_images(0, self.batch)
+        self.on_images(0, 0, self.batch)
         self.heads()   # after both streams: not concurrent
         concurrent += (False,) * bool(concurrent)
         self.layout.add("program", "program", program_size(self.code))

@@ -128,6 +128,27 @@ def test_a_throughput_boards_window_is_chosen_at_its_best_batch(rows):
     assert row["binding_limit"] != "BRAM"
 
 
+def test_a_throughput_boards_point_takes_two_issue_lanes_when_they_pay(rows):
+    """The U280 point on two issue lanes (a batch's two halves, one's linear layers beside
+    the other's attention): more images a second at its best batch than the same point on
+    one lane by more than the slack, within the board's resources (the second lane's movers
+    counted); the Zynq boards' (batch 1: one stream) on one."""
+    from moevit.hw.cost.dse import PORTS_SLACK, _best_batch, _fits
+    from moevit.hw.cost.resources import lane_overhead, resources
+
+    board, row = get_board("u280"), rows["u280", "edge-moe"]
+    hw, work = HwConfig.from_dict(row["hw"]), workload("edge-moe")
+    assert row["issue_lanes"] == hw.issue_lanes == 2 and hw.memory_ports >= 2
+    two = _best_batch(work, hw, board, row["task"])
+    one = _best_batch(work, hw.replace(issue_lanes=1), board, row["task"])
+    print(f"\nu280: {1e6 * hw.clock_mhz / two[1]:.1f} images/s on two lanes (batch {two[0]}), "
+          f"{1e6 * hw.clock_mhz / one[1]:.1f} on one (batch {one[0]}); the second lane's "
+          f"movers {lane_overhead(hw)}")
+    assert two[1] < one[1] * (1 - PORTS_SLACK) and not _fits(resources(hw), board)
+    assert lane_overhead(hw).lut > 0 and lane_overhead(hw.replace(issue_lanes=1)).lut == 0
+    assert rows["zcu102", "edge-moe"]["issue_lanes"] == 1
+
+
 def test_targets_are_checked_and_say_what_stops_them(rows):
     zcu102, u280 = rows["zcu102", "edge-moe"], rows["u280", "edge-moe"]
     assert [t["field"] for t in zcu102["targets"]] == ["mac_units", "latency_ms"]
@@ -179,6 +200,51 @@ def test_predict_is_the_cost_model_of_the_compiled_program(bandwidth, onchip):
     if not onchip:  # hw cost splits a window's reads over the movers in proportion
         assert got.units["attention"] == by_unit["attention"]
         assert got.units["layernorm"] == by_unit["layernorm"]
+
+
+def test_predict_lanes_is_the_compiled_program_of_two_lanes():
+    """On tiny's batch of two on two issue lanes, on a HwConfig not the workload's: the
+    search's re-interleaving (:func:`lanes_order`) gives the very order and ``concurrent``
+    flags the compiler gives it, and its prediction (:func:`predict_lanes`) gains over one
+    lane what the cost model's two-lane timeline of the compiled program gains, within 2 %
+    (the search routes every expert the same share of tokens, the program the image's way)."""
+    import numpy as np
+
+    from moevit.hw.cost.cycles import program_cycles
+    from moevit.hw.cost.dse import (_signal_quantized, lanes_order, predict_lanes,
+                                    step_fields)
+    from moevit.hw.program.compiler import compile_program
+    from moevit.model.config import get_config
+
+    qmodel = _signal_quantized(get_config("tiny"))
+    hw = HwConfig.for_model("tiny").replace(rows=8, max_tokens=2 * 72, post_lanes=8,
+                                            memory_ports=2, issue_lanes=2)
+    program = compile_program(qmodel, hw, batch=2)
+    work = workload("tiny", batch=2, lanes=2)
+    steps, concurrent = lanes_order(work, "semseg", hw)
+
+    def shape(fields):
+        return [(k, v) for k, v in fields if not k.endswith("_addr")]
+
+    compiled = [(d.MNEMONIC, shape(step_fields(d))) for d in program.instructions]
+    ordered = [(s.mnemonic, shape(s.fields)) for s in steps]
+    gates = [k for k, d in enumerate(program.instructions) if d.MNEMONIC == "TASK_LINEAR"]
+    # The workload holds each TASK_LINEAR resolved for its task (a LINEAR).
+    assert [m for k, (m, _) in enumerate(ordered) if k in gates] == ["LINEAR"] * len(gates)
+    assert [c for k, c in enumerate(compiled) if k not in gates] \
+        == [o for k, o in enumerate(ordered) if k not in gates]
+    assert concurrent == program.concurrent
+    image = np.random.default_rng(0).integers(-128, 128, program.layout["input"].shape,
+                                              dtype=np.int8)
+    cost = program_cycles(program, image, 0).cycles
+    one = program_cycles(compile_program(qmodel, hw.replace(issue_lanes=1), batch=2), image,
+                         0).cycles
+    got = predict_lanes(work, "semseg", hw, hw.bus_width / 8, 2).cycles
+    got_one = predict(workload("tiny", batch=2).steps("semseg"), hw.replace(issue_lanes=1),
+                      hw.bus_width / 8, 2).cycles
+    print(f"\ntiny batch 2: two lanes / one lane {got / got_one:.4f} by the search "
+          f"({got:,} / {got_one:,}), {cost / one:.4f} by hw cost ({cost:,} / {one:,})")
+    assert got / got_one == pytest.approx(cost / one, rel=0.02) and cost < one
 
 
 def test_batching_reads_the_weights_once_per_batch():

@@ -151,12 +151,19 @@ def test_one_lane_or_one_image_marks_nothing(tiny):
     assert set(count.values()) == {0}
 
 
-def test_the_flags_survive_the_binary_and_one_lane_refuses_them(tiny):
+def test_the_flags_survive_the_files_and_one_lane_refuses_them(tiny, tmp_path):
+    from moevit.hw.program.program import read_program, write_program
+
     qmodel, _ = tiny
     program = compile_program(qmodel, TWO_LANES, batch=2)
     instructions, header = decode(program.encode(), program.hw)
     assert instructions == program.instructions and header["concurrent"] == program.concurrent
     assert "|" in program.listing()
+    # The streams each instruction computes (the head after both), in layout.json.
+    assert set(program.streams) == {0, 1, -1} and program.streams[-1] == -1
+    write_program(program, tmp_path)
+    again = read_program(tmp_path)
+    assert (again.concurrent, again.streams) == (program.concurrent, program.streams)
     # The same binary for a top of one lane (its own fingerprint): refused.
     one = type(program)(**{**vars(program), "hw": program.hw.replace(issue_lanes=1)})
     with pytest.raises(ProgramError, match=r"^Program instruction \d+ \(\w+\) is marked "

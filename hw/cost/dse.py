@@ -54,7 +54,12 @@ memory ports (1 to the board's, at most ``HwConfig.MAX_MEMORY_PORTS``, with the 
 striped over 1, 2, 4 ... of them: the fewest within :data:`PORTS_SLACK` of the
 fastest), under the board's DSP, BRAM, URAM,
 LUT and FF (each at its :data:`USABLE` fraction). Bandwidth is not split:
-the two kernels run in turn, each with the whole port. The chosen point
+the two kernels run in turn, each with the whole port. On a throughput board each point's
+window, ports and issue lanes are chosen again at its best batch
+(:func:`_window_at_best_batch`, :func:`_ports_at_best_batch`, :func:`_lanes_at_best_batch`:
+two lanes run a batch's two halves, one's linear layers beside the other's attention,
+LayerNorm and routing, :func:`predict_lanes`; the two lanes' memory traffic is not divided
+between them there either). The chosen point
 is one the compiler can serve (the sequence fits the token buffer) when any
 can, and the best by the board's objective (:data:`OBJECTIVES`, by its host): a
 Zynq board's the fastest at batch 1 (among those within :data:`LATENCY_SLACK` of
@@ -166,6 +171,8 @@ class Workload:
     macs: dict             # task name -> multiply-accumulates of one run
     batch: int = 1
     windows: dict = field(default_factory=dict)  # task -> {window bytes: on-chip fields per step}
+    concurrent: tuple = ()  # per step in order, on a top of two issue lanes (Program.concurrent)
+    streams: tuple = ()     # ... and the half batch it computes (Program.streams)
     _grouped: dict = field(default_factory=dict, repr=False)
 
     def steps(self, task, onchip=0):
@@ -205,32 +212,35 @@ class Workload:
         return min(c for c, where in first.items() if where == best)
 
 
-def _fields(d):
+def step_fields(d):
+    """The fields of descriptor ``d`` as a :class:`Step` holds them."""
     return tuple((f.name, getattr(d, f.name)) for f in fields(d)
                  if f.init and f.name != "hw")
 
 
-def _reference_hw(model, batch=1):
+def _reference_hw(model, batch=1, lanes=1):
     """A HwConfig the compiler accepts for ``model``: its default with a token buffer
     that holds the whole sequence of ``batch`` images (the workload does not depend on
-    it)."""
+    it), and ``lanes`` issue lanes (two memory ports for two)."""
     from moevit.hw.config import HwConfig
 
     base = HwConfig.for_model(model)
     tokens = -(-model.tokens * batch // base.rows) * base.rows
     kv = max(base.kv_depth, model.tokens)
-    return base.replace(max_tokens=max(base.max_tokens, tokens), kv_depth=kv)
+    return base.replace(max_tokens=max(base.max_tokens, tokens), kv_depth=kv,
+                        memory_ports=max(base.memory_ports, lanes), issue_lanes=lanes)
 
 
 #: Changes when :func:`_compile` changes what it keeps (a cached workload is then stale).
-WORKLOAD_VERSION = 2
+WORKLOAD_VERSION = 3
 
 
-def _cache_key(model, batch=1) -> str:
-    """The model config, the batch, the compiler's sources and :data:`WORKLOAD_VERSION`."""
+def _cache_key(model, batch=1, lanes=1) -> str:
+    """The model config, the batch, the issue lanes, the compiler's sources and
+    :data:`WORKLOAD_VERSION`."""
     from moevit.hw import program
 
-    digest = hashlib.sha256(json.dumps([model.to_dict(), WORKLOAD_VERSION, batch],
+    digest = hashlib.sha256(json.dumps([model.to_dict(), WORKLOAD_VERSION, batch, lanes],
                                        sort_keys=True, default=str).encode())
     for source in sorted(Path(program.__file__).parent.glob("*.py")):
         digest.update(source.read_bytes())
@@ -264,24 +274,26 @@ def _signal_quantized(model):
 _QUANTIZED = {}
 
 
-def compile_signal_model(model, batch=1, *, onchip_bytes=0):
+def compile_signal_model(model, batch=1, *, onchip_bytes=0, lanes=1):
     """The program of ``model``'s signal model (untrained weights, unit calibration) for
     ``batch`` images a run, on a HwConfig that holds their whole sequence: the shapes of
-    the config's program (``onchip_bytes``: with that on-chip window)."""
+    the config's program (``onchip_bytes``: with that on-chip window; ``lanes``: for a top
+    of that many issue lanes)."""
     from moevit.hw.program.compiler import compile_program
 
-    hw = _reference_hw(model, batch).replace(onchip_bytes=onchip_bytes)
+    hw = _reference_hw(model, batch, lanes).replace(onchip_bytes=onchip_bytes)
     return compile_program(_signal_quantized(model), hw, batch=batch)
 
 
-def _compile(model, batch=1):
-    """The steps of every task, the MACs of one run (``batch`` images) and, per window of
-    :data:`ONCHIP_CHOICES`, the address fields of each step whose tensors the compiler
-    places on chip (:func:`moevit.hw.program.compiler.place_onchip`), from one compile."""
+def _compile(model, batch=1, lanes=1):
+    """The steps of every task, the MACs of one run (``batch`` images), per window of
+    :data:`ONCHIP_CHOICES` the address fields of each step whose tensors the compiler
+    places on chip (:func:`moevit.hw.program.compiler.place_onchip`), and the steps'
+    ``concurrent`` flags (``lanes`` issue lanes), from one compile."""
     from moevit.hw.cost.cycles import _task_entry
     from moevit.hw.program.compiler import place_onchip
 
-    program = compile_signal_model(model, batch)
+    program = compile_signal_model(model, batch, lanes=lanes)
     memory = program.memory_image()
     placed = {c: place_onchip(program, c) for c in ONCHIP_CHOICES}
     tasks, macs, windows = {}, {}, {}
@@ -297,27 +309,29 @@ def _compile(model, batch=1):
                 total += routed * (d.dim * d.hidden * 2)
             elif d.MNEMONIC in ("LINEAR", "ATTENTION"):
                 total += d.macs
-            steps.append(Step(d.MNEMONIC, d.UNIT, _fields(d), routed))
-            regions = {k: program.layout.at(v) for k, v in _fields(d) if k.endswith("_addr")}
+            steps.append(Step(d.MNEMONIC, d.UNIT, step_fields(d), routed))
+            regions = {k: program.layout.at(v) for k, v in step_fields(d)
+                       if k.endswith("_addr")}
             for c, names in placed.items():
                 where[c].append([k for k, r in regions.items() if r is not None
                                  and r.kind == "scratch" and r.name in names])
         tasks[task["name"]] = steps
         macs[task["name"]] = total
         windows[task["name"]] = where
-    return tasks, macs, windows
+    return tasks, macs, windows, program.concurrent, program.streams
 
 
-def workload(config, *, batch=1, progress=False) -> Workload:
+def workload(config, *, batch=1, lanes=1, progress=False) -> Workload:
     """The workload of model config ``config`` (a name) compiled for ``batch`` images a
-    run, compiled once and kept under ``build/dse/`` (keyed by the config, the batch and
-    the compiler's sources)."""
+    run on a top of ``lanes`` issue lanes, compiled once and kept under ``build/dse/``
+    (keyed by the config, the batch, the lanes and the compiler's sources)."""
     from moevit.model.config import get_config
     from moevit.paths import build_dir
 
     model = get_config(config)
-    name = config if batch == 1 else f"{config}-batch{batch}"
-    path = build_dir("dse") / f"workload-{name}-{_cache_key(model, batch)}.json"
+    name = (config if batch == 1 else f"{config}-batch{batch}") + ("-lanes2" if lanes == 2
+                                                                    else "")
+    path = build_dir("dse") / f"workload-{name}-{_cache_key(model, batch, lanes)}.json"
     if path in _WORKLOADS:
         return _WORKLOADS[path]
     if path.exists():
@@ -328,11 +342,12 @@ def workload(config, *, batch=1, progress=False) -> Workload:
 
             print(f"compiling the {config} model once{f' for batch {batch}' if batch > 1 else ''} "
                   f"(cached in {path.parent})", file=sys.stderr)
-        tasks, macs, windows = _compile(model, batch)
+        tasks, macs, windows, concurrent, streams = _compile(model, batch, lanes)
         data = {"tasks": {name: [[s.mnemonic, s.unit, s.fields, s.routed] for s in steps]
                           for name, steps in tasks.items()}, "macs": macs,
                 "windows": {name: [[c, where] for c, where in w.items()]
-                            for name, w in windows.items()}}
+                            for name, w in windows.items()}, "concurrent": concurrent,
+                "streams": streams}
         tmp = path.with_suffix(".partial")
         tmp.write_text(json.dumps(data))
         tmp.replace(path)
@@ -340,7 +355,9 @@ def workload(config, *, batch=1, progress=False) -> Workload:
              for name, steps in data["tasks"].items()}
     windows = {name: {c: tuple(tuple(f) for f in where) for c, where in w}
                for name, w in data["windows"].items()}
-    _WORKLOADS[path] = Workload(config, tasks, model.tokens, data["macs"], batch, windows)
+    _WORKLOADS[path] = Workload(config, tasks, model.tokens, data["macs"], batch, windows,
+                                concurrent=tuple(data["concurrent"]),
+                                streams=tuple(data["streams"]))
     return _WORKLOADS[path]
 
 
@@ -642,8 +659,11 @@ def predict(steps, hw, bandwidth, batch=1, memory_bandwidth=None, latency=0) -> 
         A step ``hw`` cannot run (a sequence longer than the key/value buffers, a layer
         wider than the input buffer).
     """
-    from moevit.hw.cost.cycles import ISSUE_CYCLES, expert_scan_cycles, memory_cycles
+    from moevit.hw.cost.cycles import (ISSUE_CYCLES, ISSUE_CYCLES_AHEAD, expert_scan_cycles,
+                                       memory_cycles)
 
+    # The sequencer's look-ahead on two issue lanes (cycles.program_cycles).
+    issue = ISSUE_CYCLES_AHEAD if hw.issue_lanes == 2 else ISSUE_CYCLES
     total = memory_bound = moved = 0
     units, compute_bound = {}, {}
     chunked = False
@@ -681,7 +701,7 @@ def predict(steps, hw, bandwidth, batch=1, memory_bandwidth=None, latency=0) -> 
                 wait, drain = _overlap(step, hw, by_mover, bandwidth, memory_bandwidth, latency)
             floor, exposed = _chunk_latency(step, hw, n, compute, latency, linear, by_mover)
             memory = max(memory + drain, floor)
-            cycles = (max(compute + wait, memory) + ISSUE_CYCLES + exposed) * count
+            cycles = (max(compute + wait, memory) + issue + exposed) * count
             total += cycles
             moved += nbytes * count
             unit = "expert" if step.mnemonic == "EXPERT" else step.unit
@@ -691,6 +711,64 @@ def predict(steps, hw, bandwidth, batch=1, memory_bandwidth=None, latency=0) -> 
             else:
                 compute_bound[unit] = compute_bound.get(unit, 0) + cycles
     return Prediction(total, batch, units, memory_bound, moved, chunked, compute_bound)
+
+
+def interleave_cycles(step, hw) -> int:
+    """The cycles the compiler interleaves a program of two issue lanes by
+    (:func:`~moevit.hw.program.compiler.interleave`): ``step`` alone on ``hw`` at one bus
+    word a cycle a port, every tensor in DRAM (so the order does not depend on the board
+    or on the on-chip window)."""
+    key = ("interleave", step.mnemonic, step.routed, step.fields, hw)
+    if key not in _CYCLES:
+        plain = Step(step.mnemonic, step.unit, step.fields, step.routed)
+        _CYCLES[key] = predict([(plain, 1)], hw, hw.bus_width / 8).cycles
+    return _CYCLES[key]
+
+
+def lanes_order(work, task, hw):
+    """``(steps, concurrent)`` of ``work`` (a workload compiled for two issue lanes) in the
+    order the compiler gives ``hw`` (:func:`~moevit.hw.program.compiler.interleave` of its
+    two half batches on :func:`interleave_cycles`, then the head), with their flags."""
+    from moevit.hw.program.compiler import interleave
+    from moevit.hw.program.isa import LANE_OF
+
+    steps = work.in_order(task, hw.onchip_bytes)
+    halves = [[k for k, s in enumerate(work.streams) if s == half] for half in (0, 1)]
+    order, concurrent = interleave([[(LANE_OF[steps[k].mnemonic],
+                                      interleave_cycles(steps[k], hw)) for k in half]
+                                     for half in halves])
+    tail = [k for k, s in enumerate(work.streams) if s == -1]
+    return ([steps[k] for k in [halves[h][i] for h, i in order] + tail],
+            concurrent + (False,) * len(tail))
+
+
+def predict_lanes(work, task, hw, bandwidth, batch=1, memory_bandwidth=None, latency=0):
+    """:func:`predict` of ``work`` (a workload compiled for two issue lanes) on ``hw``, a
+    top of two: its two half batches interleaved again as the compiler would for ``hw``
+    (:func:`~moevit.hw.program.compiler.interleave` on :func:`interleave_cycles`), each
+    step's cycles as :func:`predict` gives them alone on the board, laid on the two lanes
+    (:func:`~moevit.hw.cost.cycles.lane_starts`); the units' cycles are their sums, the
+    run's the span."""
+    from moevit.hw.cost.cycles import lane_starts
+
+    steps, concurrent = lanes_order(work, task, hw)
+    alone = {}
+    for step in steps:
+        if step.shape not in alone:
+            alone[step.shape] = predict([(step, 1)], hw, bandwidth, batch, memory_bandwidth,
+                                        latency)
+    runs = [alone[step.shape] for step in steps]
+    cycles = [run.cycles for run in runs]
+    starts = lane_starts([s.mnemonic for s in steps], concurrent, cycles)
+    units, compute_bound = {}, {}
+    for run in runs:
+        for unit, n in run.units.items():
+            units[unit] = units.get(unit, 0) + n
+        for unit, n in run.compute_bound.items():
+            compute_bound[unit] = compute_bound.get(unit, 0) + n
+    return Prediction(max(s + n for s, n in zip(starts, cycles)), batch, units,
+                      sum(r.memory_cycles for r in runs), sum(r.bytes for r in runs),
+                      any(r.chunked for r in runs), compute_bound)
 
 
 # The search --------------------------------------------------------------------------------
@@ -833,8 +911,10 @@ def _window(work, hw, board, the_fit, fabric):
 
 
 def _port_counts(board, hw):
-    """The memory port counts of :data:`PORT_CHOICES` the board has and the top can take."""
-    return [n for n in PORT_CHOICES if n <= min(board.ports, hw.MAX_MEMORY_PORTS)]
+    """The memory port counts of :data:`PORT_CHOICES` the board has and the top can take
+    (two at least on two issue lanes)."""
+    return [n for n in PORT_CHOICES
+            if hw.issue_lanes <= n <= min(board.ports, hw.MAX_MEMORY_PORTS)]
 
 
 def _ports(work, hw, board, the_fit, fabric):
@@ -896,12 +976,16 @@ def _batches(tokens, hw):
 def _best_batch(work, hw, board, task):
     """(batch, cycles per image, its :class:`Prediction`) of the best throughput the token
     buffer allows, each batch predicted from its compiled batched program
-    (:func:`workload`)."""
+    (:func:`workload`; on two issue lanes, its two half batches: :func:`predict_lanes`)."""
     best = (1, None, None)
     port, memory, latency = _bandwidths(board, hw)
     for batch in _batches(work.tokens, hw):
-        steps = workload(work.config, batch=batch).steps(task, hw.onchip_bytes)
-        run = predict(steps, hw, port, batch, memory, latency)
+        if hw.issue_lanes == 2 and batch > 1:   # two half batches, interleaved
+            run = predict_lanes(workload(work.config, batch=batch, lanes=2), task, hw, port,
+                                batch, memory, latency)
+        else:
+            steps = workload(work.config, batch=batch).steps(task, hw.onchip_bytes)
+            run = predict(steps, hw, port, batch, memory, latency)
         if best[1] is None or run.cycles / batch < best[1]:
             best = (batch, run.cycles / batch, run)
     return best
@@ -952,6 +1036,25 @@ def _window_at_best_batch(point, work, board, the_fit, fabric):
             best = (run.cycles / batch, hw)
     if best[1] != point.hw:
         _adopt(point, best[1], resources(best[1], the_fit), work, board, the_fit, fabric)
+
+
+def _lanes_at_best_batch(point, work, board, the_fit, fabric):
+    """On a throughput board, ``point`` on a top of two issue lanes
+    (``HwConfig.issue_lanes``; two memory ports at least) when that fits and gives more
+    images a second at its best batch by more than :data:`PORTS_SLACK`: the linear
+    kernel's half batch beside the other engines' (:func:`predict_lanes`). Whether it
+    moved."""
+    from moevit.hw.cost.resources import resources
+
+    hw = point.hw.replace(issue_lanes=2, memory_ports=max(2, point.hw.memory_ports))
+    res = resources(hw, the_fit)
+    if _fits(res, board, fabric) or hw.memory_ports > min(board.ports, hw.MAX_MEMORY_PORTS):
+        return
+    if _best_batch(work, hw, board, point.task)[1] < point.best_cycles_per_image \
+            * (1 - PORTS_SLACK):
+        _adopt(point, hw, res, work, board, the_fit, fabric)
+        return True
+    return False
 
 
 def _adopt(point, hw, res, work, board, the_fit, fabric):
@@ -1070,8 +1173,9 @@ def _rank(points, work, board, the_fit, fabric) -> list:
     """``points`` best first by the board's objective (:data:`OBJECTIVES`), each with its
     best batch: on a latency board those whose batch-1 latency is within
     :data:`LATENCY_SLACK` of the fastest, the fastest first (then the most images a second);
-    on a throughput board every point, its memory ports chosen again at its best batch
-    (:func:`_ports_at_best_batch`), the most images a second at its best batch first (then
+    on a throughput board every point, its window, memory ports and issue lanes chosen
+    again at its best batch (:func:`_window_at_best_batch`, :func:`_ports_at_best_batch`,
+    :func:`_lanes_at_best_batch`), the most images a second at its best batch first (then
     the fastest at batch 1)."""
     if OBJECTIVES[board.host][0] == "latency":
         fastest = min(p.latency_cycles for p in points)
@@ -1087,6 +1191,8 @@ def _rank(points, work, board, the_fit, fabric) -> list:
             if (run.cycles - run.memory_cycles) / run.batch < best:
                 _window_at_best_batch(p, work, board, the_fit, fabric)
                 _ports_at_best_batch(p, work, board, the_fit, fabric)
+                if _lanes_at_best_batch(p, work, board, the_fit, fabric):
+                    _ports_at_best_batch(p, work, board, the_fit, fabric)
                 best = min(best, p.best_cycles_per_image)
     if OBJECTIVES[board.host][0] == "latency":
         return sorted(points, key=lambda p: (p.latency_cycles, p.best_cycles_per_image,
@@ -1184,6 +1290,7 @@ def point_row(point, board, work, fabric=True) -> dict:
         "attention_mac_units": attention_units, "dsp_packing": hw.dsp_packing,
         "memory_ports": hw.memory_ports, "weight_ports": hw.weight_ports,
         "norm_lanes": hw.norm_lanes, "onchip_bytes": hw.onchip_bytes,
+        "issue_lanes": hw.issue_lanes,
         "latency_ms": point.latency_ms, "fps_batch1": fps1, "best_batch": point.best_batch,
         "best_fps": best_fps, "macs_per_image": macs, "gops": 2 * macs * fps1 / 1e9,
         "best_gops": 2 * macs * best_fps / 1e9,
@@ -1266,7 +1373,7 @@ def print_dse(rows) -> None:
               f"over {r['weight_ports']}), "
               f"max_tokens {h['max_tokens']}, max_in {h['max_in']}, kv_depth {h['kv_depth']}, "
               f"on-chip window {h.get('onchip_bytes', 0):,} bytes, "
-              f"{h['clock_mhz']:g} MHz")
+              f"{r['issue_lanes']} issue lane(s), {h['clock_mhz']:g} MHz")
         print(f"  objective: {r['objective']} ({r['objective_reason']})")
         print(f"  latency {r['latency_ms']:.3f} ms per image at batch 1 ({r['task']}, the "
               f"slowest task): {r['fps_batch1']:.1f} images/s; best batch {r['best_batch']}: "

@@ -317,6 +317,19 @@ PORT_OVERHEAD = Resources(dsp=0, lut=604, ff=81, bram36=0, uram=0)
 PORT_OVERHEAD_BUS = 128
 
 
+def lane_overhead(hw, the_fit=None) -> Resources:
+    """The side issue lane's own memory path (``hw.issue_lanes = 2``,
+    :mod:`moevit.hw.top.accelerator`): three read movers and a write mover (two of the
+    ``gmem`` unit's mover pairs) and three more masters on the ports' arbiters
+    (:data:`PORT_OVERHEAD` each, scaled by the bus); its relocators and routers are small
+    next to :data:`TOP_OVERHEAD`. An allowance from measured parts, not a Yosys count of
+    the whole."""
+    if hw.issue_lanes == 1:
+        return Resources(dsp=0, lut=0, ff=0, bram36=0, uram=0)
+    return unit_resources("gmem", hw, the_fit) * 2 + PORT_OVERHEAD * (3 * hw.bus_width
+                                                                      / PORT_OVERHEAD_BUS)
+
+
 def port_overhead(hw) -> Resources:
     """The arbiters of ``hw``'s memory ports beyond the first (:data:`PORT_OVERHEAD` per
     port, scaled by the bus) and the weights' striper (``hw.weight_ports`` > 1,
@@ -453,13 +466,14 @@ def unit_resources(unit: str, hw, the_fit=None) -> Resources:
 
 def resources(hw, the_fit=None) -> Resources:
     """Resources of the whole top on ``hw``: its units, :data:`TOP_OVERHEAD`,
-    its memory ports' arbiters and striper (:func:`port_overhead`) and the on-chip activation
+    its memory ports' arbiters and striper (:func:`port_overhead`), a second issue lane's
+    memory path (:func:`lane_overhead`) and the on-chip activation
     window's block RAM (``hw.onchip_bytes``; its routers are small next to the
     allowance). The top's
     MoE engines count as the MoE unit for DSP, LUT and FF (the same gate and combine
     lanes) and :data:`ROUTE_PIPELINE`, with their own memories: the MoE unit keeps an
     accumulator row per token, the engines one row."""
-    total = TOP_OVERHEAD + port_overhead(hw) + Resources(bram36=sum(
+    total = TOP_OVERHEAD + port_overhead(hw) + lane_overhead(hw, the_fit) + Resources(bram36=sum(
         bram36(w, d) * ports for _, w, d, ports in memories("onchip", hw)))
     for unit in TOP_UNITS:
         part = unit_resources(unit, hw, the_fit)

@@ -59,9 +59,9 @@ routing run beside the other's linear layers, marking ``concurrent`` what does n
 for the other lane. The streams touch disjoint bytes (each its own rows; an expert's
 hidden rows at the half's first row too; each MoE layer's routing, whose rows are
 narrower than a bus word, a tensor a stream, ``name`` and ``name#1``); the head runs once
-on the whole batch after both. Live ranges cover every instruction that may run beside a tensor's users
-(:func:`running_with`), so the on-chip window never gives one tensor's bytes to another
-while either may still be in use.
+on the whole batch after both. Live ranges cover every instruction that may run beside a
+tensor's users (:func:`running_with`), so the on-chip window never gives one tensor's
+bytes to another while either may still be in use.
 
 The task is never in the program: gate and head take their weights from a
 task table indexed by the task register. Tensors that a fused operation
@@ -357,7 +357,13 @@ class _Compiler:
             self.embed()
             self.blocks()
             streams.append(self.code)
-        self.code, concurrent = interleave(streams, self.hw, config)
+        from moevit.hw.program.isa import LANE_OF
+
+        order, concurrent = interleave([[(LANE_OF[d.MNEMONIC], _cycles(d, self.hw, config))
+                                         for d in stream] for stream in streams]
+                                       if len(streams) > 1 else streams)
+        self.code = [streams[k][i] for k, i in order]
+        stream_of = tuple(k for k, _ in order) + (-1,) if concurrent else ()
         self.on_images(0, 0, self.batch)
         self.heads()   # after both streams: not concurrent
         concurrent += (False,) * bool(concurrent)
@@ -369,65 +375,64 @@ class _Compiler:
                   "output_shape": [config.patches, task.classes * config.patch ** 2]}
                  for t, task in enumerate(config.tasks)]
         return Program(self.hw, self.code, self.layout, bytes(weights), tasks, config.to_dict(),
-                       self.batch, concurrent)
+                       self.batch, concurrent, stream_of)
 
 
-def interleave(streams, hw, config):
-    """One instruction list of ``streams`` (lists of instructions, each depending on the
-    one before it, any two streams independent) and its ``concurrent`` flags
-    (:attr:`~moevit.hw.program.program.Program.concurrent`; empty for one stream).
+def interleave(streams):
+    """The order of ``streams`` on a top of two issue lanes, and its ``concurrent`` flags
+    (:attr:`~moevit.hw.program.program.Program.concurrent`): ``streams`` are lists of
+    ``(lane, cycles)`` of instructions (``lane`` of :data:`~moevit.hw.program.isa.LANE_OF`),
+    each depending on the one before it in its stream, any two streams independent; the
+    result lists ``(stream, index)`` in program order, and the flags (empty for one stream).
 
-    On a top of two issue lanes (:data:`~moevit.hw.program.isa.LANE_OF`) each lane runs
-    one instruction at a time, in program order; an instruction starts when its lane is
-    free and, unless it is ``concurrent``, when the other lane is too. The list is built
-    by simulating that machine on each instruction's compute cycles (the cost model's,
-    :func:`_cycles`): next comes the stream head that could start first (the longest of
-    those that could start as early), and it is ``concurrent`` when the instruction last
-    given to the other lane belongs to another stream: its own stream's instructions
-    before it are then finished or on its own lane."""
+    Each lane runs one instruction at a time, in program order; an instruction starts when
+    its lane is free and, unless it is ``concurrent``, when the other lane is too. The
+    order is built by simulating that machine on the given cycles: next comes the stream
+    head that could start first (the longest of those that could start as early), and it
+    is ``concurrent`` when the instruction last given to the other lane belongs to another
+    stream: its own stream's instructions before it are then finished or on its own lane."""
     if len(streams) == 1:
-        return list(streams[0]), ()
-    from moevit.hw.program.isa import LANE_OF
-
+        return [(0, i) for i in range(len(streams[0]))], ()
     free = {"main": 0, "side": 0}        # when each lane is free
     last = {"main": None, "side": None}  # the stream of the instruction last on each lane
     ready = [0] * len(streams)           # when each stream's last instruction ends
     heads = [0] * len(streams)
     issued = 0
-    code, concurrent = [], []
+    order, concurrent = [], []
     while any(h < len(s) for h, s in zip(heads, streams)):
         options = []
         for k, stream in enumerate(streams):
             if heads[k] < len(stream):
-                d = stream[heads[k]]
-                lane = LANE_OF[d.MNEMONIC]
+                lane, cycles = stream[heads[k]]
                 other = "side" if lane == "main" else "main"
                 alone = last[other] is not None and last[other] != k
                 start = max(issued, free[lane], ready[k], 0 if alone else free[other])
-                options.append((start, -_cycles(d, hw, config), k, d, lane, alone))
-        start, minus_cycles, k, d, lane, alone = min(options, key=lambda o: o[:3])
-        code.append(d)
+                options.append((start, -cycles, k, lane, alone))
+        start, minus_cycles, k, lane, alone = min(options, key=lambda o: o[:3])
+        order.append((k, heads[k]))
         concurrent.append(alone)
         issued = start
         free[lane] = ready[k] = start - minus_cycles
         last[lane] = k
         heads[k] += 1
-    return code, tuple(concurrent)
+    return order, tuple(concurrent)
 
 
 def _cycles(d, hw, config) -> int:
-    """Compute cycles of instruction ``d`` for :func:`interleave`: the cost model's
-    (:func:`moevit.hw.cost.cycles.compute_cycles`), a task's gate or head at its widest
-    output and an expert at its share of the tokens (balanced routing)."""
-    from moevit.hw.cost.cycles import compute_cycles
+    """Cycles of instruction ``d`` to :func:`interleave` it by: the cost model's for it alone
+    at one bus word a cycle a port (:func:`moevit.hw.cost.dse.interleave_cycles`, which the
+    search's prediction of a program of two lanes reorders by too), a task's gate or head at
+    its widest output and an expert at its share of the tokens (balanced routing). It does
+    not depend on the addresses, so the compile with an on-chip window keeps the order."""
+    from moevit.hw.cost.dse import Step, interleave_cycles, step_fields
 
-    op = routed = None
+    routed = 0
     if d.MNEMONIC == "TASK_LINEAR":
-        op = LinearDescriptor(hw, tokens=d.tokens, in_features=d.in_features,
-                              out_features=d.max_out, x_addr=0, w_addr=0, chan_addr=0, y_addr=0)
+        d = LinearDescriptor(hw, tokens=d.tokens, in_features=d.in_features,
+                             out_features=d.max_out, x_addr=0, w_addr=0, chan_addr=0, y_addr=0)
     elif d.MNEMONIC == "EXPERT":
         routed = -(-d.tokens * d.top_k // config.experts)
-    return compute_cycles(d, hw, op=op, routed=routed)
+    return interleave_cycles(Step(d.MNEMONIC, d.UNIT, step_fields(d), routed), hw)
 
 
 def memory_tensors(config, batch: int = 1) -> dict:

@@ -2,9 +2,9 @@
 
 An instruction is a :class:`~moevit.hw.program.descriptor.Descriptor`: its
 opcode in the low 7 bits of its first 32-bit word says which unit runs it and
-how many words it has (bit 7 marks it ``concurrent``: :data:`CONCURRENT_BIT`). The kernels' descriptors (linear, attention,
-LayerNorm) are the operands of the first three opcodes; this module adds
-what a whole model needs around them:
+how many words it has (bit 7 marks it ``concurrent``: :data:`CONCURRENT_BIT`). The
+kernels' descriptors (linear, attention, LayerNorm) are the operands of the first three
+opcodes; this module adds what a whole model needs around them:
 
 ============  ==================  =============================================
 opcode        descriptor          what runs it
@@ -45,9 +45,9 @@ from moevit.hw.program.descriptor import (AttentionDescriptor, Descriptor, Descr
                                           LayerNormDescriptor, LinearDescriptor, _check_constants,
                                           _check_positive, _check_range, packed)
 
-__all__ = ["LANE_OF", "CONCURRENT_BIT", "PatchifyDescriptor", "CopyDescriptor", "TaskLinearDescriptor", "RouteDescriptor",
-           "ExpertDescriptor", "CombineDescriptor", "TaskEntry", "OPCODES", "UNITS",
-           "instruction_class", "GATE_RULES", "TASK_ENTRY_BYTES"]
+__all__ = ["LANE_OF", "CONCURRENT_BIT", "PatchifyDescriptor", "CopyDescriptor",
+           "TaskLinearDescriptor", "RouteDescriptor", "ExpertDescriptor", "CombineDescriptor",
+           "TaskEntry", "OPCODES", "UNITS", "instruction_class", "GATE_RULES", "TASK_ENTRY_BYTES"]
 
 #: The gate rules a RouteDescriptor computes (``rule`` field), as ModelConfig names them.
 GATE_RULES = ("vmoe", "renorm")

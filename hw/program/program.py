@@ -128,6 +128,10 @@ class Program:
         depend on the instruction last issued to the other lane
         (:data:`~moevit.hw.program.isa.LANE_OF`), so it may start while that one runs;
         empty: none is. Bit :data:`~moevit.hw.program.isa.CONCURRENT_BIT` of its first word.
+    streams : tuple of int
+        Per instruction of a program of two streams (two issue lanes): the half batch it
+        computes, 0 or 1, or -1 after both (the head); empty for one stream. What the
+        compiler interleaved (``layout.json``'s ``streams``), not in the binary.
     """
 
     hw: HwConfig
@@ -138,6 +142,7 @@ class Program:
     model: dict = field(default_factory=dict)
     batch: int = 1
     concurrent: tuple = ()
+    streams: tuple = ()
 
     def encode(self) -> bytes:
         return encode(self.hw, self.instructions, tasks=len(self.tasks),
@@ -354,7 +359,8 @@ def write_program(program: Program, folder) -> list:
     binary = program.encode()
     meta = {"format": LAYOUT_FORMAT, "version": VERSION, "model": program.model,
             "hw": program.hw.to_dict(), "hw_hash": f"{hw_hash(program.hw):016x}",
-            "batch": program.batch, "layout": program.layout.to_dict(),
+            "batch": program.batch, "streams": list(program.streams),
+            "layout": program.layout.to_dict(),
             "onchip": program.layout.onchip(), "tasks": program.tasks,
             "sha256": {"program.bin": _sha256(binary), "weights.bin": _sha256(program.weights)}}
     contents = {"program.bin": binary, "weights.bin": program.weights,
@@ -398,6 +404,7 @@ def read_program(folder) -> Program:
         layout = Layout.from_dict(meta["layout"])
         tasks, model, sums = list(meta["tasks"]), dict(meta["model"]), dict(meta["sha256"])
         batch = int(meta["batch"])
+        streams = tuple(int(k) for k in meta.get("streams", ()))
     except (KeyError, TypeError, ValueError, ConfigError) as error:
         raise ProgramError(f"{folder}/layout.json is malformed: {error}") from None
     if layout.size != meta["layout"].get("size"):
@@ -421,4 +428,8 @@ def read_program(folder) -> Program:
             or any(header[k] != v for k, v in layout.boundaries().items()):
         raise ProgramError(f"{folder}/program.bin does not match layout.json (memory size, "
                            f"tasks, bus width, batch or region bounds differ)")
-    return Program(hw, instructions, layout, weights, tasks, model, batch, header["concurrent"])
+    if streams and (len(streams) != len(instructions) or not set(streams) <= {-1, 0, 1}):
+        raise ProgramError(f"{folder}/layout.json's streams do not fit its "
+                           f"{len(instructions)} instructions (one of -1, 0, 1 each)")
+    return Program(hw, instructions, layout, weights, tasks, model, batch, header["concurrent"],
+                   streams)

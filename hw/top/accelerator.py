@@ -30,11 +30,12 @@ a window, routers (their writes joined onto the on-chip RAM's write port by a
 is done and its own channels' bursts are answered; the sequencer issues an
 instruction once its lane is finished and, unless the program marks it
 ``concurrent``, the other lane too (:mod:`moevit.hw.top.sequencer`), so an
-instruction still reads what the ones it depends on wrote. The ports are those of an XRT-managed RTL kernel (``ap_clk``,
-``ap_rst_n``, ``interrupt``, ``s_axi_control``, ``m_axi_gmem_*`` with 64-bit
-addresses and the HwConfig's ``bus_width``, and ``m_axi_gmem1_*`` ... for its
-``memory_ports``), so one top serves a Vivado block
-design (ZCU102, ZCU104) and a v++ link (U280).
+instruction still reads what the ones it depends on wrote.
+
+The ports are those of an XRT-managed RTL kernel (``ap_clk``, ``ap_rst_n``,
+``interrupt``, ``s_axi_control``, ``m_axi_gmem_*`` with 64-bit addresses and the
+HwConfig's ``bus_width``, and ``m_axi_gmem1_*`` ... for its ``memory_ports``), so one
+top serves a Vivado block design (ZCU102, ZCU104) and a v++ link (U280).
 
 With ``hw.onchip_bytes`` a router sits in front of each channel's relocation
 and serves the program's on-chip window ``[output_end, onchip_end)`` from the

@@ -62,7 +62,8 @@ MAX_INSTRUCTION_WORDS = max(cls.words() for cls in OPCODES.values())
 INSTRUCTION_BITS = 32 * MAX_INSTRUCTION_WORDS
 #: Instructions that read their task's table entry (its field ``table_addr``).
 TABLE_OPCODES = (TaskLinearDescriptor.OPCODE, RouteDescriptor.OPCODE)
-#: Instructions of the main issue lane (``hw.issue_lanes = 2``; :data:`~moevit.hw.program.isa.LANE_OF`).
+#: Instructions of the main issue lane (``hw.issue_lanes = 2``,
+#: :data:`~moevit.hw.program.isa.LANE_OF`).
 MAIN_OPCODES = tuple(op for op, cls in OPCODES.items() if LANE_OF[cls.MNEMONIC] == "main")
 
 

@@ -38,15 +38,22 @@ def _overlapped(run) -> int:
     return busy["linear"] + busy["attention"] + busy["layernorm"] - run["cycles"]
 
 
+def _first_moe_layer():
+    """The two-lane program of a batch of two cut after the first LINEAR issued as an EXPERT
+    ends (both halves through the first MoE layer), and its batches."""
+    program, batches = _compiled(TWO_LANES)
+    end = next(k for k, (a, b) in enumerate(zip(program.instructions, program.instructions[1:]))
+               if a.MNEMONIC == "EXPERT" and b.MNEMONIC == "LINEAR") + 2
+    return dataclasses.replace(program, instructions=program.instructions[:end],
+                               concurrent=program.concurrent[:end],
+                               streams=program.streams[:end]), batches
+
+
 def test_two_lanes_run_the_first_moe_layer_bit_exact():
     """The first instructions of the two streams of a batch of two, up to the first LINEAR
     issued as an EXPERT ends (the linear engine taken back from the EXPERT engine): both
     halves through the first MoE layer."""
-    program, batches = _compiled(TWO_LANES)
-    end = next(k for k, (a, b) in enumerate(zip(program.instructions, program.instructions[1:]))
-               if a.MNEMONIC == "EXPERT" and b.MNEMONIC == "LINEAR") + 2
-    short = dataclasses.replace(program, instructions=program.instructions[:end],
-                                concurrent=program.concurrent[:end])
+    short, batches = _first_moe_layer()
     mnemonics = {d.MNEMONIC for d in short.instructions}
     assert {"EXPERT", "ROUTE", "COMBINE", "ATTENTION", "LINEAR"} <= mnemonics
     # An EXPERT followed by a LINEAR (the linear engine taken back from the EXPERT engine).
@@ -86,3 +93,15 @@ def test_two_lanes_run_a_batch_faster_than_one(onchip):
         print(f"{program.hw.issue_lanes} lane(s): the cost model {predicted:,} "
               f"({predicted / run['cycles'] - 1:+.2%})")
         assert abs(predicted / run["cycles"] - 1) <= 0.02
+
+
+@pytest.mark.slow
+def test_two_lanes_under_a_slow_memory():
+    """The same first instructions with the memory pausing at random on every channel and
+    answering each burst a random 0 to 60 cycles late (seed printed): bit-exact."""
+    short, batches = _first_moe_layer()
+    seed = replay_seed()
+    latency = int(np.random.default_rng(seed).integers(0, 61))
+    print(f"latency {latency} cycles")
+    check_runs(short, [(1, [batches[1]])], test_id="top-lanes-slow", simulator="verilator",
+               memory_pauses="random", seed=seed, latency=latency)

@@ -202,8 +202,8 @@ def test_check_every_bench_row_within_5_percent():
     print_check(rows)
     assert {r["bench"] for r in rows} == {"linear", "attention", "top"}
     # Two tasks, each with the expert schedule as it is and overlapped, then each on the
-    # striped, the batched, the head lanes' and the row lanes' tops.
-    assert len([r for r in rows if r["bench"] == "top"]) == 12
+    # striped, the batched, the head lanes', the row lanes' and the two issue lanes' tops.
+    assert len([r for r in rows if r["bench"] == "top"]) == 14
     over = [r for r in rows if abs(r["error"]) > AIM]
     assert not over, over
 
@@ -374,11 +374,15 @@ def test_check_rows_of_a_striped_a_batched_a_lanes_and_a_rows_top(monkeypatch):
         ("tiny-lanes semseg (4 head lanes, 2 ports)", 1001, 1000),
         ("tiny-lanes depth (4 head lanes, 2 ports)", 1011, 1000),
         ("tiny-rows semseg (4 row lanes a head lane, 2 ports)", 1001, 1000),
-        ("tiny-rows depth (4 row lanes a head lane, 2 ports)", 1011, 1000)]
+        ("tiny-rows depth (4 row lanes a head lane, 2 ports)", 1011, 1000),
+        ("tiny-issue-lanes semseg (batch 2 in two halves, two issue lanes)", 1002, 1000),
+        ("tiny-issue-lanes depth (batch 2 in two halves, two issue lanes)", 1012, 1000)]
     shape = calls[0][3]
     assert [c[:3] for c in calls] == ([("tiny-striped", 1, 2)] * 2 + [("tiny-batched", 2, 1)] * 2
-                                      + [("tiny-lanes", 1, 1)] * 2 + [("tiny-rows", 1, 1)] * 2)
-    assert [c[3] for c in calls] == [shape, shape, (2, *shape), (2, *shape)] + [shape] * 4
+                                      + [("tiny-lanes", 1, 1)] * 2 + [("tiny-rows", 1, 1)] * 2
+                                      + [("tiny-issue-lanes", 2, 1)] * 2)
+    assert [c[3] for c in calls] == [shape, shape, (2, *shape), (2, *shape)] + [shape] * 4 \
+        + [(2, *shape)] * 2
     monkeypatch.setattr(top, "run_top", lambda *a, **k: [dict(r, error=2) for r in
                                                          fake_top(*a, **k)])
     with pytest.raises(MoevitError, match=r"^The co-simulated tiny-striped top is not "

@@ -172,15 +172,17 @@ def top_check_rows(found, progress=False) -> list:
 VARIANTS = {"striped": ({"memory_ports": 2, "weight_ports": 2}, 1),
             "batched": ({"max_tokens": 256}, 2),
             "lanes": ({"heads_parallel": 4, "memory_ports": 2}, 1),
-            "rows": ({"row_lanes": 4, "memory_ports": 2}, 1)}
+            "rows": ({"row_lanes": 4, "memory_ports": 2}, 1),
+            "issue-lanes": ({"max_tokens": 256, "memory_ports": 2, "issue_lanes": 2}, 2)}
 
 
 def variant_check_rows(simulator="verilator", progress=False) -> list:
     """The whole tiny program's predicted cycles against the co-simulated top's on the tops of
     :data:`VARIANTS`, per task: its weights striped over both of two memory ports, a
     batch-2 program (one start, two images, every weight read once for both), four
-    attention head lanes (one round an attention) on two ports, and one head lane of four
-    row lanes on two ports. Each run is
+    attention head lanes (one round an attention) on two ports, one head lane of four
+    row lanes on two ports, and a batch-2 program on two issue lanes (its halves
+    interleaved, the two-lane timeline of :func:`program_cycles`). Each run is
     checked bit-exact against the interpreter first (a row of a wrong run would mean
     nothing); the memory answers without stalls, as bench top's."""
     import numpy as np
@@ -213,7 +215,8 @@ def variant_check_rows(simulator="verilator", progress=False) -> list:
                 raise MoevitError(f"The co-simulated tiny-{name} top is not bit-exact on task "
                                   f"{run['task']} (error {run['error']}): no cost row for it")
             predicted = program_cycles(program, images, run["task"], progress=progress).cycles
-            what = (f"batch {batch}, one start" if batch > 1 else
+            what = (f"batch {batch} in two halves, two issue lanes" if hw.issue_lanes == 2
+                    else f"batch {batch}, one start" if batch > 1 else
                     f"{hw.heads_parallel} head lanes, {hw.memory_ports} ports"
                     if hw.heads_parallel > 1 else
                     f"{hw.row_lanes} row lanes a head lane, {hw.memory_ports} ports"

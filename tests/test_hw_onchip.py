@@ -334,3 +334,76 @@ def test_the_top_gives_its_routers_the_movers_bursts_in_flight(monkeypatch):
     assert hw.onchip_bytes
     Fragment.get(Accelerator(hw, engines=("patchify", "copy")), None)
     assert made and set(made) == {("ReadRouter", 16), ("WriteRouter", 16)}
+
+
+def test_write_join_passes_whole_requests_in_turn():
+    """:class:`WriteJoin` (two issue lanes' write routers onto the RAM's one write port): two
+    writers of random requests with random gaps, a consumer with random back-pressure on
+    requests and beats (seed printed): every request comes out once, its beats right after
+    it and only its own, each writer's in its order, and both writers are served."""
+    from moevit.hw.top.onchip import WriteJoin
+
+    seed = _seed()
+    rng = random.Random(seed)
+    requests = [[(0x100 * k + 16 * j, rng.randrange(1, 5 * B)) for j in range(12)]
+                for k in range(2)]
+    dut = WriteJoin(WIDTH, 2)
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    out = {"requests": [], "beats": []}
+
+    def writer(k):
+        async def run(ctx):
+            for j, (addr, length) in enumerate(requests[k]):
+                for _ in range(rng.randrange(0, 4)):
+                    await ctx.tick()
+                ctx.set(dut.i[k].req.payload.addr, addr)
+                ctx.set(dut.i[k].req.payload.length, length)
+                ctx.set(dut.i[k].req.valid, 1)
+                await ctx.tick().until(dut.i[k].req.ready)
+                ctx.set(dut.i[k].req.valid, 0)
+                for beat in range(-(-length // B)):
+                    ctx.set(dut.i[k].data.payload, (k << 16) | (j << 8) | beat)
+                    ctx.set(dut.i[k].data.valid, 1)
+                    await ctx.tick().until(dut.i[k].data.ready)
+                    ctx.set(dut.i[k].data.valid, 0)
+                    if rng.random() < 0.3:
+                        await ctx.tick()
+        return run
+
+    async def consumer(ctx):
+        total = sum(-(-n // B) for stream in requests for _, n in stream)
+        for _ in range(20 * total):      # a join that loses a beat ends here, not hangs
+            if len(out["beats"]) == total:
+                break
+            ctx.set(dut.o.req.ready, rng.random() < 0.6)
+            ctx.set(dut.o.data.ready, rng.random() < 0.6)
+            _, _, req_valid, req_ready, addr, length, data_valid, data_ready, data = \
+                await ctx.tick().sample(dut.o.req.valid, dut.o.req.ready,
+                                        dut.o.req.payload.addr, dut.o.req.payload.length,
+                                        dut.o.data.valid, dut.o.data.ready, dut.o.data.payload)
+            if req_valid and req_ready:
+                out["requests"].append((addr, length, len(out["beats"])))
+            if data_valid and data_ready:
+                out["beats"].append(data)
+
+    sim.add_testbench(writer(0), background=True)
+    sim.add_testbench(writer(1), background=True)
+    sim.add_testbench(consumer)
+    sim.run()
+    assert len(out["beats"]) == sum(-(-n // B) for stream in requests for _, n in stream)
+    owners = {(addr, length): (k, j) for k, stream in enumerate(requests)
+              for j, (addr, length) in enumerate(stream)}
+    seen = [[], []]
+    for n, (addr, length, at) in enumerate(out["requests"]):
+        k, j = owners[(addr, length)]
+        seen[k].append(j)
+        beats = -(-length // B)
+        # Its beats right after it was taken, all its own, in order.
+        assert out["beats"][at:at + beats] == [(k << 16) | (j << 8) | b for b in range(beats)], n
+        end = out["requests"][n + 1][2] if n + 1 < len(out["requests"]) else len(out["beats"])
+        assert end == at + beats, n
+    assert seen == [list(range(12)), list(range(12))]
+    # In turn: neither writer waits for all of the other's requests.
+    order = [owners[(a, n)][0] for a, n, _ in out["requests"]]
+    assert order.index(1) < 12 and order.index(0) < 12

@@ -468,3 +468,27 @@ def test_an_instruction_reading_nothing_from_dram_pays_no_latency(tiny_on):
             assert b.cycles == a.cycles, (k, a.mnemonic)
         else:
             assert b.cycles >= a.cycles + 100, (k, a.mnemonic)
+
+
+def test_two_lanes_share_the_memory_by_hand():
+    """The two-lane timeline on made-up instructions (L main, A side; ``|`` concurrent): alone
+    each keeps its cycles; two that each fill one port take twice as long on the same port,
+    and their cycles alone on two ports; one that fills a port beside one that uses a
+    quarter of it: the pair is slower than alone, and no faster than the port allows."""
+    from moevit.hw.cost.cycles import lane_timeline
+
+    capacity = {("port", 0): 4.0, ("port", 1): 4.0}
+
+    def ends(marks, cycles, demands):
+        return lane_timeline([{"L": "LINEAR", "A": "ATTENTION"}[m[0]] for m in marks],
+                             [m.endswith("|") for m in marks], cycles, demands, capacity)[1]
+
+    full = [{("port", 0): 400}, {("port", 0): 400}]
+    assert ends(["L", "A"], [100, 100], full) == (100, 200)          # one after the other
+    assert ends(["L", "A|"], [100, 100], full) == (200, 200)         # half the port each
+    apart = [{("port", 0): 400}, {("port", 1): 400}]
+    assert ends(["L", "A|"], [100, 100], apart) == (100, 100)
+    assert ends(["L", "A|"], [100, 100], None) == (100, 100)         # each costs alone
+    light = [{("port", 0): 400}, {("port", 0): 100}]
+    last = max(ends(["L", "A|"], [100, 100], light))
+    assert 125 <= last < 200      # the port moves the 500 bytes in 125 cycles at best

@@ -96,12 +96,15 @@ def _runs(program, memories, task, images, *, finish_after=3, limit=200_000, wai
             state["memory"] = memory
             results.append(await (one_run if durations is None else one_run_lanes)(ctx))
 
-    async def one_run_lanes(ctx):
-        issued, busy, cycle = [], [None, None], 0
+    async def start(ctx):
         ctx.set(dut.start, 1)
         await ctx.tick()
         ctx.set(dut.start, 0)
         ctx.set(dut.issue.ready, 1)
+
+    async def one_run_lanes(ctx):
+        issued, busy, cycle = [], [None, None], 0
+        await start(ctx)
         for _ in range(limit):
             was_busy = [end is not None for end in busy]
             done_now = [end is not None and cycle >= end for end in busy]
@@ -121,10 +124,7 @@ def _runs(program, memories, task, images, *, finish_after=3, limit=200_000, wai
 
     async def one_run(ctx):
         issued = []
-        ctx.set(dut.start, 1)
-        await ctx.tick()
-        ctx.set(dut.start, 0)
-        ctx.set(dut.issue.ready, 1)
+        await start(ctx)
         for _ in range(limit):
             _, _, valid, done, opcode, image, entry = await ctx.tick().sample(
                 dut.issue.valid, dut.done, dut.issue.payload.opcode, dut.issue.payload.image,

@@ -87,6 +87,19 @@ bandwidth: ``memory`` is the largest of the DRAM bytes over ``bandwidth``, the w
 read beats (one a cycle: the RAM's one read port, shared by the channels) and its
 written beats (one a cycle), and ``bytes_read``, ``bytes_written`` count DRAM bytes
 only (``onchip`` the window's). Not yet measured against the co-simulated top.
+
+With ``hw.issue_lanes = 2`` (the linear kernel's instructions beside the other engines',
+:mod:`moevit.hw.top.sequencer`) an instruction of the side lane moves its bytes on the side
+lane's movers (:func:`lane_demand`: its ``w`` on one port, not striped, its writes on a port
+of their own), and :func:`lane_timeline` lays the instructions on the two lanes: each costs
+its cycles alone, and two at once share the ports, the memory and the window's two ports,
+by capacity (max-min fair) and by their bursts' collisions below it (:func:`_shares`).
+Measured on ``tiny``'s two-lane batch of two (its first MoE layer, two ports) behind a memory
+of 16 / 6 / 3 / 1.5 bytes a cycle a port: -0.2 / -2.1 / -6.1 / -12.0 % with every
+instruction costing what it costs alone and the side lane's writes on the main lane's
+port; +0.0 / -1.1 / -3.0 / -4.5 % now, and with a 32 KiB window +0.02 % at 16 and -2.6 % at 3
+(-0.1 % and -4.9 % alone). One lane of the same hardware at 3 bytes a cycle: -2.4 %, its
+linear layers under-predicted 3 to 6 % at that bandwidth (``tests/test_sim_top_lanes.py``).
 """
 
 import math
@@ -97,7 +110,7 @@ from tqdm import tqdm
 
 from moevit.errors import ConfigError
 from moevit.hw.program.interpreter import run_instructions
-from moevit.hw.program.isa import TASK_ENTRY_BYTES, TaskEntry
+from moevit.hw.program.isa import LANE_OF, TASK_ENTRY_BYTES, TaskEntry
 from moevit.hw.program.program import ProgramError
 
 __all__ = ["InstructionCost", "ProgramCost", "program_cycles", "board_bandwidth",
@@ -111,7 +124,8 @@ __all__ = ["InstructionCost", "ProgramCost", "program_cycles", "board_bandwidth"
            "PATCHIFY_TAIL", "ISSUE_CYCLES", "ISSUE_CYCLES_AHEAD", "NOTED_EXPERT_CYCLES",
            "LAYERNORM_DRAIN", "linear_drain", "linear_tile_outputs", "linear_wait",
            "visible_drains", "drain_cycles",
-           "memory_wait", "top_reads", "lane_starts"]
+           "memory_wait", "top_reads", "lane_demand", "lane_capacity",
+           "lane_timeline"]
 
 #: The LINEAR engine ends exactly 12 cycles after the kernel's ``expected_cycles`` on
 #: every tiny job without memory stalls (the linear engine's report, commit 2dfbf3e).
@@ -277,9 +291,10 @@ def memory_wait(d, hw, moved, bandwidth, memory_bandwidth=None, *, op=None,
     :func:`layernorm_param_wait` counts at a bus word a cycle. ROUTE: its indices and
     weights are written after its last token."""
     m = d.MNEMONIC
+    lane = LANE_OF[m]
 
     def alone(mover, n):
-        return memory_cycles(hw, {mover: n}, bandwidth, memory_bandwidth)
+        return memory_cycles(hw, {mover: n}, bandwidth, memory_bandwidth, lane)
 
     if m in ("LINEAR", "TASK_LINEAR"):
         return linear_wait(op or d, alone("x", moved.get("x", 0)))
@@ -293,7 +308,7 @@ def memory_wait(d, hw, moved, bandwidth, memory_bandwidth=None, *, op=None,
         return max(0, params - layernorm_param_wait(d, hw))
     if m == "ATTENTION":
         per_round = {k: moved.get(k, 0) // d.rounds for k in ("w", "chan")}
-        load = memory_cycles(hw, per_round, bandwidth, memory_bandwidth)
+        load = memory_cycles(hw, per_round, bandwidth, memory_bandwidth, lane)
         if latency and (moved.get("w") or moved.get("chan")):
             # K and V of the next round (from DRAM) wait for the kernel's buffers: their movers hold
             # ``max_outstanding`` requests (a token each) ahead, the rest come that many a
@@ -307,7 +322,7 @@ def memory_wait(d, hw, moved, bandwidth, memory_bandwidth=None, *, op=None,
         from moevit.hw.top.moe import route_write_words
 
         written = moved.get("write", 0)
-        return max(0, memory_cycles(hw, {"write": written}, bandwidth, memory_bandwidth)
+        return max(0, memory_cycles(hw, {"write": written}, bandwidth, memory_bandwidth, lane)
                    - route_write_words(d.tokens * d.top_k, hw.bus_width))
     return 0
 
@@ -342,12 +357,13 @@ class ProgramCost:
     instructions: list
     bandwidth: float
     clock_mhz: float
-    starts: tuple = ()   # with two issue lanes: the cycle each instruction starts (lanes())
+    starts: tuple = ()   # with two issue lanes: the cycle each instruction starts ...
+    ends: tuple = ()     # ... and ends (lane_timeline: slower than alone where they share)
 
     @property
     def cycles(self) -> int:
-        if self.starts:
-            return max(s + i.cycles for s, i in zip(self.starts, self.instructions))
+        if self.ends:
+            return max(self.ends)
         return sum(i.cycles for i in self.instructions)
 
     @property
@@ -586,7 +602,7 @@ def latency_cycles(mnemonic, phases, hw, compute, latency, *, dram_reads=True,
     return floor, exposed * latency if dram_reads else 0
 
 
-def memory_cycles(hw, moved: dict, bandwidth, memory_bandwidth=None) -> int:
+def memory_cycles(hw, moved: dict, bandwidth, memory_bandwidth=None, lane="main") -> int:
     """Cycles to move ``moved`` (:func:`moved_bytes`) on ``hw``'s memory ports: each port
     carries its movers' bytes (:data:`moevit.hw.top.memory_ports.PORT_OF`; a port's reads
     and writes share it) at ``bandwidth`` bytes a cycle, all ports together at most
@@ -594,20 +610,17 @@ def memory_cycles(hw, moved: dict, bandwidth, memory_bandwidth=None) -> int:
     ``bandwidth``, as before there were ports. With ``hw.weight_ports`` > 1 the bytes of
     ``w`` are dealt evenly over its stripe (its bursts go round-robin,
     :func:`moevit.hw.top.memory_ports.weight_stripe`), and ``w`` still takes at most one bus
-    word a cycle: its one mover's rate, whatever its ports give."""
-    from moevit.hw.top.memory_ports import ports_of, weight_stripe
+    word a cycle: its one mover's rate, whatever its ports give. An instruction of the side
+    ``lane`` on a top of two moves on the side lane's movers (:func:`lane_demand`: its
+    ``w`` on one port, its writes on their own)."""
+    from moevit.hw.top.memory_ports import weight_stripe
 
-    where = ports_of(hw)
-    stripe = weight_stripe(hw)
-    per_port = [0] * hw.memory_ports
-    for mover, n in moved.items():
-        for port in stripe if mover == "w" else (where[mover],):
-            per_port[port] += n / len(stripe) if mover == "w" else n
-    cycles = max(per_port) / bandwidth
-    if len(stripe) > 1:
+    demand = lane_demand(hw, lane, moved)
+    cycles = max((n for r, n in demand.items() if r[0] == "port"), default=0) / bandwidth
+    if len(weight_stripe(hw)) > 1 and not (lane == "side" and hw.issue_lanes == 2):
         cycles = max(cycles, moved.get("w", 0) / (hw.bus_width / 8))
     if memory_bandwidth is not None:
-        cycles = max(cycles, sum(per_port) / memory_bandwidth)
+        cycles = max(cycles, demand.get("memory", 0) / memory_bandwidth)
     return int(np.ceil(cycles))
 
 
@@ -773,7 +786,7 @@ def program_cycles(program, image, task, *, bandwidth=None, memory_bandwidth=Non
     issue = ISSUE_CYCLES_AHEAD if ahead or hw.issue_lanes == 2 else ISSUE_CYCLES
     bounds = program.layout.boundaries()
     window = (bounds["output_end"], bounds["onchip_end"])
-    costs = []
+    costs, demands = [], []      # demands: what each shares with the other lane (lane_demand)
     note = None                  # the routing an EXPERT scanned last (expert_prefetch)
     steps = tqdm(program.instructions, desc=f"cost task {task}", unit="instr", disable=not progress,
                  dynamic_ncols=True)
@@ -782,6 +795,7 @@ def program_cycles(program, image, task, *, bandwidth=None, memory_bandwidth=Non
                 and not _chosen(d, memory):
             costs.append(InstructionCost(index, d.MNEMONIC, d.UNIT, NOTED_EXPERT_CYCLES, 0, 0,
                                          0, NOTED_EXPERT_CYCLES + issue))
+            demands.append({})
             continue
         note = _routing(d) if d.MNEMONIC == "EXPERT" else None
         compute, written, moved, op, routed = _compute_and_written(d, memory, task, hw)
@@ -801,34 +815,145 @@ def program_cycles(program, image, task, *, bandwidth=None, memory_bandwidth=Non
                                         dram_reads=bool(read), dram_bytes=bool(read or written))
         costs.append(InstructionCost(index, d.MNEMONIC, d.UNIT, compute, mem_cycles, read,
                                      written, max(compute + wait, mem_cycles + drain, floor)
-                                     + issue + exposed, onchip, floor))
-    starts = lane_starts([d.MNEMONIC for d in program.instructions], program.concurrent,
-                         [c.cycles for c in costs]) if program.concurrent else ()
-    return ProgramCost(costs, float(bandwidth), hw.clock_mhz, starts)
+                                     + issue + exposed, sum(onchip), floor))
+        demands.append(lane_demand(hw, LANE_OF[d.MNEMONIC], dram, *onchip))
+    if not program.concurrent:
+        return ProgramCost(costs, float(bandwidth), hw.clock_mhz)
+    starts, ends = lane_timeline([d.MNEMONIC for d in program.instructions], program.concurrent,
+                                 [c.cycles for c in costs], demands,
+                                 lane_capacity(hw, bandwidth, memory_bandwidth))
+    return ProgramCost(costs, float(bandwidth), hw.clock_mhz, starts, ends)
 
 
-def lane_starts(mnemonics, concurrent, cycles) -> tuple:
-    """The cycle each instruction (of ``mnemonics``, with the program's ``concurrent``
-    flags) starts on a top of two issue lanes, each taking its ``cycles``: in program
-    order, once its lane is free and, unless it is ``concurrent``, the other lane too
-    (:mod:`moevit.hw.top.sequencer`). The memory the two lanes share is not divided between
-    them: each instruction costs what it costs alone."""
-    from moevit.hw.program.isa import LANE_OF
+def lane_demand(hw, lane, moved, onchip_read=0, onchip_written=0) -> dict:
+    """The bytes an instruction on ``lane`` ("main" or "side") puts on each memory resource
+    the two issue lanes share: ``("port", k)`` its DRAM bytes ``moved`` (per mover,
+    :func:`moved_bytes`) on port ``k`` (the main lane's movers by
+    :func:`~moevit.hw.top.memory_ports.ports_of`, the weights dealt over their stripe; the
+    side lane's ``side_x``, ``side_w``, ``side_chan`` on the ports of ``x``, ``w``,
+    ``chan`` and its writes on ``SIDE_WRITE_PORT``), ``"memory"`` all of them, and the
+    on-chip window's ``"onchip_read"`` and ``"onchip_write"`` bytes (its one read port
+    and its one write port)."""
+    from moevit.hw.top.memory_ports import ports_of, weight_stripe
 
-    free = {"main": 0, "side": 0}
-    starts, issued = [], 0
-    for mnemonic, n, concurrent in zip(mnemonics, cycles, concurrent):
-        lane = LANE_OF[mnemonic]
-        other = "side" if lane == "main" else "main"
-        issued = max(issued, free[lane], 0 if concurrent else free[other])
-        starts.append(issued)
-        free[lane] = issued + n
-    return tuple(starts)
+    where = ports_of(hw)
+    demand = {}
+    for mover, n in moved.items():
+        if not n:
+            continue
+        if lane == "side" and f"side_{mover}" in where:
+            shares = ((where[f"side_{mover}"], n),)
+        elif mover == "w":
+            stripe = weight_stripe(hw)
+            shares = tuple((k, n / len(stripe)) for k in stripe)
+        else:
+            shares = ((where[mover], n),)
+        for k, part in shares:
+            demand["port", k] = demand.get(("port", k), 0) + part
+        demand["memory"] = demand.get("memory", 0) + n
+    for name, n in (("onchip_read", onchip_read), ("onchip_write", onchip_written)):
+        if n:
+            demand[name] = n
+    return demand
+
+
+def lane_capacity(hw, bandwidth, memory_bandwidth=None) -> dict:
+    """Bytes a cycle each shared resource of :func:`lane_demand` serves: a port
+    ``bandwidth`` (its reads and writes together, as :func:`memory_cycles` charges them),
+    the memory behind them ``memory_bandwidth`` (none: no limit), the on-chip window a bus
+    word a cycle on each of its ports."""
+    capacity = {("port", k): bandwidth for k in range(hw.memory_ports)}
+    capacity["onchip_read"] = capacity["onchip_write"] = hw.bus_width / 8
+    if memory_bandwidth is not None:
+        capacity["memory"] = memory_bandwidth
+    return capacity
+
+
+def _shares(rates, capacity) -> list:
+    """The speed (at most 1: its pace alone) of each of two running instructions, given the
+    bytes a cycle ``rates`` each moves on each resource at its pace alone.
+
+    Two limits, the lower wins. The resource's capacity, shared max-min fair (the arbiters
+    take turns): both speed up together until a resource is full, whose users stop there,
+    and the other goes on. And collisions below capacity: an instruction streams on a
+    resource in bursts, a fraction ``u = rate / capacity`` of its time alone; where the
+    other streams at the same moment (independently, a fraction ``u' s'`` of the time at
+    its speed ``s'``), each gets half, so its burst takes twice as long:
+    ``1 / s = 1 + sum over resources of u u' s'`` (solved by iterating)."""
+    speed = [0.0] * len(rates)
+    active = set(range(len(rates)))
+    while active:
+        level, full = 1.0, set()
+        for r, cap in capacity.items():
+            want = sum(rates[i].get(r, 0) for i in active)
+            if not want:
+                continue
+            used = sum(speed[i] * rates[i].get(r, 0) for i in range(len(rates))
+                       if i not in active)
+            room = max(0.0, cap - used) / want
+            if room < level - 1e-12:
+                level, full = room, {r}
+            elif abs(room - level) <= 1e-12:
+                full.add(r)
+        for i in active:
+            speed[i] = level
+        stopped = active if level >= 1.0 else {i for i in active
+                                               if any(rates[i].get(r, 0) for r in full)}
+        active -= stopped
+    if len(rates) != 2:
+        return speed
+    both = sum(rates[0].get(r, 0) * rates[1].get(r, 0) / cap ** 2
+               for r, cap in capacity.items())
+    burst = [1.0, 1.0]
+    for _ in range(20):
+        burst = [1 / (1 + both * burst[1]), 1 / (1 + both * burst[0])]
+    return [min(a, b) for a, b in zip(speed, burst)]
+
+
+def lane_timeline(mnemonics, concurrent, cycles, demands=None, capacity=None) -> tuple:
+    """``(starts, ends)``: the cycle each instruction (of ``mnemonics``, with the program's
+    ``concurrent`` flags) starts and ends on a top of two issue lanes, each taking its
+    ``cycles`` alone: in program order, once its lane is free and, unless it is
+    ``concurrent``, the other lane too (:mod:`moevit.hw.top.sequencer`).
+
+    With ``demands`` (per instruction, :func:`lane_demand`) and ``capacity``
+    (:func:`lane_capacity`), two instructions that run at once share the memory: each
+    moves its bytes evenly over its cycles alone, and where the two together want more of
+    a resource (a port, the memory, the on-chip window's read or write port) than it
+    serves, they slow down, sharing it max-min fair (:func:`_shares`). Without them, each
+    costs what it costs alone."""
+    count = len(cycles)
+    starts, ends = [0.0] * count, [0.0] * count
+    capacity = capacity or {}
+    # An instruction alone never wants more than a resource serves (its cycles alone count it).
+    rates = [{r: min(n / max(c, 1), capacity.get(r, math.inf)) for r, n in d.items()}
+             for d, c in zip(demands, cycles)] if demands else [{}] * count
+    running = {}                 # lane -> [instruction, its cycles alone still to go]
+    now, k = 0.0, 0
+    while k < count or running:
+        while k < count:
+            lane = LANE_OF[mnemonics[k]]
+            if lane in running or (not concurrent[k] and running):
+                break
+            starts[k] = now
+            running[lane] = [k, float(cycles[k])]
+            k += 1
+        lanes = list(running)
+        speed = _shares([rates[running[lane][0]] for lane in lanes], capacity) \
+            if len(lanes) == 2 else [1.0] * len(lanes)
+        step = min(running[lane][1] / s for lane, s in zip(lanes, speed))
+        now += step
+        for lane, s in zip(lanes, speed):
+            running[lane][1] -= step * s
+            if running[lane][1] <= 1e-6:
+                ends[running.pop(lane)[0]] = now
+    return (tuple(int(math.ceil(t - 1e-6)) for t in starts),
+            tuple(int(math.ceil(t - 1e-6)) for t in ends))
 
 
 def _memory(d, reads, written, moved, window, hw, bandwidth, memory_bandwidth):
-    """``(DRAM bytes read, DRAM bytes written, memory cycles, on-chip bytes, DRAM bytes per
-    mover)`` of ``d``:
+    """``(DRAM bytes read, DRAM bytes written, memory cycles, (on-chip bytes read, written),
+    DRAM bytes per mover)`` of ``d``:
     ``reads`` its read log, ``written`` its bytes written (:func:`written_bytes`), split
     by the window ``(start, end)`` they fall in (see the module's description); ``moved``
     the bytes per mover (:func:`moved_bytes`), each port's share of the DRAM bytes.
@@ -857,9 +982,9 @@ def _memory(d, reads, written, moved, window, hw, bandwidth, memory_bandwidth):
         moved = {mover: (n * dram if mover != "write" else written - onchip_written)
                  for mover, n in moved.items()}
     word = hw.bus_width // 8
-    cycles = max(memory_cycles(hw, moved, bandwidth, memory_bandwidth),
+    cycles = max(memory_cycles(hw, moved, bandwidth, memory_bandwidth, LANE_OF[d.MNEMONIC]),
                  -(-onchip_read // word), -(-onchip_written // word))
-    return read, written - onchip_written, cycles, onchip_read + onchip_written, moved
+    return read, written - onchip_written, cycles, (onchip_read, onchip_written), moved
 
 
 def _routing(d):

@@ -477,11 +477,12 @@ def _stream_bytes(step, n) -> list:
 
 
 def _onchip_memory(step, hw, by_mover, n, bandwidth, memory_bandwidth):
-    """``(DRAM bytes per mover, memory cycles)`` of ``step`` whose tensors at
-    ``step.onchip`` are in the on-chip window: as :func:`moevit.hw.cost.cycles.program_cycles`
-    counts it, the DRAM bytes on the ports, the window's reads and writes each a bus word a
-    cycle (its one read and one write port)."""
+    """``(DRAM bytes per mover, memory cycles, on-chip bytes read, written)`` of ``step``
+    whose tensors at ``step.onchip`` are in the on-chip window: as
+    :func:`moevit.hw.cost.cycles.program_cycles` counts it, the DRAM bytes on the ports, the
+    window's reads and writes each a bus word a cycle (its one read and one write port)."""
     from moevit.hw.cost.cycles import memory_cycles
+    from moevit.hw.program.isa import LANE_OF
 
     dram, inside = dict(by_mover), {"read": 0, "write": 0}
     for name, mover, size in _stream_bytes(step, n):
@@ -490,8 +491,9 @@ def _onchip_memory(step, hw, by_mover, n, bandwidth, memory_bandwidth):
             dram[mover] = dram.get(mover, 0) - size
             inside["write" if mover == "write" else "read"] += size
     word = hw.bus_width // 8
-    return dram, max(memory_cycles(hw, dram, bandwidth, memory_bandwidth),
-                     -(-inside["read"] // word), -(-inside["write"] // word))
+    return dram, max(memory_cycles(hw, dram, bandwidth, memory_bandwidth, LANE_OF[step.mnemonic]),
+                     -(-inside["read"] // word), -(-inside["write"] // word)), \
+        inside["read"], inside["write"]
 
 
 def _expert_linears(step, hw, n):
@@ -623,6 +625,7 @@ class Prediction:
     bytes: int
     chunked: bool          # a sequence was longer than the token buffer
     compute_bound: dict = field(default_factory=dict)  # unit -> its compute-bound cycles
+    demand: dict = field(default_factory=dict)  # bytes on each shared resource (lane_demand)
 
 
 def _chunk_latency(step, hw, tokens, compute, latency, linear, dram) -> tuple:
@@ -660,12 +663,13 @@ def predict(steps, hw, bandwidth, batch=1, memory_bandwidth=None, latency=0) -> 
         wider than the input buffer).
     """
     from moevit.hw.cost.cycles import (ISSUE_CYCLES, ISSUE_CYCLES_AHEAD, expert_scan_cycles,
-                                       memory_cycles)
+                                       lane_demand, memory_cycles)
+    from moevit.hw.program.isa import LANE_OF
 
     # The sequencer's look-ahead on two issue lanes (cycles.program_cycles).
     issue = ISSUE_CYCLES_AHEAD if hw.issue_lanes == 2 else ISSUE_CYCLES
     total = memory_bound = moved = 0
-    units, compute_bound = {}, {}
+    units, compute_bound, demand = {}, {}, {}
     chunked = False
     for step, count in steps:
         f = step.values
@@ -689,11 +693,15 @@ def predict(steps, hw, bandwidth, batch=1, memory_bandwidth=None, latency=0) -> 
             parts = [[compute, moved_bytes(step, hw, written=written), step.routed, 0, 0]]
         for compute, by_mover, n, wait, drain in parts:
             nbytes = sum(by_mover.values())
+            inside = (0, 0)
             if step.onchip:
-                by_mover, memory = _onchip_memory(step, hw, by_mover, n, bandwidth,
-                                                  memory_bandwidth)
+                by_mover, memory, *inside = _onchip_memory(step, hw, by_mover, n, bandwidth,
+                                                           memory_bandwidth)
             else:
-                memory = memory_cycles(hw, by_mover, bandwidth, memory_bandwidth)
+                memory = memory_cycles(hw, by_mover, bandwidth, memory_bandwidth,
+                                       LANE_OF[step.mnemonic])
+            for r, b in lane_demand(hw, LANE_OF[step.mnemonic], by_mover, *inside).items():
+                demand[r] = demand.get(r, 0) + b * count
             if linear:
                 wait = _chunk_wait(step, hw, n, by_mover, bandwidth, memory_bandwidth)
                 drain = _chunk_drain(step, hw, n, by_mover, bandwidth, memory_bandwidth)
@@ -710,7 +718,7 @@ def predict(steps, hw, bandwidth, batch=1, memory_bandwidth=None, latency=0) -> 
                 memory_bound += cycles
             else:
                 compute_bound[unit] = compute_bound.get(unit, 0) + cycles
-    return Prediction(total, batch, units, memory_bound, moved, chunked, compute_bound)
+    return Prediction(total, batch, units, memory_bound, moved, chunked, compute_bound, demand)
 
 
 def interleave_cycles(step, hw) -> int:
@@ -747,9 +755,9 @@ def predict_lanes(work, task, hw, bandwidth, batch=1, memory_bandwidth=None, lat
     top of two: its two half batches interleaved again as the compiler would for ``hw``
     (:func:`~moevit.hw.program.compiler.interleave` on :func:`interleave_cycles`), each
     step's cycles as :func:`predict` gives them alone on the board, laid on the two lanes
-    (:func:`~moevit.hw.cost.cycles.lane_starts`); the units' cycles are their sums, the
-    run's the span."""
-    from moevit.hw.cost.cycles import lane_starts
+    sharing the memory (:func:`~moevit.hw.cost.cycles.lane_timeline`); the units' cycles are
+    their sums alone, the run's the span."""
+    from moevit.hw.cost.cycles import lane_capacity, lane_timeline
 
     steps, concurrent = lanes_order(work, task, hw)
     alone = {}
@@ -759,14 +767,16 @@ def predict_lanes(work, task, hw, bandwidth, batch=1, memory_bandwidth=None, lat
                                         latency)
     runs = [alone[step.shape] for step in steps]
     cycles = [run.cycles for run in runs]
-    starts = lane_starts([s.mnemonic for s in steps], concurrent, cycles)
+    _, ends = lane_timeline([s.mnemonic for s in steps], concurrent, cycles,
+                            [run.demand for run in runs],
+                            lane_capacity(hw, bandwidth, memory_bandwidth))
     units, compute_bound = {}, {}
     for run in runs:
         for unit, n in run.units.items():
             units[unit] = units.get(unit, 0) + n
         for unit, n in run.compute_bound.items():
             compute_bound[unit] = compute_bound.get(unit, 0) + n
-    return Prediction(max(s + n for s, n in zip(starts, cycles)), batch, units,
+    return Prediction(max(ends), batch, units,
                       sum(r.memory_cycles for r in runs), sum(r.bytes for r in runs),
                       any(r.chunked for r in runs), compute_bound)
 

@@ -900,8 +900,6 @@ def _shares(rates, capacity) -> list:
         stopped = active if level >= 1.0 else {i for i in active
                                                if any(rates[i].get(r, 0) for r in full)}
         active -= stopped
-    if len(rates) != 2:
-        return speed
     both = sum(rates[0].get(r, 0) * rates[1].get(r, 0) / cap ** 2
                for r, cap in capacity.items())
     burst = [1.0, 1.0]
@@ -920,8 +918,8 @@ def lane_timeline(mnemonics, concurrent, cycles, demands=None, capacity=None) ->
     (:func:`lane_capacity`), two instructions that run at once share the memory: each
     moves its bytes evenly over its cycles alone, and where the two together want more of
     a resource (a port, the memory, the on-chip window's read or write port) than it
-    serves, they slow down, sharing it max-min fair (:func:`_shares`). Without them, each
-    costs what it costs alone."""
+    serves, they slow down, sharing it max-min fair, and below that their bursts collide
+    (:func:`_shares`). Without them, each costs what it costs alone."""
     count = len(cycles)
     starts, ends = [0.0] * count, [0.0] * count
     capacity = capacity or {}

@@ -207,3 +207,15 @@ def test_the_onchip_window_is_counted_in_block_ram():
     window = hw.replace(onchip_bytes=32 * 1024)
     assert memories("onchip", window) == [("window", 128, 2048, 1)]
     assert resources(window).bram36 - resources(hw).bram36 == 7.5
+
+
+def test_the_second_issue_lane_costs_what_yosys_counted():
+    """The second issue lane's resources on the point Yosys measured both ways (tiny's top,
+    bus 128, 2 ports: 55,548 -> 60,033 LUT, 33,338 -> 34,425 FF, 2026-12-03) are the
+    difference it counted; none on one lane."""
+    from moevit.hw.config import DEFAULT_HW
+    from moevit.hw.cost.resources import resources
+
+    one = DEFAULT_HW["tiny"].replace(max_tokens=256, memory_ports=2)
+    added = resources(one.replace(issue_lanes=2)) + resources(one) * -1
+    assert (round(added.lut), round(added.ff), added.dsp, added.bram36) == (4_485, 1_087, 0, 0)

@@ -317,17 +317,25 @@ PORT_OVERHEAD = Resources(dsp=0, lut=604, ff=81, bram36=0, uram=0)
 PORT_OVERHEAD_BUS = 128
 
 
+#: What the second issue lane adds beyond its movers and arbiter masters (its relocators,
+#: the lanes' issue and completion logic, the engines' choice of movers), measured: Yosys
+#: (``synth_xilinx -family xcup``) on tiny's whole top (bus 128, 2 ports, max_tokens 256)
+#: with one and with two lanes, 55,548 -> 60,033 LUT and 33,338 -> 34,425 FF, no DSP or
+#: BRAM (2026-12-03), of which the movers and masters of :func:`lane_overhead` give
+#: 3,278 LUT and 781 FF. Taken as independent of the bus (addresses and handshakes).
+LANE_REST = Resources(dsp=0, lut=1_207, ff=306, bram36=0, uram=0)
+
+
 def lane_overhead(hw, the_fit=None) -> Resources:
     """The side issue lane's own memory path (``hw.issue_lanes = 2``,
     :mod:`moevit.hw.top.accelerator`): three read movers and a write mover (two of the
-    ``gmem`` unit's mover pairs) and three more masters on the ports' arbiters
-    (:data:`PORT_OVERHEAD` each, scaled by the bus); its relocators and routers are small
-    next to :data:`TOP_OVERHEAD`. An allowance from measured parts, not a Yosys count of
-    the whole."""
+    ``gmem`` unit's mover pairs), three more masters on the ports' arbiters
+    (:data:`PORT_OVERHEAD` each, scaled by the bus), and the rest the measured top of two
+    lanes adds (:data:`LANE_REST`)."""
     if hw.issue_lanes == 1:
         return Resources(dsp=0, lut=0, ff=0, bram36=0, uram=0)
-    return unit_resources("gmem", hw, the_fit) * 2 + PORT_OVERHEAD * (3 * hw.bus_width
-                                                                      / PORT_OVERHEAD_BUS)
+    return (unit_resources("gmem", hw, the_fit) * 2
+            + PORT_OVERHEAD * (3 * hw.bus_width / PORT_OVERHEAD_BUS) + LANE_REST)
 
 
 def port_overhead(hw) -> Resources:

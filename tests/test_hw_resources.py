@@ -219,3 +219,15 @@ def test_the_second_issue_lane_costs_what_yosys_counted():
     one = DEFAULT_HW["tiny"].replace(max_tokens=256, memory_ports=2)
     added = resources(one.replace(issue_lanes=2)) + resources(one) * -1
     assert (round(added.lut), round(added.ff), added.dsp, added.bram36) == (4_485, 1_087, 0, 0)
+
+
+def test_the_whole_top_is_what_yosys_counted():
+    """tiny's whole top (bus 128, 2 ports, max_tokens 256), counted by Yosys flattened
+    (2026-12-03: 255 DSP48E2, 55,548 LUT, 33,338 FF, 38.5 BRAM36): the units' formulas, the
+    port's arbiter and :data:`TOP_OVERHEAD` (the rest of that count) add up to it."""
+    from moevit.hw.config import DEFAULT_HW
+    from moevit.hw.cost.resources import resources
+
+    total = resources(DEFAULT_HW["tiny"].replace(max_tokens=256, memory_ports=2))
+    assert (total.dsp, round(total.lut), round(total.ff), total.bram36) == \
+        (255, 55_548, 33_338, 38.5)

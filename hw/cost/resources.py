@@ -21,9 +21,9 @@ command that produced them (``moevit hw resources --measure --output
 hw/cost/yosys_points.json``); the fit is redone from them on every use, so it
 is reproducible. ``moevit hw resources`` prints the fit's error per point.
 
-Not measured: the top's engines, movers and sequencer around the units (their
-buffers are few and small next to the kernels'; :data:`TOP_OVERHEAD` is an
-allowance, stated, not fitted), nor the LayerNorm unit's LUT and FF with lanes
+The top's engines, movers and sequencer around the units: :data:`TOP_OVERHEAD`, the rest
+of one Yosys count of tiny's whole top (a constant). Not measured: the LayerNorm unit's LUT
+and FF with lanes
 (:data:`LAYERNORM_PIPELINE`, :data:`LAYERNORM_PER_LANE`: an allowance from its
 structure; its DSP and memories are from the structure like every unit's). The
 top's MoE engines (route, expert, combine: the same top-k list, softmax and combine
@@ -302,10 +302,14 @@ def _mapped(a, b, y):
 
 #: The units of the top, as :func:`resources` sums them.
 TOP_UNITS = ("linear", "attention", "layernorm", "moe", "control", "gmem")
-#: The top's engines, movers, interconnect and sequencer around the units: not measured
-#: (Yosys on the whole top is too slow here); an allowance of about the control and
-#: memory-port units' own size again, so that the search keeps room for them.
-TOP_OVERHEAD = Resources(dsp=0, lut=20_000, ff=30_000, bram36=16, uram=0)
+#: The top's engines, movers, interconnect and sequencer around the units, measured: Yosys
+#: (``synth_xilinx -family xcup``, flattened, 11 minutes) on tiny's whole top (bus 128, 2
+#: ports, max_tokens 256, one issue lane) counted 255 DSP48E2, 55,548 LUT, 33,338 FF and
+#: 38.5 BRAM36 where the units and the second port (:func:`port_overhead`) give 200, 25,029,
+#: 19,520 and 32 (2026-12-03): the rest is this (the engines' address arithmetic takes
+#: DSPs). Taken as a constant; the engines' bus-wide buffers grow with the bus, so on a
+#: 512-bit top it is low (the allowance before it: 0 DSP, 20,000 LUT, 30,000 FF, 16 BRAM36).
+TOP_OVERHEAD = Resources(dsp=55, lut=30_519, ff=13_818, bram36=6.5, uram=0)
 #: Each memory port of the top beyond the first (``hw.memory_ports``,
 #: :mod:`moevit.hw.top.memory_ports`): a two-port ``ReadArbiter`` of the 128-bit bus, by
 #: Yosys (``synth_xilinx -family xcup``: 604 LUT, its R beat FIFOs in LUT RAM, 81 FF, no

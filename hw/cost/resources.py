@@ -306,9 +306,13 @@ TOP_UNITS = ("linear", "attention", "layernorm", "moe", "control", "gmem")
 #: (``synth_xilinx -family xcup``, flattened, 11 minutes) on tiny's whole top (bus 128, 2
 #: ports, max_tokens 256, one issue lane) counted 255 DSP48E2, 55,548 LUT, 33,338 FF and
 #: 38.5 BRAM36 where the units and the second port (:func:`port_overhead`) give 200, 25,029,
-#: 19,520 and 32 (2026-12-03): the rest is this (the engines' address arithmetic takes
-#: DSPs). Taken as a constant; the engines' bus-wide buffers grow with the bus, so on a
-#: 512-bit top it is low (the allowance before it: 0 DSP, 20,000 LUT, 30,000 FF, 16 BRAM36).
+#: 19,520 and 32 (2026-12-03): the rest is this. Taken as a constant, which it is not
+#: quite: by module (Yosys to DSP mapping, hierarchy kept) the relocators' ``image * pitch``
+#: and the engines' address arithmetic take ~48 DSPs, and the top's COMBINE engine 5 a
+#: column + 4 (84 at 16 columns, 164 at 32) where ``MOE_DSP_PER_COL`` (the MoE unit alone)
+#: counts 3, so on 64 columns this is ~130 DSPs low; the engines' bus-wide buffers grow
+#: with the bus, so on a 512-bit top its LUT is low too (the allowance before it: 0 DSP,
+#: 20,000 LUT, 30,000 FF, 16 BRAM36).
 TOP_OVERHEAD = Resources(dsp=55, lut=30_519, ff=13_818, bram36=6.5, uram=0)
 #: Each memory port of the top beyond the first (``hw.memory_ports``,
 #: :mod:`moevit.hw.top.memory_ports`): a two-port ``ReadArbiter`` of the 128-bit bus, by

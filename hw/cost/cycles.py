@@ -613,11 +613,10 @@ def memory_cycles(hw, moved: dict, bandwidth, memory_bandwidth=None, lane="main"
     word a cycle: its one mover's rate, whatever its ports give. An instruction of the side
     ``lane`` on a top of two moves on the side lane's movers (:func:`lane_demand`: its
     ``w`` on one port, its writes on their own)."""
-    from moevit.hw.top.memory_ports import weight_stripe
-
     demand = lane_demand(hw, lane, moved)
     cycles = max((n for r, n in demand.items() if r[0] == "port"), default=0) / bandwidth
-    if len(weight_stripe(hw)) > 1 and not (lane == "side" and hw.issue_lanes == 2):
+    # Striped: this lane's weights go over several ports (lane_demand says which).
+    if sum(r[0] == "port" for r in lane_demand(hw, lane, {"w": 1})) > 1:
         cycles = max(cycles, moved.get("w", 0) / (hw.bus_width / 8))
     if memory_bandwidth is not None:
         cycles = max(cycles, demand.get("memory", 0) / memory_bandwidth)

@@ -138,6 +138,11 @@ class HwConfig:
         (:data:`~moevit.hw.program.isa.LANE_OF`); the compiler splits a batch into two
         half batches and interleaves them so that each lane has work. Needs 2 memory
         ports or more.
+    combine_lanes : int
+        int8 lanes of the top's COMBINE engine (:class:`moevit.hw.top.moe.CombineEngine`),
+        each five DSP48E2 (gate weight, requantize, residual add): 0, as many as ``cols``;
+        else a divisor of ``cols``. A COMBINE takes ``(top_k + 1) * dim / lanes`` cycles
+        a token: more lanes than its slots arrive at only cost DSPs.
 
     Raises
     ------
@@ -181,6 +186,8 @@ class HwConfig:
     weight_ports: int = 1
     # Instructions the top runs at once (issue 14): 1, or 2 (the linear kernel's and the rest's).
     issue_lanes: int = 1
+    # The top's COMBINE lanes (issue 14): 0 = cols.
+    combine_lanes: int = 0
 
     # Fixed by the numeric contract (moevit.model.integer.intops.requantize).
     BIAS_WIDTH = 32
@@ -196,7 +203,7 @@ class HwConfig:
     #: behaviour from before they existed: programs, caches and saved configs made then
     #: stay valid.
     SILENT_DEFAULTS = {"memory_ports": 1, "norm_lanes": 1, "onchip_bytes": 0,
-                       "weight_ports": 1, "row_lanes": 1, "issue_lanes": 1}
+                       "weight_ports": 1, "row_lanes": 1, "issue_lanes": 1, "combine_lanes": 0}
     #: Row lanes of a head lane: each copies the head's K and V, so a few.
     MAX_ROW_LANES = 16
 
@@ -308,6 +315,12 @@ class HwConfig:
             raise ConfigError(
                 "Two issue lanes need at least 2 memory ports: the second lane's write mover "
                 "takes a port's write channel of its own")
+        if isinstance(self.combine_lanes, bool) or not isinstance(self.combine_lanes, int) \
+                or self.combine_lanes < 0 or (self.combine_lanes
+                                              and self.cols % self.combine_lanes):
+            raise ConfigError(
+                f"COMBINE lanes must be 0 (as many as the {self.cols} array columns) or a "
+                f"divisor of them, not {self.combine_lanes!r}")
         if self.max_tokens % self.rows:
             raise ConfigError(
                 f"Token buffer depth {self.max_tokens} is not a multiple of the {self.rows} "
@@ -318,6 +331,11 @@ class HwConfig:
     def macs(self) -> int:
         """Multiply-accumulate units in the array."""
         return self.rows * self.cols
+
+    @property
+    def combine_width(self) -> int:
+        """Lanes of the top's COMBINE engine (``combine_lanes``, 0: ``cols``)."""
+        return self.combine_lanes or self.cols
 
     @property
     def attention_macs(self) -> int:

@@ -145,6 +145,26 @@ def test_bad_layernorm_lanes(changes, message):
         DEFAULT_HW["tiny"].replace(**changes)
 
 
+@pytest.mark.parametrize("value", [3, -1, 32, True, 2.0])
+def test_bad_combine_lanes(value):
+    with pytest.raises(ConfigError, match=rf"^COMBINE lanes must be 0 \(as many as the 16 "
+                                          rf"array columns\) or a divisor of them, not "
+                                          rf"{value!r}$"):
+        DEFAULT_HW["tiny"].replace(combine_lanes=value)
+
+
+def test_combine_lanes_leave_older_fingerprints_alone():
+    """0 (every column, as before the field) stays out of the fingerprint; fewer lanes
+    are another top."""
+    from moevit.hw.program.program import hw_hash
+
+    hw = get_hw_config("tiny")
+    assert "combine_lanes" not in hw.to_dict() and hw.combine_width == hw.cols == 16
+    four = hw.replace(combine_lanes=4)
+    assert four.combine_width == 4 and hw_hash(four) != hw_hash(hw)
+    assert HwConfig.from_dict(four.to_dict()) == four
+
+
 @pytest.mark.parametrize("value", [3, 0, 32, True, 2.0])
 def test_bad_row_lanes(value):
     with pytest.raises(ConfigError, match=rf"^Row lanes must be a power of two from 1 to 16, "

@@ -36,6 +36,10 @@ def test_search_fits_the_board_and_its_figures_agree(rows, board, config):
     for name in ("dsp", "bram36", "uram", "lut", "ff"):
         assert row[name] <= getattr(b, name) * USABLE[name]
     hw = HwConfig.from_dict(row["hw"])
+    # The figures are the chosen HwConfig's own (its memory ports, striper and lanes too).
+    from moevit.hw.cost.resources import resources
+    fitted = resources(hw)
+    assert (row["dsp"], row["bram36"]) == (int(fitted.dsp), fitted.bram36)
     assert hw.clock_mhz == b.clock_mhz and row["mac_units"] == hw.macs + 2 * hw.score_lanes \
         * hw.heads_parallel * hw.row_lanes
     assert row["fps_batch1"] == pytest.approx(1e3 / row["latency_ms"])
@@ -399,3 +403,31 @@ def test_stage_two_picks_the_fewest_layernorm_lanes_that_pay(rows):
         if 16 * lanes <= hw.bus_width and hw.max_in % (2 * lanes) == 0 \
                 and get_config(config).dim % (2 * lanes) == 0:
             assert cycles(2 * lanes) >= cycles(lanes)
+
+
+def test_stage_two_picks_the_fewest_combine_lanes_that_pay(rows):
+    """The chosen point's COMBINE lanes (a divisor of the columns) give its COMBINE
+    instructions their fewest cycles at the board's bandwidth (as many as the columns do no
+    better) unless twice as many do not fit, and half as many would not."""
+    from moevit.hw.boards import get_board
+    from moevit.hw.cost.cycles import board_bandwidth
+    from moevit.hw.cost.dse import _fits
+    from moevit.hw.cost.resources import resources
+
+    for (board, config), row in rows.items():
+        hw = HwConfig.from_dict(row["hw"])
+        lanes = row["combine_lanes"]
+        assert hw.combine_width == lanes and hw.cols % lanes == 0
+        combines = [(s, n) for s, n in workload(config).steps(row["task"])
+                    if s.mnemonic == "COMBINE"]
+        bandwidth = board_bandwidth(get_board(board), hw)
+
+        def cycles(n):
+            return predict(combines, hw.replace(combine_lanes=n), bandwidth).cycles
+
+        print(f"{board} {config}: {lanes} COMBINE lanes of {hw.cols}, {cycles(lanes):,} "
+              f"COMBINE cycles ({hw.cols} lanes: {cycles(hw.cols):,})")
+        assert cycles(lanes) == cycles(hw.cols) or _fits(
+            resources(hw.replace(combine_lanes=2 * lanes)), get_board(board))
+        if lanes > 1:
+            assert cycles(lanes // 2) > cycles(lanes)

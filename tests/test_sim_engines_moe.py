@@ -242,7 +242,10 @@ def _sequence(engine, make, hw, seed, count, test_id, *, simulator=None, tiny=No
     descs, payloads, task = [], [], 0
     if tiny:
         mnemonic, task, payload = tiny
-        hw, memory, descs = _tiny_case(mnemonic, task, seed)
+        program_hw, memory, descs = _tiny_case(mnemonic, task, seed)
+        # The tiny program's top, with the COMBINE lanes asked for (the program does not
+        # depend on them).
+        hw = program_hw.replace(combine_lanes=hw.combine_lanes)
         payloads = [payload(d, memory) for d in descs]
         mem = _Memory(hw, rng, memory)
     else:
@@ -786,12 +789,15 @@ def test_expert_prefetch_saves_cycles():
 
 
 # COMBINE --------------------------------------------------------------------------------------
-def test_combine_tiny_program_and_random():
+@pytest.mark.parametrize("lanes", [0, 4])
+def test_combine_tiny_program_and_random(lanes):
     """Both COMBINEs of the tiny program on the slots its experts left, then random
-    COMBINEs and a refused one, back to back."""
+    COMBINEs and a refused one, back to back: on as many lanes as the array's columns, and
+    on fewer (``combine_lanes``)."""
     seed = _seed()
-    _sequence(CombineEngine, random_combines, DEFAULT_HW["tiny"], seed, 4,
-              "engine-combine-tiny", tiny=("COMBINE", 0, lambda d, memory: d.to_int()))
+    _sequence(CombineEngine, random_combines, DEFAULT_HW["tiny"].replace(combine_lanes=lanes),
+              seed, 4, f"engine-combine-tiny-{lanes}",
+              tiny=("COMBINE", 0, lambda d, memory: d.to_int()))
 
 
 def _requant_constants(rng, scale):
@@ -819,7 +825,8 @@ def random_combines(hw, mem, count, most_tokens=40):
     for k in range(count):
         tokens = int(rng.integers(1, min(hw.max_tokens, most_tokens) + 1))
         top_k = int(rng.integers(1, 5))
-        dim = hw.cols * int(rng.integers(1, hw.max_in // hw.cols + 1))
+        lanes = hw.combine_width
+        dim = lanes * int(rng.integers(1, hw.max_in // lanes + 1))
         mult, shift = _requant_constants(rng, 2.0 ** -22)
         res_y, res_skip, res_shift = intops.residual_constants(
             *(float(v) for v in rng.uniform(0.01, 0.1, 3)))
@@ -835,7 +842,7 @@ def random_combines(hw, mem, count, most_tokens=40):
             options = [(Fault.OPCODE, {"opcode": 7}), (Fault.SHAPE, {"dim": hw.max_in + 1}),
                        (Fault.SHAPE, {"top_k": 0}), (Fault.CONSTANT, {"mult": 0}),
                        (Fault.CONSTANT, {"res_shift": 48})]
-            if hw.cols > 1:
+            if lanes > 1:
                 options.append((Fault.SHAPE, {"dim": dim - 1}))
             if hw.bus_width > 8:
                 options.append((Fault.ALIGN, {"slots_addr": d.slots_addr + 1}))
@@ -852,8 +859,11 @@ def random_combines(hw, mem, count, most_tokens=40):
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", _slow_seeds())
 def test_combine_random_design_points(seed):
-    """COMBINE on a random design point: up to its buffers, every bus width."""
+    """COMBINE on a random design point: up to its buffers, every bus width, on a random
+    divisor of the columns as its lanes."""
     hw = random_point(seed)
+    divisors = [n for n in range(1, hw.cols + 1) if hw.cols % n == 0]
+    hw = hw.replace(combine_lanes=int(np.random.default_rng(seed).choice(divisors)))
     print(hw)
     _sequence(CombineEngine, functools.partial(random_combines, most_tokens=hw.max_tokens), hw,
               seed, 8, f"engine-combine-point-{seed}", simulator=_slow_simulator())

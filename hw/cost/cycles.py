@@ -51,7 +51,7 @@ check (``tests/test_hw_cost.py`` prints both errors). Since ROUTE is pipelined a
 tokens and the expert jobs' cost is fitted on the timeline (2026-12-02): 455,094 / 443,896
 cycles simulated, the model -0.08 / -0.11 %. ROUTE's model is exact on
 the engine alone (:func:`moevit.hw.top.moe.route_cycles`, since 2026-12-02: the
-walk and the softmax tokens apart); COMBINE's (``cols`` lanes of a row a cycle) is
+walk and the softmax tokens apart); COMBINE's (``combine_width`` lanes of a row a cycle) is
 checked only through the moe unit's busy total.
 Every figure is of ``tiny`` at one bus word a cycle; larger models and
 narrower memories are extrapolations until ``bench top`` measures them.
@@ -102,8 +102,10 @@ port; +0.0 / -1.1 / -3.0 / -4.5 % now, and with a 32 KiB window +0.02 % at 16 an
 linear layers under-predicted 3 to 6 % at that bandwidth (``tests/test_sim_top_lanes.py``).
 """
 
+import functools
 import math
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 from tqdm import tqdm
@@ -613,14 +615,19 @@ def memory_cycles(hw, moved: dict, bandwidth, memory_bandwidth=None, lane="main"
     word a cycle: its one mover's rate, whatever its ports give. An instruction of the side
     ``lane`` on a top of two moves on the side lane's movers (:func:`lane_demand`: its
     ``w`` on one port, its writes on their own)."""
-    demand = lane_demand(hw, lane, moved)
-    cycles = max((n for r, n in demand.items() if r[0] == "port"), default=0) / bandwidth
-    # Striped: this lane's weights go over several ports (lane_demand says which).
-    if sum(r[0] == "port" for r in lane_demand(hw, lane, {"w": 1})) > 1:
+    routes = lane_routes(hw.memory_ports, hw.weight_ports, hw.issue_lanes, lane)
+    on_port, total = {}, 0
+    for mover, n in moved.items():
+        if n:
+            for (_, k), fraction in routes[mover]:
+                on_port[k] = on_port.get(k, 0) + n * fraction
+            total += n
+    cycles = max(on_port.values(), default=0) / bandwidth
+    if len(routes["w"]) > 1:     # striped: still one mover, a bus word a cycle at most
         cycles = max(cycles, moved.get("w", 0) / (hw.bus_width / 8))
     if memory_bandwidth is not None:
-        cycles = max(cycles, demand.get("memory", 0) / memory_bandwidth)
-    return int(np.ceil(cycles))
+        cycles = max(cycles, total / memory_bandwidth)
+    return math.ceil(cycles)
 
 
 def top_reads(d, reads, routed) -> list:
@@ -696,8 +703,9 @@ def compute_cycles(d, hw, *, op=None, routed=None, routing=None) -> int:
                                   None if routing is None else routing[:size] == d.expert)
         return scan + (expert_cycles(*d.linears(routed)) if routed else 0)
     if m == "COMBINE":
-        # ``cols`` lanes of a slot or skip row a cycle, one gate weight pair a token.
-        return d.tokens * ((d.top_k + 1) * d.dim // hw.cols + 1)
+        # Its lanes (hw.combine_width) of a slot or skip row a cycle, one gate weight pair
+        # a token.
+        return d.tokens * ((d.top_k + 1) * d.dim // hw.combine_width + 1)
     raise ConfigError(f"No cost model for instruction {m}")
 
 
@@ -827,33 +835,49 @@ def program_cycles(program, image, task, *, bandwidth=None, memory_bandwidth=Non
 def lane_demand(hw, lane, moved, onchip_read=0, onchip_written=0) -> dict:
     """The bytes an instruction on ``lane`` ("main" or "side") puts on each memory resource
     the two issue lanes share: ``("port", k)`` its DRAM bytes ``moved`` (per mover,
-    :func:`moved_bytes`) on port ``k`` (the main lane's movers by
-    :func:`~moevit.hw.top.memory_ports.ports_of`, the weights dealt over their stripe; the
-    side lane's ``side_x``, ``side_w``, ``side_chan`` on the ports of ``x``, ``w``,
-    ``chan`` and its writes on ``SIDE_WRITE_PORT``), ``"memory"`` all of them, and the
-    on-chip window's ``"onchip_read"`` and ``"onchip_write"`` bytes (its one read port
+    :func:`moved_bytes`) on port ``k`` (:func:`lane_routes`), ``"memory"`` all of them, and
+    the on-chip window's ``"onchip_read"`` and ``"onchip_write"`` bytes (its one read port
     and its one write port)."""
-    from moevit.hw.top.memory_ports import ports_of, weight_stripe
-
-    where = ports_of(hw)
+    routes = lane_routes(hw.memory_ports, hw.weight_ports, hw.issue_lanes, lane)
     demand = {}
+    total = 0
     for mover, n in moved.items():
         if not n:
             continue
-        if lane == "side" and f"side_{mover}" in where:
-            shares = ((where[f"side_{mover}"], n),)
-        elif mover == "w":
-            stripe = weight_stripe(hw)
-            shares = tuple((k, n / len(stripe)) for k in stripe)
-        else:
-            shares = ((where[mover], n),)
-        for k, part in shares:
-            demand["port", k] = demand.get(("port", k), 0) + part
-        demand["memory"] = demand.get("memory", 0) + n
+        for resource, fraction in routes[mover]:
+            demand[resource] = demand.get(resource, 0) + n * fraction
+        total += n
+    if total:
+        demand["memory"] = total
     for name, n in (("onchip_read", onchip_read), ("onchip_write", onchip_written)):
         if n:
             demand[name] = n
     return demand
+
+
+@functools.lru_cache(maxsize=None)
+def lane_routes(memory_ports, weight_ports, issue_lanes, lane) -> dict:
+    """Mover -> ``((("port", k), fraction of its bytes), ...)`` for an instruction on
+    ``lane`` of a top with these ports and lanes: the main lane's movers by
+    :func:`~moevit.hw.top.memory_ports.ports_of`, the weights dealt evenly over their
+    stripe; the side lane's ``side_x``, ``side_w``, ``side_chan`` on the ports of ``x``,
+    ``w``, ``chan`` (its ``w`` not striped) and its writes on ``SIDE_WRITE_PORT``. Cached:
+    the search asks millions of times for a few tops."""
+    from moevit.hw.top.memory_ports import MOVERS, ports_of, weight_stripe
+
+    hw = SimpleNamespace(memory_ports=memory_ports, weight_ports=weight_ports,
+                         issue_lanes=issue_lanes)
+    where = ports_of(hw)
+    routes = {}
+    for mover in MOVERS:
+        if lane == "side" and f"side_{mover}" in where:
+            routes[mover] = ((("port", where[f"side_{mover}"]), 1),)
+        elif mover == "w":
+            stripe = weight_stripe(hw)
+            routes[mover] = tuple((("port", k), 1 / len(stripe)) for k in stripe)
+        else:
+            routes[mover] = ((("port", where[mover]), 1),)
+    return routes
 
 
 def lane_capacity(hw, bandwidth, memory_bandwidth=None) -> dict:

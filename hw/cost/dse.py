@@ -45,7 +45,8 @@ attention cycles. Stage 2 tunes, within the rest,
 the linear array (rows x cols), the DSP packing, the post-processing lanes,
 the bus width (the board's choices), the LayerNorm lanes (:func:`_norm_lanes`:
 the fewest that give the LayerNorm instructions their fewest cycles at the
-board's bandwidth; the unit is the same for every array) and the buffer depths (``max_in`` and
+board's bandwidth; the unit is the same for every array), the COMBINE lanes
+(:func:`_combine_lanes`, the same rule) and the buffer depths (``max_in`` and
 ``kv_depth`` the model's minimum; ``max_tokens`` the largest batch the BRAM
 holds, up to :data:`MAX_BATCH` images), the on-chip activation window
 (:func:`_window`: the largest of :data:`ONCHIP_CHOICES` the block RAM left holds, up to
@@ -541,10 +542,10 @@ def _chunk_drain(step, hw, tokens, by_mover, bandwidth, memory_bandwidth) -> int
 def _chunk_wait(step, hw, tokens, by_mover, bandwidth, memory_bandwidth) -> int:
     """:func:`~moevit.hw.cost.cycles.memory_wait` of a linear step's chunk of ``tokens``
     moving ``by_mover`` (its DRAM bytes)."""
-    from moevit.hw.cost.cycles import _tile, memory_cycles
+    from moevit.hw.cost.cycles import _tile
 
-    def alone(n):
-        return memory_cycles(hw, {"x": n}, bandwidth, memory_bandwidth)
+    def alone(n):       # memory_cycles of n bytes on x, one port
+        return math.ceil(n / min(bandwidth, memory_bandwidth or bandwidth))
 
     # linear_wait(job, x cycles) = max(0, x cycles - the job's first tile): the tiles and
     # the first layer's share of x kept per shape (descriptors are slow to build).
@@ -597,10 +598,11 @@ def _other_cycles(step, hw) -> tuple:
     MoE step whose tokens exceed the token buffer is cost per token as if chunked."""
     from moevit.hw.cost.cycles import compute_cycles, written_bytes
 
-    # What these steps' compute reads: the attention and LayerNorm lanes, the bus, the
-    # columns, buffers.
+    # What these steps' compute reads: the attention, LayerNorm and COMBINE lanes, the bus,
+    # the columns, buffers.
     key = (step.shape, hw.heads_parallel, hw.row_lanes, hw.score_lanes, hw.norm_lanes,
-           hw.bus_width, hw.cols, hw.max_tokens, hw.kv_depth, hw.max_in, hw.max_head_dim)
+           hw.combine_width, hw.bus_width, hw.cols, hw.max_tokens, hw.kv_depth, hw.max_in,
+           hw.max_head_dim)
     if key not in _CYCLES:
         d = _other_descriptor(step, hw)
         _CYCLES[key] = (compute_cycles(d, hw, routed=step.routed),
@@ -662,63 +664,89 @@ def predict(steps, hw, bandwidth, batch=1, memory_bandwidth=None, latency=0) -> 
         A step ``hw`` cannot run (a sequence longer than the key/value buffers, a layer
         wider than the input buffer).
     """
+    context = (hw, bandwidth, memory_bandwidth, latency)
+    if _STEP_COSTS.get("context") != context:     # a step's cost is the same in every task
+        _STEP_COSTS.clear()
+        _STEP_COSTS["context"] = context
+    total = memory_bound = moved = 0
+    units, compute_bound, demand = {}, {}, {}
+    chunked = False
+    for step, count in steps:
+        if step.shape not in _STEP_COSTS:
+            _STEP_COSTS[step.shape] = _step_cost(step, hw, bandwidth, memory_bandwidth, latency)
+        parts, split = _STEP_COSTS[step.shape]
+        chunked |= split
+        for unit, cycles, nbytes, bound, part_demand in parts:
+            cycles *= count
+            total += cycles
+            moved += nbytes * count
+            units[unit] = units.get(unit, 0) + cycles
+            if bound:
+                memory_bound += cycles
+            else:
+                compute_bound[unit] = compute_bound.get(unit, 0) + cycles
+            for r, n in part_demand.items():
+                demand[r] = demand.get(r, 0) + n * count
+    return Prediction(total, batch, units, memory_bound, moved, chunked, compute_bound, demand)
+
+
+#: The last :func:`predict` context (hw, bandwidths, latency) and each step's
+#: :func:`_step_cost` in it: the tasks and batches of one point share most steps.
+_STEP_COSTS = {}
+
+
+def _step_cost(step, hw, bandwidth, memory_bandwidth, latency) -> tuple:
+    """``(parts, chunked)`` of one ``step`` of :func:`predict`: per chunk of its tokens (one
+    for a step other than a linear one) ``(unit, cycles, DRAM and on-chip bytes, memory-bound,
+    bytes on each shared resource)``; ``chunked``: its sequence was cut."""
     from moevit.hw.cost.cycles import (ISSUE_CYCLES, ISSUE_CYCLES_AHEAD, expert_scan_cycles,
                                        lane_demand, memory_cycles)
     from moevit.hw.program.isa import LANE_OF
 
     # The sequencer's look-ahead on two issue lanes (cycles.program_cycles).
     issue = ISSUE_CYCLES_AHEAD if hw.issue_lanes == 2 else ISSUE_CYCLES
-    total = memory_bound = moved = 0
-    units, compute_bound, demand = {}, {}, {}
+    f = step.values
     chunked = False
-    for step, count in steps:
-        f = step.values
-        linear = step.mnemonic == "LINEAR" or (step.mnemonic == "EXPERT" and step.routed)
-        if linear:
-            tokens = f["tokens"] if step.mnemonic == "LINEAR" else step.routed
-            chunks = _split(tokens, hw.max_tokens)
-            chunked |= len(chunks) > 1
-            parts = []
-            for n in chunks:
-                out = n * (f["out_features"] if step.mnemonic == "LINEAR"
-                           else f["hidden"] + f["dim"])
-                chunk = moved_bytes(step, hw, tokens=n, written=out)
-                chunk.pop("list", None)
-                parts.append([_chunk_cycles(step, hw, n), chunk, n, 0, 0])
-            if step.mnemonic == "EXPERT":  # the routing, read and scanned once
-                parts[0][1]["list"] = f["tokens"] * f["top_k"]
-                parts[0][0] += expert_scan_cycles(hw, f["tokens"] * f["top_k"], step.routed)
+    linear = step.mnemonic == "LINEAR" or (step.mnemonic == "EXPERT" and step.routed)
+    if linear:
+        tokens = f["tokens"] if step.mnemonic == "LINEAR" else step.routed
+        chunks = _split(tokens, hw.max_tokens)
+        chunked = len(chunks) > 1
+        parts = []
+        for n in chunks:
+            out = n * (f["out_features"] if step.mnemonic == "LINEAR"
+                       else f["hidden"] + f["dim"])
+            chunk = moved_bytes(step, hw, tokens=n, written=out)
+            chunk.pop("list", None)
+            parts.append([_chunk_cycles(step, hw, n), chunk, n])
+        if step.mnemonic == "EXPERT":  # the routing, read and scanned once
+            parts[0][1]["list"] = f["tokens"] * f["top_k"]
+            parts[0][0] += expert_scan_cycles(hw, f["tokens"] * f["top_k"], step.routed)
+    else:
+        compute, written = _other_cycles(step, hw)
+        parts = [[compute, moved_bytes(step, hw, written=written), step.routed]]
+    unit = "expert" if step.mnemonic == "EXPERT" else step.unit
+    costs = []
+    for compute, by_mover, n in parts:
+        nbytes = sum(by_mover.values())
+        inside = (0, 0)
+        if step.onchip:
+            by_mover, memory, *inside = _onchip_memory(step, hw, by_mover, n, bandwidth,
+                                                       memory_bandwidth)
         else:
-            compute, written = _other_cycles(step, hw)
-            parts = [[compute, moved_bytes(step, hw, written=written), step.routed, 0, 0]]
-        for compute, by_mover, n, wait, drain in parts:
-            nbytes = sum(by_mover.values())
-            inside = (0, 0)
-            if step.onchip:
-                by_mover, memory, *inside = _onchip_memory(step, hw, by_mover, n, bandwidth,
-                                                           memory_bandwidth)
-            else:
-                memory = memory_cycles(hw, by_mover, bandwidth, memory_bandwidth,
-                                       LANE_OF[step.mnemonic])
-            for r, b in lane_demand(hw, LANE_OF[step.mnemonic], by_mover, *inside).items():
-                demand[r] = demand.get(r, 0) + b * count
-            if linear:
-                wait = _chunk_wait(step, hw, n, by_mover, bandwidth, memory_bandwidth)
-                drain = _chunk_drain(step, hw, n, by_mover, bandwidth, memory_bandwidth)
-            else:
-                wait, drain = _overlap(step, hw, by_mover, bandwidth, memory_bandwidth, latency)
-            floor, exposed = _chunk_latency(step, hw, n, compute, latency, linear, by_mover)
-            memory = max(memory + drain, floor)
-            cycles = (max(compute + wait, memory) + issue + exposed) * count
-            total += cycles
-            moved += nbytes * count
-            unit = "expert" if step.mnemonic == "EXPERT" else step.unit
-            units[unit] = units.get(unit, 0) + cycles
-            if memory > compute + wait:
-                memory_bound += cycles
-            else:
-                compute_bound[unit] = compute_bound.get(unit, 0) + cycles
-    return Prediction(total, batch, units, memory_bound, moved, chunked, compute_bound, demand)
+            memory = memory_cycles(hw, by_mover, bandwidth, memory_bandwidth,
+                                   LANE_OF[step.mnemonic])
+        if linear:
+            wait = _chunk_wait(step, hw, n, by_mover, bandwidth, memory_bandwidth)
+            drain = _chunk_drain(step, hw, n, by_mover, bandwidth, memory_bandwidth)
+        else:
+            wait, drain = _overlap(step, hw, by_mover, bandwidth, memory_bandwidth, latency)
+        floor, exposed = _chunk_latency(step, hw, n, compute, latency, linear, by_mover)
+        memory = max(memory + drain, floor)
+        costs.append((unit, max(compute + wait, memory) + issue + exposed, nbytes,
+                      memory > compute + wait,
+                      lane_demand(hw, LANE_OF[step.mnemonic], by_mover, *inside)))
+    return costs, chunked
 
 
 def interleave_cycles(step, hw) -> int:
@@ -832,6 +860,23 @@ def _norm_lanes(steps, hw, bandwidth, model) -> int:
     return _CYCLES[key]
 
 
+def _combine_lanes(steps, hw, bandwidth) -> int:
+    """``combine_lanes`` for ``hw``: the fewest of the columns' power-of-two divisors that
+    give the ``COMBINE`` ``steps`` their fewest cycles at ``bandwidth`` (each lane costs
+    five DSPs, and past the pace its slots arrive at, nothing), 0 when that is every
+    column. Judged with every tensor in DRAM: on chip the slots arrive a bus word a
+    cycle, so the choice may be short of that pace (the search's cycles are then the
+    ones it gets)."""
+    key = ("combine_lanes", hw.cols, hw.bus_width, hw.memory_ports, hw.weight_ports, bandwidth,
+           steps)
+    if key not in _CYCLES:
+        allowed = [n for n in NORM_LANES if n <= hw.cols and hw.cols % n == 0]
+        lanes = min(allowed, key=lambda n: (
+            predict(steps, hw.replace(combine_lanes=n), bandwidth).cycles, n))
+        _CYCLES[key] = 0 if lanes == hw.cols else lanes
+    return _CYCLES[key]
+
+
 def _fits(res, board, fabric=True):
     """The first resource over its usable share, or None; ``fabric``: LUT and FF count
     (Yosys's upper bounds), else only DSP, BRAM and URAM."""
@@ -940,9 +985,13 @@ def _ports(work, hw, board, the_fit, fabric):
         res = resources(hw.replace(memory_ports=ports), the_fit)
         if tried and _fits(res, board, fabric):
             break
-        # The weights striped over 1, 2, 4 ... of the ports (hw.weight_ports).
+        # The weights striped over 1, 2, 4 ... of the ports (hw.weight_ports), each stripe's
+        # FIFOs counted.
         for weights in [w for w in PORT_CHOICES if w <= ports]:
             candidate = hw.replace(memory_ports=ports, weight_ports=weights)
+            res = resources(candidate, the_fit)
+            if tried and _fits(res, board, fabric):
+                break
             port, memory, latency = _bandwidths(board, candidate)
             runs = {t: predict(work.steps(t, candidate.onchip_bytes), candidate, port,
                                memory_bandwidth=memory, latency=latency) for t in work.tasks}
@@ -956,17 +1005,19 @@ def _ports(work, hw, board, the_fit, fabric):
                 if cycles <= best * (1 + PORTS_SLACK))
 
 
-def _lanes_on_ports(work, hw, res, runs, norms, board, the_fit, fabric):
-    """``(hw, resources, runs)`` with the LayerNorm lanes chosen again on the memory ports
-    :func:`_ports` chose (more ports feed more lanes), when that changes them and fits."""
+def _lanes_on_ports(work, hw, res, runs, norms, combines, board, the_fit, fabric):
+    """``(hw, resources, runs)`` with the LayerNorm and COMBINE lanes chosen again on the
+    memory ports :func:`_ports` chose (more ports feed more lanes), when that changes them
+    and fits."""
     from moevit.hw.cost.resources import resources
     from moevit.model.config import get_config
 
     model = get_config(work.config)
-    lanes = _norm_lanes(norms, hw, _bandwidths(board, hw)[0], model)
-    if lanes == hw.norm_lanes:
+    port = _bandwidths(board, hw)[0]
+    candidate = hw.replace(norm_lanes=_norm_lanes(norms, hw, port, model),
+                           combine_lanes=_combine_lanes(combines, hw, port))
+    if candidate == hw:
         return hw, res, runs
-    candidate = hw.replace(norm_lanes=lanes)
     fitted = resources(candidate, the_fit)
     if _fits(fitted, board, fabric):
         return hw, res, runs
@@ -1067,14 +1118,19 @@ def _lanes_at_best_batch(point, work, board, the_fit, fabric):
     return False
 
 
+def _kind(work, mnemonic) -> tuple:
+    """``(step, count)`` of ``work``'s first task whose instructions are ``mnemonic``."""
+    return tuple((s, n) for s, n in work.steps(next(iter(work.tasks))) if s.mnemonic == mnemonic)
+
+
 def _adopt(point, hw, res, work, board, the_fit, fabric):
-    """``point`` moved to ``hw`` (``res`` its resources): its batch-1 runs, LayerNorm
-    lanes (:func:`_lanes_on_ports`), slowest task and best batch again."""
+    """``point`` moved to ``hw`` (``res`` its resources): its batch-1 runs, LayerNorm and
+    COMBINE lanes (:func:`_lanes_on_ports`), slowest task and best batch again."""
     port, memory, latency = _bandwidths(board, hw)
     runs = {t: predict(work.steps(t, hw.onchip_bytes), hw, port, memory_bandwidth=memory,
                        latency=latency) for t in work.tasks}
-    norms = [(s, n) for s, n in work.steps(next(iter(work.tasks))) if s.mnemonic == "LAYERNORM"]
-    hw, res, runs = _lanes_on_ports(work, hw, res, runs, norms, board, the_fit, fabric)
+    hw, res, runs = _lanes_on_ports(work, hw, res, runs, _kind(work, "LAYERNORM"),
+                                    _kind(work, "COMBINE"), board, the_fit, fabric)
     point.task = max(runs, key=lambda t: runs[t].cycles)
     point.hw, point.resources = hw, res
     point.latency_cycles, point.prediction = runs[point.task].cycles, runs[point.task]
@@ -1107,9 +1163,7 @@ def search(board, config, *, quick=False, fabric=True, progress=True) -> list:
     base = _base_hw(model, board)
     rows_grid, cols_grid, post_grid, lanes_grid = _grid(quick)
     usable_dsp = board.dsp * USABLE["dsp"]
-    first = next(iter(work.tasks))
-    attention = [(s, n) for s, n in work.steps(first) if s.mnemonic == "ATTENTION"]
-    norms = [(s, n) for s, n in work.steps(first) if s.mnemonic == "LAYERNORM"]
+    attention, norms, combines = (_kind(work, m) for m in ("ATTENTION", "LAYERNORM", "COMBINE"))
 
     # Stage 1: per share of the DSPs (and LUTs), the attention lanes within it with the
     # fewest cycles.
@@ -1154,7 +1208,9 @@ def search(board, config, *, quick=False, fabric=True, progress=True) -> list:
                               max_tokens=-(-model.tokens // r) * r)
         except ConfigError:
             continue
-        hw = hw.replace(norm_lanes=_norm_lanes(norms, hw, _bandwidths(board, hw)[0], model))
+        port = _bandwidths(board, hw)[0]
+        hw = hw.replace(norm_lanes=_norm_lanes(norms, hw, port, model),
+                        combine_lanes=_combine_lanes(combines, hw, port))
         sized = _max_tokens(hw, model.tokens, board, the_fit, fabric)
         if sized is None:
             over = _fits(resources(hw, the_fit), board, fabric)
@@ -1163,7 +1219,8 @@ def search(board, config, *, quick=False, fabric=True, progress=True) -> list:
         try:
             hw, res, runs = _ports(work, _window(work, sized[0], board, the_fit, fabric), board,
                                    the_fit, fabric)
-            hw, res, runs = _lanes_on_ports(work, hw, res, runs, norms, board, the_fit, fabric)
+            hw, res, runs = _lanes_on_ports(work, hw, res, runs, norms, combines, board,
+                                            the_fit, fabric)
         except DescriptorError:
             continue
         task = max(runs, key=lambda t: runs[t].cycles)
@@ -1179,21 +1236,47 @@ def search(board, config, *, quick=False, fabric=True, progress=True) -> list:
     return ranked
 
 
+def array_bound(work, hw, task) -> float:
+    """Cycles per image that no batch of ``task`` on ``hw`` beats: its linear layers' and
+    experts' multiply-accumulates per image (the balanced routing's) over the array's MAC
+    units, each one a cycle at most."""
+    macs = 0
+    for step, count in work.steps(task):
+        f = step.values
+        if step.mnemonic == "LINEAR":
+            macs += count * f["tokens"] * f["in_features"] * f["out_features"]
+        elif step.mnemonic == "EXPERT":
+            macs += count * step.routed * 2 * f["dim"] * f["hidden"]
+    return macs / work.batch / hw.macs
+
+
 def _rank(points, work, board, the_fit, fabric) -> list:
     """``points`` best first by the board's objective (:data:`OBJECTIVES`), each with its
     best batch: on a latency board those whose batch-1 latency is within
     :data:`LATENCY_SLACK` of the fastest, the fastest first (then the most images a second);
-    on a throughput board every point, its window, memory ports and issue lanes chosen
+    on a throughput board every point :func:`array_bound` does not rule out, its window, memory ports and issue lanes chosen
     again at its best batch (:func:`_window_at_best_batch`, :func:`_ports_at_best_batch`,
     :func:`_lanes_at_best_batch`), the most images a second at its best batch first (then
     the fastest at batch 1)."""
     if OBJECTIVES[board.host][0] == "latency":
         fastest = min(p.latency_cycles for p in points)
         points = [p for p in points if p.latency_cycles <= fastest * (1 + LATENCY_SLACK)]
-    for p in points:
-        p.best_batch, p.best_cycles_per_image, p.best_prediction = _best_batch(
-            work, p.hw, board, p.task)
+        for p in points:
+            p.best_batch, p.best_cycles_per_image, p.best_prediction = _best_batch(
+                work, p.hw, board, p.task)
     if OBJECTIVES[board.host][0] == "throughput":
+        # Most points cannot win, whatever their batch (array_bound); the rest, the most
+        # promising first, each at its best batch.
+        bounds = {id(p): array_bound(work, p.hw, p.task) for p in points}
+        kept, best = [], float("inf")
+        for p in sorted(points, key=lambda p: bounds[id(p)]):
+            if bounds[id(p)] > best:
+                break
+            p.best_batch, p.best_cycles_per_image, p.best_prediction = _best_batch(
+                work, p.hw, board, p.task)
+            best = min(best, p.best_cycles_per_image)
+            kept.append(p)
+        points = kept
         best = float("inf")
         for p in sorted(points, key=lambda p: p.best_cycles_per_image):
             # More ports save at most the memory-bound instructions' cycles.
@@ -1299,7 +1382,8 @@ def point_row(point, board, work, fabric=True) -> dict:
         "mac_units": hw.macs + attention_units, "linear_mac_units": hw.macs,
         "attention_mac_units": attention_units, "dsp_packing": hw.dsp_packing,
         "memory_ports": hw.memory_ports, "weight_ports": hw.weight_ports,
-        "norm_lanes": hw.norm_lanes, "onchip_bytes": hw.onchip_bytes,
+        "norm_lanes": hw.norm_lanes, "combine_lanes": hw.combine_width,
+        "onchip_bytes": hw.onchip_bytes,
         "issue_lanes": hw.issue_lanes,
         "latency_ms": point.latency_ms, "fps_batch1": fps1, "best_batch": point.best_batch,
         "best_fps": best_fps, "macs_per_image": macs, "gops": 2 * macs * fps1 / 1e9,
@@ -1379,6 +1463,7 @@ def print_dse(rows) -> None:
               f"{h['heads_parallel']} heads x {h.get('row_lanes', 1)} rows x 2 x "
               f"{h['score_lanes']} lanes "
               f"({r['attention_mac_units']} MAC units), {r['norm_lanes']} LayerNorm lanes, "
+              f"{r['combine_lanes']} COMBINE lanes, "
               f"bus {h['bus_width']} bits x {r['memory_ports']} memory port(s) (weights "
               f"over {r['weight_ports']}), "
               f"max_tokens {h['max_tokens']}, max_in {h['max_in']}, kv_depth {h['kv_depth']}, "

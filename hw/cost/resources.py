@@ -21,8 +21,9 @@ command that produced them (``moevit hw resources --measure --output
 hw/cost/yosys_points.json``); the fit is redone from them on every use, so it
 is reproducible. ``moevit hw resources`` prints the fit's error per point.
 
-The top's engines, movers and sequencer around the units: :data:`TOP_OVERHEAD`, the rest
-of one Yosys count of tiny's whole top (a constant). Not measured: the LayerNorm unit's LUT
+The top's engines, movers and sequencer around the units: :data:`TOP_OVERHEAD` and
+:data:`TOP_PER_COL`, the rest of two Yosys counts of tiny's whole top (16 and 32 array
+columns). Not measured: the LayerNorm unit's LUT
 and FF with lanes
 (:data:`LAYERNORM_PIPELINE`, :data:`LAYERNORM_PER_LANE`: an allowance from its
 structure; its DSP and memories are from the structure like every unit's). The
@@ -279,6 +280,12 @@ ROUTE_PIPELINE = Resources(lut=2_000, ff=1_900)
 #: MOE_DSP_PER_COL per combine lane (weight x slot: 1, requantize s32 x u15: 2).
 MOE_DSP = 7
 MOE_DSP_PER_COL = 3
+#: The top's COMBINE engine (:class:`~moevit.hw.top.moe.CombineEngine`) adds the skip to
+#: each lane after the MoE unit's requantize: two products more a lane, the MoE output's
+#: and the skip's (s8 x u15: 1 DSP48E2 each). Yosys (to DSP mapping, hierarchy kept) counted
+#: the engine 84 DSP48E2 at 16 columns and 164 at 32: 5 a lane + 4 (the 4: its request
+#: lengths, in :data:`TOP_OVERHEAD`).
+COMBINE_RESIDUAL_DSP_PER_COL = 2
 
 # These counts are the generated Verilog's multipliers (Yosys ``proc; flatten; wreduce``,
 # ``$mul`` cells) mapped as synth_xilinx's mul2dsp maps them: a product whose result has
@@ -305,15 +312,18 @@ TOP_UNITS = ("linear", "attention", "layernorm", "moe", "control", "gmem")
 #: The top's engines, movers, interconnect and sequencer around the units, measured: Yosys
 #: (``synth_xilinx -family xcup``, flattened, 11 minutes) on tiny's whole top (bus 128, 2
 #: ports, max_tokens 256, one issue lane) counted 255 DSP48E2, 55,548 LUT, 33,338 FF and
-#: 38.5 BRAM36 where the units and the second port (:func:`port_overhead`) give 200, 25,029,
-#: 19,520 and 32 (2026-12-03): the rest is this. Taken as a constant, which it is not
-#: quite: by module (Yosys to DSP mapping, hierarchy kept) the relocators' ``image * pitch``
-#: and the engines' address arithmetic take ~48 DSPs, and the top's COMBINE engine 5 a
-#: column + 4 (84 at 16 columns, 164 at 32) where ``MOE_DSP_PER_COL`` (the MoE unit alone)
-#: counts 3, so on 64 columns this is ~130 DSPs low; the engines' bus-wide buffers grow
-#: with the bus, so on a 512-bit top its LUT is low too (the allowance before it: 0 DSP,
-#: 20,000 LUT, 30,000 FF, 16 BRAM36).
-TOP_OVERHEAD = Resources(dsp=55, lut=30_519, ff=13_818, bram36=6.5, uram=0)
+#: 38.5 BRAM36, and with 32 columns 399 / 70,869 / 42,439 / 42.5 (2026-12-03), where the
+#: units, the second port (:func:`port_overhead`) and the COMBINE engine's residual add
+#: give 232 / 25,029 / 19,520 / 32 and 376 / 34,227 / 26,863 / 36: the rest is this and
+#: :data:`TOP_PER_COL`. Its DSPs are the engines' address arithmetic (by module, Yosys to DSP
+#: mapping with the hierarchy kept: the relocators' ``image * pitch`` 24, PATCHIFY 6, the
+#: linear engine 4, COMBINE 4, the sequencer 2 ... 275 there; the flattened run folds 20 of
+#: them, at both widths). The engines' bus-wide buffers grow with the bus, so on a 512-bit
+#: top its LUT is low (the allowance before it: 0 DSP, 20,000 LUT, 30,000 FF, 16 BRAM36).
+TOP_OVERHEAD = Resources(dsp=23, lut=24_391, ff=12_154, bram36=6.5, uram=0)
+#: ... and per array column: the rest of the two counts above grows by 6,123 LUT and 1,658
+#: FF from 16 to 32 columns (the engines' column-wide rows), taken as linear in ``cols``.
+TOP_PER_COL = Resources(dsp=0, lut=383, ff=104, bram36=0, uram=0)
 #: Each memory port of the top beyond the first (``hw.memory_ports``,
 #: :mod:`moevit.hw.top.memory_ports`): a two-port ``ReadArbiter`` of the 128-bit bus, by
 #: Yosys (``synth_xilinx -family xcup``: 604 LUT, its R beat FIFOs in LUT RAM, 81 FF, no
@@ -481,22 +491,30 @@ def unit_resources(unit: str, hw, the_fit=None) -> Resources:
 
 
 def resources(hw, the_fit=None) -> Resources:
-    """Resources of the whole top on ``hw``: its units, :data:`TOP_OVERHEAD`,
+    """Resources of the whole top on ``hw``: its units, :data:`TOP_OVERHEAD` and
+    :data:`TOP_PER_COL`,
     its memory ports' arbiters and striper (:func:`port_overhead`), a second issue lane's
     memory path (:func:`lane_overhead`) and the on-chip activation
     window's block RAM (``hw.onchip_bytes``; its routers are small next to the
     allowance). The top's
     MoE engines count as the MoE unit for DSP, LUT and FF (the same gate and combine
-    lanes) and :data:`ROUTE_PIPELINE`, with their own memories: the MoE unit keeps an
+    lanes), :data:`ROUTE_PIPELINE` and the COMBINE engine's residual add
+    (:data:`COMBINE_RESIDUAL_DSP_PER_COL`; its DSPs at ``hw.combine_width`` lanes), with their own memories: the MoE unit keeps an
     accumulator row per token, the engines one row."""
-    total = TOP_OVERHEAD + port_overhead(hw) + lane_overhead(hw, the_fit) + Resources(bram36=sum(
+    total = TOP_OVERHEAD + TOP_PER_COL * hw.cols + port_overhead(hw) + lane_overhead(
+        hw, the_fit) + Resources(bram36=sum(
         bram36(w, d) * ports for _, w, d, ports in memories("onchip", hw)))
     for unit in TOP_UNITS:
         part = unit_resources(unit, hw, the_fit)
         if unit == "moe":
-            part = Resources(part.dsp, part.lut, part.ff, sum(
-                bram36(w, d) * ports for _, w, d, ports in memories("moe-engines", hw)),
-                0) + ROUTE_PIPELINE
+            # The COMBINE engine's lanes, not the MoE unit's columns (LUT and FF: at the
+            # columns, an upper bound).
+            dsp = part.dsp + (MOE_DSP_PER_COL + COMBINE_RESIDUAL_DSP_PER_COL) \
+                * hw.combine_width - MOE_DSP_PER_COL * hw.cols
+            part = Resources(dsp, part.lut,
+                             part.ff, sum(bram36(w, d) * ports
+                                          for _, w, d, ports in memories("moe-engines", hw)),
+                             0) + ROUTE_PIPELINE
         total = total + part
     return total
 

@@ -587,16 +587,16 @@ class CombineEngine(wiring.Component):
     """Runs COMBINE (members: :mod:`moevit.hw.top.ports`): ``interpreter.COMBINE``.
 
     Three read channels, one request each: ``rd[0]`` the gate weights (a u16
-    at a time), ``rd[1]`` the slots and ``rd[2]`` the skip tensor (``cols``
-    int8 lanes at a time); the write channel takes ``y`` as one request. Slot
-    ``s`` of token ``t``, a row of ``dim / cols`` beats, adds ``weight * slot``
-    into the accumulator row (``ceil(max_in / cols)`` words of ``cols`` int32,
+    at a time), ``rd[1]`` the slots and ``rd[2]`` the skip tensor (``L =
+    hw.combine_width`` int8 lanes at a time); the write channel takes ``y`` as one
+    request. Slot ``s`` of token ``t``, a row of ``dim / L`` beats, adds ``weight *
+    slot`` into the accumulator row (``ceil(max_in / L)`` words of ``L`` int32,
     the MoE unit's combine); the token's last slot goes, instead, through
     ``requantize`` and ``residual_add`` with the token's skip row to ``y``.
     One beat of slots a cycle.
 
     Limits (``Fault.SHAPE`` beyond them): ``dim <= hw.max_in`` and a multiple
-    of ``hw.cols``; ``Fault.CONSTANT`` for a multiplier of 0 or a shift outside
+    of ``L``; ``Fault.CONSTANT`` for a multiplier of 0 or a shift outside
     1..47.
     """
 
@@ -616,7 +616,7 @@ class CombineEngine(wiring.Component):
         return fault_code([
             (Fault.OPCODE, p.opcode != CombineDescriptor.OPCODE),
             (Fault.SHAPE, (p.tokens == 0) | (p.top_k == 0) | (p.dim == 0) | (p.dim > hw.max_in)
-             | (p.dim % hw.cols != 0)),
+             | (p.dim % hw.combine_width != 0)),
             (Fault.ALIGN, _misaligned(hw, p.weights_addr, p.slots_addr, p.skip_addr, p.y_addr)),
             (Fault.CONSTANT, (p.mult == 0) | shift_out_of_range(p.shift) | (p.res_mult_y == 0)
              | (p.res_mult_skip == 0) | shift_out_of_range(p.res_shift)),
@@ -624,7 +624,7 @@ class CombineEngine(wiring.Component):
 
     def elaborate(self, platform):
         hw = self._hw
-        L, nbytes = hw.cols, hw.bus_width // 8
+        L, nbytes = hw.combine_width, hw.bus_width // 8
         words = -(-hw.max_in // L)
         m = Module()
 

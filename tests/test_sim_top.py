@@ -147,25 +147,27 @@ def test_top_under_a_slow_memory(tiny):
 
 
 @pytest.mark.slow
-def test_top_with_layernorm_lanes():
+def test_top_with_layernorm_and_combine_lanes():
     """The whole tiny model on a top whose LayerNorm unit takes 8 values a cycle
-    (``norm_lanes=8``), each task, bit-exact; the LayerNorm's busy cycles and the
-    cycle cost model's error per task printed (its LayerNorm term with lanes:
-    :func:`moevit.hw.cost.cycles.layernorm_cycles`)."""
+    (``norm_lanes=8``) and whose COMBINE engine has 4 lanes of the 16 columns
+    (``combine_lanes=4``), each task, bit-exact; the LayerNorm's and the MoE engines' busy
+    cycles and the cycle cost model's error per task printed (its LayerNorm term with lanes:
+    :func:`moevit.hw.cost.cycles.layernorm_cycles`; COMBINE's at its lanes)."""
     from moevit.hw.cost.cycles import program_cycles
     from moevit.hw.program.compiler import compile_program
     from moevit.model.integer import golden
     from moevit.sim.units import tiny_quantized
 
     qmodel, image = tiny_quantized(trained=False)
-    program = compile_program(qmodel, DEFAULT_HW["tiny"].replace(norm_lanes=8))
+    program = compile_program(qmodel, DEFAULT_HW["tiny"].replace(norm_lanes=8, combine_lanes=4))
     image = golden.quantize_image(image, qmodel.scale("input"))
     got = check_runs(program, [(0, [image]), (1, [image])], test_id="top-tiny-lanes8",
                      simulator="verilator")
     for task, run in enumerate(got):
         predicted = program_cycles(program, image, task).cycles
         print(f"task {task}: {run['cycles']:,} cycles (LayerNorm busy "
-              f"{run['busy']['layernorm']:,}); cost model {predicted:,} "
+              f"{run['busy']['layernorm']:,}, MoE {run['busy']['moe']:,}); cost model "
+              f"{predicted:,} "
               f"({predicted / run['cycles'] - 1:+.3%})")
 
 

@@ -280,12 +280,14 @@ ROUTE_PIPELINE = Resources(lut=2_000, ff=1_900)
 #: MOE_DSP_PER_COL per combine lane (weight x slot: 1, requantize s32 x u15: 2).
 MOE_DSP = 7
 MOE_DSP_PER_COL = 3
-#: The top's COMBINE engine (:class:`~moevit.hw.top.moe.CombineEngine`) adds the skip to
-#: each lane after the MoE unit's requantize: two products more a lane, the MoE output's
-#: and the skip's (s8 x u15: 1 DSP48E2 each). Yosys (to DSP mapping, hierarchy kept) counted
-#: the engine 84 DSP48E2 at 16 columns and 164 at 32: 5 a lane + 4 (the 4: its request
-#: lengths, in :data:`TOP_OVERHEAD`).
-COMBINE_RESIDUAL_DSP_PER_COL = 2
+#: A lane of the top's COMBINE engine (:class:`~moevit.hw.top.moe.CombineEngine`,
+#: ``hw.combine_width``), which the top has instead of the MoE unit's combine columns: the
+#: unit's three products (gate weight x slot, requantize) and the residual add's two (the
+#: MoE output's and the skip's, s8 x u15), its requantize and round shifts, its rows.
+#: Yosys on tiny's whole top at 32 columns with 32 and with 8 lanes (2026-12-03): 399 ->
+#: 279 DSP48E2, 70,869 -> 58,362 LUT, 42,439 -> 40,902 FF; the DSPs also by module (84 at
+#: 16 lanes, 164 at 32: 5 a lane and 4 for its request lengths, in :data:`TOP_OVERHEAD`).
+COMBINE_LANE = Resources(dsp=5, lut=521, ff=64, bram36=0, uram=0)
 
 # These counts are the generated Verilog's multipliers (Yosys ``proc; flatten; wreduce``,
 # ``$mul`` cells) mapped as synth_xilinx's mul2dsp maps them: a product whose result has
@@ -313,17 +315,18 @@ TOP_UNITS = ("linear", "attention", "layernorm", "moe", "control", "gmem")
 #: (``synth_xilinx -family xcup``, flattened, 11 minutes) on tiny's whole top (bus 128, 2
 #: ports, max_tokens 256, one issue lane) counted 255 DSP48E2, 55,548 LUT, 33,338 FF and
 #: 38.5 BRAM36, and with 32 columns 399 / 70,869 / 42,439 / 42.5 (2026-12-03), where the
-#: units, the second port (:func:`port_overhead`) and the COMBINE engine's residual add
-#: give 232 / 25,029 / 19,520 / 32 and 376 / 34,227 / 26,863 / 36: the rest is this and
-#: :data:`TOP_PER_COL`. Its DSPs are the engines' address arithmetic (by module, Yosys to DSP
+#: units, the second port (:func:`port_overhead`) and the COMBINE engine's lanes
+#: (:data:`COMBINE_LANE`) give 232 / 27,497 / 19,132 / 32 and 376 / 39,163 / 26,187 / 36:
+#: the rest is this and :data:`TOP_PER_COL`. Its DSPs are the engines' address arithmetic (by module, Yosys to DSP
 #: mapping with the hierarchy kept: the relocators' ``image * pitch`` 24, PATCHIFY 6, the
 #: linear engine 4, COMBINE 4, the sequencer 2 ... 275 there; the flattened run folds 20 of
 #: them, at both widths). The engines' bus-wide buffers grow with the bus, so on a 512-bit
 #: top its LUT is low (the allowance before it: 0 DSP, 20,000 LUT, 30,000 FF, 16 BRAM36).
 TOP_OVERHEAD = Resources(dsp=23, lut=24_391, ff=12_154, bram36=6.5, uram=0)
-#: ... and per array column: the rest of the two counts above grows by 6,123 LUT and 1,658
-#: FF from 16 to 32 columns (the engines' column-wide rows), taken as linear in ``cols``.
-TOP_PER_COL = Resources(dsp=0, lut=383, ff=104, bram36=0, uram=0)
+#: ... and per array column: the rest of the two counts above grows by 3,664 LUT and 2,048
+#: FF from 16 to 32 columns (the engines' column-wide rows: ROUTE's lanes, the linear and
+#: EXPERT engines' beats), taken as linear in ``cols``.
+TOP_PER_COL = Resources(dsp=0, lut=229, ff=128, bram36=0, uram=0)
 #: Each memory port of the top beyond the first (``hw.memory_ports``,
 #: :mod:`moevit.hw.top.memory_ports`): a two-port ``ReadArbiter`` of the 128-bit bus, by
 #: Yosys (``synth_xilinx -family xcup``: 604 LUT, its R beat FIFOs in LUT RAM, 81 FF, no
@@ -497,22 +500,23 @@ def resources(hw, the_fit=None) -> Resources:
     memory path (:func:`lane_overhead`) and the on-chip activation
     window's block RAM (``hw.onchip_bytes``; its routers are small next to the
     allowance). The top's
-    MoE engines count as the MoE unit for DSP, LUT and FF (the same gate and combine
-    lanes), :data:`ROUTE_PIPELINE` and the COMBINE engine's residual add
-    (:data:`COMBINE_RESIDUAL_DSP_PER_COL`; its DSPs at ``hw.combine_width`` lanes), with their own memories: the MoE unit keeps an
-    accumulator row per token, the engines one row."""
+    MoE engines count as the MoE unit for DSP, LUT and FF (the same gate lanes) with
+    :data:`ROUTE_PIPELINE`, but the COMBINE engine's lanes (:data:`COMBINE_LANE`,
+    ``hw.combine_width`` of them) instead of the unit's combine columns, and their own
+    memories: the MoE unit keeps an accumulator row per token, the engines one row."""
+    the_fit = the_fit or _default_fit()
     total = TOP_OVERHEAD + TOP_PER_COL * hw.cols + port_overhead(hw) + lane_overhead(
         hw, the_fit) + Resources(bram36=sum(
         bram36(w, d) * ports for _, w, d, ports in memories("onchip", hw)))
     for unit in TOP_UNITS:
         part = unit_resources(unit, hw, the_fit)
         if unit == "moe":
-            # The COMBINE engine's lanes, not the MoE unit's columns (LUT and FF: at the
-            # columns, an upper bound).
-            dsp = part.dsp + (MOE_DSP_PER_COL + COMBINE_RESIDUAL_DSP_PER_COL) \
-                * hw.combine_width - MOE_DSP_PER_COL * hw.cols
-            part = Resources(dsp, part.lut,
-                             part.ff, sum(bram36(w, d) * ports
+            # The COMBINE engine's lanes instead of the MoE unit's combine columns.
+            k = FEATURES["moe"].index("cols")
+            per_col = Resources(dsp=MOE_DSP_PER_COL, lut=float(the_fit.lut["moe"][k]),
+                                ff=float(the_fit.ff["moe"][k]), bram36=0, uram=0)
+            part = part + per_col * -hw.cols + COMBINE_LANE * hw.combine_width
+            part = Resources(part.dsp, part.lut, part.ff, sum(bram36(w, d) * ports
                                           for _, w, d, ports in memories("moe-engines", hw)),
                              0) + ROUTE_PIPELINE
         total = total + part

@@ -615,18 +615,13 @@ def memory_cycles(hw, moved: dict, bandwidth, memory_bandwidth=None, lane="main"
     word a cycle: its one mover's rate, whatever its ports give. An instruction of the side
     ``lane`` on a top of two moves on the side lane's movers (:func:`lane_demand`: its
     ``w`` on one port, its writes on their own)."""
-    routes = lane_routes(hw.memory_ports, hw.weight_ports, hw.issue_lanes, lane)
-    on_port, total = {}, 0
-    for mover, n in moved.items():
-        if n:
-            for (_, k), fraction in routes[mover]:
-                on_port[k] = on_port.get(k, 0) + n * fraction
-            total += n
-    cycles = max(on_port.values(), default=0) / bandwidth
-    if len(routes["w"]) > 1:     # striped: still one mover, a bus word a cycle at most
+    demand = lane_demand(hw, lane, moved)
+    cycles = max((n for r, n in demand.items() if r[0] == "port"), default=0) / bandwidth
+    # Striped: still one mover, a bus word a cycle at most.
+    if len(lane_routes(hw.memory_ports, hw.weight_ports, hw.issue_lanes, lane)["w"]) > 1:
         cycles = max(cycles, moved.get("w", 0) / (hw.bus_width / 8))
     if memory_bandwidth is not None:
-        cycles = max(cycles, total / memory_bandwidth)
+        cycles = max(cycles, demand.get("memory", 0) / memory_bandwidth)
     return math.ceil(cycles)
 
 

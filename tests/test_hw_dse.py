@@ -164,12 +164,17 @@ def test_targets_are_checked_and_say_what_stops_them(rows):
             assert t["met"] or row["binding_limit"] in t["limit"]
 
 
-@pytest.mark.parametrize("bandwidth, onchip", [(None, 0), (1.0, 0), (1.0, 32768)])
-def test_predict_is_the_cost_model_of_the_compiled_program(bandwidth, onchip):
+@pytest.mark.parametrize("bandwidth, onchip, prefetch", [(None, 0, 0), (1.0, 0, 0),
+                                                         (1.0, 32768, 0), (None, 0, 1)])
+def test_predict_is_the_cost_model_of_the_compiled_program(bandwidth, onchip, prefetch):
     """On tiny's own program and routing, the search's prediction equals `hw cost`'s
-    compute per instruction and its total within 1 %, at a bus word a cycle and behind a
-    memory of one byte a cycle (memory-bound: the overlap terms of both), and with a 32 KiB
-    on-chip window (the program compiled with it; the search's placement of the workload)."""
+    compute per instruction and its total within 0.1 %, at a bus word a cycle and behind a
+    memory of one byte a cycle (memory-bound: the overlap terms of both), and on a top with
+    the sequencer's look-ahead (``expert_prefetch``: the same program, each instruction's
+    issue cheaper in both); within 1 % with a 32 KiB on-chip window (the program compiled
+    with it; the search's placement of the workload)."""
+    import dataclasses
+
     import numpy as np
 
     from moevit.hw.cost.cycles import program_cycles
@@ -177,6 +182,7 @@ def test_predict_is_the_cost_model_of_the_compiled_program(bandwidth, onchip):
     from moevit.model.config import get_config
 
     program = compile_signal_model(get_config("tiny"), onchip_bytes=onchip)
+    program = dataclasses.replace(program, hw=program.hw.replace(expert_prefetch=prefetch))
     image = np.random.default_rng(0).integers(-128, 128, program.layout["input"].shape,
                                               dtype=np.int8)
     bandwidth = bandwidth or program.hw.bus_width / 8
@@ -195,7 +201,9 @@ def test_predict_is_the_cost_model_of_the_compiled_program(bandwidth, onchip):
             step = Step(step.mnemonic, step.unit, step.fields, n, step.onchip)
         actual.append((step, 1))
     got = predict(actual, program.hw, bandwidth)
-    assert got.cycles == pytest.approx(cost.cycles, rel=0.01)
+    # Within 0.1 % without the window (the search's issue cost was the look-ahead's only on
+    # two lanes until 2026-12-03: +0.49 % on the prefetch's top).
+    assert got.cycles == pytest.approx(cost.cycles, rel=0.01 if onchip else 0.001)
     print(f"\ntiny task 0: search {got.cycles:,} vs hw cost {cost.cycles:,}: "
           f"{got.cycles / cost.cycles - 1:+.3%}")
     by_unit = {}

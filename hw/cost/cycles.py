@@ -123,7 +123,7 @@ __all__ = ["InstructionCost", "ProgramCost", "program_cycles", "board_bandwidth"
            "EXPERT_JOB_CYCLES", "EXPERT_ROW_CYCLES",
            "ATTENTION_TAIL_FIXED", "attention_kv_cycles", "attention_tail", "LAYERNORM_TAIL",
            "layernorm_cycles", "layernorm_param_wait",
-           "PATCHIFY_TAIL", "ISSUE_CYCLES", "ISSUE_CYCLES_AHEAD", "NOTED_EXPERT_CYCLES",
+           "PATCHIFY_TAIL", "ISSUE_CYCLES", "ISSUE_CYCLES_AHEAD", "issue_cycles", "NOTED_EXPERT_CYCLES",
            "LAYERNORM_DRAIN", "linear_drain", "linear_tile_outputs", "linear_wait",
            "visible_drains", "drain_cycles",
            "memory_wait", "top_reads", "lane_demand", "lane_capacity",
@@ -604,6 +604,13 @@ def latency_cycles(mnemonic, phases, hw, compute, latency, *, dram_reads=True,
     return floor, exposed * latency if dram_reads else 0
 
 
+def issue_cycles(hw) -> int:
+    """The sequencer's cycles an instruction on ``hw``: :data:`ISSUE_CYCLES_AHEAD` with its
+    look-ahead (``hw.expert_prefetch``, and always on two issue lanes), else
+    :data:`ISSUE_CYCLES`."""
+    return ISSUE_CYCLES_AHEAD if hw.expert_prefetch or hw.issue_lanes == 2 else ISSUE_CYCLES
+
+
 def memory_cycles(hw, moved: dict, bandwidth, memory_bandwidth=None, lane="main") -> int:
     """Cycles to move ``moved`` (:func:`moved_bytes`) on ``hw``'s memory ports: each port
     carries its movers' bytes (:data:`moevit.hw.top.memory_ports.PORT_OF`; a port's reads
@@ -784,8 +791,7 @@ def program_cycles(program, image, task, *, bandwidth=None, memory_bandwidth=Non
     memory = program.memory_image()
     memory[region.offset:region.end] = image.reshape(-1).view(np.uint8)
     ahead = bool(hw.expert_prefetch)
-    # The sequencer's look-ahead: with the prefetch, and always on two issue lanes.
-    issue = ISSUE_CYCLES_AHEAD if ahead or hw.issue_lanes == 2 else ISSUE_CYCLES
+    issue = issue_cycles(hw)
     bounds = program.layout.boundaries()
     window = (bounds["output_end"], bounds["onchip_end"])
     costs, demands = [], []      # demands: what each shares with the other lane (lane_demand)

@@ -699,12 +699,11 @@ def _step_cost(step, hw, bandwidth, memory_bandwidth, latency) -> tuple:
     """``(parts, chunked)`` of one ``step`` of :func:`predict`: per chunk of its tokens (one
     for a step other than a linear one) ``(unit, cycles, DRAM and on-chip bytes, memory-bound,
     bytes on each shared resource)``; ``chunked``: its sequence was cut."""
-    from moevit.hw.cost.cycles import (ISSUE_CYCLES, ISSUE_CYCLES_AHEAD, expert_scan_cycles,
-                                       lane_demand, memory_cycles)
+    from moevit.hw.cost.cycles import (expert_scan_cycles, issue_cycles, lane_demand,
+                                       memory_cycles)
     from moevit.hw.program.isa import LANE_OF
 
-    # The sequencer's look-ahead on two issue lanes (cycles.program_cycles).
-    issue = ISSUE_CYCLES_AHEAD if hw.issue_lanes == 2 else ISSUE_CYCLES
+    issue = issue_cycles(hw)
     f = step.values
     chunked = False
     linear = step.mnemonic == "LINEAR" or (step.mnemonic == "EXPERT" and step.routed)

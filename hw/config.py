@@ -143,6 +143,12 @@ class HwConfig:
         each five DSP48E2 (gate weight, requantize, residual add): 0, as many as ``cols``;
         else a divisor of ``cols``. A COMBINE takes ``(top_k + 1) * dim / lanes`` cycles
         a token: more lanes than its slots arrive at only cost DSPs.
+    weight_streaming : int
+        1: the linear kernel issues a weight bank's first token tile behind the bank's
+        load, each step once its weight beat is in (as it does behind the ``x`` stream),
+        so an operation's first bank no longer loads whole before its first step; the
+        tile's last step still waits for the bank's constants. 0: every tile waits for
+        its bank to be full (the kernel every measured figure before 2026-12-03 is of).
 
     Raises
     ------
@@ -188,6 +194,8 @@ class HwConfig:
     issue_lanes: int = 1
     # The top's COMBINE lanes (issue 14): 0 = cols.
     combine_lanes: int = 0
+    # A weight bank's first token tile issues behind its load (issue 14): 0 or 1.
+    weight_streaming: int = 0
 
     # Fixed by the numeric contract (moevit.model.integer.intops.requantize).
     BIAS_WIDTH = 32
@@ -203,7 +211,8 @@ class HwConfig:
     #: behaviour from before they existed: programs, caches and saved configs made then
     #: stay valid.
     SILENT_DEFAULTS = {"memory_ports": 1, "norm_lanes": 1, "onchip_bytes": 0,
-                       "weight_ports": 1, "row_lanes": 1, "issue_lanes": 1, "combine_lanes": 0}
+                       "weight_ports": 1, "row_lanes": 1, "issue_lanes": 1, "combine_lanes": 0,
+                       "weight_streaming": 0}
     #: Row lanes of a head lane: each copies the head's K and V, so a few.
     MAX_ROW_LANES = 16
 
@@ -278,7 +287,7 @@ class HwConfig:
             raise ConfigError(
                 f"DSP packing 2 pairs neighbouring output columns; {self.cols} array columns "
                 f"are odd")
-        if isinstance(self.expert_prefetch, bool) or self.expert_prefetch not in (0, 1):
+        if type(self.expert_prefetch) is not int or self.expert_prefetch not in (0, 1):
             raise ConfigError(
                 f"Expert prefetch must be 0 or 1, not {self.expert_prefetch!r}")
         if isinstance(self.memory_ports, bool) or not isinstance(self.memory_ports, int) \
@@ -321,6 +330,8 @@ class HwConfig:
             raise ConfigError(
                 f"COMBINE lanes must be 0 (as many as the {self.cols} array columns) or a "
                 f"divisor of them, not {self.combine_lanes!r}")
+        if type(self.weight_streaming) is not int or self.weight_streaming not in (0, 1):
+            raise ConfigError(f"Weight streaming must be 0 or 1, not {self.weight_streaming!r}")
         if self.max_tokens % self.rows:
             raise ConfigError(
                 f"Token buffer depth {self.max_tokens} is not a multiple of the {self.rows} "

@@ -57,7 +57,8 @@ def random_op(hw, rng, tokens, in_features, out_features, *, gelu=False, residua
 def random_hw(rng, name="random") -> HwConfig:
     """A small design point: any array shape, post lanes, buffer and FIFO depths
     the generator accepts (small, so that a build and its runs take seconds), and
-    one or two MACs per DSP48E2 (two when ``cols`` is even, half the time)."""
+    one or two MACs per DSP48E2 (two when ``cols`` is even, half the time), and the
+    weight banks' first tiles streamed behind their loads half the time."""
     post_lanes = int(rng.choice([1, 2, 4, 8]))
     cols = post_lanes * int(rng.choice([1, 2, 3]))
     rows = int(rng.integers(1, 9))
@@ -67,7 +68,7 @@ def random_hw(rng, name="random") -> HwConfig:
     packing = 2 if cols % 2 == 0 and rng.random() < 0.5 else 1
     return HwConfig(name=name, rows=rows, cols=cols, post_lanes=post_lanes,
                     max_tokens=max_tokens, max_in=max_in, out_depth=out_depth,
-                    dsp_packing=packing)
+                    dsp_packing=packing, weight_streaming=int(rng.integers(2)))
 
 
 def random_shape(hw, rng, *, max_tiles=4, max_out_tiles=3):

@@ -1,5 +1,7 @@
 """HwConfig: defaults per model, validation, the rules against a model."""
 
+import re
+
 import pytest
 
 from moevit.errors import ConfigError
@@ -163,6 +165,25 @@ def test_combine_lanes_leave_older_fingerprints_alone():
     four = hw.replace(combine_lanes=4)
     assert four.combine_width == 4 and hw_hash(four) != hw_hash(hw)
     assert HwConfig.from_dict(four.to_dict()) == four
+
+
+@pytest.mark.parametrize("value", [2, -1, True, 1.0, "1"])
+def test_bad_weight_streaming(value):
+    with pytest.raises(ConfigError, match=rf"^Weight streaming must be 0 or 1, not "
+                                          rf"{re.escape(repr(value))}$"):
+        DEFAULT_HW["tiny"].replace(weight_streaming=value)
+
+
+def test_weight_streaming_leaves_older_fingerprints_alone():
+    """0 (each tile waits for its full bank, as before the field) stays out of the
+    fingerprint; streaming is another top."""
+    from moevit.hw.program.program import hw_hash
+
+    hw = get_hw_config("tiny")
+    assert "weight_streaming" not in hw.to_dict()
+    streaming = hw.replace(weight_streaming=1)
+    assert hw_hash(streaming) != hw_hash(hw)
+    assert HwConfig.from_dict(streaming.to_dict()) == streaming
 
 
 @pytest.mark.parametrize("value", [3, 0, 32, True, 2.0])

@@ -221,21 +221,23 @@ def test_the_second_issue_lane_costs_what_yosys_counted():
     assert (round(added.lut), round(added.ff), added.dsp, added.bram36) == (4_485, 1_087, 0, 0)
 
 
-@pytest.mark.parametrize("cols, lanes, counted", [(16, 0, (255, 55_548, 33_338, 38.5)),
-                                                   (32, 0, (399, 70_869, 42_439, 42.5)),
-                                                   (32, 8, (279, 58_362, 40_902, 42.5))])
-def test_the_whole_top_is_what_yosys_counted(cols, lanes, counted):
-    """tiny's whole top (bus 128, 2 ports, max_tokens 256) at 16 and 32 array columns, and
-    at 32 with 8 COMBINE lanes, counted by Yosys flattened (2026-12-03: DSP48E2, LUT, FF,
-    BRAM36): the units' formulas, the port's arbiter, the COMBINE engine's lanes
-    (:data:`COMBINE_LANE`) and :data:`TOP_OVERHEAD` + :data:`TOP_PER_COL` add up to them.
-    The DSPs and block RAM exactly, from the structure; LUT and FF within 20, their lane's
-    share taken from the last two counts and the rest from the first two."""
+@pytest.mark.parametrize("cols, lanes, prefetch, counted", [
+    (16, 0, 0, (255, 55_548, 33_338, 38.5)), (32, 0, 0, (399, 70_869, 42_439, 42.5)),
+    (32, 8, 0, (279, 58_362, 40_902, 42.5)), (16, 0, 1, (260, 56_371, 33_527, 38.5))])
+def test_the_whole_top_is_what_yosys_counted(cols, lanes, prefetch, counted):
+    """tiny's whole top (bus 128, 2 ports, max_tokens 256) at 16 and 32 array columns, at
+    32 with 8 COMBINE lanes and at 16 with the expert prefetch, counted by Yosys flattened
+    (2026-12-03: DSP48E2, LUT, FF, BRAM36): the units' formulas, the port's arbiter, the
+    COMBINE engine's lanes (:data:`COMBINE_LANE`), the prefetch (:data:`PREFETCH`, from the
+    last count) and :data:`TOP_OVERHEAD` + :data:`TOP_PER_COL` add up to them. The block
+    RAM exactly, from the structure, and the DSPs (the prefetch's from its count); LUT and
+    FF within 20, their lane's share taken from the second and third counts and the rest
+    from the first two."""
     from moevit.hw.config import DEFAULT_HW
     from moevit.hw.cost.resources import resources
 
     total = resources(DEFAULT_HW["tiny"].replace(max_tokens=256, memory_ports=2, cols=cols,
-                                                 combine_lanes=lanes))
+                                                 combine_lanes=lanes, expert_prefetch=prefetch))
     dsp, lut, ff, bram36 = counted
     assert (total.dsp, total.bram36) == (dsp, bram36)
     assert total.lut == pytest.approx(lut, abs=20) and total.ff == pytest.approx(ff, abs=20)

@@ -1,7 +1,7 @@
 """The linear kernel against the golden model on random design points and random runs.
 
 Each design point comes from one seed: a HwConfig (array shape, post lanes,
-buffer and FIFO depths, one or two MACs per DSP48E2) and several runs, each a random sequence of
+buffer and FIFO depths, one or two MACs per DSP48E2, weight streaming or not) and several runs, each a random sequence of
 operations back to back (ragged shapes, GELU and residual on or off, 1..N
 tiles each way) with random gaps on every input stream (``desc`` included)
 and back-pressure on the output; every run shares the design point's one
@@ -34,7 +34,7 @@ from moevit.sim.units import run_linear
 
 RUNS = int(os.environ.get("MOEVIT_LINEAR_RUNS", 8))
 POINTS = int(os.environ.get("MOEVIT_LINEAR_POINTS", 30))
-FAST_SEEDS = [101, 203]   # 6 x 6 with one MAC per DSP48E2; 8 x 6 with two
+FAST_SEEDS = [101, 203]   # 6 x 6 with one MAC per DSP48E2; 8 x 6 with two; both streaming
 SLOW_SEEDS = list(range(1, POINTS + 1))
 
 

@@ -171,6 +171,47 @@ def test_top_with_layernorm_and_combine_lanes():
               f"({predicted / run['cycles'] - 1:+.3%})")
 
 
+#: The whole tiny model with a weight bank's first tile streamed behind its load
+#: (``weight_streaming``; Verilator, 2026-12-03): name -> (HwConfig changes, memory
+#: latency, cycles per task). "plain": tiny's top otherwise (455,094 / 443,896 without the
+#: streaming); "board": a board's overlaps on tiny: the expert prefetch, 2 ports with the
+#: weights striped over both, a 32 KiB on-chip window, 4 COMBINE and 8 LayerNorm lanes, 64
+#: bursts in flight behind a memory of 50 cycles' latency (402,123 / 390,098 without the
+#: streaming, 403,486 / 391,589 without the prefetch either).
+STREAMING_TOPS = {
+    "plain": (dict(weight_streaming=1), 0, (453_978, 442_172)),
+    "board": (dict(weight_streaming=1, expert_prefetch=1, max_outstanding=64, memory_ports=2,
+                   weight_ports=2, onchip_bytes=32768, combine_lanes=4, norm_lanes=8), 50,
+              (400_039, 387_853)),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(STREAMING_TOPS))
+def test_top_with_weight_streaming(name):
+    """The whole tiny model, each task, on a top whose linear kernel issues a bank's first
+    tile behind its load (:data:`STREAMING_TOPS`): bit-exact, the cycles recorded there, and
+    the cycle cost model within 2 % (-0.41 / -0.50 % plain, +1.15 / +1.27 % on the board's
+    overlaps)."""
+    from moevit.hw.cost.cycles import program_cycles
+    from moevit.hw.program.compiler import compile_program
+    from moevit.model.integer import golden
+    from moevit.sim.units import tiny_quantized
+
+    changes, latency, cycles = STREAMING_TOPS[name]
+    qmodel, image = tiny_quantized(trained=False)
+    program = compile_program(qmodel, DEFAULT_HW["tiny"].replace(**changes))
+    image = golden.quantize_image(image, qmodel.scale("input"))
+    got = check_runs(program, [(0, [image]), (1, [image])], test_id=f"top-tiny-streaming-{name}",
+                     simulator="verilator", latency=latency, timeout_us=2_000_000)
+    for task, run in enumerate(got):
+        predicted = program_cycles(program, image, task, latency=latency).cycles
+        print(f"{name} task {task}: {run['cycles']:,} cycles; cost model {predicted:,} "
+              f"({predicted / run['cycles'] - 1:+.3%})")
+        assert run["cycles"] == cycles[task]
+        assert abs(predicted / run["cycles"] - 1) < 0.02
+
+
 def _with(program, index, **fields):
     """``program.bin`` with instruction ``index`` changed (its fields, or ``opcode``)."""
     from moevit.hw.program.program import encode

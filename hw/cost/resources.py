@@ -347,6 +347,16 @@ PORT_OVERHEAD_BUS = 128
 LANE_REST = Resources(dsp=0, lut=1_207, ff=306, bram36=0, uram=0)
 
 
+#: The expert schedule overlapped (``hw.expert_prefetch``: the sequencer's look-ahead, the
+#: linear engine's read-ahead of the next job's weights, the EXPERT engine's note of the
+#: experts its scan found unchosen), measured: Yosys (``synth_xilinx -family xcup``) on tiny's
+#: whole top (bus 128, 2 ports, max_tokens 256) without and with it, 255 -> 260 DSP48E2,
+#: 55,548 -> 56,371 LUT, 33,338 -> 33,527 FF, 38.5 BRAM36 both (2026-12-03). Taken as
+#: independent of the array and the bus (addresses, counters and handshakes; the read-ahead
+#: uses the engine's FIFOs).
+PREFETCH = Resources(dsp=5, lut=823, ff=189, bram36=0, uram=0)
+
+
 def lane_overhead(hw, the_fit=None) -> Resources:
     """The side issue lane's own memory path (``hw.issue_lanes = 2``,
     :mod:`moevit.hw.top.accelerator`): three read movers and a write mover (two of the
@@ -497,7 +507,8 @@ def resources(hw, the_fit=None) -> Resources:
     """Resources of the whole top on ``hw``: its units, :data:`TOP_OVERHEAD` and
     :data:`TOP_PER_COL`,
     its memory ports' arbiters and striper (:func:`port_overhead`), a second issue lane's
-    memory path (:func:`lane_overhead`) and the on-chip activation
+    memory path (:func:`lane_overhead`), the expert prefetch's logic (:data:`PREFETCH`)
+    and the on-chip activation
     window's block RAM (``hw.onchip_bytes``; its routers are small next to the
     allowance). The top's
     MoE engines count as the MoE unit for DSP, LUT and FF (the same gate lanes) with
@@ -506,7 +517,7 @@ def resources(hw, the_fit=None) -> Resources:
     memories: the MoE unit keeps an accumulator row per token, the engines one row."""
     the_fit = the_fit or _default_fit()
     total = TOP_OVERHEAD + TOP_PER_COL * hw.cols + port_overhead(hw) + lane_overhead(
-        hw, the_fit) + Resources(bram36=sum(
+        hw, the_fit) + PREFETCH * hw.expert_prefetch + Resources(bram36=sum(
         bram36(w, d) * ports for _, w, d, ports in memories("onchip", hw)))
     for unit in TOP_UNITS:
         part = unit_resources(unit, hw, the_fit)

@@ -387,9 +387,11 @@ class LinearDescriptor(Descriptor):
           ready ``max(in_features, cols) + 1`` cycles later (``F_ot``); the next bank's
           load starts then, or when that bank is released if later;
         * a tile issues ``in_features`` steps, one per cycle, the first when its bank
-          is ready and the previous tile has issued; its last step waits until the
-          previous tile is through the shadow bank (``ISSUE_TO_COPY + 1`` cycles plus
-          the previous tile's drain after that tile's last step);
+          is ready (with ``hw.weight_streaming``: at ``A_ot + 1``, each step behind its
+          weight beat, the last one not before ``F_ot``) and the previous tile has
+          issued; its last step waits until the previous tile is through the shadow
+          bank (``ISSUE_TO_COPY + 1`` cycles plus the previous tile's drain after that
+          tile's last step);
         * a bank is released after the drain of its out tile's last token tile.
 
         Parameters
@@ -405,7 +407,7 @@ class LinearDescriptor(Descriptor):
         load = max(n_in, hw.cols) + 1
         full_drain = self.drain_cycles()
         last_drain = self.drain_cycles(self.tokens - (self.token_tiles - 1) * hw.rows)
-        ready = 1 + load                          # F_0
+        start, ready = 1, 1 + load                # A_0, F_0
         released = []                             # per out tile: its bank free again
         last = None                               # last step of the previous tile
         for ot in range(self.out_tiles):
@@ -414,10 +416,13 @@ class LinearDescriptor(Descriptor):
                 # when its own was released by out tile ot - 2, if later).
                 start = ready if ot < 2 else max(ready, released[ot - 2])
                 ready = start + load
+            # The first step: once the bank is full, or (weight streaming) once its first
+            # beat is in, a cycle after its load starts; the last step once it is full.
+            first = start + 1 if hw.weight_streaming else ready
             if last is None:
-                last = ready + n_in - 1
+                last = max(first + n_in - 1, ready)
             else:
-                last = max(max(last + 1, ready) + n_in - 1, last + through + last_drain)
+                last = max(max(last + 1, first) + n_in - 1, ready, last + through + last_drain)
             # The other token tiles of the out tile: full drains before each last one.
             last += (self.token_tiles - 1) * max(n_in, through + full_drain)
             released.append(last + through + last_drain)

@@ -364,9 +364,19 @@ class LinearKernel(wiring.Component):
         m.d.comb += x_addr.eq(c_base + c_i)
         is_last = Signal()
         m.d.comb += is_last.eq(c_i == in_last)
+        # The tile's bank: full, or (hw.weight_streaming) being loaded for this tile with
+        # the step's weight beat already written; the last step needs the whole bank (its
+        # constants).
+        bank_full = Mux(c_bank, full[1], full[0])
+        bank_ready = Signal()
+        if hw.weight_streaming:
+            m.d.comb += bank_ready.eq(bank_full | (
+                ~is_last & (l_bank == c_bank) & (l_ot == c_ot) & (l_w_got | (c_i < l_i))))
+        else:
+            m.d.comb += bank_ready.eq(bank_full)
         go = Signal()
         m.d.comb += go.eq(
-            active & (c_ot != d.out_tiles) & Mux(c_bank, full[1], full[0])
+            active & (c_ot != d.out_tiles) & bank_ready
             & (x_done | (x_addr < x_count))
             & ~(is_last & (pending | shadow_busy)))
         m.d.comb += [

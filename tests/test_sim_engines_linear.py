@@ -333,7 +333,8 @@ def test_bus_word_rule():
 def random_engine_hw(rng, *, large=False) -> HwConfig:
     """A design point the engine takes: a bus of 4..64 bytes, ``cols`` a multiple of it,
     post lanes dividing ``cols``, ``rows`` so that the array stays small, random buffer
-    depths and outstanding bursts, one or two MACs per DSP48E2."""
+    depths and outstanding bursts, one or two MACs per DSP48E2, a weight bank's first tile
+    streamed behind its load or not."""
     nbytes = int(rng.choice([4, 8, 16, 32, 64] if large else [4, 8, 16]))
     cols = nbytes * int(rng.integers(1, 4 if nbytes <= 8 else 3))
     post_lanes = int(rng.choice([p for p in (1, 2, 4, 8) if cols % p == 0]))
@@ -343,7 +344,8 @@ def random_engine_hw(rng, *, large=False) -> HwConfig:
                     max_in=nbytes * int(rng.integers(1, max(2, 96 // nbytes) + 1)),
                     out_depth=int(rng.integers(3, 9)), bus_width=8 * nbytes,
                     max_outstanding=int(rng.integers(1, 5)),
-                    dsp_packing=int(rng.integers(1, 3)))
+                    dsp_packing=int(rng.integers(1, 3)),
+                    weight_streaming=int(rng.integers(2)))
 
 
 class _Image:

@@ -788,6 +788,83 @@ def test_expert_prefetch_saves_cycles():
     assert sum(cycles[1]) < sum(cycles[0])
 
 
+
+def random_expert_layer(hw, rng):
+    """A random MoE layer's EXPERTs on ``hw`` in a memory image: x, a routing (experts
+    chosen by no token among them), each expert's weights and constants (random
+    operations, :func:`~moevit.sim.linear_cases.random_op`); ``(memory, descriptors)``:
+    every expert once in a random order, and one of them again somewhere."""
+    from test_sim_engines_linear import _Image
+
+    from moevit.hw.program.layout import pack_chan, pack_weight
+    from moevit.sim.linear_cases import random_op
+
+    nbytes = hw.bus_width // 8
+    image = _Image(rng, nbytes)
+    tokens = int(rng.integers(1, hw.max_tokens + 1))
+    dim, hidden = (nbytes * int(rng.integers(1, hw.max_in // nbytes + 1)) for _ in range(2))
+    experts = int(rng.integers(2, 7))
+    top_k = int(rng.integers(1, experts + 1))
+    chosen = rng.permutation(experts)[:max(top_k, int(rng.integers(1, experts + 1)))]
+    topk = np.stack([rng.permutation(chosen)[:top_k] for _ in range(tokens)]).astype(np.uint8)
+    x = rng.integers(-128, 128, (tokens, dim), dtype=np.int8)
+    shared = dict(tokens=tokens, dim=dim, hidden=hidden, top_k=top_k,
+                  x_addr=image.place(x.tobytes()), topk_addr=image.place(topk.tobytes()),
+                  hidden_addr=image.place(size=tokens * hidden),
+                  slots_addr=image.place(size=tokens * top_k * dim))
+
+    def place(op, name):
+        return {f"{name}_w_addr": image.place(pack_weight(op["weight"], hw.cols)),
+                f"{name}_chan_addr": image.place(pack_chan(op["bias"], op["multiplier"],
+                                                           op["shift"], hw.cols))}
+
+    descs = []
+    for e in range(experts):
+        fc1 = random_op(hw, rng, tokens, dim, hidden, gelu=True)
+        fc2 = random_op(hw, rng, tokens, hidden, dim)
+        gelu = {k: getattr(fc1["desc"], k) for k in ("gelu_b", "gelu_c", "gelu_mult",
+                                                      "gelu_shift")}
+        descs.append(ExpertDescriptor(hw, expert=e, **gelu, **place(fc1, "fc1"),
+                                      **place(fc2, "fc2"), **shared))
+    order = [descs[k] for k in rng.permutation(experts)]
+    order.insert(int(rng.integers(len(order) + 1)), order[int(rng.integers(len(order)))])
+    return image.memory(), order
+
+
+def _expert_point(seed, *, large, simulator=None):
+    """:func:`random_expert_layer` on a random design point of the linear engine's
+    (:func:`random_engine_hw`: bus, array, one or two MACs a DSP48E2) with the expert
+    prefetch, streaming a bank's first tile behind its load half the time, on the EXPERT
+    and the linear engine under random stalls: the whole image equals the interpreter's."""
+    from test_sim_engines_linear import random_engine_hw
+
+    rng = np.random.default_rng(seed)
+    hw = random_engine_hw(rng, large=large).replace(expert_prefetch=1,
+                                                    weight_streaming=int(rng.integers(2)))
+    memory, descs = random_expert_layer(hw, rng)
+    d = descs[0]
+    print(f"seed {seed}: {hw}; {len(descs)} EXPERTs of {d.tokens} tokens, dim {d.dim}, "
+          f"hidden {d.hidden}, top-{d.top_k}")
+    want = memory.copy()
+    run_instructions(want, hw, descs, 0)
+    got, summary = _run(ExpertWithLinear(hw), hw, memory, [d.to_int() for d in descs],
+                        f"engine-expert-prefetch-{seed}", seed, simulator)
+    what = f"EXPERTs with prefetch (seed {seed}, {hw})"
+    assert summary["errors"] == [0] * len(descs), what
+    _compare(got, want, what)
+
+
+def test_expert_prefetch_random_design_point():
+    """One small random design point of :func:`_expert_point` (Icarus)."""
+    _expert_point(_seed(), large=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", _slow_seeds())
+def test_expert_prefetch_random_design_points(seed):
+    """:func:`_expert_point` on larger random design points (buses up to 64 bytes)."""
+    _expert_point(seed, large=True, simulator=_slow_simulator())
+
 # COMBINE --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("lanes", [0, 4])
 def test_combine_tiny_program_and_random(lanes):

@@ -164,6 +164,45 @@ def test_targets_are_checked_and_say_what_stops_them(rows):
             assert t["met"] or row["binding_limit"] in t["limit"]
 
 
+
+@pytest.mark.parametrize("board", BOARDS)
+@pytest.mark.parametrize("config", ["edge-moe", "m3vit-s"])
+def test_latency_floors_bound_the_prediction(rows, board, config):
+    """The two floors are lower bounds: the weights' reading <= the schedule's floor <= the
+    predicted latency."""
+    row = rows[board, config]
+    print(f"\n{board} {config}: weights {row['weights_floor_ms']:.3f} ms, serial "
+          f"{row['serial_floor_ms']:.3f} ms, predicted {row['latency_ms']:.3f} ms")
+    assert 0 < row["weights_floor_ms"] <= row["serial_floor_ms"] <= row["latency_ms"]
+
+
+def test_the_weights_floor_is_every_weight_read_once(rows):
+    """edge-moe's weights floor on ZCU102, counted again from the model's layers: each
+    layer's weights and 8-byte channel constants, its outputs padded to whole array
+    columns, once per image (balanced routing: every expert chosen), at the row's
+    bandwidth; the latency target's limit names the schedule's floor it lies under."""
+    from moevit.model.config import get_config
+
+    row, m = rows["zcu102", "edge-moe"], get_config("edge-moe")
+    cols = row["hw"]["cols"]
+
+    def layer(inputs, outputs):
+        padded = -(-outputs // cols) * cols
+        return padded * inputs + 8 * padded
+
+    semseg = m.tasks[0].classes * m.patch ** 2
+    total = (layer(m.patch_dim, m.dim) + layer(m.dim, semseg)
+             + m.depth * (layer(m.dim, 3 * m.dim) + layer(m.dim, m.dim)))
+    for i in range(m.depth):
+        total += (layer(m.dim, m.experts) + m.experts * (layer(m.dim, m.expert_hidden)
+                                                         + layer(m.expert_hidden, m.dim))
+                  if m.is_moe(i) else layer(m.dim, m.mlp_hidden) + layer(m.mlp_hidden, m.dim))
+    assert row["task"] == "semseg"
+    assert row["weights_floor_ms"] == pytest.approx(total / (row["bandwidth_gbs"] * 1e6))
+    latency = next(t for t in row["targets"] if t["field"] == "latency_ms")
+    assert (f"{row['serial_floor_ms']:.2f} ms" in latency["limit"]) == \
+        (latency["value"] < row["serial_floor_ms"])
+
 @pytest.mark.parametrize("bandwidth, onchip, prefetch", [(None, 0, 0), (1.0, 0, 0),
                                                          (1.0, 32768, 0), (None, 0, 1)])
 def test_predict_is_the_cost_model_of_the_compiled_program(bandwidth, onchip, prefetch):

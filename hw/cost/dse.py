@@ -1427,6 +1427,8 @@ def point_row(point, board, work, fabric=True) -> dict:
         "objective": OBJECTIVES[board.host][0], "objective_reason": OBJECTIVES[board.host][1],
         "attention_share": point.share, "hw": hw.to_dict(),
     }
+    floors = latency_floors(work, hw, board, point.task)
+    row.update(weights_floor_ms=floors["weights"], serial_floor_ms=floors["serial"])
     if point.largest is not None:
         big = point.largest
         row.update(largest_mac_units=big.mac_units, largest_dsp=int(big.resources.dsp),
@@ -1442,9 +1444,52 @@ def _bandwidth(board, hw):
     return min(hw.memory_ports * port, memory)
 
 
+def weight_bytes(step, hw) -> int:
+    """Bytes of weights and channel constants ``step`` reads on ``hw`` (a LINEAR's, a
+    chosen expert's two layers'), padded to whole ``cols`` tiles as the compiler lays
+    them out: what every image reads at batch 1 wherever its activations are."""
+    if step.mnemonic == "LINEAR" or (step.mnemonic == "EXPERT" and step.routed):
+        moved = moved_bytes(step, hw)
+        return moved.get("w", 0) + moved.get("chan", 0)
+    return 0
+
+
+def peak_cycles(step, hw) -> float:
+    """The fewest cycles ``step`` could take on its unit of ``hw``: its multiply-accumulates
+    on every MAC unit at once (LINEAR and EXPERT on the linear array, ATTENTION's QK and
+    PV on the attention kernel's); another instruction's compute as the model costs it
+    (LayerNorm, routing, COMBINE: a row a few cycles, nothing left to take)."""
+    f = step.values
+    if step.mnemonic == "LINEAR":
+        return f["tokens"] * f["in_features"] * f["out_features"] / hw.macs
+    if step.mnemonic == "EXPERT":
+        return 2 * step.routed * f["dim"] * f["hidden"] / hw.macs
+    if step.mnemonic == "ATTENTION":
+        return 2 * f["tokens"] ** 2 * f["heads"] * f["head_dim"] / hw.attention_macs
+    return _other_cycles(step, hw)[0]
+
+
+def latency_floors(work, hw, board, task) -> dict:
+    """Two lower bounds of ``task``'s latency at batch 1 on ``hw`` (ms): ``weights``, every
+    weight read once at the bandwidth the design gets (:func:`_bandwidth`), and
+    ``serial``, the top's schedule (one instruction at a time) with every instruction at
+    its unit's peak (:func:`peak_cycles`) or its weights' reading, whichever is longer. Below
+    ``serial`` only instructions run side by side can go, which no HwConfig field gives."""
+    bandwidth = _bandwidth(board, hw)
+    weights = serial = 0.0
+    for step, count in work.steps(task, hw.onchip_bytes):
+        reading = weight_bytes(step, hw) / bandwidth
+        weights += count * reading
+        serial += count * max(peak_cycles(step, hw), reading)
+    return {name: cycles / (hw.clock_mhz * 1e3)
+            for name, cycles in (("weights", weights), ("serial", serial))}
+
+
 def _target(row, name, op, value):
     """A target's verdict; when missed, what stops it: for the MAC units the resource
-    nearest its limit (a larger array needs more of it), else the binding limit."""
+    nearest its limit (a larger array needs more of it); for the latency, the binding limit
+    and, when the target is below it, the floor of the top's schedule (:func:`latency_floors`);
+    else the binding limit."""
     met = row[name] >= value if op == ">=" else row[name] <= value
     limit = row["binding_limit"]
     if name == "mac_units":
@@ -1454,9 +1499,12 @@ def _target(row, name, op, value):
         key = max(used, key=used.get)
         limit = (f"{key.upper()} {used[key]:.0%} of its usable share"
                  + (" (Yosys upper bound)" if key in ("lut", "ff") else "")
-                 + f"; the largest array that fits, {row.get('largest_array')} with "
-                 f"{row.get('largest_mac_units')} MAC units and {row.get('largest_dsp')} DSPs, "
-                 f"is not faster: {row['binding_limit']} binds")
+                 + f"; the point with the most MAC units that fits (array "
+                 f"{row.get('largest_array')}), {row.get('largest_mac_units')} MAC units and "
+                 f"{row.get('largest_dsp')} DSPs, is not faster: {row['binding_limit']} binds")
+    if name == "latency_ms" and value < row["serial_floor_ms"]:
+        limit += (f"; below this top's floor, {row['serial_floor_ms']:.2f} ms: one instruction at "
+                  f"a time, each at its unit's peak or its weights' reading")
     return {"field": name, "op": op, "value": value, "predicted": row[name], "met": bool(met),
             "limit": None if met else limit}
 
@@ -1506,6 +1554,9 @@ def print_dse(rows) -> None:
             if r["board_" + key] else f"{name} {r[key]:,.0f}/0"
             for name, key in (("DSP", "dsp"), ("LUT", "lut"), ("FF", "ff"),
                               ("BRAM36", "bram36"), ("URAM", "uram"))))
+        print(f"  floors at batch 1: every weight read once at {r['bandwidth_gbs']:.1f} GB/s "
+              f"{r['weights_floor_ms']:.3f} ms; one instruction at a time, each at its unit's "
+              f"peak or its weights' reading, {r['serial_floor_ms']:.3f} ms")
         total = sum(r["unit_cycles"].values())
         print("  cycles per unit: " + ", ".join(f"{u} {c / total:.0%}"
                                                 for u, c in r["unit_cycles"].items()))

@@ -168,6 +168,8 @@ def write_report(folder, *, quick=False, progress=True, sections=()) -> Path:
                                         f"({r['mac_units']:,})"),
         ("packing", lambda r: r["dsp_packing"]),
         ("latency, batch 1", lambda r: f"{r['latency_ms']:.2f} ms *predicted*"),
+        ("floors: weights / schedule", lambda r: f"{r['weights_floor_ms']:.2f} / "
+                                                 f"{r['serial_floor_ms']:.2f} ms *derived*"),
         ("FPS batch 1", lambda r: f"{r['fps_batch1']:.0f} *predicted*"),
         ("best FPS (batch)", lambda r: f"{r['best_fps']:.0f} ({r['best_batch']}) *predicted*"),
         ("GOPS", lambda r: f"{r['gops']:.0f} *predicted*"),
@@ -216,7 +218,11 @@ figure, formula given), *predicted* (moevit's cost model: `moevit dse`), *simula
 Each board's point chosen by `moevit dse --board B --config edge-moe` (by the board's
 objective: {'; '.join(f'{host}: {why}' for host, (_, why) in OBJECTIVES.items())}), LUT and FF limited by Yosys's
 counts (upper bounds), every resource at most {', '.join(f'{k} {v:.0%}' for k, v in USABLE.items())}
-of the board. Routing: {ROUTING}.
+of the board. Routing: {ROUTING}. The floors bound the batch-1 latency from below
+(`latency_floors`, the same cycle model's terms): every weight read once at the design's
+bandwidth, and this top's schedule, one instruction at a time, with each at its unit's peak
+MAC rate or its weights' reading, whichever is longer (only instructions run side by side
+go under it).
 
 {ours}
 

@@ -425,7 +425,7 @@ def _random_run(seed, *, count, large, shared, simulator=None, packing=None):
     print(f"design point: rows={hw.rows} cols={hw.cols} post_lanes={hw.post_lanes} "
           f"max_tokens={hw.max_tokens} max_in={hw.max_in} out_depth={hw.out_depth} "
           f"bus_width={hw.bus_width} max_outstanding={hw.max_outstanding} "
-          f"dsp_packing={hw.dsp_packing}")
+          f"dsp_packing={hw.dsp_packing} weight_streaming={hw.weight_streaming}")
     memory, jobs = random_jobs(hw, rng, count)
     pauses = str(rng.choice(["none", "fixed", "random"])) if large else "random"
     run_jobs(hw, memory, jobs, test_id=f"engine-linear-random-{seed}", seed=seed,

@@ -833,14 +833,13 @@ def random_expert_layer(hw, rng):
 
 def _expert_point(seed, *, large, simulator=None):
     """:func:`random_expert_layer` on a random design point of the linear engine's
-    (:func:`random_engine_hw`: bus, array, one or two MACs a DSP48E2) with the expert
-    prefetch, streaming a bank's first tile behind its load half the time, on the EXPERT
-    and the linear engine under random stalls: the whole image equals the interpreter's."""
+    (:func:`random_engine_hw`: bus, array, one or two MACs a DSP48E2, weight streaming or
+    not) with the expert prefetch, on the EXPERT and the linear engine under random stalls:
+    the whole image equals the interpreter's."""
     from test_sim_engines_linear import random_engine_hw
 
     rng = np.random.default_rng(seed)
-    hw = random_engine_hw(rng, large=large).replace(expert_prefetch=1,
-                                                    weight_streaming=int(rng.integers(2)))
+    hw = random_engine_hw(rng, large=large).replace(expert_prefetch=1)
     memory, descs = random_expert_layer(hw, rng)
     d = descs[0]
     print(f"seed {seed}: {hw}; {len(descs)} EXPERTs of {d.tokens} tokens, dim {d.dim}, "

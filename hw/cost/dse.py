@@ -84,8 +84,8 @@ from moevit.errors import ConfigError
 
 __all__ = ["ROUTING", "USABLE", "ATTENTION_SHARES", "ROW_LANES", "MAX_BATCH", "LATENCY_SLACK",
            "PORTS_SLACK", "ONCHIP_CHOICES", "BUS_CHOICES", "OBJECTIVES", "Workload", "workload",
-           "read_bytes", "moved_bytes", "predict", "Point", "search", "dse_rows", "print_dse",
-           "save_config"]
+           "read_bytes", "moved_bytes", "weight_bytes", "peak_cycles", "latency_floors", "predict",
+           "Point", "search", "dse_rows", "print_dse", "save_config"]
 
 ROUTING = ("balanced: every expert of a MoE layer gets ceil(tokens x top_k / experts) tokens, "
            "so every expert's weights are read once per image")

@@ -16,10 +16,11 @@ bench: its jobs against ``ExpertDescriptor.linears(n)``, its index answers again
 read bursts, so that no weight of an unchosen expert is fetched). The bench records every
 read burst: ROUTE and COMBINE must read exactly their operands.
 
-Fast (``make test``, Icarus): the tiny program and one random sequence per engine.
+Fast (``make test``, Icarus): the tiny program, one random sequence per engine, and
+EXPERTs with the expert prefetch on one random design point of the linear engine's.
 Slow (``make sim``, ``$SIM``, Verilator by default here): the second task, random
-design points (bus width, lanes, tokens), ``MOEVIT_MOE_ENGINE_POINTS`` of them
-(default 6). Every seed is printed; ``MOEVIT_SEED=<seed>`` replays it.
+design points (bus width, lanes, tokens; the prefetch's: bus, array, packing, weight
+streaming), ``MOEVIT_MOE_ENGINE_POINTS`` of them (default 6). Every seed is printed; ``MOEVIT_SEED=<seed>`` replays it.
 """
 
 import functools
@@ -788,7 +789,6 @@ def test_expert_prefetch_saves_cycles():
     assert sum(cycles[1]) < sum(cycles[0])
 
 
-
 def random_expert_layer(hw, rng):
     """A random MoE layer's EXPERTs on ``hw`` in a memory image: x, a routing (experts
     chosen by no token among them), each expert's weights and constants (random
@@ -863,6 +863,7 @@ def test_expert_prefetch_random_design_point():
 def test_expert_prefetch_random_design_points(seed):
     """:func:`_expert_point` on larger random design points (buses up to 64 bytes)."""
     _expert_point(seed, large=True, simulator=_slow_simulator())
+
 
 # COMBINE --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("lanes", [0, 4])

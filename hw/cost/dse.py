@@ -513,11 +513,17 @@ def _expert_linears(step, hw, n):
 _CYCLES = {}  # (shape, the hw fields a cost reads, tokens) -> cycles: shared by the points
 
 
+def _linear_fields(hw) -> tuple:
+    """The fields of ``hw`` a linear step's compute, drains and tiles depend on (the keys
+    of their :data:`_CYCLES` entries)."""
+    return hw.rows, hw.cols, hw.post_lanes, hw.weight_streaming
+
+
 def _chunk_cycles(step, hw, tokens) -> int:
     """Compute cycles of a linear step (LINEAR, or an EXPERT's two layers) on ``tokens``."""
     from moevit.hw.cost.cycles import compute_cycles, expert_cycles
 
-    key = (step.shape, hw.rows, hw.cols, hw.post_lanes, hw.weight_streaming, tokens)
+    key = (step.shape, *_linear_fields(hw), tokens)
     if key not in _CYCLES:
         _CYCLES[key] = (expert_cycles(*_expert_linears(step, hw, tokens))
                         if step.mnemonic == "EXPERT"
@@ -531,7 +537,7 @@ def _chunk_drain(step, hw, tokens, by_mover, bandwidth, memory_bandwidth) -> int
     from moevit.hw.cost.cycles import linear_drain, linear_tile_outputs, memory_cycles
 
     # visible_drains, its jobs' drains and tile outputs kept per shape.
-    key = ("drain", step.shape, hw.rows, hw.cols, hw.post_lanes, hw.weight_streaming, tokens)
+    key = ("drain", step.shape, *_linear_fields(hw), tokens)
     if key not in _CYCLES:
         jobs = (_expert_linears(step, hw, tokens) if step.mnemonic == "EXPERT"
                 else [step.descriptor(hw, tokens=tokens)])
@@ -552,7 +558,7 @@ def _chunk_wait(step, hw, tokens, by_mover, bandwidth, memory_bandwidth) -> int:
 
     # linear_wait(job, x cycles) = max(0, x cycles - the job's first tile): the tiles and
     # the first layer's share of x kept per shape (descriptors are slow to build).
-    key = ("tiles", step.shape, hw.rows, hw.cols, hw.post_lanes, hw.weight_streaming, tokens)
+    key = ("tiles", step.shape, *_linear_fields(hw), tokens)
     if key not in _CYCLES:
         if step.mnemonic == "EXPERT":
             fc1, fc2 = _expert_linears(step, hw, tokens)

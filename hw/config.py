@@ -143,6 +143,14 @@ class HwConfig:
         each five DSP48E2 (gate weight, requantize, residual add): 0, as many as ``cols``;
         else a divisor of ``cols``. A COMBINE takes ``(top_k + 1) * dim / lanes`` cycles
         a token: more lanes than its slots arrive at only cost DSPs.
+    token_chunks : int
+        1: on a top of two issue lanes, a one-image program runs its token-wise layers
+        (LayerNorm, the linear layers, the gate and its routing, COMBINE) in two chunks of
+        rows, one chunk's linear layers beside the other's LayerNorm, routing and COMBINE
+        (:meth:`moevit.hw.program.compiler._Compiler.token_chunks`); the attention and the
+        experts still take every row at once. 0: one image runs one instruction at a time.
+        Only the compiler reads it: the RTL and the programs' fingerprint are the two-lane
+        top's (:meth:`rtl`).
     weight_streaming : int
         1: the linear kernel issues a weight bank's first token tile behind the bank's
         load, each step once its weight beat is in (as it does behind the ``x`` stream),
@@ -196,6 +204,8 @@ class HwConfig:
     combine_lanes: int = 0
     # A weight bank's first token tile issues behind its load (issue 14): 0 or 1.
     weight_streaming: int = 0
+    # One image's token-wise layers in two chunks on the two issue lanes (issue 14): 0 or 1.
+    token_chunks: int = 0
 
     # Fixed by the numeric contract (moevit.model.integer.intops.requantize).
     BIAS_WIDTH = 32
@@ -212,7 +222,9 @@ class HwConfig:
     #: stay valid.
     SILENT_DEFAULTS = {"memory_ports": 1, "norm_lanes": 1, "onchip_bytes": 0,
                        "weight_ports": 1, "row_lanes": 1, "issue_lanes": 1, "combine_lanes": 0,
-                       "weight_streaming": 0}
+                       "weight_streaming": 0, "token_chunks": 0}
+    #: Fields the RTL does not read (how the compiler lays a program out): :meth:`rtl`.
+    COMPILER_ONLY = ("token_chunks",)
     #: Row lanes of a head lane: each copies the head's K and V, so a few.
     MAX_ROW_LANES = 16
 
@@ -332,6 +344,11 @@ class HwConfig:
                 f"divisor of them, not {self.combine_lanes!r}")
         if type(self.weight_streaming) is not int or self.weight_streaming not in (0, 1):
             raise ConfigError(f"Weight streaming must be 0 or 1, not {self.weight_streaming!r}")
+        if type(self.token_chunks) is not int or self.token_chunks not in (0, 1):
+            raise ConfigError(f"Token chunks must be 0 or 1, not {self.token_chunks!r}")
+        if self.token_chunks and self.issue_lanes == 1:
+            raise ConfigError("Token chunks run one chunk beside the other on two issue lanes; "
+                              "this HwConfig has one (issue_lanes 1)")
         if self.max_tokens % self.rows:
             raise ConfigError(
                 f"Token buffer depth {self.max_tokens} is not a multiple of the {self.rows} "
@@ -438,6 +455,13 @@ class HwConfig:
     def replace(self, **changes) -> "HwConfig":
         """A copy with some fields changed, validated again."""
         return replace(self, **changes)
+
+    def rtl(self) -> "HwConfig":
+        """This HwConfig less the fields only the compiler reads (:data:`COMPILER_ONLY` at
+        their defaults): what the RTL is generated from and what a program's fingerprint
+        names (:func:`moevit.hw.program.program.hw_hash`), so one top runs the programs of
+        both."""
+        return self.replace(**{name: self.SILENT_DEFAULTS[name] for name in self.COMPILER_ONLY})
 
     def to_dict(self) -> dict:
         """The fields, less those at their :data:`SILENT_DEFAULTS` value."""

@@ -118,7 +118,7 @@ def verilog_file(unit: str, hw, folder=None) -> Path:
     if folder is None:
         # Keyed by the unit, the HwConfig and the source of every hw module and
         # of the integer units they build from, so an edit never reuses stale Verilog.
-        digest = hashlib.sha256(json.dumps([unit, hw.to_dict()], sort_keys=True,
+        digest = hashlib.sha256(json.dumps([unit, hw.rtl().to_dict()], sort_keys=True,
                                            default=str).encode())
         for source in [*sorted(Path(__file__).parent.rglob("*.py")), Path(intops.__file__)]:
             digest.update(source.read_bytes())

@@ -1,5 +1,6 @@
 """Programs for a top of two issue lanes (HwConfig ``issue_lanes = 2``): the compiler splits a
-batch into two half batches and interleaves them, marking ``concurrent`` the instructions
+batch into two half batches, or one image's token-wise layers into two chunks of rows, and
+interleaves them, marking ``concurrent`` the instructions
 that do not depend on the one last issued to the other lane. Checked: every image's map is
 the golden model's; no two instructions that may run at once touch the same bytes (one
 writing them), by the interpreter's own log of every read and write; the check fails on a
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from moevit.hw.config import DEFAULT_HW
-from moevit.hw.program.compiler import compile_program, running_with
+from moevit.hw.program.compiler import compile_program, running_with, segments_of
 from moevit.hw.program.interpreter import head_map, image_output, run_images, run_instructions
 from moevit.hw.program.isa import LANE_OF
 from moevit.hw.program.program import ProgramError, decode
@@ -17,6 +18,7 @@ from moevit.model.integer import golden
 from moevit.sim.benches.engines import replay_seed
 
 TWO_LANES = DEFAULT_HW["tiny"].replace(max_tokens=256, memory_ports=2, issue_lanes=2)
+CHUNKS = TWO_LANES.replace(token_chunks=1)
 
 
 @pytest.fixture(scope="module")
@@ -83,11 +85,11 @@ def _conflicts(program, images, task):
     return sorted(set(bad))
 
 
-@pytest.mark.parametrize("batch, onchip", [(2, 0), (3, 0), (2, 32768)])
+@pytest.mark.parametrize("batch, onchip", [(1, 0), (1, 32768), (2, 0), (3, 0), (2, 32768)])
 def test_two_streams_compute_each_image_and_never_touch_each_others_bytes(tiny, batch, onchip):
     qmodel, image = tiny
-    hw = TWO_LANES.replace(max_tokens=64 * (-(-batch * qmodel.config.tokens // 64)),
-                           onchip_bytes=onchip)
+    hw = (CHUNKS if batch == 1 else TWO_LANES).replace(
+        max_tokens=64 * (-(-batch * qmodel.config.tokens // 64)), onchip_bytes=onchip)
     program = compile_program(qmodel, hw, batch=batch)
     images = _images(image, batch)
     marked = sum(program.concurrent)
@@ -133,10 +135,51 @@ def test_the_check_finds_a_wrongly_marked_instruction(tiny):
     assert tried == 3
 
 
-def test_one_lane_or_one_image_marks_nothing(tiny):
+def test_one_image_on_two_lanes_runs_its_token_wise_layers_in_two_chunks(tiny):
+    """One image on two lanes: between the layers that need every token (the patch
+    embedding, the attention, the experts, the head: joint, each waiting for both lanes),
+    two streams of the same layers on two chunks of rows. tiny's 65 tokens are cut at row
+    32: its routing rows of 2 bytes start on 64 bytes every 32 rows, and 32 is the nearest
+    such row to the middle."""
+    qmodel, _ = tiny
+    program = compile_program(qmodel, CHUNKS)
+    tokens = qmodel.config.tokens
+    segments = segments_of(program.streams)
+    assert [kind for kind, _ in segments][:2] == ["joint", "split"] and len(segments) > 8
+    chunked = set()
+    for kind, parts in segments:
+        code = [[program.instructions[k] for k in part] for part in parts]
+        if kind == "joint":
+            assert not any(program.concurrent[k] for k in parts[0])
+            assert {d.MNEMONIC for d in code[0]} <= {"PATCHIFY", "LINEAR", "COPY", "ATTENTION",
+                                                     "EXPERT", "TASK_LINEAR"}
+            assert all(d.tokens in (tokens, tokens - 1) for d in code[0] if hasattr(d, "tokens"))
+            continue
+        first, second = code
+        assert [d.MNEMONIC for d in first] == [d.MNEMONIC for d in second]
+        assert {d.tokens for d in first} == {32} and {d.tokens for d in second} == {tokens - 32}
+        chunked |= {d.MNEMONIC for d in first}
+    assert chunked == {"LAYERNORM", "LINEAR", "TASK_LINEAR", "ROUTE", "COMBINE"}
+
+
+def test_token_chunks_are_the_compilers_alone():
+    """``token_chunks`` is kept with the HwConfig but is not hardware: the RTL and a
+    program's fingerprint are the two-lane top's, so one top runs both programs."""
+    from moevit.hw.program.program import hw_hash
+
+    assert CHUNKS.to_dict()["token_chunks"] == 1 and "token_chunks" not in TWO_LANES.to_dict()
+    assert CHUNKS.rtl() == TWO_LANES and hw_hash(CHUNKS) == hw_hash(TWO_LANES)
+    assert hw_hash(TWO_LANES.replace(issue_lanes=1)) != hw_hash(TWO_LANES)
+
+
+def test_one_lane_or_one_image_unchunked_marks_nothing(tiny):
     qmodel, _ = tiny
     assert compile_program(qmodel, TWO_LANES).concurrent == ()
     one_lane = TWO_LANES.replace(issue_lanes=1)
+    assert compile_program(qmodel, one_lane).concurrent == ()
+    # Chunks compile the batch as without them (its halves are the streams).
+    assert compile_program(qmodel, CHUNKS.replace(max_tokens=192), batch=2).instructions \
+        == compile_program(qmodel, TWO_LANES.replace(max_tokens=192), batch=2).instructions
     assert compile_program(qmodel, one_lane, batch=2).concurrent == ()
     # The same instructions but for the order: the two halves of the batch.
     two = compile_program(qmodel, TWO_LANES, batch=2)
@@ -178,6 +221,11 @@ def test_two_lanes_need_two_memory_ports():
         DEFAULT_HW["tiny"].replace(issue_lanes=2)
     with pytest.raises(ConfigError, match="^Issue lanes must be 1 or 2, not 3"):
         TWO_LANES.replace(issue_lanes=3)
+    with pytest.raises(ConfigError, match=r"^Token chunks run one chunk beside the other on two "
+                       r"issue lanes; this HwConfig has one \(issue_lanes 1\)$"):
+        TWO_LANES.replace(issue_lanes=1, token_chunks=1)
+    with pytest.raises(ConfigError, match="^Token chunks must be 0 or 1, not 2$"):
+        TWO_LANES.replace(token_chunks=2)
 
 
 def test_running_with_by_hand():

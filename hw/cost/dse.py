@@ -225,14 +225,16 @@ def step_fields(d):
 def _reference_hw(model, batch=1, lanes=1):
     """A HwConfig the compiler accepts for ``model``: its default with a token buffer
     that holds the whole sequence of ``batch`` images (the workload does not depend on
-    it), and ``lanes`` issue lanes (two memory ports for two)."""
+    it), and ``lanes`` issue lanes (two memory ports for two; one image on two in token
+    chunks)."""
     from moevit.hw.config import HwConfig
 
     base = HwConfig.for_model(model)
     tokens = -(-model.tokens * batch // base.rows) * base.rows
     kv = max(base.kv_depth, model.tokens)
     return base.replace(max_tokens=max(base.max_tokens, tokens), kv_depth=kv,
-                        memory_ports=max(base.memory_ports, lanes), issue_lanes=lanes)
+                        memory_ports=max(base.memory_ports, lanes), issue_lanes=lanes,
+                        token_chunks=int(lanes == 2 and batch == 1))
 
 
 #: Changes when :func:`_compile` changes what it keeps (a cached workload is then stale).
@@ -771,19 +773,19 @@ def interleave_cycles(step, hw) -> int:
 
 def lanes_order(work, task, hw):
     """``(steps, concurrent)`` of ``work`` (a workload compiled for two issue lanes) in the
-    order the compiler gives ``hw`` (:func:`~moevit.hw.program.compiler.interleave` of its
-    two half batches on :func:`interleave_cycles`, then the head), with their flags."""
-    from moevit.hw.program.compiler import interleave
+    order the compiler gives ``hw`` (:func:`~moevit.hw.program.compiler.schedule` of its
+    segments, :func:`~moevit.hw.program.compiler.segments_of` its streams: the two half
+    batches, or one image's two token chunks between its joint steps, interleaved on
+    :func:`interleave_cycles`), with their flags."""
+    from moevit.hw.program.compiler import schedule, segments_of
     from moevit.hw.program.isa import LANE_OF
 
     steps = work.in_order(task, hw.onchip_bytes)
-    halves = [[k for k, s in enumerate(work.streams) if s == half] for half in (0, 1)]
-    order, concurrent = interleave([[(LANE_OF[steps[k].mnemonic],
-                                      interleave_cycles(steps[k], hw)) for k in half]
-                                     for half in halves])
-    tail = [k for k, s in enumerate(work.streams) if s == -1]
-    return ([steps[k] for k in [halves[h][i] for h, i in order] + tail],
-            concurrent + (False,) * len(tail))
+    segments = segments_of(work.streams)
+    order, concurrent, _ = schedule([(kind, [[(LANE_OF[steps[k].mnemonic],
+                                               interleave_cycles(steps[k], hw)) for k in part]
+                                             for part in parts]) for kind, parts in segments])
+    return [steps[segments[s][1][max(stream, 0)][i]] for s, stream, i in order], concurrent
 
 
 def predict_lanes(work, task, hw, bandwidth, batch=1, memory_bandwidth=None, latency=0):
@@ -858,8 +860,8 @@ def _norm_lanes(steps, hw, bandwidth, model) -> int:
     """The fewest LayerNorm lanes that give the ``LAYERNORM`` ``steps`` their fewest
     cycles on ``hw`` at ``bandwidth`` (more lanes stop paying once the instruction is
     memory-bound): among those the model's width, the bus and ``max_in`` allow."""
-    key = ("norm_lanes", hw.bus_width, hw.max_in, hw.memory_ports, hw.weight_ports, bandwidth,
-           model.name)
+    key = ("norm_lanes", hw.bus_width, hw.max_in, hw.memory_ports, hw.weight_ports,
+           hw.issue_lanes, bandwidth, model.name)
     if key not in _CYCLES:
         allowed = [n for n in _divisors(model.dim, NORM_LANES)
                    if 8 * n <= hw.bus_width and hw.max_in % n == 0]
@@ -875,8 +877,8 @@ def _combine_lanes(steps, hw, bandwidth) -> int:
     column. Judged with every tensor in DRAM: on chip the slots arrive a bus word a
     cycle, so the choice may be short of that pace (the search's cycles are then the
     ones it gets)."""
-    key = ("combine_lanes", hw.cols, hw.bus_width, hw.memory_ports, hw.weight_ports, bandwidth,
-           steps)
+    key = ("combine_lanes", hw.cols, hw.bus_width, hw.memory_ports, hw.weight_ports,
+           hw.issue_lanes, bandwidth, steps)
     if key not in _CYCLES:
         allowed = [n for n in NORM_LANES if n <= hw.cols and hw.cols % n == 0]
         lanes = min(allowed, key=lambda n: (
@@ -1005,9 +1007,7 @@ def _ports(work, hw, board, the_fit, fabric):
             res = resources(candidate, the_fit)
             if tried and _fits(res, board, fabric):
                 break
-            port, memory, latency = _bandwidths(board, candidate)
-            runs = {t: predict(work.steps(t, candidate.onchip_bytes), candidate, port,
-                               memory_bandwidth=memory, latency=latency) for t in work.tasks}
+            runs = batch1_runs(work, candidate, board)
             tried.append((max(r.cycles for r in runs.values()), candidate, res, runs))
             if not any(r.memory_cycles for r in runs.values()):
                 break                   # compute-bound everywhere: more ports gain nothing
@@ -1034,10 +1034,19 @@ def _lanes_on_ports(work, hw, res, runs, norms, combines, board, the_fit, fabric
     fitted = resources(candidate, the_fit)
     if _fits(fitted, board, fabric):
         return hw, res, runs
-    port, memory, latency = _bandwidths(board, candidate)
-    return candidate, fitted, {t: predict(work.steps(t, candidate.onchip_bytes), candidate, port,
-                                          memory_bandwidth=memory, latency=latency)
-                               for t in work.tasks}
+    return candidate, fitted, batch1_runs(work, candidate, board)
+
+
+def batch1_runs(work, hw, board) -> dict:
+    """Task -> the :class:`Prediction` of one image of ``work`` (a one-lane workload of batch
+    1) on ``hw`` on ``board``; with ``hw.token_chunks``, of the program the compiler then
+    gives it: the image's token chunks interleaved on the two lanes (:func:`predict_lanes`)."""
+    port, memory, latency = _bandwidths(board, hw)
+    if hw.token_chunks:
+        chunked = workload(work.config, lanes=2)
+        return {t: predict_lanes(chunked, t, hw, port, 1, memory, latency) for t in work.tasks}
+    return {t: predict(work.steps(t, hw.onchip_bytes), hw, port, memory_bandwidth=memory,
+                       latency=latency) for t in work.tasks}
 
 
 def _batches(tokens, hw):
@@ -1054,7 +1063,7 @@ def _best_batch(work, hw, board, task):
     best = (1, None, None)
     port, memory, latency = _bandwidths(board, hw)
     for batch in _batches(work.tokens, hw):
-        if hw.issue_lanes == 2 and batch > 1:   # two half batches, interleaved
+        if hw.issue_lanes == 2 and (batch > 1 or hw.token_chunks):  # two streams
             run = predict_lanes(workload(work.config, batch=batch, lanes=2), task, hw, port,
                                 batch, memory, latency)
         else:
@@ -1131,6 +1140,24 @@ def _lanes_at_best_batch(point, work, board, the_fit, fabric):
     return False
 
 
+def _lanes_at_batch1(point, work, board, the_fit, fabric):
+    """On a latency board, ``point`` on a top of two issue lanes in token chunks
+    (``HwConfig.token_chunks``) when that fits and its slowest task's image takes fewer
+    cycles by more than :data:`PORTS_SLACK`: the image's token-wise layers in two chunks,
+    one chunk's linear layers beside the other's LayerNorm, routing and COMBINE
+    (:func:`batch1_runs`)."""
+    from moevit.hw.cost.resources import resources
+
+    hw = point.hw.replace(issue_lanes=2, token_chunks=1,
+                          memory_ports=max(2, point.hw.memory_ports))
+    res = resources(hw, the_fit)
+    if _fits(res, board, fabric) or hw.memory_ports > min(board.ports, hw.MAX_MEMORY_PORTS):
+        return
+    runs = batch1_runs(work, hw, board)
+    if max(r.cycles for r in runs.values()) < point.latency_cycles * (1 - PORTS_SLACK):
+        _adopt(point, hw, res, work, board, the_fit, fabric)
+
+
 def _streaming_at_best_batch(point, work, board, the_fit, fabric):
     """On a throughput board, ``point`` without weight streaming when that gives more
     images a second at its best batch: on two issue lanes shorter linear instructions can
@@ -1153,9 +1180,7 @@ def _kind(work, mnemonic) -> tuple:
 def _adopt(point, hw, res, work, board, the_fit, fabric):
     """``point`` moved to ``hw`` (``res`` its resources): its batch-1 runs, LayerNorm and
     COMBINE lanes (:func:`_lanes_on_ports`), slowest task and best batch again."""
-    port, memory, latency = _bandwidths(board, hw)
-    runs = {t: predict(work.steps(t, hw.onchip_bytes), hw, port, memory_bandwidth=memory,
-                       latency=latency) for t in work.tasks}
+    runs = batch1_runs(work, hw, board)
     hw, res, runs = _lanes_on_ports(work, hw, res, runs, _kind(work, "LAYERNORM"),
                                     _kind(work, "COMBINE"), board, the_fit, fabric)
     point.task = max(runs, key=lambda t: runs[t].cycles)
@@ -1289,6 +1314,7 @@ def _rank(points, work, board, the_fit, fabric) -> list:
         fastest = min(p.latency_cycles for p in points)
         points = [p for p in points if p.latency_cycles <= fastest * (1 + LATENCY_SLACK)]
         for p in points:
+            _lanes_at_batch1(p, work, board, the_fit, fabric)
             p.best_batch, p.best_cycles_per_image, p.best_prediction = _best_batch(
                 work, p.hw, board, p.task)
     if OBJECTIVES[board.host][0] == "throughput":
@@ -1544,7 +1570,9 @@ def print_dse(rows) -> None:
               f"over {r['weight_ports']}), "
               f"max_tokens {h['max_tokens']}, max_in {h['max_in']}, kv_depth {h['kv_depth']}, "
               f"on-chip window {h.get('onchip_bytes', 0):,} bytes, "
-              f"{r['issue_lanes']} issue lane(s), {h['clock_mhz']:g} MHz")
+              f"{r['issue_lanes']} issue lane(s)"
+              f"{' (one image in token chunks)' if h.get('token_chunks') else ''}, "
+              f"{h['clock_mhz']:g} MHz")
         print(f"  objective: {r['objective']} ({r['objective_reason']})")
         print(f"  latency {r['latency_ms']:.3f} ms per image at batch 1 ({r['task']}, the "
               f"slowest task): {r['fps_batch1']:.1f} images/s; best batch {r['best_batch']}: "

@@ -59,8 +59,13 @@ routing run beside the other's linear layers, marking ``concurrent`` what does n
 for the other lane. The streams touch disjoint bytes (each its own rows; an expert's
 hidden rows at the half's first row too; each MoE layer's routing, whose rows are
 narrower than a bus word, a tensor a stream, ``name`` and ``name#1``); the head runs once
-on the whole batch after both. Live ranges cover every instruction that may run beside a
-tensor's users (:func:`running_with`), so the on-chip window never gives one tensor's
+on the whole batch after both. One image (with ``hw.token_chunks``) is emitted in
+segments (:func:`schedule`): its token-wise layers (LayerNorm, the linear layers, the gate
+and its routing, COMBINE) as two streams on two chunks of its rows
+(:meth:`_Compiler.token_chunks`), interleaved the same way, between the layers that need
+every token (the patch embedding, the attention, the experts, the head), each of which
+waits for both lanes. Live ranges cover every instruction that may run beside a tensor's
+users (:func:`running_with`), so the on-chip window never gives one tensor's
 bytes to another while either may still be in use.
 
 The task is never in the program: gate and head take their weights from a
@@ -83,7 +88,12 @@ from moevit.hw.program.layout import Layout, pack_chan, pack_ln_params, pack_wei
 from moevit.hw.program.program import Program, program_size
 
 __all__ = ["compile_program", "largest_batch", "memory_tensors", "live_ranges",
-           "place_onchip", "interleave", "running_with"]
+           "place_onchip", "interleave", "schedule", "segments_of", "running_with"]
+
+
+#: The bytes a token chunk's rows start on at least (:meth:`_Compiler.token_chunks`): a
+#: 512-bit bus word.
+CHUNK_ALIGNMENT = 64
 
 
 def _pair(array):
@@ -250,8 +260,9 @@ class _Compiler:
                           res_addr=skip)
         self.emit(name, LinearDescriptor, **fields)
 
-    def moe(self, p, x_addr, skip_addr, y_addr):
-        q, config, a, tokens = self.q, self.config, self.a, self.rows
+    def gate(self, p, x_addr):
+        """The MoE layer's gate (the task's, from the task table) and its routing."""
+        config, a, tokens = self.config, self.a, self.rows
         tasks = len(config.tasks)
         self.emit(f"{p}.mlp.gates", TaskLinearDescriptor, tokens=tokens, in_features=config.dim,
                   max_out=config.experts, tasks=tasks, table_addr=self.w[f"{p}.mlp.gates"],
@@ -260,6 +271,10 @@ class _Compiler:
                   top_k=config.top_k, rule=GATE_RULES.index(config.gate), tasks=tasks,
                   table_addr=self.w[f"{p}.mlp.gates"], logits_addr=a[f"{p}.mlp.gate.logits"],
                   topk_addr=a[f"{p}.mlp.gate.topk"], weights_addr=a[f"{p}.mlp.gate.weights"])
+
+    def experts(self, p, x_addr):
+        """Every expert of the MoE layer on the tokens the routing sent it."""
+        q, config, a, tokens = self.q, self.config, self.a, self.rows
         for e in range(config.experts):
             name = f"{p}.mlp.experts.{e}"
             b, c, mult, shift = (int(v) for v in q[f"{name}.fc1.gelu"])
@@ -270,43 +285,110 @@ class _Compiler:
                       topk_addr=a[f"{p}.mlp.gate.topk"], fc1_w_addr=w1, fc1_chan_addr=chan1,
                       fc2_w_addr=w2, fc2_chan_addr=chan2, hidden_addr=a[f"{name}.fc1.out"],
                       slots_addr=a[f"{p}.mlp.slots"])
+
+    def combine(self, p, skip_addr, y_addr):
+        """The experts' outputs weighted by the gate, added to the block's skip."""
+        q, config, a = self.q, self.config, self.a
         mult, shift = _pair(q[f"{p}.mlp.combine"])
         m_skip, m_y, r_shift = (int(v) for v in q[f"{p}.add2"])
-        self.emit(f"{p}.mlp.combine", CombineDescriptor, tokens=tokens, dim=config.dim,
+        self.emit(f"{p}.mlp.combine", CombineDescriptor, tokens=self.rows, dim=config.dim,
                   top_k=config.top_k, mult=mult, shift=shift, res_mult_y=m_y,
                   res_mult_skip=m_skip, res_shift=r_shift, weights_addr=a[f"{p}.mlp.gate.weights"],
                   slots_addr=a[f"{p}.mlp.slots"], skip_addr=skip_addr, y_addr=y_addr)
 
     def blocks(self):
-        q, config, a = self.q, self.config, self.a
-        x = a["embed.out"]
+        """The blocks and the final LayerNorm: the token-wise layers :meth:`rowwise`, the
+        attention and the experts (which need every token's row) :meth:`joint`."""
+        q, config = self.q, self.config
+        x = "embed.out"
         for i in range(config.depth):
             p = f"blocks.{i}"
-            self.layernorm(f"{p}.norm1", x, a[f"{p}.norm1.out"])
-            qkv = a[f"{p}.attn.qkv.out"]
-            self.linear(f"{p}.attn.qkv", a[f"{p}.norm1.out"], qkv)
-            sm_mult, sm_shift = _pair(q[f"{p}.attn.softmax"])
-            out_mult, out_shift = _pair(q[f"{p}.attn.ctx"])
-            d, t = config.dim, config.tokens
-            for b in range(self.images):  # each image's tokens attend to their own
-                at = qkv + b * t * 3 * d
-                self.emit(f"{p}.attn", AttentionDescriptor, tokens=t, heads=config.heads,
-                          head_dim=config.head_dim, sm_mult=sm_mult, sm_shift=sm_shift,
-                          out_mult=out_mult, out_shift=out_shift, q_addr=at, k_addr=at + d,
-                          v_addr=at + 2 * d, out_addr=a[f"{p}.attn.ctx"] + b * t * d,
-                          row_pitch=3 * d)
-            add1 = a[f"{p}.add1.out"]
-            self.linear(f"{p}.attn.proj", a[f"{p}.attn.ctx"], add1, skip=x, residual=f"{p}.add1")
-            h = a[f"{p}.norm2.out"]
-            self.layernorm(f"{p}.norm2", add1, h)
-            x = a[f"{p}.add2.out"]
+            self.rowwise(lambda a, x=x, p=p: (
+                self.layernorm(f"{p}.norm1", a[x], a[f"{p}.norm1.out"]),
+                self.linear(f"{p}.attn.qkv", a[f"{p}.norm1.out"], a[f"{p}.attn.qkv.out"])))
+            self.joint(lambda a, p=p: self.attention(p, a))
+            h = f"{p}.norm2.out"
+            self.rowwise(lambda a, x=x, p=p, h=h: (
+                self.linear(f"{p}.attn.proj", a[f"{p}.attn.ctx"], a[f"{p}.add1.out"],
+                            skip=a[x], residual=f"{p}.add1"),
+                self.layernorm(f"{p}.norm2", a[f"{p}.add1.out"], a[h])))
             if config.is_moe(i):
-                self.moe(p, h, add1, x)
+                self.rowwise(lambda a, p=p, h=h: self.gate(p, a[h]))
+                self.joint(lambda a, p=p, h=h: self.experts(p, a[h]))
+                self.rowwise(lambda a, p=p: self.combine(p, a[f"{p}.add1.out"],
+                                                         a[f"{p}.add2.out"]))
             else:
-                self.linear(f"{p}.mlp.fc1", h, a[f"{p}.mlp.fc1.out"])
-                self.linear(f"{p}.mlp.fc2", a[f"{p}.mlp.fc1.out"], x, skip=add1,
-                            residual=f"{p}.add2")
-        self.layernorm("norm", x, a["norm.out"])
+                self.rowwise(lambda a, p=p, h=h: (
+                    self.linear(f"{p}.mlp.fc1", a[h], a[f"{p}.mlp.fc1.out"]),
+                    self.linear(f"{p}.mlp.fc2", a[f"{p}.mlp.fc1.out"], a[f"{p}.add2.out"],
+                                skip=a[f"{p}.add1.out"], residual=f"{p}.add2")))
+            x = f"{p}.add2.out"
+        self.rowwise(lambda a, x=x: self.layernorm("norm", a[x], a["norm.out"]))
+
+    def attention(self, p, a):
+        """Block ``p``'s attention, each image's tokens attending to their own."""
+        q, config = self.q, self.config
+        sm_mult, sm_shift = _pair(q[f"{p}.attn.softmax"])
+        out_mult, out_shift = _pair(q[f"{p}.attn.ctx"])
+        d, t = config.dim, config.tokens
+        for b in range(self.images):
+            at = a[f"{p}.attn.qkv.out"] + b * t * 3 * d
+            self.emit(f"{p}.attn", AttentionDescriptor, tokens=t, heads=config.heads,
+                      head_dim=config.head_dim, sm_mult=sm_mult, sm_shift=sm_shift,
+                      out_mult=out_mult, out_shift=out_shift, q_addr=at, k_addr=at + d,
+                      v_addr=at + 2 * d, out_addr=a[f"{p}.attn.ctx"] + b * t * d,
+                      row_pitch=3 * d)
+
+    # Token chunks (a top of two issue lanes, one image) ------------------------------------
+    def token_chunks(self):
+        """``(first row, rows)`` of the two token chunks a one-image program on a top of two
+        issue lanes with ``hw.token_chunks`` runs its token-wise layers in (:meth:`rowwise`),
+        or ``[]``: no chunks asked, a batch (whose halves are the streams), or no cut that
+        keeps every tensor's rows aligned. The cut is the row nearest the middle at which every tensor's row starts on
+        a word of :data:`CHUNK_ALIGNMENT` bytes or of the bus if wider: the same cut on every
+        bus up to 512 bits, so the cost model's workload, compiled once, holds for them."""
+        if not self.hw.token_chunks or self.batch > 1:
+            return []
+        word = max(CHUNK_ALIGNMENT, self.hw.bus_width // 8)
+        widths = {self.layout[name].size // self.layout[name].shape[0]
+                  for name in self.addresses if name not in ("input", "output")}
+        cuts = [r for r in range(1, self.rows) if all(r * width % word == 0 for width in widths)]
+        if not cuts:
+            return []
+        cut = min(cuts, key=lambda r: (abs(2 * r - self.rows), r))
+        return [(0, cut), (cut, self.rows - cut)]
+
+    def rowwise(self, emit):
+        """Emit ``emit(addresses)``'s token-wise instructions: on the whole rows, or once per
+        token chunk (:meth:`token_chunks`), each chunk a stream of the current split
+        segment (a new one after a joint segment)."""
+        if not self.chunked:
+            emit(self.a)
+            return
+        if not self.segments or self.segments[-1][0] != "split":
+            self.segments.append(("split", [[] for _ in self.chunked]))
+        for stream, (first, rows) in zip(self.segments[-1][1], self.chunked):
+            self.code = stream
+            self.on_rows(first, rows)
+            emit(self.a)
+        self.on_rows(0, self.batch * self.config.tokens)
+
+    def joint(self, emit):
+        """Emit ``emit(addresses)``'s instructions on every row; in a chunked program a joint
+        segment (each waits for both lanes)."""
+        if self.chunked:
+            if not self.segments or self.segments[-1][0] != "joint":
+                self.segments.append(("joint", []))
+            self.code = self.segments[-1][1]
+        emit(self.a)
+
+    def on_rows(self, first, rows):
+        """Emit for token rows ``first .. first + rows - 1`` of the (one-image) batch only:
+        every tensor's address at that row (the input image's and the output's are never
+        used by a token-wise layer)."""
+        self.rows = rows
+        self.a = {name: address + first * (self.layout[name].size // self.layout[name].shape[0])
+                  for name, address in self.addresses.items()}
 
     def heads(self):
         """The task's head on every patch row of the batch: one instruction even when the
@@ -350,23 +432,28 @@ class _Compiler:
         self.place_weights()
         weights_end = self.layout.size
         self.place_tensors()
+        from moevit.hw.program.isa import LANE_OF
+
+        self.chunked, self.segments = self.token_chunks(), []
         streams = []
         for group, (first, images) in enumerate(self.groups()):
             self.code = []
             self.on_images(group, first, images)
-            self.embed()
+            self.joint(lambda a: self.embed())
             self.blocks()
             streams.append(self.code)
-        from moevit.hw.program.isa import LANE_OF
-
-        order, concurrent = interleave([[(LANE_OF[d.MNEMONIC], _cycles(d, self.hw, config))
-                                         for d in stream] for stream in streams]
-                                       if len(streams) > 1 else streams)
-        self.code = [streams[k][i] for k, i in order]
-        stream_of = tuple(k for k, _ in order) + (-1,) if concurrent else ()
+        segments = (self.segments if self.chunked else
+                    [("split", streams)] if len(streams) > 1 else [("joint", streams[0])])
         self.on_images(0, 0, self.batch)
+        self.code = []
         self.heads()   # after both streams: not concurrent
-        concurrent += (False,) * bool(concurrent)
+        segments.append(("joint", self.code))
+        order, concurrent, stream_of = schedule(
+            [(kind, [[(LANE_OF[d.MNEMONIC], _cycles(d, self.hw, config)) for d in stream]
+                     for stream in (parts if kind == "split" else [parts])])
+             for kind, parts in segments])
+        self.code = [(segments[k][1][stream] if stream >= 0 else segments[k][1])[i]
+                     for k, stream, i in order]
         self.layout.add("program", "program", program_size(self.code))
         weights = bytearray(weights_end)
         for region, data in self.chunks:
@@ -376,6 +463,46 @@ class _Compiler:
                  for t, task in enumerate(config.tasks)]
         return Program(self.hw, self.code, self.layout, bytes(weights), tasks, config.to_dict(),
                        self.batch, concurrent, stream_of)
+
+
+def schedule(segments):
+    """The order of a program of ``segments`` on a top of two issue lanes, its
+    ``concurrent`` flags and its ``streams`` (:class:`~moevit.hw.program.program.Program`'s).
+
+    ``segments`` is a list of ``("joint", [instructions])``, each instruction depending on
+    every one before it, and ``("split", [stream, stream])``, two streams that
+    :func:`interleave` merges (instructions given as ``(lane, cycles)``). The result lists
+    ``(segment, stream, index)`` in program order (``stream`` -1 in a joint segment); a
+    joint instruction and a segment's first ones wait for both lanes. Flags and streams (0
+    or 1 in a split segment, -1 in a joint one; no two split segments follow each other)
+    are empty when no segment is split (a program of one stream)."""
+    order, concurrent, streams = [], (), ()
+    for k, (kind, parts) in enumerate(segments):
+        if kind == "joint":
+            order += [(k, -1, i) for i in range(len(parts[0]))]
+            concurrent += (False,) * len(parts[0])
+            streams += (-1,) * len(parts[0])
+        else:
+            merged, flags = interleave(parts)
+            order += [(k, stream, i) for stream, i in merged]
+            concurrent += flags or (False,) * len(merged)
+            streams += tuple(stream for stream, _ in merged)
+    if all(kind == "joint" for kind, _ in segments):
+        return order, (), ()
+    return order, concurrent, streams
+
+
+def segments_of(streams) -> list:
+    """The segments of a program from its ``streams`` (as :func:`schedule` gives them):
+    ``("joint", [[k, ...]])`` for each run of -1, ``("split", [[k of stream 0, ...],
+    [k of stream 1, ...]])`` for each run of the others, ``k`` an instruction's index."""
+    segments = []
+    for k, stream in enumerate(streams):
+        kind = "joint" if stream < 0 else "split"
+        if not segments or segments[-1][0] != kind:
+            segments.append((kind, [[]] if kind == "joint" else [[], []]))
+        segments[-1][1][max(stream, 0)].append(k)
+    return segments
 
 
 def interleave(streams):

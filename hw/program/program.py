@@ -97,8 +97,9 @@ class ProgramError(CheckpointError):
 
 
 def hw_hash(hw: HwConfig) -> int:
-    """The 64-bit fingerprint of a HwConfig that a program records."""
-    text = json.dumps(hw.to_dict(), sort_keys=True)
+    """The 64-bit fingerprint of a HwConfig that a program records (of its hardware:
+    :meth:`HwConfig.rtl`)."""
+    text = json.dumps(hw.rtl().to_dict(), sort_keys=True)
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
 
 

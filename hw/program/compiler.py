@@ -344,9 +344,10 @@ class _Compiler:
         """``(first row, rows)`` of the two token chunks a one-image program on a top of two
         issue lanes with ``hw.token_chunks`` runs its token-wise layers in (:meth:`rowwise`),
         or ``[]``: no chunks asked, a batch (whose halves are the streams), or no cut that
-        keeps every tensor's rows aligned. The cut is the row nearest the middle at which every tensor's row starts on
-        a word of :data:`CHUNK_ALIGNMENT` bytes or of the bus if wider: the same cut on every
-        bus up to 512 bits, so the cost model's workload, compiled once, holds for them."""
+        keeps every tensor's rows aligned. The cut is the row nearest the middle at which
+        every tensor's row starts on a word of :data:`CHUNK_ALIGNMENT` bytes or of the bus if
+        wider: the same cut on every bus up to 512 bits, so the cost model's workload,
+        compiled once, holds for them."""
         if not self.hw.token_chunks or self.batch > 1:
             return []
         word = max(CHUNK_ALIGNMENT, self.hw.bus_width // 8)
@@ -378,8 +379,8 @@ class _Compiler:
         segment (each waits for both lanes)."""
         if self.chunked:
             if not self.segments or self.segments[-1][0] != "joint":
-                self.segments.append(("joint", []))
-            self.code = self.segments[-1][1]
+                self.segments.append(("joint", [[]]))
+            self.code = self.segments[-1][1][0]
         emit(self.a)
 
     def on_rows(self, first, rows):
@@ -442,18 +443,16 @@ class _Compiler:
             self.joint(lambda a: self.embed())
             self.blocks()
             streams.append(self.code)
-        segments = (self.segments if self.chunked else
-                    [("split", streams)] if len(streams) > 1 else [("joint", streams[0])])
+        segments = self.segments if self.chunked else [
+            ("split" if len(streams) > 1 else "joint", streams)]
         self.on_images(0, 0, self.batch)
         self.code = []
         self.heads()   # after both streams: not concurrent
-        segments.append(("joint", self.code))
+        segments.append(("joint", [self.code]))
         order, concurrent, stream_of = schedule(
             [(kind, [[(LANE_OF[d.MNEMONIC], _cycles(d, self.hw, config)) for d in stream]
-                     for stream in (parts if kind == "split" else [parts])])
-             for kind, parts in segments])
-        self.code = [(segments[k][1][stream] if stream >= 0 else segments[k][1])[i]
-                     for k, stream, i in order]
+                     for stream in parts]) for kind, parts in segments])
+        self.code = [segments[k][1][max(stream, 0)][i] for k, stream, i in order]
         self.layout.add("program", "program", program_size(self.code))
         weights = bytearray(weights_end)
         for region, data in self.chunks:
@@ -485,7 +484,7 @@ def schedule(segments):
         else:
             merged, flags = interleave(parts)
             order += [(k, stream, i) for stream, i in merged]
-            concurrent += flags or (False,) * len(merged)
+            concurrent += flags
             streams += tuple(stream for stream, _ in merged)
     if all(kind == "joint" for kind, _ in segments):
         return order, (), ()

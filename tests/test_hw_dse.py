@@ -11,7 +11,7 @@ from moevit.cli import main
 from moevit.errors import ConfigError
 from moevit.hw.boards import BOARDS, get_board
 from moevit.hw.config import HwConfig, get_hw_config, saved_hw_configs
-from moevit.hw.cost.dse import (USABLE, Step, Workload, dse_rows, predict, workload)
+from moevit.hw.cost.dse import (USABLE, Step, Workload, _fits, dse_rows, predict, workload)
 
 FIELDS = ("board", "config", "mac_units", "latency_ms", "fps_batch1", "best_fps", "best_batch",
           "gops", "dsp_efficiency", "binding_limit", "dsp", "bram36", "uram")
@@ -165,12 +165,41 @@ def test_targets_are_checked_and_say_what_stops_them(rows):
 
 
 
+def test_memory_ports_trade_against_lanes():
+    """A memory port count that does not fit beside a point's LayerNorm and COMBINE lanes is
+    tried with fewer lanes (COMBINE first), not given up: on the ZCU102 with its HP ports
+    clocked at 333 MHz, a 32x64/2 array (attention 3 x 4 x 16) with 32 COMBINE lanes fits 2
+    ports but 4 only with 16 lanes, and 4 ports with 16 lanes are the fastest (4.80 ms
+    against 5.03); a point that fits with no lanes at all is None."""
+    import dataclasses
+
+    from moevit.hw.cost.dse import _fewer_lanes, _ports, batch1_runs
+    from moevit.hw.cost.resources import _default_fit, resources
+
+    board = dataclasses.replace(get_board("zcu102"), port_clock_mhz=333)
+    work, fit = workload("edge-moe"), _default_fit()
+    hw = get_hw_config("zcu102-edge-moe").replace(
+        memory_ports=1, weight_ports=1, combine_lanes=32, heads_parallel=3, score_lanes=16)
+    two = hw.replace(memory_ports=2, weight_ports=2)
+    assert _fits(resources(two), board) is None
+    assert _fits(resources(hw.replace(memory_ports=4, weight_ports=4)), board) == "lut"
+    chosen, res, runs = _ports(work, hw, board, fit, True)
+    cycles = max(r.cycles for r in runs.values())
+    alone = max(r.cycles for r in batch1_runs(work, two, board).values())
+    print(f"chosen: {chosen.memory_ports} ports, weights over {chosen.weight_ports}, "
+          f"{chosen.combine_width} COMBINE lanes: {cycles / 2e5:.3f} ms; 2 ports with 32 "
+          f"lanes {alone / 2e5:.3f} ms")
+    assert (chosen.memory_ports, chosen.weight_ports, chosen.combine_width) == (4, 4, 16)
+    assert _fits(res, board) is None and cycles < alone
+    assert _fewer_lanes(hw.replace(rows=128, max_tokens=2176), board, fit, True) is None
+
+
 def test_token_chunks_on_two_lanes_and_why_zcu102_stays_on_one():
     """One image in token chunks on two issue lanes (``token_chunks``): the prediction is
     the chunked program's two-lane timeline, faster than one lane on the saved ZCU102 point
     (its LayerNorm, routing and COMBINE beside the other chunk's linear layers), but the
     second lane's movers do not fit beside it: the LUT is over, so the search keeps one."""
-    from moevit.hw.cost.dse import _fits, batch1_runs
+    from moevit.hw.cost.dse import batch1_runs
     from moevit.hw.cost.resources import resources
 
     hw = get_hw_config("zcu102-edge-moe")
@@ -451,7 +480,6 @@ def test_stage_two_picks_the_fewest_layernorm_lanes_that_pay(rows):
     lanes would not; the lanes fit the model's width and the bus."""
     from moevit.hw.boards import get_board
     from moevit.hw.cost.cycles import board_bandwidth
-    from moevit.hw.cost.dse import _fits
     from moevit.hw.cost.resources import resources
     from moevit.model.config import get_config
 
@@ -483,7 +511,6 @@ def test_stage_two_picks_the_fewest_combine_lanes_that_pay(rows):
     better) unless twice as many do not fit, and half as many would not."""
     from moevit.hw.boards import get_board
     from moevit.hw.cost.cycles import board_bandwidth
-    from moevit.hw.cost.dse import _fits
     from moevit.hw.cost.resources import resources
 
     for (board, config), row in rows.items():

@@ -997,25 +997,43 @@ def _ports(work, hw, board, the_fit, fabric):
 
     tried = []
     for ports in _port_counts(board, hw):
-        res = resources(hw.replace(memory_ports=ports), the_fit)
-        if tried and _fits(res, board, fabric):
-            break
         # The weights striped over 1, 2, 4 ... of the ports (hw.weight_ports), each stripe's
-        # FIFOs counted.
+        # FIFOs counted; a choice that does not fit tried with fewer lanes.
         for weights in [w for w in PORT_CHOICES if w <= ports]:
             candidate = hw.replace(memory_ports=ports, weight_ports=weights)
+            if tried:
+                candidate = _fewer_lanes(candidate, board, the_fit, fabric)
+                if candidate is None:
+                    break
             res = resources(candidate, the_fit)
-            if tried and _fits(res, board, fabric):
-                break
             runs = batch1_runs(work, candidate, board)
             tried.append((max(r.cycles for r in runs.values()), candidate, res, runs))
             if not any(r.memory_cycles for r in runs.values()):
                 break                   # compute-bound everywhere: more ports gain nothing
-        if not any(r.memory_cycles for r in runs.values()):
+        if candidate is None or not any(r.memory_cycles for r in runs.values()):
             break
     best = min(cycles for cycles, *_ in tried)
     return next((hw, res, runs) for cycles, hw, res, runs in tried
                 if cycles <= best * (1 + PORTS_SLACK))
+
+
+def _fewer_lanes(hw, board, the_fit, fabric):
+    """``hw``, or with its COMBINE and LayerNorm lanes halved in turn (COMBINE first: five
+    DSP48E2 and ~520 LUTs a lane) until it fits ``board``; None when one lane of each does
+    not. More memory ports then trade against lanes (:func:`_ports`), and
+    :func:`_lanes_on_ports` gives back the lanes the ports leave room for."""
+    from moevit.hw.cost.resources import resources
+
+    turn = 0
+    while _fits(resources(hw, the_fit), board, fabric):
+        lanes = {"combine_lanes": hw.combine_width, "norm_lanes": hw.norm_lanes}
+        names = [n for n in ("combine_lanes", "norm_lanes")[turn:] + (
+            "combine_lanes", "norm_lanes")[:turn] if lanes[n] > 1]
+        if not names:
+            return None
+        hw = hw.replace(**{names[0]: lanes[names[0]] // 2})
+        turn = 1 - ("combine_lanes", "norm_lanes").index(names[0])
+    return hw
 
 
 def _lanes_on_ports(work, hw, res, runs, norms, combines, board, the_fit, fabric):

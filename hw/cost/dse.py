@@ -1024,15 +1024,15 @@ def _fewer_lanes(hw, board, the_fit, fabric):
     :func:`_lanes_on_ports` gives back the lanes the ports leave room for."""
     from moevit.hw.cost.resources import resources
 
-    turn = 0
+    order = ["combine_lanes", "norm_lanes"]      # the one halved last goes to the end
     while _fits(resources(hw, the_fit), board, fabric):
         lanes = {"combine_lanes": hw.combine_width, "norm_lanes": hw.norm_lanes}
-        names = [n for n in ("combine_lanes", "norm_lanes")[turn:] + (
-            "combine_lanes", "norm_lanes")[:turn] if lanes[n] > 1]
-        if not names:
+        name = next((n for n in order if lanes[n] > 1), None)
+        if name is None:
             return None
-        hw = hw.replace(**{names[0]: lanes[names[0]] // 2})
-        turn = 1 - ("combine_lanes", "norm_lanes").index(names[0])
+        hw = hw.replace(**{name: lanes[name] // 2})
+        order.remove(name)
+        order.append(name)
     return hw
 
 

@@ -20,7 +20,8 @@ Fast (``make test``, Icarus): the tiny program, one random sequence per engine, 
 EXPERTs with the expert prefetch on one random design point of the linear engine's.
 Slow (``make sim``, ``$SIM``, Verilator by default here): the second task, random
 design points (bus width, lanes, tokens; the prefetch's: bus, array, packing, weight
-streaming), ``MOEVIT_MOE_ENGINE_POINTS`` of them (default 6). Every seed is printed; ``MOEVIT_SEED=<seed>`` replays it.
+streaming), ``MOEVIT_MOE_ENGINE_POINTS`` of them (default 6). Every seed is printed;
+``MOEVIT_SEED=<seed>`` replays it.
 """
 
 import functools

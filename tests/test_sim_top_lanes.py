@@ -1,10 +1,10 @@
 """The top of two issue lanes (HwConfig ``issue_lanes = 2``) in co-simulation (Verilator)
 against the interpreter: the compiler's two half-batch streams, or one image's two token
-chunks, interleaved, run with the linear kernel's instructions beside the other engines', and the output and the whole
-scratch are bit-exact, run after run; the lanes really work at once (the units' busy
-cycles add up to more than the run), and the whole program takes fewer cycles than on one
-lane of the same hardware; the cost model's two-lane timeline is within 2 % of them, and
-within 5 % behind a narrow memory the lanes share."""
+chunks, interleaved, run with the linear kernel's instructions beside the other engines',
+and the output and the whole scratch are bit-exact, run after run; the lanes really work
+at once (the units' busy cycles add up to more than the run), and the whole program takes
+fewer cycles than on one lane of the same hardware; the cost model's two-lane timeline is
+within 2 % of them, and within 5 % behind a narrow memory the lanes share."""
 
 import dataclasses
 

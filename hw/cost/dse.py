@@ -1139,17 +1139,26 @@ def _window_at_best_batch(point, work, board, the_fit, fabric):
         _adopt(point, best[1], resources(best[1], the_fit), work, board, the_fit, fabric)
 
 
+def _on_two_lanes(point, board, the_fit, fabric, **changes):
+    """``(hw, resources)`` of ``point`` on a top of two issue lanes (two memory ports at
+    least; ``changes`` besides), or ``(None, None)`` when that does not fit ``board``."""
+    from moevit.hw.cost.resources import resources
+
+    hw = point.hw.replace(issue_lanes=2, memory_ports=max(2, point.hw.memory_ports), **changes)
+    res = resources(hw, the_fit)
+    if _fits(res, board, fabric) or hw.memory_ports > min(board.ports, hw.MAX_MEMORY_PORTS):
+        return None, None
+    return hw, res
+
+
 def _lanes_at_best_batch(point, work, board, the_fit, fabric):
     """On a throughput board, ``point`` on a top of two issue lanes
     (``HwConfig.issue_lanes``; two memory ports at least) when that fits and gives more
     images a second at its best batch by more than :data:`PORTS_SLACK`: the linear
     kernel's half batch beside the other engines' (:func:`predict_lanes`). Whether it
     moved."""
-    from moevit.hw.cost.resources import resources
-
-    hw = point.hw.replace(issue_lanes=2, memory_ports=max(2, point.hw.memory_ports))
-    res = resources(hw, the_fit)
-    if _fits(res, board, fabric) or hw.memory_ports > min(board.ports, hw.MAX_MEMORY_PORTS):
+    hw, res = _on_two_lanes(point, board, the_fit, fabric)
+    if hw is None:
         return
     if _best_batch(work, hw, board, point.task)[1] < point.best_cycles_per_image \
             * (1 - PORTS_SLACK):
@@ -1164,12 +1173,8 @@ def _lanes_at_batch1(point, work, board, the_fit, fabric):
     cycles by more than :data:`PORTS_SLACK`: the image's token-wise layers in two chunks,
     one chunk's linear layers beside the other's LayerNorm, routing and COMBINE
     (:func:`batch1_runs`)."""
-    from moevit.hw.cost.resources import resources
-
-    hw = point.hw.replace(issue_lanes=2, token_chunks=1,
-                          memory_ports=max(2, point.hw.memory_ports))
-    res = resources(hw, the_fit)
-    if _fits(res, board, fabric) or hw.memory_ports > min(board.ports, hw.MAX_MEMORY_PORTS):
+    hw, res = _on_two_lanes(point, board, the_fit, fabric, token_chunks=1)
+    if hw is None:
         return
     runs = batch1_runs(work, hw, board)
     if max(r.cycles for r in runs.values()) < point.latency_cycles * (1 - PORTS_SLACK):

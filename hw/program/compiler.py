@@ -351,8 +351,8 @@ class _Compiler:
         if not self.hw.token_chunks or self.batch > 1:
             return []
         word = max(CHUNK_ALIGNMENT, self.hw.bus_width // 8)
-        widths = {self.layout[name].size // self.layout[name].shape[0]
-                  for name in self.addresses if name not in ("input", "output")}
+        widths = {self.row_bytes(name) for name in self.addresses
+                  if name not in ("input", "output")}
         cuts = [r for r in range(1, self.rows) if all(r * width % word == 0 for width in widths)]
         if not cuts:
             return []
@@ -388,8 +388,13 @@ class _Compiler:
         every tensor's address at that row (the input image's and the output's are never
         used by a token-wise layer)."""
         self.rows = rows
-        self.a = {name: address + first * (self.layout[name].size // self.layout[name].shape[0])
+        self.a = {name: address + first * self.row_bytes(name)
                   for name, address in self.addresses.items()}
+
+    def row_bytes(self, name) -> int:
+        """Bytes of one row of tensor ``name`` (its first dimension's)."""
+        region = self.layout[name]
+        return region.size // region.shape[0]
 
     def heads(self):
         """The task's head on every patch row of the batch: one instruction even when the
@@ -421,9 +426,9 @@ class _Compiler:
             if name in self.halves:
                 self.a[name] = self.addresses[self.halves[name][group]]
             elif "#" not in name:
-                region = self.layout[name]
-                per_row = region.size // (self.batch if name == "input" else region.shape[0])
-                self.a[name] = address + first * (1 if name == "input" else tokens) * per_row
+                per_row = (self.layout[name].size // self.batch if name == "input"
+                           else tokens * self.row_bytes(name))
+                self.a[name] = address + first * per_row
 
     def run(self) -> Program:
         config = self.config

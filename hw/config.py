@@ -101,10 +101,12 @@ class HwConfig:
     expert_prefetch : int
         1: the top overlaps the MoE layer's expert-by-expert schedule: the
         sequencer assembles the next instruction while one runs, the linear
-        engine reads the next job's weights and constants ahead (fc2's while
-        fc1 computes, the next chosen expert's fc1 while fc2 computes), and an
-        expert that the routing's previous scan found unchosen ends without
-        reading the routing again. 0: each instruction and job fetches its own
+        engine reads the next job's weights and constants ahead into a deeper
+        weight FIFO (fc2's while fc1 computes, and the next EXPERT's fc1 while
+        fc2 computes when the sequencer's next instruction is an EXPERT whose
+        expert the routing's scan found chosen), and an expert that the
+        routing's previous scan found unchosen ends without reading the
+        routing again. 0: each instruction and job fetches its own
         operands when it starts (:mod:`moevit.hw.top.moe`).
     memory_ports : int
         AXI4 memory masters of the top, each a full port of ``bus_width`` bits with

@@ -492,3 +492,45 @@ def test_two_lanes_share_the_memory_by_hand():
     light = [{("port", 0): 400}, {("port", 0): 100}]
     last = max(ends(["L", "A|"], [100, 100], light))
     assert 125 <= last < 200      # the port moves the 500 bytes in 125 cycles at best
+
+
+def test_an_experts_latencies_are_those_of_its_phases_in_dram():
+    """A working EXPERT waits out the five latencies of EXPOSED_LATENCIES with every tensor
+    in DRAM, one a phase; with its activations on chip only its weights' first answer, and
+    none when the EXPERT before it read them ahead."""
+    from moevit.hw.cost.cycles import EXPOSED_LATENCIES, expert_latencies
+
+    activations = ("topk_addr", "x_addr", "hidden_addr", "slots_addr")
+    assert expert_latencies(()) == expert_latencies((), read_ahead=True) \
+        == EXPOSED_LATENCIES["EXPERT"]
+    assert expert_latencies(activations) == 1
+    assert expert_latencies(activations, read_ahead=True) == 0
+    assert expert_latencies(("x_addr", "hidden_addr", "slots_addr"), read_ahead=True) == 1
+    assert expert_latencies(("topk_addr", "x_addr", "slots_addr"), read_ahead=True) == 2
+
+
+def test_the_read_ahead_moves_no_more_than_its_fifo_holds(tiny_on):
+    """The weights read ahead fill a drain, or the next EXPERT's fc1, at most as long as
+    the w FIFO takes to fill at the memory's pace (none without the prefetch), and the next
+    fc1 no more than its bytes and the idle cycles left to it."""
+    from moevit.hw.cost.cycles import (ahead_fill, expert_carry, expert_drains, expert_idle,
+                                       memory_cycles)
+    from moevit.hw.top.linear_engine import LinearEngine
+
+    program, _ = tiny_on
+    hw = program(expert_prefetch=1).hw
+    d = next(i for i in program(expert_prefetch=1).instructions if i.MNEMONIC == "EXPERT")
+    fc1, fc2 = d.linears(20)
+    fifo = LinearEngine.W_DEPTH_AHEAD * hw.bus_width // 8
+    for rate in (1.0, 4.0, 16.0):
+        fill = ahead_fill(hw, rate)
+        assert fill == memory_cycles(hw, {"w": fifo}, rate) > 0
+        assert ahead_fill(hw.replace(expert_prefetch=0), rate) == 0
+        assert expert_drains([fill + 7, 11], hw, rate) == 7 + 11
+        assert expert_drains([5, 11], hw.replace(expert_prefetch=0), rate) == 5 + 11
+        own = memory_cycles(hw, {"w": fc1.out_tiles * hw.cols * fc1.in_features,
+                                 "chan": fc1.out_tiles * hw.cols * 8}, rate)
+        assert expert_carry(fc1, hw, rate, idle=10 ** 9) == min(fill, own)
+        assert expert_carry(fc1, hw, rate, idle=3) == 3
+    assert 0 < expert_idle(fc2, 1_000, 400) <= 600
+    assert expert_idle(fc2, 400, 1_000) == 0

@@ -30,7 +30,7 @@ import random
 
 import numpy as np
 import pytest
-from amaranth.hdl import Module, Mux
+from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import wiring
 
 from moevit.hw.config import DEFAULT_HW, HwConfig
@@ -622,10 +622,13 @@ class ExpertWithLinear(wiring.Component):
     """:class:`ExpertEngine` and :class:`LinearEngine` joined as the top joins them (the
     jobs, the index ports, ``job_done`` from the linear engine's ``done``): one engine
     for the bench. Read channel 0 is the EXPERT engine's (``topk``), 1.. the linear
-    engine's; the write channel is the linear engine's."""
+    engine's; the write channel is the linear engine's. With ``payloads`` (those the bench
+    hands over, in order), the one after the current one is shown on ``next_desc`` while
+    the current one runs, as the sequencer's look-ahead shows it."""
 
-    def __init__(self, hw):
+    def __init__(self, hw, payloads=()):
         self.expert, self.linear = ExpertEngine(hw), LinearEngine(hw)
+        self._payloads = list(payloads)
         super().__init__(engine_members(ExpertDescriptor.layout(), hw.bus_width,
                                         ExpertEngine.READS + LinearEngine.READS))
 
@@ -645,6 +648,14 @@ class ExpertWithLinear(wiring.Component):
         m.d.comb += [expert.job_done.eq(linear.done), self.done.eq(expert.done),
                      self.busy.eq(expert.busy | linear.busy),
                      self.error.eq(Mux(expert.error != 0, expert.error, linear.error))]
+        taken = Signal(range(len(self._payloads) + 2))     # descriptors handed over
+        with m.If(self.desc.valid & self.desc.ready):
+            m.d.sync += taken.eq(taken + 1)
+        with m.Switch(taken):
+            for k, payload in enumerate(self._payloads[1:], start=1):
+                with m.Case(k):    # the k-th is (or was last) running: payload k is next
+                    m.d.comb += [expert.next_desc.eq(payload),
+                                 expert.next_valid.eq(payload & 0xFF == ExpertDescriptor.OPCODE)]
         return m
 
 
@@ -748,8 +759,8 @@ def test_expert_prefetch_tiny_program():
     payloads = [d.to_int() for d in descs]
     at = 1 + np.random.default_rng(seed).integers(len(payloads))
     payloads.insert(at, descs[0].to_int_with(topk_addr=descs[0].topk_addr + 1))
-    got, summary = _run(ExpertWithLinear(hw), hw, memory, payloads, "engine-expert-prefetch",
-                        seed)
+    got, summary = _run(ExpertWithLinear(hw, payloads), hw, memory, payloads,
+                        "engine-expert-prefetch", seed)
     what = f"tiny EXPERTs with prefetch (seed {seed})"
     faults = [Fault.NONE] * len(descs)
     faults.insert(at, Fault.ALIGN)
@@ -780,7 +791,8 @@ def test_expert_prefetch_saves_cycles():
         descs = [_with_prefetch(d, prefetch) for d in order]
         hw = descs[0].hw
         after[prefetch], summary = run_engine(
-            ExpertWithLinear(hw), hw, memory, [d.to_int() for d in descs],
+            ExpertWithLinear(hw, [d.to_int() for d in descs]), hw, memory,
+            [d.to_int() for d in descs],
             test_id=f"engine-expert-prefetch-{prefetch}", seed=seed,
             simulator=_slow_simulator())
         cycles[prefetch] = summary["cycles"]
@@ -847,11 +859,42 @@ def _expert_point(seed, *, large, simulator=None):
           f"hidden {d.hidden}, top-{d.top_k}")
     want = memory.copy()
     run_instructions(want, hw, descs, 0)
-    got, summary = _run(ExpertWithLinear(hw), hw, memory, [d.to_int() for d in descs],
+    payloads = [d.to_int() for d in descs]
+    got, summary = _run(ExpertWithLinear(hw, payloads), hw, memory, payloads,
                         f"engine-expert-prefetch-{seed}", seed, simulator)
     what = f"EXPERTs with prefetch (seed {seed}, {hw})"
     assert summary["errors"] == [0] * len(descs), what
     _compare(got, want, what)
+    check_weights_read_once(hw, memory, descs, summary["reads"], what)
+
+
+def check_weights_read_once(hw, memory, descs, reads, what):
+    """Each chosen EXPERT of ``descs`` (run in order, on one routing) read the bytes of its
+    two weight tensors once (``reads``: the bench's bursts per EXPERT, channel 2 the linear
+    engine's ``w``); an unchosen one none; and a chosen one's fc1 weights after a chosen
+    one were read ahead, during the EXPERT before it (its fc2)."""
+    w_channel = ExpertEngine.READS + LinearEngine.W
+    d0 = descs[0]
+    topk = memory[d0.topk_addr:d0.topk_addr + d0.tokens * d0.top_k]
+    chosen = [bool((topk == d.expert).any()) for d in descs]
+
+    def w_bytes(bursts, addr, size):
+        return sum(max(0, min(a + n, addr + size) - max(a, addr))
+                   for channel, a, n in bursts if channel == w_channel)
+
+    def tiles(n):
+        return -(-n // hw.cols) * hw.cols
+
+    everything = [b for bursts in reads for b in bursts]
+    for k, d in enumerate(descs):
+        for addr, size in ((d.fc1_w_addr, tiles(d.hidden) * d.dim),
+                           (d.fc2_w_addr, tiles(d.dim) * d.hidden)):
+            times = sum(chosen[j] for j, e in enumerate(descs) if e.expert == d.expert)
+            assert w_bytes(everything, addr, size) == times * size, \
+                f"{what}: expert {d.expert}'s weights at {addr:#x} not read {times} time(s)"
+        if k and chosen[k] and chosen[k - 1]:
+            ahead = w_bytes(reads[k - 1], d.fc1_w_addr, tiles(d.hidden) * d.dim)
+            assert ahead, f"{what}: EXPERT {k}'s fc1 weights not read during EXPERT {k - 1}"
 
 
 def test_expert_prefetch_random_design_point():

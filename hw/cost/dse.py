@@ -74,6 +74,7 @@ striped over several 128-bit HP ports, which the SmartConnects convert to.
 """
 
 import copy
+import dataclasses
 import hashlib
 import json
 import math
@@ -140,11 +141,16 @@ class Step:
     fields: tuple
     routed: int = 0
     onchip: tuple = ()     # its address fields whose tensors are in the on-chip window
+    # A working EXPERT after / before another on the same routing, nothing between (with
+    # hw.expert_prefetch the first reads the second's fc1 weights ahead: chain_experts).
+    after_expert: bool = False
+    before_expert: bool = False
 
     def __post_init__(self):
-        # What the cost depends on: the fields but the addresses, the routing, and which
-        # of its tensors are on chip.
-        object.__setattr__(self, "shape", (self.mnemonic, self.routed, self.onchip) + tuple(
+        # What the cost depends on: the fields but the addresses, the routing, which of
+        # its tensors are on chip, and its neighbours (an EXPERT's).
+        object.__setattr__(self, "shape", (self.mnemonic, self.routed, self.onchip,
+                                           self.after_expert, self.before_expert) + tuple(
             (k, v) for k, v in self.fields if not k.endswith("_addr")))
         object.__setattr__(self, "values", dict(self.fields))
 
@@ -196,15 +202,15 @@ class Workload:
 
     def in_order(self, task, onchip=0) -> tuple:
         """The task's steps in program order, with an on-chip window of ``onchip`` bytes
-        (see :meth:`steps`)."""
+        (see :meth:`steps`), their EXPERTs chained (:func:`chain_experts`)."""
         if not onchip:
-            return self.tasks[task]
+            return chain_experts(self.tasks[task])
         where = self.windows.get(task, {}).get(onchip)
         if where is None:
             raise ConfigError(f"No on-chip placement of {onchip} bytes in the workload "
                               f"(the search's windows: {ONCHIP_CHOICES})")
-        return tuple(Step(s.mnemonic, s.unit, s.fields, s.routed, tuple(fields))
-                     for s, fields in zip(self.tasks[task], where))
+        return chain_experts([Step(s.mnemonic, s.unit, s.fields, s.routed, tuple(fields))
+                              for s, fields in zip(self.tasks[task], where)])
 
     def onchip_need(self) -> int:
         """The smallest window of :data:`ONCHIP_CHOICES` that holds every activation the
@@ -214,6 +220,31 @@ class Workload:
             return 0
         best = first[max(first)]
         return min(c for c, where in first.items() if where == best)
+
+
+def chain_experts(steps) -> tuple:
+    """``steps`` (in program order) with each working EXPERT's ``after_expert`` and
+    ``before_expert``: the instruction before / after it is a working EXPERT on the same
+    routing (with ``hw.expert_prefetch`` the top reads the later one's fc1 weights during
+    the earlier one's fc2: :func:`~moevit.hw.cost.cycles.expert_drains`,
+    :func:`~moevit.hw.cost.cycles.expert_latencies`)."""
+    def working(step):
+        return step is not None and step.mnemonic == "EXPERT" and step.routed > 0
+
+    def routing(step):
+        return tuple(step.values[k] for k in ("topk_addr", "tokens", "top_k"))
+
+    steps = list(steps)
+    out = []
+    for k, step in enumerate(steps):
+        before = steps[k - 1] if k else None
+        after = steps[k + 1] if k + 1 < len(steps) else None
+        if working(step):
+            step = dataclasses.replace(
+                step, after_expert=working(before) and routing(before) == routing(step),
+                before_expert=working(after) and routing(after) == routing(step))
+        out.append(step)
+    return tuple(out)
 
 
 def step_fields(d):
@@ -238,7 +269,7 @@ def _reference_hw(model, batch=1, lanes=1):
 
 
 #: Changes when :func:`_compile` changes what it keeps (a cached workload is then stale).
-WORKLOAD_VERSION = 3
+WORKLOAD_VERSION = 4
 
 
 def _cache_key(model, batch=1, lanes=1) -> str:
@@ -446,40 +477,11 @@ def moved_bytes(step, hw, tokens=None, written=0) -> dict:
 
 
 def _stream_bytes(step, n) -> list:
-    """``(address field, mover, bytes)`` of each activation stream of ``step`` (``n``: a
-    linear chunk's tokens, an EXPERT's routed tokens), as :func:`moved_bytes` counts them:
-    what an on-chip window can serve."""
-    f = step.values
-    m = step.mnemonic
-    if m == "LINEAR":
-        out = n * f["out_features"]
-        return [("x_addr", "x", n * f["in_features"]),
-                ("res_addr", "res", out if f["residual"] else 0), ("y_addr", "write", out)]
-    if m == "EXPERT":
-        return [("topk_addr", "list", f["tokens"] * f["top_k"]), ("x_addr", "x", n * f["dim"]),
-                ("hidden_addr", "x", n * f["hidden"]), ("hidden_addr", "write", n * f["hidden"]),
-                ("slots_addr", "write", n * f["dim"])]
-    if m == "ATTENTION":
-        size = f["tokens"] * f["heads"] * f["head_dim"]
-        return [("q_addr", "x", size), ("k_addr", "w", size), ("v_addr", "chan", size),
-                ("out_addr", "write", size)]
-    if m == "LAYERNORM":
-        size = f["tokens"] * f["dim"]
-        return [("x_addr", "w", size), ("y_addr", "write", size)]
-    if m == "COPY":
-        return [("src_addr", "x", f["length"]), ("dst_addr", "write", f["length"])]
-    if m == "ROUTE":
-        k = f["tokens"] * f["top_k"]
-        return [("logits_addr", "x", f["tokens"] * f["experts"]), ("topk_addr", "write", k),
-                ("weights_addr", "write", 2 * k)]
-    if m == "COMBINE":
-        return [("weights_addr", "x", 2 * f["tokens"] * f["top_k"]),
-                ("slots_addr", "w", f["tokens"] * f["top_k"] * f["dim"]),
-                ("skip_addr", "chan", f["tokens"] * f["dim"]), ("y_addr", "write",
-                                                                 f["tokens"] * f["dim"])]
-    if m == "PATCHIFY":
-        return [("y_addr", "write", f["channels"] * f["rows"] * f["columns"])]
-    return []
+    """:func:`~moevit.hw.cost.cycles.activation_streams` of ``step`` (``n``: a linear
+    chunk's tokens, an EXPERT's routed tokens)."""
+    from moevit.hw.cost.cycles import activation_streams
+
+    return activation_streams(step.mnemonic, step.values, n)
 
 
 def _onchip_memory(step, hw, by_mover, n, bandwidth, memory_bandwidth):
@@ -536,7 +538,8 @@ def _chunk_cycles(step, hw, tokens) -> int:
 def _chunk_drain(step, hw, tokens, by_mover, bandwidth, memory_bandwidth) -> int:
     """:func:`~moevit.hw.cost.cycles.drain_cycles` of a linear step's chunk of ``tokens``
     moving ``by_mover`` (its DRAM bytes)."""
-    from moevit.hw.cost.cycles import linear_drain, linear_tile_outputs, memory_cycles
+    from moevit.hw.cost.cycles import (expert_drains, linear_drain, linear_tile_outputs,
+                                       memory_cycles)
 
     # visible_drains, its jobs' drains and tile outputs kept per shape.
     key = ("drain", step.shape, *_linear_fields(hw), tokens)
@@ -544,10 +547,13 @@ def _chunk_drain(step, hw, tokens, by_mover, bandwidth, memory_bandwidth) -> int
         jobs = (_expert_linears(step, hw, tokens) if step.mnemonic == "EXPERT"
                 else [step.descriptor(hw, tokens=tokens)])
         _CYCLES[key] = [(linear_drain(job), linear_tile_outputs(job)) for job in jobs]
-    return sum(max(0, drain - memory_cycles(hw, {k: n for k, n in outputs.items()
-                                                  if by_mover.get(k)},
-                                            bandwidth, memory_bandwidth))
-               for drain, outputs in _CYCLES[key])
+    drains = [max(0, drain - memory_cycles(hw, {k: n for k, n in outputs.items()
+                                                if by_mover.get(k)},
+                                          bandwidth, memory_bandwidth))
+              for drain, outputs in _CYCLES[key]]
+    if step.mnemonic == "EXPERT":
+        return expert_drains(drains, hw, bandwidth, memory_bandwidth)
+    return sum(drains)
 
 
 def _chunk_wait(step, hw, tokens, by_mover, bandwidth, memory_bandwidth) -> int:
@@ -658,6 +664,8 @@ def _chunk_latency(step, hw, tokens, compute, latency, linear, dram) -> tuple:
         _CYCLES[key] = burst_phases(d, hw, routed=tokens if step.mnemonic == "EXPERT" else None)
     reads = any(n for mover, n in dram.items() if mover != "write")
     return latency_cycles(step.mnemonic, _CYCLES[key], hw, compute, latency, dram_reads=reads,
+                          onchip=step.onchip,
+                          read_ahead=bool(hw.expert_prefetch) and step.after_expert,
                           dram_bytes=reads or bool(dram.get("write")))
 
 
@@ -752,11 +760,31 @@ def _step_cost(step, hw, bandwidth, memory_bandwidth, latency) -> tuple:
         else:
             wait, drain = _overlap(step, hw, by_mover, bandwidth, memory_bandwidth, latency)
         floor, exposed = _chunk_latency(step, hw, n, compute, latency, linear, by_mover)
+        if step.after_expert and hw.expert_prefetch and len(parts) == 1:
+            memory -= _carry(step, hw, n, compute + wait, memory, drain, floor, bandwidth,
+                             memory_bandwidth)
         memory = max(memory + drain, floor)
         costs.append((unit, max(compute + wait, memory) + issue + exposed, nbytes,
                       memory > compute + wait,
                       lane_demand(hw, LANE_OF[step.mnemonic], by_mover, *inside)))
     return costs, chunked
+
+
+def _carry(step, hw, n, busy, memory, drain, floor, bandwidth, memory_bandwidth) -> int:
+    """:func:`~moevit.hw.cost.cycles.expert_carry` of an EXPERT ``step`` (``n`` routed
+    tokens; ``busy``: its compute and wait cycles, ``memory``, ``drain``, ``floor``) after
+    an EXPERT of its shape (balanced routing: every expert of a layer gets as many tokens):
+    the carry at which the one before leaves as many idle cycles as this one takes
+    (a few rounds from none)."""
+    from moevit.hw.cost.cycles import expert_carry, expert_idle
+
+    fc1, fc2 = _expert_linears(step, hw, n)
+    carry = 0
+    for _ in range(4):
+        work = max(busy, memory - carry + drain, floor)
+        carry = expert_carry(fc1, hw, bandwidth, memory_bandwidth,
+                             idle=expert_idle(fc2, work, memory - carry))
+    return carry
 
 
 def interleave_cycles(step, hw) -> int:

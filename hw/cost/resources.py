@@ -357,6 +357,21 @@ LANE_REST = Resources(dsp=0, lut=1_207, ff=306, bram36=0, uram=0)
 PREFETCH = Resources(dsp=5, lut=823, ff=189, bram36=0, uram=0)
 
 
+def read_ahead_fifo(hw) -> Resources:
+    """The block RAM the linear engine's deeper ``w`` FIFO adds with ``hw.expert_prefetch``
+    (:attr:`LinearEngine.W_DEPTH_AHEAD <moevit.hw.top.linear_engine.LinearEngine>` beats
+    against :attr:`~moevit.hw.top.linear_engine.LinearEngine.W_DEPTH`, which the measured
+    top overhead holds): none on a bus of 36 bits or more, where a RAMB36 is 512 deep
+    anyway. Yosys (``synth_xilinx -family xcup``) on the FIFO alone at 128 bits: 2
+    RAMB36E2 at 128 and at 512 beats (2026-12-04)."""
+    from moevit.hw.top.linear_engine import LinearEngine
+    from moevit.hw.top.movers import beat_layout
+
+    width = beat_layout(hw.bus_width).size
+    return Resources(bram36=bram36(width, LinearEngine.w_depth(hw))
+                     - bram36(width, LinearEngine.W_DEPTH))
+
+
 def lane_overhead(hw, the_fit=None) -> Resources:
     """The side issue lane's own memory path (``hw.issue_lanes = 2``,
     :mod:`moevit.hw.top.accelerator`): three read movers and a write mover (two of the
@@ -507,8 +522,8 @@ def resources(hw, the_fit=None) -> Resources:
     """Resources of the whole top on ``hw``: its units, :data:`TOP_OVERHEAD` and
     :data:`TOP_PER_COL`,
     its memory ports' arbiters and striper (:func:`port_overhead`), a second issue lane's
-    memory path (:func:`lane_overhead`), the expert prefetch's logic (:data:`PREFETCH`)
-    and the on-chip activation
+    memory path (:func:`lane_overhead`), the expert prefetch's logic (:data:`PREFETCH`) and
+    its deeper weight FIFO's block RAM (:func:`read_ahead_fifo`), and the on-chip activation
     window's block RAM (``hw.onchip_bytes``; its routers are small next to the
     allowance). The top's
     MoE engines count as the MoE unit for DSP, LUT and FF (the same gate lanes) with
@@ -517,8 +532,8 @@ def resources(hw, the_fit=None) -> Resources:
     memories: the MoE unit keeps an accumulator row per token, the engines one row."""
     the_fit = the_fit or _default_fit()
     total = TOP_OVERHEAD + TOP_PER_COL * hw.cols + port_overhead(hw) + lane_overhead(
-        hw, the_fit) + PREFETCH * hw.expert_prefetch + Resources(bram36=sum(
-        bram36(w, d) * ports for _, w, d, ports in memories("onchip", hw)))
+        hw, the_fit) + PREFETCH * hw.expert_prefetch + read_ahead_fifo(hw) + Resources(
+        bram36=sum(bram36(w, d) * ports for _, w, d, ports in memories("onchip", hw)))
     for unit in TOP_UNITS:
         part = unit_resources(unit, hw, the_fit)
         if unit == "moe":

@@ -196,6 +196,10 @@ class Accelerator(wiring.Component):
             wiring.connect(m, expert.ahead, linear.ahead)
             m.d.comb += expert.forget.eq(seq.issue.valid & seq.issue.ready
                                          & (seq.issue.payload.opcode != ExpertDescriptor.OPCODE))
+            # ... and the next EXPERT's fc1 weights, read during this one's fc2.
+            m.d.comb += [expert.next_desc.eq(seq.issue.payload.image[:ExpertDescriptor.width()]),
+                         expert.next_valid.eq(seq.pending & (seq.issue.payload.opcode
+                                                             == ExpertDescriptor.OPCODE))]
 
         # Which engine an opcode runs on, on which lane, and the payload it gets.
         lanes = hw.issue_lanes

@@ -539,9 +539,26 @@ class LinearEngine(wiring.Component):
 
     READS = 4
     X, W, CHAN, RES = range(READS)
-    #: Bus beats of the read-ahead FIFOs of ``w``, ``chan`` and the skip tensor (each
-    #: read in requests of a quarter of its FIFO, a chunk of the skip tensor at a time).
+    #: Bus beats of the read-ahead FIFOs of ``w``, ``chan`` and the skip tensor (``w`` and
+    #: ``chan`` read in requests of a quarter of these depths, the skip tensor a chunk at a
+    #: time).
     W_DEPTH, CHAN_DEPTH, RES_DEPTH = 128, 32, 32
+    #: ``w``'s FIFO with ``hw.expert_prefetch``: the next job's weights fill it while this
+    #: job's last out tile works after its last weights (the drain, about 315 cycles of an
+    #: edge-moe expert layer on a 32 x 64 array), so the memory does not idle then. 512
+    #: beats of a wide bus take the block RAMs that 128 do (512 deep is a RAMB36's depth).
+    W_DEPTH_AHEAD = 512
+
+    @classmethod
+    def w_depth(cls, hw: HwConfig) -> int:
+        """Beats of the ``w`` FIFO of the engine on ``hw``."""
+        return cls.W_DEPTH_AHEAD if hw.expert_prefetch else cls.W_DEPTH
+
+    @classmethod
+    def w_chunk(cls, hw: HwConfig) -> int:
+        """Bytes of each ``w`` request: a whole number of the array's weight beats, about
+        a quarter of :attr:`W_DEPTH` bus beats (whatever the FIFO's depth)."""
+        return hw.cols * max(1, cls.W_DEPTH // 4 * (hw.bus_width // 8) // hw.cols)
 
     def __init__(self, hw: HwConfig):
         _check_hw(self, hw)
@@ -569,8 +586,8 @@ class LinearEngine(wiring.Component):
         kernel = m.submodules.kernel = LinearKernel(hw)
         x = m.submodules.x = XTiler(hw)
         nbytes = hw.bus_width // 8
-        w = m.submodules.w = Fetch(hw.bus_width, hw.cols, depth=self.W_DEPTH,
-                                   chunk=hw.cols * max(1, self.W_DEPTH // 4 * nbytes // hw.cols))
+        w = m.submodules.w = Fetch(hw.bus_width, hw.cols, depth=self.w_depth(hw),
+                                   chunk=self.w_chunk(hw))
         chan = m.submodules.chan = Fetch(hw.bus_width, CHAN_BYTES, depth=self.CHAN_DEPTH,
                                          chunk=self.CHAN_DEPTH // 4 * nbytes)
         res = m.submodules.res = ResidualReader(hw, depth=max(self.RES_DEPTH, hw.cols // nbytes))

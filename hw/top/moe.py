@@ -367,13 +367,19 @@ class ExpertEngine(wiring.Component):
         showed the expert chosen. Never offered otherwise.
     forget : In(1)
         An instruction other than EXPERT was issued: the routing may have changed.
+    next_desc : In(ExpertDescriptor.layout())
+    next_valid : In(1)
+        The sequencer's next instruction (assembled, waiting: ``pending``) is an EXPERT,
+        ``next_desc``.
 
     With ``hw.expert_prefetch`` the scan also notes which experts (below
     ``hw.cols``, ROUTE's limit) the routing names. An EXPERT on the same
     routing (``topk_addr``, ``tokens``, ``top_k``) before anything else runs
     (``forget``) uses that note: for an expert nobody chose it ends at once,
     the routing not read again (its result is the same: no job, nothing
-    written); for a chosen one, fc1's weights are read ahead during its scan.
+    written); for a chosen one, fc1's weights are read ahead during its scan,
+    or already during fc2 of the EXPERT before it, when that one saw it next
+    (``next_desc``): the memory then moves them while fc2's last out tile works.
     An EXPERT whose hidden rows or slots overlap its routing leaves no note.
 
     Limits (``Fault.SHAPE`` beyond them): ``tokens <= hw.max_tokens``, ``dim``
@@ -392,7 +398,8 @@ class ExpertEngine(wiring.Component):
                         "x_index": In(IndexPort(hw.max_tokens)),
                         "y_index": In(IndexPort(hw.max_tokens)),
                         "ahead": Out(stream.Signature(ahead_layout())),
-                        "forget": In(1)})
+                        "forget": In(1),
+                        "next_desc": In(ExpertDescriptor.layout()), "next_valid": In(1)})
         super().__init__(members)
 
     @property
@@ -459,9 +466,7 @@ class ExpertEngine(wiring.Component):
             d = _accept(m, self, self._code, "NOTE" if ahead else "SCAN")
             if ahead:
                 with m.State("NOTE"):
-                    noted = (known & (key.addr == d.topk_addr) & (key.tokens == d.tokens)
-                             & (key.top_k == d.top_k) & (d.expert < L))
-                    picked = mask.bit_select(d.expert[:max(1, (L - 1).bit_length())], 1)
+                    noted, picked = self._noted(d, known, key, mask)
                     m.d.sync += [chosen.eq(noted & picked), offered.eq(0)]
                     with m.If(noted & ~picked):
                         m.d.comb += self.done.eq(1)        # nobody chose it: as after a scan
@@ -532,8 +537,18 @@ class ExpertEngine(wiring.Component):
             with m.State("FC2"):
                 m.d.comb += self.job.valid.eq(1)
                 with m.If(self.job.ready):
+                    m.d.sync += offered.eq(0)
                     m.next = "FC2_RUN"
             with m.State("FC2_RUN"):
+                if ahead:
+                    # The next EXPERT's fc1, when the note shows its expert chosen: it
+                    # comes next (the sequencer issues in order) and runs fc1 on them.
+                    nd = self.next_desc
+                    noted, picked = self._noted(nd, known, key, mask)
+                    self._offer(m, offered, self.next_valid & noted & picked
+                                & (self._code(nd) == Fault.NONE),
+                                w_addr=nd.fc1_w_addr, chan_addr=nd.fc1_chan_addr,
+                                in_features=nd.dim, out=nd.hidden)
                 with m.If(self.job_done):
                     m.d.comb += self.done.eq(1)
                     m.next = "IDLE"
@@ -552,6 +567,14 @@ class ExpertEngine(wiring.Component):
         with m.If(self.forget):
             m.d.sync += known.eq(0)
         return m
+
+    def _noted(self, d, known, key, mask):
+        """``(noted, picked)`` of EXPERT ``d``: the note is of its routing, and shows its
+        expert chosen."""
+        L = self._hw.cols
+        noted = (known & (key.addr == d.topk_addr) & (key.tokens == d.tokens)
+                 & (key.top_k == d.top_k) & (d.expert < L))
+        return noted, mask.bit_select(d.expert[:max(1, (L - 1).bit_length())], 1)
 
     def _offer(self, m, offered, when, *, w_addr, chan_addr, in_features, out):
         """Offer the weights of a job of ``out`` outputs on ``ahead`` (while ``when``,

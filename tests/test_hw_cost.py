@@ -534,3 +534,37 @@ def test_the_read_ahead_moves_no_more_than_its_fifo_holds(tiny_on):
         assert expert_carry(fc1, hw, rate, idle=3) == 3
     assert 0 < expert_idle(fc2, 1_000, 400) <= 600
     assert expert_idle(fc2, 400, 1_000) == 0
+
+
+#: zcu102-edge-moe's first two blocks, task 0, at the ZCU102's bandwidth and latency (16
+#: bytes a cycle a port, 85.3 in all, 50 cycles): moevit bench top's program (its signal
+#: model's routing: a few experts take most tokens), Verilator, bit-exact (2026-12-04, the
+#: EXPERT's next-fc1 read-ahead): 139,180 cycles; instruction -> cycles. The model erred
+#: +2.5 % (the same blocks, the bench's memory) before COMBINE's cost counted slot beats
+#: only and an EXPERT's latencies only its phases in DRAM.
+ZCU102_BOARD_PROGRAM = 139_180
+ZCU102_BOARD_INSTRUCTIONS = {4: 8_853, 5: 15_188, 8: 11_745, 9: 12_001, 16: 3_066,
+                             27: 10_019, 28: 12_076, 33: 6_203}
+
+
+def test_zcu102_point_at_the_boards_bandwidth_within_5_percent():
+    """The saved zcu102-edge-moe's first two blocks at the board's bandwidth and latency:
+    the whole program, and its long instructions (the linear layers, attention, ROUTE, the
+    two large EXPERTs, COMBINE), each within 5 % of the co-simulated top."""
+    from moevit.hw.config import get_hw_config
+    from moevit.hw.cost.cycles import board_latency, board_memory_bandwidth
+
+    hw = get_hw_config("zcu102-edge-moe")
+    board = get_board("zcu102")
+    program, image = _program("edge-moe", hw=hw, blocks=2)
+    cost = program_cycles(program, image, 0, bandwidth=board_bandwidth(board, hw),
+                          memory_bandwidth=board_memory_bandwidth(board, hw),
+                          latency=board_latency(board, hw))
+    error = cost.cycles / ZCU102_BOARD_PROGRAM - 1
+    print(f"\nwhole: predicted {cost.cycles:,} vs {ZCU102_BOARD_PROGRAM:,}: {error:+.2%}")
+    assert abs(error) < 0.05
+    for index, simulated in ZCU102_BOARD_INSTRUCTIONS.items():
+        i = cost.instructions[index]
+        print(f"{index:>2} {i.mnemonic:<11} predicted {i.cycles:>7,} vs {simulated:>7,}: "
+              f"{i.cycles / simulated - 1:+.2%}")
+        assert abs(i.cycles / simulated - 1) < 0.05, (index, i.mnemonic)

@@ -129,7 +129,7 @@ __all__ = ["InstructionCost", "ProgramCost", "program_cycles", "board_bandwidth"
            "PATCHIFY_TAIL", "ISSUE_CYCLES", "ISSUE_CYCLES_AHEAD", "issue_cycles",
            "NOTED_EXPERT_CYCLES",
            "LAYERNORM_DRAIN", "linear_drain", "linear_tile_outputs", "linear_wait",
-           "visible_drains", "drain_cycles", "ahead_fill", "expert_drains", "expert_carry", "expert_idle",
+           "visible_drains", "drain_cycles", "ahead_fill", "expert_drains", "expert_carry", "expert_idle", "EXPERT_STREAM_LOSS",
            "expert_latencies",
            "memory_wait", "top_reads", "activation_streams", "lane_demand", "lane_capacity",
            "lane_timeline"]
@@ -614,6 +614,18 @@ def bursts_floor(hw, bursts: dict, latency) -> int:
 EXPOSED_LATENCIES = {"EXPERT": 5, "ROUTE": 2, "COMBINE": 2}
 
 
+#: The memory cycles a working EXPERT's weight stream loses beyond its bytes over the ports
+#: when memory-bound, fitted: zcu102-edge-moe's first two blocks with each task's gate
+#: biased so that every expert gets 11 to 22 tokens (the search's balanced routing; weights
+#: striped over four ports of 16 bytes a cycle, 85.3 in all, a 50-cycle latency; Verilator,
+#: 2026-12-04, bit-exact): its 15 working EXPERTs after the first took 132 to 373 (mean
+#: 280) cycles more than the model without it; 100 fewer each at latency 0, 10 fewer with
+#: no weight request across a page. Not located: the kernel and the memory run at about
+#: the same pace there (17 tokens an expert on a 32-row array), where any stall of one is
+#: the other's.
+EXPERT_STREAM_LOSS = 280
+
+
 def expert_latencies(onchip, *, read_ahead=False) -> int:
     """The latencies a working EXPERT waits out whole (:data:`EXPOSED_LATENCIES`'s five when
     its tensors are in DRAM), by the address fields of its tensors in the on-chip window,
@@ -913,7 +925,8 @@ def program_cycles(program, image, task, *, bandwidth=None, memory_bandwidth=Non
                                         dram_reads=bool(read), dram_bytes=bool(read or written),
                                         onchip=_onchip_fields(d, window),
                                         read_ahead=read_ahead)
-        work = max(compute + wait, mem_cycles - carry + drain, floor)
+        loss = EXPERT_STREAM_LOSS if d.MNEMONIC == "EXPERT" and routed and read else 0
+        work = max(compute + wait, mem_cycles - carry + drain + loss, floor)
         idle = expert_idle(d.linears(routed)[1], work, mem_cycles - carry) \
             if followed and routed else None
         costs.append(InstructionCost(index, d.MNEMONIC, d.UNIT, compute, mem_cycles, read,

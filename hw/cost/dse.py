@@ -718,8 +718,8 @@ def _step_cost(step, hw, bandwidth, memory_bandwidth, latency) -> tuple:
     """``(parts, chunked)`` of one ``step`` of :func:`predict`: per chunk of its tokens (one
     for a step other than a linear one) ``(unit, cycles, DRAM and on-chip bytes, memory-bound,
     bytes on each shared resource)``; ``chunked``: its sequence was cut."""
-    from moevit.hw.cost.cycles import (expert_scan_cycles, issue_cycles, lane_demand,
-                                       memory_cycles)
+    from moevit.hw.cost.cycles import (EXPERT_STREAM_LOSS, expert_scan_cycles, issue_cycles,
+                                       lane_demand, memory_cycles)
     from moevit.hw.program.isa import LANE_OF
 
     issue = issue_cycles(hw)
@@ -760,6 +760,8 @@ def _step_cost(step, hw, bandwidth, memory_bandwidth, latency) -> tuple:
         else:
             wait, drain = _overlap(step, hw, by_mover, bandwidth, memory_bandwidth, latency)
         floor, exposed = _chunk_latency(step, hw, n, compute, latency, linear, by_mover)
+        if step.mnemonic == "EXPERT" and step.routed:
+            drain += EXPERT_STREAM_LOSS
         if step.after_expert and hw.expert_prefetch and len(parts) == 1:
             memory -= _carry(step, hw, n, compute + wait, memory, drain, floor, bandwidth,
                              memory_bandwidth)
@@ -813,7 +815,9 @@ def lanes_order(work, task, hw):
     order, concurrent, _ = schedule([(kind, [[(LANE_OF[steps[k].mnemonic],
                                                interleave_cycles(steps[k], hw)) for k in part]
                                              for part in parts]) for kind, parts in segments])
-    return [steps[segments[s][1][max(stream, 0)][i]] for s, stream, i in order], concurrent
+    # Chained again in this order: an EXPERT's neighbours are the interleaved ones.
+    return list(chain_experts([steps[segments[s][1][max(stream, 0)][i]]
+                               for s, stream, i in order])), concurrent
 
 
 def predict_lanes(work, task, hw, bandwidth, batch=1, memory_bandwidth=None, latency=0):

@@ -129,7 +129,8 @@ def test_the_search_chooses_ports_within_the_boards(board):
                                                  * hw.clock_mhz / 1e3)
     steps = workload("edge-moe").steps(row["task"])
     chosen = predict(steps, hw, port, memory_bandwidth=memory).cycles
-    one = predict(steps, hw.replace(memory_ports=1, weight_ports=1, issue_lanes=1), port,
+    one = predict(steps, hw.replace(memory_ports=1, weight_ports=1, issue_lanes=1,
+                                    token_chunks=0), port,
                   memory_bandwidth=memory).cycles   # (one port: one issue lane)
     unstriped = predict(steps, hw.replace(weight_ports=1), port, memory_bandwidth=memory).cycles
     print(f"{board}: {hw.memory_ports} port(s), weights over {hw.weight_ports}: {chosen:,} "

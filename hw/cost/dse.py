@@ -141,16 +141,15 @@ class Step:
     fields: tuple
     routed: int = 0
     onchip: tuple = ()     # its address fields whose tensors are in the on-chip window
-    # A working EXPERT after / before another on the same routing, nothing between (with
-    # hw.expert_prefetch the first reads the second's fc1 weights ahead: chain_experts).
+    # A working EXPERT right after another on the same routing (with hw.expert_prefetch
+    # the earlier one reads this one's fc1 weights ahead: chain_experts).
     after_expert: bool = False
-    before_expert: bool = False
 
     def __post_init__(self):
         # What the cost depends on: the fields but the addresses, the routing, which of
-        # its tensors are on chip, and its neighbours (an EXPERT's).
+        # its tensors are on chip, and whether an EXPERT follows one it reads ahead for.
         object.__setattr__(self, "shape", (self.mnemonic, self.routed, self.onchip,
-                                           self.after_expert, self.before_expert) + tuple(
+                                           self.after_expert) + tuple(
             (k, v) for k, v in self.fields if not k.endswith("_addr")))
         object.__setattr__(self, "values", dict(self.fields))
 
@@ -223,10 +222,10 @@ class Workload:
 
 
 def chain_experts(steps) -> tuple:
-    """``steps`` (in program order) with each working EXPERT's ``after_expert`` and
-    ``before_expert``: the instruction before / after it is a working EXPERT on the same
-    routing (with ``hw.expert_prefetch`` the top reads the later one's fc1 weights during
-    the earlier one's fc2: :func:`~moevit.hw.cost.cycles.expert_drains`,
+    """``steps`` (in program order) with each working EXPERT's ``after_expert``: the
+    instruction before it is a working EXPERT on the same routing (with
+    ``hw.expert_prefetch`` the top reads this one's fc1 weights during the earlier one's
+    fc2: :func:`~moevit.hw.cost.cycles.expert_carry`,
     :func:`~moevit.hw.cost.cycles.expert_latencies`)."""
     def working(step):
         return step is not None and step.mnemonic == "EXPERT" and step.routed > 0
@@ -238,11 +237,9 @@ def chain_experts(steps) -> tuple:
     out = []
     for k, step in enumerate(steps):
         before = steps[k - 1] if k else None
-        after = steps[k + 1] if k + 1 < len(steps) else None
         if working(step):
             step = dataclasses.replace(
-                step, after_expert=working(before) and routing(before) == routing(step),
-                before_expert=working(after) and routing(after) == routing(step))
+                step, after_expert=working(before) and routing(before) == routing(step))
         out.append(step)
     return tuple(out)
 
@@ -780,12 +777,16 @@ def _carry(step, hw, n, busy, memory, drain, floor, bandwidth, memory_bandwidth)
     (a few rounds from none)."""
     from moevit.hw.cost.cycles import expert_carry, expert_idle
 
-    fc1, fc2 = _expert_linears(step, hw, n)
+    key = ("jobs", step.shape, *_linear_fields(hw), n)  # descriptors are slow to build
+    if key not in _CYCLES:
+        _CYCLES[key] = _expert_linears(step, hw, n)
+    fc1, fc2 = _CYCLES[key]
+    # What the FIFO and fc1's bytes allow, whatever the idle cycles (the search's hot loop).
+    most = expert_carry(fc1, hw, bandwidth, memory_bandwidth, idle=math.inf)
     carry = 0
     for _ in range(4):
         work = max(busy, memory - carry + drain, floor)
-        carry = expert_carry(fc1, hw, bandwidth, memory_bandwidth,
-                             idle=expert_idle(fc2, work, memory - carry))
+        carry = min(most, expert_idle(fc2, work, memory - carry))
     return carry
 
 

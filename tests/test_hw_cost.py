@@ -543,14 +543,14 @@ def test_the_read_ahead_moves_no_more_than_its_fifo_holds(tiny_on):
 #: +2.5 % (the same blocks, the bench's memory) before COMBINE's cost counted slot beats
 #: only and an EXPERT's latencies only its phases in DRAM.
 ZCU102_BOARD_PROGRAM = 139_180
-ZCU102_BOARD_INSTRUCTIONS = {4: 8_853, 5: 15_188, 8: 11_745, 9: 12_001, 16: 3_066,
+ZCU102_BOARD_INSTRUCTIONS = {0: 7_549, 4: 8_853, 5: 15_188, 8: 11_745, 9: 12_001, 16: 3_066,
                              27: 10_019, 28: 12_076, 33: 6_203}
 
 
 def test_zcu102_point_at_the_boards_bandwidth_within_5_percent():
     """The saved zcu102-edge-moe's first two blocks at the board's bandwidth and latency:
-    the whole program, and its long instructions (the linear layers, attention, ROUTE, the
-    two large EXPERTs, COMBINE), each within 5 % of the co-simulated top."""
+    the whole program, and its long instructions (PATCHIFY, the linear layers, attention,
+    ROUTE, the two large EXPERTs, COMBINE), each within 5 % of the co-simulated top."""
     from moevit.hw.config import get_hw_config
     from moevit.hw.cost.cycles import board_latency, board_memory_bandwidth
 

@@ -126,7 +126,7 @@ __all__ = ["InstructionCost", "ProgramCost", "program_cycles", "board_bandwidth"
            "EXPERT_JOB_CYCLES", "EXPERT_ROW_CYCLES",
            "ATTENTION_TAIL_FIXED", "attention_kv_cycles", "attention_tail", "LAYERNORM_TAIL",
            "layernorm_cycles", "layernorm_param_wait",
-           "PATCHIFY_TAIL", "ISSUE_CYCLES", "ISSUE_CYCLES_AHEAD", "issue_cycles",
+           "PATCHIFY_TAIL", "patchify_blocks", "ISSUE_CYCLES", "ISSUE_CYCLES_AHEAD", "issue_cycles",
            "NOTED_EXPERT_CYCLES",
            "LAYERNORM_DRAIN", "linear_drain", "linear_tile_outputs", "linear_wait",
            "visible_drains", "drain_cycles", "ahead_fill", "expert_drains", "expert_carry", "expert_idle", "EXPERT_STREAM_LOSS",
@@ -340,7 +340,8 @@ def memory_wait(d, hw, moved, bandwidth, memory_bandwidth=None, *, op=None,
     (:func:`attention_kv_cycles`), the rest of the load is waited for. LAYERNORM: its
     parameters (channel ``x``) before its first row, beyond what
     :func:`layernorm_param_wait` counts at a bus word a cycle. ROUTE: its indices and
-    weights are written after its last token."""
+    weights are written after its last token. PATCHIFY: its blocks' loads, each behind the
+    latency, where they are slower than the emission (:func:`patchify_blocks`)."""
     m = d.MNEMONIC
     lane = LANE_OF[m]
 
@@ -368,6 +369,17 @@ def memory_wait(d, hw, moved, bandwidth, memory_bandwidth=None, *, op=None,
             beats = -(-hw.heads_parallel * d.head_dim // (hw.bus_width // 8))
             load = max(load, (d.tokens - ahead) * (latency + beats) / hw.max_outstanding)
         return d.rounds * max(0, int(np.ceil(load)) - attention_kv_cycles(d))
+    if m == "PATCHIFY" and moved.get("x"):
+        # The loader fills one half of the band buffer while the emitter empties the other:
+        # the first block loads before any run leaves (PATCHIFY_TAIL holds it at a bus word
+        # a cycle; its latency is exposed), then each block waits for the slower of its own
+        # load, behind the latency again, and the emission of the block before.
+        blocks, _ = patchify_blocks(d)
+        block = moved["x"] / blocks
+        load = alone("x", int(np.ceil(block)))
+        emit = block / min(d.patch, hw.bus_width // 8)
+        first = max(0, load - block / (hw.bus_width // 8))
+        return int(np.ceil(first + (blocks - 1) * max(0, load + latency - emit)))
     if m == "ROUTE":
         # Written after the last token; the engine's model counts a bus word a cycle.
         from moevit.hw.top.moe import route_write_words
@@ -561,11 +573,7 @@ def request_bursts(d, hw, *, op=None, routed=None) -> dict:
         add("w", d.tokens * d.dim)
         add("write", d.tokens * d.dim)
     elif m == "PATCHIFY":
-        from moevit.hw.top.patchify_engine import PatchifyEngine
-
-        grid = d.columns // d.patch
-        block = min(grid, PatchifyEngine.PATCHES)
-        blocks = (d.rows // d.patch) * -(-grid // block)
+        blocks, block = patchify_blocks(d)
         add("x", block * d.patch, blocks * d.channels * d.patch)
         add("write", d.channels * d.rows * d.columns)
     elif m == "COPY":
@@ -643,6 +651,17 @@ def expert_latencies(onchip, *, read_ahead=False) -> int:
     first = dram("topk_addr") or not read_ahead
     return int(first) + int(dram("x_addr")) + 2 * int(dram("hidden_addr")) \
         + int(dram("slots_addr"))
+
+
+def patchify_blocks(d) -> tuple:
+    """``(blocks, patches of a block)`` of PATCHIFY descriptor ``d``: the engine loads the
+    image rows of up to :attr:`PatchifyEngine.PATCHES
+    <moevit.hw.top.patchify_engine.PatchifyEngine>` patches of a grid row at a time."""
+    from moevit.hw.top.patchify_engine import PatchifyEngine
+
+    grid = d.columns // d.patch
+    block = min(grid, PatchifyEngine.PATCHES)
+    return (d.rows // d.patch) * -(-grid // block), block
 
 
 def burst_phases(d, hw, *, op=None, routed=None) -> list:

@@ -582,7 +582,7 @@ def _overlap(step, hw, by_mover, bandwidth, memory_bandwidth, latency=0) -> tupl
     memory_wait`, :func:`~moevit.hw.cost.cycles.drain_cycles`)."""
     from moevit.hw.cost.cycles import drain_cycles, memory_wait
 
-    if step.mnemonic not in ("ATTENTION", "ROUTE", "LAYERNORM"):
+    if step.mnemonic not in ("ATTENTION", "ROUTE", "LAYERNORM", "PATCHIFY"):
         return 0, 0                     # no overlap term (cycles.memory_wait, drain_cycles)
     key = ("descriptor", step.shape, hw)
     if key not in _CYCLES:

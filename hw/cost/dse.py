@@ -502,13 +502,19 @@ def _onchip_memory(step, hw, by_mover, n, bandwidth, memory_bandwidth):
 
 
 def _expert_linears(step, hw, n):
+    """An EXPERT step's two jobs on ``n`` routed tokens, built once per shape and array
+    (descriptors are slow to build; what the costs read of them depends on those only)."""
     from moevit.hw.program.descriptor import LinearDescriptor
 
-    f = step.values
-    gelu = {k: f[k] for k in ("gelu_b", "gelu_c", "gelu_mult", "gelu_shift")}
-    return (LinearDescriptor(hw, tokens=n, in_features=f["dim"], out_features=f["hidden"],
+    key = ("jobs", step.shape, *_linear_fields(hw), n)
+    if key not in _CYCLES:
+        f = step.values
+        gelu = {k: f[k] for k in ("gelu_b", "gelu_c", "gelu_mult", "gelu_shift")}
+        _CYCLES[key] = (
+            LinearDescriptor(hw, tokens=n, in_features=f["dim"], out_features=f["hidden"],
                              gelu=1, **gelu),
             LinearDescriptor(hw, tokens=n, in_features=f["hidden"], out_features=f["dim"]))
+    return _CYCLES[key]
 
 
 _CYCLES = {}  # (shape, the hw fields a cost reads, tokens) -> cycles: shared by the points
@@ -777,10 +783,7 @@ def _carry(step, hw, n, busy, memory, drain, floor, bandwidth, memory_bandwidth)
     (a few rounds from none)."""
     from moevit.hw.cost.cycles import expert_carry, expert_idle
 
-    key = ("jobs", step.shape, *_linear_fields(hw), n)  # descriptors are slow to build
-    if key not in _CYCLES:
-        _CYCLES[key] = _expert_linears(step, hw, n)
-    fc1, fc2 = _CYCLES[key]
+    fc1, fc2 = _expert_linears(step, hw, n)
     # What the FIFO and fc1's bytes allow, whatever the idle cycles (the search's hot loop).
     most = expert_carry(fc1, hw, bandwidth, memory_bandwidth, idle=math.inf)
     carry = 0

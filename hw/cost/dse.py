@@ -789,7 +789,9 @@ def _carry(step, hw, n, busy, memory, drain, floor, bandwidth, memory_bandwidth)
     carry = 0
     for _ in range(4):
         work = max(busy, memory - carry + drain, floor)
-        carry = min(most, expert_idle(fc2, work, memory - carry))
+        before, carry = carry, min(most, expert_idle(fc2, work, memory - carry))
+        if carry == before:       # a fixed point: the rounds left would change nothing
+            break
     return carry
 
 

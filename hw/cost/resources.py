@@ -32,6 +32,7 @@ lanes) are counted as the MoE unit, but with their own memories (:func:`resource
 Yosys is not Vivado: LUT and FF are upper bounds (:data:`moevit.hw.estimate.CAVEAT`).
 """
 
+import functools
 import json
 import math
 from dataclasses import dataclass, fields
@@ -84,11 +85,14 @@ class Resources:
     bram36: float = 0
     uram: float = 0
 
+    # Field by field, not through fields(): the search adds millions of them.
     def __add__(self, other):
-        return Resources(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+        return Resources(self.dsp + other.dsp, self.lut + other.lut, self.ff + other.ff,
+                         self.bram36 + other.bram36, self.uram + other.uram)
 
     def __mul__(self, k):
-        return Resources(*(getattr(self, f.name) * k for f in fields(self)))
+        return Resources(self.dsp * k, self.lut * k, self.ff * k, self.bram36 * k,
+                         self.uram * k)
 
     def row(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -105,6 +109,7 @@ LUTRAM_MAX_BITS = 4096
 _BRAM18_SHAPES = ((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384))
 
 
+@functools.lru_cache(maxsize=4096)
 def bram36(width: int, depth: int) -> float:
     """RAMB36E2 (a RAMB18E2 counts 1/2) of one ``width`` x ``depth`` memory as Yosys maps it:
     0 in LUT RAM (:data:`LUTRAM_MAX_DEPTH`, :data:`LUTRAM_MAX_BITS`), else the cheapest
@@ -519,6 +524,21 @@ def unit_resources(unit: str, hw, the_fit=None) -> Resources:
 
 
 def resources(hw, the_fit=None) -> Resources:
+    """Resources of the whole top on ``hw`` (:func:`top_resources`), kept per ``hw`` for the
+    default fit (the search asks for many points more than once)."""
+    if the_fit is not None and the_fit is not _default_fit():
+        return top_resources(hw, the_fit)
+    if hw not in _RESOURCES:
+        if len(_RESOURCES) > 100_000:
+            _RESOURCES.clear()
+        _RESOURCES[hw] = top_resources(hw)
+    return _RESOURCES[hw]
+
+
+_RESOURCES = {}
+
+
+def top_resources(hw, the_fit=None) -> Resources:
     """Resources of the whole top on ``hw``: its units, :data:`TOP_OVERHEAD` and
     :data:`TOP_PER_COL`,
     its memory ports' arbiters and striper (:func:`port_overhead`), a second issue lane's

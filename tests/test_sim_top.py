@@ -88,6 +88,44 @@ def test_a_memory_latency_slows_the_run_and_changes_no_byte(tiny):
     assert cycles[1] >= cycles[0] + 40
 
 
+def test_the_verilog_memory_serves_as_the_python_one(tiny):
+    """``run_top(memory="verilog")``, every beat served in the simulator, against
+    cocotbext-axi's RAM: PATCHIFY and COPY on Icarus, two tasks, at no limit, at a latency
+    of 40 cycles and at 3 bytes a cycle a port (2.5 for all): bit-exact every time, the same
+    cycles and bytes read without a rate, within 1 % with one (the two buckets count beats
+    taken in one cycle in another order)."""
+    program, image = tiny
+    short = dataclasses.replace(program, instructions=[program.instructions[0],
+                                                       program.instructions[2]])
+    other = np.random.default_rng(replay_seed()).integers(-128, 128, image.shape, np.int8)
+    for name, memory in (("free", {}), ("latency", {"latency": 40}),
+                         ("rate", {"bandwidth": 3.0, "memory_bandwidth": 2.5})):
+        got = {kind: check_runs(short, [(0, [image]), (1, [other])],
+                                test_id=f"top-memory-{kind}-{name}", simulator="icarus",
+                                engines=("patchify", "copy"), timeout_us=2000, memory=kind,
+                                **memory)
+               for kind in ("python", "verilog")}
+        cycles = {kind: [run["cycles"] for run in runs] for kind, runs in got.items()}
+        print(f"{name}: cycles {cycles}")
+        for python, verilog in zip(got["python"], got["verilog"]):
+            assert verilog["port_bytes_read"] == python["port_bytes_read"]
+            if name == "rate":
+                assert abs(verilog["cycles"] / python["cycles"] - 1) < 0.01
+            else:
+                assert verilog["cycles"] == python["cycles"]
+
+
+def test_the_verilog_memory_refuses_what_it_does_not_model(tiny):
+    program, image = tiny
+    for options, named in (({"guard": True}, "guard"), ({"memory_pauses": "random"},
+                                                          "memory pauses")):
+        with pytest.raises(ValueError, match=f"the Verilog memory has no {named}"):
+            run_top(program, [(0, [image])], test_id="top-memory-refused", memory="verilog",
+                    **options)
+    with pytest.raises(ValueError, match="memory 'sram'"):
+        run_top(program, [(0, [image])], test_id="top-memory-refused", memory="sram")
+
+
 @pytest.mark.slow
 def test_a_memory_latency_on_the_whole_program(tiny):
     """The whole tiny program, task 0, behind a memory that answers each burst 100 cycles

@@ -39,7 +39,8 @@ import numpy as np
 
 __all__ = ["run_top", "expected_runs", "output_bytes", "stalls", "guard_pattern", "BUFFERS",
            "host_buffers",
-           "TOPLEVEL", "GUARD_BYTES", "port_stream"]
+           "TOPLEVEL", "GUARD_BYTES", "port_stream", "SIM_MEMORY", "SIM_TOPLEVEL",
+           "sim_top_verilog"]
 
 TOPLEVEL = "moevit_top"
 
@@ -115,7 +116,8 @@ def _verilog(hw, engines):
 
 def run_top(program, runs, *, test_id, simulator=None, memory_pauses="none", seed=0,
             probability=0.3, timeout_us=200_000, engines=None, waves=False, guard=False,
-            bandwidth=None, memory_bandwidth=None, timeline=False, latency=0):
+            bandwidth=None, memory_bandwidth=None, timeline=False, latency=0,
+            memory="python"):
     """Run ``runs`` on the co-simulated top loaded with ``program``.
 
     ``runs`` is a list of ``(task, images)``, ``images`` int8 arrays of the
@@ -144,6 +146,9 @@ def run_top(program, runs, *, test_id, simulator=None, memory_pauses="none", see
     a cycle all the ports together serve at most (default: no limit beyond the ports').
     ``latency``: cycles from a burst's AR or AW to the memory serving it (its R beats, its
     W beats taken), bursts overlapping as they come (default 0: at once).
+    ``memory``: ``"python"`` (cocotbext-axi's RAM, every beat through Python: faults, pauses
+    and the guard) or ``"verilog"`` (:data:`SIM_MEMORY`, every beat in the simulator: the
+    same bandwidths and latency, none of the rest, for long runs).
     ``timeline``: each run's row also has ``issued``, ``[instruction, cycle]`` for every
     instruction the sequencer issued, the cycle counted from ``ap_start`` as the
     ``cycles`` register counts (the cost model's per-instruction figures,
@@ -152,9 +157,9 @@ def run_top(program, runs, *, test_id, simulator=None, memory_pauses="none", see
     from moevit.paths import build_dir
     from moevit.sim.runner import run_cocotb, sim_folder
 
+    if memory not in ("python", "verilog"):
+        raise ValueError(f"memory {memory!r}: 'python' or 'verilog'")
     folder = build_dir("sim", "_rtl", sim_folder(test_id).name).resolve()
-    source = folder / f"{TOPLEVEL}.v"
-    source.write_text(_verilog(program.hw, engines))
     layout = program.layout
     bounds = layout.boundaries()
     (folder / "program.bin").write_bytes(program.encode())
@@ -196,8 +201,25 @@ def run_top(program, runs, *, test_id, simulator=None, memory_pauses="none", see
             "bus_bytes": program.hw.bus_width // 8,
             "bandwidth": None if bandwidth is None else float(bandwidth),
             "memory_bandwidth": None if memory_bandwidth is None else float(memory_bandwidth),
-            "timeline": bool(timeline), "latency": int(latency)}
-    result = run_cocotb(toplevel=TOPLEVEL, sources=[source], test_module=__name__,
+            "timeline": bool(timeline), "latency": int(latency), "memory": memory}
+    if memory == "verilog":
+        unsupported = [name for name, used in (
+            ("guard", guard), ("faults", any(run["faults"] for run in images)),
+            ("memory pauses", any(run["memory_pauses"] != "none" for run in images)),
+            ("resets", any(run["reset"] for run in images)),
+            ("other programs", any(run["program"] != "program.bin" for run in images)))
+            if used]
+        if unsupported:
+            raise ValueError(f"the Verilog memory has no {', '.join(unsupported)}: "
+                             "memory='python' for them")
+    source = folder / f"{TOPLEVEL}.v"
+    source.write_text(_verilog(program.hw, engines))
+    sources, toplevel = [source], TOPLEVEL
+    if memory == "verilog":
+        wrapper = folder / f"{SIM_TOPLEVEL}.v"
+        wrapper.write_text(sim_top_verilog(source.read_text(), program.hw, case["memory_bytes"]))
+        sources, toplevel = [source, SIM_MEMORY, wrapper], SIM_TOPLEVEL
+    result = run_cocotb(toplevel=toplevel, sources=sources, test_module=__name__,
                         test_id=test_id, simulator=simulator, waves=waves,
                         env={"MOEVIT_CASE": json.dumps(case)})
     summary = result.json("summary.json")
@@ -207,6 +229,56 @@ def run_top(program, runs, *, test_id, simulator=None, memory_pauses="none", see
         run["scratch"] = np.fromfile(result.output(f"run{k}-scratch.bin"), np.uint8)
         run["seconds"] = result.seconds
     return summary
+
+
+#: The memory that serves every beat in the simulator (``run_top(memory="verilog")``).
+SIM_MEMORY = Path(__file__).resolve().parent.parent / "verilog" / "moevit_sim_memory.v"
+#: The toplevel of that run: the top and :data:`SIM_MEMORY` on its ports.
+SIM_TOPLEVEL = "moevit_sim_top"
+_AXI_SIGNALS = ("arvalid", "arready", "araddr", "arlen", "arsize", "arburst", "arid",
+                "rvalid", "rready", "rdata", "rlast", "rresp", "rid",
+                "awvalid", "awready", "awaddr", "awlen", "awsize", "awburst", "awid",
+                "wvalid", "wready", "wdata", "wstrb", "wlast", "bvalid", "bready", "bresp", "bid")
+
+
+def sim_top_verilog(top_verilog, hw, memory_bytes) -> str:
+    """:data:`SIM_TOPLEVEL`: the top (``top_verilog``, :data:`TOPLEVEL`) with its control
+    port, clock, reset and interrupt outside and :data:`SIM_MEMORY` on its memory ports,
+    the memory's controls (``memory_*``) outside for the bench."""
+    import re
+
+    from moevit.hw.top.memory_ports import port_name
+
+    body = top_verilog[top_verilog.index(f"module {TOPLEVEL}("):]
+    body = body[:body.index("endmodule")]
+    ports = re.findall(r"^\s*(input|output)\s+(?:(\[\d+:0\])\s+)?(\w+);", body, re.M)
+    outside = [(d, w, n) for d, w, n in ports if not n.startswith("m_axi_")]
+    inside = [(w, n) for d, w, n in ports if n.startswith("m_axi_")]
+    names = [f"m_axi_{port_name(k)}" for k in range(hw.memory_ports)]
+    controls = [("input", "", "memory_load"), ("input", "", "memory_dump"),
+                ("input", "[31:0]", "memory_dump_from"), ("input", "[31:0]", "memory_dump_to"),
+                ("input", "[31:0]", "memory_latency"), ("input", "[31:0]", "memory_port_rate"),
+                ("input", "[31:0]", "memory_rate"),
+                ("output", f"[{64 * len(names) - 1}:0]", "memory_bytes_read"),
+                ("output", "", "memory_unsupported")]
+    lines = [f"// The top on {SIM_MEMORY.name}: written by moevit.sim.benches.top.",
+             f"module {SIM_TOPLEVEL}({', '.join(n for _, _, n in outside + controls)});"]
+    lines += [f"  {d} {w + ' ' if w else ''}{n};" for d, w, n in outside + controls]
+    lines += [f"  wire {w + ' ' if w else ''}{n};" for w, n in inside]
+    lines.append(f"  {TOPLEVEL} top(" + ", ".join(
+        f".{n}({n})" for _, _, n in ports) + ");")
+    connections = {"clk": "ap_clk", "load": "memory_load", "dump": "memory_dump",
+                   "dump_from": "memory_dump_from", "dump_to": "memory_dump_to",
+                   "latency": "memory_latency", "port_rate": "memory_port_rate",
+                   "memory_rate": "memory_rate", "bytes_read": "memory_bytes_read",
+                   "unsupported": "memory_unsupported"}
+    for signal in _AXI_SIGNALS:     # port 0 in the low bits
+        connections[signal] = "{" + ", ".join(f"{name}_{signal}" for name in names[::-1]) + "}"
+    lines.append(f"  moevit_sim_memory #(.PORTS({len(names)}), .DATA_WIDTH({hw.bus_width}), "
+                 f".WORDS({memory_bytes // (hw.bus_width // 8)})) memory("
+                 + ", ".join(f".{k}({v})" for k, v in connections.items()) + ");")
+    lines.append("endmodule")
+    return "\n".join(lines) + "\n"
 
 
 def output_bytes(program, task) -> int:
@@ -328,6 +400,10 @@ if cocotb is not None:
             self.regs = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axi_control"), dut.ap_clk,
                                       dut.ap_rst_n, reset_active_level=False)
             self.rams = []
+            if case.get("memory") == "verilog":
+                self.ram = SimMemory(dut, case)
+                self.pausing, self.throttles = ("none", None, None, None), None
+                return
             for name in names:
                 shared = self.rams[0].mem if self.rams else None
                 self.rams.append(FaultyRam(AxiBus.from_prefix(dut, name), dut.ap_clk,
@@ -357,6 +433,17 @@ if cocotb is not None:
         @property
         def bytes_read(self):
             return sum(self.port_bytes_read)
+
+        def run_starts(self):
+            """Count the memory ports' bytes read from here."""
+            if isinstance(self.ram, SimMemory):
+                self.ram.mark()
+            else:
+                self.port_bytes_read = [0] * len(self.rams)
+
+        def run_ended(self):
+            if isinstance(self.ram, SimMemory):
+                self.port_bytes_read = self.ram.bytes_read()
 
         def _count(self, port, ram):
             read = ram.read_if._read
@@ -427,6 +514,76 @@ if cocotb is not None:
         def field(self, register, name, value):
             f = REGMAP[register].field(name)
             return (value & f.mask) >> f.bit
+
+    class SimMemory:
+        """The bench's side of :data:`SIM_MEMORY`: the host's writes kept in a copy of its
+        bytes and loaded by one ``$readmemh`` before a run (:meth:`load`), reads through
+        ``$writememh``; the bandwidths and the latency set once, the bytes read per port
+        counted in the simulator. Its files lie in the simulation's working folder."""
+
+        def __init__(self, dut, case):
+            self.dut, self.beat = dut, case["bus_bytes"]
+            self.host = np.zeros(case["memory_bytes"], np.uint8)
+            self.dirty = []          # word ranges written since the last load
+            self.ports = len(dut.memory_bytes_read.value) // 64
+            self.start = [0] * self.ports
+            for name in ("memory_load", "memory_dump", "memory_dump_from", "memory_dump_to"):
+                getattr(dut, name).value = 0
+            dut.memory_latency.value = int(case.get("latency") or 0)
+            for name, rate in (("memory_port_rate", case.get("bandwidth")),
+                               ("memory_rate", case.get("memory_bandwidth"))):
+                # 1/1024 byte a cycle (0: no limit), as the Verilog's buckets count.
+                getattr(dut, name).value = 0 if rate is None else max(1, round(rate * 1024))
+
+        def write(self, address, data):
+            data = np.frombuffer(bytes(data), np.uint8)
+            self.host[address:address + len(data)] = data
+            self.dirty.append((address // self.beat, -(-(address + len(data)) // self.beat)))
+
+        async def pulse(self, signal):
+            signal.value = 1
+            await RisingEdge(self.dut.ap_clk)
+            signal.value = 0
+            await RisingEdge(self.dut.ap_clk)     # the edge's $readmemh / $writememh done
+
+        async def load(self):
+            """Every word written since the last load, into the simulated memory."""
+            if not self.dirty:
+                return
+            digits, lines = 2 * self.beat, []
+            for first, end in sorted(self.dirty):
+                words = self.host[first * self.beat:end * self.beat].reshape(-1, self.beat)
+                text = words[:, ::-1].tobytes().hex()     # a word's first byte: its low bits
+                lines.append(f"@{first:x}")
+                lines += [text[k:k + digits] for k in range(0, len(text), digits)]
+            Path("memory.hex").write_text("\n".join(lines) + "\n")
+            self.dirty = []
+            await self.pulse(self.dut.memory_load)
+
+        async def read(self, address, length) -> bytes:
+            first, end = address // self.beat, -(-(address + length) // self.beat)
+            self.dut.memory_dump_from.value = first
+            self.dut.memory_dump_to.value = end - 1
+            await self.pulse(self.dut.memory_dump)
+            words = [line.strip() for line in Path("dump.hex").read_text().splitlines()
+                     if line.strip() and not line.lstrip().startswith(("@", "//"))]
+            raw = np.frombuffer(bytes.fromhex("".join(words)), np.uint8)
+            raw = raw.reshape(-1, self.beat)[:, ::-1].ravel()
+            at = address - first * self.beat
+            return raw[at:at + length].tobytes()
+
+        def counters(self) -> list:
+            value = int(self.dut.memory_bytes_read.value)
+            return [(value >> (64 * k)) & ((1 << 64) - 1) for k in range(self.ports)]
+
+        def mark(self):
+            self.start = self.counters()
+
+        def bytes_read(self) -> list:
+            if int(self.dut.memory_unsupported.value):
+                raise AssertionError("the top issued a burst the Verilog memory does not "
+                                     "model (not INCR, or not whole aligned bus words)")
+            return [now - then for now, then in zip(self.counters(), self.start)]
 
     def delay(channel, latency_ns):
         """``channel`` (a memory's AR or AW) hands each burst on no sooner than
@@ -545,7 +702,7 @@ if cocotb is not None:
         host = await power_up(dut, case)
         buffers = case["buffers"]
         runs = case["runs"]
-        guard = Guard(host.ram.mem)
+        guard = Guard(host.ram.mem) if case["guard"] else None
         if case["guard"]:
             most = max(run["count"] for run in runs)
             program_bytes = max((folder / run["program"]).stat().st_size for run in runs)
@@ -554,6 +711,13 @@ if cocotb is not None:
                      "scratch": case["scratch_bytes"]}
             guard.fill([(buffers[name], buffers[name] + size) for name, size in sizes.items()])
         host.ram.write(buffers["weights"], (folder / "weights.bin").read_bytes())
+        fast = isinstance(host.ram, SimMemory)
+        core = dut.top if fast else dut       # the accelerator itself
+
+        async def read(address, length):
+            return await host.ram.read(address, length) if fast else \
+                host.ram.read(address, length)
+
         await host.arguments()
         summary = []
         for k, run in enumerate(runs):
@@ -561,16 +725,19 @@ if cocotb is not None:
                 host.ram.write(buffers["input"] + n * case["input_pitch"],
                                (folder / f"run{k}-image{n}.bin").read_bytes())
             host.ram.write(buffers["program"], (folder / run["program"]).read_bytes())
+            if fast:
+                await host.ram.load()
             host.slow(run["memory_pauses"], run["seed"], run["probability"], run["stalls"])
             if case["guard"]:
                 guard.snapshot()
-            host.faults = [tuple(f) for f in run["faults"]]
-            host.port_bytes_read = [0] * len(host.rams)
+            if not fast:
+                host.faults = [tuple(f) for f in run["faults"]]
+            host.run_starts()
             await host.write("task", run["task"])
             await host.write("images", run["count"])
             issued, watch = [], None
             if case["timeline"]:
-                watch = cocotb.start_soon(watch_issues(dut, issued))
+                watch = cocotb.start_soon(watch_issues(core, issued))
             await host.write("ap_ctrl", 1)
             if run["restart"]:
                 await ClockCycles(dut.ap_clk, 50)
@@ -597,7 +764,9 @@ if cocotb is not None:
                         f"{host.field('status', 'image', status)}"
                         + (f" (the last issued, [index, cycle]: {issued[-3:]})" if issued
                            else "") + f"; the handshakes then: {out / 'hang.txt'}") from None
-            host.faults = []
+            if not fast:
+                host.faults = []
+            host.run_ended()
             end_ns = get_sim_time("ns")
             if watch is not None:
                 watch.cancel()
@@ -625,9 +794,9 @@ if cocotb is not None:
                 row.update(outside=len(changed), outside_at=changed[:8])
             summary.append(row)
             for n in range(run["count"]):
-                (out / f"run{k}-output{n}.bin").write_bytes(host.ram.read(
+                (out / f"run{k}-output{n}.bin").write_bytes(await read(
                     buffers["output"] + n * case["output_pitch"], case["output_pitch"]))
             (out / f"run{k}-scratch.bin").write_bytes(
-                host.ram.read(buffers["scratch"], case["scratch_bytes"]))
+                await read(buffers["scratch"], case["scratch_bytes"]))
             # After every run: a long simulation stopped part way keeps the runs it finished.
             (out / "summary.json").write_text(json.dumps(summary))

@@ -24,6 +24,13 @@ host would: each task twice in a row and then after the other task, so that
 * ``memory_latency``: the cycles the bench's memory takes to answer a burst
   (``--latency``, default 0); ``predicted``: the cost model's cycles of the run
   at that latency (:func:`moevit.hw.cost.cycles.program_cycles`);
+* ``board``: with ``--board NAME`` the memory serves each port at the board's
+  rate and all of them at its memory's, answering at its latency (the board
+  file's figures in the HwConfig's cycles), and ``predicted`` takes the same;
+* ``memory``: the bench's memory, ``python`` (cocotbext-axi's RAM, every beat
+  through Python) or ``verilog`` (``--memory verilog``: every beat in the
+  simulator, :data:`moevit.sim.benches.top.SIM_MEMORY`; a large top's whole
+  image in minutes instead of hours);
 * ``blocks``: the transformer blocks run (``--blocks N``: the program cut
   after the first N, for a row of a large model in less time; the output is
   then not written, and bit-exactness rests on every intermediate tensor);
@@ -107,7 +114,7 @@ def _program(config, expert_prefetch=None, hw=None, blocks=None):
 
 
 def bench_top(config="tiny", simulator="verilator", prefetch=None, hw=None, blocks=None,
-              onchip=0, per_instruction=False, latency=0):
+              onchip=0, per_instruction=False, latency=0, board=None, memory="python"):
     """Rows (one per task and ``expert_prefetch`` setting in ``prefetch``, and with
     ``onchip`` bytes of on-chip activation memory if not 0) of the whole-model
     co-simulation of ``config``.
@@ -119,14 +126,21 @@ def bench_top(config="tiny", simulator="verilator", prefetch=None, hw=None, bloc
     ``per_instruction``: each row also has ``instructions``, every instruction's simulated
     and predicted cycles (:func:`moevit.hw.cost.report.instruction_rows`); ``latency``: the
     memory answers each burst that many cycles after its address (``run_top(latency=)``;
-    the rows' ``predicted`` and the instructions' figures take it too)."""
+    the rows' ``predicted`` and the instructions' figures take it too); ``board``: a
+    board's name, whose ports' and memory's bandwidths and latency the memory has (then
+    not ``latency``); ``memory``: ``"python"`` or ``"verilog"`` (``run_top(memory=)``)."""
     from moevit.model.config import get_config
 
+    from moevit.errors import UsageError
     from moevit.hw.cost.cycles import check_latency
 
     check_latency(latency)                  # before the long work
-
+    if memory not in ("python", "verilog"):
+        raise UsageError(f"--memory {memory!r}: python or verilog")
+    if board is not None and latency:
+        raise UsageError("--latency with --board: the board's memory has its own latency")
     base = _hw(config, hw)
+    memory_of = _board_memory(board, base)
     model = get_config(config)
     _check_blocks(model, blocks)
     blocks = model.depth if blocks is None else blocks
@@ -136,14 +150,34 @@ def bench_top(config="tiny", simulator="verilator", prefetch=None, hw=None, bloc
     if onchip:   # a bad size: an error before any run
         instances.append(instances[0].replace(onchip_bytes=onchip))
     return [row for instance in instances
-            for row in _bench(config, instance, simulator, blocks, per_instruction, latency)]
+            for row in _bench(config, instance, simulator, blocks, per_instruction,
+                              memory=memory, **memory_of(instance), latency=latency)]
 
 
-def _bench(config, hw, simulator, blocks, per_instruction=False, latency=0):
+def _board_memory(board, hw):
+    """A function of a HwConfig: ``bandwidth``, ``memory_bandwidth`` and ``latency`` of
+    ``board``'s memory in its cycles (:func:`~moevit.hw.cost.cycles.board_bandwidth` ...;
+    none for no board). The board is read here: a bad name fails before any run."""
+    from moevit.hw.boards import get_board
+    from moevit.hw.cost.cycles import board_bandwidth, board_latency, board_memory_bandwidth
+
+    if board is None:
+        return lambda instance: {}
+    spec = get_board(board)
+    return lambda instance: {"board": spec.name,
+                             "bandwidth": board_bandwidth(spec, instance),
+                             "memory_bandwidth": board_memory_bandwidth(spec, instance),
+                             "board_latency": board_latency(spec, instance)}
+
+
+def _bench(config, hw, simulator, blocks, per_instruction=False, latency=0, board=None,
+           bandwidth=None, memory_bandwidth=None, board_latency=None, memory="python"):
     from moevit.hw.cost.cycles import program_cycles
     from moevit.hw.cost.report import instruction_rows
     from moevit.sim.benches.top import expected_runs, output_bytes, run_top
 
+    if board is not None:
+        latency = board_latency
     program, image = _program(config, hw=hw, blocks=blocks)
     tasks = list(range(len(program.tasks)))
     # Each task twice in a row (the second run: after itself; the first: after the task
@@ -152,8 +186,11 @@ def _bench(config, hw, simulator, blocks, per_instruction=False, latency=0):
     got = run_top(program, runs, simulator=simulator,
                   test_id=f"bench-top-{config}-{hw.name}-{simulator}-{hw.expert_prefetch}"
                           f"-{blocks}" + (f"-onchip{hw.onchip_bytes}" if hw.onchip_bytes else "")
-                          + (f"-latency{latency}" if latency else ""),
-                  timeline=per_instruction, latency=latency)
+                          + (f"-latency{latency}" if latency else "")
+                          + (f"-{board}" if board else "") + f"-{memory}",
+                  timeline=per_instruction, latency=latency, bandwidth=bandwidth,
+                  memory_bandwidth=memory_bandwidth, memory=memory)
+    speeds = {"bandwidth": bandwidth, "memory_bandwidth": memory_bandwidth}
     want = expected_runs(program, runs)
     exact = all(g["error"] == 0 and np.array_equal(g["scratch"], w["scratch"])
                 and all(np.array_equal(a[:size], b[:size]) for a, b in zip(g["outputs"],
@@ -177,14 +214,14 @@ def _bench(config, hw, simulator, blocks, per_instruction=False, latency=0):
             "mac_units": mac_units, "bytes_read": steady["bytes_read"],
             "busy": {unit: value / cycles for unit, value in steady["busy"].items()},
             "latency_ms": cycles / (hw.clock_mhz * 1e3), "clock_mhz": hw.clock_mhz,
-            "memory_latency": latency,
-            "predicted": program_cycles(program, image, t, latency=latency).cycles,
+            "memory_latency": latency, "board": board, "memory": memory,
+            "predicted": program_cycles(program, image, t, latency=latency, **speeds).cycles,
             "simulator": simulator, "sim_seconds": round(steady["seconds"], 1),
             "sim_cycles_per_second": round(sum(g["cycles"] for g in got) / steady["seconds"]),
         })
         if per_instruction:
             rows[-1]["instructions"] = instruction_rows(program, image, t, steady["issued"],
-                                                        cycles, latency)
+                                                        cycles, latency, **speeds)
     return rows
 
 

@@ -192,6 +192,12 @@ def register_bench(benches):
     top.add_argument("--latency", type=int, default=0, metavar="CYCLES",
                      help="the memory answers each burst this many cycles after its address "
                           "(default: 0); the cost model's figures take it too")
+    top.add_argument("--board", default=None, metavar="NAME",
+                     help="the memory at this board's rates (a port's, all ports') and "
+                          "latency, and the cost model with it (not with --latency)")
+    top.add_argument("--memory", choices=("python", "verilog"), default="python",
+                     help="the bench's memory: python (cocotbext-axi's RAM, default) or "
+                          "verilog (every beat in the simulator: far faster on a large top)")
     top.add_argument("--json", action="store_true", help="one JSON list of rows")
     top.set_defaults(handler=_bench_top)
 
@@ -464,10 +470,11 @@ def _bench_top(args):
     rows = bench_top(args.config, simulator=args.simulator, hw=args.hw, blocks=args.blocks,
                      prefetch=None if args.prefetch is None else (args.prefetch,),
                      onchip=args.onchip, per_instruction=args.per_instruction,
-                     latency=args.latency)
+                     latency=args.latency, board=args.board, memory=args.memory)
     name = (f"top-{args.config}{'-' + args.hw if args.hw else ''}"
             f"{f'-blocks{args.blocks}' if args.blocks else ''}"
-            f"{f'-latency{args.latency}' if args.latency else ''}")
+            f"{f'-latency{args.latency}' if args.latency else ''}"
+            f"{f'-{args.board}' if args.board else ''}")
     record_bench_top(rows, name)
     path = build_dir("bench") / f"{name}.png"
     plot(rows, path)

@@ -245,6 +245,10 @@ ROWS = [
     ("bench-top-onchip-ragged", "bench top --onchip 8",
      r"On-chip activation memory must be a non-negative multiple of the 16-byte bus word, "
      r"not 8 bytes$"),
+    ("bench-top-unknown-board", "bench top --board zcu999",
+     r"Unknown board 'zcu999'; known boards: .*"),
+    ("bench-top-board-and-latency", "bench top --board zcu102 --latency 5",
+     r"--latency with --board: the board's memory has its own latency$"),
     ("nproc-zero", "train --nproc-per-node 0", r"argument --nproc-per-node: must be a positive integer, not '0'"),
     ("unknown-option", "train --epochs 3", r"unrecognized arguments: --epochs 3"),
     ("unknown-config", "info --config huge", r"Unknown config 'huge'; known configs are \[.*\]"),

@@ -227,15 +227,18 @@ def variant_check_rows(simulator="verilator", progress=False) -> list:
     return rows
 
 
-def instruction_rows(program, image, task, issued, cycles, latency=0) -> list:
+def instruction_rows(program, image, task, issued, cycles, latency=0, bandwidth=None,
+                     memory_bandwidth=None) -> list:
     """Per instruction of one co-simulated run of ``program`` on ``image`` (one image,
     task ``task``): its simulated cycles, from the cycle the sequencer issued it to the
     next one's issue (the last: to the run's end, ``cycles``; ``issued`` as
-    ``run_top(timeline=True)`` gives it), beside the cost model's at a bus word a cycle
-    (:func:`program_cycles`, which counts the issue after each instruction's work)."""
+    ``run_top(timeline=True)`` gives it), beside the cost model's at the same memory (by
+    default a bus word a cycle; :func:`program_cycles`, which counts the issue after each
+    instruction's work)."""
     from moevit.hw.cost.cycles import program_cycles
 
-    cost = program_cycles(program, image, task, latency=latency)
+    cost = program_cycles(program, image, task, latency=latency, bandwidth=bandwidth,
+                          memory_bandwidth=memory_bandwidth)
     marks = [*issued, [None, cycles]]
     rows = []
     for (k, at), (_, end) in zip(marks, marks[1:]):

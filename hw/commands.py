@@ -83,7 +83,8 @@ def register(subparsers):
                       help="with --check: the benches' --quick rows (the tiny shapes only)")
     cost.add_argument("--slow", action="store_true",
                       help="with --check: also bench top --config edge-moe on its default "
-                           "hardware, and its first 2 blocks on zcu102-edge-moe (hours)")
+                           "hardware, and the whole zcu102-edge-moe behind the ZCU102's "
+                           "memory (hours)")
     cost.add_argument("--task", default=None, help="task name or index (default: every task)")
     cost.add_argument("--board", default=None,
                       help="a board's memory bandwidth (default: one bus word a cycle)")

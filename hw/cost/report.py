@@ -110,8 +110,8 @@ AIM = 0.05
 def check_rows(*, simulator="verilator", quick=False, slow=False, progress=True) -> list:
     """The cost model against the simulated cycles of every row of ``bench linear``,
     ``bench attention`` and ``bench top`` (tiny; those benches run here, minutes; ``slow``:
-    also ``bench top --config edge-moe`` on its default hardware, and its first two blocks
-    on the saved ``zcu102-edge-moe``, hours).
+    also ``bench top --config edge-moe`` on its default hardware, and the saved
+    ``zcu102-edge-moe`` behind the ZCU102's memory, hours).
 
     The kernel rows compare the kernels' cycle models (``LinearDescriptor.sequence_cycles``,
     ``AttentionDescriptor.expected_cycles``: what :func:`program_cycles` builds each
@@ -136,17 +136,18 @@ def check_rows(*, simulator="verilator", quick=False, slow=False, progress=True)
     if slow:
         rows += top_check_rows(bench_top("edge-moe", simulator=simulator, prefetch=(0,)),
                                progress=progress)
-        # The saved ZCU102 point: a 512-bit bus over four ports, weights striped, three
-        # head lanes (its first two blocks: a dense and a MoE one).
+        # The saved ZCU102 point (a 512-bit bus over four ports, the weights striped, a
+        # 256 KiB window), the whole image behind the board's memory: every beat in the
+        # simulator (the Python memory would take hours a run at this size).
         rows += top_check_rows(bench_top("edge-moe", simulator=simulator, hw="zcu102-edge-moe",
-                                         blocks=2), progress=progress)
+                                         board="zcu102", memory="verilog"), progress=progress)
     return rows
 
 
 def top_check_rows(found, progress=False) -> list:
     """The whole program's predicted cycles against ``bench top``'s rows ``found``, one
     row each (the program compiled again for each row's hardware and prefetch setting)."""
-    from moevit.hw.bench_top import _hw, _program
+    from moevit.hw.bench_top import _board_memory, _hw, _program
     from moevit.hw.cost.cycles import program_cycles
 
     programs, rows = {}, []
@@ -158,11 +159,16 @@ def top_check_rows(found, progress=False) -> list:
                                      blocks=r.get("blocks"))
         program, image = programs[key]
         task = [t["name"] for t in program.tasks].index(r["task"])
-        predicted = program_cycles(program, image, task, progress=progress).cycles
+        memory = _board_memory(r.get("board"), program.hw)(program.hw)
+        predicted = program_cycles(program, image, task, progress=progress,
+                                   bandwidth=memory.get("bandwidth"),
+                                   memory_bandwidth=memory.get("memory_bandwidth"),
+                                   latency=memory.get("board_latency", 0)).cycles
         whole = r.get("blocks") in (None, program.model.get("depth"))
         part = "whole program" if whole else f"first {r['blocks']} blocks"
+        at = f", {r['board']}'s memory" if r.get("board") else ""
         rows.append(_check_row("top", f"{program.hw.name} {r['task']} prefetch "
-                                      f"{r['expert_prefetch']} ({part})",
+                                      f"{r['expert_prefetch']} ({part}{at})",
                                predicted, r["cycles"]))
     return rows
 

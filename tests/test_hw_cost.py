@@ -547,19 +547,26 @@ ZCU102_BOARD_INSTRUCTIONS = {0: 7_549, 4: 8_853, 5: 15_188, 8: 11_745, 9: 12_001
                              27: 10_019, 28: 12_076, 33: 6_203}
 
 
-def test_zcu102_point_at_the_boards_bandwidth_within_5_percent():
-    """The saved zcu102-edge-moe's first two blocks at the board's bandwidth and latency:
-    the whole program, and its long instructions (PATCHIFY, the linear layers, attention,
-    ROUTE, the two large EXPERTs, COMBINE), each within 5 % of the co-simulated top."""
+def _at_the_zcu102s_memory(blocks=None):
+    """A task -> :func:`program_cycles` of bench top's program on the saved zcu102-edge-moe
+    (its first ``blocks``) at the ZCU102's bandwidths and latency."""
     from moevit.hw.config import get_hw_config
     from moevit.hw.cost.cycles import board_latency, board_memory_bandwidth
 
     hw = get_hw_config("zcu102-edge-moe")
     board = get_board("zcu102")
-    program, image = _program("edge-moe", hw=hw, blocks=2)
-    cost = program_cycles(program, image, 0, bandwidth=board_bandwidth(board, hw),
-                          memory_bandwidth=board_memory_bandwidth(board, hw),
-                          latency=board_latency(board, hw))
+    program, image = _program("edge-moe", hw=hw, blocks=blocks)
+    return lambda task: program_cycles(program, image, task,
+                                       bandwidth=board_bandwidth(board, hw),
+                                       memory_bandwidth=board_memory_bandwidth(board, hw),
+                                       latency=board_latency(board, hw))
+
+
+def test_zcu102_point_at_the_boards_bandwidth_within_5_percent():
+    """The saved zcu102-edge-moe's first two blocks at the board's bandwidth and latency:
+    the whole program, and its long instructions (PATCHIFY, the linear layers, attention,
+    ROUTE, the two large EXPERTs, COMBINE), each within 5 % of the co-simulated top."""
+    cost = _at_the_zcu102s_memory(blocks=2)(0)
     error = cost.cycles / ZCU102_BOARD_PROGRAM - 1
     print(f"\nwhole: predicted {cost.cycles:,} vs {ZCU102_BOARD_PROGRAM:,}: {error:+.2%}")
     assert abs(error) < 0.05
@@ -587,16 +594,9 @@ def test_zcu102_whole_image_at_the_boards_memory_within_2_percent():
     """The saved zcu102-edge-moe's whole image, both tasks, at the board's bandwidth and
     latency: the run within 2 % of the co-simulated top and each kind of instruction that
     takes more than 1.5 % of it within 5 %."""
-    from moevit.hw.config import get_hw_config
-    from moevit.hw.cost.cycles import board_latency, board_memory_bandwidth
-
-    hw = get_hw_config("zcu102-edge-moe")
-    board = get_board("zcu102")
-    program, image = _program("edge-moe", hw=hw)
+    predict = _at_the_zcu102s_memory()
     for task, (simulated, kinds) in ZCU102_WHOLE_IMAGE.items():
-        cost = program_cycles(program, image, task, bandwidth=board_bandwidth(board, hw),
-                              memory_bandwidth=board_memory_bandwidth(board, hw),
-                              latency=board_latency(board, hw))
+        cost = predict(task)
         error = cost.cycles / simulated - 1
         print(f"\ntask {task}: predicted {cost.cycles:,} vs {simulated:,}: {error:+.2%}")
         assert abs(error) < 0.02

@@ -9,7 +9,9 @@ the simulator runs free until it), clears it, and reads back the status,
 error and cycle registers, the output buffer and the activation scratch.
 The memory is cocotbext-axi's ``AxiRam``, one on each of the top's memory
 ports (``m_axi_gmem``, ``m_axi_gmem1`` ... for ``hw.memory_ports``), all views
-onto the same bytes; the host's buffers lie at addresses unlike the
+onto the same bytes (or, with ``memory="verilog"``, :data:`SIM_MEMORY` in the
+simulator: the same rates and latency, no Python on the way, for long
+runs); the host's buffers lie at addresses unlike the
 program's own (so every address goes through the top's relocation), and the
 memory can be slowed by a pause pattern on each port's channels, each port
 its own (``memory_pauses``; ``"stall"``: long stalls of thousands of cycles,

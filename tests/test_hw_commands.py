@@ -109,10 +109,13 @@ def test_bench_top_runs_the_named_config(tmp_path, monkeypatch, capsys):
 
     runs = []
 
-    def fake(config, hw, simulator, blocks, per_instruction=False, latency=0):
+    def fake(config, hw, simulator, blocks, per_instruction=False, latency=0,
+             memory="python", board=None, **rates):
         runs.append((config, hw) if blocks == 12 or config == "tiny" else (config, hw, blocks))
         if latency:
             runs.append(("latency", latency))
+        if board or memory != "python":
+            runs.append(("memory", board, memory, sorted(rates)))
         return [{"config": config, "hw": hw.name, "task": "semseg",
                  "expert_prefetch": hw.expert_prefetch, "onchip_bytes": hw.onchip_bytes,
                  "cycles": 10, "switch_cycles": 0, "memory_latency": latency, "predicted": 11,
@@ -148,6 +151,13 @@ def test_bench_top_runs_the_named_config(tmp_path, monkeypatch, capsys):
     assert re.search(r"^tiny +tiny +semseg +0 +0 +50 +10 +11 ", capsys.readouterr().out, re.M)
     assert (tmp_path / "build/bench/top-tiny-latency50.json").is_file()
     runs.clear()
+    assert main(["bench", "top", "--prefetch", "0", "--board", "zcu102", "--memory", "verilog",
+                 "--json"]) == 0                  # the board's rates and latency, each run
+    assert runs == [("tiny", DEFAULT_HW["tiny"]),
+                    ("memory", "zcu102", "verilog",
+                     ["bandwidth", "board_latency", "memory_bandwidth"])]
+    assert (tmp_path / "build/bench/top-tiny-zcu102.json").is_file()
+    runs.clear()
     assert main(["bench", "top", "--latency", "-1"]) == 2            # before any run
     assert runs == [] and "Memory latency must be a whole number of cycles >= 0, not -1" in \
         capsys.readouterr().err
@@ -162,7 +172,7 @@ def test_bench_top_per_instruction_prints_each_task_s_instructions(tmp_path, mon
 
     asked = []
 
-    def fake(config, hw, simulator, blocks, per_instruction=False, latency=0):
+    def fake(config, hw, simulator, blocks, per_instruction=False, latency=0, **memory):
         asked.append(per_instruction)
         return [{"config": config, "hw": hw.name, "task": "semseg",
                  "expert_prefetch": hw.expert_prefetch, "onchip_bytes": 0, "cycles": 300,

@@ -57,7 +57,8 @@ what the compiler would place there: its bytes leave DRAM, at every batch), and 
 memory ports (1 to the board's, at most ``HwConfig.MAX_MEMORY_PORTS``, with the weights
 striped over 1, 2, 4 ... of them: the fewest within :data:`PORTS_SLACK` of the
 fastest), under the board's DSP, BRAM, URAM,
-LUT and FF (each at its :data:`USABLE` fraction). Bandwidth is not split:
+LUT and FF (each at its :data:`USABLE` fraction; the points are independent, so they are
+tried on one process per core, :func:`_workers`). Bandwidth is not split:
 the two kernels run in turn, each with the whole port. On a throughput board each point's
 window, ports and issue lanes are chosen again at its best batch
 (:func:`_window_at_best_batch`, :func:`_ports_at_best_batch`, :func:`_lanes_at_best_batch`:
@@ -73,11 +74,14 @@ board (:data:`BUS_CHOICES`): on Zynq a wider bus gains through the weights
 striped over several 128-bit HP ports, which the SmartConnects convert to.
 """
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
 import json
 import math
+import multiprocessing
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -1265,8 +1269,7 @@ def search(board, config, *, quick=False, fabric=True, progress=True) -> list:
     from tqdm import tqdm
 
     from moevit.hw.boards import get_board
-    from moevit.hw.cost.resources import _default_fit, resources, unit_resources
-    from moevit.hw.program.descriptor import DescriptorError
+    from moevit.hw.cost.resources import _default_fit, unit_resources
     from moevit.model.config import get_config
 
     board = get_board(board) if isinstance(board, str) else board
@@ -1311,33 +1314,22 @@ def search(board, config, *, quick=False, fabric=True, progress=True) -> list:
                     for post in _divisors(c, post_grid):
                         for bus in _buses(board, c):
                             candidates.append((share, hp, rl, sl, r, c, packing, post, bus))
+    _STAGE2.update(work=work, board=board, base=base, the_fit=the_fit, fabric=fabric,
+                   model=model, norms=norms, combines=combines)
     points, misses = [], {}
-    for share, hp, rl, sl, r, c, packing, post, bus in tqdm(
-            candidates, desc=f"dse {board.name} {config}", unit="point", disable=not progress,
-            dynamic_ncols=True):
-        try:
-            hw = base.replace(heads_parallel=hp, row_lanes=rl, score_lanes=sl, rows=r, cols=c,
-                              dsp_packing=packing, post_lanes=post, bus_width=bus,
-                              max_tokens=-(-model.tokens // r) * r)
-        except ConfigError:
-            continue
-        port = _bandwidths(board, hw)[0]
-        hw = hw.replace(norm_lanes=_norm_lanes(norms, hw, port, model),
-                        combine_lanes=_combine_lanes(combines, hw, port))
-        sized = _max_tokens(hw, model.tokens, board, the_fit, fabric)
-        if sized is None:
-            over = _fits(resources(hw, the_fit), board, fabric)
-            misses[over] = misses.get(over, 0) + 1
-            continue
-        try:
-            hw, res, runs = _ports(work, _window(work, sized[0], board, the_fit, fabric), board,
-                                   the_fit, fabric)
-            hw, res, runs = _lanes_on_ports(work, hw, res, runs, norms, combines, board,
-                                            the_fit, fabric)
-        except DescriptorError:
-            continue
-        task = max(runs, key=lambda t: runs[t].cycles)
-        points.append(Point(hw, res, runs[task].cycles, runs[task], task, share=share))
+    try:
+        with _workers(len(candidates)) as pool:
+            runs = pool.imap(_stage2_point, candidates, chunksize=32) if pool else map(
+                _stage2_point, candidates)
+            for kind, value in tqdm(runs, total=len(candidates),
+                                    desc=f"dse {board.name} {config}", unit="point",
+                                    disable=not progress, dynamic_ncols=True):
+                if kind == "point":
+                    points.append(value)
+                elif kind == "miss":
+                    misses[value] = misses.get(value, 0) + 1
+    finally:
+        _STAGE2.clear()
     if not points:
         raise ConfigError(_no_fit_message(model, board, base, the_fit, misses))
     largest = max(points, key=lambda p: (p.mac_units, -p.latency_cycles))
@@ -1347,6 +1339,60 @@ def search(board, config, *, quick=False, fabric=True, progress=True) -> list:
     ranked = _rank(points, work, board, the_fit, fabric)
     ranked[0].largest = largest
     return ranked
+
+
+#: The search's state for :func:`_stage2_point` (set before the workers fork, so each
+#: worker inherits it with the caches filled so far).
+_STAGE2 = {}
+
+
+@contextlib.contextmanager
+def _workers(tasks):
+    """A pool of one process per core for stage 2 (its points are independent and the
+    search's minute is spent there), or None on one core or for a few points."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if (cores or 1) < 2 or tasks < 256:
+        yield None
+        return
+    pool = multiprocessing.get_context("fork").Pool(min(cores, 8))
+    try:
+        yield pool
+    finally:
+        pool.terminate()
+
+
+def _stage2_point(candidate):
+    """Stage 2 of one ``(share, heads_parallel, row_lanes, score_lanes, rows, cols, packing,
+    post_lanes, bus)``: ``("point", Point)``, ``("miss", the limit it is over)``, or
+    ``(None, None)`` for a point the top cannot take."""
+    from moevit.hw.cost.resources import resources
+    from moevit.hw.program.descriptor import DescriptorError
+
+    s = _STAGE2
+    work, board, the_fit, fabric, model = (s[k] for k in ("work", "board", "the_fit",
+                                                          "fabric", "model"))
+    share, hp, rl, sl, r, c, packing, post, bus = candidate
+    try:
+        hw = s["base"].replace(heads_parallel=hp, row_lanes=rl, score_lanes=sl, rows=r, cols=c,
+                               dsp_packing=packing, post_lanes=post, bus_width=bus,
+                               max_tokens=-(-model.tokens // r) * r)
+    except ConfigError:
+        return None, None
+    port = _bandwidths(board, hw)[0]
+    hw = hw.replace(norm_lanes=_norm_lanes(s["norms"], hw, port, model),
+                    combine_lanes=_combine_lanes(s["combines"], hw, port))
+    sized = _max_tokens(hw, model.tokens, board, the_fit, fabric)
+    if sized is None:
+        return "miss", _fits(resources(hw, the_fit), board, fabric)
+    try:
+        hw, res, runs = _ports(work, _window(work, sized[0], board, the_fit, fabric), board,
+                               the_fit, fabric)
+        hw, res, runs = _lanes_on_ports(work, hw, res, runs, s["norms"], s["combines"], board,
+                                        the_fit, fabric)
+    except DescriptorError:
+        return None, None
+    task = max(runs, key=lambda t: runs[t].cycles)
+    return "point", Point(hw, res, runs[task].cycles, runs[task], task, share=share)
 
 
 def array_bound(work, hw, task) -> float:

@@ -140,7 +140,7 @@ def bench_top(config="tiny", simulator="verilator", prefetch=None, hw=None, bloc
     if board is not None and latency:
         raise UsageError("--latency with --board: the board's memory has its own latency")
     base = _hw(config, hw)
-    memory_of = _board_memory(board, base)
+    board_memory = _board_memory(board, base)
     model = get_config(config)
     _check_blocks(model, blocks)
     blocks = model.depth if blocks is None else blocks
@@ -151,23 +151,23 @@ def bench_top(config="tiny", simulator="verilator", prefetch=None, hw=None, bloc
         instances.append(instances[0].replace(onchip_bytes=onchip))
     return [row for instance in instances
             for row in _bench(config, instance, simulator, blocks, per_instruction,
-                              memory=memory, **memory_of(instance), latency=latency)]
+                              memory=memory, **board_memory, latency=latency)]
 
 
-def _board_memory(board, hw):
-    """A function of a HwConfig: ``bandwidth``, ``memory_bandwidth`` and ``latency`` of
-    ``board``'s memory in its cycles (:func:`~moevit.hw.cost.cycles.board_bandwidth` ...;
-    none for no board). The board is read here: a bad name fails before any run."""
+def _board_memory(board, hw) -> dict:
+    """``bandwidth``, ``memory_bandwidth`` and ``latency`` of ``board``'s memory in ``hw``'s
+    cycles (:func:`~moevit.hw.cost.cycles.board_bandwidth` ...; none for no board): the bus
+    and the clock decide them, which every instance of a bench shares. The board is read
+    here: a bad name fails before any run."""
     from moevit.hw.boards import get_board
     from moevit.hw.cost.cycles import board_bandwidth, board_latency, board_memory_bandwidth
 
     if board is None:
-        return lambda instance: {}
+        return {}
     spec = get_board(board)
-    return lambda instance: {"board": spec.name,
-                             "bandwidth": board_bandwidth(spec, instance),
-                             "memory_bandwidth": board_memory_bandwidth(spec, instance),
-                             "board_latency": board_latency(spec, instance)}
+    return {"board": spec.name, "bandwidth": board_bandwidth(spec, hw),
+            "memory_bandwidth": board_memory_bandwidth(spec, hw),
+            "board_latency": board_latency(spec, hw)}
 
 
 def _bench(config, hw, simulator, blocks, per_instruction=False, latency=0, board=None,

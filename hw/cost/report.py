@@ -159,7 +159,7 @@ def top_check_rows(found, progress=False) -> list:
                                      blocks=r.get("blocks"))
         program, image = programs[key]
         task = [t["name"] for t in program.tasks].index(r["task"])
-        memory = _board_memory(r.get("board"), program.hw)(program.hw)
+        memory = _board_memory(r.get("board"), program.hw)
         predicted = program_cycles(program, image, task, progress=progress,
                                    bandwidth=memory.get("bandwidth"),
                                    memory_bandwidth=memory.get("memory_bandwidth"),

@@ -590,18 +590,19 @@ ZCU102_WHOLE_IMAGE = {
                   "LAYERNORM": 47_625, "COMBINE": 37_212, "ROUTE": 18_396, "PATCHIFY": 7_713})}
 
 
-def test_zcu102_whole_image_at_the_boards_memory_within_2_percent():
+def test_zcu102_whole_image_at_the_boards_memory_within_1_percent():
     """The saved zcu102-edge-moe's whole image, both tasks, at the board's bandwidth and
-    latency: the run within 2 % of the co-simulated top and each kind of instruction that
-    takes more than 1.5 % of it within 5 %."""
+    latency: the run within 1 % of the co-simulated top (+0.02 / +0.09 % since the first
+    token tile's fill, :func:`linear_fill`; -0.76 / -0.73 % before), its linear layers
+    within 1 %, and each kind of instruction that takes more than 1.5 % of it within 5 %."""
     predict = _at_the_zcu102s_memory()
     for task, (simulated, kinds) in ZCU102_WHOLE_IMAGE.items():
         cost = predict(task)
         error = cost.cycles / simulated - 1
         print(f"\ntask {task}: predicted {cost.cycles:,} vs {simulated:,}: {error:+.2%}")
-        assert abs(error) < 0.02
+        assert abs(error) < 0.01
         for kind, cycles in kinds.items():
             predicted = sum(i.cycles for i in cost.instructions if i.mnemonic == kind)
             print(f"  {kind:<10} predicted {predicted:>8,} vs {cycles:>8,}: "
                   f"{predicted / cycles - 1:+.2%}")
-            assert abs(predicted / cycles - 1) < 0.05, kind
+            assert abs(predicted / cycles - 1) < (0.01 if kind == "LINEAR" else 0.05), kind

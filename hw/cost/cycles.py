@@ -129,6 +129,7 @@ __all__ = ["InstructionCost", "ProgramCost", "program_cycles", "board_bandwidth"
            "PATCHIFY_TAIL", "patchify_blocks", "ISSUE_CYCLES", "ISSUE_CYCLES_AHEAD", "issue_cycles",
            "NOTED_EXPERT_CYCLES",
            "LAYERNORM_DRAIN", "linear_drain", "linear_tile_outputs", "linear_wait",
+           "first_tile_bytes", "linear_fill",
            "visible_drains", "drain_cycles", "ahead_fill", "expert_drains", "expert_carry", "expert_idle", "EXPERT_STREAM_LOSS",
            "expert_latencies",
            "memory_wait", "top_reads", "activation_streams", "lane_demand", "lane_capacity",
@@ -244,12 +245,32 @@ def linear_tile_outputs(d) -> dict:
     return {"write": size, **({"res": size} if d.residual else {})}
 
 
-def linear_wait(d, x_cycles) -> int:
+def linear_wait(d, x_cycles, fill_cycles=0) -> int:
     """Cycles linear operation ``d`` waits for its activations beyond its own model, when
-    they take ``x_cycles`` to arrive: its first out tile works on the token rows as they
-    come, every later tile on the whole of them (the co-simulated top on four ports: the
-    x port alone sets the first tile's pace)."""
-    return max(0, x_cycles - _tile(d))
+    they take ``x_cycles`` to arrive and its first token tile's rows (:func:`first_tile_bytes`)
+    ``fill_cycles``: its first out tile works on the token rows as they come, every later
+    tile on the whole of them (the co-simulated top on four ports: the x port alone sets
+    the first tile's pace); and its first step waits for the first tile whole
+    (:func:`linear_fill`)."""
+    return max(linear_fill(d, fill_cycles), x_cycles - _tile(d))
+
+
+def first_tile_bytes(d) -> int:
+    """Bytes of linear operation ``d``'s first token tile: its first ``rows`` token rows."""
+    return min(d.hw.rows, d.tokens) * d.in_features
+
+
+def linear_fill(d, fill_cycles) -> int:
+    """Cycles linear operation ``d``'s first step waits beyond its own model for its first
+    token tile, whose rows take ``fill_cycles`` to arrive: the x tiler hands the kernel a
+    beat (one feature of every row of a tile) only once the tile's rows are all in. Without
+    ``weight_streaming`` the kernel waits for its first weight bank anyway
+    (``max(in_features, cols) + 1`` cycles), which hides as much of it. Seen on
+    zcu102-edge-moe (32 rows, ``x`` from the on-chip window a 64-byte word a cycle): the
+    linear kernel's ``x`` stall counter over a layer of 768 inputs 452 cycles, of 192 inputs
+    133, the model short by 380 and ~100 before this term."""
+    hidden = 1 if d.hw.weight_streaming else max(d.in_features, d.hw.cols) + 1
+    return max(0, fill_cycles - hidden)
 
 
 def visible_drains(jobs, hw, bandwidth, memory_bandwidth=None, dram=None) -> int:
@@ -348,8 +369,15 @@ def memory_wait(d, hw, moved, bandwidth, memory_bandwidth=None, *, op=None,
     def alone(mover, n):
         return memory_cycles(hw, {mover: n}, bandwidth, memory_bandwidth, lane)
 
+    def fill(job, dram):
+        """The first token tile's arrival: on the x port from DRAM, else a bus word a
+        cycle from the on-chip window."""
+        n = first_tile_bytes(job)
+        return alone("x", n) if dram else -(-n // (hw.bus_width // 8))
+
     if m in ("LINEAR", "TASK_LINEAR"):
-        return linear_wait(op or d, alone("x", moved.get("x", 0)))
+        job, x = op or d, moved.get("x", 0)
+        return linear_wait(job, alone("x", x), fill(job, x))
     if m == "EXPERT" and routed:
         fc1, fc2 = d.linears(routed)
         x1 = moved.get("x", 0) * d.dim // (d.dim + d.hidden)

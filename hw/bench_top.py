@@ -220,8 +220,9 @@ def _bench(config, hw, simulator, blocks, per_instruction=False, latency=0, boar
             "sim_cycles_per_second": round(sum(g["cycles"] for g in got) / steady["seconds"]),
         })
         if per_instruction:
-            rows[-1]["instructions"] = instruction_rows(program, image, t, steady["issued"],
-                                                        cycles, latency, **speeds)
+            rows[-1]["instructions"] = instruction_rows(
+                program, image, t, steady["issued"], cycles, latency, **speeds,
+                stalls_at_end=steady["stalls_at_end"])
     return rows
 
 

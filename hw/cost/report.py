@@ -234,38 +234,48 @@ def variant_check_rows(simulator="verilator", progress=False) -> list:
 
 
 def instruction_rows(program, image, task, issued, cycles, latency=0, bandwidth=None,
-                     memory_bandwidth=None) -> list:
+                     memory_bandwidth=None, stalls_at_end=()) -> list:
     """Per instruction of one co-simulated run of ``program`` on ``image`` (one image,
     task ``task``): its simulated cycles, from the cycle the sequencer issued it to the
     next one's issue (the last: to the run's end, ``cycles``; ``issued`` as
     ``run_top(timeline=True)`` gives it), beside the cost model's at the same memory (by
     default a bus word a cycle; :func:`program_cycles`, which counts the issue after each
-    instruction's work)."""
+    instruction's work); and for those on the linear kernel, ``stalls``: the cycles each
+    of its inputs starved it, or its output FIFO held it, in that time (its counters in
+    ``issued`` and ``stalls_at_end``, where the run has them)."""
     from moevit.hw.cost.cycles import program_cycles
+    from moevit.hw.units.linear import STALL_CAUSES
 
     cost = program_cycles(program, image, task, latency=latency, bandwidth=bandwidth,
                           memory_bandwidth=memory_bandwidth)
-    marks = [*issued, [None, cycles]]
+    marks = [*issued, [None, cycles, *stalls_at_end]]
     rows = []
-    for (k, at), (_, end) in zip(marks, marks[1:]):
+    for (k, at, *before), (_, end, *after) in zip(marks, marks[1:]):
         i = cost.instructions[k]
         rows.append({"index": k, "mnemonic": i.mnemonic, "bound": i.bound,
                      "simulated": end - at, "predicted": i.cycles,
                      "error": i.cycles / max(1, end - at) - 1})
+        if (i.unit == "linear" or i.mnemonic == "EXPERT") and before and after:
+            rows[-1]["stalls"] = {cause: (b - a) % 2**32
+                                  for cause, a, b in zip(STALL_CAUSES, before, after)}
     return rows
 
 
 def print_instructions(row) -> None:
-    """``bench top --per-instruction``: one task's instructions, simulated and predicted."""
+    """``bench top --per-instruction``: one task's instructions, simulated and predicted,
+    and what held the linear kernel in each of its instructions."""
     from moevit.hw.bench import print_rows
 
-    shown = [dict(r, error_text=f"{r['error']:+.2%}", name=f"  {r['mnemonic']}")
+    shown = [dict(r, error_text=f"{r['error']:+.2%}", name=f"  {r['mnemonic']}",
+                  stalls_text="  " + " ".join(f"{cause} {n:,}" for cause, n in r["stalls"].items()
+                                              if n) if "stalls" in r else "")
              for r in row["instructions"]]
     print(f"\n{row['hw']} {row['task']} prefetch {row['expert_prefetch']}, per instruction:")
     print_rows(shown, [("#", "index", ">3", ""), ("  instruction", "name", "<15", ""),
                        ("simulated", "simulated", ">10", ","),
                        ("predicted", "predicted", ">10", ","), ("error", "error_text", ">9", ""),
-                       ("bound", "bound", ">9", "")])
+                       ("bound", "bound", ">9", ""),
+                       ("  linear kernel starved / held (cycles)", "stalls_text", "<", "")])
 
 
 def _check_row(bench, name, predicted, simulated):

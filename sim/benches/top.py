@@ -151,10 +151,12 @@ def run_top(program, runs, *, test_id, simulator=None, memory_pauses="none", see
     ``memory``: ``"python"`` (cocotbext-axi's RAM, every beat through Python: faults, pauses
     and the guard) or ``"verilog"`` (:data:`SIM_MEMORY`, every beat in the simulator: the
     same bandwidths and latency, none of the rest, for long runs).
-    ``timeline``: each run's row also has ``issued``, ``[instruction, cycle]`` for every
-    instruction the sequencer issued, the cycle counted from ``ap_start`` as the
-    ``cycles`` register counts (the cost model's per-instruction figures,
-    :func:`moevit.hw.cost.report.instruction_rows`).
+    ``timeline``: each run's row also has ``issued``, ``[instruction, cycle, *stalls]`` for
+    every instruction the sequencer issued, the cycle counted from ``ap_start`` as the
+    ``cycles`` register counts, ``stalls`` the linear kernel's stall counters then (what
+    held it: :data:`~moevit.hw.units.linear.STALL_CAUSES`; none on a top without the
+    linear engine), and ``stalls_at_end`` (the counters at the run's end): the cost model's
+    per-instruction figures, :func:`moevit.hw.cost.report.instruction_rows`.
     """
     from moevit.paths import build_dir
     from moevit.sim.runner import run_cocotb, sim_folder
@@ -324,6 +326,7 @@ if cocotb is not None:
     from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster
 
     from moevit.hw.program.regmap import REGMAP
+    from moevit.hw.units.linear import STALL_CAUSES
     from moevit.sim.benches.common import CLOCK_NS
     from moevit.sim.benches.movers import FaultyRam
     from moevit.sim.streams import pauses
@@ -659,23 +662,36 @@ if cocotb is not None:
                 bad.extend(at + np.flatnonzero(mask & ~inside))
             return [int(a) for a in bad]
 
+    def kernel_stalls(dut) -> list:
+        """The linear kernel's ``stalls`` counters (:data:`~moevit.hw.units.linear.
+        STALL_CAUSES`, 32 bits each, in one register), or none on a top without it."""
+        try:
+            register = dut.linear.kernel.stalls
+        except AttributeError:
+            return []
+        value = int(register.value)
+        return [value >> (32 * k) & 0xFFFF_FFFF for k in range(len(STALL_CAUSES))]
+
     async def watch_issues(dut, issued):
-        """Append ``[instruction, simulation time in ns]`` whenever the sequencer issues
-        one: its ``instruction`` register is written on each issue (the first of a run,
-        0, comes with ``ap_start``: no change to see; :func:`issue_cycles` places it)."""
+        """Append ``[instruction, simulation time in ns, *kernel_stalls]`` whenever the
+        sequencer issues one: its ``instruction`` register is written on each issue (the
+        first of a run, 0, comes with ``ap_start``: no change to see; :func:`issue_cycles`
+        places it)."""
         signal = dut.sequencer.instruction
         while True:
             await ValueChange(signal)
-            issued.append([int(signal.value), get_sim_time("ns")])
+            issued.append([int(signal.value), get_sim_time("ns"), *kernel_stalls(dut)])
 
-    def issue_cycles(issued, end_ns, cycles):
-        """``issued`` (from :func:`watch_issues`) as ``[instruction, cycle]`` counted from
-        ``ap_start``, anchored at the run's end: ``end_ns``, when it had run ``cycles``
-        (the cycle counter's value); instruction 0 at cycle 0 (the register's return to 0
-        at the start, after a run that ended elsewhere, is that issue)."""
+    def issue_cycles(issued, end_ns, cycles, stalls):
+        """``issued`` (from :func:`watch_issues`) as ``[instruction, cycle, *kernel_stalls]``
+        counted from ``ap_start``, anchored at the run's end: ``end_ns``, when it had run
+        ``cycles`` (the cycle counter's value); instruction 0 at cycle 0 with the counters
+        ``stalls`` at the start (the register's return to 0 at the start, after a run that
+        ended elsewhere, is that issue)."""
         if issued and issued[0][0] == 0:
             issued = issued[1:]
-        return [[0, 0]] + [[k, cycles - round((end_ns - t) / CLOCK_NS)] for k, t in issued]
+        return [[0, 0, *stalls]] + [[k, cycles - round((end_ns - t) / CLOCK_NS), *rest]
+                                    for k, t, *rest in issued]
 
     def handshakes(handle, path="", depth=4):
         """``path value`` of every valid, ready, busy and FSM state signal below ``handle``:
@@ -739,7 +755,7 @@ if cocotb is not None:
             host.run_starts()
             await host.write("task", run["task"])
             await host.write("images", run["count"])
-            issued, watch = [], None
+            issued, watch, stalls = [], None, kernel_stalls(core)
             if case["timeline"]:
                 watch = cocotb.start_soon(watch_issues(core, issued))
             await host.write("ap_ctrl", 1)
@@ -789,7 +805,8 @@ if cocotb is not None:
                    "busy": {unit: await host.read(f"busy_{unit}") for unit in REGMAP.units},
                    **during}
             if watch is not None:
-                row["issued"] = issue_cycles(issued, end_ns, row["cycles"])
+                row["issued"] = issue_cycles(issued, end_ns, row["cycles"], stalls)
+                row["stalls_at_end"] = kernel_stalls(core)
             if case["guard"]:
                 writable = [(buffers["output"],
                              buffers["output"] + run["count"] * case["output_pitch"]),

@@ -30,7 +30,9 @@ one's writes are answered. An instruction therefore costs
   tile when there is one tile, less the time the memory still moves the outputs of
   the tile before it, which queue behind the reads; EXPERT's two layers each, fc2
   reading fc1's output; LAYERNORM's last row through its pipeline); LINEAR's first
-  out tile, and each EXPERT layer's, is paced by its activations' arrival. Measured
+  out tile, and each EXPERT layer's, is paced by its activations' arrival, and a
+  LINEAR's first step waits for its first token tile's rows whole (:func:`linear_fill`:
+  hidden under the first weight bank's load unless the kernel streams its weights). Measured
   on the whole ``tiny`` program behind a memory of one byte a cycle per port
   (``tests/test_sim_top_ports.py``; per instruction from the timeline of the
   instructions the sequencer issued, ``run_top(timeline=True)``): -0.3 / -2.5 /

@@ -82,6 +82,7 @@ import json
 import math
 import multiprocessing
 import os
+import signal
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -1361,7 +1362,9 @@ def _workers(tasks):
     if (cores or 1) < 2 or tasks < 256:
         yield None
         return
-    pool = multiprocessing.get_context("fork").Pool(min(cores, 8))
+    # Ctrl-C is the parent's to answer (it ends the pool): not a traceback from each worker.
+    pool = multiprocessing.get_context("fork").Pool(
+        min(cores, 8), initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
     try:
         yield pool
     finally:

@@ -31,6 +31,8 @@ host would: each task twice in a row and then after the other task, so that
   through Python) or ``verilog`` (``--memory verilog``: every beat in the
   simulator, :data:`moevit.sim.benches.top.SIM_MEMORY`; a large top's whole
   image in minutes instead of hours);
+* ``routing``: the MoE gates, the model's (``model``) or :func:`balanced_gates`
+  (``--routing balanced``: every expert chosen, as the search assumes);
 * ``blocks``: the transformer blocks run (``--blocks N``: the program cut
   after the first N, for a row of a large model in less time; the output is
   then not written, and bit-exactness rests on every intermediate tensor);
@@ -87,11 +89,44 @@ def _check_blocks(model, blocks):
                          f"{model.depth}")
 
 
-def _program(config, expert_prefetch=None, hw=None, blocks=None):
+def balanced_gates(qmodel, image, *, seed=23):
+    """``qmodel`` with every MoE gate of every task replaced, block by block, so that the
+    routing of ``image`` is about balanced (the search's assumption: every expert chosen,
+    its weights read once an image): seeded random int8 weights, a bias that takes each
+    logit's mean over the tokens away and a multiplier that spreads the logits to a standard
+    deviation of about 30 (so that few clip). On edge-moe's bench image every expert of every
+    MoE layer then gets 5 to 33 of its 129 tokens x 2 slots (seed 23)."""
+    from moevit.model.integer import golden
+
+    rng = np.random.default_rng(seed)
+    config = qmodel.config
+    for i in (i for i in range(config.depth) if config.is_moe(i)):
+        for task in range(len(config.tasks)):
+            gate = f"blocks.{i}.mlp.gates.{task}"
+            x = golden.run(qmodel, image, task).tensors[f"blocks.{i}.norm2.out"]
+            weight = rng.integers(-20, 21, qmodel.arrays[f"{gate}.weight"].shape)
+            acc = x.astype(np.int64) @ weight.T
+            spread = np.maximum(acc.std(0), 1.0)
+            # The largest shift whose multiplier stays within its 15 bits.
+            shift = np.floor(np.log2(32767 * spread / 30)).astype(np.int64)
+            qmodel.arrays[f"{gate}.weight"][...] = weight
+            qmodel.arrays[f"{gate}.bias"][...] = -np.round(acc.mean(0))
+            qmodel.arrays[f"{gate}.shift"][...] = shift
+            qmodel.arrays[f"{gate}.mult"][...] = np.round(30 / spread * 2.0 ** shift)
+    return qmodel
+
+
+#: ``--routing``: the model's own gates (the signal model's: on edge-moe a few experts take
+#: most tokens) or :func:`balanced_gates` (the search's assumption).
+ROUTINGS = ("model", "balanced")
+
+
+def _program(config, expert_prefetch=None, hw=None, blocks=None, routing="model"):
     """The compiled program of ``config``'s model (its signal model quantized on eight
     synthetic images) on ``hw`` (a HwConfig; default: the model's), with
     ``expert_prefetch`` replacing the instance's, and the image the bench runs;
-    ``blocks``: only the first ``blocks`` transformer blocks (:func:`_first_blocks`)."""
+    ``blocks``: only the first ``blocks`` transformer blocks (:func:`_first_blocks`);
+    ``routing``: ``"balanced"`` replaces the gates (:func:`balanced_gates`)."""
     from moevit.hw.program.compiler import compile_program
     from moevit.model.config import get_config
     from moevit.model.data import SyntheticDataset
@@ -106,6 +141,8 @@ def _program(config, expert_prefetch=None, hw=None, blocks=None):
     data = SyntheticDataset(model, "val", size=9, seed=1)
     qmodel = quantize(signal_model(model), data.images[:8])
     image = golden.quantize_image(data.images[8].numpy(), qmodel.scale("input"))
+    if routing == "balanced":
+        qmodel = balanced_gates(qmodel, image)
     program = compile_program(qmodel, hw)
     if blocks is not None and blocks < model.depth:
         _check_blocks(model, blocks)
@@ -114,7 +151,8 @@ def _program(config, expert_prefetch=None, hw=None, blocks=None):
 
 
 def bench_top(config="tiny", simulator="verilator", prefetch=None, hw=None, blocks=None,
-              onchip=0, per_instruction=False, latency=0, board=None, memory="python"):
+              onchip=0, per_instruction=False, latency=0, board=None, memory="python",
+              routing="model"):
     """Rows (one per task and ``expert_prefetch`` setting in ``prefetch``, and with
     ``onchip`` bytes of on-chip activation memory if not 0) of the whole-model
     co-simulation of ``config``.
@@ -128,7 +166,8 @@ def bench_top(config="tiny", simulator="verilator", prefetch=None, hw=None, bloc
     memory answers each burst that many cycles after its address (``run_top(latency=)``;
     the rows' ``predicted`` and the instructions' figures take it too); ``board``: a
     board's name, whose ports' and memory's bandwidths and latency the memory has (then
-    not ``latency``); ``memory``: ``"python"`` or ``"verilog"`` (``run_top(memory=)``)."""
+    not ``latency``); ``memory``: ``"python"`` or ``"verilog"`` (``run_top(memory=)``);
+    ``routing``: ``"model"`` or ``"balanced"`` (:func:`balanced_gates`)."""
     from moevit.model.config import get_config
 
     from moevit.errors import UsageError
@@ -137,6 +176,8 @@ def bench_top(config="tiny", simulator="verilator", prefetch=None, hw=None, bloc
     check_latency(latency)                  # before the long work
     if memory not in ("python", "verilog"):
         raise UsageError(f"--memory {memory!r}: python or verilog")
+    if routing not in ROUTINGS:
+        raise UsageError(f"--routing {routing!r}: {' or '.join(ROUTINGS)}")
     if board is not None and latency:
         raise UsageError("--latency with --board: the board's memory has its own latency")
     base = _hw(config, hw)
@@ -151,7 +192,8 @@ def bench_top(config="tiny", simulator="verilator", prefetch=None, hw=None, bloc
         instances.append(instances[0].replace(onchip_bytes=onchip))
     return [row for instance in instances
             for row in _bench(config, instance, simulator, blocks, per_instruction,
-                              memory=memory, **board_memory, latency=latency)]
+                              memory=memory, **board_memory, latency=latency,
+                              routing=routing)]
 
 
 def _board_memory(board, hw) -> dict:
@@ -171,14 +213,15 @@ def _board_memory(board, hw) -> dict:
 
 
 def _bench(config, hw, simulator, blocks, per_instruction=False, latency=0, board=None,
-           bandwidth=None, memory_bandwidth=None, board_latency=None, memory="python"):
+           bandwidth=None, memory_bandwidth=None, board_latency=None, memory="python",
+           routing="model"):
     from moevit.hw.cost.cycles import program_cycles
     from moevit.hw.cost.report import instruction_rows
     from moevit.sim.benches.top import expected_runs, output_bytes, run_top
 
     if board is not None:
         latency = board_latency
-    program, image = _program(config, hw=hw, blocks=blocks)
+    program, image = _program(config, hw=hw, blocks=blocks, routing=routing)
     tasks = list(range(len(program.tasks)))
     # Each task twice in a row (the second run: after itself; the first: after the task
     # before it), then the first task again (after the last one).
@@ -187,7 +230,8 @@ def _bench(config, hw, simulator, blocks, per_instruction=False, latency=0, boar
                   test_id=f"bench-top-{config}-{hw.name}-{simulator}-{hw.expert_prefetch}"
                           f"-{blocks}" + (f"-onchip{hw.onchip_bytes}" if hw.onchip_bytes else "")
                           + (f"-latency{latency}" if latency else "")
-                          + (f"-{board}" if board else "") + f"-{memory}",
+                          + (f"-{board}" if board else "") + f"-{memory}"
+                          + ("-balanced" if routing == "balanced" else ""),
                   timeline=per_instruction, latency=latency, bandwidth=bandwidth,
                   memory_bandwidth=memory_bandwidth, memory=memory)
     speeds = {"bandwidth": bandwidth, "memory_bandwidth": memory_bandwidth}
@@ -214,7 +258,7 @@ def _bench(config, hw, simulator, blocks, per_instruction=False, latency=0, boar
             "mac_units": mac_units, "bytes_read": steady["bytes_read"],
             "busy": {unit: value / cycles for unit, value in steady["busy"].items()},
             "latency_ms": cycles / (hw.clock_mhz * 1e3), "clock_mhz": hw.clock_mhz,
-            "memory_latency": latency, "board": board, "memory": memory,
+            "memory_latency": latency, "board": board, "memory": memory, "routing": routing,
             "predicted": program_cycles(program, image, t, latency=latency, **speeds).cycles,
             "simulator": simulator, "sim_seconds": round(steady["seconds"], 1),
             "sim_cycles_per_second": round(sum(g["cycles"] for g in got) / steady["seconds"]),

@@ -199,6 +199,9 @@ def register_bench(benches):
     top.add_argument("--memory", choices=("python", "verilog"), default="python",
                      help="the bench's memory: python (cocotbext-axi's RAM, default) or "
                           "verilog (every beat in the simulator: far faster on a large top)")
+    top.add_argument("--routing", choices=("model", "balanced"), default="model",
+                     help="the MoE gates: the model's (default) or balanced (random gates: "
+                          "every expert chosen, as the search assumes)")
     top.add_argument("--json", action="store_true", help="one JSON list of rows")
     top.set_defaults(handler=_bench_top)
 
@@ -471,11 +474,13 @@ def _bench_top(args):
     rows = bench_top(args.config, simulator=args.simulator, hw=args.hw, blocks=args.blocks,
                      prefetch=None if args.prefetch is None else (args.prefetch,),
                      onchip=args.onchip, per_instruction=args.per_instruction,
-                     latency=args.latency, board=args.board, memory=args.memory)
+                     latency=args.latency, board=args.board, memory=args.memory,
+                     routing=args.routing)
     name = (f"top-{args.config}{'-' + args.hw if args.hw else ''}"
             f"{f'-blocks{args.blocks}' if args.blocks else ''}"
             f"{f'-latency{args.latency}' if args.latency else ''}"
-            f"{f'-{args.board}' if args.board else ''}")
+            f"{f'-{args.board}' if args.board else ''}"
+            f"{'-balanced' if args.routing == 'balanced' else ''}")
     record_bench_top(rows, name)
     path = build_dir("bench") / f"{name}.png"
     plot(rows, path)

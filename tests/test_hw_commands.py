@@ -110,10 +110,12 @@ def test_bench_top_runs_the_named_config(tmp_path, monkeypatch, capsys):
     runs = []
 
     def fake(config, hw, simulator, blocks, per_instruction=False, latency=0,
-             memory="python", board=None, **rates):
+             memory="python", board=None, routing="model", **rates):
         runs.append((config, hw) if blocks == 12 or config == "tiny" else (config, hw, blocks))
         if latency:
             runs.append(("latency", latency))
+        if routing != "model":
+            runs.append(("routing", routing))
         if board or memory != "python":
             runs.append(("memory", board, memory, sorted(rates)))
         return [{"config": config, "hw": hw.name, "task": "semseg",
@@ -157,6 +159,10 @@ def test_bench_top_runs_the_named_config(tmp_path, monkeypatch, capsys):
                     ("memory", "zcu102", "verilog",
                      ["bandwidth", "board_latency", "memory_bandwidth"])]
     assert (tmp_path / "build/bench/top-tiny-zcu102.json").is_file()
+    runs.clear()
+    assert main(["bench", "top", "--prefetch", "0", "--routing", "balanced", "--json"]) == 0
+    assert runs == [("tiny", DEFAULT_HW["tiny"]), ("routing", "balanced")]
+    assert (tmp_path / "build/bench/top-tiny-balanced.json").is_file()
     runs.clear()
     assert main(["bench", "top", "--latency", "-1"]) == 2            # before any run
     assert runs == [] and "Memory latency must be a whole number of cycles >= 0, not -1" in \
@@ -214,6 +220,36 @@ def test_bench_top_blocks_cut_the_program_after_a_block():
         # The last block's last instruction; after it, the next block's norm1.
         assert cut.instructions[-1].MNEMONIC == ("COMBINE" if get_config("tiny").is_moe(blocks - 1)
                                                  else "LINEAR") and following == "LAYERNORM"
+
+
+def test_balanced_routing_chooses_every_expert():
+    """--routing balanced: the gates replaced so that every expert of every MoE layer is
+    chosen on the bench's image, by both tasks, and the rest of the model unchanged."""
+    import numpy as np
+
+    from moevit.hw.bench_top import _program, balanced_gates
+    from moevit.model.config import get_config
+    from moevit.model.data import SyntheticDataset
+    from moevit.model.integer import golden
+    from moevit.model.integer.evaluate import signal_model
+    from moevit.model.integer.quantize import quantize
+
+    model = get_config("edge-moe")
+    data = SyntheticDataset(model, "val", size=9, seed=1)
+    qmodel = quantize(signal_model(model), data.images[:8])
+    image = golden.quantize_image(data.images[8].numpy(), qmodel.scale("input"))
+    before = {k: v.copy() for k, v in qmodel.arrays.items()}
+    balanced = balanced_gates(qmodel, image)
+    changed = {k for k in before if not np.array_equal(before[k], balanced.arrays[k])}
+    assert changed and all(".mlp.gates." in k for k in changed)
+    for task in range(len(model.tasks)):
+        run = golden.run(balanced, image, task)
+        for i in (i for i in range(model.depth) if model.is_moe(i)):
+            counts = np.bincount(run.tensors[f"blocks.{i}.mlp.gate.topk"].ravel(),
+                                 minlength=model.experts)
+            assert 5 <= counts.min() and counts.max() <= 33, (task, i, counts)
+    again, plain = _program("edge-moe", routing="balanced")[0], _program("edge-moe")[0]
+    assert again.instructions == plain.instructions and again.weights != plain.weights
 
 
 def test_hw_generate_and_estimate_take_the_named_configs(tmp_path, monkeypatch, capsys):

@@ -547,15 +547,15 @@ ZCU102_BOARD_INSTRUCTIONS = {0: 7_549, 4: 8_853, 5: 15_188, 8: 11_745, 9: 12_001
                              27: 10_019, 28: 12_076, 33: 6_203}
 
 
-def _at_the_zcu102s_memory(blocks=None):
+def _at_the_zcu102s_memory(blocks=None, routing="model"):
     """A task -> :func:`program_cycles` of bench top's program on the saved zcu102-edge-moe
-    (its first ``blocks``) at the ZCU102's bandwidths and latency."""
+    (its first ``blocks``; its gates ``routing``) at the ZCU102's bandwidths and latency."""
     from moevit.hw.config import get_hw_config
     from moevit.hw.cost.cycles import board_latency, board_memory_bandwidth
 
     hw = get_hw_config("zcu102-edge-moe")
     board = get_board("zcu102")
-    program, image = _program("edge-moe", hw=hw, blocks=blocks)
+    program, image = _program("edge-moe", hw=hw, blocks=blocks, routing=routing)
     return lambda task: program_cycles(program, image, task,
                                        bandwidth=board_bandwidth(board, hw),
                                        memory_bandwidth=board_memory_bandwidth(board, hw),
@@ -592,9 +592,11 @@ ZCU102_WHOLE_IMAGE = {
 
 def test_zcu102_whole_image_at_the_boards_memory_within_1_percent():
     """The saved zcu102-edge-moe's whole image, both tasks, at the board's bandwidth and
-    latency: the run within 1 % of the co-simulated top (+0.02 / +0.09 % since the first
-    token tile's fill, :func:`linear_fill`; -0.76 / -0.73 % before), its linear layers
-    within 1 %, and each kind of instruction that takes more than 1.5 % of it within 5 %."""
+    latency: the run within 1 % of the co-simulated top (+0.28 / +0.22 %; -0.76 / -0.73 %
+    before the first token tile's fill, :func:`linear_fill`), its linear layers within 1 %,
+    and each kind of instruction that takes more than 1.5 % of it within 5 %. Not the
+    routing :data:`~moevit.hw.cost.cycles.EXPERT_STREAM_LOSS` is fitted on: its EXPERTs
+    +0.83 / +0.61 % (-0.35 / -0.02 % with the loss fitted on two blocks before)."""
     predict = _at_the_zcu102s_memory()
     for task, (simulated, kinds) in ZCU102_WHOLE_IMAGE.items():
         cost = predict(task)
@@ -606,3 +608,29 @@ def test_zcu102_whole_image_at_the_boards_memory_within_1_percent():
             print(f"  {kind:<10} predicted {predicted:>8,} vs {cycles:>8,}: "
                   f"{predicted / cycles - 1:+.2%}")
             assert abs(predicted / cycles - 1) < (0.01 if kind == "LINEAR" else 0.05), kind
+
+
+#: The same whole image with balanced routing (``bench top --routing balanced``: every
+#: expert of every MoE layer chosen by 5 to 30 tokens, the search's assumption), task 0,
+#: Verilator, Verilog memory, bit-exact (2026-12-04, 901 s): cycles, and per kind.
+ZCU102_BALANCED_IMAGE = (903_011, {"LINEAR": 296_072, "EXPERT": 284_916, "ATTENTION": 182_256,
+                                   "LAYERNORM": 47_625, "COMBINE": 37_212,
+                                   "TASK_LINEAR": 28_757, "ROUTE": 18_396, "PATCHIFY": 7_713})
+
+
+def test_zcu102_whole_image_with_balanced_routing_within_1_percent():
+    """The search's routing (every expert's weights read once an image) on the saved
+    zcu102-edge-moe at the board's memory: the run within 1 % (-1.44 % before
+    :data:`~moevit.hw.cost.cycles.EXPERT_STREAM_LOSS` was fitted on it), its 96 EXPERTs
+    within 1 % together (-4.8 % before), every kind over 1.5 % of the run within 5 %."""
+    simulated, kinds = ZCU102_BALANCED_IMAGE
+    cost = _at_the_zcu102s_memory(routing="balanced")(0)
+    error = cost.cycles / simulated - 1
+    print(f"\nbalanced: predicted {cost.cycles:,} vs {simulated:,}: {error:+.2%}")
+    assert abs(error) < 0.01
+    assert sum(i.mnemonic == "EXPERT" for i in cost.instructions) == 96
+    for kind, cycles in kinds.items():
+        predicted = sum(i.cycles for i in cost.instructions if i.mnemonic == kind)
+        print(f"  {kind:<10} predicted {predicted:>8,} vs {cycles:>8,}: "
+              f"{predicted / cycles - 1:+.2%}")
+        assert abs(predicted / cycles - 1) < (0.01 if kind in ("LINEAR", "EXPERT") else 0.05), kind

@@ -653,16 +653,22 @@ EXPOSED_LATENCIES = {"EXPERT": 5, "ROUTE": 2, "COMBINE": 2}
 
 
 #: The memory cycles a working EXPERT's weight stream loses beyond its bytes over the ports
-#: when memory-bound, fitted: zcu102-edge-moe's first two blocks with each task's gate
-#: biased so that every expert gets 11 to 22 tokens (the search's balanced routing; weights
-#: striped over four ports of 16 bytes a cycle, 85.3 in all, a 50-cycle latency; Verilator,
-#: 2026-12-04, bit-exact): its 15 working EXPERTs after the first took 132 to 373 (mean
-#: 280) cycles more than the model without it; 100 fewer each at latency 0, 10 fewer with
-#: no weight request across a page. Not located: the kernel and the memory run at about
-#: the same pace there (17 tokens an expert on a 32-row array), where any stall of one is
-#: the other's. Not the read-ahead's depth: with the ``w`` FIFO at 1,024 beats the EXPERTs
-#: take what they take at 512 (2,830-3,008 cycles); at 128 the gap grows to about 650.
-EXPERT_STREAM_LOSS = 280
+#: when memory-bound, fitted (least squares, a constant): zcu102-edge-moe's whole image at
+#: the ZCU102's memory (weights striped over four ports of 16 bytes a cycle, 85.3 in all, a
+#: 50-cycle latency) with balanced routing (``bench top --routing balanced``: every expert
+#: of every MoE layer chosen by 5 to 30 of 129 tokens x 2, the search's assumption),
+#: Verilator, bit-exact, task 0, 903,011 cycles (2026-12-04): its 90 working EXPERTs after
+#: the first of their layer took 2,732 to 3,048 cycles, about 2,844 + 5.3 a routed row (a
+#: spread of 57 about that line), 420 on average more than the model without this term.
+#: (Fitted before on the first two blocks' 15 such EXPERTs, another balancing: 280; the
+#: whole image's EXPERTs were then 4.8 % under.) Where it goes is not located: the kernel
+#: and the memory run at the same pace there (a weight beat a cycle each, the ``w`` FIFO
+#: full ahead), so any stall of one is the other's; the kernel's own counters show no
+#: ``w`` stall and an ``x`` stall of 11 a routed row + 10 (fc1's and fc2's first token
+#: tiles, :func:`linear_fill`, and the gather), which this constant holds on average. Not
+#: the read-ahead's depth: with the ``w`` FIFO at 1,024 beats the EXPERTs took what they
+#: take at 512; at 128 the gap grows by about 370.
+EXPERT_STREAM_LOSS = 420
 
 
 def expert_latencies(onchip, *, read_ahead=False) -> int:

@@ -152,11 +152,12 @@ def top_check_rows(found, progress=False) -> list:
 
     programs, rows = {}, []
     for r in found:
-        key = (r["config"], r.get("hw"), r["expert_prefetch"], r.get("blocks"))
+        routing = r.get("routing", "model")
+        key = (r["config"], r.get("hw"), r["expert_prefetch"], r.get("blocks"), routing)
         if key not in programs:
             named = r.get("hw") if r.get("hw") not in (None, r["config"]) else None
             programs[key] = _program(r["config"], r["expert_prefetch"], _hw(r["config"], named),
-                                     blocks=r.get("blocks"))
+                                     blocks=r.get("blocks"), routing=routing)
         program, image = programs[key]
         task = [t["name"] for t in program.tasks].index(r["task"])
         memory = _board_memory(r.get("board"), program.hw)
@@ -166,7 +167,8 @@ def top_check_rows(found, progress=False) -> list:
                                    latency=memory.get("board_latency", 0)).cycles
         whole = r.get("blocks") in (None, program.model.get("depth"))
         part = "whole program" if whole else f"first {r['blocks']} blocks"
-        at = f", {r['board']}'s memory" if r.get("board") else ""
+        at = (f", {r['board']}'s memory" if r.get("board") else "") \
+            + (", balanced routing" if routing == "balanced" else "")
         rows.append(_check_row("top", f"{program.hw.name} {r['task']} prefetch "
                                       f"{r['expert_prefetch']} ({part}{at})",
                                predicted, r["cycles"]))

@@ -236,7 +236,12 @@ def test_report_sections_show_what_the_slow_runs_kept(tmp_path, monkeypatch):
     record_bench_top([{"config": "edge-moe", "hw": "edge-moe", "task": "depth",
                        "expert_prefetch": 0, "cycles": 9_000_000, "switch_cycles": 0,
                        "bit_exact": True, "utilization": 0.25, "bytes_read": 15_708_812,
-                       "latency_ms": 36.0, "sim_seconds": 3600.0}], "top-edge-moe")
+                       "latency_ms": 36.0, "sim_seconds": 3600.0},
+                      {"config": "edge-moe", "hw": "zcu102-edge-moe", "task": "semseg",
+                       "expert_prefetch": 1, "cycles": 903_011, "switch_cycles": 0,
+                       "bit_exact": True, "utilization": 0.3, "bytes_read": 1,
+                       "latency_ms": 4.515, "sim_seconds": 901.0, "board": "zcu102",
+                       "memory_latency": 50, "routing": "balanced"}], "top-edge-moe")
     record_check([_check_row("top", "edge-moe depth prefetch 0 (whole program)", 8_782_693,
                              9_000_000)])
     figures = {"dsp": 64, "bram36": 10.5, "uram": 0}
@@ -247,6 +252,8 @@ def test_report_sections_show_what_the_slow_runs_kept(tmp_path, monkeypatch):
     top, check, confirm = (text for _, text in measured_sections())
     assert re.search(r"^\| edge-moe \| edge-moe \| depth \| 0 \| 9,000,000 \| 0 \| yes \| 25\.0% "
                      r"\| 15,708,812 \| 36\.000 \| 3600 \| \d{4}-\d\d-\d\d \d\d:\d\d \|$", top, re.M)
+    assert re.search(r"^\| edge-moe \| zcu102-edge-moe, zcu102's memory, balanced routing \| "
+                     r"semseg \| 1 \| 903,011 \|", top, re.M)
     assert re.search(r"^\| top \| edge-moe depth prefetch 0 \(whole program\) \| 9,000,000 \| "
                      r"8,782,693 \| -2\.41% \| yes \|", check, re.M)
     assert re.search(r"^\| zcu102-edge-moe \| 2x64 \| 64 / 10\.5 / 0 \| 64 / 10\.5 / 0 \|",

@@ -363,7 +363,11 @@ def measured_sections() -> list:
            "|---:|---:|---:|---|"]
     for when, rows in _recorded("bench/top-*.json"):
         for r in rows:
-            latency = f", latency {r['memory_latency']}" if r.get("memory_latency") else ""
+            # How it ran: the memory's latency or board, the routing (rows of older runs
+            # lack the keys).
+            latency = (f", {r['board']}'s memory" if r.get("board") else
+                       f", latency {r['memory_latency']}" if r.get("memory_latency") else "") \
+                + (", balanced routing" if r.get("routing") == "balanced" else "")
             top.append(f"| {r['config']} | {r.get('hw', r['config'])}{latency} | {r['task']} | "
                        f"{r['expert_prefetch']} | {r['cycles']:,} | {r['switch_cycles']:,} | "
                        f"{'yes' if r['bit_exact'] else '**no**'} | {r['utilization']:.1%} | "

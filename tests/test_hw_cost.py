@@ -618,26 +618,36 @@ def test_zcu102_whole_image_at_the_boards_memory_within_1_percent():
 
 
 #: The same whole image with balanced routing (``bench top --routing balanced``: every
-#: expert of every MoE layer chosen by 5 to 30 tokens, the search's assumption), task 0,
-#: Verilator, Verilog memory, bit-exact (2026-12-04, 901 s): cycles, and per kind.
-ZCU102_BALANCED_IMAGE = (903_011, {"LINEAR": 296_072, "EXPERT": 284_916, "ATTENTION": 182_256,
-                                   "LAYERNORM": 47_625, "COMBINE": 37_212,
-                                   "TASK_LINEAR": 28_757, "ROUTE": 18_396, "PATCHIFY": 7_713})
+#: expert of every MoE layer chosen by 5 to 33 tokens, the search's assumption),
+#: Verilator, Verilog memory, both tasks bit-exact (2026-12-04, 901 and 1,003 s): task ->
+#: (cycles, cycles per kind).
+ZCU102_BALANCED_IMAGE = {
+    0: (903_011, {"LINEAR": 296_072, "EXPERT": 284_916, "ATTENTION": 182_256,
+                  "LAYERNORM": 47_625, "COMBINE": 37_212, "TASK_LINEAR": 28_757,
+                  "ROUTE": 18_396, "PATCHIFY": 7_713}),
+    1: (887_285, {"LINEAR": 296_072, "EXPERT": 287_587, "ATTENTION": 182_256,
+                  "LAYERNORM": 47_625, "COMBINE": 37_212, "TASK_LINEAR": 10_360,
+                  "ROUTE": 18_396, "PATCHIFY": 7_713})}
 
 
 def test_zcu102_whole_image_with_balanced_routing_within_1_percent():
     """The search's routing (every expert's weights read once an image) on the saved
-    zcu102-edge-moe at the board's memory: the run within 1 % (-1.44 % before
-    :data:`~moevit.hw.cost.cycles.EXPERT_STREAM_LOSS` was fitted on it), its 96 EXPERTs
-    within 1 % together (-4.8 % before), every kind over 1.5 % of the run within 5 %."""
-    simulated, kinds = ZCU102_BALANCED_IMAGE
-    cost = _at_the_zcu102s_memory(routing="balanced")(0)
-    error = cost.cycles / simulated - 1
-    print(f"\nbalanced: predicted {cost.cycles:,} vs {simulated:,}: {error:+.2%}")
-    assert abs(error) < 0.01
-    assert sum(i.mnemonic == "EXPERT" for i in cost.instructions) == 96
-    for kind, cycles in kinds.items():
-        predicted = sum(i.cycles for i in cost.instructions if i.mnemonic == kind)
-        print(f"  {kind:<10} predicted {predicted:>8,} vs {cycles:>8,}: "
-              f"{predicted / cycles - 1:+.2%}")
-        assert abs(predicted / cycles - 1) < (0.01 if kind in ("LINEAR", "EXPERT") else 0.05), kind
+    zcu102-edge-moe at the board's memory, both tasks: the run within 1 %, its linear
+    layers and its 96 EXPERTs within 1 % together, every kind over 1.5 % of the run within
+    5 %. :data:`~moevit.hw.cost.cycles.EXPERT_STREAM_LOSS` is fitted on task 0 (+0.04 %,
+    EXPERTs -0.07 %; -1.44 % and -4.8 % before); task 1 is the check (-0.04 %, EXPERTs
+    -0.33 %)."""
+    predict = _at_the_zcu102s_memory(routing="balanced")
+    for task, (simulated, kinds) in ZCU102_BALANCED_IMAGE.items():
+        cost = predict(task)
+        error = cost.cycles / simulated - 1
+        print(f"\nbalanced, task {task}: predicted {cost.cycles:,} vs {simulated:,}: {error:+.2%}")
+        assert abs(error) < 0.01
+        assert sum(i.mnemonic == "EXPERT" for i in cost.instructions) == 96
+        for kind, cycles in kinds.items():
+            predicted = sum(i.cycles for i in cost.instructions if i.mnemonic == kind)
+            print(f"  {kind:<11} predicted {predicted:>8,} vs {cycles:>8,}: "
+                  f"{predicted / cycles - 1:+.2%}")
+            if cycles > 0.015 * simulated:
+                aim = 0.01 if kind in ("LINEAR", "EXPERT") else 0.05
+                assert abs(predicted / cycles - 1) < aim, (task, kind)

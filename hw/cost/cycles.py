@@ -656,10 +656,12 @@ EXPOSED_LATENCIES = {"EXPERT": 5, "ROUTE": 2, "COMBINE": 2}
 #: when memory-bound, fitted (least squares, a constant): zcu102-edge-moe's whole image at
 #: the ZCU102's memory (weights striped over four ports of 16 bytes a cycle, 85.3 in all, a
 #: 50-cycle latency) with balanced routing (``bench top --routing balanced``: every expert
-#: of every MoE layer chosen by 5 to 30 of 129 tokens x 2, the search's assumption),
+#: of every MoE layer chosen by 5 to 30 of 129 tokens x 2 on semseg, the search's assumption),
 #: Verilator, bit-exact, task 0, 903,011 cycles (2026-12-04): its 90 working EXPERTs after
 #: the first of their layer took 2,732 to 3,048 cycles, about 2,844 + 5.3 a routed row (a
 #: spread of 57 about that line), 420 on average more than the model without this term.
+#: The check, task 1 of the same run (887,285 cycles, bit-exact): the model -0.04 %, its
+#: EXPERTs -0.33 % together, -4.0 to +5.9 % each.
 #: (Fitted before on the first two blocks' 15 such EXPERTs, another balancing: 280; the
 #: whole image's EXPERTs were then 4.8 % under.) Where it goes is not located: the kernel
 #: and the memory run at the same pace there (a weight beat a cycle each, the ``w`` FIFO

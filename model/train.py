@@ -31,6 +31,7 @@ Launch several processes with ``torchrun --nproc-per-node N -m moevit train
 bar and writes the checkpoint.
 """
 
+import atexit
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -188,6 +189,9 @@ def _distributed():
 
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        # Torn down before the interpreter's own teardown: left to it, a rank once died at
+        # exit ("terminate called without an active exception") after a finished run.
+        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
     return dist.get_rank(), dist.get_world_size()
 
 

@@ -254,7 +254,15 @@ def linear_wait(d, x_cycles, fill_cycles=0) -> int:
     tile on the whole of them (the co-simulated top on four ports: the x port alone sets
     the first tile's pace); and its first step waits for the first tile whole
     (:func:`linear_fill`)."""
-    return max(linear_fill(d, fill_cycles), x_cycles - _tile(d))
+    return max(linear_fill(d, fill_cycles), x_cycles - linear_overlap(d))
+
+
+def linear_overlap(d) -> int:
+    """Compute cycles of linear operation ``d``'s first out tile that can run while its
+    activations arrive: the work on every token tile but the last, which starts only once
+    x's last row is in (one token tile: none)."""
+    tile = _tile(d)
+    return tile - -(-tile // d.token_tiles)
 
 
 def first_tile_bytes(d) -> int:
@@ -286,6 +294,36 @@ def visible_drains(jobs, hw, bandwidth, memory_bandwidth=None, dram=None) -> int
 
     return sum(max(0, linear_drain(job) - memory_cycles(
         hw, filling(linear_tile_outputs(job)), bandwidth, memory_bandwidth)) for job in jobs)
+
+
+def x_arrival(job, hw, moved, bandwidth, memory_bandwidth=None, lane="main") -> int:
+    """Cycles linear ``job``'s activations (``moved["x"]``, its DRAM bytes) take to arrive
+    when the engine's read-ahead channels share their port: the arbiter grants bursts round
+    robin, so until x's last row ``w`` and ``chan`` on x's port take what their FIFOs hold
+    (:meth:`LinearEngine.w_depth <moevit.hw.top.linear_engine.LinearEngine.w_depth>`,
+    ``CHAN_DEPTH`` bus beats) and what the first out tile takes from them. Seen on tiny
+    with 32 rows, streamed weights and the 512-beat FIFO on one 128-bit port (x from
+    DRAM): the linear kernel's ``x`` stall counter ~800 cycles on a layer of 260 x beats,
+    the model 16 % short on the linear layers with x's bytes alone. On ports of their own
+    the channels cost x nothing beyond the memory's total."""
+    from moevit.hw.top.linear_engine import LinearEngine
+
+    x = moved.get("x", 0)
+    if not x:
+        return 0
+    word = hw.bus_width // 8
+    held = {"w": LinearEngine.w_depth(hw) * word, "chan": LinearEngine.CHAN_DEPTH * word,
+            "res": LinearEngine.RES_DEPTH * word}
+    sharing = {"x": x, **{k: min(moved.get(k, 0), room + 2 * moved.get(k, 0) // job.out_tiles)
+                          for k, room in held.items()}}
+    routes = lane_routes(hw.memory_ports, hw.weight_ports, hw.issue_lanes, lane)
+    port = routes["x"][0][0]
+    on_port = sum(n * fraction for k, n in sharing.items() for at, fraction in routes[k]
+                  if at == port)
+    cycles = on_port / bandwidth
+    if memory_bandwidth is not None:
+        cycles = max(cycles, sum(sharing.values()) / memory_bandwidth)
+    return math.ceil(cycles)
 
 
 def ahead_fill(hw, bandwidth, memory_bandwidth=None) -> int:
@@ -379,7 +417,8 @@ def memory_wait(d, hw, moved, bandwidth, memory_bandwidth=None, *, op=None,
 
     if m in ("LINEAR", "TASK_LINEAR"):
         job, x = op or d, moved.get("x", 0)
-        return linear_wait(job, alone("x", x), fill(job, x))
+        return linear_wait(job, x_arrival(job, hw, moved, bandwidth, memory_bandwidth, lane),
+                           fill(job, x))
     if m == "EXPERT" and routed:
         fc1, fc2 = d.linears(routed)
         x1 = moved.get("x", 0) * d.dim // (d.dim + d.hidden)

@@ -567,32 +567,33 @@ def _chunk_drain(step, hw, tokens, by_mover, bandwidth, memory_bandwidth) -> int
 def _chunk_wait(step, hw, tokens, by_mover, bandwidth, memory_bandwidth) -> int:
     """:func:`~moevit.hw.cost.cycles.memory_wait` of a linear step's chunk of ``tokens``
     moving ``by_mover`` (its DRAM bytes)."""
-    from moevit.hw.cost.cycles import _tile, first_tile_bytes, linear_fill
+    from moevit.hw.cost.cycles import first_tile_bytes, linear_fill, linear_overlap, x_arrival
 
     def alone(n):       # memory_cycles of n bytes on x, one port
         return math.ceil(n / min(bandwidth, memory_bandwidth or bandwidth))
 
-    # linear_wait(job, x cycles, fill) = max(linear_fill, x cycles - the job's first tile):
-    # the jobs, their tiles and the first layer's share of x kept per shape (descriptors and
-    # their tiles are slow to build).
-    key = ("tiles", step.shape, *_linear_fields(hw), tokens)
+    # linear_wait(job, x cycles, fill) = max(linear_fill, x cycles - the job's overlap):
+    # the jobs, their overlaps and the first layer's share of x kept per shape (descriptors
+    # and their tiles are slow to build).
+    key = ("overlaps", step.shape, *_linear_fields(hw), tokens)
     if key not in _CYCLES:
         if step.mnemonic == "EXPERT":
             fc1, fc2 = _expert_linears(step, hw, tokens)
-            _CYCLES[key] = ((fc1, fc2), (_tile(fc1), _tile(fc2)),
+            _CYCLES[key] = ((fc1, fc2), (linear_overlap(fc1), linear_overlap(fc2)),
                             (fc1.in_features, fc1.in_features + fc2.in_features))
         else:
             job = step.descriptor(hw, tokens=tokens)
-            _CYCLES[key] = ((job,), (_tile(job),), (1, 1))
-    jobs, tiles, (part, whole) = _CYCLES[key]
+            _CYCLES[key] = ((job,), (linear_overlap(job),), (1, 1))
+    jobs, overlaps, (part, whole) = _CYCLES[key]
     x = by_mover.get("x", 0)
     if step.mnemonic == "EXPERT":
         first = x * part // whole
-        return sum(max(0, alone(n) - tile) for n, tile in zip((first, x - first), tiles))
+        return sum(max(0, alone(n) - overlap) for n, overlap in zip((first, x - first), overlaps))
     # The first token tile: on the x port from DRAM, else a bus word a cycle from the window.
     n = first_tile_bytes(jobs[0])
     fill = alone(n) if x else -(-n // (hw.bus_width // 8))
-    return max(linear_fill(jobs[0], fill), alone(x) - tiles[0])
+    arrival = x_arrival(jobs[0], hw, by_mover, bandwidth, memory_bandwidth)
+    return max(linear_fill(jobs[0], fill), arrival - overlaps[0])
 
 
 def _overlap(step, hw, by_mover, bandwidth, memory_bandwidth, latency=0) -> tuple:

@@ -554,14 +554,28 @@ ZCU102_BOARD_INSTRUCTIONS = {0: 7_549, 4: 8_853, 5: 15_188, 8: 11_745, 9: 12_001
                              27: 10_019, 28: 12_076, 33: 6_203}
 
 
-def _at_the_boards_memory(blocks=None, routing="model", board="zcu102"):
-    """A task -> :func:`program_cycles` of bench top's program on the saved
-    ``<board>-edge-moe`` (its first ``blocks``; its gates ``routing``) at the board's
-    bandwidths and latency."""
-    from moevit.hw.config import get_hw_config
+#: The ``<board>-edge-moe`` points the runs below co-simulated, as the search saved them then
+#: (32 array rows: the search's rows fitted to the tokens came later).
+SIMULATED_POINTS = {
+    "zcu102": dict(rows=32, cols=64, max_tokens=2080, max_in=768, post_lanes=16, out_depth=64,
+                   clock_mhz=200.0, heads_parallel=1, row_lanes=4, score_lanes=64,
+                   kv_depth=144, max_head_dim=64, bus_width=512, max_outstanding=64,
+                   dsp_packing=2, expert_prefetch=1, memory_ports=4, norm_lanes=16,
+                   onchip_bytes=262144, weight_ports=4, combine_lanes=8, weight_streaming=1),
+}
+SIMULATED_POINTS["zcu104"] = {**SIMULATED_POINTS["zcu102"], "max_tokens": 544,
+                              "score_lanes": 16}
+
+
+def _at_the_boards_memory(blocks=None, routing="model", board="zcu102", hw=None):
+    """A task -> :func:`program_cycles` of bench top's program on ``<board>-edge-moe`` as
+    simulated (:data:`SIMULATED_POINTS`; or ``hw``) (its first ``blocks``; its gates
+    ``routing``) at the board's bandwidths and latency."""
+    from moevit.hw.config import HwConfig
     from moevit.hw.cost.cycles import board_latency, board_memory_bandwidth
 
-    hw = get_hw_config(f"{board}-edge-moe")
+    if hw is None:
+        hw = HwConfig(name=f"{board}-edge-moe", **SIMULATED_POINTS[board])
     board = get_board(board)
     program, image = _program("edge-moe", hw=hw, blocks=blocks, routing=routing)
     return lambda task: program_cycles(program, image, task,

@@ -533,3 +533,25 @@ def test_stage_two_picks_the_fewest_combine_lanes_that_pay(rows):
             resources(hw.replace(combine_lanes=2 * lanes)), get_board(board))
         if lanes > 1:
             assert cycles(lanes // 2) > cycles(lanes)
+
+
+def test_rows_fitted_to_the_tokens():
+    """Beside each power of two the search tries the fewest rows that take the model's
+    tokens in one token tile less, when that is at most 1/8 more rows: edge-moe's 129
+    tokens in four tiles of 33 rather than five of 32 (the fifth holding one token), in one
+    of 129; m3vit-s's 1,201 in nine of 134 rather than ten of 128; none beside 4 (129 in 32
+    tiles of 5 rows is 1/4 more). On the saved ZCU102 point the linear layers then take
+    about a sixth fewer cycles at the same memory (-15.9 %)."""
+    from moevit.hw.cost.dse import ROWS, batch1_runs, fitted_rows
+
+    assert fitted_rows(ROWS, 129) == (4, 8, 9, 16, 17, 32, 33, 64, 65, 128, 129)
+    assert fitted_rows(ROWS, 1201) == (4, 8, 9, 16, 17, 32, 33, 64, 67, 128, 134)
+    assert fitted_rows(ROWS, 1024) == fitted_rows(ROWS, 2) == ROWS   # nothing to fit
+    hw = get_hw_config("zcu102-edge-moe")
+    assert hw.rows in fitted_rows(ROWS, 129) and hw.rows not in ROWS
+    board, work = get_board("zcu102"), workload("edge-moe")
+    linear = {rows: batch1_runs(work, hw.replace(rows=rows, max_tokens=rows * 64), board)
+              ["semseg"].units["linear"] for rows in (32, 33)}
+    print(f"\nzcu102-edge-moe's linear layers: {linear[32]:,} cycles on 32 rows, "
+          f"{linear[33]:,} on 33 ({linear[33] / linear[32] - 1:+.1%})")
+    assert linear[33] < 0.87 * linear[32]

@@ -113,8 +113,10 @@ PORT_CHOICES = (1, 2, 4, 8)
 ONCHIP_CHOICES = (0,) + tuple(1 << k for k in range(15, 23))
 #: Stage 1's row lanes of a head lane (``HwConfig.row_lanes``), up to the model's tokens.
 ROW_LANES = (1, 2, 4, 8, 16)
-#: Stage 2's grid.
+#: Stage 2's grid (the rows: and each one's fitted to the model's tokens, :func:`fitted_rows`).
 ROWS = (4, 8, 16, 32, 64, 128)
+#: A fitted row count is at most this share above the count it stands beside.
+FITTED_ROWS_SLACK = 1 / 8
 COLS = (8, 16, 32, 64)
 POST_LANES = (2, 4, 8, 16, 32, 64)
 SCORE_LANES = (4, 8, 16, 32, 64)
@@ -973,10 +975,20 @@ def _base_hw(model, board):
                     expert_prefetch=1, weight_streaming=1)
 
 
-def _grid(quick):
+def _grid(quick, tokens):
     if quick:
-        return (8, 32), (16, 32), (8,), (16, 64)
-    return ROWS, COLS, POST_LANES, SCORE_LANES
+        return fitted_rows((8, 32), tokens), (16, 32), (8,), (16, 64)
+    return fitted_rows(ROWS, tokens), COLS, POST_LANES, SCORE_LANES
+
+
+def fitted_rows(grid, tokens) -> tuple:
+    """``grid``'s row counts and, beside each, the fewest rows that hold ``tokens`` in one
+    token tile less, where that is at most :data:`FITTED_ROWS_SLACK` more rows: a linear
+    layer takes a pass of ``in_features`` cycles a token tile however few of its rows are
+    busy, and edge-moe's 129 tokens on 32 rows leave one token in the fifth tile (the array
+    81 % busy); 33 rows take them in four."""
+    fitted = ((r, -(-tokens // (tokens // r))) for r in grid if tokens >= r)
+    return tuple(sorted(set(grid) | {f for r, f in fitted if f <= r * (1 + FITTED_ROWS_SLACK)}))
 
 
 def _max_tokens(hw, tokens, board, the_fit, fabric=True):
@@ -1286,7 +1298,7 @@ def search(board, config, *, quick=False, fabric=True, progress=True) -> list:
     work = workload(config, progress=progress)
     the_fit = _default_fit()
     base = _base_hw(model, board)
-    rows_grid, cols_grid, post_grid, lanes_grid = _grid(quick)
+    rows_grid, cols_grid, post_grid, lanes_grid = _grid(quick, model.tokens)
     usable_dsp = board.dsp * USABLE["dsp"]
     attention, norms, combines = (_kind(work, m) for m in ("ATTENTION", "LAYERNORM", "COMBINE"))
 

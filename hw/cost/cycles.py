@@ -299,9 +299,10 @@ def visible_drains(jobs, hw, bandwidth, memory_bandwidth=None, dram=None) -> int
 def x_arrival(job, hw, moved, bandwidth, memory_bandwidth=None, lane="main") -> int:
     """Cycles linear ``job``'s activations (``moved["x"]``, its DRAM bytes) take to arrive
     when the engine's read-ahead channels share their port: the arbiter grants bursts round
-    robin, so until x's last row ``w`` and ``chan`` on x's port take what their FIFOs hold
-    (:meth:`LinearEngine.w_depth <moevit.hw.top.linear_engine.LinearEngine.w_depth>`,
-    ``CHAN_DEPTH`` bus beats) and what the first out tile takes from them. Seen on tiny
+    robin, so until x's last row ``w``, ``chan`` and the skip tensor (``res``) on x's port
+    take what their FIFOs hold (:meth:`LinearEngine.w_depth
+    <moevit.hw.top.linear_engine.LinearEngine.w_depth>`, ``CHAN_DEPTH``, ``RES_DEPTH`` bus
+    beats) and two out tiles' worth (the kernel's two weight banks). Seen on tiny
     with 32 rows, streamed weights and the 512-beat FIFO on one 128-bit port (x from
     DRAM): the linear kernel's ``x`` stall counter ~800 cycles on a layer of 260 x beats,
     the model 16 % short on the linear layers with x's bytes alone. On ports of their own

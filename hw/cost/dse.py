@@ -113,7 +113,7 @@ PORT_CHOICES = (1, 2, 4, 8)
 ONCHIP_CHOICES = (0,) + tuple(1 << k for k in range(15, 23))
 #: Stage 1's row lanes of a head lane (``HwConfig.row_lanes``), up to the model's tokens.
 ROW_LANES = (1, 2, 4, 8, 16)
-#: Stage 2's grid (the rows: and each one's fitted to the model's tokens, :func:`fitted_rows`).
+#: Stage 2's grid (beside each row count, one fitted to the model's tokens: :func:`fitted_rows`).
 ROWS = (4, 8, 16, 32, 64, 128)
 #: A fitted row count is at most this share above the count it stands beside.
 FITTED_ROWS_SLACK = 1 / 8

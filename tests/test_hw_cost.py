@@ -585,9 +585,10 @@ def _at_the_boards_memory(blocks=None, routing="model", board="zcu102", hw=None)
 
 
 def test_zcu102_point_at_the_boards_bandwidth_within_5_percent():
-    """The saved zcu102-edge-moe's first two blocks at the board's bandwidth and latency:
-    the whole program, and its long instructions (PATCHIFY, the linear layers, attention,
-    ROUTE, the two large EXPERTs, COMBINE), each within 5 % of the co-simulated top."""
+    """zcu102-edge-moe as simulated (32 rows), its first two blocks at the board's
+    bandwidth and latency: the whole program, and its long instructions (PATCHIFY, the
+    linear layers, attention, ROUTE, the two large EXPERTs, COMBINE), each within 5 % of
+    the co-simulated top."""
     cost = _at_the_boards_memory(blocks=2)(0)
     error = cost.cycles / ZCU102_BOARD_PROGRAM - 1
     print(f"\nwhole: predicted {cost.cycles:,} vs {ZCU102_BOARD_PROGRAM:,}: {error:+.2%}")
@@ -627,12 +628,12 @@ def _within(name, cost, simulated, kinds, aims):
 
 
 def test_zcu102_whole_image_at_the_boards_memory_within_1_percent():
-    """The saved zcu102-edge-moe's whole image, both tasks, at the board's bandwidth and
-    latency: the run within 1 % of the co-simulated top (+0.28 / +0.22 %; -0.76 / -0.73 %
-    before the first token tile's fill, :func:`linear_fill`), its linear layers within 1 %,
-    and each kind of instruction that takes more than 1.5 % of it within 5 %. Not the
-    routing :data:`~moevit.hw.cost.cycles.EXPERT_STREAM_LOSS` is fitted on: its EXPERTs
-    +0.83 / +0.61 % (-0.35 / -0.02 % with the loss fitted on two blocks before)."""
+    """zcu102-edge-moe as simulated (32 rows), its whole image, both tasks, at the board's
+    bandwidth and latency: the run within 1 % of the co-simulated top (+0.28 / +0.22 %;
+    -0.76 / -0.73 % before the first token tile's fill, :func:`linear_fill`), its linear
+    layers within 1 %, and each kind of instruction that takes more than 1.5 % of it within
+    5 %. Not the routing :data:`~moevit.hw.cost.cycles.EXPERT_STREAM_LOSS` is fitted on: its
+    EXPERTs +0.83 / +0.61 % (-0.35 / -0.02 % with the loss fitted on two blocks before)."""
     predict = _at_the_boards_memory()
     for task, (simulated, kinds) in ZCU102_WHOLE_IMAGE.items():
         _within(f"task {task}", predict(task), simulated, kinds, {"LINEAR": 0.01})
@@ -660,11 +661,11 @@ ZCU104_BALANCED_IMAGE = (1_382_831, {"ATTENTION": 662_076, "LINEAR": 296_072,
 
 
 def test_zcu104_whole_image_with_balanced_routing_within_1_percent():
-    """The saved zcu104-edge-moe's whole image with the search's routing at the board's
-    memory: the run (+0.03 %), its attention, linear layers and EXPERTs each within 1 %. Its
-    linear layers and EXPERTs take zcu102-edge-moe's cycles exactly (the same array, memory
-    path and routing); its attention, 48 % of the run at 16 score lanes, is the new check
-    (+0.02 %)."""
+    """zcu104-edge-moe as simulated (32 rows), its whole image with the search's routing at
+    the board's memory: the run (+0.03 %), its attention, linear layers and EXPERTs each
+    within 1 %. Its linear layers and EXPERTs take zcu102-edge-moe's cycles exactly (the
+    same array, memory path and routing); its attention, 48 % of the run at 16 score lanes,
+    is the new check (+0.02 %)."""
     simulated, kinds = ZCU104_BALANCED_IMAGE
     cost = _at_the_boards_memory(routing="balanced", board="zcu104")(0)
     _within("zcu104 balanced", cost, simulated, kinds,
@@ -672,8 +673,8 @@ def test_zcu104_whole_image_with_balanced_routing_within_1_percent():
 
 
 def test_zcu102_whole_image_with_balanced_routing_within_1_percent():
-    """The search's routing (every expert's weights read once an image) on the saved
-    zcu102-edge-moe at the board's memory, both tasks: the run within 1 %, its linear
+    """The search's routing (every expert's weights read once an image) on zcu102-edge-moe
+    as simulated (32 rows) at the board's memory, both tasks: the run within 1 %, its linear
     layers and its 96 EXPERTs within 1 % together, every kind over 1.5 % of the run within
     5 %. :data:`~moevit.hw.cost.cycles.EXPERT_STREAM_LOSS` is fitted on task 0 (+0.04 %,
     EXPERTs -0.07 %; -1.44 % and -4.8 % before); task 1 is the check (-0.04 %, EXPERTs

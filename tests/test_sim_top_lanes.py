@@ -40,20 +40,21 @@ def _overlapped(run) -> int:
 
 
 def _first_moe_layer():
-    """The two-lane program of a batch of two cut after the first LINEAR issued as an EXPERT
-    ends (both halves through the first MoE layer), and its batches."""
+    """The two-lane program of a batch of two cut after both halves' first COMBINE (both
+    through the first MoE layer), and its batches."""
     program, batches = _compiled(TWO_LANES)
-    end = next(k for k, (a, b) in enumerate(zip(program.instructions, program.instructions[1:]))
-               if a.MNEMONIC == "EXPERT" and b.MNEMONIC == "LINEAR") + 2
+    end = 1 + max(next(k for k, d in enumerate(program.instructions)
+                       if d.MNEMONIC == "COMBINE" and program.streams[k] == half)
+                  for half in (0, 1))
     return dataclasses.replace(program, instructions=program.instructions[:end],
                                concurrent=program.concurrent[:end],
                                streams=program.streams[:end]), batches
 
 
 def test_two_lanes_run_the_first_moe_layer_bit_exact():
-    """The first instructions of the two streams of a batch of two, up to the first LINEAR
-    issued as an EXPERT ends (the linear engine taken back from the EXPERT engine): both
-    halves through the first MoE layer."""
+    """The first instructions of the two streams of a batch of two, up to both halves'
+    first COMBINE, a LINEAR issued as an EXPERT ends among them (the linear engine taken
+    back from the EXPERT engine)."""
     short, batches = _first_moe_layer()
     mnemonics = {d.MNEMONIC for d in short.instructions}
     assert {"EXPERT", "ROUTE", "COMBINE", "ATTENTION", "LINEAR"} <= mnemonics

@@ -125,8 +125,8 @@ def test_one_image_runs_in_token_chunks_on_two_lanes():
 @pytest.mark.slow
 def test_one_image_on_two_lanes_is_faster_than_on_one():
     """The whole program of one image on two lanes in token chunks and on one (the same
-    hardware but the lanes): both bit-exact, two lanes fewer cycles (measured 403,871 and
-    438,280: -7.9 %), the cost model within 2 % of both."""
+    hardware but the lanes): both bit-exact, two lanes fewer cycles (measured 402,953 and
+    438,280: -8.1 %), the cost model within 2 % of both."""
     program, image = _one_image(TWO_LANES.replace(token_chunks=1))
     one, _ = _one_image(TWO_LANES.replace(issue_lanes=1))
     two, = check_runs(program, [(1, [image])], test_id="top-lanes-image", simulator="verilator")
@@ -145,8 +145,8 @@ def test_one_image_on_two_lanes_is_faster_than_on_one():
 @pytest.mark.parametrize("onchip", [0, 32768])
 def test_two_lanes_run_a_batch_faster_than_one(onchip):
     """The whole program of a batch of two on two lanes and on one (the same hardware but
-    the lanes), both bit-exact with the interpreter; two lanes take fewer cycles, and the
-    cycles of both are printed."""
+    the lanes), both bit-exact with the interpreter; two lanes take fewer cycles (measured
+    580,527 and 890,950 without a window: -34.8 %), the cost model within 2 % of both."""
     hw = TWO_LANES.replace(onchip_bytes=onchip)
     program, batches = _compiled(hw)
     one, _ = _compiled(hw.replace(issue_lanes=1))

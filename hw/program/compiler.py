@@ -75,6 +75,8 @@ keeps on chip (``patch_embed.out``, ``attn.proj.out``, ``mlp.fc1.pre``,
 probabilities, ``gate.probs``) are not in memory.
 """
 
+from typing import NamedTuple
+
 import numpy as np
 
 from moevit.errors import ConfigError
@@ -511,9 +513,9 @@ def segments_of(streams) -> list:
 
 #: :func:`interleave`'s search: the machine states it keeps per pair of stream positions,
 #: and how far (in instructions) one stream may run ahead of the other's pace. On 1,500
-#: random pairs of up to 8 instructions it found the shortest merge every time (2 states:
-#: not 4 times); on the u280's batch of 16 (577 instructions) it takes 0.1 s, and twice the
-#: states or the band find the same span.
+#: random pairs of up to 8 instructions it found the shortest merge every time (keeping 2,
+#: all but 4 times); on the u280's batch of 16 (577 instructions) it takes 0.1 s, and twice
+#: the states or the band find the same span.
 INTERLEAVE_KEEP = 3
 INTERLEAVE_BAND = 16
 
@@ -540,9 +542,7 @@ def interleave(streams):
     if len(streams) == 1:
         return [(0, i) for i in range(len(streams[0]))], ()
     n, m = len(streams[0]), len(streams[1])
-    # A state: when each lane is free (main, side), when each stream's last instruction
-    # ends, the last start (issue is in order), the stream last on each lane, the path.
-    layer = {(0, 0): [((0, 0), (0, 0), 0, (None, None), None)]}
+    layer = {(0, 0): [_State((0, 0), (0, 0), 0, (None, None), None)]}
     for _ in range(n + m):
         following = {}
         for (i, j), states in layer.items():
@@ -555,7 +555,7 @@ def interleave(streams):
                 following.setdefault(cell, []).extend(
                     _issued(state, k, lane, cycles) for state in states)
         layer = {cell: _fittest(states) for cell, states in following.items()}
-    path = min(layer[n, m], key=lambda s: max(s[0]))[4]
+    path = min(layer[n, m], key=lambda s: max(s.free)).path
     merged = []
     while path is not None:
         path, k, concurrent = path
@@ -568,16 +568,31 @@ def interleave(streams):
     return order, tuple(concurrent for _, concurrent in merged)
 
 
+class _State(NamedTuple):
+    """:func:`interleave`'s two lanes after some instructions of each stream."""
+
+    free: tuple      # when each lane (main, side) is free
+    ready: tuple     # when each stream's last instruction ends
+    issued: int      # the last instruction's start (issue is in program order)
+    last: tuple      # the stream of the instruction last on each lane
+    path: tuple      # (the path before, the stream, concurrent) of each instruction
+
+
+def _beats(a, b) -> bool:
+    """``a`` leaves everything free and ready no later than ``b``, with the same streams
+    last on the lanes: whatever follows ``b``, it can follow ``a`` as early."""
+    return a.last == b.last and a.issued <= b.issued and all(
+        x <= y for x, y in zip(a.free + a.ready, b.free + b.ready))
+
+
 def _fittest(states):
     """The :data:`INTERLEAVE_KEEP` of :func:`interleave`'s ``states`` that leave the lanes
-    free earliest, of those no other state beats in every respect (lanes free, streams
-    ready and last start no later, the same streams last on the lanes)."""
-    states.sort(key=lambda s: (max(s[0]), sum(s[0]), s[2]))
+    free earliest, of those no other state beats (:func:`_beats`)."""
+    states.sort(key=lambda s: (max(s.free), sum(s.free), s.issued))
     kept = []
-    for s in states:
-        if not any(k[3] == s[3] and k[2] <= s[2] and all(a <= b for a, b in zip(k[0] + k[1], s[0] + s[1]))
-                   for k in kept):
-            kept.append(s)
+    for state in states:
+        if not any(_beats(k, state) for k in kept):
+            kept.append(state)
             if len(kept) == INTERLEAVE_KEEP:
                 break
     return kept
@@ -594,7 +609,7 @@ def _issued(state, k, lane, cycles):
     free = (end, free[1]) if mine == 0 else (free[0], end)
     ready = (end, ready[1]) if k == 0 else (ready[0], end)
     last = (k, last[1]) if mine == 0 else (last[0], k)
-    return free, ready, start, last, (path, k, concurrent)
+    return _State(free, ready, start, last, (path, k, concurrent))
 
 
 def _cycles(d, hw, config) -> int:

@@ -262,14 +262,15 @@ cost --check`'s (their last runs: the sections below).
 
 
 def _ceilings(row):
-    """The floors a larger array cannot lower: the LayerNorm unit's cycles (one value a
-    cycle, no lanes parameter) and the bytes over the port's bandwidth."""
+    """The floors a larger array cannot lower: the LayerNorm unit's cycles (at its lanes)
+    and the bytes over the memory ports' bandwidth."""
     ms = row["unit_cycles"].get("layernorm", 0) / (row["clock_mhz"] * 1e3)
     memory = row["bytes_per_image"] / (row["bandwidth_gbs"] * 1e6)
     best = row["bytes_per_image_best"] / (row["bandwidth_gbs"] * 1e6)
     return (f"* {row['board']}: LayerNorm {ms:.2f} ms per image (at most {1e3 / ms:,.0f} images/s "
             f"at any batch); memory traffic {row['bytes_per_image'] / 1e6:.1f} MB per image over "
-            f"{row['bandwidth_gbs']:.1f} GB/s (the top's one memory port) = {memory:.2f} ms at "
+            f"{row['bandwidth_gbs']:.1f} GB/s (the top's {row['memory_ports']} memory "
+            f"port{'s' * (row['memory_ports'] > 1)}) = {memory:.2f} ms at "
             f"batch 1, {best:.2f} ms per image at batch {row['best_batch']}")
 
 

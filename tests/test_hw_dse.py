@@ -11,7 +11,8 @@ from moevit.cli import main
 from moevit.errors import ConfigError
 from moevit.hw.boards import BOARDS, get_board
 from moevit.hw.config import HwConfig, get_hw_config, saved_hw_configs
-from moevit.hw.cost.dse import (USABLE, Step, Workload, _fits, dse_rows, predict, workload)
+from moevit.hw.cost.dse import (USABLE, Step, Workload, _fits, dse_rows, predict, routed_tokens,
+                               workload)
 
 FIELDS = ("board", "config", "mac_units", "latency_ms", "fps_batch1", "best_fps", "best_batch",
           "gops", "dsp_efficiency", "binding_limit", "dsp", "bram36", "uram")
@@ -473,8 +474,27 @@ def test_workload_is_the_compiled_program():
     for step in work.tasks["semseg"]:
         counts[step.mnemonic] = counts.get(step.mnemonic, 0) + 1
     assert counts["EXPERT"] == 6 * 16 and counts["ATTENTION"] == 12
-    # Balanced routing: every expert gets ceil(129 x 2 / 16) = 17 tokens.
-    assert {s.routed for s in work.tasks["semseg"] if s.mnemonic == "EXPERT"} == {17}
+    # Uniform routing: each MoE layer's experts get the quantiles of Binomial(129, 2 / 16).
+    quantiles = routed_tokens(129, 2, 16)
+    assert [s.routed for s in work.tasks["semseg"] if s.mnemonic == "EXPERT"] \
+        == list(quantiles) * 6
+    assert quantiles[0] == 9 and quantiles[-1] == 23 and abs(sum(quantiles) - 258) <= 2
+
+
+def test_routed_tokens_are_the_binomial_quantiles():
+    """Expert e's tokens are the least n with P(X <= n) >= (e + 1/2) / experts for X of
+    Binomial(tokens, top_k / experts), checked with exact fractions."""
+    from fractions import Fraction
+    from math import comb
+
+    for tokens, top_k, experts in ((129, 2, 16), (1032, 2, 16), (65, 1, 4), (197, 2, 8)):
+        p = Fraction(top_k, experts)
+        cdf = [Fraction(0)]
+        for n in range(tokens + 1):
+            cdf.append(cdf[-1] + comb(tokens, n) * p ** n * (1 - p) ** (tokens - n))
+        for e, n in enumerate(routed_tokens(tokens, top_k, experts)):
+            q = Fraction(2 * e + 1, 2 * experts)
+            assert cdf[n] < q <= cdf[n + 1], (tokens, top_k, experts, e)
 
 
 def test_stage_two_picks_the_fewest_layernorm_lanes_that_pay(rows):

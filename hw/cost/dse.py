@@ -75,6 +75,7 @@ board (:data:`BUS_CHOICES`): on Zynq a wider bus gains through the weights
 striped over several 128-bit HP ports, which the SmartConnects convert to.
 """
 
+import bisect
 import contextlib
 import copy
 import dataclasses
@@ -92,8 +93,8 @@ from moevit.errors import ConfigError
 
 __all__ = ["ROUTING", "USABLE", "ATTENTION_SHARES", "ROW_LANES", "MAX_BATCH", "LATENCY_SLACK",
            "PORTS_SLACK", "ONCHIP_CHOICES", "BUS_CHOICES", "OBJECTIVES", "Workload", "workload",
-           "routed_tokens", "read_bytes", "moved_bytes", "weight_bytes", "peak_cycles", "latency_floors", "predict",
-           "Point", "search", "dse_rows", "print_dse", "save_config"]
+           "routed_tokens", "read_bytes", "moved_bytes", "weight_bytes", "peak_cycles",
+           "latency_floors", "predict", "Point", "search", "dse_rows", "print_dse", "save_config"]
 
 ROUTING = ("uniform: each token chooses its top_k experts evenly at random, so every expert's "
            "weights are read once per image; expert e of a MoE layer gets the (e + 1/2) / experts "
@@ -339,13 +340,15 @@ def routed_tokens(tokens, top_k, experts) -> tuple:
     fitted was predicted 6.8 % under its co-simulated image (bench top's balanced gates:
     5 to 33 tokens an expert); with this spread, 1.1 % under."""
     p = top_k / experts
+    if p >= 1:
+        return (tokens,) * experts
     cdf, total = [], 0.0
     for n in range(tokens + 1):
         total += math.exp(math.lgamma(tokens + 1) - math.lgamma(n + 1)
                           - math.lgamma(tokens - n + 1) + n * math.log(p)
-                          + (tokens - n) * math.log1p(-p)) if p < 1 else float(n == tokens)
+                          + (tokens - n) * math.log1p(-p))
         cdf.append(total)
-    return tuple(next((n for n, c in enumerate(cdf) if c >= (e + 0.5) / experts), tokens)
+    return tuple(min(bisect.bisect_left(cdf, (e + 0.5) / experts), tokens)
                  for e in range(experts))
 
 
@@ -1272,7 +1275,7 @@ def _streaming_at_best_batch(point, work, board, the_fit, fabric):
     images a second at its best batch: on two issue lanes shorter linear instructions can
     interleave worse with the other lane's (u280 edge-moe at batch 16 in the compiler's
     greedy order before 2026-12-04: 1,514.4 images/s with it, 1,530.3 without; in today's,
-    1,961.8 with it, 1,857.7 without; on one lane an instruction is never slower with it)."""
+    1,870.5 with it, 1,790.8 without; on one lane an instruction is never slower with it)."""
     from moevit.hw.cost.resources import resources
 
     if point.hw.issue_lanes == 1:

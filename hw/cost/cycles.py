@@ -842,7 +842,8 @@ def expert_scan_cycles(hw, size, routed=0, hits=None) -> int:
     ``size`` bytes (``tokens x top_k`` indices): a bus word a cycle, one cycle per index
     naming the expert when a word holds more than one. ``hits``: which indices name it
     (exact); else ``routed`` of them spread over the words, at most one a word until
-    every word has one (the even routing the search assumes)."""
+    every word has one (the uniform routing the search assumes,
+    :data:`moevit.hw.cost.dse.ROUTING`)."""
     nbytes = hw.bus_width // 8
     if hits is None:
         return max(-(-size // nbytes), routed)

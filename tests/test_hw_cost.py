@@ -776,3 +776,34 @@ def test_zcu104_whole_image_on_rows_fitted_to_the_tokens_within_1_percent():
     searched = batch1_runs(workload("edge-moe"), hw, get_board("zcu104"))["semseg"].cycles
     print(f"the search's figure {searched:,}: {searched / simulated - 1:+.2%}")
     assert abs(searched / simulated - 1) < 0.02
+
+
+def test_the_floors_lie_under_the_simulated_images():
+    """The search's floors (:func:`~moevit.hw.cost.dse.latency_floors`) under every whole
+    image co-simulated at board scale (balanced routing, semseg): per kind, the fewest
+    cycles each instruction holds its unit (:func:`~moevit.hw.cost.dse.kernel_cycles`: the
+    linear array's steps, the attention's MACs at its peak) under the kind's simulated
+    cycles, and the floors of the schedule (one instruction at a time) and of any schedule
+    under the run. Its experts under the search's routing (each 9 to 23 tokens) against the
+    bench's gates (5 to 33): no more token tiles than those."""
+    from moevit.hw.config import HwConfig
+    from moevit.hw.cost.dse import kernel_cycles, latency_floors, workload
+
+    work = workload("edge-moe")
+    cases = [("zcu102, 32 rows", "zcu102", SIMULATED_POINTS["zcu102"], ZCU102_BALANCED_IMAGE[0]),
+             ("zcu102, 33 rows", "zcu102", ZCU102_FITTED_POINT, ZCU102_FITTED_IMAGE),
+             ("zcu104, 17 rows", "zcu104", ZCU104_FITTED_POINT, ZCU104_FITTED_IMAGE)]
+    for name, board, point, (simulated, kinds) in cases:
+        hw = HwConfig(name="floors", **point)
+        floors = dict.fromkeys(("LINEAR", "EXPERT", "ATTENTION"), 0)
+        for step, count in work.steps("semseg"):
+            if step.mnemonic in floors:
+                floors[step.mnemonic] += count * kernel_cycles(step, hw)
+        kinds = {**kinds, "LINEAR": kinds["LINEAR"] + kinds["TASK_LINEAR"]}
+        print(f"\n{name}: " + ", ".join(f"{k} {floor:,.0f} of {kinds[k]:,} "
+                                         f"({floor / kinds[k]:.0%})" for k, floor in floors.items()))
+        assert all(floor <= kinds[k] for k, floor in floors.items())
+        ms = simulated / (hw.clock_mhz * 1e3)
+        bounds = latency_floors(work, hw, get_board(board), "semseg")
+        print(f"  the run {ms:.3f} ms: floors {bounds}")
+        assert bounds["units"] <= bounds["serial"] < ms

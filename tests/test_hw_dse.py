@@ -1,6 +1,7 @@
 """The design-space search (hw/cost/dse.py): every board x model config on the reduced grid,
 the same cycle model as `moevit hw cost`, the saved named HwConfigs, and bad input."""
 
+import itertools
 import json
 import math
 import re
@@ -223,12 +224,18 @@ def test_token_chunks_on_two_lanes_and_why_zcu102_stays_on_one():
 @pytest.mark.parametrize("board", BOARDS)
 @pytest.mark.parametrize("config", ["edge-moe", "m3vit-s"])
 def test_latency_floors_bound_the_prediction(rows, board, config):
-    """The two floors are lower bounds: the weights' reading <= the schedule's floor <= the
+    """The floors are lower bounds: the weights' reading and the least any fitting HwConfig
+    could give <= any schedule on the chosen point's units <= its own schedule's floor <= the
     predicted latency."""
     row = rows[board, config]
-    print(f"\n{board} {config}: weights {row['weights_floor_ms']:.3f} ms, serial "
-          f"{row['serial_floor_ms']:.3f} ms, predicted {row['latency_ms']:.3f} ms")
-    assert 0 < row["weights_floor_ms"] <= row["serial_floor_ms"] <= row["latency_ms"]
+    print(f"\n{board} {config}: weights {row['weights_floor_ms']:.3f} ms, any fitting "
+          f"point {row['lowest_floor_ms']:.3f} ms ({row['lowest_floor_binding']}, "
+          f"{row['lowest_floor_array']}), these units {row['units_floor_ms']:.3f} ms "
+          f"({row['units_binding']}), serial {row['serial_floor_ms']:.3f} ms, predicted "
+          f"{row['latency_ms']:.3f} ms")
+    assert 0 < row["weights_floor_ms"] <= row["units_floor_ms"]
+    assert 0 < row["lowest_floor_ms"] <= row["units_floor_ms"] <= row["serial_floor_ms"] \
+        <= row["latency_ms"]
 
 
 def test_the_weights_floor_is_every_weight_read_once(rows):
@@ -257,6 +264,56 @@ def test_the_weights_floor_is_every_weight_read_once(rows):
     latency = next(t for t in row["targets"] if t["field"] == "latency_ms")
     assert (f"{row['serial_floor_ms']:.2f} ms" in latency["limit"]) == \
         (latency["value"] < row["serial_floor_ms"])
+
+
+def test_no_point_of_these_kernels_on_the_zcu102_reaches_2_ms():
+    """The least batch-1 latency any HwConfig of these kernels that fits the ZCU102 could have
+    (edge-moe, whatever the schedule) is over the issue's 2 ms, and the linear array binds
+    it: its steps counted again from the model's layers (every token tile of ``rows``
+    tokens by every tile of ``cols`` outputs takes ``in_features`` steps; each expert its
+    tokens under the search's routing). That array fits beside the attention with
+    everything else at its smallest; the rows that take the tokens in one tile less do not,
+    with the smallest attention kernel, the DSPs being the limit."""
+    from moevit.hw.cost.dse import _base_hw, lowest_floor
+    from moevit.hw.cost.resources import resources
+    from moevit.model.config import get_config
+
+    m, board = get_config("edge-moe"), get_board("zcu102")
+    low = lowest_floor(workload("edge-moe"), board, "semseg")
+    print(f"\nzcu102 edge-moe: {low}")
+    assert low["binding"] == "linear" and low["ms"] > 2
+    rows, cols, packing = map(int, re.fullmatch(r"(\d+)x(\d+)/(\d)", low["array"]).groups())
+
+    def steps(tokens, inputs, outputs):
+        return -(-tokens // rows) * -(-outputs // cols) * inputs
+
+    dense = [(m.patch_dim, m.dim), (m.dim, m.tasks[0].classes * m.patch ** 2)]
+    for i in range(m.depth):
+        dense += [(m.dim, 3 * m.dim), (m.dim, m.dim), (m.dim, m.experts) if m.is_moe(i)
+                  else (m.dim, m.mlp_hidden)] + ([] if m.is_moe(i) else [(m.mlp_hidden, m.dim)])
+    total = sum(steps(m.tokens, i, o) for i, o in dense)
+    per_layer = routed_tokens(m.tokens, m.top_k, m.experts)
+    total += sum(m.is_moe(i) for i in range(m.depth)) * sum(
+        steps(n, m.dim, m.expert_hidden) + steps(n, m.expert_hidden, m.dim) for n in per_layer)
+    assert low["ms"] == pytest.approx(total / (board.clock_mhz * 1e3))
+
+    least = _base_hw(m, board).replace(expert_prefetch=0, combine_lanes=1, post_lanes=2)
+    heads, row_lanes, score_lanes = map(int, low["attention"].split("x"))
+    chosen = least.replace(rows=rows, cols=cols, dsp_packing=packing, max_tokens=rows,
+                           heads_parallel=heads, row_lanes=row_lanes, score_lanes=score_lanes)
+    assert _fits(resources(chosen), board) is None
+    assert low["mac_units"] == chosen.macs + chosen.attention_macs
+    # The rows that take the tokens in one tile less fit only beside an attention kernel
+    # whose multiply-accumulates alone take longer.
+    fewer_tiles = -(-m.tokens // (-(-m.tokens // rows) - 1))
+    attention_macs = m.depth * 2 * m.tokens ** 2 * m.dim
+    fitting = [lanes for lanes in itertools.product((1, 3), (1, 2, 4, 8, 16), (8, 16, 32, 64))
+               if _fits(resources(chosen.replace(
+                   rows=fewer_tiles, max_tokens=fewer_tiles, heads_parallel=lanes[0],
+                   row_lanes=lanes[1], score_lanes=lanes[2])), board) is None]
+    most = max(2 * h * r * s for h, r, s in fitting)
+    print(f"{fewer_tiles} rows: at most {most} attention MAC units fit beside them")
+    assert attention_macs / most / (board.clock_mhz * 1e3) > low["ms"]
 
 @pytest.mark.parametrize("bandwidth, onchip, prefetch", [(None, 0, 0), (1.0, 0, 0),
                                                          (1.0, 32768, 0), (None, 0, 1)])

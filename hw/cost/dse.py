@@ -93,8 +93,8 @@ from moevit.errors import ConfigError
 
 __all__ = ["ROUTING", "USABLE", "ATTENTION_SHARES", "ROW_LANES", "MAX_BATCH", "LATENCY_SLACK",
            "PORTS_SLACK", "ONCHIP_CHOICES", "BUS_CHOICES", "OBJECTIVES", "Workload", "workload",
-           "routed_tokens", "read_bytes", "moved_bytes", "weight_bytes", "peak_cycles",
-           "latency_floors", "predict", "Point", "search", "dse_rows", "print_dse", "save_config"]
+           "routed_tokens", "read_bytes", "moved_bytes", "weight_bytes", "kernel_cycles",
+           "latency_floors", "lowest_floor", "predict", "Point", "search", "dse_rows", "print_dse", "save_config"]
 
 ROUTING = ("uniform: each token chooses its top_k experts evenly at random, so every expert's "
            "weights are read once per image; expert e of a MoE layer gets the (e + 1/2) / experts "
@@ -1617,14 +1617,23 @@ def point_row(point, board, work, fabric=True) -> dict:
         "attention_share": point.share, "hw": hw.to_dict(),
     }
     floors = latency_floors(work, hw, board, point.task)
-    row.update(weights_floor_ms=floors["weights"], serial_floor_ms=floors["serial"])
+    row.update(weights_floor_ms=floors["weights"], serial_floor_ms=floors["serial"],
+               units_floor_ms=floors["units"], units_binding=floors["units_binding"])
+    lowest = lowest_floor(work, board, point.task, fabric)
+    if lowest is not None:
+        row.update({"lowest_floor_" + k: v for k, v in lowest.items()})
     if point.largest is not None:
         big = point.largest
         row.update(largest_mac_units=big.mac_units, largest_dsp=int(big.resources.dsp),
                    largest_latency_ms=big.latency_ms,
-                   largest_array=f"{big.hw.rows}x{big.hw.cols}/{big.hw.dsp_packing}")
+                   largest_array=_array(big.hw))
     row["targets"] = [_target(row, *t) for t in TARGETS.get((board.name, work.config), ())]
     return row
+
+
+def _array(hw) -> str:
+    """The linear array of ``hw``: rows x columns / MACs a DSP48E2."""
+    return f"{hw.rows}x{hw.cols}/{hw.dsp_packing}"
 
 
 def _bandwidth(board, hw):
@@ -1643,35 +1652,128 @@ def weight_bytes(step, hw) -> int:
     return 0
 
 
-def peak_cycles(step, hw) -> float:
-    """The fewest cycles ``step`` could take on its unit of ``hw``: its multiply-accumulates
-    on every MAC unit at once (LINEAR and EXPERT on the linear array, ATTENTION's QK and
-    PV on the attention kernel's); another instruction's compute as the model costs it
-    (LayerNorm, routing, COMBINE: a row a few cycles, nothing left to take)."""
+def kernel_cycles(step, hw) -> float:
+    """The fewest cycles ``step`` holds its unit of ``hw``, whatever runs beside it: on the
+    linear array its steps, one a cycle (every tile of ``rows`` tokens by ``cols`` outputs
+    takes ``in_features`` of them, so an expert's few tokens leave most rows idle); on the
+    attention kernel its QK and PV multiply-accumulates on every MAC unit at once; another
+    instruction's compute as the model costs it (LayerNorm, routing, COMBINE: a row a few
+    cycles, nothing left to take)."""
     f = step.values
+
+    def steps(tokens, inputs, outputs):
+        tiles = sum(-(-n // hw.rows) for n in _split(tokens, hw.max_tokens))
+        return tiles * -(-outputs // hw.cols) * inputs
+
     if step.mnemonic == "LINEAR":
-        return f["tokens"] * f["in_features"] * f["out_features"] / hw.macs
+        return steps(f["tokens"], f["in_features"], f["out_features"])
     if step.mnemonic == "EXPERT":
-        return 2 * step.routed * f["dim"] * f["hidden"] / hw.macs
+        return steps(step.routed, f["dim"], f["hidden"]) + steps(step.routed, f["hidden"],
+                                                                 f["dim"])
     if step.mnemonic == "ATTENTION":
         return 2 * f["tokens"] ** 2 * f["heads"] * f["head_dim"] / hw.attention_macs
     return _other_cycles(step, hw)[0]
 
 
 def latency_floors(work, hw, board, task) -> dict:
-    """Two lower bounds of ``task``'s latency at batch 1 on ``hw`` (ms): ``weights``, every
-    weight read once at the bandwidth the design gets (:func:`_bandwidth`), and
-    ``serial``, the top's schedule (one instruction at a time) with every instruction at
-    its unit's peak (:func:`peak_cycles`) or its weights' reading, whichever is longer. Below
-    ``serial`` only instructions run side by side can go, which no HwConfig field gives."""
+    """Lower bounds of ``task``'s latency at batch 1 on ``hw`` (ms): ``weights``, every
+    weight read once at the bandwidth the design gets (:func:`_bandwidth`); ``serial``, the
+    top's schedule (one instruction at a time) with every instruction holding its unit the
+    fewest cycles it can (:func:`kernel_cycles`) or at its weights' reading, whichever is
+    longer; ``units``, any
+    schedule of these units, every one of them and the memory busy at once: the busiest
+    unit's :func:`kernel_cycles` or the weights' reading, whichever is longer
+    (``units_binding`` names it). Below ``serial`` only instructions run side by side can
+    go, which no HwConfig field gives; below ``units``, no top built of these kernels."""
     bandwidth = _bandwidth(board, hw)
     weights = serial = 0.0
+    busy = {}
     for step, count in work.steps(task, hw.onchip_bytes):
         reading = weight_bytes(step, hw) / bandwidth
         weights += count * reading
-        serial += count * max(peak_cycles(step, hw), reading)
-    return {name: cycles / (hw.clock_mhz * 1e3)
-            for name, cycles in (("weights", weights), ("serial", serial))}
+        held = kernel_cycles(step, hw)
+        serial += count * max(held, reading)
+        unit = "linear" if step.mnemonic in ("LINEAR", "EXPERT") else step.unit
+        busy[unit] = busy.get(unit, 0) + count * held
+    busy["memory"] = weights
+    binding = max(busy, key=busy.get)
+    floors = {name: cycles / (hw.clock_mhz * 1e3)
+              for name, cycles in (("weights", weights), ("serial", serial),
+                                   ("units", busy[binding]))}
+    return {**floors, "units_binding": binding}
+
+
+def lowest_floor(work, board, task, fabric=True):
+    """The least batch-1 latency of ``task`` (ms) that any HwConfig of these kernels fitting
+    ``board`` could have, whatever its schedule: over every linear array (any rows up to
+    the tokens, the columns and packing the model allows) and every attention kernel's
+    lanes, everything else at its smallest (a token buffer of one tile), the longer of the array's and the attention
+    kernel's :func:`kernel_cycles` and the weights' reading on all the board's ports (the
+    units floor of :func:`latency_floors` without the smaller units, on the most
+    bandwidth: below it on every point that fits). A dict of ``ms``, ``binding``
+    (``linear``, ``attention`` or ``memory``), ``array`` (:func:`_array`), ``attention``
+    (head lanes x row lanes x score lanes) and their ``mac_units``; None when nothing fits. ``fabric``: as
+    :func:`search`."""
+    from moevit.hw.cost.resources import resources, unit_resources
+    from moevit.model.config import get_config
+
+    key = (repr(board), work.config, task, fabric)
+    if key in _LOWEST:
+        return _LOWEST[key]
+    model = get_config(work.config)
+    least = _base_hw(model, board).replace(expert_prefetch=0, combine_lanes=1)
+    port, memory, _ = _bandwidths(board, least)
+    bandwidth = min(max(_port_counts(board, least)) * port, memory)
+    steps = work.steps(task)
+    arrays = []         # (cycles of the array or the weights' reading, which, hw, the rest)
+    for cols in _divisors(model.head_dim, COLS):
+        for packing in (1, 2) if cols % 2 == 0 else (1,):
+            for rows in range(1, model.tokens + 1):
+                try:
+                    # A token buffer of one tile, the smallest: in chunks of whole tiles
+                    # the array takes as many steps.
+                    hw = least.replace(rows=rows, cols=cols, dsp_packing=packing,
+                                       post_lanes=min(_divisors(cols, POST_LANES)),
+                                       max_tokens=rows)
+                except ConfigError:
+                    continue
+                held = sum(n * kernel_cycles(s, hw) for s, n in steps
+                           if s.mnemonic in ("LINEAR", "EXPERT"))
+                reading = sum(n * weight_bytes(s, hw) for s, n in steps) / bandwidth
+                rest = resources(hw) + unit_resources("attention", hw) * -1
+                arrays.append((max(held, reading), "linear" if held >= reading else "memory",
+                               hw, rest))
+    attentions = []     # (cycles, attention resources, MAC units)
+    for hp in _divisors(model.heads, range(1, model.heads + 1)):
+        for rl in (r for r in ROW_LANES if r <= model.tokens):
+            for sl in _divisors(model.head_dim, SCORE_LANES):
+                try:
+                    hw = least.replace(heads_parallel=hp, row_lanes=rl, score_lanes=sl)
+                except ConfigError:
+                    continue
+                held = sum(n * kernel_cycles(s, hw) for s, n in steps
+                           if s.mnemonic == "ATTENTION")
+                attentions.append((held, unit_resources("attention", hw), hw))
+    best = None
+    for held, which, hw, rest in sorted(arrays, key=lambda a: a[0]):
+        if best is not None and held >= best[0]:
+            break                   # sorted: no later array can do better
+        for cycles, res, lanes in attentions:
+            floor = max(held, cycles)
+            if (best is None or floor < best[0]) and _fits(rest + res, board, fabric) is None:
+                best = (floor, which if held >= cycles else "attention", hw, lanes)
+    if best is None:
+        _LOWEST[key] = None
+    else:
+        floor, binding, hw, lanes = best
+        _LOWEST[key] = {
+            "ms": floor / (least.clock_mhz * 1e3), "binding": binding, "array": _array(hw),
+            "attention": f"{lanes.heads_parallel}x{lanes.row_lanes}x{lanes.score_lanes}",
+            "mac_units": hw.macs + lanes.attention_macs}
+    return _LOWEST[key]
+
+
+_LOWEST = {}    # lowest_floor's answers (the report asks again)
 
 
 def _target(row, name, op, value):
@@ -1693,9 +1795,22 @@ def _target(row, name, op, value):
                  f"{row.get('largest_dsp')} DSPs, is not faster: {row['binding_limit']} binds")
     if name == "latency_ms" and value < row["serial_floor_ms"]:
         limit += (f"; below this top's floor, {row['serial_floor_ms']:.2f} ms: one instruction at "
-                  f"a time, each at its unit's peak or its weights' reading")
+                  f"a time, each at its unit's fewest cycles or its weights' reading")
+    if name == "latency_ms" and value < row.get("lowest_floor_ms", 0):
+        limit += (f"; below every HwConfig of these kernels that fits, whatever its schedule: "
+                  f"{row['lowest_floor_ms']:.2f} ms at least (array "
+                  f"{row['lowest_floor_array']}), {_busiest(row['lowest_floor_binding'])}")
     return {"field": name, "op": op, "value": value, "predicted": row[name], "met": bool(met),
             "limit": None if met else limit}
+
+
+def _busiest(unit) -> str:
+    """What binds the ``units`` floor (:func:`latency_floors`), in words."""
+    if unit == "memory":
+        return "the weights' reading"
+    return {"linear": "the linear array's steps alone",
+            "attention": "the attention kernel's multiply-accumulates alone"}.get(
+                unit, f"the {unit} unit's work alone")
 
 
 def dse_rows(board, config, *, quick=False, fabric=True, progress=True) -> list:
@@ -1747,7 +1862,15 @@ def print_dse(rows) -> None:
                               ("BRAM36", "bram36"), ("URAM", "uram"))))
         print(f"  floors at batch 1: every weight read once at {r['bandwidth_gbs']:.1f} GB/s "
               f"{r['weights_floor_ms']:.3f} ms; one instruction at a time, each at its unit's "
-              f"peak or its weights' reading, {r['serial_floor_ms']:.3f} ms")
+              f"fewest cycles or its weights' reading, {r['serial_floor_ms']:.3f} ms; any "
+              f"schedule of these units, each and the memory busy at once, "
+              f"{r['units_floor_ms']:.3f} ms "
+              f"({_busiest(r['units_binding'])})"
+              + (f"; any HwConfig of these kernels that fits, "
+                 f"{r['lowest_floor_ms']:.3f} ms at least (array {r['lowest_floor_array']}, "
+                 f"attention lanes {r['lowest_floor_attention']}, "
+                 f"{_busiest(r['lowest_floor_binding'])})"
+                 if "lowest_floor_ms" in r else ""))
         total = sum(r["unit_cycles"].values())
         print("  cycles per unit: " + ", ".join(f"{u} {c / total:.0%}"
                                                 for u, c in r["unit_cycles"].items()))

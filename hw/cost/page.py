@@ -168,8 +168,9 @@ def write_report(folder, *, quick=False, progress=True, sections=()) -> Path:
                                         f"({r['mac_units']:,})"),
         ("packing", lambda r: r["dsp_packing"]),
         ("latency, batch 1", lambda r: f"{r['latency_ms']:.2f} ms *predicted*"),
-        ("floors: weights / schedule", lambda r: f"{r['weights_floor_ms']:.2f} / "
-                                                 f"{r['serial_floor_ms']:.2f} ms *derived*"),
+        ("floors: weights / schedule / these units / any fitting point",
+         lambda r: f"{r['weights_floor_ms']:.2f} / {r['serial_floor_ms']:.2f} / "
+                   f"{r['units_floor_ms']:.2f} / {r['lowest_floor_ms']:.2f} ms *derived*"),
         ("FPS batch 1", lambda r: f"{r['fps_batch1']:.0f} *predicted*"),
         ("best FPS (batch)", lambda r: f"{r['best_fps']:.0f} ({r['best_batch']}) *predicted*"),
         ("GOPS", lambda r: f"{r['gops']:.0f} *predicted*"),
@@ -220,9 +221,14 @@ objective: {'; '.join(f'{host}: {why}' for host, (_, why) in OBJECTIVES.items())
 counts (upper bounds), every resource at most {', '.join(f'{k} {v:.0%}' for k, v in USABLE.items())}
 of the board. Routing: {ROUTING}. The floors bound the batch-1 latency from below
 (`latency_floors`, the same cycle model's terms): every weight read once at the design's
-bandwidth, and this top's schedule, one instruction at a time, with each at its unit's peak
-MAC rate or its weights' reading, whichever is longer (only instructions run side by side
-go under it).
+bandwidth; this top's schedule, one instruction at a time, each holding its unit the fewest
+cycles it can (the linear array's steps, a tile of rows tokens by cols outputs taking
+in_features of them; the attention's MACs at its peak) or at its weights' reading,
+whichever is longer (only instructions run side by side go under it); any schedule of these
+units, every one of them and the memory busy at once (the busiest unit's work alone); and
+the least that any HwConfig of these kernels fitting the board could give whatever its
+schedule (`lowest_floor`: every linear array, rows up to the tokens, and every attention
+kernel that fit beside each other with the rest at its smallest).
 
 {ours}
 

@@ -264,6 +264,9 @@ def test_the_weights_floor_is_every_weight_read_once(rows):
     latency = next(t for t in row["targets"] if t["field"] == "latency_ms")
     assert (f"{row['serial_floor_ms']:.2f} ms" in latency["limit"]) == \
         (latency["value"] < row["serial_floor_ms"])
+    assert f"{row['lowest_floor_ms']:.2f} ms at least" in latency["limit"]
+    macs = next(t for t in row["targets"] if t["field"] == "mac_units")
+    assert f"under {row['mac_target_floor']['ms']:.2f} ms" in macs["limit"]
 
 
 def test_no_point_of_these_kernels_on_the_zcu102_reaches_2_ms():
@@ -314,6 +317,10 @@ def test_no_point_of_these_kernels_on_the_zcu102_reaches_2_ms():
     most = max(2 * h * r * s for h, r, s in fitting)
     print(f"{fewer_tiles} rows: at most {most} attention MAC units fit beside them")
     assert attention_macs / most / (board.clock_mhz * 1e3) > low["ms"]
+    # 4,000 MAC units fit only beside an attention kernel whose work alone is longer.
+    big = lowest_floor(workload("edge-moe"), board, "semseg", mac_units=4000)
+    print(f"4,000 MAC units or more: {big}")
+    assert big["mac_units"] >= 4000 and big["binding"] == "attention" and big["ms"] > low["ms"]
 
 @pytest.mark.parametrize("bandwidth, onchip, prefetch", [(None, 0, 0), (1.0, 0, 0),
                                                          (1.0, 32768, 0), (None, 0, 1)])

@@ -1627,6 +1627,10 @@ def point_row(point, board, work, fabric=True) -> dict:
         row.update(largest_mac_units=big.mac_units, largest_dsp=int(big.resources.dsp),
                    largest_latency_ms=big.latency_ms,
                    largest_array=_array(big.hw))
+    for name, _, value in TARGETS.get((board.name, work.config), ()):
+        if name == "mac_units" and point.mac_units < value:
+            lowest = lowest_floor(work, board, point.task, fabric, mac_units=value)
+            row["mac_target_floor"] = lowest and {**lowest, "mac_units_at_least": value}
     row["targets"] = [_target(row, *t) for t in TARGETS.get((board.name, work.config), ())]
     return row
 
@@ -1703,7 +1707,7 @@ def latency_floors(work, hw, board, task) -> dict:
     return {**floors, "units_binding": binding}
 
 
-def lowest_floor(work, board, task, fabric=True):
+def lowest_floor(work, board, task, fabric=True, mac_units=0):
     """The least batch-1 latency of ``task`` (ms) that any HwConfig of these kernels fitting
     ``board`` could have, whatever its schedule: over every linear array (any rows up to
     the tokens, the columns and packing the model allows) and every attention kernel's
@@ -1712,12 +1716,12 @@ def lowest_floor(work, board, task, fabric=True):
     units floor of :func:`latency_floors` without the smaller units, on the most
     bandwidth: below it on every point that fits). A dict of ``ms``, ``binding``
     (``linear``, ``attention`` or ``memory``), ``array`` (:func:`_array`), ``attention``
-    (head lanes x row lanes x score lanes) and their ``mac_units``; None when nothing fits. ``fabric``: as
-    :func:`search`."""
+    (head lanes x row lanes x score lanes) and their ``mac_units``; None when nothing fits.
+    ``fabric``: as :func:`search`; ``mac_units``: only HwConfigs with at least that many."""
     from moevit.hw.cost.resources import resources, unit_resources
     from moevit.model.config import get_config
 
-    key = (repr(board), work.config, task, fabric)
+    key = (repr(board), work.config, task, fabric, mac_units)
     if key in _LOWEST:
         return _LOWEST[key]
     model = get_config(work.config)
@@ -1760,7 +1764,8 @@ def lowest_floor(work, board, task, fabric=True):
             break                   # sorted: no later array can do better
         for cycles, res, lanes in attentions:
             floor = max(held, cycles)
-            if (best is None or floor < best[0]) and _fits(rest + res, board, fabric) is None:
+            if (best is None or floor < best[0]) and hw.macs + lanes.attention_macs >= mac_units \
+                    and _fits(rest + res, board, fabric) is None:
                 best = (floor, which if held >= cycles else "attention", hw, lanes)
     if best is None:
         _LOWEST[key] = None
@@ -1790,9 +1795,17 @@ def _target(row, name, op, value):
         key = max(used, key=used.get)
         limit = (f"{key.upper()} {used[key]:.0%} of its usable share"
                  + (" (Yosys upper bound)" if key in ("lut", "ff") else "")
-                 + f"; the point with the most MAC units that fits (array "
+                 + f"; the search's point with the most MAC units that fits (array "
                  f"{row.get('largest_array')}), {row.get('largest_mac_units')} MAC units and "
                  f"{row.get('largest_dsp')} DSPs, is not faster: {row['binding_limit']} binds")
+        low = row.get("mac_target_floor")
+        if low:
+            limit += (f"; with {value:,} MAC units or more, no HwConfig of these kernels that "
+                      f"fits goes under {low['ms']:.2f} ms whatever its schedule (array "
+                      f"{low['array']}, attention lanes {low['attention']}: "
+                      f"{_busiest(low['binding'])})")
+        elif "mac_target_floor" in row:
+            limit += f"; no HwConfig of these kernels with {value:,} MAC units fits"
     if name == "latency_ms" and value < row["serial_floor_ms"]:
         limit += (f"; below this top's floor, {row['serial_floor_ms']:.2f} ms: one instruction at "
                   f"a time, each at its unit's fewest cycles or its weights' reading")

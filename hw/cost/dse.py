@@ -94,7 +94,8 @@ from moevit.errors import ConfigError
 __all__ = ["ROUTING", "USABLE", "ATTENTION_SHARES", "ROW_LANES", "MAX_BATCH", "LATENCY_SLACK",
            "PORTS_SLACK", "ONCHIP_CHOICES", "BUS_CHOICES", "OBJECTIVES", "Workload", "workload",
            "routed_tokens", "read_bytes", "moved_bytes", "weight_bytes", "kernel_cycles",
-           "latency_floors", "lowest_floor", "predict", "Point", "search", "dse_rows", "print_dse", "save_config"]
+           "latency_floors", "lowest_floor", "predict", "Point", "search", "dse_rows",
+           "print_dse", "save_config"]
 
 ROUTING = ("uniform: each token chooses its top_k experts evenly at random, so every expert's "
            "weights are read once per image; expert e of a MoE layer gets the (e + 1/2) / experts "
@@ -1684,10 +1685,9 @@ def latency_floors(work, hw, board, task) -> dict:
     weight read once at the bandwidth the design gets (:func:`_bandwidth`); ``serial``, the
     top's schedule (one instruction at a time) with every instruction holding its unit the
     fewest cycles it can (:func:`kernel_cycles`) or at its weights' reading, whichever is
-    longer; ``units``, any
-    schedule of these units, every one of them and the memory busy at once: the busiest
-    unit's :func:`kernel_cycles` or the weights' reading, whichever is longer
-    (``units_binding`` names it). Below ``serial`` only instructions run side by side can
+    longer; ``units``, any schedule of these units, every one of them and the memory busy at
+    once: the busiest unit's :func:`kernel_cycles` or the weights' reading, whichever is
+    longer (``units_binding`` names it). Below ``serial`` only instructions run side by side can
     go, which no HwConfig field gives; below ``units``, no top built of these kernels."""
     bandwidth = _bandwidth(board, hw)
     weights = serial = 0.0
@@ -1710,11 +1710,12 @@ def latency_floors(work, hw, board, task) -> dict:
 def lowest_floor(work, board, task, fabric=True, mac_units=0):
     """The least batch-1 latency of ``task`` (ms) that any HwConfig of these kernels fitting
     ``board`` could have, whatever its schedule: over every linear array (any rows up to
-    the tokens, the columns and packing the model allows) and every attention kernel's
-    lanes, everything else at its smallest (a token buffer of one tile), the longer of the array's and the attention
-    kernel's :func:`kernel_cycles` and the weights' reading on all the board's ports (the
-    units floor of :func:`latency_floors` without the smaller units, on the most
-    bandwidth: below it on every point that fits). A dict of ``ms``, ``binding``
+    the tokens, the columns and packing the model and a bus allow) and every attention
+    kernel's lanes, everything else at its smallest (a token buffer of one tile, the
+    narrowest bus), the longest of the array's and the attention kernel's
+    :func:`kernel_cycles` and the weights' reading on all the board's ports (the units floor
+    of :func:`latency_floors` without the smaller units, on the most bandwidth: below it on
+    every point that fits). A dict of ``ms``, ``binding``
     (``linear``, ``attention`` or ``memory``), ``array`` (:func:`_array`), ``attention``
     (head lanes x row lanes x score lanes) and their ``mac_units``; None when nothing fits.
     ``fabric``: as :func:`search`; ``mac_units``: only HwConfigs with at least that many."""
@@ -1731,6 +1732,8 @@ def lowest_floor(work, board, task, fabric=True, mac_units=0):
     steps = work.steps(task)
     arrays = []         # (cycles of the array or the weights' reading, which, hw, the rest)
     for cols in _divisors(model.head_dim, COLS):
+        if not _buses(board, cols):
+            continue                # the linear engine writes whole bus words
         for packing in (1, 2) if cols % 2 == 0 else (1,):
             for rows in range(1, model.tokens + 1):
                 try:
@@ -1738,7 +1741,7 @@ def lowest_floor(work, board, task, fabric=True, mac_units=0):
                     # the array takes as many steps.
                     hw = least.replace(rows=rows, cols=cols, dsp_packing=packing,
                                        post_lanes=min(_divisors(cols, POST_LANES)),
-                                       max_tokens=rows)
+                                       max_tokens=rows, bus_width=min(_buses(board, cols)))
                 except ConfigError:
                     continue
                 held = sum(n * kernel_cycles(s, hw) for s, n in steps
@@ -1747,7 +1750,7 @@ def lowest_floor(work, board, task, fabric=True, mac_units=0):
                 rest = resources(hw) + unit_resources("attention", hw) * -1
                 arrays.append((max(held, reading), "linear" if held >= reading else "memory",
                                hw, rest))
-    attentions = []     # (cycles, attention resources, MAC units)
+    attentions = []     # (cycles, attention resources, its HwConfig)
     for hp in _divisors(model.heads, range(1, model.heads + 1)):
         for rl in (r for r in ROW_LANES if r <= model.tokens):
             for sl in _divisors(model.head_dim, SCORE_LANES):

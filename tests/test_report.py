@@ -23,7 +23,8 @@ def test_page_and_charts(report):
     for board in ("zcu102", "zcu104", "u280"):
         assert (folder / f"roofline-{board}.png").stat().st_size > 1000
         assert f"roofline-{board}.png" in text
-    assert (folder / "latency-units.png").stat().st_size > 1000
+    for chart in ("latency-units.png", "floors.png"):
+        assert (folder / chart).stat().st_size > 1000 and f"({chart})" in text
     assert text.startswith("# moevit: edge-moe on ZCU102, ZCU104 and U280")
 
 

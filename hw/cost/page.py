@@ -92,7 +92,6 @@ def _roofline(row, board, path):
         ax.axhline(gops, color="gray", lw=0.8, ls=":")
         ax.text(0.12, gops * 1.08, f"CoQMoE 155 FPS -> {gops:.0f} GOPS (derived)", fontsize=7)
     ax.set_xscale("log")
-    ax.set_yscale("log")
     ax.set_xlabel("operational intensity (int8 ops per byte of memory traffic)")
     ax.set_ylabel("GOPS")
     ax.set_title(f"{board.name}: edge-moe roofline (predicted)")
@@ -118,6 +117,42 @@ def _units_chart(rows, path):
         bottom = [b + m for b, m in zip(bottom, ms)]
     ax.set_ylabel("ms per image, batch 1 (predicted)")
     ax.set_title("edge-moe: latency per unit of each board's chosen point")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+#: The batch-1 floors of a row (dse.latency_floors, dse.lowest_floor), highest first.
+FLOORS = (
+    ("this top's schedule", "serial_floor_ms"),
+    ("these units, any schedule", "units_floor_ms"),
+    ("any fitting point, any schedule", "lowest_floor_ms"),
+    ("every weight read once on its ports", "weights_floor_ms"),
+)
+
+
+def _floors_chart(rows, path):
+    """Per board, the predicted batch-1 latency beside its floors, and the issue's latency
+    target where it has one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    width = 0.8 / (len(FLOORS) + 1)
+    for k, (label, key) in enumerate((("predicted", "latency_ms"),) + FLOORS):
+        ax.bar([i + (k - len(FLOORS) / 2) * width for i in range(len(rows))],
+               [r[key] for r in rows], width, label=label)
+    for i, r in enumerate(rows):
+        for t in r["targets"]:
+            if t["field"] == "latency_ms":
+                ax.hlines(t["value"], i - 0.45, i + 0.45, colors="black", linestyles="dashed",
+                          label=f"target ({r['board']})")
+    ax.set_xticks(range(len(rows)), [r["board"] for r in rows])
+    ax.set_ylabel("ms per image, batch 1")
+    ax.set_title("edge-moe: each board's point and what no schedule or point goes under")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -157,6 +192,7 @@ def write_report(folder, *, quick=False, progress=True, sections=()) -> Path:
     for r in chosen:
         _roofline(r, get_board(r["board"]), folder / f"roofline-{r['board']}.png")
     _units_chart(chosen, folder / "latency-units.png")
+    _floors_chart(chosen, folder / "floors.png")
 
     def pct(key):
         return lambda r: f"{r[key]:,.0f} ({r[key] / r['board_' + key]:.0%})" \
@@ -233,6 +269,8 @@ kernel that fit beside each other with the rest at its smallest).
 {ours}
 
 ![latency per unit](latency-units.png)
+
+![floors](floors.png)
 
 Without the LUT/FF limits (Vivado packs the accumulators Yosys leaves in fabric into the
 DSP48E2, so the real fabric is smaller; DSP, BRAM and URAM still limit):

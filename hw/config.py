@@ -383,19 +383,18 @@ class HwConfig:
         Raises
         ------
         ConfigError
-            When an output beat would straddle two attention heads (``cols``
-            must divide the head width, so the QKV output splits into heads
-            at beat boundaries), a linear layer has more input features
+            When the array's columns do not divide the model's width (COMBINE
+            sums the experts' rows in beats of ``cols``), a linear layer has more input features
             than the input buffer holds, the score lanes do not divide the
             head width, or the sequence or a head is longer than the
             attention unit's key/value buffers, the attention engine's head lanes
             are not whole bus words, or the LayerNorm lanes do not divide the
             model's width.
         """
-        if model.head_dim % self.cols:
+        if model.dim % self.cols:
             raise ConfigError(
-                f"Array columns {self.cols} do not divide the head width {model.head_dim} of "
-                f"model {model.name!r}; QKV output beats would straddle two heads"
+                f"Array columns {self.cols} do not divide the width {model.dim} of model "
+                f"{model.name!r}; COMBINE sums its rows in beats of the columns"
             )
         if model.heads % self.heads_parallel:
             raise ConfigError(
@@ -486,7 +485,7 @@ def _widest_input(model):
 
 # One instance per model config. Rows are chosen so that the token count pads
 # little (tiny: 65 -> 68, edge-moe: 129 -> 136, ViT-S 197 -> 200); columns divide
-# the head width; the input buffer holds the widest layer's input. All three
+# the model's width; the input buffer holds the widest layer's input. All three
 # target the ZCU102/ZCU104 HP ports (128 bits); there a 4 KiB burst is 256 beats,
 # so 4 bursts in flight cover a DDR latency of hundreds of cycles.
 _DEFAULTS = {

@@ -43,8 +43,7 @@ def test_estimate_shows_progress_per_unit(tmp_path, monkeypatch, capsys):
     ("bench top --hw zcu102-edge-mo", r"Unknown config 'zcu102-edge-mo'; .*"),
     # A named instance made for another model: said before anything is quantized or built.
     ("bench top --config tiny --hw zcu102-edge-moe",
-     r"Array columns 64 do not divide the head width 16 of model 'tiny'; QKV output beats "
-     r"would straddle two heads"),
+     r"Score lanes 64 do not divide the head width 16 of model 'tiny'"),
     ("bench linear --hw small", r"Bench linear: layer patch_embed \(64x192->64\) does not fit "
                                 r"hardware config 'small': Linear descriptor of 192 input "
                                 r"features exceeds the 128-feature buffer of hardware 'small'"),

@@ -71,11 +71,15 @@ def test_accumulator_too_narrow_for_the_input_buffer():
         HwConfig(max_in=1536, acc_width=24)
 
 
-def test_columns_must_divide_the_head_width():
-    with pytest.raises(ConfigError, match=r"^Array columns 24 do not divide the head width 32 "
-                                          r"of model 'm3vit-s'; QKV output beats would "
-                                          r"straddle two heads$"):
-        HwConfig.for_model("m3vit-s", cols=24)
+def test_columns_must_divide_the_models_width():
+    """COMBINE sums the experts' rows in beats of the columns; a beat may hold several heads
+    (96 columns of m3vit-s's 32-wide heads) or part of one (24)."""
+    for cols in (24, 96):
+        HwConfig.for_model("m3vit-s", cols=cols)
+    with pytest.raises(ConfigError, match=r"^Array columns 256 do not divide the width 384 "
+                                          r"of model 'm3vit-s'; COMBINE sums its rows in "
+                                          r"beats of the columns$"):
+        HwConfig.for_model("m3vit-s", cols=256)
 
 
 def test_attention_head_lanes_must_be_whole_bus_words():

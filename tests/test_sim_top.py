@@ -240,6 +240,34 @@ def test_top_with_layernorm_and_combine_lanes():
               f"({predicted / run['cycles'] - 1:+.3%})")
 
 
+#: The whole tiny model on linear arrays wider than its 16-wide heads (Verilator,
+#: 2026-12-05): columns -> cycles per task (16 columns: 453,968 / 442,664).
+WIDE_ARRAYS = {32: (339_580, 334_113)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cols", sorted(WIDE_ARRAYS))
+def test_top_on_an_array_wider_than_a_head(cols):
+    """The whole tiny model, both tasks, on an array whose QKV output beats each hold
+    several heads: bit-exact, its cycles as recorded and the cost model within 2 %."""
+    from moevit.hw.cost.cycles import program_cycles
+    from moevit.hw.program.compiler import compile_program
+    from moevit.model.integer import golden
+    from moevit.sim.units import tiny_quantized
+
+    qmodel, image = tiny_quantized(trained=False)
+    program = compile_program(qmodel, DEFAULT_HW["tiny"].replace(cols=cols))
+    image = golden.quantize_image(image, qmodel.scale("input"))
+    got = check_runs(program, [(0, [image]), (1, [image])], test_id=f"top-tiny-cols{cols}",
+                     simulator="verilator")
+    for task, run in enumerate(got):
+        predicted = program_cycles(program, image, task).cycles
+        print(f"{cols} columns, task {task}: {run['cycles']:,} cycles, cost model "
+              f"{predicted:,} ({predicted / run['cycles'] - 1:+.2%})")
+        assert run["cycles"] == WIDE_ARRAYS[cols][task]
+        assert abs(predicted / run["cycles"] - 1) < 0.02
+
+
 #: The whole tiny model with a weight bank's first tile streamed behind its load
 #: (``weight_streaming``; Verilator, 2026-12-03): name -> (HwConfig changes, memory
 #: latency, cycles per task). "plain": tiny's top otherwise (455,094 / 443,896 without the

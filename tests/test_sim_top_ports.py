@@ -120,16 +120,17 @@ def test_a_short_program_on_more_ports_under_a_slow_memory(tiny):
 
 
 def test_tiny_cannot_take_a_512_bit_bus():
-    """A 512-bit bus needs 64 array columns (the linear engine writes whole bus words), and
-    64 columns do not divide tiny's 16-wide heads: the design point is refused naming the
-    rule (a top built for it anyway stopped on error 5 at tiny's first ATTENTION, whose
-    heads are not whole 64-byte words). The wide-bus check belongs on edge-moe's 64-wide
+    """A 512-bit bus needs 64 array columns (the linear engine writes whole bus words), which
+    tiny's width of 64 takes, but tiny's 16-wide heads are not whole 64-byte words: the
+    design point is refused naming that rule (a top built for it anyway stopped on error 5
+    at tiny's first ATTENTION). The wide-bus check belongs on edge-moe's 64-wide
     heads."""
     from moevit.errors import ConfigError
     from moevit.model.config import get_config
 
     hw = DEFAULT_HW["tiny"].replace(memory_ports=4, weight_ports=4, bus_width=512, cols=64)
-    with pytest.raises(ConfigError, match=r"^Array columns 64 do not divide the head width 16"):
+    with pytest.raises(ConfigError, match=r"^The attention engine's 1 head lane\(s\) of 16 "
+                                          r"bytes are not whole 512-bit bus words"):
         hw.check_model(get_config("tiny"))
 
 

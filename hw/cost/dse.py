@@ -1358,7 +1358,7 @@ def search(board, config, *, quick=False, fabric=True, progress=True) -> list:
     candidates = []
     for (share, *_), (hp, rl, sl) in stage1.items():
         for r in rows_grid:
-            for c in _divisors(model.head_dim, cols_grid):
+            for c in _divisors(model.dim, cols_grid):
                 for packing in (1, 2) if c % 2 == 0 else (1,):
                     for post in _divisors(c, post_grid):
                         for bus in _buses(board, c):
@@ -1514,7 +1514,7 @@ def _no_fit_message(model, board, base, the_fit, misses):
     over = _fits(res, board) or max(misses, key=misses.get, default=None)
     if over is None:
         return (f"Model {model.name!r} fits no design point of the search's grid on board "
-                f"{board.name}: no array's columns divide its head width {model.head_dim}, or "
+                f"{board.name}: no array's columns divide its width {model.dim}, or "
                 f"no point can run its layers")
     need, have = getattr(res, over), getattr(board, over) * USABLE[over]
     where = ""
@@ -1620,9 +1620,10 @@ def point_row(point, board, work, fabric=True) -> dict:
     floors = latency_floors(work, hw, board, point.task)
     row.update(weights_floor_ms=floors["weights"], serial_floor_ms=floors["serial"],
                units_floor_ms=floors["units"], units_binding=floors["units_binding"])
-    lowest = lowest_floor(work, board, point.task, fabric)
-    if lowest is not None:
-        row.update({"lowest_floor_" + k: v for k, v in lowest.items()})
+    for prefix, serial in (("lowest_floor_", False), ("lowest_serial_floor_", True)):
+        lowest = lowest_floor(work, board, point.task, fabric, serial=serial)
+        if lowest is not None:
+            row.update({prefix + k: v for k, v in lowest.items()})
     if point.largest is not None:
         big = point.largest
         row.update(largest_mac_units=big.mac_units, largest_dsp=int(big.resources.dsp),
@@ -1707,22 +1708,24 @@ def latency_floors(work, hw, board, task) -> dict:
     return {**floors, "units_binding": binding}
 
 
-def lowest_floor(work, board, task, fabric=True, mac_units=0):
+def lowest_floor(work, board, task, fabric=True, *, mac_units=0, serial=False):
     """The least batch-1 latency of ``task`` (ms) that any HwConfig of these kernels fitting
-    ``board`` could have, whatever its schedule: over every linear array (any rows up to
-    the tokens, the columns and packing the model and a bus allow) and every attention
+    ``board`` could have: over every linear array (rows up to the tokens, columns that
+    divide the model's width in whole bus words, either packing) beside every attention
     kernel's lanes, everything else at its smallest (a token buffer of one tile, the
-    narrowest bus), the longest of the array's and the attention kernel's
-    :func:`kernel_cycles` and the weights' reading on all the board's ports (the units floor
-    of :func:`latency_floors` without the smaller units, on the most bandwidth: below it on
-    every point that fits). A dict of ``ms``, ``binding``
-    (``linear``, ``attention`` or ``memory``), ``array`` (:func:`_array`), ``attention``
-    (head lanes x row lanes x score lanes) and their ``mac_units``; None when nothing fits.
-    ``fabric``: as :func:`search`; ``mac_units``: only HwConfigs with at least that many."""
+    narrowest bus), and the weights read on all the board's ports. Whatever the schedule
+    (``serial`` False: the units floor of :func:`latency_floors`, the longest of the array's
+    :func:`kernel_cycles`, the attention kernel's and the weights' reading), or on this
+    top's, one instruction at a time (``serial``: each linear step's cycles or its weights'
+    reading, whichever is longer, plus the attention's; LayerNorm, routing and COMBINE left
+    out). A dict of ``ms``, ``binding`` (``linear``, ``attention`` or ``memory``: the longest
+    part), ``array`` (:func:`_array`), ``attention`` (head lanes x row lanes x score lanes)
+    and their ``mac_units``; None when nothing fits. ``fabric``: as :func:`search`;
+    ``mac_units``: only HwConfigs with at least that many."""
     from moevit.hw.cost.resources import resources, unit_resources
     from moevit.model.config import get_config
 
-    key = (repr(board), work.config, task, fabric, mac_units)
+    key = (repr(board), work.config, task, fabric, mac_units, serial)
     if key in _LOWEST:
         return _LOWEST[key]
     model = get_config(work.config)
@@ -1730,26 +1733,32 @@ def lowest_floor(work, board, task, fabric=True, mac_units=0):
     port, memory, _ = _bandwidths(board, least)
     bandwidth = min(max(_port_counts(board, least)) * port, memory)
     steps = work.steps(task)
-    arrays = []         # (cycles of the array or the weights' reading, which, hw, the rest)
-    for cols in _divisors(model.head_dim, COLS):
+    linear = [(s, n) for s, n in steps if s.mnemonic in ("LINEAR", "EXPERT")]
+    # The array's steps change with its rows only where a layer's or an expert's tokens
+    # take one token tile less: the fewest rows for each count of tiles suffice.
+    tokens = {s.values["tokens"] if s.mnemonic == "LINEAR" else s.routed
+              for s, _ in linear} - {0}
+    row_counts = sorted({-(-n // tiles) for n in tokens for tiles in range(1, n + 1)})
+    arrays = []         # (cycles, what binds them, hw, resources of all but the attention)
+    for cols in (c for c in range(1, model.dim + 1) if model.dim % c == 0):
         if not _buses(board, cols):
             continue                # the linear engine writes whole bus words
         for packing in (1, 2) if cols % 2 == 0 else (1,):
-            for rows in range(1, model.tokens + 1):
+            for rows in row_counts:
                 try:
-                    # A token buffer of one tile, the smallest: in chunks of whole tiles
-                    # the array takes as many steps.
                     hw = least.replace(rows=rows, cols=cols, dsp_packing=packing,
                                        post_lanes=min(_divisors(cols, POST_LANES)),
                                        max_tokens=rows, bus_width=min(_buses(board, cols)))
                 except ConfigError:
                     continue
-                held = sum(n * kernel_cycles(s, hw) for s, n in steps
-                           if s.mnemonic in ("LINEAR", "EXPERT"))
-                reading = sum(n * weight_bytes(s, hw) for s, n in steps) / bandwidth
-                rest = resources(hw) + unit_resources("attention", hw) * -1
-                arrays.append((max(held, reading), "linear" if held >= reading else "memory",
-                               hw, rest))
+                held = [(kernel_cycles(s, hw), weight_bytes(s, hw) / bandwidth, n)
+                        for s, n in linear]
+                beats = sum(n * k for k, _, n in held)
+                reading = sum(n * r for _, r, n in held)
+                cycles = (sum(n * max(k, r) for k, r, n in held) if serial
+                          else max(beats, reading))
+                arrays.append((cycles, "linear" if beats >= reading else "memory", hw,
+                               resources(hw) + unit_resources("attention", hw) * -1))
     attentions = []     # (cycles, attention resources, its HwConfig)
     for hp in _divisors(model.heads, range(1, model.heads + 1)):
         for rl in (r for r in ROW_LANES if r <= model.tokens):
@@ -1758,15 +1767,15 @@ def lowest_floor(work, board, task, fabric=True, mac_units=0):
                     hw = least.replace(heads_parallel=hp, row_lanes=rl, score_lanes=sl)
                 except ConfigError:
                     continue
-                held = sum(n * kernel_cycles(s, hw) for s, n in steps
-                           if s.mnemonic == "ATTENTION")
-                attentions.append((held, unit_resources("attention", hw), hw))
+                cycles = sum(n * kernel_cycles(s, hw) for s, n in steps
+                             if s.mnemonic == "ATTENTION")
+                attentions.append((cycles, unit_resources("attention", hw), hw))
     best = None
     for held, which, hw, rest in sorted(arrays, key=lambda a: a[0]):
         if best is not None and held >= best[0]:
             break                   # sorted: no later array can do better
         for cycles, res, lanes in attentions:
-            floor = max(held, cycles)
+            floor = held + cycles if serial else max(held, cycles)
             if (best is None or floor < best[0]) and hw.macs + lanes.attention_macs >= mac_units \
                     and _fits(rest + res, board, fabric) is None:
                 best = (floor, which if held >= cycles else "attention", hw, lanes)
@@ -1812,6 +1821,11 @@ def _target(row, name, op, value):
     if name == "latency_ms" and value < row["serial_floor_ms"]:
         limit += (f"; below this top's floor, {row['serial_floor_ms']:.2f} ms: one instruction at "
                   f"a time, each at its unit's fewest cycles or its weights' reading")
+    if name == "latency_ms" and value < row.get("lowest_serial_floor_ms", 0):
+        limit += (f"; and below it on every HwConfig of these kernels that fits: "
+                  f"{row['lowest_serial_floor_ms']:.2f} ms at least (array "
+                  f"{row['lowest_serial_floor_array']}, attention lanes "
+                  f"{row['lowest_serial_floor_attention']})")
     if name == "latency_ms" and value < row.get("lowest_floor_ms", 0):
         limit += (f"; below every HwConfig of these kernels that fits, whatever its schedule: "
                   f"{row['lowest_floor_ms']:.2f} ms at least (array "
@@ -1886,7 +1900,12 @@ def print_dse(rows) -> None:
                  f"{r['lowest_floor_ms']:.3f} ms at least (array {r['lowest_floor_array']}, "
                  f"attention lanes {r['lowest_floor_attention']}, "
                  f"{_busiest(r['lowest_floor_binding'])})"
-                 if "lowest_floor_ms" in r else ""))
+                 if "lowest_floor_ms" in r else "")
+              + (f"; this top's schedule on any HwConfig of these kernels that fits, "
+                 f"{r['lowest_serial_floor_ms']:.3f} ms at least (array "
+                 f"{r['lowest_serial_floor_array']}, attention lanes "
+                 f"{r['lowest_serial_floor_attention']})"
+                 if "lowest_serial_floor_ms" in r else ""))
         total = sum(r["unit_cycles"].values())
         print("  cycles per unit: " + ", ".join(f"{u} {c / total:.0%}"
                                                 for u, c in r["unit_cycles"].items()))

@@ -23,8 +23,8 @@ contract of :mod:`moevit.hw.top.ports` and computes exactly what
 
 Placement the engines assume (the compiler's layout gives it): every address
 they read or write is a multiple of the bus width in bytes, and COMBINE's
-``dim`` is a multiple of the kernel's ``cols`` lanes (as every model's width
-is: ``cols`` divides the head width). A descriptor that breaks a rule is
+``dim`` is a multiple of the kernel's ``cols`` lanes (``HwConfig.check_model``
+holds every model to it). A descriptor that breaks a rule is
 refused with its :class:`~moevit.hw.program.descriptor.Fault` (``SHAPE`` for
 sizes, ``ALIGN`` for an address off the bus word, ``CONSTANT`` for constants,
 ``OPCODE``) and ``done`` follows in the next cycle, nothing read or written.

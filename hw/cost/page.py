@@ -123,12 +123,14 @@ def _units_chart(rows, path):
     plt.close(fig)
 
 
-#: The batch-1 floors of a row (dse.latency_floors, dse.lowest_floor), highest first.
+#: The batch-1 floors of a row (dse.latency_floors, dse.lowest_floor): the chart's label,
+#: the table's, the row's key.
 FLOORS = (
-    ("this top's schedule", "serial_floor_ms"),
-    ("these units, any schedule", "units_floor_ms"),
-    ("any fitting point, any schedule", "lowest_floor_ms"),
-    ("every weight read once on its ports", "weights_floor_ms"),
+    ("this top's schedule, this point", "serial", "serial_floor_ms"),
+    ("this top's schedule, any fitting point", "serial anywhere", "lowest_serial_floor_ms"),
+    ("any schedule, this point's units", "units", "units_floor_ms"),
+    ("any schedule, any fitting point", "units anywhere", "lowest_floor_ms"),
+    ("every weight read once on its ports", "weights", "weights_floor_ms"),
 )
 
 
@@ -142,7 +144,7 @@ def _floors_chart(rows, path):
 
     fig, ax = plt.subplots(figsize=(7, 3.8))
     width = 0.8 / (len(FLOORS) + 1)
-    for k, (label, key) in enumerate((("predicted", "latency_ms"),) + FLOORS):
+    for k, (label, _, key) in enumerate((("predicted", "", "latency_ms"),) + FLOORS):
         ax.bar([i + (k - len(FLOORS) / 2) * width for i in range(len(rows))],
                [r[key] for r in rows], width, label=label)
     for i, r in enumerate(rows):
@@ -204,9 +206,8 @@ def write_report(folder, *, quick=False, progress=True, sections=()) -> Path:
                                         f"({r['mac_units']:,})"),
         ("packing", lambda r: r["dsp_packing"]),
         ("latency, batch 1", lambda r: f"{r['latency_ms']:.2f} ms *predicted*"),
-        ("floors: weights / schedule / these units / any fitting point",
-         lambda r: f"{r['weights_floor_ms']:.2f} / {r['serial_floor_ms']:.2f} / "
-                   f"{r['units_floor_ms']:.2f} / {r['lowest_floor_ms']:.2f} ms *derived*"),
+        ("floors: " + " / ".join(short for _, short, _ in FLOORS),
+         lambda r: " / ".join(f"{r[key]:.2f}" for *_, key in FLOORS) + " ms *derived*"),
         ("FPS batch 1", lambda r: f"{r['fps_batch1']:.0f} *predicted*"),
         ("best FPS (batch)", lambda r: f"{r['best_fps']:.0f} ({r['best_batch']}) *predicted*"),
         ("GOPS", lambda r: f"{r['gops']:.0f} *predicted*"),
@@ -260,11 +261,12 @@ of the board. Routing: {ROUTING}. The floors bound the batch-1 latency from belo
 bandwidth; this top's schedule, one instruction at a time, each holding its unit the fewest
 cycles it can (the linear array's steps, a tile of rows tokens by cols outputs taking
 in_features of them; the attention's MACs at its peak) or at its weights' reading,
-whichever is longer (only instructions run side by side go under it); any schedule of these
-units, every one of them and the memory busy at once (the busiest unit's work alone); and
-the least that any HwConfig of these kernels fitting the board could give whatever its
-schedule (`lowest_floor`: every linear array, rows up to the tokens, and every attention
-kernel that fit beside each other with the rest at its smallest).
+whichever is longer (only instructions run side by side go under it), on this point and
+at least on any HwConfig of these kernels that fits the board (`lowest_floor`: every linear
+array, rows up to the tokens and columns dividing the model's width, beside every attention
+kernel that fits with it, the rest at its smallest; LayerNorm, routing and COMBINE left
+out); and any schedule, every unit and the memory busy at once (the busiest unit's work
+alone), on this point's units and at least on any fitting HwConfig.
 
 {ours}
 

@@ -62,17 +62,35 @@ def _rows(quick, progress):
     return rows
 
 
-def _roofline(row, board, path):
+def _figure(size):
+    """A figure and its axes, drawn off screen."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=size)
+
+
+def _save(fig, ax, ylabel, title, path, legend="best"):
+    """Label ``ax``, write ``fig`` to ``path`` and free it."""
+    import matplotlib.pyplot as plt
+
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc=legend)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _roofline(row, board, path):
     import numpy as np
 
     macs = row["macs_per_image"]
     clock = row["clock_mhz"] * 1e6
     ops = 2 * macs
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = _figure((6.5, 4.2))
     x = np.logspace(-1, 4, 200)
     peak_point = 2 * row["mac_units"] * clock / 1e9
     peak_board = 2 * board.dsp * 2 * clock / 1e9      # every DSP two int8 MACs (packing)
@@ -93,34 +111,20 @@ def _roofline(row, board, path):
         ax.text(0.12, gops * 1.08, f"CoQMoE 155 FPS -> {gops:.0f} GOPS (derived)", fontsize=7)
     ax.set_xscale("log")
     ax.set_xlabel("operational intensity (int8 ops per byte of memory traffic)")
-    ax.set_ylabel("GOPS")
-    ax.set_title(f"{board.name}: edge-moe roofline (predicted)")
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, ax, "GOPS", f"{board.name}: edge-moe roofline (predicted)", path, "lower right")
 
 
 def _units_chart(rows, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     units = sorted({u for r in rows for u in r["unit_cycles"]})
-    fig, ax = plt.subplots(figsize=(6.5, 3.5))
+    fig, ax = _figure((6.5, 3.5))
     labels = [r["board"] for r in rows]
     bottom = [0.0] * len(rows)
     for unit in units:
         ms = [r["unit_cycles"].get(unit, 0) / (r["clock_mhz"] * 1e3) for r in rows]
         ax.bar(labels, ms, bottom=bottom, label=unit)
         bottom = [b + m for b, m in zip(bottom, ms)]
-    ax.set_ylabel("ms per image, batch 1 (predicted)")
-    ax.set_title("edge-moe: latency per unit of each board's chosen point")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, ax, "ms per image, batch 1 (predicted)",
+          "edge-moe: latency per unit of each board's chosen point", path)
 
 
 #: The batch-1 floors of a row (dse.latency_floors, dse.lowest_floor): the chart's label,
@@ -137,12 +141,7 @@ FLOORS = (
 def _floors_chart(rows, path):
     """Per board, the predicted batch-1 latency beside its floors, and the issue's latency
     target where it has one."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.8))
+    fig, ax = _figure((7, 3.8))
     width = 0.8 / (len(FLOORS) + 1)
     for k, (label, _, key) in enumerate((("predicted", "", "latency_ms"),) + FLOORS):
         ax.bar([i + (k - len(FLOORS) / 2) * width for i in range(len(rows))],
@@ -153,12 +152,8 @@ def _floors_chart(rows, path):
                 ax.hlines(t["value"], i - 0.45, i + 0.45, colors="black", linestyles="dashed",
                           label=f"target ({r['board']})")
     ax.set_xticks(range(len(rows)), [r["board"] for r in rows])
-    ax.set_ylabel("ms per image, batch 1")
-    ax.set_title("edge-moe: each board's point and what no schedule or point goes under")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, ax, "ms per image, batch 1",
+          "edge-moe: each board's point and what no schedule or point goes under", path)
 
 
 def _table(rows, columns):

@@ -74,6 +74,20 @@ def test_top_runs_one_task(tiny):
     assert rows[0]["instructions"] == len(program.instructions) == 51
 
 
+def test_top_on_an_array_wider_than_a_head():
+    """tiny on 32 array columns, two of its 16-wide heads in each QKV output beat: both
+    tasks bit-exact (the RTL top's run: tests/test_sim_top.py)."""
+    from moevit.hw.config import DEFAULT_HW
+    from moevit.hw.program.compiler import compile_program
+    from moevit.model.integer import golden
+    from moevit.sim.units import tiny_quantized
+
+    qmodel, image = tiny_quantized(trained=False)
+    program = compile_program(qmodel, DEFAULT_HW["tiny"].replace(name="tiny-wide", cols=32))
+    image = golden.quantize_image(image, qmodel.scale("input"))
+    _check(program, [(0, [image]), (1, [image])])
+
+
 def test_top_stops_on_bad_programs_and_recovers(tiny):
     """Every bad input: its error code, where it stopped, no byte written outside the output
     and scratch buffers; the good calls between them bit-exact (one memory for all)."""
@@ -202,11 +216,11 @@ def test_top_random_calls(tiny):
 
 def _random_hw(rng, name):
     """A random design point that still holds ``tiny`` (65 tokens, 256-wide hidden rows,
-    8 experts, 4 heads of 16: the columns divide a head, and take a gate's 8 logits;
-    the head lanes are whole bus words)."""
+    8 experts, 4 heads of 16: the columns divide its width, 64, and take a gate's 8
+    logits; the head lanes are whole bus words)."""
     from moevit.hw.config import DEFAULT_HW
 
-    rows, cols = int(rng.integers(1, 9)), int(rng.choice([8, 16]))
+    rows, cols = int(rng.integers(1, 9)), int(rng.choice([8, 16, 32, 64]))
     heads_parallel = int(rng.choice([1, 2, 4]))
     # The head lanes' bytes are whole bus words (HwConfig.check_model).
     buses = [bus for bus in (64, 128, 256) if heads_parallel * 16 % (bus // 8) == 0]

@@ -384,8 +384,9 @@ class HwConfig:
         ------
         ConfigError
             When the array's columns do not divide the model's width (COMBINE
-            sums the experts' rows in beats of ``cols``), a linear layer has more input features
-            than the input buffer holds, the score lanes do not divide the
+            sums the experts' rows in beats of ``cols``; a beat may hold several
+            heads), a linear layer has more input features than the input
+            buffer holds, the score lanes do not divide the
             head width, or the sequence or a head is longer than the
             attention unit's key/value buffers, the attention engine's head lanes
             are not whole bus words, or the LayerNorm lanes do not divide the

@@ -801,7 +801,8 @@ def test_the_floors_lie_under_the_simulated_images():
                 floors[step.mnemonic] += count * kernel_cycles(step, hw)
         kinds = {**kinds, "LINEAR": kinds["LINEAR"] + kinds["TASK_LINEAR"]}
         print(f"\n{name}: " + ", ".join(f"{k} {floor:,.0f} of {kinds[k]:,} "
-                                         f"({floor / kinds[k]:.0%})" for k, floor in floors.items()))
+                                         f"({floor / kinds[k]:.0%})"
+                                         for k, floor in floors.items()))
         assert all(floor <= kinds[k] for k, floor in floors.items())
         ms = simulated / (hw.clock_mhz * 1e3)
         bounds = latency_floors(work, hw, get_board(board), "semseg")

@@ -46,7 +46,9 @@ LUTs) between the attention kernel and the linear kernel (a share for attention,
 :data:`ATTENTION_SHARES`) and takes, for each share, the attention lanes (heads in
 parallel x row lanes x score lanes, :data:`ROW_LANES`) that fit it with the fewest
 attention cycles. Stage 2 tunes, within the rest,
-the linear array (rows x cols), the DSP packing, the post-processing lanes,
+the linear array (rows x cols: :func:`fitted_rows`; :data:`COLS` that divide the model's
+width, a beat holding several heads where they are wider than one), the DSP packing, the
+post-processing lanes,
 the bus width (the board's choices), the LayerNorm lanes (:func:`_norm_lanes`:
 the fewest that give the LayerNorm instructions their fewest cycles at the
 board's bandwidth; the unit is the same for every array), the COMBINE lanes
@@ -73,6 +75,12 @@ it, the most images a second breaks a tie), an Alveo card's the most images a
 second at its best batch. The kernel's bus is 128, 256 or 512 bits on every
 board (:data:`BUS_CHOICES`): on Zynq a wider bus gains through the weights
 striped over several 128-bit HP ports, which the SmartConnects convert to.
+
+**The floors.** :func:`latency_floors` bounds a point's batch-1 latency from below (the
+weights' reading; this top's one-instruction-at-a-time schedule; any schedule of its units)
+and :func:`lowest_floor` every point of these kernels that fits the board, beyond the
+search's grid (any rows, any columns dividing the model's width): what no HwConfig, or no
+schedule, can beat, which the targets' limits quote.
 """
 
 import bisect

@@ -808,3 +808,46 @@ def test_the_floors_lie_under_the_simulated_images():
         bounds = latency_floors(work, hw, get_board(board), "semseg")
         print(f"  the run {ms:.3f} ms: floors {bounds}")
         assert bounds["units"] <= bounds["serial"] < ms
+
+
+#: zcu102-edge-moe's array on two issue lanes (``issue_lanes=2``), a batch of two images
+#: (bench top's and the synthetic set's eighth) with balanced gates at the ZCU102's memory,
+#: semseg, Verilator, Verilog memory, bit-exact (2026-12-05, 3,597 s): the batch's cycles
+#: (735,406 an image; one image on one lane 888,666) and the units' busy cycles.
+ZCU102_TWO_LANES_BATCH = (1_470_811, {"linear": 1_266_602, "attention": 400_218,
+                                      "moe": 760_626})
+
+
+def test_zcu102_batch_of_two_on_two_lanes_within_1_percent():
+    """The two-lane timeline at board scale: the compiler's two half-batch streams merged
+    by its search, the linear kernel on one lane beside the other's attention, LayerNorm
+    and MoE engines, behind the ZCU102's four HP ports: the cost model's whole run within
+    1 % of the co-simulated top's (+0.10 %), which the lanes really share (the units' busy
+    cycles add up to more than the run)."""
+    from moevit.hw.bench_top import balanced_gates
+    from moevit.hw.config import get_hw_config
+    from moevit.hw.cost.cycles import board_latency, board_memory_bandwidth
+    from moevit.hw.program.compiler import compile_program
+    from moevit.model.config import get_config
+    from moevit.model.data import SyntheticDataset
+    from moevit.model.integer import golden
+    from moevit.model.integer.evaluate import signal_model
+    from moevit.model.integer.quantize import quantize
+
+    simulated, busy = ZCU102_TWO_LANES_BATCH
+    model, board = get_config("edge-moe"), get_board("zcu102")
+    hw = get_hw_config("zcu102-edge-moe").replace(issue_lanes=2)
+    data = SyntheticDataset(model, "val", size=9, seed=1)
+    qmodel = quantize(signal_model(model), data.images[:8])
+    images = [golden.quantize_image(data.images[k].numpy(), qmodel.scale("input"))
+              for k in (8, 7)]
+    program = compile_program(balanced_gates(qmodel, images[0]), hw, batch=2)
+    cost = program_cycles(program, np.stack(images), 0,
+                          bandwidth=board_bandwidth(board, hw),
+                          memory_bandwidth=board_memory_bandwidth(board, hw),
+                          latency=board_latency(board, hw))
+    print(f"\ntwo lanes, batch 2: predicted {cost.cycles:,} vs {simulated:,}: "
+          f"{cost.cycles / simulated - 1:+.2%}; busy {busy}")
+    assert abs(cost.cycles / simulated - 1) < 0.01
+    assert sum(busy.values()) > simulated
+

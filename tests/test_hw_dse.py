@@ -226,7 +226,7 @@ def test_token_chunks_on_two_lanes_and_why_zcu102_stays_on_one():
 def test_latency_floors_bound_the_prediction(rows, board, config):
     """The floors are lower bounds: the weights' reading and the least any fitting HwConfig
     could give <= any schedule on the chosen point's units <= its own schedule's floor <= the
-    predicted latency."""
+    predicted latency, and that floor at least this top's least on any fitting HwConfig."""
     row = rows[board, config]
     print(f"\n{board} {config}: weights {row['weights_floor_ms']:.3f} ms, any fitting "
           f"point {row['lowest_floor_ms']:.3f} ms ({row['lowest_floor_binding']}, "
@@ -236,6 +236,7 @@ def test_latency_floors_bound_the_prediction(rows, board, config):
     assert 0 < row["weights_floor_ms"] <= row["units_floor_ms"]
     assert 0 < row["lowest_floor_ms"] <= row["units_floor_ms"] <= row["serial_floor_ms"] \
         <= row["latency_ms"]
+    assert row["lowest_floor_ms"] <= row["lowest_serial_floor_ms"] <= row["serial_floor_ms"]
 
 
 def test_the_weights_floor_is_every_weight_read_once(rows):

@@ -110,6 +110,7 @@ def _roofline(row, board, path):
         ax.axhline(gops, color="gray", lw=0.8, ls=":")
         ax.text(0.12, gops * 1.08, f"CoQMoE 155 FPS -> {gops:.0f} GOPS (derived)", fontsize=7)
     ax.set_xscale("log")
+    ax.set_yscale("log")
     ax.set_xlabel("operational intensity (int8 ops per byte of memory traffic)")
     _save(fig, ax, "GOPS", f"{board.name}: edge-moe roofline (predicted)", path, "lower right")
 

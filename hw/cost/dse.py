@@ -1294,6 +1294,16 @@ def _streaming_at_best_batch(point, work, board, the_fit, fabric):
         _adopt(point, hw, resources(hw, the_fit), work, board, the_fit, fabric)
 
 
+def _attention_lanes(model, base, score_grid):
+    """``base`` with each attention kernel the model takes: heads in parallel dividing its
+    heads, row lanes (:data:`ROW_LANES`) up to its tokens, score lanes of ``score_grid``
+    dividing its head width."""
+    for hp in _divisors(model.heads, range(1, model.heads + 1)):
+        for rl in (r for r in ROW_LANES if r <= model.tokens):
+            for sl in _divisors(model.head_dim, score_grid):
+                yield base.replace(heads_parallel=hp, row_lanes=rl, score_lanes=sl)
+
+
 def _kind(work, mnemonic) -> tuple:
     """``(step, count)`` of ``work``'s first task whose instructions are ``mnemonic``."""
     return tuple((s, n) for s, n in work.steps(next(iter(work.tasks))) if s.mnemonic == mnemonic)
@@ -1341,13 +1351,11 @@ def search(board, config, *, quick=False, fabric=True, progress=True) -> list:
     # Stage 1: per share of the DSPs (and LUTs), the attention lanes within it with the
     # fewest cycles.
     lanes = []
-    for hp in _divisors(model.heads, range(1, model.heads + 1)):
-        for rl in (r for r in ROW_LANES if r <= model.tokens):
-            for sl in _divisors(model.head_dim, lanes_grid):
-                hw = base.replace(heads_parallel=hp, row_lanes=rl, score_lanes=sl)
-                cycles = sum(_other_cycles(s, hw)[0] * n for s, n in attention)
-                res = unit_resources("attention", hw, the_fit)
-                lanes.append((cycles, res.dsp, res.lut if fabric else 0, hp, rl, sl))
+    for hw in _attention_lanes(model, base, lanes_grid):
+        cycles = sum(_other_cycles(s, hw)[0] * n for s, n in attention)
+        res = unit_resources("attention", hw, the_fit)
+        lanes.append((cycles, res.dsp, res.lut if fabric else 0, hw.heads_parallel,
+                      hw.row_lanes, hw.score_lanes))
     # Per share three picks: within its DSPs, with one row lane (the search before row lanes:
     # it keeps every point that one tried) and with any, and within its DSPs and LUTs (row
     # lanes cost LUTs the DSPs do not show); each tried once, at the smallest share giving it.
@@ -1696,8 +1704,8 @@ def latency_floors(work, hw, board, task) -> dict:
     fewest cycles it can (:func:`kernel_cycles`) or at its weights' reading, whichever is
     longer; ``units``, any schedule of these units, every one of them and the memory busy at
     once: the busiest unit's :func:`kernel_cycles` or the weights' reading, whichever is
-    longer (``units_binding`` names it). Below ``serial`` only instructions run side by side can
-    go, which no HwConfig field gives; below ``units``, no top built of these kernels."""
+    longer (``units_binding`` names it). Below ``serial`` only instructions run side by side
+    can go, which no HwConfig field gives; below ``units``, no top built of these kernels."""
     bandwidth = _bandwidth(board, hw)
     weights = serial = 0.0
     busy = {}
@@ -1767,24 +1775,17 @@ def lowest_floor(work, board, task, fabric=True, *, mac_units=0, serial=False):
                           else max(beats, reading))
                 arrays.append((cycles, "linear" if beats >= reading else "memory", hw,
                                resources(hw) + unit_resources("attention", hw) * -1))
-    attentions = []     # (cycles, attention resources, its HwConfig)
-    for hp in _divisors(model.heads, range(1, model.heads + 1)):
-        for rl in (r for r in ROW_LANES if r <= model.tokens):
-            for sl in _divisors(model.head_dim, SCORE_LANES):
-                try:
-                    hw = least.replace(heads_parallel=hp, row_lanes=rl, score_lanes=sl)
-                except ConfigError:
-                    continue
-                cycles = sum(n * kernel_cycles(s, hw) for s, n in steps
-                             if s.mnemonic == "ATTENTION")
-                attentions.append((cycles, unit_resources("attention", hw), hw))
+    attentions = [(sum(n * kernel_cycles(s, hw) for s, n in steps if s.mnemonic == "ATTENTION"),
+                   unit_resources("attention", hw), hw)
+                  for hw in _attention_lanes(model, least, SCORE_LANES)]
     best = None
     for held, which, hw, rest in sorted(arrays, key=lambda a: a[0]):
         if best is not None and held >= best[0]:
             break                   # sorted: no later array can do better
         for cycles, res, lanes in attentions:
             floor = held + cycles if serial else max(held, cycles)
-            if (best is None or floor < best[0]) and hw.macs + lanes.attention_macs >= mac_units \
+            if (best is None or floor < best[0]) \
+                    and hw.macs + lanes.attention_macs >= mac_units \
                     and _fits(rest + res, board, fabric) is None:
                 best = (floor, which if held >= cycles else "attention", hw, lanes)
     if best is None:

@@ -145,6 +145,12 @@ class HwConfig:
         each five DSP48E2 (gate weight, requantize, residual add): 0, as many as ``cols``;
         else a divisor of ``cols``. A COMBINE takes ``(top_k + 1) * dim / lanes`` cycles
         a token: more lanes than its slots arrive at only cost DSPs.
+    context_lanes : int
+        Requantizers of each attention head lane's context rows
+        (:class:`moevit.hw.units.attention.HeadLane`), two DSP48E2 each: 0, as many as
+        ``score_lanes`` (a context beat leaves the cycle it is gathered); else a divisor of
+        them, a beat leaving ``score_lanes / context_lanes`` cycles after the one before.
+        Rows finish ``row_lanes`` every ``tokens * chunks`` cycles, so a few keep up.
     token_chunks : int
         1: on a top of two issue lanes, a one-image program runs its token-wise layers
         (LayerNorm, the linear layers, the gate and its routing, COMBINE) in two chunks of
@@ -204,6 +210,8 @@ class HwConfig:
     issue_lanes: int = 1
     # The top's COMBINE lanes (issue 14): 0 = cols.
     combine_lanes: int = 0
+    # The attention head lanes' context requantizers (issue 14): 0 = score_lanes.
+    context_lanes: int = 0
     # A weight bank's first token tile issues behind its load (issue 14): 0 or 1.
     weight_streaming: int = 0
     # One image's token-wise layers in two chunks on the two issue lanes (issue 14): 0 or 1.
@@ -224,7 +232,7 @@ class HwConfig:
     #: stay valid.
     SILENT_DEFAULTS = {"memory_ports": 1, "norm_lanes": 1, "onchip_bytes": 0,
                        "weight_ports": 1, "row_lanes": 1, "issue_lanes": 1, "combine_lanes": 0,
-                       "weight_streaming": 0, "token_chunks": 0}
+                       "weight_streaming": 0, "token_chunks": 0, "context_lanes": 0}
     #: Fields the RTL does not read (how the compiler lays a program out): :meth:`rtl`.
     COMPILER_ONLY = ("token_chunks",)
     #: Row lanes of a head lane: each copies the head's K and V, so a few.
@@ -344,6 +352,12 @@ class HwConfig:
             raise ConfigError(
                 f"COMBINE lanes must be 0 (as many as the {self.cols} array columns) or a "
                 f"divisor of them, not {self.combine_lanes!r}")
+        if isinstance(self.context_lanes, bool) or not isinstance(self.context_lanes, int) \
+                or self.context_lanes < 0 or (self.context_lanes
+                                              and self.score_lanes % self.context_lanes):
+            raise ConfigError(
+                f"Context lanes must be 0 (as many as the {self.score_lanes} score lanes) or a "
+                f"divisor of them, not {self.context_lanes!r}")
         if type(self.weight_streaming) is not int or self.weight_streaming not in (0, 1):
             raise ConfigError(f"Weight streaming must be 0 or 1, not {self.weight_streaming!r}")
         if type(self.token_chunks) is not int or self.token_chunks not in (0, 1):
@@ -366,6 +380,11 @@ class HwConfig:
     def combine_width(self) -> int:
         """Lanes of the top's COMBINE engine (``combine_lanes``, 0: ``cols``)."""
         return self.combine_lanes or self.cols
+
+    @property
+    def context_width(self) -> int:
+        """Requantizers of an attention head lane (``context_lanes``, 0: ``score_lanes``)."""
+        return self.context_lanes or self.score_lanes
 
     @property
     def attention_macs(self) -> int:

@@ -131,7 +131,9 @@ def _attention(rng, seed, large, hw):
                       max_head_dim=lanes * int(rng.integers(1, 5)),
                       kv_depth=int(rng.integers(1, 49 if large else 17)),
                       heads_parallel=int(rng.integers(1, 4)),
-                      row_lanes=int(rng.choice([1, 1, 2, 4, 8])))
+                      row_lanes=int(rng.choice([1, 1, 2, 4, 8])),
+                      context_lanes=int(rng.choice([0, 0] + [k for k in (1, 2, 4)
+                                                             if k < lanes])))
     lanes = hw.score_lanes
     descs = []
 
@@ -253,6 +255,6 @@ def _layernorm(rng, seed, large, hw):
 
 
 _FIELDS = {"attention": ("score_lanes", "max_head_dim", "kv_depth", "heads_parallel",
-                         "row_lanes"),
+                         "row_lanes", "context_lanes"),
            "softmax": ("kv_depth",), "layernorm": ("norm_lanes", "max_in"), "gelu": ("cols",)}
 _DRAW = {"attention": _attention, "softmax": _softmax, "gelu": _gelu, "layernorm": _layernorm}

@@ -521,11 +521,14 @@ class AttentionDescriptor(Descriptor):
         gaps and drained without back-pressure: ``rounds`` heads of
         :func:`moevit.hw.units.attention.head_cycles` each. With ``following``, from the
         previous operation's last beat (the kernel takes the next descriptor
-        ``RESTART_CYCLES`` later). Exact (tests/test_sim_random_units.py)."""
-        from moevit.hw.units.attention import RESTART_CYCLES, head_cycles
+        :func:`~moevit.hw.units.attention.restart_cycles` later). Exact
+        (tests/test_sim_random_units.py)."""
+        from moevit.hw.units.attention import head_cycles, head_tail, restart_cycles
 
-        return self.rounds * head_cycles(self.tokens, self.chunks, self.hw.row_lanes) + (
-            RESTART_CYCLES if following else 0)
+        parts = self.hw.score_lanes // self.hw.context_width
+        shape = (self.tokens, self.chunks, self.hw.row_lanes, parts)
+        return self.rounds * head_cycles(*shape) + head_tail(*shape) + (
+            restart_cycles(parts) if following else 0)
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ from moevit.hw.units.softmax import EMIT_LATENCY, RowSchedule, Softmax
 from moevit.model.integer import intops
 
 __all__ = ["AttentionHead", "HeadLane", "Attention", "beat_layout", "acc_layout", "head_cycles",
-           "RESTART_CYCLES"]
+           "head_tail", "RESTART_CYCLES", "restart_cycles"]
 
 # u16 probability times int8 value: s24; a row of them sums to an int32
 # (intops.weighted_sum).
@@ -369,16 +369,27 @@ class HeadLane(wiring.Component):
     so ``q`` and ``o`` keep the one pipeline's order. ``R`` is a power of two (a
     pipeline's share of the rows is a shift). The gathered accumulators pass the lane's
     ``lanes`` requantizers on their way to ``o`` (combinational: a pipeline's output
-    register is the stage before them, so the timing is the pipeline's own).
+    register is the stage before them, so the timing is the pipeline's own). With
+    ``context_lanes`` ``K`` below ``lanes`` there are ``K`` requantizers instead: a
+    gathered beat is held ``lanes / K`` cycles, ``K`` of its accumulators requantized a
+    cycle, and leaves on ``o`` (a register) the cycle after its last part. The rows finish
+    ``row_lanes`` every ``tokens * chunks`` cycles, so a few requantizers keep up with
+    them; each is two DSP48E2 and a rounding shifter.
 
     Members as :class:`AttentionHead`'s, less ``rows``, with ``out_mult`` and
     ``out_shift`` (the context's requantization) and ``o`` (int8 beats) for ``acc``.
     """
 
-    def __init__(self, *, row_lanes, lanes, max_tokens, max_head_dim):
+    def __init__(self, *, row_lanes, lanes, max_tokens, max_head_dim, context_lanes=0):
         if not isinstance(row_lanes, int) or row_lanes < 1 or row_lanes & (row_lanes - 1):
             self._MustUse__silence = True  # a unit rejected here is not an unused one
             raise ValueError(f"Row lanes must be a power of two, not {row_lanes!r}")
+        if not isinstance(context_lanes, int) or context_lanes < 0 \
+                or (context_lanes and lanes % context_lanes):
+            self._MustUse__silence = True
+            raise ValueError(f"Context lanes must be 0 or divide the {lanes} score lanes, "
+                             f"not {context_lanes!r}")
+        self._context_lanes = context_lanes or lanes
         self._rows = [AttentionHead(lanes=lanes, max_tokens=max_tokens,
                                     max_head_dim=max_head_dim) for _ in range(row_lanes)]
         ports = dict(self._rows[0].signature.members)
@@ -408,9 +419,14 @@ class HeadLane(wiring.Component):
         with m.If(self.start):
             m.d.sync += [out_mult.eq(self.out_mult), out_shift.eq(self.out_shift)]
         acc = stream.Signature(acc_layout(len(self.o.payload))).flip().create()
-        m.d.comb += [self.o.valid.eq(acc.valid), acc.ready.eq(self.o.ready)]
-        m.d.comb += [self.o.payload[l].eq(intexpr.requantize(acc.payload[l], out_mult, out_shift))
-                     for l in range(len(self.o.payload))]
+        if self._context_lanes == len(self.o.payload):
+            m.d.comb += [self.o.valid.eq(acc.valid), acc.ready.eq(self.o.ready)]
+            m.d.comb += [self.o.payload[l].eq(intexpr.requantize(acc.payload[l], out_mult,
+                                                                 out_shift))
+                         for l in range(len(self.o.payload))]
+        else:
+            self._requantize_in_parts(m, acc, out_mult, out_shift)
+            m.d.comb += self.busy.eq(Cat(pipe.busy for pipe in pipes).any() | self.o.valid)
 
         if R == 1:
             for name in ("q", "k", "v"):
@@ -459,6 +475,33 @@ class HeadLane(wiring.Component):
                     with m.If(row + 1 == tokens):
                         m.d.sync += [at.eq(0), row.eq(0)]
         return m
+
+    def _requantize_in_parts(self, m, acc, out_mult, out_shift):
+        """``acc`` to ``o`` through ``K`` requantizers: part ``n`` of a held beat (its
+        accumulators ``n*K .. n*K + K - 1``) a cycle, the parts shifted into a row of
+        ``lanes - K`` bytes; the last part goes with that row into the ``o`` register and
+        takes the beat."""
+        L, K = len(self.o.payload), self._context_lanes
+        parts = L // K
+        part = Signal(range(parts))
+        done = Signal(8 * (L - K))                  # the parts before the last, in order
+        words = Array(acc.payload.as_value().word_select(n, 32 * K) for n in range(parts))
+        word = Signal(32 * K)
+        m.d.comb += word.eq(words[part])
+        values = [intexpr.requantize(word.word_select(k, 32).as_signed(), out_mult, out_shift)
+                  for k in range(K)]
+        last = part == parts - 1
+        step = Signal()
+        m.d.comb += [step.eq(acc.valid & (~last | ~self.o.valid | self.o.ready)),
+                     acc.ready.eq(step & last)]
+        with m.If(self.o.valid & self.o.ready):
+            m.d.sync += self.o.valid.eq(0)
+        with m.If(step):
+            with m.If(last):
+                m.d.sync += [part.eq(0), self.o.valid.eq(1),
+                             self.o.payload.eq(Cat(done, *values))]
+            with m.Else():
+                m.d.sync += [part.eq(part + 1), done.eq(Cat(done[8 * K:], *values))]
 
 
 class Attention(wiring.Component):
@@ -523,7 +566,8 @@ class Attention(wiring.Component):
         lanes = []
         for p in range(hw.heads_parallel):
             lane = HeadLane(row_lanes=hw.row_lanes, lanes=hw.score_lanes,
-                            max_tokens=hw.kv_depth, max_head_dim=hw.max_head_dim)
+                            max_tokens=hw.kv_depth, max_head_dim=hw.max_head_dim,
+                            context_lanes=hw.context_lanes)
             m.submodules[f"head{p}"] = lane
             lanes.append(lane)
             for name in ("q", "k", "v"):
@@ -571,13 +615,21 @@ QK_DEPTH = 3
 #: PV takes a row's last probability at cycle t -> its C context beats leave at
 #: t + OUT_DEPTH + 1 ... t + OUT_DEPTH + C (the shadow registers, then ``o``).
 OUT_DEPTH = 3
-#: The last context beat of a descriptor -> the next descriptor accepted.
+#: The last context beat of a descriptor -> the next descriptor accepted (the row
+#: pipelines' state machines go idle two cycles after it; behind requantizers of fewer
+#: lanes than the score lanes, :func:`restart_cycles`, the beat leaves later and their
+#: output register is the last to empty).
 RESTART_CYCLES = 2
+
+
+def restart_cycles(parts=1) -> int:
+    """:data:`RESTART_CYCLES` behind requantizers that take a beat in ``parts`` cycles."""
+    return RESTART_CYCLES if parts == 1 else RESTART_CYCLES - 1
 _NEVER = -(1 << 62)
 
 
 @lru_cache(maxsize=256)
-def head_cycles(tokens, chunks, row_lanes=1):
+def head_cycles(tokens, chunks, row_lanes=1, parts=1):
     """Cycles of one head: from its first K/V beat to the next head's first K/V beat.
 
     Fed with no gaps and drained with no back-pressure. The model follows each
@@ -589,9 +641,25 @@ def head_cycles(tokens, chunks, row_lanes=1):
     row's context to leave the shadow registers). With ``row_lanes`` lanes the Q
     rows are dealt in turn (a lane takes its next row once the dealer has dealt
     the row before it) and the context rows gathered in turn (a row's context
-    waits, in its lane's registers, for the row before it to leave).
+    waits, in its lane's registers, for the row before it to leave). ``parts``:
+    ``score_lanes / context_lanes``, the cycles a gathered beat takes through the
+    head lane's requantizers (:class:`HeadLane`).
     """
-    T, C = tokens, chunks
+    return _head(tokens, chunks, row_lanes, parts)[0]
+
+
+def head_tail(tokens, chunks, row_lanes=1, parts=1):
+    """Cycles from the last head's :func:`head_cycles` to the cycle after its last context
+    beat: 0 when the requantizers take a beat a cycle (it leaves as it is gathered), else
+    the parts of the last beat still in them and their output register."""
+    span, end = _head(tokens, chunks, row_lanes, parts)
+    return end - span
+
+
+@lru_cache(maxsize=256)
+def _head(tokens, chunks, row_lanes, parts):
+    """:func:`head_cycles` and the cycle after the head's last context beat."""
+    T, C, N = tokens, chunks, parts
     compute = T * C + 1  # K and V take `T * C` cycles, then one to switch to compute
     lanes = [_RowPipeline(T, C, compute) for _ in range(row_lanes)]
     dealt = gathered = compute
@@ -599,11 +667,21 @@ def head_cycles(tokens, chunks, row_lanes=1):
         lane = lanes[r % row_lanes]
         dealt = max(dealt, lane.q_free()) + C
         done = lane.add_row(dealt)
-        first = done + OUT_DEPTH + 1  # its context's first beat in the lane's registers
-        taken = max(first, gathered)
-        lane.pv.row_done += taken - first  # the shadow registers hold it that much longer
-        gathered = taken + C
-    return gathered  # the next head starts loading the cycle after the last beat
+        # Its context's first beat in the lane's output register, once the row before
+        # has left it.
+        first = max(done + OUT_DEPTH + 1, lane.out_free)
+        taken = max(first, gathered)  # ... shown to the requantizers
+        # Beat c moves on from the shadow registers as beat c - 1 is taken, N - 1 cycles
+        # after it is shown; the last beat frees them (PV's last probability waits).
+        free = taken + (C - 1) * N if C > 1 else first
+        lane.pv.row_done += free - (done + OUT_DEPTH + C)
+        gathered = taken + C * N
+        lane.out_free = gathered
+    if N == 1:
+        return gathered, gathered  # the next head loads the cycle after the last beat
+    # The last row's pipeline loads the next head the cycle after its last beat left the
+    # shadow registers; that beat leaves the output register N cycles after it is shown.
+    return free + 1, gathered + 1
 
 
 class _RowPipeline:
@@ -615,6 +693,7 @@ class _RowPipeline:
         self.qk, self.softmax, self.pv = _QkClock(), RowSchedule(), _PvStage(chunks)
         self.issue_start, self.row_done = [], []
         self.emit_free = _NEVER
+        self.out_free = _NEVER  # the cycle its output register takes a row's first beat
 
     def q_free(self):
         """The first cycle the lane takes its next query row's first beat: two rows load at

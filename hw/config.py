@@ -149,8 +149,9 @@ class HwConfig:
         Requantizers of each attention head lane's context rows
         (:class:`moevit.hw.units.attention.HeadLane`), two DSP48E2 each: 0, as many as
         ``score_lanes`` (a context beat leaves the cycle it is gathered); else a divisor of
-        them, a beat leaving ``score_lanes / context_lanes`` cycles after the one before.
-        Rows finish ``row_lanes`` every ``tokens * chunks`` cycles, so a few keep up.
+        them, a beat leaving ``score_lanes / context_lanes`` cycles after the one before
+        (with one head lane only: the engine gathers the head lanes' rows in turn). Rows
+        finish ``row_lanes`` every ``tokens * chunks`` cycles, so a few keep up.
     token_chunks : int
         1: on a top of two issue lanes, a one-image program runs its token-wise layers
         (LayerNorm, the linear layers, the gate and its routing, COMBINE) in two chunks of
@@ -358,6 +359,11 @@ class HwConfig:
             raise ConfigError(
                 f"Context lanes must be 0 (as many as the {self.score_lanes} score lanes) or a "
                 f"divisor of them, not {self.context_lanes!r}")
+        if self.context_width < self.score_lanes and self.heads_parallel > 1:
+            raise ConfigError(
+                f"Context lanes below the score lanes need one head lane, not "
+                f"{self.heads_parallel}: the attention engine gathers the head lanes' rows in "
+                f"turn, and requantizers slower than that gather would hold each other's")
         if type(self.weight_streaming) is not int or self.weight_streaming not in (0, 1):
             raise ConfigError(f"Weight streaming must be 0 or 1, not {self.weight_streaming!r}")
         if type(self.token_chunks) is not int or self.token_chunks not in (0, 1):

@@ -131,9 +131,11 @@ def _attention(rng, seed, large, hw):
                       max_head_dim=lanes * int(rng.integers(1, 5)),
                       kv_depth=int(rng.integers(1, 49 if large else 17)),
                       heads_parallel=int(rng.integers(1, 4)),
-                      row_lanes=int(rng.choice([1, 1, 2, 4, 8])),
-                      context_lanes=int(rng.choice([0, 0] + [k for k in (1, 2, 4)
-                                                             if k < lanes])))
+                      row_lanes=int(rng.choice([1, 1, 2, 4, 8])))
+        # Fewer requantizers than score lanes: on one head lane (HwConfig's rule).
+        context = int(rng.choice([0, 0] + [k for k in (1, 2, 4) if k < lanes]))
+        if hw.heads_parallel == 1:
+            hw = hw.replace(context_lanes=context)
     lanes = hw.score_lanes
     descs = []
 

@@ -171,6 +171,32 @@ def test_combine_lanes_leave_older_fingerprints_alone():
     assert HwConfig.from_dict(four.to_dict()) == four
 
 
+@pytest.mark.parametrize("value", [3, -1, 16, True, 2.0])
+def test_bad_context_lanes(value):
+    with pytest.raises(ConfigError, match=rf"^Context lanes must be 0 \(as many as the 8 "
+                                          rf"score lanes\) or a divisor of them, not "
+                                          rf"{value!r}$"):
+        DEFAULT_HW["tiny"].replace(context_lanes=value)
+
+
+def test_context_lanes_need_one_head_lane():
+    tiny = DEFAULT_HW["tiny"]
+    assert tiny.replace(context_lanes=2).context_width == 2
+    assert tiny.replace(heads_parallel=2, context_lanes=8).context_width == 8
+    with pytest.raises(ConfigError, match=r"^Context lanes below the score lanes need one "
+                                          r"head lane, not 2: "):
+        tiny.replace(heads_parallel=2, context_lanes=2)
+
+
+def test_context_lanes_leave_older_fingerprints_alone():
+    from moevit.hw.program.program import hw_hash
+
+    hw = get_hw_config("tiny")
+    assert "context_lanes" not in hw.to_dict() and hw.context_width == hw.score_lanes
+    two = hw.replace(context_lanes=2)
+    assert hw_hash(two) != hw_hash(hw) and HwConfig.from_dict(two.to_dict()) == two
+
+
 @pytest.mark.parametrize("value", [2, -1, True, 1.0, "1"])
 def test_bad_weight_streaming(value):
     with pytest.raises(ConfigError, match=rf"^Weight streaming must be 0 or 1, not "

@@ -202,6 +202,8 @@ def _attention_case(rng, *, ops, bus_widths, max_tokens, heads_parallel):
                   heads_parallel=P,
                   max_head_dim=unit * int(rng.integers(1, 16 * lanes // unit + 1)),
                   kv_depth=int(rng.integers(1, max_tokens + 1)))
+    if P == 1 and lanes > 1 and rng.random() < 0.5:  # fewer requantizers (one head lane)
+        hw = hw.replace(context_lanes=lanes // 2)
     arena = _Arena(rng, nbytes)
     place = arena.place
     descs = []
@@ -329,8 +331,9 @@ def test_layernorm_engine_cycles_with_lanes(lanes, bus):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("lanes_parallel, score_lanes", [(1, 32), (2, 32), (3, 16), (2, 8)])
-def test_attention_engine_cycles_with_head_lanes(lanes_parallel, score_lanes):
+@pytest.mark.parametrize("lanes_parallel, score_lanes, context_lanes",
+                         [(1, 32, 0), (2, 32, 0), (3, 16, 0), (2, 8, 0), (1, 32, 4), (1, 8, 2)])
+def test_attention_engine_cycles_with_head_lanes(lanes_parallel, score_lanes, context_lanes):
     """Without stalls on a 512-bit bus (the memory never binds), each ATTENTION of two rounds
     of 64-wide heads takes the kernel's model plus the engine's tail
     (:func:`~moevit.hw.cost.cycles.attention_tail`: a cycle a token a round, and the head
@@ -339,7 +342,8 @@ def test_attention_engine_cycles_with_head_lanes(lanes_parallel, score_lanes):
     from moevit.hw.cost.cycles import attention_tail, compute_cycles, memory_wait, moved_bytes
 
     hw = HwConfig(name="attention-lanes", bus_width=512, score_lanes=score_lanes,
-                  heads_parallel=lanes_parallel, max_head_dim=64, kv_depth=24)
+                  heads_parallel=lanes_parallel, max_head_dim=64, kv_depth=24,
+                  context_lanes=context_lanes)
     rng = np.random.default_rng(replay_seed())
     width = 2 * lanes_parallel * 64
     descs, arena = [], _Arena(rng, hw.bus_width // 8)
@@ -354,7 +358,8 @@ def test_attention_engine_cycles_with_head_lanes(lanes_parallel, score_lanes):
                                          row_pitch=3 * width,
                                          out_addr=arena.place(tokens * width)))
     summary = _run(AttentionEngine(hw), hw, arena.memory(), descs, seed=0, simulator="icarus",
-                   test_id=f"engine-attention-cycles-{lanes_parallel}-{score_lanes}")
+                   test_id=f"engine-attention-cycles-{lanes_parallel}-{score_lanes}-"
+                           f"{context_lanes}")
     print(f"{'lanes':>5} {'chunks':>6} {'tokens':>6} {'simulated':>9} {'model':>6} {'error':>7}")
     for d, cycles in zip(descs, summary["cycles"]):
         model = compute_cycles(d, hw) + memory_wait(d, hw, moved_bytes(d, hw), hw.bus_width / 8)

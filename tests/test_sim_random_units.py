@@ -69,6 +69,14 @@ def test_random_attention_with_row_lanes(seed):
     assert case.hw.row_lanes > 1 or "MOEVIT_SEED" in os.environ
 
 
+@pytest.mark.parametrize("seed", _seeds((14,)))
+def test_random_attention_with_fewer_requantizers(seed):
+    """A third attention point: four row lanes whose context beats pass two requantizers
+    (``context_lanes`` 2 of 4 score lanes), each beat held two cycles."""
+    case, _ = run_case("attention", seed, large=False, simulator="icarus")
+    assert case.hw.context_width < case.hw.score_lanes or "MOEVIT_SEED" in os.environ
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", _seeds(range(1000, 1000 + SLOW_CASES)))
 @pytest.mark.parametrize("unit", UNITS)

@@ -55,6 +55,22 @@ def test_lut_and_ff_within_the_bound(rows):
         assert abs(r["lut_error"]) <= FABRIC_BOUND and abs(r["ff_error"]) <= FABRIC_BOUND, r
 
 
+@pytest.mark.parametrize("changes, counted", [
+    (dict(score_lanes=16, max_head_dim=64, kv_depth=16), (70, 7_951, 6_831)),
+    (dict(score_lanes=16, max_head_dim=64, kv_depth=16, row_lanes=2, context_lanes=2),
+     (80, 8_471, 13_912))])
+def test_the_attention_formula_beyond_its_points(changes, counted):
+    """Two attention kernels of 64-wide heads (the fit's points go to 16), one of two row
+    lanes whose context beats pass two requantizers, counted by Yosys (2026-12-05: DSP48E2,
+    LUT, FF) and in no fit: the DSPs exact, LUT and FF within 5 %."""
+    from moevit.hw.config import HwConfig
+
+    got = unit_resources("attention", HwConfig(name="beyond", **changes))
+    dsp, lut, ff = counted
+    assert got.dsp == dsp
+    assert got.lut == pytest.approx(lut, rel=0.05) and got.ff == pytest.approx(ff, rel=0.05)
+
+
 @pytest.mark.parametrize("width, depth, expected", [
     (8, 128, 0.0),         # 1 Kib: LUT RAM
     (64, 64, 0.0),         # 64 deep: LUT RAM

@@ -269,6 +269,33 @@ def test_top_on_an_array_wider_than_a_head(cols):
         assert abs(predicted / run["cycles"] - 1) < 0.05
 
 
+#: The whole tiny model on a head lane of two context requantizers for its 8 score lanes
+#: (``context_lanes``; Verilator, 2026-12-05): cycles per task (453,968 / 442,664 with 8).
+FEW_REQUANTIZERS = (0, 0)
+
+
+@pytest.mark.slow
+def test_top_with_fewer_context_requantizers():
+    """The whole tiny model, both tasks, its attention's context rows through two
+    requantizers a cycle: bit-exact, the cycles recorded, the cost model within 5 %."""
+    from moevit.hw.cost.cycles import program_cycles
+    from moevit.hw.program.compiler import compile_program
+    from moevit.model.integer import golden
+    from moevit.sim.units import tiny_quantized
+
+    qmodel, image = tiny_quantized(trained=False)
+    program = compile_program(qmodel, DEFAULT_HW["tiny"].replace(context_lanes=2))
+    image = golden.quantize_image(image, qmodel.scale("input"))
+    got = check_runs(program, [(0, [image]), (1, [image])], test_id="top-tiny-context2",
+                     simulator="verilator")
+    for task, run in enumerate(got):
+        predicted = program_cycles(program, image, task).cycles
+        print(f"2 context lanes, task {task}: {run['cycles']:,} cycles, cost model "
+              f"{predicted:,} ({predicted / run['cycles'] - 1:+.2%})")
+        assert run["cycles"] == FEW_REQUANTIZERS[task]
+        assert abs(predicted / run["cycles"] - 1) < 0.05
+
+
 #: The whole tiny model with a weight bank's first tile streamed behind its load
 #: (``weight_streaming``; Verilator, 2026-12-03): name -> (HwConfig changes, memory
 #: latency, cycles per task). "plain": tiny's top otherwise (455,094 / 443,896 without the

@@ -113,6 +113,10 @@ ROUTING = ("uniform: each token chooses its top_k experts evenly at random, so e
 USABLE = {"dsp": 0.9, "bram36": 0.85, "uram": 0.85, "lut": 0.7, "ff": 0.7}
 #: Stage 1: the shares of the usable DSPs the attention kernel may take.
 ATTENTION_SHARES = (1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 3 / 8, 1 / 2)
+#: Stage 1: the attention kernel's context requantizers are the fewest whose ATTENTION
+#: cycles are within this of a requantizer a score lane (a beat held ``score_lanes /
+#: context_lanes`` cycles adds about that many to an instruction's last row).
+CONTEXT_SLACK = 0.002
 #: The most images a batch holds (the token buffer's depth bounds it too).
 MAX_BATCH = 16
 #: The chosen point's batch-1 latency is at most this much above the fastest's.
@@ -670,9 +674,9 @@ def _other_cycles(step, hw) -> tuple:
 
     # What these steps' compute reads: the attention, LayerNorm and COMBINE lanes, the bus,
     # the columns, buffers.
-    key = (step.shape, hw.heads_parallel, hw.row_lanes, hw.score_lanes, hw.norm_lanes,
-           hw.combine_width, hw.bus_width, hw.cols, hw.max_tokens, hw.kv_depth, hw.max_in,
-           hw.max_head_dim)
+    key = (step.shape, hw.heads_parallel, hw.row_lanes, hw.score_lanes, hw.context_width,
+           hw.norm_lanes, hw.combine_width, hw.bus_width, hw.cols, hw.max_tokens, hw.kv_depth,
+           hw.max_in, hw.max_head_dim)
     if key not in _CYCLES:
         d = _other_descriptor(step, hw)
         _CYCLES[key] = (compute_cycles(d, hw, routed=step.routed),
@@ -1294,14 +1298,34 @@ def _streaming_at_best_batch(point, work, board, the_fit, fabric):
         _adopt(point, hw, resources(hw, the_fit), work, board, the_fit, fabric)
 
 
-def _attention_lanes(model, base, score_grid):
+def _attention_lanes(model, base, score_grid, attention):
     """``base`` with each attention kernel the model takes: heads in parallel dividing its
     heads, row lanes (:data:`ROW_LANES`) up to its tokens, score lanes of ``score_grid``
-    dividing its head width."""
+    dividing its head width; its context lanes :func:`_context_lanes` for the ``ATTENTION``
+    steps ``attention``."""
     for hp in _divisors(model.heads, range(1, model.heads + 1)):
         for rl in (r for r in ROW_LANES if r <= model.tokens):
             for sl in _divisors(model.head_dim, score_grid):
-                yield base.replace(heads_parallel=hp, row_lanes=rl, score_lanes=sl)
+                hw = base.replace(heads_parallel=hp, row_lanes=rl, score_lanes=sl)
+                yield hw.replace(context_lanes=_context_lanes(hw, attention))
+
+
+def _context_lanes(hw, attention) -> int:
+    """``context_lanes`` for ``hw``'s attention kernel: the fewest of its score lanes'
+    power-of-two divisors that keep the ``attention`` steps' cycles within
+    :data:`CONTEXT_SLACK` of a requantizer a score lane (each is two DSP48E2 and a rounding
+    shifter, and the rows leave ``row_lanes`` every ``tokens * chunks`` cycles: a few keep
+    up); 0, every score lane, on more than one head lane (``HwConfig``'s rule)."""
+    if hw.heads_parallel > 1:
+        return 0
+
+    def cycles(lanes):
+        return sum(_other_cycles(s, hw.replace(context_lanes=lanes))[0] * n
+                   for s, n in attention)
+
+    most = cycles(0) * (1 + CONTEXT_SLACK)
+    return next((k for k in (1 << b for b in range(hw.score_lanes.bit_length()))
+                 if k < hw.score_lanes and hw.score_lanes % k == 0 and cycles(k) <= most), 0)
 
 
 def _kind(work, mnemonic) -> tuple:
@@ -1351,11 +1375,11 @@ def search(board, config, *, quick=False, fabric=True, progress=True) -> list:
     # Stage 1: per share of the DSPs (and LUTs), the attention lanes within it with the
     # fewest cycles.
     lanes = []
-    for hw in _attention_lanes(model, base, lanes_grid):
+    for hw in _attention_lanes(model, base, lanes_grid, attention):
         cycles = sum(_other_cycles(s, hw)[0] * n for s, n in attention)
         res = unit_resources("attention", hw, the_fit)
         lanes.append((cycles, res.dsp, res.lut if fabric else 0, hw.heads_parallel,
-                      hw.row_lanes, hw.score_lanes))
+                      hw.row_lanes, hw.score_lanes, hw.context_lanes))
     # Per share three picks: within its DSPs, with one row lane (the search before row lanes:
     # it keeps every point that one tried) and with any, and within its DSPs and LUTs (row
     # lanes cost LUTs the DSPs do not show); each tried once, at the smallest share giving it.
@@ -1372,13 +1396,14 @@ def search(board, config, *, quick=False, fabric=True, progress=True) -> list:
     # Stage 2: the linear array, packing, post lanes, bus, LayerNorm lanes and buffers under
     # the rest.
     candidates = []
-    for (share, *_), (hp, rl, sl) in stage1.items():
+    for (share, *_), (hp, rl, sl, cl) in stage1.items():
         for r in rows_grid:
             for c in _divisors(model.dim, cols_grid):
                 for packing in (1, 2) if c % 2 == 0 else (1,):
                     for post in _divisors(c, post_grid):
                         for bus in _buses(board, c):
-                            candidates.append((share, hp, rl, sl, r, c, packing, post, bus))
+                            candidates.append((share, hp, rl, sl, cl, r, c, packing, post,
+                                               bus))
     _STAGE2.update(work=work, board=board, base=base, the_fit=the_fit, fabric=fabric,
                    model=model, norms=norms, combines=combines)
     points, misses = [], {}
@@ -1429,8 +1454,8 @@ def _workers(tasks):
 
 
 def _stage2_point(candidate):
-    """Stage 2 of one ``(share, heads_parallel, row_lanes, score_lanes, rows, cols, packing,
-    post_lanes, bus)``: ``("point", Point)``, ``("miss", the limit it is over)``, or
+    """Stage 2 of one ``(share, heads_parallel, row_lanes, score_lanes, context_lanes, rows,
+    cols, packing, post_lanes, bus)``: ``("point", Point)``, ``("miss", the limit it is over)``, or
     ``(None, None)`` for a point the top cannot take."""
     from moevit.hw.cost.resources import resources
     from moevit.hw.program.descriptor import DescriptorError
@@ -1438,9 +1463,10 @@ def _stage2_point(candidate):
     s = _STAGE2
     work, board, the_fit, fabric, model = (s[k] for k in ("work", "board", "the_fit",
                                                           "fabric", "model"))
-    share, hp, rl, sl, r, c, packing, post, bus = candidate
+    share, hp, rl, sl, cl, r, c, packing, post, bus = candidate
     try:
-        hw = s["base"].replace(heads_parallel=hp, row_lanes=rl, score_lanes=sl, rows=r, cols=c,
+        hw = s["base"].replace(heads_parallel=hp, row_lanes=rl, score_lanes=sl,
+                               context_lanes=cl, rows=r, cols=c,
                                dsp_packing=packing, post_lanes=post, bus_width=bus,
                                max_tokens=-(-model.tokens // r) * r)
     except ConfigError:
@@ -1491,6 +1517,9 @@ def _rank(points, work, board, the_fit, fabric) -> list:
             _lanes_at_batch1(p, work, board, the_fit, fabric)
             p.best_batch, p.best_cycles_per_image, p.best_prediction = _best_batch(
                 work, p.hw, board, p.task)
+        # Token chunks may have made the fastest faster: the slack from it again.
+        fastest = min(p.latency_cycles for p in points)
+        points = [p for p in points if p.latency_cycles <= fastest * (1 + LATENCY_SLACK)]
     if OBJECTIVES[board.host][0] == "throughput":
         # Most points cannot win, whatever their batch (array_bound); the rest, the most
         # promising first, each at its best batch.
@@ -1611,7 +1640,7 @@ def point_row(point, board, work, fabric=True) -> dict:
         "attention_mac_units": attention_units, "dsp_packing": hw.dsp_packing,
         "memory_ports": hw.memory_ports, "weight_ports": hw.weight_ports,
         "norm_lanes": hw.norm_lanes, "combine_lanes": hw.combine_width,
-        "onchip_bytes": hw.onchip_bytes,
+        "context_lanes": hw.context_width, "onchip_bytes": hw.onchip_bytes,
         "issue_lanes": hw.issue_lanes,
         "latency_ms": point.latency_ms, "fps_batch1": fps1, "best_batch": point.best_batch,
         "best_fps": best_fps, "macs_per_image": macs, "gops": 2 * macs * fps1 / 1e9,
@@ -1775,9 +1804,10 @@ def lowest_floor(work, board, task, fabric=True, *, mac_units=0, serial=False):
                           else max(beats, reading))
                 arrays.append((cycles, "linear" if beats >= reading else "memory", hw,
                                resources(hw) + unit_resources("attention", hw) * -1))
-    attentions = [(sum(n * kernel_cycles(s, hw) for s, n in steps if s.mnemonic == "ATTENTION"),
+    attention = [(s, n) for s, n in steps if s.mnemonic == "ATTENTION"]
+    attentions = [(sum(n * kernel_cycles(s, hw) for s, n in attention),
                    unit_resources("attention", hw), hw)
-                  for hw in _attention_lanes(model, least, SCORE_LANES)]
+                  for hw in _attention_lanes(model, least, SCORE_LANES, attention)]
     best = None
     for held, which, hw, rest in sorted(arrays, key=lambda a: a[0]):
         if best is not None and held >= best[0]:
@@ -1874,8 +1904,9 @@ def print_dse(rows) -> None:
         print(f"  linear array {h['rows']}x{h['cols']} ({r['linear_mac_units']} MAC units, "
               f"packing {h['dsp_packing']}, {h['post_lanes']} post lanes), attention "
               f"{h['heads_parallel']} heads x {h.get('row_lanes', 1)} rows x 2 x "
-              f"{h['score_lanes']} lanes "
-              f"({r['attention_mac_units']} MAC units), {r['norm_lanes']} LayerNorm lanes, "
+              f"{h['score_lanes']} lanes ({r['attention_mac_units']} MAC units, "
+              f"{r['context_lanes']} context requantizers a head lane), "
+              f"{r['norm_lanes']} LayerNorm lanes, "
               f"{r['combine_lanes']} COMBINE lanes, "
               f"bus {h['bus_width']} bits x {r['memory_ports']} memory port(s) (weights "
               f"over {r['weight_ports']}), "

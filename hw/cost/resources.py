@@ -63,6 +63,10 @@ FIT_POINTS = [
     ("attention", dict(_SMALL_ATTENTION, score_lanes=4, kv_depth=256, max_head_dim=16)),
     ("attention", dict(_SMALL_ATTENTION, row_lanes=2)),
     ("attention", dict(_SMALL_ATTENTION, score_lanes=4, max_head_dim=8, row_lanes=4)),
+    ("attention", dict(_SMALL_ATTENTION, score_lanes=8, max_head_dim=8)),
+    ("attention", dict(_SMALL_ATTENTION, score_lanes=8, max_head_dim=8, context_lanes=2)),
+    ("attention", dict(_SMALL_ATTENTION, score_lanes=8, max_head_dim=8, context_lanes=1)),
+    ("attention", dict(_SMALL_ATTENTION, score_lanes=16, max_head_dim=16, context_lanes=4)),
     ("layernorm", dict(max_in=512)),
     ("moe", dict(cols=4, max_tokens=8, max_in=32, post_lanes=2)),
     ("moe", dict(cols=8, max_tokens=32, max_in=64, post_lanes=2)),
@@ -250,8 +254,8 @@ DSP_PER_POST_LANE = 8
 #: The attention kernel, per row pipeline (a row lane of a head lane) and score lane: the
 #: QK product and the PV product.
 DSP_PER_SCORE_LANE = 2
-#: ... and per head lane and score lane (shared by its row lanes): the context's
-#: requantize (s32 x u15: 2 DSP48E2).
+#: ... and per head lane and context lane (``hw.context_width``, shared by its row lanes):
+#: the context's requantize (s32 x u15: 2 DSP48E2).
 REQUANTIZE_DSP = 2
 #: ... and per row pipeline the softmax's (d * M: 2, the exponent, the reciprocal, e * 1/sum).
 ATTENTION_LANE_DSP = 6
@@ -321,13 +325,15 @@ TOP_UNITS = ("linear", "attention", "layernorm", "moe", "control", "gmem")
 #: ports, max_tokens 256, one issue lane) counted 255 DSP48E2, 55,548 LUT, 33,338 FF and
 #: 38.5 BRAM36, and with 32 columns 399 / 70,869 / 42,439 / 42.5 (2026-12-03), where the
 #: units, the second port (:func:`port_overhead`) and the COMBINE engine's lanes
-#: (:data:`COMBINE_LANE`) give 232 / 27,497 / 19,132 / 32 and 376 / 39,163 / 26,187 / 36:
-#: the rest is this and :data:`TOP_PER_COL`. Its DSPs are the engines' address arithmetic (by module, Yosys to DSP
+#: (:data:`COMBINE_LANE`) give 232 / 28,668 / 21,787 / 32 and 376 / 40,334 / 28,842 / 36:
+#: the rest is this and :data:`TOP_PER_COL` (the units' share from the attention fit of
+#: 2026-12-05, whose head-width term counts the context rows' registers: +1,171 LUT and
+#: +2,655 FF on tiny's kernel over the fit before, taken from this). Its DSPs are the engines' address arithmetic (by module, Yosys to DSP
 #: mapping with the hierarchy kept: the relocators' ``image * pitch`` 24, PATCHIFY 6, the
 #: linear engine 4, COMBINE 4, the sequencer 2 ... 275 there; the flattened run folds 20 of
 #: them, at both widths). The engines' bus-wide buffers grow with the bus, so on a 512-bit
 #: top its LUT is low (the allowance before it: 0 DSP, 20,000 LUT, 30,000 FF, 16 BRAM36).
-TOP_OVERHEAD = Resources(dsp=23, lut=24_391, ff=12_154, bram36=6.5, uram=0)
+TOP_OVERHEAD = Resources(dsp=23, lut=23_220, ff=9_499, bram36=6.5, uram=0)
 #: ... and per array column: the rest of the two counts above grows by 3,664 LUT and 2,048
 #: FF from 16 to 32 columns (the engines' column-wide rows: ROUTE's lanes, the linear and
 #: EXPERT engines' beats), taken as linear in ``cols``.
@@ -414,7 +420,7 @@ def unit_dsp(unit: str, hw) -> int:
         words = _mapped(_bits(hw.kv_depth), _bits(chunks), _bits(hw.kv_depth * chunks))
         return (hw.heads_parallel * hw.row_lanes * (DSP_PER_SCORE_LANE * hw.score_lanes
                                                     + ATTENTION_LANE_DSP + words)
-                + hw.heads_parallel * REQUANTIZE_DSP * hw.score_lanes)
+                + hw.heads_parallel * REQUANTIZE_DSP * hw.context_width)
     if unit == "layernorm":
         return LAYERNORM_DSP + (hw.max_in > 1024) + LAYERNORM_DSP_PER_LANE * (hw.norm_lanes - 1)
     if unit == "moe":
@@ -425,7 +431,8 @@ def unit_dsp(unit: str, hw) -> int:
 #: LUT and FF: per unit, the features their formula is linear in.
 FEATURES = {
     "linear": ("1", "rows*cols", "rows", "cols", "post_lanes"),
-    "attention": ("1", "pipelines", "pipelines*score_lanes", "heads*score_lanes"),
+    "attention": ("1", "pipelines", "pipelines*score_lanes", "pipelines*head_dim",
+                  "heads*context_lanes", "heads*held_lanes"),
     "layernorm": ("1",),
     "moe": ("1", "cols"),
     "control": ("1",),
@@ -439,8 +446,13 @@ def _features(unit, hw):
               # The attention kernel's row pipelines: row lanes of every head lane.
               "pipelines": hw.heads_parallel * hw.row_lanes,
               "pipelines*score_lanes": hw.heads_parallel * hw.row_lanes * hw.score_lanes,
-              # ... and the requantizers, shared by a head lane's row lanes.
-              "heads*score_lanes": hw.heads_parallel * hw.score_lanes,
+              # ... each holding a context row twice (accumulating, shadow) and two Q rows.
+              "pipelines*head_dim": hw.heads_parallel * hw.row_lanes * hw.max_head_dim,
+              # ... and the requantizers, shared by a head lane's row lanes
+              "heads*context_lanes": hw.heads_parallel * hw.context_width,
+              # ... and, with fewer than the score lanes, the beat held in parts before them.
+              "heads*held_lanes": hw.heads_parallel * hw.score_lanes * (
+                  hw.context_width < hw.score_lanes),
               "log2(max_in)": math.log2(hw.max_in), "bus_width": hw.bus_width}
     return np.array([values[name] for name in FEATURES[unit]])
 

@@ -810,7 +810,8 @@ def test_the_floors_lie_under_the_simulated_images():
         assert bounds["units"] <= bounds["serial"] < ms
 
 
-#: zcu102-edge-moe's array on two issue lanes (``issue_lanes=2``), a batch of two images
+#: zcu102-edge-moe as saved on 2026-12-04 (:data:`ZCU102_FITTED_POINT`) on two issue lanes
+#: (``issue_lanes=2``), a batch of two images
 #: (bench top's and the synthetic set's eighth) with balanced gates at the ZCU102's memory,
 #: semseg, Verilator, Verilog memory, bit-exact (2026-12-05, 3,597 s): the batch's cycles
 #: (735,406 an image; one image on one lane 888,666) and the units' busy cycles.
@@ -825,7 +826,7 @@ def test_zcu102_batch_of_two_on_two_lanes_within_1_percent():
     1 % of the co-simulated top's (+0.10 %), which the lanes really share (the units' busy
     cycles add up to more than the run)."""
     from moevit.hw.bench_top import balanced_gates
-    from moevit.hw.config import get_hw_config
+    from moevit.hw.config import HwConfig
     from moevit.hw.cost.cycles import board_latency, board_memory_bandwidth
     from moevit.hw.program.compiler import compile_program
     from moevit.model.config import get_config
@@ -836,7 +837,7 @@ def test_zcu102_batch_of_two_on_two_lanes_within_1_percent():
 
     simulated, busy = ZCU102_TWO_LANES_BATCH
     model, board = get_config("edge-moe"), get_board("zcu102")
-    hw = get_hw_config("zcu102-edge-moe").replace(issue_lanes=2)
+    hw = HwConfig(name="zcu102-edge-moe", **ZCU102_FITTED_POINT, issue_lanes=2)
     data = SyntheticDataset(model, "val", size=9, seed=1)
     qmodel = quantize(signal_model(model), data.images[:8])
     images = [golden.quantize_image(data.images[k].numpy(), qmodel.scale("input"))

@@ -1764,8 +1764,8 @@ def lowest_floor(work, board, task, fabric=True, *, mac_units=0, serial=False):
     top's, one instruction at a time (``serial``: each linear step's cycles or its weights'
     reading, whichever is longer, plus the attention's; LayerNorm, routing and COMBINE left
     out). A dict of ``ms``, ``binding`` (``linear``, ``attention`` or ``memory``: the longest
-    part), ``array`` (:func:`_array`), ``attention`` (head lanes x row lanes x score lanes)
-    and their ``mac_units``; None when nothing fits. ``fabric``: as :func:`search`;
+    part), ``array`` (:func:`_array`), ``attention`` (head lanes x row lanes x score lanes),
+    its ``context_lanes`` and their ``mac_units``; None when nothing fits. ``fabric``: as :func:`search`;
     ``mac_units``: only HwConfigs with at least that many."""
     from moevit.hw.cost.resources import resources, unit_resources
     from moevit.model.config import get_config
@@ -1825,7 +1825,7 @@ def lowest_floor(work, board, task, fabric=True, *, mac_units=0, serial=False):
         _LOWEST[key] = {
             "ms": floor / (least.clock_mhz * 1e3), "binding": binding, "array": _array(hw),
             "attention": f"{lanes.heads_parallel}x{lanes.row_lanes}x{lanes.score_lanes}",
-            "mac_units": hw.macs + lanes.attention_macs}
+            "context_lanes": lanes.context_width, "mac_units": hw.macs + lanes.attention_macs}
     return _LOWEST[key]
 
 

@@ -347,18 +347,14 @@ class HwConfig:
             raise ConfigError(
                 "Two issue lanes need at least 2 memory ports: the second lane's write mover "
                 "takes a port's write channel of its own")
-        if isinstance(self.combine_lanes, bool) or not isinstance(self.combine_lanes, int) \
-                or self.combine_lanes < 0 or (self.combine_lanes
-                                              and self.cols % self.combine_lanes):
-            raise ConfigError(
-                f"COMBINE lanes must be 0 (as many as the {self.cols} array columns) or a "
-                f"divisor of them, not {self.combine_lanes!r}")
-        if isinstance(self.context_lanes, bool) or not isinstance(self.context_lanes, int) \
-                or self.context_lanes < 0 or (self.context_lanes
-                                              and self.score_lanes % self.context_lanes):
-            raise ConfigError(
-                f"Context lanes must be 0 (as many as the {self.score_lanes} score lanes) or a "
-                f"divisor of them, not {self.context_lanes!r}")
+        for what, lanes, whole, of in (("COMBINE lanes", self.combine_lanes, self.cols,
+                                        "array columns"),
+                                       ("Context lanes", self.context_lanes, self.score_lanes,
+                                        "score lanes")):
+            if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 0 \
+                    or (lanes and whole % lanes):
+                raise ConfigError(f"{what} must be 0 (as many as the {whole} {of}) or a "
+                                  f"divisor of them, not {lanes!r}")
         if self.context_width < self.score_lanes and self.heads_parallel > 1:
             raise ConfigError(
                 f"Context lanes below the score lanes need one head lane, not "

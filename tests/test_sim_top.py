@@ -246,27 +246,34 @@ def test_top_with_layernorm_and_combine_lanes():
 WIDE_ARRAYS = {32: (339_580, 334_113), 64: (289_109, 286_844)}
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("cols", sorted(WIDE_ARRAYS))
-def test_top_on_an_array_wider_than_a_head(cols):
-    """The whole tiny model, both tasks, on an array whose QKV output beats each hold
-    several heads: bit-exact, its cycles as recorded and the cost model within 5 %."""
+def _tiny_on(changes, recorded, what):
+    """The whole tiny model, both tasks, on tiny's top with ``changes`` (Verilator):
+    bit-exact, its cycles ``recorded`` and the cost model within 5 %."""
     from moevit.hw.cost.cycles import program_cycles
     from moevit.hw.program.compiler import compile_program
     from moevit.model.integer import golden
     from moevit.sim.units import tiny_quantized
 
     qmodel, image = tiny_quantized(trained=False)
-    program = compile_program(qmodel, DEFAULT_HW["tiny"].replace(cols=cols))
+    program = compile_program(qmodel, DEFAULT_HW["tiny"].replace(**changes))
     image = golden.quantize_image(image, qmodel.scale("input"))
-    got = check_runs(program, [(0, [image]), (1, [image])], test_id=f"top-tiny-cols{cols}",
+    test_id = "top-tiny-" + "-".join(f"{k}{v}" for k, v in changes.items())
+    got = check_runs(program, [(0, [image]), (1, [image])], test_id=test_id,
                      simulator="verilator")
     for task, run in enumerate(got):
         predicted = program_cycles(program, image, task).cycles
-        print(f"{cols} columns, task {task}: {run['cycles']:,} cycles, cost model "
+        print(f"{what}, task {task}: {run['cycles']:,} cycles, cost model "
               f"{predicted:,} ({predicted / run['cycles'] - 1:+.2%})")
-        assert run["cycles"] == WIDE_ARRAYS[cols][task]
+        assert run["cycles"] == recorded[task]
         assert abs(predicted / run["cycles"] - 1) < 0.05
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cols", sorted(WIDE_ARRAYS))
+def test_top_on_an_array_wider_than_a_head(cols):
+    """The whole tiny model, both tasks, on an array whose QKV output beats each hold
+    several heads: bit-exact, its cycles as recorded and the cost model within 5 %."""
+    _tiny_on(dict(cols=cols), WIDE_ARRAYS[cols], f"{cols} columns")
 
 
 #: The whole tiny model on a head lane of two context requantizers for its 8 score lanes
@@ -279,22 +286,7 @@ FEW_REQUANTIZERS = (454_861, 443_044)
 def test_top_with_fewer_context_requantizers():
     """The whole tiny model, both tasks, its attention's context rows through two
     requantizers a cycle: bit-exact, the cycles recorded, the cost model within 5 %."""
-    from moevit.hw.cost.cycles import program_cycles
-    from moevit.hw.program.compiler import compile_program
-    from moevit.model.integer import golden
-    from moevit.sim.units import tiny_quantized
-
-    qmodel, image = tiny_quantized(trained=False)
-    program = compile_program(qmodel, DEFAULT_HW["tiny"].replace(context_lanes=2))
-    image = golden.quantize_image(image, qmodel.scale("input"))
-    got = check_runs(program, [(0, [image]), (1, [image])], test_id="top-tiny-context2",
-                     simulator="verilator")
-    for task, run in enumerate(got):
-        predicted = program_cycles(program, image, task).cycles
-        print(f"2 context lanes, task {task}: {run['cycles']:,} cycles, cost model "
-              f"{predicted:,} ({predicted / run['cycles'] - 1:+.2%})")
-        assert run["cycles"] == FEW_REQUANTIZERS[task]
-        assert abs(predicted / run["cycles"] - 1) < 0.05
+    _tiny_on(dict(context_lanes=2), FEW_REQUANTIZERS, "2 context lanes")
 
 
 #: The whole tiny model with a weight bank's first tile streamed behind its load

@@ -44,7 +44,8 @@ largest), each predicted from its own program.
 **The search.** Stage 1 splits the board's DSPs (and, with the fabric limits, its
 LUTs) between the attention kernel and the linear kernel (a share for attention,
 :data:`ATTENTION_SHARES`) and takes, for each share, the attention lanes (heads in
-parallel x row lanes x score lanes, :data:`ROW_LANES`) that fit it with the fewest
+parallel x row lanes x score lanes, :data:`ROW_LANES`; on one head lane the fewest context
+requantizers that keep its cycles, :func:`_context_lanes`) that fit it with the fewest
 attention cycles. Stage 2 tunes, within the rest,
 the linear array (rows x cols: :func:`fitted_rows`; :data:`COLS` that divide the model's
 width, a beat holding several heads where they are wider than one), the DSP packing, the

@@ -1456,8 +1456,8 @@ def _workers(tasks):
 
 def _stage2_point(candidate):
     """Stage 2 of one ``(share, heads_parallel, row_lanes, score_lanes, context_lanes, rows,
-    cols, packing, post_lanes, bus)``: ``("point", Point)``, ``("miss", the limit it is over)``, or
-    ``(None, None)`` for a point the top cannot take."""
+    cols, packing, post_lanes, bus)``: ``("point", Point)``, ``("miss", the limit it is
+    over)``, or ``(None, None)`` for a point the top cannot take."""
     from moevit.hw.cost.resources import resources
     from moevit.hw.program.descriptor import DescriptorError
 

@@ -328,10 +328,10 @@ TOP_UNITS = ("linear", "attention", "layernorm", "moe", "control", "gmem")
 #: (:data:`COMBINE_LANE`) give 232 / 28,668 / 21,787 / 32 and 376 / 40,334 / 28,842 / 36:
 #: the rest is this and :data:`TOP_PER_COL` (the units' share from the attention fit of
 #: 2026-12-05, whose head-width term counts the context rows' registers: +1,171 LUT and
-#: +2,655 FF on tiny's kernel over the fit before, taken from this). Its DSPs are the engines' address arithmetic (by module, Yosys to DSP
-#: mapping with the hierarchy kept: the relocators' ``image * pitch`` 24, PATCHIFY 6, the
-#: linear engine 4, COMBINE 4, the sequencer 2 ... 275 there; the flattened run folds 20 of
-#: them, at both widths). The engines' bus-wide buffers grow with the bus, so on a 512-bit
+#: +2,655 FF on tiny's kernel over the fit before, taken from this). Its DSPs are the
+#: engines' address arithmetic (by module, Yosys to DSP mapping with the hierarchy kept:
+#: the relocators' ``image * pitch`` 24, PATCHIFY 6, the linear engine 4, COMBINE 4, the
+#: sequencer 2 ... 275 there; the flattened run folds 20 of them, at both widths). The engines' bus-wide buffers grow with the bus, so on a 512-bit
 #: top its LUT is low (the allowance before it: 0 DSP, 20,000 LUT, 30,000 FF, 16 BRAM36).
 TOP_OVERHEAD = Resources(dsp=23, lut=23_220, ff=9_499, bram36=6.5, uram=0)
 #: ... and per array column: the rest of the two counts above grows by 3,664 LUT and 2,048

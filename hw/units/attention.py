@@ -608,8 +608,9 @@ class Attention(wiring.Component):
 # The exact cost model of the kernel, read from the RTL above and equal to the
 # simulated cycles (tests/test_sim_random_units.py, moevit bench attention).
 # Heads do not overlap (a head loads K and V only once the previous head's last
-# context beat has left), so every head of a descriptor takes the same time:
-# :func:`head_cycles`.
+# context beat has left its row pipeline), so every head of a descriptor takes the same
+# time: :func:`head_cycles` (and the last its :func:`head_tail` more, the beat still in
+# the requantizers).
 #: Issue of a key's last chunk -> its score on the softmax's input.
 QK_DEPTH = 3
 #: PV takes a row's last probability at cycle t -> its C context beats leave at
@@ -625,6 +626,8 @@ RESTART_CYCLES = 2
 def restart_cycles(parts=1) -> int:
     """:data:`RESTART_CYCLES` behind requantizers that take a beat in ``parts`` cycles."""
     return RESTART_CYCLES if parts == 1 else RESTART_CYCLES - 1
+
+
 _NEVER = -(1 << 62)
 
 

@@ -412,7 +412,10 @@ class HeadLane(wiring.Component):
                 "tokens", "chunks", "rounds", "sm_mult", "sm_shift", "start")]
             # Rows s, s + R, ... below tokens: ceil((tokens - s) / R).
             m.d.comb += pipe.rows.eq((self.tokens + (R - 1 - s)) >> shift)
-        m.d.comb += self.busy.eq(Cat(pipe.busy for pipe in pipes).any())
+        busy = Cat(pipe.busy for pipe in pipes).any()
+        if self._context_lanes < len(self.o.payload):
+            busy |= self.o.valid        # the requantizers' output register holds a beat
+        m.d.comb += self.busy.eq(busy)
 
         # The requantizers, after the gather.
         out_mult, out_shift = Signal.like(self.out_mult), Signal.like(self.out_shift)
@@ -426,7 +429,6 @@ class HeadLane(wiring.Component):
                          for l in range(len(self.o.payload))]
         else:
             self._requantize_in_parts(m, acc, out_mult, out_shift)
-            m.d.comb += self.busy.eq(Cat(pipe.busy for pipe in pipes).any() | self.o.valid)
 
         if R == 1:
             for name in ("q", "k", "v"):

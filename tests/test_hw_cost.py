@@ -744,6 +744,35 @@ def test_zcu102_whole_image_on_rows_fitted_to_the_tokens_within_1_percent():
     assert simulated < ZCU102_BALANCED_IMAGE[0][0]
 
 
+#: zcu102-edge-moe as the search saved it on 2026-12-05 (four context requantizers, 32
+#: LayerNorm and 16 COMBINE lanes, one image in token chunks on two issue lanes), balanced
+#: routing at the ZCU102's memory, Verilator, Verilog memory, bit-exact (2026-12-05, 3,856 s
+#: for both tasks): semseg 805,526 cycles = 4.028 ms (the search said 4.043 ms), depth 787,774.
+ZCU102_CHUNKED_POINT = {
+    "rows": 33, "cols": 64, "max_tokens": 2079, "max_in": 768, "post_lanes": 16,
+    "out_depth": 64, "clock_mhz": 200.0, "heads_parallel": 1, "row_lanes": 4, "score_lanes":
+    64, "kv_depth": 144, "max_head_dim": 64, "bus_width": 512, "max_outstanding": 64,
+    "dsp_packing": 2, "expert_prefetch": 1, "memory_ports": 4, "norm_lanes": 32,
+    "onchip_bytes": 262144, "weight_ports": 4, "issue_lanes": 2, "combine_lanes": 16,
+    "context_lanes": 4, "weight_streaming": 1, "token_chunks": 1}
+ZCU102_CHUNKED_IMAGE = (805_526, 787_774)
+
+
+def test_zcu102_image_in_token_chunks_within_1_percent():
+    """The ZCU102 point that runs one image's token-wise layers in two chunks on two issue
+    lanes, beside its attention's four context requantizers: each task's whole image at the
+    board's memory within 1 % of the co-simulated top (+0.27 / +0.19 %)."""
+    from moevit.hw.config import HwConfig
+
+    hw = HwConfig(name="zcu102-edge-moe", **ZCU102_CHUNKED_POINT)
+    cost = _at_the_boards_memory(routing="balanced", hw=hw)
+    for task, simulated in enumerate(ZCU102_CHUNKED_IMAGE):
+        predicted = cost(task).cycles
+        print(f"task {task}: predicted {predicted:,} vs {simulated:,}: "
+              f"{predicted / simulated - 1:+.2%}")
+        assert abs(predicted / simulated - 1) < 0.01
+
+
 #: zcu104-edge-moe as the search saved it on 2026-12-04 once its rows were fitted (17 rows:
 #: 129 tokens in eight token tiles, three head lanes of 16 score lanes, a 128 KiB window),
 #: balanced routing at the ZCU104's memory, semseg, Verilator, Verilog memory, bit-exact

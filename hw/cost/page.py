@@ -133,8 +133,8 @@ def _units_chart(rows, path):
 FLOORS = (
     ("this top's schedule, this point", "serial", "serial_floor_ms"),
     ("this top's schedule, any fitting point", "serial anywhere", "lowest_serial_floor_ms"),
-    ("any schedule, this point's units", "units", "units_floor_ms"),
-    ("any schedule, any fitting point", "units anywhere", "lowest_floor_ms"),
+    ("any schedule of one image, this point's units", "units", "units_floor_ms"),
+    ("any schedule of one image, any fitting point", "units anywhere", "lowest_floor_ms"),
     ("every weight read once on its ports", "weights", "weights_floor_ms"),
 )
 
@@ -261,8 +261,11 @@ whichever is longer (only instructions run side by side go under it), on this po
 at least on any HwConfig of these kernels that fits the board (`lowest_floor`: every linear
 array, rows up to the tokens and columns dividing the model's width, beside every attention
 kernel that fits with it, the rest at its smallest; LayerNorm, routing and COMBINE left
-out); and any schedule, every unit and the memory busy at once (the busiest unit's work
-alone), on this point's units and at least on any fitting HwConfig.
+out); and any schedule that respects the image's data dependencies (each attention after
+every token's K and V, each MoE layer's experts after every token's routing; the layers
+between those joins pipelined token by token across the units, each stretch as long as its
+busiest unit's work, every weight read ahead), on this point's units and at least on any
+fitting HwConfig.
 
 {ours}
 

@@ -152,6 +152,12 @@ class HwConfig:
         them, a beat leaving ``score_lanes / context_lanes`` cycles after the one before
         (with one head lane only: the engine gathers the head lanes' rows in turn). Rows
         finish ``row_lanes`` every ``tokens * chunks`` cycles, so a few keep up.
+    kv_banks : int
+        Banks of each attention row pipeline's K and V buffers
+        (:class:`moevit.hw.units.attention.AttentionHead`): 1, a head's K and V load once
+        the head before it has finished; 2, they load into the other bank while it
+        computes, so a descriptor's heads after its first start without waiting for them.
+        The block RAM of a buffer of up to 256 beats holds both banks at no cost.
     token_chunks : int
         1: on a top of two issue lanes, a one-image program runs its token-wise layers
         (LayerNorm, the linear layers, the gate and its routing, COMBINE) in two chunks of
@@ -217,6 +223,8 @@ class HwConfig:
     weight_streaming: int = 0
     # One image's token-wise layers in two chunks on the two issue lanes (issue 14): 0 or 1.
     token_chunks: int = 0
+    # The attention's K and V buffers, one head ahead (issue 14): 1 or 2 banks.
+    kv_banks: int = 1
 
     # Fixed by the numeric contract (moevit.model.integer.intops.requantize).
     BIAS_WIDTH = 32
@@ -233,7 +241,8 @@ class HwConfig:
     #: stay valid.
     SILENT_DEFAULTS = {"memory_ports": 1, "norm_lanes": 1, "onchip_bytes": 0,
                        "weight_ports": 1, "row_lanes": 1, "issue_lanes": 1, "combine_lanes": 0,
-                       "weight_streaming": 0, "token_chunks": 0, "context_lanes": 0}
+                       "weight_streaming": 0, "token_chunks": 0, "context_lanes": 0,
+                       "kv_banks": 1}
     #: Fields the RTL does not read (how the compiler lays a program out): :meth:`rtl`.
     COMPILER_ONLY = ("token_chunks",)
     #: Row lanes of a head lane: each copies the head's K and V, so a few.
@@ -360,6 +369,8 @@ class HwConfig:
                 f"Context lanes below the score lanes need one head lane, not "
                 f"{self.heads_parallel}: the attention engine gathers the head lanes' rows in "
                 f"turn, and requantizers slower than that gather would hold each other's")
+        if type(self.kv_banks) is not int or self.kv_banks not in (1, 2):
+            raise ConfigError(f"K/V banks must be 1 or 2, not {self.kv_banks!r}")
         if type(self.weight_streaming) is not int or self.weight_streaming not in (0, 1):
             raise ConfigError(f"Weight streaming must be 0 or 1, not {self.weight_streaming!r}")
         if type(self.token_chunks) is not int or self.token_chunks not in (0, 1):

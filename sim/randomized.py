@@ -136,6 +136,7 @@ def _attention(rng, seed, large, hw):
         context = int(rng.choice([0, 0] + [k for k in (1, 2, 4) if k < lanes]))
         if hw.heads_parallel == 1:
             hw = hw.replace(context_lanes=context)
+        hw = hw.replace(kv_banks=int(rng.choice([1, 2])))
     lanes = hw.score_lanes
     descs = []
 
@@ -257,6 +258,6 @@ def _layernorm(rng, seed, large, hw):
 
 
 _FIELDS = {"attention": ("score_lanes", "max_head_dim", "kv_depth", "heads_parallel",
-                         "row_lanes", "context_lanes"),
+                         "row_lanes", "context_lanes", "kv_banks"),
            "softmax": ("kv_depth",), "layernorm": ("norm_lanes", "max_in"), "gelu": ("cols",)}
 _DRAW = {"attention": _attention, "softmax": _softmax, "gelu": _gelu, "layernorm": _layernorm}

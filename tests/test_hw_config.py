@@ -191,6 +191,24 @@ def test_context_lanes_leave_older_fingerprints_alone():
     assert hw_hash(two) != hw_hash(hw) and HwConfig.from_dict(two.to_dict()) == two
 
 
+@pytest.mark.parametrize("value", [0, 3, True, 2.0, "2"])
+def test_bad_kv_banks(value):
+    with pytest.raises(ConfigError, match=rf"^K/V banks must be 1 or 2, not "
+                                          rf"{re.escape(repr(value))}$"):
+        DEFAULT_HW["tiny"].replace(kv_banks=value)
+
+
+def test_kv_banks_leave_older_fingerprints_alone():
+    """One bank (a head's K and V after the head before, as before the field) stays out of
+    the fingerprint; two are another top."""
+    from moevit.hw.program.program import hw_hash
+
+    hw = get_hw_config("tiny")
+    assert "kv_banks" not in hw.to_dict() and hw.kv_banks == 1
+    two = hw.replace(kv_banks=2)
+    assert hw_hash(two) != hw_hash(hw) and HwConfig.from_dict(two.to_dict()) == two
+
+
 @pytest.mark.parametrize("value", [2, -1, True, 1.0, "1"])
 def test_bad_weight_streaming(value):
     with pytest.raises(ConfigError, match=rf"^Weight streaming must be 0 or 1, not "

@@ -331,9 +331,12 @@ def test_layernorm_engine_cycles_with_lanes(lanes, bus):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("lanes_parallel, score_lanes, context_lanes",
-                         [(1, 32, 0), (2, 32, 0), (3, 16, 0), (2, 8, 0), (1, 32, 4), (1, 8, 2)])
-def test_attention_engine_cycles_with_head_lanes(lanes_parallel, score_lanes, context_lanes):
+@pytest.mark.parametrize("lanes_parallel, score_lanes, context_lanes, kv_banks",
+                         [(1, 32, 0, 1), (2, 32, 0, 1), (3, 16, 0, 1), (2, 8, 0, 1),
+                          (1, 32, 4, 1), (1, 8, 2, 1), (1, 32, 0, 2), (3, 16, 0, 2),
+                          (1, 8, 2, 2)])
+def test_attention_engine_cycles_with_head_lanes(lanes_parallel, score_lanes, context_lanes,
+                                                 kv_banks):
     """Without stalls on a 512-bit bus (the memory never binds), each ATTENTION of two rounds
     of 64-wide heads takes the kernel's model plus the engine's tail
     (:func:`~moevit.hw.cost.cycles.attention_tail`: a cycle a token a round, and the head
@@ -343,15 +346,17 @@ def test_attention_engine_cycles_with_head_lanes(lanes_parallel, score_lanes, co
 
     hw = HwConfig(name="attention-lanes", bus_width=512, score_lanes=score_lanes,
                   heads_parallel=lanes_parallel, max_head_dim=64, kv_depth=24,
-                  context_lanes=context_lanes)
+                  context_lanes=context_lanes, kv_banks=kv_banks)
     rng = np.random.default_rng(replay_seed())
-    width = 2 * lanes_parallel * 64
+    rounds = 2 if kv_banks == 1 else 3      # two banks: a round's K and V behind the last
+    width = rounds * lanes_parallel * 64
     descs, arena = [], _Arena(rng, hw.bus_width // 8)
     sm_mult, sm_shift = intops.softmax_constants(1 / 8)
     out_mult, out_shift = intops.quantize_multiplier(0.3)
     for tokens in (7, 24):
         q = arena.place(tokens * 3 * width)
-        descs.append(AttentionDescriptor(hw, tokens=tokens, heads=2 * lanes_parallel, head_dim=64,
+        descs.append(AttentionDescriptor(hw, tokens=tokens, heads=rounds * lanes_parallel,
+                                         head_dim=64,
                                          sm_mult=int(sm_mult), sm_shift=int(sm_shift),
                                          out_mult=int(out_mult), out_shift=int(out_shift),
                                          q_addr=q, k_addr=q + width, v_addr=q + 2 * width,
@@ -359,7 +364,7 @@ def test_attention_engine_cycles_with_head_lanes(lanes_parallel, score_lanes, co
                                          out_addr=arena.place(tokens * width)))
     summary = _run(AttentionEngine(hw), hw, arena.memory(), descs, seed=0, simulator="icarus",
                    test_id=f"engine-attention-cycles-{lanes_parallel}-{score_lanes}-"
-                           f"{context_lanes}")
+                           f"{context_lanes}-{kv_banks}")
     print(f"{'lanes':>5} {'chunks':>6} {'tokens':>6} {'simulated':>9} {'model':>6} {'error':>7}")
     for d, cycles in zip(descs, summary["cycles"]):
         model = compute_cycles(d, hw) + memory_wait(d, hw, moved_bytes(d, hw), hw.bus_width / 8)

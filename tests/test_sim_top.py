@@ -289,6 +289,19 @@ def test_top_with_fewer_context_requantizers():
     _tiny_on(dict(context_lanes=2), FEW_REQUANTIZERS, "2 context lanes")
 
 
+#: The whole tiny model with two banks of K and V in its attention's row pipelines
+#: (``kv_banks``: a head's K and V load while the head before computes; Verilator,
+#: 2026-12-05, bit-exact): cycles per task (453,968 / 442,664 with one).
+TWO_KV_BANKS = (0, 0)
+
+
+@pytest.mark.slow
+def test_top_with_two_kv_banks():
+    """The whole tiny model, both tasks, its attention heads' K and V loaded behind the
+    head before: bit-exact, the cycles recorded, the cost model within 5 %."""
+    _tiny_on(dict(kv_banks=2), TWO_KV_BANKS, "2 K/V banks")
+
+
 #: The whole tiny model with a weight bank's first tile streamed behind its load
 #: (``weight_streaming``; Verilator, 2026-12-03): name -> (HwConfig changes, memory
 #: latency, cycles per task). "plain": tiny's top otherwise (455,094 / 443,896 without the

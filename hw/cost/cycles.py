@@ -126,7 +126,8 @@ __all__ = ["InstructionCost", "ProgramCost", "program_cycles", "board_bandwidth"
            "compute_cycles",
            "expert_cycles", "expert_scan_cycles", "written_bytes", "LINEAR_TAIL",
            "EXPERT_JOB_CYCLES", "EXPERT_ROW_CYCLES",
-           "ATTENTION_TAIL_FIXED", "attention_kv_cycles", "attention_tail", "LAYERNORM_TAIL",
+           "ATTENTION_TAIL_FIXED", "KV_BANKS_FIXED", "attention_kv_cycles", "attention_tail",
+           "LAYERNORM_TAIL",
            "layernorm_cycles", "layernorm_param_wait",
            "PATCHIFY_TAIL", "patchify_blocks", "ISSUE_CYCLES", "ISSUE_CYCLES_AHEAD", "issue_cycles",
            "NOTED_EXPERT_CYCLES",
@@ -162,6 +163,12 @@ EXPERT_ROW_CYCLES = 2
 #: (Icarus, no stalls, 512-bit bus, heads of 64, 7 to 24 tokens, 1 or 2 rounds): with 1,
 #: 2 and 3 lanes of 2, 4 and 8 chunks it leaves 5 to 7 cycles, 1 or 2 over the fixed 6.
 ATTENTION_TAIL_FIXED = 6
+#: With two banks of K and V (``hw.kv_banks``) a round's K and V are dealt while the round
+#: before computes: the per-round terms count for the first round only, and the
+#: instruction takes this many cycles more. Measured on the engine alone (Icarus, no
+#: stalls, 512-bit bus, heads of 64, 7 and 24 tokens, 2 and 3 rounds; 1 and 3 lanes of 2,
+#: 4 and 8 chunks, 2 of 8 requantizers): exact.
+KV_BANKS_FIXED = 2
 
 
 def attention_kv_cycles(d) -> int:
@@ -171,9 +178,13 @@ def attention_kv_cycles(d) -> int:
 
 
 def attention_tail(d) -> int:
-    """The attention engine's cycles over the kernel's model for descriptor ``d``."""
-    return (d.rounds * (d.tokens + attention_kv_cycles(d) - d.tokens * d.chunks)
-            + ATTENTION_TAIL_FIXED)
+    """The attention engine's cycles over the kernel's model for descriptor ``d`` (with two
+    banks of K and V, when a round computes longer than the next round's K and V take to
+    deal, as on every point the search sees)."""
+    per_round = d.tokens + attention_kv_cycles(d) - d.tokens * d.chunks
+    if d.hw.kv_banks == 2:
+        return per_round + ATTENTION_TAIL_FIXED + KV_BANKS_FIXED
+    return d.rounds * per_round + ATTENTION_TAIL_FIXED
 
 
 #: Per LayerNorm instruction over ``expected_cycles`` (busy LayerNorm 58,551 vs the
@@ -399,7 +410,9 @@ def memory_wait(d, hw, moved, bandwidth, memory_bandwidth=None, *, op=None,
     activations (channel ``x``) take. ATTENTION: a round of ``hw.heads_parallel`` heads
     needs its K (channel ``w``) and V (``chan``) before its first context row; the
     kernel's model and :func:`attention_tail` cover the lanes' pace
-    (:func:`attention_kv_cycles`), the rest of the load is waited for. LAYERNORM: its
+    (:func:`attention_kv_cycles`), the rest of the load is waited for (with two banks of K
+    and V, ``hw.kv_banks``, for the first round; a later round's load waits only where it
+    is longer than the round before computes). LAYERNORM: its
     parameters (channel ``x``) before its first row, beyond what
     :func:`layernorm_param_wait` counts at a bus word a cycle. ROUTE: its indices and
     weights are written after its last token. PATCHIFY: its blocks' loads, each behind the
@@ -438,7 +451,16 @@ def memory_wait(d, hw, moved, bandwidth, memory_bandwidth=None, *, op=None,
             ahead = min(d.tokens, hw.max_outstanding)
             beats = -(-hw.heads_parallel * d.head_dim // (hw.bus_width // 8))
             load = max(load, (d.tokens - ahead) * (latency + beats) / hw.max_outstanding)
-        return d.rounds * max(0, int(np.ceil(load)) - attention_kv_cycles(d))
+        wait = max(0, int(np.ceil(load)) - attention_kv_cycles(d))
+        if hw.kv_banks == 1:
+            return d.rounds * wait
+        # Two banks: a later round's K and V load while the round before computes.
+        from moevit.hw.units.attention import head_cycles
+
+        computes = head_cycles(d.tokens, d.chunks, hw.row_lanes,
+                               hw.score_lanes // hw.context_width) - d.tokens * d.chunks - 1
+        later = max(0, max(int(np.ceil(load)), attention_kv_cycles(d)) - computes)
+        return wait + (d.rounds - 1) * later
     if m == "PATCHIFY" and moved.get("x"):
         # The loader fills one half of the band buffer while the emitter empties the other:
         # the first block loads before any run leaves (PATCHIFY_TAIL holds it at a bus word

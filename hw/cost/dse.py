@@ -679,8 +679,8 @@ def _other_cycles(step, hw) -> tuple:
     # What these steps' compute reads: the attention, LayerNorm and COMBINE lanes, the bus,
     # the columns, buffers.
     key = (step.shape, hw.heads_parallel, hw.row_lanes, hw.score_lanes, hw.context_width,
-           hw.norm_lanes, hw.combine_width, hw.bus_width, hw.cols, hw.max_tokens, hw.kv_depth,
-           hw.max_in, hw.max_head_dim)
+           hw.kv_banks, hw.norm_lanes, hw.combine_width, hw.bus_width, hw.cols, hw.max_tokens,
+           hw.kv_depth, hw.max_in, hw.max_head_dim)
     if key not in _CYCLES:
         d = _other_descriptor(step, hw)
         _CYCLES[key] = (compute_cycles(d, hw, routed=step.routed),
@@ -1006,16 +1006,18 @@ def _base_hw(model, board):
 
     widest = max(model.patch_dim, model.dim, model.mlp_hidden, model.expert_hidden)
     # Every point overlaps: the expert schedule (the sequencer's look-ahead and the next
-    # job's weights read ahead, resources.PREFETCH) and a bank's load with its first tile
-    # (weight_streaming, a compare in the kernel's issue); on one issue lane neither makes
-    # an instruction slower (on two, _streaming_at_best_batch).
+    # job's weights read ahead, resources.PREFETCH), a bank's load with its first tile
+    # (weight_streaming, a compare in the kernel's issue; on one issue lane neither makes
+    # an instruction slower, on two, _streaming_at_best_batch) and an attention head's K
+    # and V with the head before (kv_banks: block RAM where a buffer is over 256 beats,
+    # which the resources count).
     return HwConfig(name=f"{board.name}-{model.name}", max_in=widest,
                     kv_depth=-(-model.tokens // 16) * 16,
                     max_head_dim=model.head_dim, clock_mhz=float(board.clock_mhz),
                     score_lanes=math.gcd(8, model.head_dim), rows=4, cols=8, post_lanes=2,
                     max_tokens=-(-model.tokens // 4) * 4,
                     bus_width=BUS_CHOICES[board.host][0], max_outstanding=OUTSTANDING,
-                    expert_prefetch=1, weight_streaming=1)
+                    expert_prefetch=1, weight_streaming=1, kv_banks=2)
 
 
 def _grid(quick, tokens):

@@ -67,6 +67,8 @@ FIT_POINTS = [
     ("attention", dict(_SMALL_ATTENTION, score_lanes=8, max_head_dim=8, context_lanes=2)),
     ("attention", dict(_SMALL_ATTENTION, score_lanes=8, max_head_dim=8, context_lanes=1)),
     ("attention", dict(_SMALL_ATTENTION, score_lanes=16, max_head_dim=16, context_lanes=4)),
+    ("attention", dict(_SMALL_ATTENTION, score_lanes=4, kv_depth=256, max_head_dim=16,
+                       kv_banks=2)),
     ("layernorm", dict(max_in=512)),
     ("moe", dict(cols=4, max_tokens=8, max_in=32, post_lanes=2)),
     ("moe", dict(cols=8, max_tokens=32, max_in=64, post_lanes=2)),
@@ -134,8 +136,8 @@ def memories(unit: str, hw) -> list:
                 ("w", 8 * hw.cols, 2 * hw.max_in, 1), ("out", 8 * hw.cols + 1, hw.out_depth, 1)]
     if unit == "attention":
         chunks = hw.max_head_dim // hw.score_lanes
-        lane = [("k", 8 * hw.score_lanes, hw.kv_depth * chunks, 1),
-                ("v", 8 * hw.score_lanes, hw.kv_depth * chunks, 1),
+        kv = hw.kv_banks * hw.kv_depth * chunks
+        lane = [("k", 8 * hw.score_lanes, kv, 1), ("v", 8 * hw.score_lanes, kv, 1),
                 ("scores", products_width(hw.max_head_dim), _SCORE_BANKS * hw.kv_depth, 1),
                 ("exps", EXP_WIDTH, _EXP_BANKS * hw.kv_depth, 1)]
         return lane * hw.heads_parallel * hw.row_lanes
@@ -432,7 +434,7 @@ def unit_dsp(unit: str, hw) -> int:
 FEATURES = {
     "linear": ("1", "rows*cols", "rows", "cols", "post_lanes"),
     "attention": ("1", "pipelines", "pipelines*score_lanes", "pipelines*head_dim",
-                  "heads*context_lanes", "heads*held_lanes"),
+                  "heads*context_lanes", "heads*held_lanes", "pipelines*second_bank"),
     "layernorm": ("1",),
     "moe": ("1", "cols"),
     "control": ("1",),
@@ -453,6 +455,9 @@ def _features(unit, hw):
               # ... and, with fewer than the score lanes, the beat held in parts before them.
               "heads*held_lanes": hw.heads_parallel * hw.score_lanes * (
                   hw.context_width < hw.score_lanes),
+              # ... and a second bank of K and V in each pipeline: its address adders and
+              # the count of the heads loaded.
+              "pipelines*second_bank": hw.heads_parallel * hw.row_lanes * (hw.kv_banks - 1),
               "log2(max_in)": math.log2(hw.max_in), "bus_width": hw.bus_width}
     return np.array([values[name] for name in FEATURES[unit]])
 

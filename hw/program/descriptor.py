@@ -518,17 +518,16 @@ class AttentionDescriptor(Descriptor):
 
     def expected_cycles(self, *, following=False) -> int:
         """Cycles from the descriptor's acceptance to the last context beat, fed without
-        gaps and drained without back-pressure: ``rounds`` heads of
-        :func:`moevit.hw.units.attention.head_cycles` each. With ``following``, from the
+        gaps and drained without back-pressure: ``rounds`` heads
+        (:func:`moevit.hw.units.attention.heads_cycles`). With ``following``, from the
         previous operation's last beat (the kernel takes the next descriptor
         :func:`~moevit.hw.units.attention.restart_cycles` later). Exact
         (tests/test_sim_random_units.py)."""
-        from moevit.hw.units.attention import head_cycles, head_tail, restart_cycles
+        from moevit.hw.units.attention import heads_cycles, restart_cycles
 
         parts = self.hw.score_lanes // self.hw.context_width
-        shape = (self.tokens, self.chunks, self.hw.row_lanes, parts)
-        return self.rounds * head_cycles(*shape) + head_tail(*shape) + (
-            restart_cycles(parts) if following else 0)
+        return heads_cycles(self.tokens, self.chunks, self.rounds, self.hw.row_lanes, parts,
+                            self.hw.kv_banks) + (restart_cycles(parts) if following else 0)
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ from moevit.hw.units.softmax import EMIT_LATENCY, RowSchedule, Softmax
 from moevit.model.integer import intops
 
 __all__ = ["AttentionHead", "HeadLane", "Attention", "beat_layout", "acc_layout", "head_cycles",
-           "head_tail", "RESTART_CYCLES", "restart_cycles"]
+           "head_tail", "heads_cycles", "RESTART_CYCLES", "restart_cycles"]
 
 # u16 probability times int8 value: s24; a row of them sums to an int32
 # (intops.weighted_sum).
@@ -98,7 +98,7 @@ class AttentionHead(wiring.Component):
         A context row's accumulators, ``lanes`` per beat in ``q``'s beat order.
     """
 
-    def __init__(self, *, lanes, max_tokens, max_head_dim):
+    def __init__(self, *, lanes, max_tokens, max_head_dim, kv_banks=1):
         self._MustUse__silence = True  # a unit rejected here is not an unused one
         for what, value in (("Score lanes", lanes), ("Key/value buffer depth", max_tokens),
                             ("Head dim", max_head_dim)):
@@ -106,6 +106,9 @@ class AttentionHead(wiring.Component):
                 raise TypeError(f"{what} must be a positive integer, not {value!r}")
         if max_head_dim % lanes:
             raise ValueError(f"Score lanes {lanes} do not divide the head dim {max_head_dim}")
+        if kv_banks not in (1, 2) or isinstance(kv_banks, bool):
+            raise ValueError(f"K/V banks must be 1 or 2, not {kv_banks!r}")
+        self._kv_banks = kv_banks
         self._lanes = lanes
         self._max_tokens = max_tokens
         self._max_chunks = max_head_dim // lanes
@@ -142,8 +145,9 @@ class AttentionHead(wiring.Component):
         word = unsigned(8 * L)
         addr_shape = range(depth + 1)
 
-        m.submodules.kbuf = kbuf = memory.Memory(shape=word, depth=depth, init=[])
-        m.submodules.vbuf = vbuf = memory.Memory(shape=word, depth=depth, init=[])
+        banks = self._kv_banks
+        m.submodules.kbuf = kbuf = memory.Memory(shape=word, depth=banks * depth, init=[])
+        m.submodules.vbuf = vbuf = memory.Memory(shape=word, depth=banks * depth, init=[])
         k_wr, k_rd = kbuf.write_port(), kbuf.read_port()
         v_wr, v_rd = vbuf.write_port(), vbuf.read_port()
         m.submodules.softmax = sm = Softmax(max_row=T_max, score_width=self.score_width)
@@ -163,6 +167,16 @@ class AttentionHead(wiring.Component):
         k_cnt = Signal(addr_shape)
         v_cnt = Signal(addr_shape)
         computing = Signal()
+        full = Signal()     # the K and V of the head loading are in
+        m.d.comb += full.eq((k_cnt == words) & (v_cnt == words))
+        # With two banks the K and V of head ``loads`` go into bank ``loads % 2`` while
+        # ``head`` computes on the other: ``loads`` is at most one head ahead.
+        loads = Signal.like(rounds)
+        loaded = Signal()   # the head to compute has its K and V in
+        if banks == 1:
+            m.d.comb += loaded.eq(full)
+        else:
+            m.d.comb += loaded.eq((loads > head) | ((loads == head) & full))
 
         # Head sequencing: load K and V, compute every row, next head.
         # Comb outputs from the state, not assigned inside it: Icarus never
@@ -172,15 +186,17 @@ class AttentionHead(wiring.Component):
                 with m.If(self.start):
                     m.d.sync += [tokens.eq(self.tokens), rows.eq(self.rows),
                                  chunks.eq(self.chunks),
-                                 rounds.eq(self.rounds), head.eq(0)]
+                                 rounds.eq(self.rounds), head.eq(0), loads.eq(0)]
                     m.d.sync += [dst.eq(src) for dst, src in zip(
                         consts, (self.sm_mult, self.sm_shift))]
                     m.next = "LOAD"
             with m.State("LOAD"):
                 with m.If(head == rounds):
                     m.next = "IDLE"
-                with m.Elif((k_cnt == words) & (v_cnt == words)):
-                    m.d.sync += [rows_out.eq(0), k_cnt.eq(0), v_cnt.eq(0)]
+                with m.Elif(loaded):
+                    m.d.sync += rows_out.eq(0)
+                    if banks == 1:
+                        m.d.sync += [k_cnt.eq(0), v_cnt.eq(0)]
                     m.next = "COMPUTE"
             with m.State("COMPUTE"):
                 with m.If(rows_out == rows):
@@ -192,13 +208,24 @@ class AttentionHead(wiring.Component):
 
         # K and V into their buffers, side by side.
         loading = Signal()
-        m.d.comb += loading.eq(fsm.ongoing("LOAD") & (head != rounds))
+        k_base = Signal(range(banks * depth))   # the bank written
+        read_base = Signal(range(banks * depth))  # the bank computed on
+        if banks == 1:
+            m.d.comb += loading.eq(fsm.ongoing("LOAD") & (head != rounds))
+        else:
+            m.d.comb += [
+                loading.eq(~fsm.ongoing("IDLE") & (loads != rounds)
+                           & ((loads == head) | (loads == head + 1))),
+                k_base.eq(Mux(loads[0], depth, 0)), read_base.eq(Mux(head[0], depth, 0)),
+            ]
+            with m.If(loading & full):
+                m.d.sync += [loads.eq(loads + 1), k_cnt.eq(0), v_cnt.eq(0)]
         m.d.comb += [
             self.k.ready.eq(loading & (k_cnt != words)),
-            k_wr.addr.eq(k_cnt), k_wr.data.eq(self.k.payload.as_value()),
+            k_wr.addr.eq(k_base + k_cnt), k_wr.data.eq(self.k.payload.as_value()),
             k_wr.en.eq(self.k.valid & self.k.ready),
             self.v.ready.eq(loading & (v_cnt != words)),
-            v_wr.addr.eq(v_cnt), v_wr.data.eq(self.v.payload.as_value()),
+            v_wr.addr.eq(k_base + v_cnt), v_wr.data.eq(self.v.payload.as_value()),
             v_wr.en.eq(self.v.valid & self.v.ready),
         ]
         with m.If(k_wr.en):
@@ -206,11 +233,11 @@ class AttentionHead(wiring.Component):
         with m.If(v_wr.en):
             m.d.sync += v_cnt.eq(v_cnt + 1)
 
-        self._qk(m, k_rd, sm, tokens, rows, chunks, computing)
-        self._pv(m, v_rd, sm, tokens, chunks, computing, rows_out)
+        self._qk(m, k_rd, sm, tokens, rows, chunks, computing, read_base)
+        self._pv(m, v_rd, sm, tokens, chunks, computing, rows_out, read_base)
         return m
 
-    def _qk(self, m, k_rd, sm, tokens, rows, chunks, computing):
+    def _qk(self, m, k_rd, sm, tokens, rows, chunks, computing, read_base):
         """Query rows against the K buffer: one score per key on ``sm.i``."""
         L, C_max = self._lanes, self._max_chunks
         beat = beat_layout(L)
@@ -241,7 +268,7 @@ class AttentionHead(wiring.Component):
         issue = Signal()
         m.d.comb += [
             issue.eq(computing & (rows_loaded != r_issue) & advance),
-            k_rd.addr.eq(i_addr),
+            k_rd.addr.eq(read_base + i_addr),
             k_rd.en.eq(advance),
         ]
         end_key = Signal()
@@ -293,7 +320,7 @@ class AttentionHead(wiring.Component):
                          sm.i.payload.score.eq(total),
                          sm.i.payload.last.eq(p2_end_row)]
 
-    def _pv(self, m, v_rd, sm, tokens, chunks, computing, rows_out):
+    def _pv(self, m, v_rd, sm, tokens, chunks, computing, rows_out, read_base):
         """Probabilities times the V buffer into context rows on ``acc``."""
         L, C_max = self._lanes, self._max_chunks
         beat = beat_layout(L)
@@ -315,7 +342,7 @@ class AttentionHead(wiring.Component):
                              & ~(sm.o.payload.last & end_key & shadow_busy))
         m.d.comb += [
             sm.o.ready.eq(issue & end_key),
-            v_rd.addr.eq(i_addr),
+            v_rd.addr.eq(read_base + i_addr),
         ]
         with m.If(issue):
             m.d.sync += [i_c.eq(Mux(end_key, 0, i_c + 1)), i_addr.eq(i_addr + 1)]
@@ -380,7 +407,8 @@ class HeadLane(wiring.Component):
     ``out_shift`` (the context's requantization) and ``o`` (int8 beats) for ``acc``.
     """
 
-    def __init__(self, *, row_lanes, lanes, max_tokens, max_head_dim, context_lanes=0):
+    def __init__(self, *, row_lanes, lanes, max_tokens, max_head_dim, context_lanes=0,
+                 kv_banks=1):
         if not isinstance(row_lanes, int) or row_lanes < 1 or row_lanes & (row_lanes - 1):
             self._MustUse__silence = True  # a unit rejected here is not an unused one
             raise ValueError(f"Row lanes must be a power of two, not {row_lanes!r}")
@@ -391,7 +419,8 @@ class HeadLane(wiring.Component):
                              f"not {context_lanes!r}")
         self._context_lanes = context_lanes or lanes
         self._rows = [AttentionHead(lanes=lanes, max_tokens=max_tokens,
-                                    max_head_dim=max_head_dim) for _ in range(row_lanes)]
+                                    max_head_dim=max_head_dim, kv_banks=kv_banks)
+                      for _ in range(row_lanes)]
         ports = dict(self._rows[0].signature.members)
         del ports["rows"], ports["acc"]
         ports.update(out_mult=In(intops.MULT_BITS), out_shift=In(6),
@@ -569,7 +598,7 @@ class Attention(wiring.Component):
         for p in range(hw.heads_parallel):
             lane = HeadLane(row_lanes=hw.row_lanes, lanes=hw.score_lanes,
                             max_tokens=hw.kv_depth, max_head_dim=hw.max_head_dim,
-                            context_lanes=hw.context_lanes)
+                            context_lanes=hw.context_lanes, kv_banks=hw.kv_banks)
             m.submodules[f"head{p}"] = lane
             lanes.append(lane)
             for name in ("q", "k", "v"):
@@ -650,43 +679,65 @@ def head_cycles(tokens, chunks, row_lanes=1, parts=1):
     ``score_lanes / context_lanes``, the cycles a gathered beat takes through the
     head lane's requantizers (:class:`HeadLane`).
     """
-    return _head(tokens, chunks, row_lanes, parts)[0]
+    return _heads(tokens, chunks, row_lanes, parts, 1, 1)[0]
 
 
 def head_tail(tokens, chunks, row_lanes=1, parts=1):
     """Cycles from the last head's :func:`head_cycles` to the cycle after its last context
     beat: 0 when the requantizers take a beat a cycle (it leaves as it is gathered), else
     the parts of the last beat still in them and their output register."""
-    span, end = _head(tokens, chunks, row_lanes, parts)
+    span, end = _heads(tokens, chunks, row_lanes, parts, 1, 1)
     return end - span
 
 
+def heads_cycles(tokens, chunks, rounds, row_lanes=1, parts=1, banks=1):
+    """Cycles of a descriptor's ``rounds`` heads on one head lane, from the first K/V beat
+    to the cycle after the last context beat. With one bank of K and V (``banks`` 1) the
+    heads follow one another: ``rounds`` :func:`head_cycles` and the last's
+    :func:`head_tail`. With two, a head's K and V load while the head before computes (a
+    row pipeline takes the next head's beats once it has started the head before and the
+    K and V before are in), and each row pipeline starts its next head as soon as it has
+    finished its rows of the one before and that head's K and V are in."""
+    return _heads(tokens, chunks, row_lanes, parts, rounds, banks)[1]
+
+
 @lru_cache(maxsize=256)
-def _head(tokens, chunks, row_lanes, parts):
-    """:func:`head_cycles` and the cycle after the head's last context beat."""
-    T, C, N = tokens, chunks, parts
-    compute = T * C + 1  # K and V take `T * C` cycles, then one to switch to compute
-    lanes = [_RowPipeline(T, C, compute) for _ in range(row_lanes)]
-    dealt = gathered = compute
-    for r in range(T):
-        lane = lanes[r % row_lanes]
-        dealt = max(dealt, lane.q_free()) + C
-        done = lane.add_row(dealt)
-        # Its context's first beat in the lane's output register, once the row before
-        # has left it.
-        first = max(done + OUT_DEPTH + 1, lane.out_free)
-        taken = max(first, gathered)  # ... shown to the requantizers
-        # Beat c moves on from the shadow registers as beat c - 1 is taken, N - 1 cycles
-        # after it is shown; the last beat frees them (PV's last probability waits).
-        free = taken + (C - 1) * N if C > 1 else first
-        lane.pv.row_done += free - (done + OUT_DEPTH + C)
-        gathered = taken + C * N
-        lane.out_free = gathered
-    if N == 1:
-        return gathered, gathered  # the next head loads the cycle after the last beat
-    # The last row's pipeline loads the next head the cycle after its last beat left the
-    # shadow registers; that beat leaves the output register N cycles after it is shown.
-    return free + 1, gathered + 1
+def _heads(tokens, chunks, row_lanes, parts, rounds, banks):
+    """``(span, end)`` of ``rounds`` heads: the cycle the next head's first K/V beat could
+    come (a descriptor's next head on one bank), and the cycle after the last context
+    beat."""
+    T, C, N, R = tokens, chunks, parts, row_lanes
+    ready = [0] * R     # a row pipeline's first cycle waiting for its next head (LOAD)
+    began = [0] * R     # ... and for the head it computes, once it began waiting for it
+    first_kv = 0        # the head's first K/V beat
+    dealt = gathered = _NEVER
+    for head in range(rounds):
+        loaded = first_kv + T * C    # its K and V in
+        # K and V take `T * C` cycles, then one to switch to compute
+        lanes = [_RowPipeline(T, C, max(r, loaded) + 1) for r in ready]
+        began, ready = ready, [lane.compute + 1 for lane in lanes]  # a lane without rows
+        for r in range(T):
+            lane = lanes[r % R]
+            dealt = max(dealt, lane.q_free()) + C
+            done = lane.add_row(dealt)
+            # Its context's first beat in the lane's output register, once the row before
+            # has left it.
+            first = max(done + OUT_DEPTH + 1, lane.out_free)
+            taken = max(first, gathered)  # ... shown to the requantizers
+            # Beat c moves on from the shadow registers as beat c - 1 is taken, N - 1
+            # cycles after it is shown; the last beat frees them (PV's last probability
+            # waits).
+            free = taken + (C - 1) * N if C > 1 else first
+            lane.pv.row_done += free - (done + OUT_DEPTH + C)
+            gathered = taken + C * N
+            lane.out_free = gathered
+            # The next head loads the cycle after the last beat (through requantizers of
+            # fewer lanes: the cycle after it left the shadow registers).
+            ready[r % R] = gathered if N == 1 else free + 1
+        # The next head's K and V: on one bank once every pipeline waits for it; on two
+        # once its bank is free (every pipeline has begun this head) and this one's are in.
+        first_kv = max(ready) if banks == 1 else max(max(began), loaded + 1)
+    return max(ready), gathered + (N > 1)
 
 
 class _RowPipeline:

@@ -338,10 +338,12 @@ def test_layernorm_engine_cycles_with_lanes(lanes, bus):
 def test_attention_engine_cycles_with_head_lanes(lanes_parallel, score_lanes, context_lanes,
                                                  kv_banks):
     """Without stalls on a 512-bit bus (the memory never binds), each ATTENTION of two rounds
-    of 64-wide heads takes the kernel's model plus the engine's tail
-    (:func:`~moevit.hw.cost.cycles.attention_tail`: a cycle a token a round, and the head
-    lanes' K and V dealt one score-lane beat a cycle): the cost model's attention term,
-    within 8 cycles an instruction; the error printed. Icarus: one small build a point."""
+    of 64-wide heads (three on two banks of K and V) takes the kernel's model plus the
+    engine's tail (:func:`~moevit.hw.cost.cycles.attention_tail`: a cycle a token a round,
+    and the head lanes' K and V dealt one score-lane beat a cycle; on two banks the first
+    round's only, and :data:`~moevit.hw.cost.cycles.KV_BANKS_FIXED`): the cost model's
+    attention term, within 8 cycles an instruction (on two banks, exact); the error
+    printed. Icarus: one small build a point."""
     from moevit.hw.cost.cycles import attention_tail, compute_cycles, memory_wait, moved_bytes
 
     hw = HwConfig(name="attention-lanes", bus_width=512, score_lanes=score_lanes,
@@ -371,4 +373,4 @@ def test_attention_engine_cycles_with_head_lanes(lanes_parallel, score_lanes, co
         assert compute_cycles(d, hw) == d.expected_cycles() + attention_tail(d)
         print(f"{lanes_parallel:>5} {d.chunks:>6} {d.tokens:>6} {cycles:>9} {model:>6} "
               f"{(model - cycles) / cycles:>7.2%}")
-        assert abs(model - cycles) <= 8, (model, cycles)
+        assert abs(model - cycles) <= (8 if kv_banks == 1 else 0), (model, cycles)

@@ -1009,15 +1009,14 @@ def _base_hw(model, board):
     # job's weights read ahead, resources.PREFETCH), a bank's load with its first tile
     # (weight_streaming, a compare in the kernel's issue; on one issue lane neither makes
     # an instruction slower, on two, _streaming_at_best_batch) and an attention head's K
-    # and V with the head before (kv_banks: block RAM where a buffer is over 256 beats,
-    # which the resources count).
+    # and V with the head before where it is free (kv_banks, :func:`_kv_banks`).
     return HwConfig(name=f"{board.name}-{model.name}", max_in=widest,
                     kv_depth=-(-model.tokens // 16) * 16,
                     max_head_dim=model.head_dim, clock_mhz=float(board.clock_mhz),
                     score_lanes=math.gcd(8, model.head_dim), rows=4, cols=8, post_lanes=2,
                     max_tokens=-(-model.tokens // 4) * 4,
                     bus_width=BUS_CHOICES[board.host][0], max_outstanding=OUTSTANDING,
-                    expert_prefetch=1, weight_streaming=1, kv_banks=2)
+                    expert_prefetch=1, weight_streaming=1)
 
 
 def _grid(quick, tokens):
@@ -1308,12 +1307,26 @@ def _attention_lanes(model, base, score_grid, attention):
     """``base`` with each attention kernel the model takes: heads in parallel dividing its
     heads, row lanes (:data:`ROW_LANES`) up to its tokens, score lanes of ``score_grid``
     dividing its head width; its context lanes :func:`_context_lanes` for the ``ATTENTION``
-    steps ``attention``."""
+    steps ``attention``, and two banks of K and V where they take no more block RAM than
+    one (:func:`_kv_banks`)."""
     for hp in _divisors(model.heads, range(1, model.heads + 1)):
         for rl in (r for r in ROW_LANES if r <= model.tokens):
             for sl in _divisors(model.head_dim, score_grid):
                 hw = base.replace(heads_parallel=hp, row_lanes=rl, score_lanes=sl)
-                yield hw.replace(context_lanes=_context_lanes(hw, attention))
+                hw = hw.replace(context_lanes=_context_lanes(hw, attention))
+                yield hw.replace(kv_banks=_kv_banks(hw))
+
+
+def _kv_banks(hw) -> int:
+    """2 when a second bank of K and V costs ``hw``'s attention kernel no block RAM (its
+    buffers hold a bank of up to half a BRAM's depth: edge-moe's 144 tokens), else 1: a
+    second bank only saves the heads' K and V loads, a few per cent of the attention's
+    cycles, which the block RAM it would take from the token buffer and the on-chip
+    window would cost more than (m3vit-s's 1,216 tokens on zcu102: 226.6 -> 271.7 ms)."""
+    from moevit.hw.cost.resources import unit_resources
+
+    one, two = (unit_resources("attention", hw.replace(kv_banks=k)).bram36 for k in (1, 2))
+    return 2 if two == one else 1
 
 
 def _context_lanes(hw, attention) -> int:
@@ -1385,7 +1398,7 @@ def search(board, config, *, quick=False, fabric=True, progress=True) -> list:
         cycles = sum(_other_cycles(s, hw)[0] * n for s, n in attention)
         res = unit_resources("attention", hw, the_fit)
         lanes.append((cycles, res.dsp, res.lut if fabric else 0, hw.heads_parallel,
-                      hw.row_lanes, hw.score_lanes, hw.context_lanes))
+                      hw.row_lanes, hw.score_lanes, hw.context_lanes, hw.kv_banks))
     # Per share three picks: within its DSPs, with one row lane (the search before row lanes:
     # it keeps every point that one tried) and with any, and within its DSPs and LUTs (row
     # lanes cost LUTs the DSPs do not show); each tried once, at the smallest share giving it.
@@ -1402,13 +1415,13 @@ def search(board, config, *, quick=False, fabric=True, progress=True) -> list:
     # Stage 2: the linear array, packing, post lanes, bus, LayerNorm lanes and buffers under
     # the rest.
     candidates = []
-    for (share, *_), (hp, rl, sl, cl) in stage1.items():
+    for (share, *_), (hp, rl, sl, cl, kb) in stage1.items():
         for r in rows_grid:
             for c in _divisors(model.dim, cols_grid):
                 for packing in (1, 2) if c % 2 == 0 else (1,):
                     for post in _divisors(c, post_grid):
                         for bus in _buses(board, c):
-                            candidates.append((share, hp, rl, sl, cl, r, c, packing, post,
+                            candidates.append((share, hp, rl, sl, cl, kb, r, c, packing, post,
                                                bus))
     _STAGE2.update(work=work, board=board, base=base, the_fit=the_fit, fabric=fabric,
                    model=model, norms=norms, combines=combines)
@@ -1460,19 +1473,19 @@ def _workers(tasks):
 
 
 def _stage2_point(candidate):
-    """Stage 2 of one ``(share, heads_parallel, row_lanes, score_lanes, context_lanes, rows,
-    cols, packing, post_lanes, bus)``: ``("point", Point)``, ``("miss", the limit it is
-    over)``, or ``(None, None)`` for a point the top cannot take."""
+    """Stage 2 of one ``(share, heads_parallel, row_lanes, score_lanes, context_lanes,
+    kv_banks, rows, cols, packing, post_lanes, bus)``: ``("point", Point)``, ``("miss", the
+    limit it is over)``, or ``(None, None)`` for a point the top cannot take."""
     from moevit.hw.cost.resources import resources
     from moevit.hw.program.descriptor import DescriptorError
 
     s = _STAGE2
     work, board, the_fit, fabric, model = (s[k] for k in ("work", "board", "the_fit",
                                                           "fabric", "model"))
-    share, hp, rl, sl, cl, r, c, packing, post, bus = candidate
+    share, hp, rl, sl, cl, kb, r, c, packing, post, bus = candidate
     try:
         hw = s["base"].replace(heads_parallel=hp, row_lanes=rl, score_lanes=sl,
-                               context_lanes=cl, rows=r, cols=c,
+                               context_lanes=cl, kv_banks=kb, rows=r, cols=c,
                                dsp_packing=packing, post_lanes=post, bus_width=bus,
                                max_tokens=-(-model.tokens // r) * r)
     except ConfigError:
@@ -1512,8 +1525,9 @@ def _rank(points, work, board, the_fit, fabric) -> list:
     """``points`` best first by the board's objective (:data:`OBJECTIVES`), each with its
     best batch: on a latency board those whose batch-1 latency is within
     :data:`LATENCY_SLACK` of the fastest, the fastest first (then the most images a second);
-    on a throughput board every point :func:`array_bound` does not rule out, its window, memory ports and issue lanes chosen
-    again at its best batch (:func:`_window_at_best_batch`, :func:`_ports_at_best_batch`,
+    on a throughput board every point :func:`array_bound` does not rule out, its window,
+    memory ports and issue lanes chosen again at its best batch
+    (:func:`_window_at_best_batch`, :func:`_ports_at_best_batch`,
     :func:`_lanes_at_best_batch`), the most images a second at its best batch first (then
     the fastest at batch 1)."""
     if OBJECTIVES[board.host][0] == "latency":

@@ -28,7 +28,8 @@ up with all of them).
 Stream order, per head of a lane: K (``tokens * C`` beats, token-major, each
 beat ``L`` int8 of one token), V (same, accepted alongside K), then Q (same,
 accepted once K and V are in); ``o`` carries the context rows in the same
-beat order.
+beat order. With two banks of K and V (``hw.kv_banks``) the next head's K and V
+are accepted while the head before computes (its Q still streaming).
 """
 
 import bisect
@@ -80,6 +81,9 @@ class AttentionHead(wiring.Component):
         Depth of the K and V buffers in tokens (the longest sequence).
     max_head_dim : int
         Widest head; a multiple of ``lanes``.
+    kv_banks : int
+        1: a head's K and V load once the head before has left the pipeline; 2: into the
+        other bank, while the head before computes (at most one head ahead).
 
     Members
     -------
@@ -208,24 +212,25 @@ class AttentionHead(wiring.Component):
 
         # K and V into their buffers, side by side.
         loading = Signal()
-        k_base = Signal(range(banks * depth))   # the bank written
-        read_base = Signal(range(banks * depth))  # the bank computed on
+        write_base = Signal(range(banks * depth))   # the bank loading
+        read_base = Signal(range(banks * depth))    # the bank computed on
         if banks == 1:
             m.d.comb += loading.eq(fsm.ongoing("LOAD") & (head != rounds))
         else:
             m.d.comb += [
                 loading.eq(~fsm.ongoing("IDLE") & (loads != rounds)
                            & ((loads == head) | (loads == head + 1))),
-                k_base.eq(Mux(loads[0], depth, 0)), read_base.eq(Mux(head[0], depth, 0)),
+                write_base.eq(Mux(loads[0], depth, 0)),
+                read_base.eq(Mux(head[0], depth, 0)),
             ]
             with m.If(loading & full):
                 m.d.sync += [loads.eq(loads + 1), k_cnt.eq(0), v_cnt.eq(0)]
         m.d.comb += [
             self.k.ready.eq(loading & (k_cnt != words)),
-            k_wr.addr.eq(k_base + k_cnt), k_wr.data.eq(self.k.payload.as_value()),
+            k_wr.addr.eq(write_base + k_cnt), k_wr.data.eq(self.k.payload.as_value()),
             k_wr.en.eq(self.k.valid & self.k.ready),
             self.v.ready.eq(loading & (v_cnt != words)),
-            v_wr.addr.eq(k_base + v_cnt), v_wr.data.eq(self.v.payload.as_value()),
+            v_wr.addr.eq(write_base + v_cnt), v_wr.data.eq(self.v.payload.as_value()),
             v_wr.en.eq(self.v.valid & self.v.ready),
         ]
         with m.If(k_wr.en):
@@ -638,10 +643,11 @@ class Attention(wiring.Component):
 # Timing -------------------------------------------------------------------------
 # The exact cost model of the kernel, read from the RTL above and equal to the
 # simulated cycles (tests/test_sim_random_units.py, moevit bench attention).
-# Heads do not overlap (a head loads K and V only once the previous head's last
-# context beat has left its row pipeline), so every head of a descriptor takes the same
-# time: :func:`head_cycles` (and the last its :func:`head_tail` more, the beat still in
-# the requantizers).
+# On one bank of K and V heads do not overlap (a head loads K and V only once the
+# previous head's last context beat has left its row pipeline), so every head of a
+# descriptor takes the same time: :func:`head_cycles` (and the last its :func:`head_tail`
+# more, the beat still in the requantizers). On two a head's K and V load behind the head
+# before, and each row pipeline starts its next head on its own: :func:`heads_cycles`.
 #: Issue of a key's last chunk -> its score on the softmax's input.
 QK_DEPTH = 3
 #: PV takes a row's last probability at cycle t -> its C context beats leave at

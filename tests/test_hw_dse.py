@@ -567,7 +567,8 @@ def test_two_kv_banks_where_they_take_no_block_ram(rows):
     for (board, config), row in rows.items():
         hw = HwConfig.from_dict(row["hw"])
         one, two = (unit_resources("attention", hw.replace(kv_banks=k)) for k in (1, 2))
-        assert hw.kv_banks == _kv_banks(hw) == (2 if one.bram36 == two.bram36 else 1)
+        assert row["kv_banks"] == hw.kv_banks == _kv_banks(hw) == (
+            2 if one.bram36 == two.bram36 else 1)
         assert hw.kv_banks == (2 if config == "edge-moe" else 1), (board, config)
     hw = HwConfig.from_dict(rows["zcu102", "edge-moe"]["hw"])
     steps = [(s, n) for s, n in workload("edge-moe").steps("semseg") if s.mnemonic == "ATTENTION"]

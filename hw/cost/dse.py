@@ -1660,7 +1660,8 @@ def point_row(point, board, work, fabric=True) -> dict:
         "attention_mac_units": attention_units, "dsp_packing": hw.dsp_packing,
         "memory_ports": hw.memory_ports, "weight_ports": hw.weight_ports,
         "norm_lanes": hw.norm_lanes, "combine_lanes": hw.combine_width,
-        "context_lanes": hw.context_width, "onchip_bytes": hw.onchip_bytes,
+        "context_lanes": hw.context_width, "kv_banks": hw.kv_banks,
+        "onchip_bytes": hw.onchip_bytes,
         "issue_lanes": hw.issue_lanes,
         "latency_ms": point.latency_ms, "fps_batch1": fps1, "best_batch": point.best_batch,
         "best_fps": best_fps, "macs_per_image": macs, "gops": 2 * macs * fps1 / 1e9,
@@ -1991,7 +1992,8 @@ def print_dse(rows) -> None:
               f"packing {h['dsp_packing']}, {h['post_lanes']} post lanes), attention "
               f"{h['heads_parallel']} heads x {h.get('row_lanes', 1)} rows x 2 x "
               f"{h['score_lanes']} lanes ({r['attention_mac_units']} MAC units, "
-              f"{r['context_lanes']} context requantizers a head lane), "
+              f"{r['context_lanes']} context requantizers a head lane, "
+              f"{r['kv_banks']} bank(s) of K and V), "
               f"{r['norm_lanes']} LayerNorm lanes, "
               f"{r['combine_lanes']} COMBINE lanes, "
               f"bus {h['bus_width']} bits x {r['memory_ports']} memory port(s) (weights "

@@ -1839,15 +1839,16 @@ def lowest_floor(work, board, task, fabric=True, *, mac_units=0, serial=False):
     bandwidth = min(max(_port_counts(board, least)) * port, memory)
     steps = work.steps(task)
     linear = [s for s, _ in steps if s.mnemonic in ("LINEAR", "EXPERT")]
-    attention = [s for s, _ in steps if s.mnemonic == "ATTENTION"]
-    # Each shape's count per segment of the image (serial: one segment of them all).
+    attending = [(s, n) for s, n in steps if s.mnemonic == "ATTENTION"]
+    # Each shape's count per segment of the image (serial: one segment of them all), a row
+    # a shape of ``linear`` and of the attention steps.
     segments = (work.in_order(task),) if serial else image_segments(work, task)
     counts = {}
     for i, segment in enumerate(segments):
         for step in segment:
             counts.setdefault(step.shape, np.zeros(len(segments)))[i] += 1
-    in_segments = {kind: np.array([counts[s.shape] for s in kind]).reshape(len(kind), -1)
-                   for kind in (tuple(linear), tuple(attention))}
+    linear_in, attention_in = (np.array([counts[s.shape] for s in kind]).reshape(len(kind), -1)
+                               for kind in (linear, [s for s, _ in attending]))
     # The array's steps change with its rows only where a layer's or an expert's tokens
     # take one token tile less: the fewest rows for each count of tiles suffice.
     tokens = {s.values["tokens"] if s.mnemonic == "LINEAR" else s.routed for s in linear} - {0}
@@ -1855,7 +1856,6 @@ def lowest_floor(work, board, task, fabric=True, *, mac_units=0, serial=False):
     # (a bound on its floors, its cycles per segment, its weights' reading (serial: 0),
     # what binds its part of a serial floor, hw, the resources of all but the attention)
     arrays = []
-    shapes = in_segments[tuple(linear)]
     for cols in (c for c in range(1, model.dim + 1) if model.dim % c == 0):
         if not _buses(board, cols):
             continue                # the linear engine writes whole bus words
@@ -1869,19 +1869,17 @@ def lowest_floor(work, board, task, fabric=True, *, mac_units=0, serial=False):
                     continue
                 held = np.array([kernel_cycles(s, hw) for s in linear])
                 reading = np.array([weight_bytes(s, hw) / bandwidth for s in linear])
-                beats, read = held @ shapes.sum(axis=1), reading @ shapes.sum(axis=1)
+                beats, read = held @ linear_in.sum(axis=1), reading @ linear_in.sum(axis=1)
                 if serial:
-                    per_segment, read = np.maximum(held, reading) @ shapes, 0.0
+                    per_segment, read = np.maximum(held, reading) @ linear_in, 0.0
                 else:
-                    per_segment = held @ shapes
+                    per_segment = held @ linear_in
                 arrays.append((max(per_segment.sum(), read), per_segment, read,
                                "linear" if beats >= read else "memory", hw,
                                resources(hw) + unit_resources("attention", hw) * -1))
-    attentions = [(np.array([kernel_cycles(s, hw) for s in attention])
-                   @ in_segments[tuple(attention)], unit_resources("attention", hw), hw)
-                  for hw in _attention_lanes(model, least, SCORE_LANES,
-                                             [(s, n) for s, n in steps
-                                              if s.mnemonic == "ATTENTION"])]
+    attentions = [(np.array([kernel_cycles(s, hw) for s, _ in attending]) @ attention_in,
+                   unit_resources("attention", hw), hw)
+                  for hw in _attention_lanes(model, least, SCORE_LANES, attending)]
     best = None
     for bound, per_segment, reading, which, hw, rest in sorted(arrays, key=lambda a: a[0]):
         if best is not None and bound >= best[0]:

@@ -85,6 +85,10 @@ def register(subparsers):
                       help="with --check: also bench top --config edge-moe on its default "
                            "hardware, and the whole zcu102-edge-moe behind the ZCU102's "
                            "memory (hours)")
+    _add_hw(cost, "instead of the model's default")
+    cost.add_argument("--routing", choices=("model", "balanced"), default="model",
+                      help="the MoE gates: the model's (default) or balanced (random gates: "
+                           "every expert chosen, as the search assumes)")
     cost.add_argument("--task", default=None, help="task name or index (default: every task)")
     cost.add_argument("--board", default=None,
                       help="a board's memory bandwidth (default: one bus word a cycle)")
@@ -351,6 +355,11 @@ def _cost(args):
 
         raise UsageError("--check compares with the benches' memory (a bus word a cycle, no "
                          "latency): --board and --latency do not apply")
+    if args.check and (args.hw is not None or args.routing != "model"):
+        from moevit.errors import UsageError
+
+        raise UsageError("--check runs the benches' own hardware and gates: --hw and "
+                         "--routing do not apply")
     if args.check:
         rows = check_rows(simulator=args.simulator, quick=args.quick, slow=args.slow,
                           progress=not args.quiet)
@@ -367,7 +376,8 @@ def _cost(args):
 
     rows = cost_rows(quantized=args.quantized, config=args.config, task=args.task,
                      board=args.board, latency=args.latency,
-                     per_instruction=args.per_instruction, progress=not args.quiet)
+                     per_instruction=args.per_instruction, progress=not args.quiet,
+                     hw=args.hw, routing=args.routing)
     if args.json:
         print(json.dumps(rows))
     else:

@@ -7,26 +7,34 @@ __all__ = ["cost_rows", "print_cost", "check_rows", "top_check_rows", "variant_c
            "record_check", "record_bench_top", "record_confirm", "measured_sections"]
 
 
-def _program_and_image(quantized, config):
+def _program_and_image(quantized, config, hw=None, routing="model"):
     """The compiled program and the image ``moevit bench top`` runs (the validation set's
-    ninth synthetic image), from a quantized-model file or a config's signal model."""
-    from moevit.hw.bench_top import _program
+    ninth synthetic image), from a quantized-model file or a config's signal model, on the
+    named HwConfig ``hw`` (default: the model's), with the model's gates or ``routing``
+    ``"balanced"`` (:func:`~moevit.hw.bench_top.balanced_gates`)."""
+    from moevit.hw.bench_top import _hw, _program, balanced_gates
 
     if config is not None:
         from moevit.model.config import get_config
 
         get_config(config)  # an unknown name fails here, before the quantization
-        return _program(config)
-    from moevit.hw.config import HwConfig
+        return _program(config, hw=_hw(config, hw), routing=routing)
+    from moevit.hw.config import HwConfig, get_hw_config
     from moevit.hw.program.compiler import compile_program
     from moevit.model.data import SyntheticDataset
     from moevit.model.integer import golden
     from moevit.model.integer.quantize import load_quantized
 
+    instance = get_hw_config(hw) if hw is not None else None  # a bad name before the load
     qmodel = load_quantized(quantized)
-    image = SyntheticDataset(qmodel.config, "val", size=9, seed=1).images[8].numpy()
-    return (compile_program(qmodel, HwConfig.for_model(qmodel.config)),
-            golden.quantize_image(image, qmodel.scale("input")))
+    if instance is None:
+        instance = HwConfig.for_model(qmodel.config)
+    instance.check_model(qmodel.config)
+    data = SyntheticDataset(qmodel.config, "val", size=9, seed=1).images[8].numpy()
+    image = golden.quantize_image(data, qmodel.scale("input"))
+    if routing == "balanced":
+        qmodel = balanced_gates(qmodel, image)
+    return compile_program(qmodel, instance), image
 
 
 def _tasks(program, task):
@@ -41,18 +49,24 @@ def _tasks(program, task):
 
 
 def cost_rows(*, quantized=None, config=None, task=None, board=None, latency=None,
-              per_instruction=False, progress=False):
+              per_instruction=False, progress=False, hw=None, routing="model"):
     """One row per unit (or per instruction: also its compute and memory cycles and its
     bytes read and written) and task, then a ``total`` row per task with the latency.
-    ``latency``: the memory's, in cycles (default: the board's, else 0)."""
+    ``latency``: the memory's, in cycles (default: the board's, else 0); ``hw``: a named
+    HwConfig (default: the model's); ``routing``: the model's gates or ``"balanced"``
+    (every expert chosen, as the search assumes)."""
+    from moevit.errors import UsageError
+    from moevit.hw.bench_top import ROUTINGS
     from moevit.hw.boards import get_board
     from moevit.hw.cost.cycles import (board_bandwidth, board_latency, board_memory_bandwidth,
                                        check_latency, program_cycles)
 
     if latency is not None:
         check_latency(latency)
+    if routing not in ROUTINGS:
+        raise UsageError(f"--routing {routing!r}: {' or '.join(ROUTINGS)}")
     board = get_board(board) if board is not None else None  # before the long work
-    program, image = _program_and_image(quantized, config)
+    program, image = _program_and_image(quantized, config, hw, routing)
     hw = program.hw
     bandwidth = board_bandwidth(board, hw) if board else None       # each memory port's
     memory = board_memory_bandwidth(board, hw) if board else None  # all ports together

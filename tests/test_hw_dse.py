@@ -686,3 +686,46 @@ def test_rows_fitted_to_the_tokens():
     print(f"\nzcu102-edge-moe's linear layers: {linear[32]:,} cycles on 32 rows, "
           f"{linear[33]:,} on 33 ({linear[33] / linear[32] - 1:+.1%})")
     assert linear[33] < 0.87 * linear[32]
+
+
+def _stage2_watched(monkeypatch, whole):
+    """Stage 2's evaluated points, each with its :func:`~moevit.hw.cost.dse.stage2_bound` and
+    what that bounds (a latency board's batch-1 cycles, a throughput board's cycles an image
+    at its best batch) as stage 2 gave them; ``whole``: no bound leaves a candidate out."""
+    from moevit.hw.cost import dse
+
+    evaluate, seen = dse._stage2_point, []
+
+    def watched(item):
+        point = evaluate(item)
+        if point is not None:
+            s = dse._STAGE2
+            latency = dse.OBJECTIVES[s["board"].host][0] == "latency"
+            seen.append((dse.stage2_bound(s["work"], item[1], s["board"]),
+                         point.latency_cycles if latency else point.best_cycles_per_image))
+        return point
+
+    monkeypatch.setattr(dse, "_stage2_point", watched)
+    if whole:
+        monkeypatch.setattr(dse, "_still_open", lambda *args: True)
+    return seen
+
+
+@pytest.mark.parametrize("board, config", [("zcu102", "edge-moe"), ("zcu104", "m3vit-s"),
+                                           ("u280", "edge-moe")])
+def test_stage2_bounds_hold_and_leave_the_choice_as_it_was(monkeypatch, board, config):
+    """Stage 2 evaluates its sized candidates the least bound first and stops where no later
+    one can be chosen. The bound is below every point's own figure (zcu104 m3vit-s: no point
+    holds a whole image, so every point is ranked), and the pruned search chooses what the
+    whole one chooses, its largest point too."""
+    from moevit.hw.cost import dse
+
+    with monkeypatch.context() as m:
+        pruned = _stage2_watched(m, whole=False)
+        chosen = dse.search(board, config, quick=True, progress=False)[0]
+    whole = _stage2_watched(monkeypatch, whole=True)
+    expected = dse.search(board, config, quick=True, progress=False)[0]
+    print(f"\n{board} {config}: {len(pruned)} points evaluated of {len(whole)}; bound / "
+          f"figure up to {max(b / f for b, f in whole):.3f}")
+    assert all(b <= f for b, f in whole) and len(pruned) < len(whole)
+    assert chosen.hw == expected.hw and chosen.largest.hw == expected.largest.hw

@@ -62,8 +62,12 @@ memory ports (1 to the board's, at most ``HwConfig.MAX_MEMORY_PORTS``, with the 
 striped over 1, 2, 4 ... of them: the fewest within :data:`PORTS_SLACK` of the
 fastest), under the board's DSP, BRAM, URAM,
 LUT and FF (each at its :data:`USABLE` fraction; the points are independent, so they are
-tried on one process per core, :func:`_workers`). Bandwidth is not split:
-the two kernels run in turn, each with the whole port. On a throughput board each point's
+tried on one process per core, :func:`_workers`). Each candidate is first sized (its token
+buffer and lanes), then evaluated (window, ports and their runs: the search's time) the
+least :func:`stage2_bound` first, until the next bound is beyond what the ranking keeps
+(:func:`_still_open`): what no choice left can beat, so the search chooses what evaluating
+every candidate would, on a few of them (zcu102 edge-moe: 192 of 3,410). Bandwidth is
+not split: the two kernels run in turn, each with the whole port. On a throughput board each point's
 window, ports and issue lanes are chosen again at its best batch
 (:func:`_window_at_best_batch`, :func:`_ports_at_best_batch`, :func:`_lanes_at_best_batch`:
 two lanes run a batch's two halves, one's linear layers beside the other's attention,
@@ -1376,8 +1380,6 @@ def search(board, config, *, quick=False, fabric=True, progress=True) -> list:
     ConfigError
         No point fits: the message says what the smallest point needs and the board has.
     """
-    from tqdm import tqdm
-
     from moevit.hw.boards import get_board
     from moevit.hw.cost.resources import _default_fit, unit_resources
     from moevit.model.config import get_config
@@ -1425,18 +1427,10 @@ def search(board, config, *, quick=False, fabric=True, progress=True) -> list:
                                                bus))
     _STAGE2.update(work=work, board=board, base=base, the_fit=the_fit, fabric=fabric,
                    model=model, norms=norms, combines=combines)
-    points, misses = [], {}
     try:
         with _workers(len(candidates)) as pool:
-            runs = pool.imap(_stage2_point, candidates, chunksize=32) if pool else map(
-                _stage2_point, candidates)
-            for kind, value in tqdm(runs, total=len(candidates),
-                                    desc=f"dse {board.name} {config}", unit="point",
-                                    disable=not progress, dynamic_ncols=True):
-                if kind == "point":
-                    points.append(value)
-                elif kind == "miss":
-                    misses[value] = misses.get(value, 0) + 1
+            points, misses = _stage2(pool, candidates, work, board, model, progress,
+                                     desc=f"dse {board.name} {config}")
     finally:
         _STAGE2.clear()
     if not points:
@@ -1472,12 +1466,116 @@ def _workers(tasks):
         pool.terminate()
 
 
-def _stage2_point(candidate):
-    """Stage 2 of one ``(share, heads_parallel, row_lanes, score_lanes, context_lanes,
-    kv_banks, rows, cols, packing, post_lanes, bus)``: ``("point", Point)``, ``("miss", the
-    limit it is over)``, or ``(None, None)`` for a point the top cannot take."""
+def _stage2(pool, candidates, work, board, model, progress, desc):
+    """``(points, misses)`` of stage 2: every candidate sized (:func:`_stage2_sized`: its
+    token buffer, LayerNorm and COMBINE lanes; the limit a miss is over counted), then the
+    sized ones evaluated (:func:`_stage2_point`: window, ports, lanes and their runs) in the
+    order of :func:`stage2_bound`, the least first, until the next one's bound shows that
+    neither it nor any after it can be chosen (:func:`_still_open`); then every one of the
+    most MAC units that gives a point (the ``largest`` the row reports is the fastest of
+    them). The points come back in the candidates' order, as the ranking's ties expect."""
+    from tqdm import tqdm
+
+    def run(function, items, bar):
+        runs = pool.imap(function, items, chunksize=8) if pool else map(function, items)
+        for result in runs:
+            bar.update()
+            yield result
+
+    objective = OBJECTIVES[board.host][0]
+    sized, misses = [], {}
+    with tqdm(total=len(candidates), desc=desc, unit="point", disable=not progress,
+              dynamic_ncols=True) as bar:
+        bar.set_postfix_str("sizing")
+        for index, (kind, value) in enumerate(run(_stage2_sized, candidates, bar)):
+            if kind == "sized":
+                sized.append((value[1], index, value[0]))      # (bound, order, item)
+            elif kind == "miss":
+                misses[value] = misses.get(value, 0) + 1
+    sized.sort(key=lambda item: item[:2])
+    # The ranking takes the points the compiler can serve (the whole sequence in the token
+    # buffer) when there are any, else every point.
+    ranked = [c for c in sized if c[2][1].max_tokens >= model.tokens] or sized
+    evaluated = {}
+    step = 64       # candidates evaluated between two looks at the bounds
+    with tqdm(total=len(ranked), desc=desc, unit="point", disable=not progress,
+              dynamic_ncols=True) as bar:
+        bar.set_postfix_str("evaluating, the least bound first")
+        start = 0
+        while start < len(ranked) and _still_open(ranked[start][0], evaluated.values(),
+                                                  objective):
+            chunk = ranked[start:start + step]
+            for (_, index, _), point in zip(chunk, run(_stage2_point, [c[2] for c in chunk],
+                                                       bar)):
+                if point is not None:
+                    evaluated[index] = point
+            start += len(chunk)
+        if start < len(ranked):
+            bar.set_postfix_str(f"{len(ranked) - start} left out by their bounds")
+    # The largest point is the fastest of those with the most MAC units: every candidate of
+    # the highest count that gives a point evaluated.
+    for macs in sorted({_item_macs(item) for _, _, item in sized}, reverse=True):
+        level = [(index, item) for _, index, item in sized if _item_macs(item) == macs]
+        for index, item in level:
+            if index not in evaluated:
+                point = _stage2_point(item)
+                if point is not None:
+                    evaluated[index] = point
+        if any(index in evaluated for index, _ in level):
+            break
+    return [evaluated[i] for i in sorted(evaluated)], misses
+
+
+def _still_open(bound, points, objective) -> bool:
+    """Whether a candidate of ``bound`` (:func:`stage2_bound`) could still be chosen beside
+    the evaluated ``points`` (those the ranking takes): on a latency board, a bound within
+    :data:`LATENCY_SLACK` of their fastest batch-1 latency (the ranking keeps no slower
+    one); on a throughput board, a bound under their fewest cycles an image at the best
+    batch (no batch of its beats its bound)."""
+    points = list(points)
+    if not points:
+        return True
+    if objective == "latency":
+        return bound <= min(p.latency_cycles for p in points) * (1 + LATENCY_SLACK)
+    return bound <= min(p.best_cycles_per_image for p in points)
+
+
+def stage2_bound(work, hw, board) -> float:
+    """What no point stage 2 makes of the sized ``hw`` (its window, memory ports, weight
+    ports and lanes not chosen yet) can beat, in the board's objective's measure. On a
+    latency board, cycles of the slowest task at batch 1: the linear array's steps and the
+    attention's multiply-accumulates (:func:`kernel_cycles`, which no choice left changes)
+    or every weight read once at the board's whole memory bandwidth, whichever is longer.
+    On a throughput board, the cycles an image that no batch beats (:func:`array_bound`),
+    the least over the tasks."""
+    from moevit.hw.cost.cycles import board_memory_bandwidth
+
+    if OBJECTIVES[board.host][0] == "throughput":
+        return min(array_bound(work, hw, t) for t in work.tasks)
+    memory = board_memory_bandwidth(board, hw)
+    worst = 0.0
+    for task in work.tasks:
+        compute = weights = 0.0
+        for step, count in work.steps(task):
+            if step.mnemonic in ("LINEAR", "EXPERT", "ATTENTION"):
+                compute += count * kernel_cycles(step, hw)
+            weights += count * weight_bytes(step, hw) / memory
+        worst = max(worst, compute, weights)
+    return worst
+
+
+def _item_macs(item) -> int:
+    hw = item[1]
+    return hw.macs + hw.attention_macs
+
+
+def _stage2_sized(candidate):
+    """Stage 2's first part for one ``(share, heads_parallel, row_lanes, score_lanes,
+    context_lanes, kv_banks, rows, cols, packing, post_lanes, bus)``: its LayerNorm and
+    COMBINE lanes and its deepest token buffer that fits, ``("sized", ((share, hw),
+    bound))`` (:func:`stage2_bound`); ``("miss", the limit it is over)``; or ``(None,
+    None)`` for a point the top cannot take."""
     from moevit.hw.cost.resources import resources
-    from moevit.hw.program.descriptor import DescriptorError
 
     s = _STAGE2
     work, board, the_fit, fabric, model = (s[k] for k in ("work", "board", "the_fit",
@@ -1496,15 +1594,31 @@ def _stage2_point(candidate):
     sized = _max_tokens(hw, model.tokens, board, the_fit, fabric)
     if sized is None:
         return "miss", _fits(resources(hw, the_fit), board, fabric)
+    return "sized", ((share, sized[0]), stage2_bound(work, sized[0], board))
+
+
+def _stage2_point(item):
+    """Stage 2's second part for one sized ``(share, hw)`` (:func:`_stage2_sized`): its
+    on-chip window, memory ports and lanes chosen, a :class:`Point` (on a throughput board
+    with its best batch), or None for a point the top cannot take."""
+    from moevit.hw.program.descriptor import DescriptorError
+
+    s = _STAGE2
+    work, board, the_fit, fabric = (s[k] for k in ("work", "board", "the_fit", "fabric"))
+    share, hw = item
     try:
-        hw, res, runs = _ports(work, _window(work, sized[0], board, the_fit, fabric), board,
+        hw, res, runs = _ports(work, _window(work, hw, board, the_fit, fabric), board,
                                the_fit, fabric)
         hw, res, runs = _lanes_on_ports(work, hw, res, runs, s["norms"], s["combines"], board,
                                         the_fit, fabric)
     except DescriptorError:
-        return None, None
+        return None
     task = max(runs, key=lambda t: runs[t].cycles)
-    return "point", Point(hw, res, runs[task].cycles, runs[task], task, share=share)
+    point = Point(hw, res, runs[task].cycles, runs[task], task, share=share)
+    if OBJECTIVES[board.host][0] == "throughput":
+        point.best_batch, point.best_cycles_per_image, point.best_prediction = _best_batch(
+            work, hw, board, task)
+    return point
 
 
 def array_bound(work, hw, task) -> float:
@@ -1548,8 +1662,9 @@ def _rank(points, work, board, the_fit, fabric) -> list:
         for p in sorted(points, key=lambda p: bounds[id(p)]):
             if bounds[id(p)] > best:
                 break
-            p.best_batch, p.best_cycles_per_image, p.best_prediction = _best_batch(
-                work, p.hw, board, p.task)
+            if p.best_prediction is None:     # stage 2 gives it on a throughput board
+                p.best_batch, p.best_cycles_per_image, p.best_prediction = _best_batch(
+                    work, p.hw, board, p.task)
             best = min(best, p.best_cycles_per_image)
             kept.append(p)
         points = kept

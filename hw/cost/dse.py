@@ -1510,7 +1510,8 @@ def _stage2(pool, candidates, work, board, model, progress, desc):
                 if point is not None:
                     evaluated[index] = point
             start += len(chunk)
-        if start < len(ranked):
+        if start < len(ranked):     # the bar ends full: the rest need no evaluation
+            bar.total = start
             bar.set_postfix_str(f"{len(ranked) - start} left out by their bounds")
     # The largest point is the fastest of those with the most MAC units: every candidate of
     # the highest count that gives a point evaluated.

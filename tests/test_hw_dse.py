@@ -1,6 +1,7 @@
 """The design-space search (hw/cost/dse.py): every board x model config on the reduced grid,
 the same cycle model as `moevit hw cost`, the saved named HwConfigs, and bad input."""
 
+import contextlib
 import itertools
 import json
 import math
@@ -706,6 +707,7 @@ def _stage2_watched(monkeypatch, whole):
         return point
 
     monkeypatch.setattr(dse, "_stage2_point", watched)
+    monkeypatch.setattr(dse, "_workers", lambda tasks: contextlib.nullcontext())  # one process
     if whole:
         monkeypatch.setattr(dse, "_still_open", lambda *args: True)
     return seen

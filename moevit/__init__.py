@@ -30,6 +30,17 @@ Each name is imported on first use (torch, onnx and amaranth are heavy), so
 ``import moevit`` and ``moevit --help`` stay fast.
 """
 
+import os
+
+# The float kernels pinned to AVX2 on every x86-64 machine (unless the caller says
+# otherwise): AVX-512 ones round differently, and a quantized model follows the float
+# model's last bits, so the programs, their routing and every recorded cycle count would
+# depend on the CPU (an AVX-512 machine changed edge-moe's balanced routing, 2026-12-05).
+# Set before torch loads, which reads them once.
+for _name, _isa in (("ATEN_CPU_CAPABILITY", "avx2"), ("MKL_ENABLE_INSTRUCTIONS", "AVX2"),
+                    ("ONEDNN_MAX_CPU_ISA", "AVX2")):
+    os.environ.setdefault(_name, _isa)
+
 import importlib
 
 from moevit.errors import CheckpointError, ConfigError, MoevitError

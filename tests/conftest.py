@@ -2,6 +2,8 @@
 
 import pytest
 
+import moevit  # noqa: F401  first: it pins the float kernels' ISA before any test loads torch
+
 
 @pytest.fixture(scope="module")
 def one_thread():

@@ -789,7 +789,7 @@ def test_zcu102_image_in_token_chunks_within_1_percent(kv_banks):
     """The ZCU102 point that runs one image's token-wise layers in two chunks on two issue
     lanes, beside its attention's four context requantizers, on one bank of K and V and on
     two: each task's whole image at the board's memory within 1 % of the co-simulated top
-    (+0.51 / +0.19 % on one, +0.18 / -0.15 % on two)."""
+    (+0.27 / +0.19 % on one, -0.06 / -0.15 % on two)."""
     from moevit.hw.config import HwConfig
 
     hw = HwConfig(name="zcu102-edge-moe", **ZCU102_CHUNKED_POINT, kv_banks=kv_banks)

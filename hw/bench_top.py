@@ -51,7 +51,7 @@ A bar chart of the busy shares is written to ``build/bench/top-<config>.png``
 
 import numpy as np
 
-__all__ = ["bench_top", "print_table", "plot"]
+__all__ = ["bench_top", "bench_program", "print_table", "plot"]
 
 
 def _hw(config, hw=None):
@@ -127,10 +127,8 @@ def _program(config, expert_prefetch=None, hw=None, blocks=None, routing="model"
     ``expert_prefetch`` replacing the instance's, and the image the bench runs;
     ``blocks``: only the first ``blocks`` transformer blocks (:func:`_first_blocks`);
     ``routing``: ``"balanced"`` replaces the gates (:func:`balanced_gates`)."""
-    from moevit.hw.program.compiler import compile_program
     from moevit.model.config import get_config
     from moevit.model.data import SyntheticDataset
-    from moevit.model.integer import golden
     from moevit.model.integer.evaluate import signal_model
     from moevit.model.integer.quantize import quantize
 
@@ -139,15 +137,28 @@ def _program(config, expert_prefetch=None, hw=None, blocks=None, routing="model"
     if expert_prefetch is not None:
         hw = hw.replace(expert_prefetch=expert_prefetch)
     data = SyntheticDataset(model, "val", size=9, seed=1)
-    qmodel = quantize(signal_model(model), data.images[:8])
-    image = golden.quantize_image(data.images[8].numpy(), qmodel.scale("input"))
-    if routing == "balanced":
-        qmodel = balanced_gates(qmodel, image)
-    program = compile_program(qmodel, hw)
+    program, image = bench_program(quantize(signal_model(model), data.images[:8]), hw,
+                                   routing, data.images[8])
     if blocks is not None and blocks < model.depth:
         _check_blocks(model, blocks)
         program = _first_blocks(program, model, blocks)
     return program, image
+
+
+def bench_program(qmodel, hw, routing="model", image=None):
+    """``(program, image)``: quantized model ``qmodel`` compiled for ``hw`` with its gates or
+    ``routing`` ``"balanced"`` (:func:`balanced_gates`), and the image the bench runs,
+    ``image`` (float; default: the ninth synthetic validation image) quantized."""
+    from moevit.hw.program.compiler import compile_program
+    from moevit.model.data import SyntheticDataset
+    from moevit.model.integer import golden
+
+    if image is None:
+        image = SyntheticDataset(qmodel.config, "val", size=9, seed=1).images[8]
+    image = golden.quantize_image(image.numpy(), qmodel.scale("input"))
+    if routing == "balanced":
+        qmodel = balanced_gates(qmodel, image)
+    return compile_program(qmodel, hw), image
 
 
 def bench_top(config="tiny", simulator="verilator", prefetch=None, hw=None, blocks=None,

@@ -12,7 +12,7 @@ def _program_and_image(quantized, config, hw=None, routing="model"):
     ninth synthetic image), from a quantized-model file or a config's signal model, on the
     named HwConfig ``hw`` (default: the model's), with the model's gates or ``routing``
     ``"balanced"`` (:func:`~moevit.hw.bench_top.balanced_gates`)."""
-    from moevit.hw.bench_top import _hw, _program, balanced_gates
+    from moevit.hw.bench_top import _hw, _program, bench_program
 
     if config is not None:
         from moevit.model.config import get_config
@@ -20,9 +20,6 @@ def _program_and_image(quantized, config, hw=None, routing="model"):
         get_config(config)  # an unknown name fails here, before the quantization
         return _program(config, hw=_hw(config, hw), routing=routing)
     from moevit.hw.config import HwConfig, get_hw_config
-    from moevit.hw.program.compiler import compile_program
-    from moevit.model.data import SyntheticDataset
-    from moevit.model.integer import golden
     from moevit.model.integer.quantize import load_quantized
 
     instance = get_hw_config(hw) if hw is not None else None  # a bad name before the load
@@ -30,11 +27,7 @@ def _program_and_image(quantized, config, hw=None, routing="model"):
     if instance is None:
         instance = HwConfig.for_model(qmodel.config)
     instance.check_model(qmodel.config)
-    data = SyntheticDataset(qmodel.config, "val", size=9, seed=1).images[8].numpy()
-    image = golden.quantize_image(data, qmodel.scale("input"))
-    if routing == "balanced":
-        qmodel = balanced_gates(qmodel, image)
-    return compile_program(qmodel, instance), image
+    return bench_program(qmodel, instance, routing)
 
 
 def _tasks(program, task):

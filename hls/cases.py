@@ -107,19 +107,25 @@ def layernorm_case(label, x, eps, gamma, beta, shift, expected=None):
                 [("y", np.asarray(expected))])
 
 
-def attention_case(label, qkv, heads, consts, expected=None):
+def attention_case(label, qkv, heads, consts, expected=None, rows=None, first=0):
     """``qkv`` one QKV output ``(tokens, 3 * heads * head_dim)``; ``consts`` an
-    :class:`golden.AttentionConsts`."""
+    :class:`golden.AttentionConsts`; the query rows ``first .. first + rows - 1`` (all
+    by default) against every key."""
     tokens, width = qkv.shape
+    rows = tokens if rows is None else rows
     dim = width // 3
     head_dim = dim // heads
     if expected is None:
+        def part(k, h):
+            return qkv[:, k * dim + h * head_dim:][:, :head_dim]
+
         expected = np.concatenate([
-            golden.attention_head(*(qkv[:, part * dim + h * head_dim:][:, :head_dim]
-                                    for part in range(3)), consts).out
+            golden.attention_head(part(0, h)[first:first + rows], part(1, h), part(2, h),
+                                  consts).out
             for h in range(heads)], axis=1)
-    return Case("attention", label, f"{tokens}x{heads}x{head_dim}",
-                [tokens, heads, head_dim, *consts, qkv], [("ctx", np.asarray(expected))])
+    shape = f"{tokens}x{heads}x{head_dim}" + ("" if rows == tokens else f" rows {first}+{rows}")
+    return Case("attention", label, shape, [tokens, rows, first, heads, head_dim, *consts, qkv],
+                [("ctx", np.asarray(expected))])
 
 
 def _lists(top, experts):
@@ -470,8 +476,12 @@ def _draw_attention(rng, hw, label, max_tokens):
     qkv = _int8(rng, (tokens, 3 * heads * head_dim))
     sm_mult, sm_shift = intops.softmax_constants(2.0 ** rng.uniform(-16, -4))
     out_mult, out_shift = _requant(rng, 128 * 2**15)
+    # Half the cases on a range of the query rows (a token chunk's), against every key.
+    rows = int(rng.integers(1, tokens + 1)) if rng.random() < 0.5 else tokens
+    first = int(rng.integers(0, tokens - rows + 1))
     return attention_case(label, qkv, heads,
-                          golden.AttentionConsts(sm_mult, sm_shift, out_mult, out_shift))
+                          golden.AttentionConsts(sm_mult, sm_shift, out_mult, out_shift),
+                          rows=rows, first=first)
 
 
 def _draw_moe_gate(rng, hw, label, max_tokens):

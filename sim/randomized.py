@@ -144,14 +144,17 @@ def _attention(rng, seed, large, hw):
         ops = []
         for _ in range(int(rng.integers(2, 5))):
             tokens = _pick(rng, 1, hw.kv_depth)
+            # A third of the operations on fewer query rows than keys (a token chunk's).
+            rows = _pick(rng, 1, tokens) if rng.random() < 1 / 3 else tokens
             heads = hw.heads_parallel * int(rng.integers(1, 3))
             head_dim = lanes * _pick(rng, 1, hw.max_head_dim // lanes)
             scale = float(np.exp(rng.uniform(np.log(1 / 4096), np.log(1 / 4))))
             sm = intops.softmax_constants(scale) if rng.random() < 0.8 else _requant(rng)
-            desc = AttentionDescriptor(hw, tokens=tokens, heads=heads, head_dim=head_dim,
-                                       sm_mult=sm[0], sm_shift=sm[1],
+            desc = AttentionDescriptor(hw, tokens=tokens, rows=rows, heads=heads,
+                                       head_dim=head_dim, sm_mult=sm[0], sm_shift=sm[1],
                                        **dict(zip(("out_mult", "out_shift"), _requant(rng))))
-            q, k, v = (_int8(rng, (heads, tokens, head_dim)) for _ in range(3))
+            q = _int8(rng, (heads, rows, head_dim))
+            k, v = (_int8(rng, (heads, tokens, head_dim)) for _ in range(2))
             ops.append(attention_op(desc, q, k, v))
             descs.append(desc)
         return ops

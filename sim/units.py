@@ -107,8 +107,9 @@ def run_linear(hw, runs, *, test_id, simulator=None):
     return summary, result
 
 
-def attention_descriptor(hw, tokens, heads, head_dim, consts):
-    """The :class:`~moevit.hw.program.descriptor.AttentionDescriptor` of one attention layer.
+def attention_descriptor(hw, tokens, heads, head_dim, consts, rows=0):
+    """The :class:`~moevit.hw.program.descriptor.AttentionDescriptor` of one attention layer
+    (``rows`` query rows; 0: every token).
 
     ``consts`` is a :class:`~moevit.model.integer.golden.AttentionConsts` (or its four
     integers: softmax multiplier and shift, context multiplier and shift).
@@ -116,7 +117,7 @@ def attention_descriptor(hw, tokens, heads, head_dim, consts):
     from moevit.hw.program.descriptor import AttentionDescriptor
 
     sm_mult, sm_shift, out_mult, out_shift = (int(c) for c in consts)
-    return AttentionDescriptor(hw, tokens=tokens, heads=heads, head_dim=head_dim,
+    return AttentionDescriptor(hw, tokens=tokens, rows=rows, heads=heads, head_dim=head_dim,
                                sm_mult=sm_mult, sm_shift=sm_shift, out_mult=out_mult,
                                out_shift=out_shift)
 
@@ -257,8 +258,8 @@ def attention_streams(hw):
 def attention_op(desc, q, k, v):
     """One attention operation's beats; the context from ``golden.attention_head``.
 
-    ``q``, ``k``, ``v``: int8 ``(heads, tokens, head_dim)``; head ``h`` runs on
-    lane ``h % heads_parallel``.
+    ``k``, ``v``: int8 ``(heads, tokens, head_dim)``, ``q`` ``(heads, desc.rows,
+    head_dim)``; head ``h`` runs on lane ``h % heads_parallel``.
     """
     from moevit.model.integer.golden import AttentionConsts, attention_head
 
@@ -281,7 +282,8 @@ def run_attention(hw, q, k, v, consts, *, test_id, simulator=None, gaps="random"
     Parameters
     ----------
     hw : HwConfig
-    q, k, v : int8 arrays ``(heads, tokens, head_dim)``
+    q, k, v : int8 arrays ``(heads, rows, head_dim)`` and two of ``(heads, tokens,
+        head_dim)``: the query rows (all the tokens, or fewer) against every key
     consts : AttentionConsts or four ints
     test_id : str
         Names the simulation's folder.
@@ -293,12 +295,13 @@ def run_attention(hw, q, k, v, consts, *, test_id, simulator=None, gaps="random"
     Returns
     -------
     UnitRun
-        ``out`` int8 ``(heads, tokens, head_dim)``; ``cycles`` from the
+        ``out`` int8 ``(heads, rows, head_dim)``; ``cycles`` from the
         descriptor's acceptance to the last context beat.
     """
     q, k, v = (np.asarray(a, dtype=np.int8) for a in (q, k, v))
-    heads, tokens, head_dim = q.shape
-    desc = attention_descriptor(hw, tokens, heads, head_dim, consts)
+    heads, rows, head_dim = q.shape
+    tokens = k.shape[1]
+    desc = attention_descriptor(hw, tokens, heads, head_dim, consts, rows)
     streams = attention_streams(hw)
     sequence = Sequence([attention_op(desc, q, k, v)], uniform_pauses(*streams[:2], gaps, stall))
     run = run_sequences("attention", hw, streams, [sequence], test_id=test_id,
@@ -306,9 +309,9 @@ def run_attention(hw, q, k, v, consts, *, test_id, simulator=None, gaps="random"
     out = np.zeros(q.shape, dtype=np.int8)
     for p, name in enumerate(streams[1]):
         # dtype=object: numpy turns ints in [2**63, 2**64) into float64, losing the low lanes.
-        per_head = np.array(run.beats[name], dtype=object).reshape(-1, tokens * head_dim // hw.score_lanes)
+        per_head = np.array(run.beats[name], dtype=object).reshape(-1, rows * head_dim // hw.score_lanes)
         for n, h in enumerate(range(p, heads, hw.heads_parallel)):
-            out[h] = unbeats(per_head[n], (tokens, head_dim), hw.score_lanes)
+            out[h] = unbeats(per_head[n], (rows, head_dim), hw.score_lanes)
     return UnitRun(out, run.cycles[0][0], run.seconds)
 
 

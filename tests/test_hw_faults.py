@@ -88,6 +88,8 @@ def test_attention_skips_faulty_descriptors():
         (a.to_int_with(opcode=LayerNormDescriptor.OPCODE), Fault.OPCODE),
         (a.to_int_with(tokens=0), Fault.SHAPE),
         (a.to_int_with(tokens=hw.kv_depth + 1), Fault.SHAPE),
+        (a.to_int_with(rows=0), Fault.SHAPE),
+        (a.to_int_with(rows=a.tokens + 1), Fault.SHAPE),  # more query rows than keys
         (a.to_int_with(chunks=3), Fault.SHAPE),  # more chunks than the buffers hold
         (a.to_int_with(chunks=1), Fault.DERIVED),  # 1 chunk of 4 lanes is not head dim 8
         (a.to_int_with(rounds=2), Fault.DERIVED),  # 2 rounds of 2 lanes are not 2 heads
@@ -96,7 +98,7 @@ def test_attention_skips_faulty_descriptors():
         (a.to_int_with(sm_shift=48), Fault.CONSTANT),
         (a.to_int_with(sm_mult=0), Fault.CONSTANT),
     ]
-    descs = [a.to_int(), *(d for d, _ in faulty[:5]), b.to_int(), *(d for d, _ in faulty[5:])]
+    descs = [a.to_int(), *(d for d, _ in faulty[:7]), b.to_int(), *(d for d, _ in faulty[7:])]
     sources, expected = {}, {}
     for p in range(parallel):
         for n, name in enumerate("qkv"):
@@ -107,7 +109,7 @@ def test_attention_skips_faulty_descriptors():
                                               lanes)]
     errors, got = simulate(Attention(hw), descs, sources,
                            {name: len(beats) for name, beats in expected.items()})
-    want = [Fault.NONE, *(f for _, f in faulty[:5]), Fault.NONE, *(f for _, f in faulty[5:]),
+    want = [Fault.NONE, *(f for _, f in faulty[:7]), Fault.NONE, *(f for _, f in faulty[7:]),
             faulty[-1][1]]
     assert errors == want
     assert got == expected  # nothing taken or produced for the faulty ones

@@ -73,6 +73,34 @@ def test_tiny_model_first_layer_icarus():
     np.testing.assert_array_equal(np.concatenate(list(run.out), axis=1), ctx)
 
 
+def test_tiny_first_layer_in_two_ranges_of_query_rows_icarus():
+    """The untrained first layer's query rows in two token chunks, each against every key
+    (the descriptor's ``rows``), on four row lanes (neither range a multiple of them) and
+    two banks of K and V: together the whole layer's context, bit for bit; each run's
+    cycles without pauses the kernel's model."""
+    q, k, v, consts, ctx = _tiny_block(0, trained=False)
+    hw = DEFAULT_HW["tiny"].replace(row_lanes=4, kv_banks=2)
+    parts = []
+    for first, end in ((0, 30), (30, q.shape[1])):
+        run = run_attention(hw, q[:, first:end], k, v, consts, gaps="none", stall="none",
+                            test_id=f"attention-tiny-rows-{first}", simulator="icarus")
+        desc = AttentionDescriptor(hw, tokens=k.shape[1], rows=end - first, heads=q.shape[0],
+                                   head_dim=q.shape[2], sm_mult=int(consts[0]),
+                                   sm_shift=int(consts[1]), out_mult=int(consts[2]),
+                                   out_shift=int(consts[3]))
+        print(f"rows {first}..{end - 1}: {run.cycles} cycles, model {desc.expected_cycles()}")
+        assert run.cycles == desc.expected_cycles()
+        parts.append(np.concatenate(list(run.out), axis=1))
+    np.testing.assert_array_equal(np.concatenate(parts), ctx)
+
+
+def test_more_query_rows_than_keys():
+    hw = HwConfig(name="small")
+    with pytest.raises(DescriptorError, match=r"^Attention descriptor of 9 query rows is "
+                       r"outside 1 to its 8 tokens$"):
+        AttentionDescriptor(hw, tokens=8, rows=9, heads=1, head_dim=16)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("block", range(4))
 def test_tiny_model_every_layer(block):

@@ -109,12 +109,16 @@ def test_layernorm_engine_tiny_program(tiny_untrained):
 
 
 def test_attention_engine_tiny_program(tiny_untrained):
-    """The program's first attention cut to its first 9 tokens: real q, k, v and constants
-    in a few seconds (the whole instructions run in the slow set)."""
+    """The program's first attention cut to its first 9 tokens, and its query rows 3 to 7
+    against them: real q, k, v and constants in a few seconds (the whole instructions run
+    in the slow set)."""
     seed = replay_seed()
     program, memory = tiny_untrained
     descs, start = _program_case(program, memory, "ATTENTION", np.random.default_rng(seed))
-    _run(AttentionEngine(program.hw), program.hw, start, [dataclasses.replace(descs[0], tokens=9)],
+    cut = dataclasses.replace(descs[0], tokens=9, rows=9)
+    rows = dataclasses.replace(cut, rows=5, q_addr=cut.q_addr + 3 * cut.row_pitch,
+                               out_addr=cut.out_addr + 3 * cut.heads * cut.head_dim)
+    _run(AttentionEngine(program.hw), program.hw, start, [cut, rows],
          test_id="engine-attention-tiny", seed=seed, memory_pauses="random", gaps="random")
 
 
@@ -188,8 +192,9 @@ def test_layernorm_engine_random():
 
 def _attention_case(rng, *, ops, bus_widths, max_tokens, heads_parallel):
     """A random hardware point and ``ops`` attention descriptors over random memory, each
-    with its own q, k, v layout (one fused QKV tensor, or three tensors with padded rows).
-    A score takes at most 16 chunks (``head_dim / score_lanes``)."""
+    with its own q, k, v layout (one fused QKV tensor, or three tensors with padded rows),
+    a third of them on a range of the query rows (a token chunk's). A score takes at most
+    16 chunks (``head_dim / score_lanes``)."""
     nbytes = int(rng.choice(bus_widths)) // 8
     P = int(rng.choice(heads_parallel))
 
@@ -219,14 +224,17 @@ def _attention_case(rng, *, ops, bus_widths, max_tokens, heads_parallel):
         else:
             pitch = width + nbytes * int(rng.integers(0, 3))
             q, k, v = (place(tokens * pitch) for _ in range(3))
+        rows = int(rng.integers(1, tokens + 1)) if rng.random() < 1 / 3 else tokens
+        first = int(rng.integers(0, tokens - rows + 1))
         scale = float(np.exp(rng.uniform(np.log(1 / 4096), np.log(1 / 4))))
         sm_mult, sm_shift = intops.softmax_constants(scale)
         out_mult, out_shift = intops.quantize_multiplier(float(rng.uniform(1e-3, 1)))
-        descs.append(AttentionDescriptor(hw, tokens=tokens, heads=heads, head_dim=head_dim,
-                                         sm_mult=int(sm_mult), sm_shift=int(sm_shift),
-                                         out_mult=int(out_mult), out_shift=int(out_shift),
-                                         q_addr=q, k_addr=k, v_addr=v, row_pitch=pitch,
-                                         out_addr=place(tokens * width)))
+        descs.append(AttentionDescriptor(hw, tokens=tokens, rows=rows, heads=heads,
+                                         head_dim=head_dim, sm_mult=int(sm_mult),
+                                         sm_shift=int(sm_shift), out_mult=int(out_mult),
+                                         out_shift=int(out_shift), q_addr=q + first * pitch,
+                                         k_addr=k, v_addr=v, row_pitch=pitch,
+                                         out_addr=place(rows * width)))
     return hw, arena.memory(), descs
 
 
@@ -238,16 +246,17 @@ def test_attention_engine_random(heads_parallel):
                                         heads_parallel=(heads_parallel,))
     print(f"bus {hw.bus_width} bits, score lanes {hw.score_lanes}, heads in parallel "
           f"{hw.heads_parallel}, max head dim {hw.max_head_dim}, kv depth {hw.kv_depth}")
-    # Refused, writing nothing: the kernel's check (too many tokens) and the engine's
-    # (a row pitch off the bus; a pitch shorter than a row).
+    # Refused, writing nothing: the kernel's checks (too many tokens; more query rows than
+    # keys) and the engine's (a row pitch off the bus; a pitch shorter than a row).
     good = descs[1]
     ops = [descs[0], good.to_int_with(tokens=hw.kv_depth + 1),
+           good.to_int_with(rows=good.tokens + 1),
            good.to_int_with(row_pitch=good.row_pitch + 1),
            good.to_int_with(row_pitch=0), *descs[1:]]
     summary = _run(AttentionEngine(hw), hw, memory, ops,
                    test_id=f"engine-attention-random-{heads_parallel}", seed=seed,
                    memory_pauses="random", gaps="random")
-    assert summary["errors"] == [0, Fault.SHAPE, Fault.SHAPE, Fault.SHAPE, 0, 0]
+    assert summary["errors"] == [0, Fault.SHAPE, Fault.SHAPE, Fault.SHAPE, Fault.SHAPE, 0, 0]
 
 
 # Slow: the whole instructions of the trained tiny program, and wider sweeps (Verilator) ------
@@ -355,22 +364,23 @@ def test_attention_engine_cycles_with_head_lanes(lanes_parallel, score_lanes, co
     descs, arena = [], _Arena(rng, hw.bus_width // 8)
     sm_mult, sm_shift = intops.softmax_constants(1 / 8)
     out_mult, out_shift = intops.quantize_multiplier(0.3)
-    for tokens in (7, 24):
+    for tokens, rows, first in ((7, 7, 0), (24, 24, 0), (24, 10, 7)):  # the last a chunk's
         q = arena.place(tokens * 3 * width)
-        descs.append(AttentionDescriptor(hw, tokens=tokens, heads=rounds * lanes_parallel,
-                                         head_dim=64,
+        descs.append(AttentionDescriptor(hw, tokens=tokens, rows=rows,
+                                         heads=rounds * lanes_parallel, head_dim=64,
                                          sm_mult=int(sm_mult), sm_shift=int(sm_shift),
                                          out_mult=int(out_mult), out_shift=int(out_shift),
-                                         q_addr=q, k_addr=q + width, v_addr=q + 2 * width,
-                                         row_pitch=3 * width,
-                                         out_addr=arena.place(tokens * width)))
+                                         q_addr=q + first * 3 * width, k_addr=q + width,
+                                         v_addr=q + 2 * width, row_pitch=3 * width,
+                                         out_addr=arena.place(rows * width)))
     summary = _run(AttentionEngine(hw), hw, arena.memory(), descs, seed=0, simulator="icarus",
                    test_id=f"engine-attention-cycles-{lanes_parallel}-{score_lanes}-"
                            f"{context_lanes}-{kv_banks}")
-    print(f"{'lanes':>5} {'chunks':>6} {'tokens':>6} {'simulated':>9} {'model':>6} {'error':>7}")
+    print(f"{'lanes':>5} {'chunks':>6} {'tokens':>6} {'rows':>4} {'simulated':>9} {'model':>6} "
+          f"{'error':>7}")
     for d, cycles in zip(descs, summary["cycles"]):
         model = compute_cycles(d, hw) + memory_wait(d, hw, moved_bytes(d, hw), hw.bus_width / 8)
         assert compute_cycles(d, hw) == d.expected_cycles() + attention_tail(d)
-        print(f"{lanes_parallel:>5} {d.chunks:>6} {d.tokens:>6} {cycles:>9} {model:>6} "
+        print(f"{lanes_parallel:>5} {d.chunks:>6} {d.tokens:>6} {d.rows:>4} {cycles:>9} {model:>6} "
               f"{(model - cycles) / cycles:>7.2%}")
         assert abs(model - cycles) <= (8 if kv_banks == 1 else 0), (model, cycles)

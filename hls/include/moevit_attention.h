@@ -23,6 +23,7 @@ namespace moevit {
 // The fields of the ATTENTION descriptor (AttentionDescriptor) the kernel computes with.
 struct attention_desc {
     unsigned tokens, heads, head_dim;
+    unsigned rows;       // query rows of q and of the context (the keys: tokens)
     unsigned row_pitch;  // elements from one row of q, k, v to the next
     mult_t sm_mult;
     shift_t sm_shift;
@@ -45,8 +46,8 @@ void attention_scores(const attention_desc &d, const act_t *q,
 #pragma HLS array_partition variable=qrow complete dim=1
 #pragma HLS array_partition variable=qrow cyclic factor=CONFIG_T::score_lanes dim=2
 attention_query_groups:
-    for (unsigned first = 0; first < d.tokens; first += R) {
-        for (unsigned r = 0; r < R && first + r < d.tokens; r++)
+    for (unsigned first = 0; first < d.rows; first += R) {
+        for (unsigned r = 0; r < R && first + r < d.rows; r++)
             for (unsigned c = 0; c < d.head_dim; c++) qrow[r][c] = q[(first + r) * d.row_pitch + c];
     attention_keys:
         for (unsigned j = 0; j < d.tokens; j++) {
@@ -64,7 +65,7 @@ attention_query_groups:
                     }
                 }
             }
-            for (unsigned r = 0; r < R && first + r < d.tokens; r++) scores[r].write(s[r]);
+            for (unsigned r = 0; r < R && first + r < d.rows; r++) scores[r].write(s[r]);
         }
     }
 }
@@ -75,10 +76,10 @@ void attention_softmax(const attention_desc &d, hls::stream<score_t> scores[CONF
                        hls::stream<prob_t> probs[CONFIG_T::row_lanes]) {
     static const unsigned R = CONFIG_T::row_lanes;
 attention_rows:
-    for (unsigned first = 0; first < d.tokens; first += R) {
+    for (unsigned first = 0; first < d.rows; first += R) {
         for (unsigned r = 0; r < R; r++) {
 #pragma HLS unroll
-            if (first + r < d.tokens)
+            if (first + r < d.rows)
                 softmax<typename CONFIG_T::softmax_config>(scores[r], probs[r], d.tokens,
                                                            d.sm_mult, d.sm_shift);
         }
@@ -96,8 +97,8 @@ void attention_context(const attention_desc &d, hls::stream<prob_t> probs[CONFIG
 #pragma HLS array_partition variable=ctx complete dim=1
 #pragma HLS array_partition variable=ctx cyclic factor=CONFIG_T::score_lanes dim=2
 attention_context_groups:
-    for (unsigned first = 0; first < d.tokens; first += R) {
-        unsigned rows = d.tokens - first < R ? d.tokens - first : R;
+    for (unsigned first = 0; first < d.rows; first += R) {
+        unsigned rows = d.rows - first < R ? d.rows - first : R;
         for (unsigned r = 0; r < R; r++)
             for (unsigned c = 0; c < d.head_dim; c++) ctx[r][c] = 0;
     attention_values:
@@ -164,7 +165,7 @@ void attention_head(const attention_desc &d, const act_t *q, const act_t *k, con
     attention_context<CONFIG_T>(d, probs, vbuf, out, out_pitch);
 }
 
-// Every head of the descriptor; the context is tokens x (heads * head_dim). The
+// Every head of the descriptor; the context is rows x (heads * head_dim). The
 // heads_parallel head lanes take heads p, p + P, p + 2P, ... (as the RTL's lanes);
 // heads is a multiple of P (the descriptor's rule).
 template <class CONFIG_T>

@@ -242,8 +242,9 @@ unsigned run_task_linear(memory &m, const task_linear_fields &f, unsigned task) 
 // the head's columns of the context back.
 unsigned run_attention(memory &m, const attention_fields &f) {
     typedef attention_config A;
-    const unsigned tokens = f.tokens, heads = f.heads, hd = f.head_dim;
-    if (tokens < 1 || tokens > A::kv_depth || heads < 1 || hd < 1 || hd > A::max_head_dim ||
+    const unsigned tokens = f.tokens, rows = f.rows, heads = f.heads, hd = f.head_dim;
+    if (tokens < 1 || tokens > A::kv_depth || rows < 1 || rows > tokens || heads < 1 || hd < 1 ||
+        hd > A::max_head_dim ||
         hd % A::score_lanes || heads % A::heads_parallel || f.chunks != hd / A::score_lanes ||
         f.rounds != heads / A::heads_parallel || f.row_pitch < heads * hd)
         return program::ERROR_DESCRIPTOR;
@@ -251,6 +252,7 @@ unsigned run_attention(memory &m, const attention_fields &f) {
     static act_t v[A::kv_depth * A::max_head_dim], out[A::kv_depth * A::max_head_dim];
     attention_desc d;
     d.tokens = tokens;
+    d.rows = rows;
     d.heads = 1;
     d.head_dim = hd;
     d.row_pitch = hd;
@@ -262,12 +264,12 @@ attention_heads:
     for (unsigned h = 0; h < heads; h++) {
         for (unsigned t = 0; t < tokens; t++) {
             addr_t row = addr_t(t) * f.row_pitch + h * hd;
-            read(m, f.q_addr + row, hd, q + t * hd);
+            if (t < rows) read(m, f.q_addr + row, hd, q + t * hd);
             read(m, f.k_addr + row, hd, k + t * hd);
             read(m, f.v_addr + row, hd, v + t * hd);
         }
         attention_head<A>(d, q, k, v, out, hd);
-        for (unsigned t = 0; t < tokens; t++)
+        for (unsigned t = 0; t < rows; t++)
             write(m, f.out_addr + addr_t(t) * heads * hd + h * hd, hd, out + t * hd);
     }
     return program::ERROR_NONE;

@@ -1,7 +1,7 @@
 // Testbench of the attention kernel (moevit_attention.h). Per case, in:
-//   tokens, heads, head_dim, sm_mult, sm_shift, out_mult, out_shift,
+//   tokens, rows, first, heads, head_dim, sm_mult, sm_shift, out_mult, out_shift,
 //   qkv[tokens * 3*heads*head_dim]   (one QKV output: [q | k | v] per row)
-// out: ctx[tokens * heads*head_dim].
+// out: ctx[rows * heads*head_dim], of the query rows first .. first + rows - 1.
 #include "moevit_attention.h"
 #include "parameters.h"
 #include "tb_io.h"
@@ -12,6 +12,8 @@ int main(int argc, char **argv) {
     return tb_main(argc, argv, [](tb_input &in, tb_output &out) {
         attention_desc d;
         d.tokens = in.next();
+        d.rows = in.next();
+        unsigned first = in.next();
         d.heads = in.next();
         d.head_dim = in.next();
         d.sm_mult = in.next();
@@ -21,9 +23,9 @@ int main(int argc, char **argv) {
         unsigned width = d.heads * d.head_dim;
         d.row_pitch = 3 * width;
         std::vector<act_t> qkv = in.array<act_t>(d.tokens * d.row_pitch);
-        std::vector<act_t> ctx(d.tokens * width);
-        attention<attention_config>(d, qkv.data(), qkv.data() + width, qkv.data() + 2 * width,
-                                    ctx.data());
+        std::vector<act_t> ctx(d.rows * width);
+        attention<attention_config>(d, qkv.data() + first * d.row_pitch, qkv.data() + width,
+                                    qkv.data() + 2 * width, ctx.data());
         out.array(ctx);
     });
 }

@@ -458,7 +458,8 @@ def memory_wait(d, hw, moved, bandwidth, memory_bandwidth=None, *, op=None,
         from moevit.hw.units.attention import head_cycles
 
         computes = head_cycles(d.tokens, d.chunks, hw.row_lanes,
-                               hw.score_lanes // hw.context_width) - d.tokens * d.chunks - 1
+                               hw.score_lanes // hw.context_width, d.rows) \
+            - d.tokens * d.chunks - 1
         later = max(0, max(int(np.ceil(load)), attention_kv_cycles(d)) - computes)
         return wait + (d.rounds - 1) * later
     if m == "PATCHIFY" and moved.get("x"):
@@ -585,8 +586,8 @@ def moved_bytes(d, hw, *, op=None, routed=None, written=0) -> dict:
     elif m == "TASK_LINEAR":
         moved = dict(linear(op, op.tokens), entry=TASK_ENTRY_BYTES)
     elif m == "ATTENTION":
-        size = d.tokens * d.heads * d.head_dim
-        moved = {"x": size, "w": size, "chan": size}          # q, k, v
+        width = d.heads * d.head_dim
+        moved = {"x": d.rows * width, "w": d.tokens * width, "chan": d.tokens * width}
     elif m == "LAYERNORM":
         moved = {"x": 8 * d.dim, "w": d.tokens * d.dim}       # parameters, rows
     elif m == "PATCHIFY":
@@ -658,8 +659,9 @@ def request_bursts(d, hw, *, op=None, routed=None) -> dict:
         linear(op)
     elif m == "ATTENTION":
         row = hw.heads_parallel * d.head_dim
-        for mover in ("x", "w", "chan", "write"):
-            add(mover, row, d.tokens * d.rounds)
+        for mover, count in (("x", d.rows), ("w", d.tokens), ("chan", d.tokens),
+                             ("write", d.rows)):
+            add(mover, row, count * d.rounds)
     elif m == "LAYERNORM":
         add("x", 8 * d.dim)
         add("w", d.tokens * d.dim)
@@ -927,7 +929,7 @@ def written_bytes(d, *, op=None, routed=None) -> int:
     if m == "TASK_LINEAR":
         return op.tokens * op.out_features
     if m == "ATTENTION":
-        return d.tokens * d.heads * d.head_dim
+        return d.rows * d.heads * d.head_dim
     if m == "LAYERNORM":
         return d.tokens * d.dim
     if m == "PATCHIFY":
@@ -1216,9 +1218,10 @@ def activation_streams(mnemonic, f, n) -> list:
                 ("hidden_addr", "x", n * f["hidden"]), ("hidden_addr", "write", n * f["hidden"]),
                 ("slots_addr", "write", n * f["dim"])]
     if m == "ATTENTION":
-        size = f["tokens"] * f["heads"] * f["head_dim"]
-        return [("q_addr", "x", size), ("k_addr", "w", size), ("v_addr", "chan", size),
-                ("out_addr", "write", size)]
+        width = f["heads"] * f["head_dim"]
+        keys, rows = f["tokens"] * width, f["rows"] * width
+        return [("q_addr", "x", rows), ("k_addr", "w", keys), ("v_addr", "chan", keys),
+                ("out_addr", "write", rows)]
     if m == "LAYERNORM":
         size = f["tokens"] * f["dim"]
         return [("x_addr", "w", size), ("y_addr", "write", size)]

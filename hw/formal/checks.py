@@ -859,12 +859,13 @@ def _attention_engine(short=False):
     from moevit.hw.top.attention_engine import AttentionEngine
 
     def buffers(d):
-        # q, k, v: rows of heads * head_dim bytes, row_pitch apart; the context dense.
+        # k, v: rows of heads * head_dim bytes, row_pitch apart, q the same for its query
+        # rows; the context dense, a row a query row.
         row = d.heads * d.head_dim
-        span = (d.tokens - 1) * d.row_pitch + row
-        return {"rd0": [(d.q_addr, d.q_addr + span)], "rd1": [(d.k_addr, d.k_addr + span)],
+        span, queries = ((n - 1) * d.row_pitch + row for n in (d.tokens, d.rows))
+        return {"rd0": [(d.q_addr, d.q_addr + queries)], "rd1": [(d.k_addr, d.k_addr + span)],
                 "rd2": [(d.v_addr, d.v_addr + span)],
-                "wr": [(d.out_addr, d.out_addr + d.tokens * row)]}
+                "wr": [(d.out_addr, d.out_addr + d.rows * row)]}
 
     return _engine(AttentionEngine, buffers,
                    lambda d: (d.tokens < 4) & (d.heads < 3) & (d.head_dim < 5)

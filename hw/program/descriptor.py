@@ -439,11 +439,14 @@ def _check_constants(what, pairs):
 
 @dataclass(frozen=True)
 class AttentionDescriptor(Descriptor):
-    """Attention of ``heads`` heads over ``tokens`` tokens (the attention kernel).
+    """Attention of ``heads`` heads of ``rows`` query rows over ``tokens`` keys (the
+    attention kernel).
 
     Per head: ``out = requantize(weighted_sum(softmax(q @ k.T, sm_mult,
     sm_shift), v), out_mult, out_shift)`` (``moevit.model.integer.intops``), with
-    ``q``, ``k``, ``v`` int8 ``tokens x head_dim``. The kernel's
+    ``k``, ``v`` int8 ``tokens x head_dim`` and ``q``, ``out`` ``rows x head_dim``: a
+    range of an image's query rows (``q_addr`` and ``out_addr`` at its first) attends to
+    every key, so a program can split an image's attention by rows. The kernel's
     ``hw.heads_parallel`` lanes take ``rounds = heads / heads_parallel``
     heads each; a score takes ``chunks = head_dim / hw.score_lanes`` cycles.
 
@@ -458,7 +461,7 @@ class AttentionDescriptor(Descriptor):
     OPCODE = 2
     MNEMONIC, UNIT, OUTPUT = "ATTENTION", "attention", "out_addr"
 
-    tokens: int = packed(16, doc="sequence length (rows of q, k, v)", default=1)
+    tokens: int = packed(16, doc="sequence length (rows of k and v)", default=1)
     heads: int = packed(8, doc="attention heads", default=1)
     head_dim: int = packed(16, doc="width of one head", default=1)
     sm_mult: int = packed(15, doc="softmax multiplier M (intops.softmax)", default=1)
@@ -474,11 +477,19 @@ class AttentionDescriptor(Descriptor):
     row_pitch: int = packed(16, doc="bytes from one row of q, k, v to the next "
                             "(3 x heads x head_dim: the thirds of one QKV output); "
                             "0 given: heads x head_dim", default=0)
+    rows: int = packed(16, doc="query rows (of q and of the context); 0 given: tokens",
+                       default=0)
 
     def validate(self):
         hw = self.hw
         _check_positive(self, "Attention", (("tokens", "tokens"), ("heads", "heads"),
                                             ("head dim", "head_dim")))
+        if self.rows == 0:
+            self._set("rows", self.tokens)
+        elif not 0 < self.rows <= self.tokens:
+            raise DescriptorError(
+                f"Attention descriptor of {self.rows} query rows is outside 1 to its "
+                f"{self.tokens} tokens")
         if self.tokens > hw.kv_depth:
             raise DescriptorError(
                 f"Attention descriptor of {self.tokens} tokens exceeds the {hw.kv_depth}-token "
@@ -510,7 +521,7 @@ class AttentionDescriptor(Descriptor):
     @property
     def macs(self) -> int:
         """Multiply-accumulates: ``q @ k.T`` and ``p @ v`` of every head."""
-        return 2 * self.heads * self.tokens * self.tokens * self.head_dim
+        return 2 * self.heads * self.rows * self.tokens * self.head_dim
 
     def ideal_cycles(self) -> int:
         """MACs / MAC units (``hw.attention_macs``), rounded up."""
@@ -527,7 +538,8 @@ class AttentionDescriptor(Descriptor):
 
         parts = self.hw.score_lanes // self.hw.context_width
         return heads_cycles(self.tokens, self.chunks, self.rounds, self.hw.row_lanes, parts,
-                            self.hw.kv_banks) + (restart_cycles(parts) if following else 0)
+                            self.hw.kv_banks, self.rows) \
+            + (restart_cycles(parts) if following else 0)
 
 
 @dataclass(frozen=True)

@@ -117,8 +117,8 @@ class _Machine:
 
     def ATTENTION(self, d: AttentionDescriptor):
         width = d.heads * d.head_dim
-        q, k, v = (self.read(a, (d.tokens, width), pitch=d.row_pitch)
-                   for a in (d.q_addr, d.k_addr, d.v_addr))
+        q = self.read(d.q_addr, (d.rows, width), pitch=d.row_pitch)
+        k, v = (self.read(a, (d.tokens, width), pitch=d.row_pitch) for a in (d.k_addr, d.v_addr))
         self.stats["macs"] += d.macs
         consts = golden.AttentionConsts(d.sm_mult, d.sm_shift, d.out_mult, d.out_shift)
         cols = [slice(h * d.head_dim, (h + 1) * d.head_dim) for h in range(d.heads)]

@@ -3,8 +3,8 @@
 
 In memory, q, k and v of head ``h`` and token ``t`` are the ``head_dim`` bytes at
 ``{q,k,v}_addr + t * row_pitch + h * head_dim`` (the compiler points them into one
-QKV tensor, ``row_pitch = 3 * dim``); the context is row-major ``tokens x
-heads * head_dim`` at ``out_addr``.
+QKV tensor, ``row_pitch = 3 * dim``), ``t`` below ``rows`` for q and ``tokens`` for k
+and v; the context is row-major ``rows x heads * head_dim`` at ``out_addr``.
 
 The kernel's ``P = hw.heads_parallel`` head lanes are fed *together*: in round
 ``r`` lane ``p`` computes head ``r * P + p``, so the lanes' heads are adjacent
@@ -232,22 +232,22 @@ class AttentionEngine(wiring.Component):
             with m.State("RUN"):
                 with m.If(request_end):
                     m.d.sync += written.eq(written + 1)
-                    with m.If(written + 1 == desc.rounds * desc.tokens):
+                    with m.If(written + 1 == desc.rounds * desc.rows):
                         m.d.comb += self.done.eq(1)
                         m.next = "IDLE"
         m.d.comb += idle.eq(fsm.ongoing("IDLE"))
 
         # Requests: q, k, v and the context, each walked on its own.
         slice_bytes = desc.head_dim * P
-        channels = [(self.rd[0].req, desc.q_addr, desc.row_pitch),
-                    (self.rd[1].req, desc.k_addr, desc.row_pitch),
-                    (self.rd[2].req, desc.v_addr, desc.row_pitch),
-                    (self.wr.req, desc.out_addr, desc.heads * desc.head_dim)]
-        for k, (req, base, pitch) in enumerate(channels):
+        channels = [(self.rd[0].req, desc.q_addr, desc.row_pitch, desc.rows),
+                    (self.rd[1].req, desc.k_addr, desc.row_pitch, desc.tokens),
+                    (self.rd[2].req, desc.v_addr, desc.row_pitch, desc.tokens),
+                    (self.wr.req, desc.out_addr, desc.heads * desc.head_dim, desc.rows)]
+        for k, (req, base, pitch, count) in enumerate(channels):
             walk = m.submodules[f"walk{k}"] = SliceRequests()
             m.d.comb += [walk.base.eq(base), walk.step.eq(slice_bytes), walk.pitch.eq(pitch),
                          walk.length.eq(slice_bytes), walk.rounds.eq(desc.rounds),
-                         walk.tokens.eq(desc.tokens), walk.start.eq(start)]
+                         walk.tokens.eq(count), walk.start.eq(start)]
             wiring.connect(m, walk.req, wiring.flipped(req))
 
         # Reads: bus beats to beats of the score lanes, dealt to the head lanes.

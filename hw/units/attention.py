@@ -26,10 +26,11 @@ leaves in ``C`` cycles of the ``tokens * C`` it took to compute, so one set keep
 up with all of them).
 
 Stream order, per head of a lane: K (``tokens * C`` beats, token-major, each
-beat ``L`` int8 of one token), V (same, accepted alongside K), then Q (same,
-accepted once K and V are in); ``o`` carries the context rows in the same
-beat order. With two banks of K and V (``hw.kv_banks``) the next head's K and V
-are accepted while the head before computes (its Q still streaming).
+beat ``L`` int8 of one token), V (same, accepted alongside K), then Q (``rows * C``
+beats, accepted once K and V are in: the descriptor's query rows, a range of the
+tokens' or all of them); ``o`` carries the context rows in Q's beat order. With two
+banks of K and V (``hw.kv_banks``) the next head's K and V are accepted while the head
+before computes (its Q still streaming).
 """
 
 import bisect
@@ -408,8 +409,9 @@ class HeadLane(wiring.Component):
     ``row_lanes`` every ``tokens * chunks`` cycles, so a few requantizers keep up with
     them; each is two DSP48E2 and a rounding shifter.
 
-    Members as :class:`AttentionHead`'s, less ``rows``, with ``out_mult`` and
-    ``out_shift`` (the context's requantization) and ``o`` (int8 beats) for ``acc``.
+    Members as :class:`AttentionHead`'s (``rows``: the head's query rows, dealt over the
+    pipelines), with ``out_mult`` and ``out_shift`` (the context's requantization) and
+    ``o`` (int8 beats) for ``acc``.
     """
 
     def __init__(self, *, row_lanes, lanes, max_tokens, max_head_dim, context_lanes=0,
@@ -427,7 +429,7 @@ class HeadLane(wiring.Component):
                                     max_head_dim=max_head_dim, kv_banks=kv_banks)
                       for _ in range(row_lanes)]
         ports = dict(self._rows[0].signature.members)
-        del ports["rows"], ports["acc"]
+        del ports["acc"]
         ports.update(out_mult=In(intops.MULT_BITS), out_shift=In(6),
                      o=Out(stream.Signature(beat_layout(lanes))))
         super().__init__(ports)
@@ -444,8 +446,8 @@ class HeadLane(wiring.Component):
             m.submodules[f"row{s}"] = pipe
             m.d.comb += [getattr(pipe, name).eq(getattr(self, name)) for name in (
                 "tokens", "chunks", "rounds", "sm_mult", "sm_shift", "start")]
-            # Rows s, s + R, ... below tokens: ceil((tokens - s) / R).
-            m.d.comb += pipe.rows.eq((self.tokens + (R - 1 - s)) >> shift)
+            # Rows s, s + R, ... below rows: ceil((rows - s) / R).
+            m.d.comb += pipe.rows.eq((self.rows + (R - 1 - s)) >> shift)
         busy = Cat(pipe.busy for pipe in pipes).any()
         if self._context_lanes < len(self.o.payload):
             busy |= self.o.valid        # the requantizers' output register holds a beat
@@ -483,12 +485,12 @@ class HeadLane(wiring.Component):
 
         # Q dealt and the accumulators gathered a row (``chunks`` beats) at a time, pipeline
         # by pipeline; each head's first row goes to pipeline 0.
-        tokens, chunks = Signal.like(self.tokens), Signal.like(self.chunks)
+        rows, chunks = Signal.like(self.rows), Signal.like(self.chunks)
         with m.If(self.start):
-            m.d.sync += [tokens.eq(self.tokens), chunks.eq(self.chunks)]
+            m.d.sync += [rows.eq(self.rows), chunks.eq(self.chunks)]
         for outer, inners in ((self.q, [pipe.q for pipe in pipes]),
                               (acc, [pipe.acc for pipe in pipes])):
-            at, chunk, row = Signal(range(R)), Signal.like(chunks), Signal.like(tokens)
+            at, chunk, row = Signal(range(R)), Signal.like(chunks), Signal.like(rows)
             if outer is self.q:
                 for s, inner in enumerate(inners):
                     m.d.comb += [inner.valid.eq(outer.valid & (at == s)),
@@ -508,7 +510,7 @@ class HeadLane(wiring.Component):
                 with m.If(chunk + 1 == chunks):
                     # ``at`` wraps by itself: R is a power of two.
                     m.d.sync += [chunk.eq(0), at.eq(at + 1), row.eq(row + 1)]
-                    with m.If(row + 1 == tokens):
+                    with m.If(row + 1 == rows):
                         m.d.sync += [at.eq(0), row.eq(0)]
         return m
 
@@ -620,6 +622,7 @@ class Attention(wiring.Component):
         m.d.comb += fault.eq(fault_code([
             (Fault.OPCODE, desc.opcode != AttentionDescriptor.OPCODE),
             (Fault.SHAPE, (desc.tokens == 0) | (desc.tokens > hw.kv_depth) | (desc.heads == 0)
+             | (desc.rows == 0) | (desc.rows > desc.tokens)
              | (desc.chunks == 0) | (desc.chunks > max_chunks)),
             (Fault.DERIVED, (desc.chunks * hw.score_lanes != desc.head_dim)
              | (desc.rounds * hw.heads_parallel != desc.heads)),
@@ -631,7 +634,7 @@ class Attention(wiring.Component):
         m.d.sync += started.eq(taken)
         for lane in lanes:
             m.d.comb += [
-                lane.tokens.eq(desc.tokens), lane.chunks.eq(desc.chunks),
+                lane.tokens.eq(desc.tokens), lane.rows.eq(desc.rows), lane.chunks.eq(desc.chunks),
                 lane.rounds.eq(desc.rounds),
                 lane.sm_mult.eq(desc.sm_mult), lane.sm_shift.eq(desc.sm_shift),
                 lane.out_mult.eq(desc.out_mult), lane.out_shift.eq(desc.out_shift),
@@ -669,7 +672,7 @@ _NEVER = -(1 << 62)
 
 
 @lru_cache(maxsize=256)
-def head_cycles(tokens, chunks, row_lanes=1, parts=1):
+def head_cycles(tokens, chunks, row_lanes=1, parts=1, rows=None):
     """Cycles of one head: from its first K/V beat to the next head's first K/V beat.
 
     Fed with no gaps and drained with no back-pressure. The model follows each
@@ -683,32 +686,34 @@ def head_cycles(tokens, chunks, row_lanes=1, parts=1):
     the row before it) and the context rows gathered in turn (a row's context
     waits, in its lane's registers, for the row before it to leave). ``parts``:
     ``score_lanes / context_lanes``, the cycles a gathered beat takes through the
-    head lane's requantizers (:class:`HeadLane`).
+    head lane's requantizers (:class:`HeadLane`). ``rows``: the head's query rows (None:
+    ``tokens``).
     """
-    return _heads(tokens, chunks, row_lanes, parts, 1, 1)[0]
+    return _heads(tokens, chunks, row_lanes, parts, 1, 1, rows)[0]
 
 
-def head_tail(tokens, chunks, row_lanes=1, parts=1):
+def head_tail(tokens, chunks, row_lanes=1, parts=1, rows=None):
     """Cycles from the last head's :func:`head_cycles` to the cycle after its last context
     beat: 0 when the requantizers take a beat a cycle (it leaves as it is gathered), else
     the parts of the last beat still in them and their output register."""
-    span, end = _heads(tokens, chunks, row_lanes, parts, 1, 1)
+    span, end = _heads(tokens, chunks, row_lanes, parts, 1, 1, rows)
     return end - span
 
 
-def heads_cycles(tokens, chunks, rounds, row_lanes=1, parts=1, banks=1):
+def heads_cycles(tokens, chunks, rounds, row_lanes=1, parts=1, banks=1, rows=None):
     """Cycles of a descriptor's ``rounds`` heads on one head lane, from the first K/V beat
     to the cycle after the last context beat. With one bank of K and V (``banks`` 1) the
     heads follow one another: ``rounds`` :func:`head_cycles` and the last's
     :func:`head_tail`. With two, a head's K and V load while the head before computes (a
     row pipeline takes the next head's beats once it has started the head before and the
     K and V before are in), and each row pipeline starts its next head as soon as it has
-    finished its rows of the one before and that head's K and V are in."""
-    return _heads(tokens, chunks, row_lanes, parts, rounds, banks)[1]
+    finished its rows of the one before and that head's K and V are in. ``rows``: each
+    head's query rows (None: ``tokens``)."""
+    return _heads(tokens, chunks, row_lanes, parts, rounds, banks, rows)[1]
 
 
 @lru_cache(maxsize=256)
-def _heads(tokens, chunks, row_lanes, parts, rounds, banks):
+def _heads(tokens, chunks, row_lanes, parts, rounds, banks, rows=None):
     """``(span, end)`` of ``rounds`` heads: the cycle the next head's first K/V beat could
     come (a descriptor's next head on one bank), and the cycle after the last context
     beat."""
@@ -722,7 +727,7 @@ def _heads(tokens, chunks, row_lanes, parts, rounds, banks):
         # K and V take `T * C` cycles, then one to switch to compute
         lanes = [_RowPipeline(T, C, max(r, loaded) + 1) for r in ready]
         began, ready = ready, [lane.compute + 1 for lane in lanes]  # a lane without rows
-        for r in range(T):
+        for r in range(T if rows is None else rows):
             lane = lanes[r % R]
             dealt = max(dealt, lane.q_free()) + C
             done = lane.add_row(dealt)

@@ -164,9 +164,11 @@ class HwConfig:
         (LayerNorm, the linear layers, the gate and its routing, COMBINE) in two chunks of
         rows, one chunk's linear layers beside the other's LayerNorm, routing and COMBINE
         (:meth:`moevit.hw.program.compiler._Compiler.token_chunks`); the attention and the
-        experts still take every row at once. 0: one image runs one instruction at a time.
-        Only the compiler reads it: the RTL and the programs' fingerprint are the two-lane
-        top's (:meth:`rtl`).
+        experts still take every row at once. 2: the attention too, each chunk's query rows
+        against every key in an ATTENTION of their own, the second chunk's beside the first
+        chunk's next layers. 0: one image runs one instruction at a time. Only the compiler
+        reads it: the RTL and the programs' fingerprint are the two-lane top's
+        (:meth:`rtl`).
     weight_streaming : int
         1: the linear kernel issues a weight bank's first token tile behind the bank's
         load, each step once its weight beat is in (as it does behind the ``x`` stream),
@@ -374,8 +376,8 @@ class HwConfig:
             raise ConfigError(f"K/V banks must be 1 or 2, not {self.kv_banks!r}")
         if type(self.weight_streaming) is not int or self.weight_streaming not in (0, 1):
             raise ConfigError(f"Weight streaming must be 0 or 1, not {self.weight_streaming!r}")
-        if type(self.token_chunks) is not int or self.token_chunks not in (0, 1):
-            raise ConfigError(f"Token chunks must be 0 or 1, not {self.token_chunks!r}")
+        if type(self.token_chunks) is not int or self.token_chunks not in (0, 1, 2):
+            raise ConfigError(f"Token chunks must be 0, 1 or 2, not {self.token_chunks!r}")
         if self.token_chunks and self.issue_lanes == 1:
             raise ConfigError("Token chunks run one chunk beside the other on two issue lanes; "
                               "this HwConfig has one (issue_lanes 1)")

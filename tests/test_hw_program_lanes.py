@@ -89,11 +89,14 @@ def _conflicts(program, images, task):
     return sorted(set(bad))
 
 
-@pytest.mark.parametrize("batch, onchip", [(1, 0), (1, 32768), (2, 0), (3, 0), (2, 32768)])
-def test_two_streams_compute_each_image_and_never_touch_each_others_bytes(tiny, batch, onchip):
+@pytest.mark.parametrize("batch, onchip, chunks", [(1, 0, 1), (1, 32768, 1), (1, 0, 2),
+                                                   (1, 32768, 2), (2, 0, 0), (3, 0, 0),
+                                                   (2, 32768, 0)])
+def test_two_streams_compute_each_image_and_never_touch_each_others_bytes(tiny, batch, onchip,
+                                                                          chunks):
     qmodel, image = tiny
-    hw = (CHUNKS if batch == 1 else TWO_LANES).replace(
-        max_tokens=64 * (-(-batch * qmodel.config.tokens // 64)), onchip_bytes=onchip)
+    hw = TWO_LANES.replace(max_tokens=64 * (-(-batch * qmodel.config.tokens // 64)),
+                           onchip_bytes=onchip, token_chunks=chunks)
     program = compile_program(qmodel, hw, batch=batch)
     images = _images(image, batch)
     marked = sum(program.concurrent)
@@ -170,6 +173,34 @@ def test_one_image_on_two_lanes_runs_its_token_wise_layers_in_two_chunks(tiny):
     assert chunked == {"LAYERNORM", "LINEAR", "TASK_LINEAR", "ROUTE", "COMBINE"}
 
 
+def test_the_attention_in_chunks_of_query_rows(tiny):
+    """``token_chunks`` 2: each block's attention cut at the chunks' row too, each chunk's
+    query rows against every key; the first chunk's alone once both chunks' K and V are in,
+    the second chunk's first in its stream of the segment after, beside the first chunk's
+    projection (on the other lane). Every other instruction as with ``token_chunks`` 1."""
+    qmodel, _ = tiny
+    tokens = qmodel.config.tokens
+    rows = compile_program(qmodel, CHUNKS.replace(token_chunks=2))
+    whole = compile_program(qmodel, CHUNKS)
+    attention = [(k, d) for k, d in enumerate(rows.instructions) if d.MNEMONIC == "ATTENTION"]
+    assert len(attention) == 2 * qmodel.config.depth
+    for (k, first), (i, second) in zip(attention[::2], attention[1::2]):
+        assert (first.tokens, first.rows, rows.streams[k]) == (tokens, 32, -1)
+        assert (second.tokens, second.rows, rows.streams[i]) == (tokens, tokens - 32, 1)
+        assert second.k_addr == first.k_addr and second.v_addr == first.v_addr
+        assert second.q_addr == first.q_addr + 32 * first.row_pitch
+        assert second.out_addr == first.out_addr + 32 * first.heads * first.head_dim
+        # The second chunk's attention is its stream's first of its segment; the first
+        # chunk's projection (LINEAR on the other lane) runs beside it.
+        stream = [j for j in range(k + 1, len(rows.streams)) if rows.streams[j] == 1]
+        assert stream[0] == i
+        beside = [j for j in range(k + 1, len(rows.streams)) if rows.streams[j] == 0][0]
+        assert rows.instructions[beside].MNEMONIC == "LINEAR" and rows.concurrent[max(i, beside)]
+    others = [d for d in rows.instructions if d.MNEMONIC != "ATTENTION"]
+    assert sorted(map(repr, others)) == sorted(repr(d) for d in whole.instructions
+                                               if d.MNEMONIC != "ATTENTION")
+
+
 def test_token_chunks_are_the_compilers_alone():
     """``token_chunks`` is kept with the HwConfig but is not hardware: the RTL and a
     program's fingerprint are the two-lane top's, so one top runs both programs."""
@@ -232,8 +263,8 @@ def test_two_lanes_need_two_memory_ports():
     with pytest.raises(ConfigError, match=r"^Token chunks run one chunk beside the other on two "
                        r"issue lanes; this HwConfig has one \(issue_lanes 1\)$"):
         TWO_LANES.replace(issue_lanes=1, token_chunks=1)
-    with pytest.raises(ConfigError, match="^Token chunks must be 0 or 1, not 2$"):
-        TWO_LANES.replace(token_chunks=2)
+    with pytest.raises(ConfigError, match="^Token chunks must be 0, 1 or 2, not 3$"):
+        TWO_LANES.replace(token_chunks=3)
 
 
 def _span(streams, order):

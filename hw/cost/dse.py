@@ -72,7 +72,9 @@ window, ports and issue lanes are chosen again at its best batch
 (:func:`_window_at_best_batch`, :func:`_ports_at_best_batch`, :func:`_lanes_at_best_batch`:
 two lanes run a batch's two halves, one's linear layers beside the other's attention,
 LayerNorm and routing, :func:`predict_lanes`; the two lanes' memory traffic is not divided
-between them there either). The chosen point
+between them there either); on a latency board each ranked point is tried on a top of two
+issue lanes running its image in token chunks, its attention's query rows in them or not,
+each with its window chosen again (:func:`_lanes_at_batch1`). The chosen point
 is one the compiler can serve (the sequence fits the token buffer) when any
 can, and the best by the board's objective (:data:`OBJECTIVES`, by its host): a
 Zynq board's the fastest at batch 1 (among those within :data:`LATENCY_SLACK` of
@@ -282,11 +284,11 @@ def step_fields(d):
                  if f.init and f.name != "hw")
 
 
-def _reference_hw(model, batch=1, lanes=1):
+def _reference_hw(model, batch=1, lanes=1, chunks=1):
     """A HwConfig the compiler accepts for ``model``: its default with a token buffer
     that holds the whole sequence of ``batch`` images (the workload does not depend on
     it), and ``lanes`` issue lanes (two memory ports for two; one image on two in token
-    chunks)."""
+    chunks, ``chunks`` the :attr:`~moevit.hw.config.HwConfig.token_chunks`)."""
     from moevit.hw.config import HwConfig
 
     base = HwConfig.for_model(model)
@@ -294,19 +296,19 @@ def _reference_hw(model, batch=1, lanes=1):
     kv = max(base.kv_depth, model.tokens)
     return base.replace(max_tokens=max(base.max_tokens, tokens), kv_depth=kv,
                         memory_ports=max(base.memory_ports, lanes), issue_lanes=lanes,
-                        token_chunks=int(lanes == 2 and batch == 1))
+                        token_chunks=chunks if lanes == 2 and batch == 1 else 0)
 
 
 #: Changes when :func:`_compile` changes what it keeps (a cached workload is then stale).
 WORKLOAD_VERSION = 5
 
 
-def _cache_key(model, batch=1, lanes=1) -> str:
-    """The model config, the batch, the issue lanes, the compiler's sources and
-    :data:`WORKLOAD_VERSION`."""
+def _cache_key(model, batch=1, lanes=1, chunks=1) -> str:
+    """The model config, the batch, the issue lanes and token chunks, the compiler's sources
+    and :data:`WORKLOAD_VERSION`."""
     from moevit.hw import program
 
-    digest = hashlib.sha256(json.dumps([model.to_dict(), WORKLOAD_VERSION, batch, lanes],
+    digest = hashlib.sha256(json.dumps([model.to_dict(), WORKLOAD_VERSION, batch, lanes, chunks],
                                        sort_keys=True, default=str).encode())
     for source in sorted(Path(program.__file__).parent.glob("*.py")):
         digest.update(source.read_bytes())
@@ -340,14 +342,14 @@ def _signal_quantized(model):
 _QUANTIZED = {}
 
 
-def compile_signal_model(model, batch=1, *, onchip_bytes=0, lanes=1):
+def compile_signal_model(model, batch=1, *, onchip_bytes=0, lanes=1, chunks=1):
     """The program of ``model``'s signal model (untrained weights, unit calibration) for
     ``batch`` images a run, on a HwConfig that holds their whole sequence: the shapes of
     the config's program (``onchip_bytes``: with that on-chip window; ``lanes``: for a top
-    of that many issue lanes)."""
+    of that many issue lanes; ``chunks``: one image's token chunks on two)."""
     from moevit.hw.program.compiler import compile_program
 
-    hw = _reference_hw(model, batch, lanes).replace(onchip_bytes=onchip_bytes)
+    hw = _reference_hw(model, batch, lanes, chunks).replace(onchip_bytes=onchip_bytes)
     return compile_program(_signal_quantized(model), hw, batch=batch)
 
 
@@ -373,7 +375,7 @@ def routed_tokens(tokens, top_k, experts) -> tuple:
                  for e in range(experts))
 
 
-def _compile(model, batch=1, lanes=1):
+def _compile(model, batch=1, lanes=1, chunks=1):
     """The steps of every task, the MACs of one run (``batch`` images), per window of
     :data:`ONCHIP_CHOICES` the address fields of each step whose tensors the compiler
     places on chip (:func:`moevit.hw.program.compiler.place_onchip`), and the steps'
@@ -381,7 +383,7 @@ def _compile(model, batch=1, lanes=1):
     from moevit.hw.cost.cycles import _task_entry
     from moevit.hw.program.compiler import place_onchip
 
-    program = compile_signal_model(model, batch, lanes=lanes)
+    program = compile_signal_model(model, batch, lanes=lanes, chunks=chunks)
     memory = program.memory_image()
     placed = {c: place_onchip(program, c) for c in ONCHIP_CHOICES}
     tasks, macs, windows = {}, {}, {}
@@ -409,17 +411,21 @@ def _compile(model, batch=1, lanes=1):
     return tasks, macs, windows, program.concurrent, program.streams
 
 
-def workload(config, *, batch=1, lanes=1, progress=False) -> Workload:
+def workload(config, *, batch=1, lanes=1, chunks=1, progress=False) -> Workload:
     """The workload of model config ``config`` (a name) compiled for ``batch`` images a
-    run on a top of ``lanes`` issue lanes, compiled once and kept under ``build/dse/``
-    (keyed by the config, the batch, the lanes and the compiler's sources)."""
+    run on a top of ``lanes`` issue lanes (one image on two: in token chunks, ``chunks``
+    the :attr:`~moevit.hw.config.HwConfig.token_chunks`), compiled once and kept under
+    ``build/dse/`` (keyed by the config, the batch, the lanes, the chunks and the
+    compiler's sources)."""
     from moevit.model.config import get_config
     from moevit.paths import build_dir
 
     model = get_config(config)
+    chunks = chunks if lanes == 2 and batch == 1 else 1     # what the compile reads
     name = (config if batch == 1 else f"{config}-batch{batch}") + ("-lanes2" if lanes == 2
-                                                                    else "")
-    path = build_dir("dse") / f"workload-{name}-{_cache_key(model, batch, lanes)}.json"
+                                                                    else "") \
+        + (f"-chunks{chunks}" if chunks != 1 else "")
+    path = build_dir("dse") / f"workload-{name}-{_cache_key(model, batch, lanes, chunks)}.json"
     if path in _WORKLOADS:
         return _WORKLOADS[path]
     if path.exists():
@@ -430,7 +436,7 @@ def workload(config, *, batch=1, lanes=1, progress=False) -> Workload:
 
             print(f"compiling the {config} model once{f' for batch {batch}' if batch > 1 else ''} "
                   f"(cached in {path.parent})", file=sys.stderr)
-        tasks, macs, windows, concurrent, streams = _compile(model, batch, lanes)
+        tasks, macs, windows, concurrent, streams = _compile(model, batch, lanes, chunks)
         data = {"tasks": {name: [[s.mnemonic, s.unit, s.fields, s.routed] for s in steps]
                           for name, steps in tasks.items()}, "macs": macs,
                 "windows": {name: [[c, where] for c, where in w.items()]
@@ -467,7 +473,7 @@ def read_bytes(step, hw, tokens=None) -> int:
         return (t * f["in_features"] + weights + chan_bytes(f["out_features"], hw.cols)
                 + (t * f["out_features"] if f["residual"] else 0))
     if m == "ATTENTION":
-        return 3 * f["tokens"] * f["heads"] * f["head_dim"]
+        return (f["rows"] + 2 * f["tokens"]) * f["heads"] * f["head_dim"]      # q, k, v
     if m == "LAYERNORM":
         return f["tokens"] * f["dim"] + 8 * f["dim"]
     if m == "PATCHIFY":
@@ -507,8 +513,8 @@ def moved_bytes(step, hw, tokens=None, written=0) -> dict:
         moved = linear(f["tokens"] if tokens is None else tokens, f["in_features"],
                        f["out_features"], f["residual"])
     elif m == "ATTENTION":
-        size = f["tokens"] * f["heads"] * f["head_dim"]
-        moved = {"x": size, "w": size, "chan": size}                  # q, k, v
+        keys, width = f["tokens"], f["heads"] * f["head_dim"]
+        moved = {"x": f["rows"] * width, "w": keys * width, "chan": keys * width}  # q, k, v
     elif m == "LAYERNORM":
         moved = {"x": 8 * f["dim"], "w": f["tokens"] * f["dim"]}      # parameters, rows
     elif m == "EXPERT":
@@ -1172,7 +1178,7 @@ def batch1_runs(work, hw, board) -> dict:
     gives it: the image's token chunks interleaved on the two lanes (:func:`predict_lanes`)."""
     port, memory, latency = _bandwidths(board, hw)
     if hw.token_chunks:
-        chunked = workload(work.config, lanes=2)
+        chunked = workload(work.config, lanes=2, chunks=hw.token_chunks)
         return {t: predict_lanes(chunked, t, hw, port, 1, memory, latency) for t in work.tasks}
     return {t: predict(work.steps(t, hw.onchip_bytes), hw, port, memory_bandwidth=memory,
                        latency=latency) for t in work.tasks}
@@ -1193,8 +1199,9 @@ def _best_batch(work, hw, board, task):
     port, memory, latency = _bandwidths(board, hw)
     for batch in _batches(work.tokens, hw):
         if hw.issue_lanes == 2 and (batch > 1 or hw.token_chunks):  # two streams
-            run = predict_lanes(workload(work.config, batch=batch, lanes=2), task, hw, port,
-                                batch, memory, latency)
+            run = predict_lanes(workload(work.config, batch=batch, lanes=2,
+                                         chunks=hw.token_chunks), task, hw, port, batch,
+                                memory, latency)
         else:
             steps = workload(work.config, batch=batch).steps(task, hw.onchip_bytes)
             run = predict(steps, hw, port, batch, memory, latency)
@@ -1282,14 +1289,25 @@ def _lanes_at_batch1(point, work, board, the_fit, fabric):
     """On a latency board, ``point`` on a top of two issue lanes in token chunks
     (``HwConfig.token_chunks``) when that fits and its slowest task's image takes fewer
     cycles by more than :data:`PORTS_SLACK`: the image's token-wise layers in two chunks,
-    one chunk's linear layers beside the other's LayerNorm, routing and COMBINE
-    (:func:`batch1_runs`)."""
-    hw, res = _on_two_lanes(point, board, the_fit, fabric, token_chunks=1)
-    if hw is None:
-        return
-    runs = batch1_runs(work, hw, board)
-    if max(r.cycles for r in runs.values()) < point.latency_cycles * (1 - PORTS_SLACK):
-        _adopt(point, hw, res, work, board, the_fit, fabric)
+    one chunk's linear layers beside the other's LayerNorm, routing and COMBINE (1), and
+    the attention's query rows too (2), the faster (:func:`batch1_runs`). Each with its
+    on-chip window chosen again (:func:`_window`): its tensors live longer, beside the
+    other chunk's instructions, so it may need a larger one (zcu102-edge-moe with the
+    attention in chunks: 4.00 ms in its window of 256 KiB, 3.79 in 512)."""
+    from moevit.hw.cost.resources import resources
+
+    best = None
+    for chunks in (1, 2):
+        hw, _ = _on_two_lanes(point, board, the_fit, fabric, token_chunks=chunks)
+        if hw is None:
+            return
+        hw = _window(workload(work.config, lanes=2, chunks=chunks), hw, board, the_fit, fabric)
+        cycles = max(r.cycles for r in batch1_runs(work, hw, board).values())
+        if best is None or cycles < best[0]:
+            best = (cycles, hw)
+    cycles, hw = best
+    if cycles < point.latency_cycles * (1 - PORTS_SLACK):
+        _adopt(point, hw, resources(hw, the_fit), work, board, the_fit, fabric)
 
 
 def _streaming_at_best_batch(point, work, board, the_fit, fabric):
@@ -1859,7 +1877,7 @@ def kernel_cycles(step, hw) -> float:
         return steps(step.routed, f["dim"], f["hidden"]) + steps(step.routed, f["hidden"],
                                                                  f["dim"])
     if step.mnemonic == "ATTENTION":
-        return 2 * f["tokens"] ** 2 * f["heads"] * f["head_dim"] / hw.attention_macs
+        return 2 * f["rows"] * f["tokens"] * f["heads"] * f["head_dim"] / hw.attention_macs
     return _other_cycles(step, hw)[0]
 
 
@@ -2026,6 +2044,10 @@ def lowest_floor(work, board, task, fabric=True, *, mac_units=0, serial=False):
 
 _LOWEST = {}    # lowest_floor's answers (the report asks again)
 
+#: How the chosen point's text names its ``token_chunks``.
+_CHUNKS_TEXT = {0: "", 1: " (one image in token chunks)",
+                2: " (one image in token chunks, its attention's query rows too)"}
+
 
 def _target(row, name, op, value):
     """A target's verdict; when missed, what stops it: for the MAC units the resource
@@ -2058,8 +2080,8 @@ def _target(row, name, op, value):
         elif "mac_target_floor" in row:
             limit += f"; no HwConfig of these kernels with {value:,} MAC units fits"
     if name == "latency_ms" and value < row["serial_floor_ms"]:
-        limit += (f"; below this top's floor, {row['serial_floor_ms']:.2f} ms: one instruction at "
-                  f"a time, each at its unit's fewest cycles or its weights' reading")
+        limit += (f"; below the floor of one instruction at a time, {row['serial_floor_ms']:.2f} "
+                  f"ms: each at its unit's fewest cycles or its weights' reading")
     if name == "latency_ms" and value < row.get("lowest_serial_floor_ms", 0):
         limit += (f"; and below it on every HwConfig of these kernels that fits: "
                   f"{row['lowest_serial_floor_ms']:.2f} ms at least (array "
@@ -2115,7 +2137,7 @@ def print_dse(rows) -> None:
               f"max_tokens {h['max_tokens']}, max_in {h['max_in']}, kv_depth {h['kv_depth']}, "
               f"on-chip window {h.get('onchip_bytes', 0):,} bytes, "
               f"{r['issue_lanes']} issue lane(s)"
-              f"{' (one image in token chunks)' if h.get('token_chunks') else ''}, "
+              f"{_CHUNKS_TEXT[h.get('token_chunks', 0)]}, "
               f"{h['clock_mhz']:g} MHz")
         print(f"  objective: {r['objective']} ({r['objective_reason']})")
         print(f"  latency {r['latency_ms']:.3f} ms per image at batch 1 ({r['task']}, the "
@@ -2145,7 +2167,7 @@ def print_dse(rows) -> None:
                  f"attention lanes {r['lowest_floor_attention']}, "
                  f"{_busiest(r['lowest_floor_binding'])})"
                  if "lowest_floor_ms" in r else "")
-              + (f"; this top's schedule on any HwConfig of these kernels that fits, "
+              + (f"; one instruction at a time on any HwConfig of these kernels that fits, "
                  f"{r['lowest_serial_floor_ms']:.3f} ms at least (array "
                  f"{r['lowest_serial_floor_array']}, attention lanes "
                  f"{r['lowest_serial_floor_attention']})"

@@ -131,8 +131,8 @@ def _units_chart(rows, path):
 #: The batch-1 floors of a row (dse.latency_floors, dse.lowest_floor): the chart's label,
 #: the table's, the row's key.
 FLOORS = (
-    ("this top's schedule, this point", "serial", "serial_floor_ms"),
-    ("this top's schedule, any fitting point", "serial anywhere", "lowest_serial_floor_ms"),
+    ("one instruction at a time, this point", "serial", "serial_floor_ms"),
+    ("one instruction at a time, any fitting point", "serial anywhere", "lowest_serial_floor_ms"),
     ("any schedule of one image, this point's units", "units", "units_floor_ms"),
     ("any schedule of one image, any fitting point", "units anywhere", "lowest_floor_ms"),
     ("every weight read once on its ports", "weights", "weights_floor_ms"),
@@ -254,7 +254,7 @@ objective: {'; '.join(f'{host}: {why}' for host, (_, why) in OBJECTIVES.items())
 counts (upper bounds), every resource at most {', '.join(f'{k} {v:.0%}' for k, v in USABLE.items())}
 of the board. Routing: {ROUTING}. The floors bound the batch-1 latency from below
 (`latency_floors`, the same cycle model's terms): every weight read once at the design's
-bandwidth; this top's schedule, one instruction at a time, each holding its unit the fewest
+bandwidth; one instruction at a time, each holding its unit the fewest
 cycles it can (the linear array's steps, a tile of rows tokens by cols outputs taking
 in_features of them; the attention's MACs at its peak) or at its weights' reading,
 whichever is longer (only instructions run side by side go under it), on this point and

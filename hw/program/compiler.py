@@ -64,9 +64,12 @@ segments (:func:`schedule`): its token-wise layers (LayerNorm, the linear layers
 and its routing, COMBINE) as two streams on two chunks of its rows
 (:meth:`_Compiler.token_chunks`), interleaved the same way, between the layers that need
 every token (the patch embedding, the attention, the experts, the head), each of which
-waits for both lanes. Live ranges cover every instruction that may run beside a tensor's
-users (:func:`running_with`), so the on-chip window never gives one tensor's
-bytes to another while either may still be in use.
+waits for both lanes. With ``hw.token_chunks = 2`` the attention is cut by query rows too
+(each chunk's rows against every key): the first chunk's waits for both lanes (every
+row's K and V), the second chunk's heads its stream of the split segment after it, so it
+runs beside the first chunk's next layers. Live ranges cover every instruction that may
+run beside a tensor's users (:func:`running_with`), so the on-chip window never gives one
+tensor's bytes to another while either may still be in use.
 
 The task is never in the program: gate and head take their weights from a
 task table indexed by the task register. Tensors that a fused operation
@@ -308,9 +311,14 @@ class _Compiler:
             self.rowwise(lambda a, x=x, p=p: (
                 self.layernorm(f"{p}.norm1", a[x], a[f"{p}.norm1.out"]),
                 self.linear(f"{p}.attn.qkv", a[f"{p}.norm1.out"], a[f"{p}.attn.qkv.out"])))
-            self.joint(lambda a, p=p: self.attention(p, a))
+            # In chunks of query rows (hw.token_chunks 2) once every row's K and V are in:
+            # the first chunk's alone (nothing else can run yet), the second's at the head
+            # of its stream, beside the first chunk's next layers.
+            by_rows = self.chunked and self.hw.token_chunks == 2
+            self.joint(lambda a, p=p: self.attention(p, self.chunked[0] if by_rows else None))
             h = f"{p}.norm2.out"
             self.rowwise(lambda a, x=x, p=p, h=h: (
+                self.attention(p, self.chunked[1]) if by_rows and self.chunk == 1 else None,
                 self.linear(f"{p}.attn.proj", a[f"{p}.attn.ctx"], a[f"{p}.add1.out"],
                             skip=a[x], residual=f"{p}.add1"),
                 self.layernorm(f"{p}.norm2", a[f"{p}.add1.out"], a[h])))
@@ -327,19 +335,23 @@ class _Compiler:
             x = f"{p}.add2.out"
         self.rowwise(lambda a, x=x: self.layernorm("norm", a[x], a["norm.out"]))
 
-    def attention(self, p, a):
-        """Block ``p``'s attention, each image's tokens attending to their own."""
+    def attention(self, p, chunk=None):
+        """Block ``p``'s attention, each image's tokens attending to their own; with
+        ``chunk`` (``(first row, rows)`` of a one-image program's token chunk), only those
+        query rows, against every key."""
         q, config = self.q, self.config
         sm_mult, sm_shift = _pair(q[f"{p}.attn.softmax"])
         out_mult, out_shift = _pair(q[f"{p}.attn.ctx"])
         d, t = config.dim, config.tokens
-        for b in range(self.images):
-            at = a[f"{p}.attn.qkv.out"] + b * t * 3 * d
-            self.emit(f"{p}.attn", AttentionDescriptor, tokens=t, heads=config.heads,
+        qkv, ctx = f"{p}.attn.qkv.out", f"{p}.attn.ctx"
+        first, rows = chunk or (0, t)
+        for b in range(self.first, self.first + self.images):
+            at = self.addresses[qkv] + b * t * 3 * d      # the image's first key
+            self.emit(f"{p}.attn", AttentionDescriptor, tokens=t, rows=rows, heads=config.heads,
                       head_dim=config.head_dim, sm_mult=sm_mult, sm_shift=sm_shift,
-                      out_mult=out_mult, out_shift=out_shift, q_addr=at, k_addr=at + d,
-                      v_addr=at + 2 * d, out_addr=a[f"{p}.attn.ctx"] + b * t * d,
-                      row_pitch=3 * d)
+                      out_mult=out_mult, out_shift=out_shift, q_addr=at + first * 3 * d,
+                      k_addr=at + d, v_addr=at + 2 * d,
+                      out_addr=self.addresses[ctx] + (b * t + first) * d, row_pitch=3 * d)
 
     # Token chunks (a top of two issue lanes, one image) ------------------------------------
     def token_chunks(self):
@@ -370,7 +382,8 @@ class _Compiler:
             return
         if not self.segments or self.segments[-1][0] != "split":
             self.segments.append(("split", [[] for _ in self.chunked]))
-        for stream, (first, rows) in zip(self.segments[-1][1], self.chunked):
+        for self.chunk, (stream, (first, rows)) in enumerate(zip(self.segments[-1][1],
+                                                                 self.chunked)):
             self.code = stream
             self.on_rows(first, rows)
             emit(self.a)

@@ -453,9 +453,9 @@ class AttentionDescriptor(Descriptor):
     Raises
     ------
     DescriptorError
-        When the sequence exceeds the key/value buffers, the score lanes do
-        not divide the head width, the lanes do not divide the heads, or a
-        constant is out of its range.
+        When the sequence exceeds the key/value buffers, the query rows are
+        not 1 to the tokens, the score lanes do not divide the head width, the
+        lanes do not divide the heads, or a constant is out of its range.
     """
 
     OPCODE = 2

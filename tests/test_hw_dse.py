@@ -201,6 +201,28 @@ def test_memory_ports_trade_against_lanes():
     assert _fewer_lanes(hw.replace(rows=128, max_tokens=2176), board, fit, True) is None
 
 
+def test_a_workload_of_the_attention_in_token_chunks():
+    """``workload(lanes=2, chunks=2)``: the program with ``token_chunks`` 2, each block's
+    attention two steps of the chunks' query rows (tiny's 65 tokens cut at 32) against
+    every key; with ``chunks`` 1 one step of every row. A HwConfig with ``token_chunks`` 2
+    is predicted from it: its attention takes more cycles in all (each chunk's loads every
+    key and value again)."""
+    from moevit.hw.cost.dse import batch1_runs
+
+    rows = {chunks: [(s.values["tokens"], s.values["rows"])
+                     for s in workload("tiny", lanes=2, chunks=chunks).in_order("semseg")
+                     if s.mnemonic == "ATTENTION"] for chunks in (1, 2)}
+    assert set(rows[1]) == {(65, 65)} and set(rows[2]) == {(65, 32), (65, 33)}
+    assert len(rows[2]) == 2 * len(rows[1])
+    hw = HwConfig.for_model("tiny").replace(max_tokens=256, memory_ports=2, issue_lanes=2)
+    board, work = get_board("zcu102"), workload("tiny")
+    one, two = (batch1_runs(work, hw.replace(token_chunks=c), board)["semseg"].units["attention"]
+                for c in (1, 2))
+    print(f"\ntiny's attention on two lanes at the ZCU102's memory: {one:,} cycles in all, "
+          f"{two:,} in chunks of rows")
+    assert two > one
+
+
 def test_token_chunks_on_two_lanes_on_the_zcu102():
     """One image in token chunks on two issue lanes (``token_chunks``): the prediction is
     the chunked program's two-lane timeline. The saved ZCU102 point runs so (its LayerNorm,

@@ -1293,9 +1293,12 @@ def _lanes_at_batch1(point, work, board, the_fit, fabric):
     (:func:`batch1_runs`). Not the attention's rows in the chunks too (``token_chunks``
     2): the model, which gives it zcu102-edge-moe at 3.790 ms in a 512 KiB window, missed
     its simulated image by -5.8 % (805,795 cycles, more than the 798,942 without it): the
-    attention engine requests its context writes ahead of their data, and the write
-    arbiter locks W to the oldest burst's owner, so the linear kernel beside it waits for
-    its outputs (an fc1 of 64 rows 11,226 cycles, 6,520 of them its ``out`` stall)."""
+    attention engine requests its context writes ahead of their data, and the two lanes'
+    writes are joined a whole request at a time (:class:`~moevit.hw.top.onchip.WriteJoin`
+    onto the window's one write port, where its context and the MLP's rows are; into DRAM
+    :class:`~moevit.hw.top.interconnect.WriteArbiter` likewise locks W to the oldest
+    burst's owner), so the linear kernel beside it waits to write (an fc1 of 64 rows
+    11,226 cycles, 6,520 of them its ``out`` stall)."""
     hw, res = _on_two_lanes(point, board, the_fit, fabric, token_chunks=1)
     if hw is None:
         return

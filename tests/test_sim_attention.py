@@ -16,7 +16,7 @@ from moevit.hw.config import DEFAULT_HW, HwConfig
 from moevit.hw.program.descriptor import AttentionDescriptor, DescriptorError
 from moevit.model.integer import intops
 from moevit.sim.runner import default_simulator
-from moevit.sim.units import attention_layer, run_attention, tiny_quantized
+from moevit.sim.units import attention_descriptor, attention_layer, run_attention, tiny_quantized
 
 
 def extreme_heads(rng, tokens, head_dim):
@@ -84,10 +84,8 @@ def test_tiny_first_layer_in_two_ranges_of_query_rows_icarus():
     for first, end in ((0, 30), (30, q.shape[1])):
         run = run_attention(hw, q[:, first:end], k, v, consts, gaps="none", stall="none",
                             test_id=f"attention-tiny-rows-{first}", simulator="icarus")
-        desc = AttentionDescriptor(hw, tokens=k.shape[1], rows=end - first, heads=q.shape[0],
-                                   head_dim=q.shape[2], sm_mult=int(consts[0]),
-                                   sm_shift=int(consts[1]), out_mult=int(consts[2]),
-                                   out_shift=int(consts[3]))
+        desc = attention_descriptor(hw, k.shape[1], q.shape[0], q.shape[2], consts,
+                                    rows=end - first)
         print(f"rows {first}..{end - 1}: {run.cycles} cycles, model {desc.expected_cycles()}")
         assert run.cycles == desc.expected_cycles()
         parts.append(np.concatenate(list(run.out), axis=1))

@@ -69,16 +69,24 @@ def _hw(config, hw=None):
 
 
 def _first_blocks(program, model, blocks):
-    """``program`` cut after the first ``blocks`` transformer blocks of ``model``, in the
-    compiler's order: the embedding's three instructions, then per block seven (dense) or
-    eight and one per expert (MoE). The heads are not reached, so the output region stays
-    as it was and bit-exactness rests on the scratch (every intermediate tensor)."""
+    """``program`` cut after the first ``blocks`` (fewer than all) transformer blocks of
+    ``model``, in the compiler's order: the embedding's three instructions, then per block
+    seven (dense) or eight and one per expert (MoE). A program of interleaved streams (two
+    issue lanes) is cut before block ``blocks``' first ATTENTION instead, so its
+    LayerNorm and QKV run too. The heads are not reached, so the output region stays as it
+    was and bit-exactness rests on the scratch (every intermediate tensor)."""
     import dataclasses
 
-    cut = 3 + sum(8 + model.experts if model.is_moe(i) else 7 for i in range(blocks))
-    following = program.instructions[cut].MNEMONIC
-    assert following == "LAYERNORM", f"the compiler's order changed: {following} after the cut"
-    return dataclasses.replace(program, instructions=program.instructions[:cut])
+    if any(stream >= 0 for stream in program.streams):
+        attentions = [k for k, d in enumerate(program.instructions) if d.MNEMONIC == "ATTENTION"]
+        cut = attentions[blocks * len(attentions) // model.depth]
+    else:
+        cut = 3 + sum(8 + model.experts if model.is_moe(i) else 7 for i in range(blocks))
+        following = program.instructions[cut].MNEMONIC
+        assert following == "LAYERNORM", f"the compiler's order changed: {following} after the cut"
+    return dataclasses.replace(program, instructions=program.instructions[:cut],
+                               concurrent=program.concurrent[:cut],
+                               streams=program.streams[:cut])
 
 
 def _check_blocks(model, blocks):

@@ -221,6 +221,31 @@ def test_bench_top_blocks_cut_the_program_after_a_block():
                                                  else "LINEAR") and following == "LAYERNORM"
 
 
+@pytest.mark.parametrize("chunks", [1, 2])
+def test_bench_top_blocks_cut_two_streams_before_the_next_attention(chunks):
+    """--blocks N of a program of two interleaved streams (one image in token chunks on two
+    issue lanes): a prefix up to block N's first ATTENTION, holding every instruction of
+    the blocks before it (each chunk's COMBINE of each MoE block among them)."""
+    from moevit.hw.bench_top import _first_blocks
+    from moevit.hw.config import DEFAULT_HW
+    from moevit.hw.program.compiler import compile_program
+    from moevit.model.config import get_config
+    from moevit.sim.units import tiny_quantized
+
+    model = get_config("tiny")
+    hw = DEFAULT_HW["tiny"].replace(memory_ports=2, issue_lanes=2, token_chunks=chunks)
+    whole = compile_program(tiny_quantized(trained=False)[0], hw)
+    for blocks in (1, 2, 3):
+        cut = _first_blocks(whole, model, blocks)
+        count = len(cut.instructions)
+        assert cut.instructions == whole.instructions[:count]
+        assert (cut.concurrent, cut.streams) == (whole.concurrent[:count], whole.streams[:count])
+        mnemonics = [d.MNEMONIC for d in cut.instructions]
+        assert whole.instructions[count].MNEMONIC == "ATTENTION"
+        assert mnemonics.count("ATTENTION") == blocks * chunks
+        assert mnemonics.count("COMBINE") == 2 * sum(map(model.is_moe, range(blocks)))
+
+
 def test_balanced_routing_chooses_every_expert():
     """--routing balanced: the gates replaced so that every expert of every MoE layer is
     chosen on the bench's image, by both tasks, and the rest of the model unchanged."""

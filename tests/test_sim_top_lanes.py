@@ -104,20 +104,22 @@ def _one_image(hw, end=None):
     return program, batches[0][0]
 
 
-@pytest.mark.parametrize("chunks", [1, 2])
-def test_one_image_runs_in_token_chunks_on_two_lanes(chunks):
+@pytest.mark.parametrize("chunks, onchip", [(1, 0), (2, 32768)])
+def test_one_image_runs_in_token_chunks_on_two_lanes(chunks, onchip):
     """One image's program on two lanes in token chunks (``token_chunks``) up to its third
     ATTENTION (a dense block, then a
     MoE block whole: LayerNorm, the linear layers, the routing and COMBINE in two token
     chunks, one chunk's beside the other's; with ``token_chunks`` 2 the attention's query
-    rows too, the second chunk's beside the first chunk's projection): bit-exact, the
-    lanes at once, and the cost model's two-lane timeline within 2 %."""
-    program, image = _one_image(TWO_LANES.replace(token_chunks=chunks), end=2 * chunks)
+    rows too, the second chunk's beside the first chunk's projection, in a 32 KiB window:
+    both lanes write into the on-chip RAM): bit-exact, the lanes at once, and the cost
+    model's two-lane timeline within 2 %."""
+    hw = TWO_LANES.replace(token_chunks=chunks, onchip_bytes=onchip)
+    program, image = _one_image(hw, end=2 * chunks)
     chunked = {d.MNEMONIC for d, stream in zip(program.instructions, program.streams)
                if stream >= 0}
     assert {"LAYERNORM", "LINEAR", "TASK_LINEAR", "ROUTE", "COMBINE"} <= chunked
     assert ("ATTENTION" in chunked) == (chunks == 2)
-    run, = check_runs(program, [(0, [image])], test_id=f"top-lanes-chunks{chunks}",
+    run, = check_runs(program, [(0, [image])], test_id=f"top-lanes-chunks{chunks}-{onchip}",
                       simulator="verilator")
     predicted = program_cycles(program, image, 0).cycles
     print(f"{len(program.instructions)} instructions, {sum(program.concurrent)} concurrent: "

@@ -25,8 +25,8 @@ With two issue lanes (``hw.issue_lanes = 2``) two run at once, one a lane: the
 0 to 4 and the write channel, the *side* lane's (every other engine) on
 :data:`SIDE_CHANNELS` read channels and a write channel of their own, with their
 own relocators, movers (:data:`~moevit.hw.top.memory_ports.SIDE_MOVERS`) and, with
-a window, routers (their writes joined onto the on-chip RAM's write port by a
-:class:`~moevit.hw.top.onchip.WriteJoin`). Each lane is finished when its engine
+a window, routers (their writes share the on-chip RAM's write port a beat at a time,
+:class:`~moevit.hw.top.onchip.OnChipMemory`). Each lane is finished when its engine
 is done and its own channels' bursts are answered; the sequencer issues an
 instruction once its lane is finished and, unless the program marks it
 ``concurrent``, the other lane too (:mod:`moevit.hw.top.sequencer`), so an
@@ -424,16 +424,16 @@ class Accelerator(wiring.Component):
 
 def _onchip(m, hw, halt, seq, relocators, reads, writes):
     """The on-chip activation memory and a router in front of each channel's relocator
-    (:mod:`moevit.hw.top.onchip`; with two write channels, a
-    :class:`~moevit.hw.top.onchip.WriteJoin` onto its write port), held in reset with the
+    (:mod:`moevit.hw.top.onchip`; with two write channels, both on its write port), held
+    in reset with the
     engines while a run stops. Returns the channels' new meeting points (``(req, data)``
     per read channel, and per write channel), the on-chip side's ``busy`` and ``error``,
     and each router's ``busy`` (read channels, then write channels)."""
-    from moevit.hw.top.onchip import OnChipMemory, ReadRouter, WriteJoin, WriteRouter
+    from moevit.hw.top.onchip import OnChipMemory, ReadRouter, WriteRouter
 
     channels = len(reads)
     ram = OnChipMemory(hw.bus_width, depth=hw.onchip_bytes // (hw.bus_width // 8),
-                       channels=channels)
+                       channels=channels, writers=len(writes))
     m.submodules.onchip = ResetInserter(halt)(ram)
     routers = [ReadRouter(hw.bus_width, in_flight=hw.max_outstanding) for _ in reads]
     routers += [WriteRouter(hw.bus_width, in_flight=hw.max_outstanding) for _ in writes]
@@ -447,19 +447,11 @@ def _onchip(m, hw, halt, seq, relocators, reads, writes):
         wiring.connect(m, router.ram, ram.rd[k])
     for router, write in zip(routers[channels:], writes):
         wiring.connect(m, router.mem.data, write.data)
-    busy = ram.busy
-    if len(writes) == 1:
-        wiring.connect(m, routers[-1].ram, ram.wr)
-    else:
-        join = m.submodules.write_join = ResetInserter(halt)(WriteJoin(hw.bus_width,
-                                                                       len(writes)))
-        for k, router in enumerate(routers[channels:]):
-            wiring.connect(m, router.ram, join.i[k])
-        wiring.connect(m, join.o, ram.wr)
-        busy = busy | join.busy
+    for k, router in enumerate(routers[channels:]):
+        wiring.connect(m, router.ram, ram.wr[k])
     return ([(r.i.req, r.i.data) for r in routers[:channels]],
             [(r.i.req, r.i.data) for r in routers[channels:]],
-            busy | _any(r.busy for r in routers), _any(r.error for r in routers),
+            ram.busy | _any(r.busy for r in routers), _any(r.error for r in routers),
             [r.busy for r in routers])
 
 

@@ -11,7 +11,7 @@ leaves every other address to the relocation and the movers as before:
     engine rd[k] ─► ReadRouter ─mem─► Relocator ─► ReadMover ─► ReadArbiter ─► m_axi
                        └─ram─► OnChipMemory.rd[k] ─┐ one read port,
     engine wr ───► WriteRouter ─mem─► Relocator ─► WriteMover ─► m_axi
-                       └─ram─► OnChipMemory.wr ────┘ one write port
+                       └─ram─► OnChipMemory.wr[k] ─┘ one write port
 
 :class:`ReadRouter`
     One per read channel. A request inside the window goes to the RAM with
@@ -24,10 +24,6 @@ leaves every other address to the relocation and the movers as before:
     The same for the write channel; the queue also holds each request's beat
     count, so the data beats go to the side of the oldest request until it
     has all of them.
-:class:`WriteJoin`
-    With two issue lanes (each its own write channel and router), the routers' RAM sides
-    joined onto the RAM's one write port: a whole request at a time, its beats counted,
-    the lanes in turn.
 :class:`OnChipMemory`
     The RAM. Its read port is shared by the read channels one beat at a
     time: each cycle one channel with a request running and room in its
@@ -37,8 +33,15 @@ leaves every other address to the relocation and the movers as before:
     the port (the deadlock :class:`~moevit.hw.top.interconnect.ReadArbiter`'s
     description explains). Beats have the read mover's format
     (:func:`~moevit.hw.top.movers.beat_layout`): ``last`` on a request's final
-    beat, ``bytes`` and zeroed lanes past the end on a ragged tail. Writes
-    take one beat a cycle, with byte enables for a ragged last beat.
+    beat, ``bytes`` and zeroed lanes past the end on a ragged tail. Its write
+    port takes one beat a cycle, with byte enables for a ragged last beat,
+    from one of its write channels (one per issue lane, each running one
+    request at a time): each cycle a channel whose next beat is here,
+    round-robin. Joined a beat at a time, not a request at a time, because
+    an engine may ask to write before its data is computed (the attention's
+    context rows come one every ~32 cycles on zcu102-edge-moe): holding the
+    port for a whole request made the other lane's linear kernel wait to
+    write (an fc1 of 64 rows 11,226 cycles instead of ~5,000).
 
 A request that starts in the window and runs past its end, has no bytes,
 or is not aligned to the bus word is taken and dropped with ``error`` high
@@ -56,7 +59,7 @@ from amaranth.lib.wiring import In, Out
 from moevit.hw.top.movers import DATA_WIDTHS, beat_layout
 from moevit.hw.top.ports import ReadPort, WritePort
 
-__all__ = ["ReadRouter", "WriteRouter", "OnChipMemory", "WriteJoin"]
+__all__ = ["ReadRouter", "WriteRouter", "OnChipMemory"]
 
 #: Requests a router keeps in flight (taken, their beats not all through), by default; the
 #: top gives its routers ``hw.max_outstanding``, the movers' own: fewer would bind under a
@@ -231,29 +234,33 @@ class OnChipMemory(wiring.Component):
         Words of the RAM.
     channels : int
         Read channels sharing its read port.
+    writers : int
+        Write channels sharing its write port.
 
     Attributes
     ----------
     rd : In(ReadPort(data_width)).array(channels)
         Requests (byte offsets into the RAM, aligned, inside it: the routers
         check) and their beats.
-    wr : In(WritePort(data_width))
+    wr : In(WritePort(data_width)).array(writers)
     busy : Out(1)
         A request taken is not finished (a beat to read, buffered, or to write).
     """
 
-    def __init__(self, data_width=128, *, depth, channels):
+    def __init__(self, data_width=128, *, depth, channels, writers=1):
         try:
             _check_width(data_width)
-            for what, value in (("Depth", depth), ("Channels", channels)):
+            for what, value in (("Depth", depth), ("Channels", channels),
+                                ("Writers", writers)):
                 if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                     raise TypeError(f"{what} must be a positive integer, not {value!r}")
         except TypeError:
             self._MustUse__silence = True
             raise
-        self._data_width, self._depth, self._channels = data_width, depth, channels
+        self._data_width, self._depth = data_width, depth
+        self._channels, self._writers = channels, writers
         super().__init__({"rd": In(ReadPort(data_width)).array(channels),
-                          "wr": In(WritePort(data_width)), "busy": Out(1)})
+                          "wr": In(WritePort(data_width)).array(writers), "busy": Out(1)})
 
     @property
     def depth(self):
@@ -300,14 +307,7 @@ class OnChipMemory(wiring.Component):
             m.d.comb += [port.data.payload.eq(fifo.r_data), port.data.valid.eq(fifo.r_rdy),
                          fifo.r_en.eq(port.data.ready)]
 
-        # Round-robin from the channel after the last one granted.
-        grant, granted, last = Signal(range(max(2, n))), Signal(), Signal(range(max(2, n)))
-        with m.Switch(last):
-            for prev in range(n):
-                with m.Case(prev):
-                    for step in reversed(range(1, n + 1)):
-                        with m.If(eligible[(prev + step) % n]):
-                            m.d.comb += [grant.eq((prev + step) % n), granted.eq(1)]
+        grant, granted = _round_robin(m, eligible)
         m.d.comb += [read.en.eq(granted)]
         with m.Switch(grant):
             for k in range(n):
@@ -319,8 +319,6 @@ class OnChipMemory(wiring.Component):
                         with m.If(left[k] == 0):
                             m.d.sync += active[k].eq(0)
         m.d.sync += [issued.eq(granted), issued_to.eq(grant)]
-        with m.If(granted):
-            m.d.sync += last.eq(grant)
 
         # The beat read last cycle, into its channel's FIFO, shaped as the mover's.
         out = Signal(beat)
@@ -334,81 +332,51 @@ class OnChipMemory(wiring.Component):
         for k, fifo in enumerate(fifos):
             m.d.comb += [fifo.w_data.eq(out), fifo.w_en.eq(issued & (issued_to == k))]
 
-        # Writes: one request at a time, a beat a cycle; byte enables on a ragged tail.
-        w_active, w_word = Signal(), Signal(range(self._depth))
-        w_left, w_tail = Signal(32 - shift), Signal(lanes)
-        p = self.wr.req.payload
-        m.d.comb += self.wr.req.ready.eq(~w_active)
-        with m.If(self.wr.req.valid & self.wr.req.ready):
-            m.d.sync += [w_active.eq(1), w_word.eq(p.addr >> shift),
-                         w_left.eq((p.length - 1) >> shift),
-                         w_tail.eq(p.length[:lanes] if shift else 0)]
-        w_taken = Signal()
-        m.d.comb += [self.wr.data.ready.eq(w_active),
-                     w_taken.eq(self.wr.data.valid & self.wr.data.ready),
-                     write.addr.eq(w_word), write.data.eq(self.wr.data.payload),
-                     write.en.eq(Mux(w_taken, Mux(w_left == 0, tail_mask(w_tail),
-                                                  (1 << nbytes) - 1), 0))]
-        with m.If(w_taken):
-            m.d.sync += [w_word.eq(w_word + 1), w_left.eq(w_left - 1)]
-            with m.If(w_left == 0):
-                m.d.sync += w_active.eq(0)
+        # Writes: each port one request at a time; the RAM's write port a beat a cycle to
+        # one port whose beat is here, in turn, so a port whose beats trail its request
+        # never holds it; byte enables on a ragged tail.
+        w_active = [Signal(name=f"w_active{k}") for k in range(self._writers)]
+        w_word = [Signal(range(self._depth), name=f"w_word{k}") for k in range(self._writers)]
+        w_left = [Signal(32 - shift, name=f"w_left{k}") for k in range(self._writers)]
+        w_tail = [Signal(lanes, name=f"w_tail{k}") for k in range(self._writers)]
+        for k, port in enumerate(self.wr):
+            p = port.req.payload
+            m.d.comb += port.req.ready.eq(~w_active[k])
+            with m.If(port.req.valid & port.req.ready):
+                m.d.sync += [w_active[k].eq(1), w_word[k].eq(p.addr >> shift),
+                             w_left[k].eq((p.length - 1) >> shift),
+                             w_tail[k].eq(p.length[:lanes] if shift else 0)]
+        w_grant, w_granted = _round_robin(m, [a & port.data.valid
+                                              for a, port in zip(w_active, self.wr)])
+        with m.Switch(w_grant):
+            for k, port in enumerate(self.wr):
+                with m.Case(k):
+                    m.d.comb += [port.data.ready.eq(w_active[k]), write.addr.eq(w_word[k]),
+                                 write.data.eq(port.data.payload),
+                                 write.en.eq(Mux(w_granted,
+                                                 Mux(w_left[k] == 0, tail_mask(w_tail[k]),
+                                                     (1 << nbytes) - 1), 0))]
+                    with m.If(w_granted):
+                        m.d.sync += [w_word[k].eq(w_word[k] + 1), w_left[k].eq(w_left[k] - 1)]
+                        with m.If(w_left[k] == 0):
+                            m.d.sync += w_active[k].eq(0)
 
         m.d.comb += self.busy.eq(Cat(*active, *(f.r_rdy for f in fifos), issued,
-                                     w_active).any())
+                                     *w_active).any())
         return m
 
 
-class WriteJoin(wiring.Component):
-    """Write channels joined onto one (see the module's description): requests taken in
-    turn from the channels with one waiting, each with all its beats before the next.
-
-    Attributes
-    ----------
-    i : In(WritePort(data_width)).array(n)
-    o : Out(WritePort(data_width))
-    busy : Out(1)
-        A request taken still has beats to pass.
-    """
-
-    def __init__(self, data_width=128, n=2):
-        self._data_width, self._n = data_width, n
-        super().__init__({"i": In(WritePort(data_width)).array(n),
-                          "o": Out(WritePort(data_width)), "busy": Out(1)})
-
-    def elaborate(self, platform):
-        m = Module()
-        n, shift = self._n, (self._data_width // 8 - 1).bit_length()
-        active, owner, prefer = Signal(), Signal(range(n)), Signal(range(n))
-        left = Signal(32 - shift)              # beats after the one passing
-        pick, picked = Signal(range(n)), Signal()
-        # The first channel with a request, from ``prefer`` on.
-        for step in reversed(range(n)):
-            for start in range(n):
-                k = (start + step) % n
-                with m.If((prefer == start) & self.i[k].req.valid):
-                    m.d.comb += [pick.eq(k), picked.eq(1)]
-        with m.If(~active & picked):
-            m.d.comb += [self.o.req.valid.eq(1)]
-            with m.Switch(pick):
-                for k in range(n):
-                    with m.Case(k):
-                        m.d.comb += [self.o.req.payload.eq(self.i[k].req.payload),
-                                     self.i[k].req.ready.eq(self.o.req.ready)]
-            with m.If(self.o.req.ready):
-                length = self.o.req.payload.length
-                m.d.sync += [active.eq(1), owner.eq(pick), left.eq((length - 1) >> shift),
-                             prefer.eq(Mux(pick == n - 1, 0, pick + 1))]
-        with m.If(active):
-            with m.Switch(owner):
-                for k in range(n):
-                    with m.Case(k):
-                        m.d.comb += [self.o.data.valid.eq(self.i[k].data.valid),
-                                     self.o.data.payload.eq(self.i[k].data.payload),
-                                     self.i[k].data.ready.eq(self.o.data.ready)]
-            with m.If(self.o.data.valid & self.o.data.ready):
-                m.d.sync += left.eq(left - 1)
-                with m.If(left == 0):
-                    m.d.sync += active.eq(0)
-        m.d.comb += self.busy.eq(active)
-        return m
+def _round_robin(m, eligible):
+    """One of the ``eligible`` (1-bit values) a cycle, from the one after the last granted
+    on. Returns ``(grant, granted)``."""
+    n = len(eligible)
+    grant, granted, last = Signal(range(max(2, n))), Signal(), Signal(range(max(2, n)))
+    with m.Switch(last):
+        for prev in range(n):
+            with m.Case(prev):
+                for step in reversed(range(1, n + 1)):
+                    with m.If(eligible[(prev + step) % n]):
+                        m.d.comb += [grant.eq((prev + step) % n), granted.eq(1)]
+    with m.If(granted):
+        m.d.sync += last.eq(grant)
+    return grant, granted

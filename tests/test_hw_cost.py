@@ -202,15 +202,15 @@ def test_command_on_a_quantized_file_equals_the_config(tmp_path, capsys):
 def test_command_on_the_saved_zcu102_point_within_1_percent_of_its_simulated_image(capsys):
     """`hw cost --hw zcu102-edge-moe --board zcu102 --routing balanced`: the saved point's
     program with the search's gates at the board's memory, within 1 % of its whole image
-    co-simulated (:data:`ZCU102_CHUNKED_IMAGE`), which is of this very HwConfig."""
+    co-simulated (:data:`ZCU102_ATTENTION_CHUNKED_IMAGE`), which is of this very HwConfig."""
     from moevit.hw.config import get_hw_config
 
-    saved = get_hw_config("zcu102-edge-moe").to_dict()
-    assert {k: saved[k] for k in ZCU102_CHUNKED_POINT} == ZCU102_CHUNKED_POINT
+    saved, point = get_hw_config("zcu102-edge-moe").to_dict(), ZCU102_ATTENTION_CHUNKED_POINT
+    assert {k: saved[k] for k in point} == point and saved["kv_banks"] == 2
     assert main(["hw", "cost", "--config", "edge-moe", "--hw", "zcu102-edge-moe", "--board",
                  "zcu102", "--routing", "balanced", "--quiet", "--json"]) == 0
     totals = [r for r in json.loads(capsys.readouterr().out) if r["name"] == "total"]
-    for total, simulated in zip(totals, ZCU102_CHUNKED_IMAGE[saved["kv_banks"]], strict=True):
+    for total, simulated in zip(totals, ZCU102_ATTENTION_CHUNKED_IMAGE, strict=True):
         print(f"{total['task']}: {total['cycles']:,} vs {simulated:,} simulated")
         assert abs(total["cycles"] / simulated - 1) < 0.01
 
@@ -768,10 +768,12 @@ def test_zcu102_whole_image_on_rows_fitted_to_the_tokens_within_1_percent():
     assert simulated < ZCU102_BALANCED_IMAGE[0][0]
 
 
-#: zcu102-edge-moe as the search saved it on 2026-12-05 (four context requantizers, 32
-#: LayerNorm and 16 COMBINE lanes, one image in token chunks on two issue lanes), balanced
-#: routing at the ZCU102's memory, Verilator, Verilog memory, bit-exact (2026-12-05, 3,856 s
-#: for both tasks): semseg 805,526 cycles = 4.028 ms (the search said 4.043 ms), depth 787,774.
+#: zcu102-edge-moe as the search saved it earlier on 2026-12-05 (four context requantizers,
+#: 32 LayerNorm and 16 COMBINE lanes, one image's token-wise layers in token chunks on two
+#: issue lanes), balanced routing at the ZCU102's memory, Verilator, Verilog memory,
+#: bit-exact (2026-12-05, 3,856 s for both tasks; the two lanes' writes into the window
+#: then joined a request at a time): semseg 805,526 cycles = 4.028 ms (the search said
+#: 4.043 ms), depth 787,774.
 ZCU102_CHUNKED_POINT = {
     "rows": 33, "cols": 64, "max_tokens": 2079, "max_in": 768, "post_lanes": 16,
     "out_depth": 64, "clock_mhz": 200.0, "heads_parallel": 1, "row_lanes": 4, "score_lanes":
@@ -782,19 +784,32 @@ ZCU102_CHUNKED_POINT = {
 #: Per bank count of K and V (``kv_banks``; two as saved on 2026-12-05, the same run: 3,166 s
 #: of simulation for both tasks, semseg 3.995 ms where the search said 3.993 ms).
 ZCU102_CHUNKED_IMAGE = {1: (805_526, 787_774), 2: (798_942, 781_190)}
+#: zcu102-edge-moe as saved since (its attention's query rows in the token chunks too,
+#: ``token_chunks`` 2, in a 512 KiB window), the same bench, bit-exact (2026-12-05, the two
+#: lanes' writes into the window joined a beat at a time; each task's first run, 2,511 s for both):
+#: semseg 758,389 cycles = 3.792 ms where the search said 3.790 ms, depth 740,471.
+ZCU102_ATTENTION_CHUNKED_POINT = {**ZCU102_CHUNKED_POINT, "onchip_bytes": 524288,
+                                  "token_chunks": 2}
+ZCU102_ATTENTION_CHUNKED_IMAGE = (758_389, 740_471)
 
 
-@pytest.mark.parametrize("kv_banks", sorted(ZCU102_CHUNKED_IMAGE))
-def test_zcu102_image_in_token_chunks_within_1_percent(kv_banks):
+@pytest.mark.parametrize("point", ["rows, 1 bank", "rows, 2 banks", "attention too"])
+def test_zcu102_image_in_token_chunks_within_1_percent(point):
     """The ZCU102 point that runs one image's token-wise layers in two chunks on two issue
     lanes, beside its attention's four context requantizers, on one bank of K and V and on
-    two: each task's whole image at the board's memory within 1 % of the co-simulated top
-    (+0.27 / +0.19 % on one, -0.06 / -0.15 % on two)."""
+    two, and with its attention's query rows in the chunks too (two banks): each task's
+    whole image at the board's memory within 1 % of the co-simulated top (+0.27 / +0.19 %
+    on one bank, -0.06 / -0.15 % on two, +0.12 / +0.05 % with the attention)."""
     from moevit.hw.config import HwConfig
 
-    hw = HwConfig(name="zcu102-edge-moe", **ZCU102_CHUNKED_POINT, kv_banks=kv_banks)
-    cost = _at_the_boards_memory(routing="balanced", hw=hw)
-    for task, simulated in enumerate(ZCU102_CHUNKED_IMAGE[kv_banks]):
+    fields, simulated = {
+        "rows, 1 bank": ({**ZCU102_CHUNKED_POINT, "kv_banks": 1}, ZCU102_CHUNKED_IMAGE[1]),
+        "rows, 2 banks": ({**ZCU102_CHUNKED_POINT, "kv_banks": 2}, ZCU102_CHUNKED_IMAGE[2]),
+        "attention too": ({**ZCU102_ATTENTION_CHUNKED_POINT, "kv_banks": 2},
+                          ZCU102_ATTENTION_CHUNKED_IMAGE)}[point]
+    cost = _at_the_boards_memory(routing="balanced", hw=HwConfig(name="zcu102-edge-moe",
+                                                                 **fields))
+    for task, simulated in enumerate(simulated):
         predicted = cost(task).cycles
         print(f"task {task}: predicted {predicted:,} vs {simulated:,}: "
               f"{predicted / simulated - 1:+.2%}")

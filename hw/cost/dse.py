@@ -73,8 +73,8 @@ window, ports and issue lanes are chosen again at its best batch
 two lanes run a batch's two halves, one's linear layers beside the other's attention,
 LayerNorm and routing, :func:`predict_lanes`; the two lanes' memory traffic is not divided
 between them there either); on a latency board each ranked point is tried on a top of two
-issue lanes running its image's token-wise layers in token chunks
-(:func:`_lanes_at_batch1`). The chosen point
+issue lanes running its image in token chunks, its attention's query rows in them or not,
+each with its window chosen again (:func:`_lanes_at_batch1`). The chosen point
 is one the compiler can serve (the sequence fits the token buffer) when any
 can, and the best by the board's objective (:data:`OBJECTIVES`, by its host): a
 Zynq board's the fastest at batch 1 (among those within :data:`LATENCY_SLACK` of
@@ -1289,22 +1289,25 @@ def _lanes_at_batch1(point, work, board, the_fit, fabric):
     """On a latency board, ``point`` on a top of two issue lanes in token chunks
     (``HwConfig.token_chunks``) when that fits and its slowest task's image takes fewer
     cycles by more than :data:`PORTS_SLACK`: the image's token-wise layers in two chunks,
-    one chunk's linear layers beside the other's LayerNorm, routing and COMBINE
-    (:func:`batch1_runs`). Not the attention's rows in the chunks too (``token_chunks``
-    2): the model, which gives it zcu102-edge-moe at 3.790 ms in a 512 KiB window, missed
-    its simulated image by -5.8 % (805,795 cycles, more than the 798,942 without it): the
-    attention engine requests its context writes ahead of their data, and the two lanes'
-    writes are joined a whole request at a time (:class:`~moevit.hw.top.onchip.WriteJoin`
-    onto the window's one write port, where its context and the MLP's rows are; into DRAM
-    :class:`~moevit.hw.top.interconnect.WriteArbiter` likewise locks W to the oldest
-    burst's owner), so the linear kernel beside it waits to write (an fc1 of 64 rows
-    11,226 cycles, 6,520 of them its ``out`` stall)."""
-    hw, res = _on_two_lanes(point, board, the_fit, fabric, token_chunks=1)
-    if hw is None:
-        return
-    runs = batch1_runs(work, hw, board)
-    if max(r.cycles for r in runs.values()) < point.latency_cycles * (1 - PORTS_SLACK):
-        _adopt(point, hw, res, work, board, the_fit, fabric)
+    one chunk's linear layers beside the other's LayerNorm, routing and COMBINE (1), and
+    the attention's query rows too (2), the faster (:func:`batch1_runs`). Each with its
+    on-chip window chosen again (:func:`_window`): its tensors live longer, beside the
+    other chunk's instructions, so it may need a larger one (zcu102-edge-moe with the
+    attention in chunks: 4.00 ms in its window of 256 KiB, 3.79 in 512)."""
+    from moevit.hw.cost.resources import resources
+
+    best = None
+    for chunks in (1, 2):
+        hw, _ = _on_two_lanes(point, board, the_fit, fabric, token_chunks=chunks)
+        if hw is None:
+            return
+        hw = _window(workload(work.config, lanes=2, chunks=chunks), hw, board, the_fit, fabric)
+        cycles = max(r.cycles for r in batch1_runs(work, hw, board).values())
+        if best is None or cycles < best[0]:
+            best = (cycles, hw)
+    cycles, hw = best
+    if cycles < point.latency_cycles * (1 - PORTS_SLACK):
+        _adopt(point, hw, resources(hw, the_fit), work, board, the_fit, fabric)
 
 
 def _streaming_at_best_batch(point, work, board, the_fit, fabric):

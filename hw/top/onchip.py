@@ -279,12 +279,10 @@ class OnChipMemory(wiring.Component):
         def tail_mask(tail):
             return Cat(*[(tail == 0) | (k < tail) for k in range(nbytes)])
 
-        # Per read channel: the request running (next word, beats left, its tail) and a
-        # FIFO of beats; room in it is reserved by a grant.
-        active = [Signal(name=f"active{k}") for k in range(n)]
-        word = [Signal(range(self._depth), name=f"word{k}") for k in range(n)]
-        left = [Signal(32 - shift, name=f"left{k}") for k in range(n)]
-        tail = [Signal(lanes, name=f"tail{k}") for k in range(n)]
+        # Per read channel: the request running and a FIFO of beats; room in it is reserved
+        # by a grant.
+        runs = self._runs(m, self.rd, "", shift, lanes)
+        active = [run[0] for run in runs]
         fifos = []
         eligible = []
         issued = Signal()                          # a beat is read this cycle, in next
@@ -298,26 +296,18 @@ class OnChipMemory(wiring.Component):
             ok = Signal(name=f"eligible{k}")
             m.d.comb += ok.eq(active[k] & (fifo.level + owed < BEAT_DEPTH))
             eligible.append(ok)
-            p = port.req.payload
-            m.d.comb += port.req.ready.eq(~active[k])
-            with m.If(port.req.valid & port.req.ready):
-                m.d.sync += [active[k].eq(1), word[k].eq(p.addr >> shift),
-                             left[k].eq((p.length - 1) >> shift),
-                             tail[k].eq(p.length[:lanes] if shift else 0)]
             m.d.comb += [port.data.payload.eq(fifo.r_data), port.data.valid.eq(fifo.r_rdy),
                          fifo.r_en.eq(port.data.ready)]
 
         grant, granted = _round_robin(m, eligible)
         m.d.comb += [read.en.eq(granted)]
         with m.Switch(grant):
-            for k in range(n):
+            for k, (_, word, left, tail) in enumerate(runs):
                 with m.Case(k):
-                    m.d.comb += read.addr.eq(word[k])
+                    m.d.comb += read.addr.eq(word)
                     with m.If(granted):
-                        m.d.sync += [word[k].eq(word[k] + 1), left[k].eq(left[k] - 1),
-                                     issued_last.eq(left[k] == 0), issued_tail.eq(tail[k])]
-                        with m.If(left[k] == 0):
-                            m.d.sync += active[k].eq(0)
+                        self._advance(m, runs[k])
+                        m.d.sync += [issued_last.eq(left == 0), issued_tail.eq(tail)]
         m.d.sync += [issued.eq(granted), issued_to.eq(grant)]
 
         # The beat read last cycle, into its channel's FIFO, shaped as the mover's.
@@ -335,35 +325,49 @@ class OnChipMemory(wiring.Component):
         # Writes: each port one request at a time; the RAM's write port a beat a cycle to
         # one port whose beat is here, in turn, so a port whose beats trail its request
         # never holds it; byte enables on a ragged tail.
-        w_active = [Signal(name=f"w_active{k}") for k in range(self._writers)]
-        w_word = [Signal(range(self._depth), name=f"w_word{k}") for k in range(self._writers)]
-        w_left = [Signal(32 - shift, name=f"w_left{k}") for k in range(self._writers)]
-        w_tail = [Signal(lanes, name=f"w_tail{k}") for k in range(self._writers)]
-        for k, port in enumerate(self.wr):
-            p = port.req.payload
-            m.d.comb += port.req.ready.eq(~w_active[k])
-            with m.If(port.req.valid & port.req.ready):
-                m.d.sync += [w_active[k].eq(1), w_word[k].eq(p.addr >> shift),
-                             w_left[k].eq((p.length - 1) >> shift),
-                             w_tail[k].eq(p.length[:lanes] if shift else 0)]
-        w_grant, w_granted = _round_robin(m, [a & port.data.valid
-                                              for a, port in zip(w_active, self.wr)])
+        w_runs = self._runs(m, self.wr, "w_", shift, lanes)
+        w_grant, w_granted = _round_robin(m, [run[0] & port.data.valid
+                                              for run, port in zip(w_runs, self.wr)])
         with m.Switch(w_grant):
-            for k, port in enumerate(self.wr):
+            for k, (port, (w_active, word, left, tail)) in enumerate(zip(self.wr, w_runs)):
                 with m.Case(k):
-                    m.d.comb += [port.data.ready.eq(w_active[k]), write.addr.eq(w_word[k]),
+                    m.d.comb += [port.data.ready.eq(w_active), write.addr.eq(word),
                                  write.data.eq(port.data.payload),
-                                 write.en.eq(Mux(w_granted,
-                                                 Mux(w_left[k] == 0, tail_mask(w_tail[k]),
-                                                     (1 << nbytes) - 1), 0))]
+                                 write.en.eq(Mux(w_granted, Mux(left == 0, tail_mask(tail),
+                                                                (1 << nbytes) - 1), 0))]
                     with m.If(w_granted):
-                        m.d.sync += [w_word[k].eq(w_word[k] + 1), w_left[k].eq(w_left[k] - 1)]
-                        with m.If(w_left[k] == 0):
-                            m.d.sync += w_active[k].eq(0)
+                        self._advance(m, w_runs[k])
 
         m.d.comb += self.busy.eq(Cat(*active, *(f.r_rdy for f in fifos), issued,
-                                     *w_active).any())
+                                     *(run[0] for run in w_runs)).any())
         return m
+
+    def _runs(self, m, ports, prefix, shift, lanes):
+        """Per port of ``ports`` (read or write): the request it runs, ``(active, next word,
+        beats after it, the last beat's bytes or 0 for whole)``, a new one taken when none
+        is."""
+        runs = []
+        for k, port in enumerate(ports):
+            run = active, word, left, tail = (
+                Signal(name=f"{prefix}active{k}"),
+                Signal(range(self._depth), name=f"{prefix}word{k}"),
+                Signal(32 - shift, name=f"{prefix}left{k}"), Signal(lanes, name=f"{prefix}tail{k}"))
+            p = port.req.payload
+            m.d.comb += port.req.ready.eq(~active)
+            with m.If(port.req.valid & port.req.ready):
+                m.d.sync += [active.eq(1), word.eq(p.addr >> shift),
+                             left.eq((p.length - 1) >> shift),
+                             tail.eq(p.length[:lanes] if shift else 0)]
+            runs.append(run)
+        return runs
+
+    @staticmethod
+    def _advance(m, run):
+        """A beat of ``run``'s request read or written: the next word; after its last, idle."""
+        active, word, left, _ = run
+        m.d.sync += [word.eq(word + 1), left.eq(left - 1)]
+        with m.If(left == 0):
+            m.d.sync += active.eq(0)
 
 
 def _round_robin(m, eligible):

@@ -310,6 +310,14 @@ def test_routers_refuse_a_bad_number_of_requests_in_flight(in_flight):
             router(WIDTH, in_flight=in_flight)
 
 
+@pytest.mark.parametrize("what, value", [("depth", 0), ("channels", -1), ("writers", 0),
+                                         ("writers", 1.5), ("writers", True)])
+def test_the_ram_refuses_a_bad_count(what, value):
+    counts = {"depth": WORDS, "channels": 1, "writers": 1} | {what: value}
+    with pytest.raises(TypeError, match=f"^{what.capitalize()} must be a positive integer"):
+        OnChipMemory(WIDTH, **counts)
+
+
 def test_the_top_gives_its_routers_the_movers_bursts_in_flight(monkeypatch):
     """The routers in front of the movers keep as many requests in flight as the movers
     keep bursts (4 made PATCHIFY on zcu102-edge-moe's window 1.8x slower at a 50-cycle

@@ -425,8 +425,7 @@ class Accelerator(wiring.Component):
 def _onchip(m, hw, halt, seq, relocators, reads, writes):
     """The on-chip activation memory and a router in front of each channel's relocator
     (:mod:`moevit.hw.top.onchip`; with two write channels, both on its write port), held
-    in reset with the
-    engines while a run stops. Returns the channels' new meeting points (``(req, data)``
+    in reset with the engines while a run stops. Returns the channels' new meeting points (``(req, data)``
     per read channel, and per write channel), the on-chip side's ``busy`` and ``error``,
     and each router's ``busy`` (read channels, then write channels)."""
     from moevit.hw.top.onchip import OnChipMemory, ReadRouter, WriteRouter

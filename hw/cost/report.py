@@ -144,8 +144,9 @@ def check_rows(*, simulator="verilator", quick=False, slow=False, progress=True)
         rows += top_check_rows(bench_top("edge-moe", simulator=simulator, prefetch=(0,)),
                                progress=progress)
         # The saved ZCU102 point (a 512-bit bus over four ports, the weights striped, a
-        # 256 KiB window), the whole image behind the board's memory: every beat in the
-        # simulator (the Python memory would take hours a run at this size).
+        # 512 KiB window, one image in token chunks on two issue lanes), the whole image
+        # behind the board's memory: every beat in the simulator (the Python memory would
+        # take hours a run at this size).
         rows += top_check_rows(bench_top("edge-moe", simulator=simulator, hw="zcu102-edge-moe",
                                          board="zcu102", memory="verilog"), progress=progress)
     return rows

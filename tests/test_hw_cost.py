@@ -786,8 +786,8 @@ ZCU102_CHUNKED_POINT = {
 ZCU102_CHUNKED_IMAGE = {1: (805_526, 787_774), 2: (798_942, 781_190)}
 #: zcu102-edge-moe as saved since (its attention's query rows in the token chunks too,
 #: ``token_chunks`` 2, in a 512 KiB window), the same bench, bit-exact (2026-12-05, the two
-#: lanes' writes into the window joined a beat at a time; each task's first run, 2,511 s for both):
-#: semseg 758,389 cycles = 3.792 ms where the search said 3.790 ms, depth 740,471.
+#: lanes' writes into the window joined a beat at a time; each task's first run, 2,511 s
+#: for both): semseg 758,389 cycles = 3.792 ms where the search said 3.790 ms, depth 740,471.
 ZCU102_ATTENTION_CHUNKED_POINT = {**ZCU102_CHUNKED_POINT, "onchip_bytes": 524288,
                                   "token_chunks": 2}
 ZCU102_ATTENTION_CHUNKED_IMAGE = (758_389, 740_471)
@@ -802,14 +802,14 @@ def test_zcu102_image_in_token_chunks_within_1_percent(point):
     on one bank, -0.06 / -0.15 % on two, +0.12 / +0.05 % with the attention)."""
     from moevit.hw.config import HwConfig
 
-    fields, simulated = {
+    fields, images = {
         "rows, 1 bank": ({**ZCU102_CHUNKED_POINT, "kv_banks": 1}, ZCU102_CHUNKED_IMAGE[1]),
         "rows, 2 banks": ({**ZCU102_CHUNKED_POINT, "kv_banks": 2}, ZCU102_CHUNKED_IMAGE[2]),
         "attention too": ({**ZCU102_ATTENTION_CHUNKED_POINT, "kv_banks": 2},
                           ZCU102_ATTENTION_CHUNKED_IMAGE)}[point]
     cost = _at_the_boards_memory(routing="balanced", hw=HwConfig(name="zcu102-edge-moe",
                                                                  **fields))
-    for task, simulated in enumerate(simulated):
+    for task, simulated in enumerate(images):
         predicted = cost(task).cycles
         print(f"task {task}: predicted {predicted:,} vs {simulated:,}: "
               f"{predicted / simulated - 1:+.2%}")

@@ -33,8 +33,8 @@ class Harness(wiring.Component):
     """``channels`` read routers and the write router on one OnChipMemory; the routers'
     ``mem`` sides are the test's (a byte model of the movers)."""
 
-    def __init__(self, channels, in_flight=4):
-        self._channels, self._in_flight = channels, in_flight
+    def __init__(self, channels, in_flight=4, eager=False):
+        self._channels, self._in_flight, self._eager = channels, in_flight, eager
         super().__init__({"rd": In(ReadPort(WIDTH)).array(channels),
                           "mem_rd": Out(ReadPort(WIDTH)).array(channels),
                           "wr": In(WritePort(WIDTH)), "mem_wr": Out(WritePort(WIDTH)),
@@ -42,7 +42,8 @@ class Harness(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        ram = m.submodules.ram = OnChipMemory(WIDTH, depth=WORDS, channels=self._channels)
+        ram = m.submodules.ram = OnChipMemory(WIDTH, depth=WORDS, channels=self._channels,
+                                              eager=self._eager)
         routers = [ReadRouter(WIDTH, in_flight=self._in_flight) for _ in range(self._channels)]
         wrouter = m.submodules.wrouter = WriteRouter(WIDTH, in_flight=self._in_flight)
         for k, router in enumerate(routers):
@@ -84,13 +85,14 @@ def _random_request(rng, lo, hi):
     return addr, int(rng.integers(1, min(hi - addr, 6 * B) + 1))
 
 
-def _run(seed, channels, rounds, per_round, *, stall_channel=None):
+def _run(seed, channels, rounds, per_round, *, stall_channel=None, eager=False):
     """Rounds of ping-pong: round r writes random requests into half r % 2 of the window
     and into DRAM, and reads, on every channel, half (r + 1) % 2 (written the round
     before) and DRAM, all at once, with random gaps and back-pressure on every stream;
     each round starts when every port finished the one before and ``busy`` fell. Each
     channel's beats are compared with the byte model's in full; so are the window and the
-    DRAM at the end (the window read back in a last round). Returns the cycles."""
+    DRAM at the end (the window read back in a last round). ``eager``: the RAM's read
+    channels take a request as the one before ends. Returns the cycles."""
     rng = np.random.default_rng(seed)
     model = bytearray(rng.integers(0, 256, WINDOW_AT + B * WORDS, dtype=np.uint8).tobytes())
     model[WINDOW_AT:] = bytes(B * WORDS)  # the RAM starts at 0
@@ -116,8 +118,9 @@ def _run(seed, channels, rounds, per_round, *, stall_channel=None):
 
     # Requests the routers keep in flight: the top gives them its movers' max_outstanding.
     in_flight = int(rng.choice([1, 2, 4, 16, 64]))
-    print(f"seed {seed}: {channels} channel(s), {in_flight} request(s) in flight")
-    dut = Harness(channels, in_flight)
+    print(f"seed {seed}: {channels} channel(s), {in_flight} request(s) in flight, "
+          f"eager {eager}")
+    dut = Harness(channels, in_flight, eager)
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     finished = {f"rd{k}": 0 for k in range(channels)} | {"wr": 0}
@@ -244,18 +247,51 @@ def _run(seed, channels, rounds, per_round, *, stall_channel=None):
     return cycles[0]
 
 
+@pytest.mark.parametrize("eager", [False, True])
 @pytest.mark.parametrize("channels", [1, 5])
-def test_routers_and_ram_against_the_model(channels):
+def test_routers_and_ram_against_the_model(channels, eager):
     seed = _seed()
-    cycles = _run(seed, channels, rounds=3, per_round=6)
+    cycles = _run(seed, channels, rounds=3, per_round=6, eager=eager)
     print(f"{channels} channels: {cycles} cycles")
 
 
-def test_a_stalled_channel_never_holds_the_read_port():
+@pytest.mark.parametrize("eager", [False, True])
+def test_a_stalled_channel_never_holds_the_read_port(eager):
     """Channel 0's consumer takes no beat until every other port has finished its round:
     the others finish (the watchdog would stop a deadlock), then channel 0 gets its beats."""
     seed = _seed()
-    _run(seed, 3, rounds=2, per_round=6, stall_channel=0)
+    _run(seed, 3, rounds=2, per_round=6, stall_channel=0, eager=eager)
+
+
+@pytest.mark.parametrize("eager, cycles", [(False, 2), (True, 1)])
+def test_one_beat_requests_a_beat_a_cycle_when_eager(eager, cycles):
+    """One channel asking for one bus word at a time, never paused (the x tiler's requests
+    with ``hw.x_by_words``): an eager RAM answers a beat a cycle, the plain one a beat
+    every other cycle."""
+    dut = OnChipMemory(WIDTH, depth=WORDS, channels=1, eager=eager)
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    count, spans = 40, []
+
+    async def run(ctx):
+        port, sent, got, first = dut.rd[0], 0, 0, None
+        ctx.set(port.data.ready, 1)
+        for cycle in range(10 * count):
+            ctx.set(port.req.valid, int(sent < count))
+            ctx.set(port.req.payload.addr, (sent % WORDS) * B)
+            ctx.set(port.req.payload.length, B)
+            _, _, req, beat = await ctx.tick().sample(port.req.valid & port.req.ready,
+                                                      port.data.valid)
+            sent, got = sent + req, got + beat
+            if beat and first is None:
+                first = cycle
+            if got == count:
+                spans.append(cycle - first)
+                return
+
+    sim.add_testbench(run)
+    sim.run()
+    assert spans == [cycles * (count - 1)], f"{count} beats over {spans} cycles"
 
 
 def test_bad_window_requests_are_dropped_with_error():

@@ -236,6 +236,10 @@ class OnChipMemory(wiring.Component):
         Read channels sharing its read port.
     writers : int
         Write channels sharing its write port.
+    eager : bool
+        A read channel takes its next request in the cycle its request's last beat is
+        read (else the cycle after: a channel of one-beat requests idles every other
+        cycle). The top's with ``hw.x_by_words``, whose x rows come a word at a time.
 
     Attributes
     ----------
@@ -247,7 +251,7 @@ class OnChipMemory(wiring.Component):
         A request taken is not finished (a beat to read, buffered, or to write).
     """
 
-    def __init__(self, data_width=128, *, depth, channels, writers=1):
+    def __init__(self, data_width=128, *, depth, channels, writers=1, eager=False):
         try:
             _check_width(data_width)
             for what, value in (("Depth", depth), ("Channels", channels),
@@ -258,7 +262,7 @@ class OnChipMemory(wiring.Component):
             self._MustUse__silence = True
             raise
         self._data_width, self._depth = data_width, depth
-        self._channels, self._writers = channels, writers
+        self._channels, self._writers, self._eager = channels, writers, bool(eager)
         super().__init__({"rd": In(ReadPort(data_width)).array(channels),
                           "wr": In(WritePort(data_width)).array(writers), "busy": Out(1)})
 
@@ -281,7 +285,7 @@ class OnChipMemory(wiring.Component):
 
         # Per read channel: the request running and a FIFO of beats; room in it is reserved
         # by a grant.
-        runs = self._runs(m, self.rd, "", shift, lanes)
+        runs = self._runs(self.rd, "", shift, lanes)
         active = [run[0] for run in runs]
         fifos = []
         eligible = []
@@ -309,6 +313,11 @@ class OnChipMemory(wiring.Component):
                         self._advance(m, runs[k])
                         m.d.sync += [issued_last.eq(left == 0), issued_tail.eq(tail)]
         m.d.sync += [issued.eq(granted), issued_to.eq(grant)]
+        # Taken after the grant's advance, so that an eager take in the cycle of the last
+        # beat's read sets the run.
+        for k, (port, run) in enumerate(zip(self.rd, runs)):
+            ending = granted & (grant == k) & (run[2] == 0) if self._eager else 0
+            self._take(m, port, run, shift, lanes, ending)
 
         # The beat read last cycle, into its channel's FIFO, shaped as the mover's.
         out = Signal(beat)
@@ -325,7 +334,9 @@ class OnChipMemory(wiring.Component):
         # Writes: each port one request at a time; the RAM's write port a beat a cycle to
         # one port whose beat is here, in turn, so a port whose beats trail its request
         # never holds it; byte enables on a ragged tail.
-        w_runs = self._runs(m, self.wr, "w_", shift, lanes)
+        w_runs = self._runs(self.wr, "w_", shift, lanes)
+        for port, run in zip(self.wr, w_runs):
+            self._take(m, port, run, shift, lanes)
         w_grant, w_granted = _round_robin(m, [run[0] & port.data.valid
                                               for run, port in zip(w_runs, self.wr)])
         with m.Switch(w_grant):
@@ -342,24 +353,25 @@ class OnChipMemory(wiring.Component):
                                      *(run[0] for run in w_runs)).any())
         return m
 
-    def _runs(self, m, ports, prefix, shift, lanes):
+    def _runs(self, ports, prefix, shift, lanes):
         """Per port of ``ports`` (read or write): the request it runs, ``(active, next word,
-        beats after it, the last beat's bytes or 0 for whole)``, a new one taken when none
-        is."""
-        runs = []
-        for k, port in enumerate(ports):
-            run = active, word, left, tail = (
-                Signal(name=f"{prefix}active{k}"),
-                Signal(range(self._depth), name=f"{prefix}word{k}"),
-                Signal(32 - shift, name=f"{prefix}left{k}"), Signal(lanes, name=f"{prefix}tail{k}"))
-            p = port.req.payload
-            m.d.comb += port.req.ready.eq(~active)
-            with m.If(port.req.valid & port.req.ready):
-                m.d.sync += [active.eq(1), word.eq(p.addr >> shift),
-                             left.eq((p.length - 1) >> shift),
-                             tail.eq(p.length[:lanes] if shift else 0)]
-            runs.append(run)
-        return runs
+        beats after it, the last beat's bytes or 0 for whole)``."""
+        return [(Signal(name=f"{prefix}active{k}"),
+                 Signal(range(self._depth), name=f"{prefix}word{k}"),
+                 Signal(32 - shift, name=f"{prefix}left{k}"),
+                 Signal(lanes, name=f"{prefix}tail{k}")) for k in range(len(ports))]
+
+    @staticmethod
+    def _take(m, port, run, shift, lanes, ending=0):
+        """``port``'s next request into ``run`` when it runs none, or its last beat is read
+        this cycle (``ending``)."""
+        active, word, left, tail = run
+        p = port.req.payload
+        m.d.comb += port.req.ready.eq(~active | ending)
+        with m.If(port.req.valid & port.req.ready):
+            m.d.sync += [active.eq(1), word.eq(p.addr >> shift),
+                         left.eq((p.length - 1) >> shift),
+                         tail.eq(p.length[:lanes] if shift else 0)]
 
     @staticmethod
     def _advance(m, run):

@@ -175,6 +175,16 @@ class HwConfig:
         so an operation's first bank no longer loads whole before its first step; the
         tile's last step still waits for the bank's constants. 0: every tile waits for
         its bank to be full (the kernel every measured figure before 2026-12-03 is of).
+    x_by_words : int
+        1: the linear engine reads a token tile of x a bus word of every row at a time
+        (word 0 of each row, then word 1, ...: one request a row and word,
+        :class:`moevit.hw.top.linear_engine.XTiler`), and the kernel's steps on a word's
+        features start once that word of every row is in, so an operation's first step
+        waits for one word a row, not for its first tile whole (an EXPERT's rows, gathered
+        twice, waited ~11 cycles a row); the on-chip window's read channels then take a
+        request as the last beat of the one before is read (one-beat requests would leave
+        a channel idle every other cycle). 0: a request a row, the tile whole before its
+        first step (every measured figure before 2026-12-05).
 
     Raises
     ------
@@ -228,6 +238,8 @@ class HwConfig:
     token_chunks: int = 0
     # The attention's K and V buffers, one head ahead (issue 14): 1 or 2 banks.
     kv_banks: int = 1
+    # The linear engine's x tiles a bus word of every row at a time (issue 14): 0 or 1.
+    x_by_words: int = 0
 
     # Fixed by the numeric contract (moevit.model.integer.intops.requantize).
     BIAS_WIDTH = 32
@@ -245,7 +257,7 @@ class HwConfig:
     SILENT_DEFAULTS = {"memory_ports": 1, "norm_lanes": 1, "onchip_bytes": 0,
                        "weight_ports": 1, "row_lanes": 1, "issue_lanes": 1, "combine_lanes": 0,
                        "weight_streaming": 0, "token_chunks": 0, "context_lanes": 0,
-                       "kv_banks": 1}
+                       "kv_banks": 1, "x_by_words": 0}
     #: Fields the RTL does not read (how the compiler lays a program out): :meth:`rtl`.
     COMPILER_ONLY = ("token_chunks",)
     #: Row lanes of a head lane: each copies the head's K and V, so a few.
@@ -376,6 +388,8 @@ class HwConfig:
             raise ConfigError(f"K/V banks must be 1 or 2, not {self.kv_banks!r}")
         if type(self.weight_streaming) is not int or self.weight_streaming not in (0, 1):
             raise ConfigError(f"Weight streaming must be 0 or 1, not {self.weight_streaming!r}")
+        if type(self.x_by_words) is not int or self.x_by_words not in (0, 1):
+            raise ConfigError(f"x by words must be 0 or 1, not {self.x_by_words!r}")
         if type(self.token_chunks) is not int or self.token_chunks not in (0, 1, 2):
             raise ConfigError(f"Token chunks must be 0, 1 or 2, not {self.token_chunks!r}")
         if self.token_chunks and self.issue_lanes == 1:

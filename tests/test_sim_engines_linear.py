@@ -35,15 +35,17 @@ class IndexedEngine(wiring.Component):
     ``shared``: the four read channels on one, as the top's interconnect joins them:
     requests granted round-robin, the beats returned in request order, each to its
     owner, held while the owner does not take them (so one channel's beats can hold
-    the others')."""
+    the others'). ``window``: the on-chip window's ``(start, end)`` addresses the engine
+    is told (with ``hw.x_by_words`` an x inside it is read a word of each row at a time;
+    the bench's memory serves every address alike)."""
 
-    def __init__(self, hw, x_rows, y_rows, *, shared=False):
+    def __init__(self, hw, x_rows, y_rows, *, shared=False, window=(0, 0)):
         self._engine = LinearEngine(hw)
         self._hw = hw
         self._tables = [x_rows, y_rows]
-        self._shared = shared
+        self._shared, self._window = shared, window
         members = {name: member for name, member in self._engine.signature.members.items()
-                   if name not in ("x_index", "y_index")}
+                   if name not in ("x_index", "y_index", "window_at", "window_end")}
         if shared:
             members["rd"] = Out(ReadPort(hw.bus_width)).array(1)
         super().__init__(members)
@@ -59,7 +61,8 @@ class IndexedEngine(wiring.Component):
                 wiring.connect(m, engine.rd[k], wiring.flipped(self.rd[k]))
         wiring.connect(m, engine.wr, wiring.flipped(self.wr))
         m.d.comb += [self.done.eq(engine.done), self.busy.eq(engine.busy),
-                     self.error.eq(engine.error)]
+                     self.error.eq(engine.error), engine.window_at.eq(self._window[0]),
+                     engine.window_end.eq(self._window[1])]
         depth = self._hw.max_tokens
         jobs = max(1, max(len(t) for t in self._tables))
         job = Signal(range(jobs + 1))
@@ -161,7 +164,7 @@ class Job:
 
 
 def run_jobs(hw, memory, jobs, *, test_id, seed, want=None, simulator=None, pauses="random",
-             shared=False):
+             shared=False, window=(0, 0)):
     """Run ``jobs`` on the engine from ``memory``; the whole image after them compared with
     ``want`` (default: each job's :meth:`Job.expect` in turn); ``shared``: the read
     channels on one (:class:`IndexedEngine`). Prints each job's cycles
@@ -172,7 +175,7 @@ def run_jobs(hw, memory, jobs, *, test_id, seed, want=None, simulator=None, paus
             job.expect(want)
     engine = IndexedEngine(hw, [[] if j.x_rows is None else list(j.x_rows) for j in jobs],
                            [[] if j.y_rows is None else list(j.y_rows) for j in jobs],
-                           shared=shared)
+                           shared=shared, window=window)
     got, summary = run_engine(engine, hw, memory, [j.payload for j in jobs], test_id=test_id,
                               seed=seed, simulator=simulator, memory_pauses=pauses, gaps=pauses)
     print(f"{'job':>3} {'tokens':>6} {'in':>4} {'out':>4} {'gelu':>4} {'res':>3} "
@@ -334,7 +337,7 @@ def random_engine_hw(rng, *, large=False) -> HwConfig:
     """A design point the engine takes: a bus of 4..64 bytes, ``cols`` a multiple of it,
     post lanes dividing ``cols``, ``rows`` so that the array stays small, random buffer
     depths and outstanding bursts, one or two MACs per DSP48E2, a weight bank's first tile
-    streamed behind its load or not."""
+    streamed behind its load or not, x read a row or a bus word at a time."""
     nbytes = int(rng.choice([4, 8, 16, 32, 64] if large else [4, 8, 16]))
     cols = nbytes * int(rng.integers(1, 4 if nbytes <= 8 else 3))
     post_lanes = int(rng.choice([p for p in (1, 2, 4, 8) if cols % p == 0]))
@@ -345,7 +348,7 @@ def random_engine_hw(rng, *, large=False) -> HwConfig:
                     out_depth=int(rng.integers(3, 9)), bus_width=8 * nbytes,
                     max_outstanding=int(rng.integers(1, 5)),
                     dsp_packing=int(rng.integers(1, 3)),
-                    weight_streaming=int(rng.integers(2)))
+                    weight_streaming=int(rng.integers(2)), x_by_words=int(rng.integers(2)))
 
 
 class _Image:
@@ -417,25 +420,33 @@ def random_jobs(hw, rng, count):
     return image.memory(), jobs
 
 
-def _random_run(seed, *, count, large, shared, simulator=None, packing=None):
+def _random_run(seed, *, count, large, shared, simulator=None, **changes):
     rng = np.random.default_rng(seed)
-    hw = random_engine_hw(rng, large=large)
-    if packing is not None:
-        hw = hw.replace(dsp_packing=packing)
+    hw = random_engine_hw(rng, large=large).replace(**changes)
     print(f"design point: rows={hw.rows} cols={hw.cols} post_lanes={hw.post_lanes} "
           f"max_tokens={hw.max_tokens} max_in={hw.max_in} out_depth={hw.out_depth} "
           f"bus_width={hw.bus_width} max_outstanding={hw.max_outstanding} "
-          f"dsp_packing={hw.dsp_packing} weight_streaming={hw.weight_streaming}")
+          f"dsp_packing={hw.dsp_packing} weight_streaming={hw.weight_streaming} "
+          f"x_by_words={hw.x_by_words}")
     memory, jobs = random_jobs(hw, rng, count)
     pauses = str(rng.choice(["none", "fixed", "random"])) if large else "random"
+    # The on-chip window the engine is told of (x_by_words reads an x inside it a word of
+    # each row at a time): none, all of memory, or a random part, some jobs' x inside it.
+    cut = sorted(int(v) for v in rng.integers(0, len(memory) + 1, 2))
+    window = [(0, 0), (0, 2 ** 32 - 1), tuple(cut)][int(rng.integers(3))]
+    inside = [int(window[0] <= j.desc.x_addr < window[1]) for j in jobs]
+    print(f"window {window}: the jobs' x inside it {inside}")
     run_jobs(hw, memory, jobs, test_id=f"engine-linear-random-{seed}", seed=seed,
-             simulator=simulator, pauses=pauses, shared=shared)
+             simulator=simulator, pauses=pauses, shared=shared, window=window)
 
 
-def test_random_jobs_fast():
+@pytest.mark.parametrize("x_by_words", [0, 1])
+def test_random_jobs_fast(x_by_words):
     """One small random design point with two MACs per DSP48E2 (the tiny jobs have one),
-    three random jobs back to back, the read channels on one port (Icarus)."""
-    _random_run(replay_seed(), count=3, large=False, shared=True, packing=2)
+    three random jobs back to back, the read channels on one port (Icarus), x a row or a
+    bus word at a time."""
+    _random_run(replay_seed(), count=3, large=False, shared=True, dsp_packing=2,
+                x_by_words=x_by_words)
 
 
 @pytest.mark.slow

@@ -821,11 +821,12 @@ def _layernorm_engine():
 LINEAR_ENGINE_HW = dataclasses.replace(FORMAL_HW, cols=4)
 
 
-def _linear_engine(*, narrow=False):
+def _linear_engine(*, narrow=False, by_words=False):
     """``narrow``: the engine's address registers 32 bits wide, as before the fix of
-    their wrap (a mutant)."""
+    their wrap (a mutant); ``by_words``: x read a bus word of every row at a time
+    (``hw.x_by_words``)."""
     from moevit.hw.top.linear_engine import CHAN_BYTES, LinearEngine
-    hw = LINEAR_ENGINE_HW
+    hw = LINEAR_ENGINE_HW.replace(x_by_words=int(by_words))
     cols = hw.cols
 
     def buffers(d):
@@ -1094,6 +1095,9 @@ CHECKS = [
           "jobs of at most 3 tokens, 7 in and 7 out features, buffers anywhere: across "
           "2**32 too)", "bmc", 6,
           _linear_engine, fast=False, timeout=LONG),
+    Check("linear_engine.requests_by_words", "LinearEngine(formal hw, 1x4 array, x by words)",
+          "as linear_engine.requests, x read a bus word of every row at a time", "bmc", 6,
+          lambda: _linear_engine(by_words=True), fast=False, timeout=LONG),
 ]
 
 MUTANTS = [

@@ -280,6 +280,9 @@ class Accelerator(wiring.Component):
         if hw.onchip_bytes:
             rd_ports, wr_ports, onchip_busy, onchip_error, routers_busy = _onchip(
                 m, hw, halt, seq, relocators, reads[:channels], writes)
+            if linear is not None:   # its x a word of each row at a time from the window
+                m.d.comb += [linear.window_at.eq(seq.bounds.output_end),
+                             linear.window_end.eq(seq.onchip_end)]
 
         def base_of(name):
             """The first channel of engine ``name``'s read ports."""
@@ -432,7 +435,7 @@ def _onchip(m, hw, halt, seq, relocators, reads, writes):
 
     channels = len(reads)
     ram = OnChipMemory(hw.bus_width, depth=hw.onchip_bytes // (hw.bus_width // 8),
-                       channels=channels, writers=len(writes))
+                       channels=channels, writers=len(writes), eager=hw.x_by_words)
     m.submodules.onchip = ResetInserter(halt)(ram)
     routers = [ReadRouter(hw.bus_width, in_flight=hw.max_outstanding) for _ in reads]
     routers += [WriteRouter(hw.bus_width, in_flight=hw.max_outstanding) for _ in writes]

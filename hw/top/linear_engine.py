@@ -10,8 +10,9 @@ read channel:
 ``x`` (channel 0)
     :class:`XTiler`: one request per token row (``in_features`` bytes at ``x_addr +
     row(j) * in_features``, ``row(j)`` = ``x_index.row`` of ``j`` under ``x_gather``,
-    else ``j``) into a double-buffered tile buffer of ``rows`` token rows, read out as
-    the kernel's transposed beats (lane ``r`` of beat ``(tt, i)`` is
+    else ``j``; with ``hw.x_by_words`` and x in the on-chip window one request per row
+    and bus word, word-major) into a double-buffered tile buffer of ``rows`` token rows,
+    read out as the kernel's transposed beats (lane ``r`` of beat ``(tt, i)`` is
     ``x[tt*rows + r, i]``) while the next tile fills.
 ``w``, ``chan`` (channels 1, 2)
     :class:`Fetch`: the bytes at ``w_addr`` and ``chan_addr`` read ahead into a FIFO
@@ -133,12 +134,16 @@ class XTiler(wiring.Component):
 
     The tile buffer holds two tiles of ``rows`` rows of ``max_in`` bytes, one bus
     word per address and row lane. A row is requested only when its half of the
-    buffer is free, so the read channel is never held for room. Lanes of the
+    buffer is free, so the read channel is never held for room. With
+    ``hw.x_by_words`` and x in the on-chip window (``window_at`` <= ``x_addr`` <
+    ``window_end``) each request is one bus word, a tile's word 0 of every row
+    first, and a feature's beat goes out once its word of every row is in. Lanes of the
     rows past ``tokens`` in a ragged last tile hold stale bytes (the kernel
     ignores them).
 
     Members: ``job``, ``start`` (one cycle: begin the job in ``job``), ``rd``,
-    ``index`` (``at`` the row asked, for ``x_gather``), ``x``, ``busy``.
+    ``index`` (``at`` the row asked, for ``x_gather``), ``x``, ``window_at``,
+    ``window_end`` (the on-chip window's addresses; none: both 0), ``busy``.
     """
 
     DEPTH = 4   # beats between the buffer's read port and the kernel
@@ -151,6 +156,7 @@ class XTiler(wiring.Component):
             "rd": Out(ReadPort(hw.bus_width)),
             "index": Out(IndexPort(hw.max_tokens)),
             "x": Out(stream.Signature(lanes_layout(hw.rows))),
+            "window_at": In(32), "window_end": In(32),
             "busy": Out(1),
         })
 
@@ -166,62 +172,22 @@ class XTiler(wiring.Component):
         wp = buf.write_port(granularity=8 * B)
         rp = buf.read_port(transparent_for=())
 
-        # Requests: row j into lane j % R of half (j // R) % 2 ---------------------
-        req_on = Signal()
-        req_j = Signal(16)
-        req_tile = Signal(16)
-        req_lane = Signal(range(R))
         out_tiles_done = Signal(16)              # tiles read out of the buffer
-        m.d.comb += self.index.at.eq(req_j)
-        row = Mux(self.job.x_gather, self.index.row, req_j)
-        m.d.comb += [
-            rd.req.valid.eq(req_on & (req_tile <= out_tiles_done + 1)),
-            rd.req.payload.addr.eq(op.x_addr + row * op.in_features),
-            rd.req.payload.length.eq(op.in_features),
-        ]
-        with m.If(rd.req.valid & rd.req.ready):
-            m.d.sync += req_j.eq(req_j + 1)
-            with m.If(req_lane == R - 1):
-                m.d.sync += [req_lane.eq(0), req_tile.eq(req_tile + 1)]
-            with m.Else():
-                m.d.sync += req_lane.eq(req_lane + 1)
-            with m.If(req_j == op.tokens - 1):
-                m.d.sync += req_on.eq(0)
+        requesting, groups_in, by_word = self._requests(m, op, rd, wp, out_tiles_done, words)
 
-        # Rows in: bus word k of a row to address half*words + k, lane enable ------
-        in_word = Signal(range(words))
-        in_lane = Signal(range(R))
-        in_half = Signal()
-        rows_in = Signal(16)
-        m.d.comb += [
-            rd.data.ready.eq(1),
-            wp.addr.eq(Mux(in_half, words, 0) + in_word),
-            wp.data.eq(Cat(*[rd.data.payload.data] * R)),
-            wp.en.eq(Mux(rd.data.valid, 1 << in_lane, 0)),
-        ]
-        with m.If(rd.data.valid):
-            with m.If(rd.data.payload.last):
-                m.d.sync += [in_word.eq(0), rows_in.eq(rows_in + 1)]
-                with m.If(in_lane == R - 1):
-                    m.d.sync += [in_lane.eq(0), in_half.eq(~in_half)]
-                with m.Else():
-                    m.d.sync += in_lane.eq(in_lane + 1)
-            with m.Else():
-                m.d.sync += in_word.eq(in_word + 1)
-
-        # Beats out: feature i of every lane, once the tile's rows are in ----------
+        # Beats out: feature i of every lane, once its group is in ----------------
         out_on = Signal()
         out_half = Signal()
         out_i = Signal(16)
         out_word = Signal(range(words))
         out_byte = Signal(range(B))
-        rows_needed = Signal(16)                 # rows_in that complete this tile
+        group = Signal(24)                       # groups read
         fifo = m.submodules.fifo = SyncFIFO(width=8 * R, depth=self.DEPTH)
         inflight = Signal()                      # a read issued last cycle
         select = Signal(range(B))
         issue = Signal()
         m.d.comb += [
-            issue.eq(out_on & (rows_in >= rows_needed) & (fifo.level + inflight < self.DEPTH)),
+            issue.eq(out_on & (groups_in > group) & (fifo.level + inflight < self.DEPTH)),
             rp.addr.eq(Mux(out_half, words, 0) + out_word),
         ]
         m.d.sync += [inflight.eq(issue), select.eq(out_byte)]
@@ -229,14 +195,14 @@ class XTiler(wiring.Component):
             m.d.sync += out_i.eq(out_i + 1)
             with m.If(out_byte == B - 1):
                 m.d.sync += [out_byte.eq(0), out_word.eq(out_word + 1)]
+                with m.If(by_word | (out_i == op.in_features - 1)):   # a group read
+                    m.d.sync += group.eq(group + 1)
             with m.Else():
                 m.d.sync += out_byte.eq(out_byte + 1)
             with m.If(out_i == op.in_features - 1):
                 # The tile's last read: its half is free for the tile after next.
                 m.d.sync += [out_i.eq(0), out_byte.eq(0), out_word.eq(0),
-                             out_half.eq(~out_half), out_tiles_done.eq(out_tiles_done + 1),
-                             rows_needed.eq(Mux(rows_needed + R < op.tokens,
-                                                rows_needed + R, op.tokens))]
+                             out_half.eq(~out_half), out_tiles_done.eq(out_tiles_done + 1)]
                 with m.If(out_tiles_done == op.token_tiles - 1):
                     m.d.sync += out_on.eq(0)
         m.d.comb += [
@@ -248,13 +214,87 @@ class XTiler(wiring.Component):
         ]
 
         with m.If(self.start):
-            m.d.sync += [req_on.eq(1), req_j.eq(0), req_tile.eq(0), req_lane.eq(0),
-                         in_word.eq(0), in_lane.eq(0), in_half.eq(0), rows_in.eq(0),
-                         out_on.eq(1), out_half.eq(0), out_i.eq(0), out_word.eq(0),
-                         out_byte.eq(0), out_tiles_done.eq(0),
-                         rows_needed.eq(Mux(op.tokens < R, op.tokens, R))]
-        m.d.comb += self.busy.eq(req_on | out_on | inflight | fifo.r_rdy)
+            m.d.sync += [out_on.eq(1), out_half.eq(0), out_i.eq(0), out_word.eq(0),
+                         out_byte.eq(0), out_tiles_done.eq(0), group.eq(0)]
+        m.d.comb += self.busy.eq(requesting | out_on | inflight | fifo.r_rdy)
         return m
+
+    def _requests(self, m, op, rd, wp, out_tiles_done, words):
+        """The requests of x and their beats into the buffer: a whole row each, row j into
+        lane j % R of half (j // R) % 2; with ``hw.x_by_words`` and x in the on-chip window
+        one bus word each, a tile's word 0 of each of its rows, then word 1, ... (from DRAM
+        a word a request would cost a burst a word). Returns ``(requesting, groups in, by
+        word)``: a group (the tile whole, or a word of each of its rows) is in with every
+        row of its tile."""
+        hw = self._hw
+        R, B = hw.rows, hw.bus_width // 8
+        shift = (B - 1).bit_length()
+        row_words = Signal(range(words + 1))      # words of a row: in_features / B
+        by_word = Signal()                        # x in the window: a word a request
+        m.d.comb += row_words.eq(op.in_features >> shift)
+        if hw.x_by_words:
+            m.d.comb += by_word.eq((op.x_addr >= self.window_at) & (op.x_addr < self.window_end))
+        groups = Mux(by_word, row_words, 1)       # requests a row of a tile
+
+        def tile_rows(first):                     # rows of the tile from row `first`
+            left, rows = Signal(16), Signal(range(R + 1))
+            m.d.comb += [left.eq(op.tokens - first), rows.eq(Mux(left < R, left, R))]
+            return rows
+
+        # Requests: (tile, group, lane), lane fastest.
+        req_on = Signal()
+        req_first = Signal(16)                    # the tile's first row
+        req_tile = Signal(16)
+        req_group = Signal(range(words))
+        req_lane = Signal(range(R))
+        req_rows = tile_rows(req_first)
+        m.d.comb += self.index.at.eq(req_first + req_lane)
+        row = Mux(self.job.x_gather, self.index.row, req_first + req_lane)
+        m.d.comb += [
+            rd.req.valid.eq(req_on & (req_tile <= out_tiles_done + 1)),
+            rd.req.payload.addr.eq(op.x_addr + row * op.in_features + (req_group << shift)),
+            rd.req.payload.length.eq(Mux(by_word, B, op.in_features)),
+        ]
+        with m.If(rd.req.valid & rd.req.ready):
+            m.d.sync += req_lane.eq(req_lane + 1)
+            with m.If(req_lane == req_rows - 1):
+                m.d.sync += [req_lane.eq(0), req_group.eq(req_group + 1)]
+                with m.If(req_group == groups - 1):
+                    m.d.sync += [req_group.eq(0), req_tile.eq(req_tile + 1),
+                                 req_first.eq(req_first + R)]
+                    with m.If(req_first + R >= op.tokens):
+                        m.d.sync += req_on.eq(0)
+
+        # Beats in, in the same order: a row's words, or a word of each row in turn.
+        in_first = Signal(16)
+        in_word = Signal(range(words))
+        in_lane = Signal(range(R))
+        in_half = Signal()
+        groups_in = Signal(24)
+        in_rows = tile_rows(in_first)
+        m.d.comb += [
+            rd.data.ready.eq(1),
+            wp.addr.eq(Mux(in_half, words, 0) + in_word),
+            wp.data.eq(Cat(*[rd.data.payload.data] * R)),
+            wp.en.eq(Mux(rd.data.valid, 1 << in_lane, 0)),
+        ]
+        with m.If(rd.data.valid):
+            with m.If(~rd.data.payload.last):
+                m.d.sync += in_word.eq(in_word + 1)
+            with m.Elif(in_lane != in_rows - 1):
+                m.d.sync += [in_lane.eq(in_lane + 1), in_word.eq(Mux(by_word, in_word, 0))]
+            with m.Else():
+                m.d.sync += [in_lane.eq(0), groups_in.eq(groups_in + 1)]
+                with m.If(in_word == row_words - 1):
+                    m.d.sync += [in_word.eq(0), in_half.eq(~in_half),
+                                 in_first.eq(in_first + R)]
+                with m.Else():
+                    m.d.sync += in_word.eq(in_word + 1)
+        with m.If(self.start):
+            m.d.sync += [req_on.eq(1), req_first.eq(0), req_tile.eq(0), req_group.eq(0),
+                         req_lane.eq(0), in_first.eq(0), in_word.eq(0), in_lane.eq(0),
+                         in_half.eq(0), groups_in.eq(0)]
+        return req_on, groups_in, by_word
 
 
 class Prefetch(wiring.Component):
@@ -532,7 +572,9 @@ class LinearEngine(wiring.Component):
     Members: those of :func:`~moevit.hw.top.ports.engine_members` with the desc layout
     :func:`~moevit.hw.top.ports.linear_job_layout` and :attr:`READS` read channels
     (``x``, ``w``, ``chan``, ``res``), and ``x_index``, ``y_index``
-    (``Out(IndexPort(hw.max_tokens))``: the rows of ``x_gather`` and ``y_scatter``).
+    (``Out(IndexPort(hw.max_tokens))``: the rows of ``x_gather`` and ``y_scatter``),
+    ``ahead`` (the next job's weights), ``window_at`` and ``window_end`` (the on-chip
+    window: with ``hw.x_by_words`` an x inside it is read a word of each row at a time).
 
     Parameters
     ----------
@@ -582,7 +624,8 @@ class LinearEngine(wiring.Component):
         members = engine_members(linear_job_layout(), hw.bus_width, self.READS)
         members.update(x_index=Out(IndexPort(hw.max_tokens)),
                        y_index=Out(IndexPort(hw.max_tokens)),
-                       ahead=In(stream.Signature(ahead_layout())))
+                       ahead=In(stream.Signature(ahead_layout())),
+                       window_at=In(32), window_end=In(32))
         super().__init__(members)
 
     @property
@@ -607,6 +650,7 @@ class LinearEngine(wiring.Component):
         start = Signal()
         for unit in (x, res, y):
             m.d.comb += [unit.job.eq(job), unit.start.eq(start)]
+        m.d.comb += [x.window_at.eq(self.window_at), x.window_end.eq(self.window_end)]
 
         # The weights and constants: this job's, or (``ahead``) the next job's, read into
         # the fetches' FIFOs behind this job's once this job's are all requested. A job

@@ -176,15 +176,15 @@ class HwConfig:
         tile's last step still waits for the bank's constants. 0: every tile waits for
         its bank to be full (the kernel every measured figure before 2026-12-03 is of).
     x_by_words : int
-        1: the linear engine reads a token tile of x a bus word of every row at a time
-        (word 0 of each row, then word 1, ...: one request a row and word,
-        :class:`moevit.hw.top.linear_engine.XTiler`), and the kernel's steps on a word's
-        features start once that word of every row is in, so an operation's first step
-        waits for one word a row, not for its first tile whole (an EXPERT's rows, gathered
-        twice, waited ~11 cycles a row); the on-chip window's read channels then take a
-        request as the last beat of the one before is read (one-beat requests would leave
-        a channel idle every other cycle). 0: a request a row, the tile whole before its
-        first step (every measured figure before 2026-12-05).
+        1: the linear engine reads an x that lies in the on-chip window a bus word of every
+        row at a time (word 0 of each row of the token tile, then word 1, ...: one request
+        a row and word, :class:`moevit.hw.top.linear_engine.XTiler`), and the kernel's steps
+        on a word's features start once that word of every row is in, so an operation's
+        first step waits for one word a row, not for its first tile whole (on
+        zcu102-edge-moe a 768-input layer's 33 rows took ~400 cycles); the on-chip window's
+        read channels then take a request as the last beat of the one before is read
+        (one-word requests would leave a channel idle every other cycle). From DRAM a row
+        a request as before. 0: every measured figure before 2026-12-05.
 
     Raises
     ------

@@ -132,7 +132,7 @@ __all__ = ["InstructionCost", "ProgramCost", "program_cycles", "board_bandwidth"
            "PATCHIFY_TAIL", "patchify_blocks", "ISSUE_CYCLES", "ISSUE_CYCLES_AHEAD", "issue_cycles",
            "NOTED_EXPERT_CYCLES",
            "LAYERNORM_DRAIN", "linear_drain", "linear_tile_outputs", "linear_wait",
-           "first_tile_bytes", "linear_fill",
+           "first_tile_bytes", "x_fill", "linear_fill",
            "visible_drains", "drain_cycles", "ahead_fill", "expert_drains", "expert_carry", "expert_idle", "EXPERT_STREAM_LOSS",
            "expert_latencies",
            "memory_wait", "top_reads", "activation_streams", "lane_demand", "lane_capacity",
@@ -281,6 +281,20 @@ def first_tile_bytes(d) -> int:
     return min(d.hw.rows, d.tokens) * d.in_features
 
 
+def x_fill(d, hw, arrival, onchip) -> int:
+    """Cycles linear operation ``d``'s first token tile takes on ``hw`` to be ready for
+    its first step, where ``arrival(n)`` is the cycles ``n`` bytes of x take to arrive: the
+    tile's rows whole (:func:`first_tile_bytes`), or with ``hw.x_by_words`` and x in the
+    on-chip window (``onchip``) one bus word of each row (word-major requests), and more
+    where a later word of every row comes slower than the kernel takes the word before (a
+    feature a cycle)."""
+    if not (hw.x_by_words and onchip):
+        return arrival(first_tile_bytes(d))
+    nbytes = hw.bus_width // 8
+    group = arrival(min(hw.rows, d.tokens) * nbytes)
+    return group + (d.in_features // nbytes - 1) * max(0, group - nbytes)
+
+
 def linear_fill(d, fill_cycles) -> int:
     """Cycles linear operation ``d``'s first step waits beyond its own model for its first
     token tile, whose rows take ``fill_cycles`` to arrive: the x tiler hands the kernel a
@@ -424,10 +438,10 @@ def memory_wait(d, hw, moved, bandwidth, memory_bandwidth=None, *, op=None,
         return memory_cycles(hw, {mover: n}, bandwidth, memory_bandwidth, lane)
 
     def fill(job, dram):
-        """The first token tile's arrival: on the x port from DRAM, else a bus word a
-        cycle from the on-chip window."""
-        n = first_tile_bytes(job)
-        return alone("x", n) if dram else -(-n // (hw.bus_width // 8))
+        """The first token tile's arrival (:func:`x_fill`): on the x port from DRAM, else a
+        bus word a cycle from the on-chip window."""
+        return x_fill(job, hw, (lambda n: alone("x", n)) if dram
+                      else (lambda n: -(-n // (hw.bus_width // 8))), not dram)
 
     if m in ("LINEAR", "TASK_LINEAR"):
         job, x = op or d, moved.get("x", 0)

@@ -28,7 +28,8 @@ shapes (:func:`read_bytes`, :func:`moved_bytes`). Resources are
 :mod:`moevit.hw.cost.resources`' formulas. Every point overlaps the expert schedule
 (``expert_prefetch``) and each weight bank's load with its first tile
 (``weight_streaming``; on two issue lanes only when that gives more images a second:
-:func:`_streaming_at_best_batch`).
+:func:`_streaming_at_best_batch`), and reads x a bus word of every row at a time
+(``x_by_words``).
 
 **Batching** is the compiled batched program (``moevit hw compile --batch B``,
 :mod:`moevit.hw.program.compiler`): B images of one task run through one body,
@@ -622,7 +623,7 @@ def _chunk_drain(step, hw, tokens, by_mover, bandwidth, memory_bandwidth) -> int
 def _chunk_wait(step, hw, tokens, by_mover, bandwidth, memory_bandwidth) -> int:
     """:func:`~moevit.hw.cost.cycles.memory_wait` of a linear step's chunk of ``tokens``
     moving ``by_mover`` (its DRAM bytes)."""
-    from moevit.hw.cost.cycles import first_tile_bytes, linear_fill, linear_overlap, x_arrival
+    from moevit.hw.cost.cycles import linear_fill, linear_overlap, x_arrival, x_fill
 
     def alone(n):       # memory_cycles of n bytes on x, one port
         return math.ceil(n / min(bandwidth, memory_bandwidth or bandwidth))
@@ -645,8 +646,8 @@ def _chunk_wait(step, hw, tokens, by_mover, bandwidth, memory_bandwidth) -> int:
         first = x * part // whole
         return sum(max(0, alone(n) - overlap) for n, overlap in zip((first, x - first), overlaps))
     # The first token tile: on the x port from DRAM, else a bus word a cycle from the window.
-    n = first_tile_bytes(jobs[0])
-    fill = alone(n) if x else -(-n // (hw.bus_width // 8))
+    fill = x_fill(jobs[0], hw, alone if x else (lambda n: -(-n // (hw.bus_width // 8))),
+                  not x)
     arrival = x_arrival(jobs[0], hw, by_mover, bandwidth, memory_bandwidth)
     return max(linear_fill(jobs[0], fill), arrival - overlaps[0])
 
@@ -1018,15 +1019,17 @@ def _base_hw(model, board):
     # Every point overlaps: the expert schedule (the sequencer's look-ahead and the next
     # job's weights read ahead, resources.PREFETCH), a bank's load with its first tile
     # (weight_streaming, a compare in the kernel's issue; on one issue lane neither makes
-    # an instruction slower, on two, _streaming_at_best_batch) and an attention head's K
-    # and V with the head before where it is free (kv_banks, :func:`_kv_banks`).
+    # an instruction slower, on two, _streaming_at_best_batch), an attention head's K
+    # and V with the head before where it is free (kv_banks, :func:`_kv_banks`), and a
+    # linear operation's first step behind one word of each row of x, not its first token
+    # tile whole (x_by_words: a few counters in the x tiler).
     return HwConfig(name=f"{board.name}-{model.name}", max_in=widest,
                     kv_depth=-(-model.tokens // 16) * 16,
                     max_head_dim=model.head_dim, clock_mhz=float(board.clock_mhz),
                     score_lanes=math.gcd(8, model.head_dim), rows=4, cols=8, post_lanes=2,
                     max_tokens=-(-model.tokens // 4) * 4,
                     bus_width=BUS_CHOICES[board.host][0], max_outstanding=OUTSTANDING,
-                    expert_prefetch=1, weight_streaming=1)
+                    expert_prefetch=1, weight_streaming=1, x_by_words=1)
 
 
 def _grid(quick, tokens):

@@ -389,7 +389,7 @@ class HwConfig:
         if type(self.weight_streaming) is not int or self.weight_streaming not in (0, 1):
             raise ConfigError(f"Weight streaming must be 0 or 1, not {self.weight_streaming!r}")
         if type(self.x_by_words) is not int or self.x_by_words not in (0, 1):
-            raise ConfigError(f"x by words must be 0 or 1, not {self.x_by_words!r}")
+            raise ConfigError(f"x_by_words must be 0 or 1, not {self.x_by_words!r}")
         if type(self.token_chunks) is not int or self.token_chunks not in (0, 1, 2):
             raise ConfigError(f"Token chunks must be 0, 1 or 2, not {self.token_chunks!r}")
         if self.token_chunks and self.issue_lanes == 1:

@@ -210,6 +210,24 @@ def test_kv_banks_leave_older_fingerprints_alone():
 
 
 @pytest.mark.parametrize("value", [2, -1, True, 1.0, "1"])
+def test_bad_x_by_words(value):
+    with pytest.raises(ConfigError, match=rf"^x_by_words must be 0 or 1, not "
+                                          rf"{re.escape(repr(value))}$"):
+        DEFAULT_HW["tiny"].replace(x_by_words=value)
+
+
+def test_x_by_words_leaves_older_fingerprints_alone():
+    """0 (x read a row a request, as before the field) stays out of the fingerprint; words
+    are another top."""
+    from moevit.hw.program.program import hw_hash
+
+    hw = get_hw_config("tiny")
+    assert "x_by_words" not in hw.to_dict() and hw.x_by_words == 0
+    words = hw.replace(x_by_words=1)
+    assert hw_hash(words) != hw_hash(hw) and HwConfig.from_dict(words.to_dict()) == words
+
+
+@pytest.mark.parametrize("value", [2, -1, True, 1.0, "1"])
 def test_bad_weight_streaming(value):
     with pytest.raises(ConfigError, match=rf"^Weight streaming must be 0 or 1, not "
                                           rf"{re.escape(repr(value))}$"):

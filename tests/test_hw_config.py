@@ -209,41 +209,29 @@ def test_kv_banks_leave_older_fingerprints_alone():
     assert hw_hash(two) != hw_hash(hw) and HwConfig.from_dict(two.to_dict()) == two
 
 
-@pytest.mark.parametrize("value", [2, -1, True, 1.0, "1"])
-def test_bad_x_by_words(value):
-    with pytest.raises(ConfigError, match=rf"^x_by_words must be 0 or 1, not "
-                                          rf"{re.escape(repr(value))}$"):
-        DEFAULT_HW["tiny"].replace(x_by_words=value)
-
-
-def test_x_by_words_leaves_older_fingerprints_alone():
-    """0 (x read a row a request, as before the field) stays out of the fingerprint; words
-    are another top."""
-    from moevit.hw.program.program import hw_hash
-
-    hw = get_hw_config("tiny")
-    assert "x_by_words" not in hw.to_dict() and hw.x_by_words == 0
-    words = hw.replace(x_by_words=1)
-    assert hw_hash(words) != hw_hash(hw) and HwConfig.from_dict(words.to_dict()) == words
+#: The top's on/off switches (0, the default, the behaviour before each): field -> its name
+#: in the error.
+SWITCHES = {"weight_streaming": "Weight streaming", "x_by_words": "x_by_words"}
 
 
 @pytest.mark.parametrize("value", [2, -1, True, 1.0, "1"])
-def test_bad_weight_streaming(value):
-    with pytest.raises(ConfigError, match=rf"^Weight streaming must be 0 or 1, not "
+@pytest.mark.parametrize("field", sorted(SWITCHES))
+def test_bad_switch(field, value):
+    with pytest.raises(ConfigError, match=rf"^{SWITCHES[field]} must be 0 or 1, not "
                                           rf"{re.escape(repr(value))}$"):
-        DEFAULT_HW["tiny"].replace(weight_streaming=value)
+        DEFAULT_HW["tiny"].replace(**{field: value})
 
 
-def test_weight_streaming_leaves_older_fingerprints_alone():
-    """0 (each tile waits for its full bank, as before the field) stays out of the
-    fingerprint; streaming is another top."""
+@pytest.mark.parametrize("field", sorted(SWITCHES))
+def test_switches_leave_older_fingerprints_alone(field):
+    """0 (``weight_streaming``: each tile waits for its full bank; ``x_by_words``: x read a
+    row a request; as before each field) stays out of the fingerprint; 1 is another top."""
     from moevit.hw.program.program import hw_hash
 
     hw = get_hw_config("tiny")
-    assert "weight_streaming" not in hw.to_dict()
-    streaming = hw.replace(weight_streaming=1)
-    assert hw_hash(streaming) != hw_hash(hw)
-    assert HwConfig.from_dict(streaming.to_dict()) == streaming
+    assert field not in hw.to_dict() and getattr(hw, field) == 0
+    on = hw.replace(**{field: 1})
+    assert hw_hash(on) != hw_hash(hw) and HwConfig.from_dict(on.to_dict()) == on
 
 
 @pytest.mark.parametrize("value", [3, 0, 32, True, 2.0])

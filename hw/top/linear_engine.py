@@ -174,6 +174,7 @@ class XTiler(wiring.Component):
 
         out_tiles_done = Signal(16)              # tiles read out of the buffer
         requesting, groups_in, by_word = self._requests(m, op, rd, wp, out_tiles_done, words)
+        group = Signal.like(groups_in)           # groups read
 
         # Beats out: feature i of every lane, once its group is in ----------------
         out_on = Signal()
@@ -181,7 +182,6 @@ class XTiler(wiring.Component):
         out_i = Signal(16)
         out_word = Signal(range(words))
         out_byte = Signal(range(B))
-        group = Signal(24)                       # groups read
         fifo = m.submodules.fifo = SyncFIFO(width=8 * R, depth=self.DEPTH)
         inflight = Signal()                      # a read issued last cycle
         select = Signal(range(B))
@@ -270,7 +270,7 @@ class XTiler(wiring.Component):
         in_word = Signal(range(words))
         in_lane = Signal(range(R))
         in_half = Signal()
-        groups_in = Signal(24)
+        groups_in = Signal(range(-(-hw.max_tokens // R) * words + 2))
         in_rows = tile_rows(in_first)
         m.d.comb += [
             rd.data.ready.eq(1),

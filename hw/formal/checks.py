@@ -1096,7 +1096,8 @@ CHECKS = [
           "2**32 too)", "bmc", 6,
           _linear_engine, fast=False, timeout=LONG),
     Check("linear_engine.requests_by_words", "LinearEngine(formal hw, 1x4 array, x by words)",
-          "as linear_engine.requests, x read a bus word of every row at a time", "bmc", 6,
+          "as linear_engine.requests, with x_by_words: the on-chip window's bounds free, so "
+          "x read a row or a bus word of every row at a time", "bmc", 6,
           lambda: _linear_engine(by_words=True), fast=False, timeout=LONG),
 ]
 

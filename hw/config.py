@@ -185,6 +185,14 @@ class HwConfig:
         read channels then take a request as the last beat of the one before is read
         (one-word requests would leave a channel idle every other cycle). From DRAM a row
         a request as before. 0: every measured figure before 2026-12-05.
+    pipelined_heads : int
+        1 (with ``kv_banks`` 2): each attention row pipeline's QK takes a descriptor's next
+        head's rows straight after its last row of the head before, whose last rows still
+        pass the softmax and PV on the other bank; a head's K and V load once PV has
+        finished the head that used their bank before
+        (:class:`moevit.hw.units.attention.AttentionHead`). Each head after the first no
+        longer waits for the one before to drain (zcu102-edge-moe: ~630 cycles a
+        descriptor of three heads). 0: the attention of every figure measured before it.
 
     Raises
     ------
@@ -240,6 +248,8 @@ class HwConfig:
     kv_banks: int = 1
     # The linear engine's x tiles a bus word of every row at a time (issue 14): 0 or 1.
     x_by_words: int = 0
+    # The attention's next head's rows straight behind the head before's (issue 14): 0 or 1.
+    pipelined_heads: int = 0
 
     # Fixed by the numeric contract (moevit.model.integer.intops.requantize).
     BIAS_WIDTH = 32
@@ -257,7 +267,7 @@ class HwConfig:
     SILENT_DEFAULTS = {"memory_ports": 1, "norm_lanes": 1, "onchip_bytes": 0,
                        "weight_ports": 1, "row_lanes": 1, "issue_lanes": 1, "combine_lanes": 0,
                        "weight_streaming": 0, "token_chunks": 0, "context_lanes": 0,
-                       "kv_banks": 1, "x_by_words": 0}
+                       "kv_banks": 1, "x_by_words": 0, "pipelined_heads": 0}
     #: Fields the RTL does not read (how the compiler lays a program out): :meth:`rtl`.
     COMPILER_ONLY = ("token_chunks",)
     #: Row lanes of a head lane: each copies the head's K and V, so a few.
@@ -390,6 +400,11 @@ class HwConfig:
             raise ConfigError(f"Weight streaming must be 0 or 1, not {self.weight_streaming!r}")
         if type(self.x_by_words) is not int or self.x_by_words not in (0, 1):
             raise ConfigError(f"x_by_words must be 0 or 1, not {self.x_by_words!r}")
+        if type(self.pipelined_heads) is not int or self.pipelined_heads not in (0, 1):
+            raise ConfigError(f"pipelined_heads must be 0 or 1, not {self.pipelined_heads!r}")
+        if self.pipelined_heads and self.kv_banks != 2:
+            raise ConfigError("pipelined_heads 1 needs kv_banks 2: a head's rows follow the "
+                              f"head before's only into the other bank (kv_banks {self.kv_banks})")
         if type(self.token_chunks) is not int or self.token_chunks not in (0, 1, 2):
             raise ConfigError(f"Token chunks must be 0, 1 or 2, not {self.token_chunks!r}")
         if self.token_chunks and self.issue_lanes == 1:

@@ -137,6 +137,8 @@ def _attention(rng, seed, large, hw):
         if hw.heads_parallel == 1:
             hw = hw.replace(context_lanes=context)
         hw = hw.replace(kv_banks=int(rng.choice([1, 2])))
+        if hw.kv_banks == 2:
+            hw = hw.replace(pipelined_heads=int(rng.integers(2)))
     lanes = hw.score_lanes
     descs = []
 
@@ -261,6 +263,6 @@ def _layernorm(rng, seed, large, hw):
 
 
 _FIELDS = {"attention": ("score_lanes", "max_head_dim", "kv_depth", "heads_parallel",
-                         "row_lanes", "context_lanes", "kv_banks"),
+                         "row_lanes", "context_lanes", "kv_banks", "pipelined_heads"),
            "softmax": ("kv_depth",), "layernorm": ("norm_lanes", "max_in"), "gelu": ("cols",)}
 _DRAW = {"attention": _attention, "softmax": _softmax, "gelu": _gelu, "layernorm": _layernorm}

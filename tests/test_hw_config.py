@@ -210,28 +210,38 @@ def test_kv_banks_leave_older_fingerprints_alone():
 
 
 #: The top's on/off switches (0, the default, the behaviour before each): field -> its name
-#: in the error.
-SWITCHES = {"weight_streaming": "Weight streaming", "x_by_words": "x_by_words"}
+#: in the error, and the fields it needs.
+SWITCHES = {"weight_streaming": ("Weight streaming", {}), "x_by_words": ("x_by_words", {}),
+            "pipelined_heads": ("pipelined_heads", {"kv_banks": 2})}
 
 
 @pytest.mark.parametrize("value", [2, -1, True, 1.0, "1"])
 @pytest.mark.parametrize("field", sorted(SWITCHES))
 def test_bad_switch(field, value):
-    with pytest.raises(ConfigError, match=rf"^{SWITCHES[field]} must be 0 or 1, not "
+    name, needs = SWITCHES[field]
+    with pytest.raises(ConfigError, match=rf"^{name} must be 0 or 1, not "
                                           rf"{re.escape(repr(value))}$"):
-        DEFAULT_HW["tiny"].replace(**{field: value})
+        DEFAULT_HW["tiny"].replace(**needs, **{field: value})
 
 
 @pytest.mark.parametrize("field", sorted(SWITCHES))
 def test_switches_leave_older_fingerprints_alone(field):
     """0 (``weight_streaming``: each tile waits for its full bank; ``x_by_words``: x read a
-    row a request; as before each field) stays out of the fingerprint; 1 is another top."""
+    row a request; ``pipelined_heads``: a head starts once the one before has drained; as
+    before each field) stays out of the fingerprint; 1 is another top."""
     from moevit.hw.program.program import hw_hash
 
-    hw = get_hw_config("tiny")
+    hw = get_hw_config("tiny").replace(**SWITCHES[field][1])
     assert field not in hw.to_dict() and getattr(hw, field) == 0
     on = hw.replace(**{field: 1})
     assert hw_hash(on) != hw_hash(hw) and HwConfig.from_dict(on.to_dict()) == on
+
+
+def test_pipelined_heads_need_two_banks():
+    with pytest.raises(ConfigError, match=r"^pipelined_heads 1 needs kv_banks 2: a head's rows "
+                                          r"follow the head before's only into the other bank "
+                                          r"\(kv_banks 1\)$"):
+        DEFAULT_HW["tiny"].replace(pipelined_heads=1)
 
 
 @pytest.mark.parametrize("value", [3, 0, 32, True, 2.0])

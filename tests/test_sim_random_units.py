@@ -79,6 +79,16 @@ def test_random_attention_with_fewer_requantizers(seed):
     assert case.hw.context_width < case.hw.score_lanes or "MOEVIT_SEED" in os.environ
 
 
+@pytest.mark.parametrize("seed", _seeds((100,)))
+def test_random_attention_with_pipelined_heads(seed):
+    """A fourth attention point: two banks of K and V with pipelined heads (each row lane's
+    QK takes the next head's rows while its last rows of the head before pass the softmax
+    and PV on the other bank), four row lanes, one requantizer of eight score lanes."""
+    case, _ = run_case("attention", seed, large=False, simulator="icarus")
+    assert case.hw.pipelined_heads and case.hw.row_lanes > 1 \
+        and case.hw.context_width < case.hw.score_lanes or "MOEVIT_SEED" in os.environ
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", _seeds(range(1000, 1000 + SLOW_CASES)))
 @pytest.mark.parametrize("unit", UNITS)

@@ -690,8 +690,8 @@ def _other_cycles(step, hw) -> tuple:
     # What these steps' compute reads: the attention, LayerNorm and COMBINE lanes, the bus,
     # the columns, buffers.
     key = (step.shape, hw.heads_parallel, hw.row_lanes, hw.score_lanes, hw.context_width,
-           hw.kv_banks, hw.norm_lanes, hw.combine_width, hw.bus_width, hw.cols, hw.max_tokens,
-           hw.kv_depth, hw.max_in, hw.max_head_dim)
+           hw.kv_banks, hw.pipelined_heads, hw.norm_lanes, hw.combine_width, hw.bus_width,
+           hw.cols, hw.max_tokens, hw.kv_depth, hw.max_in, hw.max_head_dim)
     if key not in _CYCLES:
         d = _other_descriptor(step, hw)
         _CYCLES[key] = (compute_cycles(d, hw, routed=step.routed),
@@ -1020,7 +1020,8 @@ def _base_hw(model, board):
     # job's weights read ahead, resources.PREFETCH), a bank's load with its first tile
     # (weight_streaming, a compare in the kernel's issue; on one issue lane neither makes
     # an instruction slower, on two, _streaming_at_best_batch), an attention head's K
-    # and V with the head before where it is free (kv_banks, :func:`_kv_banks`), and a
+    # and V with the head before where it is free (kv_banks, :func:`_kv_banks`; its rows
+    # straight behind the head before's, pipelined_heads), and a
     # linear operation's first step behind one word of each row of x, not its first token
     # tile whole (x_by_words: a few counters in the x tiler).
     return HwConfig(name=f"{board.name}-{model.name}", max_in=widest,
@@ -1339,7 +1340,13 @@ def _attention_lanes(model, base, score_grid, attention):
             for sl in _divisors(model.head_dim, score_grid):
                 hw = base.replace(heads_parallel=hp, row_lanes=rl, score_lanes=sl)
                 hw = hw.replace(context_lanes=_context_lanes(hw, attention))
-                yield hw.replace(kv_banks=_kv_banks(hw))
+                yield _with_kv_banks(hw, _kv_banks(hw))
+
+
+def _with_kv_banks(hw, banks):
+    """``hw`` on ``banks`` banks of K and V, its heads pipelined on two (a few counters a
+    row pipeline, :data:`~moevit.hw.cost.resources.FEATURES`)."""
+    return hw.replace(kv_banks=banks, pipelined_heads=int(banks == 2))
 
 
 def _kv_banks(hw) -> int:
@@ -1350,7 +1357,7 @@ def _kv_banks(hw) -> int:
     window would cost more than (m3vit-s's 1,216 tokens on zcu102: 226.6 -> 271.7 ms)."""
     from moevit.hw.cost.resources import unit_resources
 
-    one, two = (unit_resources("attention", hw.replace(kv_banks=k)).bram36 for k in (1, 2))
+    one, two = (unit_resources("attention", _with_kv_banks(hw, k)).bram36 for k in (1, 2))
     return 2 if two == one else 1
 
 
@@ -1604,10 +1611,10 @@ def _stage2_sized(candidate):
                                                           "fabric", "model"))
     share, hp, rl, sl, cl, kb, r, c, packing, post, bus = candidate
     try:
-        hw = s["base"].replace(heads_parallel=hp, row_lanes=rl, score_lanes=sl,
-                               context_lanes=cl, kv_banks=kb, rows=r, cols=c,
-                               dsp_packing=packing, post_lanes=post, bus_width=bus,
-                               max_tokens=-(-model.tokens // r) * r)
+        hw = _with_kv_banks(s["base"], kb).replace(
+            heads_parallel=hp, row_lanes=rl, score_lanes=sl, context_lanes=cl, rows=r,
+            cols=c, dsp_packing=packing, post_lanes=post, bus_width=bus,
+            max_tokens=-(-model.tokens // r) * r)
     except ConfigError:
         return None, None
     port = _bandwidths(board, hw)[0]
@@ -2132,7 +2139,8 @@ def print_dse(rows) -> None:
               f"{h['heads_parallel']} heads x {h.get('row_lanes', 1)} rows x 2 x "
               f"{h['score_lanes']} lanes ({r['attention_mac_units']} MAC units, "
               f"{r['context_lanes']} context requantizers a head lane, "
-              f"{r['kv_banks']} bank(s) of K and V), "
+              f"{r['kv_banks']} bank(s) of K and V"
+              f"{', heads pipelined' if h.get('pipelined_heads') else ''}), "
               f"{r['norm_lanes']} LayerNorm lanes, "
               f"{r['combine_lanes']} COMBINE lanes, "
               f"bus {h['bus_width']} bits x {r['memory_ports']} memory port(s) (weights "

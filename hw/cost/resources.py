@@ -69,6 +69,8 @@ FIT_POINTS = [
     ("attention", dict(_SMALL_ATTENTION, score_lanes=16, max_head_dim=16, context_lanes=4)),
     ("attention", dict(_SMALL_ATTENTION, score_lanes=4, kv_depth=256, max_head_dim=16,
                        kv_banks=2)),
+    ("attention", dict(_SMALL_ATTENTION, score_lanes=4, kv_depth=256, max_head_dim=16,
+                       kv_banks=2, pipelined_heads=1)),
     ("layernorm", dict(max_in=512)),
     ("moe", dict(cols=4, max_tokens=8, max_in=32, post_lanes=2)),
     ("moe", dict(cols=8, max_tokens=32, max_in=64, post_lanes=2)),
@@ -434,7 +436,8 @@ def unit_dsp(unit: str, hw) -> int:
 FEATURES = {
     "linear": ("1", "rows*cols", "rows", "cols", "post_lanes"),
     "attention": ("1", "pipelines", "pipelines*score_lanes", "pipelines*head_dim",
-                  "heads*context_lanes", "heads*held_lanes", "pipelines*second_bank"),
+                  "heads*context_lanes", "heads*held_lanes", "pipelines*second_bank",
+                  "pipelines*pipelined"),
     "layernorm": ("1",),
     "moe": ("1", "cols"),
     "control": ("1",),
@@ -458,6 +461,8 @@ def _features(unit, hw):
               # ... and a second bank of K and V in each pipeline: its address adders and
               # the count of the heads loaded.
               "pipelines*second_bank": hw.heads_parallel * hw.row_lanes * (hw.kv_banks - 1),
+              # ... and, with pipelined heads, each stage's head and row counters.
+              "pipelines*pipelined": hw.heads_parallel * hw.row_lanes * hw.pipelined_heads,
               "log2(max_in)": math.log2(hw.max_in), "bus_width": hw.bus_width}
     return np.array([values[name] for name in FEATURES[unit]])
 

@@ -537,9 +537,10 @@ class AttentionDescriptor(Descriptor):
         from moevit.hw.units.attention import heads_cycles, restart_cycles
 
         parts = self.hw.score_lanes // self.hw.context_width
+        pipelined = bool(self.hw.pipelined_heads)
         return heads_cycles(self.tokens, self.chunks, self.rounds, self.hw.row_lanes, parts,
-                            self.hw.kv_banks, self.rows) \
-            + (restart_cycles(parts) if following else 0)
+                            self.hw.kv_banks, self.rows, pipelined) \
+            + (restart_cycles(parts, pipelined) if following else 0)
 
 
 @dataclass(frozen=True)

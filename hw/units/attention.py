@@ -30,7 +30,9 @@ beat ``L`` int8 of one token), V (same, accepted alongside K), then Q (``rows * 
 beats, accepted once K and V are in: the descriptor's query rows, a range of the
 tokens' or all of them); ``o`` carries the context rows in Q's beat order. With two
 banks of K and V (``hw.kv_banks``) the next head's K and V are accepted while the head
-before computes (its Q still streaming).
+before computes (its Q still streaming); with pipelined heads (``hw.pipelined_heads``)
+Q rows are accepted from the start, two ahead of QK, and QK takes the next head's rows
+straight after the head before's while those pass the softmax and PV.
 """
 
 import bisect
@@ -70,6 +72,21 @@ def _adder_tree(values):
     return values[0]
 
 
+class _Heads:
+    """How an :class:`AttentionHead`'s stages move through a descriptor's heads (one bank
+    or two): the signals the sequencing drives and those the stages pulse."""
+
+    def __init__(self, words):
+        self.idle, self.computing = Signal(), Signal()
+        self.k_in = Signal()        # QK's head has its K and V in
+        self.k_base, self.v_base = Signal(range(words)), Signal(range(words))  # their banks
+        # One a row: its Q in, its last key issued, its last probability taken by PV, its
+        # context's last beat out.
+        self.row_taken, self.row_issued = Signal(), Signal()
+        self.row_finished, self.row_left = Signal(), Signal()
+        self.q_more = None          # rows_loaded -> more Q rows to take
+
+
 class AttentionHead(wiring.Component):
     """One row pipeline: QK, softmax and PV on ``rows`` query rows of one head at a time;
     the context rows leave as int32 accumulators (:class:`HeadLane` requantizes them).
@@ -85,6 +102,12 @@ class AttentionHead(wiring.Component):
     kv_banks : int
         1: a head's K and V load once the head before has left the pipeline; 2: into the
         other bank, while the head before computes (at most one head ahead).
+    pipelined_heads : bool
+        With two banks: QK takes the next head's rows straight after its last row of the
+        head before, whose last rows still pass the softmax and PV on the other bank (Q
+        rows taken from the start, not once the head's K and V are in); the next head's
+        K and V load once PV has finished the head that used its bank before. Else a
+        head starts once the head before has left the pipeline.
 
     Members
     -------
@@ -103,7 +126,7 @@ class AttentionHead(wiring.Component):
         A context row's accumulators, ``lanes`` per beat in ``q``'s beat order.
     """
 
-    def __init__(self, *, lanes, max_tokens, max_head_dim, kv_banks=1):
+    def __init__(self, *, lanes, max_tokens, max_head_dim, kv_banks=1, pipelined_heads=False):
         self._MustUse__silence = True  # a unit rejected here is not an unused one
         for what, value in (("Score lanes", lanes), ("Key/value buffer depth", max_tokens),
                             ("Head dim", max_head_dim)):
@@ -113,7 +136,10 @@ class AttentionHead(wiring.Component):
             raise ValueError(f"Score lanes {lanes} do not divide the head dim {max_head_dim}")
         if kv_banks not in (1, 2) or isinstance(kv_banks, bool):
             raise ValueError(f"K/V banks must be 1 or 2, not {kv_banks!r}")
+        if pipelined_heads and kv_banks != 2:
+            raise ValueError("Pipelined heads need two banks of K and V")
         self._kv_banks = kv_banks
+        self._pipelined_heads = bool(pipelined_heads)
         self._lanes = lanes
         self._max_tokens = max_tokens
         self._max_chunks = max_head_dim // lanes
@@ -167,65 +193,22 @@ class AttentionHead(wiring.Component):
         words = Signal(addr_shape)  # tokens * chunks, the beats of one matrix
         m.d.comb += words.eq(tokens * chunks)
 
-        head = Signal.like(rounds)
-        rows_out = Signal(range(T_max + 1))
         k_cnt = Signal(addr_shape)
         v_cnt = Signal(addr_shape)
-        computing = Signal()
         full = Signal()     # the K and V of the head loading are in
         m.d.comb += full.eq((k_cnt == words) & (v_cnt == words))
-        # With two banks the K and V of head ``loads`` go into bank ``loads % 2`` while
-        # ``head`` computes on the other: ``loads`` is at most one head ahead.
-        loads = Signal.like(rounds)
-        loaded = Signal()   # the head to compute has its K and V in
-        if banks == 1:
-            m.d.comb += loaded.eq(full)
-        else:
-            m.d.comb += loaded.eq((loads > head) | ((loads == head) & full))
-
-        # Head sequencing: load K and V, compute every row, next head.
-        # Comb outputs from the state, not assigned inside it: Icarus never
-        # evaluates an always @* block whose inputs keep their initial values.
-        with m.FSM() as fsm:
-            with m.State("IDLE"):
-                with m.If(self.start):
-                    m.d.sync += [tokens.eq(self.tokens), rows.eq(self.rows),
-                                 chunks.eq(self.chunks),
-                                 rounds.eq(self.rounds), head.eq(0), loads.eq(0)]
-                    m.d.sync += [dst.eq(src) for dst, src in zip(
-                        consts, (self.sm_mult, self.sm_shift))]
-                    m.next = "LOAD"
-            with m.State("LOAD"):
-                with m.If(head == rounds):
-                    m.next = "IDLE"
-                with m.Elif(loaded):
-                    m.d.sync += rows_out.eq(0)
-                    if banks == 1:
-                        m.d.sync += [k_cnt.eq(0), v_cnt.eq(0)]
-                    m.next = "COMPUTE"
-            with m.State("COMPUTE"):
-                with m.If(rows_out == rows):
-                    m.d.sync += head.eq(head + 1)
-                    m.next = "LOAD"
-        # Busy until the last context beat has left, not only until it is on `acc`.
-        m.d.comb += [self.busy.eq(~fsm.ongoing("IDLE") | self.acc.valid),
-                     computing.eq(fsm.ongoing("COMPUTE"))]
-
-        # K and V into their buffers, side by side.
         loading = Signal()
         write_base = Signal(range(banks * depth))   # the bank loading
-        read_base = Signal(range(banks * depth))    # the bank computed on
-        if banks == 1:
-            m.d.comb += loading.eq(fsm.ongoing("LOAD") & (head != rounds))
-        else:
-            m.d.comb += [
-                loading.eq(~fsm.ongoing("IDLE") & (loads != rounds)
-                           & ((loads == head) | (loads == head + 1))),
-                write_base.eq(Mux(loads[0], depth, 0)),
-                read_base.eq(Mux(head[0], depth, 0)),
-            ]
-            with m.If(loading & full):
-                m.d.sync += [loads.eq(loads + 1), k_cnt.eq(0), v_cnt.eq(0)]
+        heads = (self._pipelined if self._pipelined_heads else self._sequential)(
+            m, depth, rounds, rows, full, loading, write_base, k_cnt, v_cnt)
+        with m.If(self.start & heads.idle):
+            m.d.sync += [tokens.eq(self.tokens), rows.eq(self.rows), chunks.eq(self.chunks),
+                         rounds.eq(self.rounds)]
+            m.d.sync += [dst.eq(src) for dst, src in zip(consts, (self.sm_mult, self.sm_shift))]
+        # Busy until the last context beat has left, not only until it is on `acc`.
+        m.d.comb += self.busy.eq(~heads.idle | self.acc.valid)
+
+        # K and V into their buffers, side by side.
         m.d.comb += [
             self.k.ready.eq(loading & (k_cnt != words)),
             k_wr.addr.eq(write_base + k_cnt), k_wr.data.eq(self.k.payload.as_value()),
@@ -239,11 +222,107 @@ class AttentionHead(wiring.Component):
         with m.If(v_wr.en):
             m.d.sync += v_cnt.eq(v_cnt + 1)
 
-        self._qk(m, k_rd, sm, tokens, rows, chunks, computing, read_base)
-        self._pv(m, v_rd, sm, tokens, chunks, computing, rows_out, read_base)
+        self._qk(m, k_rd, sm, tokens, rows, chunks, heads)
+        self._pv(m, v_rd, sm, tokens, chunks, heads)
         return m
 
-    def _qk(self, m, k_rd, sm, tokens, rows, chunks, computing, read_base):
+    def _sequential(self, m, depth, rounds, rows, full, loading, write_base, k_cnt, v_cnt):
+        """Heads one after the other: load K and V (with two banks: the next head's while
+        this one computes, at most one ahead), compute every row, next head."""
+        banks = self._kv_banks
+        heads = _Heads(banks * depth)
+        head = Signal.like(rounds)
+        rows_out = Signal.like(rows)
+        loads = Signal.like(rounds)     # two banks: heads whose K and V are in
+        loaded = Signal()               # the head to compute has its K and V in
+        if banks == 1:
+            m.d.comb += loaded.eq(full)
+        else:
+            m.d.comb += loaded.eq((loads > head) | ((loads == head) & full))
+        # Comb outputs from the state, not assigned inside it: Icarus never
+        # evaluates an always @* block whose inputs keep their initial values.
+        with m.FSM() as fsm:
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [head.eq(0), loads.eq(0)]
+                    m.next = "LOAD"
+            with m.State("LOAD"):
+                with m.If(head == rounds):
+                    m.next = "IDLE"
+                with m.Elif(loaded):
+                    m.d.sync += rows_out.eq(0)
+                    if banks == 1:
+                        m.d.sync += [k_cnt.eq(0), v_cnt.eq(0)]
+                    m.next = "COMPUTE"
+            with m.State("COMPUTE"):
+                with m.If(rows_out == rows):
+                    m.d.sync += head.eq(head + 1)
+                    m.next = "LOAD"
+        with m.If(heads.row_left):
+            m.d.sync += rows_out.eq(rows_out + 1)
+        m.d.comb += [heads.idle.eq(fsm.ongoing("IDLE")),
+                     heads.computing.eq(fsm.ongoing("COMPUTE")), heads.k_in.eq(1)]
+        if banks == 1:
+            m.d.comb += loading.eq(fsm.ongoing("LOAD") & (head != rounds))
+        else:
+            m.d.comb += [
+                loading.eq(~fsm.ongoing("IDLE") & (loads != rounds)
+                           & ((loads == head) | (loads == head + 1))),
+                write_base.eq(Mux(loads[0], depth, 0)),
+                heads.k_base.eq(Mux(head[0], depth, 0)),
+                heads.v_base.eq(Mux(head[0], depth, 0)),
+            ]
+            with m.If(loading & full):
+                m.d.sync += [loads.eq(loads + 1), k_cnt.eq(0), v_cnt.eq(0)]
+        # Each head's Q rows, counted again from the next head's first.
+        heads.q_more = lambda rows_loaded: rows_loaded != rows
+        return heads
+
+    def _pipelined(self, m, depth, rounds, rows, full, loading, write_base, k_cnt, v_cnt):
+        """Heads pipelined through two banks of K and V: head ``loads`` loads into bank
+        ``loads % 2`` once PV has finished the head that used it before; QK takes a head's
+        rows once its K and V are in, straight after the head before's (whose last rows
+        still pass the softmax and PV, on the other bank)."""
+        heads = _Heads(2 * depth)
+        loads = Signal.like(rounds)      # heads whose K and V are in
+        q_head, qk_head, pv_head, out_head = (Signal.like(rounds, name=f"{n}_head")
+                                              for n in ("q", "qk", "pv", "out"))
+        q_row, qk_row, pv_row, out_row = (Signal.like(rows, name=f"{n}_row")
+                                          for n in ("q", "qk", "pv", "out"))
+        idle = Signal(init=1)
+        with m.If(self.start & idle):
+            m.d.sync += [idle.eq(0), loads.eq(0), k_cnt.eq(0), v_cnt.eq(0)]
+            m.d.sync += [c.eq(0) for c in (q_head, qk_head, pv_head, out_head,
+                                           q_row, qk_row, pv_row, out_row)]
+        with m.If(~idle & (out_head == rounds)):
+            m.d.sync += idle.eq(1)
+        m.d.comb += [
+            heads.idle.eq(idle), heads.computing.eq(~idle),
+            # At most one head ahead of PV: the other bank is PV's (and QK's, behind it).
+            loading.eq(~idle & (loads != rounds) & ((loads == pv_head) | (loads == pv_head + 1))),
+            write_base.eq(Mux(loads[0], depth, 0)),
+            heads.k_in.eq((loads > qk_head) | ((loads == qk_head) & full)),
+            heads.k_base.eq(Mux(qk_head[0], depth, 0)),
+            heads.v_base.eq(Mux(pv_head[0], depth, 0)),
+        ]
+        with m.If(loading & full):
+            m.d.sync += [loads.eq(loads + 1), k_cnt.eq(0), v_cnt.eq(0)]
+        # Each stage counts its rows and heads; a pipeline with no rows follows the loads.
+        for event, head, row in ((heads.row_taken, q_head, q_row),
+                                 (heads.row_issued, qk_head, qk_row),
+                                 (heads.row_finished, pv_head, pv_row),
+                                 (heads.row_left, out_head, out_row)):
+            with m.If(event):
+                with m.If(row + 1 == rows):
+                    m.d.sync += [row.eq(0), head.eq(head + 1)]
+                with m.Else():
+                    m.d.sync += row.eq(row + 1)
+        with m.If(~idle & (rows == 0)):
+            m.d.sync += [head.eq(loads) for head in (q_head, qk_head, pv_head, out_head)]
+        heads.q_more = lambda rows_loaded: (rows != 0) & (q_head != rounds)
+        return heads
+
+    def _qk(self, m, k_rd, sm, tokens, rows, chunks, heads):
         """Query rows against the K buffer: one score per key on ``sm.i``."""
         L, C_max = self._lanes, self._max_chunks
         beat = beat_layout(L)
@@ -253,8 +332,10 @@ class AttentionHead(wiring.Component):
         q_fill_bank, q_fill_c = Signal(), Signal(range(C_max + 1))
         rows_loaded = Signal(16)  # query rows fully in a bank
         rows_used = Signal(16)  # query rows whose last product left the multipliers
-        m.d.comb += self.q.ready.eq(computing & (rows_loaded != rows)
+        computing = heads.computing
+        m.d.comb += self.q.ready.eq(computing & heads.q_more(rows_loaded)
                                     & ((rows_loaded - rows_used)[:16] < 2))
+        m.d.comb += heads.row_taken.eq(self.q.valid & self.q.ready & (q_fill_c + 1 == chunks))
         with m.If(self.q.valid & self.q.ready):
             m.d.sync += qrow[q_fill_bank][q_fill_c].eq(self.q.payload.as_value())
             with m.If(q_fill_c + 1 == chunks):
@@ -273,13 +354,14 @@ class AttentionHead(wiring.Component):
         i_addr = Signal(range(self._max_tokens * C_max + 1))
         issue = Signal()
         m.d.comb += [
-            issue.eq(computing & (rows_loaded != r_issue) & advance),
-            k_rd.addr.eq(read_base + i_addr),
+            issue.eq(computing & (rows_loaded != r_issue) & heads.k_in & advance),
+            k_rd.addr.eq(heads.k_base + i_addr),
             k_rd.en.eq(advance),
         ]
         end_key = Signal()
         end_row = Signal()
-        m.d.comb += [end_key.eq(i_c + 1 == chunks), end_row.eq(end_key & (i_key + 1 == tokens))]
+        m.d.comb += [end_key.eq(i_c + 1 == chunks), end_row.eq(end_key & (i_key + 1 == tokens)),
+                     heads.row_issued.eq(issue & end_row)]
         with m.If(issue):
             m.d.sync += [i_c.eq(Mux(end_key, 0, i_c + 1)), i_addr.eq(i_addr + 1)]
             with m.If(end_key):
@@ -326,7 +408,7 @@ class AttentionHead(wiring.Component):
                          sm.i.payload.score.eq(total),
                          sm.i.payload.last.eq(p2_end_row)]
 
-    def _pv(self, m, v_rd, sm, tokens, chunks, computing, rows_out, read_base):
+    def _pv(self, m, v_rd, sm, tokens, chunks, heads):
         """Probabilities times the V buffer into context rows on ``acc``."""
         L, C_max = self._lanes, self._max_chunks
         beat = beat_layout(L)
@@ -343,12 +425,14 @@ class AttentionHead(wiring.Component):
         end_key = Signal()
         m.d.comb += end_key.eq(i_c + 1 == chunks)
         issue = Signal()
+        computing = heads.computing
         # The row's final update waits for the shadow registers to be free.
         m.d.comb += issue.eq(computing & sm.o.valid
                              & ~(sm.o.payload.last & end_key & shadow_busy))
         m.d.comb += [
             sm.o.ready.eq(issue & end_key),
-            v_rd.addr.eq(read_base + i_addr),
+            v_rd.addr.eq(heads.v_base + i_addr),
+            heads.row_finished.eq(issue & end_key & sm.o.payload.last),
         ]
         with m.If(issue):
             m.d.sync += [i_c.eq(Mux(end_key, 0, i_c + 1)), i_addr.eq(i_addr + 1)]
@@ -386,7 +470,8 @@ class AttentionHead(wiring.Component):
             m.d.sync += out.valid.eq(1)
             m.d.sync += [out.payload[l].eq(shadow[e_c][l]) for l in range(L)]
             with m.If(e_c + 1 == chunks):
-                m.d.sync += [e_c.eq(0), shadow_busy.eq(0), rows_out.eq(rows_out + 1)]
+                m.d.sync += [e_c.eq(0), shadow_busy.eq(0)]
+                m.d.comb += heads.row_left.eq(1)
             with m.Else():
                 m.d.sync += e_c.eq(e_c + 1)
 
@@ -415,7 +500,7 @@ class HeadLane(wiring.Component):
     """
 
     def __init__(self, *, row_lanes, lanes, max_tokens, max_head_dim, context_lanes=0,
-                 kv_banks=1):
+                 kv_banks=1, pipelined_heads=False):
         if not isinstance(row_lanes, int) or row_lanes < 1 or row_lanes & (row_lanes - 1):
             self._MustUse__silence = True  # a unit rejected here is not an unused one
             raise ValueError(f"Row lanes must be a power of two, not {row_lanes!r}")
@@ -426,7 +511,8 @@ class HeadLane(wiring.Component):
                              f"not {context_lanes!r}")
         self._context_lanes = context_lanes or lanes
         self._rows = [AttentionHead(lanes=lanes, max_tokens=max_tokens,
-                                    max_head_dim=max_head_dim, kv_banks=kv_banks)
+                                    max_head_dim=max_head_dim, kv_banks=kv_banks,
+                                    pipelined_heads=pipelined_heads)
                       for _ in range(row_lanes)]
         ports = dict(self._rows[0].signature.members)
         del ports["acc"]
@@ -605,7 +691,8 @@ class Attention(wiring.Component):
         for p in range(hw.heads_parallel):
             lane = HeadLane(row_lanes=hw.row_lanes, lanes=hw.score_lanes,
                             max_tokens=hw.kv_depth, max_head_dim=hw.max_head_dim,
-                            context_lanes=hw.context_lanes, kv_banks=hw.kv_banks)
+                            context_lanes=hw.context_lanes, kv_banks=hw.kv_banks,
+                            pipelined_heads=hw.pipelined_heads)
             m.submodules[f"head{p}"] = lane
             lanes.append(lane)
             for name in ("q", "k", "v"):
@@ -650,22 +737,23 @@ class Attention(wiring.Component):
 # previous head's last context beat has left its row pipeline), so every head of a
 # descriptor takes the same time: :func:`head_cycles` (and the last its :func:`head_tail`
 # more, the beat still in the requantizers). On two a head's K and V load behind the head
-# before, and each row pipeline starts its next head on its own: :func:`heads_cycles`.
+# before, and each row pipeline's QK takes its next head's rows straight after its last
+# row of the head before: :func:`heads_cycles`.
 #: Issue of a key's last chunk -> its score on the softmax's input.
 QK_DEPTH = 3
 #: PV takes a row's last probability at cycle t -> its C context beats leave at
 #: t + OUT_DEPTH + 1 ... t + OUT_DEPTH + C (the shadow registers, then ``o``).
 OUT_DEPTH = 3
 #: The last context beat of a descriptor -> the next descriptor accepted (the row
-#: pipelines' state machines go idle two cycles after it; behind requantizers of fewer
-#: lanes than the score lanes, :func:`restart_cycles`, the beat leaves later and their
-#: output register is the last to empty).
+#: pipelines' state machines go idle two cycles after it, one with pipelined heads; behind requantizers of fewer lanes than the score lanes, :func:`restart_cycles`,
+#: the beat leaves later and their output register is the last to empty).
 RESTART_CYCLES = 2
 
 
-def restart_cycles(parts=1) -> int:
-    """:data:`RESTART_CYCLES` behind requantizers that take a beat in ``parts`` cycles."""
-    return RESTART_CYCLES if parts == 1 else RESTART_CYCLES - 1
+def restart_cycles(parts=1, pipelined=False) -> int:
+    """:data:`RESTART_CYCLES` behind requantizers that take a beat in ``parts`` cycles, with
+    heads ``pipelined`` or not."""
+    return RESTART_CYCLES if parts == 1 and not pipelined else RESTART_CYCLES - 1
 
 
 _NEVER = -(1 << 62)
@@ -700,37 +788,47 @@ def head_tail(tokens, chunks, row_lanes=1, parts=1, rows=None):
     return end - span
 
 
-def heads_cycles(tokens, chunks, rounds, row_lanes=1, parts=1, banks=1, rows=None):
+def heads_cycles(tokens, chunks, rounds, row_lanes=1, parts=1, banks=1, rows=None,
+                 pipelined=False):
     """Cycles of a descriptor's ``rounds`` heads on one head lane, from the first K/V beat
     to the cycle after the last context beat. With one bank of K and V (``banks`` 1) the
     heads follow one another: ``rounds`` :func:`head_cycles` and the last's
     :func:`head_tail`. With two, a head's K and V load while the head before computes (a
     row pipeline takes the next head's beats once it has started the head before and the
     K and V before are in), and each row pipeline starts its next head as soon as it has
-    finished its rows of the one before and that head's K and V are in. ``rows``: each
-    head's query rows (None: ``tokens``)."""
-    return _heads(tokens, chunks, row_lanes, parts, rounds, banks, rows)[1]
+    finished its rows of the one before and that head's K and V are in; ``pipelined``
+    (``HwConfig.pipelined_heads``): its QK takes the next head's rows straight after its
+    last row of the head before (Q rows from the first cycle), and the next head's K and V
+    load once PV has finished the head that used their bank before. ``rows``: each head's
+    query rows (None: ``tokens``)."""
+    return _heads(tokens, chunks, row_lanes, parts, rounds, banks, rows, pipelined)[1]
 
 
 @lru_cache(maxsize=256)
-def _heads(tokens, chunks, row_lanes, parts, rounds, banks, rows=None):
+def _heads(tokens, chunks, row_lanes, parts, rounds, banks, rows=None, pipelined=False):
     """``(span, end)`` of ``rounds`` heads: the cycle the next head's first K/V beat could
     come (a descriptor's next head on one bank), and the cycle after the last context
     beat."""
     T, C, N, R = tokens, chunks, parts, row_lanes
     ready = [0] * R     # a row pipeline's first cycle waiting for its next head (LOAD)
     began = [0] * R     # ... and for the head it computes, once it began waiting for it
+    # Pipelined: each row pipeline one timeline throughout, its Q rows taken from the start.
+    lanes = [_RowPipeline(T, C, 0) for _ in range(R)]
+    finished = []       # pipelined: per head, the cycle PV took its last probability
     first_kv = 0        # the head's first K/V beat
     dealt = gathered = _NEVER
     for head in range(rounds):
         loaded = first_kv + T * C    # its K and V in
-        # K and V take `T * C` cycles, then one to switch to compute
-        lanes = [_RowPipeline(T, C, max(r, loaded) + 1) for r in ready]
-        began, ready = ready, [lane.compute + 1 for lane in lanes]  # a lane without rows
+        if not pipelined:
+            # K and V take `T * C` cycles, then one to switch to compute
+            lanes = [_RowPipeline(T, C, max(r, loaded) + 1) for r in ready]
+            began, ready = ready, [lane.compute + 1 for lane in lanes]  # a lane without rows
+        last_finished = _NEVER
         for r in range(T if rows is None else rows):
             lane = lanes[r % R]
             dealt = max(dealt, lane.q_free()) + C
-            done = lane.add_row(dealt)
+            done = lane.add_row(dealt, loaded)
+            last_finished = max(last_finished, done)
             # Its context's first beat in the lane's output register, once the row before
             # has left it.
             first = max(done + OUT_DEPTH + 1, lane.out_free)
@@ -745,9 +843,16 @@ def _heads(tokens, chunks, row_lanes, parts, rounds, banks, rows=None):
             # The next head loads the cycle after the last beat (through requantizers of
             # fewer lanes: the cycle after it left the shadow registers).
             ready[r % R] = gathered if N == 1 else free + 1
+        finished.append(last_finished)
         # The next head's K and V: on one bank once every pipeline waits for it; on two
-        # once its bank is free (every pipeline has begun this head) and this one's are in.
-        first_kv = max(ready) if banks == 1 else max(max(began), loaded + 1)
+        # once its bank is free (every pipeline has begun this head; pipelined: PV has
+        # finished the head before) and this one's are in.
+        if banks == 1:
+            first_kv = max(ready)
+        elif pipelined:
+            first_kv = max(loaded + 1, finished[head - 1] + 1 if head else _NEVER)
+        else:
+            first_kv = max(max(began), loaded + 1)
     return max(ready), gathered + (N > 1)
 
 
@@ -770,10 +875,11 @@ class _RowPipeline:
             return self.compute
         return self.qk.real(self.issue_start[n - 2] + self.row) + 1
 
-    def add_row(self, loaded):
-        """A row whose query is in by ``loaded``: the cycle PV takes its last probability."""
+    def add_row(self, loaded, k_in=_NEVER):
+        """A row whose query is in by ``loaded`` and its head's K and V by ``k_in``: the
+        cycle PV takes its last probability."""
         T, C, n = self.T, self.C, len(self.issue_start)
-        start = self.qk.adv_of(loaded)
+        start = self.qk.adv_of(max(loaded, k_in))
         if n:
             start = max(start, self.issue_start[n - 1] + self.row)
         self.issue_start.append(start)

@@ -172,9 +172,9 @@ def _layernorm(lanes=1):
                    [_balanced(["i"], "o", most=8 if lanes == 1 else 16)])
 
 
-def _attention(row_lanes=1):
+def _attention(row_lanes=1, **changes):
     from moevit.hw.units.attention import Attention
-    hw = FORMAL_HW.replace(row_lanes=row_lanes)
+    hw = FORMAL_HW.replace(row_lanes=row_lanes, **changes)
     return Harness(Attention(hw), [_balanced([("q", 0)], ("o", 0), most=16 * row_lanes)])
 
 
@@ -1053,6 +1053,11 @@ CHECKS = [
     Check("attention.rows.beats", "Attention(formal hw, 2 row lanes)",
           "stream rules; one o beat per q beat, the rows dealt to two row lanes and gathered",
           "bmc", 16, lambda: _attention(row_lanes=2), fast=False),
+    Check("attention.pipelined.beats",
+          "Attention(formal hw, 2 row lanes, 2 banks of K and V, pipelined heads)",
+          "stream rules; one o beat per q beat, each row lane's next head's rows straight "
+          "behind the head before's", "bmc", 16,
+          lambda: _attention(row_lanes=2, kv_banks=2, pipelined_heads=1), fast=False),
     Check("sequencer.progress", f"Sequencer(formal hw, {FORMAL_HEADER_WORDS}-word header)",
           f"stream rules; with memory (any words) and engines answering within {RESPONSE} "
           f"cycles, never more than {PROGRESS_BOUND} cycles running without progress (no "

@@ -148,7 +148,8 @@ def _attention(rng, seed, large, hw):
             tokens = _pick(rng, 1, hw.kv_depth)
             # A third of the operations on fewer query rows than keys (a token chunk's).
             rows = _pick(rng, 1, tokens) if rng.random() < 1 / 3 else tokens
-            heads = hw.heads_parallel * int(rng.integers(1, 3))
+            # Up to four rounds: a third head reuses the first one's bank of K and V.
+            heads = hw.heads_parallel * int(rng.integers(1, 5))
             head_dim = lanes * _pick(rng, 1, hw.max_head_dim // lanes)
             scale = float(np.exp(rng.uniform(np.log(1 / 4096), np.log(1 / 4))))
             sm = intops.softmax_constants(scale) if rng.random() < 0.8 else _requant(rng)

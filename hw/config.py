@@ -193,6 +193,14 @@ class HwConfig:
         (:class:`moevit.hw.units.attention.AttentionHead`). Each head after the first no
         longer waits for the one before to drain (zcu102-edge-moe: ~630 cycles a
         descriptor of three heads). 0: the attention of every figure measured before it.
+    chan_striped : int
+        1 (with ``weight_ports`` > 1): the read channel ``chan`` (each output channel's
+        bias and requantization constants, read with the weights) deals its bursts over
+        the weights' ports as ``w`` does (:func:`moevit.hw.top.memory_ports.chan_stripe`),
+        so that no port of the weight stream also carries every layer's constants (on
+        zcu102-edge-moe an expert's 4,608 constant bytes rode one of the four weight
+        ports: 2,592 cycles of its bytes against the others' 2,304). 0: ``chan`` on its
+        own port of :data:`~moevit.hw.top.memory_ports.PORT_OF`.
 
     Raises
     ------
@@ -250,6 +258,8 @@ class HwConfig:
     x_by_words: int = 0
     # The attention's next head's rows straight behind the head before's (issue 14): 0 or 1.
     pipelined_heads: int = 0
+    # The channel constants striped over the weights' ports (issue 14): 0 or 1.
+    chan_striped: int = 0
 
     # Fixed by the numeric contract (moevit.model.integer.intops.requantize).
     BIAS_WIDTH = 32
@@ -267,7 +277,8 @@ class HwConfig:
     SILENT_DEFAULTS = {"memory_ports": 1, "norm_lanes": 1, "onchip_bytes": 0,
                        "weight_ports": 1, "row_lanes": 1, "issue_lanes": 1, "combine_lanes": 0,
                        "weight_streaming": 0, "token_chunks": 0, "context_lanes": 0,
-                       "kv_banks": 1, "x_by_words": 0, "pipelined_heads": 0}
+                       "kv_banks": 1, "x_by_words": 0, "pipelined_heads": 0,
+                       "chan_striped": 0}
     #: Fields the RTL does not read (how the compiler lays a program out): :meth:`rtl`.
     COMPILER_ONLY = ("token_chunks",)
     #: Row lanes of a head lane: each copies the head's K and V, so a few.
@@ -405,6 +416,11 @@ class HwConfig:
         if self.pipelined_heads and self.kv_banks != 2:
             raise ConfigError("pipelined_heads 1 needs kv_banks 2: a head's rows follow the "
                               f"head before's only into the other bank (kv_banks {self.kv_banks})")
+        if type(self.chan_striped) is not int or self.chan_striped not in (0, 1):
+            raise ConfigError(f"chan_striped must be 0 or 1, not {self.chan_striped!r}")
+        if self.chan_striped and self.weight_ports < 2:
+            raise ConfigError("chan_striped 1 needs weight_ports 2 or more: the constants are "
+                              f"striped over the weights' ports (weight_ports {self.weight_ports})")
         if type(self.token_chunks) is not int or self.token_chunks not in (0, 1, 2):
             raise ConfigError(f"Token chunks must be 0, 1 or 2, not {self.token_chunks!r}")
         if self.token_chunks and self.issue_lanes == 1:

@@ -212,7 +212,8 @@ def test_kv_banks_leave_older_fingerprints_alone():
 #: The top's on/off switches (0, the default, the behaviour before each): field -> its name
 #: in the error, and the fields it needs.
 SWITCHES = {"weight_streaming": ("Weight streaming", {}), "x_by_words": ("x_by_words", {}),
-            "pipelined_heads": ("pipelined_heads", {"kv_banks": 2})}
+            "pipelined_heads": ("pipelined_heads", {"kv_banks": 2}),
+            "chan_striped": ("chan_striped", {"memory_ports": 2, "weight_ports": 2})}
 
 
 @pytest.mark.parametrize("value", [2, -1, True, 1.0, "1"])
@@ -227,8 +228,8 @@ def test_bad_switch(field, value):
 @pytest.mark.parametrize("field", sorted(SWITCHES))
 def test_switches_leave_older_fingerprints_alone(field):
     """0 (``weight_streaming``: each tile waits for its full bank; ``x_by_words``: x read a
-    row a request; ``pipelined_heads``: a head starts once the one before has drained; as
-    before each field) stays out of the fingerprint; 1 is another top."""
+    row a request; ``pipelined_heads``: a head starts once the one before has drained;
+    ``chan_striped``: the constants on their own port; as before each field) stays out of the fingerprint; 1 is another top."""
     from moevit.hw.program.program import hw_hash
 
     hw = get_hw_config("tiny").replace(**SWITCHES[field][1])
@@ -242,6 +243,13 @@ def test_pipelined_heads_need_two_banks():
                                           r"follow the head before's only into the other bank "
                                           r"\(kv_banks 1\)$"):
         DEFAULT_HW["tiny"].replace(pipelined_heads=1)
+
+
+def test_striped_constants_need_striped_weights():
+    with pytest.raises(ConfigError, match=r"^chan_striped 1 needs weight_ports 2 or more: the "
+                                          r"constants are striped over the weights' ports "
+                                          r"\(weight_ports 1\)$"):
+        DEFAULT_HW["tiny"].replace(memory_ports=4, chan_striped=1)
 
 
 @pytest.mark.parametrize("value", [3, 0, 32, True, 2.0])

@@ -69,6 +69,19 @@ def test_memory_cycles_with_striped_weights():
                          memory_bandwidth=10) == -(-sum(moved.values()) // 10)
 
 
+def test_memory_cycles_with_striped_constants():
+    """chan_striped: chan's bytes dealt over the weights' ports as w's are; res stays on
+    chan's own port (2)."""
+    four = DEFAULT_HW["tiny"].replace(memory_ports=4)          # x | w | chan+res | write
+    moved = {"w": 4000, "chan": 800, "res": 100}
+    two, every = four.replace(weight_ports=2), four.replace(weight_ports=4)
+    assert memory_cycles(two, moved, 1) == 2000 + 800 + 100                    # port 2
+    assert memory_cycles(two.replace(chan_striped=1), moved, 1) == 2000 + 400 + 100
+    assert memory_cycles(every, moved, 1) == 1000 + 800 + 100
+    assert memory_cycles(every.replace(chan_striped=1), moved, 1) == 1000 + 200 + 100
+    assert memory_cycles(every.replace(chan_striped=1), {"w": 4000, "chan": 800}, 1) == 1200
+
+
 def test_more_ports_fewer_cycles_on_a_slow_memory(tiny):
     """At 2 bytes a cycle per port, tiny is memory-bound: more ports, fewer cycles; the
     one-port figure is the model's as it was (the same bytes over the same bandwidth)."""
@@ -98,7 +111,7 @@ def test_resources_add_an_arbiter_per_port():
 
 
 def test_resources_of_a_wider_bus_and_the_weights_striper():
-    """The arbiters scale with the bus; the striper buffers the longest burst per striped
+    """The arbiters scale with the bus; a striper buffers the longest burst per striped
     port: 256 beats of 131 bits at 128 bits (2 BRAM36), 64 beats of 515 at 512 (LUT RAM:
     172 RAM64M of 4 LUTs)."""
     from moevit.hw.cost.resources import PORT_OVERHEAD, port_overhead
@@ -109,6 +122,11 @@ def test_resources_of_a_wider_bus_and_the_weights_striper():
     assert port_overhead(hw.replace(weight_ports=4)) == PORT_OVERHEAD * 3 + Resources(bram36=8)
     assert port_overhead(hw.replace(bus_width=512, weight_ports=2)) == \
         PORT_OVERHEAD * 12 + Resources(lut=2 * 172 * 4)
+    # The constants' striper (chan_striped) buffers as much again.
+    assert port_overhead(hw.replace(weight_ports=4, chan_striped=1)) == \
+        PORT_OVERHEAD * 3 + Resources(bram36=16)
+    assert port_overhead(hw.replace(bus_width=512, weight_ports=2, chan_striped=1)) == \
+        PORT_OVERHEAD * 12 + Resources(lut=4 * 172 * 4)
 
 
 @pytest.mark.parametrize("board", ["zcu102", "u280"])
@@ -129,10 +147,11 @@ def test_the_search_chooses_ports_within_the_boards(board):
                                                  * hw.clock_mhz / 1e3)
     steps = workload("edge-moe").steps(row["task"])
     chosen = predict(steps, hw, port, memory_bandwidth=memory).cycles
-    one = predict(steps, hw.replace(memory_ports=1, weight_ports=1, issue_lanes=1,
-                                    token_chunks=0), port,
+    one = predict(steps, hw.replace(memory_ports=1, weight_ports=1, chan_striped=0,
+                                    issue_lanes=1, token_chunks=0), port,
                   memory_bandwidth=memory).cycles   # (one port: one issue lane)
-    unstriped = predict(steps, hw.replace(weight_ports=1), port, memory_bandwidth=memory).cycles
+    unstriped = predict(steps, hw.replace(weight_ports=1, chan_striped=0), port,
+                        memory_bandwidth=memory).cycles
     print(f"{board}: {hw.memory_ports} port(s), weights over {hw.weight_ports}: {chosen:,} "
           f"cycles; weights over one {unstriped:,}; one port {one:,}")
     assert chosen <= unstriped and chosen <= one

@@ -121,3 +121,25 @@ def test_the_striped_top_has_a_striper_and_the_same_ports():
     assert isinstance(striper, ReadStriper) and len(striper.ports) == 2
     assert isinstance(inside["arbiter2"], ReadArbiter) and len(inside["arbiter2"].ports) == 3
     assert "arbiter1" not in inside and "striper" not in plain.elaborate(None)._named_submodules
+
+
+def test_striped_constants_share_the_weights_stripe():
+    """chan_striped on 4 ports, weights over 2: a second ReadStriper deals chan over the
+    weights' ports 1 and 2, so port 1 arbitrates w's and chan's shares and port 2 w's, chan's
+    and res (each in its mover's place); the flat ports stay the unstriped top's."""
+    from moevit.hw.top.accelerator import Accelerator
+    from moevit.hw.top.interconnect import ReadArbiter, ReadStriper
+    from moevit.hw.top.memory_ports import striped_movers
+
+    hw = DEFAULT_HW["tiny"].replace(memory_ports=4, weight_ports=2)
+    assert striped_movers(hw) == {"w": (1, 2)}
+    assert striped_movers(hw.replace(chan_striped=1)) == {"w": (1, 2), "chan": (1, 2)}
+    plain, top = Accelerator(hw, ("copy",)), Accelerator(hw.replace(chan_striped=1), ("copy",))
+    for unused in (plain, top):
+        unused._MustUse__silence = True
+    assert top.signature.members == plain.signature.members
+    inside = {name: sub for name, (sub, _) in top.elaborate(None)._named_submodules.items()}
+    assert isinstance(inside["chan_striper"], ReadStriper)
+    assert len(inside["chan_striper"].ports) == 2
+    assert len(inside["arbiter1"].ports) == 2 and len(inside["arbiter2"].ports) == 3
+    assert all(isinstance(inside[a], ReadArbiter) for a in ("arbiter1", "arbiter2"))

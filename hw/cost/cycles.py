@@ -342,7 +342,8 @@ def x_arrival(job, hw, moved, bandwidth, memory_bandwidth=None, lane="main") -> 
             "res": LinearEngine.RES_DEPTH * word}
     sharing = {"x": x, **{k: min(moved.get(k, 0), room + 2 * moved.get(k, 0) // job.out_tiles)
                           for k, room in held.items()}}
-    routes = lane_routes(hw.memory_ports, hw.weight_ports, hw.issue_lanes, lane)
+    routes = lane_routes(hw.memory_ports, hw.weight_ports, hw.issue_lanes, lane,
+                         hw.chan_striped)
     port = routes["x"][0][0]
     on_port = sum(n * fraction for k, n in sharing.items() for at, fraction in routes[k]
                   if at == port)
@@ -839,14 +840,16 @@ def memory_cycles(hw, moved: dict, bandwidth, memory_bandwidth=None, lane="main"
     ``memory_bandwidth`` (default: no limit beyond the ports'). One port: the bytes over
     ``bandwidth``, as before there were ports. With ``hw.weight_ports`` > 1 the bytes of
     ``w`` are dealt evenly over its stripe (its bursts go round-robin,
-    :func:`moevit.hw.top.memory_ports.weight_stripe`), and ``w`` still takes at most one bus
+    :func:`moevit.hw.top.memory_ports.weight_stripe`; ``chan``'s too with
+    ``hw.chan_striped``), and ``w`` still takes at most one bus
     word a cycle: its one mover's rate, whatever its ports give. An instruction of the side
     ``lane`` on a top of two moves on the side lane's movers (:func:`lane_demand`: its
     ``w`` on one port, its writes on their own)."""
     demand = lane_demand(hw, lane, moved)
     cycles = max((n for r, n in demand.items() if r[0] == "port"), default=0) / bandwidth
     # Striped: still one mover, a bus word a cycle at most.
-    if len(lane_routes(hw.memory_ports, hw.weight_ports, hw.issue_lanes, lane)["w"]) > 1:
+    if len(lane_routes(hw.memory_ports, hw.weight_ports, hw.issue_lanes, lane,
+                       hw.chan_striped)["w"]) > 1:
         cycles = max(cycles, moved.get("w", 0) / (hw.bus_width / 8))
     if memory_bandwidth is not None:
         cycles = max(cycles, demand.get("memory", 0) / memory_bandwidth)
@@ -1084,7 +1087,8 @@ def lane_demand(hw, lane, moved, onchip_read=0, onchip_written=0) -> dict:
     :func:`moved_bytes`) on port ``k`` (:func:`lane_routes`), ``"memory"`` all of them, and
     the on-chip window's ``"onchip_read"`` and ``"onchip_write"`` bytes (its one read port
     and its one write port)."""
-    routes = lane_routes(hw.memory_ports, hw.weight_ports, hw.issue_lanes, lane)
+    routes = lane_routes(hw.memory_ports, hw.weight_ports, hw.issue_lanes, lane,
+                         hw.chan_striped)
     demand = {}
     total = 0
     for mover, n in moved.items():
@@ -1102,25 +1106,26 @@ def lane_demand(hw, lane, moved, onchip_read=0, onchip_written=0) -> dict:
 
 
 @functools.lru_cache(maxsize=None)
-def lane_routes(memory_ports, weight_ports, issue_lanes, lane) -> dict:
+def lane_routes(memory_ports, weight_ports, issue_lanes, lane, chan_striped=0) -> dict:
     """Mover -> ``((("port", k), fraction of its bytes), ...)`` for an instruction on
     ``lane`` of a top with these ports and lanes: the main lane's movers by
-    :func:`~moevit.hw.top.memory_ports.ports_of`, the weights dealt evenly over their
-    stripe; the side lane's ``side_x``, ``side_w``, ``side_chan`` on the ports of ``x``,
-    ``w``, ``chan`` (its ``w`` not striped) and its writes on ``SIDE_WRITE_PORT``. Cached:
-    the search asks millions of times for a few tops."""
-    from moevit.hw.top.memory_ports import MOVERS, ports_of, weight_stripe
+    :func:`~moevit.hw.top.memory_ports.ports_of`, a striped mover's bytes (the weights,
+    and the constants with ``chan_striped``) dealt evenly over its stripe; the side lane's
+    ``side_x``, ``side_w``, ``side_chan`` on the ports of ``x``, ``w``, ``chan`` (none of
+    them striped) and its writes on ``SIDE_WRITE_PORT``. Cached: the search asks millions
+    of times for a few tops."""
+    from moevit.hw.top.memory_ports import MOVERS, ports_of, striped_movers
 
     hw = SimpleNamespace(memory_ports=memory_ports, weight_ports=weight_ports,
-                         issue_lanes=issue_lanes)
-    where = ports_of(hw)
+                         issue_lanes=issue_lanes, chan_striped=chan_striped)
+    where, stripes = ports_of(hw), striped_movers(hw)
     routes = {}
     for mover in MOVERS:
         if lane == "side" and f"side_{mover}" in where:
             routes[mover] = ((("port", where[f"side_{mover}"]), 1),)
-        elif mover == "w":
-            stripe = weight_stripe(hw)
-            routes[mover] = tuple((("port", k), 1 / len(stripe)) for k in stripe)
+        elif mover in stripes:
+            routes[mover] = tuple((("port", k), 1 / len(stripes[mover]))
+                                  for k in stripes[mover])
         else:
             routes[mover] = ((("port", where[mover]), 1),)
     return routes

@@ -158,14 +158,13 @@ def memories(unit: str, hw) -> list:
         words = hw.onchip_bytes // (hw.bus_width // 8)
         return [("window", hw.bus_width, words, 1)] if words else []
     if unit == "striper":
-        # The weights' ReadStriper: per striped port a FIFO of the longest burst's R beats
-        # (data, response and last).
+        # The ReadStripers (the weights', and the constants' with hw.chan_striped): per
+        # striped port a FIFO of the longest burst's R beats (data, response and last).
         from moevit.hw.top.interconnect import longest_burst
+        from moevit.hw.top.memory_ports import striped_movers
 
-        if hw.weight_ports < 2:
-            return []
-        return [(f"beats{k}", hw.bus_width + 3, longest_burst(hw.bus_width), 1)
-                for k in range(hw.weight_ports)]
+        return [(f"{mover} beats{k}", hw.bus_width + 3, longest_burst(hw.bus_width), 1)
+                for mover, stripe in striped_movers(hw).items() for k in stripe]
     if unit == "moe-engines":
         # The top's ROUTE engine's entries, u8 experts and u16 weights, in two memories
         # a bus word wide (its softmax's banks and its snapshots are small: LUT RAM); the
@@ -402,7 +401,8 @@ def lane_overhead(hw, the_fit=None) -> Resources:
 def port_overhead(hw) -> Resources:
     """The arbiters of ``hw``'s memory ports beyond the first (:data:`PORT_OVERHEAD` per
     port, scaled by the bus) and the weights' striper (``hw.weight_ports`` > 1,
-    :class:`~moevit.hw.top.interconnect.ReadStriper`): one FIFO of the longest burst's R
+    :class:`~moevit.hw.top.interconnect.ReadStriper`; the constants' too with
+    ``hw.chan_striped``): one FIFO of the longest burst's R
     beats per striped port, in block RAM or LUT RAM as :func:`bram36` maps it (a 512-bit
     bus's 64 beats: LUT RAM, about 690 LUTs a port)."""
     total = PORT_OVERHEAD * ((hw.memory_ports - 1) * hw.bus_width / PORT_OVERHEAD_BUS)

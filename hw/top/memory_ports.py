@@ -45,6 +45,9 @@ ports 1 and 2, ``k = 4`` over 1, 2, 3, 0. A
 gives the beats back in order. The mover still takes one bus word a cycle: striping
 pays where a port gives less than that (a narrow port behind a wide bus, a memory
 shared with the other streams). With ``k = 1`` the top is built as before.
+With ``hw.chan_striped`` a second striper deals ``chan``'s bursts over the same ports
+(:func:`striped_movers`): the constants read beside every weight tile no longer all
+load the one weight port that ``chan`` shares, which the weight stream would wait for.
 
 **The side lane** (``hw.issue_lanes = 2``: the engines other than the linear kernel's run
 beside it, :mod:`moevit.hw.top.accelerator`) has movers of its own, named as the side
@@ -67,7 +70,7 @@ from moevit.hw.config import HwConfig
 from moevit.hw.top.movers import AXI4ReadSignature, AXI4WriteSignature, axi_members, connect_flat
 
 __all__ = ["MOVERS", "READ_MOVERS", "PORT_OF", "SIDE_MOVERS", "SIDE_WRITE_PORT", "port_name",
-           "ports_of", "weight_stripe", "port_members", "connect_ports"]
+           "ports_of", "weight_stripe", "striped_movers", "port_members", "connect_ports"]
 
 #: The top's movers in the order of :data:`PORT_OF`'s rows: its read movers (engine
 #: channels 0 to 4, then the sequencer's two), then the write mover.
@@ -117,6 +120,16 @@ def weight_stripe(hw: HwConfig) -> tuple:
     return tuple((own + j) % hw.memory_ports for j in range(hw.weight_ports))
 
 
+def striped_movers(hw: HwConfig) -> dict:
+    """Mover -> the ports its bursts are dealt over, for the movers striped on ``hw``'s top:
+    ``w`` over :func:`weight_stripe` (``hw.weight_ports`` > 1), and ``chan`` over the same
+    ports with ``hw.chan_striped``."""
+    if hw.weight_ports < 2:
+        return {}
+    stripe = weight_stripe(hw)
+    return {"w": stripe, **({"chan": stripe} if hw.chan_striped else {})}
+
+
 def port_members(hw: HwConfig) -> dict:
     """The top's members of its memory ports (``m_axi_gmem_*``, ``m_axi_gmem1_*`` ...)."""
     members = {}
@@ -134,28 +147,29 @@ def connect_ports(m, top, hw: HwConfig, reads, write, side=None):
     :class:`~moevit.hw.top.interconnect.ReadArbiter` per port with several read masters
     (each may have all its bursts in flight), a straight connection for one; with
     ``hw.weight_ports`` > 1 a :class:`~moevit.hw.top.interconnect.ReadStriper` deals
-    ``w``'s bursts over :func:`weight_stripe`."""
+    ``w``'s bursts over :func:`weight_stripe`, and with ``hw.chan_striped`` another
+    ``chan``'s (:func:`striped_movers`)."""
     from moevit.hw.top.interconnect import ReadArbiter, ReadStriper
 
     assert len(reads) == len(READ_MOVERS)
     assert (side is None) == (hw.issue_lanes == 1)
     where = PORT_OF[hw.memory_ports]
-    # Each port's read masters, in READ_MOVERS order (a stripe's share in w's place), then
-    # the side lane's.
-    masters = [[mover.axi for mover, port in zip(reads, where) if port == k]
-               for k in range(hw.memory_ports)]
+    stripes = striped_movers(hw)
+    # Each port's read masters in READ_MOVERS order (a striped mover's share in its place),
+    # then the side lane's.
+    masters = [[] for _ in range(hw.memory_ports)]
+    for name, mover, port in zip(READ_MOVERS, reads, where):
+        if name not in stripes:
+            masters[port].append(mover.axi)
+            continue
+        striper = ReadStriper(hw.bus_width, len(stripes[name]), hw.max_outstanding)
+        m.submodules["striper" if name == "w" else f"{name}_striper"] = striper
+        wiring.connect(m, mover.axi, striper.axi)
+        for share, k in zip(striper.ports, stripes[name]):
+            masters[k].append(share)
     side_reads, side_write = (side[:-1], side[-1]) if side else ((), None)
     for mover, name in zip(side_reads, SIDE_MOVERS):
         masters[ports_of(hw)[name]].append(mover.axi)
-    if hw.weight_ports > 1:
-        w = READ_MOVERS.index("w")
-        striper = m.submodules.striper = ReadStriper(hw.bus_width, hw.weight_ports,
-                                                     hw.max_outstanding)
-        wiring.connect(m, reads[w].axi, striper.axi)
-        for share, k in zip(striper.ports, weight_stripe(hw)):
-            before = sum(where[j] == k for j in range(w))
-            others = [axi for axi in masters[k] if axi is not reads[w].axi]
-            masters[k] = others[:before] + [share] + others[before:]
     for k in range(hw.memory_ports):
         name = port_name(k)
         mine = masters[k]

@@ -134,6 +134,7 @@ __all__ = ["InstructionCost", "ProgramCost", "program_cycles", "board_bandwidth"
            "LAYERNORM_DRAIN", "linear_drain", "linear_tile_outputs", "linear_wait",
            "first_tile_bytes", "x_fill", "linear_fill",
            "visible_drains", "drain_cycles", "ahead_fill", "expert_drains", "expert_carry", "expert_idle", "EXPERT_STREAM_LOSS",
+           "EXPERT_STREAM_LOSS_STRIPED", "expert_stream_loss",
            "expert_latencies",
            "memory_wait", "top_reads", "activation_streams", "lane_demand", "lane_capacity",
            "lane_timeline"]
@@ -751,6 +752,23 @@ EXPOSED_LATENCIES = {"EXPERT": 5, "ROUTE": 2, "COMBINE": 2}
 #: the read-ahead's depth: with the ``w`` FIFO at 1,024 beats the EXPERTs took what they
 #: take at 512; at 128 the gap grows by about 370.
 EXPERT_STREAM_LOSS = 420
+#: The same with the constants striped over the weights' ports (``hw.chan_striped``), fitted
+#: the same way on zcu102-edge-moe as saved since (its whole image, balanced routing, the
+#: ZCU102's memory, Verilator, bit-exact, 2026-12-06): task 0's 84 working EXPERTs after the
+#: first of their layer and before the last, 2,805 cycles on average, the model then -0.5 a
+#: one (the run 728,791 cycles, the model -0.16 %); the check, task 1 (710,624 cycles): +0.4
+#: an EXPERT, the run -0.20 %. The ports' bytes say the stripe saves 216 cycles an expert
+#: (the 4,608 bytes of constants that rode one port spread over four); the simulation gave
+#: 125 (the first two blocks: 2,929 -> 2,805 on average): an expert's nine bursts of
+#: constants (six of fc1, three of fc2) land three on the busiest port, not 2.25 (24
+#: cycles), and the rest is not located.
+EXPERT_STREAM_LOSS_STRIPED = 510
+
+
+def expert_stream_loss(hw) -> int:
+    """:data:`EXPERT_STREAM_LOSS`, or :data:`EXPERT_STREAM_LOSS_STRIPED` on ``hw`` with its
+    constants striped."""
+    return EXPERT_STREAM_LOSS_STRIPED if hw.chan_striped else EXPERT_STREAM_LOSS
 
 
 def expert_latencies(onchip, *, read_ahead=False) -> int:
@@ -1066,7 +1084,7 @@ def program_cycles(program, image, task, *, bandwidth=None, memory_bandwidth=Non
                                         dram_reads=bool(read), dram_bytes=bool(read or written),
                                         onchip=_onchip_fields(d, window),
                                         read_ahead=read_ahead)
-        loss = EXPERT_STREAM_LOSS if d.MNEMONIC == "EXPERT" and routed and read else 0
+        loss = expert_stream_loss(hw) if d.MNEMONIC == "EXPERT" and routed and read else 0
         work = max(compute + wait, mem_cycles - carry + drain + loss, floor)
         idle = expert_idle(d.linears(routed)[1], work, mem_cycles - carry) \
             if followed and routed else None

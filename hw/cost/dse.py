@@ -790,7 +790,7 @@ def _step_cost(step, hw, bandwidth, memory_bandwidth, latency) -> tuple:
     """``(parts, chunked)`` of one ``step`` of :func:`predict`: per chunk of its tokens (one
     for a step other than a linear one) ``(unit, cycles, DRAM and on-chip bytes, memory-bound,
     bytes on each shared resource)``; ``chunked``: its sequence was cut."""
-    from moevit.hw.cost.cycles import (EXPERT_STREAM_LOSS, expert_scan_cycles, issue_cycles,
+    from moevit.hw.cost.cycles import (expert_scan_cycles, expert_stream_loss, issue_cycles,
                                        lane_demand, memory_cycles)
     from moevit.hw.program.isa import LANE_OF
 
@@ -833,7 +833,7 @@ def _step_cost(step, hw, bandwidth, memory_bandwidth, latency) -> tuple:
             wait, drain = _overlap(step, hw, by_mover, bandwidth, memory_bandwidth, latency)
         floor, exposed = _chunk_latency(step, hw, n, compute, latency, linear, by_mover)
         if step.mnemonic == "EXPERT" and step.routed:
-            drain += EXPERT_STREAM_LOSS
+            drain += expert_stream_loss(hw)
         if step.after_expert and hw.expert_prefetch and len(parts) == 1:
             memory -= _carry(step, hw, n, compute + wait, memory, drain, floor, bandwidth,
                              memory_bandwidth)
@@ -1108,20 +1108,30 @@ def _port_counts(board, hw):
             if hw.issue_lanes <= n <= min(board.ports, hw.MAX_MEMORY_PORTS)]
 
 
+def _stripes(ports):
+    """``(weight_ports, chan_striped)`` choices on ``ports`` memory ports, the cheaper first:
+    the weights over 1, 2, 4 ... of them (:data:`PORT_CHOICES`), and when striped, the
+    constants on their own port or over the weights' ports too (else the port they share
+    with a stripe of the weights carries more than the others, and the weight stream, a
+    beat of every stripe port at a time, goes at its pace; its striper costs LUT RAM)."""
+    return [(w, chan) for w in PORT_CHOICES if w <= ports for chan in ((0, 1) if w > 1 else (0,))]
+
+
 def _ports(work, hw, board, the_fit, fabric):
     """``(hw, resources, runs per task)`` with the memory ports of :data:`PORT_CHOICES`
     the board has, and the weights striped over as many of them (``weight_ports``, the
-    same choices): the fewest ports, then the fewest weight ports, whose slowest task is
+    same choices; the constants with them or not, :func:`_stripes`): the fewest ports, then
+    the fewest weight ports, the constants unstriped first, whose slowest task is
     within :data:`PORTS_SLACK` of the best; more are tried only while the point is
     memory-bound and they fit."""
     from moevit.hw.cost.resources import resources
 
     tried = []
     for ports in _port_counts(board, hw):
-        # The weights striped over 1, 2, 4 ... of the ports (hw.weight_ports), each stripe's
+        # The weights (and constants) striped over 1, 2, 4 ... of the ports, each stripe's
         # FIFOs counted; a choice that does not fit tried with fewer lanes.
-        for weights in [w for w in PORT_CHOICES if w <= ports]:
-            candidate = hw.replace(memory_ports=ports, weight_ports=weights)
+        for weights, chan in _stripes(ports):
+            candidate = hw.replace(memory_ports=ports, weight_ports=weights, chan_striped=chan)
             if tried:
                 candidate = _fewer_lanes(candidate, board, the_fit, fabric)
                 if candidate is None:
@@ -1224,8 +1234,8 @@ def _ports_at_best_batch(point, work, board, the_fit, fabric):
 
     tried = []
     for ports in _port_counts(board, point.hw):
-        for weights in [w for w in PORT_CHOICES if w <= ports]:
-            hw = point.hw.replace(memory_ports=ports, weight_ports=weights)
+        for weights, chan in _stripes(ports):
+            hw = point.hw.replace(memory_ports=ports, weight_ports=weights, chan_striped=chan)
             res = resources(hw, the_fit)
             if _fits(res, board, fabric):
                 continue
@@ -2144,7 +2154,8 @@ def print_dse(rows) -> None:
               f"{r['norm_lanes']} LayerNorm lanes, "
               f"{r['combine_lanes']} COMBINE lanes, "
               f"bus {h['bus_width']} bits x {r['memory_ports']} memory port(s) (weights "
-              f"over {r['weight_ports']}), "
+              f"over {r['weight_ports']}"
+              f"{', their constants too' if h.get('chan_striped') else ''}), "
               f"max_tokens {h['max_tokens']}, max_in {h['max_in']}, kv_depth {h['kv_depth']}, "
               f"on-chip window {h.get('onchip_bytes', 0):,} bytes, "
               f"{r['issue_lanes']} issue lane(s)"

@@ -968,7 +968,7 @@ def _norm_lanes(steps, hw, bandwidth, model) -> int:
     cycles on ``hw`` at ``bandwidth`` (more lanes stop paying once the instruction is
     memory-bound): among those the model's width, the bus and ``max_in`` allow."""
     key = ("norm_lanes", hw.bus_width, hw.max_in, hw.memory_ports, hw.weight_ports,
-           hw.issue_lanes, bandwidth, model.name)
+           hw.chan_striped, hw.issue_lanes, bandwidth, model.name)
     if key not in _CYCLES:
         allowed = [n for n in _divisors(model.dim, NORM_LANES)
                    if 8 * n <= hw.bus_width and hw.max_in % n == 0]
@@ -985,7 +985,7 @@ def _combine_lanes(steps, hw, bandwidth) -> int:
     cycle, so the choice may be short of that pace (the search's cycles are then the
     ones it gets)."""
     key = ("combine_lanes", hw.cols, hw.bus_width, hw.memory_ports, hw.weight_ports,
-           hw.issue_lanes, bandwidth, steps)
+           hw.chan_striped, hw.issue_lanes, bandwidth, steps)
     if key not in _CYCLES:
         allowed = [n for n in NORM_LANES if n <= hw.cols and hw.cols % n == 0]
         lanes = min(allowed, key=lambda n: (

@@ -620,7 +620,7 @@ def test_the_constants_striped_where_the_weights_bind():
     at the four ports' pace) deals its constants over the weights' ports too: its EXPERT
     instructions' cycles fall by more than 3 % (each port carries about a quarter of an
     expert's 4,608 bytes of constants, not one port all of them; simulated, its two first
-    blocks' working EXPERTs -4.07 %) and so does its image's; the zcu104's point, short of
+    blocks' working EXPERTs -4.4 %) and so does its image's; the zcu104's point, short of
     LUTs, keeps them on their port (the striper is LUT RAM)."""
     from moevit.hw.cost.dse import batch1_runs
 

@@ -759,7 +759,7 @@ EXPERT_STREAM_LOSS = 420
 #: one (the run 728,791 cycles, the model -0.16 %); the check, task 1 (710,624 cycles): +0.4
 #: an EXPERT, the run -0.20 %. The ports' bytes say the stripe saves 216 cycles an expert
 #: (the 4,608 bytes of constants that rode one port spread over four); the simulation gave
-#: 125 (the first two blocks: 2,929 -> 2,805 on average): an expert's nine bursts of
+#: 128 (the first two blocks: 2,929 -> 2,801 on average): an expert's nine bursts of
 #: constants (six of fc1, three of fc2) land three on the busiest port, not 2.25 (24
 #: cycles), and the rest is not located.
 EXPERT_STREAM_LOSS_STRIPED = 510

@@ -229,7 +229,8 @@ def test_bad_switch(field, value):
 def test_switches_leave_older_fingerprints_alone(field):
     """0 (``weight_streaming``: each tile waits for its full bank; ``x_by_words``: x read a
     row a request; ``pipelined_heads``: a head starts once the one before has drained;
-    ``chan_striped``: the constants on their own port; as before each field) stays out of the fingerprint; 1 is another top."""
+    ``chan_striped``: the constants on their own port; as before each field) stays out of
+    the fingerprint; 1 is another top."""
     from moevit.hw.program.program import hw_hash
 
     hw = get_hw_config("tiny").replace(**SWITCHES[field][1])

@@ -243,3 +243,106 @@ def test_the_memory_model_limits_each_port_and_all_of_them(rate, total):
     print(f"bytes a cycle per port {[m / cycles for m in moved]}, all {sum(moved) / cycles}")
     assert all(m <= per_port * cycles + 2 * beat for m in moved)
     assert expected - ports * beat <= sum(moved) <= expected + 2 * ports * beat
+
+
+def _draw_layout(rng) -> dict:
+    """A random memory-port layout of tiny's top: 1 to 8 ports, the weights striped over
+    any number of them, the constants with them or not, one issue lane or two."""
+    from moevit.hw.config import HwConfig
+
+    ports = int(rng.integers(1, HwConfig.MAX_MEMORY_PORTS + 1))
+    weights = int(rng.integers(1, ports + 1))
+    return {"memory_ports": ports, "weight_ports": weights,
+            "chan_striped": int(weights > 1 and rng.integers(2)),
+            "issue_lanes": int(1 + (ports > 1 and rng.integers(2)))}
+
+
+def _port_accounts(program, image, hw):
+    """What the cost model's mover table (:func:`~moevit.hw.cost.cycles.lane_routes`) says
+    ``program`` reads: ``(exact, striped, sequencer)``: the bytes a port reads for the
+    engines' movers that are neither striped nor the sequencer's (``list``, ``program``,
+    ``entry``: they share one port up to 6 ports, where ``x`` joins them up to 5); each
+    striped mover's bytes and its ports; the sequencer's movers' bytes and the reads that
+    carry them (each may end past its bytes, on a bus word). An instruction's bytes on one
+    of the engines' movers are whole bus words, or one read rounded up to one (ROUTE's 72
+    bytes of logits: 80)."""
+    from moevit.hw.cost.cycles import _compute_and_written, lane_routes
+    from moevit.hw.program.interpreter import run_instructions
+    from moevit.hw.program.isa import LANE_OF
+    from moevit.hw.top.memory_ports import striped_movers
+
+    sequencer_movers = ("list", "program", "entry")
+    exact, striped = np.zeros(hw.memory_ports, int), {}
+    sequencer, reads = len(program.encode()), 2         # the header, then the body
+    memory = program.memory_image()
+    region = program.layout["input"]
+    memory[region.offset:region.end] = image.reshape(-1).view(np.uint8)
+    stripes, word = striped_movers(hw), hw.bus_width // 8
+    for d in program.instructions:
+        routes = lane_routes(hw.memory_ports, hw.weight_ports, hw.issue_lanes,
+                             LANE_OF[d.MNEMONIC], hw.chan_striped)
+        for mover, n in _compute_and_written(d, memory, 0, hw)[2].items():
+            if mover == "write" or not n:
+                continue
+            if mover in sequencer_movers:
+                sequencer, reads = sequencer + n, reads + 1
+            elif mover in stripes and len(routes[mover]) > 1:
+                striped[mover] = striped.get(mover, 0) + -(-n // word) * word
+            else:
+                (_, port), = (where for where, _ in routes[mover])
+                exact[port] += -(-n // word) * word
+        run_instructions(memory, hw, [d], 0)
+    return exact, {m: (n, stripes[m]) for m, n in striped.items()}, (sequencer, reads)
+
+
+def test_random_port_layouts_put_each_movers_bytes_on_its_ports(tiny):
+    """A random port layout (:func:`_draw_layout`, seed printed) runs tiny's first LINEAR
+    (x, weights, constants and the skip tensor), a LAYERNORM, a ROUTE and the eight EXPERTs
+    of its first MoE layer (9 tokens: their routing lists, each chosen expert's two jobs),
+    two runs back to back, every port pausing at random, on Icarus: bit-exact, and each
+    port read the bytes the mover table puts there (every port hosts only the same memory,
+    so a mover wired to the wrong port changes no output byte, only these counts): exactly
+    for the engines' unstriped movers, every striped mover's bytes over its stripe with
+    each of its ports carrying some, and the sequencer's program, table entry and routing
+    list reads on their ports, whole bus words at most over their bytes; a port nothing
+    maps to reads nothing."""
+    from moevit.hw.program.compiler import compile_program
+    from moevit.hw.top.memory_ports import ports_of
+    from moevit.sim.units import tiny_quantized
+
+    seed = replay_seed()
+    layout = _draw_layout(np.random.default_rng(seed))
+    print(f"layout {layout}")
+    hw = DEFAULT_HW["tiny"].replace(**layout)
+    full = compile_program(tiny_quantized(trained=False)[0], hw)
+    ins = full.instructions
+    route = next(k for k, d in enumerate(ins) if d.MNEMONIC == "ROUTE")
+    picked = [ins[1], ins[3], *ins[route:route + 9]]
+    assert [d.MNEMONIC for d in picked] == ["LINEAR", "LAYERNORM", "ROUTE"] + ["EXPERT"] * 8
+    assert picked[0].residual
+    short = dataclasses.replace(full, instructions=[picked[0], *(
+        dataclasses.replace(d, tokens=9) for d in picked[1:])])
+    image = tiny[1]
+    got = check_runs(short, [(0, [image]), (1, [image])], test_id="top-ports-random",
+                     simulator="icarus", engines=("linear", "layernorm", "route", "expert"),
+                     memory_pauses="random", seed=seed, timeout_us=20_000)
+    exact, striped, (sequencer, reads) = _port_accounts(short, image, hw)
+    where = ports_of(hw)
+    sequencer_ports = {where[m] for m in ("list", "program", "entry")}
+    stripe_ports = {p for _, ports in striped.values() for p in ports}
+    word = hw.bus_width // 8
+    for run in got:
+        read = np.array(run["port_bytes_read"])
+        print(f"task {run['task']}: bytes read per port {read.tolist()}, the table's exact "
+              f"part {exact.tolist()}, striped {striped}, the sequencer's {sequencer} in "
+              f"{reads} reads")
+        assert len(read) == hw.memory_ports
+        for port in set(range(hw.memory_ports)) - sequencer_ports - stripe_ports:
+            assert read[port] == exact[port], (port, read[port], exact[port])
+        for port in sequencer_ports | stripe_ports:
+            assert read[port] > exact[port], port
+        over = {port: read[port] - exact[port] for port in range(hw.memory_ports)}
+        if not sequencer_ports & stripe_ports:
+            assert sum(over[p] for p in stripe_ports) == sum(n for n, _ in striped.values())
+        rest = sum(over.values()) - sum(n for n, _ in striped.values())
+        assert sequencer <= rest <= sequencer + reads * word, (rest, sequencer, reads)

@@ -13,7 +13,7 @@ counter may move.
 
 import numpy as np
 
-from moevit.hw.config import HwConfig
+from moevit.hw.config import HwConfig, products_width
 from moevit.hw.program.descriptor import LinearDescriptor
 from moevit.hw.units.linear import STALL_CAUSES, linear_reference
 from moevit.model.integer import intops
@@ -40,6 +40,10 @@ def random_op(hw, rng, tokens, in_features, out_features, *, gelu=False, residua
     mult[0], shift[0] = 2**15 - 1, 47
     if out_features > 1:
         mult[1], shift[1] = 1, 1
+        # ... and the largest sum of products on channel 1 of token 0 (every product
+        # (-128) x (-128)): on an accumulator of hw.acc_width bits at its narrowest, one
+        # bit short would wrap it negative, and the output saturate at -128, not 127.
+        x[0], weight[1] = -min(x_max, 128), -128
     fields = dict(tokens=tokens, in_features=in_features, out_features=out_features)
     if gelu:
         b, c = intops.gelu_constants(0.05)
@@ -57,8 +61,9 @@ def random_op(hw, rng, tokens, in_features, out_features, *, gelu=False, residua
 def random_hw(rng, name="random") -> HwConfig:
     """A small design point: any array shape, post lanes, buffer and FIFO depths
     the generator accepts (small, so that a build and its runs take seconds), and
-    one or two MACs per DSP48E2 (two when ``cols`` is even, half the time), and the
-    weight banks' first tiles streamed behind their loads half the time."""
+    one or two MACs per DSP48E2 (two when ``cols`` is even, half the time), the
+    weight banks' first tiles streamed behind their loads half the time, and the
+    accumulators as narrow as ``max_in`` allows half the time."""
     post_lanes = int(rng.choice([1, 2, 4, 8]))
     cols = post_lanes * int(rng.choice([1, 2, 3]))
     rows = int(rng.integers(1, 9))
@@ -66,9 +71,12 @@ def random_hw(rng, name="random") -> HwConfig:
     max_in = int(rng.integers(1, 65))
     out_depth = int(rng.integers(3, 9))
     packing = 2 if cols % 2 == 0 and rng.random() < 0.5 else 1
+    streaming = int(rng.integers(2))
+    # Accumulators as narrow as max_in allows (as the search makes them) half the time.
+    acc_width = products_width(max_in) if rng.random() < 0.5 else 32
     return HwConfig(name=name, rows=rows, cols=cols, post_lanes=post_lanes,
                     max_tokens=max_tokens, max_in=max_in, out_depth=out_depth,
-                    dsp_packing=packing, weight_streaming=int(rng.integers(2)))
+                    dsp_packing=packing, weight_streaming=streaming, acc_width=acc_width)
 
 
 def random_shape(hw, rng, *, max_tiles=4, max_out_tiles=3):

@@ -202,15 +202,18 @@ def test_command_on_a_quantized_file_equals_the_config(tmp_path, capsys):
 def test_command_on_the_saved_zcu102_point_within_1_percent_of_its_simulated_image(capsys):
     """`hw cost --hw zcu102-edge-moe --board zcu102 --routing balanced`: the saved point's
     program with the search's gates at the board's memory, within 1 % of its whole image
-    co-simulated (:data:`ZCU102_STRIPED_IMAGE`), which is of this very HwConfig."""
+    co-simulated (:data:`ZCU102_LUT_IMAGE`: semseg, -0.06 %), which is of this very
+    HwConfig."""
     from moevit.hw.config import get_hw_config
 
-    saved, point = get_hw_config("zcu102-edge-moe").to_dict(), ZCU102_STRIPED_POINT
-    assert {k: saved[k] for k in point} == point
+    saved, point = get_hw_config("zcu102-edge-moe").to_dict(), ZCU102_LUT_POINT
+    assert {k: saved[k] for k in point} == point and set(saved) - set(point) <= {
+        "name", "act_width", "weight_width"}
     assert main(["hw", "cost", "--config", "edge-moe", "--hw", "zcu102-edge-moe", "--board",
                  "zcu102", "--routing", "balanced", "--quiet", "--json"]) == 0
     totals = [r for r in json.loads(capsys.readouterr().out) if r["name"] == "total"]
-    for total, simulated in zip(totals, ZCU102_STRIPED_IMAGE, strict=True):
+    assert [t["task"] for t in totals][:len(ZCU102_LUT_IMAGE)] == ["semseg"]
+    for total, simulated in zip(totals, ZCU102_LUT_IMAGE):
         print(f"{total['task']}: {total['cycles']:,} vs {simulated:,} simulated")
         assert abs(total["cycles"] / simulated - 1) < 0.01
 
@@ -812,6 +815,14 @@ ZCU102_PIPELINED_IMAGE = (741_985, 723_941)
 #: EXPERT_STREAM_LOSS_STRIPED` is fitted on its task 0.
 ZCU102_STRIPED_POINT = {**ZCU102_PIPELINED_POINT, "chan_striped": 1}
 ZCU102_STRIPED_IMAGE = (728_791, 710_624)
+#: zcu102-edge-moe as saved since the LUT fit took slices of the searched arrays (the
+#: points above need more LUTs than the ZCU102 has): a 17x64 array, 8 post lanes, 25-bit
+#: accumulators, its constants on their port; the same bench, bit-exact (2026-12-06, task
+#: 0's first run, 3,378 s with the build): semseg 1,056,978 cycles = 5.285 ms where the
+#: search said 5.237 ms. Only semseg: the latency target's task, the slowest.
+ZCU102_LUT_POINT = {**ZCU102_PIPELINED_POINT, "rows": 17, "max_tokens": 2074,
+                    "post_lanes": 8, "acc_width": 25}
+ZCU102_LUT_IMAGE = (1_056_978,)
 
 
 @pytest.mark.parametrize("point", ["rows, 1 bank", "rows, 2 banks", "attention too",

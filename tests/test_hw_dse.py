@@ -174,9 +174,9 @@ def test_targets_are_checked_and_say_what_stops_them(rows):
 def test_memory_ports_trade_against_lanes():
     """A memory port count that does not fit beside a point's LayerNorm and COMBINE lanes is
     tried with fewer lanes (COMBINE first), not given up: on the ZCU102 with its HP ports
-    clocked at 333 MHz, a 33x64/2 array (attention 3 x 2 x 32) with 32 COMBINE lanes fits 2
-    ports but 4 only with 16 lanes, and 4 ports with 16 lanes are the fastest (4.20 ms
-    against 4.41); a point that fits with no lanes at all is None."""
+    clocked at 333 MHz, a 17x64/2 array (attention 1 x 4 x 64, 32 LayerNorm lanes) with 32
+    COMBINE lanes fits 2 ports but 4 only with 16 lanes, and 4 ports with 16 lanes are the
+    fastest (5.52 ms against 5.62); a point that fits with no lanes at all is None."""
     import dataclasses
 
     from moevit.hw.cost.dse import _fewer_lanes, _ports, batch1_runs
@@ -185,9 +185,9 @@ def test_memory_ports_trade_against_lanes():
     board = dataclasses.replace(get_board("zcu102"), port_clock_mhz=333)
     work, fit = workload("edge-moe"), _default_fit()
     hw = get_hw_config("zcu102-edge-moe").replace(
-        issue_lanes=1, token_chunks=0, memory_ports=1, weight_ports=1, chan_striped=0,
-        combine_lanes=32,
-        norm_lanes=16, heads_parallel=3, row_lanes=2, score_lanes=32, context_lanes=0)
+        rows=17, max_tokens=2074, issue_lanes=1, token_chunks=0, memory_ports=1,
+        weight_ports=1, chan_striped=0, combine_lanes=32, norm_lanes=32, heads_parallel=1,
+        row_lanes=4, score_lanes=64, context_lanes=0)
     two = hw.replace(memory_ports=2, weight_ports=2)
     assert _fits(resources(two), board) is None
     assert _fits(resources(hw.replace(memory_ports=4, weight_ports=4)), board) == "lut"
@@ -279,7 +279,8 @@ def test_the_weights_floor_is_every_weight_read_once(rows):
     """edge-moe's weights floor on ZCU102, counted again from the model's layers: each
     layer's weights and 8-byte channel constants, its outputs padded to whole array
     columns, once per image (balanced routing: every expert chosen), at the row's
-    bandwidth; the latency target's limit names the schedule's floor it lies under."""
+    bandwidth; the latency target's limit names the schedule's floor it lies under, the
+    MAC target's that no point of so many fits."""
     from moevit.model.config import get_config
 
     row, m = rows["zcu102", "edge-moe"], get_config("edge-moe")
@@ -302,13 +303,14 @@ def test_the_weights_floor_is_every_weight_read_once(rows):
     assert (f"{row['serial_floor_ms']:.2f} ms" in latency["limit"]) == \
         (latency["value"] < row["serial_floor_ms"])
     assert f"{row['lowest_serial_floor_ms']:.2f} ms at least" in latency["limit"]
+    # No point of 4,000 MAC units fits the ZCU102 (their accumulators' LUTs), and the MAC
+    # target says so.
     macs = next(t for t in row["targets"] if t["field"] == "mac_units")
-    assert f"under {row['mac_target_floor']['ms']:.2f} ms" in macs["limit"]
-    assert ("the two targets exclude each other" in macs["limit"]) == \
-        (row["mac_target_floor"]["ms"] > latency["value"])
+    assert row["mac_target_floor"] is None
+    assert "no HwConfig of these kernels with 4,000 MAC units fits" in macs["limit"]
 
 
-def test_the_zcu102_targets_exclude_each_other_on_these_kernels():
+def test_the_zcu102_targets_are_out_of_reach_of_these_kernels():
     """The least batch-1 latency of edge-moe on any HwConfig of these kernels that fits the
     ZCU102, counted again from the model's layers (the linear array's steps: every token
     tile of ``rows`` tokens by every tile of ``cols`` outputs takes ``in_features``; each
@@ -317,10 +319,11 @@ def test_the_zcu102_targets_exclude_each_other_on_these_kernels():
     instruction at a time: over the issue's 2 ms on every point. On any schedule that
     respects the image's dependencies (each block's attention after every token's QKV,
     each MoE layer's experts after every token's gate; the layers between pipelined
-    token by token, every weight read ahead): under 2 ms, the linear array binding, on an
-    array wider than a head beside an attention kernel of four context requantizers; but
-    with 4,000 MAC units or more, over 2 ms whatever the schedule, the attention kernel
-    that fits beside such an array binding. Each of those points fits."""
+    token by token, every weight read ahead): the linear array binding, on an
+    array wider than a head beside an attention kernel of four context requantizers, but
+    still over 2 ms (2.35 ms at least: the LUTs of the MAC units' accumulators bind the
+    arrays that fit). No point of 4,000 MAC units or more fits at all. Each point counted
+    fits."""
     from moevit.hw.cost.dse import _base_hw, lowest_floor
     from moevit.hw.cost.resources import resources
     from moevit.model.config import get_config
@@ -372,12 +375,10 @@ def test_the_zcu102_targets_exclude_each_other_on_these_kernels():
     assert one_at_a_time["ms"] == pytest.approx(recount(one_at_a_time, True)[0])
     assert one_at_a_time["ms"] > 2
     floor, hw = recount(any_schedule, False)
-    assert any_schedule["ms"] == pytest.approx(floor) and any_schedule["ms"] < 2
+    assert any_schedule["ms"] == pytest.approx(floor) and any_schedule["ms"] > 2
     assert any_schedule["binding"] == "linear" and hw.cols > m.head_dim
     assert hw.context_width < hw.score_lanes
-    floor, hw = recount(big, False)
-    assert big["ms"] == pytest.approx(floor) and big["ms"] > 2
-    assert big["mac_units"] >= 4000 and big["binding"] == "attention"
+    assert big is None
 
 
 @pytest.mark.parametrize("bandwidth, onchip, prefetch", [(None, 0, 0), (1.0, 0, 0),
@@ -617,22 +618,41 @@ def test_two_kv_banks_where_they_take_no_block_ram(rows):
 
 def test_the_constants_striped_where_the_weights_bind():
     """zcu102-edge-moe (its activations in the on-chip window, its experts' weights streaming
-    at the four ports' pace) deals its constants over the weights' ports too: its EXPERT
-    instructions' cycles fall by more than 3 % (each port carries about a quarter of an
-    expert's 4,608 bytes of constants, not one port all of them; simulated, its two first
-    blocks' working EXPERTs -4.4 %) and so does its image's; the zcu104's point, short of
-    LUTs, keeps them on their port (the striper is LUT RAM)."""
+    at the four ports' pace) with its constants dealt over the weights' ports too: its
+    EXPERT instructions' cycles fall by more than 1.5 % (each port carries about a quarter
+    of an expert's 4,608 bytes of constants, not one port all of them: -2.1 % on its 17x64
+    array; on the 33x64 array saved before, -4.2 %, and simulated, its two first blocks'
+    working EXPERTs -4.4 %) and so does its image's; the zcu104's point, short of LUTs,
+    keeps them on their port (the striper is LUT RAM)."""
     from moevit.hw.cost.dse import batch1_runs
 
-    hw = get_hw_config("zcu102-edge-moe")
-    assert hw.chan_striped and not get_hw_config("zcu104-edge-moe").chan_striped
+    hw = get_hw_config("zcu102-edge-moe").replace(chan_striped=0)
+    assert hw.weight_ports == 4 and not get_hw_config("zcu104-edge-moe").chan_striped
     striped, own = (batch1_runs(workload("edge-moe"), h, get_board("zcu102"))["semseg"]
-                    for h in (hw, hw.replace(chan_striped=0)))
+                    for h in (hw.replace(chan_striped=1), hw))
     print(f"\nzcu102 edge-moe's EXPERT instructions: {own.units['expert']:,} cycles, "
           f"{striped.units['expert']:,} with the constants striped "
           f"({striped.units['expert'] / own.units['expert'] - 1:+.1%}); its image "
           f"{own.cycles:,} -> {striped.cycles:,}")
-    assert striped.units["expert"] < 0.97 * own.units["expert"] and striped.cycles < own.cycles
+    assert striped.units["expert"] < 0.985 * own.units["expert"] and striped.cycles < own.cycles
+
+
+@pytest.mark.parametrize("name", saved_hw_configs())
+def test_the_search_narrows_the_accumulators(name):
+    """Every saved point's accumulators are as wide as its widest input's sums need
+    (``products_width``: 25 bits for 768), and 32 bits would cost it about 2 LUT and 2 FF
+    a bit and MAC unit of its linear array more (the wide slices' fit)."""
+    from moevit.hw.config import products_width
+    from moevit.hw.cost.resources import resources
+
+    hw = get_hw_config(name)
+    assert hw.acc_width == products_width(hw.max_in) < 32
+    wide, narrow = resources(hw.replace(acc_width=32)), resources(hw)
+    bits = hw.rows * hw.cols * (32 - hw.acc_width)
+    lut, ff = (wide.lut - narrow.lut) / bits, (wide.ff - narrow.ff) / bits
+    print(f"{name}: {hw.acc_width} bits; 32 would take {lut:.2f} LUT and {ff:.2f} FF more a "
+          f"bit and MAC unit, {wide.lut - narrow.lut:,.0f} and {wide.ff - narrow.ff:,.0f} in all")
+    assert 1.5 < lut < 2.5 and 1.5 < ff < 2.5
 
 
 def test_workload_is_the_compiled_program():
@@ -728,8 +748,8 @@ def test_rows_fitted_to_the_tokens():
     tokens in one token tile less, when that is at most 1/8 more rows: edge-moe's 129
     tokens in four tiles of 33 rather than five of 32 (the fifth holding one token), in one
     of 129; m3vit-s's 1,201 in nine of 134 rather than ten of 128; none beside 4 (129 in 32
-    tiles of 5 rows is 1/4 more). On the saved ZCU102 point the linear layers then take
-    about a sixth fewer cycles at the same memory (-15.9 %)."""
+    tiles of 5 rows is 1/4 more). On the saved ZCU102 point with 33 rows rather than 32
+    the linear layers take about a ninth fewer cycles at the same memory (-11.6 %)."""
     from moevit.hw.cost.dse import ROWS, batch1_runs, fitted_rows
 
     assert fitted_rows(ROWS, 129) == (4, 8, 9, 16, 17, 32, 33, 64, 65, 128, 129)
@@ -742,7 +762,7 @@ def test_rows_fitted_to_the_tokens():
               ["semseg"].units["linear"] for rows in (32, 33)}
     print(f"\nzcu102-edge-moe's linear layers: {linear[32]:,} cycles on 32 rows, "
           f"{linear[33]:,} on 33 ({linear[33] / linear[32] - 1:+.1%})")
-    assert linear[33] < 0.87 * linear[32]
+    assert linear[33] < 0.9 * linear[32]
 
 
 def _stage2_watched(monkeypatch, whole):

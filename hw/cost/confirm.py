@@ -5,8 +5,9 @@ took about 5 minutes to reach DSP mapping), so the chosen linear kernel is synth
 with :data:`SLICE_ROWS` token rows and a token buffer of at most :data:`SLICE_TOKENS`
 tokens, everything else as chosen (columns, packing, post lanes, input and output
 buffers), and the whole is extrapolated: each further row adds ``cols / dsp_packing``
-DSP48E2 and nothing else that maps to DSP (the array's rows are copies); the buffers'
-BRAM is the formula's for the whole, corrected by the slice's error. The extrapolation
+DSP48E2 (the array's rows are copies), and the descriptor check's ``token_tiles x rows``
+one where ``rows`` is no power of two (the whole's :func:`~moevit.hw.cost.resources.unit_dsp`
+less the slice's); the buffers' BRAM is the formula's for the whole, corrected by the slice's error. The extrapolation
 is checked once against a whole array small enough to synthesize
 (``tests/test_hw_resources.py``, slow).
 
@@ -36,7 +37,7 @@ def extrapolate(hw, sliced) -> dict:
     """The whole array's DSP/BRAM/URAM from the slice's Yosys counts ``sliced``."""
     part = unit_resources("linear", slice_of(hw))
     whole = unit_resources("linear", hw)
-    return {"dsp": sliced["dsp"] + (hw.rows - SLICE_ROWS) * hw.cols // hw.dsp_packing,
+    return {"dsp": sliced["dsp"] + whole.dsp - part.dsp,
             "bram36": whole.bram36 + (sliced["bram36"] - part.bram36),
             "uram": whole.uram + (sliced["uram"] - part.uram)}
 

@@ -1013,7 +1013,7 @@ OUTSTANDING = 64
 
 
 def _base_hw(model, board):
-    from moevit.hw.config import HwConfig
+    from moevit.hw.config import HwConfig, products_width
 
     widest = max(model.patch_dim, model.dim, model.mlp_hidden, model.expert_hidden)
     # Every point overlaps: the expert schedule (the sequencer's look-ahead and the next
@@ -1023,8 +1023,11 @@ def _base_hw(model, board):
     # and V with the head before where it is free (kv_banks, :func:`_kv_banks`; its rows
     # straight behind the head before's, pipelined_heads), and a
     # linear operation's first step behind one word of each row of x, not its first token
-    # tile whole (x_by_words: a few counters in the x tiler).
+    # tile whole (x_by_words: a few counters in the x tiler). Each MAC unit's accumulator
+    # and its shadow are as wide as the widest input's sums need (about 2 LUT and 2 FF a
+    # bit and MAC unit: 768 inputs need 25 bits, 14 of each fewer a unit than 32).
     return HwConfig(name=f"{board.name}-{model.name}", max_in=widest,
+                    acc_width=products_width(widest),
                     kv_depth=-(-model.tokens // 16) * 16,
                     max_head_dim=model.head_dim, clock_mhz=float(board.clock_mhz),
                     score_lanes=math.gcd(8, model.head_dim), rows=4, cols=8, post_lanes=2,

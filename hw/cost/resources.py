@@ -4,7 +4,8 @@ Each unit of :data:`moevit.hw.generate.UNITS` that the top builds gets
 
 * **DSP48E2** from its structure, exact (checked against every measured point):
   the linear array's ``rows * cols / dsp_packing`` MAC units plus
-  ``DSP_PER_POST_LANE`` per post-processing lane, the attention kernel's
+  ``DSP_PER_POST_LANE`` per post-processing lane (and its descriptor check's
+  multiplies by ``rows`` and ``cols`` that are no power of two), the attention kernel's
   multipliers per row pipeline (row lanes of every head lane) and per head lane (its
   requantizers), the others' fixed counts;
 * **BRAM36 / URAM** from the unit's memories (width x depth, read from the
@@ -14,7 +15,10 @@ Each unit of :data:`moevit.hw.generate.UNITS` that the top builds gets
   ``synth_xilinx`` without a ``ram_style`` attribute, so it is 0;
 * **LUT / FF** from a linear formula in a few features per unit
   (:data:`FEATURES`), its coefficients fitted (non-negative least squares)
-  to the Yosys counts of small design points.
+  to the Yosys counts of small design points and of slices of the searched ones
+  (a linear array of 64 columns with 2 and 6 rows, zcu102's attention kernel): a
+  formula fitted on small points alone can split a cost between features that
+  only large ones tell apart.
 
 The measured points live in ``hw/cost/yosys_points.json`` with the date and the
 command that produced them (``moevit hw resources --measure --output
@@ -51,13 +55,30 @@ POINTS_FILE = Path(__file__).with_name("yosys_points.json")
 
 #: Small design points Yosys measures, per unit: seconds to a couple of minutes each.
 _SMALL_LINEAR = dict(rows=2, cols=4, post_lanes=2, max_tokens=4, max_in=32, out_depth=4)
+#: Slices of the searched linear arrays (2 and 6 rows of zcu102-edge-moe's 64 columns and
+#: 16 post lanes, its buffers cut as ``moevit dse --confirm`` cuts them): about 4 minutes
+#: each. The small points alone could not tell the array's MAC units from its rows (their
+#: fit gave 16 LUT a MAC unit; these say 65 at 32 accumulator bits, 2 LUT and 2 FF a bit
+#: of accumulator and of its shadow, whatever the packing), so the fit came out 2.5
+#: times short on the searched arrays until they were measured (2026-12-06).
+_WIDE_LINEAR = dict(rows=2, cols=64, post_lanes=16, max_tokens=64, max_in=768, out_depth=64,
+                    dsp_packing=2, weight_streaming=1)
 _SMALL_ATTENTION = dict(score_lanes=2, kv_depth=16, max_head_dim=4, heads_parallel=1)
+#: zcu102-edge-moe's attention kernel (one head lane, 64 score lanes, 64-wide heads), with
+#: one row lane and with its four: about 1 and 3 minutes. The small points alone gave its
+#: four row pipelines 6,451 LUT each where Yosys counts 8,511 (2026-12-06).
+_WIDE_ATTENTION = dict(score_lanes=64, kv_depth=144, max_head_dim=64, heads_parallel=1,
+                       context_lanes=4, kv_banks=2, pipelined_heads=1)
 FIT_POINTS = [
     ("linear", _SMALL_LINEAR),
     ("linear", dict(_SMALL_LINEAR, rows=4, max_tokens=8)),
     ("linear", dict(_SMALL_LINEAR, cols=8)),
     ("linear", dict(_SMALL_LINEAR, cols=8, post_lanes=4)),
     ("linear", dict(_SMALL_LINEAR, max_tokens=64, max_in=512)),
+    ("linear", _WIDE_LINEAR),
+    ("linear", dict(_WIDE_LINEAR, rows=6, max_tokens=66)),
+    ("linear", dict(_WIDE_LINEAR, rows=6, max_tokens=66, acc_width=25)),
+    ("linear", dict(_WIDE_LINEAR, rows=6, max_tokens=66, dsp_packing=1)),
     ("attention", _SMALL_ATTENTION),
     ("attention", dict(_SMALL_ATTENTION, heads_parallel=2)),
     ("attention", dict(_SMALL_ATTENTION, score_lanes=4, kv_depth=256, max_head_dim=16)),
@@ -71,6 +92,8 @@ FIT_POINTS = [
                        kv_banks=2)),
     ("attention", dict(_SMALL_ATTENTION, score_lanes=4, kv_depth=256, max_head_dim=16,
                        kv_banks=2, pipelined_heads=1)),
+    ("attention", _WIDE_ATTENTION),
+    ("attention", dict(_WIDE_ATTENTION, row_lanes=4)),
     ("layernorm", dict(max_in=512)),
     ("moe", dict(cols=4, max_tokens=8, max_in=32, post_lanes=2)),
     ("moe", dict(cols=8, max_tokens=32, max_in=64, post_lanes=2)),
@@ -121,10 +144,19 @@ _BRAM18_SHAPES = ((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16
 def bram36(width: int, depth: int) -> float:
     """RAMB36E2 (a RAMB18E2 counts 1/2) of one ``width`` x ``depth`` memory as Yosys maps it:
     0 in LUT RAM (:data:`LUTRAM_MAX_DEPTH`, :data:`LUTRAM_MAX_BITS`), else the cheapest
-    tiling by RAMB18E2 shapes, a pair of them counted as one RAMB36E2."""
+    tiling by RAMB18E2 shapes, a pair of them counted as one RAMB36E2, or whole columns of
+    the widest shape (36 x 512) and the bits left over in one block of another, where they
+    fit one (Yosys on bare memories, 2026-12-06: 512 x 1,536 in 14 x 3 of 36 x 512 and one
+    9 x 2,048, 43 RAMB18E2; 80 x 1,536 in 7; 40 x 1,536 in 4; but 64 x 4,096 in 8 RAMB36E2,
+    its 28 bits left over taking seven)."""
     if depth <= LUTRAM_MAX_DEPTH or width * depth <= LUTRAM_MAX_BITS:
         return 0.0
-    return min(math.ceil(width / w) * math.ceil(depth / d) for w, d in _BRAM18_SHAPES) / 2
+    tiled = min(math.ceil(width / w) * math.ceil(depth / d) for w, d in _BRAM18_SHAPES)
+    (wide, deep), *_ = _BRAM18_SHAPES
+    columns, left = divmod(width, wide)
+    if columns and left and any(left <= w and depth <= d for w, d in _BRAM18_SHAPES):
+        tiled = min(tiled, columns * math.ceil(depth / deep) + 1)
+    return tiled / 2
 
 
 def memories(unit: str, hw) -> list:
@@ -328,19 +360,22 @@ TOP_UNITS = ("linear", "attention", "layernorm", "moe", "control", "gmem")
 #: ports, max_tokens 256, one issue lane) counted 255 DSP48E2, 55,548 LUT, 33,338 FF and
 #: 38.5 BRAM36, and with 32 columns 399 / 70,869 / 42,439 / 42.5 (2026-12-03), where the
 #: units, the second port (:func:`port_overhead`) and the COMBINE engine's lanes
-#: (:data:`COMBINE_LANE`) give 232 / 28,668 / 21,787 / 32 and 376 / 40,334 / 28,842 / 36:
-#: the rest is this and :data:`TOP_PER_COL` (the units' share from the attention fit of
-#: 2026-12-05, whose head-width term counts the context rows' registers: +1,171 LUT and
-#: +2,655 FF on tiny's kernel over the fit before, taken from this). Its DSPs are the
+#: (:data:`COMBINE_LANE`) give 232 / 29,608 / 22,779 / 32 and 376 / 43,067 / 31,226 / 36:
+#: the rest is this and :data:`TOP_PER_COL` (taken again whenever a unit's fit moves: the
+#: attention fit of 2026-12-05 added 1,171 LUT and 2,655 FF to tiny's kernel, that of
+#: 2026-12-06, with zcu102's kernel, took 390 and 52 off it, and the linear fit of
+#: 2026-12-06, whose MAC units cost what the wide slices say, added 1,330 LUT and 1,044
+#: FF to its 4 x 16 array and 3,123 and 2,436 at 32 columns). Its DSPs are the
 #: engines' address arithmetic (by module, Yosys to DSP mapping with the hierarchy kept:
 #: the relocators' ``image * pitch`` 24, PATCHIFY 6, the linear engine 4, COMBINE 4, the
-#: sequencer 2 ... 275 there; the flattened run folds 20 of them, at both widths). The engines' bus-wide buffers grow with the bus, so on a 512-bit
-#: top its LUT is low (the allowance before it: 0 DSP, 20,000 LUT, 30,000 FF, 16 BRAM36).
-TOP_OVERHEAD = Resources(dsp=23, lut=23_220, ff=9_499, bram36=6.5, uram=0)
-#: ... and per array column: the rest of the two counts above grows by 3,664 LUT and 2,048
+#: sequencer 2 ... 275 there; the flattened run folds 20 of them, at both widths). The
+#: engines' bus-wide buffers grow with the bus, so on a 512-bit top its LUT is low (the
+#: allowance before it: 0 DSP, 20,000 LUT, 30,000 FF, 16 BRAM36).
+TOP_OVERHEAD = Resources(dsp=23, lut=24_072, ff=9_899, bram36=6.5, uram=0)
+#: ... and per array column: the rest of the two counts above grows by 1,872 LUT and 656
 #: FF from 16 to 32 columns (the engines' column-wide rows: ROUTE's lanes, the linear and
 #: EXPERT engines' beats), taken as linear in ``cols``.
-TOP_PER_COL = Resources(dsp=0, lut=229, ff=128, bram36=0, uram=0)
+TOP_PER_COL = Resources(dsp=0, lut=117, ff=41, bram36=0, uram=0)
 #: Each memory port of the top beyond the first (``hw.memory_ports``,
 #: :mod:`moevit.hw.top.memory_ports`): a two-port ``ReadArbiter`` of the 128-bit bus, by
 #: Yosys (``synth_xilinx -family xcup``: 604 LUT, its R beat FIFOs in LUT RAM, 81 FF, no
@@ -417,7 +452,11 @@ def port_overhead(hw) -> Resources:
 def unit_dsp(unit: str, hw) -> int:
     """DSP48E2 of ``unit`` on ``hw``, from its structure."""
     if unit == "linear":
-        return hw.macs // hw.dsp_packing + DSP_PER_POST_LANE * hw.post_lanes
+        # The descriptor check's token_tiles x rows and out_tiles x cols, but where a power
+        # of two makes them shifts (each product used twice, built once).
+        checks = sum(_mapped(16, _bits(n), 16 + _bits(n)) for n in (hw.rows, hw.cols)
+                     if n & (n - 1))
+        return hw.macs // hw.dsp_packing + DSP_PER_POST_LANE * hw.post_lanes + checks
     if unit == "attention":
         chunks = hw.max_head_dim // hw.score_lanes
         # tokens x chunks: the beats of one K or V matrix.
@@ -434,7 +473,7 @@ def unit_dsp(unit: str, hw) -> int:
 
 #: LUT and FF: per unit, the features their formula is linear in.
 FEATURES = {
-    "linear": ("1", "rows*cols", "rows", "cols", "post_lanes"),
+    "linear": ("1", "rows*cols", "rows*cols*acc_width", "rows", "cols", "post_lanes"),
     "attention": ("1", "pipelines", "pipelines*score_lanes", "pipelines*head_dim",
                   "heads*context_lanes", "heads*held_lanes", "pipelines*second_bank",
                   "pipelines*pipelined"),
@@ -448,6 +487,9 @@ FEATURES = {
 def _features(unit, hw):
     values = {"1": 1.0, "rows*cols": hw.rows * hw.cols, "rows": hw.rows, "cols": hw.cols,
               "post_lanes": hw.post_lanes,
+              # Each MAC unit's accumulator and its shadow: an adder, a multiplexer and
+              # the registers a bit.
+              "rows*cols*acc_width": hw.rows * hw.cols * hw.acc_width,
               # The attention kernel's row pipelines: row lanes of every head lane.
               "pipelines": hw.heads_parallel * hw.row_lanes,
               "pipelines*score_lanes": hw.heads_parallel * hw.row_lanes * hw.score_lanes,
@@ -630,7 +672,7 @@ def print_fit(rows, points) -> None:
                        ("err", "ff_pct", ">8", ""), ("BRAM y/f", "bram36_text", ">10", ""),
                        ("err", "bram36_pct", ">8", ""), ("   point", "point", "<60", "")])
     print(f"(y = Yosys, f = formula; points measured {points['date']} by "
-          f"`{points['command']}`; DSP and BRAM from the structure, not fitted; LUT/FF fitted "
-          f"by non-negative least squares with as many features as points per unit, so they "
-          f"pass through them (attention: one point more, so a residual): "
+          f"`{points['command']}`, each point on its date; DSP and BRAM from the structure, "
+          f"not fitted; LUT/FF fitted by non-negative least squares, per unit on a few more "
+          f"points than features where there are several (the residual is the error shown): "
           f"the held-out point (a slow test) is their check)")

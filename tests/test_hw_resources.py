@@ -176,8 +176,8 @@ def test_confirm_synthesizes_a_shallow_slice_and_extrapolates(monkeypatch, tmp_p
     """dse --confirm on the saved zcu102 point, Yosys replaced by the slice's formula plus
     one BRAM36: two rows and a 64-token buffer go to Yosys (the whole 2,080-token buffer
     made the WASM Yosys fail); the whole's DSP adds the other rows' DSP48E2, its BRAM is the
-    formula's corrected by the slice's error (33 rows: one more for the descriptor check's
-    token_tiles x 33, a shift at the slice's two)."""
+    formula's corrected by the slice's error (17 rows: one more for the descriptor check's
+    token_tiles x 17, a shift at the slice's two)."""
     import moevit.hw.estimate as estimate
     import moevit.hw.generate as generate
     from moevit.hw.config import get_hw_config

@@ -6,9 +6,9 @@ with :data:`SLICE_ROWS` token rows and a token buffer of at most :data:`SLICE_TO
 tokens, everything else as chosen (columns, packing, post lanes, input and output
 buffers), and the whole is extrapolated: each further row adds ``cols / dsp_packing``
 DSP48E2 (the array's rows are copies), and the descriptor check's ``token_tiles x rows``
-one where ``rows`` is no power of two (the whole's :func:`~moevit.hw.cost.resources.unit_dsp`
-less the slice's); the buffers' BRAM is the formula's for the whole, corrected by the slice's error. The extrapolation
-is checked once against a whole array small enough to synthesize
+one where ``rows`` is no power of two (the whole's
+:func:`~moevit.hw.cost.resources.unit_dsp` less the slice's); the buffers' BRAM is the
+formula's for the whole, corrected by the slice's error. The extrapolation is checked once against a whole array small enough to synthesize
 (``tests/test_hw_resources.py``, slow).
 
 Why the token buffer is cut too: ``zcu102-edge-moe``'s 2,080 tokens x 768 features made

@@ -8,8 +8,9 @@ buffers), and the whole is extrapolated: each further row adds ``cols / dsp_pack
 DSP48E2 (the array's rows are copies), and the descriptor check's ``token_tiles x rows``
 one where ``rows`` is no power of two (the whole's
 :func:`~moevit.hw.cost.resources.unit_dsp` less the slice's); the buffers' BRAM is the
-formula's for the whole, corrected by the slice's error. The extrapolation is checked once against a whole array small enough to synthesize
-(``tests/test_hw_resources.py``, slow).
+formula's for the whole, corrected by the slice's error. The extrapolation is checked
+once against a whole array small enough to synthesize (``tests/test_hw_resources.py``,
+slow).
 
 Why the token buffer is cut too: ``zcu102-edge-moe``'s 2,080 tokens x 768 features made
 the slice's input memory 798,720 words, each written out as an initial value (24.7 MB of

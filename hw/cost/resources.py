@@ -58,9 +58,11 @@ _SMALL_LINEAR = dict(rows=2, cols=4, post_lanes=2, max_tokens=4, max_in=32, out_
 #: Slices of the searched linear arrays (2 and 6 rows of zcu102-edge-moe's 64 columns and
 #: 16 post lanes, its buffers cut as ``moevit dse --confirm`` cuts them): about 4 minutes
 #: each. The small points alone could not tell the array's MAC units from its rows (their
-#: fit gave 16 LUT a MAC unit; these say 65 at 32 accumulator bits, 2 LUT and 2 FF a bit
+#: fit gave 16 LUT a MAC unit; these said 65 at 32 accumulator bits, 2 LUT and 2 FF a bit
 #: of accumulator and of its shadow, whatever the packing), so the fit came out 2.5
-#: times short on the searched arrays until they were measured (2026-12-06).
+#: times short on the searched arrays until they were measured (2026-12-06). Since the
+#: shadow bank is loaded in place and read through a multiplexer a post lane (no longer
+#: shifted), 45 LUT a MAC unit at 32 bits (the 6-row slice 46,360 -> 39,751 LUT).
 _WIDE_LINEAR = dict(rows=2, cols=64, post_lanes=16, max_tokens=64, max_in=768, out_depth=64,
                     dsp_packing=2, weight_streaming=1)
 _SMALL_ATTENTION = dict(score_lanes=2, kv_depth=16, max_head_dim=4, heads_parallel=1)
@@ -356,26 +358,24 @@ def _mapped(a, b, y):
 #: The units of the top, as :func:`resources` sums them.
 TOP_UNITS = ("linear", "attention", "layernorm", "moe", "control", "gmem")
 #: The top's engines, movers, interconnect and sequencer around the units, measured: Yosys
-#: (``synth_xilinx -family xcup``, flattened, 11 minutes) on tiny's whole top (bus 128, 2
-#: ports, max_tokens 256, one issue lane) counted 255 DSP48E2, 55,548 LUT, 33,338 FF and
-#: 38.5 BRAM36, and with 32 columns 399 / 70,869 / 42,439 / 42.5 (2026-12-03), where the
+#: (``synth_xilinx -family xcup``, flattened, 18 minutes) on tiny's whole top (bus 128, 2
+#: ports, max_tokens 256, one issue lane) counted 255 DSP48E2, 54,848 LUT, 33,385 FF and
+#: 38.5 BRAM36, and with 32 columns 399 / 68,711 / 42,488 / 42.5 (2026-12-06, the linear
+#: kernel's shadow bank loaded in place: 55,548 and 70,869 LUT on 2026-12-03), where the
 #: units, the second port (:func:`port_overhead`) and the COMBINE engine's lanes
-#: (:data:`COMBINE_LANE`) give 232 / 29,608 / 22,779 / 32 and 376 / 43,067 / 31,226 / 36:
-#: the rest is this and :data:`TOP_PER_COL` (taken again whenever a unit's fit moves: the
-#: attention fit of 2026-12-05 added 1,171 LUT and 2,655 FF to tiny's kernel, that of
-#: 2026-12-06, with zcu102's kernel, took 390 and 52 off it, and the linear fit of
-#: 2026-12-06, whose MAC units cost what the wide slices say, added 1,330 LUT and 1,044
-#: FF to its 4 x 16 array and 3,123 and 2,436 at 32 columns). Its DSPs are the
+#: (:data:`COMBINE_LANE`) give 232 / 28,567 / 22,787 / 32 and 376 / 40,840 / 31,234 / 36:
+#: the rest is this and :data:`TOP_PER_COL` (taken again whenever a unit's fit moves, or
+#: the top is counted again). Its DSPs are the
 #: engines' address arithmetic (by module, Yosys to DSP mapping with the hierarchy kept:
 #: the relocators' ``image * pitch`` 24, PATCHIFY 6, the linear engine 4, COMBINE 4, the
 #: sequencer 2 ... 275 there; the flattened run folds 20 of them, at both widths). The
 #: engines' bus-wide buffers grow with the bus, so on a 512-bit top its LUT is low (the
 #: allowance before it: 0 DSP, 20,000 LUT, 30,000 FF, 16 BRAM36).
-TOP_OVERHEAD = Resources(dsp=23, lut=24_072, ff=9_899, bram36=6.5, uram=0)
-#: ... and per array column: the rest of the two counts above grows by 1,872 LUT and 656
+TOP_OVERHEAD = Resources(dsp=23, lut=24_694, ff=9_942, bram36=6.5, uram=0)
+#: ... and per array column: the rest of the two counts above grows by 1,590 LUT and 656
 #: FF from 16 to 32 columns (the engines' column-wide rows: ROUTE's lanes, the linear and
 #: EXPERT engines' beats), taken as linear in ``cols``.
-TOP_PER_COL = Resources(dsp=0, lut=117, ff=41, bram36=0, uram=0)
+TOP_PER_COL = Resources(dsp=0, lut=99, ff=41, bram36=0, uram=0)
 #: Each memory port of the top beyond the first (``hw.memory_ports``,
 #: :mod:`moevit.hw.top.memory_ports`): a two-port ``ReadArbiter`` of the 128-bit bus, by
 #: Yosys (``synth_xilinx -family xcup``: 604 LUT, its R beat FIFOs in LUT RAM, 81 FF, no
@@ -487,8 +487,8 @@ FEATURES = {
 def _features(unit, hw):
     values = {"1": 1.0, "rows*cols": hw.rows * hw.cols, "rows": hw.rows, "cols": hw.cols,
               "post_lanes": hw.post_lanes,
-              # Each MAC unit's accumulator and its shadow: an adder, a multiplexer and
-              # the registers a bit.
+              # Each MAC unit's accumulator and its shadow: an adder and two registers a
+              # bit, and the bit's share of the shadow's read multiplexer.
               "rows*cols*acc_width": hw.rows * hw.cols * hw.acc_width,
               # The attention kernel's row pipelines: row lanes of every head lane.
               "pipelines": hw.heads_parallel * hw.row_lanes,

@@ -454,12 +454,17 @@ class LinearKernel(wiring.Component):
                          for r in range(R) for c in range(C)]
 
         # Shadow bank: the finished tile, drained in chunks of P lanes ------------
-        # Chunk j holds row j // k, columns (j % k)*P .. +P; the bank shifts
-        # down one chunk per step, so the post-processing reads chunk 0 only.
+        # Chunk j holds row j // k, columns (j % k)*P .. +P. Chunk 0 goes straight to
+        # `head`, which the post-processing reads; the others are loaded in place (flip-
+        # flops with an enable) and read into `head` one a pop through one multiplexer a
+        # lane bit: about a quarter of a LUT a bit of the bank, where a bank shifting
+        # toward chunk 0 takes one (its load-or-shift multiplexer).
         P = hw.post_lanes
         k = C // P
-        shadow = [[Signal(signed(hw.acc_width), name=f"sh{j}_{p}") for p in range(P)]
-                  for j in range(R * k)]
+        shadow = [None] + [[Signal(signed(hw.acc_width), name=f"sh{j}_{p}") for p in range(P)]
+                           for j in range(1, R * k)]
+        head = [Signal(signed(hw.acc_width), name=f"head{p}") for p in range(P)]
+        sh_next = Signal(range(R * k + 1))   # the chunk the next pop reads
         sh_tag = Signal(tag)
         sh_row = Signal(range(R + 1))
         sh_q = Signal(range(max(k, 2)))
@@ -468,14 +473,18 @@ class LinearKernel(wiring.Component):
         m.d.comb += pop.eq(en & shadow_busy)
         copy = Signal()
         m.d.comb += copy.eq(f4.valid & f4.last)
+        chunk = lambda j, p: acc[j // k][(j % k) * P + p]
         with m.If(copy):
-            m.d.sync += [shadow[j][p].eq(acc[j // k][(j % k) * P + p])
-                         for j in range(R * k) for p in range(P)]
-            m.d.sync += [sh_tag.eq(f4), sh_row.eq(0), sh_q.eq(0), shadow_busy.eq(1),
-                         pending.eq(0)]
+            m.d.sync += [head[p].eq(chunk(0, p)) for p in range(P)]
+            m.d.sync += [shadow[j][p].eq(chunk(j, p)) for j in range(1, R * k) for p in range(P)]
+            m.d.sync += [sh_tag.eq(f4), sh_row.eq(0), sh_q.eq(0), sh_next.eq(1),
+                         shadow_busy.eq(1), pending.eq(0)]
         with m.Elif(pop):
-            m.d.sync += [shadow[j][p].eq(shadow[j + 1][p])
-                         for j in range(R * k - 1) for p in range(P)]
+            m.d.sync += sh_next.eq(sh_next + 1)
+            with m.Switch(sh_next):
+                for j in range(1, R * k):
+                    with m.Case(j):
+                        m.d.sync += [head[p].eq(shadow[j][p]) for p in range(P)]
             with m.If(sh_q == k - 1):
                 m.d.sync += [sh_q.eq(0), sh_row.eq(sh_row + 1)]
                 # Only the tile's valid rows drain: padding rows never hold
@@ -529,7 +538,7 @@ class LinearKernel(wiring.Component):
             shift0 = Signal(unsigned(6), name=f"shift{p}")
             with m.If(en):
                 m.d.sync += [
-                    acc_b.eq((shadow[0][p] + cur[p].bias)[:32].as_signed()),
+                    acc_b.eq((head[p] + cur[p].bias)[:32].as_signed()),
                     mult0.eq(cur[p].multiplier),
                     shift0.eq(cur[p].shift),
                 ]

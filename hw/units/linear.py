@@ -457,7 +457,7 @@ class LinearKernel(wiring.Component):
         # Chunk j holds row j // k, columns (j % k)*P .. +P. Chunk 0 goes straight to
         # `head`, which the post-processing reads; the others are loaded in place (flip-
         # flops with an enable) and read into `head` one a pop through one multiplexer a
-        # lane bit: about a quarter of a LUT a bit of the bank, where a bank shifting
+        # lane bit: about a third of a LUT a bit of the bank (Yosys), where a bank shifting
         # toward chunk 0 takes one (its load-or-shift multiplexer).
         P = hw.post_lanes
         k = C // P

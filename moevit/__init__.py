@@ -33,9 +33,8 @@ Each name is imported on first use (torch, onnx and amaranth are heavy), so
 import os
 
 # The float kernels pinned to AVX2 on every x86-64 machine (unless the caller says
-# otherwise): AVX-512 ones round differently, and a quantized model follows the float
-# model's last bits, so the programs, their routing and every recorded cycle count would
-# depend on the CPU (an AVX-512 machine changed edge-moe's balanced routing, 2026-12-05).
+# otherwise): AVX-512 ones round differently, and the signal models' random weights come
+# from vectorized kernels (their quantization calibrates in float64, machine-independent).
 # Set before torch loads, which reads them once.
 for _name, _isa in (("ATEN_CPU_CAPABILITY", "avx2"), ("MKL_ENABLE_INSTRUCTIONS", "AVX2"),
                     ("ONEDNN_MAX_CPU_ISA", "AVX2")):

@@ -3,7 +3,10 @@ and the quantized-model file with each way it can be wrong."""
 
 import io
 import json
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -204,6 +207,36 @@ def test_calibration_on_an_empty_set_is_an_error():
     model = MoEViT(get_config("tiny"))
     with pytest.raises(QuantizationError, match=r"^Calibration needs at least one image, not 0$"):
         quantize.quantize(model, torch.zeros(0, 3, 64, 64))
+
+
+_QUANTIZE_TINY = """
+import sys, torch
+from moevit.model.config import get_config
+from moevit.model.data import SyntheticDataset
+from moevit.model.integer.evaluate import signal_model
+from moevit.model.integer.quantize import quantize
+config = get_config("tiny")
+model = signal_model(config)
+model.load_state_dict(torch.load(sys.argv[1]))
+print(quantize(model, SyntheticDataset(config, "val", size=8, seed=1).images).checksum())
+"""
+
+
+def test_the_same_weights_quantize_to_the_same_file_on_any_float_kernels(tmp_path):
+    """One set of float weights, quantized by torch's scalar kernels and by its AVX2 ones
+    (``ATEN_CPU_CAPABILITY``, as CPUs differ): the same file, scales and integers. A float32
+    calibration gave two files here (every scale's last bits, a few multipliers and
+    LayerNorm betas), and on edge-moe another routing."""
+    weights = tmp_path / "tiny.pt"
+    torch.save(signal_model(get_config("tiny")).state_dict(), weights)
+    checksums = {}
+    for capability in ("default", "avx2"):
+        env = {**os.environ, "ATEN_CPU_CAPABILITY": capability}
+        run = subprocess.run([sys.executable, "-c", _QUANTIZE_TINY, str(weights)], env=env,
+                             capture_output=True, text=True, check=True)
+        checksums[capability] = run.stdout.strip()
+    print(checksums)
+    assert len(set(checksums.values())) == 1
 
 
 def test_calibration_without_a_tensor_is_an_error(tiny):

@@ -55,6 +55,7 @@ written before it was recorded have none (``None``): they still load, but
 cannot be paired with a checkpoint until quantized again.
 """
 
+import copy
 import hashlib
 import io
 import json
@@ -152,7 +153,13 @@ class _Recorder:
 def calibrate(model, images, *, batch_size=32, progress=False) -> dict:
     """``max|a|`` of every quantized activation of ``model`` over ``images``.
 
-    Every task runs on every image (the MoE gates and heads differ per task).
+    Every task runs on every image (the MoE gates and heads differ per task), on a
+    float64 copy of ``model``: float32 kernels round differently on different CPUs (MKL
+    on AMD and Intel, AVX2 and AVX-512), and the quantized integers follow the maxima's
+    last bits (a LayerNorm's beta, a bias, a multiplier; on edge-moe hundreds of them and
+    so its routing), so a float32 calibration gives another quantized model on another
+    machine. float64's lie some 1e-15 apart and flip none; the maxima are returned rounded
+    to float32, whose steps they almost never straddle, so the scales match too.
 
     Parameters
     ----------
@@ -172,6 +179,8 @@ def calibrate(model, images, *, batch_size=32, progress=False) -> dict:
     model.check_images(images)
     check_finite("Calibration images", images)
     config = model.config
+    model = copy.deepcopy(model).double()
+    images = images.double()
     record = _Recorder()
     hooks = []
 
@@ -226,7 +235,6 @@ def calibrate(model, images, *, batch_size=32, progress=False) -> dict:
     hooks.append(model.norm.register_forward_hook(output("norm.out")))
     for t, head in enumerate(model.heads):
         hooks.append(head.register_forward_hook(output(f"heads.{t}.out")))
-    was_training = model.training
     model.eval()
     try:
         starts = range(0, len(images), batch_size)
@@ -239,9 +247,9 @@ def calibrate(model, images, *, batch_size=32, progress=False) -> dict:
     finally:
         for hook in hooks:
             hook.remove()
-        model.train(was_training)
     record("pos_embed", model.pos_embed[0, 1:])
-    return record.maxabs
+    # float32's precision: the scales in the file then have the same bits too.
+    return {name: float(np.float32(value)) for name, value in record.maxabs.items()}
 
 
 # Quantization ---------------------------------------------------------------

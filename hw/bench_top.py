@@ -103,7 +103,7 @@ def balanced_gates(qmodel, image, *, seed=23):
     its weights read once an image): seeded random int8 weights, a bias that takes each
     logit's mean over the tokens away and a multiplier that spreads the logits to a standard
     deviation of about 30 (so that few clip). On edge-moe's bench image every expert of every
-    MoE layer then gets 5 to 33 of its 129 tokens x 2 slots (seed 23)."""
+    MoE layer then gets 5 to 32 of its 129 tokens x 2 slots (seed 23)."""
     from moevit.model.integer import golden
 
     rng = np.random.default_rng(seed)

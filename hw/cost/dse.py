@@ -361,8 +361,8 @@ def routed_tokens(tokens, top_k, experts) -> tuple:
     Binomial(tokens, top_k / experts); expert ``e`` gets its (e + 1/2) / experts quantile.
     Why not every expert the mean: an array whose rows just hold the mean (17 rows for 129
     tokens x 2 of 16 experts) then never takes a second token tile, and zcu104-edge-moe so
-    fitted was predicted 6.8 % under its co-simulated image (bench top's balanced gates:
-    5 to 33 tokens an expert); with this spread, 1.1 % under."""
+    fitted was predicted 6.5 % under its co-simulated image (bench top's balanced gates:
+    5 to 32 tokens an expert); with this spread, 0.8 % under."""
     p = top_k / experts
     if p >= 1:
         return (tokens,) * experts

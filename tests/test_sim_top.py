@@ -242,7 +242,8 @@ def test_top_with_layernorm_and_combine_lanes():
 
 #: The whole tiny model on linear arrays wider than its 16-wide heads (Verilator,
 #: 2026-12-05, re-recorded 2026-12-06: 5 cycles more since the ATTENTION descriptor's
-#: query-rows word, see :data:`TWO_KV_BANKS`): columns -> cycles per task. The cost model
+#: query-rows word, see :data:`TWO_KV_BANKS`): columns -> cycles per task (16 columns,
+#: tiny's own top: 454,802 / 442,985, the cost model +0.01 / -0.02 %). The cost model
 #: -0.83 / -0.94 % at 32 columns, -2.87 / -2.99 % at 64 (four post lanes for 64 columns).
 WIDE_ARRAYS = {32: (339_585, 334_118), 64: (289_114, 286_849)}
 
@@ -422,8 +423,12 @@ def test_top_stops_on_bad_input_and_recovers(tiny):
 
 
 # ``moevit bench top`` (Verilator, no memory stalls) with ``expert_prefetch``: task -> cycles
-# (2026-12-02, with ROUTE pipelined across tokens; ``moevit hw cost --check --quick``).
-MEASURED_PREFETCH = {0: 453_968, 1: 442_664}
+# (``moevit hw cost --check --quick``; 2026-12-06, bit-exact, the cost model -0.78 / -0.67 %).
+# Recorded 453,968 / 442,664 at ccdb66c; task 1's 1,424 cycles more since, bisected: 1,279
+# at 86a16a6 (the EXPERT read-ahead's 512-beat w FIFO: on this one-port top its fill takes
+# x's port, each qkv and fc1 LINEAR +240 cycles, the EXPERTs -182 net, COMBINE +53), 144 at
+# 0b69630 (weight requests split at 4 KiB pages), 1 at e17b715 (ATTENTION's ninth word).
+MEASURED_PREFETCH = {0: 456_320, 1: 444_088}
 
 
 @pytest.mark.parametrize("task", [0, 1])

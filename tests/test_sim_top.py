@@ -279,8 +279,9 @@ def test_top_on_an_array_wider_than_a_head(cols):
 
 
 #: The whole tiny model on a head lane of two context requantizers for its 8 score lanes
-#: (``context_lanes``; Verilator, 2026-12-05, re-recorded 2026-12-06 as :data:`TWO_KV_BANKS`,
-#: bit-exact): cycles per task (the cost model +0.01 / -0.02 %).
+#: (``context_lanes``; Verilator, 2026-12-05, re-recorded 2026-12-06 five cycles a task more,
+#: the cause :data:`TWO_KV_BANKS`'s, bit-exact): cycles per task (the cost model +0.01 /
+#: -0.02 %).
 FEW_REQUANTIZERS = (454_866, 443_049)
 
 
@@ -318,15 +319,15 @@ def test_top_with_two_kv_banks(pipelined):
 #: (``weight_streaming``; Verilator, 2026-12-03, re-recorded 2026-12-05: 453,978 / 442,172
 #: and 400,039 / 387,853 before, of the top before session 30's changes, not bisected;
 #: "board"'s task 0 the same at a393711, before the on-chip RAM's per-beat write join):
-#: name -> (HwConfig changes, memory
-#: latency, cycles per task). "plain": tiny's top otherwise (455,094 / 443,896 without the
-#: streaming); "board": a board's overlaps on tiny: the expert prefetch, 2 ports with the
-#: weights striped over both, a 32 KiB on-chip window, 4 COMBINE and 8 LayerNorm lanes, 64
-#: bursts in flight behind a memory of 50 cycles' latency (402,123 / 390,098 without the
-#: streaming, 403,486 / 391,589 without the prefetch either). "-words": each with x read a
-#: bus word of every row at a time where it is in the on-chip window (``x_by_words``,
-#: 2026-12-05): on the board's overlaps -0.08 %; on the plain top, which has no window, the
-#: same cycles as without it (its tiler reads a row a request from DRAM).
+#: name -> (HwConfig changes, memory latency, cycles per task). "plain": tiny's top otherwise
+#: (455,129 / 443,903 without the streaming, 2026-12-06); "board": a board's overlaps on
+#: tiny: the expert prefetch, 2 ports with the weights striped over both, a 32 KiB on-chip
+#: window, 4 COMBINE and 8 LayerNorm lanes, 64 bursts in flight behind a memory of 50 cycles'
+#: latency (402,123 / 390,098 without the streaming, 403,486 / 391,589 without the prefetch
+#: either). "-words": each with x read a bus word of every row at a time where it is in the
+#: on-chip window (``x_by_words``, 2026-12-05): on the board's overlaps -0.08 %; on the
+#: plain top, which has no window, the same cycles as without it (its tiler reads a row a
+#: request from DRAM).
 STREAMING_TOPS = {
     "plain": (dict(weight_streaming=1), 0, (454_187, 442_284)),
     "board": (dict(weight_streaming=1, expert_prefetch=1, max_outstanding=64, memory_ports=2,

@@ -35,8 +35,8 @@ one's writes are answered. An instruction therefore costs
   hidden under the first weight bank's load unless the kernel streams its weights). Measured
   on the whole ``tiny`` program behind a memory of one byte a cycle per port
   (``tests/test_sim_top_ports.py``; per instruction from the timeline of the
-  instructions the sequencer issued, ``run_top(timeline=True)``): -0.3 / -2.5 /
-  +0.03 % on 1 / 2 / 4 ports, every instruction of each kind within 2.6 %
+  instructions the sequencer issued, ``run_top(timeline=True)``): -0.08 / -0.87 /
+  +0.50 % on 1 / 2 / 4 ports (2026-12-06), every instruction of each kind within 2.6 %
   (``tests/test_hw_cost.py``). Without the terms, on the bench's memory before it
   stopped losing refills, the model erred -11.3 / -15.9 / -22.4 %; with the whole
   drain (no write queue under it), +5.2 % on the first LINEAR. The simulated
@@ -51,7 +51,8 @@ bench top``; ``cycles`` and the per-unit ``busy`` registers), per task
 86,860 / 87,442. The constants were fitted on task 0 only; task 1 is the
 check (``tests/test_hw_cost.py`` prints both errors). Since ROUTE is pipelined across
 tokens and the expert jobs' cost is fitted on the timeline (2026-12-02): 455,094 / 443,896
-cycles simulated, the model -0.08 / -0.11 %. ROUTE's model is exact on
+cycles simulated, the model -0.08 / -0.11 %; 455,129 / 443,903 since the weights' 4 KiB
+page split (2026-12-06), the model +0.01 / -0.11 %. ROUTE's model is exact on
 the engine alone (:func:`moevit.hw.top.moe.route_cycles`, since 2026-12-02: the
 walk and the softmax tokens apart); COMBINE's (``combine_width`` lanes of a slot row a
 cycle) on zcu102-edge-moe's first two blocks, where it is compute-bound.

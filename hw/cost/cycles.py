@@ -32,10 +32,12 @@ one's writes are answered. An instruction therefore costs
   reading fc1's output; LAYERNORM's last row through its pipeline); LINEAR's first
   out tile, and each EXPERT layer's, is paced by its activations' arrival, and a
   LINEAR's first step waits for its first token tile's rows whole (:func:`linear_fill`:
-  hidden under the first weight bank's load unless the kernel streams its weights). Measured
-  on the whole ``tiny`` program behind a memory of one byte a cycle per port
+  hidden under the first weight bank's load unless the kernel streams its weights); where
+  the read-ahead channels share x's port, x's rows come slowly while their FIFOs fill and at
+  the port's pace after, and a later token tile can be the one waited for (:func:`x_wait`).
+  Measured on the whole ``tiny`` program behind a memory of one byte a cycle per port
   (``tests/test_sim_top_ports.py``; per instruction from the timeline of the
-  instructions the sequencer issued, ``run_top(timeline=True)``): -0.08 / -0.87 /
+  instructions the sequencer issued, ``run_top(timeline=True)``): -0.08 / -1.54 /
   +0.50 % on 1 / 2 / 4 ports (2026-12-06), every instruction of each kind within 2.6 %
   (``tests/test_hw_cost.py``). Without the terms, on the bench's memory before it
   stopped losing refills, the model erred -11.3 / -15.9 / -22.4 %; with the whole
@@ -52,7 +54,10 @@ bench top``; ``cycles`` and the per-unit ``busy`` registers), per task
 check (``tests/test_hw_cost.py`` prints both errors). Since ROUTE is pipelined across
 tokens and the expert jobs' cost is fitted on the timeline (2026-12-02): 455,094 / 443,896
 cycles simulated, the model -0.08 / -0.11 %; 455,129 / 443,903 since the weights' 4 KiB
-page split (2026-12-06), the model +0.01 / -0.11 %. ROUTE's model is exact on
+page split (2026-12-06), the model +0.43 / +0.32 % once a linear layer's activations
+arrive behind the read-ahead channels (:func:`x_arrival`, below): its linear layers -0.7
+to +0.4 % each where they were -3.2 to -0.4 %, the rest (COMBINE's reads and writes charged
+to one channel, LayerNorm) over. ROUTE's model is exact on
 the engine alone (:func:`moevit.hw.top.moe.route_cycles`, since 2026-12-02: the
 walk and the softmax tokens apart); COMBINE's (``combine_width`` lanes of a slot row a
 cycle) on zcu102-edge-moe's first two blocks, where it is compute-bound.
@@ -133,7 +138,8 @@ __all__ = ["InstructionCost", "ProgramCost", "program_cycles", "board_bandwidth"
            "PATCHIFY_TAIL", "patchify_blocks", "ISSUE_CYCLES", "ISSUE_CYCLES_AHEAD", "issue_cycles",
            "NOTED_EXPERT_CYCLES",
            "LAYERNORM_DRAIN", "linear_drain", "linear_tile_outputs", "linear_wait",
-           "first_tile_bytes", "x_fill", "linear_fill",
+           "first_tile_bytes", "x_fill", "linear_fill", "XArrival", "x_arrival", "x_wait",
+           "token_tile_start", "linear_start",
            "visible_drains", "drain_cycles", "ahead_fill", "expert_drains", "expert_carry", "expert_idle", "EXPERT_STREAM_LOSS",
            "EXPERT_STREAM_LOSS_STRIPED", "expert_stream_loss",
            "expert_latencies",
@@ -278,6 +284,15 @@ def linear_overlap(d) -> int:
     return tile - -(-tile // d.token_tiles)
 
 
+def token_tile_start(d, k) -> int:
+    """Cycles of linear operation ``d``'s model from its first step to the step its token
+    tile ``k`` of the first out tile needs its rows by (the kernel's timing,
+    :meth:`~moevit.hw.program.descriptor.LinearDescriptor.expected_cycles`): a tile a
+    ``max(in_features, ISSUE_TO_COPY + 1 + drain)`` cycles, its rows late by as much delay
+    its last step as much."""
+    return k * max(d.in_features, d.ISSUE_TO_COPY + 1 + d.drain_cycles())
+
+
 def first_tile_bytes(d) -> int:
     """Bytes of linear operation ``d``'s first token tile: its first ``rows`` token rows."""
     return min(d.hw.rows, d.tokens) * d.in_features
@@ -306,8 +321,13 @@ def linear_fill(d, fill_cycles) -> int:
     zcu102-edge-moe (32 rows, ``x`` from the on-chip window a 64-byte word a cycle): the
     linear kernel's ``x`` stall counter over a layer of 768 inputs 452 cycles, of 192 inputs
     133, the model short by 380 and ~100 before this term."""
-    hidden = 1 if d.hw.weight_streaming else max(d.in_features, d.hw.cols) + 1
-    return max(0, fill_cycles - hidden)
+    return max(0, fill_cycles - linear_start(d))
+
+
+def linear_start(d) -> int:
+    """Cycles of linear operation ``d``'s model before its first step: its first weight bank
+    (``max(in_features, cols) + 1``), one with ``weight_streaming``."""
+    return 1 if d.hw.weight_streaming else max(d.in_features, d.hw.cols) + 1
 
 
 def visible_drains(jobs, hw, bandwidth, memory_bandwidth=None, dram=None) -> int:
@@ -323,36 +343,91 @@ def visible_drains(jobs, hw, bandwidth, memory_bandwidth=None, dram=None) -> int
         hw, filling(linear_tile_outputs(job)), bandwidth, memory_bandwidth)) for job in jobs)
 
 
-def x_arrival(job, hw, moved, bandwidth, memory_bandwidth=None, lane="main") -> int:
-    """Cycles linear ``job``'s activations (``moved["x"]``, its DRAM bytes) take to arrive
-    when the engine's read-ahead channels share their port: the arbiter grants bursts round
-    robin, so until x's last row ``w``, ``chan`` and the skip tensor (``res``) on x's port
-    take what their FIFOs hold (:meth:`LinearEngine.w_depth
-    <moevit.hw.top.linear_engine.LinearEngine.w_depth>`, ``CHAN_DEPTH``, ``RES_DEPTH`` bus
-    beats) and two out tiles' worth (the kernel's two weight banks). Seen on tiny
-    with 32 rows, streamed weights and the 512-beat FIFO on one 128-bit port (x from
-    DRAM): the linear kernel's ``x`` stall counter ~800 cycles on a layer of 260 x beats,
-    the model 16 % short on the linear layers with x's bytes alone. On ports of their own
-    the channels cost x nothing beyond the memory's total."""
-    from moevit.hw.top.linear_engine import LinearEngine
+@dataclass(frozen=True)
+class XArrival:
+    """When a linear job's activations (x, from DRAM) are in, behind the read-ahead channels
+    that share x's port (:func:`x_arrival`): the arbiter grants a burst of each requesting
+    channel in turn, so with each x row (one request of ``row`` bytes) a sharer moves one
+    request of its own until its FIFO holds what it takes; x comes slowly while they fill
+    and at the port's pace after.
 
-    x = moved.get("x", 0)
-    if not x:
-        return 0
+    ``sharers``: per channel ``(chunk, held, total_chunk, total_held)``, the bytes of a
+    request and the bytes it takes before x's last row on x's port, and the same over all
+    ports (for ``memory_bandwidth``)."""
+
+    row: int
+    sharers: tuple
+    bandwidth: float
+    memory_bandwidth: float | None = None
+
+    def cycles(self, nbytes) -> int:
+        """Cycles the first ``nbytes`` of x take to arrive."""
+        # A sharer's turn after x's last row does not hold it.
+        turns = max(0, -(-nbytes // self.row) - 1)
+        cycles = (nbytes + sum(min(turns * c, h) for c, h, _, _ in self.sharers)) / self.bandwidth
+        if self.memory_bandwidth is not None:
+            total = nbytes + sum(min(turns * c, h) for _, _, c, h in self.sharers)
+            cycles = max(cycles, total / self.memory_bandwidth)
+        return math.ceil(cycles)
+
+    def kinks(self) -> tuple:
+        """The x rows after which a sharer's FIFO is full on x's port: x comes faster."""
+        return tuple(sorted({-(-h // c) for c, h, _, _ in self.sharers if c and h}))
+
+
+def x_arrival(job, hw, moved, bandwidth, memory_bandwidth=None, lane="main") -> XArrival:
+    """How linear ``job``'s activations (``moved["x"]``, its DRAM bytes) arrive when the
+    engine's read-ahead channels share their port (:class:`XArrival`): until x's last row
+    ``w``, ``chan`` and the skip tensor (``res``) on x's port take what their FIFOs hold
+    (:meth:`LinearEngine.w_depth <moevit.hw.top.linear_engine.LinearEngine.w_depth>`,
+    ``CHAN_DEPTH``, ``RES_DEPTH`` bus beats) and two out tiles' worth (the kernel's two
+    weight banks), a request of theirs (:meth:`LinearEngine.w_chunk
+    <moevit.hw.top.linear_engine.LinearEngine.w_chunk>`, a quarter of ``CHAN_DEPTH``, an
+    out tile's ``cols`` of a token) with each x row. Seen on tiny with 32 rows, streamed
+    weights and the 512-beat FIFO on one 128-bit port (x from DRAM): the linear kernel's
+    ``x`` stall counter ~800 cycles on a layer of 260 x beats, the model 16 % short on the
+    linear layers with x's bytes alone; on tiny's 4 rows the first 20 rows of a 64-input
+    layer come at a ninth of the port (a 512-byte ``w`` request a 64-byte row), and with
+    x's bytes and the FIFOs' spread evenly under the first out tile (before 2026-12-06) the
+    model was ~400 cycles short on each qkv and fc1 layer of tiny's prefetch top (-0.78 /
+    -0.67 % on the run; +0.02 / +0.09 % with the rows' pace, :func:`x_wait`). On ports of
+    their own the channels cost x nothing beyond the memory's total."""
+    from moevit.hw.top.linear_engine import LinearEngine
+    from moevit.hw.top.movers import PAGE_BYTES
+
     word = hw.bus_width // 8
     held = {"w": LinearEngine.w_depth(hw) * word, "chan": LinearEngine.CHAN_DEPTH * word,
             "res": LinearEngine.RES_DEPTH * word}
-    sharing = {"x": x, **{k: min(moved.get(k, 0), room + 2 * moved.get(k, 0) // job.out_tiles)
-                          for k, room in held.items()}}
+    chunks = {"w": min(LinearEngine.w_chunk(hw), PAGE_BYTES),
+              "chan": LinearEngine.CHAN_DEPTH // 4 * word, "res": hw.cols}
     routes = lane_routes(hw.memory_ports, hw.weight_ports, hw.issue_lanes, lane,
                          hw.chan_striped)
     port = routes["x"][0][0]
-    on_port = sum(n * fraction for k, n in sharing.items() for at, fraction in routes[k]
-                  if at == port)
-    cycles = on_port / bandwidth
-    if memory_bandwidth is not None:
-        cycles = max(cycles, sum(sharing.values()) / memory_bandwidth)
-    return math.ceil(cycles)
+    sharers = []
+    for k, room in held.items() if moved.get("x") else ():     # x from the window: none
+        taken = min(moved.get(k, 0), room + 2 * moved.get(k, 0) // job.out_tiles)
+        if not taken:
+            continue
+        fraction = sum(f for at, f in routes[k] if at == port)
+        # A sharer off x's port moves on its own: all it takes counts in the memory's total.
+        sharers.append((chunks[k], taken * fraction, chunks[k] / fraction, taken) if fraction
+                       else (0, 0, taken, taken))
+    return XArrival(job.in_features, tuple(sharers), bandwidth, memory_bandwidth)
+
+
+def x_wait(d, arrival: XArrival) -> int:
+    """Cycles linear operation ``d``'s first out tile waits for a later token tile, where
+    x's rows come at ``arrival``'s changing pace: the tiles on either side of each row
+    where x speeds up (the wait, arrival less the kernel's steady pace, peaks there, at the
+    first tile, :func:`linear_fill`, or at the last, :func:`linear_wait`); the kernel
+    reaches tile ``k`` after its first weight bank (:func:`linear_start`) and the tiles
+    before (:func:`token_tile_start`)."""
+    rows, tiles = d.hw.rows, d.token_tiles
+    candidates = {min(max(k, 1), tiles - 1) for r in arrival.kinks()
+                  for k in (r // rows - 1, -(-r // rows) - 1)}
+    return max((arrival.cycles(min((k + 1) * rows, d.tokens) * d.in_features)
+                - linear_start(d) - token_tile_start(d, k)
+                for k in candidates if tiles > 1), default=0)
 
 
 def ahead_fill(hw, bandwidth, memory_bandwidth=None) -> int:
@@ -440,16 +515,14 @@ def memory_wait(d, hw, moved, bandwidth, memory_bandwidth=None, *, op=None,
     def alone(mover, n):
         return memory_cycles(hw, {mover: n}, bandwidth, memory_bandwidth, lane)
 
-    def fill(job, dram):
-        """The first token tile's arrival (:func:`x_fill`): on the x port from DRAM, else a
-        bus word a cycle from the on-chip window."""
-        return x_fill(job, hw, (lambda n: alone("x", n)) if dram
-                      else (lambda n: -(-n // (hw.bus_width // 8))), not dram)
-
     if m in ("LINEAR", "TASK_LINEAR"):
+        # The first token tile (x_fill): from DRAM as x arrives, else a bus word a cycle
+        # from the on-chip window.
         job, x = op or d, moved.get("x", 0)
-        return linear_wait(job, x_arrival(job, hw, moved, bandwidth, memory_bandwidth, lane),
-                           fill(job, x))
+        arrival = x_arrival(job, hw, moved, bandwidth, memory_bandwidth, lane)
+        fill = x_fill(job, hw, arrival.cycles if x
+                      else (lambda n: -(-n // (hw.bus_width // 8))), not x)
+        return max(linear_wait(job, arrival.cycles(x), fill), x_wait(job, arrival))
     if m == "EXPERT" and routed:
         fc1, fc2 = d.linears(routed)
         x1 = moved.get("x", 0) * d.dim // (d.dim + d.hidden)

@@ -623,7 +623,7 @@ def _chunk_drain(step, hw, tokens, by_mover, bandwidth, memory_bandwidth) -> int
 def _chunk_wait(step, hw, tokens, by_mover, bandwidth, memory_bandwidth) -> int:
     """:func:`~moevit.hw.cost.cycles.memory_wait` of a linear step's chunk of ``tokens``
     moving ``by_mover`` (its DRAM bytes)."""
-    from moevit.hw.cost.cycles import linear_fill, linear_overlap, x_arrival, x_fill
+    from moevit.hw.cost.cycles import linear_fill, linear_overlap, x_arrival, x_fill, x_wait
 
     def alone(n):       # memory_cycles of n bytes on x, one port
         return math.ceil(n / min(bandwidth, memory_bandwidth or bandwidth))
@@ -645,11 +645,12 @@ def _chunk_wait(step, hw, tokens, by_mover, bandwidth, memory_bandwidth) -> int:
     if step.mnemonic == "EXPERT":
         first = x * part // whole
         return sum(max(0, alone(n) - overlap) for n, overlap in zip((first, x - first), overlaps))
-    # The first token tile: on the x port from DRAM, else a bus word a cycle from the window.
-    fill = x_fill(jobs[0], hw, alone if x else (lambda n: -(-n // (hw.bus_width // 8))),
-                  not x)
+    # The first token tile: from DRAM as x arrives, else a bus word a cycle from the window.
     arrival = x_arrival(jobs[0], hw, by_mover, bandwidth, memory_bandwidth)
-    return max(linear_fill(jobs[0], fill), arrival - overlaps[0])
+    fill = x_fill(jobs[0], hw, arrival.cycles if x
+                  else (lambda n: -(-n // (hw.bus_width // 8))), not x)
+    return max(linear_fill(jobs[0], fill), arrival.cycles(x) - overlaps[0],
+               x_wait(jobs[0], arrival))
 
 
 def _overlap(step, hw, by_mover, bandwidth, memory_bandwidth, latency=0) -> tuple:

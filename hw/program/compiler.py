@@ -528,9 +528,9 @@ def segments_of(streams) -> list:
 #: and how far (in instructions) one stream may run ahead of the other's pace. On 1,500
 #: random pairs of up to 8 instructions it found the shortest merge every time (keeping 2,
 #: all but 4 times); on the u280's batch of 16 (577 instructions) it takes 0.1 s. The band
-#: binds: at 8, that batch's predicted span grows 10 %; at 32 it is the same, the u280's
-#: batch of 4 2.3 % shorter and zcu102-edge-moe's batch of 2 on two lanes 1.2 % longer
-#: (the order is searched on :func:`_cycles`, the board's memory unseen).
+#: binds: at 8, that batch's predicted span grows 14 %; at 32 it is the same, the u280's
+#: batch of 4 2.2 % shorter and zcu102-edge-moe's batch of 2 on two lanes 7.6 % longer
+#: (2026-12-06; the order is searched on :func:`_cycles`, the board's memory unseen).
 INTERLEAVE_KEEP = 3
 INTERLEAVE_BAND = 16
 

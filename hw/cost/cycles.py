@@ -139,7 +139,7 @@ __all__ = ["InstructionCost", "ProgramCost", "program_cycles", "board_bandwidth"
            "NOTED_EXPERT_CYCLES",
            "LAYERNORM_DRAIN", "linear_drain", "linear_tile_outputs", "linear_wait",
            "first_tile_bytes", "x_fill", "linear_fill", "XArrival", "x_arrival", "x_wait",
-           "token_tile_start", "linear_start",
+           "paced_wait", "token_tile_start", "linear_start",
            "visible_drains", "drain_cycles", "ahead_fill", "expert_drains", "expert_carry", "expert_idle", "EXPERT_STREAM_LOSS",
            "EXPERT_STREAM_LOSS_STRIPED", "expert_stream_loss",
            "expert_latencies",
@@ -415,6 +415,19 @@ def x_arrival(job, hw, moved, bandwidth, memory_bandwidth=None, lane="main") -> 
     return XArrival(job.in_features, tuple(sharers), bandwidth, memory_bandwidth)
 
 
+def paced_wait(d, hw, arrival: XArrival, x, overlap) -> int:
+    """Cycles linear operation ``d`` on ``hw`` waits for its activations (``x`` DRAM bytes,
+    none when they lie in the on-chip window) arriving as ``arrival`` says:
+    :func:`linear_wait` (the first token tile whole, :func:`x_fill`, from DRAM as x
+    arrives, else a bus word a cycle from the window; all of x less ``overlap``,
+    :func:`linear_overlap`) or a later token tile where x speeds up (:func:`x_wait`).
+    ``hw`` and ``overlap`` are given: the search keeps descriptors and overlaps per shape,
+    whatever the rest of the HwConfig."""
+    word = hw.bus_width // 8
+    fill = x_fill(d, hw, arrival.cycles if x else (lambda n: -(-n // word)), not x)
+    return max(linear_fill(d, fill), arrival.cycles(x) - overlap, x_wait(d, arrival))
+
+
 def x_wait(d, arrival: XArrival) -> int:
     """Cycles linear operation ``d``'s first out tile waits for a later token tile, where
     x's rows come at ``arrival``'s changing pace: the tiles on either side of each row
@@ -516,13 +529,9 @@ def memory_wait(d, hw, moved, bandwidth, memory_bandwidth=None, *, op=None,
         return memory_cycles(hw, {mover: n}, bandwidth, memory_bandwidth, lane)
 
     if m in ("LINEAR", "TASK_LINEAR"):
-        # The first token tile (x_fill): from DRAM as x arrives, else a bus word a cycle
-        # from the on-chip window.
-        job, x = op or d, moved.get("x", 0)
-        arrival = x_arrival(job, hw, moved, bandwidth, memory_bandwidth, lane)
-        fill = x_fill(job, hw, arrival.cycles if x
-                      else (lambda n: -(-n // (hw.bus_width // 8))), not x)
-        return max(linear_wait(job, arrival.cycles(x), fill), x_wait(job, arrival))
+        job = op or d
+        return paced_wait(job, hw, x_arrival(job, hw, moved, bandwidth, memory_bandwidth, lane),
+                          moved.get("x", 0), linear_overlap(job))
     if m == "EXPERT" and routed:
         fc1, fc2 = d.linears(routed)
         x1 = moved.get("x", 0) * d.dim // (d.dim + d.hidden)

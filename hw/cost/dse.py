@@ -623,14 +623,14 @@ def _chunk_drain(step, hw, tokens, by_mover, bandwidth, memory_bandwidth) -> int
 def _chunk_wait(step, hw, tokens, by_mover, bandwidth, memory_bandwidth) -> int:
     """:func:`~moevit.hw.cost.cycles.memory_wait` of a linear step's chunk of ``tokens``
     moving ``by_mover`` (its DRAM bytes)."""
-    from moevit.hw.cost.cycles import linear_fill, linear_overlap, x_arrival, x_fill, x_wait
+    from moevit.hw.cost.cycles import linear_overlap, paced_wait, x_arrival
 
     def alone(n):       # memory_cycles of n bytes on x, one port
         return math.ceil(n / min(bandwidth, memory_bandwidth or bandwidth))
 
-    # linear_wait(job, x cycles, fill) = max(linear_fill, x cycles - the job's overlap):
-    # the jobs, their overlaps and the first layer's share of x kept per shape (descriptors
-    # and their tiles are slow to build).
+    # The jobs, their overlaps (linear_overlap: what paced_wait and linear_wait subtract)
+    # and the first layer's share of x kept per shape (descriptors and their tiles are slow
+    # to build).
     key = ("overlaps", step.shape, *_linear_fields(hw), tokens)
     if key not in _CYCLES:
         if step.mnemonic == "EXPERT":
@@ -645,12 +645,8 @@ def _chunk_wait(step, hw, tokens, by_mover, bandwidth, memory_bandwidth) -> int:
     if step.mnemonic == "EXPERT":
         first = x * part // whole
         return sum(max(0, alone(n) - overlap) for n, overlap in zip((first, x - first), overlaps))
-    # The first token tile: from DRAM as x arrives, else a bus word a cycle from the window.
-    arrival = x_arrival(jobs[0], hw, by_mover, bandwidth, memory_bandwidth)
-    fill = x_fill(jobs[0], hw, arrival.cycles if x
-                  else (lambda n: -(-n // (hw.bus_width // 8))), not x)
-    return max(linear_fill(jobs[0], fill), arrival.cycles(x) - overlaps[0],
-               x_wait(jobs[0], arrival))
+    return paced_wait(jobs[0], hw, x_arrival(jobs[0], hw, by_mover, bandwidth,
+                                             memory_bandwidth), x, overlaps[0])
 
 
 def _overlap(step, hw, by_mover, bandwidth, memory_bandwidth, latency=0) -> tuple:

@@ -70,6 +70,38 @@ def test_instructions_against_the_engines_figures(tiny):
     assert seen == set(ENGINE_FIGURES)
 
 
+#: tiny's two COMBINEs (instructions 25 and 48), the only memory-bound ones of the program
+#: but its COPY, on the bench's memory without a rate (``bench top --prefetch 0
+#: --per-instruction --memory verilog``, Verilator, bit-exact, 2026-12-06): simulated
+#: cycles each.
+COMBINE_SIMULATED = {25: 816, 48: 816}
+
+
+def test_the_benchs_memory_moves_reads_and_writes_on_channels_of_their_own(tiny):
+    """Without a rate each port of the bench's memory has a read and a write channel of a
+    bus word a cycle each (AXI's): a memory-bound COMBINE (three reads, one write) takes
+    the busier channel's cycles, within 5 % of the co-simulated top (+36.5 % with its
+    writes charged to its reads' channel, as a board's DDR would); a board's rate is
+    shared by both."""
+    from moevit.hw.cost.cycles import memory_cycles
+
+    program, image = tiny
+    hw = program.hw
+    word = hw.bus_width // 8
+    moved = {"x": 100 * word, "w": 60 * word, "write": 90 * word}
+    assert memory_cycles(hw, moved, word, duplex=True) == 160
+    assert memory_cycles(hw, moved, word) == 250
+    cost = program_cycles(program, image, 0)
+    for index, simulated in COMBINE_SIMULATED.items():
+        i = cost.instructions[index]
+        assert (i.mnemonic, i.bound) == ("COMBINE", "memory")
+        print(f"\n{index} COMBINE predicted {i.cycles:,} vs {simulated:,}: "
+              f"{i.cycles / simulated - 1:+.2%}")
+        assert abs(i.cycles / simulated - 1) < 0.05
+    shared = program_cycles(program, image, 0, bandwidth=float(word))
+    assert shared.instructions[25].cycles > 1.3 * COMBINE_SIMULATED[25]
+
+
 def test_bytes_are_the_interpreters_and_idle_experts_read_only_the_routing(tiny):
     """The interpreter's bytes, but each working EXPERT's as the co-simulated top's memory
     served them: the routed rows of x only (the interpreter reads all of x), and fc2 reading

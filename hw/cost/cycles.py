@@ -12,8 +12,9 @@ one's writes are answered. An instruction therefore costs
 * ``memory``: the bytes the instruction reads (the interpreter's read log,
   so an EXPERT no token chose reads only its routing) and writes (its
   output, from the descriptor) over ``bandwidth`` bytes per cycle, reads and
-  writes sharing it (a board's DDR does; on the bus's own two channels this
-  is conservative). With several memory ports (``hw.memory_ports``) each
+  writes sharing it (a board's DDR does), or, on the bench's memory without a
+  rate (the default), each at a bus word a cycle on its own channel (duplex:
+  the busier counts). With several memory ports (``hw.memory_ports``) each
   mover's bytes go on its port (:data:`moevit.hw.top.memory_ports.PORT_OF`),
   each port moves ``bandwidth`` bytes a cycle and all of them together at most
   the memory's (:func:`memory_cycles`); with ``hw.weight_ports`` the weights'
@@ -56,8 +57,10 @@ tokens and the expert jobs' cost is fitted on the timeline (2026-12-02): 455,094
 cycles simulated, the model -0.08 / -0.11 %; 455,129 / 443,903 since the weights' 4 KiB
 page split (2026-12-06), the model +0.43 / +0.32 % once a linear layer's activations
 arrive behind the read-ahead channels (:func:`x_arrival`, below): its linear layers -0.7
-to +0.4 % each where they were -3.2 to -0.4 %, the rest (COMBINE's reads and writes charged
-to one channel, LayerNorm) over. ROUTE's model is exact on
+to +0.4 % each where they were -3.2 to -0.4 %; +0.31 / +0.20 % since the bench's memory
+is duplex here (COMBINE, memory-bound: +36.5 % with its writes charged to its reads'
+channel, +4.7 % now), the rest over: LayerNorm +0.6 %, the experts +0.8 / +0.0 %, the
+per-kind spread of ``ISSUE_CYCLES``. ROUTE's model is exact on
 the engine alone (:func:`moevit.hw.top.moe.route_cycles`, since 2026-12-02: the
 walk and the softmax tokens apart); COMBINE's (``combine_width`` lanes of a slot row a
 cycle) on zcu102-edge-moe's first two blocks, where it is compute-bound.
@@ -129,6 +132,7 @@ from moevit.hw.program.program import ProgramError
 __all__ = ["InstructionCost", "ProgramCost", "program_cycles", "board_bandwidth",
            "board_memory_bandwidth", "board_latency", "check_latency", "request_bursts", "bursts_floor",
            "burst_phases", "latency_cycles", "EXPOSED_LATENCIES", "moved_bytes", "memory_cycles",
+           "PORT_CHANNELS",
            "compute_cycles",
            "expert_cycles", "expert_scan_cycles", "written_bytes", "LINEAR_TAIL",
            "EXPERT_JOB_CYCLES", "EXPERT_ROW_CYCLES",
@@ -330,14 +334,17 @@ def linear_start(d) -> int:
     return 1 if d.hw.weight_streaming else max(d.in_features, d.hw.cols) + 1
 
 
-def visible_drains(jobs, hw, bandwidth, memory_bandwidth=None, dram=None) -> int:
+def visible_drains(jobs, hw, bandwidth, memory_bandwidth=None, dram=None,
+                   duplex=False) -> int:
     """The memory's idle cycles at the end of linear ``jobs`` run one after the other:
     each one's :func:`linear_drain` less the time the memory still moves the tile of
     outputs before its last (:func:`linear_tile_outputs`; the writes queue behind the
     reads, so they fill the drain), of the movers with DRAM bytes in ``dram`` (default:
-    all; outputs in the on-chip window fill nothing)."""
+    all; outputs in the on-chip window fill nothing). On a ``duplex`` memory the writes
+    have channels of their own and fill none of the reads' idle."""
     def filling(outputs):
-        return {k: n for k, n in outputs.items() if dram is None or dram.get(k)}
+        return {k: n for k, n in outputs.items()
+                if (dram is None or dram.get(k)) and not (duplex and k == "write")}
 
     return sum(max(0, linear_drain(job) - memory_cycles(
         hw, filling(linear_tile_outputs(job)), bandwidth, memory_bandwidth)) for job in jobs)
@@ -487,17 +494,19 @@ def expert_idle(fc2, cycles, memory) -> int:
 
 
 def drain_cycles(d, hw, bandwidth, memory_bandwidth=None, dram=None, *, op=None,
-                 routed=None) -> int:
+                 routed=None, duplex=False) -> int:
     """Cycles the memory idles at the end of descriptor ``d`` while its unit computes after
     its last byte read, at ``bandwidth`` bytes a cycle per port (``dram``: its DRAM bytes
     per mover, as :func:`memory_wait` takes them; ``op``, ``routed``: as
-    :func:`compute_cycles`); see the module's description."""
+    :func:`compute_cycles`; ``duplex``: as :func:`memory_cycles`); see the module's
+    description."""
     m = d.MNEMONIC
     if m in ("LINEAR", "TASK_LINEAR"):
-        return visible_drains([op or d], hw, bandwidth, memory_bandwidth, dram)
+        return visible_drains([op or d], hw, bandwidth, memory_bandwidth, dram, duplex)
     if m == "EXPERT" and routed:
         # fc2 reads fc1's output: fc1 drains before fc2's reads start.
-        return expert_drains([visible_drains([job], hw, bandwidth, memory_bandwidth, dram)
+        return expert_drains([visible_drains([job], hw, bandwidth, memory_bandwidth, dram,
+                                             duplex)
                               for job in d.linears(routed)], hw, bandwidth, memory_bandwidth)
     if m == "LAYERNORM":
         return LAYERNORM_DRAIN
@@ -934,10 +943,18 @@ def issue_cycles(hw) -> int:
     return ISSUE_CYCLES_AHEAD if hw.expert_prefetch or hw.issue_lanes == 2 else ISSUE_CYCLES
 
 
-def memory_cycles(hw, moved: dict, bandwidth, memory_bandwidth=None, lane="main") -> int:
+#: A memory port's channels, as :func:`lane_demand` names them: its reads' (and, sharing
+#: them, its writes'), and on a duplex memory its writes' own.
+PORT_CHANNELS = ("port", "port_write")
+
+
+def memory_cycles(hw, moved: dict, bandwidth, memory_bandwidth=None, lane="main", *,
+                  duplex=False) -> int:
     """Cycles to move ``moved`` (:func:`moved_bytes`) on ``hw``'s memory ports: each port
     carries its movers' bytes (:data:`moevit.hw.top.memory_ports.PORT_OF`; a port's reads
-    and writes share it) at ``bandwidth`` bytes a cycle, all ports together at most
+    and writes share it, as behind a board's DDR, or with ``duplex`` each have their own
+    channel, as the bench's memory without a rate gives them: the busier one counts) at
+    ``bandwidth`` bytes a cycle, all ports together at most
     ``memory_bandwidth`` (default: no limit beyond the ports'). One port: the bytes over
     ``bandwidth``, as before there were ports. With ``hw.weight_ports`` > 1 the bytes of
     ``w`` are dealt evenly over its stripe (its bursts go round-robin,
@@ -946,8 +963,9 @@ def memory_cycles(hw, moved: dict, bandwidth, memory_bandwidth=None, lane="main"
     word a cycle: its one mover's rate, whatever its ports give. An instruction of the side
     ``lane`` on a top of two moves on the side lane's movers (:func:`lane_demand`: its
     ``w`` on one port, its writes on their own)."""
-    demand = lane_demand(hw, lane, moved)
-    cycles = max((n for r, n in demand.items() if r[0] == "port"), default=0) / bandwidth
+    demand = lane_demand(hw, lane, moved, duplex=duplex)
+    cycles = max((n for r, n in demand.items() if r[0] in PORT_CHANNELS),
+                 default=0) / bandwidth
     # Striped: still one mover, a bus word a cycle at most.
     if len(lane_routes(hw.memory_ports, hw.weight_ports, hw.issue_lanes, lane,
                        hw.chan_striped)["w"]) > 1:
@@ -1089,8 +1107,9 @@ def program_cycles(program, image, task, *, bandwidth=None, memory_bandwidth=Non
     Parameters
     ----------
     bandwidth : float, optional
-        Memory bytes per cycle of each memory port (default: one bus word a cycle; a
-        board's figure: :func:`board_bandwidth`).
+        Memory bytes per cycle of each memory port, its reads and writes together (a
+        board's figure: :func:`board_bandwidth`); default: the bench's memory without a
+        rate, one bus word a cycle on each of a port's read and write channels (duplex).
     memory_bandwidth : float, optional
         Bytes per cycle of the memory behind all the ports together (default: no limit
         beyond the ports'; a board's: :func:`board_memory_bandwidth`).
@@ -1105,7 +1124,8 @@ def program_cycles(program, image, task, *, bandwidth=None, memory_bandwidth=Non
         The task is not one of the program's, or the image is not the program's input.
     """
     hw = program.hw
-    if bandwidth is None:
+    duplex = bandwidth is None
+    if duplex:
         bandwidth = hw.bus_width / 8
     if isinstance(bandwidth, bool) or not isinstance(bandwidth, (int, float)) \
             or not np.isfinite(bandwidth) or bandwidth <= 0:
@@ -1155,10 +1175,12 @@ def program_cycles(program, image, task, *, bandwidth=None, memory_bandwidth=Non
                                      routed if d.MNEMONIC == "EXPERT"
                                      else getattr(target, "tokens", 0))
         read, written, mem_cycles, onchip, dram = _memory(d, reads, written, moved, window, hw,
-                                                          bandwidth, memory_bandwidth, streams)
+                                                          bandwidth, memory_bandwidth, streams,
+                                                          duplex)
         wait = memory_wait(d, hw, dram, bandwidth, memory_bandwidth, op=op, routed=routed,
                            latency=latency)
-        drain = drain_cycles(d, hw, bandwidth, memory_bandwidth, dram, op=op, routed=routed)
+        drain = drain_cycles(d, hw, bandwidth, memory_bandwidth, dram, op=op, routed=routed,
+                             duplex=duplex)
         read_ahead = idle is not None and bool(routed)
         carry = expert_carry(d.linears(routed)[0], hw, bandwidth, memory_bandwidth,
                              idle=idle) if read_ahead else 0
@@ -1173,19 +1195,20 @@ def program_cycles(program, image, task, *, bandwidth=None, memory_bandwidth=Non
             if followed and routed else None
         costs.append(InstructionCost(index, d.MNEMONIC, d.UNIT, compute, mem_cycles, read,
                                      written, work + issue + exposed, sum(onchip), floor))
-        demands.append(lane_demand(hw, LANE_OF[d.MNEMONIC], dram, *onchip))
+        demands.append(lane_demand(hw, LANE_OF[d.MNEMONIC], dram, *onchip, duplex=duplex))
     if not program.concurrent:
         return ProgramCost(costs, float(bandwidth), hw.clock_mhz)
     starts, ends = lane_timeline([d.MNEMONIC for d in program.instructions], program.concurrent,
                                  [c.cycles for c in costs], demands,
-                                 lane_capacity(hw, bandwidth, memory_bandwidth))
+                                 lane_capacity(hw, bandwidth, memory_bandwidth, duplex=duplex))
     return ProgramCost(costs, float(bandwidth), hw.clock_mhz, starts, ends)
 
 
-def lane_demand(hw, lane, moved, onchip_read=0, onchip_written=0) -> dict:
+def lane_demand(hw, lane, moved, onchip_read=0, onchip_written=0, *, duplex=False) -> dict:
     """The bytes an instruction on ``lane`` ("main" or "side") puts on each memory resource
     the two issue lanes share: ``("port", k)`` its DRAM bytes ``moved`` (per mover,
-    :func:`moved_bytes`) on port ``k`` (:func:`lane_routes`), ``"memory"`` all of them, and
+    :func:`moved_bytes`) on port ``k`` (:func:`lane_routes`; with ``duplex`` its writes on
+    ``("port_write", k)``, the port's own write channel), ``"memory"`` all of them, and
     the on-chip window's ``"onchip_read"`` and ``"onchip_write"`` bytes (its one read port
     and its one write port)."""
     routes = lane_routes(hw.memory_ports, hw.weight_ports, hw.issue_lanes, lane,
@@ -1196,6 +1219,8 @@ def lane_demand(hw, lane, moved, onchip_read=0, onchip_written=0) -> dict:
         if not n:
             continue
         for resource, fraction in routes[mover]:
+            if duplex and mover == "write":
+                resource = ("port_write", resource[1])
             demand[resource] = demand.get(resource, 0) + n * fraction
         total += n
     if total:
@@ -1232,12 +1257,14 @@ def lane_routes(memory_ports, weight_ports, issue_lanes, lane, chan_striped=0) -
     return routes
 
 
-def lane_capacity(hw, bandwidth, memory_bandwidth=None) -> dict:
+def lane_capacity(hw, bandwidth, memory_bandwidth=None, *, duplex=False) -> dict:
     """Bytes a cycle each shared resource of :func:`lane_demand` serves: a port
-    ``bandwidth`` (its reads and writes together, as :func:`memory_cycles` charges them),
-    the memory behind them ``memory_bandwidth`` (none: no limit), the on-chip window a bus
-    word a cycle on each of its ports."""
-    capacity = {("port", k): bandwidth for k in range(hw.memory_ports)}
+    ``bandwidth`` (its reads and writes together, as :func:`memory_cycles` charges them,
+    or with ``duplex`` each channel of its own), the memory behind them
+    ``memory_bandwidth`` (none: no limit), the on-chip window a bus word a cycle on each
+    of its ports."""
+    channels = PORT_CHANNELS if duplex else PORT_CHANNELS[:1]
+    capacity = {(c, k): bandwidth for c in channels for k in range(hw.memory_ports)}
     capacity["onchip_read"] = capacity["onchip_write"] = hw.bus_width / 8
     if memory_bandwidth is not None:
         capacity["memory"] = memory_bandwidth
@@ -1362,12 +1389,14 @@ def activation_streams(mnemonic, f, n) -> list:
     return []
 
 
-def _memory(d, reads, written, moved, window, hw, bandwidth, memory_bandwidth, streams=()):
+def _memory(d, reads, written, moved, window, hw, bandwidth, memory_bandwidth, streams=(),
+            duplex=False):
     """``(DRAM bytes read, DRAM bytes written, memory cycles, (on-chip bytes read, written),
     DRAM bytes per mover)`` of ``d``:
     ``reads`` its read log, ``written`` its bytes written (:func:`written_bytes`), split
     by the window ``(start, end)`` they fall in (see the module's description); ``moved``
-    the bytes per mover (:func:`moved_bytes`), each port's share of the DRAM bytes.
+    the bytes per mover (:func:`moved_bytes`), each port's share of the DRAM bytes
+    (``duplex``: as :func:`memory_cycles`).
 
     The read log does not say which mover read a byte: the window's reads are taken off
     the movers of the instruction's activation streams whose fields lie in the window
@@ -1404,7 +1433,8 @@ def _memory(d, reads, written, moved, window, hw, bandwidth, memory_bandwidth, s
             moved = {mover: (n * (1 - left / rest) if mover != "write" else n)
                      for mover, n in moved.items()}
     word = hw.bus_width // 8
-    cycles = max(memory_cycles(hw, moved, bandwidth, memory_bandwidth, LANE_OF[d.MNEMONIC]),
+    cycles = max(memory_cycles(hw, moved, bandwidth, memory_bandwidth, LANE_OF[d.MNEMONIC],
+                               duplex=duplex),
                  -(-onchip_read // word), -(-onchip_written // word))
     return read, written - onchip_written, cycles, (onchip_read, onchip_written), moved
 

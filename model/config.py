@@ -280,7 +280,7 @@ class ModelConfig:
             fields["moe_blocks"] = tuple(fields["moe_blocks"])
             fields["tasks"] = tuple(TaskSpec(**task) for task in fields["tasks"])
             return cls(**fields)
-        except (KeyError, TypeError) as error:
+        except (KeyError, TypeError, ValueError) as error:   # ValueError: dict() of a list
             raise ConfigError(f"Malformed model config: {error}") from None
 
 

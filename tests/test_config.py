@@ -78,3 +78,11 @@ def test_a_config_written_before_the_gate_field_keeps_its_old_rule():
     found = type(get_config("tiny")).from_dict(old)
     assert found.gate == "renorm"
     assert get_config("tiny").differences(found) == ["gate 'renorm' (expected 'vmoe')"]
+
+
+@pytest.mark.parametrize("data", [[""], "tiny", [("depth", 1, 2)]])
+def test_a_config_that_is_not_a_mapping_is_a_clear_error(data):
+    """The readers' fuzzer set a quantized file's config to ``[""]``: a ConfigError, not
+    dict()'s ValueError."""
+    with pytest.raises(ConfigError, match=r"^Malformed model config: "):
+        type(get_config("tiny")).from_dict(data)

@@ -260,6 +260,26 @@ def test_commands_export_check_and_stats(tmp_path, capsys):
     assert re.search(r"^moevit: error: ONNX file .*none\.onnx does not exist$", capsys.readouterr().err, re.M)
 
 
+@pytest.mark.parametrize("where", ["weight", "input"])
+def test_stats_of_a_graph_naming_a_tensor_nothing_defines(exported, tmp_path, capsys, where):
+    """A byte changed in a tensor's name (the readers' fuzzer found both): the Conv's weight
+    renamed past shape inference, or its input, which shape inference refuses: one line,
+    exit 2, not a KeyError or onnx's exception."""
+    import onnx
+
+    _, path = exported("tiny")
+    proto = onnx.load(str(path))
+    conv = next(n for n in proto.graph.node if n.op_type == "Conv")
+    conv.input[1 if where == "weight" else 0] = "lodel.nothing"
+    onnx.save(proto, str(tmp_path / "bad.onnx"))
+    assert main(["onnx-stats", str(tmp_path / "bad.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert err.startswith("moevit: error: Cannot count Conv node" if where == "weight"
+                          else "moevit: error: Cannot infer the graph's shapes: ")
+    assert ("lodel.nothing" in err) == (where == "weight")   # onnx's message does not name it
+
+
 # QDQ graphs of the quantized model ---------------------------------------------------
 # The bounds are QDQ_BOUNDS (model/onnx/qdq.py: its docstring says how they
 # were measured); these tests hold every graph to them, image by image.

@@ -369,16 +369,25 @@ def _constant_value(name, producers, initializers):
     return None
 
 
+def _shape(shapes, name, node):
+    """The inferred shape of tensor ``name``, an input or output of ``node``: a graph whose
+    node names a tensor nothing defines is an error of one line, not a ``KeyError``."""
+    if name not in shapes:
+        raise MoevitError(f"Cannot count {node.op_type} node {node.name!r}: its tensor {name!r} "
+                          f"has no inferred shape (not defined in the graph?)")
+    return shapes[name]
+
+
 def _node_macs(node, shapes):
     """``(rows_symbol, macs_per_row)`` or ``(None, macs)`` of a MatMul/Gemm/Conv."""
     out = shapes.get(node.output[0])
     if out is None or any(d is None for d in out):
         raise MoevitError(f"Cannot count the MACs of {node.op_type} node {node.name!r}: unknown output shape")
     if node.op_type == "Conv":
-        weight = shapes[node.input[1]]
+        weight = _shape(shapes, node.input[1], node)
         reduced = math.prod(weight[1:])
     else:
-        a = shapes[node.input[0]]
+        a = _shape(shapes, node.input[0], node)
         trans_a = any(attr.name == "transA" and attr.i for attr in node.attribute)
         reduced = a[-2] if (node.op_type == "Gemm" and trans_a) else a[-1]
     symbols = [d for d in out if isinstance(d, str)]
@@ -408,7 +417,11 @@ def graph_stats(proto, metadata=None) -> dict:
         for tensor in g.initializer:
             if tensor.data_type in _WEIGHT_TYPES[kind] and len(tensor.dims) >= 1 and _is_weight(tensor, kind):
                 params += math.prod(tensor.dims)
-    light = onnx.shape_inference.infer_shapes(_light_copy(proto), strict_mode=True, data_prop=True)
+    try:
+        light = onnx.shape_inference.infer_shapes(_light_copy(proto), strict_mode=True,
+                                                  data_prop=True)
+    except Exception as error:  # onnx raises its own InferenceError and ValidationError
+        raise MoevitError(f"Cannot infer the graph's shapes: {first_line(error)}") from None
     shapes = _shape_table(light.graph)
     producers, initializers = {}, {}
     for g in _all_graphs(light.graph):
@@ -422,7 +435,7 @@ def graph_stats(proto, metadata=None) -> dict:
     for node in producers.values():
         if node.op_type != "NonZero":
             continue
-        symbol = shapes[node.output[0]][1]
+        symbol = _shape(shapes, node.output[0], node)[1]
         equal = producers.get(node.input[0])
         topk = producers.get(equal.input[0]) if equal is not None and equal.op_type == "Equal" else None
         expert = _constant_value(equal.input[1], producers, initializers) if topk is not None else None
@@ -432,7 +445,7 @@ def graph_stats(proto, metadata=None) -> dict:
     layers = {}
     for node in producers.values():
         if node.op_type == "TopK":
-            tokens, experts = shapes[node.input[0]]
+            tokens, experts = _shape(shapes, node.input[0], node)
             k = int(_constant_value(node.input[1], producers, initializers).reshape(-1)[0])
             layers[node.name] = {"tokens": tokens, "k": k, "experts_in_gate": experts, "per_row": defaultdict(int)}
 

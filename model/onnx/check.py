@@ -369,13 +369,19 @@ def _constant_value(name, producers, initializers):
     return None
 
 
-def _shape(shapes, name, node):
-    """The inferred shape of tensor ``name``, an input or output of ``node``: a graph whose
-    node names a tensor nothing defines is an error of one line, not a ``KeyError``."""
+def _shape(shapes, name, node, rank, *, exact=False):
+    """The inferred shape of tensor ``name``, an input or output of ``node``, of ``rank``
+    dimensions at least (``exact``: just that many): a graph whose node names a tensor
+    nothing defines, or one of another rank, is an error of one line, not a ``KeyError``
+    or an ``IndexError``."""
     if name not in shapes:
         raise MoevitError(f"Cannot count {node.op_type} node {node.name!r}: its tensor {name!r} "
                           f"has no inferred shape (not defined in the graph?)")
-    return shapes[name]
+    shape = shapes[name]
+    if len(shape) < rank or (exact and len(shape) != rank):
+        raise MoevitError(f"Cannot count {node.op_type} node {node.name!r}: its tensor {name!r} "
+                          f"has shape {shape}, not of {rank} dimensions")
+    return shape
 
 
 def _node_macs(node, shapes):
@@ -384,11 +390,11 @@ def _node_macs(node, shapes):
     if out is None or any(d is None for d in out):
         raise MoevitError(f"Cannot count the MACs of {node.op_type} node {node.name!r}: unknown output shape")
     if node.op_type == "Conv":
-        weight = _shape(shapes, node.input[1], node)
+        weight = _shape(shapes, node.input[1], node, 3)
         reduced = math.prod(weight[1:])
     else:
-        a = _shape(shapes, node.input[0], node)
         trans_a = any(attr.name == "transA" and attr.i for attr in node.attribute)
+        a = _shape(shapes, node.input[0], node, 2 if trans_a else 1)
         reduced = a[-2] if (node.op_type == "Gemm" and trans_a) else a[-1]
     symbols = [d for d in out if isinstance(d, str)]
     if not symbols:
@@ -435,7 +441,7 @@ def graph_stats(proto, metadata=None) -> dict:
     for node in producers.values():
         if node.op_type != "NonZero":
             continue
-        symbol = _shape(shapes, node.output[0], node)[1]
+        symbol = _shape(shapes, node.output[0], node, 2, exact=True)[1]
         equal = producers.get(node.input[0])
         topk = producers.get(equal.input[0]) if equal is not None and equal.op_type == "Equal" else None
         expert = _constant_value(equal.input[1], producers, initializers) if topk is not None else None
@@ -445,7 +451,7 @@ def graph_stats(proto, metadata=None) -> dict:
     layers = {}
     for node in producers.values():
         if node.op_type == "TopK":
-            tokens, experts = _shape(shapes, node.input[0], node)
+            tokens, experts = _shape(shapes, node.input[0], node, 2, exact=True)
             k = int(_constant_value(node.input[1], producers, initializers).reshape(-1)[0])
             layers[node.name] = {"tokens": tokens, "k": k, "experts_in_gate": experts, "per_row": defaultdict(int)}
 

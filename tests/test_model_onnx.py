@@ -280,6 +280,21 @@ def test_stats_of_a_graph_naming_a_tensor_nothing_defines(exported, tmp_path, ca
     assert ("lodel.nothing" in err) == (where == "weight")   # onnx's message does not name it
 
 
+def test_stats_of_a_node_whose_input_has_too_few_dimensions():
+    """A flipped byte of tiny's graph (the readers' fuzzer: byte 136,185, bit 0, of
+    ``export-onnx --config tiny --task 0``) left a Gemm's input of shape ``[]`` past shape
+    inference: an error of one line naming the tensor, not an IndexError."""
+    from onnx import helper
+
+    from moevit.errors import MoevitError
+    from moevit.model.onnx.check import _node_macs
+
+    gemm = helper.make_node("Gemm", ["val_129", "w"], ["y"], name="node_Gemm_124")
+    with pytest.raises(MoevitError, match=r"^Cannot count Gemm node 'node_Gemm_124': its tensor "
+                                          r"'val_129' has shape \[\], not of 1 dimensions$"):
+        _node_macs(gemm, {"y": [1, 8], "val_129": [], "w": [8, 8]})
+
+
 # QDQ graphs of the quantized model ---------------------------------------------------
 # The bounds are QDQ_BOUNDS (model/onnx/qdq.py: its docstring says how they
 # were measured); these tests hold every graph to them, image by image.

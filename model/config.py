@@ -273,6 +273,8 @@ class ModelConfig:
     def from_dict(cls, data: dict) -> "ModelConfig":
         """The config of :meth:`to_dict`; one without ``gate`` (written before the
         gate was a field) is read with the rule it was computed with, :data:`LEGACY_GATE`."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"Malformed model config: a {type(data).__name__}, not a mapping")
         try:
             fields = dict(data)
             fields.setdefault("gate", LEGACY_GATE)
@@ -280,7 +282,7 @@ class ModelConfig:
             fields["moe_blocks"] = tuple(fields["moe_blocks"])
             fields["tasks"] = tuple(TaskSpec(**task) for task in fields["tasks"])
             return cls(**fields)
-        except (KeyError, TypeError, ValueError) as error:   # ValueError: dict() of a list
+        except (KeyError, TypeError) as error:
             raise ConfigError(f"Malformed model config: {error}") from None
 
 

@@ -110,10 +110,10 @@ def mutate_json(doc, mutations):
                 del parent[key]
             elif isinstance(parent, dict):
                 parent[f"{key}_extra"] = value
-            else:
+            elif isinstance(parent, list):
                 parent.append(value)
         except (KeyError, IndexError, TypeError):
-            pass   # an earlier edit removed the path
+            pass   # an earlier edit removed the path, or set a scalar in its place
     return doc
 
 

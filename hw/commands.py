@@ -268,7 +268,8 @@ def _estimate(args):
     if args.json:
         print(json.dumps(rows))
         return
-    print(f"config {args.config}: {hw.rows}x{hw.cols} MAC array ({hw.macs} MAC units, "
+    chains = f"x{hw.chain_depth} (chains of {hw.chain_depth})" if hw.chain_depth > 1 else ""
+    print(f"config {args.config}: {hw.rows}x{hw.cols}{chains} MAC array ({hw.macs} MAC units, "
           f"{hw.dsp_packing} per DSP48E2: {hw.macs // hw.dsp_packing} DSP48E2 in the array)")
     print_rows(rows, [("unit", "unit", "<12", ""), ("DSP48E2", "dsp", ">9", ""),
                       ("LUT", "lut", ">9", ""), ("FF", "ff", ">9", ""),

@@ -98,6 +98,15 @@ class HwConfig:
         int8 multiply-accumulates per DSP48E2 slice in the linear kernel's
         array: 1, or 2 (two weights of neighbouring output columns share one
         activation in one 27x18 multiply, AMD WP486); 2 needs an even ``cols``.
+    chain_depth : int
+        Input features each position of the linear kernel's array multiplies in
+        a cycle, their products summed along a chain of multipliers (a
+        DSP48E2 column: each slice's post-adder takes the one before through
+        its cascade) before the accumulator: the array has ``rows x cols x
+        chain_depth`` MAC units but one accumulator a position, and takes
+        ``ceil(in_features / chain_depth)`` steps a tile. At most
+        :attr:`MAX_CHAIN_DEPTH`; with ``dsp_packing = 2`` at most
+        :attr:`MAX_PACKED_CHAIN`, the sums of low products the low field holds.
     expert_prefetch : int
         1: the top overlaps the MoE layer's expert-by-expert schedule: the
         sequencer assembles the next instruction while one runs, the linear
@@ -232,6 +241,8 @@ class HwConfig:
     max_outstanding: int = 4
     # DSP packing (issue 14): int8 MACs per DSP48E2.
     dsp_packing: int = 1
+    # Input features a step of the linear array, summed along a chain (issue 14).
+    chain_depth: int = 1
     # The expert schedule overlapped (issue 12): 0 or 1.
     expert_prefetch: int = 0
     # AXI4 memory masters of the top (issue 14): 1 = the single m_axi_gmem.
@@ -278,11 +289,16 @@ class HwConfig:
                        "weight_ports": 1, "row_lanes": 1, "issue_lanes": 1, "combine_lanes": 0,
                        "weight_streaming": 0, "token_chunks": 0, "context_lanes": 0,
                        "kv_banks": 1, "x_by_words": 0, "pipelined_heads": 0,
-                       "chan_striped": 0}
+                       "chan_striped": 0, "chain_depth": 1}
     #: Fields the RTL does not read (how the compiler lays a program out): :meth:`rtl`.
     COMPILER_ONLY = ("token_chunks",)
     #: Row lanes of a head lane: each copies the head's K and V, so a few.
     MAX_ROW_LANES = 16
+    #: Multipliers along one chain of the linear array (a few DSP48E2 of a column).
+    MAX_CHAIN_DEPTH = 8
+    #: ... with two int8 MACs a DSP48E2: the low field (18 bits) holds the sum of at most 7
+    #: low products (each within +-2**14).
+    MAX_PACKED_CHAIN = 7
 
     def __post_init__(self):
         for what, name in (
@@ -355,6 +371,14 @@ class HwConfig:
             raise ConfigError(
                 f"DSP packing 2 pairs neighbouring output columns; {self.cols} array columns "
                 f"are odd")
+        if type(self.chain_depth) is not int or not 1 <= self.chain_depth <= self.MAX_CHAIN_DEPTH:
+            raise ConfigError(
+                f"Chain depth must be an integer from 1 to {self.MAX_CHAIN_DEPTH}, not "
+                f"{self.chain_depth!r}")
+        if self.dsp_packing == 2 and self.chain_depth > self.MAX_PACKED_CHAIN:
+            raise ConfigError(
+                f"Chain depth {self.chain_depth} with DSP packing 2: the low product's field "
+                f"holds the sum of at most {self.MAX_PACKED_CHAIN}")
         if type(self.expert_prefetch) is not int or self.expert_prefetch not in (0, 1):
             raise ConfigError(
                 f"Expert prefetch must be 0 or 1, not {self.expert_prefetch!r}")
@@ -435,7 +459,12 @@ class HwConfig:
     @property
     def macs(self) -> int:
         """Multiply-accumulate units in the array."""
-        return self.rows * self.cols
+        return self.rows * self.cols * self.chain_depth
+
+    @property
+    def max_steps(self) -> int:
+        """Steps of the linear array a tile of ``max_in`` features takes."""
+        return -(-self.max_in // self.chain_depth)
 
     @property
     def combine_width(self) -> int:

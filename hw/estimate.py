@@ -8,6 +8,13 @@ Caveat: Yosys is not Vivado. It maps each multiplier to DSP48E2 slices but
 often leaves pipeline registers, post-adders and accumulators in fabric
 (LUTs and FFs), so LUT and FF counts are upper bounds of what Vivado reaches,
 while the DSP count of the multiply-accumulate array is what it will use.
+
+The links of the linear array's chains (``HwConfig.chain_depth > 1``,
+:class:`~moevit.hw.units.linear.ChainLink`) are the one exception: each is one
+DSP48E2's datapath (multiply, product register, post-adder on the cascade,
+output register), which Vivado infers, but Yosys 0.70 packs post-adders and
+registers only into the 7 series' DSP48E1, never a DSP48E2. So each link is a
+black box here, counted as one DSP48E2 and nothing in fabric.
 """
 
 import json
@@ -24,7 +31,12 @@ __all__ = ["Estimate", "EstimateError", "estimate_verilog", "CAVEAT"]
 
 CAVEAT = ("Yosys synth_xilinx -family xcup, not Vivado: multipliers land in DSP48E2, but "
           "pipeline registers and accumulators Vivado would pack into the DSPs stay in fabric, "
-          "so LUT/FF are upper bounds; BRAM counts RAMB36E2 + RAMB18E2/2.")
+          "so LUT/FF are upper bounds (a chain's links count as one DSP48E2 each); BRAM "
+          "counts RAMB36E2 + RAMB18E2/2.")
+#: Module names of the linear array's chain links (Amaranth names a submodule's module
+#: by its path: ``...link<row>_<pair>_<link>``), black boxes counted as DSP48E2.
+CHAIN_LINKS = "*.link*"
+_LINK_CELL = r"\S*\.link\d+_\d+_\d+"
 
 
 class EstimateError(MoevitError):
@@ -69,6 +81,7 @@ def estimate_verilog(unit: str, path, top: str, workdir) -> Estimate:
     script = workdir / f"{top}.ys"
     script.write_text(
         f"read_verilog -sv {source.name}\n"
+        f"blackbox {CHAIN_LINKS}\n"
         f"synth_xilinx -family xcup -top {top} -flatten\n"
         f"tee -q -o {stat.name} stat -json\n"
     )
@@ -84,7 +97,7 @@ def estimate_verilog(unit: str, path, top: str, workdir) -> Estimate:
     count = lambda pattern: sum(n for c, n in cells.items() if re.fullmatch(pattern, c))
     return Estimate(
         unit=unit,
-        dsp=count(r"DSP48E2"),
+        dsp=count(r"DSP48E2") + count(_LINK_CELL),
         lut=count(r"LUT[1-6]") + count(r"RAM(32|64|128|256)[XM]\d*\w*") + count(r"SRL\w+"),
         ff=count(r"FD[RSCP]E"),
         bram=count(r"RAMB36E2") + count(r"RAMB18E2") / 2,

@@ -62,8 +62,9 @@ def random_hw(rng, name="random") -> HwConfig:
     """A small design point: any array shape, post lanes, buffer and FIFO depths
     the generator accepts (small, so that a build and its runs take seconds), and
     one or two MACs per DSP48E2 (two when ``cols`` is even, half the time), the
-    weight banks' first tiles streamed behind their loads half the time, and the
-    accumulators as narrow as ``max_in`` allows half the time."""
+    weight banks' first tiles streamed behind their loads half the time, the
+    accumulators as narrow as ``max_in`` allows half the time, and a chain of 2 or
+    more multipliers a position half the time."""
     post_lanes = int(rng.choice([1, 2, 4, 8]))
     cols = post_lanes * int(rng.choice([1, 2, 3]))
     rows = int(rng.integers(1, 9))
@@ -74,9 +75,14 @@ def random_hw(rng, name="random") -> HwConfig:
     streaming = int(rng.integers(2))
     # Accumulators as narrow as max_in allows (as the search makes them) half the time.
     acc_width = products_width(max_in) if rng.random() < 0.5 else 32
+    # A chain of 2 to the deepest the packing allows half the time (drawn last: the
+    # seeds' other fields stay those of the points drawn before chains existed).
+    deepest = HwConfig.MAX_PACKED_CHAIN if packing == 2 else HwConfig.MAX_CHAIN_DEPTH
+    chain = int(rng.integers(2, deepest + 1)) if rng.random() < 0.5 else 1
     return HwConfig(name=name, rows=rows, cols=cols, post_lanes=post_lanes,
                     max_tokens=max_tokens, max_in=max_in, out_depth=out_depth,
-                    dsp_packing=packing, weight_streaming=streaming, acc_width=acc_width)
+                    dsp_packing=packing, weight_streaming=streaming, acc_width=acc_width,
+                    chain_depth=chain)
 
 
 def random_shape(hw, rng, *, max_tiles=4, max_out_tiles=3):

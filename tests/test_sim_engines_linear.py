@@ -337,7 +337,8 @@ def random_engine_hw(rng, *, large=False) -> HwConfig:
     """A design point the engine takes: a bus of 4..64 bytes, ``cols`` a multiple of it,
     post lanes dividing ``cols``, ``rows`` so that the array stays small, random buffer
     depths and outstanding bursts, one or two MACs per DSP48E2, a weight bank's first tile
-    streamed behind its load or not, x read a row or a bus word at a time."""
+    streamed behind its load or not, x read a row or a bus word at a time, chains of 1 to 4
+    multipliers a position."""
     nbytes = int(rng.choice([4, 8, 16, 32, 64] if large else [4, 8, 16]))
     cols = nbytes * int(rng.integers(1, 4 if nbytes <= 8 else 3))
     post_lanes = int(rng.choice([p for p in (1, 2, 4, 8) if cols % p == 0]))
@@ -348,7 +349,8 @@ def random_engine_hw(rng, *, large=False) -> HwConfig:
                     out_depth=int(rng.integers(3, 9)), bus_width=8 * nbytes,
                     max_outstanding=int(rng.integers(1, 5)),
                     dsp_packing=int(rng.integers(1, 3)),
-                    weight_streaming=int(rng.integers(2)), x_by_words=int(rng.integers(2)))
+                    weight_streaming=int(rng.integers(2)), x_by_words=int(rng.integers(2)),
+                    chain_depth=int(rng.integers(1, 5)))
 
 
 class _Image:
@@ -427,7 +429,7 @@ def _random_run(seed, *, count, large, shared, simulator=None, **changes):
           f"max_tokens={hw.max_tokens} max_in={hw.max_in} out_depth={hw.out_depth} "
           f"bus_width={hw.bus_width} max_outstanding={hw.max_outstanding} "
           f"dsp_packing={hw.dsp_packing} weight_streaming={hw.weight_streaming} "
-          f"x_by_words={hw.x_by_words}")
+          f"x_by_words={hw.x_by_words} chain_depth={hw.chain_depth}")
     memory, jobs = random_jobs(hw, rng, count)
     pauses = str(rng.choice(["none", "fixed", "random"])) if large else "random"
     # The on-chip window the engine is told of (x_by_words reads an x inside it a word of
@@ -440,13 +442,13 @@ def _random_run(seed, *, count, large, shared, simulator=None, **changes):
              simulator=simulator, pauses=pauses, shared=shared, window=window)
 
 
-@pytest.mark.parametrize("x_by_words", [0, 1])
-def test_random_jobs_fast(x_by_words):
+@pytest.mark.parametrize("x_by_words, chain", [(0, 1), (1, 3)])
+def test_random_jobs_fast(x_by_words, chain):
     """One small random design point with two MACs per DSP48E2 (the tiny jobs have one),
     three random jobs back to back, the read channels on one port (Icarus), x a row or a
-    bus word at a time."""
+    bus word at a time, with chains of 3 multipliers a position or none."""
     _random_run(replay_seed(), count=3, large=False, shared=True, dsp_packing=2,
-                x_by_words=x_by_words)
+                x_by_words=x_by_words, chain_depth=chain)
 
 
 @pytest.mark.slow

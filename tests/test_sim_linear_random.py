@@ -2,7 +2,8 @@
 
 Each design point comes from one seed: a HwConfig (array shape, post lanes,
 buffer and FIFO depths, one or two MACs per DSP48E2, weight streaming or not,
-accumulators of 32 bits or as narrow as the inputs allow) and several runs,
+accumulators of 32 bits or as narrow as the inputs allow, chains of multipliers or not)
+and several runs,
 each a random sequence of operations back to back (ragged shapes, GELU and
 residual on or off, 1..N tiles each way) with random gaps on every input stream
 (``desc`` included) and back-pressure on the output; every run shares the design point's one
@@ -13,7 +14,7 @@ cycles exactly, with no stall counter moving. The default arrays (``tiny``,
 fills and holds the post-processing and where the residual stream starves
 it (their stall counters must move), and skipped bad descriptors.
 
-Fast (``make test``): three design points and the bad descriptors on ``tiny``.
+Fast (``make test``): five design points and the bad descriptors on ``tiny``.
 Slow (``make sim``, ``SIM=icarus`` or ``verilator``): ``MOEVIT_LINEAR_POINTS``
 design points (default 30) of ``MOEVIT_LINEAR_RUNS`` runs (default 8) and
 the default arrays (``tiny`` and ``m3vit-s`` with packing too). Replay one design point with ``MOEVIT_SEED=<seed>``
@@ -36,8 +37,9 @@ from moevit.sim.units import run_linear
 RUNS = int(os.environ.get("MOEVIT_LINEAR_RUNS", 8))
 POINTS = int(os.environ.get("MOEVIT_LINEAR_POINTS", 30))
 # 6 x 6 with one MAC per DSP48E2; 8 x 6 with two; both streaming; 8 x 12 with two, its
-# accumulators as narrow as its 61 inputs allow (21 bits)
-FAST_SEEDS = [101, 203, 4]
+# accumulators as narrow as its 61 inputs allow (21 bits); 2 x 4 with chains of 8,
+# streaming; 4 x 6 with packed chains of 5
+FAST_SEEDS = [101, 203, 4, 8, 21]
 SLOW_SEEDS = list(range(1, POINTS + 1))
 
 

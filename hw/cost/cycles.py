@@ -256,7 +256,8 @@ def linear_drain(d) -> int:
     """Compute cycles of linear operation ``d`` after its last read: the kernel loads an
     out tile's weights while it works on the one before (two banks), so the last tile's
     work follows the last weights; with one out tile the weights come first and the
-    last token tile's ``in_features`` steps follow the last activations."""
+    last token tile's ``in_features`` steps follow the last activations (a chain's
+    steps take ``chain_depth`` features each, but its x stream brings one a cycle)."""
     return _tile(d) if d.out_tiles > 1 else d.in_features
 
 
@@ -292,9 +293,10 @@ def token_tile_start(d, k) -> int:
     """Cycles of linear operation ``d``'s model from its first step to the step its token
     tile ``k`` of the first out tile needs its rows by (the kernel's timing,
     :meth:`~moevit.hw.program.descriptor.LinearDescriptor.expected_cycles`): a tile a
-    ``max(in_features, ISSUE_TO_COPY + 1 + drain)`` cycles, its rows late by as much delay
-    its last step as much."""
-    return k * max(d.in_features, d.ISSUE_TO_COPY + 1 + d.drain_cycles())
+    ``max(in_features, issue_to_copy + 1 + drain)`` cycles (the x stream brings a feature
+    a cycle, whatever the chain's depth), its rows late by as much delay its last step as
+    much."""
+    return k * max(d.in_features, d.issue_to_copy + 1 + d.drain_cycles())
 
 
 def first_tile_bytes(d) -> int:
@@ -330,8 +332,9 @@ def linear_fill(d, fill_cycles) -> int:
 
 def linear_start(d) -> int:
     """Cycles of linear operation ``d``'s model before its first step: its first weight bank
-    (``max(in_features, cols) + 1``), one with ``weight_streaming``."""
-    return 1 if d.hw.weight_streaming else max(d.in_features, d.hw.cols) + 1
+    (``max(in_features, cols) + 1``), with ``weight_streaming`` its first step's beats
+    (``chain_depth``)."""
+    return d.hw.chain_depth if d.hw.weight_streaming else max(d.in_features, d.hw.cols) + 1
 
 
 def visible_drains(jobs, hw, bandwidth, memory_bandwidth=None, dram=None,

@@ -168,8 +168,11 @@ def memories(unit: str, hw) -> list:
     from moevit.hw.units.softmax import _EXP_BANKS, _SCORE_BANKS, EXP_WIDTH, PROB_WIDTH
 
     if unit == "linear":
-        return [("x", 8 * hw.rows, hw.max_tokens // hw.rows * hw.max_in, 1),
-                ("w", 8 * hw.cols, 2 * hw.max_in, 1), ("out", 8 * hw.cols + 1, hw.out_depth, 1)]
+        # A bank of the x and w buffers per link of a chain, a step's features at once.
+        chain = hw.chain_depth
+        return [("x", 8 * hw.rows, hw.max_tokens // hw.rows * hw.max_steps, 1)] * chain + [
+            ("w", 8 * hw.cols, 2 * hw.max_steps, 1)] * chain + [
+            ("out", 8 * hw.cols + 1, hw.out_depth, 1)]
     if unit == "attention":
         chunks = hw.max_head_dim // hw.score_lanes
         kv = hw.kv_banks * hw.kv_depth * chunks

@@ -356,17 +356,29 @@ class LinearDescriptor(Descriptor):
         """Cycles with every MAC unit busy every cycle: MACs / MAC units (rounded up)."""
         return -(-self.macs // self.hw.macs)
 
+    @property
+    def steps(self) -> int:
+        """Steps of the array a tile takes: ``in_features``, ``chain_depth`` a step."""
+        return -(-self.in_features // self.hw.chain_depth)
+
     def array_cycles(self) -> int:
-        """Cycles the array issues (padded tiles included): tiles x in_features."""
-        return self.token_tiles * self.out_tiles * self.in_features
+        """Cycles the array issues (padded tiles included): tiles x steps."""
+        return self.token_tiles * self.out_tiles * self.steps
 
     # Latencies of hw/units/linear.py (checked against simulation in tests/test_sim_linear.py
     # and tests/test_sim_linear_random.py): a tile's last step issued -> its copy into
     # the shadow bank; a chunk popped from the shadow bank -> its beat written into the
-    # output FIFO; that write -> the beat taken from the FIFO.
+    # output FIFO; that write -> the beat taken from the FIFO. A chain of D > 1 links
+    # adds D stages to the first (issue_to_copy).
     ISSUE_TO_COPY = 4
     POP_TO_FIFO = 14
     FIFO_LATENCY = 2
+
+    @property
+    def issue_to_copy(self) -> int:
+        """Cycles from a tile's last step issued to its copy into the shadow bank."""
+        depth = self.hw.chain_depth
+        return self.ISSUE_TO_COPY + (depth if depth > 1 else 0)
 
     def drain_cycles(self, rows=None) -> int:
         """Cycles to drain one finished tile of ``rows`` valid rows (default: all):
@@ -386,12 +398,16 @@ class LinearDescriptor(Descriptor):
           ``in_features`` weight beats and ``cols`` channel beats at once, and is
           ready ``max(in_features, cols) + 1`` cycles later (``F_ot``); the next bank's
           load starts then, or when that bank is released if later;
-        * a tile issues ``in_features`` steps, one per cycle, the first when its bank
-          is ready (with ``hw.weight_streaming``: at ``A_ot + 1``, each step behind its
-          weight beat, the last one not before ``F_ot``) and the previous tile has
-          issued; its last step waits until the previous tile is through the shadow
-          bank (``ISSUE_TO_COPY + 1`` cycles plus the previous tile's drain after that
-          tile's last step);
+        * a tile issues :attr:`steps` steps, one per cycle, the first when its bank
+          is ready (with ``hw.weight_streaming``: at ``A_ot + chain_depth``, each step
+          behind its weight beats, the last one not before ``F_ot``) and the previous
+          tile has issued; its last step waits until the previous tile is through the
+          shadow bank (``issue_to_copy + 1`` cycles plus the previous tile's drain after
+          that tile's last step);
+        * the activations come a beat (a feature of a token tile) a cycle from cycle 1,
+          so token tile ``tt``'s last step issues at ``1 + (tt + 1) * in_features`` at
+          the earliest: with ``chain_depth`` 1 this never binds, with more the first
+          out tile may wait for them;
         * a bank is released after the drain of its out tile's last token tile.
 
         Parameters
@@ -402,8 +418,8 @@ class LinearDescriptor(Descriptor):
             after the previous last beat enters the output FIFO, ``FIFO_LATENCY - 1``
             cycles before that beat leaves it.
         """
-        hw, n_in = self.hw, self.in_features
-        through = self.ISSUE_TO_COPY + 1          # last step -> the shadow bank is free again
+        hw, n_in, steps = self.hw, self.in_features, self.steps
+        through = self.issue_to_copy + 1          # last step -> the shadow bank is free again
         load = max(n_in, hw.cols) + 1
         full_drain = self.drain_cycles()
         last_drain = self.drain_cycles(self.tokens - (self.token_tiles - 1) * hw.rows)
@@ -418,15 +434,22 @@ class LinearDescriptor(Descriptor):
                 ready = start + load
             # The first step: once the bank is full, or (weight streaming) once its first
             # beat is in, a cycle after its load starts; the last step once it is full.
-            first = start + 1 if hw.weight_streaming else ready
+            # (A step holds chain_depth beats; a tile of one step needs the bank full.)
+            first = start + hw.chain_depth if hw.weight_streaming and steps > 1 else ready
             if last is None:
-                last = max(first + n_in - 1, ready)
+                last = max(first + steps - 1, ready)
             else:
-                last = max(max(last + 1, first) + n_in - 1, ready, last + through + last_drain)
+                last = max(max(last + 1, first) + steps - 1, ready, last + through + last_drain)
             # The other token tiles of the out tile: full drains before each last one.
-            last += (self.token_tiles - 1) * max(n_in, through + full_drain)
+            tile = max(steps, through + full_drain)
+            later = self.token_tiles - 1
+            last += later * tile
+            if ot == 0 and later:
+                # ... and, with the first, the activations' arrival (see above).
+                arrival = 1 + n_in + (later * n_in if n_in >= tile else n_in + (later - 1) * tile)
+                last = max(last, arrival)
             released.append(last + through + last_drain)
-        end = last + self.ISSUE_TO_COPY + last_drain + self.POP_TO_FIFO + self.FIFO_LATENCY
+        end = last + self.issue_to_copy + last_drain + self.POP_TO_FIFO + self.FIFO_LATENCY
         return end - (self.FIFO_LATENCY - 1 if following else 0)
 
 

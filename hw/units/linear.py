@@ -13,12 +13,21 @@ neighbouring output columns shares one per row (``dsp_packing = 2``,
 WP486), their accumulators in fabric: half the DSP48E2, the same results and
 the same cycles.
 
+With ``HwConfig.chain_depth = D > 1`` each position (or pair) of the array is a
+chain of D links (:class:`ChainLink`, a DSP48E2 each, the sum carried down the
+cascade): a step multiplies D consecutive input features, so a tile takes
+``ceil(in_features / D)`` steps, and one accumulator (the fabric's cost of a
+MAC unit) serves D MAC units. The input and weight buffers are split into D
+banks (feature ``i`` in bank ``i % D``) so that a step reads its D features at
+once; the streams keep a feature a beat, so the first out tile still takes
+the activations at a feature a cycle.
+
 Dataflow (output-stationary, out tile outermost)::
 
     for ot in out_tiles:                 # cols output channels, weights in bank ot % 2
         for tt in token_tiles:           # rows tokens
-            for i in in_features:        # one cycle: rows x cols MACs
-                acc[r][c] += x[tt*rows + r, i] * W[ot*cols + c, i]
+            for i in in_features, D a step:   # one cycle: rows x cols x D MACs
+                acc[r][c] += x[tt*rows + r, i:i+D] @ W[ot*cols + c, i:i+D]
             shadow <- acc                # then drained row by row, requantized
 
 * The input buffer holds the whole ``x`` of the operation (``max_tokens x
@@ -146,7 +155,9 @@ def _requant_stages(m, en, value, mult, shift, name):
 PAIR_SHIFT = 18
 #: Width of a packed pair: the 27-bit side of the DSP48E2's 27 x 18 multiplier.
 PAIR_WIDTH = 27
-_PAIR_PRODUCT = 34   # |a * (w_hi * 2**18 + w_lo)| <= 2**32 + 2**14: 34 bits, signed
+PAIR_PRODUCT = 34    # |a * (w_hi * 2**18 + w_lo)| <= 2**32 + 2**14: 34 bits, signed
+#: Width of a chain's sum (HwConfig.chain_depth > 1): the DSP48E2's P and cascade.
+CHAIN_WIDTH = 48
 
 
 def pack_pair(w_lo, w_hi):
@@ -187,11 +198,57 @@ class PairMultiplier(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        p = Signal(signed(_PAIR_PRODUCT))
+        p = Signal(signed(PAIR_PRODUCT))
         m.d.sync += p.eq(self.a * self.w)
         low_negative = p[PAIR_SHIFT - 1]
         m.d.comb += [self.lo.eq(p[:16].as_signed()),
                      self.hi.eq(p[PAIR_SHIFT:].as_signed() + low_negative)]
+        return m
+
+
+#: What a packed chain's first link adds to its product (the DSP48E2 adds it for free: its
+#: W multiplexer's RND constant): the low field's sum, within -2**17 .. 2**17 - 1 over at
+#: most 7 links, then lies in 0 .. 2**18 - 1, so it never borrows from the high field.
+PAIR_OFFSET = 2 ** (PAIR_SHIFT - 1)
+
+
+def unpack_pair(total):
+    """``(low, high)``: the two sums of a chain of packed products ``total`` (an
+    Amaranth value) whose first link added :data:`PAIR_OFFSET`: the high field is the
+    high sum exactly, the low field the low sum plus the offset (its top bit flipped
+    reads it as two's complement, no adder)."""
+    top = PAIR_SHIFT - 1
+    return Cat(total[:top], ~total[top]).as_signed(), total[PAIR_SHIFT:].as_signed()
+
+
+class ChainLink(wiring.Component):
+    """One link of a chain of the linear array (``HwConfig.chain_depth > 1``): one
+    DSP48E2's datapath, ``p <- a * w + cin`` through its product register (MREG),
+    post-adder and output register (PREG), ``cin`` being the link before's ``p`` over
+    the cascade (PCIN; for a chain's first link none, or with packed pairs the constant
+    :data:`PAIR_OFFSET`). ``w`` is one int8 weight, or a pair packed for two MACs
+    (:func:`pack_pair`, 27 bits).
+
+    A module of its own so that a resource estimate can count each link as the one
+    DSP48E2 it maps to: Yosys (0.70) packs no post-adder or register into a DSP48E2,
+    only into the 7 series' DSP48E1 (:mod:`moevit.hw.estimate`).
+    """
+
+    def __init__(self, *, packed: bool, first: bool):
+        self._first = first
+        # A packed chain's first link adds PAIR_OFFSET (see unpack_pair).
+        self._offset = PAIR_OFFSET if packed and first else 0
+        ports = {"a": In(signed(8)), "w": In(signed(PAIR_WIDTH if packed else 8)),
+                 "p": Out(signed(CHAIN_WIDTH))}
+        if not first:
+            ports["cin"] = In(signed(CHAIN_WIDTH))
+        super().__init__(ports)
+
+    def elaborate(self, platform):
+        m = Module()
+        prod = Signal(signed(PAIR_PRODUCT))
+        m.d.sync += [prod.eq(self.a * self.w),
+                     self.p.eq(prod + self._offset if self._first else prod + self.cin)]
         return m
 
 
@@ -246,13 +303,12 @@ class LinearKernel(wiring.Component):
 
     def elaborate(self, platform):
         hw = self._hw
-        R, C = hw.rows, hw.cols
+        R, C, D = hw.rows, hw.cols, hw.chain_depth
+        S = hw.max_steps        # a tile's steps at most: the depth of a bank's half
         m = Module()
 
-        x_depth = (hw.max_tokens // R) * hw.max_in
+        x_depth = (hw.max_tokens // R) * S
         aw = max(1, (x_depth - 1).bit_length())
-        iw = max(1, hw.max_in.bit_length())
-        ww = max(1, (2 * hw.max_in - 1).bit_length())
 
         # Operation registers -------------------------------------------------
         # `active`: from the descriptor's acceptance to the operation's last beat
@@ -284,22 +340,44 @@ class LinearKernel(wiring.Component):
         m.d.comb += in_last.eq(d.in_features - 1)
 
         # Input buffer: fills from the x stream ------------------------------
-        x_mem = Memory(shape=unsigned(8 * R), depth=x_depth, init=[])
-        m.submodules.x_mem = x_mem
-        x_wr = x_mem.write_port()
-        x_rd = x_mem.read_port(transparent_for=())
-        x_count = Signal(aw + 1)     # words written
+        # D banks (one with chain_depth 1): feature i of a token tile in bank i % D, at
+        # word tt * steps + i // D, so that a step reads its D features at once.
+        x_mems = [Memory(shape=unsigned(8 * R), depth=x_depth, init=[]) for _ in range(D)]
+        x_wrs, x_rds = [], []
+        for b, mem in enumerate(x_mems):
+            m.submodules["x_mem" if D == 1 else f"x_mem{b}"] = mem
+            x_wrs.append(mem.write_port())
+            x_rds.append(mem.read_port(transparent_for=()))
+        x_count = Signal(aw + 1)     # words written (steps whole in every bank)
         x_i = Signal(16)
         x_tt = Signal(16)
         x_done = Signal()
-        m.d.comb += [
-            self.x.ready.eq(active & ~x_done),
-            x_wr.addr.eq(x_count),
-            x_wr.data.eq(self.x.payload.data.as_value()),
-            x_wr.en.eq(self.x.valid & self.x.ready),
-        ]
-        with m.If(self.x.valid & self.x.ready):
-            m.d.sync += x_count.eq(x_count + 1)
+        x_take = Signal()
+        m.d.comb += [self.x.ready.eq(active & ~x_done),
+                     x_take.eq(self.x.valid & self.x.ready)]
+        if D == 1:
+            x_step_end = Const(1)
+            m.d.comb += x_wrs[0].addr.eq(x_count)
+        else:
+            x_b = Signal(range(D))       # the bank of the next feature
+            x_q = Signal(16)             # its step in the tile
+            x_base = Signal(aw + 1)      # the tile's first word
+            x_step_end = Signal()
+            m.d.comb += x_step_end.eq((x_b == D - 1) | (x_i == in_last))
+            with m.If(x_take):
+                m.d.sync += x_b.eq(Mux(x_step_end, 0, x_b + 1))
+                with m.If(x_i == in_last):
+                    m.d.sync += [x_q.eq(0), x_base.eq(x_base + x_q + 1)]
+                with m.Elif(x_step_end):
+                    m.d.sync += x_q.eq(x_q + 1)
+        for b, port in enumerate(x_wrs):
+            m.d.comb += [port.data.eq(self.x.payload.data.as_value()),
+                         port.en.eq(x_take & (1 if D == 1 else x_b == b))]
+            if D > 1:
+                m.d.comb += port.addr.eq(x_base + x_q)
+        with m.If(x_take):
+            with m.If(x_step_end):
+                m.d.sync += x_count.eq(x_count + 1)
             with m.If(x_i == in_last):
                 m.d.sync += [x_i.eq(0), x_tt.eq(x_tt + 1)]
                 with m.If(x_tt == d.token_tiles - 1):
@@ -308,10 +386,13 @@ class LinearKernel(wiring.Component):
                 m.d.sync += x_i.eq(x_i + 1)
 
         # Weight buffer (two banks) and per-channel constants ------------------
-        w_mem = Memory(shape=unsigned(8 * C), depth=2 * hw.max_in, init=[])
-        m.submodules.w_mem = w_mem
-        w_wr = w_mem.write_port()
-        w_rd = w_mem.read_port(transparent_for=())
+        # Each bank split as the input buffer is: feature i at word i // D of memory i % D.
+        w_mems = [Memory(shape=unsigned(8 * C), depth=2 * S, init=[]) for _ in range(D)]
+        w_wrs, w_rds = [], []
+        for b, mem in enumerate(w_mems):
+            m.submodules["w_mem" if D == 1 else f"w_mem{b}"] = mem
+            w_wrs.append(mem.write_port())
+            w_rds.append(mem.read_port(transparent_for=()))
         full = [Signal(name=f"full{b}") for b in range(2)]
         consts = [[Signal(chan_layout(), name=f"chan{b}_{c}") for c in range(C)]
                   for b in range(2)]
@@ -323,14 +404,31 @@ class LinearKernel(wiring.Component):
         l_c_got = Signal()
         l_free = Signal()
         m.d.comb += l_free.eq(active & (l_ot != d.out_tiles) & ~Mux(l_bank, full[1], full[0]))
+        w_take = Signal()
         m.d.comb += [
             self.w.ready.eq(l_free & ~l_w_got),
             self.chan.ready.eq(l_free & ~l_c_got),
-            w_wr.addr.eq(Mux(l_bank, hw.max_in, 0) + l_i),
-            w_wr.data.eq(self.w.payload.data.as_value()),
-            w_wr.en.eq(self.w.valid & self.w.ready),
+            w_take.eq(self.w.valid & self.w.ready),
         ]
-        with m.If(self.w.valid & self.w.ready):
+        if D == 1:
+            l_q = l_i                    # steps whole in the bank being loaded
+            m.d.comb += w_wrs[0].addr.eq(Mux(l_bank, S, 0) + l_i)
+        else:
+            l_b = Signal(range(D))
+            l_q = Signal(16)
+            with m.If(w_take):
+                with m.If(l_i == in_last):
+                    m.d.sync += [l_b.eq(0), l_q.eq(0)]
+                with m.Elif(l_b == D - 1):
+                    m.d.sync += [l_b.eq(0), l_q.eq(l_q + 1)]
+                with m.Else():
+                    m.d.sync += l_b.eq(l_b + 1)
+        for b, port in enumerate(w_wrs):
+            m.d.comb += [port.data.eq(self.w.payload.data.as_value()),
+                         port.en.eq(w_take & (1 if D == 1 else l_b == b))]
+            if D > 1:
+                m.d.comb += port.addr.eq(Mux(l_bank, S, 0) + l_q)
+        with m.If(w_take):
             with m.If(l_i == in_last):
                 m.d.sync += [l_i.eq(0), l_w_got.eq(1)]
             with m.Else():
@@ -363,7 +461,11 @@ class LinearKernel(wiring.Component):
         x_addr = Signal(aw + 1)
         m.d.comb += x_addr.eq(c_base + c_i)
         is_last = Signal()
-        m.d.comb += is_last.eq(c_i == in_last)
+        if D == 1:
+            m.d.comb += is_last.eq(c_i == in_last)
+        else:
+            c_f = Signal(16)          # the step's first feature: c_i * D
+            m.d.comb += is_last.eq(c_f + (D - 1) >= in_last)
         # The tile's bank: full, or (hw.weight_streaming) being loaded for this tile with
         # the step's weight beat already written; the last step needs the whole bank (its
         # constants).
@@ -371,7 +473,7 @@ class LinearKernel(wiring.Component):
         bank_ready = Signal()
         if hw.weight_streaming:
             m.d.comb += bank_ready.eq(bank_full | (
-                ~is_last & (l_bank == c_bank) & (l_ot == c_ot) & (l_w_got | (c_i < l_i))))
+                ~is_last & (l_bank == c_bank) & (l_ot == c_ot) & (l_w_got | (c_i < l_q))))
         else:
             m.d.comb += bank_ready.eq(bank_full)
         go = Signal()
@@ -379,10 +481,12 @@ class LinearKernel(wiring.Component):
             active & (c_ot != d.out_tiles) & bank_ready
             & (x_done | (x_addr < x_count))
             & ~(is_last & (pending | shadow_busy)))
-        m.d.comb += [
-            x_rd.addr.eq(x_addr),
-            w_rd.addr.eq(Mux(c_bank, hw.max_in, 0) + c_i),
-        ]
+        for x_rd, w_rd in zip(x_rds, w_rds):
+            m.d.comb += [x_rd.addr.eq(x_addr), w_rd.addr.eq(Mux(c_bank, S, 0) + c_i)]
+        # The features of the step past in_features (its last step's) multiply zeros.
+        lane_on = [Signal(name=f"lane_on{b}") for b in range(D)]
+        if D > 1:
+            m.d.sync += [lane_on[b].eq(c_f + b <= in_last) for b in range(D)]
         rows_left = Signal(17)
         m.d.comb += rows_left.eq(d.tokens - c_t0)
         lanes_left = Signal(17)
@@ -402,55 +506,96 @@ class LinearKernel(wiring.Component):
             f1.rows.eq(Mux(rows_left >= R, R, rows_left)),
             f1.lanes.eq(Mux(lanes_left >= C, C, lanes_left)),
         ]
+        tile_steps = d.in_features if D == 1 else c_i + 1
         with m.If(go):
             with m.If(is_last):
                 m.d.sync += [c_i.eq(0), pending.eq(1)]
+                if D > 1:
+                    m.d.sync += c_f.eq(0)
                 with m.If(c_tt == d.token_tiles - 1):
                     m.d.sync += [c_tt.eq(0), c_base.eq(0), c_t0.eq(0),
                                  c_ot.eq(c_ot + 1), c_o0.eq(c_o0 + C), c_bank.eq(~c_bank)]
                 with m.Else():
-                    m.d.sync += [c_tt.eq(c_tt + 1), c_base.eq(c_base + d.in_features),
+                    m.d.sync += [c_tt.eq(c_tt + 1), c_base.eq(c_base + tile_steps),
                                  c_t0.eq(c_t0 + R)]
             with m.Else():
                 m.d.sync += c_i.eq(c_i + 1)
+                if D > 1:
+                    m.d.sync += c_f.eq(c_f + D)
 
         # The MAC array: operand registers, product registers, accumulators -----
-        f2 = Signal(tag)
-        f3 = Signal(tag)
-        f4 = Signal(tag)
-        m.d.sync += [f2.eq(f1), f3.eq(f2), f4.eq(f3)]
-        x_word = Signal(data.ArrayLayout(signed(8), R))
-        w_word = Signal(data.ArrayLayout(signed(8), C))
-        m.d.comb += [x_word.eq(x_rd.data), w_word.eq(w_rd.data)]
-        a_reg = [Signal(signed(8), name=f"a{r}") for r in range(R)]
-        m.d.sync += [a_reg[r].eq(x_word[r]) for r in range(R)]
-        # products[r][c]: a_reg[r] * W[c], valid with f3 (one register stage).
-        if hw.dsp_packing == 2:
-            # Columns 2j and 2j+1 share one multiplier per row; their weights are
-            # packed once per pair, for every row.
-            pair_reg = [Signal(signed(PAIR_WIDTH), name=f"bp{j}") for j in range(C // 2)]
-            m.d.sync += [pair_reg[j].eq(pack_pair(w_word[2 * j], w_word[2 * j + 1]))
-                         for j in range(C // 2)]
-            products = [[None] * C for _ in range(R)]
+        # Tags f2.. follow f1 through the array: f3 is the products' stage (with
+        # chain_depth 1), the accumulators add at `f_acc` and the shadow bank copies them
+        # a stage later. A chain of D > 1 links adds a stage a link: link b takes its
+        # operands b cycles late, and its sum is registered.
+        lag = 0 if D == 1 else D
+        tags = [None, f1]
+        for n in range(2, 5 + lag):
+            tags.append(Signal(tag, name=f"f{n}"))
+            m.d.sync += tags[n].eq(tags[n - 1])
+        f_acc, f_copy = tags[3 + lag], tags[4 + lag]
+
+        def delayed(sig, n, name):
+            for k in range(n):
+                reg = Signal.like(sig, name=f"{name}_d{k}")
+                m.d.sync += reg.eq(sig)
+                sig = reg
+            return sig
+
+        # sums[r][c]: the step's products of row r and column c, valid with f_acc.
+        sums = [[None] * C for _ in range(R)]
+        links = [[None] * (C // hw.dsp_packing) for _ in range(R)]
+        for b in range(D):
+            sfx = "" if D == 1 else f"_{b}"
+            x_word = Signal(data.ArrayLayout(signed(8), R), name=f"x_word{sfx}")
+            w_word = Signal(data.ArrayLayout(signed(8), C), name=f"w_word{sfx}")
+            m.d.comb += [x_word.eq(x_rds[b].data), w_word.eq(w_rds[b].data)]
+            a_reg = [Signal(signed(8), name=f"a{r}{sfx}") for r in range(R)]
+            # A feature past in_features multiplies zero: its bank holds another's.
+            m.d.sync += [a_reg[r].eq(x_word[r] if D == 1 else Mux(lane_on[b], x_word[r], 0))
+                         for r in range(R)]
+            if hw.dsp_packing == 2:
+                # Columns 2j and 2j+1 share one multiplier per row; their weights are
+                # packed once per pair, for every row.
+                b_reg = [Signal(signed(PAIR_WIDTH), name=f"bp{j}{sfx}") for j in range(C // 2)]
+                m.d.sync += [b_reg[j].eq(pack_pair(w_word[2 * j], w_word[2 * j + 1]))
+                             for j in range(C // 2)]
+            else:
+                b_reg = [Signal(signed(8), name=f"b{c}{sfx}") for c in range(C)]
+                m.d.sync += [b_reg[c].eq(w_word[c]) for c in range(C)]
+            if D > 1:
+                a_reg = [delayed(a_reg[r], b, f"a{r}{sfx}") for r in range(R)]
+                b_reg = [delayed(w, b, f"w{j}{sfx}") for j, w in enumerate(b_reg)]
             for r in range(R):
-                for j in range(C // 2):
-                    pair = m.submodules[f"mul{r}_{j}"] = PairMultiplier()
-                    m.d.comb += [pair.a.eq(a_reg[r]), pair.w.eq(pair_reg[j])]
-                    products[r][2 * j], products[r][2 * j + 1] = pair.lo, pair.hi
-        else:
-            b_reg = [Signal(signed(8), name=f"b{c}") for c in range(C)]
-            m.d.sync += [b_reg[c].eq(w_word[c]) for c in range(C)]
-            products = [[Signal(signed(16), name=f"m{r}_{c}") for c in range(C)]
-                        for r in range(R)]
+                for j, w in enumerate(b_reg):
+                    if D > 1:
+                        link = m.submodules[f"link{r}_{j}_{b}"] = ChainLink(
+                            packed=hw.dsp_packing == 2, first=b == 0)
+                        m.d.comb += [link.a.eq(a_reg[r]), link.w.eq(w)]
+                        if b:
+                            m.d.comb += link.cin.eq(links[r][j].p)
+                        links[r][j] = link
+                    elif hw.dsp_packing == 2:
+                        pair = m.submodules[f"mul{r}_{j}"] = PairMultiplier()
+                        m.d.comb += [pair.a.eq(a_reg[r]), pair.w.eq(w)]
+                        sums[r][2 * j], sums[r][2 * j + 1] = pair.lo, pair.hi
+                    else:
+                        # Written as mult -> register -> add-to-register so that Yosys
+                        # maps each MAC unit onto one DSP48E2 (MREG, PREG).
+                        sums[r][j] = Signal(signed(16), name=f"m{r}_{j}")
+                        m.d.sync += sums[r][j].eq(a_reg[r] * w)
+        if D > 1:
             for r in range(R):
-                for c in range(C):
-                    # Written as mult -> register -> add-to-register so that Yosys
-                    # maps each MAC unit onto one DSP48E2 (MREG, PREG).
-                    m.d.sync += products[r][c].eq(a_reg[r] * b_reg[c])
+                for j, link in enumerate(links[r]):
+                    if hw.dsp_packing == 2:
+                        # The packed sums split as PairMultiplier splits one product.
+                        sums[r][2 * j], sums[r][2 * j + 1] = unpack_pair(link.p)
+                    else:
+                        sums[r][j] = link.p
         acc = [[Signal(signed(hw.acc_width), name=f"acc{r}_{c}") for c in range(C)]
                for r in range(R)]
-        with m.If(f3.valid):
-            m.d.sync += [acc[r][c].eq(Mux(f3.first, 0, acc[r][c]) + products[r][c])
+        with m.If(f_acc.valid):
+            m.d.sync += [acc[r][c].eq(Mux(f_acc.first, 0, acc[r][c]) + sums[r][c])
                          for r in range(R) for c in range(C)]
 
         # Shadow bank: the finished tile, drained in chunks of P lanes ------------
@@ -472,12 +617,12 @@ class LinearKernel(wiring.Component):
         pop = Signal()
         m.d.comb += pop.eq(en & shadow_busy)
         copy = Signal()
-        m.d.comb += copy.eq(f4.valid & f4.last)
+        m.d.comb += copy.eq(f_copy.valid & f_copy.last)
         chunk = lambda j, p: acc[j // k][(j % k) * P + p]
         with m.If(copy):
             m.d.sync += [head[p].eq(chunk(0, p)) for p in range(P)]
             m.d.sync += [shadow[j][p].eq(chunk(j, p)) for j in range(1, R * k) for p in range(P)]
-            m.d.sync += [sh_tag.eq(f4), sh_row.eq(0), sh_q.eq(0), sh_next.eq(1),
+            m.d.sync += [sh_tag.eq(f_copy), sh_row.eq(0), sh_q.eq(0), sh_next.eq(1),
                          shadow_busy.eq(1), pending.eq(0)]
         with m.Elif(pop):
             m.d.sync += sh_next.eq(sh_next + 1)
@@ -664,6 +809,9 @@ class LinearKernel(wiring.Component):
                          l_w_got.eq(0), l_c_got.eq(0),
                          c_ot.eq(0), c_tt.eq(0), c_i.eq(0), c_bank.eq(0),
                          c_base.eq(0), c_t0.eq(0), c_o0.eq(0)]
+            if D > 1:
+                m.d.sync += [x_b.eq(0), x_q.eq(0), x_base.eq(0), l_b.eq(0), l_q.eq(0),
+                             c_f.eq(0)]
 
         # Idle is the AND of the stages' own idle signals: the loader, input and
         # issue counters (under `active`), the MAC pipeline, a tile waiting for
@@ -671,7 +819,7 @@ class LinearKernel(wiring.Component):
         # pipeline. The output FIFO is not a stage of the operation: the next
         # one may start while it empties.
         array_busy = Signal()
-        m.d.comb += array_busy.eq(f1.valid | f2.valid | f3.valid | f4.valid | pending)
+        m.d.comb += array_busy.eq(Cat(*(t.valid for t in tags[1:])).any() | pending)
         m.d.comb += busy.eq(active | array_busy | shadow_busy | full[0] | full[1]
                             | Cat(*post_valid).any())
 

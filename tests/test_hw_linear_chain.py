@@ -162,3 +162,44 @@ def test_a_chain_waits_for_its_activations_on_the_first_out_tile():
     op = random_op(hw, np.random.default_rng(4), 6, 32, 4)
     assert op["desc"].expected_cycles() == 123
     assert _simulate(hw, [op], "linear-chain-x-bound")["cycles"] == [123]
+
+
+#: Yosys (moevit.hw.estimate, links as black boxes) on slices of zcu102-edge-moe's array:
+#: (rows, chain_depth) -> (DSP48E2, LUT, FF, BRAM36), 2026-12-07; (6, 1) is a fit point.
+_SLICES = {(2, 1): (192, 25_865, 26_321, 33.5), (2, 2): (256, 27_494, 25_422, 41.0),
+           (2, 4): (384, 27_988, 29_372, 42.0), (6, 1): (321, 35_454, 43_384, 35.0),
+           (6, 2): (513, 40_221, 38_326, 43.0)}
+
+
+def _slice(rows, depth):
+    return HwConfig(rows=rows, cols=64, post_lanes=16, max_tokens=-(-64 // rows) * rows,
+                    max_in=768, out_depth=64, dsp_packing=2, weight_streaming=1, acc_width=25,
+                    chain_depth=depth)
+
+
+@pytest.mark.parametrize("rows, depth", sorted(_SLICES))
+def test_the_resource_model_of_chains_against_yosys(rows, depth):
+    """The linear unit's formula (the fit, and `chain_resources` past one multiplier a
+    position) against Yosys's counts of the slices: DSP48E2 exact, BRAM36 within one,
+    LUT and FF within 4 % (the fit's own error on the 2-row slice is +3.7 %). LUT a MAC
+    unit a row: 37 at one multiplier a position, 25 at chains of 2, about 13 at 4."""
+    from moevit.hw.cost.resources import unit_resources
+
+    dsp, lut, ff, bram = _SLICES[rows, depth]
+    got = unit_resources("linear", _slice(rows, depth))
+    print(f"{rows} rows, chains of {depth}: DSP {got.dsp} / {dsp}, LUT {got.lut:,.0f} / "
+          f"{lut:,} ({got.lut / lut - 1:+.1%}), FF {got.ff:,.0f} / {ff:,} "
+          f"({got.ff / ff - 1:+.1%}), BRAM36 {got.bram36} / {bram}")
+    assert got.dsp == dsp and abs(got.bram36 - bram) <= 1
+    assert got.lut == pytest.approx(lut, rel=0.04) and got.ff == pytest.approx(ff, rel=0.04)
+
+
+@pytest.mark.slow
+def test_yosys_counts_a_chained_slice_as_recorded(tmp_path):
+    """The 2-row slice with chains of 2 synthesized again (about 5 minutes)."""
+    from moevit.hw.generate import module_name
+
+    got = estimate_verilog("linear", verilog_file("linear", _slice(2, 2), tmp_path),
+                           module_name("linear"), tmp_path)
+    dsp, lut, ff, bram = _SLICES[2, 2]
+    assert (got.dsp, got.lut, got.ff, got.bram) == (dsp, lut, ff, bram)

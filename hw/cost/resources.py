@@ -409,6 +409,38 @@ LANE_REST = Resources(dsp=0, lut=1_207, ff=306, bram36=0, uram=0)
 PREFETCH = Resources(dsp=5, lut=823, ff=189, bram36=0, uram=0)
 
 
+#: The linear array's chains (``chain_depth`` D > 1) beyond the fitted array of one
+#: multiplier a position, per chain (a row's column, or pair of columns with packing):
+#: Yosys on slices of zcu102-edge-moe's array (64 columns packed, 16 post lanes, 25-bit
+#: accumulators, the links black boxes as :mod:`moevit.hw.estimate` counts them,
+#: 2026-12-07): 2 rows at D = 1, 2, 4 LUT 25,865, 27,494, 27,988 and FF 26,321, 25,422,
+#: 29,372; 6 rows at D = 1 (a fit point), 2 LUT 35,454, 40,221 and FF 43,384, 38,326.
+#: LUT: 24.9 a chain, and 4.1 a link past its second (least squares: -36, 0, +12 LUT off).
+#: Unpacked chains not measured: taken as the packed.
+CHAIN_LUT = 24.9
+CHAIN_LINK_LUT = 4.1
+#: FF: the links' operands held back (link b's b cycles: 8 bits a row, a weight or packed
+#: pair a column), 0.95 a bit, less the product register the links take into their
+#: DSP48E2 (30.5 a chain) (least squares: -217, +25, +64 FF off).
+CHAIN_DELAY_FF = 0.95
+CHAIN_PRODUCT_FF = 30.5
+
+
+def chain_resources(hw) -> Resources:
+    """LUT and FF of the linear array's chains beyond one multiplier a position (none at
+    ``chain_depth`` 1); their links' DSP48E2 are in :func:`unit_dsp`."""
+    from moevit.hw.units.linear import PAIR_WIDTH
+
+    depth = hw.chain_depth
+    if depth == 1:
+        return Resources()
+    chains = hw.rows * hw.cols // hw.dsp_packing
+    weight_bits = PAIR_WIDTH if hw.dsp_packing == 2 else 8
+    held = (8 * hw.rows + hw.cols // hw.dsp_packing * weight_bits) * depth * (depth - 1) // 2
+    return Resources(lut=chains * (CHAIN_LUT + CHAIN_LINK_LUT * (depth - 2)),
+                     ff=CHAIN_DELAY_FF * held - CHAIN_PRODUCT_FF * chains)
+
+
 def read_ahead_fifo(hw) -> Resources:
     """The block RAM the linear engine's deeper ``w`` FIFO adds with ``hw.expert_prefetch``
     (:attr:`LinearEngine.W_DEPTH_AHEAD <moevit.hw.top.linear_engine.LinearEngine>` beats
@@ -587,6 +619,8 @@ def unit_resources(unit: str, hw, the_fit=None) -> Resources:
                     uram=0)
     if unit == "layernorm" and hw.norm_lanes > 1:
         res = res + LAYERNORM_PIPELINE + LAYERNORM_PER_LANE * (hw.norm_lanes - 1)
+    if unit == "linear":
+        res = res + chain_resources(hw)
     return res
 
 

@@ -484,8 +484,8 @@ class LinearKernel(wiring.Component):
         for x_rd, w_rd in zip(x_rds, w_rds):
             m.d.comb += [x_rd.addr.eq(x_addr), w_rd.addr.eq(Mux(c_bank, S, 0) + c_i)]
         # The features of the step past in_features (its last step's) multiply zeros.
-        lane_on = [Signal(name=f"lane_on{b}") for b in range(D)]
         if D > 1:
+            lane_on = [Signal(name=f"lane_on{b}") for b in range(D)]
             m.d.sync += [lane_on[b].eq(c_f + b <= in_last) for b in range(D)]
         rows_left = Signal(17)
         m.d.comb += rows_left.eq(d.tokens - c_t0)

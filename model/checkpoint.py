@@ -129,9 +129,19 @@ def load_checkpoint(path, config=None):
                 f"Checkpoint {path} holds model {found.name!r}, which does not match "
                 f"{config.name!r}: {'; '.join(differences)}"
             )
-    model = MoEViT(found)
     state = contents["state_dict"]
-    expected = model.state_dict()
+    # The config is checked against the weights before a model is built: a config that
+    # does not fit them (an edited depth or width) must not allocate what it says. Blocks
+    # and task heads first (the modules a config multiplies), then every tensor's shape
+    # on the meta device (no memory).
+    for family, count in (("blocks", found.depth), ("heads", len(found.tasks))):
+        held = {name.split(".")[1] for name in state if name.startswith(f"{family}.")}
+        if len(held) != count:
+            raise CheckpointError(
+                f"Checkpoint {path} does not fit its config {found.name!r}: it holds "
+                f"{len(held)} {family}, the config {count}")
+    with torch.device("meta"):
+        expected = MoEViT(found).state_dict()
     missing = [name for name in expected if name not in state]
     unexpected = [name for name in state if name not in expected]
     if missing or unexpected:
@@ -148,6 +158,7 @@ def load_checkpoint(path, config=None):
             )
         check_finite(f"Checkpoint {path}: {name}", state[name])
     # Build the model in the dtype it was saved in (float64 training stays float64).
+    model = MoEViT(found)
     model.to(state["pos_embed"].dtype).load_state_dict(state)
     meta = {"config": found, "extra": contents["extra"], "version": contents["version"]}
     return model.eval(), meta

@@ -93,6 +93,24 @@ def test_weights_that_do_not_fit_the_config(tmp_path):
         load_checkpoint(path)
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("mlp_hidden", 2**40, r"has blocks\.0\.mlp\.fc1\.weight of shape \(256, 64\); model 'tiny' "
+                          r"needs \(1099511627776, 64\)$"),
+    ("depth", 10**6, r"does not fit its config 'tiny': it holds 4 blocks, the config 1000000$"),
+])
+def test_a_config_edited_past_its_weights_builds_nothing(tmp_path, field, value, message):
+    """A checkpoint whose config says more than its weights hold (the readers' fuzzer: a
+    width or depth edited into the file, then 24 GiB taken building the model it says, or
+    a traceback) is refused before any model is built: its blocks counted, its shapes
+    checked on the meta device."""
+    path = tmp_path / "edited.pt"
+    config = dict(TINY.to_dict(), **{field: value})
+    torch.save({"format": FORMAT, "version": 1, "config": config,
+                "state_dict": MoEViT(TINY).state_dict()}, path)
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(path)
+
+
 def test_invalid_config_inside(tmp_path):
     path = tmp_path / "badconfig.pt"
     config = TINY.to_dict()

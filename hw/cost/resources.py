@@ -413,12 +413,12 @@ PREFETCH = Resources(dsp=5, lut=823, ff=189, bram36=0, uram=0)
 #: multiplier a position, per chain (a row's column, or pair of columns with packing):
 #: Yosys on slices of zcu102-edge-moe's array (64 columns packed, 16 post lanes, 25-bit
 #: accumulators, the links black boxes as :mod:`moevit.hw.estimate` counts them,
-#: 2026-12-07): 2 rows at D = 1, 2, 4 LUT 25,865, 27,494, 27,988 and FF 26,321, 25,422,
+#: 2026-12-07): 2 rows at D = 1, 2, 4 LUT 26,347, 27,895, 27,988 and FF 26,321, 25,422,
 #: 29,372; 6 rows at D = 1 (a fit point), 2 LUT 35,454, 40,221 and FF 43,384, 38,326.
-#: LUT: 24.9 a chain, and 4.1 a link past its second (least squares: -36, 0, +12 LUT off).
+#: LUT: 24.8 a chain, and 0.4 a link past its second (least squares: +37, 0, -12 LUT off).
 #: Unpacked chains not measured: taken as the packed.
-CHAIN_LUT = 24.9
-CHAIN_LINK_LUT = 4.1
+CHAIN_LUT = 24.8
+CHAIN_LINK_LUT = 0.4
 #: FF: the links' operands held back (link b's b cycles: 8 bits a row, a weight or packed
 #: pair a column), 0.95 a bit, less the product register the links take into their
 #: DSP48E2 (30.5 a chain) (least squares: -217, +25, +64 FF off).

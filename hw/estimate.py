@@ -26,6 +26,7 @@ from dataclasses import dataclass, asdict
 from pathlib import Path
 
 from moevit.errors import MoevitError, ToolNotFoundError
+from moevit.hw.units.linear import CHAIN_LINK_NAME
 
 __all__ = ["Estimate", "EstimateError", "estimate_verilog", "CAVEAT"]
 
@@ -35,8 +36,8 @@ CAVEAT = ("Yosys synth_xilinx -family xcup, not Vivado: multipliers land in DSP4
           "counts RAMB36E2 + RAMB18E2/2.")
 #: Module names of the linear array's chain links (Amaranth names a submodule's module
 #: by its path: ``...link<row>_<pair>_<link>``), black boxes counted as DSP48E2.
-CHAIN_LINKS = "*.link*"
-_LINK_CELL = r"\S*\.link\d+_\d+_\d+"
+CHAIN_LINKS = f"*.{CHAIN_LINK_NAME}*"
+_LINK_CELL = rf"\S*\.{CHAIN_LINK_NAME}\d+_\d+_\d+"
 
 
 class EstimateError(MoevitError):

@@ -221,6 +221,11 @@ def unpack_pair(total):
     return Cat(total[:top], ~total[top]).as_signed(), total[PAIR_SHIFT:].as_signed()
 
 
+#: The name of a chain link's submodule (``link<row>_<column or pair>_<link>``): the
+#: resource estimate finds the links by it (:data:`moevit.hw.estimate.CHAIN_LINKS`).
+CHAIN_LINK_NAME = "link"
+
+
 class ChainLink(wiring.Component):
     """One link of a chain of the linear array (``HwConfig.chain_depth > 1``): one
     DSP48E2's datapath, ``p <- a * w + cin`` through its product register (MREG),
@@ -569,7 +574,7 @@ class LinearKernel(wiring.Component):
             for r in range(R):
                 for j, w in enumerate(b_reg):
                     if D > 1:
-                        link = m.submodules[f"link{r}_{j}_{b}"] = ChainLink(
+                        link = m.submodules[f"{CHAIN_LINK_NAME}{r}_{j}_{b}"] = ChainLink(
                             packed=hw.dsp_packing == 2, first=b == 0)
                         m.d.comb += [link.a.eq(a_reg[r]), link.w.eq(w)]
                         if b:

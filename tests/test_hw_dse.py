@@ -322,18 +322,18 @@ def test_the_weights_floor_is_every_weight_read_once(rows):
 def test_the_zcu102_targets_are_out_of_reach_of_these_kernels():
     """The least batch-1 latency of edge-moe on any HwConfig of these kernels that fits the
     ZCU102, counted again from the model's layers (the linear array's steps: every token
-    tile of ``rows`` tokens by every tile of ``cols`` outputs takes ``in_features``; each
-    expert its tokens under the search's routing; the weights read at the four HP ports'
-    64 bytes a cycle; the attention's QK and PV on its MAC units). On this top, one
-    instruction at a time: over the issue's 2 ms on every point. On any schedule that
-    respects the image's dependencies (each block's attention after every token's QKV,
-    each MoE layer's experts after every token's gate; the layers between pipelined
-    token by token, every weight read ahead): the linear array binding, on an
-    array wider than a head beside an attention kernel of four context requantizers, but
-    still over 2 ms (2.02 ms at least: the LUTs of the MAC units' accumulators bind the
-    arrays that fit). The points of 4,000 MAC units or more that fit leave the attention
-    kernel so few LUTs that it binds them, far over 2 ms (5.49 ms at least). Each point
-    counted fits."""
+    tile of ``rows`` tokens by every tile of ``cols`` outputs takes ``in_features /
+    chain_depth``; each expert its tokens under the search's routing; the weights read at
+    the four HP ports' 64 bytes a cycle; the attention's QK and PV on its MAC units). On
+    this top, one instruction at a time: over the issue's 2 ms on every point. On any
+    schedule that respects the image's dependencies (each block's attention after every
+    token's QKV, each MoE layer's experts after every token's gate; the layers between
+    pipelined token by token, every weight read ahead): the linear array binding, on an
+    array wider than a head in chains beside an attention kernel of four context
+    requantizers, under 2 ms (1.60 ms at least; 2.02 ms before chains, when the LUTs of a
+    fabric accumulator a MAC unit bound the arrays that fit). The points of 4,000 MAC
+    units or more that fit leave the attention kernel so few DSPs that it binds them, over
+    2 ms (2.03 ms at least; 5.49 ms before chains). Each point counted fits."""
     from moevit.hw.cost.dse import _base_hw, lowest_floor
     from moevit.hw.cost.resources import resources
     from moevit.model.config import get_config
@@ -343,9 +343,12 @@ def test_the_zcu102_targets_are_out_of_reach_of_these_kernels():
     least = _base_hw(m, board).replace(expert_prefetch=0, combine_lanes=1, post_lanes=2)
 
     def recount(low, serial):
-        rows, cols, packing = map(int, re.fullmatch(r"(\d+)x(\d+)/(\d)", low["array"]).groups())
+        rows, cols, chain, packing = re.fullmatch(r"(\d+)x(\d+)(?:x(\d))?/(\d)",
+                                                  low["array"]).groups()
+        rows, cols, chain, packing = map(int, (rows, cols, chain or 1, packing))
         heads, row_lanes, score_lanes = map(int, low["attention"].split("x"))
-        hw = least.replace(rows=rows, cols=cols, dsp_packing=packing, max_tokens=rows,
+        hw = least.replace(rows=rows, cols=cols, dsp_packing=packing, chain_depth=chain,
+                           max_tokens=rows,
                            heads_parallel=heads, row_lanes=row_lanes, score_lanes=score_lanes,
                            context_lanes=low["context_lanes"] % score_lanes)
         assert _fits(resources(hw), board) is None and low["mac_units"] == \
@@ -353,7 +356,7 @@ def test_the_zcu102_targets_are_out_of_reach_of_these_kernels():
 
         def layer(inputs, outputs, tokens=m.tokens):     # (steps, the weights' reading)
             padded = -(-outputs // cols) * cols
-            return -(-tokens // rows) * -(-outputs // cols) * inputs, \
+            return -(-tokens // rows) * -(-outputs // cols) * -(-inputs // chain), \
                 (padded * inputs + 8 * padded) / 64
 
         qkv = layer(m.dim, 3 * m.dim)
@@ -385,13 +388,14 @@ def test_the_zcu102_targets_are_out_of_reach_of_these_kernels():
     assert one_at_a_time["ms"] == pytest.approx(recount(one_at_a_time, True)[0])
     assert one_at_a_time["ms"] > 2
     floor, hw = recount(any_schedule, False)
-    assert any_schedule["ms"] == pytest.approx(floor) and any_schedule["ms"] > 2
-    assert any_schedule["binding"] == "linear" and hw.cols > m.head_dim
+    assert any_schedule["ms"] == pytest.approx(floor, rel=0.005) and any_schedule["ms"] < 2
+    assert any_schedule["binding"] == "linear" and hw.cols > m.head_dim and hw.chain_depth > 1
     assert hw.context_width < hw.score_lanes
     # (the recount's stretches are this test's reading of the joins: where the attention
-    # kernel binds they part from the search's `image_segments` by 1.4 %)
+    # kernel binds one they part from the search's `image_segments`: by 0.2 % above, where
+    # it binds a few, and 1.4 % below, where it binds the image)
     floor, hw = recount(big, False)
-    assert big["ms"] == pytest.approx(floor, rel=0.02) and big["ms"] > 2 * any_schedule["ms"]
+    assert big["ms"] == pytest.approx(floor, rel=0.02) and big["ms"] > 2
     assert big["binding"] == "attention" and big["mac_units"] >= 4000
 
 

@@ -146,6 +146,11 @@ ROWS = (4, 8, 16, 32, 64, 128)
 #: A fitted row count is at most this share above the count it stands beside.
 FITTED_ROWS_SLACK = 1 / 8
 COLS = (8, 16, 32, 64)
+#: Stage 2's chains of multipliers a linear array position (``HwConfig.chain_depth``): a
+#: chain of D takes D input features a step on one fabric accumulator, which Yosys leaves in
+#: fabric beside every DSP48E2 (36 LUT a MAC unit at 1, 24 at 2, about 12 at 4:
+#: :func:`~moevit.hw.cost.resources.chain_resources`).
+CHAINS = (1, 2, 4)
 POST_LANES = (2, 4, 8, 16, 32, 64)
 SCORE_LANES = (4, 8, 16, 32, 64)
 NORM_LANES = (1, 2, 4, 8, 16, 32, 64)
@@ -584,7 +589,7 @@ _CYCLES = {}  # (shape, the hw fields a cost reads, tokens) -> cycles: shared by
 def _linear_fields(hw) -> tuple:
     """The fields of ``hw`` a linear step's compute, drains and tiles depend on (the keys
     of their :data:`_CYCLES` entries)."""
-    return hw.rows, hw.cols, hw.post_lanes, hw.weight_streaming
+    return hw.rows, hw.cols, hw.chain_depth, hw.post_lanes, hw.weight_streaming
 
 
 def _chunk_cycles(step, hw, tokens) -> int:
@@ -724,9 +729,9 @@ def _chunk_latency(step, hw, tokens, compute, latency, linear, dram) -> tuple:
 
     if not latency:
         return 0, 0
-    # The bursts depend on the shape, the array, the bus and the attention's head lanes.
-    key = ("bursts", step.shape, tokens, hw.rows, hw.cols, hw.post_lanes, hw.bus_width,
-           hw.heads_parallel)
+    # The bursts depend on the shape, the array, the bus and the attention's head lanes (an
+    # EXPERT's phases also on its jobs' compute: the array's chains).
+    key = ("bursts", step.shape, tokens, *_linear_fields(hw), hw.bus_width, hw.heads_parallel)
     if key not in _CYCLES:
         d = (step.descriptor(hw, tokens=tokens) if linear and step.mnemonic == "LINEAR"
              else _other_descriptor(step, hw))
@@ -1035,8 +1040,16 @@ def _base_hw(model, board):
 
 def _grid(quick, tokens):
     if quick:
-        return fitted_rows((8, 32), tokens), (16, 32), (8,), (16, 64)
-    return fitted_rows(ROWS, tokens), COLS, POST_LANES, SCORE_LANES
+        return fitted_rows((8, 32), tokens), (16, 32), (8,), (16, 64), (1, 2)
+    return fitted_rows(ROWS, tokens), COLS, POST_LANES, SCORE_LANES, CHAINS
+
+
+def _multipliers(cols, chains) -> tuple:
+    """``(dsp_packing, chain_depth)`` pairs of an array of ``cols`` columns: one multiplier a
+    position, and where the columns pair up two MACs a DSP48E2 in each of ``chains``. A
+    chain without packing is left out: the packed chain of the same depth has its cycles,
+    half its DSPs and fewer LUTs (one accumulator a pair of columns)."""
+    return ((1, 1),) + (tuple((2, d) for d in chains) if cols % 2 == 0 else ())
 
 
 def fitted_rows(grid, tokens) -> tuple:
@@ -1228,8 +1241,8 @@ def _ports_at_best_batch(point, work, board, the_fit, fabric):
     """On a throughput board, ``point``'s memory ports and weight ports chosen again as
     :func:`_ports` chooses them, but by the cycles an image at the best batch: a batch
     reads each expert's weights once for all its images, so its balance of memory and
-    compute is not batch 1's. ``point`` changes in place when another choice is better
-    by more than :data:`PORTS_SLACK`."""
+    compute is not batch 1's. ``point`` changes in place, to the fewest ports within
+    :data:`PORTS_SLACK` of the fastest choice, when it is not within that itself."""
     from moevit.hw.cost.resources import resources
 
     tried = []
@@ -1242,9 +1255,11 @@ def _ports_at_best_batch(point, work, board, the_fit, fabric):
             best = _best_batch(work, hw, board, point.task)
             tried.append((best[1], hw, res, best))
     least = min(cycles for cycles, *_ in tried)
-    cycles, hw, res, best = next(t for t in tried if t[0] <= least * (1 + PORTS_SLACK))
-    if hw == point.hw or cycles >= point.best_cycles_per_image * (1 - PORTS_SLACK):
+    # The point's own stay while within the slack of the fastest (the slack measured from
+    # the fastest alone: a choice within it of the point's may still be past it).
+    if point.best_cycles_per_image <= least * (1 + PORTS_SLACK):
         return
+    cycles, hw, res, best = next(t for t in tried if t[0] <= least * (1 + PORTS_SLACK))
     _adopt(point, hw, res, work, board, the_fit, fabric)
 
 
@@ -1291,7 +1306,7 @@ def _lanes_at_best_batch(point, work, board, the_fit, fabric):
     moved."""
     hw, res = _on_two_lanes(point, board, the_fit, fabric)
     if hw is None:
-        return
+        return False
     if _best_batch(work, hw, board, point.task)[1] < point.best_cycles_per_image \
             * (1 - PORTS_SLACK):
         _adopt(point, hw, res, work, board, the_fit, fabric)
@@ -1329,14 +1344,17 @@ def _streaming_at_best_batch(point, work, board, the_fit, fabric):
     images a second at its best batch: on two issue lanes shorter linear instructions can
     interleave worse with the other lane's (u280 edge-moe at batch 16 in the compiler's
     greedy order before 2026-12-04: 1,514.4 images/s with it, 1,530.3 without; in today's,
-    1,870.5 with it, 1,790.8 without; on one lane an instruction is never slower with it)."""
+    1,870.5 with it, 1,790.8 without; on one lane an instruction is never slower with it).
+    Whether it moved."""
     from moevit.hw.cost.resources import resources
 
     if point.hw.issue_lanes == 1:
-        return
+        return False
     hw = point.hw.replace(weight_streaming=0)
     if _best_batch(work, hw, board, point.task)[1] < point.best_cycles_per_image:
         _adopt(point, hw, resources(hw, the_fit), work, board, the_fit, fabric)
+        return True
+    return False
 
 
 def _attention_lanes(model, base, score_grid, attention):
@@ -1427,7 +1445,7 @@ def search(board, config, *, quick=False, fabric=True, progress=True) -> list:
     work = workload(config, progress=progress)
     the_fit = _default_fit()
     base = _base_hw(model, board)
-    rows_grid, cols_grid, post_grid, lanes_grid = _grid(quick, model.tokens)
+    rows_grid, cols_grid, post_grid, lanes_grid, chain_grid = _grid(quick, model.tokens)
     usable_dsp = board.dsp * USABLE["dsp"]
     attention, norms, combines = (_kind(work, m) for m in ("ATTENTION", "LAYERNORM", "COMBINE"))
 
@@ -1458,11 +1476,11 @@ def search(board, config, *, quick=False, fabric=True, progress=True) -> list:
     for (share, *_), (hp, rl, sl, cl, kb) in stage1.items():
         for r in rows_grid:
             for c in _divisors(model.dim, cols_grid):
-                for packing in (1, 2) if c % 2 == 0 else (1,):
+                for packing, chain in _multipliers(c, chain_grid):
                     for post in _divisors(c, post_grid):
                         for bus in _buses(board, c):
-                            candidates.append((share, hp, rl, sl, cl, kb, r, c, packing, post,
-                                               bus))
+                            candidates.append((share, hp, rl, sl, cl, kb, r, c, packing,
+                                               chain, post, bus))
     _STAGE2.update(work=work, board=board, base=base, the_fit=the_fit, fabric=fabric,
                    model=model, norms=norms, combines=combines)
     try:
@@ -1610,7 +1628,7 @@ def _item_macs(item) -> int:
 
 def _stage2_sized(candidate):
     """Stage 2's first part for one ``(share, heads_parallel, row_lanes, score_lanes,
-    context_lanes, kv_banks, rows, cols, packing, post_lanes, bus)``: its LayerNorm and
+    context_lanes, kv_banks, rows, cols, packing, chain_depth, post_lanes, bus)``: its LayerNorm and
     COMBINE lanes and its deepest token buffer that fits, ``("sized", ((share, hw),
     bound))`` (:func:`stage2_bound`); ``("miss", the limit it is over)``; or ``(None,
     None)`` for a point the top cannot take."""
@@ -1619,11 +1637,11 @@ def _stage2_sized(candidate):
     s = _STAGE2
     work, board, the_fit, fabric, model = (s[k] for k in ("work", "board", "the_fit",
                                                           "fabric", "model"))
-    share, hp, rl, sl, cl, kb, r, c, packing, post, bus = candidate
+    share, hp, rl, sl, cl, kb, r, c, packing, chain, post, bus = candidate
     try:
         hw = _with_kv_banks(s["base"], kb).replace(
             heads_parallel=hp, row_lanes=rl, score_lanes=sl, context_lanes=cl, rows=r,
-            cols=c, dsp_packing=packing, post_lanes=post, bus_width=bus,
+            cols=c, dsp_packing=packing, chain_depth=chain, post_lanes=post, bus_width=bus,
             max_tokens=-(-model.tokens // r) * r)
     except ConfigError:
         return None, None
@@ -1663,15 +1681,19 @@ def _stage2_point(item):
 def array_bound(work, hw, task) -> float:
     """Cycles per image that no batch of ``task`` on ``hw`` beats: its linear layers' and
     experts' multiply-accumulates per image (under :data:`ROUTING`) over the array's MAC
-    units, each one a cycle at most."""
-    macs = 0
+    units, or its attention's over the attention kernel's (per image at every batch),
+    whichever is longer: each MAC unit does one a cycle at most, and the two kernels at
+    most run side by side (two issue lanes)."""
+    macs = attention = 0
     for step, count in work.steps(task):
         f = step.values
         if step.mnemonic == "LINEAR":
             macs += count * f["tokens"] * f["in_features"] * f["out_features"]
         elif step.mnemonic == "EXPERT":
             macs += count * step.routed * 2 * f["dim"] * f["hidden"]
-    return macs / work.batch / hw.macs
+        elif step.mnemonic == "ATTENTION":
+            attention += count * kernel_cycles(step, hw)
+    return max(macs / hw.macs, attention) / work.batch
 
 
 def _rank(points, work, board, the_fit, fabric) -> list:
@@ -1716,7 +1738,9 @@ def _rank(points, work, board, the_fit, fabric) -> list:
                 _ports_at_best_batch(p, work, board, the_fit, fabric)
                 if _lanes_at_best_batch(p, work, board, the_fit, fabric):
                     _ports_at_best_batch(p, work, board, the_fit, fabric)
-                _streaming_at_best_batch(p, work, board, the_fit, fabric)
+                # (without streaming the memory's share moves: the ports again)
+                if _streaming_at_best_batch(p, work, board, the_fit, fabric):
+                    _ports_at_best_batch(p, work, board, the_fit, fabric)
                 best = min(best, p.best_cycles_per_image)
     if OBJECTIVES[board.host][0] == "latency":
         return sorted(points, key=lambda p: (p.latency_cycles, p.best_cycles_per_image,
@@ -1812,6 +1836,7 @@ def point_row(point, board, work, fabric=True) -> dict:
         "board": board.name, "config": work.config, "name": hw.name, "task": point.task,
         "mac_units": hw.macs + attention_units, "linear_mac_units": hw.macs,
         "attention_mac_units": attention_units, "dsp_packing": hw.dsp_packing,
+        "chain_depth": hw.chain_depth,
         "memory_ports": hw.memory_ports, "weight_ports": hw.weight_ports,
         "norm_lanes": hw.norm_lanes, "combine_lanes": hw.combine_width,
         "context_lanes": hw.context_width, "kv_banks": hw.kv_banks,
@@ -1858,8 +1883,10 @@ def point_row(point, board, work, fabric=True) -> dict:
 
 
 def _array(hw) -> str:
-    """The linear array of ``hw``: rows x columns / MACs a DSP48E2."""
-    return f"{hw.rows}x{hw.cols}/{hw.dsp_packing}"
+    """The linear array of ``hw``: rows x columns (x the chains' depth, where over one) / MACs
+    a DSP48E2."""
+    chain = f"x{hw.chain_depth}" if hw.chain_depth > 1 else ""
+    return f"{hw.rows}x{hw.cols}{chain}/{hw.dsp_packing}"
 
 
 def _bandwidth(board, hw):
@@ -1881,7 +1908,8 @@ def weight_bytes(step, hw) -> int:
 def kernel_cycles(step, hw) -> float:
     """The fewest cycles ``step`` holds its unit of ``hw``, whatever runs beside it: on the
     linear array its steps, one a cycle (every tile of ``rows`` tokens by ``cols`` outputs
-    takes ``in_features`` of them, so an expert's few tokens leave most rows idle); on the
+    takes ``in_features / chain_depth`` of them, so an expert's few tokens leave most rows
+    idle); on the
     attention kernel its QK and PV multiply-accumulates on every MAC unit at once; another
     instruction's compute as the model costs it (LayerNorm, routing, COMBINE: a row a few
     cycles, nothing left to take)."""
@@ -1889,7 +1917,7 @@ def kernel_cycles(step, hw) -> float:
 
     def steps(tokens, inputs, outputs):
         tiles = sum(-(-n // hw.rows) for n in _split(tokens, hw.max_tokens))
-        return tiles * -(-outputs // hw.cols) * inputs
+        return tiles * -(-outputs // hw.cols) * -(-inputs // hw.chain_depth)
 
     if step.mnemonic == "LINEAR":
         return steps(f["tokens"], f["in_features"], f["out_features"])
@@ -1968,9 +1996,9 @@ def latency_floors(work, hw, board, task) -> dict:
 def lowest_floor(work, board, task, fabric=True, *, mac_units=0, serial=False):
     """The least batch-1 latency of ``task`` (ms) that any HwConfig of these kernels fitting
     ``board`` could have: over every linear array (rows up to the tokens, columns that
-    divide the model's width in whole bus words, either packing) beside every attention
-    kernel's lanes, everything else at its smallest (a token buffer of one tile, the
-    narrowest bus), and the weights read on all the board's ports. On any schedule that
+    divide the model's width in whole bus words, :func:`_multipliers` with :data:`CHAINS`)
+    beside every attention kernel's lanes, everything else at its smallest (a token buffer
+    of one tile, the narrowest bus), and the weights read on all the board's ports. On any schedule that
     respects the image's data dependencies (``serial`` False: the ``units`` floor of
     :func:`latency_floors`, its segments each as long as the longer of the array's and the
     attention kernel's :func:`kernel_cycles` in it, at least the weights' reading), or on
@@ -2013,10 +2041,11 @@ def lowest_floor(work, board, task, fabric=True, *, mac_units=0, serial=False):
     for cols in (c for c in range(1, model.dim + 1) if model.dim % c == 0):
         if not _buses(board, cols):
             continue                # the linear engine writes whole bus words
-        for packing in (1, 2) if cols % 2 == 0 else (1,):
+        for packing, chain in _multipliers(cols, CHAINS):
             for rows in row_counts:
                 try:
                     hw = least.replace(rows=rows, cols=cols, dsp_packing=packing,
+                                       chain_depth=chain,
                                        post_lanes=min(_divisors(cols, POST_LANES)),
                                        max_tokens=rows, bus_width=min(_buses(board, cols)))
                 except ConfigError:
@@ -2039,21 +2068,22 @@ def lowest_floor(work, board, task, fabric=True, *, mac_units=0, serial=False):
         if best is not None and bound >= best[0]:
             break                   # sorted: no later array can do better
         for cycles, res, lanes in attentions:
-            if serial:
-                floor = per_segment.sum() + cycles.sum()
-                binding = which if per_segment.sum() >= cycles.sum() else "attention"
-            else:
-                floor, binding = _chained(
-                    [{"linear": l, "attention": a} for l, a in zip(per_segment, cycles)],
-                    reading)
+            # (what binds is named for the best only: _chained's sum, vectorized)
+            floor = (per_segment.sum() + cycles.sum() if serial
+                     else max(np.maximum(per_segment, cycles).sum(), reading))
             if (best is None or floor < best[0]) \
                     and hw.macs + lanes.attention_macs >= mac_units \
                     and _fits(rest + res, board, fabric) is None:
-                best = (floor, binding, hw, lanes)
+                best = (floor, hw, lanes, per_segment, cycles, reading, which)
     if best is None:
         _LOWEST[key] = None
     else:
-        floor, binding, hw, lanes = best
+        floor, hw, lanes, per_segment, cycles, reading, which = best
+        if serial:
+            binding = which if per_segment.sum() >= cycles.sum() else "attention"
+        else:
+            binding = _chained([{"linear": l, "attention": a}
+                                for l, a in zip(per_segment, cycles)], reading)[1]
         _LOWEST[key] = {
             "ms": float(floor) / (least.clock_mhz * 1e3), "binding": binding,
             "array": _array(hw),
@@ -2144,8 +2174,10 @@ def print_dse(rows) -> None:
     for r in rows:
         h = r["hw"]
         print(f"{r['board']} / {r['config']}: chosen HwConfig {r['name']!r}")
-        print(f"  linear array {h['rows']}x{h['cols']} ({r['linear_mac_units']} MAC units, "
-              f"packing {h['dsp_packing']}, {h['post_lanes']} post lanes), attention "
+        chains = h.get("chain_depth", 1)
+        chains = f" in chains of {chains}" if chains > 1 else ""
+        print(f"  linear array {h['rows']}x{h['cols']} ({r['linear_mac_units']} MAC units"
+              f"{chains}, packing {h['dsp_packing']}, {h['post_lanes']} post lanes), attention "
               f"{h['heads_parallel']} heads x {h.get('row_lanes', 1)} rows x 2 x "
               f"{h['score_lanes']} lanes ({r['attention_mac_units']} MAC units, "
               f"{r['context_lanes']} context requantizers a head lane, "

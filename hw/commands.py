@@ -154,17 +154,24 @@ def _add_packing(parser):
                         help="int8 MACs per DSP48E2 in the linear array, replacing the "
                              "instance's dsp_packing (2: neighbouring output columns share "
                              "one multiplier, AMD WP486)")
+    parser.add_argument("--chain", type=int, choices=range(1, 9), default=None, metavar="D",
+                        help="multipliers a position of the linear array, summed along a "
+                             "DSP48E2 cascade (1 to 8, at most 7 with packing 2), replacing "
+                             "the instance's chain_depth")
 
 
 def _hw_and_name(args):
-    """The config's hardware instance, with ``--packing`` applied, and the name of its
-    default output folder (``CONFIG``, or ``CONFIG-packing2`` when it was replaced)."""
+    """The config's hardware instance, with ``--packing`` and ``--chain`` applied, and the
+    name of its default output folder (``CONFIG``, with ``-packing2`` or ``-chain4`` for
+    each field replaced)."""
     from moevit.hw.config import get_hw_config
 
-    hw = get_hw_config(args.config)
-    if args.packing is None or args.packing == hw.dsp_packing:
-        return hw, args.config
-    return hw.replace(dsp_packing=args.packing), f"{args.config}-packing{args.packing}"
+    hw, name = get_hw_config(args.config), args.config
+    for field, flag, value in (("dsp_packing", "packing", args.packing),
+                               ("chain_depth", "chain", args.chain)):
+        if value is not None and value != getattr(hw, field):
+            hw, name = hw.replace(**{field: value}), f"{name}-{flag}{value}"
+    return hw, name
 
 
 def register_bench(benches):

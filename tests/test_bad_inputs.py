@@ -258,6 +258,10 @@ ROWS = [
     ("hw-estimate-unknown-unit", "hw estimate --unit adder", r"Unknown hardware unit 'adder'; units are \[.*\]"),
     ("hw-generate-packing-3", "hw generate --packing 3",
      r"argument --packing: invalid choice: 3 \(choose from 1, 2\)"),
+    ("hw-generate-chain-9", "hw generate --chain 9",
+     r"argument --chain: invalid choice: 9 \(choose from 1, 2, 3, 4, 5, 6, 7, 8\)"),
+    ("hw-estimate-packed-chain-8", "hw estimate --config zcu102-edge-moe --chain 8",
+     r"Chain depth 8 with DSP packing 2: the low product's field holds the sum of at most 7$"),
     ("missing-checkpoint", "eval --checkpoint {tmp}/nowhere.pt", r"Checkpoint \S+/nowhere\.pt does not exist"),
     # Data -------------------------------------------------------------------
     ("float-pixels-in-0-255", "eval --checkpoint {ckpt} --data cityscapes --data-root {city_255} --quiet "

@@ -204,3 +204,22 @@ def test_yosys_counts_a_chained_slice_as_recorded(tmp_path):
                            module_name("linear"), tmp_path)
     dsp, lut, ff, bram = _SLICES[2, 2]
     assert (got.dsp, got.lut, got.ff, got.bram) == (dsp, lut, ff, bram)
+
+
+def test_generate_takes_a_chain(tmp_path, capsys):
+    """``hw generate --chain 3``: the instance's HwConfig in chains of 3 beside the Verilog,
+    whose array has three links a position; the default folder names the change."""
+    from moevit.cli import main
+    from moevit.hw.commands import _hw_and_name
+    from moevit.hw.config import get_hw_config
+
+    assert main(["hw", "generate", "--config", "tiny", "--unit", "linear", "--chain", "3",
+                 "--packing", "2", "-o", str(tmp_path)]) == 0
+    hw = get_hw_config("tiny").replace(dsp_packing=2, chain_depth=3)
+    assert json.loads((tmp_path / "hw.json").read_text()) == hw.to_dict()
+    text = (tmp_path / "moevit_linear.v").read_text()
+    # One module per link, each with its one multiply: three a pair of columns and row.
+    assert text.count("$signed(a) * $signed(w)") == hw.macs // 2
+    assert str(tmp_path / "moevit_linear.v") in capsys.readouterr().out
+    args = type("Args", (), dict(config="tiny", packing=2, chain=3))
+    assert _hw_and_name(args) == (hw, "tiny-packing2-chain3")

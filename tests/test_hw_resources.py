@@ -208,7 +208,7 @@ def test_confirm_synthesizes_a_shallow_slice_and_extrapolates(monkeypatch, tmp_p
     whole = unit_resources("linear", hw)
     assert got["slice"] == "2x64" and got["predicted"]["dsp"] == whole.dsp
     assert got["estimated"] == {"dsp": unit_resources("linear", part).dsp
-                                + (hw.rows - 2) * hw.cols // hw.dsp_packing + 1,
+                                + (hw.rows - 2) * hw.cols * hw.chain_depth // hw.dsp_packing + 1,
                                 "bram36": whole.bram36 + 1, "uram": whole.uram}
     assert got["estimated"]["dsp"] == whole.dsp
 

@@ -236,18 +236,17 @@ def test_command_on_a_quantized_file_equals_the_config(tmp_path, capsys):
 def test_command_on_the_saved_zcu102_point_within_1_percent_of_its_simulated_image(capsys):
     """`hw cost --hw zcu102-edge-moe --board zcu102 --routing balanced`: the saved point's
     program with the search's gates at the board's memory, within 1 % of its whole image
-    co-simulated (:data:`ZCU102_SHADOW_IMAGE`: -0.25 / -0.26 %), which is of this very
-    HwConfig."""
+    co-simulated (:data:`ZCU102_CHAINED_IMAGE`: +0.69 %), which is of this very HwConfig."""
     from moevit.hw.config import get_hw_config
 
-    saved, point = get_hw_config("zcu102-edge-moe").to_dict(), ZCU102_SHADOW_POINT
+    saved, point = get_hw_config("zcu102-edge-moe").to_dict(), ZCU102_CHAINED_POINT
     assert {k: saved[k] for k in point} == point and set(saved) - set(point) <= {
         "name", "act_width", "weight_width"}
     assert main(["hw", "cost", "--config", "edge-moe", "--hw", "zcu102-edge-moe", "--board",
                  "zcu102", "--routing", "balanced", "--quiet", "--json"]) == 0
     totals = [r for r in json.loads(capsys.readouterr().out) if r["name"] == "total"]
     assert [t["task"] for t in totals] == ["semseg", "depth"]
-    for total, (simulated, _) in zip(totals, ZCU102_SHADOW_IMAGE.values()):
+    for total, simulated in zip(totals, ZCU102_CHAINED_IMAGE):
         print(f"{total['task']}: {total['cycles']:,} vs {simulated:,} simulated")
         assert abs(total["cycles"] / simulated - 1) < 0.01
 
@@ -914,10 +913,18 @@ ZCU102_SHADOW_IMAGE = {
     1: (854_463, {"EXPERT": 284_141, "LINEAR": 243_428, "ATTENTION": 168_840,
                   "COMBINE": 74_364, "LAYERNORM": 47_625, "TASK_LINEAR": 9_892,
                   "ROUTE": 18_396, "PATCHIFY": 7_713})}
+#: zcu102-edge-moe as saved since the search takes chains of multipliers: a 17x64 array in
+#: chains of 2 (two MACs a DSP48E2, 2,176 MAC units), 32 COMBINE lanes, the rest as
+#: :data:`ZCU102_SHADOW_POINT`; the same bench, bit-exact (2026-12-07, 2,700 s with the
+#: build beside the test suite): semseg 852,730 cycles = 4.264 ms where the search said
+#: 4.286 ms (+0.52 %). Only semseg: the latency target's task, the slowest.
+ZCU102_CHAINED_POINT = {**ZCU102_SHADOW_POINT, "rows": 17, "max_tokens": 2074,
+                        "chain_depth": 2, "combine_lanes": 32}
+ZCU102_CHAINED_IMAGE = (852_730,)
 
 
 def test_the_saved_zcu102_points_whole_image_within_1_percent():
-    """zcu102-edge-moe as saved, both tasks with the search's routing at the board's memory:
+    """zcu102-edge-moe as saved on 2026-12-06 (a 33x64 array), both tasks with the search's routing at the board's memory:
     the run (-0.25 / -0.26 %), its EXPERTs (+0.21 %) and attention (0.00 %) within 1 % of
     the co-simulated top, every kind over 1.5 % of the run within 5 %. Its linear layers
     within 2 % only (-1.57 %, where the 32- and 33-row points' are -0.27 % and -0.37 %: not

@@ -185,7 +185,7 @@ def test_memory_ports_trade_against_lanes():
     board = dataclasses.replace(get_board("zcu102"), port_clock_mhz=333)
     work, fit = workload("edge-moe"), _default_fit()
     hw = get_hw_config("zcu102-edge-moe").replace(
-        rows=21, max_tokens=2079, issue_lanes=1, token_chunks=0, memory_ports=1,
+        rows=21, max_tokens=2079, chain_depth=1, issue_lanes=1, token_chunks=0, memory_ports=1,
         weight_ports=1, chan_striped=0, combine_lanes=32, norm_lanes=32, heads_parallel=1,
         row_lanes=4, score_lanes=64, context_lanes=0)
     two = hw.replace(memory_ports=2, weight_ports=2)
@@ -231,13 +231,14 @@ def test_token_chunks_on_two_lanes_on_the_zcu102():
     COMBINE and one chunk's attention beside the other chunk's linear layers), fits, and
     is faster than the same point on one lane and than its token-wise layers alone in
     chunks (each in the on-chip window the search gives it). The point saved since, a
-    33x64 array on one lane, is faster still, and a second lane does not fit beside it."""
+    17x64 array in chains of 2 on one lane, is faster still, and a second lane does not fit
+    beside it."""
     from moevit.hw.cost.dse import batch1_runs
     from moevit.hw.cost.resources import resources
 
     saved = get_hw_config("zcu102-edge-moe")
-    chunked = saved.replace(rows=17, max_tokens=2074, post_lanes=8, norm_lanes=32,
-                            combine_lanes=16, issue_lanes=2, token_chunks=2,
+    chunked = saved.replace(rows=17, max_tokens=2074, chain_depth=1, post_lanes=8,
+                            norm_lanes=32, combine_lanes=16, issue_lanes=2, token_chunks=2,
                             onchip_bytes=524288)
     board, work = get_board("zcu102"), workload("edge-moe")
     hw = chunked.replace(issue_lanes=1, token_chunks=0)
@@ -251,10 +252,10 @@ def test_token_chunks_on_two_lanes_on_the_zcu102():
     print(f"17x64: {one:,} cycles on one lane, {layers:,} with its token-wise layers in "
           f"chunks on two, {two:,} with its attention too ({two / one - 1:+.1%}); LUT "
           f"{resources(chunked).lut:,.0f} of {get_board('zcu102').lut * USABLE['lut']:,.0f} "
-          f"usable; the saved 33x64 on one lane {now:,}")
+          f"usable; the saved 17x64x2 on one lane {now:,}")
     assert two < layers < one and set(norms) == set(rows) == {64, 65}
     assert _fits(resources(chunked), board) is None
-    assert (saved.rows, saved.issue_lanes) == (33, 1) and now < two
+    assert (saved.rows, saved.chain_depth, saved.issue_lanes) == (17, 2, 1) and now < two
     assert _fits(resources(saved.replace(issue_lanes=2, token_chunks=2)), board) == "lut"
 
 

@@ -1628,10 +1628,10 @@ def _item_macs(item) -> int:
 
 def _stage2_sized(candidate):
     """Stage 2's first part for one ``(share, heads_parallel, row_lanes, score_lanes,
-    context_lanes, kv_banks, rows, cols, packing, chain_depth, post_lanes, bus)``: its LayerNorm and
-    COMBINE lanes and its deepest token buffer that fits, ``("sized", ((share, hw),
-    bound))`` (:func:`stage2_bound`); ``("miss", the limit it is over)``; or ``(None,
-    None)`` for a point the top cannot take."""
+    context_lanes, kv_banks, rows, cols, packing, chain_depth, post_lanes, bus)``: its
+    LayerNorm and COMBINE lanes and its deepest token buffer that fits, ``("sized",
+    ((share, hw), bound))`` (:func:`stage2_bound`); ``("miss", the limit it is over)``; or
+    ``(None, None)`` for a point the top cannot take."""
     from moevit.hw.cost.resources import resources
 
     s = _STAGE2
@@ -1909,10 +1909,9 @@ def kernel_cycles(step, hw) -> float:
     """The fewest cycles ``step`` holds its unit of ``hw``, whatever runs beside it: on the
     linear array its steps, one a cycle (every tile of ``rows`` tokens by ``cols`` outputs
     takes ``in_features / chain_depth`` of them, so an expert's few tokens leave most rows
-    idle); on the
-    attention kernel its QK and PV multiply-accumulates on every MAC unit at once; another
-    instruction's compute as the model costs it (LayerNorm, routing, COMBINE: a row a few
-    cycles, nothing left to take)."""
+    idle); on the attention kernel its QK and PV multiply-accumulates on every MAC unit at
+    once; another instruction's compute as the model costs it (LayerNorm, routing,
+    COMBINE: a row a few cycles, nothing left to take)."""
     f = step.values
 
     def steps(tokens, inputs, outputs):
@@ -1998,11 +1997,11 @@ def lowest_floor(work, board, task, fabric=True, *, mac_units=0, serial=False):
     ``board`` could have: over every linear array (rows up to the tokens, columns that
     divide the model's width in whole bus words, :func:`_multipliers` with :data:`CHAINS`)
     beside every attention kernel's lanes, everything else at its smallest (a token buffer
-    of one tile, the narrowest bus), and the weights read on all the board's ports. On any schedule that
-    respects the image's data dependencies (``serial`` False: the ``units`` floor of
-    :func:`latency_floors`, its segments each as long as the longer of the array's and the
-    attention kernel's :func:`kernel_cycles` in it, at least the weights' reading), or on
-    this top's, one instruction at a time (``serial``: each linear step's cycles or its
+    of one tile, the narrowest bus), and the weights read on all the board's ports. On any
+    schedule that respects the image's data dependencies (``serial`` False: the ``units``
+    floor of :func:`latency_floors`, its segments each as long as the longer of the array's
+    and the attention kernel's :func:`kernel_cycles` in it, at least the weights'
+    reading), or on this top's, one instruction at a time (``serial``: each linear step's cycles or its
     weights' reading, whichever is longer, plus the attention's). LayerNorm, routing and
     COMBINE are left out. A dict of ``ms``, ``binding`` (``linear``, ``attention`` or
     ``memory``: what the floor is longest for), ``array`` (:func:`_array`), ``attention``

@@ -166,12 +166,13 @@ def _hw_and_name(args):
     each field replaced)."""
     from moevit.hw.config import get_hw_config
 
-    hw, name = get_hw_config(args.config), args.config
+    hw, name, changes = get_hw_config(args.config), args.config, {}
     for field, flag, value in (("dsp_packing", "packing", args.packing),
                                ("chain_depth", "chain", args.chain)):
         if value is not None and value != getattr(hw, field):
-            hw, name = hw.replace(**{field: value}), f"{name}-{flag}{value}"
-    return hw, name
+            changes[field], name = value, f"{name}-{flag}{value}"
+    # (one replace: the two fields are checked together, as a saved config would be)
+    return hw.replace(**changes), name
 
 
 def register_bench(benches):

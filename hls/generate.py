@@ -83,7 +83,9 @@ def parameters_header(hw) -> str:
             ("max_tokens", hw.max_tokens, "tokens of the input buffer"),
             ("max_in", hw.max_in, "input features of the input and weight buffers"),
             ("post_lanes", hw.post_lanes, "post-processing lanes"),
-            ("acc_width", hw.acc_width, "accumulator bits")],
+            ("acc_width", hw.acc_width, "accumulator bits"),
+            ("dsp_packing", hw.dsp_packing, "int8 MACs a multiplier"),
+            ("chain_depth", hw.chain_depth, "multipliers a position, down a cascade")],
         "attention_softmax_config": [
             ("max_row", hw.kv_depth, "a score row: the longest sequence")],
         "attention_config": [

@@ -6,7 +6,8 @@ the named tensors of the ``tiny`` model (every layer, every task) and
 failure message.
 
 Fast (``make test``): the linear kernel, the softmax and the LayerNorm on
-``tiny``'s HwConfig (the model's cases and a few short random ones), a
+``tiny``'s HwConfig (the model's cases and a few short random ones), the
+linear kernel with DSP packing and chains, a
 changed requantize constant that must be seen, a testbench that fails, and
 the missing compiler. Slow: every kernel on ``tiny`` (the model's cases and
 ``MOEVIT_HLS_CASES`` random ones, default 40) and on ``MOEVIT_HLS_POINTS``
@@ -56,6 +57,18 @@ def test_kernel_matches_golden_on_tiny(kernel, tiny, tiny_cases):
     seed = _seeds([1])[0]
     cases = tiny_cases[kernel] + C.random_cases(kernel, tiny, seed, 4, max_tokens=16)
     _check(run_kernel(kernel, tiny, cases, tag=f"test-{kernel}"), f"{kernel}, random seed {seed}")
+
+
+@pytest.mark.parametrize("packing,chain", [(2, 1), (1, 3), (2, 2), (2, 7)])
+def test_linear_packs_and_chains_as_the_rtl(packing, chain, tiny, tiny_cases):
+    """The HwConfig's DSP packing and chains in the HLS linear kernel: the same results
+    (tiny's buffers hold 256 features, no multiple of 3 or 7: a last step's features
+    past them read zeros)."""
+    hw = tiny.replace(dsp_packing=packing, chain_depth=chain)
+    seed = _seeds([chain])[0]
+    cases = tiny_cases["linear"] + C.random_cases("linear", hw, seed, 4, max_tokens=16)
+    _check(run_kernel("linear", hw, cases, tag=f"test-linear-{packing}-{chain}"),
+           f"linear, packing {packing}, chain {chain}, random seed {seed}")
 
 
 def test_model_cases_cover_every_layer(tiny_cases):

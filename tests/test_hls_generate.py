@@ -19,14 +19,15 @@ def _structs(text):
     return structs
 
 
-@pytest.mark.parametrize("config", ["tiny", "edge-moe", "m3vit-s"])
+@pytest.mark.parametrize("config", ["tiny", "edge-moe", "m3vit-s", "zcu102-edge-moe"])
 def test_header_holds_the_hwconfig(config):
     hw = get_hw_config(config)
     structs = _structs(parameters_header(hw))
     experts = min(hw.cols, 255)
     assert structs == {
         "linear_config": dict(rows=hw.rows, cols=hw.cols, max_tokens=hw.max_tokens,
-                              max_in=hw.max_in, post_lanes=hw.post_lanes, acc_width=hw.acc_width),
+                              max_in=hw.max_in, post_lanes=hw.post_lanes, acc_width=hw.acc_width,
+                              dsp_packing=hw.dsp_packing, chain_depth=hw.chain_depth),
         "attention_softmax_config": dict(max_row=hw.kv_depth),
         "attention_config": dict(kv_depth=hw.kv_depth, max_head_dim=hw.max_head_dim,
                                  score_lanes=hw.score_lanes, heads_parallel=hw.heads_parallel,

@@ -224,19 +224,25 @@ def _random_hw(rng, name):
     heads_parallel = int(rng.choice([1, 2, 4]))
     # The head lanes' bytes are whole bus words (HwConfig.check_model).
     buses = [bus for bus in (64, 128, 256) if heads_parallel * 16 % (bus // 8) == 0]
-    return DEFAULT_HW["tiny"].replace(
+    hw = DEFAULT_HW["tiny"].replace(
         name=name, rows=rows, cols=cols, post_lanes=int(rng.choice([1, 2, 4, 8])),
         max_tokens=rows * -(-int(rng.integers(65, 161)) // rows),
         max_in=int(rng.integers(256, 321)), score_lanes=int(rng.choice([1, 2, 4, 8, 16])),
         max_head_dim=int(rng.choice([16, 32])), kv_depth=int(rng.integers(65, 129)),
         heads_parallel=heads_parallel, bus_width=int(rng.choice(buses)))
+    # The linear array's DSP packing and chains (drawn last: the earlier fields keep the
+    # seeds' draws).
+    packing = int(rng.choice([1, 2]))
+    return hw.replace(dsp_packing=packing, chain_depth=int(rng.integers(
+        1, (hw.MAX_PACKED_CHAIN if packing == 2 else hw.MAX_CHAIN_DEPTH) + 1)))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("point", [0, 1])
 def test_top_on_a_random_design_point(point):
-    """tiny compiled for a random HwConfig (array, buffers, lanes, bus width) from the
-    printed seed: its parameters.h, a testbench built for it, every task bit-exact."""
+    """tiny compiled for a random HwConfig (array, packing, chains, buffers, lanes, bus
+    width) from the printed seed: its parameters.h, a testbench built for it, every task
+    bit-exact."""
     from moevit.hw.program.compiler import compile_program
     from moevit.model.integer import golden
     from moevit.sim.units import tiny_quantized

@@ -413,12 +413,13 @@ PREFETCH = Resources(dsp=5, lut=823, ff=189, bram36=0, uram=0)
 #: multiplier a position, per chain (a row's column, or pair of columns with packing):
 #: Yosys on slices of zcu102-edge-moe's array (64 columns packed, 16 post lanes, 25-bit
 #: accumulators, the links black boxes as :mod:`moevit.hw.estimate` counts them,
-#: 2026-12-07): 2 rows at D = 1, 2, 4 LUT 26,347, 27,895, 27,988 and FF 26,321, 25,422,
-#: 29,372; 6 rows at D = 1 (a fit point), 2 LUT 35,454, 40,221 and FF 43,384, 38,326.
-#: LUT: 24.8 a chain, and 0.4 a link past its second (least squares: +37, 0, -12 LUT off).
-#: Unpacked chains not measured: taken as the packed.
-CHAIN_LUT = 24.8
-CHAIN_LINK_LUT = 0.4
+#: 2026-12-07): 2 rows at D = 1, 2, 4 LUT 26,347, 26,256, 26,388 and FF 26,321, 25,422,
+#: 29,372; 6 rows at D = 1 (a fit point), 2 LUT 35,454, 35,481 and FF 43,384, 38,326.
+#: LUT: none at D = 2 (-91 and +27 against D = 1), 0.3 a link past its second. (Before the
+#: chain's sums were cut to the bits D products need, 24.8 more a chain: a sum as wide as
+#: the accumulator doubled the LUTs of its adder, see :class:`~moevit.hw.units.linear.
+#: LinearKernel`.) Unpacked chains not measured: taken as the packed.
+CHAIN_LINK_LUT = 0.3
 #: FF: the links' operands held back (link b's b cycles: 8 bits a row, a weight or packed
 #: pair a column), 0.95 a bit, less the product register the links take into their
 #: DSP48E2 (30.5 a chain) (least squares: -217, +25, +64 FF off).
@@ -437,7 +438,7 @@ def chain_resources(hw) -> Resources:
     chains = hw.rows * hw.cols // hw.dsp_packing
     weight_bits = PAIR_WIDTH if hw.dsp_packing == 2 else 8
     held = (8 * hw.rows + hw.cols // hw.dsp_packing * weight_bits) * depth * (depth - 1) // 2
-    return Resources(lut=chains * (CHAIN_LUT + CHAIN_LINK_LUT * (depth - 2)),
+    return Resources(lut=chains * CHAIN_LINK_LUT * (depth - 2),
                      ff=CHAIN_DELAY_FF * held - CHAIN_PRODUCT_FF * chains)
 
 

@@ -90,7 +90,7 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from moevit.hw.config import HwConfig
+from moevit.hw.config import HwConfig, products_width
 from moevit.hw.program.descriptor import FAULT_WIDTH, Fault, LinearDescriptor
 
 __all__ = ["LinearKernel", "PairMultiplier", "pack_pair", "PAIR_SHIFT", "PAIR_WIDTH",
@@ -590,13 +590,19 @@ class LinearKernel(wiring.Component):
                         sums[r][j] = Signal(signed(16), name=f"m{r}_{j}")
                         m.d.sync += sums[r][j].eq(a_reg[r] * w)
         if D > 1:
+            # A chain's sums cut to the bits D products need: an operand as wide as the
+            # accumulator costs Yosys two LUTs a bit of its adder (the clear's multiplexer
+            # kept out of the adder's LUT), a narrower one one (zcu102-edge-moe's 2-row
+            # slice 27,895 -> 26,256 LUT, 2026-12-07).
+            width = products_width(D)
             for r in range(R):
                 for j, link in enumerate(links[r]):
                     if hw.dsp_packing == 2:
                         # The packed sums split as PairMultiplier splits one product.
-                        sums[r][2 * j], sums[r][2 * j + 1] = unpack_pair(link.p)
+                        sums[r][2 * j], sums[r][2 * j + 1] = (
+                            part[:width].as_signed() for part in unpack_pair(link.p))
                     else:
-                        sums[r][j] = link.p
+                        sums[r][j] = link.p[:width].as_signed()
         acc = [[Signal(signed(hw.acc_width), name=f"acc{r}_{c}") for c in range(C)]
                for r in range(R)]
         with m.If(f_acc.valid):

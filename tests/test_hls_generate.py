@@ -19,9 +19,12 @@ def _structs(text):
     return structs
 
 
-@pytest.mark.parametrize("config", ["tiny", "edge-moe", "m3vit-s", "zcu102-edge-moe"])
+@pytest.mark.parametrize("config", ["tiny", "edge-moe", "m3vit-s", "zcu104-edge-moe",
+                                    "tiny packed in chains of 3"])
 def test_header_holds_the_hwconfig(config):
-    hw = get_hw_config(config)
+    hw = get_hw_config(config.split()[0])
+    if "chains" in config:
+        hw = hw.replace(dsp_packing=2, chain_depth=3)
     structs = _structs(parameters_header(hw))
     experts = min(hw.cols, 255)
     assert structs == {

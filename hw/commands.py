@@ -77,7 +77,7 @@ def register(subparsers):
                         help="run bench linear, bench attention and bench top (tiny; minutes) "
                              "and print the cost model's error on every row and whether it is "
                              "within the 5 %% aim (exit status 1 when a row is not)")
-    cost.add_argument("--simulator", choices=("icarus", "verilator"), default="verilator",
+    cost.add_argument("--simulator", choices=("icarus", "verilator"), default=None,
                       help="with --check: the benches' simulator (default: verilator)")
     cost.add_argument("--quick", action="store_true",
                       help="with --check: the benches' --quick rows (the tiny shapes only)")
@@ -86,7 +86,7 @@ def register(subparsers):
                            "hardware, and the whole zcu102-edge-moe behind the ZCU102's "
                            "memory (hours)")
     _add_hw(cost, "instead of the model's default")
-    cost.add_argument("--routing", choices=("model", "balanced"), default="model",
+    cost.add_argument("--routing", choices=("model", "balanced"), default=None,
                       help="the MoE gates: the model's (default) or balanced (random gates: "
                            "every expert chosen, as the search assumes)")
     cost.add_argument("--task", default=None, help="task name or index (default: every task)")
@@ -356,37 +356,46 @@ def _boards(args):
                "(whole-device resources; peak memory bandwidth; sources: moevit hw boards --sources)")
 
 
+def _cost_options_apply(args):
+    """One error naming the options that do not apply: --check runs the benches' own
+    hardware, gates, memory and tasks; the others choose what a prediction costs."""
+    from moevit.errors import UsageError
+
+    if args.check:
+        given = {"--hw": args.hw is not None, "--routing": args.routing is not None,
+                 "--task": args.task is not None, "--board": args.board is not None,
+                 "--latency": args.latency is not None,
+                 "--per-instruction": args.per_instruction}
+        why = ("--check compares the benches' rows on their own hardware, gates and memory "
+               "(a bus word a cycle, no latency), every task")
+    else:
+        given = {"--simulator": args.simulator is not None, "--quick": args.quick,
+                 "--slow": args.slow}
+        why = "they choose --check's benches; without --check no bench runs"
+    stray = [name for name, on in given.items() if on]
+    if stray:
+        verb = "does" if len(stray) == 1 else "do"
+        raise UsageError(f"{' and '.join(stray)} {verb} not apply: {why}")
+
+
 def _cost(args):
     from moevit.hw.cost.report import check_rows, cost_rows, print_check, print_cost, record_check
 
-    if args.check and (args.latency is not None or args.board is not None):
-        from moevit.errors import UsageError
-
-        raise UsageError("--check compares with the benches' memory (a bus word a cycle, no "
-                         "latency): --board and --latency do not apply")
-    if args.check and (args.hw is not None or args.routing != "model"):
-        from moevit.errors import UsageError
-
-        raise UsageError("--check runs the benches' own hardware and gates: --hw and "
-                         "--routing do not apply")
+    _cost_options_apply(args)
     if args.check:
-        rows = check_rows(simulator=args.simulator, quick=args.quick, slow=args.slow,
-                          progress=not args.quiet)
+        rows = check_rows(simulator=args.simulator or "verilator", quick=args.quick,
+                          slow=args.slow, progress=not args.quiet)
         record_check(rows)
         if args.json:
             print(json.dumps(rows))
         else:
             print_check(rows)
         return 0 if all(r["within_aim"] for r in rows) else 1
-    if args.slow:
-        from moevit.errors import UsageError
-
-        raise UsageError("--slow adds a row to --check; without --check it does nothing")
 
     rows = cost_rows(quantized=args.quantized, config=args.config, task=args.task,
                      board=args.board, latency=args.latency,
                      per_instruction=args.per_instruction, progress=not args.quiet,
-                     hw=args.hw, routing=args.routing)
+                     hw=args.hw, routing=args.routing or "model")
     if args.json:
         print(json.dumps(rows))
     else:

@@ -479,9 +479,19 @@ def _report_page(args):
                        sections=[*measured_sections(), reliability]))
 
 
+def _bench_cases(args):
+    """--quick trims the default cases; --hw replaces them: not both."""
+    if args.quick and args.hw is not None:
+        from moevit.errors import UsageError
+
+        raise UsageError("--quick does not apply with --hw: the named instance runs every layer "
+                         "of the model it serves")
+
+
 def _bench_linear(args):
     from moevit.hw.bench import bench_linear, print_table
 
+    _bench_cases(args)
     _report(bench_linear(simulator=args.simulator, quick=args.quick, hw=args.hw), args,
             print_table)
 
@@ -489,6 +499,7 @@ def _bench_linear(args):
 def _bench_attention(args):
     from moevit.hw.bench_attention import bench_attention, print_table
 
+    _bench_cases(args)
     _report(bench_attention(simulator=args.simulator, quick=args.quick, hw=args.hw), args,
             print_table)
 

@@ -47,6 +47,9 @@ def test_estimate_shows_progress_per_unit(tmp_path, monkeypatch, capsys):
     ("bench linear --hw small", r"Bench linear: layer patch_embed \(64x192->64\) does not fit "
                                 r"hardware config 'small': Linear descriptor of 192 input "
                                 r"features exceeds the 128-feature buffer of hardware 'small'"),
+    # --quick trims the default cases, which --hw replaces.
+    ("bench linear --hw zcu102-edge-moe --quick", r"--quick does not apply with --hw: .*"),
+    ("bench attention --quick --hw tiny", r"--quick does not apply with --hw: .*"),
     ("bench top --prefetch 2", r"argument --prefetch: invalid choice: 2 \(choose from 0, 1\)"),
     ("bench top --config edge-moe --blocks 13", r"--blocks 13: model 'edge-moe' has blocks 1 to 12"),
 ])

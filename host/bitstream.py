@@ -389,6 +389,25 @@ def _top_verilog(hw) -> str:
     return to_verilog(top, KERNEL, vitis_ports(top))
 
 
+def _check_device_holds(hw, board) -> None:
+    """A HwConfig the device cannot hold, refused before hours of place and route: its
+    DSP48E2, BRAM36 and URAM (:func:`moevit.hw.cost.resources.resources`, counted from
+    the structure or fitted within a few per cent) against the whole device. LUT and FF
+    are left to the tools: Yosys's counts are upper bounds (Vivado packs the accumulators
+    into the DSP48E2s)."""
+    from moevit.errors import ConfigError
+    from moevit.hw.cost.resources import resources
+
+    need = resources(hw)
+    over = [f"{label} {getattr(need, name):,.0f} of {getattr(board, name):,}"
+            for name, label in (("dsp", "DSP48E2"), ("bram36", "BRAM36"), ("uram", "URAM"))
+            if getattr(need, name) > getattr(board, name)]
+    if over:
+        raise ConfigError(f"HwConfig {hw.name!r} does not fit board {board.name} "
+                          f"({board.part}): it needs {', '.join(over)} (predicted; "
+                          f"moevit dse --board {board.name} finds a point that fits)")
+
+
 def write_inputs(board="zcu102", config="tiny", folder=None, verilog=None) -> Build:
     """Write every input of the build of ``config``'s default HwConfig for ``board``.
 
@@ -401,7 +420,8 @@ def write_inputs(board="zcu102", config="tiny", folder=None, verilog=None) -> Bu
         An unknown board or config, a board file without a part, a Zynq board
         not of AMD's board store, a board supported only by older tools, or a
         HwConfig with more memory ports than the board has (or than the block
-        design connects: :data:`HP_PORTS`).
+        design connects: :data:`HP_PORTS`), or one whose predicted DSP48E2, BRAM36 or
+        URAM exceed the board's device (:func:`_check_device_holds`).
     OutputPathError
         ``folder`` cannot be written.
     """
@@ -424,6 +444,7 @@ def write_inputs(board="zcu102", config="tiny", folder=None, verilog=None) -> Bu
     if hw.memory_ports > ports:
         raise ConfigError(f"HwConfig {hw.name!r} has {hw.memory_ports} memory ports; board "
                           f"{board.name} has {ports} ({board.port_name})")
+    _check_device_holds(hw, board)
     if folder is None:
         folder = build_dir("bitstream", hw.name, board.name).resolve()
     else:

@@ -319,7 +319,12 @@ def test_bad_input(cli, capsys):
         (["--board", "zcu102", "--config", "huge"], r".*huge.*"),
         (["--board", "zcu102", "-o", str(cli / "file" / "sub")], r"Cannot write the bitstream "
                                                                   r"folder .*"),
+        # A point searched for a larger board: refused before the top is generated.
+        (["--board", "zcu104", "--config", "zcu102-edge-moe", "-o", str(cli / "big")],
+         r"HwConfig 'zcu102-edge-moe' does not fit board zcu104 \(xczu7ev-ffvc1156-2-e\): "
+         r"it needs DSP48E2 2,\d{3} of 1,728, BRAM36 \d{3} of 312 \(predicted; .*\)"),
     ]:
         assert main(["bitstream", *argv, "--dry-run"]) == 2, argv
         err = capsys.readouterr().err
         assert re.fullmatch(rf"moevit: error: {message}\n", err), err
+    assert not (cli / "big").exists()

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from moevit.cli import positive_float, positive_int
-from moevit.errors import ConfigError, OutputPathError
+from moevit.errors import ConfigError, OutputPathError, UsageError
 
 __all__ = ["register", "read_images"]
 
@@ -87,6 +87,9 @@ def _run(args):
 
     if args.backend not in BACKENDS:
         raise ConfigError(f"Unknown backend {args.backend!r}; backends are {', '.join(BACKENDS)}")
+    if args.simulator is not None and args.backend != "sim":
+        raise UsageError(f"--simulator does not apply to the {args.backend} backend: it "
+                         f"chooses the sim backend's simulator")
     program = read_program(args.program)
     qmodel = None
     if args.quantized:
@@ -101,7 +104,8 @@ def _run(args):
     images = read_images(args.images, shape, scale)
     task = task_index(program, args.task)
     out = output_folder(args.output or build_dir("run"), "run output folder")
-    options = {"program": program, "simulator": args.simulator} if args.backend == "sim" else {}
+    options = ({"program": program, "simulator": args.simulator or "verilator"}
+               if args.backend == "sim" else {})
     for option in args.option or ():
         key, sep, value = option.partition("=")
         if not sep:
@@ -166,7 +170,7 @@ def register(subparsers):
                           "program's batch)")
     run.add_argument("--timeout", type=positive_float, default=1.0,
                      help="seconds of device time a start may take (default 1)")
-    run.add_argument("--simulator", default="verilator", choices=("verilator", "icarus"),
+    run.add_argument("--simulator", default=None, choices=("verilator", "icarus"),
                      help="sim backend: the simulator (default verilator)")
     run.add_argument("--option", action="append", metavar="KEY=VALUE",
                      help="a board backend's option (e.g. bitstream=build/deploy/zcu102/moevit.bit)")

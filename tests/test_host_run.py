@@ -40,6 +40,8 @@ def program_dir(tmp_path_factory):
                             r"model's input scale \(--quantized Q\)"),
     (["--program", "nowhere"], r"Program folder nowhere does not exist"),
     (["--option", "bitstream"], r"Backend option 'bitstream' is not KEY=VALUE"),
+    (["--backend", "zynq", "--simulator", "icarus"],
+     r"--simulator does not apply to the zynq backend: it chooses the sim backend's simulator"),
     (["--timeout", "0"], r"argument --timeout: must be a positive finite number, not '0'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(program_dir, capsys, monkeypatch, args, message):

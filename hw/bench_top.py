@@ -200,11 +200,6 @@ def bench_top(config="tiny", simulator="verilator", prefetch=None, hw=None, bloc
     if board is not None and latency:
         raise UsageError("--latency with --board: the board's memory has its own latency")
     base = _hw(config, hw)
-    if per_instruction and base.issue_lanes > 1:
-        raise UsageError(f"--per-instruction does not apply to {base.name!r}: it times each "
-                         f"instruction from its issue to the next one's, and on "
-                         f"{base.issue_lanes} issue lanes instructions overlap (the image's "
-                         f"cycles are compared without it)")
     board_memory = _board_memory(board, base)
     model = get_config(config)
     _check_blocks(model, blocks)
@@ -290,7 +285,7 @@ def _bench(config, hw, simulator, blocks, per_instruction=False, latency=0, boar
         if per_instruction:
             rows[-1]["instructions"] = instruction_rows(
                 program, image, t, steady["issued"], cycles, latency, **speeds,
-                stalls_at_end=steady["stalls_at_end"])
+                stalls_at_end=steady["stalls_at_end"], finished=steady["finished"])
     return rows
 
 

@@ -48,7 +48,8 @@ def test_top_runs_a_short_program(tiny):
     """PATCHIFY and COPY of tiny's program on a top with only their engines, twice (two
     tasks, two images) on Icarus: the fast top-level case of ``make test``. With the
     sequencer's issues watched: COPY is issued after PATCHIFY's work (its exact model) and
-    before the run's end, and the per-instruction rows add up to the run."""
+    before the run's end, each instruction finishes after its issue and before the next
+    one's (the run's end for the last), and the per-instruction rows add up to the run."""
     from moevit.hw.cost.cycles import program_cycles
     from moevit.hw.cost.report import instruction_rows
 
@@ -66,6 +67,9 @@ def test_top_runs_a_short_program(tiny):
         print(f"task {run['task']}: COPY issued at cycle {copy_at} of {run['cycles']}")
         assert (first, start, second) == (0, 0, 1)
         assert patchify <= copy_at < run["cycles"]
+        (lanes, patchify_end), (lanes_too, copy_end) = run["finished"]
+        assert (lanes, lanes_too) == (1, 1)
+        assert patchify <= patchify_end <= copy_at < copy_end <= run["cycles"]
         rows = instruction_rows(short, picture, run["task"], run["issued"], run["cycles"])
         assert [r["mnemonic"] for r in rows] == ["PATCHIFY", "COPY"]
         assert sum(r["simulated"] for r in rows) == run["cycles"]

@@ -120,12 +120,45 @@ def test_one_image_runs_in_token_chunks_on_two_lanes(chunks, onchip):
     assert {"LAYERNORM", "LINEAR", "TASK_LINEAR", "ROUTE", "COMBINE"} <= chunked
     assert ("ATTENTION" in chunked) == (chunks == 2)
     run, = check_runs(program, [(0, [image])], test_id=f"top-lanes-chunks{chunks}-{onchip}",
-                      simulator="verilator")
+                      simulator="verilator", timeline=True)
     predicted = program_cycles(program, image, 0).cycles
     print(f"{len(program.instructions)} instructions, {sum(program.concurrent)} concurrent: "
           f"{run['cycles']:,} cycles, the lanes at once for {_overlapped(run):,} or more; the "
           f"cost model {predicted:,} ({predicted / run['cycles'] - 1:+.2%})")
     assert _overlapped(run) > 0 and abs(predicted / run["cycles"] - 1) <= 0.02
+    _check_lane_rows(program, image, run)
+
+
+def _check_lane_rows(program, image, run):
+    """The per-instruction rows of a two-lane run (``bench top --per-instruction``): every
+    instruction issued and finished once, after its issue; one at a time on each lane; an
+    instruction without the concurrent bit issued only once the other lane's earlier ones
+    have finished, and two instructions of the two lanes at once somewhere; each kind of
+    instruction's simulated cycles beside the model's two-lane timeline (printed)."""
+    from moevit.hw.cost.report import instruction_rows
+
+    rows = instruction_rows(program, image, run["task"], run["issued"], run["cycles"],
+                            finished=run["finished"])
+    assert [r["index"] for r in rows] == list(range(len(program.instructions)))
+    spans = [(r["issued"], r["issued"] + r["simulated"]) for r in rows]
+    assert all(0 <= start < end <= run["cycles"] for start, end in spans)
+    for lane in ("main", "side"):
+        mine = [span for span, r in zip(spans, rows) if r["lane"] == lane]
+        assert all(a[1] <= b[0] for a, b in zip(mine, mine[1:])), lane
+    overlapping = 0
+    for k, (r, (start, end)) in enumerate(zip(rows, spans)):
+        others = [spans[j] for j in range(k) if rows[j]["lane"] != r["lane"]]
+        if not program.concurrent[k]:
+            assert all(finish <= start for _, finish in others), r
+        overlapping += any(s < end and start < e for s, e in others)
+    assert overlapping
+    kinds = {}
+    for r in rows:
+        kind = kinds.setdefault(r["mnemonic"], [0, 0])
+        kind[0] += r["simulated"]
+        kind[1] += r["predicted"]
+    print("per kind, issue to finish, the model's two-lane timeline beside: " + ", ".join(
+        f"{m} {sim:,} {pred / sim - 1:+.1%}" for m, (sim, pred) in kinds.items()))
 
 
 @pytest.mark.slow

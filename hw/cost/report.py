@@ -244,31 +244,72 @@ def variant_check_rows(simulator="verilator", progress=False) -> list:
 
 
 def instruction_rows(program, image, task, issued, cycles, latency=0, bandwidth=None,
-                     memory_bandwidth=None, stalls_at_end=()) -> list:
+                     memory_bandwidth=None, stalls_at_end=(), finished=None) -> list:
     """Per instruction of one co-simulated run of ``program`` on ``image`` (one image,
-    task ``task``): its simulated cycles, from the cycle the sequencer issued it to the
-    next one's issue (the last: to the run's end, ``cycles``; ``issued`` as
-    ``run_top(timeline=True)`` gives it), beside the cost model's at the same memory (by
-    default a bus word a cycle; :func:`program_cycles`, which counts the issue after each
-    instruction's work); and for those on the linear kernel, ``stalls``: the cycles each
-    of its inputs starved it, or its output FIFO held it, in that time (its counters in
-    ``issued`` and ``stalls_at_end``, where the run has them)."""
+    task ``task``): its simulated cycles beside the cost model's at the same memory (by
+    default a bus word a cycle; :func:`program_cycles`); and for those on the linear
+    kernel, ``stalls``: the cycles each of its inputs starved it, or its output FIFO held
+    it, in that time (its counters in the marks, where the run has them). ``issued``,
+    ``finished`` and ``stalls_at_end`` as ``run_top(timeline=True)`` gives them.
+
+    On one issue lane, an instruction's cycles run from its issue to the next one's (the
+    last: to the run's end, ``cycles``), as the model counts the issue after each
+    instruction's work. On two, instructions overlap: from its issue to its lane's next
+    finish (``finished``), beside the model's two-lane timeline from its start to its end
+    (:func:`~moevit.hw.cost.cycles.lane_timeline`); each row also has its ``lane``, the
+    cycle it was ``issued`` at and the cycle the model ``starts`` it."""
     from moevit.hw.cost.cycles import program_cycles
-    from moevit.hw.units.linear import STALL_CAUSES
 
     cost = program_cycles(program, image, task, latency=latency, bandwidth=bandwidth,
                           memory_bandwidth=memory_bandwidth)
+    if cost.ends:
+        return _lane_rows(program, cost, issued, finished)
     marks = [*issued, [None, cycles, *stalls_at_end]]
+    return [_instruction_row(cost.instructions[k], at, end, before, after)
+            for (k, at, *before), (_, end, *after) in zip(marks, marks[1:])]
+
+
+def _instruction_row(i, at, end, before, after, predicted=None) -> dict:
+    """One instruction ``i`` (:class:`~moevit.hw.cost.cycles.InstructionCost`) simulated
+    from cycle ``at`` to ``end``, the linear kernel's stall counters ``before`` and
+    ``after``; ``predicted``: its modelled cycles (default ``i.cycles``)."""
+    from moevit.hw.units.linear import STALL_CAUSES
+
+    predicted = i.cycles if predicted is None else predicted
+    row = {"index": i.index, "mnemonic": i.mnemonic, "bound": i.bound,
+           "simulated": end - at, "predicted": predicted,
+           "error": predicted / max(1, end - at) - 1}
+    if (i.unit == "linear" or i.mnemonic == "EXPERT") and before and after:
+        row["stalls"] = {cause: (b - a) % 2**32
+                         for cause, a, b in zip(STALL_CAUSES, before, after)}
+    return row
+
+
+def _lane_rows(program, cost, issued, finished) -> list:
+    """:func:`instruction_rows` on two issue lanes: each lane's instructions, in the order
+    they were issued, end at its finishes in order (one instruction a lane at a time)."""
+    from moevit.hw.program.isa import LANE_OF
+
+    if finished is None:
+        raise ValueError("two issue lanes: the run's finishes are needed (run_top(timeline=True))")
+    ends = {"main": [], "side": []}
+    for lanes, at, *stalls in finished:
+        for bit, lane in enumerate(("main", "side")):
+            if lanes >> bit & 1:
+                ends[lane].append([at, *stalls])
+    starts = {"main": [], "side": []}
+    for k, at, *stalls in issued:
+        starts[LANE_OF[cost.instructions[k].mnemonic]].append([k, at, *stalls])
     rows = []
-    for (k, at, *before), (_, end, *after) in zip(marks, marks[1:]):
-        i = cost.instructions[k]
-        rows.append({"index": k, "mnemonic": i.mnemonic, "bound": i.bound,
-                     "simulated": end - at, "predicted": i.cycles,
-                     "error": i.cycles / max(1, end - at) - 1})
-        if (i.unit == "linear" or i.mnemonic == "EXPERT") and before and after:
-            rows[-1]["stalls"] = {cause: (b - a) % 2**32
-                                  for cause, a, b in zip(STALL_CAUSES, before, after)}
-    return rows
+    for lane in ("main", "side"):
+        if len(starts[lane]) != len(ends[lane]):
+            raise ValueError(f"the {lane} lane issued {len(starts[lane])} instructions and "
+                             f"finished {len(ends[lane])}")
+        for (k, at, *before), (end, *after) in zip(starts[lane], ends[lane]):
+            rows.append(dict(_instruction_row(cost.instructions[k], at, end, before, after,
+                                              cost.ends[k] - cost.starts[k]),
+                             lane=lane, issued=at, starts=cost.starts[k]))
+    return sorted(rows, key=lambda row: row["index"])
 
 
 def print_instructions(row) -> None:
@@ -280,8 +321,14 @@ def print_instructions(row) -> None:
                   stalls_text="  " + " ".join(f"{cause} {n:,}" for cause, n in r["stalls"].items()
                                               if n) if "stalls" in r else "")
              for r in row["instructions"]]
-    print(f"\n{row['hw']} {row['task']} prefetch {row['expert_prefetch']}, per instruction:")
+    lanes = "lane" in row["instructions"][0] if row["instructions"] else False
+    print(f"\n{row['hw']} {row['task']} prefetch {row['expert_prefetch']}, per instruction"
+          + (" (two issue lanes: from its issue to its finish, beside the model's two-lane "
+             "timeline; at = the cycle it was issued, the model's start beside it):"
+             if lanes else " (from its issue to the next one's):"))
     print_rows(shown, [("#", "index", ">3", ""), ("  instruction", "name", "<15", ""),
+                       *([("lane", "lane", ">5", ""), ("at", "issued", ">10", ","),
+                          ("model at", "starts", ">10", ",")] if lanes else []),
                        ("simulated", "simulated", ">10", ","),
                        ("predicted", "predicted", ">10", ","), ("error", "error_text", ">9", ""),
                        ("bound", "bound", ">9", ""),

@@ -155,8 +155,10 @@ def run_top(program, runs, *, test_id, simulator=None, memory_pauses="none", see
     every instruction the sequencer issued, the cycle counted from ``ap_start`` as the
     ``cycles`` register counts, ``stalls`` the linear kernel's stall counters then (what
     held it: :data:`~moevit.hw.units.linear.STALL_CAUSES`; none on a top without the
-    linear engine), and ``stalls_at_end`` (the counters at the run's end): the cost model's
-    per-instruction figures, :func:`moevit.hw.cost.report.instruction_rows`.
+    linear engine), ``finished``, ``[lanes, cycle, *stalls]`` for every cycle an issued
+    instruction finished (``lanes``: a bit a lane, bit 0 main; on one lane 1), and
+    ``stalls_at_end`` (the counters at the run's end): the cost model's per-instruction
+    figures, :func:`moevit.hw.cost.report.instruction_rows`.
     """
     from moevit.paths import build_dir
     from moevit.sim.runner import run_cocotb, sim_folder
@@ -682,6 +684,24 @@ if cocotb is not None:
             await ValueChange(signal)
             issued.append([int(signal.value), get_sim_time("ns"), *kernel_stalls(dut)])
 
+    async def watch_finishes(dut, finished):
+        """Append ``[lanes, simulation time in ns, *kernel_stalls]`` whenever an issued
+        instruction finishes: the sequencer's ``finished`` is a one-cycle pulse, a bit a
+        lane (bit 0 main, bit 1 side; both in one cycle: 3)."""
+        signal = dut.sequencer.finished
+        while True:
+            await ValueChange(signal)
+            lanes = int(signal.value)
+            if lanes:
+                finished.append([lanes, get_sim_time("ns"), *kernel_stalls(dut)])
+
+    def run_cycles(events, end_ns, cycles):
+        """``events`` (``[what, time in ns, *rest]``) with the time as the cycle counted
+        from ``ap_start``, anchored at the run's end: ``end_ns``, when it had run ``cycles``
+        (the cycle counter's value)."""
+        return [[what, cycles - round((end_ns - t) / CLOCK_NS), *rest]
+                for what, t, *rest in events]
+
     def issue_cycles(issued, end_ns, cycles, stalls):
         """``issued`` (from :func:`watch_issues`) as ``[instruction, cycle, *kernel_stalls]``
         counted from ``ap_start``, anchored at the run's end: ``end_ns``, when it had run
@@ -690,8 +710,7 @@ if cocotb is not None:
         ended elsewhere, is that issue)."""
         if issued and issued[0][0] == 0:
             issued = issued[1:]
-        return [[0, 0, *stalls]] + [[k, cycles - round((end_ns - t) / CLOCK_NS), *rest]
-                                    for k, t, *rest in issued]
+        return [[0, 0, *stalls]] + run_cycles(issued, end_ns, cycles)
 
     def handshakes(handle, path="", depth=4):
         """``path value`` of every valid, ready, busy and FSM state signal below ``handle``:
@@ -755,9 +774,10 @@ if cocotb is not None:
             host.run_starts()
             await host.write("task", run["task"])
             await host.write("images", run["count"])
-            issued, watch, stalls = [], None, kernel_stalls(core)
+            issued, finished, watches, stalls = [], [], [], kernel_stalls(core)
             if case["timeline"]:
-                watch = cocotb.start_soon(watch_issues(core, issued))
+                watches = [cocotb.start_soon(watch_issues(core, issued)),
+                           cocotb.start_soon(watch_finishes(core, finished))]
             await host.write("ap_ctrl", 1)
             if run["restart"]:
                 await ClockCycles(dut.ap_clk, 50)
@@ -788,7 +808,7 @@ if cocotb is not None:
                 host.faults = []
             host.run_ended()
             end_ns = get_sim_time("ns")
-            if watch is not None:
+            for watch in watches:
                 watch.cancel()
             await host.write("isr", await host.read("isr"))   # toggle-on-write: clears it
             ctrl = await host.read("ap_ctrl")
@@ -804,8 +824,9 @@ if cocotb is not None:
                    "port_bytes_read": list(host.port_bytes_read),
                    "busy": {unit: await host.read(f"busy_{unit}") for unit in REGMAP.units},
                    **during}
-            if watch is not None:
+            if watches:
                 row["issued"] = issue_cycles(issued, end_ns, row["cycles"], stalls)
+                row["finished"] = run_cycles(finished, end_ns, row["cycles"])
                 row["stalls_at_end"] = kernel_stalls(core)
             if case["guard"]:
                 writable = [(buffers["output"],

@@ -1146,3 +1146,42 @@ def test_zcu102_batch_of_two_on_two_lanes_within_1_percent():
     assert abs(cost.cycles / simulated - 1) < 0.01
     assert sum(busy.values()) > simulated
 
+
+
+def test_two_lane_rows_pair_each_lane_s_issues_with_its_finishes(tiny_on):
+    """``instruction_rows`` on two issue lanes (``bench top --per-instruction``): the j-th
+    instruction issued on a lane ends at that lane's j-th finish, whatever the other lane
+    did between, two lanes finishing in one cycle included (the pulse 3); a run whose
+    finishes do not match its issues is an error, not rows. The marks are a made-up run
+    that keeps the sequencer's rules (one instruction a lane, a non-concurrent one after
+    the other lane's), with durations of its own."""
+    from moevit.hw.cost.report import instruction_rows
+    from moevit.hw.program.isa import LANE_OF
+
+    compile_for, image = tiny_on
+    program = compile_for(max_tokens=256, memory_ports=2, issue_lanes=2, token_chunks=1)
+    lanes = [LANE_OF[d.MNEMONIC] for d in program.instructions]
+    busy = {"main": None, "side": None}         # lane -> the end of its instruction
+    issued, ends, durations, at, together = [], [], [], 0, False
+    for k, lane in enumerate(lanes):
+        other = busy["side" if lane == "main" else "main"]
+        at = max([at + 1] + [busy[lane] or 0] + ([] if program.concurrent[k] else [other or 0]))
+        duration = 40 + 13 * k % 97
+        if program.concurrent[k] and other and other > at and not together:
+            duration, together = other - at, True     # ends with the other lane's
+        issued.append([k, at])
+        busy[lane] = at + duration
+        ends.append((busy[lane], 1 if lane == "main" else 2))
+        durations.append(duration)
+    finished = {}
+    for end, bit in ends:
+        finished[end] = finished.get(end, 0) | bit
+    assert together and 3 in finished.values()
+    marks = [[bits, end] for end, bits in sorted(finished.items())]
+    cycles = max(finished)
+    rows = instruction_rows(program, image, 0, issued, cycles, finished=marks)
+    assert [(r["index"], r["lane"], r["issued"], r["simulated"]) for r in rows] == [
+        (k, lane, at, d) for (k, at), lane, d in zip(issued, lanes, durations)]
+    with pytest.raises(ValueError, match=r"the main lane issued \d+ instructions and finished"):
+        instruction_rows(program, image, 0, issued, cycles,
+                         finished=[m for m in marks if m[0] != 1][:-1])

@@ -257,6 +257,18 @@ def test_command_on_the_saved_zcu102_point_within_1_5_percent_of_its_simulated_i
     for total, simulated in zip(totals, ZCU102_LANES_IMAGE):
         print(f"{total['task']}: {total['cycles']:,} vs {simulated:,} simulated")
         assert abs(total["cycles"] / simulated - 1) < 0.015
+    # Per instruction on its two lanes: each instruction's place on the timeline, one at a
+    # time a lane, never shorter than alone, the last end the image's cycles.
+    capsys.readouterr()
+    assert main(["hw", "cost", "--config", "edge-moe", "--hw", "zcu102-edge-moe", "--board",
+                 "zcu102", "--routing", "balanced", "--quiet", "--task", "semseg",
+                 "--per-instruction", "--json"]) == 0
+    *rows, total = json.loads(capsys.readouterr().out)
+    assert max(r["end"] for r in rows) == total["cycles"] == totals[0]["cycles"]
+    assert all(r["end"] - r["start"] >= r["cycles"] for r in rows)
+    for lane in ("main", "side"):
+        spans = [(r["start"], r["end"]) for r in rows if r["lane"] == lane]
+        assert spans and all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
 
 
 @pytest.mark.slow

@@ -53,6 +53,7 @@ def cost_rows(*, quantized=None, config=None, task=None, board=None, latency=Non
     from moevit.hw.boards import get_board
     from moevit.hw.cost.cycles import (board_bandwidth, board_latency, board_memory_bandwidth,
                                        check_latency, program_cycles)
+    from moevit.hw.program.isa import LANE_OF
 
     if latency is not None:
         check_latency(latency)
@@ -76,6 +77,8 @@ def cost_rows(*, quantized=None, config=None, task=None, board=None, latency=Non
             parts = [dict(i.row(), name=f"{i.index:>2} {i.mnemonic}", memory_bound=int(
                 i.bound == "memory"), instructions=1, bytes=i.bytes_read + i.bytes_written)
                 for i in cost.instructions]
+            for part, start, end in zip(parts, cost.starts, cost.ends):   # two issue lanes
+                part.update(lane=LANE_OF[part["mnemonic"]], start=start, end=end)
         else:
             parts = [dict(u, name=u["unit"], bound="memory" if 2 * u["memory_cycles"] >
                           u["cycles"] else "compute")
@@ -87,7 +90,8 @@ def cost_rows(*, quantized=None, config=None, task=None, board=None, latency=Non
                          cycles=total, bound="memory" if 2 * bound > total else "compute",
                          memory_bound=sum(i.bound == "memory" for i in cost.instructions),
                          bytes=sum(i.bytes_read + i.bytes_written for i in cost.instructions),
-                         share=1.0, latency_ms=cost.latency_ms, clock_mhz=cost.clock_mhz))
+                         share=1.0, latency_ms=cost.latency_ms, clock_mhz=cost.clock_mhz,
+                         issue_lanes=hw.issue_lanes))
     return rows
 
 
@@ -100,14 +104,28 @@ def print_cost(rows) -> None:
         where = f"board {total['board']}" if total["board"] else "one bus word a cycle"
         print(f"task {name}: {total['bandwidth']:g} bytes/cycle ({where}), memory latency "
               f"{total['memory_latency']} cycles")
+        lanes = total["issue_lanes"] > 1
+        timeline = lanes and "start" in part[0]
         for r in part:
             r.setdefault("bound_text", f"  {r['bound']}")
+            if timeline:   # the total row: the image's span
+                r.setdefault("lane_text", f"  {r.get('lane', '')}")
+                r.setdefault("start_text", f"{r.get('start', 0):,}")
+                r.setdefault("end_text", f"{r.get('end', r['cycles']):,}")
         print_rows(part, [("", "name", "<14", ""), ("instr", "instructions", ">6", ""),
                           ("cycles", "cycles", ">11", ","), ("share", "share", ">8", ".1%"),
+                          *([("  lane", "lane_text", "<7", ""), ("start", "start_text", ">10", ""),
+                             ("end", "end_text", ">10", "")] if timeline else []),
                           ("bytes", "bytes", ">11", ","), ("  bound", "bound_text", "<10", ""),
                           ("mem-bound", "memory_bound", ">10", "")])
+        how = "per instruction max(compute, memory) + issue"
+        if lanes:
+            how += ("; on two issue lanes instructions overlap: their cycles alone add up to "
+                    "more than the image's, which is the two-lane timeline's end"
+                    + (" (start and end; end - start is more than the cycles alone where the "
+                       "lanes share the memory)" if timeline else ""))
         print(f"predicted latency {total['latency_ms']:.3f} ms at {total['clock_mhz']:g} MHz "
-              f"(per instruction max(compute, memory) + issue)\n")
+              f"({how})\n")
 
 
 #: The issue's aim: the cost model within 5 % of the simulated cycles on every bench row.

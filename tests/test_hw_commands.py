@@ -202,6 +202,8 @@ def test_bench_top_per_instruction_prints_each_task_s_instructions(tmp_path, mon
     assert "tiny semseg prefetch 0, per instruction (from its issue to the next one's):" in out
     assert re.search(r"^ +0 +PATCHIFY +200 +190 +-5\.00% +compute$", out, re.M), out
     assert re.search(r"^ +1 +COPY +100 +103 +\+3\.00% +memory$", out, re.M), out
+    assert "tiny semseg, per kind of instruction:" in out
+    assert re.search(r"^ +PATCHIFY +1 +200 +190 +-5\.00%$", out, re.M), out
     assert main(["bench", "top", "--prefetch", "0"]) == 0
     assert asked == [True, False] and "per instruction" not in capsys.readouterr().out
 

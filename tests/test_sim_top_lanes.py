@@ -135,7 +135,7 @@ def _check_lane_rows(program, image, run):
     instruction without the concurrent bit issued only once the other lane's earlier ones
     have finished, and two instructions of the two lanes at once somewhere; each kind of
     instruction's simulated cycles beside the model's two-lane timeline (printed)."""
-    from moevit.hw.cost.report import instruction_rows
+    from moevit.hw.cost.report import instruction_rows, kind_rows
 
     rows = instruction_rows(program, image, run["task"], run["issued"], run["cycles"],
                             finished=run["finished"])
@@ -152,13 +152,8 @@ def _check_lane_rows(program, image, run):
             assert all(finish <= start for _, finish in others), r
         overlapping += any(s < end and start < e for s, e in others)
     assert overlapping
-    kinds = {}
-    for r in rows:
-        kind = kinds.setdefault(r["mnemonic"], [0, 0])
-        kind[0] += r["simulated"]
-        kind[1] += r["predicted"]
     print("per kind, issue to finish, the model's two-lane timeline beside: " + ", ".join(
-        f"{m} {sim:,} {pred / sim - 1:+.1%}" for m, (sim, pred) in kinds.items()))
+        f"{k['mnemonic']} {k['simulated']:,} {k['error']:+.1%}" for k in kind_rows(rows)))
 
 
 @pytest.mark.slow

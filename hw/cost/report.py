@@ -351,6 +351,26 @@ def print_instructions(row) -> None:
                        ("predicted", "predicted", ">10", ","), ("error", "error_text", ">9", ""),
                        ("bound", "bound", ">9", ""),
                        ("  linear kernel starved / held (cycles)", "stalls_text", "<", "")])
+    kinds = [dict(k, error_text=f"{k['error']:+.2%}", name=f"  {k['mnemonic']}")
+             for k in kind_rows(row["instructions"])]
+    print(f"\n{row['hw']} {row['task']}, per kind of instruction:")
+    print_rows(kinds, [("  instruction", "name", "<15", ""), ("count", "count", ">6", ""),
+                       ("simulated", "simulated", ">11", ","),
+                       ("predicted", "predicted", ">11", ","), ("error", "error_text", ">9", "")])
+
+
+def kind_rows(instructions) -> list:
+    """Per kind of instruction (mnemonic, in the order they first come) of
+    :func:`instruction_rows`' rows: their count and their simulated and predicted cycles
+    summed, and the error of the sums."""
+    kinds = {}
+    for r in instructions:
+        kind = kinds.setdefault(r["mnemonic"], {"mnemonic": r["mnemonic"], "count": 0,
+                                                "simulated": 0, "predicted": 0})
+        kind["count"] += 1
+        kind["simulated"] += r["simulated"]
+        kind["predicted"] += r["predicted"]
+    return [dict(k, error=k["predicted"] / max(1, k["simulated"]) - 1) for k in kinds.values()]
 
 
 def _check_row(bench, name, predicted, simulated):

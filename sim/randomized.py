@@ -241,6 +241,7 @@ def _layernorm(rng, seed, large, hw):
         beats = min(96 if large else 32, 1024 // lanes)
         hw = HwConfig(name=f"layernorm-{seed}", norm_lanes=lanes, bus_width=max(128, 8 * lanes),
                       max_in=lanes * int(rng.integers(1, beats + 1)))
+    lanes = hw.norm_lanes
     descs = []
 
     def make_ops():

@@ -281,7 +281,7 @@ def instruction_rows(program, image, task, issued, cycles, latency=0, bandwidth=
     cost = program_cycles(program, image, task, latency=latency, bandwidth=bandwidth,
                           memory_bandwidth=memory_bandwidth)
     if cost.ends:
-        return _lane_rows(program, cost, issued, finished)
+        return _lane_rows(cost, issued, finished)
     marks = [*issued, [None, cycles, *stalls_at_end]]
     return [_instruction_row(cost.instructions[k], at, end, before, after)
             for (k, at, *before), (_, end, *after) in zip(marks, marks[1:])]
@@ -303,7 +303,7 @@ def _instruction_row(i, at, end, before, after, predicted=None) -> dict:
     return row
 
 
-def _lane_rows(program, cost, issued, finished) -> list:
+def _lane_rows(cost, issued, finished) -> list:
     """:func:`instruction_rows` on two issue lanes: each lane's instructions, in the order
     they were issued, end at its finishes in order (one instruction a lane at a time)."""
     from moevit.hw.program.isa import LANE_OF

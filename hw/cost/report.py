@@ -392,9 +392,10 @@ def print_check(rows) -> None:
     over = [r for r in rows if not r["within_aim"]]
     print(f"({len(rows) - len(over)} of {len(rows)} rows within the aim of {AIM:.0%}; worst "
           f"error {worst:.2%}. Memory: the benches' memories answer without stalls, so the "
-          f"prediction is at one bus word a cycle; on a board, each instruction is max(compute, "
-          f"bytes / bandwidth) + issue: the top overlaps an instruction's transfers with its own "
-          f"compute, never two instructions)")
+          f"prediction is at one bus word a cycle, but --slow's board row at the board's; each "
+          f"instruction is max(compute, bytes / bandwidth) + issue: the top overlaps an "
+          f"instruction's transfers with its own compute, and on two issue lanes (the saved "
+          f"ZCU102 point) runs one instruction a lane at once, on the model's two-lane timeline)")
 
 
 # What the slow commands measured, kept under build/ for `moevit report` ----------------

@@ -1200,7 +1200,6 @@ def test_zcu102_batch_of_two_on_two_lanes_within_1_percent():
     assert sum(busy.values()) > simulated
 
 
-
 def test_two_lane_rows_pair_each_lane_s_issues_with_its_finishes(tiny_on):
     """``instruction_rows`` on two issue lanes (``bench top --per-instruction``): the j-th
     instruction issued on a lane ends at that lane's j-th finish, whatever the other lane

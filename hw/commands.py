@@ -158,17 +158,22 @@ def _add_packing(parser):
                         help="multipliers a position of the linear array, summed along a "
                              "DSP48E2 cascade (1 to 8, at most 7 with packing 2), replacing "
                              "the instance's chain_depth")
+    parser.add_argument("--score-packing", type=int, choices=(1, 2), default=None,
+                        help="int8 multiplies per DSP48E2 in the attention's QK stage, "
+                             "replacing the instance's score_packing (2: two keys share the "
+                             "query's value, AMD WP486)")
 
 
 def _hw_and_name(args):
-    """The config's hardware instance, with ``--packing`` and ``--chain`` applied, and the
-    name of its default output folder (``CONFIG``, with ``-packing2`` or ``-chain4`` for
-    each field replaced)."""
+    """The config's hardware instance, with ``--packing``, ``--chain`` and
+    ``--score-packing`` applied, and the name of its default output folder (``CONFIG``, with
+    ``-packing2``, ``-chain4`` or ``-score-packing2`` for each field replaced)."""
     from moevit.hw.config import get_hw_config
 
     hw, name, changes = get_hw_config(args.config), args.config, {}
     for field, flag, value in (("dsp_packing", "packing", args.packing),
-                               ("chain_depth", "chain", args.chain)):
+                               ("chain_depth", "chain", args.chain),
+                               ("score_packing", "score-packing", args.score_packing)):
         if value is not None and value != getattr(hw, field):
             changes[field], name = value, f"{name}-{flag}{value}"
     # (one replace: the two fields are checked together, as a saved config would be)

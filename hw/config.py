@@ -202,6 +202,14 @@ class HwConfig:
         (:class:`moevit.hw.units.attention.AttentionHead`). Each head after the first no
         longer waits for the one before to drain (zcu102-edge-moe: ~630 cycles a
         descriptor of three heads). 0: the attention of every figure measured before it.
+    score_packing : int
+        int8 multiplies per DSP48E2 in the attention kernel's QK stage: 1, or 2 (two
+        neighbouring keys share the query's value in one 27x18 multiply, AMD WP486: a row
+        pipeline's QK takes its keys in pairs, half its score lanes a cycle, so a pair
+        takes ``2 * head_dim / score_lanes`` cycles, the same rate on half the DSP48E2;
+        an odd sequence's last key pairs with nothing, one ``head_dim / score_lanes``
+        more a query row); needs an even ``score_lanes``. PV's products (a 16-bit
+        probability times an int8 value, 24 bits) do not pack.
     chan_striped : int
         1 (with ``weight_ports`` > 1): the read channel ``chan`` (each output channel's
         bias and requantization constants, read with the weights) deals its bursts over
@@ -271,6 +279,8 @@ class HwConfig:
     pipelined_heads: int = 0
     # The channel constants striped over the weights' ports (issue 14): 0 or 1.
     chan_striped: int = 0
+    # int8 multiplies per DSP48E2 in the attention's QK stage (issue 14): 1 or 2.
+    score_packing: int = 1
 
     # Fixed by the numeric contract (moevit.model.integer.intops.requantize).
     BIAS_WIDTH = 32
@@ -289,7 +299,7 @@ class HwConfig:
                        "weight_ports": 1, "row_lanes": 1, "issue_lanes": 1, "combine_lanes": 0,
                        "weight_streaming": 0, "token_chunks": 0, "context_lanes": 0,
                        "kv_banks": 1, "x_by_words": 0, "pipelined_heads": 0,
-                       "chan_striped": 0, "chain_depth": 1}
+                       "chan_striped": 0, "chain_depth": 1, "score_packing": 1}
     #: Fields the RTL does not read (how the compiler lays a program out): :meth:`rtl`.
     COMPILER_ONLY = ("token_chunks",)
     #: Row lanes of a head lane: each copies the head's K and V, so a few.
@@ -440,6 +450,12 @@ class HwConfig:
         if self.pipelined_heads and self.kv_banks != 2:
             raise ConfigError("pipelined_heads 1 needs kv_banks 2: a head's rows follow the "
                               f"head before's only into the other bank (kv_banks {self.kv_banks})")
+        if type(self.score_packing) is not int or self.score_packing not in (1, 2):
+            raise ConfigError(f"Score packing must be 1 or 2 int8 multiplies per DSP48E2, not "
+                              f"{self.score_packing!r}")
+        if self.score_packing == 2 and self.score_lanes % 2:
+            raise ConfigError(f"Score packing 2 takes half the score lanes a cycle, two keys a "
+                              f"DSP48E2: they must be even, not {self.score_lanes}")
         if type(self.chan_striped) is not int or self.chan_striped not in (0, 1):
             raise ConfigError(f"chan_striped must be 0 or 1, not {self.chan_striped!r}")
         if self.chan_striped and self.weight_ports < 2:

@@ -139,6 +139,8 @@ def _attention(rng, seed, large, hw):
         hw = hw.replace(kv_banks=int(rng.choice([1, 2])))
         if hw.kv_banks == 2:
             hw = hw.replace(pipelined_heads=int(rng.integers(2)))
+        if lanes % 2 == 0:
+            hw = hw.replace(score_packing=int(rng.choice([1, 2])))
     lanes = hw.score_lanes
     descs = []
 
@@ -265,6 +267,7 @@ def _layernorm(rng, seed, large, hw):
 
 
 _FIELDS = {"attention": ("score_lanes", "max_head_dim", "kv_depth", "heads_parallel",
-                         "row_lanes", "context_lanes", "kv_banks", "pipelined_heads"),
+                         "row_lanes", "context_lanes", "kv_banks", "pipelined_heads",
+                         "score_packing"),
            "softmax": ("kv_depth",), "layernorm": ("norm_lanes", "max_in"), "gelu": ("cols",)}
 _DRAW = {"attention": _attention, "softmax": _softmax, "gelu": _gelu, "layernorm": _layernorm}

@@ -209,6 +209,30 @@ def test_kv_banks_leave_older_fingerprints_alone():
     assert hw_hash(two) != hw_hash(hw) and HwConfig.from_dict(two.to_dict()) == two
 
 
+@pytest.mark.parametrize("value", [0, 3, True, 2.0])
+def test_bad_score_packing(value):
+    with pytest.raises(ConfigError, match=rf"^Score packing must be 1 or 2 int8 multiplies per "
+                                          rf"DSP48E2, not {re.escape(repr(value))}$"):
+        DEFAULT_HW["tiny"].replace(score_packing=value)
+
+
+def test_score_packing_needs_even_score_lanes():
+    tiny = DEFAULT_HW["tiny"]
+    with pytest.raises(ConfigError, match=r"^Score packing 2 takes half the score lanes a "
+                                          r"cycle, two keys a DSP48E2: they must be even, not 3$"):
+        tiny.replace(score_lanes=3, max_head_dim=15, score_packing=2)
+    assert tiny.replace(score_lanes=2, max_head_dim=16, score_packing=2).score_packing == 2
+
+
+def test_score_packing_leaves_older_fingerprints_alone():
+    from moevit.hw.program.program import hw_hash
+
+    hw = get_hw_config("tiny")
+    assert "score_packing" not in hw.to_dict()
+    two = hw.replace(score_packing=2)
+    assert hw_hash(two) != hw_hash(hw) and HwConfig.from_dict(two.to_dict()) == two
+
+
 #: The top's on/off switches (0, the default, the behaviour before each): field -> its name
 #: in the error, and the fields it needs.
 SWITCHES = {"weight_streaming": ("Weight streaming", {}), "x_by_words": ("x_by_words", {}),

@@ -58,11 +58,13 @@ def test_lut_and_ff_within_the_bound(rows):
 @pytest.mark.parametrize("changes, counted", [
     (dict(score_lanes=16, max_head_dim=64, kv_depth=16), (70, 7_951, 6_831)),
     (dict(score_lanes=16, max_head_dim=64, kv_depth=16, row_lanes=2, context_lanes=2),
-     (80, 8_471, 13_912))])
+     (80, 8_471, 13_912)),
+    (dict(score_packing=2), (35, 5_456, 6_577))])
 def test_the_attention_formula_beyond_its_points(changes, counted):
-    """Two attention kernels of 64-wide heads (the fit's points go to 16), one of two row
-    lanes whose context beats pass two requantizers, counted by Yosys (2026-12-05: DSP48E2,
-    LUT, FF) and in no fit: the DSPs exact, LUT and FF within 5 %."""
+    """Attention kernels of 64-wide heads (the fit's points go to 16): one of two row lanes
+    whose context beats pass two requantizers, and one whose QK packs two keys a DSP48E2
+    (tiny's: 39 DSP48E2 unpacked), counted by Yosys (2026-12-05, 2026-12-07: DSP48E2, LUT,
+    FF) and in no fit: the DSPs exact, LUT and FF within 5 %."""
     from moevit.hw.config import HwConfig
 
     got = unit_resources("attention", HwConfig(name="beyond", **changes))

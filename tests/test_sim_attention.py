@@ -92,6 +92,36 @@ def test_tiny_first_layer_in_two_ranges_of_query_rows_icarus():
     np.testing.assert_array_equal(np.concatenate(parts), ctx)
 
 
+def test_packed_scores_icarus():
+    """Two keys a DSP48E2 (``score_packing`` 2): every score exact. A head whose every
+    score counts (q and k in -1..1 at the softmax's coarsest scale: one unit more on any
+    one score changes every query row's context), half its products negative (the low
+    product's borrow), beside the saturating head of :func:`extreme_heads`; an odd
+    sequence (its last key pairs with nothing) and an even one, on two row lanes, with
+    gaps and back-pressure."""
+    from moevit.model.integer.golden import AttentionConsts, attention_head
+
+    hw = HwConfig(name="attn-packed", score_lanes=8, kv_depth=24, max_head_dim=16,
+                  row_lanes=2, score_packing=2)
+    rng = np.random.default_rng(21)
+    consts = (*intops.softmax_constants(1 / 4), *map(int, intops.quantize_multiplier(1 / 4096)))
+    for tokens in (21, 14):
+        q, k = (rng.integers(-1, 2, (2, tokens, 16)) for _ in range(2))
+        v = rng.integers(-64, 65, (2, tokens, 16))
+        extreme = extreme_heads(rng, tokens, 16)
+        q[1], k[1], v[1] = (a[3] for a in extreme)
+        context = attention_head(q[0], k[0], v[0], AttentionConsts(*consts)).out
+        for j in range(tokens):
+            scores = intops.linear_acc(q[0], k[0])
+            scores[:, j] += 1
+            probs = intops.softmax(scores, *consts[:2])
+            bumped = intops.requantize(intops.weighted_sum(probs, v[0]), *consts[2:])
+            assert (bumped != context).any(axis=1).all(), j
+        run = run_attention(hw, q, k, v, consts, test_id=f"attention-packed-{tokens}",
+                            simulator="icarus", seed=tokens)
+        assert run.out.shape == (2, tokens, 16)
+
+
 def test_more_query_rows_than_keys():
     hw = HwConfig(name="small")
     with pytest.raises(DescriptorError, match=r"^Attention descriptor of 9 query rows is "

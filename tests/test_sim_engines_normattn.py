@@ -340,24 +340,29 @@ def test_layernorm_engine_cycles_with_lanes(lanes, bus):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("lanes_parallel, score_lanes, context_lanes, kv_banks, pipelined",
-                         [(1, 32, 0, 1, 0), (2, 32, 0, 1, 0), (3, 16, 0, 1, 0), (2, 8, 0, 1, 0),
-                          (1, 32, 4, 1, 0), (1, 8, 2, 1, 0), (1, 32, 0, 2, 0), (3, 16, 0, 2, 0),
-                          (1, 8, 2, 2, 0), (1, 32, 0, 2, 1), (3, 16, 0, 2, 1), (1, 8, 2, 2, 1)])
+@pytest.mark.parametrize("lanes_parallel, score_lanes, context_lanes, kv_banks, pipelined, "
+                         "packing",
+                         [(1, 32, 0, 1, 0, 1), (2, 32, 0, 1, 0, 1), (3, 16, 0, 1, 0, 1),
+                          (2, 8, 0, 1, 0, 1), (1, 32, 4, 1, 0, 1), (1, 8, 2, 1, 0, 1),
+                          (1, 32, 0, 2, 0, 1), (3, 16, 0, 2, 0, 1), (1, 8, 2, 2, 0, 1),
+                          (1, 32, 0, 2, 1, 1), (3, 16, 0, 2, 1, 1), (1, 8, 2, 2, 1, 1),
+                          (1, 32, 0, 2, 1, 2), (3, 16, 0, 1, 0, 2), (1, 8, 2, 2, 1, 2)])
 def test_attention_engine_cycles_with_head_lanes(lanes_parallel, score_lanes, context_lanes,
-                                                 kv_banks, pipelined):
+                                                 kv_banks, pipelined, packing):
     """Without stalls on a 512-bit bus (the memory never binds), each ATTENTION of two rounds
     of 64-wide heads (three on two banks of K and V) takes the kernel's model plus the
     engine's tail (:func:`~moevit.hw.cost.cycles.attention_tail`: a cycle a token a round,
     and the head lanes' K and V dealt one score-lane beat a cycle; on two banks the first
     round's only, and :data:`~moevit.hw.cost.cycles.KV_BANKS_FIXED`): the cost model's
     attention term, within 8 cycles an instruction (on two banks, exact; with pipelined
-    heads too); the error printed. Icarus: one small build a point."""
+    heads too; with QK's keys in pairs, ``packing`` 2, too); the error printed. Icarus: one
+    small build a point."""
     from moevit.hw.cost.cycles import attention_tail, compute_cycles, memory_wait, moved_bytes
 
     hw = HwConfig(name="attention-lanes", bus_width=512, score_lanes=score_lanes,
                   heads_parallel=lanes_parallel, max_head_dim=64, kv_depth=24,
-                  context_lanes=context_lanes, kv_banks=kv_banks, pipelined_heads=pipelined)
+                  context_lanes=context_lanes, kv_banks=kv_banks, pipelined_heads=pipelined,
+                  score_packing=packing)
     rng = np.random.default_rng(replay_seed())
     rounds = 2 if kv_banks == 1 else 3      # two banks: a round's K and V behind the last
     width = rounds * lanes_parallel * 64
@@ -375,7 +380,7 @@ def test_attention_engine_cycles_with_head_lanes(lanes_parallel, score_lanes, co
                                          out_addr=arena.place(rows * width)))
     summary = _run(AttentionEngine(hw), hw, arena.memory(), descs, seed=0, simulator="icarus",
                    test_id=f"engine-attention-cycles-{lanes_parallel}-{score_lanes}-"
-                           f"{context_lanes}-{kv_banks}-{pipelined}")
+                           f"{context_lanes}-{kv_banks}-{pipelined}-{packing}")
     print(f"{'lanes':>5} {'chunks':>6} {'tokens':>6} {'rows':>4} {'simulated':>9} {'model':>6} "
           f"{'error':>7}")
     for d, cycles in zip(descs, summary["cycles"]):

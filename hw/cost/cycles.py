@@ -567,11 +567,13 @@ def memory_wait(d, hw, moved, bandwidth, memory_bandwidth=None, *, op=None,
             return d.rounds * wait
         # Two banks: a later round's K and V load while the round before computes (with
         # pipelined heads: while its rows pass QK, a row lane's share each).
-        from moevit.hw.units.attention import head_cycles
+        from moevit.hw.units.attention import head_cycles, row_issue_cycles
 
-        computes = -(-d.rows // hw.row_lanes) * d.tokens * d.chunks if hw.pipelined_heads \
-            else head_cycles(d.tokens, d.chunks, hw.row_lanes,
-                             hw.score_lanes // hw.context_width, d.rows) - d.tokens * d.chunks - 1
+        computes = -(-d.rows // hw.row_lanes) * row_issue_cycles(d.tokens, d.chunks,
+                                                                 hw.score_packing) \
+            if hw.pipelined_heads \
+            else head_cycles(d.tokens, d.chunks, hw.row_lanes, hw.score_lanes // hw.context_width,
+                             d.rows, hw.score_packing) - d.tokens * d.chunks - 1
         later = max(0, max(int(np.ceil(load)), attention_kv_cycles(d)) - computes)
         return wait + (d.rounds - 1) * later
     if m == "PATCHIFY" and moved.get("x"):

@@ -1360,15 +1360,18 @@ def _streaming_at_best_batch(point, work, board, the_fit, fabric):
 def _attention_lanes(model, base, score_grid, attention):
     """``base`` with each attention kernel the model takes: heads in parallel dividing its
     heads, row lanes (:data:`ROW_LANES`) up to its tokens, score lanes of ``score_grid``
-    dividing its head width; its context lanes :func:`_context_lanes` for the ``ATTENTION``
+    dividing its head width, QK's products one or two a DSP48E2 (``score_packing``: fewer
+    DSP48E2, more block RAM); its context lanes :func:`_context_lanes` for the ``ATTENTION``
     steps ``attention``, and two banks of K and V where they take no more block RAM than
     one (:func:`_kv_banks`)."""
     for hp in _divisors(model.heads, range(1, model.heads + 1)):
         for rl in (r for r in ROW_LANES if r <= model.tokens):
             for sl in _divisors(model.head_dim, score_grid):
-                hw = base.replace(heads_parallel=hp, row_lanes=rl, score_lanes=sl)
-                hw = hw.replace(context_lanes=_context_lanes(hw, attention))
-                yield _with_kv_banks(hw, _kv_banks(hw))
+                for packing in (1, 2) if sl % 2 == 0 else (1,):
+                    hw = base.replace(heads_parallel=hp, row_lanes=rl, score_lanes=sl,
+                                      score_packing=packing)
+                    hw = hw.replace(context_lanes=_context_lanes(hw, attention))
+                    yield _with_kv_banks(hw, _kv_banks(hw))
 
 
 def _with_kv_banks(hw, banks):
@@ -2086,7 +2089,8 @@ def lowest_floor(work, board, task, fabric=True, *, mac_units=0, serial=False):
         _LOWEST[key] = {
             "ms": float(floor) / (least.clock_mhz * 1e3), "binding": binding,
             "array": _array(hw),
-            "attention": f"{lanes.heads_parallel}x{lanes.row_lanes}x{lanes.score_lanes}",
+            "attention": f"{lanes.heads_parallel}x{lanes.row_lanes}x{lanes.score_lanes}"
+                         + ("/2" if lanes.score_packing == 2 else ""),
             "context_lanes": lanes.context_width, "mac_units": hw.macs + lanes.attention_macs}
     return _LOWEST[key]
 
@@ -2181,7 +2185,8 @@ def print_dse(rows) -> None:
               f"{h['score_lanes']} lanes ({r['attention_mac_units']} MAC units, "
               f"{r['context_lanes']} context requantizers a head lane, "
               f"{r['kv_banks']} bank(s) of K and V"
-              f"{', heads pipelined' if h.get('pipelined_heads') else ''}), "
+              f"{', heads pipelined' if h.get('pipelined_heads') else ''}"
+              f"{', QK two keys a DSP48E2' if h.get('score_packing', 1) == 2 else ''}), "
               f"{r['norm_lanes']} LayerNorm lanes, "
               f"{r['combine_lanes']} COMBINE lanes, "
               f"bus {h['bus_width']} bits x {r['memory_ports']} memory port(s) (weights "

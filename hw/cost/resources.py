@@ -176,7 +176,11 @@ def memories(unit: str, hw) -> list:
     if unit == "attention":
         chunks = hw.max_head_dim // hw.score_lanes
         kv = hw.kv_banks * hw.kv_depth * chunks
-        lane = [("k", 8 * hw.score_lanes, kv, 1), ("v", 8 * hw.score_lanes, kv, 1),
+        # Packed, K in two memories of pairs of keys, half the lanes each (AttentionHead).
+        pairs = hw.kv_banks * -(-hw.kv_depth // 2) * chunks
+        k = ([("k", 8 * hw.score_lanes, kv, 1)] if hw.score_packing == 1
+             else [("k pairs", 8 * hw.score_lanes, pairs, 1)] * 2)
+        lane = k + [("v", 8 * hw.score_lanes, kv, 1),
                 ("scores", products_width(hw.max_head_dim), _SCORE_BANKS * hw.kv_depth, 1),
                 ("exps", EXP_WIDTH, _EXP_BANKS * hw.kv_depth, 1)]
         return lane * hw.heads_parallel * hw.row_lanes
@@ -291,11 +295,11 @@ def measure(points=None, *, unit=None, output=None, folder=None, progress=True,
 #: bits pass the 27-bit port), GELU t*t and q*f (1 each), GELU requantize (2), residual
 #: Ma*a and Mb*b (1 each) (tests/test_hw_estimate.py counts them too).
 DSP_PER_POST_LANE = 8
-#: The attention kernel, per row pipeline (a row lane of a head lane) and score lane: the
-#: QK product and the PV product.
-DSP_PER_SCORE_LANE = 2
-#: ... and per head lane and context lane (``hw.context_width``, shared by its row lanes):
-#: the context's requantize (s32 x u15: 2 DSP48E2).
+#: The attention kernel, per row pipeline (a row lane of a head lane): a QK and a PV product
+#: per score lane, QK's two to one DSP48E2 when packed (``score_packing`` 2; Yosys on tiny's
+#: attention, 8 score lanes: 39 -> 35 DSP48E2, 2026-12-07); and per head lane and context
+#: lane (``hw.context_width``, shared by its row lanes) the context's requantize (s32 x u15:
+#: 2 DSP48E2).
 REQUANTIZE_DSP = 2
 #: ... and per row pipeline the softmax's (d * M: 2, the exponent, the reciprocal, e * 1/sum).
 ATTENTION_LANE_DSP = 6
@@ -497,8 +501,9 @@ def unit_dsp(unit: str, hw) -> int:
         chunks = hw.max_head_dim // hw.score_lanes
         # tokens x chunks: the beats of one K or V matrix.
         words = _mapped(_bits(hw.kv_depth), _bits(chunks), _bits(hw.kv_depth * chunks))
-        return (hw.heads_parallel * hw.row_lanes * (DSP_PER_SCORE_LANE * hw.score_lanes
-                                                    + ATTENTION_LANE_DSP + words)
+        # A QK and a PV multiplier a score lane; packed (score_packing 2), QK's two to one.
+        multipliers = hw.score_lanes // hw.score_packing + hw.score_lanes
+        return (hw.heads_parallel * hw.row_lanes * (multipliers + ATTENTION_LANE_DSP + words)
                 + hw.heads_parallel * REQUANTIZE_DSP * hw.context_width)
     if unit == "layernorm":
         return LAYERNORM_DSP + (hw.max_in > 1024) + LAYERNORM_DSP_PER_LANE * (hw.norm_lanes - 1)

@@ -1058,6 +1058,10 @@ CHECKS = [
           "stream rules; one o beat per q beat, each row lane's next head's rows straight "
           "behind the head before's", "bmc", 16,
           lambda: _attention(row_lanes=2, kv_banks=2, pipelined_heads=1), fast=False),
+    Check("attention.packed.beats",
+          "Attention(formal hw, 2 row lanes, QK two keys a DSP48E2)",
+          "stream rules; one o beat per q beat, each pair's second score held a chunk",
+          "bmc", 16, lambda: _attention(row_lanes=2, score_packing=2), fast=False),
     Check("sequencer.progress", f"Sequencer(formal hw, {FORMAL_HEADER_WORDS}-word header)",
           f"stream rules; with memory (any words) and engines answering within {RESPONSE} "
           f"cycles, never more than {PROGRESS_BOUND} cycles running without progress (no "

@@ -562,7 +562,7 @@ class AttentionDescriptor(Descriptor):
         parts = self.hw.score_lanes // self.hw.context_width
         pipelined = bool(self.hw.pipelined_heads)
         return heads_cycles(self.tokens, self.chunks, self.rounds, self.hw.row_lanes, parts,
-                            self.hw.kv_banks, self.rows, pipelined) \
+                            self.hw.kv_banks, self.rows, pipelined, self.hw.score_packing) \
             + (restart_cycles(parts, pipelined) if following else 0)
 
 

@@ -44,11 +44,12 @@ from amaranth.lib.wiring import In, Out
 
 from moevit.hw.units import intexpr
 from moevit.hw.config import products_width
+from moevit.hw.units.linear import PAIR_PRODUCT, pack_pair, unpack_product
 from moevit.hw.units.softmax import EMIT_LATENCY, RowSchedule, Softmax
 from moevit.model.integer import intops
 
 __all__ = ["AttentionHead", "HeadLane", "Attention", "beat_layout", "acc_layout", "head_cycles",
-           "head_tail", "heads_cycles", "RESTART_CYCLES", "restart_cycles"]
+           "head_tail", "heads_cycles", "row_issue_cycles", "RESTART_CYCLES", "restart_cycles"]
 
 # u16 probability times int8 value: s24; a row of them sums to an int32
 # (intops.weighted_sum).
@@ -126,7 +127,8 @@ class AttentionHead(wiring.Component):
         A context row's accumulators, ``lanes`` per beat in ``q``'s beat order.
     """
 
-    def __init__(self, *, lanes, max_tokens, max_head_dim, kv_banks=1, pipelined_heads=False):
+    def __init__(self, *, lanes, max_tokens, max_head_dim, kv_banks=1, pipelined_heads=False,
+                 score_packing=1):
         self._MustUse__silence = True  # a unit rejected here is not an unused one
         for what, value in (("Score lanes", lanes), ("Key/value buffer depth", max_tokens),
                             ("Head dim", max_head_dim)):
@@ -138,6 +140,11 @@ class AttentionHead(wiring.Component):
             raise ValueError(f"K/V banks must be 1 or 2, not {kv_banks!r}")
         if pipelined_heads and kv_banks != 2:
             raise ValueError("Pipelined heads need two banks of K and V")
+        if score_packing not in (1, 2) or isinstance(score_packing, bool) \
+                or lanes % score_packing:
+            raise ValueError(f"Score packing must be 1, or 2 with even score lanes, not "
+                             f"{score_packing!r} ({lanes} lanes)")
+        self._packing = score_packing
         self._kv_banks = kv_banks
         self._pipelined_heads = bool(pipelined_heads)
         self._lanes = lanes
@@ -177,9 +184,7 @@ class AttentionHead(wiring.Component):
         addr_shape = range(depth + 1)
 
         banks = self._kv_banks
-        m.submodules.kbuf = kbuf = memory.Memory(shape=word, depth=banks * depth, init=[])
         m.submodules.vbuf = vbuf = memory.Memory(shape=word, depth=banks * depth, init=[])
-        k_wr, k_rd = kbuf.write_port(), kbuf.read_port()
         v_wr, v_rd = vbuf.write_port(), vbuf.read_port()
         m.submodules.softmax = sm = Softmax(max_row=T_max, score_width=self.score_width)
 
@@ -209,22 +214,67 @@ class AttentionHead(wiring.Component):
         m.d.comb += self.busy.eq(~heads.idle | self.acc.valid)
 
         # K and V into their buffers, side by side.
+        k_reads = self._k_buffer(m, depth, write_base, k_cnt, words, chunks)
         m.d.comb += [
             self.k.ready.eq(loading & (k_cnt != words)),
-            k_wr.addr.eq(write_base + k_cnt), k_wr.data.eq(self.k.payload.as_value()),
-            k_wr.en.eq(self.k.valid & self.k.ready),
             self.v.ready.eq(loading & (v_cnt != words)),
             v_wr.addr.eq(write_base + v_cnt), v_wr.data.eq(self.v.payload.as_value()),
             v_wr.en.eq(self.v.valid & self.v.ready),
         ]
-        with m.If(k_wr.en):
+        with m.If(self.k.valid & self.k.ready):
             m.d.sync += k_cnt.eq(k_cnt + 1)
         with m.If(v_wr.en):
             m.d.sync += v_cnt.eq(v_cnt + 1)
 
-        self._qk(m, k_rd, sm, tokens, rows, chunks, heads)
+        self._qk(m, k_reads, sm, tokens, rows, chunks, heads)
         self._pv(m, v_rd, sm, tokens, chunks, heads)
         return m
+
+    def _k_buffer(self, m, depth, write_base, k_cnt, words, chunks):
+        """The K buffer, written from ``k``; its read ports for QK, a list of one (unpacked:
+        word ``t * chunks + c`` holds chunk ``c`` of key ``t``) or of two (packed, a half of
+        the score lanes each: word ``(t // 2) * chunks + c`` of half ``h`` holds lanes
+        ``h * L/2 ..`` of chunk ``c`` of keys ``t - t % 2`` (low half of the word) and
+        ``t - t % 2 + 1`` (high half), so that one read gives a pair's weights)."""
+        L, beat = self._lanes, self.k.payload.as_value()
+        taken = self.k.valid & self.k.ready
+        if self._packing == 1:
+            m.submodules.kbuf = kbuf = memory.Memory(shape=unsigned(8 * L), depth=depth
+                                                     * self._kv_banks, init=[])
+            k_wr, k_rd = kbuf.write_port(), kbuf.read_port()
+            m.d.comb += [k_wr.addr.eq(write_base + k_cnt), k_wr.data.eq(beat),
+                         k_wr.en.eq(taken)]
+            return [k_rd]
+        pairs = -(-self._max_tokens // 2) * self._max_chunks
+        half = 4 * L
+        # Where beat k_cnt goes: its chunk, whether its key is a pair's second, and the
+        # pair's first word; all 0 at a matrix's first beat.
+        chunk, second = Signal(range(self._max_chunks)), Signal()
+        pair = Signal(range(pairs * self._kv_banks + 1))
+        at_start = k_cnt == 0
+        c_now, second_now, pair_now = (Mux(at_start, 0, v) for v in (chunk, second, pair))
+        with m.If(taken):
+            with m.If(c_now + 1 == chunks):
+                m.d.sync += [chunk.eq(0), second.eq(~second_now),
+                             pair.eq(pair_now + Mux(second_now, chunks, 0))]
+            with m.Else():
+                m.d.sync += [chunk.eq(c_now + 1), second.eq(second_now), pair.eq(pair_now)]
+        # An odd matrix's last key writes zeros as its pair's second: no key is ever read
+        # unwritten (a simulator's unknown bits would spread through the packed product).
+        last_alone = ~second_now & (k_cnt + chunks >= words)
+        reads = []
+        for h in range(2):
+            mem = memory.Memory(shape=unsigned(8 * L), depth=pairs * self._kv_banks, init=[])
+            m.submodules[f"kbuf{h}"] = mem
+            wr, rd = mem.write_port(granularity=half), mem.read_port()
+            part = beat[h * half:(h + 1) * half]
+            m.d.comb += [
+                wr.addr.eq(Mux(write_base != 0, pairs, 0) + pair_now + c_now),
+                wr.data.eq(Cat(part, Mux(second_now, part, 0))),
+                wr.en.eq(Mux(taken, Mux(second_now, 0b10, Mux(last_alone, 0b11, 0b01)), 0)),
+            ]
+            reads.append(rd)
+        return reads
 
     def _sequential(self, m, depth, rounds, rows, full, loading, write_base, k_cnt, v_cnt):
         """Heads one after the other: load K and V (with two banks: the next head's while
@@ -322,8 +372,12 @@ class AttentionHead(wiring.Component):
         heads.q_more = lambda rows_loaded: (rows != 0) & (q_head != rounds)
         return heads
 
-    def _qk(self, m, k_rd, sm, tokens, rows, chunks, heads):
-        """Query rows against the K buffer: one score per key on ``sm.i``."""
+    def _qk(self, m, k_reads, sm, tokens, rows, chunks, heads):
+        """Query rows against the K buffer: one score per key on ``sm.i``. Packed (two K
+        read ports, :meth:`_k_buffer`), the keys go in pairs, half the lanes of a chunk a
+        step (a chunk's halves one after the other): ``2 * chunks`` steps a pair, whose
+        two scores leave ``chunks`` cycles apart, so they reach the softmax as evenly as
+        unpacked ones, ``chunks`` cycles later."""
         L, C_max = self._lanes, self._max_chunks
         beat = beat_layout(L)
         # Two query rows: the next loads while the current is in use.
@@ -344,69 +398,114 @@ class AttentionHead(wiring.Component):
             with m.Else():
                 m.d.sync += q_fill_c.eq(q_fill_c + 1)
 
-        # Issue (step 0): row r, key j, chunk c; the K read takes one cycle.
+        # Issue (step 0): row r, key j (packed: the pair's first), chunk c, half h; the K
+        # read takes one cycle.
+        G = self._packing             # keys a step
         advance = Signal()
         m.d.comb += advance.eq(~sm.i.valid | sm.i.ready)
         r_issue = Signal(16)
         i_bank = Signal()
-        i_key = Signal(range(self._max_tokens + 1))
+        i_key = Signal(range(self._max_tokens + 2))
         i_c = Signal(range(C_max + 1))
+        i_h = Signal(G - 1)             # packed: the half of the lanes
         i_addr = Signal(range(self._max_tokens * C_max + 1))
         issue = Signal()
-        m.d.comb += [
-            issue.eq(computing & (rows_loaded != r_issue) & heads.k_in & advance),
-            k_rd.addr.eq(heads.k_base + i_addr),
-            k_rd.en.eq(advance),
-        ]
-        end_key = Signal()
-        end_row = Signal()
-        m.d.comb += [end_key.eq(i_c + 1 == chunks), end_row.eq(end_key & (i_key + 1 == tokens)),
+        m.d.comb += issue.eq(computing & (rows_loaded != r_issue) & heads.k_in & advance)
+        # (packed, a bank is half as many words: :meth:`_k_buffer`)
+        k_base = heads.k_base if G == 1 else Mux(heads.k_base != 0,
+                                                 -(-self._max_tokens // 2) * C_max, 0)
+        for k_rd in k_reads:
+            m.d.comb += [k_rd.addr.eq(k_base + i_addr), k_rd.en.eq(advance)]
+        end_chunk, end_key, end_row = Signal(), Signal(), Signal()
+        m.d.comb += [end_chunk.eq(i_h == G - 1), end_key.eq(end_chunk & (i_c + 1 == chunks)),
+                     end_row.eq(end_key & (i_key + G >= tokens)),
                      heads.row_issued.eq(issue & end_row)]
         with m.If(issue):
-            m.d.sync += [i_c.eq(Mux(end_key, 0, i_c + 1)), i_addr.eq(i_addr + 1)]
+            if G > 1:
+                m.d.sync += i_h.eq(~i_h)
+            with m.If(end_chunk):
+                m.d.sync += [i_c.eq(Mux(end_key, 0, i_c + 1)), i_addr.eq(i_addr + 1)]
             with m.If(end_key):
-                m.d.sync += i_key.eq(i_key + 1)
+                m.d.sync += i_key.eq(i_key + G)
             with m.If(end_row):
                 m.d.sync += [i_key.eq(0), i_addr.eq(0), i_bank.eq(~i_bank),
                              r_issue.eq(r_issue + 1)]
         with m.If(~computing):
             m.d.sync += [r_issue.eq(0), rows_loaded.eq(0), rows_used.eq(0), i_bank.eq(0),
                          q_fill_bank.eq(0), q_fill_c.eq(0), i_c.eq(0), i_key.eq(0),
-                         i_addr.eq(0)]
+                         i_addr.eq(0), i_h.eq(0)]
 
-        # Step 1: the L products of one chunk, summed.
-        p1_valid, p1_bank, p1_first, p1_end_key, p1_end_row = (Signal(name=f"qk1_{n}") for n in
-                                                             ("valid", "bank", "first",
-                                                              "end_key", "end_row"))
-        p1_c = Signal.like(i_c)
+        # Step 1: the products of one step (unpacked: summed).
+        p1_valid, p1_bank, p1_first, p1_end_key, p1_end_row, p1_pair = (
+            Signal(name=f"qk1_{n}") for n in ("valid", "bank", "first", "end_key", "end_row",
+                                              "pair"))
+        p1_c, p1_h = Signal.like(i_c), Signal.like(i_h)
         with m.If(advance):
-            m.d.sync += [p1_valid.eq(issue), p1_bank.eq(i_bank), p1_c.eq(i_c),
-                         p1_first.eq(i_c == 0), p1_end_key.eq(end_key),
-                         p1_end_row.eq(end_row)]
-        kbeat = data.View(beat, k_rd.data)
-        qbeat = data.View(beat, qrow[p1_bank][p1_c])
-        dot = Signal(signed(products_width(L)))
-        m.d.comb += dot.eq(_adder_tree([qbeat[l] * kbeat[l] for l in range(L)]))
+            m.d.sync += [p1_valid.eq(issue), p1_bank.eq(i_bank), p1_c.eq(i_c), p1_h.eq(i_h),
+                         p1_first.eq((i_c == 0) & (i_h == 0)), p1_end_key.eq(end_key),
+                         p1_end_row.eq(end_row), p1_pair.eq(i_key + 1 < tokens)]
+        qword = qrow[p1_bank][p1_c]
         with m.If(advance & p1_valid & p1_end_row):
             m.d.sync += rows_used.eq(rows_used + 1)
 
-        # Step 2: the products of one chunk registered; then the chunks of one key summed.
-        p2_valid, p2_first, p2_end_key, p2_end_row = (Signal(name=f"qk2_{n}") for n in
-                                                      ("valid", "first", "end_key", "end_row"))
-        p2_dot = Signal.like(dot)
-        acc = Signal(signed(self.score_width))
+        # Step 2: the step's products registered (packed: in the DSP48E2's product
+        # register); then the steps of one key (or pair) summed.
+        p2_valid, p2_first, p2_end_key, p2_end_row, p2_pair = (
+            Signal(name=f"qk2_{n}") for n in ("valid", "first", "end_key", "end_row", "pair"))
         with m.If(advance):
             m.d.sync += [p2_valid.eq(p1_valid), p2_first.eq(p1_first),
                          p2_end_key.eq(p1_end_key), p2_end_row.eq(p1_end_row),
-                         p2_dot.eq(dot)]
-        total = Signal(signed(self.score_width))
-        m.d.comb += total.eq(Mux(p2_first, 0, acc) + p2_dot)
+                         p2_pair.eq(p1_pair)]
+        if G == 1:
+            kbeat, qbeat = data.View(beat, k_reads[0].data), data.View(beat, qword)
+            dot = Signal(signed(products_width(L)))
+            m.d.comb += dot.eq(_adder_tree([qbeat[l] * kbeat[l] for l in range(L)]))
+            p2_dot = Signal.like(dot)
+            with m.If(advance):
+                m.d.sync += p2_dot.eq(dot)
+            sums = [p2_dot]
+        else:
+            half = beat_layout(L // 2)
+            kword = Mux(p1_h, k_reads[1].data, k_reads[0].data)
+            k_lo, k_hi = (data.View(half, kword[n * 4 * L:(n + 1) * 4 * L]) for n in range(2))
+            q_half = data.View(half, Mux(p1_h, qword[4 * L:], qword[:4 * L]))
+            products = [Signal(signed(PAIR_PRODUCT), name=f"qk_pair{l}") for l in range(L // 2)]
+            with m.If(advance):
+                m.d.sync += [prod.eq(q_half[l] * pack_pair(k_lo[l], k_hi[l]))
+                             for l, prod in enumerate(products)]
+            lows, highs = zip(*(unpack_product(prod) for prod in products))
+            sums = [Signal(signed(products_width(L // 2)), name=f"qk_{n}")
+                    for n in ("low", "high")]
+            m.d.comb += [sums[0].eq(_adder_tree(list(lows))),
+                         sums[1].eq(_adder_tree(list(highs)))]
+        accs = [Signal(signed(self.score_width), name=f"qk_acc{g}") for g in range(G)]
+        totals = [Signal(signed(self.score_width), name=f"qk_total{g}") for g in range(G)]
+        m.d.comb += [total.eq(Mux(p2_first, 0, acc) + part)
+                     for total, acc, part in zip(totals, accs, sums)]
+        with m.If(advance & p2_valid):
+            m.d.sync += [acc.eq(total) for acc, total in zip(accs, totals)]
+        score = (sm.i.valid, sm.i.payload.score, sm.i.payload.last)
+        if G == 1:
+            with m.If(advance):
+                m.d.sync += [sm.i.valid.eq(p2_valid & p2_end_key), score[1].eq(totals[0]),
+                             score[2].eq(p2_end_row)]
+            return
+        # Packed: the pair's second score waits `chunks` moving cycles in `held`.
+        held, held_last = Signal.like(totals[1]), Signal()
+        held_wait = Signal(range(C_max + 1))     # 0: none held
         with m.If(advance):
-            with m.If(p2_valid):
-                m.d.sync += acc.eq(total)
-            m.d.sync += [sm.i.valid.eq(p2_valid & p2_end_key),
-                         sm.i.payload.score.eq(total),
-                         sm.i.payload.last.eq(p2_end_row)]
+            with m.If(p2_valid & p2_end_key):
+                m.d.sync += [sm.i.valid.eq(1), score[1].eq(totals[0]),
+                             score[2].eq(p2_end_row & ~p2_pair),
+                             held.eq(totals[1]), held_last.eq(p2_end_row),
+                             held_wait.eq(Mux(p2_pair, chunks, 0))]
+            with m.Elif(held_wait == 1):
+                m.d.sync += [sm.i.valid.eq(1), score[1].eq(held), score[2].eq(held_last),
+                             held_wait.eq(0)]
+            with m.Else():
+                m.d.sync += sm.i.valid.eq(0)
+                with m.If(held_wait != 0):
+                    m.d.sync += held_wait.eq(held_wait - 1)
 
     def _pv(self, m, v_rd, sm, tokens, chunks, heads):
         """Probabilities times the V buffer into context rows on ``acc``."""
@@ -500,7 +599,7 @@ class HeadLane(wiring.Component):
     """
 
     def __init__(self, *, row_lanes, lanes, max_tokens, max_head_dim, context_lanes=0,
-                 kv_banks=1, pipelined_heads=False):
+                 kv_banks=1, pipelined_heads=False, score_packing=1):
         if not isinstance(row_lanes, int) or row_lanes < 1 or row_lanes & (row_lanes - 1):
             self._MustUse__silence = True  # a unit rejected here is not an unused one
             raise ValueError(f"Row lanes must be a power of two, not {row_lanes!r}")
@@ -512,7 +611,8 @@ class HeadLane(wiring.Component):
         self._context_lanes = context_lanes or lanes
         self._rows = [AttentionHead(lanes=lanes, max_tokens=max_tokens,
                                     max_head_dim=max_head_dim, kv_banks=kv_banks,
-                                    pipelined_heads=pipelined_heads)
+                                    pipelined_heads=pipelined_heads,
+                                    score_packing=score_packing)
                       for _ in range(row_lanes)]
         ports = dict(self._rows[0].signature.members)
         del ports["acc"]
@@ -692,7 +792,7 @@ class Attention(wiring.Component):
             lane = HeadLane(row_lanes=hw.row_lanes, lanes=hw.score_lanes,
                             max_tokens=hw.kv_depth, max_head_dim=hw.max_head_dim,
                             context_lanes=hw.context_lanes, kv_banks=hw.kv_banks,
-                            pipelined_heads=hw.pipelined_heads)
+                            pipelined_heads=hw.pipelined_heads, score_packing=hw.score_packing)
             m.submodules[f"head{p}"] = lane
             lanes.append(lane)
             for name in ("q", "k", "v"):
@@ -759,8 +859,14 @@ def restart_cycles(parts=1, pipelined=False) -> int:
 _NEVER = -(1 << 62)
 
 
+def row_issue_cycles(tokens, chunks, packing=1):
+    """Cycles a row pipeline's QK issues one query row for: a step each chunk of each key,
+    or packed (``HwConfig.score_packing`` 2) each half chunk of each pair of keys."""
+    return -(-tokens // packing) * packing * chunks
+
+
 @lru_cache(maxsize=256)
-def head_cycles(tokens, chunks, row_lanes=1, parts=1, rows=None):
+def head_cycles(tokens, chunks, row_lanes=1, parts=1, rows=None, packing=1):
     """Cycles of one head: from its first K/V beat to the next head's first K/V beat.
 
     Fed with no gaps and drained with no back-pressure. The model follows each
@@ -775,21 +881,22 @@ def head_cycles(tokens, chunks, row_lanes=1, parts=1, rows=None):
     waits, in its lane's registers, for the row before it to leave). ``parts``:
     ``score_lanes / context_lanes``, the cycles a gathered beat takes through the
     head lane's requantizers (:class:`HeadLane`). ``rows``: the head's query rows (None:
-    ``tokens``).
+    ``tokens``). ``packing``: ``HwConfig.score_packing`` (:func:`row_issue_cycles`; a
+    row's first score ``chunks`` cycles later).
     """
-    return _heads(tokens, chunks, row_lanes, parts, 1, 1, rows)[0]
+    return _heads(tokens, chunks, row_lanes, parts, 1, 1, rows, packing=packing)[0]
 
 
-def head_tail(tokens, chunks, row_lanes=1, parts=1, rows=None):
+def head_tail(tokens, chunks, row_lanes=1, parts=1, rows=None, packing=1):
     """Cycles from the last head's :func:`head_cycles` to the cycle after its last context
     beat: 0 when the requantizers take a beat a cycle (it leaves as it is gathered), else
     the parts of the last beat still in them and their output register."""
-    span, end = _heads(tokens, chunks, row_lanes, parts, 1, 1, rows)
+    span, end = _heads(tokens, chunks, row_lanes, parts, 1, 1, rows, packing=packing)
     return end - span
 
 
 def heads_cycles(tokens, chunks, rounds, row_lanes=1, parts=1, banks=1, rows=None,
-                 pipelined=False):
+                 pipelined=False, packing=1):
     """Cycles of a descriptor's ``rounds`` heads on one head lane, from the first K/V beat
     to the cycle after the last context beat. With one bank of K and V (``banks`` 1) the
     heads follow one another: ``rounds`` :func:`head_cycles` and the last's
@@ -800,12 +907,13 @@ def heads_cycles(tokens, chunks, rounds, row_lanes=1, parts=1, banks=1, rows=Non
     (``HwConfig.pipelined_heads``): its QK takes the next head's rows straight after its
     last row of the head before (Q rows from the first cycle), and the next head's K and V
     load once PV has finished the head that used their bank before. ``rows``: each head's
-    query rows (None: ``tokens``)."""
-    return _heads(tokens, chunks, row_lanes, parts, rounds, banks, rows, pipelined)[1]
+    query rows (None: ``tokens``); ``packing`` as :func:`head_cycles`."""
+    return _heads(tokens, chunks, row_lanes, parts, rounds, banks, rows, pipelined, packing)[1]
 
 
 @lru_cache(maxsize=256)
-def _heads(tokens, chunks, row_lanes, parts, rounds, banks, rows=None, pipelined=False):
+def _heads(tokens, chunks, row_lanes, parts, rounds, banks, rows=None, pipelined=False,
+           packing=1):
     """``(span, end)`` of ``rounds`` heads: the cycle the next head's first K/V beat could
     come (a descriptor's next head on one bank), and the cycle after the last context
     beat."""
@@ -813,7 +921,7 @@ def _heads(tokens, chunks, row_lanes, parts, rounds, banks, rows=None, pipelined
     ready = [0] * R     # a row pipeline's first cycle waiting for its next head (LOAD)
     began = [0] * R     # ... and for the head it computes, once it began waiting for it
     # Pipelined: each row pipeline one timeline throughout, its Q rows taken from the start.
-    lanes = [_RowPipeline(T, C, 0) for _ in range(R)]
+    lanes = [_RowPipeline(T, C, 0, packing) for _ in range(R)]
     finished = []       # pipelined: per head, the cycle PV took its last probability
     first_kv = 0        # the head's first K/V beat
     dealt = gathered = _NEVER
@@ -821,7 +929,7 @@ def _heads(tokens, chunks, row_lanes, parts, rounds, banks, rows=None, pipelined
         loaded = first_kv + T * C    # its K and V in
         if not pipelined:
             # K and V take `T * C` cycles, then one to switch to compute
-            lanes = [_RowPipeline(T, C, max(r, loaded) + 1) for r in ready]
+            lanes = [_RowPipeline(T, C, max(r, loaded) + 1, packing) for r in ready]
             began, ready = ready, [lane.compute + 1 for lane in lanes]  # a lane without rows
         last_finished = _NEVER
         for r in range(T if rows is None else rows):
@@ -859,8 +967,9 @@ def _heads(tokens, chunks, row_lanes, parts, rounds, banks, rows=None, pipelined
 class _RowPipeline:
     """One row lane's QK, softmax and PV stages, timed row by row (:func:`head_cycles`)."""
 
-    def __init__(self, tokens, chunks, compute):
-        self.T, self.C, self.row = tokens, chunks, tokens * chunks
+    def __init__(self, tokens, chunks, compute, packing=1):
+        self.T, self.C, self.row = tokens, chunks, row_issue_cycles(tokens, chunks, packing)
+        self.G = packing
         self.compute = compute
         self.qk, self.softmax, self.pv = _QkClock(), RowSchedule(), _PvStage(chunks)
         self.issue_start, self.row_done = [], []
@@ -883,7 +992,7 @@ class _RowPipeline:
         if n:
             start = max(start, self.issue_start[n - 1] + self.row)
         self.issue_start.append(start)
-        first = self.qk.present(start + C + QK_DEPTH - 1, self.softmax.ingest_from(n))
+        first = self.qk.present(start + self.G * C + QK_DEPTH - 1, self.softmax.ingest_from(n))
         last_in = first + (T - 1) * C
         bank_free = self.row_done[n - 3] + 1 if n >= 3 else _NEVER
         emit_start = max(self.softmax.add(last_in, T, bank_free), self.emit_free)

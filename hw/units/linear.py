@@ -93,7 +93,7 @@ from amaranth.lib.wiring import In, Out
 from moevit.hw.config import HwConfig, products_width
 from moevit.hw.program.descriptor import FAULT_WIDTH, Fault, LinearDescriptor
 
-__all__ = ["LinearKernel", "PairMultiplier", "pack_pair", "PAIR_SHIFT", "PAIR_WIDTH",
+__all__ = ["LinearKernel", "PairMultiplier", "pack_pair", "unpack_product", "PAIR_SHIFT", "PAIR_WIDTH",
            "STALL_CAUSES", "stalls_layout", "chan_layout",
            "lanes_layout", "output_layout", "linear_streams", "linear_output", "linear_reference"]
 
@@ -200,10 +200,15 @@ class PairMultiplier(wiring.Component):
         m = Module()
         p = Signal(signed(PAIR_PRODUCT))
         m.d.sync += p.eq(self.a * self.w)
-        low_negative = p[PAIR_SHIFT - 1]
-        m.d.comb += [self.lo.eq(p[:16].as_signed()),
-                     self.hi.eq(p[PAIR_SHIFT:].as_signed() + low_negative)]
+        m.d.comb += [out.eq(part) for out, part in zip((self.lo, self.hi), unpack_product(p))]
         return m
+
+
+def unpack_product(p):
+    """``(a * w_lo, a * w_hi)`` out of one packed product ``p = a * pack_pair(w_lo, w_hi)``
+    (:class:`PairMultiplier`): the low field, and the high one plus the low's sign bit (the
+    borrow a negative low product took from it)."""
+    return p[:16].as_signed(), p[PAIR_SHIFT:].as_signed() + p[PAIR_SHIFT - 1]
 
 
 #: What a packed chain's first link adds to its product (the DSP48E2 adds it for free: its

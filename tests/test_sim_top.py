@@ -321,6 +321,23 @@ def test_top_with_two_kv_banks(pipelined):
              "2 K/V banks" + ", pipelined heads" * pipelined)
 
 
+#: The whole tiny model with its attention's QK two keys a DSP48E2 (``score_packing`` 2, on
+#: two banks of K and V with pipelined heads; Verilator, 2026-12-07, bit-exact): cycles per
+#: task, +2,076 on TWO_KV_BANKS[1]'s top otherwise (65 tokens: each query row's last key
+#: alone costs QK a chunk, 2 cycles for heads of 16 on 8 score lanes; 4 blocks of 4 heads of
+#: 65 rows: 2,080 cycles, a few hidden), the cost model +0.31 / +0.29 %.
+PACKED_SCORES = (451_418, 439_601)
+
+
+@pytest.mark.slow
+def test_top_with_packed_scores():
+    """The whole tiny model, both tasks, its attention's QK taking its keys in pairs (65
+    tokens: each row's last key alone): bit-exact, the cycles recorded, the cost model
+    within 5 %."""
+    _tiny_on(dict(kv_banks=2, pipelined_heads=1, score_packing=2), PACKED_SCORES,
+             "QK packed, pipelined heads")
+
+
 #: The whole tiny model with a weight bank's first tile streamed behind its load
 #: (``weight_streaming``; Verilator, 2026-12-03, re-recorded 2026-12-05: 453,978 / 442,172
 #: and 400,039 / 387,853 before, of the top before session 30's changes, not bisected;

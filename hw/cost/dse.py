@@ -45,9 +45,9 @@ largest), each predicted from its own program.
 **The search.** Stage 1 splits the board's DSPs (and, with the fabric limits, its
 LUTs) between the attention kernel and the linear kernel (a share for attention,
 :data:`ATTENTION_SHARES`) and takes, for each share, the attention lanes (heads in
-parallel x row lanes x score lanes, :data:`ROW_LANES`; on one head lane the fewest context
-requantizers that keep its cycles, :func:`_context_lanes`) that fit it with the fewest
-attention cycles. Stage 2 tunes, within the rest,
+parallel x row lanes x score lanes, :data:`ROW_LANES`, QK one or two keys a DSP48E2; on
+one head lane the fewest context requantizers that keep its cycles, :func:`_context_lanes`)
+that fit it with the fewest attention cycles. Stage 2 tunes, within the rest,
 the linear array (rows x cols: :func:`fitted_rows`; :data:`COLS` that divide the model's
 width, a beat holding several heads where they are wider than one), the DSP packing, the
 post-processing lanes,
@@ -1371,7 +1371,13 @@ def _attention_lanes(model, base, score_grid, attention):
                     hw = base.replace(heads_parallel=hp, row_lanes=rl, score_lanes=sl,
                                       score_packing=packing)
                     hw = hw.replace(context_lanes=_context_lanes(hw, attention))
-                    yield _with_kv_banks(hw, _kv_banks(hw))
+                    hw = _with_kv_banks(hw, _kv_banks(hw))
+                    yield hw
+                    # Fewer requantizers, a little slower: DSP48E2 for more lanes elsewhere.
+                    k = hw.context_width
+                    while hw.heads_parallel == 1 and k > 1:
+                        k //= 2
+                        yield hw.replace(context_lanes=k)
 
 
 def _with_kv_banks(hw, banks):
@@ -1881,6 +1887,10 @@ def point_row(point, board, work, fabric=True) -> dict:
         if name == "mac_units" and point.mac_units < value:
             lowest = lowest_floor(work, board, point.task, fabric, mac_units=value)
             row["mac_target_floor"] = lowest and {**lowest, "mac_units_at_least": value}
+            if lowest:
+                serial = lowest_floor(work, board, point.task, fabric, mac_units=value,
+                                      serial=True)
+                row["mac_target_floor"]["serial_ms"] = serial["ms"]
     row["targets"] = [_target(row, *t) for t in TARGETS.get((board.name, work.config), ())]
     return row
 
@@ -2130,6 +2140,10 @@ def _target(row, name, op, value):
             if latency and low["ms"] > latency[0]:
                 limit += (f", over the {latency[0]:g} ms target: the two targets exclude each "
                           f"other on these kernels")
+            elif latency and low["serial_ms"] > latency[0]:
+                limit += (f", under the {latency[0]:g} ms target, but not one instruction at a "
+                          f"time ({low['serial_ms']:.2f} ms at least): only a schedule that "
+                          f"overlaps the units more could meet both")
         elif "mac_target_floor" in row:
             limit += f"; no HwConfig of these kernels with {value:,} MAC units fits"
     if name == "latency_ms" and value < row["serial_floor_ms"]:

@@ -15,7 +15,9 @@ One head lane (:class:`AttentionHead`) is a three-stage row pipeline::
 ``L = hw.score_lanes`` multipliers work along the head dimension in each of
 QK and PV, so one score (and one probability's update of the context row)
 takes ``C = head_dim / L`` cycles and a query row ``tokens * C`` cycles in
-each stage; the stages work on consecutive rows at once. The kernel has
+each stage; the stages work on consecutive rows at once (with ``hw.score_packing`` 2,
+QK takes its keys in pairs on ``L / 2`` multipliers of two products each, at the same
+rate). The kernel has
 ``hw.heads_parallel`` head lanes (:class:`HeadLane`), each with its own streams;
 lane ``p`` computes heads ``p, p + P, p + 2P, ...`` of the descriptor. A head
 lane holds ``hw.row_lanes`` such pipelines, each with its own copy of K and V:
@@ -109,6 +111,10 @@ class AttentionHead(wiring.Component):
         rows taken from the start, not once the head's K and V are in); the next head's
         K and V load once PV has finished the head that used its bank before. Else a
         head starts once the head before has left the pipeline.
+    score_packing : int
+        2: QK's products two to a DSP48E2 (AMD WP486): two neighbouring keys share the
+        query's value, half the lanes a step (:meth:`_qk`), a row ``chunks`` cycles longer
+        when its keys are odd (:func:`row_issue_cycles`); 1: a multiplier a product.
 
     Members
     -------

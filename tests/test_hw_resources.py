@@ -58,19 +58,35 @@ def test_lut_and_ff_within_the_bound(rows):
 @pytest.mark.parametrize("changes, counted", [
     (dict(score_lanes=16, max_head_dim=64, kv_depth=16), (70, 7_951, 6_831)),
     (dict(score_lanes=16, max_head_dim=64, kv_depth=16, row_lanes=2, context_lanes=2),
-     (80, 8_471, 13_912)),
-    (dict(score_packing=2), (35, 5_456, 6_577))])
+     (80, 8_471, 13_912))])
 def test_the_attention_formula_beyond_its_points(changes, counted):
-    """Attention kernels of 64-wide heads (the fit's points go to 16): one of two row lanes
-    whose context beats pass two requantizers, and one whose QK packs two keys a DSP48E2
-    (tiny's: 39 DSP48E2 unpacked), counted by Yosys (2026-12-05, 2026-12-07: DSP48E2, LUT,
-    FF) and in no fit: the DSPs exact, LUT and FF within 5 %."""
+    """Two attention kernels of 64-wide heads (the fit's points go to 16), one of two row
+    lanes whose context beats pass two requantizers, counted by Yosys (2026-12-05: DSP48E2,
+    LUT, FF) and in no fit: the DSPs exact, LUT and FF within 5 %."""
     from moevit.hw.config import HwConfig
 
     got = unit_resources("attention", HwConfig(name="beyond", **changes))
     dsp, lut, ff = counted
     assert got.dsp == dsp
     assert got.lut == pytest.approx(lut, rel=0.05) and got.ff == pytest.approx(ff, rel=0.05)
+
+
+@pytest.mark.parametrize("name, counted", [
+    ("tiny", ((39, 5_378, 6_396, 9), (35, 5_456, 6_577, 9))),
+    ("zcu102-edge-moe", ((544, 34_677, 33_700, 64), (416, 38_381, 38_072, 94)))])
+def test_packed_qk_is_what_yosys_counted(name, counted):
+    """QK two keys a DSP48E2 (``score_packing`` 2) on tiny's attention and on the saved
+    ZCU102 point's (4 row pipelines of 64 score lanes, two banks of 144 tokens), counted by
+    Yosys unpacked and packed (2026-12-07: DSP48E2, LUT, FF, BRAM36): QK's DSPs halved and
+    the block RAM of K split in two (shallow buffers take more) exact, LUT and FF within 5 %
+    (the packing's fabric, :data:`PACKED_QK_LANE`, from these two points)."""
+    from moevit.hw.config import get_hw_config
+
+    hw = get_hw_config(name)
+    for packing, (dsp, lut, ff, bram) in zip((1, 2), counted):
+        got = unit_resources("attention", hw.replace(score_packing=packing))
+        assert (got.dsp, got.bram36) == (dsp, bram), (packing, got)
+        assert got.lut == pytest.approx(lut, rel=0.05) and got.ff == pytest.approx(ff, rel=0.05)
 
 
 @pytest.mark.parametrize("width, depth, expected", [

@@ -303,6 +303,12 @@ DSP_PER_POST_LANE = 8
 REQUANTIZE_DSP = 2
 #: ... and per row pipeline the softmax's (d * M: 2, the exponent, the reciprocal, e * 1/sum).
 ATTENTION_LANE_DSP = 6
+#: The fabric a packed QK adds (``score_packing`` 2) per row pipeline and score lane: the
+#: low and high sums' two adder trees, the high product's correction, the half-lane
+#: multiplexers, the held score. Yosys (2026-12-07), packed minus unpacked: zcu102-edge-moe's
+#: attention (4 pipelines x 64 lanes) +3,704 LUT / +4,372 FF (14.5 / 17.1 a lane), tiny's
+#: (1 x 8) +78 / +181; the fit is of unpacked points.
+PACKED_QK_LANE = Resources(dsp=0, lut=14.5, ff=17, bram36=0, uram=0)
 #: The LayerNorm unit's multipliers (mean, variance, inverse square root, gamma); one more
 #: once its sums pass 20 bits (max_in above 1,024).
 LAYERNORM_DSP = 10
@@ -627,6 +633,8 @@ def unit_resources(unit: str, hw, the_fit=None) -> Resources:
         res = res + LAYERNORM_PIPELINE + LAYERNORM_PER_LANE * (hw.norm_lanes - 1)
     if unit == "linear":
         res = res + chain_resources(hw)
+    if unit == "attention" and hw.score_packing == 2:
+        res = res + PACKED_QK_LANE * (hw.heads_parallel * hw.row_lanes * hw.score_lanes)
     return res
 
 

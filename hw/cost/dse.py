@@ -1890,7 +1890,7 @@ def point_row(point, board, work, fabric=True) -> dict:
             if lowest:
                 serial = lowest_floor(work, board, point.task, fabric, mac_units=value,
                                       serial=True)
-                row["mac_target_floor"]["serial_ms"] = serial["ms"]
+                row["mac_target_floor"]["serial_ms"] = serial and serial["ms"]
     row["targets"] = [_target(row, *t) for t in TARGETS.get((board.name, work.config), ())]
     return row
 
@@ -2140,7 +2140,7 @@ def _target(row, name, op, value):
             if latency and low["ms"] > latency[0]:
                 limit += (f", over the {latency[0]:g} ms target: the two targets exclude each "
                           f"other on these kernels")
-            elif latency and low["serial_ms"] > latency[0]:
+            elif latency and (low.get("serial_ms") or 0) > latency[0]:
                 limit += (f", under the {latency[0]:g} ms target, but not one instruction at a "
                           f"time ({low['serial_ms']:.2f} ms at least): only a schedule that "
                           f"overlaps the units more could meet both")

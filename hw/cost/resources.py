@@ -295,11 +295,11 @@ def measure(points=None, *, unit=None, output=None, folder=None, progress=True,
 #: bits pass the 27-bit port), GELU t*t and q*f (1 each), GELU requantize (2), residual
 #: Ma*a and Mb*b (1 each) (tests/test_hw_estimate.py counts them too).
 DSP_PER_POST_LANE = 8
-#: The attention kernel, per row pipeline (a row lane of a head lane): a QK and a PV product
-#: per score lane, QK's two to one DSP48E2 when packed (``score_packing`` 2; Yosys on tiny's
-#: attention, 8 score lanes: 39 -> 35 DSP48E2, 2026-12-07); and per head lane and context
-#: lane (``hw.context_width``, shared by its row lanes) the context's requantize (s32 x u15:
-#: 2 DSP48E2).
+#: The attention kernel (:func:`unit_dsp`): per row pipeline (a row lane of a head lane) a QK
+#: and a PV product a score lane, QK's two to one DSP48E2 when packed (``score_packing`` 2;
+#: Yosys, 2026-12-07: tiny's attention 39 -> 35, zcu102-edge-moe's 544 -> 416); per head lane
+#: and context lane (``hw.context_width``, shared by its row lanes) the context's requantize
+#: (s32 x u15: 2 DSP48E2).
 REQUANTIZE_DSP = 2
 #: ... and per row pipeline the softmax's (d * M: 2, the exponent, the reciprocal, e * 1/sum).
 ATTENTION_LANE_DSP = 6

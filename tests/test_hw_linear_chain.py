@@ -224,5 +224,8 @@ def test_generate_takes_a_chain(tmp_path, capsys):
     # One module per link, each with its one multiply: three a pair of columns and row.
     assert text.count("$signed(a) * $signed(w)") == hw.macs // 2
     assert str(tmp_path / "moevit_linear.v") in capsys.readouterr().out
-    args = type("Args", (), dict(config="tiny", packing=2, chain=3))
+    args = type("Args", (), dict(config="tiny", packing=2, chain=3, score_packing=None))
     assert _hw_and_name(args) == (hw, "tiny-packing2-chain3")
+    args.score_packing = 2
+    assert _hw_and_name(args) == (hw.replace(score_packing=2),
+                                  "tiny-packing2-chain3-score-packing2")

@@ -236,6 +236,11 @@ class AttentionHead(wiring.Component):
         self._pv(m, v_rd, sm, tokens, chunks, heads)
         return m
 
+    @property
+    def _pair_words(self):
+        """Words of a bank of each packed K memory: a word a pair of keys and chunk."""
+        return -(-self._max_tokens // 2) * self._max_chunks
+
     def _k_buffer(self, m, depth, write_base, k_cnt, words, chunks):
         """The K buffer, written from ``k``; its read ports for QK, a list of one (unpacked:
         word ``t * chunks + c`` holds chunk ``c`` of key ``t``) or of two (packed, a half of
@@ -251,7 +256,7 @@ class AttentionHead(wiring.Component):
             m.d.comb += [k_wr.addr.eq(write_base + k_cnt), k_wr.data.eq(beat),
                          k_wr.en.eq(taken)]
             return [k_rd]
-        pairs = -(-self._max_tokens // 2) * self._max_chunks
+        pairs = self._pair_words
         half = 4 * L
         # Where beat k_cnt goes: its chunk, whether its key is a pair's second, and the
         # pair's first word; all 0 at a matrix's first beat.
@@ -418,8 +423,7 @@ class AttentionHead(wiring.Component):
         issue = Signal()
         m.d.comb += issue.eq(computing & (rows_loaded != r_issue) & heads.k_in & advance)
         # (packed, a bank is half as many words: :meth:`_k_buffer`)
-        k_base = heads.k_base if G == 1 else Mux(heads.k_base != 0,
-                                                 -(-self._max_tokens // 2) * C_max, 0)
+        k_base = heads.k_base if G == 1 else Mux(heads.k_base != 0, self._pair_words, 0)
         for k_rd in k_reads:
             m.d.comb += [k_rd.addr.eq(k_base + i_addr), k_rd.en.eq(advance)]
         end_chunk, end_key, end_row = Signal(), Signal(), Signal()

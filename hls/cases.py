@@ -299,7 +299,8 @@ def random_hw(seed):
     """A small random design point for ``seed``: the linear array of
     :func:`moevit.sim.linear_cases.random_hw` (rows, cols, post lanes, buffers)
     with random attention parameters (score lanes, head width, K/V depth,
-    head lanes, row lanes); the MoE unit takes its sizes from these."""
+    head lanes, row lanes, score packing when the lanes are even); the MoE unit takes its
+    sizes from these."""
     from moevit.hw.config import products_width
     from moevit.sim.linear_cases import random_hw as random_array
 
@@ -308,9 +309,11 @@ def random_hw(seed):
     lanes = int(rng.choice([1, 2, 4, 8]))
     # The narrowest accumulator that holds max_in products, or wider.
     acc_width = int(rng.integers(products_width(hw.max_in), 33))
-    return hw.replace(score_lanes=lanes, max_head_dim=lanes * int(rng.integers(1, 9)),
-                      kv_depth=int(rng.integers(1, 97)), heads_parallel=int(rng.integers(1, 3)),
-                      acc_width=acc_width, row_lanes=int(rng.choice([1, 2, 4])))
+    hw = hw.replace(score_lanes=lanes, max_head_dim=lanes * int(rng.integers(1, 9)),
+                    kv_depth=int(rng.integers(1, 97)), heads_parallel=int(rng.integers(1, 3)),
+                    acc_width=acc_width, row_lanes=int(rng.choice([1, 2, 4])))
+    # Drawn last, so the points before it keep their draws.
+    return hw.replace(score_packing=int(rng.choice([1, 2]))) if lanes % 2 == 0 else hw
 
 
 def random_cases(kernel, hw, seed, count, *, max_tokens=None) -> list:

@@ -93,7 +93,8 @@ def parameters_header(hw) -> str:
             ("max_head_dim", hw.max_head_dim, "the widest head"),
             ("score_lanes", hw.score_lanes, "multipliers along the head dimension per stage"),
             ("heads_parallel", hw.heads_parallel, "head lanes"),
-            ("row_lanes", hw.row_lanes, "query rows of a head at once, per head lane")],
+            ("row_lanes", hw.row_lanes, "query rows of a head at once, per head lane"),
+            ("score_packing", hw.score_packing, "keys a QK multiplier (two a DSP48E2 when 2)")],
         "layernorm_config": [
             ("max_dim", ln_dim, f"the widest row: max_in, at most {_MAX_LN_DIM} (intops)")],
         "gate_softmax_config": [

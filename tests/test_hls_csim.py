@@ -71,6 +71,46 @@ def test_linear_packs_and_chains_as_the_rtl(packing, chain, tiny, tiny_cases):
            f"linear, packing {packing}, chain {chain}, random seed {seed}")
 
 
+def _sharp_attention(rng, tokens, head_dim):
+    """An attention case whose every score counts: q and k in -1..1 at the softmax's
+    coarsest scale, so one unit more on any one score changes every query row's context
+    (asserted), half the products negative (a packed low product's borrow)."""
+    from moevit.model.integer import intops
+    from moevit.model.integer.golden import AttentionConsts, attention_head
+
+    consts = AttentionConsts(*intops.softmax_constants(1 / 4),
+                             *map(int, intops.quantize_multiplier(1 / 4096)))
+    q, k = (rng.integers(-1, 2, (tokens, head_dim)) for _ in range(2))
+    v = rng.integers(-64, 65, (tokens, head_dim))
+    context = attention_head(q, k, v, consts).out
+    for j in range(tokens):
+        scores = intops.linear_acc(q, k)
+        scores[:, j] += 1
+        probs = intops.softmax(scores, consts.softmax_mult, consts.softmax_shift)
+        bumped = intops.requantize(intops.weighted_sum(probs, v), consts.ctx_mult,
+                                   consts.ctx_shift)
+        assert (bumped != context).any(axis=1).all(), j
+    qkv = np.concatenate([q, k, v], axis=1).astype(np.int8)
+    return C.attention_case(f"every score counts, {tokens} keys", qkv, 1, consts,
+                            expected=context)
+
+
+@pytest.mark.parametrize("packing", [1, 2])
+def test_attention_packs_keys_as_the_rtl(packing, tiny, tiny_cases):
+    """The HwConfig's score packing in the HLS attention (two keys a DSP48E2 in QK): the
+    same context on the model's heads, random ones (a chunk of query rows among them) and
+    two whose every score counts, an odd sequence (its last key pairs with zero) and an
+    even one, on two row lanes."""
+    hw = tiny.replace(score_packing=packing, row_lanes=2)
+    seed = _seeds([packing])[0]
+    rng = np.random.default_rng(seed)
+    cases = (tiny_cases["attention"][:2] + [_sharp_attention(rng, n, hw.score_lanes * 2)
+                                            for n in (21, 14)]
+             + C.random_cases("attention", hw, seed, 4, max_tokens=24))
+    _check(run_kernel("attention", hw, cases, tag=f"test-attention-{packing}"),
+           f"attention, score packing {packing}, random seed {seed}")
+
+
 def test_model_cases_cover_every_layer(tiny_cases):
     # Both tasks: 26 linear layers each (the fused residual cases besides), 4 blocks of
     # 4 heads, 9 LayerNorms, 2 MoE layers.

@@ -20,11 +20,13 @@ def _structs(text):
 
 
 @pytest.mark.parametrize("config", ["tiny", "edge-moe", "m3vit-s", "zcu104-edge-moe",
-                                    "tiny packed in chains of 3"])
+                                    "tiny packed in chains of 3", "tiny with packed scores"])
 def test_header_holds_the_hwconfig(config):
     hw = get_hw_config(config.split()[0])
     if "chains" in config:
         hw = hw.replace(dsp_packing=2, chain_depth=3)
+    if "scores" in config:
+        hw = hw.replace(score_packing=2)
     structs = _structs(parameters_header(hw))
     experts = min(hw.cols, 255)
     assert structs == {
@@ -34,7 +36,7 @@ def test_header_holds_the_hwconfig(config):
         "attention_softmax_config": dict(max_row=hw.kv_depth),
         "attention_config": dict(kv_depth=hw.kv_depth, max_head_dim=hw.max_head_dim,
                                  score_lanes=hw.score_lanes, heads_parallel=hw.heads_parallel,
-                                 row_lanes=hw.row_lanes),
+                                 row_lanes=hw.row_lanes, score_packing=hw.score_packing),
         "layernorm_config": dict(max_dim=min(hw.max_in, 1024)),
         "gate_softmax_config": dict(max_row=experts),
         "moe_config": dict(max_tokens=hw.max_tokens, max_experts=experts, max_dim=hw.max_in),

@@ -10,6 +10,7 @@
 //   static const unsigned score_lanes;    // multipliers along the head dimension per stage
 //   static const unsigned heads_parallel; // head lanes
 //   static const unsigned row_lanes;      // query rows of one head at once, per head lane
+//   static const unsigned score_packing;  // keys a multiplier: 1, or 2 (score_lanes even)
 //   typedef ... softmax_config;           // max_row = kv_depth
 #ifndef MOEVIT_ATTENTION_H
 #define MOEVIT_ATTENTION_H
@@ -35,13 +36,20 @@ struct attention_desc {
 // rows r, r + R, r + 2R, ... (as the RTL's HeadLane), each with its own copy of K and V and
 // its own score and probability streams, so the R rows of a group compute side by side.
 
-// Stage 1: score_j = sum_c q[t][c] * k[j][c] for the query rows of every group.
+// Stage 1: score_j = sum_c q[t][c] * k[j][c] for the query rows of every group. With
+// score_packing 2 (as the RTL's QK stage), two neighbouring keys share the query's value in
+// one 27x18 multiply (pack_pair), half the score lanes a step: a pair in twice the steps of
+// one key, the same pace; an odd sequence's last key pairs with zero.
 template <class CONFIG_T>
 void attention_scores(const attention_desc &d, const act_t *q,
                       const act_t kbuf[CONFIG_T::row_lanes][CONFIG_T::kv_depth][CONFIG_T::max_head_dim],
                       hls::stream<score_t> scores[CONFIG_T::row_lanes]) {
     static const unsigned L = CONFIG_T::score_lanes;  // head_dim is a multiple (the descriptor's rule)
     static const unsigned R = CONFIG_T::row_lanes;
+    static const unsigned K = CONFIG_T::score_packing;  // keys a step
+    static const unsigned M = L / K;                    // multipliers a step
+    static_assert(K == 1 || (K == 2 && L % 2 == 0),
+                  "score_packing is 1, or 2 with an even number of score lanes");
     act_t qrow[R][CONFIG_T::max_head_dim];
 #pragma HLS array_partition variable=qrow complete dim=1
 #pragma HLS array_partition variable=qrow cyclic factor=CONFIG_T::score_lanes dim=2
@@ -50,22 +58,33 @@ attention_query_groups:
         for (unsigned r = 0; r < R && first + r < d.rows; r++)
             for (unsigned c = 0; c < d.head_dim; c++) qrow[r][c] = q[(first + r) * d.row_pitch + c];
     attention_keys:
-        for (unsigned j = 0; j < d.tokens; j++) {
-            score_t s[R];  // head_dim products of s15: an int32 each
-#pragma HLS array_partition variable=s complete
-            for (unsigned r = 0; r < R; r++) s[r] = 0;
+        for (unsigned j = 0; j < d.tokens; j += K) {
+            score_t s[R][K];  // head_dim products of s15: an int32 each
+#pragma HLS array_partition variable=s complete dim=0
+            for (unsigned r = 0; r < R; r++)
+                for (unsigned k = 0; k < K; k++) s[r][k] = 0;
         attention_score_chunks:
-            for (unsigned ch = 0; ch < d.head_dim / L; ch++) {
+            for (unsigned ch = 0; ch < d.head_dim / M; ch++) {
 #pragma HLS pipeline II=1
                 for (unsigned r = 0; r < R; r++) {
 #pragma HLS unroll
-                    for (unsigned l = 0; l < L; l++) {
+                    for (unsigned l = 0; l < M; l++) {
 #pragma HLS unroll
-                        s[r] += qrow[r][ch * L + l] * kbuf[r][j][ch * L + l];
+                        unsigned c = ch * M + l;
+                        if (K == 1) {
+                            s[r][0] += qrow[r][c] * kbuf[r][j][c];
+                        } else {
+                            act_t second = j + 1 < d.tokens ? kbuf[r][j + 1][c] : act_t(0);
+                            ap_int<16> lo, hi;
+                            unpack_product(qrow[r][c] * pack_pair(kbuf[r][j][c], second), lo, hi);
+                            s[r][0] += lo;
+                            s[r][K - 1] += hi;
+                        }
                     }
                 }
             }
-            for (unsigned r = 0; r < R && first + r < d.rows; r++) scores[r].write(s[r]);
+            for (unsigned k = 0; k < K && j + k < d.tokens; k++)
+                for (unsigned r = 0; r < R && first + r < d.rows; r++) scores[r].write(s[r][k]);
         }
     }
 }

@@ -51,15 +51,7 @@ struct chan_t {
     shift_t shift;
 };
 
-// Two weights packed for one multiply: the high one 18 bits up (16 for the low product,
-// two guard bits).
-static const unsigned PAIR_SHIFT = 18;
 typedef ap_int<48> chain_t;  // a chain's sum: the DSP48E2's P and its cascade
-
-inline ap_int<27> pack_pair(act_t w_lo, act_t w_hi) {
-#pragma HLS inline
-    return (ap_int<27>(w_hi) << PAIR_SHIFT) + w_lo;
-}
 
 // Post-processing of one accumulator: bias, requantize, GELU, residual add.
 template <class CONFIG_T>

@@ -39,6 +39,26 @@ inline wide_t round_shift(wide_t v, shift_t s) {
     return (v + half) >> unsigned(s);
 }
 
+// Two int8 factors packed for one 27x18 multiply by a shared int8 (AMD WP486): the
+// high one 18 bits up (16 for the low product, two guard bits). The linear kernel's
+// weight pairs and the attention's key pairs (the RTL's pack_pair).
+static const unsigned PAIR_SHIFT = 18;
+
+inline ap_int<27> pack_pair(act_t lo, act_t hi) {
+#pragma HLS inline
+    return (ap_int<27>(hi) << PAIR_SHIFT) + lo;
+}
+
+// One packed product a * (hi * 2**18 + lo) split into a*lo and a*hi: a*lo is the low
+// field sign-extended (|a*lo| <= 2**14 fits it), a*hi what is left, which the low
+// field's sign borrowed from (the RTL's unpack_product).
+inline void unpack_product(ap_int<35> p, ap_int<16> &lo, ap_int<16> &hi) {
+#pragma HLS inline
+    ap_int<PAIR_SHIFT> low = p.range(PAIR_SHIFT - 1, 0);
+    lo = low;
+    hi = (p - low) >> PAIR_SHIFT;
+}
+
 // Saturate to int8.
 inline act_t clip8(wide_t v) {
 #pragma HLS inline

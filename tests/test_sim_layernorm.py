@@ -42,6 +42,24 @@ def test_corner_rows_icarus(eps, lanes):
     assert run.out.min() == -128 and run.out.max() == 127  # saturation reached too
 
 
+def test_the_largest_normalised_value_icarus():
+    """The widest rows' extremes: one 1 among 1,023 zeros normalises to exactly 2**17 (Q.12:
+    32, the largest ``n_i``), and -128 among -127s to -2**17; with gamma 1 and a shift of 11
+    the outlier's output is +-64, which a normalised value one bit narrower than its 19
+    would wrap to the other sign."""
+    dim = 1024
+    x = np.zeros((2, dim), np.int64)
+    x[0, 3] = 1
+    x[1] = -127
+    x[1, 700] = -128
+    gamma, beta, shift = np.ones(dim, np.int64), np.zeros(dim, np.int64), 11
+    expected = intops.layernorm(x, 0, gamma, beta, shift)
+    assert expected[0, 3] == 64 and expected[1, 700] == -64
+    run = run_layernorm(HW.replace(max_in=dim, norm_lanes=8), x, 0, gamma, beta, shift,
+                        test_id="layernorm-largest", simulator="icarus", seed=8)
+    np.testing.assert_array_equal(run.out, expected)
+
+
 def _norms(qmodel, tensors):
     """``(name, input, output)`` of every LayerNorm the golden model ran."""
     depth = qmodel.config.depth

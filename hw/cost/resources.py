@@ -311,11 +311,14 @@ ATTENTION_LANE_DSP = 6
 PACKED_QK_LANE = Resources(dsp=0, lut=14.5, ff=17, bram36=0, uram=0)
 #: The LayerNorm unit's multipliers (mean, variance, inverse square root, gamma); one more
 #: once its sums pass 20 bits (max_in above 1,024).
-LAYERNORM_DSP = 10
+LAYERNORM_DSP = 9
 #: ... and per lane beyond the first (``norm_lanes``): x*x of the sums (1), D*x (1), the
-#: centred value times R (20 x 37 bits: 4) and times gamma (48 x 16 bits: 2); the row's
-#: D*s2 and s1*s1 stay one.
-LAYERNORM_DSP_PER_LANE = 8
+#: centred value times R (19 x 38 bits: 4) and the normalised value times gamma (19 x 16
+#: bits: 1; 2 until 2026-12-07, when the normalised value was held in 48 bits, not the 19
+#: its bound needs); the row's D*s2 and s1*s1 stay one. Counted on the generated Verilog
+#: (Yosys ``proc; flatten; opt; wreduce``, each ``$mul`` by the rule below): 9, 16 and 30 at
+#: one, two and four lanes (18 at two before).
+LAYERNORM_DSP_PER_LANE = 7
 #: LUT and FF of the LayerNorm unit with lanes, over the fitted one-lane unit: NOT
 #: measured (Yosys on the unit with two lanes had not finished after 40 minutes on the
 #: loaded machine this was written on); an allowance from the structure, stated: the

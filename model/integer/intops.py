@@ -454,13 +454,15 @@ def layernorm(x, eps, gamma, beta, shift):
         sigma = max(isqrt((v + eps) << 12), 1)       # u24: D * std in Q.6
         R = 2**36 // sigma                           # the one division per row, u37
         c_i = D*x_i - s1                             # s19: D * (x_i - mean)
-        n_i = (c_i * R + 2**17) >> 18                # s18: (x_i-mean)/std in Q.12
+        n_i = (c_i * R + 2**17) >> 18                # s19: (x_i-mean)/std in Q.12
         y_i = clip8((n_i * gamma_i + beta_i + 2**(shift-1)) >> shift)
 
     ``64 * c_i / sigma`` is the normalised value, at most ``sqrt(D-1)`` in
     magnitude, so ``|c_i * R| <= 2**30 sqrt(D) <= 2**35`` (a 19 x 37-bit
-    product bounded to s36). ``(v + eps) << 12`` is below ``2**47``.
-    ``n_i * gamma_i`` is s33, plus ``beta_i``: s42.
+    product bounded to s36), so ``|n_i| <= 2**17``, which it reaches: one 1
+    among 1,023 zeros gives ``n = 2**17`` (s19; ``tests/test_model_intops.py``).
+    ``(v + eps) << 12`` is below ``2**47``. ``n_i * gamma_i`` is s33, plus
+    ``beta_i``: s42.
 
     Parameters
     ----------

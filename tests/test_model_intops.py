@@ -276,6 +276,19 @@ def test_layernorm_of_a_constant_row_is_beta():
     assert intops.layernorm(np.full((1, 4), 9), eps, g, b, shift).tolist() == [[0, 5, -5, 10]]
 
 
+def test_layernorm_reaches_its_bound():
+    """The normalised value ``n`` reaches 2**17, its bound (so it needs 19 signed bits):
+    one 1 among 1,023 zeros. With gamma 1, a shift of 1 and beta -(2**17 + 1) the output
+    is ``(n - 2**17) >> 1``: 0 there (2**17 - 1 would give -1)."""
+    dim = 1024
+    x = np.zeros((1, dim), np.int64)
+    x[0, 3] = 1
+    beta = np.zeros(dim, np.int64)
+    beta[3] = -(2**17 + 1)
+    y = intops.layernorm(x, 0, np.ones(dim, np.int64), beta, 1)
+    assert y[0, 3] == 0
+
+
 def test_layernorm_rejects_bad_input():
     eps, g, b, shift = intops.layernorm_constants(0.1, np.ones(4), np.zeros(4), 0.1, 1e-6)
     with pytest.raises(QuantizationError, match=r"^LayerNorm input must hold int8 values in \[-128, 127\], not 300$"):

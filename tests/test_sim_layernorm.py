@@ -43,10 +43,10 @@ def test_corner_rows_icarus(eps, lanes):
 
 
 def test_the_largest_normalised_value_icarus():
-    """The widest rows' extremes: one 1 among 1,023 zeros normalises to exactly 2**17 (Q.12:
-    32, the largest ``n_i``), and -128 among -127s to -2**17; with gamma 1 and a shift of 11
-    the outlier's output is +-64, which a normalised value one bit narrower than its 19
-    would wrap to the other sign."""
+    """The widest rows' extremes: one 1 among 1,023 zeros normalises to 2**17 (Q.12: 32,
+    the largest ``n_i``: ``test_layernorm_reaches_its_bound``), and -128 among -127s to
+    -2**17; with gamma 1 and a shift of 11 the outlier's output is +-64, which a normalised
+    value one bit narrower than its 19 would wrap to the other sign."""
     dim = 1024
     x = np.zeros((2, dim), np.int64)
     x[0, 3] = 1

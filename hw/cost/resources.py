@@ -315,9 +315,9 @@ LAYERNORM_DSP = 9
 #: ... and per lane beyond the first (``norm_lanes``): x*x of the sums (1), D*x (1), the
 #: centred value times R (19 x 38 bits: 4) and the normalised value times gamma (19 x 16
 #: bits: 1; 2 until 2026-12-07, when the normalised value was held in 48 bits, not the 19
-#: its bound needs); the row's D*s2 and s1*s1 stay one. Counted on the generated Verilog
-#: (Yosys ``proc; flatten; opt; wreduce``, each ``$mul`` by the rule below): 9, 16 and 30 at
-#: one, two and four lanes (18 at two before).
+#: its bound needs); the row's D*s2 and s1*s1 stay one. Yosys's DSP mapping of the unit
+#: (``synth_xilinx -family xcup -flatten -run :map_luts``, max_in 512, 2026-12-07): 9, 16
+#: and 30 DSP48E2 at one, two and four lanes (10 at one before).
 LAYERNORM_DSP_PER_LANE = 7
 #: LUT and FF of the LayerNorm unit with lanes, over the fitted one-lane unit: NOT
 #: measured (Yosys on the unit with two lanes had not finished after 40 minutes on the

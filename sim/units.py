@@ -23,7 +23,7 @@ from moevit.paths import build_dir
 __all__ = ["UnitRun", "Sequence", "SequenceRun", "beats", "unbeats", "run_linear",
            "run_sequences", "uniform_pauses", "random_pauses", "run_attention", "attention_op",
            "attention_streams", "run_softmax", "softmax_op", "run_gelu", "gelu_op",
-           "gelu_ports", "run_layernorm", "layernorm_op", "attention_descriptor",
+           "gelu_ports", "run_layernorm", "layernorm_op", "attention_descriptor", "sharp_head",
            "tiny_quantized", "tiny_compiled", "attention_layer", "SOFTMAX_STREAMS", "GELU_STREAMS",
            "LAYERNORM_STREAMS"]
 
@@ -313,6 +313,31 @@ def run_attention(hw, q, k, v, consts, *, test_id, simulator=None, gaps="random"
         for n, h in enumerate(range(p, heads, hw.heads_parallel)):
             out[h] = unbeats(per_head[n], (rows, head_dim), hw.score_lanes)
     return UnitRun(out, run.cycles[0][0], run.seconds)
+
+
+def sharp_head(rng, tokens, head_dim):
+    """A head whose every score counts, for the packed QK's arithmetic: q and k in -1..1 at
+    the softmax's coarsest scale, so one unit more on any one score changes every query
+    row's context (checked here), half the products negative (a packed low product's
+    borrow). Returns ``(q, k, v, consts, context)``, ``consts`` an ``AttentionConsts``."""
+    from moevit.model.integer import intops
+    from moevit.model.integer.golden import AttentionConsts, attention_head
+
+    consts = AttentionConsts(*intops.softmax_constants(1 / 4),
+                             *map(int, intops.quantize_multiplier(1 / 4096)))
+    q, k = (rng.integers(-1, 2, (tokens, head_dim)) for _ in range(2))
+    v = rng.integers(-64, 65, (tokens, head_dim))
+    context = attention_head(q, k, v, consts).out
+    exact = intops.linear_acc(q, k)
+    for j in range(tokens):
+        scores = exact.copy()
+        scores[:, j] += 1
+        probs = intops.softmax(scores, consts.softmax_mult, consts.softmax_shift)
+        bumped = intops.requantize(intops.weighted_sum(probs, v), consts.ctx_mult,
+                                   consts.ctx_shift)
+        if not (bumped != context).any(axis=1).all():
+            raise AssertionError(f"a unit more on key {j}'s scores leaves a context row as it was")
+    return q, k, v, consts, context
 
 
 # Softmax -------------------------------------------------------------------------

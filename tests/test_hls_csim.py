@@ -72,24 +72,10 @@ def test_linear_packs_and_chains_as_the_rtl(packing, chain, tiny, tiny_cases):
 
 
 def _sharp_attention(rng, tokens, head_dim):
-    """An attention case whose every score counts: q and k in -1..1 at the softmax's
-    coarsest scale, so one unit more on any one score changes every query row's context
-    (asserted), half the products negative (a packed low product's borrow)."""
-    from moevit.model.integer import intops
-    from moevit.model.integer.golden import AttentionConsts, attention_head
+    """:func:`moevit.sim.units.sharp_head` as an attention case."""
+    from moevit.sim.units import sharp_head
 
-    consts = AttentionConsts(*intops.softmax_constants(1 / 4),
-                             *map(int, intops.quantize_multiplier(1 / 4096)))
-    q, k = (rng.integers(-1, 2, (tokens, head_dim)) for _ in range(2))
-    v = rng.integers(-64, 65, (tokens, head_dim))
-    context = attention_head(q, k, v, consts).out
-    for j in range(tokens):
-        scores = intops.linear_acc(q, k)
-        scores[:, j] += 1
-        probs = intops.softmax(scores, consts.softmax_mult, consts.softmax_shift)
-        bumped = intops.requantize(intops.weighted_sum(probs, v), consts.ctx_mult,
-                                   consts.ctx_shift)
-        assert (bumped != context).any(axis=1).all(), j
+    q, k, v, consts, context = sharp_head(rng, tokens, head_dim)
     qkv = np.concatenate([q, k, v], axis=1).astype(np.int8)
     return C.attention_case(f"every score counts, {tokens} keys", qkv, 1, consts,
                             expected=context)

@@ -243,8 +243,8 @@ def _random_hw(rng, name):
 @pytest.mark.parametrize("point", [0, 1])
 def test_top_on_a_random_design_point(point):
     """tiny compiled for a random HwConfig (array, packing, chains, buffers, lanes, score
-    packing, bus width) from the printed seed: its parameters.h, a testbench built for it, every task
-    bit-exact."""
+    packing, bus width) from the printed seed: its parameters.h, a testbench built for it,
+    every task bit-exact."""
     from moevit.hw.program.compiler import compile_program
     from moevit.model.integer import golden
     from moevit.sim.units import tiny_quantized

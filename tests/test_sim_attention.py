@@ -16,7 +16,8 @@ from moevit.hw.config import DEFAULT_HW, HwConfig
 from moevit.hw.program.descriptor import AttentionDescriptor, DescriptorError
 from moevit.model.integer import intops
 from moevit.sim.runner import default_simulator
-from moevit.sim.units import attention_descriptor, attention_layer, run_attention, tiny_quantized
+from moevit.sim.units import (attention_descriptor, attention_layer, run_attention,
+                              sharp_head, tiny_quantized)
 
 
 def extreme_heads(rng, tokens, head_dim):
@@ -94,30 +95,19 @@ def test_tiny_first_layer_in_two_ranges_of_query_rows_icarus():
 
 def test_packed_scores_icarus():
     """Two keys a DSP48E2 (``score_packing`` 2): every score exact. A head whose every
-    score counts (q and k in -1..1 at the softmax's coarsest scale: one unit more on any
-    one score changes every query row's context), half its products negative (the low
-    product's borrow), beside the saturating head of :func:`extreme_heads`; an odd
+    score counts (:func:`moevit.sim.units.sharp_head`: one unit more on any one score
+    changes every query row's context; half its products negative, the low product's
+    borrow), beside the saturating head of :func:`extreme_heads`; an odd
     sequence (its last key pairs with nothing) and an even one, on two row lanes, with
     gaps and back-pressure."""
-    from moevit.model.integer.golden import AttentionConsts, attention_head
-
     hw = HwConfig(name="attn-packed", score_lanes=8, kv_depth=24, max_head_dim=16,
                   row_lanes=2, score_packing=2)
     rng = np.random.default_rng(21)
-    consts = (*intops.softmax_constants(1 / 4), *map(int, intops.quantize_multiplier(1 / 4096)))
     for tokens in (21, 14):
-        q, k = (rng.integers(-1, 2, (2, tokens, 16)) for _ in range(2))
-        v = rng.integers(-64, 65, (2, tokens, 16))
+        sharp = sharp_head(rng, tokens, 16)
         extreme = extreme_heads(rng, tokens, 16)
-        q[1], k[1], v[1] = (a[3] for a in extreme)
-        context = attention_head(q[0], k[0], v[0], AttentionConsts(*consts)).out
-        exact = intops.linear_acc(q[0], k[0])
-        for j in range(tokens):
-            scores = exact.copy()
-            scores[:, j] += 1
-            probs = intops.softmax(scores, *consts[:2])
-            bumped = intops.requantize(intops.weighted_sum(probs, v[0]), *consts[2:])
-            assert (bumped != context).any(axis=1).all(), j
+        q, k, v = (np.stack([s, e[3]]) for s, e in zip(sharp[:3], extreme))
+        consts = sharp[3]
         run = run_attention(hw, q, k, v, consts, test_id=f"attention-packed-{tokens}",
                             simulator="icarus", seed=tokens)
         assert run.out.shape == (2, tokens, 16)

@@ -309,16 +309,16 @@ ATTENTION_LANE_DSP = 6
 #: attention (4 pipelines x 64 lanes) +3,704 LUT / +4,372 FF (14.5 / 17.1 a lane), tiny's
 #: (1 x 8) +78 / +181; the fit is of unpacked points.
 PACKED_QK_LANE = Resources(dsp=0, lut=14.5, ff=17, bram36=0, uram=0)
-#: The LayerNorm unit's multipliers (mean, variance, inverse square root, gamma); one more
-#: once its sums pass 20 bits (max_in above 1,024).
-LAYERNORM_DSP = 9
-#: ... and per lane beyond the first (``norm_lanes``): x*x of the sums (1), D*x (1), the
-#: centred value times R (19 x 38 bits: 4) and the normalised value times gamma (19 x 16
-#: bits: 1; 2 until 2026-12-07, when the normalised value was held in 48 bits, not the 19
-#: its bound needs); the row's D*s2 and s1*s1 stay one. Yosys's DSP mapping of the unit
-#: (``synth_xilinx -family xcup -flatten -run :map_luts``, max_in 512, 2026-12-07): 9, 16
-#: and 30 DSP48E2 at one, two and four lanes (10 at one before).
-LAYERNORM_DSP_PER_LANE = 7
+#: The LayerNorm unit's multipliers (mean, variance, the row's D*R and s1*R, gamma); one
+#: more once its sums pass 20 bits (max_in above 1,024).
+LAYERNORM_DSP = 10
+#: ... and per lane beyond the first (``norm_lanes``): x*x of the sums (1), x times the
+#: row's D*R (8 x 47 bits as two products of 26-bit pieces: 2) and the normalised value
+#: times gamma (19 x 16 bits: 1); the row's D*s2, s1*s1, D*R and s1*R stay one. Yosys's DSP
+#: mapping of the unit (``synth_xilinx -family xcup -flatten -run :map_luts``, max_in 512,
+#: 2026-12-07): 10, 14 and 22 DSP48E2 at one, two and four lanes; 9, 16 and 30 before,
+#: when each lane took D*x (1) and the centred value times R (19 x 38 bits: 4).
+LAYERNORM_DSP_PER_LANE = 4
 #: LUT and FF of the LayerNorm unit with lanes, over the fitted one-lane unit: NOT
 #: measured (Yosys on the unit with two lanes had not finished after 40 minutes on the
 #: loaded machine this was written on); an allowance from the structure, stated: the
@@ -327,9 +327,10 @@ LAYERNORM_DSP_PER_LANE = 7
 #: still to come, the divisor), and per lane beyond the first its share of the sums' adder
 #: tree and the normalisation's rounding and saturation; and the row banks beyond the one
 #: lane's two (:data:`moevit.hw.units.layernorm.LANE_BANKS`, 30 more since 2026-12-02: each
-#: a row's s1 and R, 19 + 37 bits, their write enables and a share of the 32-way read
-#: multiplexers, about 56 FF and 25 LUT a bank).
-LAYERNORM_PIPELINE = Resources(lut=3_750, ff=6_700)
+#: a row's s1, D*R and s1*R, 19 + 47 + 55 bits, their write enables and a share of the
+#: 32-way read multiplexers, about 121 FF and 45 LUT a bank; 56 and 25 while
+#: a bank held s1 and R).
+LAYERNORM_PIPELINE = Resources(lut=4_350, ff=8_650)
 LAYERNORM_PER_LANE = Resources(lut=300, ff=150)
 #: LUT and FF of the ROUTE engine's pipeline across tokens (the softmax's pipelined divider,
 #: the snapshot FIFO, the store stage and its write enables), over the MoE unit the engines
@@ -381,13 +382,17 @@ TOP_UNITS = ("linear", "attention", "layernorm", "moe", "control", "gmem")
 #: units, the second port (:func:`port_overhead`) and the COMBINE engine's lanes
 #: (:data:`COMBINE_LANE`) give 232 / 28,567 / 22,787 / 32 and 376 / 40,840 / 31,234 / 36:
 #: the rest is this and :data:`TOP_PER_COL` (taken again whenever a unit's fit moves, or
-#: the top is counted again). Its DSPs are the
+#: the top is counted again). Its DSPs counted again (Yosys's DSP mapping, ``-run
+#: :map_luts``, 2026-12-07): 257 on the first top, where the units give 232, since each
+#: LayerNorm lane's ``c_i*R`` became ``x_i*(D*R) - s1*R``: the unit alone at this max_in
+#: went from 7 to 10 DSP48E2 where its formula (max_in 512) went from 9 to 10 (254 on the
+#: RTL before). Its DSPs are the
 #: engines' address arithmetic (by module, Yosys to DSP mapping with the hierarchy kept:
 #: the relocators' ``image * pitch`` 24, PATCHIFY 6, the linear engine 4, COMBINE 4, the
 #: sequencer 2 ... 275 there; the flattened run folds 20 of them, at both widths). The
 #: engines' bus-wide buffers grow with the bus, so on a 512-bit top its LUT is low (the
 #: allowance before it: 0 DSP, 20,000 LUT, 30,000 FF, 16 BRAM36).
-TOP_OVERHEAD = Resources(dsp=23, lut=24_694, ff=9_942, bram36=6.5, uram=0)
+TOP_OVERHEAD = Resources(dsp=25, lut=24_694, ff=9_942, bram36=6.5, uram=0)
 #: ... and per array column: the rest of the two counts above grows by 1,590 LUT and 656
 #: FF from 16 to 32 columns (the engines' column-wide rows: ROUTE's lanes, the linear and
 #: EXPERT engines' beats), taken as linear in ``cols``.

@@ -6,6 +6,7 @@ Per row of ``D`` int8 values (``moevit.model.integer.intops.layernorm``)::
     sigma = max(isqrt((D*s2 - s1*s1 + eps) << 12), 1)   # bit-serial square root
     R = 2**36 // sigma                                  # the one division per row
     n_i = (c_i*R + 2**17) >> 18,  c_i = D*x_i - s1
+        = (x_i*(D*R) - s1*R + 2**17) >> 18              # D*R, s1*R once per row
     y_i = clip8((n_i*gamma_i + beta_i + 2**(shift-1)) >> shift)
 
 Three stages work on different rows at once: *ingest* stores a row and sums
@@ -237,8 +238,12 @@ class LayerNorm(wiring.Component):
         done_out = Signal(row_bits)
         row_s1 = Array(Signal(s1_shape, name=f"s1_{k}") for k in range(banks))
         row_s2 = Array(Signal(s2_shape, name=f"s2_{k}") for k in range(banks))
-        row_recip = Array(Signal(intops.LN_RECIP_BITS + 1, name=f"recip{k}")
-                          for k in range(banks))
+        # Per row, D*R and s1*R, so that each lane's c_i*R is x_i*(D*R) - s1*R (2 DSP48E2),
+        # not D*x_i then a 19 x 37-bit product (1 + 4).
+        recip_width = intops.LN_RECIP_BITS + 1
+        row_dr = Array(Signal(len(dim) + recip_width, name=f"dr{k}") for k in range(banks))
+        row_s1r = Array(Signal(signed(s1_shape.width + recip_width), name=f"s1r{k}")
+                        for k in range(banks))
 
         # Ingest: x into bank done_in % banks with s1 and s2 (a beat's lanes summed at once).
         in_bank = Signal(range(banks))
@@ -296,19 +301,19 @@ class LayerNorm(wiring.Component):
             with m.If(divider.o.valid):
                 m.d.sync += sq_sent.eq(0)
         with m.If(divider.o.valid):
-            m.d.sync += [row_recip[st_bank].eq(divider.o.payload.quotient),
+            recip = divider.o.payload.quotient
+            m.d.sync += [row_dr[st_bank].eq(dim * recip),
+                         row_s1r[st_bank].eq(row_s1[st_bank] * recip),
                          st_bank.eq(st_bank + 1), done_stat.eq(done_stat + 1)]
 
-        # Emit: y_i from x_i, the row's s1 and R, and channel i's gamma, beta.
+        # Emit: y_i from x_i, the row's D*R and s1*R, and channel i's gamma, beta.
         o_bank = Signal(range(banks))
         o_idx = Signal(idx)
         o_run = Signal()
         o_started = Signal(row_bits)
-        o_s1 = Signal(s1_shape)
-        o_recip = Signal.like(row_recip[0])
+        o_dr, o_s1r = Signal.like(row_dr[0]), Signal.like(row_s1r[0])
         a_valid, a_last = Signal(), Signal()
-        a_s1 = Signal(s1_shape)
-        a_recip = Signal.like(row_recip[0])
+        a_dr, a_s1r = Signal.like(row_dr[0]), Signal.like(row_s1r[0])
         advance = Signal()
         issue = Signal()
         m.d.comb += [
@@ -318,23 +323,27 @@ class LayerNorm(wiring.Component):
             p_rd.addr.eq(o_idx), p_rd.en.eq(advance),
         ]
         with m.If(~o_run & (ahead(done_stat, o_started) != 0)):
-            m.d.sync += [o_run.eq(1), o_idx.eq(0), o_s1.eq(row_s1[o_bank]),
-                         o_recip.eq(row_recip[o_bank]), o_started.eq(o_started + 1)]
+            m.d.sync += [o_run.eq(1), o_idx.eq(0), o_dr.eq(row_dr[o_bank]),
+                         o_s1r.eq(row_s1r[o_bank]), o_started.eq(o_started + 1)]
         for k in range(lanes):
-            centred = Signal(signed(20), name=f"centred{k}")
+            # c_i*R, s36 (intops.layernorm), however wide its terms. x_i*(D*R) as two
+            # products of D*R's pieces of 26 bits, a DSP48E2 each (Yosys maps the 8 x
+            # 47-bit product to three).
+            scaled = Signal(signed(36), name=f"scaled{k}")
+            x_k = r_rd.data[k]
             # |n_i| <= 2**17 (intops.layernorm): 19 bits, so n_i * gamma_i is one DSP48E2.
             normed = Signal(signed(19), name=f"normed{k}")
             p = p_rd.data[k]
             m.d.comb += [
-                centred.eq(dim * r_rd.data[k] - a_s1),
-                normed.eq(intexpr.round_shift(centred * a_recip, Const(norm_shift, 6))),
+                scaled.eq(x_k * a_dr[:26] + (x_k * a_dr[26:] << 26) - a_s1r),
+                normed.eq(intexpr.round_shift(scaled, Const(norm_shift, 6))),
             ]
             with m.If(advance):
                 m.d.sync += self.o.payload[k].eq(intexpr.clip8(intexpr.round_shift(
                     normed * p.gamma + p.beta, shift)))
         with m.If(advance):
             m.d.sync += [a_valid.eq(issue), a_last.eq(issue & (o_idx + 1 == row_beats)),
-                         a_s1.eq(o_s1), a_recip.eq(o_recip), self.o.valid.eq(a_valid)]
+                         a_dr.eq(o_dr), a_s1r.eq(o_s1r), self.o.valid.eq(a_valid)]
             with m.If(issue):
                 m.d.sync += o_idx.eq(o_idx + 1)
                 with m.If(o_idx + 1 == row_beats):

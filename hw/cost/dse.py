@@ -2128,7 +2128,8 @@ def _target(row, name, op, value):
                  + (" (Yosys upper bound)" if key in ("lut", "ff") else "")
                  + f"; the search's point with the most MAC units that fits (array "
                  f"{row.get('largest_array')}), {row.get('largest_mac_units')} MAC units and "
-                 f"{row.get('largest_dsp')} DSPs, is not faster: {row['binding_limit']} binds")
+                 f"{row.get('largest_dsp')} DSPs, is not faster ({row.get('largest_latency_ms'):.2f} "
+                 f"ms): {row['binding_limit']} binds")
         low = row.get("mac_target_floor")
         if low:
             limit += (f"; with {value:,} MAC units or more, no HwConfig of these kernels that "

@@ -19,7 +19,7 @@ def _structs(text):
     return structs
 
 
-@pytest.mark.parametrize("config", ["tiny", "edge-moe", "m3vit-s", "zcu104-edge-moe",
+@pytest.mark.parametrize("config", ["tiny", "edge-moe", "m3vit-s", "u280-m3vit-s",
                                     "tiny packed in chains of 3", "tiny with packed scores"])
 def test_header_holds_the_hwconfig(config):
     hw = get_hw_config(config.split()[0])

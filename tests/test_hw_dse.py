@@ -652,8 +652,8 @@ def test_the_constants_striped_where_the_weights_bind():
     EXPERT instructions' cycles fall by more than 1.5 % (each port carries about a quarter
     of an expert's 4,608 bytes of constants, not one port all of them: -2.1 % on its 17x64
     array; on the 33x64 array saved before, -4.2 %, and simulated, its two first blocks'
-    working EXPERTs -4.4 %) and so does its image's; the zcu104's point, short of LUTs,
-    keeps them on their port (the striper is LUT RAM)."""
+    working EXPERTs -4.4 %) and so does its image's; the zcu104's point keeps them on
+    their port (the striper is LUT RAM)."""
     from moevit.hw.cost.dse import batch1_runs
 
     hw = get_hw_config("zcu102-edge-moe").replace(chan_striped=0)

@@ -2124,12 +2124,13 @@ def _target(row, name, op, value):
                 for key in ("dsp", "bram36", "uram", "lut", "ff")[:5 if row["fabric_limits"] else 3]
                 if row["board_" + key]}
         key = max(used, key=used.get)
+        largest = (f"; the search's point with the most MAC units that fits (array "
+                   f"{row['largest_array']}), {row['largest_mac_units']} MAC units and "
+                   f"{row['largest_dsp']} DSPs, is not faster ({row['largest_latency_ms']:.2f} "
+                   f"ms)" if "largest_array" in row else "")
         limit = (f"{key.upper()} {used[key]:.0%} of its usable share"
                  + (" (Yosys upper bound)" if key in ("lut", "ff") else "")
-                 + f"; the search's point with the most MAC units that fits (array "
-                 f"{row.get('largest_array')}), {row.get('largest_mac_units')} MAC units and "
-                 f"{row.get('largest_dsp')} DSPs, is not faster ({row.get('largest_latency_ms'):.2f} "
-                 f"ms): {row['binding_limit']} binds")
+                 + f"{largest}: {row['binding_limit']} binds")
         low = row.get("mac_target_floor")
         if low:
             limit += (f"; with {value:,} MAC units or more, no HwConfig of these kernels that "

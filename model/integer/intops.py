@@ -458,8 +458,12 @@ def layernorm(x, eps, gamma, beta, shift):
         y_i = clip8((n_i * gamma_i + beta_i + 2**(shift-1)) >> shift)
 
     ``64 * c_i / sigma`` is the normalised value, at most ``sqrt(D-1)`` in
-    magnitude, so ``|c_i * R| <= 2**30 sqrt(D) <= 2**35`` (a 19 x 37-bit
-    product bounded to s36), so ``|n_i| <= 2**17``, which it reaches: one 1
+    magnitude, so ``|c_i * R|`` is about ``2**30 sqrt(D) <= 2**35``: at most
+    ``2**35 (1 + 2**-22)`` by the square root's floor, and that only on rows of one
+    value apart from the rest (``c_i**2 = (D-1) v``; any other row is below by far
+    more), whose every case (D <= 1024, the two values 1 to 255 apart) gives at
+    most ``2**35 - 32`` (one 1 among 1,023 zeros, R's floor): s36, the 36 bits
+    the LayerNorm unit holds it in. So ``|n_i| <= 2**17``, which it reaches: one 1
     among 1,023 zeros gives ``n = 2**17`` (s19; ``tests/test_model_intops.py``).
     ``(v + eps) << 12`` is below ``2**47``. ``n_i * gamma_i`` is s33, plus
     ``beta_i``: s42.

@@ -194,6 +194,22 @@ class HwConfig:
         read channels then take a request as the last beat of the one before is read
         (one-word requests would leave a channel idle every other cycle). From DRAM a row
         a request as before. 0: every measured figure before 2026-12-05.
+    wide_x : int
+        1: each beat of the linear kernel's ``x`` stream holds ``chain_depth`` consecutive
+        features of every row of its token tile (the x tiler takes them out of one bus word,
+        so ``chain_depth`` must divide the word's bytes), and the first out tile takes its
+        activations as fast as its chains multiply them. 0: a feature a beat, so a chain of
+        ``D`` waits ``D`` cycles a step for them on the first out tile (on zcu102-edge-moe's
+        chains of 2, ~3,100 cycles of a 768-input layer of 8 token tiles); every measured
+        figure before 2026-12-08. With ``chain_depth`` 1 a beat is a step either way.
+    wide_w : int
+        1: each beat of the linear kernel's ``w`` stream holds ``chain_depth`` consecutive
+        features of the out tile's ``cols`` weights (the order they lie in memory), so a
+        chained array loads a weight bank ``chain_depth`` times as fast as a feature a beat
+        and can take its weights faster than the memory brings them. 0: a feature a beat
+        (every measured figure before 2026-12-08). ``chain_depth`` must divide the bus
+        word's bytes (a layer's inputs, whole bus words, are then whole beats); with
+        ``chain_depth`` 1 a beat is a step either way.
     pipelined_heads : int
         1 (with ``kv_banks`` 2): each attention row pipeline's QK takes a descriptor's next
         head's rows straight after its last row of the head before, whose last rows still
@@ -275,6 +291,10 @@ class HwConfig:
     kv_banks: int = 1
     # The linear engine's x tiles a bus word of every row at a time (issue 14): 0 or 1.
     x_by_words: int = 0
+    # chain_depth features of each row an x beat of the linear kernel (issue 14): 0 or 1.
+    wide_x: int = 0
+    # chain_depth features of the out tile's weights a w beat of the linear kernel: 0 or 1.
+    wide_w: int = 0
     # The attention's next head's rows straight behind the head before's (issue 14): 0 or 1.
     pipelined_heads: int = 0
     # The channel constants striped over the weights' ports (issue 14): 0 or 1.
@@ -299,7 +319,8 @@ class HwConfig:
                        "weight_ports": 1, "row_lanes": 1, "issue_lanes": 1, "combine_lanes": 0,
                        "weight_streaming": 0, "token_chunks": 0, "context_lanes": 0,
                        "kv_banks": 1, "x_by_words": 0, "pipelined_heads": 0,
-                       "chan_striped": 0, "chain_depth": 1, "score_packing": 1}
+                       "chan_striped": 0, "chain_depth": 1, "score_packing": 1,
+                       "wide_x": 0, "wide_w": 0}
     #: Fields the RTL does not read (how the compiler lays a program out): :meth:`rtl`.
     COMPILER_ONLY = ("token_chunks",)
     #: Row lanes of a head lane: each copies the head's K and V, so a few.
@@ -445,6 +466,19 @@ class HwConfig:
             raise ConfigError(f"Weight streaming must be 0 or 1, not {self.weight_streaming!r}")
         if type(self.x_by_words) is not int or self.x_by_words not in (0, 1):
             raise ConfigError(f"x_by_words must be 0 or 1, not {self.x_by_words!r}")
+        if type(self.wide_x) is not int or self.wide_x not in (0, 1):
+            raise ConfigError(f"wide_x must be 0 or 1, not {self.wide_x!r}")
+        if self.wide_x and word % self.chain_depth:
+            raise ConfigError(
+                f"wide_x 1 takes an x beat's {self.chain_depth} features (the chain depth) out "
+                f"of one bus word, whose {word} bytes they do not divide")
+        if type(self.wide_w) is not int or self.wide_w not in (0, 1):
+            raise ConfigError(f"wide_w must be 0 or 1, not {self.wide_w!r}")
+        if self.wide_w and word % self.chain_depth:
+            raise ConfigError(
+                f"wide_w 1 packs {self.chain_depth} features (the chain depth) a w beat, which "
+                f"a layer's inputs (whole {word}-byte bus words) must fill: the depth must "
+                f"divide the word's bytes")
         if type(self.pipelined_heads) is not int or self.pipelined_heads not in (0, 1):
             raise ConfigError(f"pipelined_heads must be 0 or 1, not {self.pipelined_heads!r}")
         if self.pipelined_heads and self.kv_banks != 2:
@@ -481,6 +515,18 @@ class HwConfig:
     def max_steps(self) -> int:
         """Steps of the linear array a tile of ``max_in`` features takes."""
         return -(-self.max_in // self.chain_depth)
+
+    @property
+    def x_features(self) -> int:
+        """Features of every row a beat of the linear kernel's ``x`` stream brings
+        (:attr:`wide_x`)."""
+        return self.chain_depth if self.wide_x else 1
+
+    @property
+    def w_features(self) -> int:
+        """Features of the out tile's weights a beat of the linear kernel's ``w`` stream
+        brings (:attr:`wide_w`)."""
+        return self.chain_depth if self.wide_w else 1
 
     @property
     def combine_width(self) -> int:

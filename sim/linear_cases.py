@@ -64,7 +64,9 @@ def random_hw(rng, name="random") -> HwConfig:
     one or two MACs per DSP48E2 (two when ``cols`` is even, half the time), the
     weight banks' first tiles streamed behind their loads half the time, the
     accumulators as narrow as ``max_in`` allows half the time, and a chain of 2 or
-    more multipliers a position half the time."""
+    more multipliers a position half the time (its x beats a step's features, ``wide_x``,
+    half of those times where the default bus word holds them; its w beats, ``wide_w``,
+    the same)."""
     post_lanes = int(rng.choice([1, 2, 4, 8]))
     cols = post_lanes * int(rng.choice([1, 2, 3]))
     rows = int(rng.integers(1, 9))
@@ -79,10 +81,14 @@ def random_hw(rng, name="random") -> HwConfig:
     # seeds' other fields stay those of the points drawn before chains existed).
     deepest = HwConfig.MAX_PACKED_CHAIN if packing == 2 else HwConfig.MAX_CHAIN_DEPTH
     chain = int(rng.integers(2, deepest + 1)) if rng.random() < 0.5 else 1
+    # A chain's x beats, and its w beats, a step's features half the time each where the
+    # default bus word holds them.
+    wide_x = int(rng.integers(2)) if chain > 1 and 16 % chain == 0 else 0
+    wide_w = int(rng.integers(2)) if chain > 1 and 16 % chain == 0 else 0
     return HwConfig(name=name, rows=rows, cols=cols, post_lanes=post_lanes,
                     max_tokens=max_tokens, max_in=max_in, out_depth=out_depth,
                     dsp_packing=packing, weight_streaming=streaming, acc_width=acc_width,
-                    chain_depth=chain)
+                    chain_depth=chain, wide_x=wide_x, wide_w=wide_w)
 
 
 def random_shape(hw, rng, *, max_tiles=4, max_out_tiles=3):

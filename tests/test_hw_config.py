@@ -237,7 +237,8 @@ def test_score_packing_leaves_older_fingerprints_alone():
 #: in the error, and the fields it needs.
 SWITCHES = {"weight_streaming": ("Weight streaming", {}), "x_by_words": ("x_by_words", {}),
             "pipelined_heads": ("pipelined_heads", {"kv_banks": 2}),
-            "chan_striped": ("chan_striped", {"memory_ports": 2, "weight_ports": 2})}
+            "chan_striped": ("chan_striped", {"memory_ports": 2, "weight_ports": 2}),
+            "wide_x": ("wide_x", {"chain_depth": 2}), "wide_w": ("wide_w", {"chain_depth": 2})}
 
 
 @pytest.mark.parametrize("value", [2, -1, True, 1.0, "1"])
@@ -261,6 +262,33 @@ def test_switches_leave_older_fingerprints_alone(field):
     assert field not in hw.to_dict() and getattr(hw, field) == 0
     on = hw.replace(**{field: 1})
     assert hw_hash(on) != hw_hash(hw) and HwConfig.from_dict(on.to_dict()) == on
+
+
+def test_a_wide_x_beat_lies_in_one_bus_word():
+    """``wide_x`` takes a beat's ``chain_depth`` features out of one bus word: a chain of 3
+    on a 16-byte word is refused, of 8 on a 4-byte word too; of 4 on 16 bytes is taken (and
+    of 1 anywhere: a beat a step either way)."""
+    tiny = DEFAULT_HW["tiny"]
+    for depth, bus in ((3, 128), (8, 32)):
+        with pytest.raises(ConfigError, match=rf"^wide_x 1 takes an x beat's {depth} features "
+                                              rf"\(the chain depth\) out of one bus word, "
+                                              rf"whose {bus // 8} bytes they do not divide$"):
+            tiny.replace(chain_depth=depth, bus_width=bus, wide_x=1)
+    assert tiny.replace(chain_depth=4, wide_x=1).x_features == 4
+    assert tiny.replace(wide_x=1).x_features == tiny.x_features == 1
+
+
+def test_a_wide_w_beat_is_whole_in_a_layers_inputs():
+    """``wide_w`` packs ``chain_depth`` features a w beat; a layer's inputs are whole bus
+    words in the top, so the depth must divide the word's bytes."""
+    tiny = DEFAULT_HW["tiny"]
+    with pytest.raises(ConfigError, match=r"^wide_w 1 packs 3 features \(the chain depth\) "
+                                          r"a w beat, which a layer's inputs \(whole 16-byte "
+                                          r"bus words\) must fill: the depth must divide the "
+                                          r"word's bytes$"):
+        tiny.replace(chain_depth=3, wide_w=1)
+    assert tiny.replace(chain_depth=4, wide_w=1).w_features == 4
+    assert tiny.replace(wide_w=1).w_features == tiny.w_features == 1
 
 
 def test_pipelined_heads_need_two_banks():

@@ -164,6 +164,31 @@ def test_a_chain_waits_for_its_activations_on_the_first_out_tile():
     assert _simulate(hw, [op], "linear-chain-x-bound")["cycles"] == [123]
 
 
+def test_wide_x_keeps_a_chain_at_its_own_pace():
+    """The same operation with the x stream bringing a step's 4 features a beat
+    (``wide_x``): its first weight bank is full at cycle 34 (32 beats from cycle 1, one to
+    settle), the first token tile's 8 steps end at cycle 41 and the two after at the issue's
+    pace (11 cycles a tile) at 63, before the activations' last beat could hold them, then
+    the same way out: 89 cycles."""
+    hw = HwConfig(rows=2, cols=4, post_lanes=4, max_tokens=6, max_in=32, out_depth=4,
+                  chain_depth=4, wide_x=1)
+    op = random_op(hw, np.random.default_rng(4), 6, 32, 4)
+    assert (op["desc"].x_beats, op["desc"].expected_cycles()) == (8, 89)
+    assert _simulate(hw, [op], "linear-chain-wide-x")["cycles"] == [89]
+
+
+def test_wide_w_loads_a_bank_a_step_a_cycle():
+    """... and with its w beats bringing a step's 4 features too (``wide_w``): the bank is
+    full at cycle 10 (8 beats, or the 4 channels' constants, whichever is longer, from cycle
+    1, one to settle), the three token tiles end at 17, 28 and 39, and the way out as above:
+    65 cycles."""
+    hw = HwConfig(rows=2, cols=4, post_lanes=4, max_tokens=6, max_in=32, out_depth=4,
+                  chain_depth=4, wide_x=1, wide_w=1)
+    op = random_op(hw, np.random.default_rng(4), 6, 32, 4)
+    assert (op["desc"].w_beats, op["desc"].expected_cycles()) == (8, 65)
+    assert _simulate(hw, [op], "linear-chain-wide-w")["cycles"] == [65]
+
+
 #: Yosys (moevit.hw.estimate, links as black boxes) on slices of zcu102-edge-moe's array:
 #: (rows, chain_depth) -> (DSP48E2, LUT, FF, BRAM36), 2026-12-07; (6, 1) is a fit point.
 #: The chained slices measured again once the chains' sums were cut to the bits their

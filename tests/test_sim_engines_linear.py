@@ -338,11 +338,13 @@ def random_engine_hw(rng, *, large=False) -> HwConfig:
     post lanes dividing ``cols``, ``rows`` so that the array stays small, random buffer
     depths and outstanding bursts, one or two MACs per DSP48E2, a weight bank's first tile
     streamed behind its load or not, x read a row or a bus word at a time, chains of 1 to 4
-    multipliers a position."""
+    multipliers a position, a chain's x beats a step's features or one (``wide_x``), and its
+    w beats (``wide_w``: the weights packed before the read-ahead FIFO)."""
     nbytes = int(rng.choice([4, 8, 16, 32, 64] if large else [4, 8, 16]))
     cols = nbytes * int(rng.integers(1, 4 if nbytes <= 8 else 3))
     post_lanes = int(rng.choice([p for p in (1, 2, 4, 8) if cols % p == 0]))
     rows = int(rng.integers(1, max(2, (128 if large else 32) // cols) + 1))
+    chain = int(rng.integers(1, 5))
     return HwConfig(name="random", rows=rows, cols=cols, post_lanes=post_lanes,
                     max_tokens=rows * int(rng.integers(1, 7)),
                     max_in=nbytes * int(rng.integers(1, max(2, 96 // nbytes) + 1)),
@@ -350,7 +352,9 @@ def random_engine_hw(rng, *, large=False) -> HwConfig:
                     max_outstanding=int(rng.integers(1, 5)),
                     dsp_packing=int(rng.integers(1, 3)),
                     weight_streaming=int(rng.integers(2)), x_by_words=int(rng.integers(2)),
-                    chain_depth=int(rng.integers(1, 5)))
+                    chain_depth=chain,
+                    wide_x=int(rng.integers(2)) if nbytes % chain == 0 else 0,
+                    wide_w=int(rng.integers(2)) if nbytes % chain == 0 else 0)
 
 
 class _Image:
@@ -429,7 +433,8 @@ def _random_run(seed, *, count, large, shared, simulator=None, **changes):
           f"max_tokens={hw.max_tokens} max_in={hw.max_in} out_depth={hw.out_depth} "
           f"bus_width={hw.bus_width} max_outstanding={hw.max_outstanding} "
           f"dsp_packing={hw.dsp_packing} weight_streaming={hw.weight_streaming} "
-          f"x_by_words={hw.x_by_words} chain_depth={hw.chain_depth}")
+          f"x_by_words={hw.x_by_words} chain_depth={hw.chain_depth} wide_x={hw.wide_x} "
+          f"wide_w={hw.wide_w}")
     memory, jobs = random_jobs(hw, rng, count)
     pauses = str(rng.choice(["none", "fixed", "random"])) if large else "random"
     # The on-chip window the engine is told of (x_by_words reads an x inside it a word of
@@ -442,13 +447,14 @@ def _random_run(seed, *, count, large, shared, simulator=None, **changes):
              simulator=simulator, pauses=pauses, shared=shared, window=window)
 
 
-@pytest.mark.parametrize("x_by_words, chain", [(0, 1), (1, 3)])
-def test_random_jobs_fast(x_by_words, chain):
+@pytest.mark.parametrize("x_by_words, chain, wide", [(0, 1, 0), (1, 3, 0), (1, 4, 1)])
+def test_random_jobs_fast(x_by_words, chain, wide):
     """One small random design point with two MACs per DSP48E2 (the tiny jobs have one),
     three random jobs back to back, the read channels on one port (Icarus), x a row or a
-    bus word at a time, with chains of 3 multipliers a position or none."""
+    bus word at a time, with chains of 3 multipliers a position or none, or chains of 4
+    whose x and w beats bring a step's 4 features."""
     _random_run(replay_seed(), count=3, large=False, shared=True, dsp_packing=2,
-                x_by_words=x_by_words, chain_depth=chain)
+                x_by_words=x_by_words, chain_depth=chain, wide_x=wide, wide_w=wide)
 
 
 @pytest.mark.slow

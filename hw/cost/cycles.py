@@ -256,9 +256,10 @@ def linear_drain(d) -> int:
     """Compute cycles of linear operation ``d`` after its last read: the kernel loads an
     out tile's weights while it works on the one before (two banks), so the last tile's
     work follows the last weights; with one out tile the weights come first and the
-    last token tile's ``in_features`` steps follow the last activations (a chain's
-    steps take ``chain_depth`` features each, but its x stream brings one a cycle)."""
-    return _tile(d) if d.out_tiles > 1 else d.in_features
+    last token tile's steps follow the last activations, a beat a step (a chain's steps
+    take ``chain_depth`` features each, but its x stream brings ``hw.x_features`` a beat:
+    :attr:`~moevit.hw.program.descriptor.LinearDescriptor.x_beats`)."""
+    return _tile(d) if d.out_tiles > 1 else d.x_beats
 
 
 def linear_tile_outputs(d) -> dict:
@@ -293,10 +294,10 @@ def token_tile_start(d, k) -> int:
     """Cycles of linear operation ``d``'s model from its first step to the step its token
     tile ``k`` of the first out tile needs its rows by (the kernel's timing,
     :meth:`~moevit.hw.program.descriptor.LinearDescriptor.expected_cycles`): a tile a
-    ``max(in_features, issue_to_copy + 1 + drain)`` cycles (the x stream brings a feature
-    a cycle, whatever the chain's depth), its rows late by as much delay its last step as
-    much."""
-    return k * max(d.in_features, d.issue_to_copy + 1 + d.drain_cycles())
+    ``max(x_beats, issue_to_copy + 1 + drain)`` cycles (the x stream brings a beat a
+    cycle, ``hw.x_features`` features of each row), its rows late by as much delay its
+    last step as much."""
+    return k * max(d.x_beats, d.issue_to_copy + 1 + d.drain_cycles())
 
 
 def first_tile_bytes(d) -> int:
@@ -310,12 +311,12 @@ def x_fill(d, hw, arrival, onchip) -> int:
     tile's rows whole (:func:`first_tile_bytes`), or with ``hw.x_by_words`` and x in the
     on-chip window (``onchip``) one bus word of each row (word-major requests), and more
     where a later word of every row comes slower than the kernel takes the word before (a
-    feature a cycle)."""
+    beat a cycle, ``hw.x_features`` features of each row)."""
     if not (hw.x_by_words and onchip):
         return arrival(first_tile_bytes(d))
     nbytes = hw.bus_width // 8
     group = arrival(min(hw.rows, d.tokens) * nbytes)
-    return group + (d.in_features // nbytes - 1) * max(0, group - nbytes)
+    return group + (d.in_features // nbytes - 1) * max(0, group - nbytes // hw.x_features)
 
 
 def linear_fill(d, fill_cycles) -> int:
@@ -332,9 +333,11 @@ def linear_fill(d, fill_cycles) -> int:
 
 def linear_start(d) -> int:
     """Cycles of linear operation ``d``'s model before its first step: its first weight bank
-    (``max(in_features, cols) + 1``), with ``weight_streaming`` its first step's beats
-    (``chain_depth``)."""
-    return d.hw.chain_depth if d.hw.weight_streaming else max(d.in_features, d.hw.cols) + 1
+    (``max(w_beats, cols) + 1``), with ``weight_streaming`` its first step's beats
+    (``chain_depth / w_features``)."""
+    hw = d.hw
+    return (hw.chain_depth // hw.w_features if hw.weight_streaming
+            else max(d.w_beats, hw.cols) + 1)
 
 
 def visible_drains(jobs, hw, bandwidth, memory_bandwidth=None, dram=None,

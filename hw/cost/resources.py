@@ -466,12 +466,16 @@ def read_ahead_fifo(hw) -> Resources:
     against :attr:`~moevit.hw.top.linear_engine.LinearEngine.W_DEPTH`, which the measured
     top overhead holds): none on a bus of 36 bits or more, where a RAMB36 is 512 deep
     anyway. Yosys (``synth_xilinx -family xcup``) on the FIFO alone at 128 bits: 2
-    RAMB36E2 at 128 and at 512 beats (2026-12-04)."""
+    RAMB36E2 at 128 and at 512 beats (2026-12-04). With ``hw.wide_w`` the FIFO holds words
+    of ``w_features`` features' weights (``k`` bus beats each, ``depth // k`` of them:
+    :class:`~moevit.hw.top.linear_engine.Prefetch`), wider and shallower."""
     from moevit.hw.top.linear_engine import LinearEngine
     from moevit.hw.top.movers import beat_layout
 
     width = beat_layout(hw.bus_width).size
-    return Resources(bram36=bram36(width, LinearEngine.w_depth(hw))
+    k = hw.cols * hw.w_features // (hw.bus_width // 8) if hw.w_features > 1 else 1
+    return Resources(bram36=bram36(beat_layout(hw.bus_width * k).size,
+                                   LinearEngine.w_depth(hw) // k)
                      - bram36(width, LinearEngine.W_DEPTH))
 
 

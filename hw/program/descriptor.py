@@ -386,6 +386,18 @@ class LinearDescriptor(Descriptor):
         hw = self.hw
         return (hw.rows if rows is None else rows) * (hw.cols // hw.post_lanes)
 
+    @property
+    def x_beats(self) -> int:
+        """Beats of the kernel's ``x`` stream a token tile: ``hw.x_features`` features of
+        every row a beat."""
+        return -(-self.in_features // self.hw.x_features)
+
+    @property
+    def w_beats(self) -> int:
+        """Beats of the kernel's ``w`` stream an out tile: ``hw.w_features`` features of
+        its weights a beat."""
+        return -(-self.in_features // self.hw.w_features)
+
     def expected_cycles(self, *, following=False) -> int:
         """Cycles of the operation on the kernel, fed without gaps and drained without
         back-pressure, from its descriptor's acceptance to its last output beat.
@@ -395,19 +407,21 @@ class LinearDescriptor(Descriptor):
         The kernel's timing rules, cycle 0 being the descriptor's acceptance:
 
         * weight bank ``ot % 2`` loads from cycle ``A_ot`` (``A_0 = 1``), taking
-          ``in_features`` weight beats and ``cols`` channel beats at once, and is
-          ready ``max(in_features, cols) + 1`` cycles later (``F_ot``); the next bank's
+          :attr:`w_beats` weight beats and ``cols`` channel beats at once, and is
+          ready ``max(w_beats, cols) + 1`` cycles later (``F_ot``); the next bank's
           load starts then, or when that bank is released if later;
         * a tile issues :attr:`steps` steps, one per cycle, the first when its bank
-          is ready (with ``hw.weight_streaming``: at ``A_ot + chain_depth``, each step
-          behind its weight beats, the last one not before ``F_ot``) and the previous
+          is ready (with ``hw.weight_streaming``: once its first step's weight beats are
+          in, ``chain_depth / hw.w_features`` cycles after ``A_ot``, each step behind its
+          weight beats, the last one not before ``F_ot``) and the previous
           tile has issued; its last step waits until the previous tile is through the
           shadow bank (``issue_to_copy + 1`` cycles plus the previous tile's drain after
           that tile's last step);
-        * the activations come a beat (a feature of a token tile) a cycle from cycle 1,
-          so token tile ``tt``'s last step issues at ``1 + (tt + 1) * in_features`` at
-          the earliest: with ``chain_depth`` 1 this never binds, with more the first
-          out tile may wait for them;
+        * the activations come a beat (``hw.x_features`` features of a token tile) a
+          cycle from cycle 1, so token tile ``tt``'s last step issues at ``1 + (tt + 1) *
+          x_beats`` at the earliest (:attr:`x_beats`): with a beat a step (``chain_depth``
+          1, or ``wide_x``) this never binds, with more the first out tile may wait for
+          them (its first token tile only where the bank loads faster, ``wide_w``);
         * a bank is released after the drain of its out tile's last token tile.
 
         Parameters
@@ -418,9 +432,9 @@ class LinearDescriptor(Descriptor):
             after the previous last beat enters the output FIFO, ``FIFO_LATENCY - 1``
             cycles before that beat leaves it.
         """
-        hw, n_in, steps = self.hw, self.in_features, self.steps
+        hw, steps = self.hw, self.steps
         through = self.issue_to_copy + 1          # last step -> the shadow bank is free again
-        load = max(n_in, hw.cols) + 1
+        load = max(self.w_beats, hw.cols) + 1
         full_drain = self.drain_cycles()
         last_drain = self.drain_cycles(self.tokens - (self.token_tiles - 1) * hw.rows)
         start, ready = 1, 1 + load                # A_0, F_0
@@ -435,9 +449,12 @@ class LinearDescriptor(Descriptor):
             # The first step: once the bank is full, or (weight streaming) once its first
             # beat is in, a cycle after its load starts; the last step once it is full.
             # (A step holds chain_depth beats; a tile of one step needs the bank full.)
-            first = start + hw.chain_depth if hw.weight_streaming and steps > 1 else ready
+            first = (start + hw.chain_depth // hw.w_features if hw.weight_streaming and steps > 1
+                     else ready)
             if last is None:
-                last = max(first + steps - 1, ready)
+                # (the first token tile's x: it binds only where a bank loads faster than
+                # its inputs arrive, hw.wide_w without hw.wide_x)
+                last = max(first + steps - 1, ready, 1 + self.x_beats)
             else:
                 last = max(max(last + 1, first) + steps - 1, ready, last + through + last_drain)
             # The other token tiles of the out tile: full drains before each last one.
@@ -446,7 +463,9 @@ class LinearDescriptor(Descriptor):
             last += later * tile
             if ot == 0 and later:
                 # ... and, with the first, the activations' arrival (see above).
-                arrival = 1 + n_in + (later * n_in if n_in >= tile else n_in + (later - 1) * tile)
+                beats = self.x_beats
+                arrival = 1 + beats + (later * beats if beats >= tile
+                                       else beats + (later - 1) * tile)
                 last = max(last, arrival)
             released.append(last + through + last_drain)
         end = last + self.issue_to_copy + last_drain + self.POP_TO_FIFO + self.FIFO_LATENCY

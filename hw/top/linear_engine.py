@@ -13,7 +13,8 @@ read channel:
     else ``j``; with ``hw.x_by_words`` and x in the on-chip window one request per row
     and bus word, word-major) into a double-buffered tile buffer of ``rows`` token rows,
     read out as the kernel's transposed beats (lane ``r`` of beat ``(tt, i)`` is
-    ``x[tt*rows + r, i]``) while the next tile fills.
+    ``x[tt*rows + r, i]``; with ``hw.wide_x`` a beat holds ``chain_depth`` features of
+    each row, out of the same word) while the next tile fills.
 ``w``, ``chan`` (channels 1, 2)
     :class:`Fetch`: the bytes at ``w_addr`` and ``chan_addr`` read ahead into a FIFO
     and re-packed to the kernel's lanes: they stream as the kernel takes them.
@@ -155,7 +156,7 @@ class XTiler(wiring.Component):
             "job": In(linear_job_layout()), "start": In(1),
             "rd": Out(ReadPort(hw.bus_width)),
             "index": Out(IndexPort(hw.max_tokens)),
-            "x": Out(stream.Signature(lanes_layout(hw.rows))),
+            "x": Out(stream.Signature(lanes_layout(hw.rows * hw.x_features))),
             "window_at": In(32), "window_end": In(32),
             "busy": Out(1),
         })
@@ -176,30 +177,35 @@ class XTiler(wiring.Component):
         requesting, groups_in, by_word = self._requests(m, op, rd, wp, out_tiles_done, words)
         group = Signal.like(groups_in)           # groups read
 
-        # Beats out: feature i of every lane, once its group is in ----------------
+        # Beats out: features i .. i + XF - 1 of every lane (XF: hw.x_features, which
+        # divides the word's bytes), once their group is in ------------------------
+        XF = hw.x_features
         out_on = Signal()
         out_half = Signal()
-        out_i = Signal(16)
+        out_i = Signal(16)                       # the beat's first feature
         out_word = Signal(range(words))
         out_byte = Signal(range(B))
-        fifo = m.submodules.fifo = SyncFIFO(width=8 * R, depth=self.DEPTH)
+        fifo = m.submodules.fifo = SyncFIFO(width=8 * R * XF, depth=self.DEPTH)
         inflight = Signal()                      # a read issued last cycle
-        select = Signal(range(B))
+        select = Signal(range(B // XF))          # the beat's XF bytes in a row's word
         issue = Signal()
+        tile_end = Signal()                      # the tile's last beat
         m.d.comb += [
             issue.eq(out_on & (groups_in > group) & (fifo.level + inflight < self.DEPTH)),
             rp.addr.eq(Mux(out_half, words, 0) + out_word),
+            tile_end.eq(out_i == op.in_features - 1 if XF == 1
+                        else out_i + XF >= op.in_features),
         ]
-        m.d.sync += [inflight.eq(issue), select.eq(out_byte)]
+        m.d.sync += [inflight.eq(issue), select.eq(out_byte >> (XF.bit_length() - 1))]
         with m.If(issue):
-            m.d.sync += out_i.eq(out_i + 1)
-            with m.If(out_byte == B - 1):
+            m.d.sync += out_i.eq(out_i + XF)
+            with m.If(out_byte == B - XF):
                 m.d.sync += [out_byte.eq(0), out_word.eq(out_word + 1)]
-                with m.If(by_word | (out_i == op.in_features - 1)):   # a group read
+                with m.If(by_word | tile_end):   # a group read
                     m.d.sync += group.eq(group + 1)
             with m.Else():
-                m.d.sync += out_byte.eq(out_byte + 1)
-            with m.If(out_i == op.in_features - 1):
+                m.d.sync += out_byte.eq(out_byte + XF)
+            with m.If(tile_end):
                 # The tile's last read: its half is free for the tile after next.
                 m.d.sync += [out_i.eq(0), out_byte.eq(0), out_word.eq(0),
                              out_half.eq(~out_half), out_tiles_done.eq(out_tiles_done + 1)]
@@ -207,7 +213,8 @@ class XTiler(wiring.Component):
                     m.d.sync += out_on.eq(0)
         m.d.comb += [
             fifo.w_en.eq(inflight),
-            fifo.w_data.eq(Cat(*[rp.data.word_select(r * B + select, 8) for r in range(R)])),
+            fifo.w_data.eq(Cat(*[rp.data.word_select(r * (B // XF) + select, 8 * XF)
+                                 for r in range(R)])),
             self.x.valid.eq(fifo.r_rdy),
             self.x.payload.eq(fifo.r_data),
             fifo.r_en.eq(self.x.ready),
@@ -311,26 +318,38 @@ class Prefetch(wiring.Component):
     bus_width : int
     depth : int
         FIFO beats; no request may be longer (it would never be issued).
+    out_bytes : int or None
+        None: the FIFO holds the bus beats. Else a multiple of the bus bytes: the beats are
+        packed into words of ``out_bytes`` (the byte stream whole, whatever the requests)
+        before the FIFO, which gives a word a cycle: a consumer may take the bytes faster
+        than the bus brings them and catch up after a pause.
 
-    Members: ``req`` (requests, as the read channel's), ``rd``, ``o`` (the bus beats,
-    as the read channel's), ``busy``.
+    Members: ``req`` (requests, as the read channel's), ``rd``, ``o`` (the bus beats, or
+    the words of ``out_bytes`` with ``bytes`` always whole), ``busy``.
     """
 
-    def __init__(self, bus_width, depth):
+    def __init__(self, bus_width, depth, out_bytes=None):
+        nbytes = bus_width // 8
+        self._pack = 1 if out_bytes is None else out_bytes // nbytes
+        if out_bytes is not None and (out_bytes % nbytes or depth < self._pack):
+            self._MustUse__silence = True
+            raise ValueError(f"Words of {out_bytes} bytes must be whole bus words of "
+                             f"{nbytes} bytes, at most the {depth} beats")
         self._bus, self._depth = bus_width, depth
         super().__init__({
             "req": In(stream.Signature(request_layout())),
             "rd": Out(ReadPort(bus_width)),
-            "o": Out(stream.Signature(beat_layout(bus_width))),
+            "o": Out(stream.Signature(beat_layout(bus_width * self._pack))),
             "busy": Out(1),
         })
 
     def elaborate(self, platform):
         m = Module()
-        rd, depth = self.rd, self._depth
+        rd, k = self.rd, self._pack
+        depth = self._depth // k * k            # bus beats the FIFO's words hold
         lane_bits = (self._bus // 8 - 1).bit_length()
-        fifo = m.submodules.fifo = SyncFIFOBuffered(width=beat_layout(self._bus).size,
-                                                    depth=depth)
+        layout = beat_layout(self._bus * k)
+        fifo = m.submodules.fifo = SyncFIFOBuffered(width=layout.size, depth=depth // k)
         reserved = Signal(range(depth + 1))     # beats requested, not yet taken from the FIFO
         beats = Signal(self.req.payload.length.shape().width + 1)
         fits = Signal()
@@ -342,10 +361,21 @@ class Prefetch(wiring.Component):
         issued, popped = Signal(), Signal()
         m.d.comb += [issued.eq(rd.req.valid & rd.req.ready),
                      popped.eq(self.o.valid & self.o.ready)]
-        m.d.sync += reserved.eq(reserved + Mux(issued, beats, 0) - popped)
-        m.d.comb += [fifo.w_data.eq(rd.data.payload.as_value()), fifo.w_en.eq(rd.data.valid),
-                     rd.data.ready.eq(fifo.w_rdy),       # always, by the reservation
-                     self.o.valid.eq(fifo.r_rdy), self.o.payload.eq(fifo.r_data),
+        m.d.sync += reserved.eq(reserved + Mux(issued, beats, 0) - Mux(popped, k, 0))
+        if k == 1:
+            m.d.comb += [fifo.w_data.eq(rd.data.payload.as_value()), fifo.w_en.eq(rd.data.valid),
+                         rd.data.ready.eq(fifo.w_rdy)]      # always, by the reservation
+        else:
+            # (the requests' ends not passed on: one byte stream, no word cut short)
+            pack = m.submodules.pack = Repack(self._bus // 8, self._bus // 8 * k)
+            word = Signal(layout)
+            m.d.comb += [pack.i.valid.eq(rd.data.valid), rd.data.ready.eq(pack.i.ready),
+                         pack.i.payload.data.eq(rd.data.payload.data),
+                         pack.i.payload.bytes.eq(rd.data.payload.bytes),
+                         word.data.eq(pack.o.payload.data), word.bytes.eq(pack.o.payload.bytes),
+                         fifo.w_data.eq(word.as_value()), fifo.w_en.eq(pack.o.valid),
+                         pack.o.ready.eq(fifo.w_rdy)]       # always, by the reservation
+        m.d.comb += [self.o.valid.eq(fifo.r_rdy), self.o.payload.eq(fifo.r_data),
                      fifo.r_en.eq(self.o.ready)]
         m.d.comb += self.busy.eq(reserved != 0)
         return m
@@ -363,13 +393,14 @@ class Fetch(wiring.Component):
     range is not yet requested), ``busy``.
     """
 
-    def __init__(self, bus_width, out_bytes, *, chunk, depth):
+    def __init__(self, bus_width, out_bytes, *, chunk, depth, packed=False):
         nbytes = bus_width // 8
-        if chunk % out_bytes or chunk % nbytes or chunk > depth * nbytes:
+        if (chunk % out_bytes and not packed) or chunk % nbytes or chunk > depth * nbytes:
             self._MustUse__silence = True
             raise ValueError(f"Chunk of {chunk} bytes must be a multiple of {out_bytes} and "
                              f"{nbytes} bytes, at most {depth * nbytes}")
         self._bus, self._out, self._chunk, self._depth = bus_width, out_bytes, chunk, depth
+        self._packed = packed
         super().__init__({
             "start": In(1), "addr": In(32), "length": In(32),
             "rd": Out(ReadPort(bus_width)),
@@ -380,8 +411,8 @@ class Fetch(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         chunk = self._chunk
-        prefetch = m.submodules.prefetch = Prefetch(self._bus, self._depth)
-        repack = m.submodules.repack = Repack(self._bus // 8, self._out)
+        prefetch = m.submodules.prefetch = Prefetch(self._bus, self._depth,
+                                                    self._out if self._packed else None)
         on = Signal()
         # The address as wide as a request's: a range that runs past 2**32 is asked for
         # there (and refused by the relocation), not wrapped onto address 0.
@@ -405,6 +436,11 @@ class Fetch(wiring.Component):
         with m.If(self.start):
             m.d.sync += [on.eq(1), addr.eq(self.addr), left.eq(self.length)]
         wiring.connect(m, prefetch.rd, wiring.flipped(self.rd))
+        if self._packed:                 # the prefetch's words are the output beats
+            wiring.connect(m, prefetch.o, wiring.flipped(self.o))
+            m.d.comb += [self.requesting.eq(on), self.busy.eq(on | prefetch.busy)]
+            return m
+        repack = m.submodules.repack = Repack(self._bus // 8, self._out)
         # Whole output beats: no request's end need flush the repack (a flush costs a
         # cycle a chunk, and the kernel loads a weight bank without a gap).
         m.d.comb += [repack.i.valid.eq(prefetch.o.valid), prefetch.o.ready.eq(repack.i.ready),
@@ -638,8 +674,11 @@ class LinearEngine(wiring.Component):
         kernel = m.submodules.kernel = LinearKernel(hw)
         x = m.submodules.x = XTiler(hw)
         nbytes = hw.bus_width // 8
-        w = m.submodules.w = Fetch(hw.bus_width, hw.cols, depth=self.w_depth(hw),
-                                   chunk=self.w_chunk(hw))
+        # With wide_w a kernel beat is w_features bus-packed features: packed before the
+        # FIFO, which then gives the kernel a beat a cycle, faster than the bus brings them.
+        w = m.submodules.w = Fetch(hw.bus_width, hw.cols * hw.w_features,
+                                   depth=self.w_depth(hw), chunk=self.w_chunk(hw),
+                                   packed=hw.w_features > 1)
         chan = m.submodules.chan = Fetch(hw.bus_width, CHAN_BYTES, depth=self.CHAN_DEPTH,
                                          chunk=self.CHAN_DEPTH // 4 * nbytes)
         res = m.submodules.res = ResidualReader(hw, depth=max(self.RES_DEPTH, hw.cols // nbytes))

@@ -20,7 +20,8 @@ cascade): a step multiplies D consecutive input features, so a tile takes
 MAC unit) serves D MAC units. The input and weight buffers are split into D
 banks (feature ``i`` in bank ``i % D``) so that a step reads its D features at
 once; the streams keep a feature a beat, so the first out tile still takes
-the activations at a feature a cycle.
+the activations at a feature a cycle, unless the stream brings a step's D features
+a beat (``HwConfig.wide_x``).
 
 Dataflow (output-stationary, out tile outermost)::
 
@@ -54,10 +55,16 @@ Streams (``amaranth.lib.stream``, valid/ready; order of beats):
     One :class:`LinearDescriptor` (its ``layout()``) per operation.
 ``x``
     ``token_tiles * in_features`` beats, tile-major: beat ``(tt, i)`` holds
-    ``x[tt*rows + r, i]`` in lane ``r`` (lanes past ``tokens`` are ignored).
+    ``x[tt*rows + r, i]`` in lane ``r`` (lanes past ``tokens`` are ignored); with
+    ``HwConfig.wide_x``, ``token_tiles * ceil(in_features / chain_depth)`` beats of
+    ``chain_depth`` features a row: beat ``(tt, s)`` holds ``x[tt*rows + r, s*D + f]``
+    in lane ``r*D + f`` (features past ``in_features`` are ignored).
 ``w``
     ``out_tiles * in_features`` beats: beat ``(ot, i)`` holds
-    ``W[ot*cols + c, i]`` in lane ``c`` (lanes past ``out_features`` ignored).
+    ``W[ot*cols + c, i]`` in lane ``c`` (lanes past ``out_features`` ignored); with
+    ``HwConfig.wide_w``, ``out_tiles * ceil(in_features / D)`` beats of ``D`` features:
+    beat ``(ot, s)`` holds ``W[ot*cols + c, s*D + f]`` in lane ``f*cols + c`` (the
+    weights' order in memory, a feature's ``cols`` bytes after the one before).
 ``chan``
     ``out_tiles * cols`` beats of (bias, multiplier, shift), channel order;
     the padding channels of the last out tile are sent too (any valid value).
@@ -293,8 +300,8 @@ class LinearKernel(wiring.Component):
         self._hw = hw
         super().__init__({
             "desc": In(stream.Signature(LinearDescriptor.layout())),
-            "x": In(stream.Signature(lanes_layout(hw.rows))),
-            "w": In(stream.Signature(lanes_layout(hw.cols))),
+            "x": In(stream.Signature(lanes_layout(hw.rows * hw.x_features))),
+            "w": In(stream.Signature(lanes_layout(hw.cols * hw.w_features))),
             "chan": In(stream.Signature(chan_layout())),
             "res": In(stream.Signature(lanes_layout(hw.cols))),
             "y": Out(stream.Signature(output_layout(hw.cols))),
@@ -351,7 +358,9 @@ class LinearKernel(wiring.Component):
 
         # Input buffer: fills from the x stream ------------------------------
         # D banks (one with chain_depth 1): feature i of a token tile in bank i % D, at
-        # word tt * steps + i // D, so that a step reads its D features at once.
+        # word tt * steps + i // D, so that a step reads its D features at once. A beat
+        # brings XF features of every row (hw.wide_x: D, a step's whole; else 1).
+        XF = hw.x_features
         x_mems = [Memory(shape=unsigned(8 * R), depth=x_depth, init=[]) for _ in range(D)]
         x_wrs, x_rds = [], []
         for b, mem in enumerate(x_mems):
@@ -359,15 +368,17 @@ class LinearKernel(wiring.Component):
             x_wrs.append(mem.write_port())
             x_rds.append(mem.read_port(transparent_for=()))
         x_count = Signal(aw + 1)     # words written (steps whole in every bank)
-        x_i = Signal(16)
+        x_i = Signal(16)             # the beat's first feature in its tile
         x_tt = Signal(16)
         x_done = Signal()
         x_take = Signal()
+        x_tile_end = Signal()
         m.d.comb += [self.x.ready.eq(active & ~x_done),
-                     x_take.eq(self.x.valid & self.x.ready)]
-        if D == 1:
+                     x_take.eq(self.x.valid & self.x.ready),
+                     x_tile_end.eq(x_i == in_last if XF == 1 else x_i + XF > in_last)]
+        if XF == D:                  # a beat a step: every bank's word at once
             x_step_end = Const(1)
-            m.d.comb += x_wrs[0].addr.eq(x_count)
+            m.d.comb += [port.addr.eq(x_count) for port in x_wrs]
         else:
             x_b = Signal(range(D))       # the bank of the next feature
             x_q = Signal(16)             # its step in the tile
@@ -380,23 +391,29 @@ class LinearKernel(wiring.Component):
                     m.d.sync += [x_q.eq(0), x_base.eq(x_base + x_q + 1)]
                 with m.Elif(x_step_end):
                     m.d.sync += x_q.eq(x_q + 1)
+        beat = self.x.payload.data
         for b, port in enumerate(x_wrs):
-            m.d.comb += [port.data.eq(self.x.payload.data.as_value()),
-                         port.en.eq(x_take & (1 if D == 1 else x_b == b))]
-            if D > 1:
+            # Bank b's word: feature b of every row (lane r * XF + b of a wide beat).
+            m.d.comb += [port.data.eq(beat.as_value() if XF == 1
+                                      else Cat(*(beat[r * XF + b] for r in range(R)))),
+                         port.en.eq(x_take & (1 if XF == D else x_b == b))]
+            if XF != D:
                 m.d.comb += port.addr.eq(x_base + x_q)
         with m.If(x_take):
             with m.If(x_step_end):
                 m.d.sync += x_count.eq(x_count + 1)
-            with m.If(x_i == in_last):
+            with m.If(x_tile_end):
                 m.d.sync += [x_i.eq(0), x_tt.eq(x_tt + 1)]
                 with m.If(x_tt == d.token_tiles - 1):
                     m.d.sync += x_done.eq(1)
             with m.Else():
-                m.d.sync += x_i.eq(x_i + 1)
+                m.d.sync += x_i.eq(x_i + XF)
 
         # Weight buffer (two banks) and per-channel constants ------------------
         # Each bank split as the input buffer is: feature i at word i // D of memory i % D.
+        # A beat brings WF features (hw.wide_w: D, a step's whole, feature f in lanes
+        # f * C ...; else 1).
+        WF = hw.w_features
         w_mems = [Memory(shape=unsigned(8 * C), depth=2 * S, init=[]) for _ in range(D)]
         w_wrs, w_rds = [], []
         for b, mem in enumerate(w_mems):
@@ -420,9 +437,15 @@ class LinearKernel(wiring.Component):
             self.chan.ready.eq(l_free & ~l_c_got),
             w_take.eq(self.w.valid & self.w.ready),
         ]
+        w_tile_end = Signal()            # the bank's last beat
+        m.d.comb += w_tile_end.eq(l_i == in_last if WF == 1 else l_i + WF > in_last)
         if D == 1:
             l_q = l_i                    # steps whole in the bank being loaded
             m.d.comb += w_wrs[0].addr.eq(Mux(l_bank, S, 0) + l_i)
+        elif WF == D:                    # a beat a step: every bank's word at once
+            l_q = Signal(16)
+            with m.If(w_take):
+                m.d.sync += l_q.eq(Mux(w_tile_end, 0, l_q + 1))
         else:
             l_b = Signal(range(D))
             l_q = Signal(16)
@@ -433,16 +456,17 @@ class LinearKernel(wiring.Component):
                     m.d.sync += [l_b.eq(0), l_q.eq(l_q + 1)]
                 with m.Else():
                     m.d.sync += l_b.eq(l_b + 1)
+        w_beat = self.w.payload.data.as_value()
         for b, port in enumerate(w_wrs):
-            m.d.comb += [port.data.eq(self.w.payload.data.as_value()),
-                         port.en.eq(w_take & (1 if D == 1 else l_b == b))]
+            m.d.comb += [port.data.eq(w_beat if WF == 1 else w_beat[b * 8 * C:(b + 1) * 8 * C]),
+                         port.en.eq(w_take & (1 if WF == D else l_b == b))]
             if D > 1:
                 m.d.comb += port.addr.eq(Mux(l_bank, S, 0) + l_q)
         with m.If(w_take):
-            with m.If(l_i == in_last):
+            with m.If(w_tile_end):
                 m.d.sync += [l_i.eq(0), l_w_got.eq(1)]
             with m.Else():
-                m.d.sync += l_i.eq(l_i + 1)
+                m.d.sync += l_i.eq(l_i + WF)
         with m.If(self.chan.valid & self.chan.ready):
             for b in range(2):
                 with m.If(l_bank == b):
@@ -826,8 +850,11 @@ class LinearKernel(wiring.Component):
                          c_ot.eq(0), c_tt.eq(0), c_i.eq(0), c_bank.eq(0),
                          c_base.eq(0), c_t0.eq(0), c_o0.eq(0)]
             if D > 1:
-                m.d.sync += [x_b.eq(0), x_q.eq(0), x_base.eq(0), l_b.eq(0), l_q.eq(0),
-                             c_f.eq(0)]
+                m.d.sync += [l_q.eq(0), c_f.eq(0)]
+            if WF != D:
+                m.d.sync += l_b.eq(0)
+            if XF != D:
+                m.d.sync += [x_b.eq(0), x_q.eq(0), x_base.eq(0)]
 
         # Idle is the AND of the stages' own idle signals: the loader, input and
         # issue counters (under `active`), the MAC pipeline, a tile waiting for
@@ -876,13 +903,16 @@ def linear_streams(desc: LinearDescriptor, x, weight, bias, multiplier, shift, s
     T, I, O = desc.tokens, desc.in_features, desc.out_features
     x = np.asarray(x, dtype=np.int8).reshape(T, I)
     weight = np.asarray(weight, dtype=np.int8).reshape(O, I)
-    xp = np.zeros((desc.token_tiles * R, I), np.int8)
-    xp[:T] = x
-    # beat (tt, i): lanes r = xp[tt*R + r, i]
-    xb = xp.reshape(desc.token_tiles, R, I).transpose(0, 2, 1).reshape(-1, R)
-    wp = np.zeros((desc.out_tiles * C, I), np.int8)
-    wp[:O] = weight
-    wb = wp.reshape(desc.out_tiles, C, I).transpose(0, 2, 1).reshape(-1, C)
+    XF, beats = hw.x_features, desc.x_beats
+    xp = np.zeros((desc.token_tiles * R, beats * XF), np.int8)
+    xp[:T, :I] = x
+    # beat (tt, s): lanes r * XF + f = xp[tt*R + r, s*XF + f]
+    xb = xp.reshape(desc.token_tiles, R, beats, XF).transpose(0, 2, 1, 3).reshape(-1, R * XF)
+    WF, w_beats = hw.w_features, desc.w_beats
+    wp = np.zeros((desc.out_tiles * C, w_beats * WF), np.int8)
+    wp[:O, :I] = weight
+    # beat (ot, s): lanes f * C + c = wp[ot*C + c, s*WF + f]
+    wb = wp.reshape(desc.out_tiles, C, w_beats, WF).transpose(0, 2, 3, 1).reshape(-1, C * WF)
     pad = desc.out_tiles * C
     b = np.zeros(pad, np.int64)
     b[:O] = np.asarray(bias, dtype=np.int64).reshape(O)

@@ -244,7 +244,7 @@ def test_command_on_the_saved_zcu102_point_within_1_5_percent_of_its_simulated_i
     program with the search's gates at the board's memory, within 1 % of its whole image
     co-simulated (:data:`ZCU102_LANES_IMAGE`), which is of this very HwConfig: within 1.5 %
     (+1.23 / +1.28 %; per kind on its two lanes:
-    :func:`test_the_saved_zcu102_points_kinds_on_two_lanes`; the chained array on one lane
+    :func:`test_the_two_lane_17x64_points_image_and_kinds`; the chained array on one lane
     gives +0.69 / +0.62 %)."""
     from moevit.hw.config import get_hw_config
 
@@ -977,20 +977,25 @@ ZCU102_LANES_KINDS = {
 }
 
 
-def test_the_saved_zcu102_points_kinds_on_two_lanes():
-    """zcu102-edge-moe on its two issue lanes, per kind of instruction, from each one's
-    issue to its lane's finish (:data:`ZCU102_LANES_KINDS`) beside the model's two-lane
+def test_the_two_lane_17x64_points_image_and_kinds():
+    """zcu102-edge-moe as saved on 2026-12-07 (:data:`ZCU102_LANES_POINT`, a 17x64 array in
+    chains of 2 on two issue lanes): its whole image within 1.5 % of the co-simulated top
+    (:data:`ZCU102_LANES_IMAGE`: +1.23 / +1.28 %), and per kind of instruction, from each
+    one's issue to its lane's finish (:data:`ZCU102_LANES_KINDS`) beside the model's two-lane
     timeline (start to end): attention, the EXPERTs and the linear layers within 3 %
     (-0.48 %, +0.62 / +0.49 %, +2.40 %), every kind over 1.5 % of the run within 10 %
     (LayerNorm +5.14 / +4.91 %, ROUTE +6.86 %, the task heads +3.63 / +8.27 %, COMBINE
     +1.83 %). All over but attention: the model counts 13 issue cycles an instruction
     (``ISSUE_CYCLES_AHEAD``, fitted on one lane) where these lanes issue 2 cycles after a
     finish (a third of the image's +1.23 %), and the linear layers ~50 cycles each more."""
-    from moevit.hw.config import get_hw_config
+    from moevit.hw.config import HwConfig
 
-    predict = _at_the_boards_memory(routing="balanced", hw=get_hw_config("zcu102-edge-moe"))
+    predict = _at_the_boards_memory(routing="balanced",
+                                    hw=HwConfig(name="zcu102-edge-moe", **ZCU102_LANES_POINT))
     for task, kinds in ZCU102_LANES_KINDS.items():
         cost = predict(task)
+        print(f"\ntask {task}: {cost.cycles:,} vs {ZCU102_LANES_IMAGE[task]:,} simulated")
+        assert abs(cost.cycles / ZCU102_LANES_IMAGE[task] - 1) < 0.015
         spans = {}
         for i, start, end in zip(cost.instructions, cost.starts, cost.ends):
             spans[i.mnemonic] = spans.get(i.mnemonic, 0) + end - start

@@ -186,8 +186,9 @@ def test_memory_ports_trade_against_lanes():
     board = dataclasses.replace(get_board("zcu102"), port_clock_mhz=333)
     work, fit = workload("edge-moe"), _default_fit()
     hw = get_hw_config("zcu102-edge-moe").replace(
-        rows=20, max_tokens=2080, chain_depth=1, issue_lanes=1, token_chunks=0, memory_ports=1,
-        weight_ports=1, chan_striped=0, combine_lanes=32, norm_lanes=32, heads_parallel=1,
+        rows=20, max_tokens=2080, chain_depth=1, post_lanes=16, issue_lanes=1, token_chunks=0,
+        memory_ports=1, weight_ports=1, chan_striped=0, combine_lanes=32, norm_lanes=32,
+        heads_parallel=1,
         row_lanes=4, score_lanes=64, context_lanes=0)
     two = hw.replace(memory_ports=2, weight_ports=2)
     assert _fits(resources(two), board) is None
@@ -232,9 +233,8 @@ def test_token_chunks_on_two_lanes_on_the_zcu102():
     COMBINE and one chunk's attention beside the other chunk's linear layers), fits, and
     is faster than the same point on one lane and than its token-wise layers alone in
     chunks (each in the on-chip window the search gives it). The point saved since, a
-    17x64 array in chains of 2 in token chunks on two lanes (the LUTs of a second lane freed
-    when the chains' sums were cut to their bits), is faster still, and faster than on one
-    lane."""
+    9x64 array in chains of 4 whose x beats bring a step's features (``wide_x``), in token
+    chunks on two lanes, is faster still, and faster than on one lane."""
     from moevit.hw.cost.dse import batch1_runs
     from moevit.hw.cost.resources import resources
 
@@ -258,8 +258,8 @@ def test_token_chunks_on_two_lanes_on_the_zcu102():
           f"usable; the saved 17x64x2 {now:,} ({now_one:,} on one lane)")
     assert two < layers < one and set(norms) == set(rows) == {64, 65}
     assert _fits(resources(chunked), board) is None
-    assert (saved.rows, saved.chain_depth, saved.issue_lanes, saved.token_chunks) == (
-        17, 2, 2, 2) and now < two and now < now_one
+    assert (saved.rows, saved.chain_depth, saved.wide_x, saved.issue_lanes,
+            saved.token_chunks) == (9, 4, 1, 2, 2) and now < two and now < now_one
 
 
 @pytest.mark.parametrize("board", BOARDS)
@@ -780,8 +780,9 @@ def test_rows_fitted_to_the_tokens():
     tokens in one token tile less, when that is at most 1/8 more rows: edge-moe's 129
     tokens in four tiles of 33 rather than five of 32 (the fifth holding one token), in one
     of 129; m3vit-s's 1,201 in nine of 134 rather than ten of 128; none beside 4 (129 in 32
-    tiles of 5 rows is 1/4 more). On the saved ZCU102 point with 33 rows rather than 32
-    the linear layers take about a ninth fewer cycles at the same memory (-11.6 %)."""
+    tiles of 5 rows is 1/4 more). On the saved ZCU102 point with 33 rows rather than 32,
+    unchained (chained, its linear layers read their weights slower than they compute), the
+    linear layers take about a ninth fewer cycles at the same memory."""
     from moevit.hw.cost.dse import ROWS, batch1_runs, fitted_rows
 
     assert fitted_rows(ROWS, 129) == (4, 8, 9, 16, 17, 32, 33, 64, 65, 128, 129)
@@ -790,7 +791,8 @@ def test_rows_fitted_to_the_tokens():
     hw = get_hw_config("zcu102-edge-moe")
     assert hw.rows in fitted_rows(ROWS, 129) and hw.rows not in ROWS
     board, work = get_board("zcu102"), workload("edge-moe")
-    linear = {rows: batch1_runs(work, hw.replace(rows=rows, max_tokens=rows * 64), board)
+    linear = {rows: batch1_runs(work, hw.replace(rows=rows, max_tokens=rows * 64,
+                                                 chain_depth=1), board)
               ["semseg"].units["linear"] for rows in (32, 33)}
     print(f"\nzcu102-edge-moe's linear layers: {linear[32]:,} cycles on 32 rows, "
           f"{linear[33]:,} on 33 ({linear[33] / linear[32] - 1:+.1%})")

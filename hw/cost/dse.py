@@ -29,7 +29,7 @@ shapes (:func:`read_bytes`, :func:`moved_bytes`). Resources are
 (``expert_prefetch``) and each weight bank's load with its first tile
 (``weight_streaming``; on two issue lanes only when that gives more images a second:
 :func:`_streaming_at_best_batch`), and reads x a bus word of every row at a time
-(``x_by_words``).
+(``x_by_words``), a chain's step's features a beat of the kernel's x (``wide_x``).
 
 **Batching** is the compiled batched program (``moevit hw compile --batch B``,
 :mod:`moevit.hw.program.compiler`): B images of one task run through one body,
@@ -1025,7 +1025,10 @@ def _base_hw(model, board):
     # and V with the head before where it is free (kv_banks, :func:`_kv_banks`; its rows
     # straight behind the head before's, pipelined_heads), and a
     # linear operation's first step behind one word of each row of x, not its first token
-    # tile whole (x_by_words: a few counters in the x tiler). Each MAC unit's accumulator
+    # tile whole (x_by_words: a few counters in the x tiler); a chained array's x a step's
+    # features a beat (wide_x, set with the chain: Yosys on the x tiler of a 9-row, 512-bit
+    # point with chains of 4, 2026-12-08: 2,376 -> 2,061 LUT and 339 -> 354 RAM32M16 for its
+    # FIFO, 4,756 -> 4,752 FF, so no term of its own). Each MAC unit's accumulator
     # and its shadow are as wide as the widest input's sums need (about 2 LUT and 2 FF a
     # bit and MAC unit: 768 inputs need 25 bits, 14 of each fewer a unit than 32).
     return HwConfig(name=f"{board.name}-{model.name}", max_in=widest,
@@ -1650,8 +1653,8 @@ def _stage2_sized(candidate):
     try:
         hw = _with_kv_banks(s["base"], kb).replace(
             heads_parallel=hp, row_lanes=rl, score_lanes=sl, context_lanes=cl, rows=r,
-            cols=c, dsp_packing=packing, chain_depth=chain, post_lanes=post, bus_width=bus,
-            max_tokens=-(-model.tokens // r) * r)
+            cols=c, dsp_packing=packing, chain_depth=chain, wide_x=int(chain > 1),
+            post_lanes=post, bus_width=bus, max_tokens=-(-model.tokens // r) * r)
     except ConfigError:
         return None, None
     port = _bandwidths(board, hw)[0]
@@ -2057,7 +2060,7 @@ def lowest_floor(work, board, task, fabric=True, *, mac_units=0, serial=False):
             for rows in row_counts:
                 try:
                     hw = least.replace(rows=rows, cols=cols, dsp_packing=packing,
-                                       chain_depth=chain,
+                                       chain_depth=chain, wide_x=int(chain > 1),
                                        post_lanes=min(_divisors(cols, POST_LANES)),
                                        max_tokens=rows, bus_width=min(_buses(board, cols)))
                 except ConfigError:

@@ -479,6 +479,22 @@ def read_ahead_fifo(hw) -> Resources:
                      - bram36(width, LinearEngine.W_DEPTH))
 
 
+#: The linear engine's ``w`` packer with ``hw.wide_w`` (:class:`~moevit.hw.top.movers.Repack`
+#: of the bus beats into words of ``cols * w_features`` bytes before the read-ahead FIFO),
+#: a byte of the word: Yosys (``synth_xilinx -family xcup``) on the ``w`` fetch of a
+#: 512-bit bus, 64 columns, chains of 4 (256-byte words), 512 beats, against the same without
+#: (64-byte beats): 4,481 -> 8,712 LUT, 1,158 -> 2,690 FF, 7.5 -> 29 BRAM36 (the FIFO's, as
+#: :func:`read_ahead_fifo` gives), 2026-12-08. Taken as linear in the word's bytes.
+PACKED_W_PER_BYTE = Resources(dsp=0, lut=4_231 / 256, ff=1_532 / 256, bram36=0, uram=0)
+
+
+def packed_w(hw) -> Resources:
+    """LUT and FF of the ``w`` packer (:data:`PACKED_W_PER_BYTE`; none without ``wide_w``)."""
+    if hw.w_features == 1:
+        return Resources(dsp=0, lut=0, ff=0, bram36=0, uram=0)
+    return PACKED_W_PER_BYTE * (hw.cols * hw.w_features)
+
+
 def lane_overhead(hw, the_fit=None) -> Resources:
     """The side issue lane's own memory path (``hw.issue_lanes = 2``,
     :mod:`moevit.hw.top.accelerator`): three read movers and a write mover (two of the
@@ -670,7 +686,8 @@ def top_resources(hw, the_fit=None) -> Resources:
     :data:`TOP_PER_COL`,
     its memory ports' arbiters and striper (:func:`port_overhead`), a second issue lane's
     memory path (:func:`lane_overhead`), the expert prefetch's logic (:data:`PREFETCH`) and
-    its deeper weight FIFO's block RAM (:func:`read_ahead_fifo`), and the on-chip activation
+    its deeper weight FIFO's block RAM (:func:`read_ahead_fifo`), the weights' packer
+    (:func:`packed_w`), and the on-chip activation
     window's block RAM (``hw.onchip_bytes``; its routers are small next to the
     allowance). The top's
     MoE engines count as the MoE unit for DSP, LUT and FF (the same gate lanes) with
@@ -679,7 +696,8 @@ def top_resources(hw, the_fit=None) -> Resources:
     memories: the MoE unit keeps an accumulator row per token, the engines one row."""
     the_fit = the_fit or _default_fit()
     total = TOP_OVERHEAD + TOP_PER_COL * hw.cols + port_overhead(hw) + lane_overhead(
-        hw, the_fit) + PREFETCH * hw.expert_prefetch + read_ahead_fifo(hw) + Resources(
+        hw, the_fit) + PREFETCH * hw.expert_prefetch + read_ahead_fifo(hw) + packed_w(
+        hw) + Resources(
         bram36=sum(bram36(w, d) * ports for _, w, d, ports in memories("onchip", hw)))
     for unit in TOP_UNITS:
         part = unit_resources(unit, hw, the_fit)

@@ -239,19 +239,23 @@ def test_command_on_a_quantized_file_equals_the_config(tmp_path, capsys):
     assert "Score lanes 64 do not divide" in capsys.readouterr().err
 
 
-def test_command_on_the_saved_zcu102_point(capsys):
+def test_command_on_the_saved_zcu102_point_within_1_percent_of_its_simulated_image(capsys):
     """`hw cost --hw zcu102-edge-moe --board zcu102 --routing balanced`: the saved point's
-    program with the search's gates at the board's memory, both tasks, as the model gives
-    it (:func:`_at_the_boards_memory`; the two-lane 17x64 point saved before it within 1.5 %
-    of its co-simulated image: :func:`test_the_two_lane_17x64_points_image_and_kinds`)."""
+    program with the search's gates at the board's memory, within 1 % of its whole image
+    co-simulated (:data:`ZCU102_WIDE_IMAGE`, of this very HwConfig: -0.16 / -0.10 %)."""
     from moevit.hw.config import get_hw_config
 
-    predict = _at_the_boards_memory(routing="balanced", hw=get_hw_config("zcu102-edge-moe"))
+    saved, point = get_hw_config("zcu102-edge-moe").to_dict(), ZCU102_WIDE_POINT
+    assert {k: saved[k] for k in point} == point and set(saved) - set(point) <= {
+        "name", "act_width", "weight_width"}
     assert main(["hw", "cost", "--config", "edge-moe", "--hw", "zcu102-edge-moe", "--board",
                  "zcu102", "--routing", "balanced", "--quiet", "--json"]) == 0
     totals = [r for r in json.loads(capsys.readouterr().out) if r["name"] == "total"]
     assert [t["task"] for t in totals] == ["semseg", "depth"]
-    assert [t["cycles"] for t in totals] == [predict(task).cycles for task in (0, 1)]
+    for total, simulated in zip(totals, ZCU102_WIDE_IMAGE):
+        print(f"{total['task']}: {total['cycles']:,} vs {simulated:,} simulated: "
+              f"{total['cycles'] / simulated - 1:+.2%}")
+        assert abs(total["cycles"] / simulated - 1) < 0.01
     # Per instruction on its two lanes: each instruction's place on the timeline, one at a
     # time a lane, never shorter than alone, the last end the image's cycles.
     capsys.readouterr()
@@ -969,6 +973,17 @@ ZCU102_LANES_KINDS = {
         "ATTENTION": 178_419, "TASK_LINEAR": 14_396, "ROUTE": 18_882, "EXPERT": 290_361,
         "COMBINE": 18_662},
 }
+
+#: zcu102-edge-moe as saved since a chained array's x beats bring a step's features
+#: (``wide_x``, 2026-12-08): a 9x64 array in chains of 4, 32 post lanes, the constants
+#: striped, two issue lanes in token chunks; ``bench top --config edge-moe --hw
+#: zcu102-edge-moe --board zcu102 --memory verilog --routing balanced`` (Verilator, beside
+#: the test suite): semseg 735,122 cycles = 3.676 ms (its first run after reset 734,562),
+#: depth after semseg 717,461, bit-exact (against 775,205 / 756,444 on the 17x64 point
+#: before it, -5.2 %).
+ZCU102_WIDE_POINT = {**ZCU102_LANES_POINT, "rows": 9, "max_tokens": 2070, "chain_depth": 4,
+                     "post_lanes": 32, "wide_x": 1, "chan_striped": 1}
+ZCU102_WIDE_IMAGE = (735_122, 717_461)
 
 
 def test_the_two_lane_17x64_points_image_and_kinds():
